@@ -1,0 +1,76 @@
+import { DynamicModule, Inject, Module, OnApplicationShutdown, ValidationPipe } from '@nestjs/common';
+import { ConfigModule } from '@nestjs/config';
+import { APP_FILTER, APP_GUARD, APP_PIPE } from '@nestjs/core';
+import { ScheduleModule } from '@nestjs/schedule';
+import { TypeOrmModule } from '@nestjs/typeorm';
+import { DataSource } from 'typeorm';
+import { AdminModule } from './admin/admin.module';
+import { AuditModule } from './audit/audit.module';
+import { AuthModule } from './auth/auth.module';
+import { SessionGuard } from './auth/session.guard';
+import { AllExceptionsFilter } from './common/all-exceptions.filter';
+import type { AppConfig } from './config/config';
+import { dataSourceOptions } from './database/data-source.options';
+import { runMigrationsLocked } from './database/migrate';
+import { HealthModule } from './health/health.module';
+import { MetricsModule } from './metrics/metrics.module';
+import { SessionsModule } from './sessions/sessions.module';
+import { UsersModule } from './users/users.module';
+
+const SHUTDOWN_CALLBACK = Symbol('SHUTDOWN_CALLBACK');
+
+export interface AppModuleOptions {
+  /** Runs after every other module has shut down (the database pool included). */
+  onShutdown?: () => Promise<void>;
+}
+
+@Module({})
+export class AppModule implements OnApplicationShutdown {
+  constructor(@Inject(SHUTDOWN_CALLBACK) private readonly onShutdown: (() => Promise<void>) | null) {}
+
+  /** Nest shuts the root module down last, so this sees the pool already closed. */
+  async onApplicationShutdown(): Promise<void> {
+    await this.onShutdown?.();
+  }
+
+  /**
+   * The configuration is loaded and validated once by the caller (main.ts, the CLI, the
+   * tests) and handed in, so tests can run apps with their own TTLs in one process.
+   */
+  static forRoot(config: AppConfig, options: AppModuleOptions = {}): DynamicModule {
+    if (!config.DATABASE_URL) throw new Error('DATABASE_URL must be resolved before the app module is built');
+    const databaseUrl = config.DATABASE_URL;
+    return {
+      module: AppModule,
+      imports: [
+        ConfigModule.forRoot({ isGlobal: true, ignoreEnvFile: true, skipProcessEnv: true, load: [() => config] }),
+        TypeOrmModule.forRootAsync({
+          useFactory: () => dataSourceOptions(databaseUrl),
+          // Migrations run before any provider can query, under an advisory lock.
+          dataSourceFactory: async (options) => {
+            const dataSource = await new DataSource(options!).initialize();
+            if (config.MIGRATIONS_RUN) await runMigrationsLocked(dataSource);
+            return dataSource;
+          },
+        }),
+        ScheduleModule.forRoot(),
+        AuditModule,
+        UsersModule,
+        SessionsModule,
+        AuthModule,
+        AdminModule,
+        HealthModule,
+        MetricsModule,
+      ],
+      providers: [
+        { provide: SHUTDOWN_CALLBACK, useValue: options.onShutdown ?? null },
+        {
+          provide: APP_PIPE,
+          useValue: new ValidationPipe({ whitelist: true, forbidNonWhitelisted: true, transform: true, forbidUnknownValues: true }),
+        },
+        { provide: APP_FILTER, useClass: AllExceptionsFilter },
+        { provide: APP_GUARD, useExisting: SessionGuard },
+      ],
+    };
+  }
+}

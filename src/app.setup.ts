@@ -1,0 +1,41 @@
+import { RequestMethod } from '@nestjs/common';
+import { FastifyAdapter, NestFastifyApplication } from '@nestjs/platform-fastify';
+import { DocumentBuilder, SwaggerModule } from '@nestjs/swagger';
+import type { AppConfig } from './config/config';
+import { parseTrustProxy } from './config/env.schema';
+
+/** API.md: request bodies over 16 KiB are refused with 413. */
+export const BODY_LIMIT_BYTES = 16 * 1024;
+
+export function createFastifyAdapter(config: AppConfig): FastifyAdapter {
+  return new FastifyAdapter({
+    bodyLimit: BODY_LIMIT_BYTES,
+    // X-Forwarded-For is believed only when TRUST_PROXY says which proxies to believe.
+    trustProxy: parseTrustProxy(config.TRUST_PROXY).value,
+    // Our own logger reports errors; Fastify's request log would duplicate it.
+    logger: false,
+  });
+}
+
+/** Everything main.ts and the e2e tests must share, so tests exercise the real app. */
+export function configureApp(app: NestFastifyApplication): NestFastifyApplication {
+  app.setGlobalPrefix('api/v1', {
+    exclude: [
+      { path: 'health/live', method: RequestMethod.GET },
+      { path: 'health/ready', method: RequestMethod.GET },
+      { path: 'metrics', method: RequestMethod.GET },
+    ],
+  });
+  const document = SwaggerModule.createDocument(
+    app,
+    new DocumentBuilder()
+      .setTitle('Sessionary')
+      .setDescription('Server-side sessions, rotating refresh tokens and an audit log. Contract: API.md.')
+      .setVersion('1')
+      .addBearerAuth({ type: 'http', scheme: 'bearer', bearerFormat: 'JWT' })
+      .build(),
+  );
+  SwaggerModule.setup('docs', app, document, { jsonDocumentUrl: 'docs-json' });
+  app.enableShutdownHooks();
+  return app;
+}

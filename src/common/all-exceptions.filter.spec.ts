@@ -1,0 +1,182 @@
+import 'reflect-metadata';
+import { describe, it, before, beforeEach, after } from 'node:test';
+import assert from 'node:assert/strict';
+import {
+  BadRequestException,
+  ConflictException,
+  ForbiddenException,
+  HttpException,
+  InternalServerErrorException,
+  Logger,
+  LoggerService,
+  NotFoundException,
+} from '@nestjs/common';
+import { QueryFailedError } from 'typeorm';
+import { AllExceptionsFilter } from './all-exceptions.filter';
+
+const INTERNAL = { statusCode: 500, error: 'Internal Server Error', message: 'Internal server error' };
+
+describe('AllExceptionsFilter.toBody', () => {
+  const logged: unknown[][] = [];
+  const recorder: LoggerService = {
+    log: () => {},
+    warn: () => {},
+    debug: () => {},
+    verbose: () => {},
+    error: (...args: unknown[]) => void logged.push(args),
+  };
+  let filter: AllExceptionsFilter;
+
+  before(() => Logger.overrideLogger(recorder));
+  after(() => Logger.overrideLogger(false));
+  beforeEach(() => {
+    logged.length = 0;
+    filter = new AllExceptionsFilter();
+  });
+
+  it('keeps the status and message list of a BadRequestException', () => {
+    assert.deepEqual(filter.toBody(new BadRequestException(['email must be an email'])), {
+      statusCode: 400,
+      error: 'Bad Request',
+      message: ['email must be an email'],
+    });
+    assert.equal(logged.length, 0);
+  });
+
+  it('keeps a NotFoundException as 404 with its message', () => {
+    assert.deepEqual(filter.toBody(new NotFoundException('x')), { statusCode: 404, error: 'Not Found', message: 'x' });
+  });
+
+  it('keeps a ConflictException as 409', () => {
+    assert.deepEqual(filter.toBody(new ConflictException('taken')), { statusCode: 409, error: 'Conflict', message: 'taken' });
+  });
+
+  it('uses the standard reason phrase for an HttpException built from a string', () => {
+    assert.deepEqual(filter.toBody(new HttpException('Nope', 403)), { statusCode: 403, error: 'Forbidden', message: 'Nope' });
+  });
+
+  it('keeps a custom error label from the response object', () => {
+    assert.deepEqual(filter.toBody(new ForbiddenException('no', { description: 'Locked' })), {
+      statusCode: 403,
+      error: 'Locked',
+      message: 'no',
+    });
+  });
+
+  it('logs a 5xx HttpException', () => {
+    const body = filter.toBody(new InternalServerErrorException());
+    assert.equal(body.statusCode, 500);
+    assert.equal(logged.length, 1);
+  });
+
+  // Doubtful: an HttpException whose response object has no `message` becomes "[object Object]".
+  it('gives a readable message for an HttpException whose response object has no message', () => {
+    const body = filter.toBody(new HttpException({ reason: 'quota' }, 429));
+    assert.equal(body.statusCode, 429);
+    assert.notEqual(body.message, '[object Object]');
+  });
+
+  it('turns an untranslated unique violation into a bare 409 without any SQL', () => {
+    const driverError = Object.assign(new Error('duplicate key value violates unique constraint "users_email_key"'), {
+      code: '23505',
+      detail: 'Key (email)=(alice@example.com) already exists.',
+    });
+    const error = new QueryFailedError('INSERT INTO "users"("email") VALUES ($1)', ['alice@example.com'], driverError);
+    const body = filter.toBody(error);
+    assert.deepEqual(body, { statusCode: 409, error: 'Conflict', message: 'Conflict' });
+    const text = JSON.stringify(body);
+    for (const leak of ['INSERT', 'users', 'alice@example.com', 'duplicate', '23505']) assert.ok(!text.includes(leak), leak);
+  });
+
+  it('turns any other query failure into the fixed 500, logged', () => {
+    const driverError = Object.assign(new Error('insert or update violates foreign key constraint'), { code: '23503' });
+    const body = filter.toBody(new QueryFailedError('INSERT INTO "sessions" ...', [], driverError));
+    assert.deepEqual(body, INTERNAL);
+    assert.equal(logged.length, 1);
+  });
+
+  it('turns any other Error into exactly the fixed 500 and keeps its details out of the body', () => {
+    const error = new Error('connect ECONNREFUSED db-internal.example:5432 password=hunter2-XYZZY');
+    const body = filter.toBody(error);
+    assert.deepEqual(body, INTERNAL);
+    const text = JSON.stringify(body);
+    assert.ok(!text.includes('XYZZY'));
+    assert.ok(!text.includes('ECONNREFUSED'));
+    assert.ok(!text.includes('all-exceptions.filter'));
+    // ...but the details do reach the log.
+    assert.equal(logged.length, 1);
+    assert.ok(logged[0].some((part) => typeof part === 'string' && part.includes('XYZZY')));
+    assert.match(String(logged[0][0]), /Unhandled error on outside a request/);
+  });
+
+  it('names the route in the log when it has a request', () => {
+    const request = { method: 'POST', routeOptions: { url: '/auth/login' } } as unknown as Parameters<AllExceptionsFilter['toBody']>[1];
+    filter.toBody(new Error('boom'), request);
+    assert.match(String(logged[0][0]), /Unhandled error on POST \/auth\/login/);
+  });
+
+  for (const thrown of [null, undefined, 'a string with secret-XYZZY', 42, { message: 'secret-XYZZY' }]) {
+    it(`turns a thrown ${JSON.stringify(thrown) ?? 'undefined'} into the fixed 500`, () => {
+      const body = filter.toBody(thrown);
+      assert.deepEqual(body, INTERNAL);
+      assert.ok(!JSON.stringify(body).includes('XYZZY'));
+    });
+  }
+
+  it('keeps a Fastify body-too-large error as 413 with a plain message', () => {
+    const error = Object.assign(new Error('Request body is too large: 2000000 > 1048576 bytes (internal detail)'), {
+      statusCode: 413,
+      code: 'FST_ERR_CTP_BODY_TOO_LARGE',
+    });
+    assert.deepEqual(filter.toBody(error), { statusCode: 413, error: 'Payload Too Large', message: 'Request body is too large' });
+    assert.equal(logged.length, 0);
+  });
+
+  it('accepts a plain Fastify-style object as well', () => {
+    assert.deepEqual(filter.toBody({ statusCode: 413, code: 'FST_ERR_CTP_BODY_TOO_LARGE' }), {
+      statusCode: 413,
+      error: 'Payload Too Large',
+      message: 'Request body is too large',
+    });
+  });
+
+  it('answers bad JSON with a plain 400 that does not echo the body', () => {
+    const error = Object.assign(new SyntaxError('Unexpected token } in JSON: {"password":"hunter2-XYZZY"'), {
+      statusCode: 400,
+      code: 'FST_ERR_CTP_INVALID_JSON_BODY',
+    });
+    assert.deepEqual(filter.toBody(error), { statusCode: 400, error: 'Bad Request', message: 'Body must be valid JSON' });
+  });
+
+  it('answers an empty JSON body with the same plain 400', () => {
+    assert.deepEqual(filter.toBody({ statusCode: 400, code: 'FST_ERR_CTP_EMPTY_JSON_BODY' }), {
+      statusCode: 400,
+      error: 'Bad Request',
+      message: 'Body must be valid JSON',
+    });
+  });
+
+  it('answers an unsupported media type with 415 and a plain message', () => {
+    assert.deepEqual(filter.toBody({ statusCode: 415, code: 'FST_ERR_CTP_INVALID_MEDIA_TYPE', message: 'text/xml-XYZZY' }), {
+      statusCode: 415,
+      error: 'Unsupported Media Type',
+      message: 'Unsupported content type; send application/json',
+    });
+  });
+
+  it('answers another 4xx error object with the reason phrase only', () => {
+    const body = filter.toBody({ statusCode: 404, code: 'FST_ERR_NOT_FOUND', message: 'Route GET:/secret-XYZZY not found' });
+    assert.deepEqual(body, { statusCode: 404, error: 'Not Found', message: 'Not Found' });
+  });
+
+  it('still answers the fixed 500 for an error object carrying a 500 status', () => {
+    const error = Object.assign(new Error('plugin crashed: secret-XYZZY'), { statusCode: 500, code: 'FST_ERR_SOMETHING' });
+    assert.deepEqual(filter.toBody(error), INTERNAL);
+    assert.equal(logged.length, 1);
+  });
+
+  it('answers the fixed 500 for a 3xx or a string status', () => {
+    assert.deepEqual(filter.toBody({ statusCode: 302, message: 'secret-XYZZY' }), INTERNAL);
+    assert.deepEqual(filter.toBody({ statusCode: '400', message: 'secret-XYZZY' }), INTERNAL);
+  });
+});

@@ -1,0 +1,24 @@
+import { createParamDecorator, ExecutionContext } from '@nestjs/common';
+import type { FastifyRequest } from 'fastify';
+
+/** Where a request came from, as recorded on sessions and audit events. */
+export interface ClientContext {
+  ipAddress: string | null;
+  userAgent: string | null;
+}
+
+const MAX_USER_AGENT = 512;
+
+export function clientContextOf(request: FastifyRequest): ClientContext {
+  // request.ip honours X-Forwarded-For only when TRUST_PROXY configures Fastify to.
+  const ua = request.headers['user-agent'];
+  return {
+    ipAddress: request.ip ? request.ip.slice(0, 64) : null,
+    // Control characters are dropped so a user agent cannot forge lines in logs or exports.
+    userAgent: typeof ua === 'string' && ua.length ? ua.replace(/[\u0000-\u001f\u007f]/g, '').slice(0, MAX_USER_AGENT) : null,
+  };
+}
+
+export const Client = createParamDecorator((_: unknown, ctx: ExecutionContext): ClientContext =>
+  clientContextOf(ctx.switchToHttp().getRequest<FastifyRequest>()),
+);

@@ -1,0 +1,18 @@
+import { createParamDecorator, ExecutionContext } from '@nestjs/common';
+import type { UserRole } from '../users/user.entity';
+
+/** Who is calling, set on the request by SessionGuard once the session is known active. */
+export interface AuthContext {
+  userId: string;
+  sessionId: string;
+  role: UserRole;
+}
+
+export const AUTH_CONTEXT_KEY = 'auth';
+
+export const CurrentAuth = createParamDecorator((_: unknown, ctx: ExecutionContext): AuthContext => {
+  const auth = ctx.switchToHttp().getRequest<Record<string, unknown>>()[AUTH_CONTEXT_KEY];
+  // Only reachable on a @Public() route by mistake: fail closed.
+  if (!auth) throw new Error('CurrentAuth used on a route without an authenticated session');
+  return auth as AuthContext;
+});

@@ -1,0 +1,23 @@
+import { existsSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { Env, parseEnv } from './env.schema';
+import { resolveSecrets, Secrets } from './secrets';
+
+/** The validated configuration plus the secrets resolved from it. */
+export type AppConfig = Omit<Env, keyof Secrets> & Secrets;
+
+/**
+ * The one reader of process.env. `.env` in the working directory is loaded first when present
+ * (real environment variables win), so the server, the CLI and the TypeORM CLI agree.
+ */
+export function loadConfig(raw: Record<string, string | undefined> = process.env): AppConfig {
+  if (raw === process.env && existsSync('.env')) process.loadEnvFile('.env');
+  const env = parseEnv(raw);
+  env.DATA_DIR = resolve(env.DATA_DIR);
+  return Object.assign(env, resolveSecrets(env));
+}
+
+/** Lets the bootstrap hand the embedded server's URL to everything that loads config later. */
+export function useDatabaseUrl(url: string): void {
+  process.env.DATABASE_URL = url;
+}

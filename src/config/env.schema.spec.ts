@@ -1,0 +1,221 @@
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { NodeEnv, parseEnv, parseTrustProxy } from './env.schema';
+
+/** parseEnv must throw; the message must name `name` and must not contain `value`. */
+function assertRefusedNaming(raw: Record<string, unknown>, name: string, value: string, pattern = new RegExp(`\\b${name} is invalid\\b`)): void {
+  assert.throws(
+    () => parseEnv(raw),
+    (e: unknown) => {
+      assert.ok(e instanceof Error);
+      assert.match(e.message, /^Invalid configuration: /);
+      assert.match(e.message, pattern);
+      assert.ok(!e.message.includes(value), `the message leaks the value: ${e.message}`);
+      return true;
+    },
+  );
+}
+
+describe('parseEnv', () => {
+  it('applies the defaults to an empty environment', () => {
+    const env = parseEnv({});
+    assert.equal(env.NODE_ENV, NodeEnv.Development);
+    assert.equal(env.PORT, 3000);
+    assert.equal(env.HOST, '0.0.0.0');
+    assert.equal(env.ACCESS_TOKEN_TTL, 900);
+    assert.equal(env.SESSION_IDLE_TTL, 3600);
+    assert.equal(env.SESSION_ABSOLUTE_TTL, 86400);
+    assert.equal(env.REFRESH_TOKEN_TTL, 86400);
+    assert.equal(env.SESSION_RETENTION, 30 * 86400);
+    assert.equal(env.BCRYPT_COST, 12);
+    assert.equal(env.SESSION_CLEANUP_CRON, '*/5 * * * *');
+    assert.equal(env.MIGRATIONS_RUN, true);
+    assert.equal(env.TRUST_PROXY, 'false');
+    assert.equal(env.LOG_LEVEL, 'log');
+    assert.equal(env.JWT_ISSUER, 'sessionary');
+    assert.equal(env.JWT_AUDIENCE, 'sessionary-api');
+    assert.equal(env.DATA_DIR, '.data');
+    assert.equal(env.DATABASE_URL, undefined);
+    assert.equal(env.JWT_SECRET, undefined);
+    assert.equal(env.PASSWORD_PEPPER, undefined);
+  });
+
+  it('parses numbers from strings', () => {
+    const env = parseEnv({ PORT: '8080', ACCESS_TOKEN_TTL: '60', SESSION_IDLE_TTL: '600', SESSION_ABSOLUTE_TTL: '7200', BCRYPT_COST: '4' });
+    assert.strictEqual(env.PORT, 8080);
+    assert.strictEqual(env.ACCESS_TOKEN_TTL, 60);
+    assert.strictEqual(env.SESSION_IDLE_TTL, 600);
+    assert.strictEqual(env.SESSION_ABSOLUTE_TTL, 7200);
+    assert.strictEqual(env.BCRYPT_COST, 4);
+  });
+
+  for (const [raw, expected] of [
+    ['false', false],
+    ['FALSE', false],
+    ['0', false],
+    ['no', false],
+    ['off', false],
+    ['true', true],
+    [' True ', true],
+    ['1', true],
+    ['yes', true],
+    ['on', true],
+  ] as const) {
+    it(`parses MIGRATIONS_RUN=${JSON.stringify(raw)} as ${expected}`, () => {
+      assert.strictEqual(parseEnv({ MIGRATIONS_RUN: raw }).MIGRATIONS_RUN, expected);
+    });
+  }
+
+  it('keeps the other settings as given', () => {
+    const env = parseEnv({
+      NODE_ENV: 'production',
+      HOST: '127.0.0.1',
+      LOG_LEVEL: 'debug',
+      DATABASE_URL: 'postgres://u:p@db:5432/app',
+      JWT_SECRET: 'given-secret',
+      SESSION_CLEANUP_CRON: '0 * * * *',
+      TRUST_PROXY: '10.0.0.1',
+    });
+    assert.equal(env.NODE_ENV, NodeEnv.Production);
+    assert.equal(env.HOST, '127.0.0.1');
+    assert.equal(env.LOG_LEVEL, 'debug');
+    assert.equal(env.DATABASE_URL, 'postgres://u:p@db:5432/app');
+    assert.equal(env.JWT_SECRET, 'given-secret');
+    assert.equal(env.SESSION_CLEANUP_CRON, '0 * * * *');
+    assert.equal(env.TRUST_PROXY, '10.0.0.1');
+  });
+
+  it('treats blank optional strings as unset', () => {
+    const env = parseEnv({ DATABASE_URL: '', JWT_SECRET: '  ', PASSWORD_PEPPER: '' });
+    assert.equal(env.DATABASE_URL, undefined);
+    assert.equal(env.JWT_SECRET, undefined);
+    assert.equal(env.PASSWORD_PEPPER, undefined);
+  });
+
+  it('ignores variables that are not its own', () => {
+    const env = parseEnv({ PATH: '/usr/bin', AWS_SECRET_ACCESS_KEY: 'not-ours', PORT: '4000' });
+    assert.equal(env.PORT, 4000);
+    assert.ok(!('PATH' in env));
+    assert.ok(!('AWS_SECRET_ACCESS_KEY' in env));
+  });
+
+  for (const [name, value] of [
+    ['PORT', 'port-XYZZY-4242'],
+    ['PORT', '70000'],
+    ['PORT', '-1'],
+    ['PORT', '80.5'],
+    ['ACCESS_TOKEN_TTL', '0'],
+    ['ACCESS_TOKEN_TTL', 'ttl-XYZZY'],
+    ['SESSION_IDLE_TTL', '1.5'],
+    ['SESSION_ABSOLUTE_TTL', '-86400'],
+    ['REFRESH_TOKEN_TTL', 'forever-XYZZY'],
+    ['SESSION_RETENTION', '-5'],
+    ['BCRYPT_COST', '3'],
+    ['BCRYPT_COST', '32'],
+    ['MIGRATIONS_RUN', 'maybe-XYZZY'],
+    ['NODE_ENV', 'staging-XYZZY'],
+    ['LOG_LEVEL', 'chatty-XYZZY'],
+    ['DATABASE_URL', 'mysql://admin:S3cr3t-XYZZY@db/app'],
+  ] as const) {
+    it(`refuses ${name}=${JSON.stringify(value)}, naming the variable and not the value`, () => {
+      assertRefusedNaming({ [name]: value }, name, value);
+    });
+  }
+
+  it('names every bad variable at once', () => {
+    assert.throws(() => parseEnv({ PORT: 'nope-XYZZY', BCRYPT_COST: 'also-XYZZY' }), (e: unknown) => {
+      assert.ok(e instanceof Error);
+      assert.match(e.message, /PORT is invalid/);
+      assert.match(e.message, /BCRYPT_COST is invalid/);
+      assert.ok(!e.message.includes('XYZZY'));
+      return true;
+    });
+  });
+
+  it('refuses an idle timeout longer than the absolute one', () => {
+    assertRefusedNaming(
+      { SESSION_IDLE_TTL: '7201', SESSION_ABSOLUTE_TTL: '7200' },
+      'SESSION_IDLE_TTL',
+      '7201',
+      /SESSION_IDLE_TTL must not exceed SESSION_ABSOLUTE_TTL/,
+    );
+  });
+
+  it('accepts an idle timeout equal to the absolute one', () => {
+    const env = parseEnv({ SESSION_IDLE_TTL: '7200', SESSION_ABSOLUTE_TTL: '7200' });
+    assert.equal(env.SESSION_IDLE_TTL, 7200);
+  });
+
+  it('refuses a default idle timeout above a short absolute one', () => {
+    assert.throws(() => parseEnv({ SESSION_ABSOLUTE_TTL: '60' }), /SESSION_IDLE_TTL must not exceed SESSION_ABSOLUTE_TTL/);
+  });
+
+  for (const cron of ['every-5-minutes-XYZZY', '61 * * * *', '* * * * * * *']) {
+    it(`refuses the cron expression ${JSON.stringify(cron)} without echoing it`, () => {
+      assertRefusedNaming({ SESSION_CLEANUP_CRON: cron }, 'SESSION_CLEANUP_CRON', cron, /SESSION_CLEANUP_CRON must be a valid cron expression/);
+    });
+  }
+
+  it('refuses TRUST_PROXY "a b" without echoing it', () => {
+    assertRefusedNaming({ TRUST_PROXY: 'a b' }, 'TRUST_PROXY', 'a b', /TRUST_PROXY must be true, false, a hop count or a list of addresses/);
+  });
+
+  // BUG: Number('') is 0, so an empty PORT (e.g. `PORT=` in .env) silently binds a random port,
+  // and an empty SESSION_RETENTION deletes ended sessions at once. Blank numbers should be
+  // refused (or fall back to the default) like blank optional strings are.
+  it('refuses an empty PORT instead of reading it as 0', () => {
+    assert.throws(() => parseEnv({ PORT: '' }), /PORT is invalid/);
+  });
+
+  it('refuses an empty SESSION_RETENTION instead of reading it as 0', () => {
+    assert.throws(() => parseEnv({ SESSION_RETENTION: '' }), /SESSION_RETENTION is invalid/);
+  });
+});
+
+describe('parseTrustProxy', () => {
+  for (const raw of ['false', 'FALSE', '', '0']) {
+    it(`reads ${JSON.stringify(raw)} as false`, () => {
+      assert.deepEqual(parseTrustProxy(raw), { valid: true, value: false });
+    });
+  }
+
+  for (const raw of ['true', 'TRUE', ' true ']) {
+    it(`reads ${JSON.stringify(raw)} as true`, () => {
+      assert.deepEqual(parseTrustProxy(raw), { valid: true, value: true });
+    });
+  }
+
+  it('reads "2" as a function trusting the first two hops only', () => {
+    const { valid, value } = parseTrustProxy('2');
+    assert.equal(valid, true);
+    assert.equal(typeof value, 'function');
+    const trust = value as (address: string, hop: number) => boolean;
+    assert.equal(trust('10.0.0.1', 0), true);
+    assert.equal(trust('10.0.0.1', 1), true);
+    assert.equal(trust('10.0.0.1', 2), false);
+    assert.equal(trust('10.0.0.1', 3), false);
+  });
+
+  it('reads "10.0.0.1,10.0.0.2" as a list', () => {
+    assert.deepEqual(parseTrustProxy('10.0.0.1,10.0.0.2'), { valid: true, value: ['10.0.0.1', '10.0.0.2'] });
+  });
+
+  it('trims list entries and accepts CIDRs, IPv6 and the named ranges', () => {
+    assert.deepEqual(parseTrustProxy(' 10.0.0.0/8 , ::1, loopback,uniquelocal '), {
+      valid: true,
+      value: ['10.0.0.0/8', '::1', 'loopback', 'uniquelocal'],
+    });
+  });
+
+  for (const raw of ['a b', 'example.com', '10.0.0.1;10.0.0.2', 'yes']) {
+    it(`says ${JSON.stringify(raw)} is invalid`, () => {
+      assert.equal(parseTrustProxy(raw).valid, false);
+    });
+  }
+
+  // Doubtful: the address pattern is a character class, so any word made of hex letters
+  // ("beef", "cafe", "add") passes as an "address" and only fails later in Fastify/proxy-addr.
+  it('says "beef" is not an address', () => {
+    assert.equal(parseTrustProxy('beef').valid, false);
+  });
+});

@@ -1,0 +1,200 @@
+import { plainToInstance, Transform } from 'class-transformer';
+import {
+  IsBoolean,
+  IsEnum,
+  IsIn,
+  IsInt,
+  IsOptional,
+  IsString,
+  Matches,
+  Max,
+  Min,
+  validateSync,
+} from 'class-validator';
+import { CronTime } from 'cron';
+import { isIP } from 'node:net';
+
+export enum NodeEnv {
+  Development = 'development',
+  Production = 'production',
+  Test = 'test',
+}
+
+const LOG_LEVELS = ['fatal', 'error', 'warn', 'log', 'debug', 'verbose'] as const;
+export type LogLevelName = (typeof LOG_LEVELS)[number];
+
+const toBoolean = ({ value }: { value: unknown }) => {
+  if (typeof value !== 'string') return value;
+  const v = value.trim().toLowerCase();
+  if (['true', '1', 'yes', 'on'].includes(v)) return true;
+  if (['false', '0', 'no', 'off'].includes(v)) return false;
+  return value;
+};
+// Number('') is 0: a blank variable must be an error, not a silent zero.
+const toNumber = ({ value }: { value: unknown }) =>
+  typeof value === 'string' ? (value.trim() === '' ? NaN : Number(value)) : value;
+const toOptionalString = ({ value }: { value: unknown }) =>
+  typeof value === 'string' && value.trim() === '' ? undefined : value;
+
+/**
+ * Every environment variable the service reads, with its default.
+ * Validated once at boot (ConfigModule `validate`, the CLI, the TypeORM data source).
+ */
+export class Env {
+  @IsEnum(NodeEnv)
+  NODE_ENV: NodeEnv = NodeEnv.Development;
+
+  @Transform(toNumber)
+  @IsInt()
+  @Min(0)
+  @Max(65535)
+  PORT = 3000;
+
+  @IsString()
+  HOST = '0.0.0.0';
+
+  /** Unset: an embedded PostgreSQL is started with its data under DATA_DIR/pg. */
+  @Transform(toOptionalString)
+  @IsOptional()
+  @Matches(/^postgres(ql)?:\/\//, { message: 'DATABASE_URL must be a postgres:// URL' })
+  DATABASE_URL?: string;
+
+  /** Development secrets and the embedded database live here. */
+  @IsString()
+  DATA_DIR = '.data';
+
+  @Transform(toOptionalString)
+  @IsOptional()
+  @IsString()
+  JWT_SECRET?: string;
+
+  @Transform(toOptionalString)
+  @IsOptional()
+  @IsString()
+  PASSWORD_PEPPER?: string;
+
+  @IsString()
+  JWT_ISSUER = 'sessionary';
+
+  @IsString()
+  JWT_AUDIENCE = 'sessionary-api';
+
+  /** Seconds an access token is valid. */
+  @Transform(toNumber)
+  @IsInt()
+  @Min(1)
+  ACCESS_TOKEN_TTL = 900;
+
+  /** Seconds of inactivity after which a session ends. */
+  @Transform(toNumber)
+  @IsInt()
+  @Min(1)
+  SESSION_IDLE_TTL = 3600;
+
+  /** Seconds after login after which a session ends whatever its activity. */
+  @Transform(toNumber)
+  @IsInt()
+  @Min(1)
+  SESSION_ABSOLUTE_TTL = 86400;
+
+  /** Seconds a refresh token is valid; never beyond the session's absolute deadline. */
+  @Transform(toNumber)
+  @IsInt()
+  @Min(1)
+  REFRESH_TOKEN_TTL = 86400;
+
+  /** Seconds an ended session is kept (for the user's and the admin's history) before cleanup deletes it. */
+  @Transform(toNumber)
+  @IsInt()
+  @Min(0)
+  SESSION_RETENTION = 30 * 86400;
+
+  /** Active sessions a user may have; a login beyond it ends the least recently used. 0: unlimited. */
+  @Transform(toNumber)
+  @IsInt()
+  @Min(0)
+  SESSION_MAX_PER_USER = 10;
+
+  @Transform(toNumber)
+  @IsInt()
+  @Min(4)
+  @Max(31)
+  BCRYPT_COST = 12;
+
+  @IsString()
+  SESSION_CLEANUP_CRON = '*/5 * * * *';
+
+  @Transform(toBoolean)
+  @IsBoolean()
+  MIGRATIONS_RUN = true;
+
+  /**
+   * Fastify's trustProxy: `false` (default), `true`, a hop count, or a comma-separated
+   * list of proxy addresses/CIDRs. Only then is X-Forwarded-For used for the client IP.
+   */
+  @IsString()
+  TRUST_PROXY = 'false';
+
+  @IsIn(LOG_LEVELS)
+  LOG_LEVEL: LogLevelName = 'log';
+}
+
+/** Numbers that must relate to each other; class-validator checks one field at a time. */
+function crossFieldErrors(env: Env): string[] {
+  const errors: string[] = [];
+  if (env.SESSION_IDLE_TTL > env.SESSION_ABSOLUTE_TTL) {
+    errors.push('SESSION_IDLE_TTL must not exceed SESSION_ABSOLUTE_TTL');
+  }
+  try {
+    new CronTime(env.SESSION_CLEANUP_CRON);
+  } catch {
+    errors.push('SESSION_CLEANUP_CRON must be a valid cron expression');
+  }
+  if (!parseTrustProxy(env.TRUST_PROXY).valid) {
+    errors.push('TRUST_PROXY must be true, false, a hop count or a list of addresses');
+  }
+  return errors;
+}
+
+export type TrustProxy = boolean | string[] | ((address: string, hop: number) => boolean);
+
+export function parseTrustProxy(raw: string): { valid: boolean; value: TrustProxy } {
+  const v = raw.trim().toLowerCase();
+  if (v === '' || v === 'false' || v === '0') return { valid: true, value: false };
+  if (v === 'true') return { valid: true, value: true };
+  if (/^\d+$/.test(v)) {
+    const hops = Number(v);
+    // Trust exactly that many proxies in front of us, counted from our side.
+    return { valid: true, value: (_address: string, hop: number) => hop < hops };
+  }
+  const list = raw.split(',').map((s) => s.trim()).filter(Boolean);
+  return { valid: list.length > 0 && list.every(isProxyAddress), value: list };
+}
+
+/** An IP, an IP/prefix, or one of proxy-addr's named ranges. */
+function isProxyAddress(entry: string): boolean {
+  if (['loopback', 'linklocal', 'uniquelocal'].includes(entry)) return true;
+  const [address, prefix, ...rest] = entry.split('/');
+  const version = isIP(address);
+  if (!version || rest.length) return false;
+  return prefix === undefined || (/^\d{1,3}$/.test(prefix) && Number(prefix) <= (version === 4 ? 32 : 128));
+}
+
+/**
+ * Validates raw variables into a typed Env. The error names the bad variables, never their
+ * values (a value may be a secret).
+ */
+export function parseEnv(raw: Record<string, unknown>): Env {
+  // Only our own variables: the rest of the process environment is none of our business.
+  const known = Object.keys(new Env()).concat('DATABASE_URL', 'JWT_SECRET', 'PASSWORD_PEPPER');
+  const picked = Object.fromEntries(known.filter((k) => raw[k] !== undefined).map((k) => [k, raw[k]]));
+  const env = plainToInstance(Env, picked, { exposeDefaultValues: true });
+  const errors = validateSync(env, { skipMissingProperties: false, whitelist: false });
+  const messages = errors.flatMap((e) => Object.values(e.constraints ?? {}).map(() => e.property));
+  const unique = [...new Set(messages)].map((p) => `${p} is invalid`);
+  const all = [...unique, ...(unique.length ? [] : crossFieldErrors(env))];
+  if (all.length) {
+    throw new Error(`Invalid configuration: ${all.join('; ')}`);
+  }
+  return env;
+}

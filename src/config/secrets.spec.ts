@@ -1,0 +1,164 @@
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parseEnv } from './env.schema';
+import { MIN_SECRET_BYTES, resolveSecrets } from './secrets';
+
+const STRONG_JWT = randomBytes(48).toString('base64');
+const STRONG_PEPPER = randomBytes(48).toString('base64');
+
+function production(vars: Record<string, string | undefined>) {
+  return parseEnv({ NODE_ENV: 'production', ...vars });
+}
+
+/** resolveSecrets must stop; the message names `name` and never contains `value`. */
+function assertStops(vars: Record<string, string | undefined>, name: string, value: string | undefined, reason: RegExp): void {
+  assert.throws(
+    () => resolveSecrets(production(vars)),
+    (e: unknown) => {
+      assert.ok(e instanceof Error);
+      assert.match(e.message, /^Refusing to start in production: /);
+      assert.match(e.message, new RegExp(`${name} ${reason.source}`));
+      if (value) assert.ok(!e.message.includes(value), `the message leaks the value: ${e.message}`);
+      // Nor the other, good, secret.
+      assert.ok(!e.message.includes(STRONG_JWT) && !e.message.includes(STRONG_PEPPER));
+      return true;
+    },
+  );
+}
+
+describe('resolveSecrets in production', () => {
+  it('returns strong secrets as given', () => {
+    assert.deepEqual(resolveSecrets(production({ JWT_SECRET: STRONG_JWT, PASSWORD_PEPPER: STRONG_PEPPER })), {
+      JWT_SECRET: STRONG_JWT,
+      PASSWORD_PEPPER: STRONG_PEPPER,
+    });
+  });
+
+  it('accepts exactly 32 bytes of varied characters', () => {
+    const secret = STRONG_JWT.slice(0, MIN_SECRET_BYTES);
+    assert.equal(resolveSecrets(production({ JWT_SECRET: secret, PASSWORD_PEPPER: STRONG_PEPPER })).JWT_SECRET, secret);
+  });
+
+  it('stops on a missing JWT_SECRET', () => {
+    assertStops({ PASSWORD_PEPPER: STRONG_PEPPER }, 'JWT_SECRET', undefined, /is missing/);
+  });
+
+  it('stops on a blank JWT_SECRET', () => {
+    assertStops({ JWT_SECRET: '   ', PASSWORD_PEPPER: STRONG_PEPPER }, 'JWT_SECRET', undefined, /is missing/);
+  });
+
+  it('stops on a 31-byte JWT_SECRET', () => {
+    const secret = STRONG_JWT.slice(0, 31);
+    assert.equal(Buffer.byteLength(secret), 31);
+    assertStops({ JWT_SECRET: secret, PASSWORD_PEPPER: STRONG_PEPPER }, 'JWT_SECRET', secret, /is shorter than 32 bytes/);
+  });
+
+  it('counts bytes, not characters (16 two-byte characters are 32 bytes)', () => {
+    const secret = 'äöüßéèêëàâçîïôûÿ';
+    assert.equal(secret.length, 16);
+    assert.equal(resolveSecrets(production({ JWT_SECRET: secret, PASSWORD_PEPPER: STRONG_PEPPER })).JWT_SECRET, secret);
+  });
+
+  for (const secret of ['change-me-to-a-long-random-string-of-32-bytes-or-more', 'Replace-With-At-Least-32-Random-Bytes-Base64']) {
+    it(`stops on the well-known JWT_SECRET ${JSON.stringify(secret)} (case-insensitively)`, () => {
+      assertStops({ JWT_SECRET: secret, PASSWORD_PEPPER: STRONG_PEPPER }, 'JWT_SECRET', secret, /is a well-known or low-entropy value/);
+    });
+  }
+
+  it('stops on a low-entropy JWT_SECRET', () => {
+    const secret = 'a'.repeat(40);
+    assertStops({ JWT_SECRET: secret, PASSWORD_PEPPER: STRONG_PEPPER }, 'JWT_SECRET', secret, /is a well-known or low-entropy value/);
+  });
+
+  it('stops on a missing PASSWORD_PEPPER', () => {
+    assertStops({ JWT_SECRET: STRONG_JWT }, 'PASSWORD_PEPPER', undefined, /is missing/);
+  });
+
+  it('stops on a weak PASSWORD_PEPPER', () => {
+    const pepper = 'abababababababababababababababababab';
+    assertStops({ JWT_SECRET: STRONG_JWT, PASSWORD_PEPPER: pepper }, 'PASSWORD_PEPPER', pepper, /is a well-known or low-entropy value/);
+  });
+
+  it('names both problems when both secrets are bad', () => {
+    assert.throws(() => resolveSecrets(production({ JWT_SECRET: 'short-secret-value' })), (e: unknown) => {
+      assert.ok(e instanceof Error);
+      assert.match(e.message, /JWT_SECRET is shorter than 32 bytes/);
+      assert.match(e.message, /PASSWORD_PEPPER is missing/);
+      assert.ok(!e.message.includes('short-secret-value'));
+      return true;
+    });
+  });
+});
+
+describe('resolveSecrets in development', () => {
+  let root: string;
+  before(() => {
+    root = mkdtempSync(join(tmpdir(), 'sessionary-secrets-'));
+  });
+  after(() => {
+    rmSync(root, { recursive: true, force: true });
+  });
+
+  it('generates both secrets, writes DATA_DIR/secrets.json with mode 0600 and returns the same ones next time', () => {
+    const dataDir = join(root, 'first', 'nested'); // created on demand
+    const env = parseEnv({ NODE_ENV: 'development', DATA_DIR: dataDir });
+    const first = resolveSecrets(env);
+    assert.ok(Buffer.byteLength(first.JWT_SECRET) >= MIN_SECRET_BYTES);
+    assert.ok(Buffer.byteLength(first.PASSWORD_PEPPER) >= MIN_SECRET_BYTES);
+    assert.notEqual(first.JWT_SECRET, first.PASSWORD_PEPPER);
+
+    const file = join(dataDir, 'secrets.json');
+    assert.equal(statSync(file).mode & 0o777, 0o600);
+    assert.deepEqual(JSON.parse(readFileSync(file, 'utf8')), first);
+
+    const second = resolveSecrets(parseEnv({ NODE_ENV: 'development', DATA_DIR: dataDir }));
+    assert.deepEqual(second, first);
+  });
+
+  it('prefers secrets given in the environment over the generated ones', () => {
+    const dataDir = join(root, 'given');
+    const secrets = resolveSecrets(parseEnv({ NODE_ENV: 'development', DATA_DIR: dataDir, JWT_SECRET: STRONG_JWT }));
+    assert.equal(secrets.JWT_SECRET, STRONG_JWT);
+    const stored = JSON.parse(readFileSync(join(dataDir, 'secrets.json'), 'utf8')) as Record<string, string>;
+    assert.equal(secrets.PASSWORD_PEPPER, stored.PASSWORD_PEPPER);
+  });
+
+  it('regenerates an incomplete secrets.json', () => {
+    const dataDir = join(root, 'incomplete');
+    resolveSecrets(parseEnv({ NODE_ENV: 'development', DATA_DIR: dataDir }));
+    writeFileSync(join(dataDir, 'secrets.json'), JSON.stringify({ JWT_SECRET: 'only-one' }));
+    const secrets = resolveSecrets(parseEnv({ NODE_ENV: 'development', DATA_DIR: dataDir }));
+    assert.notEqual(secrets.JWT_SECRET, 'only-one');
+    assert.ok(secrets.PASSWORD_PEPPER.length > 0);
+    assert.deepEqual(JSON.parse(readFileSync(join(dataDir, 'secrets.json'), 'utf8')), secrets);
+  });
+});
+
+describe('resolveSecrets in test', () => {
+  let root: string;
+  before(() => {
+    root = mkdtempSync(join(tmpdir(), 'sessionary-secrets-test-'));
+  });
+  after(() => {
+    rmSync(root, { recursive: true, force: true });
+  });
+
+  it('generates fresh secrets and writes nothing', () => {
+    const dataDir = join(root, 'data');
+    const a = resolveSecrets(parseEnv({ NODE_ENV: 'test', DATA_DIR: dataDir }));
+    const b = resolveSecrets(parseEnv({ NODE_ENV: 'test', DATA_DIR: dataDir }));
+    assert.ok(Buffer.byteLength(a.JWT_SECRET) >= MIN_SECRET_BYTES);
+    assert.ok(Buffer.byteLength(a.PASSWORD_PEPPER) >= MIN_SECRET_BYTES);
+    assert.notEqual(a.JWT_SECRET, b.JWT_SECRET);
+    assert.equal(existsSync(dataDir), false);
+  });
+
+  it('uses the secrets given, without checking their strength', () => {
+    const secrets = resolveSecrets(parseEnv({ NODE_ENV: 'test', DATA_DIR: join(root, 'x'), JWT_SECRET: 'short', PASSWORD_PEPPER: 'pep' }));
+    assert.deepEqual(secrets, { JWT_SECRET: 'short', PASSWORD_PEPPER: 'pep' });
+  });
+});

@@ -1,0 +1,81 @@
+import { randomBytes } from 'node:crypto';
+import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { Env, NodeEnv } from './env.schema';
+
+export interface Secrets {
+  JWT_SECRET: string;
+  PASSWORD_PEPPER: string;
+}
+
+/** 256 bits: HS256 wants a key at least as long as its output (RFC 7518 §3.2). */
+export const MIN_SECRET_BYTES = 32;
+
+// Values seen in tutorials, templates and our own .env.example: long enough, known to everyone.
+const WELL_KNOWN_SECRETS = new Set([
+  'secret',
+  'changeme',
+  'change-me',
+  'your-secret-key',
+  'your_jwt_secret',
+  'jwt_secret',
+  'supersecret',
+  'replace-with-at-least-32-random-bytes-base64',
+  'change-me-to-a-long-random-string-of-32-bytes-or-more',
+]);
+
+function weakness(name: string, value: string | undefined): string | undefined {
+  if (!value) return `${name} is missing`;
+  if (Buffer.byteLength(value, 'utf8') < MIN_SECRET_BYTES) return `${name} is shorter than ${MIN_SECRET_BYTES} bytes`;
+  if (WELL_KNOWN_SECRETS.has(value.toLowerCase()) || new Set(value).size < 8) return `${name} is a well-known or low-entropy value`;
+  return undefined;
+}
+
+/**
+ * Production: both secrets must come from configuration and be strong, or the boot stops
+ * (ASVS 13.3.1). Development: generated once and kept under DATA_DIR so a restart does not
+ * log everyone out. Test: generated per process unless given.
+ */
+export function resolveSecrets(env: Env): Secrets {
+  if (env.NODE_ENV === NodeEnv.Production) {
+    const problems = [weakness('JWT_SECRET', env.JWT_SECRET), weakness('PASSWORD_PEPPER', env.PASSWORD_PEPPER)].filter(
+      (p): p is string => Boolean(p),
+    );
+    if (problems.length) {
+      throw new Error(
+        `Refusing to start in production: ${problems.join('; ')}. ` +
+          `Set each to at least ${MIN_SECRET_BYTES} random bytes, e.g. \`openssl rand -base64 48\`.`,
+      );
+    }
+    return { JWT_SECRET: env.JWT_SECRET!, PASSWORD_PEPPER: env.PASSWORD_PEPPER! };
+  }
+  if (env.JWT_SECRET && env.PASSWORD_PEPPER) return { JWT_SECRET: env.JWT_SECRET, PASSWORD_PEPPER: env.PASSWORD_PEPPER };
+  const generated = env.NODE_ENV === NodeEnv.Test ? randomSecrets() : persistedDevelopmentSecrets(env.DATA_DIR);
+  return {
+    JWT_SECRET: env.JWT_SECRET ?? generated.JWT_SECRET,
+    PASSWORD_PEPPER: env.PASSWORD_PEPPER ?? generated.PASSWORD_PEPPER,
+  };
+}
+
+function randomSecrets(): Secrets {
+  return { JWT_SECRET: randomBytes(48).toString('base64'), PASSWORD_PEPPER: randomBytes(48).toString('base64') };
+}
+
+function persistedDevelopmentSecrets(dataDir: string): Secrets {
+  const file = join(dataDir, 'secrets.json');
+  if (existsSync(file)) {
+    let stored: Partial<Secrets> = {};
+    try {
+      stored = JSON.parse(readFileSync(file, 'utf8')) as Partial<Secrets>;
+    } catch {
+      // Never echo the file: a parse error would quote its content, the secrets.
+      throw new Error(`${file} is unreadable; delete it to generate new development secrets (everyone is logged out).`);
+    }
+    if (stored.JWT_SECRET && stored.PASSWORD_PEPPER) return stored as Secrets;
+  }
+  const secrets = randomSecrets();
+  mkdirSync(dataDir, { recursive: true });
+  writeFileSync(file, JSON.stringify(secrets), { mode: 0o600 });
+  chmodSync(file, 0o600);
+  return secrets;
+}

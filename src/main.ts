@@ -1,0 +1,39 @@
+import { Logger } from '@nestjs/common';
+import { join } from 'node:path';
+import { NestFactory } from '@nestjs/core';
+import { NestFastifyApplication } from '@nestjs/platform-fastify';
+import { AppModule } from './app.module';
+import { configureApp, createFastifyAdapter } from './app.setup';
+import { loadConfig, useDatabaseUrl } from './config/config';
+import { createLogger } from './config/logger';
+import { startEmbeddedPostgres } from './database/embedded-postgres';
+
+async function bootstrap(): Promise<void> {
+  let config = loadConfig();
+  const logger = createLogger(config);
+  const boot = new Logger('Bootstrap');
+  Logger.overrideLogger(logger);
+
+  // No DATABASE_URL: a real PostgreSQL from the embedded-postgres package, data under DATA_DIR.
+  const embedded = config.DATABASE_URL ? undefined : await startEmbeddedPostgres({ dataDir: join(config.DATA_DIR, 'pg'), logger });
+  if (embedded) {
+    useDatabaseUrl(embedded.url);
+    config = loadConfig();
+  }
+
+  const app = await NestFactory.create<NestFastifyApplication>(
+    // The embedded server stops last on SIGTERM/SIGINT, after the pool has closed.
+    AppModule.forRoot(config, { onShutdown: embedded?.stop }),
+    createFastifyAdapter(config),
+    { logger },
+  );
+  configureApp(app);
+  await app.listen({ port: config.PORT, host: config.HOST });
+  boot.log(`Listening on ${await app.getUrl()} (${embedded ? 'embedded PostgreSQL' : 'PostgreSQL from DATABASE_URL'})`);
+}
+
+bootstrap().catch((error: unknown) => {
+  // The message says what to fix; the stack is for the operator, never a client.
+  new Logger('Bootstrap').fatal(error instanceof Error ? (error.stack ?? error.message) : String(error));
+  process.exit(1);
+});

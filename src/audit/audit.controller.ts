@@ -1,0 +1,24 @@
+import { Controller, Get, Query } from '@nestjs/common';
+import { ApiBadRequestResponse, ApiBearerAuth, ApiOkResponse, ApiOperation, ApiTags, ApiUnauthorizedResponse } from '@nestjs/swagger';
+import { AuthContext, CurrentAuth } from '../common/current-auth.decorator';
+import { ErrorResponseDto } from '../common/error-response.dto';
+import { AuditService } from './audit.service';
+import { AuditEventResponseDto, AuditPageResponseDto } from './dto/audit-event-response.dto';
+import { AuditQueryDto, toAuditQuery } from './dto/audit-query.dto';
+
+@ApiTags('audit')
+@ApiBearerAuth()
+@ApiUnauthorizedResponse({ type: ErrorResponseDto, description: 'No valid access token or the session has ended' })
+@Controller('audit')
+export class AuditController {
+  constructor(private readonly audit: AuditService) {}
+
+  @Get()
+  @ApiOperation({ summary: "The caller's own security events, newest first" })
+  @ApiOkResponse({ type: AuditPageResponseDto })
+  @ApiBadRequestResponse({ type: ErrorResponseDto, description: 'Bad filter or cursor' })
+  async list(@CurrentAuth() auth: AuthContext, @Query() query: AuditQueryDto): Promise<AuditPageResponseDto> {
+    const page = await this.audit.list(toAuditQuery(query, auth.userId));
+    return { items: page.items.map(AuditEventResponseDto.from), nextCursor: page.nextCursor };
+  }
+}

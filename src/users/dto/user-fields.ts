@@ -1,0 +1,42 @@
+import { applyDecorators } from '@nestjs/common';
+import { ApiProperty, ApiPropertyOptional } from '@nestjs/swagger';
+import { IsEmail, IsString, Matches, MaxLength } from 'class-validator';
+import { IsAcceptablePassword, PASSWORD_MAX_LENGTH, PASSWORD_MIN_LENGTH } from '../password-policy';
+
+// The field rules of API.md, shared by registration, login and profile DTOs.
+
+export const USERNAME_PATTERN = /^[A-Za-z0-9_.-]{3,32}$/;
+
+export const UsernameField = (required = true) =>
+  applyDecorators(
+    (required ? ApiProperty : ApiPropertyOptional)({ example: 'ada_l', pattern: USERNAME_PATTERN.source, minLength: 3, maxLength: 32 }),
+    IsString(),
+    Matches(USERNAME_PATTERN, { message: 'username must be 3 to 32 characters of letters, digits, "_", "." or "-"' }),
+  );
+
+export const EmailField = (required = true) =>
+  applyDecorators(
+    (required ? ApiProperty : ApiPropertyOptional)({ example: 'ada@example.com', format: 'email', maxLength: 254 }),
+    IsString(),
+    MaxLength(254),
+    IsEmail({}, { message: 'email must be an email address' }),
+  );
+
+export const NewPasswordField = () =>
+  applyDecorators(
+    ApiProperty({
+      minLength: PASSWORD_MIN_LENGTH,
+      maxLength: PASSWORD_MAX_LENGTH,
+      description: 'Any characters, counted in Unicode code points; not a common password',
+      example: 'correct horse battery staple',
+    }),
+    IsAcceptablePassword(),
+  );
+
+/** A password to check, not to set: any string up to the maximum, so old rules never lock anyone out. */
+export const ExistingPasswordField = (required = true) =>
+  applyDecorators(
+    (required ? ApiProperty : ApiPropertyOptional)({ maxLength: PASSWORD_MAX_LENGTH * 4 }),
+    IsString(),
+    MaxLength(PASSWORD_MAX_LENGTH * 4),
+  );

@@ -1,0 +1,40 @@
+import { Body, Controller, Get, Patch } from '@nestjs/common';
+import {
+  ApiBadRequestResponse,
+  ApiBearerAuth,
+  ApiConflictResponse,
+  ApiOkResponse,
+  ApiOperation,
+  ApiTags,
+  ApiUnauthorizedResponse,
+} from '@nestjs/swagger';
+import { Client, ClientContext } from '../common/client-context';
+import { AuthContext, CurrentAuth } from '../common/current-auth.decorator';
+import { ErrorResponseDto } from '../common/error-response.dto';
+import { UpdateProfileDto } from './dto/update-profile.dto';
+import { UserResponseDto } from './dto/user-response.dto';
+import { UsersService } from './users.service';
+
+@ApiTags('users')
+@ApiBearerAuth()
+@ApiUnauthorizedResponse({ type: ErrorResponseDto, description: 'No valid access token or the session has ended' })
+@Controller('users')
+export class UsersController {
+  constructor(private readonly users: UsersService) {}
+
+  @Get('me')
+  @ApiOperation({ summary: "The caller's profile" })
+  @ApiOkResponse({ type: UserResponseDto })
+  async me(@CurrentAuth() auth: AuthContext): Promise<UserResponseDto> {
+    return UserResponseDto.from(await this.users.getById(auth.userId));
+  }
+
+  @Patch('me')
+  @ApiOperation({ summary: 'Change username and/or email; an email change needs currentPassword' })
+  @ApiOkResponse({ type: UserResponseDto })
+  @ApiBadRequestResponse({ type: ErrorResponseDto })
+  @ApiConflictResponse({ type: ErrorResponseDto, description: 'Username or email is already taken' })
+  async update(@CurrentAuth() auth: AuthContext, @Body() dto: UpdateProfileDto, @Client() client: ClientContext): Promise<UserResponseDto> {
+    return UserResponseDto.from(await this.users.updateProfile(auth.userId, auth.sessionId, dto, client));
+  }
+}

@@ -1,0 +1,117 @@
+import { ConflictException, Injectable, NotFoundException, UnauthorizedException } from '@nestjs/common';
+import { InjectDataSource } from '@nestjs/typeorm';
+import { DataSource, EntityManager } from 'typeorm';
+import { AuditService } from '../audit/audit.service';
+import type { ClientContext } from '../common/client-context';
+import { PG_UNIQUE_VIOLATION, pgErrorCode } from '../database/pg-errors';
+import { UpdateProfileDto } from './dto/update-profile.dto';
+import { PasswordHasher } from './password-hasher';
+import { UserEntity, UserRole } from './user.entity';
+
+export interface NewUser {
+  username: string;
+  email: string;
+  passwordHash: string;
+}
+
+export interface LoginIdentifier {
+  email?: string;
+  username?: string;
+}
+
+// One message for both, so registration does not say which of the two is taken.
+const TAKEN_MESSAGE = 'Username or email is already taken';
+
+@Injectable()
+export class UsersService {
+  constructor(
+    @InjectDataSource() private readonly dataSource: DataSource,
+    private readonly audit: AuditService,
+    private readonly passwords: PasswordHasher,
+  ) {}
+
+  findById(id: string): Promise<UserEntity | null> {
+    return this.dataSource.getRepository(UserEntity).findOneBy({ id });
+  }
+
+  async getById(id: string): Promise<UserEntity> {
+    const user = await this.findById(id);
+    if (!user) throw new NotFoundException('User not found');
+    return user;
+  }
+
+  /** Case-insensitive, served by the lower() unique indexes. */
+  findByLogin(identifier: LoginIdentifier): Promise<UserEntity | null> {
+    const qb = this.dataSource.getRepository(UserEntity).createQueryBuilder('u');
+    if (identifier.email !== undefined) qb.where('lower(u.email) = lower(:email)', { email: identifier.email });
+    else if (identifier.username !== undefined) qb.where('lower(u.username) = lower(:username)', { username: identifier.username });
+    else return Promise.resolve(null);
+    return qb.getOne();
+  }
+
+  /** Inserts inside the caller's transaction; the unique indexes settle races (409). */
+  async create(em: EntityManager, input: NewUser): Promise<UserEntity> {
+    try {
+      const user = em.create(UserEntity, { ...input, role: 'user' });
+      return await em.save(user);
+    } catch (error) {
+      if (pgErrorCode(error) === PG_UNIQUE_VIOLATION) throw new ConflictException(TAKEN_MESSAGE);
+      throw error;
+    }
+  }
+
+  /**
+   * Sets a user's role (the admin CLI). Takes effect on the user's next request: the session
+   * check reads the role from the database. Answers the previous role.
+   */
+  async setRole(email: string, role: UserRole, actor: string): Promise<{ user: UserEntity; previous: UserRole }> {
+    return this.dataSource.transaction(async (em) => {
+      const user = await em
+        .getRepository(UserEntity)
+        .createQueryBuilder('u')
+        .setLock('pessimistic_write')
+        .where('lower(u.email) = lower(:email)', { email })
+        .getOne();
+      if (!user) throw new NotFoundException('User not found');
+      const previous = user.role;
+      if (previous !== role) {
+        await em.update(UserEntity, { id: user.id }, { role });
+        await this.audit.record(em, { type: 'ROLE_CHANGED', userId: user.id, metadata: { from: previous, to: role, by: actor } });
+      }
+      return { user: { ...user, role }, previous };
+    });
+  }
+
+  async updateProfile(userId: string, sessionId: string, dto: UpdateProfileDto, client: ClientContext): Promise<UserEntity> {
+    const user = await this.getById(userId);
+    const changes: Partial<Pick<UserEntity, 'username' | 'email'>> = {};
+    if (dto.username !== undefined && dto.username !== user.username) changes.username = dto.username;
+    if (dto.email !== undefined && dto.email !== user.email) changes.email = dto.email;
+    if (changes.email !== undefined && changes.email.toLowerCase() !== user.email.toLowerCase()) {
+      // Re-authentication before an email change (ASVS 6.4.x): a stolen access token alone
+      // must not be enough to take the account over. bcrypt runs outside the transaction.
+      if (dto.currentPassword === undefined || !(await this.passwords.verify(dto.currentPassword, user.passwordHash))) {
+        throw new UnauthorizedException('Current password is required and must be correct to change the email');
+      }
+    }
+    const fields = Object.keys(changes);
+    if (!fields.length) return user;
+
+    try {
+      return await this.dataSource.transaction(async (em) => {
+        await em.update(UserEntity, { id: userId }, changes);
+        await this.audit.record(em, {
+          type: 'PROFILE_UPDATED',
+          userId,
+          sessionId,
+          client,
+          metadata: { fields: fields.sort().join(',') },
+        });
+        return em.findOneByOrFail(UserEntity, { id: userId });
+      });
+    } catch (error) {
+      if (pgErrorCode(error) === PG_UNIQUE_VIOLATION) throw new ConflictException(TAKEN_MESSAGE);
+      throw error;
+    }
+  }
+}

@@ -1,0 +1,72 @@
+import { Body, Controller, Header, HttpCode, HttpStatus, Post } from '@nestjs/common';
+import {
+  ApiBadRequestResponse,
+  ApiBearerAuth,
+  ApiConflictResponse,
+  ApiCreatedResponse,
+  ApiNoContentResponse,
+  ApiOkResponse,
+  ApiOperation,
+  ApiTags,
+  ApiUnauthorizedResponse,
+} from '@nestjs/swagger';
+import { Client, ClientContext } from '../common/client-context';
+import { AuthContext, CurrentAuth } from '../common/current-auth.decorator';
+import { ErrorResponseDto } from '../common/error-response.dto';
+import { Public } from '../common/public.decorator';
+import { RegisteredUserResponseDto } from '../users/dto/user-response.dto';
+import { AuthService } from './auth.service';
+import { LoginDto } from './dto/login.dto';
+import { RefreshDto } from './dto/refresh.dto';
+import { RegisterDto } from './dto/register.dto';
+import { TokenResponseDto } from './dto/token-response.dto';
+
+@ApiTags('auth')
+@Controller('auth')
+export class AuthController {
+  constructor(private readonly auth: AuthService) {}
+
+  @Public()
+  @Post('register')
+  @ApiOperation({ summary: 'Create an account' })
+  @ApiCreatedResponse({ type: RegisteredUserResponseDto })
+  @ApiBadRequestResponse({ type: ErrorResponseDto, description: 'Invalid field (named in message)' })
+  @ApiConflictResponse({ type: ErrorResponseDto, description: 'Username or email is already taken (one message for both)' })
+  async register(@Body() dto: RegisterDto, @Client() client: ClientContext): Promise<RegisteredUserResponseDto> {
+    return RegisteredUserResponseDto.fromUser(await this.auth.register(dto, client));
+  }
+
+  @Public()
+  @Post('login')
+  @HttpCode(HttpStatus.OK)
+  @Header('Cache-Control', 'no-store')
+  @ApiOperation({ summary: 'Log in by email or username; opens a session' })
+  @ApiOkResponse({ type: TokenResponseDto })
+  @ApiBadRequestResponse({ type: ErrorResponseDto })
+  @ApiUnauthorizedResponse({ type: ErrorResponseDto, description: 'Invalid credentials (same for unknown account and wrong password)' })
+  login(@Body() dto: LoginDto, @Client() client: ClientContext): Promise<TokenResponseDto> {
+    return this.auth.login(dto, client);
+  }
+
+  @Public()
+  @Post('refresh')
+  @HttpCode(HttpStatus.OK)
+  @Header('Cache-Control', 'no-store')
+  @ApiOperation({ summary: 'Exchange a refresh token for a new pair; a reused token ends the session' })
+  @ApiOkResponse({ type: TokenResponseDto })
+  @ApiBadRequestResponse({ type: ErrorResponseDto })
+  @ApiUnauthorizedResponse({ type: ErrorResponseDto, description: 'Unknown, expired, revoked or already used refresh token' })
+  refresh(@Body() dto: RefreshDto, @Client() client: ClientContext): Promise<TokenResponseDto> {
+    return this.auth.refresh(dto.refreshToken, client);
+  }
+
+  @Post('logout')
+  @HttpCode(HttpStatus.NO_CONTENT)
+  @ApiBearerAuth()
+  @ApiOperation({ summary: 'End the current session; its access and refresh tokens stop working at once' })
+  @ApiNoContentResponse()
+  @ApiUnauthorizedResponse({ type: ErrorResponseDto })
+  logout(@CurrentAuth() auth: AuthContext, @Client() client: ClientContext): Promise<void> {
+    return this.auth.logout(auth, client);
+  }
+}

@@ -1,0 +1,117 @@
+import { BadRequestException, Injectable, UnauthorizedException } from '@nestjs/common';
+import { InjectDataSource } from '@nestjs/typeorm';
+import { DataSource } from 'typeorm';
+import { AuditService } from '../audit/audit.service';
+import type { ClientContext } from '../common/client-context';
+import type { AuthContext } from '../common/current-auth.decorator';
+import { UNAUTHORIZED_SESSION, IssuedSession, SessionsService } from '../sessions/sessions.service';
+import { PasswordHasher } from '../users/password-hasher';
+import { UserEntity } from '../users/user.entity';
+import { UsersService } from '../users/users.service';
+import { AccessTokenService } from './access-token.service';
+import { LoginDto } from './dto/login.dto';
+import { RegisterDto } from './dto/register.dto';
+import { ChangePasswordDto } from './dto/change-password.dto';
+import { TokenResponseDto } from './dto/token-response.dto';
+
+// Identical for an unknown account and a wrong password (ASVS 6.3.8).
+export const INVALID_CREDENTIALS = 'Invalid credentials';
+
+@Injectable()
+export class AuthService {
+  constructor(
+    @InjectDataSource() private readonly dataSource: DataSource,
+    private readonly users: UsersService,
+    private readonly sessions: SessionsService,
+    private readonly audit: AuditService,
+    private readonly passwords: PasswordHasher,
+    private readonly accessTokens: AccessTokenService,
+  ) {}
+
+  async register(dto: RegisterDto, client: ClientContext): Promise<UserEntity> {
+    const passwordHash = await this.passwords.hash(dto.password); // slow work before the transaction
+    return this.dataSource.transaction(async (em) => {
+      const user = await this.users.create(em, { username: dto.username, email: dto.email, passwordHash });
+      await this.audit.record(em, { type: 'REGISTER', userId: user.id, client });
+      return user;
+    });
+  }
+
+  async login(dto: LoginDto, client: ClientContext): Promise<TokenResponseDto> {
+    if (dto.email !== undefined && dto.username !== undefined) {
+      throw new BadRequestException(['give either email or username, not both']);
+    }
+    const method = dto.email !== undefined ? 'email' : 'username';
+    const user = await this.users.findByLogin(dto);
+    // Same bcrypt work whether or not the account exists.
+    const valid = user ? await this.passwords.verify(dto.password, user.passwordHash) : await this.passwords.verifyAgainstNobody(dto.password);
+    if (!user || !valid) {
+      await this.dataSource.transaction((em) =>
+        this.audit.record(em, {
+          type: 'LOGIN_FAILED',
+          userId: user?.id ?? null,
+          client,
+          metadata: { method, reason: user ? 'wrong_password' : 'unknown_account' },
+        }),
+      );
+      throw new UnauthorizedException(INVALID_CREDENTIALS);
+    }
+    const issued = await this.dataSource.transaction(async (em) => {
+      const opened = await this.sessions.open(em, user.id, client);
+      await this.audit.record(em, { type: 'LOGIN', userId: user.id, sessionId: opened.session.id, client, metadata: { method } });
+      return opened;
+    });
+    return this.tokenResponse(issued);
+  }
+
+  async refresh(refreshToken: string, client: ClientContext): Promise<TokenResponseDto> {
+    return this.tokenResponse(await this.sessions.refresh(refreshToken, client));
+  }
+
+  async logout(auth: AuthContext, client: ClientContext): Promise<void> {
+    const ended = await this.sessions.end({ sessionId: auth.sessionId, ownerId: auth.userId }, { reason: 'logout', event: 'LOGOUT', client });
+    // Lost a race with another end (revocation, expiry): the session is no longer valid.
+    if (!ended) throw new UnauthorizedException(UNAUTHORIZED_SESSION);
+  }
+
+  /**
+   * The current password is required; the new one replaces it and every other session of the
+   * user ends, all in one transaction, so a thief holding another session is out at once.
+   */
+  async changePassword(auth: AuthContext, dto: ChangePasswordDto, client: ClientContext): Promise<void> {
+    const user = await this.users.getById(auth.userId);
+    if (!(await this.passwords.verify(dto.currentPassword, user.passwordHash))) {
+      throw new UnauthorizedException('Current password is incorrect');
+    }
+    const passwordHash = await this.passwords.hash(dto.newPassword);
+    await this.dataSource.transaction(async (em) => {
+      // Conditional on the hash just verified: of two concurrent changes, one wins.
+      const result = await em.update(UserEntity, { id: user.id, passwordHash: user.passwordHash }, { passwordHash });
+      if (!result.affected) throw new UnauthorizedException('Current password is incorrect');
+      const ended = await this.sessions.endSessions(
+        { userId: user.id, exceptSessionId: auth.sessionId },
+        { reason: 'password_changed', event: 'SESSION_REVOKED', client, actorSessionId: auth.sessionId },
+        em,
+      );
+      await this.audit.record(em, {
+        type: 'PASSWORD_CHANGED',
+        userId: user.id,
+        sessionId: auth.sessionId,
+        client,
+        metadata: { endedSessions: ended.length },
+      });
+    });
+  }
+
+  private async tokenResponse({ session, refreshToken }: IssuedSession): Promise<TokenResponseDto> {
+    const access = await this.accessTokens.issue(session);
+    return {
+      accessToken: access.token,
+      refreshToken,
+      tokenType: 'Bearer',
+      expiresIn: access.expiresIn,
+      sessionId: session.id,
+      sessionExpiresAt: session.absoluteExpiresAt.toISOString(),
+    };
+  }
+}

@@ -1,0 +1,62 @@
+import { Inject, Injectable } from '@nestjs/common';
+import { ConfigService } from '@nestjs/config';
+import { PassportStrategy } from '@nestjs/passport';
+import type { Request } from 'express';
+import { KeyObject } from 'node:crypto';
+import { ExtractJwt, Strategy } from 'passport-jwt';
+import type { AppConfig } from '../config/config';
+import { ACCESS_TOKEN_ALGORITHM, ACCESS_TOKEN_TYPE } from './access-token.service';
+import { JWT_KEY } from './jwt-key';
+
+/** What a verified access token says; the session guard still has to accept the session. */
+export interface AccessTokenClaims {
+  userId: string;
+  sessionId: string;
+}
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+/**
+ * Accepts only `Authorization: Bearer <JWT>` signed with our key, with the pinned algorithm
+ * (no `none`, no key confusion), our issuer and audience, unexpired, with `typ: at+jwt`.
+ */
+@Injectable()
+export class JwtStrategy extends PassportStrategy(Strategy, 'jwt') {
+  constructor(config: ConfigService<AppConfig, true>, @Inject(JWT_KEY) key: KeyObject) {
+    super({
+      jwtFromRequest: ExtractJwt.fromAuthHeaderAsBearerToken(),
+      // The header check happens before verification so that a token of another type is
+      // refused whatever its signature; the key itself is a fixed KeyObject.
+      // passport-jwt's types predate KeyObject; jsonwebtoken, which it calls, accepts one.
+      secretOrKeyProvider: (_req: Request, rawJwt: string, done: (err: Error | null, key?: string) => void) =>
+        hasAccessTokenHeader(rawJwt) ? done(null, key as unknown as string) : done(new Error('Not an access token')),
+      algorithms: [ACCESS_TOKEN_ALGORITHM],
+      issuer: config.get('JWT_ISSUER', { infer: true }),
+      audience: config.get('JWT_AUDIENCE', { infer: true }),
+      ignoreExpiration: false,
+    });
+  }
+
+  validate(payload: Record<string, unknown>): AccessTokenClaims | false {
+    const { sub, sid } = payload;
+    if (typeof sub !== 'string' || typeof sid !== 'string' || !UUID.test(sub) || !UUID.test(sid)) return false;
+    // RFC 9068 requires exp; jsonwebtoken checks expiry only when exp is present.
+    if (typeof payload.jti !== 'string' || typeof payload.iat !== 'number' || typeof payload.exp !== 'number') return false;
+    return { userId: sub, sessionId: sid };
+  }
+}
+
+/** The decoded JOSE header must say HS256 and at+jwt, and carry nothing that picks a key. */
+export function hasAccessTokenHeader(rawJwt: string): boolean {
+  try {
+    const header = JSON.parse(Buffer.from(rawJwt.split('.')[0] ?? '', 'base64url').toString('utf8')) as Record<string, unknown>;
+    const keySelectors = ['jwk', 'jku', 'x5u', 'x5c', 'kid', 'crit'];
+    return (
+      header.typ === ACCESS_TOKEN_TYPE &&
+      header.alg === ACCESS_TOKEN_ALGORITHM &&
+      !keySelectors.some((k) => k in header)
+    );
+  } catch {
+    return false;
+  }
+}

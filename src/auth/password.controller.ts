@@ -1,0 +1,35 @@
+import { Body, Controller, HttpCode, HttpStatus, Put } from '@nestjs/common';
+import {
+  ApiBadRequestResponse,
+  ApiBearerAuth,
+  ApiNoContentResponse,
+  ApiOperation,
+  ApiTags,
+  ApiUnauthorizedResponse,
+} from '@nestjs/swagger';
+import { Client, ClientContext } from '../common/client-context';
+import { AuthContext, CurrentAuth } from '../common/current-auth.decorator';
+import { ErrorResponseDto } from '../common/error-response.dto';
+import { AuthService } from './auth.service';
+import { ChangePasswordDto } from './dto/change-password.dto';
+
+/**
+ * Lives in AuthModule although its path is under /users/me: changing a password ends
+ * sessions, and only auth may depend on both users and sessions.
+ */
+@ApiTags('users')
+@ApiBearerAuth()
+@Controller('users/me')
+export class PasswordController {
+  constructor(private readonly auth: AuthService) {}
+
+  @Put('password')
+  @HttpCode(HttpStatus.NO_CONTENT)
+  @ApiOperation({ summary: 'Change my password; every other session of mine ends (reason password_changed)' })
+  @ApiNoContentResponse({ description: 'Changed; the current session stays' })
+  @ApiBadRequestResponse({ type: ErrorResponseDto, description: 'The new password breaks the rules' })
+  @ApiUnauthorizedResponse({ type: ErrorResponseDto, description: 'Wrong current password, or no valid session' })
+  changePassword(@CurrentAuth() auth: AuthContext, @Body() dto: ChangePasswordDto, @Client() client: ClientContext): Promise<void> {
+    return this.auth.changePassword(auth, dto, client);
+  }
+}

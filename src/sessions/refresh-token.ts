@@ -1,0 +1,19 @@
+import { createHash, randomBytes } from 'node:crypto';
+
+/** 256 bits from the CSPRNG, URL-safe; opaque to clients. */
+export function generateRefreshToken(): string {
+  return randomBytes(32).toString('base64url');
+}
+
+/**
+ * Only this hash is stored. A fast hash is right here: the token has 256 bits of entropy, so
+ * unlike a password it cannot be guessed, and lookup by hash stays a single index probe.
+ */
+export function hashRefreshToken(token: string): string {
+  return createHash('sha256').update(token, 'utf8').digest('hex');
+}
+
+/** Cheap shape check before any database work; the length bound also caps hashing cost. */
+export function looksLikeRefreshToken(token: string): boolean {
+  return /^[A-Za-z0-9_-]{43}$/.test(token);
+}

@@ -1,0 +1,38 @@
+import type { SessionEndReason } from './session.entity';
+
+/** The database's view of a session at one instant (its clock, not this process's). */
+export interface SessionState {
+  endedAt: Date | null;
+  idleExpiresAt: Date;
+  absoluteExpiresAt: Date;
+  lastSeenAt: Date;
+  now: Date;
+}
+
+export type SessionVerdict =
+  | { status: 'active'; touch: boolean }
+  | { status: 'ended' }
+  | { status: 'expired'; reason: Extract<SessionEndReason, 'idle_timeout' | 'absolute_timeout'> };
+
+/**
+ * Whether a session may be used now, and whether its activity should be written.
+ * Activity is written at most every `touchIntervalMs` so a busy client does not turn every
+ * read into a write; the idle deadline is therefore extended with that granularity.
+ */
+export function judgeSession(s: SessionState, touchIntervalMs: number): SessionVerdict {
+  if (s.endedAt) return { status: 'ended' };
+  if (s.now >= s.idleExpiresAt || s.now >= s.absoluteExpiresAt) {
+    return { status: 'expired', reason: expiryReason(s.idleExpiresAt, s.absoluteExpiresAt) };
+  }
+  return { status: 'active', touch: s.now.getTime() - s.lastSeenAt.getTime() >= touchIntervalMs };
+}
+
+/** The idle deadline is capped at the absolute one; when they meet, the absolute one ended it. */
+export function expiryReason(idleExpiresAt: Date, absoluteExpiresAt: Date): 'idle_timeout' | 'absolute_timeout' {
+  return idleExpiresAt.getTime() < absoluteExpiresAt.getTime() ? 'idle_timeout' : 'absolute_timeout';
+}
+
+/** A tenth of the idle timeout, at most a minute: frequent enough that activity is never lost. */
+export function touchIntervalMs(idleTtlSeconds: number): number {
+  return Math.min(60_000, (idleTtlSeconds * 1000) / 10);
+}

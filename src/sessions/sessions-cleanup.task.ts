@@ -1,0 +1,96 @@
+import { Injectable, Logger, OnApplicationBootstrap } from '@nestjs/common';
+import { ConfigService } from '@nestjs/config';
+import { SchedulerRegistry } from '@nestjs/schedule';
+import { InjectDataSource } from '@nestjs/typeorm';
+import { CronJob } from 'cron';
+import { DataSource } from 'typeorm';
+import type { AppConfig } from '../config/config';
+import { SessionsService } from './sessions.service';
+
+// Any fixed 64-bit number works; this one spells "sesclean" in ASCII.
+const CLEANUP_LOCK_KEY = '8315173853005522286';
+const BATCH_SIZE = 500;
+// Bounds one tick's work; what is left waits for the next tick.
+const MAX_BATCHES_PER_TICK = 200;
+
+export interface CleanupResult {
+  skipped: boolean;
+  expired: number;
+  deleted: number;
+}
+
+/**
+ * Every SESSION_CLEANUP_CRON tick: end sessions past their deadlines (reason and audit event
+ * each) and delete ended sessions past retention, in bounded batches. Every instance
+ * schedules it; a PostgreSQL advisory lock lets one of them work per tick.
+ *
+ * The job is registered with the SchedulerRegistry instead of the @Cron decorator because a
+ * decorator's expression is fixed when the class is loaded, before configuration is validated.
+ */
+@Injectable()
+export class SessionsCleanupTask implements OnApplicationBootstrap {
+  private readonly logger = new Logger(SessionsCleanupTask.name);
+  private running: Promise<CleanupResult> | undefined;
+
+  constructor(
+    private readonly sessions: SessionsService,
+    @InjectDataSource() private readonly dataSource: DataSource,
+    private readonly scheduler: SchedulerRegistry,
+    private readonly config: ConfigService<AppConfig, true>,
+  ) {}
+
+  onApplicationBootstrap(): void {
+    const job = CronJob.from({
+      cronTime: this.config.get('SESSION_CLEANUP_CRON', { infer: true }),
+      onTick: () => void this.handleTick(),
+      start: true,
+      waitForCompletion: true,
+    });
+    this.scheduler.addCronJob('sessions-cleanup', job);
+  }
+
+  /** The cron handler: never throws (nothing else would see it), never overlaps itself. */
+  async handleTick(): Promise<CleanupResult | undefined> {
+    try {
+      return await this.run();
+    } catch (error) {
+      this.logger.error('Session cleanup failed', error instanceof Error ? error.stack : String(error));
+      return undefined;
+    }
+  }
+
+  run(): Promise<CleanupResult> {
+    this.running ??= this.runLocked().finally(() => (this.running = undefined));
+    return this.running;
+  }
+
+  private async runLocked(): Promise<CleanupResult> {
+    const runner = this.dataSource.createQueryRunner();
+    await runner.connect();
+    try {
+      const [{ locked }] = await runner.query('SELECT pg_try_advisory_lock($1) AS locked', [CLEANUP_LOCK_KEY]);
+      if (!locked) return { skipped: true, expired: 0, deleted: 0 };
+      try {
+        const retention = this.config.get('SESSION_RETENTION', { infer: true });
+        const expired = await this.inBatches(() => this.sessions.endExpiredSessions(BATCH_SIZE));
+        const deleted = await this.inBatches(() => this.sessions.deleteEndedSessions(retention, BATCH_SIZE));
+        if (expired || deleted) this.logger.log(`Session cleanup: ended ${expired} expired, deleted ${deleted} past retention`);
+        return { skipped: false, expired, deleted };
+      } finally {
+        await runner.query('SELECT pg_advisory_unlock($1)', [CLEANUP_LOCK_KEY]);
+      }
+    } finally {
+      await runner.release();
+    }
+  }
+
+  private async inBatches(batch: () => Promise<number>): Promise<number> {
+    let total = 0;
+    for (let i = 0; i < MAX_BATCHES_PER_TICK; i++) {
+      const n = await batch();
+      total += n;
+      if (n < BATCH_SIZE) break;
+    }
+    return total;
+  }
+}

@@ -1,0 +1,53 @@
+import { BadRequestException, Controller, Delete, Get, HttpCode, HttpStatus, Param, ParseUUIDPipe } from '@nestjs/common';
+import {
+  ApiBadRequestResponse,
+  ApiBearerAuth,
+  ApiNoContentResponse,
+  ApiNotFoundResponse,
+  ApiOkResponse,
+  ApiOperation,
+  ApiTags,
+  ApiUnauthorizedResponse,
+} from '@nestjs/swagger';
+import { Client, ClientContext } from '../common/client-context';
+import { AuthContext, CurrentAuth } from '../common/current-auth.decorator';
+import { ErrorResponseDto } from '../common/error-response.dto';
+import { RevokedCountResponseDto, SessionResponseDto } from './dto/session-response.dto';
+import { SessionsService } from './sessions.service';
+
+@ApiTags('sessions')
+@ApiBearerAuth()
+@ApiUnauthorizedResponse({ type: ErrorResponseDto, description: 'No valid access token or the session has ended' })
+@Controller('sessions')
+export class SessionsController {
+  constructor(private readonly sessions: SessionsService) {}
+
+  @Get()
+  @ApiOperation({ summary: "The caller's active sessions, newest first" })
+  @ApiOkResponse({ type: [SessionResponseDto] })
+  async list(@CurrentAuth() auth: AuthContext): Promise<SessionResponseDto[]> {
+    const sessions = await this.sessions.listActive(auth.userId);
+    return sessions.map((s) => SessionResponseDto.from(s, auth.sessionId));
+  }
+
+  @Delete(':id')
+  @HttpCode(HttpStatus.NO_CONTENT)
+  @ApiOperation({ summary: 'End one of my sessions (the current one too: that is a logout)' })
+  @ApiNoContentResponse({ description: "The session's access and refresh tokens no longer work" })
+  @ApiBadRequestResponse({ type: ErrorResponseDto, description: 'Not a UUID' })
+  @ApiNotFoundResponse({ type: ErrorResponseDto, description: 'Unknown, already ended, or not yours (one identical answer)' })
+  async revoke(
+    @CurrentAuth() auth: AuthContext,
+    @Param('id', new ParseUUIDPipe({ exceptionFactory: () => new BadRequestException(['id must be a UUID']) })) id: string,
+    @Client() client: ClientContext,
+  ): Promise<void> {
+    await this.sessions.revokeOwn(auth, id, client);
+  }
+
+  @Delete()
+  @ApiOperation({ summary: 'End every session of mine except the current one' })
+  @ApiOkResponse({ type: RevokedCountResponseDto })
+  async revokeOthers(@CurrentAuth() auth: AuthContext, @Client() client: ClientContext): Promise<RevokedCountResponseDto> {
+    return { revoked: await this.sessions.revokeOthers(auth, client) };
+  }
+}

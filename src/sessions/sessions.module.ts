@@ -1,0 +1,13 @@
+import { Module } from '@nestjs/common';
+import { AuditModule } from '../audit/audit.module';
+import { SessionsCleanupTask } from './sessions-cleanup.task';
+import { SessionsController } from './sessions.controller';
+import { SessionsService } from './sessions.service';
+
+@Module({
+  imports: [AuditModule],
+  controllers: [SessionsController],
+  providers: [SessionsService, SessionsCleanupTask],
+  exports: [SessionsService],
+})
+export class SessionsModule {}

@@ -1,0 +1,76 @@
+import { BadRequestException, Controller, Delete, Get, Param, ParseUUIDPipe, Query, UseGuards } from '@nestjs/common';
+import {
+  ApiBadRequestResponse,
+  ApiBearerAuth,
+  ApiForbiddenResponse,
+  ApiNotFoundResponse,
+  ApiOkResponse,
+  ApiOperation,
+  ApiTags,
+  ApiUnauthorizedResponse,
+} from '@nestjs/swagger';
+import { AuditService } from '../audit/audit.service';
+import { toAuditQuery } from '../audit/dto/audit-query.dto';
+import { Client, ClientContext } from '../common/client-context';
+import { AuthContext, CurrentAuth } from '../common/current-auth.decorator';
+import { ErrorResponseDto } from '../common/error-response.dto';
+import { Roles, RolesGuard } from '../common/roles';
+import { RevokedCountResponseDto, SessionResponseDto } from '../sessions/dto/session-response.dto';
+import { SessionsService } from '../sessions/sessions.service';
+import { UsersService } from '../users/users.service';
+import { AdminAuditEventResponseDto, AdminAuditPageResponseDto } from './dto/admin-audit-event-response.dto';
+import { AdminAuditQueryDto } from './dto/admin-audit-query.dto';
+
+const uuidParam = new ParseUUIDPipe({ exceptionFactory: () => new BadRequestException(['id must be a UUID']) });
+
+@ApiTags('admin')
+@ApiBearerAuth()
+@ApiUnauthorizedResponse({ type: ErrorResponseDto, description: 'No valid access token or the session has ended' })
+@ApiForbiddenResponse({ type: ErrorResponseDto, description: 'The caller is not an admin' })
+@Roles('admin')
+@UseGuards(RolesGuard)
+@Controller('admin')
+export class AdminController {
+  constructor(
+    private readonly users: UsersService,
+    private readonly sessions: SessionsService,
+    private readonly audit: AuditService,
+  ) {}
+
+  @Get('users/:id/sessions')
+  @ApiOperation({ summary: "A user's active sessions, newest first" })
+  @ApiOkResponse({ type: [SessionResponseDto] })
+  @ApiBadRequestResponse({ type: ErrorResponseDto, description: 'Not a UUID' })
+  @ApiNotFoundResponse({ type: ErrorResponseDto, description: 'No such user' })
+  async userSessions(@Param('id', uuidParam) userId: string, @CurrentAuth() auth: AuthContext): Promise<SessionResponseDto[]> {
+    await this.users.getById(userId);
+    return (await this.sessions.listActive(userId)).map((s) => SessionResponseDto.from(s, auth.sessionId));
+  }
+
+  @Delete('users/:id/sessions')
+  @ApiOperation({ summary: "End every active session of a user (reason revoked_by_admin)" })
+  @ApiOkResponse({ type: RevokedCountResponseDto })
+  @ApiBadRequestResponse({ type: ErrorResponseDto, description: 'Not a UUID' })
+  @ApiNotFoundResponse({ type: ErrorResponseDto, description: 'No such user' })
+  async revokeUserSessions(
+    @Param('id', uuidParam) userId: string,
+    @CurrentAuth() auth: AuthContext,
+    @Client() client: ClientContext,
+  ): Promise<RevokedCountResponseDto> {
+    await this.users.getById(userId);
+    const ended = await this.sessions.endSessions(
+      { userId },
+      { reason: 'revoked_by_admin', event: 'SESSION_REVOKED', client, actorSessionId: auth.sessionId, metadata: { adminId: auth.userId } },
+    );
+    return { revoked: ended.length };
+  }
+
+  @Get('audit')
+  @ApiOperation({ summary: "Any user's security events, newest first" })
+  @ApiOkResponse({ type: AdminAuditPageResponseDto })
+  @ApiBadRequestResponse({ type: ErrorResponseDto, description: 'Bad filter or cursor' })
+  async auditLog(@Query() query: AdminAuditQueryDto): Promise<AdminAuditPageResponseDto> {
+    const page = await this.audit.list(toAuditQuery(query, query.userId));
+    return { items: page.items.map(AdminAuditEventResponseDto.fromEvent), nextCursor: page.nextCursor };
+  }
+}

@@ -1,0 +1,12 @@
+import { Module } from '@nestjs/common';
+import { AuditModule } from '../audit/audit.module';
+import { SessionsModule } from '../sessions/sessions.module';
+import { UsersModule } from '../users/users.module';
+import { AdminController } from './admin.controller';
+
+/** Admin routes: depends on users, sessions and audit; nothing depends on it. */
+@Module({
+  imports: [UsersModule, SessionsModule, AuditModule],
+  controllers: [AdminController],
+})
+export class AdminModule {}

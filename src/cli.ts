@@ -1,0 +1,59 @@
+/**
+ * Operator commands, run with the server's own configuration (environment and .env):
+ *   npm run cli -- promote-admin <email>
+ *   npm run cli -- demote-admin <email>
+ * Without DATABASE_URL they use the embedded database in DATA_DIR (stop the server first:
+ * one PostgreSQL owns a data directory at a time).
+ */
+import { ConsoleLogger, Logger, NotFoundException } from '@nestjs/common';
+import { NestFactory } from '@nestjs/core';
+import { join } from 'node:path';
+import { AppModule } from './app.module';
+import { loadConfig, useDatabaseUrl } from './config/config';
+import { EmbeddedDatabase, startEmbeddedPostgres } from './database/embedded-postgres';
+import type { UserRole } from './users/user.entity';
+import { UsersService } from './users/users.service';
+
+const COMMANDS: Record<string, UserRole> = { 'promote-admin': 'admin', 'demote-admin': 'user' };
+const USAGE = 'Usage: npm run cli -- promote-admin <email> | demote-admin <email>';
+
+async function main(argv: string[]): Promise<number> {
+  const [command, email, ...rest] = argv;
+  const role = command ? COMMANDS[command] : undefined;
+  if (!role || !email || rest.length) {
+    process.stderr.write(`${USAGE}\n`);
+    return 2;
+  }
+  const logger = new ConsoleLogger({ logLevels: ['fatal', 'error', 'warn'] });
+  let config = loadConfig();
+  let embedded: EmbeddedDatabase | undefined;
+  if (!config.DATABASE_URL) {
+    embedded = await startEmbeddedPostgres({ dataDir: join(config.DATA_DIR, 'pg'), logger });
+    useDatabaseUrl(embedded.url);
+    config = loadConfig();
+  }
+  const app = await NestFactory.createApplicationContext(AppModule.forRoot(config, { onShutdown: embedded?.stop }), { logger });
+  try {
+    const { user, previous } = await app.get(UsersService).setRole(email, role, 'cli');
+    process.stdout.write(
+      previous === role ? `${user.email} is already ${role}\n` : `${user.email}: role ${previous} -> ${role}\n`,
+    );
+    return 0;
+  } catch (error) {
+    if (error instanceof NotFoundException) {
+      process.stderr.write(`No user with email ${email}\n`);
+      return 1;
+    }
+    throw error;
+  } finally {
+    await app.close();
+  }
+}
+
+main(process.argv.slice(2)).then(
+  (code) => process.exit(code),
+  (error: unknown) => {
+    new Logger('cli').fatal(error instanceof Error ? (error.stack ?? error.message) : String(error));
+    process.exit(1);
+  },
+);

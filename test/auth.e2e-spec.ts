@@ -1,0 +1,298 @@
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { auditRows, sessionRow } from './helpers/db';
+import { bearer, login, newUserInput, registerAndLogin, registerUser, uniqueName } from './helpers/factories';
+import { createTestApp, TestApp } from './helpers/test-app';
+
+function decodeJwt(token: string): { header: Record<string, unknown>; payload: Record<string, unknown> } {
+  const [h, p] = token.split('.');
+  return {
+    header: JSON.parse(Buffer.from(h, 'base64url').toString('utf8')),
+    payload: JSON.parse(Buffer.from(p, 'base64url').toString('utf8')),
+  };
+}
+
+describe('auth (e2e)', () => {
+  let t: TestApp;
+  before(async () => {
+    t = await createTestApp();
+  });
+  after(async () => {
+    await t.close();
+  });
+
+  describe('register', () => {
+    it('creates the user, stores only a bcrypt hash of the peppered password, and audits REGISTER', async () => {
+      const input = newUserInput();
+      const res = await t.http.post('/api/v1/auth/register').set('User-Agent', 'reg-agent').send(input);
+      assert.equal(res.status, 201);
+      assert.deepEqual(Object.keys(res.body).sort(), ['createdAt', 'email', 'id', 'role', 'username']);
+      assert.equal(res.body.username, input.username);
+      assert.equal(res.body.role, 'user');
+      const [row] = await t.db.query('SELECT * FROM users WHERE id = $1', [res.body.id]);
+      assert.match(row.password_hash, /^\$2b\$04\$/);
+      assert.ok(!row.password_hash.includes(input.password));
+      const events = await auditRows(t.db, { userId: res.body.id });
+      assert.deepEqual(events.map((e) => e.type), ['REGISTER']);
+      assert.equal(events[0].user_agent, 'reg-agent');
+    });
+
+    it('answers 409 with one message for a taken username or email, compared case-insensitively', async () => {
+      const user = await registerUser(t.http);
+      const sameName = await t.http.post('/api/v1/auth/register').send(newUserInput({ username: user.username.toUpperCase() }));
+      const sameEmail = await t.http.post('/api/v1/auth/register').send(newUserInput({ email: user.email.toUpperCase() }));
+      assert.equal(sameName.status, 409);
+      assert.equal(sameEmail.status, 409);
+      assert.deepEqual(sameName.body, sameEmail.body);
+      const [{ count }] = await t.db.query('SELECT count(*)::int AS count FROM users WHERE lower(email) = lower($1)', [user.email]);
+      assert.equal(count, 1);
+    });
+
+    it('lets exactly one of two concurrent registrations of one username win', async () => {
+      const username = uniqueName();
+      const results = await Promise.all(
+        [1, 2, 3].map(() => t.http.post('/api/v1/auth/register').send(newUserInput({ username, email: `${uniqueName()}@example.test` }))),
+      );
+      assert.deepEqual(results.map((r) => r.status).sort(), [201, 409, 409]);
+    });
+
+    it('answers 400 naming the field for bad input, and creates nothing', async () => {
+      const username = uniqueName();
+      const cases: Array<[Record<string, unknown>, RegExp]> = [
+        [{ username, email: `${username}@x.test` }, /password/],
+        [{ username: 'ab', email: `${username}@x.test`, password: 'a-long-enough-password' }, /username/],
+        [{ username: 'bad name!', email: `${username}@x.test`, password: 'a-long-enough-password' }, /username/],
+        [{ username, email: 'not-an-email', password: 'a-long-enough-password' }, /email/],
+        [{ username, email: `${username}@x.test`, password: 'short' }, /password/],
+        [{ username, email: `${username}@x.test`, password: 'a'.repeat(129) }, /password/],
+        [{ username, email: `${username}@x.test`, password: 'Qwerty123456' }, /password is too common/],
+        [{ username, email: `${username}@x.test`, password: 12345678901234 }, /password/],
+        [{ username, email: `${username}@x.test`, password: 'a-long-enough-password', role: 'admin' }, /role should not exist/],
+      ];
+      for (const [body, message] of cases) {
+        const res = await t.http.post('/api/v1/auth/register').send(body);
+        assert.equal(res.status, 400, JSON.stringify(body));
+        assert.equal(res.body.error, 'Bad Request');
+        assert.match(JSON.stringify(res.body.message), message);
+      }
+      const [{ count }] = await t.db.query('SELECT count(*)::int AS count FROM users WHERE username = $1', [username]);
+      assert.equal(count, 0);
+    });
+
+    it('counts password length in code points and accepts any characters', async () => {
+      // 12 emoji are 24 UTF-16 units but 12 characters: long enough.
+      const emoji = '🔑'.repeat(12);
+      const user = await registerUser(t.http, { password: emoji });
+      await login(t.http, user);
+      // 11 emoji: too short, even though it is 22 UTF-16 units.
+      const res = await t.http.post('/api/v1/auth/register').send(newUserInput({ password: '🔑'.repeat(11) }));
+      assert.equal(res.status, 400);
+    });
+
+    it('uses every character of a long password (no 72-byte bcrypt truncation)', async () => {
+      const base = 'x'.repeat(100);
+      const user = await registerUser(t.http, { password: `${base}A` });
+      const res = await t.http.post('/api/v1/auth/login').send({ email: user.email, password: `${base}B` });
+      assert.equal(res.status, 401);
+    });
+
+    it('answers 400 for malformed JSON', async () => {
+      const res = await t.http.post('/api/v1/auth/register').set('Content-Type', 'application/json').send('{"username": ');
+      assert.equal(res.status, 400);
+      assert.equal(res.body.statusCode, 400);
+    });
+  });
+
+  describe('login', () => {
+    it('logs in by email and by username, case-insensitively, opening a session and auditing LOGIN', async () => {
+      const user = await registerUser(t.http);
+      const byEmail = await t.http.post('/api/v1/auth/login').send({ email: user.email.toUpperCase(), password: user.password });
+      const byName = await t.http
+        .post('/api/v1/auth/login')
+        .set('User-Agent', 'ua-by-name')
+        .send({ username: user.username.toUpperCase(), password: user.password });
+      for (const res of [byEmail, byName]) {
+        assert.equal(res.status, 200);
+        assert.equal(res.headers['cache-control'], 'no-store');
+        assert.equal(res.body.tokenType, 'Bearer');
+        assert.equal(res.body.expiresIn, 900);
+        assert.match(res.body.refreshToken, /^[A-Za-z0-9_-]{43}$/);
+        const session = await sessionRow(t.db, res.body.sessionId);
+        assert.ok(session);
+        assert.equal(session.user_id, user.id);
+        assert.equal(session.ended_at, null);
+        assert.equal(session.absolute_expires_at.toISOString(), res.body.sessionExpiresAt);
+      }
+      const session = await sessionRow(t.db, byName.body.sessionId);
+      assert.equal(session!.user_agent, 'ua-by-name');
+      assert.ok(session!.ip_address);
+      const logins = await auditRows(t.db, { userId: user.id, type: 'LOGIN' });
+      assert.deepEqual(logins.map((e) => e.metadata.method), ['email', 'username']);
+      assert.equal(logins[1].session_id, byName.body.sessionId);
+    });
+
+    it('issues an at+jwt access token with the claims of API.md', async () => {
+      const { user, tokens } = await registerAndLogin(t.http);
+      const { header, payload } = decodeJwt(tokens.accessToken);
+      assert.equal(header.alg, 'HS256');
+      assert.equal(header.typ, 'at+jwt');
+      assert.equal(payload.sub, user.id);
+      assert.equal(payload.sid, tokens.sessionId);
+      assert.equal(payload.iss, 'sessionary');
+      assert.equal(payload.aud, 'sessionary-api');
+      assert.equal(typeof payload.jti, 'string');
+      assert.equal((payload.exp as number) - (payload.iat as number), 900);
+    });
+
+    it('never stores the refresh token, only its hash', async () => {
+      const { tokens } = await registerAndLogin(t.http);
+      const session = await sessionRow(t.db, tokens.sessionId);
+      assert.notEqual(session!.refresh_token_hash, tokens.refreshToken);
+      assert.match(session!.refresh_token_hash, /^[0-9a-f]{64}$/);
+      const dump = JSON.stringify(await t.db.query('SELECT * FROM sessions WHERE id = $1', [tokens.sessionId]));
+      assert.ok(!dump.includes(tokens.refreshToken));
+    });
+
+    it('answers the same 401 for an unknown account and a wrong password, and audits LOGIN_FAILED', async () => {
+      const user = await registerUser(t.http);
+      const wrong = await t.http.post('/api/v1/auth/login').send({ email: user.email, password: 'not-the-password-at-all' });
+      const unknown = await t.http.post('/api/v1/auth/login').send({ email: `${uniqueName()}@example.test`, password: 'not-the-password-at-all' });
+      assert.equal(wrong.status, 401);
+      assert.equal(unknown.status, 401);
+      assert.deepEqual(wrong.body, unknown.body);
+      assert.deepEqual(wrong.body, { statusCode: 401, error: 'Unauthorized', message: 'Invalid credentials' });
+      const strip = (h: Record<string, string>) => {
+        const { date: _d, 'content-length': _l, ...rest } = h;
+        return rest;
+      };
+      assert.deepEqual(strip(wrong.headers), strip(unknown.headers));
+      const failed = await auditRows(t.db, { userId: user.id, type: 'LOGIN_FAILED' });
+      assert.equal(failed.length, 1);
+      assert.equal(failed[0].metadata.reason, 'wrong_password');
+      const [{ count }] = await t.db.query(`SELECT count(*)::int AS count FROM sessions WHERE user_id = $1`, [user.id]);
+      assert.equal(count, 0);
+    });
+
+    it('answers 400 for both identifiers, neither, or unknown fields', async () => {
+      const user = await registerUser(t.http);
+      for (const body of [
+        { email: user.email, username: user.username, password: user.password },
+        { password: user.password },
+        { email: user.email, password: user.password, remember: true },
+      ]) {
+        const res = await t.http.post('/api/v1/auth/login').send(body);
+        assert.equal(res.status, 400, JSON.stringify(body));
+      }
+    });
+  });
+
+  describe('authenticated requests', () => {
+    it('accept only Authorization: Bearer with a valid access token', async () => {
+      const { tokens } = await registerAndLogin(t.http);
+      assert.equal((await t.http.get('/api/v1/users/me').set('Authorization', bearer(tokens))).status, 200);
+      assert.equal((await t.http.get('/api/v1/users/me')).status, 401);
+      assert.equal((await t.http.get('/api/v1/users/me').set('Authorization', tokens.accessToken)).status, 401);
+      assert.equal((await t.http.get(`/api/v1/users/me?access_token=${tokens.accessToken}`)).status, 401);
+      assert.equal((await t.http.get('/api/v1/users/me').set('Authorization', `Bearer ${tokens.refreshToken}`)).status, 401);
+    });
+
+    it('refuse tampered, unsigned and foreign-typed tokens', async () => {
+      const { user, tokens } = await registerAndLogin(t.http);
+      const [h, p, s] = tokens.accessToken.split('.');
+      const payload = JSON.parse(Buffer.from(p, 'base64url').toString('utf8'));
+      const forged = Buffer.from(JSON.stringify({ ...payload, sub: user.id, exp: payload.exp + 3600 })).toString('base64url');
+      const none = Buffer.from(JSON.stringify({ alg: 'none', typ: 'at+jwt' })).toString('base64url');
+      const jwtTyp = Buffer.from(JSON.stringify({ alg: 'HS256', typ: 'JWT' })).toString('base64url');
+      for (const token of [`${h}.${forged}.${s}`, `${none}.${p}.`, `${jwtTyp}.${p}.${s}`, `${h}.${p}.${s.slice(0, -2)}xx`]) {
+        const res = await t.http.get('/api/v1/users/me').set('Authorization', `Bearer ${token}`);
+        assert.equal(res.status, 401, token);
+      }
+    });
+  });
+
+  describe('refresh', () => {
+    it('rotates the refresh token, extends the idle deadline but never the absolute one, and audits TOKEN_REFRESH', async () => {
+      const { user, tokens } = await registerAndLogin(t.http);
+      const before = await sessionRow(t.db, tokens.sessionId);
+      // Move the idle deadline back so an extension is visible.
+      await t.db.query(`UPDATE sessions SET idle_expires_at = now() + interval '5 minutes' WHERE id = $1`, [tokens.sessionId]);
+      const res = await t.http.post('/api/v1/auth/refresh').send({ refreshToken: tokens.refreshToken });
+      assert.equal(res.status, 200);
+      assert.equal(res.headers['cache-control'], 'no-store');
+      assert.notEqual(res.body.refreshToken, tokens.refreshToken);
+      assert.equal(res.body.sessionId, tokens.sessionId);
+      const afterRow = await sessionRow(t.db, tokens.sessionId);
+      assert.notEqual(afterRow!.refresh_token_hash, before!.refresh_token_hash);
+      assert.equal(afterRow!.absolute_expires_at.getTime(), before!.absolute_expires_at.getTime());
+      assert.ok(afterRow!.idle_expires_at.getTime() > Date.now() + 50 * 60 * 1000);
+      assert.equal(res.body.sessionExpiresAt, before!.absolute_expires_at.toISOString());
+      // The new pair works.
+      assert.equal((await t.http.get('/api/v1/users/me').set('Authorization', bearer(res.body))).status, 200);
+      const events = await auditRows(t.db, { userId: user.id, type: 'TOKEN_REFRESH' });
+      assert.equal(events.length, 1);
+      assert.equal(events[0].session_id, tokens.sessionId);
+      assert.ok(!JSON.stringify(events).includes(tokens.refreshToken));
+    });
+
+    it('ends the whole session when a rotated refresh token is presented again', async () => {
+      const { user, tokens } = await registerAndLogin(t.http);
+      const first = await t.http.post('/api/v1/auth/refresh').send({ refreshToken: tokens.refreshToken });
+      assert.equal(first.status, 200);
+      const reuse = await t.http.post('/api/v1/auth/refresh').send({ refreshToken: tokens.refreshToken });
+      assert.equal(reuse.status, 401);
+      const row = await sessionRow(t.db, tokens.sessionId);
+      assert.equal(row!.end_reason, 'refresh_token_reuse');
+      // Both the thief's and the legitimate holder's tokens are dead now.
+      assert.equal((await t.http.post('/api/v1/auth/refresh').send({ refreshToken: first.body.refreshToken })).status, 401);
+      assert.equal((await t.http.get('/api/v1/users/me').set('Authorization', bearer(first.body))).status, 401);
+      const events = await auditRows(t.db, { userId: user.id, type: 'REFRESH_TOKEN_REUSE' });
+      assert.equal(events.length, 1);
+      assert.equal(events[0].metadata.reason, 'refresh_token_reuse');
+      // A second reuse does not record a second end.
+      await t.http.post('/api/v1/auth/refresh').send({ refreshToken: tokens.refreshToken });
+      assert.equal((await auditRows(t.db, { userId: user.id, type: 'REFRESH_TOKEN_REUSE' })).length, 1);
+    });
+
+    it('lets only one of several concurrent refreshes with the same token succeed', async () => {
+      const { tokens } = await registerAndLogin(t.http);
+      const results = await Promise.all(
+        Array.from({ length: 5 }, () => t.http.post('/api/v1/auth/refresh').send({ refreshToken: tokens.refreshToken })),
+      );
+      const statuses = results.map((r) => r.status).sort();
+      assert.deepEqual(statuses, [200, 401, 401, 401, 401]);
+      const [{ count }] = await t.db.query('SELECT count(*)::int AS count FROM rotated_refresh_tokens WHERE session_id = $1', [tokens.sessionId]);
+      assert.equal(count, 1);
+    });
+
+    it('answers 401 for an unknown or malformed refresh token and 400 for a missing one', async () => {
+      assert.equal((await t.http.post('/api/v1/auth/refresh').send({ refreshToken: 'A'.repeat(43) })).status, 401);
+      assert.equal((await t.http.post('/api/v1/auth/refresh').send({ refreshToken: 'short' })).status, 401);
+      assert.equal((await t.http.post('/api/v1/auth/refresh').send({})).status, 400);
+    });
+  });
+
+  describe('logout', () => {
+    it('ends the session at once: the access and refresh tokens both stop working', async () => {
+      const { user, tokens } = await registerAndLogin(t.http);
+      const res = await t.http.post('/api/v1/auth/logout').set('Authorization', bearer(tokens));
+      assert.equal(res.status, 204);
+      assert.equal((await t.http.get('/api/v1/users/me').set('Authorization', bearer(tokens))).status, 401);
+      assert.equal((await t.http.post('/api/v1/auth/refresh').send({ refreshToken: tokens.refreshToken })).status, 401);
+      assert.equal((await t.http.post('/api/v1/auth/logout').set('Authorization', bearer(tokens))).status, 401);
+      const row = await sessionRow(t.db, tokens.sessionId);
+      assert.equal(row!.end_reason, 'logout');
+      assert.ok(row!.ended_at);
+      const events = await auditRows(t.db, { userId: user.id, type: 'LOGOUT' });
+      assert.equal(events.length, 1);
+      assert.equal(events[0].session_id, tokens.sessionId);
+    });
+
+    it('leaves the user’s other sessions alone', async () => {
+      const user = await registerUser(t.http);
+      const a = await login(t.http, user);
+      const b = await login(t.http, user);
+      await t.http.post('/api/v1/auth/logout').set('Authorization', bearer(a)).expect(204);
+      assert.equal((await t.http.get('/api/v1/users/me').set('Authorization', bearer(b))).status, 200);
+    });
+  });
+});

@@ -1,0 +1,123 @@
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { Client } from 'pg';
+import { SessionsCleanupTask } from '../src/sessions/sessions-cleanup.task';
+import { auditRows, sessionRow } from './helpers/db';
+import { bearer, login, registerAndLogin, registerUser } from './helpers/factories';
+import { createTestApp, TestApp } from './helpers/test-app';
+
+describe('sessions cleanup task (e2e)', () => {
+  let t: TestApp;
+  let task: SessionsCleanupTask;
+  before(async () => {
+    t = await createTestApp({ SESSION_RETENTION: '86400' });
+    task = t.app.get(SessionsCleanupTask);
+  });
+  after(async () => {
+    await t.close();
+  });
+
+  it('ends sessions past their deadlines with their reason and one event each, leaving active ones alone', async () => {
+    const user = await registerUser(t.http);
+    const idle = await login(t.http, user);
+    const absolute = await login(t.http, user);
+    const active = await login(t.http, user);
+    // Still marked active but past a deadline: exactly what the old design's cleanup missed.
+    await t.db.query(`UPDATE sessions SET idle_expires_at = now() - interval '1 minute' WHERE id = $1`, [idle.sessionId]);
+    await t.db.query(
+      `UPDATE sessions SET idle_expires_at = now() - interval '2 minutes', absolute_expires_at = now() - interval '2 minutes' WHERE id = $1`,
+      [absolute.sessionId],
+    );
+
+    const result = await task.handleTick();
+    assert.ok(result && !result.skipped);
+    assert.ok(result.expired >= 2);
+
+    const idleRow = await sessionRow(t.db, idle.sessionId);
+    const absoluteRow = await sessionRow(t.db, absolute.sessionId);
+    assert.equal(idleRow!.end_reason, 'idle_timeout');
+    assert.equal(idleRow!.ended_at!.getTime(), idleRow!.idle_expires_at.getTime());
+    assert.equal(absoluteRow!.end_reason, 'absolute_timeout');
+    assert.equal((await sessionRow(t.db, active.sessionId))!.ended_at, null);
+    assert.equal((await t.http.get('/api/v1/users/me').set('Authorization', bearer(active))).status, 200);
+    assert.equal((await t.http.get('/api/v1/users/me').set('Authorization', bearer(idle))).status, 401);
+
+    const events = await auditRows(t.db, { userId: user.id, type: 'SESSION_EXPIRED' });
+    assert.deepEqual(
+      events.map((e) => [e.session_id, e.metadata.reason, e.metadata.detectedBy]).sort(),
+      [
+        [absolute.sessionId, 'absolute_timeout', 'cleanup'],
+        [idle.sessionId, 'idle_timeout', 'cleanup'],
+      ].sort(),
+    );
+    // A second tick finds nothing new for these sessions.
+    await task.handleTick();
+    assert.equal((await auditRows(t.db, { userId: user.id, type: 'SESSION_EXPIRED' })).length, 2);
+  });
+
+  it('deletes ended sessions past retention, keeps recent ones and every audit event', async () => {
+    const user = await registerUser(t.http);
+    const old = await login(t.http, user);
+    const recent = await login(t.http, user);
+    for (const s of [old, recent]) await t.http.post('/api/v1/auth/logout').set('Authorization', bearer(s)).expect(204);
+    await t.db.query(`UPDATE sessions SET ended_at = now() - interval '2 days' WHERE id = $1`, [old.sessionId]);
+
+    const result = await task.handleTick();
+    assert.ok(result && result.deleted >= 1);
+    assert.equal(await sessionRow(t.db, old.sessionId), undefined);
+    assert.ok(await sessionRow(t.db, recent.sessionId));
+    assert.equal((await auditRows(t.db, { sessionId: old.sessionId, type: 'LOGOUT' })).length, 1);
+  });
+
+  it('works through more expired sessions than one batch', async () => {
+    const { user } = await registerAndLogin(t.http);
+    await t.db.query(
+      `INSERT INTO sessions (user_id, idle_expires_at, absolute_expires_at, refresh_token_hash, refresh_expires_at)
+       SELECT $1, now() - interval '1 hour', now() - interval '1 minute', md5(random()::text || g) || md5(g::text), now()
+         FROM generate_series(1, 1203) AS g`,
+      [user.id],
+    );
+    await task.handleTick();
+    const [{ count }] = await t.db.query(
+      `SELECT count(*)::int AS count FROM sessions WHERE user_id = $1 AND ended_at IS NULL AND idle_expires_at <= now()`,
+      [user.id],
+    );
+    assert.equal(count, 0);
+    const [{ events }] = await t.db.query(
+      `SELECT count(*)::int AS events FROM audit_events WHERE user_id = $1 AND type = 'SESSION_EXPIRED'`,
+      [user.id],
+    );
+    assert.equal(events, 1203);
+  });
+
+  it('skips the tick, changing nothing, while another instance holds the cleanup lock', async () => {
+    const { tokens } = await registerAndLogin(t.http);
+    await t.db.query(`UPDATE sessions SET idle_expires_at = now() - interval '1 minute' WHERE id = $1`, [tokens.sessionId]);
+    const other = new Client({ connectionString: t.config.DATABASE_URL });
+    await other.connect();
+    try {
+      await other.query(`SELECT pg_advisory_lock(8315173853005522286)`);
+      const result = await task.handleTick();
+      assert.deepEqual(result, { skipped: true, expired: 0, deleted: 0 });
+      assert.equal((await sessionRow(t.db, tokens.sessionId))!.ended_at, null);
+    } finally {
+      await other.end();
+    }
+    const result = await task.handleTick();
+    assert.equal(result!.skipped, false);
+    assert.equal((await sessionRow(t.db, tokens.sessionId))!.end_reason, 'idle_timeout');
+  });
+
+  it('never overlaps itself: concurrent calls share one run', async () => {
+    const [a, b] = await Promise.all([task.run(), task.run()]);
+    assert.equal(a, b);
+  });
+
+  it('catches and logs its own errors instead of throwing', async () => {
+    const broken = await createTestApp();
+    const brokenTask = broken.app.get(SessionsCleanupTask);
+    await broken.db.destroy(); // the database is gone for this app
+    assert.equal(await brokenTask.handleTick(), undefined);
+    await broken.app.close().catch(() => undefined);
+  });
+});

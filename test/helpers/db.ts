@@ -1,0 +1,40 @@
+import { DataSource } from 'typeorm';
+
+export interface SessionRow {
+  id: string;
+  user_id: string;
+  ended_at: Date | null;
+  end_reason: string | null;
+  idle_expires_at: Date;
+  absolute_expires_at: Date;
+  last_seen_at: Date;
+  refresh_token_hash: string;
+  refresh_expires_at: Date;
+  ip_address: string | null;
+  user_agent: string | null;
+}
+
+export async function sessionRow(db: DataSource, id: string): Promise<SessionRow | undefined> {
+  const rows: SessionRow[] = await db.query('SELECT * FROM sessions WHERE id = $1', [id]);
+  return rows[0];
+}
+
+export interface AuditRow {
+  id: string;
+  type: string;
+  user_id: string | null;
+  session_id: string | null;
+  ip_address: string | null;
+  user_agent: string | null;
+  metadata: Record<string, unknown>;
+}
+
+export async function auditRows(db: DataSource, where: { userId?: string; sessionId?: string; type?: string }): Promise<AuditRow[]> {
+  return db.query(
+    `SELECT * FROM audit_events
+      WHERE ($1::uuid IS NULL OR user_id = $1::uuid) AND ($2::uuid IS NULL OR session_id = $2::uuid)
+        AND ($3::text IS NULL OR type = $3::text)
+      ORDER BY seq`,
+    [where.userId ?? null, where.sessionId ?? null, where.type ?? null],
+  );
+}

@@ -1,0 +1,43 @@
+import { NestFastifyApplication } from '@nestjs/platform-fastify';
+import { Test } from '@nestjs/testing';
+import request from 'supertest';
+import type TestAgent from 'supertest/lib/agent';
+import { DataSource } from 'typeorm';
+import { AppModule } from '../../src/app.module';
+import { configureApp, createFastifyAdapter } from '../../src/app.setup';
+import { AppConfig, loadConfig } from '../../src/config/config';
+
+export interface TestApp {
+  app: NestFastifyApplication;
+  http: TestAgent;
+  db: DataSource;
+  config: AppConfig;
+  close(): Promise<void>;
+}
+
+/**
+ * The real app (same module, same configureApp as main.ts) on the run's own database
+ * (DATABASE_URL, set by test/run-tests.ts), with the real migrations. `overrides` sets
+ * variables for this app only, e.g. short TTLs.
+ */
+export async function createTestApp(overrides: Record<string, string> = {}): Promise<TestApp> {
+  const config = loadConfig({
+    ...process.env,
+    NODE_ENV: 'test',
+    BCRYPT_COST: '4', // the cost factor changes nothing the tests assert, only their speed
+    SESSION_CLEANUP_CRON: '0 0 1 1 *', // tests call the cleanup themselves
+    LOG_LEVEL: 'fatal',
+    ...overrides,
+  });
+  const moduleRef = await Test.createTestingModule({ imports: [AppModule.forRoot(config)] }).compile();
+  const app = configureApp(moduleRef.createNestApplication<NestFastifyApplication>(createFastifyAdapter(config), { logger: false }));
+  await app.init();
+  await app.getHttpAdapter().getInstance().ready();
+  return {
+    app,
+    http: request(app.getHttpServer()),
+    db: app.get(DataSource),
+    config,
+    close: () => app.close(),
+  };
+}

@@ -1,0 +1,104 @@
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { bearer, registerAndLogin } from './helpers/factories';
+import { createTestApp, TestApp } from './helpers/test-app';
+
+describe('operations and error hygiene (e2e)', () => {
+  let t: TestApp;
+  before(async () => {
+    t = await createTestApp();
+  });
+  after(async () => {
+    await t.close();
+  });
+
+  it('answers /health/live and /health/ready', async () => {
+    assert.equal((await t.http.get('/health/live')).status, 200);
+    const ready = await t.http.get('/health/ready');
+    assert.equal(ready.status, 200);
+    assert.equal(ready.body.status, 'ok');
+  });
+
+  it('answers /health/ready with 503 when the database does not answer', async () => {
+    const down = await createTestApp();
+    try {
+      await down.db.destroy();
+      const res = await down.http.get('/health/ready');
+      assert.equal(res.status, 503);
+      assert.ok(!JSON.stringify(res.body).includes('postgres://'));
+      assert.equal((await down.http.get('/health/live')).status, 200);
+    } finally {
+      await down.app.close().catch(() => undefined);
+    }
+  });
+
+  it('serves Prometheus metrics', async () => {
+    await t.http.get('/health/live');
+    const res = await t.http.get('/metrics');
+    assert.equal(res.status, 200);
+    assert.match(res.headers['content-type'], /^text\/plain/);
+    assert.match(res.text, /sessionary_http_request_duration_seconds_bucket\{.*route="\/health\/live"/);
+    assert.match(res.text, /process_cpu_user_seconds_total/);
+  });
+
+  it('documents every route, bearer auth and the error responses in /docs-json', async () => {
+    const res = await t.http.get('/docs-json');
+    assert.equal(res.status, 200);
+    const doc = res.body;
+    const routes = Object.entries(doc.paths as Record<string, Record<string, unknown>>).flatMap(([path, ops]) =>
+      Object.keys(ops).map((m) => `${m.toUpperCase()} ${path}`),
+    );
+    for (const route of [
+      'POST /api/v1/auth/register',
+      'POST /api/v1/auth/login',
+      'POST /api/v1/auth/refresh',
+      'POST /api/v1/auth/logout',
+      'GET /api/v1/users/me',
+      'PATCH /api/v1/users/me',
+      'GET /api/v1/audit',
+      'GET /health/live',
+      'GET /health/ready',
+      'GET /metrics',
+    ]) {
+      assert.ok(routes.includes(route), `${route} is documented`);
+    }
+    assert.ok(doc.components.securitySchemes.bearer);
+    assert.ok(doc.paths['/api/v1/users/me'].get.responses['401']);
+    assert.ok(doc.paths['/api/v1/auth/register'].post.responses['409']);
+    assert.ok(doc.components.schemas.RegisterDto.properties.password);
+    assert.equal((await t.http.get('/docs')).status, 200);
+  });
+
+  it('answers unknown routes with a 404 in the error shape', async () => {
+    const res = await t.http.get('/api/v1/nope');
+    assert.equal(res.status, 404);
+    assert.equal(res.body.statusCode, 404);
+  });
+
+  it('refuses request bodies over 16 KiB with 413 and wrong content types with 415', async () => {
+    const big = await t.http.post('/api/v1/auth/register').send({ username: 'x'.repeat(17 * 1024) });
+    assert.equal(big.status, 413);
+    assert.deepEqual(Object.keys(big.body).sort(), ['error', 'message', 'statusCode']);
+    const xml = await t.http.post('/api/v1/auth/login').set('Content-Type', 'application/xml').send('<login/>');
+    assert.equal(xml.status, 415);
+  });
+
+  it('never answers with a stack trace, SQL or a password hash', async () => {
+    const { tokens } = await registerAndLogin(t.http);
+    const responses = await Promise.all([
+      t.http.post('/api/v1/auth/register').set('Content-Type', 'application/json').send('{"a":'),
+      t.http.post('/api/v1/auth/register').send({ username: "x'; DROP TABLE users;--", email: 'a@b.c', password: 'x'.repeat(20) }),
+      t.http.post('/api/v1/auth/login').send({ email: "' OR 1=1 --@x.io", password: 'x' }),
+      t.http.post('/api/v1/auth/refresh').send({ refreshToken: { $ne: null } }),
+      t.http.get('/api/v1/audit?cursor=%00%00').set('Authorization', bearer(tokens)),
+      t.http.get('/api/v1/users/me').set('Authorization', 'Bearer a.b.c'),
+      t.http.get('/api/v1/users/me').set('Authorization', bearer(tokens)),
+    ]);
+    for (const res of responses) {
+      assert.ok(res.status < 500, `${res.status} ${res.text}`);
+      for (const leak of [/\$2[aby]\$/, /\bat \S+ \(/, /QueryFailedError|SELECT |INSERT |driverError/i, /node_modules/]) {
+        assert.doesNotMatch(res.text, leak);
+      }
+    }
+  });
+});

@@ -1,0 +1,83 @@
+/**
+ * `npm test`: makes a fresh database for this run on DATABASE_URL's server (or, without
+ * DATABASE_URL, on an embedded PostgreSQL in a temporary folder), runs every unit and e2e
+ * spec with Node's test runner against it, then drops it.
+ */
+import { Logger } from '@nestjs/common';
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, relative } from 'node:path';
+import { Client } from 'pg';
+import { startEmbeddedPostgres, EmbeddedDatabase } from '../src/database/embedded-postgres';
+
+const DIST = join(__dirname, '..');
+
+function specFiles(dir: string): string[] {
+  return readdirSync(dir).flatMap((name) => {
+    const path = join(dir, name);
+    if (statSync(path).isDirectory()) return specFiles(path);
+    return /\.(e2e-)?spec\.js$/.test(name) ? [path] : [];
+  });
+}
+
+function withDatabase(url: string, database: string): string {
+  const u = new URL(url);
+  u.pathname = `/${database}`;
+  return u.toString();
+}
+
+async function admin(url: string, statement: string): Promise<void> {
+  const client = new Client({ connectionString: url });
+  await client.connect();
+  try {
+    await client.query(statement);
+  } finally {
+    await client.end();
+  }
+}
+
+async function main(): Promise<number> {
+  const logger = new Logger('tests');
+  let embedded: EmbeddedDatabase | undefined;
+  let tempDir: string | undefined;
+  let serverUrl = process.env.DATABASE_URL;
+  if (!serverUrl) {
+    tempDir = mkdtempSync(join(tmpdir(), 'sessionary-test-'));
+    logger.log('DATABASE_URL is not set: running the tests on an embedded PostgreSQL');
+    embedded = await startEmbeddedPostgres({ dataDir: join(tempDir, 'pg'), logger });
+    serverUrl = embedded.url;
+  }
+  const database = `sessionary_test_${Date.now()}_${randomBytes(3).toString('hex')}`;
+  await admin(serverUrl, `CREATE DATABASE "${database}"`);
+  try {
+    const filter = process.argv.slice(2);
+    const files = [...specFiles(join(DIST, 'src')), ...specFiles(join(DIST, 'test'))].filter(
+      (f) => !filter.length || filter.some((pattern) => relative(DIST, f).includes(pattern)),
+    );
+    const code = await new Promise<number>((resolve) => {
+      const child = spawn(
+        process.execPath,
+        ['--enable-source-maps', '--test', '--test-concurrency=2', '--test-reporter=spec', ...files],
+        { stdio: 'inherit', env: { ...process.env, NODE_ENV: 'test', DATABASE_URL: withDatabase(serverUrl!, database) } },
+      );
+      child.on('exit', (c) => resolve(c ?? 1));
+    });
+    return code;
+  } finally {
+    await admin(serverUrl, `DROP DATABASE IF EXISTS "${database}" WITH (FORCE)`).catch((e: Error) =>
+      logger.warn(`Could not drop ${database}: ${e.message}`),
+    );
+    await embedded?.stop();
+    if (tempDir) rmSync(tempDir, { recursive: true, force: true });
+  }
+}
+
+main().then(
+  (code) => process.exit(code),
+  (error: unknown) => {
+    new Logger('tests').error(error instanceof Error ? (error.stack ?? error.message) : String(error));
+    process.exit(1);
+  },
+);

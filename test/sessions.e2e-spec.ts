@@ -1,0 +1,225 @@
+import assert from 'node:assert/strict';
+import { randomUUID } from 'node:crypto';
+import { after, before, describe, it } from 'node:test';
+import { auditRows, sessionRow } from './helpers/db';
+import { bearer, login, registerAndLogin, registerUser } from './helpers/factories';
+import { createTestApp, TestApp } from './helpers/test-app';
+
+const FIREFOX_WINDOWS = 'Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:128.0) Gecko/20100101 Firefox/128.0';
+const SAFARI_IPHONE =
+  'Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.5 Mobile/15E148 Safari/604.1';
+
+describe('my sessions (e2e)', () => {
+  let t: TestApp;
+  before(async () => {
+    t = await createTestApp();
+  });
+  after(async () => {
+    await t.close();
+  });
+
+  it('lists my active sessions newest first, with device, IP, last seen and which one is current', async () => {
+    const user = await registerUser(t.http);
+    const older = await login(t.http, user, FIREFOX_WINDOWS);
+    const ended = await login(t.http, user, 'ended-agent');
+    const current = await login(t.http, user, SAFARI_IPHONE);
+    await t.http.post('/api/v1/auth/logout').set('Authorization', bearer(ended)).expect(204);
+    const someoneElse = await registerAndLogin(t.http);
+
+    const res = await t.http.get('/api/v1/sessions').set('Authorization', bearer(current));
+    assert.equal(res.status, 200);
+    assert.deepEqual(
+      res.body.map((s: { id: string }) => s.id),
+      [current.sessionId, older.sessionId],
+    );
+    const [mine, other] = res.body;
+    assert.equal(mine.current, true);
+    assert.equal(other.current, false);
+    assert.deepEqual(Object.keys(mine).sort(), [
+      'absoluteExpiresAt', 'createdAt', 'current', 'device', 'expiresAt', 'id', 'ipAddress', 'lastSeenAt', 'userAgent',
+    ]);
+    assert.deepEqual(mine.device, { browser: 'Safari 17', os: 'iOS 17.5', deviceType: 'mobile' });
+    assert.deepEqual(other.device, { browser: 'Firefox 128', os: 'Windows 10', deviceType: 'desktop' });
+    assert.equal(other.userAgent, FIREFOX_WINDOWS);
+    assert.ok(mine.ipAddress);
+    const row = await sessionRow(t.db, older.sessionId);
+    assert.equal(other.expiresAt, row!.idle_expires_at.toISOString());
+    assert.equal(other.absoluteExpiresAt, row!.absolute_expires_at.toISOString());
+    assert.ok(!JSON.stringify(res.body).includes(someoneElse.tokens.sessionId));
+  });
+
+  it('revoking one of my sessions kills its access and refresh tokens at once', async () => {
+    const user = await registerUser(t.http);
+    const victim = await login(t.http, user);
+    const me = await login(t.http, user);
+    const res = await t.http.delete(`/api/v1/sessions/${victim.sessionId}`).set('Authorization', bearer(me));
+    assert.equal(res.status, 204);
+    assert.equal((await t.http.get('/api/v1/users/me').set('Authorization', bearer(victim))).status, 401);
+    assert.equal((await t.http.post('/api/v1/auth/refresh').send({ refreshToken: victim.refreshToken })).status, 401);
+    assert.equal((await t.http.get('/api/v1/users/me').set('Authorization', bearer(me))).status, 200);
+    const row = await sessionRow(t.db, victim.sessionId);
+    assert.equal(row!.end_reason, 'revoked');
+    const events = await auditRows(t.db, { sessionId: victim.sessionId, type: 'SESSION_REVOKED' });
+    assert.equal(events.length, 1);
+    assert.deepEqual(events[0].metadata, { reason: 'revoked', bySessionId: me.sessionId });
+  });
+
+  it('revoking my current session is a logout', async () => {
+    const { tokens } = await registerAndLogin(t.http);
+    await t.http.delete(`/api/v1/sessions/${tokens.sessionId}`).set('Authorization', bearer(tokens)).expect(204);
+    assert.equal((await t.http.get('/api/v1/users/me').set('Authorization', bearer(tokens))).status, 401);
+    assert.equal((await sessionRow(t.db, tokens.sessionId))!.end_reason, 'logout');
+    assert.equal((await auditRows(t.db, { sessionId: tokens.sessionId, type: 'LOGOUT' })).length, 1);
+  });
+
+  it("answers the same 404 for someone else's, an unknown and an ended session, changing nothing", async () => {
+    const me = await registerAndLogin(t.http);
+    const other = await registerAndLogin(t.http);
+    const mineEnded = await login(t.http, me.user);
+    await t.http.post('/api/v1/auth/logout').set('Authorization', bearer(mineEnded)).expect(204);
+    const answers = [];
+    for (const id of [other.tokens.sessionId, randomUUID(), mineEnded.sessionId]) {
+      const res = await t.http.delete(`/api/v1/sessions/${id}`).set('Authorization', bearer(me.tokens));
+      answers.push({ status: res.status, body: res.body });
+    }
+    assert.deepEqual(answers[0], { status: 404, body: { statusCode: 404, error: 'Not Found', message: 'Session not found' } });
+    assert.deepEqual(answers[1], answers[0]);
+    assert.deepEqual(answers[2], answers[0]);
+    assert.equal((await sessionRow(t.db, other.tokens.sessionId))!.ended_at, null);
+    assert.equal((await t.http.get('/api/v1/users/me').set('Authorization', bearer(other.tokens))).status, 200);
+    assert.equal((await auditRows(t.db, { sessionId: other.tokens.sessionId, type: 'SESSION_REVOKED' })).length, 0);
+  });
+
+  it('answers 400 for a session id that is not a UUID', async () => {
+    const { tokens } = await registerAndLogin(t.http);
+    const res = await t.http.delete('/api/v1/sessions/not-a-uuid').set('Authorization', bearer(tokens));
+    assert.equal(res.status, 400);
+  });
+
+  it('revoking all others keeps the current session working and reports how many ended', async () => {
+    const user = await registerUser(t.http);
+    const others = [await login(t.http, user), await login(t.http, user), await login(t.http, user)];
+    const me = await login(t.http, user);
+    const stranger = await registerAndLogin(t.http);
+    const res = await t.http.delete('/api/v1/sessions').set('Authorization', bearer(me));
+    assert.equal(res.status, 200);
+    assert.deepEqual(res.body, { revoked: 3 });
+    for (const s of others) {
+      assert.equal((await t.http.get('/api/v1/users/me').set('Authorization', bearer(s))).status, 401);
+      assert.equal((await sessionRow(t.db, s.sessionId))!.end_reason, 'revoked');
+      assert.equal((await auditRows(t.db, { sessionId: s.sessionId, type: 'SESSION_REVOKED' })).length, 1);
+    }
+    assert.equal((await t.http.get('/api/v1/users/me').set('Authorization', bearer(me))).status, 200);
+    assert.equal((await t.http.get('/api/v1/users/me').set('Authorization', bearer(stranger.tokens))).status, 200);
+    assert.deepEqual((await t.http.delete('/api/v1/sessions').set('Authorization', bearer(me))).body, { revoked: 0 });
+  });
+});
+
+describe('password change (e2e)', () => {
+  let t: TestApp;
+  before(async () => {
+    t = await createTestApp();
+  });
+  after(async () => {
+    await t.close();
+  });
+
+  it('needs the right current password; a wrong one changes nothing', async () => {
+    const user = await registerUser(t.http);
+    const me = await login(t.http, user);
+    const other = await login(t.http, user);
+    const res = await t.http
+      .put('/api/v1/users/me/password')
+      .set('Authorization', bearer(me))
+      .send({ currentPassword: 'not-my-password-at-all', newPassword: 'a-brand-new-password' });
+    assert.equal(res.status, 401);
+    assert.equal((await t.http.get('/api/v1/users/me').set('Authorization', bearer(other))).status, 200);
+    await login(t.http, user); // the old password still works
+    assert.equal((await auditRows(t.db, { userId: user.id, type: 'PASSWORD_CHANGED' })).length, 0);
+  });
+
+  it('changes the password, ends every other session, keeps the current one, audits it', async () => {
+    const user = await registerUser(t.http);
+    const others = [await login(t.http, user), await login(t.http, user)];
+    const me = await login(t.http, user);
+    const newPassword = 'a-brand-new-password-🔑';
+    const res = await t.http
+      .put('/api/v1/users/me/password')
+      .set('Authorization', bearer(me))
+      .send({ currentPassword: user.password, newPassword });
+    assert.equal(res.status, 204);
+    for (const s of others) {
+      assert.equal((await t.http.get('/api/v1/users/me').set('Authorization', bearer(s))).status, 401);
+      assert.equal((await t.http.post('/api/v1/auth/refresh').send({ refreshToken: s.refreshToken })).status, 401);
+      assert.equal((await sessionRow(t.db, s.sessionId))!.end_reason, 'password_changed');
+      const events = await auditRows(t.db, { sessionId: s.sessionId, type: 'SESSION_REVOKED' });
+      assert.equal(events.length, 1);
+      assert.equal(events[0].metadata.reason, 'password_changed');
+    }
+    assert.equal((await t.http.get('/api/v1/users/me').set('Authorization', bearer(me))).status, 200);
+    assert.equal((await t.http.post('/api/v1/auth/login').send({ email: user.email, password: user.password })).status, 401);
+    await login(t.http, { email: user.email, password: newPassword });
+    const changed = await auditRows(t.db, { userId: user.id, type: 'PASSWORD_CHANGED' });
+    assert.equal(changed.length, 1);
+    assert.equal(changed[0].session_id, me.sessionId);
+    assert.equal(changed[0].metadata.endedSessions, 2);
+  });
+
+  it('applies the registration rules to the new password', async () => {
+    const { user, tokens } = await registerAndLogin(t.http);
+    for (const newPassword of ['short', 'Qwerty123456', 'x'.repeat(129)]) {
+      const res = await t.http
+        .put('/api/v1/users/me/password')
+        .set('Authorization', bearer(tokens))
+        .send({ currentPassword: user.password, newPassword });
+      assert.equal(res.status, 400, newPassword);
+      assert.match(JSON.stringify(res.body.message), /newPassword/);
+    }
+    await login(t.http, user);
+  });
+});
+
+describe('session limit (e2e)', () => {
+  let t: TestApp;
+  before(async () => {
+    t = await createTestApp({ SESSION_MAX_PER_USER: '3' });
+  });
+  after(async () => {
+    await t.close();
+  });
+
+  it('ends the least recently used session when a login goes beyond the limit', async () => {
+    const user = await registerUser(t.http);
+    const [a, b, c] = [await login(t.http, user), await login(t.http, user), await login(t.http, user)];
+    // a was used most recently; b is the least recently used.
+    await t.db.query(`UPDATE sessions SET last_seen_at = now() - interval '1 minute' WHERE id = $1`, [b.sessionId]);
+    await t.db.query(`UPDATE sessions SET last_seen_at = now() + interval '1 second' WHERE id = $1`, [a.sessionId]);
+    const d = await login(t.http, user);
+    assert.equal((await sessionRow(t.db, b.sessionId))!.end_reason, 'session_limit');
+    for (const s of [a, c, d]) assert.equal((await sessionRow(t.db, s.sessionId))!.ended_at, null);
+    const events = await auditRows(t.db, { sessionId: b.sessionId, type: 'SESSION_REVOKED' });
+    assert.equal(events.length, 1);
+    assert.equal(events[0].metadata.reason, 'session_limit');
+  });
+
+  it('holds under 20 parallel logins of one user', async () => {
+    const user = await registerUser(t.http);
+    const results = await Promise.all(
+      Array.from({ length: 20 }, () => t.http.post('/api/v1/auth/login').send({ email: user.email, password: user.password })),
+    );
+    assert.ok(results.every((r) => r.status === 200));
+    const [{ active, limited }] = await t.db.query(
+      `SELECT count(*) FILTER (WHERE ended_at IS NULL)::int AS active,
+              count(*) FILTER (WHERE end_reason = 'session_limit')::int AS limited
+         FROM sessions WHERE user_id = $1`,
+      [user.id],
+    );
+    assert.equal(active, 3);
+    assert.equal(limited, 17);
+    const [{ events }] = await t.db.query(
+      `SELECT count(*)::int AS events FROM audit_events WHERE user_id = $1 AND type = 'SESSION_REVOKED' AND metadata->>'reason' = 'session_limit'`,
+      [user.id],
+    );
+    assert.equal(events, 17);
+  });
+});

@@ -1,0 +1,89 @@
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { auditRows } from './helpers/db';
+import { bearer, registerAndLogin, registerUser } from './helpers/factories';
+import { createTestApp, TestApp } from './helpers/test-app';
+
+describe('users (e2e)', () => {
+  let t: TestApp;
+  before(async () => {
+    t = await createTestApp();
+  });
+  after(async () => {
+    await t.close();
+  });
+
+  it('GET /users/me answers the profile and nothing secret', async () => {
+    const { user, tokens } = await registerAndLogin(t.http);
+    const res = await t.http.get('/api/v1/users/me').set('Authorization', bearer(tokens));
+    assert.equal(res.status, 200);
+    assert.deepEqual(Object.keys(res.body).sort(), ['createdAt', 'email', 'id', 'role', 'updatedAt', 'username']);
+    assert.equal(res.body.id, user.id);
+    assert.equal(res.body.email, user.email);
+    assert.ok(!JSON.stringify(res.body).includes('$2b$'));
+  });
+
+  it('PATCH /users/me changes the username, audits PROFILE_UPDATED in the same transaction', async () => {
+    const { user, tokens } = await registerAndLogin(t.http);
+    const newName = `${user.username}_x`;
+    const res = await t.http.patch('/api/v1/users/me').set('Authorization', bearer(tokens)).send({ username: newName });
+    assert.equal(res.status, 200);
+    assert.equal(res.body.username, newName);
+    const [row] = await t.db.query('SELECT username FROM users WHERE id = $1', [user.id]);
+    assert.equal(row.username, newName);
+    const events = await auditRows(t.db, { userId: user.id, type: 'PROFILE_UPDATED' });
+    assert.equal(events.length, 1);
+    assert.equal(events[0].metadata.fields, 'username');
+    assert.equal(events[0].session_id, tokens.sessionId);
+  });
+
+  it('PATCH /users/me needs the right current password to change the email', async () => {
+    const { user, tokens } = await registerAndLogin(t.http);
+    const email = `new_${user.email}`;
+    const missing = await t.http.patch('/api/v1/users/me').set('Authorization', bearer(tokens)).send({ email });
+    const wrong = await t.http
+      .patch('/api/v1/users/me')
+      .set('Authorization', bearer(tokens))
+      .send({ email, currentPassword: 'definitely-not-it' });
+    assert.equal(missing.status, 401);
+    assert.equal(wrong.status, 401);
+    let [row] = await t.db.query('SELECT email FROM users WHERE id = $1', [user.id]);
+    assert.equal(row.email, user.email);
+    assert.equal((await auditRows(t.db, { userId: user.id, type: 'PROFILE_UPDATED' })).length, 0);
+
+    const ok = await t.http
+      .patch('/api/v1/users/me')
+      .set('Authorization', bearer(tokens))
+      .send({ email, currentPassword: user.password });
+    assert.equal(ok.status, 200);
+    assert.equal(ok.body.email, email);
+    [row] = await t.db.query('SELECT email FROM users WHERE id = $1', [user.id]);
+    assert.equal(row.email, email);
+    // The session survives its own 401s for a wrong current password.
+    assert.equal((await t.http.get('/api/v1/users/me').set('Authorization', bearer(tokens))).status, 200);
+  });
+
+  it('PATCH /users/me answers 409 for a name or email someone else has, changing nothing', async () => {
+    const other = await registerUser(t.http);
+    const { user, tokens } = await registerAndLogin(t.http);
+    const byName = await t.http.patch('/api/v1/users/me').set('Authorization', bearer(tokens)).send({ username: other.username.toUpperCase() });
+    const byEmail = await t.http
+      .patch('/api/v1/users/me')
+      .set('Authorization', bearer(tokens))
+      .send({ email: other.email, currentPassword: user.password });
+    assert.equal(byName.status, 409);
+    assert.equal(byEmail.status, 409);
+    assert.deepEqual(byName.body, byEmail.body);
+    const [row] = await t.db.query('SELECT username, email FROM users WHERE id = $1', [user.id]);
+    assert.deepEqual(row, { username: user.username, email: user.email });
+    assert.equal((await auditRows(t.db, { userId: user.id, type: 'PROFILE_UPDATED' })).length, 0);
+  });
+
+  it('PATCH /users/me answers 400 for bad fields and unknown properties', async () => {
+    const { tokens } = await registerAndLogin(t.http);
+    for (const body of [{ username: 'x' }, { email: 'nope' }, { role: 'admin' }, { passwordHash: 'x' }, { username: 42 }]) {
+      const res = await t.http.patch('/api/v1/users/me').set('Authorization', bearer(tokens)).send(body);
+      assert.equal(res.status, 400, JSON.stringify(body));
+    }
+  });
+});

@@ -6,13 +6,14 @@ import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
 import { auditRows, sessionRow } from './helpers/db';
 import { bearer, login, registerAndLogin, registerUser, TestUser, Tokens } from './helpers/factories';
-import { createTestApp, TestApp } from './helpers/test-app';
+import { createTestApp, databaseForThisFile, TestApp } from './helpers/test-app';
 
 const CLI = join(__dirname, '..', 'src', 'cli.js');
 
 async function cli(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   try {
-    const { stdout, stderr } = await promisify(execFile)(process.execPath, [CLI, ...args], { env: process.env });
+    const env = { ...process.env, DATABASE_URL: await databaseForThisFile() };
+    const { stdout, stderr } = await promisify(execFile)(process.execPath, [CLI, ...args], { env });
     return { code: 0, stdout, stderr };
   } catch (error) {
     const e = error as { code: number; stdout: string; stderr: string };

@@ -56,6 +56,13 @@ describe('operations and error hygiene (e2e)', () => {
       'GET /api/v1/users/me',
       'PATCH /api/v1/users/me',
       'GET /api/v1/audit',
+      'PUT /api/v1/users/me/password',
+      'GET /api/v1/sessions',
+      'DELETE /api/v1/sessions',
+      'DELETE /api/v1/sessions/{id}',
+      'GET /api/v1/admin/users/{id}/sessions',
+      'DELETE /api/v1/admin/users/{id}/sessions',
+      'GET /api/v1/admin/audit',
       'GET /health/live',
       'GET /health/ready',
       'GET /metrics',
@@ -65,6 +72,17 @@ describe('operations and error hygiene (e2e)', () => {
     assert.ok(doc.components.securitySchemes.bearer);
     assert.ok(doc.paths['/api/v1/users/me'].get.responses['401']);
     assert.ok(doc.paths['/api/v1/auth/register'].post.responses['409']);
+    assert.ok(doc.paths['/api/v1/sessions/{id}'].delete.responses['404']);
+    assert.ok(doc.paths['/api/v1/sessions/{id}'].delete.responses['400']);
+    assert.ok(doc.paths['/api/v1/admin/audit'].get.responses['403']);
+    assert.ok(doc.paths['/api/v1/users/me/password'].put.responses['401']);
+    // Every authenticated route declares bearer auth; every public one does not need it.
+    for (const [path, ops] of Object.entries(doc.paths as Record<string, Record<string, { security?: unknown[] }>>)) {
+      for (const [method, op] of Object.entries(ops)) {
+        const isPublic = /^\/(health|metrics)|\/auth\/(register|login|refresh)$/.test(path);
+        assert.equal(Boolean(op.security?.length), !isPublic, `${method} ${path} security`);
+      }
+    }
     assert.ok(doc.components.schemas.RegisterDto.properties.password);
     assert.equal((await t.http.get('/docs')).status, 200);
   });

@@ -38,6 +38,21 @@ async function admin(url: string, statement: string): Promise<void> {
   }
 }
 
+/** The run's database and the per-file ones made beside it (test/helpers/test-app.ts). */
+async function dropDatabases(serverUrl: string, database: string): Promise<void> {
+  const client = new Client({ connectionString: serverUrl });
+  await client.connect();
+  try {
+    const { rows } = await client.query<{ datname: string }>(
+      `SELECT datname FROM pg_database WHERE datname = $1 OR datname LIKE $1 || '\_p%'`,
+      [database],
+    );
+    for (const { datname } of rows) await client.query(`DROP DATABASE IF EXISTS "${datname}" WITH (FORCE)`);
+  } finally {
+    await client.end();
+  }
+}
+
 async function main(): Promise<number> {
   const logger = new Logger('tests');
   let embedded: EmbeddedDatabase | undefined;
@@ -66,9 +81,7 @@ async function main(): Promise<number> {
     });
     return code;
   } finally {
-    await admin(serverUrl, `DROP DATABASE IF EXISTS "${database}" WITH (FORCE)`).catch((e: Error) =>
-      logger.warn(`Could not drop ${database}: ${e.message}`),
-    );
+    await dropDatabases(serverUrl, database).catch((e: Error) => logger.warn(`Could not drop the test databases: ${e.message}`));
     await embedded?.stop();
     if (tempDir) rmSync(tempDir, { recursive: true, force: true });
   }

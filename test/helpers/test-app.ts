@@ -1,4 +1,5 @@
 import { NestFastifyApplication } from '@nestjs/platform-fastify';
+import { Client } from 'pg';
 import { Test } from '@nestjs/testing';
 import request from 'supertest';
 import type TestAgent from 'supertest/lib/agent';
@@ -15,14 +16,39 @@ export interface TestApp {
   close(): Promise<void>;
 }
 
+let fileDatabaseUrl: Promise<string> | undefined;
+
 /**
- * The real app (same module, same configureApp as main.ts) on the run's own database
- * (DATABASE_URL, set by test/run-tests.ts), with the real migrations. `overrides` sets
- * variables for this app only, e.g. short TTLs.
+ * Each spec file runs in its own process and gets its own database, made next to the run's
+ * database (DATABASE_URL, set by test/run-tests.ts, which drops them all at the end): files
+ * run in parallel, and a cleanup test must not end another file's sessions.
+ */
+export function databaseForThisFile(): Promise<string> {
+  fileDatabaseUrl ??= (async () => {
+    const base = process.env.DATABASE_URL;
+    if (!base) throw new Error('DATABASE_URL is not set: run the tests with `npm test`');
+    const url = new URL(base);
+    url.pathname = `${url.pathname}_p${process.pid}`;
+    const client = new Client({ connectionString: base });
+    await client.connect();
+    try {
+      await client.query(`CREATE DATABASE "${url.pathname.slice(1)}"`);
+    } finally {
+      await client.end();
+    }
+    return url.toString();
+  })();
+  return fileDatabaseUrl;
+}
+
+/**
+ * The real app (same module, same configureApp as main.ts) on this file's database, with the
+ * real migrations. `overrides` sets variables for this app only, e.g. short TTLs.
  */
 export async function createTestApp(overrides: Record<string, string> = {}): Promise<TestApp> {
   const config = loadConfig({
     ...process.env,
+    DATABASE_URL: await databaseForThisFile(),
     NODE_ENV: 'test',
     BCRYPT_COST: '4', // the cost factor changes nothing the tests assert, only their speed
     SESSION_CLEANUP_CRON: '0 0 1 1 *', // tests call the cleanup themselves

@@ -14,6 +14,8 @@ import { dataSourceOptions } from './database/data-source.options';
 import { runMigrationsLocked } from './database/migrate';
 import { HealthModule } from './health/health.module';
 import { MetricsModule } from './metrics/metrics.module';
+import { RateLimitGuard } from './rate-limit/rate-limit.guard';
+import { RateLimitModule } from './rate-limit/rate-limit.module';
 import { SessionsModule } from './sessions/sessions.module';
 import { UsersModule } from './users/users.module';
 
@@ -54,6 +56,7 @@ export class AppModule implements OnApplicationShutdown {
           },
         }),
         ScheduleModule.forRoot(),
+        RateLimitModule,
         AuditModule,
         UsersModule,
         SessionsModule,
@@ -69,6 +72,8 @@ export class AppModule implements OnApplicationShutdown {
           useValue: new ValidationPipe({ whitelist: true, forbidNonWhitelisted: true, transform: true, forbidUnknownValues: true }),
         },
         { provide: APP_FILTER, useClass: AllExceptionsFilter },
+        // Global guards run in this order: count the request first, then authenticate it.
+        { provide: APP_GUARD, useExisting: RateLimitGuard },
         { provide: APP_GUARD, useExisting: SessionGuard },
       ],
     };

@@ -1,8 +1,10 @@
+import helmet from '@fastify/helmet';
 import { RequestMethod } from '@nestjs/common';
 import { FastifyAdapter, NestFastifyApplication } from '@nestjs/platform-fastify';
 import { DocumentBuilder, SwaggerModule } from '@nestjs/swagger';
+import { registerRequestHygiene } from './common/request-hygiene';
 import type { AppConfig } from './config/config';
-import { parseTrustProxy } from './config/env.schema';
+import { parseCorsOrigins, parseTrustProxy } from './config/env.schema';
 
 /** API.md: request bodies over 16 KiB are refused with 413. */
 export const BODY_LIMIT_BYTES = 16 * 1024;
@@ -14,11 +16,38 @@ export function createFastifyAdapter(config: AppConfig): FastifyAdapter {
     trustProxy: parseTrustProxy(config.TRUST_PROXY).value,
     // Our own logger reports errors; Fastify's request log would duplicate it.
     logger: false,
+    // A JSON body with __proto__ or constructor.prototype is refused, not merged.
+    onProtoPoisoning: 'error',
+    onConstructorPoisoning: 'error',
   });
 }
 
 /** Everything main.ts and the e2e tests must share, so tests exercise the real app. */
-export function configureApp(app: NestFastifyApplication): NestFastifyApplication {
+export async function configureApp(app: NestFastifyApplication, config: AppConfig): Promise<NestFastifyApplication> {
+  // Security headers (nosniff, frame-ancestors, HSTS, no referrer...). The CSP admits what the
+  // Swagger UI at /docs needs; API responses are JSON and run no scripts anyway.
+  await app.register(helmet, {
+    contentSecurityPolicy: {
+      directives: {
+        defaultSrc: [`'self'`],
+        scriptSrc: [`'self'`, `'unsafe-inline'`],
+        styleSrc: [`'self'`, `'unsafe-inline'`],
+        imgSrc: [`'self'`, 'data:'],
+        frameAncestors: [`'none'`],
+      },
+    },
+    crossOriginResourcePolicy: { policy: 'same-origin' },
+  });
+  const origins = parseCorsOrigins(config.CORS_ORIGINS);
+  // Only listed origins get CORS headers; with none listed, browsers allow no cross-origin use.
+  app.enableCors({
+    origin: origins.length ? origins : false,
+    methods: ['GET', 'POST', 'PATCH', 'PUT', 'DELETE'],
+    allowedHeaders: ['Authorization', 'Content-Type'],
+    exposedHeaders: ['Retry-After'],
+    maxAge: 600,
+  });
+  registerRequestHygiene(app.getHttpAdapter().getInstance());
   app.setGlobalPrefix('api/v1', {
     exclude: [
       { path: 'health/live', method: RequestMethod.GET },

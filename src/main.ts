@@ -27,7 +27,7 @@ async function bootstrap(): Promise<void> {
     createFastifyAdapter(config),
     { logger },
   );
-  configureApp(app);
+  await configureApp(app, config);
   await app.listen({ port: config.PORT, host: config.HOST });
   boot.log(`Listening on ${await app.getUrl()} (${embedded ? 'embedded PostgreSQL' : 'PostgreSQL from DATABASE_URL'})`);
 }

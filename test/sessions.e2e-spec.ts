@@ -182,7 +182,9 @@ describe('password change (e2e)', () => {
 describe('session limit (e2e)', () => {
   let t: TestApp;
   before(async () => {
-    t = await createTestApp({ SESSION_MAX_PER_USER: '3' });
+    // Every login attempt is counted as a failure until it succeeds (so parallel guesses cannot
+    // outrun the throttle): twenty parallel logins need room for twenty.
+    t = await createTestApp({ SESSION_MAX_PER_USER: '3', LOGIN_MAX_FAILURES_PER_IDENTIFIER: '50' });
   });
   after(async () => {
     await t.close();

@@ -12,6 +12,7 @@ import { AuthService } from './auth.service';
 import { JwtAuthGuard } from './jwt-auth.guard';
 import { createJwtKey, jwtKeyProvider } from './jwt-key';
 import { JwtStrategy } from './jwt.strategy';
+import { LoginThrottleService } from './login-throttle.service';
 import { PasswordController } from './password.controller';
 import { SessionGuard } from './session.guard';
 
@@ -34,7 +35,7 @@ import { SessionGuard } from './session.guard';
     }),
   ],
   controllers: [AuthController, PasswordController],
-  providers: [AuthService, AccessTokenService, JwtStrategy, JwtAuthGuard, SessionGuard, jwtKeyProvider],
+  providers: [AuthService, AccessTokenService, LoginThrottleService, JwtStrategy, JwtAuthGuard, SessionGuard, jwtKeyProvider],
   exports: [SessionGuard],
 })
 export class AuthModule {}

@@ -9,6 +9,7 @@ import { PasswordHasher } from '../users/password-hasher';
 import { UserEntity } from '../users/user.entity';
 import { UsersService } from '../users/users.service';
 import { AccessTokenService } from './access-token.service';
+import { LoginThrottleService } from './login-throttle.service';
 import { LoginDto } from './dto/login.dto';
 import { RegisterDto } from './dto/register.dto';
 import { ChangePasswordDto } from './dto/change-password.dto';
@@ -26,6 +27,7 @@ export class AuthService {
     private readonly audit: AuditService,
     private readonly passwords: PasswordHasher,
     private readonly accessTokens: AccessTokenService,
+    private readonly throttle: LoginThrottleService,
   ) {}
 
   async register(dto: RegisterDto, client: ClientContext): Promise<UserEntity> {
@@ -42,20 +44,32 @@ export class AuthService {
       throw new BadRequestException(['give either email or username, not both']);
     }
     const method = dto.email !== undefined ? 'email' : 'username';
+    // Before any lookup or hashing, identical for existing and unknown accounts: 429 when in back-off.
+    const attempt = await this.throttle.begin(`${method}:${dto.email ?? dto.username}`, client.ipAddress);
     const user = await this.users.findByLogin(dto);
     // Same bcrypt work whether or not the account exists.
     const valid = user ? await this.passwords.verify(dto.password, user.passwordHash) : await this.passwords.verifyAgainstNobody(dto.password);
     if (!user || !valid) {
       await this.dataSource.transaction((em) =>
-        this.audit.record(em, {
-          type: 'LOGIN_FAILED',
-          userId: user?.id ?? null,
-          client,
-          metadata: { method, reason: user ? 'wrong_password' : 'unknown_account' },
-        }),
+        this.audit.record(
+          em,
+          {
+            type: 'LOGIN_FAILED',
+            userId: user?.id ?? null,
+            client,
+            metadata: { method, reason: user ? 'wrong_password' : 'unknown_account' },
+          },
+          ...attempt.locksSet.map((lock) => ({
+            type: 'ACCOUNT_LOCKED' as const,
+            userId: lock.scope === 'identifier' ? (user?.id ?? null) : null,
+            client,
+            metadata: { scope: lock.scope, lockedSeconds: lock.seconds },
+          })),
+        ),
       );
       throw new UnauthorizedException(INVALID_CREDENTIALS);
     }
+    await this.throttle.succeeded(attempt);
     const issued = await this.dataSource.transaction(async (em) => {
       const opened = await this.sessions.open(em, user.id, client);
       await this.audit.record(em, { type: 'LOGIN', userId: user.id, sessionId: opened.session.id, client, metadata: { method } });

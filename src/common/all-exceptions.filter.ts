@@ -3,6 +3,7 @@ import { STATUS_CODES } from 'node:http';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { QueryFailedError } from 'typeorm';
 import { PG_UNIQUE_VIOLATION, pgErrorCode } from '../database/pg-errors';
+import { RetryAfterException } from './retry-after.exception';
 
 interface ErrorBody {
   statusCode: number;
@@ -25,6 +26,7 @@ export class AllExceptionsFilter implements ExceptionFilter {
     const reply = http.getResponse<FastifyReply>();
     const request = http.getRequest<FastifyRequest>();
     const body = this.toBody(exception, request);
+    if (exception instanceof RetryAfterException) void reply.header('Retry-After', String(exception.retryAfterSeconds));
     void reply.status(body.statusCode).header('content-type', 'application/json; charset=utf-8').send(body);
   }
 

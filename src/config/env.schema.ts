@@ -121,6 +121,40 @@ export class Env {
   @Max(31)
   BCRYPT_COST = 12;
 
+  /** Failed logins per identifier (existing or not) within LOGIN_FAILURE_WINDOW before back-off. */
+  @Transform(toNumber)
+  @IsInt()
+  @Min(1)
+  LOGIN_MAX_FAILURES_PER_IDENTIFIER = 5;
+
+  /** Failed logins per client IP within LOGIN_FAILURE_WINDOW before back-off. */
+  @Transform(toNumber)
+  @IsInt()
+  @Min(1)
+  LOGIN_MAX_FAILURES_PER_IP = 100;
+
+  /** Seconds without a failure after which a counter starts again from zero. */
+  @Transform(toNumber)
+  @IsInt()
+  @Min(1)
+  LOGIN_FAILURE_WINDOW = 900;
+
+  /** Seconds of the first back-off; each further failure doubles it, up to LOGIN_FAILURE_WINDOW. */
+  @Transform(toNumber)
+  @IsInt()
+  @Min(1)
+  LOGIN_BACKOFF_BASE = 30;
+
+  /** Requests per client IP per minute over all routes; 0 turns the limit off. */
+  @Transform(toNumber)
+  @IsInt()
+  @Min(0)
+  RATE_LIMIT_PER_MINUTE = 600;
+
+  /** Comma-separated origins allowed by CORS; empty: no cross-origin access. */
+  @IsString()
+  CORS_ORIGINS = '';
+
   @IsString()
   SESSION_CLEANUP_CRON = '*/5 * * * *';
 
@@ -137,6 +171,10 @@ export class Env {
 
   @IsIn(LOG_LEVELS)
   LOG_LEVEL: LogLevelName = 'log';
+
+  /** `json`: one JSON object a line (default); `text`: Nest's readable lines. */
+  @IsIn(['json', 'text'])
+  LOG_FORMAT: 'json' | 'text' = 'json';
 }
 
 /** Numbers that must relate to each other; class-validator checks one field at a time. */
@@ -150,10 +188,17 @@ function crossFieldErrors(env: Env): string[] {
   } catch {
     errors.push('SESSION_CLEANUP_CRON must be a valid cron expression');
   }
+  if (parseCorsOrigins(env.CORS_ORIGINS).some((o) => !/^https?:\/\/[^/\s,]+$/.test(o))) {
+    errors.push('CORS_ORIGINS must be a comma-separated list of origins like https://app.example.com');
+  }
   if (!parseTrustProxy(env.TRUST_PROXY).valid) {
     errors.push('TRUST_PROXY must be true, false, a hop count or a list of addresses');
   }
   return errors;
+}
+
+export function parseCorsOrigins(raw: string): string[] {
+  return raw.split(',').map((s) => s.trim()).filter(Boolean);
 }
 
 export type TrustProxy = boolean | string[] | ((address: string, hop: number) => boolean);

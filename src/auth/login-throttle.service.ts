@@ -1,0 +1,155 @@
+import { Injectable, Logger } from '@nestjs/common';
+import { ConfigService } from '@nestjs/config';
+import { Cron, CronExpression } from '@nestjs/schedule';
+import { InjectDataSource } from '@nestjs/typeorm';
+import { createHash } from 'node:crypto';
+import { DataSource } from 'typeorm';
+import { RetryAfterException } from '../common/retry-after.exception';
+import type { AppConfig } from '../config/config';
+import { sql } from '../database/sql';
+
+export type ThrottleScope = 'identifier' | 'ip';
+
+interface Counter {
+  scope: ThrottleScope;
+  key: string;
+  max: number;
+}
+
+/** One login attempt's claim on its counters, settled by succeeded() or failed(). */
+export interface LoginAttempt {
+  counters: Counter[];
+  /** Locks this attempt set, by scope (when its failure would be the one too many). */
+  locksSet: Array<{ scope: ThrottleScope; lockedUntil: Date; seconds: number }>;
+}
+
+
+interface CounterRow {
+  key: string;
+  failures: number;
+  last_failure_at: Date;
+  locked_until: Date | null;
+  now: Date;
+}
+
+/**
+ * Throttles failed logins per identifier (whether or not such an account exists, so a 429
+ * tells nothing) and per client IP, in PostgreSQL so every instance shares the counts
+ * (ASVS 6.3.1). An attempt is counted as a failure *before* the password is checked and
+ * taken back if it succeeds: so parallel guesses cannot outrun the count, and no more than
+ * the maximum are ever checked. Beyond the maximum, a back-off starts at LOGIN_BACKOFF_BASE
+ * and doubles with each further failure, up to LOGIN_FAILURE_WINDOW; after a quiet window the
+ * count starts again, so nobody can lock a user out for long.
+ */
+@Injectable()
+export class LoginThrottleService {
+  private readonly logger = new Logger(LoginThrottleService.name);
+  private readonly maxPerIdentifier: number;
+  private readonly maxPerIp: number;
+  private readonly windowSeconds: number;
+  private readonly backoffBaseSeconds: number;
+
+  constructor(
+    @InjectDataSource() private readonly dataSource: DataSource,
+    config: ConfigService<AppConfig, true>,
+  ) {
+    this.maxPerIdentifier = config.get('LOGIN_MAX_FAILURES_PER_IDENTIFIER', { infer: true });
+    this.maxPerIp = config.get('LOGIN_MAX_FAILURES_PER_IP', { infer: true });
+    this.windowSeconds = config.get('LOGIN_FAILURE_WINDOW', { infer: true });
+    this.backoffBaseSeconds = config.get('LOGIN_BACKOFF_BASE', { infer: true });
+  }
+
+  /** Claims one attempt on each counter, or throws 429 when any of them is in back-off. */
+  async begin(identifier: string, ipAddress: string | null): Promise<LoginAttempt> {
+    const counters: Counter[] = [{ scope: 'identifier', key: counterKey('identifier', identifier.toLowerCase()), max: this.maxPerIdentifier }];
+    if (ipAddress) counters.push({ scope: 'ip', key: counterKey('ip', ipAddress), max: this.maxPerIp });
+
+    return this.dataSource.transaction(async (em) => {
+      const keys = counters.map((c) => c.key);
+      await sql(
+        em,
+        `INSERT INTO login_throttle (key, failures, last_failure_at)
+         SELECT unnest($1::char(64)[]), 0, now() ON CONFLICT (key) DO NOTHING`,
+        [keys],
+      );
+      // Row locks, taken in key order (no deadlocks), make the check and the count one step.
+      const { rows } = await sql<CounterRow>(
+        em,
+        `SELECT key, failures, last_failure_at, locked_until, now() AS now
+           FROM login_throttle WHERE key = ANY($1::char(64)[]) ORDER BY key FOR UPDATE`,
+        [keys],
+      );
+      const now = rows[0].now;
+      const lockedFor = Math.max(0, ...rows.map((r) => (r.locked_until ? r.locked_until.getTime() - now.getTime() : 0)));
+      if (lockedFor > 0) throw new RetryAfterException(Math.ceil(lockedFor / 1000), 'Too many failed logins; try again later');
+
+      const attempt: LoginAttempt = { counters, locksSet: [] };
+      for (const counter of counters) {
+        const row = rows.find((r) => r.key === counter.key)!;
+        const quiet = now.getTime() - row.last_failure_at.getTime() > this.windowSeconds * 1000;
+        const failures = (quiet ? 0 : row.failures) + 1;
+        let lockedUntil: Date | null = null;
+        if (failures >= counter.max) {
+          const seconds = Math.min(this.backoffBaseSeconds * 2 ** (failures - counter.max), this.windowSeconds);
+          lockedUntil = new Date(now.getTime() + seconds * 1000);
+          attempt.locksSet.push({ scope: counter.scope, lockedUntil, seconds });
+        }
+        await sql(em, `UPDATE login_throttle SET failures = $2, last_failure_at = $3, locked_until = $4 WHERE key = $1`, [
+          counter.key,
+          failures,
+          now,
+          lockedUntil,
+        ]);
+      }
+      return attempt;
+    });
+  }
+
+  /**
+   * The password was right: the identifier's count starts again; the IP's loses this
+   * attempt (one good account must not clear an IP that is guessing others) and any lock this
+   * attempt set is lifted.
+   */
+  async succeeded(attempt: LoginAttempt): Promise<void> {
+    await this.dataSource.transaction(async (em) => {
+      for (const counter of attempt.counters) {
+        if (counter.scope === 'identifier') {
+          await sql(em, `DELETE FROM login_throttle WHERE key = $1`, [counter.key]);
+          continue;
+        }
+        const lock = attempt.locksSet.find((l) => l.scope === counter.scope);
+        await sql(
+          em,
+          `UPDATE login_throttle
+              SET failures = GREATEST(failures - 1, 0),
+                  locked_until = CASE WHEN locked_until = $2 THEN NULL ELSE locked_until END
+            WHERE key = $1`,
+          [counter.key, lock?.lockedUntil ?? null],
+        );
+      }
+    });
+  }
+
+  /** Forgets counters that have been quiet for a whole window. Every instance may run it. */
+  @Cron(CronExpression.EVERY_HOUR, { name: 'login-throttle-prune', waitForCompletion: true })
+  async prune(): Promise<number> {
+    try {
+      const { count } = await sql(
+        this.dataSource.manager,
+        `DELETE FROM login_throttle
+          WHERE last_failure_at < now() - make_interval(secs => $1)
+            AND (locked_until IS NULL OR locked_until < now())`,
+        [this.windowSeconds],
+      );
+      return count;
+    } catch (error) {
+      this.logger.error('Pruning login counters failed', error instanceof Error ? error.stack : String(error));
+      return 0;
+    }
+  }
+}
+
+/** The table holds hashes, never what was typed. */
+function counterKey(scope: ThrottleScope, value: string): string {
+  return createHash('sha256').update(`${scope}:${value}`, 'utf8').digest('hex');
+}

@@ -1,0 +1,47 @@
+import { BadRequestException, Logger } from '@nestjs/common';
+import type { FastifyInstance } from 'fastify';
+import { clientContextOf } from './client-context';
+
+/** Our DTOs are flat; anything deeper than this is not a request we serve. */
+export const MAX_JSON_DEPTH = 8;
+
+/** Nesting depth of a parsed JSON value, iteratively (a deep value must not exhaust the stack). */
+export function jsonDepth(value: unknown): number {
+  let max = 0;
+  const stack: Array<[unknown, number]> = [[value, 0]];
+  while (stack.length) {
+    const [node, depth] = stack.pop()!;
+    if (node === null || typeof node !== 'object') continue;
+    max = Math.max(max, depth + 1);
+    if (max > MAX_JSON_DEPTH) return max;
+    for (const child of Object.values(node)) stack.push([child, depth + 1]);
+  }
+  return max;
+}
+
+/**
+ * Fastify hooks every instance needs: refuse over-deep JSON before validation (class-transformer
+ * recurses), and one structured access-log line per request, naming the route template (never
+ * the raw URL, which could carry a token) and never a header value but the user agent, escaped.
+ */
+export function registerRequestHygiene(fastify: FastifyInstance): void {
+  fastify.addHook('preValidation', async (request) => {
+    if (request.body !== undefined && jsonDepth(request.body) > MAX_JSON_DEPTH) {
+      throw new BadRequestException(`JSON nesting deeper than ${MAX_JSON_DEPTH} levels`);
+    }
+  });
+
+  const logger = new Logger('HTTP');
+  fastify.addHook('onResponse', async (request, reply) => {
+    const { ipAddress, userAgent } = clientContextOf(request);
+    logger.log({
+      event: 'request',
+      method: request.method,
+      route: request.routeOptions?.url ?? 'unmatched',
+      status: reply.statusCode,
+      ms: Math.round(reply.elapsedTime),
+      ip: ipAddress,
+      userAgent,
+    });
+  });
+}

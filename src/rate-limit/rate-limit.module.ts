@@ -1,0 +1,31 @@
+import { Module } from '@nestjs/common';
+import { ConfigService } from '@nestjs/config';
+import { ThrottlerModule } from '@nestjs/throttler';
+import type { AppConfig } from '../config/config';
+import { PgThrottlerStorage, RateLimitPruneTask } from './pg-throttler.storage';
+import { RateLimitGuard } from './rate-limit.guard';
+
+/** Holds the storage so ThrottlerModule's async factory can inject it. */
+@Module({ providers: [PgThrottlerStorage, RateLimitPruneTask], exports: [PgThrottlerStorage] })
+class RateLimitStorageModule {}
+
+@Module({
+  imports: [
+    ThrottlerModule.forRootAsync({
+      imports: [RateLimitStorageModule],
+      inject: [ConfigService, PgThrottlerStorage],
+      useFactory: (config: ConfigService<AppConfig, true>, storage: PgThrottlerStorage) => {
+        const perMinute = config.get('RATE_LIMIT_PER_MINUTE', { infer: true });
+        return {
+          throttlers: [{ name: 'default', ttl: 60_000, limit: Math.max(perMinute, 1), blockDuration: 60_000 }],
+          storage,
+          // 0 turns the limit off (no counter is written at all).
+          skipIf: () => perMinute === 0,
+        };
+      },
+    }),
+  ],
+  providers: [RateLimitGuard],
+  exports: [RateLimitGuard],
+})
+export class RateLimitModule {}

@@ -1,0 +1,137 @@
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { auditRows } from './helpers/db';
+import { registerUser, sleep, uniqueName } from './helpers/factories';
+import { createTestApp, TestApp } from './helpers/test-app';
+
+const WRONG = 'certainly-not-the-password';
+
+describe('failed-login throttling (e2e)', () => {
+  // Two instances on one database: the counts live in PostgreSQL, not in a process.
+  let a: TestApp;
+  let b: TestApp;
+  before(async () => {
+    const env = { LOGIN_MAX_FAILURES_PER_IDENTIFIER: '3', LOGIN_BACKOFF_BASE: '1', LOGIN_FAILURE_WINDOW: '30' };
+    a = await createTestApp(env);
+    b = await createTestApp(env);
+  });
+  after(async () => {
+    await a.close();
+    await b.close();
+  });
+
+  it('backs off after the maximum, refusing even the right password, on every instance; then lets the user in', async () => {
+    const user = await registerUser(a.http);
+    for (let i = 0; i < 3; i++) {
+      const app = i % 2 ? b : a;
+      assert.equal((await app.http.post('/api/v1/auth/login').send({ email: user.email, password: WRONG })).status, 401);
+    }
+    const locked = await b.http.post('/api/v1/auth/login').send({ email: user.email, password: user.password });
+    assert.equal(locked.status, 429);
+    assert.equal(locked.headers['retry-after'], '1');
+    assert.deepEqual(locked.body, { statusCode: 429, error: 'Too Many Requests', message: 'Too many failed logins; try again later' });
+    const [{ count }] = await a.db.query('SELECT count(*)::int AS count FROM sessions WHERE user_id = $1', [user.id]);
+    assert.equal(count, 0);
+
+    const lockedEvents = await auditRows(a.db, { userId: user.id, type: 'ACCOUNT_LOCKED' });
+    assert.equal(lockedEvents.length, 1);
+    assert.deepEqual(lockedEvents[0].metadata, { scope: 'identifier', lockedSeconds: 1 });
+    assert.equal((await auditRows(a.db, { userId: user.id, type: 'LOGIN_FAILED' })).length, 3);
+
+    await sleep(1100);
+    assert.equal((await a.http.post('/api/v1/auth/login').send({ email: user.email, password: user.password })).status, 200);
+    // A success starts the identifier's count again.
+    assert.equal((await a.http.post('/api/v1/auth/login').send({ email: user.email, password: WRONG })).status, 401);
+    assert.equal((await a.http.post('/api/v1/auth/login').send({ email: user.email, password: user.password })).status, 200);
+  });
+
+  it('grows the back-off with each further failure', async () => {
+    const user = await registerUser(a.http);
+    for (let i = 0; i < 3; i++) await a.http.post('/api/v1/auth/login').send({ username: user.username, password: WRONG }).expect(401);
+    assert.equal((await a.http.post('/api/v1/auth/login').send({ username: user.username, password: WRONG })).headers['retry-after'], '1');
+    await sleep(1100);
+    await a.http.post('/api/v1/auth/login').send({ username: user.username, password: WRONG }).expect(401);
+    const again = await a.http.post('/api/v1/auth/login').send({ username: user.username, password: user.password });
+    assert.equal(again.status, 429);
+    assert.equal(again.headers['retry-after'], '2');
+  });
+
+  it('treats an unknown identifier exactly like a known one, so a 429 reveals nothing', async () => {
+    const user = await registerUser(a.http);
+    const ghost = `${uniqueName()}@example.test`;
+    const answers: Array<{ status: number; body: unknown; retry: unknown }> = [];
+    for (const email of [user.email, ghost]) {
+      const seq = [];
+      for (let i = 0; i < 4; i++) {
+        const res = await a.http.post('/api/v1/auth/login').send({ email, password: WRONG });
+        seq.push({ status: res.status, body: res.body, retry: res.headers['retry-after'] });
+      }
+      answers.push(...seq);
+    }
+    assert.deepEqual(answers.slice(0, 4), answers.slice(4));
+    assert.deepEqual(answers.slice(0, 4).map((x) => x.status), [401, 401, 401, 429]);
+  });
+
+  it('lets no more than the maximum of parallel guesses be checked', async () => {
+    const user = await registerUser(a.http);
+    const results = await Promise.all(
+      Array.from({ length: 12 }, (_, i) => (i % 2 ? a : b).http.post('/api/v1/auth/login').send({ email: user.email, password: WRONG })),
+    );
+    const statuses = results.map((r) => r.status).sort();
+    assert.deepEqual(statuses, [...Array(3).fill(401), ...Array(9).fill(429)]);
+    assert.equal((await auditRows(a.db, { userId: user.id, type: 'LOGIN_FAILED' })).length, 3);
+  });
+});
+
+describe('per-IP throttling and the general rate limit (e2e)', () => {
+  let t: TestApp;
+  let untrusting: TestApp;
+  before(async () => {
+    t = await createTestApp({ LOGIN_MAX_FAILURES_PER_IP: '3', LOGIN_BACKOFF_BASE: '5', TRUST_PROXY: 'true', RATE_LIMIT_PER_MINUTE: '8' });
+    untrusting = await createTestApp({ RATE_LIMIT_PER_MINUTE: '1000', TRUST_PROXY: 'false' });
+  });
+  after(async () => {
+    await t.close();
+    await untrusting.close();
+  });
+
+  it('backs off an IP that fails across many identifiers, and only that IP', async () => {
+    const attacker = '203.0.113.7';
+    for (let i = 0; i < 3; i++) {
+      const res = await t.http.post('/api/v1/auth/login').set('X-Forwarded-For', attacker).send({ email: `${uniqueName()}@x.test`, password: WRONG });
+      assert.equal(res.status, 401);
+    }
+    const user = await registerUser(t.http);
+    const blocked = await t.http.post('/api/v1/auth/login').set('X-Forwarded-For', attacker).send({ email: user.email, password: user.password });
+    assert.equal(blocked.status, 429);
+    assert.ok(Number(blocked.headers['retry-after']) >= 4);
+    const fromElsewhere = await t.http.post('/api/v1/auth/login').set('X-Forwarded-For', '198.51.100.2').send({ email: user.email, password: user.password });
+    assert.equal(fromElsewhere.status, 200);
+    const ipLocks = await t.db.query(`SELECT * FROM audit_events WHERE type = 'ACCOUNT_LOCKED' AND metadata->>'scope' = 'ip' AND ip_address = $1`, [attacker]);
+    assert.equal(ipLocks.length, 1);
+  });
+
+  it('limits requests per IP over all routes together, answering 429 with Retry-After', async () => {
+    const ip = '192.0.2.55';
+    const statuses = [];
+    // Public and authenticated routes count together (an unmatched path is a 404 without any work).
+    for (const path of ['/health/live', '/api/v1/users/me', '/metrics', '/health/live', '/api/v1/audit', '/health/live', '/api/v1/users/me', '/health/live']) {
+      statuses.push((await t.http.get(path).set('X-Forwarded-For', ip)).status);
+    }
+    assert.ok(!statuses.includes(429), statuses.join(','));
+    const over = await t.http.get('/health/live').set('X-Forwarded-For', ip);
+    assert.equal(over.status, 429);
+    assert.ok(Number(over.headers['retry-after']) > 0);
+    assert.equal((await t.http.get('/health/live').set('X-Forwarded-For', '192.0.2.56')).status, 200);
+  });
+
+  it('ignores X-Forwarded-For unless TRUST_PROXY says so', async () => {
+    const remaining = [];
+    for (let i = 0; i < 3; i++) {
+      const res = await untrusting.http.get('/health/live').set('X-Forwarded-For', `192.0.2.${100 + i}`);
+      remaining.push(Number(res.headers['x-ratelimit-remaining']));
+    }
+    // Three "different" forwarded addresses count as one client: the socket's.
+    assert.deepEqual(remaining, [remaining[0], remaining[0] - 1, remaining[0] - 2]);
+  });
+});

@@ -64,19 +64,20 @@ export class LoginThrottleService {
     const counters: Counter[] = [{ scope: 'identifier', key: counterKey('identifier', identifier.toLowerCase()), max: this.maxPerIdentifier }];
     if (ipAddress) counters.push({ scope: 'ip', key: counterKey('ip', ipAddress), max: this.maxPerIp });
 
+    // Every transaction here touches its rows in key order, so two attempts never deadlock.
+    counters.sort((x, y) => x.key.localeCompare(y.key));
     return this.dataSource.transaction(async (em) => {
       const keys = counters.map((c) => c.key);
-      await sql(
-        em,
-        `INSERT INTO login_throttle (key, failures, last_failure_at)
-         SELECT unnest($1::char(64)[]), 0, now() ON CONFLICT (key) DO NOTHING`,
-        [keys],
-      );
-      // Row locks, taken in key order (no deadlocks), make the check and the count one step.
+      // Creates missing counters and row-locks all of them in one statement (a no-op
+      // DO UPDATE locks the row, and copes with a concurrent delete, which a separate
+      // INSERT ... DO NOTHING then SELECT ... FOR UPDATE would not). Row locks make the
+      // check and the count one step.
       const { rows } = await sql<CounterRow>(
         em,
-        `SELECT key, failures, last_failure_at, locked_until, now() AS now
-           FROM login_throttle WHERE key = ANY($1::char(64)[]) ORDER BY key FOR UPDATE`,
+        `INSERT INTO login_throttle AS t (key, failures, last_failure_at)
+         SELECT k, 0, now() FROM unnest($1::char(64)[]) WITH ORDINALITY AS u(k, i) ORDER BY i
+         ON CONFLICT (key) DO UPDATE SET key = t.key
+         RETURNING key, failures, last_failure_at, locked_until, now() AS now`,
         [keys],
       );
       const now = rows[0].now;
@@ -112,6 +113,7 @@ export class LoginThrottleService {
    */
   async succeeded(attempt: LoginAttempt): Promise<void> {
     await this.dataSource.transaction(async (em) => {
+      // attempt.counters is in key order (see begin()).
       for (const counter of attempt.counters) {
         if (counter.scope === 'identifier') {
           await sql(em, `DELETE FROM login_throttle WHERE key = $1`, [counter.key]);

@@ -1,3 +1,4 @@
+import { LoggerService } from '@nestjs/common';
 import { NestFastifyApplication } from '@nestjs/platform-fastify';
 import { Client } from 'pg';
 import { Test } from '@nestjs/testing';
@@ -43,9 +44,10 @@ export function databaseForThisFile(): Promise<string> {
 
 /**
  * The real app (same module, same configureApp as main.ts) on this file's database, with the
- * real migrations. `overrides` sets variables for this app only, e.g. short TTLs.
+ * real migrations. `overrides` sets variables for this app only, e.g. short TTLs; without a
+ * `logger` the app logs nothing.
  */
-export async function createTestApp(overrides: Record<string, string> = {}): Promise<TestApp> {
+export async function createTestApp(overrides: Record<string, string> = {}, options: { logger?: LoggerService } = {}): Promise<TestApp> {
   const config = loadConfig({
     ...process.env,
     DATABASE_URL: await databaseForThisFile(),
@@ -60,7 +62,7 @@ export async function createTestApp(overrides: Record<string, string> = {}): Pro
     ...overrides,
   });
   const moduleRef = await Test.createTestingModule({ imports: [AppModule.forRoot(config)] }).compile();
-  const app = await configureApp(moduleRef.createNestApplication<NestFastifyApplication>(createFastifyAdapter(config), { logger: false }), config);
+  const app = await configureApp(moduleRef.createNestApplication<NestFastifyApplication>(createFastifyAdapter(config), { logger: options.logger ?? false }), config);
   await app.init();
   await app.getHttpAdapter().getInstance().ready();
   return {

@@ -9,6 +9,12 @@ import { parseCorsOrigins, parseTrustProxy } from './config/env.schema';
 /** API.md: request bodies over 16 KiB are refused with 413. */
 export const BODY_LIMIT_BYTES = 16 * 1024;
 
+/**
+ * Nest's own body parsers off: Fastify parses application/json itself (with the limits
+ * below) and answers 415 to every other content type, form encoding included.
+ */
+export const NEST_APP_OPTIONS = { bodyParser: false } as const;
+
 export function createFastifyAdapter(config: AppConfig): FastifyAdapter {
   return new FastifyAdapter({
     bodyLimit: BODY_LIMIT_BYTES,

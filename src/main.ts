@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { NestFactory } from '@nestjs/core';
 import { NestFastifyApplication } from '@nestjs/platform-fastify';
 import { AppModule } from './app.module';
-import { configureApp, createFastifyAdapter } from './app.setup';
+import { configureApp, createFastifyAdapter, NEST_APP_OPTIONS } from './app.setup';
 import { loadConfig, useDatabaseUrl } from './config/config';
 import { createLogger } from './config/logger';
 import { startEmbeddedPostgres } from './database/embedded-postgres';
@@ -25,7 +25,7 @@ async function bootstrap(): Promise<void> {
     // The embedded server stops last on SIGTERM/SIGINT, after the pool has closed.
     AppModule.forRoot(config, { onShutdown: embedded?.stop }),
     createFastifyAdapter(config),
-    { logger },
+    { ...NEST_APP_OPTIONS, logger },
   );
   await configureApp(app, config);
   await app.listen({ port: config.PORT, host: config.HOST });

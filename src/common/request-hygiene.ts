@@ -20,11 +20,14 @@ export function jsonDepth(value: unknown): number {
 }
 
 /**
- * Fastify hooks every instance needs: refuse over-deep JSON before validation (class-transformer
+ * Fastify settings every instance needs: JSON as the only body type, refuse over-deep JSON before validation (class-transformer
  * recurses), and one structured access-log line per request, naming the route template (never
  * the raw URL, which could carry a token) and never a header value but the user agent, escaped.
  */
 export function registerRequestHygiene(fastify: FastifyInstance): void {
+  // JSON only (API.md): Fastify also parses text/plain by default; without a parser it is a 415.
+  fastify.removeContentTypeParser('text/plain');
+
   fastify.addHook('preValidation', async (request) => {
     if (request.body !== undefined && jsonDepth(request.body) > MAX_JSON_DEPTH) {
       throw new BadRequestException(`JSON nesting deeper than ${MAX_JSON_DEPTH} levels`);

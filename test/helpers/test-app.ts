@@ -6,7 +6,7 @@ import request from 'supertest';
 import type TestAgent from 'supertest/lib/agent';
 import { DataSource } from 'typeorm';
 import { AppModule } from '../../src/app.module';
-import { configureApp, createFastifyAdapter } from '../../src/app.setup';
+import { configureApp, createFastifyAdapter, NEST_APP_OPTIONS } from '../../src/app.setup';
 import { AppConfig, loadConfig } from '../../src/config/config';
 
 export interface TestApp {
@@ -42,6 +42,19 @@ export function databaseForThisFile(): Promise<string> {
   return fileDatabaseUrl;
 }
 
+/** For scripts outside `npm test` (benchmarks): drops this process's database. */
+export async function dropDatabaseForThisFile(): Promise<void> {
+  if (!fileDatabaseUrl) return;
+  const name = new URL(await fileDatabaseUrl).pathname.slice(1);
+  const client = new Client({ connectionString: process.env.DATABASE_URL });
+  await client.connect();
+  try {
+    await client.query(`DROP DATABASE IF EXISTS "${name}" WITH (FORCE)`);
+  } finally {
+    await client.end();
+  }
+}
+
 /**
  * The real app (same module, same configureApp as main.ts) on this file's database, with the
  * real migrations. `overrides` sets variables for this app only, e.g. short TTLs; without a
@@ -62,7 +75,7 @@ export async function createTestApp(overrides: Record<string, string> = {}, opti
     ...overrides,
   });
   const moduleRef = await Test.createTestingModule({ imports: [AppModule.forRoot(config)] }).compile();
-  const app = await configureApp(moduleRef.createNestApplication<NestFastifyApplication>(createFastifyAdapter(config), { logger: options.logger ?? false }), config);
+  const app = await configureApp(moduleRef.createNestApplication<NestFastifyApplication>(createFastifyAdapter(config), { ...NEST_APP_OPTIONS, logger: options.logger ?? false }), config);
   await app.init();
   await app.getHttpAdapter().getInstance().ready();
   return {

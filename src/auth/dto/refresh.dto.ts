@@ -4,6 +4,7 @@ import { IsString, MaxLength } from 'class-validator';
 export class RefreshDto {
   @ApiProperty({ description: 'The refresh token from the last login or refresh' })
   @IsString()
-  @MaxLength(256)
+  // Generous on purpose: a wrong token (an access token, say) is a 401, not a 400.
+  @MaxLength(2048)
   refreshToken: string;
 }

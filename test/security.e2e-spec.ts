@@ -1,0 +1,236 @@
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { createHash, generateKeyPairSync, randomUUID } from 'node:crypto';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { promisify } from 'node:util';
+import * as jwt from 'jsonwebtoken';
+import { createLogger } from '../src/config/logger';
+import { bearer, login, registerAndLogin, registerUser } from './helpers/factories';
+import { createTestApp, TestApp } from './helpers/test-app';
+
+describe('HTTP hygiene (e2e)', () => {
+  let t: TestApp;
+  before(async () => {
+    t = await createTestApp({ CORS_ORIGINS: 'https://app.example.com' });
+  });
+  after(async () => {
+    await t.close();
+  });
+
+  it('sends security headers and no X-Powered-By', async () => {
+    const res = await t.http.get('/health/live');
+    assert.equal(res.headers['x-content-type-options'], 'nosniff');
+    assert.equal(res.headers['x-powered-by'], undefined);
+    assert.match(res.headers['content-security-policy'], /frame-ancestors 'none'/);
+    assert.match(res.headers['strict-transport-security'], /max-age=\d+/);
+    assert.equal(res.headers['x-frame-options'], 'SAMEORIGIN');
+    assert.equal(res.headers['referrer-policy'], 'no-referrer');
+  });
+
+  it('marks token responses Cache-Control: no-store', async () => {
+    const user = await registerUser(t.http);
+    const res = await t.http.post('/api/v1/auth/login').send({ email: user.email, password: user.password });
+    assert.equal(res.headers['cache-control'], 'no-store');
+    const refreshed = await t.http.post('/api/v1/auth/refresh').send({ refreshToken: res.body.refreshToken });
+    assert.equal(refreshed.headers['cache-control'], 'no-store');
+  });
+
+  it('answers CORS only for listed origins', async () => {
+    const allowed = await t.http.options('/api/v1/auth/login').set('Origin', 'https://app.example.com').set('Access-Control-Request-Method', 'POST');
+    assert.equal(allowed.headers['access-control-allow-origin'], 'https://app.example.com');
+    const foreign = await t.http.options('/api/v1/auth/login').set('Origin', 'https://evil.example').set('Access-Control-Request-Method', 'POST');
+    assert.equal(foreign.headers['access-control-allow-origin'], undefined);
+    const simple = await t.http.get('/health/live').set('Origin', 'https://evil.example');
+    assert.equal(simple.headers['access-control-allow-origin'], undefined);
+  });
+
+  it('refuses TRACE without echoing the request', async () => {
+    const res = await t.http.trace('/api/v1/users/me').set('Authorization', 'Bearer secret-looking-value');
+    assert.ok(res.status >= 400 && res.status < 500, String(res.status));
+    assert.ok(!res.text.includes('secret-looking-value'));
+  });
+
+  it('refuses over-deep JSON, prototype poisoning and wrong content types with a 4xx, changing nothing', async () => {
+    const [{ before }] = await t.db.query('SELECT count(*)::int AS before FROM users');
+    const deep = '{"username":' + '['.repeat(5000) + ']'.repeat(5000) + '}';
+    const deepRes = await t.http.post('/api/v1/auth/register').set('Content-Type', 'application/json').send(deep);
+    assert.equal(deepRes.status, 400);
+    const nested = { username: 'abc', email: 'a@b.test', password: 'x'.repeat(20), extra: { a: { b: { c: { d: { e: { f: { g: { h: {} } } } } } } } } };
+    assert.equal((await t.http.post('/api/v1/auth/register').send(nested)).status, 400);
+    const poisoned = await t.http
+      .post('/api/v1/auth/register')
+      .set('Content-Type', 'application/json')
+      .send('{"username":"pp_user","email":"pp@x.test","password":"long-enough-password","__proto__":{"role":"admin"}}');
+    assert.equal(poisoned.status, 400);
+    const text = await t.http.post('/api/v1/auth/login').set('Content-Type', 'text/plain').send('email=a&password=b');
+    assert.equal(text.status, 415);
+    const form = await t.http.post('/api/v1/auth/login').type('form').send({ email: 'a@b.test', password: 'x' });
+    assert.equal(form.status, 415);
+    const [{ after: count }] = await t.db.query('SELECT count(*)::int AS after FROM users');
+    assert.equal(count, before);
+  });
+
+  it('refuses an oversized header without harm: the next request is served', async () => {
+    const res = await t.http.get('/health/live').set('X-Padding', 'x'.repeat(20 * 1024)).catch((e: { status?: number }) => e);
+    assert.ok((res as { status?: number }).status === 431 || (res as { status?: number }).status === 400, JSON.stringify(res));
+    assert.equal((await t.http.get('/health/live')).status, 200);
+  });
+});
+
+describe('access tokens are only what we issued (e2e)', () => {
+  let t: TestApp;
+  let tokens: Awaited<ReturnType<typeof login>>;
+  let userId: string;
+  before(async () => {
+    t = await createTestApp();
+    const session = await registerAndLogin(t.http);
+    tokens = session.tokens;
+    userId = session.user.id;
+  });
+  after(async () => {
+    await t.close();
+  });
+
+  const claims = () => ({ sub: userId, sid: tokens.sessionId, jti: randomUUID(), iss: 'sessionary', aud: 'sessionary-api' });
+  const status = async (token: string) => (await t.http.get('/api/v1/users/me').set('Authorization', `Bearer ${token}`)).status;
+
+  it('accepts a token signed with our key and our claims (the control for the cases below)', async () => {
+    const token = jwt.sign(claims(), t.config.JWT_SECRET, { algorithm: 'HS256', expiresIn: 60, header: { alg: 'HS256', typ: 'at+jwt' } });
+    assert.equal(await status(token), 200);
+  });
+
+  it('refuses key-selection header tricks even when the signature is ours', async () => {
+    const { publicKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
+    const tricks: Array<Record<string, unknown>> = [
+      { kid: '../../../../dev/null' },
+      { jku: 'https://attacker.example/jwks.json' },
+      { jwk: publicKey.export({ format: 'jwk' }) },
+      { x5u: 'https://attacker.example/cert.pem' },
+      { crit: ['exp'] },
+    ];
+    for (const extra of tricks) {
+      const token = jwt.sign(claims(), t.config.JWT_SECRET, { algorithm: 'HS256', expiresIn: 60, header: { alg: 'HS256', typ: 'at+jwt', ...extra } as jwt.JwtHeader });
+      assert.equal(await status(token), 401, JSON.stringify(extra).slice(0, 60));
+    }
+  });
+
+  it('refuses other algorithms, foreign keys, wrong issuer or audience, expired and untyped tokens', async () => {
+    const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
+    const secret = t.config.JWT_SECRET;
+    const header = { alg: 'HS256', typ: 'at+jwt' } as const;
+    const cases: Array<[string, string]> = [
+      ['RS256 with a foreign key', jwt.sign(claims(), privateKey, { algorithm: 'RS256', expiresIn: 60, header: { alg: 'RS256', typ: 'at+jwt' } })],
+      ['HS512 with our key', jwt.sign(claims(), secret, { algorithm: 'HS512', expiresIn: 60, header: { alg: 'HS512', typ: 'at+jwt' } })],
+      ['HS256 with another key', jwt.sign(claims(), 'another-secret-another-secret-another', { algorithm: 'HS256', expiresIn: 60, header })],
+      ['wrong issuer', jwt.sign({ ...claims(), iss: 'someone-else' }, secret, { algorithm: 'HS256', expiresIn: 60, header })],
+      ['wrong audience', jwt.sign({ ...claims(), aud: 'another-api' }, secret, { algorithm: 'HS256', expiresIn: 60, header })],
+      ['expired', jwt.sign({ ...claims(), exp: Math.floor(Date.now() / 1000) - 10 }, secret, { algorithm: 'HS256', header })],
+      ['no exp', jwt.sign(claims(), secret, { algorithm: 'HS256', header })],
+      ['typ JWT', jwt.sign(claims(), secret, { algorithm: 'HS256', expiresIn: 60, header: { alg: 'HS256', typ: 'JWT' } })],
+      ['alg none', `${Buffer.from('{"alg":"none","typ":"at+jwt"}').toString('base64url')}.${Buffer.from(JSON.stringify({ ...claims(), exp: 9e9 })).toString('base64url')}.`],
+      ['another session id', jwt.sign({ ...claims(), sid: randomUUID() }, secret, { algorithm: 'HS256', expiresIn: 60, header })],
+      ['another user for this session', jwt.sign({ ...claims(), sub: randomUUID() }, secret, { algorithm: 'HS256', expiresIn: 60, header })],
+    ];
+    for (const [name, token] of cases) assert.equal(await status(token), 401, name);
+  });
+
+  it('never takes a refresh token as an access token or the reverse', async () => {
+    assert.equal(await status(tokens.refreshToken), 401);
+    const res = await t.http.post('/api/v1/auth/refresh').send({ refreshToken: tokens.accessToken });
+    assert.equal(res.status, 401);
+  });
+
+  it('takes tokens only from Authorization: Bearer', async () => {
+    assert.equal((await t.http.get(`/api/v1/users/me?access_token=${tokens.accessToken}`)).status, 401);
+    assert.equal((await t.http.get('/api/v1/users/me').set('Cookie', `access_token=${tokens.accessToken}`)).status, 401);
+    assert.equal((await t.http.get('/api/v1/users/me').set('Authorization', `Basic ${tokens.accessToken}`)).status, 401);
+    assert.equal((await t.http.get('/api/v1/users/me').set('Authorization', `Bearer ${tokens.accessToken}`)).status, 200);
+  });
+});
+
+describe('logs (e2e)', () => {
+  it('are one JSON event a line and never carry a password, token, token hash or Authorization header', async () => {
+    const lines: string[] = [];
+    const capture = (stream: NodeJS.WriteStream) => {
+      const original = stream.write.bind(stream);
+      stream.write = ((chunk: string | Uint8Array, ...rest: unknown[]) => {
+        lines.push(...String(chunk).split('\n').filter(Boolean));
+        return (original as (...a: unknown[]) => boolean)(chunk, ...rest.slice(0, 0));
+      }) as typeof stream.write;
+      return () => (stream.write = original as typeof stream.write);
+    };
+    const restoreOut = capture(process.stdout);
+    const restoreErr = capture(process.stderr);
+    const secrets: string[] = [];
+    try {
+      const t = await createTestApp({ LOG_LEVEL: 'verbose', LOG_FORMAT: 'json' }, { logger: createLogger({ LOG_LEVEL: 'verbose', LOG_FORMAT: 'json' }) });
+      try {
+        // HTTP/1.1 itself refuses CR/LF in a header; what gets through must stay inside one event.
+        const forgedLine = 'curl/8\t{"level":"error","message":"forged admin login"}';
+        const user = await registerUser(t.http);
+        secrets.push(user.password);
+        const res = await t.http.post('/api/v1/auth/login').set('User-Agent', forgedLine).send({ email: user.email, password: user.password });
+        secrets.push(res.body.accessToken, res.body.refreshToken, createHash('sha256').update(res.body.refreshToken).digest('hex'));
+        await t.http.post('/api/v1/auth/login').send({ email: user.email, password: `${user.password}-wrong` });
+        secrets.push(`${user.password}-wrong`);
+        const refreshed = await t.http.post('/api/v1/auth/refresh').set('User-Agent', forgedLine).send({ refreshToken: res.body.refreshToken });
+        secrets.push(refreshed.body.refreshToken, refreshed.body.accessToken);
+        await t.http.post('/api/v1/auth/refresh').send({ refreshToken: res.body.refreshToken }); // reuse: logged as a warning
+        await t.http.get('/api/v1/users/me').set('Authorization', bearer(refreshed.body));
+        await t.http.get('/api/v1/users/me').set('Authorization', 'Bearer not.a.jwt-but-secretish');
+        const [{ password_hash }] = await t.db.query('SELECT password_hash FROM users WHERE id = $1', [user.id]);
+        secrets.push(password_hash, t.config.JWT_SECRET, t.config.PASSWORD_PEPPER);
+      } finally {
+        await t.close();
+      }
+    } finally {
+      restoreOut();
+      restoreErr();
+    }
+    const appLines = lines.filter((l) => l.startsWith('{'));
+    assert.ok(appLines.length >= 8, `captured ${appLines.length} log lines`);
+    for (const line of lines) {
+      // Node's test runner writes its own (non-JSON) lines to the same streams; ours are all JSON.
+      if (!line.startsWith('{')) continue;
+      const event = JSON.parse(line) as Record<string, unknown>;
+      assert.ok(event.level && event.timestamp, line);
+      for (const secret of secrets) assert.ok(!line.includes(secret), `a secret reached the log: ${line.slice(0, 120)}`);
+      assert.ok(!/secretish/.test(line));
+      assert.notEqual(event.message, 'forged admin login');
+    }
+    const requestEvents = appLines.map((l) => JSON.parse(l)).filter((e) => e.message?.event === 'request');
+    assert.ok(requestEvents.some((e) => e.message.route === '/api/v1/auth/login' && e.message.status === 200));
+    assert.ok(requestEvents.some((e) => typeof e.message.userAgent === 'string' && e.message.userAgent.includes('forged admin login')));
+  });
+});
+
+describe('secrets (e2e)', () => {
+  const main = join(__dirname, '..', 'src', 'main.js');
+  const boot = async (env: Record<string, string>) => {
+    const { DATABASE_URL: _ignored, JWT_SECRET: _j, PASSWORD_PEPPER: _p, ...rest } = process.env;
+    try {
+      await promisify(execFile)(process.execPath, [main], { env: { ...rest, DATABASE_URL: 'postgres://nobody@127.0.0.1:1/none', ...env }, timeout: 20_000 });
+      return { code: 0, output: '' };
+    } catch (error) {
+      const e = error as { code: number; stdout: string; stderr: string };
+      return { code: e.code, output: `${e.stdout}${e.stderr}` };
+    }
+  };
+
+  it('production refuses to start with a missing, short or well-known JWT_SECRET or pepper, without printing it', async () => {
+    const strong = 'k'.repeat(8) + 'Zx81-PqW0_mNb7vC3yT5rL2sD9fG4hJ6';
+    const cases: Array<[Record<string, string>, RegExp]> = [
+      [{ PASSWORD_PEPPER: strong }, /JWT_SECRET is missing/],
+      [{ JWT_SECRET: 'short-secret', PASSWORD_PEPPER: strong }, /JWT_SECRET is shorter than 32 bytes/],
+      [{ JWT_SECRET: 'change-me-to-a-long-random-string-of-32-bytes-or-more', PASSWORD_PEPPER: strong }, /JWT_SECRET is a well-known/],
+      [{ JWT_SECRET: strong }, /PASSWORD_PEPPER is missing/],
+    ];
+    for (const [env, message] of cases) {
+      const { code, output } = await boot({ NODE_ENV: 'production', ...env });
+      assert.notEqual(code, 0);
+      assert.match(output, message);
+      assert.ok(!output.includes('short-secret') && !output.includes('change-me-to-a-long'), output);
+    }
+  });
+});

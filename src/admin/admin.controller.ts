@@ -1,18 +1,17 @@
 import { BadRequestException, Controller, Delete, Get, Param, ParseUUIDPipe, Query, UseGuards } from '@nestjs/common';
 import {
   ApiBadRequestResponse,
-  ApiBearerAuth,
   ApiForbiddenResponse,
   ApiNotFoundResponse,
   ApiOkResponse,
   ApiOperation,
   ApiTags,
-  ApiUnauthorizedResponse,
 } from '@nestjs/swagger';
 import { AuditService } from '../audit/audit.service';
 import { toAuditQuery } from '../audit/dto/audit-query.dto';
 import { Client, ClientContext } from '../common/client-context';
 import { AuthContext, CurrentAuth } from '../common/current-auth.decorator';
+import { AuthenticatedApi } from '../common/authenticated-api.decorator';
 import { ErrorResponseDto } from '../common/error-response.dto';
 import { Roles, RolesGuard } from '../common/roles';
 import { RevokedCountResponseDto, SessionResponseDto } from '../sessions/dto/session-response.dto';
@@ -24,8 +23,7 @@ import { AdminAuditQueryDto } from './dto/admin-audit-query.dto';
 const uuidParam = new ParseUUIDPipe({ exceptionFactory: () => new BadRequestException(['id must be a UUID']) });
 
 @ApiTags('admin')
-@ApiBearerAuth()
-@ApiUnauthorizedResponse({ type: ErrorResponseDto, description: 'No valid access token or the session has ended' })
+@AuthenticatedApi()
 @ApiForbiddenResponse({ type: ErrorResponseDto, description: 'The caller is not an admin' })
 @Roles('admin')
 @UseGuards(RolesGuard)

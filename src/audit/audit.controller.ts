@@ -1,14 +1,14 @@
 import { Controller, Get, Query } from '@nestjs/common';
-import { ApiBadRequestResponse, ApiBearerAuth, ApiOkResponse, ApiOperation, ApiTags, ApiUnauthorizedResponse } from '@nestjs/swagger';
+import { ApiBadRequestResponse, ApiOkResponse, ApiOperation, ApiTags, ApiUnauthorizedResponse } from '@nestjs/swagger';
 import { AuthContext, CurrentAuth } from '../common/current-auth.decorator';
+import { AuthenticatedApi } from '../common/authenticated-api.decorator';
 import { ErrorResponseDto } from '../common/error-response.dto';
 import { AuditService } from './audit.service';
 import { AuditEventResponseDto, AuditPageResponseDto } from './dto/audit-event-response.dto';
 import { AuditQueryDto, toAuditQuery } from './dto/audit-query.dto';
 
 @ApiTags('audit')
-@ApiBearerAuth()
-@ApiUnauthorizedResponse({ type: ErrorResponseDto, description: 'No valid access token or the session has ended' })
+@AuthenticatedApi()
 @Controller('audit')
 export class AuditController {
   constructor(private readonly audit: AuditService) {}

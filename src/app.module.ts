@@ -1,4 +1,4 @@
-import { DynamicModule, Inject, Module, OnApplicationShutdown, ValidationPipe } from '@nestjs/common';
+import { DynamicModule, Module, ValidationPipe } from '@nestjs/common';
 import { ConfigModule } from '@nestjs/config';
 import { APP_FILTER, APP_GUARD, APP_PIPE } from '@nestjs/core';
 import { ScheduleModule } from '@nestjs/schedule';
@@ -19,27 +19,13 @@ import { RateLimitModule } from './rate-limit/rate-limit.module';
 import { SessionsModule } from './sessions/sessions.module';
 import { UsersModule } from './users/users.module';
 
-const SHUTDOWN_CALLBACK = Symbol('SHUTDOWN_CALLBACK');
-
-export interface AppModuleOptions {
-  /** Runs after every other module has shut down (the database pool included). */
-  onShutdown?: () => Promise<void>;
-}
-
 @Module({})
-export class AppModule implements OnApplicationShutdown {
-  constructor(@Inject(SHUTDOWN_CALLBACK) private readonly onShutdown: (() => Promise<void>) | null) {}
-
-  /** Nest shuts the root module down last, so this sees the pool already closed. */
-  async onApplicationShutdown(): Promise<void> {
-    await this.onShutdown?.();
-  }
-
+export class AppModule {
   /**
    * The configuration is loaded and validated once by the caller (main.ts, the CLI, the
    * tests) and handed in, so tests can run apps with their own TTLs in one process.
    */
-  static forRoot(config: AppConfig, options: AppModuleOptions = {}): DynamicModule {
+  static forRoot(config: AppConfig): DynamicModule {
     if (!config.DATABASE_URL) throw new Error('DATABASE_URL must be resolved before the app module is built');
     const databaseUrl = config.DATABASE_URL;
     return {
@@ -66,7 +52,6 @@ export class AppModule implements OnApplicationShutdown {
         MetricsModule,
       ],
       providers: [
-        { provide: SHUTDOWN_CALLBACK, useValue: options.onShutdown ?? null },
         {
           provide: APP_PIPE,
           useValue: new ValidationPipe({ whitelist: true, forbidNonWhitelisted: true, transform: true, forbidUnknownValues: true }),

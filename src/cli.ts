@@ -32,7 +32,7 @@ async function main(argv: string[]): Promise<number> {
     useDatabaseUrl(embedded.url);
     config = loadConfig();
   }
-  const app = await NestFactory.createApplicationContext(AppModule.forRoot(config, { onShutdown: embedded?.stop }), { logger });
+  const app = await NestFactory.createApplicationContext(AppModule.forRoot(config), { logger });
   try {
     const { user, previous } = await app.get(UsersService).setRole(email, role, 'cli');
     process.stdout.write(
@@ -46,7 +46,8 @@ async function main(argv: string[]): Promise<number> {
     }
     throw error;
   } finally {
-    await app.close();
+    await app.close(); // the pool first, then the server it talks to
+    await embedded?.stop();
   }
 }
 

@@ -21,12 +21,12 @@ async function bootstrap(): Promise<void> {
     config = loadConfig();
   }
 
-  const app = await NestFactory.create<NestFastifyApplication>(
-    // The embedded server stops last on SIGTERM/SIGINT, after the pool has closed.
-    AppModule.forRoot(config, { onShutdown: embedded?.stop }),
-    createFastifyAdapter(config),
-    { ...NEST_APP_OPTIONS, logger },
-  );
+  // On SIGTERM/SIGINT Nest closes the app (the pool included) and raises the signal again;
+  // the embedded server's own signal handler then stops PostgreSQL (see embedded-postgres.ts).
+  const app = await NestFactory.create<NestFastifyApplication>(AppModule.forRoot(config), createFastifyAdapter(config), {
+    ...NEST_APP_OPTIONS,
+    logger,
+  });
   await configureApp(app, config);
   await app.listen({ port: config.PORT, host: config.HOST });
   boot.log(`Listening on ${await app.getUrl()} (${embedded ? 'embedded PostgreSQL' : 'PostgreSQL from DATABASE_URL'})`);

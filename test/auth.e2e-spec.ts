@@ -1,5 +1,8 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
+import { DataSource } from 'typeorm';
+import { dataSourceOptions } from '../src/database/data-source.options';
+import { runMigrationsLocked } from '../src/database/migrate';
 import { auditRows, sessionRow } from './helpers/db';
 import { bearer, login, newUserInput, registerAndLogin, registerUser, uniqueName } from './helpers/factories';
 import { createTestApp, TestApp } from './helpers/test-app';
@@ -22,6 +25,23 @@ describe('auth (e2e)', () => {
   });
 
   describe('register', () => {
+    it('has no default accounts: the migrations create no users', async () => {
+      const base = new URL(t.config.DATABASE_URL!);
+      const name = `${base.pathname.slice(1)}_fresh`;
+      await t.db.query(`CREATE DATABASE "${name}"`);
+      const url = new URL(base);
+      url.pathname = `/${name}`;
+      const fresh = await new DataSource(dataSourceOptions(url.toString())).initialize();
+      try {
+        await runMigrationsLocked(fresh);
+        const [{ count }] = await fresh.query('SELECT count(*)::int AS count FROM users');
+        assert.equal(count, 0);
+      } finally {
+        await fresh.destroy();
+        await t.db.query(`DROP DATABASE "${name}"`);
+      }
+    });
+
     it('creates the user, stores only a bcrypt hash of the peppered password, and audits REGISTER', async () => {
       const input = newUserInput();
       const res = await t.http.post('/api/v1/auth/register').set('User-Agent', 'reg-agent').send(input);
@@ -171,6 +191,16 @@ describe('auth (e2e)', () => {
       assert.equal(failed[0].metadata.reason, 'wrong_password');
       const [{ count }] = await t.db.query(`SELECT count(*)::int AS count FROM sessions WHERE user_id = $1`, [user.id]);
       assert.equal(count, 0);
+    });
+
+    it('verifies the password exactly as received: no case folding, no trimming', async () => {
+      const user = await registerUser(t.http, { password: 'Exact Password 12' });
+      // Four wrong variants: one fewer than the throttle allows per identifier.
+      for (const password of ['exact password 12', 'EXACT PASSWORD 12', ' Exact Password 12', 'Exact Password 12\n']) {
+        const res = await t.http.post('/api/v1/auth/login').send({ email: user.email, password });
+        assert.equal(res.status, 401, JSON.stringify(password));
+      }
+      assert.equal((await t.http.post('/api/v1/auth/login').send({ email: user.email, password: 'Exact Password 12' })).status, 200);
     });
 
     it('answers 400 for both identifiers, neither, or unknown fields', async () => {

@@ -22,11 +22,16 @@ describe('operations and error hygiene (e2e)', () => {
   it('answers /health/ready with 503 when the database does not answer', async () => {
     const down = await createTestApp();
     try {
+      const { tokens } = await registerAndLogin(down.http);
       await down.db.destroy();
       const res = await down.http.get('/health/ready');
       assert.equal(res.status, 503);
       assert.ok(!JSON.stringify(res.body).includes('postgres://'));
       assert.equal((await down.http.get('/health/live')).status, 200);
+      // Fails closed: without the database no session can be checked, so no request gets in.
+      const me = await down.http.get('/api/v1/users/me').set('Authorization', `Bearer ${tokens.accessToken}`);
+      assert.ok(me.status >= 500 && me.status < 600, String(me.status));
+      assert.deepEqual(Object.keys(me.body).sort(), ['error', 'message', 'statusCode']);
     } finally {
       await down.app.close().catch(() => undefined);
     }

@@ -176,8 +176,8 @@ describe('logs (e2e)', () => {
         secrets.push(`${user.password}-wrong`);
         const refreshed = await t.http.post('/api/v1/auth/refresh').set('User-Agent', forgedLine).send({ refreshToken: res.body.refreshToken });
         secrets.push(refreshed.body.refreshToken, refreshed.body.accessToken);
+        await t.http.get('/api/v1/users/me').set('Authorization', bearer(refreshed.body)).expect(200);
         await t.http.post('/api/v1/auth/refresh').send({ refreshToken: res.body.refreshToken }); // reuse: logged as a warning
-        await t.http.get('/api/v1/users/me').set('Authorization', bearer(refreshed.body));
         await t.http.get('/api/v1/users/me').set('Authorization', 'Bearer not.a.jwt-but-secretish');
         const [{ password_hash }] = await t.db.query('SELECT password_hash FROM users WHERE id = $1', [user.id]);
         secrets.push(password_hash, t.config.JWT_SECRET, t.config.PASSWORD_PEPPER);
@@ -201,6 +201,8 @@ describe('logs (e2e)', () => {
     }
     const requestEvents = appLines.map((l) => JSON.parse(l)).filter((e) => e.message?.event === 'request');
     assert.ok(requestEvents.some((e) => e.message.route === '/api/v1/auth/login' && e.message.status === 200));
+    const me = requestEvents.find((e) => e.message.route === '/api/v1/users/me' && e.message.status === 200);
+    assert.ok(me && typeof me.message.userId === 'string' && typeof me.message.sessionId === 'string' && me.message.requestId);
     assert.ok(requestEvents.some((e) => typeof e.message.userAgent === 'string' && e.message.userAgent.includes('forged admin login')));
   });
 });

@@ -87,3 +87,34 @@ describe('users (e2e)', () => {
     }
   });
 });
+
+describe('current-password checks are throttled like logins (e2e)', () => {
+  let t: TestApp;
+  before(async () => {
+    t = await createTestApp({ LOGIN_MAX_FAILURES_PER_IDENTIFIER: '3', LOGIN_BACKOFF_BASE: '60' });
+  });
+  after(async () => {
+    await t.close();
+  });
+
+  it('a stolen access token cannot guess the password faster than a login could', async () => {
+    const { user, tokens } = await registerAndLogin(t.http);
+    const guess = (currentPassword: string) =>
+      t.http.put('/api/v1/users/me/password').set('Authorization', bearer(tokens)).send({ currentPassword, newPassword: 'a-fresh-long-password' });
+    for (let i = 0; i < 3; i++) assert.equal((await guess(`guess-number-${i}`)).status, 401);
+    const blocked = await guess(user.password);
+    assert.equal(blocked.status, 429);
+    assert.ok(Number(blocked.headers['retry-after']) > 0);
+    const email = await t.http
+      .patch('/api/v1/users/me')
+      .set('Authorization', bearer(tokens))
+      .send({ email: `x_${user.email}`, currentPassword: user.password });
+    assert.equal(email.status, 429);
+    const failures = await auditRows(t.db, { userId: user.id, type: 'LOGIN_FAILED' });
+    assert.equal(failures.length, 3);
+    assert.deepEqual(failures[0].metadata, { method: 'current_password', action: 'password_change' });
+    assert.equal((await auditRows(t.db, { userId: user.id, type: 'ACCOUNT_LOCKED' })).length, 1);
+    // Nothing changed: the old password still logs in.
+    assert.equal((await t.http.post('/api/v1/auth/login').send({ email: user.email, password: user.password })).status, 200);
+  });
+});

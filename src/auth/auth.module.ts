@@ -3,6 +3,7 @@ import { ConfigService } from '@nestjs/config';
 import { JwtModule } from '@nestjs/jwt';
 import { PassportModule } from '@nestjs/passport';
 import { AuditModule } from '../audit/audit.module';
+import { LoginThrottleModule } from '../login-throttle/login-throttle.module';
 import type { AppConfig } from '../config/config';
 import { SessionsModule } from '../sessions/sessions.module';
 import { UsersModule } from '../users/users.module';
@@ -12,7 +13,6 @@ import { AuthService } from './auth.service';
 import { JwtAuthGuard } from './jwt-auth.guard';
 import { createJwtKey, jwtKeyProvider } from './jwt-key';
 import { JwtStrategy } from './jwt.strategy';
-import { LoginThrottleService } from './login-throttle.service';
 import { PasswordController } from './password.controller';
 import { SessionGuard } from './session.guard';
 
@@ -21,6 +21,7 @@ import { SessionGuard } from './session.guard';
     UsersModule,
     SessionsModule,
     AuditModule,
+    LoginThrottleModule,
     PassportModule,
     JwtModule.registerAsync({
       inject: [ConfigService],
@@ -35,7 +36,7 @@ import { SessionGuard } from './session.guard';
     }),
   ],
   controllers: [AuthController, PasswordController],
-  providers: [AuthService, AccessTokenService, LoginThrottleService, JwtStrategy, JwtAuthGuard, SessionGuard, jwtKeyProvider],
+  providers: [AuthService, AccessTokenService, JwtStrategy, JwtAuthGuard, SessionGuard, jwtKeyProvider],
   exports: [SessionGuard],
 })
 export class AuthModule {}

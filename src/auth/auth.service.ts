@@ -9,7 +9,7 @@ import { PasswordHasher } from '../users/password-hasher';
 import { UserEntity } from '../users/user.entity';
 import { UsersService } from '../users/users.service';
 import { AccessTokenService } from './access-token.service';
-import { LoginThrottleService } from './login-throttle.service';
+import { lockEvents, LoginThrottleService } from '../login-throttle/login-throttle.service';
 import { LoginDto } from './dto/login.dto';
 import { RegisterDto } from './dto/register.dto';
 import { ChangePasswordDto } from './dto/change-password.dto';
@@ -59,12 +59,7 @@ export class AuthService {
             client,
             metadata: { method, reason: user ? 'wrong_password' : 'unknown_account' },
           },
-          ...attempt.locksSet.map((lock) => ({
-            type: 'ACCOUNT_LOCKED' as const,
-            userId: lock.scope === 'identifier' ? (user?.id ?? null) : null,
-            client,
-            metadata: { scope: lock.scope, lockedSeconds: lock.seconds },
-          })),
+          ...lockEvents(attempt, user?.id ?? null, client),
         ),
       );
       throw new UnauthorizedException(INVALID_CREDENTIALS);
@@ -94,9 +89,7 @@ export class AuthService {
    */
   async changePassword(auth: AuthContext, dto: ChangePasswordDto, client: ClientContext): Promise<void> {
     const user = await this.users.getById(auth.userId);
-    if (!(await this.passwords.verify(dto.currentPassword, user.passwordHash))) {
-      throw new UnauthorizedException('Current password is incorrect');
-    }
+    await this.users.verifyCurrentPassword(user, dto.currentPassword, auth.sessionId, client, 'password_change');
     const passwordHash = await this.passwords.hash(dto.newPassword);
     await this.dataSource.transaction(async (em) => {
       // Conditional on the hash just verified: of two concurrent changes, one wins.

@@ -1,6 +1,7 @@
 import { BadRequestException, Logger } from '@nestjs/common';
 import type { FastifyInstance } from 'fastify';
 import { clientContextOf } from './client-context';
+import { AUTH_CONTEXT_KEY, AuthContext } from './current-auth.decorator';
 
 /** Our DTOs are flat; anything deeper than this is not a request we serve. */
 export const MAX_JSON_DEPTH = 8;
@@ -37,14 +38,19 @@ export function registerRequestHygiene(fastify: FastifyInstance): void {
   const logger = new Logger('HTTP');
   fastify.addHook('onResponse', async (request, reply) => {
     const { ipAddress, userAgent } = clientContextOf(request);
+    const auth = (request as unknown as Record<string, AuthContext | undefined>)[AUTH_CONTEXT_KEY];
     logger.log({
       event: 'request',
+      requestId: request.id,
       method: request.method,
       route: request.routeOptions?.url ?? 'unmatched',
       status: reply.statusCode,
       ms: Math.round(reply.elapsedTime),
       ip: ipAddress,
       userAgent,
+      // Who, when the session guard let the request in (ASVS 16.2.1).
+      userId: auth?.userId ?? null,
+      sessionId: auth?.sessionId ?? null,
     });
   });
 }

@@ -1,3 +1,5 @@
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import 'reflect-metadata';
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
@@ -43,6 +45,16 @@ describe('isCommonPassword', () => {
   it('does not find a random string', () => {
     assert.equal(isCommonPassword(UNCOMMON), false);
     assert.equal(isCommonPassword('c9f1e7b2a4d64b3e8f0a'), false);
+  });
+
+  it('ships at least 10,000 entries, of which at least 3,000 pass the length rule (ASVS 6.2.4)', () => {
+    const entries = readFileSync(join(__dirname, '..', '..', '..', 'data', 'common-passwords.txt'), 'utf8')
+      .split('\n')
+      .filter((line) => line && !line.startsWith('#'));
+    assert.ok(entries.length >= 10_000, String(entries.length));
+    const eligible = entries.filter((p) => passwordLength(p) >= 12 && passwordLength(p) <= 128);
+    assert.ok(eligible.length >= 3_000, String(eligible.length));
+    assert.ok(eligible.every(isCommonPassword));
   });
 
   it('does not treat the blank end of the list as a password', () => {

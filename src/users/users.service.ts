@@ -4,6 +4,7 @@ import { DataSource, EntityManager } from 'typeorm';
 import { AuditService } from '../audit/audit.service';
 import type { ClientContext } from '../common/client-context';
 import { PG_UNIQUE_VIOLATION, pgErrorCode } from '../database/pg-errors';
+import { lockEvents, LoginThrottleService } from '../login-throttle/login-throttle.service';
 import { UpdateProfileDto } from './dto/update-profile.dto';
 import { PasswordHasher } from './password-hasher';
 import { UserEntity, UserRole } from './user.entity';
@@ -28,7 +29,37 @@ export class UsersService {
     @InjectDataSource() private readonly dataSource: DataSource,
     private readonly audit: AuditService,
     private readonly passwords: PasswordHasher,
+    private readonly throttle: LoginThrottleService,
   ) {}
+
+  /**
+   * Re-authentication before a sensitive change (ASVS 7.5.1): the current password, checked
+   * under the same throttle as logins (keyed by the account, so a stolen access token cannot
+   * guess faster than a login could), a failure audited as LOGIN_FAILED. 401 when wrong.
+   */
+  async verifyCurrentPassword(
+    user: UserEntity,
+    password: string | undefined,
+    sessionId: string,
+    client: ClientContext,
+    action: 'password_change' | 'email_change',
+  ): Promise<void> {
+    const message = 'Current password is required and must be correct';
+    if (password === undefined) throw new UnauthorizedException(message);
+    const attempt = await this.throttle.begin(`account:${user.id}`, client.ipAddress);
+    if (await this.passwords.verify(password, user.passwordHash)) {
+      await this.throttle.succeeded(attempt);
+      return;
+    }
+    await this.dataSource.transaction((em) =>
+      this.audit.record(
+        em,
+        { type: 'LOGIN_FAILED', userId: user.id, sessionId, client, metadata: { method: 'current_password', action } },
+        ...lockEvents(attempt, user.id, client, sessionId),
+      ),
+    );
+    throw new UnauthorizedException(message);
+  }
 
   findById(id: string): Promise<UserEntity | null> {
     return this.dataSource.getRepository(UserEntity).findOneBy({ id });
@@ -88,11 +119,8 @@ export class UsersService {
     if (dto.username !== undefined && dto.username !== user.username) changes.username = dto.username;
     if (dto.email !== undefined && dto.email !== user.email) changes.email = dto.email;
     if (changes.email !== undefined && changes.email.toLowerCase() !== user.email.toLowerCase()) {
-      // Re-authentication before an email change (ASVS 6.4.x): a stolen access token alone
-      // must not be enough to take the account over. bcrypt runs outside the transaction.
-      if (dto.currentPassword === undefined || !(await this.passwords.verify(dto.currentPassword, user.passwordHash))) {
-        throw new UnauthorizedException('Current password is required and must be correct to change the email');
-      }
+      // A stolen access token alone must not be enough to take the account over.
+      await this.verifyCurrentPassword(user, dto.currentPassword, sessionId, client, 'email_change');
     }
     const fields = Object.keys(changes);
     if (!fields.length) return user;

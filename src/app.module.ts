@@ -1,4 +1,4 @@
-import { DynamicModule, Module, ValidationPipe } from '@nestjs/common';
+import { DynamicModule, Module } from '@nestjs/common';
 import { ConfigModule } from '@nestjs/config';
 import { APP_FILTER, APP_GUARD, APP_PIPE } from '@nestjs/core';
 import { ScheduleModule } from '@nestjs/schedule';
@@ -9,6 +9,7 @@ import { AuditModule } from './audit/audit.module';
 import { AuthModule } from './auth/auth.module';
 import { SessionGuard } from './auth/session.guard';
 import { AllExceptionsFilter } from './common/all-exceptions.filter';
+import { AppValidationPipe } from './common/validation';
 import type { AppConfig } from './config/config';
 import { dataSourceOptions } from './database/data-source.options';
 import { runMigrationsLocked } from './database/migrate';
@@ -52,10 +53,7 @@ export class AppModule {
         MetricsModule,
       ],
       providers: [
-        {
-          provide: APP_PIPE,
-          useValue: new ValidationPipe({ whitelist: true, forbidNonWhitelisted: true, transform: true, forbidUnknownValues: true }),
-        },
+        { provide: APP_PIPE, useClass: AppValidationPipe },
         { provide: APP_FILTER, useClass: AllExceptionsFilter },
         // Global guards run in this order: count the request first, then authenticate it.
         { provide: APP_GUARD, useExisting: RateLimitGuard },

@@ -71,6 +71,21 @@ describe('HTTP hygiene (e2e)', () => {
     assert.equal(count, before);
   });
 
+  it('refuses malformed Unicode and nulls in JSON with a 400, changing nothing', async () => {
+    const { user, tokens } = await registerAndLogin(t.http);
+    const raw = (body: string) => t.http.post('/api/v1/auth/register').set('Content-Type', 'application/json').send(body);
+    assert.equal((await raw('{"username":"lone_sur","email":"ls@x.test","password":"pass-\\ud800-word-long"}')).status, 400);
+    assert.equal((await raw('{"username":"lone_sur","email":"\\ud800@x.test","password":"a-long-enough-password"}')).status, 400);
+    for (const body of [{ username: null }, { email: null }, { email: `n_${user.email}`, currentPassword: null }, { currentPassword: null }]) {
+      const res = await t.http.patch('/api/v1/users/me').set('Authorization', bearer(tokens)).send(body);
+      assert.equal(res.status, 400, JSON.stringify(body));
+    }
+    const [row] = await t.db.query('SELECT username, email FROM users WHERE id = $1', [user.id]);
+    assert.deepEqual(row, { username: user.username, email: user.email });
+    const [{ count }] = await t.db.query(`SELECT count(*)::int AS count FROM users WHERE username = 'lone_sur'`);
+    assert.equal(count, 0);
+  });
+
   it('refuses an oversized header without harm: the next request is served', async () => {
     const res = await t.http.get('/health/live').set('X-Padding', 'x'.repeat(20 * 1024)).catch((e: { status?: number }) => e);
     assert.ok((res as { status?: number }).status === 431 || (res as { status?: number }).status === 400, JSON.stringify(res));
@@ -145,6 +160,8 @@ describe('access tokens are only what we issued (e2e)', () => {
     assert.equal((await t.http.get(`/api/v1/users/me?access_token=${tokens.accessToken}`)).status, 401);
     assert.equal((await t.http.get('/api/v1/users/me').set('Cookie', `access_token=${tokens.accessToken}`)).status, 401);
     assert.equal((await t.http.get('/api/v1/users/me').set('Authorization', `Basic ${tokens.accessToken}`)).status, 401);
+    assert.equal((await t.http.get('/api/v1/users/me').set('Authorization', `Bearer ${tokens.accessToken} trailing`)).status, 401);
+    assert.equal((await t.http.get('/api/v1/users/me').set('Authorization', `Bearer  ${tokens.accessToken}`)).status, 401);
     assert.equal((await t.http.get('/api/v1/users/me').set('Authorization', `Bearer ${tokens.accessToken}`)).status, 200);
   });
 });

@@ -3,7 +3,7 @@ import { ConfigService } from '@nestjs/config';
 import { PassportStrategy } from '@nestjs/passport';
 import type { Request } from 'express';
 import { KeyObject } from 'node:crypto';
-import { ExtractJwt, Strategy } from 'passport-jwt';
+import { Strategy } from 'passport-jwt';
 import type { AppConfig } from '../config/config';
 import { ACCESS_TOKEN_ALGORITHM, ACCESS_TOKEN_TYPE } from './access-token.service';
 import { JWT_KEY } from './jwt-key';
@@ -12,6 +12,15 @@ import { JWT_KEY } from './jwt-key';
 export interface AccessTokenClaims {
   userId: string;
   sessionId: string;
+}
+
+// Exactly `Bearer <JWT>` and nothing else (passport-jwt's own extractor ignores trailing text).
+const BEARER_JWT = /^Bearer ([A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*)$/i;
+
+export function bearerToken(request: Request): string | null {
+  const header = request.headers.authorization;
+  const match = typeof header === 'string' ? BEARER_JWT.exec(header) : null;
+  return match ? match[1] : null;
 }
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
@@ -24,7 +33,7 @@ const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 export class JwtStrategy extends PassportStrategy(Strategy, 'jwt') {
   constructor(config: ConfigService<AppConfig, true>, @Inject(JWT_KEY) key: KeyObject) {
     super({
-      jwtFromRequest: ExtractJwt.fromAuthHeaderAsBearerToken(),
+      jwtFromRequest: bearerToken,
       // The header check happens before verification so that a token of another type is
       // refused whatever its signature; the key itself is a fixed KeyObject.
       // passport-jwt's types predate KeyObject; jsonwebtoken, which it calls, accepts one.

@@ -6,22 +6,38 @@ import { AUTH_CONTEXT_KEY, AuthContext } from './current-auth.decorator';
 /** Our DTOs are flat; anything deeper than this is not a request we serve. */
 export const MAX_JSON_DEPTH = 8;
 
-/** Nesting depth of a parsed JSON value, iteratively (a deep value must not exhaust the stack). */
-export function jsonDepth(value: unknown): number {
-  let max = 0;
+/**
+ * Nesting depth of a parsed JSON value, and whether every string in it (keys included) is
+ * well-formed Unicode; iteratively, so a deep value cannot exhaust the stack. Stops early
+ * once the depth is over the limit.
+ */
+export function inspectJson(value: unknown): { depth: number; wellFormed: boolean } {
+  let depth = 0;
   const stack: Array<[unknown, number]> = [[value, 0]];
   while (stack.length) {
-    const [node, depth] = stack.pop()!;
+    const [node, level] = stack.pop()!;
+    if (typeof node === 'string') {
+      if (!node.isWellFormed()) return { depth, wellFormed: false };
+      continue;
+    }
     if (node === null || typeof node !== 'object') continue;
-    max = Math.max(max, depth + 1);
-    if (max > MAX_JSON_DEPTH) return max;
-    for (const child of Object.values(node)) stack.push([child, depth + 1]);
+    depth = Math.max(depth, level + 1);
+    if (depth > MAX_JSON_DEPTH) return { depth, wellFormed: true };
+    for (const [key, child] of Object.entries(node)) {
+      if (!key.isWellFormed()) return { depth, wellFormed: false };
+      stack.push([child, level + 1]);
+    }
   }
-  return max;
+  return { depth, wellFormed: true };
+}
+
+export function jsonDepth(value: unknown): number {
+  return inspectJson(value).depth;
 }
 
 /**
- * Fastify settings every instance needs: JSON as the only body type, refuse over-deep JSON before validation (class-transformer
+ * Fastify settings every instance needs: JSON as the only body type, refuse over-deep JSON and
+ * malformed Unicode before validation (class-transformer
  * recurses), and one structured access-log line per request, naming the route template (never
  * the raw URL, which could carry a token) and never a header value but the user agent, escaped.
  */
@@ -30,9 +46,12 @@ export function registerRequestHygiene(fastify: FastifyInstance): void {
   fastify.removeContentTypeParser('text/plain');
 
   fastify.addHook('preValidation', async (request) => {
-    if (request.body !== undefined && jsonDepth(request.body) > MAX_JSON_DEPTH) {
-      throw new BadRequestException(`JSON nesting deeper than ${MAX_JSON_DEPTH} levels`);
-    }
+    if (request.body === undefined) return;
+    const { depth, wellFormed } = inspectJson(request.body);
+    if (depth > MAX_JSON_DEPTH) throw new BadRequestException(`JSON nesting deeper than ${MAX_JSON_DEPTH} levels`);
+    // A lone surrogate ("\ud800") is valid JSON but no text: it would turn into U+FFFD on the
+    // way to bcrypt or PostgreSQL, so two different inputs would become one.
+    if (!wellFormed) throw new BadRequestException('JSON strings must be well-formed Unicode');
   });
 
   const logger = new Logger('HTTP');

@@ -1,28 +1,33 @@
 import { BadRequestException } from '@nestjs/common';
 import { ApiPropertyOptional } from '@nestjs/swagger';
 import { Type } from 'class-transformer';
-import { IsIn, IsInt, IsISO8601, IsOptional, IsString, Max, MaxLength, Min } from 'class-validator';
+import { IsIn, IsInt, IsString, Matches, Max, MaxLength, Min } from 'class-validator';
+import { IsAbsentOr } from '../../common/validation';
 import { AUDIT_EVENT_TYPES, AuditEventType } from '../audit-event.entity';
 import type { AuditQuery } from '../audit.service';
 
+// RFC 3339 (a profile of ISO 8601): a date, or a date-time with a zone. Week dates, ordinal
+// dates and signed years are ISO 8601 too, but not instants anyone means here.
+const RFC3339 = /^\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:\d{2}))?$/i;
+
 export class AuditQueryDto {
   @ApiPropertyOptional({ enum: AUDIT_EVENT_TYPES })
-  @IsOptional()
+  @IsAbsentOr()
   @IsIn(AUDIT_EVENT_TYPES)
   type?: AuditEventType;
 
   @ApiPropertyOptional({ description: 'Events at or after this instant (ISO-8601)', example: '2026-01-01T00:00:00Z' })
-  @IsOptional()
-  @IsISO8601({ strict: true, strictSeparator: true })
+  @IsAbsentOr()
+  @Matches(RFC3339, { message: 'from must be an RFC 3339 date or date-time' })
   from?: string;
 
   @ApiPropertyOptional({ description: 'Events before this instant (ISO-8601)' })
-  @IsOptional()
-  @IsISO8601({ strict: true, strictSeparator: true })
+  @IsAbsentOr()
+  @Matches(RFC3339, { message: 'to must be an RFC 3339 date or date-time' })
   to?: string;
 
   @ApiPropertyOptional({ minimum: 1, maximum: 100, default: 20 })
-  @IsOptional()
+  @IsAbsentOr()
   @Type(() => Number)
   @IsInt()
   @Min(1)
@@ -30,7 +35,7 @@ export class AuditQueryDto {
   limit: number = 20;
 
   @ApiPropertyOptional({ description: 'nextCursor of the previous page' })
-  @IsOptional()
+  @IsAbsentOr()
   @IsString()
   @MaxLength(64)
   cursor?: string;
@@ -40,6 +45,9 @@ export class AuditQueryDto {
 export function toAuditQuery(dto: AuditQueryDto, userId: string | undefined): AuditQuery {
   const from = dto.from ? new Date(dto.from) : undefined;
   const to = dto.to ? new Date(dto.to) : undefined;
+  // The pattern admits 2026-02-31 or 25:00; a date that does not exist is a 400 too.
+  if (from && Number.isNaN(from.getTime())) throw new BadRequestException(['from is not a valid date']);
+  if (to && Number.isNaN(to.getTime())) throw new BadRequestException(['to is not a valid date']);
   if (from && to && from > to) throw new BadRequestException(['from must not be after to']);
   return { userId, type: dto.type, from, to, limit: dto.limit, cursor: dto.cursor };
 }

@@ -1,17 +1,17 @@
-import { IsOptional } from 'class-validator';
+import { IsAbsentOr } from '../../common/validation';
 import { EmailField, ExistingPasswordField, UsernameField } from './user-fields';
 
 export class UpdateProfileDto {
-  @IsOptional()
+  @IsAbsentOr()
   @UsernameField(false)
   username?: string;
 
-  @IsOptional()
+  @IsAbsentOr()
   @EmailField(false)
   email?: string;
 
   /** Required when the email changes: whoever holds a stolen token must not take over the account. */
-  @IsOptional()
+  @IsAbsentOr()
   @ExistingPasswordField(false)
   currentPassword?: string;
 }

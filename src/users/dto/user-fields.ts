@@ -1,6 +1,7 @@
 import { applyDecorators } from '@nestjs/common';
 import { ApiProperty, ApiPropertyOptional } from '@nestjs/swagger';
-import { IsEmail, IsString, Matches, MaxLength } from 'class-validator';
+import { IsString, Matches, MaxLength } from 'class-validator';
+import { IsEmailAddress } from '../../common/validation';
 import { IsAcceptablePassword, PASSWORD_MAX_LENGTH, PASSWORD_MIN_LENGTH } from '../password-policy';
 
 // The field rules of API.md, shared by registration, login and profile DTOs.
@@ -19,7 +20,7 @@ export const EmailField = (required = true) =>
     (required ? ApiProperty : ApiPropertyOptional)({ example: 'ada@example.com', format: 'email', maxLength: 254 }),
     IsString(),
     MaxLength(254),
-    IsEmail({}, { message: 'email must be an email address' }),
+    IsEmailAddress(),
   );
 
 export const NewPasswordField = () =>

@@ -2,6 +2,7 @@
  * Operator commands, run with the server's own configuration (environment and .env):
  *   npm run cli -- promote-admin <email>
  *   npm run cli -- demote-admin <email>
+ *   npm run cli -- end-all-sessions
  * Without DATABASE_URL they use the embedded database in DATA_DIR (stop the server first:
  * one PostgreSQL owns a data directory at a time).
  */
@@ -12,15 +13,17 @@ import { AppModule } from './app.module';
 import { loadConfig, useDatabaseUrl } from './config/config';
 import { EmbeddedDatabase, startEmbeddedPostgres } from './database/embedded-postgres';
 import type { UserRole } from './users/user.entity';
+import { SessionsService } from './sessions/sessions.service';
 import { UsersService } from './users/users.service';
 
-const COMMANDS: Record<string, UserRole> = { 'promote-admin': 'admin', 'demote-admin': 'user' };
-const USAGE = 'Usage: npm run cli -- promote-admin <email> | demote-admin <email>';
+const ROLE_COMMANDS: Record<string, UserRole> = { 'promote-admin': 'admin', 'demote-admin': 'user' };
+const USAGE = 'Usage: npm run cli -- promote-admin <email> | demote-admin <email> | end-all-sessions';
 
 async function main(argv: string[]): Promise<number> {
   const [command, email, ...rest] = argv;
-  const role = command ? COMMANDS[command] : undefined;
-  if (!role || !email || rest.length) {
+  const role = command ? ROLE_COMMANDS[command] : undefined;
+  const endAll = command === 'end-all-sessions' && email === undefined;
+  if (!endAll && (!role || !email || rest.length)) {
     process.stderr.write(`${USAGE}\n`);
     return 2;
   }
@@ -34,7 +37,14 @@ async function main(argv: string[]): Promise<number> {
   }
   const app = await NestFactory.createApplicationContext(AppModule.forRoot(config), { logger });
   try {
-    const { user, previous } = await app.get(UsersService).setRole(email, role, 'cli');
+    if (endAll) {
+      const ended = await app
+        .get(SessionsService)
+        .endAllSessions({ reason: 'revoked_by_admin', event: 'SESSION_REVOKED', metadata: { by: 'cli' } });
+      process.stdout.write(`Ended ${ended} active session(s)\n`);
+      return 0;
+    }
+    const { user, previous } = await app.get(UsersService).setRole(email, role!, 'cli');
     process.stdout.write(
       previous === role ? `${user.email} is already ${role}\n` : `${user.email}: role ${previous} -> ${role}\n`,
     );

@@ -54,6 +54,26 @@ describe('admin (e2e)', () => {
     assert.deepEqual(events.map((e) => [e.metadata.from, e.metadata.to]), [['user', 'admin'], ['admin', 'user']]);
   });
 
+  it('the CLI ends every active session of every user, each with reason revoked_by_admin and one event', async () => {
+    const a = await registerAndLogin(t.http);
+    const b = await registerAndLogin(t.http);
+    const extra = await login(t.http, b.user);
+    const res = await cli('end-all-sessions');
+    assert.equal(res.code, 0, res.stderr);
+    assert.match(res.stdout, /Ended \d+ active session/);
+    for (const s of [a.tokens, b.tokens, extra]) {
+      assert.equal((await t.http.get('/api/v1/users/me').set('Authorization', bearer(s))).status, 401);
+      assert.equal((await sessionRow(t.db, s.sessionId))!.end_reason, 'revoked_by_admin');
+      const events = await auditRows(t.db, { sessionId: s.sessionId, type: 'SESSION_REVOKED' });
+      assert.equal(events.length, 1);
+      assert.deepEqual(events[0].metadata, { reason: 'revoked_by_admin', by: 'cli' });
+    }
+    const [{ active }] = await t.db.query(`SELECT count(*)::int AS active FROM sessions WHERE ended_at IS NULL AND idle_expires_at > now()`);
+    assert.equal(active, 0);
+    // The admin used by the other tests logs in again.
+    admin.tokens = await login(t.http, admin.user);
+  });
+
   it('the CLI refuses an unknown email and bad usage with a non-zero exit', async () => {
     const unknown = await cli('promote-admin', 'nobody@nowhere.test');
     assert.equal(unknown.code, 1);

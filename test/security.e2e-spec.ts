@@ -194,6 +194,7 @@ describe('logs (e2e)', () => {
         const refreshed = await t.http.post('/api/v1/auth/refresh').set('User-Agent', forgedLine).send({ refreshToken: res.body.refreshToken });
         secrets.push(refreshed.body.refreshToken, refreshed.body.accessToken);
         await t.http.get('/api/v1/users/me').set('Authorization', bearer(refreshed.body)).expect(200);
+        await t.http.get('/api/v1/admin/audit').set('Authorization', bearer(refreshed.body)).expect(403);
         await t.http.post('/api/v1/auth/refresh').send({ refreshToken: res.body.refreshToken }); // reuse: logged as a warning
         await t.http.get('/api/v1/users/me').set('Authorization', 'Bearer not.a.jwt-but-secretish');
         const [{ password_hash }] = await t.db.query('SELECT password_hash FROM users WHERE id = $1', [user.id]);
@@ -220,6 +221,9 @@ describe('logs (e2e)', () => {
     assert.ok(requestEvents.some((e) => e.message.route === '/api/v1/auth/login' && e.message.status === 200));
     const me = requestEvents.find((e) => e.message.route === '/api/v1/users/me' && e.message.status === 200);
     assert.ok(me && typeof me.message.userId === 'string' && typeof me.message.sessionId === 'string' && me.message.requestId);
+    // A refused authorization is logged with who tried (ASVS 16.3.2).
+    const denied = requestEvents.find((e) => e.message.route === '/api/v1/admin/audit');
+    assert.ok(denied && denied.message.status === 403 && denied.message.userId === me.message.userId);
     assert.ok(requestEvents.some((e) => typeof e.message.userAgent === 'string' && e.message.userAgent.includes('forged admin login')));
   });
 });

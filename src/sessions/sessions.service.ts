@@ -230,6 +230,33 @@ export class SessionsService {
     return ended.length;
   }
 
+  /**
+   * Ends every active session of every user (an operator's emergency stop, e.g. after a
+   * leaked JWT secret), in batches so no transaction grows unbounded. Returns how many ended.
+   */
+  async endAllSessions(options: EndSessionOptions, batchSize = 1000): Promise<number> {
+    // Sessions opened after the command started do not keep it going (logins go on meanwhile).
+    const { rows: started } = await sql<{ now: Date }>(this.dataSource.manager, 'SELECT now() AS now');
+    let total = 0;
+    for (;;) {
+      const ended = await this.dataSource.transaction(async (em) => {
+        const { rows } = await sql<{ user_id: string }>(
+          em,
+          `SELECT DISTINCT user_id FROM (
+             SELECT user_id FROM sessions
+              WHERE ended_at IS NULL AND idle_expires_at > now() AND created_at <= $2
+              LIMIT $1) AS s`,
+          [batchSize, started[0].now],
+        );
+        let count = 0;
+        for (const { user_id } of rows) count += (await this.endSessions({ userId: user_id }, options, em)).length;
+        return count;
+      });
+      total += ended;
+      if (ended === 0) return total;
+    }
+  }
+
   /** The user's sessions that are usable now, newest first. */
   async listActive(userId: string): Promise<SessionEntity[]> {
     const { rows } = await sql<SessionRow>(

@@ -88,6 +88,8 @@ describe('auth (e2e)', () => {
         [{ username, email: `${username}@x.test`, password: 'Qwerty123456' }, /password is too common/],
         [{ username, email: `${username}@x.test`, password: 12345678901234 }, /password/],
         [{ username, email: `${username}@x.test`, password: 'a-long-enough-password', role: 'admin' }, /role should not exist/],
+        [{ username, email: `${username}@x.test`, password: `${username.toUpperCase()}-secret` }, /must not contain the username/],
+        [{ username, email: `${username}@x.test`, password: 'my sessionary password' }, /must not contain/],
       ];
       for (const [body, message] of cases) {
         const res = await t.http.post('/api/v1/auth/register').send(body);

@@ -5,6 +5,7 @@ import { AuditService } from '../audit/audit.service';
 import type { ClientContext } from '../common/client-context';
 import type { AuthContext } from '../common/current-auth.decorator';
 import { UNAUTHORIZED_SESSION, IssuedSession, SessionsService } from '../sessions/sessions.service';
+import { assertPasswordFreeOfContext } from '../users/password-context';
 import { PasswordHasher } from '../users/password-hasher';
 import { UserEntity } from '../users/user.entity';
 import { UsersService } from '../users/users.service';
@@ -31,6 +32,7 @@ export class AuthService {
   ) {}
 
   async register(dto: RegisterDto, client: ClientContext): Promise<UserEntity> {
+    assertPasswordFreeOfContext(dto.password, dto);
     const passwordHash = await this.passwords.hash(dto.password); // slow work before the transaction
     return this.dataSource.transaction(async (em) => {
       const user = await this.users.create(em, { username: dto.username, email: dto.email, passwordHash });
@@ -90,6 +92,7 @@ export class AuthService {
   async changePassword(auth: AuthContext, dto: ChangePasswordDto, client: ClientContext): Promise<void> {
     const user = await this.users.getById(auth.userId);
     await this.users.verifyCurrentPassword(user, dto.currentPassword, auth.sessionId, client, 'password_change');
+    assertPasswordFreeOfContext(dto.newPassword, user);
     const passwordHash = await this.passwords.hash(dto.newPassword);
     await this.dataSource.transaction(async (em) => {
       // Conditional on the hash just verified: of two concurrent changes, one wins.

@@ -6,7 +6,7 @@
 import { Logger } from '@nestjs/common';
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import { Client } from 'pg';
@@ -71,14 +71,29 @@ async function main(): Promise<number> {
     const files = [...specFiles(join(DIST, 'src')), ...specFiles(join(DIST, 'test'))].filter(
       (f) => !filter.length || filter.some((pattern) => relative(DIST, f).includes(pattern)),
     );
+    // The spec reporter for people; a TAP copy to count from, for the plain closing line.
+    const tapFile = join(tmpdir(), `sessionary-tests-${process.pid}.tap`);
     const code = await new Promise<number>((resolve) => {
       const child = spawn(
         process.execPath,
-        ['--enable-source-maps', '--test', '--test-concurrency=2', '--test-reporter=spec', ...files],
+        [
+          '--enable-source-maps',
+          '--test',
+          '--test-concurrency=2',
+          '--test-reporter=spec',
+          '--test-reporter-destination=stdout',
+          '--test-reporter=tap',
+          `--test-reporter-destination=${tapFile}`,
+          ...files,
+        ],
         { stdio: 'inherit', env: { ...process.env, NODE_ENV: 'test', DATABASE_URL: withDatabase(serverUrl!, database) } },
       );
       child.on('exit', (c) => resolve(c ?? 1));
     });
+    const tap = readFileSync(tapFile, 'utf8');
+    rmSync(tapFile, { force: true });
+    const count = (name: string) => Number(new RegExp(`^# ${name} (\\d+)$`, 'm').exec(tap)?.[1] ?? 0);
+    process.stdout.write(`\ntests: ${count('pass')} passed, ${count('fail')} failed, ${count('skipped')} skipped\n`);
     return code;
   } finally {
     await dropDatabases(serverUrl, database).catch((e: Error) => logger.warn(`Could not drop the test databases: ${e.message}`));

@@ -18,9 +18,10 @@ const INTERNAL = { statusCode: 500, error: 'Internal Server Error', message: 'In
 
 describe('AllExceptionsFilter.toBody', () => {
   const logged: unknown[][] = [];
+  const warned: unknown[][] = [];
   const recorder: LoggerService = {
     log: () => {},
-    warn: () => {},
+    warn: (...args: unknown[]) => void warned.push(args),
     debug: () => {},
     verbose: () => {},
     error: (...args: unknown[]) => void logged.push(args),
@@ -31,6 +32,7 @@ describe('AllExceptionsFilter.toBody', () => {
   after(() => Logger.overrideLogger(false));
   beforeEach(() => {
     logged.length = 0;
+    warned.length = 0;
     filter = new AllExceptionsFilter();
   });
 
@@ -63,10 +65,13 @@ describe('AllExceptionsFilter.toBody', () => {
     });
   });
 
-  it('logs a 5xx HttpException', () => {
-    const body = filter.toBody(new InternalServerErrorException());
+  it('logs a 5xx HttpException as one warning line, without a stack', () => {
+    const body = filter.toBody(new InternalServerErrorException('detail for the log'));
     assert.equal(body.statusCode, 500);
-    assert.equal(logged.length, 1);
+    assert.equal(body.message, 'Internal server error');
+    assert.equal(logged.length, 0);
+    assert.equal(warned.length, 1);
+    assert.match(String(warned[0][0]), /detail for the log/);
   });
 
   // Doubtful: an HttpException whose response object has no `message` becomes "[object Object]".

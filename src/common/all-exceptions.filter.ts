@@ -54,8 +54,13 @@ export class AllExceptionsFilter implements ExceptionFilter {
   /** Whatever went wrong, the client gets the same body; the details go to the log only. */
   private internalError(exception: unknown, request?: FastifyRequest, status = 500): ErrorBody {
     const route = request ? `${request.method} ${request.routeOptions?.url ?? 'unknown route'}` : 'outside a request';
-    const stack = exception instanceof Error ? exception.stack : String(exception);
-    this.logger.error(`Unhandled error on ${route}`, stack);
+    if (exception instanceof HttpException) {
+      // Raised on purpose (the readiness check's 503): one line, no stack, however often probed.
+      this.logger.warn(`${status} on ${route}: ${JSON.stringify(exception.getResponse())}`);
+    } else {
+      const stack = exception instanceof Error ? exception.stack : String(exception);
+      this.logger.error(`Unhandled error on ${route}`, stack);
+    }
     if (status !== 500) return { statusCode: status, error: STATUS_CODES[status] ?? 'Error', message: STATUS_CODES[status] ?? 'Error' };
     return { statusCode: 500, error: 'Internal Server Error', message: 'Internal server error' };
   }

@@ -135,3 +135,28 @@ describe('per-IP throttling and the general rate limit (e2e)', () => {
     assert.deepEqual(remaining, [remaining[0], remaining[0] - 1, remaining[0] - 2]);
   });
 });
+
+describe('malicious lockout (e2e)', () => {
+  let t: TestApp;
+  before(async () => {
+    t = await createTestApp({ LOGIN_MAX_FAILURES_PER_IDENTIFIER: '3', LOGIN_BACKOFF_BASE: '60', TRUST_PROXY: 'true' });
+  });
+  after(async () => {
+    await t.close();
+  });
+
+  it("an attacker elsewhere cannot lock a user out of the place they logged in from before", async () => {
+    const user = await registerUser(t.http);
+    const home = '198.51.100.10';
+    const attacker = '203.0.113.99';
+    const loginFrom = (ip: string, password: string) =>
+      t.http.post('/api/v1/auth/login').set('X-Forwarded-For', ip).send({ email: user.email, password });
+
+    assert.equal((await loginFrom(home, user.password)).status, 200);
+    for (let i = 0; i < 3; i++) assert.equal((await loginFrom(attacker, WRONG)).status, 401);
+    assert.equal((await loginFrom(attacker, user.password)).status, 429);
+    // A new place is held by the back-off too; home is not.
+    assert.equal((await loginFrom('192.0.2.200', user.password)).status, 429);
+    assert.equal((await loginFrom(home, user.password)).status, 200);
+  });
+});

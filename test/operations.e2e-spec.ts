@@ -81,6 +81,8 @@ describe('operations and error hygiene (e2e)', () => {
     assert.ok(doc.paths['/api/v1/sessions/{id}'].delete.responses['400']);
     assert.ok(doc.paths['/api/v1/admin/audit'].get.responses['403']);
     assert.ok(doc.paths['/api/v1/users/me/password'].put.responses['401']);
+    assert.ok(doc.paths['/api/v1/auth/login'].post.responses['429']);
+    assert.ok(doc.paths['/api/v1/users/me/password'].put.responses['429']);
     // Every authenticated route declares bearer auth; every public one does not need it.
     for (const [path, ops] of Object.entries(doc.paths as Record<string, Record<string, { security?: unknown[] }>>)) {
       for (const [method, op] of Object.entries(ops)) {

@@ -8,6 +8,7 @@ import {
   ApiOkResponse,
   ApiOperation,
   ApiTags,
+  ApiTooManyRequestsResponse,
   ApiUnauthorizedResponse,
 } from '@nestjs/swagger';
 import { Client, ClientContext } from '../common/client-context';
@@ -44,6 +45,7 @@ export class AuthController {
   @ApiOkResponse({ type: TokenResponseDto })
   @ApiBadRequestResponse({ type: ErrorResponseDto })
   @ApiUnauthorizedResponse({ type: ErrorResponseDto, description: 'Invalid credentials (same for unknown account and wrong password)' })
+  @ApiTooManyRequestsResponse({ type: ErrorResponseDto, description: 'Too many failed logins for this identifier or IP; see Retry-After' })
   login(@Body() dto: LoginDto, @Client() client: ClientContext): Promise<TokenResponseDto> {
     return this.auth.login(dto, client);
   }

@@ -5,6 +5,7 @@ import {
   ApiNoContentResponse,
   ApiOperation,
   ApiTags,
+  ApiTooManyRequestsResponse,
   ApiUnauthorizedResponse,
 } from '@nestjs/swagger';
 import { Client, ClientContext } from '../common/client-context';
@@ -29,6 +30,7 @@ export class PasswordController {
   @ApiNoContentResponse({ description: 'Changed; the current session stays' })
   @ApiBadRequestResponse({ type: ErrorResponseDto, description: 'The new password breaks the rules' })
   @ApiUnauthorizedResponse({ type: ErrorResponseDto, description: 'Wrong current password, or no valid session' })
+  @ApiTooManyRequestsResponse({ type: ErrorResponseDto, description: 'Too many wrong current passwords; see Retry-After' })
   changePassword(@CurrentAuth() auth: AuthContext, @Body() dto: ChangePasswordDto, @Client() client: ClientContext): Promise<void> {
     return this.auth.changePassword(auth, dto, client);
   }

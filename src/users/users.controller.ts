@@ -5,6 +5,7 @@ import {
   ApiOkResponse,
   ApiOperation,
   ApiTags,
+  ApiTooManyRequestsResponse,
 } from '@nestjs/swagger';
 import { Client, ClientContext } from '../common/client-context';
 import { AuthContext, CurrentAuth } from '../common/current-auth.decorator';
@@ -32,6 +33,7 @@ export class UsersController {
   @ApiOkResponse({ type: UserResponseDto })
   @ApiBadRequestResponse({ type: ErrorResponseDto })
   @ApiConflictResponse({ type: ErrorResponseDto, description: 'Username or email is already taken' })
+  @ApiTooManyRequestsResponse({ type: ErrorResponseDto, description: 'Too many wrong current passwords; see Retry-After' })
   async update(@CurrentAuth() auth: AuthContext, @Body() dto: UpdateProfileDto, @Client() client: ClientContext): Promise<UserResponseDto> {
     return UserResponseDto.from(await this.users.updateProfile(auth.userId, auth.sessionId, dto, client));
   }

@@ -1,4 +1,4 @@
-import { Body, Controller, Header, HttpCode, HttpStatus, Post } from '@nestjs/common';
+import { Body, Controller, Get, Header, HttpCode, HttpStatus, Post } from '@nestjs/common';
 import {
   ApiBadRequestResponse,
   ApiBearerAuth,
@@ -19,6 +19,7 @@ import { RegisteredUserResponseDto } from '../users/dto/user-response.dto';
 import { AuthService } from './auth.service';
 import { LoginDto } from './dto/login.dto';
 import { RefreshDto } from './dto/refresh.dto';
+import { SessionInfoResponseDto } from './dto/session-info-response.dto';
 import { RegisterDto } from './dto/register.dto';
 import { TokenResponseDto } from './dto/token-response.dto';
 
@@ -60,6 +61,20 @@ export class AuthController {
   @ApiUnauthorizedResponse({ type: ErrorResponseDto, description: 'Unknown, expired, revoked or already used refresh token' })
   refresh(@Body() dto: RefreshDto, @Client() client: ClientContext): Promise<TokenResponseDto> {
     return this.auth.refresh(dto.refreshToken, client);
+  }
+
+  /**
+   * Whoami for other services, called on every request of theirs: answered by the session
+   * check alone (the per-instance cache in steady state), so it runs no SQL.
+   */
+  @Get('session')
+  @Header('Cache-Control', 'no-store')
+  @ApiBearerAuth()
+  @ApiOperation({ summary: "The bearer's active session: who it is and until when" })
+  @ApiOkResponse({ type: SessionInfoResponseDto })
+  @ApiUnauthorizedResponse({ type: ErrorResponseDto, description: 'No valid access token, or the session has ended' })
+  session(@CurrentAuth() auth: AuthContext): SessionInfoResponseDto {
+    return SessionInfoResponseDto.from(auth);
   }
 
   @Post('logout')

@@ -56,7 +56,7 @@ function isUnauthorized(error: unknown): boolean {
 describe('SessionGuard', () => {
   const userId = randomUUID();
   const sessionId = randomUUID();
-  const auth: AuthContext = { userId, sessionId, role: 'user' as AuthContext['role'] };
+  const auth: AuthContext = { userId, sessionId, role: 'user' as AuthContext['role'], expiresAt: new Date(), absoluteExpiresAt: new Date() };
 
   let jwtGuard: { canActivate: ReturnType<typeof mock.fn<(ctx: ExecutionContext) => Promise<boolean>>> };
   let sessions: { validateSession: ReturnType<typeof mock.fn<(sid: string, uid: string) => Promise<AuthContext>>> };
@@ -159,7 +159,7 @@ describe('SessionGuard with the real JwtAuthGuard and JwtStrategy', { timeout: 1
 
   const userId = randomUUID();
   const sessionId = randomUUID();
-  const auth: AuthContext = { userId, sessionId, role: 'user' as AuthContext['role'] };
+  const auth: AuthContext = { userId, sessionId, role: 'user' as AuthContext['role'], expiresAt: new Date(), absoluteExpiresAt: new Date() };
 
   function token(claims: Record<string, unknown> = {}, signKey = key): string {
     const now = Math.floor(Date.now() / 1000);

@@ -6,6 +6,10 @@ export interface AuthContext {
   userId: string;
   sessionId: string;
   role: UserRole;
+  /** The session's idle deadline as of this check (activity moves it later). */
+  expiresAt: Date;
+  /** The session's absolute deadline: nothing moves it. */
+  absoluteExpiresAt: Date;
 }
 
 export const AUTH_CONTEXT_KEY = 'auth';

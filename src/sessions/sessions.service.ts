@@ -126,7 +126,7 @@ export class SessionsService {
     }
     if (verdict.status === 'ended') throw new UnauthorizedException(UNAUTHORIZED_SESSION);
     if (verdict.touch) await this.recordActivity(sessionId);
-    return { userId, sessionId, role: row.role };
+    return { userId, sessionId, role: row.role, expiresAt: row.idle_expires_at, absoluteExpiresAt: row.absolute_expires_at };
   }
 
   /**

@@ -1,0 +1,24 @@
+import { ApiProperty } from '@nestjs/swagger';
+import type { AuthContext } from '../../common/current-auth.decorator';
+import type { UserRole } from '../../users/user.entity';
+
+/** GET /auth/session: who the bearer is, for services that check a token on every request. */
+export class SessionInfoResponseDto {
+  @ApiProperty({ format: 'uuid' }) userId: string;
+  @ApiProperty({ format: 'uuid' }) sessionId: string;
+  @ApiProperty({ enum: ['user', 'admin'] }) role: UserRole;
+  @ApiProperty({ format: 'date-time', description: 'Idle deadline as of this request; activity moves it later' })
+  expiresAt: string;
+  @ApiProperty({ format: 'date-time', description: 'Absolute deadline; nothing extends it' })
+  absoluteExpiresAt: string;
+
+  static from(auth: AuthContext): SessionInfoResponseDto {
+    return {
+      userId: auth.userId,
+      sessionId: auth.sessionId,
+      role: auth.role,
+      expiresAt: auth.expiresAt.toISOString(),
+      absoluteExpiresAt: auth.absoluteExpiresAt.toISOString(),
+    };
+  }
+}

@@ -33,6 +33,8 @@ const toBoolean = ({ value }: { value: unknown }) => {
 // Number('') is 0: a blank variable must be an error, not a silent zero.
 const toNumber = ({ value }: { value: unknown }) =>
   typeof value === 'string' ? (value.trim() === '' ? NaN : Number(value)) : value;
+const toOptionalNumber = ({ value }: { value: unknown }) =>
+  typeof value === 'string' && value.trim() === '' ? undefined : toNumber({ value });
 const toOptionalString = ({ value }: { value: unknown }) =>
   typeof value === 'string' && value.trim() === '' ? undefined : value;
 
@@ -58,6 +60,16 @@ export class Env {
   @IsOptional()
   @Matches(/^postgres(ql)?:\/\//, { message: 'DATABASE_URL must be a postgres:// URL' })
   DATABASE_URL?: string;
+
+  /**
+   * The URL of the one listening connection (LISTEN/NOTIFY keeps the session cache exact).
+   * Unset: DATABASE_URL. Set it when DATABASE_URL goes through a transaction-pooling proxy,
+   * which cannot hold a LISTEN.
+   */
+  @Transform(toOptionalString)
+  @IsOptional()
+  @Matches(/^postgres(ql)?:\/\//, { message: 'DATABASE_LISTEN_URL must be a postgres:// URL' })
+  DATABASE_LISTEN_URL?: string;
 
   /** Development secrets and the embedded database live here. */
   @IsString()
@@ -96,6 +108,28 @@ export class Env {
   @IsInt()
   @Min(1)
   SESSION_ABSOLUTE_TTL = 86400;
+
+  /**
+   * Seconds between writes of batched activity (last seen, idle extension). Unset: 60 or a
+   * tenth of SESSION_IDLE_TTL, whichever is smaller.
+   */
+  @Transform(toOptionalNumber)
+  @IsOptional()
+  @IsInt()
+  @Min(1)
+  SESSION_TOUCH_INTERVAL?: number;
+
+  /** Sessions held by each instance's session cache (LRU); 0 turns the cache off. */
+  @Transform(toNumber)
+  @IsInt()
+  @Min(0)
+  SESSION_CACHE_MAX = 100_000;
+
+  /** Seconds a cached session is trusted at most before it is read again (a safety net). */
+  @Transform(toNumber)
+  @IsInt()
+  @Min(1)
+  SESSION_CACHE_TTL = 300;
 
   /** Seconds a refresh token is valid; never beyond the session's absolute deadline. */
   @Transform(toNumber)
@@ -183,6 +217,10 @@ function crossFieldErrors(env: Env): string[] {
   if (env.SESSION_IDLE_TTL > env.SESSION_ABSOLUTE_TTL) {
     errors.push('SESSION_IDLE_TTL must not exceed SESSION_ABSOLUTE_TTL');
   }
+  if (env.SESSION_TOUCH_INTERVAL !== undefined && env.SESSION_TOUCH_INTERVAL * 2 > env.SESSION_IDLE_TTL) {
+    // Activity must reach the database well before the idle deadline it extends.
+    errors.push('SESSION_TOUCH_INTERVAL must be at most half of SESSION_IDLE_TTL');
+  }
   try {
     new CronTime(env.SESSION_CLEANUP_CRON);
   } catch {
@@ -231,7 +269,7 @@ function isProxyAddress(entry: string): boolean {
  */
 export function parseEnv(raw: Record<string, unknown>): Env {
   // Only our own variables: the rest of the process environment is none of our business.
-  const known = Object.keys(new Env()).concat('DATABASE_URL', 'JWT_SECRET', 'PASSWORD_PEPPER');
+  const known = Object.keys(new Env()).concat('DATABASE_URL', 'DATABASE_LISTEN_URL', 'JWT_SECRET', 'PASSWORD_PEPPER', 'SESSION_TOUCH_INTERVAL');
   const picked = Object.fromEntries(known.filter((k) => raw[k] !== undefined).map((k) => [k, raw[k]]));
   const env = plainToInstance(Env, picked, { exposeDefaultValues: true });
   const errors = validateSync(env, { skipMissingProperties: false, whitelist: false });

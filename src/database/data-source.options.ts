@@ -7,6 +7,8 @@ import { InitialSchema1764201600000 } from './migrations/1764201600000-InitialSc
 import { LoginThrottleAndRateLimits1764205200000 } from './migrations/1764205200000-LoginThrottleAndRateLimits';
 import { AuditTypeIndex1764208800000 } from './migrations/1764208800000-AuditTypeIndex';
 import { LoginKnownClients1764212400000 } from './migrations/1764212400000-LoginKnownClients';
+import { SessionChangeNotifications1764900000000 } from './migrations/1764900000000-SessionChangeNotifications';
+import { ScheduledJobRuns1764903600000 } from './migrations/1764903600000-ScheduledJobRuns';
 
 export const ENTITIES = [UserEntity, SessionEntity, RotatedRefreshTokenEntity, AuditEventEntity];
 // Listed explicitly (not a glob) so the same list works from src, dist and the test build.
@@ -15,6 +17,8 @@ export const MIGRATIONS = [
   LoginThrottleAndRateLimits1764205200000,
   AuditTypeIndex1764208800000,
   LoginKnownClients1764212400000,
+  SessionChangeNotifications1764900000000,
+  ScheduledJobRuns1764903600000,
 ];
 
 /** One definition for the app, the TypeORM CLI and the tests. Never `synchronize`. */

@@ -1,7 +1,9 @@
 import { Injectable, OnModuleInit } from '@nestjs/common';
 import { HttpAdapterHost } from '@nestjs/core';
 import type { FastifyInstance } from 'fastify';
-import { collectDefaultMetrics, Histogram, Registry } from 'prom-client';
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { SessionsCleanupTask } from '../sessions/sessions-cleanup.task';
+import { SessionsService } from '../sessions/sessions.service';
 
 /** Process metrics plus request latency by route template (never by raw URL: bounded labels). */
 @Injectable()
@@ -15,8 +17,59 @@ export class MetricsService implements OnModuleInit {
     registers: [this.registry],
   });
 
-  constructor(private readonly adapterHost: HttpAdapterHost) {
+  constructor(
+    private readonly adapterHost: HttpAdapterHost,
+    sessions: SessionsService,
+    cleanup: SessionsCleanupTask,
+  ) {
     collectDefaultMetrics({ register: this.registry });
+    new Gauge({
+      name: 'sessionary_session_cache_listening',
+      help: '1 while the session cache is kept exact by LISTEN/NOTIFY; 0: every check reads the database',
+      registers: [this.registry],
+      collect() {
+        this.set(sessions.cacheState().listening ? 1 : 0);
+      },
+    });
+    new Gauge({
+      name: 'sessionary_session_cache_entries',
+      help: 'Sessions held by this instance',
+      registers: [this.registry],
+      collect() {
+        this.set(sessions.cacheState().size);
+      },
+    });
+    new Gauge({
+      name: 'sessionary_session_activity_pending',
+      help: 'Sessions whose activity waits for the next batched write',
+      registers: [this.registry],
+      collect() {
+        this.set(sessions.cacheState().pendingActivity);
+      },
+    });
+    new Counter({
+      name: 'sessionary_session_cleanup_ticks_total',
+      help: 'Cleanup ticks this instance ran, or skipped because another instance had the lock or the tick',
+      labelNames: ['outcome'] as const,
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        this.inc({ outcome: 'ran' }, cleanup.ticks.ran);
+        this.inc({ outcome: 'skipped' }, cleanup.ticks.skipped);
+      },
+    });
+    new Counter({
+      name: 'sessionary_session_checks_total',
+      help: 'Session checks by where they were answered (cache: no query)',
+      labelNames: ['source'] as const,
+      registers: [this.registry],
+      collect() {
+        const { checks } = sessions.cacheState();
+        this.reset();
+        this.inc({ source: 'cache' }, checks.cache);
+        this.inc({ source: 'database' }, checks.database);
+      },
+    });
   }
 
   onModuleInit(): void {

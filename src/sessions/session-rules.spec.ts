@@ -1,6 +1,7 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { expiryReason, judgeSession, SessionState, touchIntervalMs } from './session-rules';
+import type { CachedSession } from './session-cache';
+import { expiryReason, judgeCachedSession, judgeSession, SessionState, touchIntervalMs } from './session-rules';
 
 const T0 = Date.parse('2025-01-01T12:00:00.000Z');
 const at = (ms: number) => new Date(T0 + ms);
@@ -113,5 +114,46 @@ describe('touchIntervalMs', () => {
   it('reaches the cap exactly at idle 600 s and is a tenth below it (300 s -> 30000 ms)', () => {
     assert.equal(touchIntervalMs(600), 60_000);
     assert.equal(touchIntervalMs(300), 30_000);
+  });
+});
+
+describe('touchIntervalMs with SESSION_TOUCH_INTERVAL', () => {
+  it('uses the configured seconds when set', () => {
+    assert.equal(touchIntervalMs(3600, 5), 5_000);
+  });
+});
+
+describe('judgeCachedSession', () => {
+  const USER = 'u1';
+  const cached = (overrides: Partial<CachedSession> = {}): CachedSession => ({
+    userId: USER,
+    role: 'user',
+    ended: false,
+    idleExpiresAt: T0 + 60 * MINUTE,
+    absoluteExpiresAt: T0 + 24 * 60 * MINUTE,
+    lastSeenAt: T0,
+    ...overrides,
+  });
+
+  it('is active with both deadlines beyond the margin', () => {
+    assert.equal(judgeCachedSession(cached(), USER, T0, 1000), 'active');
+  });
+
+  it('refuses an ended session and someone else\'s without asking the database', () => {
+    assert.equal(judgeCachedSession(cached({ ended: true }), USER, T0, 1000), 'refused');
+    assert.equal(judgeCachedSession(cached(), 'u2', T0, 1000), 'refused');
+  });
+
+  it('asks the database once the idle deadline is within the margin', () => {
+    const s = cached({ idleExpiresAt: T0 + 1000 });
+    assert.equal(judgeCachedSession(s, USER, T0 - 1, 1000), 'active');
+    assert.equal(judgeCachedSession(s, USER, T0, 1000), 'recheck');
+    assert.equal(judgeCachedSession(s, USER, T0 + 5 * MINUTE, 1000), 'recheck');
+  });
+
+  it('asks the database once the absolute deadline is within the margin', () => {
+    const s = cached({ absoluteExpiresAt: T0 + 1000 });
+    assert.equal(judgeCachedSession(s, USER, T0 - 1, 1000), 'active');
+    assert.equal(judgeCachedSession(s, USER, T0, 1000), 'recheck');
   });
 });

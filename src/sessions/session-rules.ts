@@ -1,3 +1,4 @@
+import type { CachedSession } from './session-cache';
 import type { SessionEndReason } from './session.entity';
 
 /** The database's view of a session at one instant (its clock, not this process's). */
@@ -32,7 +33,23 @@ export function expiryReason(idleExpiresAt: Date, absoluteExpiresAt: Date): 'idl
   return idleExpiresAt.getTime() < absoluteExpiresAt.getTime() ? 'idle_timeout' : 'absolute_timeout';
 }
 
-/** A tenth of the idle timeout, at most a minute: frequent enough that activity is never lost. */
-export function touchIntervalMs(idleTtlSeconds: number): number {
-  return Math.min(60_000, (idleTtlSeconds * 1000) / 10);
+/**
+ * SESSION_TOUCH_INTERVAL when set; otherwise a tenth of the idle timeout, at most a minute:
+ * frequent enough that activity is never lost.
+ */
+export function touchIntervalMs(idleTtlSeconds: number, configuredSeconds?: number): number {
+  return configuredSeconds !== undefined ? configuredSeconds * 1000 : Math.min(60_000, (idleTtlSeconds * 1000) / 10);
+}
+
+/**
+ * A cached session judged without the database: `refused` (ended, or someone else's),
+ * `active`, or `recheck` when a deadline is within `marginMs` of `now` (the estimated
+ * database clock): the database then decides, with its own clock and with whatever activity
+ * other instances wrote. A cached idle deadline can be earlier than the stored one (other
+ * instances extend it without notice), never later.
+ */
+export function judgeCachedSession(entry: CachedSession, userId: string, now: number, marginMs: number): 'active' | 'refused' | 'recheck' {
+  if (entry.ended || entry.userId !== userId) return 'refused';
+  if (now + marginMs >= entry.idleExpiresAt || now + marginMs >= entry.absoluteExpiresAt) return 'recheck';
+  return 'active';
 }

@@ -3,17 +3,19 @@ import { ConfigService } from '@nestjs/config';
 import { SchedulerRegistry } from '@nestjs/schedule';
 import { InjectDataSource } from '@nestjs/typeorm';
 import { CronJob } from 'cron';
-import { DataSource } from 'typeorm';
+import { DataSource, QueryRunner } from 'typeorm';
 import type { AppConfig } from '../config/config';
 import { SessionsService } from './sessions.service';
 
 // Any fixed 64-bit number works; this one spells "sesclean" in ASCII.
 const CLEANUP_LOCK_KEY = '8315173853005522286';
 const BATCH_SIZE = 500;
+const JOB_NAME = 'sessions-cleanup';
 // Bounds one tick's work; what is left waits for the next tick.
 const MAX_BATCHES_PER_TICK = 200;
 
 export interface CleanupResult {
+  /** Another instance holds the lock, or already ran this tick. */
   skipped: boolean;
   expired: number;
   deleted: number;
@@ -31,6 +33,8 @@ export interface CleanupResult {
 export class SessionsCleanupTask implements OnApplicationBootstrap {
   private readonly logger = new Logger(SessionsCleanupTask.name);
   private running: Promise<CleanupResult> | undefined;
+  /** Ticks this instance ran and skipped (for /metrics: across instances, one runs each tick). */
+  readonly ticks = { ran: 0, skipped: 0 };
 
   constructor(
     private readonly sessions: SessionsService,
@@ -42,35 +46,43 @@ export class SessionsCleanupTask implements OnApplicationBootstrap {
   onApplicationBootstrap(): void {
     const job = CronJob.from({
       cronTime: this.config.get('SESSION_CLEANUP_CRON', { infer: true }),
-      onTick: () => void this.handleTick(),
+      // The scheduled second names the tick (cron fires within milliseconds of it, on every instance).
+      onTick: () => void this.handleTick(new Date(Math.round(Date.now() / 1000) * 1000)),
       start: true,
       waitForCompletion: true,
     });
-    this.scheduler.addCronJob('sessions-cleanup', job);
+    this.scheduler.addCronJob(JOB_NAME, job);
   }
 
-  /** The cron handler: never throws (nothing else would see it), never overlaps itself. */
-  async handleTick(): Promise<CleanupResult | undefined> {
+  /**
+   * The cron handler: never throws (nothing else would see it), never overlaps itself. With
+   * a `tick`, only the first instance to claim that tick works; without, it works if it gets the lock.
+   */
+  async handleTick(tick?: Date): Promise<CleanupResult | undefined> {
     try {
-      return await this.run();
+      const result = await this.run(tick);
+      if (result.skipped) this.ticks.skipped++;
+      else this.ticks.ran++;
+      return result;
     } catch (error) {
       this.logger.error('Session cleanup failed', error instanceof Error ? error.stack : String(error));
       return undefined;
     }
   }
 
-  run(): Promise<CleanupResult> {
-    this.running ??= this.runLocked().finally(() => (this.running = undefined));
+  run(tick?: Date): Promise<CleanupResult> {
+    this.running ??= this.runLocked(tick).finally(() => (this.running = undefined));
     return this.running;
   }
 
-  private async runLocked(): Promise<CleanupResult> {
+  private async runLocked(tick: Date | undefined): Promise<CleanupResult> {
     const runner = this.dataSource.createQueryRunner();
     await runner.connect();
     try {
       const [{ locked }] = await runner.query('SELECT pg_try_advisory_lock($1) AS locked', [CLEANUP_LOCK_KEY]);
       if (!locked) return { skipped: true, expired: 0, deleted: 0 };
       try {
+        if (tick && !(await this.claimTick(runner, tick))) return { skipped: true, expired: 0, deleted: 0 };
         const retention = this.config.get('SESSION_RETENTION', { infer: true });
         const expired = await this.inBatches(() => this.sessions.endExpiredSessions(BATCH_SIZE));
         const deleted = await this.inBatches(() => this.sessions.deleteEndedSessions(retention, BATCH_SIZE));
@@ -82,6 +94,18 @@ export class SessionsCleanupTask implements OnApplicationBootstrap {
     } finally {
       await runner.release();
     }
+  }
+
+  /** True for the one instance whose conditional upsert records this tick first. */
+  private async claimTick(runner: QueryRunner, tick: Date): Promise<boolean> {
+    const claimed: unknown[] = await runner.query(
+      `INSERT INTO scheduled_job_runs AS j (name, last_tick, runs) VALUES ($1, $2, 1)
+       ON CONFLICT (name) DO UPDATE SET last_tick = excluded.last_tick, runs = j.runs + 1
+        WHERE j.last_tick < excluded.last_tick
+       RETURNING runs`,
+      [JOB_NAME, tick],
+    );
+    return claimed.length === 1;
   }
 
   private async inBatches(batch: () => Promise<number>): Promise<number> {

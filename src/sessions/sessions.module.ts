@@ -8,6 +8,6 @@ import { SessionsService } from './sessions.service';
   imports: [AuditModule],
   controllers: [SessionsController],
   providers: [SessionsService, SessionsCleanupTask],
-  exports: [SessionsService],
+  exports: [SessionsService, SessionsCleanupTask],
 })
 export class SessionsModule {}

@@ -1,4 +1,11 @@
-import { Injectable, Logger, NotFoundException, UnauthorizedException } from '@nestjs/common';
+import {
+  Injectable,
+  Logger,
+  NotFoundException,
+  OnApplicationBootstrap,
+  OnApplicationShutdown,
+  UnauthorizedException,
+} from '@nestjs/common';
 import { ConfigService } from '@nestjs/config';
 import { InjectDataSource } from '@nestjs/typeorm';
 import { DataSource, EntityManager } from 'typeorm';
@@ -10,7 +17,10 @@ import type { AppConfig } from '../config/config';
 import { sql } from '../database/sql';
 import type { UserRole } from '../users/user.entity';
 import { generateRefreshToken, hashRefreshToken, looksLikeRefreshToken } from './refresh-token';
-import { judgeSession, touchIntervalMs } from './session-rules';
+import { ActivityWrite, SessionActivityBuffer } from './session-activity';
+import { CachedSession, SessionCache } from './session-cache';
+import { SessionChangeListener } from './session-change-listener';
+import { judgeCachedSession, judgeSession, touchIntervalMs } from './session-rules';
 import { SessionEndReason, SessionEntity } from './session.entity';
 
 /** A session with the refresh token that was just issued for it (shown to the client once). */
@@ -51,18 +61,25 @@ const RETURNING = `id, user_id, created_at, last_seen_at, idle_expires_at, absol
 export const UNAUTHORIZED_SESSION = 'Session is not active';
 const INVALID_REFRESH = 'Invalid refresh token';
 
+/** Deadlines closer than this (plus the clock offset's uncertainty) are checked in the database. */
+const DEADLINE_MARGIN_MS = 1000;
+
 /**
  * Owns the session lifecycle. Deadlines are computed and compared with the database's
  * clock (now()), so instances with skewed clocks still agree on when a session ends.
  */
 @Injectable()
-export class SessionsService {
+export class SessionsService implements OnApplicationBootstrap, OnApplicationShutdown {
   private readonly logger = new Logger(SessionsService.name);
   private readonly idleTtl: number;
   private readonly absoluteTtl: number;
   private readonly refreshTtl: number;
   private readonly touchIntervalMs: number;
   private readonly maxPerUser: number;
+  private readonly cache: SessionCache;
+  private readonly listener: SessionChangeListener | undefined;
+  private readonly activity: SessionActivityBuffer;
+  private readonly checks = { cache: 0, database: 0 };
 
   constructor(
     @InjectDataSource() private readonly dataSource: DataSource,
@@ -72,8 +89,49 @@ export class SessionsService {
     this.idleTtl = config.get('SESSION_IDLE_TTL', { infer: true });
     this.absoluteTtl = config.get('SESSION_ABSOLUTE_TTL', { infer: true });
     this.refreshTtl = config.get('REFRESH_TOKEN_TTL', { infer: true });
-    this.touchIntervalMs = touchIntervalMs(this.idleTtl);
+    this.touchIntervalMs = touchIntervalMs(this.idleTtl, config.get('SESSION_TOUCH_INTERVAL', { infer: true }));
     this.maxPerUser = config.get('SESSION_MAX_PER_USER', { infer: true });
+    this.cache = new SessionCache({
+      max: config.get('SESSION_CACHE_MAX', { infer: true }),
+      ttlMs: config.get('SESSION_CACHE_TTL', { infer: true }) * 1000,
+    });
+    const listenUrl = config.get('DATABASE_LISTEN_URL', { infer: true }) ?? config.get('DATABASE_URL', { infer: true });
+    this.listener = this.cache.enabled && listenUrl ? new SessionChangeListener(this.cache, { url: listenUrl }) : undefined;
+    this.activity = new SessionActivityBuffer(dataSource, {
+      idleTtlSeconds: this.idleTtl,
+      intervalMs: this.touchIntervalMs,
+      maxPending: Math.max(1000, config.get('SESSION_CACHE_MAX', { infer: true })),
+      onWritten: (writes, missing) => this.followActivityWrites(writes, missing),
+    });
+  }
+
+  async onApplicationBootstrap(): Promise<void> {
+    this.activity.start();
+    await this.listener?.start();
+  }
+
+  async onApplicationShutdown(): Promise<void> {
+    await this.listener?.stop();
+    await this.activity.stop();
+  }
+
+  /** For /metrics and the multi-instance tests: is the cache in use, and how full is it. */
+  cacheState(): {
+    enabled: boolean;
+    listening: boolean;
+    size: number;
+    pendingActivity: number;
+    listenerPid: number | undefined;
+    checks: { cache: number; database: number };
+  } {
+    return {
+      checks: { ...this.checks },
+      enabled: this.cache.enabled,
+      listening: this.listener?.listening ?? false,
+      size: this.cache.size,
+      pendingActivity: this.activity.pendingCount,
+      listenerPid: this.listener?.backendPid,
+    };
   }
 
   /**
@@ -95,21 +153,55 @@ export class SessionsService {
   }
 
   /**
-   * THE session check: every authenticated request goes through here and nowhere else, so a
-   * per-instance cache with cross-instance invalidation can later live behind this method.
+   * THE session check: every authenticated request goes through here and nowhere else.
    * Answers who is calling when the session is active; otherwise 401 (and an expired
    * session is ended with its reason and one audit event).
+   *
+   * In steady state it answers from the per-instance cache without a query: the cache holds
+   * only what a LISTEN/NOTIFY connection keeps exact. Without that connection, for a session
+   * not cached, and for one whose deadline is near, the database decides.
    */
   async validateSession(sessionId: string, userId: string): Promise<AuthContext> {
-    const { rows } = await sql<SessionRow & { role: UserRole; now: Date }>(
-      this.dataSource.manager,
-      `SELECT s.user_id, s.ended_at, s.idle_expires_at, s.absolute_expires_at, s.last_seen_at, u.role, now() AS now
-         FROM sessions s JOIN users u ON u.id = s.user_id
-        WHERE s.id = $1`,
-      [sessionId],
-    );
-    const row = rows[0];
-    if (!row || row.user_id !== userId) throw new UnauthorizedException(UNAUTHORIZED_SESSION);
+    const cached = this.cache.get(sessionId);
+    if (cached && this.listener) {
+      const now = this.listener.databaseNow();
+      const verdict = judgeCachedSession(cached, userId, now, DEADLINE_MARGIN_MS + this.listener.clockUncertaintyMs);
+      if (verdict !== 'recheck') this.checks.cache++;
+      if (verdict === 'refused') throw new UnauthorizedException(UNAUTHORIZED_SESSION);
+      if (verdict === 'active') {
+        this.noteActivity(sessionId, cached, now);
+        return authContext(sessionId, cached);
+      }
+    }
+    return this.validateFromDatabase(sessionId, userId);
+  }
+
+  private async validateFromDatabase(sessionId: string, userId: string): Promise<AuthContext> {
+    this.checks.database++;
+    const ticket = this.cache.enabled ? this.cache.beginFill(sessionId) : undefined;
+    let row: (SessionRow & { role: UserRole; now: Date }) | undefined;
+    try {
+      ({
+        rows: [row],
+      } = await sql<SessionRow & { role: UserRole; now: Date }>(
+        this.dataSource.manager,
+        `SELECT s.user_id, s.ended_at, s.idle_expires_at, s.absolute_expires_at, s.last_seen_at, u.role, now() AS now
+           FROM sessions s JOIN users u ON u.id = s.user_id
+          WHERE s.id = $1`,
+        [sessionId],
+      ));
+    } finally {
+      if (ticket && !row) this.cache.completeFill(ticket, undefined);
+    }
+    if (!row) throw new UnauthorizedException(UNAUTHORIZED_SESSION);
+    const entry: CachedSession = {
+      userId: row.user_id,
+      role: row.role,
+      ended: row.ended_at !== null,
+      idleExpiresAt: row.idle_expires_at.getTime(),
+      absoluteExpiresAt: row.absolute_expires_at.getTime(),
+      lastSeenAt: row.last_seen_at.getTime(),
+    };
     const verdict = judgeSession(
       {
         endedAt: row.ended_at,
@@ -120,13 +212,32 @@ export class SessionsService {
       },
       this.touchIntervalMs,
     );
+    // An ended session is cached too (it cannot come back), so replayed tokens cost no query.
+    if (ticket) this.cache.completeFill(ticket, verdict.status === 'expired' ? undefined : entry);
     if (verdict.status === 'expired') {
       await this.endIfExpired(sessionId);
       throw new UnauthorizedException(UNAUTHORIZED_SESSION);
     }
-    if (verdict.status === 'ended') throw new UnauthorizedException(UNAUTHORIZED_SESSION);
-    if (verdict.touch) await this.recordActivity(sessionId);
-    return { userId, sessionId, role: row.role, expiresAt: row.idle_expires_at, absoluteExpiresAt: row.absolute_expires_at };
+    if (verdict.status === 'ended' || row.user_id !== userId) throw new UnauthorizedException(UNAUTHORIZED_SESSION);
+    this.noteActivity(sessionId, entry, row.now.getTime());
+    return authContext(sessionId, entry);
+  }
+
+  /**
+   * Activity is batched (SessionActivityBuffer); it is due once the last write is a touch
+   * interval old, and urgent when the idle deadline this instance knows is so near that the
+   * next tick could come too late for another instance that re-reads the row.
+   */
+  private noteActivity(sessionId: string, session: CachedSession, now: number): void {
+    const urgent = session.idleExpiresAt - now < this.touchIntervalMs + DEADLINE_MARGIN_MS * 2;
+    if (urgent || now - session.lastSeenAt >= this.touchIntervalMs) this.activity.record(sessionId, now, urgent);
+  }
+
+  /** This instance's own activity writes moved deadlines later: the cache follows (no NOTIFY is sent for that). */
+  private followActivityWrites(writes: ActivityWrite[], missing: string[]): void {
+    for (const w of writes) this.cache.extend(w.sessionId, w.idleExpiresAt.getTime(), w.lastSeenAt.getTime());
+    // Not written: ended or past its deadline; the next check reads the row.
+    for (const id of missing) this.cache.invalidateSession(id);
   }
 
   /**
@@ -189,6 +300,8 @@ export class SessionsService {
         ? [options.reason, target.sessionId, target.ownerId ?? null]
         : [options.reason, target.userId, target.exceptSessionId ?? null],
     );
+    // This instance stops honouring them now; the trigger's NOTIFY tells every instance at commit.
+    for (const r of rows) this.cache.invalidateSession(r.id);
     await this.audit.record(
       em,
       ...rows.map((r) => ({
@@ -291,6 +404,7 @@ export class SessionsService {
          RETURNING s.id, s.user_id, s.end_reason`,
         [limit],
       );
+      for (const r of rows) this.cache.invalidateSession(r.id);
       await this.audit.record(
         em,
         ...rows.map((r) => ({
@@ -349,6 +463,7 @@ export class SessionsService {
         [sessionId],
       );
       if (!rows.length) return;
+      this.cache.invalidateSession(sessionId);
       await this.audit.record(em, {
         type: 'SESSION_EXPIRED',
         userId: rows[0].user_id,
@@ -356,17 +471,6 @@ export class SessionsService {
         metadata: { reason: rows[0].end_reason, detectedBy: 'request' },
       });
     });
-  }
-
-  /** Activity extends the idle deadline, capped at the absolute one; never revives an ended session. */
-  private async recordActivity(sessionId: string): Promise<void> {
-    await sql(
-      this.dataSource.manager,
-      `UPDATE sessions
-          SET last_seen_at = now(), idle_expires_at = LEAST(now() + make_interval(secs => $2), absolute_expires_at)
-        WHERE id = $1 AND ended_at IS NULL AND idle_expires_at > now()`,
-      [sessionId, this.idleTtl],
-    );
   }
 
   /** A refresh failed: if the token was already rotated, that is reuse; if expired, record the end. */
@@ -388,6 +492,16 @@ export class SessionsService {
     );
     if (current.length) await this.endIfExpired(current[0].id);
   }
+}
+
+function authContext(sessionId: string, s: CachedSession): AuthContext {
+  return {
+    userId: s.userId,
+    sessionId,
+    role: s.role,
+    expiresAt: new Date(s.idleExpiresAt),
+    absoluteExpiresAt: new Date(s.absoluteExpiresAt),
+  };
 }
 
 function toEntity(row: SessionRow): SessionEntity {

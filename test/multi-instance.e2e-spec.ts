@@ -1,0 +1,204 @@
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { promisify } from 'node:util';
+import { Client } from 'pg';
+import { newUserInput, sleep } from './helpers/factories';
+import { metric, ServiceProcess } from './helpers/service-process';
+import { databaseForThisFile } from './helpers/test-app';
+
+const CLI = join(__dirname, '..', 'src', 'cli.js');
+
+/** The q-quantile of samples (nearest rank). */
+function quantile(samples: number[], q: number): number {
+  const sorted = [...samples].sort((x, y) => x - y);
+  return sorted[Math.min(sorted.length - 1, Math.ceil(q * sorted.length) - 1)];
+}
+
+/**
+ * Three real service processes (the built `dist/src/main.js`) on one database: what one
+ * instance changes, the others honour at once, without a query per request.
+ */
+describe('three instances on one database (e2e, real processes)', () => {
+  let url: string;
+  let env: Record<string, string>;
+  let db: Client;
+  let a: ServiceProcess;
+  let b: ServiceProcess;
+  let c: ServiceProcess;
+
+  before(async () => {
+    url = await databaseForThisFile();
+    env = {
+      NODE_ENV: 'test',
+      DATABASE_URL: url,
+      JWT_SECRET: randomBytes(48).toString('base64'),
+      PASSWORD_PEPPER: randomBytes(48).toString('base64'),
+      BCRYPT_COST: '4',
+      RATE_LIMIT_PER_MINUTE: '0',
+      LOGIN_MAX_FAILURES_PER_IP: '1000000',
+      SESSION_MAX_PER_USER: '0',
+      SESSION_CLEANUP_CRON: '* * * * * *',
+      LOG_LEVEL: 'warn',
+    };
+    // Booting together: the migrations run once, under the advisory lock.
+    [a, b, c] = await Promise.all([ServiceProcess.start(env), ServiceProcess.start(env), ServiceProcess.start(env)]);
+    await Promise.all([a.ready(), b.ready(), c.ready()]);
+    db = new Client({ connectionString: url });
+    await db.connect();
+  });
+
+  after(async () => {
+    await db?.end();
+    await Promise.all([a, b, c].map((s) => s?.stop()));
+  });
+
+  async function register(): Promise<{ id: string; email: string; password: string }> {
+    const input = newUserInput();
+    const res = await a.request('/api/v1/auth/register', { method: 'POST', body: input });
+    assert.equal(res.status, 201, JSON.stringify(res.body));
+    return { id: res.body.id, email: input.email, password: input.password };
+  }
+
+  async function login(via: ServiceProcess, user: { email: string; password: string }): Promise<{ accessToken: string; sessionId: string }> {
+    const res = await via.request('/api/v1/auth/login', { method: 'POST', body: { email: user.email, password: user.password } });
+    assert.equal(res.status, 200, JSON.stringify(res.body));
+    return res.body;
+  }
+
+  const whoami = (via: ServiceProcess, token: string) => via.request('/api/v1/auth/session', { token });
+
+  /** Milliseconds from now until `via` answers 401 for the token (bounded). */
+  async function timeUntilRefused(via: ServiceProcess, token: string, started: number, timeoutMs = 5000): Promise<number> {
+    for (;;) {
+      const { status } = await whoami(via, token);
+      const elapsed = performance.now() - started;
+      if (status === 401) return elapsed;
+      assert.equal(status, 200);
+      if (elapsed > timeoutMs) assert.fail(`still accepted ${elapsed.toFixed(0)} ms after the revocation`);
+    }
+  }
+
+  it('a revocation through A is refused by B and C, 200 times over', async (t) => {
+    const user = await register();
+    const samples: number[] = [];
+    for (let i = 0; i < 200; i++) {
+      const session = await login(a, user);
+      // Both hold it in their caches before it ends.
+      assert.equal((await whoami(b, session.accessToken)).status, 200);
+      assert.equal((await whoami(c, session.accessToken)).status, 200);
+      const res = await a.request('/api/v1/auth/logout', { method: 'POST', token: session.accessToken });
+      assert.equal(res.status, 204);
+      const ended = performance.now();
+      samples.push(...(await Promise.all([timeUntilRefused(b, session.accessToken, ended), timeUntilRefused(c, session.accessToken, ended)])));
+    }
+    const report = `time from A's 204 to the first 401 on B and C over ${samples.length} checks: p50 ${quantile(samples, 0.5).toFixed(1)} ms, p99 ${quantile(samples, 0.99).toFixed(1)} ms, max ${Math.max(...samples).toFixed(1)} ms`;
+    t.diagnostic(report);
+    console.log(report);
+    // Speed is the benchmark's business; here every one of them must arrive.
+    assert.equal(samples.length, 400);
+  });
+
+  it('logout, password change, admin revocation, role change and expiry all reach the other instances', async () => {
+    const user = await register();
+    const [current, other, third] = [await login(a, user), await login(a, user), await login(a, user)];
+    for (const s of [current, other, third]) for (const via of [b, c]) assert.equal((await whoami(via, s.accessToken)).status, 200);
+    const refusedEverywhere = async (token: string) => {
+      await timeUntilRefused(b, token, performance.now());
+      await timeUntilRefused(c, token, performance.now());
+    };
+
+    // Password change through A ends every other session of the user.
+    const newPassword = `new-${randomBytes(12).toString('base64url')}`;
+    const changed = await a.request('/api/v1/users/me/password', {
+      method: 'PUT',
+      token: current.accessToken,
+      body: { currentPassword: user.password, newPassword },
+    });
+    assert.equal(changed.status, 204);
+    await refusedEverywhere(other.accessToken);
+    await refusedEverywhere(third.accessToken);
+    assert.equal((await whoami(b, current.accessToken)).status, 200);
+
+    // A role change by the operator's CLI (another process altogether) reaches B and C.
+    assert.equal((await whoami(b, current.accessToken)).body.role, 'user');
+    const admin = await register();
+    await promisify(execFile)(process.execPath, [CLI, 'promote-admin', admin.email], { env: { ...process.env, ...env } });
+    const adminSession = await login(a, admin);
+    assert.equal((await whoami(c, adminSession.accessToken)).body.role, 'admin');
+    await promisify(execFile)(process.execPath, [CLI, 'promote-admin', user.email], { env: { ...process.env, ...env } });
+    for (const via of [b, c]) {
+      const deadline = Date.now() + 5000;
+      while ((await whoami(via, current.accessToken)).body.role !== 'admin') {
+        assert.ok(Date.now() < deadline, 'role change reached the instance');
+        await sleep(5);
+      }
+    }
+
+    // An admin's revocation through C ends the user's sessions on A and B.
+    const victim = await register();
+    const victimSession = await login(b, victim);
+    assert.equal((await whoami(a, victimSession.accessToken)).status, 200);
+    const revoked = await c.request(`/api/v1/admin/users/${victim.id}/sessions`, { method: 'DELETE', token: adminSession.accessToken });
+    assert.deepEqual([revoked.status, revoked.body], [200, { revoked: 1 }]);
+    await timeUntilRefused(a, victimSession.accessToken, performance.now());
+    await timeUntilRefused(b, victimSession.accessToken, performance.now());
+
+    // Expiry: the absolute deadline passes (set by SQL) while the access token is still valid.
+    await db.query(`UPDATE sessions SET absolute_expires_at = now(), idle_expires_at = now() WHERE id = $1`, [current.sessionId]);
+    await refusedEverywhere(current.accessToken);
+    const { rows } = await db.query(`SELECT end_reason FROM sessions WHERE id = $1`, [current.sessionId]);
+    assert.equal(rows[0].end_reason, 'absolute_timeout');
+    const events = await db.query(`SELECT count(*)::int AS n FROM audit_events WHERE session_id = $1 AND type = 'SESSION_EXPIRED'`, [current.sessionId]);
+    assert.equal(events.rows[0].n, 1);
+  });
+
+  it('the cleanup job runs once per tick across the three', async () => {
+    await sleep(3500); // a few ticks of the every-second schedule
+    const runs = async () => Number((await db.query(`SELECT runs FROM scheduled_job_runs WHERE name = 'sessions-cleanup'`)).rows[0]?.runs ?? 0);
+    const before = await runs();
+    const scraped = await Promise.all([a, b, c].map(async (s) => (await s.request('/metrics')).body as string));
+    const after = await runs();
+    const ran = scraped.map((text) => metric(text, 'sessionary_session_cleanup_ticks_total{outcome="ran"}'));
+    const skipped = scraped.map((text) => metric(text, 'sessionary_session_cleanup_ticks_total{outcome="skipped"}'));
+    const totalRan = ran.reduce((x, y) => x + y, 0);
+    assert.ok(before >= 3, `ticks claimed: ${before}`);
+    // Every tick that ran was claimed once in the database, and the runs of all three add up to exactly that.
+    assert.ok(totalRan >= before && totalRan <= after, `ran ${ran} vs claimed ${before}..${after}`);
+    // The other instances fired the same ticks and stood aside.
+    assert.ok(skipped.reduce((x, y) => x + y, 0) >= before, `skipped ${skipped}`);
+  });
+
+  it("killing B's listening connection: B recovers by itself and keeps refusing what was revoked meanwhile", async () => {
+    const user = await register();
+    const [keep, victim] = [await login(a, user), await login(a, user)];
+    for (const s of [keep, victim]) assert.equal((await whoami(b, s.accessToken)).status, 200);
+    const listenerOf = async (service: ServiceProcess) =>
+      (await db.query(`SELECT pid FROM pg_stat_activity WHERE application_name = $1`, [`sessionary-listener ${service.pid}`])).rows.map((r) => r.pid);
+    const [old] = await listenerOf(b);
+    assert.ok(old, "B's listening connection exists");
+
+    await db.query('SELECT pg_terminate_backend($1)', [old]);
+    // Revoked while B may not be listening: B must not answer from what it cached before.
+    const res = await a.request(`/api/v1/sessions/${victim.sessionId}`, { method: 'DELETE', token: keep.accessToken });
+    assert.equal(res.status, 204);
+    await timeUntilRefused(b, victim.accessToken, performance.now());
+
+    const deadline = Date.now() + 10_000;
+    let pids = await listenerOf(b);
+    while (!(pids.length === 1 && pids[0] !== old)) {
+      assert.ok(Date.now() < deadline, 'B listens again');
+      await sleep(50);
+      pids = await listenerOf(b);
+    }
+    const metrics = (await b.request('/metrics')).body as string;
+    assert.equal(metric(metrics, 'sessionary_session_cache_listening'), 1);
+    assert.match(b.logs, /Not listening for session changes/);
+    // Back to normal: cached again, and revocations arrive by NOTIFY.
+    assert.equal((await whoami(b, keep.accessToken)).status, 200);
+    assert.equal((await a.request('/api/v1/auth/logout', { method: 'POST', token: keep.accessToken })).status, 204);
+    await timeUntilRefused(b, keep.accessToken, performance.now());
+  });
+});

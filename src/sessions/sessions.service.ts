@@ -3,7 +3,7 @@ import {
   Logger,
   NotFoundException,
   OnApplicationBootstrap,
-  OnApplicationShutdown,
+  OnModuleDestroy,
   UnauthorizedException,
 } from '@nestjs/common';
 import { ConfigService } from '@nestjs/config';
@@ -69,7 +69,7 @@ const DEADLINE_MARGIN_MS = 1000;
  * clock (now()), so instances with skewed clocks still agree on when a session ends.
  */
 @Injectable()
-export class SessionsService implements OnApplicationBootstrap, OnApplicationShutdown {
+export class SessionsService implements OnApplicationBootstrap, OnModuleDestroy {
   private readonly logger = new Logger(SessionsService.name);
   private readonly idleTtl: number;
   private readonly absoluteTtl: number;
@@ -110,7 +110,8 @@ export class SessionsService implements OnApplicationBootstrap, OnApplicationShu
     await this.listener?.start();
   }
 
-  async onApplicationShutdown(): Promise<void> {
+  /** Before the pool closes (TypeORM closes it on application shutdown): the last activity is written. */
+  async onModuleDestroy(): Promise<void> {
     await this.listener?.stop();
     await this.activity.stop();
   }

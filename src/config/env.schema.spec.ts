@@ -132,6 +132,28 @@ describe('parseEnv', () => {
     });
   });
 
+  it('defaults the session cache on (100,000 entries, 300 s) and the touch interval unset', () => {
+    const env = parseEnv({});
+    assert.equal(env.SESSION_CACHE_MAX, 100_000);
+    assert.equal(env.SESSION_CACHE_TTL, 300);
+    assert.equal(env.SESSION_TOUCH_INTERVAL, undefined);
+    assert.equal(env.DATABASE_LISTEN_URL, undefined);
+  });
+
+  it('reads SESSION_CACHE_MAX=0 (cache off), a touch interval and a listen URL', () => {
+    const env = parseEnv({ SESSION_CACHE_MAX: '0', SESSION_TOUCH_INTERVAL: '30', DATABASE_LISTEN_URL: 'postgres://u:p@db-direct:5432/app' });
+    assert.equal(env.SESSION_CACHE_MAX, 0);
+    assert.equal(env.SESSION_TOUCH_INTERVAL, 30);
+    assert.equal(env.DATABASE_LISTEN_URL, 'postgres://u:p@db-direct:5432/app');
+  });
+
+  it('refuses a touch interval over half the idle timeout, and a non-postgres listen URL without echoing it', () => {
+    assert.throws(() => parseEnv({ SESSION_IDLE_TTL: '60', SESSION_TOUCH_INTERVAL: '31' }), /SESSION_TOUCH_INTERVAL must be at most half of SESSION_IDLE_TTL/);
+    assert.doesNotThrow(() => parseEnv({ SESSION_IDLE_TTL: '60', SESSION_TOUCH_INTERVAL: '30' }));
+    assertRefusedNaming({ DATABASE_LISTEN_URL: 'mysql://admin:S3cr3t-XYZZY@db/app' }, 'DATABASE_LISTEN_URL', 'S3cr3t-XYZZY');
+    assertRefusedNaming({ SESSION_CACHE_MAX: '-1' }, 'SESSION_CACHE_MAX', '-1');
+  });
+
   it('refuses an idle timeout longer than the absolute one', () => {
     assertRefusedNaming(
       { SESSION_IDLE_TTL: '7201', SESSION_ABSOLUTE_TTL: '7200' },

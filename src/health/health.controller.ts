@@ -7,7 +7,7 @@ import { Public } from '../common/public.decorator';
 @ApiTags('operations')
 @Public()
 // Not counted by the per-IP limit: its counter lives in PostgreSQL, and liveness must answer
-// without the database (API.md), and probes are not clients.
+// without the database (API.md). Probes come from the orchestrator, not from clients.
 @SkipThrottle()
 @Controller('health')
 export class HealthController {

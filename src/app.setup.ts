@@ -3,6 +3,7 @@ import { RequestMethod } from '@nestjs/common';
 import { FastifyAdapter, NestFastifyApplication } from '@nestjs/platform-fastify';
 import { DocumentBuilder, SwaggerModule } from '@nestjs/swagger';
 import { registerRequestHygiene } from './common/request-hygiene';
+import { documentServiceUnavailable } from './common/service-unavailable.swagger';
 import type { AppConfig } from './config/config';
 import { parseCorsOrigins, parseTrustProxy } from './config/env.schema';
 
@@ -70,6 +71,7 @@ export async function configureApp(app: NestFastifyApplication, config: AppConfi
       .addBearerAuth({ type: 'http', scheme: 'bearer', bearerFormat: 'JWT' })
       .build(),
   );
+  documentServiceUnavailable(document);
   SwaggerModule.setup('docs', app, document, { jsonDocumentUrl: 'docs-json' });
   app.enableShutdownHooks();
   return app;

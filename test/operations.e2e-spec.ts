@@ -83,6 +83,11 @@ describe('operations and error hygiene (e2e)', () => {
     assert.ok(doc.paths['/api/v1/users/me/password'].put.responses['401']);
     assert.ok(doc.paths['/api/v1/auth/login'].post.responses['429']);
     assert.ok(doc.paths['/api/v1/users/me/password'].put.responses['429']);
+    // 503 + Retry-After wherever the database is needed; liveness and metrics never need it.
+    assert.ok(doc.paths['/api/v1/users/me'].get.responses['503'].headers['Retry-After']);
+    assert.ok(doc.paths['/api/v1/auth/login'].post.responses['503']);
+    assert.ok(doc.paths['/health/ready'].get.responses['503']);
+    assert.equal(doc.paths['/health/live'].get.responses['503'], undefined);
     // Every authenticated route declares bearer auth; every public one does not need it.
     for (const [path, ops] of Object.entries(doc.paths as Record<string, Record<string, { security?: unknown[] }>>)) {
       for (const [method, op] of Object.entries(ops)) {

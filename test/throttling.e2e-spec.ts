@@ -114,21 +114,24 @@ describe('per-IP throttling and the general rate limit (e2e)', () => {
   it('limits requests per IP over all routes together, answering 429 with Retry-After', async () => {
     const ip = '192.0.2.55';
     const statuses = [];
-    // Public and authenticated routes count together (an unmatched path is a 404 without any work).
-    for (const path of ['/health/live', '/api/v1/users/me', '/metrics', '/health/live', '/api/v1/audit', '/health/live', '/api/v1/users/me', '/health/live']) {
+    // Public and authenticated routes count together (an unmatched path is a 404 without any
+    // work; health probes are not counted, so that liveness never needs the database).
+    for (const path of ['/api/v1/auth/session', '/api/v1/users/me', '/metrics', '/api/v1/sessions', '/api/v1/audit', '/metrics', '/api/v1/users/me', '/api/v1/auth/session']) {
       statuses.push((await t.http.get(path).set('X-Forwarded-For', ip)).status);
     }
     assert.ok(!statuses.includes(429), statuses.join(','));
-    const over = await t.http.get('/health/live').set('X-Forwarded-For', ip);
+    const over = await t.http.get('/api/v1/users/me').set('X-Forwarded-For', ip);
     assert.equal(over.status, 429);
     assert.ok(Number(over.headers['retry-after']) > 0);
-    assert.equal((await t.http.get('/health/live').set('X-Forwarded-For', '192.0.2.56')).status, 200);
+    assert.equal((await t.http.get('/api/v1/users/me').set('X-Forwarded-For', '192.0.2.56')).status, 401);
+    // Probes are never counted, nor held by the limit.
+    assert.equal((await t.http.get('/health/live').set('X-Forwarded-For', ip)).status, 200);
   });
 
   it('ignores X-Forwarded-For unless TRUST_PROXY says so', async () => {
     const remaining = [];
     for (let i = 0; i < 3; i++) {
-      const res = await untrusting.http.get('/health/live').set('X-Forwarded-For', `192.0.2.${100 + i}`);
+      const res = await untrusting.http.get('/api/v1/users/me').set('X-Forwarded-For', `192.0.2.${100 + i}`);
       remaining.push(Number(res.headers['x-ratelimit-remaining']));
     }
     // Three "different" forwarded addresses count as one client: the socket's.

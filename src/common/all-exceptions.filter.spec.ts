@@ -10,9 +10,13 @@ import {
   Logger,
   LoggerService,
   NotFoundException,
+  ServiceUnavailableException,
 } from '@nestjs/common';
-import { QueryFailedError } from 'typeorm';
-import { AllExceptionsFilter } from './all-exceptions.filter';
+import type { ArgumentsHost } from '@nestjs/common';
+import { DatabaseError } from 'pg';
+import { DataSource, QueryFailedError } from 'typeorm';
+import { DatabaseOutageMonitor } from '../database/database-outage.monitor';
+import { AllExceptionsFilter, UNAVAILABLE_BODY } from './all-exceptions.filter';
 
 const INTERNAL = { statusCode: 500, error: 'Internal Server Error', message: 'Internal server error' };
 
@@ -183,5 +187,69 @@ describe('AllExceptionsFilter.toBody', () => {
   it('answers the fixed 500 for a 3xx or a string status', () => {
     assert.deepEqual(filter.toBody({ statusCode: 302, message: 'secret-XYZZY' }), INTERNAL);
     assert.deepEqual(filter.toBody({ statusCode: '400', message: 'secret-XYZZY' }), INTERNAL);
+  });
+
+  describe('an unreachable database', () => {
+    const adminShutdown = () =>
+      Object.assign(new DatabaseError('terminating connection due to administrator command', 60, 'error'), { code: '57P01', severity: 'FATAL' });
+    const refused = () =>
+      Object.assign(new Error('connect ECONNREFUSED db-internal.example:5432 password=hunter2-XYZZY'), { code: 'ECONNREFUSED' });
+
+    it('answers the fixed 503, never 500, and logs one line without a stack', () => {
+      for (const error of [new QueryFailedError('SELECT * FROM "users" WHERE secret-XYZZY', [], adminShutdown()), refused()]) {
+        logged.length = 0;
+        warned.length = 0;
+        const body = filter.toBody(error);
+        assert.deepEqual(body, UNAVAILABLE_BODY);
+        assert.ok(!JSON.stringify(body).includes('XYZZY'));
+        assert.equal(logged.length, 0);
+        assert.equal(warned.length, 1);
+        assert.ok(!String(warned[0][0]).includes('    at '), 'no stack');
+        assert.ok(!String(warned[0][0]).includes('SELECT'), 'no SQL');
+      }
+    });
+
+    it("answers the readiness check's 503 with the same body", () => {
+      assert.deepEqual(filter.toBody(new ServiceUnavailableException({ status: 'error', error: { database: { status: 'down' } } })), UNAVAILABLE_BODY);
+    });
+
+    it('with the outage monitor, logs one line for a burst of failures', () => {
+      const monitor = new DatabaseOutageMonitor({ driver: {}, query: async () => [] } as unknown as DataSource);
+      const monitored = new AllExceptionsFilter(monitor);
+      try {
+        for (let i = 0; i < 200; i++) assert.equal(monitored.toBody(refused()).statusCode, 503);
+        assert.equal(warned.length, 1);
+        assert.match(String(warned[0][0]), /^Database unavailable \(ECONNREFUSED/);
+      } finally {
+        monitor.onApplicationShutdown();
+      }
+    });
+
+    it('sends Retry-After with the 503', () => {
+      const headers: Record<string, string> = {};
+      let status = 0;
+      let sent: unknown;
+      const reply = {
+        header(name: string, value: string) {
+          headers[name.toLowerCase()] = value;
+          return reply;
+        },
+        status(code: number) {
+          status = code;
+          return reply;
+        },
+        send(body: unknown) {
+          sent = body;
+          return reply;
+        },
+      };
+      const host = {
+        switchToHttp: () => ({ getResponse: () => reply, getRequest: () => ({ method: 'GET', routeOptions: { url: '/users/me' } }) }),
+      } as unknown as ArgumentsHost;
+      filter.catch(new QueryFailedError('SELECT 1', [], adminShutdown()), host);
+      assert.equal(status, 503);
+      assert.equal(headers['retry-after'], '5');
+      assert.deepEqual(sent, UNAVAILABLE_BODY);
+    });
   });
 });

@@ -1,9 +1,18 @@
-import { ArgumentsHost, Catch, ExceptionFilter, HttpException, Logger } from '@nestjs/common';
+import { ArgumentsHost, Catch, ExceptionFilter, HttpException, HttpStatus, Logger, Optional } from '@nestjs/common';
 import { STATUS_CODES } from 'node:http';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { QueryFailedError } from 'typeorm';
-import { PG_UNIQUE_VIOLATION, pgErrorCode } from '../database/pg-errors';
+import { DatabaseOutageMonitor, summarize } from '../database/database-outage.monitor';
+import { isDatabaseUnavailable, PG_UNIQUE_VIOLATION, pgErrorCode } from '../database/pg-errors';
 import { RetryAfterException } from './retry-after.exception';
+
+/** Long enough for a database restart or failover to finish, short enough not to idle clients. */
+export const UNAVAILABLE_RETRY_AFTER_SECONDS = 5;
+export const UNAVAILABLE_BODY = {
+  statusCode: 503,
+  error: 'Service Unavailable',
+  message: 'The service is temporarily unavailable; retry later',
+} as const;
 
 interface ErrorBody {
   statusCode: number;
@@ -13,13 +22,17 @@ interface ErrorBody {
 
 /**
  * The one place that decides an error body. 4xx HttpExceptions keep their status and message;
- * a unique violation that a service did not translate is a 409; errors Fastify raises
- * itself (bad JSON, 413, 415) keep their 4xx with a plain message; anything else is a fixed
- * 500 whose details go only to the log. Nothing from a driver or a stack reaches a client.
+ * a unique violation that a service did not translate is a 409; an unreachable database
+ * (and the readiness check's 503) is a 503 with Retry-After, logged by the outage monitor a
+ * few lines per outage rather than a stack per request; errors Fastify raises itself (bad
+ * JSON, 413, 415) keep their 4xx with a plain message; anything else is a fixed 500 whose
+ * details go only to the log. Nothing from a driver or a stack reaches a client.
  */
 @Catch()
 export class AllExceptionsFilter implements ExceptionFilter {
   private readonly logger = new Logger(AllExceptionsFilter.name);
+
+  constructor(@Optional() private readonly outage?: DatabaseOutageMonitor) {}
 
   catch(exception: unknown, host: ArgumentsHost): void {
     const http = host.switchToHttp();
@@ -27,12 +40,15 @@ export class AllExceptionsFilter implements ExceptionFilter {
     const request = http.getRequest<FastifyRequest>();
     const body = this.toBody(exception, request);
     if (exception instanceof RetryAfterException) void reply.header('Retry-After', String(exception.retryAfterSeconds));
+    else if (body.statusCode === HttpStatus.SERVICE_UNAVAILABLE) void reply.header('Retry-After', String(UNAVAILABLE_RETRY_AFTER_SECONDS));
     void reply.status(body.statusCode).header('content-type', 'application/json; charset=utf-8').send(body);
   }
 
   toBody(exception: unknown, request?: FastifyRequest): ErrorBody {
     if (exception instanceof HttpException) {
       const status = exception.getStatus();
+      // The readiness check's 503: the database does not answer its ping.
+      if (status === HttpStatus.SERVICE_UNAVAILABLE) return this.unavailable(exception, request);
       // A 5xx keeps its status (503 from the readiness check) but never its details.
       if (status >= 500) return this.internalError(exception, request, status);
       const response = exception.getResponse();
@@ -41,6 +57,7 @@ export class AllExceptionsFilter implements ExceptionFilter {
       const r = response as { message?: string | string[]; error?: string };
       return { statusCode: status, error: r.error ?? error, message: r.message ?? error };
     }
+    if (isDatabaseUnavailable(exception)) return this.unavailable(exception, request);
     if (exception instanceof QueryFailedError && pgErrorCode(exception) === PG_UNIQUE_VIOLATION) {
       return { statusCode: 409, error: 'Conflict', message: 'Conflict' };
     }
@@ -51,11 +68,19 @@ export class AllExceptionsFilter implements ExceptionFilter {
     return this.internalError(exception, request);
   }
 
+  private unavailable(exception: unknown, request?: FastifyRequest): ErrorBody {
+    const route = routeOf(request);
+    // Without the monitor (unit tests build the filter bare): still one line, never a stack.
+    if (this.outage) this.outage.failed(exception, route);
+    else this.logger.warn(`Database unavailable on ${route}: ${summarize(exception)}`);
+    return { ...UNAVAILABLE_BODY };
+  }
+
   /** Whatever went wrong, the client gets the same body; the details go to the log only. */
   private internalError(exception: unknown, request?: FastifyRequest, status = 500): ErrorBody {
-    const route = request ? `${request.method} ${request.routeOptions?.url ?? 'unknown route'}` : 'outside a request';
+    const route = routeOf(request);
     if (exception instanceof HttpException) {
-      // Raised on purpose (the readiness check's 503): one line, no stack, however often probed.
+      // Raised on purpose: one line, no stack.
       this.logger.warn(`${status} on ${route}: ${JSON.stringify(exception.getResponse())}`);
     } else {
       const stack = exception instanceof Error ? exception.stack : String(exception);
@@ -64,6 +89,10 @@ export class AllExceptionsFilter implements ExceptionFilter {
     if (status !== 500) return { statusCode: status, error: STATUS_CODES[status] ?? 'Error', message: STATUS_CODES[status] ?? 'Error' };
     return { statusCode: 500, error: 'Internal Server Error', message: 'Internal server error' };
   }
+}
+
+function routeOf(request?: FastifyRequest): string {
+  return request ? `${request.method} ${request.routeOptions?.url ?? 'unknown route'}` : 'outside a request';
 }
 
 /** Errors raised by Fastify itself (content-type parser, body limit) carry a 4xx statusCode. */

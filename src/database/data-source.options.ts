@@ -33,10 +33,18 @@ export function dataSourceOptions(databaseUrl: string): DataSourceOptions {
     synchronize: false,
     // Not 'error' or 'query': TypeORM would log statement parameters, which include password hashes.
     logging: ['warn', 'migration'],
+    // pg-pool emits 'error' for every idle connection that dies (all of them when the server
+    // stops); a listener must exist or the process crashes. TypeORM's default one warns once
+    // per connection; the app's DatabaseOutageMonitor adds its own and logs an outage once.
+    poolErrorHandler: () => undefined,
     extra: {
       max: 20,
-      // A request must never hang forever on a stuck database.
-      connectionTimeoutMillis: 5000,
+      // How long a request may wait for a connection, new or from the pool. A refused
+      // connection fails at once anyway; this bounds the other outages (a black-holed host, a
+      // server that accepts but does not answer, a pool exhausted by stuck queries), so that
+      // clients get their 503 + Retry-After in 2 s rather than piling up for 5. A healthy
+      // connect on a LAN takes milliseconds, and the readiness ping uses the same 2 s.
+      connectionTimeoutMillis: 2000,
       statement_timeout: 15000,
       application_name: 'sessionary',
     },

@@ -56,6 +56,8 @@ class EmbeddedPostgresError extends Error {
 export async function startEmbeddedPostgres(options: {
   dataDir: string;
   logger: LoggerService;
+  /** A fixed port instead of a free one, e.g. to start the same cluster again at the same URL. */
+  port?: number;
 }): Promise<EmbeddedDatabase> {
   const { logger } = options;
   const dataDir = path.resolve(options.dataDir);
@@ -83,7 +85,7 @@ export async function startEmbeddedPostgres(options: {
   const password = await ensureCluster(EmbeddedPostgres, dataDir, runAs, logger);
   const redact = (text: string) => text.split(password).join('***');
 
-  const server = await startServer(EmbeddedPostgres, dataDir, password, runAs, logger, redact);
+  const server = await startServer(EmbeddedPostgres, dataDir, password, runAs, logger, redact, options.port);
   const database = track(server, logger);
   try {
     await ensureDatabase(server.port, password, redact);
@@ -529,10 +531,11 @@ async function startServer(
   runAs: OsUser | undefined,
   logger: LoggerService,
   redact: (text: string) => string,
+  fixedPort: number | undefined,
 ): Promise<Server> {
   for (let attemptNo = 1; ; attemptNo++) {
     // 5432 is taken by the machine's own PostgreSQL: a fresh free port on every start.
-    const port = await findFreePort();
+    const port = fixedPort ?? (await findFreePort());
     const tail = new LogTail(redact);
     const instance = new EmbeddedPostgres({
       databaseDir: dataDir,
@@ -560,7 +563,7 @@ async function startServer(
       return { instance, port, pid: await readPostmasterPid(dataDir) };
     } catch (error) {
       await abortStart(instance, dataDir, logger);
-      if (tail.has(/could not bind|Address already in use/) && attemptNo < PORT_ATTEMPTS) {
+      if (fixedPort === undefined && tail.has(/could not bind|Address already in use/) && attemptNo < PORT_ATTEMPTS) {
         logger.warn(`Port ${port} was taken before PostgreSQL could bind it; retrying on another port`);
         continue;
       }

@@ -1,4 +1,4 @@
-import { QueryFailedError } from 'typeorm';
+import { QueryFailedError, QueryRunnerAlreadyReleasedError } from 'typeorm';
 
 export const PG_UNIQUE_VIOLATION = '23505';
 
@@ -7,4 +7,66 @@ export function pgErrorCode(error: unknown): string | undefined {
   if (!(error instanceof QueryFailedError)) return undefined;
   const code = (error.driverError as { code?: unknown } | undefined)?.code;
   return typeof code === 'string' ? code : undefined;
+}
+
+/**
+ * SQLSTATEs that mean "the server cannot serve us now", not "this statement is wrong":
+ * class 08 (connection exception), 57P01-57P03 (admin/crash shutdown, cannot connect now:
+ * starting up or shutting down) and 53300 (too many connections).
+ */
+const UNAVAILABLE_SQLSTATES = new Set(['08000', '08001', '08003', '08004', '08006', '57P01', '57P02', '57P03', '53300']);
+
+/** Socket errors of a server that is down, restarting or unreachable. */
+const UNAVAILABLE_ERRNOS = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'EPIPE',
+  'ETIMEDOUT',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'EHOSTDOWN',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+]);
+
+/**
+ * Messages of plain Errors that pg and pg-pool raise without a code (pg/lib/client.js,
+ * pg-pool/index.js): a connection lost or never made. "Connection terminated" also covers
+ * "... unexpectedly" and pg-pool's "... due to connection timeout".
+ */
+const UNAVAILABLE_MESSAGES = [
+  /^Connection terminated\b/,
+  /^timeout exceeded when trying to connect$/,
+  /^Client has encountered a connection error and is not queryable$/,
+  // A plain pg Client's own connectionTimeoutMillis (e.g. a dedicated LISTEN connection).
+  /^timeout expired$/,
+];
+
+// Causes nest a few levels at most (QueryFailedError > pg-pool timeout > socket error).
+const MAX_DEPTH = 4;
+
+/**
+ * True when `error` says the database is unreachable or refusing connections for now (so the
+ * right answer is 503 with Retry-After), whether pg raised it alone (pool checkout, connect)
+ * or TypeORM wrapped it in a QueryFailedError (the connection died under a query).
+ * A failing statement (constraint, syntax, statement_timeout) is not unavailability.
+ */
+export function isDatabaseUnavailable(error: unknown): boolean {
+  return unavailable(error, 0);
+}
+
+function unavailable(error: unknown, depth: number): boolean {
+  if (depth > MAX_DEPTH || typeof error !== 'object' || error === null) return false;
+  if (error instanceof QueryFailedError) return unavailable(error.driverError, depth + 1);
+  // TypeORM releases a query runner as soon as its connection emits 'error'
+  // (PostgresQueryRunner.connect), so the next statement of a transaction whose connection
+  // the server closed fails with this instead of the connection error. (A runner used after
+  // our own release() would be matched too; that would be a bug that every test shows.)
+  if (error instanceof QueryRunnerAlreadyReleasedError) return true;
+  const { code, message, cause, errors } = error as { code?: unknown; message?: unknown; cause?: unknown; errors?: unknown };
+  if (typeof code === 'string' && (UNAVAILABLE_SQLSTATES.has(code) || UNAVAILABLE_ERRNOS.has(code))) return true;
+  if (error instanceof Error && typeof message === 'string' && UNAVAILABLE_MESSAGES.some((pattern) => pattern.test(message))) return true;
+  // Node's happy-eyeballs connect (a host name with several addresses) fails with an AggregateError.
+  if (Array.isArray(errors) && errors.some((inner) => unavailable(inner, depth + 1))) return true;
+  return unavailable(cause, depth + 1);
 }

@@ -1,10 +1,14 @@
 import { Controller, Get } from '@nestjs/common';
 import { ApiOperation, ApiServiceUnavailableResponse, ApiTags } from '@nestjs/swagger';
 import { HealthCheck, HealthCheckResult, HealthCheckService, TypeOrmHealthIndicator } from '@nestjs/terminus';
+import { SkipThrottle } from '@nestjs/throttler';
 import { Public } from '../common/public.decorator';
 
 @ApiTags('operations')
 @Public()
+// Not counted by the per-IP limit: its counter lives in PostgreSQL, and liveness must answer
+// without the database (API.md). Probes come from the orchestrator, not from clients.
+@SkipThrottle()
 @Controller('health')
 export class HealthController {
   constructor(
@@ -13,7 +17,7 @@ export class HealthController {
   ) {}
 
   @Get('live')
-  @ApiOperation({ summary: 'The process runs' })
+  @ApiOperation({ summary: 'The process runs (never touches the database)' })
   live(): { status: 'ok' } {
     return { status: 'ok' };
   }

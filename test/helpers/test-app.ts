@@ -63,7 +63,8 @@ export async function dropDatabaseForThisFile(): Promise<void> {
 export async function createTestApp(overrides: Record<string, string> = {}, options: { logger?: LoggerService } = {}): Promise<TestApp> {
   const config = loadConfig({
     ...process.env,
-    DATABASE_URL: await databaseForThisFile(),
+    // A spec with its own server (outage.e2e-spec.ts) names it; the others share this file's database.
+    DATABASE_URL: overrides.DATABASE_URL ?? (await databaseForThisFile()),
     NODE_ENV: 'test',
     BCRYPT_COST: '4', // the cost factor changes nothing the tests assert, only their speed
     SESSION_CLEANUP_CRON: '0 0 1 1 *', // tests call the cleanup themselves

@@ -1,0 +1,26 @@
+import type { OpenAPIObject } from '@nestjs/swagger';
+import { UNAVAILABLE_BODY, UNAVAILABLE_RETRY_AFTER_SECONDS } from './all-exceptions.filter';
+
+/** Routes that answer without the database, so they never give a 503. */
+const WITHOUT_DATABASE = new Set(['/health/live', '/metrics']);
+
+/**
+ * Every route that needs PostgreSQL answers 503 + Retry-After while it is unreachable (the
+ * exception filter decides that for all of them), so the document says so in one place
+ * rather than on each controller.
+ */
+export function documentServiceUnavailable(document: OpenAPIObject): OpenAPIObject {
+  for (const [path, item] of Object.entries(document.paths)) {
+    if (WITHOUT_DATABASE.has(path)) continue;
+    for (const method of ['get', 'put', 'post', 'delete', 'patch'] as const) {
+      const operation = item[method];
+      if (!operation || operation.responses['503']) continue;
+      operation.responses['503'] = {
+        description: 'The database is unreachable; retry after the given seconds',
+        headers: { 'Retry-After': { schema: { type: 'integer', example: UNAVAILABLE_RETRY_AFTER_SECONDS } } },
+        content: { 'application/json': { schema: { $ref: '#/components/schemas/ErrorResponseDto' }, example: UNAVAILABLE_BODY } },
+      };
+    }
+  }
+  return document;
+}

@@ -1,10 +1,13 @@
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
 import { Client } from 'pg';
+import { EmbeddedDatabase, startEmbeddedPostgres } from '../src/database/embedded-postgres';
 import { newUserInput, sleep } from './helpers/factories';
 import { metric, ServiceProcess } from './helpers/service-process';
 import { databaseForThisFile } from './helpers/test-app';
@@ -193,12 +196,128 @@ describe('three instances on one database (e2e, real processes)', () => {
       await sleep(50);
       pids = await listenerOf(b);
     }
-    const metrics = (await b.request('/metrics')).body as string;
-    assert.equal(metric(metrics, 'sessionary_session_cache_listening'), 1);
+    // Connected is not yet listening (LISTEN, then the clock offset): wait for the cache to be trusted.
+    while (metric((await b.request('/metrics')).body as string, 'sessionary_session_cache_listening') !== 1) {
+      assert.ok(Date.now() < deadline, 'B trusts its cache again');
+      await sleep(20);
+    }
     assert.match(b.logs, /Not listening for session changes/);
     // Back to normal: cached again, and revocations arrive by NOTIFY.
     assert.equal((await whoami(b, keep.accessToken)).status, 200);
     assert.equal((await a.request('/api/v1/auth/logout', { method: 'POST', token: keep.accessToken })).status, 204);
     await timeUntilRefused(b, keep.accessToken, performance.now());
+  });
+});
+
+/**
+ * The same three processes through a PostgreSQL stop and start under load, on an embedded
+ * server of this file's own (stopping the shared one would disturb the other spec files).
+ */
+describe('three instances through a PostgreSQL restart under load (e2e, own embedded PostgreSQL)', () => {
+  const quiet = { log: () => undefined, warn: () => undefined, error: () => undefined };
+  let dataDir: string;
+  let database: EmbeddedDatabase;
+  let services: ServiceProcess[] = [];
+
+  before(async () => {
+    dataDir = mkdtempSync(join(tmpdir(), 'sessionary-multi-outage-'));
+    database = await startEmbeddedPostgres({ dataDir: join(dataDir, 'pg'), logger: quiet });
+    const env = {
+      NODE_ENV: 'test',
+      DATABASE_URL: database.url,
+      JWT_SECRET: randomBytes(48).toString('base64'),
+      PASSWORD_PEPPER: randomBytes(48).toString('base64'),
+      BCRYPT_COST: '4',
+      // On, as in production, with room for this test's one client IP.
+      RATE_LIMIT_PER_MINUTE: '1000000',
+      // The load logs the same user in over and over; the session under test must not make room.
+      SESSION_MAX_PER_USER: '0',
+      LOG_LEVEL: 'warn',
+    };
+    services = await Promise.all([ServiceProcess.start(env), ServiceProcess.start(env), ServiceProcess.start(env)]);
+    await Promise.all(services.map((s) => s.ready()));
+  });
+
+  after(async () => {
+    await Promise.all(services.map((s) => s.stop()));
+    await database?.stop().catch(() => undefined);
+    if (dataDir) rmSync(dataDir, { recursive: true, force: true });
+  });
+
+  it('answers 200 or 503 with Retry-After (never 500), keeps liveness at 200, and serves again afterwards', async () => {
+    const [a] = services;
+    const input = newUserInput();
+    assert.equal((await a.request('/api/v1/auth/register', { method: 'POST', body: input })).status, 201);
+    const loginBody = { email: input.email, password: input.password };
+    const session = (await a.request('/api/v1/auth/login', { method: 'POST', body: loginBody })).body as { accessToken: string };
+    for (const s of services) assert.equal((await s.request('/api/v1/auth/session', { token: session.accessToken })).status, 200);
+
+    const answers: Array<{ route: string; status: number; retryAfter: string | null }> = [];
+    let running = true;
+    const load = services.flatMap((s) =>
+      [
+        () => s.request('/api/v1/auth/session', { token: session.accessToken }),
+        () => s.request('/api/v1/users/me', { token: session.accessToken }),
+        () => s.request('/api/v1/auth/login', { method: 'POST', body: loginBody }),
+        () => s.request('/health/live'),
+      ].map(async (send, route) => {
+        for (let i = 0; running && i < 5000; i++) {
+          const res = await send().catch(() => ({ status: 0, headers: new Headers() }));
+          answers.push({ route: ['whoami', 'me', 'login', 'live'][route], status: res.status, retryAfter: res.headers.get('retry-after') });
+          await sleep(5);
+        }
+      }),
+    );
+
+    await sleep(500);
+    const port = Number(new URL(database.url).port);
+    const url = database.url;
+    await database.stop();
+    await sleep(3000);
+    database = await startEmbeddedPostgres({ dataDir: join(dataDir, 'pg'), logger: quiet, port });
+    assert.equal(database.url, url);
+    // Every instance serves every route again by itself.
+    for (const s of services) {
+      for (const path of ['/api/v1/auth/session', '/api/v1/users/me']) {
+        let status = 0;
+        for (let i = 0; i < 100 && status !== 200; i++) {
+          status = (await s.request(path, { token: session.accessToken })).status;
+          if (status !== 200) await sleep(100);
+        }
+        assert.equal(status, 200, `${path} on ${s.url} after the restart`);
+      }
+    }
+    running = false;
+    await Promise.all(load);
+
+    assert.ok(answers.length > 100, `answers: ${answers.length}`);
+    const statuses = new Set(answers.map((x) => `${x.route} ${x.status}`));
+    for (const x of answers) {
+      assert.ok(x.status === 200 || x.status === 503, `${x.route} answered ${x.status} (all: ${[...statuses].join(', ')})`);
+      if (x.status === 503) assert.equal(x.retryAfter, '5');
+      if (x.route === 'live') assert.equal(x.status, 200);
+    }
+    // The outage was seen: the routes that need the database answered 503 meanwhile.
+    for (const route of ['me', 'login', 'whoami']) assert.ok(statuses.has(`${route} 503`), `${route} saw a 503 (${[...statuses].join(', ')})`);
+    for (const s of services) assert.equal(s.child.exitCode, null, 'no instance crashed');
+
+    // Each instance listens again by itself (its reconnection backs off to at most 2 s)...
+    for (const s of services) {
+      const deadline = Date.now() + 10_000;
+      while (metric((await s.request('/metrics')).body as string, 'sessionary_session_cache_listening') !== 1) {
+        assert.ok(Date.now() < deadline, `${s.url} listens again`);
+        await sleep(50);
+      }
+    }
+    // ...and its cache is exact again: a logout through A reaches B and C.
+    const [, b, c] = services;
+    const fresh = (await a.request('/api/v1/auth/login', { method: 'POST', body: loginBody })).body as { accessToken: string };
+    for (const s of [b, c]) assert.equal((await s.request('/api/v1/auth/session', { token: fresh.accessToken })).status, 200);
+    assert.equal((await a.request('/api/v1/auth/logout', { method: 'POST', token: fresh.accessToken })).status, 204);
+    for (const s of [b, c]) {
+      let status = 200;
+      for (let i = 0; i < 500 && status === 200; i++) status = (await s.request('/api/v1/auth/session', { token: fresh.accessToken })).status;
+      assert.equal(status, 401);
+    }
   });
 });

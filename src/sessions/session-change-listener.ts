@@ -44,7 +44,7 @@ export class SessionChangeListener {
     private readonly options: ListenerOptions,
   ) {
     this.heartbeatMs = options.heartbeatMs ?? 10_000;
-    this.maxBackoffMs = options.maxBackoffMs ?? 5_000;
+    this.maxBackoffMs = options.maxBackoffMs ?? 2_000;
   }
 
   get listening(): boolean {

@@ -5,6 +5,7 @@ import { InjectDataSource } from '@nestjs/typeorm';
 import { CronJob } from 'cron';
 import { DataSource, QueryRunner } from 'typeorm';
 import type { AppConfig } from '../config/config';
+import { isDatabaseUnavailable } from '../database/pg-errors';
 import { SessionsService } from './sessions.service';
 
 // Any fixed 64-bit number works; this one spells "sesclean" in ASCII.
@@ -65,7 +66,9 @@ export class SessionsCleanupTask implements OnApplicationBootstrap {
       else this.ticks.ran++;
       return result;
     } catch (error) {
-      this.logger.error('Session cleanup failed', error instanceof Error ? error.stack : String(error));
+      // An outage is reported by the outage monitor; one line here, not a stack per tick.
+      if (isDatabaseUnavailable(error)) this.logger.warn('Session cleanup skipped: the database is unavailable');
+      else this.logger.error('Session cleanup failed', error instanceof Error ? error.stack : String(error));
       return undefined;
     }
   }

@@ -1,10 +1,13 @@
 import { Controller, Get } from '@nestjs/common';
 import { ApiOperation, ApiServiceUnavailableResponse, ApiTags } from '@nestjs/swagger';
 import { HealthCheck, HealthCheckResult, HealthCheckService, TypeOrmHealthIndicator } from '@nestjs/terminus';
+import { SkipThrottle } from '@nestjs/throttler';
 import { Public } from '../common/public.decorator';
 
 @ApiTags('operations')
 @Public()
+// Probes and scrapes are not a client's requests: they must not use up its limit or be refused.
+@SkipThrottle()
 @Controller('health')
 export class HealthController {
   constructor(

@@ -1,4 +1,4 @@
-import { BeforeApplicationShutdown, Injectable, OnApplicationBootstrap } from '@nestjs/common';
+import { Injectable, OnApplicationBootstrap, OnApplicationShutdown } from '@nestjs/common';
 import { ConfigService } from '@nestjs/config';
 import type { AppConfig } from '../config/config';
 import { PgThrottlerStorage } from './pg-throttler.storage';
@@ -10,7 +10,7 @@ import { PgThrottlerStorage } from './pg-throttler.storage';
  * and Nest would call its lifecycle hooks twice.
  */
 @Injectable()
-export class RateLimitSyncTask implements OnApplicationBootstrap, BeforeApplicationShutdown {
+export class RateLimitSyncTask implements OnApplicationBootstrap, OnApplicationShutdown {
   private timer: NodeJS.Timeout | undefined;
   private stopped = false;
 
@@ -26,10 +26,10 @@ export class RateLimitSyncTask implements OnApplicationBootstrap, BeforeApplicat
   }
 
   /**
-   * Before, not on, application shutdown: TypeORM closes its DataSource in its own
-   * onApplicationShutdown, and the order of modules is not ours to rely on.
+   * The HTTP server is closed by now, so no hit comes after this flush. TypeORM closes its
+   * DataSource in its own hook, which runs later: Nest shuts global modules down last.
    */
-  async beforeApplicationShutdown(): Promise<void> {
+  async onApplicationShutdown(): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
     clearTimeout(this.timer);

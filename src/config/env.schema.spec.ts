@@ -38,6 +38,13 @@ describe('parseEnv', () => {
     assert.equal(env.DATABASE_URL, undefined);
     assert.equal(env.JWT_SECRET, undefined);
     assert.equal(env.PASSWORD_PEPPER, undefined);
+    assert.equal(env.RATE_LIMIT_PER_MINUTE, 600);
+    assert.equal(env.RATE_LIMIT_SYNC_INTERVAL, 1000);
+  });
+
+  it('parses RATE_LIMIT_SYNC_INTERVAL within 100..60000 ms', () => {
+    assert.strictEqual(parseEnv({ RATE_LIMIT_SYNC_INTERVAL: '100' }).RATE_LIMIT_SYNC_INTERVAL, 100);
+    assert.strictEqual(parseEnv({ RATE_LIMIT_SYNC_INTERVAL: '60000' }).RATE_LIMIT_SYNC_INTERVAL, 60000);
   });
 
   it('parses numbers from strings', () => {
@@ -116,6 +123,10 @@ describe('parseEnv', () => {
     ['NODE_ENV', 'staging-XYZZY'],
     ['LOG_LEVEL', 'chatty-XYZZY'],
     ['DATABASE_URL', 'mysql://admin:S3cr3t-XYZZY@db/app'],
+    ['RATE_LIMIT_SYNC_INTERVAL', '99'],
+    ['RATE_LIMIT_SYNC_INTERVAL', '60001'],
+    ['RATE_LIMIT_SYNC_INTERVAL', '250.5'],
+    ['RATE_LIMIT_SYNC_INTERVAL', 'often-XYZZY'],
   ] as const) {
     it(`refuses ${name}=${JSON.stringify(value)}, naming the variable and not the value`, () => {
       assertRefusedNaming({ [name]: value }, name, value);
@@ -191,6 +202,10 @@ describe('parseEnv', () => {
 
   it('refuses an empty SESSION_RETENTION instead of reading it as 0', () => {
     assert.throws(() => parseEnv({ SESSION_RETENTION: '' }), /SESSION_RETENTION is invalid/);
+  });
+
+  it('refuses an empty RATE_LIMIT_SYNC_INTERVAL instead of reading it as 0', () => {
+    assert.throws(() => parseEnv({ RATE_LIMIT_SYNC_INTERVAL: '' }), /RATE_LIMIT_SYNC_INTERVAL is invalid/);
   });
 });
 

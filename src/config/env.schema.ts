@@ -185,6 +185,17 @@ export class Env {
   @Min(0)
   RATE_LIMIT_PER_MINUTE = 600;
 
+  /**
+   * Milliseconds between two syncs of the in-memory request counts with PostgreSQL (one
+   * statement for every client IP seen since the last one). Shorter: a tighter limit across
+   * instances; longer: fewer writes.
+   */
+  @Transform(toNumber)
+  @IsInt()
+  @Min(100)
+  @Max(60_000)
+  RATE_LIMIT_SYNC_INTERVAL = 1000;
+
   /** Comma-separated origins allowed by CORS; empty: no cross-origin access. */
   @IsString()
   CORS_ORIGINS = '';

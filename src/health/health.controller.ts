@@ -6,8 +6,8 @@ import { Public } from '../common/public.decorator';
 
 @ApiTags('operations')
 @Public()
-// Not counted by the per-IP limit: its counter lives in PostgreSQL, and liveness must answer
-// without the database (API.md). Probes come from the orchestrator, not from clients.
+// Probes are not a client's requests: they must not use up its limit or be refused, and
+// liveness must answer without the database (API.md).
 @SkipThrottle()
 @Controller('health')
 export class HealthController {

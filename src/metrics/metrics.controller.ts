@@ -1,10 +1,13 @@
 import { Controller, Get, Header } from '@nestjs/common';
 import { ApiOkResponse, ApiOperation, ApiTags } from '@nestjs/swagger';
+import { SkipThrottle } from '@nestjs/throttler';
 import { Public } from '../common/public.decorator';
 import { MetricsService } from './metrics.service';
 
 @ApiTags('operations')
 @Public()
+// Probes and scrapes are not a client's requests: they must not use up its limit or be refused.
+@SkipThrottle()
 @Controller('metrics')
 export class MetricsController {
   constructor(private readonly metrics: MetricsService) {}

@@ -1,62 +1,94 @@
 import { Injectable, Logger } from '@nestjs/common';
-import { Cron, CronExpression } from '@nestjs/schedule';
 import { ThrottlerStorage } from '@nestjs/throttler';
 import { InjectDataSource } from '@nestjs/typeorm';
 import { DataSource } from 'typeorm';
 import { sql } from '../database/sql';
+import { RateLimitCounters, SyncBatch, SyncedRow } from './rate-limit-counters';
 
 type ThrottlerStorageRecord = Awaited<ReturnType<ThrottlerStorage['increment']>>;
 
-interface CounterRow {
+/** Client IPs held in memory at most, so a flood of addresses cannot exhaust it. */
+export const RATE_LIMIT_MAX_KEYS = 100_000;
+
+interface MergedRow {
+  key: string;
   hits: number;
   window_ms: number;
   blocked_ms: number;
 }
 
 /**
- * @nestjs/throttler's storage in PostgreSQL, so the limit holds across instances: one
- * atomic upsert per request (fixed window of `ttl`, block of `blockDuration` once over).
+ * @nestjs/throttler's storage: counts in memory and decides at once (no query per request);
+ * `sync()` merges every key's new hits into `rate_limits` in one statement and takes back the
+ * global totals, so the limit holds across instances within about one sync interval's hits.
  */
 @Injectable()
 export class PgThrottlerStorage implements ThrottlerStorage {
   private readonly logger = new Logger(PgThrottlerStorage.name);
+  private readonly counters = new RateLimitCounters({ maxKeys: RATE_LIMIT_MAX_KEYS });
+  private queue: Promise<void> = Promise.resolve();
+  private failing = false;
 
   constructor(@InjectDataSource() private readonly dataSource: DataSource) {}
 
-  async increment(key: string, ttl: number, limit: number, blockDuration: number): Promise<ThrottlerStorageRecord> {
-    const { rows } = await sql<CounterRow>(
-      this.dataSource.manager,
-      // In DO UPDATE every expression sees the old row (r), so the block decision repeats
-      // the new hit count rather than reading it.
-      `INSERT INTO rate_limits AS r (key, hits, window_ends_at, blocked_until)
-       VALUES ($1, 1, now() + make_interval(secs => $2 / 1000.0),
-               CASE WHEN 1 > $3 THEN now() + make_interval(secs => $4 / 1000.0) END)
-       ON CONFLICT (key) DO UPDATE SET
-         hits = CASE WHEN r.window_ends_at <= now() THEN 1 ELSE r.hits + 1 END,
-         window_ends_at = CASE WHEN r.window_ends_at <= now() THEN now() + make_interval(secs => $2 / 1000.0) ELSE r.window_ends_at END,
-         blocked_until = CASE
-           WHEN r.blocked_until > now() THEN r.blocked_until
-           WHEN (CASE WHEN r.window_ends_at <= now() THEN 1 ELSE r.hits + 1 END) > $3 THEN now() + make_interval(secs => $4 / 1000.0)
-         END
-       RETURNING hits,
-                 (extract(epoch FROM window_ends_at - now()) * 1000)::int AS window_ms,
-                 coalesce((extract(epoch FROM blocked_until - now()) * 1000)::int, 0) AS blocked_ms`,
-      [key, ttl, limit, blockDuration],
-    );
-    const row = rows[0];
-    return {
-      totalHits: row.hits,
-      timeToExpire: Math.max(0, Math.ceil(row.window_ms / 1000)),
-      isBlocked: row.blocked_ms > 0,
-      timeToBlockExpire: Math.max(0, Math.ceil(row.blocked_ms / 1000)),
-    };
+  increment(key: string, ttl: number, limit: number, blockDuration: number): Promise<ThrottlerStorageRecord> {
+    return Promise.resolve(this.counters.hit(key, { ttl, limit, blockDuration }));
   }
 
-  /**
-   * Drops counters whose window and block are over. Every instance may run it. (A separate
-   * provider holds the @Cron: ThrottlerModule registers this instance under a second token,
-   * and the scheduler would see its cron twice.)
-   */
+  /** Never throws, never runs twice at once: a call during a sync runs after it. */
+  sync(): Promise<void> {
+    this.queue = this.queue.then(() => this.syncOnce());
+    return this.queue;
+  }
+
+  private async syncOnce(): Promise<void> {
+    this.counters.sweep();
+    for (const batch of this.counters.takeBatches()) {
+      try {
+        this.counters.applySynced(batch, await this.merge(batch));
+        if (this.failing) {
+          this.failing = false;
+          this.logger.log('Rate-limit sync with PostgreSQL works again');
+        }
+      } catch (error) {
+        this.counters.syncFailed(batch);
+        // One line when it starts failing, not one per tick: each instance limits on its own meanwhile.
+        if (!this.failing) {
+          this.failing = true;
+          this.logger.warn(`Rate-limit sync with PostgreSQL failed; counting per instance until it works again: ${error instanceof Error ? error.message : String(error)}`);
+        }
+      }
+    }
+  }
+
+  private async merge({ settings, entries }: SyncBatch): Promise<SyncedRow[]> {
+    const { rows } = await sql<MergedRow>(
+      this.dataSource.manager,
+      // The same window and block rules as one hit at a time, with a batch's hits added at once.
+      // In DO UPDATE every expression sees the old row (r), so the block decision repeats the
+      // new count. ORDER BY: instances lock the rows in one order, so two syncs cannot deadlock.
+      `INSERT INTO rate_limits AS r (key, hits, window_ends_at, blocked_until)
+       SELECT d.key, d.hits, now() + make_interval(secs => $3 / 1000.0),
+              CASE WHEN d.hits > $4 THEN now() + make_interval(secs => $5 / 1000.0) END
+       FROM unnest($1::text[], $2::int[]) AS d(key, hits)
+       ORDER BY d.key
+       ON CONFLICT (key) DO UPDATE SET
+         hits = CASE WHEN r.window_ends_at <= now() THEN excluded.hits ELSE r.hits + excluded.hits END,
+         window_ends_at = CASE WHEN r.window_ends_at <= now() THEN excluded.window_ends_at ELSE r.window_ends_at END,
+         blocked_until = CASE
+           WHEN r.blocked_until > now() THEN r.blocked_until
+           WHEN (CASE WHEN r.window_ends_at <= now() THEN excluded.hits ELSE r.hits + excluded.hits END) > $4
+             THEN now() + make_interval(secs => $5 / 1000.0)
+         END
+       RETURNING key, hits,
+                 (extract(epoch FROM window_ends_at - now()) * 1000)::int AS window_ms,
+                 coalesce((extract(epoch FROM blocked_until - now()) * 1000)::int, 0) AS blocked_ms`,
+      [entries.map((e) => e.key), entries.map((e) => e.hits), settings.ttl, settings.limit, settings.blockDuration],
+    );
+    return rows.map((r) => ({ key: r.key, hits: r.hits, windowMs: r.window_ms, blockedMs: r.blocked_ms }));
+  }
+
+  /** Drops counters whose window and block are over. Every instance may run it. */
   async prune(): Promise<void> {
     try {
       await sql(
@@ -66,15 +98,5 @@ export class PgThrottlerStorage implements ThrottlerStorage {
     } catch (error) {
       this.logger.error('Pruning rate-limit counters failed', error instanceof Error ? error.stack : String(error));
     }
-  }
-}
-
-@Injectable()
-export class RateLimitPruneTask {
-  constructor(private readonly storage: PgThrottlerStorage) {}
-
-  @Cron(CronExpression.EVERY_10_MINUTES, { name: 'rate-limit-prune', waitForCompletion: true })
-  prune(): Promise<void> {
-    return this.storage.prune();
   }
 }

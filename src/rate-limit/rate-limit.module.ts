@@ -2,11 +2,13 @@ import { Module } from '@nestjs/common';
 import { ConfigService } from '@nestjs/config';
 import { ThrottlerModule } from '@nestjs/throttler';
 import type { AppConfig } from '../config/config';
-import { PgThrottlerStorage, RateLimitPruneTask } from './pg-throttler.storage';
+import { PgThrottlerStorage } from './pg-throttler.storage';
 import { RateLimitGuard } from './rate-limit.guard';
+import { RateLimitPruneTask } from './rate-limit-prune.task';
+import { RateLimitSyncTask } from './rate-limit-sync.task';
 
 /** Holds the storage so ThrottlerModule's async factory can inject it. */
-@Module({ providers: [PgThrottlerStorage, RateLimitPruneTask], exports: [PgThrottlerStorage] })
+@Module({ providers: [PgThrottlerStorage, RateLimitPruneTask, RateLimitSyncTask], exports: [PgThrottlerStorage] })
 class RateLimitStorageModule {}
 
 @Module({
@@ -19,7 +21,7 @@ class RateLimitStorageModule {}
         return {
           throttlers: [{ name: 'default', ttl: 60_000, limit: Math.max(perMinute, 1), blockDuration: 60_000 }],
           storage,
-          // 0 turns the limit off (no counter is written at all).
+          // 0 turns the limit off (nothing is counted, so nothing is synced).
           skipIf: () => perMinute === 0,
         };
       },

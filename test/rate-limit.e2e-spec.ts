@@ -1,0 +1,259 @@
+import { LoggerService } from '@nestjs/common';
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { Client } from 'pg';
+import { sleep } from './helpers/factories';
+import { createTestApp, databaseForThisFile, TestApp } from './helpers/test-app';
+
+/** A request that does no SQL of its own: validation refuses it (400) after the limit counted it. */
+const cheapRequest = (t: TestApp, ip: string) => t.http.post('/api/v1/auth/login').set('X-Forwarded-For', ip).send({});
+
+async function until(what: string, condition: () => Promise<boolean> | boolean, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await condition())) {
+    if (Date.now() > deadline) throw new Error(`gave up waiting: ${what}`);
+    await sleep(20);
+  }
+}
+
+async function dbClient(): Promise<Client> {
+  const client = new Client({ connectionString: await databaseForThisFile() });
+  await client.connect();
+  return client;
+}
+
+async function storedHits(client: Client, ip: string): Promise<number> {
+  const { rows } = await client.query<{ hits: number }>('SELECT hits FROM rate_limits WHERE key = $1', [`default:${ip}`]);
+  return rows[0]?.hits ?? 0;
+}
+
+/** Records every statement that writes to rate_limits (an upsert fires the INSERT trigger once). */
+async function countWrites(client: Client): Promise<{ count(): Promise<number>; remove(): Promise<void> }> {
+  await client.query(`CREATE TABLE rate_limit_writes (op text NOT NULL)`);
+  await client.query(`
+    CREATE FUNCTION record_rate_limit_write() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN INSERT INTO rate_limit_writes VALUES (TG_OP); RETURN NULL; END $$`);
+  await client.query(`
+    CREATE TRIGGER rate_limit_insert_statements AFTER INSERT ON rate_limits
+    FOR EACH STATEMENT EXECUTE FUNCTION record_rate_limit_write()`);
+  await client.query(`
+    CREATE TRIGGER rate_limit_update_statements AFTER UPDATE ON rate_limits
+    FOR EACH STATEMENT WHEN (pg_trigger_depth() = 0) EXECUTE FUNCTION record_rate_limit_write()`);
+  return {
+    // An INSERT ... ON CONFLICT DO UPDATE fires both statement triggers; count statements by their INSERT.
+    count: async () => (await client.query<{ n: number }>(`SELECT count(*)::int AS n FROM rate_limit_writes WHERE op = 'INSERT'`)).rows[0].n,
+    remove: async () => {
+      await client.query('DROP TRIGGER rate_limit_insert_statements ON rate_limits');
+      await client.query('DROP TRIGGER rate_limit_update_statements ON rate_limits');
+      await client.query('DROP FUNCTION record_rate_limit_write()');
+      await client.query('DROP TABLE rate_limit_writes');
+    },
+  };
+}
+
+/** Closes an app once, whether the test got to close it or failed before. */
+function closable(app: TestApp): TestApp {
+  let closing: Promise<void> | undefined;
+  const close = app.close;
+  return { ...app, close: () => (closing ??= close()) };
+}
+
+/** Keeps what the storage logs, to count its lines. */
+class CapturingLogger implements LoggerService {
+  readonly lines: Array<{ level: string; context: unknown; message: string }> = [];
+  log(message: unknown, ...rest: unknown[]) { this.push('log', message, rest); }
+  warn(message: unknown, ...rest: unknown[]) { this.push('warn', message, rest); }
+  error(message: unknown, ...rest: unknown[]) { this.push('error', message, rest); }
+  debug() {}
+  verbose() {}
+  fatal(message: unknown, ...rest: unknown[]) { this.push('fatal', message, rest); }
+  of(context: string) {
+    return this.lines.filter((l) => l.context === context);
+  }
+  private push(level: string, message: unknown, rest: unknown[]) {
+    this.lines.push({ level, context: rest.at(-1), message: String(message) });
+  }
+}
+
+describe('request limit: no database write per request (e2e)', () => {
+  let t: TestApp;
+  let client: Client;
+  let writes: Awaited<ReturnType<typeof countWrites>>;
+  before(async () => {
+    // A sync interval longer than the test: only the flush at shutdown may write.
+    t = closable(await createTestApp({ RATE_LIMIT_PER_MINUTE: '1000', RATE_LIMIT_SYNC_INTERVAL: '60000', TRUST_PROXY: 'true' }));
+    client = await dbClient();
+    writes = await countWrites(client);
+  });
+  after(async () => {
+    await t.close();
+    await writes.remove();
+    await client.end();
+  });
+
+  it('counts 200 requests in memory and writes them in one statement at shutdown', async () => {
+    const ip = '198.51.100.201';
+    for (let i = 0; i < 200; i++) {
+      const res = await cheapRequest(t, ip);
+      assert.equal(res.status, 400);
+      assert.equal(res.headers['x-ratelimit-remaining'], String(1000 - (i + 1)));
+    }
+    assert.equal(await writes.count(), 0);
+    assert.equal(await storedHits(client, ip), 0);
+    await t.close();
+    assert.equal(await writes.count(), 1);
+    assert.equal(await storedHits(client, ip), 200);
+  });
+});
+
+describe('request limit across two instances (e2e)', () => {
+  let a: TestApp;
+  let b: TestApp;
+  let client: Client;
+  const LIMIT = 50;
+  before(async () => {
+    const env = { RATE_LIMIT_PER_MINUTE: String(LIMIT), RATE_LIMIT_SYNC_INTERVAL: '100', TRUST_PROXY: 'true' };
+    a = await createTestApp(env);
+    b = await createTestApp(env);
+    client = await dbClient();
+  });
+  after(async () => {
+    await a.close();
+    await b.close();
+    await client.end();
+  });
+
+  it('admits the limit plus at most one sync interval\'s requests in total, then both refuse', async () => {
+    const ip = '198.51.100.202';
+    // Each round sends PER_ROUND requests to each instance, alternating, then waits until both
+    // have synced them: one sync interval holds 2 × PER_ROUND requests of this IP.
+    const PER_ROUND = 5;
+    let sent = 0;
+    let admitted = 0;
+    for (let round = 0; round < 10; round++) {
+      for (let i = 0; i < 2 * PER_ROUND; i++) {
+        const res = await cheapRequest(i % 2 ? b : a, ip);
+        sent++;
+        if (res.status === 429) continue;
+        assert.equal(res.status, 400);
+        admitted++;
+      }
+      await until('both instances synced', async () => (await storedHits(client, ip)) === sent);
+    }
+    // Each instance alone would admit 50, so 100 without the shared count.
+    assert.ok(admitted >= LIMIT && admitted <= LIMIT + 2 * PER_ROUND, `admitted ${admitted} of ${sent}`);
+    for (const app of [a, b]) {
+      const res = await cheapRequest(app, ip);
+      assert.equal(res.status, 429);
+      const retryAfter = Number(res.headers['retry-after']);
+      assert.ok(retryAfter > 0 && retryAfter <= 60, String(retryAfter));
+    }
+    const [row] = (await client.query('SELECT blocked_until > now() AS blocked FROM rate_limits WHERE key = $1', [`default:${ip}`])).rows;
+    assert.equal(row.blocked, true);
+    // Another client is not affected.
+    assert.equal((await cheapRequest(b, '198.51.100.203')).status, 400);
+  });
+});
+
+describe('request limit: probes are not counted (e2e)', () => {
+  let t: TestApp;
+  before(async () => {
+    t = await createTestApp({ RATE_LIMIT_PER_MINUTE: '5', RATE_LIMIT_SYNC_INTERVAL: '100', TRUST_PROXY: 'true' });
+  });
+  after(async () => {
+    await t.close();
+  });
+
+  it('does not count liveness, readiness or metrics', async () => {
+    const ip = '198.51.100.204';
+    for (let i = 0; i < 20; i++) {
+      for (const path of ['/health/live', '/health/ready', '/metrics']) {
+        const res = await t.http.get(path).set('X-Forwarded-For', ip);
+        assert.equal(res.status, 200, path);
+        assert.equal(res.headers['x-ratelimit-limit'], undefined, path);
+      }
+    }
+    const api = await cheapRequest(t, ip);
+    assert.equal(api.status, 400);
+    assert.equal(api.headers['x-ratelimit-remaining'], '4');
+  });
+});
+
+describe('request limit turned off (e2e)', () => {
+  let off: TestApp;
+  let client: Client;
+  before(async () => {
+    // The only app of this file alive here, so every write the trigger sees would be its own.
+    off = closable(await createTestApp({ RATE_LIMIT_PER_MINUTE: '0', RATE_LIMIT_SYNC_INTERVAL: '100', TRUST_PROXY: 'true' }));
+    client = await dbClient();
+  });
+  after(async () => {
+    await off.close();
+    await client.end();
+  });
+
+  it('RATE_LIMIT_PER_MINUTE=0 counts nothing and syncs nothing', async () => {
+    const ip = '198.51.100.205';
+    const writes = await countWrites(client);
+    try {
+      for (let i = 0; i < 20; i++) {
+        const res = await cheapRequest(off, ip);
+        assert.equal(res.status, 400);
+        assert.equal(res.headers['x-ratelimit-limit'], undefined);
+      }
+      await off.close();
+      assert.equal(await writes.count(), 0);
+      assert.equal(await storedHits(client, ip), 0);
+    } finally {
+      await writes.remove();
+    }
+  });
+});
+
+describe('request limit while PostgreSQL refuses the sync (e2e)', () => {
+  let t: TestApp;
+  let client: Client;
+  const logger = new CapturingLogger();
+  before(async () => {
+    t = await createTestApp({ RATE_LIMIT_PER_MINUTE: '1000', RATE_LIMIT_SYNC_INTERVAL: '100', TRUST_PROXY: 'true' }, { logger });
+    client = await dbClient();
+  });
+  after(async () => {
+    await client.query('ALTER TABLE IF EXISTS rate_limits_away RENAME TO rate_limits');
+    await t.close();
+    await client.end();
+  });
+
+  it('keeps answering and counting, logs one line when the sync fails and one when it works again, and loses no hit', async () => {
+    const ip = '198.51.100.206';
+    const storage = () => logger.of('PgThrottlerStorage');
+    for (let i = 0; i < 10; i++) assert.equal((await cheapRequest(t, ip)).status, 400);
+    await until('first sync', async () => (await storedHits(client, ip)) === 10);
+
+    // Every sync statement fails while the table is away (as when the database is down).
+    await client.query('ALTER TABLE rate_limits RENAME TO rate_limits_away');
+    let sent = 10;
+    for (let round = 0; round < 5; round++) {
+      for (let i = 0; i < 10; i++) {
+        const res = await cheapRequest(t, ip);
+        sent++;
+        assert.equal(res.status, 400);
+        assert.equal(res.headers['x-ratelimit-remaining'], String(1000 - sent));
+      }
+      if (round === 0) await until('the sync fails', () => storage().length > 0);
+      else await sleep(150); // more failing syncs, which must not log again
+    }
+    assert.equal(storage().length, 1, JSON.stringify(storage()));
+    assert.equal(storage()[0].level, 'warn');
+    assert.match(storage()[0].message, /Rate-limit sync with PostgreSQL failed/);
+    assert.doesNotMatch(storage()[0].message, /198\.51\.100/);
+
+    await client.query('ALTER TABLE rate_limits_away RENAME TO rate_limits');
+    await until('sync works again', () => storage().length === 2);
+    assert.equal(storage()[1].level, 'log');
+    assert.match(storage()[1].message, /works again/);
+    await until('the hits counted meanwhile are synced', async () => (await storedHits(client, ip)) === sent);
+    await sleep(300);
+    assert.equal(storage().length, 2);
+  });
+});

@@ -11,6 +11,7 @@ import { SessionGuard } from './auth/session.guard';
 import { AllExceptionsFilter } from './common/all-exceptions.filter';
 import { AppValidationPipe } from './common/validation';
 import type { AppConfig } from './config/config';
+import { LogFlushOnShutdown } from './config/log-flush';
 import { dataSourceOptions } from './database/data-source.options';
 import { runMigrationsLocked } from './database/migrate';
 import { HealthModule } from './health/health.module';
@@ -53,6 +54,7 @@ export class AppModule {
         MetricsModule,
       ],
       providers: [
+        LogFlushOnShutdown,
         { provide: APP_PIPE, useClass: AppValidationPipe },
         { provide: APP_FILTER, useClass: AllExceptionsFilter },
         // Global guards run in this order: count the request first, then authenticate it.

@@ -11,6 +11,7 @@ import { SessionGuard } from './auth/session.guard';
 import { AllExceptionsFilter } from './common/all-exceptions.filter';
 import { AppValidationPipe } from './common/validation';
 import type { AppConfig } from './config/config';
+import { LogFlushOnShutdown } from './config/log-flush';
 import { DatabaseOutageMonitor } from './database/database-outage.monitor';
 import { dataSourceOptions } from './database/data-source.options';
 import { runMigrationsLocked } from './database/migrate';
@@ -55,6 +56,7 @@ export class AppModule {
       ],
       providers: [
         DatabaseOutageMonitor,
+        LogFlushOnShutdown,
         { provide: APP_PIPE, useClass: AppValidationPipe },
         { provide: APP_FILTER, useClass: AllExceptionsFilter },
         // Global guards run in this order: count the request first, then authenticate it.

@@ -26,6 +26,24 @@ describe('HTTP hygiene (e2e)', () => {
     assert.match(res.headers['strict-transport-security'], /max-age=\d+/);
     assert.equal(res.headers['x-frame-options'], 'SAMEORIGIN');
     assert.equal(res.headers['referrer-policy'], 'no-referrer');
+    // helmet 8's full set with our CSP, now resolved once at boot by Nest's useSecurityHeaders().
+    assert.equal(
+      res.headers['content-security-policy'],
+      "default-src 'self';base-uri 'self';font-src 'self' https: data:;form-action 'self';frame-ancestors 'none';img-src 'self' data:;" +
+        "object-src 'none';script-src 'self' 'unsafe-inline';script-src-attr 'none';style-src 'self' 'unsafe-inline';upgrade-insecure-requests",
+    );
+    assert.equal(res.headers['strict-transport-security'], 'max-age=31536000; includeSubDomains');
+    assert.equal(res.headers['cross-origin-opener-policy'], 'same-origin');
+    assert.equal(res.headers['cross-origin-resource-policy'], 'same-origin');
+    assert.equal(res.headers['origin-agent-cluster'], '?1');
+    assert.equal(res.headers['x-dns-prefetch-control'], 'off');
+    assert.equal(res.headers['x-download-options'], 'noopen');
+    assert.equal(res.headers['x-permitted-cross-domain-policies'], 'none');
+    assert.equal(res.headers['x-xss-protection'], '0');
+    const notFound = await t.http.get('/no-such-route');
+    assert.equal(notFound.status, 404);
+    assert.equal(notFound.headers['content-security-policy'], res.headers['content-security-policy']);
+    assert.equal(notFound.headers['x-content-type-options'], 'nosniff');
   });
 
   it('marks token responses Cache-Control: no-store', async () => {
@@ -179,9 +197,13 @@ describe('logs (e2e)', () => {
     };
     const restoreOut = capture(process.stdout);
     const restoreErr = capture(process.stderr);
+    // The JSON logger writes to its own destinations (asynchronous file descriptors in
+    // production); here they are read directly, and stdout/stderr are watched for anything else.
+    const sink = { write: (chunk: string) => void lines.push(...chunk.split('\n').filter(Boolean)) };
     const secrets: string[] = [];
     try {
-      const t = await createTestApp({ LOG_LEVEL: 'verbose', LOG_FORMAT: 'json' }, { logger: createLogger({ LOG_LEVEL: 'verbose', LOG_FORMAT: 'json' }) });
+      const logger = createLogger({ LOG_LEVEL: 'verbose', LOG_FORMAT: 'json' }, { stdout: sink, stderr: sink });
+      const t = await createTestApp({ LOG_LEVEL: 'verbose', LOG_FORMAT: 'json' }, { logger });
       try {
         // HTTP/1.1 itself refuses CR/LF in a header; what gets through must stay inside one event.
         const forgedLine = 'curl/8\t{"level":"error","message":"forged admin login"}';

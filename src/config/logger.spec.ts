@@ -1,6 +1,9 @@
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import { neutraliseControlCharacters, scrubSecrets } from './logger';
+import { redactSecretKeys } from './log-redaction';
+import { createLogger, neutraliseControlCharacters, scrubSecrets } from './logger';
 
 describe('scrubSecrets', () => {
   const jwt = 'eyJhbGciOiJIUzI1NiIsInR5cCI6ImF0K2p3dCJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJlLWJ5dGVzLWhlcmU';
@@ -37,5 +40,100 @@ describe('neutraliseControlCharacters', () => {
     const out = neutraliseControlCharacters('curl\r\n[Nest] 1 - ERROR forged\u2028x\u001b[31m');
     assert.ok(!/[\r\n\u2028\u001b]/.test(out));
     assert.equal(out, 'curl\\u000d\\u000a[Nest] 1 - ERROR forged\\u2028x\\u001b[31m');
+  });
+});
+
+describe('redactSecretKeys', () => {
+  it('masks secret keys at any depth, in any case, in arrays, Maps and error causes, without mutating', () => {
+    const input = {
+      user: { email: 'a@b.c', Password: 'p1' },
+      list: [{ nested: { refreshToken: 'r1' } }],
+      headers: new Map<string, unknown>([['authorization', 'Bearer x'], ['accept', 'json']]),
+      error: Object.assign(new Error('failed with password=p2'), { cause: { token: 't1' } }),
+    };
+    const out = redactSecretKeys(input) as Record<string, any>;
+    const text = JSON.stringify({ ...out, headers: Object.fromEntries(out.headers) });
+    for (const secret of ['p1', 'p2', 'r1', 'Bearer x', 't1']) assert.ok(!text.includes(secret), text);
+    assert.equal(out.user.email, 'a@b.c');
+    assert.equal(out.headers.get('accept'), 'json');
+    assert.equal(out.error.message, 'failed with password="[REDACTED]"');
+    assert.equal(input.user.Password, 'p1');
+    assert.equal(input.list[0].nested.refreshToken, 'r1');
+  });
+
+  it('returns what has nothing to mask as is, and survives cycles', () => {
+    const plain = { a: 1, b: ['x'] };
+    assert.equal(redactSecretKeys(plain), plain);
+    const cyclic: Record<string, unknown> = { secret: 's' };
+    cyclic.self = cyclic;
+    assert.deepEqual(redactSecretKeys(cyclic), { secret: '[REDACTED]', self: '[Circular]' });
+  });
+});
+
+describe('JSON logger', () => {
+  const capture = () => {
+    const out: string[] = [];
+    const err: string[] = [];
+    const sink = (lines: string[]) => ({ write: (chunk: string) => void lines.push(...chunk.split('\n').filter(Boolean)) });
+    return { out, err, destinations: { stdout: sink(out), stderr: sink(err) } };
+  };
+
+  it('writes Nest-shaped JSON lines, masked, at the configured level', () => {
+    const { out, err, destinations } = capture();
+    const logger = createLogger({ LOG_LEVEL: 'log', LOG_FORMAT: 'json' }, destinations);
+    const bcrypt = '$2b$12$' + 'a'.repeat(53);
+    logger.log({ event: 'request', route: '/x', authorization: 'Bearer abc' }, 'HTTP');
+    logger.log(`stored ${bcrypt}`, 'Users');
+    logger.debug!('not at this level', 'Users');
+    logger.error('Unhandled error', `Error: password=hunter2-is-long\n    at f (/app/x.js:1:2)`, 'Filter');
+    logger.fatal!(new Error('boom postgres://app:s3cr3t@db/x'));
+    assert.equal(out.length, 2);
+    const [request, text] = out.map((l) => JSON.parse(l));
+    assert.equal(request.level, 'log');
+    assert.equal(request.context, 'HTTP');
+    assert.equal(request.pid, process.pid);
+    assert.equal(typeof request.timestamp, 'number');
+    assert.deepEqual(request.message, { event: 'request', route: '/x', authorization: '[REDACTED]' });
+    assert.equal(text.message, 'stored [REDACTED_HASH]');
+    assert.equal(err.length, 2);
+    const [error, fatal] = err.map((l) => JSON.parse(l));
+    assert.equal(error.level, 'error');
+    assert.equal(error.context, 'Filter');
+    assert.equal(error.message, 'Unhandled error');
+    assert.match(error.stack, /at f/);
+    assert.ok(!error.stack.includes('hunter2'));
+    assert.equal(fatal.level, 'fatal');
+    assert.ok(!JSON.stringify(fatal).includes('s3cr3t'), err[1]);
+  });
+
+  // The production destinations are asynchronous: nothing may be lost when the process ends.
+  const run = (body: string) =>
+    spawnSync(process.execPath, ['-e', `const { createLogger, flushLogs } = require(${JSON.stringify(join(__dirname, 'logger.js'))});\n${body}`], {
+      encoding: 'utf8',
+      maxBuffer: 64 * 1024 * 1024,
+    });
+  const lines = (text: string) => text.split('\n').filter(Boolean).map((l) => JSON.parse(l));
+
+  it('loses no line on process.exit() or a fatal boot error', () => {
+    const result = run(`
+      const logger = createLogger({ LOG_LEVEL: 'log', LOG_FORMAT: 'json' });
+      for (let i = 0; i < 20000; i++) logger.log({ event: 'request', i }, 'HTTP');
+      logger.fatal('cannot boot', 'Bootstrap');
+      process.exit(1);`);
+    assert.equal(result.status, 1);
+    const out = lines(result.stdout);
+    assert.equal(out.length, 20000);
+    assert.equal(out[19999].message.i, 19999);
+    assert.deepEqual(lines(result.stderr).map((e) => e.message), ['cannot boot']);
+  });
+
+  it('loses no line when the process ends by a re-raised signal after flushLogs()', () => {
+    const result = run(`
+      const logger = createLogger({ LOG_LEVEL: 'log', LOG_FORMAT: 'json' });
+      for (let i = 0; i < 20000; i++) logger.log({ event: 'request', i }, 'HTTP');
+      flushLogs();
+      process.kill(process.pid, 'SIGTERM');`);
+    assert.equal(result.signal, 'SIGTERM');
+    assert.equal(lines(result.stdout).length, 20000);
   });
 });

@@ -10,6 +10,7 @@ import { pathToFileURL } from 'node:url';
 import { promisify } from 'node:util';
 import type { LoggerService } from '@nestjs/common';
 import { Client } from 'pg';
+import { flushLogs } from '../config/json-logger';
 
 export interface EmbeddedDatabase {
   url: string;
@@ -703,6 +704,8 @@ function onShutdownSignal(signal: NodeJS.Signals): void {
   if (process.listenerCount(signal) > 1) return;
   void Promise.allSettled([...running].map((database) => database.stop())).then(() => {
     for (const name of SHUTDOWN_SIGNALS) process.removeListener(name, onShutdownSignal);
+    // The re-raised signal ends the process without an 'exit' event: write the log lines first.
+    flushLogs();
     process.kill(process.pid, signal);
   });
 }

@@ -1,0 +1,119 @@
+/** What never reaches a log line, whichever logger writes it (ASVS 16.2.5). */
+
+// Keys whose values never reach a log, at any depth of a logged object, compared case-insensitively.
+export const SECRET_KEYS = [
+  'password',
+  'currentPassword',
+  'newPassword',
+  'passwordHash',
+  'password_hash',
+  'accessToken',
+  'refreshToken',
+  'refresh_token_hash',
+  'tokenHash',
+  'token',
+  'authorization',
+  'cookie',
+  'secret',
+  'JWT_SECRET',
+  'PASSWORD_PEPPER',
+  'DATABASE_URL',
+];
+
+export const REDACTED = '[REDACTED]';
+
+const SECRET_KEY_SET = new Set(SECRET_KEYS.map((key) => key.toLowerCase()));
+
+// Shapes of secrets inside free text, for what a key-based mask cannot see.
+const SECRET_PATTERNS: Array<[RegExp, string]> = [
+  [/\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*/g, '[REDACTED_JWT]'],
+  [/\b(Bearer|Basic)\s+[^\s"',]+/gi, '$1 [REDACTED]'],
+  [/\$2[abxy]\$\d{2}\$[./A-Za-z0-9]{53}/g, '[REDACTED_HASH]'],
+  [/\b[0-9a-f]{64}\b/gi, '[REDACTED_HEX]'],
+  [/(?<![A-Za-z0-9_-])[A-Za-z0-9_-]{43}(?![A-Za-z0-9_-])/g, '[REDACTED_TOKEN]'],
+  [/(postgres(?:ql)?:\/\/[^:/\s]+:)[^@\s]+@/gi, '$1***@'],
+  [/("?(?:password|currentPassword|newPassword|refreshToken|accessToken|secret)"?\s*[:=]\s*)("[^"]*"|[^\s,}]+)/gi, '$1"[REDACTED]"'],
+];
+
+const CONTROL_CHARACTERS = /[\u0000-\u001f\u007f\u2028\u2029]/g;
+
+/** Masks secrets in free text; what matches a secret's shape is masked even if it was not one. */
+export function scrubSecrets(text: string): string {
+  let out = text;
+  for (const [pattern, replacement] of SECRET_PATTERNS) out = out.replace(pattern, replacement);
+  return out;
+}
+
+/** Line breaks and other control characters would let a user agent or username forge log lines. */
+export function neutraliseControlCharacters(text: string): string {
+  return text.replace(CONTROL_CHARACTERS, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+}
+
+function isOpaque(value: object): boolean {
+  return value instanceof Date || value instanceof RegExp || value instanceof Promise || ArrayBuffer.isView(value) || value instanceof ArrayBuffer;
+}
+
+/**
+ * A copy of `value` with the value of every secret key replaced, at any depth (objects, arrays,
+ * Maps, Sets, errors and their causes). Errors become plain `{name, message, stack}` objects with
+ * their text scrubbed, since JSON would otherwise drop their message and stack. Only what lies
+ * on the way to a change is copied; the input is never mutated. Whatever cannot be walked (a
+ * throwing getter) is masked whole.
+ */
+export function redactSecretKeys(value: unknown): unknown {
+  const ancestors: object[] = [];
+  const visit = (node: unknown): unknown => {
+    if (typeof node !== 'object' || node === null) return node;
+    if (ancestors.includes(node)) return '[Circular]';
+    if (isOpaque(node)) return node;
+    ancestors.push(node);
+    try {
+      if (Array.isArray(node)) {
+        let copy: unknown[] | undefined;
+        for (let i = 0; i < node.length; i++) {
+          const out = visit(node[i]);
+          if (out !== node[i]) (copy ??= node.slice())[i] = out;
+        }
+        return copy ?? node;
+      }
+      if (node instanceof Map) {
+        let changed = false;
+        const entries = [...node].map(([key, entry]) => {
+          const out = typeof key === 'string' && SECRET_KEY_SET.has(key.toLowerCase()) ? REDACTED : visit(entry);
+          changed ||= out !== entry;
+          return [key, out] as const;
+        });
+        return changed ? new Map(entries) : node;
+      }
+      if (node instanceof Set) {
+        const originals = [...node];
+        const values = originals.map(visit);
+        return values.some((out, i) => out !== originals[i]) ? new Set(values) : node;
+      }
+      const source = node as Record<string, unknown>;
+      const keys = Object.keys(source);
+      let copy: Record<string, unknown> | undefined;
+      if (node instanceof Error) {
+        copy = { name: node.name, message: scrubSecrets(node.message) };
+        if (node.stack) copy.stack = scrubSecrets(node.stack);
+        for (const key of ['cause', 'errors']) if (Object.hasOwn(node, key) && !keys.includes(key)) keys.push(key);
+      }
+      for (const key of keys) {
+        const original = source[key];
+        const out = SECRET_KEY_SET.has(key.toLowerCase()) ? REDACTED : visit(original);
+        if (out === original && !copy) continue;
+        copy ??= { ...source };
+        // defineProperty, because an assignment to "__proto__" would call its setter.
+        Object.defineProperty(copy, key, { value: out, enumerable: true, writable: true, configurable: true });
+      }
+      return copy ?? node;
+    } finally {
+      ancestors.pop();
+    }
+  };
+  try {
+    return visit(value);
+  } catch {
+    return REDACTED;
+  }
+}

@@ -18,6 +18,7 @@ export const SECRET_KEYS = [
   'JWT_SECRET',
   'PASSWORD_PEPPER',
   'DATABASE_URL',
+  'DATABASE_LISTEN_URL',
 ];
 
 export const REDACTED = '[REDACTED]';

@@ -61,10 +61,7 @@ export class SessionsCleanupTask implements OnApplicationBootstrap {
    */
   async handleTick(tick?: Date): Promise<CleanupResult | undefined> {
     try {
-      const result = await this.run(tick);
-      if (result.skipped) this.ticks.skipped++;
-      else this.ticks.ran++;
-      return result;
+      return await this.run(tick);
     } catch (error) {
       // An outage is reported by the outage monitor; one line here, not a stack per tick.
       if (isDatabaseUnavailable(error)) this.logger.warn('Session cleanup skipped: the database is unavailable');
@@ -83,9 +80,11 @@ export class SessionsCleanupTask implements OnApplicationBootstrap {
     await runner.connect();
     try {
       const [{ locked }] = await runner.query('SELECT pg_try_advisory_lock($1) AS locked', [CLEANUP_LOCK_KEY]);
-      if (!locked) return { skipped: true, expired: 0, deleted: 0 };
+      if (!locked) return this.skip();
       try {
-        if (tick && !(await this.claimTick(runner, tick))) return { skipped: true, expired: 0, deleted: 0 };
+        if (tick && !(await this.claimTick(runner, tick))) return this.skip();
+        // Counted when claimed, so that the claims recorded in the database and these counts agree.
+        this.ticks.ran++;
         const retention = this.config.get('SESSION_RETENTION', { infer: true });
         const expired = await this.inBatches(() => this.sessions.endExpiredSessions(BATCH_SIZE));
         const deleted = await this.inBatches(() => this.sessions.deleteEndedSessions(retention, BATCH_SIZE));
@@ -97,6 +96,11 @@ export class SessionsCleanupTask implements OnApplicationBootstrap {
     } finally {
       await runner.release();
     }
+  }
+
+  private skip(): CleanupResult {
+    this.ticks.skipped++;
+    return { skipped: true, expired: 0, deleted: 0 };
   }
 
   /** True for the one instance whose conditional upsert records this tick first. */

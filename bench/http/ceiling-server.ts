@@ -1,0 +1,46 @@
+/**
+ * A ceiling of `npm run bench -- http`, forked in its own process so that it shares the event
+ * loop with neither the load generator nor the service. `bare` answers a small JSON body;
+ * `jwt` first verifies the bearer token as the service's JWT strategy does (HS256 with a
+ * KeyObject; algorithm, type, issuer and audience pinned) and answers its claims.
+ * Tells its parent the port over IPC and ends when the parent goes away.
+ */
+import { createSecretKey } from 'node:crypto';
+import { createServer, IncomingMessage, ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import * as jwt from 'jsonwebtoken';
+
+const mode = process.argv[2];
+const okBody = JSON.stringify({ status: 'ok' });
+const unauthorized = JSON.stringify({ statusCode: 401, error: 'Unauthorized', message: 'Unauthorized' });
+
+function send(res: ServerResponse, status: number, body: string): void {
+  res.writeHead(status, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(body) });
+  res.end(body);
+}
+
+function jwtHandler(): (req: IncomingMessage, res: ServerResponse) => void {
+  const key = createSecretKey(Buffer.from(process.env.BENCH_JWT_SECRET ?? '', 'utf8'));
+  const options: jwt.VerifyOptions & { complete: true } = {
+    algorithms: ['HS256'],
+    issuer: process.env.BENCH_JWT_ISSUER,
+    audience: process.env.BENCH_JWT_AUDIENCE,
+    complete: true,
+  };
+  return (req, res) => {
+    const match = /^Bearer ([^\s]+)$/.exec(req.headers.authorization ?? '');
+    try {
+      if (!match) throw new Error('no bearer');
+      const { header, payload } = jwt.verify(match[1], key, options);
+      if (header.typ !== 'at+jwt' || typeof payload === 'string') throw new Error('wrong type');
+      send(res, 200, JSON.stringify({ userId: payload.sub, sessionId: payload.sid }));
+    } catch {
+      send(res, 401, unauthorized);
+    }
+  };
+}
+
+const handler = mode === 'jwt' ? jwtHandler() : (_req: IncomingMessage, res: ServerResponse) => send(res, 200, okBody);
+const server = createServer(handler);
+server.listen(0, '127.0.0.1', () => process.send?.({ port: (server.address() as AddressInfo).port }));
+process.on('disconnect', () => process.exit(0));

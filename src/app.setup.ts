@@ -1,4 +1,4 @@
-import { RequestMethod } from '@nestjs/common';
+import { LoggerService, RequestMethod } from '@nestjs/common';
 import { FastifyAdapter, NestFastifyApplication } from '@nestjs/platform-fastify';
 import { DocumentBuilder, SwaggerModule } from '@nestjs/swagger';
 import { registerRequestHygiene } from './common/request-hygiene';
@@ -29,7 +29,12 @@ export function createFastifyAdapter(config: AppConfig): FastifyAdapter {
 }
 
 /** Everything main.ts and the e2e tests must share, so tests exercise the real app. */
-export async function configureApp(app: NestFastifyApplication, config: AppConfig): Promise<NestFastifyApplication> {
+export async function configureApp(
+  app: NestFastifyApplication,
+  config: AppConfig,
+  // The logger the app was created with: the access log takes its cheap path when it has one.
+  logger?: LoggerService | false,
+): Promise<NestFastifyApplication> {
   // Security headers (nosniff, frame-ancestors, HSTS, no referrer...): helmet 8's set and
   // defaults, resolved once at boot (@fastify/helmet rebuilt them for every request). The CSP
   // admits what the Swagger UI at /docs needs; API responses are JSON and run no scripts anyway.
@@ -46,15 +51,19 @@ export async function configureApp(app: NestFastifyApplication, config: AppConfi
     crossOriginResourcePolicy: { policy: 'same-origin' },
   });
   const origins = parseCorsOrigins(config.CORS_ORIGINS);
-  // Only listed origins get CORS headers; with none listed, browsers allow no cross-origin use.
-  app.enableCors({
-    origin: origins.length ? origins : false,
-    methods: ['GET', 'POST', 'PATCH', 'PUT', 'DELETE'],
-    allowedHeaders: ['Authorization', 'Content-Type'],
-    exposedHeaders: ['Retry-After'],
-    maxAge: 600,
-  });
-  registerRequestHygiene(app.getHttpAdapter().getInstance());
+  // Only listed origins get CORS headers. With none listed there is no CORS plugin at all:
+  // @fastify/cors with `origin: false` adds nothing either (its preflight route answers 404, as
+  // an unknown route does), but it would still run a hook on every request.
+  if (origins.length) {
+    app.enableCors({
+      origin: origins,
+      methods: ['GET', 'POST', 'PATCH', 'PUT', 'DELETE'],
+      allowedHeaders: ['Authorization', 'Content-Type'],
+      exposedHeaders: ['Retry-After'],
+      maxAge: 600,
+    });
+  }
+  registerRequestHygiene(app.getHttpAdapter().getInstance(), logger);
   app.setGlobalPrefix('api/v1', {
     exclude: [
       { path: 'health/live', method: RequestMethod.GET },

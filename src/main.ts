@@ -27,7 +27,7 @@ async function bootstrap(): Promise<void> {
     ...NEST_APP_OPTIONS,
     logger,
   });
-  await configureApp(app, config);
+  await configureApp(app, config, logger);
   await app.listen({ port: config.PORT, host: config.HOST });
   boot.log(`Listening on ${await app.getUrl()} (${embedded ? 'embedded PostgreSQL' : 'PostgreSQL from DATABASE_URL'})`);
 }

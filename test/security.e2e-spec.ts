@@ -63,6 +63,22 @@ describe('HTTP hygiene (e2e)', () => {
     assert.equal(simple.headers['access-control-allow-origin'], undefined);
   });
 
+  it('with no CORS_ORIGINS, answers no origin at all: no CORS header, preflight 404 like an unknown route', async () => {
+    // Same secrets: passport keeps one 'jwt' strategy per process, the last app's.
+    const closed = await createTestApp({ CORS_ORIGINS: '', JWT_SECRET: t.config.JWT_SECRET, PASSWORD_PEPPER: t.config.PASSWORD_PEPPER });
+    try {
+      const preflight = await closed.http.options('/api/v1/auth/login').set('Origin', 'https://app.example.com').set('Access-Control-Request-Method', 'POST');
+      assert.equal(preflight.status, 404);
+      const simple = await closed.http.get('/health/live').set('Origin', 'https://app.example.com');
+      assert.equal(simple.status, 200);
+      for (const res of [preflight, simple]) {
+        assert.deepEqual(Object.keys(res.headers).filter((h) => h.startsWith('access-control-')), []);
+      }
+    } finally {
+      await closed.close();
+    }
+  });
+
   it('refuses TRACE without echoing the request', async () => {
     const res = await t.http.trace('/api/v1/users/me').set('Authorization', 'Bearer secret-looking-value');
     assert.ok(res.status >= 400 && res.status < 500, String(res.status));

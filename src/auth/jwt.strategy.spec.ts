@@ -1,10 +1,11 @@
 import 'reflect-metadata';
-import { describe, it } from 'node:test';
+import { describe, it, mock } from 'node:test';
 import assert from 'node:assert/strict';
 import { createSecretKey, KeyObject, randomUUID } from 'node:crypto';
 import type { ConfigService } from '@nestjs/config';
 import * as jwt from 'jsonwebtoken';
 import type { AppConfig } from '../config/config';
+import { Strategy } from 'passport-jwt';
 import { hasAccessTokenHeader, JwtStrategy } from './jwt.strategy';
 
 const KEY = createSecretKey(Buffer.from('x'.repeat(32)));
@@ -117,17 +118,20 @@ describe('hasAccessTokenHeader', () => {
   }
 });
 
+// validate() sees the request (to remember the verified token); these have none.
+const NO_TOKEN = { headers: {} } as never;
+
 describe('JwtStrategy.validate', () => {
   const strategy = new JwtStrategy(CONFIG, KEY);
   const good = { sub: USER_ID, sid: SESSION_ID, jti: 'f6a1b0c2', iat: 1_700_000_000, exp: 1_700_000_900 };
 
   it('returns {userId, sessionId} for uuid sub and sid with a string jti and numeric iat and exp', () => {
-    assert.deepEqual(strategy.validate(good), { userId: USER_ID, sessionId: SESSION_ID });
+    assert.deepEqual(strategy.validate(NO_TOKEN, good), { userId: USER_ID, sessionId: SESSION_ID });
   });
 
   it('accepts upper-case uuids as they are', () => {
     const sub = USER_ID.toUpperCase();
-    assert.deepEqual(strategy.validate({ ...good, sub }), { userId: sub, sessionId: SESSION_ID });
+    assert.deepEqual(strategy.validate(NO_TOKEN, { ...good, sub }), { userId: sub, sessionId: SESSION_ID });
   });
 
   for (const [name, payload] of [
@@ -148,7 +152,7 @@ describe('JwtStrategy.validate', () => {
     ['an empty payload', {}],
   ] as const) {
     it(`returns false for ${name}`, () => {
-      assert.equal(strategy.validate(payload as Record<string, unknown>), false);
+      assert.equal(strategy.validate(NO_TOKEN, payload as Record<string, unknown>), false);
     });
   }
 });
@@ -242,4 +246,68 @@ describe('JwtStrategy through passport (real verification)', { timeout: 10_000 }
   it('fails for a correctly signed token without exp', async () => {
     await assertRefused(`Bearer ${sign({ exp: undefined })}`);
   });
+});
+
+describe('JwtStrategy remembers verified tokens until exp', () => {
+  const CACHING = {
+    get: (k: string) => ({ JWT_ISSUER: 'sessionary', JWT_AUDIENCE: 'sessionary-api', SESSION_CACHE_MAX: 100 } as Record<string, unknown>)[k],
+  } as unknown as ConfigService<AppConfig, true>;
+
+  /** Counts the signature verifications passport-jwt runs (its verifier is replaceable in tests). */
+  function countVerifications(): { calls: () => number; restore: () => void } {
+    const original = (Strategy as unknown as { JwtVerifier: (...args: unknown[]) => unknown }).JwtVerifier;
+    const spy = mock.fn(original);
+    (Strategy as unknown as { JwtVerifier: unknown }).JwtVerifier = spy;
+    return { calls: () => spy.mock.callCount(), restore: () => ((Strategy as unknown as { JwtVerifier: unknown }).JwtVerifier = original) };
+  }
+
+  it('verifies a token once, then answers its claims without verifying again', async () => {
+    const counter = countVerifications();
+    try {
+      const strategy = new JwtStrategy(CACHING, KEY);
+      const token = sign();
+      for (let i = 0; i < 3; i++) {
+        assert.deepEqual(await authenticate(`Bearer ${token}`, strategy), { kind: 'success', user: { userId: USER_ID, sessionId: SESSION_ID } });
+      }
+      assert.equal(counter.calls(), 1);
+    } finally {
+      counter.restore();
+    }
+  });
+
+  it('refuses a remembered token once its exp has come', async (t) => {
+    const strategy = new JwtStrategy(CACHING, KEY);
+    const exp = Math.floor(Date.now() / 1000) + 30;
+    const token = sign({ exp });
+    assert.equal((await authenticate(`Bearer ${token}`, strategy)).kind, 'success');
+    t.mock.timers.enable({ apis: ['Date'], now: exp * 1000 });
+    await assertRefusedWith(strategy, token, /jwt expired/);
+  });
+
+  it('never lets a forged token ride on a remembered one', async () => {
+    const strategy = new JwtStrategy(CACHING, KEY);
+    const token = sign();
+    assert.equal((await authenticate(`Bearer ${token}`, strategy)).kind, 'success');
+    const [header, payload] = token.split('.');
+    await assertRefusedWith(strategy, `${header}.${payload}.${'A'.repeat(43)}`, /invalid signature/);
+    await assertRefusedWith(strategy, sign({}, { key: OTHER_KEY }), /invalid signature/);
+  });
+
+  it('remembers nothing with SESSION_CACHE_MAX unset or 0', async () => {
+    const counter = countVerifications();
+    try {
+      const strategy = new JwtStrategy(CONFIG, KEY);
+      const token = sign();
+      for (let i = 0; i < 3; i++) assert.equal((await authenticate(`Bearer ${token}`, strategy)).kind, 'success');
+      assert.equal(counter.calls(), 3);
+    } finally {
+      counter.restore();
+    }
+  });
+
+  async function assertRefusedWith(strategy: JwtStrategy, token: string, reason: RegExp): Promise<void> {
+    const outcome = await authenticate(`Bearer ${token}`, strategy);
+    assert.equal(outcome.kind, 'fail');
+    if (outcome.kind === 'fail') assert.match(String(outcome.info), reason);
+  }
 });

@@ -3,6 +3,7 @@ import { ConfigService } from '@nestjs/config';
 import { PassportStrategy } from '@nestjs/passport';
 import type { Request } from 'express';
 import { KeyObject } from 'node:crypto';
+import { LRUCache } from 'lru-cache';
 import { Strategy } from 'passport-jwt';
 import type { AppConfig } from '../config/config';
 import { ACCESS_TOKEN_ALGORITHM, ACCESS_TOKEN_TYPE } from './access-token.service';
@@ -25,12 +26,25 @@ export function bearerToken(request: Request): string | null {
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
+interface VerifiedToken {
+  claims: AccessTokenClaims;
+  expiresAtMs: number;
+}
+
 /**
  * Accepts only `Authorization: Bearer <JWT>` signed with our key, with the pinned algorithm
  * (no `none`, no key confusion), our issuer and audience, unexpired, with `typ: at+jwt`.
+ *
+ * A token that passed every check is remembered until its `exp` (an LRU of
+ * SESSION_CACHE_MAX tokens, off at 0): the same string, signed with the same fixed key, gives
+ * the same verdict, so only the expiry has to be checked again. Verifying the HMAC and parsing
+ * the token was the largest single cost of an authenticated request. Only verified tokens
+ * enter the cache, looked up by their whole text, so a forged token always takes the full path.
  */
 @Injectable()
 export class JwtStrategy extends PassportStrategy(Strategy, 'jwt') {
+  private readonly verified: LRUCache<string, VerifiedToken> | undefined;
+
   constructor(config: ConfigService<AppConfig, true>, @Inject(JWT_KEY) key: KeyObject) {
     super({
       jwtFromRequest: bearerToken,
@@ -43,15 +57,31 @@ export class JwtStrategy extends PassportStrategy(Strategy, 'jwt') {
       issuer: config.get('JWT_ISSUER', { infer: true }),
       audience: config.get('JWT_AUDIENCE', { infer: true }),
       ignoreExpiration: false,
+      passReqToCallback: true,
     });
+    const max = config.get('SESSION_CACHE_MAX', { infer: true }) ?? 0;
+    this.verified = max > 0 ? new LRUCache({ max }) : undefined;
   }
 
-  validate(payload: Record<string, unknown>): AccessTokenClaims | false {
+  /** Passport calls this on a per-request object derived from the strategy. */
+  override authenticate(req: Request, options?: unknown): void {
+    const token = this.verified && bearerToken(req);
+    const known = token ? this.verified!.get(token) : undefined;
+    // jsonwebtoken's rule: expired once the current second reaches exp.
+    if (known && Date.now() < known.expiresAtMs) return this.success(known.claims);
+    (Strategy.prototype.authenticate as (this: unknown, req: Request, options?: unknown) => void).call(this, req, options);
+  }
+
+  validate(req: Request, payload: Record<string, unknown>): AccessTokenClaims | false {
     const { sub, sid } = payload;
     if (typeof sub !== 'string' || typeof sid !== 'string' || !UUID.test(sub) || !UUID.test(sid)) return false;
     // RFC 9068 requires exp; jsonwebtoken checks expiry only when exp is present.
     if (typeof payload.jti !== 'string' || typeof payload.iat !== 'number' || typeof payload.exp !== 'number') return false;
-    return { userId: sub, sessionId: sid };
+    const claims = { userId: sub, sessionId: sid };
+    // Only a token whose not-before has no future to wait for is remembered as it is.
+    const token = this.verified && payload.nbf === undefined ? bearerToken(req) : null;
+    if (token) this.verified!.set(token, { claims, expiresAtMs: payload.exp * 1000 });
+    return claims;
   }
 }
 

@@ -1,4 +1,5 @@
-import { BadRequestException, Logger } from '@nestjs/common';
+import { BadRequestException, Logger, LoggerService } from '@nestjs/common';
+import { type AccessRecord, isAccessLogger, scrubSecrets } from '../config/logger';
 import type { FastifyInstance } from 'fastify';
 import { clientContextOf } from './client-context';
 import { AUTH_CONTEXT_KEY, AuthContext } from './current-auth.decorator';
@@ -41,7 +42,7 @@ export function jsonDepth(value: unknown): number {
  * recurses), and one structured access-log line per request, naming the route template (never
  * the raw URL, which could carry a token) and never a header value but the user agent, escaped.
  */
-export function registerRequestHygiene(fastify: FastifyInstance): void {
+export function registerRequestHygiene(fastify: FastifyInstance, logger?: LoggerService | false): void {
   // JSON only (API.md): Fastify also parses text/plain by default; without a parser it is a 415.
   fastify.removeContentTypeParser('text/plain');
 
@@ -56,11 +57,13 @@ export function registerRequestHygiene(fastify: FastifyInstance): void {
     done();
   });
 
-  const logger = new Logger('HTTP');
+  // Through the app's logger directly when it has the cheap access path; Nest's facade otherwise.
+  const facade = new Logger('HTTP');
+  const writeAccess = isAccessLogger(logger) ? (record: AccessRecord) => logger.access(record) : (record: AccessRecord) => facade.log(record);
   fastify.addHook('onResponse', (request, reply, done) => {
     const { ipAddress, userAgent } = clientContextOf(request);
     const auth = (request as unknown as Record<string, AuthContext | undefined>)[AUTH_CONTEXT_KEY];
-    logger.log({
+    writeAccess({
       event: 'request',
       requestId: request.id,
       method: request.method,
@@ -68,11 +71,26 @@ export function registerRequestHygiene(fastify: FastifyInstance): void {
       status: reply.statusCode,
       ms: Math.round(reply.elapsedTime),
       ip: ipAddress,
-      userAgent,
+      userAgent: userAgent === null ? null : scrubbedUserAgent(userAgent),
       // Who, when the session guard let the request in (ASVS 16.2.1).
       userId: auth?.userId ?? null,
       sessionId: auth?.sessionId ?? null,
     });
     done();
   });
+}
+
+// Clients send the same few user agents over and over: scrub each once (a bounded memo).
+const SCRUBBED_USER_AGENTS = new Map<string, string>();
+const MAX_REMEMBERED_USER_AGENTS = 1000;
+
+/** The user agent with anything shaped like a secret masked (a token pasted into it, say). */
+export function scrubbedUserAgent(userAgent: string): string {
+  let scrubbed = SCRUBBED_USER_AGENTS.get(userAgent);
+  if (scrubbed === undefined) {
+    scrubbed = scrubSecrets(userAgent);
+    if (SCRUBBED_USER_AGENTS.size >= MAX_REMEMBERED_USER_AGENTS) SCRUBBED_USER_AGENTS.clear();
+    SCRUBBED_USER_AGENTS.set(userAgent, scrubbed);
+  }
+  return scrubbed;
 }

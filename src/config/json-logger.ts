@@ -17,6 +17,9 @@ export interface LogDestinations {
 
 type Pino = pino.Logger<LogLevel, boolean>;
 
+/** One access-log event: flat, and built only from values that are safe to log as they are. */
+export type AccessRecord = Record<string, string | number | null>;
+
 const open = new Set<JsonLogger>();
 
 /**
@@ -79,6 +82,14 @@ export class JsonLogger implements LoggerService {
   }
   fatal(message: unknown, ...params: unknown[]): void {
     this.write('fatal', message, params);
+  }
+
+  /**
+   * The per-request access line, on the request path's budget: its fields are fixed, none is
+   * secret (the caller scrubs the user agent), so it skips the argument parsing and the key walk.
+   */
+  access(record: AccessRecord): void {
+    if (this.enabled.has('log')) this.out.log({ context: 'HTTP', message: record });
   }
 
   setLogLevels(levels: LogLevel[]): void {

@@ -1,9 +1,18 @@
 import { ConsoleLogger, LoggerService, LogLevel } from '@nestjs/common';
 import type { Env } from './env.schema';
-import { JsonLogger, type LogDestinations } from './json-logger';
+import { type AccessRecord, JsonLogger, type LogDestinations } from './json-logger';
 import { neutraliseControlCharacters, scrubSecrets, SECRET_KEYS } from './log-redaction';
 
-export { flushLogs } from './json-logger';
+export { flushLogs, type AccessRecord } from './json-logger';
+
+/** A logger with a cheap path for the one access line per request. */
+export interface AccessLogger {
+  access(record: AccessRecord): void;
+}
+
+export function isAccessLogger(logger: unknown): logger is AccessLogger {
+  return typeof (logger as Partial<AccessLogger> | null)?.access === 'function';
+}
 export { neutraliseControlCharacters, scrubSecrets } from './log-redaction';
 
 const ORDER: LogLevel[] = ['fatal', 'error', 'warn', 'log', 'debug', 'verbose'];
@@ -15,7 +24,11 @@ const scrubText = (s: string): string => neutraliseControlCharacters(scrubSecret
  * (secret keys in logged objects, secret shapes in text and stack traces) and control
  * characters escaped, so one event stays one line. It writes synchronously, as Nest does.
  */
-export class AppLogger extends ConsoleLogger {
+export class AppLogger extends ConsoleLogger implements AccessLogger {
+  access(record: AccessRecord): void {
+    this.log(record, 'HTTP');
+  }
+
   protected override printMessages(
     messages: unknown[],
     context?: string,

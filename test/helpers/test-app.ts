@@ -76,7 +76,8 @@ export async function createTestApp(overrides: Record<string, string> = {}, opti
     ...overrides,
   });
   const moduleRef = await Test.createTestingModule({ imports: [AppModule.forRoot(config)] }).compile();
-  const app = await configureApp(moduleRef.createNestApplication<NestFastifyApplication>(createFastifyAdapter(config), { ...NEST_APP_OPTIONS, logger: options.logger ?? false }), config);
+  const logger = options.logger ?? false;
+  const app = await configureApp(moduleRef.createNestApplication<NestFastifyApplication>(createFastifyAdapter(config), { ...NEST_APP_OPTIONS, logger }), config, logger);
   await app.init();
   await app.getHttpAdapter().getInstance().ready();
   return {

@@ -48,7 +48,10 @@ export class SessionsCleanupTask implements OnApplicationBootstrap {
     const job = CronJob.from({
       cronTime: this.config.get('SESSION_CLEANUP_CRON', { infer: true }),
       // The scheduled second names the tick (cron fires within milliseconds of it, on every instance).
-      onTick: () => void this.handleTick(new Date(Math.round(Date.now() / 1000) * 1000)),
+      // Returning the run's promise is what lets waitForCompletion keep ticks from overlapping.
+      onTick: async () => {
+        await this.handleTick(new Date(Math.round(Date.now() / 1000) * 1000));
+      },
       start: true,
       waitForCompletion: true,
     });

@@ -21,6 +21,27 @@ function quantile(samples: number[], q: number): number {
 }
 
 /**
+ * One deployment's settings: instances share their secrets. No session limit: the tests log
+ * one user in over and over, and the sessions under test must not make room.
+ */
+function deploymentEnv(databaseUrl: string, overrides: Record<string, string>): Record<string, string> {
+  return {
+    NODE_ENV: 'test',
+    DATABASE_URL: databaseUrl,
+    JWT_SECRET: randomBytes(48).toString('base64'),
+    PASSWORD_PEPPER: randomBytes(48).toString('base64'),
+    BCRYPT_COST: '4',
+    SESSION_MAX_PER_USER: '0',
+    LOG_LEVEL: 'warn',
+    ...overrides,
+  };
+}
+
+function startThree(env: Record<string, string>): Promise<ServiceProcess[]> {
+  return Promise.all([ServiceProcess.start(env), ServiceProcess.start(env), ServiceProcess.start(env)]);
+}
+
+/**
  * Three real service processes (the built `dist/src/main.js`) on one database: what one
  * instance changes, the others honour at once, without a query per request.
  */
@@ -34,20 +55,13 @@ describe('three instances on one database (e2e, real processes)', () => {
 
   before(async () => {
     url = await databaseForThisFile();
-    env = {
-      NODE_ENV: 'test',
-      DATABASE_URL: url,
-      JWT_SECRET: randomBytes(48).toString('base64'),
-      PASSWORD_PEPPER: randomBytes(48).toString('base64'),
-      BCRYPT_COST: '4',
+    env = deploymentEnv(url, {
       RATE_LIMIT_PER_MINUTE: '0',
       LOGIN_MAX_FAILURES_PER_IP: '1000000',
-      SESSION_MAX_PER_USER: '0',
       SESSION_CLEANUP_CRON: '* * * * * *',
-      LOG_LEVEL: 'warn',
-    };
+    });
     // Booting together: the migrations run once, under the advisory lock.
-    [a, b, c] = await Promise.all([ServiceProcess.start(env), ServiceProcess.start(env), ServiceProcess.start(env)]);
+    [a, b, c] = await startThree(env);
     await Promise.all([a.ready(), b.ready(), c.ready()]);
     db = new Client({ connectionString: url });
     await db.connect();
@@ -222,19 +236,8 @@ describe('three instances through a PostgreSQL restart under load (e2e, own embe
   before(async () => {
     dataDir = mkdtempSync(join(tmpdir(), 'sessionary-multi-outage-'));
     database = await startEmbeddedPostgres({ dataDir: join(dataDir, 'pg'), logger: quiet });
-    const env = {
-      NODE_ENV: 'test',
-      DATABASE_URL: database.url,
-      JWT_SECRET: randomBytes(48).toString('base64'),
-      PASSWORD_PEPPER: randomBytes(48).toString('base64'),
-      BCRYPT_COST: '4',
-      // On, as in production, with room for this test's one client IP.
-      RATE_LIMIT_PER_MINUTE: '1000000',
-      // The load logs the same user in over and over; the session under test must not make room.
-      SESSION_MAX_PER_USER: '0',
-      LOG_LEVEL: 'warn',
-    };
-    services = await Promise.all([ServiceProcess.start(env), ServiceProcess.start(env), ServiceProcess.start(env)]);
+    // The request limit on, as in production, with room for this test's one client IP.
+    services = await startThree(deploymentEnv(database.url, { RATE_LIMIT_PER_MINUTE: '1000000' }));
     await Promise.all(services.map((s) => s.ready()));
   });
 

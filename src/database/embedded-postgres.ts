@@ -605,7 +605,8 @@ async function readPostmasterPid(dataDir: string): Promise<number> {
   return pid;
 }
 
-function findFreePort(): Promise<number> {
+/** A port of 127.0.0.1 that was free a moment ago (the embedded server, and test processes). */
+export function findFreePort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const probe = net.createServer();
     probe.unref();

@@ -23,30 +23,21 @@ export class MetricsService implements OnModuleInit {
     cleanup: SessionsCleanupTask,
   ) {
     collectDefaultMetrics({ register: this.registry });
-    new Gauge({
-      name: 'sessionary_session_cache_listening',
-      help: '1 while the session cache is kept exact by LISTEN/NOTIFY; 0: every check reads the database',
-      registers: [this.registry],
-      collect() {
-        this.set(sessions.cacheState().listening ? 1 : 0);
-      },
-    });
-    new Gauge({
-      name: 'sessionary_session_cache_entries',
-      help: 'Sessions held by this instance',
-      registers: [this.registry],
-      collect() {
-        this.set(sessions.cacheState().size);
-      },
-    });
-    new Gauge({
-      name: 'sessionary_session_activity_pending',
-      help: 'Sessions whose activity waits for the next batched write',
-      registers: [this.registry],
-      collect() {
-        this.set(sessions.cacheState().pendingActivity);
-      },
-    });
+    // Read when scraped: the sessions service keeps the numbers, this only exposes them.
+    const gauge = (name: string, help: string, read: () => number) =>
+      new Gauge({
+        name,
+        help,
+        registers: [this.registry],
+        collect() {
+          this.set(read());
+        },
+      });
+    gauge('sessionary_session_cache_listening', '1 while the session cache is kept exact by LISTEN/NOTIFY; 0: every check reads the database', () =>
+      sessions.cacheState().listening ? 1 : 0,
+    );
+    gauge('sessionary_session_cache_entries', 'Sessions held by this instance', () => sessions.cacheState().size);
+    gauge('sessionary_session_activity_pending', 'Sessions whose activity waits for the next batched write', () => sessions.cacheState().pendingActivity);
     new Counter({
       name: 'sessionary_session_cleanup_ticks_total',
       help: 'Cleanup ticks this instance ran, or skipped because another instance had the lock or the tick',

@@ -1,19 +1,9 @@
 import { ChildProcess, spawn } from 'node:child_process';
-import net from 'node:net';
 import { join } from 'node:path';
+import { findFreePort } from '../../src/database/embedded-postgres';
 import { sleep } from './factories';
 
 const MAIN = join(__dirname, '..', '..', 'src', 'main.js');
-
-export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const probe = net.createServer().listen(0, '127.0.0.1', () => {
-      const { port } = probe.address() as net.AddressInfo;
-      probe.close(() => resolve(port));
-    });
-    probe.on('error', reject);
-  });
-}
 
 /**
  * The built service (`dist/src/main.js`, what `npm start` runs) as a child process on
@@ -31,7 +21,7 @@ export class ServiceProcess {
   }
 
   static async start(env: Record<string, string>): Promise<ServiceProcess> {
-    const port = await freePort();
+    const port = await findFreePort();
     const child = spawn(process.execPath, [MAIN], {
       env: { PATH: process.env.PATH ?? '', HOST: '127.0.0.1', PORT: String(port), ...env },
       stdio: ['ignore', 'pipe', 'pipe'],

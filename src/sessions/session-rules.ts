@@ -25,7 +25,12 @@ export function judgeSession(s: SessionState, touchIntervalMs: number): SessionV
   if (s.now >= s.idleExpiresAt || s.now >= s.absoluteExpiresAt) {
     return { status: 'expired', reason: expiryReason(s.idleExpiresAt, s.absoluteExpiresAt) };
   }
-  return { status: 'active', touch: s.now.getTime() - s.lastSeenAt.getTime() >= touchIntervalMs };
+  return { status: 'active', touch: activityDue(s.lastSeenAt.getTime(), s.now.getTime(), touchIntervalMs) };
+}
+
+/** Activity is worth writing once the last write is a touch interval old. */
+export function activityDue(lastSeenAt: number, now: number, touchIntervalMs: number): boolean {
+  return now - lastSeenAt >= touchIntervalMs;
 }
 
 /** The idle deadline is capped at the absolute one; when they meet, the absolute one ended it. */

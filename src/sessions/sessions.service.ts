@@ -20,7 +20,7 @@ import { generateRefreshToken, hashRefreshToken, looksLikeRefreshToken } from '.
 import { ActivityWrite, SessionActivityBuffer } from './session-activity';
 import { CachedSession, SessionCache } from './session-cache';
 import { SessionChangeListener } from './session-change-listener';
-import { judgeCachedSession, judgeSession, touchIntervalMs } from './session-rules';
+import { activityDue, judgeCachedSession, judgeSession, touchIntervalMs } from './session-rules';
 import { SessionEndReason, SessionEntity } from './session.entity';
 
 /** A session with the refresh token that was just issued for it (shown to the client once). */
@@ -231,7 +231,7 @@ export class SessionsService implements OnApplicationBootstrap, OnModuleDestroy 
    */
   private noteActivity(sessionId: string, session: CachedSession, now: number): void {
     const urgent = session.idleExpiresAt - now < this.touchIntervalMs + DEADLINE_MARGIN_MS * 2;
-    if (urgent || now - session.lastSeenAt >= this.touchIntervalMs) this.activity.record(sessionId, now, urgent);
+    if (urgent || activityDue(session.lastSeenAt, now, this.touchIntervalMs)) this.activity.record(sessionId, now, urgent);
   }
 
   /** This instance's own activity writes moved deadlines later: the cache follows (no NOTIFY is sent for that). */

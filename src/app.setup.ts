@@ -2,9 +2,13 @@ import { LoggerService, RequestMethod } from '@nestjs/common';
 import { FastifyAdapter, NestFastifyApplication } from '@nestjs/platform-fastify';
 import { DocumentBuilder, SwaggerModule } from '@nestjs/swagger';
 import { registerRequestHygiene } from './common/request-hygiene';
+import { registerSecurityHeaders } from './common/security-headers';
 import { documentServiceUnavailable } from './common/service-unavailable.swagger';
 import type { AppConfig } from './config/config';
 import { parseCorsOrigins, parseTrustProxy } from './config/env.schema';
+
+/** Where the Swagger UI lives (and its document, at `docs-json`). */
+export const DOCS_PATH = 'docs';
 
 /** API.md: request bodies over 16 KiB are refused with 413. */
 export const BODY_LIMIT_BYTES = 16 * 1024;
@@ -35,21 +39,9 @@ export async function configureApp(
   // The logger the app was created with: the access log takes its cheap path when it has one.
   logger?: LoggerService | false,
 ): Promise<NestFastifyApplication> {
-  // Security headers (nosniff, frame-ancestors, HSTS, no referrer...): helmet 8's set and
-  // defaults, resolved once at boot (@fastify/helmet rebuilt them for every request). The CSP
-  // admits what the Swagger UI at /docs needs; API responses are JSON and run no scripts anyway.
-  app.useSecurityHeaders({
-    contentSecurityPolicy: {
-      directives: {
-        defaultSrc: [`'self'`],
-        scriptSrc: [`'self'`, `'unsafe-inline'`],
-        styleSrc: [`'self'`, `'unsafe-inline'`],
-        imgSrc: [`'self'`, 'data:'],
-        frameAncestors: [`'none'`],
-      },
-    },
-    crossOriginResourcePolicy: { policy: 'same-origin' },
-  });
+  // Security headers, resolved once at boot: OWASP's REST set on the JSON answers, helmet 8's
+  // full set on the Swagger UI's pages (src/common/security-headers.ts).
+  registerSecurityHeaders(app.getHttpAdapter().getInstance(), `/${DOCS_PATH}`);
   const origins = parseCorsOrigins(config.CORS_ORIGINS);
   // Only listed origins get CORS headers. With none listed there is no CORS plugin at all:
   // @fastify/cors with `origin: false` adds nothing either (its preflight route answers 404, as
@@ -81,7 +73,7 @@ export async function configureApp(
       .build(),
   );
   documentServiceUnavailable(document);
-  SwaggerModule.setup('docs', app, document, { jsonDocumentUrl: 'docs-json' });
+  SwaggerModule.setup(DOCS_PATH, app, document, { jsonDocumentUrl: `${DOCS_PATH}-json` });
   app.enableShutdownHooks();
   return app;
 }

@@ -18,21 +18,48 @@ describe('HTTP hygiene (e2e)', () => {
     await t.close();
   });
 
-  it('sends security headers and no X-Powered-By', async () => {
-    const res = await t.http.get('/health/live');
-    assert.equal(res.headers['x-content-type-options'], 'nosniff');
-    assert.equal(res.headers['x-powered-by'], undefined);
-    assert.match(res.headers['content-security-policy'], /frame-ancestors 'none'/);
-    assert.match(res.headers['strict-transport-security'], /max-age=\d+/);
-    assert.equal(res.headers['x-frame-options'], 'SAMEORIGIN');
-    assert.equal(res.headers['referrer-policy'], 'no-referrer');
-    // helmet 8's full set with our CSP, now resolved once at boot by Nest's useSecurityHeaders().
+  it('sends the REST security headers on every JSON answer, errors included, and no X-Powered-By', async () => {
+    const answers = [
+      await t.http.get('/health/live'),
+      await t.http.get('/no-such-route'),
+      await t.http.get('/api/v1/users/me'),
+      await t.http.post('/api/v1/auth/login').set('content-type', 'text/plain').send('x'),
+      await t.http.post('/api/v1/auth/login').set('content-type', 'application/json').send(JSON.stringify({ pad: 'x'.repeat(20_000) })),
+    ];
+    assert.deepEqual(
+      answers.map((res) => res.status),
+      [200, 404, 401, 415, 413],
+    );
+    for (const [i, res] of answers.entries()) {
+      const what = `answer ${i} (${res.status})`;
+      // OWASP REST Security Cheat Sheet: a JSON answer loads nothing and is never framed.
+      assert.equal(res.headers['content-security-policy'], "default-src 'none';frame-ancestors 'none'", what);
+      assert.equal(res.headers['strict-transport-security'], 'max-age=31536000; includeSubDomains', what);
+      assert.equal(res.headers['x-content-type-options'], 'nosniff', what);
+      assert.equal(res.headers['x-frame-options'], 'DENY', what);
+      assert.equal(res.headers['referrer-policy'], 'no-referrer', what);
+      assert.equal(res.headers['cross-origin-resource-policy'], 'same-origin', what);
+      assert.equal(res.headers['x-powered-by'], undefined, what);
+      // Helmet's page-only headers are not sent with JSON.
+      for (const pageOnly of ['x-xss-protection', 'x-download-options', 'origin-agent-cluster', 'x-dns-prefetch-control', 'x-permitted-cross-domain-policies']) {
+        assert.equal(res.headers[pageOnly], undefined, `${what}: ${pageOnly}`);
+      }
+    }
+  });
+
+  it("sends helmet 8's full set on the Swagger UI, with a CSP that admits the UI", async () => {
+    const res = await t.http.get('/docs');
+    assert.equal(res.status, 200);
+    assert.match(res.headers['content-type'], /text\/html/);
     assert.equal(
       res.headers['content-security-policy'],
       "default-src 'self';base-uri 'self';font-src 'self' https: data:;form-action 'self';frame-ancestors 'none';img-src 'self' data:;" +
         "object-src 'none';script-src 'self' 'unsafe-inline';script-src-attr 'none';style-src 'self' 'unsafe-inline';upgrade-insecure-requests",
     );
     assert.equal(res.headers['strict-transport-security'], 'max-age=31536000; includeSubDomains');
+    assert.equal(res.headers['x-content-type-options'], 'nosniff');
+    assert.equal(res.headers['x-frame-options'], 'SAMEORIGIN');
+    assert.equal(res.headers['referrer-policy'], 'no-referrer');
     assert.equal(res.headers['cross-origin-opener-policy'], 'same-origin');
     assert.equal(res.headers['cross-origin-resource-policy'], 'same-origin');
     assert.equal(res.headers['origin-agent-cluster'], '?1');
@@ -40,10 +67,7 @@ describe('HTTP hygiene (e2e)', () => {
     assert.equal(res.headers['x-download-options'], 'noopen');
     assert.equal(res.headers['x-permitted-cross-domain-policies'], 'none');
     assert.equal(res.headers['x-xss-protection'], '0');
-    const notFound = await t.http.get('/no-such-route');
-    assert.equal(notFound.status, 404);
-    assert.equal(notFound.headers['content-security-policy'], res.headers['content-security-policy']);
-    assert.equal(notFound.headers['x-content-type-options'], 'nosniff');
+    assert.equal(res.headers['x-powered-by'], undefined);
   });
 
   it('marks token responses Cache-Control: no-store', async () => {

@@ -63,12 +63,21 @@ export class JwtStrategy extends PassportStrategy(Strategy, 'jwt') {
     this.verified = max > 0 ? new LRUCache({ max }) : undefined;
   }
 
-  /** Passport calls this on a per-request object derived from the strategy. */
-  override authenticate(req: Request, options?: unknown): void {
+  /**
+   * The claims of the request's bearer token when this strategy has verified that very token
+   * before and it has not expired since; undefined when it must be verified in full.
+   */
+  rememberedClaims(req: Request): AccessTokenClaims | undefined {
     const token = this.verified && bearerToken(req);
     const known = token ? this.verified!.get(token) : undefined;
     // jsonwebtoken's rule: expired once the current second reaches exp.
-    if (known && Date.now() < known.expiresAtMs) return this.success(known.claims);
+    return known && Date.now() < known.expiresAtMs ? known.claims : undefined;
+  }
+
+  /** Passport calls this on a per-request object derived from the strategy. */
+  override authenticate(req: Request, options?: unknown): void {
+    const known = this.rememberedClaims(req);
+    if (known) return this.success(known);
     (Strategy.prototype.authenticate as (this: unknown, req: Request, options?: unknown) => void).call(this, req, options);
   }
 

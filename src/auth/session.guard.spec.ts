@@ -35,6 +35,9 @@ class PublicController {
 
 type Request = Record<string, unknown>;
 
+/** A strategy that has verified no token before: every request goes through the JWT guard. */
+const NOTHING_REMEMBERED = { rememberedClaims: () => undefined } as unknown as JwtStrategy;
+
 function contextFor(request: Request, handler: () => void, cls: abstract new (...args: never[]) => unknown): ExecutionContext {
   const http = { getRequest: () => request, getResponse: () => ({}), getNext: () => undefined };
   return {
@@ -71,7 +74,7 @@ describe('SessionGuard', () => {
       }),
     };
     sessions = { validateSession: mock.fn(async () => auth) };
-    guard = new SessionGuard(new Reflector(), jwtGuard as unknown as JwtAuthGuard, sessions as unknown as SessionsService);
+    guard = new SessionGuard(new Reflector(), jwtGuard as unknown as JwtAuthGuard, NOTHING_REMEMBERED, sessions as unknown as SessionsService);
   });
 
   it('lets a @Public() handler through without calling the JWT guard or the session service', async () => {
@@ -154,8 +157,8 @@ describe('SessionGuard with the real JwtAuthGuard and JwtStrategy', { timeout: 1
   const config = {
     get: (k: string) => ({ JWT_ISSUER: 'sessionary', JWT_AUDIENCE: 'sessionary-api' } as Record<string, string>)[k],
   } as unknown as ConfigService<AppConfig, true>;
-  // Registers itself with passport under 'jwt', as the AuthModule would.
-  new JwtStrategy(config, key);
+  // Registers itself with passport under 'jwt', as the AuthModule would; it remembers no token.
+  const strategy = new JwtStrategy(config, key);
 
   const userId = randomUUID();
   const sessionId = randomUUID();
@@ -172,7 +175,7 @@ describe('SessionGuard with the real JwtAuthGuard and JwtStrategy', { timeout: 1
 
   beforeEach(() => {
     sessions = { validateSession: mock.fn(async () => auth) };
-    guard = new SessionGuard(new Reflector(), new JwtAuthGuard(), sessions as unknown as SessionsService);
+    guard = new SessionGuard(new Reflector(), new JwtAuthGuard(), strategy, sessions as unknown as SessionsService);
   });
 
   it('accepts a valid access token and hands its claims to the session service', async () => {
@@ -202,5 +205,62 @@ describe('SessionGuard with the real JwtAuthGuard and JwtStrategy', { timeout: 1
     const request: Request = { headers: { authorization: `Bearer ${other}` } };
     await assert.rejects(guard.canActivate(contextFor(request, PrivateController.prototype.list, PrivateController)), isUnauthorized);
     assert.equal(sessions.validateSession.mock.callCount(), 0);
+  });
+});
+
+describe('SessionGuard with a strategy that remembers verified tokens', { timeout: 10_000 }, () => {
+  const key = createSecretKey(Buffer.from('z'.repeat(32)));
+  const settings: Record<string, unknown> = { JWT_ISSUER: 'sessionary', JWT_AUDIENCE: 'sessionary-api', SESSION_CACHE_MAX: 10 };
+  const config = { get: (k: string) => settings[k] } as unknown as ConfigService<AppConfig, true>;
+  const userId = randomUUID();
+  const sessionId = randomUUID();
+  const auth: AuthContext = { userId, sessionId, role: 'user' as AuthContext['role'], expiresAt: new Date(), absoluteExpiresAt: new Date() };
+
+  let strategy: JwtStrategy;
+  let jwtGuard: JwtAuthGuard;
+  let sessions: { validateSession: ReturnType<typeof mock.fn<(sid: string, uid: string) => Promise<AuthContext>>> };
+  let guard: SessionGuard;
+
+  beforeEach(() => {
+    // Created here, not when the suite is declared: passport keeps one 'jwt' strategy per process.
+    strategy = new JwtStrategy(config, key);
+    jwtGuard = new JwtAuthGuard();
+    mock.method(jwtGuard, 'canActivate');
+    sessions = { validateSession: mock.fn(async () => auth) };
+    guard = new SessionGuard(new Reflector(), jwtGuard, strategy, sessions as unknown as SessionsService);
+  });
+
+  function token(signKey = key): string {
+    const now = Math.floor(Date.now() / 1000);
+    const payload = { sub: userId, sid: sessionId, jti: randomUUID(), iss: 'sessionary', aud: 'sessionary-api', iat: now, exp: now + 60 };
+    return jwt.sign(payload, signKey, { algorithm: 'HS256', header: { alg: 'HS256', typ: 'at+jwt' } });
+  }
+  const calls = () => (jwtGuard.canActivate as unknown as { mock: { callCount(): number } }).mock.callCount();
+  const check = (request: Request) => guard.canActivate(contextFor(request, PrivateController.prototype.list, PrivateController));
+
+  it('verifies a token through passport once, then accepts it again without passport, still asking the session service', async () => {
+    const bearer = `Bearer ${token()}`;
+    await check({ headers: { authorization: bearer } });
+    assert.equal(calls(), 1);
+    const again: Request = { headers: { authorization: bearer } };
+    assert.equal(await check(again), true);
+    assert.equal(calls(), 1, 'the remembered token did not go through passport again');
+    assert.deepEqual(again.user, { userId, sessionId });
+    assert.equal(again.auth, auth);
+    assert.equal(sessions.validateSession.mock.callCount(), 2, 'the session is checked on every request');
+    assert.deepEqual(sessions.validateSession.mock.calls[1].arguments, [sessionId, userId]);
+  });
+
+  it('still refuses a token of another key after a valid one was remembered, and a refused session stays refused', async () => {
+    const bearer = `Bearer ${token()}`;
+    await check({ headers: { authorization: bearer } });
+    await assert.rejects(check({ headers: { authorization: `Bearer ${token(createSecretKey(Buffer.from('w'.repeat(32))))}` } }), isUnauthorized);
+    assert.equal(calls(), 2, 'the forged token went through passport');
+    sessions.validateSession.mock.mockImplementation(async () => {
+      throw new UnauthorizedException('Session is not active');
+    });
+    const request: Request = { headers: { authorization: bearer } };
+    await assert.rejects(check(request), isUnauthorized);
+    assert.equal(request.auth, undefined);
   });
 });

@@ -4,7 +4,9 @@ import { AUTH_CONTEXT_KEY } from '../common/current-auth.decorator';
 import { IS_PUBLIC_KEY } from '../common/public.decorator';
 import { SessionsService } from '../sessions/sessions.service';
 import { JwtAuthGuard } from './jwt-auth.guard';
-import type { AccessTokenClaims } from './jwt.strategy';
+import { type AccessTokenClaims, JwtStrategy } from './jwt.strategy';
+import { MemoizedReflector } from '../common/memoized-reflector';
+import type { Request } from 'express';
 
 /**
  * The single global guard: every route needs a valid access token AND an active session,
@@ -13,17 +15,27 @@ import type { AccessTokenClaims } from './jwt.strategy';
  */
 @Injectable()
 export class SessionGuard implements CanActivate {
+  private readonly reflector: Reflector;
+
   constructor(
-    private readonly reflector: Reflector,
+    reflector: Reflector,
     private readonly jwtGuard: JwtAuthGuard,
+    private readonly jwtStrategy: JwtStrategy,
     private readonly sessions: SessionsService,
-  ) {}
+  ) {
+    this.reflector = new MemoizedReflector(reflector);
+  }
 
   async canActivate(context: ExecutionContext): Promise<boolean> {
     const isPublic = this.reflector.getAllAndOverride<boolean>(IS_PUBLIC_KEY, [context.getHandler(), context.getClass()]);
     if (isPublic) return true;
-    await this.jwtGuard.canActivate(context); // throws 401 on any token problem
-    const request = context.switchToHttp().getRequest<Record<string, unknown>>();
+    const request = context.switchToHttp().getRequest<Request & Record<string, unknown>>();
+    // A token the strategy has already verified skips passport's per-request machinery (a
+    // closure, a derived strategy object and a promise each time); any other token, forged
+    // ones included, goes through passport and the full verification.
+    const remembered = this.jwtStrategy.rememberedClaims(request);
+    if (remembered) request.user = remembered;
+    else await this.jwtGuard.canActivate(context); // throws 401 on any token problem
     const claims = request.user as AccessTokenClaims;
     request[AUTH_CONTEXT_KEY] = await this.sessions.validateSession(claims.sessionId, claims.userId);
     return true;

@@ -86,10 +86,15 @@ export class JsonLogger implements LoggerService {
 
   /**
    * The per-request access line, on the request path's budget: its fields are fixed, none is
-   * secret (the caller scrubs the user agent), so it skips the argument parsing and the key walk.
+   * secret (the caller scrubs the user agent), so it skips the argument parsing, the masking
+   * walk and pino's serializer.
    */
   access(record: AccessRecord): void {
-    if (this.enabled.has('log')) this.out.log({ context: 'HTTP', message: record });
+    if (!this.enabled.has('log')) return;
+    // The same line, key order included, as `log(record, 'HTTP')` gives through pino; built by
+    // the native JSON.stringify (a flat record of strings, numbers and nulls), which costs a
+    // fraction of pino's per-key walk, and handed to the same destination, so lines keep their order.
+    this.destinations.stdout.write(`{"level":"log","timestamp":${Date.now()},"pid":${process.pid},"context":"HTTP","message":${JSON.stringify(record)}}\n`);
   }
 
   setLogLevels(levels: LogLevel[]): void {

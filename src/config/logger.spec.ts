@@ -3,7 +3,8 @@ import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { redactSecretKeys } from './log-redaction';
-import { createLogger, neutraliseControlCharacters, scrubSecrets } from './logger';
+import type { LoggerService } from '@nestjs/common';
+import { type AccessLogger, createLogger, neutraliseControlCharacters, scrubSecrets } from './logger';
 
 describe('scrubSecrets', () => {
   const jwt = 'eyJhbGciOiJIUzI1NiIsInR5cCI6ImF0K2p3dCJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJlLWJ5dGVzLWhlcmU';
@@ -104,6 +105,28 @@ describe('JSON logger', () => {
     assert.ok(!error.stack.includes('hunter2'));
     assert.equal(fatal.level, 'fatal');
     assert.ok(!JSON.stringify(fatal).includes('s3cr3t'), err[1]);
+  });
+
+  it('writes the access line exactly as log(record, "HTTP") would, one valid line whatever the user agent', () => {
+    const { out, destinations } = capture();
+    const logger = createLogger({ LOG_LEVEL: 'log', LOG_FORMAT: 'json' }, destinations) as LoggerService & AccessLogger;
+    const record = { event: 'request', requestId: 'req-1', method: 'GET', route: '/x', status: 200, ms: 1, ip: '127.0.0.1', userAgent: 'a "quoted"\n\u2028 agent\\', userId: null };
+    logger.access(record);
+    logger.log(record, 'HTTP');
+    assert.equal(out.length, 2);
+    const [fast, slow] = out.map((l) => JSON.parse(l));
+    assert.deepEqual(fast.message, record);
+    // Same keys in the same order, same values but the moment.
+    assert.deepEqual(Object.keys(fast), Object.keys(slow));
+    assert.deepEqual({ ...fast, timestamp: 0 }, { ...slow, timestamp: 0 });
+    assert.ok(Math.abs(fast.timestamp - slow.timestamp) < 1000);
+  });
+
+  it('writes no access line below the log level', () => {
+    const { out, destinations } = capture();
+    const logger = createLogger({ LOG_LEVEL: 'warn', LOG_FORMAT: 'json' }, destinations) as LoggerService & AccessLogger;
+    logger.access({ event: 'request' });
+    assert.deepEqual(out, []);
   });
 
   // The production destinations are asynchronous: nothing may be lost when the process ends.

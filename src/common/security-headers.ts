@@ -1,0 +1,69 @@
+import type { SecurityHeadersOptions } from '@nestjs/common';
+import { resolveSecurityHeaders } from '@nestjs/core/security/security-headers';
+import type { FastifyInstance } from 'fastify';
+
+/**
+ * Headers for the API's answers, which are JSON and never rendered as a page: OWASP's REST
+ * Security Cheat Sheet set. The CSP forbids every resource and any framing; HSTS, nosniff,
+ * no referrer, DENY for older browsers that ignore frame-ancestors, same-origin resources.
+ * Helmet's page-only headers (X-XSS-Protection, X-Download-Options, Origin-Agent-Cluster,
+ * X-DNS-Prefetch-Control, X-Permitted-Cross-Domain-Policies, Cross-Origin-Opener-Policy) mean
+ * nothing for a JSON body, and every header is parsed and validated by Node on every answer.
+ */
+export const API_SECURITY_HEADERS: SecurityHeadersOptions = {
+  contentSecurityPolicy: { useDefaults: false, directives: { defaultSrc: [`'none'`], frameAncestors: [`'none'`] } },
+  crossOriginOpenerPolicy: false,
+  crossOriginResourcePolicy: { policy: 'same-origin' },
+  originAgentCluster: false,
+  referrerPolicy: { policy: 'no-referrer' },
+  strictTransportSecurity: { maxAge: 31_536_000, includeSubDomains: true },
+  xContentTypeOptions: true,
+  xDnsPrefetchControl: false,
+  xDownloadOptions: false,
+  xFrameOptions: { action: 'deny' },
+  xPermittedCrossDomainPolicies: false,
+  xXssProtection: false,
+};
+
+/**
+ * Headers for the Swagger UI pages under /docs: helmet 8's full set and defaults, with a CSP
+ * that admits the UI's own inline scripts and styles.
+ */
+export const PAGE_SECURITY_HEADERS: SecurityHeadersOptions = {
+  contentSecurityPolicy: {
+    directives: {
+      defaultSrc: [`'self'`],
+      scriptSrc: [`'self'`, `'unsafe-inline'`],
+      styleSrc: [`'self'`, `'unsafe-inline'`],
+      imgSrc: [`'self'`, 'data:'],
+      frameAncestors: [`'none'`],
+    },
+  },
+  crossOriginResourcePolicy: { policy: 'same-origin' },
+};
+
+function headersOf(options: SecurityHeadersOptions): Record<string, string> {
+  const { headers, removeHeaders } = resolveSecurityHeaders(options);
+  // Nest would remove X-Powered-By, which Fastify never sends; anything else needs handling here.
+  const unexpected = removeHeaders.filter((name) => name.toLowerCase() !== 'x-powered-by');
+  if (unexpected.length) throw new Error(`security headers to remove are not supported: ${unexpected.join(', ')}`);
+  return Object.fromEntries(headers);
+}
+
+/**
+ * Sets the security headers of every answer, resolved and validated once at boot by the
+ * function behind Nest's `app.useSecurityHeaders()`: the page set under `pagePrefix`, the API
+ * set everywhere else (404s included). They go on Fastify's reply, not on the Node response
+ * as Nest's hook does: there they are written with the rest in one `writeHead`, where
+ * `setHeader` on the raw response sends every answer down Node's slower header path. An
+ * `onRequest` hook runs before the body is read, so refused bodies and errors carry them too.
+ */
+export function registerSecurityHeaders(fastify: FastifyInstance, pagePrefix: string): void {
+  const api = headersOf(API_SECURITY_HEADERS);
+  const page = headersOf(PAGE_SECURITY_HEADERS);
+  fastify.addHook('onRequest', (request, reply, done) => {
+    // The route template, never the raw URL: `/docs/../x` does not get the page set by its spelling.
+    reply.headers(request.routeOptions.url?.startsWith(pagePrefix) ? page : api);
+    done();
+  });
+}

@@ -1,5 +1,6 @@
 import { ApiProperty } from '@nestjs/swagger';
 import type { AuthContext } from '../../common/current-auth.decorator';
+import { isoTime } from '../../common/iso-time';
 import type { UserRole } from '../../users/user.entity';
 
 /** GET /auth/session: who the bearer is, for services that check a token on every request. */
@@ -17,8 +18,8 @@ export class SessionInfoResponseDto {
       userId: auth.userId,
       sessionId: auth.sessionId,
       role: auth.role,
-      expiresAt: auth.expiresAt.toISOString(),
-      absoluteExpiresAt: auth.absoluteExpiresAt.toISOString(),
+      expiresAt: isoTime(auth.expiresAt),
+      absoluteExpiresAt: isoTime(auth.absoluteExpiresAt),
     };
   }
 }

@@ -1,6 +1,7 @@
 import { LoggerService, RequestMethod } from '@nestjs/common';
 import { FastifyAdapter, NestFastifyApplication } from '@nestjs/platform-fastify';
 import { DocumentBuilder, SwaggerModule } from '@nestjs/swagger';
+import { clientErrorHandler, frameworkErrors } from './common/framework-answers';
 import { registerRequestHygiene } from './common/request-hygiene';
 import { registerSecurityHeaders } from './common/security-headers';
 import { documentServiceUnavailable } from './common/service-unavailable.swagger';
@@ -29,6 +30,9 @@ export function createFastifyAdapter(config: AppConfig): FastifyAdapter {
     // A JSON body with __proto__ or constructor.prototype is refused, not merged.
     onProtoPoisoning: 'error',
     onConstructorPoisoning: 'error',
+    // What Node and Fastify answer themselves gets our headers and error shape too.
+    clientErrorHandler,
+    frameworkErrors,
   });
 }
 

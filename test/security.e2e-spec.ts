@@ -7,6 +7,7 @@ import { promisify } from 'node:util';
 import * as jwt from 'jsonwebtoken';
 import { createLogger } from '../src/config/logger';
 import { bearer, login, registerAndLogin, registerUser } from './helpers/factories';
+import { FuzzClient, rawExchange } from './helpers/fuzz-http';
 import { createTestApp, TestApp } from './helpers/test-app';
 
 describe('HTTP hygiene (e2e)', () => {
@@ -45,6 +46,53 @@ describe('HTTP hygiene (e2e)', () => {
         assert.equal(res.headers[pageOnly], undefined, `${what}: ${pageOnly}`);
       }
     }
+  });
+
+  it('answers what Node and Fastify refuse before routing in our shape: headers, JSON charset, error body', async () => {
+    const client = await FuzzClient.listen(t.app.getHttpServer());
+    try {
+      const cases: Array<[string, string, number]> = [
+        ['a malformed request line', 'GET /health/live HTTP/1.1 junk\r\nHost: x\r\n\r\n', 400],
+        ['headers over the size limit', `GET /health/live HTTP/1.1\r\nHost: x\r\nX-Big: ${'b'.repeat(20 * 1024)}\r\n\r\n`, 431],
+        ['a URL that does not decode', 'GET /api/v1/sessions/%zz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n', 400],
+        ['a path parameter over the router limit', `DELETE /api/v1/sessions/${'a'.repeat(200)} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`, 414],
+      ];
+      for (const [what, raw, status] of cases) {
+        const answer = await rawExchange(client.port, raw);
+        const [head, body] = answer.split('\r\n\r\n');
+        assert.match(head, new RegExp(`^HTTP/1\\.1 ${status} `), `${what}: ${answer.slice(0, 200)}`);
+        assert.match(head, /\r\ncontent-type: application\/json; charset=utf-8\r\n/i, what);
+        assert.match(head, /\r\nx-content-type-options: nosniff\r\n/i, what);
+        assert.match(head, /\r\ncontent-security-policy: default-src 'none';frame-ancestors 'none'\r\n/i, what);
+        const parsed = JSON.parse(body) as Record<string, unknown>;
+        assert.deepEqual(Object.keys(parsed).sort(), ['error', 'message', 'statusCode'], what);
+        assert.equal(parsed.statusCode, status, what);
+        assert.ok(!JSON.stringify(parsed).includes('aaaa') && !JSON.stringify(parsed).includes('%zz'), `${what}: the answer echoes no part of the request`);
+      }
+      // The server goes on answering.
+      assert.equal((await client.send({ method: 'GET', path: '/health/live', headers: {} })).status, 200);
+    } finally {
+      client.close();
+    }
+  });
+
+  it('challenges a refused bearer per RFC 6750, on bearer-protected routes only', async () => {
+    const none = await t.http.get('/api/v1/users/me');
+    assert.equal(none.status, 401);
+    assert.equal(none.headers['www-authenticate'], 'Bearer');
+    const forged = await t.http.get('/api/v1/users/me').set('Authorization', 'Bearer a.b.c');
+    assert.equal(forged.status, 401);
+    assert.equal(forged.headers['www-authenticate'], 'Bearer error="invalid_token"');
+    const { tokens } = await registerAndLogin(t.http);
+    await t.http.post('/api/v1/auth/logout').set('Authorization', bearer(tokens)).expect(204);
+    const ended = await t.http.get('/api/v1/auth/session').set('Authorization', bearer(tokens));
+    assert.equal(ended.status, 401);
+    assert.equal(ended.headers['www-authenticate'], 'Bearer error="invalid_token"');
+    // A wrong password is no bearer challenge.
+    const user = await registerUser(t.http);
+    const wrong = await t.http.post('/api/v1/auth/login').send({ email: user.email, password: `${user.password}x` });
+    assert.equal(wrong.status, 401);
+    assert.equal(wrong.headers['www-authenticate'], undefined);
   });
 
   it("sends helmet 8's full set on the Swagger UI, with a CSP that admits the UI", async () => {

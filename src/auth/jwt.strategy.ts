@@ -1,7 +1,7 @@
 import { Inject, Injectable } from '@nestjs/common';
 import { ConfigService } from '@nestjs/config';
 import { PassportStrategy } from '@nestjs/passport';
-import type { Request } from 'express';
+import type { IncomingHttpHeaders } from 'node:http';
 import { KeyObject } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
 import { Strategy } from 'passport-jwt';
@@ -18,7 +18,15 @@ export interface AccessTokenClaims {
 // Exactly `Bearer <JWT>` and nothing else (passport-jwt's own extractor ignores trailing text).
 const BEARER_JWT = /^Bearer ([A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*)$/i;
 
-export function bearerToken(request: Request): string | null {
+/**
+ * What the strategy reads of a request: its headers. Passport hands over Fastify's request
+ * (Nest's passport guard passes it through), which has them like any other.
+ */
+export interface TokenBearer {
+  headers: IncomingHttpHeaders;
+}
+
+export function bearerToken(request: TokenBearer): string | null {
   const header = request.headers.authorization;
   const match = typeof header === 'string' ? BEARER_JWT.exec(header) : null;
   return match ? match[1] : null;
@@ -51,7 +59,7 @@ export class JwtStrategy extends PassportStrategy(Strategy, 'jwt') {
       // The header check happens before verification so that a token of another type is
       // refused whatever its signature; the key itself is a fixed KeyObject.
       // passport-jwt's types predate KeyObject; jsonwebtoken, which it calls, accepts one.
-      secretOrKeyProvider: (_req: Request, rawJwt: string, done: (err: Error | null, key?: string) => void) =>
+      secretOrKeyProvider: (_req: TokenBearer, rawJwt: string, done: (err: Error | null, key?: string) => void) =>
         hasAccessTokenHeader(rawJwt) ? done(null, key as unknown as string) : done(new Error('Not an access token')),
       algorithms: [ACCESS_TOKEN_ALGORITHM],
       issuer: config.get('JWT_ISSUER', { infer: true }),
@@ -67,7 +75,7 @@ export class JwtStrategy extends PassportStrategy(Strategy, 'jwt') {
    * The claims of the request's bearer token when this strategy has verified that very token
    * before and it has not expired since; undefined when it must be verified in full.
    */
-  rememberedClaims(req: Request): AccessTokenClaims | undefined {
+  rememberedClaims(req: TokenBearer): AccessTokenClaims | undefined {
     const token = this.verified && bearerToken(req);
     const known = token ? this.verified!.get(token) : undefined;
     // jsonwebtoken's rule: expired once the current second reaches exp.
@@ -75,13 +83,13 @@ export class JwtStrategy extends PassportStrategy(Strategy, 'jwt') {
   }
 
   /** Passport calls this on a per-request object derived from the strategy. */
-  override authenticate(req: Request, options?: unknown): void {
+  override authenticate(req: TokenBearer, options?: unknown): void {
     const known = this.rememberedClaims(req);
     if (known) return this.success(known);
-    (Strategy.prototype.authenticate as (this: unknown, req: Request, options?: unknown) => void).call(this, req, options);
+    (Strategy.prototype.authenticate as (this: unknown, req: TokenBearer, options?: unknown) => void).call(this, req, options);
   }
 
-  validate(req: Request, payload: Record<string, unknown>): AccessTokenClaims | false {
+  validate(req: TokenBearer, payload: Record<string, unknown>): AccessTokenClaims | false {
     const { sub, sid } = payload;
     if (typeof sub !== 'string' || typeof sid !== 'string' || !UUID.test(sub) || !UUID.test(sid)) return false;
     // RFC 9068 requires exp; jsonwebtoken checks expiry only when exp is present.

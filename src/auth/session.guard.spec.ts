@@ -2,7 +2,7 @@ import 'reflect-metadata';
 import { describe, it, beforeEach, mock } from 'node:test';
 import assert from 'node:assert/strict';
 import { createSecretKey, randomUUID } from 'node:crypto';
-import { ExecutionContext, HttpException, SetMetadata, UnauthorizedException } from '@nestjs/common';
+import { ExecutionContext, HttpException, ServiceUnavailableException, SetMetadata, UnauthorizedException } from '@nestjs/common';
 import type { ConfigService } from '@nestjs/config';
 import { Reflector } from '@nestjs/core';
 import * as jwt from 'jsonwebtoken';
@@ -38,8 +38,17 @@ type Request = Record<string, unknown>;
 /** A strategy that has verified no token before: every request goes through the JWT guard. */
 const NOTHING_REMEMBERED = { rememberedClaims: () => undefined } as unknown as JwtStrategy;
 
-function contextFor(request: Request, handler: () => void, cls: abstract new (...args: never[]) => unknown): ExecutionContext {
-  const http = { getRequest: () => request, getResponse: () => ({}), getNext: () => undefined };
+/** A reply that records the headers set on it, as Fastify's would send them. */
+class RecordingReply {
+  readonly headers: Record<string, string> = {};
+  header(name: string, value: string): this {
+    this.headers[name.toLowerCase()] = value;
+    return this;
+  }
+}
+
+function contextFor(request: Request, handler: () => void, cls: abstract new (...args: never[]) => unknown, reply = new RecordingReply()): ExecutionContext {
+  const http = { getRequest: () => request, getResponse: () => reply, getNext: () => undefined };
   return {
     switchToHttp: () => http,
     getHandler: () => handler,
@@ -188,8 +197,33 @@ describe('SessionGuard with the real JwtAuthGuard and JwtStrategy', { timeout: 1
 
   it('answers 401 without a token and never asks the session service', async () => {
     const request: Request = { headers: {} };
-    await assert.rejects(guard.canActivate(contextFor(request, PrivateController.prototype.list, PrivateController)), isUnauthorized);
+    const reply = new RecordingReply();
+    await assert.rejects(guard.canActivate(contextFor(request, PrivateController.prototype.list, PrivateController, reply)), isUnauthorized);
     assert.equal(sessions.validateSession.mock.callCount(), 0);
+    // RFC 6750: no credentials, no error code.
+    assert.equal(reply.headers['www-authenticate'], 'Bearer');
+  });
+
+  it('challenges with invalid_token alike for a bad token and for an ended session', async () => {
+    const forged = new RecordingReply();
+    const other = token({}, createSecretKey(Buffer.from('v'.repeat(32))));
+    await assert.rejects(guard.canActivate(contextFor({ headers: { authorization: `Bearer ${other}` } }, PrivateController.prototype.list, PrivateController, forged)), isUnauthorized);
+    assert.equal(forged.headers['www-authenticate'], 'Bearer error="invalid_token"');
+    sessions.validateSession.mock.mockImplementation(async () => {
+      throw new UnauthorizedException('Session is not active');
+    });
+    const ended = new RecordingReply();
+    await assert.rejects(guard.canActivate(contextFor({ headers: { authorization: `Bearer ${token()}` } }, PrivateController.prototype.list, PrivateController, ended)), isUnauthorized);
+    assert.equal(ended.headers['www-authenticate'], 'Bearer error="invalid_token"');
+  });
+
+  it('adds no challenge when the answer is not a 401 (the database is down: 503)', async () => {
+    sessions.validateSession.mock.mockImplementation(async () => {
+      throw new ServiceUnavailableException('Service temporarily unavailable');
+    });
+    const reply = new RecordingReply();
+    await assert.rejects(guard.canActivate(contextFor({ headers: { authorization: `Bearer ${token()}` } }, PrivateController.prototype.list, PrivateController, reply)), ServiceUnavailableException);
+    assert.equal(reply.headers['www-authenticate'], undefined);
   });
 
   it('answers 401 for an expired token and never asks the session service', async () => {

@@ -1,12 +1,12 @@
-import { CanActivate, ExecutionContext, Injectable } from '@nestjs/common';
+import { CanActivate, ExecutionContext, Injectable, UnauthorizedException } from '@nestjs/common';
 import { Reflector } from '@nestjs/core';
 import { AUTH_CONTEXT_KEY } from '../common/current-auth.decorator';
 import { IS_PUBLIC_KEY } from '../common/public.decorator';
 import { SessionsService } from '../sessions/sessions.service';
 import { JwtAuthGuard } from './jwt-auth.guard';
-import { type AccessTokenClaims, JwtStrategy } from './jwt.strategy';
+import { type AccessTokenClaims, JwtStrategy, type TokenBearer } from './jwt.strategy';
 import { MemoizedReflector } from '../common/memoized-reflector';
-import type { Request } from 'express';
+import type { FastifyReply, FastifyRequest } from 'fastify';
 
 /**
  * The single global guard: every route needs a valid access token AND an active session,
@@ -29,15 +29,29 @@ export class SessionGuard implements CanActivate {
   async canActivate(context: ExecutionContext): Promise<boolean> {
     const isPublic = this.reflector.getAllAndOverride<boolean>(IS_PUBLIC_KEY, [context.getHandler(), context.getClass()]);
     if (isPublic) return true;
-    const request = context.switchToHttp().getRequest<Request & Record<string, unknown>>();
-    // A token the strategy has already verified skips passport's per-request machinery (a
-    // closure, a derived strategy object and a promise each time); any other token, forged
-    // ones included, goes through passport and the full verification.
-    const remembered = this.jwtStrategy.rememberedClaims(request);
-    if (remembered) request.user = remembered;
-    else await this.jwtGuard.canActivate(context); // throws 401 on any token problem
-    const claims = request.user as AccessTokenClaims;
-    request[AUTH_CONTEXT_KEY] = await this.sessions.validateSession(claims.sessionId, claims.userId);
-    return true;
+    const http = context.switchToHttp();
+    const request = http.getRequest<FastifyRequest & Record<string, unknown>>();
+    try {
+      // A token the strategy has already verified skips passport's per-request machinery (a
+      // closure, a derived strategy object and a promise each time); any other token, forged
+      // ones included, goes through passport and the full verification.
+      const remembered = this.jwtStrategy.rememberedClaims(request);
+      if (remembered) request.user = remembered;
+      else await this.jwtGuard.canActivate(context); // throws 401 on any token problem
+      const claims = request.user as AccessTokenClaims;
+      request[AUTH_CONTEXT_KEY] = await this.sessions.validateSession(claims.sessionId, claims.userId);
+      return true;
+    } catch (error) {
+      if (error instanceof UnauthorizedException) http.getResponse<FastifyReply>().header('WWW-Authenticate', bearerChallenge(request));
+      throw error;
+    }
   }
+}
+
+/**
+ * RFC 6750, section 3: a request without credentials gets the bare scheme; one whose token was
+ * refused (bad, expired, or its session ended) gets `invalid_token`, the same for every cause.
+ */
+export function bearerChallenge(request: TokenBearer): string {
+  return request.headers?.authorization === undefined ? 'Bearer' : 'Bearer error="invalid_token"';
 }

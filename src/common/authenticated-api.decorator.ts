@@ -6,5 +6,14 @@ import { ErrorResponseDto } from './error-response.dto';
 export const AuthenticatedApi = () =>
   applyDecorators(
     ApiBearerAuth(),
-    ApiUnauthorizedResponse({ type: ErrorResponseDto, description: 'No valid access token, or the session has ended' }),
+    ApiUnauthorizedResponse({
+      type: ErrorResponseDto,
+      description: 'No valid access token, or the session has ended',
+      headers: {
+        'WWW-Authenticate': {
+          description: 'RFC 6750: `Bearer` without a token, `Bearer error="invalid_token"` for a refused one',
+          schema: { type: 'string' },
+        },
+      },
+    }),
   );

@@ -42,6 +42,11 @@ export const PAGE_SECURITY_HEADERS: SecurityHeadersOptions = {
   crossOriginResourcePolicy: { policy: 'same-origin' },
 };
 
+/** The API set as header names and values, for answers written without Fastify's hooks. */
+export function apiSecurityHeaders(): Readonly<Record<string, string>> {
+  return headersOf(API_SECURITY_HEADERS);
+}
+
 function headersOf(options: SecurityHeadersOptions): Record<string, string> {
   const { headers, removeHeaders } = resolveSecurityHeaders(options);
   // Nest would remove X-Powered-By, which Fastify never sends; anything else needs handling here.
@@ -59,7 +64,7 @@ function headersOf(options: SecurityHeadersOptions): Record<string, string> {
  * `onRequest` hook runs before the body is read, so refused bodies and errors carry them too.
  */
 export function registerSecurityHeaders(fastify: FastifyInstance, pagePrefix: string): void {
-  const api = headersOf(API_SECURITY_HEADERS);
+  const api = apiSecurityHeaders();
   const page = headersOf(PAGE_SECURITY_HEADERS);
   fastify.addHook('onRequest', (request, reply, done) => {
     // The route template, never the raw URL: `/docs/../x` does not get the page set by its spelling.

@@ -52,7 +52,7 @@ export class AppModule {
         AuthModule,
         AdminModule,
         HealthModule,
-        MetricsModule,
+        ...(config.METRICS_ENABLED ? [MetricsModule] : []),
       ],
       providers: [
         DatabaseOutageMonitor,

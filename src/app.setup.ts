@@ -6,7 +6,7 @@ import { registerRequestHygiene } from './common/request-hygiene';
 import { registerSecurityHeaders } from './common/security-headers';
 import { documentServiceUnavailable } from './common/service-unavailable.swagger';
 import type { AppConfig } from './config/config';
-import { parseCorsOrigins, parseTrustProxy } from './config/env.schema';
+import { docsEnabled, parseCorsOrigins, parseTrustProxy } from './config/env.schema';
 
 /** Where the Swagger UI lives (and its document, at `docs-json`). */
 export const DOCS_PATH = 'docs';
@@ -67,6 +67,13 @@ export async function configureApp(
       { path: 'metrics', method: RequestMethod.GET },
     ],
   });
+  if (docsEnabled(config)) setUpDocs(app);
+  app.enableShutdownHooks();
+  return app;
+}
+
+/** Swagger UI at /docs, the OpenAPI document at /docs-json. */
+function setUpDocs(app: NestFastifyApplication): void {
   const document = SwaggerModule.createDocument(
     app,
     new DocumentBuilder()
@@ -77,7 +84,9 @@ export async function configureApp(
       .build(),
   );
   documentServiceUnavailable(document);
-  SwaggerModule.setup(DOCS_PATH, app, document, { jsonDocumentUrl: `${DOCS_PATH}-json` });
-  app.enableShutdownHooks();
-  return app;
+  SwaggerModule.setup(DOCS_PATH, app, document, {
+    jsonDocumentUrl: `${DOCS_PATH}-json`,
+    // The token given to Authorize survives a reload of the page (kept in the browser's storage).
+    swaggerOptions: { persistAuthorization: true },
+  });
 }

@@ -99,6 +99,46 @@ describe('operations and error hygiene (e2e)', () => {
     assert.equal((await t.http.get('/docs')).status, 200);
   });
 
+  it('names every operation with a unique, readable operationId (generated clients call them by it)', async () => {
+    const doc = (await t.http.get('/docs-json')).body as { paths: Record<string, Record<string, { operationId?: string }>> };
+    const ids = Object.values(doc.paths).flatMap((ops) => Object.values(ops).map((op) => op.operationId));
+    assert.ok(ids.length >= 18, String(ids.length));
+    // Nest's default would be `AuthController_login`.
+    for (const id of ids) assert.match(id ?? '(none)', /^[a-z][A-Za-z]+$/);
+    assert.equal(new Set(ids).size, ids.length, 'unique');
+    assert.equal(doc.paths['/api/v1/users/me'].get.operationId, 'getMe');
+    assert.equal(doc.paths['/api/v1/auth/login'].post.operationId, 'login');
+    assert.equal(doc.paths['/api/v1/sessions'].get.operationId, 'listSessions');
+  });
+
+  it("runs the document's register and login examples as they are: 201, then 200 by either identifier", async () => {
+    const doc = (await t.http.get('/docs-json')).body;
+    // Swagger UI builds a body from the schema's property examples.
+    const registerSchema = doc.components.schemas.RegisterDto as { properties: Record<string, { example?: unknown }>; required: string[] };
+    const registerBody = Object.fromEntries(Object.entries(registerSchema.properties).map(([name, p]) => [name, p.example]));
+    for (const name of registerSchema.required) assert.notEqual(registerBody[name], undefined, `RegisterDto.${name} has an example`);
+    const registered = await t.http.post('/api/v1/auth/register').send(registerBody);
+    assert.equal(registered.status, 201, JSON.stringify(registered.body));
+    const examples = doc.paths['/api/v1/auth/login'].post.requestBody.content['application/json'].examples as Record<string, { value: object }>;
+    assert.ok(Object.keys(examples).length >= 2);
+    for (const [name, { value }] of Object.entries(examples)) {
+      const loggedIn = await t.http.post('/api/v1/auth/login').send(value);
+      assert.equal(loggedIn.status, 200, `login example ${name}: ${JSON.stringify(loggedIn.body)}`);
+      assert.equal(typeof loggedIn.body.accessToken, 'string');
+    }
+  });
+
+  it('serves no docs and no metrics when DOCS_ENABLED and METRICS_ENABLED are false', async () => {
+    // Same secrets: passport keeps one 'jwt' strategy per process, the last app's.
+    const closed = await createTestApp({ DOCS_ENABLED: 'false', METRICS_ENABLED: 'false', JWT_SECRET: t.config.JWT_SECRET, PASSWORD_PEPPER: t.config.PASSWORD_PEPPER });
+    try {
+      for (const path of ['/docs', '/docs-json', '/metrics']) assert.equal((await closed.http.get(path)).status, 404, path);
+      assert.equal((await closed.http.get('/health/live')).status, 200);
+    } finally {
+      await closed.close();
+    }
+  });
+
   it('answers unknown routes with a 404 in the error shape', async () => {
     const res = await t.http.get('/api/v1/nope');
     assert.equal(res.status, 404);

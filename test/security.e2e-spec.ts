@@ -102,13 +102,15 @@ describe('HTTP hygiene (e2e)', () => {
     assert.equal(
       res.headers['content-security-policy'],
       "default-src 'self';base-uri 'self';font-src 'self' https: data:;form-action 'self';frame-ancestors 'none';img-src 'self' data:;" +
-        "object-src 'none';script-src 'self' 'unsafe-inline';script-src-attr 'none';style-src 'self' 'unsafe-inline';upgrade-insecure-requests",
+        // No upgrade-insecure-requests on a page served over plain HTTP: it would blank the UI.
+      "object-src 'none';script-src 'self' 'unsafe-inline';script-src-attr 'none';style-src 'self' 'unsafe-inline'",
     );
     assert.equal(res.headers['strict-transport-security'], 'max-age=31536000; includeSubDomains');
     assert.equal(res.headers['x-content-type-options'], 'nosniff');
     assert.equal(res.headers['x-frame-options'], 'SAMEORIGIN');
     assert.equal(res.headers['referrer-policy'], 'no-referrer');
-    assert.equal(res.headers['cross-origin-opener-policy'], 'same-origin');
+    // Over plain HTTP the browser ignores COOP (and complains in the console): not sent.
+    assert.equal(res.headers['cross-origin-opener-policy'], undefined);
     assert.equal(res.headers['cross-origin-resource-policy'], 'same-origin');
     assert.equal(res.headers['origin-agent-cluster'], '?1');
     assert.equal(res.headers['x-dns-prefetch-control'], 'off');
@@ -116,6 +118,25 @@ describe('HTTP hygiene (e2e)', () => {
     assert.equal(res.headers['x-permitted-cross-domain-policies'], 'none');
     assert.equal(res.headers['x-xss-protection'], '0');
     assert.equal(res.headers['x-powered-by'], undefined);
+  });
+
+  it('asks the browser to upgrade the UI\'s requests, and isolates its window, only when the page came over HTTPS (a believed proxy says so)', async () => {
+    // Ignored without TRUST_PROXY: a client cannot claim HTTPS for itself.
+    const claimed = await t.http.get('/docs').set('X-Forwarded-Proto', 'https');
+    assert.doesNotMatch(claimed.headers['content-security-policy'], /upgrade-insecure-requests/);
+    const proxied = await createTestApp({ TRUST_PROXY: '127.0.0.1', JWT_SECRET: t.config.JWT_SECRET, PASSWORD_PEPPER: t.config.PASSWORD_PEPPER });
+    try {
+      const secure = await proxied.http.get('/docs').set('X-Forwarded-Proto', 'https');
+      assert.match(secure.headers['content-security-policy'], /;upgrade-insecure-requests$/);
+      assert.equal(secure.headers['cross-origin-opener-policy'], 'same-origin');
+      const plain = await proxied.http.get('/docs').set('X-Forwarded-Proto', 'http');
+      assert.doesNotMatch(plain.headers['content-security-policy'], /upgrade-insecure-requests/);
+      assert.equal(plain.headers['cross-origin-opener-policy'], undefined);
+      // API answers are the same either way.
+      assert.equal((await proxied.http.get('/health/live').set('X-Forwarded-Proto', 'https')).headers['content-security-policy'], "default-src 'none';frame-ancestors 'none'");
+    } finally {
+      await proxied.close();
+    }
   });
 
   it('marks token responses Cache-Control: no-store', async () => {

@@ -36,7 +36,7 @@ export class AdminController {
   ) {}
 
   @Get('users/:id/sessions')
-  @ApiOperation({ summary: "A user's active sessions, newest first" })
+  @ApiOperation({ operationId: 'listUserSessions', summary: "A user's active sessions, newest first" })
   @ApiOkResponse({ type: [SessionResponseDto] })
   @ApiBadRequestResponse({ type: ErrorResponseDto, description: 'Not a UUID' })
   @ApiNotFoundResponse({ type: ErrorResponseDto, description: 'No such user' })
@@ -46,7 +46,7 @@ export class AdminController {
   }
 
   @Delete('users/:id/sessions')
-  @ApiOperation({ summary: "End every active session of a user (reason revoked_by_admin)" })
+  @ApiOperation({ operationId: 'revokeUserSessions', summary: "End every active session of a user (reason revoked_by_admin)" })
   @ApiOkResponse({ type: RevokedCountResponseDto })
   @ApiBadRequestResponse({ type: ErrorResponseDto, description: 'Not a UUID' })
   @ApiNotFoundResponse({ type: ErrorResponseDto, description: 'No such user' })
@@ -64,7 +64,7 @@ export class AdminController {
   }
 
   @Get('audit')
-  @ApiOperation({ summary: "Any user's security events, newest first" })
+  @ApiOperation({ operationId: 'listAllAuditEvents', summary: "Any user's security events, newest first" })
   @ApiOkResponse({ type: AdminAuditPageResponseDto })
   @ApiBadRequestResponse({ type: ErrorResponseDto, description: 'Bad filter or cursor' })
   async auditLog(@Query() query: AdminAuditQueryDto): Promise<AdminAuditPageResponseDto> {

@@ -14,7 +14,7 @@ export class AuditController {
   constructor(private readonly audit: AuditService) {}
 
   @Get()
-  @ApiOperation({ summary: "The caller's own security events, newest first" })
+  @ApiOperation({ operationId: 'listMyAuditEvents', summary: "The caller's own security events, newest first" })
   @ApiOkResponse({ type: AuditPageResponseDto })
   @ApiBadRequestResponse({ type: ErrorResponseDto, description: 'Bad filter or cursor' })
   async list(@CurrentAuth() auth: AuthContext, @Query() query: AuditQueryDto): Promise<AuditPageResponseDto> {

@@ -2,6 +2,7 @@ import { Body, Controller, Get, Header, HttpCode, HttpStatus, Post } from '@nest
 import {
   ApiBadRequestResponse,
   ApiBearerAuth,
+  ApiBody,
   ApiConflictResponse,
   ApiCreatedResponse,
   ApiNoContentResponse,
@@ -17,7 +18,7 @@ import { ErrorResponseDto } from '../common/error-response.dto';
 import { Public } from '../common/public.decorator';
 import { RegisteredUserResponseDto } from '../users/dto/user-response.dto';
 import { AuthService } from './auth.service';
-import { LoginDto } from './dto/login.dto';
+import { LOGIN_EXAMPLES, LoginDto } from './dto/login.dto';
 import { RefreshDto } from './dto/refresh.dto';
 import { SessionInfoResponseDto } from './dto/session-info-response.dto';
 import { RegisterDto } from './dto/register.dto';
@@ -30,7 +31,7 @@ export class AuthController {
 
   @Public()
   @Post('register')
-  @ApiOperation({ summary: 'Create an account' })
+  @ApiOperation({ operationId: 'register', summary: 'Create an account' })
   @ApiCreatedResponse({ type: RegisteredUserResponseDto })
   @ApiBadRequestResponse({ type: ErrorResponseDto, description: 'Invalid field (named in message)' })
   @ApiConflictResponse({ type: ErrorResponseDto, description: 'Username or email is already taken (one message for both)' })
@@ -42,7 +43,8 @@ export class AuthController {
   @Post('login')
   @HttpCode(HttpStatus.OK)
   @Header('Cache-Control', 'no-store')
-  @ApiOperation({ summary: 'Log in by email or username; opens a session' })
+  @ApiOperation({ operationId: 'login', summary: 'Log in by email or username; opens a session' })
+  @ApiBody({ type: LoginDto, description: 'Exactly one of `email` or `username`, and the password', examples: LOGIN_EXAMPLES })
   @ApiOkResponse({ type: TokenResponseDto })
   @ApiBadRequestResponse({ type: ErrorResponseDto })
   @ApiUnauthorizedResponse({ type: ErrorResponseDto, description: 'Invalid credentials (same for unknown account and wrong password)' })
@@ -55,7 +57,7 @@ export class AuthController {
   @Post('refresh')
   @HttpCode(HttpStatus.OK)
   @Header('Cache-Control', 'no-store')
-  @ApiOperation({ summary: 'Exchange a refresh token for a new pair; a reused token ends the session' })
+  @ApiOperation({ operationId: 'refresh', summary: 'Exchange a refresh token for a new pair; a reused token ends the session' })
   @ApiOkResponse({ type: TokenResponseDto })
   @ApiBadRequestResponse({ type: ErrorResponseDto })
   @ApiUnauthorizedResponse({ type: ErrorResponseDto, description: 'Unknown, expired, revoked or already used refresh token' })
@@ -70,7 +72,7 @@ export class AuthController {
   @Get('session')
   @Header('Cache-Control', 'no-store')
   @ApiBearerAuth()
-  @ApiOperation({ summary: "The bearer's active session: who it is and until when" })
+  @ApiOperation({ operationId: 'getSession', summary: "The bearer's active session: who it is and until when" })
   @ApiOkResponse({ type: SessionInfoResponseDto })
   @ApiUnauthorizedResponse({ type: ErrorResponseDto, description: 'No valid access token, or the session has ended' })
   session(@CurrentAuth() auth: AuthContext): SessionInfoResponseDto {
@@ -80,7 +82,7 @@ export class AuthController {
   @Post('logout')
   @HttpCode(HttpStatus.NO_CONTENT)
   @ApiBearerAuth()
-  @ApiOperation({ summary: 'End the current session; its access and refresh tokens stop working at once' })
+  @ApiOperation({ operationId: 'logout', summary: 'End the current session; its access and refresh tokens stop working at once' })
   @ApiNoContentResponse()
   @ApiUnauthorizedResponse({ type: ErrorResponseDto })
   logout(@CurrentAuth() auth: AuthContext, @Client() client: ClientContext): Promise<void> {

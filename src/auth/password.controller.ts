@@ -26,7 +26,7 @@ export class PasswordController {
 
   @Put('password')
   @HttpCode(HttpStatus.NO_CONTENT)
-  @ApiOperation({ summary: 'Change my password; every other session of mine ends (reason password_changed)' })
+  @ApiOperation({ operationId: 'changePassword', summary: 'Change my password; every other session of mine ends (reason password_changed)' })
   @ApiNoContentResponse({ description: 'Changed; the current session stays' })
   @ApiBadRequestResponse({ type: ErrorResponseDto, description: 'The new password breaks the rules' })
   @ApiUnauthorizedResponse({ type: ErrorResponseDto, description: 'Wrong current password, or no valid session' })

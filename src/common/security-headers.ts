@@ -27,20 +27,28 @@ export const API_SECURITY_HEADERS: SecurityHeadersOptions = {
 
 /**
  * Headers for the Swagger UI pages under /docs: helmet 8's full set and defaults, with a CSP
- * that admits the UI's own inline scripts and styles.
+ * that admits the UI's own inline scripts and styles. `upgrade-insecure-requests` and
+ * Cross-Origin-Opener-Policy only when the page itself came over HTTPS: on a plain-HTTP page (a container reached by its address, say)
+ * it would send every asset to an https:// URL nobody serves, and the page would stay blank.
  */
-export const PAGE_SECURITY_HEADERS: SecurityHeadersOptions = {
-  contentSecurityPolicy: {
-    directives: {
-      defaultSrc: [`'self'`],
-      scriptSrc: [`'self'`, `'unsafe-inline'`],
-      styleSrc: [`'self'`, `'unsafe-inline'`],
-      imgSrc: [`'self'`, 'data:'],
-      frameAncestors: [`'none'`],
+export function pageSecurityHeaders(secure: boolean): SecurityHeadersOptions {
+  return {
+    contentSecurityPolicy: {
+      directives: {
+        defaultSrc: [`'self'`],
+        scriptSrc: [`'self'`, `'unsafe-inline'`],
+        styleSrc: [`'self'`, `'unsafe-inline'`],
+        imgSrc: [`'self'`, 'data:'],
+        frameAncestors: [`'none'`],
+        upgradeInsecureRequests: secure ? [] : null,
+      },
     },
-  },
-  crossOriginResourcePolicy: { policy: 'same-origin' },
-};
+    // Browsers ignore COOP from an origin that is not potentially trustworthy, and say so in
+    // the console on every page; on plain HTTP it protects nothing.
+    crossOriginOpenerPolicy: secure,
+    crossOriginResourcePolicy: { policy: 'same-origin' },
+  };
+}
 
 /** The API set as header names and values, for answers written without Fastify's hooks. */
 export function apiSecurityHeaders(): Readonly<Record<string, string>> {
@@ -65,10 +73,13 @@ function headersOf(options: SecurityHeadersOptions): Record<string, string> {
  */
 export function registerSecurityHeaders(fastify: FastifyInstance, pagePrefix: string): void {
   const api = apiSecurityHeaders();
-  const page = headersOf(PAGE_SECURITY_HEADERS);
+  const securePage = headersOf(pageSecurityHeaders(true));
+  const plainPage = headersOf(pageSecurityHeaders(false));
   fastify.addHook('onRequest', (request, reply, done) => {
     // The route template, never the raw URL: `/docs/../x` does not get the page set by its spelling.
-    reply.headers(request.routeOptions.url?.startsWith(pagePrefix) ? page : api);
+    if (!request.routeOptions.url?.startsWith(pagePrefix)) reply.headers(api);
+    // HTTPS as Fastify sees it: TLS here, or X-Forwarded-Proto from a proxy TRUST_PROXY believes.
+    else reply.headers(request.protocol === 'https' ? securePage : plainPage);
     done();
   });
 }

@@ -1,6 +1,6 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { NodeEnv, parseEnv, parseTrustProxy } from './env.schema';
+import { docsEnabled, NodeEnv, parseEnv, parseTrustProxy } from './env.schema';
 
 /** parseEnv must throw; the message must name `name` and must not contain `value`. */
 function assertRefusedNaming(raw: Record<string, unknown>, name: string, value: string, pattern = new RegExp(`\\b${name} is invalid\\b`)): void {
@@ -254,5 +254,19 @@ describe('parseTrustProxy', () => {
   // ("beef", "cafe", "add") passes as an "address" and only fails later in Fastify/proxy-addr.
   it('says "beef" is not an address', () => {
     assert.equal(parseTrustProxy('beef').valid, false);
+  });
+});
+
+describe('docsEnabled', () => {
+  it('serves the docs by default everywhere but in production, and DOCS_ENABLED decides when set', () => {
+    assert.equal(docsEnabled(parseEnv({ NODE_ENV: 'development' })), true);
+    assert.equal(docsEnabled(parseEnv({ NODE_ENV: 'test' })), true);
+    assert.equal(docsEnabled(parseEnv({ NODE_ENV: 'production' })), false);
+    assert.equal(docsEnabled(parseEnv({ NODE_ENV: 'production', DOCS_ENABLED: 'true' })), true);
+    assert.equal(docsEnabled(parseEnv({ NODE_ENV: 'development', DOCS_ENABLED: 'off' })), false);
+    assert.equal(docsEnabled(parseEnv({ NODE_ENV: 'production', DOCS_ENABLED: '' })), false);
+    assert.throws(() => parseEnv({ DOCS_ENABLED: 'maybe' }), /DOCS_ENABLED/);
+    assert.equal(parseEnv({}).METRICS_ENABLED, true);
+    assert.equal(parseEnv({ METRICS_ENABLED: 'false' }).METRICS_ENABLED, false);
   });
 });

@@ -35,6 +35,8 @@ const toNumber = ({ value }: { value: unknown }) =>
   typeof value === 'string' ? (value.trim() === '' ? NaN : Number(value)) : value;
 const toOptionalNumber = ({ value }: { value: unknown }) =>
   typeof value === 'string' && value.trim() === '' ? undefined : toNumber({ value });
+const toOptionalBoolean = ({ value }: { value: unknown }) =>
+  typeof value === 'string' && value.trim() === '' ? undefined : toBoolean({ value });
 const toOptionalString = ({ value }: { value: unknown }) =>
   typeof value === 'string' && value.trim() === '' ? undefined : value;
 
@@ -207,6 +209,17 @@ export class Env {
   @IsBoolean()
   MIGRATIONS_RUN = true;
 
+  /** Swagger UI at /docs and the document at /docs-json. Unset: on, except in production. */
+  @Transform(toOptionalBoolean)
+  @IsOptional()
+  @IsBoolean()
+  DOCS_ENABLED?: boolean;
+
+  /** Prometheus metrics at /metrics. */
+  @Transform(toBoolean)
+  @IsBoolean()
+  METRICS_ENABLED = true;
+
   /**
    * Fastify's trustProxy: `false` (default), `true`, a hop count, or a comma-separated
    * list of proxy addresses/CIDRs. Only then is X-Forwarded-For used for the client IP.
@@ -291,4 +304,9 @@ export function parseEnv(raw: Record<string, unknown>): Env {
     throw new Error(`Invalid configuration: ${all.join('; ')}`);
   }
   return env;
+}
+
+/** DOCS_ENABLED, or its default: the docs are served everywhere but in production. */
+export function docsEnabled(env: Pick<Env, 'DOCS_ENABLED' | 'NODE_ENV'>): boolean {
+  return env.DOCS_ENABLED ?? env.NODE_ENV !== NodeEnv.Production;
 }

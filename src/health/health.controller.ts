@@ -17,14 +17,14 @@ export class HealthController {
   ) {}
 
   @Get('live')
-  @ApiOperation({ summary: 'The process runs (never touches the database)' })
+  @ApiOperation({ operationId: 'getLiveness', summary: 'The process runs (never touches the database)' })
   live(): { status: 'ok' } {
     return { status: 'ok' };
   }
 
   @Get('ready')
   @HealthCheck()
-  @ApiOperation({ summary: 'The database answers' })
+  @ApiOperation({ operationId: 'getReadiness', summary: 'The database answers' })
   @ApiServiceUnavailableResponse({ description: 'The database does not answer' })
   ready(): Promise<HealthCheckResult> {
     return this.health.check([() => this.db.pingCheck('database', { timeout: 2000 })]);

@@ -21,7 +21,7 @@ export class SessionsController {
   constructor(private readonly sessions: SessionsService) {}
 
   @Get()
-  @ApiOperation({ summary: "The caller's active sessions, newest first" })
+  @ApiOperation({ operationId: 'listSessions', summary: "The caller's active sessions, newest first" })
   @ApiOkResponse({ type: [SessionResponseDto] })
   async list(@CurrentAuth() auth: AuthContext): Promise<SessionResponseDto[]> {
     const sessions = await this.sessions.listActive(auth.userId);
@@ -30,7 +30,7 @@ export class SessionsController {
 
   @Delete(':id')
   @HttpCode(HttpStatus.NO_CONTENT)
-  @ApiOperation({ summary: 'End one of my sessions (the current one too: that is a logout)' })
+  @ApiOperation({ operationId: 'revokeSession', summary: 'End one of my sessions (the current one too: that is a logout)' })
   @ApiNoContentResponse({ description: "The session's access and refresh tokens no longer work" })
   @ApiBadRequestResponse({ type: ErrorResponseDto, description: 'Not a UUID' })
   @ApiNotFoundResponse({ type: ErrorResponseDto, description: 'Unknown, already ended, or not yours (one identical answer)' })
@@ -43,7 +43,7 @@ export class SessionsController {
   }
 
   @Delete()
-  @ApiOperation({ summary: 'End every session of mine except the current one' })
+  @ApiOperation({ operationId: 'revokeOtherSessions', summary: 'End every session of mine except the current one' })
   @ApiOkResponse({ type: RevokedCountResponseDto })
   async revokeOthers(@CurrentAuth() auth: AuthContext, @Client() client: ClientContext): Promise<RevokedCountResponseDto> {
     return { revoked: await this.sessions.revokeOthers(auth, client) };

@@ -22,14 +22,14 @@ export class UsersController {
   constructor(private readonly users: UsersService) {}
 
   @Get('me')
-  @ApiOperation({ summary: "The caller's profile" })
+  @ApiOperation({ operationId: 'getMe', summary: "The caller's profile" })
   @ApiOkResponse({ type: UserResponseDto })
   async me(@CurrentAuth() auth: AuthContext): Promise<UserResponseDto> {
     return UserResponseDto.from(await this.users.getById(auth.userId));
   }
 
   @Patch('me')
-  @ApiOperation({ summary: 'Change username and/or email; an email change needs currentPassword' })
+  @ApiOperation({ operationId: 'updateMe', summary: 'Change username and/or email; an email change needs currentPassword' })
   @ApiOkResponse({ type: UserResponseDto })
   @ApiBadRequestResponse({ type: ErrorResponseDto })
   @ApiConflictResponse({ type: ErrorResponseDto, description: 'Username or email is already taken' })

@@ -1,0 +1,99 @@
+import assert from 'node:assert/strict';
+import { existsSync } from 'node:fs';
+import type { AddressInfo } from 'node:net';
+import { after, before, describe, it } from 'node:test';
+import { type Browser, chromium, type Page } from 'playwright-core';
+import { createTestApp, TestApp } from './helpers/test-app';
+
+/** Debian's chromium; `.ci/run` installs it when it is missing. */
+const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
+// Outside CI a machine without Chromium skips this file, saying so; in CI it must run.
+const missing = existsSync(CHROMIUM) ? false : `no Chromium at ${CHROMIUM} (apt-get install chromium, or set CHROMIUM_PATH)`;
+if (missing && process.env.CI) throw new Error(`the Swagger UI test needs a browser in CI: ${missing}`);
+
+/** A host name that is not localhost, as when a container is reached from another machine. */
+const HOST = 'sessionary.test';
+
+/**
+ * Swagger UI in a real browser, as someone exploring the API uses it: open /docs over plain HTTP
+ * by a host name other than localhost, register and log in with the documented examples through
+ * "Try it out", Authorize with the token, call GET /users/me, reload, call it again.
+ */
+describe('Swagger UI in a headless browser (e2e)', { skip: missing, timeout: 120_000 }, () => {
+  let t: TestApp;
+  let browser: Browser;
+  let origin: string;
+
+  before(async () => {
+    t = await createTestApp();
+    await t.app.listen(0, '127.0.0.1');
+    origin = `http://${HOST}:${(t.app.getHttpServer().address() as AddressInfo).port}`;
+    browser = await chromium.launch({
+      executablePath: CHROMIUM,
+      // Root in CI containers has no user namespace for the sandbox; the page is our own.
+      args: ['--no-sandbox', `--host-resolver-rules=MAP ${HOST} 127.0.0.1`],
+    });
+  });
+  after(async () => {
+    await browser?.close();
+    await t?.close();
+  });
+
+  function operation(page: Page, method: string, path: string) {
+    return page.locator(`.opblock-${method}:has(.opblock-summary-path[data-path="${path}"])`);
+  }
+
+  /** Opens an operation, presses "Try it out" and "Execute"; answers the status and body shown. */
+  async function execute(page: Page, method: string, path: string): Promise<{ status: number; body: string }> {
+    const op = operation(page, method, path);
+    if (!(await op.locator('.opblock-body').isVisible())) await op.locator('.opblock-summary').click();
+    const tryOut = op.locator('button.try-out__btn');
+    if ((await tryOut.textContent())?.trim() === 'Try it out') await tryOut.click();
+    await op.locator('button.execute').click();
+    const status = op.locator('.live-responses-table .response .response-col_status').first();
+    await status.waitFor();
+    const body = (await op.locator('.live-responses-table .response-col_description pre').first().textContent()) ?? '';
+    const answer = { status: Number((await status.textContent())?.trim()), body };
+    await op.locator('button.btn-clear').click(); // the next Execute shows its own answer
+    return answer;
+  }
+
+  it('registers, logs in with the examples, authorizes and reads /users/me, also after a reload, with no console error', async () => {
+    const page = await browser.newPage();
+    const problems: string[] = [];
+    page.on('console', (message) => {
+      if (message.type() === 'error') problems.push(`console: ${message.text()}`);
+    });
+    page.on('pageerror', (error) => problems.push(`page: ${error.message}`));
+    page.on('requestfailed', (request) => problems.push(`request failed: ${request.url()} ${request.failure()?.errorText}`));
+
+    await page.goto(`${origin}/docs`);
+    await page.locator('.swagger-ui .opblock').first().waitFor();
+
+    const registered = await execute(page, 'post', '/api/v1/auth/register');
+    assert.equal(registered.status, 201, registered.body);
+    const loggedIn = await execute(page, 'post', '/api/v1/auth/login');
+    assert.equal(loggedIn.status, 200, loggedIn.body);
+    const { accessToken } = JSON.parse(loggedIn.body) as { accessToken: string };
+    assert.match(accessToken, /^[\w-]+\.[\w-]+\.[\w-]+$/);
+
+    await page.locator('.scheme-container button.authorize').click();
+    const dialog = page.locator('.dialog-ux');
+    await dialog.locator('input[type="text"]').fill(accessToken);
+    await dialog.locator('button.authorize').click();
+    await dialog.locator('button.btn-done').click();
+
+    const me = await execute(page, 'get', '/api/v1/users/me');
+    assert.equal(me.status, 200, me.body);
+    assert.equal((JSON.parse(me.body) as { username: string }).username, 'ada_l');
+
+    // persistAuthorization: the token survives a reload.
+    await page.reload();
+    await page.locator('.swagger-ui .opblock').first().waitFor();
+    const again = await execute(page, 'get', '/api/v1/users/me');
+    assert.equal(again.status, 200, again.body);
+
+    assert.deepEqual(problems, []);
+    await page.close();
+  });
+});

@@ -1,9 +1,10 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { Client } from 'pg';
-import { SessionsCleanupTask } from '../src/sessions/sessions-cleanup.task';
+import { SchedulerRegistry } from '@nestjs/schedule';
+import { SESSIONS_CLEANUP_JOB, SessionsCleanupTask } from '../src/sessions/sessions-cleanup.task';
 import { auditRows, sessionRow } from './helpers/db';
-import { bearer, login, registerAndLogin, registerUser } from './helpers/factories';
+import { bearer, login, registerAndLogin, registerUser, sleep } from './helpers/factories';
 import { createTestApp, TestApp } from './helpers/test-app';
 
 describe('sessions cleanup task (e2e)', () => {
@@ -119,5 +120,44 @@ describe('sessions cleanup task (e2e)', () => {
     await broken.db.destroy(); // the database is gone for this app
     assert.equal(await brokenTask.handleTick(), undefined);
     await broken.app.close().catch(() => undefined);
+  });
+});
+
+describe('sessions cleanup scheduled by @nestjs/schedule (e2e)', () => {
+  it('is a @Cron job on the configured expression whose own ticks end and delete sessions, and shutdown waits for a tick', async () => {
+    // Every second: the scheduler, not the test, runs the ticks here.
+    const t = await createTestApp({ SESSION_CLEANUP_CRON: '* * * * * *', SESSION_RETENTION: '60' });
+    let closed = false;
+    try {
+      const job = t.app.get(SchedulerRegistry).getCronJob(SESSIONS_CLEANUP_JOB);
+      assert.equal(job.cronTime.source, '* * * * * *');
+      assert.equal(job.isActive, true);
+      const user = await registerUser(t.http);
+      const overdue = await login(t.http, user);
+      const old = await login(t.http, user);
+      // Overdue by seconds (ended now, kept: within the 60 s retention); ended minutes ago (deleted).
+      await t.db.query(`UPDATE sessions SET idle_expires_at = now() - interval '5 seconds' WHERE id = $1`, [overdue.sessionId]);
+      await t.db.query(`UPDATE sessions SET ended_at = now() - interval '2 minutes', end_reason = 'logout' WHERE id = $1`, [old.sessionId]);
+      // Waits for the scheduler (bounded: a job that never ticks fails here, not by a timer assertion).
+      for (let i = 0; i < 100; i++) {
+        const ended = (await sessionRow(t.db, overdue.sessionId))?.end_reason === 'idle_timeout';
+        const deleted = (await sessionRow(t.db, old.sessionId)) === undefined;
+        if (ended && deleted) break;
+        await sleep(100);
+      }
+      assert.equal((await sessionRow(t.db, overdue.sessionId))?.end_reason, 'idle_timeout');
+      assert.equal(await sessionRow(t.db, old.sessionId), undefined);
+      assert.ok(t.app.get(SessionsCleanupTask).ticks.ran >= 1);
+
+      // A tick under way when the app closes finishes first (its batch, then its lock).
+      let tickSettled = false;
+      const tick = t.app.get(SessionsCleanupTask).run().finally(() => (tickSettled = true));
+      await t.close();
+      closed = true;
+      assert.equal(tickSettled, true, 'close() returned before the running tick finished');
+      await tick.catch(() => undefined);
+    } finally {
+      if (!closed) await t.close();
+    }
   });
 });

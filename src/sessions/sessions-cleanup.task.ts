@@ -1,17 +1,17 @@
-import { Injectable, Logger, OnApplicationBootstrap } from '@nestjs/common';
+import { BeforeApplicationShutdown, Injectable, Logger, OnApplicationBootstrap } from '@nestjs/common';
 import { ConfigService } from '@nestjs/config';
-import { SchedulerRegistry } from '@nestjs/schedule';
+import { Cron, SchedulerRegistry } from '@nestjs/schedule';
 import { InjectDataSource } from '@nestjs/typeorm';
-import { CronJob } from 'cron';
+import { CronTime } from 'cron';
 import { DataSource, QueryRunner } from 'typeorm';
 import type { AppConfig } from '../config/config';
+import { Env } from '../config/env.schema';
 import { isDatabaseUnavailable } from '../database/pg-errors';
 import { SessionsService } from './sessions.service';
 
 // Any fixed 64-bit number works; this one spells "sesclean" in ASCII.
 const CLEANUP_LOCK_KEY = '8315173853005522286';
 const BATCH_SIZE = 500;
-const JOB_NAME = 'sessions-cleanup';
 // Bounds one tick's work; what is left waits for the next tick.
 const MAX_BATCHES_PER_TICK = 200;
 
@@ -22,16 +22,21 @@ export interface CleanupResult {
   deleted: number;
 }
 
+/** The job's name in the SchedulerRegistry. */
+export const SESSIONS_CLEANUP_JOB = 'sessions-cleanup';
+
 /**
  * Every SESSION_CLEANUP_CRON tick: end sessions past their deadlines (reason and audit event
  * each) and delete ended sessions past retention, in bounded batches. Every instance
  * schedules it; a PostgreSQL advisory lock lets one of them work per tick.
  *
- * The job is registered with the SchedulerRegistry instead of the @Cron decorator because a
- * decorator's expression is fixed when the class is loaded, before configuration is validated.
+ * A `@Cron` job like the others. A decorator's expression is fixed when the class is loaded,
+ * before configuration is validated, so it is declared with the default and moved to the
+ * configured expression at bootstrap (ScheduleModule is global: its jobs are mounted before
+ * this module's bootstrap hook runs). Shutdown waits for a running tick.
  */
 @Injectable()
-export class SessionsCleanupTask implements OnApplicationBootstrap {
+export class SessionsCleanupTask implements OnApplicationBootstrap, BeforeApplicationShutdown {
   private readonly logger = new Logger(SessionsCleanupTask.name);
   private running: Promise<CleanupResult> | undefined;
   /** Ticks this instance ran and skipped (for /metrics: across instances, one runs each tick). */
@@ -45,17 +50,28 @@ export class SessionsCleanupTask implements OnApplicationBootstrap {
   ) {}
 
   onApplicationBootstrap(): void {
-    const job = CronJob.from({
-      cronTime: this.config.get('SESSION_CLEANUP_CRON', { infer: true }),
-      // The scheduled second names the tick (cron fires within milliseconds of it, on every instance).
-      // Returning the run's promise is what lets waitForCompletion keep ticks from overlapping.
-      onTick: async () => {
-        await this.handleTick(new Date(Math.round(Date.now() / 1000) * 1000));
-      },
-      start: true,
-      waitForCompletion: true,
-    });
-    this.scheduler.addCronJob(JOB_NAME, job);
+    const configured = this.config.get('SESSION_CLEANUP_CRON', { infer: true });
+    // setTime stops the job; it starts again on the new expression.
+    const job = this.scheduler.getCronJob(SESSIONS_CLEANUP_JOB);
+    job.setTime(new CronTime(configured));
+    job.start();
+  }
+
+  /**
+   * Runs before the database closes (onApplicationShutdown): the scheduler has stopped the job
+   * by then, and a tick under way finishes its batch and releases its lock.
+   */
+  async beforeApplicationShutdown(): Promise<void> {
+    await this.running;
+  }
+
+  /**
+   * The scheduled second names the tick (cron fires within milliseconds of it, on every
+   * instance). Returning the run's promise is what lets waitForCompletion keep ticks from overlapping.
+   */
+  @Cron(new Env().SESSION_CLEANUP_CRON, { name: SESSIONS_CLEANUP_JOB, waitForCompletion: true })
+  async onTick(): Promise<void> {
+    await this.handleTick(new Date(Math.round(Date.now() / 1000) * 1000));
   }
 
   /**
@@ -113,7 +129,7 @@ export class SessionsCleanupTask implements OnApplicationBootstrap {
        ON CONFLICT (name) DO UPDATE SET last_tick = excluded.last_tick, runs = j.runs + 1
         WHERE j.last_tick < excluded.last_tick
        RETURNING runs`,
-      [JOB_NAME, tick],
+      [SESSIONS_CLEANUP_JOB, tick],
     );
     return claimed.length === 1;
   }

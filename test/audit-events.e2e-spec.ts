@@ -4,7 +4,7 @@ import { after, before, describe, it } from 'node:test';
 import { AUDIT_EVENT_TYPES } from '../src/audit/audit-event.entity';
 import { UsersService } from '../src/users/users.service';
 import { AuditRow, auditRows } from './helpers/db';
-import { bearer, newUserInput, registerAndLogin, registerUser, TestUser, Tokens } from './helpers/factories';
+import { bearer, login, newUserInput, registerAndLogin, registerUser, sleep, TestUser, Tokens } from './helpers/factories';
 import { createTestApp, TestApp } from './helpers/test-app';
 
 const WRONG = 'certainly-not-the-password';
@@ -277,5 +277,33 @@ describe('REFRESH_FAILED and ACCESS_DENIED (e2e)', () => {
     assert.equal(page.status, 200);
     assert.ok(page.body.items.length >= 1);
     assert.ok(page.body.items.every((e: { type: string; ipAddress: string | null }) => e.type === 'ACCESS_DENIED' && e.ipAddress));
+  });
+});
+
+describe('the refusal window ends (e2e, AUDIT_REFUSAL_WINDOW=1)', () => {
+  let t: TestApp;
+  before(async () => {
+    t = await createTestApp({ AUDIT_REFUSAL_WINDOW: '1' });
+  });
+  after(async () => {
+    await t.close();
+  });
+
+  it('records one REFRESH_FAILED and one ACCESS_DENIED per window, not one ever', async () => {
+    const { user, tokens } = await registerAndLogin(t.http);
+    const other = await login(t.http, user);
+    await t.http.post('/api/v1/auth/logout').set('Authorization', bearer(tokens)).expect(204);
+    const burst = async () => {
+      for (let i = 0; i < 3; i++) {
+        await t.http.post('/api/v1/auth/refresh').send({ refreshToken: tokens.refreshToken }).expect(401);
+        await t.http.get('/api/v1/admin/audit').set('Authorization', bearer(other)).expect(403);
+      }
+    };
+    await burst();
+    const count = async (type: string) => (await auditRows(t.db, { userId: user.id, type })).length;
+    assert.deepEqual([await count('REFRESH_FAILED'), await count('ACCESS_DENIED')], [1, 1]);
+    await sleep(1100);
+    await burst();
+    assert.deepEqual([await count('REFRESH_FAILED'), await count('ACCESS_DENIED')], [2, 2]);
   });
 });

@@ -1,13 +1,12 @@
 import { Injectable } from '@nestjs/common';
+import { ConfigService } from '@nestjs/config';
 import { InjectDataSource } from '@nestjs/typeorm';
 import { LRUCache } from 'lru-cache';
 import { DataSource } from 'typeorm';
+import type { AppConfig } from '../config/config';
 import { sql } from '../database/sql';
 import type { AuditEventType } from './audit-event.entity';
 import { AuditEventInput, AuditService } from './audit.service';
-
-/** Events an attacker can provoke at will are recorded at most once per key in this window. */
-export const AUDIT_BOUND_WINDOW_SECONDS = 60;
 
 /** Keys this instance knows are inside their window (no query until the window is over). */
 const REMEMBERED_KEYS = 10_000;
@@ -21,7 +20,7 @@ export interface AuditBoundKey {
 /**
  * Records events that a caller can trigger as often as they like (a refused request, a
  * replayed refresh token) without letting one caller write unbounded rows: at most one event
- * of a type per key (a session, optionally a route of it) in AUDIT_BOUND_WINDOW_SECONDS,
+ * of a type per key (a session, optionally a route of it) in AUDIT_REFUSAL_WINDOW seconds,
  * across every instance. The audit log itself is the state: under a transaction-scoped
  * advisory lock on the key, an event is written only when none of that type and key was
  * written in the window (the session_id index finds it). Each instance also remembers, in
@@ -32,11 +31,15 @@ export interface AuditBoundKey {
 export class BoundedAuditService {
   private readonly inWindowUntil = new LRUCache<string, number>({ max: REMEMBERED_KEYS });
   private readonly counts = new Map<AuditEventType, { recorded: number; suppressed: number }>();
+  private readonly windowSeconds: number;
 
   constructor(
     @InjectDataSource() private readonly dataSource: DataSource,
     private readonly audit: AuditService,
-  ) {}
+    config: ConfigService<AppConfig, true>,
+  ) {
+    this.windowSeconds = config.get('AUDIT_REFUSAL_WINDOW', { infer: true });
+  }
 
   /** Per event type: recorded by this instance, and left out because the key was inside its window. */
   stats(): Array<{ type: AuditEventType; recorded: number; suppressed: number }> {
@@ -58,7 +61,7 @@ export class BoundedAuditService {
            FROM audit_events
           WHERE session_id = $1 AND type = $2 AND created_at > now() - make_interval(secs => $3)
             AND ($4::text IS NULL OR (metadata->>'route' = $4::text AND metadata->>'method' = $5::text))`,
-        [key.sessionId, event.type, AUDIT_BOUND_WINDOW_SECONDS, key.route?.template ?? null, key.route?.method ?? null],
+        [key.sessionId, event.type, this.windowSeconds, key.route?.template ?? null, key.route?.method ?? null],
       );
       const remaining = rows[0]?.remaining_ms;
       if (remaining != null && remaining > 0) return remaining;
@@ -66,7 +69,7 @@ export class BoundedAuditService {
       return undefined;
     });
     // A relative deadline: this instance's clock and the database's need not agree.
-    this.inWindowUntil.set(id, performance.now() + (remainingMs ?? AUDIT_BOUND_WINDOW_SECONDS * 1000));
+    this.inWindowUntil.set(id, performance.now() + (remainingMs ?? this.windowSeconds * 1000));
     return this.count(event.type, remainingMs === undefined);
   }
 

@@ -14,7 +14,7 @@ export const Roles = (...roles: UserRole[]) => SetMetadata(ROLES_KEY, roles);
 /**
  * Runs after the global SessionGuard, so the caller is known and the role comes from the
  * database on this very request (a demotion takes effect at once). A refusal is audited as
- * ACCESS_DENIED, at most once per session, method and route template a minute
+ * ACCESS_DENIED, at most once per session, method and route template per AUDIT_REFUSAL_WINDOW
  * (BoundedAuditService); the answer is the same 403 either way.
  */
 @Injectable()

@@ -502,7 +502,7 @@ export class SessionsService implements OnApplicationBootstrap, OnModuleDestroy 
    * A refresh failed. Garbage (no known session) is only counted. A rotated-out token of an
    * active session is reuse: the session ends (REFRESH_TOKEN_REUSE). Otherwise the token
    * belongs to a session that is over: an overdue one is ended with its reason, and one
-   * REFRESH_FAILED is recorded per session and minute (BoundedAuditService), in its own
+   * REFRESH_FAILED is recorded per session and AUDIT_REFUSAL_WINDOW (BoundedAuditService), in its own
    * transaction; nothing else changes. The client's answer is the same 401 in every case.
    */
   private async explainFailedRefresh(presentedHash: string, client: ClientContext): Promise<RefreshFailureReason> {

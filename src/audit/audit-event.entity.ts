@@ -13,6 +13,8 @@ export const AUDIT_EVENT_TYPES = [
   'PROFILE_UPDATED',
   'ACCOUNT_LOCKED',
   'ROLE_CHANGED',
+  'REFRESH_FAILED',
+  'ACCESS_DENIED',
 ] as const;
 export type AuditEventType = (typeof AUDIT_EVENT_TYPES)[number];
 

@@ -198,6 +198,16 @@ export class Env {
   @Max(60_000)
   RATE_LIMIT_SYNC_INTERVAL = 1000;
 
+  /**
+   * Seconds within which one session records at most one REFRESH_FAILED, and one ACCESS_DENIED
+   * per route: refusals a caller can provoke at will cannot flood the audit log.
+   */
+  @Transform(toNumber)
+  @IsInt()
+  @Min(1)
+  @Max(86_400)
+  AUDIT_REFUSAL_WINDOW = 60;
+
   /** Comma-separated origins allowed by CORS; empty: no cross-origin access. */
   @IsString()
   CORS_ORIGINS = '';

@@ -2,8 +2,9 @@ import { Injectable, OnModuleInit } from '@nestjs/common';
 import { HttpAdapterHost } from '@nestjs/core';
 import type { FastifyInstance } from 'fastify';
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { BoundedAuditService } from '../audit/bounded-audit.service';
 import { SessionsCleanupTask } from '../sessions/sessions-cleanup.task';
-import { SessionsService } from '../sessions/sessions.service';
+import { REFRESH_FAILURE_REASONS, SessionsService } from '../sessions/sessions.service';
 
 /** Process metrics plus request latency by route template (never by raw URL: bounded labels). */
 @Injectable()
@@ -21,6 +22,7 @@ export class MetricsService implements OnModuleInit {
     private readonly adapterHost: HttpAdapterHost,
     sessions: SessionsService,
     cleanup: SessionsCleanupTask,
+    boundedAudit: BoundedAuditService,
   ) {
     collectDefaultMetrics({ register: this.registry });
     // Read when scraped: the sessions service keeps the numbers, this only exposes them.
@@ -59,6 +61,30 @@ export class MetricsService implements OnModuleInit {
         this.reset();
         this.inc({ source: 'cache' }, checks.cache);
         this.inc({ source: 'database' }, checks.database);
+      },
+    });
+    new Counter({
+      name: 'sessionary_refresh_failures_total',
+      help: 'Refused refreshes by reason (malformed and unknown: no known session, so no audit event)',
+      labelNames: ['reason'] as const,
+      registers: [this.registry],
+      collect() {
+        const counts = sessions.refreshFailureCounts();
+        this.reset();
+        for (const reason of REFRESH_FAILURE_REASONS) this.inc({ reason }, counts[reason]);
+      },
+    });
+    new Counter({
+      name: 'sessionary_audit_bounded_events_total',
+      help: 'Events a caller can provoke at will (REFRESH_FAILED, ACCESS_DENIED): recorded, or left out because one was recorded for the same key within the window',
+      labelNames: ['type', 'outcome'] as const,
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        for (const { type, recorded, suppressed } of boundedAudit.stats()) {
+          this.inc({ type, outcome: 'recorded' }, recorded);
+          this.inc({ type, outcome: 'suppressed' }, suppressed);
+        }
       },
     });
   }

@@ -11,6 +11,7 @@ import { InjectDataSource } from '@nestjs/typeorm';
 import { DataSource, EntityManager } from 'typeorm';
 import { AuditEventType, AuditMetadata } from '../audit/audit-event.entity';
 import { AuditService } from '../audit/audit.service';
+import { BoundedAuditService } from '../audit/bounded-audit.service';
 import type { ClientContext } from '../common/client-context';
 import type { AuthContext } from '../common/current-auth.decorator';
 import type { AppConfig } from '../config/config';
@@ -61,6 +62,19 @@ const RETURNING = `id, user_id, created_at, last_seen_at, idle_expires_at, absol
 export const UNAUTHORIZED_SESSION = 'Session is not active';
 const INVALID_REFRESH = 'Invalid refresh token';
 
+/** Why a refresh was refused (the label of sessionary_refresh_failures_total). */
+export const REFRESH_FAILURE_REASONS = [
+  'malformed',
+  'unknown',
+  'reused',
+  'ended',
+  'idle_timeout',
+  'absolute_timeout',
+  'refresh_expired',
+  'other',
+] as const;
+export type RefreshFailureReason = (typeof REFRESH_FAILURE_REASONS)[number];
+
 /** Deadlines closer than this (plus the clock offset's uncertainty) are checked in the database. */
 const DEADLINE_MARGIN_MS = 1000;
 
@@ -80,10 +94,12 @@ export class SessionsService implements OnApplicationBootstrap, OnModuleDestroy 
   private readonly listener: SessionChangeListener | undefined;
   private readonly activity: SessionActivityBuffer;
   private readonly checks = { cache: 0, database: 0 };
+  private readonly refreshFailures = Object.fromEntries(REFRESH_FAILURE_REASONS.map((r) => [r, 0])) as Record<RefreshFailureReason, number>;
 
   constructor(
     @InjectDataSource() private readonly dataSource: DataSource,
     private readonly audit: AuditService,
+    private readonly boundedAudit: BoundedAuditService,
     config: ConfigService<AppConfig, true>,
   ) {
     this.idleTtl = config.get('SESSION_IDLE_TTL', { infer: true });
@@ -114,6 +130,11 @@ export class SessionsService implements OnApplicationBootstrap, OnModuleDestroy 
   async onModuleDestroy(): Promise<void> {
     await this.listener?.stop();
     await this.activity.stop();
+  }
+
+  /** For /metrics: refused refreshes by reason since this instance started. */
+  refreshFailureCounts(): Record<RefreshFailureReason, number> {
+    return { ...this.refreshFailures };
   }
 
   /** For /metrics and the multi-instance tests: is the cache in use, and how full is it. */
@@ -248,7 +269,10 @@ export class SessionsService implements OnApplicationBootstrap, OnModuleDestroy 
    * already exchanged ends the whole session (OAuth 2.0 Security BCP, section 4.14.2).
    */
   async refresh(refreshToken: string, client: ClientContext): Promise<IssuedSession> {
-    if (!looksLikeRefreshToken(refreshToken)) throw new UnauthorizedException(INVALID_REFRESH);
+    if (!looksLikeRefreshToken(refreshToken)) {
+      this.refreshFailures.malformed++;
+      throw new UnauthorizedException(INVALID_REFRESH);
+    }
     const presentedHash = hashRefreshToken(refreshToken);
     const nextToken = generateRefreshToken();
 
@@ -273,7 +297,7 @@ export class SessionsService implements OnApplicationBootstrap, OnModuleDestroy 
     });
     if (rotated) return { session: rotated, refreshToken: nextToken };
 
-    await this.explainFailedRefresh(presentedHash, client);
+    this.refreshFailures[await this.explainFailedRefresh(presentedHash, client)]++;
     throw new UnauthorizedException(INVALID_REFRESH);
   }
 
@@ -474,24 +498,57 @@ export class SessionsService implements OnApplicationBootstrap, OnModuleDestroy 
     });
   }
 
-  /** A refresh failed: if the token was already rotated, that is reuse; if expired, record the end. */
-  private async explainFailedRefresh(presentedHash: string, client: ClientContext): Promise<void> {
-    const { rows: reused } = await sql<{ session_id: string }>(
+  /**
+   * A refresh failed. Garbage (no known session) is only counted. A rotated-out token of an
+   * active session is reuse: the session ends (REFRESH_TOKEN_REUSE). Otherwise the token
+   * belongs to a session that is over: an overdue one is ended with its reason, and one
+   * REFRESH_FAILED is recorded per session and AUDIT_REFUSAL_WINDOW (BoundedAuditService), in its own
+   * transaction; nothing else changes. The client's answer is the same 401 in every case.
+   */
+  private async explainFailedRefresh(presentedHash: string, client: ClientContext): Promise<RefreshFailureReason> {
+    const {
+      rows: [known],
+    } = await sql<{ id: string; user_id: string; end_reason: SessionEndReason | null; rotated: boolean; state: RefreshFailureReason | null }>(
       this.dataSource.manager,
-      `SELECT session_id FROM rotated_refresh_tokens WHERE token_hash = $1`,
+      `SELECT s.id, s.user_id, s.end_reason, k.rotated,
+              CASE WHEN s.ended_at IS NOT NULL THEN 'ended'
+                   WHEN s.idle_expires_at <= now() THEN
+                     CASE WHEN s.idle_expires_at < s.absolute_expires_at THEN 'idle_timeout' ELSE 'absolute_timeout' END
+                   WHEN s.refresh_expires_at <= now() THEN 'refresh_expired'
+              END AS state
+         FROM (SELECT session_id AS id, true AS rotated FROM rotated_refresh_tokens WHERE token_hash = $1
+               UNION ALL
+               SELECT id, false FROM sessions WHERE refresh_token_hash = $1) AS k
+         JOIN sessions s ON s.id = k.id
+        LIMIT 1`,
       [presentedHash],
     );
-    if (reused.length) {
-      const ended = await this.end({ sessionId: reused[0].session_id }, { reason: 'refresh_token_reuse', event: 'REFRESH_TOKEN_REUSE', client });
-      if (ended) this.logger.warn(`Refresh token reuse detected; session ${reused[0].session_id} ended`);
-      return;
+    if (!known) return 'unknown';
+    if (known.rotated && (known.state === null || known.state === 'refresh_expired')) {
+      const ended = await this.end({ sessionId: known.id }, { reason: 'refresh_token_reuse', event: 'REFRESH_TOKEN_REUSE', client });
+      if (ended) this.logger.warn(`Refresh token reuse detected; session ${known.id} ended`);
+      return 'reused';
     }
-    const { rows: current } = await sql<{ id: string }>(
-      this.dataSource.manager,
-      `SELECT id FROM sessions WHERE refresh_token_hash = $1 AND ended_at IS NULL AND idle_expires_at <= now()`,
-      [presentedHash],
-    );
-    if (current.length) await this.endIfExpired(current[0].id);
+    // The current token of an active session that no longer matched: a concurrent refresh or end won.
+    if (known.state === null) return 'other';
+    if (known.state === 'idle_timeout' || known.state === 'absolute_timeout') await this.endIfExpired(known.id);
+    try {
+      await this.boundedAudit.record({
+        type: 'REFRESH_FAILED',
+        userId: known.user_id,
+        sessionId: known.id,
+        client,
+        metadata: {
+          reason: known.state,
+          ...(known.state === 'ended' && known.end_reason ? { endReason: known.end_reason } : {}),
+          presented: known.rotated ? 'rotated' : 'current',
+        },
+      });
+    } catch (error) {
+      // The answer stays the same 401; the failure to audit is the operator's to see.
+      this.logger.error('Recording REFRESH_FAILED failed', error instanceof Error ? error.stack : String(error));
+    }
+    return known.state;
   }
 }
 

@@ -1,0 +1,83 @@
+import { Injectable } from '@nestjs/common';
+import { ConfigService } from '@nestjs/config';
+import { InjectDataSource } from '@nestjs/typeorm';
+import { LRUCache } from 'lru-cache';
+import { DataSource } from 'typeorm';
+import type { AppConfig } from '../config/config';
+import { sql } from '../database/sql';
+import type { AuditEventType } from './audit-event.entity';
+import { AuditEventInput, AuditService } from './audit.service';
+
+/** Keys this instance knows are inside their window (no query until the window is over). */
+const REMEMBERED_KEYS = 10_000;
+
+export interface AuditBoundKey {
+  sessionId: string;
+  /** Narrows the key within the session (e.g. `GET /api/v1/admin/audit`); matched on metadata.route and metadata.method. */
+  route?: { template: string; method: string };
+}
+
+/**
+ * Records events that a caller can trigger as often as they like (a refused request, a
+ * replayed refresh token) without letting one caller write unbounded rows: at most one event
+ * of a type per key (a session, optionally a route of it) in AUDIT_REFUSAL_WINDOW seconds,
+ * across every instance. The audit log itself is the state: under a transaction-scoped
+ * advisory lock on the key, an event is written only when none of that type and key was
+ * written in the window (the session_id index finds it). Each instance also remembers, in
+ * a bounded LRU, keys it knows are inside their window, so repeated refusals cost no query.
+ * What is not written is counted (`suppressed`, exposed in /metrics).
+ */
+@Injectable()
+export class BoundedAuditService {
+  private readonly inWindowUntil = new LRUCache<string, number>({ max: REMEMBERED_KEYS });
+  private readonly counts = new Map<AuditEventType, { recorded: number; suppressed: number }>();
+  private readonly windowSeconds: number;
+
+  constructor(
+    @InjectDataSource() private readonly dataSource: DataSource,
+    private readonly audit: AuditService,
+    config: ConfigService<AppConfig, true>,
+  ) {
+    this.windowSeconds = config.get('AUDIT_REFUSAL_WINDOW', { infer: true });
+  }
+
+  /** Per event type: recorded by this instance, and left out because the key was inside its window. */
+  stats(): Array<{ type: AuditEventType; recorded: number; suppressed: number }> {
+    return [...this.counts].map(([type, c]) => ({ type, ...c }));
+  }
+
+  /** Writes the event in its own transaction unless its key is inside its window; true when written. */
+  async record(event: AuditEventInput & { sessionId: string }, key: AuditBoundKey = { sessionId: event.sessionId }): Promise<boolean> {
+    const id = `${event.type}|${key.sessionId}|${key.route ? `${key.route.method} ${key.route.template}` : ''}`;
+    const until = this.inWindowUntil.get(id);
+    if (until !== undefined && until > performance.now()) return this.count(event.type, false);
+
+    const remainingMs = await this.dataSource.transaction(async (em) => {
+      // Concurrent attempts on one key (on any instance) take turns: only the first writes.
+      await sql(em, `SELECT pg_advisory_xact_lock(hashtextextended($1, 0))`, [`audit-bound|${id}`]);
+      const { rows } = await sql<{ remaining_ms: number }>(
+        em,
+        `SELECT (extract(epoch FROM max(created_at) + make_interval(secs => $3) - now()) * 1000)::float8 AS remaining_ms
+           FROM audit_events
+          WHERE session_id = $1 AND type = $2 AND created_at > now() - make_interval(secs => $3)
+            AND ($4::text IS NULL OR (metadata->>'route' = $4::text AND metadata->>'method' = $5::text))`,
+        [key.sessionId, event.type, this.windowSeconds, key.route?.template ?? null, key.route?.method ?? null],
+      );
+      const remaining = rows[0]?.remaining_ms;
+      if (remaining != null && remaining > 0) return remaining;
+      await this.audit.record(em, event);
+      return undefined;
+    });
+    // A relative deadline: this instance's clock and the database's need not agree.
+    this.inWindowUntil.set(id, performance.now() + (remainingMs ?? this.windowSeconds * 1000));
+    return this.count(event.type, remainingMs === undefined);
+  }
+
+  private count(type: AuditEventType, recorded: boolean): boolean {
+    let c = this.counts.get(type);
+    if (!c) this.counts.set(type, (c = { recorded: 0, suppressed: 0 }));
+    if (recorded) c.recorded++;
+    else c.suppressed++;
+    return recorded;
+  }
+}

@@ -2,6 +2,7 @@ import { LoggerService, RequestMethod } from '@nestjs/common';
 import { FastifyAdapter, NestFastifyApplication } from '@nestjs/platform-fastify';
 import { DocumentBuilder, SwaggerModule } from '@nestjs/swagger';
 import { clientErrorHandler, frameworkErrors } from './common/framework-answers';
+import { completeOpenApiDocument, OPENAPI_TAGS } from './common/openapi-completion';
 import { registerRequestHygiene } from './common/request-hygiene';
 import { registerSecurityHeaders } from './common/security-headers';
 import { documentServiceUnavailable } from './common/service-unavailable.swagger';
@@ -74,16 +75,15 @@ export async function configureApp(
 
 /** Swagger UI at /docs, the OpenAPI document at /docs-json. */
 function setUpDocs(app: NestFastifyApplication): void {
-  const document = SwaggerModule.createDocument(
-    app,
-    new DocumentBuilder()
+  const builder = new DocumentBuilder()
       .setTitle('Sessionary')
       .setDescription('Server-side sessions, rotating refresh tokens and an audit log. Contract: API.md.')
       .setVersion('1')
-      .addBearerAuth({ type: 'http', scheme: 'bearer', bearerFormat: 'JWT' })
-      .build(),
-  );
+      .addBearerAuth({ type: 'http', scheme: 'bearer', bearerFormat: 'JWT' });
+  for (const tag of OPENAPI_TAGS) builder.addTag(tag.name, tag.description);
+  const document = SwaggerModule.createDocument(app, builder.build());
   documentServiceUnavailable(document);
+  completeOpenApiDocument(document, { bodyLimitBytes: BODY_LIMIT_BYTES });
   SwaggerModule.setup(DOCS_PATH, app, document, {
     jsonDocumentUrl: `${DOCS_PATH}-json`,
     // The token given to Authorize survives a reload of the page (kept in the browser's storage).

@@ -1,4 +1,6 @@
 import assert from 'node:assert/strict';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { bearer, registerAndLogin } from './helpers/factories';
 import { createTestApp, TestApp } from './helpers/test-app';
@@ -109,6 +111,43 @@ describe('operations and error hygiene (e2e)', () => {
     assert.equal(doc.paths['/api/v1/users/me'].get.operationId, 'getMe');
     assert.equal(doc.paths['/api/v1/auth/login'].post.operationId, 'login');
     assert.equal(doc.paths['/api/v1/sessions'].get.operationId, 'listSessions');
+  });
+
+  it('states the whole contract in /docs-json: 413/415 on bodies, 429 and limit headers on /api/v1, closed request bodies, UUID ids, no empty description', async () => {
+    const doc = (await t.http.get('/docs-json')).body as {
+      paths: Record<string, Record<string, { responses: Record<string, { description: string; headers?: Record<string, unknown>; content?: Record<string, { example?: { statusCode?: number } }> }>; parameters?: Array<{ in: string; name: string; schema: { format?: string } }> }>>;
+      components: { schemas: Record<string, { additionalProperties?: boolean }> };
+      tags: Array<{ name: string; description: string }>;
+    };
+    const login = doc.paths['/api/v1/auth/login'].post.responses;
+    for (const status of ['413', '415', '429']) assert.ok(login[status], `login ${status}`);
+    assert.ok(login['429'].headers?.['Retry-After']);
+    assert.ok(login['200'].headers?.['X-RateLimit-Remaining']);
+    const me = doc.paths['/api/v1/users/me'].get.responses;
+    assert.ok(me['429'] && !me['413'] && !me['415']);
+    assert.equal(doc.paths['/health/live'].get.responses['429'], undefined);
+    for (const dto of ['RegisterDto', 'LoginDto', 'RefreshDto', 'ChangePasswordDto', 'UpdateProfileDto']) {
+      assert.equal(doc.components.schemas[dto].additionalProperties, false, dto);
+    }
+    const id = doc.paths['/api/v1/sessions/{id}'].delete.parameters?.find((p) => p.in === 'path' && p.name === 'id');
+    assert.equal(id?.schema.format, 'uuid');
+    for (const [path, ops] of Object.entries(doc.paths)) {
+      for (const [method, op] of Object.entries(ops)) {
+        for (const [status, response] of Object.entries(op.responses)) {
+          assert.ok(response.description, `${method} ${path} ${status} has a description`);
+          const example = response.content?.['application/json']?.example;
+          if (Number(status) >= 400 && example) assert.equal(example.statusCode, Number(status), `${method} ${path} ${status} example`);
+        }
+      }
+    }
+    assert.ok(doc.tags.find((tag) => tag.name === 'auth')?.description);
+  });
+
+  it('serves exactly the committed openapi.json (UPDATE_OPENAPI=1 npm test -- operations rewrites it)', async () => {
+    const served = `${JSON.stringify((await t.http.get('/docs-json')).body, null, 2)}\n`;
+    const file = join(__dirname, '..', '..', 'openapi.json');
+    if (process.env.UPDATE_OPENAPI) writeFileSync(file, served);
+    assert.ok(served === readFileSync(file, 'utf8'), 'the served document differs from openapi.json: run `UPDATE_OPENAPI=1 npm test -- operations` and review the diff');
   });
 
   it("runs the document's register and login examples as they are: 201, then 200 by either identifier", async () => {

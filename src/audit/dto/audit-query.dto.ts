@@ -16,17 +16,17 @@ export class AuditQueryDto {
   @IsIn(AUDIT_EVENT_TYPES)
   type?: AuditEventType;
 
-  @ApiPropertyOptional({ description: 'Events at or after this instant (ISO-8601)', example: '2026-01-01T00:00:00Z' })
+  @ApiPropertyOptional({ description: 'Events at or after this instant (RFC 3339 date or date-time)', example: '2026-01-01T00:00:00Z', pattern: RFC3339.source })
   @IsAbsentOr()
   @Matches(RFC3339, { message: 'from must be an RFC 3339 date or date-time' })
   from?: string;
 
-  @ApiPropertyOptional({ description: 'Events before this instant (ISO-8601)' })
+  @ApiPropertyOptional({ description: 'Events before this instant (RFC 3339 date or date-time)', example: '2026-12-31T00:00:00Z', pattern: RFC3339.source })
   @IsAbsentOr()
   @Matches(RFC3339, { message: 'to must be an RFC 3339 date or date-time' })
   to?: string;
 
-  @ApiPropertyOptional({ minimum: 1, maximum: 100, default: 20 })
+  @ApiPropertyOptional({ type: 'integer', minimum: 1, maximum: 100, default: 20 })
   @IsAbsentOr()
   @Type(() => Number)
   @IsInt()
@@ -34,7 +34,7 @@ export class AuditQueryDto {
   @Max(100)
   limit: number = 20;
 
-  @ApiPropertyOptional({ description: 'nextCursor of the previous page' })
+  @ApiPropertyOptional({ description: 'nextCursor of the previous page', maxLength: 64 })
   @IsAbsentOr()
   @IsString()
   @MaxLength(64)

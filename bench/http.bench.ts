@@ -317,7 +317,7 @@ function gitCommit(): string | undefined {
   }
 }
 
-main()
+void main()
   .then(
     () => 0,
     (error: unknown) => {

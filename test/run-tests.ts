@@ -44,7 +44,7 @@ async function dropDatabases(serverUrl: string, database: string): Promise<void>
   await client.connect();
   try {
     const { rows } = await client.query<{ datname: string }>(
-      `SELECT datname FROM pg_database WHERE datname = $1 OR datname LIKE $1 || '\_p%'`,
+      `SELECT datname FROM pg_database WHERE datname = $1 OR datname LIKE $1 || '\\_p%'`,
       [database],
     );
     for (const { datname } of rows) await client.query(`DROP DATABASE IF EXISTS "${datname}" WITH (FORCE)`);

@@ -15,6 +15,7 @@ export function clientContextOf(request: FastifyRequest): ClientContext {
   return {
     ipAddress: request.ip ? request.ip.slice(0, 64) : null,
     // Control characters are dropped so a user agent cannot forge lines in logs or exports.
+    // eslint-disable-next-line no-control-regex -- matching control characters is the point
     userAgent: typeof ua === 'string' && ua.length ? ua.replace(/[\u0000-\u001f\u007f]/g, '').slice(0, MAX_USER_AGENT) : null,
   };
 }

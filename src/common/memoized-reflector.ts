@@ -18,7 +18,8 @@ export class MemoizedReflector extends Reflector {
   }
 
   // One signature for both of Reflector's overloads (by metadata key, by reflectable decorator).
-  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  // Reflector's own parameter types (any key, any function as a target).
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any, @typescript-eslint/no-unsafe-function-type
   override getAllAndOverride<TResult = any>(key: any, targets: Array<Type | Function>): TResult {
     if (targets.length !== 2 || !isTarget(targets[0]) || !isTarget(targets[1])) return this.source.getAllAndOverride<TResult>(key, targets);
     const [handler, classRef] = targets as [Target, Target];

@@ -36,6 +36,7 @@ const SECRET_PATTERNS: Array<[RegExp, string]> = [
   [/("?(?:password|currentPassword|newPassword|refreshToken|accessToken|secret)"?\s*[:=]\s*)("[^"]*"|[^\s,}]+)/gi, '$1"[REDACTED]"'],
 ];
 
+// eslint-disable-next-line no-control-regex -- matching control characters is the point
 const CONTROL_CHARACTERS = /[\u0000-\u001f\u007f\u2028\u2029]/g;
 
 /** Masks secrets in free text; what matches a secret's shape is masked even if it was not one. */

@@ -39,6 +39,7 @@ describe('scrubSecrets', () => {
 describe('neutraliseControlCharacters', () => {
   it('escapes line breaks and other control characters so one event stays one line', () => {
     const out = neutraliseControlCharacters('curl\r\n[Nest] 1 - ERROR forged\u2028x\u001b[31m');
+    // eslint-disable-next-line no-control-regex -- looking for control characters is the point
     assert.ok(!/[\r\n\u2028\u001b]/.test(out));
     assert.equal(out, 'curl\\u000d\\u000a[Nest] 1 - ERROR forged\\u2028x\\u001b[31m');
   });
@@ -52,6 +53,7 @@ describe('redactSecretKeys', () => {
       headers: new Map<string, unknown>([['authorization', 'Bearer x'], ['accept', 'json']]),
       error: Object.assign(new Error('failed with password=p2'), { cause: { token: 't1' } }),
     };
+    // eslint-disable-next-line @typescript-eslint/no-explicit-any -- arbitrary nested shapes
     const out = redactSecretKeys(input) as Record<string, any>;
     const text = JSON.stringify({ ...out, headers: Object.fromEntries(out.headers) });
     for (const secret of ['p1', 'p2', 'r1', 'Bearer x', 't1']) assert.ok(!text.includes(secret), text);

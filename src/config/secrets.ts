@@ -64,7 +64,7 @@ function randomSecrets(): Secrets {
 function persistedDevelopmentSecrets(dataDir: string): Secrets {
   const file = join(dataDir, 'secrets.json');
   if (existsSync(file)) {
-    let stored: Partial<Secrets> = {};
+    let stored: Partial<Secrets>;
     try {
       stored = JSON.parse(readFileSync(file, 'utf8')) as Partial<Secrets>;
     } catch {

@@ -11,6 +11,8 @@ export class SqlCounter {
 
   start(): this {
     const original = this.original;
+    // The patched query needs the client as `this` and the counter beside it.
+    // eslint-disable-next-line @typescript-eslint/no-this-alias
     const counter = this;
     Client.prototype.query = function (this: Client & { connectionParameters?: { application_name?: string } }, ...args: unknown[]) {
       if (this.connectionParameters?.application_name === 'sessionary') counter.count++;

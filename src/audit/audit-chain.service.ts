@@ -59,6 +59,8 @@ export function toCheckpoint(r: CheckpointRow): Checkpoint {
   };
 }
 
+// Columns as text (bigint and the exact timestamp); a query over them must ORDER BY an alias-qualified
+// column (c.id), since a bare name would sort by the text output column.
 export const CHECKPOINT_COLUMNS = `id::text, to_char(created_at AT TIME ZONE 'UTC', ${PG_MICROS_UTC}) AS created_at,
   chains::text, events::text, max_seq::text, digest, prev_mac, mac`;
 
@@ -80,9 +82,10 @@ export class AuditChainService {
   }
 
   /**
-   * Appends every unsealed event to its chain, in seq order, in batches; instances doing it
-   * at the same time take turns under an advisory lock, and a writer of new events waits for
-   * the head lock like any other. Returns the number of events sealed.
+   * Appends the events that existed before the chain migration (seq up to audit_chain_seal's
+   * bound) to their chains, in seq order, in batches; instances doing it at the same time take
+   * turns under an advisory lock. Once none is left the bound is removed, so nothing written
+   * later without the chain is ever sealed. Returns the number of events sealed.
    */
   async sealPending(): Promise<number> {
     let total = 0;
@@ -91,7 +94,7 @@ export class AuditChainService {
       total += sealed;
       if (sealed < SEAL_BATCH) break;
     }
-    if (total) this.logger.log(`Sealed ${total} audit event(s) written before the hash chain`);
+    if (total) this.logger.warn(`Sealed ${total} audit event(s) written before the hash chain existed`);
     return total;
   }
 
@@ -100,9 +103,13 @@ export class AuditChainService {
     const rows: UnsealedRow[] = await em.query(
       `SELECT id, type, user_id, session_id, ip_address, user_agent, metadata,
               to_char(created_at AT TIME ZONE 'UTC', ${PG_MICROS_UTC}) AS created_at
-         FROM audit_events WHERE hash IS NULL ORDER BY seq LIMIT $1 FOR UPDATE`,
+         FROM audit_events
+        WHERE hash IS NULL AND seq <= (SELECT max(up_to_seq) FROM audit_chain_seal)
+        ORDER BY seq LIMIT $1 FOR UPDATE`,
       [SEAL_BATCH],
     );
+    // The last batch: nothing up to the bound is left unsealed once it commits.
+    if (rows.length < SEAL_BATCH) await em.query('DELETE FROM audit_chain_seal');
     if (!rows.length) return 0;
     const keys = [...new Set(rows.map((r) => chainKeyOf(r.user_id)))].sort();
     const heads: ChainHeadRow[] = await em.query(LOCK_HEADS, [keys, GENESIS_HASH]);
@@ -161,7 +168,7 @@ export class AuditChainService {
       if (!locked) return undefined;
       const [last] = (await em.query(
         `SELECT ${CHECKPOINT_COLUMNS}, extract(epoch FROM now() - created_at)::float8 AS age
-           FROM audit_checkpoints ORDER BY id DESC LIMIT 1`,
+           FROM audit_checkpoints c ORDER BY c.id DESC LIMIT 1`,
       )) as Array<CheckpointRow & { age: number }>;
       const [{ max_seq }] = await em.query(`SELECT coalesce(max(seq), 0)::text AS max_seq FROM audit_events`);
       if (last ? BigInt(max_seq) <= BigInt(last.max_seq) : max_seq === '0') return undefined;
@@ -172,9 +179,13 @@ export class AuditChainService {
       }
       // Row locks: waits for the writers in flight on each changed chain, so every head it
       // copies belongs to committed events; only this job writes the checkpoint columns.
+      // In key order, like every writer, so that a writer locking several heads cannot deadlock with it.
       await em.query(
-        `UPDATE audit_chain_heads SET checkpoint_position = position, checkpoint_hash = hash
-          WHERE checkpoint_position IS DISTINCT FROM position OR checkpoint_hash IS DISTINCT FROM hash`,
+        `UPDATE audit_chain_heads h SET checkpoint_position = h.position, checkpoint_hash = h.hash
+           FROM (SELECT chain_key FROM audit_chain_heads
+                  WHERE checkpoint_position IS DISTINCT FROM position OR checkpoint_hash IS DISTINCT FROM hash
+                  ORDER BY chain_key FOR UPDATE) AS due
+          WHERE h.chain_key = due.chain_key`,
       );
       const heads = await digestCheckpointedHeads(em);
       const [{ now, seq }] = await em.query(

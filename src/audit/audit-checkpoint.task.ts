@@ -14,8 +14,7 @@ const JOB_NAME = 'audit-checkpoint';
  * no new event of this version can precede them). Then checks every half
  * AUDIT_CHECKPOINT_INTERVAL, and whenever this instance has appended AUDIT_CHECKPOINT_EVERY
  * events, whether a checkpoint is due; every instance does, an advisory lock and the last
- * checkpoint's age and max seq let one of them write it. Each check first seals what an
- * instance of an earlier version may still have written during a rolling deploy.
+ * checkpoint's age and max seq let one of them write it.
  *
  * Registered with the SchedulerRegistry (like the cleanup task) because its period comes from
  * configuration.
@@ -57,7 +56,6 @@ export class AuditCheckpointTask implements OnApplicationBootstrap {
 
   private async tick(): Promise<Checkpoint | undefined> {
     try {
-      await this.chain.sealPending();
       return await this.chain.checkpoint();
     } catch (error) {
       if (isDatabaseUnavailable(error)) this.logger.warn('Audit checkpoint skipped: the database is unavailable');

@@ -132,15 +132,15 @@ export class AuditVerifierService {
         `SELECT id, type, user_id, session_id, ip_address, user_agent, metadata,
                 to_char(created_at AT TIME ZONE 'UTC', ${PG_MICROS_UTC}) AS created_at,
                 chain_key, chain_pos::text AS chain_pos, prev_hash, hash
-           FROM audit_events WHERE (chain_key, chain_pos) > ($1, $2::bigint)
-          ORDER BY chain_key, chain_pos LIMIT $3`,
+           FROM audit_events e WHERE (e.chain_key, e.chain_pos) > ($1, $2::bigint)
+          ORDER BY e.chain_key, e.chain_pos LIMIT $3`,
         [last?.chain_key ?? '', last?.chain_pos ?? '0', BATCH],
       ),
     );
     const heads = new Cursor<HeadRow>((last) =>
       em.query(
         `SELECT chain_key, position::text AS position, hash, checkpoint_position::text AS checkpoint_position, checkpoint_hash
-           FROM audit_chain_heads WHERE chain_key > $1 ORDER BY chain_key LIMIT $2`,
+           FROM audit_chain_heads h WHERE h.chain_key > $1 ORDER BY h.chain_key LIMIT $2`,
         [last?.chain_key ?? '', BATCH],
       ),
     );
@@ -224,7 +224,7 @@ export class AuditVerifierService {
     let latest: Checkpoint | undefined;
     let afterId = 0;
     for (;;) {
-      const rows = await em.query(`SELECT ${CHECKPOINT_COLUMNS} FROM audit_checkpoints WHERE id > $1 ORDER BY id LIMIT $2`, [afterId, BATCH]);
+      const rows = await em.query(`SELECT ${CHECKPOINT_COLUMNS} FROM audit_checkpoints c WHERE c.id > $1 ORDER BY c.id LIMIT $2`, [afterId, BATCH]);
       for (const row of rows) {
         const checkpoint = toCheckpoint(row);
         const { mac, ...fields } = checkpoint;
@@ -253,7 +253,7 @@ export class AuditVerifierService {
     if (!latest || fromFile.id > latest.id) {
       throw new Broken(null, `Checkpoint ${fromFile.id} from the file is missing from the table (latest there: ${latest?.id ?? 'none'}): checkpoints and the events after them were deleted`);
     }
-    const [row] = await em.query(`SELECT ${CHECKPOINT_COLUMNS} FROM audit_checkpoints WHERE id = $1`, [fromFile.id]);
+    const [row] = await em.query(`SELECT ${CHECKPOINT_COLUMNS} FROM audit_checkpoints c WHERE c.id = $1`, [fromFile.id]);
     if (!row || toCheckpoint(row).mac !== mac) {
       throw new Broken(null, `Checkpoint ${fromFile.id} from the file differs from the one in the table`);
     }

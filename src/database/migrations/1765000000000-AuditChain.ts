@@ -8,7 +8,10 @@ import { MigrationInterface, QueryRunner } from 'typeorm';
  *
  * The chain columns stay nullable: a migration run by the TypeORM CLI does not know
  * AUDIT_HMAC_KEY, so the events that exist before it are sealed, in seq order, by the
- * application at boot (AuditChainSealer, under an advisory lock). Chain keys sort byte-wise
+ * application at boot (AuditChainService.sealPending, under an advisory lock). Only those:
+ * audit_chain_seal holds the last seq this migration saw, and is emptied once they are
+ * sealed, so that a row inserted later without the chain stays unsealed and is reported by
+ * the verifier instead of being laundered into a chain. Chain keys sort byte-wise
  * (COLLATE "C") so that PostgreSQL and the verifier agree on the order of the chains.
  */
 export class AuditChain1765000000000 implements MigrationInterface {
@@ -38,6 +41,8 @@ export class AuditChain1765000000000 implements MigrationInterface {
         "checkpoint_hash" char(64),
         CONSTRAINT "PK_audit_chain_heads" PRIMARY KEY ("chain_key")
       ) WITH (fillfactor = 70)`);
+    await queryRunner.query(`CREATE TABLE "audit_chain_seal" ("up_to_seq" bigint NOT NULL)`);
+    await queryRunner.query(`INSERT INTO "audit_chain_seal" SELECT max("seq") FROM "audit_events" HAVING count(*) > 0`);
     await queryRunner.query(`
       CREATE TABLE "audit_checkpoints" (
         "id" bigint NOT NULL,
@@ -54,6 +59,7 @@ export class AuditChain1765000000000 implements MigrationInterface {
 
   public async down(queryRunner: QueryRunner): Promise<void> {
     await queryRunner.query(`DROP TABLE "audit_checkpoints"`);
+    await queryRunner.query(`DROP TABLE "audit_chain_seal"`);
     await queryRunner.query(`DROP TABLE "audit_chain_heads"`);
     await queryRunner.query(`DROP INDEX "IDX_audit_events_unsealed"`);
     await queryRunner.query(`DROP INDEX "UQ_audit_events_chain"`);

@@ -3,7 +3,7 @@
  *   npm run cli -- promote-admin <email>
  *   npm run cli -- demote-admin <email>
  *   npm run cli -- end-all-sessions
- *   npm run cli -- audit-verify [--checkpoint-file <file>]   exit code 0 intact, 1 broken
+ *   npm run cli -- audit-verify [--checkpoint-file <file>]   exit code 0 intact, 1 broken, 2 unreadable file
  * Without DATABASE_URL they use the embedded database in DATA_DIR (stop the server first:
  * one PostgreSQL owns a data directory at a time).
  */
@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { AppModule } from './app.module';
 import { loadConfig, useDatabaseUrl } from './config/config';
 import { EmbeddedDatabase, startEmbeddedPostgres } from './database/embedded-postgres';
-import { AuditVerification, AuditVerifierService } from './audit/audit-verifier.service';
+import { AuditVerification, AuditVerifierService, CheckpointFileError } from './audit/audit-verifier.service';
 import type { UserRole } from './users/user.entity';
 import { SessionsService } from './sessions/sessions.service';
 import { UsersService } from './users/users.service';
@@ -60,6 +60,10 @@ async function main(argv: string[]): Promise<number> {
     );
     return 0;
   } catch (error) {
+    if (error instanceof CheckpointFileError) {
+      process.stderr.write(`${error.message}\n`);
+      return 2;
+    }
     if (error instanceof NotFoundException) {
       process.stderr.write(`No user with email ${email}\n`);
       return 1;

@@ -8,8 +8,11 @@ import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
 import { LoggerService } from '@nestjs/common';
 import { Client } from 'pg';
+import { SchedulerRegistry } from '@nestjs/schedule';
 import { AuditChainService } from '../src/audit/audit-chain.service';
+import { AuditCheckpointTask } from '../src/audit/audit-checkpoint.task';
 import { AuditVerifierService } from '../src/audit/audit-verifier.service';
+import { AuditService } from '../src/audit/audit.service';
 import { bearer, login, registerUser, TestUser } from './helpers/factories';
 import { createTestApp, databaseForThisFile, TEST_AUDIT_HMAC_KEY, TestApp } from './helpers/test-app';
 
@@ -284,6 +287,32 @@ describe('audit hash chain (e2e)', () => {
     const run = await cli(f.url, 'audit-verify', '--checkpoint-file', forged);
     assert.equal(run.code, 1, run.stdout + run.stderr);
     assert.match(run.stdout, /does not match its MAC/);
+    // A file that cannot be read is the operator's error (2), not a broken log (1).
+    const missing = await cli(f.url, 'audit-verify', '--checkpoint-file', join(dir, 'nowhere.ndjson'));
+    assert.equal(missing.code, 2, missing.stdout + missing.stderr);
+    assert.match(missing.stderr, /nowhere\.ndjson cannot be read \(ENOENT\)/);
+    const usage = await cli(f.url, 'audit-verify', '--checkpoint-file');
+    assert.equal(usage.code, 2);
+  });
+
+  it('checkpoints on its schedule only when due: after AUDIT_CHECKPOINT_EVERY events, not before', async () => {
+    const f = await open({ AUDIT_CHECKPOINT_EVERY: '5' });
+    const task = f.t.app.get(AuditCheckpointTask);
+    assert.ok(f.t.app.get(SchedulerRegistry).getInterval('audit-checkpoint'));
+    // The fixture's events may have set off the writer's trigger in the background: wait for
+    // that, then take the trigger off, so that only the calls below decide.
+    await task.handleTick();
+    f.t.app.get(AuditService).onAppended = undefined;
+    const first = await f.t.app.get(AuditChainService).checkpoint(true);
+    const base = first?.id ?? (await f.t.db.query(`SELECT max(id)::int AS id FROM audit_checkpoints`))[0].id;
+    assert.equal(await task.handleTick(), undefined);
+    await login(f.t.http, f.other); // one event: not yet due (the interval is a day)
+    assert.equal(await task.handleTick(), undefined);
+    for (let i = 0; i < 4; i++) await login(f.t.http, f.other);
+    const second = await task.handleTick();
+    assert.equal(second?.id, base + 1);
+    const [{ events }] = await f.t.db.query(`SELECT count(*)::int AS events FROM audit_events`);
+    assert.equal(second?.events, events);
   });
 
   it('detects a deleted middle checkpoint and an altered one', async () => {

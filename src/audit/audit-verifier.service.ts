@@ -263,21 +263,36 @@ export class AuditVerifierService {
   }
 }
 
+/** The checkpoint file cannot be read or holds no checkpoint: the operator's error, not a broken log. */
+export class CheckpointFileError extends Error {}
+
 /** The last non-empty line of an NDJSON checkpoint file, reading only its tail. */
 export async function readLastCheckpoint(path: string): Promise<Checkpoint> {
-  const file = await open(path, 'r');
+  let text: string;
   try {
-    const { size } = await file.stat();
-    const length = Math.min(size, FILE_TAIL_BYTES);
-    const buffer = Buffer.alloc(length);
-    await file.read(buffer, 0, length, size - length);
-    const lines = buffer.toString('utf8').split('\n').map((l) => l.trim()).filter(Boolean);
-    const last = lines[lines.length - 1];
-    if (!last) throw new Error(`${path} holds no checkpoint`);
-    const parsed = JSON.parse(last) as Checkpoint;
-    if (typeof parsed !== 'object' || parsed === null || typeof parsed.id !== 'number') throw new Error(`${path}: the last line is not a checkpoint`);
-    return parsed;
-  } finally {
-    await file.close();
+    const file = await open(path, 'r');
+    try {
+      const { size } = await file.stat();
+      const length = Math.min(size, FILE_TAIL_BYTES);
+      const buffer = Buffer.alloc(length);
+      await file.read(buffer, 0, length, size - length);
+      text = buffer.toString('utf8');
+    } finally {
+      await file.close();
+    }
+  } catch (error) {
+    throw new CheckpointFileError(`${path} cannot be read (${(error as NodeJS.ErrnoException).code ?? 'error'})`);
   }
+  const lines = text.split('\n').map((l) => l.trim()).filter(Boolean);
+  const last = lines[lines.length - 1];
+  let parsed: unknown;
+  try {
+    parsed = last === undefined ? undefined : JSON.parse(last);
+  } catch {
+    parsed = undefined;
+  }
+  if (typeof parsed !== 'object' || parsed === null || typeof (parsed as Checkpoint).id !== 'number') {
+    throw new CheckpointFileError(`${path}: the last line is not a checkpoint`);
+  }
+  return parsed as Checkpoint;
 }

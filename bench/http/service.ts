@@ -69,7 +69,7 @@ export interface ServiceOptions {
 export function serviceEnv(options: ServiceOptions): NodeJS.ProcessEnv {
   const env: NodeJS.ProcessEnv = { ...process.env };
   for (const key of Object.keys(new Env())) delete env[key];
-  for (const key of ['DATABASE_URL', 'JWT_SECRET', 'PASSWORD_PEPPER']) delete env[key];
+  for (const key of ['DATABASE_URL', 'JWT_SECRET', 'PASSWORD_PEPPER', 'AUDIT_HMAC_KEY', 'AUDIT_CHECKPOINT_FILE']) delete env[key];
   Object.assign(env, {
     NODE_ENV: 'production',
     HOST: '127.0.0.1',
@@ -77,6 +77,7 @@ export function serviceEnv(options: ServiceOptions): NodeJS.ProcessEnv {
     DATABASE_URL: options.databaseUrl,
     JWT_SECRET: options.jwtSecret,
     PASSWORD_PEPPER: randomBytes(48).toString('base64'),
+    AUDIT_HMAC_KEY: randomBytes(48).toString('base64'),
     RATE_LIMIT_PER_MINUTE: String(options.rateLimitPerMinute),
   });
   if (options.bcryptCost !== undefined) env.BCRYPT_COST = String(options.bcryptCost);

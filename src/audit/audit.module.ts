@@ -1,11 +1,14 @@
 import { Module } from '@nestjs/common';
+import { AuditChainService } from './audit-chain.service';
+import { AuditCheckpointTask } from './audit-checkpoint.task';
+import { AuditVerifierService } from './audit-verifier.service';
 import { AuditController } from './audit.controller';
 import { AuditService } from './audit.service';
 import { BoundedAuditService } from './bounded-audit.service';
 
 @Module({
   controllers: [AuditController],
-  providers: [AuditService, BoundedAuditService],
-  exports: [AuditService, BoundedAuditService],
+  providers: [AuditService, BoundedAuditService, AuditChainService, AuditVerifierService, AuditCheckpointTask],
+  exports: [AuditService, BoundedAuditService, AuditChainService, AuditVerifierService],
 })
 export class AuditModule {}

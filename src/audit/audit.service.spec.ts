@@ -1,10 +1,12 @@
 import 'reflect-metadata';
-import { describe, it, beforeEach, mock } from 'node:test';
+import { describe, it, beforeEach } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { BadRequestException } from '@nestjs/common';
+import type { ConfigService } from '@nestjs/config';
 import type { DataSource, EntityManager } from 'typeorm';
-import { AuditEventEntity } from './audit-event.entity';
+import type { AppConfig } from '../config/config';
+import { ChainedEvent, eventHash, GENESIS_HASH, GLOBAL_CHAIN } from './audit-chain';
 import { AuditService, decodeCursor, encodeCursor } from './audit.service';
 
 const MAX_SEQ = '9223372036854775807';
@@ -54,19 +56,57 @@ describe('encodeCursor / decodeCursor', () => {
 });
 
 describe('AuditService.record', () => {
-  let em: { insert: ReturnType<typeof mock.fn<(entity: unknown, rows: unknown) => Promise<void>>> };
+  const KEY = 'unit-test-audit-key-of-at-least-32-bytes';
+  const NOW = '2026-12-01T12:00:00.123456Z';
+  type Call = { text: string; params: unknown[] };
+  let calls: Call[];
+  let heads: Map<string, { position: string; hash: string }>;
+  let failAppend: boolean;
   let service: AuditService;
   const userId = randomUUID();
   const sessionId = randomUUID();
 
   beforeEach(() => {
-    em = { insert: mock.fn(async () => {}) };
-    service = new AuditService({} as unknown as DataSource);
+    calls = [];
+    heads = new Map();
+    failAppend = false;
+    const config = { get: () => KEY } as unknown as ConfigService<AppConfig, true>;
+    service = new AuditService({} as unknown as DataSource, config);
   });
 
-  const manager = () => em as unknown as EntityManager;
+  /** A stand-in for PostgreSQL's two statements: the head lock and the append. */
+  const manager = () =>
+    ({
+      query: async (text: string, params: unknown[]) => {
+        calls.push({ text, params });
+        if (text.includes('INSERT INTO audit_chain_heads')) {
+          return (params[0] as string[]).map((k) => ({ chain_key: k, ...(heads.get(k) ?? { position: '0', hash: GENESIS_HASH }), now: NOW }));
+        }
+        if (failAppend) throw new Error('insert failed');
+        return [];
+      },
+    }) as unknown as EntityManager;
 
-  it("inserts one row per event with the client's ip and user agent and the metadata", async () => {
+  const appended = () => {
+    const p = calls[1].params as unknown[][];
+    return p[0].map((_, i) => ({
+      id: p[0][i] as string,
+      type: p[1][i],
+      userId: p[2][i],
+      sessionId: p[3][i],
+      ipAddress: p[4][i],
+      userAgent: p[5][i],
+      metadata: p[6][i],
+      createdAt: calls[1].params[7],
+      chainKey: p[8][i],
+      position: p[9][i],
+      prevHash: p[10][i],
+      hash: p[11][i],
+    }));
+  };
+
+  it("appends one row per event with the client's ip and user agent, canonical metadata and the chain fields", async () => {
+    heads.set(userId, { position: '4', hash: 'a'.repeat(64) });
     await service.record(
       manager(),
       {
@@ -77,27 +117,43 @@ describe('AuditService.record', () => {
         metadata: { method: 'password', attempts: 1, remembered: false, note: null },
       },
       { type: 'LOGIN_FAILED', userId: null },
+      { type: 'LOGOUT', userId, sessionId },
     );
-    assert.equal(em.insert.mock.callCount(), 1);
-    const [entity, rows] = em.insert.mock.calls[0].arguments;
-    assert.equal(entity, AuditEventEntity);
-    assert.deepEqual(rows, [
-      {
-        type: 'LOGIN',
-        userId,
-        sessionId,
-        ipAddress: '203.0.113.7',
-        userAgent: 'curl/8.5.0',
-        metadata: { method: 'password', attempts: 1, remembered: false, note: null },
-      },
-      { type: 'LOGIN_FAILED', userId: null, sessionId: null, ipAddress: null, userAgent: null, metadata: {} },
-    ]);
+    assert.equal(calls.length, 2, 'two statements, whatever the number of events');
+    assert.deepEqual(calls[0].params, [[GLOBAL_CHAIN, userId].sort(), GENESIS_HASH]);
+    const rows = appended();
+    assert.deepEqual(
+      rows.map(({ id: _id, hash: _hash, ...rest }) => rest),
+      [
+        {
+          type: 'LOGIN', userId, sessionId, ipAddress: '203.0.113.7', userAgent: 'curl/8.5.0',
+          metadata: '{"attempts":1,"method":"password","note":null,"remembered":false}',
+          createdAt: NOW, chainKey: userId, position: 5, prevHash: 'a'.repeat(64),
+        },
+        {
+          type: 'LOGIN_FAILED', userId: null, sessionId: null, ipAddress: null, userAgent: null, metadata: '{}',
+          createdAt: NOW, chainKey: GLOBAL_CHAIN, position: 1, prevHash: GENESIS_HASH,
+        },
+        {
+          type: 'LOGOUT', userId, sessionId, ipAddress: null, userAgent: null, metadata: '{}',
+          createdAt: NOW, chainKey: userId, position: 6, prevHash: rows[0].hash,
+        },
+      ],
+    );
+    for (const r of rows) {
+      assert.equal(r.hash, eventHash(KEY, r.prevHash as string, r as unknown as ChainedEvent));
+    }
+    // The new heads: the last event of each chain.
+    const keys = calls[1].params[12] as string[];
+    const byKey = Object.fromEntries(keys.map((k, i) => [k, [(calls[1].params[13] as number[])[i], (calls[1].params[14] as string[])[i]]]));
+    assert.deepEqual(byKey, { [userId]: [6, rows[2].hash], [GLOBAL_CHAIN]: [1, rows[1].hash] });
   });
 
   it('records null ip and user agent for a null client', async () => {
     await service.record(manager(), { type: 'LOGOUT', userId, sessionId, client: null });
-    const [, rows] = em.insert.mock.calls[0].arguments;
-    assert.deepEqual(rows, [{ type: 'LOGOUT', userId, sessionId, ipAddress: null, userAgent: null, metadata: {} }]);
+    const [row] = appended();
+    assert.equal(row.ipAddress, null);
+    assert.equal(row.userAgent, null);
   });
 
   for (const key of ['password', 'newPassword', 'refreshToken', 'tokenHash', 'passwordHash', 'clientSecret', 'Authorization', 'ACCESS_TOKEN']) {
@@ -109,7 +165,7 @@ describe('AuditService.record', () => {
         assert.ok(!e.message.includes(value));
         return true;
       });
-      assert.equal(em.insert.mock.callCount(), 0);
+      assert.equal(calls.length, 0);
     });
   }
 
@@ -118,18 +174,16 @@ describe('AuditService.record', () => {
       service.record(manager(), { type: 'LOGIN', userId }, { type: 'TOKEN_REFRESH', userId, metadata: { oldRefreshToken: 'x' } }),
       /not allowed/,
     );
-    assert.equal(em.insert.mock.callCount(), 0);
+    assert.equal(calls.length, 0);
   });
 
   it('does nothing when given no events', async () => {
     await service.record(manager());
-    assert.equal(em.insert.mock.callCount(), 0);
+    assert.equal(calls.length, 0);
   });
 
   it('propagates a failed insert (so the caller rolls back)', async () => {
-    em.insert.mock.mockImplementation(async () => {
-      throw new Error('insert failed');
-    });
+    failAppend = true;
     await assert.rejects(service.record(manager(), { type: 'LOGIN', userId }), /insert failed/);
   });
 });

@@ -1,7 +1,11 @@
 import { BadRequestException, Injectable } from '@nestjs/common';
+import { ConfigService } from '@nestjs/config';
 import { InjectDataSource } from '@nestjs/typeorm';
+import { randomUUID } from 'node:crypto';
 import { DataSource, EntityManager } from 'typeorm';
 import type { ClientContext } from '../common/client-context';
+import type { AppConfig } from '../config/config';
+import { canonicalJson, chainKeyOf, ChainedEvent, ChainHeadRow, eventHash, GENESIS_HASH, LOCK_HEADS } from './audit-chain';
 import { AuditEventEntity, AuditEventType, AuditMetadata } from './audit-event.entity';
 
 export interface AuditEventInput {
@@ -29,27 +33,84 @@ export interface AuditPage {
 // Keys that must never reach the log, whoever builds the metadata (defence in depth).
 const FORBIDDEN_METADATA_KEY = /pass|token|secret|hash|authorization/i;
 
+/** The events and the new heads in one statement (a data-modifying CTE always runs). */
+const APPEND = `
+  WITH appended AS (
+    INSERT INTO audit_events
+      (id, type, user_id, session_id, ip_address, user_agent, metadata, created_at, chain_key, chain_pos, prev_hash, hash)
+    SELECT id, type, user_id, session_id, ip, ua, metadata::jsonb, $8::timestamptz, chain_key, chain_pos, prev_hash, hash
+      FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::text[],
+                  $9::text[], $10::bigint[], $11::text[], $12::text[])
+           WITH ORDINALITY AS v(id, type, user_id, session_id, ip, ua, metadata, chain_key, chain_pos, prev_hash, hash, n)
+     ORDER BY n)
+  UPDATE audit_chain_heads h SET position = v.position, hash = v.hash
+    FROM unnest($13::text[], $14::bigint[], $15::text[]) AS v(chain_key, position, hash)
+   WHERE h.chain_key = v.chain_key`;
+
 /**
  * The only writer of audit events. It takes the caller's EntityManager so that an event
- * commits in the same transaction as the change it records, or not at all.
+ * commits in the same transaction as the change it records, or not at all. Every event is
+ * appended to its user's hash chain (ASVS 16.4.2): two statements per call, whatever the
+ * number of events and chains.
  */
 @Injectable()
 export class AuditService {
-  constructor(@InjectDataSource() private readonly dataSource: DataSource) {}
+  private readonly key: string;
+  /** Events this instance appended since it started (the checkpoint job's trigger). */
+  appended = 0;
+  /** Called after events were appended; the checkpoint job listens. */
+  onAppended: ((count: number) => void) | undefined;
+
+  constructor(
+    @InjectDataSource() private readonly dataSource: DataSource,
+    config: ConfigService<AppConfig, true>,
+  ) {
+    this.key = config.get('AUDIT_HMAC_KEY', { infer: true });
+  }
 
   async record(em: EntityManager, ...events: AuditEventInput[]): Promise<void> {
     if (!events.length) return;
-    await em.insert(
-      AuditEventEntity,
-      events.map((e) => ({
-        type: e.type,
-        userId: e.userId,
-        sessionId: e.sessionId ?? null,
-        ipAddress: e.client?.ipAddress ?? null,
-        userAgent: e.client?.userAgent ?? null,
-        metadata: safeMetadata(e.metadata ?? {}),
-      })),
-    );
+    const rows = events.map((e) => ({
+      id: randomUUID(),
+      type: e.type,
+      userId: e.userId === null ? null : e.userId.toLowerCase(),
+      sessionId: e.sessionId ? e.sessionId.toLowerCase() : null,
+      ipAddress: e.client?.ipAddress ?? null,
+      userAgent: e.client?.userAgent ?? null,
+      metadata: canonicalJson(safeMetadata(e.metadata ?? {})),
+      chainKey: chainKeyOf(e.userId),
+    }));
+    const keys = [...new Set(rows.map((r) => r.chainKey))].sort();
+    const heads: ChainHeadRow[] = await em.query(LOCK_HEADS, [keys, GENESIS_HASH]);
+    const createdAt = heads[0].now;
+    const tip = new Map(heads.map((h) => [h.chain_key, { position: Number(h.position), hash: h.hash }]));
+    const chained = rows.map((r) => {
+      const head = tip.get(r.chainKey)!;
+      const event: ChainedEvent = { ...r, createdAt, position: head.position + 1 };
+      const prevHash = head.hash;
+      const hash = eventHash(this.key, prevHash, event);
+      tip.set(r.chainKey, { position: event.position, hash });
+      return { ...event, prevHash, hash };
+    });
+    await em.query(APPEND, [
+      chained.map((e) => e.id),
+      chained.map((e) => e.type),
+      chained.map((e) => e.userId),
+      chained.map((e) => e.sessionId),
+      chained.map((e) => e.ipAddress),
+      chained.map((e) => e.userAgent),
+      chained.map((e) => e.metadata),
+      createdAt,
+      chained.map((e) => e.chainKey),
+      chained.map((e) => e.position),
+      chained.map((e) => e.prevHash),
+      chained.map((e) => e.hash),
+      keys,
+      keys.map((k) => tip.get(k)!.position),
+      keys.map((k) => tip.get(k)!.hash),
+    ]);
+    this.appended += chained.length;
+    this.onAppended?.(chained.length);
   }
 
   /** Newest first, keyset-paginated on the monotonic `seq`. */

@@ -51,7 +51,13 @@ describe('loadConfig(raw)', () => {
   it('in production refuses a weak secret without echoing it', () => {
     const weak = 'a'.repeat(40);
     assert.throws(
-      () => loadConfig({ NODE_ENV: 'production', JWT_SECRET: weak, PASSWORD_PEPPER: randomBytes(48).toString('base64') }),
+      () =>
+        loadConfig({
+          NODE_ENV: 'production',
+          JWT_SECRET: weak,
+          PASSWORD_PEPPER: randomBytes(48).toString('base64'),
+          AUDIT_HMAC_KEY: randomBytes(48).toString('base64'),
+        }),
       (e: unknown) => {
         assert.ok(e instanceof Error);
         assert.match(e.message, /JWT_SECRET is a well-known or low-entropy value/);
@@ -64,7 +70,9 @@ describe('loadConfig(raw)', () => {
   it('in production returns strong secrets as given', () => {
     const JWT_SECRET = randomBytes(48).toString('base64');
     const PASSWORD_PEPPER = randomBytes(48).toString('base64');
-    const config = loadConfig({ NODE_ENV: 'production', JWT_SECRET, PASSWORD_PEPPER, DATA_DIR: root });
+    const AUDIT_HMAC_KEY = randomBytes(48).toString('base64');
+    const config = loadConfig({ NODE_ENV: 'production', JWT_SECRET, PASSWORD_PEPPER, AUDIT_HMAC_KEY, DATA_DIR: root });
+    assert.equal(config.AUDIT_HMAC_KEY, AUDIT_HMAC_KEY);
     assert.equal(config.JWT_SECRET, JWT_SECRET);
     assert.equal(config.PASSWORD_PEPPER, PASSWORD_PEPPER);
     assert.equal(config.NODE_ENV, 'production');

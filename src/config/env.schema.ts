@@ -87,6 +87,30 @@ export class Env {
   @IsString()
   PASSWORD_PEPPER?: string;
 
+  /** The key of the audit log's hash chain and checkpoints (HMAC-SHA-256); resolved like JWT_SECRET. */
+  @Transform(toOptionalString)
+  @IsOptional()
+  @IsString()
+  AUDIT_HMAC_KEY?: string;
+
+  /** Audit events after which a checkpoint of the chain heads is written (or earlier, see AUDIT_CHECKPOINT_INTERVAL). */
+  @Transform(toNumber)
+  @IsInt()
+  @Min(1)
+  AUDIT_CHECKPOINT_EVERY = 1000;
+
+  /** Seconds after which a checkpoint is written if any event was recorded since the last one. */
+  @Transform(toNumber)
+  @IsInt()
+  @Min(1)
+  AUDIT_CHECKPOINT_INTERVAL = 300;
+
+  /** When set, each checkpoint this instance writes is also appended to this file as one NDJSON line. */
+  @Transform(toOptionalString)
+  @IsOptional()
+  @IsString()
+  AUDIT_CHECKPOINT_FILE?: string;
+
   @IsString()
   JWT_ISSUER = 'sessionary';
 
@@ -303,7 +327,7 @@ function isProxyAddress(entry: string): boolean {
  */
 export function parseEnv(raw: Record<string, unknown>): Env {
   // Only our own variables: the rest of the process environment is none of our business.
-  const known = Object.keys(new Env()).concat('DATABASE_URL', 'DATABASE_LISTEN_URL', 'JWT_SECRET', 'PASSWORD_PEPPER', 'SESSION_TOUCH_INTERVAL');
+  const known = Object.keys(new Env()).concat('DATABASE_URL', 'DATABASE_LISTEN_URL', 'JWT_SECRET', 'PASSWORD_PEPPER', 'SESSION_TOUCH_INTERVAL', 'AUDIT_HMAC_KEY', 'AUDIT_CHECKPOINT_FILE');
   const picked = Object.fromEntries(known.filter((k) => raw[k] !== undefined).map((k) => [k, raw[k]]));
   const env = plainToInstance(Env, picked, { exposeDefaultValues: true });
   const errors = validateSync(env, { skipMissingProperties: false, whitelist: false });

@@ -17,6 +17,7 @@ export const SECRET_KEYS = [
   'secret',
   'JWT_SECRET',
   'PASSWORD_PEPPER',
+  'AUDIT_HMAC_KEY',
   'DATABASE_URL',
   'DATABASE_LISTEN_URL',
 ];

@@ -9,9 +9,11 @@ import { MIN_SECRET_BYTES, resolveSecrets } from './secrets';
 
 const STRONG_JWT = randomBytes(48).toString('base64');
 const STRONG_PEPPER = randomBytes(48).toString('base64');
+const STRONG_AUDIT_KEY = randomBytes(48).toString('base64');
 
+/** Production with a strong AUDIT_HMAC_KEY unless `vars` names one (undefined: missing). */
 function production(vars: Record<string, string | undefined>) {
-  return parseEnv({ NODE_ENV: 'production', ...vars });
+  return parseEnv({ NODE_ENV: 'production', ...('AUDIT_HMAC_KEY' in vars ? {} : { AUDIT_HMAC_KEY: STRONG_AUDIT_KEY }), ...vars });
 }
 
 /** resolveSecrets must stop; the message names `name` and never contains `value`. */
@@ -24,7 +26,7 @@ function assertStops(vars: Record<string, string | undefined>, name: string, val
       assert.match(e.message, new RegExp(`${name} ${reason.source}`));
       if (value) assert.ok(!e.message.includes(value), `the message leaks the value: ${e.message}`);
       // Nor the other, good, secret.
-      assert.ok(!e.message.includes(STRONG_JWT) && !e.message.includes(STRONG_PEPPER));
+      assert.ok(!e.message.includes(STRONG_JWT) && !e.message.includes(STRONG_PEPPER) && !e.message.includes(STRONG_AUDIT_KEY));
       return true;
     },
   );
@@ -35,7 +37,23 @@ describe('resolveSecrets in production', () => {
     assert.deepEqual(resolveSecrets(production({ JWT_SECRET: STRONG_JWT, PASSWORD_PEPPER: STRONG_PEPPER })), {
       JWT_SECRET: STRONG_JWT,
       PASSWORD_PEPPER: STRONG_PEPPER,
+      AUDIT_HMAC_KEY: STRONG_AUDIT_KEY,
     });
+  });
+
+  it('stops on a missing AUDIT_HMAC_KEY', () => {
+    assertStops({ JWT_SECRET: STRONG_JWT, PASSWORD_PEPPER: STRONG_PEPPER, AUDIT_HMAC_KEY: undefined }, 'AUDIT_HMAC_KEY', undefined, /is missing/);
+  });
+
+  it('stops on a short or well-known AUDIT_HMAC_KEY', () => {
+    const short = STRONG_AUDIT_KEY.slice(0, 20);
+    assertStops({ JWT_SECRET: STRONG_JWT, PASSWORD_PEPPER: STRONG_PEPPER, AUDIT_HMAC_KEY: short }, 'AUDIT_HMAC_KEY', short, /is shorter than 32 bytes/);
+    const known = 'change-me-to-a-long-random-string-of-32-bytes-or-more';
+    assertStops({ JWT_SECRET: STRONG_JWT, PASSWORD_PEPPER: STRONG_PEPPER, AUDIT_HMAC_KEY: known }, 'AUDIT_HMAC_KEY', known, /is a well-known or low-entropy value/);
+  });
+
+  it('stops on an AUDIT_HMAC_KEY equal to JWT_SECRET', () => {
+    assertStops({ JWT_SECRET: STRONG_JWT, PASSWORD_PEPPER: STRONG_PEPPER, AUDIT_HMAC_KEY: STRONG_JWT }, 'AUDIT_HMAC_KEY', STRONG_JWT, /must differ from JWT_SECRET and PASSWORD_PEPPER/);
   });
 
   it('accepts exactly 32 bytes of varied characters', () => {
@@ -109,7 +127,9 @@ describe('resolveSecrets in development', () => {
     const first = resolveSecrets(env);
     assert.ok(Buffer.byteLength(first.JWT_SECRET) >= MIN_SECRET_BYTES);
     assert.ok(Buffer.byteLength(first.PASSWORD_PEPPER) >= MIN_SECRET_BYTES);
+    assert.ok(Buffer.byteLength(first.AUDIT_HMAC_KEY) >= MIN_SECRET_BYTES);
     assert.notEqual(first.JWT_SECRET, first.PASSWORD_PEPPER);
+    assert.notEqual(first.AUDIT_HMAC_KEY, first.JWT_SECRET);
 
     const file = join(dataDir, 'secrets.json');
     assert.equal(statSync(file).mode & 0o777, 0o600);
@@ -138,6 +158,26 @@ describe('resolveSecrets in development', () => {
   });
 });
 
+describe('resolveSecrets in development with a secrets.json from before the audit key', () => {
+  let root: string;
+  before(() => {
+    root = mkdtempSync(join(tmpdir(), 'sessionary-secrets-upgrade-'));
+  });
+  after(() => {
+    rmSync(root, { recursive: true, force: true });
+  });
+
+  it('adds AUDIT_HMAC_KEY and keeps the other two (nobody is logged out)', () => {
+    const old = { JWT_SECRET: STRONG_JWT, PASSWORD_PEPPER: STRONG_PEPPER };
+    writeFileSync(join(root, 'secrets.json'), JSON.stringify(old));
+    const secrets = resolveSecrets(parseEnv({ NODE_ENV: 'development', DATA_DIR: root }));
+    assert.equal(secrets.JWT_SECRET, STRONG_JWT);
+    assert.equal(secrets.PASSWORD_PEPPER, STRONG_PEPPER);
+    assert.ok(Buffer.byteLength(secrets.AUDIT_HMAC_KEY) >= MIN_SECRET_BYTES);
+    assert.deepEqual(resolveSecrets(parseEnv({ NODE_ENV: 'development', DATA_DIR: root })), secrets);
+  });
+});
+
 describe('resolveSecrets in test', () => {
   let root: string;
   before(() => {
@@ -158,7 +198,9 @@ describe('resolveSecrets in test', () => {
   });
 
   it('uses the secrets given, without checking their strength', () => {
-    const secrets = resolveSecrets(parseEnv({ NODE_ENV: 'test', DATA_DIR: join(root, 'x'), JWT_SECRET: 'short', PASSWORD_PEPPER: 'pep' }));
-    assert.deepEqual(secrets, { JWT_SECRET: 'short', PASSWORD_PEPPER: 'pep' });
+    const secrets = resolveSecrets(
+      parseEnv({ NODE_ENV: 'test', DATA_DIR: join(root, 'x'), JWT_SECRET: 'short', PASSWORD_PEPPER: 'pep', AUDIT_HMAC_KEY: 'key' }),
+    );
+    assert.deepEqual(secrets, { JWT_SECRET: 'short', PASSWORD_PEPPER: 'pep', AUDIT_HMAC_KEY: 'key' });
   });
 });

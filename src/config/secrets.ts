@@ -6,7 +6,11 @@ import { Env, NodeEnv } from './env.schema';
 export interface Secrets {
   JWT_SECRET: string;
   PASSWORD_PEPPER: string;
+  /** Keys the audit log's hash chain and its checkpoints (HMAC-SHA-256). */
+  AUDIT_HMAC_KEY: string;
 }
+
+const SECRET_NAMES = ['JWT_SECRET', 'PASSWORD_PEPPER', 'AUDIT_HMAC_KEY'] as const;
 
 /** 256 bits: HS256 wants a key at least as long as its output (RFC 7518 §3.2). */
 export const MIN_SECRET_BYTES = 32;
@@ -32,33 +36,41 @@ function weakness(name: string, value: string | undefined): string | undefined {
 }
 
 /**
- * Production: both secrets must come from configuration and be strong, or the boot stops
- * (ASVS 13.3.1). Development: generated once and kept under DATA_DIR so a restart does not
- * log everyone out. Test: generated per process unless given.
+ * Production: every secret must come from configuration and be strong, or the boot stops
+ * (ASVS 13.3.1); the audit key must also differ from the other two, so that one leaked value
+ * does not give away the other's purpose. Development: generated once and kept under DATA_DIR,
+ * so a restart neither logs everyone out nor leaves the audit events written before it
+ * unverifiable. Test: generated per process unless given.
  */
 export function resolveSecrets(env: Env): Secrets {
   if (env.NODE_ENV === NodeEnv.Production) {
-    const problems = [weakness('JWT_SECRET', env.JWT_SECRET), weakness('PASSWORD_PEPPER', env.PASSWORD_PEPPER)].filter(
-      (p): p is string => Boolean(p),
-    );
+    const problems = SECRET_NAMES.map((name) => weakness(name, env[name])).filter((p): p is string => Boolean(p));
+    if (!problems.length && (env.AUDIT_HMAC_KEY === env.JWT_SECRET || env.AUDIT_HMAC_KEY === env.PASSWORD_PEPPER)) {
+      problems.push('AUDIT_HMAC_KEY must differ from JWT_SECRET and PASSWORD_PEPPER');
+    }
     if (problems.length) {
       throw new Error(
         `Refusing to start in production: ${problems.join('; ')}. ` +
           `Set each to at least ${MIN_SECRET_BYTES} random bytes, e.g. \`openssl rand -base64 48\`.`,
       );
     }
-    return { JWT_SECRET: env.JWT_SECRET!, PASSWORD_PEPPER: env.PASSWORD_PEPPER! };
+    return { JWT_SECRET: env.JWT_SECRET!, PASSWORD_PEPPER: env.PASSWORD_PEPPER!, AUDIT_HMAC_KEY: env.AUDIT_HMAC_KEY! };
   }
-  if (env.JWT_SECRET && env.PASSWORD_PEPPER) return { JWT_SECRET: env.JWT_SECRET, PASSWORD_PEPPER: env.PASSWORD_PEPPER };
+  if (env.JWT_SECRET && env.PASSWORD_PEPPER && env.AUDIT_HMAC_KEY) {
+    return { JWT_SECRET: env.JWT_SECRET, PASSWORD_PEPPER: env.PASSWORD_PEPPER, AUDIT_HMAC_KEY: env.AUDIT_HMAC_KEY };
+  }
   const generated = env.NODE_ENV === NodeEnv.Test ? randomSecrets() : persistedDevelopmentSecrets(env.DATA_DIR);
   return {
     JWT_SECRET: env.JWT_SECRET ?? generated.JWT_SECRET,
     PASSWORD_PEPPER: env.PASSWORD_PEPPER ?? generated.PASSWORD_PEPPER,
+    AUDIT_HMAC_KEY: env.AUDIT_HMAC_KEY ?? generated.AUDIT_HMAC_KEY,
   };
 }
 
+const randomSecret = () => randomBytes(48).toString('base64');
+
 function randomSecrets(): Secrets {
-  return { JWT_SECRET: randomBytes(48).toString('base64'), PASSWORD_PEPPER: randomBytes(48).toString('base64') };
+  return { JWT_SECRET: randomSecret(), PASSWORD_PEPPER: randomSecret(), AUDIT_HMAC_KEY: randomSecret() };
 }
 
 function persistedDevelopmentSecrets(dataDir: string): Secrets {
@@ -71,7 +83,13 @@ function persistedDevelopmentSecrets(dataDir: string): Secrets {
       // Never echo the file: a parse error would quote its content, the secrets.
       throw new Error(`${file} is unreadable; delete it to generate new development secrets (everyone is logged out).`);
     }
-    if (stored.JWT_SECRET && stored.PASSWORD_PEPPER) return stored as Secrets;
+    if (stored.JWT_SECRET && stored.PASSWORD_PEPPER) {
+      if (stored.AUDIT_HMAC_KEY) return stored as Secrets;
+      // A file from before the audit chain: add its key, keep the others (nobody is logged out).
+      const upgraded = { ...(stored as Secrets), AUDIT_HMAC_KEY: randomSecret() };
+      writeFileSync(file, JSON.stringify(upgraded), { mode: 0o600 });
+      return upgraded;
+    }
   }
   const secrets = randomSecrets();
   mkdirSync(dataDir, { recursive: true });

@@ -9,6 +9,7 @@ import { AuditTypeIndex1764208800000 } from './migrations/1764208800000-AuditTyp
 import { LoginKnownClients1764212400000 } from './migrations/1764212400000-LoginKnownClients';
 import { SessionChangeNotifications1764900000000 } from './migrations/1764900000000-SessionChangeNotifications';
 import { ScheduledJobRuns1764903600000 } from './migrations/1764903600000-ScheduledJobRuns';
+import { AuditChain1765000000000 } from './migrations/1765000000000-AuditChain';
 
 export const ENTITIES = [UserEntity, SessionEntity, RotatedRefreshTokenEntity, AuditEventEntity];
 // Listed explicitly (not a glob) so the same list works from src, dist and the test build.
@@ -19,6 +20,7 @@ export const MIGRATIONS = [
   LoginKnownClients1764212400000,
   SessionChangeNotifications1764900000000,
   ScheduledJobRuns1764903600000,
+  AuditChain1765000000000,
 ];
 
 /** One definition for the app, the TypeORM CLI and the tests. Never `synchronize`. */

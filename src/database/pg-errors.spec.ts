@@ -3,7 +3,7 @@ import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
 import { Client, DatabaseError, Pool } from 'pg';
-import { QueryFailedError, QueryRunnerAlreadyReleasedError, TypeORMError } from 'typeorm';
+import { QueryFailedError, QueryRunnerAlreadyReleasedError, QueryRunnerProviderAlreadyReleasedError, TypeORMError } from 'typeorm';
 import { isDatabaseUnavailable } from './pg-errors';
 
 /** As pg-protocol's parser builds a server's ErrorResponse: the message, then the fields. */
@@ -158,6 +158,8 @@ describe('isDatabaseUnavailable: other shapes', () => {
 
   it("TypeORM's QueryRunnerAlreadyReleasedError (a transaction's connection died and TypeORM released its runner)", () => {
     assert.equal(isDatabaseUnavailable(new QueryRunnerAlreadyReleasedError()), true);
+    // The same, met through EntityManager.query (the audit writer's statements).
+    assert.equal(isDatabaseUnavailable(new QueryRunnerProviderAlreadyReleasedError()), true);
   });
 
   it('a connection error given as the cause of another error', () => {

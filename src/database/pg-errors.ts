@@ -1,4 +1,4 @@
-import { QueryFailedError, QueryRunnerAlreadyReleasedError } from 'typeorm';
+import { QueryFailedError, QueryRunnerAlreadyReleasedError, QueryRunnerProviderAlreadyReleasedError } from 'typeorm';
 
 export const PG_UNIQUE_VIOLATION = '23505';
 
@@ -62,7 +62,8 @@ function unavailable(error: unknown, depth: number): boolean {
   // (PostgresQueryRunner.connect), so the next statement of a transaction whose connection
   // the server closed fails with this instead of the connection error. (A runner used after
   // our own release() would be matched too; that would be a bug that every test shows.)
-  if (error instanceof QueryRunnerAlreadyReleasedError) return true;
+  // EntityManager.query on such a transaction's manager says the same in other words.
+  if (error instanceof QueryRunnerAlreadyReleasedError || error instanceof QueryRunnerProviderAlreadyReleasedError) return true;
   const { code, message, cause, errors } = error as { code?: unknown; message?: unknown; cause?: unknown; errors?: unknown };
   if (typeof code === 'string' && (UNAVAILABLE_SQLSTATES.has(code) || UNAVAILABLE_ERRNOS.has(code))) return true;
   if (error instanceof Error && typeof message === 'string' && UNAVAILABLE_MESSAGES.some((pattern) => pattern.test(message))) return true;

@@ -460,14 +460,19 @@ export class SessionsService implements OnApplicationBootstrap, OnModuleDestroy 
 
   private async makeRoomForOneMore(em: EntityManager, userId: string, client: ClientContext): Promise<void> {
     // Locking the user row serialises this user's logins: two concurrent ones cannot both
-    // count the same free place.
-    await sql(em, 'SELECT 1 FROM users WHERE id = $1 FOR UPDATE', [userId]);
+    // count the same free place. The sessions to end are locked here, before the first audit
+    // event takes the user's chain head: a refresh locks its session and then the head, so
+    // taking the head first and a session after could deadlock with it.
+    // NO KEY UPDATE, not UPDATE: it must not block the foreign-key checks (KEY SHARE) of a
+    // concurrent refresh's audit insert, which holds the very session this login may end.
+    await sql(em, 'SELECT 1 FROM users WHERE id = $1 FOR NO KEY UPDATE', [userId]);
     const { rows } = await sql<{ id: string }>(
       em,
       `SELECT id FROM sessions
         WHERE user_id = $1 AND ended_at IS NULL AND idle_expires_at > now()
         ORDER BY last_seen_at DESC, created_at DESC
-       OFFSET $2`,
+       OFFSET $2
+          FOR UPDATE`,
       [userId, this.maxPerUser - 1],
     );
     for (const { id } of rows) {

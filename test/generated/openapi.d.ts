@@ -211,6 +211,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/admin/audit/verify": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Check the tamper evidence of the audit log
+         * @description Walks every hash chain (one per user, one for events without a user), recomputes each HMAC and link, and checks the chain heads against the latest checkpoint. 200 either way: `ok` says whether the log is intact, and `firstBrokenId` names the first broken event in chain order.
+         */
+        get: operations["AdminController_verifyAudit"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/health/live": {
         parameters: {
             query?: never;
@@ -476,6 +496,25 @@ export interface components {
         AdminAuditPageResponseDto: {
             items: components["schemas"]["AdminAuditEventResponseDto"][];
             nextCursor: string | null;
+        };
+        AuditVerifyResponseDto: {
+            /** @description True when every chain, head and checkpoint is intact */
+            ok: boolean;
+            /**
+             * @description Events checked (up to the first broken one)
+             * @example 1234
+             */
+            checked: number;
+            /**
+             * Format: uuid
+             * @description The first broken event in chain order; null when intact, or when no stored event is to blame (e.g. a deleted tail)
+             */
+            firstBrokenId: string | null;
+            /**
+             * @description What is broken, in words; null when intact
+             * @example null
+             */
+            reason: string | null;
         };
     };
     responses: never;
@@ -2059,6 +2098,101 @@ export interface operations {
                      *     }
                      */
                     "application/json": components["schemas"]["ErrorResponseDto"];
+                };
+            };
+            /** @description No valid access token, or the session has ended */
+            401: {
+                headers: {
+                    /** @description RFC 6750: `Bearer` without a token, `Bearer error="invalid_token"` for a refused one */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "statusCode": 401,
+                     *       "error": "Unauthorized",
+                     *       "message": "No valid access token, or the session has ended"
+                     *     }
+                     */
+                    "application/json": components["schemas"]["ErrorResponseDto"];
+                };
+            };
+            /** @description The caller is not an admin */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "statusCode": 403,
+                     *       "error": "Forbidden",
+                     *       "message": "The caller is not an admin"
+                     *     }
+                     */
+                    "application/json": components["schemas"]["ErrorResponseDto"];
+                };
+            };
+            /** @description Too many requests from this IP; see Retry-After */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "statusCode": 429,
+                     *       "error": "Too Many Requests",
+                     *       "message": "Too many requests from this IP; see Retry-After"
+                     *     }
+                     */
+                    "application/json": components["schemas"]["ErrorResponseDto"];
+                };
+            };
+            /** @description The database is unreachable; retry after the given seconds */
+            503: {
+                headers: {
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "statusCode": 503,
+                     *       "error": "Service Unavailable",
+                     *       "message": "The service is temporarily unavailable; retry later"
+                     *     }
+                     */
+                    "application/json": components["schemas"]["ErrorResponseDto"];
+                };
+            };
+        };
+    };
+    AdminController_verifyAudit: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Check the tamper evidence of the audit log */
+            200: {
+                headers: {
+                    /** @description Requests allowed per minute to this client IP, all routes together */
+                    "X-RateLimit-Limit"?: number;
+                    /** @description Requests left in the current window */
+                    "X-RateLimit-Remaining"?: number;
+                    /** @description Seconds until the window starts over */
+                    "X-RateLimit-Reset"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AuditVerifyResponseDto"];
                 };
             };
             /** @description No valid access token, or the session has ended */

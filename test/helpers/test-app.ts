@@ -17,6 +17,8 @@ export interface TestApp {
   close(): Promise<void>;
 }
 
+export const TEST_AUDIT_HMAC_KEY = 'test-audit-hmac-key-0123456789-abcdefghijklmnop';
+
 let fileDatabaseUrl: Promise<string> | undefined;
 
 /**
@@ -73,6 +75,11 @@ export async function createTestApp(overrides: Record<string, string> = {}, opti
     // their own (throttling.e2e-spec.ts) and kept out of the other files' way.
     RATE_LIMIT_PER_MINUTE: '0',
     LOGIN_MAX_FAILURES_PER_IP: '1000000',
+    // One audit key for every app of a file (they share its database, so its chains), and no
+    // checkpoint in the background: tests that want one call AuditChainService.checkpoint().
+    AUDIT_HMAC_KEY: TEST_AUDIT_HMAC_KEY,
+    AUDIT_CHECKPOINT_EVERY: '1000000000',
+    AUDIT_CHECKPOINT_INTERVAL: '86400',
     ...overrides,
   });
   const moduleRef = await Test.createTestingModule({ imports: [AppModule.forRoot(config)] }).compile();

@@ -1,0 +1,242 @@
+import { Injectable, Logger } from '@nestjs/common';
+import { ConfigService } from '@nestjs/config';
+import { InjectDataSource } from '@nestjs/typeorm';
+import { appendFile } from 'node:fs/promises';
+import { DataSource, EntityManager } from 'typeorm';
+import type { AppConfig } from '../config/config';
+import {
+  canonicalJson,
+  chainKeyOf,
+  ChainedEvent,
+  ChainHeadRow,
+  Checkpoint,
+  checkpointMac,
+  eventHash,
+  GENESIS_HASH,
+  HeadsDigest,
+  LOCK_HEADS,
+  PG_MICROS_UTC,
+} from './audit-chain';
+
+// Any fixed 64-bit numbers work; these spell "audseal" and "audchkpt" in ASCII.
+const SEAL_LOCK_KEY = '7022357861416547436';
+const CHECKPOINT_LOCK_KEY = '7022356976209950836';
+const SEAL_BATCH = 1000;
+const HEADS_BATCH = 5000;
+
+interface UnsealedRow {
+  id: string;
+  type: string;
+  user_id: string | null;
+  session_id: string | null;
+  ip_address: string | null;
+  user_agent: string | null;
+  metadata: unknown;
+  created_at: string;
+}
+
+interface CheckpointRow {
+  id: string;
+  created_at: string;
+  chains: string;
+  events: string;
+  max_seq: string;
+  digest: string;
+  prev_mac: string;
+  mac: string;
+}
+
+export function toCheckpoint(r: CheckpointRow): Checkpoint {
+  return {
+    id: Number(r.id),
+    createdAt: r.created_at,
+    chains: Number(r.chains),
+    events: Number(r.events),
+    maxSeq: r.max_seq,
+    digest: r.digest,
+    prevMac: r.prev_mac,
+    mac: r.mac,
+  };
+}
+
+// Columns as text (bigint and the exact timestamp); a query over them must ORDER BY an alias-qualified
+// column (c.id), since a bare name would sort by the text output column.
+export const CHECKPOINT_COLUMNS = `id::text, to_char(created_at AT TIME ZONE 'UTC', ${PG_MICROS_UTC}) AS created_at,
+  chains::text, events::text, max_seq::text, digest, prev_mac, mac`;
+
+/**
+ * Seals events written before the chain existed, and writes checkpoints: keyed digests of all
+ * chain heads, kept in audit_checkpoints and emitted outside the database (a log line, and an
+ * NDJSON line in AUDIT_CHECKPOINT_FILE when set), so that a deleted tail is detected.
+ */
+@Injectable()
+export class AuditChainService {
+  private readonly logger = new Logger('AuditChain');
+  private readonly key: string;
+
+  constructor(
+    @InjectDataSource() private readonly dataSource: DataSource,
+    private readonly config: ConfigService<AppConfig, true>,
+  ) {
+    this.key = config.get('AUDIT_HMAC_KEY', { infer: true });
+  }
+
+  /**
+   * Appends the events that existed before the chain migration (seq up to audit_chain_seal's
+   * bound) to their chains, in seq order, in batches; instances doing it at the same time take
+   * turns under an advisory lock. Once none is left the bound is removed, so nothing written
+   * later without the chain is ever sealed. Returns the number of events sealed.
+   */
+  async sealPending(): Promise<number> {
+    let total = 0;
+    for (;;) {
+      const sealed = await this.dataSource.transaction((em) => this.sealBatch(em));
+      total += sealed;
+      if (sealed < SEAL_BATCH) break;
+    }
+    if (total) this.logger.warn(`Sealed ${total} audit event(s) written before the hash chain existed`);
+    return total;
+  }
+
+  private async sealBatch(em: EntityManager): Promise<number> {
+    await em.query('SELECT pg_advisory_xact_lock($1)', [SEAL_LOCK_KEY]);
+    const rows: UnsealedRow[] = await em.query(
+      `SELECT id, type, user_id, session_id, ip_address, user_agent, metadata,
+              to_char(created_at AT TIME ZONE 'UTC', ${PG_MICROS_UTC}) AS created_at
+         FROM audit_events
+        WHERE hash IS NULL AND seq <= (SELECT max(up_to_seq) FROM audit_chain_seal)
+        ORDER BY seq LIMIT $1 FOR UPDATE`,
+      [SEAL_BATCH],
+    );
+    // The last batch: nothing up to the bound is left unsealed once it commits.
+    if (rows.length < SEAL_BATCH) await em.query('DELETE FROM audit_chain_seal');
+    if (!rows.length) return 0;
+    const keys = [...new Set(rows.map((r) => chainKeyOf(r.user_id)))].sort();
+    const heads: ChainHeadRow[] = await em.query(LOCK_HEADS, [keys, GENESIS_HASH]);
+    const tip = new Map(heads.map((h) => [h.chain_key, { position: Number(h.position), hash: h.hash }]));
+    const sealed = rows.map((r) => {
+      const chainKey = chainKeyOf(r.user_id);
+      const head = tip.get(chainKey)!;
+      const event: ChainedEvent = {
+        id: r.id,
+        type: r.type,
+        userId: r.user_id,
+        sessionId: r.session_id,
+        ipAddress: r.ip_address,
+        userAgent: r.user_agent,
+        metadata: canonicalJson(r.metadata),
+        createdAt: r.created_at,
+        chainKey,
+        position: head.position + 1,
+      };
+      const hash = eventHash(this.key, head.hash, event);
+      const prevHash = head.hash;
+      tip.set(chainKey, { position: event.position, hash });
+      return { id: r.id, chainKey, position: event.position, prevHash, hash };
+    });
+    await em.query(
+      `WITH sealed AS (
+         UPDATE audit_events e SET chain_key = v.chain_key, chain_pos = v.chain_pos, prev_hash = v.prev_hash, hash = v.hash
+           FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::text[]) AS v(id, chain_key, chain_pos, prev_hash, hash)
+          WHERE e.id = v.id)
+       UPDATE audit_chain_heads h SET position = v.position, hash = v.hash
+         FROM unnest($6::text[], $7::bigint[], $8::text[]) AS v(chain_key, position, hash)
+        WHERE h.chain_key = v.chain_key`,
+      [
+        sealed.map((s) => s.id),
+        sealed.map((s) => s.chainKey),
+        sealed.map((s) => s.position),
+        sealed.map((s) => s.prevHash),
+        sealed.map((s) => s.hash),
+        keys,
+        keys.map((k) => tip.get(k)!.position),
+        keys.map((k) => tip.get(k)!.hash),
+      ],
+    );
+    return rows.length;
+  }
+
+  /**
+   * Writes a checkpoint when one is due (AUDIT_CHECKPOINT_EVERY events or
+   * AUDIT_CHECKPOINT_INTERVAL seconds since the last one, and at least one new event), or
+   * whenever there is a new event with `force`. One instance at a time (advisory lock); the
+   * others return undefined.
+   */
+  async checkpoint(force = false): Promise<Checkpoint | undefined> {
+    const written = await this.dataSource.transaction(async (em) => {
+      const [{ locked }] = await em.query('SELECT pg_try_advisory_xact_lock($1) AS locked', [CHECKPOINT_LOCK_KEY]);
+      if (!locked) return undefined;
+      const [last] = (await em.query(
+        `SELECT ${CHECKPOINT_COLUMNS}, extract(epoch FROM now() - created_at)::float8 AS age
+           FROM audit_checkpoints c ORDER BY c.id DESC LIMIT 1`,
+      )) as Array<CheckpointRow & { age: number }>;
+      const [{ max_seq }] = await em.query(`SELECT coalesce(max(seq), 0)::text AS max_seq FROM audit_events`);
+      if (last ? BigInt(max_seq) <= BigInt(last.max_seq) : max_seq === '0') return undefined;
+      if (!force && last) {
+        const every = BigInt(this.config.get('AUDIT_CHECKPOINT_EVERY', { infer: true }));
+        const interval = this.config.get('AUDIT_CHECKPOINT_INTERVAL', { infer: true });
+        if (BigInt(max_seq) - BigInt(last.max_seq) < every && last.age < interval) return undefined;
+      }
+      // Row locks: waits for the writers in flight on each changed chain, so every head it
+      // copies belongs to committed events; only this job writes the checkpoint columns.
+      // In key order, like every writer, so that a writer locking several heads cannot deadlock with it.
+      await em.query(
+        `UPDATE audit_chain_heads h SET checkpoint_position = h.position, checkpoint_hash = h.hash
+           FROM (SELECT chain_key FROM audit_chain_heads
+                  WHERE checkpoint_position IS DISTINCT FROM position OR checkpoint_hash IS DISTINCT FROM hash
+                  ORDER BY chain_key FOR UPDATE) AS due
+          WHERE h.chain_key = due.chain_key`,
+      );
+      const heads = await digestCheckpointedHeads(em);
+      const [{ now, seq }] = await em.query(
+        `SELECT to_char(now() AT TIME ZONE 'UTC', ${PG_MICROS_UTC}) AS now, coalesce(max(seq), 0)::text AS seq FROM audit_events`,
+      );
+      const fields = {
+        id: last ? Number(last.id) + 1 : 1,
+        createdAt: now as string,
+        chains: heads.chains,
+        events: heads.events,
+        maxSeq: seq as string,
+        digest: heads.digest(),
+        prevMac: last ? last.mac : GENESIS_HASH,
+      };
+      const checkpoint: Checkpoint = { ...fields, mac: checkpointMac(this.key, fields) };
+      await em.query(
+        `INSERT INTO audit_checkpoints (id, created_at, chains, events, max_seq, digest, prev_mac, mac)
+         VALUES ($1, $2::timestamptz, $3, $4, $5, $6, $7, $8)`,
+        [checkpoint.id, checkpoint.createdAt, checkpoint.chains, checkpoint.events, checkpoint.maxSeq, checkpoint.digest, checkpoint.prevMac, checkpoint.mac],
+      );
+      return checkpoint;
+    });
+    if (written) await this.export(written);
+    return written;
+  }
+
+  /** Outside the database: one structured log line, and one NDJSON line in AUDIT_CHECKPOINT_FILE. */
+  private async export(checkpoint: Checkpoint): Promise<void> {
+    this.logger.log({ event: 'audit.checkpoint', ...checkpoint });
+    const file = this.config.get('AUDIT_CHECKPOINT_FILE', { infer: true });
+    if (!file) return;
+    try {
+      await appendFile(file, `${JSON.stringify(checkpoint)}\n`, { mode: 0o600 });
+    } catch (error) {
+      this.logger.error(`Audit checkpoint ${checkpoint.id} could not be appended to AUDIT_CHECKPOINT_FILE: ${(error as Error).message}`);
+    }
+  }
+}
+
+/** The digest of the checkpointed heads, read in key order with keyset pagination (bounded memory). */
+export async function digestCheckpointedHeads(em: EntityManager): Promise<HeadsDigest> {
+  const digest = new HeadsDigest();
+  let after = '';
+  for (;;) {
+    const rows: Array<{ chain_key: string; position: string; hash: string }> = await em.query(
+      `SELECT chain_key, checkpoint_position::text AS position, checkpoint_hash AS hash FROM audit_chain_heads
+        WHERE chain_key > $1 AND checkpoint_position IS NOT NULL ORDER BY chain_key LIMIT $2`,
+      [after, HEADS_BATCH],
+    );
+    for (const r of rows) digest.add(r.chain_key, Number(r.position), r.hash);
+    if (rows.length < HEADS_BATCH) return digest;
+    after = rows[rows.length - 1].chain_key;
+  }
+}

@@ -1,0 +1,139 @@
+import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
+
+/**
+ * The audit log's hash chain: pure functions shared by the writer, the sealer, the checkpoint
+ * job and the verifier, so that all of them hash exactly the same bytes.
+ *
+ * One chain per user (chain key: the user id) and one for events without a user
+ * (GLOBAL_CHAIN), so that writers for different users never wait for each other.
+ */
+
+/** The chain of events that name no user (failed logins of unknown accounts, IP locks). */
+export const GLOBAL_CHAIN = 'global';
+/** prev_hash of the first event of every chain. */
+export const GENESIS_HASH = '0'.repeat(64);
+/** PostgreSQL's text form of a timestamptz that the canonical form hashes: UTC, microseconds. */
+export const PG_MICROS_UTC = `'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'`;
+
+export interface ChainHeadRow {
+  chain_key: string;
+  position: string;
+  hash: string;
+  now: string;
+}
+
+/**
+ * Locks the heads of the given chains, creating missing ones, in sorted order (two writers of
+ * overlapping sets, e.g. two cleanup batches, lock in the same order and cannot deadlock), and
+ * returns each head as it was, with the transaction's now() to the microsecond. The no-op
+ * DO UPDATE is what takes the row lock; it is held until the transaction ends, so writers of
+ * one chain take turns and the chain never forks, while other chains' writers never wait.
+ */
+export const LOCK_HEADS = `
+  INSERT INTO audit_chain_heads AS h (chain_key, position, hash)
+  SELECT k, 0, $2 FROM unnest($1::text[]) AS k ORDER BY k
+  ON CONFLICT (chain_key) DO UPDATE SET position = h.position
+  RETURNING h.chain_key, h.position::text AS position, h.hash,
+            to_char(now() AT TIME ZONE 'UTC', ${PG_MICROS_UTC}) AS now`;
+
+export function chainKeyOf(userId: string | null): string {
+  return userId === null ? GLOBAL_CHAIN : userId.toLowerCase();
+}
+
+/** A stored event as the chain sees it: every column but `seq` (which PostgreSQL assigns). */
+export interface ChainedEvent {
+  id: string;
+  type: string;
+  userId: string | null;
+  sessionId: string | null;
+  ipAddress: string | null;
+  userAgent: string | null;
+  /** Canonical JSON (see canonicalJson). */
+  metadata: string;
+  /** `YYYY-MM-DDTHH:MM:SS.ffffffZ`, what PostgreSQL stores, to the microsecond. */
+  createdAt: string;
+  chainKey: string;
+  position: number;
+}
+
+/**
+ * JSON with object keys sorted by UTF-16 code units at every depth, no whitespace, and
+ * JSON.stringify's number and string forms. What jsonb gives back (it reorders keys and keeps
+ * numbers exactly) canonicalises to the same text as what was written.
+ */
+export function canonicalJson(value: unknown): string {
+  if (value === null || typeof value !== 'object') return JSON.stringify(value ?? null);
+  if (Array.isArray(value)) return `[${value.map(canonicalJson).join(',')}]`;
+  const entries = Object.keys(value as Record<string, unknown>)
+    .filter((k) => (value as Record<string, unknown>)[k] !== undefined)
+    .sort()
+    .map((k) => `${JSON.stringify(k)}:${canonicalJson((value as Record<string, unknown>)[k])}`);
+  return `{${entries.join(',')}}`;
+}
+
+/**
+ * Version 1 of the canonical form: a JSON array of every stored field, in a fixed order, with
+ * null for an absent value, uuids in lower case and metadata as canonical JSON:
+ * `["sessionary.audit.v1", chainKey, position, id, type, userId, sessionId, ipAddress,
+ * userAgent, metadata, createdAt]`. JSON's quoting makes it unambiguous (no field can end early).
+ */
+export function canonicalEvent(e: ChainedEvent): string {
+  const lower = (s: string | null) => (s === null ? null : s.toLowerCase());
+  const head = JSON.stringify([
+    'sessionary.audit.v1',
+    e.chainKey,
+    e.position,
+    lower(e.id),
+    e.type,
+    lower(e.userId),
+    lower(e.sessionId),
+    e.ipAddress,
+    e.userAgent,
+  ]);
+  return `${head.slice(0, -1)},${e.metadata},${JSON.stringify(e.createdAt)}]`;
+}
+
+/** hash = HMAC-SHA-256(key, prev_hash ‖ canonical form), hex; prev_hash is 64 hex digits, so the join is unambiguous. */
+export function eventHash(key: string, prevHash: string, e: ChainedEvent): string {
+  return createHmac('sha256', key).update(prevHash).update(canonicalEvent(e)).digest('hex');
+}
+
+/** Constant-time comparison of two hex MACs (a stored one may have any length). */
+export function sameMac(a: string | null, b: string): boolean {
+  if (a === null || a.length !== b.length) return false;
+  return timingSafeEqual(Buffer.from(a, 'utf8'), Buffer.from(b, 'utf8'));
+}
+
+/** A running SHA-256 over the sorted (chain key, position, hash) list of the chain heads. */
+export class HeadsDigest {
+  private readonly hash = createHash('sha256').update('sessionary.audit.heads.v1\n');
+  chains = 0;
+  events = 0;
+
+  add(chainKey: string, position: number, hash: string): void {
+    this.hash.update(`${chainKey} ${position} ${hash}\n`);
+    this.chains++;
+    this.events += position;
+  }
+
+  digest(): string {
+    return this.hash.digest('hex');
+  }
+}
+
+/** What a checkpoint states; its `mac` covers every other field, including the previous checkpoint's mac. */
+export interface Checkpoint {
+  id: number;
+  createdAt: string;
+  chains: number;
+  events: number;
+  maxSeq: string;
+  digest: string;
+  prevMac: string;
+  mac: string;
+}
+
+export function checkpointMac(key: string, c: Omit<Checkpoint, 'mac'>): string {
+  const canonical = JSON.stringify(['sessionary.audit.checkpoint.v1', c.id, c.createdAt, c.chains, c.events, c.maxSeq, c.digest, c.prevMac]);
+  return createHmac('sha256', key).update(canonical).digest('hex');
+}

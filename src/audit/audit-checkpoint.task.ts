@@ -1,0 +1,66 @@
+import { Injectable, Logger, OnApplicationBootstrap } from '@nestjs/common';
+import { ConfigService } from '@nestjs/config';
+import { SchedulerRegistry } from '@nestjs/schedule';
+import type { AppConfig } from '../config/config';
+import { isDatabaseUnavailable } from '../database/pg-errors';
+import type { Checkpoint } from './audit-chain';
+import { AuditChainService } from './audit-chain.service';
+import { AuditService } from './audit.service';
+
+const JOB_NAME = 'audit-checkpoint';
+
+/**
+ * At boot: seals the events written before the hash chain (before the instance serves, so that
+ * no new event of this version can precede them). Then checks every half
+ * AUDIT_CHECKPOINT_INTERVAL, and whenever this instance has appended AUDIT_CHECKPOINT_EVERY
+ * events, whether a checkpoint is due; every instance does, an advisory lock and the last
+ * checkpoint's age and max seq let one of them write it.
+ *
+ * Registered with the SchedulerRegistry (like the cleanup task) because its period comes from
+ * configuration.
+ */
+@Injectable()
+export class AuditCheckpointTask implements OnApplicationBootstrap {
+  private readonly logger = new Logger(AuditCheckpointTask.name);
+  private running: Promise<Checkpoint | undefined> | undefined;
+  private sinceCheck = 0;
+
+  constructor(
+    private readonly chain: AuditChainService,
+    private readonly audit: AuditService,
+    private readonly scheduler: SchedulerRegistry,
+    private readonly config: ConfigService<AppConfig, true>,
+  ) {}
+
+  async onApplicationBootstrap(): Promise<void> {
+    await this.chain.sealPending();
+    const every = this.config.get('AUDIT_CHECKPOINT_EVERY', { infer: true });
+    this.audit.onAppended = (count) => {
+      this.sinceCheck += count;
+      if (this.sinceCheck >= every) {
+        this.sinceCheck = 0;
+        void this.handleTick();
+      }
+    };
+    const periodMs = Math.max(1000, Math.floor((this.config.get('AUDIT_CHECKPOINT_INTERVAL', { infer: true }) * 1000) / 2));
+    const timer = setInterval(() => void this.handleTick(), periodMs);
+    timer.unref();
+    this.scheduler.addInterval(JOB_NAME, timer);
+  }
+
+  /** Never throws (nothing else would see it), never overlaps itself. */
+  async handleTick(): Promise<Checkpoint | undefined> {
+    this.running ??= this.tick().finally(() => (this.running = undefined));
+    return this.running;
+  }
+
+  private async tick(): Promise<Checkpoint | undefined> {
+    try {
+      return await this.chain.checkpoint();
+    } catch (error) {
+      if (isDatabaseUnavailable(error)) this.logger.warn('Audit checkpoint skipped: the database is unavailable');
+      else this.logger.error('Audit checkpoint failed', error instanceof Error ? error.stack : String(error));
+      return undefined;
+    }
+  }
+}

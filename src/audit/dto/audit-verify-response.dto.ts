@@ -1,0 +1,25 @@
+import { ApiProperty } from '@nestjs/swagger';
+import type { AuditVerification } from '../audit-verifier.service';
+
+export class AuditVerifyResponseDto {
+  @ApiProperty({ description: 'True when every chain, head and checkpoint is intact' })
+  ok: boolean;
+
+  @ApiProperty({ description: 'Events checked (up to the first broken one)', example: 1234 })
+  checked: number;
+
+  @ApiProperty({
+    format: 'uuid',
+    nullable: true,
+    type: String,
+    description: 'The first broken event in chain order; null when intact, or when no stored event is to blame (e.g. a deleted tail)',
+  })
+  firstBrokenId: string | null;
+
+  @ApiProperty({ nullable: true, type: String, description: 'What is broken, in words; null when intact', example: null })
+  reason: string | null;
+
+  static from(v: AuditVerification): AuditVerifyResponseDto {
+    return Object.assign(new AuditVerifyResponseDto(), { ok: v.ok, checked: v.checked, firstBrokenId: v.firstBrokenId, reason: v.reason });
+  }
+}

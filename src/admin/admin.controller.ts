@@ -77,6 +77,7 @@ export class AdminController {
 
   @Get('audit/verify')
   @ApiOperation({
+    operationId: 'verifyAuditLog',
     summary: 'Check the tamper evidence of the audit log',
     description:
       'Walks every hash chain (one per user, one for events without a user), recomputes each HMAC and link, and checks ' +

@@ -222,7 +222,7 @@ export interface paths {
          * Check the tamper evidence of the audit log
          * @description Walks every hash chain (one per user, one for events without a user), recomputes each HMAC and link, and checks the chain heads against the latest checkpoint. 200 either way: `ok` says whether the log is intact, and `firstBrokenId` names the first broken event in chain order.
          */
-        get: operations["AdminController_verifyAudit"];
+        get: operations["verifyAuditLog"];
         put?: never;
         post?: never;
         delete?: never;
@@ -2171,7 +2171,7 @@ export interface operations {
             };
         };
     };
-    AdminController_verifyAudit: {
+    verifyAuditLog: {
         parameters: {
             query?: never;
             header?: never;

@@ -359,11 +359,14 @@ describe('fuzz: hostile input gets a 4xx, leaks nothing and changes nothing (e2e
     }
     if (res.status === 403) {
       // A user refused by the roles guard is audited as ACCESS_DENIED (at most once per session
-      // and route a minute, so most refusals add nothing); nothing else may change.
-      assert.deepEqual(diffFingerprints(before, after, ['audit_events']), [], `a refusal changed more than its audit event${shown}`);
+      // and route a minute, so most refusals add nothing), which moves its chain's head;
+      // nothing else may change.
+      assert.deepEqual(diffFingerprints(before, after, ['audit_events', 'audit_chain_heads']), [], `a refusal changed more than its audit event${shown}`);
       assert.equal(await fingerprints.auditDigestUpTo(before.auditMaxSeq), before.tables.audit_events.digest, `a refusal changed existing audit events${shown}`);
       const added = await fingerprints.auditEventsAfter(before.auditMaxSeq);
       assert.ok(added.length <= 1 && added.every((e) => e.type === 'ACCESS_DENIED'), `a refusal may add one ACCESS_DENIED event, no other${shown}`);
+      const headMoved = diffFingerprints(before, after).some((d) => d.startsWith('audit_chain_heads'));
+      assert.equal(headMoved, added.length === 1, `a chain head moves exactly when an event is added${shown}`);
       const token = /^Bearer (.+)$/.exec(req.headers.authorization ?? '')?.[1];
       assert.ok(!token || !added.some((e) => e.text.includes(token)), `an audit event records the access token${shown}`);
       return;

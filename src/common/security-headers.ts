@@ -77,9 +77,14 @@ export function registerSecurityHeaders(fastify: FastifyInstance, pagePrefix: st
   const plainPage = headersOf(pageSecurityHeaders(false));
   fastify.addHook('onRequest', (request, reply, done) => {
     // The route template, never the raw URL: `/docs/../x` does not get the page set by its spelling.
-    if (!request.routeOptions.url?.startsWith(pagePrefix)) reply.headers(api);
+    if (!isPageRoute(pagePrefix, request.routeOptions.url)) reply.headers(api);
     // HTTPS as Fastify sees it: TLS here, or X-Forwarded-Proto from a proxy TRUST_PROXY believes.
     else reply.headers(request.protocol === 'https' ? securePage : plainPage);
     done();
   });
+}
+
+/** `/docs`, its assets under `/docs/` and its document at `/docs-json`; not `/documents`. */
+export function isPageRoute(pagePrefix: string, route: string | undefined): boolean {
+  return route !== undefined && (route === pagePrefix || route.startsWith(`${pagePrefix}/`) || route.startsWith(`${pagePrefix}-`));
 }

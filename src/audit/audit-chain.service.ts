@@ -5,9 +5,8 @@ import { appendFile } from 'node:fs/promises';
 import { DataSource, EntityManager } from 'typeorm';
 import type { AppConfig } from '../config/config';
 import {
-  canonicalJson,
+  chainedEventOf,
   chainKeyOf,
-  ChainedEvent,
   ChainHeadRow,
   Checkpoint,
   checkpointMac,
@@ -16,6 +15,8 @@ import {
   HeadsDigest,
   LOCK_HEADS,
   PG_MICROS_UTC,
+  STORED_EVENT_COLUMNS,
+  type StoredEventRow,
 } from './audit-chain';
 
 // Any fixed 64-bit numbers work; these spell "audseal" and "audchkpt" in ASCII.
@@ -24,16 +25,6 @@ const CHECKPOINT_LOCK_KEY = '7022356976209950836';
 const SEAL_BATCH = 1000;
 const HEADS_BATCH = 5000;
 
-interface UnsealedRow {
-  id: string;
-  type: string;
-  user_id: string | null;
-  session_id: string | null;
-  ip_address: string | null;
-  user_agent: string | null;
-  metadata: unknown;
-  created_at: string;
-}
 
 interface CheckpointRow {
   id: string;
@@ -100,9 +91,8 @@ export class AuditChainService {
 
   private async sealBatch(em: EntityManager): Promise<number> {
     await em.query('SELECT pg_advisory_xact_lock($1)', [SEAL_LOCK_KEY]);
-    const rows: UnsealedRow[] = await em.query(
-      `SELECT id, type, user_id, session_id, ip_address, user_agent, metadata,
-              to_char(created_at AT TIME ZONE 'UTC', ${PG_MICROS_UTC}) AS created_at
+    const rows: StoredEventRow[] = await em.query(
+      `SELECT ${STORED_EVENT_COLUMNS}
          FROM audit_events
         WHERE hash IS NULL AND seq <= (SELECT max(up_to_seq) FROM audit_chain_seal)
         ORDER BY seq LIMIT $1 FOR UPDATE`,
@@ -117,18 +107,7 @@ export class AuditChainService {
     const sealed = rows.map((r) => {
       const chainKey = chainKeyOf(r.user_id);
       const head = tip.get(chainKey)!;
-      const event: ChainedEvent = {
-        id: r.id,
-        type: r.type,
-        userId: r.user_id,
-        sessionId: r.session_id,
-        ipAddress: r.ip_address,
-        userAgent: r.user_agent,
-        metadata: canonicalJson(r.metadata),
-        createdAt: r.created_at,
-        chainKey,
-        position: head.position + 1,
-      };
+      const event = chainedEventOf(r, chainKey, head.position + 1);
       const hash = eventHash(this.key, head.hash, event);
       const prevHash = head.hash;
       tip.set(chainKey, { position: event.position, hash });

@@ -57,6 +57,41 @@ export interface ChainedEvent {
 }
 
 /**
+ * The stored columns the canonical form covers, as the sealer and the verifier read them back
+ * (created_at in the exact text that was hashed), so that both hash the same bytes.
+ */
+export const STORED_EVENT_COLUMNS = `id, type, user_id, session_id, ip_address, user_agent, metadata,
+  to_char(created_at AT TIME ZONE 'UTC', ${PG_MICROS_UTC}) AS created_at`;
+
+/** A row selected with STORED_EVENT_COLUMNS. */
+export interface StoredEventRow {
+  id: string;
+  type: string;
+  user_id: string | null;
+  session_id: string | null;
+  ip_address: string | null;
+  user_agent: string | null;
+  metadata: unknown;
+  created_at: string;
+}
+
+/** A stored row as the chain sees it at a given place in a chain. */
+export function chainedEventOf(row: StoredEventRow, chainKey: string, position: number): ChainedEvent {
+  return {
+    id: row.id,
+    type: row.type,
+    userId: row.user_id,
+    sessionId: row.session_id,
+    ipAddress: row.ip_address,
+    userAgent: row.user_agent,
+    metadata: canonicalJson(row.metadata),
+    createdAt: row.created_at,
+    chainKey,
+    position,
+  };
+}
+
+/**
  * JSON with object keys sorted by UTF-16 code units at every depth, no whitespace, and
  * JSON.stringify's number and string forms. What jsonb gives back (it reorders keys and keeps
  * numbers exactly) canonicalises to the same text as what was written.

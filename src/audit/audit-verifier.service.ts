@@ -4,7 +4,7 @@ import { InjectDataSource } from '@nestjs/typeorm';
 import { open } from 'node:fs/promises';
 import { DataSource, EntityManager } from 'typeorm';
 import type { AppConfig } from '../config/config';
-import { canonicalJson, chainKeyOf, Checkpoint, checkpointMac, eventHash, GENESIS_HASH, PG_MICROS_UTC, sameMac } from './audit-chain';
+import { chainedEventOf, chainKeyOf, Checkpoint, checkpointMac, eventHash, GENESIS_HASH, sameMac, STORED_EVENT_COLUMNS, type StoredEventRow } from './audit-chain';
 import { CHECKPOINT_COLUMNS, digestCheckpointedHeads, toCheckpoint } from './audit-chain.service';
 
 const BATCH = 1000;
@@ -25,15 +25,7 @@ export interface AuditVerification {
   fileCheckpointId: number | null;
 }
 
-interface EventRow {
-  id: string;
-  type: string;
-  user_id: string | null;
-  session_id: string | null;
-  ip_address: string | null;
-  user_agent: string | null;
-  metadata: unknown;
-  created_at: string;
+interface EventRow extends StoredEventRow {
   chain_key: string;
   chain_pos: string;
   prev_hash: string;
@@ -129,8 +121,7 @@ export class AuditVerifierService {
   private async walkChains(em: EntityManager, result: AuditVerification): Promise<void> {
     const events = new Cursor<EventRow>((last) =>
       em.query(
-        `SELECT id, type, user_id, session_id, ip_address, user_agent, metadata,
-                to_char(created_at AT TIME ZONE 'UTC', ${PG_MICROS_UTC}) AS created_at,
+        `SELECT ${STORED_EVENT_COLUMNS},
                 chain_key, chain_pos::text AS chain_pos, prev_hash, hash
            FROM audit_events e WHERE (e.chain_key, e.chain_pos) > ($1, $2::bigint)
           ORDER BY e.chain_key, e.chain_pos LIMIT $3`,
@@ -198,18 +189,7 @@ export class AuditVerifierService {
     if (event.prev_hash !== prevHash) {
       throw new Broken(id, `Event ${id} does not link to the event before it in chain ${event.chain_key}: events were deleted, inserted or reordered`);
     }
-    const expected = eventHash(this.key, event.prev_hash, {
-      id,
-      type: event.type,
-      userId: event.user_id,
-      sessionId: event.session_id,
-      ipAddress: event.ip_address,
-      userAgent: event.user_agent,
-      metadata: canonicalJson(event.metadata),
-      createdAt: event.created_at,
-      chainKey: event.chain_key,
-      position: at,
-    });
+    const expected = eventHash(this.key, event.prev_hash, chainedEventOf(event, event.chain_key, at));
     if (!sameMac(event.hash, expected)) {
       throw new Broken(id, `Event ${id} does not match its hash: it was altered, or written without the key`);
     }

@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { randomUUID } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
 import { auditRows, sessionRow } from './helpers/db';
 import { bearer, login, registerAndLogin, registerUser } from './helpers/factories';
@@ -206,6 +206,9 @@ describe('session limit (e2e)', () => {
 
   it('holds under 20 parallel logins of one user', async () => {
     const user = await registerUser(t.http);
+    const otherCounters = `SELECT COALESCE(sum(failures), 0)::int AS failures, count(locked_until)::int AS locked FROM login_throttle WHERE key <> $1`;
+    const identifierKey = createHash('sha256').update(`identifier:email:${user.email.toLowerCase()}`, 'utf8').digest('hex');
+    const [before] = await t.db.query(otherCounters, [identifierKey]);
     const results = await Promise.all(
       Array.from({ length: 20 }, () => t.http.post('/api/v1/auth/login').send({ email: user.email, password: user.password })),
     );
@@ -223,5 +226,10 @@ describe('session limit (e2e)', () => {
       [user.id],
     );
     assert.equal(events, 17);
+    // Each login settled its attempt in the transaction that opened its session: the
+    // identifier's count starts again, and the IP's is back where it was.
+    const [identifier] = await t.db.query(`SELECT failures, locked_until FROM login_throttle WHERE key = $1`, [identifierKey]);
+    assert.deepEqual(identifier, { failures: 0, locked_until: null });
+    assert.deepEqual(await t.db.query(otherCounters, [identifierKey]).then((rows) => rows[0]), before);
   });
 });

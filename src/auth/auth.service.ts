@@ -66,10 +66,11 @@ export class AuthService {
       );
       throw new UnauthorizedException(INVALID_CREDENTIALS);
     }
-    await this.throttle.succeeded(attempt);
     const issued = await this.dataSource.transaction(async (em) => {
-      const opened = await this.sessions.open(em, user.id, client);
-      await this.audit.record(em, { type: 'LOGIN', userId: user.id, sessionId: opened.session.id, client, metadata: { method } });
+      const opened = await this.sessions.open(em, user.id, client, { method });
+      // Last, so the counters' rows (an IP's is shared by every login from behind one NAT)
+      // stay locked for as short a time as possible; a login that fails to commit stays counted.
+      await this.throttle.succeeded(attempt, em);
       return opened;
     });
     return this.tokenResponse(issued);

@@ -103,7 +103,7 @@ export class LoginThrottleService {
       if (holding.length) throw new RetryAfterException(Math.ceil(Math.max(...holding) / 1000), 'Too many failed logins; try again later');
 
       const attempt: LoginAttempt = { counters, knownClientKey, locksSet: [] };
-      for (const counter of counters) {
+      const counts = counters.map((counter) => {
         const row = rows.find((r) => r.key === counter.key)!;
         const quiet = now.getTime() - row.last_failure_at.getTime() > this.windowSeconds * 1000;
         const failures = (quiet ? 0 : row.failures) + 1;
@@ -113,13 +113,18 @@ export class LoginThrottleService {
           lockedUntil = new Date(now.getTime() + seconds * 1000);
           attempt.locksSet.push({ scope: counter.scope, lockedUntil, seconds });
         }
-        await sql(em, `UPDATE login_throttle SET failures = $2, last_failure_at = $3, locked_until = $4 WHERE key = $1`, [
-          counter.key,
-          failures,
-          now,
-          lockedUntil,
-        ]);
-      }
+        return { key: counter.key, failures, lockedUntil };
+      });
+      // One statement for all counters (their rows are locked above): every round trip on
+      // the login path costs both processes CPU that bcrypt would otherwise have.
+      await sql(
+        em,
+        `UPDATE login_throttle AS t
+            SET failures = c.failures, last_failure_at = $4, locked_until = c.locked_until
+           FROM unnest($1::char(64)[], $2::int[], $3::timestamptz[]) AS c(key, failures, locked_until)
+          WHERE t.key = c.key`,
+        [counts.map((c) => c.key), counts.map((c) => c.failures), counts.map((c) => c.lockedUntil), now],
+      );
       return attempt;
     });
   }
@@ -127,35 +132,35 @@ export class LoginThrottleService {
   /**
    * The password was right: the identifier's count starts again; the IP's loses this
    * attempt (one good account must not clear an IP that is guessing others) and any lock this
-   * attempt set is lifted.
+   * attempt set is lifted; this client becomes known for the identifier. One statement, so
+   * atomic on its own; in the caller's transaction when given one (a login settles its attempt
+   * in the transaction that opens its session: a login that fails to commit stays counted).
    */
-  async succeeded(attempt: LoginAttempt): Promise<void> {
-    await this.dataSource.transaction(async (em) => {
-      if (attempt.knownClientKey) {
-        await sql(
-          em,
-          `INSERT INTO login_known_clients (key, last_success_at) VALUES ($1, now())
-           ON CONFLICT (key) DO UPDATE SET last_success_at = now()`,
-          [attempt.knownClientKey],
-        );
-      }
-      // attempt.counters is in key order (see begin()).
-      for (const counter of attempt.counters) {
-        if (counter.scope === 'identifier') {
-          await sql(em, `DELETE FROM login_throttle WHERE key = $1`, [counter.key]);
-          continue;
-        }
-        const lock = attempt.locksSet.find((l) => l.scope === counter.scope);
-        await sql(
-          em,
-          `UPDATE login_throttle
-              SET failures = GREATEST(failures - 1, 0),
-                  locked_until = CASE WHEN locked_until = $2 THEN NULL ELSE locked_until END
-            WHERE key = $1`,
-          [counter.key, lock?.lockedUntil ?? null],
-        );
-      }
-    });
+  async succeeded(attempt: LoginAttempt, em: EntityManager = this.dataSource.manager): Promise<void> {
+    const counters = attempt.counters.map((counter) => ({
+      key: counter.key,
+      reset: counter.scope === 'identifier',
+      lockSet: attempt.locksSet.find((l) => l.scope === counter.scope)?.lockedUntil ?? null,
+    }));
+    // The counters' rows are locked in key order first, as begin() locks them, so that two
+    // attempts never deadlock (one UPDATE ... FROM alone would lock in its join's order). A
+    // reset count is 0 rather than a deleted row: begin() treats both alike, prune() removes it.
+    await sql(
+      em,
+      `WITH known AS (
+         INSERT INTO login_known_clients (key, last_success_at)
+         SELECT $1::char(64), now() WHERE $1::char(64) IS NOT NULL
+         ON CONFLICT (key) DO UPDATE SET last_success_at = now()
+       ), locked AS (
+         SELECT key FROM login_throttle WHERE key = ANY($2::char(64)[]) ORDER BY key FOR UPDATE
+       )
+       UPDATE login_throttle AS t
+          SET failures = CASE WHEN c.reset THEN 0 ELSE GREATEST(t.failures - 1, 0) END,
+              locked_until = CASE WHEN c.reset OR t.locked_until = c.lock_set THEN NULL ELSE t.locked_until END
+         FROM locked JOIN unnest($2::char(64)[], $3::boolean[], $4::timestamptz[]) AS c(key, reset, lock_set) ON c.key = locked.key
+        WHERE t.key = locked.key`,
+      [attempt.knownClientKey, counters.map((c) => c.key), counters.map((c) => c.reset), counters.map((c) => c.lockSet)],
+    );
   }
 
   private async isKnownClient(em: EntityManager, key: string | null): Promise<boolean> {

@@ -10,7 +10,7 @@ import { ConfigService } from '@nestjs/config';
 import { InjectDataSource } from '@nestjs/typeorm';
 import { DataSource, EntityManager } from 'typeorm';
 import { AuditEventType, AuditMetadata } from '../audit/audit-event.entity';
-import { AuditService } from '../audit/audit.service';
+import { AuditEventInput, AuditService } from '../audit/audit.service';
 import { BoundedAuditService } from '../audit/bounded-audit.service';
 import type { ClientContext } from '../common/client-context';
 import type { AuthContext } from '../common/current-auth.decorator';
@@ -157,11 +157,13 @@ export class SessionsService implements OnApplicationBootstrap, OnModuleDestroy 
   }
 
   /**
-   * Opens a session inside the caller's transaction (the login and its audit event). Beyond
-   * SESSION_MAX_PER_USER, the least recently used sessions end (reason session_limit).
+   * Opens a session inside the caller's transaction, with its LOGIN event. Beyond
+   * SESSION_MAX_PER_USER, the least recently used sessions end (reason session_limit); their
+   * events and the LOGIN event are appended to the chain in one step (one head lock, one
+   * insert: the login path's round trips cost CPU that bcrypt would otherwise have).
    */
-  async open(em: EntityManager, userId: string, client: ClientContext): Promise<IssuedSession> {
-    if (this.maxPerUser > 0) await this.makeRoomForOneMore(em, userId, client);
+  async open(em: EntityManager, userId: string, client: ClientContext, loginMetadata: AuditMetadata): Promise<IssuedSession> {
+    const madeRoom = this.maxPerUser > 0 ? await this.makeRoomForOneMore(em, userId, client) : [];
     const refreshToken = generateRefreshToken();
     const { rows } = await sql<SessionRow>(
       em,
@@ -171,7 +173,9 @@ export class SessionsService implements OnApplicationBootstrap, OnModuleDestroy 
        RETURNING ${RETURNING}`,
       [userId, this.idleTtl, this.absoluteTtl, hashRefreshToken(refreshToken), this.refreshTtl, client.ipAddress, client.userAgent],
     );
-    return { session: toEntity(rows[0]), refreshToken };
+    const session = toEntity(rows[0]);
+    await this.audit.record(em, ...madeRoom, { type: 'LOGIN', userId, sessionId: session.id, client, metadata: loginMetadata });
+    return { session, refreshToken };
   }
 
   /**
@@ -314,34 +318,44 @@ export class SessionsService implements OnApplicationBootstrap, OnModuleDestroy 
    */
   async endSessions(target: SessionTarget, options: EndSessionOptions, em?: EntityManager): Promise<string[]> {
     if (!em) return this.dataSource.transaction((tx) => this.endSessions(target, options, tx));
-    const one = 'sessionId' in target;
+    const { ids, events } = await this.endWithoutRecording(target, options, em);
+    await this.audit.record(em, ...events);
+    return ids;
+  }
+
+  /** endSessions() but for its audit events, which the caller must record in the same transaction. */
+  private async endWithoutRecording(
+    target: SessionTarget | { sessionIds: string[] },
+    options: EndSessionOptions,
+    em: EntityManager,
+  ): Promise<{ ids: string[]; events: AuditEventInput[] }> {
+    const [which, params] =
+      'sessionId' in target
+        ? ['id = $2 AND ($3::uuid IS NULL OR user_id = $3::uuid)', [target.sessionId, target.ownerId ?? null]]
+        : 'userId' in target
+          ? ['user_id = $2 AND ($3::uuid IS NULL OR id <> $3::uuid)', [target.userId, target.exceptSessionId ?? null]]
+          : ['id = ANY($2::uuid[])', [target.sessionIds]];
     const { rows } = await sql<{ id: string; user_id: string }>(
       em,
       `UPDATE sessions SET ended_at = now(), end_reason = $1
-        WHERE ended_at IS NULL AND idle_expires_at > now()
-          AND ${one ? 'id = $2 AND ($3::uuid IS NULL OR user_id = $3::uuid)' : 'user_id = $2 AND ($3::uuid IS NULL OR id <> $3::uuid)'}
+        WHERE ended_at IS NULL AND idle_expires_at > now() AND ${which}
         RETURNING id, user_id`,
-      one
-        ? [options.reason, target.sessionId, target.ownerId ?? null]
-        : [options.reason, target.userId, target.exceptSessionId ?? null],
+      [options.reason, ...params],
     );
     // This instance stops honouring them now; the trigger's NOTIFY tells every instance at commit.
     for (const r of rows) this.cache.invalidateSession(r.id);
-    await this.audit.record(
-      em,
-      ...rows.map((r) => ({
-        type: options.event,
-        userId: r.user_id,
-        sessionId: r.id,
-        client: options.client,
-        metadata: {
-          reason: options.reason,
-          ...(options.actorSessionId && options.actorSessionId !== r.id ? { bySessionId: options.actorSessionId } : {}),
-          ...options.metadata,
-        },
-      })),
-    );
-    return rows.map((r) => r.id);
+    const events = rows.map((r) => ({
+      type: options.event,
+      userId: r.user_id,
+      sessionId: r.id,
+      client: options.client,
+      metadata: {
+        reason: options.reason,
+        ...(options.actorSessionId && options.actorSessionId !== r.id ? { bySessionId: options.actorSessionId } : {}),
+        ...options.metadata,
+      },
+    }));
+    return { ids: rows.map((r) => r.id), events };
   }
 
   /**
@@ -458,7 +472,7 @@ export class SessionsService implements OnApplicationBootstrap, OnModuleDestroy 
     return count;
   }
 
-  private async makeRoomForOneMore(em: EntityManager, userId: string, client: ClientContext): Promise<void> {
+  private async makeRoomForOneMore(em: EntityManager, userId: string, client: ClientContext): Promise<AuditEventInput[]> {
     // Locking the user row serialises this user's logins: two concurrent ones cannot both
     // count the same free place. The sessions to end are locked here, before the first audit
     // event takes the user's chain head: a refresh locks its session and then the head, so
@@ -475,9 +489,13 @@ export class SessionsService implements OnApplicationBootstrap, OnModuleDestroy 
           FOR UPDATE`,
       [userId, this.maxPerUser - 1],
     );
-    for (const { id } of rows) {
-      await this.endSessions({ sessionId: id }, { reason: 'session_limit', event: 'SESSION_REVOKED', client }, em);
-    }
+    if (!rows.length) return [];
+    const { events } = await this.endWithoutRecording(
+      { sessionIds: rows.map((r) => r.id) },
+      { reason: 'session_limit', event: 'SESSION_REVOKED', client },
+      em,
+    );
+    return events;
   }
 
   /** Ends one session that is past its deadline; no-op when it is not (or already ended). */

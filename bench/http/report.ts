@@ -66,13 +66,15 @@ export function summary(
   sql: { targets: Record<string, SqlReport>; idle: { seconds: number; commits: number } },
   config: { rounds: number; seconds: number; loginSeconds: number },
 ): string {
-  const goal = (r: Ratio) => (r.goal === undefined ? '' : `  (goal >= ${r.goal})`);
+  const goal = (r: Ratio) =>
+    `${r.goal === undefined ? '' : `  (goal >= ${r.goal})`}  rounds: ${r.perRound.map((x) => x.toFixed(2)).join(', ')}`;
   const sqlLine = (label: string, s: SqlReport) =>
     `SQL per request, ${label}  : ${s.perRequest.toFixed(2)}  (${s.commits} transactions in ${s.windowSeconds.toFixed(1)} s around exactly ` +
     `${s.requests} requests after ${s.warmupRequests} warm-up, minus ${s.backgroundCommits.toFixed(1)} background` +
     `${s.non2xx ? `; ${s.non2xx} non-2xx!` : ''})`;
   return [
     `rates: medians over ${config.rounds} rounds of ${config.seconds} s (login and bcrypt ${Math.max(config.seconds, config.loginSeconds)} s); p50/p99: medians of the rounds'`,
+    `ratios: medians of the rounds' ratios (a target and its ceiling run side by side in each round)`,
     `whoami / bare+JWT           : ${ratios.whoamiToBareJwt.value.toFixed(2)}${goal(ratios.whoamiToBareJwt)}`,
     `whoami p99                  : ${whoami.median.p99.toFixed(1)} ms  (goal <= 20 ms)`,
     `/users/me / bare+JWT        : ${ratios.usersMeToBareJwt.value.toFixed(2)}`,

@@ -82,6 +82,7 @@ function verificationReport(v: AuditVerification, checkpointFile: string | undef
     `  chains:            ${v.chains}`,
     `  latest checkpoint: ${v.checkpointId ?? 'none'}`,
   ];
+  if (v.dropped) lines.push(`  before the bases:  ${v.dropped} (months dropped by retention)`);
   if (checkpointFile) lines.push(`  checkpoint file:   ${checkpointFile} (last line: checkpoint ${v.fileCheckpointId ?? 'none'})`);
   if (!v.ok) {
     lines.push(`  first broken event: ${v.firstBrokenId ?? '(none stored: see the reason)'}`);

@@ -69,7 +69,7 @@ export interface ServiceOptions {
 export function serviceEnv(options: ServiceOptions): NodeJS.ProcessEnv {
   const env: NodeJS.ProcessEnv = { ...process.env };
   for (const key of Object.keys(new Env())) delete env[key];
-  for (const key of ['DATABASE_URL', 'JWT_SECRET', 'PASSWORD_PEPPER', 'AUDIT_HMAC_KEY', 'AUDIT_CHECKPOINT_FILE']) delete env[key];
+  for (const key of ['DATABASE_URL', 'JWT_SECRET', 'PASSWORD_PEPPER', 'AUDIT_HMAC_KEY', 'AUDIT_CHECKPOINT_FILE', 'AUDIT_RETENTION_DAYS', 'AUDIT_ARCHIVE_DIR']) delete env[key];
   Object.assign(env, {
     NODE_ENV: 'production',
     HOST: '127.0.0.1',

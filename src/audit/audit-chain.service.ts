@@ -191,6 +191,12 @@ export class AuditChainService {
     return written;
   }
 
+  /** The newest checkpoint in the table, if any. */
+  async latestCheckpoint(em: EntityManager = this.dataSource.manager): Promise<Checkpoint | undefined> {
+    const [row] = (await em.query(`SELECT ${CHECKPOINT_COLUMNS} FROM audit_checkpoints c ORDER BY c.id DESC LIMIT 1`)) as CheckpointRow[];
+    return row ? toCheckpoint(row) : undefined;
+  }
+
   /** Outside the database: one structured log line, and one NDJSON line in AUDIT_CHECKPOINT_FILE. */
   private async export(checkpoint: Checkpoint): Promise<void> {
     this.logger.log({ event: 'audit.checkpoint', ...checkpoint });

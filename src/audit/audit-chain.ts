@@ -34,7 +34,7 @@ export const LOCK_HEADS = `
   SELECT k, 0, $2 FROM unnest($1::text[]) AS k ORDER BY k
   ON CONFLICT (chain_key) DO UPDATE SET position = h.position
   RETURNING h.chain_key, h.position::text AS position, h.hash,
-            to_char(now() AT TIME ZONE 'UTC', ${PG_MICROS_UTC}) AS now`;
+            to_char(clock_timestamp() AT TIME ZONE 'UTC', ${PG_MICROS_UTC}) AS now`;
 
 export function chainKeyOf(userId: string | null): string {
   return userId === null ? GLOBAL_CHAIN : userId.toLowerCase();

@@ -6,6 +6,7 @@ import { DataSource, EntityManager } from 'typeorm';
 import type { AppConfig } from '../config/config';
 import { chainedEventOf, chainKeyOf, Checkpoint, checkpointMac, eventHash, GENESIS_HASH, sameMac, STORED_EVENT_COLUMNS, type StoredEventRow } from './audit-chain';
 import { CHECKPOINT_COLUMNS, digestCheckpointedHeads, toCheckpoint } from './audit-chain.service';
+import { baseMac } from './audit-partitions.service';
 
 const BATCH = 1000;
 /** The last line of a checkpoint file is looked for in its last 64 KiB (one line is about 400 bytes). */
@@ -23,6 +24,8 @@ export interface AuditVerification {
   checkpointId: number | null;
   /** The checkpoint read from the given file, when one was given. */
   fileCheckpointId: number | null;
+  /** Events before the chains' bases: in months dropped by retention (archived, when configured). */
+  dropped: number;
 }
 
 interface EventRow extends StoredEventRow {
@@ -38,6 +41,10 @@ interface HeadRow {
   hash: string;
   checkpoint_position: string | null;
   checkpoint_hash: string | null;
+  /** Where the chain starts once the months before it were dropped (retention). */
+  base_position: string | null;
+  base_hash: string | null;
+  base_mac: string | null;
 }
 
 class Broken extends Error {
@@ -100,6 +107,7 @@ export class AuditVerifierService {
       chains: 0,
       checkpointId: null,
       fileCheckpointId: fileCheckpoint?.id ?? null,
+      dropped: 0,
     };
     try {
       await runner.startTransaction('REPEATABLE READ');
@@ -130,7 +138,8 @@ export class AuditVerifierService {
     );
     const heads = new Cursor<HeadRow>((last) =>
       em.query(
-        `SELECT chain_key, position::text AS position, hash, checkpoint_position::text AS checkpoint_position, checkpoint_hash
+        `SELECT chain_key, position::text AS position, hash, checkpoint_position::text AS checkpoint_position, checkpoint_hash,
+                base_position::text AS base_position, base_hash, base_mac
            FROM audit_chain_heads h WHERE h.chain_key > $1 ORDER BY h.chain_key LIMIT $2`,
         [last?.chain_key ?? '', BATCH],
       ),
@@ -139,7 +148,9 @@ export class AuditVerifierService {
     let head = await heads.next();
     while (event || head) {
       if (head && (!event || head.chain_key < event.chain_key)) {
-        if (Number(head.position) > 0) {
+        const base = this.baseOf(head);
+        result.dropped += base.position;
+        if (Number(head.position) > base.position) {
           throw new Broken(null, `Chain ${head.chain_key} has no events, but its head is at position ${head.position}: its events were deleted`);
         }
         head = await heads.next();
@@ -151,8 +162,10 @@ export class AuditVerifierService {
       }
       result.chains++;
       const chainKey = head.chain_key;
-      let position = 0;
-      let prevHash = GENESIS_HASH;
+      const base = this.baseOf(head);
+      result.dropped += base.position;
+      let position = base.position;
+      let prevHash = base.hash;
       let lastId: string | null = null;
       while (event && event.chain_key === chainKey) {
         result.checked++;
@@ -175,6 +188,16 @@ export class AuditVerifierService {
       }
       head = await heads.next();
     }
+  }
+
+  /** Where a chain's verification starts: its authenticated base, or its beginning. */
+  private baseOf(head: HeadRow): { position: number; hash: string } {
+    if (head.base_position === null) return { position: 0, hash: GENESIS_HASH };
+    const position = Number(head.base_position);
+    if (!sameMac(head.base_mac, baseMac(this.key, head.chain_key, position, head.base_hash ?? ''))) {
+      throw new Broken(null, `Chain ${head.chain_key}: its base (where it starts after dropped months) does not match its MAC: it was altered`);
+    }
+    return { position, hash: head.base_hash! };
   }
 
   private checkEvent(event: EventRow, position: number, prevHash: string): void {
@@ -237,8 +260,12 @@ export class AuditVerifierService {
     if (!row || toCheckpoint(row).mac !== mac) {
       throw new Broken(null, `Checkpoint ${fromFile.id} from the file differs from the one in the table`);
     }
-    if (result.checked < fromFile.events) {
-      throw new Broken(null, `Checkpoint ${fromFile.id} from the file counted ${fromFile.events} events; only ${result.checked} remain`);
+    if (result.checked + result.dropped < fromFile.events) {
+      throw new Broken(
+        null,
+        `Checkpoint ${fromFile.id} from the file counted ${fromFile.events} events; only ${result.checked} remain` +
+          (result.dropped ? ` besides ${result.dropped} in dropped months` : ''),
+      );
     }
   }
 }

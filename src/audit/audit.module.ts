@@ -1,6 +1,8 @@
 import { Module } from '@nestjs/common';
 import { AuditChainService } from './audit-chain.service';
 import { AuditCheckpointTask } from './audit-checkpoint.task';
+import { AuditPartitionsService } from './audit-partitions.service';
+import { AuditPartitionsTask } from './audit-partitions.task';
 import { AuditVerifierService } from './audit-verifier.service';
 import { AuditController } from './audit.controller';
 import { AuditService } from './audit.service';
@@ -8,7 +10,7 @@ import { BoundedAuditService } from './bounded-audit.service';
 
 @Module({
   controllers: [AuditController],
-  providers: [AuditService, BoundedAuditService, AuditChainService, AuditVerifierService, AuditCheckpointTask],
-  exports: [AuditService, BoundedAuditService, AuditChainService, AuditVerifierService],
+  providers: [AuditService, BoundedAuditService, AuditChainService, AuditVerifierService, AuditCheckpointTask, AuditPartitionsService, AuditPartitionsTask],
+  exports: [AuditService, BoundedAuditService, AuditChainService, AuditVerifierService, AuditPartitionsService, AuditPartitionsTask],
 })
 export class AuditModule {}

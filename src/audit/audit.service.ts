@@ -82,7 +82,11 @@ export class AuditService {
     }));
     const keys = [...new Set(rows.map((r) => r.chainKey))].sort();
     const heads: ChainHeadRow[] = await em.query(LOCK_HEADS, [keys, GENESIS_HASH]);
-    const createdAt = heads[0].now;
+    // The clock once every head is locked (the last row's clock_timestamp), not the
+    // transaction's start: so each chain's times rise with its positions, and a month's
+    // partition holds a whole stretch of every chain (retention drops months; see
+    // AuditPartitionsService). The strings have one fixed format: they sort as times do.
+    const createdAt = heads.reduce((latest, h) => (h.now > latest ? h.now : latest), heads[0].now);
     const tip = new Map(heads.map((h) => [h.chain_key, { position: Number(h.position), hash: h.hash }]));
     const chained = rows.map((r) => {
       const head = tip.get(r.chainKey)!;

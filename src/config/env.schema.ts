@@ -111,6 +111,23 @@ export class Env {
   @IsString()
   AUDIT_CHECKPOINT_FILE?: string;
 
+  /**
+   * Days audit events are kept. Unset: all of them. When set, a daily job drops each month's
+   * partition once all of its events are older than this (archived first when
+   * AUDIT_ARCHIVE_DIR is set); a month is dropped whole, so events live up to a month longer.
+   */
+  @Transform(toOptionalNumber)
+  @IsOptional()
+  @IsInt()
+  @Min(1)
+  AUDIT_RETENTION_DAYS?: number;
+
+  /** When set, each month's events are written there as NDJSON, with the chain's bases, before the month is dropped. */
+  @Transform(toOptionalString)
+  @IsOptional()
+  @IsString()
+  AUDIT_ARCHIVE_DIR?: string;
+
   @IsString()
   JWT_ISSUER = 'sessionary';
 
@@ -327,7 +344,7 @@ function isProxyAddress(entry: string): boolean {
  */
 export function parseEnv(raw: Record<string, unknown>): Env {
   // Only our own variables: the rest of the process environment is none of our business.
-  const known = Object.keys(new Env()).concat('DATABASE_URL', 'DATABASE_LISTEN_URL', 'JWT_SECRET', 'PASSWORD_PEPPER', 'SESSION_TOUCH_INTERVAL', 'AUDIT_HMAC_KEY', 'AUDIT_CHECKPOINT_FILE');
+  const known = Object.keys(new Env()).concat('DATABASE_URL', 'DATABASE_LISTEN_URL', 'JWT_SECRET', 'PASSWORD_PEPPER', 'SESSION_TOUCH_INTERVAL', 'AUDIT_HMAC_KEY', 'AUDIT_CHECKPOINT_FILE', 'AUDIT_RETENTION_DAYS', 'AUDIT_ARCHIVE_DIR');
   const picked = Object.fromEntries(known.filter((k) => raw[k] !== undefined).map((k) => [k, raw[k]]));
   const env = plainToInstance(Env, picked, { exposeDefaultValues: true });
   const errors = validateSync(env, { skipMissingProperties: false, whitelist: false });

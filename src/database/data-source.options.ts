@@ -10,6 +10,7 @@ import { LoginKnownClients1764212400000 } from './migrations/1764212400000-Login
 import { SessionChangeNotifications1764900000000 } from './migrations/1764900000000-SessionChangeNotifications';
 import { ScheduledJobRuns1764903600000 } from './migrations/1764903600000-ScheduledJobRuns';
 import { AuditChain1765000000000 } from './migrations/1765000000000-AuditChain';
+import { AuditPartitions1765100000000 } from './migrations/1765100000000-AuditPartitions';
 
 export const ENTITIES = [UserEntity, SessionEntity, RotatedRefreshTokenEntity, AuditEventEntity];
 // Listed explicitly (not a glob) so the same list works from src, dist and the test build.
@@ -21,6 +22,7 @@ export const MIGRATIONS = [
   SessionChangeNotifications1764900000000,
   ScheduledJobRuns1764903600000,
   AuditChain1765000000000,
+  AuditPartitions1765100000000,
 ];
 
 /** One definition for the app, the TypeORM CLI and the tests. Never `synchronize`. */

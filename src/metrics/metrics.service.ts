@@ -2,6 +2,7 @@ import { Injectable, OnModuleInit } from '@nestjs/common';
 import { HttpAdapterHost } from '@nestjs/core';
 import type { FastifyInstance } from 'fastify';
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { AuditPartitionsService } from '../audit/audit-partitions.service';
 import { BoundedAuditService } from '../audit/bounded-audit.service';
 import { SessionsCleanupTask } from '../sessions/sessions-cleanup.task';
 import { REFRESH_FAILURE_REASONS, SessionsService } from '../sessions/sessions.service';
@@ -23,6 +24,7 @@ export class MetricsService implements OnModuleInit {
     sessions: SessionsService,
     cleanup: SessionsCleanupTask,
     boundedAudit: BoundedAuditService,
+    auditPartitions: AuditPartitionsService,
   ) {
     collectDefaultMetrics({ register: this.registry });
     // Read when scraped: the sessions service keeps the numbers, this only exposes them.
@@ -39,6 +41,20 @@ export class MetricsService implements OnModuleInit {
       sessions.cacheState().listening ? 1 : 0,
     );
     gauge('sessionary_session_cache_entries', 'Sessions held by this instance', () => sessions.cacheState().size);
+    // This instance's view: the instance that held the partitions' lock did the work.
+    gauge('sessionary_audit_retention_last_run_timestamp_seconds', 'When this instance last maintained the audit partitions (0: not yet)', () =>
+      auditPartitions.stats.lastRunAt ? auditPartitions.stats.lastRunAt.getTime() / 1000 : 0,
+    );
+    gauge('sessionary_audit_partitions', 'Monthly partitions of audit_events at the last maintenance', () => auditPartitions.stats.partitions);
+    new Counter({
+      name: 'sessionary_audit_retention_dropped_events_total',
+      help: 'Audit events this instance dropped with their months past AUDIT_RETENTION_DAYS',
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        this.inc(auditPartitions.stats.droppedEvents);
+      },
+    });
     gauge('sessionary_session_activity_pending', 'Sessions whose activity waits for the next batched write', () => sessions.cacheState().pendingActivity);
     new Counter({
       name: 'sessionary_session_cleanup_ticks_total',

@@ -57,7 +57,9 @@ export class DbFingerprinter {
 
   private async buildQuery(): Promise<string> {
     const tables: Array<{ name: string }> = await this.db.query(
-      `SELECT tablename AS name FROM pg_tables WHERE schemaname = current_schema() ORDER BY tablename`,
+      `SELECT c.relname AS name FROM pg_class c
+        WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind IN ('r', 'p') AND NOT c.relispartition
+        ORDER BY c.relname`,
     );
     return tables
       .map(({ name }) => {

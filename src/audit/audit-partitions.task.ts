@@ -1,0 +1,43 @@
+import { BeforeApplicationShutdown, Injectable, Logger, OnApplicationBootstrap } from '@nestjs/common';
+import { Cron, CronExpression } from '@nestjs/schedule';
+import { isDatabaseUnavailable } from '../database/pg-errors';
+import { AuditPartitionsService, MaintenanceResult } from './audit-partitions.service';
+
+/**
+ * Keeps audit_events' months ahead created and applies AUDIT_RETENTION_DAYS: at boot and every
+ * hour on every instance (an advisory lock lets one work; the rest is cheap when nothing is due).
+ * Shutdown waits for a run under way.
+ */
+@Injectable()
+export class AuditPartitionsTask implements OnApplicationBootstrap, BeforeApplicationShutdown {
+  private readonly logger = new Logger(AuditPartitionsTask.name);
+  private running: Promise<MaintenanceResult | undefined> | undefined;
+
+  constructor(private readonly partitions: AuditPartitionsService) {}
+
+  onApplicationBootstrap(): void {
+    void this.handleTick();
+  }
+
+  async beforeApplicationShutdown(): Promise<void> {
+    await this.running;
+  }
+
+  @Cron(CronExpression.EVERY_HOUR, { name: 'audit-partitions', waitForCompletion: true })
+  async onTick(): Promise<void> {
+    await this.handleTick();
+  }
+
+  /** Never throws (nothing else would see it), never overlaps itself. */
+  handleTick(): Promise<MaintenanceResult | undefined> {
+    this.running ??= this.partitions
+      .maintain()
+      .catch((error: unknown) => {
+        if (isDatabaseUnavailable(error)) this.logger.warn('Audit partition maintenance skipped: the database is unavailable');
+        else this.logger.error('Audit partition maintenance failed', error instanceof Error ? error.stack : String(error));
+        return undefined;
+      })
+      .finally(() => (this.running = undefined));
+    return this.running;
+  }
+}

@@ -1,0 +1,246 @@
+import assert from 'node:assert/strict';
+import { createHmac } from 'node:crypto';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, describe, it } from 'node:test';
+import { Client } from 'pg';
+import { DataSource } from 'typeorm';
+import { chainedEventOf, checkpointMac, eventHash, type Checkpoint } from '../src/audit/audit-chain';
+import { AuditChainService } from '../src/audit/audit-chain.service';
+import { AuditPartitionsService, baseMac, partitionOf } from '../src/audit/audit-partitions.service';
+import { AuditPartitionsTask } from '../src/audit/audit-partitions.task';
+import { AuditVerifierService } from '../src/audit/audit-verifier.service';
+import { AuditService } from '../src/audit/audit.service';
+import { dataSourceOptions } from '../src/database/data-source.options';
+import { runMigrationsLocked } from '../src/database/migrate';
+import { registerUser } from './helpers/factories';
+import { createTestApp, databaseForThisFile, TEST_AUDIT_HMAC_KEY, TestApp } from './helpers/test-app';
+
+let databases = 0;
+const opened: TestApp[] = [];
+const scratch: string[] = [];
+
+after(async () => {
+  for (const t of opened) await t.close();
+  for (const dir of scratch) rmSync(dir, { recursive: true, force: true });
+});
+
+async function freshDatabase(): Promise<string> {
+  const base = new URL(await databaseForThisFile());
+  base.pathname = `${base.pathname}_${++databases}`;
+  const client = new Client({ connectionString: process.env.DATABASE_URL });
+  await client.connect();
+  try {
+    await client.query(`CREATE DATABASE "${base.pathname.slice(1)}"`);
+  } finally {
+    await client.end();
+  }
+  return base.toString();
+}
+
+async function app(url: string, overrides: Record<string, string> = {}): Promise<TestApp> {
+  const t = await createTestApp({ DATABASE_URL: url, ...overrides });
+  opened.push(t);
+  // The boot's own maintenance run, out of the tests' way (theirs would find its lock taken).
+  await t.app.get(AuditPartitionsTask).handleTick();
+  return t;
+}
+
+/** The first day of the month `monthsBack` months before the current one (UTC). */
+function monthStart(monthsBack: number): Date {
+  const now = new Date();
+  return new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth() - monthsBack, 1));
+}
+
+async function partitionsOf(db: DataSource): Promise<Record<string, number>> {
+  const rows: Array<{ partition: string; n: number }> = await db.query(
+    `SELECT tableoid::regclass::text AS partition, count(*)::int AS n FROM audit_events GROUP BY 1 ORDER BY 1`,
+  );
+  return Object.fromEntries(rows.map((r) => [r.partition, r.n]));
+}
+
+/** A user with no events (straight into the table), so that its chain can start in the past. */
+async function silentUser(db: DataSource, name: string): Promise<string> {
+  const [{ id }] = await db.query(`INSERT INTO users (username, email, password_hash) VALUES ($1, $2, 'x') RETURNING id`, [name, `${name}@example.com`]);
+  return id;
+}
+
+/**
+ * Events dated in a past month, chained as the service chains them: written without the chain
+ * and sealed (the path events from before the chain take), which appends them to their chains.
+ */
+async function pastEvents(t: TestApp, month: Date, rows: Array<{ userId: string | null; type: string }>): Promise<void> {
+  const partition = partitionOf(month);
+  await t.db.query(
+    `CREATE TABLE IF NOT EXISTS "${partition.name}" PARTITION OF audit_events FOR VALUES FROM ('${partition.from.toISOString()}') TO ('${partition.to.toISOString()}')`,
+  );
+  for (const [i, r] of rows.entries()) {
+    await t.db.query(`INSERT INTO audit_events (type, user_id, created_at, metadata) VALUES ($1, $2, $3, '{"past":true}')`, [
+      r.type,
+      r.userId,
+      new Date(month.getTime() + (i + 1) * 3_600_000),
+    ]);
+  }
+  await t.db.query(`INSERT INTO audit_chain_seal SELECT max(seq) FROM audit_events`);
+  assert.equal(await t.app.get(AuditChainService).sealPending(), rows.length);
+}
+
+describe('audit log partitions and retention (e2e)', () => {
+  it('converts an existing log into monthly partitions, every row and the chain kept, and back', async () => {
+    const url = await freshDatabase();
+    const t = await app(url);
+    await registerUser(t.http);
+    const userId = await silentUser(t.db, 'converted');
+    await pastEvents(t, monthStart(3), [
+      { userId, type: 'LOGIN' },
+      { userId: null, type: 'LOGIN_FAILED' },
+    ]);
+    const before: unknown[] = await t.db.query(`SELECT id, seq, type, user_id, created_at, chain_key, chain_pos, prev_hash, hash FROM audit_events ORDER BY seq`);
+    await t.close();
+    opened.pop();
+
+    // Back to one table and forward again: the conversion runs over rows of several months.
+    const source = await new DataSource(dataSourceOptions(url)).initialize();
+    try {
+      await source.undoLastMigration({ transaction: 'each' });
+      const [{ kind }] = await source.query(`SELECT relkind AS kind FROM pg_class WHERE relname = 'audit_events'`);
+      assert.equal(kind, 'r', 'the down migration gives a plain table back');
+      assert.deepEqual(await source.query(`SELECT id, seq, type, user_id, created_at, chain_key, chain_pos, prev_hash, hash FROM audit_events ORDER BY seq`), before);
+      await runMigrationsLocked(source);
+    } finally {
+      await source.destroy();
+    }
+
+    const again = await app(url);
+    assert.deepEqual(await again.db.query(`SELECT id, seq, type, user_id, created_at, chain_key, chain_pos, prev_hash, hash FROM audit_events ORDER BY seq`), before);
+    const partitions = await partitionsOf(again.db);
+    assert.equal(partitions[partitionOf(monthStart(3)).name], 2, 'the old month has its own partition');
+    assert.equal(partitions[partitionOf(monthStart(0)).name], before.length - 2);
+    // New events keep numbering after the copied ones, and the chain verifies.
+    await registerUser(again.http);
+    const [{ max }] = await again.db.query(`SELECT max(seq)::int AS max FROM audit_events`);
+    assert.equal(max, Math.max(...before.map((r) => Number((r as { seq: string }).seq))) + 1);
+    const verification = await again.app.get(AuditVerifierService).verify();
+    assert.equal(verification.ok, true, verification.reason ?? '');
+  });
+
+  it('creates the coming months ahead of time, and again if one went missing', async () => {
+    const t = await app(await freshDatabase());
+    const partitions = t.app.get(AuditPartitionsService);
+    await partitions.maintain();
+    const names = (await partitions.list()).map((p) => p.name);
+    for (const ahead of [0, -1, -2]) assert.ok(names.includes(partitionOf(monthStart(ahead)).name), `${partitionOf(monthStart(ahead)).name} in ${names}`);
+    await t.db.query(`DROP TABLE "${partitionOf(monthStart(-2)).name}"`);
+    const result = await partitions.maintain();
+    assert.deepEqual(result.created, [partitionOf(monthStart(-2)).name]);
+    assert.deepEqual(result.dropped, []);
+  });
+
+  it('drops a month past AUDIT_RETENTION_DAYS whole, archived first, and the rest still verifies', async () => {
+    const archiveDir = mkdtempSync(join(tmpdir(), 'sessionary-archive-'));
+    const checkpointFile = join(archiveDir, 'checkpoints.ndjson');
+    scratch.push(archiveDir);
+    const t = await app(await freshDatabase(), { AUDIT_RETENTION_DAYS: '30', AUDIT_ARCHIVE_DIR: archiveDir, AUDIT_CHECKPOINT_FILE: checkpointFile });
+    const userId = await silentUser(t.db, 'retained');
+    const old = monthStart(4);
+    await pastEvents(t, old, [
+      { userId, type: 'LOGIN' },
+      { userId, type: 'LOGOUT' },
+      { userId: null, type: 'LOGIN_FAILED' },
+    ]);
+    // The same chains go on today.
+    await t.db.transaction((em) => t.app.get(AuditService).record(em, { type: 'LOGIN', userId }, { type: 'LOGIN_FAILED', userId: null }));
+    await registerUser(t.http);
+    const oldEvents: Array<{ id: string; hash: string }> = await t.db.query(
+      `SELECT id, hash FROM audit_events WHERE created_at < $1 ORDER BY seq`,
+      [partitionOf(old).to],
+    );
+    const remaining = (await t.db.query(`SELECT count(*)::int AS n FROM audit_events WHERE created_at >= $1`, [partitionOf(old).to]))[0].n;
+
+    const result = await t.app.get(AuditPartitionsService).maintain();
+    assert.deepEqual(result.held, []);
+    assert.deepEqual(
+      result.dropped.map((d) => [d.name, d.events]),
+      [[partitionOf(old).name, 3]],
+    );
+    assert.equal((await partitionsOf(t.db))[partitionOf(old).name], undefined, 'the month is gone');
+    assert.equal((await t.app.get(AuditPartitionsService).list()).some((p) => p.name === partitionOf(old).name), false);
+
+    // The archive: the month's events as they were stored, each still matching its HMAC, and
+    // the checkpoint that closes them.
+    const archived = readFileSync(result.dropped[0].archive!, 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+    assert.deepEqual(
+      archived.map((e) => [e.id, e.hash]),
+      oldEvents.map((e) => [e.id, e.hash]),
+    );
+    for (const e of archived) {
+      const row = { id: e.id, type: e.type, user_id: e.userId, session_id: e.sessionId, ip_address: e.ipAddress, user_agent: e.userAgent, metadata: e.metadata, created_at: e.createdAt };
+      assert.equal(eventHash(TEST_AUDIT_HMAC_KEY, e.prevHash, chainedEventOf(row, e.chainKey, Number(e.chainPos))), e.hash);
+    }
+    const closing = JSON.parse(readFileSync(result.dropped[0].archive!.replace(/\.ndjson$/, '.checkpoint.json'), 'utf8')) as Checkpoint;
+    const { mac, ...fields } = closing;
+    assert.equal(checkpointMac(TEST_AUDIT_HMAC_KEY, fields), mac);
+    assert.ok(BigInt(closing.maxSeq) >= BigInt(Math.max(...archived.map((e) => Number(e.seq)))));
+
+    // The chains start at their bases now; the checkpoint file's counts include the dropped events.
+    const verification = await t.app.get(AuditVerifierService).verify({ checkpointFile });
+    assert.deepEqual(
+      { ok: verification.ok, reason: verification.reason, checked: verification.checked, dropped: verification.dropped },
+      { ok: true, reason: null, checked: remaining, dropped: 3 },
+    );
+    const metrics = await t.http.get('/metrics');
+    assert.match(metrics.text, /^sessionary_audit_retention_dropped_events_total 3$/m);
+    assert.match(metrics.text, /^sessionary_audit_retention_last_run_timestamp_seconds [1-9]/m);
+
+    // A base is keyed: moving it, or deleting the first event after it, is detected.
+    const [head] = await t.db.query(`SELECT base_position::int AS pos FROM audit_chain_heads WHERE chain_key = $1`, [userId]);
+    assert.equal(head.pos, 2);
+    await t.db.query(`UPDATE audit_chain_heads SET base_position = 1 WHERE chain_key = $1`, [userId]);
+    const moved = await t.app.get(AuditVerifierService).verify();
+    assert.equal(moved.ok, false);
+    assert.match(moved.reason!, /base .* does not match its MAC/);
+    await t.db.query(`UPDATE audit_chain_heads SET base_position = 2 WHERE chain_key = $1`, [userId]);
+    const [first] = await t.db.query(`SELECT id FROM audit_events WHERE chain_key = $1 ORDER BY chain_pos LIMIT 1`, [userId]);
+    await t.db.query(`DELETE FROM audit_events WHERE id = $1`, [first.id]);
+    const gap = await t.app.get(AuditVerifierService).verify();
+    assert.equal(gap.ok, false);
+  });
+
+  it('keeps a month whose chains go on earlier in a later month, and says why', async () => {
+    const t = await app(await freshDatabase(), { AUDIT_RETENTION_DAYS: '30' });
+    const user = await registerUser(t.http);
+    // Sealed after today's REGISTER, so later in the chain than it though earlier in time
+    // (what a clock stepped back would give): dropping the month would leave a hole.
+    await pastEvents(t, monthStart(5), [{ userId: user.id, type: 'LOGIN' }]);
+    const result = await t.app.get(AuditPartitionsService).maintain();
+    assert.deepEqual(result.dropped, []);
+    assert.equal(result.held.length, 1);
+    assert.equal(result.held[0].name, partitionOf(monthStart(5)).name);
+    assert.match(result.held[0].reason, /comes before some of its events/);
+    assert.equal((await partitionsOf(t.db))[partitionOf(monthStart(5)).name], 1);
+    assert.equal((await t.app.get(AuditVerifierService).verify()).ok, true);
+  });
+
+  it('leaves every month in place without AUDIT_RETENTION_DAYS, and writes no archive', async () => {
+    const archiveDir = join(tmpdir(), `sessionary-no-archive-${process.pid}`);
+    const t = await app(await freshDatabase(), { AUDIT_ARCHIVE_DIR: archiveDir });
+    const userId = await silentUser(t.db, 'forever');
+    await pastEvents(t, monthStart(14), [{ userId, type: 'LOGIN' }]);
+    const result = await t.app.get(AuditPartitionsService).maintain();
+    assert.deepEqual([result.dropped, result.held], [[], []]);
+    assert.equal((await partitionsOf(t.db))[partitionOf(monthStart(14)).name], 1);
+    assert.equal(existsSync(archiveDir), false);
+  });
+});
+
+// Keeps the MAC helper honest: a base's MAC is over its chain, position and hash.
+describe('baseMac', () => {
+  it('changes with each of chain, position and hash', () => {
+    const a = baseMac('k', 'c', 1, 'h');
+    assert.equal(a, createHmac('sha256', 'k').update(JSON.stringify(['sessionary.audit.base.v1', 'c', 1, 'h'])).digest('hex'));
+    assert.notEqual(baseMac('k', 'd', 1, 'h'), a);
+    assert.notEqual(baseMac('k', 'c', 2, 'h'), a);
+    assert.notEqual(baseMac('k', 'c', 1, 'i'), a);
+  });
+});

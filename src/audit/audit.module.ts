@@ -1,5 +1,6 @@
 import { Module } from '@nestjs/common';
 import { AuditChainService } from './audit-chain.service';
+import { AuditExportService } from './audit-export.service';
 import { AuditCheckpointTask } from './audit-checkpoint.task';
 import { AuditVerifierService } from './audit-verifier.service';
 import { AuditController } from './audit.controller';
@@ -8,7 +9,7 @@ import { BoundedAuditService } from './bounded-audit.service';
 
 @Module({
   controllers: [AuditController],
-  providers: [AuditService, BoundedAuditService, AuditChainService, AuditVerifierService, AuditCheckpointTask],
-  exports: [AuditService, BoundedAuditService, AuditChainService, AuditVerifierService],
+  providers: [AuditService, BoundedAuditService, AuditChainService, AuditVerifierService, AuditExportService, AuditCheckpointTask],
+  exports: [AuditService, BoundedAuditService, AuditChainService, AuditVerifierService, AuditExportService],
 })
 export class AuditModule {}

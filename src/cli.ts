@@ -4,35 +4,140 @@
  *   npm run cli -- demote-admin <email>
  *   npm run cli -- end-all-sessions
  *   npm run cli -- audit-verify [--checkpoint-file <file>]   exit code 0 intact, 1 broken, 2 unreadable file
+ *   npm run cli -- audit-verify --file <export.ndjson>       an export, offline: no database; 2 also for a malformed line
+ *   npm run cli -- audit-export [--from T] [--to T] [--user-id U] [--type X] [--out FILE]
  * Without DATABASE_URL they use the embedded database in DATA_DIR (stop the server first:
- * one PostgreSQL owns a data directory at a time).
+ * one PostgreSQL owns a data directory at a time). Results go to stdout, diagnostics to stderr.
  */
-import { ConsoleLogger, Logger, NotFoundException } from '@nestjs/common';
+import { BadRequestException, ConsoleLogger, INestApplicationContext, Logger, LogLevel, NotFoundException } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
+import { once } from 'node:events';
+import { FileHandle, open, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
+import { pipeline } from 'node:stream/promises';
+import { parseArgs } from 'node:util';
+import { AdminAuditExportQueryDto } from './admin/dto/admin-audit-export-query.dto';
 import { AppModule } from './app.module';
+import { ExportFileError, ExportFileVerification, verifyExportFile } from './audit/audit-export-file-verifier';
+import { AuditExportService } from './audit/audit-export.service';
+import { AuditVerification, AuditVerifierService, CheckpointFileError } from './audit/audit-verifier.service';
+import type { AuditFilter } from './audit/audit.service';
+import { toAuditFilter } from './audit/dto/audit-query.dto';
+import { AppValidationPipe } from './common/validation';
 import { loadConfig, useDatabaseUrl } from './config/config';
 import { EmbeddedDatabase, startEmbeddedPostgres } from './database/embedded-postgres';
-import { AuditVerification, AuditVerifierService, CheckpointFileError } from './audit/audit-verifier.service';
-import type { UserRole } from './users/user.entity';
 import { SessionsService } from './sessions/sessions.service';
+import type { UserRole } from './users/user.entity';
 import { UsersService } from './users/users.service';
 
 const ROLE_COMMANDS: Record<string, UserRole> = { 'promote-admin': 'admin', 'demote-admin': 'user' };
-const USAGE =
-  'Usage: npm run cli -- promote-admin <email> | demote-admin <email> | end-all-sessions | audit-verify [--checkpoint-file <file>]';
+const USAGE = [
+  'Usage: npm run cli -- <command>',
+  '  promote-admin <email> | demote-admin <email>',
+  '  end-all-sessions',
+  '  audit-verify [--checkpoint-file <file>]   the database',
+  '  audit-verify --file <export.ndjson>       an export file, offline',
+  '  audit-export [--from <instant>] [--to <instant>] [--user-id <uuid>] [--type <event type>] [--out <file>]',
+].join('\n');
+
+const OPTION_OF_FIELD: Record<string, string> = { from: '--from', to: '--to', userId: '--user-id', type: '--type' };
+
+/** A command line that cannot run: exit code 2, with the message. */
+class UsageError extends Error {}
+
+/** What a command does once its arguments are understood: with the application (and its database), or without. */
+type Command = { offline: () => Promise<number> } | { withApp: (app: INestApplicationContext) => Promise<number> };
+
+/** Diagnostics go to stderr: stdout carries the command's result (audit-export writes NDJSON there). */
+class StderrLogger extends ConsoleLogger {
+  protected override printMessages(
+    messages: unknown[],
+    context?: string,
+    logLevel?: LogLevel,
+    _stream?: 'stdout' | 'stderr',
+    errorStack?: unknown,
+    params?: Record<string, unknown>,
+  ): void {
+    super.printMessages(messages, context, logLevel, 'stderr', errorStack, params);
+  }
+}
 
 async function main(argv: string[]): Promise<number> {
-  const [command, email, ...rest] = argv;
-  const role = command ? ROLE_COMMANDS[command] : undefined;
-  const endAll = command === 'end-all-sessions' && email === undefined;
-  const verify = command === 'audit-verify' && (email === undefined || (email === '--checkpoint-file' && rest.length === 1));
-  const checkpointFile = verify ? rest[0] : undefined;
-  if (!endAll && !verify && (!role || !email || rest.length)) {
-    process.stderr.write(`${USAGE}\n`);
+  let command: Command;
+  try {
+    command = await parseCommand(argv);
+  } catch (error) {
+    if (!(error instanceof UsageError)) throw error;
+    process.stderr.write(`${error.message}\n`);
     return 2;
   }
-  const logger = new ConsoleLogger({ logLevels: ['fatal', 'error', 'warn'] });
+  try {
+    if ('offline' in command) return await command.offline();
+    return await withApp(command.withApp);
+  } catch (error) {
+    if (error instanceof CheckpointFileError || error instanceof ExportFileError || error instanceof UsageError) {
+      process.stderr.write(`${error.message}\n`);
+      return 2;
+    }
+    throw error;
+  }
+}
+
+async function parseCommand(argv: string[]): Promise<Command> {
+  const [name, ...args] = argv;
+  const role = name ? ROLE_COMMANDS[name] : undefined;
+  if (role) {
+    const [email, ...rest] = args;
+    if (!email || rest.length) throw new UsageError(USAGE);
+    return { withApp: (app) => setRole(app, email, role) };
+  }
+  if (name === 'end-all-sessions') {
+    options(args, {});
+    return { withApp: endAllSessions };
+  }
+  if (name === 'audit-verify') {
+    const { file, 'checkpoint-file': checkpointFile } = options(args, { file: { type: 'string' }, 'checkpoint-file': { type: 'string' } });
+    if (file !== undefined && checkpointFile !== undefined) throw new UsageError(`audit-verify: --file and --checkpoint-file do not go together\n${USAGE}`);
+    if (file !== undefined) return { offline: () => verifyFile(file) };
+    return { withApp: (app) => verifyDatabase(app, checkpointFile) };
+  }
+  if (name === 'audit-export') {
+    const values = options(args, { from: { type: 'string' }, to: { type: 'string' }, 'user-id': { type: 'string' }, type: { type: 'string' }, out: { type: 'string' } });
+    const filter = await exportFilter({ from: values.from, to: values.to, userId: values['user-id'], type: values.type });
+    return { withApp: (app) => exportAudit(app, filter, values.out) };
+  }
+  throw new UsageError(USAGE);
+}
+
+/** The command's `--name value` options; anything else is a usage error. */
+function options<K extends string>(args: string[], spec: Record<K, { type: 'string' }>): Partial<Record<K, string>> {
+  try {
+    return parseArgs({ args, options: spec, strict: true, allowPositionals: false }).values as Partial<Record<K, string>>;
+  } catch (error) {
+    throw new UsageError(`${(error as Error).message}\n${USAGE}`);
+  }
+}
+
+/** The export route's own validation (the DTO through the global pipe, then the date checks), so both refuse the same input. */
+async function exportFilter(raw: Record<string, string | undefined>): Promise<AuditFilter> {
+  const given = Object.fromEntries(Object.entries(raw).filter(([, v]) => v !== undefined));
+  try {
+    const dto = (await new AppValidationPipe().transform(given, { type: 'query', metatype: AdminAuditExportQueryDto })) as AdminAuditExportQueryDto;
+    return toAuditFilter(dto, dto.userId);
+  } catch (error) {
+    if (!(error instanceof BadRequestException)) throw error;
+    const message = (error.getResponse() as { message?: string | string[] }).message ?? error.message;
+    // The DTO names the HTTP query's fields; the command line spells them as options.
+    const text = ([] as string[])
+      .concat(message)
+      .map((m) => m.replace(/^(from|to|userId|type)\b/, (field) => OPTION_OF_FIELD[field]).replace(/ after to$/, ' after --to'))
+      .join('; ');
+    throw new UsageError(`audit-export: ${text}`);
+  }
+}
+
+async function withApp(run: (app: INestApplicationContext) => Promise<number>): Promise<number> {
+  const logger = new StderrLogger({ logLevels: ['fatal', 'error', 'warn'] });
   let config = loadConfig();
   let embedded: EmbeddedDatabase | undefined;
   if (!config.DATABASE_URL) {
@@ -42,37 +147,66 @@ async function main(argv: string[]): Promise<number> {
   }
   const app = await NestFactory.createApplicationContext(AppModule.forRoot(config), { logger });
   try {
-    if (verify) {
-      const result = await app.get(AuditVerifierService).verify({ checkpointFile });
-      process.stdout.write(verificationReport(result, checkpointFile));
-      return result.ok ? 0 : 1;
-    }
-    if (endAll) {
-      const ended = await app
-        .get(SessionsService)
-        .endAllSessions({ reason: 'revoked_by_admin', event: 'SESSION_REVOKED', metadata: { by: 'cli' } });
-      process.stdout.write(`Ended ${ended} active session(s)\n`);
-      return 0;
-    }
-    const { user, previous } = await app.get(UsersService).setRole(email, role!, 'cli');
-    process.stdout.write(
-      previous === role ? `${user.email} is already ${role}\n` : `${user.email}: role ${previous} -> ${role}\n`,
-    );
-    return 0;
-  } catch (error) {
-    if (error instanceof CheckpointFileError) {
-      process.stderr.write(`${error.message}\n`);
-      return 2;
-    }
-    if (error instanceof NotFoundException) {
-      process.stderr.write(`No user with email ${email}\n`);
-      return 1;
-    }
-    throw error;
+    return await run(app);
   } finally {
     await app.close(); // the pool first, then the server it talks to
     await embedded?.stop();
   }
+}
+
+async function setRole(app: INestApplicationContext, email: string, role: UserRole): Promise<number> {
+  try {
+    const { user, previous } = await app.get(UsersService).setRole(email, role, 'cli');
+    process.stdout.write(previous === role ? `${user.email} is already ${role}\n` : `${user.email}: role ${previous} -> ${role}\n`);
+    return 0;
+  } catch (error) {
+    if (!(error instanceof NotFoundException)) throw error;
+    process.stderr.write(`No user with email ${email}\n`);
+    return 1;
+  }
+}
+
+async function endAllSessions(app: INestApplicationContext): Promise<number> {
+  const ended = await app.get(SessionsService).endAllSessions({ reason: 'revoked_by_admin', event: 'SESSION_REVOKED', metadata: { by: 'cli' } });
+  process.stdout.write(`Ended ${ended} active session(s)\n`);
+  return 0;
+}
+
+async function verifyDatabase(app: INestApplicationContext, checkpointFile: string | undefined): Promise<number> {
+  const result = await app.get(AuditVerifierService).verify({ checkpointFile });
+  process.stdout.write(verificationReport(result, checkpointFile));
+  return result.ok ? 0 : 1;
+}
+
+/** No database: the key from the configuration is all it needs. */
+async function verifyFile(file: string): Promise<number> {
+  const result = await verifyExportFile(file, loadConfig().AUDIT_HMAC_KEY);
+  process.stdout.write(fileVerificationReport(result, file));
+  return result.ok ? 0 : 1;
+}
+
+/** To the file (created or replaced; removed again if the export fails) or to stdout. */
+async function exportAudit(app: INestApplicationContext, filter: AuditFilter, out: string | undefined): Promise<number> {
+  if (out === undefined) {
+    await pipeline(await app.get(AuditExportService).open(filter), process.stdout, { end: false });
+    // Every line handed over before the process exits (stdout may be an asynchronous pipe).
+    if (process.stdout.writableLength) await once(process.stdout, 'drain');
+    return 0;
+  }
+  let file: FileHandle;
+  try {
+    file = await open(out, 'w');
+  } catch (error) {
+    throw new UsageError(`audit-export: ${out} cannot be written (${(error as NodeJS.ErrnoException).code ?? 'error'})`);
+  }
+  try {
+    await pipeline(await app.get(AuditExportService).open(filter), file.createWriteStream());
+  } catch (error) {
+    await file.close().catch(() => undefined);
+    await unlink(out).catch(() => undefined);
+    throw error;
+  }
+  return 0;
 }
 
 function verificationReport(v: AuditVerification, checkpointFile: string | undefined): string {
@@ -87,6 +221,23 @@ function verificationReport(v: AuditVerification, checkpointFile: string | undef
   if (!v.ok) {
     lines.push(`  first broken event: ${v.firstBrokenId ?? '(none stored: see the reason)'}`);
     lines.push(`  reason:            ${v.reason}`);
+  }
+  return `${lines.join('\n')}\n`;
+}
+
+function fileVerificationReport(v: ExportFileVerification, file: string): string {
+  const filter = v.filter ? Object.entries(v.filter).filter(([, value]) => value !== null).map(([name, value]) => `${name}=${value}`) : [];
+  const lines = [
+    `Audit export: ${v.ok ? 'INTACT' : 'BROKEN'}`,
+    `  file:                ${file}`,
+    `  events:              ${v.lines}`,
+    `  links checked:       ${v.linked}`,
+    `  authenticated alone: ${v.alone} (the event before them in their chain is not in the file)`,
+    `  filter:              ${v.filter ? (filter.join(' ') || 'none (whole chains)') : 'unknown (no authentic seal)'}`,
+  ];
+  if (!v.ok) {
+    lines.push(`  first broken line:   ${v.brokenLine}${v.brokenId ? ` (event ${v.brokenId})` : ''}`);
+    lines.push(`  reason:              ${v.reason}`);
   }
   return `${lines.join('\n')}\n`;
 }

@@ -1,13 +1,16 @@
 import assert from 'node:assert/strict';
 import { createHmac } from 'node:crypto';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { createWriteStream, existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { pipeline } from 'node:stream/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { Client } from 'pg';
 import { DataSource } from 'typeorm';
-import { chainedEventOf, checkpointMac, eventHash, type Checkpoint } from '../src/audit/audit-chain';
+import { checkpointMac, type Checkpoint } from '../src/audit/audit-chain';
 import { AuditChainService } from '../src/audit/audit-chain.service';
+import { verifyExportFile } from '../src/audit/audit-export-file-verifier';
+import { AuditExportService } from '../src/audit/audit-export.service';
 import { AuditPartitionsService, baseMac, partitionOf } from '../src/audit/audit-partitions.service';
 import { AuditPartitionsTask } from '../src/audit/audit-partitions.task';
 import { AuditVerifierService } from '../src/audit/audit-verifier.service';
@@ -167,21 +170,20 @@ describe('audit log partitions and retention (e2e)', () => {
     assert.equal((await partitionsOf(t.db))[partitionOf(old).name], undefined, 'the month is gone');
     assert.equal((await t.app.get(AuditPartitionsService).list()).some((p) => p.name === partitionOf(old).name), false);
 
-    // The archive: the month's events as they were stored, each still matching its HMAC, and
-    // the checkpoint that closes them.
-    const archived = readFileSync(result.dropped[0].archive!, 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+    // The archive: an export of the month (the events as they were stored, then the seal),
+    // which verifies offline, and the checkpoint that closes it.
+    const archiveFile = result.dropped[0].archive!;
+    const archived = readFileSync(archiveFile, 'utf8').trim().split('\n').map((l) => JSON.parse(l));
     assert.deepEqual(
-      archived.map((e) => [e.id, e.hash]),
+      archived.filter((e) => !('seal' in e)).map((e) => [e.id, e.hash]),
       oldEvents.map((e) => [e.id, e.hash]),
     );
-    for (const e of archived) {
-      const row = { id: e.id, type: e.type, user_id: e.userId, session_id: e.sessionId, ip_address: e.ipAddress, user_agent: e.userAgent, metadata: e.metadata, created_at: e.createdAt };
-      assert.equal(eventHash(TEST_AUDIT_HMAC_KEY, e.prevHash, chainedEventOf(row, e.chainKey, Number(e.chainPos))), e.hash);
-    }
+    const archiveCheck = await verifyExportFile(archiveFile, TEST_AUDIT_HMAC_KEY);
+    assert.deepEqual({ ok: archiveCheck.ok, lines: archiveCheck.lines, reason: archiveCheck.reason }, { ok: true, lines: 3, reason: null });
     const closing = JSON.parse(readFileSync(result.dropped[0].archive!.replace(/\.ndjson$/, '.checkpoint.json'), 'utf8')) as Checkpoint;
     const { mac, ...fields } = closing;
     assert.equal(checkpointMac(TEST_AUDIT_HMAC_KEY, fields), mac);
-    assert.ok(BigInt(closing.maxSeq) >= BigInt(Math.max(...archived.map((e) => Number(e.seq)))));
+    assert.ok(BigInt(closing.maxSeq) >= BigInt(Math.max(...archived.filter((e) => !('seal' in e)).map((e) => Number(e.seq)))));
 
     // The chains start at their bases now; the checkpoint file's counts include the dropped events.
     const verification = await t.app.get(AuditVerifierService).verify({ checkpointFile });
@@ -189,6 +191,11 @@ describe('audit log partitions and retention (e2e)', () => {
       { ok: verification.ok, reason: verification.reason, checked: verification.checked, dropped: verification.dropped },
       { ok: true, reason: null, checked: remaining, dropped: 3 },
     );
+    // A whole export now starts each chain at its base, and still verifies offline.
+    const exported = join(archiveDir, 'after-retention.ndjson');
+    await pipeline(await t.app.get(AuditExportService).open({}), createWriteStream(exported));
+    const offline = await verifyExportFile(exported, TEST_AUDIT_HMAC_KEY);
+    assert.deepEqual({ ok: offline.ok, lines: offline.lines, reason: offline.reason }, { ok: true, lines: remaining, reason: null });
     const metrics = await t.http.get('/metrics');
     assert.match(metrics.text, /^sessionary_audit_retention_dropped_events_total 3$/m);
     assert.match(metrics.text, /^sessionary_audit_retention_last_run_timestamp_seconds [1-9]/m);

@@ -252,6 +252,8 @@ describe('fuzz: hostile input gets a 4xx, leaks nothing and changes nothing (e2e
       // Never a real user's id: that would end sessions, by contract.
       { method: 'DELETE', path: '/api/v1/admin/users/:id/sessions', auth: 'admin', id: fc.oneof(uuidLike, hostileString) },
       { method: 'GET', path: '/api/v1/admin/audit', auth: 'admin', query: { ...auditQuery, userId: fc.oneof(uuidLike, fc.constantFrom(user.id, victim.id)) } },
+      // Reads only: a 2xx export must leave the database as it was.
+      { method: 'GET', path: '/api/v1/admin/audit/export', auth: 'admin', query: { type: auditQuery.type, from: auditQuery.from, to: auditQuery.to, userId: fc.oneof(uuidLike, fc.constantFrom(user.id, victim.id)) } },
       { method: 'GET', path: '/health/live', auth: 'none' },
       { method: 'GET', path: '/health/ready', auth: 'none' },
       { method: 'GET', path: '/metrics', auth: 'none' },

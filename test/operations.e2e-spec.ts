@@ -70,6 +70,8 @@ describe('operations and error hygiene (e2e)', () => {
       'GET /api/v1/admin/users/{id}/sessions',
       'DELETE /api/v1/admin/users/{id}/sessions',
       'GET /api/v1/admin/audit',
+      'GET /api/v1/admin/audit/verify',
+      'GET /api/v1/admin/audit/export',
       'GET /health/live',
       'GET /health/ready',
       'GET /metrics',

@@ -1,16 +1,20 @@
-import { BadRequestException, Controller, Delete, Get, Param, ParseUUIDPipe, Query, UseGuards } from '@nestjs/common';
+import { BadRequestException, Controller, Delete, Get, Header, Param, ParseUUIDPipe, Query, StreamableFile, UseGuards } from '@nestjs/common';
 import {
   ApiBadRequestResponse,
+  ApiExtraModels,
   ApiForbiddenResponse,
   ApiNotFoundResponse,
   ApiOkResponse,
   ApiOperation,
   ApiTags,
+  getSchemaPath,
 } from '@nestjs/swagger';
+import { AuditExportService } from '../audit/audit-export.service';
 import { AuditVerifierService } from '../audit/audit-verifier.service';
 import { AuditService } from '../audit/audit.service';
+import { AuditExportEventLineDto, AuditExportSealLineDto } from '../audit/dto/audit-export-line.dto';
 import { AuditVerifyResponseDto } from '../audit/dto/audit-verify-response.dto';
-import { toAuditQuery } from '../audit/dto/audit-query.dto';
+import { toAuditFilter, toAuditQuery } from '../audit/dto/audit-query.dto';
 import { Client, ClientContext } from '../common/client-context';
 import { AuthContext, CurrentAuth } from '../common/current-auth.decorator';
 import { AuthenticatedApi } from '../common/authenticated-api.decorator';
@@ -20,7 +24,11 @@ import { RevokedCountResponseDto, SessionResponseDto } from '../sessions/dto/ses
 import { SessionsService } from '../sessions/sessions.service';
 import { UsersService } from '../users/users.service';
 import { AdminAuditEventResponseDto, AdminAuditPageResponseDto } from './dto/admin-audit-event-response.dto';
+import { AdminAuditExportQueryDto } from './dto/admin-audit-export-query.dto';
 import { AdminAuditQueryDto } from './dto/admin-audit-query.dto';
+
+/** NDJSON (https://github.com/ndjson/ndjson-spec): UTF-8, one JSON value a line. */
+const NDJSON = 'application/x-ndjson';
 
 const uuidParam = new ParseUUIDPipe({ exceptionFactory: () => new BadRequestException(['id must be a UUID']) });
 
@@ -36,6 +44,7 @@ export class AdminController {
     private readonly sessions: SessionsService,
     private readonly audit: AuditService,
     private readonly verifier: AuditVerifierService,
+    private readonly exporter: AuditExportService,
   ) {}
 
   @Get('users/:id/sessions')
@@ -87,5 +96,34 @@ export class AdminController {
   @ApiOkResponse({ type: AuditVerifyResponseDto })
   async verifyAudit(): Promise<AuditVerifyResponseDto> {
     return AuditVerifyResponseDto.from(await this.verifier.verify());
+  }
+
+  @Get('audit/export')
+  @Header('Cache-Control', 'no-store')
+  @ApiOperation({
+    operationId: 'exportAuditLog',
+    summary: 'Stream the audit log, or a filtered part of it, as NDJSON for offline verification',
+    description:
+      'One event a line in `seq` order, with its chain fields (`chainKey`, `position`, `prevHash`, `hash`) and `createdAt` to ' +
+      'the microsecond, so that each line\'s HMAC can be recomputed; then one last line, the seal, naming the filters and ' +
+      'carrying a keyed MAC over the lines, so that a deleted, inserted or reordered line, or a transfer cut short, is ' +
+      'detected (`npm run cli -- audit-verify --file`). Read from one consistent snapshot, a batch at a time. A failure ' +
+      'after the answer started aborts the transfer instead of ending it: a client sees an incomplete response, and the ' +
+      'file has no seal.',
+  })
+  @ApiExtraModels(AuditExportEventLineDto, AuditExportSealLineDto)
+  @ApiOkResponse({
+    description: 'NDJSON: event lines, then the seal',
+    headers: { 'Cache-Control': { description: 'Never stored by caches', schema: { type: 'string', example: 'no-store' } } },
+    content: {
+      [NDJSON]: {
+        schema: { oneOf: [{ $ref: getSchemaPath(AuditExportEventLineDto) }, { $ref: getSchemaPath(AuditExportSealLineDto) }] },
+      },
+    },
+  })
+  @ApiBadRequestResponse({ type: ErrorResponseDto, description: 'Bad filter: not a date, not a UUID, an unknown type, or `from` after `to`' })
+  async exportAudit(@Query() query: AdminAuditExportQueryDto): Promise<StreamableFile> {
+    const lines = await this.exporter.open(toAuditFilter(query, query.userId));
+    return new StreamableFile(lines, { type: NDJSON });
   }
 }

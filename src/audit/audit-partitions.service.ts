@@ -4,12 +4,12 @@ import { InjectDataSource } from '@nestjs/typeorm';
 import { createHmac } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
 import { mkdir, rename, rm, writeFile } from 'node:fs/promises';
+import { pipeline } from 'node:stream/promises';
 import { join } from 'node:path';
-import { once } from 'node:events';
 import { DataSource, EntityManager, QueryRunner } from 'typeorm';
 import type { AppConfig } from '../config/config';
-import { STORED_EVENT_COLUMNS, type StoredEventRow } from './audit-chain';
 import { AuditChainService } from './audit-chain.service';
+import { AuditExportService } from './audit-export.service';
 
 // Any fixed 64-bit number works; this one spells "audparts" in ASCII.
 const PARTITIONS_LOCK_KEY = '7022356976209572979';
@@ -77,6 +77,7 @@ export class AuditPartitionsService {
   constructor(
     @InjectDataSource() private readonly dataSource: DataSource,
     private readonly chain: AuditChainService,
+    private readonly exporter: AuditExportService,
     private readonly config: ConfigService<AppConfig, true>,
   ) {
     this.key = config.get('AUDIT_HMAC_KEY', { infer: true });
@@ -168,7 +169,7 @@ export class AuditPartitionsService {
     // A checkpoint of everything up to now: an archive is closed by it, and the chain's heads
     // as recorded outside the database stay comparable with what remains.
     await this.chain.checkpoint(true);
-    const archive = await this.archive(runner, partition);
+    const archive = await this.archive(partition);
 
     await runner.startTransaction();
     try {
@@ -209,66 +210,30 @@ export class AuditPartitionsService {
   }
 
   /**
-   * Writes the month's events, in seq order, as NDJSON with their chain fields, and then the
-   * latest checkpoint beside it; each file appears whole or not at all (written under a
-   * temporary name, then renamed). Null when AUDIT_ARCHIVE_DIR is not set.
+   * Writes the month as an export of its time range (`audit-verify --file` checks it offline:
+   * every event with its chain fields, in seq order, then the keyed seal), and the latest
+   * checkpoint beside it; each file appears whole or not at all (written under a temporary
+   * name, then renamed). Null when AUDIT_ARCHIVE_DIR is not set.
    */
-  private async archive(runner: QueryRunner, partition: AuditPartition): Promise<string | null> {
+  private async archive(partition: AuditPartition): Promise<string | null> {
     const dir = this.config.get('AUDIT_ARCHIVE_DIR', { infer: true });
     if (!dir) return null;
     await mkdir(dir, { recursive: true, mode: 0o700 });
     const base = join(dir, `audit-events-${partition.from.toISOString().slice(0, 7)}`);
     const file = `${base}.ndjson`;
-    const partial = `${file}.partial`;
-    const out = createWriteStream(partial, { mode: 0o600 });
     try {
-      let afterSeq = '0';
-      for (;;) {
-        const rows: Array<StoredEventRow & { seq: string; chain_key: string; chain_pos: string; prev_hash: string; hash: string }> =
-          await runner.query(
-            `SELECT seq::text AS seq, ${STORED_EVENT_COLUMNS}, chain_key, chain_pos::text AS chain_pos, prev_hash, hash
-               FROM "${partition.name}" WHERE seq > $1 ORDER BY seq LIMIT $2`,
-            [afterSeq, BATCH],
-          );
-        for (const r of rows) {
-          if (!out.write(`${JSON.stringify(archiveLine(r))}\n`)) await once(out, 'drain');
-        }
-        if (rows.length < BATCH) break;
-        afterSeq = rows[rows.length - 1].seq;
-      }
-      out.end();
-      await once(out, 'finish');
+      await pipeline(await this.exporter.open({ from: partition.from, to: partition.to }), createWriteStream(`${file}.partial`, { mode: 0o600 }));
     } catch (error) {
-      out.destroy();
-      await rm(partial, { force: true });
+      await rm(`${file}.partial`, { force: true });
       throw error;
     }
-    await rename(partial, file);
-    const closing = await this.chain.latestCheckpoint(runner.manager);
+    await rename(`${file}.partial`, file);
+    const closing = await this.chain.latestCheckpoint();
     if (closing) {
-      const checkpointFile = `${base}.checkpoint.json`;
-      await writeFile(`${checkpointFile}.partial`, `${JSON.stringify(closing)}\n`, { mode: 0o600 });
-      await rename(`${checkpointFile}.partial`, checkpointFile);
+      await writeFile(`${base}.checkpoint.json.partial`, `${JSON.stringify(closing)}\n`, { mode: 0o600 });
+      await rename(`${base}.checkpoint.json.partial`, `${base}.checkpoint.json`);
     }
     return file;
   }
 }
 
-/** One archived event: every stored field, exactly as the chain hashes it, and its chain fields. */
-function archiveLine(r: StoredEventRow & { seq: string; chain_key: string; chain_pos: string; prev_hash: string; hash: string }) {
-  return {
-    id: r.id,
-    seq: r.seq,
-    type: r.type,
-    userId: r.user_id,
-    sessionId: r.session_id,
-    ipAddress: r.ip_address,
-    userAgent: r.user_agent,
-    metadata: r.metadata,
-    createdAt: r.created_at,
-    chainKey: r.chain_key,
-    chainPos: r.chain_pos,
-    prevHash: r.prev_hash,
-    hash: r.hash,
-  };
-}

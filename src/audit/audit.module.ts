@@ -1,5 +1,6 @@
 import { Module } from '@nestjs/common';
 import { AuditChainService } from './audit-chain.service';
+import { AuditExportService } from './audit-export.service';
 import { AuditCheckpointTask } from './audit-checkpoint.task';
 import { AuditPartitionsService } from './audit-partitions.service';
 import { AuditPartitionsTask } from './audit-partitions.task';
@@ -10,7 +11,16 @@ import { BoundedAuditService } from './bounded-audit.service';
 
 @Module({
   controllers: [AuditController],
-  providers: [AuditService, BoundedAuditService, AuditChainService, AuditVerifierService, AuditCheckpointTask, AuditPartitionsService, AuditPartitionsTask],
-  exports: [AuditService, BoundedAuditService, AuditChainService, AuditVerifierService, AuditPartitionsService, AuditPartitionsTask],
+  providers: [
+    AuditService,
+    BoundedAuditService,
+    AuditChainService,
+    AuditVerifierService,
+    AuditExportService,
+    AuditCheckpointTask,
+    AuditPartitionsService,
+    AuditPartitionsTask,
+  ],
+  exports: [AuditService, BoundedAuditService, AuditChainService, AuditVerifierService, AuditExportService, AuditPartitionsService, AuditPartitionsTask],
 })
 export class AuditModule {}

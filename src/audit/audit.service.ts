@@ -16,11 +16,17 @@ export interface AuditEventInput {
   metadata?: AuditMetadata;
 }
 
-export interface AuditQuery {
+/** Which events: the filters the list and the export share. */
+export interface AuditFilter {
   userId?: string;
   type?: AuditEventType;
+  /** Inclusive. */
   from?: Date;
+  /** Exclusive. */
   to?: Date;
+}
+
+export interface AuditQuery extends AuditFilter {
   limit: number;
   cursor?: string;
 }

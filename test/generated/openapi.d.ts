@@ -231,6 +231,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/admin/audit/export": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Stream the audit log, or a filtered part of it, as NDJSON for offline verification
+         * @description One event a line in `seq` order, with its chain fields (`chainKey`, `position`, `prevHash`, `hash`) and `createdAt` to the microsecond, so that each line's HMAC can be recomputed; then one last line, the seal, naming the filters and carrying a keyed MAC over the lines, so that a deleted, inserted or reordered line, or a transfer cut short, is detected (`npm run cli -- audit-verify --file`). Read from one consistent snapshot, a batch at a time. A failure after the answer started aborts the transfer instead of ending it: a client sees an incomplete response, and the file has no seal.
+         */
+        get: operations["exportAuditLog"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/health/live": {
         parameters: {
             query?: never;
@@ -515,6 +535,70 @@ export interface components {
              * @example null
              */
             reason: string | null;
+        };
+        AuditExportEventLineDto: {
+            /**
+             * @description The global order of events (a 64-bit integer, as a decimal string)
+             * @example 1042
+             */
+            seq: string;
+            /** Format: uuid */
+            id: string;
+            /** @enum {string} */
+            type: "REGISTER" | "LOGIN" | "LOGIN_FAILED" | "LOGOUT" | "TOKEN_REFRESH" | "REFRESH_TOKEN_REUSE" | "SESSION_REVOKED" | "SESSION_EXPIRED" | "PASSWORD_CHANGED" | "PROFILE_UPDATED" | "ACCOUNT_LOCKED" | "ROLE_CHANGED" | "REFRESH_FAILED" | "ACCESS_DENIED";
+            /** Format: uuid */
+            userId: string | null;
+            /** Format: uuid */
+            sessionId: string | null;
+            ipAddress: string | null;
+            userAgent: string | null;
+            /**
+             * Format: date-time
+             * @description UTC to the microsecond: the exact text the HMAC covers
+             * @example 2026-12-01T12:00:00.123456Z
+             */
+            createdAt: string;
+            /**
+             * @example {
+             *       "reason": "logout"
+             *     }
+             */
+            metadata: {
+                [key: string]: unknown;
+            };
+            /** @description The chain: the user's id, or `global` for events without a user; null for an event outside every chain */
+            chainKey: string | null;
+            /** @description Position in the chain, from 1 */
+            position: number | null;
+            /** @description The previous event's hash in the chain (64 zeros at position 1) */
+            prevHash: string | null;
+            /** @description HMAC-SHA-256(AUDIT_HMAC_KEY, prevHash ‖ canonical form of the event) */
+            hash: string | null;
+        };
+        AuditExportFilterDto: {
+            /** Format: date-time */
+            from: string | null;
+            /** Format: date-time */
+            to: string | null;
+            /** Format: uuid */
+            userId: string | null;
+            /** @enum {string|null} */
+            type: "REGISTER" | "LOGIN" | "LOGIN_FAILED" | "LOGOUT" | "TOKEN_REFRESH" | "REFRESH_TOKEN_REUSE" | "SESSION_REVOKED" | "SESSION_EXPIRED" | "PASSWORD_CHANGED" | "PROFILE_UPDATED" | "ACCOUNT_LOCKED" | "ROLE_CHANGED" | "REFRESH_FAILED" | "ACCESS_DENIED" | null;
+        };
+        AuditExportSealLineDto: {
+            /**
+             * @description The format; marks the last line
+             * @enum {string}
+             */
+            seal: "sessionary.audit.export.v1";
+            /** @description The filters of this export */
+            filter: components["schemas"]["AuditExportFilterDto"];
+            /** @description Event lines before the seal */
+            lines: number;
+            /** @description SHA-256 over every line's seq and hash, in order */
+            digest: string;
+            /** @description HMAC-SHA-256(AUDIT_HMAC_KEY) over the other fields */
+            mac: string;
         };
     };
     responses: never;
@@ -2193,6 +2277,127 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["AuditVerifyResponseDto"];
+                };
+            };
+            /** @description No valid access token, or the session has ended */
+            401: {
+                headers: {
+                    /** @description RFC 6750: `Bearer` without a token, `Bearer error="invalid_token"` for a refused one */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "statusCode": 401,
+                     *       "error": "Unauthorized",
+                     *       "message": "No valid access token, or the session has ended"
+                     *     }
+                     */
+                    "application/json": components["schemas"]["ErrorResponseDto"];
+                };
+            };
+            /** @description The caller is not an admin */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "statusCode": 403,
+                     *       "error": "Forbidden",
+                     *       "message": "The caller is not an admin"
+                     *     }
+                     */
+                    "application/json": components["schemas"]["ErrorResponseDto"];
+                };
+            };
+            /** @description Too many requests from this IP; see Retry-After */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "statusCode": 429,
+                     *       "error": "Too Many Requests",
+                     *       "message": "Too many requests from this IP; see Retry-After"
+                     *     }
+                     */
+                    "application/json": components["schemas"]["ErrorResponseDto"];
+                };
+            };
+            /** @description The database is unreachable; retry after the given seconds */
+            503: {
+                headers: {
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "statusCode": 503,
+                     *       "error": "Service Unavailable",
+                     *       "message": "The service is temporarily unavailable; retry later"
+                     *     }
+                     */
+                    "application/json": components["schemas"]["ErrorResponseDto"];
+                };
+            };
+        };
+    };
+    exportAuditLog: {
+        parameters: {
+            query?: {
+                type?: "REGISTER" | "LOGIN" | "LOGIN_FAILED" | "LOGOUT" | "TOKEN_REFRESH" | "REFRESH_TOKEN_REUSE" | "SESSION_REVOKED" | "SESSION_EXPIRED" | "PASSWORD_CHANGED" | "PROFILE_UPDATED" | "ACCOUNT_LOCKED" | "ROLE_CHANGED" | "REFRESH_FAILED" | "ACCESS_DENIED";
+                /** @description Events at or after this instant (RFC 3339 date or date-time) */
+                from?: string;
+                /** @description Events before this instant (RFC 3339 date or date-time) */
+                to?: string;
+                /** @description Only this user's events */
+                userId?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description NDJSON: event lines, then the seal */
+            200: {
+                headers: {
+                    /** @description Requests allowed per minute to this client IP, all routes together */
+                    "X-RateLimit-Limit"?: number;
+                    /** @description Requests left in the current window */
+                    "X-RateLimit-Remaining"?: number;
+                    /** @description Seconds until the window starts over */
+                    "X-RateLimit-Reset"?: number;
+                    /** @description Never stored by caches */
+                    "Cache-Control"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/x-ndjson": components["schemas"]["AuditExportEventLineDto"] | components["schemas"]["AuditExportSealLineDto"];
+                };
+            };
+            /** @description Bad filter: not a date, not a UUID, an unknown type, or `from` after `to` */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "statusCode": 400,
+                     *       "error": "Bad Request",
+                     *       "message": "Bad filter: not a date, not a UUID, an unknown type, or `from` after `to`"
+                     *     }
+                     */
+                    "application/json": components["schemas"]["ErrorResponseDto"];
                 };
             };
             /** @description No valid access token, or the session has ended */

@@ -4,7 +4,7 @@ import { Type } from 'class-transformer';
 import { IsIn, IsInt, IsString, Matches, Max, MaxLength, Min } from 'class-validator';
 import { IsAbsentOr } from '../../common/validation';
 import { AUDIT_EVENT_TYPES, AuditEventType } from '../audit-event.entity';
-import type { AuditQuery } from '../audit.service';
+import type { AuditFilter, AuditQuery } from '../audit.service';
 
 // RFC 3339 (a profile of ISO 8601): a date, or a date-time with a zone. Week dates, ordinal
 // dates and signed years are ISO 8601 too, but not instants anyone means here.
@@ -43,11 +43,30 @@ export class AuditQueryDto {
 
 /** The service's query from a validated DTO; `from` after `to` is a 400. */
 export function toAuditQuery(dto: AuditQueryDto, userId: string | undefined): AuditQuery {
-  const from = dto.from ? new Date(dto.from) : undefined;
-  const to = dto.to ? new Date(dto.to) : undefined;
+  return { ...toAuditFilter(dto, userId), limit: dto.limit, cursor: dto.cursor };
+}
+
+/** The filters alone (the export's), with the same checks: a date that does not exist, or `from` after `to`, is a 400. */
+export function toAuditFilter(dto: Pick<AuditQueryDto, 'type' | 'from' | 'to'>, userId: string | undefined): AuditFilter {
+  const from = dto.from === undefined ? undefined : instantOf(dto.from);
+  const to = dto.to === undefined ? undefined : instantOf(dto.to);
   // The pattern admits 2026-02-31 or 25:00; a date that does not exist is a 400 too.
-  if (from && Number.isNaN(from.getTime())) throw new BadRequestException(['from is not a valid date']);
-  if (to && Number.isNaN(to.getTime())) throw new BadRequestException(['to is not a valid date']);
+  if (from === null) throw new BadRequestException(['from is not a valid date']);
+  if (to === null) throw new BadRequestException(['to is not a valid date']);
   if (from && to && from > to) throw new BadRequestException(['from must not be after to']);
-  return { userId, type: dto.type, from, to, limit: dto.limit, cursor: dto.cursor };
+  return { userId, type: dto.type, from, to };
+}
+
+/**
+ * The instant an RFC 3339 text names, or null when its date or time does not exist. Date's
+ * parser refuses a month 13 or an hour 25, but rolls a day past the month's end and an hour
+ * of 24 over (2026-02-31 is March 3, T24:00 the next day's midnight).
+ */
+function instantOf(text: string): Date | null {
+  const date = new Date(text);
+  const [, year, month, day, hour] = /^(\d{4})-(\d{2})-(\d{2})(?:T(\d{2}))?/i.exec(text) ?? [];
+  if (Number.isNaN(date.getTime()) || year === undefined || Number(hour ?? 0) > 23) return null;
+  const lastDay = new Date(0);
+  lastDay.setUTCFullYear(Number(year), Number(month), 0); // day 0 of the next month
+  return Number(day) >= 1 && Number(day) <= lastDay.getUTCDate() ? date : null;
 }

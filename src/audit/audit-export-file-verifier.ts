@@ -1,0 +1,219 @@
+import { createReadStream } from 'node:fs';
+import { createInterface } from 'node:readline';
+import { chainedEventOf, chainKeyOf, eventHash, GENESIS_HASH, sameMac } from './audit-chain';
+import {
+  AuditExportFilterFields,
+  AuditExportLine,
+  AuditExportSeal,
+  EVENT_LINE_FIELDS,
+  EXPORT_FORMAT,
+  ExportDigest,
+  holdsWholeChains,
+  sealMac,
+  storedRowOf,
+} from './audit-export-format';
+
+/**
+ * Verifies an export file offline (`npm run cli -- audit-verify --file F`): only the key, no
+ * database. Reads the file a line at a time; what it keeps grows with the number of chains in
+ * the file (each chain's last position and hash), not with its lines.
+ *
+ * - Every event line is authenticated by its own HMAC, recomputed from its fields and prevHash
+ *   exactly as the database verifier does.
+ * - A line at the position right after the previous line of its chain (or at position 1) is
+ *   linked: its prevHash must be that line's hash (or the genesis hash). A line after a gap is
+ *   authenticated alone, as a filtered export has gaps by design; in an export that holds whole
+ *   chains (no time or type filter, as its seal says) a gap is a deleted line.
+ * - The seal, the last line, must be authentic (its MAC) and match the lines before it (their
+ *   count and digest): lines deleted, inserted or reordered, or a file cut short, are caught here.
+ */
+
+export interface ExportFileVerification {
+  ok: boolean;
+  /** Event lines read. */
+  lines: number;
+  /** Lines whose prevHash was checked against the line before them in their chain (or the chain's genesis). */
+  linked: number;
+  /** Lines after a gap in their chain, authenticated by their own HMAC only. */
+  alone: number;
+  /** The seal's filter, when the file has an authentic seal. */
+  filter: AuditExportFilterFields | null;
+  /** The first broken line (1-based), its event id when it is an event, and why. */
+  brokenLine: number | null;
+  brokenId: string | null;
+  reason: string | null;
+}
+
+/** The file cannot be read, or a line is not one an export writes (exit code 2): not evidence either way. */
+export class ExportFileError extends Error {}
+
+interface Problem {
+  line: number;
+  id: string | null;
+  reason: string;
+}
+
+const HEX64 = /^[0-9a-f]{64}$/;
+const NULLABLE_STRINGS = ['userId', 'sessionId', 'ipAddress', 'userAgent'] as const;
+
+export async function verifyExportFile(path: string, key: string): Promise<ExportFileVerification> {
+  const result: ExportFileVerification = { ok: true, lines: 0, linked: 0, alone: 0, filter: null, brokenLine: null, brokenId: null, reason: null };
+  const chains = new Map<string, { position: number; hash: string; line: number }>();
+  const digest = new ExportDigest();
+  let failure: Problem | undefined;
+  /** The first gap: a deleted line if the seal says the chains are whole, expected otherwise. */
+  let gap: Problem | undefined;
+  let seal: { value: AuditExportSeal; line: number } | undefined;
+  let lineNo = 0;
+  const fail = (problem: Problem) => {
+    failure ??= problem;
+  };
+
+  const input = createReadStream(path, { encoding: 'utf8' });
+  const opened = new Promise<void>((resolve, reject) => {
+    input.once('ready', () => resolve());
+    input.once('error', reject);
+  });
+  try {
+    await opened;
+  } catch (error) {
+    throw new ExportFileError(`${path} cannot be read (${(error as NodeJS.ErrnoException).code ?? 'error'})`);
+  }
+  const lines = createInterface({ input, crlfDelay: Infinity });
+  try {
+    for await (const text of lines) {
+      lineNo++;
+      const parsed = parseLine(text, lineNo);
+      if (seal) {
+        fail({ line: lineNo, id: typeof parsed.id === 'string' ? parsed.id : null, reason: `Line ${lineNo} comes after the seal (line ${seal.line}): lines were appended` });
+        continue;
+      }
+      if (!isEventLine(parsed)) {
+        seal = { value: checkSealShape(parsed, lineNo), line: lineNo };
+        continue;
+      }
+      const line = checkEventShape(parsed, lineNo);
+      result.lines++;
+      digest.add(line.seq, line.hash);
+      const id = line.id;
+      const extra = Object.keys(line).filter((k) => !(EVENT_LINE_FIELDS as readonly string[]).includes(k));
+      if (extra.length) {
+        fail({ line: lineNo, id, reason: `Line ${lineNo} (event ${id}) has fields no export writes (${extra.join(', ')}): it was altered` });
+        continue;
+      }
+      if (line.chainKey === null || line.position === null || line.prevHash === null || line.hash === null) {
+        fail({ line: lineNo, id, reason: `Line ${lineNo} (event ${id}) is not in any chain: it was inserted outside the service (or not yet sealed)` });
+        continue;
+      }
+      if (chainKeyOf(line.userId) !== line.chainKey) {
+        fail({ line: lineNo, id, reason: `Line ${lineNo} (event ${id}) names user ${line.userId ?? 'none'} but belongs to chain ${line.chainKey}: it was moved to another user` });
+      }
+      const previous = chains.get(line.chainKey);
+      chains.set(line.chainKey, { position: line.position, hash: line.hash, line: lineNo });
+      if (previous && line.position <= previous.position) {
+        fail({ line: lineNo, id, reason: `Line ${lineNo} (event ${id}) is at position ${line.position} of chain ${line.chainKey}, after line ${previous.line} at position ${previous.position}: lines were reordered or duplicated` });
+        continue;
+      }
+      const linkedTo = line.position === 1 ? GENESIS_HASH : previous?.position === line.position - 1 ? previous.hash : undefined;
+      if (linkedTo === undefined) {
+        result.alone++;
+        // A chain's first line may start past position 1 even in a whole export: retention
+        // drops whole months, and the chain then starts at its base. Lines deleted before it
+        // are still caught by the seal.
+        if (previous) {
+          gap ??= {
+            line: lineNo,
+            id,
+            reason: `Line ${lineNo} (event ${id}) is at position ${line.position} of chain ${line.chainKey}, but the line before it in this chain (line ${previous.line}) is at position ${previous.position}, and this export holds whole chains: lines between them were deleted`,
+          };
+        }
+      } else {
+        result.linked++;
+        if (line.prevHash !== linkedTo) {
+          const what = line.position === 1 ? 'the start of its chain' : `the line before it in chain ${line.chainKey} (line ${previous!.line})`;
+          fail({ line: lineNo, id, reason: `Line ${lineNo} (event ${id}) does not link to ${what}: lines were altered, deleted, inserted or reordered` });
+        }
+      }
+      const expected = eventHash(key, line.prevHash, chainedEventOf(storedRowOf(line), line.chainKey, line.position));
+      if (!sameMac(line.hash, expected)) {
+        fail({ line: lineNo, id, reason: `Line ${lineNo} (event ${id}) does not match its hash: it was altered, or written without the key` });
+      }
+    }
+  } catch (error) {
+    if (error instanceof ExportFileError) throw error;
+    throw new ExportFileError(`${path} cannot be read (${(error as NodeJS.ErrnoException).code ?? 'error'})`);
+  } finally {
+    lines.close();
+    input.destroy();
+  }
+
+  const problems: Problem[] = [];
+  if (failure) problems.push(failure);
+  if (!seal) {
+    problems.push({ line: lineNo + 1, id: null, reason: `The file ends after line ${lineNo} without the export's seal: it was cut short (an interrupted transfer?) or its end was removed` });
+  } else {
+    const { mac, ...fields } = seal.value;
+    if (!sameMac(mac, sealMac(key, fields))) {
+      problems.push({ line: seal.line, id: null, reason: `The seal (line ${seal.line}) does not match its MAC: it was altered, or another key wrote it` });
+    } else {
+      result.filter = seal.value.filter;
+      if (seal.value.lines !== result.lines || seal.value.digest !== digest.digest()) {
+        problems.push({
+          line: seal.line,
+          id: null,
+          reason: `The seal (line ${seal.line}) covers ${seal.value.lines} lines, and the ${result.lines} before it differ from them: lines were deleted, inserted or reordered, or their seq changed`,
+        });
+      }
+      if (gap && holdsWholeChains(seal.value.filter)) problems.push(gap);
+    }
+  }
+  const first = problems.sort((a, b) => a.line - b.line)[0];
+  if (first) Object.assign(result, { ok: false, brokenLine: first.line, brokenId: first.id, reason: first.reason });
+  return result;
+}
+
+function parseLine(text: string, lineNo: number): Record<string, unknown> {
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch {
+    throw new ExportFileError(`Line ${lineNo} is not JSON: the file is damaged, cut short, or not an audit export`);
+  }
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new ExportFileError(`Line ${lineNo} is not a JSON object: the file is not an audit export`);
+  return value as Record<string, unknown>;
+}
+
+function isEventLine(value: Record<string, unknown>): boolean {
+  return !('seal' in value);
+}
+
+function checkEventShape(value: Record<string, unknown>, lineNo: number): AuditExportLine {
+  const bad = (field: string) => new ExportFileError(`Line ${lineNo}: ${field} is missing or not what an audit export writes`);
+  const isString = (v: unknown) => typeof v === 'string';
+  const isNullableString = (v: unknown) => v === null || typeof v === 'string';
+  if (!isString(value.seq) || !/^[1-9][0-9]{0,18}$/.test(value.seq as string)) throw bad('seq');
+  for (const field of ['id', 'type', 'createdAt'] as const) if (!isString(value[field])) throw bad(field);
+  for (const field of NULLABLE_STRINGS) if (!isNullableString(value[field])) throw bad(field);
+  if (!('metadata' in value)) throw bad('metadata');
+  if (!isNullableString(value.chainKey)) throw bad('chainKey');
+  if (value.position !== null && !(Number.isSafeInteger(value.position) && (value.position as number) >= 1)) throw bad('position');
+  for (const field of ['prevHash', 'hash'] as const) {
+    if (value[field] !== null && !(isString(value[field]) && HEX64.test(value[field] as string))) throw bad(field);
+  }
+  const chain = [value.chainKey, value.position, value.prevHash, value.hash];
+  if (chain.some((v) => v === null) && !chain.every((v) => v === null)) throw bad('chainKey, position, prevHash or hash');
+  return value as unknown as AuditExportLine;
+}
+
+function checkSealShape(value: Record<string, unknown>, lineNo: number): AuditExportSeal {
+  const bad = (what: string) => new ExportFileError(`Line ${lineNo} (the seal): ${what}`);
+  if (value.seal !== EXPORT_FORMAT) throw bad(`the format ${JSON.stringify(value.seal)} is not ${EXPORT_FORMAT}`);
+  const filter = value.filter as Record<string, unknown> | null;
+  if (typeof filter !== 'object' || filter === null) throw bad('filter is missing');
+  for (const field of ['from', 'to', 'userId', 'type']) {
+    if (filter[field] !== null && typeof filter[field] !== 'string') throw bad(`filter.${field} is not a string or null`);
+  }
+  if (!Number.isSafeInteger(value.lines) || (value.lines as number) < 0) throw bad('lines is not a count');
+  for (const field of ['digest', 'mac']) if (typeof value[field] !== 'string') throw bad(`${field} is missing`);
+  return value as unknown as AuditExportSeal;
+}

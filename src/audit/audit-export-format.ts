@@ -1,0 +1,165 @@
+import { createHash, createHmac } from 'node:crypto';
+import type { StoredEventRow } from './audit-chain';
+import type { AuditFilter } from './audit.service';
+
+/**
+ * The audit export's format, shared by the writer (AuditExportService) and the offline
+ * verifier (audit-export-file-verifier.ts), so that both digest and MAC the same values.
+ *
+ * Version 1: one event a line, in `seq` order, each with every field its HMAC covers, then one
+ * last line, the seal, which names the filter and carries a keyed MAC over a digest of the
+ * lines. Each event authenticates itself (its chain HMAC); the seal is what shows that no
+ * line was deleted, inserted or reordered, and that the file was not cut short.
+ */
+export const EXPORT_FORMAT = 'sessionary.audit.export.v1';
+
+/** A row of audit_events as the export reads it: the stored columns, `seq`, and the chain columns (null for an event outside every chain). */
+export interface ExportRow extends StoredEventRow {
+  seq: string;
+  chain_key: string | null;
+  chain_pos: string | null;
+  prev_hash: string | null;
+  hash: string | null;
+}
+
+/** One event line. The field names are the admin list's, plus `seq` and the chain fields. */
+export interface AuditExportLine {
+  /** The global order (a bigint, as a decimal string). */
+  seq: string;
+  id: string;
+  type: string;
+  userId: string | null;
+  sessionId: string | null;
+  ipAddress: string | null;
+  userAgent: string | null;
+  /** UTC to the microsecond, exactly the text the HMAC covers (the list route rounds to milliseconds). */
+  createdAt: string;
+  metadata: unknown;
+  chainKey: string | null;
+  position: number | null;
+  prevHash: string | null;
+  hash: string | null;
+}
+
+/** The filters of an export as the seal states them: instants in ISO form, the user id in lower case, null when absent. */
+export interface AuditExportFilterFields {
+  from: string | null;
+  to: string | null;
+  userId: string | null;
+  type: string | null;
+}
+
+/** The last line of an export. */
+export interface AuditExportSeal {
+  seal: string;
+  filter: AuditExportFilterFields;
+  /** Event lines before the seal. */
+  lines: number;
+  /** SHA-256 over every line's `seq` and `hash`, in file order (ExportDigest). */
+  digest: string;
+  /** HMAC-SHA-256(AUDIT_HMAC_KEY) over every other field. */
+  mac: string;
+}
+
+export const EVENT_LINE_FIELDS: ReadonlyArray<keyof AuditExportLine> = [
+  'seq',
+  'id',
+  'type',
+  'userId',
+  'sessionId',
+  'ipAddress',
+  'userAgent',
+  'createdAt',
+  'metadata',
+  'chainKey',
+  'position',
+  'prevHash',
+  'hash',
+];
+
+/** A row as its line; the fields in a fixed order, so that two exports of the same events are the same bytes. */
+export function exportLineOf(row: ExportRow): AuditExportLine {
+  return {
+    seq: row.seq,
+    id: row.id,
+    type: row.type,
+    userId: row.user_id,
+    sessionId: row.session_id,
+    ipAddress: row.ip_address,
+    userAgent: row.user_agent,
+    createdAt: row.created_at,
+    metadata: row.metadata,
+    chainKey: row.chain_key,
+    position: row.chain_pos === null ? null : Number(row.chain_pos),
+    prevHash: row.prev_hash,
+    hash: row.hash,
+  };
+}
+
+/** A line back as the stored row the chain hashes (what the database verifier reads). */
+export function storedRowOf(line: AuditExportLine): StoredEventRow {
+  return {
+    id: line.id,
+    type: line.type,
+    user_id: line.userId,
+    session_id: line.sessionId,
+    ip_address: line.ipAddress,
+    user_agent: line.userAgent,
+    metadata: line.metadata,
+    created_at: line.createdAt,
+  };
+}
+
+export function ndjsonLine(value: AuditExportLine | AuditExportSeal): string {
+  return `${JSON.stringify(value)}\n`;
+}
+
+/**
+ * A running SHA-256 over the lines' `seq` and `hash`. Every other field of a line is covered by
+ * its own HMAC, so together they cover the whole line.
+ */
+export class ExportDigest {
+  private readonly hash = createHash('sha256').update(`${EXPORT_FORMAT}\n`);
+  lines = 0;
+
+  add(seq: string, hash: string | null): void {
+    this.hash.update(`${seq} ${hash ?? '-'}\n`);
+    this.lines++;
+  }
+
+  digest(): string {
+    return this.hash.digest('hex');
+  }
+}
+
+export function sealFilterOf(filter: AuditFilter): AuditExportFilterFields {
+  return {
+    from: filter.from?.toISOString() ?? null,
+    to: filter.to?.toISOString() ?? null,
+    userId: filter.userId?.toLowerCase() ?? null,
+    type: filter.type ?? null,
+  };
+}
+
+/**
+ * True when the export holds every chain it touches whole, from its first stored event (its
+ * base, after retention): no time or type filter (a user filter keeps that user's chain whole).
+ * Then a gap in a chain is a deleted line. With a time filter a chain may start anywhere; with a
+ * type filter gaps are the rule.
+ */
+export function holdsWholeChains(filter: AuditExportFilterFields): boolean {
+  return filter.from === null && filter.to === null && filter.type === null;
+}
+
+export function sealMac(key: string, seal: Omit<AuditExportSeal, 'mac'>): string {
+  const { from, to, userId, type } = seal.filter;
+  // Domain-separated from the event and checkpoint MACs made with the same key: the event
+  // input starts with 64 hex digits, the checkpoint's with another tag.
+  const canonical = JSON.stringify([seal.seal, from, to, userId, type, seal.lines, seal.digest]);
+  return createHmac('sha256', key).update(canonical).digest('hex');
+}
+
+export function sealOf(key: string, filter: AuditExportFilterFields, digest: ExportDigest): AuditExportSeal {
+  const fields = { seal: EXPORT_FORMAT, filter, lines: digest.lines, digest: digest.digest() };
+  return { ...fields, mac: sealMac(key, fields) };
+}

@@ -1,0 +1,175 @@
+import { Injectable, Logger } from '@nestjs/common';
+import { ConfigService } from '@nestjs/config';
+import { InjectDataSource } from '@nestjs/typeorm';
+import type { EventEmitter } from 'node:events';
+import { Readable } from 'node:stream';
+import { DataSource, QueryRunner } from 'typeorm';
+import type { AppConfig } from '../config/config';
+import { summarize } from '../database/database-outage.monitor';
+import { STORED_EVENT_COLUMNS } from './audit-chain';
+import { ExportDigest, exportLineOf, ExportRow, ndjsonLine, sealFilterOf, sealOf } from './audit-export-format';
+import type { AuditFilter } from './audit.service';
+
+/** What pg_stat_activity shows for an export's connection while it runs (SET LOCAL: the pooled connection gets its name back). */
+export const EXPORT_APPLICATION_NAME = 'sessionary-audit-export';
+
+/**
+ * Writes the audit log, or the part of it a filter selects, as NDJSON (audit-export-format.ts):
+ * the one producer of the admin export route and of `npm run cli -- audit-export`.
+ *
+ * One REPEATABLE READ, READ ONLY snapshot on a connection of its own, read with keyset
+ * pagination on `seq`, one batch whenever the consumer wants more: memory holds about one
+ * batch however large the range, and a slow reader slows the reads down rather than filling
+ * memory. The connection goes back to the pool however the stream ends: read to the end,
+ * failed, or destroyed by its consumer (a client that went away).
+ */
+@Injectable()
+export class AuditExportService {
+  private readonly logger = new Logger(AuditExportService.name);
+  private readonly key: string;
+  /** Rows per query. A property so that a test can make a small export span many batches. */
+  batchSize = 1000;
+
+  constructor(
+    @InjectDataSource() private readonly dataSource: DataSource,
+    config: ConfigService<AppConfig, true>,
+  ) {
+    this.key = config.get('AUDIT_HMAC_KEY', { infer: true });
+  }
+
+  /**
+   * Opens the snapshot and reads the first batch before it returns, so that a database that
+   * fails at the start fails the caller (a 503 before any byte of a response) rather than the
+   * stream. After that, a failure destroys the stream: its consumer must not mistake the
+   * lines so far for a whole export (and the missing seal says so to audit-verify --file).
+   */
+  async open(filter: AuditFilter): Promise<Readable> {
+    const batchSize = this.batchSize;
+    const query = batchQuery(filter, batchSize);
+    const snapshot = await Snapshot.open(this.dataSource);
+    /** The first batch, read before any byte is sent; undefined once taken. */
+    let prefetched: ExportRow[] | undefined;
+    try {
+      prefetched = await snapshot.query<ExportRow>(query.text, [...query.params, '0']);
+    } catch (error) {
+      await snapshot.close();
+      throw error;
+    }
+
+    const digest = new ExportDigest();
+    const sealFilter = sealFilterOf(filter);
+    let afterSeq = '0';
+    /** The next chunk of lines, and whether it is the last (it then ends with the seal). */
+    const nextChunk = async (): Promise<{ text: string; last: boolean }> => {
+      const rows = prefetched ?? (await snapshot.query<ExportRow>(query.text, [...query.params, afterSeq]));
+      prefetched = undefined;
+      let text = '';
+      for (const row of rows) {
+        text += ndjsonLine(exportLineOf(row));
+        digest.add(row.seq, row.hash);
+      }
+      if (rows.length) afterSeq = rows[rows.length - 1].seq;
+      if (rows.length === batchSize) return { text, last: false };
+      return { text: text + ndjsonLine(sealOf(this.key, sealFilter, digest)), last: true };
+    };
+
+    let reading: Promise<void> | undefined;
+    const stream: Readable = new Readable({
+      // Node asks for the next chunk only once the previous one was pushed: one query at a time.
+      read: () => {
+        reading = nextChunk().then(
+          ({ text, last }) => {
+            if (stream.destroyed) return;
+            stream.push(text);
+            if (last) stream.push(null);
+          },
+          (error: unknown) => {
+            if (stream.destroyed) return;
+            const cause = summarize(snapshot.brokenBy ?? error);
+            this.logger.error(`Audit export cut short after ${digest.lines} lines (the stream is destroyed, not ended): ${cause}`);
+            stream.destroy(error instanceof Error ? error : new Error(String(error)));
+          },
+        );
+      },
+      // Called once, whether the stream ended, failed or was destroyed by its consumer. A query
+      // still running finishes first: the connection runs one statement at a time.
+      destroy: (error, callback) => {
+        void (reading ?? Promise.resolve())
+          .then(() => snapshot.close())
+          .then(() => callback(error));
+      },
+    });
+    return stream;
+  }
+}
+
+/** A read-only REPEATABLE READ transaction on a connection of its own. */
+class Snapshot {
+  /** Why the connection broke, if it did: TypeORM then releases the runner, and later queries say only that. */
+  brokenBy: unknown;
+  private readonly onError = (error: unknown) => (this.brokenBy ??= error);
+
+  private constructor(
+    private readonly runner: QueryRunner,
+    private readonly connection: EventEmitter,
+  ) {
+    connection.on('error', this.onError);
+  }
+
+  static async open(dataSource: DataSource): Promise<Snapshot> {
+    const runner = dataSource.createQueryRunner();
+    let snapshot: Snapshot | undefined;
+    try {
+      snapshot = new Snapshot(runner, (await runner.connect()) as EventEmitter);
+      await runner.startTransaction('REPEATABLE READ');
+      await runner.query('SET TRANSACTION READ ONLY');
+      await runner.query(`SET LOCAL application_name = '${EXPORT_APPLICATION_NAME}'`);
+      return snapshot;
+    } catch (error) {
+      if (snapshot) await snapshot.close();
+      else await runner.release();
+      throw error;
+    }
+  }
+
+  query<T>(text: string, params: unknown[]): Promise<T[]> {
+    return this.runner.query(text, params) as Promise<T[]>;
+  }
+
+  /** Ends the transaction and gives the connection back; a connection that broke was already released by TypeORM (and is discarded by the pool). */
+  async close(): Promise<void> {
+    try {
+      if (this.runner.isTransactionActive) await this.runner.rollbackTransaction();
+    } catch {
+      // The connection is gone, and the server ended the transaction with it.
+    }
+    this.connection.removeListener('error', this.onError);
+    await this.runner.release();
+  }
+}
+
+/** One batch of events after a given `seq`, in `seq` order; the filters use the same indexes as the list. */
+function batchQuery(filter: AuditFilter, batchSize: number): { text: string; params: unknown[] } {
+  const params: unknown[] = [];
+  const where: string[] = [];
+  const add = (condition: (placeholder: string) => string, value: unknown) => {
+    params.push(value);
+    where.push(condition(`$${params.length}`));
+  };
+  if (filter.userId) add((p) => `e.user_id = ${p}::uuid`, filter.userId);
+  if (filter.type) add((p) => `e.type = ${p}`, filter.type);
+  if (filter.from) add((p) => `e.created_at >= ${p}::timestamptz`, filter.from);
+  if (filter.to) add((p) => `e.created_at < ${p}::timestamptz`, filter.to);
+  params.push(batchSize);
+  const limit = `$${params.length}`;
+  const after = `$${params.length + 1}`;
+  where.push(`e.seq > ${after}::bigint`);
+  return {
+    text: `SELECT e.seq::text AS seq, ${STORED_EVENT_COLUMNS},
+                  e.chain_key, e.chain_pos::text AS chain_pos, e.prev_hash, e.hash
+             FROM audit_events e
+            WHERE ${where.join(' AND ')}
+            ORDER BY e.seq LIMIT ${limit}`,
+    params,
+  };
+}

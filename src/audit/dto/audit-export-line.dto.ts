@@ -1,0 +1,62 @@
+import { ApiProperty } from '@nestjs/swagger';
+import { AUDIT_EVENT_TYPES } from '../audit-event.entity';
+import { EXPORT_FORMAT, type AuditExportFilterFields, type AuditExportLine, type AuditExportSeal } from '../audit-export-format';
+
+/*
+ * The OpenAPI description of the export's lines (application/x-ndjson: one of these per line).
+ * The lines themselves are built by audit-export-format.ts; `implements` keeps these in step.
+ */
+
+export class AuditExportEventLineDto implements AuditExportLine {
+  @ApiProperty({ description: 'The global order of events (a 64-bit integer, as a decimal string)', example: '1042' })
+  seq: string;
+
+  @ApiProperty({ format: 'uuid' }) id: string;
+  @ApiProperty({ enum: AUDIT_EVENT_TYPES }) type: string;
+  @ApiProperty({ format: 'uuid', nullable: true, type: String }) userId: string | null;
+  @ApiProperty({ format: 'uuid', nullable: true, type: String }) sessionId: string | null;
+  @ApiProperty({ nullable: true, type: String }) ipAddress: string | null;
+  @ApiProperty({ nullable: true, type: String }) userAgent: string | null;
+
+  @ApiProperty({ format: 'date-time', description: 'UTC to the microsecond: the exact text the HMAC covers', example: '2026-12-01T12:00:00.123456Z' })
+  createdAt: string;
+
+  @ApiProperty({ type: 'object', additionalProperties: true, example: { reason: 'logout' } })
+  metadata: unknown;
+
+  @ApiProperty({ nullable: true, type: String, description: "The chain: the user's id, or `global` for events without a user; null for an event outside every chain" })
+  chainKey: string | null;
+
+  @ApiProperty({ nullable: true, type: 'integer', minimum: 1, description: 'Position in the chain, from 1' })
+  position: number | null;
+
+  @ApiProperty({ nullable: true, type: String, pattern: '^[0-9a-f]{64}$', description: "The previous event's hash in the chain (64 zeros at position 1)" })
+  prevHash: string | null;
+
+  @ApiProperty({ nullable: true, type: String, pattern: '^[0-9a-f]{64}$', description: 'HMAC-SHA-256(AUDIT_HMAC_KEY, prevHash ‖ canonical form of the event)' })
+  hash: string | null;
+}
+
+export class AuditExportFilterDto implements AuditExportFilterFields {
+  @ApiProperty({ format: 'date-time', nullable: true, type: String }) from: string | null;
+  @ApiProperty({ format: 'date-time', nullable: true, type: String }) to: string | null;
+  @ApiProperty({ format: 'uuid', nullable: true, type: String }) userId: string | null;
+  @ApiProperty({ enum: AUDIT_EVENT_TYPES, nullable: true, type: String }) type: string | null;
+}
+
+export class AuditExportSealLineDto implements AuditExportSeal {
+  @ApiProperty({ enum: [EXPORT_FORMAT], description: 'The format; marks the last line' })
+  seal: string;
+
+  @ApiProperty({ type: AuditExportFilterDto, description: 'The filters of this export' })
+  filter: AuditExportFilterDto;
+
+  @ApiProperty({ type: 'integer', minimum: 0, description: 'Event lines before the seal' })
+  lines: number;
+
+  @ApiProperty({ pattern: '^[0-9a-f]{64}$', description: "SHA-256 over every line's seq and hash, in order" })
+  digest: string;
+
+  @ApiProperty({ pattern: '^[0-9a-f]{64}$', description: 'HMAC-SHA-256(AUDIT_HMAC_KEY) over the other fields' })
+  mac: string;
+}

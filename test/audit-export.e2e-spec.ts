@@ -1,0 +1,469 @@
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { get, IncomingMessage } from 'node:http';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { promisify } from 'node:util';
+import { LoggerService } from '@nestjs/common';
+import { EXPORT_APPLICATION_NAME, AuditExportService } from '../src/audit/audit-export.service';
+import { AuditService } from '../src/audit/audit.service';
+import { bearer, login, registerUser, sleep, TestUser, Tokens } from './helpers/factories';
+import { createTestApp, databaseForThisFile, TEST_AUDIT_HMAC_KEY, TestApp } from './helpers/test-app';
+
+const CLI = join(__dirname, '..', 'src', 'cli.js');
+const EXPORT = '/api/v1/admin/audit/export';
+const LINE_FIELDS = ['seq', 'id', 'type', 'userId', 'sessionId', 'ipAddress', 'userAgent', 'createdAt', 'metadata', 'chainKey', 'position', 'prevHash', 'hash'];
+/** Events recorded in bulk, so that a whole export spans several batches of the default size (1000). */
+const BULK_USER_EVENTS = 2200;
+const BULK_GLOBAL_EVENTS = 300;
+
+interface Line {
+  seq: string;
+  id: string;
+  type: string;
+  userId: string | null;
+  chainKey: string | null;
+  position: number | null;
+  prevHash: string | null;
+  hash: string | null;
+  ipAddress: string | null;
+  [field: string]: unknown;
+}
+
+interface Seal {
+  seal: string;
+  filter: { from: string | null; to: string | null; userId: string | null; type: string | null };
+  lines: number;
+  digest: string;
+  mac: string;
+}
+
+async function cli(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  const env = {
+    ...process.env,
+    NODE_ENV: 'test',
+    DATABASE_URL: await databaseForThisFile(),
+    AUDIT_HMAC_KEY: TEST_AUDIT_HMAC_KEY,
+    AUDIT_CHECKPOINT_EVERY: '1000000000',
+    AUDIT_CHECKPOINT_INTERVAL: '86400',
+    SESSION_CLEANUP_CRON: '0 0 1 1 *',
+  };
+  try {
+    const { stdout, stderr } = await promisify(execFile)(process.execPath, [CLI, ...args], { env, maxBuffer: 64 * 1024 * 1024 });
+    return { code: 0, stdout, stderr };
+  } catch (error) {
+    const e = error as { code: number; stdout: string; stderr: string };
+    return { code: e.code, stdout: e.stdout, stderr: e.stderr };
+  }
+}
+
+/** The NDJSON body: event lines, then the seal (asserted to be last and alone). */
+function parse(text: string): { lines: Line[]; seal: Seal } {
+  assert.ok(text.endsWith('\n'), 'the body ends with a newline');
+  const values = text.slice(0, -1).split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+  const seal = values.pop() as unknown as Seal;
+  assert.equal(seal.seal, 'sessionary.audit.export.v1', 'the last line is the seal');
+  assert.ok(values.every((v) => !('seal' in v)), 'only the last line is a seal');
+  assert.equal(seal.lines, values.length);
+  return { lines: values as Line[], seal };
+}
+
+const ndjson = (lines: Array<Record<string, unknown>>) => lines.map((l) => `${JSON.stringify(l)}\n`).join('');
+
+describe('audit export (e2e)', () => {
+  let t: TestApp;
+  let adminTokens: Tokens;
+  let user: TestUser;
+  let other: TestUser;
+  let dir: string;
+  let port: number;
+  const errors: string[] = [];
+  const logger: LoggerService = { log: () => undefined, warn: () => undefined, error: (m: unknown) => void errors.push(String(m)) };
+
+  const exportHttp = async (query = '') => {
+    const res = await t.http
+      .get(`${EXPORT}${query}`)
+      .set('Authorization', bearer(adminTokens))
+      .buffer(true)
+      .parse((response, callback) => {
+        let text = '';
+        response.setEncoding('utf8');
+        response.on('data', (chunk: string) => (text += chunk));
+        response.on('end', () => callback(null, text));
+      });
+    assert.equal(res.status, 200, String(res.body));
+    return { res, text: res.body as string };
+  };
+
+  /** What SQL selects for the same filter, in seq order. */
+  const seqsWhere = async (where: string, params: unknown[] = []): Promise<string[]> =>
+    (await t.db.query(`SELECT seq::text AS seq FROM audit_events e WHERE ${where} ORDER BY e.seq`, params)).map((r: { seq: string }) => r.seq);
+
+  /** A created_at of the event at a given fraction of the log, cut to milliseconds (what a query string carries). */
+  const instantAt = async (where: string, params: unknown[], fraction: number): Promise<string> => {
+    const rows: Array<{ at: Date }> = await t.db.query(`SELECT date_trunc('milliseconds', created_at) AS at FROM audit_events e WHERE ${where} ORDER BY e.seq`, params);
+    return rows[Math.floor((rows.length - 1) * fraction)].at.toISOString();
+  };
+
+  const writeTemp = (name: string, text: string) => {
+    const file = join(dir, name);
+    writeFileSync(file, text);
+    return file;
+  };
+
+  /** A request read as it streams: the first chunk, then how it ended. */
+  const openStream = (query = '') =>
+    new Promise<{ res: IncomingMessage; abort: () => void; firstChunk: Promise<void>; closed: Promise<{ text: string; complete: boolean }> }>((resolve, reject) => {
+      const req = get({ host: '127.0.0.1', port, path: `${EXPORT}${query}`, headers: { authorization: bearer(adminTokens) } }, (res) => {
+        let text = '';
+        res.setEncoding('utf8');
+        res.on('error', () => undefined); // "aborted": what the close below reports
+        const firstChunk = new Promise<void>((ok) => res.once('data', () => ok()));
+        res.on('data', (chunk: string) => (text += chunk));
+        const closed = new Promise<{ text: string; complete: boolean }>((ok) => res.on('close', () => ok({ text, complete: res.complete })));
+        resolve({ res, abort: () => req.destroy(), firstChunk, closed });
+      });
+      req.on('error', (error: NodeJS.ErrnoException) => {
+        if (error.code !== 'ECONNRESET') reject(error);
+      });
+    });
+
+  const exportConnections = async (): Promise<number> =>
+    (await t.db.query(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = $1`, [EXPORT_APPLICATION_NAME]))[0].n;
+
+  before(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'sessionary-export-'));
+    t = await createTestApp({}, { logger });
+    await t.app.listen(0, '127.0.0.1');
+    port = Number(new URL(await t.app.getUrl()).port);
+    const admin = await registerUser(t.http);
+    await t.db.query(`UPDATE users SET role = 'admin' WHERE id = $1`, [admin.id]);
+    adminTokens = await login(t.http, admin);
+    user = await registerUser(t.http);
+    other = await registerUser(t.http);
+    // Spread over time, so that from/to split the log; four logins of `user` for the combined filter.
+    for (let i = 0; i < 4; i++) {
+      const tokens = await login(t.http, user, `agent-${i}`);
+      assert.equal((await t.http.post('/api/v1/auth/refresh').send({ refreshToken: tokens.refreshToken })).status, 200);
+      await login(t.http, other);
+      assert.equal((await t.http.post('/api/v1/auth/login').send({ email: `nobody-${i}@example.test`, password: 'wrong-password-123' })).status, 401);
+      await sleep(15);
+    }
+    // More events than two batches, through the real writer (so chained and hashed), with
+    // metadata whose JSON must survive the round trip through a file exactly.
+    const bulk = await registerUser(t.http);
+    await t.db.transaction((em) =>
+      t.app.get(AuditService).record(
+        em,
+        ...Array.from({ length: BULK_USER_EVENTS + BULK_GLOBAL_EVENTS }, (_, i) => ({
+          type: 'TOKEN_REFRESH' as const,
+          userId: i < BULK_USER_EVENTS ? bulk.id : null,
+          client: { ipAddress: '203.0.113.9', userAgent: `bulk/${i} "quoted", é\u2028` },
+          metadata: { n: i, f: 0.1, big: 1e21, neg: -0, s: 'é\u2028"\\' },
+        })),
+      ),
+    );
+    await login(t.http, user, 'agent-last');
+  });
+
+  after(async () => {
+    await t?.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('streams every event in seq order, each with its fields and chain fields as SQL has them, then the seal; NDJSON, no-store', async () => {
+    const { res, text } = await exportHttp();
+    assert.equal(res.headers['content-type'], 'application/x-ndjson');
+    assert.equal(res.headers['cache-control'], 'no-store');
+    const { lines, seal } = parse(text);
+    const rows = await t.db.query(
+      `SELECT seq::text AS seq, id, type, user_id AS "userId", session_id AS "sessionId", ip_address AS "ipAddress",
+              user_agent AS "userAgent", to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS "createdAt",
+              metadata, chain_key AS "chainKey", chain_pos::int AS position, prev_hash AS "prevHash", hash
+         FROM audit_events e ORDER BY e.seq`,
+    );
+    assert.ok(rows.length > 2 * 1000, `${rows.length} events: more than two batches`);
+    assert.equal(lines.length, rows.length);
+    for (let i = 0; i < rows.length; i++) assert.deepEqual(lines[i], rows[i], `line ${i + 1}`);
+    for (const line of lines) assert.deepEqual(Object.keys(line), LINE_FIELDS);
+    assert.ok(lines.some((l) => l.chainKey === 'global' && l.userId === null));
+    assert.deepEqual(seal.filter, { from: null, to: null, userId: null, type: null });
+    assert.match(seal.mac, /^[0-9a-f]{64}$/);
+    // The snapshot's connection went back to the pool with its own name.
+    assert.equal(await exportConnections(), 0);
+  });
+
+  it('spans many batches of a smaller size with the same bytes (keyset pagination, no line lost or repeated)', async () => {
+    const { text: whole } = await exportHttp(`?userId=${user.id}`);
+    const exporter = t.app.get(AuditExportService);
+    exporter.batchSize = 3;
+    try {
+      const { text } = await exportHttp(`?userId=${user.id}`);
+      assert.ok(parse(text).lines.length > 3 * 3);
+      assert.equal(text, whole);
+    } finally {
+      exporter.batchSize = 1000;
+    }
+  });
+
+  it('exports exactly what SQL selects for each filter and for all of them combined, in seq order', async () => {
+    const total = (await seqsWhere('true')).length;
+    // Instants among `user`'s events, which are spread over time (the bulk events share one).
+    const from = await instantAt('user_id = $1', [user.id], 0.25);
+    const to = await instantAt('user_id = $1', [user.id], 0.75);
+    const userLogins = `user_id = $1 AND type = 'LOGIN'`;
+    const loginFrom = await instantAt(userLogins, [user.id], 0.25);
+    const loginTo = await instantAt(userLogins, [user.id], 1);
+    const cases: Array<{ query: string; where: string; params: unknown[]; filter: Seal['filter'] }> = [
+      { query: `?userId=${user.id.toUpperCase()}`, where: 'user_id = $1', params: [user.id], filter: { from: null, to: null, userId: user.id, type: null } },
+      { query: '?type=LOGIN_FAILED', where: `type = 'LOGIN_FAILED'`, params: [], filter: { from: null, to: null, userId: null, type: 'LOGIN_FAILED' } },
+      { query: `?from=${from}`, where: 'created_at >= $1', params: [from], filter: { from, to: null, userId: null, type: null } },
+      { query: `?to=${to}`, where: 'created_at < $1', params: [to], filter: { from: null, to, userId: null, type: null } },
+      { query: `?from=${from}&to=${to}`, where: 'created_at >= $1 AND created_at < $2', params: [from, to], filter: { from, to, userId: null, type: null } },
+      {
+        query: `?userId=${user.id}&type=LOGIN&from=${loginFrom}&to=${loginTo}`,
+        where: `user_id = $1 AND type = 'LOGIN' AND created_at >= $2 AND created_at < $3`,
+        params: [user.id, loginFrom, loginTo],
+        filter: { from: loginFrom, to: loginTo, userId: user.id, type: 'LOGIN' },
+      },
+    ];
+    for (const c of cases) {
+      const expected = await seqsWhere(c.where, c.params);
+      assert.ok(expected.length > 0 && expected.length < total, `${c.query} selects some events, not all (${expected.length} of ${total})`);
+      const { lines, seal } = parse((await exportHttp(c.query)).text);
+      assert.deepEqual(lines.map((l) => l.seq), expected, c.query);
+      assert.deepEqual(seal.filter, c.filter, c.query);
+    }
+    // A date alone is midnight UTC; a range with nothing in it is a seal alone.
+    const { lines, seal } = parse((await exportHttp('?to=2000-01-01')).text);
+    assert.deepEqual([lines.length, seal.filter.to], [0, '2000-01-01T00:00:00.000Z']);
+  });
+
+  it('is refused without a token (401) and to a user who is not an admin (403)', async () => {
+    assert.equal((await t.http.get(EXPORT)).status, 401);
+    const tokens = await login(t.http, other);
+    const res = await t.http.get(EXPORT).set('Authorization', bearer(tokens));
+    assert.equal(res.status, 403);
+    assert.match(res.headers['content-type'], /^application\/json/);
+  });
+
+  it('answers a bad query with a 400 in the error shape, before any line', async () => {
+    for (const [query, message] of [
+      ['?from=2026-02-01&to=2026-01-01', /from must not be after to/],
+      ['?userId=not-a-uuid', /userId must be a UUID/],
+      ['?type=NOT_A_TYPE', /type must be one of/],
+      ['?type=login', /type must be one of/],
+      ['?from=yesterday', /from must be an RFC 3339 date/],
+      ['?to=2026-02-31', /to is not a valid date/],
+      ['?limit=5', /property limit should not exist/],
+      ['?cursor=abc', /property cursor should not exist/],
+    ] as const) {
+      const res = await t.http.get(`${EXPORT}${query}`).set('Authorization', bearer(adminTokens));
+      assert.equal(res.status, 400, query);
+      assert.match(res.headers['content-type'], /^application\/json/, query);
+      assert.equal(res.body.statusCode, 400);
+      assert.match(JSON.stringify(res.body.message), message, query);
+    }
+    assert.equal(await exportConnections(), 0);
+  });
+
+  it('round trip: an exported file verifies offline, with every link checked; a filtered one authenticates the lines after gaps alone', async () => {
+    const whole = parse((await exportHttp()).text);
+    const file = writeTemp('whole.ndjson', ndjson([...whole.lines, whole.seal as unknown as Record<string, unknown>]));
+    const run = await cli('audit-verify', '--file', file);
+    assert.equal(run.code, 0, run.stdout + run.stderr);
+    assert.match(run.stdout, /^Audit export: INTACT$/m);
+    assert.match(run.stdout, new RegExp(`events: +${whole.lines.length}$`, 'm'));
+    assert.match(run.stdout, new RegExp(`links checked: +${whole.lines.length}$`, 'm'));
+    assert.match(run.stdout, /authenticated alone: +0 /);
+
+    const logins = (await exportHttp('?type=LOGIN')).text;
+    const filtered = await cli('audit-verify', '--file', writeTemp('logins.ndjson', logins));
+    assert.equal(filtered.code, 0, filtered.stdout + filtered.stderr);
+    const alone = Number(/authenticated alone: +(\d+)/.exec(filtered.stdout)?.[1]);
+    const linked = Number(/links checked: +(\d+)/.exec(filtered.stdout)?.[1]);
+    // Consecutive logins of one user link; a login after another kind of event follows a gap.
+    assert.ok(alone > 0 && linked > 0, filtered.stdout);
+    assert.equal(alone + linked, parse(logins).lines.length);
+    assert.match(filtered.stdout, /filter: +type=LOGIN$/m);
+  });
+
+  describe('detects a tampered file and names the first broken line', () => {
+    let whole: { lines: Line[]; seal: Seal };
+    /** Line numbers (1-based) of `user`'s events in the whole export. */
+    let userLines: number[];
+    before(async () => {
+      whole = parse((await exportHttp()).text);
+      userLines = whole.lines.flatMap((l, i) => (l.userId === user.id ? [i + 1] : []));
+      assert.ok(userLines.length >= 5);
+    });
+
+    const verifyLines = async (name: string, lines: Array<Record<string, unknown>>, seal: unknown = whole.seal) =>
+      cli('audit-verify', '--file', writeTemp(name, ndjson(seal ? [...lines, seal as Record<string, unknown>] : lines)));
+
+    const assertBroken = (run: { code: number; stdout: string; stderr: string }, line: number, id: string | null, reason: RegExp) => {
+      assert.equal(run.code, 1, run.stdout + run.stderr);
+      assert.match(run.stdout, /^Audit export: BROKEN$/m);
+      assert.match(run.stdout, new RegExp(`first broken line: +${line}${id ? ` \\(event ${id}\\)` : ''}$`, 'm'));
+      assert.match(run.stdout, reason);
+    };
+
+    it('a changed field', async () => {
+      const n = userLines[2];
+      const lines = whole.lines.map((l, i) => (i + 1 === n ? { ...l, ipAddress: '198.51.100.66' } : l));
+      assertBroken(await verifyLines('changed.ndjson', lines), n, whole.lines[n - 1].id, /does not match its hash: it was altered/);
+    });
+
+    it('a deleted middle line of a chain: the line after the gap is named', async () => {
+      const [deleted, next] = [userLines[2], userLines[3]];
+      const lines = whole.lines.filter((_, i) => i + 1 !== deleted);
+      // `next` moved up one line.
+      assertBroken(await verifyLines('deleted.ndjson', lines), next - 1, whole.lines[next - 1].id, /this export holds whole chains: lines between them were deleted/);
+    });
+
+    it('a changed prevHash', async () => {
+      const n = userLines[3];
+      const lines = whole.lines.map((l, i) => (i + 1 === n ? { ...l, prevHash: whole.lines[userLines[1] - 1].hash } : l));
+      assertBroken(await verifyLines('prev-hash.ndjson', lines), n, whole.lines[n - 1].id, /does not link to the line before it in chain/);
+    });
+
+    it('a deleted line of a filtered export (no gap rule applies; the seal catches it)', async () => {
+      const logins = parse((await exportHttp('?type=LOGIN')).text);
+      const lines = logins.lines.filter((_, i) => i !== 1);
+      assertBroken(await verifyLines('filtered-deleted.ndjson', lines, logins.seal), lines.length + 1, null, /lines were deleted, inserted or reordered/);
+    });
+
+    it('a file cut short (no seal) or with a line appended after the seal', async () => {
+      assertBroken(await verifyLines('no-seal.ndjson', whole.lines, null), whole.lines.length + 1, null, /without the export's seal: it was cut short/);
+      const appended = await verifyLines('appended.ndjson', [...whole.lines, whole.seal as unknown as Record<string, unknown>], whole.lines[0]);
+      assertBroken(appended, whole.lines.length + 2, whole.lines[0].id, /comes after the seal/);
+    });
+
+    it('a forged seal', async () => {
+      const seal = { ...whole.seal, filter: { ...whole.seal.filter, type: 'LOGIN' } };
+      assertBroken(await verifyLines('forged-seal.ndjson', whole.lines, seal), whole.lines.length + 1, null, /The seal \(line \d+\) does not match its MAC/);
+    });
+
+    it('an unreadable file or a malformed line is exit code 2, not a verdict', async () => {
+      const text = ndjson([...whole.lines, whole.seal as unknown as Record<string, unknown>]);
+      // Cut in the middle of a line, as an interrupted transfer leaves it.
+      const cut = await cli('audit-verify', '--file', writeTemp('cut.ndjson', text.slice(0, text.indexOf('\n', text.length / 2) + 10)));
+      assert.equal(cut.code, 2, cut.stdout + cut.stderr);
+      assert.match(cut.stderr, /^Line \d+ is not JSON/m);
+      const missing = await cli('audit-verify', '--file', join(dir, 'nowhere.ndjson'));
+      assert.equal(missing.code, 2);
+      assert.match(missing.stderr, /nowhere\.ndjson cannot be read \(ENOENT\)/);
+      const noPosition = await verifyLines('no-position.ndjson', whole.lines.map((l, i) => (i === 4 ? { ...l, position: 'x' } : l)));
+      assert.equal(noPosition.code, 2);
+      assert.match(noPosition.stderr, /Line 5: position is missing or not what an audit export writes/);
+      assert.equal((await cli('audit-verify', '--file')).code, 2);
+      assert.equal((await cli('audit-verify', '--file', 'a', '--checkpoint-file', 'b')).code, 2);
+    });
+  });
+
+  it('exports an event outside every chain as it is, and the file then fails verification at its line', async () => {
+    const [forged] = await t.db.query(`INSERT INTO audit_events (type, user_id) VALUES ('LOGIN', $1) RETURNING id`, [other.id]);
+    try {
+      const { lines, seal } = parse((await exportHttp(`?userId=${other.id}`)).text);
+      const n = lines.findIndex((l) => l.id === forged.id) + 1;
+      assert.deepEqual([lines[n - 1].chainKey, lines[n - 1].position, lines[n - 1].prevHash, lines[n - 1].hash], [null, null, null, null]);
+      const run = await cli('audit-verify', '--file', writeTemp('forged.ndjson', ndjson([...lines, seal as unknown as Record<string, unknown>])));
+      assert.equal(run.code, 1, run.stdout + run.stderr);
+      assert.match(run.stdout, new RegExp(`first broken line: +${n} \\(event ${forged.id}\\)`));
+      assert.match(run.stdout, /is not in any chain/);
+    } finally {
+      await t.db.query(`DELETE FROM audit_events WHERE id = $1`, [forged.id]);
+    }
+  });
+
+  it('the CLI writes the same bytes as the route, to a file or to stdout; bad arguments are exit code 2', async () => {
+    const out = join(dir, 'cli.ndjson');
+    const run = await cli('audit-export', '--out', out);
+    assert.equal(run.code, 0, run.stderr);
+    assert.equal(run.stdout, '');
+    assert.ok(readFileSync(out).equals(Buffer.from((await exportHttp()).text, 'utf8')), 'the file and the HTTP body differ');
+
+    const from = await instantAt('true', [], 0.5);
+    const query = `?userId=${user.id}&type=LOGIN&from=${from}&to=2100-01-01`;
+    const stdout = await cli('audit-export', '--user-id', user.id, '--type', 'LOGIN', '--from', from, '--to', '2100-01-01');
+    assert.equal(stdout.code, 0, stdout.stderr);
+    assert.ok(parse(stdout.stdout).lines.length > 0);
+    assert.equal(stdout.stdout, (await exportHttp(query)).text);
+
+    for (const [args, message] of [
+      [['--from', '2026-02-01', '--to', '2026-01-01'], /--from must not be after --to/],
+      [['--user-id', 'nope'], /--user-id must be a UUID/],
+      [['--type', 'NOPE'], /--type must be one of/],
+      [['--from', '2026-13-45'], /--from is not a valid date/],
+      [['--limit', '5'], /Unknown option '--limit'/],
+      [['--out'], /argument missing/],
+      [['--out', join(dir, 'no', 'such', 'dir.ndjson')], /cannot be written \(ENOENT\)/],
+    ] as const) {
+      const bad = await cli('audit-export', ...args);
+      assert.equal(bad.code, 2, `${args.join(' ')}: ${bad.stderr}`);
+      assert.match(bad.stderr, message, args.join(' '));
+      assert.equal(bad.stdout, '');
+    }
+  });
+
+  it('gives the snapshot back when the client goes away mid-stream, and logs nothing', async () => {
+    const exporter = t.app.get(AuditExportService);
+    exporter.batchSize = 1; // thousands of round trips: far from done when the client leaves
+    const logged = errors.length;
+    try {
+      const stream = await openStream();
+      assert.equal(stream.res.statusCode, 200);
+      await stream.firstChunk;
+      assert.equal(await exportConnections(), 1);
+      stream.abort();
+      const { complete } = await stream.closed;
+      assert.equal(complete, false);
+      for (let i = 0; i < 100 && (await exportConnections()) > 0; i++) await sleep(50);
+      assert.equal(await exportConnections(), 0, 'the export still holds its connection');
+    } finally {
+      exporter.batchSize = 1000;
+    }
+    assert.deepEqual(errors.slice(logged), []);
+    assert.equal(parse((await exportHttp(`?userId=${user.id}`)).text).seal.filter.userId, user.id);
+  });
+
+  it('aborts the response (no clean end, no seal) when the database fails mid-stream, logs one line, and recovers', async () => {
+    const exporter = t.app.get(AuditExportService);
+    exporter.batchSize = 1;
+    const logged = errors.length;
+    try {
+      const stream = await openStream();
+      assert.equal(stream.res.statusCode, 200);
+      await stream.firstChunk;
+      const [{ n }] = await t.db.query(`SELECT count(pg_terminate_backend(pid))::int AS n FROM pg_stat_activity WHERE application_name = $1`, [EXPORT_APPLICATION_NAME]);
+      assert.equal(n, 1);
+      const { text, complete } = await stream.closed;
+      assert.equal(complete, false, 'the transfer ended as if complete');
+      assert.ok(text.length > 0);
+      assert.doesNotMatch(text, /"seal":/);
+    } finally {
+      exporter.batchSize = 1000;
+    }
+    const lines = errors.slice(logged);
+    assert.equal(lines.length, 1, lines.join('\n'));
+    assert.match(lines[0], /^Audit export cut short after \d+ lines \(the stream is destroyed, not ended\): 57P01: terminating connection/);
+    assert.equal(parse((await exportHttp(`?userId=${user.id}`)).text).seal.filter.userId, user.id);
+  });
+
+  it('is documented: operationId exportAuditLog, application/x-ndjson lines (events, then the seal), its filters and its errors', async () => {
+    const doc = (await t.http.get('/docs-json')).body;
+    const op = doc.paths['/api/v1/admin/audit/export'].get;
+    assert.equal(op.operationId, 'exportAuditLog');
+    assert.deepEqual(Object.keys(op.responses['200'].content), ['application/x-ndjson']);
+    assert.deepEqual(op.responses['200'].content['application/x-ndjson'].schema.oneOf, [
+      { $ref: '#/components/schemas/AuditExportEventLineDto' },
+      { $ref: '#/components/schemas/AuditExportSealLineDto' },
+    ]);
+    assert.ok(op.responses['200'].headers['Cache-Control']);
+    assert.deepEqual(Object.keys(doc.components.schemas.AuditExportEventLineDto.properties), LINE_FIELDS);
+    assert.deepEqual(op.parameters.map((p: { name: string }) => p.name).sort(), ['from', 'to', 'type', 'userId']);
+    for (const status of ['400', '401', '403']) assert.ok(op.responses[status], status);
+  });
+});

@@ -1,6 +1,7 @@
 import { DynamicModule, Module } from '@nestjs/common';
 import { ConfigModule } from '@nestjs/config';
 import { APP_FILTER, APP_GUARD, APP_PIPE } from '@nestjs/core';
+import { EventEmitterModule } from '@nestjs/event-emitter';
 import { ScheduleModule } from '@nestjs/schedule';
 import { TypeOrmModule } from '@nestjs/typeorm';
 import { DataSource } from 'typeorm';
@@ -45,6 +46,8 @@ export class AppModule {
           },
         }),
         ScheduleModule.forRoot(),
+        // Domain events for the host application's listeners (src/events/domain-events.ts).
+        EventEmitterModule.forRoot(),
         RateLimitModule,
         AuditModule,
         UsersModule,

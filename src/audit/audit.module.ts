@@ -1,4 +1,5 @@
 import { Module } from '@nestjs/common';
+import { DomainEventPublisher } from '../events/domain-event-publisher';
 import { AuditChainService } from './audit-chain.service';
 import { AuditExportService } from './audit-export.service';
 import { AuditCheckpointTask } from './audit-checkpoint.task';
@@ -13,6 +14,7 @@ import { BoundedAuditService } from './bounded-audit.service';
   controllers: [AuditController],
   providers: [
     AuditService,
+    DomainEventPublisher,
     BoundedAuditService,
     AuditChainService,
     AuditVerifierService,

@@ -7,6 +7,7 @@ import type { ConfigService } from '@nestjs/config';
 import type { DataSource, EntityManager } from 'typeorm';
 import type { AppConfig } from '../config/config';
 import { ChainedEvent, eventHash, GENESIS_HASH, GLOBAL_CHAIN } from './audit-chain';
+import type { DomainEventPublisher } from '../events/domain-event-publisher';
 import { AuditService, decodeCursor, encodeCursor } from './audit.service';
 
 const MAX_SEQ = '9223372036854775807';
@@ -71,7 +72,7 @@ describe('AuditService.record', () => {
     heads = new Map();
     failAppend = false;
     const config = { get: () => KEY } as unknown as ConfigService<AppConfig, true>;
-    service = new AuditService({} as unknown as DataSource, config);
+    service = new AuditService({} as unknown as DataSource, config, { publish: () => undefined } as unknown as DomainEventPublisher);
   });
 
   /** A stand-in for PostgreSQL's two statements: the head lock and the append. */

@@ -5,6 +5,8 @@ import { randomUUID } from 'node:crypto';
 import { DataSource, EntityManager } from 'typeorm';
 import type { ClientContext } from '../common/client-context';
 import type { AppConfig } from '../config/config';
+import { DomainEventPublisher } from '../events/domain-event-publisher';
+import { domainEventOf } from '../events/domain-events';
 import { canonicalJson, chainKeyOf, ChainedEvent, ChainHeadRow, eventHash, GENESIS_HASH, LOCK_HEADS } from './audit-chain';
 import { AuditEventEntity, AuditEventType, AuditMetadata } from './audit-event.entity';
 
@@ -70,20 +72,22 @@ export class AuditService {
   constructor(
     @InjectDataSource() private readonly dataSource: DataSource,
     config: ConfigService<AppConfig, true>,
+    private readonly domainEvents: DomainEventPublisher,
   ) {
     this.key = config.get('AUDIT_HMAC_KEY', { infer: true });
   }
 
   async record(em: EntityManager, ...events: AuditEventInput[]): Promise<void> {
     if (!events.length) return;
-    const rows = events.map((e) => ({
+    const metadata = events.map((e) => safeMetadata(e.metadata ?? {}));
+    const rows = events.map((e, i) => ({
       id: randomUUID(),
       type: e.type,
       userId: e.userId === null ? null : e.userId.toLowerCase(),
       sessionId: e.sessionId ? e.sessionId.toLowerCase() : null,
       ipAddress: e.client?.ipAddress ?? null,
       userAgent: e.client?.userAgent ?? null,
-      metadata: canonicalJson(safeMetadata(e.metadata ?? {})),
+      metadata: canonicalJson(metadata[i]),
       chainKey: chainKeyOf(e.userId),
     }));
     const keys = [...new Set(rows.map((r) => r.chainKey))].sort();
@@ -119,6 +123,11 @@ export class AuditService {
       keys.map((k) => tip.get(k)!.position),
       keys.map((k) => tip.get(k)!.hash),
     ]);
+    // The host's listeners hear of it once the caller's transaction commits.
+    this.domainEvents.publish(
+      em,
+      chained.flatMap((e, i) => domainEventOf({ ...e, type: events[i].type, metadata: metadata[i] }) ?? []),
+    );
     this.appended += chained.length;
     this.onAppended?.(chained.length);
   }

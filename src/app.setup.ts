@@ -1,4 +1,4 @@
-import { LoggerService, RequestMethod } from '@nestjs/common';
+import { LoggerService } from '@nestjs/common';
 import { FastifyAdapter, NestFastifyApplication } from '@nestjs/platform-fastify';
 import { DocumentBuilder, SwaggerModule } from '@nestjs/swagger';
 import { clientErrorHandler, frameworkErrors } from './common/framework-answers';
@@ -61,13 +61,7 @@ export async function configureApp(
     });
   }
   registerRequestHygiene(app.getHttpAdapter().getInstance(), logger);
-  app.setGlobalPrefix('api/v1', {
-    exclude: [
-      { path: 'health/live', method: RequestMethod.GET },
-      { path: 'health/ready', method: RequestMethod.GET },
-      { path: 'metrics', method: RequestMethod.GET },
-    ],
-  });
+  // API.md's routes are under ROUTE_PREFIX by the Sessionary module itself (so in a host app too).
   if (docsEnabled(config)) setUpDocs(app);
   app.enableShutdownHooks();
   return app;

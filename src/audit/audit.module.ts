@@ -1,4 +1,5 @@
 import { Module } from '@nestjs/common';
+import { SessionaryConfigModule } from '../sessionary/sessionary-config';
 import { DomainEventPublisher } from '../events/domain-event-publisher';
 import { AuditChainService } from './audit-chain.service';
 import { AuditExportService } from './audit-export.service';
@@ -11,6 +12,7 @@ import { AuditService } from './audit.service';
 import { BoundedAuditService } from './bounded-audit.service';
 
 @Module({
+  imports: [SessionaryConfigModule],
   controllers: [AuditController],
   providers: [
     AuditService,

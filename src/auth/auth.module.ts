@@ -1,4 +1,5 @@
 import { Module } from '@nestjs/common';
+import { SessionaryConfigModule } from '../sessionary/sessionary-config';
 import { ConfigService } from '@nestjs/config';
 import { JwtModule } from '@nestjs/jwt';
 import { PassportModule } from '@nestjs/passport';
@@ -18,12 +19,14 @@ import { SessionGuard } from './session.guard';
 
 @Module({
   imports: [
+    SessionaryConfigModule,
     UsersModule,
     SessionsModule,
     AuditModule,
     LoginThrottleModule,
     PassportModule,
     JwtModule.registerAsync({
+      imports: [SessionaryConfigModule],
       inject: [ConfigService],
       useFactory: (config: ConfigService<AppConfig, true>) => ({
         secret: createJwtKey(config),

@@ -54,6 +54,13 @@ export class Env {
   @Max(65535)
   PORT = 3000;
 
+  /**
+   * Where the API's routes live (API.md's paths are under it): `api/v1` gives
+   * `/api/v1/auth/login`. Health, metrics and docs stay at the root.
+   */
+  @Matches(/^[A-Za-z0-9._~-]+(\/[A-Za-z0-9._~-]+)*$/, { message: 'ROUTE_PREFIX must be path segments without leading or trailing slashes, e.g. api/v1' })
+  ROUTE_PREFIX = 'api/v1';
+
   @IsString()
   HOST = '0.0.0.0';
 

@@ -1,4 +1,6 @@
-import { Controller, Get, Header } from '@nestjs/common';
+import { Controller, Get, Header, NotFoundException } from '@nestjs/common';
+import { ConfigService } from '@nestjs/config';
+import type { AppConfig } from '../config/config';
 import { ApiOkResponse, ApiOperation, ApiTags } from '@nestjs/swagger';
 import { SkipThrottle } from '@nestjs/throttler';
 import { Public } from '../common/public.decorator';
@@ -10,13 +12,23 @@ import { MetricsService } from './metrics.service';
 @SkipThrottle()
 @Controller('metrics')
 export class MetricsController {
-  constructor(private readonly metrics: MetricsService) {}
+  private readonly enabled: boolean;
+
+  constructor(
+    private readonly metrics: MetricsService,
+    config: ConfigService<AppConfig, true>,
+  ) {
+    // The route exists in every configuration (a module's routes cannot wait for an async
+    // configuration); with METRICS_ENABLED=false it answers as an unknown route does.
+    this.enabled = config.get('METRICS_ENABLED', { infer: true });
+  }
 
   @Get()
   @Header('Content-Type', 'text/plain; version=0.0.4; charset=utf-8')
   @ApiOperation({ operationId: 'getMetrics', summary: 'Prometheus metrics (text exposition format)' })
   @ApiOkResponse({ description: 'Prometheus text format', content: { 'text/plain': { schema: { type: 'string' } } } })
   scrape(): Promise<string> {
+    if (!this.enabled) throw new NotFoundException('Route GET:/metrics not found');
     return this.metrics.registry.metrics();
   }
 }

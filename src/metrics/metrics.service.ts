@@ -1,5 +1,7 @@
 import { Injectable, OnModuleInit } from '@nestjs/common';
+import { ConfigService } from '@nestjs/config';
 import { HttpAdapterHost } from '@nestjs/core';
+import type { AppConfig } from '../config/config';
 import type { FastifyInstance } from 'fastify';
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import { AuditPartitionsService } from '../audit/audit-partitions.service';
@@ -11,6 +13,8 @@ import { REFRESH_FAILURE_REASONS, SessionsService } from '../sessions/sessions.s
 @Injectable()
 export class MetricsService implements OnModuleInit {
   readonly registry = new Registry();
+  /** METRICS_ENABLED: when off, nothing is measured per request (and the route answers 404). */
+  private readonly enabled: boolean;
   private readonly requestDuration = new Histogram({
     name: 'sessionary_http_request_duration_seconds',
     help: 'HTTP request duration by method, route template and status code',
@@ -25,7 +29,9 @@ export class MetricsService implements OnModuleInit {
     cleanup: SessionsCleanupTask,
     boundedAudit: BoundedAuditService,
     auditPartitions: AuditPartitionsService,
+    config: ConfigService<AppConfig, true>,
   ) {
+    this.enabled = config.get('METRICS_ENABLED', { infer: true });
     collectDefaultMetrics({ register: this.registry });
     // Read when scraped: the sessions service keeps the numbers, this only exposes them.
     const gauge = (name: string, help: string, read: () => number) =>
@@ -107,7 +113,7 @@ export class MetricsService implements OnModuleInit {
 
   onModuleInit(): void {
     // An application context without HTTP (the CLI) has no adapter: nothing to measure.
-    if (!this.adapterHost.httpAdapter) return;
+    if (!this.adapterHost.httpAdapter || !this.enabled) return;
     const fastify = this.adapterHost.httpAdapter.getInstance<FastifyInstance>();
     fastify.addHook('onResponse', (request, reply, done) => {
       this.requestDuration.observe(

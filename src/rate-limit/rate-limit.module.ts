@@ -1,4 +1,5 @@
 import { Module } from '@nestjs/common';
+import { SessionaryConfigModule } from '../sessionary/sessionary-config';
 import { ConfigService } from '@nestjs/config';
 import { ThrottlerModule } from '@nestjs/throttler';
 import type { AppConfig } from '../config/config';
@@ -8,13 +9,13 @@ import { RateLimitPruneTask } from './rate-limit-prune.task';
 import { RateLimitSyncTask } from './rate-limit-sync.task';
 
 /** Holds the storage so ThrottlerModule's async factory can inject it. */
-@Module({ providers: [PgThrottlerStorage, RateLimitPruneTask, RateLimitSyncTask], exports: [PgThrottlerStorage] })
+@Module({ imports: [SessionaryConfigModule], providers: [PgThrottlerStorage, RateLimitPruneTask, RateLimitSyncTask], exports: [PgThrottlerStorage] })
 class RateLimitStorageModule {}
 
 @Module({
   imports: [
     ThrottlerModule.forRootAsync({
-      imports: [RateLimitStorageModule],
+      imports: [SessionaryConfigModule, RateLimitStorageModule],
       inject: [ConfigService, PgThrottlerStorage],
       useFactory: (config: ConfigService<AppConfig, true>, storage: PgThrottlerStorage) => {
         const perMinute = config.get('RATE_LIMIT_PER_MINUTE', { infer: true });

@@ -1,4 +1,5 @@
 import { Module } from '@nestjs/common';
+import { SessionaryConfigModule } from '../sessionary/sessionary-config';
 import { AuditModule } from '../audit/audit.module';
 import { LoginThrottleModule } from '../login-throttle/login-throttle.module';
 import { PasswordHasher } from './password-hasher';
@@ -6,7 +7,7 @@ import { UsersController } from './users.controller';
 import { UsersService } from './users.service';
 
 @Module({
-  imports: [AuditModule, LoginThrottleModule],
+  imports: [SessionaryConfigModule, AuditModule, LoginThrottleModule],
   controllers: [UsersController],
   providers: [UsersService, PasswordHasher],
   exports: [UsersService, PasswordHasher],

@@ -1,0 +1,29 @@
+/**
+ * Sessionary as a library: `import { SessionaryModule } from 'sessionary'` in a Nest 12 app on
+ * the Fastify adapter (README, "Using Sessionary inside your Nest app").
+ */
+export { SessionaryModule, type SessionaryAsyncOptions } from './sessionary/sessionary.module';
+export { SESSIONARY_CONFIG, configFromOptions, type SessionaryOptions } from './sessionary/sessionary-config';
+export type { AppConfig as SessionaryConfig } from './config/config';
+
+// Guards and decorators: every route is protected by the session guard unless @Public().
+export { SessionGuard } from './auth/session.guard';
+export { CurrentAuth, type AuthContext } from './common/current-auth.decorator';
+export { Public } from './common/public.decorator';
+export { Roles, RolesGuard } from './common/roles';
+export { Client, type ClientContext } from './common/client-context';
+
+// Services a host may call.
+export { SessionsService, type IssuedSession, type EndSessionOptions, type SessionTarget } from './sessions/sessions.service';
+export { UsersService } from './users/users.service';
+export { AuditService, type AuditEventInput, type AuditFilter, type AuditQuery, type AuditPage } from './audit/audit.service';
+export { AUDIT_EVENT_TYPES, type AuditEventType, type AuditMetadata } from './audit/audit-event.entity';
+export type { SessionEndReason } from './sessions/session.entity';
+export type { UserRole } from './users/user.entity';
+
+// Domain events, emitted after commit through @nestjs/event-emitter.
+export * from './events/domain-events';
+
+// The standalone service's HTTP setup (security headers, JSON-only bodies, access log, CORS,
+// Swagger UI), for a host that wants the same: configureApp(app, app.get(SESSIONARY_CONFIG)).
+export { configureApp, createFastifyAdapter } from './app.setup';

@@ -1,0 +1,125 @@
+import { DynamicModule, Inject, Injectable, Module, ModuleMetadata, Provider, Type } from '@nestjs/common';
+import { MODULE_PATH } from '@nestjs/common/constants.js';
+import { APP_FILTER, APP_GUARD, APP_PIPE, ModulesContainer } from '@nestjs/core';
+import { EventEmitterModule } from '@nestjs/event-emitter';
+import { ScheduleModule } from '@nestjs/schedule';
+import { TypeOrmModule } from '@nestjs/typeorm';
+import { DataSource, DataSourceOptions } from 'typeorm';
+import { AdminModule } from '../admin/admin.module';
+import { AuditModule } from '../audit/audit.module';
+import { AuthModule } from '../auth/auth.module';
+import { SessionGuard } from '../auth/session.guard';
+import { AllExceptionsFilter } from '../common/all-exceptions.filter';
+import { AppValidationPipe } from '../common/validation';
+import type { AppConfig } from '../config/config';
+import { DatabaseOutageMonitor } from '../database/database-outage.monitor';
+import { dataSourceOptions } from '../database/data-source.options';
+import { runMigrationsLocked } from '../database/migrate';
+import { HealthModule } from '../health/health.module';
+import { MetricsModule } from '../metrics/metrics.module';
+import { RateLimitGuard } from '../rate-limit/rate-limit.guard';
+import { RateLimitModule } from '../rate-limit/rate-limit.module';
+import { SessionsModule } from '../sessions/sessions.module';
+import { UsersModule } from '../users/users.module';
+import { configFromOptions, SESSIONARY_CONFIG, SessionaryConfigModule, type SessionaryOptions } from './sessionary-config';
+
+/** The modules whose routes are API.md's, served under ROUTE_PREFIX (health and metrics stay at the root). */
+const API_MODULES: Type[] = [AuthModule, UsersModule, SessionsModule, AuditModule, AdminModule];
+
+export interface SessionaryAsyncOptions {
+  imports?: ModuleMetadata['imports'];
+  inject?: Array<string | symbol | Type>;
+  useFactory: (...args: never[]) => SessionaryOptions | Promise<SessionaryOptions>;
+}
+
+/**
+ * Puts the API modules' routes under ROUTE_PREFIX, as RouterModule would, but from the resolved
+ * configuration (RouterModule takes its paths when the module is declared, before an async
+ * factory has run). Runs when providers are created, before Nest resolves the routes.
+ */
+@Injectable()
+class SessionaryRoutePrefix {
+  constructor(modules: ModulesContainer, @Inject(SESSIONARY_CONFIG) config: AppConfig) {
+    for (const module of API_MODULES) Reflect.defineMetadata(MODULE_PATH + modules.applicationId, `/${config.ROUTE_PREFIX}`, module);
+  }
+}
+
+/**
+ * Sessionary as one Nest module: registration and login, sessions checked on every request,
+ * rotating refresh tokens, the audit log, health and metrics. Its global guard protects every
+ * route of the application, the host's included, unless `@Public()`.
+ *
+ *   SessionaryModule.forRootAsync({ useFactory: () => ({ databaseUrl, jwtSecret, passwordPepper }) })
+ *
+ * Options are the configuration table's settings in camelCase (README); the service itself
+ * (main.ts) is this module with its configuration from the environment.
+ */
+@Module({})
+export class SessionaryModule {
+  static forRoot(options: SessionaryOptions): DynamicModule {
+    return SessionaryModule.withConfig({ provide: SESSIONARY_CONFIG, useValue: configFromOptions(options) });
+  }
+
+  static forRootAsync(options: SessionaryAsyncOptions): DynamicModule {
+    return SessionaryModule.withConfig(
+      {
+        provide: SESSIONARY_CONFIG,
+        inject: options.inject ?? [],
+        useFactory: async (...args: never[]) => configFromOptions(await options.useFactory(...args)),
+      },
+      options.imports,
+    );
+  }
+
+  /** A configuration already validated (main.ts, the CLI, the tests: loadConfig() of the environment). */
+  static forConfig(config: AppConfig): DynamicModule {
+    if (!config.DATABASE_URL) throw new Error('DATABASE_URL must be resolved before the Sessionary module is built');
+    return SessionaryModule.withConfig({ provide: SESSIONARY_CONFIG, useValue: config });
+  }
+
+  private static withConfig(configProvider: Provider, imports: ModuleMetadata['imports'] = []): DynamicModule {
+    return {
+      module: SessionaryModule,
+      // The configuration is reachable from every Sessionary module, under its own token only.
+      global: true,
+      imports: [
+        ...imports,
+        TypeOrmModule.forRootAsync({
+          inject: [SESSIONARY_CONFIG],
+          // TypeORM's own migrationsRun carries the setting to the factory below, which runs
+          // them itself: before any provider can query, under an advisory lock.
+          useFactory: (config: AppConfig) => ({ ...dataSourceOptions(config.DATABASE_URL!), migrationsRun: config.MIGRATIONS_RUN }),
+          dataSourceFactory: async (options) => {
+            const { migrationsRun, ...rest } = options as DataSourceOptions;
+            const dataSource = await new DataSource({ ...rest, migrationsRun: false } as DataSourceOptions).initialize();
+            if (migrationsRun) await runMigrationsLocked(dataSource);
+            return dataSource;
+          },
+        }),
+        ScheduleModule.forRoot(),
+        // Domain events for the host application's listeners (src/events/domain-events.ts).
+        EventEmitterModule.forRoot(),
+        SessionaryConfigModule,
+        RateLimitModule,
+        AuditModule,
+        UsersModule,
+        SessionsModule,
+        AuthModule,
+        AdminModule,
+        HealthModule,
+        MetricsModule,
+      ],
+      providers: [
+        configProvider,
+        SessionaryRoutePrefix,
+        DatabaseOutageMonitor,
+        { provide: APP_PIPE, useClass: AppValidationPipe },
+        { provide: APP_FILTER, useClass: AllExceptionsFilter },
+        // Global guards run in this order: count the request first, then authenticate it.
+        { provide: APP_GUARD, useExisting: RateLimitGuard },
+        { provide: APP_GUARD, useExisting: SessionGuard },
+      ],
+      exports: [SESSIONARY_CONFIG, AuthModule, UsersModule, SessionsModule, AuditModule],
+    };
+  }
+}

@@ -21,8 +21,7 @@ import { AuthenticatedApi } from '../common/authenticated-api.decorator';
 import { ErrorResponseDto } from '../common/error-response.dto';
 import { Roles, RolesGuard } from '../common/roles';
 import { RevokedCountResponseDto, SessionResponseDto } from '../sessions/dto/session-response.dto';
-import { SessionsService } from '../sessions/sessions.service';
-import { UsersService } from '../users/users.service';
+import { AdminService } from './admin.service';
 import { AdminAuditEventResponseDto, AdminAuditPageResponseDto } from './dto/admin-audit-event-response.dto';
 import { AdminAuditExportQueryDto } from './dto/admin-audit-export-query.dto';
 import { AdminAuditQueryDto } from './dto/admin-audit-query.dto';
@@ -40,8 +39,7 @@ const uuidParam = new ParseUUIDPipe({ exceptionFactory: () => new BadRequestExce
 @Controller('admin')
 export class AdminController {
   constructor(
-    private readonly users: UsersService,
-    private readonly sessions: SessionsService,
+    private readonly admin: AdminService,
     private readonly audit: AuditService,
     private readonly verifier: AuditVerifierService,
     private readonly exporter: AuditExportService,
@@ -53,8 +51,7 @@ export class AdminController {
   @ApiBadRequestResponse({ type: ErrorResponseDto, description: 'Not a UUID' })
   @ApiNotFoundResponse({ type: ErrorResponseDto, description: 'No such user' })
   async userSessions(@Param('id', uuidParam) userId: string, @CurrentAuth() auth: AuthContext): Promise<SessionResponseDto[]> {
-    await this.users.getById(userId);
-    return (await this.sessions.listActive(userId)).map((s) => SessionResponseDto.from(s, auth.sessionId));
+    return (await this.admin.listUserSessions(userId)).map((s) => SessionResponseDto.from(s, auth.sessionId));
   }
 
   @Delete('users/:id/sessions')
@@ -67,12 +64,7 @@ export class AdminController {
     @CurrentAuth() auth: AuthContext,
     @Client() client: ClientContext,
   ): Promise<RevokedCountResponseDto> {
-    await this.users.getById(userId);
-    const ended = await this.sessions.endSessions(
-      { userId },
-      { reason: 'revoked_by_admin', event: 'SESSION_REVOKED', client, actorSessionId: auth.sessionId, metadata: { adminId: auth.userId } },
-    );
-    return { revoked: ended.length };
+    return { revoked: await this.admin.revokeUserSessions(userId, auth, client) };
   }
 
   @Get('audit')

@@ -97,8 +97,7 @@ export class AuthService {
     const passwordHash = await this.passwords.hash(dto.newPassword);
     await this.dataSource.transaction(async (em) => {
       // Conditional on the hash just verified: of two concurrent changes, one wins.
-      const result = await em.update(UserEntity, { id: user.id, passwordHash: user.passwordHash }, { passwordHash });
-      if (!result.affected) throw new UnauthorizedException('Current password is incorrect');
+      if (!(await this.users.replacePasswordHash(em, user, passwordHash))) throw new UnauthorizedException('Current password is incorrect');
       const ended = await this.sessions.endSessions(
         { userId: user.id, exceptSessionId: auth.sessionId },
         { reason: 'password_changed', event: 'SESSION_REVOKED', client, actorSessionId: auth.sessionId },

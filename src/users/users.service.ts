@@ -61,6 +61,15 @@ export class UsersService {
     throw new UnauthorizedException(message);
   }
 
+  /**
+   * Stores a new password hash in the caller's transaction, if the stored one is still the
+   * one the caller verified (of two concurrent changes, one wins). False when it is not.
+   */
+  async replacePasswordHash(em: EntityManager, user: Pick<UserEntity, 'id' | 'passwordHash'>, passwordHash: string): Promise<boolean> {
+    const result = await em.update(UserEntity, { id: user.id, passwordHash: user.passwordHash }, { passwordHash });
+    return Boolean(result.affected);
+  }
+
   findById(id: string): Promise<UserEntity | null> {
     return this.dataSource.getRepository(UserEntity).findOneBy({ id });
   }

@@ -8,6 +8,7 @@ import { registerSecurityHeaders } from './common/security-headers';
 import { documentServiceUnavailable } from './common/service-unavailable.swagger';
 import type { AppConfig } from './config/config';
 import { docsEnabled, parseCorsOrigins, parseTrustProxy } from './config/env.schema';
+import { RATE_LIMIT_WINDOW_SECONDS } from './rate-limit/rate-limit.module';
 
 /** Where the Swagger UI lives (and its document, at `docs-json`). */
 export const DOCS_PATH = 'docs';
@@ -73,11 +74,21 @@ function setUpDocs(app: NestFastifyApplication): void {
       .setTitle('Sessionary')
       .setDescription('Server-side sessions, rotating refresh tokens and an audit log. Contract: API.md.')
       .setVersion('1')
-      .addBearerAuth({ type: 'http', scheme: 'bearer', bearerFormat: 'JWT' });
+      .addBearerAuth({
+        type: 'http',
+        scheme: 'bearer',
+        bearerFormat: 'JWT',
+        // The words OWASP's jwt-best-practices rule looks for ("RFC8725"), and what backs them (src/auth/jwt.strategy.ts).
+        description:
+          'The accessToken of /auth/login or /auth/refresh. Handled as RFC8725 (JSON Web Token Best Current Practices) asks: ' +
+          'the algorithm is pinned (HS256; `none` and any other are refused), the explicit type `at+jwt` (RFC 9068) is required, ' +
+          'and the issuer, audience and expiry are checked, with a key of at least 256 bits in production. ' +
+          'The token is refused as well once its session has ended.',
+      });
   for (const tag of OPENAPI_TAGS) builder.addTag(tag.name, tag.description);
   const document = SwaggerModule.createDocument(app, builder.build());
   documentServiceUnavailable(document);
-  completeOpenApiDocument(document, { bodyLimitBytes: BODY_LIMIT_BYTES });
+  completeOpenApiDocument(document, { bodyLimitBytes: BODY_LIMIT_BYTES, rateLimitWindowSeconds: RATE_LIMIT_WINDOW_SECONDS });
   SwaggerModule.setup(DOCS_PATH, app, document, {
     jsonDocumentUrl: `${DOCS_PATH}-json`,
     // The token given to Authorize survives a reload of the page (kept in the browser's storage).

@@ -116,27 +116,43 @@ describe('operations and error hygiene (e2e)', () => {
   });
 
   it('states the whole contract in /docs-json: 413/415 on bodies, 429 and limit headers on /api/v1, closed request bodies, UUID ids, no empty description', async () => {
+    type Ref = { $ref?: string };
     const doc = (await t.http.get('/docs-json')).body as {
-      paths: Record<string, Record<string, { responses: Record<string, { description: string; headers?: Record<string, unknown>; content?: Record<string, { example?: { statusCode?: number } }> }>; parameters?: Array<{ in: string; name: string; schema: { format?: string } }> }>>;
-      components: { schemas: Record<string, { additionalProperties?: boolean }> };
+      paths: Record<string, Record<string, { responses: Record<string, { description: string; headers?: Record<string, Ref>; content?: Record<string, { example?: { statusCode?: number } }> }>; parameters?: Array<{ in: string; name: string; schema: { format?: string; maxLength?: number } }> }>>;
+      components: { schemas: Record<string, { additionalProperties?: boolean }>; headers: Record<string, { schema: { format?: string; minimum?: number; maximum?: number } }>; securitySchemes: Record<string, { description?: string }> };
       tags: Array<{ name: string; description: string }>;
     };
     const login = doc.paths['/api/v1/auth/login'].post.responses;
-    for (const status of ['413', '415', '429']) assert.ok(login[status], `login ${status}`);
-    assert.ok(login['429'].headers?.['Retry-After']);
+    for (const status of ['413', '415', '429', '500']) assert.ok(login[status], `login ${status}`);
+    // The failed-login back-off's Retry-After can be longer than the request limit's.
+    assert.equal(login['429'].headers?.['Retry-After'].$ref, '#/components/headers/Retry-After-Backoff');
     assert.ok(login['200'].headers?.['X-RateLimit-Remaining']);
+    // Refusals by the route carry the limit's headers; what Fastify refuses before it does not.
+    assert.ok(login['401'].headers?.['X-RateLimit-Remaining']);
+    assert.equal(login['413'].headers?.['X-RateLimit-Remaining'], undefined);
     const me = doc.paths['/api/v1/users/me'].get.responses;
     assert.ok(me['429'] && !me['413'] && !me['415']);
+    assert.equal(me['429'].headers?.['Retry-After'].$ref, '#/components/headers/Retry-After');
+    assert.ok(me['429'].headers?.['X-RateLimit-Remaining']);
     assert.equal(doc.paths['/health/live'].get.responses['429'], undefined);
+    assert.equal(doc.paths['/health/live'].get.responses['200'].headers?.['X-RateLimit-Remaining'], undefined);
+    // The per-IP window is a minute; the limit itself is RATE_LIMIT_PER_MINUTE's int32.
+    assert.deepEqual(doc.components.headers['X-RateLimit-Reset'].schema, { type: 'integer', format: 'int32', minimum: 0, maximum: 60 });
+    assert.equal(doc.components.headers['X-RateLimit-Limit'].schema.maximum, 2147483647);
+    assert.match(doc.components.securitySchemes.bearer.description ?? '', /RFC8725/);
     for (const dto of ['RegisterDto', 'LoginDto', 'RefreshDto', 'ChangePasswordDto', 'UpdateProfileDto']) {
       assert.equal(doc.components.schemas[dto].additionalProperties, false, dto);
     }
     const id = doc.paths['/api/v1/sessions/{id}'].delete.parameters?.find((p) => p.in === 'path' && p.name === 'id');
     assert.equal(id?.schema.format, 'uuid');
+    assert.equal(id?.schema.maxLength, 36);
     for (const [path, ops] of Object.entries(doc.paths)) {
       for (const [method, op] of Object.entries(ops)) {
+        assert.ok(op.responses['500'], `${method} ${path} 500`);
         for (const [status, response] of Object.entries(op.responses)) {
           assert.ok(response.description, `${method} ${path} ${status} has a description`);
+          // @fastify/cors labels every answer for the origins CORS_ORIGINS lists.
+          assert.ok(response.headers?.['Access-Control-Allow-Origin'], `${method} ${path} ${status} Access-Control-Allow-Origin`);
           const example = response.content?.['application/json']?.example;
           if (Number(status) >= 400 && example) assert.equal(example.statusCode, Number(status), `${method} ${path} ${status} example`);
         }

@@ -154,6 +154,15 @@ describe('HTTP hygiene (e2e)', () => {
     assert.equal(foreign.headers['access-control-allow-origin'], undefined);
     const simple = await t.http.get('/health/live').set('Origin', 'https://evil.example');
     assert.equal(simple.headers['access-control-allow-origin'], undefined);
+    // A listed origin gets it on every answer, refusals included, even those Fastify gives before
+    // the route (openapi.json documents it on every response).
+    const answers = await Promise.all([
+      t.http.get('/health/live'),
+      t.http.get('/api/v1/users/me'),
+      t.http.post('/api/v1/auth/login').set('Content-Type', 'application/xml').send('<login/>'),
+    ].map((req) => req.set('Origin', 'https://app.example.com')));
+    assert.deepEqual(answers.map((res) => res.status), [200, 401, 415]);
+    for (const res of answers) assert.equal(res.headers['access-control-allow-origin'], 'https://app.example.com', String(res.status));
   });
 
   it('with no CORS_ORIGINS, answers no origin at all: no CORS header, preflight 404 like an unknown route', async () => {

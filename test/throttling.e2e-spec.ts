@@ -124,13 +124,24 @@ describe('per-IP throttling and the general rate limit (e2e)', () => {
     // Public and authenticated routes count together (an unmatched path is a 404 without any work).
     for (let i = 0; statuses.length < 8; i++) {
       const res = await requests[i % requests.length]().set('X-Forwarded-For', ip);
-      if (i % requests.length < 3) statuses.push(res.status);
-      else assert.equal(res.status, 200);
+      if (i % requests.length < 3) {
+        statuses.push(res.status);
+        // Refusals by the route (401, 400) carry the limit's headers as successes do.
+        assert.equal(res.headers['x-ratelimit-remaining'], String(8 - statuses.length), `answer ${statuses.length}`);
+      } else {
+        assert.equal(res.status, 200);
+        assert.equal(res.headers['x-ratelimit-remaining'], undefined, 'probes are not counted');
+      }
     }
     assert.deepEqual(statuses, [401, 400, 401, 401, 400, 401, 401, 400]);
     const over = await t.http.get('/api/v1/users/me').set('X-Forwarded-For', ip);
     assert.equal(over.status, 429);
     assert.ok(Number(over.headers['retry-after']) > 0);
+    // The limit's own 429 labels itself like every other answer (openapi.json says so): none left,
+    // and the reset is when requests are accepted again.
+    assert.equal(over.headers['x-ratelimit-limit'], '8');
+    assert.equal(over.headers['x-ratelimit-remaining'], '0');
+    assert.equal(over.headers['x-ratelimit-reset'], over.headers['retry-after']);
     assert.equal((await t.http.get('/health/live').set('X-Forwarded-For', ip)).status, 200);
     assert.equal((await t.http.get('/api/v1/users/me').set('X-Forwarded-For', '192.0.2.56')).status, 401);
   });

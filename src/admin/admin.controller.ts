@@ -106,7 +106,7 @@ export class AdminController {
   @ApiExtraModels(AuditExportEventLineDto, AuditExportSealLineDto)
   @ApiOkResponse({
     description: 'NDJSON: event lines, then the seal',
-    headers: { 'Cache-Control': { description: 'Never stored by caches', schema: { type: 'string', example: 'no-store' } } },
+    headers: { 'Cache-Control': { description: 'Never stored by caches', schema: { type: 'string', enum: ['no-store'] } } },
     content: {
       [NDJSON]: {
         schema: { oneOf: [{ $ref: getSchemaPath(AuditExportEventLineDto) }, { $ref: getSchemaPath(AuditExportSealLineDto) }] },

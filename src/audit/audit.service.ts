@@ -158,6 +158,8 @@ function safeMetadata(metadata: AuditMetadata): AuditMetadata {
 }
 
 const CURSOR_PREFIX = 'a1.';
+/** What a cursor looks like (base64url of `a1.<seq>`); the OpenAPI document states it. */
+export const AUDIT_CURSOR_PATTERN = /^[A-Za-z0-9_-]{1,64}$/;
 
 export function encodeCursor(seq: string): string {
   return Buffer.from(`${CURSOR_PREFIX}${seq}`, 'utf8').toString('base64url');
@@ -165,7 +167,7 @@ export function encodeCursor(seq: string): string {
 
 /** An opaque cursor; anything that is not one we issued is a 400. */
 export function decodeCursor(cursor: string): string {
-  const decoded = /^[A-Za-z0-9_-]{1,64}$/.test(cursor) ? Buffer.from(cursor, 'base64url').toString('utf8') : '';
+  const decoded = AUDIT_CURSOR_PATTERN.test(cursor) ? Buffer.from(cursor, 'base64url').toString('utf8') : '';
   const match = /^a1\.([1-9][0-9]{0,18})$/.exec(decoded);
   if (!match || BigInt(match[1]) > 9223372036854775807n) throw new BadRequestException(['cursor is invalid']);
   return match[1];

@@ -12,7 +12,8 @@ export const AuthenticatedApi = () =>
       headers: {
         'WWW-Authenticate': {
           description: 'RFC 6750: `Bearer` without a token, `Bearer error="invalid_token"` for a refused one',
-          schema: { type: 'string' },
+          // The two challenges bearerChallenge() writes.
+          schema: { type: 'string', enum: ['Bearer', 'Bearer error="invalid_token"'] },
         },
       },
     }),

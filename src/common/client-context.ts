@@ -7,16 +7,18 @@ export interface ClientContext {
   userAgent: string | null;
 }
 
-const MAX_USER_AGENT = 512;
+/** The longest address and user agent kept (the columns' lengths; the OpenAPI document states them). */
+export const IP_ADDRESS_MAX_LENGTH = 64;
+export const USER_AGENT_MAX_LENGTH = 512;
 
 export function clientContextOf(request: FastifyRequest): ClientContext {
   // request.ip honours X-Forwarded-For only when TRUST_PROXY configures Fastify to.
   const ua = request.headers['user-agent'];
   return {
-    ipAddress: request.ip ? request.ip.slice(0, 64) : null,
+    ipAddress: request.ip ? request.ip.slice(0, IP_ADDRESS_MAX_LENGTH) : null,
     // Control characters are dropped so a user agent cannot forge lines in logs or exports.
     // eslint-disable-next-line no-control-regex -- matching control characters is the point
-    userAgent: typeof ua === 'string' && ua.length ? ua.replace(/[\u0000-\u001f\u007f]/g, '').slice(0, MAX_USER_AGENT) : null,
+    userAgent: typeof ua === 'string' && ua.length ? ua.replace(/[\u0000-\u001f\u007f]/g, '').slice(0, USER_AGENT_MAX_LENGTH) : null,
   };
 }
 

@@ -17,7 +17,12 @@ export function documentServiceUnavailable(document: OpenAPIObject): OpenAPIObje
       if (!operation || operation.responses['503']) continue;
       operation.responses['503'] = {
         description: 'The database is unreachable; retry after the given seconds',
-        headers: { 'Retry-After': { schema: { type: 'integer', example: UNAVAILABLE_RETRY_AFTER_SECONDS } } },
+        headers: {
+          'Retry-After': {
+            description: 'Seconds to wait before retrying (always the same)',
+            schema: { type: 'integer', format: 'int32', minimum: UNAVAILABLE_RETRY_AFTER_SECONDS, maximum: UNAVAILABLE_RETRY_AFTER_SECONDS, example: UNAVAILABLE_RETRY_AFTER_SECONDS },
+          },
+        },
         content: { 'application/json': { schema: { $ref: '#/components/schemas/ErrorResponseDto' }, example: UNAVAILABLE_BODY } },
       };
     }

@@ -47,6 +47,11 @@ describe('parseEnv', () => {
     assert.strictEqual(parseEnv({ RATE_LIMIT_SYNC_INTERVAL: '60000' }).RATE_LIMIT_SYNC_INTERVAL, 60000);
   });
 
+  it('takes the int32 maximum of the settings clients see as integers', () => {
+    const env = parseEnv({ ACCESS_TOKEN_TTL: '2147483647', RATE_LIMIT_PER_MINUTE: '2147483647', LOGIN_FAILURE_WINDOW: '2147483647' });
+    assert.deepEqual([env.ACCESS_TOKEN_TTL, env.RATE_LIMIT_PER_MINUTE, env.LOGIN_FAILURE_WINDOW], [2147483647, 2147483647, 2147483647]);
+  });
+
   it('parses numbers from strings', () => {
     const env = parseEnv({ PORT: '8080', ACCESS_TOKEN_TTL: '60', SESSION_IDLE_TTL: '600', SESSION_ABSOLUTE_TTL: '7200', BCRYPT_COST: '4' });
     assert.strictEqual(env.PORT, 8080);
@@ -127,6 +132,10 @@ describe('parseEnv', () => {
     ['RATE_LIMIT_SYNC_INTERVAL', '60001'],
     ['RATE_LIMIT_SYNC_INTERVAL', '250.5'],
     ['RATE_LIMIT_SYNC_INTERVAL', 'often-XYZZY'],
+    // Clients are promised int32 (openapi.json: expiresIn, X-RateLimit-*, Retry-After).
+    ['ACCESS_TOKEN_TTL', '2147483648'],
+    ['RATE_LIMIT_PER_MINUTE', '2147483648'],
+    ['LOGIN_FAILURE_WINDOW', '2147483648'],
   ] as const) {
     it(`refuses ${name}=${JSON.stringify(value)}, naming the variable and not the value`, () => {
       assertRefusedNaming({ [name]: value }, name, value);

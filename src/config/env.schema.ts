@@ -20,6 +20,12 @@ export enum NodeEnv {
   Test = 'test',
 }
 
+/**
+ * The largest value of a setting that reaches clients as an integer (a token's `expiresIn`, the
+ * X-RateLimit-* and Retry-After headers): the OpenAPI document promises them as int32.
+ */
+export const INT32_MAX = 2_147_483_647;
+
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'log', 'debug', 'verbose'] as const;
 export type LogLevelName = (typeof LOG_LEVELS)[number];
 
@@ -145,6 +151,7 @@ export class Env {
   @Transform(toNumber)
   @IsInt()
   @Min(1)
+  @Max(INT32_MAX)
   ACCESS_TOKEN_TTL = 900;
 
   /** Seconds of inactivity after which a session ends. */
@@ -221,6 +228,7 @@ export class Env {
   @Transform(toNumber)
   @IsInt()
   @Min(1)
+  @Max(INT32_MAX)
   LOGIN_FAILURE_WINDOW = 900;
 
   /** Seconds of the first back-off; each further failure doubles it, up to LOGIN_FAILURE_WINDOW. */
@@ -233,6 +241,7 @@ export class Env {
   @Transform(toNumber)
   @IsInt()
   @Min(0)
+  @Max(INT32_MAX)
   RATE_LIMIT_PER_MINUTE = 600;
 
   /**
@@ -308,7 +317,7 @@ function crossFieldErrors(env: Env): string[] {
   } catch {
     errors.push('SESSION_CLEANUP_CRON must be a valid cron expression');
   }
-  if (parseCorsOrigins(env.CORS_ORIGINS).some((o) => !/^https?:\/\/[^/\s,]+$/.test(o))) {
+  if (parseCorsOrigins(env.CORS_ORIGINS).some((o) => !CORS_ORIGIN_PATTERN.test(o))) {
     errors.push('CORS_ORIGINS must be a comma-separated list of origins like https://app.example.com');
   }
   if (!parseTrustProxy(env.TRUST_PROXY).valid) {
@@ -316,6 +325,9 @@ function crossFieldErrors(env: Env): string[] {
   }
   return errors;
 }
+
+/** One origin of CORS_ORIGINS; what Access-Control-Allow-Origin can then carry. */
+export const CORS_ORIGIN_PATTERN = /^https?:\/\/[^/\s,]+$/;
 
 export function parseCorsOrigins(raw: string): string[] {
   return raw.split(',').map((s) => s.trim()).filter(Boolean);

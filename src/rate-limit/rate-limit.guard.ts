@@ -1,6 +1,6 @@
 import { ExecutionContext, Injectable } from '@nestjs/common';
 import { Reflector } from '@nestjs/core';
-import { InjectThrottlerOptions, InjectThrottlerStorage, ThrottlerGuard, type ThrottlerModuleOptions, type ThrottlerStorage } from '@nestjs/throttler';
+import { InjectThrottlerOptions, InjectThrottlerStorage, ThrottlerGuard, type ThrottlerLimitDetail, type ThrottlerModuleOptions, type ThrottlerStorage } from '@nestjs/throttler';
 import { MemoizedReflector } from '../common/memoized-reflector';
 
 /**
@@ -17,5 +17,19 @@ export class RateLimitGuard extends ThrottlerGuard {
 
   protected override generateKey(_context: ExecutionContext, tracker: string, throttlerName: string): string {
     return `${throttlerName}:${tracker}`;
+  }
+
+  /**
+   * The limit's own 429 carries the X-RateLimit-* headers too (@nestjs/throttler sends only
+   * Retry-After there), so a client pacing itself by them sees Remaining fall to 0 and when it
+   * may send again, rather than the headers vanishing when they matter most. Reset is then the
+   * end of the block, like Retry-After.
+   */
+  protected override async throwThrottlingException(context: ExecutionContext, detail: ThrottlerLimitDetail): Promise<void> {
+    const { res } = this.getRequestResponse(context);
+    this.setResponseHeader(res, 'X-RateLimit-Limit', detail.limit);
+    this.setResponseHeader(res, 'X-RateLimit-Remaining', 0);
+    this.setResponseHeader(res, 'X-RateLimit-Reset', detail.timeToBlockExpire);
+    return super.throwThrottlingException(context, detail);
   }
 }

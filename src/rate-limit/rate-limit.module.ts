@@ -8,6 +8,9 @@ import { RateLimitGuard } from './rate-limit.guard';
 import { RateLimitPruneTask } from './rate-limit-prune.task';
 import { RateLimitSyncTask } from './rate-limit-sync.task';
 
+/** The per-IP limit's window, and how long an IP that went over it is refused. */
+export const RATE_LIMIT_WINDOW_SECONDS = 60;
+
 /** Holds the storage so ThrottlerModule's async factory can inject it. */
 @Module({ imports: [SessionaryConfigModule], providers: [PgThrottlerStorage, RateLimitPruneTask, RateLimitSyncTask], exports: [PgThrottlerStorage] })
 class RateLimitStorageModule {}
@@ -20,7 +23,7 @@ class RateLimitStorageModule {}
       useFactory: (config: ConfigService<AppConfig, true>, storage: PgThrottlerStorage) => {
         const perMinute = config.get('RATE_LIMIT_PER_MINUTE', { infer: true });
         return {
-          throttlers: [{ name: 'default', ttl: 60_000, limit: Math.max(perMinute, 1), blockDuration: 60_000 }],
+          throttlers: [{ name: 'default', ttl: RATE_LIMIT_WINDOW_SECONDS * 1000, limit: Math.max(perMinute, 1), blockDuration: RATE_LIMIT_WINDOW_SECONDS * 1000 }],
           storage,
           // 0 turns the limit off (nothing is counted, so nothing is synced).
           skipIf: () => perMinute === 0,

@@ -1,5 +1,9 @@
 import { createHash, randomBytes } from 'node:crypto';
 
+/** 32 bytes in base64url, unpadded: what every refresh token looks like (and the OpenAPI document says). */
+export const REFRESH_TOKEN_PATTERN = /^[A-Za-z0-9_-]{43}$/;
+export const REFRESH_TOKEN_LENGTH = 43;
+
 /** 256 bits from the CSPRNG, URL-safe; opaque to clients. */
 export function generateRefreshToken(): string {
   return randomBytes(32).toString('base64url');
@@ -15,5 +19,5 @@ export function hashRefreshToken(token: string): string {
 
 /** Cheap shape check before any database work; the length bound also caps hashing cost. */
 export function looksLikeRefreshToken(token: string): boolean {
-  return /^[A-Za-z0-9_-]{43}$/.test(token);
+  return REFRESH_TOKEN_PATTERN.test(token);
 }

@@ -1,6 +1,8 @@
 import { ApiProperty } from '@nestjs/swagger';
 import type { AuditEventEntity } from '../../audit/audit-event.entity';
+import { AUDIT_CURSOR_PATTERN } from '../../audit/audit.service';
 import { AuditEventResponseDto } from '../../audit/dto/audit-event-response.dto';
+import { AUDIT_PAGE_MAX_LIMIT } from '../../audit/dto/audit-query.dto';
 
 /** An admin sees whose event it is. */
 export class AdminAuditEventResponseDto extends AuditEventResponseDto {
@@ -12,6 +14,7 @@ export class AdminAuditEventResponseDto extends AuditEventResponseDto {
 }
 
 export class AdminAuditPageResponseDto {
-  @ApiProperty({ type: [AdminAuditEventResponseDto] }) items: AdminAuditEventResponseDto[];
-  @ApiProperty({ nullable: true, type: String }) nextCursor: string | null;
+  @ApiProperty({ type: [AdminAuditEventResponseDto], maxItems: AUDIT_PAGE_MAX_LIMIT, description: 'At most `limit` events' }) items: AdminAuditEventResponseDto[];
+  @ApiProperty({ nullable: true, type: String, pattern: AUDIT_CURSOR_PATTERN.source, maxLength: 64, description: 'Pass as `cursor` for the next page; null on the last' })
+  nextCursor: string | null;
 }

@@ -1,12 +1,15 @@
 import { ApiProperty } from '@nestjs/swagger';
+import { IP_ADDRESS_MAX_LENGTH, USER_AGENT_MAX_LENGTH } from '../../common/client-context';
+import { AUDIT_CURSOR_PATTERN } from '../audit.service';
+import { AUDIT_PAGE_MAX_LIMIT } from './audit-query.dto';
 import { AUDIT_EVENT_TYPES, AuditEventEntity, AuditEventType, AuditMetadata } from '../audit-event.entity';
 
 export class AuditEventResponseDto {
   @ApiProperty({ format: 'uuid' }) id: string;
   @ApiProperty({ enum: AUDIT_EVENT_TYPES }) type: AuditEventType;
   @ApiProperty({ format: 'uuid', nullable: true, type: String }) sessionId: string | null;
-  @ApiProperty({ nullable: true, type: String }) ipAddress: string | null;
-  @ApiProperty({ nullable: true, type: String }) userAgent: string | null;
+  @ApiProperty({ nullable: true, type: String, maxLength: IP_ADDRESS_MAX_LENGTH }) ipAddress: string | null;
+  @ApiProperty({ nullable: true, type: String, maxLength: USER_AGENT_MAX_LENGTH }) userAgent: string | null;
   @ApiProperty({ format: 'date-time' }) createdAt: string;
   @ApiProperty({ type: 'object', additionalProperties: true, example: { reason: 'logout' } })
   metadata: AuditMetadata;
@@ -25,7 +28,7 @@ export class AuditEventResponseDto {
 }
 
 export class AuditPageResponseDto {
-  @ApiProperty({ type: [AuditEventResponseDto] }) items: AuditEventResponseDto[];
-  @ApiProperty({ nullable: true, type: String, description: 'Pass as `cursor` for the next page; null on the last' })
+  @ApiProperty({ type: [AuditEventResponseDto], maxItems: AUDIT_PAGE_MAX_LIMIT, description: 'At most `limit` events' }) items: AuditEventResponseDto[];
+  @ApiProperty({ nullable: true, type: String, pattern: AUDIT_CURSOR_PATTERN.source, maxLength: 64, description: 'Pass as `cursor` for the next page; null on the last' })
   nextCursor: string | null;
 }

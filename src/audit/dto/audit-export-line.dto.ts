@@ -1,4 +1,6 @@
 import { ApiProperty } from '@nestjs/swagger';
+import { IP_ADDRESS_MAX_LENGTH, USER_AGENT_MAX_LENGTH } from '../../common/client-context';
+import { COUNT_SCHEMA } from '../../common/openapi-completion';
 import { AUDIT_EVENT_TYPES } from '../audit-event.entity';
 import { EXPORT_FORMAT, type AuditExportFilterFields, type AuditExportLine, type AuditExportSeal } from '../audit-export-format';
 
@@ -8,15 +10,15 @@ import { EXPORT_FORMAT, type AuditExportFilterFields, type AuditExportLine, type
  */
 
 export class AuditExportEventLineDto implements AuditExportLine {
-  @ApiProperty({ description: 'The global order of events (a 64-bit integer, as a decimal string)', example: '1042' })
+  @ApiProperty({ description: 'The global order of events (a 64-bit integer, as a decimal string)', example: '1042', pattern: '^[1-9][0-9]{0,18}$', maxLength: 19 })
   seq: string;
 
   @ApiProperty({ format: 'uuid' }) id: string;
   @ApiProperty({ enum: AUDIT_EVENT_TYPES }) type: string;
   @ApiProperty({ format: 'uuid', nullable: true, type: String }) userId: string | null;
   @ApiProperty({ format: 'uuid', nullable: true, type: String }) sessionId: string | null;
-  @ApiProperty({ nullable: true, type: String }) ipAddress: string | null;
-  @ApiProperty({ nullable: true, type: String }) userAgent: string | null;
+  @ApiProperty({ nullable: true, type: String, maxLength: IP_ADDRESS_MAX_LENGTH }) ipAddress: string | null;
+  @ApiProperty({ nullable: true, type: String, maxLength: USER_AGENT_MAX_LENGTH }) userAgent: string | null;
 
   @ApiProperty({ format: 'date-time', description: 'UTC to the microsecond: the exact text the HMAC covers', example: '2026-12-01T12:00:00.123456Z' })
   createdAt: string;
@@ -24,16 +26,22 @@ export class AuditExportEventLineDto implements AuditExportLine {
   @ApiProperty({ type: 'object', additionalProperties: true, example: { reason: 'logout' } })
   metadata: unknown;
 
-  @ApiProperty({ nullable: true, type: String, description: "The chain: the user's id, or `global` for events without a user; null for an event outside every chain" })
+  @ApiProperty({
+    nullable: true,
+    type: String,
+    pattern: '^(global|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$',
+    maxLength: 36,
+    description: "The chain: the user's id, or `global` for events without a user; null for an event outside every chain",
+  })
   chainKey: string | null;
 
-  @ApiProperty({ nullable: true, type: 'integer', minimum: 1, description: 'Position in the chain, from 1' })
+  @ApiProperty({ ...COUNT_SCHEMA, nullable: true, minimum: 1, description: 'Position in the chain, from 1' })
   position: number | null;
 
-  @ApiProperty({ nullable: true, type: String, pattern: '^[0-9a-f]{64}$', description: "The previous event's hash in the chain (64 zeros at position 1)" })
+  @ApiProperty({ nullable: true, type: String, pattern: '^[0-9a-f]{64}$', maxLength: 64, description: "The previous event's hash in the chain (64 zeros at position 1)" })
   prevHash: string | null;
 
-  @ApiProperty({ nullable: true, type: String, pattern: '^[0-9a-f]{64}$', description: 'HMAC-SHA-256(AUDIT_HMAC_KEY, prevHash ‖ canonical form of the event)' })
+  @ApiProperty({ nullable: true, type: String, pattern: '^[0-9a-f]{64}$', maxLength: 64, description: 'HMAC-SHA-256(AUDIT_HMAC_KEY, prevHash ‖ canonical form of the event)' })
   hash: string | null;
 }
 
@@ -51,12 +59,12 @@ export class AuditExportSealLineDto implements AuditExportSeal {
   @ApiProperty({ type: AuditExportFilterDto, description: 'The filters of this export' })
   filter: AuditExportFilterDto;
 
-  @ApiProperty({ type: 'integer', minimum: 0, description: 'Event lines before the seal' })
+  @ApiProperty({ ...COUNT_SCHEMA, description: 'Event lines before the seal' })
   lines: number;
 
-  @ApiProperty({ pattern: '^[0-9a-f]{64}$', description: "SHA-256 over every line's seq and hash, in order" })
+  @ApiProperty({ pattern: '^[0-9a-f]{64}$', maxLength: 64, description: "SHA-256 over every line's seq and hash, in order" })
   digest: string;
 
-  @ApiProperty({ pattern: '^[0-9a-f]{64}$', description: 'HMAC-SHA-256(AUDIT_HMAC_KEY) over the other fields' })
+  @ApiProperty({ pattern: '^[0-9a-f]{64}$', maxLength: 64, description: 'HMAC-SHA-256(AUDIT_HMAC_KEY) over the other fields' })
   mac: string;
 }

@@ -4,11 +4,16 @@ import { Type } from 'class-transformer';
 import { IsIn, IsInt, IsString, Matches, Max, MaxLength, Min } from 'class-validator';
 import { IsAbsentOr } from '../../common/validation';
 import { AUDIT_EVENT_TYPES, AuditEventType } from '../audit-event.entity';
-import type { AuditFilter, AuditQuery } from '../audit.service';
+import { AUDIT_CURSOR_PATTERN, type AuditFilter, type AuditQuery } from '../audit.service';
 
 // RFC 3339 (a profile of ISO 8601): a date, or a date-time with a zone. Week dates, ordinal
 // dates and signed years are ISO 8601 too, but not instants anyone means here.
 const RFC3339 = /^\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:\d{2}))?$/i;
+/** The longest text RFC3339 matches: `2026-01-01T00:00:00.123456789+02:00`. */
+const RFC3339_MAX_LENGTH = 35;
+
+/** The largest page of events. */
+export const AUDIT_PAGE_MAX_LIMIT = 100;
 
 export class AuditQueryDto {
   @ApiPropertyOptional({ enum: AUDIT_EVENT_TYPES })
@@ -16,25 +21,26 @@ export class AuditQueryDto {
   @IsIn(AUDIT_EVENT_TYPES)
   type?: AuditEventType;
 
-  @ApiPropertyOptional({ description: 'Events at or after this instant (RFC 3339 date or date-time)', example: '2026-01-01T00:00:00Z', pattern: RFC3339.source })
+  @ApiPropertyOptional({ description: 'Events at or after this instant (RFC 3339 date or date-time)', example: '2026-01-01T00:00:00Z', pattern: RFC3339.source, maxLength: RFC3339_MAX_LENGTH })
   @IsAbsentOr()
   @Matches(RFC3339, { message: 'from must be an RFC 3339 date or date-time' })
   from?: string;
 
-  @ApiPropertyOptional({ description: 'Events before this instant (RFC 3339 date or date-time)', example: '2026-12-31T00:00:00Z', pattern: RFC3339.source })
+  @ApiPropertyOptional({ description: 'Events before this instant (RFC 3339 date or date-time)', example: '2026-12-31T00:00:00Z', pattern: RFC3339.source, maxLength: RFC3339_MAX_LENGTH })
   @IsAbsentOr()
   @Matches(RFC3339, { message: 'to must be an RFC 3339 date or date-time' })
   to?: string;
 
-  @ApiPropertyOptional({ type: 'integer', minimum: 1, maximum: 100, default: 20 })
+  @ApiPropertyOptional({ type: 'integer', format: 'int32', minimum: 1, maximum: AUDIT_PAGE_MAX_LIMIT, default: 20 })
   @IsAbsentOr()
   @Type(() => Number)
   @IsInt()
   @Min(1)
-  @Max(100)
+  @Max(AUDIT_PAGE_MAX_LIMIT)
   limit: number = 20;
 
-  @ApiPropertyOptional({ description: 'nextCursor of the previous page', maxLength: 64 })
+  // The pattern is checked when the cursor is decoded (AuditService): anything else is a 400 too.
+  @ApiPropertyOptional({ description: 'nextCursor of the previous page', maxLength: 64, pattern: AUDIT_CURSOR_PATTERN.source })
   @IsAbsentOr()
   @IsString()
   @MaxLength(64)

@@ -1,11 +1,12 @@
 import { ApiProperty } from '@nestjs/swagger';
+import { COUNT_SCHEMA } from '../../common/openapi-completion';
 import type { AuditVerification } from '../audit-verifier.service';
 
 export class AuditVerifyResponseDto {
   @ApiProperty({ description: 'True when every chain, head and checkpoint is intact' })
   ok: boolean;
 
-  @ApiProperty({ description: 'Events checked (up to the first broken one)', example: 1234 })
+  @ApiProperty({ ...COUNT_SCHEMA, description: 'Events checked (up to the first broken one)', example: 1234 })
   checked: number;
 
   @ApiProperty({

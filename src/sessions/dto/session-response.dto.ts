@@ -1,11 +1,13 @@
 import { ApiProperty } from '@nestjs/swagger';
-import { describeDevice, DeviceSummary } from '../device';
+import { IP_ADDRESS_MAX_LENGTH, USER_AGENT_MAX_LENGTH } from '../../common/client-context';
+import { COUNT_SCHEMA } from '../../common/openapi-completion';
+import { DEVICE_PART_MAX_LENGTH, describeDevice, DeviceSummary } from '../device';
 import type { SessionEntity } from '../session.entity';
 
 export class DeviceSummaryDto implements DeviceSummary {
-  @ApiProperty({ nullable: true, type: String, example: 'Firefox 128' }) browser: string | null;
-  @ApiProperty({ nullable: true, type: String, example: 'Windows 10' }) os: string | null;
-  @ApiProperty({ nullable: true, type: String, example: 'desktop', description: 'desktop, mobile, tablet, tv, bot…' })
+  @ApiProperty({ nullable: true, type: String, maxLength: DEVICE_PART_MAX_LENGTH, example: 'Firefox 128' }) browser: string | null;
+  @ApiProperty({ nullable: true, type: String, maxLength: DEVICE_PART_MAX_LENGTH, example: 'Windows 10' }) os: string | null;
+  @ApiProperty({ nullable: true, type: String, maxLength: DEVICE_PART_MAX_LENGTH, example: 'desktop', description: 'desktop, mobile, tablet, tv, bot…' })
   deviceType: string | null;
 }
 
@@ -15,8 +17,8 @@ export class SessionResponseDto {
   @ApiProperty({ format: 'date-time' }) lastSeenAt: string;
   @ApiProperty({ format: 'date-time', description: 'The idle deadline; activity moves it' }) expiresAt: string;
   @ApiProperty({ format: 'date-time', description: 'The absolute deadline; nothing moves it' }) absoluteExpiresAt: string;
-  @ApiProperty({ nullable: true, type: String }) ipAddress: string | null;
-  @ApiProperty({ nullable: true, type: String }) userAgent: string | null;
+  @ApiProperty({ nullable: true, type: String, maxLength: IP_ADDRESS_MAX_LENGTH }) ipAddress: string | null;
+  @ApiProperty({ nullable: true, type: String, maxLength: USER_AGENT_MAX_LENGTH }) userAgent: string | null;
   @ApiProperty({ type: DeviceSummaryDto }) device: DeviceSummaryDto;
   @ApiProperty({ description: 'This is the session of the request' }) current: boolean;
 
@@ -36,5 +38,5 @@ export class SessionResponseDto {
 }
 
 export class RevokedCountResponseDto {
-  @ApiProperty({ example: 2 }) revoked: number;
+  @ApiProperty({ ...COUNT_SCHEMA, example: 2 }) revoked: number;
 }

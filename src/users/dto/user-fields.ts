@@ -7,6 +7,7 @@ import { IsAcceptablePassword, PASSWORD_MAX_LENGTH, PASSWORD_MIN_LENGTH } from '
 // The field rules of API.md, shared by registration, login and profile DTOs.
 
 export const USERNAME_PATTERN = /^[A-Za-z0-9_.-]{3,32}$/;
+export const EMAIL_MAX_LENGTH = 254;
 
 export const UsernameField = (required = true) =>
   applyDecorators(
@@ -17,9 +18,9 @@ export const UsernameField = (required = true) =>
 
 export const EmailField = (required = true) =>
   applyDecorators(
-    (required ? ApiProperty : ApiPropertyOptional)({ example: 'ada@example.com', format: 'email', maxLength: 254 }),
+    (required ? ApiProperty : ApiPropertyOptional)({ example: 'ada@example.com', format: 'email', maxLength: EMAIL_MAX_LENGTH }),
     IsString(),
-    MaxLength(254),
+    MaxLength(EMAIL_MAX_LENGTH),
     IsEmailAddress(),
   );
 

@@ -1,10 +1,12 @@
 import { ApiProperty, OmitType } from '@nestjs/swagger';
+import { EMAIL_MAX_LENGTH, USERNAME_PATTERN } from './user-fields';
 import type { UserEntity, UserRole } from '../user.entity';
 
 export class UserResponseDto {
   @ApiProperty({ format: 'uuid' }) id: string;
-  @ApiProperty({ example: 'ada_l' }) username: string;
-  @ApiProperty({ example: 'ada@example.com' }) email: string;
+  // Every write goes through UsernameField and EmailField, and the columns hold 32 and 254.
+  @ApiProperty({ example: 'ada_l', pattern: USERNAME_PATTERN.source, maxLength: 32 }) username: string;
+  @ApiProperty({ example: 'ada@example.com', format: 'email', maxLength: EMAIL_MAX_LENGTH }) email: string;
   @ApiProperty({ enum: ['user', 'admin'] }) role: UserRole;
   @ApiProperty({ format: 'date-time' }) createdAt: string;
   @ApiProperty({ format: 'date-time' }) updatedAt: string;

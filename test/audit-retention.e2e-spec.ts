@@ -15,7 +15,8 @@ import { AuditPartitionsService, baseMac, partitionOf } from '../src/audit/audit
 import { AuditPartitionsTask } from '../src/audit/audit-partitions.task';
 import { AuditVerifierService } from '../src/audit/audit-verifier.service';
 import { AuditService } from '../src/audit/audit.service';
-import { dataSourceOptions } from '../src/database/data-source.options';
+import { dataSourceOptions, MIGRATIONS } from '../src/database/data-source.options';
+import { AuditPartitions1765100000000 } from '../src/database/migrations/1765100000000-AuditPartitions';
 import { runMigrationsLocked } from '../src/database/migrate';
 import { registerUser } from './helpers/factories';
 import { createTestApp, databaseForThisFile, TEST_AUDIT_HMAC_KEY, TestApp } from './helpers/test-app';
@@ -106,7 +107,9 @@ describe('audit log partitions and retention (e2e)', () => {
     // Back to one table and forward again: the conversion runs over rows of several months.
     const source = await new DataSource(dataSourceOptions(url)).initialize();
     try {
-      await source.undoLastMigration({ transaction: 'each' });
+      // The later migrations first, then the conversion itself.
+      const undo = MIGRATIONS.length - MIGRATIONS.indexOf(AuditPartitions1765100000000);
+      for (let i = 0; i < undo; i++) await source.undoLastMigration({ transaction: 'each' });
       const [{ kind }] = await source.query(`SELECT relkind AS kind FROM pg_class WHERE relname = 'audit_events'`);
       assert.equal(kind, 'r', 'the down migration gives a plain table back');
       assert.deepEqual(await source.query(`SELECT id, seq, type, user_id, created_at, chain_key, chain_pos, prev_hash, hash FROM audit_events ORDER BY seq`), before);

@@ -56,6 +56,27 @@ describe('sessions cleanup task (e2e)', () => {
     assert.equal((await auditRows(t.db, { userId: user.id, type: 'SESSION_EXPIRED' })).length, 2);
   });
 
+  it('deleting an ended session sends no notification (its end did); deleting an active one still does', async () => {
+    const user = await registerUser(t.http);
+    const ended = await login(t.http, user);
+    const active = await login(t.http, user);
+    await t.db.query(`UPDATE sessions SET ended_at = now(), end_reason = 'logout' WHERE id = $1`, [ended.sessionId]);
+    const listener = new Client({ connectionString: t.config.DATABASE_URL });
+    await listener.connect();
+    try {
+      const payloads: string[] = [];
+      listener.on('notification', (n) => payloads.push(n.payload ?? ''));
+      await listener.query('LISTEN sessionary_sessions');
+      await t.db.query('DELETE FROM sessions WHERE id = ANY($1::uuid[])', [[ended.sessionId, active.sessionId]]);
+      const deadline = Date.now() + 5000;
+      while (!payloads.includes(`s:${active.sessionId}`) && Date.now() < deadline) await sleep(20);
+      // A notification sent in the same transaction as the active one's would have arrived with it.
+      assert.deepEqual(payloads, [`s:${active.sessionId}`]);
+    } finally {
+      await listener.end();
+    }
+  });
+
   it('deletes ended sessions past retention, keeps recent ones and every audit event', async () => {
     const user = await registerUser(t.http);
     const old = await login(t.http, user);

@@ -8,7 +8,8 @@ import type { DataSource, EntityManager } from 'typeorm';
 import type { AppConfig } from '../config/config';
 import { ChainedEvent, eventHash, GENESIS_HASH, GLOBAL_CHAIN } from './audit-chain';
 import type { DomainEventPublisher } from '../events/domain-event-publisher';
-import { AuditService, decodeCursor, encodeCursor } from './audit.service';
+import { decodeCursor, encodeCursor } from './audit-cursor';
+import { AuditService } from './audit.service';
 
 const MAX_SEQ = '9223372036854775807';
 const b64 = (s: string) => Buffer.from(s, 'utf8').toString('base64url');
@@ -25,9 +26,18 @@ describe('encodeCursor / decodeCursor', () => {
     it(`round-trips seq ${seq}`, () => {
       const cursor = encodeCursor(seq);
       assert.match(cursor, /^[A-Za-z0-9_-]+$/);
-      assert.equal(decodeCursor(cursor), seq);
+      assert.deepEqual(decodeCursor(cursor), { seq, micros: null });
+    });
+    it(`round-trips seq ${seq} with its instant`, () => {
+      const cursor = encodeCursor(seq, '1793882096789123');
+      assert.ok(cursor.length <= 64, 'within the 64 characters the query accepts');
+      assert.deepEqual(decodeCursor(cursor), { seq, micros: '1793882096789123' });
     });
   }
+
+  it('accepts the a1 cursors of earlier versions (seq alone)', () => {
+    assert.deepEqual(decodeCursor(b64('a1.42')), { seq: '42', micros: null });
+  });
 
   it('is opaque: the cursor is not the bare number', () => {
     assert.notEqual(encodeCursor('42'), '42');
@@ -43,7 +53,10 @@ describe('encodeCursor / decodeCursor', () => {
     ["base64url of 'a1.abc'", b64('a1.abc')],
     ["base64url of 'a1.01' (leading zero)", b64('a1.01')],
     ["base64url of 'a1.1 ' (trailing space)", b64('a1.1 ')],
-    ["base64url of 'a2.5' (other version)", b64('a2.5')],
+    ["base64url of 'a2.5' (no instant)", b64('a2.5')],
+    ["base64url of 'a2.5.01' (leading zero)", b64('a2.5.01')],
+    ["base64url of 'a2.5.-1'", b64('a2.5.-1')],
+    ["base64url of 'a3.5.1' (other version)", b64('a3.5.1')],
     ['a seq of 2^63 (above bigint)', b64('a1.9223372036854775808')],
     ['a 20-digit seq', b64('a1.10000000000000000000')],
     ['an overlong string', 'A'.repeat(65)],

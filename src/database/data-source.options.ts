@@ -11,6 +11,8 @@ import { SessionChangeNotifications1764900000000 } from './migrations/1764900000
 import { ScheduledJobRuns1764903600000 } from './migrations/1764903600000-ScheduledJobRuns';
 import { AuditChain1765000000000 } from './migrations/1765000000000-AuditChain';
 import { AuditPartitions1765100000000 } from './migrations/1765100000000-AuditPartitions';
+import { AuditTimeIndexes1765200000000 } from './migrations/1765200000000-AuditTimeIndexes';
+import { SessionDeleteNotifyActiveOnly1765300000000 } from './migrations/1765300000000-SessionDeleteNotifyActiveOnly';
 
 export const ENTITIES = [UserEntity, SessionEntity, RotatedRefreshTokenEntity, AuditEventEntity];
 // Listed explicitly (not a glob) so the same list works from src, dist and the test build.
@@ -23,6 +25,8 @@ export const MIGRATIONS = [
   ScheduledJobRuns1764903600000,
   AuditChain1765000000000,
   AuditPartitions1765100000000,
+  AuditTimeIndexes1765200000000,
+  SessionDeleteNotifyActiveOnly1765300000000,
 ];
 
 /** One definition for the app, the TypeORM CLI and the tests. Never `synchronize`. */

@@ -1,6 +1,6 @@
 import { ApiProperty } from '@nestjs/swagger';
 import type { AuditEventEntity } from '../../audit/audit-event.entity';
-import { AUDIT_CURSOR_PATTERN } from '../../audit/audit.service';
+import { AUDIT_CURSOR_PATTERN } from '../../audit/audit-cursor';
 import { AuditEventResponseDto } from '../../audit/dto/audit-event-response.dto';
 import { AUDIT_PAGE_MAX_LIMIT } from '../../audit/dto/audit-query.dto';
 

@@ -1,6 +1,6 @@
 import { ApiProperty } from '@nestjs/swagger';
 import { IP_ADDRESS_MAX_LENGTH, USER_AGENT_MAX_LENGTH } from '../../common/client-context';
-import { AUDIT_CURSOR_PATTERN } from '../audit.service';
+import { AUDIT_CURSOR_PATTERN } from '../audit-cursor';
 import { AUDIT_PAGE_MAX_LIMIT } from './audit-query.dto';
 import { AUDIT_EVENT_TYPES, AuditEventEntity, AuditEventType, AuditMetadata } from '../audit-event.entity';
 

@@ -4,7 +4,8 @@ import { Type } from 'class-transformer';
 import { IsIn, IsInt, IsString, Matches, Max, MaxLength, Min } from 'class-validator';
 import { IsAbsentOr } from '../../common/validation';
 import { AUDIT_EVENT_TYPES, AuditEventType } from '../audit-event.entity';
-import { AUDIT_CURSOR_PATTERN, type AuditFilter, type AuditQuery } from '../audit.service';
+import { AUDIT_CURSOR_PATTERN } from '../audit-cursor';
+import type { AuditFilter, AuditQuery } from '../audit.service';
 
 // RFC 3339 (a profile of ISO 8601): a date, or a date-time with a zone. Week dates, ordinal
 // dates and signed years are ISO 8601 too, but not instants anyone means here.

@@ -1,0 +1,174 @@
+/**
+ * The audit log and the session cleanup at scale, beside the same measures on an almost empty
+ * database (issue 8, item 8):
+ *   DATABASE_URL=postgres://postgres@127.0.0.1:5432/test npm run bench -- audit [--small]
+ * Sizes (environment): BENCH_AUDIT_USERS / BENCH_AUDIT_SESSIONS / BENCH_AUDIT_EVENTS (default
+ * 1M / 10M / 50M; `--small` or BENCH_AUDIT_SIZE=small: 10k / 100k / 500k), BENCH_AUDIT_RUNS
+ * (100 timed runs per page query), BENCH_AUDIT_CLEANUP (sessions to end and to delete: 100k,
+ * 20k with --small), BENCH_AUDIT_VERIFY=0 skips verification, BENCH_AUDIT_RESULTS (the JSON
+ * file's path).
+ *
+ * Each database is made on DATABASE_URL's server for the run and dropped afterwards (also on
+ * failure and Ctrl-C). The service runs in this process (an application context, production
+ * settings, secrets generated for the run); pages are timed at AuditService.list(), so the
+ * figures are the query's and its mapping's, without HTTP.
+ */
+import { INestApplicationContext } from '@nestjs/common';
+import { NestFactory } from '@nestjs/core';
+import { execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { cpus } from 'node:os';
+import { join } from 'node:path';
+import { Client } from 'pg';
+import { AppModule } from '../src/app.module';
+import { loadConfig } from '../src/config/config';
+import { Env } from '../src/config/env.schema';
+import { measureCleanup, measurePages, measurePartitionDrop, measureVerification, pageQueries, randomBenchUser } from './audit/measure';
+import { printReport, ScenarioResult } from './audit/report';
+import { seed } from './audit/seed';
+import { AuditBenchConfig, EMPTY_SIZE, readConfig, Size } from './audit/sizes';
+import { createDatabase, dropDatabase, withDatabase } from './http/service';
+import { writeJson } from './http/report';
+
+const REPO = join(__dirname, '..', '..');
+
+/** Undone in reverse order, once, whether the run ends, fails or is interrupted. */
+const undo: Array<() => unknown> = [];
+let cleaning: Promise<void> | undefined;
+function cleanUp(): Promise<void> {
+  cleaning ??= (async () => {
+    for (const step of undo.splice(0).reverse()) {
+      try {
+        await step();
+      } catch (error) {
+        console.error(`cleanup: ${(error as Error).message}`);
+      }
+    }
+  })();
+  return cleaning;
+}
+for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+  process.on(signal, () => {
+    console.error(`\n${signal}: dropping the bench databases`);
+    void cleanUp().then(() => process.exit(130));
+  });
+}
+
+const started = performance.now();
+function progress(line: string): void {
+  console.log(`[${((performance.now() - started) / 1000).toFixed(0).padStart(4)} s] ${line}`);
+}
+
+/** The service's configuration: production defaults, the run's secrets, no background jobs in the way. */
+function appConfig(databaseUrl: string, auditKey: string) {
+  const env: Record<string, string | undefined> = { ...process.env };
+  for (const key of Object.keys(new Env())) delete env[key];
+  for (const key of ['JWT_SECRET', 'PASSWORD_PEPPER', 'AUDIT_CHECKPOINT_FILE', 'AUDIT_RETENTION_DAYS', 'AUDIT_ARCHIVE_DIR']) delete env[key];
+  return loadConfig({
+    ...env,
+    NODE_ENV: 'production',
+    DATABASE_URL: databaseUrl,
+    JWT_SECRET: randomBytes(48).toString('base64'),
+    PASSWORD_PEPPER: randomBytes(48).toString('base64'),
+    AUDIT_HMAC_KEY: auditKey,
+    LOG_LEVEL: 'warn',
+    // The bench runs the cleanup itself; checkpoints only when the partition drop writes its own.
+    SESSION_CLEANUP_CRON: '0 0 1 1 *',
+    AUDIT_CHECKPOINT_EVERY: '1000000000',
+    AUDIT_CHECKPOINT_INTERVAL: '86400',
+    METRICS_ENABLED: 'false',
+  });
+}
+
+async function scenario(label: string, serverUrl: string, size: Size, config: AuditBenchConfig): Promise<ScenarioResult> {
+  const database = await createDatabase(serverUrl);
+  const dropThis = () => dropDatabase(serverUrl, database);
+  undo.push(dropThis);
+  const url = withDatabase(serverUrl, database);
+  const auditKey = randomBytes(48).toString('base64');
+  progress(`${label}: database ${database}, migrations`);
+  let app: INestApplicationContext = await NestFactory.createApplicationContext(AppModule.forRoot(appConfig(url, auditKey)), { logger: ['error', 'warn'] });
+  const closeApp = () => app.close();
+  undo.push(closeApp);
+  const seeder = new Client({ connectionString: url });
+  await seeder.connect();
+  undo.push(() => seeder.end());
+  const seeded = await seed(seeder, size, auditKey, config.months, (line) => progress(`${label}: ${line}`));
+  const [{ bytes }] = (await seeder.query(`SELECT pg_database_size(current_database())::float8 AS bytes`)).rows;
+  progress(`${label}: seeded in ${seeded.totalSeconds.toFixed(0)} s (${(bytes / 2 ** 30).toFixed(2)} GiB); measuring pages`);
+  // A fresh context after the seed: nothing cached from before, pools connected to the seeded database.
+  await app.close();
+  app = await NestFactory.createApplicationContext(AppModule.forRoot(appConfig(url, auditKey)), { logger: ['error', 'warn'] });
+
+  const queries = pageQueries(new Date(seeded.eventsFrom), new Date(seeded.eventsTo), randomBenchUser(size.users));
+  const pages = await measurePages(app, queries, config.runs);
+  let verification;
+  if (config.verify) {
+    progress(`${label}: verifying the chains`);
+    verification = await measureVerification(app);
+  }
+  progress(`${label}: cleanup of ${config.cleanupSessions.toLocaleString('en-US')} overdue sessions`);
+  const ended = await measureCleanup(app, seeder, size.users, config.cleanupSessions, 'overdue');
+  progress(`${label}: cleanup of ${config.cleanupSessions.toLocaleString('en-US')} sessions past retention`);
+  const deleted = await measureCleanup(app, seeder, size.users, config.cleanupSessions, 'pastRetention');
+  progress(`${label}: dropping the oldest month`);
+  const drop = await measurePartitionDrop(app);
+
+  // Done with this database: free its disk before the next one.
+  await seeder.end();
+  await app.close();
+  undo.splice(undo.indexOf(closeApp), 1);
+  await dropThis();
+  undo.splice(undo.indexOf(dropThis), 1);
+  return { label, size, seeded, databaseBytes: bytes, pages, verification, ended, deleted, drop };
+}
+
+async function main(): Promise<void> {
+  const config = readConfig(process.argv.slice(2));
+  const serverUrl = process.env.DATABASE_URL;
+  if (!serverUrl) throw new Error('Set DATABASE_URL to a PostgreSQL server: the bench makes its own databases there and drops them');
+  const probe = new Client({ connectionString: serverUrl });
+  await probe.connect();
+  const { rows: [{ server_version }] } = await probe.query('SHOW server_version');
+  await probe.end();
+  progress(`sizes: ${JSON.stringify(config.size)} (${config.sizeName}) beside ${JSON.stringify(EMPTY_SIZE)}; PostgreSQL ${server_version}`);
+
+  const empty = await scenario('empty', serverUrl, EMPTY_SIZE, config);
+  const large = await scenario(config.sizeName, serverUrl, config.size, config);
+  printReport(empty, large);
+
+  const resultsFile = process.env.BENCH_AUDIT_RESULTS ?? join(REPO, 'bench', 'results', `audit-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
+  writeJson(resultsFile, {
+    startedAt: new Date(Date.now() - process.uptime() * 1000).toISOString(),
+    commit: gitCommit(),
+    node: process.version,
+    cpus: cpus().length,
+    postgres: server_version,
+    config,
+    empty,
+    large,
+    seconds: (performance.now() - started) / 1000,
+  });
+  console.log(`figures written to ${resultsFile}`);
+}
+
+function gitCommit(): string | undefined {
+  try {
+    return execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: REPO, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
+  } catch {
+    return undefined;
+  }
+}
+
+void main()
+  .then(
+    () => 0,
+    (error: unknown) => {
+      console.error(error instanceof Error ? (error.stack ?? error.message) : String(error));
+      return 1;
+    },
+  )
+  .then(async (code) => {
+    await cleanUp();
+    process.exit(code);
+  });

@@ -1,0 +1,172 @@
+/** The measures of the audit bench, on a booted application context over a seeded database. */
+import type { INestApplicationContext } from '@nestjs/common';
+import type { Client } from 'pg';
+import { AuditChainService } from '../../src/audit/audit-chain.service';
+import { AuditExportService } from '../../src/audit/audit-export.service';
+import { AuditPartitionsService } from '../../src/audit/audit-partitions.service';
+import { AuditVerifierService } from '../../src/audit/audit-verifier.service';
+import { AuditQuery, AuditService } from '../../src/audit/audit.service';
+import { SessionsCleanupTask } from '../../src/sessions/sessions-cleanup.task';
+import { DataSource } from 'typeorm';
+import { ConfigService } from '@nestjs/config';
+import type { AppConfig } from '../../src/config/config';
+import { quantile } from '../stats';
+import { benchUserId, seedCleanupSessions } from './seed';
+import { recordStatements, slowest } from './statements';
+
+export interface PageMeasure {
+  name: string;
+  p50: number;
+  p99: number;
+  /** Items on the measured page (the same filter returns a full page on both databases). */
+  items: number;
+}
+
+/** The page queries: a user's own page and every admin filter path, at fixed instants in the seeded range. */
+export function pageQueries(eventsFrom: Date, eventsTo: Date, randomUser: () => string): Array<{ name: string; query: () => AuditQuery }> {
+  const span = eventsTo.getTime() - eventsFrom.getTime();
+  const at = (fraction: number) => new Date(eventsFrom.getTime() + span * fraction);
+  const mid = at(0.5);
+  const week = new Date(mid.getTime() + 7 * 86_400_000);
+  const limit = 20;
+  return [
+    { name: 'user: own page', query: () => ({ limit, userId: randomUser() }) },
+    { name: 'admin: no filter', query: () => ({ limit }) },
+    { name: 'admin: type (common)', query: () => ({ limit, type: 'LOGIN' }) },
+    { name: 'admin: type (rare)', query: () => ({ limit, type: 'ROLE_CHANGED' }) },
+    { name: 'admin: userId', query: () => ({ limit, userId: randomUser() }) },
+    { name: 'admin: from', query: () => ({ limit, from: mid }) },
+    { name: 'admin: to', query: () => ({ limit, to: mid }) },
+    { name: 'admin: from+to', query: () => ({ limit, from: mid, to: week }) },
+    { name: 'admin: type+from', query: () => ({ limit, type: 'LOGIN', from: mid }) },
+    { name: 'admin: type+to', query: () => ({ limit, type: 'LOGIN', to: mid }) },
+    { name: 'admin: type+from+to', query: () => ({ limit, type: 'LOGIN', from: mid, to: week }) },
+    { name: 'admin: rare type+to', query: () => ({ limit, type: 'ROLE_CHANGED', to: mid }) },
+    { name: 'admin: userId+type', query: () => ({ limit, userId: randomUser(), type: 'LOGIN' }) },
+    { name: 'admin: userId+from+to', query: () => ({ limit, userId: randomUser(), from: at(0.25), to: at(0.75) }) },
+    { name: 'admin: userId+type+from+to', query: () => ({ limit, userId: randomUser(), type: 'TOKEN_REFRESH', from: at(0.25), to: at(0.75) }) },
+  ];
+}
+
+/** p50/p99 in ms of each page query over `runs` runs, after a fifth as many warm-up runs. */
+export async function measurePages(app: INestApplicationContext, queries: ReturnType<typeof pageQueries>, runs: number): Promise<PageMeasure[]> {
+  const audit = app.get(AuditService);
+  const results: PageMeasure[] = [];
+  for (const { name, query } of queries) {
+    const samples: number[] = [];
+    let items = 0;
+    for (let i = 0; i < Math.ceil(runs / 5); i++) await audit.list(query());
+    for (let i = 0; i < runs; i++) {
+      const q = query();
+      const started = performance.now();
+      const page = await audit.list(q);
+      samples.push(performance.now() - started);
+      items = Math.max(items, page.items.length);
+    }
+    samples.sort((a, b) => a - b);
+    results.push({ name, p50: quantile(samples, 0.5), p99: quantile(samples, 0.99), items });
+  }
+  return results;
+}
+
+/** A random user among those that have events (the i-th bench user). */
+export function randomBenchUser(users: number): () => string {
+  return () => {
+    return benchUserId(1 + Math.floor(Math.random() * users));
+  };
+}
+
+export interface VerifyMeasure {
+  ok: boolean;
+  events: number;
+  seconds: number;
+  eventsPerSecond: number;
+}
+
+export async function measureVerification(app: INestApplicationContext): Promise<VerifyMeasure> {
+  const started = performance.now();
+  const result = await app.get(AuditVerifierService).verify();
+  const seconds = (performance.now() - started) / 1000;
+  if (!result.ok) throw new Error(`the seeded log does not verify: ${result.reason}`);
+  return { ok: result.ok, events: result.checked, seconds, eventsPerSecond: result.checked / seconds };
+}
+
+export interface CleanupMeasure {
+  sessions: number;
+  seconds: number;
+  perSecond: number;
+  statements: number;
+  slowestMs: number;
+  slowestStatement: string;
+  /** Statements over 100 ms. */
+  over100ms: number;
+}
+
+/**
+ * Seeds `n` sessions of the given kind, then runs the cleanup task until it has nothing left
+ * (one run does at most its per-tick bound), timing every statement it sends.
+ */
+export async function measureCleanup(app: INestApplicationContext, seeder: Client, users: number, n: number, kind: 'overdue' | 'pastRetention'): Promise<CleanupMeasure> {
+  await seedCleanupSessions(seeder, users, n, kind);
+  const task = app.get(SessionsCleanupTask);
+  const { result: done, statements, seconds } = await recordStatements(async () => {
+    let total = 0;
+    for (;;) {
+      const r = await task.run();
+      if (r.skipped) throw new Error('the cleanup was skipped: another instance holds its lock');
+      const n = kind === 'overdue' ? r.expired : r.deleted;
+      total += n;
+      if (!n) return total;
+    }
+  });
+  if (done !== n) throw new Error(`the cleanup handled ${done} sessions of ${n} seeded (${kind})`);
+  const top = slowest(statements);
+  return {
+    sessions: done,
+    seconds,
+    perSecond: done / seconds,
+    statements: statements.length,
+    slowestMs: top.ms,
+    slowestStatement: top.text,
+    over100ms: statements.filter((s) => s.ms > 100).length,
+  };
+}
+
+export interface DropMeasure {
+  partition: string;
+  events: number;
+  /** The whole maintain() run: checks, checkpoint, the chains' bases, DETACH and DROP. */
+  seconds: number;
+  /** DETACH PARTITION and DROP TABLE alone (what holds the table's lock). */
+  detachDropMs: number;
+  slowestMs: number;
+  slowestStatement: string;
+}
+
+/**
+ * Drops the oldest month: AuditPartitionsService.maintain() with AUDIT_RETENTION_DAYS set so
+ * that exactly the oldest month is past retention.
+ */
+export async function measurePartitionDrop(app: INestApplicationContext): Promise<DropMeasure> {
+  const base = app.get(AuditPartitionsService);
+  const [oldest, second] = await base.list();
+  const [{ now }] = (await app.get(DataSource).query('SELECT now() AS now')) as Array<{ now: Date }>;
+  const days = Math.floor((now.getTime() - oldest.to.getTime()) / 86_400_000);
+  if (now.getTime() - days * 86_400_000 >= second.to.getTime()) throw new Error('no retention drops exactly the oldest month');
+  const config = app.get(ConfigService);
+  const withRetention = { get: (name: string, options?: unknown) => (name === 'AUDIT_RETENTION_DAYS' ? days : config.get(name, options as never)) };
+  const service = new AuditPartitionsService(app.get(DataSource), app.get(AuditChainService), app.get(AuditExportService), withRetention as unknown as ConfigService<AppConfig, true>);
+  const { result, statements, seconds } = await recordStatements(() => service.maintain());
+  if (result.dropped.length !== 1 || result.dropped[0].name !== oldest.name) {
+    throw new Error(`expected ${oldest.name} dropped, got ${JSON.stringify(result)}`);
+  }
+  const top = slowest(statements);
+  return {
+    partition: oldest.name,
+    events: result.dropped[0].events,
+    seconds,
+    detachDropMs: statements.filter((s) => /DETACH PARTITION|^DROP TABLE/.test(s.text.trim())).reduce((n, s) => n + s.ms, 0),
+    slowestMs: top.ms,
+    slowestStatement: top.text,
+  };
+}

@@ -1,0 +1,50 @@
+/** The audit bench's table: each measure on the almost empty and the large database, and their ratio. */
+import type { CleanupMeasure, DropMeasure, PageMeasure, VerifyMeasure } from './measure';
+import type { SeedTimes } from './seed';
+import type { Size } from './sizes';
+
+export interface ScenarioResult {
+  label: string;
+  size: Size;
+  seeded: SeedTimes;
+  databaseBytes: number;
+  pages: PageMeasure[];
+  verification: VerifyMeasure | undefined;
+  ended: CleanupMeasure;
+  deleted: CleanupMeasure;
+  drop: DropMeasure;
+}
+
+const num = (x: number) => (x >= 100 ? Math.round(x).toLocaleString('en-US') : x.toFixed(x < 10 ? 2 : 1));
+
+function render(rows: string[][]): string {
+  const widths = rows[0].map((_, c) => Math.max(...rows.map((r) => r[c].length)));
+  return rows.map((r) => r.map((cell, c) => (c === 0 ? cell.padEnd(widths[c]) : cell.padStart(widths[c]))).join('  ')).join('\n');
+}
+
+export function printReport(empty: ScenarioResult, large: ScenarioResult): void {
+  const sizeOf = (s: ScenarioResult) => `${num(s.size.users)} users, ${num(s.size.sessions)} sessions, ${num(s.size.events)} events`;
+  console.log(`\nalmost empty: ${sizeOf(empty)}\nlarge (${large.label}): ${sizeOf(large)}, seeded in ${large.seeded.totalSeconds.toFixed(0)} s, ${(large.databaseBytes / 2 ** 30).toFixed(2)} GiB\n`);
+  const rows = [['first page (ms)', 'empty p50', 'p99', 'large p50', 'p99', 'p50 ratio']];
+  for (const [i, p] of large.pages.entries()) {
+    const e = empty.pages[i];
+    rows.push([p.name, num(e.p50), num(e.p99), num(p.p50), num(p.p99), `${(p.p50 / e.p50).toFixed(2)}x`]);
+  }
+  console.log(render(rows));
+  const other = [['measure', 'empty', 'large']];
+  if (empty.verification && large.verification) {
+    other.push(['verification, events/s', num(empty.verification.eventsPerSecond), num(large.verification.eventsPerSecond)]);
+  }
+  for (const [name, key] of [['cleanup ended', 'ended'], ['cleanup deleted', 'deleted']] as const) {
+    other.push([`${name}, sessions/s`, num(empty[key].perSecond), num(large[key].perSecond)]);
+    other.push([`${name}, slowest statement ms`, num(empty[key].slowestMs), num(large[key].slowestMs)]);
+    other.push([`${name}, statements over 100 ms`, String(empty[key].over100ms), String(large[key].over100ms)]);
+  }
+  other.push(['drop oldest month, maintain() s', num(empty.drop.seconds), num(large.drop.seconds)]);
+  other.push(['drop oldest month, DETACH+DROP ms', num(empty.drop.detachDropMs), num(large.drop.detachDropMs)]);
+  other.push(['drop oldest month, events in it', num(empty.drop.events), num(large.drop.events)]);
+  console.log(`\n${render(other)}\n`);
+  for (const [name, m] of [['ended', large.ended], ['deleted', large.deleted], ['drop', large.drop]] as const) {
+    console.log(`slowest statement (${name}, large): ${m.slowestMs.toFixed(1)} ms: ${m.slowestStatement}`);
+  }
+}

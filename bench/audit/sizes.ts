@@ -1,0 +1,54 @@
+/** The sizes of the audit bench's databases: the large one (configurable) and the almost empty one. */
+
+export interface Size {
+  users: number;
+  sessions: number;
+  events: number;
+}
+
+/** The issue's size: what the figures in the README are meant for. */
+export const DEFAULT_SIZE: Size = { users: 1_000_000, sessions: 10_000_000, events: 50_000_000 };
+/** `--small` or BENCH_AUDIT_SIZE=small: a CI-sized run. */
+export const SMALL_SIZE: Size = { users: 10_000, sessions: 100_000, events: 500_000 };
+/** The baseline every ratio is taken against. */
+export const EMPTY_SIZE: Size = { users: 100, sessions: 1_000, events: 10_000 };
+
+function positive(name: string, fallback: number): number {
+  const raw = process.env[name];
+  if (raw === undefined || raw === '') return fallback;
+  const value = Number(raw.replace(/_/g, ''));
+  if (!Number.isInteger(value) || value <= 0) throw new Error(`${name} must be a positive integer`);
+  return value;
+}
+
+export interface AuditBenchConfig {
+  size: Size;
+  sizeName: string;
+  /** Timed runs of each page query (after as many warm-up runs as a fifth of them). */
+  runs: number;
+  /** Overdue sessions to end, and ended sessions past retention to delete, in each database. */
+  cleanupSessions: number;
+  /** Verification walks every chain; 0 skips it (it is the slowest measure at 50M events). */
+  verify: boolean;
+  /** Months the events are spread over (one partition each). */
+  months: number;
+}
+
+export function readConfig(argv: string[]): AuditBenchConfig {
+  const small = argv.includes('--small') || process.env.BENCH_AUDIT_SIZE === 'small';
+  const base = small ? SMALL_SIZE : DEFAULT_SIZE;
+  const size = {
+    users: positive('BENCH_AUDIT_USERS', base.users),
+    sessions: positive('BENCH_AUDIT_SESSIONS', base.sessions),
+    events: positive('BENCH_AUDIT_EVENTS', base.events),
+  };
+  const named = size.users === base.users && size.sessions === base.sessions && size.events === base.events;
+  return {
+    size,
+    sizeName: named ? (small ? 'small' : 'default') : 'custom',
+    runs: positive('BENCH_AUDIT_RUNS', 100),
+    cleanupSessions: positive('BENCH_AUDIT_CLEANUP', small ? 20_000 : 100_000),
+    verify: process.env.BENCH_AUDIT_VERIFY !== '0',
+    months: 12,
+  };
+}

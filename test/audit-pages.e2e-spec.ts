@@ -1,0 +1,159 @@
+import assert from 'node:assert/strict';
+import { randomUUID } from 'node:crypto';
+import { after, before, describe, it } from 'node:test';
+import type { Response } from 'supertest';
+import { bearer, login, registerAndLogin, registerUser, type Tokens } from './helpers/factories';
+import { createTestApp, TestApp } from './helpers/test-app';
+
+/**
+ * The audit list's pages for every filter combination, checked against the events as seeded:
+ * every page in order, no event twice or missing, across a month's partition boundary. Time
+ * filters without a user page by (created_at, seq), the others by seq (AuditService.list): the
+ * seeded times are deliberately not in seq order, so each test sees which order was used.
+ */
+interface Seeded {
+  id: string;
+  seq: number;
+  type: string;
+  userId: string | null;
+  at: number;
+}
+
+const TYPES = ['LOGIN', 'TOKEN_REFRESH', 'LOGOUT'] as const;
+
+describe('audit pages by filter (e2e)', () => {
+  let t: TestApp;
+  let admin: Tokens;
+  let userA: { id: string; tokens: Tokens };
+  let userB: string;
+  let events: Seeded[];
+  /** The first instant of next month (UTC): a partition boundary the migration created. */
+  let boundary: number;
+
+  before(async () => {
+    t = await createTestApp();
+    const a = await registerAndLogin(t.http);
+    const adminUser = await registerUser(t.http);
+    await t.db.query(`UPDATE users SET role = 'admin' WHERE id = $1`, [adminUser.id]);
+    admin = await login(t.http, adminUser);
+    userB = (await registerUser(t.http)).id;
+    const now = new Date();
+    boundary = Date.UTC(now.getUTCFullYear(), now.getUTCMonth() + 1, 1);
+    // Only these events count: the ones registration and login wrote are older than the range.
+    await t.db.query(`DELETE FROM audit_events`);
+    userA = { id: a.user.id, tokens: a.tokens };
+    // 60 events from 30 minutes before the boundary to 30 after, a minute apart, with the odd
+    // pairs swapped in time (so seq order and time order differ) and a few at the same instant
+    // as another (i = 4, 14, ...: the minute of i - 2).
+    const rows = Array.from({ length: 60 }, (_, i) => {
+      const minute = i % 10 === 4 ? i - 1 : i % 2 === 1 ? i - 1 : i + 1;
+      return {
+        id: randomUUID(),
+        type: TYPES[i % 3],
+        userId: i % 5 === 0 ? null : i % 2 ? userA.id : userB,
+        at: boundary + (minute - 30) * 60_000,
+      };
+    });
+    const inserted: Array<{ id: string; seq: string }> = await t.db.query(
+      `INSERT INTO audit_events (id, type, user_id, created_at)
+       SELECT id, type, user_id, at FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::timestamptz[]) WITH ORDINALITY AS v(id, type, user_id, at, n)
+        ORDER BY n RETURNING id, seq::text AS seq`,
+      [rows.map((r) => r.id), rows.map((r) => r.type), rows.map((r) => r.userId), rows.map((r) => new Date(r.at))],
+    );
+    const seqOf = new Map(inserted.map((r) => [r.id, Number(r.seq)]));
+    events = rows.map((r) => ({ ...r, seq: seqOf.get(r.id)! }));
+    // Equal instants: the seq tie-break decides.
+    assert.ok(events.some((e, i) => events.findIndex((o) => o.at === e.at) !== i));
+  });
+  after(async () => {
+    await t?.close();
+  });
+
+  type Filter = { userId?: string; type?: string; from?: number; to?: number };
+
+  /** What the list promises: the filtered events, newest first in the order the filters choose. */
+  function expected(f: Filter): string[] {
+    const byTime = !f.userId && (f.from !== undefined || f.to !== undefined);
+    return events
+      .filter((e) => (!f.userId || e.userId === f.userId) && (!f.type || e.type === f.type))
+      .filter((e) => (f.from === undefined || e.at >= f.from) && (f.to === undefined || e.at < f.to))
+      .sort((x, y) => (byTime ? y.at - x.at || y.seq - x.seq : y.seq - x.seq))
+      .map((e) => e.id);
+  }
+
+  async function allPages(path: string, tokens: Tokens, f: Filter, limit: number): Promise<string[]> {
+    const params = new URLSearchParams({ limit: String(limit) });
+    if (f.userId && path.includes('admin')) params.set('userId', f.userId);
+    if (f.type) params.set('type', f.type);
+    if (f.from !== undefined) params.set('from', new Date(f.from).toISOString());
+    if (f.to !== undefined) params.set('to', new Date(f.to).toISOString());
+    const seen: string[] = [];
+    let cursor: string | null = null;
+    for (let page = 0; page < 100; page++) {
+      const res: Response = await t.http.get(`${path}?${params}${cursor ? `&cursor=${cursor}` : ''}`).set('Authorization', bearer(tokens));
+      assert.equal(res.status, 200, JSON.stringify(res.body));
+      assert.ok(res.body.items.length <= limit);
+      seen.push(...res.body.items.map((e: { id: string }) => e.id));
+      cursor = res.body.nextCursor;
+      if (!cursor) return seen;
+    }
+    throw new Error('more than 100 pages');
+  }
+
+  const minutes = (m: number) => m * 60_000;
+  const filters = (): Array<[string, Filter]> => [
+    ['no filter', {}],
+    ['type', { type: 'LOGIN' }],
+    ['userId', { userId: userA.id }],
+    ['from (before the boundary)', { from: boundary - minutes(10) }],
+    ['to (after the boundary)', { to: boundary + minutes(10) }],
+    ['from+to across the boundary', { from: boundary - minutes(20), to: boundary + minutes(20) }],
+    ['type+from', { type: 'TOKEN_REFRESH', from: boundary - minutes(25) }],
+    ['type+to', { type: 'LOGIN', to: boundary + minutes(5) }],
+    ['type+from+to', { type: 'LOGOUT', from: boundary - minutes(15), to: boundary + minutes(15) }],
+    ['userId+type', { userId: userB, type: 'LOGIN' }],
+    ['userId+from+to', { userId: userA.id, from: boundary - minutes(20), to: boundary + minutes(20) }],
+    ['userId+type+from+to', { userId: userB, type: 'TOKEN_REFRESH', from: boundary - minutes(29), to: boundary + minutes(29) }],
+    ['an empty range', { from: boundary + minutes(40), to: boundary + minutes(50) }],
+  ];
+
+  it('the admin list pages through every filter combination in order, each event once, across the month boundary', async () => {
+    for (const [name, f] of filters()) {
+      const want = expected(f);
+      for (const limit of [1, 7, 100]) {
+        assert.deepEqual(await allPages('/api/v1/admin/audit', admin, f, limit), want, `${name}, limit ${limit}`);
+      }
+      if (name.includes('boundary')) {
+        const months = new Set(want.map((id) => events.find((e) => e.id === id)!.at >= boundary));
+        assert.equal(months.size, 2, `${name} spans both months`);
+      }
+    }
+  });
+
+  it("a user's own list pages the same way, by seq, with any time filter", async () => {
+    for (const [name, f] of filters().filter(([, f]) => f.userId === userA.id || !f.userId)) {
+      const own = { ...f, userId: userA.id };
+      assert.deepEqual(await allPages('/api/v1/audit', userA.tokens, own, 3), expected(own), name);
+    }
+  });
+
+  it('continues from a cursor of the previous version (seq alone) under a time filter', async () => {
+    const f: Filter = { from: boundary - minutes(20), to: boundary + minutes(20) };
+    const want = expected(f);
+    const seqOf = (id: string) => events.find((e) => e.id === id)!.seq;
+    const legacy = Buffer.from(`a1.${seqOf(want[4])}`, 'utf8').toString('base64url');
+    const params = new URLSearchParams({ from: new Date(f.from!).toISOString(), to: new Date(f.to!).toISOString(), limit: '100', cursor: legacy });
+    const res = await t.http.get(`/api/v1/admin/audit?${params}`).set('Authorization', bearer(admin));
+    assert.equal(res.status, 200);
+    assert.deepEqual(res.body.items.map((e: { id: string }) => e.id), want.slice(5));
+  });
+
+  it('answers 400 for a malformed new-style cursor', async () => {
+    for (const raw of ['a2.5', 'a2.5.01', 'a2.0.5', 'a2.5.1.2']) {
+      const cursor = Buffer.from(raw, 'utf8').toString('base64url');
+      const res = await t.http.get(`/api/v1/admin/audit?to=2030-01-01T00:00:00Z&cursor=${cursor}`).set('Authorization', bearer(admin));
+      assert.equal(res.status, 400, raw);
+      assert.deepEqual(res.body.message, ['cursor is invalid']);
+    }
+  });
+});

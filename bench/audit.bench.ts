@@ -87,7 +87,9 @@ async function scenario(label: string, serverUrl: string, size: Size, config: Au
   const url = withDatabase(serverUrl, database);
   const auditKey = randomBytes(48).toString('base64');
   progress(`${label}: database ${database}, migrations`);
-  let app: INestApplicationContext = await NestFactory.createApplicationContext(AppModule.forRoot(appConfig(url, auditKey)), { logger: ['error', 'warn'] });
+  let app: INestApplicationContext = await NestFactory.createApplicationContext(AppModule.forRoot(appConfig(url, auditKey)), {
+    logger: ['error', 'warn'],
+  });
   const closeApp = () => app.close();
   undo.push(closeApp);
   const seeder = new Client({ connectionString: url });
@@ -129,7 +131,9 @@ async function main(): Promise<void> {
   if (!serverUrl) throw new Error('Set DATABASE_URL to a PostgreSQL server: the bench makes its own databases there and drops them');
   const probe = new Client({ connectionString: serverUrl });
   await probe.connect();
-  const { rows: [{ server_version }] } = await probe.query('SHOW server_version');
+  const {
+    rows: [{ server_version }],
+  } = await probe.query('SHOW server_version');
   await probe.end();
   progress(`sizes: ${JSON.stringify(config.size)} (${config.sizeName}) beside ${JSON.stringify(EMPTY_SIZE)}; PostgreSQL ${server_version}`);
 
@@ -137,7 +141,8 @@ async function main(): Promise<void> {
   const large = await scenario(config.sizeName, serverUrl, config.size, config);
   printReport(empty, large);
 
-  const resultsFile = process.env.BENCH_AUDIT_RESULTS ?? join(REPO, 'bench', 'results', `audit-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
+  const resultsFile =
+    process.env.BENCH_AUDIT_RESULTS ?? join(REPO, 'bench', 'results', `audit-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
   writeJson(resultsFile, {
     startedAt: new Date(Date.now() - process.uptime() * 1000).toISOString(),
     commit: gitCommit(),

@@ -174,7 +174,12 @@ async function main(): Promise<void> {
       label: 'bare node:http + JWT verify',
       connections: config.connections,
       run: (seconds) =>
-        load({ url: `http://127.0.0.1:${bareJwt.first.port}/`, connections: config.connections, seconds, headers: { authorization: `Bearer ${ceilingToken}` } }),
+        load({
+          url: `http://127.0.0.1:${bareJwt.first.port}/`,
+          connections: config.connections,
+          seconds,
+          headers: { authorization: `Bearer ${ceilingToken}` },
+        }),
     },
     whoami: {
       label: 'GET /api/v1/auth/session',
@@ -202,7 +207,12 @@ async function main(): Promise<void> {
       run: async (seconds) => {
         // A fixed count sized to the time wanted, so no connection stops with a token in flight.
         const amount = Math.max(config.connections * 4, Math.round(refreshRate * seconds));
-        const result = await load({ url: `${base}${REFRESH_PATH}`, connections: config.connections, amount, setupClient: refreshChains(chains, REFRESH_PATH) });
+        const result = await load({
+          url: `${base}${REFRESH_PATH}`,
+          connections: config.connections,
+          amount,
+          setupClient: refreshChains(chains, REFRESH_PATH),
+        });
         refreshRate = result.rps;
         return result;
       },
@@ -276,7 +286,10 @@ async function main(): Promise<void> {
   }
 
   const targets = Object.fromEntries(
-    order.map((name) => [name, targetReport(runs[name].label, name === 'bcryptBound' ? 'compares/s' : 'req/s', runs[name].connections, samples[name])]),
+    order.map((name) => [
+      name,
+      targetReport(runs[name].label, name === 'bcryptBound' ? 'compares/s' : 'req/s', runs[name].connections, samples[name]),
+    ]),
   ) as Record<TargetName, TargetReport>;
   // Each ratio is the median of the rounds' own ratios: a target and its ceiling run next to
   // each other in a round, so the box's drift from round to round cancels within each one.

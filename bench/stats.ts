@@ -11,7 +11,10 @@ export function quantile(sorted: ArrayLike<number>, q: number): number {
 }
 
 export function median(samples: number[]): number {
-  return quantile([...samples].sort((a, b) => a - b), 0.5);
+  return quantile(
+    [...samples].sort((a, b) => a - b),
+    0.5,
+  );
 }
 
 export function fmt(ms: number): string {

@@ -71,20 +71,20 @@ export async function configureApp(
 /** Swagger UI at /docs, the OpenAPI document at /docs-json. */
 function setUpDocs(app: NestFastifyApplication): void {
   const builder = new DocumentBuilder()
-      .setTitle('Sessionary')
-      .setDescription('Server-side sessions, rotating refresh tokens and an audit log. Contract: API.md.')
-      .setVersion('1')
-      .addBearerAuth({
-        type: 'http',
-        scheme: 'bearer',
-        bearerFormat: 'JWT',
-        // The words OWASP's jwt-best-practices rule looks for ("RFC8725"), and what backs them (src/auth/jwt.strategy.ts).
-        description:
-          'The accessToken of /auth/login or /auth/refresh. Handled as RFC8725 (JSON Web Token Best Current Practices) asks: ' +
-          'the algorithm is pinned (HS256; `none` and any other are refused), the explicit type `at+jwt` (RFC 9068) is required, ' +
-          'and the issuer, audience and expiry are checked, with a key of at least 256 bits in production. ' +
-          'The token is refused as well once its session has ended.',
-      });
+    .setTitle('Sessionary')
+    .setDescription('Server-side sessions, rotating refresh tokens and an audit log. Contract: API.md.')
+    .setVersion('1')
+    .addBearerAuth({
+      type: 'http',
+      scheme: 'bearer',
+      bearerFormat: 'JWT',
+      // The words OWASP's jwt-best-practices rule looks for ("RFC8725"), and what backs them (src/auth/jwt.strategy.ts).
+      description:
+        'The accessToken of /auth/login or /auth/refresh. Handled as RFC8725 (JSON Web Token Best Current Practices) asks: ' +
+        'the algorithm is pinned (HS256; `none` and any other are refused), the explicit type `at+jwt` (RFC 9068) is required, ' +
+        'and the issuer, audience and expiry are checked, with a key of at least 256 bits in production. ' +
+        'The token is refused as well once its session has ended.',
+    });
   for (const tag of OPENAPI_TAGS) builder.addTag(tag.name, tag.description);
   const document = SwaggerModule.createDocument(app, builder.build());
   documentServiceUnavailable(document);

@@ -97,12 +97,19 @@ async function parseCommand(argv: string[]): Promise<Command> {
   }
   if (name === 'audit-verify') {
     const { file, 'checkpoint-file': checkpointFile } = options(args, { file: { type: 'string' }, 'checkpoint-file': { type: 'string' } });
-    if (file !== undefined && checkpointFile !== undefined) throw new UsageError(`audit-verify: --file and --checkpoint-file do not go together\n${USAGE}`);
+    if (file !== undefined && checkpointFile !== undefined)
+      throw new UsageError(`audit-verify: --file and --checkpoint-file do not go together\n${USAGE}`);
     if (file !== undefined) return { offline: () => verifyFile(file) };
     return { withApp: (app) => verifyDatabase(app, checkpointFile) };
   }
   if (name === 'audit-export') {
-    const values = options(args, { from: { type: 'string' }, to: { type: 'string' }, 'user-id': { type: 'string' }, type: { type: 'string' }, out: { type: 'string' } });
+    const values = options(args, {
+      from: { type: 'string' },
+      to: { type: 'string' },
+      'user-id': { type: 'string' },
+      type: { type: 'string' },
+      out: { type: 'string' },
+    });
     const filter = await exportFilter({ from: values.from, to: values.to, userId: values['user-id'], type: values.type });
     return { withApp: (app) => exportAudit(app, filter, values.out) };
   }
@@ -226,14 +233,18 @@ function verificationReport(v: AuditVerification, checkpointFile: string | undef
 }
 
 function fileVerificationReport(v: ExportFileVerification, file: string): string {
-  const filter = v.filter ? Object.entries(v.filter).filter(([, value]) => value !== null).map(([name, value]) => `${name}=${value}`) : [];
+  const filter = v.filter
+    ? Object.entries(v.filter)
+        .filter(([, value]) => value !== null)
+        .map(([name, value]) => `${name}=${value}`)
+    : [];
   const lines = [
     `Audit export: ${v.ok ? 'INTACT' : 'BROKEN'}`,
     `  file:                ${file}`,
     `  events:              ${v.lines}`,
     `  links checked:       ${v.linked}`,
     `  authenticated alone: ${v.alone} (the event before them in their chain is not in the file)`,
-    `  filter:              ${v.filter ? (filter.join(' ') || 'none (whole chains)') : 'unknown (no authentic seal)'}`,
+    `  filter:              ${v.filter ? filter.join(' ') || 'none (whole chains)' : 'unknown (no authentic seal)'}`,
   ];
   if (!v.ok) {
     lines.push(`  first broken line:   ${v.brokenLine}${v.brokenId ? ` (event ${v.brokenId})` : ''}`);

@@ -51,7 +51,13 @@ describe('admin (e2e)', () => {
     assert.equal(down.code, 0, down.stderr);
     assert.equal((await t.http.get('/api/v1/admin/audit').set('Authorization', bearer(tokens))).status, 403);
     const events = await auditRows(t.db, { userId: user.id, type: 'ROLE_CHANGED' });
-    assert.deepEqual(events.map((e) => [e.metadata.from, e.metadata.to]), [['user', 'admin'], ['admin', 'user']]);
+    assert.deepEqual(
+      events.map((e) => [e.metadata.from, e.metadata.to]),
+      [
+        ['user', 'admin'],
+        ['admin', 'user'],
+      ],
+    );
   });
 
   it('the CLI ends every active session of every user, each with reason revoked_by_admin and one event', async () => {
@@ -102,7 +108,10 @@ describe('admin (e2e)', () => {
     const s2 = await login(t.http, user);
     const res = await t.http.get(`/api/v1/admin/users/${user.id}/sessions`).set('Authorization', bearer(admin.tokens));
     assert.equal(res.status, 200);
-    assert.deepEqual(res.body.map((s: { id: string }) => s.id), [s2.sessionId, s1.sessionId]);
+    assert.deepEqual(
+      res.body.map((s: { id: string }) => s.id),
+      [s2.sessionId, s1.sessionId],
+    );
     const unknown = await t.http.get(`/api/v1/admin/users/${randomUUID()}/sessions`).set('Authorization', bearer(admin.tokens));
     assert.equal(unknown.status, 404);
     const bad = await t.http.get('/api/v1/admin/users/nope/sessions').set('Authorization', bearer(admin.tokens));
@@ -132,9 +141,7 @@ describe('admin (e2e)', () => {
 
   it("reads any user's audit events, filtered by user and type, with userId on each", async () => {
     const { user } = await registerAndLogin(t.http);
-    const res = await t.http
-      .get(`/api/v1/admin/audit?userId=${user.id}&type=LOGIN`)
-      .set('Authorization', bearer(admin.tokens));
+    const res = await t.http.get(`/api/v1/admin/audit?userId=${user.id}&type=LOGIN`).set('Authorization', bearer(admin.tokens));
     assert.equal(res.status, 200);
     assert.equal(res.body.items.length, 1);
     assert.equal(res.body.items[0].userId, user.id);

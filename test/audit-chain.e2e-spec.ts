@@ -128,7 +128,10 @@ describe('audit hash chain (e2e)', () => {
     );
     assert.ok(rows.every((r: { hash: string | null }) => r.hash && /^[0-9a-f]{64}$/.test(r.hash)));
     const userRows = rows.filter((r: { chain_key: string }) => r.chain_key === f.user.id);
-    assert.deepEqual(userRows.map((r: { pos: number }) => r.pos), userRows.map((_: unknown, i: number) => i + 1));
+    assert.deepEqual(
+      userRows.map((r: { pos: number }) => r.pos),
+      userRows.map((_: unknown, i: number) => i + 1),
+    );
     assert.equal(userRows[0].prev_hash, '0'.repeat(64));
     for (let i = 1; i < userRows.length; i++) assert.equal(userRows[i].prev_hash, userRows[i - 1].hash);
     assert.ok(rows.some((r: { chain_key: string; user_id: string | null }) => r.chain_key === 'global' && r.user_id === null));
@@ -214,7 +217,10 @@ describe('audit hash chain (e2e)', () => {
          FROM audit_events y WHERE (x.id, y.id) IN (($1::uuid, $2::uuid), ($2::uuid, $1::uuid))`,
       [a, b],
     );
-    const differ = await f.t.db.query(`SELECT count(DISTINCT (type, session_id, user_agent, created_at))::int AS n FROM audit_events WHERE id IN ($1, $2)`, [a, b]);
+    const differ = await f.t.db.query(
+      `SELECT count(DISTINCT (type, session_id, user_agent, created_at))::int AS n FROM audit_events WHERE id IN ($1, $2)`,
+      [a, b],
+    );
     assert.equal(differ[0].n, 2);
     await assertBroken(f, a, /does not match its hash/);
   });
@@ -252,7 +258,15 @@ describe('audit hash chain (e2e)', () => {
     // Exported outside the database: the file's last line and one structured log line.
     const lines = readFileSync(file, 'utf8').trim().split('\n');
     assert.deepEqual(JSON.parse(lines[lines.length - 1]), checkpoint);
-    assert.ok(logged.some((m) => typeof m === 'object' && m !== null && (m as { event?: string; mac?: string }).event === 'audit.checkpoint' && (m as { mac: string }).mac === checkpoint.mac));
+    assert.ok(
+      logged.some(
+        (m) =>
+          typeof m === 'object' &&
+          m !== null &&
+          (m as { event?: string; mac?: string }).event === 'audit.checkpoint' &&
+          (m as { mac: string }).mac === checkpoint.mac,
+      ),
+    );
     // Nothing new: no checkpoint.
     assert.equal(await chainService.checkpoint(true), undefined);
     const ok = await cli(f.url, 'audit-verify', '--checkpoint-file', file);
@@ -265,7 +279,11 @@ describe('audit hash chain (e2e)', () => {
     await f.t.db.query(`DELETE FROM audit_events WHERE id = ANY($1::uuid[])`, [tail]);
     await f.t.db.query(`UPDATE audit_chain_heads SET position = position - 2, hash = $2 WHERE chain_key = $1`, [f.user.id, keep.hash]);
     // The checkpoint in the table sees it.
-    await assertBroken(f, null, new RegExp(`Chain ${f.user.id} ends at position ${f.chain.length - 2}, but a checkpoint recorded position ${f.chain.length}`));
+    await assertBroken(
+      f,
+      null,
+      new RegExp(`Chain ${f.user.id} ends at position ${f.chain.length - 2}, but a checkpoint recorded position ${f.chain.length}`),
+    );
 
     // And deletes the checkpoints and the heads' checkpoint record too: the database alone no longer tells...
     await f.t.db.query(`DELETE FROM audit_checkpoints`);
@@ -341,12 +359,19 @@ describe('audit hash chain (e2e)', () => {
     await f.t.db.query(`INSERT INTO audit_chain_seal SELECT max(seq) FROM audit_events`);
     assert.equal((await apiVerify(f)).ok, false);
     assert.equal(await f.t.app.get(AuditChainService).sealPending(), 3);
-    const sealed = await f.t.db.query(`SELECT type, chain_pos::int AS pos FROM audit_events WHERE chain_key = $1 ORDER BY seq DESC LIMIT 2`, [f.user.id]);
+    const sealed = await f.t.db.query(`SELECT type, chain_pos::int AS pos FROM audit_events WHERE chain_key = $1 ORDER BY seq DESC LIMIT 2`, [
+      f.user.id,
+    ]);
     assert.deepEqual(sealed, [
       { type: 'LOGOUT', pos: f.chain.length + 2 },
       { type: 'LOGIN', pos: f.chain.length + 1 },
     ]);
-    assert.deepEqual(await apiVerify(f), { ok: true, checked: (await f.t.db.query('SELECT count(*)::int AS n FROM audit_events'))[0].n, firstBrokenId: null, reason: null });
+    assert.deepEqual(await apiVerify(f), {
+      ok: true,
+      checked: (await f.t.db.query('SELECT count(*)::int AS n FROM audit_events'))[0].n,
+      firstBrokenId: null,
+      reason: null,
+    });
     // The bound is gone: a row written later without the chain is not sealed.
     assert.deepEqual(await f.t.db.query('SELECT * FROM audit_chain_seal'), []);
   });
@@ -356,7 +381,11 @@ describe('audit hash chain (e2e)', () => {
     // The default session limit (10) is reached: logins end sessions that parallel refreshes use.
     const limits = { LOGIN_MAX_FAILURES_PER_IDENTIFIER: '1000' };
     const errors: string[] = [];
-    const logger: LoggerService = { log: () => undefined, warn: () => undefined, error: (m: unknown, ...rest: unknown[]) => void errors.push(String(m), ...rest.map(String)) };
+    const logger: LoggerService = {
+      log: () => undefined,
+      warn: () => undefined,
+      error: (m: unknown, ...rest: unknown[]) => void errors.push(String(m), ...rest.map(String)),
+    };
     const f = await open(limits, logger);
     const second = await createTestApp(
       { ...limits, DATABASE_URL: f.url, JWT_SECRET: f.t.config.JWT_SECRET, PASSWORD_PEPPER: f.t.config.PASSWORD_PEPPER },
@@ -371,8 +400,11 @@ describe('audit hash chain (e2e)', () => {
       const user = users[i % users.length];
       work.push(
         (async () => {
-          const res0 = await app.http.post('/api/v1/auth/login').set('User-Agent', `parallel-${i}`).send({ email: user.email, password: user.password });
-          assert.equal(res0.status, 200, `login ${i}: ${res0.status} ${errors.join("\n").slice(0, 3000)}`);
+          const res0 = await app.http
+            .post('/api/v1/auth/login')
+            .set('User-Agent', `parallel-${i}`)
+            .send({ email: user.email, password: user.password });
+          assert.equal(res0.status, 200, `login ${i}: ${res0.status} ${errors.join('\n').slice(0, 3000)}`);
           const tokens = res0.body;
           const res = await apps[(i + 1) % 2].http.post('/api/v1/auth/refresh').send({ refreshToken: tokens.refreshToken });
           assert.equal(res.status, 200, `refresh ${i}: ${res.status} ${errors.join('\n')}`);

@@ -64,14 +64,29 @@ describe('audit events record the client (e2e, TRUST_PROXY)', () => {
       const res = await as(t.http.post('/api/v1/auth/refresh'), c).send({ refreshToken: s1.refreshToken }).expect(200);
       auth = bearer(res.body);
     });
-    await step(['PROFILE_UPDATED'], (c) => as(t.http.patch('/api/v1/users/me'), c).set('Authorization', auth).send({ username: `${user.username}x` }).expect(200));
-    await step(['SESSION_REVOKED'], (c) => as(t.http.delete(`/api/v1/sessions/${s2.sessionId}`), c).set('Authorization', auth).expect(204));
+    await step(['PROFILE_UPDATED'], (c) =>
+      as(t.http.patch('/api/v1/users/me'), c)
+        .set('Authorization', auth)
+        .send({ username: `${user.username}x` })
+        .expect(200),
+    );
+    await step(['SESSION_REVOKED'], (c) =>
+      as(t.http.delete(`/api/v1/sessions/${s2.sessionId}`), c)
+        .set('Authorization', auth)
+        .expect(204),
+    );
     await step(['LOGIN_FAILED'], (c) =>
-      as(t.http.put('/api/v1/users/me/password'), c).set('Authorization', auth).send({ currentPassword: WRONG, newPassword: `new-${user.password}` }).expect(401),
+      as(t.http.put('/api/v1/users/me/password'), c)
+        .set('Authorization', auth)
+        .send({ currentPassword: WRONG, newPassword: `new-${user.password}` })
+        .expect(401),
     );
     await step(['LOGIN'], (c) => loginAs(c));
     await step(['PASSWORD_CHANGED', 'SESSION_REVOKED'], async (c) => {
-      await as(t.http.put('/api/v1/users/me/password'), c).set('Authorization', auth).send({ currentPassword: user.password, newPassword: `new-${user.password}` }).expect(204);
+      await as(t.http.put('/api/v1/users/me/password'), c)
+        .set('Authorization', auth)
+        .send({ currentPassword: user.password, newPassword: `new-${user.password}` })
+        .expect(204);
       user.password = `new-${user.password}`;
     });
     await step(['REFRESH_TOKEN_REUSE'], (c) => as(t.http.post('/api/v1/auth/refresh'), c).send({ refreshToken: s1.refreshToken }).expect(401));
@@ -88,7 +103,9 @@ describe('audit events record the client (e2e, TRUST_PROXY)', () => {
     await step(['LOGIN'], async (c) => (adminTokens = await loginAs(c)));
     const victim = await registerAndLogin(t.http);
     await step([], async (c) => {
-      await as(t.http.delete(`/api/v1/admin/users/${victim.user.id}/sessions`), c).set('Authorization', bearer(adminTokens)).expect(200);
+      await as(t.http.delete(`/api/v1/admin/users/${victim.user.id}/sessions`), c)
+        .set('Authorization', bearer(adminTokens))
+        .expect(200);
       const revokedByAdmin = await auditRows(t.db, { sessionId: victim.tokens.sessionId, type: 'SESSION_REVOKED' });
       assert.equal(revokedByAdmin.length, 1);
       assert.deepEqual([revokedByAdmin[0].ip_address, revokedByAdmin[0].user_agent], [c.ip, c.ua]);
@@ -99,7 +116,10 @@ describe('audit events record the client (e2e, TRUST_PROXY)', () => {
 
     // Every type is covered except SESSION_EXPIRED, which a deadline causes, not a request:
     // a new type must be added here with its client (or a reason why it has none).
-    assert.deepEqual(AUDIT_EVENT_TYPES.filter((type) => !covered.has(type)), ['SESSION_EXPIRED']);
+    assert.deepEqual(
+      AUDIT_EVENT_TYPES.filter((type) => !covered.has(type)),
+      ['SESSION_EXPIRED'],
+    );
   });
 });
 
@@ -114,7 +134,11 @@ describe('audit events record the client (e2e, no proxy)', () => {
 
   it("LOGIN records the socket's address, not a forged X-Forwarded-For", async () => {
     const user = await registerUser(t.http);
-    const res = await t.http.post('/api/v1/auth/login').set('X-Forwarded-For', '198.51.100.77').set('User-Agent', 'socket-test/1').send({ email: user.email, password: user.password });
+    const res = await t.http
+      .post('/api/v1/auth/login')
+      .set('X-Forwarded-For', '198.51.100.77')
+      .set('User-Agent', 'socket-test/1')
+      .send({ email: user.email, password: user.password });
     assert.equal(res.status, 200);
     const [event] = await auditRows(t.db, { userId: user.id, type: 'LOGIN' });
     assert.match(String(event.ip_address), /^(::ffff:)?127\.0\.0\.1$|^::1$/);
@@ -142,7 +166,8 @@ describe('REFRESH_FAILED and ACCESS_DENIED (e2e)', () => {
     await b.close();
   });
 
-  const refresh = (app: TestApp, refreshToken: string) => app.http.post('/api/v1/auth/refresh').set('User-Agent', 'replayer/1').send({ refreshToken });
+  const refresh = (app: TestApp, refreshToken: string) =>
+    app.http.post('/api/v1/auth/refresh').set('User-Agent', 'replayer/1').send({ refreshToken });
   const answer = (res: { status: number; body: unknown; headers: Record<string, unknown> }) => ({
     status: res.status,
     body: res.body,
@@ -200,9 +225,16 @@ describe('REFRESH_FAILED and ACCESS_DENIED (e2e)', () => {
       await a.db.query(`UPDATE sessions SET ${set} WHERE id = $1`, [tokens.sessionId]);
       for (let i = 0; i < 3; i++) assert.equal((await refresh(a, tokens.refreshToken)).status, 401);
       const expired = await auditRows(a.db, { userId: user.id, type: 'SESSION_EXPIRED' });
-      assert.deepEqual(expired.map((e) => e.metadata), [{ reason, detectedBy: 'request' }]);
+      assert.deepEqual(
+        expired.map((e) => e.metadata),
+        [{ reason, detectedBy: 'request' }],
+      );
       const failed = await auditRows(a.db, { userId: user.id, type: 'REFRESH_FAILED' });
-      assert.deepEqual(failed.map((e) => [e.session_id, e.metadata]), [[tokens.sessionId, { reason, presented: 'current' }]], reason);
+      assert.deepEqual(
+        failed.map((e) => [e.session_id, e.metadata]),
+        [[tokens.sessionId, { reason, presented: 'current' }]],
+        reason,
+      );
       assert.equal(failed[0].user_agent, 'replayer/1');
     }
   });
@@ -212,7 +244,10 @@ describe('REFRESH_FAILED and ACCESS_DENIED (e2e)', () => {
     await a.db.query(`UPDATE sessions SET refresh_expires_at = now() - interval '1 second' WHERE id = $1`, [tokens.sessionId]);
     assert.equal((await refresh(a, tokens.refreshToken)).status, 401);
     const failed = await auditRows(a.db, { userId: user.id, type: 'REFRESH_FAILED' });
-    assert.deepEqual(failed.map((e) => e.metadata), [{ reason: 'refresh_expired', presented: 'current' }]);
+    assert.deepEqual(
+      failed.map((e) => e.metadata),
+      [{ reason: 'refresh_expired', presented: 'current' }],
+    );
     // The session itself still works.
     assert.equal((await a.http.get('/api/v1/users/me').set('Authorization', bearer(tokens))).status, 200);
   });
@@ -243,7 +278,8 @@ describe('REFRESH_FAILED and ACCESS_DENIED (e2e)', () => {
       const res = await a.http.get(`/api/v1/admin/users/${other.id}/sessions`).set('Authorization', bearer(tokens)).set('User-Agent', 'prober/1');
       answers.push(answer(res));
     }
-    for (const x of answers) assert.deepEqual(x, { status: 403, body: { statusCode: 403, error: 'Forbidden', message: 'Insufficient role' }, wwwAuthenticate: undefined });
+    for (const x of answers)
+      assert.deepEqual(x, { status: 403, body: { statusCode: 403, error: 'Forbidden', message: 'Insufficient role' }, wwwAuthenticate: undefined });
 
     const events = await auditRows(a.db, { userId: user.id, type: 'ACCESS_DENIED' });
     assert.deepEqual(

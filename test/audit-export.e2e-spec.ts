@@ -14,7 +14,21 @@ import { createTestApp, databaseForThisFile, TEST_AUDIT_HMAC_KEY, TestApp } from
 
 const CLI = join(__dirname, '..', 'src', 'cli.js');
 const EXPORT = '/api/v1/admin/audit/export';
-const LINE_FIELDS = ['seq', 'id', 'type', 'userId', 'sessionId', 'ipAddress', 'userAgent', 'createdAt', 'metadata', 'chainKey', 'position', 'prevHash', 'hash'];
+const LINE_FIELDS = [
+  'seq',
+  'id',
+  'type',
+  'userId',
+  'sessionId',
+  'ipAddress',
+  'userAgent',
+  'createdAt',
+  'metadata',
+  'chainKey',
+  'position',
+  'prevHash',
+  'hash',
+];
 /** Events recorded in bulk, so that a whole export spans several batches of the default size (1000). */
 const BULK_USER_EVENTS = 2200;
 const BULK_GLOBAL_EVENTS = 300;
@@ -62,10 +76,16 @@ async function cli(...args: string[]): Promise<{ code: number; stdout: string; s
 /** The NDJSON body: event lines, then the seal (asserted to be last and alone). */
 function parse(text: string): { lines: Line[]; seal: Seal } {
   assert.ok(text.endsWith('\n'), 'the body ends with a newline');
-  const values = text.slice(0, -1).split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+  const values = text
+    .slice(0, -1)
+    .split('\n')
+    .map((l) => JSON.parse(l) as Record<string, unknown>);
   const seal = values.pop() as unknown as Seal;
   assert.equal(seal.seal, 'sessionary.audit.export.v1', 'the last line is the seal');
-  assert.ok(values.every((v) => !('seal' in v)), 'only the last line is a seal');
+  assert.ok(
+    values.every((v) => !('seal' in v)),
+    'only the last line is a seal',
+  );
   assert.equal(seal.lines, values.length);
   return { lines: values as Line[], seal };
 }
@@ -103,7 +123,10 @@ describe('audit export (e2e)', () => {
 
   /** A created_at of the event at a given fraction of the log, cut to milliseconds (what a query string carries). */
   const instantAt = async (where: string, params: unknown[], fraction: number): Promise<string> => {
-    const rows: Array<{ at: Date }> = await t.db.query(`SELECT date_trunc('milliseconds', created_at) AS at FROM audit_events e WHERE ${where} ORDER BY e.seq`, params);
+    const rows: Array<{ at: Date }> = await t.db.query(
+      `SELECT date_trunc('milliseconds', created_at) AS at FROM audit_events e WHERE ${where} ORDER BY e.seq`,
+      params,
+    );
     return rows[Math.floor((rows.length - 1) * fraction)].at.toISOString();
   };
 
@@ -115,20 +138,22 @@ describe('audit export (e2e)', () => {
 
   /** A request read as it streams: the first chunk, then how it ended. */
   const openStream = (query = '') =>
-    new Promise<{ res: IncomingMessage; abort: () => void; firstChunk: Promise<void>; closed: Promise<{ text: string; complete: boolean }> }>((resolve, reject) => {
-      const req = get({ host: '127.0.0.1', port, path: `${EXPORT}${query}`, headers: { authorization: bearer(adminTokens) } }, (res) => {
-        let text = '';
-        res.setEncoding('utf8');
-        res.on('error', () => undefined); // "aborted": what the close below reports
-        const firstChunk = new Promise<void>((ok) => res.once('data', () => ok()));
-        res.on('data', (chunk: string) => (text += chunk));
-        const closed = new Promise<{ text: string; complete: boolean }>((ok) => res.on('close', () => ok({ text, complete: res.complete })));
-        resolve({ res, abort: () => req.destroy(), firstChunk, closed });
-      });
-      req.on('error', (error: NodeJS.ErrnoException) => {
-        if (error.code !== 'ECONNRESET') reject(error);
-      });
-    });
+    new Promise<{ res: IncomingMessage; abort: () => void; firstChunk: Promise<void>; closed: Promise<{ text: string; complete: boolean }> }>(
+      (resolve, reject) => {
+        const req = get({ host: '127.0.0.1', port, path: `${EXPORT}${query}`, headers: { authorization: bearer(adminTokens) } }, (res) => {
+          let text = '';
+          res.setEncoding('utf8');
+          res.on('error', () => undefined); // "aborted": what the close below reports
+          const firstChunk = new Promise<void>((ok) => res.once('data', () => ok()));
+          res.on('data', (chunk: string) => (text += chunk));
+          const closed = new Promise<{ text: string; complete: boolean }>((ok) => res.on('close', () => ok({ text, complete: res.complete })));
+          resolve({ res, abort: () => req.destroy(), firstChunk, closed });
+        });
+        req.on('error', (error: NodeJS.ErrnoException) => {
+          if (error.code !== 'ECONNRESET') reject(error);
+        });
+      },
+    );
 
   const exportConnections = async (): Promise<number> =>
     (await t.db.query(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = $1`, [EXPORT_APPLICATION_NAME]))[0].n;
@@ -217,11 +242,26 @@ describe('audit export (e2e)', () => {
     const loginFrom = await instantAt(userLogins, [user.id], 0.25);
     const loginTo = await instantAt(userLogins, [user.id], 1);
     const cases: Array<{ query: string; where: string; params: unknown[]; filter: Seal['filter'] }> = [
-      { query: `?userId=${user.id.toUpperCase()}`, where: 'user_id = $1', params: [user.id], filter: { from: null, to: null, userId: user.id, type: null } },
-      { query: '?type=LOGIN_FAILED', where: `type = 'LOGIN_FAILED'`, params: [], filter: { from: null, to: null, userId: null, type: 'LOGIN_FAILED' } },
+      {
+        query: `?userId=${user.id.toUpperCase()}`,
+        where: 'user_id = $1',
+        params: [user.id],
+        filter: { from: null, to: null, userId: user.id, type: null },
+      },
+      {
+        query: '?type=LOGIN_FAILED',
+        where: `type = 'LOGIN_FAILED'`,
+        params: [],
+        filter: { from: null, to: null, userId: null, type: 'LOGIN_FAILED' },
+      },
       { query: `?from=${from}`, where: 'created_at >= $1', params: [from], filter: { from, to: null, userId: null, type: null } },
       { query: `?to=${to}`, where: 'created_at < $1', params: [to], filter: { from: null, to, userId: null, type: null } },
-      { query: `?from=${from}&to=${to}`, where: 'created_at >= $1 AND created_at < $2', params: [from, to], filter: { from, to, userId: null, type: null } },
+      {
+        query: `?from=${from}&to=${to}`,
+        where: 'created_at >= $1 AND created_at < $2',
+        params: [from, to],
+        filter: { from, to, userId: null, type: null },
+      },
       {
         query: `?userId=${user.id}&type=LOGIN&from=${loginFrom}&to=${loginTo}`,
         where: `user_id = $1 AND type = 'LOGIN' AND created_at >= $2 AND created_at < $3`,
@@ -233,7 +273,11 @@ describe('audit export (e2e)', () => {
       const expected = await seqsWhere(c.where, c.params);
       assert.ok(expected.length > 0 && expected.length < total, `${c.query} selects some events, not all (${expected.length} of ${total})`);
       const { lines, seal } = parse((await exportHttp(c.query)).text);
-      assert.deepEqual(lines.map((l) => l.seq), expected, c.query);
+      assert.deepEqual(
+        lines.map((l) => l.seq),
+        expected,
+        c.query,
+      );
       assert.deepEqual(seal.filter, c.filter, c.query);
     }
     // A date alone is midnight UTC; a range with nothing in it is a seal alone.
@@ -320,7 +364,12 @@ describe('audit export (e2e)', () => {
       const [deleted, next] = [userLines[2], userLines[3]];
       const lines = whole.lines.filter((_, i) => i + 1 !== deleted);
       // `next` moved up one line.
-      assertBroken(await verifyLines('deleted.ndjson', lines), next - 1, whole.lines[next - 1].id, /this export holds whole chains: lines between them were deleted/);
+      assertBroken(
+        await verifyLines('deleted.ndjson', lines),
+        next - 1,
+        whole.lines[next - 1].id,
+        /this export holds whole chains: lines between them were deleted/,
+      );
     });
 
     it('a changed prevHash', async () => {
@@ -332,18 +381,33 @@ describe('audit export (e2e)', () => {
     it('a deleted line of a filtered export (no gap rule applies; the seal catches it)', async () => {
       const logins = parse((await exportHttp('?type=LOGIN')).text);
       const lines = logins.lines.filter((_, i) => i !== 1);
-      assertBroken(await verifyLines('filtered-deleted.ndjson', lines, logins.seal), lines.length + 1, null, /lines were deleted, inserted or reordered/);
+      assertBroken(
+        await verifyLines('filtered-deleted.ndjson', lines, logins.seal),
+        lines.length + 1,
+        null,
+        /lines were deleted, inserted or reordered/,
+      );
     });
 
     it('a file cut short (no seal) or with a line appended after the seal', async () => {
-      assertBroken(await verifyLines('no-seal.ndjson', whole.lines, null), whole.lines.length + 1, null, /without the export's seal: it was cut short/);
+      assertBroken(
+        await verifyLines('no-seal.ndjson', whole.lines, null),
+        whole.lines.length + 1,
+        null,
+        /without the export's seal: it was cut short/,
+      );
       const appended = await verifyLines('appended.ndjson', [...whole.lines, whole.seal as unknown as Record<string, unknown>], whole.lines[0]);
       assertBroken(appended, whole.lines.length + 2, whole.lines[0].id, /comes after the seal/);
     });
 
     it('a forged seal', async () => {
       const seal = { ...whole.seal, filter: { ...whole.seal.filter, type: 'LOGIN' } };
-      assertBroken(await verifyLines('forged-seal.ndjson', whole.lines, seal), whole.lines.length + 1, null, /The seal \(line \d+\) does not match its MAC/);
+      assertBroken(
+        await verifyLines('forged-seal.ndjson', whole.lines, seal),
+        whole.lines.length + 1,
+        null,
+        /The seal \(line \d+\) does not match its MAC/,
+      );
     });
 
     it('an unreadable file or a malformed line is exit code 2, not a verdict', async () => {
@@ -355,7 +419,10 @@ describe('audit export (e2e)', () => {
       const missing = await cli('audit-verify', '--file', join(dir, 'nowhere.ndjson'));
       assert.equal(missing.code, 2);
       assert.match(missing.stderr, /nowhere\.ndjson cannot be read \(ENOENT\)/);
-      const noPosition = await verifyLines('no-position.ndjson', whole.lines.map((l, i) => (i === 4 ? { ...l, position: 'x' } : l)));
+      const noPosition = await verifyLines(
+        'no-position.ndjson',
+        whole.lines.map((l, i) => (i === 4 ? { ...l, position: 'x' } : l)),
+      );
       assert.equal(noPosition.code, 2);
       assert.match(noPosition.stderr, /Line 5: position is missing or not what an audit export writes/);
       assert.equal((await cli('audit-verify', '--file')).code, 2);
@@ -437,7 +504,9 @@ describe('audit export (e2e)', () => {
       const stream = await openStream();
       assert.equal(stream.res.statusCode, 200);
       await stream.firstChunk;
-      const [{ n }] = await t.db.query(`SELECT count(pg_terminate_backend(pid))::int AS n FROM pg_stat_activity WHERE application_name = $1`, [EXPORT_APPLICATION_NAME]);
+      const [{ n }] = await t.db.query(`SELECT count(pg_terminate_backend(pid))::int AS n FROM pg_stat_activity WHERE application_name = $1`, [
+        EXPORT_APPLICATION_NAME,
+      ]);
       assert.equal(n, 1);
       const { text, complete } = await stream.closed;
       assert.equal(complete, false, 'the transfer ended as if complete');

@@ -145,7 +145,10 @@ describe('audit pages by filter (e2e)', () => {
     const params = new URLSearchParams({ from: new Date(f.from!).toISOString(), to: new Date(f.to!).toISOString(), limit: '100', cursor: legacy });
     const res = await t.http.get(`/api/v1/admin/audit?${params}`).set('Authorization', bearer(admin));
     assert.equal(res.status, 200);
-    assert.deepEqual(res.body.items.map((e: { id: string }) => e.id), want.slice(5));
+    assert.deepEqual(
+      res.body.items.map((e: { id: string }) => e.id),
+      want.slice(5),
+    );
   });
 
   it('answers 400 for a malformed new-style cursor', async () => {

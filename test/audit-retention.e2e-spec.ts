@@ -66,7 +66,10 @@ async function partitionsOf(db: DataSource): Promise<Record<string, number>> {
 
 /** A user with no events (straight into the table), so that its chain can start in the past. */
 async function silentUser(db: DataSource, name: string): Promise<string> {
-  const [{ id }] = await db.query(`INSERT INTO users (username, email, password_hash) VALUES ($1, $2, 'x') RETURNING id`, [name, `${name}@example.com`]);
+  const [{ id }] = await db.query(`INSERT INTO users (username, email, password_hash) VALUES ($1, $2, 'x') RETURNING id`, [
+    name,
+    `${name}@example.com`,
+  ]);
   return id;
 }
 
@@ -100,7 +103,9 @@ describe('audit log partitions and retention (e2e)', () => {
       { userId, type: 'LOGIN' },
       { userId: null, type: 'LOGIN_FAILED' },
     ]);
-    const before: unknown[] = await t.db.query(`SELECT id, seq, type, user_id, created_at, chain_key, chain_pos, prev_hash, hash FROM audit_events ORDER BY seq`);
+    const before: unknown[] = await t.db.query(
+      `SELECT id, seq, type, user_id, created_at, chain_key, chain_pos, prev_hash, hash FROM audit_events ORDER BY seq`,
+    );
     await t.close();
     opened.pop();
 
@@ -112,14 +117,20 @@ describe('audit log partitions and retention (e2e)', () => {
       for (let i = 0; i < undo; i++) await source.undoLastMigration({ transaction: 'each' });
       const [{ kind }] = await source.query(`SELECT relkind AS kind FROM pg_class WHERE relname = 'audit_events'`);
       assert.equal(kind, 'r', 'the down migration gives a plain table back');
-      assert.deepEqual(await source.query(`SELECT id, seq, type, user_id, created_at, chain_key, chain_pos, prev_hash, hash FROM audit_events ORDER BY seq`), before);
+      assert.deepEqual(
+        await source.query(`SELECT id, seq, type, user_id, created_at, chain_key, chain_pos, prev_hash, hash FROM audit_events ORDER BY seq`),
+        before,
+      );
       await runMigrationsLocked(source);
     } finally {
       await source.destroy();
     }
 
     const again = await app(url);
-    assert.deepEqual(await again.db.query(`SELECT id, seq, type, user_id, created_at, chain_key, chain_pos, prev_hash, hash FROM audit_events ORDER BY seq`), before);
+    assert.deepEqual(
+      await again.db.query(`SELECT id, seq, type, user_id, created_at, chain_key, chain_pos, prev_hash, hash FROM audit_events ORDER BY seq`),
+      before,
+    );
     const partitions = await partitionsOf(again.db);
     assert.equal(partitions[partitionOf(monthStart(3)).name], 2, 'the old month has its own partition');
     assert.equal(partitions[partitionOf(monthStart(0)).name], before.length - 2);
@@ -136,7 +147,8 @@ describe('audit log partitions and retention (e2e)', () => {
     const partitions = t.app.get(AuditPartitionsService);
     await partitions.maintain();
     const names = (await partitions.list()).map((p) => p.name);
-    for (const ahead of [0, -1, -2]) assert.ok(names.includes(partitionOf(monthStart(ahead)).name), `${partitionOf(monthStart(ahead)).name} in ${names}`);
+    for (const ahead of [0, -1, -2])
+      assert.ok(names.includes(partitionOf(monthStart(ahead)).name), `${partitionOf(monthStart(ahead)).name} in ${names}`);
     await t.db.query(`DROP TABLE "${partitionOf(monthStart(-2)).name}"`);
     const result = await partitions.maintain();
     assert.deepEqual(result.created, [partitionOf(monthStart(-2)).name]);
@@ -158,10 +170,9 @@ describe('audit log partitions and retention (e2e)', () => {
     // The same chains go on today.
     await t.db.transaction((em) => t.app.get(AuditService).record(em, { type: 'LOGIN', userId }, { type: 'LOGIN_FAILED', userId: null }));
     await registerUser(t.http);
-    const oldEvents: Array<{ id: string; hash: string }> = await t.db.query(
-      `SELECT id, hash FROM audit_events WHERE created_at < $1 ORDER BY seq`,
-      [partitionOf(old).to],
-    );
+    const oldEvents: Array<{ id: string; hash: string }> = await t.db.query(`SELECT id, hash FROM audit_events WHERE created_at < $1 ORDER BY seq`, [
+      partitionOf(old).to,
+    ]);
     const remaining = (await t.db.query(`SELECT count(*)::int AS n FROM audit_events WHERE created_at >= $1`, [partitionOf(old).to]))[0].n;
 
     const result = await t.app.get(AuditPartitionsService).maintain();
@@ -171,12 +182,18 @@ describe('audit log partitions and retention (e2e)', () => {
       [[partitionOf(old).name, 3]],
     );
     assert.equal((await partitionsOf(t.db))[partitionOf(old).name], undefined, 'the month is gone');
-    assert.equal((await t.app.get(AuditPartitionsService).list()).some((p) => p.name === partitionOf(old).name), false);
+    assert.equal(
+      (await t.app.get(AuditPartitionsService).list()).some((p) => p.name === partitionOf(old).name),
+      false,
+    );
 
     // The archive: an export of the month (the events as they were stored, then the seal),
     // which verifies offline, and the checkpoint that closes it.
     const archiveFile = result.dropped[0].archive!;
-    const archived = readFileSync(archiveFile, 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+    const archived = readFileSync(archiveFile, 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l));
     assert.deepEqual(
       archived.filter((e) => !('seal' in e)).map((e) => [e.id, e.hash]),
       oldEvents.map((e) => [e.id, e.hash]),
@@ -248,7 +265,12 @@ describe('audit log partitions and retention (e2e)', () => {
 describe('baseMac', () => {
   it('changes with each of chain, position and hash', () => {
     const a = baseMac('k', 'c', 1, 'h');
-    assert.equal(a, createHmac('sha256', 'k').update(JSON.stringify(['sessionary.audit.base.v1', 'c', 1, 'h'])).digest('hex'));
+    assert.equal(
+      a,
+      createHmac('sha256', 'k')
+        .update(JSON.stringify(['sessionary.audit.base.v1', 'c', 1, 'h']))
+        .digest('hex'),
+    );
     assert.notEqual(baseMac('k', 'd', 1, 'h'), a);
     assert.notEqual(baseMac('k', 'c', 2, 'h'), a);
     assert.notEqual(baseMac('k', 'c', 1, 'i'), a);

@@ -64,7 +64,17 @@ describe('audit log (e2e)', () => {
 
   it('answers 400 for a bad filter or cursor and 401 without a session', async () => {
     const { tokens } = await registerAndLogin(t.http);
-    for (const query of ['limit=0', 'limit=101', 'limit=abc', 'type=NOPE', 'from=yesterday', 'cursor=%27%3B--', 'cursor=YTEuMA', 'from=2030-01-01T00:00:00Z&to=2020-01-01T00:00:00Z', 'extra=1']) {
+    for (const query of [
+      'limit=0',
+      'limit=101',
+      'limit=abc',
+      'type=NOPE',
+      'from=yesterday',
+      'cursor=%27%3B--',
+      'cursor=YTEuMA',
+      'from=2030-01-01T00:00:00Z&to=2020-01-01T00:00:00Z',
+      'extra=1',
+    ]) {
       const res = await t.http.get(`/api/v1/audit?${query}`).set('Authorization', bearer(tokens));
       assert.equal(res.status, 400, query);
     }

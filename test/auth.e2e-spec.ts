@@ -53,7 +53,10 @@ describe('auth (e2e)', () => {
       assert.match(row.password_hash, /^\$2b\$04\$/);
       assert.ok(!row.password_hash.includes(input.password));
       const events = await auditRows(t.db, { userId: res.body.id });
-      assert.deepEqual(events.map((e) => e.type), ['REGISTER']);
+      assert.deepEqual(
+        events.map((e) => e.type),
+        ['REGISTER'],
+      );
       assert.equal(events[0].user_agent, 'reg-agent');
     });
 
@@ -149,7 +152,10 @@ describe('auth (e2e)', () => {
       assert.equal(session!.user_agent, 'ua-by-name');
       assert.ok(session!.ip_address);
       const logins = await auditRows(t.db, { userId: user.id, type: 'LOGIN' });
-      assert.deepEqual(logins.map((e) => e.metadata.method), ['email', 'username']);
+      assert.deepEqual(
+        logins.map((e) => e.metadata.method),
+        ['email', 'username'],
+      );
       assert.equal(logins[1].session_id, byName.body.sessionId);
     });
 

@@ -105,10 +105,9 @@ describe('sessions cleanup task (e2e)', () => {
       [user.id],
     );
     assert.equal(count, 0);
-    const [{ events }] = await t.db.query(
-      `SELECT count(*)::int AS events FROM audit_events WHERE user_id = $1 AND type = 'SESSION_EXPIRED'`,
-      [user.id],
-    );
+    const [{ events }] = await t.db.query(`SELECT count(*)::int AS events FROM audit_events WHERE user_id = $1 AND type = 'SESSION_EXPIRED'`, [
+      user.id,
+    ]);
     assert.equal(events, 1203);
   });
 
@@ -172,7 +171,10 @@ describe('sessions cleanup scheduled by @nestjs/schedule (e2e)', () => {
 
       // A tick under way when the app closes finishes first (its batch, then its lock).
       let tickSettled = false;
-      const tick = t.app.get(SessionsCleanupTask).run().finally(() => (tickSettled = true));
+      const tick = t.app
+        .get(SessionsCleanupTask)
+        .run()
+        .finally(() => (tickSettled = true));
       await t.close();
       closed = true;
       assert.equal(tickSettled, true, 'close() returned before the running tick finished');

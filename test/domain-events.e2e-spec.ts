@@ -45,7 +45,10 @@ describe('domain events (e2e)', () => {
       named('session.ended').map((e) => ({ sessionId: (e as { sessionId: string }).sessionId, reason: (e as { reason: string }).reason })),
       [{ sessionId: tokens.sessionId, reason: 'logout' }],
     );
-    assert.deepEqual(heard.map((e) => e.name), ['user.registered', 'session.created', 'session.ended']);
+    assert.deepEqual(
+      heard.map((e) => e.name),
+      ['user.registered', 'session.created', 'session.ended'],
+    );
   });
 
   it('tells of a password change and of the other sessions it ended', async () => {
@@ -57,8 +60,14 @@ describe('domain events (e2e)', () => {
       .set('Authorization', bearer(kept))
       .send({ currentPassword: user.password, newPassword: `${user.password}-and-more` });
     assert.equal(res.status, 204);
-    assert.deepEqual(named('user.password_changed').map((e) => [e.userId, (e as { sessionId: string }).sessionId]), [[user.id, kept.sessionId]]);
-    assert.deepEqual(named('session.ended').map((e) => [(e as { sessionId: string }).sessionId, (e as { reason: string }).reason]), [[other.sessionId, 'password_changed']]);
+    assert.deepEqual(
+      named('user.password_changed').map((e) => [e.userId, (e as { sessionId: string }).sessionId]),
+      [[user.id, kept.sessionId]],
+    );
+    assert.deepEqual(
+      named('session.ended').map((e) => [(e as { sessionId: string }).sessionId, (e as { reason: string }).reason]),
+      [[other.sessionId, 'password_changed']],
+    );
   });
 
   it('tells of failed logins and of the lock they set', async () => {
@@ -71,13 +80,19 @@ describe('domain events (e2e)', () => {
         [user.id, 'email'],
       ],
     );
-    assert.deepEqual(named('account.locked').map((e) => [e.userId, (e as { scope: string }).scope, (e as { lockedSeconds: number }).lockedSeconds]), [[user.id, 'identifier', 1]]);
+    assert.deepEqual(
+      named('account.locked').map((e) => [e.userId, (e as { scope: string }).scope, (e as { lockedSeconds: number }).lockedSeconds]),
+      [[user.id, 'identifier', 1]],
+    );
   });
 
   it('tells of a change of role', async () => {
     const user = await registerUser(t.http);
     await t.app.get(UsersService).setRole(user.email, 'admin', 'test');
-    assert.deepEqual(named('user.role_changed').map((e) => [e.userId, (e as { from: string }).from, (e as { to: string }).to]), [[user.id, 'user', 'admin']]);
+    assert.deepEqual(
+      named('user.role_changed').map((e) => [e.userId, (e as { from: string }).from, (e as { to: string }).to]),
+      [[user.id, 'user', 'admin']],
+    );
   });
 
   it('waits for the commit, and says nothing of a change that rolled back', async () => {
@@ -88,7 +103,10 @@ describe('domain events (e2e)', () => {
       await audit.record(em, { type: 'PASSWORD_CHANGED', userId: user.id });
       assert.deepEqual(heard, [], 'nothing before the commit');
     });
-    assert.deepEqual(named('user.password_changed').map((e) => e.userId), [user.id]);
+    assert.deepEqual(
+      named('user.password_changed').map((e) => e.userId),
+      [user.id],
+    );
     heard = [];
     await assert.rejects(
       t.db.transaction(async (em) => {

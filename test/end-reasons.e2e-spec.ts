@@ -57,10 +57,10 @@ describe('every end has a reason and exactly one event (e2e)', () => {
     const current = await login(t.http, user);
     ended.set(limited.sessionId, 'session_limit');
 
-    const beforePasswordChange = await t.db.query(
-      `SELECT id FROM sessions WHERE user_id = $1 AND ended_at IS NULL AND id <> $2`,
-      [user.id, current.sessionId],
-    );
+    const beforePasswordChange = await t.db.query(`SELECT id FROM sessions WHERE user_id = $1 AND ended_at IS NULL AND id <> $2`, [
+      user.id,
+      current.sessionId,
+    ]);
     const newPassword = 'another-long-password';
     await t.http
       .put('/api/v1/users/me/password')
@@ -86,9 +86,19 @@ describe('every end has a reason and exactly one event (e2e)', () => {
       [user.id],
     );
     const byId = new Map(rows.map((r) => [r.id, r]));
-    assert.deepEqual(new Set(ended.values()), new Set([
-      'logout', 'revoked', 'revoked_by_admin', 'password_changed', 'refresh_token_reuse', 'idle_timeout', 'absolute_timeout', 'session_limit',
-    ]));
+    assert.deepEqual(
+      new Set(ended.values()),
+      new Set([
+        'logout',
+        'revoked',
+        'revoked_by_admin',
+        'password_changed',
+        'refresh_token_reuse',
+        'idle_timeout',
+        'absolute_timeout',
+        'session_limit',
+      ]),
+    );
     for (const [id, reason] of ended) {
       const row = byId.get(id);
       assert.ok(row, `session ${id} (${reason}) ended`);

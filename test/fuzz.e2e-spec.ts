@@ -82,14 +82,24 @@ interface Case {
 }
 
 function fuzzCase(route: RouteSpec | undefined, req: FuzzRequest, must4xx = false): Case {
-  return Object.assign({ route, req, must4xx }, { [fc.toStringMethod]: () => `${route ? `${route.method} ${route.path}` : 'no known route'}: ${describeRequest(req)}` });
+  return Object.assign(
+    { route, req, must4xx },
+    { [fc.toStringMethod]: () => `${route ? `${route.method} ${route.path}` : 'no known route'}: ${describeRequest(req)}` },
+  );
 }
 
 const auditQuery = {
-  type: fc.oneof(fc.constantFrom(...AUDIT_EVENT_TYPES), fc.constantFrom(...AUDIT_EVENT_TYPES).map((s) => s.toLowerCase()), hostileString),
+  type: fc.oneof(
+    fc.constantFrom(...AUDIT_EVENT_TYPES),
+    fc.constantFrom(...AUDIT_EVENT_TYPES).map((s) => s.toLowerCase()),
+    hostileString,
+  ),
   from: isoLike,
   to: isoLike,
-  limit: fc.oneof(fc.integer({ min: -5, max: 105 }).map(String), fc.constantFrom('', '1e2', '0x10', '1.5', '-0', 'NaN', 'Infinity', '9'.repeat(400), ' 5', '5 ', '+5', '05')),
+  limit: fc.oneof(
+    fc.integer({ min: -5, max: 105 }).map(String),
+    fc.constantFrom('', '1e2', '0x10', '1.5', '-0', 'NaN', 'Infinity', '9'.repeat(400), ' 5', '5 ', '+5', '05'),
+  ),
   cursor: cursorLike,
 };
 
@@ -204,7 +214,13 @@ describe('fuzz: hostile input gets a 4xx, leaks nothing and changes nothing (e2e
         method: 'POST',
         path: '/api/v1/auth/register',
         auth: 'none',
-        bodies: [{ username: fc.oneof(validUsername, fc.constant(user.username)), email: fc.oneof(emailish, fc.constant(victim.email)), password: validPassword }],
+        bodies: [
+          {
+            username: fc.oneof(validUsername, fc.constant(user.username)),
+            email: fc.oneof(emailish, fc.constant(victim.email)),
+            password: validPassword,
+          },
+        ],
         writesOn2xx: true,
       },
       {
@@ -248,12 +264,27 @@ describe('fuzz: hostile input gets a 4xx, leaks nothing and changes nothing (e2e
       { method: 'DELETE', path: '/api/v1/sessions', auth: 'user' },
       { method: 'DELETE', path: '/api/v1/sessions/:id', auth: 'user', id: fc.oneof(uuidLike, fc.constant(victimTokens.sessionId), hostileString) },
       { method: 'GET', path: '/api/v1/audit', auth: 'user', query: auditQuery },
-      { method: 'GET', path: '/api/v1/admin/users/:id/sessions', auth: 'admin', id: fc.oneof(uuidLike, fc.constantFrom(user.id, victim.id, admin.id), hostileString) },
+      {
+        method: 'GET',
+        path: '/api/v1/admin/users/:id/sessions',
+        auth: 'admin',
+        id: fc.oneof(uuidLike, fc.constantFrom(user.id, victim.id, admin.id), hostileString),
+      },
       // Never a real user's id: that would end sessions, by contract.
       { method: 'DELETE', path: '/api/v1/admin/users/:id/sessions', auth: 'admin', id: fc.oneof(uuidLike, hostileString) },
-      { method: 'GET', path: '/api/v1/admin/audit', auth: 'admin', query: { ...auditQuery, userId: fc.oneof(uuidLike, fc.constantFrom(user.id, victim.id)) } },
+      {
+        method: 'GET',
+        path: '/api/v1/admin/audit',
+        auth: 'admin',
+        query: { ...auditQuery, userId: fc.oneof(uuidLike, fc.constantFrom(user.id, victim.id)) },
+      },
       // Reads only: a 2xx export must leave the database as it was.
-      { method: 'GET', path: '/api/v1/admin/audit/export', auth: 'admin', query: { type: auditQuery.type, from: auditQuery.from, to: auditQuery.to, userId: fc.oneof(uuidLike, fc.constantFrom(user.id, victim.id)) } },
+      {
+        method: 'GET',
+        path: '/api/v1/admin/audit/export',
+        auth: 'admin',
+        query: { type: auditQuery.type, from: auditQuery.from, to: auditQuery.to, userId: fc.oneof(uuidLike, fc.constantFrom(user.id, victim.id)) },
+      },
       { method: 'GET', path: '/health/live', auth: 'none' },
       { method: 'GET', path: '/health/ready', auth: 'none' },
       { method: 'GET', path: '/metrics', auth: 'none' },
@@ -339,7 +370,11 @@ describe('fuzz: hostile input gets a 4xx, leaks nothing and changes nothing (e2e
       const diff = diffFingerprints(before, after, ['audit_events', 'audit_chain_heads', 'login_throttle']);
       assert.deepEqual(diff, [], `a failed login changed more than its audit event and counters${shown}`);
       if (route.auditsFailure === 'when-checked' && diffFingerprints(before, after).length === 0) return;
-      assert.equal(await fingerprints.auditDigestUpTo(before.auditMaxSeq), before.tables.audit_events.digest, `a failed login changed existing audit events${shown}`);
+      assert.equal(
+        await fingerprints.auditDigestUpTo(before.auditMaxSeq),
+        before.tables.audit_events.digest,
+        `a failed login changed existing audit events${shown}`,
+      );
       const added = await fingerprints.auditEventsAfter(before.auditMaxSeq);
       assert.deepEqual(
         added.map((e) => e.type).filter((type) => type !== 'ACCOUNT_LOCKED'),
@@ -363,8 +398,16 @@ describe('fuzz: hostile input gets a 4xx, leaks nothing and changes nothing (e2e
       // A user refused by the roles guard is audited as ACCESS_DENIED (at most once per session
       // and route a minute, so most refusals add nothing), which moves its chain's head;
       // nothing else may change.
-      assert.deepEqual(diffFingerprints(before, after, ['audit_events', 'audit_chain_heads']), [], `a refusal changed more than its audit event${shown}`);
-      assert.equal(await fingerprints.auditDigestUpTo(before.auditMaxSeq), before.tables.audit_events.digest, `a refusal changed existing audit events${shown}`);
+      assert.deepEqual(
+        diffFingerprints(before, after, ['audit_events', 'audit_chain_heads']),
+        [],
+        `a refusal changed more than its audit event${shown}`,
+      );
+      assert.equal(
+        await fingerprints.auditDigestUpTo(before.auditMaxSeq),
+        before.tables.audit_events.digest,
+        `a refusal changed existing audit events${shown}`,
+      );
       const added = await fingerprints.auditEventsAfter(before.auditMaxSeq);
       assert.ok(added.length <= 1 && added.every((e) => e.type === 'ACCESS_DENIED'), `a refusal may add one ACCESS_DENIED event, no other${shown}`);
       const headMoved = diffFingerprints(before, after).some((d) => d.startsWith('audit_chain_heads'));
@@ -421,11 +464,20 @@ describe('fuzz: hostile input gets a 4xx, leaks nothing and changes nothing (e2e
     const shapes = route.bodies?.length ? route.bodies : [{}];
     return fc.record({
       body: fc.oneof(
-        { weight: 10, arbitrary: fc.constantFrom(...shapes).chain((fields) => mutatedBody(fields)).map(jsonText) },
+        {
+          weight: 10,
+          arbitrary: fc
+            .constantFrom(...shapes)
+            .chain((fields) => mutatedBody(fields))
+            .map(jsonText),
+        },
         { weight: 2, arbitrary: jsonTree.map(jsonText) },
         { weight: 1, arbitrary: fc.jsonValue({ stringUnit: 'binary', maxDepth: 6 }).map((v) => JSON.stringify(v)) },
       ),
-      contentType: fc.oneof({ weight: 6, arbitrary: fc.constant('application/json') }, { weight: 1, arbitrary: fc.constantFrom(...JSON_CONTENT_TYPES) }),
+      contentType: fc.oneof(
+        { weight: 6, arbitrary: fc.constant('application/json') },
+        { weight: 1, arbitrary: fc.constantFrom(...JSON_CONTENT_TYPES) },
+      ),
     });
   }
 
@@ -443,9 +495,19 @@ describe('fuzz: hostile input gets a 4xx, leaks nothing and changes nothing (e2e
     baseline = await fingerprints.take();
     const arb = pick(routes, (r) => Boolean(r.bodies)).chain((route) =>
       fc
-        .record({ path: pathOf(route, false), body: structuredBody(route), auth: authorization(route, !route.endsSession), ua: fc.option(headerValue, { nil: undefined }) })
+        .record({
+          path: pathOf(route, false),
+          body: structuredBody(route),
+          auth: authorization(route, !route.endsSession),
+          ua: fc.option(headerValue, { nil: undefined }),
+        })
         .map(({ path, body, auth, ua }) =>
-          fuzzCase(route, { method: route.method, path, headers: withHeaders({ 'content-type': body.contentType, authorization: auth, 'user-agent': ua }), body: body.body }),
+          fuzzCase(route, {
+            method: route.method,
+            path,
+            headers: withHeaders({ 'content-type': body.contentType, authorization: auth, 'user-agent': ua }),
+            body: body.body,
+          }),
         ),
     );
     await fc.assert(
@@ -474,7 +536,11 @@ describe('fuzz: hostile input gets a 4xx, leaks nothing and changes nothing (e2e
         .filter(({ body, contentType: ct }) => body.length > 0 || ct !== undefined)
         // Fastify does not read the body of a GET, so only the others must refuse it.
         .map(({ path, body, contentType: ct, auth }) =>
-          fuzzCase(route, { method: route.method, path, headers: withHeaders({ 'content-type': ct, authorization: auth }), body }, route.method !== 'GET'),
+          fuzzCase(
+            route,
+            { method: route.method, path, headers: withHeaders({ 'content-type': ct, authorization: auth }), body },
+            route.method !== 'GET',
+          ),
         ),
     );
     await fc.assert(
@@ -526,7 +592,9 @@ describe('fuzz: hostile input gets a 4xx, leaks nothing and changes nothing (e2e
           junk: fc.array(urlComponent(hostileString), { minLength: 1, maxLength: 3 }),
           auth: authorization(route, !route.endsSession),
         })
-        .map(({ path, junk, auth }) => fuzzCase(undefined, { method: route.method, path: `${path}/${junk.join('/')}`, headers: withHeaders({ authorization: auth }) })),
+        .map(({ path, junk, auth }) =>
+          fuzzCase(undefined, { method: route.method, path: `${path}/${junk.join('/')}`, headers: withHeaders({ authorization: auth }) }),
+        ),
     );
     await fc.assert(
       fc.asyncProperty(fc.oneof({ weight: 3, arbitrary: paramCase }, { weight: 1, arbitrary: junkCase }), async (c) => {
@@ -543,14 +611,26 @@ describe('fuzz: hostile input gets a 4xx, leaks nothing and changes nothing (e2e
     baseline = await fingerprints.take();
     const headerName = fc
       .stringMatching(/^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,24}$/)
-      .filter((n) => !/^(content-length|transfer-encoding|host|connection|upgrade|expect|te|trailer|keep-alive|proxy-connection|authorization|content-type)$/i.test(n));
+      .filter(
+        (n) =>
+          !/^(content-length|transfer-encoding|host|connection|upgrade|expect|te|trailer|keep-alive|proxy-connection|authorization|content-type)$/i.test(
+            n,
+          ),
+      );
     const xff = fc.oneof(
       headerValue,
       fc
-        .array(fc.oneof(fc.ipV4(), fc.constantFrom('::1', 'fe80::1%eth0', '[::1]:80', '999.999.999.999', 'unknown', '', ' ', '127.0.0.1\t', '0x7f.1'), headerValue), {
-          minLength: 1,
-          maxLength: 5,
-        })
+        .array(
+          fc.oneof(
+            fc.ipV4(),
+            fc.constantFrom('::1', 'fe80::1%eth0', '[::1]:80', '999.999.999.999', 'unknown', '', ' ', '127.0.0.1\t', '0x7f.1'),
+            headerValue,
+          ),
+          {
+            minLength: 1,
+            maxLength: 5,
+          },
+        )
         .map((a) => a.join(', ')),
     );
     const arb = fc.constantFrom(...routes).chain((route) =>
@@ -636,7 +716,10 @@ describe('fuzz: hostile input gets a 4xx, leaks nothing and changes nothing (e2e
           query: queryString(route.query ?? { x: hostileString }),
           body,
           structured: structuredBody(route),
-          contentType: fc.oneof({ weight: 5, arbitrary: fc.constant('application/json') }, { weight: 1, arbitrary: fc.constantFrom(...JSON_CONTENT_TYPES, ...OTHER_CONTENT_TYPES) }),
+          contentType: fc.oneof(
+            { weight: 5, arbitrary: fc.constant('application/json') },
+            { weight: 1, arbitrary: fc.constantFrom(...JSON_CONTENT_TYPES, ...OTHER_CONTENT_TYPES) },
+          ),
           validAuth: authorization(route, true),
           invalidAuth: authorization(route, false),
           ua: fc.option(headerValue, { nil: undefined }),
@@ -704,7 +787,11 @@ describe('fuzz: hostile input gets a 4xx, leaks nothing and changes nothing (e2e
           [`/api/v1/admin/audit?userId=${owner.id}&limit=100`, adminTokens],
         ] as const) {
           const res = await client.send({ method: 'GET', path, headers: { authorization: bearer(who) } });
-          assert.equal(res.status, 200, `GET ${path} after storing User-Agent ${JSON.stringify(ua.slice(0, 200))} and email ${JSON.stringify(email)}: ${describeResponse(res)}`);
+          assert.equal(
+            res.status,
+            200,
+            `GET ${path} after storing User-Agent ${JSON.stringify(ua.slice(0, 200))} and email ${JSON.stringify(email)}: ${describeResponse(res)}`,
+          );
           assert.ok(!/\$2[abxy]\$|QueryFailedError|node_modules/.test(res.text), `GET ${path} leaks: ${describeResponse(res)}`);
         }
         if (loggedIn.status === 200) {
@@ -727,7 +814,10 @@ describe('fuzz: hostile input gets a 4xx, leaks nothing and changes nothing (e2e
       const res = await send(route, req, { must4xx: true });
       if (expected !== undefined) {
         const allowed = Array.isArray(expected) ? expected : [expected];
-        assert.ok(allowed.includes(res.status), `expected ${allowed.join(' or ')}, got ${res.status}\n  request:  ${describeRequest(req)}\n  response: ${describeResponse(res)}`);
+        assert.ok(
+          allowed.includes(res.status),
+          `expected ${allowed.join(' or ')}, got ${res.status}\n  request:  ${describeRequest(req)}\n  response: ${describeResponse(res)}`,
+        );
       }
       return res;
     }
@@ -749,7 +839,16 @@ describe('fuzz: hostile input gets a 4xx, leaks nothing and changes nothing (e2e
       }
       // The deep bodies cannot have ended the session either (logout never saw them).
       const logout = route('POST', '/api/v1/auth/logout');
-      await refused(logout, { method: 'POST', path: logout.path, headers: { ...json, authorization: bearer(userTokens) }, body: `${'['.repeat(8192)}${']'.repeat(8192)}` }, 400);
+      await refused(
+        logout,
+        {
+          method: 'POST',
+          path: logout.path,
+          headers: { ...json, authorization: bearer(userTokens) },
+          body: `${'['.repeat(8192)}${']'.repeat(8192)}`,
+        },
+        400,
+      );
       await assertStillLoggedIn();
     });
 
@@ -775,7 +874,11 @@ describe('fuzz: hostile input gets a 4xx, leaks nothing and changes nothing (e2e
       for (const r of bodyRoutes()) {
         const body = JSON.stringify({ username: 'x'.repeat(17 * 1024) });
         const auth: Record<string, string> = r.endsSession ? {} : { authorization: bearer(r.auth === 'admin' ? adminTokens : userTokens) };
-        await refused(r, { method: r.method, path: r.path.replace(':id', '00000000-0000-0000-0000-000000000000'), headers: { ...json, ...auth }, body }, 413);
+        await refused(
+          r,
+          { method: r.method, path: r.path.replace(':id', '00000000-0000-0000-0000-000000000000'), headers: { ...json, ...auth }, body },
+          413,
+        );
       }
       await assertStillLoggedIn();
     });
@@ -805,16 +908,36 @@ describe('fuzz: hostile input gets a 4xx, leaks nothing and changes nothing (e2e
         ['PATCH', '/api/v1/users/me', { email: nul(user.email), currentPassword: user.password }, 400],
       ];
       for (const [method, path, body, status] of cases) {
-        await refused(route(method, path), { method, path, headers: { ...json, authorization: bearer(userTokens) }, body: JSON.stringify(body) }, status);
+        await refused(
+          route(method, path),
+          { method, path, headers: { ...json, authorization: bearer(userTokens) }, body: JSON.stringify(body) },
+          status,
+        );
       }
       for (const query of ['type=LOGIN%00', 'from=2026-01-01%00', 'to=%002026-01-01', 'limit=1%00', `cursor=${percentEncode(nul('YTEuMQ'))}`]) {
-        await refused(route('GET', '/api/v1/audit'), { method: 'GET', path: `/api/v1/audit?${query}`, headers: { authorization: bearer(userTokens) } }, 400);
-        await refused(route('GET', '/api/v1/admin/audit'), { method: 'GET', path: `/api/v1/admin/audit?${query}`, headers: { authorization: bearer(adminTokens) } }, 400);
+        await refused(
+          route('GET', '/api/v1/audit'),
+          { method: 'GET', path: `/api/v1/audit?${query}`, headers: { authorization: bearer(userTokens) } },
+          400,
+        );
+        await refused(
+          route('GET', '/api/v1/admin/audit'),
+          { method: 'GET', path: `/api/v1/admin/audit?${query}`, headers: { authorization: bearer(adminTokens) } },
+          400,
+        );
       }
-      await refused(route('GET', '/api/v1/admin/audit'), { method: 'GET', path: `/api/v1/admin/audit?userId=${percentEncode(nul(user.id))}`, headers: { authorization: bearer(adminTokens) } }, 400);
+      await refused(
+        route('GET', '/api/v1/admin/audit'),
+        { method: 'GET', path: `/api/v1/admin/audit?userId=${percentEncode(nul(user.id))}`, headers: { authorization: bearer(adminTokens) } },
+        400,
+      );
       for (const r of routes.filter((x) => x.path.includes(':id') && !x.writesOn2xx)) {
         const auth = bearer(r.auth === 'admin' ? adminTokens : userTokens);
-        await refused(r, { method: r.method, path: r.path.replace(':id', percentEncode(nul(victimTokens.sessionId))), headers: { authorization: auth } }, 400);
+        await refused(
+          r,
+          { method: r.method, path: r.path.replace(':id', percentEncode(nul(victimTokens.sessionId))), headers: { authorization: auth } },
+          400,
+        );
       }
       // A password is any sequence of characters (API.md), so a NUL in one that is only
       // checked is a wrong password: 401, and for login the usual audited failure.
@@ -822,12 +945,16 @@ describe('fuzz: hostile input gets a 4xx, leaks nothing and changes nothing (e2e
       const wrong = JSON.stringify({ email: someone.email, password: nul(someone.password) });
       await refused(route('POST', '/api/v1/auth/login'), { method: 'POST', path: '/api/v1/auth/login', headers: json, body: wrong }, 401);
       const someoneTokens = await login(t.http, someone);
-      await refused(route('PUT', '/api/v1/users/me/password'), {
-        method: 'PUT',
-        path: '/api/v1/users/me/password',
-        headers: { ...json, authorization: bearer(someoneTokens) },
-        body: JSON.stringify({ currentPassword: nul(someone.password), newPassword: nul('a-long-enough-new-password') }),
-      }, 401);
+      await refused(
+        route('PUT', '/api/v1/users/me/password'),
+        {
+          method: 'PUT',
+          path: '/api/v1/users/me/password',
+          headers: { ...json, authorization: bearer(someoneTokens) },
+          body: JSON.stringify({ currentPassword: nul(someone.password), newPassword: nul('a-long-enough-new-password') }),
+        },
+        401,
+      );
       await assertStillLoggedIn();
     });
 
@@ -837,7 +964,12 @@ describe('fuzz: hostile input gets a 4xx, leaks nothing and changes nothing (e2e
       const password = 'before\u0000after-the-nul';
       const created = await registerUser(t.http, { password });
       await login(t.http, created);
-      const truncated = await client.send({ method: 'POST', path: '/api/v1/auth/login', headers: json, body: JSON.stringify({ email: created.email, password: 'before' }) });
+      const truncated = await client.send({
+        method: 'POST',
+        path: '/api/v1/auth/login',
+        headers: json,
+        body: JSON.stringify({ email: created.email, password: 'before' }),
+      });
       assert.equal(truncated.status, 401);
     });
 
@@ -862,7 +994,11 @@ describe('fuzz: hostile input gets a 4xx, leaks nothing and changes nothing (e2e
     it('refuses a 20 KiB header value with 431 (or 400) and answers the next request', async () => {
       for (const name of ['user-agent', 'authorization', 'x-forwarded-for', 'cookie']) {
         const value = name === 'authorization' ? `Bearer ${'a'.repeat(20 * 1024)}` : 'a'.repeat(20 * 1024);
-        await refused(undefined, { method: 'GET', path: '/api/v1/users/me', headers: { authorization: bearer(userTokens), [name]: value } }, [400, 431]);
+        await refused(
+          undefined,
+          { method: 'GET', path: '/api/v1/users/me', headers: { authorization: bearer(userTokens), [name]: value } },
+          [400, 431],
+        );
         const next = await client.send({ method: 'GET', path: '/api/v1/users/me', headers: { authorization: bearer(userTokens) } });
         assert.equal(next.status, 200, describeResponse(next));
       }
@@ -876,14 +1012,26 @@ describe('fuzz: hostile input gets a 4xx, leaks nothing and changes nothing (e2e
       // surrogate; class-validator lets it escape, so the ValidationPipe answers 500.
       const someone = newUserInput();
       for (const email of ['\uDFFF', 'aaa@\uD800', '\uD800@example.test', `${someone.username}@example.te\uDC00st`]) {
-        await refused(route('POST', '/api/v1/auth/register'), { method: 'POST', path: '/api/v1/auth/register', headers: json, body: JSON.stringify({ ...someone, email }) }, 400);
-        await refused(route('POST', '/api/v1/auth/login'), { method: 'POST', path: '/api/v1/auth/login', headers: json, body: JSON.stringify({ email, password: 'whatever-it-is' }) }, 400);
-        await refused(route('PATCH', '/api/v1/users/me'), {
-          method: 'PATCH',
-          path: '/api/v1/users/me',
-          headers: { ...json, authorization: bearer(userTokens) },
-          body: JSON.stringify({ email, currentPassword: 'not-the-password' }),
-        }, 400);
+        await refused(
+          route('POST', '/api/v1/auth/register'),
+          { method: 'POST', path: '/api/v1/auth/register', headers: json, body: JSON.stringify({ ...someone, email }) },
+          400,
+        );
+        await refused(
+          route('POST', '/api/v1/auth/login'),
+          { method: 'POST', path: '/api/v1/auth/login', headers: json, body: JSON.stringify({ email, password: 'whatever-it-is' }) },
+          400,
+        );
+        await refused(
+          route('PATCH', '/api/v1/users/me'),
+          {
+            method: 'PATCH',
+            path: '/api/v1/users/me',
+            headers: { ...json, authorization: bearer(userTokens) },
+            body: JSON.stringify({ email, currentPassword: 'not-the-password' }),
+          },
+          400,
+        );
       }
     });
 
@@ -893,8 +1041,17 @@ describe('fuzz: hostile input gets a 4xx, leaks nothing and changes nothing (e2e
       // (a NOT NULL violation) or `null.toLowerCase()`. A null currentPassword is counted as a
       // failed attempt in login_throttle before it crashes the HMAC: a write for bad input.
       const patch = route('PATCH', '/api/v1/users/me');
-      for (const body of [{ username: null }, { email: null }, { email: 'someone-new@example.test', currentPassword: null }, { username: null, email: null, currentPassword: null }]) {
-        await refused(patch, { method: 'PATCH', path: patch.path, headers: { ...json, authorization: bearer(userTokens) }, body: JSON.stringify(body) }, 400);
+      for (const body of [
+        { username: null },
+        { email: null },
+        { email: 'someone-new@example.test', currentPassword: null },
+        { username: null, email: null, currentPassword: null },
+      ]) {
+        await refused(
+          patch,
+          { method: 'PATCH', path: patch.path, headers: { ...json, authorization: bearer(userTokens) }, body: JSON.stringify(body) },
+          400,
+        );
       }
     });
 
@@ -903,14 +1060,26 @@ describe('fuzz: hostile input gets a 4xx, leaks nothing and changes nothing (e2e
       // format, comma fractions and signed four-digit years; `new Date()` makes an Invalid
       // Date of them, which reaches PostgreSQL as a parameter ("NaN-NaN-NaN...": 500). Each
       // must be a 400 naming the field, as any bad filter.
-      for (const value of ['2021-W01', '2021-W01-1', '20210101', '2020-366', '2021-01-01T00:00:00,5Z', '2021-01-01T000000Z', '+2021-01-01T00:00:00Z']) {
+      for (const value of [
+        '2021-W01',
+        '2021-W01-1',
+        '20210101',
+        '2020-366',
+        '2021-01-01T00:00:00,5Z',
+        '2021-01-01T000000Z',
+        '+2021-01-01T00:00:00Z',
+      ]) {
         for (const field of ['from', 'to']) {
           for (const [path, tokens] of [
             ['/api/v1/audit', userTokens],
             ['/api/v1/admin/audit', adminTokens],
           ] as const) {
             const r = route('GET', path);
-            const res = await refused(r, { method: 'GET', path: `${path}?${field}=${percentEncode(value)}`, headers: { authorization: bearer(tokens) } }, 400);
+            const res = await refused(
+              r,
+              { method: 'GET', path: `${path}?${field}=${percentEncode(value)}`, headers: { authorization: bearer(tokens) } },
+              400,
+            );
             assert.match(res.text, new RegExp(field));
           }
         }
@@ -921,7 +1090,13 @@ describe('fuzz: hostile input gets a 4xx, leaks nothing and changes nothing (e2e
   after(() => {
     const lines = [...statuses.entries()]
       .sort(([a], [b]) => a.localeCompare(b))
-      .map(([key, counts]) => `  ${key}: ${[...counts.entries()].sort(([a], [b]) => a - b).map(([s, n]) => `${s}×${n}`).join(' ')}`);
+      .map(
+        ([key, counts]) =>
+          `  ${key}: ${[...counts.entries()]
+            .sort(([a], [b]) => a - b)
+            .map(([s, n]) => `${s}×${n}`)
+            .join(' ')}`,
+      );
     // Printed after the run: which answers each route gave, so a fuzzer that only ever meets
     // the guard (401 everywhere) is visible.
     console.log(`fuzz: ${client?.sent ?? 0} requests, ${writes2xx} writing 2xx, seed ${SEED}\n${lines.join('\n')}`);

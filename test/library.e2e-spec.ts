@@ -98,7 +98,10 @@ describe('Sessionary inside a host Nest app (e2e)', () => {
   });
 
   it('refuses unknown options by name, and invalid values as the service refuses its environment', () => {
-    assert.throws(() => SessionaryModule.forRoot({ databaseUrl: 'postgres://x/y', ...secrets, sessionIdelTtl: 5 } as never), /unknown option sessionIdelTtl/);
+    assert.throws(
+      () => SessionaryModule.forRoot({ databaseUrl: 'postgres://x/y', ...secrets, sessionIdelTtl: 5 } as never),
+      /unknown option sessionIdelTtl/,
+    );
     assert.throws(() => SessionaryModule.forRoot({ databaseUrl: 'postgres://x/y', ...secrets, sessionIdleTtl: -1 }), /SESSION_IDLE_TTL/);
     assert.throws(() => SessionaryModule.forRoot({ databaseUrl: 'postgres://x/y', ...secrets, routePrefix: '/api/' }), /ROUTE_PREFIX/);
   });

@@ -17,7 +17,10 @@ describe('migrations (e2e)', () => {
     try {
       await Promise.all(sources.map((s) => runMigrationsLocked(s)));
       const rows: Array<{ name: string }> = await sources[0].query('SELECT name FROM migrations ORDER BY id');
-      assert.deepEqual(rows.map((r) => r.name), MIGRATIONS.map((m) => new m().name));
+      assert.deepEqual(
+        rows.map((r) => r.name),
+        MIGRATIONS.map((m) => new m().name),
+      );
     } finally {
       await Promise.all(sources.map((s) => s.destroy()));
     }

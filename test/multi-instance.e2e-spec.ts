@@ -168,7 +168,9 @@ describe('three instances on one database (e2e, real processes)', () => {
     await refusedEverywhere(current.accessToken);
     const { rows } = await db.query(`SELECT end_reason FROM sessions WHERE id = $1`, [current.sessionId]);
     assert.equal(rows[0].end_reason, 'absolute_timeout');
-    const events = await db.query(`SELECT count(*)::int AS n FROM audit_events WHERE session_id = $1 AND type = 'SESSION_EXPIRED'`, [current.sessionId]);
+    const events = await db.query(`SELECT count(*)::int AS n FROM audit_events WHERE session_id = $1 AND type = 'SESSION_EXPIRED'`, [
+      current.sessionId,
+    ]);
     assert.equal(events.rows[0].n, 1);
   });
 

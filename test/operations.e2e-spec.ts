@@ -118,8 +118,24 @@ describe('operations and error hygiene (e2e)', () => {
   it('states the whole contract in /docs-json: 413/415 on bodies, 429 and limit headers on /api/v1, closed request bodies, UUID ids, no empty description', async () => {
     type Ref = { $ref?: string };
     const doc = (await t.http.get('/docs-json')).body as {
-      paths: Record<string, Record<string, { responses: Record<string, { description: string; headers?: Record<string, Ref>; content?: Record<string, { example?: { statusCode?: number } }> }>; parameters?: Array<{ in: string; name: string; schema: { format?: string; maxLength?: number } }> }>>;
-      components: { schemas: Record<string, { additionalProperties?: boolean }>; headers: Record<string, { schema: { format?: string; minimum?: number; maximum?: number } }>; securitySchemes: Record<string, { description?: string }> };
+      paths: Record<
+        string,
+        Record<
+          string,
+          {
+            responses: Record<
+              string,
+              { description: string; headers?: Record<string, Ref>; content?: Record<string, { example?: { statusCode?: number } }> }
+            >;
+            parameters?: Array<{ in: string; name: string; schema: { format?: string; maxLength?: number } }>;
+          }
+        >
+      >;
+      components: {
+        schemas: Record<string, { additionalProperties?: boolean }>;
+        headers: Record<string, { schema: { format?: string; minimum?: number; maximum?: number } }>;
+        securitySchemes: Record<string, { description?: string }>;
+      };
       tags: Array<{ name: string; description: string }>;
     };
     const login = doc.paths['/api/v1/auth/login'].post.responses;
@@ -165,7 +181,10 @@ describe('operations and error hygiene (e2e)', () => {
     const served = `${JSON.stringify((await t.http.get('/docs-json')).body, null, 2)}\n`;
     const file = join(__dirname, '..', '..', 'openapi.json');
     if (process.env.UPDATE_OPENAPI) writeFileSync(file, served);
-    assert.ok(served === readFileSync(file, 'utf8'), 'the served document differs from openapi.json: run `UPDATE_OPENAPI=1 npm test -- operations` and review the diff');
+    assert.ok(
+      served === readFileSync(file, 'utf8'),
+      'the served document differs from openapi.json: run `UPDATE_OPENAPI=1 npm test -- operations` and review the diff',
+    );
   });
 
   it("runs the document's register and login examples as they are: 201, then 200 by either identifier", async () => {
@@ -187,7 +206,12 @@ describe('operations and error hygiene (e2e)', () => {
 
   it('serves no docs and no metrics when DOCS_ENABLED and METRICS_ENABLED are false', async () => {
     // Same secrets: passport keeps one 'jwt' strategy per process, the last app's.
-    const closed = await createTestApp({ DOCS_ENABLED: 'false', METRICS_ENABLED: 'false', JWT_SECRET: t.config.JWT_SECRET, PASSWORD_PEPPER: t.config.PASSWORD_PEPPER });
+    const closed = await createTestApp({
+      DOCS_ENABLED: 'false',
+      METRICS_ENABLED: 'false',
+      JWT_SECRET: t.config.JWT_SECRET,
+      PASSWORD_PEPPER: t.config.PASSWORD_PEPPER,
+    });
     try {
       for (const path of ['/docs', '/docs-json', '/metrics']) assert.equal((await closed.http.get(path)).status, 404, path);
       assert.equal((await closed.http.get('/health/live')).status, 200);

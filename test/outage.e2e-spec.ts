@@ -80,7 +80,12 @@ describe('database outage under load (e2e, own embedded PostgreSQL)', () => {
     process.removeListener('unhandledRejection', onUnhandled);
   });
 
-  async function call(method: string, path: string, body?: unknown, token?: string): Promise<{ status: number; retryAfter: string | null; body: unknown }> {
+  async function call(
+    method: string,
+    path: string,
+    body?: unknown,
+    token?: string,
+  ): Promise<{ status: number; retryAfter: string | null; body: unknown }> {
     const headers: Record<string, string> = {};
     if (body !== undefined) headers['content-type'] = 'application/json';
     if (token) headers.authorization = `Bearer ${token}`;
@@ -190,7 +195,10 @@ describe('database outage under load (e2e, own embedded PostgreSQL)', () => {
       const downCount = answers.filter((a) => a.status === 503).length;
       const unavailableLines = outageLog.filter((l) => /Database unavailable/.test(l.text));
       assert.equal(unavailableLines.length, 1, JSON.stringify(outageLog.slice(0, 20)));
-      assert.deepEqual(outageLog.filter((l) => l.level === 'error' || l.level === 'fatal'), []);
+      assert.deepEqual(
+        outageLog.filter((l) => l.level === 'error' || l.level === 'fatal'),
+        [],
+      );
       // (The access log's one 'log' line per request is another matter.)
       const warnings = outageLog.filter((l) => l.level !== 'log');
       assert.ok(warnings.length < 5, `${warnings.length} warnings for ${downCount} failed requests: ${JSON.stringify(warnings.slice(0, 20))}`);

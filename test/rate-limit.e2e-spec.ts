@@ -61,12 +61,20 @@ function closable(app: TestApp): TestApp {
 /** Keeps what the storage logs, to count its lines. */
 class CapturingLogger implements LoggerService {
   readonly lines: Array<{ level: string; context: unknown; message: string }> = [];
-  log(message: unknown, ...rest: unknown[]) { this.push('log', message, rest); }
-  warn(message: unknown, ...rest: unknown[]) { this.push('warn', message, rest); }
-  error(message: unknown, ...rest: unknown[]) { this.push('error', message, rest); }
+  log(message: unknown, ...rest: unknown[]) {
+    this.push('log', message, rest);
+  }
+  warn(message: unknown, ...rest: unknown[]) {
+    this.push('warn', message, rest);
+  }
+  error(message: unknown, ...rest: unknown[]) {
+    this.push('error', message, rest);
+  }
   debug() {}
   verbose() {}
-  fatal(message: unknown, ...rest: unknown[]) { this.push('fatal', message, rest); }
+  fatal(message: unknown, ...rest: unknown[]) {
+    this.push('fatal', message, rest);
+  }
   of(context: string) {
     return this.lines.filter((l) => l.context === context);
   }
@@ -123,7 +131,7 @@ describe('request limit across two instances (e2e)', () => {
     await client.end();
   });
 
-  it('admits the limit plus at most one sync interval\'s requests in total, then both refuse', async () => {
+  it("admits the limit plus at most one sync interval's requests in total, then both refuse", async () => {
     const ip = '198.51.100.202';
     // Each round sends PER_ROUND requests to each instance, alternating, then waits until both
     // have synced them: one sync interval holds 2 × PER_ROUND requests of this IP.

@@ -25,7 +25,10 @@ describe('HTTP hygiene (e2e)', () => {
       await t.http.get('/no-such-route'),
       await t.http.get('/api/v1/users/me'),
       await t.http.post('/api/v1/auth/login').set('content-type', 'text/plain').send('x'),
-      await t.http.post('/api/v1/auth/login').set('content-type', 'application/json').send(JSON.stringify({ pad: 'x'.repeat(20_000) })),
+      await t.http
+        .post('/api/v1/auth/login')
+        .set('content-type', 'application/json')
+        .send(JSON.stringify({ pad: 'x'.repeat(20_000) })),
     ];
     assert.deepEqual(
       answers.map((res) => res.status),
@@ -42,7 +45,13 @@ describe('HTTP hygiene (e2e)', () => {
       assert.equal(res.headers['cross-origin-resource-policy'], 'same-origin', what);
       assert.equal(res.headers['x-powered-by'], undefined, what);
       // Helmet's page-only headers are not sent with JSON.
-      for (const pageOnly of ['x-xss-protection', 'x-download-options', 'origin-agent-cluster', 'x-dns-prefetch-control', 'x-permitted-cross-domain-policies']) {
+      for (const pageOnly of [
+        'x-xss-protection',
+        'x-download-options',
+        'origin-agent-cluster',
+        'x-dns-prefetch-control',
+        'x-permitted-cross-domain-policies',
+      ]) {
         assert.equal(res.headers[pageOnly], undefined, `${what}: ${pageOnly}`);
       }
     }
@@ -55,7 +64,11 @@ describe('HTTP hygiene (e2e)', () => {
         ['a malformed request line', 'GET /health/live HTTP/1.1 junk\r\nHost: x\r\n\r\n', 400],
         ['headers over the size limit', `GET /health/live HTTP/1.1\r\nHost: x\r\nX-Big: ${'b'.repeat(20 * 1024)}\r\n\r\n`, 431],
         ['a URL that does not decode', 'GET /api/v1/sessions/%zz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n', 400],
-        ['a path parameter over the router limit', `DELETE /api/v1/sessions/${'a'.repeat(200)} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`, 414],
+        [
+          'a path parameter over the router limit',
+          `DELETE /api/v1/sessions/${'a'.repeat(200)} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`,
+          414,
+        ],
       ];
       for (const [what, raw, status] of cases) {
         const answer = await rawExchange(client.port, raw);
@@ -67,7 +80,10 @@ describe('HTTP hygiene (e2e)', () => {
         const parsed = JSON.parse(body) as Record<string, unknown>;
         assert.deepEqual(Object.keys(parsed).sort(), ['error', 'message', 'statusCode'], what);
         assert.equal(parsed.statusCode, status, what);
-        assert.ok(!JSON.stringify(parsed).includes('aaaa') && !JSON.stringify(parsed).includes('%zz'), `${what}: the answer echoes no part of the request`);
+        assert.ok(
+          !JSON.stringify(parsed).includes('aaaa') && !JSON.stringify(parsed).includes('%zz'),
+          `${what}: the answer echoes no part of the request`,
+        );
       }
       // The server goes on answering.
       assert.equal((await client.send({ method: 'GET', path: '/health/live', headers: {} })).status, 200);
@@ -103,7 +119,7 @@ describe('HTTP hygiene (e2e)', () => {
       res.headers['content-security-policy'],
       "default-src 'self';base-uri 'self';font-src 'self' https: data:;form-action 'self';frame-ancestors 'none';img-src 'self' data:;" +
         // No upgrade-insecure-requests on a page served over plain HTTP: it would blank the UI.
-      "object-src 'none';script-src 'self' 'unsafe-inline';script-src-attr 'none';style-src 'self' 'unsafe-inline'",
+        "object-src 'none';script-src 'self' 'unsafe-inline';script-src-attr 'none';style-src 'self' 'unsafe-inline'",
     );
     assert.equal(res.headers['strict-transport-security'], 'max-age=31536000; includeSubDomains');
     assert.equal(res.headers['x-content-type-options'], 'nosniff');
@@ -120,7 +136,7 @@ describe('HTTP hygiene (e2e)', () => {
     assert.equal(res.headers['x-powered-by'], undefined);
   });
 
-  it('asks the browser to upgrade the UI\'s requests, and isolates its window, only when the page came over HTTPS (a believed proxy says so)', async () => {
+  it("asks the browser to upgrade the UI's requests, and isolates its window, only when the page came over HTTPS (a believed proxy says so)", async () => {
     // Ignored without TRUST_PROXY: a client cannot claim HTTPS for itself.
     const claimed = await t.http.get('/docs').set('X-Forwarded-Proto', 'https');
     assert.doesNotMatch(claimed.headers['content-security-policy'], /upgrade-insecure-requests/);
@@ -133,7 +149,10 @@ describe('HTTP hygiene (e2e)', () => {
       assert.doesNotMatch(plain.headers['content-security-policy'], /upgrade-insecure-requests/);
       assert.equal(plain.headers['cross-origin-opener-policy'], undefined);
       // API answers are the same either way.
-      assert.equal((await proxied.http.get('/health/live').set('X-Forwarded-Proto', 'https')).headers['content-security-policy'], "default-src 'none';frame-ancestors 'none'");
+      assert.equal(
+        (await proxied.http.get('/health/live').set('X-Forwarded-Proto', 'https')).headers['content-security-policy'],
+        "default-src 'none';frame-ancestors 'none'",
+      );
     } finally {
       await proxied.close();
     }
@@ -156,12 +175,17 @@ describe('HTTP hygiene (e2e)', () => {
     assert.equal(simple.headers['access-control-allow-origin'], undefined);
     // A listed origin gets it on every answer, refusals included, even those Fastify gives before
     // the route (openapi.json documents it on every response).
-    const answers = await Promise.all([
-      t.http.get('/health/live'),
-      t.http.get('/api/v1/users/me'),
-      t.http.post('/api/v1/auth/login').set('Content-Type', 'application/xml').send('<login/>'),
-    ].map((req) => req.set('Origin', 'https://app.example.com')));
-    assert.deepEqual(answers.map((res) => res.status), [200, 401, 415]);
+    const answers = await Promise.all(
+      [
+        t.http.get('/health/live'),
+        t.http.get('/api/v1/users/me'),
+        t.http.post('/api/v1/auth/login').set('Content-Type', 'application/xml').send('<login/>'),
+      ].map((req) => req.set('Origin', 'https://app.example.com')),
+    );
+    assert.deepEqual(
+      answers.map((res) => res.status),
+      [200, 401, 415],
+    );
     for (const res of answers) assert.equal(res.headers['access-control-allow-origin'], 'https://app.example.com', String(res.status));
   });
 
@@ -169,12 +193,18 @@ describe('HTTP hygiene (e2e)', () => {
     // Same secrets: passport keeps one 'jwt' strategy per process, the last app's.
     const closed = await createTestApp({ CORS_ORIGINS: '', JWT_SECRET: t.config.JWT_SECRET, PASSWORD_PEPPER: t.config.PASSWORD_PEPPER });
     try {
-      const preflight = await closed.http.options('/api/v1/auth/login').set('Origin', 'https://app.example.com').set('Access-Control-Request-Method', 'POST');
+      const preflight = await closed.http
+        .options('/api/v1/auth/login')
+        .set('Origin', 'https://app.example.com')
+        .set('Access-Control-Request-Method', 'POST');
       assert.equal(preflight.status, 404);
       const simple = await closed.http.get('/health/live').set('Origin', 'https://app.example.com');
       assert.equal(simple.status, 200);
       for (const res of [preflight, simple]) {
-        assert.deepEqual(Object.keys(res.headers).filter((h) => h.startsWith('access-control-')), []);
+        assert.deepEqual(
+          Object.keys(res.headers).filter((h) => h.startsWith('access-control-')),
+          [],
+        );
       }
     } finally {
       await closed.close();
@@ -192,7 +222,12 @@ describe('HTTP hygiene (e2e)', () => {
     const deep = '{"username":' + '['.repeat(5000) + ']'.repeat(5000) + '}';
     const deepRes = await t.http.post('/api/v1/auth/register').set('Content-Type', 'application/json').send(deep);
     assert.equal(deepRes.status, 400);
-    const nested = { username: 'abc', email: 'a@b.test', password: 'x'.repeat(20), extra: { a: { b: { c: { d: { e: { f: { g: { h: {} } } } } } } } } };
+    const nested = {
+      username: 'abc',
+      email: 'a@b.test',
+      password: 'x'.repeat(20),
+      extra: { a: { b: { c: { d: { e: { f: { g: { h: {} } } } } } } } },
+    };
     assert.equal((await t.http.post('/api/v1/auth/register').send(nested)).status, 400);
     const poisoned = await t.http
       .post('/api/v1/auth/register')
@@ -223,7 +258,10 @@ describe('HTTP hygiene (e2e)', () => {
   });
 
   it('refuses an oversized header without harm: the next request is served', async () => {
-    const res = await t.http.get('/health/live').set('X-Padding', 'x'.repeat(20 * 1024)).catch((e: { status?: number }) => e);
+    const res = await t.http
+      .get('/health/live')
+      .set('X-Padding', 'x'.repeat(20 * 1024))
+      .catch((e: { status?: number }) => e);
     assert.ok((res as { status?: number }).status === 431 || (res as { status?: number }).status === 400, JSON.stringify(res));
     assert.equal((await t.http.get('/health/live')).status, 200);
   });
@@ -261,7 +299,11 @@ describe('access tokens are only what we issued (e2e)', () => {
       { crit: ['exp'] },
     ];
     for (const extra of tricks) {
-      const token = jwt.sign(claims(), t.config.JWT_SECRET, { algorithm: 'HS256', expiresIn: 60, header: { alg: 'HS256', typ: 'at+jwt', ...extra } as jwt.JwtHeader });
+      const token = jwt.sign(claims(), t.config.JWT_SECRET, {
+        algorithm: 'HS256',
+        expiresIn: 60,
+        header: { alg: 'HS256', typ: 'at+jwt', ...extra } as jwt.JwtHeader,
+      });
       assert.equal(await status(token), 401, JSON.stringify(extra).slice(0, 60));
     }
   });
@@ -279,7 +321,10 @@ describe('access tokens are only what we issued (e2e)', () => {
       ['expired', jwt.sign({ ...claims(), exp: Math.floor(Date.now() / 1000) - 10 }, secret, { algorithm: 'HS256', header })],
       ['no exp', jwt.sign(claims(), secret, { algorithm: 'HS256', header })],
       ['typ JWT', jwt.sign(claims(), secret, { algorithm: 'HS256', expiresIn: 60, header: { alg: 'HS256', typ: 'JWT' } })],
-      ['alg none', `${Buffer.from('{"alg":"none","typ":"at+jwt"}').toString('base64url')}.${Buffer.from(JSON.stringify({ ...claims(), exp: 9e9 })).toString('base64url')}.`],
+      [
+        'alg none',
+        `${Buffer.from('{"alg":"none","typ":"at+jwt"}').toString('base64url')}.${Buffer.from(JSON.stringify({ ...claims(), exp: 9e9 })).toString('base64url')}.`,
+      ],
       ['another session id', jwt.sign({ ...claims(), sid: randomUUID() }, secret, { algorithm: 'HS256', expiresIn: 60, header })],
       ['another user for this session', jwt.sign({ ...claims(), sub: randomUUID() }, secret, { algorithm: 'HS256', expiresIn: 60, header })],
     ];
@@ -373,7 +418,10 @@ describe('secrets (e2e)', () => {
   const boot = async (env: Record<string, string>) => {
     const { DATABASE_URL: _ignored, JWT_SECRET: _j, PASSWORD_PEPPER: _p, ...rest } = process.env;
     try {
-      await promisify(execFile)(process.execPath, [main], { env: { ...rest, DATABASE_URL: 'postgres://nobody@127.0.0.1:1/none', ...env }, timeout: 20_000 });
+      await promisify(execFile)(process.execPath, [main], {
+        env: { ...rest, DATABASE_URL: 'postgres://nobody@127.0.0.1:1/none', ...env },
+        timeout: 20_000,
+      });
       return { code: 0, output: '' };
     } catch (error) {
       const e = error as { code: number; stdout: string; stderr: string };

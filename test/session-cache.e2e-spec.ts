@@ -110,7 +110,10 @@ describe('session cache kept exact by LISTEN/NOTIFY (e2e, two instances on one d
     const row = await sessionRow(a.db, tokens.sessionId);
     assert.equal(row!.end_reason, 'absolute_timeout');
     const events = await auditRows(a.db, { userId: user.id, type: 'SESSION_EXPIRED' });
-    assert.deepEqual(events.map((e) => [e.session_id, e.metadata.reason]), [[tokens.sessionId, 'absolute_timeout']]);
+    assert.deepEqual(
+      events.map((e) => [e.session_id, e.metadata.reason]),
+      [[tokens.sessionId, 'absolute_timeout']],
+    );
   });
 
   it('a rolled-back change notifies nobody: the cached session keeps working without a query', async () => {

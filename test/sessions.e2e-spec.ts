@@ -36,7 +36,15 @@ describe('my sessions (e2e)', () => {
     assert.equal(mine.current, true);
     assert.equal(other.current, false);
     assert.deepEqual(Object.keys(mine).sort(), [
-      'absoluteExpiresAt', 'createdAt', 'current', 'device', 'expiresAt', 'id', 'ipAddress', 'lastSeenAt', 'userAgent',
+      'absoluteExpiresAt',
+      'createdAt',
+      'current',
+      'device',
+      'expiresAt',
+      'id',
+      'ipAddress',
+      'lastSeenAt',
+      'userAgent',
     ]);
     assert.deepEqual(mine.device, { browser: 'Safari 17', os: 'iOS 17.5', deviceType: 'mobile' });
     assert.deepEqual(other.device, { browser: 'Firefox 128', os: 'Windows 10', deviceType: 'desktop' });
@@ -143,10 +151,7 @@ describe('password change (e2e)', () => {
     const others = [await login(t.http, user), await login(t.http, user)];
     const me = await login(t.http, user);
     const newPassword = 'a-brand-new-password-🔑';
-    const res = await t.http
-      .put('/api/v1/users/me/password')
-      .set('Authorization', bearer(me))
-      .send({ currentPassword: user.password, newPassword });
+    const res = await t.http.put('/api/v1/users/me/password').set('Authorization', bearer(me)).send({ currentPassword: user.password, newPassword });
     assert.equal(res.status, 204);
     for (const s of others) {
       assert.equal((await t.http.get('/api/v1/users/me').set('Authorization', bearer(s))).status, 401);

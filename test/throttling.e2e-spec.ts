@@ -69,7 +69,10 @@ describe('failed-login throttling (e2e)', () => {
       answers.push(...seq);
     }
     assert.deepEqual(answers.slice(0, 4), answers.slice(4));
-    assert.deepEqual(answers.slice(0, 4).map((x) => x.status), [401, 401, 401, 429]);
+    assert.deepEqual(
+      answers.slice(0, 4).map((x) => x.status),
+      [401, 401, 401, 429],
+    );
   });
 
   it('lets no more than the maximum of parallel guesses be checked', async () => {
@@ -98,16 +101,24 @@ describe('per-IP throttling and the general rate limit (e2e)', () => {
   it('backs off an IP that fails across many identifiers, and only that IP', async () => {
     const attacker = '203.0.113.7';
     for (let i = 0; i < 3; i++) {
-      const res = await t.http.post('/api/v1/auth/login').set('X-Forwarded-For', attacker).send({ email: `${uniqueName()}@x.test`, password: WRONG });
+      const res = await t.http
+        .post('/api/v1/auth/login')
+        .set('X-Forwarded-For', attacker)
+        .send({ email: `${uniqueName()}@x.test`, password: WRONG });
       assert.equal(res.status, 401);
     }
     const user = await registerUser(t.http);
     const blocked = await t.http.post('/api/v1/auth/login').set('X-Forwarded-For', attacker).send({ email: user.email, password: user.password });
     assert.equal(blocked.status, 429);
     assert.ok(Number(blocked.headers['retry-after']) >= 4);
-    const fromElsewhere = await t.http.post('/api/v1/auth/login').set('X-Forwarded-For', '198.51.100.2').send({ email: user.email, password: user.password });
+    const fromElsewhere = await t.http
+      .post('/api/v1/auth/login')
+      .set('X-Forwarded-For', '198.51.100.2')
+      .send({ email: user.email, password: user.password });
     assert.equal(fromElsewhere.status, 200);
-    const ipLocks = await t.db.query(`SELECT * FROM audit_events WHERE type = 'ACCOUNT_LOCKED' AND metadata->>'scope' = 'ip' AND ip_address = $1`, [attacker]);
+    const ipLocks = await t.db.query(`SELECT * FROM audit_events WHERE type = 'ACCOUNT_LOCKED' AND metadata->>'scope' = 'ip' AND ip_address = $1`, [
+      attacker,
+    ]);
     assert.equal(ipLocks.length, 1);
   });
 
@@ -167,7 +178,7 @@ describe('malicious lockout (e2e)', () => {
     await t.close();
   });
 
-  it("an attacker elsewhere cannot lock a user out of the place they logged in from before", async () => {
+  it('an attacker elsewhere cannot lock a user out of the place they logged in from before', async () => {
     const user = await registerUser(t.http);
     const home = '198.51.100.10';
     const attacker = '203.0.113.99';

@@ -41,20 +41,14 @@ describe('users (e2e)', () => {
     const { user, tokens } = await registerAndLogin(t.http);
     const email = `new_${user.email}`;
     const missing = await t.http.patch('/api/v1/users/me').set('Authorization', bearer(tokens)).send({ email });
-    const wrong = await t.http
-      .patch('/api/v1/users/me')
-      .set('Authorization', bearer(tokens))
-      .send({ email, currentPassword: 'definitely-not-it' });
+    const wrong = await t.http.patch('/api/v1/users/me').set('Authorization', bearer(tokens)).send({ email, currentPassword: 'definitely-not-it' });
     assert.equal(missing.status, 401);
     assert.equal(wrong.status, 401);
     let [row] = await t.db.query('SELECT email FROM users WHERE id = $1', [user.id]);
     assert.equal(row.email, user.email);
     assert.equal((await auditRows(t.db, { userId: user.id, type: 'PROFILE_UPDATED' })).length, 0);
 
-    const ok = await t.http
-      .patch('/api/v1/users/me')
-      .set('Authorization', bearer(tokens))
-      .send({ email, currentPassword: user.password });
+    const ok = await t.http.patch('/api/v1/users/me').set('Authorization', bearer(tokens)).send({ email, currentPassword: user.password });
     assert.equal(ok.status, 200);
     assert.equal(ok.body.email, email);
     [row] = await t.db.query('SELECT email FROM users WHERE id = $1', [user.id]);

@@ -106,10 +106,20 @@ export interface CleanupMeasure {
  * Seeds `n` sessions of the given kind, then runs the cleanup task until it has nothing left
  * (one run does at most its per-tick bound), timing every statement it sends.
  */
-export async function measureCleanup(app: INestApplicationContext, seeder: Client, users: number, n: number, kind: 'overdue' | 'pastRetention'): Promise<CleanupMeasure> {
+export async function measureCleanup(
+  app: INestApplicationContext,
+  seeder: Client,
+  users: number,
+  n: number,
+  kind: 'overdue' | 'pastRetention',
+): Promise<CleanupMeasure> {
   await seedCleanupSessions(seeder, users, n, kind);
   const task = app.get(SessionsCleanupTask);
-  const { result: done, statements, seconds } = await recordStatements(async () => {
+  const {
+    result: done,
+    statements,
+    seconds,
+  } = await recordStatements(async () => {
     let total = 0;
     for (;;) {
       const r = await task.run();
@@ -155,7 +165,12 @@ export async function measurePartitionDrop(app: INestApplicationContext): Promis
   if (now.getTime() - days * 86_400_000 >= second.to.getTime()) throw new Error('no retention drops exactly the oldest month');
   const config = app.get(ConfigService);
   const withRetention = { get: (name: string, options?: unknown) => (name === 'AUDIT_RETENTION_DAYS' ? days : config.get(name, options as never)) };
-  const service = new AuditPartitionsService(app.get(DataSource), app.get(AuditChainService), app.get(AuditExportService), withRetention as unknown as ConfigService<AppConfig, true>);
+  const service = new AuditPartitionsService(
+    app.get(DataSource),
+    app.get(AuditChainService),
+    app.get(AuditExportService),
+    withRetention as unknown as ConfigService<AppConfig, true>,
+  );
   const { result, statements, seconds } = await recordStatements(() => service.maintain());
   if (result.dropped.length !== 1 || result.dropped[0].name !== oldest.name) {
     throw new Error(`expected ${oldest.name} dropped, got ${JSON.stringify(result)}`);

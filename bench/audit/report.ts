@@ -24,7 +24,9 @@ function render(rows: string[][]): string {
 
 export function printReport(empty: ScenarioResult, large: ScenarioResult): void {
   const sizeOf = (s: ScenarioResult) => `${num(s.size.users)} users, ${num(s.size.sessions)} sessions, ${num(s.size.events)} events`;
-  console.log(`\nalmost empty: ${sizeOf(empty)}\nlarge (${large.label}): ${sizeOf(large)}, seeded in ${large.seeded.totalSeconds.toFixed(0)} s, ${(large.databaseBytes / 2 ** 30).toFixed(2)} GiB\n`);
+  console.log(
+    `\nalmost empty: ${sizeOf(empty)}\nlarge (${large.label}): ${sizeOf(large)}, seeded in ${large.seeded.totalSeconds.toFixed(0)} s, ${(large.databaseBytes / 2 ** 30).toFixed(2)} GiB\n`,
+  );
   const rows = [['first page (ms)', 'empty p50', 'p99', 'large p50', 'p99', 'p50 ratio']];
   for (const [i, p] of large.pages.entries()) {
     const e = empty.pages[i];
@@ -35,7 +37,10 @@ export function printReport(empty: ScenarioResult, large: ScenarioResult): void 
   if (empty.verification && large.verification) {
     other.push(['verification, events/s', num(empty.verification.eventsPerSecond), num(large.verification.eventsPerSecond)]);
   }
-  for (const [name, key] of [['cleanup ended', 'ended'], ['cleanup deleted', 'deleted']] as const) {
+  for (const [name, key] of [
+    ['cleanup ended', 'ended'],
+    ['cleanup deleted', 'deleted'],
+  ] as const) {
     other.push([`${name}, sessions/s`, num(empty[key].perSecond), num(large[key].perSecond)]);
     other.push([`${name}, slowest statement ms`, num(empty[key].slowestMs), num(large[key].slowestMs)]);
     other.push([`${name}, statements over 100 ms`, String(empty[key].over100ms), String(large[key].over100ms)]);
@@ -44,7 +49,11 @@ export function printReport(empty: ScenarioResult, large: ScenarioResult): void 
   other.push(['drop oldest month, DETACH+DROP ms', num(empty.drop.detachDropMs), num(large.drop.detachDropMs)]);
   other.push(['drop oldest month, events in it', num(empty.drop.events), num(large.drop.events)]);
   console.log(`\n${render(other)}\n`);
-  for (const [name, m] of [['ended', large.ended], ['deleted', large.deleted], ['drop', large.drop]] as const) {
+  for (const [name, m] of [
+    ['ended', large.ended],
+    ['deleted', large.deleted],
+    ['drop', large.drop],
+  ] as const) {
     console.log(`slowest statement (${name}, large): ${m.slowestMs.toFixed(1)} ms: ${m.slowestStatement}`);
   }
 }

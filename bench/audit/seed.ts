@@ -129,7 +129,9 @@ export async function seed(client: Client, size: Size, key: string, months: numb
   // This connection only: bigger sorts for the index builds; a crash loses nothing that matters here.
   await client.query(`SET maintenance_work_mem = '512MB'`);
   await client.query(`SET synchronous_commit = off`);
-  const { rows: [{ now }] } = await client.query<{ now: Date }>(`SELECT now() AS now`);
+  const {
+    rows: [{ now }],
+  } = await client.query<{ now: Date }>(`SELECT now() AS now`);
   const end = now.getTime() - 60_000;
   const start = end - months * 30 * DAY_MS;
   await createPartitions(client, new Date(start));
@@ -251,7 +253,20 @@ async function seedEvents(client: Client, size: Size, key: string, start: number
       const hash = eventHash(key, prevHash, event);
       positions[u] = event.position;
       hashes[u] = hash;
-      const values = [event.id, type, userId, event.sessionId, event.ipAddress, event.userAgent, event.metadata, event.createdAt, event.chainKey, event.position, prevHash, hash];
+      const values = [
+        event.id,
+        type,
+        userId,
+        event.sessionId,
+        event.ipAddress,
+        event.userAgent,
+        event.metadata,
+        event.createdAt,
+        event.chainKey,
+        event.position,
+        prevHash,
+        hash,
+      ];
       for (let c = 0; c < 12; c++) columns[c][j] = values[c];
     }
     await inFlight;
@@ -270,10 +285,11 @@ async function seedEvents(client: Client, size: Size, key: string, start: number
   }
   for (let i = 0; i < heads.length; i += HEADS_BATCH) {
     const batch = heads.slice(i, i + HEADS_BATCH);
-    await client.query(
-      `INSERT INTO audit_chain_heads (chain_key, position, hash) SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[])`,
-      [batch.map((h) => h[0]), batch.map((h) => h[1]), batch.map((h) => h[2])],
-    );
+    await client.query(`INSERT INTO audit_chain_heads (chain_key, position, hash) SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[])`, [
+      batch.map((h) => h[0]),
+      batch.map((h) => h[1]),
+      batch.map((h) => h[2]),
+    ]);
   }
   return heads.length;
 }

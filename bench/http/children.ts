@@ -2,7 +2,12 @@
 import { ChildProcess, fork } from 'node:child_process';
 
 /** Forks a helper script and resolves with it and its first message (its port, or `ready`). */
-export function forkHelper<T>(script: string, args: string[], env: NodeJS.ProcessEnv, timeoutMs = 30_000): Promise<{ child: ChildProcess; first: T }> {
+export function forkHelper<T>(
+  script: string,
+  args: string[],
+  env: NodeJS.ProcessEnv,
+  timeoutMs = 30_000,
+): Promise<{ child: ChildProcess; first: T }> {
   const child = fork(script, args, { env, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`${script} did not start within ${timeoutMs} ms`)), timeoutMs);

@@ -66,8 +66,7 @@ export function summary(
   sql: { targets: Record<string, SqlReport>; idle: { seconds: number; commits: number } },
   config: { rounds: number; seconds: number; loginSeconds: number },
 ): string {
-  const goal = (r: Ratio) =>
-    `${r.goal === undefined ? '' : `  (goal >= ${r.goal})`}  rounds: ${r.perRound.map((x) => x.toFixed(2)).join(', ')}`;
+  const goal = (r: Ratio) => `${r.goal === undefined ? '' : `  (goal >= ${r.goal})`}  rounds: ${r.perRound.map((x) => x.toFixed(2)).join(', ')}`;
   const sqlLine = (label: string, s: SqlReport) =>
     `SQL per request, ${label}  : ${s.perRequest.toFixed(2)}  (${s.commits} transactions in ${s.windowSeconds.toFixed(1)} s around exactly ` +
     `${s.requests} requests after ${s.warmupRequests} warm-up, minus ${s.backgroundCommits.toFixed(1)} background` +

@@ -69,7 +69,16 @@ export interface ServiceOptions {
 export function serviceEnv(options: ServiceOptions): NodeJS.ProcessEnv {
   const env: NodeJS.ProcessEnv = { ...process.env };
   for (const key of Object.keys(new Env())) delete env[key];
-  for (const key of ['DATABASE_URL', 'JWT_SECRET', 'PASSWORD_PEPPER', 'AUDIT_HMAC_KEY', 'AUDIT_CHECKPOINT_FILE', 'AUDIT_RETENTION_DAYS', 'AUDIT_ARCHIVE_DIR']) delete env[key];
+  for (const key of [
+    'DATABASE_URL',
+    'JWT_SECRET',
+    'PASSWORD_PEPPER',
+    'AUDIT_HMAC_KEY',
+    'AUDIT_CHECKPOINT_FILE',
+    'AUDIT_RETENTION_DAYS',
+    'AUDIT_ARCHIVE_DIR',
+  ])
+    delete env[key];
   Object.assign(env, {
     NODE_ENV: 'production',
     HOST: '127.0.0.1',
@@ -159,9 +168,7 @@ export class CommitCounter {
 
   async read(): Promise<number> {
     // Outside a transaction each read takes a fresh statistics snapshot (stats_fetch_consistency).
-    const { rows } = await this.client.query<{ xact_commit: string }>('SELECT xact_commit FROM pg_stat_database WHERE datname = $1', [
-      this.database,
-    ]);
+    const { rows } = await this.client.query<{ xact_commit: string }>('SELECT xact_commit FROM pg_stat_database WHERE datname = $1', [this.database]);
     return Number(rows[0]?.xact_commit ?? NaN);
   }
 

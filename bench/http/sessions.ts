@@ -25,7 +25,12 @@ export async function setUpSessions(
   // SESSION_MAX_PER_USER ends the oldest session beyond the limit: spread sessions over users.
   const usersFor = (sessions: number) => Math.max(1, Math.ceil(sessions / options.sessionsPerUser));
   const ownerOf = (owners: BenchUser[], i: number) => owners[Math.floor(i / options.sessionsPerUser)];
-  const register = (count: number, role: string) => mapLimit(Array.from({ length: count }, () => role), 4, (r) => registerUser(base, r));
+  const register = (count: number, role: string) =>
+    mapLimit(
+      Array.from({ length: count }, () => role),
+      4,
+      (r) => registerUser(base, r),
+    );
   const readers = await register(usersFor(options.readerSessions), 'reader');
   const refreshers = await register(usersFor(options.chains), 'refresh');
   const [loginUser] = await register(1, 'login');

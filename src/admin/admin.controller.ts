@@ -55,7 +55,7 @@ export class AdminController {
   }
 
   @Delete('users/:id/sessions')
-  @ApiOperation({ operationId: 'revokeUserSessions', summary: "End every active session of a user (reason revoked_by_admin)" })
+  @ApiOperation({ operationId: 'revokeUserSessions', summary: 'End every active session of a user (reason revoked_by_admin)' })
   @ApiOkResponse({ type: RevokedCountResponseDto })
   @ApiBadRequestResponse({ type: ErrorResponseDto, description: 'Not a UUID' })
   @ApiNotFoundResponse({ type: ErrorResponseDto, description: 'No such user' })
@@ -97,7 +97,7 @@ export class AdminController {
     summary: 'Stream the audit log, or a filtered part of it, as NDJSON for offline verification',
     description:
       'One event a line in `seq` order, with its chain fields (`chainKey`, `position`, `prevHash`, `hash`) and `createdAt` to ' +
-      'the microsecond, so that each line\'s HMAC can be recomputed; then one last line, the seal, naming the filters and ' +
+      "the microsecond, so that each line's HMAC can be recomputed; then one last line, the seal, naming the filters and " +
       'carrying a keyed MAC over the lines, so that a deleted, inserted or reordered line, or a transfer cut short, is ' +
       'detected (`npm run cli -- audit-verify --file`). Read from one consistent snapshot, a batch at a time. A failure ' +
       'after the answer started aborts the transfer instead of ending it: a client sees an incomplete response, and the ' +

@@ -25,7 +25,6 @@ const CHECKPOINT_LOCK_KEY = '7022356976209950836';
 const SEAL_BATCH = 1000;
 const HEADS_BATCH = 5000;
 
-
 interface CheckpointRow {
   id: string;
   created_at: string;
@@ -183,7 +182,16 @@ export class AuditChainService {
       await em.query(
         `INSERT INTO audit_checkpoints (id, created_at, chains, events, max_seq, digest, prev_mac, mac)
          VALUES ($1, $2::timestamptz, $3, $4, $5, $6, $7, $8)`,
-        [checkpoint.id, checkpoint.createdAt, checkpoint.chains, checkpoint.events, checkpoint.maxSeq, checkpoint.digest, checkpoint.prevMac, checkpoint.mac],
+        [
+          checkpoint.id,
+          checkpoint.createdAt,
+          checkpoint.chains,
+          checkpoint.events,
+          checkpoint.maxSeq,
+          checkpoint.digest,
+          checkpoint.prevMac,
+          checkpoint.mac,
+        ],
       );
       return checkpoint;
     });

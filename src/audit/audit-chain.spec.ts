@@ -1,6 +1,16 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { canonicalEvent, canonicalJson, chainKeyOf, ChainedEvent, checkpointMac, eventHash, GENESIS_HASH, GLOBAL_CHAIN, sameMac } from './audit-chain';
+import {
+  canonicalEvent,
+  canonicalJson,
+  chainKeyOf,
+  ChainedEvent,
+  checkpointMac,
+  eventHash,
+  GENESIS_HASH,
+  GLOBAL_CHAIN,
+  sameMac,
+} from './audit-chain';
 
 const KEY = 'unit-test-audit-key-of-at-least-32-bytes';
 const EVENT: ChainedEvent = {
@@ -18,7 +28,10 @@ const EVENT: ChainedEvent = {
 
 describe('canonicalJson', () => {
   it('sorts keys at every depth, drops undefined, and has no whitespace', () => {
-    assert.equal(canonicalJson({ b: 1, a: { d: [2, { z: null, y: true }], c: 'x' }, u: undefined }), '{"a":{"c":"x","d":[2,{"y":true,"z":null}]},"b":1}');
+    assert.equal(
+      canonicalJson({ b: 1, a: { d: [2, { z: null, y: true }], c: 'x' }, u: undefined }),
+      '{"a":{"c":"x","d":[2,{"y":true,"z":null}]},"b":1}',
+    );
   });
 
   it('gives what jsonb gives back the same text as what was written', () => {
@@ -79,9 +92,25 @@ describe('chainKeyOf, sameMac, checkpointMac', () => {
   });
 
   it("covers every field of a checkpoint, the previous checkpoint's mac included", () => {
-    const c = { id: 2, createdAt: '2026-12-01T12:00:00.000001Z', chains: 3, events: 10, maxSeq: '12', digest: 'd'.repeat(64), prevMac: 'p'.repeat(64) };
+    const c = {
+      id: 2,
+      createdAt: '2026-12-01T12:00:00.000001Z',
+      chains: 3,
+      events: 10,
+      maxSeq: '12',
+      digest: 'd'.repeat(64),
+      prevMac: 'p'.repeat(64),
+    };
     const mac = checkpointMac(KEY, c);
-    for (const changed of [{ id: 3 }, { createdAt: '2026-12-01T12:00:00.000002Z' }, { chains: 4 }, { events: 9 }, { maxSeq: '13' }, { digest: 'e'.repeat(64) }, { prevMac: 'q'.repeat(64) }]) {
+    for (const changed of [
+      { id: 3 },
+      { createdAt: '2026-12-01T12:00:00.000002Z' },
+      { chains: 4 },
+      { events: 9 },
+      { maxSeq: '13' },
+      { digest: 'e'.repeat(64) },
+      { prevMac: 'q'.repeat(64) },
+    ]) {
       assert.notEqual(checkpointMac(KEY, { ...c, ...changed }), mac, JSON.stringify(changed));
     }
   });

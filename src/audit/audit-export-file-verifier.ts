@@ -85,7 +85,11 @@ export async function verifyExportFile(path: string, key: string): Promise<Expor
       lineNo++;
       const parsed = parseLine(text, lineNo);
       if (seal) {
-        fail({ line: lineNo, id: typeof parsed.id === 'string' ? parsed.id : null, reason: `Line ${lineNo} comes after the seal (line ${seal.line}): lines were appended` });
+        fail({
+          line: lineNo,
+          id: typeof parsed.id === 'string' ? parsed.id : null,
+          reason: `Line ${lineNo} comes after the seal (line ${seal.line}): lines were appended`,
+        });
         continue;
       }
       if (!isEventLine(parsed)) {
@@ -102,16 +106,28 @@ export async function verifyExportFile(path: string, key: string): Promise<Expor
         continue;
       }
       if (line.chainKey === null || line.position === null || line.prevHash === null || line.hash === null) {
-        fail({ line: lineNo, id, reason: `Line ${lineNo} (event ${id}) is not in any chain: it was inserted outside the service (or not yet sealed)` });
+        fail({
+          line: lineNo,
+          id,
+          reason: `Line ${lineNo} (event ${id}) is not in any chain: it was inserted outside the service (or not yet sealed)`,
+        });
         continue;
       }
       if (chainKeyOf(line.userId) !== line.chainKey) {
-        fail({ line: lineNo, id, reason: `Line ${lineNo} (event ${id}) names user ${line.userId ?? 'none'} but belongs to chain ${line.chainKey}: it was moved to another user` });
+        fail({
+          line: lineNo,
+          id,
+          reason: `Line ${lineNo} (event ${id}) names user ${line.userId ?? 'none'} but belongs to chain ${line.chainKey}: it was moved to another user`,
+        });
       }
       const previous = chains.get(line.chainKey);
       chains.set(line.chainKey, { position: line.position, hash: line.hash, line: lineNo });
       if (previous && line.position <= previous.position) {
-        fail({ line: lineNo, id, reason: `Line ${lineNo} (event ${id}) is at position ${line.position} of chain ${line.chainKey}, after line ${previous.line} at position ${previous.position}: lines were reordered or duplicated` });
+        fail({
+          line: lineNo,
+          id,
+          reason: `Line ${lineNo} (event ${id}) is at position ${line.position} of chain ${line.chainKey}, after line ${previous.line} at position ${previous.position}: lines were reordered or duplicated`,
+        });
         continue;
       }
       const linkedTo = line.position === 1 ? GENESIS_HASH : previous?.position === line.position - 1 ? previous.hash : undefined;
@@ -131,7 +147,11 @@ export async function verifyExportFile(path: string, key: string): Promise<Expor
         result.linked++;
         if (line.prevHash !== linkedTo) {
           const what = line.position === 1 ? 'the start of its chain' : `the line before it in chain ${line.chainKey} (line ${previous!.line})`;
-          fail({ line: lineNo, id, reason: `Line ${lineNo} (event ${id}) does not link to ${what}: lines were altered, deleted, inserted or reordered` });
+          fail({
+            line: lineNo,
+            id,
+            reason: `Line ${lineNo} (event ${id}) does not link to ${what}: lines were altered, deleted, inserted or reordered`,
+          });
         }
       }
       const expected = eventHash(key, line.prevHash, chainedEventOf(storedRowOf(line), line.chainKey, line.position));
@@ -150,11 +170,19 @@ export async function verifyExportFile(path: string, key: string): Promise<Expor
   const problems: Problem[] = [];
   if (failure) problems.push(failure);
   if (!seal) {
-    problems.push({ line: lineNo + 1, id: null, reason: `The file ends after line ${lineNo} without the export's seal: it was cut short (an interrupted transfer?) or its end was removed` });
+    problems.push({
+      line: lineNo + 1,
+      id: null,
+      reason: `The file ends after line ${lineNo} without the export's seal: it was cut short (an interrupted transfer?) or its end was removed`,
+    });
   } else {
     const { mac, ...fields } = seal.value;
     if (!sameMac(mac, sealMac(key, fields))) {
-      problems.push({ line: seal.line, id: null, reason: `The seal (line ${seal.line}) does not match its MAC: it was altered, or another key wrote it` });
+      problems.push({
+        line: seal.line,
+        id: null,
+        reason: `The seal (line ${seal.line}) does not match its MAC: it was altered, or another key wrote it`,
+      });
     } else {
       result.filter = seal.value.filter;
       if (seal.value.lines !== result.lines || seal.value.digest !== digest.digest()) {
@@ -179,7 +207,8 @@ function parseLine(text: string, lineNo: number): Record<string, unknown> {
   } catch {
     throw new ExportFileError(`Line ${lineNo} is not JSON: the file is damaged, cut short, or not an audit export`);
   }
-  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new ExportFileError(`Line ${lineNo} is not a JSON object: the file is not an audit export`);
+  if (typeof value !== 'object' || value === null || Array.isArray(value))
+    throw new ExportFileError(`Line ${lineNo} is not a JSON object: the file is not an audit export`);
   return value as Record<string, unknown>;
 }
 

@@ -94,9 +94,7 @@ export class AuditExportService {
       // Called once, whether the stream ended, failed or was destroyed by its consumer. A query
       // still running finishes first: the connection runs one statement at a time.
       destroy: (error, callback) => {
-        void (reading ?? Promise.resolve())
-          .then(() => snapshot.close())
-          .then(() => callback(error));
+        void (reading ?? Promise.resolve()).then(() => snapshot.close()).then(() => callback(error));
       },
     });
     return stream;

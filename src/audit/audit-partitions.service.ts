@@ -39,7 +39,9 @@ export interface MaintenanceResult {
 
 /** The MAC of a chain's base: where its verification starts once the months before are dropped. */
 export function baseMac(key: string, chainKey: string, position: number, hash: string): string {
-  return createHmac('sha256', key).update(JSON.stringify(['sessionary.audit.base.v1', chainKey, position, hash])).digest('hex');
+  return createHmac('sha256', key)
+    .update(JSON.stringify(['sessionary.audit.base.v1', chainKey, position, hash]))
+    .digest('hex');
 }
 
 export function partitionOf(month: Date): AuditPartition {
@@ -236,4 +238,3 @@ export class AuditPartitionsService {
     return file;
   }
 }
-

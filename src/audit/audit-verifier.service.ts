@@ -4,7 +4,17 @@ import { InjectDataSource } from '@nestjs/typeorm';
 import { open } from 'node:fs/promises';
 import { DataSource, EntityManager } from 'typeorm';
 import type { AppConfig } from '../config/config';
-import { chainedEventOf, chainKeyOf, Checkpoint, checkpointMac, eventHash, GENESIS_HASH, sameMac, STORED_EVENT_COLUMNS, type StoredEventRow } from './audit-chain';
+import {
+  chainedEventOf,
+  chainKeyOf,
+  Checkpoint,
+  checkpointMac,
+  eventHash,
+  GENESIS_HASH,
+  sameMac,
+  STORED_EVENT_COLUMNS,
+  type StoredEventRow,
+} from './audit-chain';
 import { CHECKPOINT_COLUMNS, digestCheckpointedHeads, toCheckpoint } from './audit-chain.service';
 import { baseMac } from './audit-partitions.service';
 
@@ -178,13 +188,19 @@ export class AuditVerifierService {
       const after = lastId ? `after event ${lastId}` : 'from its start';
       const checkpointPosition = head.checkpoint_position === null ? null : Number(head.checkpoint_position);
       if (checkpointPosition !== null && position < checkpointPosition) {
-        throw new Broken(null, `Chain ${chainKey} ends at position ${position}, but a checkpoint recorded position ${checkpointPosition}: events ${after} were deleted`);
+        throw new Broken(
+          null,
+          `Chain ${chainKey} ends at position ${position}, but a checkpoint recorded position ${checkpointPosition}: events ${after} were deleted`,
+        );
       }
       if (checkpointPosition !== null && position === checkpointPosition && !sameMac(head.checkpoint_hash, prevHash)) {
         throw new Broken(lastId, `Chain ${chainKey}: the event at the checkpointed position ${position} is not the one the checkpoint recorded`);
       }
       if (String(position) !== head.position || !sameMac(head.hash, prevHash)) {
-        throw new Broken(null, `Chain ${chainKey} ends at position ${position}, but its head is at position ${head.position}: events ${after} were deleted, or the head was altered`);
+        throw new Broken(
+          null,
+          `Chain ${chainKey} ends at position ${position}, but its head is at position ${head.position}: events ${after} were deleted, or the head was altered`,
+        );
       }
       head = await heads.next();
     }
@@ -207,10 +223,16 @@ export class AuditVerifierService {
     }
     const at = Number(event.chain_pos);
     if (at !== position + 1) {
-      throw new Broken(id, `Event ${id} is at position ${at} of chain ${event.chain_key}, where ${position + 1} was expected: events before it were deleted or moved`);
+      throw new Broken(
+        id,
+        `Event ${id} is at position ${at} of chain ${event.chain_key}, where ${position + 1} was expected: events before it were deleted or moved`,
+      );
     }
     if (event.prev_hash !== prevHash) {
-      throw new Broken(id, `Event ${id} does not link to the event before it in chain ${event.chain_key}: events were deleted, inserted or reordered`);
+      throw new Broken(
+        id,
+        `Event ${id} does not link to the event before it in chain ${event.chain_key}: events were deleted, inserted or reordered`,
+      );
     }
     const expected = eventHash(this.key, event.prev_hash, chainedEventOf(event, event.chain_key, at));
     if (!sameMac(event.hash, expected)) {
@@ -231,7 +253,8 @@ export class AuditVerifierService {
       for (const row of rows) {
         const checkpoint = toCheckpoint(row);
         const { mac, ...fields } = checkpoint;
-        if (!sameMac(mac, checkpointMac(this.key, fields))) throw new Broken(null, `Checkpoint ${checkpoint.id} does not match its MAC: it was altered or forged`);
+        if (!sameMac(mac, checkpointMac(this.key, fields)))
+          throw new Broken(null, `Checkpoint ${checkpoint.id} does not match its MAC: it was altered or forged`);
         const expectedId = latest ? latest.id + 1 : checkpoint.id;
         if (checkpoint.id !== expectedId || (latest && checkpoint.prevMac !== latest.mac)) {
           throw new Broken(null, `Checkpoint ${checkpoint.id} does not follow checkpoint ${latest?.id}: checkpoints were deleted`);
@@ -246,15 +269,24 @@ export class AuditVerifierService {
     if (!latest) {
       if (heads.chains) throw new Broken(null, 'The chain heads record a checkpoint, but the checkpoint table is empty: checkpoints were deleted');
     } else if (heads.digest() !== latest.digest || heads.chains !== latest.chains || heads.events !== latest.events) {
-      throw new Broken(null, `The chain heads do not match checkpoint ${latest.id} (${latest.chains} chains, ${latest.events} events): heads or checkpoints were altered`);
+      throw new Broken(
+        null,
+        `The chain heads do not match checkpoint ${latest.id} (${latest.chains} chains, ${latest.events} events): heads or checkpoints were altered`,
+      );
     }
     if (!fromFile) return;
     const { mac, ...fields } = fromFile;
     if (typeof mac !== 'string' || !sameMac(mac, checkpointMac(this.key, fields))) {
-      throw new Broken(null, `The checkpoint file's last line (checkpoint ${fromFile.id}) does not match its MAC: the file was altered, or another key wrote it`);
+      throw new Broken(
+        null,
+        `The checkpoint file's last line (checkpoint ${fromFile.id}) does not match its MAC: the file was altered, or another key wrote it`,
+      );
     }
     if (!latest || fromFile.id > latest.id) {
-      throw new Broken(null, `Checkpoint ${fromFile.id} from the file is missing from the table (latest there: ${latest?.id ?? 'none'}): checkpoints and the events after them were deleted`);
+      throw new Broken(
+        null,
+        `Checkpoint ${fromFile.id} from the file is missing from the table (latest there: ${latest?.id ?? 'none'}): checkpoints and the events after them were deleted`,
+      );
     }
     const [row] = await em.query(`SELECT ${CHECKPOINT_COLUMNS} FROM audit_checkpoints c WHERE c.id = $1`, [fromFile.id]);
     if (!row || toCheckpoint(row).mac !== mac) {
@@ -290,7 +322,10 @@ export async function readLastCheckpoint(path: string): Promise<Checkpoint> {
   } catch (error) {
     throw new CheckpointFileError(`${path} cannot be read (${(error as NodeJS.ErrnoException).code ?? 'error'})`);
   }
-  const lines = text.split('\n').map((l) => l.trim()).filter(Boolean);
+  const lines = text
+    .split('\n')
+    .map((l) => l.trim())
+    .filter(Boolean);
   const last = lines[lines.length - 1];
   let parsed: unknown;
   try {

@@ -25,6 +25,14 @@ import { BoundedAuditService } from './bounded-audit.service';
     AuditPartitionsService,
     AuditPartitionsTask,
   ],
-  exports: [AuditService, BoundedAuditService, AuditChainService, AuditVerifierService, AuditExportService, AuditPartitionsService, AuditPartitionsTask],
+  exports: [
+    AuditService,
+    BoundedAuditService,
+    AuditChainService,
+    AuditVerifierService,
+    AuditExportService,
+    AuditPartitionsService,
+    AuditPartitionsTask,
+  ],
 })
 export class AuditModule {}

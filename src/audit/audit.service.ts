@@ -153,7 +153,10 @@ export class AuditService {
       const micros = byTime && cursor.micros === null ? await this.microsOf(cursor.seq) : cursor.micros;
       if (byTime && micros !== null) {
         // A row comparison on the index's own columns: the scan starts right after the cursor.
-        qb.andWhere(`(e.created_at, e.seq) < (timestamptz 'epoch' + :micros::bigint * interval '1 microsecond', :seq::bigint)`, { micros, seq: cursor.seq });
+        qb.andWhere(`(e.created_at, e.seq) < (timestamptz 'epoch' + :micros::bigint * interval '1 microsecond', :seq::bigint)`, {
+          micros,
+          seq: cursor.seq,
+        });
       } else {
         qb.andWhere('e.seq < :seq', { seq: cursor.seq });
       }
@@ -171,7 +174,10 @@ export class AuditService {
 
   /** created_at, in µs since the epoch, of the event an `a1` cursor (seq alone) names; null once it is gone (its month dropped). */
   private async microsOf(seq: string): Promise<string | null> {
-    const [row] = await this.dataSource.query(`SELECT (extract(epoch FROM created_at) * 1000000)::bigint::text AS micros FROM audit_events WHERE seq = $1`, [seq]);
+    const [row] = await this.dataSource.query(
+      `SELECT (extract(epoch FROM created_at) * 1000000)::bigint::text AS micros FROM audit_events WHERE seq = $1`,
+      [seq],
+    );
     return row?.micros ?? null;
   }
 }

@@ -11,7 +11,7 @@ import { hasAccessTokenHeader, JwtStrategy } from './jwt.strategy';
 const KEY = createSecretKey(Buffer.from('x'.repeat(32)));
 const OTHER_KEY = createSecretKey(Buffer.from('y'.repeat(32)));
 const CONFIG = {
-  get: (k: string) => ({ JWT_ISSUER: 'sessionary', JWT_AUDIENCE: 'sessionary-api' } as Record<string, string>)[k],
+  get: (k: string) => (({ JWT_ISSUER: 'sessionary', JWT_AUDIENCE: 'sessionary-api' }) as Record<string, string>)[k],
 } as unknown as ConfigService<AppConfig, true>;
 
 const USER_ID = randomUUID();
@@ -250,7 +250,7 @@ describe('JwtStrategy through passport (real verification)', { timeout: 10_000 }
 
 describe('JwtStrategy remembers verified tokens until exp', () => {
   const CACHING = {
-    get: (k: string) => ({ JWT_ISSUER: 'sessionary', JWT_AUDIENCE: 'sessionary-api', SESSION_CACHE_MAX: 100 } as Record<string, unknown>)[k],
+    get: (k: string) => (({ JWT_ISSUER: 'sessionary', JWT_AUDIENCE: 'sessionary-api', SESSION_CACHE_MAX: 100 }) as Record<string, unknown>)[k],
   } as unknown as ConfigService<AppConfig, true>;
 
   /** Counts the signature verifications passport-jwt runs (its verifier is replaceable in tests). */

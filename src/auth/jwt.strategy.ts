@@ -107,11 +107,7 @@ export function hasAccessTokenHeader(rawJwt: string): boolean {
   try {
     const header = JSON.parse(Buffer.from(rawJwt.split('.')[0] ?? '', 'base64url').toString('utf8')) as Record<string, unknown>;
     const keySelectors = ['jwk', 'jku', 'x5u', 'x5c', 'kid', 'crit'];
-    return (
-      header.typ === ACCESS_TOKEN_TYPE &&
-      header.alg === ACCESS_TOKEN_ALGORITHM &&
-      !keySelectors.some((k) => k in header)
-    );
+    return header.typ === ACCESS_TOKEN_TYPE && header.alg === ACCESS_TOKEN_ALGORITHM && !keySelectors.some((k) => k in header);
   } catch {
     return false;
   }

@@ -47,7 +47,12 @@ class RecordingReply {
   }
 }
 
-function contextFor(request: Request, handler: () => void, cls: abstract new (...args: never[]) => unknown, reply = new RecordingReply()): ExecutionContext {
+function contextFor(
+  request: Request,
+  handler: () => void,
+  cls: abstract new (...args: never[]) => unknown,
+  reply = new RecordingReply(),
+): ExecutionContext {
   const http = { getRequest: () => request, getResponse: () => reply, getNext: () => undefined };
   return {
     switchToHttp: () => http,
@@ -164,7 +169,7 @@ describe('SessionGuard', () => {
 describe('SessionGuard with the real JwtAuthGuard and JwtStrategy', { timeout: 10_000 }, () => {
   const key = createSecretKey(Buffer.from('x'.repeat(32)));
   const config = {
-    get: (k: string) => ({ JWT_ISSUER: 'sessionary', JWT_AUDIENCE: 'sessionary-api' } as Record<string, string>)[k],
+    get: (k: string) => (({ JWT_ISSUER: 'sessionary', JWT_AUDIENCE: 'sessionary-api' }) as Record<string, string>)[k],
   } as unknown as ConfigService<AppConfig, true>;
   // Registers itself with passport under 'jwt', as the AuthModule would; it remembers no token.
   const strategy = new JwtStrategy(config, key);
@@ -207,13 +212,19 @@ describe('SessionGuard with the real JwtAuthGuard and JwtStrategy', { timeout: 1
   it('challenges with invalid_token alike for a bad token and for an ended session', async () => {
     const forged = new RecordingReply();
     const other = token({}, createSecretKey(Buffer.from('v'.repeat(32))));
-    await assert.rejects(guard.canActivate(contextFor({ headers: { authorization: `Bearer ${other}` } }, PrivateController.prototype.list, PrivateController, forged)), isUnauthorized);
+    await assert.rejects(
+      guard.canActivate(contextFor({ headers: { authorization: `Bearer ${other}` } }, PrivateController.prototype.list, PrivateController, forged)),
+      isUnauthorized,
+    );
     assert.equal(forged.headers['www-authenticate'], 'Bearer error="invalid_token"');
     sessions.validateSession.mock.mockImplementation(async () => {
       throw new UnauthorizedException('Session is not active');
     });
     const ended = new RecordingReply();
-    await assert.rejects(guard.canActivate(contextFor({ headers: { authorization: `Bearer ${token()}` } }, PrivateController.prototype.list, PrivateController, ended)), isUnauthorized);
+    await assert.rejects(
+      guard.canActivate(contextFor({ headers: { authorization: `Bearer ${token()}` } }, PrivateController.prototype.list, PrivateController, ended)),
+      isUnauthorized,
+    );
     assert.equal(ended.headers['www-authenticate'], 'Bearer error="invalid_token"');
   });
 
@@ -222,7 +233,10 @@ describe('SessionGuard with the real JwtAuthGuard and JwtStrategy', { timeout: 1
       throw new ServiceUnavailableException('Service temporarily unavailable');
     });
     const reply = new RecordingReply();
-    await assert.rejects(guard.canActivate(contextFor({ headers: { authorization: `Bearer ${token()}` } }, PrivateController.prototype.list, PrivateController, reply)), ServiceUnavailableException);
+    await assert.rejects(
+      guard.canActivate(contextFor({ headers: { authorization: `Bearer ${token()}` } }, PrivateController.prototype.list, PrivateController, reply)),
+      ServiceUnavailableException,
+    );
     assert.equal(reply.headers['www-authenticate'], undefined);
   });
 

@@ -192,8 +192,7 @@ describe('AllExceptionsFilter.toBody', () => {
   describe('an unreachable database', () => {
     const adminShutdown = () =>
       Object.assign(new DatabaseError('terminating connection due to administrator command', 60, 'error'), { code: '57P01', severity: 'FATAL' });
-    const refused = () =>
-      Object.assign(new Error('connect ECONNREFUSED db-internal.example:5432 password=hunter2-XYZZY'), { code: 'ECONNREFUSED' });
+    const refused = () => Object.assign(new Error('connect ECONNREFUSED db-internal.example:5432 password=hunter2-XYZZY'), { code: 'ECONNREFUSED' });
 
     it('answers the fixed 503, never 500, and logs one line without a stack', () => {
       for (const error of [new QueryFailedError('SELECT * FROM "users" WHERE secret-XYZZY', [], adminShutdown()), refused()]) {
@@ -210,7 +209,10 @@ describe('AllExceptionsFilter.toBody', () => {
     });
 
     it("answers the readiness check's 503 with the same body", () => {
-      assert.deepEqual(filter.toBody(new ServiceUnavailableException({ status: 'error', error: { database: { status: 'down' } } })), UNAVAILABLE_BODY);
+      assert.deepEqual(
+        filter.toBody(new ServiceUnavailableException({ status: 'error', error: { database: { status: 'down' } } })),
+        UNAVAILABLE_BODY,
+      );
     });
 
     it('with the outage monitor, logs one line for a burst of failures', () => {

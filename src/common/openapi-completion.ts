@@ -66,7 +66,10 @@ function sharedHeaders(limits: OpenApiLimits): Record<string, HeaderObject> {
       description: `Requests allowed per minute to this client IP, all routes together (RATE_LIMIT_PER_MINUTE). ${limitNote}`,
       schema: int32(1, INT32_MAX),
     },
-    'X-RateLimit-Remaining': { description: `Requests left in the current window; 0 on the limit's own 429. ${limitNote}`, schema: int32(0, INT32_MAX) },
+    'X-RateLimit-Remaining': {
+      description: `Requests left in the current window; 0 on the limit's own 429. ${limitNote}`,
+      schema: int32(0, INT32_MAX),
+    },
     'X-RateLimit-Reset': {
       description: `Seconds until the window starts over; on the limit's own 429, until requests are accepted again. ${limitNote}`,
       schema: int32(0, window),
@@ -124,7 +127,11 @@ export function completeOpenApiDocument(document: OpenAPIObject, limits: OpenApi
         operation.responses['413'] ??= errorResponse(413, `The body is larger than ${limits.bodyLimitBytes / 1024} KiB`);
         operation.responses['415'] ??= errorResponse(415, 'The body is not application/json');
       }
-      operation.responses['500'] ??= errorResponse(500, 'An unexpected error; the body is always this one, the details go only to the log', 'Internal server error');
+      operation.responses['500'] ??= errorResponse(
+        500,
+        'An unexpected error; the body is always this one, the details go only to the log',
+        'Internal server error',
+      );
       if (limited) {
         // A route's own 429 is the failed-password back-off, whose wait can be longer than the request limit's.
         const backoff = operation.responses['429'] !== undefined;
@@ -136,7 +143,8 @@ export function completeOpenApiDocument(document: OpenAPIObject, limits: OpenApi
         const code = Number(status);
         if (limited && !BEFORE_THE_ROUTE.has(status)) response.headers = { ...RATE_LIMIT_HEADERS, ...response.headers };
         response.headers = { ...response.headers, 'Access-Control-Allow-Origin': ref('Access-Control-Allow-Origin') };
-        if (!response.description) response.description = code < 300 ? (operation.summary ?? STATUS_CODES[code] ?? status) : (STATUS_CODES[code] ?? status);
+        if (!response.description)
+          response.description = code < 300 ? (operation.summary ?? STATUS_CODES[code] ?? status) : (STATUS_CODES[code] ?? status);
         const json = response.content?.['application/json'];
         if (code >= 400 && json && (json.schema as { $ref?: string } | undefined)?.$ref === ERROR_SCHEMA.$ref && !json.example) {
           json.example = { statusCode: code, error: STATUS_CODES[code], message: response.description };

@@ -20,7 +20,13 @@ export function documentServiceUnavailable(document: OpenAPIObject): OpenAPIObje
         headers: {
           'Retry-After': {
             description: 'Seconds to wait before retrying (always the same)',
-            schema: { type: 'integer', format: 'int32', minimum: UNAVAILABLE_RETRY_AFTER_SECONDS, maximum: UNAVAILABLE_RETRY_AFTER_SECONDS, example: UNAVAILABLE_RETRY_AFTER_SECONDS },
+            schema: {
+              type: 'integer',
+              format: 'int32',
+              minimum: UNAVAILABLE_RETRY_AFTER_SECONDS,
+              maximum: UNAVAILABLE_RETRY_AFTER_SECONDS,
+              example: UNAVAILABLE_RETRY_AFTER_SECONDS,
+            },
           },
         },
         content: { 'application/json': { schema: { $ref: '#/components/schemas/ErrorResponseDto' }, example: UNAVAILABLE_BODY } },

@@ -143,13 +143,16 @@ describe('parseEnv', () => {
   }
 
   it('names every bad variable at once', () => {
-    assert.throws(() => parseEnv({ PORT: 'nope-XYZZY', BCRYPT_COST: 'also-XYZZY' }), (e: unknown) => {
-      assert.ok(e instanceof Error);
-      assert.match(e.message, /PORT is invalid/);
-      assert.match(e.message, /BCRYPT_COST is invalid/);
-      assert.ok(!e.message.includes('XYZZY'));
-      return true;
-    });
+    assert.throws(
+      () => parseEnv({ PORT: 'nope-XYZZY', BCRYPT_COST: 'also-XYZZY' }),
+      (e: unknown) => {
+        assert.ok(e instanceof Error);
+        assert.match(e.message, /PORT is invalid/);
+        assert.match(e.message, /BCRYPT_COST is invalid/);
+        assert.ok(!e.message.includes('XYZZY'));
+        return true;
+      },
+    );
   });
 
   it('defaults the session cache on (100,000 entries, 300 s) and the touch interval unset', () => {
@@ -168,7 +171,10 @@ describe('parseEnv', () => {
   });
 
   it('refuses a touch interval over half the idle timeout, and a non-postgres listen URL without echoing it', () => {
-    assert.throws(() => parseEnv({ SESSION_IDLE_TTL: '60', SESSION_TOUCH_INTERVAL: '31' }), /SESSION_TOUCH_INTERVAL must be at most half of SESSION_IDLE_TTL/);
+    assert.throws(
+      () => parseEnv({ SESSION_IDLE_TTL: '60', SESSION_TOUCH_INTERVAL: '31' }),
+      /SESSION_TOUCH_INTERVAL must be at most half of SESSION_IDLE_TTL/,
+    );
     assert.doesNotThrow(() => parseEnv({ SESSION_IDLE_TTL: '60', SESSION_TOUCH_INTERVAL: '30' }));
     assertRefusedNaming({ DATABASE_LISTEN_URL: 'mysql://admin:S3cr3t-XYZZY@db/app' }, 'DATABASE_LISTEN_URL', 'S3cr3t-XYZZY');
     assertRefusedNaming({ SESSION_CACHE_MAX: '-1' }, 'SESSION_CACHE_MAX', '-1');

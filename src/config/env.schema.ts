@@ -1,16 +1,5 @@
 import { plainToInstance, Transform } from 'class-transformer';
-import {
-  IsBoolean,
-  IsEnum,
-  IsIn,
-  IsInt,
-  IsOptional,
-  IsString,
-  Matches,
-  Max,
-  Min,
-  validateSync,
-} from 'class-validator';
+import { IsBoolean, IsEnum, IsIn, IsInt, IsOptional, IsString, Matches, Max, Min, validateSync } from 'class-validator';
 import { CronTime } from 'cron';
 import { isIP } from 'node:net';
 
@@ -37,14 +26,10 @@ const toBoolean = ({ value }: { value: unknown }) => {
   return value;
 };
 // Number('') is 0: a blank variable must be an error, not a silent zero.
-const toNumber = ({ value }: { value: unknown }) =>
-  typeof value === 'string' ? (value.trim() === '' ? NaN : Number(value)) : value;
-const toOptionalNumber = ({ value }: { value: unknown }) =>
-  typeof value === 'string' && value.trim() === '' ? undefined : toNumber({ value });
-const toOptionalBoolean = ({ value }: { value: unknown }) =>
-  typeof value === 'string' && value.trim() === '' ? undefined : toBoolean({ value });
-const toOptionalString = ({ value }: { value: unknown }) =>
-  typeof value === 'string' && value.trim() === '' ? undefined : value;
+const toNumber = ({ value }: { value: unknown }) => (typeof value === 'string' ? (value.trim() === '' ? NaN : Number(value)) : value);
+const toOptionalNumber = ({ value }: { value: unknown }) => (typeof value === 'string' && value.trim() === '' ? undefined : toNumber({ value }));
+const toOptionalBoolean = ({ value }: { value: unknown }) => (typeof value === 'string' && value.trim() === '' ? undefined : toBoolean({ value }));
+const toOptionalString = ({ value }: { value: unknown }) => (typeof value === 'string' && value.trim() === '' ? undefined : value);
 
 /**
  * Every environment variable the service reads, with its default.
@@ -64,7 +49,9 @@ export class Env {
    * Where the API's routes live (API.md's paths are under it): `api/v1` gives
    * `/api/v1/auth/login`. Health, metrics and docs stay at the root.
    */
-  @Matches(/^[A-Za-z0-9._~-]+(\/[A-Za-z0-9._~-]+)*$/, { message: 'ROUTE_PREFIX must be path segments without leading or trailing slashes, e.g. api/v1' })
+  @Matches(/^[A-Za-z0-9._~-]+(\/[A-Za-z0-9._~-]+)*$/, {
+    message: 'ROUTE_PREFIX must be path segments without leading or trailing slashes, e.g. api/v1',
+  })
   ROUTE_PREFIX = 'api/v1';
 
   @IsString()
@@ -330,7 +317,10 @@ function crossFieldErrors(env: Env): string[] {
 export const CORS_ORIGIN_PATTERN = /^https?:\/\/[^/\s,]+$/;
 
 export function parseCorsOrigins(raw: string): string[] {
-  return raw.split(',').map((s) => s.trim()).filter(Boolean);
+  return raw
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
 }
 
 export type TrustProxy = boolean | string[] | ((address: string, hop: number) => boolean);
@@ -344,7 +334,10 @@ export function parseTrustProxy(raw: string): { valid: boolean; value: TrustProx
     // Trust exactly that many proxies in front of us, counted from our side.
     return { valid: true, value: (_address: string, hop: number) => hop < hops };
   }
-  const list = raw.split(',').map((s) => s.trim()).filter(Boolean);
+  const list = raw
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
   return { valid: list.length > 0 && list.every(isProxyAddress), value: list };
 }
 
@@ -363,7 +356,17 @@ function isProxyAddress(entry: string): boolean {
  */
 export function parseEnv(raw: Record<string, unknown>): Env {
   // Only our own variables: the rest of the process environment is none of our business.
-  const known = Object.keys(new Env()).concat('DATABASE_URL', 'DATABASE_LISTEN_URL', 'JWT_SECRET', 'PASSWORD_PEPPER', 'SESSION_TOUCH_INTERVAL', 'AUDIT_HMAC_KEY', 'AUDIT_CHECKPOINT_FILE', 'AUDIT_RETENTION_DAYS', 'AUDIT_ARCHIVE_DIR');
+  const known = Object.keys(new Env()).concat(
+    'DATABASE_URL',
+    'DATABASE_LISTEN_URL',
+    'JWT_SECRET',
+    'PASSWORD_PEPPER',
+    'SESSION_TOUCH_INTERVAL',
+    'AUDIT_HMAC_KEY',
+    'AUDIT_CHECKPOINT_FILE',
+    'AUDIT_RETENTION_DAYS',
+    'AUDIT_ARCHIVE_DIR',
+  );
   const picked = Object.fromEntries(known.filter((k) => raw[k] !== undefined).map((k) => [k, raw[k]]));
   const env = plainToInstance(Env, picked, { exposeDefaultValues: true });
   const errors = validateSync(env, { skipMissingProperties: false, whitelist: false });

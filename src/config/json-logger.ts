@@ -94,7 +94,9 @@ export class JsonLogger implements LoggerService {
     // The same line, key order included, as `log(record, 'HTTP')` gives through pino; built by
     // the native JSON.stringify (a flat record of strings, numbers and nulls), which costs a
     // fraction of pino's per-key walk, and handed to the same destination, so lines keep their order.
-    this.destinations.stdout.write(`{"level":"log","timestamp":${Date.now()},"pid":${process.pid},"context":"HTTP","message":${JSON.stringify(record)}}\n`);
+    this.destinations.stdout.write(
+      `{"level":"log","timestamp":${Date.now()},"pid":${process.pid},"context":"HTTP","message":${JSON.stringify(record)}}\n`,
+    );
   }
 
   setLogLevels(levels: LogLevel[]): void {

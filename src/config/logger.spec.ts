@@ -50,7 +50,10 @@ describe('redactSecretKeys', () => {
     const input = {
       user: { email: 'a@b.c', Password: 'p1' },
       list: [{ nested: { refreshToken: 'r1' } }],
-      headers: new Map<string, unknown>([['authorization', 'Bearer x'], ['accept', 'json']]),
+      headers: new Map<string, unknown>([
+        ['authorization', 'Bearer x'],
+        ['accept', 'json'],
+      ]),
       error: Object.assign(new Error('failed with password=p2'), { cause: { token: 't1' } }),
     };
     // eslint-disable-next-line @typescript-eslint/no-explicit-any -- arbitrary nested shapes
@@ -112,7 +115,17 @@ describe('JSON logger', () => {
   it('writes the access line exactly as log(record, "HTTP") would, one valid line whatever the user agent', () => {
     const { out, destinations } = capture();
     const logger = createLogger({ LOG_LEVEL: 'log', LOG_FORMAT: 'json' }, destinations) as LoggerService & AccessLogger;
-    const record = { event: 'request', requestId: 'req-1', method: 'GET', route: '/x', status: 200, ms: 1, ip: '127.0.0.1', userAgent: 'a "quoted"\n\u2028 agent\\', userId: null };
+    const record = {
+      event: 'request',
+      requestId: 'req-1',
+      method: 'GET',
+      route: '/x',
+      status: 200,
+      ms: 1,
+      ip: '127.0.0.1',
+      userAgent: 'a "quoted"\n\u2028 agent\\',
+      userId: null,
+    };
     logger.access(record);
     logger.log(record, 'HTTP');
     assert.equal(out.length, 2);
@@ -137,7 +150,11 @@ describe('JSON logger', () => {
       encoding: 'utf8',
       maxBuffer: 64 * 1024 * 1024,
     });
-  const lines = (text: string) => text.split('\n').filter(Boolean).map((l) => JSON.parse(l));
+  const lines = (text: string) =>
+    text
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => JSON.parse(l));
 
   it('loses no line on process.exit() or a fatal boot error', () => {
     const result = run(`
@@ -149,7 +166,10 @@ describe('JSON logger', () => {
     const out = lines(result.stdout);
     assert.equal(out.length, 20000);
     assert.equal(out[19999].message.i, 19999);
-    assert.deepEqual(lines(result.stderr).map((e) => e.message), ['cannot boot']);
+    assert.deepEqual(
+      lines(result.stderr).map((e) => e.message),
+      ['cannot boot'],
+    );
   });
 
   it('loses no line when the process ends by a re-raised signal after flushLogs()', () => {

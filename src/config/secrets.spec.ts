@@ -47,13 +47,28 @@ describe('resolveSecrets in production', () => {
 
   it('stops on a short or well-known AUDIT_HMAC_KEY', () => {
     const short = STRONG_AUDIT_KEY.slice(0, 20);
-    assertStops({ JWT_SECRET: STRONG_JWT, PASSWORD_PEPPER: STRONG_PEPPER, AUDIT_HMAC_KEY: short }, 'AUDIT_HMAC_KEY', short, /is shorter than 32 bytes/);
+    assertStops(
+      { JWT_SECRET: STRONG_JWT, PASSWORD_PEPPER: STRONG_PEPPER, AUDIT_HMAC_KEY: short },
+      'AUDIT_HMAC_KEY',
+      short,
+      /is shorter than 32 bytes/,
+    );
     const known = 'change-me-to-a-long-random-string-of-32-bytes-or-more';
-    assertStops({ JWT_SECRET: STRONG_JWT, PASSWORD_PEPPER: STRONG_PEPPER, AUDIT_HMAC_KEY: known }, 'AUDIT_HMAC_KEY', known, /is a well-known or low-entropy value/);
+    assertStops(
+      { JWT_SECRET: STRONG_JWT, PASSWORD_PEPPER: STRONG_PEPPER, AUDIT_HMAC_KEY: known },
+      'AUDIT_HMAC_KEY',
+      known,
+      /is a well-known or low-entropy value/,
+    );
   });
 
   it('stops on an AUDIT_HMAC_KEY equal to JWT_SECRET', () => {
-    assertStops({ JWT_SECRET: STRONG_JWT, PASSWORD_PEPPER: STRONG_PEPPER, AUDIT_HMAC_KEY: STRONG_JWT }, 'AUDIT_HMAC_KEY', STRONG_JWT, /must differ from JWT_SECRET and PASSWORD_PEPPER/);
+    assertStops(
+      { JWT_SECRET: STRONG_JWT, PASSWORD_PEPPER: STRONG_PEPPER, AUDIT_HMAC_KEY: STRONG_JWT },
+      'AUDIT_HMAC_KEY',
+      STRONG_JWT,
+      /must differ from JWT_SECRET and PASSWORD_PEPPER/,
+    );
   });
 
   it('accepts exactly 32 bytes of varied characters', () => {
@@ -102,13 +117,16 @@ describe('resolveSecrets in production', () => {
   });
 
   it('names both problems when both secrets are bad', () => {
-    assert.throws(() => resolveSecrets(production({ JWT_SECRET: 'short-secret-value' })), (e: unknown) => {
-      assert.ok(e instanceof Error);
-      assert.match(e.message, /JWT_SECRET is shorter than 32 bytes/);
-      assert.match(e.message, /PASSWORD_PEPPER is missing/);
-      assert.ok(!e.message.includes('short-secret-value'));
-      return true;
-    });
+    assert.throws(
+      () => resolveSecrets(production({ JWT_SECRET: 'short-secret-value' })),
+      (e: unknown) => {
+        assert.ok(e instanceof Error);
+        assert.match(e.message, /JWT_SECRET is shorter than 32 bytes/);
+        assert.match(e.message, /PASSWORD_PEPPER is missing/);
+        assert.ok(!e.message.includes('short-secret-value'));
+        return true;
+      },
+    );
   });
 });
 

@@ -63,7 +63,10 @@ describe('DatabaseOutageMonitor', () => {
     for (let i = 0; i < 500; i++) monitor.failed(new QueryFailedError('SELECT 1', [], adminShutdown()), 'GET /api/v1/users/me');
     assert.equal(lines.length, 1);
     assert.equal(lines[0].level, 'warn');
-    assert.match(lines[0].text, /^Database unavailable \(57P01: terminating connection due to administrator command, first seen on GET \/api\/v1\/users\/me\)/);
+    assert.match(
+      lines[0].text,
+      /^Database unavailable \(57P01: terminating connection due to administrator command, first seen on GET \/api\/v1\/users\/me\)/,
+    );
     assert.equal(monitor.isDown, true);
   });
 
@@ -75,7 +78,12 @@ describe('DatabaseOutageMonitor', () => {
     }
     // 41 s: one summary line at 30 s, counting the 30 failures since the first line.
     assert.equal(lines.length, 2);
-    assert.match(lines[1].text, new RegExp(`^Database still unavailable after ${OUTAGE_REPORT_INTERVAL_MS / 1000}\\.0 s: 30 more failures \\(ECONNREFUSED: connect ECONNREFUSED`));
+    assert.match(
+      lines[1].text,
+      new RegExp(
+        `^Database still unavailable after ${OUTAGE_REPORT_INTERVAL_MS / 1000}\\.0 s: 30 more failures \\(ECONNREFUSED: connect ECONNREFUSED`,
+      ),
+    );
   });
 
   it('probes while down, quietly, and logs one line when the database answers again', async () => {

@@ -60,9 +60,7 @@ export class DatabaseOutageMonitor implements OnModuleInit, OnApplicationShutdow
       this.lastReportAt = now;
       this.failuresSinceReport = 0;
       this.failuresTotal = 1;
-      this.logger.warn(
-        `Database unavailable (${summarize(error)}, first seen on ${where}); answering 503 with Retry-After until it is back`,
-      );
+      this.logger.warn(`Database unavailable (${summarize(error)}, first seen on ${where}); answering 503 with Retry-After until it is back`);
       this.scheduleProbe();
       return;
     }

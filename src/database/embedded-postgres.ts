@@ -69,10 +69,8 @@ export async function startEmbeddedPostgres(options: {
   // PostgreSQL refuses to run as root, so as root every process runs as OS user "postgres".
   const runAs = process.getuid?.() === 0 ? await ensureOsUser() : undefined;
 
-  await attempt(
-    `create ${path.dirname(dataDir)}`,
-    `make sure the parent folder of the data dir can be created and written, ${ALTERNATIVE}`,
-    () => fs.mkdir(path.dirname(dataDir), { recursive: true }),
+  await attempt(`create ${path.dirname(dataDir)}`, `make sure the parent folder of the data dir can be created and written, ${ALTERNATIVE}`, () =>
+    fs.mkdir(path.dirname(dataDir), { recursive: true }),
   );
   if (runAs) {
     // The binaries, the data dir and initdb's password file (os.tmpdir()) are reached through

@@ -118,7 +118,13 @@ export function domainEventOf(e: RecordedAuditEvent): DomainEvent | undefined {
   }
   if (e.type === 'LOGIN_FAILED') return { name: 'login.failed', ...base, userId: e.userId, method: text('method') ?? 'unknown' };
   if (e.type === 'ACCOUNT_LOCKED' && (text('scope') === 'identifier' || text('scope') === 'ip')) {
-    return { name: 'account.locked', ...base, userId: e.userId, scope: text('scope') as 'identifier' | 'ip', lockedSeconds: Number(e.metadata.lockedSeconds) };
+    return {
+      name: 'account.locked',
+      ...base,
+      userId: e.userId,
+      scope: text('scope') as 'identifier' | 'ip',
+      lockedSeconds: Number(e.metadata.lockedSeconds),
+    };
   }
   return undefined;
 }

@@ -30,7 +30,6 @@ export interface LoginAttempt {
   locksSet: Array<{ scope: ThrottleScope; lockedUntil: Date; seconds: number }>;
 }
 
-
 interface CounterRow {
   key: string;
   failures: number;
@@ -165,11 +164,10 @@ export class LoginThrottleService {
 
   private async isKnownClient(em: EntityManager, key: string | null): Promise<boolean> {
     if (!key) return false;
-    const { rows } = await sql(
-      em,
-      `SELECT 1 FROM login_known_clients WHERE key = $1 AND last_success_at > now() - make_interval(days => $2)`,
-      [key, KNOWN_CLIENT_DAYS],
-    );
+    const { rows } = await sql(em, `SELECT 1 FROM login_known_clients WHERE key = $1 AND last_success_at > now() - make_interval(days => $2)`, [
+      key,
+      KNOWN_CLIENT_DAYS,
+    ]);
     return rows.length > 0;
   }
 

@@ -61,7 +61,11 @@ export class MetricsService implements OnModuleInit {
         this.inc(auditPartitions.stats.droppedEvents);
       },
     });
-    gauge('sessionary_session_activity_pending', 'Sessions whose activity waits for the next batched write', () => sessions.cacheState().pendingActivity);
+    gauge(
+      'sessionary_session_activity_pending',
+      'Sessions whose activity waits for the next batched write',
+      () => sessions.cacheState().pendingActivity,
+    );
     new Counter({
       name: 'sessionary_session_cleanup_ticks_total',
       help: 'Cleanup ticks this instance ran, or skipped because another instance had the lock or the tick',

@@ -55,7 +55,9 @@ export class PgThrottlerStorage implements ThrottlerStorage {
         // One line when it starts failing, not one per tick: each instance limits on its own meanwhile.
         if (!this.failing) {
           this.failing = true;
-          this.logger.warn(`Rate-limit sync with PostgreSQL failed; counting per instance until it works again: ${error instanceof Error ? error.message : String(error)}`);
+          this.logger.warn(
+            `Rate-limit sync with PostgreSQL failed; counting per instance until it works again: ${error instanceof Error ? error.message : String(error)}`,
+          );
         }
       }
     }
@@ -91,10 +93,7 @@ export class PgThrottlerStorage implements ThrottlerStorage {
   /** Drops counters whose window and block are over. Every instance may run it. */
   async prune(): Promise<void> {
     try {
-      await sql(
-        this.dataSource.manager,
-        `DELETE FROM rate_limits WHERE window_ends_at < now() AND (blocked_until IS NULL OR blocked_until < now())`,
-      );
+      await sql(this.dataSource.manager, `DELETE FROM rate_limits WHERE window_ends_at < now() AND (blocked_until IS NULL OR blocked_until < now())`);
     } catch (error) {
       this.logger.error('Pruning rate-limit counters failed', error instanceof Error ? error.stack : String(error));
     }

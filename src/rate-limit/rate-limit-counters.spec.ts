@@ -49,8 +49,14 @@ describe('RateLimitCounters', () => {
   it('counts hits in a window and blocks the hit beyond the limit for blockDuration', () => {
     const { c } = counters();
     const seen = [1, 2, 3, 4].map(() => c.hit('ip', SETTINGS));
-    assert.deepEqual(seen.map((d) => d.totalHits), [1, 2, 3, 4]);
-    assert.deepEqual(seen.map((d) => d.isBlocked), [false, false, false, true]);
+    assert.deepEqual(
+      seen.map((d) => d.totalHits),
+      [1, 2, 3, 4],
+    );
+    assert.deepEqual(
+      seen.map((d) => d.isBlocked),
+      [false, false, false, true],
+    );
     assert.equal(seen[0].timeToExpire, 60);
     assert.equal(seen[0].timeToBlockExpire, 0);
     assert.equal(seen[3].timeToBlockExpire, 30);
@@ -108,7 +114,13 @@ describe('RateLimitCounters', () => {
     c.hit('a', SETTINGS);
     c.hit('b', { ...SETTINGS, limit: 10 });
     const batches = c.takeBatches();
-    assert.deepEqual(batches.map((b) => [b.settings.limit, hitsOf(b)]), [[3, { a: 1 }], [10, { b: 1 }]]);
+    assert.deepEqual(
+      batches.map((b) => [b.settings.limit, hitsOf(b)]),
+      [
+        [3, { a: 1 }],
+        [10, { b: 1 }],
+      ],
+    );
   });
 
   it('decides from the global total of the last sync plus the hits seen here since', () => {
@@ -149,7 +161,7 @@ describe('RateLimitCounters', () => {
     assert.equal(c.hit('ip', SETTINGS).isBlocked, true);
   });
 
-  it('gives a failed sync\'s hits to the next sync and keeps deciding with them', () => {
+  it("gives a failed sync's hits to the next sync and keeps deciding with them", () => {
     const { c } = counters();
     c.hit('ip', SETTINGS);
     c.hit('ip', SETTINGS);
@@ -160,7 +172,7 @@ describe('RateLimitCounters', () => {
     assert.equal(c.hit('ip', SETTINGS).totalHits, 4);
   });
 
-  it('drops a failed sync\'s hits whose window has ended meanwhile', () => {
+  it("drops a failed sync's hits whose window has ended meanwhile", () => {
     const { c, clock } = counters();
     c.hit('ip', SETTINGS);
     c.hit('ip', SETTINGS);
@@ -227,7 +239,7 @@ describe('RateLimitCounters', () => {
     assert.equal(c.hit('a', SETTINGS).totalHits, 3);
   });
 
-  it('does not let an evicted key\'s sync answer touch its successor', () => {
+  it("does not let an evicted key's sync answer touch its successor", () => {
     const { c } = counters(1);
     c.hit('a', SETTINGS);
     const batch = take(c);

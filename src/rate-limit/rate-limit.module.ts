@@ -23,7 +23,14 @@ class RateLimitStorageModule {}
       useFactory: (config: ConfigService<AppConfig, true>, storage: PgThrottlerStorage) => {
         const perMinute = config.get('RATE_LIMIT_PER_MINUTE', { infer: true });
         return {
-          throttlers: [{ name: 'default', ttl: RATE_LIMIT_WINDOW_SECONDS * 1000, limit: Math.max(perMinute, 1), blockDuration: RATE_LIMIT_WINDOW_SECONDS * 1000 }],
+          throttlers: [
+            {
+              name: 'default',
+              ttl: RATE_LIMIT_WINDOW_SECONDS * 1000,
+              limit: Math.max(perMinute, 1),
+              blockDuration: RATE_LIMIT_WINDOW_SECONDS * 1000,
+            },
+          ],
           storage,
           // 0 turns the limit off (nothing is counted, so nothing is synced).
           skipIf: () => perMinute === 0,

@@ -36,8 +36,19 @@ const camelToEnv = (key: string) => key.replace(/([a-z0-9])([A-Z])/g, '$1_$2').t
 
 /** Validates options into the AppConfig the modules read, exactly as the service validates its environment. */
 export function configFromOptions(options: SessionaryOptions): AppConfig {
-  const known = new Set([...Object.keys(new Env()), 'DATABASE_URL', 'DATABASE_LISTEN_URL', 'JWT_SECRET', 'PASSWORD_PEPPER', 'AUDIT_HMAC_KEY',
-    'SESSION_TOUCH_INTERVAL', 'AUDIT_CHECKPOINT_FILE', 'AUDIT_RETENTION_DAYS', 'AUDIT_ARCHIVE_DIR', 'DOCS_ENABLED']);
+  const known = new Set([
+    ...Object.keys(new Env()),
+    'DATABASE_URL',
+    'DATABASE_LISTEN_URL',
+    'JWT_SECRET',
+    'PASSWORD_PEPPER',
+    'AUDIT_HMAC_KEY',
+    'SESSION_TOUCH_INTERVAL',
+    'AUDIT_CHECKPOINT_FILE',
+    'AUDIT_RETENTION_DAYS',
+    'AUDIT_ARCHIVE_DIR',
+    'DOCS_ENABLED',
+  ]);
   const raw: Record<string, string | undefined> = { NODE_ENV: process.env.NODE_ENV };
   for (const [key, value] of Object.entries(options)) {
     const name = camelToEnv(key);

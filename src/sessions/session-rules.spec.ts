@@ -139,7 +139,7 @@ describe('judgeCachedSession', () => {
     assert.equal(judgeCachedSession(cached(), USER, T0, 1000), 'active');
   });
 
-  it('refuses an ended session and someone else\'s without asking the database', () => {
+  it("refuses an ended session and someone else's without asking the database", () => {
     assert.equal(judgeCachedSession(cached({ ended: true }), USER, T0, 1000), 'refused');
     assert.equal(judgeCachedSession(cached(), 'u2', T0, 1000), 'refused');
   });

@@ -10,9 +10,7 @@ export const SERVICE_WORDS = ['sessionary'];
  */
 export function assertPasswordFreeOfContext(password: string, account: { username: string; email: string }): void {
   const lower = password.toLowerCase();
-  const words = [...SERVICE_WORDS, account.username, account.email.split('@')[0]]
-    .map((w) => w.toLowerCase())
-    .filter((w) => w.length >= 4);
+  const words = [...SERVICE_WORDS, account.username, account.email.split('@')[0]].map((w) => w.toLowerCase()).filter((w) => w.length >= 4);
   if (words.some((word) => lower.includes(word))) {
     throw new BadRequestException(['password must not contain the username, the email name or the service name']);
   }

@@ -130,9 +130,24 @@ export const refreshTokenShaped = fc.stringMatching(/^[A-Za-z0-9_-]{43}$/);
 export const emailish: fc.Arbitrary<string> = fc.oneof(
   { weight: 3, arbitrary: validUsername.map((u) => `${u}@example.test`) },
   { weight: 1, arbitrary: fc.emailAddress() },
-  { weight: 2, arbitrary: fc.tuple(hostileString, fc.constantFrom('example.test', 'xn--e1afmkfd.test', 'localhost', '[127.0.0.1]', 'ёлка.рф')).map(([l, d]) => `${l}@${d}`) },
+  {
+    weight: 2,
+    arbitrary: fc
+      .tuple(hostileString, fc.constantFrom('example.test', 'xn--e1afmkfd.test', 'localhost', '[127.0.0.1]', 'ёлка.рф'))
+      .map(([l, d]) => `${l}@${d}`),
+  },
   { weight: 1, arbitrary: fc.tuple(validUsername, hostileString).map(([l, d]) => `${l}@${d}`) },
-  { weight: 1, arbitrary: fc.constantFrom("' OR 1=1 --@x.io", '"quoted local"@example.test', 'a@b', 'a@@b.test', `${'a'.repeat(64)}@${'b'.repeat(185)}.test`, `${'a'.repeat(250)}@x.test`) },
+  {
+    weight: 1,
+    arbitrary: fc.constantFrom(
+      "' OR 1=1 --@x.io",
+      '"quoted local"@example.test',
+      'a@b',
+      'a@@b.test',
+      `${'a'.repeat(64)}@${'b'.repeat(185)}.test`,
+      `${'a'.repeat(250)}@x.test`,
+    ),
+  },
 );
 
 const pad = (n: number, width: number) => String(n).padStart(width, '0');
@@ -161,7 +176,10 @@ export const isoLike: fc.Arbitrary<string> = (() => {
     { weight: 4, arbitrary: fc.tuple(year, two(13), two(32)).map(([y, m, d]) => `${y}-${m}-${d}`) },
     { weight: 1, arbitrary: fc.tuple(year, two(13), two(32)).map(([y, m, d]) => `${y}${m}${d}`) },
     { weight: 1, arbitrary: fc.tuple(year, fc.integer({ min: 0, max: 367 })).map(([y, d]) => `${y}-${pad(d, 3)}`) },
-    { weight: 1, arbitrary: fc.tuple(year, two(54), fc.option(fc.integer({ min: 0, max: 8 }))).map(([y, w, d]) => `${y}-W${w}${d === null ? '' : `-${d}`}`) },
+    {
+      weight: 1,
+      arbitrary: fc.tuple(year, two(54), fc.option(fc.integer({ min: 0, max: 8 }))).map(([y, w, d]) => `${y}-W${w}${d === null ? '' : `-${d}`}`),
+    },
     { weight: 1, arbitrary: fc.tuple(year, two(13)).map(([y, m]) => `${y}-${m}`) },
     { weight: 1, arbitrary: year },
   );
@@ -175,7 +193,11 @@ export const isoLike: fc.Arbitrary<string> = (() => {
 /** Pagination cursors: ours (`base64url("a1.<seq>")`) with any seq, and look-alikes. */
 export const cursorLike: fc.Arbitrary<string> = fc.oneof(
   fc
-    .oneof(fc.bigInt({ min: -10n, max: 2n ** 70n }).map(String), hostileString, fc.constantFrom('0', '01', '9223372036854775807', '9223372036854775808', '1e3', ' 1'))
+    .oneof(
+      fc.bigInt({ min: -10n, max: 2n ** 70n }).map(String),
+      hostileString,
+      fc.constantFrom('0', '01', '9223372036854775807', '9223372036854775808', '1e3', ' 1'),
+    )
     .map((seq) => Buffer.from(`a1.${seq}`, 'utf8').toString('base64url')),
   fc.base64String({ maxLength: 80 }),
   fc.stringMatching(/^[A-Za-z0-9_-]{1,80}$/),
@@ -188,7 +210,14 @@ export const uuidLike: fc.Arbitrary<string> = fc.oneof(
   { weight: 1, arbitrary: fc.uuid().map((u) => u.replace(/-/g, '')) },
   { weight: 1, arbitrary: fc.uuid().map((u) => `{${u}}`) },
   { weight: 1, arbitrary: fc.tuple(fc.uuid(), hostileString).map(([u, s]) => u + s) },
-  { weight: 1, arbitrary: fc.constantFrom('00000000-0000-0000-0000-000000000000', 'ffffffff-ffff-ffff-ffff-ffffffffffff', 'gggggggg-gggg-gggg-gggg-gggggggggggg') },
+  {
+    weight: 1,
+    arbitrary: fc.constantFrom(
+      '00000000-0000-0000-0000-000000000000',
+      'ffffffff-ffff-ffff-ffff-ffffffffffff',
+      'gggggggg-gggg-gggg-gggg-gggggggggggg',
+    ),
+  },
 );
 
 // ------------------------------------------------------------------------------ JSON trees
@@ -227,12 +256,14 @@ export const NUMBER_TOKENS = [
   '0.0000000000000000000000000000001',
 ];
 
-const numberLeaf: fc.Arbitrary<JsonNode> = fc.oneof(
-  fc.constantFrom(...NUMBER_TOKENS),
-  fc.double({ noNaN: true, noDefaultInfinity: true }).map((d) => (Object.is(d, -0) ? '-0' : String(d))),
-  fc.integer().map(String),
-  fc.bigInt({ min: -(2n ** 80n), max: 2n ** 80n }).map(String),
-).map((raw) => ({ raw }));
+const numberLeaf: fc.Arbitrary<JsonNode> = fc
+  .oneof(
+    fc.constantFrom(...NUMBER_TOKENS),
+    fc.double({ noNaN: true, noDefaultInfinity: true }).map((d) => (Object.is(d, -0) ? '-0' : String(d))),
+    fc.integer().map(String),
+    fc.bigInt({ min: -(2n ** 80n), max: 2n ** 80n }).map(String),
+  )
+  .map((raw) => ({ raw }));
 
 export const hostileLeaf: fc.Arbitrary<JsonNode> = fc.oneof(
   { weight: 5, arbitrary: hostileString.map(str) },
@@ -241,7 +272,25 @@ export const hostileLeaf: fc.Arbitrary<JsonNode> = fc.oneof(
 );
 
 export const hostileKey: fc.Arbitrary<string> = fc.oneof(
-  { weight: 2, arbitrary: fc.constantFrom('__proto__', 'constructor', 'prototype', 'role', 'id', 'userId', 'passwordHash', 'password_hash', 'isAdmin', 'toString', 'length', '0', '', ' ') },
+  {
+    weight: 2,
+    arbitrary: fc.constantFrom(
+      '__proto__',
+      'constructor',
+      'prototype',
+      'role',
+      'id',
+      'userId',
+      'passwordHash',
+      'password_hash',
+      'isAdmin',
+      'toString',
+      'length',
+      '0',
+      '',
+      ' ',
+    ),
+  },
   { weight: 2, arbitrary: fc.constantFrom(...OPERATOR_SHAPED) },
   { weight: 3, arbitrary: hostileString.filter((s) => s.length < 64) },
 );
@@ -257,10 +306,19 @@ export const jsonTree: fc.Arbitrary<JsonNode> = fc.letrec<{ node: JsonNode }>((t
 
 /** Operator-shaped objects where a string belongs: `{"$ne": null}`, `{"$gt": ""}`, `{"$in": [...]}`. */
 export const operatorObject: fc.Arbitrary<JsonNode> = fc
-  .array(fc.tuple(fc.constantFrom(...OPERATOR_SHAPED), fc.oneof(hostileLeaf, fc.array(hostileLeaf, { maxLength: 3 }).map((arr) => ({ arr })))), {
-    minLength: 1,
-    maxLength: 3,
-  })
+  .array(
+    fc.tuple(
+      fc.constantFrom(...OPERATOR_SHAPED),
+      fc.oneof(
+        hostileLeaf,
+        fc.array(hostileLeaf, { maxLength: 3 }).map((arr) => ({ arr })),
+      ),
+    ),
+    {
+      minLength: 1,
+      maxLength: 3,
+    },
+  )
   .map((obj) => ({ obj }));
 
 /** A value nested `depth` levels deep in arrays or objects. */
@@ -405,7 +463,13 @@ export const malformedJsonBody: fc.Arbitrary<string | Buffer> = fc.oneof(
       .filter((t) => !parsesAsJson(t)),
   },
   { weight: 2, arbitrary: fc.constantFrom(...JS_ISMS).filter((t) => !parsesAsJson(t) || /__proto__|constructor/.test(t)) },
-  { weight: 1, arbitrary: fc.uint8Array({ minLength: 1, maxLength: 300 }).map((b) => Buffer.from(b)).filter((b) => !parsesAsJson(b.toString('utf8'))) },
+  {
+    weight: 1,
+    arbitrary: fc
+      .uint8Array({ minLength: 1, maxLength: 300 })
+      .map((b) => Buffer.from(b))
+      .filter((b) => !parsesAsJson(b.toString('utf8'))),
+  },
   { weight: 1, arbitrary: fc.constantFrom('', ' ', '\n', '\t\r\n ', '\uFEFF') },
   { weight: 1, arbitrary: fc.integer({ min: 9, max: 16_000 }).map((n) => '['.repeat(n)) },
   { weight: 1, arbitrary: fc.integer({ min: 1, max: 400 }).map((n) => `${'{"a":'.repeat(n)}1`) },
@@ -470,7 +534,10 @@ export const sendableInHeader = (s: string) => !/[^\t\x20-\x7e\x80-\xff]/.test(s
 export const headerValue: fc.Arbitrary<string> = fc.oneof(
   { weight: 4, arbitrary: fc.string({ unit: headerChar, maxLength: 60 }) },
   { weight: 3, arbitrary: fc.constantFrom(...SPECIAL_STRINGS.filter(sendableInHeader)) },
-  { weight: 1, arbitrary: fc.tuple(fc.constantFrom('A', '\u00ff', "'", ' '), fc.integer({ min: 200, max: 9_000 })).map(([c, n]) => `x${c.repeat(n)}`) },
+  {
+    weight: 1,
+    arbitrary: fc.tuple(fc.constantFrom('A', '\u00ff', "'", ' '), fc.integer({ min: 200, max: 9_000 })).map(([c, n]) => `x${c.repeat(n)}`),
+  },
 );
 
 export const b64url = (s: string | Buffer) => Buffer.from(s).toString('base64url');
@@ -513,7 +580,11 @@ export function invalidAuthorization(a: AuthMaterial): fc.Arbitrary<string> {
       aud: fc.oneof(fc.constant(str('sessionary-api')), claim),
     })
     .map((c) => jsonText({ obj: Object.entries(c).filter((e): e is [string, JsonNode] => e[1] !== undefined) }));
-  const signature = fc.oneof(fc.constant(''), fc.constant(s), fc.base64String({ maxLength: 60 }).map((x) => x.replace(/=/g, '')));
+  const signature = fc.oneof(
+    fc.constant(''),
+    fc.constant(s),
+    fc.base64String({ maxLength: 60 }).map((x) => x.replace(/=/g, '')),
+  );
   const forged = fc.tuple(jwtHeader, claims, signature).map(([hh, pp, ss]) => `${b64url(hh)}.${b64url(pp)}.${ss}`);
   const tampered = fc
     .tuple(fc.integer({ min: 0, max: a.userToken.length - 1 }), fc.constantFrom('A', 'b', '_', '-', '.', '='))
@@ -588,13 +659,11 @@ export function urlComponent(value: fc.Arbitrary<string>): fc.Arbitrary<string> 
     { weight: 1, arbitrary: value.map((v) => percentEncode(v, "!$'()*,;:@+=&[]/")) },
     {
       weight: 1,
-      arbitrary: fc
-        .tuple(value, fc.constantFrom(...RAW_URL_FRAGMENTS), fc.nat())
-        .map(([v, frag, at]) => {
-          const enc = percentEncode(v);
-          const i = enc.length ? at % (enc.length + 1) : 0;
-          return enc.slice(0, i) + frag + enc.slice(i);
-        }),
+      arbitrary: fc.tuple(value, fc.constantFrom(...RAW_URL_FRAGMENTS), fc.nat()).map(([v, frag, at]) => {
+        const enc = percentEncode(v);
+        const i = enc.length ? at % (enc.length + 1) : 0;
+        return enc.slice(0, i) + frag + enc.slice(i);
+      }),
     },
   );
 }
@@ -607,12 +676,31 @@ export function queryString(params: Record<string, fc.Arbitrary<string>>): fc.Ar
   const names = Object.keys(params);
   const key = fc.oneof(
     { weight: 6, arbitrary: names.length ? fc.constantFrom(...names) : hostileKey },
-    { weight: 1, arbitrary: fc.constantFrom('__proto__', 'constructor', 'constructor[prototype][role]', '__proto__[role]', 'limit[]', 'type[$ne]', 'toString', 'hasOwnProperty', 'access_token', '') },
+    {
+      weight: 1,
+      arbitrary: fc.constantFrom(
+        '__proto__',
+        'constructor',
+        'constructor[prototype][role]',
+        '__proto__[role]',
+        'limit[]',
+        'type[$ne]',
+        'toString',
+        'hasOwnProperty',
+        'access_token',
+        '',
+      ),
+    },
     { weight: 1, arbitrary: hostileKey },
   );
   const pair = key.chain((k) =>
     fc
-      .tuple(urlComponent(fc.oneof({ weight: 2, arbitrary: Object.hasOwn(params, k) ? params[k] : hostileString }, { weight: 1, arbitrary: hostileString })), fc.boolean())
+      .tuple(
+        urlComponent(
+          fc.oneof({ weight: 2, arbitrary: Object.hasOwn(params, k) ? params[k] : hostileString }, { weight: 1, arbitrary: hostileString }),
+        ),
+        fc.boolean(),
+      )
       .map(([v, withEquals]) => (k === '' && !withEquals ? v : `${percentEncode(k, '[]$')}${withEquals || v ? '=' : ''}${v}`)),
   );
   return fc

@@ -44,10 +44,7 @@ export class DbFingerprinter {
 
   /** The digest audit_events had when its last event was `maxSeq`: unchanged if only new events were added. */
   async auditDigestUpTo(maxSeq: string): Promise<string> {
-    const [row] = await this.db.query(
-      `SELECT ${digestOf('x')} AS digest FROM audit_events x WHERE x.seq <= $1::bigint`,
-      [maxSeq],
-    );
+    const [row] = await this.db.query(`SELECT ${digestOf('x')} AS digest FROM audit_events x WHERE x.seq <= $1::bigint`, [maxSeq]);
     return row.digest;
   }
 

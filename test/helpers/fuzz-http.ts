@@ -85,7 +85,15 @@ export class FuzzClient {
         headers['content-length'] = String(body.length);
       }
       const r = request(
-        { host: '127.0.0.1', port: this.port, method: req.method, path: req.path, headers, agent: fresh ? false : this.agent, setHost: !('host' in headers) },
+        {
+          host: '127.0.0.1',
+          port: this.port,
+          method: req.method,
+          path: req.path,
+          headers,
+          agent: fresh ? false : this.agent,
+          setHost: !('host' in headers),
+        },
         (res) => {
           const chunks: Buffer[] = [];
           res.on('data', (c: Buffer) => chunks.push(c));
@@ -108,8 +116,11 @@ export class FuzzClient {
   private async head(req: FuzzRequest): Promise<FuzzResponse> {
     const body = req.body === undefined ? Buffer.alloc(0) : Buffer.isBuffer(req.body) ? req.body : Buffer.from(req.body, 'utf8');
     const headers: Record<string, string> = { host: `127.0.0.1:${this.port}`, ...req.headers, connection: 'close' };
-    if (body.length && !Object.keys(headers).some((h) => /^(content-length|transfer-encoding)$/i.test(h))) headers['content-length'] = String(body.length);
-    const head = `${req.method} ${req.path} HTTP/1.1\r\n${Object.entries(headers).map(([k, v]) => `${k}: ${v}\r\n`).join('')}\r\n`;
+    if (body.length && !Object.keys(headers).some((h) => /^(content-length|transfer-encoding)$/i.test(h)))
+      headers['content-length'] = String(body.length);
+    const head = `${req.method} ${req.path} HTTP/1.1\r\n${Object.entries(headers)
+      .map(([k, v]) => `${k}: ${v}\r\n`)
+      .join('')}\r\n`;
     const answer = await rawExchange(this.port, Buffer.concat([Buffer.from(head, 'latin1'), body]), this.timeoutMs, { headersOnly: true });
     const [statusLine, ...lines] = answer.slice(0, answer.indexOf('\r\n\r\n')).split('\r\n');
     const status = Number(/^HTTP\/1\.[01] (\d{3})/.exec(statusLine)?.[1]);

@@ -42,7 +42,10 @@ export class ServiceProcess {
     const deadline = Date.now() + timeoutMs;
     while (Date.now() < deadline) {
       if (this.child.exitCode !== null) throw new Error(`service exited with ${this.child.exitCode}:\n${this.output}`);
-      const ok = await fetch(`${this.url}/health/live`).then((r) => r.ok, () => false);
+      const ok = await fetch(`${this.url}/health/live`).then(
+        (r) => r.ok,
+        () => false,
+      );
       if (ok) return;
       await sleep(100);
     }

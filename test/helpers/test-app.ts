@@ -84,7 +84,11 @@ export async function createTestApp(overrides: Record<string, string> = {}, opti
   });
   const moduleRef = await Test.createTestingModule({ imports: [AppModule.forRoot(config)] }).compile();
   const logger = options.logger ?? false;
-  const app = await configureApp(moduleRef.createNestApplication<NestFastifyApplication>(createFastifyAdapter(config), { ...NEST_APP_OPTIONS, logger }), config, logger);
+  const app = await configureApp(
+    moduleRef.createNestApplication<NestFastifyApplication>(createFastifyAdapter(config), { ...NEST_APP_OPTIONS, logger }),
+    config,
+    logger,
+  );
   await app.init();
   await app.getHttpAdapter().getInstance().ready();
   return {

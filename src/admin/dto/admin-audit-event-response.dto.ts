@@ -14,7 +14,14 @@ export class AdminAuditEventResponseDto extends AuditEventResponseDto {
 }
 
 export class AdminAuditPageResponseDto {
-  @ApiProperty({ type: [AdminAuditEventResponseDto], maxItems: AUDIT_PAGE_MAX_LIMIT, description: 'At most `limit` events' }) items: AdminAuditEventResponseDto[];
-  @ApiProperty({ nullable: true, type: String, pattern: AUDIT_CURSOR_PATTERN.source, maxLength: 64, description: 'Pass as `cursor` for the next page; null on the last' })
+  @ApiProperty({ type: [AdminAuditEventResponseDto], maxItems: AUDIT_PAGE_MAX_LIMIT, description: 'At most `limit` events' })
+  items: AdminAuditEventResponseDto[];
+  @ApiProperty({
+    nullable: true,
+    type: String,
+    pattern: AUDIT_CURSOR_PATTERN.source,
+    maxLength: 64,
+    description: 'Pass as `cursor` for the next page; null on the last',
+  })
   nextCursor: string | null;
 }

@@ -28,7 +28,14 @@ export class AuditEventResponseDto {
 }
 
 export class AuditPageResponseDto {
-  @ApiProperty({ type: [AuditEventResponseDto], maxItems: AUDIT_PAGE_MAX_LIMIT, description: 'At most `limit` events' }) items: AuditEventResponseDto[];
-  @ApiProperty({ nullable: true, type: String, pattern: AUDIT_CURSOR_PATTERN.source, maxLength: 64, description: 'Pass as `cursor` for the next page; null on the last' })
+  @ApiProperty({ type: [AuditEventResponseDto], maxItems: AUDIT_PAGE_MAX_LIMIT, description: 'At most `limit` events' })
+  items: AuditEventResponseDto[];
+  @ApiProperty({
+    nullable: true,
+    type: String,
+    pattern: AUDIT_CURSOR_PATTERN.source,
+    maxLength: 64,
+    description: 'Pass as `cursor` for the next page; null on the last',
+  })
   nextCursor: string | null;
 }

@@ -10,7 +10,12 @@ import { EXPORT_FORMAT, type AuditExportFilterFields, type AuditExportLine, type
  */
 
 export class AuditExportEventLineDto implements AuditExportLine {
-  @ApiProperty({ description: 'The global order of events (a 64-bit integer, as a decimal string)', example: '1042', pattern: '^[1-9][0-9]{0,18}$', maxLength: 19 })
+  @ApiProperty({
+    description: 'The global order of events (a 64-bit integer, as a decimal string)',
+    example: '1042',
+    pattern: '^[1-9][0-9]{0,18}$',
+    maxLength: 19,
+  })
   seq: string;
 
   @ApiProperty({ format: 'uuid' }) id: string;
@@ -38,10 +43,22 @@ export class AuditExportEventLineDto implements AuditExportLine {
   @ApiProperty({ ...COUNT_SCHEMA, nullable: true, minimum: 1, description: 'Position in the chain, from 1' })
   position: number | null;
 
-  @ApiProperty({ nullable: true, type: String, pattern: '^[0-9a-f]{64}$', maxLength: 64, description: "The previous event's hash in the chain (64 zeros at position 1)" })
+  @ApiProperty({
+    nullable: true,
+    type: String,
+    pattern: '^[0-9a-f]{64}$',
+    maxLength: 64,
+    description: "The previous event's hash in the chain (64 zeros at position 1)",
+  })
   prevHash: string | null;
 
-  @ApiProperty({ nullable: true, type: String, pattern: '^[0-9a-f]{64}$', maxLength: 64, description: 'HMAC-SHA-256(AUDIT_HMAC_KEY, prevHash ‖ canonical form of the event)' })
+  @ApiProperty({
+    nullable: true,
+    type: String,
+    pattern: '^[0-9a-f]{64}$',
+    maxLength: 64,
+    description: 'HMAC-SHA-256(AUDIT_HMAC_KEY, prevHash ‖ canonical form of the event)',
+  })
   hash: string | null;
 }
 

@@ -16,9 +16,16 @@ const messageOf = (fn: () => unknown): unknown => {
 describe('toAuditFilter', () => {
   it('refuses dates and times that do not exist, which Date would roll over', () => {
     for (const to of ['2026-02-31', '2026-02-29', '2026-04-31T00:00Z', '2026-01-01T24:00:00Z', '2026-01-01T25:00:00Z', '2026-00-10', '2026-01-00']) {
-      assert.deepEqual(messageOf(() => toAuditFilter({ to }, undefined)), ['to is not a valid date'], to);
+      assert.deepEqual(
+        messageOf(() => toAuditFilter({ to }, undefined)),
+        ['to is not a valid date'],
+        to,
+      );
     }
-    assert.deepEqual(messageOf(() => toAuditFilter({ from: '2026-13-01' }, undefined)), ['from is not a valid date']);
+    assert.deepEqual(
+      messageOf(() => toAuditFilter({ from: '2026-13-01' }, undefined)),
+      ['from is not a valid date'],
+    );
   });
 
   it('takes every real instant, with its offset', () => {
@@ -28,7 +35,10 @@ describe('toAuditFilter', () => {
   });
 
   it('refuses from after to, and keeps the user and type', () => {
-    assert.deepEqual(messageOf(() => toAuditFilter({ from: '2026-02-01', to: '2026-01-01' }, undefined)), ['from must not be after to']);
+    assert.deepEqual(
+      messageOf(() => toAuditFilter({ from: '2026-02-01', to: '2026-01-01' }, undefined)),
+      ['from must not be after to'],
+    );
     assert.deepEqual(toAuditFilter({ type: 'LOGIN' }, 'u'), { userId: 'u', type: 'LOGIN', from: undefined, to: undefined });
   });
 });

@@ -22,12 +22,22 @@ export class AuditQueryDto {
   @IsIn(AUDIT_EVENT_TYPES)
   type?: AuditEventType;
 
-  @ApiPropertyOptional({ description: 'Events at or after this instant (RFC 3339 date or date-time)', example: '2026-01-01T00:00:00Z', pattern: RFC3339.source, maxLength: RFC3339_MAX_LENGTH })
+  @ApiPropertyOptional({
+    description: 'Events at or after this instant (RFC 3339 date or date-time)',
+    example: '2026-01-01T00:00:00Z',
+    pattern: RFC3339.source,
+    maxLength: RFC3339_MAX_LENGTH,
+  })
   @IsAbsentOr()
   @Matches(RFC3339, { message: 'from must be an RFC 3339 date or date-time' })
   from?: string;
 
-  @ApiPropertyOptional({ description: 'Events before this instant (RFC 3339 date or date-time)', example: '2026-12-31T00:00:00Z', pattern: RFC3339.source, maxLength: RFC3339_MAX_LENGTH })
+  @ApiPropertyOptional({
+    description: 'Events before this instant (RFC 3339 date or date-time)',
+    example: '2026-12-31T00:00:00Z',
+    pattern: RFC3339.source,
+    maxLength: RFC3339_MAX_LENGTH,
+  })
   @IsAbsentOr()
   @Matches(RFC3339, { message: 'to must be an RFC 3339 date or date-time' })
   to?: string;

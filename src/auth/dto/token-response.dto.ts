@@ -19,7 +19,14 @@ export class TokenResponseDto {
   @ApiProperty({ enum: ['Bearer'] }) tokenType: 'Bearer';
 
   // ACCESS_TOKEN_TTL at most, and less when the session's absolute deadline comes first.
-  @ApiProperty({ type: 'integer', format: 'int32', minimum: 1, maximum: INT32_MAX, description: 'Seconds until the access token expires', example: 900 })
+  @ApiProperty({
+    type: 'integer',
+    format: 'int32',
+    minimum: 1,
+    maximum: INT32_MAX,
+    description: 'Seconds until the access token expires',
+    example: 900,
+  })
   expiresIn: number;
   @ApiProperty({ format: 'uuid' }) sessionId: string;
   @ApiProperty({ format: 'date-time', description: "The session's absolute deadline: no refresh extends it" })

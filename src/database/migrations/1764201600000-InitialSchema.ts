@@ -47,13 +47,9 @@ export class InitialSchema1764201600000 implements MigrationInterface {
     // Refresh: look up by token hash.
     await queryRunner.query(`CREATE UNIQUE INDEX "UQ_sessions_refresh_token_hash" ON "sessions" ("refresh_token_hash")`);
     // A user's active sessions, newest first (list, revoke-all, session limit).
-    await queryRunner.query(
-      `CREATE INDEX "IDX_sessions_user_active" ON "sessions" ("user_id", "created_at" DESC) WHERE "ended_at" IS NULL`,
-    );
+    await queryRunner.query(`CREATE INDEX "IDX_sessions_user_active" ON "sessions" ("user_id", "created_at" DESC) WHERE "ended_at" IS NULL`);
     // Cleanup: active sessions past their idle deadline (which is never after the absolute one).
-    await queryRunner.query(
-      `CREATE INDEX "IDX_sessions_active_idle_expires" ON "sessions" ("idle_expires_at") WHERE "ended_at" IS NULL`,
-    );
+    await queryRunner.query(`CREATE INDEX "IDX_sessions_active_idle_expires" ON "sessions" ("idle_expires_at") WHERE "ended_at" IS NULL`);
     // Cleanup: ended sessions past retention.
     await queryRunner.query(`CREATE INDEX "IDX_sessions_ended_at" ON "sessions" ("ended_at") WHERE "ended_at" IS NOT NULL`);
 

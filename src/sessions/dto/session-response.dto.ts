@@ -7,7 +7,13 @@ import type { SessionEntity } from '../session.entity';
 export class DeviceSummaryDto implements DeviceSummary {
   @ApiProperty({ nullable: true, type: String, maxLength: DEVICE_PART_MAX_LENGTH, example: 'Firefox 128' }) browser: string | null;
   @ApiProperty({ nullable: true, type: String, maxLength: DEVICE_PART_MAX_LENGTH, example: 'Windows 10' }) os: string | null;
-  @ApiProperty({ nullable: true, type: String, maxLength: DEVICE_PART_MAX_LENGTH, example: 'desktop', description: 'desktop, mobile, tablet, tv, bot…' })
+  @ApiProperty({
+    nullable: true,
+    type: String,
+    maxLength: DEVICE_PART_MAX_LENGTH,
+    example: 'desktop',
+    description: 'desktop, mobile, tablet, tv, bot…',
+  })
   deviceType: string | null;
 }
 

@@ -45,7 +45,7 @@ describe('Sessionary inside a host Nest app (e2e)', () => {
         // The host's own global configuration, with names Sessionary uses too: neither sees the other's.
         ConfigModule.forRoot({ isGlobal: true, ignoreEnvFile: true, load: [() => ({ JWT_ISSUER: 'the-host', SESSION_IDLE_TTL: 1 })] }),
         SessionaryModule.forRootAsync({
-          useFactory: () => ({ databaseUrl, ...secrets, routePrefix: 'api/v1', nodeEnv: 'test' as never, bcryptCost: 4, rateLimitPerMinute: 0 }),
+          useFactory: () => ({ databaseUrl, ...secrets, routePrefix: 'api/v1', nodeEnv: 'test', bcryptCost: 4, rateLimitPerMinute: 0 }),
         }),
       ],
       controllers: [OrdersController],

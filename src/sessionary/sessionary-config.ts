@@ -30,7 +30,10 @@ interface SecretOptions {
  * `sessionIdleTtl`), with the same defaults and validation. `nodeEnv` defaults to the
  * process's NODE_ENV.
  */
-export type SessionaryOptions = SecretOptions & { [K in keyof Env as CamelCase<K & string>]?: Env[K] };
+export type SessionaryOptions = SecretOptions & { [K in keyof Env as CamelCase<K & string>]?: OptionValue<Env[K]> };
+
+/** An enum-typed setting (NODE_ENV) also takes its values as plain strings: `nodeEnv: 'production'`. */
+type OptionValue<T> = T extends string ? T | `${T}` : T;
 
 const camelToEnv = (key: string) => key.replace(/([a-z0-9])([A-Z])/g, '$1_$2').toUpperCase();
 

@@ -7,32 +7,15 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
 import { LoggerService } from '@nestjs/common';
-import { Client } from 'pg';
 import { SchedulerRegistry } from '@nestjs/schedule';
 import { AuditChainService } from '../src/audit/audit-chain.service';
 import { AuditCheckpointTask } from '../src/audit/audit-checkpoint.task';
 import { AuditVerifierService } from '../src/audit/audit-verifier.service';
 import { AuditService } from '../src/audit/audit.service';
 import { bearer, login, registerUser, TestUser } from './helpers/factories';
-import { createTestApp, databaseForThisFile, TEST_AUDIT_HMAC_KEY, TestApp } from './helpers/test-app';
+import { createTestApp, freshDatabase, TEST_AUDIT_HMAC_KEY, TestApp } from './helpers/test-app';
 
 const CLI = join(__dirname, '..', 'src', 'cli.js');
-
-let databases = 0;
-
-/** A database of its own for each test: tampering with one log must not break the next test's. */
-async function freshDatabase(): Promise<string> {
-  const base = new URL(await databaseForThisFile());
-  base.pathname = `${base.pathname}_${++databases}`;
-  const client = new Client({ connectionString: process.env.DATABASE_URL });
-  await client.connect();
-  try {
-    await client.query(`CREATE DATABASE "${base.pathname.slice(1)}"`);
-  } finally {
-    await client.end();
-  }
-  return base.toString();
-}
 
 async function cli(databaseUrl: string, ...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   const env = {

@@ -5,7 +5,6 @@ import { pipeline } from 'node:stream/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
-import { Client } from 'pg';
 import { DataSource } from 'typeorm';
 import { checkpointMac, type Checkpoint } from '../src/audit/audit-chain';
 import { AuditChainService } from '../src/audit/audit-chain.service';
@@ -19,9 +18,8 @@ import { dataSourceOptions, MIGRATIONS } from '../src/database/data-source.optio
 import { AuditPartitions1765100000000 } from '../src/database/migrations/1765100000000-AuditPartitions';
 import { runMigrationsLocked } from '../src/database/migrate';
 import { registerUser } from './helpers/factories';
-import { createTestApp, databaseForThisFile, TEST_AUDIT_HMAC_KEY, TestApp } from './helpers/test-app';
+import { createTestApp, freshDatabase, TEST_AUDIT_HMAC_KEY, TestApp } from './helpers/test-app';
 
-let databases = 0;
 const opened: TestApp[] = [];
 const scratch: string[] = [];
 
@@ -29,19 +27,6 @@ after(async () => {
   for (const t of opened) await t.close();
   for (const dir of scratch) rmSync(dir, { recursive: true, force: true });
 });
-
-async function freshDatabase(): Promise<string> {
-  const base = new URL(await databaseForThisFile());
-  base.pathname = `${base.pathname}_${++databases}`;
-  const client = new Client({ connectionString: process.env.DATABASE_URL });
-  await client.connect();
-  try {
-    await client.query(`CREATE DATABASE "${base.pathname.slice(1)}"`);
-  } finally {
-    await client.end();
-  }
-  return base.toString();
-}
 
 async function app(url: string, overrides: Record<string, string> = {}): Promise<TestApp> {
   const t = await createTestApp({ DATABASE_URL: url, ...overrides });

@@ -8,7 +8,7 @@ import { closeSync, existsSync, openSync, readFileSync } from 'node:fs';
 import { createServer, AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { Client } from 'pg';
-import { Env } from '../../src/config/env.schema';
+import { ENV_VARIABLES } from '../../src/config/env.schema';
 
 export const MAIN_JS = join(__dirname, '..', '..', 'src', 'main.js');
 
@@ -68,17 +68,7 @@ export interface ServiceOptions {
  */
 export function serviceEnv(options: ServiceOptions): NodeJS.ProcessEnv {
   const env: NodeJS.ProcessEnv = { ...process.env };
-  for (const key of Object.keys(new Env())) delete env[key];
-  for (const key of [
-    'DATABASE_URL',
-    'JWT_SECRET',
-    'PASSWORD_PEPPER',
-    'AUDIT_HMAC_KEY',
-    'AUDIT_CHECKPOINT_FILE',
-    'AUDIT_RETENTION_DAYS',
-    'AUDIT_ARCHIVE_DIR',
-  ])
-    delete env[key];
+  for (const key of ENV_VARIABLES) delete env[key];
   Object.assign(env, {
     NODE_ENV: 'production',
     HOST: '127.0.0.1',

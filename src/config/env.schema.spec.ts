@@ -1,6 +1,6 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { docsEnabled, NodeEnv, parseEnv, parseTrustProxy } from './env.schema';
+import { docsEnabled, ENV_VARIABLES, NodeEnv, parseEnv, parseTrustProxy } from './env.schema';
 
 /** parseEnv must throw; the message must name `name` and must not contain `value`. */
 function assertRefusedNaming(raw: Record<string, unknown>, name: string, value: string, pattern = new RegExp(`\\b${name} is invalid\\b`)): void {
@@ -283,5 +283,21 @@ describe('docsEnabled', () => {
     assert.throws(() => parseEnv({ DOCS_ENABLED: 'maybe' }), /DOCS_ENABLED/);
     assert.equal(parseEnv({}).METRICS_ENABLED, true);
     assert.equal(parseEnv({ METRICS_ENABLED: 'false' }).METRICS_ENABLED, false);
+  });
+});
+
+describe('ENV_VARIABLES', () => {
+  it('names the optional variables too (fields without a default), or they would be ignored', () => {
+    for (const name of [
+      'DATABASE_URL',
+      'JWT_SECRET',
+      'AUDIT_HMAC_KEY',
+      'DOCS_ENABLED',
+      'AUDIT_RETENTION_DAYS',
+      'SESSION_TOUCH_INTERVAL',
+      'ROUTE_PREFIX',
+    ]) {
+      assert.ok(ENV_VARIABLES.includes(name), name);
+    }
   });
 });

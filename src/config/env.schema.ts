@@ -351,23 +351,18 @@ function isProxyAddress(entry: string): boolean {
 }
 
 /**
+ * Every variable the service reads: Env's fields, the optional ones included (with ES2022 class
+ * fields, a declared field exists on an instance even without an initializer).
+ */
+export const ENV_VARIABLES: readonly string[] = Object.keys(new Env());
+
+/**
  * Validates raw variables into a typed Env. The error names the bad variables, never their
  * values (a value may be a secret).
  */
 export function parseEnv(raw: Record<string, unknown>): Env {
   // Only our own variables: the rest of the process environment is none of our business.
-  const known = Object.keys(new Env()).concat(
-    'DATABASE_URL',
-    'DATABASE_LISTEN_URL',
-    'JWT_SECRET',
-    'PASSWORD_PEPPER',
-    'SESSION_TOUCH_INTERVAL',
-    'AUDIT_HMAC_KEY',
-    'AUDIT_CHECKPOINT_FILE',
-    'AUDIT_RETENTION_DAYS',
-    'AUDIT_ARCHIVE_DIR',
-  );
-  const picked = Object.fromEntries(known.filter((k) => raw[k] !== undefined).map((k) => [k, raw[k]]));
+  const picked = Object.fromEntries(ENV_VARIABLES.filter((k) => raw[k] !== undefined).map((k) => [k, raw[k]]));
   const env = plainToInstance(Env, picked, { exposeDefaultValues: true });
   const errors = validateSync(env, { skipMissingProperties: false, whitelist: false });
   const messages = errors.flatMap((e) => Object.values(e.constraints ?? {}).map(() => e.property));

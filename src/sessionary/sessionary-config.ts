@@ -2,7 +2,7 @@ import { Module } from '@nestjs/common';
 import { ConfigService } from '@nestjs/config';
 import type { AppConfig } from '../config/config';
 import { loadConfig } from '../config/config';
-import { Env } from '../config/env.schema';
+import { ENV_VARIABLES, Env } from '../config/env.schema';
 
 /** The validated configuration of one Sessionary module (an AppConfig). */
 export const SESSIONARY_CONFIG = 'SESSIONARY_CONFIG';
@@ -10,27 +10,15 @@ export const SESSIONARY_CONFIG = 'SESSIONARY_CONFIG';
 /** `SESSION_IDLE_TTL` -> `sessionIdleTtl`. */
 type CamelCase<S extends string> = S extends `${infer Head}_${infer Tail}` ? `${Lowercase<Head>}${Capitalize<CamelCase<Tail>>}` : Lowercase<S>;
 
-/** Settings given as environment variables only (they have no default in Env). */
-interface SecretOptions {
-  /** Required: the PostgreSQL server (the module never starts an embedded one). */
-  databaseUrl: string;
-  jwtSecret?: string;
-  passwordPepper?: string;
-  auditHmacKey?: string;
-  databaseListenUrl?: string;
-  sessionTouchInterval?: number;
-  auditCheckpointFile?: string;
-  auditRetentionDays?: number;
-  auditArchiveDir?: string;
-  docsEnabled?: boolean;
-}
-
 /**
  * Every setting of the configuration table, named in camelCase (`SESSION_IDLE_TTL` is
  * `sessionIdleTtl`), with the same defaults and validation. `nodeEnv` defaults to the
  * process's NODE_ENV.
  */
-export type SessionaryOptions = SecretOptions & { [K in keyof Env as CamelCase<K & string>]?: OptionValue<Env[K]> };
+export type SessionaryOptions = { [K in keyof Env as CamelCase<K & string>]?: OptionValue<Env[K]> } & {
+  /** Required: the PostgreSQL server (the module never starts an embedded one). */
+  databaseUrl: string;
+};
 
 /** An enum-typed setting (NODE_ENV) also takes its values as plain strings: `nodeEnv: 'production'`. */
 type OptionValue<T> = T extends string ? T | `${T}` : T;
@@ -39,19 +27,7 @@ const camelToEnv = (key: string) => key.replace(/([a-z0-9])([A-Z])/g, '$1_$2').t
 
 /** Validates options into the AppConfig the modules read, exactly as the service validates its environment. */
 export function configFromOptions(options: SessionaryOptions): AppConfig {
-  const known = new Set([
-    ...Object.keys(new Env()),
-    'DATABASE_URL',
-    'DATABASE_LISTEN_URL',
-    'JWT_SECRET',
-    'PASSWORD_PEPPER',
-    'AUDIT_HMAC_KEY',
-    'SESSION_TOUCH_INTERVAL',
-    'AUDIT_CHECKPOINT_FILE',
-    'AUDIT_RETENTION_DAYS',
-    'AUDIT_ARCHIVE_DIR',
-    'DOCS_ENABLED',
-  ]);
+  const known = new Set(ENV_VARIABLES);
   const raw: Record<string, string | undefined> = { NODE_ENV: process.env.NODE_ENV };
   for (const [key, value] of Object.entries(options)) {
     const name = camelToEnv(key);

@@ -44,6 +44,25 @@ export function databaseForThisFile(): Promise<string> {
   return fileDatabaseUrl;
 }
 
+let extraDatabases = 0;
+
+/**
+ * A further database of this file's own, named after the file's (so the run drops it too): for
+ * tests that tamper with a log or rewrite a schema and must not disturb the next test.
+ */
+export async function freshDatabase(): Promise<string> {
+  const url = new URL(await databaseForThisFile());
+  url.pathname = `${url.pathname}_${++extraDatabases}`;
+  const client = new Client({ connectionString: process.env.DATABASE_URL });
+  await client.connect();
+  try {
+    await client.query(`CREATE DATABASE "${url.pathname.slice(1)}"`);
+  } finally {
+    await client.end();
+  }
+  return url.toString();
+}
+
 /** For scripts outside `npm test` (benchmarks): drops this process's database. */
 export async function dropDatabaseForThisFile(): Promise<void> {
   if (!fileDatabaseUrl) return;

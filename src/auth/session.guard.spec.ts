@@ -124,11 +124,14 @@ describe('SessionGuard', () => {
       throw new UnauthorizedException('Invalid or missing access token');
     });
     const request: Request = {};
-    await assert.rejects(guard.canActivate(contextFor(request, PrivateController.prototype.list, PrivateController)), (e: unknown) => {
-      isUnauthorized(e);
-      assert.equal((e as HttpException).message, 'Invalid or missing access token');
-      return true;
-    });
+    await assert.rejects(
+      async () => guard.canActivate(contextFor(request, PrivateController.prototype.list, PrivateController)),
+      (e: unknown) => {
+        isUnauthorized(e);
+        assert.equal((e as HttpException).message, 'Invalid or missing access token');
+        return true;
+      },
+    );
     assert.equal(jwtGuard.canActivate.mock.callCount(), 1);
     assert.equal(sessions.validateSession.mock.callCount(), 0);
     assert.equal(request[AUTH_CONTEXT_KEY], undefined);
@@ -139,7 +142,7 @@ describe('SessionGuard', () => {
       throw new UnauthorizedException('Session is not active');
     });
     const request: Request = {};
-    await assert.rejects(guard.canActivate(contextFor(request, PrivateController.prototype.list, PrivateController)), isUnauthorized);
+    await assert.rejects(async () => guard.canActivate(contextFor(request, PrivateController.prototype.list, PrivateController)), isUnauthorized);
     assert.equal(sessions.validateSession.mock.callCount(), 1);
     assert.equal(request[AUTH_CONTEXT_KEY], undefined);
   });
@@ -203,7 +206,10 @@ describe('SessionGuard with the real JwtAuthGuard and JwtStrategy', { timeout: 1
   it('answers 401 without a token and never asks the session service', async () => {
     const request: Request = { headers: {} };
     const reply = new RecordingReply();
-    await assert.rejects(guard.canActivate(contextFor(request, PrivateController.prototype.list, PrivateController, reply)), isUnauthorized);
+    await assert.rejects(
+      async () => guard.canActivate(contextFor(request, PrivateController.prototype.list, PrivateController, reply)),
+      isUnauthorized,
+    );
     assert.equal(sessions.validateSession.mock.callCount(), 0);
     // RFC 6750: no credentials, no error code.
     assert.equal(reply.headers['www-authenticate'], 'Bearer');
@@ -213,7 +219,8 @@ describe('SessionGuard with the real JwtAuthGuard and JwtStrategy', { timeout: 1
     const forged = new RecordingReply();
     const other = token({}, createSecretKey(Buffer.from('v'.repeat(32))));
     await assert.rejects(
-      guard.canActivate(contextFor({ headers: { authorization: `Bearer ${other}` } }, PrivateController.prototype.list, PrivateController, forged)),
+      async () =>
+        guard.canActivate(contextFor({ headers: { authorization: `Bearer ${other}` } }, PrivateController.prototype.list, PrivateController, forged)),
       isUnauthorized,
     );
     assert.equal(forged.headers['www-authenticate'], 'Bearer error="invalid_token"');
@@ -222,7 +229,10 @@ describe('SessionGuard with the real JwtAuthGuard and JwtStrategy', { timeout: 1
     });
     const ended = new RecordingReply();
     await assert.rejects(
-      guard.canActivate(contextFor({ headers: { authorization: `Bearer ${token()}` } }, PrivateController.prototype.list, PrivateController, ended)),
+      async () =>
+        guard.canActivate(
+          contextFor({ headers: { authorization: `Bearer ${token()}` } }, PrivateController.prototype.list, PrivateController, ended),
+        ),
       isUnauthorized,
     );
     assert.equal(ended.headers['www-authenticate'], 'Bearer error="invalid_token"');
@@ -234,7 +244,10 @@ describe('SessionGuard with the real JwtAuthGuard and JwtStrategy', { timeout: 1
     });
     const reply = new RecordingReply();
     await assert.rejects(
-      guard.canActivate(contextFor({ headers: { authorization: `Bearer ${token()}` } }, PrivateController.prototype.list, PrivateController, reply)),
+      async () =>
+        guard.canActivate(
+          contextFor({ headers: { authorization: `Bearer ${token()}` } }, PrivateController.prototype.list, PrivateController, reply),
+        ),
       ServiceUnavailableException,
     );
     assert.equal(reply.headers['www-authenticate'], undefined);
@@ -244,14 +257,14 @@ describe('SessionGuard with the real JwtAuthGuard and JwtStrategy', { timeout: 1
     const now = Math.floor(Date.now() / 1000);
     const stale = token({ iat: now - 120, exp: now - 60 });
     const request: Request = { headers: { authorization: `Bearer ${stale}` } };
-    await assert.rejects(guard.canActivate(contextFor(request, PrivateController.prototype.list, PrivateController)), isUnauthorized);
+    await assert.rejects(async () => guard.canActivate(contextFor(request, PrivateController.prototype.list, PrivateController)), isUnauthorized);
     assert.equal(sessions.validateSession.mock.callCount(), 0);
   });
 
   it('answers 401 for a token signed with another key', async () => {
     const other = token({}, createSecretKey(Buffer.from('y'.repeat(32))));
     const request: Request = { headers: { authorization: `Bearer ${other}` } };
-    await assert.rejects(guard.canActivate(contextFor(request, PrivateController.prototype.list, PrivateController)), isUnauthorized);
+    await assert.rejects(async () => guard.canActivate(contextFor(request, PrivateController.prototype.list, PrivateController)), isUnauthorized);
     assert.equal(sessions.validateSession.mock.callCount(), 0);
   });
 });
@@ -284,7 +297,7 @@ describe('SessionGuard with a strategy that remembers verified tokens', { timeou
     return jwt.sign(payload, signKey, { algorithm: 'HS256', header: { alg: 'HS256', typ: 'at+jwt' } });
   }
   const calls = () => (jwtGuard.canActivate as unknown as { mock: { callCount(): number } }).mock.callCount();
-  const check = (request: Request) => guard.canActivate(contextFor(request, PrivateController.prototype.list, PrivateController));
+  const check = async (request: Request) => guard.canActivate(contextFor(request, PrivateController.prototype.list, PrivateController));
 
   it('verifies a token through passport once, then accepts it again without passport, still asking the session service', async () => {
     const bearer = `Bearer ${token()}`;

@@ -26,9 +26,14 @@ export class SessionGuard implements CanActivate {
     this.reflector = new MemoizedReflector(reflector);
   }
 
-  async canActivate(context: ExecutionContext): Promise<boolean> {
+  // Not async: Nest takes a guard's boolean as it is, and awaits only a promise.
+  canActivate(context: ExecutionContext): boolean | Promise<boolean> {
     const isPublic = this.reflector.getAllAndOverride<boolean>(IS_PUBLIC_KEY, [context.getHandler(), context.getClass()]);
     if (isPublic) return true;
+    return this.authenticate(context);
+  }
+
+  private async authenticate(context: ExecutionContext): Promise<boolean> {
     const http = context.switchToHttp();
     const request = http.getRequest<FastifyRequest & Record<string, unknown>>();
     try {

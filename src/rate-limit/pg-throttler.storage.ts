@@ -3,7 +3,7 @@ import { ThrottlerStorage } from '@nestjs/throttler';
 import { InjectDataSource } from '@nestjs/typeorm';
 import { DataSource } from 'typeorm';
 import { sql } from '../database/sql';
-import { RateLimitCounters, SyncBatch, SyncedRow } from './rate-limit-counters';
+import { type CounterDecision, type CounterSettings, RateLimitCounters, SyncBatch, SyncedRow } from './rate-limit-counters';
 
 type ThrottlerStorageRecord = Awaited<ReturnType<ThrottlerStorage['increment']>>;
 
@@ -31,6 +31,12 @@ export class PgThrottlerStorage implements ThrottlerStorage {
 
   constructor(@InjectDataSource() private readonly dataSource: DataSource) {}
 
+  /** One request of `key`, decided at once from memory (RateLimitGuard's path: no promise). */
+  hit(key: string, settings: CounterSettings): CounterDecision {
+    return this.counters.hit(key, settings);
+  }
+
+  /** ThrottlerStorage's interface, for anything that uses the storage through @nestjs/throttler. */
   increment(key: string, ttl: number, limit: number, blockDuration: number): Promise<ThrottlerStorageRecord> {
     return Promise.resolve(this.counters.hit(key, { ttl, limit, blockDuration }));
   }

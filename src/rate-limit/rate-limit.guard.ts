@@ -1,42 +1,143 @@
-import { ExecutionContext, Injectable } from '@nestjs/common';
+import { CanActivate, ExecutionContext, Injectable } from '@nestjs/common';
 import { Reflector } from '@nestjs/core';
-import {
-  InjectThrottlerOptions,
-  InjectThrottlerStorage,
-  ThrottlerGuard,
-  type ThrottlerLimitDetail,
-  type ThrottlerModuleOptions,
-  type ThrottlerStorage,
-} from '@nestjs/throttler';
+import { InjectThrottlerOptions, normalizeIp, ThrottlerException, type ThrottlerModuleOptions, type ThrottlerOptions } from '@nestjs/throttler';
+import { THROTTLER_BLOCK_DURATION, THROTTLER_LIMIT, THROTTLER_SKIP, THROTTLER_TTL } from '@nestjs/throttler/dist/throttler.constants';
+import type { FastifyReply, FastifyRequest } from 'fastify';
 import { MemoizedReflector } from '../common/memoized-reflector';
+import type { CounterSettings } from './rate-limit-counters';
+import { PgThrottlerStorage } from './pg-throttler.storage';
+
+/** A setting as @nestjs/throttler takes it: a number, or a function of the request's context. */
+type Resolvable = number | ((context: ExecutionContext) => number | Promise<number>);
 
 /**
- * The general per-IP request limit over every route together (the default key would count
- * each route separately). The IP is Fastify's request.ip, which believes X-Forwarded-For only
- * when TRUST_PROXY says so. @SkipThrottle and @Throttle work as in @nestjs/throttler; their
- * metadata is read once per route, not on every request.
+ * One throttler as it applies to one route: settings made of numbers are resolved once (the
+ * same object on every hit); any given as a function are resolved per request, as in the library.
+ */
+interface RouteThrottler {
+  name: string;
+  settings?: CounterSettings;
+  resolve?: (context: ExecutionContext) => Promise<CounterSettings>;
+}
+
+/**
+ * The general per-IP request limit over every route together, decided synchronously.
+ *
+ * The rules are @nestjs/throttler's, with its module options and decorators (@SkipThrottle,
+ * @Throttle): a fixed window per client IP, blocked for `blockDuration` once over
+ * the limit, X-RateLimit-Limit/Remaining/Reset on every counted answer and Retry-After on its
+ * 429. Its ThrottlerGuard decides the same thing through about nine promises per request
+ * (an async canActivate, shouldSkip, three resolveValue, handleRequest, getTracker and the
+ * storage's increment), and Nest awaits a guard's promise where it takes a boolean as it is:
+ * on the hot path that was a measurable share of a request's CPU. Here the storage counts in
+ * memory (PgThrottlerStorage.hit) and the route's settings are resolved once, so a request
+ * costs a map lookup and one header call. The IP is Fastify's request.ip, which believes
+ * X-Forwarded-For only when TRUST_PROXY says so; IPv6 clients count per /64, as in the library.
  */
 @Injectable()
-export class RateLimitGuard extends ThrottlerGuard {
-  constructor(@InjectThrottlerOptions() options: ThrottlerModuleOptions, @InjectThrottlerStorage() storage: ThrottlerStorage, reflector: Reflector) {
-    super(options, storage, new MemoizedReflector(reflector));
+export class RateLimitGuard implements CanActivate {
+  private readonly reflector: MemoizedReflector;
+  private readonly throttlers: ThrottlerOptions[];
+  private readonly skipIf: ThrottlerOptions['skipIf'];
+  private readonly errorMessage: string | undefined;
+  /** Per handler, then per class: what applies to the route (an empty list when nothing does). */
+  private readonly routes = new WeakMap<object, WeakMap<object, RouteThrottler[]>>();
+
+  constructor(
+    @InjectThrottlerOptions() options: ThrottlerModuleOptions,
+    private readonly storage: PgThrottlerStorage,
+    reflector: Reflector,
+  ) {
+    this.reflector = new MemoizedReflector(reflector);
+    if (Array.isArray(options)) {
+      this.throttlers = options;
+    } else {
+      this.throttlers = options.throttlers;
+      this.skipIf = options.skipIf;
+      this.errorMessage = typeof options.errorMessage === 'string' ? options.errorMessage : undefined;
+    }
   }
 
-  protected override generateKey(_context: ExecutionContext, tracker: string, throttlerName: string): string {
-    return `${throttlerName}:${tracker}`;
+  // Not async: Nest takes a guard's boolean as it is, and awaits only a promise.
+  canActivate(context: ExecutionContext): boolean | Promise<boolean> {
+    const throttlers = this.throttlersOf(context);
+    if (!throttlers.length || this.skipIf?.(context)) return true;
+    if (throttlers.every((t) => t.settings)) return this.count(context, throttlers as Array<Required<Pick<RouteThrottler, 'name' | 'settings'>>>);
+    return Promise.all(throttlers.map(async ({ name, settings, resolve }) => ({ name, settings: settings ?? (await resolve!(context)) }))).then(
+      (resolved) => this.count(context, resolved),
+    );
   }
 
-  /**
-   * The limit's own 429 carries the X-RateLimit-* headers too (@nestjs/throttler sends only
-   * Retry-After there), so a client pacing itself by them sees Remaining fall to 0 and when it
-   * may send again, rather than the headers vanishing when they matter most. Reset is then the
-   * end of the block, like Retry-After.
-   */
-  protected override async throwThrottlingException(context: ExecutionContext, detail: ThrottlerLimitDetail): Promise<void> {
-    const { res } = this.getRequestResponse(context);
-    this.setResponseHeader(res, 'X-RateLimit-Limit', detail.limit);
-    this.setResponseHeader(res, 'X-RateLimit-Remaining', 0);
-    this.setResponseHeader(res, 'X-RateLimit-Reset', detail.timeToBlockExpire);
-    return super.throwThrottlingException(context, detail);
+  private count(context: ExecutionContext, throttlers: Array<{ name: string; settings: CounterSettings }>): true {
+    const http = context.switchToHttp();
+    const client = normalizeIp(http.getRequest<FastifyRequest>().ip);
+    const reply = http.getResponse<FastifyReply>();
+    for (const { name, settings } of throttlers) {
+      const decision = this.storage.hit(`${name}:${client}`, settings);
+      const suffix = name === 'default' ? '' : `-${name}`;
+      // While blocked, Remaining is 0 and Reset is the end of the block, like Retry-After, so a
+      // client pacing itself by the headers sees when it may send again.
+      reply.headers({
+        [`X-RateLimit-Limit${suffix}`]: settings.limit,
+        [`X-RateLimit-Remaining${suffix}`]: decision.isBlocked ? 0 : Math.max(0, settings.limit - decision.totalHits),
+        [`X-RateLimit-Reset${suffix}`]: decision.isBlocked ? decision.timeToBlockExpire : decision.timeToExpire,
+      });
+      if (decision.isBlocked) {
+        reply.header(`Retry-After${suffix}`, decision.timeToBlockExpire);
+        throw new ThrottlerException(this.errorMessage);
+      }
+    }
+    return true;
   }
+
+  private throttlersOf(context: ExecutionContext): RouteThrottler[] {
+    const handler = context.getHandler();
+    const classRef = context.getClass();
+    let byClass = this.routes.get(handler);
+    if (!byClass) this.routes.set(handler, (byClass = new WeakMap()));
+    let resolved = byClass.get(classRef);
+    if (!resolved) byClass.set(classRef, (resolved = this.resolve(handler, classRef)));
+    return resolved;
+  }
+
+  /** The route's throttlers, with @Throttle's values over the module's; skipped ones left out. */
+  private resolve(handler: object, classRef: object): RouteThrottler[] {
+    const targets = [handler, classRef] as Array<() => void>;
+    const routeValue = (key: string, name: string): unknown => this.reflector.getAllAndOverride(key + name, targets);
+    const applying: RouteThrottler[] = [];
+    for (const throttler of this.throttlers) {
+      const name = throttler.name ?? 'default';
+      if (routeValue(THROTTLER_SKIP, name)) continue;
+      const limit = (routeValue(THROTTLER_LIMIT, name) ?? throttler.limit) as Resolvable;
+      const ttl = (routeValue(THROTTLER_TTL, name) ?? throttler.ttl) as Resolvable;
+      const blockDuration = (routeValue(THROTTLER_BLOCK_DURATION, name) ?? throttler.blockDuration) as Resolvable | undefined;
+      if (typeof limit === 'number' && typeof ttl === 'number' && typeof blockDuration !== 'function') {
+        applying.push({ name, settings: settings(name, limit, ttl, blockDuration ?? ttl) });
+      } else {
+        const valueOf = async (value: Resolvable, context: ExecutionContext) => (typeof value === 'function' ? value(context) : value);
+        applying.push({
+          name,
+          resolve: async (context) => {
+            const resolvedTtl = await valueOf(ttl, context);
+            return settings(
+              name,
+              await valueOf(limit, context),
+              resolvedTtl,
+              blockDuration === undefined ? resolvedTtl : await valueOf(blockDuration, context),
+            );
+          },
+        });
+      }
+    }
+    return applying;
+  }
+}
+
+/** The counter's settings, checked as @nestjs/throttler checks them: a misconfigured limit fails loudly, not open. */
+function settings(throttler: string, limit: unknown, ttl: unknown, blockDuration: unknown): CounterSettings {
+  for (const [what, value] of Object.entries({ limit, ttl, blockDuration })) {
+    if (typeof value !== 'number' || !Number.isFinite(value))
+      throw new Error(`Rate limit "${throttler}": ${what} must be a finite number, got ${String(value)}`);
+  }
+  return { limit: limit as number, ttl: ttl as number, blockDuration: blockDuration as number };
 }

@@ -37,6 +37,8 @@ class RateLimitStorageModule {}
         };
       },
     }),
+    // The guard counts through the storage directly (PgThrottlerStorage.hit).
+    RateLimitStorageModule,
   ],
   providers: [RateLimitGuard],
   exports: [RateLimitGuard],

@@ -1,0 +1,119 @@
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { Reflector } from '@nestjs/core';
+import { ExecutionContextHost } from '@nestjs/core/helpers/execution-context-host.js';
+import { SkipThrottle, Throttle, ThrottlerException, type ThrottlerModuleOptions } from '@nestjs/throttler';
+import type { DataSource } from 'typeorm';
+import { PgThrottlerStorage } from './pg-throttler.storage';
+import { RateLimitGuard } from './rate-limit.guard';
+
+class Routes {
+  open(): void {}
+  @Throttle({ default: { limit: 2, ttl: 60_000 } })
+  strict(): void {}
+  @SkipThrottle()
+  probe(): void {}
+  @Throttle({ default: { limit: () => 1 } })
+  computed(): void {}
+}
+
+@SkipThrottle()
+class SkippedRoutes {
+  probe(): void {}
+  @SkipThrottle({ default: false })
+  counted(): void {}
+}
+
+class RecordingReply {
+  readonly sent: Record<string, string | number> = {};
+  header(name: string, value: string | number): this {
+    this.sent[name.toLowerCase()] = value;
+    return this;
+  }
+  headers(values: Record<string, string | number>): this {
+    for (const [name, value] of Object.entries(values)) this.header(name, value);
+    return this;
+  }
+}
+
+const OPTIONS: ThrottlerModuleOptions = { throttlers: [{ name: 'default', limit: 3, ttl: 60_000, blockDuration: 30_000 }] };
+
+function setUp(options: ThrottlerModuleOptions = OPTIONS) {
+  // Counting never touches the database (only the periodic sync does), so none is given.
+  const guard = new RateLimitGuard(options, new PgThrottlerStorage({} as DataSource), new Reflector());
+  const call = (cls: new () => object, method: string, ip = '203.0.113.7') => {
+    const reply = new RecordingReply();
+    const handler = (cls.prototype as Record<string, () => void>)[method];
+    const context = new ExecutionContextHost([{ ip, headers: {} }, reply], cls as never, handler);
+    // Routes whose settings are numbers are decided synchronously: a boolean, not a promise.
+    const activate = (): boolean => {
+      const decided = guard.canActivate(context);
+      if (typeof decided !== 'boolean') throw new Error('expected a synchronous decision');
+      return decided;
+    };
+    return { reply, activate, activateLater: () => guard.canActivate(context) };
+  };
+  return { call };
+}
+
+describe('RateLimitGuard', () => {
+  it('decides synchronously, counts every route of an IP together and sends the X-RateLimit headers', () => {
+    const { call } = setUp();
+    const first = call(Routes, 'open');
+    assert.equal(first.activate(), true);
+    assert.deepEqual(first.reply.sent, { 'x-ratelimit-limit': 3, 'x-ratelimit-remaining': 2, 'x-ratelimit-reset': 60 });
+    call(Routes, 'open').activate();
+    assert.equal(call(Routes, 'open').activate(), true);
+    const refused = call(Routes, 'open');
+    assert.throws(() => refused.activate(), ThrottlerException);
+    // While blocked: Remaining 0, Reset and Retry-After the end of the block.
+    assert.deepEqual(refused.reply.sent, { 'x-ratelimit-limit': 3, 'x-ratelimit-remaining': 0, 'x-ratelimit-reset': 30, 'retry-after': 30 });
+    // Another IP has its own count; an IPv6 client counts per /64.
+    assert.equal(call(Routes, 'open', '2001:db8::1').activate(), true);
+    assert.equal(call(Routes, 'open', '2001:db8::2').reply.sent['x-ratelimit-remaining'], undefined);
+    const sameSubnet = call(Routes, 'open', '2001:db8::2');
+    sameSubnet.activate();
+    assert.equal(sameSubnet.reply.sent['x-ratelimit-remaining'], 1);
+  });
+
+  it("applies @Throttle's values over the module's, per route", () => {
+    const { call } = setUp();
+    const strict = call(Routes, 'strict');
+    strict.activate();
+    assert.equal(strict.reply.sent['x-ratelimit-limit'], 2);
+    call(Routes, 'strict').activate();
+    assert.throws(() => call(Routes, 'strict').activate(), ThrottlerException);
+  });
+
+  it('counts nothing and sends no header on @SkipThrottle routes, on the handler or the class, unless the handler opts back in', () => {
+    const { call } = setUp();
+    for (const [cls, method] of [
+      [Routes, 'probe'],
+      [SkippedRoutes, 'probe'],
+    ] as const) {
+      const skipped = call(cls, method);
+      for (let i = 0; i < 10; i++) assert.equal(skipped.activate(), true);
+      assert.deepEqual(skipped.reply.sent, {});
+    }
+    const counted = call(SkippedRoutes, 'counted');
+    counted.activate();
+    assert.equal(counted.reply.sent['x-ratelimit-remaining'], 2);
+  });
+
+  it('counts nothing when skipIf says so (RATE_LIMIT_PER_MINUTE=0)', () => {
+    const { call } = setUp({ ...OPTIONS, skipIf: () => true });
+    const off = call(Routes, 'open');
+    for (let i = 0; i < 10; i++) assert.equal(off.activate(), true);
+    assert.deepEqual(off.reply.sent, {});
+  });
+
+  it('resolves a setting given as a function on every request, as @nestjs/throttler does', async () => {
+    const { call } = setUp();
+    const first = call(Routes, 'computed');
+    const decided = first.activateLater();
+    assert.ok(decided instanceof Promise);
+    assert.equal(await decided, true);
+    assert.equal(first.reply.sent['x-ratelimit-limit'], 1);
+    await assert.rejects(async () => call(Routes, 'computed').activateLater(), ThrottlerException);
+  });
+});

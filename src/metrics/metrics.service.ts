@@ -3,11 +3,12 @@ import { ConfigService } from '@nestjs/config';
 import { HttpAdapterHost } from '@nestjs/core';
 import type { AppConfig } from '../config/config';
 import type { FastifyInstance } from 'fastify';
-import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { collectDefaultMetrics, Counter, Gauge, Registry } from 'prom-client';
 import { AuditPartitionsService } from '../audit/audit-partitions.service';
 import { BoundedAuditService } from '../audit/bounded-audit.service';
 import { SessionsCleanupTask } from '../sessions/sessions-cleanup.task';
 import { REFRESH_FAILURE_REASONS, SessionsService } from '../sessions/sessions.service';
+import { RequestDurationHistogram } from './request-duration-histogram';
 
 /** Process metrics plus request latency by route template (never by raw URL: bounded labels). */
 @Injectable()
@@ -15,10 +16,9 @@ export class MetricsService implements OnModuleInit {
   readonly registry = new Registry();
   /** METRICS_ENABLED: when off, nothing is measured per request (and the route answers 404). */
   private readonly enabled: boolean;
-  private readonly requestDuration = new Histogram({
+  private readonly requestDuration = new RequestDurationHistogram({
     name: 'sessionary_http_request_duration_seconds',
     help: 'HTTP request duration by method, route template and status code',
-    labelNames: ['method', 'route', 'status'] as const,
     buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
     registers: [this.registry],
   });
@@ -120,10 +120,7 @@ export class MetricsService implements OnModuleInit {
     if (!this.adapterHost.httpAdapter || !this.enabled) return;
     const fastify = this.adapterHost.httpAdapter.getInstance<FastifyInstance>();
     fastify.addHook('onResponse', (request, reply, done) => {
-      this.requestDuration.observe(
-        { method: request.method, route: request.routeOptions?.url ?? 'unmatched', status: String(reply.statusCode) },
-        reply.elapsedTime / 1000,
-      );
+      this.requestDuration.observeRequest(request.method, request.routeOptions?.url ?? 'unmatched', reply.statusCode, reply.elapsedTime / 1000);
       done();
     });
   }

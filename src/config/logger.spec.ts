@@ -161,11 +161,16 @@ describe('JSON logger', () => {
       const logger = createLogger({ LOG_LEVEL: 'log', LOG_FORMAT: 'json' });
       for (let i = 0; i < 20000; i++) logger.log({ event: 'request', i }, 'HTTP');
       logger.fatal('cannot boot', 'Bootstrap');
+      // Access lines wait for the end of the event loop's turn, which process.exit() never reaches.
+      for (let i = 20000; i < 20010; i++) logger.access({ event: 'request', i });
       process.exit(1);`);
     assert.equal(result.status, 1);
     const out = lines(result.stdout);
-    assert.equal(out.length, 20000);
-    assert.equal(out[19999].message.i, 19999);
+    assert.equal(out.length, 20010);
+    assert.deepEqual(
+      out.map((l) => l.message.i),
+      Array.from({ length: 20010 }, (_, i) => i),
+    );
     assert.deepEqual(
       lines(result.stderr).map((e) => e.message),
       ['cannot boot'],
@@ -176,9 +181,27 @@ describe('JSON logger', () => {
     const result = run(`
       const logger = createLogger({ LOG_LEVEL: 'log', LOG_FORMAT: 'json' });
       for (let i = 0; i < 20000; i++) logger.log({ event: 'request', i }, 'HTTP');
+      for (let i = 20000; i < 20010; i++) logger.access({ event: 'request', i });
       flushLogs();
       process.kill(process.pid, 'SIGTERM');`);
     assert.equal(result.signal, 'SIGTERM');
-    assert.equal(lines(result.stdout).length, 20000);
+    assert.equal(lines(result.stdout).length, 20010);
+  });
+
+  it('writes the access lines of a turn at its end, after the lines logged before them and before those logged after', async () => {
+    const { out, destinations } = capture();
+    const logger = createLogger({ LOG_LEVEL: 'log', LOG_FORMAT: 'json' }, destinations) as LoggerService & AccessLogger;
+    logger.log('first', 'Test');
+    logger.access({ event: 'request', i: 1 });
+    logger.access({ event: 'request', i: 2 });
+    assert.equal(out.length, 1, 'access lines wait for the end of the turn');
+    await new Promise((resolve) => setImmediate(resolve));
+    assert.equal(out.length, 3);
+    logger.access({ event: 'request', i: 3 });
+    logger.warn('last', 'Test');
+    assert.deepEqual(
+      out.map((l) => JSON.parse(l).message),
+      ['first', { event: 'request', i: 1 }, { event: 'request', i: 2 }, { event: 'request', i: 3 }, 'last'],
+    );
   });
 });

@@ -3,7 +3,6 @@ import { Reflector } from '@nestjs/core';
 import { InjectThrottlerOptions, normalizeIp, ThrottlerException, type ThrottlerModuleOptions, type ThrottlerOptions } from '@nestjs/throttler';
 import { THROTTLER_BLOCK_DURATION, THROTTLER_LIMIT, THROTTLER_SKIP, THROTTLER_TTL } from '@nestjs/throttler/dist/throttler.constants';
 import type { FastifyReply, FastifyRequest } from 'fastify';
-import { MemoizedReflector } from '../common/memoized-reflector';
 import type { CounterSettings } from './rate-limit-counters';
 import { PgThrottlerStorage } from './pg-throttler.storage';
 
@@ -23,20 +22,20 @@ interface RouteThrottler {
 /**
  * The general per-IP request limit over every route together, decided synchronously.
  *
- * The rules are @nestjs/throttler's, with its module options and decorators (@SkipThrottle,
- * @Throttle): a fixed window per client IP, blocked for `blockDuration` once over
- * the limit, X-RateLimit-Limit/Remaining/Reset on every counted answer and Retry-After on its
- * 429. Its ThrottlerGuard decides the same thing through about nine promises per request
- * (an async canActivate, shouldSkip, three resolveValue, handleRequest, getTracker and the
- * storage's increment), and Nest awaits a guard's promise where it takes a boolean as it is:
- * on the hot path that was a measurable share of a request's CPU. Here the storage counts in
- * memory (PgThrottlerStorage.hit) and the route's settings are resolved once, so a request
- * costs a map lookup and one header call. The IP is Fastify's request.ip, which believes
+ * The rules are @nestjs/throttler's, with the options RateLimitModule gives it (throttlers,
+ * skipIf, a string errorMessage) and the library's decorators (@SkipThrottle, @Throttle): a
+ * fixed window per client IP, blocked for `blockDuration` once over the limit,
+ * X-RateLimit-Limit/Remaining/Reset on every counted answer and Retry-After on its 429. Its
+ * ThrottlerGuard decides the same thing through about nine promises per request (an async
+ * canActivate, shouldSkip, three resolveValue, handleRequest, getTracker and the storage's
+ * increment), and Nest awaits a guard's promise where it takes a boolean as it is: on the hot
+ * path that was a measurable share of a request's CPU. Here the storage counts in memory
+ * (PgThrottlerStorage.hit) and the route's settings are resolved once, so a request costs a
+ * map lookup and one header call. The IP is Fastify's request.ip, which believes
  * X-Forwarded-For only when TRUST_PROXY says so; IPv6 clients count per /64, as in the library.
  */
 @Injectable()
 export class RateLimitGuard implements CanActivate {
-  private readonly reflector: MemoizedReflector;
   private readonly throttlers: ThrottlerOptions[];
   private readonly skipIf: ThrottlerOptions['skipIf'];
   private readonly errorMessage: string | undefined;
@@ -46,9 +45,9 @@ export class RateLimitGuard implements CanActivate {
   constructor(
     @InjectThrottlerOptions() options: ThrottlerModuleOptions,
     private readonly storage: PgThrottlerStorage,
-    reflector: Reflector,
+    // Asked once per route (the answers are kept in `routes`).
+    private readonly reflector: Reflector,
   ) {
-    this.reflector = new MemoizedReflector(reflector);
     if (Array.isArray(options)) {
       this.throttlers = options;
     } else {

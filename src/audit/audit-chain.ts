@@ -1,4 +1,4 @@
-import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
+import { createHash, createHmac, createSecretKey, type KeyObject, timingSafeEqual } from 'node:crypto';
 
 /**
  * The audit log's hash chain: pure functions shared by the writer, the sealer, the checkpoint
@@ -130,7 +130,20 @@ export function canonicalEvent(e: ChainedEvent): string {
 
 /** hash = HMAC-SHA-256(key, prev_hash ‖ canonical form), hex; prev_hash is 64 hex digits, so the join is unambiguous. */
 export function eventHash(key: string, prevHash: string, e: ChainedEvent): string {
-  return createHmac('sha256', key).update(prevHash).update(canonicalEvent(e)).digest('hex');
+  return createHmac('sha256', keyObjectOf(key)).update(prevHash).update(canonicalEvent(e)).digest('hex');
+}
+
+// The key as a KeyObject, made once: createHmac re-encodes a string key on every call, which
+// was a tenth of an event's HMAC. A process holds one key (two in tests), so this stays tiny.
+const KEY_OBJECTS = new Map<string, KeyObject>();
+function keyObjectOf(key: string): KeyObject {
+  let keyObject = KEY_OBJECTS.get(key);
+  if (!keyObject) {
+    if (KEY_OBJECTS.size >= 16) KEY_OBJECTS.clear();
+    keyObject = createSecretKey(Buffer.from(key, 'utf8'));
+    KEY_OBJECTS.set(key, keyObject);
+  }
+  return keyObject;
 }
 
 /** Constant-time comparison of two hex MACs (a stored one may have any length). */

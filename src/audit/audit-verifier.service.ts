@@ -18,7 +18,8 @@ import {
 import { CHECKPOINT_COLUMNS, digestCheckpointedHeads, toCheckpoint } from './audit-chain.service';
 import { baseMac } from './audit-partitions.service';
 
-const BATCH = 1000;
+/** Rows per query: large enough that a query's fixed cost (planning across the partitions) is small per row. */
+const BATCH = 5000;
 /** The last line of a checkpoint file is looked for in its last 64 KiB (one line is about 400 bytes). */
 const FILE_TAIL_BYTES = 65_536;
 
@@ -66,23 +67,39 @@ class Broken extends Error {
   }
 }
 
-/** Reads a keyset-paginated query one row at a time. */
+/**
+ * Reads a keyset-paginated query one row at a time. The next batch is asked for as soon as
+ * one arrives, so PostgreSQL reads it while this process checks the current one (on the same
+ * connection and snapshot: the queries queue there).
+ */
 class Cursor<T> {
   private rows: T[] = [];
+  private index = 0;
+  private pending: Promise<T[]> | undefined;
   private done = false;
 
-  constructor(private readonly fetch: (last: T | undefined) => Promise<T[]>) {}
-
-  private last: T | undefined;
+  constructor(private readonly fetch: (last: T | undefined) => Promise<T[]>) {
+    this.pending = this.prefetch(undefined);
+  }
 
   async next(): Promise<T | undefined> {
-    if (!this.rows.length && !this.done) {
-      this.rows = await this.fetch(this.last);
+    if (this.index === this.rows.length) {
+      if (this.done || !this.pending) return undefined;
+      this.rows = await this.pending;
+      this.index = 0;
+      this.pending = undefined;
       if (this.rows.length < BATCH) this.done = true;
+      else this.pending = this.prefetch(this.rows[this.rows.length - 1]);
     }
-    const row = this.rows.shift();
-    if (row) this.last = row;
-    return row;
+    return this.index < this.rows.length ? this.rows[this.index++] : undefined;
+  }
+
+  private prefetch(last: T | undefined): Promise<T[]> {
+    const batch = this.fetch(last);
+    // A walk that stops early (a broken chain) never awaits its last prefetch: its failure is
+    // not the walk's and must not surface as an unhandled rejection.
+    batch.catch(() => undefined);
+    return batch;
   }
 }
 

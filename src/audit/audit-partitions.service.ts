@@ -178,9 +178,16 @@ export class AuditPartitionsService {
       await runner.query(`SET LOCAL lock_timeout = '${LOCK_TIMEOUT}'`);
       let after = '';
       for (;;) {
+        // Each chain's last event in the month: the batch's chains by a GroupAggregate that
+        // streams the (chain_key, chain_pos) index (an index-only scan, stopping at the LIMIT),
+        // then one index lookup each for the hash. (DISTINCT ON ... ORDER BY chain_pos DESC
+        // sorted the rest of the month again for every batch: 30 s of a month's drop at 100k chains.)
         const bases: BaseRow[] = await runner.query(
-          `SELECT DISTINCT ON (chain_key) chain_key, chain_pos::text AS chain_pos, hash FROM ${table}
-            WHERE chain_key > $1 ORDER BY chain_key, chain_pos DESC LIMIT $2`,
+          `SELECT last.chain_key, last.pos::text AS chain_pos, e.hash
+             FROM (SELECT chain_key, max(chain_pos) AS pos FROM ${table}
+                    WHERE chain_key > $1 GROUP BY chain_key ORDER BY chain_key LIMIT $2) last
+             JOIN ${table} e ON e.chain_key = last.chain_key AND e.chain_pos = last.pos
+            ORDER BY last.chain_key`,
           [after, BATCH],
         );
         if (!bases.length) break;

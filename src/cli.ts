@@ -26,7 +26,7 @@ import { toAuditFilter } from './audit/dto/audit-query.dto';
 import { AppValidationPipe } from './common/validation';
 import { loadConfig, useDatabaseUrl } from './config/config';
 import { EmbeddedDatabase, startEmbeddedPostgres } from './database/embedded-postgres';
-import { SessionsService } from './sessions/sessions.service';
+import { SessionMaintenanceService } from './sessions/session-maintenance.service';
 import type { UserRole } from './users/user.entity';
 import { UsersService } from './users/users.service';
 
@@ -174,7 +174,9 @@ async function setRole(app: INestApplicationContext, email: string, role: UserRo
 }
 
 async function endAllSessions(app: INestApplicationContext): Promise<number> {
-  const ended = await app.get(SessionsService).endAllSessions({ reason: 'revoked_by_admin', event: 'SESSION_REVOKED', metadata: { by: 'cli' } });
+  const ended = await app
+    .get(SessionMaintenanceService)
+    .endAllSessions({ reason: 'revoked_by_admin', event: 'SESSION_REVOKED', metadata: { by: 'cli' } });
   process.stdout.write(`Ended ${ended} active session(s)\n`);
   return 0;
 }

@@ -15,6 +15,8 @@ export { Client, type ClientContext } from './common/client-context';
 
 // Services a host may call.
 export { SessionsService, type IssuedSession, type EndSessionOptions, type SessionTarget } from './sessions/sessions.service';
+export { UserSessionsService } from './sessions/user-sessions.service';
+export { SessionMaintenanceService } from './sessions/session-maintenance.service';
 export { UsersService } from './users/users.service';
 export { AuditService, type AuditEventInput, type AuditFilter, type AuditQuery, type AuditPage } from './audit/audit.service';
 export { AUDIT_EVENT_TYPES, type AuditEventType, type AuditMetadata } from './audit/audit-event.entity';

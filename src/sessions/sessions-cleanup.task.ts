@@ -7,7 +7,7 @@ import { DataSource, QueryRunner } from 'typeorm';
 import type { AppConfig } from '../config/config';
 import { Env } from '../config/env.schema';
 import { isDatabaseUnavailable } from '../database/pg-errors';
-import { SessionsService } from './sessions.service';
+import { SessionMaintenanceService } from './session-maintenance.service';
 
 // Any fixed 64-bit number works; this one spells "sesclean" in ASCII.
 const CLEANUP_LOCK_KEY = '8315173853005522286';
@@ -43,7 +43,7 @@ export class SessionsCleanupTask implements OnApplicationBootstrap, BeforeApplic
   readonly ticks = { ran: 0, skipped: 0 };
 
   constructor(
-    private readonly sessions: SessionsService,
+    private readonly sessions: SessionMaintenanceService,
     @InjectDataSource() private readonly dataSource: DataSource,
     private readonly scheduler: SchedulerRegistry,
     private readonly config: ConfigService<AppConfig, true>,

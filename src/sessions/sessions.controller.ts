@@ -5,13 +5,13 @@ import { AuthContext, CurrentAuth } from '../common/current-auth.decorator';
 import { AuthenticatedApi } from '../common/authenticated-api.decorator';
 import { ErrorResponseDto } from '../common/error-response.dto';
 import { RevokedCountResponseDto, SessionResponseDto } from './dto/session-response.dto';
-import { SessionsService } from './sessions.service';
+import { UserSessionsService } from './user-sessions.service';
 
 @ApiTags('sessions')
 @AuthenticatedApi()
 @Controller('sessions')
 export class SessionsController {
-  constructor(private readonly sessions: SessionsService) {}
+  constructor(private readonly sessions: UserSessionsService) {}
 
   @Get()
   @ApiOperation({ operationId: 'listSessions', summary: "The caller's active sessions, newest first" })

@@ -3,12 +3,14 @@ import { SessionaryConfigModule } from '../sessionary/sessionary-config';
 import { AuditModule } from '../audit/audit.module';
 import { SessionsCleanupTask } from './sessions-cleanup.task';
 import { SessionsController } from './sessions.controller';
+import { SessionMaintenanceService } from './session-maintenance.service';
 import { SessionsService } from './sessions.service';
+import { UserSessionsService } from './user-sessions.service';
 
 @Module({
   imports: [SessionaryConfigModule, AuditModule],
   controllers: [SessionsController],
-  providers: [SessionsService, SessionsCleanupTask],
-  exports: [SessionsService, SessionsCleanupTask],
+  providers: [SessionsService, UserSessionsService, SessionMaintenanceService, SessionsCleanupTask],
+  exports: [SessionsService, UserSessionsService, SessionMaintenanceService, SessionsCleanupTask],
 })
 export class SessionsModule {}

@@ -1,4 +1,4 @@
-import { Injectable, Logger, NotFoundException, OnApplicationBootstrap, OnModuleDestroy, UnauthorizedException } from '@nestjs/common';
+import { Injectable, Logger, OnApplicationBootstrap, OnModuleDestroy, UnauthorizedException } from '@nestjs/common';
 import { ConfigService } from '@nestjs/config';
 import { InjectDataSource } from '@nestjs/typeorm';
 import { DataSource, EntityManager } from 'typeorm';
@@ -16,6 +16,7 @@ import { CachedSession, SessionCache } from './session-cache';
 import { SessionChangeListener } from './session-change-listener';
 import { activityDue, judgeCachedSession, judgeSession, touchIntervalMs } from './session-rules';
 import { SessionEndReason, SessionEntity } from './session.entity';
+import { SESSION_COLUMNS, type SessionRow, toEntity } from './session-row';
 
 /** A session with the refresh token that was just issued for it (shown to the client once). */
 export interface IssuedSession {
@@ -34,23 +35,6 @@ export interface EndSessionOptions {
 
 /** Which active sessions to end: one (optionally only if it is this user's), or all of a user's but one. */
 export type SessionTarget = { sessionId: string; ownerId?: string } | { userId: string; exceptSessionId?: string };
-
-interface SessionRow {
-  id: string;
-  user_id: string;
-  created_at: Date;
-  last_seen_at: Date;
-  idle_expires_at: Date;
-  absolute_expires_at: Date;
-  refresh_expires_at: Date;
-  ended_at: Date | null;
-  end_reason: SessionEndReason | null;
-  ip_address: string | null;
-  user_agent: string | null;
-}
-
-const RETURNING = `id, user_id, created_at, last_seen_at, idle_expires_at, absolute_expires_at,
-  refresh_expires_at, ended_at, end_reason, ip_address, user_agent`;
 
 export const UNAUTHORIZED_SESSION = 'Session is not active';
 const INVALID_REFRESH = 'Invalid refresh token';
@@ -72,7 +56,9 @@ export type RefreshFailureReason = (typeof REFRESH_FAILURE_REASONS)[number];
 const DEADLINE_MARGIN_MS = 1000;
 
 /**
- * Owns the session lifecycle. Deadlines are computed and compared with the database's
+ * Owns the session lifecycle: opening a session, the check of every request, refresh rotation
+ * and ending sessions with their audit events (UserSessionsService and
+ * SessionMaintenanceService end sessions through it). Deadlines are computed and compared with the database's
  * clock (now()), so instances with skewed clocks still agree on when a session ends.
  */
 @Injectable()
@@ -163,7 +149,7 @@ export class SessionsService implements OnApplicationBootstrap, OnModuleDestroy 
       `INSERT INTO sessions (user_id, idle_expires_at, absolute_expires_at, refresh_token_hash, refresh_expires_at, ip_address, user_agent)
        VALUES ($1, now() + make_interval(secs => $2), now() + make_interval(secs => $3), $4,
                now() + make_interval(secs => LEAST($5, $3)), $6, $7)
-       RETURNING ${RETURNING}`,
+       RETURNING ${SESSION_COLUMNS}`,
       [userId, this.idleTtl, this.absoluteTtl, hashRefreshToken(refreshToken), this.refreshTtl, client.ipAddress, client.userAgent],
     );
     const session = toEntity(rows[0]);
@@ -283,7 +269,7 @@ export class SessionsService implements OnApplicationBootstrap, OnModuleDestroy 
                 last_seen_at = now()
           WHERE refresh_token_hash = $1 AND ended_at IS NULL
             AND idle_expires_at > now() AND absolute_expires_at > now() AND refresh_expires_at > now()
-          RETURNING ${RETURNING}`,
+          RETURNING ${SESSION_COLUMNS}`,
         [presentedHash, hashRefreshToken(nextToken), this.refreshTtl, this.idleTtl],
       );
       if (!rows.length) return undefined;
@@ -296,6 +282,14 @@ export class SessionsService implements OnApplicationBootstrap, OnModuleDestroy 
 
     this.refreshFailures[await this.explainFailedRefresh(presentedHash, client)]++;
     throw new UnauthorizedException(INVALID_REFRESH);
+  }
+
+  /**
+   * Sessions ended by a statement this instance just ran (the cleanup's): it stops honouring
+   * them at once, before the trigger's NOTIFY reaches every instance at commit.
+   */
+  forgetEnded(sessionIds: readonly string[]): void {
+    for (const id of sessionIds) this.cache.invalidateSession(id);
   }
 
   /** Ends one active session; false when there was nothing to end (unknown, not the owner's, ended or expired). */
@@ -349,120 +343,6 @@ export class SessionsService implements OnApplicationBootstrap, OnModuleDestroy 
       },
     }));
     return { ids: rows.map((r) => r.id), events };
-  }
-
-  /**
-   * A user ends one of their sessions. Someone else's, an unknown and an ended one get the
-   * same 404, so session ids cannot be probed. Ending the current session is a logout.
-   */
-  async revokeOwn(auth: AuthContext, sessionId: string, client: ClientContext): Promise<void> {
-    const isCurrent = sessionId === auth.sessionId;
-    const ended = await this.end(
-      { sessionId, ownerId: auth.userId },
-      isCurrent
-        ? { reason: 'logout', event: 'LOGOUT', client }
-        : { reason: 'revoked', event: 'SESSION_REVOKED', client, actorSessionId: auth.sessionId },
-    );
-    if (!ended) throw new NotFoundException('Session not found');
-  }
-
-  /** A user ends all their other sessions ("log out everywhere else"). */
-  async revokeOthers(auth: AuthContext, client: ClientContext): Promise<number> {
-    const ended = await this.endSessions(
-      { userId: auth.userId, exceptSessionId: auth.sessionId },
-      { reason: 'revoked', event: 'SESSION_REVOKED', client, actorSessionId: auth.sessionId },
-    );
-    return ended.length;
-  }
-
-  /**
-   * Ends every active session of every user (an operator's emergency stop, e.g. after a
-   * leaked JWT secret), in batches so no transaction grows unbounded. Returns how many ended.
-   */
-  async endAllSessions(options: EndSessionOptions, batchSize = 1000): Promise<number> {
-    // Sessions opened after the command started do not keep it going (logins go on meanwhile).
-    const { rows: started } = await sql<{ now: Date }>(this.dataSource.manager, 'SELECT now() AS now');
-    let total = 0;
-    for (;;) {
-      const ended = await this.dataSource.transaction(async (em) => {
-        const { rows } = await sql<{ user_id: string }>(
-          em,
-          `SELECT DISTINCT user_id FROM (
-             SELECT user_id FROM sessions
-              WHERE ended_at IS NULL AND idle_expires_at > now() AND created_at <= $2
-              LIMIT $1) AS s`,
-          [batchSize, started[0].now],
-        );
-        let count = 0;
-        for (const { user_id } of rows) count += (await this.endSessions({ userId: user_id }, options, em)).length;
-        return count;
-      });
-      total += ended;
-      if (ended === 0) return total;
-    }
-  }
-
-  /** The user's sessions that are usable now, newest first. */
-  async listActive(userId: string): Promise<SessionEntity[]> {
-    const { rows } = await sql<SessionRow>(
-      this.dataSource.manager,
-      `SELECT ${RETURNING} FROM sessions
-        WHERE user_id = $1 AND ended_at IS NULL AND idle_expires_at > now()
-        ORDER BY created_at DESC, id`,
-      [userId],
-    );
-    return rows.map(toEntity);
-  }
-
-  /**
-   * Ends up to `limit` sessions past their deadline, each with its reason and one
-   * SESSION_EXPIRED event. SKIP LOCKED lets concurrent callers take disjoint batches.
-   * The session ended at its deadline, so that is what ended_at records.
-   */
-  async endExpiredSessions(limit: number): Promise<number> {
-    return this.dataSource.transaction(async (em) => {
-      const { rows } = await sql<{ id: string; user_id: string; end_reason: SessionEndReason }>(
-        em,
-        `WITH due AS (
-           SELECT id FROM sessions
-            WHERE ended_at IS NULL AND idle_expires_at <= now()
-            ORDER BY idle_expires_at
-            LIMIT $1
-              FOR UPDATE SKIP LOCKED)
-         UPDATE sessions s
-            SET ended_at = s.idle_expires_at,
-                end_reason = CASE WHEN s.idle_expires_at < s.absolute_expires_at THEN 'idle_timeout' ELSE 'absolute_timeout' END
-           FROM due WHERE s.id = due.id
-         RETURNING s.id, s.user_id, s.end_reason`,
-        [limit],
-      );
-      for (const r of rows) this.cache.invalidateSession(r.id);
-      await this.audit.record(
-        em,
-        ...rows.map((r) => ({
-          type: 'SESSION_EXPIRED' as const,
-          userId: r.user_id,
-          sessionId: r.id,
-          metadata: { reason: r.end_reason, detectedBy: 'cleanup' },
-        })),
-      );
-      return rows.length;
-    });
-  }
-
-  /** Deletes up to `limit` sessions that ended more than `retentionSeconds` ago. */
-  async deleteEndedSessions(retentionSeconds: number, limit: number): Promise<number> {
-    const { count } = await sql(
-      this.dataSource.manager,
-      `DELETE FROM sessions WHERE id IN (
-         SELECT id FROM sessions
-          WHERE ended_at IS NOT NULL AND ended_at < now() - make_interval(secs => $1)
-          ORDER BY ended_at
-          LIMIT $2
-            FOR UPDATE SKIP LOCKED)`,
-      [retentionSeconds, limit],
-    );
-    return count;
   }
 
   private async makeRoomForOneMore(em: EntityManager, userId: string, client: ClientContext): Promise<AuditEventInput[]> {
@@ -576,20 +456,4 @@ function authContext(sessionId: string, s: CachedSession): AuthContext {
     expiresAt: new Date(s.idleExpiresAt),
     absoluteExpiresAt: new Date(s.absoluteExpiresAt),
   };
-}
-
-function toEntity(row: SessionRow): SessionEntity {
-  return Object.assign(new SessionEntity(), {
-    id: row.id,
-    userId: row.user_id,
-    createdAt: row.created_at,
-    lastSeenAt: row.last_seen_at,
-    idleExpiresAt: row.idle_expires_at,
-    absoluteExpiresAt: row.absolute_expires_at,
-    refreshExpiresAt: row.refresh_expires_at,
-    endedAt: row.ended_at,
-    endReason: row.end_reason,
-    ipAddress: row.ip_address,
-    userAgent: row.user_agent,
-  });
 }

@@ -1,0 +1,99 @@
+import { Injectable } from '@nestjs/common';
+import { InjectDataSource } from '@nestjs/typeorm';
+import { DataSource } from 'typeorm';
+import { AuditService } from '../audit/audit.service';
+import { sql } from '../database/sql';
+import { SessionEndReason } from './session.entity';
+import { type EndSessionOptions, SessionsService } from './sessions.service';
+
+/**
+ * Sessions ended and deleted in bulk: the cleanup task's batches (overdue sessions ended with
+ * their reason, long-ended ones deleted) and the operator's end-all. Each batch is one
+ * transaction with its audit events; SKIP LOCKED lets instances take disjoint batches.
+ */
+@Injectable()
+export class SessionMaintenanceService {
+  constructor(
+    @InjectDataSource() private readonly dataSource: DataSource,
+    private readonly audit: AuditService,
+    private readonly sessions: SessionsService,
+  ) {}
+
+  /**
+   * Ends every active session of every user (an operator's emergency stop, e.g. after a
+   * leaked JWT secret), in batches so no transaction grows unbounded. Returns how many ended.
+   */
+  async endAllSessions(options: EndSessionOptions, batchSize = 1000): Promise<number> {
+    // Sessions opened after the command started do not keep it going (logins go on meanwhile).
+    const { rows: started } = await sql<{ now: Date }>(this.dataSource.manager, 'SELECT now() AS now');
+    let total = 0;
+    for (;;) {
+      const ended = await this.dataSource.transaction(async (em) => {
+        const { rows } = await sql<{ user_id: string }>(
+          em,
+          `SELECT DISTINCT user_id FROM (
+             SELECT user_id FROM sessions
+              WHERE ended_at IS NULL AND idle_expires_at > now() AND created_at <= $2
+              LIMIT $1) AS s`,
+          [batchSize, started[0].now],
+        );
+        let count = 0;
+        for (const { user_id } of rows) count += (await this.sessions.endSessions({ userId: user_id }, options, em)).length;
+        return count;
+      });
+      total += ended;
+      if (ended === 0) return total;
+    }
+  }
+
+  /**
+   * Ends up to `limit` sessions past their deadline, each with its reason and one
+   * SESSION_EXPIRED event. SKIP LOCKED lets concurrent callers take disjoint batches.
+   * The session ended at its deadline, so that is what ended_at records.
+   */
+  async endExpiredSessions(limit: number): Promise<number> {
+    return this.dataSource.transaction(async (em) => {
+      const { rows } = await sql<{ id: string; user_id: string; end_reason: SessionEndReason }>(
+        em,
+        `WITH due AS (
+           SELECT id FROM sessions
+            WHERE ended_at IS NULL AND idle_expires_at <= now()
+            ORDER BY idle_expires_at
+            LIMIT $1
+              FOR UPDATE SKIP LOCKED)
+         UPDATE sessions s
+            SET ended_at = s.idle_expires_at,
+                end_reason = CASE WHEN s.idle_expires_at < s.absolute_expires_at THEN 'idle_timeout' ELSE 'absolute_timeout' END
+           FROM due WHERE s.id = due.id
+         RETURNING s.id, s.user_id, s.end_reason`,
+        [limit],
+      );
+      this.sessions.forgetEnded(rows.map((r) => r.id));
+      await this.audit.record(
+        em,
+        ...rows.map((r) => ({
+          type: 'SESSION_EXPIRED' as const,
+          userId: r.user_id,
+          sessionId: r.id,
+          metadata: { reason: r.end_reason, detectedBy: 'cleanup' },
+        })),
+      );
+      return rows.length;
+    });
+  }
+
+  /** Deletes up to `limit` sessions that ended more than `retentionSeconds` ago. */
+  async deleteEndedSessions(retentionSeconds: number, limit: number): Promise<number> {
+    const { count } = await sql(
+      this.dataSource.manager,
+      `DELETE FROM sessions WHERE id IN (
+         SELECT id FROM sessions
+          WHERE ended_at IS NOT NULL AND ended_at < now() - make_interval(secs => $1)
+          ORDER BY ended_at
+          LIMIT $2
+            FOR UPDATE SKIP LOCKED)`,
+      [retentionSeconds, limit],
+    );
+    return count;
+  }
+}

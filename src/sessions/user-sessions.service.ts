@@ -1,0 +1,57 @@
+import { Injectable, NotFoundException } from '@nestjs/common';
+import { InjectDataSource } from '@nestjs/typeorm';
+import { DataSource } from 'typeorm';
+import type { ClientContext } from '../common/client-context';
+import type { AuthContext } from '../common/current-auth.decorator';
+import { sql } from '../database/sql';
+import { SESSION_COLUMNS, type SessionRow, toEntity } from './session-row';
+import { SessionEntity } from './session.entity';
+import { SessionsService } from './sessions.service';
+
+/**
+ * What a user (and an admin, for a user) does with their list of sessions: see the active ones,
+ * end one, end all the others. Every end goes through SessionsService, which records it.
+ */
+@Injectable()
+export class UserSessionsService {
+  constructor(
+    @InjectDataSource() private readonly dataSource: DataSource,
+    private readonly sessions: SessionsService,
+  ) {}
+
+  /** The user's sessions that are usable now, newest first. */
+  async listActive(userId: string): Promise<SessionEntity[]> {
+    const { rows } = await sql<SessionRow>(
+      this.dataSource.manager,
+      `SELECT ${SESSION_COLUMNS} FROM sessions
+        WHERE user_id = $1 AND ended_at IS NULL AND idle_expires_at > now()
+        ORDER BY created_at DESC, id`,
+      [userId],
+    );
+    return rows.map(toEntity);
+  }
+
+  /**
+   * A user ends one of their sessions. Someone else's, an unknown and an ended one get the
+   * same 404, so session ids cannot be probed. Ending the current session is a logout.
+   */
+  async revokeOwn(auth: AuthContext, sessionId: string, client: ClientContext): Promise<void> {
+    const isCurrent = sessionId === auth.sessionId;
+    const ended = await this.sessions.end(
+      { sessionId, ownerId: auth.userId },
+      isCurrent
+        ? { reason: 'logout', event: 'LOGOUT', client }
+        : { reason: 'revoked', event: 'SESSION_REVOKED', client, actorSessionId: auth.sessionId },
+    );
+    if (!ended) throw new NotFoundException('Session not found');
+  }
+
+  /** A user ends all their other sessions ("log out everywhere else"). */
+  async revokeOthers(auth: AuthContext, client: ClientContext): Promise<number> {
+    const ended = await this.sessions.endSessions(
+      { userId: auth.userId, exceptSessionId: auth.sessionId },
+      { reason: 'revoked', event: 'SESSION_REVOKED', client, actorSessionId: auth.sessionId },
+    );
+    return ended.length;
+  }
+}

@@ -187,6 +187,14 @@ describe('HTTP hygiene (e2e)', () => {
       [200, 401, 415],
     );
     for (const res of answers) assert.equal(res.headers['access-control-allow-origin'], 'https://app.example.com', String(res.status));
+    // A browser's script can read the limit's headers only when they are exposed.
+    assert.deepEqual(
+      String(answers[1].headers['access-control-expose-headers'])
+        .split(',')
+        .map((h) => h.trim().toLowerCase())
+        .sort(),
+      ['retry-after', 'x-ratelimit-limit', 'x-ratelimit-remaining', 'x-ratelimit-reset'],
+    );
   });
 
   it('with no CORS_ORIGINS, answers no origin at all: no CORS header, preflight 404 like an unknown route', async () => {

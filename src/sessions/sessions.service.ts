@@ -58,8 +58,9 @@ const DEADLINE_MARGIN_MS = 1000;
 /**
  * Owns the session lifecycle: opening a session, the check of every request, refresh rotation
  * and ending sessions with their audit events (UserSessionsService and
- * SessionMaintenanceService end sessions through it). Deadlines are computed and compared with the database's
- * clock (now()), so instances with skewed clocks still agree on when a session ends.
+ * SessionMaintenanceService end sessions through it). Deadlines are computed and compared
+ * with the database's clock (now()), so instances with skewed clocks still agree on when a
+ * session ends.
  */
 @Injectable()
 export class SessionsService implements OnApplicationBootstrap, OnModuleDestroy {

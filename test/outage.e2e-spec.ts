@@ -110,6 +110,11 @@ describe('database outage under load (e2e, own embedded PostgreSQL)', () => {
     for (const user of [loginUser, meUser]) assert.equal((await call('POST', '/api/v1/auth/register', user)).status, 201);
     const meLogin = await loginAs(meUser);
     assert.equal(meLogin.status, 200);
+    // The login loop's user logs in once first, as a real user would have: the failed-login
+    // throttle counts an attempt before its password is checked, so up to CONCURRENCY parallel
+    // first logins of an unknown client could pass its maximum and get the throttle's 429, which
+    // is not what this test is about. A client known for the identifier is not held by it.
+    assert.equal((await loginAs(loginUser)).status, 200);
     const token = (meLogin.body as { accessToken: string }).accessToken;
 
     let phase: Phase = 'up';

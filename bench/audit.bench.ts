@@ -15,7 +15,6 @@
  */
 import { INestApplicationContext } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
-import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { cpus } from 'node:os';
 import { join } from 'node:path';
@@ -29,35 +28,7 @@ import { seed } from './audit/seed';
 import { AuditBenchConfig, EMPTY_SIZE, readConfig, Size } from './audit/sizes';
 import { createDatabase, dropDatabase, withDatabase } from './http/service';
 import { writeJson } from './http/report';
-
-const REPO = join(__dirname, '..', '..');
-
-/** Undone in reverse order, once, whether the run ends, fails or is interrupted. */
-const undo: Array<() => unknown> = [];
-let cleaning: Promise<void> | undefined;
-function cleanUp(): Promise<void> {
-  cleaning ??= (async () => {
-    for (const step of undo.splice(0).reverse()) {
-      try {
-        await step();
-      } catch (error) {
-        console.error(`cleanup: ${(error as Error).message}`);
-      }
-    }
-  })();
-  return cleaning;
-}
-for (const signal of ['SIGINT', 'SIGTERM'] as const) {
-  process.on(signal, () => {
-    console.error(`\n${signal}: dropping the bench databases`);
-    void cleanUp().then(() => process.exit(130));
-  });
-}
-
-const started = performance.now();
-function progress(line: string): void {
-  console.log(`[${((performance.now() - started) / 1000).toFixed(0).padStart(4)} s] ${line}`);
-}
+import { elapsedSeconds, gitCommit, progress, REPO, runBench, undo } from './lifecycle';
 
 /** The service's configuration: production defaults, the run's secrets, no background jobs in the way. */
 function appConfig(databaseUrl: string, auditKey: string) {
@@ -152,28 +123,9 @@ async function main(): Promise<void> {
     config,
     empty,
     large,
-    seconds: (performance.now() - started) / 1000,
+    seconds: elapsedSeconds(),
   });
   console.log(`figures written to ${resultsFile}`);
 }
 
-function gitCommit(): string | undefined {
-  try {
-    return execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: REPO, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
-  } catch {
-    return undefined;
-  }
-}
-
-void main()
-  .then(
-    () => 0,
-    (error: unknown) => {
-      console.error(error instanceof Error ? (error.stack ?? error.message) : String(error));
-      return 1;
-    },
-  )
-  .then(async (code) => {
-    await cleanUp();
-    process.exit(code);
-  });
+runBench(main, 'dropping the bench databases');

@@ -9,12 +9,10 @@
  * bound: BENCH_SECONDS, at least 10), BENCH_SQL_REQUESTS (2000),
  * BENCH_BCRYPT_COST (the service's default), BENCH_HTTP_RESULTS (the JSON file's path).
  */
-import { execFileSync } from 'node:child_process';
 import { createSecretKey, randomBytes, randomUUID } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { performance } from 'node:perf_hooks';
 import * as jwt from 'jsonwebtoken';
 import type { Client } from 'autocannon';
 import { Env } from '../src/config/env.schema';
@@ -22,12 +20,12 @@ import type { Tokens } from './http/api';
 import { ask, forkHelper, stopChild } from './http/children';
 import { load, LoadOptions, LoadResult, refreshChains, stopLoad } from './http/load';
 import { summary, table, targetReport, TargetReport, writeJson } from './http/report';
+import { elapsedSeconds, gitCommit, progress, REPO, runBench, undo } from './lifecycle';
 import { median } from './stats';
 import { setUpSessions } from './http/sessions';
 import { sqlPerRequest } from './http/sql-count';
 import { CommitCounter, createDatabase, dropDatabase, freePort, logProblems, startService, tail, waitUntilLive, withDatabase } from './http/service';
 
-const REPO = join(__dirname, '..', '..');
 const HELPERS = join(__dirname, 'http');
 const REFRESH_PATH = '/api/v1/auth/refresh';
 
@@ -57,36 +55,6 @@ function readConfig() {
     rateLimitPerMinute: 100_000_000,
     readerSessions: 10,
   };
-}
-
-/** Undone in reverse order, once, whether the run ends, fails or is interrupted. */
-const undo: Array<() => unknown> = [];
-let cleaning: Promise<void> | undefined;
-let interrupted = false;
-function cleanUp(): Promise<void> {
-  cleaning ??= (async () => {
-    stopLoad();
-    for (const step of undo.reverse()) {
-      try {
-        await step();
-      } catch (error) {
-        console.error(`cleanup: ${(error as Error).message}`);
-      }
-    }
-  })();
-  return cleaning;
-}
-for (const signal of ['SIGINT', 'SIGTERM'] as const) {
-  process.on(signal, () => {
-    interrupted = true;
-    console.error(`\n${signal}: stopping the children and dropping the database`);
-    void cleanUp().then(() => process.exit(130));
-  });
-}
-
-const started = performance.now();
-function progress(line: string): void {
-  console.log(`[${((performance.now() - started) / 1000).toFixed(0).padStart(3)} s] ${line}`);
 }
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -148,6 +116,8 @@ async function main(): Promise<void> {
   const counter = new CommitCounter(serverUrl, database);
   const postgresVersion = await counter.connect();
   undo.push(() => counter.close());
+  // Undone first: the load generators stop before the servers they load go away.
+  undo.push(stopLoad);
   const serviceAlive = () => {
     if (service.exitCode !== null || service.signalCode !== null) {
       throw new Error(`the service exited (${service.signalCode ?? service.exitCode}); its last log lines:\n${tail(logFile)}`);
@@ -323,29 +293,9 @@ async function main(): Promise<void> {
     sqlPerRequest: sql,
     refreshChainsRepaired: chainsRepaired,
     serviceLogErrors: serviceLog.count,
-    seconds: (performance.now() - started) / 1000,
+    seconds: elapsedSeconds(),
   });
   console.log(`figures written to ${resultsFile}`);
 }
 
-function gitCommit(): string | undefined {
-  try {
-    return execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: REPO, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
-  } catch {
-    return undefined;
-  }
-}
-
-void main()
-  .then(
-    () => 0,
-    (error: unknown) => {
-      // After Ctrl-C the run fails on its vanished children: that is no news.
-      if (!interrupted) console.error(error instanceof Error ? error.message : String(error));
-      return 1;
-    },
-  )
-  .then(async (code) => {
-    await cleanUp();
-    process.exit(code);
-  });
+runBench(main, 'stopping the children and dropping the database');

@@ -32,14 +32,7 @@ export function databaseForThisFile(): Promise<string> {
     if (!base) throw new Error('DATABASE_URL is not set: run the tests with `npm test`');
     const url = new URL(base);
     url.pathname = `${url.pathname}_p${process.pid}`;
-    const client = new Client({ connectionString: base });
-    await client.connect();
-    try {
-      await client.query(`CREATE DATABASE "${url.pathname.slice(1)}"`);
-    } finally {
-      await client.end();
-    }
-    return url.toString();
+    return createDatabaseAt(url);
   })();
   return fileDatabaseUrl;
 }
@@ -53,6 +46,11 @@ let extraDatabases = 0;
 export async function freshDatabase(): Promise<string> {
   const url = new URL(await databaseForThisFile());
   url.pathname = `${url.pathname}_${++extraDatabases}`;
+  return createDatabaseAt(url);
+}
+
+/** Creates the database `url` names, through a connection to DATABASE_URL's; answers the url. */
+async function createDatabaseAt(url: URL): Promise<string> {
   const client = new Client({ connectionString: process.env.DATABASE_URL });
   await client.connect();
   try {

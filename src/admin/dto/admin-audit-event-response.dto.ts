@@ -1,7 +1,6 @@
 import { ApiProperty } from '@nestjs/swagger';
 import type { AuditEventEntity } from '../../audit/audit-event.entity';
-import { AUDIT_CURSOR_PATTERN } from '../../audit/audit-cursor';
-import { AuditEventResponseDto } from '../../audit/dto/audit-event-response.dto';
+import { AuditEventResponseDto, NEXT_CURSOR_PROPERTY } from '../../audit/dto/audit-event-response.dto';
 import { AUDIT_PAGE_MAX_LIMIT } from '../../audit/dto/audit-query.dto';
 
 /** An admin sees whose event it is. */
@@ -16,12 +15,6 @@ export class AdminAuditEventResponseDto extends AuditEventResponseDto {
 export class AdminAuditPageResponseDto {
   @ApiProperty({ type: [AdminAuditEventResponseDto], maxItems: AUDIT_PAGE_MAX_LIMIT, description: 'At most `limit` events' })
   items: AdminAuditEventResponseDto[];
-  @ApiProperty({
-    nullable: true,
-    type: String,
-    pattern: AUDIT_CURSOR_PATTERN.source,
-    maxLength: 64,
-    description: 'Pass as `cursor` for the next page; null on the last',
-  })
+  @ApiProperty(NEXT_CURSOR_PROPERTY)
   nextCursor: string | null;
 }

@@ -27,15 +27,18 @@ export class AuditEventResponseDto {
   }
 }
 
+/** A page's `nextCursor`, the same on every audit page (the user's and the admin's). */
+export const NEXT_CURSOR_PROPERTY = {
+  nullable: true,
+  type: String,
+  pattern: AUDIT_CURSOR_PATTERN.source,
+  maxLength: 64,
+  description: 'Pass as `cursor` for the next page; null on the last',
+} as const;
+
 export class AuditPageResponseDto {
   @ApiProperty({ type: [AuditEventResponseDto], maxItems: AUDIT_PAGE_MAX_LIMIT, description: 'At most `limit` events' })
   items: AuditEventResponseDto[];
-  @ApiProperty({
-    nullable: true,
-    type: String,
-    pattern: AUDIT_CURSOR_PATTERN.source,
-    maxLength: 64,
-    description: 'Pass as `cursor` for the next page; null on the last',
-  })
+  @ApiProperty(NEXT_CURSOR_PROPERTY)
   nextCursor: string | null;
 }

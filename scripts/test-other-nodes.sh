@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 [ -f dist/test/run-tests.js ] || { echo "dist/ is missing: run npm test first" >&2; exit 1; }
 
-versions="${*:-22.23.3 24.9.0}"
+versions="${*:-22.23.5 24.22.3}"
 work=$(mktemp -d "${TMPDIR:-/tmp}/sessionary-nodes.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 

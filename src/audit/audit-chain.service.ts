@@ -4,6 +4,7 @@ import { InjectDataSource } from '@nestjs/typeorm';
 import { appendFile } from 'node:fs/promises';
 import { DataSource, EntityManager } from 'typeorm';
 import type { AppConfig } from '../config/config';
+import { sql } from '../database/sql';
 import {
   chainedEventOf,
   chainKeyOf,
@@ -25,7 +26,7 @@ const CHECKPOINT_LOCK_KEY = '7022356976209950836';
 const SEAL_BATCH = 1000;
 const HEADS_BATCH = 5000;
 
-interface CheckpointRow {
+export interface CheckpointRow {
   id: string;
   created_at: string;
   chains: string;
@@ -89,8 +90,9 @@ export class AuditChainService {
   }
 
   private async sealBatch(em: EntityManager): Promise<number> {
-    await em.query('SELECT pg_advisory_xact_lock($1)', [SEAL_LOCK_KEY]);
-    const rows: StoredEventRow[] = await em.query(
+    await sql(em, 'SELECT pg_advisory_xact_lock($1)', [SEAL_LOCK_KEY]);
+    const { rows } = await sql<StoredEventRow>(
+      em,
       `SELECT ${STORED_EVENT_COLUMNS}
          FROM audit_events
         WHERE hash IS NULL AND seq <= (SELECT max(up_to_seq) FROM audit_chain_seal)
@@ -98,10 +100,10 @@ export class AuditChainService {
       [SEAL_BATCH],
     );
     // The last batch: nothing up to the bound is left unsealed once it commits.
-    if (rows.length < SEAL_BATCH) await em.query('DELETE FROM audit_chain_seal');
+    if (rows.length < SEAL_BATCH) await sql(em, 'DELETE FROM audit_chain_seal');
     if (!rows.length) return 0;
     const keys = [...new Set(rows.map((r) => chainKeyOf(r.user_id)))].sort();
-    const heads: ChainHeadRow[] = await em.query(LOCK_HEADS, [keys, GENESIS_HASH]);
+    const { rows: heads } = await sql<ChainHeadRow>(em, LOCK_HEADS, [keys, GENESIS_HASH]);
     const tip = new Map(heads.map((h) => [h.chain_key, { position: Number(h.position), hash: h.hash }]));
     const sealed = rows.map((r) => {
       const chainKey = chainKeyOf(r.user_id);
@@ -112,7 +114,8 @@ export class AuditChainService {
       tip.set(chainKey, { position: event.position, hash });
       return { id: r.id, chainKey, position: event.position, prevHash, hash };
     });
-    await em.query(
+    await sql(
+      em,
       `WITH sealed AS (
          UPDATE audit_events e SET chain_key = v.chain_key, chain_pos = v.chain_pos, prev_hash = v.prev_hash, hash = v.hash
            FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::text[]) AS v(id, chain_key, chain_pos, prev_hash, hash)
@@ -142,13 +145,20 @@ export class AuditChainService {
    */
   async checkpoint(force = false): Promise<Checkpoint | undefined> {
     const written = await this.dataSource.transaction(async (em) => {
-      const [{ locked }] = await em.query('SELECT pg_try_advisory_xact_lock($1) AS locked', [CHECKPOINT_LOCK_KEY]);
+      const {
+        rows: [{ locked }],
+      } = await sql<{ locked: boolean }>(em, 'SELECT pg_try_advisory_xact_lock($1) AS locked', [CHECKPOINT_LOCK_KEY]);
       if (!locked) return undefined;
-      const [last] = (await em.query(
+      const {
+        rows: [last],
+      } = await sql<CheckpointRow & { age: number }>(
+        em,
         `SELECT ${CHECKPOINT_COLUMNS}, extract(epoch FROM now() - created_at)::float8 AS age
            FROM audit_checkpoints c ORDER BY c.id DESC LIMIT 1`,
-      )) as Array<CheckpointRow & { age: number }>;
-      const [{ max_seq }] = await em.query(`SELECT coalesce(max(seq), 0)::text AS max_seq FROM audit_events`);
+      );
+      const {
+        rows: [{ max_seq }],
+      } = await sql<{ max_seq: string }>(em, `SELECT coalesce(max(seq), 0)::text AS max_seq FROM audit_events`);
       if (last ? BigInt(max_seq) <= BigInt(last.max_seq) : max_seq === '0') return undefined;
       if (!force && last) {
         const every = BigInt(this.config.get('AUDIT_CHECKPOINT_EVERY', { infer: true }));
@@ -158,7 +168,8 @@ export class AuditChainService {
       // Row locks: waits for the writers in flight on each changed chain, so every head it
       // copies belongs to committed events; only this job writes the checkpoint columns.
       // In key order, like every writer, so that a writer locking several heads cannot deadlock with it.
-      await em.query(
+      await sql(
+        em,
         `UPDATE audit_chain_heads h SET checkpoint_position = h.position, checkpoint_hash = h.hash
            FROM (SELECT chain_key FROM audit_chain_heads
                   WHERE checkpoint_position IS DISTINCT FROM position OR checkpoint_hash IS DISTINCT FROM hash
@@ -166,7 +177,10 @@ export class AuditChainService {
           WHERE h.chain_key = due.chain_key`,
       );
       const heads = await digestCheckpointedHeads(em);
-      const [{ now, seq }] = await em.query(
+      const {
+        rows: [{ now, seq }],
+      } = await sql<{ now: string; seq: string }>(
+        em,
         `SELECT to_char(now() AT TIME ZONE 'UTC', ${PG_MICROS_UTC}) AS now, coalesce(max(seq), 0)::text AS seq FROM audit_events`,
       );
       const fields = {
@@ -179,7 +193,8 @@ export class AuditChainService {
         prevMac: last ? last.mac : GENESIS_HASH,
       };
       const checkpoint: Checkpoint = { ...fields, mac: checkpointMac(this.key, fields) };
-      await em.query(
+      await sql(
+        em,
         `INSERT INTO audit_checkpoints (id, created_at, chains, events, max_seq, digest, prev_mac, mac)
          VALUES ($1, $2::timestamptz, $3, $4, $5, $6, $7, $8)`,
         [
@@ -201,7 +216,9 @@ export class AuditChainService {
 
   /** The newest checkpoint in the table, if any. */
   async latestCheckpoint(em: EntityManager = this.dataSource.manager): Promise<Checkpoint | undefined> {
-    const [row] = (await em.query(`SELECT ${CHECKPOINT_COLUMNS} FROM audit_checkpoints c ORDER BY c.id DESC LIMIT 1`)) as CheckpointRow[];
+    const {
+      rows: [row],
+    } = await sql<CheckpointRow>(em, `SELECT ${CHECKPOINT_COLUMNS} FROM audit_checkpoints c ORDER BY c.id DESC LIMIT 1`);
     return row ? toCheckpoint(row) : undefined;
   }
 
@@ -223,7 +240,8 @@ export async function digestCheckpointedHeads(em: EntityManager): Promise<HeadsD
   const digest = new HeadsDigest();
   let after = '';
   for (;;) {
-    const rows: Array<{ chain_key: string; position: string; hash: string }> = await em.query(
+    const { rows } = await sql<{ chain_key: string; position: string; hash: string }>(
+      em,
       `SELECT chain_key, checkpoint_position::text AS position, checkpoint_hash AS hash FROM audit_chain_heads
         WHERE chain_key > $1 AND checkpoint_position IS NOT NULL ORDER BY chain_key LIMIT $2`,
       [after, HEADS_BATCH],

@@ -5,6 +5,7 @@ import type { EventEmitter } from 'node:events';
 import { Readable } from 'node:stream';
 import { DataSource, QueryRunner } from 'typeorm';
 import type { AppConfig } from '../config/config';
+import { sql } from '../database/sql';
 import { summarize } from '../database/database-outage.monitor';
 import { STORED_EVENT_COLUMNS } from './audit-chain';
 import { ExportDigest, exportLineOf, ExportRow, ndjsonLine, sealFilterOf, sealOf } from './audit-export-format';
@@ -120,8 +121,8 @@ class Snapshot {
     try {
       snapshot = new Snapshot(runner, (await runner.connect()) as EventEmitter);
       await runner.startTransaction('REPEATABLE READ');
-      await runner.query('SET TRANSACTION READ ONLY');
-      await runner.query(`SET LOCAL application_name = '${EXPORT_APPLICATION_NAME}'`);
+      await sql(runner.manager, 'SET TRANSACTION READ ONLY');
+      await sql(runner.manager, `SET LOCAL application_name = '${EXPORT_APPLICATION_NAME}'`);
       return snapshot;
     } catch (error) {
       if (snapshot) await snapshot.close();
@@ -131,7 +132,7 @@ class Snapshot {
   }
 
   query<T>(text: string, params: unknown[]): Promise<T[]> {
-    return this.runner.query(text, params) as Promise<T[]>;
+    return sql<T>(this.runner.manager, text, params).then((result) => result.rows);
   }
 
   /** Ends the transaction and gives the connection back; a connection that broke was already released by TypeORM (and is discarded by the pool). */

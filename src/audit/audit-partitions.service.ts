@@ -8,6 +8,7 @@ import { pipeline } from 'node:stream/promises';
 import { join } from 'node:path';
 import { DataSource, EntityManager, QueryRunner } from 'typeorm';
 import type { AppConfig } from '../config/config';
+import { sql } from '../database/sql';
 import { AuditChainService } from './audit-chain.service';
 import { AuditExportService } from './audit-export.service';
 
@@ -87,7 +88,8 @@ export class AuditPartitionsService {
 
   /** The managed partitions, oldest first. */
   async list(em: EntityManager = this.dataSource.manager): Promise<AuditPartition[]> {
-    const rows: Array<{ name: string }> = await em.query(
+    const { rows } = await sql<{ name: string }>(
+      em,
       `SELECT c.relname AS name FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
         WHERE i.inhparent = 'audit_events'::regclass`,
     );
@@ -107,17 +109,21 @@ export class AuditPartitionsService {
     const runner = this.dataSource.createQueryRunner();
     await runner.connect();
     try {
-      const [{ locked }] = await runner.query('SELECT pg_try_advisory_lock($1) AS locked', [PARTITIONS_LOCK_KEY]);
+      const {
+        rows: [{ locked }],
+      } = await sql<{ locked: boolean }>(runner.manager, 'SELECT pg_try_advisory_lock($1) AS locked', [PARTITIONS_LOCK_KEY]);
       if (!locked) return { ...result, skipped: true };
       try {
-        const [{ now }] = (await runner.query('SELECT now() AS now')) as Array<{ now: Date }>;
+        const {
+          rows: [{ now }],
+        } = await sql<{ now: Date }>(runner.manager, 'SELECT now() AS now');
         result.created = await this.createAhead(runner, now);
         const days = this.config.get('AUDIT_RETENTION_DAYS', { infer: true });
         if (days !== undefined) await this.applyRetention(runner, new Date(now.getTime() - days * 86_400_000), result);
         this.stats.partitions = (await this.list(runner.manager)).length;
         this.stats.lastRunAt = new Date();
       } finally {
-        await runner.query('SELECT pg_advisory_unlock($1)', [PARTITIONS_LOCK_KEY]);
+        await sql(runner.manager, 'SELECT pg_advisory_unlock($1)', [PARTITIONS_LOCK_KEY]);
       }
     } finally {
       await runner.release();
@@ -134,7 +140,8 @@ export class AuditPartitionsService {
       const partition = partitionOf(new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth() + ahead, 1)));
       if (existing.has(partition.name)) continue;
       // IF NOT EXISTS: a partition created by the migration or another version is left as it is.
-      await runner.query(
+      await sql(
+        runner.manager,
         `CREATE TABLE IF NOT EXISTS "${partition.name}" PARTITION OF audit_events
            FOR VALUES FROM ('${partition.from.toISOString()}') TO ('${partition.to.toISOString()}')`,
       );
@@ -158,9 +165,14 @@ export class AuditPartitionsService {
   /** Archives (when configured) and drops one month; returns why not when it cannot. */
   private async dropMonth(runner: QueryRunner, partition: AuditPartition, result: MaintenanceResult): Promise<string | undefined> {
     const table = `"${partition.name}"`;
-    const [unsealed] = await runner.query(`SELECT id FROM ${table} WHERE hash IS NULL LIMIT 1`);
+    const {
+      rows: [unsealed],
+    } = await sql<{ id: string }>(runner.manager, `SELECT id FROM ${table} WHERE hash IS NULL LIMIT 1`);
     if (unsealed) return `event ${unsealed.id} in it is not sealed into a chain yet`;
-    const [straggler] = await runner.query(
+    const {
+      rows: [straggler],
+    } = await sql<{ id: string }>(
+      runner.manager,
       `SELECT e.id FROM audit_events e
          JOIN (SELECT chain_key, max(chain_pos) AS pos FROM ${table} GROUP BY chain_key) d ON d.chain_key = e.chain_key
         WHERE e.created_at >= $1 AND e.chain_pos <= d.pos LIMIT 1`,
@@ -175,14 +187,15 @@ export class AuditPartitionsService {
 
     await runner.startTransaction();
     try {
-      await runner.query(`SET LOCAL lock_timeout = '${LOCK_TIMEOUT}'`);
+      await sql(runner.manager, `SET LOCAL lock_timeout = '${LOCK_TIMEOUT}'`);
       let after = '';
       for (;;) {
         // Each chain's last event in the month: the batch's chains by a GroupAggregate that
         // streams the (chain_key, chain_pos) index (an index-only scan, stopping at the LIMIT),
         // then one index lookup each for the hash. (DISTINCT ON ... ORDER BY chain_pos DESC
         // sorted the rest of the month again for every batch: 30 s of a month's drop at 100k chains.)
-        const bases: BaseRow[] = await runner.query(
+        const { rows: bases } = await sql<BaseRow>(
+          runner.manager,
           `SELECT last.chain_key, last.pos::text AS chain_pos, e.hash
              FROM (SELECT chain_key, max(chain_pos) AS pos FROM ${table}
                     WHERE chain_key > $1 GROUP BY chain_key ORDER BY chain_key LIMIT $2) last
@@ -191,7 +204,8 @@ export class AuditPartitionsService {
           [after, BATCH],
         );
         if (!bases.length) break;
-        await runner.query(
+        await sql(
+          runner.manager,
           `UPDATE audit_chain_heads h SET base_position = v.position, base_hash = v.hash, base_mac = v.mac
              FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[]) AS v(chain_key, position, hash, mac)
             WHERE h.chain_key = v.chain_key`,
@@ -204,9 +218,11 @@ export class AuditPartitionsService {
         );
         after = bases[bases.length - 1].chain_key;
       }
-      const [{ events }] = await runner.query(`SELECT count(*)::int AS events FROM ${table}`);
-      await runner.query(`ALTER TABLE audit_events DETACH PARTITION ${table}`);
-      await runner.query(`DROP TABLE ${table}`);
+      const {
+        rows: [{ events }],
+      } = await sql<{ events: number }>(runner.manager, `SELECT count(*)::int AS events FROM ${table}`);
+      await sql(runner.manager, `ALTER TABLE audit_events DETACH PARTITION ${table}`);
+      await sql(runner.manager, `DROP TABLE ${table}`);
       await runner.commitTransaction();
       this.stats.droppedEvents += events;
       this.stats.droppedPartitions++;

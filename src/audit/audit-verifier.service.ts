@@ -4,6 +4,7 @@ import { InjectDataSource } from '@nestjs/typeorm';
 import { open } from 'node:fs/promises';
 import { DataSource, EntityManager } from 'typeorm';
 import type { AppConfig } from '../config/config';
+import { rowsOf, sql } from '../database/sql';
 import {
   chainedEventOf,
   chainKeyOf,
@@ -15,7 +16,7 @@ import {
   STORED_EVENT_COLUMNS,
   type StoredEventRow,
 } from './audit-chain';
-import { CHECKPOINT_COLUMNS, digestCheckpointedHeads, toCheckpoint } from './audit-chain.service';
+import { CHECKPOINT_COLUMNS, type CheckpointRow, digestCheckpointedHeads, toCheckpoint } from './audit-chain.service';
 import { baseMac } from './audit-partitions.service';
 
 /** Rows per query: large enough that a query's fixed cost (planning across the partitions) is small per row. */
@@ -138,7 +139,7 @@ export class AuditVerifierService {
     };
     try {
       await runner.startTransaction('REPEATABLE READ');
-      await runner.query('SET TRANSACTION READ ONLY');
+      await sql(runner.manager, 'SET TRANSACTION READ ONLY');
       const em = runner.manager;
       await this.walkChains(em, result);
       await this.findUnsealed(em);
@@ -155,7 +156,8 @@ export class AuditVerifierService {
 
   private async walkChains(em: EntityManager, result: AuditVerification): Promise<void> {
     const events = new Cursor<EventRow>((last) =>
-      em.query(
+      rowsOf<EventRow>(
+        em,
         `SELECT ${STORED_EVENT_COLUMNS},
                 chain_key, chain_pos::text AS chain_pos, prev_hash, hash
            FROM audit_events e WHERE (e.chain_key, e.chain_pos) > ($1, $2::bigint)
@@ -164,7 +166,8 @@ export class AuditVerifierService {
       ),
     );
     const heads = new Cursor<HeadRow>((last) =>
-      em.query(
+      rowsOf<HeadRow>(
+        em,
         `SELECT chain_key, position::text AS position, hash, checkpoint_position::text AS checkpoint_position, checkpoint_hash,
                 base_position::text AS base_position, base_hash, base_mac
            FROM audit_chain_heads h WHERE h.chain_key > $1 ORDER BY h.chain_key LIMIT $2`,
@@ -258,7 +261,7 @@ export class AuditVerifierService {
   }
 
   private async findUnsealed(em: EntityManager): Promise<void> {
-    const [row] = await em.query(`SELECT id FROM audit_events WHERE hash IS NULL ORDER BY seq LIMIT 1`);
+    const [row] = await rowsOf<{ id: string }>(em, `SELECT id FROM audit_events WHERE hash IS NULL ORDER BY seq LIMIT 1`);
     if (row) throw new Broken(row.id, `Event ${row.id} is not in any chain: it was inserted outside the service (or not yet sealed)`);
   }
 
@@ -266,7 +269,10 @@ export class AuditVerifierService {
     let latest: Checkpoint | undefined;
     let afterId = 0;
     for (;;) {
-      const rows = await em.query(`SELECT ${CHECKPOINT_COLUMNS} FROM audit_checkpoints c WHERE c.id > $1 ORDER BY c.id LIMIT $2`, [afterId, BATCH]);
+      const rows = await rowsOf<CheckpointRow>(em, `SELECT ${CHECKPOINT_COLUMNS} FROM audit_checkpoints c WHERE c.id > $1 ORDER BY c.id LIMIT $2`, [
+        afterId,
+        BATCH,
+      ]);
       for (const row of rows) {
         const checkpoint = toCheckpoint(row);
         const { mac, ...fields } = checkpoint;
@@ -305,7 +311,7 @@ export class AuditVerifierService {
         `Checkpoint ${fromFile.id} from the file is missing from the table (latest there: ${latest?.id ?? 'none'}): checkpoints and the events after them were deleted`,
       );
     }
-    const [row] = await em.query(`SELECT ${CHECKPOINT_COLUMNS} FROM audit_checkpoints c WHERE c.id = $1`, [fromFile.id]);
+    const [row] = await rowsOf<CheckpointRow>(em, `SELECT ${CHECKPOINT_COLUMNS} FROM audit_checkpoints c WHERE c.id = $1`, [fromFile.id]);
     if (!row || toCheckpoint(row).mac !== mac) {
       throw new Broken(null, `Checkpoint ${fromFile.id} from the file differs from the one in the table`);
     }

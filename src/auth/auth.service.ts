@@ -1,6 +1,7 @@
 import { BadRequestException, Injectable, UnauthorizedException } from '@nestjs/common';
 import { InjectDataSource } from '@nestjs/typeorm';
 import { DataSource } from 'typeorm';
+import { accountLockedEvents } from '../audit/account-locked-events';
 import { AuditService } from '../audit/audit.service';
 import type { ClientContext } from '../common/client-context';
 import type { AuthContext } from '../common/current-auth.decorator';
@@ -10,7 +11,7 @@ import { PasswordHasher } from '../users/password-hasher';
 import { UserEntity } from '../users/user.entity';
 import { UsersService } from '../users/users.service';
 import { AccessTokenService } from './access-token.service';
-import { lockEvents, LoginThrottleService } from '../login-throttle/login-throttle.service';
+import { LoginThrottleService } from '../login-throttle/login-throttle.service';
 import { LoginDto } from './dto/login.dto';
 import { RegisterDto } from './dto/register.dto';
 import { ChangePasswordDto } from './dto/change-password.dto';
@@ -61,7 +62,7 @@ export class AuthService {
             client,
             metadata: { method, reason: user ? 'wrong_password' : 'unknown_account' },
           },
-          ...lockEvents(attempt, user?.id ?? null, client),
+          ...accountLockedEvents(attempt.locksSet, user?.id ?? null, client),
         ),
       );
       throw new UnauthorizedException(INVALID_CREDENTIALS);

@@ -16,7 +16,7 @@ import { ChangePasswordDto } from './dto/change-password.dto';
 
 /**
  * Lives in AuthModule although its path is under /users/me: changing a password ends
- * sessions, and only auth may depend on both users and sessions.
+ * sessions, and users may not depend on sessions (sessions depend on users).
  */
 @ApiTags('users')
 @ApiBearerAuth()

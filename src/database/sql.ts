@@ -20,3 +20,8 @@ export async function sql<T>(em: EntityManager, text: string, params: unknown[] 
     if (!em.queryRunner) await runner.release();
   }
 }
+
+/** The rows of one statement (for callers that pass a reader of rows along, like a cursor). */
+export async function rowsOf<T>(em: EntityManager, text: string, params: unknown[] = []): Promise<T[]> {
+  return (await sql<T>(em, text, params)).rows;
+}

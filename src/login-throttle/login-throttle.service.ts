@@ -4,8 +4,6 @@ import { Cron, CronExpression } from '@nestjs/schedule';
 import { InjectDataSource } from '@nestjs/typeorm';
 import { createHash } from 'node:crypto';
 import { DataSource, EntityManager } from 'typeorm';
-import type { AuditEventInput } from '../audit/audit.service';
-import type { ClientContext } from '../common/client-context';
 import { RetryAfterException } from '../common/retry-after.exception';
 import type { AppConfig } from '../config/config';
 import { sql } from '../database/sql';
@@ -191,17 +189,6 @@ export class LoginThrottleService {
       return 0;
     }
   }
-}
-
-/** One ACCOUNT_LOCKED event per lock the failed attempt set (the IP's names no user). */
-export function lockEvents(attempt: LoginAttempt, userId: string | null, client: ClientContext, sessionId?: string): AuditEventInput[] {
-  return attempt.locksSet.map((lock) => ({
-    type: 'ACCOUNT_LOCKED',
-    userId: lock.scope === 'identifier' ? userId : null,
-    sessionId,
-    client,
-    metadata: { scope: lock.scope, lockedSeconds: lock.seconds },
-  }));
 }
 
 /** The table holds hashes, never what was typed. */

@@ -5,6 +5,7 @@ import { InjectDataSource } from '@nestjs/typeorm';
 import { CronTime } from 'cron';
 import { DataSource, QueryRunner } from 'typeorm';
 import type { AppConfig } from '../config/config';
+import { sql } from '../database/sql';
 import { Env } from '../config/env.schema';
 import { isDatabaseUnavailable } from '../database/pg-errors';
 import { SessionMaintenanceService } from './session-maintenance.service';
@@ -98,7 +99,9 @@ export class SessionsCleanupTask implements OnApplicationBootstrap, BeforeApplic
     const runner = this.dataSource.createQueryRunner();
     await runner.connect();
     try {
-      const [{ locked }] = await runner.query('SELECT pg_try_advisory_lock($1) AS locked', [CLEANUP_LOCK_KEY]);
+      const {
+        rows: [{ locked }],
+      } = await sql<{ locked: boolean }>(runner.manager, 'SELECT pg_try_advisory_lock($1) AS locked', [CLEANUP_LOCK_KEY]);
       if (!locked) return this.skip();
       try {
         if (tick && !(await this.claimTick(runner, tick))) return this.skip();
@@ -110,7 +113,7 @@ export class SessionsCleanupTask implements OnApplicationBootstrap, BeforeApplic
         if (expired || deleted) this.logger.log(`Session cleanup: ended ${expired} expired, deleted ${deleted} past retention`);
         return { skipped: false, expired, deleted };
       } finally {
-        await runner.query('SELECT pg_advisory_unlock($1)', [CLEANUP_LOCK_KEY]);
+        await sql(runner.manager, 'SELECT pg_advisory_unlock($1)', [CLEANUP_LOCK_KEY]);
       }
     } finally {
       await runner.release();
@@ -124,7 +127,8 @@ export class SessionsCleanupTask implements OnApplicationBootstrap, BeforeApplic
 
   /** True for the one instance whose conditional upsert records this tick first. */
   private async claimTick(runner: QueryRunner, tick: Date): Promise<boolean> {
-    const claimed: unknown[] = await runner.query(
+    const { rows: claimed } = await sql(
+      runner.manager,
       `INSERT INTO scheduled_job_runs AS j (name, last_tick, runs) VALUES ($1, $2, 1)
        ON CONFLICT (name) DO UPDATE SET last_tick = excluded.last_tick, runs = j.runs + 1
         WHERE j.last_tick < excluded.last_tick

@@ -10,6 +10,7 @@ import type { AuthContext } from '../common/current-auth.decorator';
 import type { AppConfig } from '../config/config';
 import { sql } from '../database/sql';
 import type { UserRole } from '../users/user.entity';
+import { UsersService } from '../users/users.service';
 import { generateRefreshToken, hashRefreshToken, looksLikeRefreshToken } from './refresh-token';
 import { ActivityWrite, SessionActivityBuffer } from './session-activity';
 import { CachedSession, SessionCache } from './session-cache';
@@ -80,6 +81,7 @@ export class SessionsService implements OnApplicationBootstrap, OnModuleDestroy 
     @InjectDataSource() private readonly dataSource: DataSource,
     private readonly audit: AuditService,
     private readonly boundedAudit: BoundedAuditService,
+    private readonly users: UsersService,
     config: ConfigService<AppConfig, true>,
   ) {
     this.idleTtl = config.get('SESSION_IDLE_TTL', { infer: true });
@@ -185,24 +187,32 @@ export class SessionsService implements OnApplicationBootstrap, OnModuleDestroy 
   private async validateFromDatabase(sessionId: string, userId: string): Promise<AuthContext> {
     this.checks.database++;
     const ticket = this.cache.enabled ? this.cache.beginFill(sessionId) : undefined;
-    let row: (SessionRow & { role: UserRole; now: Date }) | undefined;
+    let row: (SessionRow & { now: Date }) | undefined;
+    let role: UserRole | undefined;
     try {
-      ({
-        rows: [row],
-      } = await sql<SessionRow & { role: UserRole; now: Date }>(
-        this.dataSource.manager,
-        `SELECT s.user_id, s.ended_at, s.idle_expires_at, s.absolute_expires_at, s.last_seen_at, u.role, now() AS now
-           FROM sessions s JOIN users u ON u.id = s.user_id
-          WHERE s.id = $1`,
-        [sessionId],
-      ));
+      // The role is the users module's; both reads run at once on two connections, so a
+      // cache miss still costs one round trip. The token's user is asked for: a session of
+      // another user is refused below, and its entry never cached.
+      [
+        {
+          rows: [row],
+        },
+        role,
+      ] = await Promise.all([
+        sql<SessionRow & { now: Date }>(
+          this.dataSource.manager,
+          `SELECT user_id, ended_at, idle_expires_at, absolute_expires_at, last_seen_at, now() AS now FROM sessions WHERE id = $1`,
+          [sessionId],
+        ),
+        this.users.roleOf(userId),
+      ]);
     } finally {
-      if (ticket && !row) this.cache.completeFill(ticket, undefined);
+      if (ticket && (!row || !role || row.user_id !== userId)) this.cache.completeFill(ticket, undefined);
     }
-    if (!row) throw new UnauthorizedException(UNAUTHORIZED_SESSION);
+    if (!row || !role || row.user_id !== userId) throw new UnauthorizedException(UNAUTHORIZED_SESSION);
     const entry: CachedSession = {
       userId: row.user_id,
-      role: row.role,
+      role,
       ended: row.ended_at !== null,
       idleExpiresAt: row.idle_expires_at.getTime(),
       absoluteExpiresAt: row.absolute_expires_at.getTime(),
@@ -224,7 +234,7 @@ export class SessionsService implements OnApplicationBootstrap, OnModuleDestroy 
       await this.endIfExpired(sessionId);
       throw new UnauthorizedException(UNAUTHORIZED_SESSION);
     }
-    if (verdict.status === 'ended' || row.user_id !== userId) throw new UnauthorizedException(UNAUTHORIZED_SESSION);
+    if (verdict.status === 'ended') throw new UnauthorizedException(UNAUTHORIZED_SESSION);
     this.noteActivity(sessionId, entry, row.now.getTime());
     return authContext(sessionId, entry);
   }
@@ -348,12 +358,12 @@ export class SessionsService implements OnApplicationBootstrap, OnModuleDestroy 
 
   private async makeRoomForOneMore(em: EntityManager, userId: string, client: ClientContext): Promise<AuditEventInput[]> {
     // Locking the user row serialises this user's logins: two concurrent ones cannot both
-    // count the same free place. The sessions to end are locked here, before the first audit
-    // event takes the user's chain head: a refresh locks its session and then the head, so
-    // taking the head first and a session after could deadlock with it.
-    // NO KEY UPDATE, not UPDATE: it must not block the foreign-key checks (KEY SHARE) of a
-    // concurrent refresh's audit insert, which holds the very session this login may end.
-    await sql(em, 'SELECT 1 FROM users WHERE id = $1 FOR NO KEY UPDATE', [userId]);
+    // count the same free place (a NO KEY UPDATE lock, so a concurrent refresh's audit insert,
+    // which holds the very session this login may end, is not blocked). The sessions to end
+    // are locked here, before the first audit event takes the user's chain head: a refresh
+    // locks its session and then the head, so taking the head first and a session after
+    // could deadlock with it.
+    await this.users.lockForSessionChange(em, userId);
     const { rows } = await sql<{ id: string }>(
       em,
       `SELECT id FROM sessions

@@ -1,10 +1,11 @@
 import { ConflictException, Injectable, NotFoundException, UnauthorizedException } from '@nestjs/common';
 import { InjectDataSource } from '@nestjs/typeorm';
 import { DataSource, EntityManager } from 'typeorm';
+import { accountLockedEvents } from '../audit/account-locked-events';
 import { AuditService } from '../audit/audit.service';
 import type { ClientContext } from '../common/client-context';
 import { PG_UNIQUE_VIOLATION, pgErrorCode } from '../database/pg-errors';
-import { lockEvents, LoginThrottleService } from '../login-throttle/login-throttle.service';
+import { LoginThrottleService } from '../login-throttle/login-throttle.service';
 import { UpdateProfileDto } from './dto/update-profile.dto';
 import { PasswordHasher } from './password-hasher';
 import { UserEntity, UserRole } from './user.entity';
@@ -55,7 +56,7 @@ export class UsersService {
       this.audit.record(
         em,
         { type: 'LOGIN_FAILED', userId: user.id, sessionId, client, metadata: { method: 'current_password', action } },
-        ...lockEvents(attempt, user.id, client, sessionId),
+        ...accountLockedEvents(attempt.locksSet, user.id, client, sessionId),
       ),
     );
     throw new UnauthorizedException(message);
@@ -68,6 +69,22 @@ export class UsersService {
   async replacePasswordHash(em: EntityManager, user: Pick<UserEntity, 'id' | 'passwordHash'>, passwordHash: string): Promise<boolean> {
     const result = await em.update(UserEntity, { id: user.id, passwordHash: user.passwordHash }, { passwordHash });
     return Boolean(result.affected);
+  }
+
+  /** The user's role, or undefined when there is no such user (the session check's cache fill). */
+  async roleOf(id: string): Promise<UserRole | undefined> {
+    const user = await this.dataSource.getRepository(UserEntity).findOne({ select: { id: true, role: true }, where: { id } });
+    return user?.role;
+  }
+
+  /**
+   * Locks the user's row in the caller's transaction, so that changes which must see one
+   * consistent set of the user's sessions (a login counting its free places) run one at a
+   * time. FOR NO KEY UPDATE, not FOR UPDATE: it must not block the foreign-key checks (KEY
+   * SHARE) of concurrent inserts that reference the user, such as a refresh's audit event.
+   */
+  async lockForSessionChange(em: EntityManager, id: string): Promise<void> {
+    await em.getRepository(UserEntity).createQueryBuilder('u').select('u.id').where('u.id = :id', { id }).setLock('for_no_key_update').getRawOne();
   }
 
   findById(id: string): Promise<UserEntity | null> {

@@ -359,6 +359,63 @@ describe('audit hash chain (e2e)', () => {
     assert.deepEqual(await f.t.db.query('SELECT * FROM audit_chain_seal'), []);
   });
 
+  it('appends in one statement on the instance that wrote the chain last, takes the head lock when another instance or a rolled-back transaction moved it, and keeps times rising along the chain', async () => {
+    const f = await open();
+    const second = await createTestApp({ DATABASE_URL: f.url, JWT_SECRET: f.t.config.JWT_SECRET, PASSWORD_PEPPER: f.t.config.PASSWORD_PEPPER });
+    opened.push(second);
+    /** Records one event for the user on an instance; answers the statements it ran (a spy on the real connection). */
+    const record = async (t: TestApp, rollBack = false): Promise<string[]> => {
+      const statements: string[] = [];
+      await t.db
+        .transaction(async (em) => {
+          const runner = em.queryRunner!;
+          const query = runner.query.bind(runner);
+          runner.query = ((text: string | { text: string }, ...rest: unknown[]) => {
+            statements.push(typeof text === 'string' ? text : text.text); // a prepared statement is { name, text }
+            return (query as (...args: unknown[]) => Promise<unknown>)(text, ...rest);
+          }) as typeof runner.query;
+          await t.app.get(AuditService).record(em, { type: 'PROFILE_UPDATED', userId: f.user.id, metadata: { fields: 'username' } });
+          if (rollBack) throw new Error('rolled back on purpose');
+        })
+        .catch((error: Error) => assert.equal(error.message, 'rolled back on purpose'));
+      return statements;
+    };
+    const kind = (statements: string[]) =>
+      statements
+        .filter((s) => !/^(COMMIT|ROLLBACK)$/.test(s))
+        .map((s) =>
+          /moved AS/.test(s) ? 'append-if-head' : /INSERT INTO audit_chain_heads/.test(s) ? 'lock-heads' : /WITH appended/.test(s) ? 'append' : s,
+        );
+
+    // The fixture's events for this user were written by the first instance.
+    assert.deepEqual(kind(await record(f.t)), ['append-if-head']);
+    assert.deepEqual(kind(await record(second)), ['lock-heads', 'append']);
+    assert.deepEqual(kind(await record(f.t)), ['append-if-head', 'append']);
+    assert.deepEqual(kind(await record(f.t)), ['append-if-head']);
+    assert.deepEqual(kind(await record(f.t, true)), ['append-if-head']);
+    assert.deepEqual(kind(await record(f.t)), ['append-if-head', 'append']);
+    // An instance whose estimate of the database's clock runs an hour ahead writes an event
+    // an hour ahead; the other instance, on the database's clock, still writes after it.
+    Reflect.set(f.t.app.get(AuditService), 'clockOffsetMs', 3_600_000);
+    assert.deepEqual(kind(await record(f.t)), ['append-if-head']);
+    assert.deepEqual(kind(await record(second)), ['append-if-head', 'append']);
+
+    const events: Array<{ chain_pos: string; created_at: Date; micros: string }> = await f.t.db.query(
+      `SELECT chain_pos, created_at, (extract(epoch FROM created_at) * 1000000)::bigint::text AS micros
+         FROM audit_events WHERE chain_key = $1 ORDER BY chain_pos`,
+      [f.user.id],
+    );
+    assert.deepEqual(
+      events.map((e) => Number(e.chain_pos)),
+      events.map((_, i) => i + 1),
+    );
+    for (let i = 1; i < events.length; i++)
+      assert.ok(BigInt(events[i].micros) > BigInt(events[i - 1].micros), `event ${i + 1} is not after event ${i}`);
+    assert.ok(events[events.length - 1].created_at.getTime() > Date.now() + 3_500_000);
+    const result = await f.t.app.get(AuditVerifierService).verify();
+    assert.deepEqual({ ok: result.ok, reason: result.reason }, { ok: true, reason: null });
+  });
+
   it('stays intact under concurrent logins and refreshes for the same and different users on two instances', async () => {
     // Each attempt counts as a failure until it succeeds: parallel logins of one user must not lock it.
     // The default session limit (10) is reached: logins end sessions that parallel refreshes use.

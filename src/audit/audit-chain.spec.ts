@@ -9,7 +9,9 @@ import {
   eventHash,
   GENESIS_HASH,
   GLOBAL_CHAIN,
+  microsOfTime,
   sameMac,
+  timeOfMicros,
 } from './audit-chain';
 
 const KEY = 'unit-test-audit-key-of-at-least-32-bytes';
@@ -113,5 +115,21 @@ describe('chainKeyOf, sameMac, checkpointMac', () => {
     ]) {
       assert.notEqual(checkpointMac(KEY, { ...c, ...changed }), mac, JSON.stringify(changed));
     }
+  });
+});
+
+describe('microsOfTime / timeOfMicros', () => {
+  it("read and write PostgreSQL's microsecond UTC form exactly, both ways", () => {
+    for (const text of ['2026-12-01T12:00:00.123456Z', '1970-01-01T00:00:00.000000Z', '2026-12-31T23:59:59.999999Z', '2027-01-01T00:00:00.000001Z']) {
+      assert.equal(timeOfMicros(microsOfTime(text)), text);
+    }
+    assert.equal(microsOfTime('1970-01-01T00:00:01.000002Z'), 1_000_002);
+    assert.equal(timeOfMicros(Date.UTC(2026, 11, 1, 12) * 1000 + 7), '2026-12-01T12:00:00.000007Z');
+  });
+
+  it('keep order: one microsecond later is a later string', () => {
+    const t = microsOfTime('2026-12-01T12:00:00.999999Z');
+    assert.equal(timeOfMicros(t + 1), '2026-12-01T12:00:01.000000Z');
+    assert.ok(timeOfMicros(t + 1) > timeOfMicros(t));
   });
 });

@@ -20,6 +20,8 @@ export interface ChainHeadRow {
   position: string;
   hash: string;
   now: string;
+  /** When the chain's newest event happened (null for heads last moved before 0.7.0, or by the sealer). */
+  last_event_at: string | null;
 }
 
 /**
@@ -34,7 +36,19 @@ export const LOCK_HEADS = `
   SELECT k, 0, $2 FROM unnest($1::text[]) AS k ORDER BY k
   ON CONFLICT (chain_key) DO UPDATE SET position = h.position
   RETURNING h.chain_key, h.position::text AS position, h.hash,
-            to_char(clock_timestamp() AT TIME ZONE 'UTC', ${PG_MICROS_UTC}) AS now`;
+            to_char(clock_timestamp() AT TIME ZONE 'UTC', ${PG_MICROS_UTC}) AS now,
+            to_char(h.last_event_at AT TIME ZONE 'UTC', ${PG_MICROS_UTC}) AS last_event_at`;
+
+/** Microseconds since the epoch of a PG_MICROS_UTC string (exact: below 2^53 until the year 2255). */
+export function microsOfTime(text: string): number {
+  return Date.parse(`${text.slice(0, 23)}Z`) * 1000 + Number(text.slice(23, 26));
+}
+
+/** The PG_MICROS_UTC string of a time in microseconds since the epoch (what PostgreSQL will store and give back). */
+export function timeOfMicros(micros: number): string {
+  const millis = Math.floor(micros / 1000);
+  return `${new Date(millis).toISOString().slice(0, 23)}${String(micros - millis * 1000).padStart(3, '0')}Z`;
+}
 
 export function chainKeyOf(userId: string | null): string {
   return userId === null ? GLOBAL_CHAIN : userId.toLowerCase();

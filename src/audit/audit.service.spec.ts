@@ -72,7 +72,7 @@ describe('encodeCursor / decodeCursor', () => {
 describe('AuditService.record', () => {
   const KEY = 'unit-test-audit-key-of-at-least-32-bytes';
   const NOW = '2026-12-01T12:00:00.123456Z';
-  type Call = { text: string; params: unknown[] };
+  type Call = { text: string; params: unknown[]; name?: string };
   let calls: Call[];
   let heads: Map<string, { position: string; hash: string }>;
   let failAppend: boolean;
@@ -88,16 +88,25 @@ describe('AuditService.record', () => {
     service = new AuditService({} as unknown as DataSource, config, { publish: () => undefined } as unknown as DomainEventPublisher);
   });
 
-  /** A stand-in for PostgreSQL's two statements: the head lock and the append. */
+  /** A stand-in for PostgreSQL's two statements (the head lock and the append), as sql() runs them on the transaction's query runner. */
   const manager = () =>
     ({
-      query: async (text: string, params: unknown[]) => {
-        calls.push({ text, params });
-        if (text.includes('INSERT INTO audit_chain_heads')) {
-          return (params[0] as string[]).map((k) => ({ chain_key: k, ...(heads.get(k) ?? { position: '0', hash: GENESIS_HASH }), now: NOW }));
-        }
-        if (failAppend) throw new Error('insert failed');
-        return [];
+      queryRunner: {
+        query: async (query: string | { name: string; text: string }, params: unknown[]) => {
+          const [text, name] = typeof query === 'string' ? [query, undefined] : [query.text, query.name];
+          calls.push({ text, params, name });
+          if (text.includes('INSERT INTO audit_chain_heads')) {
+            const records = (params[0] as string[]).map((k) => ({
+              chain_key: k,
+              ...(heads.get(k) ?? { position: '0', hash: GENESIS_HASH }),
+              now: NOW,
+              last_event_at: null,
+            }));
+            return { records, affected: records.length };
+          }
+          if (failAppend) throw new Error('insert failed');
+          return { records: [], affected: 0 };
+        },
       },
     }) as unknown as EntityManager;
 
@@ -134,6 +143,11 @@ describe('AuditService.record', () => {
       { type: 'LOGOUT', userId, sessionId },
     );
     assert.equal(calls.length, 2, 'two statements, whatever the number of events');
+    assert.deepEqual(
+      calls.map((c) => c.name),
+      ['sessionary_audit_lock_heads', 'sessionary_audit_append'],
+      'both prepared once per connection',
+    );
     assert.deepEqual(calls[0].params, [[GLOBAL_CHAIN, userId].sort(), GENESIS_HASH]);
     const rows = appended();
     assert.deepEqual(

@@ -5,9 +5,22 @@ import { randomUUID } from 'node:crypto';
 import { DataSource, EntityManager } from 'typeorm';
 import type { ClientContext } from '../common/client-context';
 import type { AppConfig } from '../config/config';
+import { sql } from '../database/sql';
 import { DomainEventPublisher } from '../events/domain-event-publisher';
 import { domainEventOf } from '../events/domain-events';
-import { canonicalJson, chainKeyOf, ChainedEvent, ChainHeadRow, eventHash, GENESIS_HASH, LOCK_HEADS } from './audit-chain';
+import {
+  canonicalJson,
+  chainKeyOf,
+  ChainedEvent,
+  ChainHeadRow,
+  eventHash,
+  GENESIS_HASH,
+  LOCK_HEADS,
+  microsOfTime,
+  PG_MICROS_UTC,
+  timeOfMicros,
+} from './audit-chain';
+import { ChainHeadCache } from './chain-head-cache';
 import { decodeCursor, encodeCursor } from './audit-cursor';
 import { AuditEventEntity, AuditEventType, AuditMetadata } from './audit-event.entity';
 
@@ -42,26 +55,63 @@ export interface AuditPage {
 // Keys that must never reach the log, whoever builds the metadata (defence in depth).
 const FORBIDDEN_METADATA_KEY = /pass|token|secret|hash|authorization/i;
 
-/** The events and the new heads in one statement (a data-modifying CTE always runs). */
-const APPEND = `
-  WITH appended AS (
+/** The rows the two appends insert: $1-$7 the events' own fields, $8 their time, $9-$12 their chain fields. */
+const INSERT_EVENTS = `
     INSERT INTO audit_events
       (id, type, user_id, session_id, ip_address, user_agent, metadata, created_at, chain_key, chain_pos, prev_hash, hash)
     SELECT id, type, user_id, session_id, ip, ua, metadata::jsonb, $8::timestamptz, chain_key, chain_pos, prev_hash, hash
       FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::text[],
                   $9::text[], $10::bigint[], $11::text[], $12::text[])
-           WITH ORDINALITY AS v(id, type, user_id, session_id, ip, ua, metadata, chain_key, chain_pos, prev_hash, hash, n)
-     ORDER BY n)
-  UPDATE audit_chain_heads h SET position = v.position, hash = v.hash
+           WITH ORDINALITY AS v(id, type, user_id, session_id, ip, ua, metadata, chain_key, chain_pos, prev_hash, hash, n)`;
+
+/** The events and the new heads (locked by LOCK_HEADS) in one statement (a data-modifying CTE always runs). */
+const APPEND = `
+  WITH appended AS (${INSERT_EVENTS} ORDER BY n)
+  UPDATE audit_chain_heads h SET position = v.position, hash = v.hash, last_event_at = $8::timestamptz
     FROM unnest($13::text[], $14::bigint[], $15::text[]) AS v(chain_key, position, hash)
    WHERE h.chain_key = v.chain_key`;
 
 /**
- * The only writer of audit events. It takes the caller's EntityManager so that an event
- * commits in the same transaction as the change it records, or not at all. Every event is
- * appended to its user's hash chain (ASVS 16.4.2): two statements per call, whatever the
- * number of events and chains.
+ * One chain's events in one statement, without locking its head first: the head moves only if
+ * it is still the one this instance wrote last ($16, $17; in READ COMMITTED an UPDATE that
+ * waited for another writer checks its condition again on the row that writer left), and the
+ * events are inserted only if it moved. Otherwise the same statement locks the head and
+ * returns it as it is now, for the ordinary append.
  */
+const APPEND_IF_HEAD = `
+  WITH moved AS (
+    UPDATE audit_chain_heads SET position = $14, hash = $15, last_event_at = $8::timestamptz
+     WHERE chain_key = $13 AND position = $16 AND hash = $17
+    RETURNING chain_key
+  ), appended AS (${INSERT_EVENTS} WHERE EXISTS (SELECT 1 FROM moved) ORDER BY n
+  ), head AS (
+    SELECT h.chain_key, h.position::text AS position, h.hash,
+           to_char(clock_timestamp() AT TIME ZONE 'UTC', ${PG_MICROS_UTC}) AS now,
+           to_char(h.last_event_at AT TIME ZONE 'UTC', ${PG_MICROS_UTC}) AS last_event_at
+      FROM audit_chain_heads h
+     WHERE h.chain_key = $13 AND NOT EXISTS (SELECT 1 FROM moved)
+       FOR UPDATE
+  )
+  SELECT (SELECT count(*) FROM moved)::int AS moved, head.* FROM (VALUES (1)) AS one LEFT JOIN head ON true`;
+
+type AppendOutcome = { moved: number } & (ChainHeadRow | { [K in keyof ChainHeadRow]: null });
+
+/** Chains whose heads an instance remembers (about 200 bytes each). */
+const KNOWN_HEADS_MAX = 10_000;
+
+interface EventRow {
+  id: string;
+  type: AuditEventType;
+  userId: string | null;
+  sessionId: string | null;
+  ipAddress: string | null;
+  userAgent: string | null;
+  metadata: string;
+  chainKey: string;
+}
+
+type LinkedEvent = ChainedEvent & { prevHash: string; hash: string };
+
 @Injectable()
 export class AuditService {
   private readonly key: string;
@@ -69,6 +119,9 @@ export class AuditService {
   appended = 0;
   /** Called after events were appended; the checkpoint job listens. */
   onAppended: ((count: number) => void) | undefined;
+  private readonly knownHeads = new ChainHeadCache(KNOWN_HEADS_MAX);
+  /** PostgreSQL's clock minus this process's, in ms, as last seen by a head lock. */
+  private clockOffsetMs = 0;
 
   constructor(
     @InjectDataSource() private readonly dataSource: DataSource,
@@ -81,7 +134,7 @@ export class AuditService {
   async record(em: EntityManager, ...events: AuditEventInput[]): Promise<void> {
     if (!events.length) return;
     const metadata = events.map((e) => safeMetadata(e.metadata ?? {}));
-    const rows = events.map((e, i) => ({
+    const rows: EventRow[] = events.map((e, i) => ({
       id: randomUUID(),
       type: e.type,
       userId: e.userId === null ? null : e.userId.toLowerCase(),
@@ -92,38 +145,49 @@ export class AuditService {
       chainKey: chainKeyOf(e.userId),
     }));
     const keys = [...new Set(rows.map((r) => r.chainKey))].sort();
-    const heads: ChainHeadRow[] = await em.query(LOCK_HEADS, [keys, GENESIS_HASH]);
-    // The clock once every head is locked (the last row's clock_timestamp), not the
-    // transaction's start: so each chain's times rise with its positions, and a month's
-    // partition holds a whole stretch of every chain (retention drops months; see
-    // AuditPartitionsService). The strings have one fixed format: they sort as times do.
-    const createdAt = heads.reduce((latest, h) => (h.now > latest ? h.now : latest), heads[0].now);
-    const tip = new Map(heads.map((h) => [h.chain_key, { position: Number(h.position), hash: h.hash }]));
-    const chained = rows.map((r) => {
-      const head = tip.get(r.chainKey)!;
-      const event: ChainedEvent = { ...r, createdAt, position: head.position + 1 };
-      const prevHash = head.hash;
-      const hash = eventHash(this.key, prevHash, event);
-      tip.set(r.chainKey, { position: event.position, hash });
-      return { ...event, prevHash, hash };
-    });
-    await em.query(APPEND, [
-      chained.map((e) => e.id),
-      chained.map((e) => e.type),
-      chained.map((e) => e.userId),
-      chained.map((e) => e.sessionId),
-      chained.map((e) => e.ipAddress),
-      chained.map((e) => e.userAgent),
-      chained.map((e) => e.metadata),
-      createdAt,
-      chained.map((e) => e.chainKey),
-      chained.map((e) => e.position),
-      chained.map((e) => e.prevHash),
-      chained.map((e) => e.hash),
-      keys,
-      keys.map((k) => tip.get(k)!.position),
-      keys.map((k) => tip.get(k)!.hash),
-    ]);
+    const known = keys.length === 1 ? this.knownHeads.get(keys[0]) : undefined;
+    let chained: LinkedEvent[] | undefined;
+    let heads: ChainHeadRow[] | undefined;
+    if (known) {
+      // The common case (one user's events, on the instance that wrote that user's last one):
+      // one round trip instead of two. The time is chosen here, so it cannot be the
+      // database's clock after the lock: it is this instance's estimate of that clock, and
+      // never before the chain's newest event, so each chain's times still rise.
+      const atMicros = Math.max(Math.round((performance.timeOrigin + performance.now() + this.clockOffsetMs) * 1000), known.atMicros + 1);
+      chained = this.link(rows, timeOfMicros(atMicros), new Map([[keys[0], known]]));
+      const tip = chained[chained.length - 1];
+      const {
+        rows: [outcome],
+      } = await sql<AppendOutcome>(em, APPEND_IF_HEAD, [...this.eventParams(chained), keys[0], tip.position, tip.hash, known.position, known.hash], {
+        prepareAs: 'sessionary_audit_append_if_head',
+      });
+      if (outcome.moved) {
+        this.knownHeads.set(keys[0], { position: tip.position, hash: tip.hash, atMicros });
+      } else {
+        chained = undefined;
+        // Moved by someone else and now locked by this transaction; with no head row at all, LOCK_HEADS makes one.
+        if (outcome.position !== null) heads = [outcome];
+      }
+    }
+    if (!chained) {
+      heads ??= (await sql<ChainHeadRow>(em, LOCK_HEADS, [keys, GENESIS_HASH], { prepareAs: 'sessionary_audit_lock_heads' })).rows;
+      // The clock once every head is locked (the last row's clock_timestamp), not the
+      // transaction's start, and after each chain's newest event: so each chain's times rise
+      // with its positions, and a month's partition holds a whole stretch of every chain
+      // (retention drops months; see AuditPartitionsService).
+      let atMicros = 0;
+      for (const h of heads) {
+        const now = microsOfTime(h.now);
+        this.clockOffsetMs = now / 1000 - (performance.timeOrigin + performance.now());
+        atMicros = Math.max(atMicros, now, h.last_event_at === null ? 0 : microsOfTime(h.last_event_at) + 1);
+      }
+      const tips = new Map(heads.map((h) => [h.chain_key, { position: Number(h.position), hash: h.hash }]));
+      chained = this.link(rows, timeOfMicros(atMicros), tips);
+      await sql(em, APPEND, [...this.eventParams(chained), keys, keys.map((k) => tips.get(k)!.position), keys.map((k) => tips.get(k)!.hash)], {
+        prepareAs: 'sessionary_audit_append',
+      });
+      for (const k of keys) this.knownHeads.set(k, { ...tips.get(k)!, atMicros });
+    }
     // The host's listeners hear of it once the caller's transaction commits.
     this.domainEvents.publish(
       em,
@@ -131,6 +195,35 @@ export class AuditService {
     );
     this.appended += chained.length;
     this.onAppended?.(chained.length);
+  }
+
+  /** Links the events, in order, after the given heads; `tips` ends up holding the new heads. */
+  private link(rows: EventRow[], createdAt: string, tips: Map<string, { position: number; hash: string }>): LinkedEvent[] {
+    return rows.map((r) => {
+      const head = tips.get(r.chainKey)!;
+      const event: ChainedEvent = { ...r, createdAt, position: head.position + 1 };
+      const hash = eventHash(this.key, head.hash, event);
+      tips.set(r.chainKey, { position: event.position, hash });
+      return { ...event, prevHash: head.hash, hash };
+    });
+  }
+
+  /** $1-$12 of INSERT_EVENTS. */
+  private eventParams(chained: LinkedEvent[]): unknown[] {
+    return [
+      chained.map((e) => e.id),
+      chained.map((e) => e.type),
+      chained.map((e) => e.userId),
+      chained.map((e) => e.sessionId),
+      chained.map((e) => e.ipAddress),
+      chained.map((e) => e.userAgent),
+      chained.map((e) => e.metadata),
+      chained[0].createdAt,
+      chained.map((e) => e.chainKey),
+      chained.map((e) => e.position),
+      chained.map((e) => e.prevHash),
+      chained.map((e) => e.hash),
+    ];
   }
 
   /**
@@ -143,43 +236,82 @@ export class AuditService {
    */
   async list(query: AuditQuery): Promise<AuditPage> {
     const byTime = !query.userId && (query.from !== undefined || query.to !== undefined);
-    const qb = this.dataSource.getRepository(AuditEventEntity).createQueryBuilder('e');
-    if (query.userId) qb.andWhere('e.user_id = :userId', { userId: query.userId });
-    if (query.type) qb.andWhere('e.type = :type', { type: query.type });
-    if (query.from) qb.andWhere('e.created_at >= :from', { from: query.from });
-    if (query.to) qb.andWhere('e.created_at < :to', { to: query.to });
+    const params: unknown[] = [];
+    const param = (value: unknown): string => `$${params.push(value)}`;
+    const where: string[] = [];
+    if (query.userId) where.push(`e.user_id = ${param(query.userId)}`);
+    if (query.type) where.push(`e.type = ${param(query.type)}`);
+    if (query.from) where.push(`e.created_at >= ${param(query.from)}`);
+    if (query.to) where.push(`e.created_at < ${param(query.to)}`);
     if (query.cursor) {
       const cursor = decodeCursor(query.cursor);
       const micros = byTime && cursor.micros === null ? await this.microsOf(cursor.seq) : cursor.micros;
       if (byTime && micros !== null) {
         // A row comparison on the index's own columns: the scan starts right after the cursor.
-        qb.andWhere(`(e.created_at, e.seq) < (timestamptz 'epoch' + :micros::bigint * interval '1 microsecond', :seq::bigint)`, {
-          micros,
-          seq: cursor.seq,
-        });
+        where.push(
+          `(e.created_at, e.seq) < (timestamptz 'epoch' + ${param(micros)}::bigint * interval '1 microsecond', ${param(cursor.seq)}::bigint)`,
+        );
       } else {
-        qb.andWhere('e.seq < :seq', { seq: cursor.seq });
+        where.push(`e.seq < ${param(cursor.seq)}`);
       }
     }
-    if (byTime) qb.orderBy('e.created_at', 'DESC').addOrderBy('e.seq', 'DESC');
-    else qb.orderBy('e.seq', 'DESC');
-    // The exact instant (a Date keeps milliseconds only) for the next cursor.
-    qb.addSelect('(extract(epoch FROM e.created_at) * 1000000)::bigint::text', 'cursor_micros').limit(query.limit + 1);
-    const { entities, raw } = await qb.getRawAndEntities<{ cursor_micros: string }>();
-    const items = entities.slice(0, query.limit);
-    const last = items.length ? raw[items.length - 1] : undefined;
-    const nextCursor = entities.length > query.limit && last ? encodeCursor(items[items.length - 1].seq, last.cursor_micros) : null;
-    return { items, nextCursor };
+    const { rows } = await sql<AuditEventRow>(
+      this.dataSource.manager,
+      `SELECT ${AUDIT_EVENT_COLUMNS},
+              -- The exact instant (a Date keeps milliseconds only) for the next cursor.
+              (extract(epoch FROM e.created_at) * 1000000)::bigint::text AS cursor_micros
+         FROM audit_events e
+        ${where.length ? `WHERE ${where.join(' AND ')}` : ''}
+        ORDER BY ${byTime ? 'e.created_at DESC, e.seq DESC' : 'e.seq DESC'}
+        LIMIT ${param(query.limit + 1)}`,
+      params,
+    );
+    const items = rows.slice(0, query.limit).map(toAuditEvent);
+    const last = rows.length > query.limit ? rows[query.limit - 1] : undefined;
+    return { items, nextCursor: last ? encodeCursor(last.seq, last.cursor_micros) : null };
   }
 
   /** created_at, in µs since the epoch, of the event an `a1` cursor (seq alone) names; null once it is gone (its month dropped). */
   private async microsOf(seq: string): Promise<string | null> {
-    const [row] = await this.dataSource.query(
+    const {
+      rows: [row],
+    } = await sql<{ micros: string }>(
+      this.dataSource.manager,
       `SELECT (extract(epoch FROM created_at) * 1000000)::bigint::text AS micros FROM audit_events WHERE seq = $1`,
       [seq],
     );
     return row?.micros ?? null;
   }
+}
+
+/** The columns of an event as the pages show it (seq as text: a bigint may exceed a JS number). */
+const AUDIT_EVENT_COLUMNS = `e.id, e.seq::text AS seq, e.type, e.user_id, e.session_id, e.ip_address, e.user_agent, e.metadata, e.created_at`;
+
+interface AuditEventRow {
+  id: string;
+  seq: string;
+  type: AuditEventType;
+  user_id: string | null;
+  session_id: string | null;
+  ip_address: string | null;
+  user_agent: string | null;
+  metadata: AuditMetadata;
+  created_at: Date;
+  cursor_micros: string;
+}
+
+function toAuditEvent(row: AuditEventRow): AuditEventEntity {
+  return {
+    id: row.id,
+    seq: row.seq,
+    type: row.type,
+    userId: row.user_id,
+    sessionId: row.session_id,
+    ipAddress: row.ip_address,
+    userAgent: row.user_agent,
+    metadata: row.metadata,
+    createdAt: row.created_at,
+  };
 }
 
 function safeMetadata(metadata: AuditMetadata): AuditMetadata {

@@ -13,6 +13,7 @@ import { AuditChain1765000000000 } from './migrations/1765000000000-AuditChain';
 import { AuditPartitions1765100000000 } from './migrations/1765100000000-AuditPartitions';
 import { AuditTimeIndexes1765200000000 } from './migrations/1765200000000-AuditTimeIndexes';
 import { SessionDeleteNotifyActiveOnly1765300000000 } from './migrations/1765300000000-SessionDeleteNotifyActiveOnly';
+import { AuditHeadTimes1765400000000 } from './migrations/1765400000000-AuditHeadTimes';
 
 export const ENTITIES = [UserEntity, SessionEntity, RotatedRefreshTokenEntity, AuditEventEntity];
 // Listed explicitly (not a glob) so the same list works from src, dist and the test build.
@@ -27,6 +28,7 @@ export const MIGRATIONS = [
   AuditPartitions1765100000000,
   AuditTimeIndexes1765200000000,
   SessionDeleteNotifyActiveOnly1765300000000,
+  AuditHeadTimes1765400000000,
 ];
 
 /** One definition for the app, the TypeORM CLI and the tests. Never `synchronize`. */

@@ -357,11 +357,15 @@ describe('access tokens are only what we issued (e2e)', () => {
 
 describe('logs (e2e)', () => {
   it('are one JSON event a line and never carry a password, token, token hash or Authorization header', async () => {
-    const lines: string[] = [];
+    // What reaches stdout and stderr by any other way (they also carry the test runner's own
+    // protocol, binary on Node 24.22, so they are searched for secrets, not parsed), and what
+    // the JSON logger writes.
+    const streamLines: string[] = [];
+    const appLines: string[] = [];
     const capture = (stream: NodeJS.WriteStream) => {
       const original = stream.write.bind(stream);
       stream.write = ((chunk: string | Uint8Array, ...rest: unknown[]) => {
-        lines.push(...String(chunk).split('\n').filter(Boolean));
+        streamLines.push(...String(chunk).split('\n').filter(Boolean));
         return (original as (...a: unknown[]) => boolean)(chunk, ...rest.slice(0, 0));
       }) as typeof stream.write;
       return () => (stream.write = original as typeof stream.write);
@@ -370,7 +374,7 @@ describe('logs (e2e)', () => {
     const restoreErr = capture(process.stderr);
     // The JSON logger writes to its own destinations (asynchronous file descriptors in
     // production); here they are read directly, and stdout/stderr are watched for anything else.
-    const sink = { write: (chunk: string) => void lines.push(...chunk.split('\n').filter(Boolean)) };
+    const sink = { write: (chunk: string) => void appLines.push(...chunk.split('\n').filter(Boolean)) };
     const secrets: string[] = [];
     try {
       const logger = createLogger({ LOG_LEVEL: 'verbose', LOG_FORMAT: 'json' }, { stdout: sink, stderr: sink });
@@ -399,11 +403,12 @@ describe('logs (e2e)', () => {
       restoreOut();
       restoreErr();
     }
-    const appLines = lines.filter((l) => l.startsWith('{'));
     assert.ok(appLines.length >= 8, `captured ${appLines.length} log lines`);
-    for (const line of lines) {
-      // Node's test runner writes its own (non-JSON) lines to the same streams; ours are all JSON.
-      if (!line.startsWith('{')) continue;
+    for (const line of streamLines) {
+      for (const secret of secrets) assert.ok(!line.includes(secret), `a secret reached stdout or stderr: ${line.slice(0, 120)}`);
+      assert.ok(!/secretish/.test(line));
+    }
+    for (const line of appLines) {
       const event = JSON.parse(line) as Record<string, unknown>;
       assert.ok(event.level && event.timestamp, line);
       for (const secret of secrets) assert.ok(!line.includes(secret), `a secret reached the log: ${line.slice(0, 120)}`);

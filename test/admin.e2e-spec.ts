@@ -6,13 +6,15 @@ import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
 import { auditRows, sessionRow } from './helpers/db';
 import { bearer, login, registerAndLogin, registerUser, TestUser, Tokens } from './helpers/factories';
-import { createTestApp, databaseForThisFile, TestApp } from './helpers/test-app';
+import { AuditVerifierService } from '../src/audit/audit-verifier.service';
+import { createTestApp, databaseForThisFile, TEST_AUDIT_HMAC_KEY, TestApp } from './helpers/test-app';
 
 const CLI = join(__dirname, '..', 'src', 'cli.js');
 
 async function cli(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   try {
-    const env = { ...process.env, DATABASE_URL: await databaseForThisFile() };
+    // The app's audit key: the CLI's ROLE_CHANGED events join the same chains.
+    const env = { ...process.env, DATABASE_URL: await databaseForThisFile(), AUDIT_HMAC_KEY: TEST_AUDIT_HMAC_KEY };
     const { stdout, stderr } = await promisify(execFile)(process.execPath, [CLI, ...args], { env });
     return { code: 0, stdout, stderr };
   } catch (error) {
@@ -58,6 +60,9 @@ describe('admin (e2e)', () => {
         ['admin', 'user'],
       ],
     );
+    // Written by another process, they still chain with the app's events.
+    const verification = await t.app.get(AuditVerifierService).verify();
+    assert.deepEqual({ ok: verification.ok, reason: verification.reason }, { ok: true, reason: null });
   });
 
   it('the CLI ends every active session of every user, each with reason revoked_by_admin and one event', async () => {

@@ -64,13 +64,13 @@ export async function configureApp(
   }
   registerRequestHygiene(app.getHttpAdapter().getInstance(), logger);
   // API.md's routes are under ROUTE_PREFIX by the Sessionary module itself (so in a host app too).
-  if (docsEnabled(config)) setUpDocs(app);
+  if (docsEnabled(config)) setUpDocs(app, config);
   app.enableShutdownHooks();
   return app;
 }
 
 /** Swagger UI at /docs, the OpenAPI document at /docs-json. */
-function setUpDocs(app: NestFastifyApplication): void {
+function setUpDocs(app: NestFastifyApplication, config: AppConfig): void {
   const builder = new DocumentBuilder()
     .setTitle('Sessionary')
     .setDescription('Server-side sessions, rotating refresh tokens and an audit log. Contract: API.md.')
@@ -88,6 +88,8 @@ function setUpDocs(app: NestFastifyApplication): void {
     });
   for (const tag of OPENAPI_TAGS) builder.addTag(tag.name, tag.description);
   const document = SwaggerModule.createDocument(app, builder.build());
+  // The route exists either way (a controller cannot be left out by configuration) but answers 404 when off.
+  if (!config.METRICS_ENABLED) delete document.paths['/metrics'];
   documentServiceUnavailable(document);
   completeOpenApiDocument(document, { bodyLimitBytes: BODY_LIMIT_BYTES, rateLimitWindowSeconds: RATE_LIMIT_WINDOW_SECONDS });
   SwaggerModule.setup(DOCS_PATH, app, document, {

@@ -220,6 +220,19 @@ describe('operations and error hygiene (e2e)', () => {
     }
   });
 
+  it('leaves /metrics out of the document when METRICS_ENABLED is false (it answers 404 then)', async () => {
+    const noMetrics = await createTestApp({ METRICS_ENABLED: 'false', JWT_SECRET: t.config.JWT_SECRET, PASSWORD_PEPPER: t.config.PASSWORD_PEPPER });
+    try {
+      const paths = Object.keys((await noMetrics.http.get('/docs-json')).body.paths);
+      assert.ok(paths.includes('/health/live'), paths.join(' '));
+      assert.ok(!paths.includes('/metrics'), paths.join(' '));
+      assert.equal((await noMetrics.http.get('/metrics')).status, 404);
+      assert.ok(Object.keys((await t.http.get('/docs-json')).body.paths).includes('/metrics'), 'documented when enabled');
+    } finally {
+      await noMetrics.close();
+    }
+  });
+
   it('answers unknown routes with a 404 in the error shape', async () => {
     const res = await t.http.get('/api/v1/nope');
     assert.equal(res.status, 404);

@@ -9,6 +9,7 @@ import {
   eventHash,
   GENESIS_HASH,
   GLOBAL_CHAIN,
+  matchesEventHash,
   microsOfTime,
   sameMac,
   timeOfMicros,
@@ -131,5 +132,19 @@ describe('microsOfTime / timeOfMicros', () => {
     const t = microsOfTime('2026-12-01T12:00:00.999999Z');
     assert.equal(timeOfMicros(t + 1), '2026-12-01T12:00:01.000000Z');
     assert.ok(timeOfMicros(t + 1) > timeOfMicros(t));
+  });
+});
+
+describe('matchesEventHash', () => {
+  it("accepts exactly eventHash's hash of the same event after the same previous hash", () => {
+    const prev = 'c'.repeat(64);
+    const hash = eventHash(KEY, prev, EVENT);
+    assert.equal(matchesEventHash(KEY, hash, prev, EVENT), true);
+    assert.equal(matchesEventHash(KEY, hash, GENESIS_HASH, EVENT), false);
+    assert.equal(matchesEventHash(KEY, hash, prev, { ...EVENT, position: 4 }), false);
+    assert.equal(matchesEventHash(`${KEY}x`, hash, prev, EVENT), false);
+    for (const stored of [null, '', hash.toUpperCase(), hash.slice(0, 63), `${hash.slice(0, 63)}g`, `${hash}0`]) {
+      assert.equal(matchesEventHash(KEY, stored, prev, EVENT), false, String(stored));
+    }
   });
 });

@@ -147,6 +147,18 @@ export function eventHash(key: string, prevHash: string, e: ChainedEvent): strin
   return createHmac('sha256', keyObjectOf(key)).update(prevHash).update(canonicalEvent(e)).digest('hex');
 }
 
+const HEX_HASH = /^[0-9a-f]{64}$/;
+
+/**
+ * Whether a stored hash is the event's: eventHash compared in constant time, on the raw
+ * digest (the verifier's inner loop: no hex string and one buffer less per event).
+ */
+export function matchesEventHash(key: string, storedHash: string | null, prevHash: string, e: ChainedEvent): boolean {
+  if (storedHash === null || !HEX_HASH.test(storedHash)) return false;
+  const digest = createHmac('sha256', keyObjectOf(key)).update(prevHash).update(canonicalEvent(e)).digest();
+  return timingSafeEqual(digest, Buffer.from(storedHash, 'hex'));
+}
+
 // The key as a KeyObject, made once: createHmac re-encodes a string key on every call, which
 // was a tenth of an event's HMAC. A process holds one key (two in tests), so this stays tiny.
 const KEY_OBJECTS = new Map<string, KeyObject>();

@@ -1,5 +1,5 @@
 import { createReadStream } from 'node:fs';
-import { chainedEventOf, chainKeyOf, eventHash, GENESIS_HASH, sameMac } from './audit-chain';
+import { chainedEventOf, chainKeyOf, GENESIS_HASH, matchesEventHash, sameMac } from './audit-chain';
 import {
   AuditExportFilterFields,
   AuditExportLine,
@@ -153,8 +153,7 @@ export async function verifyExportFile(path: string, key: string): Promise<Expor
           });
         }
       }
-      const expected = eventHash(key, line.prevHash, chainedEventOf(storedRowOf(line), line.chainKey, line.position));
-      if (!sameMac(line.hash, expected)) {
+      if (!matchesEventHash(key, line.hash, line.prevHash, chainedEventOf(storedRowOf(line), line.chainKey, line.position))) {
         fail({ line: lineNo, id, reason: `Line ${lineNo} (event ${id}) does not match its hash: it was altered, or written without the key` });
       }
     }

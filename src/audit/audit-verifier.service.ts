@@ -10,7 +10,7 @@ import {
   chainKeyOf,
   Checkpoint,
   checkpointMac,
-  eventHash,
+  matchesEventHash,
   GENESIS_HASH,
   sameMac,
   STORED_EVENT_COLUMNS,
@@ -254,8 +254,7 @@ export class AuditVerifierService {
         `Event ${id} does not link to the event before it in chain ${event.chain_key}: events were deleted, inserted or reordered`,
       );
     }
-    const expected = eventHash(this.key, event.prev_hash, chainedEventOf(event, event.chain_key, at));
-    if (!sameMac(event.hash, expected)) {
+    if (!matchesEventHash(this.key, event.hash, event.prev_hash, chainedEventOf(event, event.chain_key, at))) {
       throw new Broken(id, `Event ${id} does not match its hash: it was altered, or written without the key`);
     }
   }

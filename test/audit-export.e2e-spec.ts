@@ -475,6 +475,28 @@ describe('audit export (e2e)', () => {
     }
   });
 
+  it('streams at most AUDIT_EXPORT_MAX_CONCURRENT exports at once per instance: one more answers 429 with Retry-After, and once one ends the next is served', async () => {
+    const exporter = t.app.get(AuditExportService);
+    const held = [await exporter.open({}), await exporter.open({})]; // the default limit, 2; neither is read
+    try {
+      const refused = await t.http.get(EXPORT).set('Authorization', bearer(adminTokens));
+      assert.equal(refused.status, 429, refused.text);
+      assert.equal(refused.headers['retry-after'], '10');
+      assert.match(refused.body.message, /Too many audit exports in progress \(at most 2\)/);
+    } finally {
+      for (const stream of held) stream.destroy();
+    }
+    await Promise.all(held.map((stream) => new Promise((resolve) => stream.once('close', resolve))));
+    const served = await t.http.get(EXPORT).set('Authorization', bearer(adminTokens));
+    assert.equal(served.status, 200);
+    const drained = await exporter.open({});
+    for await (const _chunk of drained) {
+      // Read to the end: an export that ends gives its place back too.
+    }
+    const again = [await exporter.open({}), await exporter.open({})];
+    for (const stream of again) stream.destroy();
+  });
+
   it('gives the snapshot back when the client goes away mid-stream, and logs nothing', async () => {
     const exporter = t.app.get(AuditExportService);
     exporter.batchSize = 1; // thousands of round trips: far from done when the client leaves

@@ -101,7 +101,8 @@ export class AdminController {
       'carrying a keyed MAC over the lines, so that a deleted, inserted or reordered line, or a transfer cut short, is ' +
       'detected (`npm run cli -- audit-verify --file`). Read from one consistent snapshot, a batch at a time. A failure ' +
       'after the answer started aborts the transfer instead of ending it: a client sees an incomplete response, and the ' +
-      'file has no seal.',
+      'file has no seal. Each instance streams at most `AUDIT_EXPORT_MAX_CONCURRENT` exports at once (default 2); one more ' +
+      'is answered 429 with `Retry-After`.',
   })
   @ApiExtraModels(AuditExportEventLineDto, AuditExportSealLineDto)
   @ApiOkResponse({

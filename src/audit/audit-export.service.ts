@@ -6,10 +6,14 @@ import { Readable } from 'node:stream';
 import { DataSource, QueryRunner } from 'typeorm';
 import type { AppConfig } from '../config/config';
 import { sql } from '../database/sql';
+import { RetryAfterException } from '../common/retry-after.exception';
 import { summarize } from '../database/database-outage.monitor';
 import { STORED_EVENT_COLUMNS } from './audit-chain';
 import { ExportDigest, exportLineOf, ExportRow, ndjsonLine, sealFilterOf, sealOf } from './audit-export-format';
 import type { AuditFilter } from './audit.service';
+
+/** An export refused for being one too many: the others are usually done within seconds. */
+const EXPORT_RETRY_AFTER_SECONDS = 10;
 
 /** What pg_stat_activity shows for an export's connection while it runs (SET LOCAL: the pooled connection gets its name back). */
 export const EXPORT_APPLICATION_NAME = 'sessionary-audit-export';
@@ -30,12 +34,38 @@ export class AuditExportService {
   private readonly key: string;
   /** Rows per query. A property so that a test can make a small export span many batches. */
   batchSize = 1000;
+  private readonly maxConcurrent: number;
+  /** Exports whose snapshot is open (until their stream is done, however it ends). */
+  private active = 0;
 
   constructor(
     @InjectDataSource() private readonly dataSource: DataSource,
     config: ConfigService<AppConfig, true>,
   ) {
     this.key = config.get('AUDIT_HMAC_KEY', { infer: true });
+    this.maxConcurrent = config.get('AUDIT_EXPORT_MAX_CONCURRENT', { infer: true });
+  }
+
+  /**
+   * Opens an export, or refuses it with a 429 when AUDIT_EXPORT_MAX_CONCURRENT are already
+   * streaming from this instance: each holds a pooled connection for as long as its client
+   * reads, and enough slow clients would otherwise take the pool from every other request.
+   */
+  async open(filter: AuditFilter): Promise<Readable> {
+    if (this.active >= this.maxConcurrent) {
+      throw new RetryAfterException(
+        EXPORT_RETRY_AFTER_SECONDS,
+        `Too many audit exports in progress (at most ${this.maxConcurrent}); try again later`,
+      );
+    }
+    this.active++;
+    let stream: Readable | undefined;
+    try {
+      stream = await this.openStream(filter, () => this.active--);
+      return stream;
+    } finally {
+      if (!stream) this.active--;
+    }
   }
 
   /**
@@ -44,7 +74,7 @@ export class AuditExportService {
    * stream. After that, a failure destroys the stream: its consumer must not mistake the
    * lines so far for a whole export (and the missing seal says so to audit-verify --file).
    */
-  async open(filter: AuditFilter): Promise<Readable> {
+  private async openStream(filter: AuditFilter, onClosed: () => void): Promise<Readable> {
     const batchSize = this.batchSize;
     const query = batchQuery(filter, batchSize);
     const snapshot = await Snapshot.open(this.dataSource);
@@ -95,7 +125,13 @@ export class AuditExportService {
       // Called once, whether the stream ended, failed or was destroyed by its consumer. A query
       // still running finishes first: the connection runs one statement at a time.
       destroy: (error, callback) => {
-        void (reading ?? Promise.resolve()).then(() => snapshot.close()).then(() => callback(error));
+        void (reading ?? Promise.resolve())
+          .then(() => snapshot.close())
+          .finally(onClosed)
+          .then(
+            () => callback(error),
+            (closeError: Error) => callback(error ?? closeError),
+          );
       },
     });
     return stream;

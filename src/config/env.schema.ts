@@ -105,6 +105,16 @@ export class Env {
   @Min(1)
   AUDIT_CHECKPOINT_INTERVAL = 300;
 
+  /**
+   * Audit exports one instance streams at once. Each holds a pooled connection and a snapshot
+   * for as long as its client reads; beyond this, an export is refused with a 429.
+   */
+  @Transform(toNumber)
+  @IsInt()
+  @Min(1)
+  @Max(10)
+  AUDIT_EXPORT_MAX_CONCURRENT = 2;
+
   /** When set, each checkpoint this instance writes is also appended to this file as one NDJSON line. */
   @Transform(toOptionalString)
   @IsOptional()

@@ -240,7 +240,7 @@ export interface paths {
         };
         /**
          * Stream the audit log, or a filtered part of it, as NDJSON for offline verification
-         * @description One event a line in `seq` order, with its chain fields (`chainKey`, `position`, `prevHash`, `hash`) and `createdAt` to the microsecond, so that each line's HMAC can be recomputed; then one last line, the seal, naming the filters and carrying a keyed MAC over the lines, so that a deleted, inserted or reordered line, or a transfer cut short, is detected (`npm run cli -- audit-verify --file`). Read from one consistent snapshot, a batch at a time. A failure after the answer started aborts the transfer instead of ending it: a client sees an incomplete response, and the file has no seal.
+         * @description One event a line in `seq` order, with its chain fields (`chainKey`, `position`, `prevHash`, `hash`) and `createdAt` to the microsecond, so that each line's HMAC can be recomputed; then one last line, the seal, naming the filters and carrying a keyed MAC over the lines, so that a deleted, inserted or reordered line, or a transfer cut short, is detected (`npm run cli -- audit-verify --file`). Read from one consistent snapshot, a batch at a time. A failure after the answer started aborts the transfer instead of ending it: a client sees an incomplete response, and the file has no seal. Each instance streams at most `AUDIT_EXPORT_MAX_CONCURRENT` exports at once (default 2); one more is answered 429 with `Retry-After`.
          */
         get: operations["exportAuditLog"];
         put?: never;

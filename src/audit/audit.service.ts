@@ -99,16 +99,8 @@ type AppendOutcome = { moved: number } & (ChainHeadRow | { [K in keyof ChainHead
 /** Chains whose heads an instance remembers (about 200 bytes each). */
 const KNOWN_HEADS_MAX = 10_000;
 
-interface EventRow {
-  id: string;
-  type: AuditEventType;
-  userId: string | null;
-  sessionId: string | null;
-  ipAddress: string | null;
-  userAgent: string | null;
-  metadata: string;
-  chainKey: string;
-}
+/** An event ready to be linked: what the chain hashes, but for its place and time. */
+type EventRow = Omit<ChainedEvent, 'createdAt' | 'position' | 'type'> & { type: AuditEventType };
 
 type LinkedEvent = ChainedEvent & { prevHash: string; hash: string };
 

@@ -3,7 +3,7 @@ import { before, describe, it } from 'node:test';
 import { Client } from 'pg';
 import { DataSource } from 'typeorm';
 import { dataSourceOptions, MIGRATIONS } from '../src/database/data-source.options';
-import { runMigrationsLocked } from '../src/database/migrate';
+import { MIGRATION_LOCK_KEY, runMigrationsLocked } from '../src/database/migrate';
 import { databaseForThisFile } from './helpers/test-app';
 
 describe('migrations (e2e)', () => {
@@ -23,6 +23,27 @@ describe('migrations (e2e)', () => {
       );
     } finally {
       await Promise.all(sources.map((s) => s.destroy()));
+    }
+  });
+
+  it("wait for another instance's migrations longer than the pool's statement_timeout, and give the connection back with it", async () => {
+    const options = dataSourceOptions(url);
+    const source = await new DataSource({ ...options, extra: { ...options.extra, statement_timeout: 500 } }).initialize();
+    const holder = new Client({ connectionString: url });
+    await holder.connect();
+    try {
+      await holder.query('SELECT pg_advisory_lock($1)', [MIGRATION_LOCK_KEY]); // another instance, migrating
+      let settled = false;
+      const migrating = runMigrationsLocked(source).finally(() => (settled = true));
+      await new Promise((resolve) => setTimeout(resolve, 1500)); // three statement timeouts
+      assert.equal(settled, false, 'still waiting for the lock, not failed');
+      await holder.query('SELECT pg_advisory_unlock($1)', [MIGRATION_LOCK_KEY]);
+      await migrating;
+      const shown: Array<{ statement_timeout: string }> = await source.query('SHOW statement_timeout');
+      assert.equal(shown[0].statement_timeout, '500ms');
+    } finally {
+      await holder.end();
+      await source.destroy();
     }
   });
 

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { before, describe, it } from 'node:test';
 import { Client } from 'pg';
 import { DataSource } from 'typeorm';
-import { dataSourceOptions, MIGRATIONS } from '../src/database/data-source.options';
+import { cliDataSourceOptions, dataSourceOptions, MIGRATIONS } from '../src/database/data-source.options';
 import { MIGRATION_LOCK_KEY, runMigrationsLocked } from '../src/database/migrate';
 import { databaseForThisFile } from './helpers/test-app';
 
@@ -44,6 +44,18 @@ describe('migrations (e2e)', () => {
     } finally {
       await holder.end();
       await source.destroy();
+    }
+  });
+
+  it("run from the TypeORM CLI without the pool's statement_timeout (npm run migration:*)", async () => {
+    const cli = await new DataSource(cliDataSourceOptions(url)).initialize();
+    const app = await new DataSource(dataSourceOptions(url)).initialize();
+    try {
+      assert.equal(((await cli.query('SHOW statement_timeout')) as Array<{ statement_timeout: string }>)[0].statement_timeout, '0');
+      assert.equal(((await app.query('SHOW statement_timeout')) as Array<{ statement_timeout: string }>)[0].statement_timeout, '15s');
+    } finally {
+      await cli.destroy();
+      await app.destroy();
     }
   });
 

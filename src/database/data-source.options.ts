@@ -60,3 +60,13 @@ export function dataSourceOptions(databaseUrl: string): DataSourceOptions {
     },
   };
 }
+
+/**
+ * The TypeORM CLI's options (`npm run migration:*`, src/database/data-source.ts): the app's,
+ * without the pool's statement_timeout, which is meant for requests. A migration over a large
+ * table takes as long as it takes (at boot, runMigrationsLocked turns it off the same way).
+ */
+export function cliDataSourceOptions(databaseUrl: string): DataSourceOptions {
+  const options = dataSourceOptions(databaseUrl) as DataSourceOptions & { extra: Record<string, unknown> };
+  return { ...options, extra: { ...options.extra, statement_timeout: 0 } };
+}

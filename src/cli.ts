@@ -6,6 +6,8 @@
  *   npm run cli -- audit-verify [--checkpoint-file <file>]   exit code 0 intact, 1 broken, 2 unreadable file
  *   npm run cli -- audit-verify --file <export.ndjson>       an export, offline: no database; 2 also for a malformed line
  *   npm run cli -- audit-export [--from T] [--to T] [--user-id U] [--type X] [--out FILE]
+ *   npm run cli -- keys rotate                                the next signing key signs; the current one verifies until its tokens expire
+ *   npm run cli -- keys list                                  the ring, without secrets
  * Without DATABASE_URL they use the embedded database in DATA_DIR (stop the server first:
  * one PostgreSQL owns a data directory at a time). Results go to stdout, diagnostics to stderr.
  */
@@ -26,6 +28,7 @@ import { toAuditFilter } from './audit/dto/audit-query.dto';
 import { AppValidationPipe } from './common/validation';
 import { loadConfig, useDatabaseUrl } from './config/config';
 import { EmbeddedDatabase, startEmbeddedPostgres } from './database/embedded-postgres';
+import { KeyRotationService } from './keys/key-rotation.service';
 import { SessionMaintenanceService } from './sessions/session-maintenance.service';
 import type { UserRole } from './users/user.entity';
 import { UsersService } from './users/users.service';
@@ -38,6 +41,7 @@ const USAGE = [
   '  audit-verify [--checkpoint-file <file>]   the database',
   '  audit-verify --file <export.ndjson>       an export file, offline',
   '  audit-export [--from <instant>] [--to <instant>] [--user-id <uuid>] [--type <event type>] [--out <file>]',
+  '  keys rotate | keys list',
 ].join('\n');
 
 const OPTION_OF_FIELD: Record<string, string> = { from: '--from', to: '--to', userId: '--user-id', type: '--type' };
@@ -113,6 +117,11 @@ async function parseCommand(argv: string[]): Promise<Command> {
     const filter = await exportFilter({ from: values.from, to: values.to, userId: values['user-id'], type: values.type });
     return { withApp: (app) => exportAudit(app, filter, values.out) };
   }
+  if (name === 'keys') {
+    const [action, ...rest] = args;
+    if (rest.length || (action !== 'rotate' && action !== 'list')) throw new UsageError(USAGE);
+    return { withApp: action === 'rotate' ? rotateKeys : listKeys };
+  }
   throw new UsageError(USAGE);
 }
 
@@ -178,6 +187,36 @@ async function endAllSessions(app: INestApplicationContext): Promise<number> {
     .get(SessionMaintenanceService)
     .endAllSessions({ reason: 'revoked_by_admin', event: 'SESSION_REVOKED', metadata: { by: 'cli' } });
   process.stdout.write(`Ended ${ended} active session(s)\n`);
+  return 0;
+}
+
+async function rotateKeys(app: INestApplicationContext): Promise<number> {
+  const result = await app.get(KeyRotationService).rotate('cli');
+  const lines = [`Rotated: ${result.current} (${result.algorithm}) signs now; ${result.next} is next`];
+  if (result.retiring) lines.push(`${result.retiring.kid} verifies until ${result.retiring.verifyUntil.toISOString()}, then retires`);
+  if (result.retired.length) lines.push(`Retired: ${result.retired.join(', ')}`);
+  process.stdout.write(`${lines.join('\n')}\n`);
+  return 0;
+}
+
+/** One line per key, oldest first; never a secret. */
+async function listKeys(app: INestApplicationContext): Promise<number> {
+  const iso = (d: Date | null) => d?.toISOString() ?? '-';
+  const rows = (await app.get(KeyRotationService).list()).map((k) =>
+    [
+      k.kid,
+      k.algorithm,
+      k.state,
+      iso(k.createdAt),
+      iso(k.activatedAt),
+      iso(k.verifyUntil),
+      iso(k.retiredAt),
+      k.fromJwtSecret ? 'JWT_SECRET' : '',
+    ].join('\t'),
+  );
+  process.stdout.write(
+    `${['kid', 'algorithm', 'state', 'created', 'activated', 'verify_until', 'retired', 'from'].join('\t')}\n${rows.join('\n')}\n`,
+  );
   return 0;
 }
 

@@ -13,7 +13,7 @@ import { AuditCheckpointTask } from '../src/audit/audit-checkpoint.task';
 import { AuditVerifierService } from '../src/audit/audit-verifier.service';
 import { AuditService } from '../src/audit/audit.service';
 import { bearer, login, registerUser, TestUser } from './helpers/factories';
-import { createTestApp, freshDatabase, TEST_AUDIT_HMAC_KEY, TestApp } from './helpers/test-app';
+import { createTestApp, freshDatabase, TEST_AUDIT_HMAC_KEY, TEST_KEY_ENCRYPTION_KEY, TestApp } from './helpers/test-app';
 
 const CLI = join(__dirname, '..', 'src', 'cli.js');
 
@@ -23,6 +23,7 @@ async function cli(databaseUrl: string, ...args: string[]): Promise<{ code: numb
     NODE_ENV: 'test',
     DATABASE_URL: databaseUrl,
     AUDIT_HMAC_KEY: TEST_AUDIT_HMAC_KEY,
+    KEY_ENCRYPTION_KEY: TEST_KEY_ENCRYPTION_KEY,
     AUDIT_CHECKPOINT_EVERY: '1000000000',
     AUDIT_CHECKPOINT_INTERVAL: '86400',
     SESSION_CLEANUP_CRON: '0 0 1 1 *',

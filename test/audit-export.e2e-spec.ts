@@ -10,7 +10,7 @@ import { LoggerService } from '@nestjs/common';
 import { EXPORT_APPLICATION_NAME, AuditExportService } from '../src/audit/audit-export.service';
 import { AuditService } from '../src/audit/audit.service';
 import { bearer, login, registerUser, sleep, TestUser, Tokens } from './helpers/factories';
-import { createTestApp, databaseForThisFile, TEST_AUDIT_HMAC_KEY, TestApp } from './helpers/test-app';
+import { createTestApp, databaseForThisFile, TEST_AUDIT_HMAC_KEY, TEST_KEY_ENCRYPTION_KEY, TestApp } from './helpers/test-app';
 
 const CLI = join(__dirname, '..', 'src', 'cli.js');
 const EXPORT = '/api/v1/admin/audit/export';
@@ -60,6 +60,7 @@ async function cli(...args: string[]): Promise<{ code: number; stdout: string; s
     NODE_ENV: 'test',
     DATABASE_URL: await databaseForThisFile(),
     AUDIT_HMAC_KEY: TEST_AUDIT_HMAC_KEY,
+    KEY_ENCRYPTION_KEY: TEST_KEY_ENCRYPTION_KEY,
     AUDIT_CHECKPOINT_EVERY: '1000000000',
     AUDIT_CHECKPOINT_INTERVAL: '86400',
     SESSION_CLEANUP_CRON: '0 0 1 1 *',

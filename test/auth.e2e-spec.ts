@@ -162,8 +162,10 @@ describe('auth (e2e)', () => {
     it('issues an at+jwt access token with the claims of API.md', async () => {
       const { user, tokens } = await registerAndLogin(t.http);
       const { header, payload } = decodeJwt(tokens.accessToken);
-      assert.equal(header.alg, 'HS256');
+      assert.equal(header.alg, 'ES256'); // SIGNING_ALGORITHM's default
       assert.equal(header.typ, 'at+jwt');
+      const [current] = await t.db.query(`SELECT kid FROM signing_keys WHERE state = 'current'`);
+      assert.equal(header.kid, current.kid);
       assert.equal(payload.sub, user.id);
       assert.equal(payload.sid, tokens.sessionId);
       assert.equal(payload.iss, 'sessionary');

@@ -82,6 +82,7 @@ describe('the example host app, built against the packed package (e2e)', () => {
       JWT_SECRET: secret(),
       PASSWORD_PEPPER: secret(),
       AUDIT_HMAC_KEY: secret(),
+      KEY_ENCRYPTION_KEY: secret(),
     });
   });
   after(() => {

@@ -30,6 +30,7 @@ function deploymentEnv(databaseUrl: string, overrides: Record<string, string>): 
     DATABASE_URL: databaseUrl,
     JWT_SECRET: randomBytes(48).toString('base64'),
     PASSWORD_PEPPER: randomBytes(48).toString('base64'),
+    KEY_ENCRYPTION_KEY: randomBytes(48).toString('base64'),
     BCRYPT_COST: '4',
     SESSION_MAX_PER_USER: '0',
     LOG_LEVEL: 'warn',

@@ -75,6 +75,7 @@ describe('operations and error hygiene (e2e)', () => {
       'GET /health/live',
       'GET /health/ready',
       'GET /metrics',
+      'GET /.well-known/jwks.json',
     ]) {
       assert.ok(routes.includes(route), `${route} is documented`);
     }
@@ -95,7 +96,7 @@ describe('operations and error hygiene (e2e)', () => {
     // Every authenticated route declares bearer auth; every public one does not need it.
     for (const [path, ops] of Object.entries(doc.paths as Record<string, Record<string, { security?: unknown[] }>>)) {
       for (const [method, op] of Object.entries(ops)) {
-        const isPublic = /^\/(health|metrics)|\/auth\/(register|login|refresh)$/.test(path);
+        const isPublic = /^\/(health|metrics|\.well-known)|\/auth\/(register|login|refresh)$/.test(path);
         assert.equal(Boolean(op.security?.length), !isPublic, `${method} ${path} security`);
       }
     }

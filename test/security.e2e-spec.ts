@@ -279,11 +279,15 @@ describe('access tokens are only what we issued (e2e)', () => {
   let t: TestApp;
   let tokens: Awaited<ReturnType<typeof login>>;
   let userId: string;
+  let kid: string;
   before(async () => {
-    t = await createTestApp();
+    // HS256 keyed by JWT_SECRET: the test holds the service's own signing key, so each case
+    // below differs from a token the service would accept in one respect only.
+    t = await createTestApp({ SIGNING_ALGORITHM: 'HS256' });
     const session = await registerAndLogin(t.http);
     tokens = session.tokens;
     userId = session.user.id;
+    kid = JSON.parse(Buffer.from(tokens.accessToken.split('.')[0], 'base64url').toString('utf8')).kid;
   });
   after(async () => {
     await t.close();
@@ -293,7 +297,7 @@ describe('access tokens are only what we issued (e2e)', () => {
   const status = async (token: string) => (await t.http.get('/api/v1/users/me').set('Authorization', `Bearer ${token}`)).status;
 
   it('accepts a token signed with our key and our claims (the control for the cases below)', async () => {
-    const token = jwt.sign(claims(), t.config.JWT_SECRET, { algorithm: 'HS256', expiresIn: 60, header: { alg: 'HS256', typ: 'at+jwt' } });
+    const token = jwt.sign(claims(), t.config.JWT_SECRET, { algorithm: 'HS256', expiresIn: 60, header: { alg: 'HS256', typ: 'at+jwt', kid } });
     assert.equal(await status(token), 200);
   });
 
@@ -304,13 +308,15 @@ describe('access tokens are only what we issued (e2e)', () => {
       { jku: 'https://attacker.example/jwks.json' },
       { jwk: publicKey.export({ format: 'jwk' }) },
       { x5u: 'https://attacker.example/cert.pem' },
+      { x5c: ['MIIB'] },
       { crit: ['exp'] },
+      { kid: 42 },
     ];
     for (const extra of tricks) {
       const token = jwt.sign(claims(), t.config.JWT_SECRET, {
         algorithm: 'HS256',
         expiresIn: 60,
-        header: { alg: 'HS256', typ: 'at+jwt', ...extra } as jwt.JwtHeader,
+        header: { alg: 'HS256', typ: 'at+jwt', kid, ...extra } as jwt.JwtHeader,
       });
       assert.equal(await status(token), 401, JSON.stringify(extra).slice(0, 60));
     }
@@ -319,19 +325,22 @@ describe('access tokens are only what we issued (e2e)', () => {
   it('refuses other algorithms, foreign keys, wrong issuer or audience, expired and untyped tokens', async () => {
     const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
     const secret = t.config.JWT_SECRET;
-    const header = { alg: 'HS256', typ: 'at+jwt' } as const;
+    const header = { alg: 'HS256', typ: 'at+jwt', kid } as jwt.JwtHeader;
     const cases: Array<[string, string]> = [
-      ['RS256 with a foreign key', jwt.sign(claims(), privateKey, { algorithm: 'RS256', expiresIn: 60, header: { alg: 'RS256', typ: 'at+jwt' } })],
-      ['HS512 with our key', jwt.sign(claims(), secret, { algorithm: 'HS512', expiresIn: 60, header: { alg: 'HS512', typ: 'at+jwt' } })],
+      [
+        'RS256 with a foreign key',
+        jwt.sign(claims(), privateKey, { algorithm: 'RS256', expiresIn: 60, header: { alg: 'RS256', typ: 'at+jwt', kid } }),
+      ],
+      ['HS512 with our key', jwt.sign(claims(), secret, { algorithm: 'HS512', expiresIn: 60, header: { alg: 'HS512', typ: 'at+jwt', kid } })],
       ['HS256 with another key', jwt.sign(claims(), 'another-secret-another-secret-another', { algorithm: 'HS256', expiresIn: 60, header })],
       ['wrong issuer', jwt.sign({ ...claims(), iss: 'someone-else' }, secret, { algorithm: 'HS256', expiresIn: 60, header })],
       ['wrong audience', jwt.sign({ ...claims(), aud: 'another-api' }, secret, { algorithm: 'HS256', expiresIn: 60, header })],
       ['expired', jwt.sign({ ...claims(), exp: Math.floor(Date.now() / 1000) - 10 }, secret, { algorithm: 'HS256', header })],
       ['no exp', jwt.sign(claims(), secret, { algorithm: 'HS256', header })],
-      ['typ JWT', jwt.sign(claims(), secret, { algorithm: 'HS256', expiresIn: 60, header: { alg: 'HS256', typ: 'JWT' } })],
+      ['typ JWT', jwt.sign(claims(), secret, { algorithm: 'HS256', expiresIn: 60, header: { alg: 'HS256', typ: 'JWT', kid } })],
       [
         'alg none',
-        `${Buffer.from('{"alg":"none","typ":"at+jwt"}').toString('base64url')}.${Buffer.from(JSON.stringify({ ...claims(), exp: 9e9 })).toString('base64url')}.`,
+        `${Buffer.from(JSON.stringify({ alg: 'none', typ: 'at+jwt', kid })).toString('base64url')}.${Buffer.from(JSON.stringify({ ...claims(), exp: 9e9 })).toString('base64url')}.`,
       ],
       ['another session id', jwt.sign({ ...claims(), sid: randomUUID() }, secret, { algorithm: 'HS256', expiresIn: 60, header })],
       ['another user for this session', jwt.sign({ ...claims(), sub: randomUUID() }, secret, { algorithm: 'HS256', expiresIn: 60, header })],
@@ -449,6 +458,11 @@ describe('secrets (e2e)', () => {
       [{ JWT_SECRET: 'short-secret', PASSWORD_PEPPER: strong }, /JWT_SECRET is shorter than 32 bytes/],
       [{ JWT_SECRET: 'change-me-to-a-long-random-string-of-32-bytes-or-more', PASSWORD_PEPPER: strong }, /JWT_SECRET is a well-known/],
       [{ JWT_SECRET: strong }, /PASSWORD_PEPPER is missing/],
+      [{ JWT_SECRET: strong, PASSWORD_PEPPER: `${strong}-pepper`, AUDIT_HMAC_KEY: `${strong}-audit` }, /KEY_ENCRYPTION_KEY is missing/],
+      [
+        { JWT_SECRET: strong, PASSWORD_PEPPER: `${strong}-pepper`, AUDIT_HMAC_KEY: `${strong}-audit`, KEY_ENCRYPTION_KEY: 'short-secret' },
+        /KEY_ENCRYPTION_KEY is shorter than 32 bytes/,
+      ],
     ];
     for (const [env, message] of cases) {
       const { code, output } = await boot({ NODE_ENV: 'production', ...env });

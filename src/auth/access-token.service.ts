@@ -3,23 +3,24 @@ import { ConfigService } from '@nestjs/config';
 import { JwtService } from '@nestjs/jwt';
 import { randomUUID } from 'node:crypto';
 import type { AppConfig } from '../config/config';
+import { KeyRing } from '../keys/key-ring.service';
 import type { SessionEntity } from '../sessions/session.entity';
 
 export const ACCESS_TOKEN_TYPE = 'at+jwt'; // RFC 9068
-export const ACCESS_TOKEN_ALGORITHM = 'HS256';
 
 export interface AccessToken {
   token: string;
   expiresIn: number;
 }
 
-/** Signs access tokens; the JWT strategy verifies them with the same key and pinned algorithm. */
+/** Signs access tokens with the ring's current key, named by `kid`; the JWT strategy verifies them from the same ring. */
 @Injectable()
 export class AccessTokenService {
   private readonly ttl: number;
 
   constructor(
     private readonly jwt: JwtService,
+    private readonly ring: KeyRing,
     config: ConfigService<AppConfig, true>,
   ) {
     this.ttl = config.get('ACCESS_TOKEN_TTL', { infer: true });
@@ -32,9 +33,17 @@ export class AccessTokenService {
     // end a capped token up to a second earlier than needed.
     const exp = Math.max(iat + 1, Math.min(iat + this.ttl, Math.floor(session.absoluteExpiresAt.getTime() / 1000)));
     const expiresIn = exp - iat;
+    const key = this.ring.signingKey();
     const token = await this.jwt.signAsync(
       { sid: session.id, iat, exp },
-      { subject: session.userId, jwtid: randomUUID(), header: { alg: ACCESS_TOKEN_ALGORITHM, typ: ACCESS_TOKEN_TYPE } },
+      {
+        // jsonwebtoken takes a KeyObject (imported once, when the ring is loaded); its types want a string.
+        secret: key.signingKey as unknown as string,
+        algorithm: key.algorithm,
+        subject: session.userId,
+        jwtid: randomUUID(),
+        header: { alg: key.algorithm, typ: ACCESS_TOKEN_TYPE, kid: key.kid },
+      },
     );
     return { token, expiresIn };
   }

@@ -8,11 +8,11 @@ import { LoginThrottleModule } from '../login-throttle/login-throttle.module';
 import type { AppConfig } from '../config/config';
 import { SessionsModule } from '../sessions/sessions.module';
 import { UsersModule } from '../users/users.module';
-import { ACCESS_TOKEN_ALGORITHM, AccessTokenService } from './access-token.service';
+import { KeysModule } from '../keys/keys.module';
+import { AccessTokenService } from './access-token.service';
 import { AuthController } from './auth.controller';
 import { AuthService } from './auth.service';
 import { JwtAuthGuard } from './jwt-auth.guard';
-import { createJwtKey, jwtKeyProvider } from './jwt-key';
 import { JwtStrategy } from './jwt.strategy';
 import { PasswordController } from './password.controller';
 import { SessionGuard } from './session.guard';
@@ -24,14 +24,14 @@ import { SessionGuard } from './session.guard';
     SessionsModule,
     AuditModule,
     LoginThrottleModule,
+    KeysModule,
     PassportModule,
     JwtModule.registerAsync({
       imports: [SessionaryConfigModule],
       inject: [ConfigService],
+      // The key and algorithm come from the ring at each signature (AccessTokenService).
       useFactory: (config: ConfigService<AppConfig, true>) => ({
-        secret: createJwtKey(config),
         signOptions: {
-          algorithm: ACCESS_TOKEN_ALGORITHM,
           issuer: config.get('JWT_ISSUER', { infer: true }),
           audience: config.get('JWT_AUDIENCE', { infer: true }),
         },
@@ -39,7 +39,7 @@ import { SessionGuard } from './session.guard';
     }),
   ],
   controllers: [AuthController, PasswordController],
-  providers: [AuthService, AccessTokenService, JwtStrategy, JwtAuthGuard, SessionGuard, jwtKeyProvider],
+  providers: [AuthService, AccessTokenService, JwtStrategy, JwtAuthGuard, SessionGuard],
   exports: [SessionGuard],
 })
 export class AuthModule {}

@@ -1,15 +1,42 @@
 import 'reflect-metadata';
 import { describe, it, mock } from 'node:test';
 import assert from 'node:assert/strict';
-import { createSecretKey, KeyObject, randomUUID } from 'node:crypto';
+import { createSecretKey, generateKeyPairSync, KeyObject, randomUUID } from 'node:crypto';
 import type { ConfigService } from '@nestjs/config';
 import * as jwt from 'jsonwebtoken';
 import type { AppConfig } from '../config/config';
 import { Strategy } from 'passport-jwt';
-import { hasAccessTokenHeader, JwtStrategy } from './jwt.strategy';
+import type { KeyRing } from '../keys/key-ring.service';
+import { accessTokenHeader, JwtStrategy } from './jwt.strategy';
 
 const KEY = createSecretKey(Buffer.from('x'.repeat(32)));
 const OTHER_KEY = createSecretKey(Buffer.from('y'.repeat(32)));
+const EC = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+
+/**
+ * The ring's lookup as the strategy uses it, over fixed keys: `k1` (HS256), `e1` (ES256),
+ * `old` (HS256, retiring until `oldUntil`), and a key for tokens without kid when `kidless`.
+ * (A stand-in for pure logic; the e2e tests use the real ring.)
+ */
+class FixedRing {
+  oldUntil = Date.now() + 60_000;
+  kidless: KeyObject | undefined;
+  private readonly handlers: Array<() => void> = [];
+  verificationKey(alg: unknown, kid: unknown): KeyObject | undefined {
+    if (kid === undefined) return alg === 'HS256' ? this.kidless : undefined;
+    if (kid === 'k1' && alg === 'HS256') return KEY;
+    if (kid === 'e1' && alg === 'ES256') return EC.publicKey;
+    if (kid === 'old' && alg === 'HS256' && Date.now() < this.oldUntil) return OTHER_KEY;
+    return undefined;
+  }
+  onChange(handler: () => void): void {
+    this.handlers.push(handler);
+  }
+  changed(): void {
+    for (const handler of this.handlers) handler();
+  }
+}
+const RING = new FixedRing() as unknown as KeyRing;
 const CONFIG = {
   get: (k: string) => (({ JWT_ISSUER: 'sessionary', JWT_AUDIENCE: 'sessionary-api' }) as Record<string, string>)[k],
 } as unknown as ConfigService<AppConfig, true>;
@@ -42,7 +69,8 @@ function sign(
   overrides: Record<string, unknown> = {},
   { key = KEY, alg = 'HS256', header = {} }: { key?: KeyObject; alg?: jwt.Algorithm; header?: Record<string, unknown> } = {},
 ): string {
-  return jwt.sign(claims(overrides), key, { algorithm: alg, header: { alg, typ: 'at+jwt', ...header } as jwt.JwtHeader });
+  const kid = alg === 'ES256' ? 'e1' : 'k1';
+  return jwt.sign(claims(overrides), key, { algorithm: alg, header: { alg, typ: 'at+jwt', kid, ...header } as jwt.JwtHeader });
 }
 
 type Outcome = { kind: 'success'; user: unknown } | { kind: 'fail'; info: unknown } | { kind: 'error'; error: unknown };
@@ -58,7 +86,7 @@ interface PassportStrategyApi {
  * Runs the strategy as passport does: on a per-request object deriving from the strategy,
  * with success/fail/error attached to it.
  */
-function authenticate(authorization: string | undefined, strategy = new JwtStrategy(CONFIG, KEY)): Promise<Outcome> {
+function authenticate(authorization: string | undefined, strategy = new JwtStrategy(CONFIG, RING)): Promise<Outcome> {
   return new Promise((resolve) => {
     const s = Object.create(strategy) as PassportStrategyApi;
     s.success = (user) => resolve({ kind: 'success', user });
@@ -75,34 +103,37 @@ async function assertRefused(authorization: string | undefined, reason?: RegExp)
   if (reason && outcome.kind === 'fail') assert.match(String(outcome.info), reason);
 }
 
-describe('hasAccessTokenHeader', () => {
-  it('accepts {alg: HS256, typ: at+jwt}', () => {
-    assert.equal(hasAccessTokenHeader(withHeader({ alg: 'HS256', typ: 'at+jwt' })), true);
+describe('accessTokenHeader', () => {
+  it('gives alg and kid of {alg, typ: at+jwt, kid}', () => {
+    assert.deepEqual(accessTokenHeader(withHeader({ alg: 'ES256', typ: 'at+jwt', kid: 'e1' })), { alg: 'ES256', kid: 'e1' });
   });
 
-  it('accepts a real token signed like AccessTokenService does', () => {
-    assert.equal(hasAccessTokenHeader(sign()), true);
+  it('gives no kid for a header without one (a token from before the ring)', () => {
+    assert.deepEqual(accessTokenHeader(withHeader({ alg: 'HS256', typ: 'at+jwt' })), { alg: 'HS256', kid: undefined });
+  });
+
+  it('reads a real token signed like AccessTokenService does', () => {
+    assert.deepEqual(accessTokenHeader(sign()), { alg: 'HS256', kid: 'k1' });
   });
 
   for (const [name, header] of [
     ['typ JWT', { alg: 'HS256', typ: 'JWT' }],
     ['a missing typ', { alg: 'HS256' }],
-    ['alg none', { alg: 'none', typ: 'at+jwt' }],
-    ['alg RS256', { alg: 'RS256', typ: 'at+jwt' }],
-    ['alg HS512', { alg: 'HS512', typ: 'at+jwt' }],
-    ['a lower-case alg', { alg: 'hs256', typ: 'at+jwt' }],
     ['a missing alg', { typ: 'at+jwt' }],
+    ['a numeric alg', { alg: 256, typ: 'at+jwt' }],
+    ['a numeric kid', { alg: 'HS256', typ: 'at+jwt', kid: 1 }],
+    ['an object kid', { alg: 'HS256', typ: 'at+jwt', kid: { $ne: '' } }],
     ['a null header', null],
     ['an array header', [{ alg: 'HS256', typ: 'at+jwt' }]],
   ] as const) {
     it(`refuses ${name}`, () => {
-      assert.equal(hasAccessTokenHeader(withHeader(header)), false);
+      assert.equal(accessTokenHeader(withHeader(header)), undefined);
     });
   }
 
-  for (const selector of ['jwk', 'jku', 'kid', 'x5u', 'x5c', 'crit']) {
+  for (const selector of ['jwk', 'jku', 'x5u', 'x5c', 'x5t', 'crit']) {
     it(`refuses a header carrying ${selector}`, () => {
-      assert.equal(hasAccessTokenHeader(withHeader({ alg: 'HS256', typ: 'at+jwt', [selector]: 'k1' })), false);
+      assert.equal(accessTokenHeader(withHeader({ alg: 'HS256', typ: 'at+jwt', kid: 'k1', [selector]: 'k1' })), undefined);
     });
   }
 
@@ -113,7 +144,7 @@ describe('hasAccessTokenHeader', () => {
     ['a lone dot', '.'],
   ] as const) {
     it(`refuses ${name}`, () => {
-      assert.equal(hasAccessTokenHeader(raw), false);
+      assert.equal(accessTokenHeader(raw), undefined);
     });
   }
 });
@@ -122,7 +153,7 @@ describe('hasAccessTokenHeader', () => {
 const NO_TOKEN = { headers: {} } as never;
 
 describe('JwtStrategy.validate', () => {
-  const strategy = new JwtStrategy(CONFIG, KEY);
+  const strategy = new JwtStrategy(CONFIG, RING);
   const good = { sub: USER_ID, sid: SESSION_ID, jti: 'f6a1b0c2', iat: 1_700_000_000, exp: 1_700_000_900 };
 
   it('returns {userId, sessionId} for uuid sub and sid with a string jti and numeric iat and exp', () => {
@@ -158,11 +189,11 @@ describe('JwtStrategy.validate', () => {
 });
 
 describe('JwtStrategy through passport (real verification)', { timeout: 10_000 }, () => {
-  // White-box: the header check already refuses any alg but HS256, so no token can reach the
-  // verifier's own pin; this asserts the pin (and issuer, audience, expiry) is configured anyway.
-  it('passes the pinned algorithm, issuer, audience and expiry check to jsonwebtoken', () => {
-    const options = (new JwtStrategy(CONFIG, KEY) as unknown as { _verifOpts: Record<string, unknown> })._verifOpts;
-    assert.deepEqual(options.algorithms, ['HS256']);
+  // White-box: the ring already refuses any alg but the key's own, so no token can reach the
+  // verifier's own list; this asserts the list (and issuer, audience, expiry) is configured anyway.
+  it('passes the allowed algorithms, issuer, audience and expiry check to jsonwebtoken', () => {
+    const options = (new JwtStrategy(CONFIG, RING) as unknown as { _verifOpts: Record<string, unknown> })._verifOpts;
+    assert.deepEqual(options.algorithms, ['ES256', 'HS256']);
     assert.equal(options.issuer, 'sessionary');
     assert.equal(options.audience, 'sessionary-api');
     assert.equal(options.ignoreExpiration, false);
@@ -219,8 +250,38 @@ describe('JwtStrategy through passport (real verification)', { timeout: 10_000 }
     await assertRefused(`Bearer ${sign({}, { header: { typ: 'JWT' } })}`, /Not an access token/);
   });
 
-  it('fails for a correctly signed token whose header carries kid', async () => {
-    await assertRefused(`Bearer ${sign({}, { header: { kid: 'k1' } })}`, /Not an access token/);
+  it('accepts a valid ES256 token of an ES256 key', async () => {
+    const outcome = await authenticate(`Bearer ${sign({}, { key: EC.privateKey, alg: 'ES256' })}`);
+    assert.deepEqual(outcome, { kind: 'success', user: { userId: USER_ID, sessionId: SESSION_ID } });
+  });
+
+  it('fails for a correctly signed token whose kid is not in the ring', async () => {
+    await assertRefused(`Bearer ${sign({}, { header: { kid: 'k2' } })}`, /Not an access token/);
+  });
+
+  it('fails for a token without kid when the ring has no key for those', async () => {
+    await assertRefused(`Bearer ${sign({}, { header: { kid: undefined } })}`, /Not an access token/);
+  });
+
+  it("fails for HS256 'signed' with an ES256 key's public key as the secret (key confusion)", async () => {
+    const publicPem = EC.publicKey.export({ format: 'pem', type: 'spki' });
+    const confused = jwt.sign(claims(), createSecretKey(Buffer.from(publicPem)), {
+      algorithm: 'HS256',
+      header: { alg: 'HS256', typ: 'at+jwt', kid: 'e1' },
+    });
+    await assertRefused(`Bearer ${confused}`, /Not an access token/);
+  });
+
+  it('fails for an ES256 token whose kid names an HS256 key', async () => {
+    await assertRefused(`Bearer ${sign({}, { key: EC.privateKey, alg: 'ES256', header: { kid: 'k1' } })}`, /Not an access token/);
+  });
+
+  it('accepts a retiring key until its time, then refuses it', async (t) => {
+    const ring = RING as unknown as FixedRing;
+    const token = sign({}, { key: OTHER_KEY, header: { kid: 'old' } });
+    assert.equal((await authenticate(`Bearer ${token}`)).kind, 'success');
+    t.mock.timers.enable({ apis: ['Date'], now: ring.oldUntil });
+    await assertRefused(`Bearer ${token}`, /Not an access token/);
   });
 
   it('fails for a token without the "Bearer " prefix', async () => {
@@ -264,7 +325,7 @@ describe('JwtStrategy remembers verified tokens until exp', () => {
   it('verifies a token once, then answers its claims without verifying again', async () => {
     const counter = countVerifications();
     try {
-      const strategy = new JwtStrategy(CACHING, KEY);
+      const strategy = new JwtStrategy(CACHING, RING);
       const token = sign();
       for (let i = 0; i < 3; i++) {
         assert.deepEqual(await authenticate(`Bearer ${token}`, strategy), { kind: 'success', user: { userId: USER_ID, sessionId: SESSION_ID } });
@@ -276,7 +337,7 @@ describe('JwtStrategy remembers verified tokens until exp', () => {
   });
 
   it('refuses a remembered token once its exp has come', async (t) => {
-    const strategy = new JwtStrategy(CACHING, KEY);
+    const strategy = new JwtStrategy(CACHING, RING);
     const exp = Math.floor(Date.now() / 1000) + 30;
     const token = sign({ exp });
     assert.equal((await authenticate(`Bearer ${token}`, strategy)).kind, 'success');
@@ -285,7 +346,7 @@ describe('JwtStrategy remembers verified tokens until exp', () => {
   });
 
   it('never lets a forged token ride on a remembered one', async () => {
-    const strategy = new JwtStrategy(CACHING, KEY);
+    const strategy = new JwtStrategy(CACHING, RING);
     const token = sign();
     assert.equal((await authenticate(`Bearer ${token}`, strategy)).kind, 'success');
     const [header, payload] = token.split('.');
@@ -293,10 +354,24 @@ describe('JwtStrategy remembers verified tokens until exp', () => {
     await assertRefusedWith(strategy, sign({}, { key: OTHER_KEY }), /invalid signature/);
   });
 
+  it('forgets every remembered token when the ring changes', async () => {
+    const counter = countVerifications();
+    try {
+      const strategy = new JwtStrategy(CACHING, RING);
+      const token = sign();
+      assert.equal((await authenticate(`Bearer ${token}`, strategy)).kind, 'success');
+      (RING as unknown as FixedRing).changed();
+      assert.equal((await authenticate(`Bearer ${token}`, strategy)).kind, 'success');
+      assert.equal(counter.calls(), 2);
+    } finally {
+      counter.restore();
+    }
+  });
+
   it('remembers nothing with SESSION_CACHE_MAX unset or 0', async () => {
     const counter = countVerifications();
     try {
-      const strategy = new JwtStrategy(CONFIG, KEY);
+      const strategy = new JwtStrategy(CONFIG, RING);
       const token = sign();
       for (let i = 0; i < 3; i++) assert.equal((await authenticate(`Bearer ${token}`, strategy)).kind, 'success');
       assert.equal(counter.calls(), 3);

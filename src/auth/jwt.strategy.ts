@@ -1,13 +1,13 @@
-import { Inject, Injectable } from '@nestjs/common';
+import { Injectable } from '@nestjs/common';
 import { ConfigService } from '@nestjs/config';
 import { PassportStrategy } from '@nestjs/passport';
 import type { IncomingHttpHeaders } from 'node:http';
-import { KeyObject } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
 import { Strategy } from 'passport-jwt';
 import type { AppConfig } from '../config/config';
-import { ACCESS_TOKEN_ALGORITHM, ACCESS_TOKEN_TYPE } from './access-token.service';
-import { JWT_KEY } from './jwt-key';
+import { KeyRing } from '../keys/key-ring.service';
+import { SIGNING_ALGORITHMS } from '../keys/signing-algorithm';
+import { ACCESS_TOKEN_TYPE } from './access-token.service';
 
 /** What a verified access token says; the session guard still has to accept the session. */
 export interface AccessTokenClaims {
@@ -40,35 +40,46 @@ interface VerifiedToken {
 }
 
 /**
- * Accepts only `Authorization: Bearer <JWT>` signed with our key, with the pinned algorithm
- * (no `none`, no key confusion), our issuer and audience, unexpired, with `typ: at+jwt`.
+ * Accepts only `Authorization: Bearer <JWT>` signed by a key of our own ring, picked by the
+ * header's `kid` and only with that key's own algorithm (no `none`, no key confusion: an
+ * HS256 token "signed" with an ES256 key's public part finds no HS256 key of that kid), with
+ * our issuer and audience, unexpired, with `typ: at+jwt`, and no header that names a key
+ * elsewhere (`jwk`, `jku`, `x5u`, `x5c`) or asks for extensions (`crit`).
  *
  * A token that passed every check is remembered until its `exp` (an LRU of
- * SESSION_CACHE_MAX tokens, off at 0): the same string, signed with the same fixed key, gives
- * the same verdict, so only the expiry has to be checked again. Verifying the HMAC and parsing
- * the token was the largest single cost of an authenticated request. Only verified tokens
- * enter the cache, looked up by their whole text, so a forged token always takes the full path.
+ * SESSION_CACHE_MAX tokens, off at 0): the same string gives the same verdict while the ring
+ * is unchanged, so only the expiry has to be checked again; any change of the ring empties it.
+ * Verifying the signature and parsing the token was the largest single cost of an
+ * authenticated request (ES256 more so than HS256). Only verified tokens enter the cache,
+ * looked up by their whole text, so a forged token always takes the full path.
  */
 @Injectable()
 export class JwtStrategy extends PassportStrategy(Strategy, 'jwt') {
   private readonly verified: LRUCache<string, VerifiedToken> | undefined;
 
-  constructor(config: ConfigService<AppConfig, true>, @Inject(JWT_KEY) key: KeyObject) {
+  constructor(config: ConfigService<AppConfig, true>, ring: KeyRing) {
     super({
       jwtFromRequest: bearerToken,
-      // The header check happens before verification so that a token of another type is
-      // refused whatever its signature; the key itself is a fixed KeyObject.
+      // The header is checked before verification, so a token of another type or naming a
+      // key elsewhere is refused whatever its signature.
       // passport-jwt's types predate KeyObject; jsonwebtoken, which it calls, accepts one.
-      secretOrKeyProvider: (_req: TokenBearer, rawJwt: string, done: (err: Error | null, key?: string) => void) =>
-        hasAccessTokenHeader(rawJwt) ? done(null, key as unknown as string) : done(new Error('Not an access token')),
-      algorithms: [ACCESS_TOKEN_ALGORITHM],
+      secretOrKeyProvider: (_req: TokenBearer, rawJwt: string, done: (err: Error | null, key?: string) => void) => {
+        const header = accessTokenHeader(rawJwt);
+        const key = header && ring.verificationKey(header.alg, header.kid);
+        return key ? done(null, key as unknown as string) : done(new Error('Not an access token of ours'));
+      },
+      // The key's own algorithm was checked above; jsonwebtoken checks it against the key's type again.
+      algorithms: [...SIGNING_ALGORITHMS],
       issuer: config.get('JWT_ISSUER', { infer: true }),
       audience: config.get('JWT_AUDIENCE', { infer: true }),
       ignoreExpiration: false,
       passReqToCallback: true,
     });
     const max = config.get('SESSION_CACHE_MAX', { infer: true }) ?? 0;
-    this.verified = max > 0 ? new LRUCache({ max }) : undefined;
+    const verified = max > 0 ? new LRUCache<string, VerifiedToken>({ max }) : undefined;
+    this.verified = verified;
+    // A retired or removed key must not leave tokens it signed in the cache.
+    if (verified) ring.onChange(() => verified.clear());
   }
 
   /**
@@ -102,13 +113,20 @@ export class JwtStrategy extends PassportStrategy(Strategy, 'jwt') {
   }
 }
 
-/** The decoded JOSE header must say HS256 and at+jwt, and carry nothing that picks a key. */
-export function hasAccessTokenHeader(rawJwt: string): boolean {
+const KEY_ELSEWHERE = ['jwk', 'jku', 'x5u', 'x5c', 'x5t', 'x5t#S256', 'crit'];
+
+/**
+ * The decoded JOSE header of an access token: `typ` at+jwt, an algorithm and, when present, a
+ * string kid; nothing that points at a key outside our ring. Undefined for anything else.
+ */
+export function accessTokenHeader(rawJwt: string): { alg: string; kid?: string } | undefined {
   try {
     const header = JSON.parse(Buffer.from(rawJwt.split('.')[0] ?? '', 'base64url').toString('utf8')) as Record<string, unknown>;
-    const keySelectors = ['jwk', 'jku', 'x5u', 'x5c', 'kid', 'crit'];
-    return header.typ === ACCESS_TOKEN_TYPE && header.alg === ACCESS_TOKEN_ALGORITHM && !keySelectors.some((k) => k in header);
+    if (header === null || typeof header !== 'object' || header.typ !== ACCESS_TOKEN_TYPE || typeof header.alg !== 'string') return undefined;
+    if (header.kid !== undefined && typeof header.kid !== 'string') return undefined;
+    if (KEY_ELSEWHERE.some((k) => k in header)) return undefined;
+    return { alg: header.alg, kid: header.kid as string | undefined };
   } catch {
-    return false;
+    return undefined;
   }
 }

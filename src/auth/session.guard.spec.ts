@@ -1,7 +1,7 @@
 import 'reflect-metadata';
 import { describe, it, beforeEach, mock } from 'node:test';
 import assert from 'node:assert/strict';
-import { createSecretKey, randomUUID } from 'node:crypto';
+import { createSecretKey, KeyObject, randomUUID } from 'node:crypto';
 import { ExecutionContext, HttpException, ServiceUnavailableException, SetMetadata, UnauthorizedException } from '@nestjs/common';
 import type { ConfigService } from '@nestjs/config';
 import { Reflector } from '@nestjs/core';
@@ -13,6 +13,15 @@ import type { SessionsService } from '../sessions/sessions.service';
 import { JwtAuthGuard } from './jwt-auth.guard';
 import { JwtStrategy } from './jwt.strategy';
 import { SessionGuard } from './session.guard';
+import type { KeyRing } from '../keys/key-ring.service';
+
+/** The ring's lookup over one HS256 key, for tokens without kid (the strategy's own tests cover kids). */
+function ringOf(key: KeyObject): KeyRing {
+  return {
+    verificationKey: (alg: unknown, kid: unknown) => (alg === 'HS256' && kid === undefined ? key : undefined),
+    onChange: () => undefined,
+  } as unknown as KeyRing;
+}
 
 class PrivateController {
   list(): void {}
@@ -175,7 +184,7 @@ describe('SessionGuard with the real JwtAuthGuard and JwtStrategy', { timeout: 1
     get: (k: string) => (({ JWT_ISSUER: 'sessionary', JWT_AUDIENCE: 'sessionary-api' }) as Record<string, string>)[k],
   } as unknown as ConfigService<AppConfig, true>;
   // Registers itself with passport under 'jwt', as the AuthModule would; it remembers no token.
-  const strategy = new JwtStrategy(config, key);
+  const strategy = new JwtStrategy(config, ringOf(key));
 
   const userId = randomUUID();
   const sessionId = randomUUID();
@@ -284,7 +293,7 @@ describe('SessionGuard with a strategy that remembers verified tokens', { timeou
 
   beforeEach(() => {
     // Created here, not when the suite is declared: passport keeps one 'jwt' strategy per process.
-    strategy = new JwtStrategy(config, key);
+    strategy = new JwtStrategy(config, ringOf(key));
     jwtGuard = new JwtAuthGuard();
     mock.method(jwtGuard, 'canActivate');
     sessions = { validateSession: mock.fn(async () => auth) };

@@ -26,6 +26,7 @@ export const OPENAPI_TAGS: Array<{ name: string; description: string }> = [
   { name: 'audit', description: "The caller's own security events" },
   { name: 'admin', description: "Admins only: any user's sessions and security events" },
   { name: 'operations', description: 'Liveness, readiness and metrics; outside /api/v1, not rate limited' },
+  { name: 'keys', description: 'The public keys that verify access tokens; outside /api/v1, not rate limited' },
 ];
 
 /** What the document needs to know of the server's fixed limits. */

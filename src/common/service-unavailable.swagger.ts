@@ -2,7 +2,7 @@ import type { OpenAPIObject } from '@nestjs/swagger';
 import { UNAVAILABLE_BODY, UNAVAILABLE_RETRY_AFTER_SECONDS } from './all-exceptions.filter';
 
 /** Routes that answer without the database, so they never give a 503. */
-const WITHOUT_DATABASE = new Set(['/health/live', '/metrics']);
+const WITHOUT_DATABASE = new Set(['/health/live', '/metrics', '/.well-known/jwks.json']);
 
 /**
  * Every route that needs PostgreSQL answers 503 + Retry-After while it is unreachable (the

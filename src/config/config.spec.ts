@@ -71,8 +71,10 @@ describe('loadConfig(raw)', () => {
     const JWT_SECRET = randomBytes(48).toString('base64');
     const PASSWORD_PEPPER = randomBytes(48).toString('base64');
     const AUDIT_HMAC_KEY = randomBytes(48).toString('base64');
-    const config = loadConfig({ NODE_ENV: 'production', JWT_SECRET, PASSWORD_PEPPER, AUDIT_HMAC_KEY, DATA_DIR: root });
+    const KEY_ENCRYPTION_KEY = randomBytes(48).toString('base64');
+    const config = loadConfig({ NODE_ENV: 'production', JWT_SECRET, PASSWORD_PEPPER, AUDIT_HMAC_KEY, KEY_ENCRYPTION_KEY, DATA_DIR: root });
     assert.equal(config.AUDIT_HMAC_KEY, AUDIT_HMAC_KEY);
+    assert.equal(config.KEY_ENCRYPTION_KEY, KEY_ENCRYPTION_KEY);
     assert.equal(config.JWT_SECRET, JWT_SECRET);
     assert.equal(config.PASSWORD_PEPPER, PASSWORD_PEPPER);
     assert.equal(config.NODE_ENV, 'production');

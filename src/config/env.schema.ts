@@ -2,6 +2,7 @@ import { plainToInstance, Transform } from 'class-transformer';
 import { IsBoolean, IsEnum, IsIn, IsInt, IsOptional, IsString, Matches, Max, Min, validateSync } from 'class-validator';
 import { CronTime } from 'cron';
 import { isIP } from 'node:net';
+import { SIGNING_ALGORITHMS, type SigningAlgorithm } from '../keys/signing-algorithm';
 
 export enum NodeEnv {
   Development = 'development',
@@ -87,6 +88,15 @@ export class Env {
   @IsString()
   PASSWORD_PEPPER?: string;
 
+  /**
+   * Encrypts the private parts of the signing keys stored in the database (AES-256-GCM);
+   * resolved like JWT_SECRET. Changing it makes the stored keys unreadable.
+   */
+  @Transform(toOptionalString)
+  @IsOptional()
+  @IsString()
+  KEY_ENCRYPTION_KEY?: string;
+
   /** The key of the audit log's hash chain and checkpoints (HMAC-SHA-256); resolved like JWT_SECRET. */
   @Transform(toOptionalString)
   @IsOptional()
@@ -143,6 +153,22 @@ export class Env {
 
   @IsString()
   JWT_AUDIENCE = 'sessionary-api';
+
+  /**
+   * The algorithm of new signing keys: ES256 (public keys published at /.well-known/jwks.json)
+   * or HS256 (a secret only this service holds; nothing is published). A change takes effect
+   * at the next rotation.
+   */
+  @IsIn(SIGNING_ALGORITHMS)
+  SIGNING_ALGORITHM: SigningAlgorithm = 'ES256';
+
+  /** Days after which a scheduled job rotates the signing key. Unset: only `npm run cli -- keys rotate` does. */
+  @Transform(toOptionalNumber)
+  @IsOptional()
+  @IsInt()
+  @Min(1)
+  @Max(3650)
+  SIGNING_KEY_ROTATION_DAYS?: number;
 
   /** Seconds an access token is valid. */
   @Transform(toNumber)

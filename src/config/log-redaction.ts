@@ -18,6 +18,9 @@ export const SECRET_KEYS = [
   'JWT_SECRET',
   'PASSWORD_PEPPER',
   'AUDIT_HMAC_KEY',
+  'KEY_ENCRYPTION_KEY',
+  'private_key',
+  'privateKey',
   'DATABASE_URL',
   'DATABASE_LISTEN_URL',
 ];

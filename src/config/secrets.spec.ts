@@ -10,10 +10,16 @@ import { MIN_SECRET_BYTES, resolveSecrets } from './secrets';
 const STRONG_JWT = randomBytes(48).toString('base64');
 const STRONG_PEPPER = randomBytes(48).toString('base64');
 const STRONG_AUDIT_KEY = randomBytes(48).toString('base64');
+const STRONG_KEK = randomBytes(48).toString('base64');
 
-/** Production with a strong AUDIT_HMAC_KEY unless `vars` names one (undefined: missing). */
+/** Production with a strong AUDIT_HMAC_KEY and KEY_ENCRYPTION_KEY unless `vars` names them (undefined: missing). */
 function production(vars: Record<string, string | undefined>) {
-  return parseEnv({ NODE_ENV: 'production', ...('AUDIT_HMAC_KEY' in vars ? {} : { AUDIT_HMAC_KEY: STRONG_AUDIT_KEY }), ...vars });
+  return parseEnv({
+    NODE_ENV: 'production',
+    ...('AUDIT_HMAC_KEY' in vars ? {} : { AUDIT_HMAC_KEY: STRONG_AUDIT_KEY }),
+    ...('KEY_ENCRYPTION_KEY' in vars ? {} : { KEY_ENCRYPTION_KEY: STRONG_KEK }),
+    ...vars,
+  });
 }
 
 /** resolveSecrets must stop; the message names `name` and never contains `value`. */
@@ -26,7 +32,12 @@ function assertStops(vars: Record<string, string | undefined>, name: string, val
       assert.match(e.message, new RegExp(`${name} ${reason.source}`));
       if (value) assert.ok(!e.message.includes(value), `the message leaks the value: ${e.message}`);
       // Nor the other, good, secret.
-      assert.ok(!e.message.includes(STRONG_JWT) && !e.message.includes(STRONG_PEPPER) && !e.message.includes(STRONG_AUDIT_KEY));
+      assert.ok(
+        !e.message.includes(STRONG_JWT) &&
+          !e.message.includes(STRONG_PEPPER) &&
+          !e.message.includes(STRONG_AUDIT_KEY) &&
+          !e.message.includes(STRONG_KEK),
+      );
       return true;
     },
   );
@@ -38,7 +49,33 @@ describe('resolveSecrets in production', () => {
       JWT_SECRET: STRONG_JWT,
       PASSWORD_PEPPER: STRONG_PEPPER,
       AUDIT_HMAC_KEY: STRONG_AUDIT_KEY,
+      KEY_ENCRYPTION_KEY: STRONG_KEK,
     });
+  });
+
+  it('stops on a missing or weak KEY_ENCRYPTION_KEY', () => {
+    assertStops(
+      { JWT_SECRET: STRONG_JWT, PASSWORD_PEPPER: STRONG_PEPPER, KEY_ENCRYPTION_KEY: undefined },
+      'KEY_ENCRYPTION_KEY',
+      undefined,
+      /is missing/,
+    );
+    const short = STRONG_KEK.slice(0, 20);
+    assertStops(
+      { JWT_SECRET: STRONG_JWT, PASSWORD_PEPPER: STRONG_PEPPER, KEY_ENCRYPTION_KEY: short },
+      'KEY_ENCRYPTION_KEY',
+      short,
+      /is shorter than 32 bytes/,
+    );
+  });
+
+  it('stops on a KEY_ENCRYPTION_KEY equal to another secret', () => {
+    assertStops(
+      { JWT_SECRET: STRONG_JWT, PASSWORD_PEPPER: STRONG_PEPPER, KEY_ENCRYPTION_KEY: STRONG_PEPPER },
+      'AUDIT_HMAC_KEY, KEY_ENCRYPTION_KEY',
+      STRONG_PEPPER,
+      /must all differ/,
+    );
   });
 
   it('stops on a missing AUDIT_HMAC_KEY', () => {
@@ -65,9 +102,9 @@ describe('resolveSecrets in production', () => {
   it('stops on an AUDIT_HMAC_KEY equal to JWT_SECRET', () => {
     assertStops(
       { JWT_SECRET: STRONG_JWT, PASSWORD_PEPPER: STRONG_PEPPER, AUDIT_HMAC_KEY: STRONG_JWT },
-      'AUDIT_HMAC_KEY',
+      'AUDIT_HMAC_KEY, KEY_ENCRYPTION_KEY',
       STRONG_JWT,
-      /must differ from JWT_SECRET and PASSWORD_PEPPER/,
+      /must all differ/,
     );
   });
 
@@ -146,7 +183,9 @@ describe('resolveSecrets in development', () => {
     assert.ok(Buffer.byteLength(first.JWT_SECRET) >= MIN_SECRET_BYTES);
     assert.ok(Buffer.byteLength(first.PASSWORD_PEPPER) >= MIN_SECRET_BYTES);
     assert.ok(Buffer.byteLength(first.AUDIT_HMAC_KEY) >= MIN_SECRET_BYTES);
+    assert.ok(Buffer.byteLength(first.KEY_ENCRYPTION_KEY) >= MIN_SECRET_BYTES);
     assert.notEqual(first.JWT_SECRET, first.PASSWORD_PEPPER);
+    assert.notEqual(first.KEY_ENCRYPTION_KEY, first.JWT_SECRET);
     assert.notEqual(first.AUDIT_HMAC_KEY, first.JWT_SECRET);
 
     const file = join(dataDir, 'secrets.json');
@@ -185,14 +224,23 @@ describe('resolveSecrets in development with a secrets.json from before the audi
     rmSync(root, { recursive: true, force: true });
   });
 
-  it('adds AUDIT_HMAC_KEY and keeps the other two (nobody is logged out)', () => {
+  it('adds AUDIT_HMAC_KEY and KEY_ENCRYPTION_KEY and keeps the other two (nobody is logged out)', () => {
     const old = { JWT_SECRET: STRONG_JWT, PASSWORD_PEPPER: STRONG_PEPPER };
     writeFileSync(join(root, 'secrets.json'), JSON.stringify(old));
     const secrets = resolveSecrets(parseEnv({ NODE_ENV: 'development', DATA_DIR: root }));
     assert.equal(secrets.JWT_SECRET, STRONG_JWT);
     assert.equal(secrets.PASSWORD_PEPPER, STRONG_PEPPER);
     assert.ok(Buffer.byteLength(secrets.AUDIT_HMAC_KEY) >= MIN_SECRET_BYTES);
+    assert.ok(Buffer.byteLength(secrets.KEY_ENCRYPTION_KEY) >= MIN_SECRET_BYTES);
     assert.deepEqual(resolveSecrets(parseEnv({ NODE_ENV: 'development', DATA_DIR: root })), secrets);
+  });
+
+  it('adds only KEY_ENCRYPTION_KEY to a file from before the key ring (audit events stay verifiable)', () => {
+    const old = { JWT_SECRET: STRONG_JWT, PASSWORD_PEPPER: STRONG_PEPPER, AUDIT_HMAC_KEY: STRONG_AUDIT_KEY };
+    writeFileSync(join(root, 'secrets.json'), JSON.stringify(old));
+    const secrets = resolveSecrets(parseEnv({ NODE_ENV: 'development', DATA_DIR: root }));
+    assert.deepEqual({ ...secrets, KEY_ENCRYPTION_KEY: undefined }, { ...old, KEY_ENCRYPTION_KEY: undefined });
+    assert.ok(Buffer.byteLength(secrets.KEY_ENCRYPTION_KEY) >= MIN_SECRET_BYTES);
   });
 });
 
@@ -212,13 +260,21 @@ describe('resolveSecrets in test', () => {
     assert.ok(Buffer.byteLength(a.JWT_SECRET) >= MIN_SECRET_BYTES);
     assert.ok(Buffer.byteLength(a.PASSWORD_PEPPER) >= MIN_SECRET_BYTES);
     assert.notEqual(a.JWT_SECRET, b.JWT_SECRET);
+    assert.notEqual(a.KEY_ENCRYPTION_KEY, b.KEY_ENCRYPTION_KEY);
     assert.equal(existsSync(dataDir), false);
   });
 
   it('uses the secrets given, without checking their strength', () => {
     const secrets = resolveSecrets(
-      parseEnv({ NODE_ENV: 'test', DATA_DIR: join(root, 'x'), JWT_SECRET: 'short', PASSWORD_PEPPER: 'pep', AUDIT_HMAC_KEY: 'key' }),
+      parseEnv({
+        NODE_ENV: 'test',
+        DATA_DIR: join(root, 'x'),
+        JWT_SECRET: 'short',
+        PASSWORD_PEPPER: 'pep',
+        AUDIT_HMAC_KEY: 'key',
+        KEY_ENCRYPTION_KEY: 'kek',
+      }),
     );
-    assert.deepEqual(secrets, { JWT_SECRET: 'short', PASSWORD_PEPPER: 'pep', AUDIT_HMAC_KEY: 'key' });
+    assert.deepEqual(secrets, { JWT_SECRET: 'short', PASSWORD_PEPPER: 'pep', AUDIT_HMAC_KEY: 'key', KEY_ENCRYPTION_KEY: 'kek' });
   });
 });

@@ -8,9 +8,11 @@ export interface Secrets {
   PASSWORD_PEPPER: string;
   /** Keys the audit log's hash chain and its checkpoints (HMAC-SHA-256). */
   AUDIT_HMAC_KEY: string;
+  /** Encrypts the signing keys' private parts in the database (AES-256-GCM). */
+  KEY_ENCRYPTION_KEY: string;
 }
 
-const SECRET_NAMES = ['JWT_SECRET', 'PASSWORD_PEPPER', 'AUDIT_HMAC_KEY'] as const;
+const SECRET_NAMES = ['JWT_SECRET', 'PASSWORD_PEPPER', 'AUDIT_HMAC_KEY', 'KEY_ENCRYPTION_KEY'] as const;
 
 /** 256 bits: HS256 wants a key at least as long as its output (RFC 7518 §3.2). */
 export const MIN_SECRET_BYTES = 32;
@@ -45,8 +47,8 @@ function weakness(name: string, value: string | undefined): string | undefined {
 export function resolveSecrets(env: Env): Secrets {
   if (env.NODE_ENV === NodeEnv.Production) {
     const problems = SECRET_NAMES.map((name) => weakness(name, env[name])).filter((p): p is string => Boolean(p));
-    if (!problems.length && (env.AUDIT_HMAC_KEY === env.JWT_SECRET || env.AUDIT_HMAC_KEY === env.PASSWORD_PEPPER)) {
-      problems.push('AUDIT_HMAC_KEY must differ from JWT_SECRET and PASSWORD_PEPPER');
+    if (!problems.length && new Set(SECRET_NAMES.map((name) => env[name])).size < SECRET_NAMES.length) {
+      problems.push(`${SECRET_NAMES.join(', ')} must all differ`);
     }
     if (problems.length) {
       throw new Error(
@@ -54,23 +56,17 @@ export function resolveSecrets(env: Env): Secrets {
           `Set each to at least ${MIN_SECRET_BYTES} random bytes, e.g. \`openssl rand -base64 48\`.`,
       );
     }
-    return { JWT_SECRET: env.JWT_SECRET!, PASSWORD_PEPPER: env.PASSWORD_PEPPER!, AUDIT_HMAC_KEY: env.AUDIT_HMAC_KEY! };
+    return Object.fromEntries(SECRET_NAMES.map((name) => [name, env[name]!])) as unknown as Secrets;
   }
-  if (env.JWT_SECRET && env.PASSWORD_PEPPER && env.AUDIT_HMAC_KEY) {
-    return { JWT_SECRET: env.JWT_SECRET, PASSWORD_PEPPER: env.PASSWORD_PEPPER, AUDIT_HMAC_KEY: env.AUDIT_HMAC_KEY };
-  }
+  if (SECRET_NAMES.every((name) => env[name])) return Object.fromEntries(SECRET_NAMES.map((name) => [name, env[name]!])) as unknown as Secrets;
   const generated = env.NODE_ENV === NodeEnv.Test ? randomSecrets() : persistedDevelopmentSecrets(env.DATA_DIR);
-  return {
-    JWT_SECRET: env.JWT_SECRET ?? generated.JWT_SECRET,
-    PASSWORD_PEPPER: env.PASSWORD_PEPPER ?? generated.PASSWORD_PEPPER,
-    AUDIT_HMAC_KEY: env.AUDIT_HMAC_KEY ?? generated.AUDIT_HMAC_KEY,
-  };
+  return Object.fromEntries(SECRET_NAMES.map((name) => [name, env[name] ?? generated[name]])) as unknown as Secrets;
 }
 
 const randomSecret = () => randomBytes(48).toString('base64');
 
 function randomSecrets(): Secrets {
-  return { JWT_SECRET: randomSecret(), PASSWORD_PEPPER: randomSecret(), AUDIT_HMAC_KEY: randomSecret() };
+  return { JWT_SECRET: randomSecret(), PASSWORD_PEPPER: randomSecret(), AUDIT_HMAC_KEY: randomSecret(), KEY_ENCRYPTION_KEY: randomSecret() };
 }
 
 function persistedDevelopmentSecrets(dataDir: string): Secrets {
@@ -84,11 +80,16 @@ function persistedDevelopmentSecrets(dataDir: string): Secrets {
       throw new Error(`${file} is unreadable; delete it to generate new development secrets (everyone is logged out).`);
     }
     if (stored.JWT_SECRET && stored.PASSWORD_PEPPER) {
-      if (stored.AUDIT_HMAC_KEY) return stored as Secrets;
-      // A file from before the audit chain: add its key, keep the others (nobody is logged out).
-      const upgraded = { ...(stored as Secrets), AUDIT_HMAC_KEY: randomSecret() };
+      if (stored.AUDIT_HMAC_KEY && stored.KEY_ENCRYPTION_KEY) return stored as Secrets;
+      // A file from before the audit chain or the key ring: add the missing keys, keep the
+      // others (nobody is logged out, no audit event becomes unverifiable).
+      const upgraded = {
+        ...stored,
+        AUDIT_HMAC_KEY: stored.AUDIT_HMAC_KEY ?? randomSecret(),
+        KEY_ENCRYPTION_KEY: stored.KEY_ENCRYPTION_KEY ?? randomSecret(),
+      };
       writeFileSync(file, JSON.stringify(upgraded), { mode: 0o600 });
-      return upgraded;
+      return upgraded as Secrets;
     }
   }
   const secrets = randomSecrets();

@@ -6,6 +6,7 @@ import type { FastifyInstance } from 'fastify';
 import { collectDefaultMetrics, Counter, Gauge, Registry } from 'prom-client';
 import { AuditPartitionsService } from '../audit/audit-partitions.service';
 import { BoundedAuditService } from '../audit/bounded-audit.service';
+import { KeyRing } from '../keys/key-ring.service';
 import { SessionsCleanupTask } from '../sessions/sessions-cleanup.task';
 import { REFRESH_FAILURE_REASONS, SessionsService } from '../sessions/sessions.service';
 import { RequestDurationHistogram } from './request-duration-histogram';
@@ -29,6 +30,7 @@ export class MetricsService implements OnModuleInit {
     cleanup: SessionsCleanupTask,
     boundedAudit: BoundedAuditService,
     auditPartitions: AuditPartitionsService,
+    keyRing: KeyRing,
     config: ConfigService<AppConfig, true>,
   ) {
     this.enabled = config.get('METRICS_ENABLED', { infer: true });
@@ -59,6 +61,16 @@ export class MetricsService implements OnModuleInit {
       collect() {
         this.reset();
         this.inc(auditPartitions.stats.droppedEvents);
+      },
+    });
+    gauge('sessionary_signing_key_age_seconds', 'Seconds since the current signing key started signing', () => keyRing.currentKeyAgeSeconds());
+    new Gauge({
+      name: 'sessionary_signing_keys',
+      help: "Keys of this instance's signing-key ring by state (retired keys are not held)",
+      labelNames: ['state'],
+      registers: [this.registry],
+      collect() {
+        for (const [state, count] of Object.entries(keyRing.keyCounts())) this.set({ state }, count);
       },
     });
     gauge(

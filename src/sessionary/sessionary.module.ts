@@ -16,6 +16,7 @@ import { DatabaseOutageMonitor } from '../database/database-outage.monitor';
 import { dataSourceOptions } from '../database/data-source.options';
 import { runMigrationsLocked } from '../database/migrate';
 import { HealthModule } from '../health/health.module';
+import { KeysModule } from '../keys/keys.module';
 import { MetricsModule } from '../metrics/metrics.module';
 import { RateLimitGuard } from '../rate-limit/rate-limit.guard';
 import { RateLimitModule } from '../rate-limit/rate-limit.module';
@@ -104,6 +105,7 @@ export class SessionaryModule {
         AuditModule,
         UsersModule,
         SessionsModule,
+        KeysModule,
         AuthModule,
         AdminModule,
         HealthModule,
@@ -119,7 +121,7 @@ export class SessionaryModule {
         { provide: APP_GUARD, useExisting: RateLimitGuard },
         { provide: APP_GUARD, useExisting: SessionGuard },
       ],
-      exports: [SESSIONARY_CONFIG, AuthModule, UsersModule, SessionsModule, AuditModule],
+      exports: [SESSIONARY_CONFIG, AuthModule, UsersModule, SessionsModule, AuditModule, KeysModule],
     };
   }
 }

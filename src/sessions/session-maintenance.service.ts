@@ -1,6 +1,6 @@
 import { Injectable } from '@nestjs/common';
 import { InjectDataSource } from '@nestjs/typeorm';
-import { DataSource } from 'typeorm';
+import { DataSource, EntityManager } from 'typeorm';
 import { AuditService } from '../audit/audit.service';
 import { sql } from '../database/sql';
 import { SessionEndReason } from './session.entity';
@@ -80,6 +80,18 @@ export class SessionMaintenanceService {
       );
       return rows.length;
     });
+  }
+
+  /**
+   * Whether any session is active, so that a token may be in use (the key ring asks this once,
+   * when it is created, to know whether tokens signed before it must keep verifying).
+   */
+  async anyActive(em: EntityManager = this.dataSource.manager): Promise<boolean> {
+    const { rows } = await sql<{ active: boolean }>(
+      em,
+      'SELECT EXISTS (SELECT 1 FROM sessions WHERE ended_at IS NULL AND absolute_expires_at > now()) AS active',
+    );
+    return rows[0].active;
   }
 
   /** Deletes up to `limit` sessions that ended more than `retentionSeconds` ago. */

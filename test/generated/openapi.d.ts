@@ -74,6 +74,23 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/.well-known/jwks.json": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The public keys that verify access tokens (JWK Set, RFC 7517) */
+        get: operations["getJwks"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/auth/register": {
         parameters: {
             query?: never;
@@ -325,7 +342,7 @@ export interface components {
             /** Format: uuid */
             id: string;
             /** @enum {string} */
-            type: "REGISTER" | "LOGIN" | "LOGIN_FAILED" | "LOGOUT" | "TOKEN_REFRESH" | "REFRESH_TOKEN_REUSE" | "SESSION_REVOKED" | "SESSION_EXPIRED" | "PASSWORD_CHANGED" | "PROFILE_UPDATED" | "ACCOUNT_LOCKED" | "ROLE_CHANGED" | "REFRESH_FAILED" | "ACCESS_DENIED";
+            type: "REGISTER" | "LOGIN" | "LOGIN_FAILED" | "LOGOUT" | "TOKEN_REFRESH" | "REFRESH_TOKEN_REUSE" | "SESSION_REVOKED" | "SESSION_EXPIRED" | "PASSWORD_CHANGED" | "PROFILE_UPDATED" | "ACCOUNT_LOCKED" | "ROLE_CHANGED" | "REFRESH_FAILED" | "ACCESS_DENIED" | "KEY_ROTATED";
             /** Format: uuid */
             sessionId: string | null;
             ipAddress: string | null;
@@ -414,6 +431,26 @@ export interface components {
              * @example 2
              */
             revoked: number;
+        };
+        JwkDto: {
+            /** @enum {string} */
+            kty: "EC";
+            /** @enum {string} */
+            crv: "P-256";
+            /** @description base64url */
+            x: string;
+            /** @description base64url */
+            y: string;
+            /** @description The key's id, as in a token's `kid` header (its RFC 7638 thumbprint) */
+            kid: string;
+            /** @enum {string} */
+            alg: "ES256";
+            /** @enum {string} */
+            use: "sig";
+        };
+        JwksResponseDto: {
+            /** @description The next, current and retiring public keys; empty when the service signs with HS256 */
+            keys: components["schemas"]["JwkDto"][];
         };
         RegisterDto: {
             /** @example ada_l */
@@ -509,7 +546,7 @@ export interface components {
             /** Format: uuid */
             id: string;
             /** @enum {string} */
-            type: "REGISTER" | "LOGIN" | "LOGIN_FAILED" | "LOGOUT" | "TOKEN_REFRESH" | "REFRESH_TOKEN_REUSE" | "SESSION_REVOKED" | "SESSION_EXPIRED" | "PASSWORD_CHANGED" | "PROFILE_UPDATED" | "ACCOUNT_LOCKED" | "ROLE_CHANGED" | "REFRESH_FAILED" | "ACCESS_DENIED";
+            type: "REGISTER" | "LOGIN" | "LOGIN_FAILED" | "LOGOUT" | "TOKEN_REFRESH" | "REFRESH_TOKEN_REUSE" | "SESSION_REVOKED" | "SESSION_EXPIRED" | "PASSWORD_CHANGED" | "PROFILE_UPDATED" | "ACCOUNT_LOCKED" | "ROLE_CHANGED" | "REFRESH_FAILED" | "ACCESS_DENIED" | "KEY_ROTATED";
             /** Format: uuid */
             sessionId: string | null;
             ipAddress: string | null;
@@ -562,7 +599,7 @@ export interface components {
             /** Format: uuid */
             id: string;
             /** @enum {string} */
-            type: "REGISTER" | "LOGIN" | "LOGIN_FAILED" | "LOGOUT" | "TOKEN_REFRESH" | "REFRESH_TOKEN_REUSE" | "SESSION_REVOKED" | "SESSION_EXPIRED" | "PASSWORD_CHANGED" | "PROFILE_UPDATED" | "ACCOUNT_LOCKED" | "ROLE_CHANGED" | "REFRESH_FAILED" | "ACCESS_DENIED";
+            type: "REGISTER" | "LOGIN" | "LOGIN_FAILED" | "LOGOUT" | "TOKEN_REFRESH" | "REFRESH_TOKEN_REUSE" | "SESSION_REVOKED" | "SESSION_EXPIRED" | "PASSWORD_CHANGED" | "PROFILE_UPDATED" | "ACCOUNT_LOCKED" | "ROLE_CHANGED" | "REFRESH_FAILED" | "ACCESS_DENIED" | "KEY_ROTATED";
             /** Format: uuid */
             userId: string | null;
             /** Format: uuid */
@@ -603,7 +640,7 @@ export interface components {
             /** Format: uuid */
             userId: string | null;
             /** @enum {string|null} */
-            type: "REGISTER" | "LOGIN" | "LOGIN_FAILED" | "LOGOUT" | "TOKEN_REFRESH" | "REFRESH_TOKEN_REUSE" | "SESSION_REVOKED" | "SESSION_EXPIRED" | "PASSWORD_CHANGED" | "PROFILE_UPDATED" | "ACCOUNT_LOCKED" | "ROLE_CHANGED" | "REFRESH_FAILED" | "ACCESS_DENIED" | null;
+            type: "REGISTER" | "LOGIN" | "LOGIN_FAILED" | "LOGOUT" | "TOKEN_REFRESH" | "REFRESH_TOKEN_REUSE" | "SESSION_REVOKED" | "SESSION_EXPIRED" | "PASSWORD_CHANGED" | "PROFILE_UPDATED" | "ACCOUNT_LOCKED" | "ROLE_CHANGED" | "REFRESH_FAILED" | "ACCESS_DENIED" | "KEY_ROTATED" | null;
         };
         AuditExportSealLineDto: {
             /**
@@ -648,7 +685,7 @@ export interface operations {
     listMyAuditEvents: {
         parameters: {
             query?: {
-                type?: "REGISTER" | "LOGIN" | "LOGIN_FAILED" | "LOGOUT" | "TOKEN_REFRESH" | "REFRESH_TOKEN_REUSE" | "SESSION_REVOKED" | "SESSION_EXPIRED" | "PASSWORD_CHANGED" | "PROFILE_UPDATED" | "ACCOUNT_LOCKED" | "ROLE_CHANGED" | "REFRESH_FAILED" | "ACCESS_DENIED";
+                type?: "REGISTER" | "LOGIN" | "LOGIN_FAILED" | "LOGOUT" | "TOKEN_REFRESH" | "REFRESH_TOKEN_REUSE" | "SESSION_REVOKED" | "SESSION_EXPIRED" | "PASSWORD_CHANGED" | "PROFILE_UPDATED" | "ACCOUNT_LOCKED" | "ROLE_CHANGED" | "REFRESH_FAILED" | "ACCESS_DENIED" | "KEY_ROTATED";
                 /** @description Events at or after this instant (RFC 3339 date or date-time) */
                 from?: string;
                 /** @description Events before this instant (RFC 3339 date or date-time) */
@@ -1439,6 +1476,44 @@ export interface operations {
                      *       "statusCode": 503,
                      *       "error": "Service Unavailable",
                      *       "message": "The service is temporarily unavailable; retry later"
+                     *     }
+                     */
+                    "application/json": components["schemas"]["ErrorResponseDto"];
+                };
+            };
+        };
+    };
+    getJwks: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The JWK Set; fetch it again when a token names an unknown kid */
+            200: {
+                headers: {
+                    "Access-Control-Allow-Origin": components["headers"]["Access-Control-Allow-Origin"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/jwk-set+json": components["schemas"]["JwksResponseDto"];
+                };
+            };
+            /** @description An unexpected error; the body is always this one, the details go only to the log */
+            500: {
+                headers: {
+                    "Access-Control-Allow-Origin": components["headers"]["Access-Control-Allow-Origin"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "statusCode": 500,
+                     *       "error": "Internal Server Error",
+                     *       "message": "Internal server error"
                      *     }
                      */
                     "application/json": components["schemas"]["ErrorResponseDto"];
@@ -2662,7 +2737,7 @@ export interface operations {
     listAllAuditEvents: {
         parameters: {
             query?: {
-                type?: "REGISTER" | "LOGIN" | "LOGIN_FAILED" | "LOGOUT" | "TOKEN_REFRESH" | "REFRESH_TOKEN_REUSE" | "SESSION_REVOKED" | "SESSION_EXPIRED" | "PASSWORD_CHANGED" | "PROFILE_UPDATED" | "ACCOUNT_LOCKED" | "ROLE_CHANGED" | "REFRESH_FAILED" | "ACCESS_DENIED";
+                type?: "REGISTER" | "LOGIN" | "LOGIN_FAILED" | "LOGOUT" | "TOKEN_REFRESH" | "REFRESH_TOKEN_REUSE" | "SESSION_REVOKED" | "SESSION_EXPIRED" | "PASSWORD_CHANGED" | "PROFILE_UPDATED" | "ACCOUNT_LOCKED" | "ROLE_CHANGED" | "REFRESH_FAILED" | "ACCESS_DENIED" | "KEY_ROTATED";
                 /** @description Events at or after this instant (RFC 3339 date or date-time) */
                 from?: string;
                 /** @description Events before this instant (RFC 3339 date or date-time) */
@@ -2951,7 +3026,7 @@ export interface operations {
     exportAuditLog: {
         parameters: {
             query?: {
-                type?: "REGISTER" | "LOGIN" | "LOGIN_FAILED" | "LOGOUT" | "TOKEN_REFRESH" | "REFRESH_TOKEN_REUSE" | "SESSION_REVOKED" | "SESSION_EXPIRED" | "PASSWORD_CHANGED" | "PROFILE_UPDATED" | "ACCOUNT_LOCKED" | "ROLE_CHANGED" | "REFRESH_FAILED" | "ACCESS_DENIED";
+                type?: "REGISTER" | "LOGIN" | "LOGIN_FAILED" | "LOGOUT" | "TOKEN_REFRESH" | "REFRESH_TOKEN_REUSE" | "SESSION_REVOKED" | "SESSION_EXPIRED" | "PASSWORD_CHANGED" | "PROFILE_UPDATED" | "ACCOUNT_LOCKED" | "ROLE_CHANGED" | "REFRESH_FAILED" | "ACCESS_DENIED" | "KEY_ROTATED";
                 /** @description Events at or after this instant (RFC 3339 date or date-time) */
                 from?: string;
                 /** @description Events before this instant (RFC 3339 date or date-time) */

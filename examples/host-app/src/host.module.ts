@@ -30,6 +30,7 @@ class Listener {
         jwtSecret: process.env.JWT_SECRET!,
         passwordPepper: process.env.PASSWORD_PEPPER!,
         auditHmacKey: process.env.AUDIT_HMAC_KEY!,
+        keyEncryptionKey: process.env.KEY_ENCRYPTION_KEY!,
         routePrefix: 'api/v1',
       }),
     }),

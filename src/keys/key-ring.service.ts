@@ -1,0 +1,151 @@
+import { Injectable, Logger, OnApplicationShutdown, OnModuleInit } from '@nestjs/common';
+import { ConfigService } from '@nestjs/config';
+import { InjectDataSource } from '@nestjs/typeorm';
+import { DataSource } from 'typeorm';
+import type { AppConfig } from '../config/config';
+import { PgChannelListener } from '../database/pg-channel-listener';
+import { KeyRotationService } from './key-rotation.service';
+import { PublishedJwk, publishedJwk, RingKey } from './signing-key';
+
+export const SIGNING_KEYS_CHANNEL = 'sessionary_signing_keys';
+
+/** How often the ring is read again even without a NOTIFY: a safety net, not the mechanism. */
+const RELOAD_EVERY_MS = 60_000;
+
+/**
+ * This instance's copy of the signing-key ring: the key that signs, the keys that verify (by
+ * kid, only ever from this ring) and the public keys to publish. Loaded at boot, after making
+ * sure the ring exists; read again at once on every change anywhere (a trigger NOTIFYs
+ * `sessionary_signing_keys`), after every reconnection of its listener, and every minute.
+ *
+ * Verification needs no query: a token's key is looked up in memory.
+ */
+@Injectable()
+export class KeyRing implements OnModuleInit, OnApplicationShutdown {
+  private readonly logger = new Logger(KeyRing.name);
+  private byKid = new Map<string, RingKey>();
+  private current: RingKey | undefined;
+  /** Verifies the tokens issued before the ring existed (no kid), while it lives. */
+  private kidless: RingKey | undefined;
+  private readonly changeHandlers: Array<() => void> = [];
+  private listener: PgChannelListener | undefined;
+  private safetyNet: NodeJS.Timeout | undefined;
+  private reloading: Promise<void> | undefined;
+  private reloadRequested = false;
+  private fingerprint = '';
+
+  constructor(
+    @InjectDataSource() private readonly dataSource: DataSource,
+    private readonly rotation: KeyRotationService,
+    private readonly config: ConfigService<AppConfig, true>,
+  ) {}
+
+  async onModuleInit(): Promise<void> {
+    await this.rotation.ensureRing();
+    await this.reload();
+    this.listener = new PgChannelListener({
+      url: this.config.get('DATABASE_LISTEN_URL', { infer: true }) ?? this.config.get('DATABASE_URL', { infer: true })!,
+      channel: SIGNING_KEYS_CHANNEL,
+      name: 'sessionary-keys',
+      onNotification: () => this.requestReload(),
+      onListening: () => this.reload(),
+    });
+    await this.listener.start();
+    this.safetyNet = setInterval(() => this.requestReload(), RELOAD_EVERY_MS).unref();
+  }
+
+  async onApplicationShutdown(): Promise<void> {
+    clearInterval(this.safetyNet);
+    await this.listener?.stop();
+    await this.reloading?.catch(() => undefined);
+  }
+
+  /** The key new tokens are signed with. */
+  signingKey(): RingKey {
+    if (!this.current) throw new Error('The signing-key ring has no current key');
+    return this.current;
+  }
+
+  /**
+   * The key that verifies a token whose header names this algorithm and kid, or undefined:
+   * unknown kid, an algorithm other than the key's own, a retiring key past its time. A token
+   * without a kid can only be one issued before the ring, verified by JWT_SECRET's key.
+   */
+  verificationKey(algorithm: unknown, kid: unknown): RingKey['verificationKey'] | undefined {
+    const key = kid === undefined ? this.kidless : typeof kid === 'string' ? this.byKid.get(kid) : undefined;
+    if (!key || key.algorithm !== algorithm || !verifiesNow(key)) return undefined;
+    return key.verificationKey;
+  }
+
+  /** The public keys of the next, current and retiring asymmetric keys (RFC 7517 JWK members only). */
+  publicJwks(): PublishedJwk[] {
+    return [...this.byKid.values()].filter((key) => key.publicJwk && verifiesNow(key)).map(publishedJwk);
+  }
+
+  /** Seconds since the current key started signing (for /metrics). */
+  currentKeyAgeSeconds(): number {
+    const since = this.current?.activatedAt;
+    return since ? Math.max(0, (Date.now() - since.getTime()) / 1000) : 0;
+  }
+
+  keyCounts(): Record<RingKey['state'], number> {
+    const counts = { next: 0, current: 0, retiring: 0 };
+    for (const key of this.byKid.values()) counts[key.state]++;
+    return counts;
+  }
+
+  get listening(): boolean {
+    return this.listener?.listening ?? false;
+  }
+
+  /** Called after every change of this instance's ring (the JWT strategy forgets the tokens it verified). */
+  onChange(handler: () => void): void {
+    this.changeHandlers.push(handler);
+  }
+
+  /** Reads the ring now; concurrent requests share one read, and one more runs if asked meanwhile. */
+  async reload(): Promise<void> {
+    if (this.reloading) {
+      this.reloadRequested = true;
+      return this.reloading;
+    }
+    this.reloading = (async () => {
+      try {
+        do {
+          this.reloadRequested = false;
+          this.apply(await this.rotation.keyStore.loadLive(this.dataSource.manager));
+        } while (this.reloadRequested);
+      } finally {
+        this.reloading = undefined;
+      }
+    })();
+    return this.reloading;
+  }
+
+  private requestReload(): void {
+    this.reload().catch((error: unknown) =>
+      this.logger.warn(`Could not read the signing keys (${error instanceof Error ? error.message : 'unknown error'}); keeping the ring as it was`),
+    );
+  }
+
+  private apply(keys: RingKey[]): void {
+    const current = keys.find((k) => k.state === 'current');
+    if (!current) throw new Error('The signing-key ring has no current key');
+    const fingerprint = keys
+      .map((k) => `${k.kid}:${k.state}:${k.verifyUntil?.getTime() ?? ''}`)
+      .sort()
+      .join(',');
+    this.byKid = new Map(keys.map((k) => [k.kid, k]));
+    this.current = current;
+    this.kidless = keys.find((k) => k.fromJwtSecret);
+    // The minute's safety-net read usually finds nothing new: only a real change tells the handlers.
+    if (fingerprint === this.fingerprint) return;
+    this.fingerprint = fingerprint;
+    for (const handler of this.changeHandlers) handler();
+  }
+}
+
+/** Retiring keys verify until every token they signed has expired; the others always. */
+function verifiesNow(key: RingKey): boolean {
+  return key.state !== 'retiring' || Date.now() < key.verifyUntil!.getTime();
+}

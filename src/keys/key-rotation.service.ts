@@ -1,0 +1,166 @@
+import { Injectable } from '@nestjs/common';
+import { ConfigService } from '@nestjs/config';
+import { InjectDataSource } from '@nestjs/typeorm';
+import { DataSource, EntityManager } from 'typeorm';
+import { AuditService } from '../audit/audit.service';
+import type { AppConfig } from '../config/config';
+import { SessionMaintenanceService } from '../sessions/session-maintenance.service';
+import { generateKeyMaterial, keyMaterialFromSecret } from './signing-key';
+import { KeyListing, SigningKeyStore } from './signing-key.store';
+import type { SigningAlgorithm } from './signing-algorithm';
+
+/**
+ * How much longer than ACCESS_TOKEN_TTL a retiring key verifies: an instance may sign with it
+ * until the rotation's NOTIFY reaches it (milliseconds), and instances' clocks differ a little.
+ */
+export const RETIRING_MARGIN_SECONDS = 60;
+
+export type RotationTrigger = 'cli' | 'schedule' | 'boot';
+
+export interface RotationResult {
+  current: string;
+  next: string;
+  algorithm: SigningAlgorithm;
+  retiring?: { kid: string; verifyUntil: Date };
+  retired: string[];
+}
+
+/**
+ * Every change of the signing-key ring, each in one transaction with its KEY_ROTATED event and
+ * under one advisory lock, so boots, the CLI and the scheduled job of many instances never
+ * interleave. Instances learn of a change from the table's NOTIFY trigger (KeyRing).
+ */
+@Injectable()
+export class KeyRotationService {
+  private readonly store: SigningKeyStore;
+  private readonly algorithm: SigningAlgorithm;
+  private readonly retiringSeconds: number;
+  private readonly jwtSecret: string | undefined;
+
+  constructor(
+    @InjectDataSource() private readonly dataSource: DataSource,
+    private readonly audit: AuditService,
+    private readonly sessions: SessionMaintenanceService,
+    config: ConfigService<AppConfig, true>,
+  ) {
+    this.store = new SigningKeyStore(config.get('KEY_ENCRYPTION_KEY', { infer: true }));
+    this.algorithm = config.get('SIGNING_ALGORITHM', { infer: true });
+    this.retiringSeconds = config.get('ACCESS_TOKEN_TTL', { infer: true }) + RETIRING_MARGIN_SECONDS;
+    this.jwtSecret = config.get('JWT_SECRET', { infer: true });
+  }
+
+  get keyStore(): SigningKeyStore {
+    return this.store;
+  }
+
+  /**
+   * At boot: a ring with a current key, and a next key of SIGNING_ALGORITHM (published ahead
+   * of its use, so verifiers that cache the JWKS know it before it signs).
+   *
+   * The first ring of a deployment that signed with JWT_SECRET before keeps that secret
+   * verifying the tokens it issued (they carry no kid): as the current key when
+   * SIGNING_ALGORITHM is HS256, otherwise as a retiring key, for as long as those tokens live,
+   * and only if a session is active (otherwise no such token can be in use).
+   */
+  async ensureRing(): Promise<void> {
+    await this.dataSource.transaction(async (em) => {
+      await this.store.lock(em);
+      const keys = await this.store.states(em);
+      const current = keys.find((k) => k.state === 'current');
+      const next = keys.find((k) => k.state === 'next');
+      if (current && next?.algorithm === this.algorithm) return;
+      const retired = await this.store.retire(em, this.algorithm);
+      let currentKid = current?.kid;
+      let retiring: RotationResult['retiring'];
+      if (!currentKid) {
+        const seeded = this.jwtSecret === undefined ? undefined : keyMaterialFromSecret(this.jwtSecret);
+        if (seeded && this.algorithm === 'HS256') {
+          await this.store.insert(em, seeded, 'current', { fromJwtSecret: true });
+          currentKid = seeded.kid;
+        } else {
+          const fresh = generateKeyMaterial(this.algorithm);
+          await this.store.insert(em, fresh, 'current');
+          currentKid = fresh.kid;
+          if (seeded && (await this.sessions.anyActive(em))) {
+            await this.store.insert(em, seeded, 'retiring', { fromJwtSecret: true, verifySeconds: this.retiringSeconds });
+            retiring = { kid: seeded.kid, verifyUntil: new Date(Date.now() + this.retiringSeconds * 1000) };
+          }
+        }
+      }
+      const nextKid = await this.insertNext(em);
+      await this.recordRotation(em, 'boot', { current: currentKid, next: nextKid, algorithm: this.algorithm, retiring, retired });
+    });
+  }
+
+  /**
+   * The next key becomes current (a fresh one if there is no next of SIGNING_ALGORITHM), the
+   * current one retires once every token it signed has expired (ACCESS_TOKEN_TTL plus a
+   * margin), and a new next key is made. Tokens already issued keep working.
+   */
+  async rotate(trigger: Exclude<RotationTrigger, 'boot'>): Promise<RotationResult> {
+    return this.dataSource.transaction(async (em) => {
+      await this.store.lock(em);
+      return this.rotateLocked(em, trigger);
+    });
+  }
+
+  /**
+   * The scheduled job's work, done by whichever instance takes the lock: retire keys whose
+   * tokens have all expired, and rotate when the current key is older than `rotationDays`.
+   * Returns the rotation when there was one.
+   */
+  async maintain(rotationDays: number | undefined): Promise<{ skipped: boolean; rotated?: RotationResult; retired: string[] }> {
+    return this.dataSource.transaction(async (em) => {
+      if (!(await this.store.tryLock(em))) return { skipped: true, retired: [] };
+      const current = (await this.store.states(em)).find((k) => k.state === 'current');
+      const due = rotationDays !== undefined && current?.activated_at && Date.now() - current.activated_at.getTime() >= rotationDays * 86_400_000;
+      if (due) {
+        const rotated = await this.rotateLocked(em, 'schedule');
+        return { skipped: false, rotated, retired: rotated.retired };
+      }
+      const retired = await this.store.retire(em, this.algorithm);
+      return { skipped: false, retired };
+    });
+  }
+
+  async list(): Promise<KeyListing[]> {
+    return this.store.list(this.dataSource.manager);
+  }
+
+  private async rotateLocked(em: EntityManager, trigger: Exclude<RotationTrigger, 'boot'>): Promise<RotationResult> {
+    const retired = await this.store.retire(em, this.algorithm);
+    const retiring = await this.store.demoteCurrent(em, this.retiringSeconds);
+    let current = await this.store.promoteNext(em, this.algorithm);
+    if (!current) {
+      const fresh = generateKeyMaterial(this.algorithm);
+      await this.store.insert(em, fresh, 'current');
+      current = fresh.kid;
+    }
+    const next = await this.insertNext(em);
+    const result: RotationResult = { current, next, algorithm: this.algorithm, retiring, retired };
+    await this.recordRotation(em, trigger, result);
+    return result;
+  }
+
+  private async insertNext(em: EntityManager): Promise<string> {
+    const next = generateKeyMaterial(this.algorithm);
+    await this.store.insert(em, next, 'next');
+    return next.kid;
+  }
+
+  private async recordRotation(em: EntityManager, trigger: RotationTrigger, result: RotationResult): Promise<void> {
+    await this.audit.record(em, {
+      type: 'KEY_ROTATED',
+      userId: null,
+      metadata: {
+        trigger,
+        algorithm: result.algorithm,
+        current: result.current,
+        next: result.next,
+        retiring: result.retiring?.kid ?? null,
+        retiringUntil: result.retiring?.verifyUntil.toISOString() ?? null,
+        retired: result.retired.join(',') || null,
+      },
+    });
+  }
+}

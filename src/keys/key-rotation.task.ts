@@ -1,0 +1,48 @@
+import { BeforeApplicationShutdown, Injectable, Logger } from '@nestjs/common';
+import { ConfigService } from '@nestjs/config';
+import { Cron, CronExpression } from '@nestjs/schedule';
+import type { AppConfig } from '../config/config';
+import { isDatabaseUnavailable } from '../database/pg-errors';
+import { KeyRotationService } from './key-rotation.service';
+
+/**
+ * Every five minutes on every instance; whichever takes the ring's advisory lock retires the
+ * keys whose tokens have all expired and, when SIGNING_KEY_ROTATION_DAYS is set and the
+ * current key is that old, rotates. The age is read under the lock, so of many instances one
+ * rotates and the others find a fresh key.
+ */
+@Injectable()
+export class KeyRotationTask implements BeforeApplicationShutdown {
+  private readonly logger = new Logger(KeyRotationTask.name);
+  private readonly rotationDays: number | undefined;
+  private running: Promise<void> | undefined;
+
+  constructor(
+    private readonly rotation: KeyRotationService,
+    config: ConfigService<AppConfig, true>,
+  ) {
+    this.rotationDays = config.get('SIGNING_KEY_ROTATION_DAYS', { infer: true });
+  }
+
+  async beforeApplicationShutdown(): Promise<void> {
+    await this.running;
+  }
+
+  @Cron(CronExpression.EVERY_5_MINUTES, { name: 'signing-key-rotation', waitForCompletion: true })
+  async onTick(): Promise<void> {
+    this.running = this.handleTick().finally(() => (this.running = undefined));
+    await this.running;
+  }
+
+  /** Never throws: nothing else would see it. */
+  async handleTick(): Promise<void> {
+    try {
+      const result = await this.rotation.maintain(this.rotationDays);
+      if (result.rotated) this.logger.log(`Signing key rotated on schedule: ${result.rotated.current} signs now`);
+      if (result.retired.length) this.logger.log(`Signing keys retired: ${result.retired.join(', ')}`);
+    } catch (error) {
+      if (isDatabaseUnavailable(error)) this.logger.warn('Signing-key maintenance skipped: the database is unavailable');
+      else this.logger.error('Signing-key maintenance failed', error instanceof Error ? error.stack : String(error));
+    }
+  }
+}

@@ -1,0 +1,168 @@
+import type { JsonWebKey } from 'node:crypto';
+import { EntityManager } from 'typeorm';
+import { rowsOf, sql } from '../database/sql';
+import { KeyDecryptionError, KeyEncryption } from './key-encryption';
+import { importKeys, KeyMaterial, KeyState, RingKey } from './signing-key';
+import type { SigningAlgorithm } from './signing-algorithm';
+
+/** A key as `keys list` shows it: everything but secrets. */
+export interface KeyListing {
+  kid: string;
+  algorithm: SigningAlgorithm;
+  state: KeyState;
+  fromJwtSecret: boolean;
+  createdAt: Date;
+  activatedAt: Date | null;
+  verifyUntil: Date | null;
+  retiredAt: Date | null;
+}
+
+interface KeyRow {
+  kid: string;
+  algorithm: SigningAlgorithm;
+  state: KeyState;
+  public_jwk: JsonWebKey | null;
+  private_key: Buffer | null;
+  from_jwt_secret: boolean;
+  created_at: Date;
+  activated_at: Date | null;
+  verify_until: Date | null;
+  retired_at: Date | null;
+}
+
+/** The kid and algorithm are authenticated with the sealed key: a ciphertext moved to another row does not open. */
+const sealingContext = (kid: string, algorithm: SigningAlgorithm) => `${kid}|${algorithm}`;
+
+/** Reads and writes `signing_keys`; private parts go in sealed and come out opened. */
+export class SigningKeyStore {
+  private readonly encryption: KeyEncryption;
+
+  constructor(keyEncryptionKey: string) {
+    this.encryption = new KeyEncryption(keyEncryptionKey);
+  }
+
+  /** Every key that is not retired, opened and imported, ready to sign and verify. */
+  async loadLive(em: EntityManager): Promise<RingKey[]> {
+    const rows = await rowsOf<KeyRow>(em, `SELECT * FROM "signing_keys" WHERE "state" <> 'retired'`);
+    return rows.map((row) => {
+      let privateBytes: Buffer;
+      try {
+        privateBytes = this.encryption.open(row.private_key!, sealingContext(row.kid, row.algorithm));
+      } catch (error) {
+        if (!(error instanceof KeyDecryptionError)) throw error;
+        throw new Error(`Signing key ${row.kid} does not decrypt: KEY_ENCRYPTION_KEY is not the one it was stored with, or the row was changed`);
+      }
+      return {
+        kid: row.kid,
+        algorithm: row.algorithm,
+        state: row.state as RingKey['state'],
+        ...importKeys({ algorithm: row.algorithm, publicJwk: row.public_jwk, privateBytes }),
+        publicJwk: row.public_jwk,
+        fromJwtSecret: row.from_jwt_secret,
+        activatedAt: row.activated_at,
+        verifyUntil: row.verify_until,
+      };
+    });
+  }
+
+  async list(em: EntityManager): Promise<KeyListing[]> {
+    const rows = await rowsOf<KeyRow>(
+      em,
+      `SELECT "kid", "algorithm", "state", "from_jwt_secret", "created_at", "activated_at", "verify_until", "retired_at"
+         FROM "signing_keys"
+        -- Keys made in one transaction share created_at: their states order them as they serve.
+        ORDER BY "created_at", array_position(ARRAY['retired', 'retiring', 'current', 'next']::varchar[], "state"), "kid"`,
+    );
+    return rows.map((row) => ({
+      kid: row.kid,
+      algorithm: row.algorithm,
+      state: row.state,
+      fromJwtSecret: row.from_jwt_secret,
+      createdAt: row.created_at,
+      activatedAt: row.activated_at,
+      verifyUntil: row.verify_until,
+      retiredAt: row.retired_at,
+    }));
+  }
+
+  /** Serialises every change of the ring (boot, rotation, retirement) across instances and the CLI. */
+  async lock(em: EntityManager): Promise<void> {
+    await sql(em, 'SELECT pg_advisory_xact_lock(hashtextextended($1, 0))', ['sessionary signing keys']);
+  }
+
+  /** The same lock, without waiting: false when another instance holds it. */
+  async tryLock(em: EntityManager): Promise<boolean> {
+    const { rows } = await sql<{ locked: boolean }>(em, 'SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0)) AS locked', [
+      'sessionary signing keys',
+    ]);
+    return rows[0].locked;
+  }
+
+  async states(em: EntityManager): Promise<Array<Pick<KeyRow, 'kid' | 'algorithm' | 'state' | 'activated_at'>>> {
+    return rowsOf(em, `SELECT "kid", "algorithm", "state", "activated_at" FROM "signing_keys" WHERE "state" IN ('current', 'next')`);
+  }
+
+  /**
+   * Stores a new key. A current key is active from now; a retiring one verifies for
+   * `verifySeconds` more (a key seeded from JWT_SECRET, for the tokens issued before the ring).
+   */
+  async insert(
+    em: EntityManager,
+    material: KeyMaterial,
+    state: Exclude<KeyState, 'retired'>,
+    options: { fromJwtSecret?: boolean; verifySeconds?: number } = {},
+  ): Promise<void> {
+    await sql(
+      em,
+      `INSERT INTO "signing_keys" ("kid", "algorithm", "state", "public_jwk", "private_key", "from_jwt_secret", "activated_at", "verify_until")
+       VALUES ($1, $2, $3::varchar, $4, $5, $6,
+               CASE WHEN $3::varchar IN ('current', 'retiring') THEN now() END,
+               CASE WHEN $3::varchar = 'retiring' THEN now() + make_interval(secs => $7) END)`,
+      [
+        material.kid,
+        material.algorithm,
+        state,
+        material.publicJwk === null ? null : JSON.stringify(material.publicJwk),
+        this.encryption.seal(material.privateBytes, sealingContext(material.kid, material.algorithm)),
+        options.fromJwtSecret ?? false,
+        options.verifySeconds ?? 0,
+      ],
+    );
+  }
+
+  /** The current key starts retiring: it verifies for `verifySeconds` more, and signs no more. */
+  async demoteCurrent(em: EntityManager, verifySeconds: number): Promise<{ kid: string; verifyUntil: Date } | undefined> {
+    const rows = await rowsOf<{ kid: string; verify_until: Date }>(
+      em,
+      `UPDATE "signing_keys" SET "state" = 'retiring', "verify_until" = now() + make_interval(secs => $1)
+        WHERE "state" = 'current' RETURNING "kid", "verify_until"`,
+      [verifySeconds],
+    );
+    return rows[0] && { kid: rows[0].kid, verifyUntil: rows[0].verify_until };
+  }
+
+  /** The next key, if it has this algorithm, becomes current. */
+  async promoteNext(em: EntityManager, algorithm: SigningAlgorithm): Promise<string | undefined> {
+    const rows = await rowsOf<{ kid: string }>(
+      em,
+      `UPDATE "signing_keys" SET "state" = 'current', "activated_at" = now() WHERE "state" = 'next' AND "algorithm" = $1 RETURNING "kid"`,
+      [algorithm],
+    );
+    return rows[0]?.kid;
+  }
+
+  /**
+   * Retires, erasing the private part: retiring keys whose tokens have all expired, and a next
+   * key of another algorithm than the configured one (it never signed anything).
+   */
+  async retire(em: EntityManager, configured: SigningAlgorithm): Promise<string[]> {
+    const rows = await rowsOf<{ kid: string }>(
+      em,
+      `UPDATE "signing_keys" SET "state" = 'retired', "private_key" = NULL, "retired_at" = now()
+        WHERE ("state" = 'retiring' AND "verify_until" <= now()) OR ("state" = 'next' AND "algorithm" <> $1)
+        RETURNING "kid"`,
+      [configured],
+    );
+    return rows.map((r) => r.kid);
+  }
+}

@@ -1,0 +1,322 @@
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { createPublicKey, createSecretKey, generateKeyPairSync, KeyObject, randomBytes, randomUUID } from 'node:crypto';
+import { after, before, describe, it } from 'node:test';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import * as jwt from 'jsonwebtoken';
+import { KeyRing } from '../src/keys/key-ring.service';
+import { KeyRotationService } from '../src/keys/key-rotation.service';
+import { KeyRotationTask } from '../src/keys/key-rotation.task';
+import { auditRows } from './helpers/db';
+import { registerAndLogin, sleep } from './helpers/factories';
+import { createTestApp, freshDatabase, TEST_AUDIT_HMAC_KEY, TEST_KEY_ENCRYPTION_KEY, TestApp } from './helpers/test-app';
+
+const CLI = join(__dirname, '..', 'src', 'cli.js');
+
+const decodeHeader = (token: string) => JSON.parse(Buffer.from(token.split('.')[0], 'base64url').toString('utf8')) as Record<string, unknown>;
+
+async function whoami(t: TestApp, token: string): Promise<number> {
+  return (await t.http.get('/api/v1/auth/session').set('Authorization', `Bearer ${token}`)).status;
+}
+
+/** Claims our service would accept for this session, signed however the caller likes. */
+function claimsFor(tokens: { accessToken: string }): Record<string, unknown> {
+  const payload = JSON.parse(Buffer.from(tokens.accessToken.split('.')[1], 'base64url').toString('utf8')) as Record<string, unknown>;
+  return { ...payload, jti: randomUUID() };
+}
+
+function forge(claims: Record<string, unknown>, key: KeyObject | string, algorithm: jwt.Algorithm, header: Record<string, unknown>): string {
+  return jwt.sign(claims, key as jwt.Secret, { algorithm, header: { alg: algorithm, typ: 'at+jwt', ...header } as jwt.JwtHeader });
+}
+
+async function cli(databaseUrl: string, ...args: string[]): Promise<string> {
+  const env = {
+    ...process.env,
+    NODE_ENV: 'test',
+    DATABASE_URL: databaseUrl,
+    AUDIT_HMAC_KEY: TEST_AUDIT_HMAC_KEY,
+    KEY_ENCRYPTION_KEY: TEST_KEY_ENCRYPTION_KEY,
+    LOG_LEVEL: 'error',
+  };
+  return (await promisify(execFile)(process.execPath, [CLI, ...args], { env })).stdout;
+}
+
+async function keyRows(t: TestApp): Promise<Array<{ kid: string; state: string; algorithm: string; private_key: Buffer | null }>> {
+  return t.db.query(
+    `SELECT kid, state, algorithm, private_key FROM signing_keys
+      ORDER BY created_at, array_position(ARRAY['retired', 'retiring', 'current', 'next']::varchar[], state), kid`,
+  );
+}
+
+/** Waits (briefly: NOTIFY takes milliseconds) until `check` holds; fails after `ms`. */
+async function eventually(check: () => boolean | Promise<boolean>, ms = 3_000): Promise<void> {
+  const until = Date.now() + ms;
+  while (!(await check())) {
+    if (Date.now() > until) assert.fail('the condition did not hold in time');
+    await sleep(20);
+  }
+}
+
+describe('signing keys: ring, rotation, JWKS (e2e)', () => {
+  let url: string;
+  let a: TestApp;
+  let b: TestApp;
+
+  before(async () => {
+    url = await freshDatabase();
+    a = await createTestApp({ DATABASE_URL: url });
+    b = await createTestApp({ DATABASE_URL: url });
+  });
+  after(async () => {
+    await b?.close();
+    await a?.close();
+  });
+
+  it('starts with an ES256 current key and a next key, private parts sealed, and names the key in every token', async () => {
+    const rows = await keyRows(a);
+    assert.deepEqual(
+      rows.map((r) => [r.state, r.algorithm]),
+      [
+        ['current', 'ES256'],
+        ['next', 'ES256'],
+      ],
+    );
+    for (const row of rows) assert.equal(row.private_key![0], 1); // the sealed format, not a DER key (0x30)
+    const { tokens } = await registerAndLogin(a.http);
+    assert.deepEqual(decodeHeader(tokens.accessToken), { alg: 'ES256', typ: 'at+jwt', kid: rows[0].kid });
+    assert.equal(await whoami(b, tokens.accessToken), 200); // the other instance verifies it from the same ring
+  });
+
+  it('publishes the current and next public keys at /.well-known/jwks.json, with a short max-age and nothing private', async () => {
+    const res = await a.http.get('/.well-known/jwks.json');
+    assert.equal(res.status, 200);
+    assert.match(res.headers['content-type'], /^application\/jwk-set\+json/);
+    assert.equal(res.headers['cache-control'], 'public, max-age=180'); // ACCESS_TOKEN_TTL 900 / 5
+    const body = JSON.parse(res.text) as { keys: Array<Record<string, string>> };
+    const rows = await keyRows(a);
+    assert.deepEqual(body.keys.map((k) => k.kid).sort(), rows.map((r) => r.kid).sort());
+    for (const key of body.keys) {
+      assert.deepEqual(Object.keys(key).sort(), ['alg', 'crv', 'kid', 'kty', 'use', 'x', 'y']);
+      assert.deepEqual([key.kty, key.crv, key.alg, key.use], ['EC', 'P-256', 'ES256', 'sig']);
+    }
+  });
+
+  it('issues tokens that jose verifies offline against the published JWKS', async () => {
+    const { createRemoteJWKSet, jwtVerify } = await import('jose');
+    await a.app.listen(0, '127.0.0.1');
+    const address = a.app.getHttpServer().address() as { port: number };
+    const jwks = createRemoteJWKSet(new URL(`http://127.0.0.1:${address.port}/.well-known/jwks.json`));
+    const { user, tokens } = await registerAndLogin(a.http);
+    const { payload, protectedHeader } = await jwtVerify(tokens.accessToken, jwks, {
+      issuer: 'sessionary',
+      audience: 'sessionary-api',
+      typ: 'at+jwt',
+      algorithms: ['ES256'],
+    });
+    assert.equal(payload.sub, user.id);
+    assert.equal(protectedHeader.kid, (await keyRows(a))[0].kid);
+    const forged = forge(claimsFor(tokens), generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey, 'ES256', { kid: protectedHeader.kid });
+    await assert.rejects(jwtVerify(forged, jwks), /signature verification failed/);
+  });
+
+  it('refuses tokens signed by a key not in the ring, with a forged kid, with jwk/jku/x5u headers, or with alg swapped to HS256 over the public key', async () => {
+    const { tokens } = await registerAndLogin(a.http);
+    const claims = claimsFor(tokens);
+    const kid = decodeHeader(tokens.accessToken).kid as string;
+    const attacker = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+    const attackerJwk = attacker.publicKey.export({ format: 'jwk' });
+    const published = (JSON.parse((await a.http.get('/.well-known/jwks.json')).text) as { keys: Array<Record<string, string>> }).keys.find(
+      (k) => k.kid === kid,
+    )!;
+    const publicPem = createPublicKey({ key: published, format: 'jwk' }).export({ format: 'pem', type: 'spki' }) as string;
+    const cases: Array<[string, string]> = [
+      ['a key not in the ring', forge(claims, attacker.privateKey, 'ES256', { kid: randomBytes(32).toString('base64url') })],
+      ['our current kid on a foreign key', forge(claims, attacker.privateKey, 'ES256', { kid })],
+      ['no kid at all', forge(claims, attacker.privateKey, 'ES256', {})],
+      ['an embedded jwk', forge(claims, attacker.privateKey, 'ES256', { kid, jwk: attackerJwk })],
+      ['a jku', forge(claims, attacker.privateKey, 'ES256', { kid, jku: 'https://attacker.example/jwks.json' })],
+      ['an x5u', forge(claims, attacker.privateKey, 'ES256', { kid, x5u: 'https://attacker.example/cert.pem' })],
+      ['HS256 keyed with the public key (PEM)', forge(claims, createSecretKey(Buffer.from(publicPem)), 'HS256', { kid })],
+      ['HS256 keyed with the public key (JWK JSON)', forge(claims, createSecretKey(Buffer.from(JSON.stringify(published))), 'HS256', { kid })],
+      ['alg none', `${Buffer.from(JSON.stringify({ alg: 'none', typ: 'at+jwt', kid })).toString('base64url')}.${tokens.accessToken.split('.')[1]}.`],
+    ];
+    for (const [name, token] of cases) assert.equal(await whoami(a, token), 401, name);
+    assert.equal(await whoami(a, tokens.accessToken), 200); // the genuine token of the same session
+  });
+
+  it('rotates without logging anyone out: earlier tokens verify until their key retires, and both instances switch at once', async () => {
+    const { tokens: before } = await registerAndLogin(a.http);
+    const oldKid = decodeHeader(before.accessToken).kid as string;
+    const [, nextRow] = await keyRows(a);
+    const result = await a.app.get(KeyRotationService).rotate('cli');
+    assert.equal(result.current, nextRow.kid);
+    assert.equal(result.retiring?.kid, oldKid);
+    // Both instances sign with the new key at once (NOTIFY), not after the minute's reload.
+    await eventually(() => a.app.get(KeyRing).signingKey().kid === nextRow.kid && b.app.get(KeyRing).signingKey().kid === nextRow.kid);
+    const { tokens: afterA } = await registerAndLogin(a.http);
+    const { tokens: afterB } = await registerAndLogin(b.http);
+    assert.equal(decodeHeader(afterA.accessToken).kid, nextRow.kid);
+    assert.equal(decodeHeader(afterB.accessToken).kid, nextRow.kid);
+    for (const t of [a, b]) {
+      assert.equal(await whoami(t, before.accessToken), 200, 'a token of the retiring key still works');
+      assert.equal(await whoami(t, afterA.accessToken), 200);
+    }
+    const kids = (JSON.parse((await b.http.get('/.well-known/jwks.json')).text) as { keys: Array<{ kid: string }> }).keys.map((k) => k.kid);
+    assert.deepEqual(kids.sort(), [oldKid, nextRow.kid, result.next].sort());
+    const [event] = await a.db.query(`SELECT metadata FROM audit_events WHERE type = 'KEY_ROTATED' AND metadata->>'trigger' = 'cli'`);
+    assert.equal(event.metadata.current, nextRow.kid);
+    assert.equal(event.metadata.retiring, oldKid);
+
+    // Once every token it signed has expired (here: its time moved to now), the key verifies nothing.
+    await a.db.query(`UPDATE signing_keys SET verify_until = now() WHERE kid = $1`, [oldKid]);
+    await eventually(async () => (await whoami(b, before.accessToken)) === 401);
+    assert.equal(await whoami(a, before.accessToken), 401);
+    assert.equal(await whoami(a, afterB.accessToken), 200);
+    // The scheduled job retires it and erases its private part; the JWKS stops publishing it.
+    await a.app.get(KeyRotationTask).handleTick();
+    const retired = (await keyRows(a)).find((r) => r.kid === oldKid)!;
+    assert.deepEqual([retired.state, retired.private_key], ['retired', null]);
+    const published = (JSON.parse((await a.http.get('/.well-known/jwks.json')).text) as { keys: Array<{ kid: string }> }).keys.map((k) => k.kid);
+    assert.ok(
+      !published.includes(oldKid),
+      JSON.stringify({
+        published,
+        oldKid,
+        ring: (a.app.get(KeyRing) as unknown as { byKid: Map<string, { state: string; verifyUntil: Date | null }> }).byKid,
+        now: new Date(),
+      }),
+    );
+  });
+
+  it('keys rotate and keys list work from the CLI, which shows no secret', async () => {
+    const beforeKid = a.app.get(KeyRing).signingKey().kid;
+    const rotated = await cli(url, 'keys', 'rotate');
+    assert.match(rotated, /^Rotated: \S+ \(ES256\) signs now; \S+ is next\n/);
+    assert.match(rotated, new RegExp(`${beforeKid} verifies until \\d{4}-`));
+    await eventually(() => a.app.get(KeyRing).signingKey().kid !== beforeKid);
+    const list = await cli(url, 'keys', 'list');
+    const lines = list.trim().split('\n');
+    assert.equal(lines[0], 'kid\talgorithm\tstate\tcreated\tactivated\tverify_until\tretired\tfrom');
+    const rows = await keyRows(a);
+    assert.deepEqual(
+      lines.slice(1).map((l) => l.split('\t').slice(0, 3)),
+      rows.map((r) => [r.kid, r.algorithm, r.state]),
+    );
+    for (const row of rows.filter((r) => r.private_key))
+      assert.ok(!list.includes(row.private_key!.toString('base64')) && !list.includes(row.private_key!.toString('hex')));
+  });
+
+  it('rotates on schedule once the current key is SIGNING_KEY_ROTATION_DAYS old, on one instance only', async () => {
+    const scheduled = await createTestApp({ DATABASE_URL: url, SIGNING_KEY_ROTATION_DAYS: '1' });
+    try {
+      await scheduled.app.get(KeyRotationTask).handleTick();
+      const current = () => scheduled.db.query(`SELECT kid FROM signing_keys WHERE state = 'current'`).then((r: Array<{ kid: string }>) => r[0].kid);
+      const fresh = await current();
+      assert.equal(await current(), fresh, 'a young key is not rotated');
+      await scheduled.db.query(`UPDATE signing_keys SET activated_at = now() - interval '25 hours' WHERE state = 'current'`);
+      await Promise.all([scheduled.app.get(KeyRotationTask).handleTick(), scheduled.app.get(KeyRotationTask).handleTick()]);
+      assert.notEqual(await current(), fresh);
+      const events = await scheduled.db.query(`SELECT 1 FROM audit_events WHERE type = 'KEY_ROTATED' AND metadata->>'trigger' = 'schedule'`);
+      assert.equal(events.length, 1);
+    } finally {
+      await scheduled.close();
+    }
+  });
+
+  it('reports the ring in /metrics', async () => {
+    const text = (await a.http.get('/metrics')).text;
+    assert.match(text, /^sessionary_signing_key_age_seconds \d+(\.\d+)?(e[-+]\d+)?$/m);
+    assert.match(text, /^sessionary_signing_keys\{state="current"\} 1$/m);
+    assert.match(text, /^sessionary_signing_keys\{state="next"\} 1$/m);
+  });
+
+  it('refuses to start with another KEY_ENCRYPTION_KEY, naming the setting and not the key', async () => {
+    const wrong = randomBytes(48).toString('base64');
+    await assert.rejects(createTestApp({ DATABASE_URL: url, KEY_ENCRYPTION_KEY: wrong }), (error: Error) => {
+      assert.match(error.message, /does not decrypt: KEY_ENCRYPTION_KEY is not the one it was stored with/);
+      assert.ok(!error.message.includes(wrong));
+      return true;
+    });
+  });
+});
+
+describe('signing keys: HS256 and the upgrade from JWT_SECRET (e2e)', () => {
+  const jwtSecret = randomBytes(48).toString('base64');
+  /** A token as the service signed them before the ring: HS256 with JWT_SECRET, no kid. */
+  const legacyToken = (tokens: { accessToken: string }) => forge(claimsFor(tokens), jwtSecret, 'HS256', {});
+
+  it('with SIGNING_ALGORITHM=HS256, JWT_SECRET is the first current key: tokens before the ring keep working, nothing is published', async () => {
+    const t = await createTestApp({ DATABASE_URL: await freshDatabase(), SIGNING_ALGORITHM: 'HS256', JWT_SECRET: jwtSecret });
+    try {
+      const rows = await keyRows(t);
+      assert.deepEqual(
+        rows.map((r) => [r.state, r.algorithm]),
+        [
+          ['current', 'HS256'],
+          ['next', 'HS256'],
+        ],
+      );
+      assert.ok(!rows[0].private_key!.includes(Buffer.from(jwtSecret)), 'the secret is stored sealed');
+      const { tokens } = await registerAndLogin(t.http);
+      assert.deepEqual(decodeHeader(tokens.accessToken), { alg: 'HS256', typ: 'at+jwt', kid: rows[0].kid });
+      assert.equal(await whoami(t, legacyToken(tokens)), 200);
+      assert.equal(await whoami(t, forge(claimsFor(tokens), randomBytes(48).toString('base64'), 'HS256', {})), 401);
+      assert.deepEqual(JSON.parse((await t.http.get('/.well-known/jwks.json')).text), { keys: [] });
+    } finally {
+      await t.close();
+    }
+  });
+
+  it('an ES256 ring created over live sessions keeps JWT_SECRET verifying their tokens until they expire; over none it does not', async () => {
+    const url = await freshDatabase();
+    // A deployment from before the ring: sessions exist, their tokens were signed with JWT_SECRET.
+    const old = await createTestApp({ DATABASE_URL: url, JWT_SECRET: jwtSecret });
+    const { tokens } = await registerAndLogin(old.http);
+    await old.close();
+    const reset = async (t: TestApp) => t.db.query('TRUNCATE signing_keys');
+    const upgraded = await createTestApp({ DATABASE_URL: url, JWT_SECRET: jwtSecret });
+    try {
+      await reset(upgraded);
+      await upgraded.app.get(KeyRotationService).ensureRing();
+      await upgraded.app.get(KeyRing).reload();
+      const rows = await upgraded.db.query(
+        `SELECT state, algorithm, from_jwt_secret, verify_until > now() + interval '900 seconds' AS long_enough FROM signing_keys ORDER BY state`,
+      );
+      assert.deepEqual(
+        rows.map((r: Record<string, unknown>) => [r.state, r.algorithm, r.from_jwt_secret]),
+        [
+          ['current', 'ES256', false],
+          ['next', 'ES256', false],
+          ['retiring', 'HS256', true],
+        ],
+      );
+      assert.equal(rows[2].long_enough, true);
+      assert.equal(await whoami(upgraded, legacyToken(tokens)), 200);
+      const [event] = await upgraded.db.query(`SELECT metadata FROM audit_events WHERE type = 'KEY_ROTATED' ORDER BY seq DESC LIMIT 1`);
+      assert.equal(event.metadata.trigger, 'boot');
+
+      // No active session: no token can be in use, so nothing is seeded.
+      await upgraded.db.query(`UPDATE sessions SET ended_at = now(), end_reason = 'revoked'`);
+      await reset(upgraded);
+      await upgraded.app.get(KeyRotationService).ensureRing();
+      await upgraded.app.get(KeyRing).reload();
+      assert.deepEqual((await upgraded.db.query(`SELECT count(*)::int AS n FROM signing_keys WHERE from_jwt_secret`))[0].n, 0);
+    } finally {
+      await upgraded.close();
+    }
+  });
+});
+
+describe('signing keys: auditing', () => {
+  it('records KEY_ROTATED without a user, for the ring made at boot', async () => {
+    const t = await createTestApp({ DATABASE_URL: await freshDatabase() });
+    try {
+      const rows = await auditRows(t.db, { type: 'KEY_ROTATED' });
+      assert.equal(rows.length, 1);
+      assert.equal(rows[0].user_id, null);
+    } finally {
+      await t.close();
+    }
+  });
+});

@@ -42,6 +42,7 @@ function appConfig(databaseUrl: string, auditKey: string) {
     JWT_SECRET: randomBytes(48).toString('base64'),
     PASSWORD_PEPPER: randomBytes(48).toString('base64'),
     AUDIT_HMAC_KEY: auditKey,
+    KEY_ENCRYPTION_KEY: randomBytes(48).toString('base64'),
     LOG_LEVEL: 'warn',
     // The bench runs the cleanup itself; checkpoints only when the partition drop writes its own.
     SESSION_CLEANUP_CRON: '0 0 1 1 *',

@@ -1,15 +1,17 @@
 /**
  * The authenticated request's speed beside its ceilings, in one run so that the noise of a
- * shared box hits every figure alike: a bare `node:http` server, a bare `node:http` server that
- * verifies an HS256 JWT, the native-bcrypt bound, and the built service with production
- * defaults on a database of its own, in rounds that interleave every target.
+ * shared box hits every figure alike: a bare `node:http` server, bare `node:http` servers that
+ * verify an ES256 and an HS256 JWT, the native-bcrypt bound, and the built service with
+ * production defaults (ES256 signing keys) on a database of its own, plus a second service
+ * signing with HS256 on another database, for whoami per algorithm; in rounds that interleave
+ * every target.
  *   DATABASE_URL=postgres://postgres@127.0.0.1:5432/test npm run bench -- http
  * Settings (environment): BENCH_SECONDS (3, per target and round), BENCH_ROUNDS (3),
  * BENCH_CONNECTIONS (50), BENCH_LOGIN_CONNECTIONS (8), BENCH_LOGIN_SECONDS (login and the bcrypt
  * bound: BENCH_SECONDS, at least 10), BENCH_SQL_REQUESTS (2000),
  * BENCH_BCRYPT_COST (the service's default), BENCH_HTTP_RESULTS (the JSON file's path).
  */
-import { createSecretKey, randomBytes, randomUUID } from 'node:crypto';
+import { createSecretKey, generateKeyPairSync, KeyObject, randomBytes, randomUUID } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -59,7 +61,7 @@ function readConfig() {
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
-type TargetName = 'bareJwt' | 'whoami' | 'usersMe' | 'bare' | 'healthLive' | 'refresh' | 'login' | 'bcryptBound';
+type TargetName = 'bareJwt' | 'whoami' | 'bareJwtHs256' | 'whoamiHs256' | 'usersMe' | 'bare' | 'healthLive' | 'refresh' | 'login' | 'bcryptBound';
 
 async function main(): Promise<void> {
   const config = readConfig();
@@ -72,27 +74,36 @@ async function main(): Promise<void> {
 
   // The ceilings and the bcrypt bound, each in its own process.
   const ceilingSecret = randomBytes(48).toString('base64');
+  const ceilingPair = generateKeyPairSync('ec', { namedCurve: 'P-256' });
   const ceilingEnv = {
     ...process.env,
     BENCH_JWT_SECRET: ceilingSecret,
+    BENCH_JWT_PUBLIC_KEY: ceilingPair.publicKey.export({ format: 'pem', type: 'spki' }) as string,
     BENCH_JWT_ISSUER: defaults.JWT_ISSUER,
     BENCH_JWT_AUDIENCE: defaults.JWT_AUDIENCE,
   };
   const bare = await forkHelper<{ port: number }>(join(HELPERS, 'ceiling-server.js'), ['bare'], ceilingEnv);
   undo.push(() => stopChild(bare.child));
-  const bareJwt = await forkHelper<{ port: number }>(join(HELPERS, 'ceiling-server.js'), ['jwt'], ceilingEnv);
+  const bareJwt = await forkHelper<{ port: number }>(join(HELPERS, 'ceiling-server.js'), ['jwt', 'ES256'], ceilingEnv);
   undo.push(() => stopChild(bareJwt.child));
+  const bareJwtHs256 = await forkHelper<{ port: number }>(join(HELPERS, 'ceiling-server.js'), ['jwt', 'HS256'], ceilingEnv);
+  undo.push(() => stopChild(bareJwtHs256.child));
   const bcryptBound = await forkHelper<{ parallel: number }>(join(HELPERS, 'bcrypt-bound.js'), [String(bcryptCost)], process.env);
   undo.push(() => stopChild(bcryptBound.child));
-  const ceilingToken = jwt.sign({ sid: randomUUID() }, createSecretKey(Buffer.from(ceilingSecret, 'utf8')), {
-    algorithm: 'HS256',
-    header: { alg: 'HS256', typ: 'at+jwt' },
-    subject: randomUUID(),
-    jwtid: randomUUID(),
-    issuer: defaults.JWT_ISSUER,
-    audience: defaults.JWT_AUDIENCE,
-    expiresIn: 3600,
-  });
+  const ceilingToken = (algorithm: 'ES256' | 'HS256', key: KeyObject) =>
+    jwt.sign({ sid: randomUUID() }, key, {
+      algorithm,
+      header: { alg: algorithm, typ: 'at+jwt', kid: 'ceiling' },
+      subject: randomUUID(),
+      jwtid: randomUUID(),
+      issuer: defaults.JWT_ISSUER,
+      audience: defaults.JWT_AUDIENCE,
+      expiresIn: 3600,
+    });
+  const ceilingTokens = {
+    ES256: ceilingToken('ES256', ceilingPair.privateKey),
+    HS256: ceilingToken('HS256', createSecretKey(Buffer.from(ceilingSecret, 'utf8'))),
+  };
 
   // The service, on a database of its own.
   const database = await createDatabase(serverUrl);
@@ -113,14 +124,39 @@ async function main(): Promise<void> {
   await waitUntilLive(base, service).catch((error: Error) => {
     throw new Error(`${error.message}; the service's last log lines:\n${tail(logFile)}`);
   });
+  // The same service signing with HS256, on a database of its own (the algorithm is the ring's).
+  const databaseHs256 = await createDatabase(serverUrl);
+  undo.push(() => dropDatabase(serverUrl, databaseHs256));
+  const portHs256 = await freePort();
+  const logFileHs256 = join(scratch, 'service-hs256.log');
+  const serviceHs256 = startService({
+    databaseUrl: withDatabase(serverUrl, databaseHs256),
+    port: portHs256,
+    jwtSecret: randomBytes(48).toString('base64'),
+    rateLimitPerMinute: config.rateLimitPerMinute,
+    bcryptCost: config.bcryptCost,
+    logFile: logFileHs256,
+    cwd: scratch,
+    signingAlgorithm: 'HS256',
+  });
+  undo.push(() => stopChild(serviceHs256));
+  const baseHs256 = `http://127.0.0.1:${portHs256}`;
+  await waitUntilLive(baseHs256, serviceHs256).catch((error: Error) => {
+    throw new Error(`${error.message}; the HS256 service's last log lines:\n${tail(logFileHs256)}`);
+  });
   const counter = new CommitCounter(serverUrl, database);
   const postgresVersion = await counter.connect();
   undo.push(() => counter.close());
   // Undone first: the load generators stop before the servers they load go away.
   undo.push(stopLoad);
   const serviceAlive = () => {
-    if (service.exitCode !== null || service.signalCode !== null) {
-      throw new Error(`the service exited (${service.signalCode ?? service.exitCode}); its last log lines:\n${tail(logFile)}`);
+    for (const [child, log] of [
+      [service, logFile],
+      [serviceHs256, logFileHs256],
+    ] as const) {
+      if (child.exitCode !== null || child.signalCode !== null) {
+        throw new Error(`a service exited (${child.signalCode ?? child.exitCode}); its last log lines:\n${tail(log)}`);
+      }
     }
   };
 
@@ -131,6 +167,11 @@ async function main(): Promise<void> {
     sessionsPerUser: defaults.SESSION_MAX_PER_USER || Infinity,
   });
   let chainsRepaired = 0;
+  const { readerTokens: readerTokensHs256 } = await setUpSessions(baseHs256, {
+    readerSessions: config.readerSessions,
+    chains: 0,
+    sessionsPerUser: defaults.SESSION_MAX_PER_USER || Infinity,
+  });
 
   const bearers = (tokens: Tokens[]) => {
     let next = 0;
@@ -141,20 +182,37 @@ async function main(): Promise<void> {
   let refreshRate = 0;
   const runs: Record<TargetName, { label: string; connections: number; run: (seconds: number) => Promise<LoadResult> }> = {
     bareJwt: {
-      label: 'bare node:http + JWT verify',
+      label: 'bare node:http + ES256 JWT verify',
       connections: config.connections,
       run: (seconds) =>
         load({
           url: `http://127.0.0.1:${bareJwt.first.port}/`,
           connections: config.connections,
           seconds,
-          headers: { authorization: `Bearer ${ceilingToken}` },
+          headers: { authorization: `Bearer ${ceilingTokens.ES256}` },
         }),
     },
     whoami: {
-      label: 'GET /api/v1/auth/session',
+      label: 'GET /api/v1/auth/session (ES256)',
       connections: config.connections,
       run: (seconds) => load({ ...whoamiLoad, seconds }),
+    },
+    bareJwtHs256: {
+      label: 'bare node:http + HS256 JWT verify',
+      connections: config.connections,
+      run: (seconds) =>
+        load({
+          url: `http://127.0.0.1:${bareJwtHs256.first.port}/`,
+          connections: config.connections,
+          seconds,
+          headers: { authorization: `Bearer ${ceilingTokens.HS256}` },
+        }),
+    },
+    whoamiHs256: {
+      label: 'GET /api/v1/auth/session (HS256)',
+      connections: config.connections,
+      run: (seconds) =>
+        load({ url: `${baseHs256}/api/v1/auth/session`, connections: config.connections, seconds, setupClient: bearers(readerTokensHs256) }),
     },
     usersMe: {
       label: 'GET /api/v1/users/me',
@@ -269,6 +327,8 @@ async function main(): Promise<void> {
   };
   const ratios = {
     whoamiToBareJwt: ratio('whoami', 'bareJwt', 0.5),
+    whoamiHs256ToBareJwtHs256: ratio('whoamiHs256', 'bareJwtHs256', 0.5),
+    whoamiEs256ToHs256: ratio('whoami', 'whoamiHs256'),
     usersMeToBareJwt: ratio('usersMe', 'bareJwt'),
     healthLiveToBare: ratio('healthLive', 'bare', 0.4),
     loginToBcryptBound: ratio('login', 'bcryptBound', 0.9),

@@ -111,18 +111,27 @@ describe('audit log partitions and retention (e2e)', () => {
       await source.destroy();
     }
 
+    // The undone migrations included the signing keys': this boot makes a new ring, and records it.
     const again = await app(url);
+    const maxBefore = Math.max(...before.map((r) => Number((r as { seq: string }).seq)));
     assert.deepEqual(
-      await again.db.query(`SELECT id, seq, type, user_id, created_at, chain_key, chain_pos, prev_hash, hash FROM audit_events ORDER BY seq`),
+      await again.db.query(
+        `SELECT id, seq, type, user_id, created_at, chain_key, chain_pos, prev_hash, hash FROM audit_events WHERE seq <= $1 ORDER BY seq`,
+        [maxBefore],
+      ),
       before,
+    );
+    assert.deepEqual(
+      (await again.db.query(`SELECT type FROM audit_events WHERE seq > $1`, [maxBefore])).map((r: { type: string }) => r.type),
+      ['KEY_ROTATED'],
     );
     const partitions = await partitionsOf(again.db);
     assert.equal(partitions[partitionOf(monthStart(3)).name], 2, 'the old month has its own partition');
-    assert.equal(partitions[partitionOf(monthStart(0)).name], before.length - 2);
+    assert.equal(partitions[partitionOf(monthStart(0)).name], before.length - 2 + 1);
     // New events keep numbering after the copied ones, and the chain verifies.
     await registerUser(again.http);
     const [{ max }] = await again.db.query(`SELECT max(seq)::int AS max FROM audit_events`);
-    assert.equal(max, Math.max(...before.map((r) => Number((r as { seq: string }).seq))) + 1);
+    assert.equal(max, maxBefore + 2);
     const verification = await again.app.get(AuditVerifierService).verify();
     assert.equal(verification.ok, true, verification.reason ?? '');
   });
@@ -146,11 +155,14 @@ describe('audit log partitions and retention (e2e)', () => {
     scratch.push(archiveDir);
     const t = await app(await freshDatabase(), { AUDIT_RETENTION_DAYS: '30', AUDIT_ARCHIVE_DIR: archiveDir, AUDIT_CHECKPOINT_FILE: checkpointFile });
     const userId = await silentUser(t.db, 'retained');
+    // Another user's chain, not the global one: the boot already appended KEY_ROTATED (the new
+    // signing-key ring) to the global chain today, and a chain's times must rise with its positions.
+    const otherUserId = await silentUser(t.db, 'retained-other');
     const old = monthStart(4);
     await pastEvents(t, old, [
       { userId, type: 'LOGIN' },
       { userId, type: 'LOGOUT' },
-      { userId: null, type: 'LOGIN_FAILED' },
+      { userId: otherUserId, type: 'LOGIN_FAILED' },
     ]);
     // The same chains go on today.
     await t.db.transaction((em) => t.app.get(AuditService).record(em, { type: 'LOGIN', userId }, { type: 'LOGIN_FAILED', userId: null }));

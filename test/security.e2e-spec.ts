@@ -8,7 +8,7 @@ import * as jwt from 'jsonwebtoken';
 import { createLogger } from '../src/config/logger';
 import { bearer, login, registerAndLogin, registerUser } from './helpers/factories';
 import { FuzzClient, rawExchange } from './helpers/fuzz-http';
-import { createTestApp, TestApp } from './helpers/test-app';
+import { createTestApp, freshDatabase, TestApp } from './helpers/test-app';
 
 describe('HTTP hygiene (e2e)', () => {
   let t: TestApp;
@@ -283,7 +283,8 @@ describe('access tokens are only what we issued (e2e)', () => {
   before(async () => {
     // HS256 keyed by JWT_SECRET: the test holds the service's own signing key, so each case
     // below differs from a token the service would accept in one respect only.
-    t = await createTestApp({ SIGNING_ALGORITHM: 'HS256' });
+    // Its own database: the file's already holds the ES256 ring an earlier app made.
+    t = await createTestApp({ SIGNING_ALGORITHM: 'HS256', DATABASE_URL: await freshDatabase() });
     const session = await registerAndLogin(t.http);
     tokens = session.tokens;
     userId = session.user.id;

@@ -1,11 +1,12 @@
 /**
  * A ceiling of `npm run bench -- http`, forked in its own process so that it shares the event
  * loop with neither the load generator nor the service. `bare` answers a small JSON body;
- * `jwt` first verifies the bearer token as the service's JWT strategy does (HS256 with a
- * KeyObject; algorithm, type, issuer and audience pinned) and answers its claims.
+ * `jwt HS256` and `jwt ES256` first verify the bearer token as the service's JWT strategy
+ * does on a token it has not seen (the key a KeyObject; algorithm, type, issuer and audience
+ * pinned) and answer its claims: every request pays the signature, as nothing is remembered.
  * Tells its parent the port over IPC and ends when the parent goes away.
  */
-import { createSecretKey } from 'node:crypto';
+import { createPublicKey, createSecretKey, KeyObject } from 'node:crypto';
 import { createServer, IncomingMessage, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import * as jwt from 'jsonwebtoken';
@@ -19,10 +20,13 @@ function send(res: ServerResponse, status: number, body: string): void {
   res.end(body);
 }
 
-function jwtHandler(): (req: IncomingMessage, res: ServerResponse) => void {
-  const key = createSecretKey(Buffer.from(process.env.BENCH_JWT_SECRET ?? '', 'utf8'));
+function jwtHandler(algorithm: 'HS256' | 'ES256'): (req: IncomingMessage, res: ServerResponse) => void {
+  const key: KeyObject =
+    algorithm === 'HS256'
+      ? createSecretKey(Buffer.from(process.env.BENCH_JWT_SECRET ?? '', 'utf8'))
+      : createPublicKey(process.env.BENCH_JWT_PUBLIC_KEY ?? '');
   const options: jwt.VerifyOptions & { complete: true } = {
-    algorithms: ['HS256'],
+    algorithms: [algorithm],
     issuer: process.env.BENCH_JWT_ISSUER,
     audience: process.env.BENCH_JWT_AUDIENCE,
     complete: true,
@@ -40,7 +44,8 @@ function jwtHandler(): (req: IncomingMessage, res: ServerResponse) => void {
   };
 }
 
-const handler = mode === 'jwt' ? jwtHandler() : (_req: IncomingMessage, res: ServerResponse) => send(res, 200, okBody);
+const algorithm = process.argv[3] === 'ES256' ? 'ES256' : 'HS256';
+const handler = mode === 'jwt' ? jwtHandler(algorithm) : (_req: IncomingMessage, res: ServerResponse) => send(res, 200, okBody);
 const server = createServer(handler);
 server.listen(0, '127.0.0.1', () => process.send?.({ port: (server.address() as AddressInfo).port }));
 process.on('disconnect', () => process.exit(0));

@@ -61,7 +61,10 @@ export interface Ratio {
 
 /** The ratios and SQL counts under the table, each with its goal from issue 7 where it has one. */
 export function summary(
-  ratios: Record<'whoamiToBareJwt' | 'usersMeToBareJwt' | 'healthLiveToBare' | 'loginToBcryptBound', Ratio>,
+  ratios: Record<
+    'whoamiToBareJwt' | 'whoamiHs256ToBareJwtHs256' | 'whoamiEs256ToHs256' | 'usersMeToBareJwt' | 'healthLiveToBare' | 'loginToBcryptBound',
+    Ratio
+  >,
   whoami: TargetReport,
   sql: { targets: Record<string, SqlReport>; idle: { seconds: number; commits: number } },
   config: { rounds: number; seconds: number; loginSeconds: number },
@@ -74,7 +77,9 @@ export function summary(
   return [
     `rates: medians over ${config.rounds} rounds of ${config.seconds} s (login and bcrypt ${Math.max(config.seconds, config.loginSeconds)} s); p50/p99: medians of the rounds'`,
     `ratios: medians of the rounds' ratios (a target and its ceiling run side by side in each round)`,
-    `whoami / bare+JWT           : ${ratios.whoamiToBareJwt.value.toFixed(2)}${goal(ratios.whoamiToBareJwt)}`,
+    `whoami / bare+JWT, ES256    : ${ratios.whoamiToBareJwt.value.toFixed(2)}${goal(ratios.whoamiToBareJwt)}`,
+    `whoami / bare+JWT, HS256    : ${ratios.whoamiHs256ToBareJwtHs256.value.toFixed(2)}${goal(ratios.whoamiHs256ToBareJwtHs256)}`,
+    `whoami ES256 / HS256        : ${ratios.whoamiEs256ToHs256.value.toFixed(2)}${goal(ratios.whoamiEs256ToHs256)}`,
     `whoami p99                  : ${whoami.median.p99.toFixed(1)} ms  (goal <= 20 ms)`,
     `/users/me / bare+JWT        : ${ratios.usersMeToBareJwt.value.toFixed(2)}`,
     `/health/live / bare         : ${ratios.healthLiveToBare.value.toFixed(2)}${goal(ratios.healthLiveToBare)}`,

@@ -60,6 +60,8 @@ export interface ServiceOptions {
   logFile: string;
   /** Working directory: a scratch folder, so no developer's `.env` changes the configuration. */
   cwd: string;
+  /** Unset: the default (ES256). */
+  signingAlgorithm?: 'ES256' | 'HS256';
 }
 
 /**
@@ -77,8 +79,10 @@ export function serviceEnv(options: ServiceOptions): NodeJS.ProcessEnv {
     JWT_SECRET: options.jwtSecret,
     PASSWORD_PEPPER: randomBytes(48).toString('base64'),
     AUDIT_HMAC_KEY: randomBytes(48).toString('base64'),
+    KEY_ENCRYPTION_KEY: randomBytes(48).toString('base64'),
     RATE_LIMIT_PER_MINUTE: String(options.rateLimitPerMinute),
   });
+  if (options.signingAlgorithm !== undefined) env.SIGNING_ALGORITHM = options.signingAlgorithm;
   if (options.bcryptCost !== undefined) env.BCRYPT_COST = String(options.bcryptCost);
   return env;
 }

@@ -405,6 +405,7 @@ async function main() {
     JWT_SECRET: secret(),
     PASSWORD_PEPPER: secret(),
     AUDIT_HMAC_KEY: secret(),
+    KEY_ENCRYPTION_KEY: secret(),
     BCRYPT_COST: '4',
     LOG_LEVEL: 'warn',
     RATE_LIMIT_PER_MINUTE: '0', // 0 turns the per-IP limit off
@@ -414,7 +415,7 @@ async function main() {
   });
   const fixed = ['BCRYPT_COST', 'LOG_LEVEL', 'RATE_LIMIT_PER_MINUTE', 'LOGIN_MAX_FAILURES_PER_IDENTIFIER', 'LOGIN_MAX_FAILURES_PER_IP'];
   const shownKeys = [...fixed, ...Object.keys(opts.env).filter((k) => !fixed.includes(k))];
-  console.log(`env (both): ${shownKeys.map((k) => `${k}=${env[k]}`).join(' ')} + random JWT_SECRET, PASSWORD_PEPPER, AUDIT_HMAC_KEY`);
+  console.log(`env (both): ${shownKeys.map((k) => `${k}=${env[k]}`).join(' ')} + random JWT_SECRET, PASSWORD_PEPPER, AUDIT_HMAC_KEY, KEY_ENCRYPTION_KEY`);
 
   const [portA, portB] = [await freePort(), await freePort()];
   // A first: it applies the migrations (under the advisory lock); B then finds none pending.

@@ -14,6 +14,7 @@ import { AuditPartitions1765100000000 } from './migrations/1765100000000-AuditPa
 import { AuditTimeIndexes1765200000000 } from './migrations/1765200000000-AuditTimeIndexes';
 import { SessionDeleteNotifyActiveOnly1765300000000 } from './migrations/1765300000000-SessionDeleteNotifyActiveOnly';
 import { AuditHeadTimes1765400000000 } from './migrations/1765400000000-AuditHeadTimes';
+import { SessionAuthTime1765500000000 } from './migrations/1765500000000-SessionAuthTime';
 
 export const ENTITIES = [UserEntity, SessionEntity, RotatedRefreshTokenEntity, AuditEventEntity];
 // Listed explicitly (not a glob) so the same list works from src, dist and the test build.
@@ -29,6 +30,7 @@ export const MIGRATIONS = [
   AuditTimeIndexes1765200000000,
   SessionDeleteNotifyActiveOnly1765300000000,
   AuditHeadTimes1765400000000,
+  SessionAuthTime1765500000000,
 ];
 
 /** One definition for the app, the TypeORM CLI and the tests. Never `synchronize`. */

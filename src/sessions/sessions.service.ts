@@ -147,10 +147,11 @@ export class SessionsService implements OnApplicationBootstrap, OnModuleDestroy 
   async open(em: EntityManager, userId: string, client: ClientContext, loginMetadata: AuditMetadata): Promise<IssuedSession> {
     const madeRoom = this.maxPerUser > 0 ? await this.makeRoomForOneMore(em, userId, client) : [];
     const refreshToken = generateRefreshToken();
+    // auth_time is now(), the transaction's start like created_at's default: the login is the authentication.
     const { rows } = await sql<SessionRow>(
       em,
-      `INSERT INTO sessions (user_id, idle_expires_at, absolute_expires_at, refresh_token_hash, refresh_expires_at, ip_address, user_agent)
-       VALUES ($1, now() + make_interval(secs => $2), now() + make_interval(secs => $3), $4,
+      `INSERT INTO sessions (user_id, auth_time, idle_expires_at, absolute_expires_at, refresh_token_hash, refresh_expires_at, ip_address, user_agent)
+       VALUES ($1, now(), now() + make_interval(secs => $2), now() + make_interval(secs => $3), $4,
                now() + make_interval(secs => LEAST($5, $3)), $6, $7)
        RETURNING ${SESSION_COLUMNS}`,
       [userId, this.idleTtl, this.absoluteTtl, hashRefreshToken(refreshToken), this.refreshTtl, client.ipAddress, client.userAgent],

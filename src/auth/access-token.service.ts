@@ -25,7 +25,11 @@ export class AccessTokenService {
     this.ttl = config.get('ACCESS_TOKEN_TTL', { infer: true });
   }
 
-  /** Never valid beyond the session's absolute deadline (the guard enforces it anyway). */
+  /**
+   * Never valid beyond the session's absolute deadline (the guard enforces it anyway). Carries
+   * `auth_time` (OpenID Connect's claim, in seconds): when the user last authenticated in this
+   * session, which step-up checks read (RFC 9470).
+   */
   async issue(session: SessionEntity): Promise<AccessToken> {
     const iat = Math.floor(Date.now() / 1000);
     // exp is set directly: jsonwebtoken's expiresIn counts from the truncated iat, which would
@@ -33,7 +37,7 @@ export class AccessTokenService {
     const exp = Math.max(iat + 1, Math.min(iat + this.ttl, Math.floor(session.absoluteExpiresAt.getTime() / 1000)));
     const expiresIn = exp - iat;
     const token = await this.jwt.signAsync(
-      { sid: session.id, iat, exp },
+      { sid: session.id, auth_time: Math.floor(session.authTime.getTime() / 1000), iat, exp },
       { subject: session.userId, jwtid: randomUUID(), header: { alg: ACCESS_TOKEN_ALGORITHM, typ: ACCESS_TOKEN_TYPE } },
     );
     return { token, expiresIn };

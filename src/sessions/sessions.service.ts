@@ -6,7 +6,7 @@ import { AuditEventType, AuditMetadata } from '../audit/audit-event.entity';
 import { AuditEventInput, AuditService } from '../audit/audit.service';
 import { BoundedAuditService } from '../audit/bounded-audit.service';
 import type { ClientContext } from '../common/client-context';
-import type { AuthContext } from '../common/current-auth.decorator';
+import type { ActiveSession } from '../common/current-auth.decorator';
 import type { AppConfig } from '../config/config';
 import { sql } from '../database/sql';
 import type { UserRole } from '../users/user.entity';
@@ -170,7 +170,7 @@ export class SessionsService implements OnApplicationBootstrap, OnModuleDestroy 
    * only what a LISTEN/NOTIFY connection keeps exact. Without that connection, for a session
    * not cached, and for one whose deadline is near, the database decides.
    */
-  async validateSession(sessionId: string, userId: string): Promise<AuthContext> {
+  async validateSession(sessionId: string, userId: string): Promise<ActiveSession> {
     const cached = this.cache.get(sessionId);
     if (cached && this.listener) {
       const now = this.listener.databaseNow();
@@ -179,13 +179,13 @@ export class SessionsService implements OnApplicationBootstrap, OnModuleDestroy 
       if (verdict === 'refused') throw new UnauthorizedException(UNAUTHORIZED_SESSION);
       if (verdict === 'active') {
         this.noteActivity(sessionId, cached, now);
-        return authContext(sessionId, cached);
+        return activeSession(sessionId, cached);
       }
     }
     return this.validateFromDatabase(sessionId, userId);
   }
 
-  private async validateFromDatabase(sessionId: string, userId: string): Promise<AuthContext> {
+  private async validateFromDatabase(sessionId: string, userId: string): Promise<ActiveSession> {
     this.checks.database++;
     const ticket = this.cache.enabled ? this.cache.beginFill(sessionId) : undefined;
     let row: (SessionRow & { now: Date }) | undefined;
@@ -237,7 +237,7 @@ export class SessionsService implements OnApplicationBootstrap, OnModuleDestroy 
     }
     if (verdict.status === 'ended') throw new UnauthorizedException(UNAUTHORIZED_SESSION);
     this.noteActivity(sessionId, entry, row.now.getTime());
-    return authContext(sessionId, entry);
+    return activeSession(sessionId, entry);
   }
 
   /**
@@ -460,7 +460,7 @@ export class SessionsService implements OnApplicationBootstrap, OnModuleDestroy 
   }
 }
 
-function authContext(sessionId: string, s: CachedSession): AuthContext {
+function activeSession(sessionId: string, s: CachedSession): ActiveSession {
   return {
     userId: s.userId,
     sessionId,

@@ -15,6 +15,7 @@ export const AUDIT_EVENT_TYPES = [
   'ROLE_CHANGED',
   'REFRESH_FAILED',
   'ACCESS_DENIED',
+  'REAUTHENTICATED',
 ] as const;
 export type AuditEventType = (typeof AUDIT_EVENT_TYPES)[number];
 

@@ -223,6 +223,29 @@ describe('step-up, RFC 9470 (e2e)', () => {
     assert.equal((await sessionRow(t.db, leaving.sessionId))!.end_reason, 'logout');
   });
 
+  it('documents reauthenticate and the step-up 401 of each protected route, with a WWW-Authenticate pattern the real challenges match', async () => {
+    type Response = { description: string; headers?: Record<string, { schema: { pattern?: string } }> };
+    const doc = (await t.http.get('/docs-json')).body as {
+      paths: Record<string, Record<string, { operationId: string; responses: Record<string, Response> }>>;
+    };
+    const reauth = doc.paths['/api/v1/auth/reauthenticate'].post;
+    assert.equal(reauth.operationId, 'reauthenticate');
+    assert.ok(reauth.responses['200'] && reauth.responses['401'] && reauth.responses['429']);
+    for (const [path, method] of [
+      ['/api/v1/sessions', 'delete'],
+      ['/api/v1/sessions/{id}', 'delete'],
+      ['/api/v1/admin/users/{id}/sessions', 'delete'],
+      ['/api/v1/users/me', 'patch'],
+    ]) {
+      const unauthorized = doc.paths[path][method].responses['401'];
+      assert.match(unauthorized.description, /step-up \(RFC 9470\)/, `${method} ${path}`);
+      const pattern = new RegExp(unauthorized.headers!['WWW-Authenticate'].schema.pattern!);
+      for (const challenge of ['Bearer', 'Bearer error="invalid_token"', STEP_UP_CHALLENGE]) assert.match(challenge, pattern, `${method} ${path}`);
+    }
+    // Routes without the rule keep the plain RFC 6750 401.
+    assert.doesNotMatch(doc.paths['/api/v1/sessions'].get.responses['401'].description, /RFC 9470/);
+  });
+
   it('treats a token without auth_time (issued before the upgrade) as never recently authenticated', async () => {
     const { user, tokens } = await registerAndLogin(t.http);
     await login(t.http, user);

@@ -65,7 +65,12 @@ export const ApiStepUpUnauthorizedResponse = (alternative = '') =>
           'RFC 6750: `Bearer` without a token, `Bearer error="invalid_token"` for a refused one; RFC 9470: ' +
           '`Bearer error="insufficient_user_authentication", error_description="More recent authentication is required", max_age=300` ' +
           '(max_age is REAUTH_MAX_AGE) when only a more recent authentication is missing',
-        schema: { type: 'string', maxLength: 200 },
+        // The three challenges: bearerChallenge()'s two and InsufficientUserAuthenticationException's.
+        schema: {
+          type: 'string',
+          maxLength: 200,
+          pattern: '^Bearer( error="invalid_token"| error="insufficient_user_authentication", error_description="[^"]*", max_age=[0-9]+)?$',
+        },
       },
     },
   });

@@ -145,7 +145,8 @@ export class UsersService {
 
   /**
    * Changing the email needs a recent authentication (REAUTH_MAX_AGE) or the current password in
-   * the request; a password that is sent is checked either way, so a wrong one is never ignored.
+   * the request. With an email change, a currentPassword that is sent is checked even when the
+   * authentication is recent: a wrong one is never ignored.
    */
   async updateProfile(
     auth: Pick<AuthContext, 'userId' | 'sessionId' | 'authTime'>,

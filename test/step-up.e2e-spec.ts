@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { randomUUID } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
 import * as jwt from 'jsonwebtoken';
 import { SessionsService } from '../src/sessions/sessions.service';
@@ -111,6 +111,30 @@ describe('step-up, RFC 9470 (e2e)', () => {
     assertStepUp(await t.http.delete('/api/v1/sessions').set('Authorization', bearer(stale)));
     // The refresh token was not rotated: it still works.
     assert.equal((await t.http.post('/api/v1/auth/refresh').send({ refreshToken: stale.refreshToken })).status, 200);
+  });
+
+  it('settles a reauthentication racing a refresh of the same token: one rotation after the other, or reuse', async () => {
+    for (let i = 0; i < 5; i++) {
+      const user = await registerUser(t.http);
+      const tokens = await login(t.http, user);
+      const [reauth, refresh] = await Promise.all([
+        reauthenticate(tokens, user.password),
+        t.http.post('/api/v1/auth/refresh').send({ refreshToken: tokens.refreshToken }),
+      ]);
+      // The reauthentication always wins or comes second: it rotates whatever token is current.
+      assert.equal(reauth.status, 200, JSON.stringify(reauth.body));
+      assert.equal((await auditRows(t.db, { sessionId: tokens.sessionId, type: 'REAUTHENTICATED' })).length, 1);
+      const row = (await sessionRow(t.db, tokens.sessionId))!;
+      if (refresh.status === 200) {
+        // The refresh came first: its token was rotated out by the reauthentication.
+        assert.equal(row.ended_at, null);
+        assert.equal(row.refresh_token_hash, createHash('sha256').update(reauth.body.refreshToken).digest('hex'));
+      } else {
+        // The reauthentication came first: the refresh presented a rotated token, which is reuse.
+        assert.equal(refresh.status, 401);
+        assert.equal(row.end_reason, 'refresh_token_reuse');
+      }
+    }
   });
 
   it('answers 400 for a bad body and 401 without a bearer token', async () => {

@@ -8,7 +8,7 @@ export type { AppConfig as SessionaryConfig } from './config/config';
 
 // Guards and decorators: every route is protected by the session guard unless @Public().
 export { SessionGuard } from './auth/session.guard';
-export { CurrentAuth, type AuthContext } from './common/current-auth.decorator';
+export { CurrentAuth, type ActiveSession, type AuthContext } from './common/current-auth.decorator';
 export { Public } from './common/public.decorator';
 export { Roles, RolesGuard } from './common/roles';
 export { Client, type ClientContext } from './common/client-context';

@@ -70,6 +70,10 @@ describe('audit events record the client (e2e, TRUST_PROXY)', () => {
         .send({ username: `${user.username}x` })
         .expect(200),
     );
+    await step(['REAUTHENTICATED'], async (c) => {
+      const res = await as(t.http.post('/api/v1/auth/reauthenticate'), c).set('Authorization', auth).send({ password: user.password }).expect(200);
+      auth = bearer(res.body);
+    });
     await step(['SESSION_REVOKED'], (c) =>
       as(t.http.delete(`/api/v1/sessions/${s2.sessionId}`), c)
         .set('Authorization', auth)

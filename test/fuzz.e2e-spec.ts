@@ -237,6 +237,14 @@ describe('fuzz: hostile input gets a 4xx, leaks nothing and changes nothing (e2e
       // Only tokens that were never issued: presenting a rotated one ends its session by design.
       { method: 'POST', path: '/api/v1/auth/refresh', auth: 'none', bodies: [{ refreshToken: refreshTokenShaped }] },
       { method: 'POST', path: '/api/v1/auth/logout', auth: 'user', endsSession: true },
+      // Never the right password: a success would rotate the refresh token the fuzzer holds.
+      {
+        method: 'POST',
+        path: '/api/v1/auth/reauthenticate',
+        auth: 'user',
+        bodies: [{ password: fc.oneof(validPassword, hostileString) }],
+        auditsFailure: 'when-checked',
+      },
       { method: 'GET', path: '/api/v1/users/me', auth: 'user' },
       {
         method: 'PATCH',

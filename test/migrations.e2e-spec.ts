@@ -4,7 +4,8 @@ import { Client } from 'pg';
 import { DataSource } from 'typeorm';
 import { cliDataSourceOptions, dataSourceOptions, MIGRATIONS } from '../src/database/data-source.options';
 import { MIGRATION_LOCK_KEY, runMigrationsLocked } from '../src/database/migrate';
-import { databaseForThisFile } from './helpers/test-app';
+import { SessionAuthTime1765500000000 } from '../src/database/migrations/1765500000000-SessionAuthTime';
+import { databaseForThisFile, freshDatabase } from './helpers/test-app';
 
 describe('migrations (e2e)', () => {
   let url: string;
@@ -77,6 +78,43 @@ describe('migrations (e2e)', () => {
       await runMigrationsLocked(source);
       const [{ count }] = await source.query('SELECT count(*)::int AS count FROM migrations');
       assert.equal(count, MIGRATIONS.length);
+    } finally {
+      await source.destroy();
+    }
+  });
+
+  it('give existing sessions their creation time as auth_time, and new rows now() by default', async () => {
+    const db = await freshDatabase();
+    const before = MIGRATIONS.slice(0, MIGRATIONS.indexOf(SessionAuthTime1765500000000));
+    const old = await new DataSource({ ...dataSourceOptions(db), migrations: before }).initialize();
+    try {
+      await old.runMigrations();
+      const [user] = await old.query(`INSERT INTO users (username, email, password_hash) VALUES ('old_one', 'old@example.test', 'x') RETURNING id`);
+      // A session of the previous version, opened two hours ago.
+      await old.query(
+        `INSERT INTO sessions (user_id, created_at, idle_expires_at, absolute_expires_at, refresh_token_hash, refresh_expires_at)
+         VALUES ($1, now() - interval '2 hours', now() + interval '1 hour', now() + interval '1 hour', repeat('a', 64), now() + interval '1 hour')`,
+        [user.id],
+      );
+    } finally {
+      await old.destroy();
+    }
+    const source = await new DataSource(dataSourceOptions(db)).initialize();
+    try {
+      await runMigrationsLocked(source);
+      const [migrated] = await source.query(`SELECT auth_time = created_at AS same, auth_time < now() - interval '1 hour' AS old FROM sessions`);
+      assert.deepEqual(migrated, { same: true, old: true });
+      // What an instance of the previous version inserts during a rolling deploy: no auth_time.
+      const [fresh] = await source.query(
+        `INSERT INTO sessions (user_id, idle_expires_at, absolute_expires_at, refresh_token_hash, refresh_expires_at)
+         SELECT id, now() + interval '1 hour', now() + interval '1 hour', repeat('b', 64), now() + interval '1 hour' FROM users
+         RETURNING auth_time = now() AS fresh`,
+      );
+      assert.equal(fresh.fresh, true);
+      const [column] = await source.query(
+        `SELECT is_nullable FROM information_schema.columns WHERE table_name = 'sessions' AND column_name = 'auth_time'`,
+      );
+      assert.equal(column.is_nullable, 'NO');
     } finally {
       await source.destroy();
     }

@@ -1,7 +1,8 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { auditRows } from './helpers/db';
-import { bearer, registerAndLogin, registerUser } from './helpers/factories';
+import { bearer, login, registerAndLogin, registerUser } from './helpers/factories';
+import { STEP_UP_CHALLENGE, staleTokens } from './helpers/step-up';
 import { createTestApp, TestApp } from './helpers/test-app';
 
 describe('users (e2e)', () => {
@@ -37,13 +38,17 @@ describe('users (e2e)', () => {
     assert.equal(events[0].session_id, tokens.sessionId);
   });
 
-  it('PATCH /users/me needs the right current password to change the email', async () => {
-    const { user, tokens } = await registerAndLogin(t.http);
+  it('PATCH /users/me needs the right current password to change the email, once the login is no longer recent', async () => {
+    const user = await registerUser(t.http);
+    // Older than REAUTH_MAX_AGE: a recent authentication alone would do (test/step-up.e2e-spec.ts).
+    const tokens = await staleTokens(t, await login(t.http, user));
     const email = `new_${user.email}`;
     const missing = await t.http.patch('/api/v1/users/me').set('Authorization', bearer(tokens)).send({ email });
     const wrong = await t.http.patch('/api/v1/users/me').set('Authorization', bearer(tokens)).send({ email, currentPassword: 'definitely-not-it' });
     assert.equal(missing.status, 401);
+    assert.equal(missing.headers['www-authenticate'], STEP_UP_CHALLENGE);
     assert.equal(wrong.status, 401);
+    assert.equal((await auditRows(t.db, { userId: user.id, type: 'LOGIN_FAILED' })).length, 1, 'only the wrong password is a failed login');
     let [row] = await t.db.query('SELECT email FROM users WHERE id = $1', [user.id]);
     assert.equal(row.email, user.email);
     assert.equal((await auditRows(t.db, { userId: user.id, type: 'PROFILE_UPDATED' })).length, 0);

@@ -19,6 +19,7 @@ import { Client, ClientContext } from '../common/client-context';
 import { AuthContext, CurrentAuth } from '../common/current-auth.decorator';
 import { AuthenticatedApi } from '../common/authenticated-api.decorator';
 import { ErrorResponseDto } from '../common/error-response.dto';
+import { RequiresRecentAuth } from '../common/recent-auth';
 import { Roles, RolesGuard } from '../common/roles';
 import { RevokedCountResponseDto, SessionResponseDto } from '../sessions/dto/session-response.dto';
 import { AdminService } from './admin.service';
@@ -55,7 +56,11 @@ export class AdminController {
   }
 
   @Delete('users/:id/sessions')
-  @ApiOperation({ operationId: 'revokeUserSessions', summary: 'End every active session of a user (reason revoked_by_admin)' })
+  @RequiresRecentAuth()
+  @ApiOperation({
+    operationId: 'revokeUserSessions',
+    summary: "End every active session of a user (reason revoked_by_admin); needs the admin's recent authentication",
+  })
   @ApiOkResponse({ type: RevokedCountResponseDto })
   @ApiBadRequestResponse({ type: ErrorResponseDto, description: 'Not a UUID' })
   @ApiNotFoundResponse({ type: ErrorResponseDto, description: 'No such user' })

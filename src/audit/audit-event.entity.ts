@@ -16,6 +16,7 @@ export const AUDIT_EVENT_TYPES = [
   'REFRESH_FAILED',
   'ACCESS_DENIED',
   'KEY_ROTATED',
+  'REAUTHENTICATED',
 ] as const;
 export type AuditEventType = (typeof AUDIT_EVENT_TYPES)[number];
 

@@ -26,7 +26,11 @@ export class AccessTokenService {
     this.ttl = config.get('ACCESS_TOKEN_TTL', { infer: true });
   }
 
-  /** Never valid beyond the session's absolute deadline (the guard enforces it anyway). */
+  /**
+   * Never valid beyond the session's absolute deadline (the guard enforces it anyway). Carries
+   * `auth_time` (OpenID Connect's claim, in seconds): when the user last authenticated in this
+   * session, which step-up checks read (RFC 9470).
+   */
   async issue(session: SessionEntity): Promise<AccessToken> {
     const iat = Math.floor(Date.now() / 1000);
     // exp is set directly: jsonwebtoken's expiresIn counts from the truncated iat, which would
@@ -35,7 +39,7 @@ export class AccessTokenService {
     const expiresIn = exp - iat;
     const key = this.ring.signingKey();
     const token = await this.jwt.signAsync(
-      { sid: session.id, iat, exp },
+      { sid: session.id, auth_time: Math.floor(session.authTime.getTime() / 1000), iat, exp },
       {
         // jsonwebtoken takes a KeyObject (imported once, when the ring is loaded); its types want a string.
         secret: key.signingKey as unknown as string,

@@ -19,6 +19,7 @@ import { Public } from '../common/public.decorator';
 import { RegisteredUserResponseDto } from '../users/dto/user-response.dto';
 import { AuthService } from './auth.service';
 import { LOGIN_EXAMPLES, LoginDto } from './dto/login.dto';
+import { ReauthenticateDto } from './dto/reauthenticate.dto';
 import { RefreshDto } from './dto/refresh.dto';
 import { SessionInfoResponseDto } from './dto/session-info-response.dto';
 import { RegisterDto } from './dto/register.dto';
@@ -77,6 +78,30 @@ export class AuthController {
   @ApiUnauthorizedResponse({ type: ErrorResponseDto, description: 'No valid access token, or the session has ended' })
   session(@CurrentAuth() auth: AuthContext): SessionInfoResponseDto {
     return SessionInfoResponseDto.from(auth);
+  }
+
+  @Post('reauthenticate')
+  @HttpCode(HttpStatus.OK)
+  @Header('Cache-Control', 'no-store')
+  @ApiBearerAuth()
+  @ApiOperation({
+    operationId: 'reauthenticate',
+    summary: 'Prove the password again (step-up, RFC 9470): the session goes on with a fresh auth_time and a new token pair',
+    description:
+      'For the actions that need an authentication younger than REAUTH_MAX_AGE (ending other sessions, an admin revoking ' +
+      "a user's sessions, an email change without currentPassword), which otherwise answer 401 with " +
+      '`WWW-Authenticate: Bearer error="insufficient_user_authentication"`. Retry them with the new access token. The ' +
+      'previous refresh token stops working: presenting it again is reuse and ends the session.',
+  })
+  @ApiOkResponse({ type: TokenResponseDto })
+  @ApiBadRequestResponse({ type: ErrorResponseDto })
+  @ApiUnauthorizedResponse({
+    type: ErrorResponseDto,
+    description: 'Wrong password (audited as LOGIN_FAILED, no change), no valid access token, or the session has ended',
+  })
+  @ApiTooManyRequestsResponse({ type: ErrorResponseDto, description: 'Too many wrong passwords for this account or IP; see Retry-After' })
+  reauthenticate(@CurrentAuth() auth: AuthContext, @Body() dto: ReauthenticateDto, @Client() client: ClientContext): Promise<TokenResponseDto> {
+    return this.auth.reauthenticate(auth, dto, client);
   }
 
   @Post('logout')

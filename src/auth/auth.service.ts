@@ -15,6 +15,7 @@ import { LoginThrottleService } from '../login-throttle/login-throttle.service';
 import { LoginDto } from './dto/login.dto';
 import { RegisterDto } from './dto/register.dto';
 import { ChangePasswordDto } from './dto/change-password.dto';
+import { ReauthenticateDto } from './dto/reauthenticate.dto';
 import { TokenResponseDto } from './dto/token-response.dto';
 
 // Identical for an unknown account and a wrong password (ASVS 6.3.8).
@@ -85,6 +86,17 @@ export class AuthService {
     const ended = await this.sessions.end({ sessionId: auth.sessionId, ownerId: auth.userId }, { reason: 'logout', event: 'LOGOUT', client });
     // Lost a race with another end (revocation, expiry): the session is no longer valid.
     if (!ended) throw new UnauthorizedException(UNAUTHORIZED_SESSION);
+  }
+
+  /**
+   * Step-up (RFC 9470): the password again, under the login throttle and audited as
+   * LOGIN_FAILED when wrong, exactly like a current password. The session goes on with a new
+   * auth_time and a new token pair (the old refresh token becomes a rotated one).
+   */
+  async reauthenticate(auth: AuthContext, dto: ReauthenticateDto, client: ClientContext): Promise<TokenResponseDto> {
+    const user = await this.users.getById(auth.userId);
+    await this.users.verifyCurrentPassword(user, dto.password, auth.sessionId, client, 'reauthenticate');
+    return this.tokenResponse(await this.sessions.reauthenticate(auth, client));
   }
 
   /**

@@ -156,13 +156,27 @@ describe('JwtStrategy.validate', () => {
   const strategy = new JwtStrategy(CONFIG, RING);
   const good = { sub: USER_ID, sid: SESSION_ID, jti: 'f6a1b0c2', iat: 1_700_000_000, exp: 1_700_000_900 };
 
-  it('returns {userId, sessionId} for uuid sub and sid with a string jti and numeric iat and exp', () => {
-    assert.deepEqual(strategy.validate(NO_TOKEN, good), { userId: USER_ID, sessionId: SESSION_ID });
+  it('returns {userId, sessionId, authTime} for uuid sub and sid with a string jti and numeric iat and exp', () => {
+    assert.deepEqual(strategy.validate(NO_TOKEN, { ...good, auth_time: 1_699_999_000 }), {
+      userId: USER_ID,
+      sessionId: SESSION_ID,
+      authTime: 1_699_999_000,
+    });
+  });
+
+  it('reads a missing or non-numeric auth_time as 0 (a token from before step-up: never a recent authentication)', () => {
+    for (const auth_time of [undefined, '1699999000', null, [1_699_999_000]]) {
+      assert.deepEqual(
+        strategy.validate(NO_TOKEN, { ...good, auth_time }),
+        { userId: USER_ID, sessionId: SESSION_ID, authTime: 0 },
+        String(auth_time),
+      );
+    }
   });
 
   it('accepts upper-case uuids as they are', () => {
     const sub = USER_ID.toUpperCase();
-    assert.deepEqual(strategy.validate(NO_TOKEN, { ...good, sub }), { userId: sub, sessionId: SESSION_ID });
+    assert.deepEqual(strategy.validate(NO_TOKEN, { ...good, sub }), { userId: sub, sessionId: SESSION_ID, authTime: 0 });
   });
 
   for (const [name, payload] of [
@@ -201,7 +215,7 @@ describe('JwtStrategy through passport (real verification)', { timeout: 10_000 }
 
   it('accepts a valid token and yields its claims', async () => {
     const outcome = await authenticate(`Bearer ${sign()}`);
-    assert.deepEqual(outcome, { kind: 'success', user: { userId: USER_ID, sessionId: SESSION_ID } });
+    assert.deepEqual(outcome, { kind: 'success', user: { userId: USER_ID, sessionId: SESSION_ID, authTime: 0 } });
   });
 
   it('fails without an Authorization header', async () => {
@@ -328,7 +342,10 @@ describe('JwtStrategy remembers verified tokens until exp', () => {
       const strategy = new JwtStrategy(CACHING, RING);
       const token = sign();
       for (let i = 0; i < 3; i++) {
-        assert.deepEqual(await authenticate(`Bearer ${token}`, strategy), { kind: 'success', user: { userId: USER_ID, sessionId: SESSION_ID } });
+        assert.deepEqual(await authenticate(`Bearer ${token}`, strategy), {
+          kind: 'success',
+          user: { userId: USER_ID, sessionId: SESSION_ID, authTime: 0 },
+        });
       }
       assert.equal(counter.calls(), 1);
     } finally {

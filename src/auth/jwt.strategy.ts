@@ -13,6 +13,8 @@ import { ACCESS_TOKEN_TYPE } from './access-token.service';
 export interface AccessTokenClaims {
   userId: string;
   sessionId: string;
+  /** `auth_time`, seconds since the epoch; 0 for a token without it (never a recent authentication). */
+  authTime: number;
 }
 
 // Exactly `Bearer <JWT>` and nothing else (passport-jwt's own extractor ignores trailing text).
@@ -105,7 +107,8 @@ export class JwtStrategy extends PassportStrategy(Strategy, 'jwt') {
     if (typeof sub !== 'string' || typeof sid !== 'string' || !UUID.test(sub) || !UUID.test(sid)) return false;
     // RFC 9068 requires exp; jsonwebtoken checks expiry only when exp is present.
     if (typeof payload.jti !== 'string' || typeof payload.iat !== 'number' || typeof payload.exp !== 'number') return false;
-    const claims = { userId: sub, sessionId: sid };
+    // Tokens issued before auth_time existed have none: they never count as a recent authentication.
+    const claims = { userId: sub, sessionId: sid, authTime: typeof payload.auth_time === 'number' ? payload.auth_time : 0 };
     // Only a token whose not-before has no future to wait for is remembered as it is.
     const token = this.verified && payload.nbf === undefined ? bearerToken(req) : null;
     if (token) this.verified!.set(token, { claims, expiresAtMs: payload.exp * 1000 });

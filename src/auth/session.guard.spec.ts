@@ -7,7 +7,7 @@ import type { ConfigService } from '@nestjs/config';
 import { Reflector } from '@nestjs/core';
 import * as jwt from 'jsonwebtoken';
 import type { AppConfig } from '../config/config';
-import { AUTH_CONTEXT_KEY, AuthContext } from '../common/current-auth.decorator';
+import { ActiveSession, AUTH_CONTEXT_KEY, AuthContext } from '../common/current-auth.decorator';
 import { IS_PUBLIC_KEY, Public } from '../common/public.decorator';
 import type { SessionsService } from '../sessions/sessions.service';
 import { JwtAuthGuard } from './jwt-auth.guard';
@@ -82,17 +82,18 @@ function isUnauthorized(error: unknown): boolean {
 describe('SessionGuard', () => {
   const userId = randomUUID();
   const sessionId = randomUUID();
-  const auth: AuthContext = { userId, sessionId, role: 'user' as AuthContext['role'], expiresAt: new Date(), absoluteExpiresAt: new Date() };
+  const authTime = 1_765_000_000;
+  const auth: ActiveSession = { userId, sessionId, role: 'user' as AuthContext['role'], expiresAt: new Date(), absoluteExpiresAt: new Date() };
 
   let jwtGuard: { canActivate: ReturnType<typeof mock.fn<(ctx: ExecutionContext) => Promise<boolean>>> };
-  let sessions: { validateSession: ReturnType<typeof mock.fn<(sid: string, uid: string) => Promise<AuthContext>>> };
+  let sessions: { validateSession: ReturnType<typeof mock.fn<(sid: string, uid: string) => Promise<ActiveSession>>> };
   let guard: SessionGuard;
 
   beforeEach(() => {
     // The fake JWT guard behaves like passport: it sets request.user and resolves true.
     jwtGuard = {
       canActivate: mock.fn(async (ctx: ExecutionContext) => {
-        ctx.switchToHttp().getRequest<Request>().user = { userId, sessionId };
+        ctx.switchToHttp().getRequest<Request>().user = { userId, sessionId, authTime };
         return true;
       }),
     };
@@ -119,7 +120,7 @@ describe('SessionGuard', () => {
     const request: Request = {};
     await guard.canActivate(contextFor(request, PublicController.prototype.explicitlyClosed, PublicController));
     assert.equal(jwtGuard.canActivate.mock.callCount(), 1);
-    assert.deepEqual(request[AUTH_CONTEXT_KEY], auth);
+    assert.deepEqual(request[AUTH_CONTEXT_KEY], { ...auth, authTime });
   });
 
   it('checks a non-public handler of a controller that has public ones', async () => {
@@ -156,12 +157,15 @@ describe('SessionGuard', () => {
     assert.equal(request[AUTH_CONTEXT_KEY], undefined);
   });
 
-  it('on success sets request.auth to what validateSession returned, called with (sessionId, userId)', async () => {
+  it("on success sets request.auth to what validateSession returned plus the token's auth_time, called with (sessionId, userId)", async () => {
     const request: Request = {};
     const result = await guard.canActivate(contextFor(request, PrivateController.prototype.list, PrivateController));
     assert.equal(result, true);
     assert.equal(AUTH_CONTEXT_KEY, 'auth');
-    assert.equal(request.auth, auth); // the very object the service returned
+    assert.deepEqual(request.auth, { ...auth, authTime });
+    // A new object: the service's answer (possibly shared by other requests) is left as it was.
+    assert.notEqual(request.auth, auth);
+    assert.equal('authTime' in auth, false);
     assert.equal(sessions.validateSession.mock.callCount(), 1);
     assert.deepEqual(sessions.validateSession.mock.calls[0].arguments, [sessionId, userId]);
   });
@@ -188,7 +192,7 @@ describe('SessionGuard with the real JwtAuthGuard and JwtStrategy', { timeout: 1
 
   const userId = randomUUID();
   const sessionId = randomUUID();
-  const auth: AuthContext = { userId, sessionId, role: 'user' as AuthContext['role'], expiresAt: new Date(), absoluteExpiresAt: new Date() };
+  const auth: ActiveSession = { userId, sessionId, role: 'user' as AuthContext['role'], expiresAt: new Date(), absoluteExpiresAt: new Date() };
 
   function token(claims: Record<string, unknown> = {}, signKey = key): string {
     const now = Math.floor(Date.now() / 1000);
@@ -196,7 +200,7 @@ describe('SessionGuard with the real JwtAuthGuard and JwtStrategy', { timeout: 1
     return jwt.sign(payload, signKey, { algorithm: 'HS256', header: { alg: 'HS256', typ: 'at+jwt' } });
   }
 
-  let sessions: { validateSession: ReturnType<typeof mock.fn<(sid: string, uid: string) => Promise<AuthContext>>> };
+  let sessions: { validateSession: ReturnType<typeof mock.fn<(sid: string, uid: string) => Promise<ActiveSession>>> };
   let guard: SessionGuard;
 
   beforeEach(() => {
@@ -207,9 +211,22 @@ describe('SessionGuard with the real JwtAuthGuard and JwtStrategy', { timeout: 1
   it('accepts a valid access token and hands its claims to the session service', async () => {
     const request: Request = { headers: { authorization: `Bearer ${token()}` } };
     assert.equal(await guard.canActivate(contextFor(request, PrivateController.prototype.list, PrivateController)), true);
-    assert.deepEqual(request.user, { userId, sessionId });
+    // No auth_time in the token: 0, never a recent authentication.
+    assert.deepEqual(request.user, { userId, sessionId, authTime: 0 });
     assert.deepEqual(sessions.validateSession.mock.calls[0].arguments, [sessionId, userId]);
-    assert.equal(request.auth, auth);
+    assert.deepEqual(request.auth, { ...auth, authTime: 0 });
+  });
+
+  it("hands on the token's auth_time when it is a number, and 0 for anything else", async () => {
+    for (const [value, expected] of [
+      [1_765_432_100, 1_765_432_100],
+      ['1765432100', 0],
+      [null, 0],
+    ] as const) {
+      const request: Request = { headers: { authorization: `Bearer ${token({ auth_time: value })}` } };
+      assert.equal(await guard.canActivate(contextFor(request, PrivateController.prototype.list, PrivateController)), true);
+      assert.equal((request.auth as AuthContext).authTime, expected, String(value));
+    }
   });
 
   it('answers 401 without a token and never asks the session service', async () => {
@@ -284,11 +301,11 @@ describe('SessionGuard with a strategy that remembers verified tokens', { timeou
   const config = { get: (k: string) => settings[k] } as unknown as ConfigService<AppConfig, true>;
   const userId = randomUUID();
   const sessionId = randomUUID();
-  const auth: AuthContext = { userId, sessionId, role: 'user' as AuthContext['role'], expiresAt: new Date(), absoluteExpiresAt: new Date() };
+  const auth: ActiveSession = { userId, sessionId, role: 'user' as AuthContext['role'], expiresAt: new Date(), absoluteExpiresAt: new Date() };
 
   let strategy: JwtStrategy;
   let jwtGuard: JwtAuthGuard;
-  let sessions: { validateSession: ReturnType<typeof mock.fn<(sid: string, uid: string) => Promise<AuthContext>>> };
+  let sessions: { validateSession: ReturnType<typeof mock.fn<(sid: string, uid: string) => Promise<ActiveSession>>> };
   let guard: SessionGuard;
 
   beforeEach(() => {
@@ -315,8 +332,8 @@ describe('SessionGuard with a strategy that remembers verified tokens', { timeou
     const again: Request = { headers: { authorization: bearer } };
     assert.equal(await check(again), true);
     assert.equal(calls(), 1, 'the remembered token did not go through passport again');
-    assert.deepEqual(again.user, { userId, sessionId });
-    assert.equal(again.auth, auth);
+    assert.deepEqual(again.user, { userId, sessionId, authTime: 0 });
+    assert.deepEqual(again.auth, { ...auth, authTime: 0 });
     assert.equal(sessions.validateSession.mock.callCount(), 2, 'the session is checked on every request');
     assert.deepEqual(sessions.validateSession.mock.calls[1].arguments, [sessionId, userId]);
   });

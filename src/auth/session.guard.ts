@@ -1,6 +1,6 @@
 import { CanActivate, ExecutionContext, Injectable, UnauthorizedException } from '@nestjs/common';
 import { Reflector } from '@nestjs/core';
-import { AUTH_CONTEXT_KEY } from '../common/current-auth.decorator';
+import { AUTH_CONTEXT_KEY, type AuthContext } from '../common/current-auth.decorator';
 import { IS_PUBLIC_KEY } from '../common/public.decorator';
 import { SessionsService } from '../sessions/sessions.service';
 import { JwtAuthGuard } from './jwt-auth.guard';
@@ -44,7 +44,10 @@ export class SessionGuard implements CanActivate {
       if (remembered) request.user = remembered;
       else await this.jwtGuard.canActivate(context); // throws 401 on any token problem
       const claims = request.user as AccessTokenClaims;
-      request[AUTH_CONTEXT_KEY] = await this.sessions.validateSession(claims.sessionId, claims.userId);
+      const session = await this.sessions.validateSession(claims.sessionId, claims.userId);
+      // A new object, never the session check's answer changed: that describes the session (and
+      // may be shared), auth_time is this token's.
+      request[AUTH_CONTEXT_KEY] = { ...session, authTime: claims.authTime } satisfies AuthContext;
       return true;
     } catch (error) {
       if (error instanceof UnauthorizedException) http.getResponse<FastifyReply>().header('WWW-Authenticate', bearerChallenge(request));

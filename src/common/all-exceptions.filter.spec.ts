@@ -17,6 +17,7 @@ import { DatabaseError } from 'pg';
 import { DataSource, QueryFailedError } from 'typeorm';
 import { DatabaseOutageMonitor } from '../database/database-outage.monitor';
 import { AllExceptionsFilter, UNAVAILABLE_BODY } from './all-exceptions.filter';
+import { InsufficientUserAuthenticationException } from './insufficient-user-authentication.exception';
 
 const INTERNAL = { statusCode: 500, error: 'Internal Server Error', message: 'Internal server error' };
 
@@ -253,5 +254,46 @@ describe('AllExceptionsFilter.toBody', () => {
       assert.equal(headers['retry-after'], '5');
       assert.deepEqual(sent, UNAVAILABLE_BODY);
     });
+  });
+});
+
+describe('AllExceptionsFilter and step-up', () => {
+  function send(exception: unknown): { status: number; headers: Record<string, string>; body: unknown } {
+    const sent = { status: 0, headers: {} as Record<string, string>, body: undefined as unknown };
+    const reply = {
+      header(name: string, value: string) {
+        sent.headers[name.toLowerCase()] = value;
+        return reply;
+      },
+      status(code: number) {
+        sent.status = code;
+        return reply;
+      },
+      send(body: unknown) {
+        sent.body = body;
+        return reply;
+      },
+    };
+    const host = {
+      switchToHttp: () => ({ getResponse: () => reply, getRequest: () => ({ method: 'DELETE', routeOptions: { url: '/sessions' } }) }),
+    } as unknown as ArgumentsHost;
+    new AllExceptionsFilter().catch(exception, host);
+    return sent;
+  }
+
+  it("answers InsufficientUserAuthenticationException with 401, Nest's body and RFC 9470's challenge", () => {
+    const sent = send(new InsufficientUserAuthenticationException(300, 'Reauthenticate first'));
+    assert.equal(sent.status, 401);
+    assert.deepEqual(sent.body, { statusCode: 401, error: 'Unauthorized', message: 'Reauthenticate first' });
+    assert.equal(
+      sent.headers['www-authenticate'],
+      'Bearer error="insufficient_user_authentication", error_description="More recent authentication is required", max_age=300',
+    );
+  });
+
+  it('adds no challenge to any other 401 (SessionGuard writes those)', () => {
+    const sent = send(new HttpException('Current password is required and must be correct', 401));
+    assert.equal(sent.status, 401);
+    assert.equal(sent.headers['www-authenticate'], undefined);
   });
 });

@@ -4,6 +4,7 @@ import type { FastifyReply, FastifyRequest } from 'fastify';
 import { QueryFailedError } from 'typeorm';
 import { DatabaseOutageMonitor, summarize } from '../database/database-outage.monitor';
 import { isDatabaseUnavailable, PG_UNIQUE_VIOLATION, pgErrorCode } from '../database/pg-errors';
+import { InsufficientUserAuthenticationException } from './insufficient-user-authentication.exception';
 import { RetryAfterException } from './retry-after.exception';
 
 /** Long enough for a database restart or failover to finish, short enough not to idle clients. */
@@ -41,6 +42,8 @@ export class AllExceptionsFilter implements ExceptionFilter {
     const body = this.toBody(exception, request);
     if (exception instanceof RetryAfterException) void reply.header('Retry-After', String(exception.retryAfterSeconds));
     else if (body.statusCode === HttpStatus.SERVICE_UNAVAILABLE) void reply.header('Retry-After', String(UNAVAILABLE_RETRY_AFTER_SECONDS));
+    // RFC 9470's challenge; SessionGuard writes the other 401s' (RFC 6750) itself.
+    if (exception instanceof InsufficientUserAuthenticationException) void reply.header('WWW-Authenticate', exception.challenge);
     void reply.status(body.statusCode).header('content-type', 'application/json; charset=utf-8').send(body);
   }
 

@@ -1,8 +1,8 @@
 import { createParamDecorator, ExecutionContext } from '@nestjs/common';
 import type { UserRole } from '../users/user.entity';
 
-/** Who is calling, set on the request by SessionGuard once the session is known active. */
-export interface AuthContext {
+/** What the session check (SessionsService.validateSession) knows of an active session. */
+export interface ActiveSession {
   userId: string;
   sessionId: string;
   role: UserRole;
@@ -10,6 +10,15 @@ export interface AuthContext {
   expiresAt: Date;
   /** The session's absolute deadline: nothing moves it. */
   absoluteExpiresAt: Date;
+}
+
+/** Who is calling, set on the request by SessionGuard once the session is known active. */
+export interface AuthContext extends ActiveSession {
+  /**
+   * When the user last authenticated, in seconds since the epoch: the access token's
+   * `auth_time` (0 when it has none). Step-up checks compare it with REAUTH_MAX_AGE.
+   */
+  authTime: number;
 }
 
 export const AUTH_CONTEXT_KEY = 'auth';

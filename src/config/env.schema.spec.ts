@@ -26,6 +26,7 @@ describe('parseEnv', () => {
     assert.equal(env.SESSION_IDLE_TTL, 3600);
     assert.equal(env.SESSION_ABSOLUTE_TTL, 86400);
     assert.equal(env.REFRESH_TOKEN_TTL, 86400);
+    assert.equal(env.REAUTH_MAX_AGE, 300);
     assert.equal(env.SESSION_RETENTION, 30 * 86400);
     assert.equal(env.BCRYPT_COST, 12);
     assert.equal(env.SESSION_CLEANUP_CRON, '*/5 * * * *');
@@ -121,6 +122,10 @@ describe('parseEnv', () => {
     ['SESSION_IDLE_TTL', '1.5'],
     ['SESSION_ABSOLUTE_TTL', '-86400'],
     ['REFRESH_TOKEN_TTL', 'forever-XYZZY'],
+    ['REAUTH_MAX_AGE', '0'],
+    ['REAUTH_MAX_AGE', '2.5'],
+    ['REAUTH_MAX_AGE', 'recent-XYZZY'],
+    ['REAUTH_MAX_AGE', '2147483648'],
     ['SESSION_RETENTION', '-5'],
     ['BCRYPT_COST', '3'],
     ['BCRYPT_COST', '32'],

@@ -217,6 +217,18 @@ export class Env {
   @Min(1)
   REFRESH_TOKEN_TTL = 86400;
 
+  /**
+   * Seconds an authentication stays recent enough for a sensitive action (RFC 9470's max_age):
+   * ending all other sessions, an admin's revocation, an email change without the current
+   * password. Older: 401 with `insufficient_user_authentication`; POST /auth/reauthenticate
+   * makes it recent again.
+   */
+  @Transform(toNumber)
+  @IsInt()
+  @Min(1)
+  @Max(INT32_MAX)
+  REAUTH_MAX_AGE = 300;
+
   /** Seconds an ended session is kept (for the user's and the admin's history) before cleanup deletes it. */
   @Transform(toNumber)
   @IsInt()

@@ -14,6 +14,7 @@ import { AuditPartitions1765100000000 } from './migrations/1765100000000-AuditPa
 import { AuditTimeIndexes1765200000000 } from './migrations/1765200000000-AuditTimeIndexes';
 import { SessionDeleteNotifyActiveOnly1765300000000 } from './migrations/1765300000000-SessionDeleteNotifyActiveOnly';
 import { AuditHeadTimes1765400000000 } from './migrations/1765400000000-AuditHeadTimes';
+import { SessionAuthTime1765500000000 } from './migrations/1765500000000-SessionAuthTime';
 import { SigningKeys1765600000000 } from './migrations/1765600000000-SigningKeys';
 
 export const ENTITIES = [UserEntity, SessionEntity, RotatedRefreshTokenEntity, AuditEventEntity];
@@ -30,6 +31,7 @@ export const MIGRATIONS = [
   AuditTimeIndexes1765200000000,
   SessionDeleteNotifyActiveOnly1765300000000,
   AuditHeadTimes1765400000000,
+  SessionAuthTime1765500000000,
   SigningKeys1765600000000,
 ];
 

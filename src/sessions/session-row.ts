@@ -5,6 +5,7 @@ export interface SessionRow {
   id: string;
   user_id: string;
   created_at: Date;
+  auth_time: Date;
   last_seen_at: Date;
   idle_expires_at: Date;
   absolute_expires_at: Date;
@@ -16,7 +17,7 @@ export interface SessionRow {
 }
 
 /** The columns of a SessionRow, for SELECT and RETURNING. */
-export const SESSION_COLUMNS = `id, user_id, created_at, last_seen_at, idle_expires_at, absolute_expires_at,
+export const SESSION_COLUMNS = `id, user_id, created_at, auth_time, last_seen_at, idle_expires_at, absolute_expires_at,
   refresh_expires_at, ended_at, end_reason, ip_address, user_agent`;
 
 /** The entity the API shows, from a row. */
@@ -25,6 +26,7 @@ export function toEntity(row: SessionRow): SessionEntity {
     id: row.id,
     userId: row.user_id,
     createdAt: row.created_at,
+    authTime: row.auth_time,
     lastSeenAt: row.last_seen_at,
     idleExpiresAt: row.idle_expires_at,
     absoluteExpiresAt: row.absolute_expires_at,

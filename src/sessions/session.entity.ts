@@ -33,6 +33,13 @@ export class SessionEntity {
   @Column({ name: 'created_at', type: 'timestamptz', default: () => 'now()' })
   createdAt: Date;
 
+  /**
+   * When the user last proved who they are in this session: its login, or a reauthentication.
+   * Access tokens carry it as `auth_time` (RFC 9470), which is what step-up checks read.
+   */
+  @Column({ name: 'auth_time', type: 'timestamptz', default: () => 'now()' })
+  authTime: Date;
+
   @Column({ name: 'last_seen_at', type: 'timestamptz', default: () => 'now()' })
   lastSeenAt: Date;
 

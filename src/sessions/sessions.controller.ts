@@ -4,6 +4,7 @@ import { Client, ClientContext } from '../common/client-context';
 import { AuthContext, CurrentAuth } from '../common/current-auth.decorator';
 import { AuthenticatedApi } from '../common/authenticated-api.decorator';
 import { ErrorResponseDto } from '../common/error-response.dto';
+import { ApiStepUpUnauthorizedResponse, RequiresRecentAuth } from '../common/recent-auth';
 import { RevokedCountResponseDto, SessionResponseDto } from './dto/session-response.dto';
 import { UserSessionsService } from './user-sessions.service';
 
@@ -23,8 +24,12 @@ export class SessionsController {
 
   @Delete(':id')
   @HttpCode(HttpStatus.NO_CONTENT)
-  @ApiOperation({ operationId: 'revokeSession', summary: 'End one of my sessions (the current one too: that is a logout)' })
+  @ApiOperation({
+    operationId: 'revokeSession',
+    summary: 'End one of my sessions (the current one too: that is a logout); another one needs a recent authentication',
+  })
   @ApiNoContentResponse({ description: "The session's access and refresh tokens no longer work" })
+  @ApiStepUpUnauthorizedResponse(' (only to end another session: ending the current one is a logout)')
   @ApiBadRequestResponse({ type: ErrorResponseDto, description: 'Not a UUID' })
   @ApiNotFoundResponse({ type: ErrorResponseDto, description: 'Unknown, already ended, or not yours (one identical answer)' })
   async revoke(
@@ -36,7 +41,8 @@ export class SessionsController {
   }
 
   @Delete()
-  @ApiOperation({ operationId: 'revokeOtherSessions', summary: 'End every session of mine except the current one' })
+  @RequiresRecentAuth()
+  @ApiOperation({ operationId: 'revokeOtherSessions', summary: 'End every session of mine except the current one; needs a recent authentication' })
   @ApiOkResponse({ type: RevokedCountResponseDto })
   async revokeOthers(@CurrentAuth() auth: AuthContext, @Client() client: ClientContext): Promise<RevokedCountResponseDto> {
     return { revoked: await this.sessions.revokeOthers(auth, client) };

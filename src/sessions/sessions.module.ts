@@ -1,6 +1,7 @@
 import { Module } from '@nestjs/common';
 import { SessionaryConfigModule } from '../sessionary/sessionary-config';
 import { AuditModule } from '../audit/audit.module';
+import { RecentAuthModule } from '../common/recent-auth';
 import { UsersModule } from '../users/users.module';
 import { SessionsCleanupTask } from './sessions-cleanup.task';
 import { SessionsController } from './sessions.controller';
@@ -9,7 +10,7 @@ import { SessionsService } from './sessions.service';
 import { UserSessionsService } from './user-sessions.service';
 
 @Module({
-  imports: [SessionaryConfigModule, AuditModule, UsersModule],
+  imports: [SessionaryConfigModule, AuditModule, UsersModule, RecentAuthModule],
   controllers: [SessionsController],
   providers: [SessionsService, UserSessionsService, SessionMaintenanceService, SessionsCleanupTask],
   exports: [SessionsService, UserSessionsService, SessionMaintenanceService, SessionsCleanupTask],

@@ -6,7 +6,7 @@ import { AuditEventType, AuditMetadata } from '../audit/audit-event.entity';
 import { AuditEventInput, AuditService } from '../audit/audit.service';
 import { BoundedAuditService } from '../audit/bounded-audit.service';
 import type { ClientContext } from '../common/client-context';
-import type { AuthContext } from '../common/current-auth.decorator';
+import type { ActiveSession } from '../common/current-auth.decorator';
 import type { AppConfig } from '../config/config';
 import { sql } from '../database/sql';
 import type { UserRole } from '../users/user.entity';
@@ -147,10 +147,11 @@ export class SessionsService implements OnApplicationBootstrap, OnModuleDestroy 
   async open(em: EntityManager, userId: string, client: ClientContext, loginMetadata: AuditMetadata): Promise<IssuedSession> {
     const madeRoom = this.maxPerUser > 0 ? await this.makeRoomForOneMore(em, userId, client) : [];
     const refreshToken = generateRefreshToken();
+    // auth_time is now(), the transaction's start like created_at's default: the login is the authentication.
     const { rows } = await sql<SessionRow>(
       em,
-      `INSERT INTO sessions (user_id, idle_expires_at, absolute_expires_at, refresh_token_hash, refresh_expires_at, ip_address, user_agent)
-       VALUES ($1, now() + make_interval(secs => $2), now() + make_interval(secs => $3), $4,
+      `INSERT INTO sessions (user_id, auth_time, idle_expires_at, absolute_expires_at, refresh_token_hash, refresh_expires_at, ip_address, user_agent)
+       VALUES ($1, now(), now() + make_interval(secs => $2), now() + make_interval(secs => $3), $4,
                now() + make_interval(secs => LEAST($5, $3)), $6, $7)
        RETURNING ${SESSION_COLUMNS}`,
       [userId, this.idleTtl, this.absoluteTtl, hashRefreshToken(refreshToken), this.refreshTtl, client.ipAddress, client.userAgent],
@@ -169,7 +170,7 @@ export class SessionsService implements OnApplicationBootstrap, OnModuleDestroy 
    * only what a LISTEN/NOTIFY connection keeps exact. Without that connection, for a session
    * not cached, and for one whose deadline is near, the database decides.
    */
-  async validateSession(sessionId: string, userId: string): Promise<AuthContext> {
+  async validateSession(sessionId: string, userId: string): Promise<ActiveSession> {
     const cached = this.cache.get(sessionId);
     if (cached && this.listener) {
       const now = this.listener.databaseNow();
@@ -178,13 +179,13 @@ export class SessionsService implements OnApplicationBootstrap, OnModuleDestroy 
       if (verdict === 'refused') throw new UnauthorizedException(UNAUTHORIZED_SESSION);
       if (verdict === 'active') {
         this.noteActivity(sessionId, cached, now);
-        return authContext(sessionId, cached);
+        return activeSession(sessionId, cached);
       }
     }
     return this.validateFromDatabase(sessionId, userId);
   }
 
-  private async validateFromDatabase(sessionId: string, userId: string): Promise<AuthContext> {
+  private async validateFromDatabase(sessionId: string, userId: string): Promise<ActiveSession> {
     this.checks.database++;
     const ticket = this.cache.enabled ? this.cache.beginFill(sessionId) : undefined;
     let row: (SessionRow & { now: Date }) | undefined;
@@ -236,7 +237,7 @@ export class SessionsService implements OnApplicationBootstrap, OnModuleDestroy 
     }
     if (verdict.status === 'ended') throw new UnauthorizedException(UNAUTHORIZED_SESSION);
     this.noteActivity(sessionId, entry, row.now.getTime());
-    return authContext(sessionId, entry);
+    return activeSession(sessionId, entry);
   }
 
   /**
@@ -271,28 +272,71 @@ export class SessionsService implements OnApplicationBootstrap, OnModuleDestroy 
     const nextToken = generateRefreshToken();
 
     const rotated = await this.dataSource.transaction(async (em) => {
-      const { rows } = await sql<SessionRow>(
-        em,
-        `UPDATE sessions
-            SET refresh_token_hash = $2,
-                refresh_expires_at = LEAST(now() + make_interval(secs => $3), absolute_expires_at),
-                idle_expires_at = LEAST(now() + make_interval(secs => $4), absolute_expires_at),
-                last_seen_at = now()
-          WHERE refresh_token_hash = $1 AND ended_at IS NULL
-            AND idle_expires_at > now() AND absolute_expires_at > now() AND refresh_expires_at > now()
-          RETURNING ${SESSION_COLUMNS}`,
-        [presentedHash, hashRefreshToken(nextToken), this.refreshTtl, this.idleTtl],
-      );
-      if (!rows.length) return undefined;
-      const session = toEntity(rows[0]);
-      await sql(em, `INSERT INTO rotated_refresh_tokens (token_hash, session_id) VALUES ($1, $2)`, [presentedHash, session.id]);
-      await this.audit.record(em, { type: 'TOKEN_REFRESH', userId: session.userId, sessionId: session.id, client });
+      const session = await this.rotate(em, presentedHash, nextToken, 'refresh');
+      if (session) await this.audit.record(em, { type: 'TOKEN_REFRESH', userId: session.userId, sessionId: session.id, client });
       return session;
     });
     if (rotated) return { session: rotated, refreshToken: nextToken };
 
     this.refreshFailures[await this.explainFailedRefresh(presentedHash, client)]++;
     throw new UnauthorizedException(INVALID_REFRESH);
+  }
+
+  /**
+   * The user proved their password again in this session (step-up, RFC 9470): auth_time
+   * becomes now, and the refresh token is rotated as by a refresh, so the one held until now
+   * counts as reused if it comes back. Records REAUTHENTICATED in the same transaction. 401
+   * when the session ended (or expired) since the request's check.
+   */
+  async reauthenticate(auth: Pick<ActiveSession, 'userId' | 'sessionId'>, client: ClientContext): Promise<IssuedSession> {
+    const nextToken = generateRefreshToken();
+    const session = await this.dataSource.transaction(async (em) => {
+      // The row lock keeps a concurrent refresh from exchanging this token before it is rotated.
+      const {
+        rows: [current],
+      } = await sql<{ refresh_token_hash: string }>(em, `SELECT refresh_token_hash FROM sessions WHERE id = $1 AND user_id = $2 FOR UPDATE`, [
+        auth.sessionId,
+        auth.userId,
+      ]);
+      const rotated = current ? await this.rotate(em, current.refresh_token_hash, nextToken, 'reauthenticate') : undefined;
+      if (rotated) await this.audit.record(em, { type: 'REAUTHENTICATED', userId: rotated.userId, sessionId: rotated.id, client });
+      return rotated;
+    });
+    if (!session) throw new UnauthorizedException(UNAUTHORIZED_SESSION);
+    return { session, refreshToken: nextToken };
+  }
+
+  /**
+   * The rotation shared by refresh and reauthentication, in the caller's transaction: the
+   * session whose refresh token hashes to `currentHash` gets `nextToken` instead, the old hash
+   * joins rotated_refresh_tokens (presenting it again is reuse), and the idle deadline moves
+   * later, never the absolute one. Only an active session matches; the conditional UPDATE is
+   * the race arbiter (of two rotations of one token, exactly one matches the row). A refresh
+   * also needs its token unexpired; a reauthentication, which proved the password, does not,
+   * and renews auth_time.
+   */
+  private async rotate(
+    em: EntityManager,
+    currentHash: string,
+    nextToken: string,
+    cause: 'refresh' | 'reauthenticate',
+  ): Promise<SessionEntity | undefined> {
+    const { rows } = await sql<SessionRow>(
+      em,
+      `UPDATE sessions
+          SET refresh_token_hash = $2,
+              refresh_expires_at = LEAST(now() + make_interval(secs => $3), absolute_expires_at),
+              idle_expires_at = LEAST(now() + make_interval(secs => $4), absolute_expires_at),
+              last_seen_at = now(),
+              auth_time = CASE WHEN $5::boolean THEN now() ELSE auth_time END
+        WHERE refresh_token_hash = $1 AND ended_at IS NULL
+          AND idle_expires_at > now() AND absolute_expires_at > now() AND ($5::boolean OR refresh_expires_at > now())
+        RETURNING ${SESSION_COLUMNS}`,
+      [currentHash, hashRefreshToken(nextToken), this.refreshTtl, this.idleTtl, cause === 'reauthenticate'],
+    );
+    if (!rows.length) return undefined;
+    await sql(em, `INSERT INTO rotated_refresh_tokens (token_hash, session_id) VALUES ($1, $2)`, [currentHash, rows[0].id]);
+    return toEntity(rows[0]);
   }
 
   /**
@@ -459,7 +503,7 @@ export class SessionsService implements OnApplicationBootstrap, OnModuleDestroy 
   }
 }
 
-function authContext(sessionId: string, s: CachedSession): AuthContext {
+function activeSession(sessionId: string, s: CachedSession): ActiveSession {
   return {
     userId: s.userId,
     sessionId,

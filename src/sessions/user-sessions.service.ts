@@ -3,6 +3,7 @@ import { InjectDataSource } from '@nestjs/typeorm';
 import { DataSource } from 'typeorm';
 import type { ClientContext } from '../common/client-context';
 import type { AuthContext } from '../common/current-auth.decorator';
+import { RecentAuthPolicy } from '../common/recent-auth';
 import { sql } from '../database/sql';
 import { SESSION_COLUMNS, type SessionRow, toEntity } from './session-row';
 import { SessionEntity } from './session.entity';
@@ -17,6 +18,7 @@ export class UserSessionsService {
   constructor(
     @InjectDataSource() private readonly dataSource: DataSource,
     private readonly sessions: SessionsService,
+    private readonly recentAuth: RecentAuthPolicy,
   ) {}
 
   /** The user's sessions that are usable now, newest first. */
@@ -34,9 +36,14 @@ export class UserSessionsService {
   /**
    * A user ends one of their sessions. Someone else's, an unknown and an ended one get the
    * same 404, so session ids cannot be probed. Ending the current session is a logout.
+   *
+   * Ending another one needs a recent authentication, like ending all others: one by one, a
+   * stale (stolen) token could otherwise do what DELETE /sessions refuses it (ASVS 7.5.2). The
+   * check comes first and depends only on the id being another's, so it reveals nothing.
    */
   async revokeOwn(auth: AuthContext, sessionId: string, client: ClientContext): Promise<void> {
     const isCurrent = sessionId === auth.sessionId;
+    if (!isCurrent) this.recentAuth.requireRecent(auth);
     const ended = await this.sessions.end(
       { sessionId, ownerId: auth.userId },
       isCurrent

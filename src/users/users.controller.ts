@@ -4,6 +4,7 @@ import { Client, ClientContext } from '../common/client-context';
 import { AuthContext, CurrentAuth } from '../common/current-auth.decorator';
 import { AuthenticatedApi } from '../common/authenticated-api.decorator';
 import { ErrorResponseDto } from '../common/error-response.dto';
+import { ApiStepUpUnauthorizedResponse } from '../common/recent-auth';
 import { UpdateProfileDto } from './dto/update-profile.dto';
 import { UserResponseDto } from './dto/user-response.dto';
 import { UsersService } from './users.service';
@@ -22,12 +23,16 @@ export class UsersController {
   }
 
   @Patch('me')
-  @ApiOperation({ operationId: 'updateMe', summary: 'Change username and/or email; an email change needs currentPassword' })
+  @ApiOperation({
+    operationId: 'updateMe',
+    summary: 'Change username and/or email; an email change needs a recent authentication or currentPassword',
+  })
   @ApiOkResponse({ type: UserResponseDto })
   @ApiBadRequestResponse({ type: ErrorResponseDto })
+  @ApiStepUpUnauthorizedResponse(' for an email change without currentPassword; or a wrong currentPassword')
   @ApiConflictResponse({ type: ErrorResponseDto, description: 'Username or email is already taken' })
   @ApiTooManyRequestsResponse({ type: ErrorResponseDto, description: 'Too many wrong current passwords; see Retry-After' })
   async update(@CurrentAuth() auth: AuthContext, @Body() dto: UpdateProfileDto, @Client() client: ClientContext): Promise<UserResponseDto> {
-    return UserResponseDto.from(await this.users.updateProfile(auth.userId, auth.sessionId, dto, client));
+    return UserResponseDto.from(await this.users.updateProfile(auth, dto, client));
   }
 }

@@ -1,13 +1,14 @@
 import { Module } from '@nestjs/common';
 import { SessionaryConfigModule } from '../sessionary/sessionary-config';
 import { AuditModule } from '../audit/audit.module';
+import { RecentAuthModule } from '../common/recent-auth';
 import { LoginThrottleModule } from '../login-throttle/login-throttle.module';
 import { PasswordHasher } from './password-hasher';
 import { UsersController } from './users.controller';
 import { UsersService } from './users.service';
 
 @Module({
-  imports: [SessionaryConfigModule, AuditModule, LoginThrottleModule],
+  imports: [SessionaryConfigModule, AuditModule, LoginThrottleModule, RecentAuthModule],
   controllers: [UsersController],
   providers: [UsersService, PasswordHasher],
   exports: [UsersService, PasswordHasher],

@@ -4,6 +4,8 @@ import { DataSource, EntityManager } from 'typeorm';
 import { accountLockedEvents } from '../audit/account-locked-events';
 import { AuditService } from '../audit/audit.service';
 import type { ClientContext } from '../common/client-context';
+import type { AuthContext } from '../common/current-auth.decorator';
+import { RecentAuthPolicy } from '../common/recent-auth';
 import { PG_UNIQUE_VIOLATION, pgErrorCode } from '../database/pg-errors';
 import { LoginThrottleService } from '../login-throttle/login-throttle.service';
 import { UpdateProfileDto } from './dto/update-profile.dto';
@@ -23,6 +25,7 @@ export interface LoginIdentifier {
 
 // One message for both, so registration does not say which of the two is taken.
 const TAKEN_MESSAGE = 'Username or email is already taken';
+const EMAIL_STEP_UP_MESSAGE = 'Changing the email needs a recent authentication or currentPassword';
 
 @Injectable()
 export class UsersService {
@@ -31,6 +34,7 @@ export class UsersService {
     private readonly audit: AuditService,
     private readonly passwords: PasswordHasher,
     private readonly throttle: LoginThrottleService,
+    private readonly recentAuth: RecentAuthPolicy,
   ) {}
 
   /**
@@ -43,7 +47,7 @@ export class UsersService {
     password: string | undefined,
     sessionId: string,
     client: ClientContext,
-    action: 'password_change' | 'email_change',
+    action: 'password_change' | 'email_change' | 'reauthenticate',
   ): Promise<void> {
     const message = 'Current password is required and must be correct';
     if (password === undefined) throw new UnauthorizedException(message);
@@ -139,14 +143,25 @@ export class UsersService {
     });
   }
 
-  async updateProfile(userId: string, sessionId: string, dto: UpdateProfileDto, client: ClientContext): Promise<UserEntity> {
+  /**
+   * Changing the email needs a recent authentication (REAUTH_MAX_AGE) or the current password in
+   * the request. With an email change, a currentPassword that is sent is checked even when the
+   * authentication is recent: a wrong one is never ignored.
+   */
+  async updateProfile(
+    auth: Pick<AuthContext, 'userId' | 'sessionId' | 'authTime'>,
+    dto: UpdateProfileDto,
+    client: ClientContext,
+  ): Promise<UserEntity> {
+    const { userId, sessionId } = auth;
     const user = await this.getById(userId);
     const changes: Partial<Pick<UserEntity, 'username' | 'email'>> = {};
     if (dto.username !== undefined && dto.username !== user.username) changes.username = dto.username;
     if (dto.email !== undefined && dto.email !== user.email) changes.email = dto.email;
     if (changes.email !== undefined && changes.email.toLowerCase() !== user.email.toLowerCase()) {
       // A stolen access token alone must not be enough to take the account over.
-      await this.verifyCurrentPassword(user, dto.currentPassword, sessionId, client, 'email_change');
+      if (dto.currentPassword !== undefined) await this.verifyCurrentPassword(user, dto.currentPassword, sessionId, client, 'email_change');
+      else this.recentAuth.requireRecent(auth, EMAIL_STEP_UP_MESSAGE);
     }
     const fields = Object.keys(changes);
     if (!fields.length) return user;

@@ -35,7 +35,7 @@ export interface paths {
         delete?: never;
         options?: never;
         head?: never;
-        /** Change username and/or email; an email change needs currentPassword */
+        /** Change username and/or email; an email change needs a recent authentication or currentPassword */
         patch: operations["updateMe"];
         trace?: never;
     };
@@ -50,7 +50,7 @@ export interface paths {
         get: operations["listSessions"];
         put?: never;
         post?: never;
-        /** End every session of mine except the current one */
+        /** End every session of mine except the current one; needs a recent authentication */
         delete: operations["revokeOtherSessions"];
         options?: never;
         head?: never;
@@ -67,7 +67,7 @@ export interface paths {
         get?: never;
         put?: never;
         post?: never;
-        /** End one of my sessions (the current one too: that is a logout) */
+        /** End one of my sessions (the current one too: that is a logout); another one needs a recent authentication */
         delete: operations["revokeSession"];
         options?: never;
         head?: never;
@@ -159,6 +159,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/auth/reauthenticate": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Prove the password again (step-up, RFC 9470): the session goes on with a fresh auth_time and a new token pair
+         * @description For the actions that need an authentication younger than REAUTH_MAX_AGE (ending other sessions, an admin revoking a user's sessions, an email change without currentPassword), which otherwise answer 401 with `WWW-Authenticate: Bearer error="insufficient_user_authentication"`. Retry them with the new access token. The previous refresh token stops working: presenting it again is reuse and ends the session.
+         */
+        post: operations["reauthenticate"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/auth/logout": {
         parameters: {
             query?: never;
@@ -204,7 +224,7 @@ export interface paths {
         get: operations["listUserSessions"];
         put?: never;
         post?: never;
-        /** End every active session of a user (reason revoked_by_admin) */
+        /** End every active session of a user (reason revoked_by_admin); needs the admin's recent authentication */
         delete: operations["revokeUserSessions"];
         options?: never;
         head?: never;
@@ -342,7 +362,7 @@ export interface components {
             /** Format: uuid */
             id: string;
             /** @enum {string} */
-            type: "REGISTER" | "LOGIN" | "LOGIN_FAILED" | "LOGOUT" | "TOKEN_REFRESH" | "REFRESH_TOKEN_REUSE" | "SESSION_REVOKED" | "SESSION_EXPIRED" | "PASSWORD_CHANGED" | "PROFILE_UPDATED" | "ACCOUNT_LOCKED" | "ROLE_CHANGED" | "REFRESH_FAILED" | "ACCESS_DENIED" | "KEY_ROTATED";
+            type: "REGISTER" | "LOGIN" | "LOGIN_FAILED" | "LOGOUT" | "TOKEN_REFRESH" | "REFRESH_TOKEN_REUSE" | "SESSION_REVOKED" | "SESSION_EXPIRED" | "PASSWORD_CHANGED" | "PROFILE_UPDATED" | "ACCOUNT_LOCKED" | "ROLE_CHANGED" | "REFRESH_FAILED" | "ACCESS_DENIED" | "KEY_ROTATED" | "REAUTHENTICATED";
             /** Format: uuid */
             sessionId: string | null;
             ipAddress: string | null;
@@ -534,6 +554,9 @@ export interface components {
              */
             absoluteExpiresAt: string;
         };
+        ReauthenticateDto: {
+            password: string;
+        };
         ChangePasswordDto: {
             currentPassword: string;
             /**
@@ -546,7 +569,7 @@ export interface components {
             /** Format: uuid */
             id: string;
             /** @enum {string} */
-            type: "REGISTER" | "LOGIN" | "LOGIN_FAILED" | "LOGOUT" | "TOKEN_REFRESH" | "REFRESH_TOKEN_REUSE" | "SESSION_REVOKED" | "SESSION_EXPIRED" | "PASSWORD_CHANGED" | "PROFILE_UPDATED" | "ACCOUNT_LOCKED" | "ROLE_CHANGED" | "REFRESH_FAILED" | "ACCESS_DENIED" | "KEY_ROTATED";
+            type: "REGISTER" | "LOGIN" | "LOGIN_FAILED" | "LOGOUT" | "TOKEN_REFRESH" | "REFRESH_TOKEN_REUSE" | "SESSION_REVOKED" | "SESSION_EXPIRED" | "PASSWORD_CHANGED" | "PROFILE_UPDATED" | "ACCOUNT_LOCKED" | "ROLE_CHANGED" | "REFRESH_FAILED" | "ACCESS_DENIED" | "KEY_ROTATED" | "REAUTHENTICATED";
             /** Format: uuid */
             sessionId: string | null;
             ipAddress: string | null;
@@ -599,7 +622,7 @@ export interface components {
             /** Format: uuid */
             id: string;
             /** @enum {string} */
-            type: "REGISTER" | "LOGIN" | "LOGIN_FAILED" | "LOGOUT" | "TOKEN_REFRESH" | "REFRESH_TOKEN_REUSE" | "SESSION_REVOKED" | "SESSION_EXPIRED" | "PASSWORD_CHANGED" | "PROFILE_UPDATED" | "ACCOUNT_LOCKED" | "ROLE_CHANGED" | "REFRESH_FAILED" | "ACCESS_DENIED" | "KEY_ROTATED";
+            type: "REGISTER" | "LOGIN" | "LOGIN_FAILED" | "LOGOUT" | "TOKEN_REFRESH" | "REFRESH_TOKEN_REUSE" | "SESSION_REVOKED" | "SESSION_EXPIRED" | "PASSWORD_CHANGED" | "PROFILE_UPDATED" | "ACCOUNT_LOCKED" | "ROLE_CHANGED" | "REFRESH_FAILED" | "ACCESS_DENIED" | "KEY_ROTATED" | "REAUTHENTICATED";
             /** Format: uuid */
             userId: string | null;
             /** Format: uuid */
@@ -640,7 +663,7 @@ export interface components {
             /** Format: uuid */
             userId: string | null;
             /** @enum {string|null} */
-            type: "REGISTER" | "LOGIN" | "LOGIN_FAILED" | "LOGOUT" | "TOKEN_REFRESH" | "REFRESH_TOKEN_REUSE" | "SESSION_REVOKED" | "SESSION_EXPIRED" | "PASSWORD_CHANGED" | "PROFILE_UPDATED" | "ACCOUNT_LOCKED" | "ROLE_CHANGED" | "REFRESH_FAILED" | "ACCESS_DENIED" | "KEY_ROTATED" | null;
+            type: "REGISTER" | "LOGIN" | "LOGIN_FAILED" | "LOGOUT" | "TOKEN_REFRESH" | "REFRESH_TOKEN_REUSE" | "SESSION_REVOKED" | "SESSION_EXPIRED" | "PASSWORD_CHANGED" | "PROFILE_UPDATED" | "ACCOUNT_LOCKED" | "ROLE_CHANGED" | "REFRESH_FAILED" | "ACCESS_DENIED" | "KEY_ROTATED" | "REAUTHENTICATED" | null;
         };
         AuditExportSealLineDto: {
             /**
@@ -685,7 +708,7 @@ export interface operations {
     listMyAuditEvents: {
         parameters: {
             query?: {
-                type?: "REGISTER" | "LOGIN" | "LOGIN_FAILED" | "LOGOUT" | "TOKEN_REFRESH" | "REFRESH_TOKEN_REUSE" | "SESSION_REVOKED" | "SESSION_EXPIRED" | "PASSWORD_CHANGED" | "PROFILE_UPDATED" | "ACCOUNT_LOCKED" | "ROLE_CHANGED" | "REFRESH_FAILED" | "ACCESS_DENIED" | "KEY_ROTATED";
+                type?: "REGISTER" | "LOGIN" | "LOGIN_FAILED" | "LOGOUT" | "TOKEN_REFRESH" | "REFRESH_TOKEN_REUSE" | "SESSION_REVOKED" | "SESSION_EXPIRED" | "PASSWORD_CHANGED" | "PROFILE_UPDATED" | "ACCOUNT_LOCKED" | "ROLE_CHANGED" | "REFRESH_FAILED" | "ACCESS_DENIED" | "KEY_ROTATED" | "REAUTHENTICATED";
                 /** @description Events at or after this instant (RFC 3339 date or date-time) */
                 from?: string;
                 /** @description Events before this instant (RFC 3339 date or date-time) */
@@ -942,7 +965,7 @@ export interface operations {
             };
         };
         responses: {
-            /** @description Change username and/or email; an email change needs currentPassword */
+            /** @description Change username and/or email; an email change needs a recent authentication or currentPassword */
             200: {
                 headers: {
                     "X-RateLimit-Limit": components["headers"]["X-RateLimit-Limit"];
@@ -975,14 +998,14 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorResponseDto"];
                 };
             };
-            /** @description No valid access token, or the session has ended */
+            /** @description No valid access token, or the session has ended; or step-up (RFC 9470): the last authentication is older than REAUTH_MAX_AGE for an email change without currentPassword; or a wrong currentPassword. Reauthenticate with POST /auth/reauthenticate and retry with the new access token */
             401: {
                 headers: {
                     "X-RateLimit-Limit": components["headers"]["X-RateLimit-Limit"];
                     "X-RateLimit-Remaining": components["headers"]["X-RateLimit-Remaining"];
                     "X-RateLimit-Reset": components["headers"]["X-RateLimit-Reset"];
-                    /** @description RFC 6750: `Bearer` without a token, `Bearer error="invalid_token"` for a refused one */
-                    "WWW-Authenticate"?: "Bearer" | "Bearer error=\"invalid_token\"";
+                    /** @description RFC 6750: `Bearer` without a token, `Bearer error="invalid_token"` for a refused one; RFC 9470: `Bearer error="insufficient_user_authentication", error_description="More recent authentication is required", max_age=300` (max_age is REAUTH_MAX_AGE) when only a more recent authentication is missing */
+                    "WWW-Authenticate"?: string;
                     "Access-Control-Allow-Origin": components["headers"]["Access-Control-Allow-Origin"];
                     [name: string]: unknown;
                 };
@@ -991,7 +1014,7 @@ export interface operations {
                      * @example {
                      *       "statusCode": 401,
                      *       "error": "Unauthorized",
-                     *       "message": "No valid access token, or the session has ended"
+                     *       "message": "No valid access token, or the session has ended; or step-up (RFC 9470): the last authentication is older than REAUTH_MAX_AGE for an email change without currentPassword; or a wrong currentPassword. Reauthenticate with POST /auth/reauthenticate and retry with the new access token"
                      *     }
                      */
                     "application/json": components["schemas"]["ErrorResponseDto"];
@@ -1234,7 +1257,7 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description End every session of mine except the current one */
+            /** @description End every session of mine except the current one; needs a recent authentication */
             200: {
                 headers: {
                     "X-RateLimit-Limit": components["headers"]["X-RateLimit-Limit"];
@@ -1247,14 +1270,14 @@ export interface operations {
                     "application/json": components["schemas"]["RevokedCountResponseDto"];
                 };
             };
-            /** @description No valid access token, or the session has ended */
+            /** @description No valid access token, or the session has ended; or step-up (RFC 9470): the last authentication is older than REAUTH_MAX_AGE. Reauthenticate with POST /auth/reauthenticate and retry with the new access token */
             401: {
                 headers: {
                     "X-RateLimit-Limit": components["headers"]["X-RateLimit-Limit"];
                     "X-RateLimit-Remaining": components["headers"]["X-RateLimit-Remaining"];
                     "X-RateLimit-Reset": components["headers"]["X-RateLimit-Reset"];
-                    /** @description RFC 6750: `Bearer` without a token, `Bearer error="invalid_token"` for a refused one */
-                    "WWW-Authenticate"?: "Bearer" | "Bearer error=\"invalid_token\"";
+                    /** @description RFC 6750: `Bearer` without a token, `Bearer error="invalid_token"` for a refused one; RFC 9470: `Bearer error="insufficient_user_authentication", error_description="More recent authentication is required", max_age=300` (max_age is REAUTH_MAX_AGE) when only a more recent authentication is missing */
+                    "WWW-Authenticate"?: string;
                     "Access-Control-Allow-Origin": components["headers"]["Access-Control-Allow-Origin"];
                     [name: string]: unknown;
                 };
@@ -1263,7 +1286,7 @@ export interface operations {
                      * @example {
                      *       "statusCode": 401,
                      *       "error": "Unauthorized",
-                     *       "message": "No valid access token, or the session has ended"
+                     *       "message": "No valid access token, or the session has ended; or step-up (RFC 9470): the last authentication is older than REAUTH_MAX_AGE. Reauthenticate with POST /auth/reauthenticate and retry with the new access token"
                      *     }
                      */
                     "application/json": components["schemas"]["ErrorResponseDto"];
@@ -1376,14 +1399,14 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorResponseDto"];
                 };
             };
-            /** @description No valid access token, or the session has ended */
+            /** @description No valid access token, or the session has ended; or step-up (RFC 9470): the last authentication is older than REAUTH_MAX_AGE (only to end another session: ending the current one is a logout). Reauthenticate with POST /auth/reauthenticate and retry with the new access token */
             401: {
                 headers: {
                     "X-RateLimit-Limit": components["headers"]["X-RateLimit-Limit"];
                     "X-RateLimit-Remaining": components["headers"]["X-RateLimit-Remaining"];
                     "X-RateLimit-Reset": components["headers"]["X-RateLimit-Reset"];
-                    /** @description RFC 6750: `Bearer` without a token, `Bearer error="invalid_token"` for a refused one */
-                    "WWW-Authenticate"?: "Bearer" | "Bearer error=\"invalid_token\"";
+                    /** @description RFC 6750: `Bearer` without a token, `Bearer error="invalid_token"` for a refused one; RFC 9470: `Bearer error="insufficient_user_authentication", error_description="More recent authentication is required", max_age=300` (max_age is REAUTH_MAX_AGE) when only a more recent authentication is missing */
+                    "WWW-Authenticate"?: string;
                     "Access-Control-Allow-Origin": components["headers"]["Access-Control-Allow-Origin"];
                     [name: string]: unknown;
                 };
@@ -1392,7 +1415,7 @@ export interface operations {
                      * @example {
                      *       "statusCode": 401,
                      *       "error": "Unauthorized",
-                     *       "message": "No valid access token, or the session has ended"
+                     *       "message": "No valid access token, or the session has ended; or step-up (RFC 9470): the last authentication is older than REAUTH_MAX_AGE (only to end another session: ending the current one is a logout). Reauthenticate with POST /auth/reauthenticate and retry with the new access token"
                      *     }
                      */
                     "application/json": components["schemas"]["ErrorResponseDto"];
@@ -2124,6 +2147,171 @@ export interface operations {
             };
         };
     };
+    reauthenticate: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ReauthenticateDto"];
+            };
+        };
+        responses: {
+            /** @description Prove the password again (step-up, RFC 9470): the session goes on with a fresh auth_time and a new token pair */
+            200: {
+                headers: {
+                    "X-RateLimit-Limit": components["headers"]["X-RateLimit-Limit"];
+                    "X-RateLimit-Remaining": components["headers"]["X-RateLimit-Remaining"];
+                    "X-RateLimit-Reset": components["headers"]["X-RateLimit-Reset"];
+                    "Access-Control-Allow-Origin": components["headers"]["Access-Control-Allow-Origin"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TokenResponseDto"];
+                };
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    "X-RateLimit-Limit": components["headers"]["X-RateLimit-Limit"];
+                    "X-RateLimit-Remaining": components["headers"]["X-RateLimit-Remaining"];
+                    "X-RateLimit-Reset": components["headers"]["X-RateLimit-Reset"];
+                    "Access-Control-Allow-Origin": components["headers"]["Access-Control-Allow-Origin"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "statusCode": 400,
+                     *       "error": "Bad Request",
+                     *       "message": "Bad Request"
+                     *     }
+                     */
+                    "application/json": components["schemas"]["ErrorResponseDto"];
+                };
+            };
+            /** @description Wrong password (audited as LOGIN_FAILED, no change), no valid access token, or the session has ended */
+            401: {
+                headers: {
+                    "X-RateLimit-Limit": components["headers"]["X-RateLimit-Limit"];
+                    "X-RateLimit-Remaining": components["headers"]["X-RateLimit-Remaining"];
+                    "X-RateLimit-Reset": components["headers"]["X-RateLimit-Reset"];
+                    "Access-Control-Allow-Origin": components["headers"]["Access-Control-Allow-Origin"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "statusCode": 401,
+                     *       "error": "Unauthorized",
+                     *       "message": "Wrong password (audited as LOGIN_FAILED, no change), no valid access token, or the session has ended"
+                     *     }
+                     */
+                    "application/json": components["schemas"]["ErrorResponseDto"];
+                };
+            };
+            /** @description The body is larger than 16 KiB */
+            413: {
+                headers: {
+                    "Access-Control-Allow-Origin": components["headers"]["Access-Control-Allow-Origin"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "statusCode": 413,
+                     *       "error": "Payload Too Large",
+                     *       "message": "The body is larger than 16 KiB"
+                     *     }
+                     */
+                    "application/json": components["schemas"]["ErrorResponseDto"];
+                };
+            };
+            /** @description The body is not application/json */
+            415: {
+                headers: {
+                    "Access-Control-Allow-Origin": components["headers"]["Access-Control-Allow-Origin"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "statusCode": 415,
+                     *       "error": "Unsupported Media Type",
+                     *       "message": "The body is not application/json"
+                     *     }
+                     */
+                    "application/json": components["schemas"]["ErrorResponseDto"];
+                };
+            };
+            /** @description Too many wrong passwords for this account or IP; see Retry-After */
+            429: {
+                headers: {
+                    "X-RateLimit-Limit": components["headers"]["X-RateLimit-Limit"];
+                    "X-RateLimit-Remaining": components["headers"]["X-RateLimit-Remaining"];
+                    "X-RateLimit-Reset": components["headers"]["X-RateLimit-Reset"];
+                    "Retry-After": components["headers"]["Retry-After-Backoff"];
+                    "Access-Control-Allow-Origin": components["headers"]["Access-Control-Allow-Origin"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "statusCode": 429,
+                     *       "error": "Too Many Requests",
+                     *       "message": "Too many wrong passwords for this account or IP; see Retry-After"
+                     *     }
+                     */
+                    "application/json": components["schemas"]["ErrorResponseDto"];
+                };
+            };
+            /** @description An unexpected error; the body is always this one, the details go only to the log */
+            500: {
+                headers: {
+                    "X-RateLimit-Limit": components["headers"]["X-RateLimit-Limit"];
+                    "X-RateLimit-Remaining": components["headers"]["X-RateLimit-Remaining"];
+                    "X-RateLimit-Reset": components["headers"]["X-RateLimit-Reset"];
+                    "Access-Control-Allow-Origin": components["headers"]["Access-Control-Allow-Origin"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "statusCode": 500,
+                     *       "error": "Internal Server Error",
+                     *       "message": "Internal server error"
+                     *     }
+                     */
+                    "application/json": components["schemas"]["ErrorResponseDto"];
+                };
+            };
+            /** @description The database is unreachable; retry after the given seconds */
+            503: {
+                headers: {
+                    "X-RateLimit-Limit": components["headers"]["X-RateLimit-Limit"];
+                    "X-RateLimit-Remaining": components["headers"]["X-RateLimit-Remaining"];
+                    "X-RateLimit-Reset": components["headers"]["X-RateLimit-Reset"];
+                    /** @description Seconds to wait before retrying (always the same) */
+                    "Retry-After"?: number;
+                    "Access-Control-Allow-Origin": components["headers"]["Access-Control-Allow-Origin"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "statusCode": 503,
+                     *       "error": "Service Unavailable",
+                     *       "message": "The service is temporarily unavailable; retry later"
+                     *     }
+                     */
+                    "application/json": components["schemas"]["ErrorResponseDto"];
+                };
+            };
+        };
+    };
     logout: {
         parameters: {
             query?: never;
@@ -2574,7 +2762,7 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description End every active session of a user (reason revoked_by_admin) */
+            /** @description End every active session of a user (reason revoked_by_admin); needs the admin's recent authentication */
             200: {
                 headers: {
                     "X-RateLimit-Limit": components["headers"]["X-RateLimit-Limit"];
@@ -2607,14 +2795,14 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorResponseDto"];
                 };
             };
-            /** @description No valid access token, or the session has ended */
+            /** @description No valid access token, or the session has ended; or step-up (RFC 9470): the last authentication is older than REAUTH_MAX_AGE. Reauthenticate with POST /auth/reauthenticate and retry with the new access token */
             401: {
                 headers: {
                     "X-RateLimit-Limit": components["headers"]["X-RateLimit-Limit"];
                     "X-RateLimit-Remaining": components["headers"]["X-RateLimit-Remaining"];
                     "X-RateLimit-Reset": components["headers"]["X-RateLimit-Reset"];
-                    /** @description RFC 6750: `Bearer` without a token, `Bearer error="invalid_token"` for a refused one */
-                    "WWW-Authenticate"?: "Bearer" | "Bearer error=\"invalid_token\"";
+                    /** @description RFC 6750: `Bearer` without a token, `Bearer error="invalid_token"` for a refused one; RFC 9470: `Bearer error="insufficient_user_authentication", error_description="More recent authentication is required", max_age=300` (max_age is REAUTH_MAX_AGE) when only a more recent authentication is missing */
+                    "WWW-Authenticate"?: string;
                     "Access-Control-Allow-Origin": components["headers"]["Access-Control-Allow-Origin"];
                     [name: string]: unknown;
                 };
@@ -2623,7 +2811,7 @@ export interface operations {
                      * @example {
                      *       "statusCode": 401,
                      *       "error": "Unauthorized",
-                     *       "message": "No valid access token, or the session has ended"
+                     *       "message": "No valid access token, or the session has ended; or step-up (RFC 9470): the last authentication is older than REAUTH_MAX_AGE. Reauthenticate with POST /auth/reauthenticate and retry with the new access token"
                      *     }
                      */
                     "application/json": components["schemas"]["ErrorResponseDto"];
@@ -2737,7 +2925,7 @@ export interface operations {
     listAllAuditEvents: {
         parameters: {
             query?: {
-                type?: "REGISTER" | "LOGIN" | "LOGIN_FAILED" | "LOGOUT" | "TOKEN_REFRESH" | "REFRESH_TOKEN_REUSE" | "SESSION_REVOKED" | "SESSION_EXPIRED" | "PASSWORD_CHANGED" | "PROFILE_UPDATED" | "ACCOUNT_LOCKED" | "ROLE_CHANGED" | "REFRESH_FAILED" | "ACCESS_DENIED" | "KEY_ROTATED";
+                type?: "REGISTER" | "LOGIN" | "LOGIN_FAILED" | "LOGOUT" | "TOKEN_REFRESH" | "REFRESH_TOKEN_REUSE" | "SESSION_REVOKED" | "SESSION_EXPIRED" | "PASSWORD_CHANGED" | "PROFILE_UPDATED" | "ACCOUNT_LOCKED" | "ROLE_CHANGED" | "REFRESH_FAILED" | "ACCESS_DENIED" | "KEY_ROTATED" | "REAUTHENTICATED";
                 /** @description Events at or after this instant (RFC 3339 date or date-time) */
                 from?: string;
                 /** @description Events before this instant (RFC 3339 date or date-time) */
@@ -3026,7 +3214,7 @@ export interface operations {
     exportAuditLog: {
         parameters: {
             query?: {
-                type?: "REGISTER" | "LOGIN" | "LOGIN_FAILED" | "LOGOUT" | "TOKEN_REFRESH" | "REFRESH_TOKEN_REUSE" | "SESSION_REVOKED" | "SESSION_EXPIRED" | "PASSWORD_CHANGED" | "PROFILE_UPDATED" | "ACCOUNT_LOCKED" | "ROLE_CHANGED" | "REFRESH_FAILED" | "ACCESS_DENIED" | "KEY_ROTATED";
+                type?: "REGISTER" | "LOGIN" | "LOGIN_FAILED" | "LOGOUT" | "TOKEN_REFRESH" | "REFRESH_TOKEN_REUSE" | "SESSION_REVOKED" | "SESSION_EXPIRED" | "PASSWORD_CHANGED" | "PROFILE_UPDATED" | "ACCOUNT_LOCKED" | "ROLE_CHANGED" | "REFRESH_FAILED" | "ACCESS_DENIED" | "KEY_ROTATED" | "REAUTHENTICATED";
                 /** @description Events at or after this instant (RFC 3339 date or date-time) */
                 from?: string;
                 /** @description Events before this instant (RFC 3339 date or date-time) */

@@ -3,6 +3,8 @@ import { DataSource } from 'typeorm';
 export interface SessionRow {
   id: string;
   user_id: string;
+  created_at: Date;
+  auth_time: Date;
   ended_at: Date | null;
   end_reason: string | null;
   idle_expires_at: Date;

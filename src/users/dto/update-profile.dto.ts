@@ -10,7 +10,10 @@ export class UpdateProfileDto {
   @EmailField(false)
   email?: string;
 
-  /** Required when the email changes: whoever holds a stolen token must not take over the account. */
+  /**
+   * Needed to change the email unless the caller authenticated within REAUTH_MAX_AGE: whoever
+   * holds a stolen token must not take over the account. Checked whenever it is sent.
+   */
   @IsAbsentOr()
   @ExistingPasswordField(false)
   currentPassword?: string;

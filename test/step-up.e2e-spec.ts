@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { createHash, randomUUID } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
 import * as jwt from 'jsonwebtoken';
+import { KeyRing } from '../src/keys/key-ring.service';
 import { SessionsService } from '../src/sessions/sessions.service';
 import { auditRows, sessionRow } from './helpers/db';
 import { bearer, login, registerAndLogin, registerUser, sleep, Tokens } from './helpers/factories';
@@ -274,7 +275,9 @@ describe('step-up, RFC 9470 (e2e)', () => {
     const { user, tokens } = await registerAndLogin(t.http);
     await login(t.http, user);
     const { auth_time: _dropped, ...claims } = jwtClaims(tokens.accessToken);
-    const legacy = jwt.sign(claims, t.config.JWT_SECRET!, { algorithm: 'HS256', header: { alg: 'HS256', typ: 'at+jwt' } });
+    // Signed with the ring's current key, as our tokens are, only without the claim.
+    const key = t.app.get(KeyRing).signingKey();
+    const legacy = jwt.sign(claims, key.signingKey, { algorithm: key.algorithm, header: { alg: key.algorithm, typ: 'at+jwt', kid: key.kid } });
     assert.equal((await t.http.get('/api/v1/users/me').set('Authorization', `Bearer ${legacy}`)).status, 200);
     assertStepUp(await t.http.delete('/api/v1/sessions').set('Authorization', `Bearer ${legacy}`));
     assert.equal((await activeSessionIds(t, user.id)).length, 2);

@@ -11,6 +11,7 @@ export { SessionGuard } from './auth/session.guard';
 export { CurrentAuth, type ActiveSession, type AuthContext } from './common/current-auth.decorator';
 export { Public } from './common/public.decorator';
 export { Roles, RolesGuard } from './common/roles';
+export { RequiresRecentAuth, RecentAuthModule, RecentAuthPolicy } from './common/recent-auth';
 export { Client, type ClientContext } from './common/client-context';
 
 // Services a host may call.
@@ -21,6 +22,9 @@ export { UsersService } from './users/users.service';
 export { AuditService, type AuditEventInput, type AuditFilter, type AuditQuery, type AuditPage } from './audit/audit.service';
 export { AUDIT_EVENT_TYPES, type AuditEventType, type AuditMetadata } from './audit/audit-event.entity';
 export type { SessionEndReason } from './sessions/session.entity';
+export { KeyRing } from './keys/key-ring.service';
+export { KeyRotationService, type RotationResult } from './keys/key-rotation.service';
+export type { KeyListing } from './keys/signing-key.store';
 export type { UserRole } from './users/user.entity';
 
 // Domain events, emitted after commit through @nestjs/event-emitter.

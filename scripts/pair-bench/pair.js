@@ -415,7 +415,9 @@ async function main() {
   });
   const fixed = ['BCRYPT_COST', 'LOG_LEVEL', 'RATE_LIMIT_PER_MINUTE', 'LOGIN_MAX_FAILURES_PER_IDENTIFIER', 'LOGIN_MAX_FAILURES_PER_IP'];
   const shownKeys = [...fixed, ...Object.keys(opts.env).filter((k) => !fixed.includes(k))];
-  console.log(`env (both): ${shownKeys.map((k) => `${k}=${env[k]}`).join(' ')} + random JWT_SECRET, PASSWORD_PEPPER, AUDIT_HMAC_KEY, KEY_ENCRYPTION_KEY`);
+  console.log(
+    `env (both): ${shownKeys.map((k) => `${k}=${env[k]}`).join(' ')} + random JWT_SECRET, PASSWORD_PEPPER, AUDIT_HMAC_KEY, KEY_ENCRYPTION_KEY`,
+  );
 
   const [portA, portB] = [await freePort(), await freePort()];
   // A first: it applies the migrations (under the advisory lock); B then finds none pending.

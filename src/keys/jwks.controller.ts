@@ -19,7 +19,12 @@ export class JwkDto implements PublishedJwk {
 }
 
 export class JwksResponseDto {
-  @ApiProperty({ type: [JwkDto], description: 'The next, current and retiring public keys; empty when the service signs with HS256' })
+  @ApiProperty({
+    type: [JwkDto],
+    maxItems: 100,
+    description:
+      'The next, current and retiring public keys; empty when the service signs with HS256. Usually two or three: a key retires one token lifetime after the rotation that replaced it',
+  })
   keys: JwkDto[];
 }
 

@@ -103,7 +103,10 @@ export class KeyRing implements OnModuleInit, OnApplicationShutdown {
     this.changeHandlers.push(handler);
   }
 
-  /** Reads the ring now; concurrent requests share one read, and one more runs if asked meanwhile. */
+  /**
+   * Reads the ring now; concurrent requests share one read, and a read overtaken by a newer
+   * request is discarded and done again, so what is applied is never older than the last NOTIFY.
+   */
   async reload(): Promise<void> {
     if (this.reloading) {
       this.reloadRequested = true;
@@ -111,10 +114,15 @@ export class KeyRing implements OnModuleInit, OnApplicationShutdown {
     }
     this.reloading = (async () => {
       try {
-        do {
+        for (;;) {
           this.reloadRequested = false;
-          this.apply(await this.rotation.keyStore.loadLive(this.dataSource.manager));
-        } while (this.reloadRequested);
+          const keys = await this.rotation.keyStore.loadLive(this.dataSource.manager);
+          // A change was announced while this read ran: it may predate the change, so it is
+          // not applied even for a moment (a stopped key must not verify again); read again.
+          if (this.reloadRequested) continue;
+          this.apply(keys);
+          break;
+        }
       } finally {
         this.reloading = undefined;
       }

@@ -50,7 +50,9 @@ export class SigningKeyStore {
         privateBytes = this.encryption.open(row.private_key!, sealingContext(row.kid, row.algorithm));
       } catch (error) {
         if (!(error instanceof KeyDecryptionError)) throw error;
-        throw new Error(`Signing key ${row.kid} does not decrypt: KEY_ENCRYPTION_KEY is not the one it was stored with, or the row was changed`);
+        throw new Error(`Signing key ${row.kid} does not decrypt: KEY_ENCRYPTION_KEY is not the one it was stored with, or the row was changed`, {
+          cause: error,
+        });
       }
       return {
         kid: row.kid,

@@ -469,7 +469,7 @@ export interface components {
             use: "sig";
         };
         JwksResponseDto: {
-            /** @description The next, current and retiring public keys; empty when the service signs with HS256 */
+            /** @description The next, current and retiring public keys; empty when the service signs with HS256. Usually two or three: a key retires one token lifetime after the rotation that replaced it */
             keys: components["schemas"]["JwkDto"][];
         };
         RegisterDto: {

@@ -19,9 +19,12 @@ import { randomBytes } from 'node:crypto';
 import { cpus } from 'node:os';
 import { join } from 'node:path';
 import { Client } from 'pg';
+import { DataSource } from 'typeorm';
 import { AppModule } from '../src/app.module';
 import { loadConfig } from '../src/config/config';
 import { Env } from '../src/config/env.schema';
+import { dataSourceOptions } from '../src/database/data-source.options';
+import { runMigrationsLocked } from '../src/database/migrate';
 import { measureCleanup, measurePages, measurePartitionDrop, measureVerification, pageQueries, randomBenchUser } from './audit/measure';
 import { printReport, ScenarioResult } from './audit/report';
 import { seed } from './audit/seed';
@@ -59,20 +62,25 @@ async function scenario(label: string, serverUrl: string, size: Size, config: Au
   const url = withDatabase(serverUrl, database);
   const auditKey = randomBytes(48).toString('base64');
   progress(`${label}: database ${database}, migrations`);
-  let app: INestApplicationContext = await NestFactory.createApplicationContext(AppModule.forRoot(appConfig(url, auditKey)), {
-    logger: ['error', 'warn'],
-  });
-  const closeApp = () => app.close();
-  undo.push(closeApp);
+  // The schema only: the service starts after the seed, as it would on a database with this
+  // history (its boot records the new signing-key ring after the seeded events, in time order).
+  const migrator = await new DataSource(dataSourceOptions(url)).initialize();
+  try {
+    await runMigrationsLocked(migrator);
+  } finally {
+    await migrator.destroy();
+  }
   const seeder = new Client({ connectionString: url });
   await seeder.connect();
   undo.push(() => seeder.end());
   const seeded = await seed(seeder, size, auditKey, config.months, (line) => progress(`${label}: ${line}`));
   const [{ bytes }] = (await seeder.query(`SELECT pg_database_size(current_database())::float8 AS bytes`)).rows;
   progress(`${label}: seeded in ${seeded.totalSeconds.toFixed(0)} s (${(bytes / 2 ** 30).toFixed(2)} GiB); measuring pages`);
-  // A fresh context after the seed: nothing cached from before, pools connected to the seeded database.
-  await app.close();
-  app = await NestFactory.createApplicationContext(AppModule.forRoot(appConfig(url, auditKey)), { logger: ['error', 'warn'] });
+  const app: INestApplicationContext = await NestFactory.createApplicationContext(AppModule.forRoot(appConfig(url, auditKey)), {
+    logger: ['error', 'warn'],
+  });
+  const closeApp = () => app.close();
+  undo.push(closeApp);
 
   const queries = pageQueries(new Date(seeded.eventsFrom), new Date(seeded.eventsTo), randomBenchUser(size.users));
   const pages = await measurePages(app, queries, config.runs);

@@ -246,6 +246,24 @@ describe('audit log partitions and retention (e2e)', () => {
     assert.equal((await t.app.get(AuditVerifierService).verify()).ok, true);
   });
 
+  it('keeps a month in which a chain misses a position (a deleted event), so the evidence stays', async () => {
+    const t = await app(await freshDatabase(), { AUDIT_RETENTION_DAYS: '30' });
+    const userId = await silentUser(t.db, 'gapped');
+    await pastEvents(t, monthStart(6), [
+      { userId, type: 'LOGIN' },
+      { userId, type: 'LOGOUT' },
+      { userId, type: 'LOGIN' },
+    ]);
+    await t.db.query(`DELETE FROM audit_events WHERE chain_key = $1 AND chain_pos = 2`, [userId]);
+    const result = await t.app.get(AuditPartitionsService).maintain();
+    assert.deepEqual(result.dropped, []);
+    assert.deepEqual(result.held, [
+      { name: partitionOf(monthStart(6)).name, reason: `chain ${userId} misses positions up to 3 in this month (run the audit verification)` },
+    ]);
+    assert.equal((await partitionsOf(t.db))[partitionOf(monthStart(6)).name], 2);
+    assert.equal((await t.app.get(AuditVerifierService).verify()).ok, false);
+  });
+
   it('leaves every month in place without AUDIT_RETENTION_DAYS, and writes no archive', async () => {
     const archiveDir = join(tmpdir(), `sessionary-no-archive-${process.pid}`);
     const t = await app(await freshDatabase(), { AUDIT_ARCHIVE_DIR: archiveDir });

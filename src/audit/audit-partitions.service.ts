@@ -169,16 +169,8 @@ export class AuditPartitionsService {
       rows: [unsealed],
     } = await sql<{ id: string }>(runner.manager, `SELECT id FROM ${table} WHERE hash IS NULL LIMIT 1`);
     if (unsealed) return `event ${unsealed.id} in it is not sealed into a chain yet`;
-    const {
-      rows: [straggler],
-    } = await sql<{ id: string }>(
-      runner.manager,
-      `SELECT e.id FROM audit_events e
-         JOIN (SELECT chain_key, max(chain_pos) AS pos FROM ${table} GROUP BY chain_key) d ON d.chain_key = e.chain_key
-        WHERE e.created_at >= $1 AND e.chain_pos <= d.pos LIMIT 1`,
-      [partition.to],
-    );
-    if (straggler) return `event ${straggler.id}, of a later month, comes before some of its events in its chain (did the clock step back?)`;
+    const broken = await this.incompleteChain(runner, table, partition);
+    if (broken) return broken;
 
     // A checkpoint of everything up to now: an archive is closed by it, and the chain's heads
     // as recorded outside the database stay comparable with what remains.
@@ -232,6 +224,38 @@ export class AuditPartitionsService {
       await runner.rollbackTransaction();
       throw error;
     }
+  }
+
+  /**
+   * Whether some chain's stretch in the month is not whole, so that dropping the month would
+   * leave a hole in it: why not, or undefined. The month is the oldest left (months go oldest
+   * first), so each chain's events in it must be exactly the positions after its base (or from
+   * 1) up to its last one in the month: fewer means a position of that stretch is elsewhere,
+   * in a later month (a clock stepped back), or missing. One pass over the month's
+   * (chain_key, chain_pos) index and the heads, instead of joining the month against every
+   * later month (1.5 s of a month's drop at 100k chains, measured).
+   */
+  private async incompleteChain(runner: QueryRunner, table: string, partition: AuditPartition): Promise<string | undefined> {
+    const {
+      rows: [chain],
+    } = await sql<{ chain_key: string; last: string }>(
+      runner.manager,
+      `SELECT m.chain_key, m.last::text AS last
+         FROM (SELECT chain_key, min(chain_pos) AS first, max(chain_pos) AS last, count(*) AS events FROM ${table} GROUP BY chain_key) m
+         LEFT JOIN audit_chain_heads h ON h.chain_key = m.chain_key
+        WHERE m.first <> COALESCE(h.base_position, 0) + 1 OR m.events <> m.last - COALESCE(h.base_position, 0)
+        LIMIT 1`,
+    );
+    if (!chain) return undefined;
+    const {
+      rows: [straggler],
+    } = await sql<{ id: string }>(
+      runner.manager,
+      `SELECT id FROM audit_events WHERE chain_key = $1 AND chain_pos <= $2 AND created_at >= $3 ORDER BY chain_pos LIMIT 1`,
+      [chain.chain_key, chain.last, partition.to],
+    );
+    if (straggler) return `event ${straggler.id}, of a later month, comes before some of its events in its chain (did the clock step back?)`;
+    return `chain ${chain.chain_key} misses positions up to ${chain.last} in this month (run the audit verification)`;
   }
 
   /**

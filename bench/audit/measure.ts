@@ -151,6 +151,8 @@ export interface DropMeasure {
   detachDropMs: number;
   slowestMs: number;
   slowestStatement: string;
+  /** Where the run's statement time went: statements grouped by their text's start, most time first. */
+  statementTime: Array<{ statement: string; count: number; ms: number }>;
 }
 
 /**
@@ -183,5 +185,19 @@ export async function measurePartitionDrop(app: INestApplicationContext): Promis
     detachDropMs: statements.filter((s) => /DETACH PARTITION|^DROP TABLE/.test(s.text.trim())).reduce((n, s) => n + s.ms, 0),
     slowestMs: top.ms,
     slowestStatement: top.text,
+    statementTime: timeByStatement(statements).slice(0, 6),
   };
+}
+
+/** Statements grouped by the first 60 characters of their one-line text, most total time first. */
+function timeByStatement(statements: Array<{ text: string; ms: number }>): DropMeasure['statementTime'] {
+  const groups = new Map<string, { statement: string; count: number; ms: number }>();
+  for (const s of statements) {
+    const statement = s.text.replace(/\s+/g, ' ').trim().slice(0, 60);
+    const group = groups.get(statement) ?? { statement, count: 0, ms: 0 };
+    group.count++;
+    group.ms += s.ms;
+    groups.set(statement, group);
+  }
+  return [...groups.values()].sort((a, b) => b.ms - a.ms);
 }

@@ -56,4 +56,8 @@ export function printReport(empty: ScenarioResult, large: ScenarioResult): void 
   ] as const) {
     console.log(`slowest statement (${name}, large): ${m.slowestMs.toFixed(1)} ms: ${m.slowestStatement}`);
   }
+  console.log(`statement time of the drop (large), most first:`);
+  for (const s of large.drop.statementTime) {
+    console.log(`  ${s.ms.toFixed(0).padStart(6)} ms in ${String(s.count).padStart(3)} x ${s.statement}`);
+  }
 }

@@ -235,19 +235,29 @@ export class AuditChainService {
   }
 }
 
-/** The digest of the checkpointed heads, read in key order with keyset pagination (bounded memory). */
+/** The digest of the checkpointed heads, read in key order through a cursor (bounded memory). */
 export async function digestCheckpointedHeads(em: EntityManager): Promise<HeadsDigest> {
+  // A cursor needs one connection and a transaction (both callers run in one).
+  if (!em.queryRunner?.isTransactionActive) throw new Error('digestCheckpointedHeads must run inside a transaction');
   const digest = new HeadsDigest();
-  let after = '';
-  for (;;) {
-    const { rows } = await sql<{ chain_key: string; position: string; hash: string }>(
-      em,
-      `SELECT chain_key, checkpoint_position::text AS position, checkpoint_hash AS hash FROM audit_chain_heads
-        WHERE chain_key > $1 AND checkpoint_position IS NOT NULL ORDER BY chain_key LIMIT $2`,
-      [after, HEADS_BATCH],
-    );
-    for (const r of rows) digest.add(r.chain_key, Number(r.position), r.hash);
-    if (rows.length < HEADS_BATCH) return digest;
-    after = rows[rows.length - 1].chain_key;
+  // One ordered scan of every head, handed over a batch at a time (bounded memory). Planned for
+  // the whole result (a cursor's default plans for its first tenth): a sequential scan and a
+  // sort, where walking the key's index fetched each head from a random page (1.2 s of a
+  // checkpoint at 100k chains, measured; this transaction plans nothing else after it).
+  await sql(em, `SET LOCAL cursor_tuple_fraction = 1`);
+  await sql(
+    em,
+    `DECLARE sessionary_heads_digest NO SCROLL CURSOR FOR
+       SELECT chain_key, checkpoint_position::text AS position, checkpoint_hash AS hash FROM audit_chain_heads
+        WHERE checkpoint_position IS NOT NULL ORDER BY chain_key`,
+  );
+  try {
+    for (;;) {
+      const { rows } = await sql<{ chain_key: string; position: string; hash: string }>(em, `FETCH ${HEADS_BATCH} FROM sessionary_heads_digest`);
+      for (const r of rows) digest.add(r.chain_key, Number(r.position), r.hash);
+      if (rows.length < HEADS_BATCH) return digest;
+    }
+  } finally {
+    await sql(em, `CLOSE sessionary_heads_digest`);
   }
 }

@@ -435,6 +435,10 @@ describe('audit hash chain (e2e)', () => {
     opened.push(second);
     const users = [f.user, f.other, await registerUser(f.t.http), await registerUser(second.http)];
     const apps = [f.t, second];
+    // Both pools opened first: this is about the chains under concurrent writers, and 80 requests
+    // on cold pools fork 40 PostgreSQL backends at once, which on a loaded box can outlast the
+    // pool's 2 s wait for a connection (a 503, seen once in CI).
+    await Promise.all(apps.flatMap((app) => Array.from({ length: 20 }, () => app.db.query('SELECT pg_sleep(0.2)'))));
     const work = [];
     for (let i = 0; i < 40; i++) {
       const app = apps[i % 2];

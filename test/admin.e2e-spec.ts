@@ -1,32 +1,14 @@
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { promisify } from 'node:util';
+import { runCli } from './helpers/cli';
 import { auditRows, sessionRow } from './helpers/db';
 import { bearer, login, registerAndLogin, registerUser, TestUser, Tokens } from './helpers/factories';
 import { AuditVerifierService } from '../src/audit/audit-verifier.service';
-import { createTestApp, databaseForThisFile, TEST_AUDIT_HMAC_KEY, TEST_KEY_ENCRYPTION_KEY, TestApp } from './helpers/test-app';
+import { createTestApp, databaseForThisFile, TestApp } from './helpers/test-app';
 
-const CLI = join(__dirname, '..', 'src', 'cli.js');
-
-async function cli(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  try {
-    // The app's audit key: the CLI's ROLE_CHANGED events join the same chains.
-    const env = {
-      ...process.env,
-      DATABASE_URL: await databaseForThisFile(),
-      AUDIT_HMAC_KEY: TEST_AUDIT_HMAC_KEY,
-      KEY_ENCRYPTION_KEY: TEST_KEY_ENCRYPTION_KEY,
-    };
-    const { stdout, stderr } = await promisify(execFile)(process.execPath, [CLI, ...args], { env });
-    return { code: 0, stdout, stderr };
-  } catch (error) {
-    const e = error as { code: number; stdout: string; stderr: string };
-    return { code: e.code, stdout: e.stdout, stderr: e.stderr };
-  }
-}
+/** The CLI on this file's database (the app's audit key: its ROLE_CHANGED events join the same chains). */
+const cli = async (...args: string[]) => runCli(await databaseForThisFile(), ...args);
 
 describe('admin (e2e)', () => {
   let t: TestApp;

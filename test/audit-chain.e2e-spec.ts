@@ -1,11 +1,9 @@
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { promisify } from 'node:util';
 import { LoggerService } from '@nestjs/common';
 import { SchedulerRegistry } from '@nestjs/schedule';
 import { AuditChainService } from '../src/audit/audit-chain.service';
@@ -13,29 +11,8 @@ import { AuditCheckpointTask } from '../src/audit/audit-checkpoint.task';
 import { AuditVerifierService } from '../src/audit/audit-verifier.service';
 import { AuditService } from '../src/audit/audit.service';
 import { bearer, login, registerUser, TestUser } from './helpers/factories';
-import { createTestApp, freshDatabase, TEST_AUDIT_HMAC_KEY, TEST_KEY_ENCRYPTION_KEY, TestApp } from './helpers/test-app';
-
-const CLI = join(__dirname, '..', 'src', 'cli.js');
-
-async function cli(databaseUrl: string, ...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  const env = {
-    ...process.env,
-    NODE_ENV: 'test',
-    DATABASE_URL: databaseUrl,
-    AUDIT_HMAC_KEY: TEST_AUDIT_HMAC_KEY,
-    KEY_ENCRYPTION_KEY: TEST_KEY_ENCRYPTION_KEY,
-    AUDIT_CHECKPOINT_EVERY: '1000000000',
-    AUDIT_CHECKPOINT_INTERVAL: '86400',
-    SESSION_CLEANUP_CRON: '0 0 1 1 *',
-  };
-  try {
-    const { stdout, stderr } = await promisify(execFile)(process.execPath, [CLI, ...args], { env });
-    return { code: 0, stdout, stderr };
-  } catch (error) {
-    const e = error as { code: number; stdout: string; stderr: string };
-    return { code: e.code, stdout: e.stdout, stderr: e.stderr };
-  }
-}
+import { runCli } from './helpers/cli';
+import { createTestApp, freshDatabase, TestApp } from './helpers/test-app';
 
 interface Fixture {
   t: TestApp;
@@ -82,7 +59,7 @@ async function assertBroken(f: Fixture, firstBrokenId: string | null, reason: Re
   assert.equal(body.ok, false, JSON.stringify(body));
   assert.equal(body.firstBrokenId, firstBrokenId, JSON.stringify(body));
   assert.match(body.reason ?? '', reason);
-  const run = await cli(f.url, 'audit-verify', ...cliArgs);
+  const run = await runCli(f.url, 'audit-verify', ...cliArgs);
   assert.equal(run.code, 1, run.stdout + run.stderr);
   assert.match(run.stdout, /^Audit log: BROKEN$/m);
   if (firstBrokenId) assert.match(run.stdout, new RegExp(`first broken event: ${firstBrokenId}`));
@@ -124,7 +101,7 @@ describe('audit hash chain (e2e)', () => {
 
     const body = await apiVerify(f);
     assert.deepEqual(body, { ok: true, checked: rows.length, firstBrokenId: null, reason: null });
-    const run = await cli(f.url, 'audit-verify');
+    const run = await runCli(f.url, 'audit-verify');
     assert.equal(run.code, 0, run.stdout + run.stderr);
     assert.match(run.stdout, /^Audit log: INTACT$/m);
     assert.match(run.stdout, new RegExp(`events checked: +${rows.length}`));
@@ -253,7 +230,7 @@ describe('audit hash chain (e2e)', () => {
     );
     // Nothing new: no checkpoint.
     assert.equal(await chainService.checkpoint(true), undefined);
-    const ok = await cli(f.url, 'audit-verify', '--checkpoint-file', file);
+    const ok = await runCli(f.url, 'audit-verify', '--checkpoint-file', file);
     assert.equal(ok.code, 0, ok.stdout + ok.stderr);
     assert.match(ok.stdout, /last line: checkpoint 1/);
 
@@ -274,7 +251,7 @@ describe('audit hash chain (e2e)', () => {
     await f.t.db.query(`UPDATE audit_chain_heads SET checkpoint_position = NULL, checkpoint_hash = NULL`);
     assert.equal((await apiVerify(f)).ok, true);
     // ...but the exported checkpoint does.
-    const run = await cli(f.url, 'audit-verify', '--checkpoint-file', file);
+    const run = await runCli(f.url, 'audit-verify', '--checkpoint-file', file);
     assert.equal(run.code, 1, run.stdout + run.stderr);
     assert.match(run.stdout, /Checkpoint 1 from the file is missing from the table/);
   });
@@ -286,14 +263,14 @@ describe('audit hash chain (e2e)', () => {
     assert.ok(checkpoint);
     const forged = join(dir, 'forged-2.ndjson');
     writeFileSync(forged, `${JSON.stringify({ ...checkpoint, events: checkpoint.events - 2 })}\n`);
-    const run = await cli(f.url, 'audit-verify', '--checkpoint-file', forged);
+    const run = await runCli(f.url, 'audit-verify', '--checkpoint-file', forged);
     assert.equal(run.code, 1, run.stdout + run.stderr);
     assert.match(run.stdout, /does not match its MAC/);
     // A file that cannot be read is the operator's error (2), not a broken log (1).
-    const missing = await cli(f.url, 'audit-verify', '--checkpoint-file', join(dir, 'nowhere.ndjson'));
+    const missing = await runCli(f.url, 'audit-verify', '--checkpoint-file', join(dir, 'nowhere.ndjson'));
     assert.equal(missing.code, 2, missing.stdout + missing.stderr);
     assert.match(missing.stderr, /nowhere\.ndjson cannot be read \(ENOENT\)/);
-    const usage = await cli(f.url, 'audit-verify', '--checkpoint-file');
+    const usage = await runCli(f.url, 'audit-verify', '--checkpoint-file');
     assert.equal(usage.code, 2);
   });
 

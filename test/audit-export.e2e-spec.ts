@@ -1,18 +1,18 @@
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { get, IncomingMessage } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { promisify } from 'node:util';
 import { LoggerService } from '@nestjs/common';
 import { EXPORT_APPLICATION_NAME, AuditExportService } from '../src/audit/audit-export.service';
 import { AuditService } from '../src/audit/audit.service';
 import { bearer, login, registerUser, sleep, TestUser, Tokens } from './helpers/factories';
-import { createTestApp, databaseForThisFile, TEST_AUDIT_HMAC_KEY, TEST_KEY_ENCRYPTION_KEY, TestApp } from './helpers/test-app';
+import { runCli } from './helpers/cli';
+import { createTestApp, databaseForThisFile, TestApp } from './helpers/test-app';
 
-const CLI = join(__dirname, '..', 'src', 'cli.js');
+/** The CLI on this file's database. */
+const cli = async (...args: string[]) => runCli(await databaseForThisFile(), ...args);
 const EXPORT = '/api/v1/admin/audit/export';
 const LINE_FIELDS = [
   'seq',
@@ -52,26 +52,6 @@ interface Seal {
   lines: number;
   digest: string;
   mac: string;
-}
-
-async function cli(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  const env = {
-    ...process.env,
-    NODE_ENV: 'test',
-    DATABASE_URL: await databaseForThisFile(),
-    AUDIT_HMAC_KEY: TEST_AUDIT_HMAC_KEY,
-    KEY_ENCRYPTION_KEY: TEST_KEY_ENCRYPTION_KEY,
-    AUDIT_CHECKPOINT_EVERY: '1000000000',
-    AUDIT_CHECKPOINT_INTERVAL: '86400',
-    SESSION_CLEANUP_CRON: '0 0 1 1 *',
-  };
-  try {
-    const { stdout, stderr } = await promisify(execFile)(process.execPath, [CLI, ...args], { env, maxBuffer: 64 * 1024 * 1024 });
-    return { code: 0, stdout, stderr };
-  } catch (error) {
-    const e = error as { code: number; stdout: string; stderr: string };
-    return { code: e.code, stdout: e.stdout, stderr: e.stderr };
-  }
 }
 
 /** The NDJSON body: event lines, then the seal (asserted to be last and alone). */

@@ -1,18 +1,14 @@
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
 import { createPublicKey, createSecretKey, generateKeyPairSync, KeyObject, randomBytes, randomUUID } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
-import { join } from 'node:path';
-import { promisify } from 'node:util';
 import * as jwt from 'jsonwebtoken';
 import { KeyRing } from '../src/keys/key-ring.service';
 import { KeyRotationService } from '../src/keys/key-rotation.service';
 import { KeyRotationTask } from '../src/keys/key-rotation.task';
 import { auditRows } from './helpers/db';
 import { registerAndLogin, sleep } from './helpers/factories';
-import { createTestApp, freshDatabase, TEST_AUDIT_HMAC_KEY, TEST_KEY_ENCRYPTION_KEY, TestApp } from './helpers/test-app';
-
-const CLI = join(__dirname, '..', 'src', 'cli.js');
+import { runCli } from './helpers/cli';
+import { createTestApp, freshDatabase, TestApp } from './helpers/test-app';
 
 const decodeHeader = (token: string) => JSON.parse(Buffer.from(token.split('.')[0], 'base64url').toString('utf8')) as Record<string, unknown>;
 
@@ -30,23 +26,18 @@ function forge(claims: Record<string, unknown>, key: KeyObject | string, algorit
   return jwt.sign(claims, key as jwt.Secret, { algorithm, header: { alg: algorithm, typ: 'at+jwt', ...header } as jwt.JwtHeader });
 }
 
-async function cli(databaseUrl: string, ...args: string[]): Promise<string> {
-  const env = {
-    ...process.env,
-    NODE_ENV: 'test',
-    DATABASE_URL: databaseUrl,
-    AUDIT_HMAC_KEY: TEST_AUDIT_HMAC_KEY,
-    KEY_ENCRYPTION_KEY: TEST_KEY_ENCRYPTION_KEY,
-    LOG_LEVEL: 'error',
-  };
-  return (await promisify(execFile)(process.execPath, [CLI, ...args], { env })).stdout;
-}
-
 async function keyRows(t: TestApp): Promise<Array<{ kid: string; state: string; algorithm: string; private_key: Buffer | null }>> {
   return t.db.query(
     `SELECT kid, state, algorithm, private_key FROM signing_keys
       ORDER BY created_at, array_position(ARRAY['retired', 'retiring', 'current', 'next']::varchar[], state), kid`,
   );
+}
+
+/** The command's stdout; it must exit 0. */
+async function cli(databaseUrl: string, ...args: string[]): Promise<string> {
+  const run = await runCli(databaseUrl, ...args);
+  assert.equal(run.code, 0, run.stderr);
+  return run.stdout;
 }
 
 /** Waits (briefly: NOTIFY takes milliseconds) until `check` holds; fails after `ms`. */

@@ -5,14 +5,17 @@ import { pipeline } from 'node:stream/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
+import { ConfigService } from '@nestjs/config';
 import { DataSource } from 'typeorm';
 import { checkpointMac, type Checkpoint } from '../src/audit/audit-chain';
 import { AuditChainService } from '../src/audit/audit-chain.service';
 import { verifyExportFile } from '../src/audit/audit-export-file-verifier';
 import { AuditExportService } from '../src/audit/audit-export.service';
-import { AuditPartitionsService, baseMac, partitionOf } from '../src/audit/audit-partitions.service';
+import { AuditBaseSets, legacyBaseMac } from '../src/audit/audit-base-sets';
+import { AuditPartitionsService, monthOf, partitionOf } from '../src/audit/audit-partitions.service';
 import { AuditPartitionsTask } from '../src/audit/audit-partitions.task';
 import { AuditVerifierService } from '../src/audit/audit-verifier.service';
+import type { AppConfig } from '../src/config/config';
 import { AuditService } from '../src/audit/audit.service';
 import { dataSourceOptions, MIGRATIONS } from '../src/database/data-source.options';
 import { AuditPartitions1765100000000 } from '../src/database/migrations/1765100000000-AuditPartitions';
@@ -34,6 +37,14 @@ async function app(url: string, overrides: Record<string, string> = {}): Promise
   // The boot's own maintenance run, out of the tests' way (theirs would find its lock taken).
   await t.app.get(AuditPartitionsTask).handleTick();
   return t;
+}
+
+/** The app's partitions service with AUDIT_RETENTION_DAYS set to `days` (one app, several retentions). */
+function retention(t: TestApp, days: number): AuditPartitionsService {
+  const config = t.app.get(ConfigService);
+  return new AuditPartitionsService(t.app.get(DataSource), t.app.get(AuditChainService), t.app.get(AuditExportService), t.app.get(AuditBaseSets), {
+    get: (name: string, options?: unknown) => (name === 'AUDIT_RETENTION_DAYS' ? days : config.get(name, options as never)),
+  } as unknown as ConfigService<AppConfig, true>);
 }
 
 /** The first day of the month `monthsBack` months before the current one (UTC). */
@@ -217,18 +228,170 @@ describe('audit log partitions and retention (e2e)', () => {
     assert.match(metrics.text, /^sessionary_audit_retention_dropped_events_total 3$/m);
     assert.match(metrics.text, /^sessionary_audit_retention_last_run_timestamp_seconds [1-9]/m);
 
-    // A base is keyed: moving it, or deleting the first event after it, is detected.
-    const [head] = await t.db.query(`SELECT base_position::int AS pos FROM audit_chain_heads WHERE chain_key = $1`, [userId]);
-    assert.equal(head.pos, 2);
-    await t.db.query(`UPDATE audit_chain_heads SET base_position = 1 WHERE chain_key = $1`, [userId]);
+    // The bases are keyed as a set: moving one, forging the set's count, or deleting the first
+    // event after a base (and moving the base over it, so that the chain itself holds) is detected.
+    const [base] = await t.db.query(`SELECT position::int AS pos FROM audit_chain_bases WHERE chain_key = $1`, [userId]);
+    assert.equal(base.pos, 2);
+    await t.db.query(`UPDATE audit_chain_bases SET position = 1 WHERE chain_key = $1`, [userId]);
     const moved = await t.app.get(AuditVerifierService).verify();
     assert.equal(moved.ok, false);
-    assert.match(moved.reason!, /base .* does not match its MAC/);
-    await t.db.query(`UPDATE audit_chain_heads SET base_position = 2 WHERE chain_key = $1`, [userId]);
-    const [first] = await t.db.query(`SELECT id FROM audit_events WHERE chain_key = $1 ORDER BY chain_pos LIMIT 1`, [userId]);
+    assert.match(moved.reason!, /where 2 was expected/);
+    await t.db.query(`UPDATE audit_chain_bases SET position = 2 WHERE chain_key = $1`, [userId]);
+    assert.equal((await t.app.get(AuditVerifierService).verify()).ok, true);
+    await t.db.query(`UPDATE audit_base_sets SET chains = chains + 1`);
+    const forged = await t.app.get(AuditVerifierService).verify();
+    assert.equal(forged.ok, false);
+    assert.match(forged.reason!, /bases of .* do not match their MAC/);
+    await t.db.query(`UPDATE audit_base_sets SET chains = chains - 1`);
+    const [first] = await t.db.query(`SELECT id, chain_pos::int AS pos, hash FROM audit_events WHERE chain_key = $1 ORDER BY chain_pos LIMIT 1`, [
+      userId,
+    ]);
     await t.db.query(`DELETE FROM audit_events WHERE id = $1`, [first.id]);
     const gap = await t.app.get(AuditVerifierService).verify();
     assert.equal(gap.ok, false);
+    assert.match(gap.reason!, new RegExp(`Chain ${userId} has no events, but its head is at position 3`));
+    await t.db.query(`UPDATE audit_chain_bases SET position = $2, hash = $3 WHERE chain_key = $1`, [userId, first.pos, first.hash]);
+    const covered = await t.app.get(AuditVerifierService).verify();
+    assert.equal(covered.ok, false);
+    assert.match(covered.reason!, /bases of .* \(2 read, 2 prepared\) do not match their digest/);
+  });
+
+  it("prepares a month's bases a day before it is due, so that its drop only checks, detaches and drops", async () => {
+    const t = await app(await freshDatabase());
+    const userId = await silentUser(t.db, 'ahead');
+    const onlyOld = await silentUser(t.db, 'ahead-old');
+    const old = monthStart(5);
+    await pastEvents(t, old, [
+      { userId, type: 'LOGIN' },
+      { userId: onlyOld, type: 'LOGIN' },
+      { userId, type: 'LOGOUT' },
+    ]);
+    await pastEvents(t, monthStart(4), [{ userId, type: 'LOGIN' }]);
+    await t.db.transaction((em) => t.app.get(AuditService).record(em, { type: 'LOGIN', userId }));
+    const dueIn = (month: Date) => Math.floor((Date.now() - partitionOf(month).to.getTime()) / 86_400_000);
+
+    // A day ahead: the set is prepared, nothing is dropped.
+    const ahead = await retention(t, dueIn(old) + 1).maintain();
+    assert.deepEqual([ahead.dropped, ahead.held], [[], []]);
+    const [prepared] = await t.db.query(`SELECT chains, events::int AS events, prepared_at, dropped_at FROM audit_base_sets`);
+    assert.deepEqual({ chains: prepared.chains, events: prepared.events, dropped: prepared.dropped_at }, { chains: 2, events: 3, dropped: null });
+    assert.equal((await t.app.get(AuditVerifierService).verify()).ok, true, 'a prepared set is not in force');
+
+    // Due: the drop uses the set as it was prepared.
+    const due = await retention(t, dueIn(old)).maintain();
+    assert.deepEqual(
+      due.dropped.map((d) => [d.name, d.events]),
+      [[partitionOf(old).name, 3]],
+    );
+    const [dropped] = await t.db.query(`SELECT prepared_at, dropped_at FROM audit_base_sets WHERE month = $1`, [monthOf(partitionOf(old))]);
+    assert.equal(dropped.prepared_at.getTime(), prepared.prepared_at.getTime());
+    assert.ok(dropped.dropped_at);
+    const first = await t.app.get(AuditVerifierService).verify();
+    assert.deepEqual({ ok: first.ok, dropped: first.dropped }, { ok: true, dropped: 3 });
+
+    // The next month: its set is the one before with the month's last events laid over it
+    // (the chain with no event in it keeps its base), and the set before it is dropped.
+    const next = await retention(t, dueIn(monthStart(4))).maintain();
+    assert.deepEqual(
+      next.dropped.map((d) => [d.name, d.events]),
+      [[partitionOf(monthStart(4)).name, 1]],
+    );
+    assert.deepEqual(
+      await t.db.query(
+        `SELECT to_char(month, 'YYYY-MM-DD') AS month, chain_key, position::int AS position FROM audit_chain_bases ORDER BY chain_key`,
+      ),
+      [
+        { month: monthOf(partitionOf(monthStart(4))), chain_key: userId < onlyOld ? userId : onlyOld, position: userId < onlyOld ? 3 : 1 },
+        { month: monthOf(partitionOf(monthStart(4))), chain_key: userId < onlyOld ? onlyOld : userId, position: userId < onlyOld ? 1 : 3 },
+      ],
+    );
+    assert.deepEqual(
+      (await t.db.query(`SELECT to_char(month, 'YYYY-MM-DD') AS month FROM audit_base_sets`)).map((r: { month: string }) => r.month),
+      [monthOf(partitionOf(monthStart(4)))],
+    );
+    const second = await t.app.get(AuditVerifierService).verify();
+    assert.deepEqual({ ok: second.ok, reason: second.reason, dropped: second.dropped }, { ok: true, reason: null, dropped: 4 });
+
+    // A head deleted with its chain's base still in the set is detected.
+    await t.db.query(`DELETE FROM audit_chain_heads WHERE chain_key = $1`, [onlyOld]);
+    const headless = await t.app.get(AuditVerifierService).verify();
+    assert.equal(headless.ok, false);
+    assert.match(headless.reason!, new RegExp(`Chain ${onlyOld} has a base but no head`));
+  });
+
+  it('prepares the bases again when the month changed after they were prepared', async () => {
+    const t = await app(await freshDatabase());
+    const userId = await silentUser(t.db, 'late');
+    const late = await silentUser(t.db, 'late-writer');
+    const old = monthStart(5);
+    await pastEvents(t, old, [{ userId, type: 'LOGIN' }]);
+    const days = Math.floor((Date.now() - partitionOf(old).to.getTime()) / 86_400_000);
+    await retention(t, days + 1).maintain();
+    // An event dated in the month after its bases were prepared (a clock far behind).
+    await pastEvents(t, old, [{ userId: late, type: 'LOGIN' }]);
+
+    const first = await retention(t, days).maintain();
+    assert.deepEqual(first.dropped, []);
+    assert.deepEqual(first.held, [
+      { name: partitionOf(old).name, reason: "events were written into it after its chains' bases were prepared; the next run prepares them again" },
+    ]);
+    assert.equal((await partitionsOf(t.db))[partitionOf(old).name], 2, 'nothing is lost');
+    const second = await retention(t, days).maintain();
+    assert.deepEqual(
+      second.dropped.map((d) => [d.name, d.events]),
+      [[partitionOf(old).name, 2]],
+    );
+    const verification = await t.app.get(AuditVerifierService).verify();
+    assert.deepEqual({ ok: verification.ok, reason: verification.reason, dropped: verification.dropped }, { ok: true, reason: null, dropped: 2 });
+  });
+
+  it('carries the bases 0.8.0 kept in the chain heads into the first set, and refuses a forged one', async () => {
+    const t = await app(await freshDatabase());
+    const userId = await silentUser(t.db, 'legacy');
+    const older = monthStart(6);
+    await pastEvents(t, older, [
+      { userId, type: 'LOGIN' },
+      { userId, type: 'LOGOUT' },
+    ]);
+    await pastEvents(t, monthStart(5), [{ userId, type: 'LOGIN' }]);
+    // What 0.8.0's drop of the older month left: the month gone, the chain's base in its head.
+    const [last] = await t.db.query(`SELECT hash FROM audit_events WHERE chain_key = $1 AND chain_pos = 2`, [userId]);
+    await t.db.query(`UPDATE audit_chain_heads SET base_position = 2, base_hash = $2, base_mac = $3 WHERE chain_key = $1`, [
+      userId,
+      last.hash,
+      legacyBaseMac(TEST_AUDIT_HMAC_KEY, userId, 2, last.hash),
+    ]);
+    await t.db.query(`DROP TABLE "${partitionOf(older).name}"`);
+    const legacy = await t.app.get(AuditVerifierService).verify();
+    assert.deepEqual({ ok: legacy.ok, reason: legacy.reason, dropped: legacy.dropped }, { ok: true, reason: null, dropped: 2 });
+
+    const days = Math.floor((Date.now() - partitionOf(monthStart(5)).to.getTime()) / 86_400_000);
+    await t.db.query(`UPDATE audit_chain_heads SET base_mac = $2 WHERE chain_key = $1`, [
+      userId,
+      legacyBaseMac(TEST_AUDIT_HMAC_KEY, userId, 1, last.hash),
+    ]);
+    const refused = await retention(t, days).maintain();
+    assert.deepEqual(refused.dropped, []);
+    assert.deepEqual(refused.held, [
+      {
+        name: partitionOf(monthStart(5)).name,
+        reason: `the base of chain ${userId} (kept by 0.8.0) does not match its MAC (run the audit verification)`,
+      },
+    ]);
+
+    await t.db.query(`UPDATE audit_chain_heads SET base_mac = $2 WHERE chain_key = $1`, [
+      userId,
+      legacyBaseMac(TEST_AUDIT_HMAC_KEY, userId, 2, last.hash),
+    ]);
+    const upgraded = await retention(t, days).maintain();
+    assert.deepEqual(
+      upgraded.dropped.map((d) => d.name),
+      [partitionOf(monthStart(5)).name],
+    );
+    // The set in force now; the head's old base is no longer read (changing it changes nothing).
+    await t.db.query(`UPDATE audit_chain_heads SET base_mac = NULL WHERE chain_key = $1`, [userId]);
+    const after = await t.app.get(AuditVerifierService).verify();
+    assert.deepEqual({ ok: after.ok, reason: after.reason, dropped: after.dropped }, { ok: true, reason: null, dropped: 3 });
   });
 
   it('keeps a month whose chains go on earlier in a later month, and says why', async () => {
@@ -276,18 +439,18 @@ describe('audit log partitions and retention (e2e)', () => {
   });
 });
 
-// Keeps the MAC helper honest: a base's MAC is over its chain, position and hash.
-describe('baseMac', () => {
+// Keeps the 0.8.0 MAC helper honest: a base's MAC is over its chain, position and hash.
+describe('legacyBaseMac', () => {
   it('changes with each of chain, position and hash', () => {
-    const a = baseMac('k', 'c', 1, 'h');
+    const a = legacyBaseMac('k', 'c', 1, 'h');
     assert.equal(
       a,
       createHmac('sha256', 'k')
         .update(JSON.stringify(['sessionary.audit.base.v1', 'c', 1, 'h']))
         .digest('hex'),
     );
-    assert.notEqual(baseMac('k', 'd', 1, 'h'), a);
-    assert.notEqual(baseMac('k', 'c', 2, 'h'), a);
-    assert.notEqual(baseMac('k', 'c', 1, 'i'), a);
+    assert.notEqual(legacyBaseMac('k', 'd', 1, 'h'), a);
+    assert.notEqual(legacyBaseMac('k', 'c', 2, 'h'), a);
+    assert.notEqual(legacyBaseMac('k', 'c', 1, 'i'), a);
   });
 });

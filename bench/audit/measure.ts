@@ -1,9 +1,10 @@
 /** The measures of the audit bench, on a booted application context over a seeded database. */
 import type { INestApplicationContext } from '@nestjs/common';
 import type { Client } from 'pg';
+import { AuditBaseSets } from '../../src/audit/audit-base-sets';
 import { AuditChainService } from '../../src/audit/audit-chain.service';
 import { AuditExportService } from '../../src/audit/audit-export.service';
-import { AuditPartitionsService } from '../../src/audit/audit-partitions.service';
+import { AuditPartitionsService, monthOf } from '../../src/audit/audit-partitions.service';
 import { AuditVerifierService } from '../../src/audit/audit-verifier.service';
 import { AuditQuery, AuditService } from '../../src/audit/audit.service';
 import { SessionsCleanupTask } from '../../src/sessions/sessions-cleanup.task';
@@ -145,19 +146,28 @@ export async function measureCleanup(
 export interface DropMeasure {
   partition: string;
   events: number;
-  /** The whole maintain() run: checks, checkpoint, the chains' bases, DETACH and DROP. */
+  /**
+   * The maintain() run a day before the month is due, which prepares its chains' bases (in
+   * the background, ahead of the drop): seconds, and the chains in the set.
+   */
+  prepareSeconds: number;
+  chains: number;
+  /** The maintain() run that drops it: the check that the month did not change, DETACH and DROP. */
   seconds: number;
   /** DETACH PARTITION and DROP TABLE alone (what holds the table's lock). */
   detachDropMs: number;
   slowestMs: number;
   slowestStatement: string;
-  /** Where the run's statement time went: statements grouped by their text's start, most time first. */
+  /** Where the drop's statement time went: statements grouped by their text's start, most time first. */
   statementTime: Array<{ statement: string; count: number; ms: number }>;
+  /** The same for the preparation. */
+  prepareStatementTime: Array<{ statement: string; count: number; ms: number }>;
 }
 
 /**
- * Drops the oldest month: AuditPartitionsService.maintain() with AUDIT_RETENTION_DAYS set so
- * that exactly the oldest month is past retention.
+ * Drops the oldest month as production does: AuditPartitionsService.maintain() first with
+ * AUDIT_RETENTION_DAYS one day longer (the month is due within a day: its bases are prepared),
+ * then with the retention that makes exactly the oldest month due.
  */
 export async function measurePartitionDrop(app: INestApplicationContext): Promise<DropMeasure> {
   const base = app.get(AuditPartitionsService);
@@ -166,14 +176,18 @@ export async function measurePartitionDrop(app: INestApplicationContext): Promis
   const days = Math.floor((now.getTime() - oldest.to.getTime()) / 86_400_000);
   if (now.getTime() - days * 86_400_000 >= second.to.getTime()) throw new Error('no retention drops exactly the oldest month');
   const config = app.get(ConfigService);
-  const withRetention = { get: (name: string, options?: unknown) => (name === 'AUDIT_RETENTION_DAYS' ? days : config.get(name, options as never)) };
-  const service = new AuditPartitionsService(
-    app.get(DataSource),
-    app.get(AuditChainService),
-    app.get(AuditExportService),
-    withRetention as unknown as ConfigService<AppConfig, true>,
-  );
-  const { result, statements, seconds } = await recordStatements(() => service.maintain());
+  const withRetention = (retention: number) =>
+    new AuditPartitionsService(app.get(DataSource), app.get(AuditChainService), app.get(AuditExportService), app.get(AuditBaseSets), {
+      get: (name: string, options?: unknown) => (name === 'AUDIT_RETENTION_DAYS' ? retention : config.get(name, options as never)),
+    } as unknown as ConfigService<AppConfig, true>);
+
+  const preparation = await recordStatements(() => withRetention(days + 1).maintain());
+  const sets = await app.get(AuditBaseSets).list(app.get(DataSource).manager);
+  const set = sets.find((s) => s.month === monthOf(oldest));
+  if (preparation.result.dropped.length || !set)
+    throw new Error(`expected ${oldest.name}'s bases prepared and nothing dropped, got ${JSON.stringify(preparation.result)}`);
+
+  const { result, statements, seconds } = await recordStatements(() => withRetention(days).maintain());
   if (result.dropped.length !== 1 || result.dropped[0].name !== oldest.name) {
     throw new Error(`expected ${oldest.name} dropped, got ${JSON.stringify(result)}`);
   }
@@ -181,11 +195,14 @@ export async function measurePartitionDrop(app: INestApplicationContext): Promis
   return {
     partition: oldest.name,
     events: result.dropped[0].events,
+    prepareSeconds: preparation.seconds,
+    chains: set.chains,
     seconds,
     detachDropMs: statements.filter((s) => /DETACH PARTITION|^DROP TABLE/.test(s.text.trim())).reduce((n, s) => n + s.ms, 0),
     slowestMs: top.ms,
     slowestStatement: top.text,
     statementTime: timeByStatement(statements).slice(0, 6),
+    prepareStatementTime: timeByStatement(preparation.statements).slice(0, 6),
   };
 }
 

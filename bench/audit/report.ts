@@ -45,6 +45,8 @@ export function printReport(empty: ScenarioResult, large: ScenarioResult): void 
     other.push([`${name}, slowest statement ms`, num(empty[key].slowestMs), num(large[key].slowestMs)]);
     other.push([`${name}, statements over 100 ms`, String(empty[key].over100ms), String(large[key].over100ms)]);
   }
+  other.push(['prepare its bases, a day ahead, s', num(empty.drop.prepareSeconds), num(large.drop.prepareSeconds)]);
+  other.push(['prepare its bases, chains in the set', num(empty.drop.chains), num(large.drop.chains)]);
   other.push(['drop oldest month, maintain() s', num(empty.drop.seconds), num(large.drop.seconds)]);
   other.push(['drop oldest month, DETACH+DROP ms', num(empty.drop.detachDropMs), num(large.drop.detachDropMs)]);
   other.push(['drop oldest month, events in it', num(empty.drop.events), num(large.drop.events)]);
@@ -56,8 +58,11 @@ export function printReport(empty: ScenarioResult, large: ScenarioResult): void 
   ] as const) {
     console.log(`slowest statement (${name}, large): ${m.slowestMs.toFixed(1)} ms: ${m.slowestStatement}`);
   }
-  console.log(`statement time of the drop (large), most first:`);
-  for (const s of large.drop.statementTime) {
-    console.log(`  ${s.ms.toFixed(0).padStart(6)} ms in ${String(s.count).padStart(3)} x ${s.statement}`);
+  for (const [name, times] of [
+    ['the drop', large.drop.statementTime],
+    ["preparing the month's bases", large.drop.prepareStatementTime],
+  ] as const) {
+    console.log(`statement time of ${name} (large), most first:`);
+    for (const s of times) console.log(`  ${s.ms.toFixed(0).padStart(6)} ms in ${String(s.count).padStart(3)} x ${s.statement}`);
   }
 }

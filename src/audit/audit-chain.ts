@@ -1,4 +1,4 @@
-import { createHash, createHmac, createSecretKey, type KeyObject, timingSafeEqual } from 'node:crypto';
+import { createHash, createHmac, createSecretKey, type Hash, type KeyObject, timingSafeEqual } from 'node:crypto';
 
 /**
  * The audit log's hash chain: pure functions shared by the writer, the sealer, the checkpoint
@@ -178,11 +178,19 @@ export function sameMac(a: string | null, b: string): boolean {
   return timingSafeEqual(Buffer.from(a, 'utf8'), Buffer.from(b, 'utf8'));
 }
 
-/** A running SHA-256 over the sorted (chain key, position, hash) list of the chain heads. */
-export class HeadsDigest {
-  private readonly hash = createHash('sha256').update('sessionary.audit.heads.v1\n');
+/**
+ * A running SHA-256 over a list of (chain key, position, hash) sorted by chain key: the chain
+ * heads of a checkpoint, or a month's chain bases. The first line names which, so that one list
+ * can never pass for the other.
+ */
+export class ChainListDigest {
+  private readonly hash: Hash;
   chains = 0;
   events = 0;
+
+  constructor(domain: 'sessionary.audit.heads.v1' | 'sessionary.audit.bases.v1') {
+    this.hash = createHash('sha256').update(`${domain}\n`);
+  }
 
   add(chainKey: string, position: number, hash: string): void {
     this.hash.update(`${chainKey} ${position} ${hash}\n`);
@@ -193,6 +201,30 @@ export class HeadsDigest {
   digest(): string {
     return this.hash.digest('hex');
   }
+}
+
+/** The digest of a checkpoint's chain heads. */
+export class HeadsDigest extends ChainListDigest {
+  constructor() {
+    super('sessionary.audit.heads.v1');
+  }
+}
+
+/** What a month's base set states (audit_base_sets); its MAC covers every field. */
+export interface BaseSetFields {
+  /** The month's first day, `YYYY-MM-DD`. */
+  month: string;
+  chains: number;
+  /** Events in the month when the set was prepared, and the greatest seq among them: what the drop checks again. */
+  events: number;
+  maxSeq: string;
+  /** ChainListDigest('sessionary.audit.bases.v1') of the set's rows. */
+  digest: string;
+}
+
+export function baseSetMac(key: string, s: BaseSetFields): string {
+  const canonical = JSON.stringify(['sessionary.audit.bases.v1', s.month, s.chains, s.events, s.maxSeq, s.digest]);
+  return createHmac('sha256', keyObjectOf(key)).update(canonical).digest('hex');
 }
 
 /** What a checkpoint states; its `mac` covers every other field, including the previous checkpoint's mac. */

@@ -1,7 +1,6 @@
 import { Injectable, Logger } from '@nestjs/common';
 import { ConfigService } from '@nestjs/config';
 import { InjectDataSource } from '@nestjs/typeorm';
-import { createHmac } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
 import { mkdir, rename, rm, writeFile } from 'node:fs/promises';
 import { pipeline } from 'node:stream/promises';
@@ -9,6 +8,7 @@ import { join } from 'node:path';
 import { DataSource, EntityManager, QueryRunner } from 'typeorm';
 import type { AppConfig } from '../config/config';
 import { sql } from '../database/sql';
+import { AuditBaseSets, type BaseSet } from './audit-base-sets';
 import { AuditChainService } from './audit-chain.service';
 import { AuditExportService } from './audit-export.service';
 
@@ -16,7 +16,10 @@ import { AuditExportService } from './audit-export.service';
 const PARTITIONS_LOCK_KEY = '7022356976209572979';
 /** Months created ahead of the current one, so an insert never lacks its partition. */
 const MONTHS_AHEAD = 2;
-const BATCH = 5000;
+/** A month's base set is prepared this long before the month is due for its drop, ... */
+const PREPARE_AHEAD_MS = 86_400_000;
+/** ... and no sooner than this after the month ended (an event dated just before its end may still be committing). */
+const CLOSED_AFTER_MS = 3_600_000;
 /** How long dropping a month may wait for the table lock (DETACH takes it briefly) before trying again next run. */
 const LOCK_TIMEOUT = '5s';
 
@@ -38,11 +41,13 @@ export interface MaintenanceResult {
   held: Array<{ name: string; reason: string }>;
 }
 
-/** The MAC of a chain's base: where its verification starts once the months before are dropped. */
-export function baseMac(key: string, chainKey: string, position: number, hash: string): string {
-  return createHmac('sha256', key)
-    .update(JSON.stringify(['sessionary.audit.base.v1', chainKey, position, hash]))
-    .digest('hex');
+/** A partition's month as its base set names it: its first day, `YYYY-MM-DD`. */
+export function monthOf(partition: AuditPartition): string {
+  return partition.from.toISOString().slice(0, 10);
+}
+
+function sameFingerprint(set: BaseSet, now: { events: number; maxSeq: string }): boolean {
+  return set.events === now.events && set.maxSeq === now.maxSeq;
 }
 
 export function partitionOf(month: Date): AuditPartition {
@@ -52,12 +57,6 @@ export function partitionOf(month: Date): AuditPartition {
   return { name, from, to };
 }
 
-interface BaseRow {
-  chain_key: string;
-  chain_pos: string;
-  hash: string;
-}
-
 /**
  * The partitions of audit_events (one per month of created_at, UTC): creates them ahead of
  * time, and, when AUDIT_RETENTION_DAYS is set, drops each month once all of it is past
@@ -65,15 +64,15 @@ interface BaseRow {
  * DROP, no matter how many rows: no DELETE storm, no bloat, no long locks.
  *
  * Dropping the oldest events of a chain would break its verification, so each chain's last
- * event in the month becomes its base (position, hash and their MAC in audit_chain_heads):
- * the verifier starts the chain there. Each chain's times rise with its positions (events take
- * their time once the chain's head is locked), so a month holds a whole stretch of every chain;
+ * event up to the month's end becomes its base: the month's base set (AuditBaseSets), prepared
+ * a day before the month is due, so that the drop itself only checks that the month did not
+ * change since. The verifier starts each chain at the base set of the newest dropped month.
+ * Each chain's times rise with its positions, so a month holds a whole stretch of every chain;
  * a month for which that does not hold (a clock stepped back) is held, not dropped.
  */
 @Injectable()
 export class AuditPartitionsService {
   private readonly logger = new Logger(AuditPartitionsService.name);
-  private readonly key: string;
   /** For /metrics. */
   readonly stats = { lastRunAt: null as Date | null, droppedEvents: 0, droppedPartitions: 0, partitions: 0 };
 
@@ -81,10 +80,9 @@ export class AuditPartitionsService {
     @InjectDataSource() private readonly dataSource: DataSource,
     private readonly chain: AuditChainService,
     private readonly exporter: AuditExportService,
+    private readonly bases: AuditBaseSets,
     private readonly config: ConfigService<AppConfig, true>,
-  ) {
-    this.key = config.get('AUDIT_HMAC_KEY', { infer: true });
-  }
+  ) {}
 
   /** The managed partitions, oldest first. */
   async list(em: EntityManager = this.dataSource.manager): Promise<AuditPartition[]> {
@@ -119,7 +117,11 @@ export class AuditPartitionsService {
         } = await sql<{ now: Date }>(runner.manager, 'SELECT now() AS now');
         result.created = await this.createAhead(runner, now);
         const days = this.config.get('AUDIT_RETENTION_DAYS', { infer: true });
-        if (days !== undefined) await this.applyRetention(runner, new Date(now.getTime() - days * 86_400_000), result);
+        if (days !== undefined) {
+          const cutoff = new Date(now.getTime() - days * 86_400_000);
+          const unprepared = await this.prepareBases(runner, now, cutoff);
+          await this.applyRetention(runner, cutoff, unprepared, result);
+        }
         this.stats.partitions = (await this.list(runner.manager)).length;
         this.stats.lastRunAt = new Date();
       } finally {
@@ -150,10 +152,45 @@ export class AuditPartitionsService {
     return created;
   }
 
-  private async applyRetention(runner: QueryRunner, cutoff: Date, result: MaintenanceResult): Promise<void> {
+  /**
+   * Prepares the base sets of the months due within PREPARE_AHEAD_MS (and over for
+   * CLOSED_AFTER_MS at least), oldest first, so that their drops find them ready. Each set
+   * builds on the one before, so a month that cannot be prepared stops the run: its reason,
+   * by month, for its drop to report once it is due.
+   */
+  private async prepareBases(runner: QueryRunner, now: Date, cutoff: Date): Promise<Map<string, string>> {
+    const horizon = Math.min(now.getTime() - CLOSED_AFTER_MS, cutoff.getTime() + PREPARE_AHEAD_MS);
+    const prepared = new Set((await this.bases.list(runner.manager)).map((s) => s.month));
+    for (const partition of await this.list(runner.manager)) {
+      if (partition.to.getTime() > horizon) break;
+      const month = monthOf(partition);
+      if (prepared.has(month)) continue;
+      const set = await this.prepareMonth(runner, partition);
+      if (typeof set === 'string') return new Map([[month, set]]);
+    }
+    return new Map();
+  }
+
+  /** Prepares one month's base set in its own transaction: the set, or why not. */
+  private async prepareMonth(runner: QueryRunner, partition: AuditPartition): Promise<BaseSet | string> {
+    const month = monthOf(partition);
+    await runner.startTransaction();
+    try {
+      const previous = (await this.bases.list(runner.manager)).filter((s) => s.month < month).pop();
+      const set = await this.bases.prepare(runner.manager, { month, table: `"${partition.name}"`, to: partition.to }, previous);
+      if (typeof set === 'string') await runner.rollbackTransaction();
+      else await runner.commitTransaction();
+      return set;
+    } catch (error) {
+      await runner.rollbackTransaction();
+      throw error;
+    }
+  }
+
+  private async applyRetention(runner: QueryRunner, cutoff: Date, unprepared: Map<string, string>, result: MaintenanceResult): Promise<void> {
     for (const partition of await this.list(runner.manager)) {
       if (partition.to > cutoff) break;
-      const reason = await this.dropMonth(runner, partition, result);
+      const reason = unprepared.get(monthOf(partition)) ?? (await this.dropMonth(runner, partition, result));
       if (reason) {
         // Months are dropped oldest first: a later one would leave a gap in the chains.
         result.held.push({ name: partition.name, reason });
@@ -162,100 +199,61 @@ export class AuditPartitionsService {
     }
   }
 
-  /** Archives (when configured) and drops one month; returns why not when it cannot. */
+  /**
+   * Archives (when configured) and drops one month; returns why not when it cannot. Its base
+   * set is ready (prepareBases); one discarded since (the month changed) is prepared again.
+   */
   private async dropMonth(runner: QueryRunner, partition: AuditPartition, result: MaintenanceResult): Promise<string | undefined> {
     const table = `"${partition.name}"`;
-    const {
-      rows: [unsealed],
-    } = await sql<{ id: string }>(runner.manager, `SELECT id FROM ${table} WHERE hash IS NULL LIMIT 1`);
-    if (unsealed) return `event ${unsealed.id} in it is not sealed into a chain yet`;
-    const broken = await this.incompleteChain(runner, table, partition);
-    if (broken) return broken;
+    const month = monthOf(partition);
+    let set = (await this.bases.list(runner.manager)).find((s) => s.month === month);
+    if (!set) {
+      const prepared = await this.prepareMonth(runner, partition);
+      if (typeof prepared === 'string') return prepared;
+      set = prepared;
+    }
 
-    // A checkpoint of everything up to now: an archive is closed by it, and the chain's heads
-    // as recorded outside the database stay comparable with what remains.
-    await this.chain.checkpoint(true);
-    const archive = await this.archive(partition);
+    let archive: string | null = null;
+    if (this.config.get('AUDIT_ARCHIVE_DIR', { infer: true })) {
+      // A checkpoint of everything up to now closes the archive.
+      await this.chain.checkpoint(true);
+      archive = await this.archive(partition);
+    }
 
     await runner.startTransaction();
     try {
       await sql(runner.manager, `SET LOCAL lock_timeout = '${LOCK_TIMEOUT}'`);
-      let after = '';
-      for (;;) {
-        // Each chain's last event in the month: the batch's chains by a GroupAggregate that
-        // streams the (chain_key, chain_pos) index (an index-only scan, stopping at the LIMIT),
-        // then one index lookup each for the hash. (DISTINCT ON ... ORDER BY chain_pos DESC
-        // sorted the rest of the month again for every batch: 30 s of a month's drop at 100k chains.)
-        const { rows: bases } = await sql<BaseRow>(
-          runner.manager,
-          `SELECT last.chain_key, last.pos::text AS chain_pos, e.hash
-             FROM (SELECT chain_key, max(chain_pos) AS pos FROM ${table}
-                    WHERE chain_key > $1 GROUP BY chain_key ORDER BY chain_key LIMIT $2) last
-             JOIN ${table} e ON e.chain_key = last.chain_key AND e.chain_pos = last.pos
-            ORDER BY last.chain_key`,
-          [after, BATCH],
-        );
-        if (!bases.length) break;
-        await sql(
-          runner.manager,
-          `UPDATE audit_chain_heads h SET base_position = v.position, base_hash = v.hash, base_mac = v.mac
-             FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[]) AS v(chain_key, position, hash, mac)
-            WHERE h.chain_key = v.chain_key`,
-          [
-            bases.map((b) => b.chain_key),
-            bases.map((b) => b.chain_pos),
-            bases.map((b) => b.hash),
-            bases.map((b) => baseMac(this.key, b.chain_key, Number(b.chain_pos), b.hash)),
-          ],
-        );
-        after = bases[bases.length - 1].chain_key;
+      // No event can enter the month from here on. One that did after its set was prepared (a
+      // clock far behind) would be dropped unaccounted for: the set is prepared again next run.
+      await sql(runner.manager, `LOCK TABLE ${table} IN SHARE MODE`);
+      if (!sameFingerprint(set, await this.bases.fingerprint(runner.manager, table))) {
+        await runner.rollbackTransaction();
+        await this.discardSetsFrom(runner, month);
+        return "events were written into it after its chains' bases were prepared; the next run prepares them again";
       }
-      const {
-        rows: [{ events }],
-      } = await sql<{ events: number }>(runner.manager, `SELECT count(*)::int AS events FROM ${table}`);
+      await this.bases.markDropped(runner.manager, month);
       await sql(runner.manager, `ALTER TABLE audit_events DETACH PARTITION ${table}`);
       await sql(runner.manager, `DROP TABLE ${table}`);
       await runner.commitTransaction();
-      this.stats.droppedEvents += events;
-      this.stats.droppedPartitions++;
-      result.dropped.push({ name: partition.name, events, archive });
-      return undefined;
+    } catch (error) {
+      if (runner.isTransactionActive) await runner.rollbackTransaction();
+      throw error;
+    }
+    this.stats.droppedEvents += set.events;
+    this.stats.droppedPartitions++;
+    result.dropped.push({ name: partition.name, events: set.events, archive });
+    return undefined;
+  }
+
+  private async discardSetsFrom(runner: QueryRunner, month: string): Promise<void> {
+    await runner.startTransaction();
+    try {
+      await this.bases.discardFrom(runner.manager, month);
+      await runner.commitTransaction();
     } catch (error) {
       await runner.rollbackTransaction();
       throw error;
     }
-  }
-
-  /**
-   * Whether some chain's stretch in the month is not whole, so that dropping the month would
-   * leave a hole in it: why not, or undefined. The month is the oldest left (months go oldest
-   * first), so each chain's events in it must be exactly the positions after its base (or from
-   * 1) up to its last one in the month: fewer means a position of that stretch is elsewhere,
-   * in a later month (a clock stepped back), or missing. One pass over the month's
-   * (chain_key, chain_pos) index and the heads, instead of joining the month against every
-   * later month (1.5 s of a month's drop at 100k chains, measured).
-   */
-  private async incompleteChain(runner: QueryRunner, table: string, partition: AuditPartition): Promise<string | undefined> {
-    const {
-      rows: [chain],
-    } = await sql<{ chain_key: string; last: string }>(
-      runner.manager,
-      `SELECT m.chain_key, m.last::text AS last
-         FROM (SELECT chain_key, min(chain_pos) AS first, max(chain_pos) AS last, count(*) AS events FROM ${table} GROUP BY chain_key) m
-         LEFT JOIN audit_chain_heads h ON h.chain_key = m.chain_key
-        WHERE m.first <> COALESCE(h.base_position, 0) + 1 OR m.events <> m.last - COALESCE(h.base_position, 0)
-        LIMIT 1`,
-    );
-    if (!chain) return undefined;
-    const {
-      rows: [straggler],
-    } = await sql<{ id: string }>(
-      runner.manager,
-      `SELECT id FROM audit_events WHERE chain_key = $1 AND chain_pos <= $2 AND created_at >= $3 ORDER BY chain_pos LIMIT 1`,
-      [chain.chain_key, chain.last, partition.to],
-    );
-    if (straggler) return `event ${straggler.id}, of a later month, comes before some of its events in its chain (did the clock step back?)`;
-    return `chain ${chain.chain_key} misses positions up to ${chain.last} in this month (run the audit verification)`;
   }
 
   /**

@@ -6,6 +6,7 @@ import { DataSource, EntityManager } from 'typeorm';
 import type { AppConfig } from '../config/config';
 import { rowsOf, sql } from '../database/sql';
 import {
+  ChainListDigest,
   chainedEventOf,
   chainKeyOf,
   Checkpoint,
@@ -17,7 +18,7 @@ import {
   type StoredEventRow,
 } from './audit-chain';
 import { CHECKPOINT_COLUMNS, type CheckpointRow, digestCheckpointedHeads, toCheckpoint } from './audit-chain.service';
-import { baseMac } from './audit-partitions.service';
+import { AuditBaseSets, type BaseSet, type ChainBase, legacyBaseMac } from './audit-base-sets';
 
 /** Rows per query: large enough that a query's fixed cost (planning across the partitions) is small per row. */
 const BATCH = 5000;
@@ -53,7 +54,7 @@ interface HeadRow {
   hash: string;
   checkpoint_position: string | null;
   checkpoint_hash: string | null;
-  /** Where the chain starts once the months before it were dropped (retention). */
+  /** Where the chain starts once the months before it were dropped by 0.8.0 (before base sets). */
   base_position: string | null;
   base_hash: string | null;
   base_mac: string | null;
@@ -117,6 +118,7 @@ export class AuditVerifierService {
 
   constructor(
     @InjectDataSource() private readonly dataSource: DataSource,
+    private readonly bases: AuditBaseSets,
     config: ConfigService<AppConfig, true>,
   ) {
     this.key = config.get('AUDIT_HMAC_KEY', { infer: true });
@@ -174,14 +176,43 @@ export class AuditVerifierService {
         [last?.chain_key ?? '', BATCH],
       ),
     );
+    const baseSet = await this.bases.inForce(em);
+    if (baseSet && !this.bases.isAuthentic(baseSet)) {
+      throw new Broken(
+        null,
+        `The chains' bases of ${baseSet.month} (where they start after dropped months) do not match their MAC: they were altered`,
+      );
+    }
+    const bases = baseSet ? new Cursor<ChainBase>((last) => this.bases.rows(em, baseSet.month, last?.chain_key ?? '', BATCH)) : undefined;
+    const basesDigest = new ChainListDigest('sessionary.audit.bases.v1');
+    let base = await bases?.next();
     let event = await events.next();
     let head = await heads.next();
+    /** Where a head's chain starts: its row in the base set in force, or (none in force) its 0.8.0 base, or its beginning. */
+    const startOf = async (h: HeadRow): Promise<{ position: number; hash: string }> => {
+      if (base && base.chain_key < h.chain_key) {
+        throw new Broken(null, `Chain ${base.chain_key} has a base but no head: its head was deleted, or the base inserted`);
+      }
+      if (base && base.chain_key === h.chain_key) {
+        const start = { position: Number(base.position), hash: base.hash };
+        basesDigest.add(base.chain_key, start.position, start.hash);
+        base = await bases!.next();
+        return start;
+      }
+      return baseSet ? { position: 0, hash: GENESIS_HASH } : this.legacyBaseOf(h);
+    };
     while (event || head) {
       if (head && (!event || head.chain_key < event.chain_key)) {
-        const base = this.baseOf(head);
-        result.dropped += base.position;
-        if (Number(head.position) > base.position) {
+        const start = await startOf(head);
+        result.dropped += start.position;
+        if (Number(head.position) > start.position) {
           throw new Broken(null, `Chain ${head.chain_key} has no events, but its head is at position ${head.position}: its events were deleted`);
+        }
+        if (Number(head.position) < start.position || !sameMac(head.hash, start.hash)) {
+          throw new Broken(
+            null,
+            `Chain ${head.chain_key} has no events, and its head is not where its base says it ends: the head or the base was altered`,
+          );
         }
         head = await heads.next();
         continue;
@@ -192,10 +223,10 @@ export class AuditVerifierService {
       }
       result.chains++;
       const chainKey = head.chain_key;
-      const base = this.baseOf(head);
-      result.dropped += base.position;
-      let position = base.position;
-      let prevHash = base.hash;
+      const start = await startOf(head);
+      result.dropped += start.position;
+      let position = start.position;
+      let prevHash = start.hash;
       let lastId: string | null = null;
       while (event && event.chain_key === chainKey) {
         result.checked++;
@@ -224,13 +255,25 @@ export class AuditVerifierService {
       }
       head = await heads.next();
     }
+    if (base) throw new Broken(null, `Chain ${base.chain_key} has a base but no head: its head was deleted, or the base inserted`);
+    if (baseSet) this.checkBaseSet(baseSet, basesDigest);
   }
 
-  /** Where a chain's verification starts: its authenticated base, or its beginning. */
-  private baseOf(head: HeadRow): { position: number; hash: string } {
+  /** The base set in force holds exactly the rows its MAC'd digest was made over. */
+  private checkBaseSet(set: BaseSet, read: ChainListDigest): void {
+    if (read.chains !== set.chains || !sameMac(set.digest, read.digest())) {
+      throw new Broken(
+        null,
+        `The chains' bases of ${set.month} (${read.chains} read, ${set.chains} prepared) do not match their digest: bases were altered, deleted or inserted`,
+      );
+    }
+  }
+
+  /** Where a chain starts when 0.8.0 dropped the months before it: its authenticated base in its head, or its beginning. */
+  private legacyBaseOf(head: HeadRow): { position: number; hash: string } {
     if (head.base_position === null) return { position: 0, hash: GENESIS_HASH };
     const position = Number(head.base_position);
-    if (!sameMac(head.base_mac, baseMac(this.key, head.chain_key, position, head.base_hash ?? ''))) {
+    if (!sameMac(head.base_mac, legacyBaseMac(this.key, head.chain_key, position, head.base_hash ?? ''))) {
       throw new Broken(null, `Chain ${head.chain_key}: its base (where it starts after dropped months) does not match its MAC: it was altered`);
     }
     return { position, hash: head.base_hash! };

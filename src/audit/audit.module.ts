@@ -1,6 +1,7 @@
 import { Module } from '@nestjs/common';
 import { SessionaryConfigModule } from '../sessionary/sessionary-config';
 import { DomainEventPublisher } from '../events/domain-event-publisher';
+import { AuditBaseSets } from './audit-base-sets';
 import { AuditChainService } from './audit-chain.service';
 import { AuditExportService } from './audit-export.service';
 import { AuditCheckpointTask } from './audit-checkpoint.task';
@@ -19,6 +20,7 @@ import { BoundedAuditService } from './bounded-audit.service';
     DomainEventPublisher,
     BoundedAuditService,
     AuditChainService,
+    AuditBaseSets,
     AuditVerifierService,
     AuditExportService,
     AuditCheckpointTask,

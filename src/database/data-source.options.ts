@@ -15,6 +15,7 @@ import { AuditTimeIndexes1765200000000 } from './migrations/1765200000000-AuditT
 import { SessionDeleteNotifyActiveOnly1765300000000 } from './migrations/1765300000000-SessionDeleteNotifyActiveOnly';
 import { AuditHeadTimes1765400000000 } from './migrations/1765400000000-AuditHeadTimes';
 import { SessionAuthTime1765500000000 } from './migrations/1765500000000-SessionAuthTime';
+import { AuditBaseSets1765700000000 } from './migrations/1765700000000-AuditBaseSets';
 import { SigningKeys1765600000000 } from './migrations/1765600000000-SigningKeys';
 
 export const ENTITIES = [UserEntity, SessionEntity, RotatedRefreshTokenEntity, AuditEventEntity];
@@ -33,6 +34,7 @@ export const MIGRATIONS = [
   AuditHeadTimes1765400000000,
   SessionAuthTime1765500000000,
   SigningKeys1765600000000,
+  AuditBaseSets1765700000000,
 ];
 
 /** One definition for the app, the TypeORM CLI and the tests. Never `synchronize`. */

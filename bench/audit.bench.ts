@@ -101,12 +101,14 @@ async function scenario(label: string, serverUrl: string, size: Size, config: Au
   progress(`${label}: dropping the oldest month`);
   const drop = await measurePartitionDrop(app);
 
-  // Done with this database: free its disk before the next one.
+  // Done with this database: free its disk before the next one (unless asked to keep it, to
+  // measure more on it, e.g. `npm run cli -- audit-verify` with the printed settings).
   await seeder.end();
   await app.close();
   undo.splice(undo.indexOf(closeApp), 1);
-  await dropThis();
   undo.splice(undo.indexOf(dropThis), 1);
+  if (config.keep && label !== 'empty') progress(`${label}: kept: DATABASE_URL=${url} AUDIT_HMAC_KEY=${auditKey}`);
+  else await dropThis();
   return { label, size, seeded, databaseBytes: bytes, pages, verification, ended, deleted, drop };
 }
 

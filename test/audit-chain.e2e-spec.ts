@@ -8,7 +8,13 @@ import { LoggerService } from '@nestjs/common';
 import { SchedulerRegistry } from '@nestjs/schedule';
 import { AuditChainService } from '../src/audit/audit-chain.service';
 import { AuditCheckpointTask } from '../src/audit/audit-checkpoint.task';
+import { ConfigService } from '@nestjs/config';
+import { DataSource } from 'typeorm';
+import { PG_MICROS_UTC } from '../src/audit/audit-chain';
+import { AuditBaseSets } from '../src/audit/audit-base-sets';
 import { AuditVerifierService } from '../src/audit/audit-verifier.service';
+import { microsUtcOf } from '../src/audit/audit-verify-pass';
+import type { AppConfig } from '../src/config/config';
 import { AuditService } from '../src/audit/audit.service';
 import { bearer, login, registerUser, TestUser } from './helpers/factories';
 import { runCli } from './helpers/cli';
@@ -444,5 +450,93 @@ describe('audit hash chain (e2e)', () => {
     assert.deepEqual({ ok: result.ok, reason: result.reason, checked: result.checked }, { ok: true, reason: null, checked: n });
     const [{ checkpoints }] = await f.t.db.query(`SELECT count(*)::int AS checkpoints FROM audit_checkpoints`);
     assert.ok(checkpoints >= 1);
+  });
+});
+
+describe('audit verification passes (e2e)', () => {
+  const opened: TestApp[] = [];
+  after(async () => {
+    for (const t of opened) await t.close();
+  });
+  const open = async (overrides: Record<string, string> = {}) => {
+    const f = await fixture(overrides);
+    opened.push(f.t);
+    return f;
+  };
+  /** The result with the app's own setting, on this thread (0 workers), and split into more passes than chains on three workers. */
+  const everyWay = async (f: Fixture) => {
+    const config = f.t.app.get(ConfigService);
+    const variants = [{}, { AUDIT_VERIFY_WORKERS: 0 }, { AUDIT_VERIFY_WORKERS: 3, AUDIT_VERIFY_CHAINS_PER_PASS: 1000 }];
+    return Promise.all(
+      variants.map(async (v) => {
+        const verifier = new AuditVerifierService(f.t.app.get(DataSource), f.t.app.get(AuditBaseSets), {
+          get: (name: string, options?: unknown) => (name in v ? v[name as keyof typeof v] : config.get(name, options as never)),
+        } as unknown as ConfigService<AppConfig, true>);
+        const { ok, checked, firstBrokenId, reason, chains } = await verifier.verify();
+        return { ok, checked, firstBrokenId, reason, chains };
+      }),
+    );
+  };
+
+  it('checks each chain in position order whatever order its rows lie in the table', async () => {
+    const f = await open();
+    // Rewriting rows (a no-op UPDATE) puts their new versions after the ones that follow them.
+    await f.t.db.query(`UPDATE audit_events SET type = type WHERE id = ANY($1::uuid[])`, [[f.chain[0].id, f.chain[1].id, f.chain[4].id]]);
+    const inTable: Array<{ pos: number }> = await f.t.db.query(
+      // The order a sequential scan reads them in (all of them are in this month's partition).
+      `SELECT chain_pos::int AS pos FROM audit_events WHERE chain_key = $1 ORDER BY tableoid, ctid`,
+      [f.user.id],
+    );
+    const positions = inTable.map((r) => r.pos);
+    assert.notDeepEqual(
+      positions,
+      [...positions].sort((a, b) => a - b),
+      'the table holds the chain out of order',
+    );
+    const [{ n }] = await f.t.db.query(`SELECT count(*)::int AS n FROM audit_events`);
+    for (const r of await everyWay(f)) assert.deepEqual(r, { ok: true, checked: n, firstBrokenId: null, reason: null, chains: r.chains });
+
+    // Out of order and broken: the first broken event in position order is named, every way.
+    await f.t.db.query(`DELETE FROM audit_events WHERE id = $1`, [f.chain[2].id]);
+    await f.t.db.query(`UPDATE audit_events SET ip_address = '198.51.100.7' WHERE id = $1`, [f.chain[5].id]);
+    for (const r of await everyWay(f)) {
+      assert.equal(r.ok, false);
+      assert.equal(r.firstBrokenId, f.chain[3].id, r.reason ?? '');
+      assert.match(r.reason!, /position 4 .* where 3 was expected/);
+    }
+  });
+
+  it('names the same first broken event on one thread and on several workers, for each kind of break', async () => {
+    const f = await open();
+    await f.t.db.query(`UPDATE audit_events SET user_agent = 'forged' WHERE id = $1`, [f.chain[6].id]);
+    await f.t.db.query(`UPDATE audit_events SET user_id = $2 WHERE id = $1`, [f.chain[3].id, f.other.id]);
+    const results = await everyWay(f);
+    for (const r of results) {
+      assert.equal(r.firstBrokenId, f.chain[3].id);
+      assert.match(r.reason!, /moved to another user/);
+    }
+    assert.deepEqual(new Set(results.map((r) => r.checked)).size, 1);
+  });
+
+  it("reads PostgreSQL's time text as the chain hashes it (to the microsecond, whatever the digits)", async () => {
+    const f = await open();
+    const times = [
+      '2026-01-01 00:00:00+00',
+      '2026-01-01 00:00:00.1+00',
+      '2026-12-31 23:59:59.999999+00',
+      '2000-02-29 12:34:56.00012+00',
+      '1999-07-04 01:02:03.12+00',
+    ];
+    const rows: Array<{ text: string; hashed: string }> = await f.t.db.transaction(async (em) => {
+      await em.query(`SET LOCAL TimeZone = 'UTC'`);
+      await em.query(`SET LOCAL DateStyle = 'ISO, YMD'`);
+      return em.query(`SELECT t::text AS text, to_char(t AT TIME ZONE 'UTC', ${PG_MICROS_UTC}) AS hashed FROM unnest($1::timestamptz[]) AS t`, [
+        times,
+      ]);
+    });
+    assert.equal(rows.length, times.length);
+    for (const r of rows) assert.equal(microsUtcOf(r.text), r.hashed);
+    // Anything else (an altered row) is hashed as it is, so that it fails its hash.
+    assert.equal(microsUtcOf('infinity'), 'infinity');
   });
 });

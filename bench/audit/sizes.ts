@@ -32,6 +32,8 @@ export interface AuditBenchConfig {
   verify: boolean;
   /** Months the events are spread over (one partition each). */
   months: number;
+  /** BENCH_AUDIT_KEEP=1: the large database is kept (its URL and HMAC key printed) for further measures. */
+  keep: boolean;
 }
 
 export function readConfig(argv: string[]): AuditBenchConfig {
@@ -50,5 +52,6 @@ export function readConfig(argv: string[]): AuditBenchConfig {
     cleanupSessions: positive('BENCH_AUDIT_CLEANUP', small ? 20_000 : 100_000),
     verify: process.env.BENCH_AUDIT_VERIFY !== '0',
     months: 12,
+    keep: process.env.BENCH_AUDIT_KEEP === '1',
   };
 }

@@ -2,23 +2,25 @@ import { Injectable } from '@nestjs/common';
 import { ConfigService } from '@nestjs/config';
 import { InjectDataSource } from '@nestjs/typeorm';
 import { open } from 'node:fs/promises';
-import { DataSource, EntityManager } from 'typeorm';
+import { join } from 'node:path';
+import { Worker } from 'node:worker_threads';
+import type { PoolClient } from 'pg';
+import { DataSource, EntityManager, QueryRunner } from 'typeorm';
 import type { AppConfig } from '../config/config';
 import { rowsOf, sql } from '../database/sql';
-import {
-  ChainListDigest,
-  chainedEventOf,
-  chainKeyOf,
-  Checkpoint,
-  checkpointMac,
-  matchesEventHash,
-  GENESIS_HASH,
-  sameMac,
-  STORED_EVENT_COLUMNS,
-  type StoredEventRow,
-} from './audit-chain';
+import { Checkpoint, ChainListDigest, checkpointMac, sameMac } from './audit-chain';
 import { CHECKPOINT_COLUMNS, type CheckpointRow, digestCheckpointedHeads, toCheckpoint } from './audit-chain.service';
-import { AuditBaseSets, type BaseSet, type ChainBase, legacyBaseMac } from './audit-base-sets';
+import { AuditBaseSets, type BaseSet } from './audit-base-sets';
+import {
+  breaksFirst,
+  type PassBreak,
+  type PassInput,
+  type PassRange,
+  type PassResult,
+  runVerifyPass,
+  VERIFY_PASS_SETTINGS,
+} from './audit-verify-pass';
+import type { VerifyWorkerData, VerifyWorkerReply } from './audit-verify.worker';
 
 /** Rows per query: large enough that a query's fixed cost (planning across the partitions) is small per row. */
 const BATCH = 5000;
@@ -27,7 +29,7 @@ const FILE_TAIL_BYTES = 65_536;
 
 export interface AuditVerification {
   ok: boolean;
-  /** Events whose hash and link were checked (up to the first broken one). */
+  /** Events read from the chains: all of them (the passes run to their end); in a broken chain, those after its break are read but not checked. */
   checked: number;
   /** The first broken event in chain order (chains by key, then position); null when none or when no stored event is to blame (a deleted tail). */
   firstBrokenId: string | null;
@@ -41,25 +43,6 @@ export interface AuditVerification {
   dropped: number;
 }
 
-interface EventRow extends StoredEventRow {
-  chain_key: string;
-  chain_pos: string;
-  prev_hash: string;
-  hash: string;
-}
-
-interface HeadRow {
-  chain_key: string;
-  position: string;
-  hash: string;
-  checkpoint_position: string | null;
-  checkpoint_hash: string | null;
-  /** Where the chain starts once the months before it were dropped by 0.8.0 (before base sets). */
-  base_position: string | null;
-  base_hash: string | null;
-  base_mac: string | null;
-}
-
 class Broken extends Error {
   constructor(
     readonly eventId: string | null,
@@ -70,51 +53,20 @@ class Broken extends Error {
 }
 
 /**
- * Reads a keyset-paginated query one row at a time. The next batch is asked for as soon as
- * one arrives, so PostgreSQL reads it while this process checks the current one (on the same
- * connection and snapshot: the queries queue there).
- */
-class Cursor<T> {
-  private rows: T[] = [];
-  private index = 0;
-  private pending: Promise<T[]> | undefined;
-  private done = false;
-
-  constructor(private readonly fetch: (last: T | undefined) => Promise<T[]>) {
-    this.pending = this.prefetch(undefined);
-  }
-
-  async next(): Promise<T | undefined> {
-    if (this.index === this.rows.length) {
-      if (this.done || !this.pending) return undefined;
-      this.rows = await this.pending;
-      this.index = 0;
-      this.pending = undefined;
-      if (this.rows.length < BATCH) this.done = true;
-      else this.pending = this.prefetch(this.rows[this.rows.length - 1]);
-    }
-    return this.index < this.rows.length ? this.rows[this.index++] : undefined;
-  }
-
-  private prefetch(last: T | undefined): Promise<T[]> {
-    const batch = this.fetch(last);
-    // A walk that stops early (a broken chain) never awaits its last prefetch: its failure is
-    // not the walk's and must not surface as an unhandled rejection.
-    batch.catch(() => undefined);
-    return batch;
-  }
-}
-
-/**
- * Walks every chain in key and position order, a batch at a time (bounded memory), in one
- * read-only snapshot: recomputes each event's HMAC and link, checks that positions are
- * contiguous, that each chain ends at its head, that every checkpoint is authentic and linked,
- * that the latest one matches the heads it recorded, and, given an exported checkpoint file,
- * that its last line is in the table and still matches.
+ * Checks every chain, in passes over ranges of chain keys run side by side on worker threads
+ * (AUDIT_VERIFY_WORKERS), each pass one sequential scan of the events with its chains' state in
+ * memory (see runVerifyPass), all in one read-only snapshot exported by this service's own
+ * transaction: recomputes each event's HMAC and link, checks that positions are contiguous, that
+ * each chain ends at its head, that the chains' bases are the authentic set, that every
+ * checkpoint is authentic and linked, that the latest one matches the heads it recorded, and,
+ * given an exported checkpoint file, that its last line is in the table and still matches.
  */
 @Injectable()
 export class AuditVerifierService {
   private readonly key: string;
+  private readonly workers: number;
+  private readonly chainsPerPass: number;
+  private readonly connectionString: string;
 
   constructor(
     @InjectDataSource() private readonly dataSource: DataSource,
@@ -122,6 +74,9 @@ export class AuditVerifierService {
     config: ConfigService<AppConfig, true>,
   ) {
     this.key = config.get('AUDIT_HMAC_KEY', { infer: true });
+    this.workers = config.get('AUDIT_VERIFY_WORKERS', { infer: true });
+    this.chainsPerPass = config.get('AUDIT_VERIFY_CHAINS_PER_PASS', { infer: true });
+    this.connectionString = (dataSource.options as { url: string }).url;
   }
 
   async verify(options: { checkpointFile?: string } = {}): Promise<AuditVerification> {
@@ -142,8 +97,17 @@ export class AuditVerifierService {
     try {
       await runner.startTransaction('REPEATABLE READ');
       await sql(runner.manager, 'SET TRANSACTION READ ONLY');
+      for (const setting of VERIFY_PASS_SETTINGS) await sql(runner.manager, setting);
       const em = runner.manager;
-      await this.walkChains(em, result);
+      const baseSet = await this.bases.inForce(em);
+      if (baseSet && !this.bases.isAuthentic(baseSet)) {
+        throw new Broken(
+          null,
+          `The chains' bases of ${baseSet.month} (where they start after dropped months) do not match their MAC: they were altered`,
+        );
+      }
+      await this.walkChains(runner, baseSet, result);
+      if (baseSet) await this.checkBaseSet(em, baseSet);
       await this.findUnsealed(em);
       await this.checkCheckpoints(em, result, fileCheckpoint);
     } catch (error) {
@@ -156,149 +120,85 @@ export class AuditVerifierService {
     return result;
   }
 
-  private async walkChains(em: EntityManager, result: AuditVerification): Promise<void> {
-    const events = new Cursor<EventRow>((last) =>
-      rowsOf<EventRow>(
-        em,
-        `SELECT ${STORED_EVENT_COLUMNS},
-                chain_key, chain_pos::text AS chain_pos, prev_hash, hash
-           FROM audit_events e WHERE (e.chain_key, e.chain_pos) > ($1, $2::bigint)
-          ORDER BY e.chain_key, e.chain_pos LIMIT $3`,
-        [last?.chain_key ?? '', last?.chain_pos ?? '0', BATCH],
+  /** Runs the passes and adds up what they found; the first break in chain order is thrown. */
+  private async walkChains(runner: QueryRunner, baseSet: BaseSet | undefined, result: AuditVerification): Promise<void> {
+    const ranges = await this.passRanges(runner.manager);
+    const passes: PassInput[] = ranges.map((r) => ({ ...r, key: this.key, baseMonth: baseSet?.month ?? null }));
+    const results = this.workers > 0 ? await this.inWorkers(runner.manager, passes) : await this.inProcess(runner, passes);
+    let broken: PassBreak | null = null;
+    for (const r of results) {
+      result.checked += r.checked;
+      result.chains += r.chains;
+      result.dropped += r.dropped;
+      if (r.broken) broken = broken ? breaksFirst(broken, r.broken) : r.broken;
+    }
+    if (broken) throw new Broken(broken.eventId, broken.reason);
+  }
+
+  /**
+   * The passes' key ranges: at least one per worker, and enough that none holds more than
+   * AUDIT_VERIFY_CHAINS_PER_PASS chains; split where the heads' keys fall into equal tiles.
+   */
+  private async passRanges(em: EntityManager): Promise<PassRange[]> {
+    const [{ chains }] = await rowsOf<{ chains: number }>(em, `SELECT count(*)::int AS chains FROM audit_chain_heads`);
+    const count = Math.max(this.workers, 1, Math.ceil(chains / this.chainsPerPass));
+    if (count === 1 || chains < count) return [{ from: null, to: null }];
+    const starts = await rowsOf<{ key: string }>(
+      em,
+      `SELECT min(chain_key) AS key FROM (SELECT chain_key, ntile($1) OVER (ORDER BY chain_key) AS tile FROM audit_chain_heads) t
+        GROUP BY tile ORDER BY tile`,
+      [count],
+    );
+    const bounds = starts.slice(1).map((s) => s.key);
+    return [null, ...bounds].map((from, i) => ({ from, to: bounds[i] ?? null }));
+  }
+
+  /** The passes on this connection and thread, one after another (AUDIT_VERIFY_WORKERS=0). */
+  private async inProcess(runner: QueryRunner, passes: PassInput[]): Promise<PassResult[]> {
+    const client = (runner as unknown as { databaseConnection: PoolClient }).databaseConnection;
+    const results: PassResult[] = [];
+    for (const pass of passes) results.push(await runVerifyPass(client, pass));
+    return results;
+  }
+
+  /** The passes on worker threads, dealt out in turn, each worker on its own connection in this transaction's snapshot. */
+  private async inWorkers(em: EntityManager, passes: PassInput[]): Promise<PassResult[]> {
+    const [{ snapshot }] = await rowsOf<{ snapshot: string }>(em, `SELECT pg_export_snapshot() AS snapshot`);
+    const shares = Array.from({ length: Math.min(this.workers, passes.length) }, (_, w) => passes.filter((_, i) => i % this.workers === w));
+    const replies = await Promise.all(
+      shares.map(
+        (share) =>
+          new Promise<PassResult[]>((resolve, reject) => {
+            const data: VerifyWorkerData = { connectionString: this.connectionString, snapshot, passes: share };
+            const worker = new Worker(join(__dirname, 'audit-verify.worker.js'), { workerData: data });
+            worker.once('message', (reply: VerifyWorkerReply) => {
+              if ('results' in reply) resolve(reply.results);
+              // Rebuilt with its code, so that an unavailable database is still told apart (503).
+              else reject(Object.assign(new Error(reply.error.message), reply.error.code ? { code: reply.error.code } : {}));
+            });
+            worker.once('error', reject);
+            worker.once('exit', (code) => reject(new Error(`an audit verification worker stopped (exit code ${code})`)));
+          }),
       ),
     );
-    const heads = new Cursor<HeadRow>((last) =>
-      rowsOf<HeadRow>(
-        em,
-        `SELECT chain_key, position::text AS position, hash, checkpoint_position::text AS checkpoint_position, checkpoint_hash,
-                base_position::text AS base_position, base_hash, base_mac
-           FROM audit_chain_heads h WHERE h.chain_key > $1 ORDER BY h.chain_key LIMIT $2`,
-        [last?.chain_key ?? '', BATCH],
-      ),
-    );
-    const baseSet = await this.bases.inForce(em);
-    if (baseSet && !this.bases.isAuthentic(baseSet)) {
+    return replies.flat();
+  }
+
+  /** The base set in force holds exactly the rows its MAC'd digest was made over (read in key order). */
+  private async checkBaseSet(em: EntityManager, set: BaseSet): Promise<void> {
+    const digest = new ChainListDigest('sessionary.audit.bases.v1');
+    let after = '';
+    for (;;) {
+      const rows = await this.bases.rows(em, set.month, after);
+      for (const r of rows) digest.add(r.chain_key, Number(r.position), r.hash);
+      if (rows.length === 0) break;
+      after = rows[rows.length - 1].chain_key;
+    }
+    if (digest.chains !== set.chains || !sameMac(set.digest, digest.digest())) {
       throw new Broken(
         null,
-        `The chains' bases of ${baseSet.month} (where they start after dropped months) do not match their MAC: they were altered`,
+        `The chains' bases of ${set.month} (${digest.chains} read, ${set.chains} prepared) do not match their digest: bases were altered, deleted or inserted`,
       );
-    }
-    const bases = baseSet ? new Cursor<ChainBase>((last) => this.bases.rows(em, baseSet.month, last?.chain_key ?? '', BATCH)) : undefined;
-    const basesDigest = new ChainListDigest('sessionary.audit.bases.v1');
-    let base = await bases?.next();
-    let event = await events.next();
-    let head = await heads.next();
-    /** Where a head's chain starts: its row in the base set in force, or (none in force) its 0.8.0 base, or its beginning. */
-    const startOf = async (h: HeadRow): Promise<{ position: number; hash: string }> => {
-      if (base && base.chain_key < h.chain_key) {
-        throw new Broken(null, `Chain ${base.chain_key} has a base but no head: its head was deleted, or the base inserted`);
-      }
-      if (base && base.chain_key === h.chain_key) {
-        const start = { position: Number(base.position), hash: base.hash };
-        basesDigest.add(base.chain_key, start.position, start.hash);
-        base = await bases!.next();
-        return start;
-      }
-      return baseSet ? { position: 0, hash: GENESIS_HASH } : this.legacyBaseOf(h);
-    };
-    while (event || head) {
-      if (head && (!event || head.chain_key < event.chain_key)) {
-        const start = await startOf(head);
-        result.dropped += start.position;
-        if (Number(head.position) > start.position) {
-          throw new Broken(null, `Chain ${head.chain_key} has no events, but its head is at position ${head.position}: its events were deleted`);
-        }
-        if (Number(head.position) < start.position || !sameMac(head.hash, start.hash)) {
-          throw new Broken(
-            null,
-            `Chain ${head.chain_key} has no events, and its head is not where its base says it ends: the head or the base was altered`,
-          );
-        }
-        head = await heads.next();
-        continue;
-      }
-      if (!head || event!.chain_key < head.chain_key) {
-        result.checked++;
-        throw new Broken(event!.id, `Event ${event!.id} is in chain ${event!.chain_key}, which has no head: it was inserted or moved`);
-      }
-      result.chains++;
-      const chainKey = head.chain_key;
-      const start = await startOf(head);
-      result.dropped += start.position;
-      let position = start.position;
-      let prevHash = start.hash;
-      let lastId: string | null = null;
-      while (event && event.chain_key === chainKey) {
-        result.checked++;
-        this.checkEvent(event, position, prevHash);
-        position = Number(event.chain_pos);
-        prevHash = event.hash;
-        lastId = event.id;
-        event = await events.next();
-      }
-      const after = lastId ? `after event ${lastId}` : 'from its start';
-      const checkpointPosition = head.checkpoint_position === null ? null : Number(head.checkpoint_position);
-      if (checkpointPosition !== null && position < checkpointPosition) {
-        throw new Broken(
-          null,
-          `Chain ${chainKey} ends at position ${position}, but a checkpoint recorded position ${checkpointPosition}: events ${after} were deleted`,
-        );
-      }
-      if (checkpointPosition !== null && position === checkpointPosition && !sameMac(head.checkpoint_hash, prevHash)) {
-        throw new Broken(lastId, `Chain ${chainKey}: the event at the checkpointed position ${position} is not the one the checkpoint recorded`);
-      }
-      if (String(position) !== head.position || !sameMac(head.hash, prevHash)) {
-        throw new Broken(
-          null,
-          `Chain ${chainKey} ends at position ${position}, but its head is at position ${head.position}: events ${after} were deleted, or the head was altered`,
-        );
-      }
-      head = await heads.next();
-    }
-    if (base) throw new Broken(null, `Chain ${base.chain_key} has a base but no head: its head was deleted, or the base inserted`);
-    if (baseSet) this.checkBaseSet(baseSet, basesDigest);
-  }
-
-  /** The base set in force holds exactly the rows its MAC'd digest was made over. */
-  private checkBaseSet(set: BaseSet, read: ChainListDigest): void {
-    if (read.chains !== set.chains || !sameMac(set.digest, read.digest())) {
-      throw new Broken(
-        null,
-        `The chains' bases of ${set.month} (${read.chains} read, ${set.chains} prepared) do not match their digest: bases were altered, deleted or inserted`,
-      );
-    }
-  }
-
-  /** Where a chain starts when 0.8.0 dropped the months before it: its authenticated base in its head, or its beginning. */
-  private legacyBaseOf(head: HeadRow): { position: number; hash: string } {
-    if (head.base_position === null) return { position: 0, hash: GENESIS_HASH };
-    const position = Number(head.base_position);
-    if (!sameMac(head.base_mac, legacyBaseMac(this.key, head.chain_key, position, head.base_hash ?? ''))) {
-      throw new Broken(null, `Chain ${head.chain_key}: its base (where it starts after dropped months) does not match its MAC: it was altered`);
-    }
-    return { position, hash: head.base_hash! };
-  }
-
-  private checkEvent(event: EventRow, position: number, prevHash: string): void {
-    const id = event.id;
-    if (chainKeyOf(event.user_id) !== event.chain_key) {
-      throw new Broken(id, `Event ${id} names user ${event.user_id ?? 'none'} but belongs to chain ${event.chain_key}: it was moved to another user`);
-    }
-    const at = Number(event.chain_pos);
-    if (at !== position + 1) {
-      throw new Broken(
-        id,
-        `Event ${id} is at position ${at} of chain ${event.chain_key}, where ${position + 1} was expected: events before it were deleted or moved`,
-      );
-    }
-    if (event.prev_hash !== prevHash) {
-      throw new Broken(
-        id,
-        `Event ${id} does not link to the event before it in chain ${event.chain_key}: events were deleted, inserted or reordered`,
-      );
-    }
-    if (!matchesEventHash(this.key, event.hash, event.prev_hash, chainedEventOf(event, event.chain_key, at))) {
-      throw new Broken(id, `Event ${id} does not match its hash: it was altered, or written without the key`);
     }
   }
 

@@ -1,3 +1,4 @@
+import { availableParallelism } from 'node:os';
 import { plainToInstance, Transform } from 'class-transformer';
 import { IsBoolean, IsEnum, IsIn, IsInt, IsOptional, IsString, Matches, Max, Min, validateSync } from 'class-validator';
 import { CronTime } from 'cron';
@@ -124,6 +125,25 @@ export class Env {
   @Min(1)
   @Max(10)
   AUDIT_EXPORT_MAX_CONCURRENT = 2;
+
+  /**
+   * Worker threads the audit verification runs its passes on, each with its own connection in
+   * one shared snapshot; 0 runs them on the request's own connection and thread.
+   */
+  @Transform(toNumber)
+  @IsInt()
+  @Min(0)
+  @Max(16)
+  AUDIT_VERIFY_WORKERS = Math.min(4, availableParallelism());
+
+  /**
+   * Chains one verification pass holds in memory (about 300 bytes each): a log with more chains
+   * than workers times this takes more passes, each one more scan of the events.
+   */
+  @Transform(toNumber)
+  @IsInt()
+  @Min(1000)
+  AUDIT_VERIFY_CHAINS_PER_PASS = 500_000;
 
   /** When set, each checkpoint this instance writes is also appended to this file as one NDJSON line. */
   @Transform(toOptionalString)

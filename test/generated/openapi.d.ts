@@ -598,7 +598,7 @@ export interface components {
             ok: boolean;
             /**
              * Format: int64
-             * @description Events checked (up to the first broken one)
+             * @description Events read from the chains: all of them; in a broken chain, those after its first break are read but not checked
              * @example 1234
              */
             checked: number;

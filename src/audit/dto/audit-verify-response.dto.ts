@@ -6,7 +6,11 @@ export class AuditVerifyResponseDto {
   @ApiProperty({ description: 'True when every chain, head and checkpoint is intact' })
   ok: boolean;
 
-  @ApiProperty({ ...COUNT_SCHEMA, description: 'Events checked (up to the first broken one)', example: 1234 })
+  @ApiProperty({
+    ...COUNT_SCHEMA,
+    description: 'Events read from the chains: all of them; in a broken chain, those after its first break are read but not checked',
+    example: 1234,
+  })
   checked: number;
 
   @ApiProperty({

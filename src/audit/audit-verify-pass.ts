@@ -1,0 +1,308 @@
+import { type Client, type PoolClient, Query, type QueryConfig } from 'pg';
+import { canonicalFields, canonicalJson, chainKeyOf, GENESIS_HASH, matchesCanonicalHash, sameMac } from './audit-chain';
+import { legacyBaseMac } from './audit-base-sets';
+
+/**
+ * One pass of the audit verification: every chain whose key is in [from, to), walked in the
+ * order its events lie in the table (one sequential scan), with each chain's state in memory.
+ *
+ * Walking chains in key and position order read the events through the (chain_key, chain_pos)
+ * index, a random heap page per event: about 5 µs of PostgreSQL's time per event, where a
+ * sequential scan takes about 1.5 (measured on 1.1M events), and worse once the table outgrows
+ * memory. In table order a chain's events mostly come in position order (they are appended);
+ * one that comes early (a row placed in a page's free space) waits in its chain's `pending`
+ * until the ones before it arrive, so each chain is still checked in position order and the
+ * first broken event of a chain is the same as in a walk by position.
+ *
+ * Pure of Nest and TypeORM: it runs on a pg client in a worker thread (AuditVerifierService
+ * splits the chains into passes and runs them side by side in one exported snapshot) or on
+ * the service's own connection.
+ */
+
+/** A pass's key range: from inclusive, to exclusive; null for unbounded. */
+export interface PassRange {
+  from: string | null;
+  to: string | null;
+}
+
+export interface PassInput extends PassRange {
+  key: string;
+  /** The base set in force (its month), or null: chains start at their 0.8.0 base in the head, or their beginning. */
+  baseMonth: string | null;
+}
+
+/** A break, and where it is in chain order (key, then position; a chain's end after its events). */
+export interface PassBreak {
+  chainKey: string;
+  position: number;
+  eventId: string | null;
+  reason: string;
+}
+
+export interface PassResult {
+  checked: number;
+  chains: number;
+  /** Events before the chains' bases (in months dropped by retention). */
+  dropped: number;
+  /** The first break in chain order among this pass's chains, or null. */
+  broken: PassBreak | null;
+}
+
+/**
+ * An event's row as the pass reads it, every column as PostgreSQL's text: id, type, user_id,
+ * session_id, ip_address, user_agent, metadata, created_at, chain_key, chain_pos, prev_hash, hash.
+ */
+type EventRow = Array<string | null>;
+
+/** An event on its way to being checked (kept in `pending` when it came before the one it follows). */
+interface Pending {
+  at: number;
+  row: EventRow;
+}
+
+interface ChainState {
+  /** Where the walk stands: the last position checked, its hash and event. */
+  position: number;
+  hash: string;
+  lastId: string | null;
+  events: number;
+  pending: Map<number, Pending> | undefined;
+  broken: boolean;
+}
+
+/** The order of two breaks: by chain key, then position. */
+export function breaksFirst(a: PassBreak, b: PassBreak): PassBreak {
+  if (a.chainKey !== b.chainKey) return a.chainKey < b.chainKey ? a : b;
+  return a.position <= b.position ? a : b;
+}
+
+/** Every column arrives as PostgreSQL's text: no Date, no number or JSON conversions. */
+const TEXT_TYPES = { getTypeParser: () => (value: string) => value };
+
+/** jsonb's text as canonical JSON (most events carry none: `{}` is the same in both). */
+function canonicalMetadata(text: string): string {
+  return text === '{}' ? text : canonicalJson(JSON.parse(text));
+}
+
+/** `YYYY-MM-DD HH:MM:SS[.f]+00` (timestamptz with TimeZone UTC, DateStyle ISO) as the chain hashes it: PG_MICROS_UTC. */
+const PG_UTC_TIME = /^(\d{4}-\d{2}-\d{2}) (\d{2}:\d{2}:\d{2})(?:\.(\d{1,6}))?\+00$/;
+export function microsUtcOf(text: string): string {
+  const m = PG_UTC_TIME.exec(text);
+  // Not a time the service writes (an altered row): hashed as it is, so the event fails its hash.
+  if (!m) return text;
+  return `${m[1]}T${m[2]}.${(m[3] ?? '').padEnd(6, '0')}Z`;
+}
+
+const END = Number.MAX_SAFE_INTEGER;
+
+/**
+ * Settings of a pass's transaction: no statement timeout (one pass is one long scan), and
+ * timestamps in the text microsUtcOf reads.
+ */
+export const VERIFY_PASS_SETTINGS = [`SET LOCAL statement_timeout = 0`, `SET LOCAL TimeZone = 'UTC'`, `SET LOCAL DateStyle = 'ISO, YMD'`];
+
+/**
+ * Runs a query and hands each row (an array of PostgreSQL's text) to `onRow` as it is parsed. A
+ * Query object, not a config: pg then keeps no copy of the rows (no callback, a 'row' listener),
+ * and a slower reader holds the socket back (TCP), so memory stays bounded without a cursor's
+ * round trips.
+ */
+function streamRows(client: Client | PoolClient, text: string, values: unknown[], onRow: (row: EventRow) => void): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    const query = client.query(new Query({ text, values, rowMode: 'array', types: TEXT_TYPES } as QueryConfig));
+    query.on('row', onRow);
+    query.on('end', () => resolve());
+    query.on('error', reject);
+  });
+}
+
+export async function runVerifyPass(client: Client | PoolClient, input: PassInput): Promise<PassResult> {
+  const range = `chain_key >= COALESCE($1, '') AND ($2::text IS NULL OR chain_key < $2)`;
+  const bounds = [input.from, input.to];
+  const result: PassResult = { checked: 0, chains: 0, dropped: 0, broken: null };
+  const brokenAt = (chainKey: string, position: number, eventId: string | null, reason: string) => {
+    const found = { chainKey, position, eventId, reason };
+    result.broken = result.broken ? breaksFirst(result.broken, found) : found;
+  };
+
+  // Each chain's start: its row in the base set in force, else (none in force) its 0.8.0 base
+  // in its head, else its beginning. The heads are read again after the events, for their
+  // ends, so that memory holds only where each chain stands (about 300 bytes a chain).
+  const chains = new Map<string, ChainState>();
+  await streamRows(
+    client,
+    `SELECT COALESCE(h.chain_key, b.chain_key), h.chain_key IS NOT NULL, b.position, b.hash, h.base_position, h.base_hash, h.base_mac
+       FROM (SELECT * FROM audit_chain_heads WHERE ${range}) h
+       FULL JOIN (SELECT chain_key, position, hash FROM audit_chain_bases WHERE month = $3 AND ${range}) b ON b.chain_key = h.chain_key`,
+    [...bounds, input.baseMonth],
+    (r) => {
+      const [chainKey, hasHead, position, hash, legacyPosition, legacyHash, legacyMac] = r as [
+        string,
+        string,
+        string | null,
+        string | null,
+        string | null,
+        string | null,
+        string | null,
+      ];
+      if (hasHead !== 't') {
+        brokenAt(chainKey, 0, null, `Chain ${chainKey} has a base but no head: its head was deleted, or the base inserted`);
+        return;
+      }
+      let start = position === null ? undefined : { position: Number(position), hash: hash! };
+      if (!start && !input.baseMonth && legacyPosition !== null) {
+        start = { position: Number(legacyPosition), hash: legacyHash ?? '' };
+        if (!sameMac(legacyMac, legacyBaseMac(input.key, chainKey, start.position, start.hash))) {
+          brokenAt(chainKey, 0, null, `Chain ${chainKey}: its base (where it starts after dropped months) does not match its MAC: it was altered`);
+        }
+      }
+      start ??= { position: 0, hash: GENESIS_HASH };
+      result.dropped += start.position;
+      chains.set(chainKey, { position: start.position, hash: start.hash, lastId: null, events: 0, pending: undefined, broken: false });
+    },
+  );
+
+  /** Checks an event in its chain's position order (as a walk by position would): its user, its link, its hash. */
+  const checkInOrder = (chainKey: string, chain: ChainState, e: Pending): void => {
+    const [id, type, userId, sessionId, ipAddress, userAgent, metadata, createdAt, , , prevHash, hash] = e.row;
+    if (chainKeyOf(userId) !== chainKey) {
+      chain.broken = true;
+      brokenAt(chainKey, e.at, id, `Event ${id} names user ${userId ?? 'none'} but belongs to chain ${chainKey}: it was moved to another user`);
+    } else if (prevHash !== chain.hash) {
+      chain.broken = true;
+      brokenAt(
+        chainKey,
+        e.at,
+        id,
+        `Event ${id} does not link to the event before it in chain ${chainKey}: events were deleted, inserted or reordered`,
+      );
+    } else if (
+      !matchesCanonicalHash(
+        input.key,
+        hash,
+        prevHash,
+        canonicalFields(chainKey, e.at, id!, type!, userId, sessionId, ipAddress, userAgent, canonicalMetadata(metadata!), microsUtcOf(createdAt!)),
+      )
+    ) {
+      chain.broken = true;
+      brokenAt(chainKey, e.at, id, `Event ${id} does not match its hash: it was altered, or written without the key`);
+    } else {
+      chain.position = e.at;
+      chain.hash = hash!;
+      chain.lastId = id;
+    }
+  };
+
+  /** A chain's end against its head, and against the position and hash its last checkpoint recorded. */
+  const checkEnd = (
+    chainKey: string,
+    chain: ChainState,
+    head: { position: number; hash: string; checkpointPosition: number | null; checkpointHash: string | null },
+  ): void => {
+    result.chains += chain.events > 0 ? 1 : 0;
+    if (chain.broken) return;
+    if (chain.pending?.size) {
+      const first = Math.min(...chain.pending.keys());
+      const id = chain.pending.get(first)!.row[0];
+      brokenAt(
+        chainKey,
+        first,
+        id,
+        `Event ${id} is at position ${first} of chain ${chainKey}, where ${chain.position + 1} was expected: events before it were deleted or moved`,
+      );
+      return;
+    }
+    if (chain.events === 0) {
+      if (head.position > chain.position) {
+        brokenAt(chainKey, END, null, `Chain ${chainKey} has no events, but its head is at position ${head.position}: its events were deleted`);
+      } else if (head.position < chain.position || !sameMac(head.hash, chain.hash)) {
+        brokenAt(
+          chainKey,
+          END,
+          null,
+          `Chain ${chainKey} has no events, and its head is not where its base says it ends: the head or the base was altered`,
+        );
+      }
+      return;
+    }
+    const after = chain.lastId ? `after event ${chain.lastId}` : 'from its start';
+    if (head.checkpointPosition !== null && chain.position < head.checkpointPosition) {
+      brokenAt(
+        chainKey,
+        END,
+        null,
+        `Chain ${chainKey} ends at position ${chain.position}, but a checkpoint recorded position ${head.checkpointPosition}: events ${after} were deleted`,
+      );
+    } else if (head.checkpointPosition === chain.position && !sameMac(head.checkpointHash, chain.hash)) {
+      brokenAt(
+        chainKey,
+        chain.position,
+        chain.lastId,
+        `Chain ${chainKey}: the event at the checkpointed position ${chain.position} is not the one the checkpoint recorded`,
+      );
+    } else if (head.position !== chain.position || !sameMac(head.hash, chain.hash)) {
+      brokenAt(
+        chainKey,
+        END,
+        null,
+        `Chain ${chainKey} ends at position ${chain.position}, but its head is at position ${head.position}: events ${after} were deleted, or the head was altered`,
+      );
+    }
+  };
+
+  const onRow = (row: EventRow): void => {
+    result.checked++;
+    const id = row[0]!;
+    const chainKey = row[8]!;
+    const at = Number(row[9]);
+    const chain = chains.get(chainKey);
+    if (!chain) {
+      brokenAt(chainKey, at, id, `Event ${id} is in chain ${chainKey}, which has no head: it was inserted or moved`);
+      return;
+    }
+    chain.events++;
+    if (chain.broken) return;
+    if (at <= chain.position || chain.pending?.has(at)) {
+      // Not the chain's end: a break before it may still come, so the chain goes on.
+      brokenAt(chainKey, at, id, `Event ${id} is at position ${at} of chain ${chainKey}, which another event holds: events were inserted or moved`);
+      return;
+    }
+    if (at !== chain.position + 1) {
+      (chain.pending ??= new Map()).set(at, { at, row });
+      return;
+    }
+    checkInOrder(chainKey, chain, { at, row });
+    // Those that came early and follow it now.
+    let next: Pending | undefined;
+    while (!chain.broken && chain.pending && (next = chain.pending.get(chain.position + 1))) {
+      chain.pending.delete(next.at);
+      checkInOrder(chainKey, chain, next);
+    }
+  };
+
+  await streamRows(
+    client,
+    `SELECT id, type, user_id, session_id, ip_address, user_agent, metadata, created_at, chain_key, chain_pos, prev_hash, hash
+       FROM audit_events WHERE ${range}`,
+    bounds,
+    onRow,
+  );
+
+  await streamRows(
+    client,
+    `SELECT chain_key, position, hash, checkpoint_position, checkpoint_hash FROM audit_chain_heads WHERE ${range}`,
+    bounds,
+    (r) => {
+      const [chainKey, position, hash, checkpointPosition, checkpointHash] = r as [string, string, string, string | null, string | null];
+      const chain = chains.get(chainKey);
+      if (chain)
+        checkEnd(chainKey, chain, {
+          position: Number(position),
+          hash,
+          checkpointPosition: checkpointPosition === null ? null : Number(checkpointPosition),
+          checkpointHash,
+        });
+    },
+  );
+  return result;
+}

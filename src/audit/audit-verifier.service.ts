@@ -67,6 +67,11 @@ export class AuditVerifierService {
   private readonly workers: number;
   private readonly chainsPerPass: number;
   private readonly connectionString: string;
+  /**
+   * Below this many events (the heads' positions added up) the passes run on this thread: a
+   * worker's start (its modules, its connection) costs more than it saves. Tests lower it.
+   */
+  minEventsForWorkers = 100_000;
 
   constructor(
     @InjectDataSource() private readonly dataSource: DataSource,
@@ -122,9 +127,14 @@ export class AuditVerifierService {
 
   /** Runs the passes and adds up what they found; the first break in chain order is thrown. */
   private async walkChains(runner: QueryRunner, baseSet: BaseSet | undefined, result: AuditVerification): Promise<void> {
-    const ranges = await this.passRanges(runner.manager);
+    const [{ chains, events }] = await rowsOf<{ chains: number; events: number }>(
+      runner.manager,
+      `SELECT count(*)::int AS chains, COALESCE(sum(position), 0)::float8 AS events FROM audit_chain_heads`,
+    );
+    const workers = events >= this.minEventsForWorkers ? this.workers : 0;
+    const ranges = await this.passRanges(runner.manager, chains, workers);
     const passes: PassInput[] = ranges.map((r) => ({ ...r, key: this.key, baseMonth: baseSet?.month ?? null }));
-    const results = this.workers > 0 ? await this.inWorkers(runner.manager, passes) : await this.inProcess(runner, passes);
+    const results = workers > 0 ? await this.inWorkers(runner.manager, passes, workers) : await this.inProcess(runner, passes);
     let broken: PassBreak | null = null;
     for (const r of results) {
       result.checked += r.checked;
@@ -139,9 +149,8 @@ export class AuditVerifierService {
    * The passes' key ranges: at least one per worker, and enough that none holds more than
    * AUDIT_VERIFY_CHAINS_PER_PASS chains; split where the heads' keys fall into equal tiles.
    */
-  private async passRanges(em: EntityManager): Promise<PassRange[]> {
-    const [{ chains }] = await rowsOf<{ chains: number }>(em, `SELECT count(*)::int AS chains FROM audit_chain_heads`);
-    const count = Math.max(this.workers, 1, Math.ceil(chains / this.chainsPerPass));
+  private async passRanges(em: EntityManager, chains: number, workers: number): Promise<PassRange[]> {
+    const count = Math.max(workers, 1, Math.ceil(chains / this.chainsPerPass));
     if (count === 1 || chains < count) return [{ from: null, to: null }];
     const starts = await rowsOf<{ key: string }>(
       em,
@@ -162,9 +171,9 @@ export class AuditVerifierService {
   }
 
   /** The passes on worker threads, dealt out in turn, each worker on its own connection in this transaction's snapshot. */
-  private async inWorkers(em: EntityManager, passes: PassInput[]): Promise<PassResult[]> {
+  private async inWorkers(em: EntityManager, passes: PassInput[], workers: number): Promise<PassResult[]> {
     const [{ snapshot }] = await rowsOf<{ snapshot: string }>(em, `SELECT pg_export_snapshot() AS snapshot`);
-    const shares = Array.from({ length: Math.min(this.workers, passes.length) }, (_, w) => passes.filter((_, i) => i % this.workers === w));
+    const shares = Array.from({ length: Math.min(workers, passes.length) }, (_, w) => passes.filter((_, i) => i % workers === w));
     const replies = await Promise.all(
       shares.map(
         (share) =>

@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { Client } from 'pg';
 import { SchedulerRegistry } from '@nestjs/schedule';
+import { AuditVerifierService } from '../src/audit/audit-verifier.service';
 import { SESSIONS_CLEANUP_JOB, SessionsCleanupTask } from '../src/sessions/sessions-cleanup.task';
 import { auditRows, sessionRow } from './helpers/db';
 import { bearer, login, registerAndLogin, registerUser, sleep } from './helpers/factories';
@@ -109,6 +110,37 @@ describe('sessions cleanup task (e2e)', () => {
       user.id,
     ]);
     assert.equal(events, 1203);
+  });
+
+  it("ends many users' sessions in two lanes side by side, each user's in one lane, every event chained", async () => {
+    const users = await Promise.all(Array.from({ length: 12 }, () => registerUser(t.http)));
+    const ids = users.map((u) => u.id);
+    await t.db.query(
+      `INSERT INTO sessions (user_id, idle_expires_at, absolute_expires_at, refresh_token_hash, refresh_expires_at)
+       SELECT ($1::uuid[])[1 + g % 12], now() - interval '1 hour', now() + interval '1 day', md5(random()::text || g) || md5(g::text), now() + interval '1 day'
+         FROM generate_series(1, 1100) AS g`,
+      [ids],
+    );
+    // The lanes split the users between them (by hashtext), so both have work here.
+    const [{ lanes }] = await t.db.query(`SELECT count(DISTINCT abs(hashtext(id::text) % 2))::int AS lanes FROM unnest($1::uuid[]) AS id`, [ids]);
+    assert.equal(lanes, 2);
+    const result = await task.handleTick();
+    assert.ok(result && !result.skipped);
+    const [{ left }] = await t.db.query(`SELECT count(*)::int AS left FROM sessions WHERE user_id = ANY($1) AND ended_at IS NULL`, [ids]);
+    assert.equal(left, 0);
+    const perUser: Array<{ events: number; sessions: number }> = await t.db.query(
+      `SELECT (SELECT count(*)::int FROM audit_events e WHERE e.user_id = u AND e.type = 'SESSION_EXPIRED') AS events,
+              (SELECT count(*)::int FROM sessions s WHERE s.user_id = u AND s.end_reason = 'idle_timeout') AS sessions
+         FROM unnest($1::uuid[]) AS u`,
+      [ids],
+    );
+    for (const r of perUser) assert.equal(r.events, r.sessions);
+    assert.equal(
+      perUser.reduce((n, r) => n + r.events, 0),
+      1100,
+    );
+    const verification = await t.app.get(AuditVerifierService).verify();
+    assert.equal(verification.ok, true, verification.reason ?? '');
   });
 
   it('skips the tick, changing nothing, while another instance holds the cleanup lock', async () => {

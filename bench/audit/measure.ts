@@ -101,6 +101,8 @@ export interface CleanupMeasure {
   slowestStatement: string;
   /** Statements over 100 ms. */
   over100ms: number;
+  /** Where the statement time went: statements grouped by their text's start, most time first. */
+  statementTime: Array<{ statement: string; count: number; ms: number }>;
 }
 
 /**
@@ -140,6 +142,7 @@ export async function measureCleanup(
     slowestMs: top.ms,
     slowestStatement: top.text,
     over100ms: statements.filter((s) => s.ms > 100).length,
+    statementTime: timeByStatement(statements).slice(0, 6),
   };
 }
 

@@ -59,6 +59,8 @@ export function printReport(empty: ScenarioResult, large: ScenarioResult): void 
     console.log(`slowest statement (${name}, large): ${m.slowestMs.toFixed(1)} ms: ${m.slowestStatement}`);
   }
   for (const [name, times] of [
+    ['ending overdue sessions', large.ended.statementTime],
+    ['deleting sessions past retention', large.deleted.statementTime],
     ['the drop', large.drop.statementTime],
     ["preparing the month's bases", large.drop.prepareStatementTime],
   ] as const) {

@@ -50,14 +50,19 @@ export class SessionMaintenanceService {
    * Ends up to `limit` sessions past their deadline, each with its reason and one
    * SESSION_EXPIRED event. SKIP LOCKED lets concurrent callers take disjoint batches.
    * The session ended at its deadline, so that is what ended_at records.
+   *
+   * `lane` (the lane's number and the number of lanes) takes only the sessions of the users
+   * that hash to that lane, so that batches running side by side never share a user, and so
+   * never wait for each other's lock on the user's audit chain head.
    */
-  async endExpiredSessions(limit: number): Promise<number> {
+  async endExpiredSessions(limit: number, lane: { index: number; of: number } = { index: 0, of: 1 }): Promise<number> {
     return this.dataSource.transaction(async (em) => {
       const { rows } = await sql<{ id: string; user_id: string; end_reason: SessionEndReason }>(
         em,
         `WITH due AS (
            SELECT id FROM sessions
             WHERE ended_at IS NULL AND idle_expires_at <= now()
+              AND ($2::int = 1 OR abs(hashtext(user_id::text) % $2::int) = $3::int)
             ORDER BY idle_expires_at
             LIMIT $1
               FOR UPDATE SKIP LOCKED)
@@ -66,7 +71,7 @@ export class SessionMaintenanceService {
                 end_reason = CASE WHEN s.idle_expires_at < s.absolute_expires_at THEN 'idle_timeout' ELSE 'absolute_timeout' END
            FROM due WHERE s.id = due.id
          RETURNING s.id, s.user_id, s.end_reason`,
-        [limit],
+        [limit, lane.of, lane.index],
       );
       this.sessions.forgetEnded(rows.map((r) => r.id));
       await this.audit.record(

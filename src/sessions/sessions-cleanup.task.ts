@@ -15,6 +15,15 @@ const CLEANUP_LOCK_KEY = '8315173853005522286';
 const BATCH_SIZE = 500;
 // Bounds one tick's work; what is left waits for the next tick.
 const MAX_BATCHES_PER_TICK = 200;
+/**
+ * Batches of ending sessions run side by side, each lane on the users that hash to it (so they
+ * never wait for each other's audit chain heads). Each batch is PostgreSQL's work (the
+ * sessions' UPDATE, the chain heads' lock, the audit rows into their indexes: about 0.12 ms a
+ * session), so two connections end sessions faster than one; deleting is fast enough alone.
+ */
+const ENDING_LANES = 2;
+/** Smaller batches for ending than for deleting: with two lanes on the box, 500 took a statement past 100 ms. */
+const ENDING_BATCH_SIZE = 250;
 
 export interface CleanupResult {
   /** Another instance holds the lock, or already ran this tick. */
@@ -108,8 +117,8 @@ export class SessionsCleanupTask implements OnApplicationBootstrap, BeforeApplic
         // Counted when claimed, so that the claims recorded in the database and these counts agree.
         this.ticks.ran++;
         const retention = this.config.get('SESSION_RETENTION', { infer: true });
-        const expired = await this.inBatches(() => this.sessions.endExpiredSessions(BATCH_SIZE));
-        const deleted = await this.inBatches(() => this.sessions.deleteEndedSessions(retention, BATCH_SIZE));
+        const expired = await this.inBatches((lane) => this.sessions.endExpiredSessions(ENDING_BATCH_SIZE, lane), ENDING_LANES, ENDING_BATCH_SIZE);
+        const deleted = await this.inBatches(() => this.sessions.deleteEndedSessions(retention, BATCH_SIZE), 1, BATCH_SIZE);
         if (expired || deleted) this.logger.log(`Session cleanup: ended ${expired} expired, deleted ${deleted} past retention`);
         return { skipped: false, expired, deleted };
       } finally {
@@ -138,13 +147,22 @@ export class SessionsCleanupTask implements OnApplicationBootstrap, BeforeApplic
     return claimed.length === 1;
   }
 
-  private async inBatches(batch: () => Promise<number>): Promise<number> {
+  /**
+   * Runs batches until one comes back short or the tick's bound is reached, `lanes` at a time
+   * (each lane its own transactions and connection, given its number and the number of lanes).
+   */
+  private async inBatches(batch: (lane: { index: number; of: number }) => Promise<number>, lanes: number, size: number): Promise<number> {
     let total = 0;
-    for (let i = 0; i < MAX_BATCHES_PER_TICK; i++) {
-      const n = await batch();
-      total += n;
-      if (n < BATCH_SIZE) break;
-    }
+    let started = 0;
+    const lane = async (index: number) => {
+      while (started < MAX_BATCHES_PER_TICK) {
+        started++;
+        const n = await batch({ index, of: lanes });
+        total += n;
+        if (n < size) return;
+      }
+    };
+    await Promise.all(Array.from({ length: lanes }, (_, index) => lane(index)));
     return total;
   }
 }

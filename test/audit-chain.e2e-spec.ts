@@ -9,7 +9,7 @@ import { SchedulerRegistry } from '@nestjs/schedule';
 import { AuditChainService } from '../src/audit/audit-chain.service';
 import { AuditCheckpointTask } from '../src/audit/audit-checkpoint.task';
 import { ConfigService } from '@nestjs/config';
-import { DataSource } from 'typeorm';
+import { DataSource, DataSourceOptions } from 'typeorm';
 import { PG_MICROS_UTC } from '../src/audit/audit-chain';
 import { AuditBaseSets } from '../src/audit/audit-base-sets';
 import { AuditVerifierService } from '../src/audit/audit-verifier.service';
@@ -19,6 +19,7 @@ import { AuditService } from '../src/audit/audit.service';
 import { bearer, login, registerUser, TestUser } from './helpers/factories';
 import { runCli } from './helpers/cli';
 import { createTestApp, freshDatabase, TestApp } from './helpers/test-app';
+import { dataSourceOptions } from '../src/database/data-source.options';
 
 interface Fixture {
   t: TestApp;
@@ -540,5 +541,31 @@ describe('audit verification passes (e2e)', () => {
     for (const r of rows) assert.equal(microsUtcOf(r.text), r.hashed);
     // Anything else (an altered row) is hashed as it is, so that it fails its hash.
     assert.equal(microsUtcOf('infinity'), 'infinity');
+  });
+});
+
+describe('audit checkpoints of many changed heads (e2e)', () => {
+  it("finishes beyond the pool's statement timeout (the first checkpoint of a large log)", async () => {
+    const url = await freshDatabase();
+    const t = await createTestApp({ DATABASE_URL: url });
+    // The same pool, with a statement timeout of 200 ms, and heads that take 300 ms to copy.
+    const options = dataSourceOptions(url) as DataSourceOptions & { extra: Record<string, unknown> };
+    const slow = await new DataSource({ ...options, extra: { ...options.extra, statement_timeout: 200 } }).initialize();
+    try {
+      await registerUser(t.http);
+      await t.db.query(`CREATE FUNCTION slow_copy() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.3); RETURN NEW; END $$`);
+      await t.db.query(
+        `CREATE TRIGGER slow_copy BEFORE UPDATE OF checkpoint_position ON audit_chain_heads FOR EACH STATEMENT EXECUTE FUNCTION slow_copy()`,
+      );
+      const checkpoint = await new AuditChainService(slow, t.app.get(ConfigService)).checkpoint(true);
+      assert.ok(checkpoint, 'a checkpoint was written');
+      const [{ n }] = await t.db.query(`SELECT count(*)::int AS n FROM audit_chain_heads WHERE checkpoint_position IS DISTINCT FROM position`);
+      assert.equal(n, 0);
+      // While a plain statement on that pool is still cut at 200 ms.
+      await assert.rejects(slow.query(`SELECT pg_sleep(0.3)`), /statement timeout/);
+    } finally {
+      await slow.destroy();
+      await t.close();
+    }
   });
 });

@@ -4,9 +4,10 @@ import { createHmac } from 'node:crypto';
 import { EntityManager } from 'typeorm';
 import type { AppConfig } from '../config/config';
 import { rowsOf, sql } from '../database/sql';
+import { pgClientOf, streamRows } from '../database/stream-rows';
 import { type BaseSetFields, baseSetMac, ChainListDigest, sameMac } from './audit-chain';
 
-/** Rows per query when a set's rows are read in key order. */
+/** Rows per query when the 0.8.0 bases are read in key order. */
 const ROWS_BATCH = 10_000;
 const MONTH = /^(\d{4})-(\d{2})-01$/;
 
@@ -14,13 +15,6 @@ const MONTH = /^(\d{4})-(\d{2})-01$/;
 export interface BaseSet extends BaseSetFields {
   mac: string;
   droppedAt: Date | null;
-}
-
-/** One row of a base set: where a chain starts once the set's month is dropped. */
-export interface ChainBase {
-  chain_key: string;
-  position: string;
-  hash: string;
 }
 
 /** The events partition a set is prepared from: its month's first day (`YYYY-MM-DD`) and its table. */
@@ -119,15 +113,6 @@ export class AuditBaseSets {
     return sameMac(mac, baseSetMac(this.key, fields));
   }
 
-  /** A set's rows after `afterKey`, in key order (the verifier's and the digest's read). */
-  rows(em: EntityManager, month: string, afterKey: string, limit = ROWS_BATCH): Promise<ChainBase[]> {
-    return rowsOf<ChainBase>(
-      em,
-      `SELECT chain_key, position::text AS position, hash FROM audit_chain_bases WHERE month = $1 AND chain_key > $2 ORDER BY chain_key LIMIT $3`,
-      [month, afterKey, limit],
-    );
-  }
-
   /** The month's event count and greatest seq: what a set records, and the drop compares. */
   async fingerprint(em: EntityManager, table: string): Promise<{ events: number; maxSeq: string }> {
     const [row] = await rowsOf<{ events: string; max_seq: string }>(
@@ -203,16 +188,16 @@ export class AuditBaseSets {
     for (const { month } of gone) await sql(em, `DROP TABLE IF EXISTS ${tableOf(month)}`);
   }
 
-  /** The keyed digest's input: the set's rows, read in key order a batch at a time. */
-  private async digest(em: EntityManager, month: string): Promise<ChainListDigest> {
+  /**
+   * The keyed digest's input: the set's rows in key order, streamed by one query (keyset
+   * batches of 10,000 took 7 s for a set of 484k chains: a random heap page per row).
+   */
+  async digest(em: EntityManager, month: string): Promise<ChainListDigest> {
     const digest = new ChainListDigest('sessionary.audit.bases.v1');
-    let after = '';
-    for (;;) {
-      const rows = await this.rows(em, month, after);
-      for (const r of rows) digest.add(r.chain_key, Number(r.position), r.hash);
-      if (rows.length < ROWS_BATCH) return digest;
-      after = rows[rows.length - 1].chain_key;
-    }
+    await streamRows(pgClientOf(em), `SELECT chain_key, position, hash FROM audit_chain_bases WHERE month = $1 ORDER BY chain_key`, [month], (r) =>
+      digest.add(r[0]!, Number(r[1]), r[2]!),
+    );
+    return digest;
   }
 
   /**

@@ -168,6 +168,10 @@ export class AuditChainService {
       // Row locks: waits for the writers in flight on each changed chain, so every head it
       // copies belongs to committed events; only this job writes the checkpoint columns.
       // In key order, like every writer, so that a writer locking several heads cannot deadlock with it.
+      // No statement timeout: a checkpoint that copies a great many heads (the first one after
+      // a large log was sealed: 1M heads took over the pool's 15 s) must finish, or every later
+      // one would fail the same way.
+      await sql(em, `SET LOCAL statement_timeout = 0`);
       await sql(
         em,
         `UPDATE audit_chain_heads h SET checkpoint_position = h.position, checkpoint_hash = h.hash

@@ -4,11 +4,11 @@ import { InjectDataSource } from '@nestjs/typeorm';
 import { open } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
-import type { PoolClient } from 'pg';
 import { DataSource, EntityManager, QueryRunner } from 'typeorm';
 import type { AppConfig } from '../config/config';
 import { rowsOf, sql } from '../database/sql';
-import { Checkpoint, ChainListDigest, checkpointMac, sameMac } from './audit-chain';
+import { pgClientOf } from '../database/stream-rows';
+import { Checkpoint, checkpointMac, sameMac } from './audit-chain';
 import { CHECKPOINT_COLUMNS, type CheckpointRow, digestCheckpointedHeads, toCheckpoint } from './audit-chain.service';
 import { AuditBaseSets, type BaseSet } from './audit-base-sets';
 import {
@@ -164,7 +164,7 @@ export class AuditVerifierService {
 
   /** The passes on this connection and thread, one after another (AUDIT_VERIFY_WORKERS=0). */
   private async inProcess(runner: QueryRunner, passes: PassInput[]): Promise<PassResult[]> {
-    const client = (runner as unknown as { databaseConnection: PoolClient }).databaseConnection;
+    const client = pgClientOf(runner.manager);
     const results: PassResult[] = [];
     for (const pass of passes) results.push(await runVerifyPass(client, pass));
     return results;
@@ -195,14 +195,7 @@ export class AuditVerifierService {
 
   /** The base set in force holds exactly the rows its MAC'd digest was made over (read in key order). */
   private async checkBaseSet(em: EntityManager, set: BaseSet): Promise<void> {
-    const digest = new ChainListDigest('sessionary.audit.bases.v1');
-    let after = '';
-    for (;;) {
-      const rows = await this.bases.rows(em, set.month, after);
-      for (const r of rows) digest.add(r.chain_key, Number(r.position), r.hash);
-      if (rows.length === 0) break;
-      after = rows[rows.length - 1].chain_key;
-    }
+    const digest = await this.bases.digest(em, set.month);
     if (digest.chains !== set.chains || !sameMac(set.digest, digest.digest())) {
       throw new Broken(
         null,

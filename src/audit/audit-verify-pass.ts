@@ -1,4 +1,5 @@
-import { type Client, type PoolClient, Query, type QueryConfig } from 'pg';
+import type { Client, PoolClient } from 'pg';
+import { streamRows } from '../database/stream-rows';
 import { canonicalFields, canonicalJson, chainKeyOf, GENESIS_HASH, matchesCanonicalHash, sameMac } from './audit-chain';
 import { legacyBaseMac } from './audit-base-sets';
 
@@ -76,9 +77,6 @@ export function breaksFirst(a: PassBreak, b: PassBreak): PassBreak {
   return a.position <= b.position ? a : b;
 }
 
-/** Every column arrives as PostgreSQL's text: no Date, no number or JSON conversions. */
-const TEXT_TYPES = { getTypeParser: () => (value: string) => value };
-
 /** jsonb's text as canonical JSON (most events carry none: `{}` is the same in both). */
 function canonicalMetadata(text: string): string {
   return text === '{}' ? text : canonicalJson(JSON.parse(text));
@@ -100,21 +98,6 @@ const END = Number.MAX_SAFE_INTEGER;
  * timestamps in the text microsUtcOf reads.
  */
 export const VERIFY_PASS_SETTINGS = [`SET LOCAL statement_timeout = 0`, `SET LOCAL TimeZone = 'UTC'`, `SET LOCAL DateStyle = 'ISO, YMD'`];
-
-/**
- * Runs a query and hands each row (an array of PostgreSQL's text) to `onRow` as it is parsed. A
- * Query object, not a config: pg then keeps no copy of the rows (no callback, a 'row' listener),
- * and a slower reader holds the socket back (TCP), so memory stays bounded without a cursor's
- * round trips.
- */
-function streamRows(client: Client | PoolClient, text: string, values: unknown[], onRow: (row: EventRow) => void): Promise<void> {
-  return new Promise<void>((resolve, reject) => {
-    const query = client.query(new Query({ text, values, rowMode: 'array', types: TEXT_TYPES } as QueryConfig));
-    query.on('row', onRow);
-    query.on('end', () => resolve());
-    query.on('error', reject);
-  });
-}
 
 export async function runVerifyPass(client: Client | PoolClient, input: PassInput): Promise<PassResult> {
   const range = `chain_key >= COALESCE($1, '') AND ($2::text IS NULL OR chain_key < $2)`;

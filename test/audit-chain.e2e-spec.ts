@@ -3,7 +3,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { after, before, describe, it } from 'node:test';
+import { after, afterEach, before, describe, it } from 'node:test';
 import { LoggerService } from '@nestjs/common';
 import { SchedulerRegistry } from '@nestjs/schedule';
 import { AuditChainService } from '../src/audit/audit-chain.service';
@@ -79,8 +79,12 @@ describe('audit hash chain (e2e)', () => {
   before(() => {
     dir = mkdtempSync(join(tmpdir(), 'sessionary-audit-'));
   });
-  after(async () => {
-    for (const t of opened) await t.close();
+  // Each test's apps close when it ends: a dozen apps left open, each with its pool and its
+  // listeners, took PostgreSQL past max_connections in the concurrent test below (CI, once).
+  afterEach(async () => {
+    while (opened.length) await opened.pop()!.close();
+  });
+  after(() => {
     rmSync(dir, { recursive: true, force: true });
   });
   const open = async (overrides: Record<string, string> = {}, logger?: LoggerService) => {
@@ -456,8 +460,8 @@ describe('audit hash chain (e2e)', () => {
 
 describe('audit verification passes (e2e)', () => {
   const opened: TestApp[] = [];
-  after(async () => {
-    for (const t of opened) await t.close();
+  afterEach(async () => {
+    while (opened.length) await opened.pop()!.close();
   });
   const open = async (overrides: Record<string, string> = {}) => {
     const f = await fixture(overrides);

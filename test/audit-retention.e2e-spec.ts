@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { ConfigService } from '@nestjs/config';
-import { DataSource } from 'typeorm';
+import { DataSource, DataSourceOptions } from 'typeorm';
 import { checkpointMac, type Checkpoint } from '../src/audit/audit-chain';
 import { AuditChainService } from '../src/audit/audit-chain.service';
 import { verifyExportFile } from '../src/audit/audit-export-file-verifier';
@@ -40,9 +40,9 @@ async function app(url: string, overrides: Record<string, string> = {}): Promise
 }
 
 /** The app's partitions service with AUDIT_RETENTION_DAYS set to `days` (one app, several retentions). */
-function retention(t: TestApp, days: number): AuditPartitionsService {
+function retention(t: TestApp, days: number, dataSource: DataSource = t.app.get(DataSource)): AuditPartitionsService {
   const config = t.app.get(ConfigService);
-  return new AuditPartitionsService(t.app.get(DataSource), t.app.get(AuditChainService), t.app.get(AuditExportService), t.app.get(AuditBaseSets), {
+  return new AuditPartitionsService(dataSource, t.app.get(AuditChainService), t.app.get(AuditExportService), t.app.get(AuditBaseSets), {
     get: (name: string, options?: unknown) => (name === 'AUDIT_RETENTION_DAYS' ? days : config.get(name, options as never)),
   } as unknown as ConfigService<AppConfig, true>);
 }
@@ -392,6 +392,27 @@ describe('audit log partitions and retention (e2e)', () => {
     await t.db.query(`UPDATE audit_chain_heads SET base_mac = NULL WHERE chain_key = $1`, [userId]);
     const after = await t.app.get(AuditVerifierService).verify();
     assert.deepEqual({ ok: after.ok, reason: after.reason, dropped: after.dropped }, { ok: true, reason: null, dropped: 3 });
+  });
+
+  it("prepares a month's bases beyond the pool's statement timeout (a large month)", async () => {
+    const url = await freshDatabase();
+    const t = await app(url);
+    const userId = await silentUser(t.db, 'large-month');
+    await pastEvents(t, monthStart(5), [{ userId, type: 'LOGIN' }]);
+    // The same pool with a statement timeout of 200 ms, and a set that takes 300 ms to insert.
+    const options = dataSourceOptions(url) as DataSourceOptions & { extra: Record<string, unknown> };
+    const slow = await new DataSource({ ...options, extra: { ...options.extra, statement_timeout: 200 } }).initialize();
+    try {
+      await t.db.query(`CREATE FUNCTION slow_bases() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.3); RETURN NULL; END $$`);
+      await t.db.query(`CREATE TRIGGER slow_bases BEFORE INSERT ON audit_chain_bases FOR EACH STATEMENT EXECUTE FUNCTION slow_bases()`);
+      const days = Math.floor((Date.now() - partitionOf(monthStart(5)).to.getTime()) / 86_400_000);
+      const result = await retention(t, days, slow).maintain();
+      assert.deepEqual([result.dropped.map((d) => d.name), result.held], [[partitionOf(monthStart(5)).name], []]);
+      await assert.rejects(slow.query(`SELECT pg_sleep(0.3)`), /statement timeout/);
+    } finally {
+      await slow.destroy();
+    }
+    assert.equal((await t.app.get(AuditVerifierService).verify()).ok, true);
   });
 
   it('keeps a month whose chains go on earlier in a later month, and says why', async () => {

@@ -6,6 +6,7 @@ import { createHash } from 'node:crypto';
 import { DataSource, EntityManager } from 'typeorm';
 import { RetryAfterException } from '../common/retry-after.exception';
 import type { AppConfig } from '../config/config';
+import { isDatabaseUnavailable } from '../database/pg-errors';
 import { sql } from '../database/sql';
 
 export type ThrottleScope = 'identifier' | 'ip';
@@ -185,7 +186,9 @@ export class LoginThrottleService {
       ]);
       return count;
     } catch (error) {
-      this.logger.error('Pruning login counters failed', error instanceof Error ? error.stack : String(error));
+      // An outage is the outage monitor's to report (once); a prune simply runs again next time.
+      if (isDatabaseUnavailable(error)) this.logger.warn('Pruning login counters skipped: the database is unavailable');
+      else this.logger.error('Pruning login counters failed', error instanceof Error ? error.stack : String(error));
       return 0;
     }
   }

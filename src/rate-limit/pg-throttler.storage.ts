@@ -2,6 +2,7 @@ import { Injectable, Logger } from '@nestjs/common';
 import { ThrottlerStorage } from '@nestjs/throttler';
 import { InjectDataSource } from '@nestjs/typeorm';
 import { DataSource } from 'typeorm';
+import { isDatabaseUnavailable } from '../database/pg-errors';
 import { sql } from '../database/sql';
 import { type CounterDecision, type CounterSettings, RateLimitCounters, SyncBatch, SyncedRow } from './rate-limit-counters';
 
@@ -101,7 +102,9 @@ export class PgThrottlerStorage implements ThrottlerStorage {
     try {
       await sql(this.dataSource.manager, `DELETE FROM rate_limits WHERE window_ends_at < now() AND (blocked_until IS NULL OR blocked_until < now())`);
     } catch (error) {
-      this.logger.error('Pruning rate-limit counters failed', error instanceof Error ? error.stack : String(error));
+      // An outage is the outage monitor's to report (once); a prune simply runs again next time.
+      if (isDatabaseUnavailable(error)) this.logger.warn('Pruning rate-limit counters skipped: the database is unavailable');
+      else this.logger.error('Pruning rate-limit counters failed', error instanceof Error ? error.stack : String(error));
     }
   }
 }

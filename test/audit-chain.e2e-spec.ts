@@ -13,7 +13,8 @@ import { DataSource, DataSourceOptions } from 'typeorm';
 import { PG_MICROS_UTC } from '../src/audit/audit-chain';
 import { AuditBaseSets } from '../src/audit/audit-base-sets';
 import { AuditVerifierService } from '../src/audit/audit-verifier.service';
-import { microsUtcOf } from '../src/audit/audit-verify-pass';
+import { microsUtcOf, runVerifyPass, VERIFY_PASS_SETTINGS } from '../src/audit/audit-verify-pass';
+import { Client } from 'pg';
 import type { AppConfig } from '../src/config/config';
 import { AuditService } from '../src/audit/audit.service';
 import { bearer, login, registerUser, TestUser } from './helpers/factories';
@@ -468,17 +469,26 @@ describe('audit verification passes (e2e)', () => {
     opened.push(f.t);
     return f;
   };
-  /** The result on the app's own number of workers, on this thread (0 workers), and on three workers with the smallest passes. */
+  /**
+   * The result on the app's own number of workers, on this thread (0 workers), on three workers
+   * with the smallest passes, and with one early row allowed (chains out of order deferred).
+   */
   const everyWay = async (f: Fixture) => {
     const config = f.t.app.get(ConfigService);
-    const variants = [{}, { AUDIT_VERIFY_WORKERS: 0 }, { AUDIT_VERIFY_WORKERS: 3, AUDIT_VERIFY_CHAINS_PER_PASS: 1000 }];
+    const variants: Array<Record<string, number>> = [
+      {},
+      { AUDIT_VERIFY_WORKERS: 0 },
+      { AUDIT_VERIFY_WORKERS: 3, AUDIT_VERIFY_CHAINS_PER_PASS: 1000 },
+      { AUDIT_VERIFY_WORKERS: 2, pendingLimit: 1 },
+    ];
     return Promise.all(
       variants.map(async (v) => {
         const verifier = new AuditVerifierService(f.t.app.get(DataSource), f.t.app.get(AuditBaseSets), {
-          get: (name: string, options?: unknown) => (name in v ? v[name as keyof typeof v] : config.get(name, options as never)),
+          get: (name: string, options?: unknown) => (name in v ? v[name] : config.get(name, options as never)),
         } as unknown as ConfigService<AppConfig, true>);
         // Workers even for this small log (they start only from 100k events otherwise).
         verifier.minEventsForWorkers = 0;
+        if (v.pendingLimit !== undefined) verifier.pendingLimit = v.pendingLimit;
         const { ok, checked, firstBrokenId, reason, chains } = await verifier.verify();
         return { ok, checked, firstBrokenId, reason, chains };
       }),
@@ -511,6 +521,59 @@ describe('audit verification passes (e2e)', () => {
       assert.equal(r.firstBrokenId, f.chain[3].id, r.reason ?? '');
       assert.match(r.reason!, /position 4 .* where 3 was expected/);
     }
+  });
+
+  it('defers a chain whose early rows would pass the limit (its first events deleted) and walks it by position, with the same findings', async () => {
+    const f = await open();
+    /** One pass over every chain, on its own connection, holding at most `pendingLimit` early rows. */
+    const pass = async (pendingLimit?: number) => {
+      const client = new Client({ connectionString: f.url });
+      await client.connect();
+      try {
+        await client.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
+        for (const setting of VERIFY_PASS_SETTINGS) await client.query(setting);
+        return await runVerifyPass(client, {
+          from: null,
+          to: null,
+          key: f.t.app.get(ConfigService).getOrThrow<string>('AUDIT_HMAC_KEY'),
+          baseMonth: null,
+          pendingLimit,
+        });
+      } finally {
+        await client.end();
+      }
+    };
+    // Intact, but the chain's 3rd and 4th events lie at the table's end: the ones after them wait.
+    await f.t.db.query(`UPDATE audit_events SET type = type WHERE id = ANY($1::uuid[])`, [[f.chain[2].id, f.chain[3].id]]);
+    const held = await pass();
+    assert.deepEqual([held.broken, held.deferred], [null, 0]);
+    const deferred = await pass(2);
+    assert.equal(deferred.deferred, 1, 'the chain was deferred');
+    assert.deepEqual({ ...deferred, deferred: 0 }, held);
+
+    // A copy of its first event, after the chain was deferred: still found by the scan.
+    const [{ id: copy }] = await f.t.db.query(
+      `INSERT INTO audit_events (id, type, user_id, session_id, ip_address, user_agent, metadata, created_at, chain_key, chain_pos, prev_hash, hash)
+       SELECT gen_random_uuid(), type, user_id, session_id, ip_address, user_agent, metadata, created_at, chain_key, chain_pos, prev_hash, hash
+         FROM audit_events WHERE id = $1 RETURNING id`,
+      [f.chain[0].id],
+    );
+    for (const limit of [undefined, 2]) {
+      const r = await pass(limit);
+      assert.equal(r.deferred, limit === undefined ? 0 : 1);
+      assert.equal(r.broken?.eventId, copy, r.broken?.reason);
+      assert.match(r.broken!.reason, /position 1 .* which another event holds/);
+    }
+
+    // Its first event deleted (and the copy): the same break, whether the rest waited or was walked by position.
+    await f.t.db.query(`DELETE FROM audit_events WHERE id = ANY($1::uuid[])`, [[f.chain[0].id, copy]]);
+    for (const limit of [undefined, 2, 0]) {
+      const r = await pass(limit);
+      assert.equal(r.deferred, limit === undefined ? 0 : 1);
+      assert.equal(r.broken?.eventId, f.chain[1].id, r.broken?.reason);
+      assert.match(r.broken!.reason, /position 2 .* where 1 was expected/);
+    }
+    for (const r of await everyWay(f)) assert.equal(r.firstBrokenId, f.chain[1].id);
   });
 
   it('names the same first broken event on one thread and on several workers, for each kind of break', async () => {

@@ -15,6 +15,7 @@ import {
   breaksFirst,
   type PassBreak,
   type PassInput,
+  PENDING_LIMIT,
   type PassRange,
   type PassResult,
   runVerifyPass,
@@ -72,6 +73,8 @@ export class AuditVerifierService {
    * worker's start (its modules, its connection) costs more than it saves. Tests lower it.
    */
   minEventsForWorkers = 100_000;
+  /** The early rows a pass may hold before it defers a chain (see runVerifyPass). Tests lower it. */
+  pendingLimit = PENDING_LIMIT;
 
   constructor(
     @InjectDataSource() private readonly dataSource: DataSource,
@@ -133,7 +136,12 @@ export class AuditVerifierService {
     );
     const workers = events >= this.minEventsForWorkers ? this.workers : 0;
     const ranges = await this.passRanges(runner.manager, chains, workers);
-    const passes: PassInput[] = ranges.map((r) => ({ ...r, key: this.key, baseMonth: baseSet?.month ?? null }));
+    const passes: PassInput[] = ranges.map((r) => ({
+      ...r,
+      key: this.key,
+      baseMonth: baseSet?.month ?? null,
+      pendingLimit: this.pendingLimit,
+    }));
     const results = workers > 0 ? await this.inWorkers(runner.manager, passes, workers) : await this.inProcess(runner, passes);
     let broken: PassBreak | null = null;
     for (const r of results) {

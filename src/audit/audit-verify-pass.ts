@@ -30,7 +30,15 @@ export interface PassInput extends PassRange {
   key: string;
   /** The base set in force (its month), or null: chains start at their 0.8.0 base in the head, or their beginning. */
   baseMonth: string | null;
+  /** At most this many early rows wait in `pending` across the pass's chains (default PENDING_LIMIT). */
+  pendingLimit?: number;
 }
+
+/**
+ * The early rows a pass holds by default: about 10 MB of rows. Appended rows come in order;
+ * a few land early in pages' free space, far fewer than this.
+ */
+export const PENDING_LIMIT = 20_000;
 
 /** A break, and where it is in chain order (key, then position; a chain's end after its events). */
 export interface PassBreak {
@@ -47,6 +55,8 @@ export interface PassResult {
   dropped: number;
   /** The first break in chain order among this pass's chains, or null. */
   broken: PassBreak | null;
+  /** Chains walked by position after the scan, as their early rows would have passed `pendingLimit`. */
+  deferred: number;
 }
 
 /**
@@ -68,6 +78,8 @@ interface ChainState {
   lastId: string | null;
   events: number;
   pending: Map<number, Pending> | undefined;
+  /** Walked by position after the scan (see PENDING_LIMIT); until then only duplicates are looked for. */
+  deferred: boolean;
   broken: boolean;
 }
 
@@ -102,7 +114,10 @@ export const VERIFY_PASS_SETTINGS = [`SET LOCAL statement_timeout = 0`, `SET LOC
 export async function runVerifyPass(client: Client | PoolClient, input: PassInput): Promise<PassResult> {
   const range = `chain_key >= COALESCE($1, '') AND ($2::text IS NULL OR chain_key < $2)`;
   const bounds = [input.from, input.to];
-  const result: PassResult = { checked: 0, chains: 0, dropped: 0, broken: null };
+  const result: PassResult = { checked: 0, chains: 0, dropped: 0, broken: null, deferred: 0 };
+  const pendingLimit = input.pendingLimit ?? PENDING_LIMIT;
+  let pendingRows = 0;
+  const deferred: string[] = [];
   const brokenAt = (chainKey: string, position: number, eventId: string | null, reason: string) => {
     const found = { chainKey, position, eventId, reason };
     result.broken = result.broken ? breaksFirst(result.broken, found) : found;
@@ -110,7 +125,7 @@ export async function runVerifyPass(client: Client | PoolClient, input: PassInpu
 
   // Each chain's start: its row in the base set in force, else (none in force) its 0.8.0 base
   // in its head, else its beginning. The heads are read again after the events, for their
-  // ends, so that memory holds only where each chain stands (about 300 bytes a chain).
+  // ends, so that memory holds only where each chain stands (about 350 bytes a chain, measured at 1M chains with strings as pg parses them).
   const chains = new Map<string, ChainState>();
   await streamRows(
     client,
@@ -141,7 +156,15 @@ export async function runVerifyPass(client: Client | PoolClient, input: PassInpu
       }
       start ??= { position: 0, hash: GENESIS_HASH };
       result.dropped += start.position;
-      chains.set(chainKey, { position: start.position, hash: start.hash, lastId: null, events: 0, pending: undefined, broken: false });
+      chains.set(chainKey, {
+        position: start.position,
+        hash: start.hash,
+        lastId: null,
+        events: 0,
+        pending: undefined,
+        deferred: false,
+        broken: false,
+      });
     },
   );
 
@@ -176,6 +199,18 @@ export async function runVerifyPass(client: Client | PoolClient, input: PassInpu
     }
   };
 
+  const gapBefore = (chainKey: string, chain: ChainState, at: number, id: string | null): void => {
+    chain.broken = true;
+    brokenAt(
+      chainKey,
+      at,
+      id,
+      `Event ${id} is at position ${at} of chain ${chainKey}, where ${chain.position + 1} was expected: events before it were deleted or moved`,
+    );
+  };
+  const heldBy = (chainKey: string, at: number, id: string): void =>
+    brokenAt(chainKey, at, id, `Event ${id} is at position ${at} of chain ${chainKey}, which another event holds: events were inserted or moved`);
+
   /** A chain's end against its head, and against the position and hash its last checkpoint recorded. */
   const checkEnd = (
     chainKey: string,
@@ -185,14 +220,9 @@ export async function runVerifyPass(client: Client | PoolClient, input: PassInpu
     result.chains += chain.events > 0 ? 1 : 0;
     if (chain.broken) return;
     if (chain.pending?.size) {
-      const first = Math.min(...chain.pending.keys());
-      const id = chain.pending.get(first)!.row[0];
-      brokenAt(
-        chainKey,
-        first,
-        id,
-        `Event ${id} is at position ${first} of chain ${chainKey}, where ${chain.position + 1} was expected: events before it were deleted or moved`,
-      );
+      let first = END;
+      for (const at of chain.pending.keys()) first = Math.min(first, at);
+      gapBefore(chainKey, chain, first, chain.pending.get(first)!.row[0]);
       return;
     }
     if (chain.events === 0) {
@@ -247,11 +277,20 @@ export async function runVerifyPass(client: Client | PoolClient, input: PassInpu
     if (chain.broken) return;
     if (at <= chain.position || chain.pending?.has(at)) {
       // Not the chain's end: a break before it may still come, so the chain goes on.
-      brokenAt(chainKey, at, id, `Event ${id} is at position ${at} of chain ${chainKey}, which another event holds: events were inserted or moved`);
+      heldBy(chainKey, at, id);
       return;
     }
+    if (chain.deferred) return;
     if (at !== chain.position + 1) {
-      (chain.pending ??= new Map()).set(at, { at, row });
+      if (pendingRows < pendingLimit) {
+        (chain.pending ??= new Map()).set(at, { at, row });
+        pendingRows++;
+      } else {
+        pendingRows -= chain.pending?.size ?? 0;
+        chain.pending = undefined;
+        chain.deferred = true;
+        deferred.push(chainKey);
+      }
       return;
     }
     checkInOrder(chainKey, chain, { at, row });
@@ -259,17 +298,40 @@ export async function runVerifyPass(client: Client | PoolClient, input: PassInpu
     let next: Pending | undefined;
     while (!chain.broken && chain.pending && (next = chain.pending.get(chain.position + 1))) {
       chain.pending.delete(next.at);
+      pendingRows--;
       checkInOrder(chainKey, chain, next);
     }
   };
 
-  await streamRows(
-    client,
-    `SELECT id, type, user_id, session_id, ip_address, user_agent, metadata, created_at, chain_key, chain_pos, prev_hash, hash
-       FROM audit_events WHERE ${range}`,
-    bounds,
-    onRow,
-  );
+  const columns = `id, type, user_id, session_id, ip_address, user_agent, metadata, created_at, chain_key, chain_pos, prev_hash, hash`;
+
+  await streamRows(client, `SELECT ${columns} FROM audit_events WHERE ${range}`, bounds, onRow);
+
+  // The deferred chains, each walked by position from where it stood: rows stream through, none is held.
+  result.deferred = deferred.length;
+  for (const chainKey of deferred) {
+    const chain = chains.get(chainKey)!;
+    if (chain.broken) continue;
+    await streamRows(
+      client,
+      `SELECT ${columns} FROM audit_events WHERE chain_key = $1 AND chain_pos > $2 ORDER BY chain_pos, id`,
+      [chainKey, chain.position],
+      (row) => {
+        if (chain.broken) return;
+        const id = row[0]!;
+        const at = Number(row[9]);
+        if (at <= chain.position) {
+          // Two events at one position: nothing after it comes first in chain order.
+          chain.broken = true;
+          heldBy(chainKey, at, id);
+        } else if (at !== chain.position + 1) {
+          gapBefore(chainKey, chain, at, id);
+        } else {
+          checkInOrder(chainKey, chain, { at, row });
+        }
+      },
+    );
+  }
 
   await streamRows(
     client,

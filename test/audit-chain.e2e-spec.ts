@@ -17,6 +17,7 @@ import { microsUtcOf, runVerifyPass, VERIFY_PASS_SETTINGS } from '../src/audit/a
 import { Client } from 'pg';
 import type { AppConfig } from '../src/config/config';
 import { AuditService } from '../src/audit/audit.service';
+import { lockHeads } from '../src/audit/lock-heads';
 import { bearer, login, registerUser, TestUser } from './helpers/factories';
 import { runCli } from './helpers/cli';
 import { createTestApp, freshDatabase, TestApp } from './helpers/test-app';
@@ -456,6 +457,66 @@ describe('audit hash chain (e2e)', () => {
     assert.deepEqual({ ok: result.ok, reason: result.reason, checked: result.checked }, { ok: true, reason: null, checked: n });
     const [{ checkpoints }] = await f.t.db.query(`SELECT count(*)::int AS checkpoints FROM audit_checkpoints`);
     assert.ok(checkpoints >= 1);
+  });
+});
+
+describe('locking audit chain heads (e2e)', () => {
+  let t: TestApp | undefined;
+  afterEach(async () => {
+    await t?.close();
+    t = undefined;
+  });
+
+  it('locks existing heads without a new row version, creates missing ones, and asks again for one created by another transaction meanwhile', async () => {
+    t = await createTestApp({ DATABASE_URL: await freshDatabase() });
+    const user = await registerUser(t.http);
+    const dataSource = t.app.get(DataSource);
+    const [writer, other, probe] = [dataSource.createQueryRunner(), dataSource.createQueryRunner(), dataSource.createQueryRunner()];
+    try {
+      const [{ ctid: before }] = await writer.query(`SELECT ctid::text FROM audit_chain_heads WHERE chain_key = $1`, [user.id]);
+      // Another transaction creates a head and holds it, uncommitted.
+      await other.startTransaction();
+      await other.query(`INSERT INTO audit_chain_heads (chain_key, position, hash) VALUES ('made-meanwhile', 7, $1)`, ['c'.repeat(64)]);
+      await writer.startTransaction();
+      const [{ pid }] = await writer.query(`SELECT pg_backend_pid() AS pid`);
+      const locking = lockHeads(writer.manager, [user.id, 'made-meanwhile', 'new-here'].sort());
+      // The writer waits on the other's uncommitted head; once it commits, its statement's
+      // snapshot does not see that head, so lockHeads asks again.
+      for (let waited = 0; ; waited += 20) {
+        const [{ waiting }] = await probe.query(`SELECT wait_event_type = 'Lock' AS waiting FROM pg_stat_activity WHERE pid = $1`, [pid]);
+        if (waiting) break;
+        assert.ok(waited < 5000, 'the writer never waited for the uncommitted head');
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      await other.commitTransaction();
+      const heads = await locking;
+      assert.deepEqual(
+        heads.map((h) => [h.chain_key, h.position]).sort(),
+        [
+          ['made-meanwhile', '7'],
+          ['new-here', '0'],
+          [user.id, '1'],
+        ].sort(),
+      );
+      // All three are held by the writer.
+      await probe.startTransaction();
+      await probe.query(`SET LOCAL lock_timeout = '100ms'`);
+      for (const key of [user.id, 'made-meanwhile']) {
+        await assert.rejects(probe.query(`SELECT 1 FROM audit_chain_heads WHERE chain_key = $1 FOR UPDATE`, [key]), /lock timeout/);
+        await probe.rollbackTransaction();
+        await probe.startTransaction();
+        await probe.query(`SET LOCAL lock_timeout = '100ms'`);
+      }
+      // The existing head was locked in place, not rewritten.
+      const [{ ctid: after }] = await writer.query(`SELECT ctid::text FROM audit_chain_heads WHERE chain_key = $1`, [user.id]);
+      assert.equal(after, before);
+      await writer.rollbackTransaction();
+    } finally {
+      for (const r of [writer, other, probe]) {
+        if (r.isTransactionActive) await r.rollbackTransaction();
+        await r.release();
+      }
+    }
   });
 });
 

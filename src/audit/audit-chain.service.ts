@@ -8,17 +8,16 @@ import { sql } from '../database/sql';
 import {
   chainedEventOf,
   chainKeyOf,
-  ChainHeadRow,
   Checkpoint,
   checkpointMac,
   eventHash,
   GENESIS_HASH,
   HeadsDigest,
-  LOCK_HEADS,
   PG_MICROS_UTC,
   STORED_EVENT_COLUMNS,
   type StoredEventRow,
 } from './audit-chain';
+import { lockHeads } from './lock-heads';
 
 // Any fixed 64-bit numbers work; these spell "audseal" and "audchkpt" in ASCII.
 const SEAL_LOCK_KEY = '7022357861416547436';
@@ -103,7 +102,7 @@ export class AuditChainService {
     if (rows.length < SEAL_BATCH) await sql(em, 'DELETE FROM audit_chain_seal');
     if (!rows.length) return 0;
     const keys = [...new Set(rows.map((r) => chainKeyOf(r.user_id)))].sort();
-    const { rows: heads } = await sql<ChainHeadRow>(em, LOCK_HEADS, [keys, GENESIS_HASH]);
+    const heads = await lockHeads(em, keys);
     const tip = new Map(heads.map((h) => [h.chain_key, { position: Number(h.position), hash: h.hash }]));
     const sealed = rows.map((r) => {
       const chainKey = chainKeyOf(r.user_id);

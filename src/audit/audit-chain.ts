@@ -25,19 +25,32 @@ export interface ChainHeadRow {
 }
 
 /**
- * Locks the heads of the given chains, creating missing ones, in sorted order (two writers of
- * overlapping sets, e.g. two cleanup batches, lock in the same order and cannot deadlock), and
- * returns each head as it was, with the transaction's now() to the microsecond. The no-op
- * DO UPDATE is what takes the row lock; it is held until the transaction ends, so writers of
- * one chain take turns and the chain never forks, while other chains' writers never wait.
+ * Locks the heads of the given chains (the keys sorted), creating missing ones, and returns
+ * each head as it was, with the database's clock to the microsecond once the last lock is held.
+ * Writers of one chain take turns (the lock is held until the transaction ends), so the chain
+ * never forks, while other chains' writers never wait; two writers of overlapping sets (e.g.
+ * two cleanup batches) lock in the same order and cannot deadlock.
+ *
+ * Existing heads are locked with FOR UPDATE, which writes no new row version (0.9.0's upsert,
+ * `DO UPDATE SET position = h.position`, wrote one per head, and the append then wrote
+ * another). Missing heads are created by the INSERT, which holds them as its own. A head that
+ * another transaction created after this statement's snapshot is in neither part: lockHeads
+ * asks again for it (the next statement sees it).
  */
 export const LOCK_HEADS = `
-  INSERT INTO audit_chain_heads AS h (chain_key, position, hash)
-  SELECT k, 0, $2 FROM unnest($1::text[]) AS k ORDER BY k
-  ON CONFLICT (chain_key) DO UPDATE SET position = h.position
-  RETURNING h.chain_key, h.position::text AS position, h.hash,
-            to_char(clock_timestamp() AT TIME ZONE 'UTC', ${PG_MICROS_UTC}) AS now,
-            to_char(h.last_event_at AT TIME ZONE 'UTC', ${PG_MICROS_UTC}) AS last_event_at`;
+  WITH created AS (
+    INSERT INTO audit_chain_heads (chain_key, position, hash)
+    SELECT k, 0, $2 FROM unnest($1::text[]) AS k ORDER BY k
+    ON CONFLICT (chain_key) DO NOTHING
+    RETURNING chain_key, position, hash, last_event_at
+  ), locked AS (
+    SELECT chain_key, position, hash, last_event_at FROM audit_chain_heads
+     WHERE chain_key = ANY($1::text[]) ORDER BY chain_key FOR UPDATE
+  )
+  SELECT h.chain_key, h.position::text AS position, h.hash,
+         to_char(clock_timestamp() AT TIME ZONE 'UTC', ${PG_MICROS_UTC}) AS now,
+         to_char(h.last_event_at AT TIME ZONE 'UTC', ${PG_MICROS_UTC}) AS last_event_at
+    FROM (SELECT * FROM created UNION ALL SELECT * FROM locked) AS h`;
 
 /** Microseconds since the epoch of a PG_MICROS_UTC string (exact: below 2^53 until the year 2255). */
 export function microsOfTime(text: string): number {

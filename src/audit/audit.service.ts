@@ -8,19 +8,9 @@ import type { AppConfig } from '../config/config';
 import { sql } from '../database/sql';
 import { DomainEventPublisher } from '../events/domain-event-publisher';
 import { domainEventOf } from '../events/domain-events';
-import {
-  canonicalJson,
-  chainKeyOf,
-  ChainedEvent,
-  ChainHeadRow,
-  eventHash,
-  GENESIS_HASH,
-  LOCK_HEADS,
-  microsOfTime,
-  PG_MICROS_UTC,
-  timeOfMicros,
-} from './audit-chain';
+import { canonicalJson, chainKeyOf, ChainedEvent, ChainHeadRow, eventHash, microsOfTime, PG_MICROS_UTC, timeOfMicros } from './audit-chain';
 import { ChainHeadCache } from './chain-head-cache';
+import { lockHeads } from './lock-heads';
 import { decodeCursor, encodeCursor } from './audit-cursor';
 import { AuditEventEntity, AuditEventType, AuditMetadata } from './audit-event.entity';
 
@@ -162,7 +152,7 @@ export class AuditService {
       }
     }
     if (!chained) {
-      heads ??= (await sql<ChainHeadRow>(em, LOCK_HEADS, [keys, GENESIS_HASH], { prepareAs: 'sessionary_audit_lock_heads' })).rows;
+      heads ??= await lockHeads(em, keys, 'sessionary_audit_lock_heads');
       // The clock once every head is locked (the last row's clock_timestamp), not the
       // transaction's start, and after each chain's newest event: so each chain's times rise
       // with its positions, and a month's partition holds a whole stretch of every chain

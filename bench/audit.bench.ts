@@ -9,7 +9,8 @@
  * file's path).
  *
  * Each database is made on DATABASE_URL's server for the run and dropped afterwards (also on
- * failure and Ctrl-C). The service runs in this process (an application context, production
+ * failure and Ctrl-C), unless BENCH_AUDIT_KEEP=1 keeps the large one; BENCH_AUDIT_REUSE and
+ * BENCH_AUDIT_REUSE_SECRETS measure a kept one again (see sizes.ts). The service runs in this process (an application context, production
  * settings, secrets generated for the run); pages are timed at AuditService.list(), so the
  * figures are the query's and its mapping's, without HTTP.
  */
@@ -28,14 +29,29 @@ import { dataSourceOptions } from '../src/database/data-source.options';
 import { runMigrationsLocked } from '../src/database/migrate';
 import { measureCleanup, measurePages, measurePartitionDrop, measureVerification, pageQueries, randomBenchUser } from './audit/measure';
 import { printReport, ScenarioResult } from './audit/report';
-import { seed } from './audit/seed';
-import { AuditBenchConfig, EMPTY_SIZE, readConfig, Size } from './audit/sizes';
+import { seed, type SeedTimes } from './audit/seed';
+import { AuditBenchConfig, EMPTY_SIZE, readConfig, RunSecrets, Size } from './audit/sizes';
 import { createDatabase, dropDatabase, withDatabase } from './http/service';
 import { writeJson } from './http/report';
 import { elapsedSeconds, gitCommit, progress, REPO, runBench, undo } from './lifecycle';
 
+/**
+ * What a reused database's seed left that the measures need: its events' time span and its
+ * chains (its seed times are not known: zero).
+ */
+async function seededBefore(client: Client): Promise<SeedTimes> {
+  const {
+    rows: [r],
+  } = await client.query(
+    `SELECT (SELECT min(created_at) FROM audit_events) AS "from", (SELECT max(created_at) FROM audit_events) AS "to",
+            (SELECT count(*)::int FROM audit_chain_heads) AS chains`,
+  );
+  const times = { usersSeconds: 0, sessionsSeconds: 0, eventsSeconds: 0, indexSeconds: 0, analyzeSeconds: 0, totalSeconds: 0 };
+  return { ...times, eventsFrom: r.from.toISOString(), eventsTo: r.to.toISOString(), chains: r.chains };
+}
+
 /** The service's configuration: production defaults, the run's secrets, no background jobs in the way. */
-function appConfig(databaseUrl: string, auditKey: string) {
+function appConfig(databaseUrl: string, secrets: RunSecrets) {
   const env: Record<string, string | undefined> = { ...process.env };
   for (const key of Object.keys(new Env())) delete env[key];
   for (const key of ['JWT_SECRET', 'PASSWORD_PEPPER', 'AUDIT_CHECKPOINT_FILE', 'AUDIT_RETENTION_DAYS', 'AUDIT_ARCHIVE_DIR']) delete env[key];
@@ -45,8 +61,8 @@ function appConfig(databaseUrl: string, auditKey: string) {
     DATABASE_URL: databaseUrl,
     JWT_SECRET: randomBytes(48).toString('base64'),
     PASSWORD_PEPPER: randomBytes(48).toString('base64'),
-    AUDIT_HMAC_KEY: auditKey,
-    KEY_ENCRYPTION_KEY: randomBytes(48).toString('base64'),
+    AUDIT_HMAC_KEY: secrets.AUDIT_HMAC_KEY,
+    KEY_ENCRYPTION_KEY: secrets.KEY_ENCRYPTION_KEY,
     LOG_LEVEL: 'warn',
     // The bench runs the cleanup itself; checkpoints only when the partition drop writes its own.
     SESSION_CLEANUP_CRON: '0 0 1 1 *',
@@ -57,27 +73,40 @@ function appConfig(databaseUrl: string, auditKey: string) {
 }
 
 async function scenario(label: string, serverUrl: string, size: Size, config: AuditBenchConfig): Promise<ScenarioResult> {
-  const database = await createDatabase(serverUrl);
+  const reuse = label !== 'empty' ? config.reuse : undefined;
+  const database = reuse ? new URL(reuse.url).pathname.slice(1) : await createDatabase(serverUrl);
   const dropThis = () => dropDatabase(serverUrl, database);
-  undo.push(dropThis);
-  const url = withDatabase(serverUrl, database);
-  const auditKey = randomBytes(48).toString('base64');
-  progress(`${label}: database ${database}, migrations`);
-  // The schema only: the service starts after the seed, as it would on a database with this
-  // history (its boot records the new signing-key ring after the seeded events, in time order).
-  const migrator = await new DataSource(dataSourceOptions(url)).initialize();
-  try {
-    await runMigrationsLocked(migrator);
-  } finally {
-    await migrator.destroy();
-  }
+  // A reused database is the operator's: never dropped.
+  if (!reuse) undo.push(dropThis);
+  const url = reuse?.url ?? withDatabase(serverUrl, database);
+  const secrets = reuse?.secrets ?? {
+    AUDIT_HMAC_KEY: randomBytes(48).toString('base64'),
+    KEY_ENCRYPTION_KEY: randomBytes(48).toString('base64'),
+  };
   const seeder = new Client({ connectionString: url });
-  await seeder.connect();
-  undo.push(() => seeder.end());
-  const seeded = await seed(seeder, size, auditKey, config.months, (line) => progress(`${label}: ${line}`));
+  let seeded: SeedTimes;
+  if (reuse) {
+    await seeder.connect();
+    undo.push(() => seeder.end());
+    seeded = await seededBefore(seeder);
+    progress(`${label}: reusing ${database} (${seeded.chains.toLocaleString('en-US')} chains); measuring pages`);
+  } else {
+    progress(`${label}: database ${database}, migrations`);
+    // The schema only: the service starts after the seed, as it would on a database with this
+    // history (its boot records the new signing-key ring after the seeded events, in time order).
+    const migrator = await new DataSource(dataSourceOptions(url)).initialize();
+    try {
+      await runMigrationsLocked(migrator);
+    } finally {
+      await migrator.destroy();
+    }
+    await seeder.connect();
+    undo.push(() => seeder.end());
+    seeded = await seed(seeder, size, secrets.AUDIT_HMAC_KEY, config.months, (line) => progress(`${label}: ${line}`));
+  }
   const [{ bytes }] = (await seeder.query(`SELECT pg_database_size(current_database())::float8 AS bytes`)).rows;
-  progress(`${label}: seeded in ${seeded.totalSeconds.toFixed(0)} s (${(bytes / 2 ** 30).toFixed(2)} GiB); measuring pages`);
-  const app: INestApplicationContext = await NestFactory.createApplicationContext(AppModule.forRoot(appConfig(url, auditKey)), {
+  if (!reuse) progress(`${label}: seeded in ${seeded.totalSeconds.toFixed(0)} s (${(bytes / 2 ** 30).toFixed(2)} GiB); measuring pages`);
+  const app: INestApplicationContext = await NestFactory.createApplicationContext(AppModule.forRoot(appConfig(url, secrets)), {
     logger: ['error', 'warn'],
   });
   const closeApp = () => app.close();
@@ -106,9 +135,14 @@ async function scenario(label: string, serverUrl: string, size: Size, config: Au
   await seeder.end();
   await app.close();
   undo.splice(undo.indexOf(closeApp), 1);
-  undo.splice(undo.indexOf(dropThis), 1);
-  if (config.keep && label !== 'empty') progress(`${label}: kept: DATABASE_URL=${url} AUDIT_HMAC_KEY=${auditKey}`);
-  else await dropThis();
+  if (!reuse) undo.splice(undo.indexOf(dropThis), 1);
+  if ((config.keep || reuse) && label !== 'empty') {
+    progress(
+      `${label}: kept; measure it again with BENCH_AUDIT_REUSE=${url} BENCH_AUDIT_REUSE_SECRETS=${secrets.AUDIT_HMAC_KEY},${secrets.KEY_ENCRYPTION_KEY}`,
+    );
+  } else {
+    await dropThis();
+  }
   return { label, size, seeded, databaseBytes: bytes, pages, verification, ended, deleted, drop };
 }
 

@@ -32,8 +32,29 @@ export interface AuditBenchConfig {
   verify: boolean;
   /** Months the events are spread over (one partition each). */
   months: number;
-  /** BENCH_AUDIT_KEEP=1: the large database is kept (its URL and HMAC key printed) for further measures. */
+  /** BENCH_AUDIT_KEEP=1: the large database is kept (its URL and secrets printed) for further measures. */
   keep: boolean;
+  /**
+   * BENCH_AUDIT_REUSE (a kept database's URL) and BENCH_AUDIT_REUSE_SECRETS (its
+   * `AUDIT_HMAC_KEY,KEY_ENCRYPTION_KEY`): measure that database again instead of seeding one.
+   * The measures write to it (the cleanup's sessions and events) and drop its oldest month.
+   */
+  reuse?: { url: string; secrets: RunSecrets };
+}
+
+/** The secrets a seeded database is bound to: its events' HMAC key and its signing keys' sealing key. */
+export interface RunSecrets {
+  AUDIT_HMAC_KEY: string;
+  KEY_ENCRYPTION_KEY: string;
+}
+
+function reuseOf(): AuditBenchConfig['reuse'] {
+  const url = process.env.BENCH_AUDIT_REUSE;
+  if (!url) return undefined;
+  const [auditKey, keyEncryptionKey] = (process.env.BENCH_AUDIT_REUSE_SECRETS ?? '').split(',');
+  if (!auditKey || !keyEncryptionKey)
+    throw new Error('BENCH_AUDIT_REUSE needs BENCH_AUDIT_REUSE_SECRETS=<AUDIT_HMAC_KEY>,<KEY_ENCRYPTION_KEY> (printed when it was kept)');
+  return { url, secrets: { AUDIT_HMAC_KEY: auditKey, KEY_ENCRYPTION_KEY: keyEncryptionKey } };
 }
 
 export function readConfig(argv: string[]): AuditBenchConfig {
@@ -53,5 +74,6 @@ export function readConfig(argv: string[]): AuditBenchConfig {
     verify: process.env.BENCH_AUDIT_VERIFY !== '0',
     months: 12,
     keep: process.env.BENCH_AUDIT_KEEP === '1',
+    reuse: reuseOf(),
   };
 }

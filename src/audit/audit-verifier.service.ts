@@ -154,11 +154,14 @@ export class AuditVerifierService {
   }
 
   /**
-   * The passes' key ranges: at least one per worker, and enough that none holds more than
-   * AUDIT_VERIFY_CHAINS_PER_PASS chains; split where the heads' keys fall into equal tiles.
+   * The passes' key ranges: enough that none holds more than AUDIT_VERIFY_CHAINS_PER_PASS
+   * chains, and as many for each worker (at 1,000,001 chains and two workers, three passes
+   * left one worker two thirds of the work: 68k events/s at 50M; four even ones do better,
+   * although each is one more scan of the table); split where the heads' keys fall into equal tiles.
    */
   private async passRanges(em: EntityManager, chains: number, workers: number): Promise<PassRange[]> {
-    const count = Math.max(workers, 1, Math.ceil(chains / this.chainsPerPass));
+    const lanes = Math.max(workers, 1);
+    const count = lanes * Math.ceil(Math.max(1, Math.ceil(chains / this.chainsPerPass)) / lanes);
     if (count === 1 || chains < count) return [{ from: null, to: null }];
     const starts = await rowsOf<{ key: string }>(
       em,

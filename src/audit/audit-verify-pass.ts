@@ -40,6 +40,9 @@ export interface PassInput extends PassRange {
  */
 export const PENDING_LIMIT = 20_000;
 
+/** Deferred chains walked by one query. */
+const DEFERRED_GROUP = 1000;
+
 /** A break, and where it is in chain order (key, then position; a chain's end after its events). */
 export interface PassBreak {
   chainKey: string;
@@ -106,10 +109,21 @@ export function microsUtcOf(text: string): string {
 const END = Number.MAX_SAFE_INTEGER;
 
 /**
- * Settings of a pass's transaction: no statement timeout (one pass is one long scan), and
- * timestamps in the text microsUtcOf reads.
+ * Settings of a pass's transaction: no statement timeout (one pass is one long scan);
+ * timestamps in the text microsUtcOf reads; and every scan from a table's first page. With
+ * synchronized scans (PostgreSQL's default for tables over a quarter of shared_buffers), a
+ * scan joins one already under way on the same table, say another worker's, and wraps around
+ * at the end: each chain's later events then come before its earlier ones. At 50M events that
+ * deferred nearly every chain to a walk by index. No parallel plan either (a pass's narrow
+ * key range could make one look cheap): its workers' rows interleave in no order.
  */
-export const VERIFY_PASS_SETTINGS = [`SET LOCAL statement_timeout = 0`, `SET LOCAL TimeZone = 'UTC'`, `SET LOCAL DateStyle = 'ISO, YMD'`];
+export const VERIFY_PASS_SETTINGS = [
+  `SET LOCAL statement_timeout = 0`,
+  `SET LOCAL TimeZone = 'UTC'`,
+  `SET LOCAL DateStyle = 'ISO, YMD'`,
+  `SET LOCAL synchronize_seqscans = off`,
+  `SET LOCAL max_parallel_workers_per_gather = 0`,
+];
 
 export async function runVerifyPass(client: Client | PoolClient, input: PassInput): Promise<PassResult> {
   const range = `chain_key >= COALESCE($1, '') AND ($2::text IS NULL OR chain_key < $2)`;
@@ -313,27 +327,36 @@ export async function runVerifyPass(client: Client | PoolClient, input: PassInpu
 
   await streamRows(client, `SELECT ${columns} FROM audit_events WHERE ${range}`, bounds, onRow);
 
-  // The deferred chains, each walked by position from where it stood: rows stream through, none is held.
+  // The deferred chains, walked by position from where each stood, DEFERRED_GROUP chains a
+  // query (one round trip and one plan for many; the rows stream through, none is held).
   result.deferred = deferred.length;
-  for (const chainKey of deferred) {
-    const chain = chains.get(chainKey)!;
-    if (chain.broken) continue;
+  const unbroken = deferred.filter((k) => !chains.get(k)!.broken);
+  for (let i = 0; i < unbroken.length; i += DEFERRED_GROUP) {
+    let chainKey = '';
+    let chain: ChainState | undefined;
+    /** Where the chain stood when it was deferred: the scan saw every row up to there (and any copy of one). */
+    let from = 0;
     await streamRows(
       client,
-      `SELECT ${columns} FROM audit_events WHERE chain_key = $1 AND chain_pos > $2 ORDER BY chain_pos, id`,
-      [chainKey, chain.position],
+      `SELECT ${columns} FROM audit_events WHERE chain_key = ANY($1::text[]) ORDER BY chain_key, chain_pos, id`,
+      [unbroken.slice(i, i + DEFERRED_GROUP)],
       (row) => {
-        if (chain.broken) return;
-        const id = row[0]!;
+        if (row[8] !== chainKey) {
+          chainKey = row[8]!;
+          chain = chains.get(chainKey)!;
+          from = chain.position;
+        }
         const at = Number(row[9]);
-        if (at <= chain.position) {
+        if (chain!.broken || at <= from) return;
+        const id = row[0]!;
+        if (at <= chain!.position) {
           // Two events at one position: nothing after it comes first in chain order.
-          chain.broken = true;
+          chain!.broken = true;
           heldBy(chainKey, at, id);
-        } else if (at !== chain.position + 1) {
-          gapBefore(chainKey, chain, at, id);
+        } else if (at !== chain!.position + 1) {
+          gapBefore(chainKey, chain!, at, id);
         } else {
-          checkInOrder(chainKey, chain, { at, row });
+          checkInOrder(chainKey, chain!, { at, row });
         }
       },
     );

@@ -89,6 +89,11 @@ async function scenario(label: string, serverUrl: string, size: Size, config: Au
     await seeder.connect();
     undo.push(() => seeder.end());
     seeded = await seededBefore(seeder);
+    // Sessions that came due since it was seeded would be ended by the cleanup's measure too.
+    await seeder.query(
+      `UPDATE sessions SET idle_expires_at = now() + interval '1 day', absolute_expires_at = GREATEST(absolute_expires_at, now() + interval '1 day')
+        WHERE ended_at IS NULL AND idle_expires_at <= now() + interval '1 hour'`,
+    );
     progress(`${label}: reusing ${database} (${seeded.chains.toLocaleString('en-US')} chains); measuring pages`);
   } else {
     progress(`${label}: database ${database}, migrations`);

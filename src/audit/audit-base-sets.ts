@@ -140,6 +140,10 @@ export class AuditBaseSets {
     const before = previous
       ? `(SELECT chain_key, position, hash FROM audit_chain_bases WHERE month = ${monthLiteral(previous.month)})`
       : `(SELECT chain_key, base_position AS position, base_hash AS hash FROM audit_chain_heads WHERE base_position IS NOT NULL)`;
+    // Statistics of the set this one builds on, whatever autovacuum did: with none, the planner
+    // took a set of 1M chains for 2,222 rows and joined the month's 400k chains to it in a
+    // nested loop (hours; two drops back to back in the bench, or a set made by 0.9.0).
+    if (previous) await sql(em, `ANALYZE ${tableOf(previous.month)}`);
     const incomplete = await this.incompleteChain(em, target, before);
     if (incomplete) return incomplete;
 

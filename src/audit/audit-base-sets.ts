@@ -140,10 +140,6 @@ export class AuditBaseSets {
     const before = previous
       ? `(SELECT chain_key, position, hash FROM audit_chain_bases WHERE month = ${monthLiteral(previous.month)})`
       : `(SELECT chain_key, base_position AS position, base_hash AS hash FROM audit_chain_heads WHERE base_position IS NOT NULL)`;
-    // Statistics of the set this one builds on, whatever autovacuum did: with none, the planner
-    // took a set of 1M chains for 2,222 rows and joined the month's 400k chains to it in a
-    // nested loop (hours; two drops back to back in the bench, or a set made by 0.9.0).
-    if (previous) await sql(em, `ANALYZE ${tableOf(previous.month)}`);
     const incomplete = await this.incompleteChain(em, target, before);
     if (incomplete) return incomplete;
 
@@ -211,15 +207,21 @@ export class AuditBaseSets {
    * (a clock stepped back), or missing. One pass over the month's (chain_key, chain_pos) index.
    */
   private async incompleteChain(em: EntityManager, target: MonthToPrepare, before: string): Promise<string | undefined> {
-    const [chain] = await rowsOf<{ chain_key: string; last: string }>(
+    // min() and not LIMIT 1: with a LIMIT the planner bets on finding such a chain early and
+    // joins by nested loop, which on a whole log (none found) ran for hours at 1M chains.
+    const [found] = await rowsOf<{ chain_key: string | null }>(
       em,
-      `SELECT m.chain_key, m.last::text AS last
+      `SELECT min(m.chain_key) AS chain_key
          FROM (SELECT chain_key, min(chain_pos) AS first, max(chain_pos) AS last, count(*) AS events FROM ${target.table} GROUP BY chain_key) m
          LEFT JOIN ${before} prev ON prev.chain_key = m.chain_key
-        WHERE m.first <> COALESCE(prev.position, 0) + 1 OR m.events <> m.last - COALESCE(prev.position, 0)
-        LIMIT 1`,
+        WHERE m.first <> COALESCE(prev.position, 0) + 1 OR m.events <> m.last - COALESCE(prev.position, 0)`,
     );
-    if (!chain) return undefined;
+    if (found.chain_key === null) return undefined;
+    const [chain] = await rowsOf<{ chain_key: string; last: string }>(
+      em,
+      `SELECT chain_key, max(chain_pos)::text AS last FROM ${target.table} WHERE chain_key = $1 GROUP BY chain_key`,
+      [found.chain_key],
+    );
     const [straggler] = await rowsOf<{ id: string }>(
       em,
       `SELECT id FROM audit_events WHERE chain_key = $1 AND chain_pos <= $2 AND created_at >= $3 ORDER BY chain_pos LIMIT 1`,

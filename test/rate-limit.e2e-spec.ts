@@ -234,7 +234,9 @@ describe('request limit while PostgreSQL refuses the sync (e2e)', () => {
 
   it('keeps answering and counting, logs one line when the sync fails and one when it works again, and loses no hit', async () => {
     const ip = '198.51.100.206';
-    const storage = () => logger.of('PgThrottlerStorage');
+    // The sync's lines: the prune job runs on its own schedule and, when it falls into the
+    // window below, fails on the missing table too (seen once in CI).
+    const storage = () => logger.of('PgThrottlerStorage').filter((l) => !l.message.startsWith('Pruning'));
     for (let i = 0; i < 10; i++) assert.equal((await cheapRequest(t, ip)).status, 400);
     await until('first sync', async () => (await storedHits(client, ip)) === 10);
 

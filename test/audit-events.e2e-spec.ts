@@ -1,7 +1,8 @@
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
 import { AUDIT_EVENT_TYPES } from '../src/audit/audit-event.entity';
+import { BOUNDED_EVENT_TYPES, BOUNDED_WINDOW_QUERY } from '../src/audit/bounded-audit.service';
 import { UsersService } from '../src/users/users.service';
 import { AuditRow, auditRows } from './helpers/db';
 import { bearer, login, newUserInput, registerAndLogin, registerUser, sleep, TestUser, Tokens } from './helpers/factories';
@@ -306,6 +307,34 @@ describe('REFRESH_FAILED and ACCESS_DENIED (e2e)', () => {
     const promoted = await a.http.post('/api/v1/auth/login').send({ email: user.email, password: user.password }).expect(200);
     await a.http.get('/api/v1/admin/audit').set('Authorization', bearer(promoted.body)).expect(200);
     assert.equal((await auditRows(a.db, { userId: user.id, type: 'ACCESS_DENIED' })).length, 3);
+  });
+
+  it("the window's query reads the partial index of the bounded types, under a generic plan too", async () => {
+    // The index of migration 1765800000000, in each month's partition: with `type = $2` alone a
+    // generic plan (a prepared statement's, e.g. behind a pooler) could not use it.
+    const children: string[] = (
+      await a.db.query(
+        `SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = '"IDX_audit_events_bounded"'::regclass`,
+      )
+    ).map((r: { relname: string }) => r.relname);
+    assert.ok(children.length > 0);
+    for (const type of BOUNDED_EVENT_TYPES) {
+      const plan = await a.db.transaction(async (em) => {
+        await em.query('SET LOCAL plan_cache_mode = force_generic_plan');
+        await em.query('SET LOCAL enable_seqscan = off');
+        await em.query(`PREPARE bounded_window(uuid, text, int, text, text) AS ${BOUNDED_WINDOW_QUERY}`);
+        try {
+          const [row] = await em.query(`EXPLAIN (FORMAT JSON) EXECUTE bounded_window('${randomUUID()}', '${type}', 60, NULL, NULL)`);
+          return JSON.stringify(row['QUERY PLAN']);
+        } finally {
+          await em.query('DEALLOCATE bounded_window');
+        }
+      });
+      assert.ok(
+        children.some((name) => plan.includes(`"Index Name":"${name}"`)),
+        plan,
+      );
+    }
   });
 
   it('both types are in the OpenAPI enum and in the admin filter', async () => {

@@ -14,6 +14,7 @@ import { once } from 'node:events';
 import { finished } from 'node:stream/promises';
 import type { Client } from 'pg';
 import { from as copyFrom } from 'pg-copy-streams';
+import { auditEventId } from '../../src/audit/audit-event-id';
 import { canonicalJson, eventHash, GENESIS_HASH, GLOBAL_CHAIN, type ChainedEvent } from '../../src/audit/audit-chain';
 import { AUDIT_EVENT_TYPES, type AuditEventType } from '../../src/audit/audit-event.entity';
 import type { Size } from './sizes';
@@ -245,15 +246,16 @@ async function seedEvents(client: Client, size: Size, key: string, start: number
       const userId = anonymous ? null : userIds[u];
       const metadata =
         type === 'SESSION_EXPIRED' ? { reason: 'idle_timeout', detectedBy: 'cleanup' } : type === 'LOGIN_FAILED' ? { reason: 'bad_password' } : {};
+      const micros = Math.floor(startMicros + i * stepMicros);
       const event: ChainedEvent = {
-        id: randomUUID(),
+        id: auditEventId(micros / 1000), // as the service makes them
         type,
         userId,
         sessionId: type === 'LOGIN_FAILED' || type === 'REGISTER' ? null : randomUUID(),
         ipAddress: `203.0.113.${u % 250}`,
         userAgent: USER_AGENTS[u % USER_AGENTS.length],
         metadata: canonicalJson(metadata),
-        createdAt: microsText(Math.floor(startMicros + i * stepMicros)),
+        createdAt: microsText(micros),
         chainKey: userId ?? GLOBAL_CHAIN,
         position: positions[u] + 1,
       };

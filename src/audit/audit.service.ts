@@ -1,13 +1,13 @@
 import { Injectable } from '@nestjs/common';
 import { ConfigService } from '@nestjs/config';
 import { InjectDataSource } from '@nestjs/typeorm';
-import { randomUUID } from 'node:crypto';
 import { DataSource, EntityManager } from 'typeorm';
 import type { ClientContext } from '../common/client-context';
 import type { AppConfig } from '../config/config';
 import { sql } from '../database/sql';
 import { DomainEventPublisher } from '../events/domain-event-publisher';
 import { domainEventOf } from '../events/domain-events';
+import { auditEventId } from './audit-event-id';
 import { canonicalJson, chainKeyOf, ChainedEvent, ChainHeadRow, eventHash, microsOfTime, PG_MICROS_UTC, timeOfMicros } from './audit-chain';
 import { ChainHeadCache } from './chain-head-cache';
 import { lockHeads } from './lock-heads';
@@ -117,7 +117,7 @@ export class AuditService {
     if (!events.length) return;
     const metadata = events.map((e) => safeMetadata(e.metadata ?? {}));
     const rows: EventRow[] = events.map((e, i) => ({
-      id: randomUUID(),
+      id: auditEventId(),
       type: e.type,
       userId: e.userId === null ? null : e.userId.toLowerCase(),
       sessionId: e.sessionId ? e.sessionId.toLowerCase() : null,

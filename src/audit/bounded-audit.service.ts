@@ -8,6 +8,26 @@ import { sql } from '../database/sql';
 import type { AuditEventType } from './audit-event.entity';
 import { AuditEventInput, AuditService } from './audit.service';
 
+/**
+ * The event types recorded through this service. The partial index IDX_audit_events_bounded
+ * (migration 1765800000000) covers exactly these: a type added here needs a migration that
+ * widens it, or the window's query reads every recent event of the type.
+ */
+export const BOUNDED_EVENT_TYPES = ['ACCESS_DENIED', 'REFRESH_FAILED'] as const satisfies readonly AuditEventType[];
+export type BoundedEventType = (typeof BOUNDED_EVENT_TYPES)[number];
+/** The index's predicate, repeated in the query so that the planner can use it with any plan. */
+const BOUNDED_TYPES_SQL = `(${BOUNDED_EVENT_TYPES.map((t) => `'${t}'`).join(', ')})`;
+
+/**
+ * How long the key ($1 session, $2 type, optionally $4 route and $5 method) stays inside its
+ * window of $3 seconds: null when no such event was written in it. Exported for the plan test.
+ */
+export const BOUNDED_WINDOW_QUERY = `
+  SELECT (extract(epoch FROM max(created_at) + make_interval(secs => $3) - now()) * 1000)::float8 AS remaining_ms
+    FROM audit_events
+   WHERE session_id = $1 AND type = $2 AND type IN ${BOUNDED_TYPES_SQL} AND created_at > now() - make_interval(secs => $3)
+     AND ($4::text IS NULL OR (metadata->>'route' = $4::text AND metadata->>'method' = $5::text))`;
+
 /** Keys this instance knows are inside their window (no query until the window is over). */
 const REMEMBERED_KEYS = 10_000;
 
@@ -23,7 +43,7 @@ export interface AuditBoundKey {
  * of a type per key (a session, optionally a route of it) in AUDIT_REFUSAL_WINDOW seconds,
  * across every instance. The audit log itself is the state: under a transaction-scoped
  * advisory lock on the key, an event is written only when none of that type and key was
- * written in the window (the session_id index finds it). Each instance also remembers, in
+ * written in the window (the partial index IDX_audit_events_bounded finds it). Each instance also remembers, in
  * a bounded LRU, keys it knows are inside their window, so repeated refusals cost no query.
  * What is not written is counted (`suppressed`, exposed in /metrics).
  */
@@ -47,7 +67,10 @@ export class BoundedAuditService {
   }
 
   /** Writes the event in its own transaction unless its key is inside its window; true when written. */
-  async record(event: AuditEventInput & { sessionId: string }, key: AuditBoundKey = { sessionId: event.sessionId }): Promise<boolean> {
+  async record(
+    event: AuditEventInput & { type: BoundedEventType; sessionId: string },
+    key: AuditBoundKey = { sessionId: event.sessionId },
+  ): Promise<boolean> {
     const id = `${event.type}|${key.sessionId}|${key.route ? `${key.route.method} ${key.route.template}` : ''}`;
     const until = this.inWindowUntil.get(id);
     if (until !== undefined && until > performance.now()) return this.count(event.type, false);
@@ -55,14 +78,13 @@ export class BoundedAuditService {
     const remainingMs = await this.dataSource.transaction(async (em) => {
       // Concurrent attempts on one key (on any instance) take turns: only the first writes.
       await sql(em, `SELECT pg_advisory_xact_lock(hashtextextended($1, 0))`, [`audit-bound|${id}`]);
-      const { rows } = await sql<{ remaining_ms: number }>(
-        em,
-        `SELECT (extract(epoch FROM max(created_at) + make_interval(secs => $3) - now()) * 1000)::float8 AS remaining_ms
-           FROM audit_events
-          WHERE session_id = $1 AND type = $2 AND created_at > now() - make_interval(secs => $3)
-            AND ($4::text IS NULL OR (metadata->>'route' = $4::text AND metadata->>'method' = $5::text))`,
-        [key.sessionId, event.type, this.windowSeconds, key.route?.template ?? null, key.route?.method ?? null],
-      );
+      const { rows } = await sql<{ remaining_ms: number }>(em, BOUNDED_WINDOW_QUERY, [
+        key.sessionId,
+        event.type,
+        this.windowSeconds,
+        key.route?.template ?? null,
+        key.route?.method ?? null,
+      ]);
       const remaining = rows[0]?.remaining_ms;
       if (remaining != null && remaining > 0) return remaining;
       await this.audit.record(em, event);

@@ -16,6 +16,7 @@ import { SessionDeleteNotifyActiveOnly1765300000000 } from './migrations/1765300
 import { AuditHeadTimes1765400000000 } from './migrations/1765400000000-AuditHeadTimes';
 import { SessionAuthTime1765500000000 } from './migrations/1765500000000-SessionAuthTime';
 import { AuditBaseSets1765700000000 } from './migrations/1765700000000-AuditBaseSets';
+import { AuditBoundedIndex1765800000000 } from './migrations/1765800000000-AuditBoundedIndex';
 import { SigningKeys1765600000000 } from './migrations/1765600000000-SigningKeys';
 
 export const ENTITIES = [UserEntity, SessionEntity, RotatedRefreshTokenEntity, AuditEventEntity];
@@ -35,6 +36,7 @@ export const MIGRATIONS = [
   SessionAuthTime1765500000000,
   SigningKeys1765600000000,
   AuditBaseSets1765700000000,
+  AuditBoundedIndex1765800000000,
 ];
 
 /** One definition for the app, the TypeORM CLI and the tests. Never `synchronize`. */

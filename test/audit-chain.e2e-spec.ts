@@ -218,6 +218,18 @@ describe('audit hash chain (e2e)', () => {
     assert.ok(body.firstBrokenId === target || body.firstBrokenId === null, JSON.stringify(body));
   });
 
+  it("keeps a deleted user's events as they were: the log still verifies", async () => {
+    const f = await open();
+    const before = await f.t.db.query(`SELECT id, user_id, hash FROM audit_events WHERE chain_key = $1 ORDER BY chain_pos`, [f.other.id]);
+    assert.ok(before.length >= 2);
+    // Nothing in the service deletes users; an operator may. The events must not change with it.
+    await f.t.db.query(`DELETE FROM users WHERE id = $1`, [f.other.id]);
+    const afterwards = await f.t.db.query(`SELECT id, user_id, hash FROM audit_events WHERE chain_key = $1 ORDER BY chain_pos`, [f.other.id]);
+    assert.deepEqual(afterwards, before);
+    const body = await apiVerify(f);
+    assert.equal(body.ok, true, JSON.stringify(body));
+  });
+
   it('writes a keyed checkpoint to the table, the log and the file, and detects a deleted tail with it', async () => {
     const file = join(dir, 'checkpoints.ndjson');
     const logged: unknown[] = [];

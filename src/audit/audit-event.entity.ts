@@ -24,8 +24,8 @@ export type AuditMetadata = Record<string, string | number | boolean | null>;
 
 /**
  * An append-only security event. `seq` orders events (keyset pagination, and the hash chain
- * that will make the log tamper-evident); session_id has no foreign key because events
- * outlive the sessions that cleanup deletes.
+ * that makes the log tamper-evident); neither user_id nor session_id has a foreign key:
+ * events outlive the users and sessions they name, unchanged (the chain covers both).
  */
 @Entity({ name: 'audit_events' })
 export class AuditEventEntity {

@@ -17,6 +17,7 @@ import { AuditHeadTimes1765400000000 } from './migrations/1765400000000-AuditHea
 import { SessionAuthTime1765500000000 } from './migrations/1765500000000-SessionAuthTime';
 import { AuditBaseSets1765700000000 } from './migrations/1765700000000-AuditBaseSets';
 import { AuditBoundedIndex1765800000000 } from './migrations/1765800000000-AuditBoundedIndex';
+import { AuditEventsOutliveUsers1765900000000 } from './migrations/1765900000000-AuditEventsOutliveUsers';
 import { SigningKeys1765600000000 } from './migrations/1765600000000-SigningKeys';
 
 export const ENTITIES = [UserEntity, SessionEntity, RotatedRefreshTokenEntity, AuditEventEntity];
@@ -37,6 +38,7 @@ export const MIGRATIONS = [
   SigningKeys1765600000000,
   AuditBaseSets1765700000000,
   AuditBoundedIndex1765800000000,
+  AuditEventsOutliveUsers1765900000000,
 ];
 
 /** One definition for the app, the TypeORM CLI and the tests. Never `synchronize`. */

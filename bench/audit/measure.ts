@@ -13,7 +13,7 @@ import { ConfigService } from '@nestjs/config';
 import type { AppConfig } from '../../src/config/config';
 import { quantile } from '../stats';
 import { benchUserId, seedCleanupSessions } from './seed';
-import { recordStatements, slowest } from './statements';
+import { recordStatements, slowest, type StatementTiming } from './statements';
 
 export interface PageMeasure {
   name: string;
@@ -157,8 +157,8 @@ export interface DropMeasure {
   chains: number;
   /** The maintain() run that drops it: the check that the month did not change, DETACH and DROP. */
   seconds: number;
-  /** DETACH PARTITION and DROP TABLE alone (what holds the table's lock). */
-  detachDropMs: number;
+  /** From the DETACH's start to its transaction's COMMIT: audit_events locked, every audited write waiting. */
+  lockedMs: number;
   slowestMs: number;
   slowestStatement: string;
   /** Where the drop's statement time went: statements grouped by their text's start, most time first. */
@@ -201,12 +201,20 @@ export async function measurePartitionDrop(app: INestApplicationContext): Promis
     prepareSeconds: preparation.seconds,
     chains: set.chains,
     seconds,
-    detachDropMs: statements.filter((s) => /DETACH PARTITION|^DROP TABLE/.test(s.text.trim())).reduce((n, s) => n + s.ms, 0),
+    lockedMs: lockedByDetach(statements),
     slowestMs: top.ms,
     slowestStatement: top.text,
     statementTime: timeByStatement(statements).slice(0, 6),
     prepareStatementTime: timeByStatement(preparation.statements).slice(0, 6),
   };
+}
+
+/** From the start of DETACH PARTITION to the end of the COMMIT after it (one connection, statements in order). */
+function lockedByDetach(statements: StatementTiming[]): number {
+  const detach = statements.findIndex((s) => /DETACH PARTITION/.test(s.text));
+  const commit = statements.findIndex((s, i) => i > detach && /^COMMIT/i.test(s.text.trim()));
+  if (detach < 0 || commit < 0) throw new Error('the drop sent no DETACH PARTITION and COMMIT');
+  return statements[commit].endedAt - (statements[detach].endedAt - statements[detach].ms);
 }
 
 /** Statements grouped by the first 60 characters of their one-line text, most total time first. */

@@ -48,7 +48,7 @@ export function printReport(empty: ScenarioResult, large: ScenarioResult): void 
   other.push(['prepare its bases, a day ahead, s', num(empty.drop.prepareSeconds), num(large.drop.prepareSeconds)]);
   other.push(['prepare its bases, chains in the set', num(empty.drop.chains), num(large.drop.chains)]);
   other.push(['drop oldest month, maintain() s', num(empty.drop.seconds), num(large.drop.seconds)]);
-  other.push(['drop oldest month, DETACH+DROP ms', num(empty.drop.detachDropMs), num(large.drop.detachDropMs)]);
+  other.push(['drop oldest month, audit_events locked ms', num(empty.drop.lockedMs), num(large.drop.lockedMs)]);
   other.push(['drop oldest month, events in it', num(empty.drop.events), num(large.drop.events)]);
   console.log(`\n${render(other)}\n`);
   for (const [name, m] of [

@@ -8,6 +8,8 @@ import { Client } from 'pg';
 export interface StatementTiming {
   ms: number;
   text: string;
+  /** When its answer came (performance.now()); statements are recorded in that order. */
+  endedAt: number;
 }
 
 let recording: StatementTiming[] | undefined;
@@ -24,7 +26,8 @@ function install(): void {
     const started = performance.now();
     const text = typeof args[0] === 'string' ? args[0] : ((args[0] as { text?: string } | undefined)?.text ?? '');
     return result.then((value: unknown) => {
-      sink.push({ ms: performance.now() - started, text });
+      const endedAt = performance.now();
+      sink.push({ ms: endedAt - started, text, endedAt });
       return value;
     });
   };

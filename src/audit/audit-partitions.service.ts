@@ -119,6 +119,7 @@ export class AuditPartitionsService {
         const days = this.config.get('AUDIT_RETENTION_DAYS', { infer: true });
         if (days !== undefined) {
           const cutoff = new Date(now.getTime() - days * 86_400_000);
+          await this.dropDetachedMonths(runner);
           const unprepared = await this.prepareBases(runner, now, cutoff);
           await this.applyRetention(runner, cutoff, unprepared, result);
         }
@@ -190,6 +191,25 @@ export class AuditPartitionsService {
     }
   }
 
+  /**
+   * Drops the table of a month that was detached but not dropped (dropMonth's process stopped
+   * between its two transactions): a table named like a month's partition, no longer one, of a
+   * month no later than the newest dropped one (months are dropped oldest first).
+   */
+  private async dropDetachedMonths(runner: QueryRunner): Promise<void> {
+    const newestDropped = (await this.bases.inForce(runner.manager))?.month;
+    if (!newestDropped) return;
+    const { rows } = await sql<{ name: string }>(
+      runner.manager,
+      `SELECT relname AS name FROM pg_class
+        WHERE relnamespace = current_schema()::regnamespace AND relkind = 'r' AND NOT relispartition AND relname LIKE 'audit\\_events\\_y%'`,
+    );
+    for (const { name } of rows) {
+      const match = PARTITION_NAME.exec(name);
+      if (match && `${match[1]}-${match[2]}-01` <= newestDropped) await sql(runner.manager, `DROP TABLE IF EXISTS "${name}"`);
+    }
+  }
+
   private async applyRetention(runner: QueryRunner, cutoff: Date, unprepared: Map<string, string>, result: MaintenanceResult): Promise<void> {
     for (const partition of await this.list(runner.manager)) {
       if (partition.to > cutoff) break;
@@ -235,13 +255,18 @@ export class AuditPartitionsService {
         return "events were written into it after its chains' bases were prepared; the next run prepares them again";
       }
       await this.bases.markDropped(runner.manager, month);
+      // DETACH locks audit_events (ACCESS EXCLUSIVE: every audited write waits) until COMMIT.
       await sql(runner.manager, `ALTER TABLE audit_events DETACH PARTITION ${table}`);
-      await sql(runner.manager, `DROP TABLE ${table}`);
       await runner.commitTransaction();
     } catch (error) {
       if (runner.isTransactionActive) await runner.rollbackTransaction();
       throw error;
     }
+    // The files go in a transaction of their own, which locks only the detached table: removing
+    // a month's table and indexes at COMMIT took 0.8 s at 4.3M events, all of it inside the lock
+    // on audit_events while DROP shared DETACH's transaction. Should the process stop before
+    // this, the next run drops the table (dropDetachedMonths).
+    await sql(runner.manager, `DROP TABLE IF EXISTS ${table}`);
     this.stats.droppedEvents += set.events;
     this.stats.droppedPartitions++;
     result.dropped.push({ name: partition.name, events: set.events, archive });

@@ -209,15 +209,17 @@ export class AuditService {
   }
 
   /**
-   * Newest first, keyset-paginated. By `seq` (the insertion order), except for a time filter
-   * without a user: then by created_at and seq, so that the (created_at, seq) and
-   * (type, created_at, seq) indexes find the first page within the range directly, instead of
-   * walking `seq` backwards past every newer event (seconds at 10M events). A user's events
-   * are few enough that their (user_id, seq) indexes serve every filter. The two orders differ
-   * only between events written within the same instants by concurrent transactions.
+   * Newest first, keyset-paginated. By created_at and seq for a user's events and for a time
+   * filter: the (user_id, created_at, seq), (user_id, type, created_at, seq), (created_at, seq)
+   * and (type, created_at, seq) indexes give that order within each month, and created_at is
+   * the partition key, so PostgreSQL reads the months newest first and stops once the page is
+   * full (in seq order a user's page merged every month's index, reading in each; a time filter
+   * walked `seq` backwards past every newer event: seconds at 10M events). By `seq` (the
+   * insertion order) otherwise: no filter, or a type alone. The two orders differ only between
+   * events written within the same instants by concurrent transactions.
    */
   async list(query: AuditQuery): Promise<AuditPage> {
-    const byTime = !query.userId && (query.from !== undefined || query.to !== undefined);
+    const byTime = Boolean(query.userId) || query.from !== undefined || query.to !== undefined;
     // A type without a user is pinned to the (type, …) indexes: `= ANY` of the one type keeps
     // `type` in the sort key, which only they provide. With `type = $1` the planner may walk
     // the seq or time index from the newest row instead, discarding other types' rows: 1 s at

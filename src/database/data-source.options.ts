@@ -18,6 +18,7 @@ import { SessionAuthTime1765500000000 } from './migrations/1765500000000-Session
 import { AuditBaseSets1765700000000 } from './migrations/1765700000000-AuditBaseSets';
 import { AuditBoundedIndex1765800000000 } from './migrations/1765800000000-AuditBoundedIndex';
 import { AuditEventsOutliveUsers1765900000000 } from './migrations/1765900000000-AuditEventsOutliveUsers';
+import { AuditUserTimeIndexes1766000000000 } from './migrations/1766000000000-AuditUserTimeIndexes';
 import { SigningKeys1765600000000 } from './migrations/1765600000000-SigningKeys';
 
 export const ENTITIES = [UserEntity, SessionEntity, RotatedRefreshTokenEntity, AuditEventEntity];
@@ -39,6 +40,7 @@ export const MIGRATIONS = [
   AuditBaseSets1765700000000,
   AuditBoundedIndex1765800000000,
   AuditEventsOutliveUsers1765900000000,
+  AuditUserTimeIndexes1766000000000,
 ];
 
 /** One definition for the app, the TypeORM CLI and the tests. Never `synchronize`. */

@@ -1,14 +1,18 @@
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
+import { ConfigService } from '@nestjs/config';
 import type { Response } from 'supertest';
+import type { DataSource } from 'typeorm';
+import { AuditService } from '../src/audit/audit.service';
+import { DomainEventPublisher } from '../src/events/domain-event-publisher';
 import { bearer, login, registerAndLogin, registerUser, type Tokens } from './helpers/factories';
-import { createTestApp, TestApp } from './helpers/test-app';
+import { createTestApp, freshDatabase, TestApp } from './helpers/test-app';
 
 /**
  * The audit list's pages for every filter combination, checked against the events as seeded:
  * every page in order, no event twice or missing, across a month's partition boundary. Time
- * filters without a user page by (created_at, seq), the others by seq (AuditService.list): the
+ * filters and a user's events page by (created_at, seq), the others by seq (AuditService.list): the
  * seeded times are deliberately not in seq order, so each test sees which order was used.
  */
 interface Seeded {
@@ -157,6 +161,74 @@ describe('audit pages by filter (e2e)', () => {
       const res = await t.http.get(`/api/v1/admin/audit?to=2030-01-01T00:00:00Z&cursor=${cursor}`).set('Authorization', bearer(admin));
       assert.equal(res.status, 400, raw);
       assert.deepEqual(res.body.message, ['cursor is invalid']);
+    }
+  });
+});
+
+describe("a user's audit page reads the months newest first (e2e)", () => {
+  let t: TestApp;
+  before(async () => {
+    t = await createTestApp({ DATABASE_URL: await freshDatabase() });
+  });
+  after(async () => {
+    await t?.close();
+  });
+
+  it('stops at the months that fill the page: an ordered Append, not a Merge Append of every month', async () => {
+    // Three months of events for 100 users (300 each), straight into the table.
+    const now = new Date();
+    const start = Date.UTC(now.getUTCFullYear(), now.getUTCMonth() - 2, 1);
+    const months = [0, 1, 2].map((m) => new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth() - 2 + m, 1)));
+    for (const from of months) {
+      const to = new Date(Date.UTC(from.getUTCFullYear(), from.getUTCMonth() + 1, 1));
+      const name = `audit_events_y${from.getUTCFullYear()}m${String(from.getUTCMonth() + 1).padStart(2, '0')}`;
+      await t.db.query(
+        `CREATE TABLE IF NOT EXISTS "${name}" PARTITION OF audit_events FOR VALUES FROM ('${from.toISOString()}') TO ('${to.toISOString()}')`,
+      );
+    }
+    const users: string[] = Array.from({ length: 100 }, () => randomUUID());
+    await t.db.query(
+      `INSERT INTO audit_events (type, user_id, created_at)
+       SELECT 'LOGIN', ($1::uuid[])[1 + g % 100], $2::timestamptz + (g * interval '5 minutes')
+         FROM generate_series(0, 29999) g WHERE $2::timestamptz + (g * interval '5 minutes') < now()`,
+      [users, new Date(start)],
+    );
+    await t.db.query('ANALYZE audit_events');
+
+    // The statement list() sends, captured instead of run, then explained on the database.
+    const captured: Array<{ text: string; params: unknown[] }> = [];
+    const capturing = {
+      manager: {
+        queryRunner: {
+          query: async (text: string, params: unknown[]) => {
+            captured.push({ text, params });
+            return { records: [] };
+          },
+        },
+      },
+    } as unknown as DataSource;
+    const audit = new AuditService(capturing, t.app.get(ConfigService), t.app.get(DomainEventPublisher));
+    const children: string[] = (
+      await t.db.query(
+        `SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+          WHERE i.inhparent IN ('"IDX_audit_events_user_time"'::regclass, '"IDX_audit_events_user_type_time"'::regclass)`,
+      )
+    ).map((r: { relname: string }) => r.relname);
+    for (const query of [
+      { userId: users[7], limit: 20 },
+      { userId: users[7], type: 'LOGIN' as const, limit: 20 },
+    ]) {
+      captured.length = 0;
+      await audit.list(query);
+      const [{ text, params }] = captured;
+      const [row] = await t.db.query(`EXPLAIN (FORMAT JSON) ${text}`, params);
+      const plan = JSON.stringify(row['QUERY PLAN']);
+      assert.ok(!plan.includes('"Merge Append"') && !plan.includes('"Sort"'), plan);
+      assert.ok(plan.includes('"Node Type":"Append"'), plan);
+      assert.ok(
+        children.some((name) => plan.includes(`"Index Name":"${name}"`)),
+        plan,
+      );
     }
   });
 });

@@ -76,8 +76,10 @@ async function scenario(label: string, serverUrl: string, size: Size, config: Au
   const reuse = label !== 'empty' ? config.reuse : undefined;
   const database = reuse ? new URL(reuse.url).pathname.slice(1) : await createDatabase(serverUrl);
   const dropThis = () => dropDatabase(serverUrl, database);
-  // A reused database is the operator's: never dropped.
-  if (!reuse) undo.push(dropThis);
+  // A reused database is the operator's: never dropped. One to be kept is kept on failure too
+  // (a 50M seed takes most of an hour), and how to reuse it is printed once it is seeded.
+  const keepLarge = config.keep && label !== 'empty';
+  if (!reuse && !keepLarge) undo.push(dropThis);
   const url = reuse?.url ?? withDatabase(serverUrl, database);
   const secrets = reuse?.secrets ?? {
     AUDIT_HMAC_KEY: randomBytes(48).toString('base64'),
@@ -89,11 +91,6 @@ async function scenario(label: string, serverUrl: string, size: Size, config: Au
     await seeder.connect();
     undo.push(() => seeder.end());
     seeded = await seededBefore(seeder);
-    // Sessions that came due since it was seeded would be ended by the cleanup's measure too.
-    await seeder.query(
-      `UPDATE sessions SET idle_expires_at = now() + interval '1 day', absolute_expires_at = GREATEST(absolute_expires_at, now() + interval '1 day')
-        WHERE ended_at IS NULL AND idle_expires_at <= now() + interval '1 hour'`,
-    );
     progress(`${label}: reusing ${database} (${seeded.chains.toLocaleString('en-US')} chains); measuring pages`);
   } else {
     progress(`${label}: database ${database}, migrations`);
@@ -108,6 +105,19 @@ async function scenario(label: string, serverUrl: string, size: Size, config: Au
     await seeder.connect();
     undo.push(() => seeder.end());
     seeded = await seed(seeder, size, secrets.AUDIT_HMAC_KEY, config.months, (line) => progress(`${label}: ${line}`));
+  }
+  // Sessions that came due since they were seeded (a 50M seed takes over half an hour; a kept
+  // database is reused later) would be ended by the cleanup's measure too: pushed a day out.
+  const pushed = await seeder.query(
+    `UPDATE sessions SET idle_expires_at = now() + interval '1 day', absolute_expires_at = GREATEST(absolute_expires_at, now() + interval '1 day')
+      WHERE ended_at IS NULL AND idle_expires_at <= now() + interval '1 hour'`,
+  );
+  // Their old index entries, dead now, would slow the cleanup's first batches until vacuumed.
+  if (pushed.rowCount) await seeder.query('VACUUM (ANALYZE) sessions');
+  if (keepLarge && !reuse) {
+    progress(
+      `${label}: kept (also on failure); measure it again with BENCH_AUDIT_REUSE=${url} BENCH_AUDIT_REUSE_SECRETS=${secrets.AUDIT_HMAC_KEY},${secrets.KEY_ENCRYPTION_KEY}`,
+    );
   }
   const [{ bytes }] = (await seeder.query(`SELECT pg_database_size(current_database())::float8 AS bytes`)).rows;
   if (!reuse) progress(`${label}: seeded in ${seeded.totalSeconds.toFixed(0)} s (${(bytes / 2 ** 30).toFixed(2)} GiB); measuring pages`);
@@ -140,7 +150,7 @@ async function scenario(label: string, serverUrl: string, size: Size, config: Au
   await seeder.end();
   await app.close();
   undo.splice(undo.indexOf(closeApp), 1);
-  if (!reuse) undo.splice(undo.indexOf(dropThis), 1);
+  if (undo.includes(dropThis)) undo.splice(undo.indexOf(dropThis), 1);
   if ((config.keep || reuse) && label !== 'empty') {
     progress(
       `${label}: kept; measure it again with BENCH_AUDIT_REUSE=${url} BENCH_AUDIT_REUSE_SECRETS=${secrets.AUDIT_HMAC_KEY},${secrets.KEY_ENCRYPTION_KEY}`,

@@ -43,8 +43,9 @@ export interface AuditBoundKey {
  * of a type per key (a session, optionally a route of it) in AUDIT_REFUSAL_WINDOW seconds,
  * across every instance. The audit log itself is the state: under a transaction-scoped
  * advisory lock on the key, an event is written only when none of that type and key was
- * written in the window (the partial index IDX_audit_events_bounded finds it). Each instance also remembers, in
- * a bounded LRU, keys it knows are inside their window, so repeated refusals cost no query.
+ * written in the window (the partial index IDX_audit_events_bounded finds it). Each instance
+ * also remembers, in a bounded LRU, keys it knows are inside their window, so repeated
+ * refusals cost no query.
  * What is not written is counted (`suppressed`, exposed in /metrics).
  */
 @Injectable()

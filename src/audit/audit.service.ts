@@ -238,9 +238,10 @@ export class AuditService {
       const micros = byTime && cursor.micros === null ? await this.microsOf(cursor.seq) : cursor.micros;
       if (byTime && micros !== null) {
         // A row comparison on the index's own columns: the scan starts right after the cursor.
-        where.push(
-          `(e.created_at, e.seq) < (timestamptz 'epoch' + ${param(micros)}::bigint * interval '1 microsecond', ${param(cursor.seq)}::bigint)`,
-        );
+        // The bound on created_at alone, implied by it, lets PostgreSQL skip the newer months
+        // (a row comparison does not prune partitions), which a deep page would probe each.
+        const at = `timestamptz 'epoch' + ${param(micros)}::bigint * interval '1 microsecond'`;
+        where.push(`(e.created_at, e.seq) < (${at}, ${param(cursor.seq)}::bigint)`, `e.created_at <= ${at}`);
       } else {
         where.push(`e.seq < ${param(cursor.seq)}`);
       }

@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { LoggerService } from '@nestjs/common';
+import { DataSource } from 'typeorm';
 import { EXPORT_APPLICATION_NAME, AuditExportService } from '../src/audit/audit-export.service';
 import { AuditService } from '../src/audit/audit.service';
 import { bearer, login, registerUser, sleep, TestUser, Tokens } from './helpers/factories';
@@ -78,6 +79,8 @@ describe('audit export (e2e)', () => {
   let adminTokens: Tokens;
   let user: TestUser;
   let other: TestUser;
+  /** A user with BULK_USER_EVENTS events. */
+  let bulk: TestUser;
   let dir: string;
   let port: number;
   const errors: string[] = [];
@@ -159,7 +162,7 @@ describe('audit export (e2e)', () => {
     }
     // More events than two batches, through the real writer (so chained and hashed), with
     // metadata whose JSON must survive the round trip through a file exactly.
-    const bulk = await registerUser(t.http);
+    bulk = await registerUser(t.http);
     await t.db.transaction((em) =>
       t.app.get(AuditService).record(
         em,
@@ -201,7 +204,7 @@ describe('audit export (e2e)', () => {
     assert.equal(await exportConnections(), 0);
   });
 
-  it('spans many batches of a smaller size with the same bytes (keyset pagination, no line lost or repeated)', async () => {
+  it('spans many batches of a smaller size with the same bytes (no line lost or repeated between fetches)', async () => {
     const { text: whole } = await exportHttp(`?userId=${user.id}`);
     const exporter = t.app.get(AuditExportService);
     exporter.batchSize = 3;
@@ -212,6 +215,48 @@ describe('audit export (e2e)', () => {
     } finally {
       exporter.batchSize = 1000;
     }
+  });
+
+  it('reads the range once: one cursor over the filter, then batch after batch fetched from it (none reads again what one before it passed)', async () => {
+    // Each batch its own query (keyset pagination, `seq > last LIMIT n`) planned again and, in
+    // a plan that merges the months' seq indexes, read each month again from the last line up
+    // to the filter's next match: a user's export read months past the user's last event in
+    // them once per batch.
+    const dataSource = t.app.get(DataSource);
+    const exporter = t.app.get(AuditExportService);
+    /** The statements of each query runner opened meanwhile (other jobs may open some too). */
+    const runners: string[][] = [];
+    const createQueryRunner = dataSource.createQueryRunner.bind(dataSource);
+    dataSource.createQueryRunner = (...args) => {
+      const runner = createQueryRunner(...args);
+      const statements: string[] = [];
+      runners.push(statements);
+      const query = runner.query.bind(runner);
+      runner.query = ((text: string | { text: string }, ...rest: unknown[]) => {
+        statements.push(typeof text === 'string' ? text : text.text);
+        return (query as (...a: unknown[]) => unknown)(text, ...rest);
+      }) as typeof runner.query;
+      return runner;
+    };
+    exporter.batchSize = 100;
+    try {
+      const { lines } = parse((await exportHttp(`?userId=${bulk.id}`)).text);
+      assert.equal(lines.length, BULK_USER_EVENTS + 1); // and the user's registration
+      const exports = runners.filter((statements) => statements.some((s) => s.includes(EXPORT_APPLICATION_NAME)));
+      assert.equal(exports.length, 1);
+      const [statements] = exports;
+      const reads = statements.filter((s) => /\baudit_events\b/.test(s));
+      assert.equal(reads.length, 1, reads.join('\n'));
+      assert.match(reads[0], /^DECLARE (\w+) NO SCROLL CURSOR FOR\s+SELECT [^;]* ORDER BY e\.seq$/);
+      const fetches = statements.filter((s) => s.startsWith('FETCH '));
+      // Full batches, then the one that comes back short and ends the export.
+      assert.equal(fetches.length, Math.floor(lines.length / 100) + 1);
+      assert.ok(fetches.every((s) => s === fetches[0] && s === `FETCH FORWARD 100 FROM ${/^DECLARE (\w+)/.exec(reads[0])![1]}`));
+    } finally {
+      exporter.batchSize = 1000;
+      delete (dataSource as { createQueryRunner?: unknown }).createQueryRunner;
+    }
+    assert.equal(dataSource.createQueryRunner, DataSource.prototype.createQueryRunner);
   });
 
   it('exports exactly what SQL selects for each filter and for all of them combined, in seq order', async () => {

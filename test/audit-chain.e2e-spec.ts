@@ -22,6 +22,7 @@ import { bearer, login, registerUser, TestUser } from './helpers/factories';
 import { runCli } from './helpers/cli';
 import { createTestApp, freshDatabase, TestApp } from './helpers/test-app';
 import { dataSourceOptions } from '../src/database/data-source.options';
+import { tamper } from './helpers/db';
 
 interface Fixture {
   t: TestApp;
@@ -127,17 +128,69 @@ describe('audit hash chain (e2e)', () => {
     assert.equal((await f.t.http.get('/api/v1/admin/audit/verify')).status, 401);
   });
 
+  it('refuses UPDATE and DELETE of events and checkpoints on the connection the service uses, and changes nothing; sealing still goes through', async () => {
+    const f = await open();
+    const checkpoint = await f.t.app.get(AuditChainService).checkpoint(true);
+    assert.ok(checkpoint);
+    const target = f.chain[3].id;
+    const snapshot = async () => ({
+      events: await f.t.db.query(`SELECT * FROM audit_events ORDER BY seq`),
+      checkpoints: await f.t.db.query(`SELECT * FROM audit_checkpoints ORDER BY id`),
+    });
+    const before = await snapshot();
+    const refused = async (statement: string, params: unknown[], message: RegExp) => {
+      await assert.rejects(f.t.db.query(statement, params), (error: Error & { driverError?: { code?: string } }) => {
+        assert.match(error.message, message);
+        assert.equal(error.driverError?.code, '42501');
+        return true;
+      });
+    };
+    const appendOnly = new RegExp(`audit_events is append-only: (UPDATE|DELETE) of event [0-9a-f-]{36} refused`);
+    await refused(`UPDATE audit_events SET ip_address = '198.51.100.66' WHERE id = $1`, [target], appendOnly);
+    await refused(`UPDATE audit_events SET type = type WHERE id = $1`, [target], appendOnly);
+    await refused(`DELETE FROM audit_events WHERE id = $1`, [target], appendOnly);
+    await refused(`DELETE FROM audit_events`, [], appendOnly);
+    // In a CTE, as SQL injection into a single statement could carry it.
+    await refused(`WITH gone AS (DELETE FROM audit_events WHERE id = $1 RETURNING id) SELECT count(*) FROM gone`, [target], appendOnly);
+    // On a partition directly: each has the trigger too.
+    const [{ partition }] = await f.t.db.query(`SELECT tableoid::regclass::text AS partition FROM audit_events WHERE id = $1`, [target]);
+    assert.notEqual(partition, 'audit_events');
+    await refused(`DELETE FROM ${partition} WHERE id = $1`, [target], appendOnly);
+    const checkpointsAppendOnly = /audit_checkpoints is append-only: (UPDATE|DELETE) of checkpoint \d+ refused/;
+    await refused(`UPDATE audit_checkpoints SET events = events + 1`, [], checkpointsAppendOnly);
+    await refused(`DELETE FROM audit_checkpoints`, [], checkpointsAppendOnly);
+    assert.deepEqual(await snapshot(), before);
+
+    // An event written without the chain (as before 0.7.0) gets its chain fields from the
+    // sealer, the one UPDATE the service makes; changing any of its own fields is refused.
+    const [legacy] = await f.t.db.query(`INSERT INTO audit_events (type, user_id, metadata) VALUES ('LOGIN', $1, '{}') RETURNING id`, [f.user.id]);
+    await refused(`UPDATE audit_events SET ip_address = '198.51.100.66' WHERE id = $1`, [legacy.id], appendOnly);
+    await refused(
+      `UPDATE audit_events SET chain_key = 'x', chain_pos = 1, prev_hash = $2, hash = $2, created_at = created_at - interval '1 second' WHERE id = $1`,
+      [legacy.id, '0'.repeat(64)],
+      appendOnly,
+    );
+    await f.t.db.query(`INSERT INTO audit_chain_seal SELECT max(seq) FROM audit_events`);
+    assert.equal(await f.t.app.get(AuditChainService).sealPending(), 1);
+    const [sealed] = await f.t.db.query(`SELECT chain_key, hash FROM audit_events WHERE id = $1`, [legacy.id]);
+    assert.equal(sealed.chain_key, f.user.id);
+    assert.match(sealed.hash, /^[0-9a-f]{64}$/);
+    // Sealed, it is refused like any other.
+    await refused(`UPDATE audit_events SET chain_pos = chain_pos WHERE id = $1`, [legacy.id], appendOnly);
+    assert.equal((await apiVerify(f)).ok, true);
+  });
+
   it('detects a changed field and names the event', async () => {
     const f = await open();
     const target = f.chain[3].id;
-    await f.t.db.query(`UPDATE audit_events SET ip_address = '198.51.100.66' WHERE id = $1`, [target]);
+    await tamper(f.t.db, `UPDATE audit_events SET ip_address = '198.51.100.66' WHERE id = $1`, [target]);
     await assertBroken(f, target, /does not match its hash: it was altered/);
   });
 
   it('detects a changed timestamp, even by one microsecond', async () => {
     const f = await open();
     const target = f.chain[2].id;
-    await f.t.db.query(`UPDATE audit_events SET created_at = created_at + interval '1 microsecond' WHERE id = $1`, [target]);
+    await tamper(f.t.db, `UPDATE audit_events SET created_at = created_at + interval '1 microsecond' WHERE id = $1`, [target]);
     const body = await apiVerify(f);
     assert.equal(body.ok, false);
     assert.equal(body.firstBrokenId, target);
@@ -145,7 +198,7 @@ describe('audit hash chain (e2e)', () => {
 
   it('detects a deleted middle event and names the event after the gap', async () => {
     const f = await open();
-    await f.t.db.query(`DELETE FROM audit_events WHERE id = $1`, [f.chain[2].id]);
+    await tamper(f.t.db, `DELETE FROM audit_events WHERE id = $1`, [f.chain[2].id]);
     await assertBroken(f, f.chain[3].id, /position 4 .* where 3 was expected: events before it were deleted/);
   });
 
@@ -153,8 +206,8 @@ describe('audit hash chain (e2e)', () => {
     const f = await open();
     const [victim] = await f.t.db.query(`SELECT * FROM audit_events WHERE id = $1`, [f.chain[2].id]);
     // Two steps, because the unique (chain_key, chain_pos) index is checked row by row.
-    await f.t.db.query(`UPDATE audit_events SET chain_pos = chain_pos + 1000000 WHERE chain_key = $1 AND chain_pos >= 3`, [f.user.id]);
-    await f.t.db.query(`UPDATE audit_events SET chain_pos = chain_pos - 999999 WHERE chain_key = $1 AND chain_pos >= 1000000`, [f.user.id]);
+    await tamper(f.t.db, `UPDATE audit_events SET chain_pos = chain_pos + 1000000 WHERE chain_key = $1 AND chain_pos >= 3`, [f.user.id]);
+    await tamper(f.t.db, `UPDATE audit_events SET chain_pos = chain_pos - 999999 WHERE chain_key = $1 AND chain_pos >= 1000000`, [f.user.id]);
     const [forged] = await f.t.db.query(
       `INSERT INTO audit_events (type, user_id, session_id, ip_address, user_agent, metadata, created_at, chain_key, chain_pos, prev_hash, hash)
        VALUES ('LOGOUT', $1::uuid, $2, '203.0.113.9', 'forger', '{}', $3, $1::text, 3, $4, $5) RETURNING id`,
@@ -176,16 +229,17 @@ describe('audit hash chain (e2e)', () => {
   it('detects a reordered pair and names the first of them in chain order', async () => {
     const f = await open();
     const [a, b] = [f.chain[2].id, f.chain[3].id];
-    await f.t.db.query(`UPDATE audit_events SET chain_pos = 1000000 WHERE id = $1`, [a]);
-    await f.t.db.query(`UPDATE audit_events SET chain_pos = 3 WHERE id = $1`, [b]);
-    await f.t.db.query(`UPDATE audit_events SET chain_pos = 4 WHERE id = $1`, [a]);
+    await tamper(f.t.db, `UPDATE audit_events SET chain_pos = 1000000 WHERE id = $1`, [a]);
+    await tamper(f.t.db, `UPDATE audit_events SET chain_pos = 3 WHERE id = $1`, [b]);
+    await tamper(f.t.db, `UPDATE audit_events SET chain_pos = 4 WHERE id = $1`, [a]);
     await assertBroken(f, b, /does not link to the event before it/);
   });
 
   it('detects swapped contents of two events (same positions)', async () => {
     const f = await open();
     const [a, b] = [f.chain[4].id, f.chain[5].id];
-    await f.t.db.query(
+    await tamper(
+      f.t.db,
       `UPDATE audit_events x SET type = y.type, session_id = y.session_id, ip_address = y.ip_address, user_agent = y.user_agent,
               metadata = y.metadata, created_at = y.created_at
          FROM audit_events y WHERE (x.id, y.id) IN (($1::uuid, $2::uuid), ($2::uuid, $1::uuid))`,
@@ -202,7 +256,7 @@ describe('audit hash chain (e2e)', () => {
   it('detects an event moved to another user', async () => {
     const f = await open();
     const target = f.chain[4].id;
-    await f.t.db.query(`UPDATE audit_events SET user_id = $2 WHERE id = $1`, [target, f.other.id]);
+    await tamper(f.t.db, `UPDATE audit_events SET user_id = $2 WHERE id = $1`, [target, f.other.id]);
     await assertBroken(f, target, /was moved to another user/);
   });
 
@@ -210,7 +264,11 @@ describe('audit hash chain (e2e)', () => {
     const f = await open();
     const target = f.chain[f.chain.length - 1].id;
     const [{ n }] = await f.t.db.query(`SELECT count(*)::int AS n FROM audit_events WHERE chain_key = $1`, [f.other.id]);
-    await f.t.db.query(`UPDATE audit_events SET user_id = $2::uuid, chain_key = $2::text, chain_pos = $3 WHERE id = $1`, [target, f.other.id, n + 1]);
+    await tamper(f.t.db, `UPDATE audit_events SET user_id = $2::uuid, chain_key = $2::text, chain_pos = $3 WHERE id = $1`, [
+      target,
+      f.other.id,
+      n + 1,
+    ]);
     // The user's chain (its key sorts first or second): either its head no longer matches, or
     // the other chain holds an event that was not hashed there.
     const body = await apiVerify(f);
@@ -262,7 +320,7 @@ describe('audit hash chain (e2e)', () => {
     // The attacker deletes the user's last two events and sets the head back to the new last one.
     const tail = f.chain.slice(-2).map((e) => e.id);
     const keep = f.chain[f.chain.length - 3];
-    await f.t.db.query(`DELETE FROM audit_events WHERE id = ANY($1::uuid[])`, [tail]);
+    await tamper(f.t.db, `DELETE FROM audit_events WHERE id = ANY($1::uuid[])`, [tail]);
     await f.t.db.query(`UPDATE audit_chain_heads SET position = position - 2, hash = $2 WHERE chain_key = $1`, [f.user.id, keep.hash]);
     // The checkpoint in the table sees it.
     await assertBroken(
@@ -272,7 +330,7 @@ describe('audit hash chain (e2e)', () => {
     );
 
     // And deletes the checkpoints and the heads' checkpoint record too: the database alone no longer tells...
-    await f.t.db.query(`DELETE FROM audit_checkpoints`);
+    await tamper(f.t.db, `DELETE FROM audit_checkpoints`);
     await f.t.db.query(`UPDATE audit_chain_heads SET checkpoint_position = NULL, checkpoint_hash = NULL`);
     assert.equal((await apiVerify(f)).ok, true);
     // ...but the exported checkpoint does.
@@ -328,10 +386,10 @@ describe('audit hash chain (e2e)', () => {
       assert.equal((await chainService.checkpoint(true))?.id, i + 1);
     }
     assert.equal((await apiVerify(f)).ok, true);
-    await f.t.db.query(`UPDATE audit_checkpoints SET events = events + 1 WHERE id = 3`);
+    await tamper(f.t.db, `UPDATE audit_checkpoints SET events = events + 1 WHERE id = 3`);
     assert.match((await apiVerify(f)).reason ?? '', /Checkpoint 3 does not match its MAC/);
-    await f.t.db.query(`UPDATE audit_checkpoints SET events = events - 1 WHERE id = 3`);
-    await f.t.db.query(`DELETE FROM audit_checkpoints WHERE id = 2`);
+    await tamper(f.t.db, `UPDATE audit_checkpoints SET events = events - 1 WHERE id = 3`);
+    await tamper(f.t.db, `DELETE FROM audit_checkpoints WHERE id = 2`);
     assert.match((await apiVerify(f)).reason ?? '', /Checkpoint 3 does not follow checkpoint 1/);
   });
 
@@ -571,7 +629,7 @@ describe('audit verification passes (e2e)', () => {
   it('checks each chain in position order whatever order its rows lie in the table', async () => {
     const f = await open();
     // Rewriting rows (a no-op UPDATE) puts their new versions after the ones that follow them.
-    await f.t.db.query(`UPDATE audit_events SET type = type WHERE id = ANY($1::uuid[])`, [[f.chain[0].id, f.chain[1].id, f.chain[4].id]]);
+    await tamper(f.t.db, `UPDATE audit_events SET type = type WHERE id = ANY($1::uuid[])`, [[f.chain[0].id, f.chain[1].id, f.chain[4].id]]);
     const inTable: Array<{ pos: number }> = await f.t.db.query(
       // The order a sequential scan reads them in (all of them are in this month's partition).
       `SELECT chain_pos::int AS pos FROM audit_events WHERE chain_key = $1 ORDER BY tableoid, ctid`,
@@ -587,8 +645,8 @@ describe('audit verification passes (e2e)', () => {
     for (const r of await everyWay(f)) assert.deepEqual(r, { ok: true, checked: n, firstBrokenId: null, reason: null, chains: r.chains });
 
     // Out of order and broken: the first broken event in position order is named, every way.
-    await f.t.db.query(`DELETE FROM audit_events WHERE id = $1`, [f.chain[2].id]);
-    await f.t.db.query(`UPDATE audit_events SET ip_address = '198.51.100.7' WHERE id = $1`, [f.chain[5].id]);
+    await tamper(f.t.db, `DELETE FROM audit_events WHERE id = $1`, [f.chain[2].id]);
+    await tamper(f.t.db, `UPDATE audit_events SET ip_address = '198.51.100.7' WHERE id = $1`, [f.chain[5].id]);
     for (const r of await everyWay(f)) {
       assert.equal(r.ok, false);
       assert.equal(r.firstBrokenId, f.chain[3].id, r.reason ?? '');
@@ -617,7 +675,7 @@ describe('audit verification passes (e2e)', () => {
       }
     };
     // Intact, but the chain's 3rd and 4th events lie at the table's end: the ones after them wait.
-    await f.t.db.query(`UPDATE audit_events SET type = type WHERE id = ANY($1::uuid[])`, [[f.chain[2].id, f.chain[3].id]]);
+    await tamper(f.t.db, `UPDATE audit_events SET type = type WHERE id = ANY($1::uuid[])`, [[f.chain[2].id, f.chain[3].id]]);
     const held = await pass();
     assert.deepEqual([held.broken, held.deferred], [null, 0]);
     const deferred = await pass(2);
@@ -639,7 +697,7 @@ describe('audit verification passes (e2e)', () => {
     }
 
     // Its first event deleted (and the copy): the same break, whether the rest waited or was walked by position.
-    await f.t.db.query(`DELETE FROM audit_events WHERE id = ANY($1::uuid[])`, [[f.chain[0].id, copy]]);
+    await tamper(f.t.db, `DELETE FROM audit_events WHERE id = ANY($1::uuid[])`, [[f.chain[0].id, copy]]);
     for (const limit of [undefined, 2, 0]) {
       const r = await pass(limit);
       assert.equal(r.deferred, limit === undefined ? 0 : 1);
@@ -651,8 +709,8 @@ describe('audit verification passes (e2e)', () => {
 
   it('names the same first broken event on one thread and on several workers, for each kind of break', async () => {
     const f = await open();
-    await f.t.db.query(`UPDATE audit_events SET user_agent = 'forged' WHERE id = $1`, [f.chain[6].id]);
-    await f.t.db.query(`UPDATE audit_events SET user_id = $2 WHERE id = $1`, [f.chain[3].id, f.other.id]);
+    await tamper(f.t.db, `UPDATE audit_events SET user_agent = 'forged' WHERE id = $1`, [f.chain[6].id]);
+    await tamper(f.t.db, `UPDATE audit_events SET user_id = $2 WHERE id = $1`, [f.chain[3].id, f.other.id]);
     const results = await everyWay(f);
     for (const r of results) {
       assert.equal(r.firstBrokenId, f.chain[3].id);

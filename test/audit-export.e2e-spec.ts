@@ -11,6 +11,7 @@ import { AuditService } from '../src/audit/audit.service';
 import { bearer, login, registerUser, sleep, TestUser, Tokens } from './helpers/factories';
 import { runCli } from './helpers/cli';
 import { createTestApp, databaseForThisFile, TestApp } from './helpers/test-app';
+import { tamper } from './helpers/db';
 
 /** The CLI on this file's database. */
 const cli = async (...args: string[]) => runCli(await databaseForThisFile(), ...args);
@@ -467,7 +468,7 @@ describe('audit export (e2e)', () => {
       assert.match(run.stdout, new RegExp(`first broken line: +${n} \\(event ${forged.id}\\)`));
       assert.match(run.stdout, /is not in any chain/);
     } finally {
-      await t.db.query(`DELETE FROM audit_events WHERE id = $1`, [forged.id]);
+      await tamper(t.db, `DELETE FROM audit_events WHERE id = $1`, [forged.id]);
     }
   });
 

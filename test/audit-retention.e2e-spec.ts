@@ -22,6 +22,7 @@ import { AuditPartitions1765100000000 } from '../src/database/migrations/1765100
 import { runMigrationsLocked } from '../src/database/migrate';
 import { registerUser } from './helpers/factories';
 import { createTestApp, freshDatabase, TEST_AUDIT_HMAC_KEY, TestApp } from './helpers/test-app';
+import { tamper } from './helpers/db';
 
 const opened: TestApp[] = [];
 const scratch: string[] = [];
@@ -246,7 +247,7 @@ describe('audit log partitions and retention (e2e)', () => {
     const [first] = await t.db.query(`SELECT id, chain_pos::int AS pos, hash FROM audit_events WHERE chain_key = $1 ORDER BY chain_pos LIMIT 1`, [
       userId,
     ]);
-    await t.db.query(`DELETE FROM audit_events WHERE id = $1`, [first.id]);
+    await tamper(t.db, `DELETE FROM audit_events WHERE id = $1`, [first.id]);
     const gap = await t.app.get(AuditVerifierService).verify();
     assert.equal(gap.ok, false);
     assert.match(gap.reason!, new RegExp(`Chain ${userId} has no events, but its head is at position 3`));
@@ -453,7 +454,7 @@ describe('audit log partitions and retention (e2e)', () => {
       { userId, type: 'LOGOUT' },
       { userId, type: 'LOGIN' },
     ]);
-    await t.db.query(`DELETE FROM audit_events WHERE chain_key = $1 AND chain_pos = 2`, [userId]);
+    await tamper(t.db, `DELETE FROM audit_events WHERE chain_key = $1 AND chain_pos = 2`, [userId]);
     const result = await t.app.get(AuditPartitionsService).maintain();
     assert.deepEqual(result.dropped, []);
     assert.deepEqual(result.held, [

@@ -19,6 +19,7 @@ import { AuditBaseSets1765700000000 } from './migrations/1765700000000-AuditBase
 import { AuditBoundedIndex1765800000000 } from './migrations/1765800000000-AuditBoundedIndex';
 import { AuditEventsOutliveUsers1765900000000 } from './migrations/1765900000000-AuditEventsOutliveUsers';
 import { AuditUserTimeIndexes1766000000000 } from './migrations/1766000000000-AuditUserTimeIndexes';
+import { AuditAppendOnly1766100000000 } from './migrations/1766100000000-AuditAppendOnly';
 import { SigningKeys1765600000000 } from './migrations/1765600000000-SigningKeys';
 
 export const ENTITIES = [UserEntity, SessionEntity, RotatedRefreshTokenEntity, AuditEventEntity];
@@ -41,6 +42,7 @@ export const MIGRATIONS = [
   AuditBoundedIndex1765800000000,
   AuditEventsOutliveUsers1765900000000,
   AuditUserTimeIndexes1766000000000,
+  AuditAppendOnly1766100000000,
 ];
 
 /** One definition for the app, the TypeORM CLI and the tests. Never `synchronize`. */

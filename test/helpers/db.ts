@@ -40,3 +40,16 @@ export async function auditRows(db: DataSource, where: { userId?: string; sessio
     [where.userId ?? null, where.sessionId ?? null, where.type ?? null],
   );
 }
+
+/**
+ * Runs a statement as an intruder with the database's superuser would: with triggers off
+ * (session_replication_role = replica, for this transaction only), so that the append-only
+ * triggers on audit_events and audit_checkpoints do not stop it. For tests that tamper with the
+ * log to see the verifier notice.
+ */
+export async function tamper<T = unknown>(db: DataSource, text: string, params: unknown[] = []): Promise<T> {
+  return db.transaction(async (em) => {
+    await em.query('SET LOCAL session_replication_role = replica');
+    return (await em.query(text, params)) as T;
+  });
+}

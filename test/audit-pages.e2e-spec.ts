@@ -232,4 +232,51 @@ describe("a user's audit page reads the months newest first (e2e)", () => {
       );
     }
   });
+  it("reads an admin's type filter through the (type, …) indexes, also when newer events of other types come first in seq and time", async () => {
+    // A cleanup's burst: many newer events of another type. With `type = $1` the planner may walk
+    // the seq (or time) index from the newest row, discarding them (1 s at 50M events).
+    const now = Date.now();
+    await t.db.query(
+      `INSERT INTO audit_events (type, created_at)
+       SELECT CASE WHEN g < 2000 THEN 'LOGIN_FAILED' ELSE 'SESSION_EXPIRED' END,
+              $1::timestamptz + (g * interval '1 second')
+         FROM generate_series(0, 19999) g`,
+      [new Date(now - 6 * 3600_000)],
+    );
+    await t.db.query('ANALYZE audit_events');
+    const captured: Array<{ text: string; params: unknown[] }> = [];
+    const capturing = {
+      manager: {
+        queryRunner: {
+          query: async (text: string, params: unknown[]) => {
+            captured.push({ text, params });
+            return { records: [] };
+          },
+        },
+      },
+    } as unknown as DataSource;
+    const audit = new AuditService(capturing, t.app.get(ConfigService), t.app.get(DomainEventPublisher));
+    const childrenOf = async (...indexes: string[]): Promise<string[]> =>
+      (
+        await t.db.query(`SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = ANY($1::regclass[])`, [
+          indexes.map((name) => `"${name}"`),
+        ])
+      ).map((r: { relname: string }) => r.relname);
+    const typeIndexes = await childrenOf('IDX_audit_events_type_seq', 'IDX_audit_events_type_created_at_seq');
+    const otherIndexes = await childrenOf('IDX_audit_events_seq', 'IDX_audit_events_created_at_seq');
+    assert.ok(typeIndexes.length >= 3 && otherIndexes.length >= 3);
+    for (const query of [
+      { type: 'LOGIN_FAILED' as const, limit: 20 },
+      { type: 'LOGIN_FAILED' as const, from: new Date(now - 24 * 3600_000), limit: 20 },
+    ]) {
+      captured.length = 0;
+      await audit.list(query);
+      const [{ text, params }] = captured;
+      const [row] = await t.db.query(`EXPLAIN (FORMAT JSON) ${text}`, params);
+      const plan = JSON.stringify(row['QUERY PLAN']);
+      const used = (names: string[]) => names.filter((name) => plan.includes(`"Index Name":"${name}"`));
+      assert.ok(used(typeIndexes).length > 0, plan);
+      assert.deepEqual(used(otherIndexes), [], plan);
+    }
+  });
 });

@@ -59,6 +59,13 @@ describe('audit pages by filter (e2e)', () => {
         at: boundary + (minute - 30) * 60_000,
       };
     });
+    // Then, last in seq, events of each user at times among their earlier ones (half a minute
+    // past a whole one): one user's events are not in seq order by time either.
+    for (let k = 0; k < 4; k++) {
+      for (const userId of [userA.id, userB]) {
+        rows.push({ id: randomUUID(), type: TYPES[k % 3], userId, at: boundary + (k * 15 - 25) * 60_000 + 30_000 + (userId === userB ? 60_000 : 0) });
+      }
+    }
     const inserted: Array<{ id: string; seq: string }> = await t.db.query(
       `INSERT INTO audit_events (id, type, user_id, created_at)
        SELECT id, type, user_id, at FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::timestamptz[]) WITH ORDINALITY AS v(id, type, user_id, at, n)
@@ -69,6 +76,13 @@ describe('audit pages by filter (e2e)', () => {
     events = rows.map((r) => ({ ...r, seq: seqOf.get(r.id)! }));
     // Equal instants: the seq tie-break decides.
     assert.ok(events.some((e, i) => events.findIndex((o) => o.at === e.at) !== i));
+    // For each user, time order and seq order differ.
+    for (const userId of [userA.id, userB]) {
+      const own = events.filter((e) => e.userId === userId);
+      const bySeq = [...own].sort((x, y) => x.seq - y.seq).map((e) => e.id);
+      const byTime = [...own].sort((x, y) => x.at - y.at || x.seq - y.seq).map((e) => e.id);
+      assert.notDeepEqual(byTime, bySeq);
+    }
   });
   after(async () => {
     await t?.close();

@@ -4,7 +4,7 @@ import { after, before, describe, it } from 'node:test';
 import { ConfigService } from '@nestjs/config';
 import type { Response } from 'supertest';
 import type { DataSource } from 'typeorm';
-import { AuditService } from '../src/audit/audit.service';
+import { type AuditQuery, AuditService } from '../src/audit/audit.service';
 import { DomainEventPublisher } from '../src/events/domain-event-publisher';
 import { bearer, login, registerAndLogin, registerUser, type Tokens } from './helpers/factories';
 import { createTestApp, freshDatabase, TestApp } from './helpers/test-app';
@@ -180,7 +180,7 @@ describe('audit pages by filter (e2e)', () => {
   });
 });
 
-describe("a user's audit page reads the months newest first (e2e)", () => {
+describe("the audit list's plans (e2e)", () => {
   let t: TestApp;
   before(async () => {
     t = await createTestApp({ DATABASE_URL: await freshDatabase() });
@@ -188,6 +188,32 @@ describe("a user's audit page reads the months newest first (e2e)", () => {
   after(async () => {
     await t?.close();
   });
+
+  /** The plan of the statement list() sends for a query: captured instead of run, then explained on the database. */
+  const planOf = async (query: AuditQuery): Promise<string> => {
+    const captured: Array<{ text: string; params: unknown[] }> = [];
+    const capturing = {
+      manager: {
+        queryRunner: {
+          query: async (text: string, params: unknown[]) => {
+            captured.push({ text, params });
+            return { records: [] };
+          },
+        },
+      },
+    } as unknown as DataSource;
+    await new AuditService(capturing, t.app.get(ConfigService), t.app.get(DomainEventPublisher)).list(query);
+    assert.equal(captured.length, 1);
+    const [row] = await t.db.query(`EXPLAIN (FORMAT JSON) ${captured[0].text}`, captured[0].params);
+    return JSON.stringify(row['QUERY PLAN']);
+  };
+  /** The partitions' copies of these partitioned indexes. */
+  const childrenOf = async (...indexes: string[]): Promise<string[]> =>
+    (
+      await t.db.query(`SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = ANY($1::regclass[])`, [
+        indexes.map((name) => `"${name}"`),
+      ])
+    ).map((r: { relname: string }) => r.relname);
 
   it('stops at the months that fill the page: an ordered Append, not a Merge Append of every month', async () => {
     // Three months of events for 100 users (300 each), straight into the table.
@@ -210,34 +236,12 @@ describe("a user's audit page reads the months newest first (e2e)", () => {
     );
     await t.db.query('ANALYZE audit_events');
 
-    // The statement list() sends, captured instead of run, then explained on the database.
-    const captured: Array<{ text: string; params: unknown[] }> = [];
-    const capturing = {
-      manager: {
-        queryRunner: {
-          query: async (text: string, params: unknown[]) => {
-            captured.push({ text, params });
-            return { records: [] };
-          },
-        },
-      },
-    } as unknown as DataSource;
-    const audit = new AuditService(capturing, t.app.get(ConfigService), t.app.get(DomainEventPublisher));
-    const children: string[] = (
-      await t.db.query(
-        `SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-          WHERE i.inhparent IN ('"IDX_audit_events_user_time"'::regclass, '"IDX_audit_events_user_type_time"'::regclass)`,
-      )
-    ).map((r: { relname: string }) => r.relname);
+    const children = await childrenOf('IDX_audit_events_user_time', 'IDX_audit_events_user_type_time');
     for (const query of [
       { userId: users[7], limit: 20 },
       { userId: users[7], type: 'LOGIN' as const, limit: 20 },
     ]) {
-      captured.length = 0;
-      await audit.list(query);
-      const [{ text, params }] = captured;
-      const [row] = await t.db.query(`EXPLAIN (FORMAT JSON) ${text}`, params);
-      const plan = JSON.stringify(row['QUERY PLAN']);
+      const plan = await planOf(query);
       assert.ok(!plan.includes('"Merge Append"') && !plan.includes('"Sort"'), plan);
       assert.ok(plan.includes('"Node Type":"Append"'), plan);
       assert.ok(
@@ -246,6 +250,7 @@ describe("a user's audit page reads the months newest first (e2e)", () => {
       );
     }
   });
+
   it("reads an admin's type filter through the (type, …) indexes, also when newer events of other types come first in seq and time", async () => {
     // A cleanup's burst: many newer events of another type. With `type = $1` the planner may walk
     // the seq (or time) index from the newest row, discarding them (1 s at 50M events).
@@ -258,24 +263,6 @@ describe("a user's audit page reads the months newest first (e2e)", () => {
       [new Date(now - 6 * 3600_000)],
     );
     await t.db.query('ANALYZE audit_events');
-    const captured: Array<{ text: string; params: unknown[] }> = [];
-    const capturing = {
-      manager: {
-        queryRunner: {
-          query: async (text: string, params: unknown[]) => {
-            captured.push({ text, params });
-            return { records: [] };
-          },
-        },
-      },
-    } as unknown as DataSource;
-    const audit = new AuditService(capturing, t.app.get(ConfigService), t.app.get(DomainEventPublisher));
-    const childrenOf = async (...indexes: string[]): Promise<string[]> =>
-      (
-        await t.db.query(`SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = ANY($1::regclass[])`, [
-          indexes.map((name) => `"${name}"`),
-        ])
-      ).map((r: { relname: string }) => r.relname);
     const typeIndexes = await childrenOf('IDX_audit_events_type_seq', 'IDX_audit_events_type_created_at_seq');
     const otherIndexes = await childrenOf('IDX_audit_events_seq', 'IDX_audit_events_created_at_seq');
     assert.ok(typeIndexes.length >= 3 && otherIndexes.length >= 3);
@@ -283,11 +270,7 @@ describe("a user's audit page reads the months newest first (e2e)", () => {
       { type: 'LOGIN_FAILED' as const, limit: 20 },
       { type: 'LOGIN_FAILED' as const, from: new Date(now - 24 * 3600_000), limit: 20 },
     ]) {
-      captured.length = 0;
-      await audit.list(query);
-      const [{ text, params }] = captured;
-      const [row] = await t.db.query(`EXPLAIN (FORMAT JSON) ${text}`, params);
-      const plan = JSON.stringify(row['QUERY PLAN']);
+      const plan = await planOf(query);
       const used = (names: string[]) => names.filter((name) => plan.includes(`"Index Name":"${name}"`));
       assert.ok(used(typeIndexes).length > 0, plan);
       assert.deepEqual(used(otherIndexes), [], plan);

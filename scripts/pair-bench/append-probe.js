@@ -8,8 +8,8 @@
  * blocks of N transactions per variant, the variants interleaved block by block; prints the
  * microseconds per transaction of each block and their median. Variants (comma-separated,
  * default all): empty (BEGIN, COMMIT), unchained (the INSERT of scripts/pair-bench/unchain.js),
- * chained (AuditService's APPEND_IF_HEAD, copied below: keep in step), headonly (the head's
- * UPDATE alone), insertonly (the chained INSERT alone, on chains of its own).
+ * chained (AuditService's APPEND_IF_HEAD, from dist/: run `npm run build` first), headonly (the
+ * head's UPDATE alone), insertonly (the chained INSERT alone, INSERT_EVENTS, on chains of its own).
  * It writes events and heads for 16 random users: point it at a migrated copy, never at a
  * database that matters (e.g. CREATE DATABASE probe TEMPLATE <a kept audit bench database>).
  */
@@ -18,30 +18,10 @@ const path = require('node:path');
 const { randomUUID, createHash } = require('node:crypto');
 const { Client } = require(path.join(__dirname, '..', '..', 'node_modules', 'pg'));
 
-const PG_MICROS_UTC = `'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'`;
-const INSERT_EVENTS = `
-    INSERT INTO audit_events
-      (id, type, user_id, session_id, ip_address, user_agent, metadata, created_at, chain_key, chain_pos, prev_hash, hash)
-    SELECT id, type, user_id, session_id, ip, ua, metadata::jsonb, $8::timestamptz, chain_key, chain_pos, prev_hash, hash
-      FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::text[],
-                  $9::text[], $10::bigint[], $11::text[], $12::text[])
-           WITH ORDINALITY AS v(id, type, user_id, session_id, ip, ua, metadata, chain_key, chain_pos, prev_hash, hash, n)`;
+// The service's own statements, from the build (`npm run build` first).
+const { APPEND_IF_HEAD, INSERT_EVENTS } = require(path.join(__dirname, '..', '..', 'dist', 'src', 'audit', 'audit.service.js'));
 const STATEMENTS = {
-  chained: `
-  WITH moved AS (
-    UPDATE audit_chain_heads SET position = $14, hash = $15, last_event_at = $8::timestamptz
-     WHERE chain_key = $13 AND position = $16 AND hash = $17
-    RETURNING chain_key
-  ), appended AS (${INSERT_EVENTS} WHERE EXISTS (SELECT 1 FROM moved) ORDER BY n
-  ), head AS (
-    SELECT h.chain_key, h.position::text AS position, h.hash,
-           to_char(clock_timestamp() AT TIME ZONE 'UTC', ${PG_MICROS_UTC}) AS now,
-           to_char(h.last_event_at AT TIME ZONE 'UTC', ${PG_MICROS_UTC}) AS last_event_at
-      FROM audit_chain_heads h
-     WHERE h.chain_key = $13 AND NOT EXISTS (SELECT 1 FROM moved)
-       FOR UPDATE
-  )
-  SELECT (SELECT count(*) FROM moved)::int AS moved, head.* FROM (VALUES (1)) AS one LEFT JOIN head ON true`,
+  chained: APPEND_IF_HEAD,
   unchained: `INSERT INTO audit_events (id, type, user_id, session_id, ip_address, user_agent, metadata)
        SELECT * FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::jsonb[])`,
   insertonly: INSERT_EVENTS,

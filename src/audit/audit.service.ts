@@ -46,7 +46,7 @@ export interface AuditPage {
 const FORBIDDEN_METADATA_KEY = /pass|token|secret|hash|authorization/i;
 
 /** The rows the two appends insert: $1-$7 the events' own fields, $8 their time, $9-$12 their chain fields. */
-const INSERT_EVENTS = `
+export const INSERT_EVENTS = `
     INSERT INTO audit_events
       (id, type, user_id, session_id, ip_address, user_agent, metadata, created_at, chain_key, chain_pos, prev_hash, hash)
     SELECT id, type, user_id, session_id, ip, ua, metadata::jsonb, $8::timestamptz, chain_key, chain_pos, prev_hash, hash
@@ -68,7 +68,7 @@ const APPEND = `
  * events are inserted only if it moved. Otherwise the same statement locks the head and
  * returns it as it is now, for the ordinary append.
  */
-const APPEND_IF_HEAD = `
+export const APPEND_IF_HEAD = `
   WITH moved AS (
     UPDATE audit_chain_heads SET position = $14, hash = $15, last_event_at = $8::timestamptz
      WHERE chain_key = $13 AND position = $16 AND hash = $17

@@ -10,7 +10,8 @@ import { MigrationInterface, QueryRunner } from 'typeorm';
  *
  * Not a wall against the database's owner or a superuser: ALTER TABLE ... DISABLE TRIGGER, or
  * session_replication_role = replica, turns it off. Against them the hash chain and the
- * checkpoints kept outside the database are what tell (see the README's *How the chain works*).
+ * checkpoints kept outside the database are what tell (see the README's section "The audit
+ * chain: how it works and what it does not protect against").
  */
 export class AuditAppendOnly1766100000000 implements MigrationInterface {
   name = 'AuditAppendOnly1766100000000';

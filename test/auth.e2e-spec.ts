@@ -293,6 +293,42 @@ describe('auth (e2e)', () => {
       assert.equal((await auditRows(t.db, { userId: user.id, type: 'REFRESH_TOKEN_REUSE' })).length, 1);
     });
 
+    it('sends every statement of its transaction prepared: PostgreSQL plans them once per connection, not at every refresh', async () => {
+      const { tokens } = await registerAndLogin(t.http);
+      const dataSource = t.app.get(DataSource);
+      /** The statements of each query runner opened meanwhile: a prepared one is pg's { name, text }. */
+      const runners: { name?: string; text: string }[][] = [];
+      const createQueryRunner = dataSource.createQueryRunner.bind(dataSource);
+      dataSource.createQueryRunner = (...args) => {
+        const runner = createQueryRunner(...args);
+        const statements: { name?: string; text: string }[] = [];
+        runners.push(statements);
+        const query = runner.query.bind(runner);
+        runner.query = ((statement: string | { name: string; text: string }, ...rest: unknown[]) => {
+          statements.push(typeof statement === 'string' ? { text: statement } : statement);
+          return (query as (...a: unknown[]) => unknown)(statement, ...rest);
+        }) as typeof runner.query;
+        return runner;
+      };
+      try {
+        assert.equal((await t.http.post('/api/v1/auth/refresh').send({ refreshToken: tokens.refreshToken })).status, 200);
+      } finally {
+        delete (dataSource as { createQueryRunner?: unknown }).createQueryRunner;
+      }
+      assert.equal(dataSource.createQueryRunner, DataSource.prototype.createQueryRunner);
+      const [refresh, ...others] = runners.filter((statements) =>
+        statements.some((s) => /^\s*UPDATE sessions\s+SET refresh_token_hash/.test(s.text)),
+      );
+      assert.equal(others.length, 0);
+      const work = refresh.filter((s) => !/^(START TRANSACTION|COMMIT)$/.test(s.text));
+      // The rotation, the rotated token and the audit event (one statement on the instance that wrote the login).
+      assert.equal(work.length, 3, work.map((s) => s.text).join('\n'));
+      assert.deepEqual(
+        work.filter((s) => !s.name).map((s) => s.text),
+        [],
+      );
+    });
+
     it('lets only one of several concurrent refreshes with the same token succeed', async () => {
       const { tokens } = await registerAndLogin(t.http);
       const results = await Promise.all(

@@ -545,6 +545,81 @@ describe('audit export (e2e)', () => {
     assert.equal(parse((await exportHttp(`?userId=${user.id}`)).text).seal.filter.userId, user.id);
   });
 
+  it('cancels a FETCH still running when the client goes away, rather than waiting for it, and gives the connection back', async () => {
+    const exporter = t.app.get(AuditExportService);
+    const dataSource = t.app.get(DataSource);
+    exporter.batchSize = 1;
+    // The first FETCH after the prefetched batch stands in for one that reads far to fill its
+    // batch: a statement of a minute on the export's connection, in its transaction.
+    const SLOW = 'SELECT pg_sleep(60)';
+    const createQueryRunner = dataSource.createQueryRunner.bind(dataSource);
+    dataSource.createQueryRunner = (...args) => {
+      const runner = createQueryRunner(...args);
+      let fetches = 0;
+      const query = runner.query.bind(runner);
+      runner.query = ((text: unknown, ...rest: unknown[]) => {
+        const slow = typeof text === 'string' && text.startsWith('FETCH ') && ++fetches === 2;
+        return (query as (...a: unknown[]) => unknown)(slow ? SLOW : text, ...rest);
+      }) as typeof runner.query;
+      return runner;
+    };
+    const slowRunning = async (): Promise<number> =>
+      (
+        await t.db.query(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = $1 AND state = 'active' AND query = $2`, [
+          EXPORT_APPLICATION_NAME,
+          SLOW,
+        ])
+      )[0].n;
+    const logged = errors.length;
+    try {
+      const stream = await openStream();
+      assert.equal(stream.res.statusCode, 200);
+      await stream.firstChunk;
+      for (let i = 0; i < 100 && (await slowRunning()) === 0; i++) await sleep(50);
+      assert.equal(await slowRunning(), 1, 'the slow statement never ran');
+      stream.abort();
+      assert.equal((await stream.closed).complete, false);
+      // Seconds at most, against the minute the statement would still run.
+      for (let i = 0; i < 100 && (await exportConnections()) > 0; i++) await sleep(50);
+      assert.equal(await exportConnections(), 0, 'the export still holds its connection');
+    } finally {
+      delete (dataSource as { createQueryRunner?: unknown }).createQueryRunner;
+      exporter.batchSize = 1000;
+    }
+    assert.equal(dataSource.createQueryRunner, DataSource.prototype.createQueryRunner);
+    assert.deepEqual(errors.slice(logged), []);
+    // The pool is whole: an export is served (both of the instance's places are free again).
+    const held = [await exporter.open({}), await exporter.open({})];
+    for (const stream of held) stream.destroy();
+    await Promise.all(held.map((stream) => new Promise((resolve) => stream.once('close', resolve))));
+    assert.equal(parse((await exportHttp(`?userId=${user.id}`)).text).seal.filter.userId, user.id);
+  });
+
+  it('does not give the pool a connection whose transaction may still be open: one whose ROLLBACK failed is closed', async () => {
+    const exporter = t.app.get(AuditExportService);
+    const dataSource = t.app.get(DataSource);
+    const createQueryRunner = dataSource.createQueryRunner.bind(dataSource);
+    dataSource.createQueryRunner = (...args) => {
+      const runner = createQueryRunner(...args);
+      // As a cancel meant for the last FETCH would make it fail, leaving the transaction open.
+      runner.rollbackTransaction = () => Promise.reject(new Error('canceling statement due to user request'));
+      return runner;
+    };
+    let stream: Awaited<ReturnType<AuditExportService['open']>>;
+    try {
+      stream = await exporter.open({});
+    } finally {
+      delete (dataSource as { createQueryRunner?: unknown }).createQueryRunner;
+    }
+    const [{ pid }] = await t.db.query(`SELECT pid FROM pg_stat_activity WHERE application_name = $1`, [EXPORT_APPLICATION_NAME]);
+    stream.destroy();
+    await new Promise((resolve) => stream.once('close', resolve));
+    const alive = async (): Promise<number> => (await t.db.query(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE pid = $1`, [pid]))[0].n;
+    for (let i = 0; i < 100 && (await alive()) > 0; i++) await sleep(50);
+    assert.equal(await alive(), 0, "the export's connection went back to the pool inside its transaction");
+    assert.equal(parse((await exportHttp(`?userId=${user.id}`)).text).seal.filter.userId, user.id);
+  });
+
   it('aborts the response (no clean end, no seal) when the database fails mid-stream, logs one line, and recovers', async () => {
     const exporter = t.app.get(AuditExportService);
     exporter.batchSize = 1;

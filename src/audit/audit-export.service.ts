@@ -113,16 +113,21 @@ export class AuditExportService {
     };
 
     let reading: Promise<void> | undefined;
+    /** Whether a FETCH is running now (the consumer asked for more and it has not come back yet). */
+    let fetching = false;
     const stream: Readable = new Readable({
       // Node asks for the next chunk only once the previous one was pushed: one query at a time.
       read: () => {
+        fetching = true;
         reading = nextChunk().then(
           ({ text, last }) => {
+            fetching = false;
             if (stream.destroyed) return;
             stream.push(text);
             if (last) stream.push(null);
           },
           (error: unknown) => {
+            fetching = false;
             if (stream.destroyed) return;
             const cause = summarize(snapshot.brokenBy ?? error);
             this.logger.error(`Audit export cut short after ${digest.lines} lines (the stream is destroyed, not ended): ${cause}`);
@@ -130,10 +135,15 @@ export class AuditExportService {
           },
         );
       },
-      // Called once, whether the stream ended, failed or was destroyed by its consumer. A query
-      // still running finishes first: the connection runs one statement at a time.
+      // Called once, whether the stream ended, failed or was destroyed by its consumer. A FETCH
+      // still running is cancelled (it has no statement timeout, and may read far to fill its
+      // batch for a client that is gone), then the transaction ends: the connection runs one
+      // statement at a time. The ROLLBACK waits for the cancel to be sent, so that a cancel that
+      // missed the FETCH lands while the connection waits for its client (ignored there), not
+      // on the ROLLBACK (close() copes with that too).
       destroy: (error, callback) => {
-        void (reading ?? Promise.resolve())
+        const cancelled = fetching ? snapshot.cancel(this.dataSource, this.logger) : undefined;
+        void Promise.all([reading, cancelled])
           .then(() => snapshot.close())
           .finally(onClosed)
           .then(
@@ -151,6 +161,9 @@ class Snapshot {
   /** Why the connection broke, if it did: TypeORM then releases the runner, and later queries say only that. */
   brokenBy: unknown;
   private readonly onError = (error: unknown) => (this.brokenBy ??= error);
+
+  /** The server process of the transaction (from the server, not the driver: behind a pooler the driver's is the pooler's). */
+  private pid: number | undefined;
 
   private constructor(
     private readonly runner: QueryRunner,
@@ -171,6 +184,8 @@ class Snapshot {
       // (a sparse filter; or the first one, when the plan sorts the filter's events), and the
       // whole range is read once however long it takes, as the verifier's scan is.
       await sql(runner.manager, 'SET LOCAL statement_timeout = 0');
+      const [{ pid }] = await snapshot.query<{ pid: number }>('SELECT pg_backend_pid() AS pid', []);
+      snapshot.pid = pid;
       return snapshot;
     } catch (error) {
       if (snapshot) await snapshot.close();
@@ -183,12 +198,30 @@ class Snapshot {
     return sql<T>(this.runner.manager, text, params).then((result) => result.rows);
   }
 
+  /**
+   * Cancels the statement running in this transaction, from another connection of the pool
+   * (pg_cancel_backend: the same role may). The statement then fails with 57014, and the
+   * transaction is left to close(). A cancel that comes after the statement ended finds the
+   * process waiting for its client, and PostgreSQL ignores it there.
+   */
+  async cancel(dataSource: DataSource, logger: Logger): Promise<void> {
+    if (this.pid === undefined) return;
+    try {
+      await dataSource.query('SELECT pg_cancel_backend($1)', [this.pid]);
+    } catch (error) {
+      logger.warn(`Could not cancel the audit export's running statement: ${summarize(error)}`);
+    }
+  }
+
   /** Ends the transaction and gives the connection back; a connection that broke was already released by TypeORM (and is discarded by the pool). */
   async close(): Promise<void> {
     try {
       if (this.runner.isTransactionActive) await this.runner.rollbackTransaction();
     } catch {
-      // The connection is gone, and the server ended the transaction with it.
+      // The connection is gone, and the server ended the transaction with it. Or (a cancel
+      // meant for the last FETCH that reached the ROLLBACK instead) it may still be in the
+      // transaction: then it must not go back to the pool, which drops a client that ended.
+      if (!this.brokenBy) await (this.connection as unknown as { end(): Promise<void> }).end().catch(() => undefined);
     }
     this.connection.removeListener('error', this.onError);
     await this.runner.release();

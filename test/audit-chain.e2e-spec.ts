@@ -23,6 +23,7 @@ import { runCli } from './helpers/cli';
 import { createTestApp, freshDatabase, TestApp } from './helpers/test-app';
 import { dataSourceOptions } from '../src/database/data-source.options';
 import { tamper } from './helpers/db';
+import { recordStatements, Statement, textOf } from './helpers/query-runners';
 
 interface Fixture {
   t: TestApp;
@@ -426,20 +427,15 @@ describe('audit hash chain (e2e)', () => {
     opened.push(second);
     /** Records one event for the user on an instance; answers the statements it ran (a spy on the real connection). */
     const record = async (t: TestApp, rollBack = false): Promise<string[]> => {
-      const statements: string[] = [];
+      const statements: Statement[] = [];
       await t.db
         .transaction(async (em) => {
-          const runner = em.queryRunner!;
-          const query = runner.query.bind(runner);
-          runner.query = ((text: string | { text: string }, ...rest: unknown[]) => {
-            statements.push(typeof text === 'string' ? text : text.text); // a prepared statement is { name, text }
-            return (query as (...args: unknown[]) => Promise<unknown>)(text, ...rest);
-          }) as typeof runner.query;
+          recordStatements(em.queryRunner!, statements);
           await t.app.get(AuditService).record(em, { type: 'PROFILE_UPDATED', userId: f.user.id, metadata: { fields: 'username' } });
           if (rollBack) throw new Error('rolled back on purpose');
         })
         .catch((error: Error) => assert.equal(error.message, 'rolled back on purpose'));
-      return statements;
+      return statements.map(textOf);
     };
     const kind = (statements: string[]) =>
       statements

@@ -12,6 +12,7 @@ import { bearer, login, registerUser, sleep, TestUser, Tokens } from './helpers/
 import { runCli } from './helpers/cli';
 import { createTestApp, databaseForThisFile, TestApp } from './helpers/test-app';
 import { tamper } from './helpers/db';
+import { interceptQueryRunners, recordQueryRunners, textOf } from './helpers/query-runners';
 
 /** The CLI on this file's database. */
 const cli = async (...args: string[]) => runCli(await databaseForThisFile(), ...args);
@@ -226,24 +227,12 @@ describe('audit export (e2e)', () => {
     const dataSource = t.app.get(DataSource);
     const exporter = t.app.get(AuditExportService);
     /** The statements of each query runner opened meanwhile (other jobs may open some too). */
-    const runners: string[][] = [];
-    const createQueryRunner = dataSource.createQueryRunner.bind(dataSource);
-    dataSource.createQueryRunner = (...args) => {
-      const runner = createQueryRunner(...args);
-      const statements: string[] = [];
-      runners.push(statements);
-      const query = runner.query.bind(runner);
-      runner.query = ((text: string | { text: string }, ...rest: unknown[]) => {
-        statements.push(typeof text === 'string' ? text : text.text);
-        return (query as (...a: unknown[]) => unknown)(text, ...rest);
-      }) as typeof runner.query;
-      return runner;
-    };
+    const spy = recordQueryRunners(dataSource);
     exporter.batchSize = 100;
     try {
       const { lines } = parse((await exportHttp(`?userId=${bulk.id}`)).text);
       assert.equal(lines.length, BULK_USER_EVENTS + 1); // and the user's registration
-      const exports = runners.filter((statements) => statements.some((s) => s.includes(EXPORT_APPLICATION_NAME)));
+      const exports = spy.runners.map((sent) => sent.map(textOf)).filter((statements) => statements.some((s) => s.includes(EXPORT_APPLICATION_NAME)));
       assert.equal(exports.length, 1);
       const [statements] = exports;
       const reads = statements.filter((s) => /\baudit_events\b/.test(s));
@@ -255,9 +244,8 @@ describe('audit export (e2e)', () => {
       assert.ok(fetches.every((s) => s === fetches[0] && s === `FETCH FORWARD 100 FROM ${/^DECLARE (\w+)/.exec(reads[0])![1]}`));
     } finally {
       exporter.batchSize = 1000;
-      delete (dataSource as { createQueryRunner?: unknown }).createQueryRunner;
+      spy.restore();
     }
-    assert.equal(dataSource.createQueryRunner, DataSource.prototype.createQueryRunner);
   });
 
   it('exports exactly what SQL selects for each filter and for all of them combined, in seq order', async () => {
@@ -552,17 +540,9 @@ describe('audit export (e2e)', () => {
     // The first FETCH after the prefetched batch stands in for one that reads far to fill its
     // batch: a statement of a minute on the export's connection, in its transaction.
     const SLOW = 'SELECT pg_sleep(60)';
-    const createQueryRunner = dataSource.createQueryRunner.bind(dataSource);
-    dataSource.createQueryRunner = (...args) => {
-      const runner = createQueryRunner(...args);
-      let fetches = 0;
-      const query = runner.query.bind(runner);
-      runner.query = ((text: unknown, ...rest: unknown[]) => {
-        const slow = typeof text === 'string' && text.startsWith('FETCH ') && ++fetches === 2;
-        return (query as (...a: unknown[]) => unknown)(slow ? SLOW : text, ...rest);
-      }) as typeof runner.query;
-      return runner;
-    };
+    const spy = recordQueryRunners(dataSource, (statement, earlier) =>
+      textOf(statement).startsWith('FETCH ') && earlier.filter((s) => textOf(s).startsWith('FETCH ')).length === 1 ? SLOW : statement,
+    );
     const slowRunning = async (): Promise<number> =>
       (
         await t.db.query(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = $1 AND state = 'active' AND query = $2`, [
@@ -583,10 +563,9 @@ describe('audit export (e2e)', () => {
       for (let i = 0; i < 100 && (await exportConnections()) > 0; i++) await sleep(50);
       assert.equal(await exportConnections(), 0, 'the export still holds its connection');
     } finally {
-      delete (dataSource as { createQueryRunner?: unknown }).createQueryRunner;
+      spy.restore();
       exporter.batchSize = 1000;
     }
-    assert.equal(dataSource.createQueryRunner, DataSource.prototype.createQueryRunner);
     assert.deepEqual(errors.slice(logged), []);
     // The pool is whole: an export is served (both of the instance's places are free again).
     const held = [await exporter.open({}), await exporter.open({})];
@@ -598,18 +577,15 @@ describe('audit export (e2e)', () => {
   it('does not give the pool a connection whose transaction may still be open: one whose ROLLBACK failed is closed', async () => {
     const exporter = t.app.get(AuditExportService);
     const dataSource = t.app.get(DataSource);
-    const createQueryRunner = dataSource.createQueryRunner.bind(dataSource);
-    dataSource.createQueryRunner = (...args) => {
-      const runner = createQueryRunner(...args);
+    const restore = interceptQueryRunners(dataSource, (runner) => {
       // As a cancel meant for the last FETCH would make it fail, leaving the transaction open.
       runner.rollbackTransaction = () => Promise.reject(new Error('canceling statement due to user request'));
-      return runner;
-    };
+    });
     let stream: Awaited<ReturnType<AuditExportService['open']>>;
     try {
       stream = await exporter.open({});
     } finally {
-      delete (dataSource as { createQueryRunner?: unknown }).createQueryRunner;
+      restore();
     }
     const [{ pid }] = await t.db.query(`SELECT pid FROM pg_stat_activity WHERE application_name = $1`, [EXPORT_APPLICATION_NAME]);
     stream.destroy();

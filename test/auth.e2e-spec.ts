@@ -5,6 +5,7 @@ import { dataSourceOptions } from '../src/database/data-source.options';
 import { runMigrationsLocked } from '../src/database/migrate';
 import { auditRows, sessionRow } from './helpers/db';
 import { bearer, login, newUserInput, registerAndLogin, registerUser, uniqueName } from './helpers/factories';
+import { recordQueryRunners, textOf } from './helpers/query-runners';
 import { createTestApp, TestApp } from './helpers/test-app';
 
 function decodeJwt(token: string): { header: Record<string, unknown>; payload: Record<string, unknown> } {
@@ -295,36 +296,20 @@ describe('auth (e2e)', () => {
 
     it('sends every statement of its transaction prepared: PostgreSQL plans them once per connection, not at every refresh', async () => {
       const { tokens } = await registerAndLogin(t.http);
-      const dataSource = t.app.get(DataSource);
       /** The statements of each query runner opened meanwhile: a prepared one is pg's { name, text }. */
-      const runners: { name?: string; text: string }[][] = [];
-      const createQueryRunner = dataSource.createQueryRunner.bind(dataSource);
-      dataSource.createQueryRunner = (...args) => {
-        const runner = createQueryRunner(...args);
-        const statements: { name?: string; text: string }[] = [];
-        runners.push(statements);
-        const query = runner.query.bind(runner);
-        runner.query = ((statement: string | { name: string; text: string }, ...rest: unknown[]) => {
-          statements.push(typeof statement === 'string' ? { text: statement } : statement);
-          return (query as (...a: unknown[]) => unknown)(statement, ...rest);
-        }) as typeof runner.query;
-        return runner;
-      };
+      const spy = recordQueryRunners(t.app.get(DataSource));
       try {
         assert.equal((await t.http.post('/api/v1/auth/refresh').send({ refreshToken: tokens.refreshToken })).status, 200);
       } finally {
-        delete (dataSource as { createQueryRunner?: unknown }).createQueryRunner;
+        spy.restore();
       }
-      assert.equal(dataSource.createQueryRunner, DataSource.prototype.createQueryRunner);
-      const [refresh, ...others] = runners.filter((statements) =>
-        statements.some((s) => /^\s*UPDATE sessions\s+SET refresh_token_hash/.test(s.text)),
-      );
+      const [refresh, ...others] = spy.runners.filter((sent) => sent.some((s) => /^\s*UPDATE sessions\s+SET refresh_token_hash/.test(textOf(s))));
       assert.equal(others.length, 0);
-      const work = refresh.filter((s) => !/^(START TRANSACTION|COMMIT)$/.test(s.text));
+      const work = refresh.filter((s) => !/^(START TRANSACTION|COMMIT)$/.test(textOf(s)));
       // The rotation, the rotated token and the audit event (one statement on the instance that wrote the login).
-      assert.equal(work.length, 3, work.map((s) => s.text).join('\n'));
+      assert.equal(work.length, 3, work.map(textOf).join('\n'));
       assert.deepEqual(
-        work.filter((s) => !s.name).map((s) => s.text),
+        work.filter((s) => typeof s === 'string'),
         [],
       );
     });

@@ -551,8 +551,9 @@ describe('audit export (e2e)', () => {
         ])
       )[0].n;
     const logged = errors.length;
+    let stream: Awaited<ReturnType<typeof openStream>> | undefined;
     try {
-      const stream = await openStream();
+      stream = await openStream();
       assert.equal(stream.res.statusCode, 200);
       await stream.firstChunk;
       for (let i = 0; i < 100 && (await slowRunning()) === 0; i++) await sleep(50);
@@ -563,6 +564,7 @@ describe('audit export (e2e)', () => {
       for (let i = 0; i < 100 && (await exportConnections()) > 0; i++) await sleep(50);
       assert.equal(await exportConnections(), 0, 'the export still holds its connection');
     } finally {
+      stream?.abort(); // also when an assertion above failed: the client never stays
       spy.restore();
       exporter.batchSize = 1000;
     }

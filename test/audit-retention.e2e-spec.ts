@@ -4,9 +4,10 @@ import { createWriteStream, existsSync, mkdtempSync, readFileSync, rmSync } from
 import { pipeline } from 'node:stream/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { after, describe, it } from 'node:test';
+import { after, afterEach, describe, it } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { ConfigService } from '@nestjs/config';
-import { DataSource, DataSourceOptions } from 'typeorm';
+import { DataSource, DataSourceOptions, EntityManager, QueryRunner } from 'typeorm';
 import { checkpointMac, type Checkpoint } from '../src/audit/audit-chain';
 import { AuditChainService } from '../src/audit/audit-chain.service';
 import { verifyExportFile } from '../src/audit/audit-export-file-verifier';
@@ -27,8 +28,12 @@ import { tamper } from './helpers/db';
 const opened: TestApp[] = [];
 const scratch: string[] = [];
 
-after(async () => {
-  for (const t of opened) await t.close();
+// Each test's apps are closed after it: a dozen apps open at once trip Node's listener-leak warning (each adds signal handlers).
+afterEach(async () => {
+  for (const t of opened.splice(0)) await t.close();
+});
+
+after(() => {
   for (const dir of scratch) rmSync(dir, { recursive: true, force: true });
 });
 
@@ -88,6 +93,32 @@ async function pastEvents(t: TestApp, month: Date, rows: Array<{ userId: string 
   }
   await t.db.query(`INSERT INTO audit_chain_seal SELECT max(seq) FROM audit_events`);
   assert.equal(await t.app.get(AuditChainService).sealPending(), rows.length);
+}
+
+/**
+ * An event dated in `month` and sealed into its chain inside a transaction left open: it has
+ * its seq (taken by the INSERT) but is not committed, like a writer that commits late. The
+ * caller commits or rolls back the returned runner.
+ */
+async function uncommittedPastEvent(t: TestApp, month: Date, userId: string): Promise<QueryRunner> {
+  const runner = t.db.createQueryRunner();
+  await runner.connect();
+  await runner.startTransaction();
+  await runner.query(`INSERT INTO audit_events (type, user_id, created_at, metadata) VALUES ('LOGIN', $1, $2, '{"late":true}')`, [
+    userId,
+    new Date(month.getTime() + 10 * 3_600_000),
+  ]);
+  await runner.query(`INSERT INTO audit_chain_seal SELECT max(seq) FROM audit_events`);
+  const chain = t.app.get(AuditChainService) as unknown as { sealBatch(em: EntityManager): Promise<number> };
+  assert.equal(await chain.sealBatch(runner.manager), 1);
+  return runner;
+}
+
+async function preparedSet(t: TestApp, month: Date): Promise<{ events: number; settled: boolean }> {
+  const [set] = await t.db.query(`SELECT events::int AS events, settled_seq IS NOT NULL AS settled FROM audit_base_sets WHERE month = $1`, [
+    monthOf(partitionOf(month)),
+  ]);
+  return set;
 }
 
 describe('audit log partitions and retention (e2e)', () => {
@@ -343,6 +374,7 @@ describe('audit log partitions and retention (e2e)', () => {
     await pastEvents(t, old, [{ userId, type: 'LOGIN' }]);
     const days = Math.floor((Date.now() - partitionOf(old).to.getTime()) / 86_400_000);
     await retention(t, days + 1).maintain();
+    assert.deepEqual(await preparedSet(t, old), { events: 1, settled: true });
     // An event dated in the month after its bases were prepared (a clock far behind).
     await pastEvents(t, old, [{ userId: late, type: 'LOGIN' }]);
 
@@ -352,6 +384,68 @@ describe('audit log partitions and retention (e2e)', () => {
       { name: partitionOf(old).name, reason: "events were written into it after its chains' bases were prepared; the next run prepares them again" },
     ]);
     assert.equal((await partitionsOf(t.db))[partitionOf(old).name], 2, 'nothing is lost');
+    const second = await retention(t, days).maintain();
+    assert.deepEqual(
+      second.dropped.map((d) => [d.name, d.events]),
+      [[partitionOf(old).name, 2]],
+    );
+    const verification = await t.app.get(AuditVerifierService).verify();
+    assert.deepEqual({ ok: verification.ok, reason: verification.reason, dropped: verification.dropped }, { ok: true, reason: null, dropped: 2 });
+  });
+
+  it("waits, while preparing a month's bases, for a writer that took its seq before and commits after", async () => {
+    const t = await app(await freshDatabase());
+    const userId = await silentUser(t.db, 'settle');
+    const late = await silentUser(t.db, 'settle-late');
+    const old = monthStart(5);
+    await pastEvents(t, old, [{ userId, type: 'LOGIN' }]);
+    const days = Math.floor((Date.now() - partitionOf(old).to.getTime()) / 86_400_000);
+    const writer = await uncommittedPastEvent(t, old, late);
+    let prepared = false;
+    const preparation = retention(t, days + 1)
+      .maintain()
+      .finally(() => (prepared = true));
+    try {
+      await sleep(500);
+      assert.equal(prepared, false, 'the preparation waits for the open transaction');
+      await writer.commitTransaction();
+    } finally {
+      if (writer.isTransactionActive) await writer.rollbackTransaction();
+      await writer.release();
+    }
+    assert.deepEqual((await preparation).held, []);
+    // The late event is in the set, so the drop, which only counts the events above the
+    // settled seq, finds the month as it was prepared and drops both events.
+    assert.deepEqual(await preparedSet(t, old), { events: 2, settled: true });
+    const drop = await retention(t, days).maintain();
+    assert.deepEqual([drop.dropped.map((d) => [d.name, d.events]), drop.held], [[[partitionOf(old).name, 2]], []]);
+    const verification = await t.app.get(AuditVerifierService).verify();
+    assert.deepEqual({ ok: verification.ok, reason: verification.reason, dropped: verification.dropped }, { ok: true, reason: null, dropped: 2 });
+  });
+
+  it('counts the whole month at its drop when the preparation could not wait out an open transaction', async () => {
+    const t = await app(await freshDatabase());
+    const userId = await silentUser(t.db, 'unsettled');
+    const late = await silentUser(t.db, 'unsettled-late');
+    const old = monthStart(5);
+    await pastEvents(t, old, [{ userId, type: 'LOGIN' }]);
+    const days = Math.floor((Date.now() - partitionOf(old).to.getTime()) / 86_400_000);
+    const writer = await uncommittedPastEvent(t, old, late);
+    try {
+      const impatient = retention(t, days + 1);
+      impatient.settleTimeoutMs = 200;
+      assert.deepEqual((await impatient.maintain()).held, []);
+      assert.deepEqual(await preparedSet(t, old), { events: 1, settled: false });
+      await writer.commitTransaction();
+    } finally {
+      if (writer.isTransactionActive) await writer.rollbackTransaction();
+      await writer.release();
+    }
+    const first = await retention(t, days).maintain();
+    assert.deepEqual(
+      [first.dropped, first.held.map((h) => h.reason)],
+      [[], ["events were written into it after its chains' bases were prepared; the next run prepares them again"]],
+    );
     const second = await retention(t, days).maintain();
     assert.deepEqual(
       second.dropped.map((d) => [d.name, d.events]),

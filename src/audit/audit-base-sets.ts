@@ -11,10 +11,18 @@ import { type BaseSetFields, baseSetMac, ChainListDigest, sameMac } from './audi
 const ROWS_BATCH = 10_000;
 const MONTH = /^(\d{4})-(\d{2})-01$/;
 
-/** A month's base set as stored: what its MAC covers, the MAC, and whether the month is dropped. */
+/**
+ * A month's base set as stored: what its MAC covers, the MAC, whether the month is dropped, and
+ * what the drop's check reads (not under the MAC: they only serve that check, which guards
+ * against the service's own late writers, not against someone who can write to the tables).
+ */
 export interface BaseSet extends BaseSetFields {
   mac: string;
   droppedAt: Date | null;
+  /** The seq up to which the log was settled at preparation (settledAuditSeq); null when it was not. */
+  settledSeq: string | null;
+  /** The month's events with a greater seq than settledSeq at preparation. */
+  eventsAfterSettled: number | null;
 }
 
 /** The events partition a set is prepared from: its month's first day (`YYYY-MM-DD`) and its table. */
@@ -53,7 +61,8 @@ function monthLiteral(month: string): string {
   return `'${checkedMonth(month)[0]}'::date`;
 }
 
-const SET_COLUMNS = `to_char(month, 'YYYY-MM-DD') AS month, chains, events::text AS events, max_seq::text AS max_seq, digest, mac, dropped_at`;
+const SET_COLUMNS = `to_char(month, 'YYYY-MM-DD') AS month, chains, events::text AS events, max_seq::text AS max_seq, digest, mac, dropped_at,
+  settled_seq::text AS settled_seq, events_after_settled::text AS events_after_settled`;
 
 interface SetRow {
   month: string;
@@ -63,6 +72,8 @@ interface SetRow {
   digest: string;
   mac: string;
   dropped_at: Date | null;
+  settled_seq: string | null;
+  events_after_settled: string | null;
 }
 
 const toSet = (r: SetRow): BaseSet => ({
@@ -73,6 +84,8 @@ const toSet = (r: SetRow): BaseSet => ({
   digest: r.digest,
   mac: r.mac,
   droppedAt: r.dropped_at,
+  settledSeq: r.settled_seq,
+  eventsAfterSettled: r.events_after_settled === null ? null : Number(r.events_after_settled),
 });
 
 /**
@@ -113,7 +126,7 @@ export class AuditBaseSets {
     return sameMac(mac, baseSetMac(this.key, fields));
   }
 
-  /** The month's event count and greatest seq: what a set records, and the drop compares. */
+  /** The month's event count and greatest seq: what a set records. */
   async fingerprint(em: EntityManager, table: string): Promise<{ events: number; maxSeq: string }> {
     const [row] = await rowsOf<{ events: string; max_seq: string }>(
       em,
@@ -122,14 +135,36 @@ export class AuditBaseSets {
     return { events: Number(row.events), maxSeq: row.max_seq };
   }
 
+  /** The month's events with a seq greater than `seq` (a range of its seq index). */
+  private async eventsAfter(em: EntityManager, table: string, seq: string): Promise<number> {
+    const [row] = await rowsOf<{ events: string }>(em, `SELECT count(*)::text AS events FROM ${table} WHERE seq > $1::bigint`, [seq]);
+    return Number(row.events);
+  }
+
+  /**
+   * Whether the month's table holds other events than when `set` was prepared. With a settled
+   * seq, only the events above it can have changed (none up to it can appear later, and the
+   * log refuses DELETE): the check reads that range of the seq index. Without one, the month
+   * is counted whole. Run it while the table is locked against writes.
+   */
+  async changedSince(em: EntityManager, table: string, set: BaseSet): Promise<boolean> {
+    if (set.settledSeq !== null && set.eventsAfterSettled !== null) {
+      return (await this.eventsAfter(em, table, set.settledSeq)) !== set.eventsAfterSettled;
+    }
+    const now = await this.fingerprint(em, table);
+    return now.events !== set.events || now.maxSeq !== set.maxSeq;
+  }
+
   /**
    * Prepares the set of `target` on top of `previous` (the set of the month before, or, when
    * there is none, the bases 0.8.0 kept in audit_chain_heads, whose MACs are checked first).
-   * Runs in the caller's transaction. Returns the set, or why it cannot be prepared: an event
+   * Runs in the caller's transaction, which must see one snapshot (REPEATABLE READ) so that the
+   * set, the counts and `settledSeq` (settledAuditSeq, taken before the transaction began, or
+   * null) describe the same events. Returns the set, or why it cannot be prepared: an event
    * not sealed yet, or a chain whose stretch in the month is not whole (so that dropping the
    * month would leave a hole in it).
    */
-  async prepare(em: EntityManager, target: MonthToPrepare, previous: BaseSet | undefined): Promise<BaseSet | string> {
+  async prepare(em: EntityManager, target: MonthToPrepare, previous: BaseSet | undefined, settledSeq: string | null): Promise<BaseSet | string> {
     const events = target.table;
     const [unsealed] = await rowsOf<{ id: string }>(em, `SELECT id FROM ${events} WHERE hash IS NULL LIMIT 1`);
     if (unsealed) return `event ${unsealed.id} in it is not sealed into a chain yet`;
@@ -158,18 +193,17 @@ export class AuditBaseSets {
       [target.month],
     );
     const { events: count, maxSeq } = await this.fingerprint(em, events);
+    const eventsAfterSettled = settledSeq === null ? null : await this.eventsAfter(em, events, settledSeq);
     const digest = await this.digest(em, target.month);
     const fields: BaseSetFields = { month: target.month, chains: digest.chains, events: count, maxSeq, digest: digest.digest() };
     const mac = baseSetMac(this.key, fields);
-    await sql(em, `INSERT INTO audit_base_sets (month, chains, events, max_seq, digest, mac) VALUES ($1, $2, $3, $4, $5, $6)`, [
-      fields.month,
-      fields.chains,
-      fields.events,
-      fields.maxSeq,
-      fields.digest,
-      mac,
-    ]);
-    return { ...fields, mac, droppedAt: null };
+    await sql(
+      em,
+      `INSERT INTO audit_base_sets (month, chains, events, max_seq, digest, mac, settled_seq, events_after_settled)
+       VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
+      [fields.month, fields.chains, fields.events, fields.maxSeq, fields.digest, mac, settledSeq, eventsAfterSettled],
+    );
+    return { ...fields, mac, droppedAt: null, settledSeq, eventsAfterSettled };
   }
 
   /** Marks a set's month dropped (its set comes into force) and drops the sets it supersedes. */

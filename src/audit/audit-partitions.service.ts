@@ -11,6 +11,7 @@ import { sql } from '../database/sql';
 import { AuditBaseSets, type BaseSet } from './audit-base-sets';
 import { AuditChainService } from './audit-chain.service';
 import { AuditExportService } from './audit-export.service';
+import { settledAuditSeq } from './settled-seq';
 
 // Any fixed 64-bit number works; this one spells "audparts" in ASCII.
 const PARTITIONS_LOCK_KEY = '7022356976209572979';
@@ -22,6 +23,12 @@ const PREPARE_AHEAD_MS = 86_400_000;
 const CLOSED_AFTER_MS = 3_600_000;
 /** How long dropping a month may wait for the table lock (DETACH takes it briefly) before trying again next run. */
 const LOCK_TIMEOUT = '5s';
+/**
+ * How long preparing a month's bases waits for the transactions running when it starts to end
+ * (settledAuditSeq); past it, the set is prepared without a settled seq and its drop counts
+ * the whole month (as an export's transaction may well run longer).
+ */
+const SETTLE_TIMEOUT_MS = 30_000;
 
 const PARTITION_NAME = /^audit_events_y(\d{4})m(\d{2})$/;
 
@@ -44,10 +51,6 @@ export interface MaintenanceResult {
 /** A partition's month as its base set names it: its first day, `YYYY-MM-DD`. */
 export function monthOf(partition: AuditPartition): string {
   return partition.from.toISOString().slice(0, 10);
-}
-
-function sameFingerprint(set: BaseSet, now: { events: number; maxSeq: string }): boolean {
-  return set.events === now.events && set.maxSeq === now.maxSeq;
 }
 
 export function partitionOf(month: Date): AuditPartition {
@@ -75,6 +78,8 @@ export class AuditPartitionsService {
   private readonly logger = new Logger(AuditPartitionsService.name);
   /** For /metrics. */
   readonly stats = { lastRunAt: null as Date | null, droppedEvents: 0, droppedPartitions: 0, partitions: 0 };
+  /** See SETTLE_TIMEOUT_MS (a field so that tests can shorten it). */
+  settleTimeoutMs = SETTLE_TIMEOUT_MS;
 
   constructor(
     @InjectDataSource() private readonly dataSource: DataSource,
@@ -175,13 +180,17 @@ export class AuditPartitionsService {
   /** Prepares one month's base set in its own transaction: the set, or why not. */
   private async prepareMonth(runner: QueryRunner, partition: AuditPartition): Promise<BaseSet | string> {
     const month = monthOf(partition);
-    await runner.startTransaction();
+    // Before the transaction (whose snapshot must come after it), so that the drop can check
+    // the month by the events above it instead of counting all of them.
+    const settledSeq = await settledAuditSeq(runner.manager, this.settleTimeoutMs);
+    // One snapshot for the set, its counts and the events above the settled seq.
+    await runner.startTransaction('REPEATABLE READ');
     try {
       // Background work under the job's lock, holding no lock the service's writes need: no
       // statement timeout (at 1M chains the set's INSERT alone took 4.5 s; the pool's limit is 15 s).
       await sql(runner.manager, `SET LOCAL statement_timeout = 0`);
       const previous = (await this.bases.list(runner.manager)).filter((s) => s.month < month).pop();
-      const set = await this.bases.prepare(runner.manager, { month, table: `"${partition.name}"`, to: partition.to }, previous);
+      const set = await this.bases.prepare(runner.manager, { month, table: `"${partition.name}"`, to: partition.to }, previous, settledSeq);
       if (typeof set === 'string') await runner.rollbackTransaction();
       else await runner.commitTransaction();
       return set;
@@ -249,7 +258,7 @@ export class AuditPartitionsService {
       // No event can enter the month from here on. One that did after its set was prepared (a
       // clock far behind) would be dropped unaccounted for: the set is prepared again next run.
       await sql(runner.manager, `LOCK TABLE ${table} IN SHARE MODE`);
-      if (!sameFingerprint(set, await this.bases.fingerprint(runner.manager, table))) {
+      if (await this.bases.changedSince(runner.manager, table, set)) {
         await runner.rollbackTransaction();
         await this.discardSetsFrom(runner, month);
         return "events were written into it after its chains' bases were prepared; the next run prepares them again";

@@ -20,6 +20,7 @@ import { AuditBoundedIndex1765800000000 } from './migrations/1765800000000-Audit
 import { AuditEventsOutliveUsers1765900000000 } from './migrations/1765900000000-AuditEventsOutliveUsers';
 import { AuditUserTimeIndexes1766000000000 } from './migrations/1766000000000-AuditUserTimeIndexes';
 import { AuditAppendOnly1766100000000 } from './migrations/1766100000000-AuditAppendOnly';
+import { AuditBaseSetsSettledSeq1766200000000 } from './migrations/1766200000000-AuditBaseSetsSettledSeq';
 import { SigningKeys1765600000000 } from './migrations/1765600000000-SigningKeys';
 
 export const ENTITIES = [UserEntity, SessionEntity, RotatedRefreshTokenEntity, AuditEventEntity];
@@ -43,6 +44,7 @@ export const MIGRATIONS = [
   AuditEventsOutliveUsers1765900000000,
   AuditUserTimeIndexes1766000000000,
   AuditAppendOnly1766100000000,
+  AuditBaseSetsSettledSeq1766200000000,
 ];
 
 /** One definition for the app, the TypeORM CLI and the tests. Never `synchronize`. */

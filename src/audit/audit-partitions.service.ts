@@ -201,13 +201,15 @@ export class AuditPartitionsService {
   }
 
   /**
-   * Drops the table of a month that was detached but not dropped (dropMonth's process stopped
-   * between its two transactions): a table named like a month's partition, no longer one, of a
-   * month no later than the newest dropped one (months are dropped oldest first).
+   * Drops what dropMonth leaves when its process stops after the DETACH's commit: the base
+   * sets the dropped month's superseded, and the month's table, named like a month's
+   * partition, no longer one, of a month no later than the newest dropped one (months are
+   * dropped oldest first).
    */
   private async dropDetachedMonths(runner: QueryRunner): Promise<void> {
     const newestDropped = (await this.bases.inForce(runner.manager))?.month;
     if (!newestDropped) return;
+    await this.discardSupersededSets(runner);
     const { rows } = await sql<{ name: string }>(
       runner.manager,
       `SELECT relname AS name FROM pg_class
@@ -274,8 +276,9 @@ export class AuditPartitionsService {
     // The files go in a transaction of their own, which locks only the detached table: removing
     // a month's table and indexes at COMMIT took 0.8 s at 4.3M events, all of it inside the lock
     // on audit_events while DROP shared DETACH's transaction. Should the process stop before
-    // this, the next run drops the table (dropDetachedMonths).
+    // this, the next run drops the table (dropDetachedMonths). The same for the superseded set.
     await sql(runner.manager, `DROP TABLE IF EXISTS ${table}`);
+    await this.discardSupersededSets(runner);
     this.stats.droppedEvents += set.events;
     this.stats.droppedPartitions++;
     result.dropped.push({ name: partition.name, events: set.events, archive });
@@ -283,9 +286,17 @@ export class AuditPartitionsService {
   }
 
   private async discardSetsFrom(runner: QueryRunner, month: string): Promise<void> {
+    await this.inTransaction(runner, () => this.bases.discardFrom(runner.manager, month));
+  }
+
+  private async discardSupersededSets(runner: QueryRunner): Promise<void> {
+    await this.inTransaction(runner, () => this.bases.discardSuperseded(runner.manager));
+  }
+
+  private async inTransaction(runner: QueryRunner, work: () => Promise<void>): Promise<void> {
     await runner.startTransaction();
     try {
-      await this.bases.discardFrom(runner.manager, month);
+      await work();
       await runner.commitTransaction();
     } catch (error) {
       await runner.rollbackTransaction();

@@ -179,14 +179,15 @@ describe('three instances on one database (e2e, real processes)', () => {
     await sleep(3500); // a few ticks of the every-second schedule
     const runs = async () => Number((await db.query(`SELECT runs FROM scheduled_job_runs WHERE name = 'sessions-cleanup'`)).rows[0]?.runs ?? 0);
     // A claim commits before its instance counts it, so on a loaded machine a scrape can come
-    // between the two for the tick in flight: look again a little later (a tick run twice would
-    // keep the sum above the claims however often one looks).
+    // between the two for the tick in flight: look again a little later, for as long as 10 s (a
+    // stalled disk once outlasted five looks 300 ms apart; a tick run twice would keep the sum
+    // above the claims however often one looks).
     let before = 0;
     let after = 0;
     let ran: number[] = [];
     let skipped: number[] = [];
     let totalRan = 0;
-    for (let attempt = 0; attempt < 5; attempt++) {
+    for (const deadline = Date.now() + 10_000; Date.now() < deadline;) {
       before = await runs();
       const scraped = await Promise.all([a, b, c].map(async (s) => (await s.request('/metrics')).body as string));
       after = await runs();

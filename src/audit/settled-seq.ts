@@ -17,7 +17,8 @@ const POLL_MAX_MS = 500;
  * Null, to be read as "not settled", when that cannot be shown: a transaction still running
  * after `timeoutMs`, a prepared (two-phase) transaction, or a sequence that hands out cached
  * values (CACHE > 1: a session could still take a lower value later). Call it outside a
- * transaction: its own would be waited for too.
+ * transaction, and take the snapshot that relies on it afterwards: one taken before it returns
+ * may miss events up to the seq.
  */
 export async function settledAuditSeq(em: EntityManager, timeoutMs: number): Promise<string | null> {
   const [sequence] = await rowsOf<{ last_value: string | null; cache: string }>(

@@ -114,6 +114,24 @@ async function uncommittedPastEvent(t: TestApp, month: Date, userId: string): Pr
   return runner;
 }
 
+/**
+ * A fresh app whose log holds one event five months back, a second user with no events yet (for
+ * an event written into that month late), and the AUDIT_RETENTION_DAYS that make the month due.
+ */
+async function oneOldMonth(name: string): Promise<{ t: TestApp; late: string; old: Date; days: number }> {
+  const t = await app(await freshDatabase());
+  const userId = await silentUser(t.db, name);
+  const late = await silentUser(t.db, `${name}-late`);
+  const old = monthStart(5);
+  await pastEvents(t, old, [{ userId, type: 'LOGIN' }]);
+  return { t, late, old, days: Math.floor((Date.now() - partitionOf(old).to.getTime()) / 86_400_000) };
+}
+
+async function assertVerifies(t: TestApp, dropped: number): Promise<void> {
+  const verification = await t.app.get(AuditVerifierService).verify();
+  assert.deepEqual({ ok: verification.ok, reason: verification.reason, dropped: verification.dropped }, { ok: true, reason: null, dropped });
+}
+
 async function preparedSet(t: TestApp, month: Date): Promise<{ events: number; settled: boolean }> {
   const [set] = await t.db.query(`SELECT events::int AS events, settled_seq IS NOT NULL AS settled FROM audit_base_sets WHERE month = $1`, [
     monthOf(partitionOf(month)),
@@ -378,12 +396,7 @@ describe('audit log partitions and retention (e2e)', () => {
   });
 
   it('prepares the bases again when the month changed after they were prepared', async () => {
-    const t = await app(await freshDatabase());
-    const userId = await silentUser(t.db, 'late');
-    const late = await silentUser(t.db, 'late-writer');
-    const old = monthStart(5);
-    await pastEvents(t, old, [{ userId, type: 'LOGIN' }]);
-    const days = Math.floor((Date.now() - partitionOf(old).to.getTime()) / 86_400_000);
+    const { t, late, old, days } = await oneOldMonth('late');
     await retention(t, days + 1).maintain();
     assert.deepEqual(await preparedSet(t, old), { events: 1, settled: true });
     // An event dated in the month after its bases were prepared (a clock far behind).
@@ -400,17 +413,11 @@ describe('audit log partitions and retention (e2e)', () => {
       second.dropped.map((d) => [d.name, d.events]),
       [[partitionOf(old).name, 2]],
     );
-    const verification = await t.app.get(AuditVerifierService).verify();
-    assert.deepEqual({ ok: verification.ok, reason: verification.reason, dropped: verification.dropped }, { ok: true, reason: null, dropped: 2 });
+    await assertVerifies(t, 2);
   });
 
   it("waits, while preparing a month's bases, for a writer that took its seq before and commits after", async () => {
-    const t = await app(await freshDatabase());
-    const userId = await silentUser(t.db, 'settle');
-    const late = await silentUser(t.db, 'settle-late');
-    const old = monthStart(5);
-    await pastEvents(t, old, [{ userId, type: 'LOGIN' }]);
-    const days = Math.floor((Date.now() - partitionOf(old).to.getTime()) / 86_400_000);
+    const { t, late, old, days } = await oneOldMonth('settle');
     const writer = await uncommittedPastEvent(t, old, late);
     let prepared = false;
     const preparation = retention(t, days + 1)
@@ -430,17 +437,11 @@ describe('audit log partitions and retention (e2e)', () => {
     assert.deepEqual(await preparedSet(t, old), { events: 2, settled: true });
     const drop = await retention(t, days).maintain();
     assert.deepEqual([drop.dropped.map((d) => [d.name, d.events]), drop.held], [[[partitionOf(old).name, 2]], []]);
-    const verification = await t.app.get(AuditVerifierService).verify();
-    assert.deepEqual({ ok: verification.ok, reason: verification.reason, dropped: verification.dropped }, { ok: true, reason: null, dropped: 2 });
+    await assertVerifies(t, 2);
   });
 
   it('counts the whole month at its drop when the preparation could not wait out an open transaction', async () => {
-    const t = await app(await freshDatabase());
-    const userId = await silentUser(t.db, 'unsettled');
-    const late = await silentUser(t.db, 'unsettled-late');
-    const old = monthStart(5);
-    await pastEvents(t, old, [{ userId, type: 'LOGIN' }]);
-    const days = Math.floor((Date.now() - partitionOf(old).to.getTime()) / 86_400_000);
+    const { t, late, old, days } = await oneOldMonth('unsettled');
     const writer = await uncommittedPastEvent(t, old, late);
     try {
       const impatient = retention(t, days + 1);
@@ -462,8 +463,7 @@ describe('audit log partitions and retention (e2e)', () => {
       second.dropped.map((d) => [d.name, d.events]),
       [[partitionOf(old).name, 2]],
     );
-    const verification = await t.app.get(AuditVerifierService).verify();
-    assert.deepEqual({ ok: verification.ok, reason: verification.reason, dropped: verification.dropped }, { ok: true, reason: null, dropped: 2 });
+    await assertVerifies(t, 2);
   });
 
   it('carries the bases 0.8.0 kept in the chain heads into the first set, and refuses a forged one', async () => {

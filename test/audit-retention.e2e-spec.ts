@@ -466,6 +466,23 @@ describe('audit log partitions and retention (e2e)', () => {
     await assertVerifies(t, 2);
   });
 
+  it('stops waiting for older transactions at shutdown (stopWaiting), leaving the set unsettled', async () => {
+    const { t, late, old, days } = await oneOldMonth('stopping');
+    const writer = await uncommittedPastEvent(t, old, late);
+    try {
+      const service = retention(t, days + 1); // waits up to 30 s by default
+      const preparation = service.maintain();
+      await sleep(300);
+      service.stopWaiting();
+      const outcome = await Promise.race([preparation, sleep(10_000).then(() => 'still waiting' as const)]);
+      assert.notEqual(outcome, 'still waiting');
+      assert.deepEqual(await preparedSet(t, old), { events: 1, settled: false });
+    } finally {
+      await writer.rollbackTransaction();
+      await writer.release();
+    }
+  });
+
   it('does not settle seq when its sequence hands out cached values (a session could still take a lower one)', async () => {
     const { t, old, days } = await oneOldMonth('cached');
     await t.db.query(`ALTER TABLE audit_events ALTER COLUMN seq SET CACHE 10`);

@@ -80,6 +80,8 @@ export class AuditPartitionsService {
   readonly stats = { lastRunAt: null as Date | null, droppedEvents: 0, droppedPartitions: 0, partitions: 0 };
   /** See SETTLE_TIMEOUT_MS (a field so that tests can shorten it). */
   settleTimeoutMs = SETTLE_TIMEOUT_MS;
+  /** Aborted at shutdown: a preparation stops waiting for older transactions (see stopWaiting). */
+  private readonly stopping = new AbortController();
 
   constructor(
     @InjectDataSource() private readonly dataSource: DataSource,
@@ -88,6 +90,15 @@ export class AuditPartitionsService {
     private readonly bases: AuditBaseSets,
     private readonly config: ConfigService<AppConfig, true>,
   ) {}
+
+  /**
+   * Ends a settle wait under way at once (the set is then prepared unsettled, and its drop
+   * counts the month), so that a shutdown, which waits for the run, is not held up to
+   * SETTLE_TIMEOUT_MS by someone else's long transaction.
+   */
+  stopWaiting(): void {
+    this.stopping.abort();
+  }
 
   /** The managed partitions, oldest first. */
   async list(em: EntityManager = this.dataSource.manager): Promise<AuditPartition[]> {
@@ -182,7 +193,7 @@ export class AuditPartitionsService {
     const month = monthOf(partition);
     // Before the transaction (whose snapshot must come after it), so that the drop can check
     // the month by the events above it instead of counting all of them.
-    const settledSeq = await settledAuditSeq(runner.manager, this.settleTimeoutMs);
+    const settledSeq = await settledAuditSeq(runner.manager, this.settleTimeoutMs, this.stopping.signal);
     // One snapshot for the set, its counts and the events above the settled seq.
     await runner.startTransaction('REPEATABLE READ');
     try {

@@ -20,6 +20,7 @@ export class AuditPartitionsTask implements OnApplicationBootstrap, BeforeApplic
   }
 
   async beforeApplicationShutdown(): Promise<void> {
+    this.partitions.stopWaiting();
     await this.running;
   }
 

@@ -16,11 +16,12 @@ const POLL_MAX_MS = 500;
  *
  * Null, to be read as "not settled", when that cannot be shown: a transaction still running
  * after `timeoutMs`, a prepared (two-phase) transaction, or a sequence that hands out cached
- * values (CACHE > 1: a session could still take a lower value later). Call it outside a
+ * values (CACHE > 1: a session could still take a lower value later), or when `signal` aborts
+ * the wait. Call it outside a
  * transaction, and take the snapshot that relies on it afterwards: one taken before it returns
  * may miss events up to the seq.
  */
-export async function settledAuditSeq(em: EntityManager, timeoutMs: number): Promise<string | null> {
+export async function settledAuditSeq(em: EntityManager, timeoutMs: number, signal?: AbortSignal): Promise<string | null> {
   const [sequence] = await rowsOf<{ last_value: string | null; cache: string }>(
     em,
     `SELECT pg_sequence_last_value(s.seqrelid)::text AS last_value, s.seqcache::text AS cache
@@ -45,8 +46,12 @@ export async function settledAuditSeq(em: EntityManager, timeoutMs: number): Pro
       [running.vxids],
     );
     if (!remaining) break;
-    if (Date.now() >= deadline) return null;
-    await sleep(Math.min(pause, Math.max(deadline - Date.now(), 1)));
+    if (Date.now() >= deadline || signal?.aborted) return null;
+    try {
+      await sleep(Math.min(pause, Math.max(deadline - Date.now(), 1)), undefined, { signal });
+    } catch {
+      return null; // aborted: the service is shutting down
+    }
   }
   return sequence.last_value ?? '0';
 }

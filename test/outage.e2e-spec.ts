@@ -204,9 +204,12 @@ describe('database outage under load (e2e, own embedded PostgreSQL)', () => {
         outageLog.filter((l) => l.level === 'error' || l.level === 'fatal'),
         [],
       );
-      // (The access log's one 'log' line per request is another matter.)
+      // (The access log's one 'log' line per request is another matter.) A few components say
+      // once that they go without the database: the outage monitor, both listeners, the rate
+      // limiter's sync, and any scheduled task whose tick falls in the outage (the signing-key
+      // rotation's did once, a fifth line): bounded by the components, not by the requests.
       const warnings = outageLog.filter((l) => l.level !== 'log');
-      assert.ok(warnings.length < 5, `${warnings.length} warnings for ${downCount} failed requests: ${JSON.stringify(warnings.slice(0, 20))}`);
+      assert.ok(warnings.length < 10, `${warnings.length} warnings for ${downCount} failed requests: ${JSON.stringify(warnings.slice(0, 20))}`);
       // ...and its end as one more, once the probe finds the database back.
       for (let i = 0; i < 100 && !logger.lines.some((l) => /Database available again/.test(l.text)); i++) await sleep(100);
       assert.equal(logger.lines.filter((l) => /Database available again/.test(l.text)).length, 1);

@@ -213,8 +213,8 @@ export class AuditPartitionsService {
 
   /**
    * Drops what dropMonth leaves when its process stops after the DETACH's commit: the base
-   * sets the dropped month's superseded, and the month's table, named like a month's
-   * partition, no longer one, of a month no later than the newest dropped one (months are
+   * sets superseded by the dropped month's, and the month's table (named like a month's
+   * partition, no longer one, of a month no later than the newest dropped one; months are
    * dropped oldest first).
    */
   private async dropDetachedMonths(runner: QueryRunner): Promise<void> {

@@ -15,11 +15,10 @@ const POLL_MAX_MS = 500;
  * older transactions the same way, by their virtual transaction ids.)
  *
  * Null, to be read as "not settled", when that cannot be shown: a transaction still running
- * after `timeoutMs`, a prepared (two-phase) transaction, or a sequence that hands out cached
- * values (CACHE > 1: a session could still take a lower value later), or when `signal` aborts
- * the wait. Call it outside a
- * transaction, and take the snapshot that relies on it afterwards: one taken before it returns
- * may miss events up to the seq.
+ * after `timeoutMs`, a prepared (two-phase) transaction, a sequence that hands out cached
+ * values (CACHE > 1: a session could still take a lower value later), or a wait that `signal`
+ * aborted. Call it outside a transaction, and take the snapshot that relies on it afterwards:
+ * one taken before it returns may miss events up to the seq.
  */
 export async function settledAuditSeq(em: EntityManager, timeoutMs: number, signal?: AbortSignal): Promise<string | null> {
   const [sequence] = await rowsOf<{ last_value: string | null; cache: string }>(

@@ -739,6 +739,65 @@ describe('audit verification passes (e2e)', () => {
 });
 
 describe('audit checkpoints of many changed heads (e2e)', () => {
+  it('locks no head while it reads and digests them: a login on a changed chain goes through meanwhile, and the checkpoint keeps the head it read', async () => {
+    const url = await freshDatabase();
+    const t = await createTestApp({ DATABASE_URL: url });
+    const blocker = new Client({ connectionString: url });
+    await blocker.connect();
+    try {
+      const user = await registerUser(t.http);
+      await login(t.http, user);
+      // A chain the second checkpoint below finds unchanged: its digest keeps it as the first stated it.
+      await registerUser(t.http);
+      const headOf = async () =>
+        (
+          await t.db.query(`SELECT position::int AS position, checkpoint_position::int AS checkpointed FROM audit_chain_heads WHERE chain_key = $1`, [
+            user.id,
+          ])
+        )[0] as { position: number; checkpointed: number | null };
+      const read = await headOf();
+      assert.notEqual(read.checkpointed, read.position, 'the chain changed since the last checkpoint');
+      // Holds the checkpoint at its INSERT, which comes after it has read and digested every head.
+      await blocker.query('BEGIN');
+      await blocker.query('LOCK TABLE audit_checkpoints IN EXCLUSIVE MODE');
+      let finished = false;
+      const pending = t.app
+        .get(AuditChainService)
+        .checkpoint(true)
+        .finally(() => (finished = true));
+      for (let waited = 0; ; waited += 50) {
+        const [{ waiting }] = await t.db.query(
+          `SELECT count(*)::int AS waiting FROM pg_locks WHERE relation = 'audit_checkpoints'::regclass AND NOT granted`,
+        );
+        if (waiting) break;
+        assert.ok(waited < 10_000, 'the checkpoint reached its INSERT');
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+      // A login appends to the user's chain: its head is not locked by the checkpoint.
+      const loggedIn = await Promise.race([
+        login(t.http, user).then(() => true),
+        new Promise<false>((resolve) => setTimeout(() => resolve(false), 10_000)),
+      ]);
+      assert.equal(loggedIn, true, 'the login went through within 10 s while the checkpoint was held');
+      assert.equal(finished, false, 'the checkpoint was still held');
+      await blocker.query('COMMIT');
+      const checkpoint = await pending;
+      assert.ok(checkpoint);
+      // It states the head as it read it; the login's newer events are for the next one.
+      const after = await headOf();
+      assert.ok(after.position > read.position);
+      assert.equal(after.checkpointed, read.position);
+      const result = await t.app.get(AuditVerifierService).verify();
+      assert.equal(result.ok, true, JSON.stringify(result));
+      await t.app.get(AuditChainService).checkpoint(true);
+      assert.equal((await headOf()).checkpointed, after.position);
+      assert.equal((await t.app.get(AuditVerifierService).verify()).ok, true);
+    } finally {
+      await blocker.end();
+      await t.close();
+    }
+  });
+
   it("finishes beyond the pool's statement timeout (the first checkpoint of a large log)", async () => {
     const url = await freshDatabase();
     const t = await createTestApp({ DATABASE_URL: url });

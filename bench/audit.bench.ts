@@ -27,13 +27,24 @@ import { loadConfig } from '../src/config/config';
 import { Env } from '../src/config/env.schema';
 import { dataSourceOptions } from '../src/database/data-source.options';
 import { runMigrationsLocked } from '../src/database/migrate';
-import { measureCleanup, measurePages, measurePartitionDrop, measureVerification, pageQueries, randomBenchUser } from './audit/measure';
+import {
+  measureCheckpoint,
+  measureCleanup,
+  measurePages,
+  measurePartitionDrop,
+  measureVerification,
+  pageQueries,
+  randomBenchUser,
+} from './audit/measure';
 import { printReport, ScenarioResult } from './audit/report';
 import { seed, type SeedTimes } from './audit/seed';
 import { AuditBenchConfig, EMPTY_SIZE, readConfig, RunSecrets, Size } from './audit/sizes';
 import { createDatabase, dropDatabase, withDatabase } from './http/service';
 import { writeJson } from './http/report';
 import { elapsedSeconds, gitCommit, progress, REPO, runBench, undo } from './lifecycle';
+
+/** Chains changed before the measured checkpoint: as many as AUDIT_CHECKPOINT_EVERY's default lets pass. */
+const CHECKPOINT_CHANGED = 1000;
 
 /**
  * What a reused database's seed left that the measures need: its events' time span and its
@@ -138,6 +149,8 @@ async function scenario(label: string, serverUrl: string, size: Size, config: Au
     progress(`${label}: verifying the chains`);
     verification = await measureVerification(app);
   }
+  progress(`${label}: a checkpoint of ${seeded.chains.toLocaleString('en-US')} chains while ${CHECKPOINT_CHANGED} of them append`);
+  const checkpoint = await measureCheckpoint(app, size.users, CHECKPOINT_CHANGED);
   progress(`${label}: cleanup of ${config.cleanupSessions.toLocaleString('en-US')} overdue sessions`);
   const ended = await measureCleanup(app, seeder, size.users, config.cleanupSessions, 'overdue');
   progress(`${label}: cleanup of ${config.cleanupSessions.toLocaleString('en-US')} sessions past retention`);
@@ -158,7 +171,7 @@ async function scenario(label: string, serverUrl: string, size: Size, config: Au
   } else {
     await dropThis();
   }
-  return { label, size, seeded, databaseBytes: bytes, pages, verification, ended, deleted, drop };
+  return { label, size, seeded, databaseBytes: bytes, pages, verification, checkpoint, ended, deleted, drop };
 }
 
 async function main(): Promise<void> {

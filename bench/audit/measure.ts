@@ -92,6 +92,52 @@ export async function measureVerification(app: INestApplicationContext): Promise
   return { ok: result.ok, events: result.checked, seconds, eventsPerSecond: result.checked / seconds };
 }
 
+export interface CheckpointMeasure {
+  /** Chains the checkpoint digested. */
+  chains: number;
+  /** Chains changed since the last checkpoint (one event each), the ones it copies. */
+  changed: number;
+  seconds: number;
+  /** Appends to the changed chains while it ran, one after another, and the slowest of them. */
+  appends: number;
+  slowestAppendMs: number;
+}
+
+/**
+ * A checkpoint (of every head) while users whose chains changed since the last one keep
+ * appending to them, as their logins and refreshes would: how long it takes, and the longest
+ * any of those appends took meanwhile. They run in this process, so their times include its
+ * pauses while it digests the heads (an instance serving requests as it writes a checkpoint).
+ */
+export async function measureCheckpoint(app: INestApplicationContext, users: number, changed: number): Promise<CheckpointMeasure> {
+  const chain = app.get(AuditChainService);
+  const audit = app.get(AuditService);
+  const dataSource = app.get(DataSource);
+  const append = (userId: string) => dataSource.transaction((em) => audit.record(em, { type: 'TOKEN_REFRESH', userId }));
+  await chain.checkpoint(true);
+  const picked = new Set<string>();
+  const randomUser = randomBenchUser(users);
+  while (picked.size < Math.min(changed, users)) picked.add(randomUser());
+  const userIds = [...picked];
+  for (const userId of userIds) await append(userId);
+  let running = true;
+  const samples: number[] = [];
+  const appending = (async () => {
+    for (let i = 0; running; i++) {
+      const started = performance.now();
+      await append(userIds[i % userIds.length]);
+      samples.push(performance.now() - started);
+    }
+  })();
+  const started = performance.now();
+  const checkpoint = await chain.checkpoint(true);
+  const seconds = (performance.now() - started) / 1000;
+  running = false;
+  await appending;
+  if (!checkpoint) throw new Error('the measured checkpoint was not written (another one ran?)');
+  return { chains: checkpoint.chains, changed: userIds.length, seconds, appends: samples.length, slowestAppendMs: Math.max(...samples) };
+}
+
 export interface CleanupMeasure {
   sessions: number;
   seconds: number;

@@ -1,5 +1,5 @@
 /** The audit bench's table: each measure on the almost empty and the large database, and their ratio. */
-import type { CleanupMeasure, DropMeasure, PageMeasure, VerifyMeasure } from './measure';
+import type { CheckpointMeasure, CleanupMeasure, DropMeasure, PageMeasure, VerifyMeasure } from './measure';
 import type { SeedTimes } from './seed';
 import type { Size } from './sizes';
 
@@ -10,6 +10,7 @@ export interface ScenarioResult {
   databaseBytes: number;
   pages: PageMeasure[];
   verification: VerifyMeasure | undefined;
+  checkpoint: CheckpointMeasure;
   ended: CleanupMeasure;
   deleted: CleanupMeasure;
   drop: DropMeasure;
@@ -37,6 +38,13 @@ export function printReport(empty: ScenarioResult, large: ScenarioResult): void 
   if (empty.verification && large.verification) {
     other.push(['verification, events/s', num(empty.verification.eventsPerSecond), num(large.verification.eventsPerSecond)]);
   }
+  other.push(['checkpoint, chains', num(empty.checkpoint.chains), num(large.checkpoint.chains)]);
+  other.push(['checkpoint, s', num(empty.checkpoint.seconds), num(large.checkpoint.seconds)]);
+  other.push([
+    `checkpoint, slowest of the appends meanwhile, ms`,
+    `${num(empty.checkpoint.slowestAppendMs)} of ${empty.checkpoint.appends}`,
+    `${num(large.checkpoint.slowestAppendMs)} of ${large.checkpoint.appends}`,
+  ]);
   for (const [name, key] of [
     ['cleanup ended', 'ended'],
     ['cleanup deleted', 'deleted'],

@@ -277,6 +277,18 @@ describe('audit hash chain (e2e)', () => {
     assert.ok(body.firstBrokenId === target || body.firstBrokenId === null, JSON.stringify(body));
   });
 
+  it('detects a whole chain deleted, its head included, by the checkpoint that recorded it', async () => {
+    const f = await open();
+    assert.ok(await f.t.app.get(AuditChainService).checkpoint(true));
+    await tamper(f.t.db, `DELETE FROM audit_events WHERE chain_key = $1`, [f.other.id]);
+    await f.t.db.query(`DELETE FROM audit_chain_heads WHERE chain_key = $1`, [f.other.id]);
+    await assertBroken(
+      f,
+      null,
+      new RegExp(`Chain ${f.other.id} has no head, but a checkpoint recorded it at position \\d+: its head and events were deleted`),
+    );
+  });
+
   it("keeps a deleted user's events as they were: the log still verifies", async () => {
     const f = await open();
     const before = await f.t.db.query(`SELECT id, user_id, hash FROM audit_events WHERE chain_key = $1 ORDER BY chain_pos`, [f.other.id]);
@@ -332,7 +344,7 @@ describe('audit hash chain (e2e)', () => {
 
     // And deletes the checkpoints and the heads' checkpoint record too: the database alone no longer tells...
     await tamper(f.t.db, `DELETE FROM audit_checkpoints`);
-    await f.t.db.query(`UPDATE audit_chain_heads SET checkpoint_position = NULL, checkpoint_hash = NULL`);
+    await f.t.db.query(`DELETE FROM audit_checkpoint_heads`);
     assert.equal((await apiVerify(f)).ok, true);
     // ...but the exported checkpoint does.
     const run = await runCli(f.url, 'audit-verify', '--checkpoint-file', file);
@@ -739,7 +751,7 @@ describe('audit verification passes (e2e)', () => {
 });
 
 describe('audit checkpoints of many changed heads (e2e)', () => {
-  it('locks no head while it reads and digests them: a login on a changed chain goes through meanwhile, and the checkpoint keeps the head it read', async () => {
+  it('locks no head: a login on a changed chain goes through while a checkpoint waits before its COMMIT, and the checkpoint keeps the head it read', async () => {
     const url = await freshDatabase();
     const t = await createTestApp({ DATABASE_URL: url });
     const blocker = new Client({ connectionString: url });
@@ -751,13 +763,15 @@ describe('audit checkpoints of many changed heads (e2e)', () => {
       await registerUser(t.http);
       const headOf = async () =>
         (
-          await t.db.query(`SELECT position::int AS position, checkpoint_position::int AS checkpointed FROM audit_chain_heads WHERE chain_key = $1`, [
-            user.id,
-          ])
+          await t.db.query(
+            `SELECT h.position::int AS position, c.position::int AS checkpointed
+               FROM audit_chain_heads h LEFT JOIN audit_checkpoint_heads c ON c.chain_key = h.chain_key WHERE h.chain_key = $1`,
+            [user.id],
+          )
         )[0] as { position: number; checkpointed: number | null };
       const read = await headOf();
       assert.notEqual(read.checkpointed, read.position, 'the chain changed since the last checkpoint');
-      // Holds the checkpoint at its INSERT, which comes after it has read and digested every head.
+      // Holds the checkpoint at the INSERT of its row, its last statement: by then it has copied and digested the heads.
       await blocker.query('BEGIN');
       await blocker.query('LOCK TABLE audit_checkpoints IN EXCLUSIVE MODE');
       let finished = false;
@@ -807,12 +821,13 @@ describe('audit checkpoints of many changed heads (e2e)', () => {
     try {
       await registerUser(t.http);
       await t.db.query(`CREATE FUNCTION slow_copy() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.3); RETURN NEW; END $$`);
-      await t.db.query(
-        `CREATE TRIGGER slow_copy BEFORE UPDATE OF checkpoint_position ON audit_chain_heads FOR EACH STATEMENT EXECUTE FUNCTION slow_copy()`,
-      );
+      await t.db.query(`CREATE TRIGGER slow_copy BEFORE INSERT ON audit_checkpoint_heads FOR EACH STATEMENT EXECUTE FUNCTION slow_copy()`);
       const checkpoint = await new AuditChainService(slow, t.app.get(ConfigService)).checkpoint(true);
       assert.ok(checkpoint, 'a checkpoint was written');
-      const [{ n }] = await t.db.query(`SELECT count(*)::int AS n FROM audit_chain_heads WHERE checkpoint_position IS DISTINCT FROM position`);
+      const [{ n }] = await t.db.query(
+        `SELECT count(*)::int AS n FROM audit_chain_heads h LEFT JOIN audit_checkpoint_heads c ON c.chain_key = h.chain_key
+          WHERE c.position IS DISTINCT FROM h.position`,
+      );
       assert.equal(n, 0);
       // While a plain statement on that pool is still cut at 200 ms.
       await assert.rejects(slow.query(`SELECT pg_sleep(0.3)`), /statement timeout/);

@@ -24,20 +24,6 @@ const SEAL_LOCK_KEY = '7022357861416547436';
 const CHECKPOINT_LOCK_KEY = '7022356976209950836';
 const SEAL_BATCH = 1000;
 const HEADS_BATCH = 5000;
-/** The checkpoint's own list of the heads it copies (a temporary table, dropped at its COMMIT). */
-const DUE_HEADS = 'sessionary_checkpoint_due';
-/**
- * Every head's checkpoint columns as the checkpoint being written will leave them: the due
- * heads' new values, the others' as they are (the heads never checkpointed and not due, i.e.
- * created since the due list was read, stay out, as they will).
- */
-const DUE_HEADS_DIGEST_SOURCE = `
-  SELECT h.chain_key,
-         (CASE WHEN d.chain_key IS NULL THEN h.checkpoint_position ELSE d.position END)::text AS position,
-         CASE WHEN d.chain_key IS NULL THEN h.checkpoint_hash ELSE d.hash END AS hash
-    FROM audit_chain_heads h LEFT JOIN ${DUE_HEADS} d ON d.chain_key = h.chain_key
-   WHERE d.chain_key IS NOT NULL OR h.checkpoint_position IS NOT NULL
-   ORDER BY h.chain_key`;
 
 export interface CheckpointRow {
   id: string;
@@ -182,19 +168,21 @@ export class AuditChainService {
       // a large log was sealed: 1M heads took over the pool's 15 s) must finish, or every later
       // one would fail the same way.
       await sql(em, `SET LOCAL statement_timeout = 0`);
-      // The heads changed since the last checkpoint, as committed now: read, not locked, so
-      // that no writer waits while the digest below reads every head (at 1M chains that read
-      // takes seconds; it used to hold the changed heads' row locks, and with them the login
-      // or refresh of every user active since the last checkpoint: 2.7 s, measured).
+      // The heads that moved since the last checkpoint, copied as committed now (one statement,
+      // one snapshot) into the checkpoint's own table, which only this job writes: no head is
+      // locked, so no writer waits for a checkpoint. (Until 0.11.1 the copy was in the heads'
+      // rows, under their row locks, and with them the login or refresh of every user active
+      // since the last checkpoint waited for the digest of every head: 4.2–4.7 s at 945k chains.)
+      // A writer that moves a head meanwhile leaves it for the next checkpoint.
       await sql(
         em,
-        `CREATE TEMPORARY TABLE ${DUE_HEADS} ON COMMIT DROP AS
-           SELECT chain_key, position, hash FROM audit_chain_heads
-            WHERE checkpoint_position IS DISTINCT FROM position OR checkpoint_hash IS DISTINCT FROM hash`,
+        `INSERT INTO audit_checkpoint_heads (chain_key, position, hash)
+         SELECT h.chain_key, h.position, h.hash
+           FROM audit_chain_heads h LEFT JOIN audit_checkpoint_heads p ON p.chain_key = h.chain_key
+          WHERE p.chain_key IS NULL OR p.position <> h.position OR p.hash <> h.hash
+         ON CONFLICT (chain_key) DO UPDATE SET position = excluded.position, hash = excluded.hash`,
       );
-      // Only this job writes the checkpoint columns (one instance at a time, under the advisory
-      // lock above), so the heads' columns read now are the ones the due heads were read beside.
-      const heads = await digestHeads(em, DUE_HEADS_DIGEST_SOURCE);
+      const heads = await digestCheckpointedHeads(em);
       const {
         rows: [{ now, seq }],
       } = await sql<{ now: string; seq: string }>(
@@ -226,18 +214,6 @@ export class AuditChainService {
           checkpoint.mac,
         ],
       );
-      // Last, so that the changed heads are locked only from here to the COMMIT: their
-      // checkpoint columns take the values digested above, committed heads of committed events
-      // (a writer that moved a head since then waits here, or is waited for, and keeps its
-      // newer position for the next checkpoint). In key order, like every writer, so that a
-      // writer locking several heads cannot deadlock with it.
-      await sql(
-        em,
-        `UPDATE audit_chain_heads h SET checkpoint_position = due.position, checkpoint_hash = due.hash
-           FROM (SELECT d.chain_key, d.position, d.hash FROM ${DUE_HEADS} d JOIN audit_chain_heads l ON l.chain_key = d.chain_key
-                  ORDER BY d.chain_key FOR UPDATE OF l) AS due
-          WHERE h.chain_key = due.chain_key`,
-      );
       return checkpoint;
     });
     if (written) await this.export(written);
@@ -265,29 +241,21 @@ export class AuditChainService {
   }
 }
 
-/** The digest of the checkpointed heads (what the newest checkpoint states), read in key order. */
-export function digestCheckpointedHeads(em: EntityManager): Promise<HeadsDigest> {
-  return digestHeads(
-    em,
-    `SELECT chain_key, checkpoint_position::text AS position, checkpoint_hash AS hash FROM audit_chain_heads
-      WHERE checkpoint_position IS NOT NULL ORDER BY chain_key`,
-  );
-}
-
-/**
- * The digest of `source`'s heads (chain_key, position as text, hash; in chain_key order),
- * read through a cursor (bounded memory).
- */
-async function digestHeads(em: EntityManager, source: string): Promise<HeadsDigest> {
-  // A cursor needs one connection and a transaction (every caller runs in one).
-  if (!em.queryRunner?.isTransactionActive) throw new Error('digestHeads must run inside a transaction');
+/** The digest of the checkpointed heads, read in key order through a cursor (bounded memory). */
+export async function digestCheckpointedHeads(em: EntityManager): Promise<HeadsDigest> {
+  // A cursor needs one connection and a transaction (both callers run in one).
+  if (!em.queryRunner?.isTransactionActive) throw new Error('digestCheckpointedHeads must run inside a transaction');
   const digest = new HeadsDigest();
   // One ordered scan of every head, handed over a batch at a time (bounded memory). Planned for
   // the whole result (a cursor's default plans for its first tenth): a sequential scan and a
   // sort, where walking the key's index fetched each head from a random page (1.2 s of a
   // checkpoint at 100k chains, measured; this transaction plans nothing else after it).
   await sql(em, `SET LOCAL cursor_tuple_fraction = 1`);
-  await sql(em, `DECLARE sessionary_heads_digest NO SCROLL CURSOR FOR ${source}`);
+  await sql(
+    em,
+    `DECLARE sessionary_heads_digest NO SCROLL CURSOR FOR
+       SELECT chain_key, position::text AS position, hash FROM audit_checkpoint_heads ORDER BY chain_key`,
+  );
   try {
     for (;;) {
       const { rows } = await sql<{ chain_key: string; position: string; hash: string }>(em, `FETCH ${HEADS_BATCH} FROM sessionary_heads_digest`);

@@ -245,11 +245,12 @@ export class AuditVerifierService {
     result.checkpointId = latest?.id ?? null;
     const heads = await digestCheckpointedHeads(em);
     if (!latest) {
-      if (heads.chains) throw new Broken(null, 'The chain heads record a checkpoint, but the checkpoint table is empty: checkpoints were deleted');
+      if (heads.chains)
+        throw new Broken(null, 'The checkpointed chain heads record a checkpoint, but the checkpoint table is empty: checkpoints were deleted');
     } else if (heads.digest() !== latest.digest || heads.chains !== latest.chains || heads.events !== latest.events) {
       throw new Broken(
         null,
-        `The chain heads do not match checkpoint ${latest.id} (${latest.chains} chains, ${latest.events} events): heads or checkpoints were altered`,
+        `The checkpointed chain heads do not match checkpoint ${latest.id} (${latest.chains} chains, ${latest.events} events): heads or checkpoints were altered`,
       );
     }
     if (!fromFile) return;

@@ -362,17 +362,37 @@ export async function runVerifyPass(client: Client | PoolClient, input: PassInpu
     );
   }
 
+  // Each head, with what the latest checkpoint recorded of its chain; a chain the checkpoint
+  // recorded that has no head any more had its head deleted (with its events, or they would
+  // have been found without one above).
   await streamRows(
     client,
-    `SELECT chain_key, position, hash, checkpoint_position, checkpoint_hash FROM audit_chain_heads WHERE ${range}`,
+    `SELECT COALESCE(h.chain_key, c.chain_key), h.position, h.hash, c.position, c.hash
+       FROM (SELECT * FROM audit_chain_heads WHERE ${range}) h
+       FULL JOIN (SELECT * FROM audit_checkpoint_heads WHERE ${range}) c ON c.chain_key = h.chain_key`,
     bounds,
     (r) => {
-      const [chainKey, position, hash, checkpointPosition, checkpointHash] = r as [string, string, string, string | null, string | null];
+      const [chainKey, position, hash, checkpointPosition, checkpointHash] = r as [
+        string,
+        string | null,
+        string | null,
+        string | null,
+        string | null,
+      ];
+      if (position === null) {
+        brokenAt(
+          chainKey,
+          0,
+          null,
+          `Chain ${chainKey} has no head, but a checkpoint recorded it at position ${checkpointPosition}: its head and events were deleted`,
+        );
+        return;
+      }
       const chain = chains.get(chainKey);
       if (chain)
         checkEnd(chainKey, chain, {
           position: Number(position),
-          hash,
+          hash: hash!,
           checkpointPosition: checkpointPosition === null ? null : Number(checkpointPosition),
           checkpointHash,
         });

@@ -21,6 +21,7 @@ import { AuditEventsOutliveUsers1765900000000 } from './migrations/1765900000000
 import { AuditUserTimeIndexes1766000000000 } from './migrations/1766000000000-AuditUserTimeIndexes';
 import { AuditAppendOnly1766100000000 } from './migrations/1766100000000-AuditAppendOnly';
 import { AuditBaseSetsSettledSeq1766200000000 } from './migrations/1766200000000-AuditBaseSetsSettledSeq';
+import { AuditCheckpointHeads1766300000000 } from './migrations/1766300000000-AuditCheckpointHeads';
 import { SigningKeys1765600000000 } from './migrations/1765600000000-SigningKeys';
 
 export const ENTITIES = [UserEntity, SessionEntity, RotatedRefreshTokenEntity, AuditEventEntity];
@@ -45,6 +46,7 @@ export const MIGRATIONS = [
   AuditUserTimeIndexes1766000000000,
   AuditAppendOnly1766100000000,
   AuditBaseSetsSettledSeq1766200000000,
+  AuditCheckpointHeads1766300000000,
 ];
 
 /** One definition for the app, the TypeORM CLI and the tests. Never `synchronize`. */

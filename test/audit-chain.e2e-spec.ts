@@ -812,6 +812,34 @@ describe('audit checkpoints of many changed heads (e2e)', () => {
     }
   });
 
+  it('analyzes the checkpointed heads after a copy that changed a large share of them, not after a small one', async () => {
+    const url = await freshDatabase();
+    const t = await createTestApp({ DATABASE_URL: url });
+    try {
+      await registerUser(t.http);
+      const reltuples = async () =>
+        Number((await t.db.query(`SELECT reltuples::float8 AS n FROM pg_class WHERE oid = 'audit_checkpoint_heads'::regclass`))[0].n);
+      // Heads as a large log's first checkpoint finds them (written here directly: only their count matters).
+      await t.db.query(
+        `INSERT INTO audit_chain_heads (chain_key, position, hash) SELECT 'bulk-' || lpad(i::text, 6, '0'), 1, repeat('a', 64) FROM generate_series(1, 12000) i`,
+      );
+      assert.ok(await t.app.get(AuditChainService).checkpoint(true));
+      const analyzed = await reltuples();
+      assert.ok(analyzed >= 12_000, `statistics after the large copy: ${analyzed} rows`);
+      // 500 more: an ANALYZE would count them.
+      await t.db.query(
+        `INSERT INTO audit_chain_heads (chain_key, position, hash) SELECT 'more-' || lpad(i::text, 6, '0'), 1, repeat('a', 64) FROM generate_series(1, 500) i`,
+      );
+      await registerUser(t.http); // a new event: a checkpoint is due
+      assert.ok(await t.app.get(AuditChainService).checkpoint(true));
+      const [{ n }] = await t.db.query(`SELECT count(*)::int AS n FROM audit_checkpoint_heads`);
+      assert.ok(n >= analyzed + 500);
+      assert.equal(await reltuples(), analyzed, 'a copy of a few hundred heads leaves the statistics as they were');
+    } finally {
+      await t.close();
+    }
+  });
+
   it("finishes beyond the pool's statement timeout (the first checkpoint of a large log)", async () => {
     const url = await freshDatabase();
     const t = await createTestApp({ DATABASE_URL: url });

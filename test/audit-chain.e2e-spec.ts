@@ -22,6 +22,7 @@ import { bearer, login, registerUser, TestUser } from './helpers/factories';
 import { runCli } from './helpers/cli';
 import { createTestApp, freshDatabase, TestApp } from './helpers/test-app';
 import { dataSourceOptions } from '../src/database/data-source.options';
+import { runMigrationsLocked } from '../src/database/migrate';
 import { tamper } from './helpers/db';
 import { recordStatements, Statement, textOf } from './helpers/query-runners';
 
@@ -747,6 +748,49 @@ describe('audit verification passes (e2e)', () => {
     for (const r of rows) assert.equal(microsUtcOf(r.text), r.hashed);
     // Anything else (an altered row) is hashed as it is, so that it fails its hash.
     assert.equal(microsUtcOf('infinity'), 'infinity');
+  });
+});
+
+describe('audit checkpoint heads migration (e2e)', () => {
+  it("carries the recorded heads back into the heads' columns and over again into their own table: the log verifies after it, and the next checkpoint follows", async () => {
+    const url = await freshDatabase();
+    const t = await createTestApp({ DATABASE_URL: url });
+    const migrator = await new DataSource(dataSourceOptions(url)).initialize();
+    try {
+      const users = [await registerUser(t.http), await registerUser(t.http)];
+      for (const user of users) await login(t.http, user);
+      const first = await t.app.get(AuditChainService).checkpoint(true);
+      assert.ok(first);
+      const recorded = await t.db.query(`SELECT chain_key, position::int AS position, hash FROM audit_checkpoint_heads ORDER BY chain_key`);
+      assert.equal(recorded.length, first.chains);
+
+      // Back to 0.11.0's schema: the recorded heads in the heads' columns.
+      await migrator.undoLastMigration({ transaction: 'each' });
+      const [{ table }] = await t.db.query(`SELECT to_regclass('audit_checkpoint_heads') IS NOT NULL AS table`);
+      assert.equal(table, false);
+      const inColumns = await t.db.query(
+        `SELECT chain_key, checkpoint_position::int AS position, checkpoint_hash AS hash FROM audit_chain_heads
+          WHERE checkpoint_position IS NOT NULL ORDER BY chain_key`,
+      );
+      assert.deepEqual(inColumns, recorded);
+
+      // And forward again, as an upgrade from 0.11.0 runs it.
+      await runMigrationsLocked(migrator);
+      const moved = await t.db.query(`SELECT chain_key, position::int AS position, hash FROM audit_checkpoint_heads ORDER BY chain_key`);
+      assert.deepEqual(moved, recorded);
+      const [{ columns }] = await t.db.query(
+        `SELECT count(*)::int AS columns FROM information_schema.columns WHERE table_name = 'audit_chain_heads' AND column_name LIKE 'checkpoint_%'`,
+      );
+      assert.equal(columns, 0);
+      assert.equal((await t.app.get(AuditVerifierService).verify()).ok, true);
+      await login(t.http, users[0]);
+      assert.equal((await t.app.get(AuditChainService).checkpoint(true))?.id, first.id + 1);
+      const result = await t.app.get(AuditVerifierService).verify();
+      assert.equal(result.ok, true, JSON.stringify(result));
+    } finally {
+      await migrator.destroy();
+      await t.close();
+    }
   });
 });
 

@@ -17,6 +17,7 @@ import {
   STORED_EVENT_COLUMNS,
   type StoredEventRow,
 } from './audit-chain';
+import { BUCKET_CHARS, bucketRange, type HeadsBucket, HeadsBucketer, HeadsRoot, HeadsTreeDigest, isHeadsDigestV2 } from './checkpoint-heads-digest';
 import { lockHeads } from './lock-heads';
 
 // Any fixed 64-bit numbers work; these spell "audseal" and "audchkpt" in ASCII.
@@ -24,6 +25,13 @@ const SEAL_LOCK_KEY = '7022357861416547436';
 const CHECKPOINT_LOCK_KEY = '7022356976209950836';
 const SEAL_BATCH = 1000;
 const HEADS_BATCH = 5000;
+/** Buckets hashed again per statement: their heads are read by key range (about 15 a bucket at 1M chains). */
+const BUCKETS_BATCH = 500;
+/**
+ * Past this many touched buckets (a quarter of the 65,536 that random user ids fill), one ordered
+ * scan of every head costs less than a key range read for each.
+ */
+const TOUCHED_BUCKETS_MAX = 16_384;
 
 export interface CheckpointRow {
   id: string;
@@ -176,15 +184,23 @@ export class AuditChainService {
       // A writer that moves a head meanwhile leaves it for the next checkpoint.
       // No ORDER BY: it steered the plan to a merge join of both tables in key order, a random
       // heap page per head (10.9 s at 944k chains, against 1.7 s for a hash join of two scans).
-      const { count: copied } = await sql(
+      // RETURNING: which buckets of the digest's tree the copy touched, and how many chains it added.
+      const { rows: touched } = await sql<{ bucket: string; copied: number; inserted: number }>(
         em,
-        `INSERT INTO audit_checkpoint_heads (chain_key, position, hash)
-         SELECT h.chain_key, h.position, h.hash
-           FROM audit_chain_heads h LEFT JOIN audit_checkpoint_heads p ON p.chain_key = h.chain_key
-          WHERE p.chain_key IS NULL OR p.position <> h.position OR p.hash <> h.hash
-         ON CONFLICT (chain_key) DO UPDATE SET position = excluded.position, hash = excluded.hash`,
+        `WITH copied AS (
+           INSERT INTO audit_checkpoint_heads (chain_key, position, hash)
+           SELECT h.chain_key, h.position, h.hash
+             FROM audit_chain_heads h LEFT JOIN audit_checkpoint_heads p ON p.chain_key = h.chain_key
+            WHERE p.chain_key IS NULL OR p.position <> h.position OR p.hash <> h.hash
+           ON CONFLICT (chain_key) DO UPDATE SET position = excluded.position, hash = excluded.hash
+           -- xmax is 0 on a row the INSERT created, the updating transaction's id on one it updated.
+           RETURNING chain_key, xmax = 0 AS inserted
+         )
+         SELECT left(chain_key, ${BUCKET_CHARS}) AS bucket, count(*)::int AS copied, count(*) FILTER (WHERE inserted)::int AS inserted
+           FROM copied GROUP BY 1`,
       );
-      const heads = await digestCheckpointedHeads(em);
+      const copied = touched.reduce((n, t) => n + t.copied, 0);
+      const heads = await this.digestHeads(em, last, touched);
       // A copy that changed a large share of the table (the first checkpoint of a large log)
       // leaves its statistics behind until autovacuum comes by; planned without them, a
       // verification pass at 1M chains read its key range of this table by bitmap, 2.4 s a pass
@@ -202,7 +218,7 @@ export class AuditChainService {
         chains: heads.chains,
         events: heads.events,
         maxSeq: seq as string,
-        digest: heads.digest(),
+        digest: heads.digest,
         prevMac: last ? last.mac : GENESIS_HASH,
       };
       const checkpoint: Checkpoint = { ...fields, mac: checkpointMac(this.key, fields) };
@@ -227,6 +243,77 @@ export class AuditChainService {
     return written;
   }
 
+  /**
+   * The format-2 digest of the checkpointed heads once the copy is in: the buckets it touched
+   * hashed again from their heads, then the root over every bucket's stored digest, so that a
+   * checkpoint hashes the heads near those that moved, not all of them. Every bucket is hashed
+   * again instead when the last checkpoint is not of format 2 (the first one after the
+   * upgrade), when the copy touched so many buckets that one ordered scan of every head costs
+   * less, or when the stored buckets do not count the chains the last checkpoint stated plus
+   * those the copy added (they were not kept beside the heads: a migration reverted and applied
+   * again, or someone changed them). The verifier trusts none of the stored buckets: it
+   * recomputes the whole tree from the heads.
+   */
+  private async digestHeads(
+    em: EntityManager,
+    last: CheckpointRow | undefined,
+    touched: Array<{ bucket: string; inserted: number }>,
+  ): Promise<CheckpointedHeads> {
+    if (last && isHeadsDigestV2(last.digest) && touched.length <= TOUCHED_BUCKETS_MAX) {
+      await this.rehashBuckets(
+        em,
+        touched.map((t) => t.bucket),
+      );
+      const heads = await rootOfStoredBuckets(em);
+      const expected = Number(last.chains) + touched.reduce((n, t) => n + t.inserted, 0);
+      if (heads.chains === expected) return heads;
+      this.logger.warn(`The checkpoint's stored bucket digests count ${heads.chains} chains, not ${expected}: hashing every bucket again`);
+    }
+    await this.rehashAllBuckets(em);
+    return rootOfStoredBuckets(em);
+  }
+
+  /** Hashes the given buckets again from their heads (read by key range, a batch of buckets a statement) and stores them. */
+  private async rehashBuckets(em: EntityManager, buckets: string[]): Promise<void> {
+    for (let i = 0; i < buckets.length; i += BUCKETS_BATCH) {
+      const batch = buckets.slice(i, i + BUCKETS_BATCH);
+      const ranges = batch.map(bucketRange);
+      const { rows } = await sql<HeadRow>(
+        em,
+        `SELECT p.chain_key, p.position::text AS position, p.hash
+           FROM unnest($1::text[], $2::text[]) AS r(lo, hi)
+           JOIN audit_checkpoint_heads p ON p.chain_key >= r.lo COLLATE "C" AND p.chain_key < r.hi COLLATE "C"
+          ORDER BY p.chain_key`,
+        [ranges.map((r) => r[0]), ranges.map((r) => r[1])],
+      );
+      const hashed: HeadsBucket[] = [];
+      const bucketer = new HeadsBucketer((b) => hashed.push(b));
+      for (const r of rows) bucketer.add(r.chain_key, Number(r.position), r.hash);
+      bucketer.flush();
+      await storeBuckets(em, hashed);
+      // A touched bucket left without heads (none is ever removed, so only if someone removed them) leaves the tree.
+      const kept = new Set(hashed.map((h) => h.bucket));
+      const emptied = batch.filter((b) => !kept.has(b));
+      if (emptied.length) await sql(em, `DELETE FROM audit_checkpoint_buckets WHERE bucket = ANY($1::text[])`, [emptied]);
+    }
+  }
+
+  /** Hashes every bucket again from one ordered read of every head, replacing the stored ones. */
+  private async rehashAllBuckets(em: EntityManager): Promise<void> {
+    await sql(em, `DELETE FROM audit_checkpoint_buckets`);
+    let hashed: HeadsBucket[] = [];
+    const tree = new HeadsTreeDigest((b) => hashed.push(b));
+    await streamCheckpointedHeads(em, async (rows) => {
+      for (const r of rows) tree.add(r.chain_key, Number(r.position), r.hash);
+      if (hashed.length >= HEADS_BATCH) {
+        await storeBuckets(em, hashed);
+        hashed = [];
+      }
+    });
+    tree.finish();
+    await storeBuckets(em, hashed);
+  }
+
   /** The newest checkpoint in the table, if any. */
   async latestCheckpoint(em: EntityManager = this.dataSource.manager): Promise<Checkpoint | undefined> {
     const {
@@ -248,11 +335,43 @@ export class AuditChainService {
   }
 }
 
-/** The digest of the checkpointed heads, read in key order through a cursor (bounded memory). */
-export async function digestCheckpointedHeads(em: EntityManager): Promise<HeadsDigest> {
+/** A digest of the checkpointed heads: how many, the events they hold, and the digest itself. */
+export interface CheckpointedHeads {
+  chains: number;
+  events: number;
+  digest: string;
+}
+
+/**
+ * The digest of every checkpointed head, recomputed from the heads themselves in the format of
+ * the checkpoint it is to be compared with (the verifier's check; format 1 for checkpoints
+ * written before 0.12.0).
+ */
+export async function digestCheckpointedHeads(em: EntityManager, format: 'v1' | 'v2'): Promise<CheckpointedHeads> {
+  if (format === 'v1') {
+    const digest = new HeadsDigest();
+    await streamCheckpointedHeads(em, async (rows) => {
+      for (const r of rows) digest.add(r.chain_key, Number(r.position), r.hash);
+    });
+    return { chains: digest.chains, events: digest.events, digest: digest.digest() };
+  }
+  const tree = new HeadsTreeDigest();
+  await streamCheckpointedHeads(em, async (rows) => {
+    for (const r of rows) tree.add(r.chain_key, Number(r.position), r.hash);
+  });
+  return tree.finish();
+}
+
+interface HeadRow {
+  chain_key: string;
+  position: string;
+  hash: string;
+}
+
+/** Every checkpointed head in key order, handed over a batch at a time through a cursor (bounded memory). */
+async function streamCheckpointedHeads(em: EntityManager, onBatch: (rows: HeadRow[]) => Promise<void>): Promise<void> {
   // A cursor needs one connection and a transaction (both callers run in one).
-  if (!em.queryRunner?.isTransactionActive) throw new Error('digestCheckpointedHeads must run inside a transaction');
-  const digest = new HeadsDigest();
+  if (!em.queryRunner?.isTransactionActive) throw new Error('streamCheckpointedHeads must run inside a transaction');
   // One ordered scan of every head, handed over a batch at a time (bounded memory). Planned for
   // the whole result (a cursor's default plans for its first tenth): a sequential scan and a
   // sort, where walking the key's index fetched each head from a random page (1.2 s of a
@@ -265,11 +384,34 @@ export async function digestCheckpointedHeads(em: EntityManager): Promise<HeadsD
   );
   try {
     for (;;) {
-      const { rows } = await sql<{ chain_key: string; position: string; hash: string }>(em, `FETCH ${HEADS_BATCH} FROM sessionary_heads_digest`);
-      for (const r of rows) digest.add(r.chain_key, Number(r.position), r.hash);
-      if (rows.length < HEADS_BATCH) return digest;
+      const { rows } = await sql<HeadRow>(em, `FETCH ${HEADS_BATCH} FROM sessionary_heads_digest`);
+      await onBatch(rows);
+      if (rows.length < HEADS_BATCH) return;
     }
   } finally {
     await sql(em, `CLOSE sessionary_heads_digest`);
   }
+}
+
+/** Stores the given buckets' digests (the checkpoint job's own table: the tree's leaves, for the next checkpoint). */
+async function storeBuckets(em: EntityManager, buckets: HeadsBucket[]): Promise<void> {
+  if (!buckets.length) return;
+  await sql(
+    em,
+    `INSERT INTO audit_checkpoint_buckets (bucket, chains, events, digest)
+     SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[])
+     ON CONFLICT (bucket) DO UPDATE SET chains = excluded.chains, events = excluded.events, digest = excluded.digest`,
+    [buckets.map((b) => b.bucket), buckets.map((b) => b.chains), buckets.map((b) => b.events), buckets.map((b) => b.digest)],
+  );
+}
+
+/** The root over every stored bucket digest, in key order (the column's "C" collation, as the heads' keys). */
+async function rootOfStoredBuckets(em: EntityManager): Promise<CheckpointedHeads> {
+  const { rows } = await sql<{ bucket: string; chains: string; events: string; digest: string }>(
+    em,
+    `SELECT bucket, chains::text AS chains, events::text AS events, digest FROM audit_checkpoint_buckets ORDER BY bucket`,
+  );
+  const root = new HeadsRoot();
+  for (const r of rows) root.add({ bucket: r.bucket, chains: Number(r.chains), events: Number(r.events), digest: r.digest });
+  return { chains: root.chains, events: root.events, digest: root.digest() };
 }

@@ -10,6 +10,7 @@ import { rowsOf, sql } from '../database/sql';
 import { pgClientOf } from '../database/stream-rows';
 import { Checkpoint, checkpointMac, sameMac } from './audit-chain';
 import { CHECKPOINT_COLUMNS, type CheckpointRow, digestCheckpointedHeads, toCheckpoint } from './audit-chain.service';
+import { isHeadsDigestV2 } from './checkpoint-heads-digest';
 import { AuditBaseSets, type BaseSet } from './audit-base-sets';
 import {
   breaksFirst,
@@ -243,11 +244,12 @@ export class AuditVerifierService {
       afterId = latest!.id;
     }
     result.checkpointId = latest?.id ?? null;
-    const heads = await digestCheckpointedHeads(em);
+    // Recomputed from the heads in the format the latest checkpoint states (format 1 before 0.12.0).
+    const heads = await digestCheckpointedHeads(em, latest && !isHeadsDigestV2(latest.digest) ? 'v1' : 'v2');
     if (!latest) {
       if (heads.chains)
         throw new Broken(null, 'The checkpointed chain heads record a checkpoint, but the checkpoint table is empty: checkpoints were deleted');
-    } else if (heads.digest() !== latest.digest || heads.chains !== latest.chains || heads.events !== latest.events) {
+    } else if (heads.digest !== latest.digest || heads.chains !== latest.chains || heads.events !== latest.events) {
       throw new Broken(
         null,
         `The checkpointed chain heads do not match checkpoint ${latest.id} (${latest.chains} chains, ${latest.events} events): heads or checkpoints were altered`,

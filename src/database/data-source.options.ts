@@ -22,6 +22,7 @@ import { AuditUserTimeIndexes1766000000000 } from './migrations/1766000000000-Au
 import { AuditAppendOnly1766100000000 } from './migrations/1766100000000-AuditAppendOnly';
 import { AuditBaseSetsSettledSeq1766200000000 } from './migrations/1766200000000-AuditBaseSetsSettledSeq';
 import { AuditCheckpointHeads1766300000000 } from './migrations/1766300000000-AuditCheckpointHeads';
+import { AuditCheckpointBuckets1766400000000 } from './migrations/1766400000000-AuditCheckpointBuckets';
 import { SigningKeys1765600000000 } from './migrations/1765600000000-SigningKeys';
 
 export const ENTITIES = [UserEntity, SessionEntity, RotatedRefreshTokenEntity, AuditEventEntity];
@@ -47,6 +48,7 @@ export const MIGRATIONS = [
   AuditAppendOnly1766100000000,
   AuditBaseSetsSettledSeq1766200000000,
   AuditCheckpointHeads1766300000000,
+  AuditCheckpointBuckets1766400000000,
 ];
 
 /** One definition for the app, the TypeORM CLI and the tests. Never `synchronize`. */

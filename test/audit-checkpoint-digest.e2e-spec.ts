@@ -1,0 +1,136 @@
+import assert from 'node:assert/strict';
+import { afterEach, describe, it } from 'node:test';
+import { LoggerService } from '@nestjs/common';
+import { checkpointMac, GENESIS_HASH, PG_MICROS_UTC } from '../src/audit/audit-chain';
+import { AuditChainService, digestCheckpointedHeads } from '../src/audit/audit-chain.service';
+import { AuditVerifierService } from '../src/audit/audit-verifier.service';
+import { bucketOf } from '../src/audit/checkpoint-heads-digest';
+import { login, registerUser, TestUser } from './helpers/factories';
+import { recordQueryRunners, textOf } from './helpers/query-runners';
+import { createTestApp, freshDatabase, TEST_AUDIT_HMAC_KEY, TestApp } from './helpers/test-app';
+
+/** The stored bucket digests, by bucket. */
+async function storedBuckets(t: TestApp): Promise<Map<string, string>> {
+  const rows: Array<{ bucket: string; digest: string }> = await t.db.query(`SELECT bucket, digest FROM audit_checkpoint_buckets`);
+  return new Map(rows.map((r) => [r.bucket, r.digest]));
+}
+
+describe('audit checkpoint digests, format 2 (e2e)', () => {
+  const opened: TestApp[] = [];
+  afterEach(async () => {
+    while (opened.length) await opened.pop()!.close();
+  });
+  /** An app on a fresh database with three users' chains and the global chain (a failed login of an unknown account). */
+  const open = async (logger?: LoggerService): Promise<{ t: TestApp; users: TestUser[] }> => {
+    const t = await createTestApp({ DATABASE_URL: await freshDatabase() }, { logger });
+    opened.push(t);
+    const users = [await registerUser(t.http), await registerUser(t.http), await registerUser(t.http)];
+    for (const user of users) await login(t.http, user);
+    assert.equal((await t.http.post('/api/v1/auth/login').send({ email: 'nobody@example.test', password: 'wrong-password-123' })).status, 401);
+    return { t, users };
+  };
+  const verify = (t: TestApp) => t.app.get(AuditVerifierService).verify();
+
+  it('hashes again only the buckets whose heads moved, reading no other head, and the verifier, hashing every head, agrees', async () => {
+    const { t, users } = await open();
+    const chain = t.app.get(AuditChainService);
+    const first = await chain.checkpoint(true);
+    assert.ok(first);
+    assert.match(first.digest, /^v2:[0-9a-f]{64}$/);
+    const [{ buckets }] = await t.db.query(`SELECT count(DISTINCT left(chain_key, 4))::int AS buckets FROM audit_checkpoint_heads`);
+    const before = await storedBuckets(t);
+    assert.equal(before.size, buckets);
+    assert.ok(before.has('glob'));
+
+    await login(t.http, users[0]);
+    const { runners, restore } = recordQueryRunners(t.db);
+    let second;
+    try {
+      second = await chain.checkpoint(true);
+    } finally {
+      restore();
+    }
+    assert.equal(second?.id, 2);
+    const sent = runners.flat().map(textOf);
+    assert.ok(
+      sent.some((s) => /JOIN audit_checkpoint_heads p ON p.chain_key >= r.lo/.test(s)),
+      'the touched bucket was read by its key range',
+    );
+    assert.ok(!sent.some((s) => /DECLARE sessionary_heads_digest/.test(s)), 'no read of every head');
+    const after = await storedBuckets(t);
+    const changed = [...after].filter(([bucket, digest]) => before.get(bucket) !== digest).map(([bucket]) => bucket);
+    assert.deepEqual(changed, [bucketOf(users[0].id)]);
+    assert.equal(after.size, before.size);
+
+    const result = await verify(t);
+    assert.equal(result.ok, true, JSON.stringify(result));
+    assert.equal(result.checkpointId, 2);
+  });
+
+  it('does not trust its stored buckets: one changed is stated by the next checkpoint, and the verifier finds it', async () => {
+    const { t, users } = await open();
+    const chain = t.app.get(AuditChainService);
+    assert.ok(await chain.checkpoint(true));
+    // A bucket the next checkpoint does not touch (user ids are hex: none is in the global chain's bucket).
+    await t.db.query(`UPDATE audit_checkpoint_buckets SET digest = repeat('0', 64) WHERE bucket = 'glob'`);
+    await login(t.http, users[1]);
+    assert.equal((await chain.checkpoint(true))?.id, 2);
+    const result = await verify(t);
+    assert.equal(result.ok, false);
+    assert.match(result.reason ?? '', /The checkpointed chain heads do not match checkpoint 2/);
+  });
+
+  it('hashes every bucket again when the stored ones do not count the chains the last checkpoint stated', async () => {
+    const warnings: string[] = [];
+    const logger: LoggerService = { log: () => undefined, warn: (m: unknown) => void warnings.push(String(m)), error: () => undefined };
+    const { t } = await open(logger);
+    const chain = t.app.get(AuditChainService);
+    assert.ok(await chain.checkpoint(true));
+    const before = await storedBuckets(t);
+    // As a migration reverted and applied again leaves them.
+    await t.db.query(`DELETE FROM audit_checkpoint_buckets`);
+    const added = await registerUser(t.http);
+    assert.equal((await chain.checkpoint(true))?.id, 2);
+    assert.ok(
+      warnings.some((w) => /stored bucket digests count \d+ chains, not \d+: hashing every bucket again/.test(w)),
+      warnings.join('\n'),
+    );
+    // All of them again, as they were but for the new user's.
+    const after = await storedBuckets(t);
+    assert.ok(after.has(bucketOf(added.id)));
+    for (const [bucket, digest] of before) if (bucket !== bucketOf(added.id)) assert.equal(after.get(bucket), digest, bucket);
+    const result = await verify(t);
+    assert.equal(result.ok, true, JSON.stringify(result));
+  });
+
+  it('verifies a checkpoint of format 1 (written before 0.12.0), and follows it with one of format 2', async () => {
+    const { t, users } = await open();
+    // A checkpoint as 0.11.1 wrote it: the heads copied, their digest in format 1, MAC'd.
+    await t.db.transaction(async (em) => {
+      await em.query(`INSERT INTO audit_checkpoint_heads (chain_key, position, hash) SELECT chain_key, position, hash FROM audit_chain_heads`);
+      const heads = await digestCheckpointedHeads(em, 'v1');
+      const [{ now, seq }] = await em.query(
+        `SELECT to_char(now() AT TIME ZONE 'UTC', ${PG_MICROS_UTC}) AS now, max(seq)::text AS seq FROM audit_events`,
+      );
+      const fields = { id: 1, createdAt: now, chains: heads.chains, events: heads.events, maxSeq: seq, digest: heads.digest, prevMac: GENESIS_HASH };
+      await em.query(
+        `INSERT INTO audit_checkpoints (id, created_at, chains, events, max_seq, digest, prev_mac, mac) VALUES ($1, $2::timestamptz, $3, $4, $5, $6, $7, $8)`,
+        [...Object.values(fields), checkpointMac(TEST_AUDIT_HMAC_KEY, fields)],
+      );
+      assert.match(heads.digest, /^[0-9a-f]{64}$/);
+    });
+    let result = await verify(t);
+    assert.equal(result.ok, true, JSON.stringify(result));
+    assert.equal(result.checkpointId, 1);
+
+    await login(t.http, users[0]);
+    const next = await t.app.get(AuditChainService).checkpoint(true);
+    assert.equal(next?.id, 2);
+    assert.match(next.digest, /^v2:/);
+    const [{ buckets }] = await t.db.query(`SELECT count(*)::int AS buckets FROM audit_checkpoint_buckets`);
+    assert.ok(buckets >= 4, `every bucket hashed: ${buckets}`);
+    result = await verify(t);
+    assert.equal(result.ok, true, JSON.stringify(result));
+    assert.equal(result.checkpointId, 2);
+  });
+});

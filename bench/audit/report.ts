@@ -10,6 +10,8 @@ export interface ScenarioResult {
   databaseBytes: number;
   pages: PageMeasure[];
   verification: VerifyMeasure | undefined;
+  /** The first checkpoint after the seed (or, on a reused database, the first of this run). */
+  firstCheckpointSeconds: number;
   checkpoint: CheckpointMeasure;
   ended: CleanupMeasure;
   deleted: CleanupMeasure;
@@ -39,6 +41,7 @@ export function printReport(empty: ScenarioResult, large: ScenarioResult): void 
     other.push(['verification, events/s', num(empty.verification.eventsPerSecond), num(large.verification.eventsPerSecond)]);
   }
   other.push(['checkpoint, chains', num(empty.checkpoint.chains), num(large.checkpoint.chains)]);
+  other.push(['first checkpoint after the seed (every head), s', num(empty.firstCheckpointSeconds), num(large.firstCheckpointSeconds)]);
   other.push(['checkpoint, s', num(empty.checkpoint.seconds), num(large.checkpoint.seconds)]);
   other.push([
     `checkpoint, slowest of the appends meanwhile, ms`,

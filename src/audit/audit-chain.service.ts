@@ -275,14 +275,23 @@ export class AuditChainService {
 
   /** Hashes the given buckets again from their heads (read by key range, a batch of buckets a statement) and stores them. */
   private async rehashBuckets(em: EntityManager, buckets: string[]): Promise<void> {
+    // Those reads are short, but estimated far above it (a range of unknown bounds): JIT
+    // compiling them took longer than running them (0.1 s of 0.2 s a batch, measured).
+    await sql(em, `SET LOCAL jit = off`);
     for (let i = 0; i < buckets.length; i += BUCKETS_BATCH) {
       const batch = buckets.slice(i, i + BUCKETS_BATCH);
       const ranges = batch.map(bucketRange);
       const { rows } = await sql<HeadRow>(
         em,
+        // One index range scan per bucket: as a plain join, PostgreSQL guessed a third of the
+        // table per range and walked the whole index once, comparing every head with every
+        // range (29 s for 500 buckets at 1M chains; OFFSET 0 keeps the subquery apart, 0.1 s).
         `SELECT p.chain_key, p.position::text AS position, p.hash
            FROM unnest($1::text[], $2::text[]) AS r(lo, hi)
-           JOIN audit_checkpoint_heads p ON p.chain_key >= r.lo COLLATE "C" AND p.chain_key < r.hi COLLATE "C"
+           CROSS JOIN LATERAL (
+             SELECT chain_key, position, hash FROM audit_checkpoint_heads
+              WHERE chain_key >= r.lo COLLATE "C" AND chain_key < r.hi COLLATE "C" OFFSET 0
+           ) p
           ORDER BY p.chain_key`,
         [ranges.map((r) => r[0]), ranges.map((r) => r[1])],
       );

@@ -3,6 +3,8 @@ import { afterEach, describe, it } from 'node:test';
 import { LoggerService } from '@nestjs/common';
 import { checkpointMac, GENESIS_HASH, PG_MICROS_UTC } from '../src/audit/audit-chain';
 import { AuditChainService, digestCheckpointedHeads } from '../src/audit/audit-chain.service';
+import { AuditCheckpointTask } from '../src/audit/audit-checkpoint.task';
+import { AuditService } from '../src/audit/audit.service';
 import { AuditVerifierService } from '../src/audit/audit-verifier.service';
 import { bucketOf } from '../src/audit/checkpoint-heads-digest';
 import { login, registerUser, TestUser } from './helpers/factories';
@@ -132,5 +134,63 @@ describe('audit checkpoint digests, format 2 (e2e)', () => {
     result = await verify(t);
     assert.equal(result.ok, true, JSON.stringify(result));
     assert.equal(result.checkpointId, 2);
+  });
+
+  it('counts, times and dates the checkpoints an instance writes, and the ticks that fail, in /metrics', async () => {
+    const t = await createTestApp({ DATABASE_URL: await freshDatabase(), AUDIT_CHECKPOINT_EVERY: '1' });
+    opened.push(t);
+    const user = await registerUser(t.http);
+    const task = t.app.get(AuditCheckpointTask);
+    // Checkpoints the registration set off in the background: wait for them, then only the calls below decide.
+    await task.handleTick();
+    t.app.get(AuditService).onAppended = undefined;
+    const scrape = async () => {
+      const text = (await t.http.get('/metrics')).text;
+      const value = (line: string) =>
+        Number(
+          text
+            .split('\n')
+            .find((l) => l.startsWith(`${line} `))
+            ?.split(' ')[1],
+        );
+      return {
+        written: value('sessionary_audit_checkpoints_total{outcome="written"}'),
+        failed: value('sessionary_audit_checkpoints_total{outcome="failed"}'),
+        allBuckets: value('sessionary_audit_checkpoint_all_buckets_hashed_total'),
+        at: value('sessionary_audit_checkpoint_last_timestamp_seconds'),
+        seconds: value('sessionary_audit_checkpoint_last_duration_seconds'),
+      };
+    };
+    const before = await scrape();
+
+    await login(t.http, user);
+    const written = await task.handleTick();
+    assert.ok(written, 'a checkpoint was due after one event');
+    let now = await scrape();
+    assert.deepEqual(
+      { written: now.written, failed: now.failed, allBuckets: now.allBuckets },
+      { written: before.written + 1, failed: before.failed, allBuckets: before.allBuckets },
+    );
+    assert.equal(now.at, Date.parse(written.createdAt) / 1000);
+    assert.ok(now.seconds > 0 && now.seconds < 60, String(now.seconds));
+
+    // A checkpoint that fails (its bucket digests cannot be stored) is counted, and nothing is written.
+    await t.db.query(`CREATE FUNCTION refuse_buckets() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'refused for the test'; END $$`);
+    await t.db.query(`CREATE TRIGGER refuse_buckets BEFORE INSERT ON audit_checkpoint_buckets FOR EACH ROW EXECUTE FUNCTION refuse_buckets()`);
+    await login(t.http, user);
+    assert.equal(await task.handleTick(), undefined);
+    now = await scrape();
+    assert.deepEqual({ written: now.written, failed: now.failed }, { written: before.written + 1, failed: before.failed + 1 });
+
+    // Stored buckets that do not add up: the next checkpoint hashes every bucket, and says so.
+    await t.db.query(`DROP TRIGGER refuse_buckets ON audit_checkpoint_buckets`);
+    await t.db.query(`DELETE FROM audit_checkpoint_buckets`);
+    assert.ok(await task.handleTick());
+    now = await scrape();
+    assert.deepEqual(
+      { written: now.written, failed: now.failed, allBuckets: now.allBuckets },
+      { written: before.written + 2, failed: before.failed + 1, allBuckets: before.allBuckets + 1 },
+    );
+    assert.equal((await verify(t)).ok, true);
   });
 });

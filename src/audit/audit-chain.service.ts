@@ -71,6 +71,8 @@ export const CHECKPOINT_COLUMNS = `id::text, to_char(created_at AT TIME ZONE 'UT
 export class AuditChainService {
   private readonly logger = new Logger('AuditChain');
   private readonly key: string;
+  /** The checkpoints this instance wrote (the metrics read it): how many, how many hashed every bucket, the last one's time and duration. */
+  readonly stats = { written: 0, allBucketsHashed: 0, lastWrittenAt: null as Date | null, lastSeconds: 0 };
 
   constructor(
     @InjectDataSource() private readonly dataSource: DataSource,
@@ -151,6 +153,8 @@ export class AuditChainService {
    * others return undefined.
    */
   async checkpoint(force = false): Promise<Checkpoint | undefined> {
+    const started = performance.now();
+    let hashedAll = false;
     const written = await this.dataSource.transaction(async (em) => {
       const {
         rows: [{ locked }],
@@ -201,6 +205,7 @@ export class AuditChainService {
       );
       const copied = touched.reduce((n, t) => n + t.copied, 0);
       const heads = await this.digestHeads(em, last, touched);
+      hashedAll = heads.hashedAll;
       // A copy that changed a large share of the table (the first checkpoint of a large log)
       // leaves its statistics behind until autovacuum comes by; planned without them, a
       // verification pass at 1M chains read its key range of this table by bitmap, 2.4 s a pass
@@ -239,7 +244,13 @@ export class AuditChainService {
       );
       return checkpoint;
     });
-    if (written) await this.export(written);
+    if (written) {
+      this.stats.written++;
+      if (hashedAll) this.stats.allBucketsHashed++;
+      this.stats.lastWrittenAt = new Date(written.createdAt);
+      this.stats.lastSeconds = (performance.now() - started) / 1000;
+      await this.export(written);
+    }
     return written;
   }
 
@@ -258,7 +269,7 @@ export class AuditChainService {
     em: EntityManager,
     last: CheckpointRow | undefined,
     touched: Array<{ bucket: string; inserted: number }>,
-  ): Promise<CheckpointedHeads> {
+  ): Promise<CheckpointedHeads & { hashedAll: boolean }> {
     if (last && isHeadsDigestV2(last.digest) && touched.length <= TOUCHED_BUCKETS_MAX) {
       await this.rehashBuckets(
         em,
@@ -266,11 +277,11 @@ export class AuditChainService {
       );
       const heads = await rootOfStoredBuckets(em);
       const expected = Number(last.chains) + touched.reduce((n, t) => n + t.inserted, 0);
-      if (heads.chains === expected) return heads;
+      if (heads.chains === expected) return { ...heads, hashedAll: false };
       this.logger.warn(`The checkpoint's stored bucket digests count ${heads.chains} chains, not ${expected}: hashing every bucket again`);
     }
     await this.rehashAllBuckets(em);
-    return rootOfStoredBuckets(em);
+    return { ...(await rootOfStoredBuckets(em)), hashedAll: true };
   }
 
   /** Hashes the given buckets again from their heads (read by key range, a batch of buckets a statement) and stores them. */

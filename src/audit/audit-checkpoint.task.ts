@@ -24,6 +24,8 @@ export class AuditCheckpointTask implements OnApplicationBootstrap {
   private readonly logger = new Logger(AuditCheckpointTask.name);
   private running: Promise<Checkpoint | undefined> | undefined;
   private sinceCheck = 0;
+  /** Ticks whose checkpoint failed (the database unavailable included); the metrics read it. */
+  failures = 0;
 
   constructor(
     private readonly chain: AuditChainService,
@@ -58,6 +60,7 @@ export class AuditCheckpointTask implements OnApplicationBootstrap {
     try {
       return await this.chain.checkpoint();
     } catch (error) {
+      this.failures++;
       if (isDatabaseUnavailable(error)) this.logger.warn('Audit checkpoint skipped: the database is unavailable');
       else this.logger.error('Audit checkpoint failed', error instanceof Error ? error.stack : String(error));
       return undefined;

@@ -31,6 +31,7 @@ import { BoundedAuditService } from './bounded-audit.service';
     AuditService,
     BoundedAuditService,
     AuditChainService,
+    AuditCheckpointTask,
     AuditVerifierService,
     AuditExportService,
     AuditPartitionsService,

@@ -4,6 +4,8 @@ import { HttpAdapterHost } from '@nestjs/core';
 import type { AppConfig } from '../config/config';
 import type { FastifyInstance } from 'fastify';
 import { collectDefaultMetrics, Counter, Gauge, Registry } from 'prom-client';
+import { AuditChainService } from '../audit/audit-chain.service';
+import { AuditCheckpointTask } from '../audit/audit-checkpoint.task';
 import { AuditPartitionsService } from '../audit/audit-partitions.service';
 import { BoundedAuditService } from '../audit/bounded-audit.service';
 import { KeyRing } from '../keys/key-ring.service';
@@ -30,6 +32,8 @@ export class MetricsService implements OnModuleInit {
     cleanup: SessionsCleanupTask,
     boundedAudit: BoundedAuditService,
     auditPartitions: AuditPartitionsService,
+    auditChain: AuditChainService,
+    auditCheckpoints: AuditCheckpointTask,
     keyRing: KeyRing,
     config: ConfigService<AppConfig, true>,
   ) {
@@ -63,6 +67,35 @@ export class MetricsService implements OnModuleInit {
         this.inc(auditPartitions.stats.droppedEvents);
       },
     });
+    // This instance's view too: one instance writes each checkpoint (alert on the newest across instances).
+    new Counter({
+      name: 'sessionary_audit_checkpoints_total',
+      help: 'Audit checkpoints this instance wrote, and its checkpoint ticks that failed',
+      labelNames: ['outcome'] as const,
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        this.inc({ outcome: 'written' }, auditChain.stats.written);
+        this.inc({ outcome: 'failed' }, auditCheckpoints.failures);
+      },
+    });
+    new Counter({
+      name: 'sessionary_audit_checkpoint_all_buckets_hashed_total',
+      help: "Checkpoints this instance wrote that hashed every bucket of the heads' digest (the first after an upgrade, a very large copy, or stored buckets that did not add up)",
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        this.inc(auditChain.stats.allBucketsHashed);
+      },
+    });
+    gauge('sessionary_audit_checkpoint_last_timestamp_seconds', 'When the last checkpoint this instance wrote was taken (0: none yet)', () =>
+      auditChain.stats.lastWrittenAt ? auditChain.stats.lastWrittenAt.getTime() / 1000 : 0,
+    );
+    gauge(
+      'sessionary_audit_checkpoint_last_duration_seconds',
+      'How long the last checkpoint this instance wrote took',
+      () => auditChain.stats.lastSeconds,
+    );
     gauge('sessionary_signing_key_age_seconds', 'Seconds since the current signing key started signing', () => keyRing.currentKeyAgeSeconds());
     new Gauge({
       name: 'sessionary_signing_keys',

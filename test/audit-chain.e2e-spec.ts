@@ -871,11 +871,14 @@ describe('audit checkpoints of many changed heads (e2e)', () => {
       assert.ok(await t.app.get(AuditChainService).checkpoint(true));
       const analyzed = await reltuples();
       assert.ok(analyzed >= 12_000, `statistics after the large copy: ${analyzed} rows`);
-      // 500 more: an ANALYZE would count them.
+      // 500 more, each with its event (a checkpoint finds the chains that moved by their events since the last): an ANALYZE would count them.
       await t.db.query(
         `INSERT INTO audit_chain_heads (chain_key, position, hash) SELECT 'more-' || lpad(i::text, 6, '0'), 1, repeat('a', 64) FROM generate_series(1, 500) i`,
       );
-      await registerUser(t.http); // a new event: a checkpoint is due
+      await t.db.query(
+        `INSERT INTO audit_events (id, type, metadata, created_at, chain_key, chain_pos, prev_hash, hash)
+         SELECT gen_random_uuid(), 'LOGIN', '{}', now(), 'more-' || lpad(i::text, 6, '0'), 1, repeat('0', 64), repeat('a', 64) FROM generate_series(1, 500) i`,
+      );
       assert.ok(await t.app.get(AuditChainService).checkpoint(true));
       const [{ n }] = await t.db.query(`SELECT count(*)::int AS n FROM audit_checkpoint_heads`);
       assert.ok(n >= analyzed + 500);

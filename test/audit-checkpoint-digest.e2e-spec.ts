@@ -194,3 +194,103 @@ describe('audit checkpoint digests, format 2 (e2e)', () => {
     assert.equal((await verify(t)).ok, true);
   });
 });
+
+describe('audit checkpoints: the chains that moved (e2e)', () => {
+  const opened: TestApp[] = [];
+  afterEach(async () => {
+    while (opened.length) await opened.pop()!.close();
+  });
+  const open = async () => {
+    const t = await createTestApp({ DATABASE_URL: await freshDatabase() });
+    opened.push(t);
+    return t;
+  };
+  /** The statements the checkpoint sent, and what it returned. */
+  const checkpointRecorded = async (t: TestApp) => {
+    const { runners, restore } = recordQueryRunners(t.db);
+    try {
+      const checkpoint = await t.app.get(AuditChainService).checkpoint(true);
+      return { checkpoint, sent: runners.flat().map(textOf) };
+    } finally {
+      restore();
+    }
+  };
+  const copy = (sent: string[]) => sent.find((s) => /INSERT INTO audit_checkpoint_heads/.test(s)) ?? '';
+  const recordedHead = async (t: TestApp, chainKey: string) =>
+    (await t.db.query(`SELECT position::int AS position FROM audit_checkpoint_heads WHERE chain_key = $1`, [chainKey]))[0]?.position as
+      number | undefined;
+  const actualHead = async (t: TestApp, chainKey: string) =>
+    (await t.db.query(`SELECT position::int AS position FROM audit_chain_heads WHERE chain_key = $1`, [chainKey]))[0].position as number;
+
+  it('finds them by their events since the last checkpoint, comparing no other head, and states the seq it covers', async () => {
+    const t = await open();
+    const [a, b] = [await registerUser(t.http), await registerUser(t.http)];
+    const first = await checkpointRecorded(t);
+    assert.ok(first.checkpoint);
+    assert.match(copy(first.sent), /FROM audit_chain_heads h LEFT JOIN/, 'the first one compares every head');
+    await login(t.http, a);
+    const second = await checkpointRecorded(t);
+    assert.ok(second.checkpoint);
+    assert.match(copy(second.sent), /SELECT DISTINCT chain_key FROM audit_events WHERE seq > \$1/);
+    assert.doesNotMatch(copy(second.sent), /FROM audit_chain_heads h LEFT JOIN/);
+    const [{ max }] = await t.db.query(`SELECT max(seq)::text AS max FROM audit_events`);
+    assert.equal(second.checkpoint.maxSeq, max);
+    assert.equal(await recordedHead(t, a.id), await actualHead(t, a.id));
+    assert.equal(await recordedHead(t, b.id), await actualHead(t, b.id));
+    const result = await t.app.get(AuditVerifierService).verify();
+    assert.equal(result.ok, true, JSON.stringify(result));
+  });
+
+  it('claims no seq an uncommitted event may hold: a later checkpoint still finds that event once it commits', async () => {
+    const t = await open();
+    const [a, b] = [await registerUser(t.http), await registerUser(t.http)];
+    const first = await t.app.get(AuditChainService).checkpoint(true);
+    assert.ok(first);
+    // A transaction appends to a's chain and stays open (a slow request): its event has a seq, uncommitted.
+    const runner = t.db.createQueryRunner();
+    await runner.connect();
+    await runner.startTransaction();
+    try {
+      await t.app.get(AuditService).record(runner.manager, { type: 'PROFILE_UPDATED', userId: a.id, metadata: { fields: 'username' } });
+      const [{ pending }] = await runner.query(`SELECT max(seq)::text AS pending FROM audit_events`);
+      // b's login commits an event with a greater seq.
+      await login(t.http, b);
+      Reflect.set(t.app.get(AuditChainService), 'settleTimeoutMs', 300);
+      const second = await t.app.get(AuditChainService).checkpoint(true);
+      assert.ok(second);
+      assert.equal(second.maxSeq, first.maxSeq, 'a seq is still in flight: it claims no more than the last one');
+      assert.ok(BigInt(pending) > BigInt(first.maxSeq));
+      assert.equal(await recordedHead(t, b.id), await actualHead(t, b.id));
+      await runner.commitTransaction();
+    } finally {
+      if (runner.isTransactionActive) await runner.rollbackTransaction();
+      await runner.release();
+    }
+    const third = await t.app.get(AuditChainService).checkpoint(true);
+    assert.ok(third);
+    const [{ max }] = await t.db.query(`SELECT max(seq)::text AS max FROM audit_events`);
+    assert.equal(third.maxSeq, max);
+    assert.equal(await recordedHead(t, a.id), await actualHead(t, a.id), "the slow transaction's event is in the chain's recorded head");
+    const result = await t.app.get(AuditVerifierService).verify();
+    assert.equal(result.ok, true, JSON.stringify(result));
+  });
+
+  it('compares every head while events wait to be sealed, and claims no seq then', async () => {
+    const t = await open();
+    const a = await registerUser(t.http);
+    assert.ok(await t.app.get(AuditChainService).checkpoint(true));
+    await t.db.query(`INSERT INTO audit_chain_seal SELECT max(seq) FROM audit_events`);
+    await login(t.http, a);
+    const sealing = await checkpointRecorded(t);
+    assert.ok(sealing.checkpoint);
+    assert.match(copy(sealing.sent), /FROM audit_chain_heads h LEFT JOIN/);
+    assert.equal(sealing.checkpoint.maxSeq, '0');
+    await t.app.get(AuditChainService).sealPending(); // nothing to seal: removes the bound
+    await login(t.http, a);
+    const after = await checkpointRecorded(t);
+    assert.ok(after.checkpoint);
+    assert.match(copy(after.sent), /WHERE seq > \$1/);
+    assert.equal(await recordedHead(t, a.id), await actualHead(t, a.id));
+    assert.equal((await t.app.get(AuditVerifierService).verify()).ok, true);
+  });
+});

@@ -19,6 +19,7 @@ import {
 } from './audit-chain';
 import { BUCKET_CHARS, bucketRange, type HeadsBucket, HeadsBucketer, HeadsRoot, HeadsTreeDigest, isHeadsDigestV2 } from './checkpoint-heads-digest';
 import { lockHeads } from './lock-heads';
+import { settledAuditSeq } from './settled-seq';
 
 // Any fixed 64-bit numbers work; these spell "audseal" and "audchkpt" in ASCII.
 const SEAL_LOCK_KEY = '7022357861416547436';
@@ -32,6 +33,12 @@ const BUCKETS_BATCH = 500;
  * scan of every head costs less than a key range read for each.
  */
 const TOUCHED_BUCKETS_MAX = 16_384;
+/**
+ * A checkpoint finds the chains that moved from the events since the last one's maxSeq when
+ * there are at most this many of them or a quarter as many as chains; past that, comparing
+ * every head with its recorded one (one hash join of both tables) costs less.
+ */
+const RANGE_EVENTS_MIN = 100_000;
 
 export interface CheckpointRow {
   id: string;
@@ -73,6 +80,8 @@ export class AuditChainService {
   private readonly key: string;
   /** The checkpoints this instance wrote (the metrics read it): how many, how many hashed every bucket, the last one's time and duration. */
   readonly stats = { written: 0, allBucketsHashed: 0, lastWrittenAt: null as Date | null, lastSeconds: 0 };
+  /** How long a checkpoint waits for the transactions running before it to end (see checkpoint()). */
+  private settleTimeoutMs = 5_000;
 
   constructor(
     @InjectDataSource() private readonly dataSource: DataSource,
@@ -154,47 +163,62 @@ export class AuditChainService {
    */
   async checkpoint(force = false): Promise<Checkpoint | undefined> {
     const started = performance.now();
+    if (!(await this.isDue(this.dataSource.manager, force))) return undefined;
+    // Every event with a seq up to `settled` is committed or rolled back once this returns, so
+    // the copy's snapshot, taken after it, holds all of them that will ever exist: the seq this
+    // checkpoint states it covers (maxSeq), and from which the next one looks for moved chains.
+    // Null (transactions still running after the wait, e.g. a long verification or export):
+    // this checkpoint claims no more than the last one did.
+    const settled = await settledAuditSeq(this.dataSource.manager, this.settleTimeoutMs);
     let hashedAll = false;
     const written = await this.dataSource.transaction(async (em) => {
       const {
         rows: [{ locked }],
       } = await sql<{ locked: boolean }>(em, 'SELECT pg_try_advisory_xact_lock($1) AS locked', [CHECKPOINT_LOCK_KEY]);
       if (!locked) return undefined;
-      const {
-        rows: [last],
-      } = await sql<CheckpointRow & { age: number }>(
-        em,
-        `SELECT ${CHECKPOINT_COLUMNS}, extract(epoch FROM now() - created_at)::float8 AS age
-           FROM audit_checkpoints c ORDER BY c.id DESC LIMIT 1`,
-      );
-      const {
-        rows: [{ max_seq }],
-      } = await sql<{ max_seq: string }>(em, `SELECT coalesce(max(seq), 0)::text AS max_seq FROM audit_events`);
-      if (last ? BigInt(max_seq) <= BigInt(last.max_seq) : max_seq === '0') return undefined;
-      if (!force && last) {
-        const every = BigInt(this.config.get('AUDIT_CHECKPOINT_EVERY', { infer: true }));
-        const interval = this.config.get('AUDIT_CHECKPOINT_INTERVAL', { infer: true });
-        if (BigInt(max_seq) - BigInt(last.max_seq) < every && last.age < interval) return undefined;
-      }
+      const due = await this.isDue(em, force);
+      if (!due) return undefined;
+      const { last, maxSeq: currentMaxSeq } = due;
       // No statement timeout: a checkpoint that copies a great many heads (the first one after
       // a large log was sealed: 1M heads took over the pool's 15 s) must finish, or every later
       // one would fail the same way.
       await sql(em, `SET LOCAL statement_timeout = 0`);
-      // The heads that moved since the last checkpoint, copied as committed now (one statement,
-      // one snapshot) into the checkpoint's own table, which only this job writes: no head is
-      // locked, so no writer waits for a checkpoint. (Until 0.11.1 the copy was in the heads'
-      // rows, under their row locks, and with them the login or refresh of every user active
-      // since the last checkpoint waited for the digest of every head: 4.2–4.7 s at 944k chains.)
-      // A writer that moves a head meanwhile leaves it for the next checkpoint.
-      // No ORDER BY: it steered the plan to a merge join of both tables in key order, a random
-      // heap page per head (10.9 s at 944k chains, against 1.7 s for a hash join of two scans).
+      // Events sealed into their chains (those from before the chain existed, sealed at boot)
+      // move heads without a new seq: while any wait, every head is compared.
+      const {
+        rows: [{ sealing }],
+      } = await sql<{ sealing: boolean }>(em, `SELECT EXISTS (SELECT 1 FROM audit_chain_seal) AS sealing`);
+      // The chains that moved are those with an event after the last checkpoint's maxSeq, when
+      // it states one every event up to which it covered (format 2) and there are not so many
+      // events since that comparing every head costs less.
+      const since =
+        last &&
+        isHeadsDigestV2(last.digest) &&
+        !sealing &&
+        BigInt(currentMaxSeq) - BigInt(last.max_seq) <= BigInt(Math.max(RANGE_EVENTS_MIN, Math.floor(Number(last.chains) / 4)))
+          ? last.max_seq
+          : null;
+      // The heads that moved, copied as committed now (one statement, one snapshot) into the
+      // checkpoint's own table, which only this job writes: no head is locked, so no writer
+      // waits for a checkpoint. (Until 0.11.1 the copy was in the heads' rows, under their row
+      // locks, and with them the login or refresh of every user active since the last
+      // checkpoint waited for the digest of every head: 4.2–4.7 s at 944k chains.) A writer
+      // that moves a head meanwhile leaves it for the next checkpoint.
+      // Without `since`, every head is compared with its recorded one: no ORDER BY, which
+      // steered the plan to a merge join of both tables in key order, a random heap page per
+      // head (10.9 s at 944k chains, against 1.7 s for a hash join of two scans).
       // RETURNING: which buckets of the digest's tree the copy touched, and how many chains it added.
+      const moved =
+        since === null
+          ? `audit_chain_heads h`
+          : `(SELECT DISTINCT chain_key FROM audit_events WHERE seq > $1::bigint AND chain_key IS NOT NULL) m
+             JOIN audit_chain_heads h ON h.chain_key = m.chain_key`;
       const { rows: touched } = await sql<{ bucket: string; copied: number; inserted: number }>(
         em,
         `WITH copied AS (
            INSERT INTO audit_checkpoint_heads (chain_key, position, hash)
            SELECT h.chain_key, h.position, h.hash
-             FROM audit_chain_heads h LEFT JOIN audit_checkpoint_heads p ON p.chain_key = h.chain_key
+             FROM ${moved} LEFT JOIN audit_checkpoint_heads p ON p.chain_key = h.chain_key
             WHERE p.chain_key IS NULL OR p.position <> h.position OR p.hash <> h.hash
            ON CONFLICT (chain_key) DO UPDATE SET position = excluded.position, hash = excluded.hash
            -- xmax is 0 on a row the INSERT created, the updating transaction's id on one it updated.
@@ -202,6 +226,7 @@ export class AuditChainService {
          )
          SELECT left(chain_key, ${BUCKET_CHARS}) AS bucket, count(*)::int AS copied, count(*) FILTER (WHERE inserted)::int AS inserted
            FROM copied GROUP BY 1`,
+        since === null ? [] : [since],
       );
       const copied = touched.reduce((n, t) => n + t.copied, 0);
       const heads = await this.digestHeads(em, last, touched);
@@ -212,17 +237,19 @@ export class AuditChainService {
       // instead of a scan's 0.3 s (measured). ANALYZE samples it (a fraction of a second).
       if (copied >= 10_000 && copied * 10 >= heads.chains) await sql(em, `ANALYZE audit_checkpoint_heads`);
       const {
-        rows: [{ now, seq }],
-      } = await sql<{ now: string; seq: string }>(
-        em,
-        `SELECT to_char(now() AT TIME ZONE 'UTC', ${PG_MICROS_UTC}) AS now, coalesce(max(seq), 0)::text AS seq FROM audit_events`,
-      );
+        rows: [{ now }],
+      } = await sql<{ now: string }>(em, `SELECT to_char(now() AT TIME ZONE 'UTC', ${PG_MICROS_UTC}) AS now`);
+      // What it covers: every event up to the settled seq; unsettled, what the last one covered
+      // (its heads were copied again or are unchanged); '0' while events are being sealed, or
+      // after a checkpoint of format 1 (whose maxSeq was read, not settled), so that the next
+      // one compares every head.
+      const maxSeq = sealing ? '0' : (settled ?? (last && isHeadsDigestV2(last.digest) ? last.max_seq : '0'));
       const fields = {
         id: last ? Number(last.id) + 1 : 1,
         createdAt: now as string,
         chains: heads.chains,
         events: heads.events,
-        maxSeq: seq as string,
+        maxSeq,
         digest: heads.digest,
         prevMac: last ? last.mac : GENESIS_HASH,
       };
@@ -332,6 +359,34 @@ export class AuditChainService {
     });
     tree.finish();
     await storeBuckets(em, hashed);
+  }
+
+  /**
+   * The last checkpoint and the greatest seq now, when a checkpoint is due: AUDIT_CHECKPOINT_EVERY
+   * events past the last one's maxSeq, or AUDIT_CHECKPOINT_INTERVAL seconds since it and an
+   * event past it; with `force`, any event past it.
+   */
+  private async isDue(
+    em: EntityManager,
+    force: boolean,
+  ): Promise<{ last: (CheckpointRow & { age: number }) | undefined; maxSeq: string } | undefined> {
+    const {
+      rows: [last],
+    } = await sql<CheckpointRow & { age: number }>(
+      em,
+      `SELECT ${CHECKPOINT_COLUMNS}, extract(epoch FROM now() - created_at)::float8 AS age
+         FROM audit_checkpoints c ORDER BY c.id DESC LIMIT 1`,
+    );
+    const {
+      rows: [{ max_seq }],
+    } = await sql<{ max_seq: string }>(em, `SELECT coalesce(max(seq), 0)::text AS max_seq FROM audit_events`);
+    if (last ? BigInt(max_seq) <= BigInt(last.max_seq) : max_seq === '0') return undefined;
+    if (!force && last) {
+      const every = BigInt(this.config.get('AUDIT_CHECKPOINT_EVERY', { infer: true }));
+      const interval = this.config.get('AUDIT_CHECKPOINT_INTERVAL', { infer: true });
+      if (BigInt(max_seq) - BigInt(last.max_seq) < every && last.age < interval) return undefined;
+    }
+    return { last, maxSeq: max_seq };
   }
 
   /** The newest checkpoint in the table, if any. */

@@ -8,6 +8,7 @@ import { AuditService } from '../src/audit/audit.service';
 import { AuditVerifierService } from '../src/audit/audit-verifier.service';
 import { bucketOf } from '../src/audit/checkpoint-heads-digest';
 import { login, registerUser, TestUser } from './helpers/factories';
+import { tamper } from './helpers/db';
 import { recordQueryRunners, textOf } from './helpers/query-runners';
 import { createTestApp, freshDatabase, TEST_AUDIT_HMAC_KEY, TestApp } from './helpers/test-app';
 
@@ -292,5 +293,27 @@ describe('audit checkpoints: the chains that moved (e2e)', () => {
     assert.match(copy(after.sent), /WHERE seq > \$1/);
     assert.equal(await recordedHead(t, a.id), await actualHead(t, a.id));
     assert.equal((await t.app.get(AuditVerifierService).verify()).ok, true);
+  });
+
+  it('never copies a head set back: a deleted tail stays detected after the next checkpoint, though the chain moved on', async () => {
+    const t = await open();
+    const a = await registerUser(t.http);
+    for (let i = 0; i < 3; i++) await login(t.http, a);
+    assert.ok(await t.app.get(AuditChainService).checkpoint(true));
+    const recorded = (await recordedHead(t, a.id))!;
+    // Someone deletes the last two events and sets the head back to the one before them.
+    const chain: Array<{ id: string; hash: string }> = await t.db.query(`SELECT id, hash FROM audit_events WHERE chain_key = $1 ORDER BY chain_pos`, [
+      a.id,
+    ]);
+    await tamper(t.db, `DELETE FROM audit_events WHERE id = ANY($1::uuid[])`, [chain.slice(-2).map((e) => e.id)]);
+    await t.db.query(`UPDATE audit_chain_heads SET position = $2, hash = $3 WHERE chain_key = $1`, [a.id, recorded - 2, chain[recorded - 3].hash]);
+    // The user logs in again: the chain goes on from the head it was set back to.
+    await login(t.http, a);
+    assert.equal(await actualHead(t, a.id), recorded - 1);
+    assert.ok(await t.app.get(AuditChainService).checkpoint(true));
+    assert.equal(await recordedHead(t, a.id), recorded, 'the head behind its recorded position was not copied');
+    const result = await t.app.get(AuditVerifierService).verify();
+    assert.equal(result.ok, false);
+    assert.match(result.reason ?? '', new RegExp(`Chain ${a.id} ends at position ${recorded - 1}, but a checkpoint recorded position ${recorded}`));
   });
 });

@@ -1,4 +1,4 @@
-import { Injectable, Logger } from '@nestjs/common';
+import { Injectable, Logger, OnModuleDestroy } from '@nestjs/common';
 import { ConfigService } from '@nestjs/config';
 import { InjectDataSource } from '@nestjs/typeorm';
 import { appendFile } from 'node:fs/promises';
@@ -75,13 +75,15 @@ export const CHECKPOINT_COLUMNS = `id::text, to_char(created_at AT TIME ZONE 'UT
  * NDJSON line in AUDIT_CHECKPOINT_FILE when set), so that a deleted tail is detected.
  */
 @Injectable()
-export class AuditChainService {
+export class AuditChainService implements OnModuleDestroy {
   private readonly logger = new Logger('AuditChain');
   private readonly key: string;
   /** The checkpoints this instance wrote (the metrics read it): how many, how many hashed every bucket, the last one's time and duration. */
   readonly stats = { written: 0, allBucketsHashed: 0, lastWrittenAt: null as Date | null, lastSeconds: 0 };
   /** How long a checkpoint waits for the transactions running before it to end (see checkpoint()). */
   private settleTimeoutMs = 5_000;
+  /** Ends that wait when the service shuts down. */
+  private readonly stopping = new AbortController();
 
   constructor(
     @InjectDataSource() private readonly dataSource: DataSource,
@@ -169,7 +171,8 @@ export class AuditChainService {
     // checkpoint states it covers (maxSeq), and from which the next one looks for moved chains.
     // Null (transactions still running after the wait, e.g. a long verification or export):
     // this checkpoint claims no more than the last one did.
-    const settled = await settledAuditSeq(this.dataSource.manager, this.settleTimeoutMs);
+    const settled = await settledAuditSeq(this.dataSource.manager, this.settleTimeoutMs, this.stopping.signal);
+    if (this.stopping.signal.aborted) return undefined;
     let hashedAll = false;
     const written = await this.dataSource.transaction(async (em) => {
       const {
@@ -207,6 +210,10 @@ export class AuditChainService {
       // Without `since`, every head is compared with its recorded one: no ORDER BY, which
       // steered the plan to a merge join of both tables in key order, a random heap page per
       // head (10.9 s at 944k chains, against 1.7 s for a hash join of two scans).
+      // Only forward: a head behind its recorded position (or beside it, at the same position
+      // with another hash) was set back by someone, not moved by a writer; left recorded as it
+      // was, the verifier names the chain, where copying it over would have hidden its deleted
+      // tail from every later verification.
       // RETURNING: which buckets of the digest's tree the copy touched, and how many chains it added.
       const moved =
         since === null
@@ -219,7 +226,7 @@ export class AuditChainService {
            INSERT INTO audit_checkpoint_heads (chain_key, position, hash)
            SELECT h.chain_key, h.position, h.hash
              FROM ${moved} LEFT JOIN audit_checkpoint_heads p ON p.chain_key = h.chain_key
-            WHERE p.chain_key IS NULL OR p.position <> h.position OR p.hash <> h.hash
+            WHERE p.chain_key IS NULL OR h.position > p.position
            ON CONFLICT (chain_key) DO UPDATE SET position = excluded.position, hash = excluded.hash
            -- xmax is 0 on a row the INSERT created, the updating transaction's id on one it updated.
            RETURNING chain_key, xmax = 0 AS inserted
@@ -389,6 +396,10 @@ export class AuditChainService {
     return { last, maxSeq: max_seq };
   }
 
+  onModuleDestroy(): void {
+    this.stopping.abort();
+  }
+
   /** The newest checkpoint in the table, if any. */
   async latestCheckpoint(em: EntityManager = this.dataSource.manager): Promise<Checkpoint | undefined> {
     const {
@@ -482,11 +493,26 @@ async function storeBuckets(em: EntityManager, buckets: HeadsBucket[]): Promise<
 
 /** The root over every stored bucket digest, in key order (the column's "C" collation, as the heads' keys). */
 async function rootOfStoredBuckets(em: EntityManager): Promise<CheckpointedHeads> {
-  const { rows } = await sql<{ bucket: string; chains: string; events: string; digest: string }>(
+  // Through a cursor, HEADS_BATCH buckets a fetch: all 65,536 read and hashed at once held this
+  // process's event loop for about 100 ms (the slowest of the appends during a checkpoint, in
+  // the audit bench), where each batch now holds it for a few.
+  await sql(
     em,
-    `SELECT bucket, chains::text AS chains, events::text AS events, digest FROM audit_checkpoint_buckets ORDER BY bucket`,
+    `DECLARE sessionary_buckets_root NO SCROLL CURSOR FOR
+                   SELECT bucket, chains::text AS chains, events::text AS events, digest FROM audit_checkpoint_buckets ORDER BY bucket`,
   );
   const root = new HeadsRoot();
-  for (const r of rows) root.add({ bucket: r.bucket, chains: Number(r.chains), events: Number(r.events), digest: r.digest });
+  try {
+    for (;;) {
+      const { rows } = await sql<{ bucket: string; chains: string; events: string; digest: string }>(
+        em,
+        `FETCH ${HEADS_BATCH} FROM sessionary_buckets_root`,
+      );
+      for (const r of rows) root.add({ bucket: r.bucket, chains: Number(r.chains), events: Number(r.events), digest: r.digest });
+      if (rows.length < HEADS_BATCH) break;
+    }
+  } finally {
+    await sql(em, `CLOSE sessionary_buckets_root`);
+  }
   return { chains: root.chains, events: root.events, digest: root.digest() };
 }

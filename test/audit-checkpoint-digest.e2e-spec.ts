@@ -316,4 +316,32 @@ describe('audit checkpoints: the chains that moved (e2e)', () => {
     assert.equal(result.ok, false);
     assert.match(result.reason ?? '', new RegExp(`Chain ${a.id} ends at position ${recorded - 1}, but a checkpoint recorded position ${recorded}`));
   });
+
+  it('never copies a chain rewritten past its recorded head: its tail deleted, the head set back, and the chain grown again', async () => {
+    const t = await open();
+    const a = await registerUser(t.http);
+    for (let i = 0; i < 3; i++) await login(t.http, a);
+    assert.ok(await t.app.get(AuditChainService).checkpoint(true));
+    const recorded = (await recordedHead(t, a.id))!;
+    const chain: Array<{ id: string; hash: string }> = await t.db.query(`SELECT id, hash FROM audit_events WHERE chain_key = $1 ORDER BY chain_pos`, [
+      a.id,
+    ]);
+    await tamper(t.db, `DELETE FROM audit_events WHERE id = ANY($1::uuid[])`, [chain.slice(-2).map((e) => e.id)]);
+    await t.db.query(`UPDATE audit_chain_heads SET position = $2, hash = $3 WHERE chain_key = $1`, [a.id, recorded - 2, chain[recorded - 3].hash]);
+    // Failed logins for a's email, which anyone can send, grow the chain past its recorded position again.
+    for (let i = 0; i < 3; i++)
+      assert.equal((await t.http.post('/api/v1/auth/login').send({ email: a.email, password: 'wrong-password-123' })).status, 401);
+    assert.ok((await actualHead(t, a.id)) > recorded);
+    // The verifier finds the event at the checkpointed position is another one, though the chain goes on past it...
+    const reason = new RegExp(`Chain ${a.id}: the event at the checkpointed position ${recorded} is not the one the checkpoint recorded`);
+    let result = await t.app.get(AuditVerifierService).verify();
+    assert.equal(result.ok, false);
+    assert.match(result.reason ?? '', reason);
+    // ...and the next checkpoint does not copy the rewritten chain over what was recorded.
+    assert.ok(await t.app.get(AuditChainService).checkpoint(true));
+    assert.equal(await recordedHead(t, a.id), recorded, 'the rewritten chain was not copied');
+    result = await t.app.get(AuditVerifierService).verify();
+    assert.equal(result.ok, false);
+    assert.match(result.reason ?? '', reason);
+  });
 });

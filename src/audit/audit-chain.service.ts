@@ -210,10 +210,15 @@ export class AuditChainService implements OnModuleDestroy {
       // Without `since`, every head is compared with its recorded one: no ORDER BY, which
       // steered the plan to a merge join of both tables in key order, a random heap page per
       // head (10.9 s at 944k chains, against 1.7 s for a hash join of two scans).
-      // Only forward: a head behind its recorded position (or beside it, at the same position
-      // with another hash) was set back by someone, not moved by a writer; left recorded as it
-      // was, the verifier names the chain, where copying it over would have hidden its deleted
-      // tail from every later verification.
+      // Only forward, and only past the recorded head: a head behind its recorded position (or
+      // beside it, with another hash), or a chain whose event at that position now has another
+      // hash (its tail deleted, the head set back, and the chain grown again past it), was
+      // rewritten by someone, not moved by a writer. Left recorded as it was, the verifier names
+      // the chain; copying it over would have hidden the deleted tail from every later
+      // verification. An event no longer there went with its month (retention), or was deleted
+      // with those after it (then the head did not move past it). A scalar subquery, so that
+      // PostgreSQL looks up each candidate's event by the chain index instead of joining all
+      // events.
       // RETURNING: which buckets of the digest's tree the copy touched, and how many chains it added.
       const moved =
         since === null
@@ -226,7 +231,10 @@ export class AuditChainService implements OnModuleDestroy {
            INSERT INTO audit_checkpoint_heads (chain_key, position, hash)
            SELECT h.chain_key, h.position, h.hash
              FROM ${moved} LEFT JOIN audit_checkpoint_heads p ON p.chain_key = h.chain_key
-            WHERE p.chain_key IS NULL OR h.position > p.position
+            WHERE p.chain_key IS NULL
+               OR (h.position > p.position
+                   AND NOT coalesce((SELECT e.hash <> p.hash FROM audit_events e
+                                      WHERE e.chain_key = h.chain_key AND e.chain_pos = p.position LIMIT 1), false))
            ON CONFLICT (chain_key) DO UPDATE SET position = excluded.position, hash = excluded.hash
            -- xmax is 0 on a row the INSERT created, the updating transaction's id on one it updated.
            RETURNING chain_key, xmax = 0 AS inserted

@@ -81,6 +81,12 @@ interface ChainState {
   lastId: string | null;
   events: number;
   pending: Map<number, Pending> | undefined;
+  /**
+   * The position and hash the latest checkpoint recorded of this chain, when the walk has yet to
+   * pass it: the event there must be that one, also when the chain goes on past it (else its
+   * tail was deleted, its head set back and the chain grown again past the recorded head).
+   */
+  recorded: { position: number; hash: string } | undefined;
   /** Walked by position after the scan (see PENDING_LIMIT); until then only duplicates are looked for. */
   deferred: boolean;
   broken: boolean;
@@ -138,20 +144,25 @@ export async function runVerifyPass(client: Client | PoolClient, input: PassInpu
   };
 
   // Each chain's start: its row in the base set in force, else (none in force) its 0.8.0 base
-  // in its head, else its beginning. The heads are read again after the events, for their
-  // ends, so that memory holds only where each chain stands (about 350 bytes a chain, measured
-  // at 1M chains with strings made as pg makes them).
+  // in its head, else its beginning; and where the latest checkpoint recorded it. The heads are
+  // read again after the events, for their ends, so that memory holds only where each chain
+  // stands (about 350 bytes a chain, measured at 1M chains with strings made as pg makes them,
+  // before the recorded position and hash were added).
   const chains = new Map<string, ChainState>();
   await streamRows(
     client,
-    `SELECT COALESCE(h.chain_key, b.chain_key), h.chain_key IS NOT NULL, b.position, b.hash, h.base_position, h.base_hash, h.base_mac
+    `SELECT COALESCE(h.chain_key, b.chain_key), h.chain_key IS NOT NULL, b.position, b.hash, h.base_position, h.base_hash, h.base_mac,
+            c.position, c.hash
        FROM (SELECT * FROM audit_chain_heads WHERE ${range}) h
-       FULL JOIN (SELECT chain_key, position, hash FROM audit_chain_bases WHERE month = $3 AND ${range}) b ON b.chain_key = h.chain_key`,
+       FULL JOIN (SELECT chain_key, position, hash FROM audit_chain_bases WHERE month = $3 AND ${range}) b ON b.chain_key = h.chain_key
+       LEFT JOIN (SELECT chain_key, position, hash FROM audit_checkpoint_heads WHERE ${range}) c ON c.chain_key = h.chain_key`,
     [...bounds, input.baseMonth],
     (r) => {
-      const [chainKey, hasHead, position, hash, legacyPosition, legacyHash, legacyMac] = r as [
+      const [chainKey, hasHead, position, hash, legacyPosition, legacyHash, legacyMac, recordedPosition, recordedHash] = r as [
         string,
         string,
+        string | null,
+        string | null,
         string | null,
         string | null,
         string | null,
@@ -171,12 +182,19 @@ export async function runVerifyPass(client: Client | PoolClient, input: PassInpu
       }
       start ??= { position: 0, hash: GENESIS_HASH };
       result.dropped += start.position;
+      // A recorded position at or before the start is checked by the end check (at the start,
+      // with no events) or lies in months dropped since (their bases stand for them).
+      const recorded =
+        recordedPosition !== null && Number(recordedPosition) > start.position
+          ? { position: Number(recordedPosition), hash: recordedHash! }
+          : undefined;
       chains.set(chainKey, {
         position: start.position,
         hash: start.hash,
         lastId: null,
         events: 0,
         pending: undefined,
+        recorded,
         deferred: false,
         broken: false,
       });
@@ -207,10 +225,14 @@ export async function runVerifyPass(client: Client | PoolClient, input: PassInpu
     ) {
       chain.broken = true;
       brokenAt(chainKey, e.at, id, `Event ${id} does not match its hash: it was altered, or written without the key`);
+    } else if (chain.recorded?.position === e.at && !sameMac(chain.recorded.hash, hash!)) {
+      chain.broken = true;
+      brokenAt(chainKey, e.at, id, `Chain ${chainKey}: the event at the checkpointed position ${e.at} is not the one the checkpoint recorded`);
     } else {
       chain.position = e.at;
       chain.hash = hash!;
       chain.lastId = id;
+      if (chain.recorded?.position === e.at) chain.recorded = undefined;
     }
   };
 

@@ -223,6 +223,24 @@ describe('audit checkpoints: the chains that moved (e2e)', () => {
   const actualHead = async (t: TestApp, chainKey: string) =>
     (await t.db.query(`SELECT position::int AS position FROM audit_chain_heads WHERE chain_key = $1`, [chainKey]))[0].position as number;
 
+  /**
+   * A user's chain checkpointed, then cut by someone with the database: its last two events
+   * deleted and its head set back to the one before them.
+   */
+  const checkpointedThenCut = async () => {
+    const t = await open();
+    const a = await registerUser(t.http);
+    for (let i = 0; i < 3; i++) await login(t.http, a);
+    assert.ok(await t.app.get(AuditChainService).checkpoint(true));
+    const recorded = (await recordedHead(t, a.id))!;
+    const chain: Array<{ id: string; hash: string }> = await t.db.query(`SELECT id, hash FROM audit_events WHERE chain_key = $1 ORDER BY chain_pos`, [
+      a.id,
+    ]);
+    await tamper(t.db, `DELETE FROM audit_events WHERE id = ANY($1::uuid[])`, [chain.slice(-2).map((e) => e.id)]);
+    await t.db.query(`UPDATE audit_chain_heads SET position = $2, hash = $3 WHERE chain_key = $1`, [a.id, recorded - 2, chain[recorded - 3].hash]);
+    return { t, a, recorded };
+  };
+
   it('finds them by their events since the last checkpoint, comparing no other head, and states the seq it covers', async () => {
     const t = await open();
     const [a, b] = [await registerUser(t.http), await registerUser(t.http)];
@@ -296,17 +314,7 @@ describe('audit checkpoints: the chains that moved (e2e)', () => {
   });
 
   it('never copies a head set back: a deleted tail stays detected after the next checkpoint, though the chain moved on', async () => {
-    const t = await open();
-    const a = await registerUser(t.http);
-    for (let i = 0; i < 3; i++) await login(t.http, a);
-    assert.ok(await t.app.get(AuditChainService).checkpoint(true));
-    const recorded = (await recordedHead(t, a.id))!;
-    // Someone deletes the last two events and sets the head back to the one before them.
-    const chain: Array<{ id: string; hash: string }> = await t.db.query(`SELECT id, hash FROM audit_events WHERE chain_key = $1 ORDER BY chain_pos`, [
-      a.id,
-    ]);
-    await tamper(t.db, `DELETE FROM audit_events WHERE id = ANY($1::uuid[])`, [chain.slice(-2).map((e) => e.id)]);
-    await t.db.query(`UPDATE audit_chain_heads SET position = $2, hash = $3 WHERE chain_key = $1`, [a.id, recorded - 2, chain[recorded - 3].hash]);
+    const { t, a, recorded } = await checkpointedThenCut();
     // The user logs in again: the chain goes on from the head it was set back to.
     await login(t.http, a);
     assert.equal(await actualHead(t, a.id), recorded - 1);
@@ -318,16 +326,7 @@ describe('audit checkpoints: the chains that moved (e2e)', () => {
   });
 
   it('never copies a chain rewritten past its recorded head: its tail deleted, the head set back, and the chain grown again', async () => {
-    const t = await open();
-    const a = await registerUser(t.http);
-    for (let i = 0; i < 3; i++) await login(t.http, a);
-    assert.ok(await t.app.get(AuditChainService).checkpoint(true));
-    const recorded = (await recordedHead(t, a.id))!;
-    const chain: Array<{ id: string; hash: string }> = await t.db.query(`SELECT id, hash FROM audit_events WHERE chain_key = $1 ORDER BY chain_pos`, [
-      a.id,
-    ]);
-    await tamper(t.db, `DELETE FROM audit_events WHERE id = ANY($1::uuid[])`, [chain.slice(-2).map((e) => e.id)]);
-    await t.db.query(`UPDATE audit_chain_heads SET position = $2, hash = $3 WHERE chain_key = $1`, [a.id, recorded - 2, chain[recorded - 3].hash]);
+    const { t, a, recorded } = await checkpointedThenCut();
     // Failed logins for a's email, which anyone can send, grow the chain past its recorded position again.
     for (let i = 0; i < 3; i++)
       assert.equal((await t.http.post('/api/v1/auth/login').send({ email: a.email, password: 'wrong-password-123' })).status, 401);

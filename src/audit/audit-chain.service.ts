@@ -322,8 +322,7 @@ export class AuditChainService implements OnModuleDestroy {
       if (heads.chains === expected) return { ...heads, hashedAll: false };
       this.logger.warn(`The checkpoint's stored bucket digests count ${heads.chains} chains, not ${expected}: hashing every bucket again`);
     }
-    await this.rehashAllBuckets(em);
-    return { ...(await rootOfStoredBuckets(em)), hashedAll: true };
+    return { ...(await this.rehashAllBuckets(em)), hashedAll: true };
   }
 
   /** Hashes the given buckets again from their heads (read by key range, a batch of buckets a statement) and stores them. */
@@ -360,8 +359,11 @@ export class AuditChainService implements OnModuleDestroy {
     }
   }
 
-  /** Hashes every bucket again from one ordered read of every head, replacing the stored ones. */
-  private async rehashAllBuckets(em: EntityManager): Promise<void> {
+  /**
+   * Hashes every bucket again from one ordered read of every head, replacing the stored ones;
+   * returns the root over them (the tree the read made, so the buckets are not read back).
+   */
+  private async rehashAllBuckets(em: EntityManager): Promise<CheckpointedHeads> {
     await sql(em, `DELETE FROM audit_checkpoint_buckets`);
     let hashed: HeadsBucket[] = [];
     const tree = new HeadsTreeDigest((b) => hashed.push(b));
@@ -372,8 +374,9 @@ export class AuditChainService implements OnModuleDestroy {
         hashed = [];
       }
     });
-    tree.finish();
+    const heads = tree.finish();
     await storeBuckets(em, hashed);
+    return heads;
   }
 
   /**

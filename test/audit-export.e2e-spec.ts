@@ -3,6 +3,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { get, IncomingMessage } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { Readable } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
 import { LoggerService } from '@nestjs/common';
 import { DataSource } from 'typeorm';
@@ -75,6 +76,13 @@ function parse(text: string): { lines: Line[]; seal: Seal } {
 }
 
 const ndjson = (lines: Array<Record<string, unknown>>) => lines.map((l) => `${JSON.stringify(l)}\n`).join('');
+
+/** Destroys export streams and waits until each has given its place and connection back. */
+async function destroyAll(streams: Readable[]): Promise<void> {
+  const closed = streams.map((stream) => new Promise((resolve) => stream.once('close', resolve)));
+  for (const stream of streams) stream.destroy();
+  await Promise.all(closed);
+}
 
 describe('audit export (e2e)', () => {
   let t: TestApp;
@@ -499,17 +507,17 @@ describe('audit export (e2e)', () => {
       assert.equal(refused.headers['retry-after'], '10');
       assert.match(refused.body.message, /Too many audit exports in progress \(at most 2\)/);
     } finally {
-      for (const stream of held) stream.destroy();
+      await destroyAll(held);
     }
-    await Promise.all(held.map((stream) => new Promise((resolve) => stream.once('close', resolve))));
     const served = await t.http.get(EXPORT).set('Authorization', bearer(adminTokens));
     assert.equal(served.status, 200);
     const drained = await exporter.open({});
     for await (const _chunk of drained) {
       // Read to the end: an export that ends gives its place back too.
     }
-    const again = [await exporter.open({}), await exporter.open({})];
-    for (const stream of again) stream.destroy();
+    // Both places are free again. Waiting for them to be given back keeps the next test from
+    // racing the release (it ran into a 429 once on CI).
+    await destroyAll([await exporter.open({}), await exporter.open({})]);
   });
 
   it('gives the snapshot back when the client goes away mid-stream, and logs nothing', async () => {
@@ -570,9 +578,7 @@ describe('audit export (e2e)', () => {
     }
     assert.deepEqual(errors.slice(logged), []);
     // The pool is whole: an export is served (both of the instance's places are free again).
-    const held = [await exporter.open({}), await exporter.open({})];
-    for (const stream of held) stream.destroy();
-    await Promise.all(held.map((stream) => new Promise((resolve) => stream.once('close', resolve))));
+    await destroyAll([await exporter.open({}), await exporter.open({})]);
     assert.equal(parse((await exportHttp(`?userId=${user.id}`)).text).seal.filter.userId, user.id);
   });
 

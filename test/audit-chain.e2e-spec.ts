@@ -21,7 +21,8 @@ import { lockHeads } from '../src/audit/lock-heads';
 import { bearer, login, registerUser, TestUser } from './helpers/factories';
 import { runCli } from './helpers/cli';
 import { createTestApp, freshDatabase, TestApp } from './helpers/test-app';
-import { dataSourceOptions } from '../src/database/data-source.options';
+import { dataSourceOptions, MIGRATIONS } from '../src/database/data-source.options';
+import { AuditCheckpointHeads1766300000000 } from '../src/database/migrations/1766300000000-AuditCheckpointHeads';
 import { runMigrationsLocked } from '../src/database/migrate';
 import { tamper } from './helpers/db';
 import { recordStatements, Statement, textOf } from './helpers/query-runners';
@@ -764,9 +765,9 @@ describe('audit checkpoint heads migration (e2e)', () => {
       const recorded = await t.db.query(`SELECT chain_key, position::int AS position, hash FROM audit_checkpoint_heads ORDER BY chain_key`);
       assert.equal(recorded.length, first.chains);
 
-      // Back to 0.11.0's schema: the recorded heads in the heads' columns (the buckets of 0.12.0 go first).
-      await migrator.undoLastMigration({ transaction: 'each' });
-      await migrator.undoLastMigration({ transaction: 'each' });
+      // Back to 0.11.0's schema: the recorded heads in the heads' columns (the later migrations go first).
+      const undo = MIGRATIONS.length - MIGRATIONS.indexOf(AuditCheckpointHeads1766300000000);
+      for (let i = 0; i < undo; i++) await migrator.undoLastMigration({ transaction: 'each' });
       const [{ table }] = await t.db.query(`SELECT to_regclass('audit_checkpoint_heads') IS NOT NULL AS table`);
       assert.equal(table, false);
       const inColumns = await t.db.query(

@@ -325,22 +325,56 @@ describe('audit checkpoints: the chains that moved (e2e)', () => {
     assert.match(result.reason ?? '', new RegExp(`Chain ${a.id} ends at position ${recorded - 1}, but a checkpoint recorded position ${recorded}`));
   });
 
-  it('never copies a chain rewritten past its recorded head: its tail deleted, the head set back, and the chain grown again', async () => {
-    const { t, a, recorded } = await checkpointedThenCut();
-    // Failed logins for a's email, which anyone can send, grow the chain past its recorded position again.
-    for (let i = 0; i < 3; i++)
-      assert.equal((await t.http.post('/api/v1/auth/login').send({ email: a.email, password: 'wrong-password-123' })).status, 401);
-    assert.ok((await actualHead(t, a.id)) > recorded);
-    // The verifier finds the event at the checkpointed position is another one, though the chain goes on past it...
-    const reason = new RegExp(`Chain ${a.id}: the event at the checkpointed position ${recorded} is not the one the checkpoint recorded`);
-    let result = await t.app.get(AuditVerifierService).verify();
-    assert.equal(result.ok, false);
-    assert.match(result.reason ?? '', reason);
-    // ...and the next checkpoint does not copy the rewritten chain over what was recorded.
-    assert.ok(await t.app.get(AuditChainService).checkpoint(true));
-    assert.equal(await recordedHead(t, a.id), recorded, 'the rewritten chain was not copied');
-    result = await t.app.get(AuditVerifierService).verify();
-    assert.equal(result.ok, false);
-    assert.match(result.reason ?? '', reason);
+  it('records with each head the time of its event, the month where the next checkpoint looks for it first', async () => {
+    const t = await open();
+    const [a, b] = [await registerUser(t.http), await registerUser(t.http)];
+    await login(t.http, a);
+    assert.ok(await t.app.get(AuditChainService).checkpoint(true)); // every head compared
+    await login(t.http, b);
+    assert.ok(await t.app.get(AuditChainService).checkpoint(true)); // the moved ones
+    const recorded: Array<{ chain_key: string; matches: boolean }> = await t.db.query(
+      `SELECT p.chain_key, e.created_at IS NOT NULL AND e.created_at = p.event_at AS matches
+         FROM audit_checkpoint_heads p LEFT JOIN audit_events e ON e.chain_key = p.chain_key AND e.chain_pos = p.position`,
+    );
+    // Theirs and the global chain's (the signing key ring made at boot).
+    assert.deepEqual(recorded.map((r) => r.chain_key).sort(), [a.id, b.id, 'global'].sort());
+    // To the microsecond: the time PostgreSQL prunes the months by.
+    assert.deepEqual(
+      recorded.filter((r) => !r.matches),
+      [],
+    );
   });
+
+  for (const [hint, eventAt] of [
+    ['its recorded time', undefined],
+    ['no recorded time (a head recorded before 0.12.1)', null],
+    ['the time of the event now at that position', 'now'],
+    ['a time changed to one of no event', '2001-01-01T00:00:00Z'],
+  ] as const)
+    it(`never copies a chain rewritten past its recorded head: its tail deleted, the head set back, and the chain grown again; with ${hint}`, async () => {
+      const { t, a, recorded } = await checkpointedThenCut();
+      // Failed logins for a's email, which anyone can send, grow the chain past its recorded position again.
+      for (let i = 0; i < 3; i++)
+        assert.equal((await t.http.post('/api/v1/auth/login').send({ email: a.email, password: 'wrong-password-123' })).status, 401);
+      assert.ok((await actualHead(t, a.id)) > recorded);
+      // The recorded time only says where to look first: the check looks everywhere when it finds nothing there.
+      if (eventAt === 'now')
+        await t.db.query(
+          `UPDATE audit_checkpoint_heads p SET event_at = e.created_at FROM audit_events e
+            WHERE p.chain_key = $1 AND e.chain_key = p.chain_key AND e.chain_pos = p.position`,
+          [a.id],
+        );
+      else if (eventAt !== undefined) await t.db.query(`UPDATE audit_checkpoint_heads SET event_at = $2 WHERE chain_key = $1`, [a.id, eventAt]);
+      // The verifier finds the event at the checkpointed position is another one, though the chain goes on past it...
+      const reason = new RegExp(`Chain ${a.id}: the event at the checkpointed position ${recorded} is not the one the checkpoint recorded`);
+      let result = await t.app.get(AuditVerifierService).verify();
+      assert.equal(result.ok, false);
+      assert.match(result.reason ?? '', reason);
+      // ...and the next checkpoint does not copy the rewritten chain over what was recorded.
+      assert.ok(await t.app.get(AuditChainService).checkpoint(true));
+      assert.equal(await recordedHead(t, a.id), recorded, 'the rewritten chain was not copied');
+      result = await t.app.get(AuditVerifierService).verify();
+      assert.equal(result.ok, false);
+      assert.match(result.reason ?? '', reason);
+    });
 });

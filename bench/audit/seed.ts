@@ -228,6 +228,8 @@ async function seedEvents(client: Client, size: Size, key: string, start: number
   // Index size.users is the global chain (events without a user).
   const positions = new Float64Array(size.users + 1);
   const hashes: string[] = new Array<string>(size.users + 1).fill(GENESIS_HASH);
+  // Each chain's last event time: the head's last_event_at, as the service keeps it.
+  const lastMicros = new Float64Array(size.users + 1);
   const startMicros = start * 1000;
   const stepMicros = ((end - start) * 1000) / size.events;
   // One COPY for all of them: PostgreSQL parses rows while Node chains the next ones (the
@@ -263,6 +265,7 @@ async function seedEvents(client: Client, size: Size, key: string, start: number
       const hash = eventHash(key, prevHash, event);
       positions[u] = event.position;
       hashes[u] = hash;
+      lastMicros[u] = micros;
       lines[j] = [
         event.id,
         type,
@@ -289,18 +292,18 @@ async function seedEvents(client: Client, size: Size, key: string, start: number
   copy.end();
   await copied;
 
-  // The chain heads: each chain's last position and hash.
-  const heads: Array<[string, number, string]> = [];
+  // The chain heads: each chain's last position, hash and event time.
+  const heads: Array<[string, number, string, string]> = [];
   for (let u = 0; u <= size.users; u++) {
-    if (positions[u] > 0) heads.push([u === size.users ? GLOBAL_CHAIN : userIds[u], positions[u], hashes[u]]);
+    if (positions[u] > 0) heads.push([u === size.users ? GLOBAL_CHAIN : userIds[u], positions[u], hashes[u], microsText(lastMicros[u])]);
   }
   for (let i = 0; i < heads.length; i += HEADS_BATCH) {
     const batch = heads.slice(i, i + HEADS_BATCH);
-    await client.query(`INSERT INTO audit_chain_heads (chain_key, position, hash) SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[])`, [
-      batch.map((h) => h[0]),
-      batch.map((h) => h[1]),
-      batch.map((h) => h[2]),
-    ]);
+    await client.query(
+      `INSERT INTO audit_chain_heads (chain_key, position, hash, last_event_at)
+       SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::timestamptz[])`,
+      [batch.map((h) => h[0]), batch.map((h) => h[1]), batch.map((h) => h[2]), batch.map((h) => h[3])],
+    );
   }
   return heads.length;
 }

@@ -23,6 +23,7 @@ import { AuditAppendOnly1766100000000 } from './migrations/1766100000000-AuditAp
 import { AuditBaseSetsSettledSeq1766200000000 } from './migrations/1766200000000-AuditBaseSetsSettledSeq';
 import { AuditCheckpointHeads1766300000000 } from './migrations/1766300000000-AuditCheckpointHeads';
 import { AuditCheckpointBuckets1766400000000 } from './migrations/1766400000000-AuditCheckpointBuckets';
+import { AuditCheckpointHeadTimes1766500000000 } from './migrations/1766500000000-AuditCheckpointHeadTimes';
 import { SigningKeys1765600000000 } from './migrations/1765600000000-SigningKeys';
 
 export const ENTITIES = [UserEntity, SessionEntity, RotatedRefreshTokenEntity, AuditEventEntity];
@@ -49,6 +50,7 @@ export const MIGRATIONS = [
   AuditBaseSetsSettledSeq1766200000000,
   AuditCheckpointHeads1766300000000,
   AuditCheckpointBuckets1766400000000,
+  AuditCheckpointHeadTimes1766500000000,
 ];
 
 /** One definition for the app, the TypeORM CLI and the tests. Never `synchronize`. */

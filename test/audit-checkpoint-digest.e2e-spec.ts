@@ -294,6 +294,37 @@ describe('audit checkpoints: the chains that moved (e2e)', () => {
     assert.equal(result.ok, true, JSON.stringify(result));
   });
 
+  it('does not wait for a transaction that wrote nothing and waits between statements (a slow export), nor for one that failed', async () => {
+    const t = await open();
+    const a = await registerUser(t.http);
+    const first = await t.app.get(AuditChainService).checkpoint(true);
+    assert.ok(first);
+    const reader = t.db.createQueryRunner();
+    const failed = t.db.createQueryRunner();
+    await Promise.all([reader.connect(), failed.connect()]);
+    try {
+      // A read-only snapshot as an export holds while its client reads; and a transaction whose event was appended, then failed.
+      await reader.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
+      await reader.query('SELECT count(*) FROM audit_events');
+      await failed.startTransaction();
+      await t.app.get(AuditService).record(failed.manager, { type: 'PROFILE_UPDATED', userId: a.id, metadata: { fields: 'username' } });
+      await assert.rejects(failed.query('SELECT 1/0'));
+      await login(t.http, a);
+      Reflect.set(t.app.get(AuditChainService), 'settleTimeoutMs', 300);
+      const second = await t.app.get(AuditChainService).checkpoint(true);
+      assert.ok(second);
+      const [{ last }] = await t.db.query(`SELECT pg_sequence_last_value(pg_get_serial_sequence('audit_events', 'seq')::regclass)::text AS last`);
+      assert.equal(second.maxSeq, last, 'settled at the last seq handed out, though both transactions are still open');
+      assert.equal(await recordedHead(t, a.id), await actualHead(t, a.id));
+    } finally {
+      await reader.query('ROLLBACK');
+      await failed.rollbackTransaction();
+      await Promise.all([reader.release(), failed.release()]);
+    }
+    const result = await t.app.get(AuditVerifierService).verify();
+    assert.equal(result.ok, true, JSON.stringify(result));
+  });
+
   it('compares every head while events wait to be sealed, and claims no seq then', async () => {
     const t = await open();
     const a = await registerUser(t.http);

@@ -169,8 +169,8 @@ export class AuditChainService implements OnModuleDestroy {
     // Every event with a seq up to `settled` is committed or rolled back once this returns, so
     // the copy's snapshot, taken after it, holds all of them that will ever exist: the seq this
     // checkpoint states it covers (maxSeq), and from which the next one looks for moved chains.
-    // Null (transactions still running after the wait, e.g. a long verification or export):
-    // this checkpoint claims no more than the last one did.
+    // Null (transactions still running after the wait, e.g. a long verification, or an export
+    // in the middle of a FETCH): this checkpoint claims no more than the last one did.
     const settled = await settledAuditSeq(this.dataSource.manager, this.settleTimeoutMs, this.stopping.signal);
     if (this.stopping.signal.aborted) return undefined;
     let hashedAll = false;

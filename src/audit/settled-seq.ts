@@ -7,7 +7,8 @@ const POLL_MAX_MS = 500;
 
 /**
  * A seq up to which audit_events is settled: the greatest seq handed out so far, returned once
- * every transaction of this database that was running when it was read has ended. An event
+ * every transaction of this database that was running when it was read has ended (but those
+ * idle without a transaction id, which hold no seq: see below). An event
  * takes its seq in its INSERT, before it waits for a lock on its partition, so max(seq) alone
  * can miss a transaction that took a lower seq and commits later; past this point none can: a
  * snapshot taken afterwards holds every event with a seq up to the returned one that will ever
@@ -28,13 +29,22 @@ export async function settledAuditSeq(em: EntityManager, timeoutMs: number, sign
   );
   if (!sequence || sequence.cache !== '1') return null;
   // Read after the seq: whatever took a seq up to it is among these or has already ended.
+  // Not waited for: a transaction idle between statements that has no transaction id (it wrote
+  // nothing: an INSERT gets one as it writes its first row, after taking its seq, and is done
+  // only after that; a later INSERT takes a seq above this one). So an export streaming to a
+  // slow client, or a session left idle in a read-only transaction, does not hold a
+  // checkpoint's maxSeq back. (One that failed is not listed at all: PostgreSQL ended it at the
+  // error, its locks with it.) Any other state, one running a statement among them (an INSERT
+  // waiting for its partition holds a seq and no id yet), or none known (track_activities
+  // off), is waited for.
   const [running] = await rowsOf<{ vxids: string[]; prepared: boolean }>(
     em,
     `SELECT COALESCE(array_agg(l.virtualxid), '{}') AS vxids,
             EXISTS (SELECT 1 FROM pg_prepared_xacts WHERE database = current_database()) AS prepared
        FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
       WHERE l.locktype = 'virtualxid' AND l.mode = 'ExclusiveLock' AND l.granted
-        AND a.datname = current_database() AND l.pid <> pg_backend_pid()`,
+        AND a.datname = current_database() AND l.pid <> pg_backend_pid()
+        AND NOT (a.state IS NOT DISTINCT FROM 'idle in transaction' AND a.backend_xid IS NULL)`,
   );
   if (running.prepared) return null;
   const deadline = Date.now() + timeoutMs;

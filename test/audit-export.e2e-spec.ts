@@ -243,7 +243,10 @@ describe('audit export (e2e)', () => {
       const exports = spy.runners.map((sent) => sent.map(textOf)).filter((statements) => statements.some((s) => s.includes(EXPORT_APPLICATION_NAME)));
       assert.equal(exports.length, 1);
       const [statements] = exports;
-      const reads = statements.filter((s) => /\baudit_events\b/.test(s));
+      // audit_events is locked before the snapshot, which the first read takes (see startAuditSnapshot).
+      const lock = statements.indexOf('LOCK TABLE audit_events IN ACCESS SHARE MODE');
+      assert.ok(lock >= 0 && lock < statements.findIndex((s) => /^(SELECT|DECLARE)\b/.test(s)), statements.join('\n'));
+      const reads = statements.filter((s) => /\baudit_events\b/.test(s) && !s.startsWith('LOCK TABLE'));
       assert.equal(reads.length, 1, reads.join('\n'));
       assert.match(reads[0], /^DECLARE (\w+) NO SCROLL CURSOR FOR\s+SELECT [^;]* ORDER BY e\.seq$/);
       const fetches = statements.filter((s) => s.startsWith('FETCH '));

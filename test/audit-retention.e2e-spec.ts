@@ -7,12 +7,13 @@ import { join } from 'node:path';
 import { after, afterEach, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ConfigService } from '@nestjs/config';
-import { DataSource, DataSourceOptions, EntityManager, QueryRunner } from 'typeorm';
+import { DataSource, DataSourceOptions } from 'typeorm';
 import { checkpointMac, type Checkpoint } from '../src/audit/audit-chain';
 import { AuditChainService } from '../src/audit/audit-chain.service';
 import { verifyExportFile } from '../src/audit/audit-export-file-verifier';
 import { AuditExportService } from '../src/audit/audit-export.service';
 import { AuditBaseSets, legacyBaseMac } from '../src/audit/audit-base-sets';
+import { AuditMonthOrder } from '../src/audit/audit-month-order';
 import { AuditPartitionsService, monthOf, partitionOf } from '../src/audit/audit-partitions.service';
 import { AuditPartitionsTask } from '../src/audit/audit-partitions.task';
 import { AuditVerifierService } from '../src/audit/audit-verifier.service';
@@ -24,6 +25,7 @@ import { runMigrationsLocked } from '../src/database/migrate';
 import { registerUser } from './helpers/factories';
 import { createTestApp, freshDatabase, TEST_AUDIT_HMAC_KEY, TestApp } from './helpers/test-app';
 import { tamper } from './helpers/db';
+import { monthStart, partitionsOf, pastEvents, silentUser, uncommittedPastEvent } from './helpers/audit-months';
 
 const opened: TestApp[] = [];
 const scratch: string[] = [];
@@ -48,70 +50,16 @@ async function app(url: string, overrides: Record<string, string> = {}): Promise
 /** The app's partitions service with AUDIT_RETENTION_DAYS set to `days` (one app, several retentions). */
 function retention(t: TestApp, days: number, dataSource: DataSource = t.app.get(DataSource)): AuditPartitionsService {
   const config = t.app.get(ConfigService);
-  return new AuditPartitionsService(dataSource, t.app.get(AuditChainService), t.app.get(AuditExportService), t.app.get(AuditBaseSets), {
-    get: (name: string, options?: unknown) => (name === 'AUDIT_RETENTION_DAYS' ? days : config.get(name, options as never)),
-  } as unknown as ConfigService<AppConfig, true>);
-}
-
-/** The first day of the month `monthsBack` months before the current one (UTC). */
-function monthStart(monthsBack: number): Date {
-  const now = new Date();
-  return new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth() - monthsBack, 1));
-}
-
-async function partitionsOf(db: DataSource): Promise<Record<string, number>> {
-  const rows: Array<{ partition: string; n: number }> = await db.query(
-    `SELECT tableoid::regclass::text AS partition, count(*)::int AS n FROM audit_events GROUP BY 1 ORDER BY 1`,
+  return new AuditPartitionsService(
+    dataSource,
+    t.app.get(AuditChainService),
+    t.app.get(AuditExportService),
+    t.app.get(AuditBaseSets),
+    t.app.get(AuditMonthOrder),
+    {
+      get: (name: string, options?: unknown) => (name === 'AUDIT_RETENTION_DAYS' ? days : config.get(name, options as never)),
+    } as unknown as ConfigService<AppConfig, true>,
   );
-  return Object.fromEntries(rows.map((r) => [r.partition, r.n]));
-}
-
-/** A user with no events (straight into the table), so that its chain can start in the past. */
-async function silentUser(db: DataSource, name: string): Promise<string> {
-  const [{ id }] = await db.query(`INSERT INTO users (username, email, password_hash) VALUES ($1, $2, 'x') RETURNING id`, [
-    name,
-    `${name}@example.com`,
-  ]);
-  return id;
-}
-
-/**
- * Events dated in a past month, chained as the service chains them: written without the chain
- * and sealed (the path events from before the chain take), which appends them to their chains.
- */
-async function pastEvents(t: TestApp, month: Date, rows: Array<{ userId: string | null; type: string }>): Promise<void> {
-  const partition = partitionOf(month);
-  await t.db.query(
-    `CREATE TABLE IF NOT EXISTS "${partition.name}" PARTITION OF audit_events FOR VALUES FROM ('${partition.from.toISOString()}') TO ('${partition.to.toISOString()}')`,
-  );
-  for (const [i, r] of rows.entries()) {
-    await t.db.query(`INSERT INTO audit_events (type, user_id, created_at, metadata) VALUES ($1, $2, $3, '{"past":true}')`, [
-      r.type,
-      r.userId,
-      new Date(month.getTime() + (i + 1) * 3_600_000),
-    ]);
-  }
-  await t.db.query(`INSERT INTO audit_chain_seal SELECT max(seq) FROM audit_events`);
-  assert.equal(await t.app.get(AuditChainService).sealPending(), rows.length);
-}
-
-/**
- * An event dated in `month` and sealed into its chain inside a transaction left open: it has
- * its seq (taken by the INSERT) but is not committed, like a writer that commits late. The
- * caller commits or rolls back the returned runner.
- */
-async function uncommittedPastEvent(t: TestApp, month: Date, userId: string): Promise<QueryRunner> {
-  const runner = t.db.createQueryRunner();
-  await runner.connect();
-  await runner.startTransaction();
-  await runner.query(`INSERT INTO audit_events (type, user_id, created_at, metadata) VALUES ('LOGIN', $1, $2, '{"late":true}')`, [
-    userId,
-    new Date(month.getTime() + 10 * 3_600_000),
-  ]);
-  await runner.query(`INSERT INTO audit_chain_seal SELECT max(seq) FROM audit_events`);
-  const chain = t.app.get(AuditChainService) as unknown as { sealBatch(em: EntityManager): Promise<number> };
-  assert.equal(await chain.sealBatch(runner.manager), 1);
-  return runner;
 }
 
 /**

@@ -2,6 +2,7 @@
 import type { INestApplicationContext } from '@nestjs/common';
 import type { Client } from 'pg';
 import { AuditBaseSets } from '../../src/audit/audit-base-sets';
+import { AuditMonthOrder } from '../../src/audit/audit-month-order';
 import { AuditChainService } from '../../src/audit/audit-chain.service';
 import { AuditExportService } from '../../src/audit/audit-export.service';
 import { AuditPartitionsService, monthOf } from '../../src/audit/audit-partitions.service';
@@ -213,6 +214,48 @@ export interface DropMeasure {
   prepareStatementTime: Array<{ statement: string; count: number; ms: number }>;
 }
 
+export interface OrderMeasure {
+  months: number;
+  events: number;
+  seconds: number;
+  /** Each month's rewrite, newest first. */
+  perMonth: Array<{ name: string; events: number; seconds: number }>;
+  /** The longest of the swaps: from a DETACH's start to its transaction's COMMIT (audit_events locked). */
+  lockedMs: number;
+}
+
+/** A partitions service whose configuration differs from the app's in `overrides`. */
+function partitionsWith(app: INestApplicationContext, overrides: Record<string, unknown>): AuditPartitionsService {
+  const config = app.get(ConfigService);
+  return new AuditPartitionsService(
+    app.get(DataSource),
+    app.get(AuditChainService),
+    app.get(AuditExportService),
+    app.get(AuditBaseSets),
+    app.get(AuditMonthOrder),
+    {
+      get: (name: string, options?: unknown) => (name in overrides ? overrides[name] : config.get(name, options as never)),
+    } as unknown as ConfigService<AppConfig, true>,
+  );
+}
+
+/**
+ * Rewrites the closed months in chain order as the partitions job does (maintain() with
+ * AUDIT_ORDER_CLOSED_MONTHS on; the bench's app has it off so that its boot does not start it).
+ */
+export async function measureMonthOrder(app: INestApplicationContext): Promise<OrderMeasure> {
+  const { result, statements, seconds } = await recordStatements(() => partitionsWith(app, { AUDIT_ORDER_CLOSED_MONTHS: true }).maintain());
+  if (result.orderHeld.length) throw new Error(`a month was not rewritten: ${JSON.stringify(result.orderHeld)}`);
+  const swaps = statements.flatMap((s, i) => (/DETACH PARTITION/.test(s.text) ? [lockedByDetach(statements.slice(i))] : []));
+  return {
+    months: result.ordered.length,
+    events: result.ordered.reduce((n, o) => n + o.events, 0),
+    seconds,
+    perMonth: result.ordered,
+    lockedMs: Math.max(0, ...swaps),
+  };
+}
+
 /**
  * Drops the oldest month as production does: AuditPartitionsService.maintain() first with
  * AUDIT_RETENTION_DAYS one day longer (the month is due within a day: its bases are prepared),
@@ -224,11 +267,7 @@ export async function measurePartitionDrop(app: INestApplicationContext): Promis
   const [{ now }] = (await app.get(DataSource).query('SELECT now() AS now')) as Array<{ now: Date }>;
   const days = Math.floor((now.getTime() - oldest.to.getTime()) / 86_400_000);
   if (now.getTime() - days * 86_400_000 >= second.to.getTime()) throw new Error('no retention drops exactly the oldest month');
-  const config = app.get(ConfigService);
-  const withRetention = (retention: number) =>
-    new AuditPartitionsService(app.get(DataSource), app.get(AuditChainService), app.get(AuditExportService), app.get(AuditBaseSets), {
-      get: (name: string, options?: unknown) => (name === 'AUDIT_RETENTION_DAYS' ? retention : config.get(name, options as never)),
-    } as unknown as ConfigService<AppConfig, true>);
+  const withRetention = (retention: number) => partitionsWith(app, { AUDIT_RETENTION_DAYS: retention });
 
   const preparation = await recordStatements(() => withRetention(days + 1).maintain());
   const sets = await app.get(AuditBaseSets).list(app.get(DataSource).manager);

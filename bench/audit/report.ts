@@ -1,5 +1,5 @@
 /** The audit bench's table: each measure on the almost empty and the large database, and their ratio. */
-import type { CheckpointMeasure, CleanupMeasure, DropMeasure, PageMeasure, VerifyMeasure } from './measure';
+import type { CheckpointMeasure, CleanupMeasure, DropMeasure, OrderMeasure, PageMeasure, VerifyMeasure } from './measure';
 import type { SeedTimes } from './seed';
 import type { Size } from './sizes';
 
@@ -8,6 +8,8 @@ export interface ScenarioResult {
   size: Size;
   seeded: SeedTimes;
   databaseBytes: number;
+  /** The closed months rewritten in chain order before the pages (absent with BENCH_AUDIT_ORDER=0). */
+  order: OrderMeasure | undefined;
   pages: PageMeasure[];
   verification: VerifyMeasure | undefined;
   /** The first checkpoint after the seed (or, on a reused database, the first of this run). */
@@ -37,6 +39,14 @@ export function printReport(empty: ScenarioResult, large: ScenarioResult): void 
   }
   console.log(render(rows));
   const other = [['measure', 'empty', 'large']];
+  if (empty.order && large.order) {
+    other.push(['closed months rewritten in chain order', num(empty.order.months), num(large.order.months)]);
+    other.push(['rewriting them, s', num(empty.order.seconds), num(large.order.seconds)]);
+    other.push(['rewriting them, events/s', num(empty.order.events / empty.order.seconds), num(large.order.events / large.order.seconds)]);
+    other.push(['rewriting them, audit_events locked ms (longest swap)', num(empty.order.lockedMs), num(large.order.lockedMs)]);
+  } else {
+    other.push(['closed months rewritten in chain order', 'no', 'no']);
+  }
   if (empty.verification && large.verification) {
     other.push(['verification, events/s', num(empty.verification.eventsPerSecond), num(large.verification.eventsPerSecond)]);
   }
@@ -62,6 +72,10 @@ export function printReport(empty: ScenarioResult, large: ScenarioResult): void 
   other.push(['drop oldest month, audit_events locked ms', num(empty.drop.lockedMs), num(large.drop.lockedMs)]);
   other.push(['drop oldest month, events in it', num(empty.drop.events), num(large.drop.events)]);
   console.log(`\n${render(other)}\n`);
+  if (large.order) {
+    for (const m of large.order.perMonth)
+      console.log(`rewritten in chain order (large): ${m.name}, ${num(m.events)} events in ${m.seconds.toFixed(1)} s`);
+  }
   for (const [name, m] of [
     ['ended', large.ended],
     ['deleted', large.deleted],

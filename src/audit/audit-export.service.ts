@@ -9,6 +9,7 @@ import { sql } from '../database/sql';
 import { RetryAfterException } from '../common/retry-after.exception';
 import { summarize } from '../database/database-outage.monitor';
 import { STORED_EVENT_COLUMNS } from './audit-chain';
+import { startAuditSnapshot } from './audit-snapshot';
 import { ExportDigest, exportLineOf, ExportRow, ndjsonLine, sealFilterOf, sealOf } from './audit-export-format';
 import type { AuditFilter } from './audit.service';
 
@@ -177,7 +178,7 @@ class Snapshot {
     let snapshot: Snapshot | undefined;
     try {
       snapshot = new Snapshot(runner, (await runner.connect()) as EventEmitter);
-      await runner.startTransaction('REPEATABLE READ');
+      await startAuditSnapshot(runner);
       await sql(runner.manager, 'SET TRANSACTION READ ONLY');
       await sql(runner.manager, `SET LOCAL application_name = '${EXPORT_APPLICATION_NAME}'`);
       // The pool's statement_timeout is for requests. A fetch may read far to fill its batch

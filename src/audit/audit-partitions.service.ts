@@ -11,6 +11,7 @@ import { sql } from '../database/sql';
 import { AuditBaseSets, type BaseSet } from './audit-base-sets';
 import { AuditChainService } from './audit-chain.service';
 import { AuditExportService } from './audit-export.service';
+import { AuditMonthOrder } from './audit-month-order';
 import { settledAuditSeq } from './settled-seq';
 
 // Any fixed 64-bit number works; this one spells "audparts" in ASCII.
@@ -46,6 +47,10 @@ export interface MaintenanceResult {
   dropped: Array<{ name: string; events: number; archive: string | null }>;
   /** A month past retention that could not be dropped (and why); the next run tries again. */
   held: Array<{ name: string; reason: string }>;
+  /** Closed months rewritten in chain order (AuditMonthOrder), newest first. */
+  ordered: Array<{ name: string; events: number; seconds: number }>;
+  /** A closed month that could not be rewritten in chain order (and why); the next run tries again. */
+  orderHeld: Array<{ name: string; reason: string }>;
 }
 
 /** A partition's month as its base set names it: its first day, `YYYY-MM-DD`. */
@@ -80,7 +85,7 @@ export class AuditPartitionsService {
   readonly stats = { lastRunAt: null as Date | null, droppedEvents: 0, droppedPartitions: 0, partitions: 0 };
   /** See SETTLE_TIMEOUT_MS (a field so that tests can shorten it). */
   settleTimeoutMs = SETTLE_TIMEOUT_MS;
-  /** Aborted at shutdown: a preparation stops waiting for older transactions (see stopWaiting). */
+  /** Aborted at shutdown: a preparation stops waiting for older transactions, a month's rewrite stops (see stopWaiting). */
   private readonly stopping = new AbortController();
 
   constructor(
@@ -88,13 +93,15 @@ export class AuditPartitionsService {
     private readonly chain: AuditChainService,
     private readonly exporter: AuditExportService,
     private readonly bases: AuditBaseSets,
+    private readonly monthOrder: AuditMonthOrder,
     private readonly config: ConfigService<AppConfig, true>,
   ) {}
 
   /**
    * Ends a settle wait under way at once (the set is then prepared unsettled, and its drop
    * counts the month), so that a shutdown, which waits for the run, is not held up to
-   * SETTLE_TIMEOUT_MS by someone else's long transaction.
+   * SETTLE_TIMEOUT_MS by someone else's long transaction; and cancels a month's rewrite in
+   * chain order under way (minutes at millions of events; the next run starts it again).
    */
   stopWaiting(): void {
     this.stopping.abort();
@@ -119,7 +126,7 @@ export class AuditPartitionsService {
    * the others skip). Every step can run again safely.
    */
   async maintain(): Promise<MaintenanceResult> {
-    const result: MaintenanceResult = { skipped: false, created: [], dropped: [], held: [] };
+    const result: MaintenanceResult = { skipped: false, created: [], dropped: [], held: [], ordered: [], orderHeld: [] };
     const runner = this.dataSource.createQueryRunner();
     await runner.connect();
     try {
@@ -133,12 +140,13 @@ export class AuditPartitionsService {
         } = await sql<{ now: Date }>(runner.manager, 'SELECT now() AS now');
         result.created = await this.createAhead(runner, now);
         const days = this.config.get('AUDIT_RETENTION_DAYS', { infer: true });
-        if (days !== undefined) {
-          const cutoff = new Date(now.getTime() - days * 86_400_000);
+        const cutoff = days === undefined ? undefined : new Date(now.getTime() - days * 86_400_000);
+        if (cutoff) {
           await this.dropDetachedMonths(runner);
           const unprepared = await this.prepareBases(runner, now, cutoff);
           await this.applyRetention(runner, cutoff, unprepared, result);
         }
+        if (this.config.get('AUDIT_ORDER_CLOSED_MONTHS', { infer: true })) await this.orderClosedMonths(runner, now, cutoff, result);
         this.stats.partitions = (await this.list(runner.manager)).length;
         this.stats.lastRunAt = new Date();
       } finally {
@@ -149,7 +157,30 @@ export class AuditPartitionsService {
     }
     for (const d of result.dropped) this.logger.log({ event: 'audit.partition_dropped', partition: d.name, events: d.events, archive: d.archive });
     for (const h of result.held) this.logger.warn(`Audit partition ${h.name} is past retention but kept: ${h.reason}`);
+    for (const o of result.ordered) this.logger.log({ event: 'audit.partition_ordered', partition: o.name, events: o.events, seconds: o.seconds });
+    for (const h of result.orderHeld) this.logger.log(`Audit partition ${h.name} is left in time order for now: ${h.reason}`);
     return result;
+  }
+
+  /**
+   * Rewrites the closed months still in time order in chain order (AuditMonthOrder), newest
+   * first (the months users read most), stopping at the first that cannot be. A month is closed
+   * CLOSED_AFTER_MS after its end, as for its base set; a month due for retention within
+   * PREPARE_AHEAD_MS is left as it is (it is about to go).
+   */
+  private async orderClosedMonths(runner: QueryRunner, now: Date, cutoff: Date | undefined, result: MaintenanceResult): Promise<void> {
+    await this.monthOrder.dropRetired(runner.manager);
+    const closed = (await this.list(runner.manager)).filter(
+      (p) => p.to.getTime() <= now.getTime() - CLOSED_AFTER_MS && (!cutoff || p.to.getTime() > cutoff.getTime() + PREPARE_AHEAD_MS),
+    );
+    for (const partition of (await this.monthOrder.unordered(runner.manager, closed)).reverse()) {
+      const outcome = await this.monthOrder.order(runner, partition, this.stopping.signal);
+      if (!outcome.ordered) {
+        result.orderHeld.push({ name: partition.name, reason: outcome.reason });
+        return;
+      }
+      result.ordered.push({ name: partition.name, events: outcome.events, seconds: outcome.seconds });
+    }
   }
 
   private async createAhead(runner: QueryRunner, now: Date): Promise<string[]> {

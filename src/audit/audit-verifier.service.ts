@@ -12,6 +12,7 @@ import { Checkpoint, checkpointMac, sameMac } from './audit-chain';
 import { CHECKPOINT_COLUMNS, type CheckpointRow, digestCheckpointedHeads, toCheckpoint } from './audit-chain.service';
 import { isHeadsDigestV2 } from './checkpoint-heads-digest';
 import { AuditBaseSets, type BaseSet } from './audit-base-sets';
+import { startAuditSnapshot } from './audit-snapshot';
 import {
   breaksFirst,
   type PassBreak,
@@ -104,7 +105,7 @@ export class AuditVerifierService {
       dropped: 0,
     };
     try {
-      await runner.startTransaction('REPEATABLE READ');
+      await startAuditSnapshot(runner);
       await sql(runner.manager, 'SET TRANSACTION READ ONLY');
       for (const setting of VERIFY_PASS_SETTINGS) await sql(runner.manager, setting);
       const em = runner.manager;

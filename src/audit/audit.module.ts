@@ -1,6 +1,7 @@
 import { Module } from '@nestjs/common';
 import { SessionaryConfigModule } from '../sessionary/sessionary-config';
 import { DomainEventPublisher } from '../events/domain-event-publisher';
+import { AuditMonthOrder } from './audit-month-order';
 import { AuditBaseSets } from './audit-base-sets';
 import { AuditChainService } from './audit-chain.service';
 import { AuditExportService } from './audit-export.service';
@@ -21,6 +22,7 @@ import { BoundedAuditService } from './bounded-audit.service';
     BoundedAuditService,
     AuditChainService,
     AuditBaseSets,
+    AuditMonthOrder,
     AuditVerifierService,
     AuditExportService,
     AuditCheckpointTask,

@@ -162,6 +162,16 @@ export class Env {
   @Min(1)
   AUDIT_RETENTION_DAYS?: number;
 
+  /**
+   * Rewrites each closed month of audit_events with its events in chain order (a user's events
+   * of the month together), an hour after the month ends, by the hourly partitions job: a
+   * user's audit page then reads a page or two of each month instead of a page per event.
+   * Each rewrite copies the month once (its size again on disk and in WAL, for minutes).
+   */
+  @Transform(toBoolean)
+  @IsBoolean()
+  AUDIT_ORDER_CLOSED_MONTHS = true;
+
   /** When set, each month's events are written there as NDJSON, with the chain's bases, before the month is dropped. */
   @Transform(toOptionalString)
   @IsOptional()

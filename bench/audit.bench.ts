@@ -151,7 +151,7 @@ async function scenario(label: string, serverUrl: string, size: Size, config: Au
   let order;
   if (config.order) {
     progress(`${label}: rewriting the closed months in chain order`);
-    order = await measureMonthOrder(app);
+    order = await measureMonthOrder(app, (line) => progress(`${label}:   ${line}`));
   }
   const queries = pageQueries(new Date(seeded.eventsFrom), new Date(seeded.eventsTo), randomBenchUser(size.users));
   const pages = await measurePages(app, queries, config.runs);

@@ -240,20 +240,25 @@ function partitionsWith(app: INestApplicationContext, overrides: Record<string, 
 }
 
 /**
- * Rewrites the closed months in chain order as the partitions job does (maintain() with
- * AUDIT_ORDER_CLOSED_MONTHS on; the bench's app has it off so that its boot does not start it).
+ * Rewrites the closed months in chain order as the partitions job does, one a maintain() run
+ * with AUDIT_ORDER_CLOSED_MONTHS on (the bench's app has it off so that its boot does not start
+ * it), run after run until none is left.
  */
-export async function measureMonthOrder(app: INestApplicationContext): Promise<OrderMeasure> {
-  const { result, statements, seconds } = await recordStatements(() => partitionsWith(app, { AUDIT_ORDER_CLOSED_MONTHS: true }).maintain());
-  if (result.orderHeld.length) throw new Error(`a month was not rewritten: ${JSON.stringify(result.orderHeld)}`);
-  const swaps = statements.flatMap((s, i) => (/DETACH PARTITION/.test(s.text) ? [lockedByDetach(statements.slice(i))] : []));
-  return {
-    months: result.ordered.length,
-    events: result.ordered.reduce((n, o) => n + o.events, 0),
-    seconds,
-    perMonth: result.ordered,
-    lockedMs: Math.max(0, ...swaps),
-  };
+export async function measureMonthOrder(app: INestApplicationContext, progress: (line: string) => void): Promise<OrderMeasure> {
+  const partitions = partitionsWith(app, { AUDIT_ORDER_CLOSED_MONTHS: true });
+  const measure: OrderMeasure = { months: 0, events: 0, seconds: 0, perMonth: [], lockedMs: 0 };
+  for (;;) {
+    const { result, statements, seconds } = await recordStatements(() => partitions.maintain());
+    if (result.orderHeld.length) throw new Error(`a month was not rewritten: ${JSON.stringify(result.orderHeld)}`);
+    if (!result.ordered.length) return measure;
+    const [month] = result.ordered;
+    progress(`${month.name}: ${month.events.toLocaleString('en-US')} events in ${month.seconds.toFixed(1)} s`);
+    measure.months++;
+    measure.events += month.events;
+    measure.seconds += seconds;
+    measure.perMonth.push(month);
+    measure.lockedMs = Math.max(measure.lockedMs, lockedByDetach(statements));
+  }
 }
 
 /**

@@ -47,7 +47,7 @@ export interface MaintenanceResult {
   dropped: Array<{ name: string; events: number; archive: string | null }>;
   /** A month past retention that could not be dropped (and why); the next run tries again. */
   held: Array<{ name: string; reason: string }>;
-  /** Closed months rewritten in chain order (AuditMonthOrder), newest first. */
+  /** The closed month rewritten in chain order (AuditMonthOrder) by this run: one a run, newest first. */
   ordered: Array<{ name: string; events: number; seconds: number }>;
   /** A closed month that could not be rewritten in chain order (and why); the next run tries again. */
   orderHeld: Array<{ name: string; reason: string }>;
@@ -163,8 +163,9 @@ export class AuditPartitionsService {
   }
 
   /**
-   * Rewrites the closed months still in time order in chain order (AuditMonthOrder), newest
-   * first (the months users read most), stopping at the first that cannot be. A month is closed
+   * Rewrites one closed month still in time order in chain order (AuditMonthOrder): the newest
+   * (the months users read most), one a run, so that after an upgrade the months of a large log
+   * are rewritten an hour apart, not all in the first run's I/O. A month is closed
    * CLOSED_AFTER_MS after its end, as for its base set; a month due for retention within
    * PREPARE_AHEAD_MS is left as it is (it is about to go).
    */
@@ -173,14 +174,11 @@ export class AuditPartitionsService {
     const closed = (await this.list(runner.manager)).filter(
       (p) => p.to.getTime() <= now.getTime() - CLOSED_AFTER_MS && (!cutoff || p.to.getTime() > cutoff.getTime() + PREPARE_AHEAD_MS),
     );
-    for (const partition of (await this.monthOrder.unordered(runner.manager, closed)).reverse()) {
-      const outcome = await this.monthOrder.order(runner, partition, this.stopping.signal);
-      if (!outcome.ordered) {
-        result.orderHeld.push({ name: partition.name, reason: outcome.reason });
-        return;
-      }
-      result.ordered.push({ name: partition.name, events: outcome.events, seconds: outcome.seconds });
-    }
+    const partition = (await this.monthOrder.unordered(runner.manager, closed)).pop();
+    if (!partition) return;
+    const outcome = await this.monthOrder.order(runner, partition, this.stopping.signal);
+    if (outcome.ordered) result.ordered.push({ name: partition.name, events: outcome.events, seconds: outcome.seconds });
+    else result.orderHeld.push({ name: partition.name, reason: outcome.reason });
   }
 
   private async createAhead(runner: QueryRunner, now: Date): Promise<string[]> {

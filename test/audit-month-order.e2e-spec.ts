@@ -194,6 +194,29 @@ describe('closed audit months rewritten in chain order (e2e)', () => {
     );
   });
 
+  it('locks audit_events before the month for the swap, as readers do: a reader holding the log goes on reading the month', async () => {
+    const t = await app();
+    const { months } = await interleavedMonths(t);
+    const reader = t.db.createQueryRunner();
+    await reader.connect();
+    await reader.startTransaction();
+    try {
+      await reader.query(`LOCK TABLE ONLY audit_events IN ACCESS SHARE MODE`);
+      const running = t.app.get(AuditPartitionsService).maintain();
+      await untilSomeoneWaitsForALock(t.db);
+      // With the month locked first for the swap, this read would wait for the swap and the
+      // swap for this transaction's lock on audit_events: a deadlock, one of them aborted.
+      const [{ n }] = await reader.query(`SELECT count(*)::int AS n FROM "${months[0]}"`);
+      assert.equal(n, 16);
+      await reader.commitTransaction();
+      const result = await running;
+      assert.deepEqual({ ordered: result.ordered.map((o) => o.name), orderHeld: result.orderHeld }, { ordered: [months[0]], orderHeld: [] });
+    } finally {
+      if (reader.isTransactionActive) await reader.rollbackTransaction();
+      await reader.release();
+    }
+  });
+
   it('copies the month again when an event entered it during the copy, and waits for a writer still open', async () => {
     const t = await app();
     const { users, months } = await interleavedMonths(t);

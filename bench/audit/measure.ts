@@ -257,7 +257,7 @@ export async function measureMonthOrder(app: INestApplicationContext, progress: 
     measure.events += month.events;
     measure.seconds += seconds;
     measure.perMonth.push(month);
-    measure.lockedMs = Math.max(measure.lockedMs, lockedByDetach(statements));
+    measure.lockedMs = Math.max(measure.lockedMs, lockedFrom(statements, /^LOCK TABLE ONLY audit_events IN ACCESS EXCLUSIVE MODE/));
   }
 }
 
@@ -301,10 +301,15 @@ export async function measurePartitionDrop(app: INestApplicationContext): Promis
 
 /** From the start of DETACH PARTITION to the end of the COMMIT after it (one connection, statements in order). */
 function lockedByDetach(statements: StatementTiming[]): number {
-  const detach = statements.findIndex((s) => /DETACH PARTITION/.test(s.text));
-  const commit = statements.findIndex((s, i) => i > detach && /^COMMIT/i.test(s.text.trim()));
-  if (detach < 0 || commit < 0) throw new Error('the drop sent no DETACH PARTITION and COMMIT');
-  return statements[commit].endedAt - (statements[detach].endedAt - statements[detach].ms);
+  return lockedFrom(statements, /DETACH PARTITION/);
+}
+
+/** From the start of the first statement matching `locking` to the end of the COMMIT after it. */
+function lockedFrom(statements: StatementTiming[], locking: RegExp): number {
+  const lock = statements.findIndex((s) => locking.test(s.text));
+  const commit = statements.findIndex((s, i) => i > lock && /^COMMIT/i.test(s.text.trim()));
+  if (lock < 0 || commit < 0) throw new Error(`no statement matching ${locking} followed by a COMMIT`);
+  return statements[commit].endedAt - (statements[lock].endedAt - statements[lock].ms);
 }
 
 /** Statements grouped by the first 60 characters of their one-line text, most total time first. */

@@ -31,7 +31,7 @@ export type MonthOrderOutcome = { ordered: true; events: number; seconds: number
  * in one transaction (DETACH, ATTACH), as CLUSTER would but without holding the month locked for
  * the minutes the copy takes: the month is locked (SHARE: events can no longer enter it, reads
  * go on) only to check that the copy holds all of its events, and audit_events
- * (ACCESS EXCLUSIVE) only for the renames, the DETACH and the ATTACH.
+ * (ACCESS EXCLUSIVE) only for the renames, the DETACH and the ATTACH that follow.
  *
  * The new table's rows are new row versions: a REPEATABLE READ snapshot taken before the swap
  * would find the month empty. The service's own long reads (verification, export) therefore
@@ -198,6 +198,11 @@ export class AuditMonthOrder {
       rows: [{ events }],
     } = await sql<{ events: number }>(em, `SELECT count(*)::float8 AS events FROM "${table}"`);
     if (events !== copied) return 'events were written into it while it was copied; the next run copies it again';
+    // audit_events before the month, in the order every reader takes them (the table, then its
+    // months): locking the month first would make a reader that holds audit_events and waits for
+    // the month, and this swap waiting for audit_events, a deadlock. Every read and write of
+    // the log waits from here to the COMMIT.
+    await sql(em, `LOCK TABLE ONLY audit_events IN ACCESS EXCLUSIVE MODE`);
 
     // The month's index names go to the new table's indexes, matched through the index of
     // audit_events each is attached to.

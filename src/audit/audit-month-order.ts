@@ -86,7 +86,7 @@ export class AuditMonthOrder {
     try {
       await runner.startTransaction();
       try {
-        const outcome = await this.swapInOrdered(runner.manager, partition, staging, retired);
+        const outcome = await this.swapInOrdered(runner.manager, partition, staging, retired, signal);
         if (typeof outcome === 'string') {
           await runner.rollbackTransaction();
           return { ordered: false, reason: outcome };
@@ -103,8 +103,13 @@ export class AuditMonthOrder {
       }
       // In a transaction of its own, as retention's drop: removing the files at COMMIT held the
       // lock on audit_events for most of a second at 4M events. Left behind, dropRetired drops it.
-      await sql(runner.manager, `DROP TABLE IF EXISTS "${retired}"`);
-      await this.freeze(runner, table, signal);
+      try {
+        await sql(runner.manager, `DROP TABLE IF EXISTS "${retired}"`);
+        await this.freeze(runner, table);
+      } catch (error) {
+        // Cancelled by a shutdown: the month is rewritten; the next run drops what is left.
+        if (!signal.aborted) throw error;
+      }
     } finally {
       signal.removeEventListener('abort', cancel);
     }
@@ -117,14 +122,12 @@ export class AuditMonthOrder {
    * anti-wraparound VACUUM ever needs to read them again. Cancelled by a shutdown; autovacuum
    * does it later then.
    */
-  private async freeze(runner: QueryRunner, table: string, signal: AbortSignal): Promise<void> {
+  private async freeze(runner: QueryRunner, table: string): Promise<void> {
     // VACUUM cannot run in a transaction, so no SET LOCAL: the connection goes back to the pool
     // with its own statement timeout (RESET returns to the connection's start-up value).
     await sql(runner.manager, `SET statement_timeout = 0`);
     try {
       await sql(runner.manager, `VACUUM (FREEZE) "${table}"`);
-    } catch (error) {
-      if (!signal.aborted) throw error;
     } finally {
       await sql(runner.manager, `RESET statement_timeout`);
     }
@@ -146,7 +149,18 @@ export class AuditMonthOrder {
    * The copy and the swap, in the caller's transaction: the number of events, or why the month
    * is left as it is (the caller rolls back).
    */
-  private async swapInOrdered(em: EntityManager, partition: AuditPartition, staging: string, retired: string): Promise<number | string> {
+  private async swapInOrdered(
+    em: EntityManager,
+    partition: AuditPartition,
+    staging: string,
+    retired: string,
+    signal: AbortSignal,
+  ): Promise<number | string> {
+    // A cancel that lands between two statements cancels neither: the long ones look first.
+    const unlessStopping = (text: string) => {
+      if (signal.aborted) throw new Error('stopping');
+      return sql(em, text);
+    };
     const table = partition.name;
     const from = partition.from.toISOString();
     const to = partition.to.toISOString();
@@ -183,12 +197,11 @@ export class AuditMonthOrder {
       [`"${staging}"`, staging],
     );
     for (const index of deferred) await sql(em, index.drop);
-    const { count: copied } = await sql(
-      em,
+    const { count: copied } = await unlessStopping(
       `INSERT INTO "${staging}" (${columns}) SELECT ${columns} FROM "${table}" ORDER BY chain_key, chain_pos, seq`,
     );
-    for (const index of deferred) await sql(em, index.create);
-    await sql(em, `ANALYZE "${staging}"`);
+    for (const index of deferred) await unlessStopping(index.create);
+    await unlessStopping(`ANALYZE "${staging}"`);
 
     await sql(em, `SET LOCAL lock_timeout = '${SWAP_LOCK_TIMEOUT}'`);
     // From here no event enters the month (it is closed: one would come from a clock far

@@ -44,6 +44,7 @@ export function printReport(empty: ScenarioResult, large: ScenarioResult): void 
     other.push(['rewriting them, s', num(empty.order.seconds), num(large.order.seconds)]);
     other.push(['rewriting them, events/s', num(empty.order.events / empty.order.seconds), num(large.order.events / large.order.seconds)]);
     other.push(['rewriting them, audit_events locked ms (longest swap)', num(empty.order.lockedMs), num(large.order.lockedMs)]);
+    other.push(['then CHECKPOINT (their write-back), s', num(empty.order.checkpointSeconds ?? 0), num(large.order.checkpointSeconds ?? 0)]);
   } else {
     other.push(['closed months rewritten in chain order', 'no', 'no']);
   }

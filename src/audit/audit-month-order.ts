@@ -77,15 +77,17 @@ export class AuditMonthOrder {
     const table = partition.name;
     const staging = `${table}_ordered`;
     const retired = `${table}_retired`;
-    const {
-      rows: [{ pid }],
-    } = await sql<{ pid: number }>(runner.manager, 'SELECT pg_backend_pid() AS pid');
-    const cancel = () => void this.dataSource.query('SELECT pg_cancel_backend($1)', [pid]).catch(() => undefined);
-    signal.addEventListener('abort', cancel, { once: true });
+    let cancel: (() => void) | undefined;
     let events: number;
     try {
       await runner.startTransaction();
       try {
+        // The server process of this transaction (behind a pooler, the driver's would be the pooler's).
+        const {
+          rows: [{ pid }],
+        } = await sql<{ pid: number }>(runner.manager, 'SELECT pg_backend_pid() AS pid');
+        cancel = () => void this.dataSource.query('SELECT pg_cancel_backend($1)', [pid]).catch(() => undefined);
+        signal.addEventListener('abort', cancel, { once: true });
         const outcome = await this.swapInOrdered(runner.manager, partition, staging, retired, signal);
         if (typeof outcome === 'string') {
           await runner.rollbackTransaction();
@@ -111,7 +113,7 @@ export class AuditMonthOrder {
         if (!signal.aborted) throw error;
       }
     } finally {
-      signal.removeEventListener('abort', cancel);
+      if (cancel) signal.removeEventListener('abort', cancel);
     }
     return { ordered: true, events, seconds: (performance.now() - started) / 1000 };
   }

@@ -131,7 +131,9 @@ describe('closed audit months rewritten in chain order (e2e)', () => {
 
     // One month a run, newest first.
     const partitions = t.app.get(AuditPartitionsService);
-    const runs = [await partitions.maintain(), await partitions.maintain()];
+    const runs = [await partitions.maintain()];
+    assert.match((await t.http.get('/metrics')).text, /^sessionary_audit_closed_months_in_time_order 1$/m);
+    runs.push(await partitions.maintain());
 
     assert.deepEqual(
       runs.map((r) => r.ordered.map((o) => [o.name, o.events])),
@@ -141,6 +143,7 @@ describe('closed audit months rewritten in chain order (e2e)', () => {
       runs.map((r) => r.orderHeld),
       [[], []],
     );
+    assert.match((await t.http.get('/metrics')).text, /^sessionary_audit_closed_months_in_time_order 0$/m);
     for (const table of months) {
       const { order, events, shape } = before.get(table)!;
       assert.deepEqual(await tableOrder(t.db, table), inChainOrder(order));
@@ -296,9 +299,8 @@ describe('closed audit months rewritten in chain order (e2e)', () => {
     );
   });
 
-  it('drops the old table a rewrite left when its process stopped before dropping it', async () => {
+  it('drops the old table a rewrite left when its process stopped before dropping it, with no month left to rewrite', async () => {
     const t = await app();
-    await interleavedMonths(t);
     const leftover = `${partitionOf(monthStart(9)).name}_retired`;
     await t.db.query(`CREATE TABLE "${leftover}" (LIKE audit_events)`);
 
@@ -316,5 +318,6 @@ describe('closed audit months rewritten in chain order (e2e)', () => {
 
     assert.deepEqual({ ordered: result.ordered, orderHeld: result.orderHeld }, { ordered: [], orderHeld: [] });
     assert.deepEqual(await tableOrder(t.db, months[1]), order);
+    assert.match((await t.http.get('/metrics')).text, /^sessionary_audit_closed_months_in_time_order 2$/m);
   });
 });

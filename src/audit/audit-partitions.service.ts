@@ -82,7 +82,7 @@ export function partitionOf(month: Date): AuditPartition {
 export class AuditPartitionsService {
   private readonly logger = new Logger(AuditPartitionsService.name);
   /** For /metrics. */
-  readonly stats = { lastRunAt: null as Date | null, droppedEvents: 0, droppedPartitions: 0, partitions: 0 };
+  readonly stats = { lastRunAt: null as Date | null, droppedEvents: 0, droppedPartitions: 0, partitions: 0, closedMonthsInTimeOrder: 0 };
   /** See SETTLE_TIMEOUT_MS (a field so that tests can shorten it). */
   settleTimeoutMs = SETTLE_TIMEOUT_MS;
   /** Aborted at shutdown: a preparation stops waiting for older transactions, a month's rewrite stops (see stopWaiting). */
@@ -146,7 +146,7 @@ export class AuditPartitionsService {
           const unprepared = await this.prepareBases(runner, now, cutoff);
           await this.applyRetention(runner, cutoff, unprepared, result);
         }
-        if (this.config.get('AUDIT_ORDER_CLOSED_MONTHS', { infer: true })) await this.orderClosedMonths(runner, now, cutoff, result);
+        await this.orderClosedMonths(runner, now, cutoff, result);
         this.stats.partitions = (await this.list(runner.manager)).length;
         this.stats.lastRunAt = new Date();
       } finally {
@@ -163,22 +163,30 @@ export class AuditPartitionsService {
   }
 
   /**
-   * Rewrites one closed month still in time order in chain order (AuditMonthOrder): the newest
-   * (the months users read most), one a run, so that after an upgrade the months of a large log
-   * are rewritten an hour apart, not all in the first run's I/O. A month is closed
-   * CLOSED_AFTER_MS after its end, as for its base set; a month due for retention within
-   * PREPARE_AHEAD_MS is left as it is (it is about to go).
+   * With AUDIT_ORDER_CLOSED_MONTHS, rewrites one closed month still in time order in chain order
+   * (AuditMonthOrder): the newest (the months users read most), one a run, so that after an
+   * upgrade the months of a large log are rewritten an hour apart, not all in the first run's
+   * I/O. A month is closed CLOSED_AFTER_MS after its end, as for its base set; a month due for
+   * retention within PREPARE_AHEAD_MS is left as it is (it is about to go). Counts the closed
+   * months left in time order either way (for /metrics).
    */
   private async orderClosedMonths(runner: QueryRunner, now: Date, cutoff: Date | undefined, result: MaintenanceResult): Promise<void> {
     await this.monthOrder.dropRetired(runner.manager);
     const closed = (await this.list(runner.manager)).filter(
       (p) => p.to.getTime() <= now.getTime() - CLOSED_AFTER_MS && (!cutoff || p.to.getTime() > cutoff.getTime() + PREPARE_AHEAD_MS),
     );
-    const partition = (await this.monthOrder.unordered(runner.manager, closed)).pop();
-    if (!partition) return;
-    const outcome = await this.monthOrder.order(runner, partition, this.stopping.signal);
-    if (outcome.ordered) result.ordered.push({ name: partition.name, events: outcome.events, seconds: outcome.seconds });
-    else result.orderHeld.push({ name: partition.name, reason: outcome.reason });
+    const inTimeOrder = await this.monthOrder.unordered(runner.manager, closed);
+    const partition = inTimeOrder.at(-1);
+    if (partition && this.config.get('AUDIT_ORDER_CLOSED_MONTHS', { infer: true })) {
+      const outcome = await this.monthOrder.order(runner, partition, this.stopping.signal);
+      if (outcome.ordered) {
+        result.ordered.push({ name: partition.name, events: outcome.events, seconds: outcome.seconds });
+        inTimeOrder.pop();
+      } else {
+        result.orderHeld.push({ name: partition.name, reason: outcome.reason });
+      }
+    }
+    this.stats.closedMonthsInTimeOrder = inTimeOrder.length;
   }
 
   private async createAhead(runner: QueryRunner, now: Date): Promise<string[]> {

@@ -58,6 +58,11 @@ export class MetricsService implements OnModuleInit {
       auditPartitions.stats.lastRunAt ? auditPartitions.stats.lastRunAt.getTime() / 1000 : 0,
     );
     gauge('sessionary_audit_partitions', 'Monthly partitions of audit_events at the last maintenance', () => auditPartitions.stats.partitions);
+    gauge(
+      'sessionary_audit_closed_months_in_time_order',
+      'Closed months of audit_events not yet rewritten in chain order at the last maintenance (AUDIT_ORDER_CLOSED_MONTHS does one a run)',
+      () => auditPartitions.stats.closedMonthsInTimeOrder,
+    );
     new Counter({
       name: 'sessionary_audit_retention_dropped_events_total',
       help: 'Audit events this instance dropped with their months past AUDIT_RETENTION_DAYS',

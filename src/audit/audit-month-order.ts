@@ -180,12 +180,13 @@ export class AuditMonthOrder {
       `SELECT attname AS name FROM pg_attribute WHERE attrelid = 'audit_events'::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum`,
     );
     const columns = columnRows.map((c) => `"${c.name}"`).join(', ');
+    // (No INCLUDING COMPRESSION: PostgreSQL 13 lacks it, and no column sets its own.)
     // The bounds as a CHECK, so that ATTACH need not scan the table to prove them. The indexes
     // copied from audit_events' own (not from their text: a predicate read back from its text
     // can come out in another form, and ATTACH would then build the index again, under its lock).
     await sql(
       em,
-      `CREATE TABLE "${staging}" (LIKE audit_events INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING STORAGE INCLUDING COMPRESSION INCLUDING INDEXES,
+      `CREATE TABLE "${staging}" (LIKE audit_events INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING STORAGE INCLUDING INDEXES,
          CONSTRAINT "audit_events_month_bounds" CHECK (created_at >= '${from}' AND created_at < '${to}'))`,
     );
     // Plain ones are dropped while the rows go in and built once after, on sorted rows (faster,

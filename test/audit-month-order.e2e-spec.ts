@@ -47,9 +47,9 @@ function partitionsService(t: TestApp): AuditPartitionsService {
 async function interleavedMonths(t: TestApp): Promise<{ users: string[]; months: string[] }> {
   const users = [await silentUser(t.db, 'ann'), await silentUser(t.db, 'bob'), await silentUser(t.db, 'cid')];
   const turns = (n: number) => Array.from({ length: n }, (_, i) => ({ userId: i % 4 === 3 ? null : users[i % 4], type: i % 2 ? 'LOGIN' : 'LOGOUT' }));
-  await pastEvents(t, monthStart(2), turns(24));
-  await pastEvents(t, monthStart(1), turns(16));
-  return { users, months: [partitionOf(monthStart(1)).name, partitionOf(monthStart(2)).name] };
+  await pastEvents(t, monthStart(3), turns(24));
+  await pastEvents(t, monthStart(2), turns(16));
+  return { users, months: [partitionOf(monthStart(2)).name, partitionOf(monthStart(3)).name] };
 }
 
 /** The month's events as they lie in its table. */
@@ -226,7 +226,7 @@ describe('closed audit months rewritten in chain order (e2e)', () => {
     const partitions = t.app.get(AuditPartitionsService);
 
     // A writer still open when the swap wants the month: the lock is not granted in time.
-    const open = await uncommittedPastEvent(t, monthStart(1), users[0]);
+    const open = await uncommittedPastEvent(t, monthStart(2), users[0]);
     try {
       const held = await partitions.maintain();
       assert.deepEqual(held.ordered, []);
@@ -259,7 +259,7 @@ describe('closed audit months rewritten in chain order (e2e)', () => {
     const t = await app();
     const { months } = await interleavedMonths(t);
     await t.db.query(`INSERT INTO audit_events (type, user_id, created_at) VALUES ('LOGIN', NULL, $1)`, [
-      new Date(monthStart(1).getTime() + 86_400_000),
+      new Date(monthStart(2).getTime() + 86_400_000),
     ]);
 
     const result = await t.app.get(AuditPartitionsService).maintain();

@@ -11,7 +11,7 @@ export const CHAIN_ORDER_COMMENT = 'sessionary: events in chain order';
  * How long the swap waits for each of its locks (the month's, then audit_events') before giving
  * up until the next run. While it waits, the reads and writes that queue behind it wait too.
  */
-const SWAP_LOCK_TIMEOUT = '1s';
+const SWAP_LOCK_TIMEOUT_MS = 1000;
 const LOCK_NOT_AVAILABLE = '55P03';
 /** A leftover of a rewrite whose process stopped after the swap's commit, before the drop of the old table. */
 const RETIRED_NAME = /^audit_events_y\d{4}m\d{2}_retired$/;
@@ -42,6 +42,9 @@ export type MonthOrderOutcome = { ordered: true; events: number; seconds: number
  */
 @Injectable()
 export class AuditMonthOrder {
+  /** See SWAP_LOCK_TIMEOUT_MS (a field so that tests that act while the swap waits can lengthen it). */
+  lockTimeoutMs = SWAP_LOCK_TIMEOUT_MS;
+
   constructor(@InjectDataSource() private readonly dataSource: DataSource) {}
 
   /** The months among `partitions` not yet in chain order. */
@@ -99,7 +102,7 @@ export class AuditMonthOrder {
         if (runner.isTransactionActive) await runner.rollbackTransaction();
         if (signal.aborted) return { ordered: false, reason: 'the service is stopping' };
         if (pgErrorCode(error) === LOCK_NOT_AVAILABLE) {
-          return { ordered: false, reason: `a lock it needs was not granted within ${SWAP_LOCK_TIMEOUT} (a long read of the log under way?)` };
+          return { ordered: false, reason: `a lock it needs was not granted within ${this.lockTimeoutMs} ms (a long read of the log under way?)` };
         }
         throw error;
       }
@@ -206,7 +209,7 @@ export class AuditMonthOrder {
     for (const index of deferred) await unlessStopping(index.create);
     await unlessStopping(`ANALYZE "${staging}"`);
 
-    await sql(em, `SET LOCAL lock_timeout = '${SWAP_LOCK_TIMEOUT}'`);
+    await sql(em, `SET LOCAL lock_timeout = ${Math.trunc(this.lockTimeoutMs)}`);
     // From here no event enters the month (it is closed: one would come from a clock far
     // behind), and the count tells whether one did while it was copied.
     await sql(em, `LOCK TABLE "${table}" IN SHARE MODE`);

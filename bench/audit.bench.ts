@@ -134,13 +134,14 @@ async function scenario(label: string, serverUrl: string, size: Size, config: Au
     );
   }
   const [{ bytes }] = (await seeder.query(`SELECT pg_database_size(current_database())::float8 AS bytes`)).rows;
-  // What the pages and the cleanup read from PostgreSQL's own buffers depends on these: printed beside the figures.
+  // What the pages and the cleanup read from PostgreSQL's own buffers, and how often the cleanup's
+  // writes meet a checkpoint (full pages logged again), depend on these: printed beside the figures.
   const [server] = (
     await seeder.query(
       `SELECT current_setting('server_version') AS version, current_setting('shared_buffers') AS shared_buffers,
-              current_setting('effective_cache_size') AS effective_cache_size`,
+              current_setting('effective_cache_size') AS effective_cache_size, current_setting('max_wal_size') AS max_wal_size`,
     )
-  ).rows as Array<{ version: string; shared_buffers: string; effective_cache_size: string }>;
+  ).rows as Array<{ version: string; shared_buffers: string; effective_cache_size: string; max_wal_size: string }>;
   if (!reuse) progress(`${label}: seeded in ${seeded.totalSeconds.toFixed(0)} s (${(bytes / 2 ** 30).toFixed(2)} GiB); measuring pages`);
   const app: INestApplicationContext = await NestFactory.createApplicationContext(AppModule.forRoot(appConfig(url, secrets)), {
     logger: ['error', 'warn'],

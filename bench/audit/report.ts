@@ -9,7 +9,7 @@ export interface ScenarioResult {
   seeded: SeedTimes;
   databaseBytes: number;
   /** The server's version and memory settings when measured. */
-  server: { version: string; shared_buffers: string; effective_cache_size: string };
+  server: { version: string; shared_buffers: string; effective_cache_size: string; max_wal_size: string };
   /** The closed months rewritten in chain order before the pages (absent with BENCH_AUDIT_ORDER=0). */
   order: OrderMeasure | undefined;
   pages: PageMeasure[];
@@ -32,7 +32,7 @@ function render(rows: string[][]): string {
 export function printReport(empty: ScenarioResult, large: ScenarioResult): void {
   const sizeOf = (s: ScenarioResult) => `${num(s.size.users)} users, ${num(s.size.sessions)} sessions, ${num(s.size.events)} events`;
   console.log(
-    `\nalmost empty: ${sizeOf(empty)}\nlarge (${large.label}): ${sizeOf(large)}, seeded in ${large.seeded.totalSeconds.toFixed(0)} s, ${(large.databaseBytes / 2 ** 30).toFixed(2)} GiB\nPostgreSQL ${large.server.version}, shared_buffers ${large.server.shared_buffers}, effective_cache_size ${large.server.effective_cache_size}\n`,
+    `\nalmost empty: ${sizeOf(empty)}\nlarge (${large.label}): ${sizeOf(large)}, seeded in ${large.seeded.totalSeconds.toFixed(0)} s, ${(large.databaseBytes / 2 ** 30).toFixed(2)} GiB\nPostgreSQL ${large.server.version}, shared_buffers ${large.server.shared_buffers}, effective_cache_size ${large.server.effective_cache_size}, max_wal_size ${large.server.max_wal_size}\n`,
   );
   const rows = [['first page (ms)', 'empty p50', 'p99', 'large p50', 'p99', 'p50 ratio']];
   for (const [i, p] of large.pages.entries()) {

@@ -78,6 +78,40 @@ describe('sessions cleanup task (e2e)', () => {
     }
   });
 
+  it('ending a session past its deadline sends no notification (no cache can answer for it); ending any other still does', async () => {
+    const user = await registerUser(t.http);
+    const expired = await login(t.http, user);
+    const active = await login(t.http, user);
+    const alsoMoved = await login(t.http, user);
+    // Moving deadlines earlier notifies: done before listening.
+    await t.db.query(`UPDATE sessions SET idle_expires_at = now() - interval '1 minute' WHERE id = ANY($1::uuid[])`, [
+      [expired.sessionId, alsoMoved.sessionId],
+    ]);
+    const listener = new Client({ connectionString: t.config.DATABASE_URL });
+    await listener.connect();
+    try {
+      const payloads: string[] = [];
+      listener.on('notification', (n) => payloads.push(n.payload ?? ''));
+      await listener.query('LISTEN sessionary_sessions');
+      // Past its idle deadline too, but its end also moves another deadline: that notifies.
+      await t.db.query(`UPDATE sessions SET ended_at = now(), end_reason = 'revoked', absolute_expires_at = now() WHERE id = $1`, [
+        alsoMoved.sessionId,
+      ]);
+      const result = await task.handleTick();
+      assert.ok(result && result.expired >= 1);
+      assert.equal((await sessionRow(t.db, expired.sessionId))!.end_reason, 'idle_timeout');
+      await t.http.post('/api/v1/auth/logout').set('Authorization', bearer(active)).expect(204);
+      const expected = [`s:${alsoMoved.sessionId}`, `s:${active.sessionId}`];
+      const deadline = Date.now() + 5000;
+      while (!expected.every((p) => payloads.includes(p)) && Date.now() < deadline) await sleep(20);
+      // The cleanup's notification, had there been one, was committed between these two.
+      assert.deepEqual(payloads, expected);
+      assert.equal((await t.http.get('/api/v1/users/me').set('Authorization', bearer(expired))).status, 401);
+    } finally {
+      await listener.end();
+    }
+  });
+
   it('deletes ended sessions past retention, keeps recent ones and every audit event', async () => {
     const user = await registerUser(t.http);
     const old = await login(t.http, user);

@@ -24,6 +24,7 @@ import { AuditBaseSetsSettledSeq1766200000000 } from './migrations/1766200000000
 import { AuditCheckpointHeads1766300000000 } from './migrations/1766300000000-AuditCheckpointHeads';
 import { AuditCheckpointBuckets1766400000000 } from './migrations/1766400000000-AuditCheckpointBuckets';
 import { AuditCheckpointHeadTimes1766500000000 } from './migrations/1766500000000-AuditCheckpointHeadTimes';
+import { SessionExpiredEndNotifySkip1766600000000 } from './migrations/1766600000000-SessionExpiredEndNotifySkip';
 import { SigningKeys1765600000000 } from './migrations/1765600000000-SigningKeys';
 
 export const ENTITIES = [UserEntity, SessionEntity, RotatedRefreshTokenEntity, AuditEventEntity];
@@ -51,6 +52,7 @@ export const MIGRATIONS = [
   AuditCheckpointHeads1766300000000,
   AuditCheckpointBuckets1766400000000,
   AuditCheckpointHeadTimes1766500000000,
+  SessionExpiredEndNotifySkip1766600000000,
 ];
 
 /** One definition for the app, the TypeORM CLI and the tests. Never `synchronize`. */

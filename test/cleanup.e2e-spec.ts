@@ -62,20 +62,12 @@ describe('sessions cleanup task (e2e)', () => {
     const ended = await login(t.http, user);
     const active = await login(t.http, user);
     await t.db.query(`UPDATE sessions SET ended_at = now(), end_reason = 'logout' WHERE id = $1`, [ended.sessionId]);
-    const listener = new Client({ connectionString: t.config.DATABASE_URL });
-    await listener.connect();
-    try {
-      const payloads: string[] = [];
-      listener.on('notification', (n) => payloads.push(n.payload ?? ''));
-      await listener.query('LISTEN sessionary_sessions');
+    const payloads = await notifiedWhile(async () => {
       await t.db.query('DELETE FROM sessions WHERE id = ANY($1::uuid[])', [[ended.sessionId, active.sessionId]]);
-      const deadline = Date.now() + 5000;
-      while (!payloads.includes(`s:${active.sessionId}`) && Date.now() < deadline) await sleep(20);
-      // A notification sent in the same transaction as the active one's would have arrived with it.
-      assert.deepEqual(payloads, [`s:${active.sessionId}`]);
-    } finally {
-      await listener.end();
-    }
+      return [`s:${active.sessionId}`];
+    });
+    // A notification sent in the same transaction as the active one's would have arrived with it.
+    assert.deepEqual(payloads, [`s:${active.sessionId}`]);
   });
 
   it('ending a session past its deadline sends no notification (no cache can answer for it); ending any other still does', async () => {
@@ -87,12 +79,7 @@ describe('sessions cleanup task (e2e)', () => {
     await t.db.query(`UPDATE sessions SET idle_expires_at = now() - interval '1 minute' WHERE id = ANY($1::uuid[])`, [
       [expired.sessionId, alsoMoved.sessionId],
     ]);
-    const listener = new Client({ connectionString: t.config.DATABASE_URL });
-    await listener.connect();
-    try {
-      const payloads: string[] = [];
-      listener.on('notification', (n) => payloads.push(n.payload ?? ''));
-      await listener.query('LISTEN sessionary_sessions');
+    const payloads = await notifiedWhile(async () => {
       // Past its idle deadline too, but its end also moves another deadline: that notifies.
       await t.db.query(`UPDATE sessions SET ended_at = now(), end_reason = 'revoked', absolute_expires_at = now() WHERE id = $1`, [
         alsoMoved.sessionId,
@@ -101,16 +88,32 @@ describe('sessions cleanup task (e2e)', () => {
       assert.ok(result && result.expired >= 1);
       assert.equal((await sessionRow(t.db, expired.sessionId))!.end_reason, 'idle_timeout');
       await t.http.post('/api/v1/auth/logout').set('Authorization', bearer(active)).expect(204);
-      const expected = [`s:${alsoMoved.sessionId}`, `s:${active.sessionId}`];
+      return [`s:${alsoMoved.sessionId}`, `s:${active.sessionId}`];
+    });
+    // The cleanup's notification, had there been one, was committed between these two.
+    assert.deepEqual(payloads, [`s:${alsoMoved.sessionId}`, `s:${active.sessionId}`]);
+    assert.equal((await t.http.get('/api/v1/users/me').set('Authorization', bearer(expired))).status, 401);
+  });
+
+  /**
+   * The payloads on the sessions' channel while `act` runs, once every payload it names has
+   * arrived (or 5 s passed): later ones from its transactions would have arrived with them.
+   */
+  async function notifiedWhile(act: () => Promise<string[]>): Promise<string[]> {
+    const listener = new Client({ connectionString: t.config.DATABASE_URL });
+    await listener.connect();
+    try {
+      const payloads: string[] = [];
+      listener.on('notification', (n) => payloads.push(n.payload ?? ''));
+      await listener.query('LISTEN sessionary_sessions');
+      const expected = await act();
       const deadline = Date.now() + 5000;
       while (!expected.every((p) => payloads.includes(p)) && Date.now() < deadline) await sleep(20);
-      // The cleanup's notification, had there been one, was committed between these two.
-      assert.deepEqual(payloads, expected);
-      assert.equal((await t.http.get('/api/v1/users/me').set('Authorization', bearer(expired))).status, 401);
+      return payloads;
     } finally {
       await listener.end();
     }
-  });
+  }
 
   it('deletes ended sessions past retention, keeps recent ones and every audit event', async () => {
     const user = await registerUser(t.http);

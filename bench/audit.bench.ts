@@ -101,23 +101,22 @@ async function scenario(label: string, serverUrl: string, size: Size, config: Au
   };
   const seeder = new Client({ connectionString: url });
   let seeded: SeedTimes;
+  // The schema: on a new database before the seed (the service starts after it, as it would on
+  // a database with this history: its boot records the new signing-key ring after the seeded
+  // events, in time order); on a reused one, whatever this build adds to the build that seeded it.
+  const migrator = await new DataSource(dataSourceOptions(url)).initialize();
+  try {
+    progress(`${label}: database ${database}, migrations`);
+    await runMigrationsLocked(migrator);
+  } finally {
+    await migrator.destroy();
+  }
+  await seeder.connect();
+  undo.push(() => seeder.end());
   if (reuse) {
-    await seeder.connect();
-    undo.push(() => seeder.end());
     seeded = await seededBefore(seeder);
     progress(`${label}: reusing ${database} (${seeded.chains.toLocaleString('en-US')} chains); measuring pages`);
   } else {
-    progress(`${label}: database ${database}, migrations`);
-    // The schema only: the service starts after the seed, as it would on a database with this
-    // history (its boot records the new signing-key ring after the seeded events, in time order).
-    const migrator = await new DataSource(dataSourceOptions(url)).initialize();
-    try {
-      await runMigrationsLocked(migrator);
-    } finally {
-      await migrator.destroy();
-    }
-    await seeder.connect();
-    undo.push(() => seeder.end());
     seeded = await seed(seeder, size, secrets.AUDIT_HMAC_KEY, config.months, (line) => progress(`${label}: ${line}`));
   }
   // Sessions that came due since they were seeded (a 50M seed takes over half an hour; a kept

@@ -290,6 +290,21 @@ describe('JwtStrategy through passport (real verification)', { timeout: 10_000 }
     await assertRefused(`Bearer ${sign({}, { key: EC.privateKey, alg: 'ES256', header: { kid: 'k1' } })}`, /Not an access token/);
   });
 
+  it("fails for a valid ES256 token whose signature is spelled otherwise (same bytes: its last character's spare bits changed)", async () => {
+    const token = sign({}, { key: EC.privateKey, alg: 'ES256' });
+    const [header, payload, signature] = token.split('.');
+    const alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_';
+    // 64 bytes in 86 characters: the last character's 4 lowest bits are beyond the last byte.
+    const last = alphabet[alphabet.indexOf(signature.at(-1)!) ^ 1];
+    const respelled = `${header}.${payload}.${signature.slice(0, -1)}${last}`;
+    assert.notEqual(respelled, token);
+    assert.deepEqual(Buffer.from(respelled.split('.')[2], 'base64url'), Buffer.from(signature, 'base64url'));
+    // What the check is for: the library alone takes the other spelling as the same signature.
+    assert.ok(jwt.verify(respelled, EC.publicKey, { algorithms: ['ES256'] }));
+    assert.equal((await authenticate(`Bearer ${token}`)).kind, 'success');
+    await assertRefused(`Bearer ${respelled}`, /Not an access token/);
+  });
+
   it('accepts a retiring key until its time, then refuses it', async (t) => {
     const ring = RING as unknown as FixedRing;
     const token = sign({}, { key: OTHER_KEY, header: { kid: 'old' } });

@@ -66,7 +66,7 @@ export class JwtStrategy extends PassportStrategy(Strategy, 'jwt') {
       // key elsewhere is refused whatever its signature.
       // passport-jwt's types predate KeyObject; jsonwebtoken, which it calls, accepts one.
       secretOrKeyProvider: (_req: TokenBearer, rawJwt: string, done: (err: Error | null, key?: string) => void) => {
-        const header = accessTokenHeader(rawJwt);
+        const header = isCanonicalBase64url(rawJwt) ? accessTokenHeader(rawJwt) : undefined;
         const key = header && ring.verificationKey(header.alg, header.kid);
         return key ? done(null, key as unknown as string) : done(new Error('Not an access token of ours'));
       },
@@ -114,6 +114,17 @@ export class JwtStrategy extends PassportStrategy(Strategy, 'jwt') {
     if (token) this.verified!.set(token, { claims, expiresAtMs: payload.exp * 1000 });
     return claims;
   }
+}
+
+/**
+ * Whether each of the token's segments is exactly the base64url of the bytes it decodes to. An
+ * ES256 signature's last character carries 4 spare low bits, which the decoder ignores: without
+ * this check one signed token had 16 spellings, each verifying (a fuzz test found one among its
+ * "tampered" tokens), and anything that tells tokens apart by their text would take them for
+ * different tokens. (jws compares an HMAC as text, so HS256's other spellings already failed.)
+ */
+export function isCanonicalBase64url(rawJwt: string): boolean {
+  return rawJwt.split('.').every((segment) => Buffer.from(segment, 'base64url').toString('base64url') === segment);
 }
 
 const KEY_ELSEWHERE = ['jwk', 'jku', 'x5u', 'x5c', 'x5t', 'x5t#S256', 'crit'];

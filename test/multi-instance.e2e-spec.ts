@@ -198,8 +198,21 @@ describe('three instances on one database (e2e, real processes)', () => {
       await sleep(300);
     }
     assert.ok(before >= 3, `ticks claimed: ${before}`);
-    // Every tick that ran was claimed once in the database, and the runs of all three add up to exactly that.
-    assert.ok(totalRan >= before && totalRan <= after, `ran ${ran} vs claimed ${before}..${after}`);
+    // Every tick that ran was claimed once in the database, and the runs of all three add up to
+    // exactly that. (Failed once, `ran 12,6,10 vs claimed 29..29` after the 10 s: what each
+    // instance logged about its cleanup comes with the message, to tell a failed tick from a stall.)
+    const cleanupLogs = () =>
+      [a, b, c]
+        .map(
+          (s, i) =>
+            `${'abc'[i]}: ${s.logs
+              .split('\n')
+              .filter((line) => /cleanup/i.test(line))
+              .slice(-5)
+              .join('\n   ')}`,
+        )
+        .join('\n');
+    assert.ok(totalRan >= before && totalRan <= after, `ran ${ran} vs claimed ${before}..${after}\n${cleanupLogs()}`);
     // The other instances fired the same ticks and stood aside.
     assert.ok(skipped.reduce((x, y) => x + y, 0) >= before, `skipped ${skipped}`);
   });

@@ -88,28 +88,13 @@ describe('AuditService.record', () => {
     service = new AuditService({} as unknown as DataSource, config, { publish: () => undefined } as unknown as DomainEventPublisher);
   });
 
-  /**
-   * A stand-in for PostgreSQL's statements (the heads' read and lock, and the appends), as
-   * sql() runs them on the transaction's query runner: the read finds the heads in `heads`,
-   * and the compare-and-swap finds them unchanged.
-   */
+  /** A stand-in for PostgreSQL's two statements (the head lock and the append), as sql() runs them on the transaction's query runner. */
   const manager = () =>
     ({
       queryRunner: {
         query: async (query: string | { name: string; text: string }, params: unknown[]) => {
           const [text, name] = typeof query === 'string' ? [query, undefined] : [query.text, query.name];
           calls.push({ text, params, name });
-          if (name === 'sessionary_audit_read_heads') {
-            const records = (params[0] as string[]).flatMap((k) => {
-              const head = heads.get(k);
-              return head ? [{ chain_key: k, ...head, now: NOW, last_event_at: null }] : [];
-            });
-            return { records, affected: records.length };
-          }
-          if (name === 'sessionary_audit_append_if_heads' && !failAppend) {
-            const records = (params[12] as string[]).map((k) => ({ chain_key: k }));
-            return { records, affected: records.length };
-          }
           if (text.includes('INSERT INTO audit_chain_heads')) {
             const records = (params[0] as string[]).map((k) => ({
               chain_key: k,
@@ -125,10 +110,8 @@ describe('AuditService.record', () => {
       },
     }) as unknown as EntityManager;
 
-  /** The events of the last statement (an append). */
   const appended = () => {
-    const last = calls[calls.length - 1];
-    const p = last.params as unknown[][];
+    const p = calls[1].params as unknown[][];
     return p[0].map((_, i) => ({
       id: p[0][i] as string,
       type: p[1][i],
@@ -137,7 +120,7 @@ describe('AuditService.record', () => {
       ipAddress: p[4][i],
       userAgent: p[5][i],
       metadata: p[6][i],
-      createdAt: last.params[7],
+      createdAt: calls[1].params[7],
       chainKey: p[8][i],
       position: p[9][i],
       prevHash: p[10][i],
@@ -159,14 +142,13 @@ describe('AuditService.record', () => {
       { type: 'LOGIN_FAILED', userId: null },
       { type: 'LOGOUT', userId, sessionId },
     );
-    // Several chains, one of them (the global chain) without a head yet: read, then the lock
-    // that creates it, then the append; three statements whatever the number of events.
+    assert.equal(calls.length, 2, 'two statements, whatever the number of events');
     assert.deepEqual(
       calls.map((c) => c.name),
-      ['sessionary_audit_read_heads', 'sessionary_audit_lock_heads', 'sessionary_audit_append'],
-      'each prepared once per connection',
+      ['sessionary_audit_lock_heads', 'sessionary_audit_append'],
+      'both prepared once per connection',
     );
-    assert.deepEqual(calls[1].params, [[GLOBAL_CHAIN, userId].sort(), GENESIS_HASH]);
+    assert.deepEqual(calls[0].params, [[GLOBAL_CHAIN, userId].sort(), GENESIS_HASH]);
     const rows = appended();
     assert.deepEqual(
       rows.map(({ id: _id, hash: _hash, ...rest }) => rest),
@@ -213,44 +195,9 @@ describe('AuditService.record', () => {
       assert.equal(r.hash, eventHash(KEY, r.prevHash as string, r as unknown as ChainedEvent));
     }
     // The new heads: the last event of each chain.
-    const keys = calls[2].params[12] as string[];
-    const byKey = Object.fromEntries(keys.map((k, i) => [k, [(calls[2].params[13] as number[])[i], (calls[2].params[14] as string[])[i]]]));
+    const keys = calls[1].params[12] as string[];
+    const byKey = Object.fromEntries(keys.map((k, i) => [k, [(calls[1].params[13] as number[])[i], (calls[1].params[14] as string[])[i]]]));
     assert.deepEqual(byKey, { [userId]: [6, rows[2].hash], [GLOBAL_CHAIN]: [1, rows[1].hash] });
-  });
-
-  it('appends several chains whose heads all exist in two statements: their read, and one append conditional on each head it read', async () => {
-    const other = randomUUID();
-    heads.set(userId, { position: '4', hash: 'a'.repeat(64) });
-    heads.set(other, { position: '9', hash: 'b'.repeat(64) });
-    await service.record(
-      manager(),
-      { type: 'SESSION_EXPIRED', userId, sessionId },
-      { type: 'SESSION_EXPIRED', userId: other },
-      { type: 'LOGOUT', userId },
-    );
-    assert.deepEqual(
-      calls.map((c) => c.name),
-      ['sessionary_audit_read_heads', 'sessionary_audit_append_if_heads'],
-    );
-    const rows = appended();
-    assert.deepEqual(
-      rows.map((r) => [r.chainKey, r.position, r.prevHash, r.createdAt]),
-      [
-        [userId, 5, 'a'.repeat(64), NOW],
-        [other, 10, 'b'.repeat(64), NOW],
-        [userId, 6, rows[0].hash, NOW],
-      ],
-    );
-    for (const r of rows) assert.equal(r.hash, eventHash(KEY, r.prevHash as string, r as unknown as ChainedEvent));
-    // Per chain (sorted): the new head, and the head it was read as (the swap's condition).
-    const [keys, positions, hashes, readPositions, readHashes] = calls[1].params.slice(12) as unknown[][];
-    assert.deepEqual(
-      keys.map((k, i) => [k, positions[i], hashes[i], readPositions[i], readHashes[i]]),
-      [
-        [userId, 6, rows[2].hash, 4, 'a'.repeat(64)],
-        [other, 10, rows[1].hash, 9, 'b'.repeat(64)],
-      ].sort((x, y) => (String(x[0]) < String(y[0]) ? -1 : 1)),
-    );
   });
 
   it('records null ip and user agent for a null client', async () => {

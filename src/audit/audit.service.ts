@@ -86,36 +86,6 @@ export const APPEND_IF_HEAD = `
 
 type AppendOutcome = { moved: number } & (ChainHeadRow | { [K in keyof ChainHeadRow]: null });
 
-/**
- * Several chains' heads as they are, without locking them (see APPEND_IF_HEADS), and the
- * database's clock. Locking first (LOCK_HEADS) writes a lock on every head, a WAL record and a
- * dirtied page each, before the append writes each head's new version anyway.
- */
-const READ_HEADS = `
-  SELECT chain_key, position::text AS position, hash,
-         to_char(clock_timestamp() AT TIME ZONE 'UTC', ${PG_MICROS_UTC}) AS now,
-         to_char(last_event_at AT TIME ZONE 'UTC', ${PG_MICROS_UTC}) AS last_event_at
-    FROM audit_chain_heads WHERE chain_key = ANY($1::text[])`;
-
-/**
- * Several chains' events in one statement, each chain's only if its head is still the one
- * READ_HEADS read ($16, $17; an UPDATE that waited for another writer checks its condition
- * again on the row that writer left): the heads that moved, and their chains' events. Returns
- * the chains it appended to; the others' events go through the locking append. The heads are
- * updated in the join's order, not LOCK_HEADS's sorted one: that is safe against the writers of
- * one chain, and the cleanup's lanes never share a chain; a transaction that holds one head and
- * waits for another here would be a deadlock, which PostgreSQL ends by failing one of the two.
- */
-const APPEND_IF_HEADS = `
-  WITH moved AS (
-    UPDATE audit_chain_heads h SET position = v.position, hash = v.hash, last_event_at = $8::timestamptz
-      FROM unnest($13::text[], $14::bigint[], $15::text[], $16::bigint[], $17::text[])
-           AS v(chain_key, position, hash, read_position, read_hash)
-     WHERE h.chain_key = v.chain_key AND h.position = v.read_position AND h.hash = v.read_hash
-    RETURNING h.chain_key
-  ), appended AS (${INSERT_EVENTS} WHERE v.chain_key IN (SELECT chain_key FROM moved) ORDER BY n)
-  SELECT chain_key FROM moved`;
-
 /** Chains whose heads an instance remembers (about 200 bytes each). */
 const KNOWN_HEADS_MAX = 10_000;
 
@@ -157,7 +127,49 @@ export class AuditService {
       chainKey: chainKeyOf(e.userId),
     }));
     const keys = [...new Set(rows.map((r) => r.chainKey))].sort();
-    const chained = keys.length === 1 ? await this.appendToOne(em, rows, keys[0]) : await this.appendToSeveral(em, rows, keys);
+    const known = keys.length === 1 ? this.knownHeads.get(keys[0]) : undefined;
+    let chained: LinkedEvent[] | undefined;
+    let heads: ChainHeadRow[] | undefined;
+    if (known) {
+      // The common case (one user's events, on the instance that wrote that user's last one):
+      // one round trip instead of two. The time is chosen here, so it cannot be the
+      // database's clock after the lock: it is this instance's estimate of that clock, and
+      // never before the chain's newest event, so each chain's times still rise.
+      const atMicros = Math.max(Math.round((performance.timeOrigin + performance.now() + this.clockOffsetMs) * 1000), known.atMicros + 1);
+      chained = this.link(rows, timeOfMicros(atMicros), new Map([[keys[0], known]]));
+      const tip = chained[chained.length - 1];
+      const {
+        rows: [outcome],
+      } = await sql<AppendOutcome>(em, APPEND_IF_HEAD, [...this.eventParams(chained), keys[0], tip.position, tip.hash, known.position, known.hash], {
+        prepareAs: 'sessionary_audit_append_if_head',
+      });
+      if (outcome.moved) {
+        this.knownHeads.set(keys[0], { position: tip.position, hash: tip.hash, atMicros });
+      } else {
+        chained = undefined;
+        // Moved by someone else and now locked by this transaction; with no head row at all, LOCK_HEADS makes one.
+        if (outcome.position !== null) heads = [outcome];
+      }
+    }
+    if (!chained) {
+      heads ??= await lockHeads(em, keys, 'sessionary_audit_lock_heads');
+      // The clock once every head is locked (the last row's clock_timestamp), not the
+      // transaction's start, and after each chain's newest event: so each chain's times rise
+      // with its positions, and a month's partition holds a whole stretch of every chain
+      // (retention drops months; see AuditPartitionsService).
+      let atMicros = 0;
+      for (const h of heads) {
+        const now = microsOfTime(h.now);
+        this.clockOffsetMs = now / 1000 - (performance.timeOrigin + performance.now());
+        atMicros = Math.max(atMicros, now, h.last_event_at === null ? 0 : microsOfTime(h.last_event_at) + 1);
+      }
+      const tips = new Map(heads.map((h) => [h.chain_key, { position: Number(h.position), hash: h.hash }]));
+      chained = this.link(rows, timeOfMicros(atMicros), tips);
+      await sql(em, APPEND, [...this.eventParams(chained), keys, keys.map((k) => tips.get(k)!.position), keys.map((k) => tips.get(k)!.hash)], {
+        prepareAs: 'sessionary_audit_append',
+      });
+      for (const k of keys) this.knownHeads.set(k, { ...tips.get(k)!, atMicros });
+    }
     // The host's listeners hear of it once the caller's transaction commits.
     this.domainEvents.publish(
       em,
@@ -165,104 +177,6 @@ export class AuditService {
     );
     this.appended += chained.length;
     this.onAppended?.(chained.length);
-  }
-
-  /**
-   * One chain's events (a user's request). On the instance that wrote that chain's last event,
-   * one round trip instead of two: the time is chosen here, so it cannot be the database's
-   * clock after the lock: it is this instance's estimate of that clock, and never before the
-   * chain's newest event, so each chain's times still rise.
-   */
-  private async appendToOne(em: EntityManager, rows: EventRow[], key: string): Promise<LinkedEvent[]> {
-    const known = this.knownHeads.get(key);
-    if (!known) return this.appendLocked(em, rows, [key]);
-    const atMicros = Math.max(Math.round((performance.timeOrigin + performance.now() + this.clockOffsetMs) * 1000), known.atMicros + 1);
-    const chained = this.link(rows, timeOfMicros(atMicros), new Map([[key, known]]));
-    const tip = chained[chained.length - 1];
-    const {
-      rows: [outcome],
-    } = await sql<AppendOutcome>(em, APPEND_IF_HEAD, [...this.eventParams(chained), key, tip.position, tip.hash, known.position, known.hash], {
-      prepareAs: 'sessionary_audit_append_if_head',
-    });
-    if (outcome.moved) {
-      this.knownHeads.set(key, { position: tip.position, hash: tip.hash, atMicros });
-      return chained;
-    }
-    // Moved by someone else and now locked by this transaction; with no head row at all, LOCK_HEADS makes one.
-    return this.appendLocked(em, rows, [key], outcome.position === null ? undefined : [outcome]);
-  }
-
-  /**
-   * Several chains' events (the cleanup's batches: one event for each of hundreds of users):
-   * their heads read without a lock, then every chain whose head did not move meanwhile
-   * appended in one statement; the rest (moved by a concurrent writer, or without a head yet)
-   * through the locking append. The time is the database's clock at the read, after each
-   * chain's newest event: the compare-and-swap keeps that event the newest.
-   */
-  private async appendToSeveral(em: EntityManager, rows: EventRow[], keys: string[]): Promise<LinkedEvent[]> {
-    const { rows: heads } = await sql<ChainHeadRow>(em, READ_HEADS, [keys], { prepareAs: 'sessionary_audit_read_heads' });
-    // A chain without a head: LOCK_HEADS creates it (new users; not the cleanup's).
-    if (heads.length < keys.length) return this.appendLocked(em, rows, keys);
-    const atMicros = this.timeAfter(heads);
-    const read = new Map(heads.map((h) => [h.chain_key, { position: Number(h.position), hash: h.hash }]));
-    const tips = new Map(read);
-    const chained = this.link(rows, timeOfMicros(atMicros), tips);
-    const { rows: moved } = await sql<{ chain_key: string }>(
-      em,
-      APPEND_IF_HEADS,
-      [
-        ...this.eventParams(chained),
-        keys,
-        keys.map((k) => tips.get(k)!.position),
-        keys.map((k) => tips.get(k)!.hash),
-        keys.map((k) => read.get(k)!.position),
-        keys.map((k) => read.get(k)!.hash),
-      ],
-      { prepareAs: 'sessionary_audit_append_if_heads' },
-    );
-    for (const { chain_key } of moved) this.knownHeads.set(chain_key, { ...tips.get(chain_key)!, atMicros });
-    if (moved.length === keys.length) return chained;
-    const appended = new Set(moved.map((m) => m.chain_key));
-    const rest = rows.flatMap((r, i) => (appended.has(r.chainKey) ? [] : [i]));
-    const relinked = await this.appendLocked(
-      em,
-      rest.map((i) => rows[i]),
-      keys.filter((k) => !appended.has(k)),
-    );
-    rest.forEach((i, j) => (chained[i] = relinked[j]));
-    return chained;
-  }
-
-  /** The events after their chains' heads, locked (LOCK_HEADS, unless the caller holds them already). */
-  private async appendLocked(em: EntityManager, rows: EventRow[], keys: string[], locked?: ChainHeadRow[]): Promise<LinkedEvent[]> {
-    const heads = locked ?? (await lockHeads(em, keys, 'sessionary_audit_lock_heads'));
-    // The clock once every head is locked (the last row's clock_timestamp), not the
-    // transaction's start, and after each chain's newest event: so each chain's times rise
-    // with its positions, and a month's partition holds a whole stretch of every chain
-    // (retention drops months; see AuditPartitionsService).
-    const atMicros = this.timeAfter(heads);
-    const tips = new Map(heads.map((h) => [h.chain_key, { position: Number(h.position), hash: h.hash }]));
-    const chained = this.link(rows, timeOfMicros(atMicros), tips);
-    await sql(em, APPEND, [...this.eventParams(chained), keys, keys.map((k) => tips.get(k)!.position), keys.map((k) => tips.get(k)!.hash)], {
-      prepareAs: 'sessionary_audit_append',
-    });
-    for (const k of keys) this.knownHeads.set(k, { ...tips.get(k)!, atMicros });
-    return chained;
-  }
-
-  /**
-   * The events' time, in µs: the database's clock as the heads were read (the latest of the
-   * rows' clock_timestamp), and after each chain's newest event. Also keeps this instance's
-   * estimate of that clock (appendToOne's time).
-   */
-  private timeAfter(heads: ChainHeadRow[]): number {
-    let atMicros = 0;
-    for (const h of heads) {
-      const now = microsOfTime(h.now);
-      this.clockOffsetMs = now / 1000 - (performance.timeOrigin + performance.now());
-      atMicros = Math.max(atMicros, now, h.last_event_at === null ? 0 : microsOfTime(h.last_event_at) + 1);
-    }
-    return atMicros;
   }
 
   /** Links the events, in order, after the given heads; `tips` ends up holding the new heads. */

@@ -129,6 +129,50 @@ describe('sessions cleanup task (e2e)', () => {
     assert.equal((await auditRows(t.db, { sessionId: old.sessionId, type: 'LOGOUT' })).length, 1);
   });
 
+  it('deletes exactly the sessions past retention over several batches, with their rotated tokens, and skips one locked meanwhile', async () => {
+    const { user, tokens: active } = await registerAndLogin(t.http);
+    const insert = (count: number, endedAgo: string) =>
+      t.db.query(
+        `INSERT INTO sessions (user_id, idle_expires_at, absolute_expires_at, refresh_token_hash, refresh_expires_at, ended_at, end_reason)
+         SELECT $1, now() - interval '3 days', now() + interval '1 day', md5(random()::text || g) || md5(g::text), now(),
+                now() - $3::interval, 'logout'
+           FROM generate_series(1, $2::int) AS g
+         RETURNING id`,
+        [user.id, count, endedAgo],
+      ) as Promise<Array<{ id: string }>>;
+    const old = (await insert(1203, '2 days')).map((r) => r.id);
+    const recent = (await insert(7, '1 hour')).map((r) => r.id);
+    const [locked] = await insert(1, '2 days');
+    // A rotated token of a deleted session goes with it (the foreign key cascades).
+    await t.db.query(
+      `INSERT INTO rotated_refresh_tokens (token_hash, session_id) SELECT md5(s::text) || md5(s::text || 'x'), s FROM unnest($1::uuid[]) AS s`,
+      [old.slice(0, 3)],
+    );
+    // Another transaction holds one of them (SKIP LOCKED: the batch neither waits for it nor deletes it).
+    const other = new Client({ connectionString: t.config.DATABASE_URL });
+    await other.connect();
+    try {
+      await other.query('BEGIN');
+      await other.query('SELECT 1 FROM sessions WHERE id = $1 FOR UPDATE', [locked.id]);
+      const result = await task.handleTick();
+      assert.ok(result && result.deleted >= old.length, `deleted ${result?.deleted}`);
+      await other.query('ROLLBACK');
+    } finally {
+      await other.end();
+    }
+    const left = async (ids: string[]) =>
+      (await t.db.query(`SELECT count(*)::int AS n FROM sessions WHERE id = ANY($1::uuid[])`, [ids]))[0].n as number;
+    assert.equal(await left(old), 0);
+    assert.equal(await left(recent), recent.length);
+    assert.equal(await left([locked.id]), 1);
+    assert.equal(await left([active.sessionId]), 1);
+    const [{ tokens }] = await t.db.query(`SELECT count(*)::int AS tokens FROM rotated_refresh_tokens WHERE session_id = ANY($1::uuid[])`, [old]);
+    assert.equal(tokens, 0);
+    // The next tick, with the lock gone, deletes it.
+    await task.handleTick();
+    assert.equal(await left([locked.id]), 0);
+  });
+
   it('works through more expired sessions than one batch', async () => {
     const { user } = await registerAndLogin(t.http);
     await t.db.query(

@@ -148,6 +148,13 @@ export interface CleanupMeasure {
   slowestStatement: string;
   /** Statements over 100 ms. */
   over100ms: number;
+  /**
+   * WAL the server wrote while the cleanup ran, per session, in bytes (the distance between two
+   * WAL insert positions: exact, and the whole server's, which only this bench is using). Less
+   * noisy than the rate: at scale the rate is set by the pages each session dirties, and nearly
+   * all of this is those pages logged whole after a checkpoint.
+   */
+  walBytesPerSession: number;
   /** Where the statement time went: statements grouped by their text's start, most time first. */
   statementTime: Array<{ statement: string; count: number; ms: number }>;
 }
@@ -165,6 +172,8 @@ export async function measureCleanup(
 ): Promise<CleanupMeasure> {
   await seedCleanupSessions(seeder, users, n, kind);
   const task = app.get(SessionsCleanupTask);
+  const walPosition = async () => (await seeder.query<{ lsn: string }>('SELECT pg_current_wal_insert_lsn()::text AS lsn')).rows[0].lsn;
+  const walBefore = await walPosition();
   const {
     result: done,
     statements,
@@ -180,6 +189,10 @@ export async function measureCleanup(
     }
   });
   if (done !== n) throw new Error(`the cleanup handled ${done} sessions of ${n} seeded (${kind})`);
+  const walAfter = await walPosition();
+  const {
+    rows: [{ bytes }],
+  } = await seeder.query<{ bytes: string }>('SELECT pg_wal_lsn_diff($1, $2)::text AS bytes', [walAfter, walBefore]);
   const top = slowest(statements);
   return {
     sessions: done,
@@ -190,6 +203,7 @@ export async function measureCleanup(
     slowestStatement: top.text,
     over100ms: statements.filter((s) => s.ms > 100).length,
     statementTime: timeByStatement(statements).slice(0, 6),
+    walBytesPerSession: Number(bytes) / done,
   };
 }
 

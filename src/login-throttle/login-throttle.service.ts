@@ -1,4 +1,4 @@
-import { Injectable, Logger } from '@nestjs/common';
+import { BeforeApplicationShutdown, Injectable, Logger } from '@nestjs/common';
 import { ConfigService } from '@nestjs/config';
 import { Cron, CronExpression } from '@nestjs/schedule';
 import { InjectDataSource } from '@nestjs/typeorm';
@@ -6,6 +6,7 @@ import { createHash } from 'node:crypto';
 import { DataSource, EntityManager } from 'typeorm';
 import { RetryAfterException } from '../common/retry-after.exception';
 import type { AppConfig } from '../config/config';
+import { deleteInBatches } from '../database/batched-delete';
 import { isDatabaseUnavailable } from '../database/pg-errors';
 import { sql } from '../database/sql';
 
@@ -19,6 +20,9 @@ interface Counter {
 
 /** How long a successful login keeps its client (identifier + IP) known. */
 const KNOWN_CLIENT_DAYS = 30;
+
+/** Each table's prune: batches of this many rows, for at most half the hour between runs. */
+const PRUNE_LIMITS = { batchSize: 1000, budgetMs: 30 * 60_000 };
 
 /** One login attempt's claim on its counters, settled by succeeded() (a failure needs nothing more). */
 export interface LoginAttempt {
@@ -49,8 +53,10 @@ interface CounterRow {
  * cannot lock the user out at all (ASVS 6.1.1).
  */
 @Injectable()
-export class LoginThrottleService {
+export class LoginThrottleService implements BeforeApplicationShutdown {
   private readonly logger = new Logger(LoginThrottleService.name);
+  private readonly shutdown = new AbortController();
+  private pruning: Promise<number> | undefined;
   private readonly maxPerIdentifier: number;
   private readonly maxPerIp: number;
   private readonly windowSeconds: number;
@@ -170,21 +176,46 @@ export class LoginThrottleService {
     return rows.length > 0;
   }
 
-  /** Forgets counters quiet for a whole window, and clients not seen for 30 days. Every instance may run it. */
+  /**
+   * Forgets counters quiet for a whole window, and clients not seen for 30 days. Every instance
+   * runs it at the same hour: the batches' SKIP LOCKED splits the rows between them.
+   */
   @Cron(CronExpression.EVERY_HOUR, { name: 'login-throttle-prune', waitForCompletion: true })
-  async prune(): Promise<number> {
+  prune(): Promise<number> {
+    this.pruning ??= this.pruneInBatches().finally(() => (this.pruning = undefined));
+    return this.pruning;
+  }
+
+  /** Lets a prune under way finish its batch before the database closes, and start no other. */
+  async beforeApplicationShutdown(): Promise<void> {
+    this.shutdown.abort();
+    await this.pruning;
+  }
+
+  private async pruneInBatches(): Promise<number> {
+    const limits = { ...PRUNE_LIMITS, stop: this.shutdown.signal };
     try {
-      const { count } = await sql(
+      const counters = await deleteInBatches(
         this.dataSource.manager,
-        `DELETE FROM login_throttle
-          WHERE last_failure_at < now() - make_interval(secs => $1)
-            AND (locked_until IS NULL OR locked_until < now())`,
-        [this.windowSeconds],
+        {
+          table: 'login_throttle',
+          orderBy: 'last_failure_at',
+          where: 'last_failure_at < now() - make_interval(secs => $1) AND (locked_until IS NULL OR locked_until < now())',
+          params: [this.windowSeconds],
+        },
+        limits,
       );
-      await sql(this.dataSource.manager, `DELETE FROM login_known_clients WHERE last_success_at < now() - make_interval(days => $1)`, [
-        KNOWN_CLIENT_DAYS,
-      ]);
-      return count;
+      await deleteInBatches(
+        this.dataSource.manager,
+        {
+          table: 'login_known_clients',
+          orderBy: 'last_success_at',
+          where: 'last_success_at < now() - make_interval(days => $1)',
+          params: [KNOWN_CLIENT_DAYS],
+        },
+        limits,
+      );
+      return counters;
     } catch (error) {
       // An outage is the outage monitor's to report (once); a prune simply runs again next time.
       if (isDatabaseUnavailable(error)) this.logger.warn('Pruning login counters skipped: the database is unavailable');

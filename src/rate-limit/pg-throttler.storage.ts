@@ -2,6 +2,7 @@ import { Injectable, Logger } from '@nestjs/common';
 import { ThrottlerStorage } from '@nestjs/throttler';
 import { InjectDataSource } from '@nestjs/typeorm';
 import { DataSource } from 'typeorm';
+import { deleteInBatches } from '../database/batched-delete';
 import { isDatabaseUnavailable } from '../database/pg-errors';
 import { sql } from '../database/sql';
 import { type CounterDecision, type CounterSettings, RateLimitCounters, SyncBatch, SyncedRow } from './rate-limit-counters';
@@ -10,6 +11,9 @@ type ThrottlerStorageRecord = Awaited<ReturnType<ThrottlerStorage['increment']>>
 
 /** Client IPs held in memory at most, so a flood of addresses cannot exhaust it. */
 export const RATE_LIMIT_MAX_KEYS = 100_000;
+
+/** Rows a prune deletes per statement. */
+const PRUNE_BATCH_SIZE = 1000;
 
 interface MergedRow {
   key: string;
@@ -97,14 +101,26 @@ export class PgThrottlerStorage implements ThrottlerStorage {
     return rows.map((r) => ({ key: r.key, hits: r.hits, windowMs: r.window_ms, blockedMs: r.blocked_ms }));
   }
 
-  /** Drops counters whose window and block are over. Every instance may run it. */
-  async prune(): Promise<void> {
+  /**
+   * Drops counters whose window and block are over, in batches (see deleteInBatches), until
+   * done, `budgetMs` passed or `stop` aborted. Every instance may run it at the same time.
+   */
+  async prune(budgetMs: number, stop?: AbortSignal): Promise<number> {
     try {
-      await sql(this.dataSource.manager, `DELETE FROM rate_limits WHERE window_ends_at < now() AND (blocked_until IS NULL OR blocked_until < now())`);
+      return await deleteInBatches(
+        this.dataSource.manager,
+        {
+          table: 'rate_limits',
+          orderBy: 'window_ends_at',
+          where: 'window_ends_at < now() AND (blocked_until IS NULL OR blocked_until < now())',
+        },
+        { batchSize: PRUNE_BATCH_SIZE, budgetMs, stop },
+      );
     } catch (error) {
       // An outage is the outage monitor's to report (once); a prune simply runs again next time.
       if (isDatabaseUnavailable(error)) this.logger.warn('Pruning rate-limit counters skipped: the database is unavailable');
       else this.logger.error('Pruning rate-limit counters failed', error instanceof Error ? error.stack : String(error));
+      return 0;
     }
   }
 }

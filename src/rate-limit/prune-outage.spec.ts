@@ -27,7 +27,7 @@ describe('pruning jobs during a database outage', () => {
 
   it('warn that they skipped (the outage monitor reports the outage), and log no error', async () => {
     Logger.overrideLogger(capture);
-    await new PgThrottlerStorage(unreachable()).prune();
+    await new PgThrottlerStorage(unreachable()).prune(60_000);
     const config = { get: () => 60 } as unknown as ConfigService;
     await new LoginThrottleService(unreachable(), config as never).prune();
     assert.deepEqual(lines, [

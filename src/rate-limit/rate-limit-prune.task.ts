@@ -1,17 +1,30 @@
-import { Injectable } from '@nestjs/common';
+import { BeforeApplicationShutdown, Injectable } from '@nestjs/common';
 import { Cron, CronExpression } from '@nestjs/schedule';
 import { PgThrottlerStorage } from './pg-throttler.storage';
+
+/** At most half the ten minutes between runs; what is left waits for the next. */
+const PRUNE_BUDGET_MS = 5 * 60_000;
 
 /**
  * Deletes finished counters from `rate_limits`. A provider of its own because ThrottlerModule
  * registers the storage under a second token, and the scheduler would see a cron on it twice.
  */
 @Injectable()
-export class RateLimitPruneTask {
+export class RateLimitPruneTask implements BeforeApplicationShutdown {
+  private readonly shutdown = new AbortController();
+  private pruning: Promise<number> | undefined;
+
   constructor(private readonly storage: PgThrottlerStorage) {}
 
   @Cron(CronExpression.EVERY_10_MINUTES, { name: 'rate-limit-prune', waitForCompletion: true })
-  prune(): Promise<void> {
-    return this.storage.prune();
+  prune(): Promise<number> {
+    this.pruning ??= this.storage.prune(PRUNE_BUDGET_MS, this.shutdown.signal).finally(() => (this.pruning = undefined));
+    return this.pruning;
+  }
+
+  /** Lets a prune under way finish its batch before the database closes, and start no other. */
+  async beforeApplicationShutdown(): Promise<void> {
+    this.shutdown.abort();
+    await this.pruning;
   }
 }

@@ -6,6 +6,7 @@ import { AuditVerifierService } from '../src/audit/audit-verifier.service';
 import { SESSIONS_CLEANUP_JOB, SessionsCleanupTask } from '../src/sessions/sessions-cleanup.task';
 import { auditRows, sessionRow } from './helpers/db';
 import { bearer, login, registerAndLogin, registerUser, sleep } from './helpers/factories';
+import { metric } from './helpers/service-process';
 import { createTestApp, TestApp } from './helpers/test-app';
 
 describe('sessions cleanup task (e2e)', () => {
@@ -31,9 +32,12 @@ describe('sessions cleanup task (e2e)', () => {
       [absolute.sessionId],
     );
 
+    const ended = async () => metric((await t.http.get('/metrics')).text, 'sessionary_session_cleanup_sessions_total{outcome="ended"}');
+    const endedBefore = await ended();
     const result = await task.handleTick();
     assert.ok(result && !result.skipped);
     assert.ok(result.expired >= 2);
+    assert.equal((await ended()) - endedBefore, result.expired);
 
     const idleRow = await sessionRow(t.db, idle.sessionId);
     const absoluteRow = await sessionRow(t.db, absolute.sessionId);
@@ -154,8 +158,11 @@ describe('sessions cleanup task (e2e)', () => {
     try {
       await other.query('BEGIN');
       await other.query('SELECT 1 FROM sessions WHERE id = $1 FOR UPDATE', [locked.id]);
+      const scrape = async () => metric((await t.http.get('/metrics')).text, 'sessionary_session_cleanup_sessions_total{outcome="deleted"}');
+      const before = await scrape();
       const result = await task.handleTick();
       assert.ok(result && result.deleted >= old.length, `deleted ${result?.deleted}`);
+      assert.equal((await scrape()) - before, result.deleted);
       await other.query('ROLLBACK');
     } finally {
       await other.end();

@@ -4,6 +4,7 @@ import { Client } from 'pg';
 import { deleteInBatches } from '../src/database/batched-delete';
 import { LoginThrottleService } from '../src/login-throttle/login-throttle.service';
 import { RateLimitPruneTask } from '../src/rate-limit/rate-limit-prune.task';
+import { metric } from './helpers/service-process';
 import { createTestApp, TestApp } from './helpers/test-app';
 
 /** Counters of this file's own (the app's own requests count under other keys). */
@@ -111,12 +112,15 @@ describe('pruning counters in batches (e2e)', () => {
     await counters('finished', 1500, '1 hour');
     await counters('blocked', 10, '1 hour', '1 hour');
     await counters('current', 10, '-5 minutes');
+    const scrape = async () => metric((await t.http.get('/metrics')).text, 'sessionary_pruned_rows_total{table="rate_limits"}');
+    const before = await scrape();
     const deleted = await t.app.get(RateLimitPruneTask).prune();
     // The app's own finished counters (other keys) may be deleted with them.
     assert.ok(deleted >= 1500, String(deleted));
     assert.equal(await left('finished'), 0);
     assert.equal(await left('blocked'), 10);
     assert.equal(await left('current'), 10);
+    assert.equal((await scrape()) - before, deleted);
   });
 
   it('the login prune forgets counters quiet for a whole window and clients unseen for 30 days, and nothing else', async () => {
@@ -144,6 +148,11 @@ describe('pruning counters in batches (e2e)', () => {
       return c;
     };
 
+    const scrape = async () => {
+      const text = (await t.http.get('/metrics')).text;
+      return ['login_throttle', 'login_known_clients'].map((table) => metric(text, `sessionary_pruned_rows_total{table="${table}"}`));
+    };
+    const before = await scrape();
     const deleted = await t.app.get(LoginThrottleService).prune();
 
     assert.ok(deleted >= 2100, String(deleted));
@@ -151,5 +160,8 @@ describe('pruning counters in batches (e2e)', () => {
     assert.equal(await count('login_throttle', 'prune-recent:', 20), 20);
     assert.equal(await count('login_known_clients', 'prune-gone:', 1500), 0);
     assert.equal(await count('login_known_clients', 'prune-seen:', 20), 20);
+    const [counters, clients] = (await scrape()).map((n, i) => n - before[i]);
+    assert.equal(counters, deleted);
+    assert.ok(clients >= 1500, String(clients));
   });
 });

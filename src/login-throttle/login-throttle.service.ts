@@ -57,6 +57,8 @@ export class LoginThrottleService implements BeforeApplicationShutdown {
   private readonly logger = new Logger(LoginThrottleService.name);
   private readonly shutdown = new AbortController();
   private pruning: Promise<number> | undefined;
+  /** Rows this instance's prunes deleted, by table (for /metrics). */
+  readonly pruned = { login_throttle: 0, login_known_clients: 0 };
   private readonly maxPerIdentifier: number;
   private readonly maxPerIp: number;
   private readonly windowSeconds: number;
@@ -205,7 +207,8 @@ export class LoginThrottleService implements BeforeApplicationShutdown {
         },
         limits,
       );
-      await deleteInBatches(
+      this.pruned.login_throttle += counters;
+      this.pruned.login_known_clients += await deleteInBatches(
         this.dataSource.manager,
         {
           table: 'login_known_clients',

@@ -9,6 +9,8 @@ import { AuditCheckpointTask } from '../audit/audit-checkpoint.task';
 import { AuditPartitionsService } from '../audit/audit-partitions.service';
 import { BoundedAuditService } from '../audit/bounded-audit.service';
 import { KeyRing } from '../keys/key-ring.service';
+import { LoginThrottleService } from '../login-throttle/login-throttle.service';
+import { PgThrottlerStorage } from '../rate-limit/pg-throttler.storage';
 import { SessionsCleanupTask } from '../sessions/sessions-cleanup.task';
 import { REFRESH_FAILURE_REASONS, SessionsService } from '../sessions/sessions.service';
 import { RequestDurationHistogram } from './request-duration-histogram';
@@ -35,6 +37,8 @@ export class MetricsService implements OnModuleInit {
     auditChain: AuditChainService,
     auditCheckpoints: AuditCheckpointTask,
     keyRing: KeyRing,
+    loginThrottle: LoginThrottleService,
+    rateLimits: PgThrottlerStorage,
     config: ConfigService<AppConfig, true>,
   ) {
     this.enabled = config.get('METRICS_ENABLED', { infer: true });
@@ -125,6 +129,27 @@ export class MetricsService implements OnModuleInit {
         this.reset();
         this.inc({ outcome: 'ran' }, cleanup.ticks.ran);
         this.inc({ outcome: 'skipped' }, cleanup.ticks.skipped);
+      },
+    });
+    new Counter({
+      name: 'sessionary_session_cleanup_sessions_total',
+      help: "Sessions this instance's cleanup ticks ended at their deadlines, and deleted past SESSION_RETENTION",
+      labelNames: ['outcome'] as const,
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        this.inc({ outcome: 'ended' }, cleanup.sessionCounts.ended);
+        this.inc({ outcome: 'deleted' }, cleanup.sessionCounts.deleted);
+      },
+    });
+    new Counter({
+      name: 'sessionary_pruned_rows_total',
+      help: "Expired counter rows this instance's prune jobs deleted, by table (every instance prunes: the rows are split between them)",
+      labelNames: ['table'] as const,
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        for (const [table, rows] of Object.entries({ ...loginThrottle.pruned, ...rateLimits.pruned })) this.inc({ table }, rows);
       },
     });
     new Counter({

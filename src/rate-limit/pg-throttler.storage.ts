@@ -33,6 +33,8 @@ export class PgThrottlerStorage implements ThrottlerStorage {
   private readonly counters = new RateLimitCounters({ maxKeys: RATE_LIMIT_MAX_KEYS });
   private queue: Promise<void> = Promise.resolve();
   private failing = false;
+  /** Rows this instance's prunes deleted, by table (for /metrics). */
+  readonly pruned = { rate_limits: 0 };
 
   constructor(@InjectDataSource() private readonly dataSource: DataSource) {}
 
@@ -107,7 +109,7 @@ export class PgThrottlerStorage implements ThrottlerStorage {
    */
   async prune(budgetMs: number, stop?: AbortSignal): Promise<number> {
     try {
-      return await deleteInBatches(
+      const deleted = await deleteInBatches(
         this.dataSource.manager,
         {
           table: 'rate_limits',
@@ -116,6 +118,8 @@ export class PgThrottlerStorage implements ThrottlerStorage {
         },
         { batchSize: PRUNE_BATCH_SIZE, budgetMs, stop },
       );
+      this.pruned.rate_limits += deleted;
+      return deleted;
     } catch (error) {
       // An outage is the outage monitor's to report (once); a prune simply runs again next time.
       if (isDatabaseUnavailable(error)) this.logger.warn('Pruning rate-limit counters skipped: the database is unavailable');

@@ -41,6 +41,7 @@ class RateLimitStorageModule {}
     RateLimitStorageModule,
   ],
   providers: [RateLimitGuard],
-  exports: [RateLimitGuard],
+  // The storage too, for /metrics (its prune's counts).
+  exports: [RateLimitGuard, RateLimitStorageModule],
 })
 export class RateLimitModule {}

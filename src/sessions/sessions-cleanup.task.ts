@@ -51,6 +51,8 @@ export class SessionsCleanupTask implements OnApplicationBootstrap, BeforeApplic
   private running: Promise<CleanupResult> | undefined;
   /** Ticks this instance ran and skipped (for /metrics: across instances, one runs each tick). */
   readonly ticks = { ran: 0, skipped: 0 };
+  /** Sessions this instance's ticks ended at their deadlines and deleted past retention (for /metrics). */
+  readonly sessionCounts = { ended: 0, deleted: 0 };
 
   constructor(
     private readonly sessions: SessionMaintenanceService,
@@ -119,6 +121,8 @@ export class SessionsCleanupTask implements OnApplicationBootstrap, BeforeApplic
         const retention = this.config.get('SESSION_RETENTION', { infer: true });
         const expired = await this.inBatches((lane) => this.sessions.endExpiredSessions(ENDING_BATCH_SIZE, lane), ENDING_LANES, ENDING_BATCH_SIZE);
         const deleted = await this.inBatches(() => this.sessions.deleteEndedSessions(retention, BATCH_SIZE), 1, BATCH_SIZE);
+        this.sessionCounts.ended += expired;
+        this.sessionCounts.deleted += deleted;
         if (expired || deleted) this.logger.log(`Session cleanup: ended ${expired} expired, deleted ${deleted} past retention`);
         return { skipped: false, expired, deleted };
       } finally {

@@ -155,6 +155,13 @@ export interface CleanupMeasure {
    * all of this is those pages logged whole after a checkpoint.
    */
   walBytesPerSession: number;
+  /**
+   * Checkpoints the server completed while the cleanup ran (timed or requested, e.g. because
+   * `max_wal_size` filled). Each one makes the next write of every page a whole-page image in
+   * the WAL, and its write-back competes with the batches: with the machine's 1GB, 100k ended
+   * sessions at 50M events brought one every 2–3 s (README *Scale*).
+   */
+  checkpoints: number;
   /** Where the statement time went: statements grouped by their text's start, most time first. */
   statementTime: Array<{ statement: string; count: number; ms: number }>;
 }
@@ -174,6 +181,7 @@ export async function measureCleanup(
   const task = app.get(SessionsCleanupTask);
   const walPosition = async () => (await seeder.query<{ lsn: string }>('SELECT pg_current_wal_insert_lsn()::text AS lsn')).rows[0].lsn;
   const walBefore = await walPosition();
+  const checkpointsBefore = await checkpointsCompleted(seeder);
   const {
     result: done,
     statements,
@@ -190,6 +198,7 @@ export async function measureCleanup(
   });
   if (done !== n) throw new Error(`the cleanup handled ${done} sessions of ${n} seeded (${kind})`);
   const walAfter = await walPosition();
+  const checkpoints = (await checkpointsCompleted(seeder)) - checkpointsBefore;
   const {
     rows: [{ bytes }],
   } = await seeder.query<{ bytes: string }>('SELECT pg_wal_lsn_diff($1, $2)::text AS bytes', [walAfter, walBefore]);
@@ -204,7 +213,20 @@ export async function measureCleanup(
     over100ms: statements.filter((s) => s.ms > 100).length,
     statementTime: timeByStatement(statements).slice(0, 6),
     walBytesPerSession: Number(bytes) / done,
+    checkpoints,
   };
+}
+
+/** The server's completed checkpoints so far (PostgreSQL 17 moved the counts to pg_stat_checkpointer). */
+async function checkpointsCompleted(client: Client): Promise<number> {
+  const {
+    rows: [{ version }],
+  } = await client.query<{ version: number }>(`SELECT current_setting('server_version_num')::int AS version`);
+  const text =
+    version >= 170000
+      ? 'SELECT (num_timed + num_requested)::int AS n FROM pg_stat_checkpointer'
+      : 'SELECT (checkpoints_timed + checkpoints_req)::int AS n FROM pg_stat_bgwriter';
+  return (await client.query<{ n: number }>(text)).rows[0].n;
 }
 
 export interface DropMeasure {

@@ -69,6 +69,7 @@ export function printReport(empty: ScenarioResult, large: ScenarioResult): void 
     other.push([`${name}, slowest statement ms`, num(empty[key].slowestMs), num(large[key].slowestMs)]);
     other.push([`${name}, statements over 100 ms`, String(empty[key].over100ms), String(large[key].over100ms)]);
     other.push([`${name}, WAL per session, kB`, num(empty[key].walBytesPerSession / 1024), num(large[key].walBytesPerSession / 1024)]);
+    other.push([`${name}, checkpoints meanwhile`, String(empty[key].checkpoints), String(large[key].checkpoints)]);
   }
   other.push(['prepare its bases, a day ahead, s', num(empty.drop.prepareSeconds), num(large.drop.prepareSeconds)]);
   other.push(['prepare its bases, chains in the set', num(empty.drop.chains), num(large.drop.chains)]);

@@ -5,6 +5,7 @@ import { InjectDataSource } from '@nestjs/typeorm';
 import { createHash } from 'node:crypto';
 import { DataSource, EntityManager } from 'typeorm';
 import { RetryAfterException } from '../common/retry-after.exception';
+import { StoppableJob } from '../common/stoppable-job';
 import type { AppConfig } from '../config/config';
 import { deleteInBatches } from '../database/batched-delete';
 import { isDatabaseUnavailable } from '../database/pg-errors';
@@ -55,8 +56,7 @@ interface CounterRow {
 @Injectable()
 export class LoginThrottleService implements BeforeApplicationShutdown {
   private readonly logger = new Logger(LoginThrottleService.name);
-  private readonly shutdown = new AbortController();
-  private pruning: Promise<number> | undefined;
+  private readonly pruning = new StoppableJob<number>();
   /** Rows this instance's prunes deleted, by table (for /metrics). */
   readonly pruned = { login_throttle: 0, login_known_clients: 0 };
   private readonly maxPerIdentifier: number;
@@ -184,18 +184,16 @@ export class LoginThrottleService implements BeforeApplicationShutdown {
    */
   @Cron(CronExpression.EVERY_HOUR, { name: 'login-throttle-prune', waitForCompletion: true })
   prune(): Promise<number> {
-    this.pruning ??= this.pruneInBatches().finally(() => (this.pruning = undefined));
-    return this.pruning;
+    return this.pruning.run((stop) => this.pruneInBatches(stop));
   }
 
   /** Lets a prune under way finish its batch before the database closes, and start no other. */
   async beforeApplicationShutdown(): Promise<void> {
-    this.shutdown.abort();
-    await this.pruning;
+    await this.pruning.stop();
   }
 
-  private async pruneInBatches(): Promise<number> {
-    const limits = { ...PRUNE_LIMITS, stop: this.shutdown.signal };
+  private async pruneInBatches(stop: AbortSignal): Promise<number> {
+    const limits = { ...PRUNE_LIMITS, stop };
     try {
       const counters = await deleteInBatches(
         this.dataSource.manager,

@@ -1,5 +1,6 @@
 import { BeforeApplicationShutdown, Injectable } from '@nestjs/common';
 import { Cron, CronExpression } from '@nestjs/schedule';
+import { StoppableJob } from '../common/stoppable-job';
 import { PgThrottlerStorage } from './pg-throttler.storage';
 
 /** At most half the ten minutes between runs; what is left waits for the next. */
@@ -11,20 +12,17 @@ const PRUNE_BUDGET_MS = 5 * 60_000;
  */
 @Injectable()
 export class RateLimitPruneTask implements BeforeApplicationShutdown {
-  private readonly shutdown = new AbortController();
-  private pruning: Promise<number> | undefined;
+  private readonly pruning = new StoppableJob<number>();
 
   constructor(private readonly storage: PgThrottlerStorage) {}
 
   @Cron(CronExpression.EVERY_10_MINUTES, { name: 'rate-limit-prune', waitForCompletion: true })
   prune(): Promise<number> {
-    this.pruning ??= this.storage.prune(PRUNE_BUDGET_MS, this.shutdown.signal).finally(() => (this.pruning = undefined));
-    return this.pruning;
+    return this.pruning.run((stop) => this.storage.prune(PRUNE_BUDGET_MS, stop));
   }
 
   /** Lets a prune under way finish its batch before the database closes, and start no other. */
   async beforeApplicationShutdown(): Promise<void> {
-    this.shutdown.abort();
-    await this.pruning;
+    await this.pruning.stop();
   }
 }

@@ -200,6 +200,68 @@ describe('sessions cleanup task (e2e)', () => {
     assert.equal(events, 1203);
   });
 
+  it('stops starting batches at its time budget and says so; the next tick goes on where it stopped', async () => {
+    const { user } = await registerAndLogin(t.http);
+    await t.db.query(
+      `INSERT INTO sessions (user_id, idle_expires_at, absolute_expires_at, refresh_token_hash, refresh_expires_at)
+       SELECT $1, now() - interval '1 hour', now() + interval '1 day', md5(random()::text || g) || md5(g::text), now() + interval '1 day'
+         FROM generate_series(1, 1203) AS g`,
+      [user.id],
+    );
+    const overdue = async (): Promise<number> =>
+      (await t.db.query(`SELECT count(*)::int AS n FROM sessions WHERE user_id = $1 AND ended_at IS NULL AND idle_expires_at <= now()`, [user.id]))[0]
+        .n;
+    const incompleteTicks = async () => metric((await t.http.get('/metrics')).text, 'sessionary_session_cleanup_incomplete_ticks_total');
+    const incompleteBefore = await incompleteTicks();
+
+    // No time at all: each lane still runs one batch (one user's sessions are all in one lane:
+    // one batch of 250 of them), then stops.
+    const cut = await task.run(undefined, 0);
+    assert.equal(cut.skipped, false);
+    assert.equal(cut.complete, false);
+    assert.equal(cut.expired, 250);
+    assert.equal(await overdue(), 1203 - 250);
+    assert.equal((await incompleteTicks()) - incompleteBefore, 1);
+
+    const rest = await task.run();
+    assert.equal(rest.complete, true);
+    assert.equal(rest.expired, 1203 - 250);
+    assert.equal(await overdue(), 0);
+    assert.equal((await incompleteTicks()) - incompleteBefore, 1);
+    const [{ events }] = await t.db.query(`SELECT count(*)::int AS events FROM audit_events WHERE user_id = $1 AND type = 'SESSION_EXPIRED'`, [
+      user.id,
+    ]);
+    assert.equal(events, 1203);
+  });
+
+  it('at shutdown a tick starts no further batch, and no tick starts after it', async () => {
+    const own = await createTestApp();
+    const ownTask = own.app.get(SessionsCleanupTask);
+    let closed = false;
+    try {
+      const { user } = await registerAndLogin(own.http);
+      await own.db.query(
+        `INSERT INTO sessions (user_id, idle_expires_at, absolute_expires_at, refresh_token_hash, refresh_expires_at)
+         SELECT $1, now() - interval '1 hour', now() + interval '1 day', md5(random()::text || g) || md5(g::text), now() + interval '1 day'
+           FROM generate_series(1, 1203) AS g`,
+        [user.id],
+      );
+      const tick = ownTask.run();
+      // The shutdown hook, called as Nest calls it: it resolves once the tick has stopped.
+      await ownTask.beforeApplicationShutdown();
+      const stopped = await tick;
+      assert.equal(stopped.complete, false);
+      assert.ok(stopped.expired < 1203, `the tick ended all ${stopped.expired} sessions after shutdown began`);
+      const [{ n }] = await own.db.query(`SELECT count(*)::int AS n FROM sessions WHERE user_id = $1 AND ended_at IS NULL`, [user.id]);
+      assert.equal(n, 1203 + 1 - stopped.expired);
+      assert.deepEqual(await ownTask.run(), { skipped: true, expired: 0, deleted: 0, complete: false });
+      await own.close();
+      closed = true;
+    } finally {
+      if (!closed) await own.close();
+    }
+  });
+
   it("ends many users' sessions in two lanes side by side, each user's in one lane, every event chained", async () => {
     const users = await Promise.all(Array.from({ length: 12 }, () => registerUser(t.http)));
     const ids = users.map((u) => u.id);
@@ -239,7 +301,7 @@ describe('sessions cleanup task (e2e)', () => {
     try {
       await other.query(`SELECT pg_advisory_lock(8315173853005522286)`);
       const result = await task.handleTick();
-      assert.deepEqual(result, { skipped: true, expired: 0, deleted: 0 });
+      assert.deepEqual(result, { skipped: true, expired: 0, deleted: 0, complete: false });
       assert.equal((await sessionRow(t.db, tokens.sessionId))!.ended_at, null);
     } finally {
       await other.end();

@@ -168,7 +168,7 @@ export interface CleanupMeasure {
 
 /**
  * Seeds `n` sessions of the given kind, then runs the cleanup task until it has nothing left
- * (one run does at most its per-tick bound), timing every statement it sends.
+ * (one run stops at its time budget), timing every statement it sends.
  */
 export async function measureCleanup(
   app: INestApplicationContext,

@@ -132,6 +132,15 @@ export class MetricsService implements OnModuleInit {
       },
     });
     new Counter({
+      name: 'sessionary_session_cleanup_incomplete_ticks_total',
+      help: 'Cleanup ticks this instance ran that stopped at their time budget (half the time to the next tick) or at shutdown with sessions left; rising tick after tick, the cleanup falls behind',
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        this.inc(cleanup.ticks.incomplete);
+      },
+    });
+    new Counter({
       name: 'sessionary_session_cleanup_sessions_total',
       help: "Sessions this instance's cleanup ticks ended at their deadlines, and deleted past SESSION_RETENTION",
       labelNames: ['outcome'] as const,

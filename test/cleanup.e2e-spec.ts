@@ -99,6 +99,16 @@ describe('sessions cleanup task (e2e)', () => {
     assert.equal((await t.http.get('/api/v1/users/me').set('Authorization', bearer(expired))).status, 401);
   });
 
+  /** `n` active sessions of the user, each an hour past its idle deadline (its absolute one a day ahead). */
+  async function seedIdleOverdueSessions(app: TestApp, userId: string, n: number): Promise<void> {
+    await app.db.query(
+      `INSERT INTO sessions (user_id, idle_expires_at, absolute_expires_at, refresh_token_hash, refresh_expires_at)
+       SELECT $1, now() - interval '1 hour', now() + interval '1 day', md5(random()::text || g) || md5(g::text), now() + interval '1 day'
+         FROM generate_series(1, $2::int) AS g`,
+      [userId, n],
+    );
+  }
+
   /**
    * The payloads on the sessions' channel while `act` runs, once every payload it names has
    * arrived (or 5 s passed): later ones from its transactions would have arrived with them.
@@ -202,12 +212,7 @@ describe('sessions cleanup task (e2e)', () => {
 
   it('stops starting batches at its time budget and says so; the next tick goes on where it stopped', async () => {
     const { user } = await registerAndLogin(t.http);
-    await t.db.query(
-      `INSERT INTO sessions (user_id, idle_expires_at, absolute_expires_at, refresh_token_hash, refresh_expires_at)
-       SELECT $1, now() - interval '1 hour', now() + interval '1 day', md5(random()::text || g) || md5(g::text), now() + interval '1 day'
-         FROM generate_series(1, 1203) AS g`,
-      [user.id],
-    );
+    await seedIdleOverdueSessions(t, user.id, 1203);
     const overdue = async (): Promise<number> =>
       (await t.db.query(`SELECT count(*)::int AS n FROM sessions WHERE user_id = $1 AND ended_at IS NULL AND idle_expires_at <= now()`, [user.id]))[0]
         .n;
@@ -240,12 +245,7 @@ describe('sessions cleanup task (e2e)', () => {
     let closed = false;
     try {
       const { user } = await registerAndLogin(own.http);
-      await own.db.query(
-        `INSERT INTO sessions (user_id, idle_expires_at, absolute_expires_at, refresh_token_hash, refresh_expires_at)
-         SELECT $1, now() - interval '1 hour', now() + interval '1 day', md5(random()::text || g) || md5(g::text), now() + interval '1 day'
-           FROM generate_series(1, 1203) AS g`,
-        [user.id],
-      );
+      await seedIdleOverdueSessions(own, user.id, 1203);
       const tick = ownTask.run();
       // The shutdown hook, called as Nest calls it: it resolves once the tick has stopped.
       await ownTask.beforeApplicationShutdown();

@@ -262,6 +262,45 @@ describe('sessions cleanup task (e2e)', () => {
     }
   });
 
+  it('when one lane fails, the other stops after its batch, before the tick reports the failure and releases its lock', async () => {
+    // One user in each lane (lanes split users by hashtext).
+    const byLane = new Map<number, string>();
+    while (byLane.size < 2) {
+      const { id } = await registerUser(t.http);
+      const [{ lane }] = await t.db.query(`SELECT abs(hashtext($1::text) % 2)::int AS lane`, [id]);
+      if (!byLane.has(lane)) byLane.set(lane, id);
+    }
+    const [failing, working] = [byLane.get(0)!, byLane.get(1)!];
+    await seedIdleOverdueSessions(t, failing, 10);
+    await seedIdleOverdueSessions(t, working, 2000);
+    // The failing user's sessions cannot be ended: that lane's first batch fails.
+    await t.db.query(`CREATE FUNCTION test_fail_session_end() RETURNS trigger LANGUAGE plpgsql AS $$
+      BEGIN RAISE EXCEPTION 'this session cannot end'; END $$`);
+    await t.db.query(
+      `CREATE TRIGGER fail_end BEFORE UPDATE ON sessions FOR EACH ROW
+       WHEN (new.user_id = '${failing}' AND new.ended_at IS NOT NULL) EXECUTE FUNCTION test_fail_session_end()`,
+    );
+    const endedOf = async (userId: string): Promise<number> =>
+      (await t.db.query(`SELECT count(*)::int AS n FROM sessions WHERE user_id = $1 AND ended_at IS NOT NULL`, [userId]))[0].n;
+    try {
+      assert.equal(await task.handleTick(), undefined);
+      const endedWhenReported = await endedOf(working);
+      // The working lane had 8 batches of work: it stopped after the one under way, and nothing
+      // ends its sessions after the tick returned.
+      assert.ok(endedWhenReported < 2000, `the working lane ended all ${endedWhenReported} sessions after the other lane failed`);
+      await sleep(500);
+      assert.equal(await endedOf(working), endedWhenReported);
+      assert.equal(await endedOf(failing), 0);
+    } finally {
+      await t.db.query(`DROP TRIGGER fail_end ON sessions`);
+      await t.db.query(`DROP FUNCTION test_fail_session_end()`);
+    }
+    const result = await task.handleTick();
+    assert.equal(result?.complete, true);
+    assert.equal(await endedOf(working), 2000);
+    assert.equal(await endedOf(failing), 10);
+  });
+
   it("ends many users' sessions in two lanes side by side, each user's in one lane, every event chained", async () => {
     const users = await Promise.all(Array.from({ length: 12 }, () => registerUser(t.http)));
     const ids = users.map((u) => u.id);

@@ -4,8 +4,8 @@
  * A call while a run is under way shares that run instead of starting another (a cron tick
  * that comes while the last one still works, or a test calling it directly). `stop()` aborts
  * the signal the runs get, so a run starts no further batch, and resolves once the run under
- * way has finished its batch (or failed): call it from `beforeApplicationShutdown`, before the database
- * closes. Runs started after `stop()` get the aborted signal and should return at once.
+ * way has finished its batch (or failed): call it from `beforeApplicationShutdown`, before the
+ * database closes. Runs started after `stop()` get the aborted signal and should return at once.
  */
 export class StoppableJob<T> {
   private readonly stopping = new AbortController();

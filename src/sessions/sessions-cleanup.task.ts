@@ -208,7 +208,9 @@ export class SessionsCleanupTask implements OnApplicationBootstrap, BeforeApplic
    * Runs batches, `lanes` at a time (each lane its own transactions and connection, given its
    * number and the number of lanes), each lane until a batch comes back short (complete) or
    * the limit is reached. Every lane runs one batch however late it is, unless shut down: the
-   * deleting phase still makes progress when the ending phase used the whole budget.
+   * deleting phase still makes progress when the ending phase used the whole budget. A lane
+   * that fails stops the others after their batch under way, and the failure is thrown once
+   * all have stopped: none goes on after the tick has released its lock (or past shutdown).
    */
   private async inBatches(
     batch: (lane: { index: number; of: number }) => Promise<number>,
@@ -218,16 +220,22 @@ export class SessionsCleanupTask implements OnApplicationBootstrap, BeforeApplic
   ): Promise<{ total: number; complete: boolean }> {
     let total = 0;
     let complete = true;
+    let failed = false;
     const lane = async (index: number) => {
       for (;;) {
-        if (limit.stop.aborted) return (complete = false);
-        const n = await batch({ index, of: lanes });
+        if (limit.stop.aborted || failed) return (complete = false);
+        const n = await batch({ index, of: lanes }).catch((error: unknown) => {
+          failed = true;
+          throw error;
+        });
         total += n;
         if (n < size) return;
         if (performance.now() >= limit.deadline) return (complete = false);
       }
     };
-    await Promise.all(Array.from({ length: lanes }, (_, index) => lane(index)));
+    const settled = await Promise.allSettled(Array.from({ length: lanes }, (_, index) => lane(index)));
+    const failure = settled.find((s): s is PromiseRejectedResult => s.status === 'rejected');
+    if (failure) throw failure.reason;
     return { total, complete };
   }
 }

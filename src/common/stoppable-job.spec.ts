@@ -51,4 +51,13 @@ describe('StoppableJob', () => {
     await job.run(async (stop) => void (aborted = stop.aborted));
     assert.equal(aborted, true);
   });
+
+  it('a work that throws before returning its promise rejects the run, and the next run starts afresh', async () => {
+    const job = new StoppableJob<number>();
+    const run = job.run(() => {
+      throw new Error('no cron job registered');
+    });
+    await assert.rejects(run, /no cron job registered/);
+    assert.equal(await job.run(() => Promise.resolve(4)), 4);
+  });
 });

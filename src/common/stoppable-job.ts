@@ -12,7 +12,9 @@ export class StoppableJob<T> {
   private current: Promise<T> | undefined;
 
   run(work: (stop: AbortSignal) => Promise<T>): Promise<T> {
-    this.current ??= work(this.stopping.signal).finally(() => (this.current = undefined));
+    // Through an async function, so a `work` that throws before its first await rejects the
+    // promise like any other failure instead of throwing at the caller.
+    this.current ??= (async () => work(this.stopping.signal))().finally(() => (this.current = undefined));
     return this.current;
   }
 

@@ -65,8 +65,8 @@ async function main() {
         else if (v === 'insertonly') await client.query({ name: v, text: STATEMENTS[v], values: [...event, ...chain] });
         else if (v === 'chained') {
           const values = [...event, ...chain, key, head.position + 1, hash, head.position, head.hash];
-          const { rows } = await client.query({ name: v, text: STATEMENTS[v], values });
-          if (rows[0].moved !== 1) throw new Error('the head was not where this probe left it');
+          const { rowCount } = await client.query({ name: v, text: STATEMENTS[v], values });
+          if (rowCount !== 1) throw new Error('the head was not where this probe left it');
         }
         await client.query('COMMIT');
         if (v !== 'unchained' && v !== 'empty') heads.set(key, { position: head.position + 1, hash });

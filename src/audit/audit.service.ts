@@ -8,7 +8,7 @@ import { sql } from '../database/sql';
 import { DomainEventPublisher } from '../events/domain-event-publisher';
 import { domainEventOf } from '../events/domain-events';
 import { auditEventId } from './audit-event-id';
-import { canonicalJson, chainKeyOf, ChainedEvent, ChainHeadRow, eventHash, microsOfTime, PG_MICROS_UTC, timeOfMicros } from './audit-chain';
+import { canonicalJson, chainKeyOf, ChainedEvent, eventHash, microsOfTime, timeOfMicros } from './audit-chain';
 import { ChainHeadCache } from './chain-head-cache';
 import { lockHeads } from './lock-heads';
 import { decodeCursor, encodeCursor } from './audit-cursor';
@@ -65,26 +65,17 @@ const APPEND = `
  * One chain's events in one statement, without locking its head first: the head moves only if
  * it is still the one this instance wrote last ($16, $17; in READ COMMITTED an UPDATE that
  * waited for another writer checks its condition again on the row that writer left), and the
- * events are inserted only if it moved. Otherwise the same statement locks the head and
- * returns it as it is now, for the ordinary append.
+ * events are inserted only if it moved; the statement's row count says which. Otherwise it
+ * changed nothing and locked nothing, and the ordinary append follows. Kept to these two parts:
+ * a third that locked and returned the moved head in the same statement cost PostgreSQL about
+ * 25 µs more on every append (the common case) to save a round trip in the rare one.
  */
 export const APPEND_IF_HEAD = `
   WITH moved AS (
     UPDATE audit_chain_heads SET position = $14, hash = $15, last_event_at = $8::timestamptz
      WHERE chain_key = $13 AND position = $16 AND hash = $17
     RETURNING chain_key
-  ), appended AS (${INSERT_EVENTS} WHERE EXISTS (SELECT 1 FROM moved) ORDER BY n
-  ), head AS (
-    SELECT h.chain_key, h.position::text AS position, h.hash,
-           to_char(clock_timestamp() AT TIME ZONE 'UTC', ${PG_MICROS_UTC}) AS now,
-           to_char(h.last_event_at AT TIME ZONE 'UTC', ${PG_MICROS_UTC}) AS last_event_at
-      FROM audit_chain_heads h
-     WHERE h.chain_key = $13 AND NOT EXISTS (SELECT 1 FROM moved)
-       FOR UPDATE
-  )
-  SELECT (SELECT count(*) FROM moved)::int AS moved, head.* FROM (VALUES (1)) AS one LEFT JOIN head ON true`;
-
-type AppendOutcome = { moved: number } & (ChainHeadRow | { [K in keyof ChainHeadRow]: null });
+  ) ${INSERT_EVENTS} WHERE EXISTS (SELECT 1 FROM moved) ORDER BY n`;
 
 /** Chains whose heads an instance remembers (about 200 bytes each). */
 const KNOWN_HEADS_MAX = 10_000;
@@ -129,7 +120,6 @@ export class AuditService {
     const keys = [...new Set(rows.map((r) => r.chainKey))].sort();
     const known = keys.length === 1 ? this.knownHeads.get(keys[0]) : undefined;
     let chained: LinkedEvent[] | undefined;
-    let heads: ChainHeadRow[] | undefined;
     if (known) {
       // The common case (one user's events, on the instance that wrote that user's last one):
       // one round trip instead of two. The time is chosen here, so it cannot be the
@@ -138,21 +128,21 @@ export class AuditService {
       const atMicros = Math.max(Math.round((performance.timeOrigin + performance.now() + this.clockOffsetMs) * 1000), known.atMicros + 1);
       chained = this.link(rows, timeOfMicros(atMicros), new Map([[keys[0], known]]));
       const tip = chained[chained.length - 1];
-      const {
-        rows: [outcome],
-      } = await sql<AppendOutcome>(em, APPEND_IF_HEAD, [...this.eventParams(chained), keys[0], tip.position, tip.hash, known.position, known.hash], {
-        prepareAs: 'sessionary_audit_append_if_head',
-      });
-      if (outcome.moved) {
+      const { count: inserted } = await sql(
+        em,
+        APPEND_IF_HEAD,
+        [...this.eventParams(chained), keys[0], tip.position, tip.hash, known.position, known.hash],
+        { prepareAs: 'sessionary_audit_append_if_head' },
+      );
+      if (inserted === chained.length) {
         this.knownHeads.set(keys[0], { position: tip.position, hash: tip.hash, atMicros });
       } else {
+        // Moved by another instance (or gone): nothing was written; the ordinary append locks it.
         chained = undefined;
-        // Moved by someone else and now locked by this transaction; with no head row at all, LOCK_HEADS makes one.
-        if (outcome.position !== null) heads = [outcome];
       }
     }
     if (!chained) {
-      heads ??= await lockHeads(em, keys, 'sessionary_audit_lock_heads');
+      const heads = await lockHeads(em, keys, 'sessionary_audit_lock_heads');
       // The clock once every head is locked (the last row's clock_timestamp), not the
       // transaction's start, and after each chain's newest event: so each chain's times rise
       // with its positions, and a month's partition holds a whole stretch of every chain

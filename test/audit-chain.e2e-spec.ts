@@ -488,6 +488,42 @@ describe('audit hash chain (e2e)', () => {
     assert.deepEqual({ ok: result.ok, reason: result.reason }, { ok: true, reason: null });
   });
 
+  it('stops trying the one-statement append when other instances keep moving its remembered heads, and tries again once they do not', async () => {
+    const f = await open();
+    const second = await createTestApp({ DATABASE_URL: f.url, JWT_SECRET: f.t.config.JWT_SECRET, PASSWORD_PEPPER: f.t.config.PASSWORD_PEPPER });
+    opened.push(second);
+    const record = async (t: TestApp): Promise<string[]> => {
+      const statements: Statement[] = [];
+      await t.db.transaction(async (em) => {
+        recordStatements(em.queryRunner!, statements);
+        await t.app.get(AuditService).record(em, { type: 'PROFILE_UPDATED', userId: f.user.id, metadata: { fields: 'username' } });
+      });
+      return statements
+        .map(textOf)
+        .filter((s) => !/^(COMMIT|ROLLBACK)$/.test(s))
+        .map((s) => (/moved AS/.test(s) ? 'try' : /INSERT INTO audit_chain_heads/.test(s) ? 'lock' : /WITH appended/.test(s) ? 'append' : s));
+    };
+    // Round robin over two instances: every remembered head is stale. At first each instance
+    // tries, misses and locks (three statements); after enough misses it locks at once (two).
+    const firsts: string[][] = [];
+    for (let i = 0; i < 30; i++) {
+      firsts.push(await record(f.t));
+      await record(second);
+    }
+    assert.deepEqual(firsts[1], ['try', 'lock', 'append']);
+    assert.deepEqual(firsts.at(-1), ['lock', 'append']);
+    const stoppedAfter = firsts.findIndex((kinds) => kinds[0] === 'lock');
+    assert.ok(stoppedAfter > 1 && stoppedAfter < 30, `stopped trying after ${stoppedAfter} appends`);
+    // One instance alone: the locks it takes find its remembered heads current, so it tries again, and hits.
+    const alone: string[][] = [];
+    for (let i = 0; i < 40; i++) alone.push(await record(f.t));
+    assert.deepEqual(alone[0], ['lock', 'append']);
+    assert.deepEqual(alone.at(-1), ['try']);
+    // Every event is on the chain, in order, whichever way it was appended.
+    const result = await f.t.app.get(AuditVerifierService).verify();
+    assert.deepEqual({ ok: result.ok, reason: result.reason }, { ok: true, reason: null });
+  });
+
   it('stays intact under concurrent logins and refreshes for the same and different users on two instances', async () => {
     // Each attempt counts as a failure until it succeeds: parallel logins of one user must not lock it.
     // The default session limit (10) is reached: logins end sessions that parallel refreshes use.

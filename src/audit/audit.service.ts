@@ -11,6 +11,7 @@ import { auditEventId } from './audit-event-id';
 import { canonicalJson, chainKeyOf, ChainedEvent, eventHash, microsOfTime, timeOfMicros } from './audit-chain';
 import { ChainHeadCache } from './chain-head-cache';
 import { lockHeads } from './lock-heads';
+import { RememberedHeadOdds } from './remembered-head-odds';
 import { decodeCursor, encodeCursor } from './audit-cursor';
 import { AuditEventEntity, AuditEventType, AuditMetadata } from './audit-event.entity';
 
@@ -93,6 +94,8 @@ export class AuditService {
   /** Called after events were appended; the checkpoint job listens. */
   onAppended: ((count: number) => void) | undefined;
   private readonly knownHeads = new ChainHeadCache(KNOWN_HEADS_MAX);
+  /** Whether trying the one-statement append on a remembered head pays off on this instance. */
+  private readonly headOdds = new RememberedHeadOdds();
   /** PostgreSQL's clock minus this process's, in ms, as last seen by a head lock. */
   private clockOffsetMs = 0;
 
@@ -120,7 +123,8 @@ export class AuditService {
     const keys = [...new Set(rows.map((r) => r.chainKey))].sort();
     const known = keys.length === 1 ? this.knownHeads.get(keys[0]) : undefined;
     let chained: LinkedEvent[] | undefined;
-    if (known) {
+    const tried = known !== undefined && this.headOdds.worthTrying();
+    if (tried) {
       // The common case (one user's events, on the instance that wrote that user's last one):
       // one round trip instead of two. The time is chosen here, so it cannot be the
       // database's clock after the lock: it is this instance's estimate of that clock, and
@@ -134,6 +138,7 @@ export class AuditService {
         [...this.eventParams(chained), keys[0], tip.position, tip.hash, known.position, known.hash],
         { prepareAs: 'sessionary_audit_append_if_head' },
       );
+      this.headOdds.observe(inserted === chained.length);
       if (inserted === chained.length) {
         this.knownHeads.set(keys[0], { position: tip.position, hash: tip.hash, atMicros });
       } else {
@@ -143,6 +148,8 @@ export class AuditService {
     }
     if (!chained) {
       const heads = await lockHeads(em, keys, 'sessionary_audit_lock_heads');
+      // Not tried: would the try have found the remembered head current? (So the odds keep learning.)
+      if (known && !tried) this.headOdds.observe(Number(heads[0].position) === known.position && heads[0].hash === known.hash);
       // The clock once every head is locked (the last row's clock_timestamp), not the
       // transaction's start, and after each chain's newest event: so each chain's times rise
       // with its positions, and a month's partition holds a whole stretch of every chain

@@ -66,6 +66,26 @@ async function apiVerify(f: Fixture): Promise<{ ok: boolean; checked: number; fi
   return res.body;
 }
 
+/**
+ * Records one event for the user on an instance and answers the kinds of audit statements it
+ * ran (a spy on the real connection): `try` (the one-statement append), `lock` (the heads
+ * locked), `append` (the locking path's append). With `rollBack`, the transaction rolls back.
+ */
+async function recordedAppendKinds(t: TestApp, userId: string, rollBack = false): Promise<string[]> {
+  const statements: Statement[] = [];
+  await t.db
+    .transaction(async (em) => {
+      recordStatements(em.queryRunner!, statements);
+      await t.app.get(AuditService).record(em, { type: 'PROFILE_UPDATED', userId, metadata: { fields: 'username' } });
+      if (rollBack) throw new Error('rolled back on purpose');
+    })
+    .catch((error: Error) => assert.equal(error.message, 'rolled back on purpose'));
+  return statements
+    .map(textOf)
+    .filter((s) => !/^(COMMIT|ROLLBACK)$/.test(s))
+    .map((s) => (/moved AS/.test(s) ? 'try' : /INSERT INTO audit_chain_heads/.test(s) ? 'lock' : /WITH appended/.test(s) ? 'append' : s));
+}
+
 /** The API and the CLI both find the log broken at `firstBrokenId` for `reason`. */
 async function assertBroken(f: Fixture, firstBrokenId: string | null, reason: RegExp, cliArgs: string[] = []): Promise<void> {
   const body = await apiVerify(f);
@@ -439,38 +459,20 @@ describe('audit hash chain (e2e)', () => {
     const f = await open();
     const second = await createTestApp({ DATABASE_URL: f.url, JWT_SECRET: f.t.config.JWT_SECRET, PASSWORD_PEPPER: f.t.config.PASSWORD_PEPPER });
     opened.push(second);
-    /** Records one event for the user on an instance; answers the statements it ran (a spy on the real connection). */
-    const record = async (t: TestApp, rollBack = false): Promise<string[]> => {
-      const statements: Statement[] = [];
-      await t.db
-        .transaction(async (em) => {
-          recordStatements(em.queryRunner!, statements);
-          await t.app.get(AuditService).record(em, { type: 'PROFILE_UPDATED', userId: f.user.id, metadata: { fields: 'username' } });
-          if (rollBack) throw new Error('rolled back on purpose');
-        })
-        .catch((error: Error) => assert.equal(error.message, 'rolled back on purpose'));
-      return statements.map(textOf);
-    };
-    const kind = (statements: string[]) =>
-      statements
-        .filter((s) => !/^(COMMIT|ROLLBACK)$/.test(s))
-        .map((s) =>
-          /moved AS/.test(s) ? 'append-if-head' : /INSERT INTO audit_chain_heads/.test(s) ? 'lock-heads' : /WITH appended/.test(s) ? 'append' : s,
-        );
-
+    const record = (t: TestApp, rollBack = false) => recordedAppendKinds(t, f.user.id, rollBack);
     // The fixture's events for this user were written by the first instance.
-    assert.deepEqual(kind(await record(f.t)), ['append-if-head']);
-    assert.deepEqual(kind(await record(second)), ['lock-heads', 'append']);
+    assert.deepEqual(await record(f.t), ['try']);
+    assert.deepEqual(await record(second), ['lock', 'append']);
     // Moved by the other instance: the conditional append wrote nothing, so the head is locked and the events appended after it.
-    assert.deepEqual(kind(await record(f.t)), ['append-if-head', 'lock-heads', 'append']);
-    assert.deepEqual(kind(await record(f.t)), ['append-if-head']);
-    assert.deepEqual(kind(await record(f.t, true)), ['append-if-head']);
-    assert.deepEqual(kind(await record(f.t)), ['append-if-head', 'lock-heads', 'append']);
+    assert.deepEqual(await record(f.t), ['try', 'lock', 'append']);
+    assert.deepEqual(await record(f.t), ['try']);
+    assert.deepEqual(await record(f.t, true), ['try']);
+    assert.deepEqual(await record(f.t), ['try', 'lock', 'append']);
     // An instance whose estimate of the database's clock runs an hour ahead writes an event
     // an hour ahead; the other instance, on the database's clock, still writes after it.
     Reflect.set(f.t.app.get(AuditService), 'clockOffsetMs', 3_600_000);
-    assert.deepEqual(kind(await record(f.t)), ['append-if-head']);
-    assert.deepEqual(kind(await record(second)), ['append-if-head', 'lock-heads', 'append']);
+    assert.deepEqual(await record(f.t), ['try']);
+    assert.deepEqual(await record(second), ['try', 'lock', 'append']);
 
     const events: Array<{ chain_pos: string; created_at: Date; micros: string }> = await f.t.db.query(
       `SELECT chain_pos, created_at, (extract(epoch FROM created_at) * 1000000)::bigint::text AS micros
@@ -492,17 +494,7 @@ describe('audit hash chain (e2e)', () => {
     const f = await open();
     const second = await createTestApp({ DATABASE_URL: f.url, JWT_SECRET: f.t.config.JWT_SECRET, PASSWORD_PEPPER: f.t.config.PASSWORD_PEPPER });
     opened.push(second);
-    const record = async (t: TestApp): Promise<string[]> => {
-      const statements: Statement[] = [];
-      await t.db.transaction(async (em) => {
-        recordStatements(em.queryRunner!, statements);
-        await t.app.get(AuditService).record(em, { type: 'PROFILE_UPDATED', userId: f.user.id, metadata: { fields: 'username' } });
-      });
-      return statements
-        .map(textOf)
-        .filter((s) => !/^(COMMIT|ROLLBACK)$/.test(s))
-        .map((s) => (/moved AS/.test(s) ? 'try' : /INSERT INTO audit_chain_heads/.test(s) ? 'lock' : /WITH appended/.test(s) ? 'append' : s));
-    };
+    const record = (t: TestApp) => recordedAppendKinds(t, f.user.id);
     // Round robin over two instances: every remembered head is stale. At first each instance
     // tries, misses and locks (three statements); after enough misses it locks at once (two).
     const firsts: string[][] = [];

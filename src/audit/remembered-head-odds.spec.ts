@@ -27,7 +27,7 @@ describe('RememberedHeadOdds', () => {
     // From full trust, 22 stale heads in a row: 1 * (31/32)^22 < 0.5 <= (31/32)^21.
     assert.equal(observationsUntilChange(odds, false), 22);
     assert.equal(odds.worthTrying(), false);
-    for (let i = 0; i < 100; i++) odds.observe(i % 3 === 0); // two instances and more: a third current
+    for (let i = 0; i < 100; i++) odds.observe(i % 3 === 0); // three instances, round robin: a third current
     assert.equal(odds.worthTrying(), false);
     const back = observationsUntilChange(odds, true);
     assert.ok(back >= 1 && back <= 32, `took ${back} current heads to try again`);

@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -68,8 +68,9 @@ async function apiVerify(f: Fixture): Promise<{ ok: boolean; checked: number; fi
 
 /**
  * Records one event for the user on an instance and answers the kinds of audit statements it
- * ran (a spy on the real connection): `try` (the one-statement append), `lock` (the heads
- * locked), `append` (the locking path's append). With `rollBack`, the transaction rolls back.
+ * ran (a spy on the real connection): `try` (the one-statement append), `lock` (an existing
+ * head locked), `create-or-lock` (heads created where missing, and locked), `append` (the
+ * locking path's append). With `rollBack`, the transaction rolls back.
  */
 async function recordedAppendKinds(t: TestApp, userId: string, rollBack = false): Promise<string[]> {
   const statements: Statement[] = [];
@@ -83,7 +84,17 @@ async function recordedAppendKinds(t: TestApp, userId: string, rollBack = false)
   return statements
     .map(textOf)
     .filter((s) => !/^(COMMIT|ROLLBACK)$/.test(s))
-    .map((s) => (/moved AS/.test(s) ? 'try' : /INSERT INTO audit_chain_heads/.test(s) ? 'lock' : /WITH appended/.test(s) ? 'append' : s));
+    .map((s) =>
+      /moved AS/.test(s)
+        ? 'try'
+        : /INSERT INTO audit_chain_heads/.test(s)
+          ? 'create-or-lock'
+          : /FROM audit_chain_heads WHERE chain_key = \$1 FOR UPDATE/.test(s)
+            ? 'lock'
+            : /WITH appended/.test(s)
+              ? 'append'
+              : s,
+    );
 }
 
 /** The API and the CLI both find the log broken at `firstBrokenId` for `reason`. */
@@ -486,6 +497,11 @@ describe('audit hash chain (e2e)', () => {
     for (let i = 1; i < events.length; i++)
       assert.ok(BigInt(events[i].micros) > BigInt(events[i - 1].micros), `event ${i + 1} is not after event ${i}`);
     assert.ok(events[events.length - 1].created_at.getTime() > Date.now() + 3_500_000);
+    // A chain without a head yet (its first event): the one-head lock finds nothing, the head is created.
+    const fresh = randomUUID();
+    assert.deepEqual(await recordedAppendKinds(second, fresh), ['lock', 'create-or-lock', 'append']);
+    assert.deepEqual(await recordedAppendKinds(second, fresh), ['try']);
+    assert.deepEqual(await recordedAppendKinds(f.t, fresh), ['lock', 'append']);
     const result = await f.t.app.get(AuditVerifierService).verify();
     assert.deepEqual({ ok: result.ok, reason: result.reason }, { ok: true, reason: null });
   });

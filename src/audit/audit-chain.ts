@@ -52,6 +52,17 @@ export const LOCK_HEADS = `
          to_char(h.last_event_at AT TIME ZONE 'UTC', ${PG_MICROS_UTC}) AS last_event_at
     FROM (SELECT * FROM created UNION ALL SELECT * FROM locked) AS h`;
 
+/**
+ * LOCK_HEADS for one chain whose head exists (nearly every append: a user's own events): a plain
+ * row lock, no INSERT to try first. No row: the head is missing (LOCK_HEADS creates it). The
+ * clock is read in the outer query, so after the lock is held, as in LOCK_HEADS.
+ */
+export const LOCK_ONE_HEAD = `
+  SELECT h.chain_key, h.position::text AS position, h.hash,
+         to_char(clock_timestamp() AT TIME ZONE 'UTC', ${PG_MICROS_UTC}) AS now,
+         to_char(h.last_event_at AT TIME ZONE 'UTC', ${PG_MICROS_UTC}) AS last_event_at
+    FROM (SELECT chain_key, position, hash, last_event_at FROM audit_chain_heads WHERE chain_key = $1 FOR UPDATE) AS h`;
+
 /** Microseconds since the epoch of a PG_MICROS_UTC string (exact: below 2^53 until the year 2255). */
 export function microsOfTime(text: string): number {
   return Date.parse(`${text.slice(0, 23)}Z`) * 1000 + Number(text.slice(23, 26));

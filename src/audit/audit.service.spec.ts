@@ -95,6 +95,12 @@ describe('AuditService.record', () => {
         query: async (query: string | { name: string; text: string }, params: unknown[]) => {
           const [text, name] = typeof query === 'string' ? [query, undefined] : [query.text, query.name];
           calls.push({ text, params, name });
+          if (text.includes('WHERE chain_key = $1 FOR UPDATE')) {
+            // LOCK_ONE_HEAD: the head if it exists.
+            const head = heads.get(params[0] as string);
+            const records = head ? [{ chain_key: params[0], ...head, now: NOW, last_event_at: null }] : [];
+            return { records, affected: records.length };
+          }
           if (text.includes('INSERT INTO audit_chain_heads')) {
             const records = (params[0] as string[]).map((k) => ({
               chain_key: k,
@@ -110,8 +116,9 @@ describe('AuditService.record', () => {
       },
     }) as unknown as EntityManager;
 
+  const appendCall = () => calls.find((c) => c.text.includes('WITH appended'))!;
   const appended = () => {
-    const p = calls[1].params as unknown[][];
+    const p = appendCall().params as unknown[][];
     return p[0].map((_, i) => ({
       id: p[0][i] as string,
       type: p[1][i],
@@ -120,7 +127,7 @@ describe('AuditService.record', () => {
       ipAddress: p[4][i],
       userAgent: p[5][i],
       metadata: p[6][i],
-      createdAt: calls[1].params[7],
+      createdAt: appendCall().params[7],
       chainKey: p[8][i],
       position: p[9][i],
       prevHash: p[10][i],
@@ -195,9 +202,35 @@ describe('AuditService.record', () => {
       assert.equal(r.hash, eventHash(KEY, r.prevHash as string, r as unknown as ChainedEvent));
     }
     // The new heads: the last event of each chain.
-    const keys = calls[1].params[12] as string[];
-    const byKey = Object.fromEntries(keys.map((k, i) => [k, [(calls[1].params[13] as number[])[i], (calls[1].params[14] as string[])[i]]]));
+    const keys = appendCall().params[12] as string[];
+    const byKey = Object.fromEntries(keys.map((k, i) => [k, [(appendCall().params[13] as number[])[i], (appendCall().params[14] as string[])[i]]]));
     assert.deepEqual(byKey, { [userId]: [6, rows[2].hash], [GLOBAL_CHAIN]: [1, rows[1].hash] });
+  });
+
+  it("locks one chain's existing head with the one-head statement, and creates a missing head through the ordinary lock", async () => {
+    heads.set(userId, { position: '4', hash: 'a'.repeat(64) });
+    await service.record(manager(), { type: 'LOGOUT', userId, sessionId });
+    assert.deepEqual(
+      calls.map((c) => c.name),
+      ['sessionary_audit_lock_heads_one', 'sessionary_audit_append'],
+    );
+    assert.deepEqual(calls[0].params, [userId]);
+    assert.deepEqual(
+      appended().map((r) => [r.position, r.prevHash]),
+      [[5, 'a'.repeat(64)]],
+    );
+    calls = [];
+    const newcomer = randomUUID();
+    await service.record(manager(), { type: 'LOGIN', userId: newcomer, sessionId });
+    assert.deepEqual(
+      calls.map((c) => c.name),
+      ['sessionary_audit_lock_heads_one', 'sessionary_audit_lock_heads', 'sessionary_audit_append'],
+    );
+    assert.deepEqual(calls[1].params, [[newcomer], GENESIS_HASH]);
+    assert.deepEqual(
+      appended().map((r) => [r.position, r.prevHash]),
+      [[1, GENESIS_HASH]],
+    );
   });
 
   it('records null ip and user agent for a null client', async () => {

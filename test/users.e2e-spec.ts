@@ -19,9 +19,18 @@ describe('users (e2e)', () => {
     const res = await t.http.get('/api/v1/users/me').set('Authorization', bearer(tokens));
     assert.equal(res.status, 200);
     assert.deepEqual(Object.keys(res.body).sort(), ['createdAt', 'email', 'id', 'role', 'updatedAt', 'username']);
-    assert.equal(res.body.id, user.id);
-    assert.equal(res.body.email, user.email);
+    const [row] = await t.db.query(`SELECT username, email, role, created_at, updated_at FROM users WHERE id = $1`, [user.id]);
+    assert.deepEqual(res.body, {
+      id: user.id,
+      username: row.username,
+      email: user.email,
+      role: 'user',
+      createdAt: row.created_at.toISOString(),
+      updatedAt: row.updated_at.toISOString(),
+    });
     assert.ok(!JSON.stringify(res.body).includes('$2b$'));
+    // Read by a prepared statement: the same answer on every later call of the connection.
+    for (let i = 0; i < 3; i++) assert.deepEqual((await t.http.get('/api/v1/users/me').set('Authorization', bearer(tokens))).body, res.body);
   });
 
   it('PATCH /users/me changes the username, audits PROFILE_UPDATED in the same transaction', async () => {

@@ -27,3 +27,6 @@ export class UserEntity {
   @UpdateDateColumn({ name: 'updated_at', type: 'timestamptz' })
   updatedAt: Date;
 }
+
+/** A user as their own profile shows them: every column but the password hash. */
+export type UserProfile = Pick<UserEntity, 'id' | 'username' | 'email' | 'role' | 'createdAt' | 'updatedAt'>;

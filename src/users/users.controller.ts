@@ -19,7 +19,7 @@ export class UsersController {
   @ApiOperation({ operationId: 'getMe', summary: "The caller's profile" })
   @ApiOkResponse({ type: UserResponseDto })
   async me(@CurrentAuth() auth: AuthContext): Promise<UserResponseDto> {
-    return UserResponseDto.from(await this.users.getById(auth.userId));
+    return UserResponseDto.from(await this.users.getProfile(auth.userId));
   }
 
   @Patch('me')

@@ -1,6 +1,6 @@
 import { ApiProperty, OmitType } from '@nestjs/swagger';
 import { EMAIL_MAX_LENGTH, USERNAME_PATTERN } from './user-fields';
-import type { UserEntity, UserRole } from '../user.entity';
+import type { UserProfile, UserRole } from '../user.entity';
 
 export class UserResponseDto {
   @ApiProperty({ format: 'uuid' }) id: string;
@@ -11,7 +11,7 @@ export class UserResponseDto {
   @ApiProperty({ format: 'date-time' }) createdAt: string;
   @ApiProperty({ format: 'date-time' }) updatedAt: string;
 
-  static from(user: UserEntity): UserResponseDto {
+  static from(user: UserProfile): UserResponseDto {
     return Object.assign(new UserResponseDto(), {
       id: user.id,
       username: user.username,
@@ -24,7 +24,7 @@ export class UserResponseDto {
 }
 
 export class RegisteredUserResponseDto extends OmitType(UserResponseDto, ['updatedAt'] as const) {
-  static fromUser(user: UserEntity): RegisteredUserResponseDto {
+  static fromUser(user: UserProfile): RegisteredUserResponseDto {
     const { updatedAt: _omitted, ...rest } = UserResponseDto.from(user);
     return Object.assign(new RegisteredUserResponseDto(), rest);
   }

@@ -104,7 +104,7 @@ export class UsersService {
 
   /**
    * A user's profile (GET /users/me), in one prepared statement without the password hash:
-   * TypeORM's findOneBy spent about twice the Node CPU (140–230 µs a call against 60–70,
+   * TypeORM's findOneBy spent about twice the Node CPU (139–227 µs a call against 61–103,
    * measured on one connection) and PostgreSQL planned it at every call.
    */
   async getProfile(id: string): Promise<UserProfile> {

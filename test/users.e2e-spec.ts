@@ -29,7 +29,7 @@ describe('users (e2e)', () => {
       updatedAt: row.updated_at.toISOString(),
     });
     assert.ok(!JSON.stringify(res.body).includes('$2b$'));
-    // Read by a prepared statement: the same answer on every later call of the connection.
+    // Later calls (a prepared statement, planned once per connection) answer the same.
     for (let i = 0; i < 3; i++) assert.deepEqual((await t.http.get('/api/v1/users/me').set('Authorization', bearer(tokens))).body, res.body);
   });
 

@@ -278,17 +278,9 @@ export class AuditService {
   }
 }
 
-/** Names of the page statements prepared so far, by text (one per filter shape with a user: a few dozen at most). */
-const listStatementNames = new Map<string, string>();
-
-/** The prepared statement's name for a page query's text: the same on every connection, distinct per text. */
+/** The prepared statement's name for a page query's text: the same on every connection, distinct per text (a few dozen shapes). */
 function listStatementName(text: string): string {
-  let name = listStatementNames.get(text);
-  if (name === undefined) {
-    name = `sessionary_audit_list_${createHash('sha256').update(text).digest('hex').slice(0, 20)}`;
-    listStatementNames.set(text, name);
-  }
-  return name;
+  return `sessionary_audit_list_${createHash('sha256').update(text).digest('hex').slice(0, 20)}`;
 }
 
 /** The columns of an event as the pages show it (seq as text: a bigint may exceed a JS number). */

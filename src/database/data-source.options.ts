@@ -25,6 +25,7 @@ import { AuditCheckpointHeads1766300000000 } from './migrations/1766300000000-Au
 import { AuditCheckpointBuckets1766400000000 } from './migrations/1766400000000-AuditCheckpointBuckets';
 import { AuditCheckpointHeadTimes1766500000000 } from './migrations/1766500000000-AuditCheckpointHeadTimes';
 import { SessionExpiredEndNotifySkip1766600000000 } from './migrations/1766600000000-SessionExpiredEndNotifySkip';
+import { AuditUserIndexMerged1766700000000 } from './migrations/1766700000000-AuditUserIndexMerged';
 import { SigningKeys1765600000000 } from './migrations/1765600000000-SigningKeys';
 
 export const ENTITIES = [UserEntity, SessionEntity, RotatedRefreshTokenEntity, AuditEventEntity];
@@ -53,6 +54,7 @@ export const MIGRATIONS = [
   AuditCheckpointBuckets1766400000000,
   AuditCheckpointHeadTimes1766500000000,
   SessionExpiredEndNotifySkip1766600000000,
+  AuditUserIndexMerged1766700000000,
 ];
 
 /** One definition for the app, the TypeORM CLI and the tests. Never `synchronize`. */

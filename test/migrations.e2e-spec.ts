@@ -5,6 +5,7 @@ import { DataSource } from 'typeorm';
 import { cliDataSourceOptions, dataSourceOptions, MIGRATIONS } from '../src/database/data-source.options';
 import { MIGRATION_LOCK_KEY, runMigrationsLocked } from '../src/database/migrate';
 import { SessionAuthTime1765500000000 } from '../src/database/migrations/1765500000000-SessionAuthTime';
+import { AuditUserIndexMerged1766700000000 } from '../src/database/migrations/1766700000000-AuditUserIndexMerged';
 import { databaseForThisFile, freshDatabase } from './helpers/test-app';
 
 describe('migrations (e2e)', () => {
@@ -116,6 +117,88 @@ describe('migrations (e2e)', () => {
       );
       assert.equal(column.is_nullable, 'NO');
     } finally {
+      await source.destroy();
+    }
+  });
+
+  it("merge a user's two audit indexes month by month without holding audit writes back, and finish a merge that stopped half way", async () => {
+    const db = await freshDatabase();
+    const before = MIGRATIONS.slice(0, MIGRATIONS.indexOf(AuditUserIndexMerged1766700000000));
+    const old = await new DataSource({ ...dataSourceOptions(db), migrations: before }).initialize();
+    let last: string;
+    const months = async (ds: DataSource): Promise<string[]> =>
+      (
+        await ds.query(
+          `SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'audit_events'::regclass ORDER BY 1`,
+        )
+      ).map((r: { relname: string }) => r.relname);
+    try {
+      await old.runMigrations();
+      // A run that stopped half way: the parent's index, and a later month's build failed (invalid).
+      last = (await months(old)).at(-1)!;
+      await old.query(`CREATE INDEX "IDX_audit_events_user_time_type" ON ONLY audit_events (user_id, created_at, seq, type)`);
+      await old.query(`CREATE INDEX "${last}_user_time_type" ON "${last}" (user_id, created_at, seq, type)`);
+      await old.query(`UPDATE pg_index SET indisvalid = false WHERE indexrelid = '"${last}_user_time_type"'::regclass`);
+    } finally {
+      await old.destroy();
+    }
+    const source = await new DataSource(dataSourceOptions(db)).initialize();
+    const writing = new Client({ connectionString: db });
+    const writer = new Client({ connectionString: db });
+    await Promise.all([writing.connect(), writer.connect()]);
+    try {
+      // A write in progress when the migration starts, on the month it indexes first: it waits for it.
+      await writing.query('BEGIN');
+      const [{ month }] = (
+        await writing.query(`INSERT INTO audit_events (type, created_at) VALUES ('LOGIN', now()) RETURNING tableoid::regclass::text AS month`)
+      ).rows;
+      assert.notEqual(month, last, 'the write goes to a month the migration still has to index');
+      const migrating = runMigrationsLocked(source);
+      for (let waited = 0; ; waited += 50) {
+        const { rowCount } = await writer.query(`SELECT 1 FROM pg_stat_activity WHERE query LIKE 'CREATE INDEX %' AND wait_event_type = 'Lock'`);
+        if (rowCount) break;
+        assert.ok(waited < 10_000, 'the build waits for the write in progress');
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+      // Meanwhile another event goes into that month at once (a plain CREATE INDEX would queue
+      // a lock that held it back until the first write ended).
+      await writer.query(`SET lock_timeout = '2s'`);
+      const { rows: written } = await writer.query(
+        `INSERT INTO audit_events (type, created_at) VALUES ('LOGIN', now()) RETURNING tableoid::regclass::text AS month`,
+      );
+      assert.equal(written[0].month, month);
+      await writing.query('COMMIT');
+      await migrating;
+
+      const { rows: indexes } = await writer.query<{ name: string; valid: boolean }>(
+        `SELECT c.relname AS name, x.indisvalid AS valid FROM pg_index x JOIN pg_class c ON c.oid = x.indexrelid
+          WHERE x.indrelid = 'audit_events'::regclass AND c.relname LIKE 'IDX_audit_events_user%'`,
+      );
+      assert.deepEqual(indexes, [{ name: 'IDX_audit_events_user_time_type', valid: true }]);
+      const { rows: attached } = await writer.query<{ month: string; valid: boolean; def: string }>(
+        `SELECT t.relname AS month, x.indisvalid AS valid, pg_get_indexdef(x.indexrelid) AS def
+           FROM pg_inherits a JOIN pg_index x ON x.indexrelid = a.inhrelid JOIN pg_class t ON t.oid = x.indrelid
+          WHERE a.inhparent = '"IDX_audit_events_user_time_type"'::regclass ORDER BY 1`,
+      );
+      assert.deepEqual(
+        attached.map((r) => r.month),
+        await months(source),
+      );
+      for (const r of attached) {
+        assert.equal(r.valid, true, r.month);
+        assert.match(r.def, /\(user_id, created_at, seq, type\)$/, r.def);
+      }
+      // Every month keeps exactly the one user index (the failed build's was replaced, not kept beside it).
+      const { rows: perMonth } = await writer.query<{ n: number }>(
+        `SELECT count(*)::int AS n FROM pg_index x JOIN pg_inherits i ON i.inhrelid = x.indrelid
+          WHERE i.inhparent = 'audit_events'::regclass AND pg_get_indexdef(x.indexrelid) LIKE '%(user_id,%' GROUP BY x.indrelid`,
+      );
+      assert.ok(perMonth.length > 0 && perMonth.every((r) => r.n === 1), JSON.stringify(perMonth));
+      const [{ count }] = await source.query(`SELECT count(*)::int AS count FROM audit_events`);
+      assert.equal(count, 2);
+    } finally {
+      await writing.end().catch(() => undefined);
+      await writer.end();
       await source.destroy();
     }
   });

@@ -65,6 +65,9 @@ export function dataSourceOptions(databaseUrl: string): DataSourceOptions {
     entities: ENTITIES,
     migrations: MIGRATIONS,
     migrationsTableName: 'migrations',
+    // Each in its own transaction unless it says otherwise (one that builds indexes
+    // CONCURRENTLY cannot run in one): the TypeORM CLI's default would be one for all.
+    migrationsTransactionMode: 'each',
     migrationsRun: false, // run under an advisory lock by runMigrationsLocked()
     synchronize: false,
     // Not 'error' or 'query': TypeORM would log statement parameters, which include password hashes.

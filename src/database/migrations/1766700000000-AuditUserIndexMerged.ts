@@ -1,5 +1,8 @@
 import { MigrationInterface, QueryRunner } from 'typeorm';
 
+const INDEX = 'IDX_audit_events_user_time_type';
+const COLUMNS = `("user_id", "created_at", "seq", "type")`;
+
 /**
  * A user's two audit indexes, (user_id, created_at, seq) and (user_id, type, created_at, seq),
  * become one: (user_id, created_at, seq, type). Both were keyed by the user, so every event
@@ -10,23 +13,45 @@ import { MigrationInterface, QueryRunner } from 'typeorm';
  * table: it reads the user's entries in each month it spans, as the page of all their
  * events does, instead of only that type's.
  *
- * Building it reads the whole log under a lock that holds audit writes back (CONCURRENTLY is
- * not available for a partitioned table): on a large log, migrate in a quiet hour.
+ * Built without holding audit writes (so logins) back while the months are read: the
+ * partitioned index is created on the parent alone (invalid, no rows read; partitions created
+ * meanwhile get theirs at once), then each month's index CONCURRENTLY and attached (which
+ * locks out no writer), and the parent is valid once the last is. So outside a transaction;
+ * every step can be repeated, so a run that stopped half way (a crash, a failed build, whose
+ * invalid index is dropped and built again) is completed by the next. Creating the parent's
+ * index and dropping the two old ones each wait for the audit writes under way (milliseconds)
+ * and hold new ones back only that long.
  */
 export class AuditUserIndexMerged1766700000000 implements MigrationInterface {
   name = 'AuditUserIndexMerged1766700000000';
+  transaction = false;
 
   public async up(queryRunner: QueryRunner): Promise<void> {
-    await queryRunner.query(`SET LOCAL statement_timeout = 0`);
-    await queryRunner.query(`CREATE INDEX "IDX_audit_events_user_time_type" ON "audit_events" ("user_id", "created_at", "seq", "type")`);
-    await queryRunner.query(`DROP INDEX "IDX_audit_events_user_time"`);
-    await queryRunner.query(`DROP INDEX "IDX_audit_events_user_type_time"`);
+    // Looked up first: even with IF NOT EXISTS, CREATE INDEX waits for the writes under way.
+    const [{ exists }]: Array<{ exists: boolean }> = await queryRunner.query(`SELECT to_regclass($1) IS NOT NULL AS exists`, [`"${INDEX}"`]);
+    if (!exists) await queryRunner.query(`CREATE INDEX "${INDEX}" ON ONLY "audit_events" ${COLUMNS}`);
+    const pending: Array<{ partition: string }> = await queryRunner.query(
+      `SELECT c.relname AS partition FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+        WHERE i.inhparent = 'audit_events'::regclass
+          AND NOT EXISTS (SELECT 1 FROM pg_inherits a JOIN pg_index x ON x.indexrelid = a.inhrelid
+                           WHERE a.inhparent = '"${INDEX}"'::regclass AND x.indrelid = c.oid)
+        ORDER BY c.relname`,
+    );
+    for (const { partition } of pending) {
+      const name = `${partition}_user_time_type`;
+      await queryRunner.query(`DROP INDEX CONCURRENTLY IF EXISTS "${name}"`);
+      await queryRunner.query(`CREATE INDEX CONCURRENTLY "${name}" ON "${partition}" ${COLUMNS}`);
+      await queryRunner.query(`ALTER INDEX "${INDEX}" ATTACH PARTITION "${name}"`);
+    }
+    await queryRunner.query(`DROP INDEX IF EXISTS "IDX_audit_events_user_time"`);
+    await queryRunner.query(`DROP INDEX IF EXISTS "IDX_audit_events_user_type_time"`);
   }
 
+  /** In a transaction (TypeORM reverts that way), so built under the lock: a step back is for small logs. */
   public async down(queryRunner: QueryRunner): Promise<void> {
     await queryRunner.query(`SET LOCAL statement_timeout = 0`);
     await queryRunner.query(`CREATE INDEX "IDX_audit_events_user_time" ON "audit_events" ("user_id", "created_at", "seq")`);
     await queryRunner.query(`CREATE INDEX "IDX_audit_events_user_type_time" ON "audit_events" ("user_id", "type", "created_at", "seq")`);
-    await queryRunner.query(`DROP INDEX "IDX_audit_events_user_time_type"`);
+    await queryRunner.query(`DROP INDEX "${INDEX}"`);
   }
 }

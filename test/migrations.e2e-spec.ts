@@ -147,7 +147,7 @@ describe('migrations (e2e)', () => {
     const writer = new Client({ connectionString: db });
     await Promise.all([writing.connect(), writer.connect()]);
     try {
-      // A write in progress when the migration starts, on the month it indexes first: it waits for it.
+      // A write in progress when the migration starts, on a month it has yet to index: the build waits for it.
       await writing.query('BEGIN');
       const [{ month }] = (
         await writing.query(`INSERT INTO audit_events (type, created_at) VALUES ('LOGIN', now()) RETURNING tableoid::regclass::text AS month`)

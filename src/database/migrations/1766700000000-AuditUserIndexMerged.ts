@@ -6,12 +6,12 @@ const COLUMNS = `("user_id", "created_at", "seq", "type")`;
 /**
  * A user's two audit indexes, (user_id, created_at, seq) and (user_id, type, created_at, seq),
  * become one: (user_id, created_at, seq, type). Both were keyed by the user, so every event
- * of a user wrote a leaf of each at a random place in a large index (with the chain's
- * (chain_key, chain_pos), three of the about 3.6 random pages an event costs at scale: README,
- * Scale). A page of a user's events of one type reads the same index in the same order and
- * tests `type` on the index's own entries, so only the matching events are fetched from the
- * table: it reads the user's entries in each month it spans, as the page of all their
- * events does, instead of only that type's.
+ * of a user wrote an entry of each at a random place in a large index (0.77 and 0.84 of the
+ * 5.5 pages an ended session dirtied at 50M events: README, Scale). A page of a user's
+ * events of one type reads the same index in the same order and tests `type` on the index's
+ * own entries, so only the matching events are fetched from the table: it reads the user's
+ * entries in each month it spans, as the page of all their events does, instead of only
+ * that type's.
  *
  * Built without holding audit writes (so logins) back while the months are read: the
  * partitioned index is created on the parent alone (invalid, no rows read; partitions created

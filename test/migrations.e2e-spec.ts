@@ -144,22 +144,33 @@ describe('migrations (e2e)', () => {
     }
     const source = await new DataSource(dataSourceOptions(db)).initialize();
     const writing = new Client({ connectionString: db });
+    const reading = new Client({ connectionString: db });
     const writer = new Client({ connectionString: db });
-    await Promise.all([writing.connect(), writer.connect()]);
+    await Promise.all([writing.connect(), reading.connect(), writer.connect()]);
+    const until = async (what: string, sql: string): Promise<void> => {
+      for (let waited = 0; !(await writer.query(sql)).rowCount; waited += 50) {
+        assert.ok(waited < 10_000, what);
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+    };
     try {
+      // A long read of this month's events (an export, a verification) in progress all along.
+      await reading.query('BEGIN');
+      const [{ current }] = (await reading.query(`SELECT to_char(now() AT TIME ZONE 'UTC', '"audit_events_y"YYYY"m"MM') AS current`)).rows;
+      assert.notEqual(current, last, 'the read is on a month whose index the migration builds, not drops');
+      await reading.query(`SELECT count(*) FROM "${current}"`);
       // A write in progress when the migration starts, on a month it has yet to index: the build waits for it.
       await writing.query('BEGIN');
       const [{ month }] = (
         await writing.query(`INSERT INTO audit_events (type, created_at) VALUES ('LOGIN', now()) RETURNING tableoid::regclass::text AS month`)
       ).rows;
       assert.notEqual(month, last, 'the write goes to a month the migration still has to index');
-      const migrating = runMigrationsLocked(source);
-      for (let waited = 0; ; waited += 50) {
-        const { rowCount } = await writer.query(`SELECT 1 FROM pg_stat_activity WHERE query LIKE 'CREATE INDEX %' AND wait_event_type = 'Lock'`);
-        if (rowCount) break;
-        assert.ok(waited < 10_000, 'the build waits for the write in progress');
-        await new Promise((resolve) => setTimeout(resolve, 50));
-      }
+      let settled = false;
+      const migrating = runMigrationsLocked(source).finally(() => (settled = true));
+      await until(
+        'the build waits for the write in progress',
+        `SELECT 1 FROM pg_stat_activity WHERE query LIKE 'CREATE INDEX %' AND wait_event_type = 'Lock'`,
+      );
       // Meanwhile another event goes into that month at once (a plain CREATE INDEX would queue
       // a lock that held it back until the first write ended).
       await writer.query(`SET lock_timeout = '2s'`);
@@ -168,6 +179,16 @@ describe('migrations (e2e)', () => {
       );
       assert.equal(written[0].month, month);
       await writing.query('COMMIT');
+      // Every month indexed: the old indexes' drop needs the table, which the read holds.
+      await until('the months are indexed', `SELECT 1 FROM pg_index WHERE indexrelid = '"IDX_audit_events_user_time_type"'::regclass AND indisvalid`);
+      await until('the drop waits for the read', `SELECT 1 FROM pg_stat_activity WHERE query LIKE 'DROP INDEX %' AND wait_event_type = 'Lock'`);
+      // Meanwhile events are written at once (a drop waiting in the lock queue would hold them back).
+      for (let i = 0; i < 3; i++) {
+        await writer.query(`INSERT INTO audit_events (type, created_at) VALUES ('LOGIN', now())`);
+        await new Promise((resolve) => setTimeout(resolve, 300));
+      }
+      assert.equal(settled, false, 'the drop waits for the read to end');
+      await reading.query('COMMIT');
       await migrating;
 
       const { rows: indexes } = await writer.query<{ name: string; valid: boolean }>(
@@ -195,9 +216,10 @@ describe('migrations (e2e)', () => {
       );
       assert.ok(perMonth.length > 0 && perMonth.every((r) => r.n === 1), JSON.stringify(perMonth));
       const [{ count }] = await source.query(`SELECT count(*)::int AS count FROM audit_events`);
-      assert.equal(count, 2);
+      assert.equal(count, 5);
     } finally {
       await writing.end().catch(() => undefined);
+      await reading.end().catch(() => undefined);
       await writer.end();
       await source.destroy();
     }

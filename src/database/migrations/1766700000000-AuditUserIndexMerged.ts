@@ -1,4 +1,7 @@
+import { Logger } from '@nestjs/common';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { MigrationInterface, QueryRunner } from 'typeorm';
+import { pgErrorCode } from '../pg-errors';
 
 const INDEX = 'IDX_audit_events_user_time_type';
 const COLUMNS = `("user_id", "created_at", "seq", "type")`;
@@ -19,8 +22,10 @@ const COLUMNS = `("user_id", "created_at", "seq", "type")`;
  * locks out no writer), and the parent is valid once the last is. So outside a transaction;
  * every step can be repeated, so a run that stopped half way (a crash, a failed build, whose
  * invalid index is dropped and built again) is completed by the next. Creating the parent's
- * index and dropping the two old ones each wait for the audit writes under way (milliseconds)
- * and hold new ones back only that long.
+ * index and dropping the two old ones need the table itself, so they wait for whoever holds it
+ * (writes take milliseconds, but an export or a verification reads for minutes), and a lock
+ * request that waits makes every later writer queue behind it: so they wait at most
+ * LOCK_WAIT_MS at a time, let the writers by, and try again.
  */
 export class AuditUserIndexMerged1766700000000 implements MigrationInterface {
   name = 'AuditUserIndexMerged1766700000000';
@@ -29,7 +34,7 @@ export class AuditUserIndexMerged1766700000000 implements MigrationInterface {
   public async up(queryRunner: QueryRunner): Promise<void> {
     // Looked up first: even with IF NOT EXISTS, CREATE INDEX waits for the writes under way.
     const [{ exists }]: Array<{ exists: boolean }> = await queryRunner.query(`SELECT to_regclass($1) IS NOT NULL AS exists`, [`"${INDEX}"`]);
-    if (!exists) await queryRunner.query(`CREATE INDEX "${INDEX}" ON ONLY "audit_events" ${COLUMNS}`);
+    if (!exists) await lockingBriefly(queryRunner, `CREATE INDEX "${INDEX}" ON ONLY "audit_events" ${COLUMNS}`);
     const pending: Array<{ partition: string }> = await queryRunner.query(
       `SELECT c.relname AS partition FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
         WHERE i.inhparent = 'audit_events'::regclass
@@ -43,8 +48,8 @@ export class AuditUserIndexMerged1766700000000 implements MigrationInterface {
       await queryRunner.query(`CREATE INDEX CONCURRENTLY "${name}" ON "${partition}" ${COLUMNS}`);
       await queryRunner.query(`ALTER INDEX "${INDEX}" ATTACH PARTITION "${name}"`);
     }
-    await queryRunner.query(`DROP INDEX IF EXISTS "IDX_audit_events_user_time"`);
-    await queryRunner.query(`DROP INDEX IF EXISTS "IDX_audit_events_user_type_time"`);
+    await lockingBriefly(queryRunner, `DROP INDEX IF EXISTS "IDX_audit_events_user_time"`);
+    await lockingBriefly(queryRunner, `DROP INDEX IF EXISTS "IDX_audit_events_user_type_time"`);
   }
 
   /** In a transaction (TypeORM reverts that way), so built under the lock: a step back is for small logs. */
@@ -53,5 +58,27 @@ export class AuditUserIndexMerged1766700000000 implements MigrationInterface {
     await queryRunner.query(`CREATE INDEX "IDX_audit_events_user_time" ON "audit_events" ("user_id", "created_at", "seq")`);
     await queryRunner.query(`CREATE INDEX "IDX_audit_events_user_type_time" ON "audit_events" ("user_id", "type", "created_at", "seq")`);
     await queryRunner.query(`DROP INDEX "${INDEX}"`);
+  }
+}
+
+/** How long a statement that locks the whole log waits for it before it lets the writers by. */
+const LOCK_WAIT_MS = 200;
+/** PostgreSQL's lock_not_available: lock_timeout expired. */
+const LOCK_NOT_AVAILABLE = '55P03';
+
+/** Runs `statement` once it gets its locks within LOCK_WAIT_MS, trying again each second until then. */
+async function lockingBriefly(queryRunner: QueryRunner, statement: string): Promise<void> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await queryRunner.query(`SET lock_timeout = ${LOCK_WAIT_MS}`);
+      await queryRunner.query(statement);
+      return;
+    } catch (error) {
+      if (pgErrorCode(error) !== LOCK_NOT_AVAILABLE) throw error;
+      if (attempt % 60 === 0) new Logger('Migrations').warn(`Still waiting for a moment without long readers of audit_events to run: ${statement}`);
+      await sleep(1000);
+    } finally {
+      await queryRunner.query(`RESET lock_timeout`).catch(() => undefined);
+    }
   }
 }

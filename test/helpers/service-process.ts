@@ -71,7 +71,14 @@ export class ServiceProcess {
         // not JSON (metrics)
       }
       return { status: r.status, body, headers: r.headers };
-    });
+    }, this.explainFailure.bind(this));
+  }
+
+  /** A request that could not connect: if the process has died, says so with what it printed last. */
+  private explainFailure(error: unknown): never {
+    const ended = this.child.exitCode ?? this.child.signalCode;
+    if (ended !== null) throw new Error(`the service exited (${ended}); its last output:\n${this.output.slice(-4000)}`, { cause: error });
+    throw error;
   }
 
   async stop(): Promise<void> {

@@ -1,3 +1,4 @@
+import { Client, ClientConfig } from 'pg';
 import { DataSourceOptions } from 'typeorm';
 import { AuditEventEntity } from '../audit/audit-event.entity';
 import { RotatedRefreshTokenEntity } from '../sessions/rotated-refresh-token.entity';
@@ -57,6 +58,20 @@ export const MIGRATIONS = [
   AuditUserIndexMerged1766700000000,
 ];
 
+/**
+ * pg's Client that always has an 'error' listener. pg-pool listens only while a client is
+ * idle and TypeORM only while a query runner holds it, and a client with no listener turns
+ * the server's FATAL (a restart's 57P01) into an unhandled 'error' event that ends the
+ * process (seen in the multi-instance restart test). The failure still reaches whoever uses
+ * the client next: its query fails as the database being unavailable (503).
+ */
+class ListenedClient extends Client {
+  constructor(config?: string | ClientConfig) {
+    super(config);
+    this.on('error', () => undefined);
+  }
+}
+
 /** One definition for the app, the TypeORM CLI and the tests. Never `synchronize`. */
 export function dataSourceOptions(databaseUrl: string): DataSourceOptions {
   return {
@@ -77,6 +92,7 @@ export function dataSourceOptions(databaseUrl: string): DataSourceOptions {
     // per connection; the app's DatabaseOutageMonitor adds its own and logs an outage once.
     poolErrorHandler: () => undefined,
     extra: {
+      Client: ListenedClient,
       max: 20,
       // How long a request may wait for a connection, new or from the pool. A refused
       // connection fails at once anyway; this bounds the other outages (a black-holed host, a

@@ -169,7 +169,7 @@ describe('migrations (e2e)', () => {
       const migrating = runMigrationsLocked(source).finally(() => (settled = true));
       await until(
         'the build waits for the write in progress',
-        `SELECT 1 FROM pg_stat_activity WHERE query LIKE 'CREATE INDEX %' AND wait_event_type = 'Lock'`,
+        `SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'CREATE INDEX %' AND wait_event_type = 'Lock'`,
       );
       // Meanwhile another event goes into that month at once (a plain CREATE INDEX would queue
       // a lock that held it back until the first write ended).
@@ -181,7 +181,10 @@ describe('migrations (e2e)', () => {
       await writing.query('COMMIT');
       // Every month indexed: the old indexes' drop needs the table, which the read holds.
       await until('the months are indexed', `SELECT 1 FROM pg_index WHERE indexrelid = '"IDX_audit_events_user_time_type"'::regclass AND indisvalid`);
-      await until('the drop waits for the read', `SELECT 1 FROM pg_stat_activity WHERE query LIKE 'DROP INDEX %' AND wait_event_type = 'Lock'`);
+      await until(
+        'the drop waits for the read',
+        `SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'DROP INDEX %' AND wait_event_type = 'Lock'`,
+      );
       // Meanwhile events are written at once (a drop waiting in the lock queue would hold them back).
       for (let i = 0; i < 3; i++) {
         await writer.query(`INSERT INTO audit_events (type, created_at) VALUES ('LOGIN', now())`);

@@ -210,11 +210,10 @@ export class AuditService {
    * Newest first, keyset-paginated. By created_at and seq for a user's events and for a time
    * filter: the (user_id, created_at, seq, type), (created_at, seq) and (type, created_at, seq)
    * indexes give that order within each month (a user's page of one type tests the type on the
-   * first index's entries), and created_at is
-   * the partition key, so PostgreSQL reads the months newest first and stops once the page is
-   * full (in seq order a user's page merged every month's index, reading in each; a time filter
-   * walked `seq` backwards past every newer event: seconds at 10M events). By `seq` (the
-   * insertion order) otherwise: no filter, or a type alone. The two orders differ only between
+   * first index's entries), and created_at is the partition key, so PostgreSQL reads the months
+   * newest first and stops once the page is full (in seq order a user's page merged every
+   * month's index, reading in each; a time filter walked `seq` backwards past every newer
+   * event: seconds at 10M events). By `seq` (the insertion order) otherwise: no filter, or a type alone. The two orders differ only between
    * events written within the same instants by concurrent transactions.
    */
   async list(query: AuditQuery): Promise<AuditPage> {

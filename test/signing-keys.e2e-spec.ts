@@ -174,7 +174,11 @@ describe('signing keys: ring, rotation, JWKS (e2e)', () => {
       JSON.stringify({
         published,
         oldKid,
-        ring: (a.app.get(KeyRing) as unknown as { byKid: Map<string, { state: string; verifyUntil: Date | null }> }).byKid,
+        // What instance a holds (a Map serialises as {}), what the table holds, and both clocks.
+        ring: [...(a.app.get(KeyRing) as unknown as { byKid: Map<string, { state: string; verifyUntil: Date | null }> }).byKid].map(
+          ([kid, { state, verifyUntil }]) => ({ kid, state, verifyUntil }),
+        ),
+        rows: await a.db.query(`SELECT kid, state, verify_until, retired_at, now() AS db_now FROM signing_keys ORDER BY created_at`),
         now: new Date(),
       }),
     );

@@ -10,7 +10,7 @@ import { AuditChainService } from '../src/audit/audit-chain.service';
 import { AuditCheckpointTask } from '../src/audit/audit-checkpoint.task';
 import { ConfigService } from '@nestjs/config';
 import { DataSource, DataSourceOptions } from 'typeorm';
-import { PG_MICROS_UTC } from '../src/audit/audit-chain';
+import { GENESIS_HASH, LOCK_HEADS, PG_MICROS_UTC } from '../src/audit/audit-chain';
 import { AuditBaseSets } from '../src/audit/audit-base-sets';
 import { AuditVerifierService } from '../src/audit/audit-verifier.service';
 import { microsUtcOf, runVerifyPass, VERIFY_PASS_SETTINGS } from '../src/audit/audit-verify-pass';
@@ -641,6 +641,30 @@ describe('locking audit chain heads (e2e)', () => {
         if (r.isTransactionActive) await r.rollbackTransaction();
         await r.release();
       }
+    }
+  });
+
+  it('sends only the heads it found missing to the INSERT: no conflict check for the ones that exist', async () => {
+    t = await createTestApp({ DATABASE_URL: await freshDatabase() });
+    const users = [await registerUser(t.http), await registerUser(t.http)];
+    const runner = t.app.get(DataSource).createQueryRunner();
+    try {
+      await runner.startTransaction();
+      const keys = [...users.map((u) => u.id), 'not-there-yet'].sort();
+      const [{ 'QUERY PLAN': plan }] = await runner.query(`EXPLAIN (ANALYZE, FORMAT JSON) ${LOCK_HEADS}`, [keys, GENESIS_HASH]);
+      const nodes: Array<Record<string, unknown>> = [];
+      const walk = (node: Record<string, unknown>) => {
+        nodes.push(node);
+        for (const child of (node.Plans as Array<Record<string, unknown>>) ?? []) walk(child);
+      };
+      walk((plan as Array<{ Plan: Record<string, unknown> }>)[0].Plan);
+      const insert = nodes.find((n) => n['Node Type'] === 'ModifyTable' && n.Operation === 'Insert')!;
+      // The rows offered to the INSERT: only the missing key (until 0.13.8, all three).
+      assert.equal((insert.Plans as Array<{ 'Actual Rows': number }>)[0]['Actual Rows'], 1);
+      assert.equal(insert['Actual Rows'], 1);
+    } finally {
+      if (runner.isTransactionActive) await runner.rollbackTransaction();
+      await runner.release();
     }
   });
 });

@@ -33,24 +33,29 @@ export interface ChainHeadRow {
  *
  * Existing heads are locked with FOR UPDATE, which writes no new row version (0.9.0's upsert,
  * `DO UPDATE SET position = h.position`, wrote one per head, and the append then wrote
- * another). Missing heads are created by the INSERT, which holds them as its own. A head that
- * another transaction created after this statement's snapshot is in neither part: lockHeads
- * asks again for it (the next statement sees it).
+ * another). Only the keys that lock found no head for go to the INSERT, which holds what it
+ * creates as its own: until 0.13.8 every key went through the INSERT first, whose conflict
+ * check cost an index descent per head that nearly always exists (a cleanup batch's 250 heads
+ * at 1M chains: 5.7–6.3 ms before, 3.8–4.3 ms after, `EXPLAIN ANALYZE`). A head that another
+ * transaction created after this statement's snapshot is in neither part: lockHeads asks again
+ * for it (the next statement sees it). The outer query reads `locked` first and `created`
+ * after it, so the last row's clock is read once every lock is held.
  */
 export const LOCK_HEADS = `
-  WITH created AS (
-    INSERT INTO audit_chain_heads (chain_key, position, hash)
-    SELECT k, 0, $2 FROM unnest($1::text[]) AS k ORDER BY k
-    ON CONFLICT (chain_key) DO NOTHING
-    RETURNING chain_key, position, hash, last_event_at
-  ), locked AS (
+  WITH locked AS (
     SELECT chain_key, position, hash, last_event_at FROM audit_chain_heads
      WHERE chain_key = ANY($1::text[]) ORDER BY chain_key FOR UPDATE
+  ), created AS (
+    INSERT INTO audit_chain_heads (chain_key, position, hash)
+    SELECT k, 0, $2 FROM unnest($1::text[]) AS k
+     WHERE k NOT IN (SELECT chain_key FROM locked) ORDER BY k
+    ON CONFLICT (chain_key) DO NOTHING
+    RETURNING chain_key, position, hash, last_event_at
   )
   SELECT h.chain_key, h.position::text AS position, h.hash,
          to_char(clock_timestamp() AT TIME ZONE 'UTC', ${PG_MICROS_UTC}) AS now,
          to_char(h.last_event_at AT TIME ZONE 'UTC', ${PG_MICROS_UTC}) AS last_event_at
-    FROM (SELECT * FROM created UNION ALL SELECT * FROM locked) AS h`;
+    FROM (SELECT * FROM locked UNION ALL SELECT * FROM created) AS h`;
 
 /**
  * LOCK_HEADS for one chain whose head exists (nearly every append: a user's own events): a plain

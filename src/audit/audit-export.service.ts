@@ -116,13 +116,21 @@ export class AuditExportService {
     let reading: Promise<void> | undefined;
     /** Whether a FETCH is running now (the consumer asked for more and it has not come back yet). */
     let fetching = false;
+    let closing: Promise<void> | undefined;
+    /** Ends the transaction, gives the connection back and frees the export's slot, once. */
+    const close = () => (closing ??= snapshot.close().finally(onClosed));
     const stream: Readable = new Readable({
       // Node asks for the next chunk only once the previous one was pushed: one query at a time.
       read: () => {
         fetching = true;
         reading = nextChunk().then(
-          ({ text, last }) => {
+          async ({ text, last }) => {
             fetching = false;
+            if (stream.destroyed) return;
+            // Before the last chunk goes out, not after the stream ends: a client that has its
+            // seal finds the connection back in the pool and the export's slot free (it could
+            // start the next export at once and be refused as one too many).
+            if (last) await close().catch(() => undefined);
             if (stream.destroyed) return;
             stream.push(text);
             if (last) stream.push(null);
@@ -138,15 +146,15 @@ export class AuditExportService {
       },
       // Called once, whether the stream ended, failed or was destroyed by its consumer. A FETCH
       // still running is cancelled (it has no statement timeout, and may read far to fill its
-      // batch for a client that is gone), then the transaction ends: the connection runs one
-      // statement at a time. The ROLLBACK waits for the cancel to be sent, so that a cancel that
-      // missed the FETCH lands while the connection waits for its client (ignored there), not
-      // on the ROLLBACK (close() copes with that too).
+      // batch for a client that is gone), then the transaction ends (unless the last chunk
+      // ended it already): the connection runs one statement at a time. The ROLLBACK waits for
+      // the cancel to be sent, so that a cancel that missed the FETCH lands while the connection
+      // waits for its client (ignored there), not on the ROLLBACK (close() copes with that too).
       destroy: (error, callback) => {
         const cancelled = fetching ? snapshot.cancel(this.dataSource, this.logger) : undefined;
         void Promise.all([reading, cancelled])
-          .then(() => snapshot.close())
-          .finally(onClosed)
+          .catch(() => undefined)
+          .then(close)
           .then(
             () => callback(error),
             (closeError: Error) => callback(error ?? closeError),

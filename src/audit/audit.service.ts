@@ -213,8 +213,9 @@ export class AuditService {
    * first index's entries), and created_at is the partition key, so PostgreSQL reads the months
    * newest first and stops once the page is full (in seq order a user's page merged every
    * month's index, reading in each; a time filter walked `seq` backwards past every newer
-   * event: seconds at 10M events). By `seq` (the insertion order) otherwise: no filter, or a type alone. The two orders differ only between
-   * events written within the same instants by concurrent transactions.
+   * event: seconds at 10M events). By `seq` (the insertion order) otherwise: no filter, or a
+   * type alone. The two orders differ only between events written within the same instants by
+   * concurrent transactions.
    */
   async list(query: AuditQuery): Promise<AuditPage> {
     const byTime = Boolean(query.userId) || query.from !== undefined || query.to !== undefined;

@@ -10,7 +10,8 @@ import { AuditChainService } from '../src/audit/audit-chain.service';
 import { AuditCheckpointTask } from '../src/audit/audit-checkpoint.task';
 import { ConfigService } from '@nestjs/config';
 import { DataSource, DataSourceOptions } from 'typeorm';
-import { GENESIS_HASH, LOCK_HEADS, PG_MICROS_UTC } from '../src/audit/audit-chain';
+import { cleanupChainKey, GENESIS_HASH, LOCK_HEADS, PG_MICROS_UTC } from '../src/audit/audit-chain';
+import { SessionMaintenanceService } from '../src/sessions/session-maintenance.service';
 import { AuditBaseSets } from '../src/audit/audit-base-sets';
 import { AuditVerifierService } from '../src/audit/audit-verifier.service';
 import { microsUtcOf, runVerifyPass, VERIFY_PASS_SETTINGS } from '../src/audit/audit-verify-pass';
@@ -25,7 +26,7 @@ import { dataSourceOptions, MIGRATIONS } from '../src/database/data-source.optio
 import { AuditCheckpointHeads1766300000000 } from '../src/database/migrations/1766300000000-AuditCheckpointHeads';
 import { runMigrationsLocked } from '../src/database/migrate';
 import { tamper } from './helpers/db';
-import { recordStatements, Statement, textOf } from './helpers/query-runners';
+import { recordQueryRunners, recordStatements, Statement, textOf } from './helpers/query-runners';
 
 interface Fixture {
   t: TestApp;
@@ -109,6 +110,32 @@ async function assertBroken(f: Fixture, firstBrokenId: string | null, reason: Re
   if (firstBrokenId) assert.match(run.stdout, new RegExp(`first broken event: ${firstBrokenId}`));
   assert.match(run.stdout, reason);
 }
+
+/**
+ * The result on the app's own number of workers, on this thread (0 workers), on three workers
+ * with the smallest passes, and with one early row allowed (chains out of order deferred).
+ */
+const everyWay = async (f: Fixture) => {
+  const config = f.t.app.get(ConfigService);
+  const variants: Array<Record<string, number>> = [
+    {},
+    { AUDIT_VERIFY_WORKERS: 0 },
+    { AUDIT_VERIFY_WORKERS: 3, AUDIT_VERIFY_CHAINS_PER_PASS: 1000 },
+    { AUDIT_VERIFY_WORKERS: 2, pendingLimit: 1 },
+  ];
+  return Promise.all(
+    variants.map(async (v) => {
+      const verifier = new AuditVerifierService(f.t.app.get(DataSource), f.t.app.get(AuditBaseSets), {
+        get: (name: string, options?: unknown) => (name in v ? v[name] : config.get(name, options as never)),
+      } as unknown as ConfigService<AppConfig, true>);
+      // Workers even for this small log (they start only from 100k events otherwise).
+      verifier.minEventsForWorkers = 0;
+      if (v.pendingLimit !== undefined) verifier.pendingLimit = v.pendingLimit;
+      const { ok, checked, firstBrokenId, reason, chains } = await verifier.verify();
+      return { ok, checked, firstBrokenId, reason, chains };
+    }),
+  );
+};
 
 describe('audit hash chain (e2e)', () => {
   const opened: TestApp[] = [];
@@ -308,6 +335,114 @@ describe('audit hash chain (e2e)', () => {
     const body = await apiVerify(f);
     assert.equal(body.ok, false);
     assert.ok(body.firstBrokenId === target || body.firstBrokenId === null, JSON.stringify(body));
+  });
+
+  /**
+   * Ends every session of `user` and `other` by the cleanup (one lane of one), with deadlines
+   * that make the two users' SESSION_EXPIRED events alternate in the lane's chain: user, other,
+   * user, user. Returns them in chain order.
+   */
+  const endByCleanup = async (f: Fixture): Promise<Array<{ id: string; user_id: string; chain_key: string; chain_pos: number }>> => {
+    await f.t.db.query(
+      `UPDATE sessions s SET idle_expires_at = now() - interval '1 hour' + o.n * interval '1 second'
+         FROM (SELECT id, 2 * row_number() OVER (PARTITION BY user_id ORDER BY created_at) + (user_id = $2)::int AS n
+                 FROM sessions WHERE user_id IN ($1, $2) AND ended_at IS NULL) o
+        WHERE s.id = o.id`,
+      [f.user.id, f.other.id],
+    );
+    const ended = await f.t.app.get(SessionMaintenanceService).endExpiredSessions(250, { index: 0, of: 1 });
+    assert.equal(ended, 4);
+    const events = await f.t.db.query(
+      `SELECT id, user_id, chain_key, chain_pos::int AS chain_pos FROM audit_events WHERE type = 'SESSION_EXPIRED' ORDER BY chain_key, chain_pos`,
+    );
+    assert.deepEqual(
+      events.map((e: { user_id: string }) => e.user_id),
+      [f.user.id, f.other.id, f.user.id, f.user.id],
+    );
+    return events;
+  };
+
+  it("chains the cleanup's SESSION_EXPIRED events in its lane's own chain, whichever users they name, and moves no user's head; the log verifies", async () => {
+    const f = await open();
+    const usersHeads = `SELECT chain_key, position::int AS position, hash FROM audit_chain_heads WHERE chain_key IN ($1, $2) ORDER BY chain_key`;
+    const headsBefore = await f.t.db.query(usersHeads, [f.user.id, f.other.id]);
+    const events = await endByCleanup(f);
+    assert.deepEqual(
+      events.map((e) => [e.chain_key, e.chain_pos]),
+      [1, 2, 3, 4].map((at) => [cleanupChainKey(0), at]),
+    );
+    assert.deepEqual(await f.t.db.query(usersHeads, [f.user.id, f.other.id]), headsBefore);
+    const [lane] = await f.t.db.query(`SELECT position::int AS position FROM audit_chain_heads WHERE chain_key = $1`, [cleanupChainKey(0)]);
+    assert.equal(lane.position, 4);
+    // The lane's next batch appends to the head this instance remembers: one statement, no lock first.
+    const tokens = await login(f.t.http, f.user);
+    await f.t.db.query(`UPDATE sessions SET idle_expires_at = now() - interval '1 minute' WHERE id = $1`, [tokens.sessionId]);
+    const spy = recordQueryRunners(f.t.app.get(DataSource));
+    try {
+      assert.equal(await f.t.app.get(SessionMaintenanceService).endExpiredSessions(250, { index: 0, of: 1 }), 1);
+    } finally {
+      spy.restore();
+    }
+    const chainStatements = spy.runners
+      .flat()
+      .map(textOf)
+      .filter((s) => /audit_chain_heads/.test(s));
+    assert.equal(chainStatements.length, 1, chainStatements.join('\n---\n'));
+    assert.match(chainStatements[0], /WITH moved AS/);
+    const [next] = await f.t.db.query(
+      `SELECT chain_key, chain_pos::int AS chain_pos FROM audit_events WHERE session_id = $1 AND type = 'SESSION_EXPIRED'`,
+      [tokens.sessionId],
+    );
+    assert.deepEqual(next, { chain_key: cleanupChainKey(0), chain_pos: 5 });
+    const [{ n }] = await f.t.db.query(`SELECT count(*)::int AS n FROM audit_events`);
+    assert.deepEqual(await apiVerify(f), { ok: true, checked: n, firstBrokenId: null, reason: null });
+    for (const r of await everyWay(f)) assert.equal(r.ok, true, r.reason ?? '');
+  });
+
+  it("detects a cleanup event given to another user (by its hash: a lane's chain holds many users' events) and one deleted from the lane's chain", async () => {
+    const f = await open();
+    const events = await endByCleanup(f);
+    await tamper(f.t.db, `UPDATE audit_events SET user_id = $2 WHERE id = $1`, [events[2].id, f.other.id]);
+    await assertBroken(f, events[2].id, /does not match its hash: it was altered/);
+    for (const r of await everyWay(f)) assert.equal(r.firstBrokenId, events[2].id);
+    await tamper(f.t.db, `UPDATE audit_events SET user_id = $2 WHERE id = $1`, [events[2].id, f.user.id]);
+    assert.equal((await apiVerify(f)).ok, true);
+    await tamper(f.t.db, `DELETE FROM audit_events WHERE id = $1`, [events[1].id]);
+    await assertBroken(f, events[2].id, /position 3 of chain cleanup:0, where 2 was expected/);
+  });
+
+  it("exports a user's events with the lanes' events of that user alone: the file verifies (gaps in a lane are other users' events), a deleted line of the user's own chain still fails it", async () => {
+    const f = await open();
+    const events = await endByCleanup(f);
+    const file = join(dir, `user-${f.user.id}.ndjson`);
+    const exported = await runCli(f.url, 'audit-export', '--user-id', f.user.id, '--out', file);
+    assert.equal(exported.code, 0, exported.stdout + exported.stderr);
+    const text = readFileSync(file, 'utf8');
+    const lines = text
+      .trimEnd()
+      .split('\n')
+      .map((l) => JSON.parse(l) as { id?: string; chainKey?: string; position?: number });
+    assert.deepEqual(
+      lines.filter((l) => l.chainKey === cleanupChainKey(0)).map((l) => l.position),
+      [1, 3, 4],
+    );
+    const run = await runCli(f.url, 'audit-verify', '--file', file);
+    assert.equal(run.code, 0, run.stdout + run.stderr);
+    assert.match(run.stdout, /^Audit export: INTACT$/m);
+    assert.match(run.stdout, /authenticated alone: +1 /);
+    assert.deepEqual(
+      lines.filter((l) => l.chainKey === cleanupChainKey(0)).map((l) => l.id),
+      events.filter((e) => e.user_id === f.user.id).map((e) => e.id),
+    );
+    // The user's own chain is whole in it: a line taken out of it (and the seal left as it was) is named by the gap.
+    const own = lines.flatMap((l, i) => (l.chainKey === f.user.id ? [i] : []));
+    const cut = lines.filter((_, i) => i !== own[2]);
+    const cutFile = join(dir, `user-cut-${f.user.id}.ndjson`);
+    writeFileSync(cutFile, cut.map((l) => `${JSON.stringify(l)}\n`).join(''));
+    const broken = await runCli(f.url, 'audit-verify', '--file', cutFile);
+    assert.equal(broken.code, 1, broken.stdout + broken.stderr);
+    assert.match(broken.stdout, new RegExp(`first broken line: +${own[2] + 1} \\(event ${lines[own[3]].id}\\)`));
+    assert.match(broken.stdout, /this export holds whole chains: lines between them were deleted/);
   });
 
   it('detects a whole chain deleted, its head included, by the checkpoint that recorded it', async () => {
@@ -678,31 +813,6 @@ describe('audit verification passes (e2e)', () => {
     const f = await fixture(overrides);
     opened.push(f.t);
     return f;
-  };
-  /**
-   * The result on the app's own number of workers, on this thread (0 workers), on three workers
-   * with the smallest passes, and with one early row allowed (chains out of order deferred).
-   */
-  const everyWay = async (f: Fixture) => {
-    const config = f.t.app.get(ConfigService);
-    const variants: Array<Record<string, number>> = [
-      {},
-      { AUDIT_VERIFY_WORKERS: 0 },
-      { AUDIT_VERIFY_WORKERS: 3, AUDIT_VERIFY_CHAINS_PER_PASS: 1000 },
-      { AUDIT_VERIFY_WORKERS: 2, pendingLimit: 1 },
-    ];
-    return Promise.all(
-      variants.map(async (v) => {
-        const verifier = new AuditVerifierService(f.t.app.get(DataSource), f.t.app.get(AuditBaseSets), {
-          get: (name: string, options?: unknown) => (name in v ? v[name] : config.get(name, options as never)),
-        } as unknown as ConfigService<AppConfig, true>);
-        // Workers even for this small log (they start only from 100k events otherwise).
-        verifier.minEventsForWorkers = 0;
-        if (v.pendingLimit !== undefined) verifier.pendingLimit = v.pendingLimit;
-        const { ok, checked, firstBrokenId, reason, chains } = await verifier.verify();
-        return { ok, checked, firstBrokenId, reason, chains };
-      }),
-    );
   };
 
   it('checks each chain in position order whatever order its rows lie in the table', async () => {

@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { Client } from 'pg';
 import { SchedulerRegistry } from '@nestjs/schedule';
+import { cleanupChainKey } from '../src/audit/audit-chain';
 import { AuditVerifierService } from '../src/audit/audit-verifier.service';
 import { SESSIONS_CLEANUP_JOB, SessionsCleanupTask } from '../src/sessions/sessions-cleanup.task';
 import { auditRows, sessionRow } from './helpers/db';
@@ -301,7 +302,7 @@ describe('sessions cleanup task (e2e)', () => {
     assert.equal(await endedOf(failing), 10);
   });
 
-  it("ends many users' sessions in two lanes side by side, each user's in one lane, every event chained", async () => {
+  it("ends many users' sessions in two lanes side by side, each user's in one lane, every event chained in its lane's chain", async () => {
     const users = await Promise.all(Array.from({ length: 12 }, () => registerUser(t.http)));
     const ids = users.map((u) => u.id);
     await t.db.query(
@@ -328,6 +329,27 @@ describe('sessions cleanup task (e2e)', () => {
       perUser.reduce((n, r) => n + r.events, 0),
       1100,
     );
+    // Each event in the chain of the lane its user hashes to; each lane's chain (this file's
+    // earlier ticks appended to them too) holds positions 1, 2, … without a gap.
+    const laneChains: Array<{ chain_key: string; ours: number; elsewhere: number }> = await t.db.query(
+      `SELECT chain_key, count(*) FILTER (WHERE user_id = ANY($1))::int AS ours,
+              count(*) FILTER (WHERE user_id = ANY($1) AND chain_key <> 'cleanup:' || abs(hashtext(user_id::text) % 2))::int AS elsewhere
+         FROM audit_events WHERE type = 'SESSION_EXPIRED' GROUP BY 1 ORDER BY 1`,
+      [ids],
+    );
+    assert.deepEqual(
+      laneChains.map((l) => l.chain_key),
+      [cleanupChainKey(0), cleanupChainKey(1)],
+    );
+    assert.ok(
+      laneChains.every((l) => l.ours > 0 && l.elsewhere === 0),
+      JSON.stringify(laneChains),
+    );
+    const positions: Array<{ chain_key: string; events: number; first: number; last: number }> = await t.db.query(
+      `SELECT chain_key, count(*)::int AS events, min(chain_pos)::int AS first, max(chain_pos)::int AS last
+         FROM audit_events WHERE chain_key LIKE 'cleanup:%' GROUP BY 1`,
+    );
+    for (const p of positions) assert.deepEqual([p.first, p.last], [1, p.events], p.chain_key);
     const verification = await t.app.get(AuditVerifierService).verify();
     assert.equal(verification.ok, true, verification.reason ?? '');
   });

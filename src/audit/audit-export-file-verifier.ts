@@ -1,5 +1,5 @@
 import { createReadStream } from 'node:fs';
-import { chainedEventOf, chainKeyOf, GENESIS_HASH, matchesEventHash, sameMac } from './audit-chain';
+import { belongsToChain, chainedEventOf, GENESIS_HASH, isSharedChain, matchesEventHash, sameMac } from './audit-chain';
 import {
   AuditExportFilterFields,
   AuditExportLine,
@@ -7,7 +7,7 @@ import {
   EVENT_LINE_FIELDS,
   EXPORT_FORMAT,
   ExportDigest,
-  holdsWholeChains,
+  holdsWholeChain,
   sealMac,
   storedRowOf,
 } from './audit-export-format';
@@ -22,7 +22,8 @@ import {
  * - A line at the position right after the previous line of its chain (or at position 1) is
  *   linked: its prevHash must be that line's hash (or the genesis hash). A line after a gap is
  *   authenticated alone, as a filtered export has gaps by design; in an export that holds whole
- *   chains (no time or type filter, as its seal says) a gap is a deleted line.
+ *   chains (no time or type filter, as its seal says; a user filter keeps the user's own chain
+ *   whole, not a shared one) a gap is a deleted line.
  * - The seal, the last line, must be authentic (its MAC) and match the lines before it (their
  *   count and digest): lines deleted, inserted or reordered, or a file cut short, are caught here.
  */
@@ -60,8 +61,11 @@ export async function verifyExportFile(path: string, key: string): Promise<Expor
   const chains = new Map<string, { position: number; hash: string; line: number }>();
   const digest = new ExportDigest();
   let failure: Problem | undefined;
-  /** The first gap: a deleted line if the seal says the chains are whole, expected otherwise. */
-  let gap: Problem | undefined;
+  /**
+   * The first gap in a user's (or the global) chain and in a shared chain: a deleted line if the
+   * seal says such a chain is whole (holdsWholeChain), expected otherwise.
+   */
+  const gaps: { own?: Problem & { chainKey: string }; shared?: Problem & { chainKey: string } } = {};
   let seal: { value: AuditExportSeal; line: number } | undefined;
   let lineNo = 0;
   const fail = (problem: Problem) => {
@@ -112,7 +116,7 @@ export async function verifyExportFile(path: string, key: string): Promise<Expor
         });
         continue;
       }
-      if (chainKeyOf(line.userId) !== line.chainKey) {
+      if (!belongsToChain(line.chainKey, line.userId)) {
         fail({
           line: lineNo,
           id,
@@ -136,7 +140,8 @@ export async function verifyExportFile(path: string, key: string): Promise<Expor
         // drops whole months, and the chain then starts at its base. Lines deleted before it
         // are still caught by the seal.
         if (previous) {
-          gap ??= {
+          gaps[isSharedChain(line.chainKey) ? 'shared' : 'own'] ??= {
+            chainKey: line.chainKey,
             line: lineNo,
             id,
             reason: `Line ${lineNo} (event ${id}) is at position ${line.position} of chain ${line.chainKey}, but the line before it in this chain (line ${previous.line}) is at position ${previous.position}, and this export holds whole chains: lines between them were deleted`,
@@ -189,7 +194,7 @@ export async function verifyExportFile(path: string, key: string): Promise<Expor
           reason: `The seal (line ${seal.line}) covers ${seal.value.lines} lines, and the ${result.lines} before it differ from them: lines were deleted, inserted or reordered, or their seq changed`,
         });
       }
-      if (gap && holdsWholeChains(seal.value.filter)) problems.push(gap);
+      for (const gap of [gaps.own, gaps.shared]) if (gap && holdsWholeChain(seal.value.filter, gap.chainKey)) problems.push(gap);
     }
   }
   const first = problems.sort((a, b) => a.line - b.line)[0];

@@ -1,5 +1,5 @@
 import { createHash, createHmac } from 'node:crypto';
-import type { StoredEventRow } from './audit-chain';
+import { isSharedChain, type StoredEventRow } from './audit-chain';
 import type { AuditFilter } from './audit.service';
 
 /**
@@ -142,13 +142,14 @@ export function sealFilterOf(filter: AuditFilter): AuditExportFilterFields {
 }
 
 /**
- * True when the export holds every chain it touches whole, from its first stored event (its
- * base, after retention): no time or type filter (a user filter keeps that user's chain whole).
- * Then a gap in a chain is a deleted line. With a time filter a chain may start anywhere; with a
- * type filter gaps are the rule.
+ * True when the export holds the given chain whole, from its first stored event (its base,
+ * after retention): no time or type filter, and no user filter for a shared chain (a user filter
+ * keeps that user's own chain whole, but takes only that user's events of a shared one). Then a
+ * gap in the chain is a deleted line. With a time filter a chain may start anywhere; with a type
+ * filter gaps are the rule.
  */
-export function holdsWholeChains(filter: AuditExportFilterFields): boolean {
-  return filter.from === null && filter.to === null && filter.type === null;
+export function holdsWholeChain(filter: AuditExportFilterFields, chainKey: string): boolean {
+  return filter.from === null && filter.to === null && filter.type === null && (filter.userId === null || !isSharedChain(chainKey));
 }
 
 export function sealMac(key: string, seal: Omit<AuditExportSeal, 'mac'>): string {

@@ -1,6 +1,6 @@
 import type { Client, PoolClient } from 'pg';
 import { streamRows } from '../database/stream-rows';
-import { canonicalFields, canonicalJson, chainKeyOf, GENESIS_HASH, matchesCanonicalHash, sameMac } from './audit-chain';
+import { belongsToChain, canonicalFields, canonicalJson, GENESIS_HASH, matchesCanonicalHash, sameMac } from './audit-chain';
 import { legacyBaseMac } from './audit-base-sets';
 
 /**
@@ -208,7 +208,7 @@ export async function runVerifyPass(client: Client | PoolClient, input: PassInpu
   /** Checks an event in its chain's position order (as a walk by position would): its user, its link, its hash. */
   const checkInOrder = (chainKey: string, chain: ChainState, e: Pending): void => {
     const [id, type, userId, sessionId, ipAddress, userAgent, metadata, createdAt, , , prevHash, hash] = e.row;
-    if (chainKeyOf(userId) !== chainKey) {
+    if (!belongsToChain(chainKey, userId)) {
       chain.broken = true;
       brokenAt(chainKey, e.at, id, `Event ${id} names user ${userId ?? 'none'} but belongs to chain ${chainKey}: it was moved to another user`);
     } else if (prevHash !== chain.hash) {

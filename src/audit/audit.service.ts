@@ -9,7 +9,7 @@ import { sql } from '../database/sql';
 import { DomainEventPublisher } from '../events/domain-event-publisher';
 import { domainEventOf } from '../events/domain-events';
 import { auditEventId } from './audit-event-id';
-import { canonicalJson, chainKeyOf, ChainedEvent, eventHash, microsOfTime, timeOfMicros } from './audit-chain';
+import { canonicalJson, chainKeyOf, ChainedEvent, eventHash, isSharedChain, microsOfTime, timeOfMicros } from './audit-chain';
 import { ChainHeadCache } from './chain-head-cache';
 import { lockHeads } from './lock-heads';
 import { RememberedHeadOdds } from './remembered-head-odds';
@@ -108,7 +108,21 @@ export class AuditService {
     this.key = config.get('AUDIT_HMAC_KEY', { infer: true });
   }
 
+  /** Appends the events, each to its user's chain (or the global one), in the caller's transaction. */
   async record(em: EntityManager, ...events: AuditEventInput[]): Promise<void> {
+    await this.append(em, events, (e) => chainKeyOf(e.userId));
+  }
+
+  /**
+   * Appends the events to one shared chain (see cleanupChainKey), whichever users they name: a
+   * batch of many users' events then moves one head instead of one per user.
+   */
+  async recordInSharedChain(em: EntityManager, chainKey: string, events: AuditEventInput[]): Promise<void> {
+    if (!isSharedChain(chainKey)) throw new Error(`${chainKey} is not a shared audit chain`);
+    await this.append(em, events, () => chainKey);
+  }
+
+  private async append(em: EntityManager, events: AuditEventInput[], chainOf: (e: AuditEventInput) => string): Promise<void> {
     if (!events.length) return;
     const metadata = events.map((e) => safeMetadata(e.metadata ?? {}));
     const rows: EventRow[] = events.map((e, i) => ({
@@ -119,7 +133,7 @@ export class AuditService {
       ipAddress: e.client?.ipAddress ?? null,
       userAgent: e.client?.userAgent ?? null,
       metadata: canonicalJson(metadata[i]),
-      chainKey: chainKeyOf(e.userId),
+      chainKey: chainOf(e),
     }));
     const keys = [...new Set(rows.map((r) => r.chainKey))].sort();
     const known = keys.length === 1 ? this.knownHeads.get(keys[0]) : undefined;

@@ -1,6 +1,7 @@
 import { Injectable } from '@nestjs/common';
 import { InjectDataSource } from '@nestjs/typeorm';
 import { DataSource, EntityManager } from 'typeorm';
+import { cleanupChainKey } from '../audit/audit-chain';
 import { AuditService } from '../audit/audit.service';
 import { sql } from '../database/sql';
 import { SessionEndReason } from './session.entity';
@@ -52,8 +53,8 @@ export class SessionMaintenanceService {
    * The session ended at its deadline, so that is what ended_at records.
    *
    * `lane` (the lane's number and the number of lanes) takes only the sessions of the users
-   * that hash to that lane, so that batches running side by side never share a user, and so
-   * never wait for each other's lock on the user's audit chain head.
+   * that hash to that lane, so that batches running side by side never share a user. The
+   * events go to the lane's own audit chain (cleanupChainKey), one head a batch.
    */
   async endExpiredSessions(limit: number, lane: { index: number; of: number } = { index: 0, of: 1 }): Promise<number> {
     return this.dataSource.transaction(async (em) => {
@@ -79,9 +80,10 @@ export class SessionMaintenanceService {
         [limit, lane.of, lane.index],
       );
       this.sessions.forgetEnded(rows.map((r) => r.id));
-      await this.audit.record(
+      await this.audit.recordInSharedChain(
         em,
-        ...rows.map((r) => ({
+        cleanupChainKey(lane.index),
+        rows.map((r) => ({
           type: 'SESSION_EXPIRED' as const,
           userId: r.user_id,
           sessionId: r.id,

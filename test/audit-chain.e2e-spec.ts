@@ -85,17 +85,20 @@ async function recordedAppendKinds(t: TestApp, userId: string, rollBack = false)
   return statements
     .map(textOf)
     .filter((s) => !/^(COMMIT|ROLLBACK)$/.test(s))
-    .map((s) =>
-      /moved AS/.test(s)
-        ? 'try'
-        : /INSERT INTO audit_chain_heads/.test(s)
-          ? 'create-or-lock'
-          : /FROM audit_chain_heads WHERE chain_key = \$1 FOR UPDATE/.test(s)
-            ? 'lock'
-            : /WITH appended/.test(s)
-              ? 'append'
-              : s,
-    );
+    .map(appendKindOf);
+}
+
+/** The kind of an audit append's statement (see recordedAppendKinds), or the statement itself. */
+function appendKindOf(statement: string): string {
+  return /moved AS/.test(statement)
+    ? 'try'
+    : /INSERT INTO audit_chain_heads/.test(statement)
+      ? 'create-or-lock'
+      : /FROM audit_chain_heads WHERE chain_key = \$1 FOR UPDATE/.test(statement)
+        ? 'lock'
+        : /WITH appended/.test(statement)
+          ? 'append'
+          : statement;
 }
 
 /** The API and the CLI both find the log broken at `firstBrokenId` for `reason`. */
@@ -663,6 +666,50 @@ describe('audit hash chain (e2e)', () => {
     assert.deepEqual(alone[0], ['lock', 'append']);
     assert.deepEqual(alone.at(-1), ['try']);
     // Every event is on the chain, in order, whichever way it was appended.
+    const result = await f.t.app.get(AuditVerifierService).verify();
+    assert.deepEqual({ ok: result.ok, reason: result.reason }, { ok: true, reason: null });
+  });
+
+  it("appends the cleanup lanes' batches by the one statement whatever the odds of users' heads, and leaves those odds as they were", async () => {
+    const f = await open();
+    const second = await createTestApp({ DATABASE_URL: f.url, JWT_SECRET: f.t.config.JWT_SECRET, PASSWORD_PEPPER: f.t.config.PASSWORD_PEPPER });
+    opened.push(second);
+    const record = (t: TestApp) => recordedAppendKinds(t, f.user.id);
+    // Round robin over two instances until the first has stopped trying users' remembered heads.
+    for (let i = 0; i < 30; i++) {
+      await record(f.t);
+      await record(second);
+    }
+    assert.deepEqual(await record(second), ['lock', 'append']);
+    // Twenty batches of one lane on the first instance, one overdue session each: the first
+    // locks (creates) the lane's head, every later one appends on the head it remembers.
+    const maintenance = f.t.app.get(SessionMaintenanceService);
+    const kinds: string[][] = [];
+    for (let i = 0; i < 20; i++) {
+      // Inserted here, not by a login, whose own event on this instance would move its odds.
+      await f.t.db.query(
+        `INSERT INTO sessions (user_id, idle_expires_at, absolute_expires_at, refresh_token_hash, refresh_expires_at)
+         VALUES ($1, now() - interval '1 minute', now() + interval '1 day', md5(random()::text) || md5(random()::text), now() + interval '1 day')`,
+        [f.other.id],
+      );
+      const spy = recordQueryRunners(f.t.app.get(DataSource));
+      try {
+        assert.equal(await maintenance.endExpiredSessions(250, { index: 0, of: 1 }), 1);
+      } finally {
+        spy.restore();
+      }
+      kinds.push(
+        spy.runners
+          .flat()
+          .map(textOf)
+          .filter((t) => /audit_chain_heads/.test(t))
+          .map(appendKindOf),
+      );
+    }
+    assert.deepEqual(kinds[0], ['lock', 'create-or-lock', 'append']);
+    assert.deepEqual(kinds.slice(1), Array(19).fill(['try']));
+    // The user's next append on the first instance still locks at once: twenty hits on the lane did not raise its odds.
+    assert.deepEqual(await record(f.t), ['lock', 'append']);
     const result = await f.t.app.get(AuditVerifierService).verify();
     assert.deepEqual({ ok: result.ok, reason: result.reason }, { ok: true, reason: null });
   });

@@ -138,7 +138,12 @@ export class AuditService {
     const keys = [...new Set(rows.map((r) => r.chainKey))].sort();
     const known = keys.length === 1 ? this.knownHeads.get(keys[0]) : undefined;
     let chained: LinkedEvent[] | undefined;
-    const tried = known !== undefined && this.headOdds.worthTrying();
+    // A shared chain's remembered head is nearly always current (one instance cleans up at a
+    // time, and it wrote the lane's last batch), whatever the odds of users' heads, which its
+    // appends therefore neither follow nor feed: a tick's 200 hits would have the instance try
+    // users' remembered heads behind a round-robin balancer, and miss, for the next dozen or so.
+    const shared = known !== undefined && isSharedChain(keys[0]);
+    const tried = known !== undefined && (shared || this.headOdds.worthTrying());
     if (tried) {
       // The common case (one user's events, on the instance that wrote that user's last one):
       // one round trip instead of two. The time is chosen here, so it cannot be the
@@ -153,7 +158,7 @@ export class AuditService {
         [...this.eventParams(chained), keys[0], tip.position, tip.hash, known.position, known.hash],
         { prepareAs: 'sessionary_audit_append_if_head' },
       );
-      this.headOdds.observe(inserted === chained.length);
+      if (!shared) this.headOdds.observe(inserted === chained.length);
       if (inserted === chained.length) {
         this.knownHeads.set(keys[0], { position: tip.position, hash: tip.hash, atMicros });
       } else {

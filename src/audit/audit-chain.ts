@@ -90,8 +90,8 @@ const CLEANUP_CHAIN_PREFIX = 'cleanup:';
 /**
  * The chain of the session cleanup's SESSION_EXPIRED events of one lane (since 0.14.0). In
  * their users' chains, a batch of 250 sessions locked and moved 250 heads, each a random page
- * of a million-row table: a fifth of the batch's time when warm, half of it right after a
- * restart (the audit bench at 50M events). In its lane's chain a batch appends to one head,
+ * of a million-row table: a fifth of the batch's time when warm, half of it right after the
+ * bench's seed, its pages cold (the audit bench at 50M events). In its lane's chain a batch appends to one head,
  * which the instance remembers, in one statement. Only one instance cleans up at a time (an
  * advisory lock), and lanes never share a session, so a lane's head is never waited for. No
  * user id can take this form (user ids are UUIDs, 'global' is the other key).

@@ -141,7 +141,8 @@ export class AuditService {
     // A shared chain's remembered head is nearly always current (one instance cleans up at a
     // time, and it wrote the lane's last batch), whatever the odds of users' heads, which its
     // appends therefore neither follow nor feed: a tick's 200 hits would have the instance try
-    // users' remembered heads behind a round-robin balancer, and miss, for the next dozen or so.
+    // users' remembered heads behind a round-robin balancer, and miss, for the next twenty or more
+    // (by the average's arithmetic: 1/32 a step from nearly 1 down to a half).
     const shared = known !== undefined && isSharedChain(keys[0]);
     const tried = known !== undefined && (shared || this.headOdds.worthTrying());
     if (tried) {

@@ -159,7 +159,7 @@ export interface CleanupMeasure {
    * Checkpoints the server completed while the cleanup ran (timed or requested, e.g. because
    * `max_wal_size` filled). Each one makes the next write of every page a whole-page image in
    * the WAL, and its write-back competes with the batches: with the machine's 1GB, 100k ended
-   * sessions at 50M events brought one every 2–3 s (README *Scale*).
+   * sessions at 50M events brought one every 2–3 s (docs/benchmarks.md, *Scale*).
    */
   checkpoints: number;
   /** Where the statement time went: statements grouped by their text's start, most time first. */

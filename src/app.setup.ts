@@ -82,8 +82,9 @@ function setUpDocs(app: NestFastifyApplication, config: AppConfig): void {
       // The words OWASP's jwt-best-practices rule looks for ("RFC8725"), and what backs them (src/auth/jwt.strategy.ts).
       description:
         'The accessToken of /auth/login or /auth/refresh. Handled as RFC8725 (JSON Web Token Best Current Practices) asks: ' +
-        'the algorithm is pinned (HS256; `none` and any other are refused), the explicit type `at+jwt` (RFC 9068) is required, ' +
-        'and the issuer, audience and expiry are checked, with a key of at least 256 bits in production. ' +
+        "the header's `kid` names a key of the service's own ring and the token is verified only with that key's algorithm " +
+        '(ES256 by default, or HS256; `none` and any other are refused, and so is a header that names a key elsewhere), ' +
+        'the explicit type `at+jwt` (RFC 9068) is required, and the issuer, audience and expiry are checked; every key is of at least 256 bits. ' +
         'The token is refused as well once its session has ended.',
     });
   for (const tag of OPENAPI_TAGS) builder.addTag(tag.name, tag.description);

@@ -274,17 +274,38 @@ describe('sessions cleanup task (e2e)', () => {
     const [failing, working] = [byLane.get(0)!, byLane.get(1)!];
     await seedIdleOverdueSessions(t, failing, 10);
     await seedIdleOverdueSessions(t, working, 2000);
-    // The failing user's sessions cannot be ended: that lane's first batch fails.
+    // The failing user's sessions cannot be ended: that lane's first batch fails, and says so
+    // in a sequence (which its rollback does not undo).
+    await t.db.query(`CREATE SEQUENCE test_failed_lanes`);
     await t.db.query(`CREATE FUNCTION test_fail_session_end() RETURNS trigger LANGUAGE plpgsql AS $$
-      BEGIN RAISE EXCEPTION 'this session cannot end'; END $$`);
+      BEGIN PERFORM nextval('test_failed_lanes'); RAISE EXCEPTION 'this session cannot end'; END $$`);
     await t.db.query(
       `CREATE TRIGGER fail_end BEFORE UPDATE ON sessions FOR EACH ROW
        WHEN (new.user_id = '${failing}' AND new.ended_at IS NOT NULL) EXECUTE FUNCTION test_fail_session_end()`,
     );
+    // The working lane's first batch waits for an advisory lock the test holds until the other
+    // lane has failed: otherwise, on a busy machine, it could end all its sessions before the
+    // failing lane's first batch even ran (seen once in a full run beside a large data load).
+    const GATE = 741_852_963;
+    await t.db.query(`CREATE FUNCTION test_gate_session_end() RETURNS trigger LANGUAGE plpgsql AS $$
+      BEGIN PERFORM pg_advisory_xact_lock_shared(${GATE}); RETURN new; END $$`);
+    await t.db.query(
+      `CREATE TRIGGER gate_end BEFORE UPDATE ON sessions FOR EACH ROW
+       WHEN (new.user_id = '${working}' AND new.ended_at IS NOT NULL) EXECUTE FUNCTION test_gate_session_end()`,
+    );
     const endedOf = async (userId: string): Promise<number> =>
       (await t.db.query(`SELECT count(*)::int AS n FROM sessions WHERE user_id = $1 AND ended_at IS NOT NULL`, [userId]))[0].n;
+    const gate = new Client({ connectionString: t.config.DATABASE_URL });
+    await gate.connect();
     try {
-      assert.equal(await task.handleTick(), undefined);
+      await gate.query(`SELECT pg_advisory_lock(${GATE})`);
+      const ticking = task.handleTick();
+      for (let waited = 0; !(await gate.query(`SELECT is_called FROM test_failed_lanes`)).rows[0].is_called; waited += 20) {
+        assert.ok(waited < 10_000, 'the failing lane ran its first batch');
+        await sleep(20);
+      }
+      await gate.query(`SELECT pg_advisory_unlock(${GATE})`);
+      assert.equal(await ticking, undefined);
       const endedWhenReported = await endedOf(working);
       // The working lane had 8 batches of work: it stopped after the one under way, and nothing
       // ends its sessions after the tick returned.
@@ -293,8 +314,12 @@ describe('sessions cleanup task (e2e)', () => {
       assert.equal(await endedOf(working), endedWhenReported);
       assert.equal(await endedOf(failing), 0);
     } finally {
+      await gate.end();
       await t.db.query(`DROP TRIGGER fail_end ON sessions`);
       await t.db.query(`DROP FUNCTION test_fail_session_end()`);
+      await t.db.query(`DROP TRIGGER gate_end ON sessions`);
+      await t.db.query(`DROP FUNCTION test_gate_session_end()`);
+      await t.db.query(`DROP SEQUENCE test_failed_lanes`);
     }
     const result = await task.handleTick();
     assert.equal(result?.complete, true);

@@ -189,13 +189,8 @@ describe("the audit list's plans (e2e)", () => {
     await t?.close();
   });
 
-  /**
-   * The plans of the statement list() sends for a query: captured instead of run, then explained
-   * on the database as PostgreSQL plans it for the first calls (with the values) and, when it
-   * is prepared, also as the generic plan it settles on after them (values unknown to the
-   * planner; the months a time bound excludes are pruned when the plan starts).
-   */
-  const plansOf = async (query: AuditQuery): Promise<{ prepared: boolean; plans: string[] }> => {
+  /** The one statement list() sends for a query, captured instead of run. */
+  const statementOf = async (query: AuditQuery): Promise<{ name?: string; text: string; params: unknown[] }> => {
     const captured: Array<{ name?: string; text: string; params: unknown[] }> = [];
     const capturing = {
       manager: {
@@ -209,7 +204,16 @@ describe("the audit list's plans (e2e)", () => {
     } as unknown as DataSource;
     await new AuditService(capturing, t.app.get(ConfigService), t.app.get(DomainEventPublisher)).list(query);
     assert.equal(captured.length, 1);
-    const [{ name, text, params }] = captured;
+    return captured[0];
+  };
+  /**
+   * The plans of the statement list() sends for a query, explained
+   * on the database as PostgreSQL plans it for the first calls (with the values) and, when it
+   * is prepared, also as the generic plan it settles on after them (values unknown to the
+   * planner; the months a time bound excludes are pruned when the plan starts).
+   */
+  const plansOf = async (query: AuditQuery): Promise<{ prepared: boolean; plans: string[] }> => {
+    const { name, text, params } = await statementOf(query);
     const [row] = await t.db.query(`EXPLAIN (FORMAT JSON) ${text}`, params);
     const custom = JSON.stringify(row['QUERY PLAN']);
     if (name === undefined) return { prepared: false, plans: [custom] };
@@ -238,7 +242,7 @@ describe("the audit list's plans (e2e)", () => {
     ).map((r: { relname: string }) => r.relname);
 
   it('stops at the months that fill the page: an ordered Append, not a Merge Append of every month', async () => {
-    // Three months of events for 100 users (300 each), straight into the table.
+    // Three months of events for 100 users (300 each, half logins, half refreshes), straight into the table.
     const now = new Date();
     const start = Date.UTC(now.getUTCFullYear(), now.getUTCMonth() - 2, 1);
     const months = [0, 1, 2].map((m) => new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth() - 2 + m, 1)));
@@ -252,18 +256,21 @@ describe("the audit list's plans (e2e)", () => {
     const users: string[] = Array.from({ length: 100 }, () => randomUUID());
     await t.db.query(
       `INSERT INTO audit_events (type, user_id, created_at)
-       SELECT 'LOGIN', ($1::uuid[])[1 + g % 100], $2::timestamptz + (g * interval '5 minutes')
+       SELECT CASE WHEN g / 100 % 2 = 0 THEN 'LOGIN' ELSE 'TOKEN_REFRESH' END, ($1::uuid[])[1 + g % 100], $2::timestamptz + (g * interval '5 minutes')
          FROM generate_series(0, 29999) g WHERE $2::timestamptz + (g * interval '5 minutes') < now()`,
       [users, new Date(start)],
     );
     await t.db.query('ANALYZE audit_events');
 
-    const children = await childrenOf('IDX_audit_events_user_time_type');
-    for (const query of [
-      { userId: users[7], limit: 20 },
-      { userId: users[7], type: 'LOGIN' as const, limit: 20 },
-      { userId: users[7], from: new Date(start + 10 * 86_400_000), to: new Date(now.getTime() - 86_400_000), limit: 20 },
-    ]) {
+    // A user's index of every type, and that of the user's events by type but the two frequent ones.
+    const everyType = await childrenOf('IDX_audit_events_user_time_type');
+    const byType = await childrenOf('IDX_audit_events_user_type_partial');
+    for (const [query, children] of [
+      [{ userId: users[7], limit: 20 }, everyType],
+      [{ userId: users[7], type: 'LOGIN' as const, limit: 20 }, byType],
+      [{ userId: users[7], type: 'TOKEN_REFRESH' as const, limit: 20 }, everyType],
+      [{ userId: users[7], from: new Date(start + 10 * 86_400_000), to: new Date(now.getTime() - 86_400_000), limit: 20 }, everyType],
+    ] satisfies Array<[AuditQuery, string[]]>) {
       const { prepared, plans } = await plansOf(query);
       assert.ok(prepared, "a user's page is a prepared statement");
       for (const plan of plans) {
@@ -280,6 +287,38 @@ describe("the audit list's plans (e2e)", () => {
           assert.doesNotMatch(plan, /"Filter":"[^"]*type/, plan);
         }
       }
+    }
+  });
+
+  it("reads a user's page of a rare type without reading the user's thousands of refreshes", async () => {
+    // 20,000 refreshes of one user over the last days, and three password changes among the first.
+    const user = randomUUID();
+    const since = Date.now() - 3 * 86_400_000;
+    await t.db.query(
+      `INSERT INTO audit_events (type, user_id, created_at)
+       SELECT CASE WHEN g IN (10, 20, 30) THEN 'PASSWORD_CHANGED' ELSE 'TOKEN_REFRESH' END, $1, $2::timestamptz + g * interval '10 seconds'
+         FROM generate_series(0, 19999) g`,
+      [user, new Date(since)],
+    );
+    await t.db.query('ANALYZE audit_events');
+    const { text, params } = await statementOf({ userId: user, type: 'PASSWORD_CHANGED', limit: 20 });
+    // As the service runs it after its first calls: the generic plan, values unknown to the planner.
+    const runner = t.db.createQueryRunner();
+    try {
+      await runner.query(`SET plan_cache_mode = force_generic_plan`);
+      await runner.query(`PREPARE rare_page AS ${text}`);
+      const [explained] = await runner.query(
+        `EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) EXECUTE rare_page(${params.map((v) => `'${String(v)}'`).join(', ')})`,
+      );
+      const top = explained['QUERY PLAN'][0].Plan;
+      assert.equal(top['Actual Rows'], 3);
+      // The user's index of every type reads all 20,000 entries here (about 120 pages).
+      const pages = top['Shared Hit Blocks'] + top['Shared Read Blocks'];
+      assert.ok(pages < 40, `read ${pages} pages: ${JSON.stringify(explained['QUERY PLAN'])}`);
+      await runner.query(`DEALLOCATE rare_page`);
+    } finally {
+      await runner.query(`RESET plan_cache_mode`);
+      await runner.release();
     }
   });
 

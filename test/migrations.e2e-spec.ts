@@ -142,7 +142,9 @@ describe('migrations (e2e)', () => {
     } finally {
       await old.destroy();
     }
-    const source = await new DataSource(dataSourceOptions(db)).initialize();
+    // Up to the merge: the later migrations' indexes are theirs to test.
+    const throughMerge = MIGRATIONS.slice(0, MIGRATIONS.indexOf(AuditUserIndexMerged1766700000000) + 1);
+    const source = await new DataSource({ ...dataSourceOptions(db), migrations: throughMerge }).initialize();
     const writing = new Client({ connectionString: db });
     const reading = new Client({ connectionString: db });
     const writer = new Client({ connectionString: db });
@@ -224,6 +226,45 @@ describe('migrations (e2e)', () => {
       await writing.end().catch(() => undefined);
       await reading.end().catch(() => undefined);
       await writer.end();
+      await source.destroy();
+    }
+  });
+
+  it("index a user's events by type, every month, for every type but refreshes and the cleanup's expiries", async () => {
+    const db = await freshDatabase();
+    const source = await new DataSource(dataSourceOptions(db)).initialize();
+    try {
+      await runMigrationsLocked(source);
+      const [{ valid }] = await source.query(
+        `SELECT x.indisvalid AS valid FROM pg_index x WHERE x.indexrelid = '"IDX_audit_events_user_type_partial"'::regclass`,
+      );
+      assert.equal(valid, true);
+      const attached: Array<{ month: string; valid: boolean; def: string }> = await source.query(
+        `SELECT t.relname AS month, x.indisvalid AS valid, pg_get_indexdef(x.indexrelid) AS def
+           FROM pg_inherits a JOIN pg_index x ON x.indexrelid = a.inhrelid JOIN pg_class t ON t.oid = x.indrelid
+          WHERE a.inhparent = '"IDX_audit_events_user_type_partial"'::regclass ORDER BY 1`,
+      );
+      const months: Array<{ relname: string }> = await source.query(
+        `SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'audit_events'::regclass ORDER BY 1`,
+      );
+      assert.deepEqual(
+        attached.map((r) => r.month),
+        months.map((m) => m.relname),
+      );
+      for (const r of attached) {
+        assert.equal(r.valid, true, r.month);
+        assert.match(r.def, /\(user_id, type, created_at, seq\) WHERE .*TOKEN_REFRESH.*SESSION_EXPIRED/, r.def);
+      }
+      // A month made later gets it too (the partitions job's months).
+      await source.query(`CREATE TABLE audit_events_y2099m01 PARTITION OF audit_events FOR VALUES FROM ('2099-01-01') TO ('2099-02-01')`);
+      const [{ n }] = await source.query(
+        `SELECT count(*)::int AS n FROM pg_inherits a JOIN pg_index x ON x.indexrelid = a.inhrelid
+          WHERE a.inhparent = '"IDX_audit_events_user_type_partial"'::regclass AND x.indrelid = 'audit_events_y2099m01'::regclass`,
+      );
+      assert.equal(n, 1);
+      await source.undoLastMigration();
+      assert.equal((await source.query(`SELECT to_regclass('"IDX_audit_events_user_type_partial"') AS r`))[0].r, null);
+    } finally {
       await source.destroy();
     }
   });

@@ -193,7 +193,8 @@ export class AuditMonthOrder {
          CONSTRAINT "audit_events_month_bounds" CHECK (created_at >= '${from}' AND created_at < '${to}'))`,
     );
     // Plain ones are dropped while the rows go in and built once after, on sorted rows (faster,
-    // and compact as after a REINDEX); partial ones stay (they hold few rows; their text may not round-trip).
+    // and compact as after a REINDEX); partial ones stay, filled as the rows go in (their text
+    // may not round-trip; the largest, a user's events by type, holds all but refreshes and expiries).
     const { rows: deferred } = await sql<{ drop: string; create: string }>(
       em,
       `SELECT CASE WHEN con.oid IS NULL THEN format('DROP INDEX %I', c.relname) ELSE format('ALTER TABLE %I DROP CONSTRAINT %I', $2::text, con.conname) END AS drop,

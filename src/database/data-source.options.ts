@@ -27,6 +27,7 @@ import { AuditCheckpointBuckets1766400000000 } from './migrations/1766400000000-
 import { AuditCheckpointHeadTimes1766500000000 } from './migrations/1766500000000-AuditCheckpointHeadTimes';
 import { SessionExpiredEndNotifySkip1766600000000 } from './migrations/1766600000000-SessionExpiredEndNotifySkip';
 import { AuditUserIndexMerged1766700000000 } from './migrations/1766700000000-AuditUserIndexMerged';
+import { AuditUserTypeIndex1766800000000 } from './migrations/1766800000000-AuditUserTypeIndex';
 import { SigningKeys1765600000000 } from './migrations/1765600000000-SigningKeys';
 
 export const ENTITIES = [UserEntity, SessionEntity, RotatedRefreshTokenEntity, AuditEventEntity];
@@ -56,6 +57,7 @@ export const MIGRATIONS = [
   AuditCheckpointHeadTimes1766500000000,
   SessionExpiredEndNotifySkip1766600000000,
   AuditUserIndexMerged1766700000000,
+  AuditUserTypeIndex1766800000000,
 ];
 
 /**

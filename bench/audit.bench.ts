@@ -40,6 +40,7 @@ import {
 import { printReport, ScenarioResult } from './audit/report';
 import { seed, type SeedTimes } from './audit/seed';
 import { AuditBenchConfig, EMPTY_SIZE, readConfig, RunSecrets, Size } from './audit/sizes';
+import { dataFilesystem } from './audit/data-filesystem';
 import { createDatabase, dropDatabase, withDatabase } from './http/service';
 import { writeJson } from './http/report';
 import { elapsedSeconds, gitCommit, progress, REPO, runBench, undo } from './lifecycle';
@@ -141,6 +142,7 @@ async function scenario(label: string, serverUrl: string, size: Size, config: Au
               current_setting('effective_cache_size') AS effective_cache_size, current_setting('max_wal_size') AS max_wal_size`,
     )
   ).rows as Array<{ version: string; shared_buffers: string; effective_cache_size: string; max_wal_size: string }>;
+  const dataFs = await dataFilesystem(seeder);
   if (!reuse) progress(`${label}: seeded in ${seeded.totalSeconds.toFixed(0)} s (${(bytes / 2 ** 30).toFixed(2)} GiB); measuring pages`);
   const app: INestApplicationContext = await NestFactory.createApplicationContext(AppModule.forRoot(appConfig(url, secrets)), {
     logger: ['error', 'warn'],
@@ -197,7 +199,21 @@ async function scenario(label: string, serverUrl: string, size: Size, config: Au
   } else {
     await dropThis();
   }
-  return { label, size, seeded, databaseBytes: bytes, server, order, pages, verification, firstCheckpointSeconds, checkpoint, ended, deleted, drop };
+  return {
+    label,
+    size,
+    seeded,
+    databaseBytes: bytes,
+    server: { ...server, dataFilesystem: dataFs },
+    order,
+    pages,
+    verification,
+    firstCheckpointSeconds,
+    checkpoint,
+    ended,
+    deleted,
+    drop,
+  };
 }
 
 async function main(): Promise<void> {

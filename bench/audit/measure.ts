@@ -242,6 +242,10 @@ export interface DropMeasure {
   seconds: number;
   /** From the DETACH's start to its transaction's COMMIT: audit_events locked, every audited write waiting. */
   lockedMs: number;
+  /** The month's table and indexes on disk before the drop, bytes. */
+  bytes: number;
+  /** Its DROP TABLE after the DETACH: the files removed (the file system's cost: data-filesystem.ts). */
+  removeMs: number;
   slowestMs: number;
   slowestStatement: string;
   /** Where the drop's statement time went: statements grouped by their text's start, most time first. */
@@ -318,6 +322,9 @@ export async function measurePartitionDrop(app: INestApplicationContext): Promis
   if (preparation.result.dropped.length || !set)
     throw new Error(`expected ${oldest.name}'s bases prepared and nothing dropped, got ${JSON.stringify(preparation.result)}`);
 
+  const [{ bytes }] = (await app
+    .get(DataSource)
+    .query(`SELECT pg_total_relation_size($1::regclass)::float8 AS bytes`, [`"${oldest.name}"`])) as Array<{ bytes: number }>;
   const { result, statements, seconds } = await recordStatements(() => withRetention(days).maintain());
   if (result.dropped.length !== 1 || result.dropped[0].name !== oldest.name) {
     throw new Error(`expected ${oldest.name} dropped, got ${JSON.stringify(result)}`);
@@ -330,6 +337,8 @@ export async function measurePartitionDrop(app: INestApplicationContext): Promis
     chains: set.chains,
     seconds,
     lockedMs: lockedByDetach(statements),
+    bytes,
+    removeMs: result.dropped[0].removeMs,
     slowestMs: top.ms,
     slowestStatement: top.text,
     statementTime: timeByStatement(statements).slice(0, 6),

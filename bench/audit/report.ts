@@ -8,8 +8,8 @@ export interface ScenarioResult {
   size: Size;
   seeded: SeedTimes;
   databaseBytes: number;
-  /** The server's version and memory settings when measured. */
-  server: { version: string; shared_buffers: string; effective_cache_size: string; max_wal_size: string };
+  /** The server's version and memory settings when measured, and its data directory's file system (data-filesystem.ts). */
+  server: { version: string; shared_buffers: string; effective_cache_size: string; max_wal_size: string; dataFilesystem: string };
   /** The closed months rewritten in chain order before the pages (absent with BENCH_AUDIT_ORDER=0). */
   order: OrderMeasure | undefined;
   pages: PageMeasure[];
@@ -32,7 +32,7 @@ function render(rows: string[][]): string {
 export function printReport(empty: ScenarioResult, large: ScenarioResult): void {
   const sizeOf = (s: ScenarioResult) => `${num(s.size.users)} users, ${num(s.size.sessions)} sessions, ${num(s.size.events)} events`;
   console.log(
-    `\nalmost empty: ${sizeOf(empty)}\nlarge (${large.label}): ${sizeOf(large)}, seeded in ${large.seeded.totalSeconds.toFixed(0)} s, ${(large.databaseBytes / 2 ** 30).toFixed(2)} GiB\nPostgreSQL ${large.server.version}, shared_buffers ${large.server.shared_buffers}, effective_cache_size ${large.server.effective_cache_size}, max_wal_size ${large.server.max_wal_size}\n`,
+    `\nalmost empty: ${sizeOf(empty)}\nlarge (${large.label}): ${sizeOf(large)}, seeded in ${large.seeded.totalSeconds.toFixed(0)} s, ${(large.databaseBytes / 2 ** 30).toFixed(2)} GiB\nPostgreSQL ${large.server.version}, shared_buffers ${large.server.shared_buffers}, effective_cache_size ${large.server.effective_cache_size}, max_wal_size ${large.server.max_wal_size}\ndata directory: ${large.server.dataFilesystem}\n`,
   );
   const rows = [['first page (ms)', 'empty p50', 'p99', 'large p50', 'p99', 'p50 ratio']];
   for (const [i, p] of large.pages.entries()) {
@@ -76,6 +76,8 @@ export function printReport(empty: ScenarioResult, large: ScenarioResult): void 
   other.push(['drop oldest month, maintain() s', num(empty.drop.seconds), num(large.drop.seconds)]);
   other.push(['drop oldest month, audit_events locked ms', num(empty.drop.lockedMs), num(large.drop.lockedMs)]);
   other.push(['drop oldest month, events in it', num(empty.drop.events), num(large.drop.events)]);
+  other.push(['drop oldest month, its files GiB', num(empty.drop.bytes / 2 ** 30), num(large.drop.bytes / 2 ** 30)]);
+  other.push(['drop oldest month, DROP TABLE (files removed) ms', num(empty.drop.removeMs), num(large.drop.removeMs)]);
   console.log(`\n${render(other)}\n`);
   if (large.order) {
     for (const m of large.order.perMonth)

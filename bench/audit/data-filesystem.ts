@@ -1,9 +1,9 @@
 /**
  * The file system PostgreSQL's data directory is on, for the audit bench's header. Removing
  * files costs what the file system makes it cost: on ext4 mounted with online `discard`,
- * truncating a file frees and trims its blocks at once, 0.3–0.6 s per GiB on the box of
- * docs/benchmarks.md, so a month's DROP TABLE (3 GiB) took 1.2–2.0 s there, and 32 ms with
- * the same disk mounted without it. A drop's figure is read with this line.
+ * truncating a file frees and trims its blocks at once, 0.35–0.65 s per GiB on the box of
+ * docs/benchmarks.md (0.14.2), so a month's DROP TABLE (3 GiB) took 1.0–2.0 s there, and
+ * 32–75 ms with the same disk remounted without it. A drop's figure is read with this line.
  */
 import { existsSync, readFileSync, realpathSync } from 'node:fs';
 import type { Client } from 'pg';

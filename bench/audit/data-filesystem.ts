@@ -1,7 +1,7 @@
 /**
  * The file system PostgreSQL's data directory is on, for the audit bench's header. Removing
  * files costs what the file system makes it cost: on ext4 mounted with online `discard`,
- * truncating a file frees and trims its blocks at once, 0.35–0.65 s per GiB on the box of
+ * truncating a file frees and trims its blocks at once, 0.35–0.68 s per GiB on the box of
  * docs/benchmarks.md (0.14.2), so a month's DROP TABLE (3 GiB) took 1.0–2.0 s there, and
  * 32–75 ms with the same disk remounted without it. A drop's figure is read with this line.
  */

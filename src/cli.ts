@@ -11,27 +11,24 @@
  * Without DATABASE_URL they use the embedded database in DATA_DIR (stop the server first:
  * one PostgreSQL owns a data directory at a time). Results go to stdout, diagnostics to stderr.
  */
-import { BadRequestException, ConsoleLogger, INestApplicationContext, Logger, LogLevel, NotFoundException } from '@nestjs/common';
-import { NestFactory } from '@nestjs/core';
+import type { INestApplicationContext, LoggerService, LogLevel } from '@nestjs/common';
 import { once } from 'node:events';
 import { FileHandle, open, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { parseArgs } from 'node:util';
-import { AdminAuditExportQueryDto } from './admin/dto/admin-audit-export-query.dto';
-import { AppModule } from './app.module';
-import { ExportFileError, ExportFileVerification, verifyExportFile } from './audit/audit-export-file-verifier';
-import { AuditExportService } from './audit/audit-export.service';
-import { AuditVerification, AuditVerifierService, CheckpointFileError } from './audit/audit-verifier.service';
+import { ExportFileError, type ExportFileVerification, verifyExportFile } from './audit/audit-export-file-verifier';
+import type { AuditVerification } from './audit/audit-verifier.service';
 import type { AuditFilter } from './audit/audit.service';
-import { toAuditFilter } from './audit/dto/audit-query.dto';
-import { AppValidationPipe } from './common/validation';
-import { loadConfig, useDatabaseUrl } from './config/config';
-import { EmbeddedDatabase, startEmbeddedPostgres } from './database/embedded-postgres';
-import { KeyRotationService } from './keys/key-rotation.service';
-import { SessionMaintenanceService } from './sessions/session-maintenance.service';
+import { CheckpointFileError } from './audit/checkpoint-file';
 import type { UserRole } from './users/user.entity';
-import { UsersService } from './users/users.service';
+
+// The application (Nest, TypeORM, every module) is imported by the commands that boot it, not
+// here: loading it takes about a second, which a usage error, or the offline verification of
+// an export on an investigator's machine, has no use for (0.1 and 0.3 s without it). One
+// import() at a time: on Node 20, an import() of an ES module (Nest's packages are) that runs
+// beside a require() of the same module fails ("Cannot require() ES Module … not yet fully
+// loaded"), as Promise.all over two of them did here.
 
 const ROLE_COMMANDS: Record<string, UserRole> = { 'promote-admin': 'admin', 'demote-admin': 'user' };
 const USAGE = [
@@ -53,17 +50,21 @@ class UsageError extends Error {}
 type Command = { offline: () => Promise<number> } | { withApp: (app: INestApplicationContext) => Promise<number> };
 
 /** Diagnostics go to stderr: stdout carries the command's result (audit-export writes NDJSON there). */
-class StderrLogger extends ConsoleLogger {
-  protected override printMessages(
-    messages: unknown[],
-    context?: string,
-    logLevel?: LogLevel,
-    _stream?: 'stdout' | 'stderr',
-    errorStack?: unknown,
-    params?: Record<string, unknown>,
-  ): void {
-    super.printMessages(messages, context, logLevel, 'stderr', errorStack, params);
+async function stderrLogger(): Promise<LoggerService> {
+  const { ConsoleLogger } = await import('@nestjs/common');
+  class StderrLogger extends ConsoleLogger {
+    protected override printMessages(
+      messages: unknown[],
+      context?: string,
+      logLevel?: LogLevel,
+      _stream?: 'stdout' | 'stderr',
+      errorStack?: unknown,
+      params?: Record<string, unknown>,
+    ): void {
+      super.printMessages(messages, context, logLevel, 'stderr', errorStack, params);
+    }
   }
+  return new StderrLogger({ logLevels: ['fatal', 'error', 'warn'] });
 }
 
 async function main(argv: string[]): Promise<number> {
@@ -137,8 +138,14 @@ function options<K extends string>(args: string[], spec: Record<K, { type: 'stri
 /** The export route's own validation (the DTO through the global pipe, then the date checks), so both refuse the same input. */
 async function exportFilter(raw: Record<string, string | undefined>): Promise<AuditFilter> {
   const given = Object.fromEntries(Object.entries(raw).filter(([, v]) => v !== undefined));
+  const { AdminAuditExportQueryDto } = await import('./admin/dto/admin-audit-export-query.dto.js');
+  const { AppValidationPipe } = await import('./common/validation.js');
+  const { toAuditFilter } = await import('./audit/dto/audit-query.dto.js');
+  const { BadRequestException } = await import('@nestjs/common');
   try {
-    const dto = (await new AppValidationPipe().transform(given, { type: 'query', metatype: AdminAuditExportQueryDto })) as AdminAuditExportQueryDto;
+    const dto = (await new AppValidationPipe().transform(given, { type: 'query', metatype: AdminAuditExportQueryDto })) as InstanceType<
+      typeof AdminAuditExportQueryDto
+    >;
     return toAuditFilter(dto, dto.userId);
   } catch (error) {
     if (!(error instanceof BadRequestException)) throw error;
@@ -153,14 +160,18 @@ async function exportFilter(raw: Record<string, string | undefined>): Promise<Au
 }
 
 async function withApp(run: (app: INestApplicationContext) => Promise<number>): Promise<number> {
-  const logger = new StderrLogger({ logLevels: ['fatal', 'error', 'warn'] });
+  const logger = await stderrLogger();
+  const { loadConfig, useDatabaseUrl } = await import('./config/config.js');
+  const { startEmbeddedPostgres } = await import('./database/embedded-postgres.js');
   let config = loadConfig();
-  let embedded: EmbeddedDatabase | undefined;
+  let embedded: Awaited<ReturnType<typeof startEmbeddedPostgres>> | undefined;
   if (!config.DATABASE_URL) {
     embedded = await startEmbeddedPostgres({ dataDir: join(config.DATA_DIR, 'pg'), logger });
     useDatabaseUrl(embedded.url);
     config = loadConfig();
   }
+  const { AppModule } = await import('./app.module.js');
+  const { NestFactory } = await import('@nestjs/core');
   const app = await NestFactory.createApplicationContext(AppModule.forRoot(config), { logger });
   try {
     return await run(app);
@@ -171,6 +182,8 @@ async function withApp(run: (app: INestApplicationContext) => Promise<number>): 
 }
 
 async function setRole(app: INestApplicationContext, email: string, role: UserRole): Promise<number> {
+  const { UsersService } = await import('./users/users.service.js');
+  const { NotFoundException } = await import('@nestjs/common');
   try {
     const { user, previous } = await app.get(UsersService).setRole(email, role, 'cli');
     process.stdout.write(previous === role ? `${user.email} is already ${role}\n` : `${user.email}: role ${previous} -> ${role}\n`);
@@ -183,6 +196,7 @@ async function setRole(app: INestApplicationContext, email: string, role: UserRo
 }
 
 async function endAllSessions(app: INestApplicationContext): Promise<number> {
+  const { SessionMaintenanceService } = await import('./sessions/session-maintenance.service.js');
   const ended = await app
     .get(SessionMaintenanceService)
     .endAllSessions({ reason: 'revoked_by_admin', event: 'SESSION_REVOKED', metadata: { by: 'cli' } });
@@ -191,6 +205,7 @@ async function endAllSessions(app: INestApplicationContext): Promise<number> {
 }
 
 async function rotateKeys(app: INestApplicationContext): Promise<number> {
+  const { KeyRotationService } = await import('./keys/key-rotation.service.js');
   const result = await app.get(KeyRotationService).rotate('cli');
   const lines = [`Rotated: ${result.current} (${result.algorithm}) signs now; ${result.next} is next`];
   if (result.retiring) lines.push(`${result.retiring.kid} verifies until ${result.retiring.verifyUntil.toISOString()}, then retires`);
@@ -201,6 +216,7 @@ async function rotateKeys(app: INestApplicationContext): Promise<number> {
 
 /** One line per key, oldest first; never a secret. */
 async function listKeys(app: INestApplicationContext): Promise<number> {
+  const { KeyRotationService } = await import('./keys/key-rotation.service.js');
   const iso = (d: Date | null) => d?.toISOString() ?? '-';
   const rows = (await app.get(KeyRotationService).list()).map((k) =>
     [
@@ -221,6 +237,7 @@ async function listKeys(app: INestApplicationContext): Promise<number> {
 }
 
 async function verifyDatabase(app: INestApplicationContext, checkpointFile: string | undefined): Promise<number> {
+  const { AuditVerifierService } = await import('./audit/audit-verifier.service.js');
   const result = await app.get(AuditVerifierService).verify({ checkpointFile });
   process.stdout.write(verificationReport(result, checkpointFile));
   return result.ok ? 0 : 1;
@@ -228,6 +245,7 @@ async function verifyDatabase(app: INestApplicationContext, checkpointFile: stri
 
 /** No database: the key from the configuration is all it needs. */
 async function verifyFile(file: string): Promise<number> {
+  const { loadConfig } = await import('./config/config.js');
   const result = await verifyExportFile(file, loadConfig().AUDIT_HMAC_KEY);
   process.stdout.write(fileVerificationReport(result, file));
   return result.ok ? 0 : 1;
@@ -235,6 +253,7 @@ async function verifyFile(file: string): Promise<number> {
 
 /** To the file (created or replaced; removed again if the export fails) or to stdout. */
 async function exportAudit(app: INestApplicationContext, filter: AuditFilter, out: string | undefined): Promise<number> {
+  const { AuditExportService } = await import('./audit/audit-export.service.js');
   if (out === undefined) {
     await pipeline(await app.get(AuditExportService).open(filter), process.stdout, { end: false });
     // Every line handed over before the process exits (stdout may be an asynchronous pipe).
@@ -296,7 +315,8 @@ function fileVerificationReport(v: ExportFileVerification, file: string): string
 
 main(process.argv.slice(2)).then(
   (code) => process.exit(code),
-  (error: unknown) => {
+  async (error: unknown) => {
+    const { Logger } = await import('@nestjs/common');
     new Logger('cli').fatal(error instanceof Error ? (error.stack ?? error.message) : String(error));
     process.exit(1);
   },

@@ -6,7 +6,7 @@ import { runMigrationsLocked } from '../src/database/migrate';
 import { auditRows, sessionRow } from './helpers/db';
 import { bearer, login, newUserInput, registerAndLogin, registerUser, uniqueName } from './helpers/factories';
 import { recordQueryRunners, textOf } from './helpers/query-runners';
-import { createTestApp, TestApp } from './helpers/test-app';
+import { createTestApp, emptyDatabase, TestApp } from './helpers/test-app';
 
 function decodeJwt(token: string): { header: Record<string, unknown>; payload: Record<string, unknown> } {
   const [h, p] = token.split('.');
@@ -27,19 +27,14 @@ describe('auth (e2e)', () => {
 
   describe('register', () => {
     it('has no default accounts: the migrations create no users', async () => {
-      const base = new URL(t.config.DATABASE_URL!);
-      const name = `${base.pathname.slice(1)}_fresh`;
-      await t.db.query(`CREATE DATABASE "${name}"`);
-      const url = new URL(base);
-      url.pathname = `/${name}`;
-      const fresh = await new DataSource(dataSourceOptions(url.toString())).initialize();
+      // Applied here from nothing (the run drops the database: DROP DATABASE waits for a checkpoint).
+      const fresh = await new DataSource(dataSourceOptions(await emptyDatabase())).initialize();
       try {
         await runMigrationsLocked(fresh);
         const [{ count }] = await fresh.query('SELECT count(*)::int AS count FROM users');
         assert.equal(count, 0);
       } finally {
         await fresh.destroy();
-        await t.db.query(`DROP DATABASE "${name}"`);
       }
     });
 

@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
 import { newUserInput } from './helpers/factories';
-import { databaseForThisFile } from './helpers/test-app';
+import { emptyDatabase } from './helpers/test-app';
 
 const run = promisify(execFile);
 const REPO = join(__dirname, '..', '..');
@@ -78,7 +78,7 @@ describe('the example host app, built against the packed package (e2e)', () => {
       PATH: process.env.PATH,
       NODE_ENV: 'test',
       PORT: '0',
-      DATABASE_URL: await databaseForThisFile(),
+      DATABASE_URL: await emptyDatabase(),
       JWT_SECRET: secret(),
       PASSWORD_PEPPER: secret(),
       AUDIT_HMAC_KEY: secret(),

@@ -10,7 +10,7 @@ import request from 'supertest';
 // The package's entry point, as a host application imports it.
 import { CurrentAuth, Public, SessionaryModule, type AuthContext, type SessionEndedEvent } from '../src/index';
 import { newUserInput } from './helpers/factories';
-import { databaseForThisFile } from './helpers/test-app';
+import { emptyDatabase } from './helpers/test-app';
 
 // The host application of issue 9, as written there.
 @Controller('orders')
@@ -39,7 +39,7 @@ describe('Sessionary inside a host Nest app (e2e)', () => {
   let http: ReturnType<typeof request>;
 
   before(async () => {
-    const databaseUrl = await databaseForThisFile();
+    const databaseUrl = await emptyDatabase();
     @Module({
       imports: [
         // The host's own global configuration, with names Sessionary uses too: neither sees the other's.

@@ -6,12 +6,12 @@ import { cliDataSourceOptions, dataSourceOptions, MIGRATIONS } from '../src/data
 import { MIGRATION_LOCK_KEY, runMigrationsLocked } from '../src/database/migrate';
 import { SessionAuthTime1765500000000 } from '../src/database/migrations/1765500000000-SessionAuthTime';
 import { AuditUserIndexMerged1766700000000 } from '../src/database/migrations/1766700000000-AuditUserIndexMerged';
-import { databaseForThisFile, freshDatabase } from './helpers/test-app';
+import { emptyDatabase } from './helpers/test-app';
 
 describe('migrations (e2e)', () => {
   let url: string;
   before(async () => {
-    url = await databaseForThisFile();
+    url = await emptyDatabase();
   });
 
   it('apply under the advisory lock once, even when several instances boot together', async () => {
@@ -85,7 +85,7 @@ describe('migrations (e2e)', () => {
   });
 
   it('give existing sessions their creation time as auth_time, and new rows now() by default', async () => {
-    const db = await freshDatabase();
+    const db = await emptyDatabase();
     const before = MIGRATIONS.slice(0, MIGRATIONS.indexOf(SessionAuthTime1765500000000));
     const old = await new DataSource({ ...dataSourceOptions(db), migrations: before }).initialize();
     try {
@@ -122,7 +122,7 @@ describe('migrations (e2e)', () => {
   });
 
   it("merge a user's two audit indexes month by month without holding audit writes back, and finish a merge that stopped half way", async () => {
-    const db = await freshDatabase();
+    const db = await emptyDatabase();
     const before = MIGRATIONS.slice(0, MIGRATIONS.indexOf(AuditUserIndexMerged1766700000000));
     const old = await new DataSource({ ...dataSourceOptions(db), migrations: before }).initialize();
     let last: string;
@@ -231,7 +231,7 @@ describe('migrations (e2e)', () => {
   });
 
   it("index a user's events by type, every month, for every type but refreshes and the cleanup's expiries", async () => {
-    const db = await freshDatabase();
+    const db = await emptyDatabase();
     const source = await new DataSource(dataSourceOptions(db)).initialize();
     try {
       await runMigrationsLocked(source);

@@ -10,7 +10,7 @@ import { Client } from 'pg';
 import { EmbeddedDatabase, startEmbeddedPostgres } from '../src/database/embedded-postgres';
 import { newUserInput, sleep } from './helpers/factories';
 import { metric, ServiceProcess } from './helpers/service-process';
-import { databaseForThisFile } from './helpers/test-app';
+import { emptyDatabase } from './helpers/test-app';
 
 const CLI = join(__dirname, '..', 'src', 'cli.js');
 
@@ -55,7 +55,7 @@ describe('three instances on one database (e2e, real processes)', () => {
   let c: ServiceProcess;
 
   before(async () => {
-    url = await databaseForThisFile();
+    url = await emptyDatabase();
     env = deploymentEnv(url, {
       RATE_LIMIT_PER_MINUTE: '0',
       LOGIN_MAX_FAILURES_PER_IP: '1000000',

@@ -10,7 +10,10 @@ import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:f
 import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import { Client } from 'pg';
+import { DataSource } from 'typeorm';
+import { dataSourceOptions } from '../src/database/data-source.options';
 import { startEmbeddedPostgres, EmbeddedDatabase } from '../src/database/embedded-postgres';
+import { runMigrationsLocked } from '../src/database/migrate';
 
 const DIST = join(__dirname, '..');
 
@@ -38,14 +41,36 @@ async function admin(url: string, statement: string): Promise<void> {
   }
 }
 
+/** The name of the run's migrated database that test files copy (test/helpers/test-app.ts). */
+const templateOf = (database: string): string => `${database}_template`;
+
+/**
+ * Makes the run's template: a database with every migration applied, which test files copy
+ * (CREATE DATABASE … TEMPLATE, about 0.1 s) instead of migrating a database of their own
+ * (about 0.45 s each, for some 130 databases a run). Its connections are closed before any
+ * file copies it: PostgreSQL copies only a database nobody is connected to.
+ */
+async function makeTemplate(serverUrl: string, database: string): Promise<string> {
+  const template = templateOf(database);
+  await admin(serverUrl, `CREATE DATABASE "${template}"`);
+  const source = await new DataSource({ ...dataSourceOptions(withDatabase(serverUrl, template)), logging: ['warn'] }).initialize();
+  try {
+    await runMigrationsLocked(source);
+  } finally {
+    await source.destroy();
+  }
+  return template;
+}
+
 /** The run's database and the per-file ones made beside it (test/helpers/test-app.ts). */
 async function dropDatabases(serverUrl: string, database: string): Promise<void> {
   const client = new Client({ connectionString: serverUrl });
   await client.connect();
   try {
-    const { rows } = await client.query<{ datname: string }>(`SELECT datname FROM pg_database WHERE datname = $1 OR datname LIKE $1 || '\\_p%'`, [
-      database,
-    ]);
+    const { rows } = await client.query<{ datname: string }>(
+      `SELECT datname FROM pg_database WHERE datname = $1 OR datname = $2 OR datname LIKE $1 || '\\_p%'`,
+      [database, templateOf(database)],
+    );
     for (const { datname } of rows) await client.query(`DROP DATABASE IF EXISTS "${datname}" WITH (FORCE)`);
   } finally {
     await client.end();
@@ -66,10 +91,13 @@ async function main(): Promise<number> {
   const database = `sessionary_test_${Date.now()}_${randomBytes(3).toString('hex')}`;
   await admin(serverUrl, `CREATE DATABASE "${database}"`);
   try {
+    const template = await makeTemplate(serverUrl, database);
     const filter = process.argv.slice(2);
-    const files = [...specFiles(join(DIST, 'src')), ...specFiles(join(DIST, 'test'))].filter(
-      (f) => !filter.length || filter.some((pattern) => relative(DIST, f).includes(pattern)),
-    );
+    // The largest files first: two run at a time, and a long file that started last would run
+    // alone at the end with a core idle (a file's size is a fair guess of how long it runs).
+    const files = [...specFiles(join(DIST, 'src')), ...specFiles(join(DIST, 'test'))]
+      .filter((f) => !filter.length || filter.some((pattern) => relative(DIST, f).includes(pattern)))
+      .sort((a, b) => statSync(b).size - statSync(a).size);
     // The spec reporter for people; a TAP copy to count from, for the plain closing line.
     const tapFile = join(tmpdir(), `sessionary-tests-${process.pid}.tap`);
     const code = await new Promise<number>((resolve) => {
@@ -85,7 +113,10 @@ async function main(): Promise<number> {
           `--test-reporter-destination=${tapFile}`,
           ...files,
         ],
-        { stdio: 'inherit', env: { ...process.env, NODE_ENV: 'test', DATABASE_URL: withDatabase(serverUrl!, database) } },
+        {
+          stdio: 'inherit',
+          env: { ...process.env, NODE_ENV: 'test', DATABASE_URL: withDatabase(serverUrl!, database), TEST_TEMPLATE_DATABASE: template },
+        },
       );
       child.on('exit', (c) => resolve(c ?? 1));
     });

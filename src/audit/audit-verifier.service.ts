@@ -1,7 +1,6 @@
 import { Injectable } from '@nestjs/common';
 import { ConfigService } from '@nestjs/config';
 import { InjectDataSource } from '@nestjs/typeorm';
-import { open } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { DataSource, EntityManager, QueryRunner } from 'typeorm';
@@ -9,6 +8,7 @@ import type { AppConfig } from '../config/config';
 import { rowsOf, sql } from '../database/sql';
 import { pgClientOf } from '../database/stream-rows';
 import { Checkpoint, checkpointMac, sameMac } from './audit-chain';
+import { readLastCheckpoint } from './checkpoint-file';
 import { CHECKPOINT_COLUMNS, type CheckpointRow, digestCheckpointedHeads, toCheckpoint } from './audit-chain.service';
 import { isHeadsDigestV2 } from './checkpoint-heads-digest';
 import { AuditBaseSets, type BaseSet } from './audit-base-sets';
@@ -27,8 +27,6 @@ import type { VerifyWorkerData, VerifyWorkerReply } from './audit-verify.worker'
 
 /** Rows per query: large enough that a query's fixed cost (planning across the partitions) is small per row. */
 const BATCH = 5000;
-/** The last line of a checkpoint file is looked for in its last 64 KiB (one line is about 400 bytes). */
-const FILE_TAIL_BYTES = 65_536;
 
 export interface AuditVerification {
   ok: boolean;
@@ -282,41 +280,4 @@ export class AuditVerifierService {
       );
     }
   }
-}
-
-/** The checkpoint file cannot be read or holds no checkpoint: the operator's error, not a broken log. */
-export class CheckpointFileError extends Error {}
-
-/** The last non-empty line of an NDJSON checkpoint file, reading only its tail. */
-export async function readLastCheckpoint(path: string): Promise<Checkpoint> {
-  let text: string;
-  try {
-    const file = await open(path, 'r');
-    try {
-      const { size } = await file.stat();
-      const length = Math.min(size, FILE_TAIL_BYTES);
-      const buffer = Buffer.alloc(length);
-      await file.read(buffer, 0, length, size - length);
-      text = buffer.toString('utf8');
-    } finally {
-      await file.close();
-    }
-  } catch (error) {
-    throw new CheckpointFileError(`${path} cannot be read (${(error as NodeJS.ErrnoException).code ?? 'error'})`);
-  }
-  const lines = text
-    .split('\n')
-    .map((l) => l.trim())
-    .filter(Boolean);
-  const last = lines[lines.length - 1];
-  let parsed: unknown;
-  try {
-    parsed = last === undefined ? undefined : JSON.parse(last);
-  } catch {
-    parsed = undefined;
-  }
-  if (typeof parsed !== 'object' || parsed === null || typeof (parsed as Checkpoint).id !== 'number') {
-    throw new CheckpointFileError(`${path}: the last line is not a checkpoint`);
-  }
-  return parsed as Checkpoint;
 }

@@ -26,7 +26,8 @@ let fileDatabaseUrl: Promise<string> | undefined;
 /**
  * Each spec file runs in its own process and gets its own database, made next to the run's
  * database (DATABASE_URL, set by test/run-tests.ts, which drops them all at the end): files
- * run in parallel, and a cleanup test must not end another file's sessions.
+ * run in parallel, and a cleanup test must not end another file's sessions. It is a copy of
+ * the run's migrated template (see migratedDatabaseAt), so its apps find nothing to migrate.
  */
 export function databaseForThisFile(): Promise<string> {
   fileDatabaseUrl ??= (async () => {
@@ -34,29 +35,49 @@ export function databaseForThisFile(): Promise<string> {
     if (!base) throw new Error('DATABASE_URL is not set: run the tests with `npm test`');
     const url = new URL(base);
     url.pathname = `${url.pathname}_p${process.pid}`;
-    return createDatabaseAt(url);
+    return migratedDatabaseAt(url);
   })();
   return fileDatabaseUrl;
 }
 
 let extraDatabases = 0;
 
-/**
- * A further database of this file's own, named after the file's (so the run drops it too): for
- * tests that tamper with a log or rewrite a schema and must not disturb the next test.
- */
-export async function freshDatabase(): Promise<string> {
+/** The url of a further database of this file's own, named after the file's (so the run drops it too). */
+async function extraDatabaseUrl(): Promise<URL> {
   const url = new URL(await databaseForThisFile());
   url.pathname = `${url.pathname}_${++extraDatabases}`;
-  return createDatabaseAt(url);
+  return url;
 }
 
-/** Creates the database `url` names, through a connection to DATABASE_URL's; answers the url. */
-async function createDatabaseAt(url: URL): Promise<string> {
+/** A further database of this file's own, migrated: for tests that tamper with a log and must not disturb the next test. */
+export async function freshDatabase(): Promise<string> {
+  return migratedDatabaseAt(await extraDatabaseUrl());
+}
+
+/**
+ * A further database of this file's own with no schema at all: for tests of the migrations
+ * themselves (applied from nothing, several instances booting together, a version before
+ * some migration), which a migrated copy would pass without running them.
+ */
+export async function emptyDatabase(): Promise<string> {
+  return createDatabaseAt(await extraDatabaseUrl());
+}
+
+/**
+ * Creates the database `url` names with every migration applied: a copy of the run's template
+ * (TEST_TEMPLATE_DATABASE, made by test/run-tests.ts), which costs about a quarter of applying
+ * them. Without a template (a script outside `npm test`), an empty one that the first app migrates.
+ */
+function migratedDatabaseAt(url: URL): Promise<string> {
+  return createDatabaseAt(url, process.env.TEST_TEMPLATE_DATABASE);
+}
+
+/** Creates the database `url` names (a copy of `template` when given), through a connection to DATABASE_URL's; answers the url. */
+async function createDatabaseAt(url: URL, template?: string): Promise<string> {
   const client = new Client({ connectionString: process.env.DATABASE_URL });
   await client.connect();
   try {
-    await client.query(`CREATE DATABASE "${url.pathname.slice(1)}"`);
+    await client.query(`CREATE DATABASE "${url.pathname.slice(1)}"${template ? ` TEMPLATE "${template}"` : ''}`);
   } finally {
     await client.end();
   }

@@ -8,6 +8,7 @@ import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
 import { Client } from 'pg';
 import { EmbeddedDatabase, startEmbeddedPostgres } from '../src/database/embedded-postgres';
+import { CLEANUP_LOCK_KEY } from '../src/sessions/sessions-cleanup.task';
 import { newUserInput, sleep } from './helpers/factories';
 import { metric, ServiceProcess } from './helpers/service-process';
 import { emptyDatabase } from './helpers/test-app';
@@ -177,44 +178,44 @@ describe('three instances on one database (e2e, real processes)', () => {
 
   it('the cleanup job runs once per tick across the three', async () => {
     await sleep(3500); // a few ticks of the every-second schedule
-    const runs = async () => Number((await db.query(`SELECT runs FROM scheduled_job_runs WHERE name = 'sessions-cleanup'`)).rows[0]?.runs ?? 0);
-    // A claim commits before its instance counts it, so on a loaded machine a scrape can come
-    // between the two for the tick in flight: look again a little later, for as long as 10 s (a
-    // stalled disk once outlasted five looks 300 ms apart; a tick run twice would keep the sum
-    // above the claims however often one looks).
-    let before = 0;
-    let after = 0;
-    let ran: number[] = [];
-    let skipped: number[] = [];
-    let totalRan = 0;
-    for (const deadline = Date.now() + 10_000; Date.now() < deadline;) {
-      before = await runs();
+    // The job's own advisory lock, held here: an instance claims a tick and counts it while it
+    // holds the lock, so once this has it every tick claimed so far is counted, and no other is
+    // claimed while the counts are read. (Compared while ticks went on, a claim whose instance
+    // had not yet counted it, its event loop starved by the other test files, made the counts
+    // one short for as long as 10 s of looking, three times so far.)
+    await db.query('SELECT pg_advisory_lock($1)', [CLEANUP_LOCK_KEY]);
+    let claimed: number;
+    let ran: number[];
+    let skipped: number[];
+    try {
+      claimed = Number((await db.query(`SELECT runs FROM scheduled_job_runs WHERE name = 'sessions-cleanup'`)).rows[0]?.runs ?? 0);
       const scraped = await Promise.all([a, b, c].map(async (s) => (await s.request('/metrics')).body as string));
-      after = await runs();
       ran = scraped.map((text) => metric(text, 'sessionary_session_cleanup_ticks_total{outcome="ran"}'));
       skipped = scraped.map((text) => metric(text, 'sessionary_session_cleanup_ticks_total{outcome="skipped"}'));
-      totalRan = ran.reduce((x, y) => x + y, 0);
-      if (totalRan >= before && totalRan <= after) break;
-      await sleep(300);
+    } finally {
+      await db.query('SELECT pg_advisory_unlock($1)', [CLEANUP_LOCK_KEY]);
     }
-    assert.ok(before >= 3, `ticks claimed: ${before}`);
+    assert.ok(claimed >= 3, `ticks claimed: ${claimed}`);
     // Every tick that ran was claimed once in the database, and the runs of all three add up to
-    // exactly that. (Failed once, `ran 12,6,10 vs claimed 29..29` after the 10 s: what each
-    // instance logged about its cleanup comes with the message, to tell a failed tick from a stall.)
-    const cleanupLogs = () =>
-      [a, b, c]
-        .map(
-          (s, i) =>
-            `${'abc'[i]}: ${s.logs
-              .split('\n')
-              .filter((line) => /cleanup/i.test(line))
-              .slice(-5)
-              .join('\n   ')}`,
-        )
-        .join('\n');
-    assert.ok(totalRan >= before && totalRan <= after, `ran ${ran} vs claimed ${before}..${after}\n${cleanupLogs()}`);
+    // exactly that (what each instance logged about its cleanup comes with the message, to tell
+    // a failed tick from a stall).
+    const cleanupLogs = [a, b, c]
+      .map(
+        (s, i) =>
+          `${'abc'[i]}: ${s.logs
+            .split('\n')
+            .filter((line) => /cleanup/i.test(line))
+            .slice(-5)
+            .join('\n   ')}`,
+      )
+      .join('\n');
+    assert.equal(
+      ran.reduce((x, y) => x + y, 0),
+      claimed,
+      `ran ${ran} vs claimed ${claimed}\n${cleanupLogs}`,
+    );
     // The other instances fired the same ticks and stood aside.
-    assert.ok(skipped.reduce((x, y) => x + y, 0) >= before, `skipped ${skipped}`);
+    assert.ok(skipped.reduce((x, y) => x + y, 0) >= claimed, `skipped ${skipped}`);
   });
 
   it("killing B's listening connection: B recovers by itself and keeps refusing what was revoked meanwhile", async () => {

@@ -12,7 +12,7 @@ import { StoppableJob } from '../common/stoppable-job';
 import { SessionMaintenanceService } from './session-maintenance.service';
 
 // Any fixed 64-bit number works; this one spells "sesclean" in ASCII.
-const CLEANUP_LOCK_KEY = '8315173853005522286';
+export const CLEANUP_LOCK_KEY = '8315173853005522286';
 const BATCH_SIZE = 500;
 /**
  * A tick starts no batch after this share of the time until the next tick has passed; what is

@@ -62,7 +62,7 @@ export async function configureApp(
       maxAge: 600,
     });
   }
-  registerRequestHygiene(app.getHttpAdapter().getInstance(), logger);
+  registerRequestHygiene(app.getHttpAdapter().getInstance(), logger, config.ACCESS_LOG_PROBES);
   // API.md's routes are under ROUTE_PREFIX by the Sessionary module itself (so in a host app too).
   if (docsEnabled(config)) setUpDocs(app, config);
   app.enableShutdownHooks();

@@ -10,6 +10,8 @@ export type { AppConfig as SessionaryConfig } from './config/config';
 export { SessionGuard } from './auth/session.guard';
 export { CurrentAuth, type ActiveSession, type AuthContext } from './common/current-auth.decorator';
 export { Public } from './common/public.decorator';
+// A host's own health or metrics routes: ACCESS_LOG_PROBES then treats them as it treats ours.
+export { ProbeRoute } from './common/probe-route.decorator';
 export { Roles, RolesGuard } from './common/roles';
 export { RequiresRecentAuth, RecentAuthModule, RecentAuthPolicy } from './common/recent-auth';
 export { Client, type ClientContext } from './common/client-context';

@@ -434,6 +434,42 @@ describe('logs (e2e)', () => {
     assert.ok(denied && denied.message.status === 403 && denied.message.userId === me.message.userId);
     assert.ok(requestEvents.some((e) => typeof e.message.userAgent === 'string' && e.message.userAgent.includes('forged admin login')));
   });
+
+  it('leave probes and scrapes answered below 400 out of the access log, unless ACCESS_LOG_PROBES=all; a failing one keeps its line', async () => {
+    /** The routes and statuses of the access lines an app wrote while `requests` ran. */
+    const accessLines = async (overrides: Record<string, string>, requests: (t: TestApp) => Promise<unknown>) => {
+      const lines: string[] = [];
+      const sink = { write: (chunk: string) => void lines.push(...chunk.split('\n').filter(Boolean)) };
+      const t = await createTestApp(overrides, { logger: createLogger({ LOG_LEVEL: 'log', LOG_FORMAT: 'json' }, { stdout: sink, stderr: sink }) });
+      try {
+        await requests(t);
+      } finally {
+        await t.close(); // flushes the logger
+      }
+      return lines
+        .map((l) => JSON.parse(l) as { message?: { event?: string; route?: string; status?: number } })
+        .filter((e) => e.message?.event === 'request')
+        .map((e) => `${e.message!.route} ${e.message!.status}`)
+        .sort();
+    };
+    const probesAndAClient = async (t: TestApp) => {
+      await t.http.get('/health/live').expect(200);
+      await t.http.get('/health/ready').expect(200);
+      await t.http.get('/metrics').expect(200);
+      await t.http.get('/api/v1/users/me').expect(401);
+    };
+    assert.deepEqual(await accessLines({}, probesAndAClient), ['/api/v1/users/me 401'], 'the default: failures only');
+    assert.deepEqual(await accessLines({ ACCESS_LOG_PROBES: 'all' }, probesAndAClient), [
+      '/api/v1/users/me 401',
+      '/health/live 200',
+      '/health/ready 200',
+      '/metrics 200',
+    ]);
+    // A scrape of an instance whose metrics are off answers 404: a failure, so it is logged.
+    assert.deepEqual(await accessLines({ ACCESS_LOG_PROBES: 'failures', METRICS_ENABLED: 'false' }, (t) => t.http.get('/metrics').expect(404)), [
+      '/metrics 404',
+    ]);
+  });
 });
 
 describe('secrets (e2e)', () => {

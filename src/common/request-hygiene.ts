@@ -1,8 +1,10 @@
 import { BadRequestException, Logger, LoggerService } from '@nestjs/common';
+import type { AccessLogProbes } from '../config/env.schema';
 import { type AccessRecord, isAccessLogger, scrubSecrets } from '../config/logger';
 import type { FastifyInstance } from 'fastify';
 import { clientContextOf } from './client-context';
 import { AUTH_CONTEXT_KEY, AuthContext } from './current-auth.decorator';
+import { isProbeRoute } from './probe-route.decorator';
 
 /** Our DTOs are flat; anything deeper than this is not a request we serve. */
 export const MAX_JSON_DEPTH = 8;
@@ -41,8 +43,11 @@ export function jsonDepth(value: unknown): number {
  * malformed Unicode before validation (class-transformer
  * recurses), and one structured access-log line per request, naming the route template (never
  * the raw URL, which could carry a token) and never a header value but the user agent, escaped.
+ * Probes and scrapes (ProbeRoute) answered below 400 get none with `probes: 'failures'`: a load
+ * balancer's health checks and Prometheus's scrapes come every few seconds to every instance and
+ * would bury the clients' requests, while a probe that fails still gets its line.
  */
-export function registerRequestHygiene(fastify: FastifyInstance, logger?: LoggerService | false): void {
+export function registerRequestHygiene(fastify: FastifyInstance, logger: LoggerService | false | undefined, probes: AccessLogProbes): void {
   // JSON only (API.md): Fastify also parses text/plain by default; without a parser it is a 415.
   fastify.removeContentTypeParser('text/plain');
 
@@ -60,7 +65,9 @@ export function registerRequestHygiene(fastify: FastifyInstance, logger?: Logger
   // Through the app's logger directly when it has the cheap access path; Nest's facade otherwise.
   const facade = new Logger('HTTP');
   const writeAccess = isAccessLogger(logger) ? (record: AccessRecord) => logger.access(record) : (record: AccessRecord) => facade.log(record);
+  const skipProbeSuccesses = probes === 'failures';
   fastify.addHook('onResponse', (request, reply, done) => {
+    if (skipProbeSuccesses && reply.statusCode < 400 && isProbeRoute(request.routeOptions?.config)) return done();
     const { ipAddress, userAgent } = clientContextOf(request);
     const auth = (request as unknown as Record<string, AuthContext | undefined>)[AUTH_CONTEXT_KEY];
     writeAccess({

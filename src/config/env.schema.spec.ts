@@ -33,6 +33,7 @@ describe('parseEnv', () => {
     assert.equal(env.MIGRATIONS_RUN, true);
     assert.equal(env.TRUST_PROXY, 'false');
     assert.equal(env.LOG_LEVEL, 'log');
+    assert.equal(env.ACCESS_LOG_PROBES, 'failures');
     assert.equal(env.JWT_ISSUER, 'sessionary');
     assert.equal(env.JWT_AUDIENCE, 'sessionary-api');
     assert.equal(env.DATA_DIR, '.data');
@@ -132,6 +133,7 @@ describe('parseEnv', () => {
     ['MIGRATIONS_RUN', 'maybe-XYZZY'],
     ['NODE_ENV', 'staging-XYZZY'],
     ['LOG_LEVEL', 'chatty-XYZZY'],
+    ['ACCESS_LOG_PROBES', 'some-XYZZY'],
     ['DATABASE_URL', 'mysql://admin:S3cr3t-XYZZY@db/app'],
     ['RATE_LIMIT_SYNC_INTERVAL', '99'],
     ['RATE_LIMIT_SYNC_INTERVAL', '60001'],

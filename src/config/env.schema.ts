@@ -19,6 +19,8 @@ export const INT32_MAX = 2_147_483_647;
 
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'log', 'debug', 'verbose'] as const;
 export type LogLevelName = (typeof LOG_LEVELS)[number];
+const ACCESS_LOG_PROBES = ['failures', 'all'] as const;
+export type AccessLogProbes = (typeof ACCESS_LOG_PROBES)[number];
 
 const toBoolean = ({ value }: { value: unknown }) => {
   if (typeof value !== 'string') return value;
@@ -365,6 +367,13 @@ export class Env {
   /** `json`: one JSON object a line (default); `text`: Nest's readable lines. */
   @IsIn(['json', 'text'])
   LOG_FORMAT: 'json' | 'text' = 'json';
+
+  /**
+   * Access lines of probes and scrapes (`/health/live`, `/health/ready`, `/metrics`):
+   * `failures` (default) logs only those answered with a status of 400 or more, `all` every one.
+   */
+  @IsIn(ACCESS_LOG_PROBES)
+  ACCESS_LOG_PROBES: AccessLogProbes = 'failures';
 }
 
 /** Numbers that must relate to each other; class-validator checks one field at a time. */

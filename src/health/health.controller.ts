@@ -2,6 +2,7 @@ import { Controller, Get } from '@nestjs/common';
 import { ApiOkResponse, ApiOperation, ApiServiceUnavailableResponse, ApiTags } from '@nestjs/swagger';
 import { HealthCheck, HealthCheckResult, HealthCheckService, TypeOrmHealthIndicator } from '@nestjs/terminus';
 import { SkipThrottle } from '@nestjs/throttler';
+import { ProbeRoute } from '../common/probe-route.decorator';
 import { Public } from '../common/public.decorator';
 
 @ApiTags('operations')
@@ -17,6 +18,7 @@ export class HealthController {
   ) {}
 
   @Get('live')
+  @ProbeRoute()
   @ApiOperation({ operationId: 'getLiveness', summary: 'The process runs (never touches the database)' })
   @ApiOkResponse({
     description: 'The process answers',
@@ -27,6 +29,7 @@ export class HealthController {
   }
 
   @Get('ready')
+  @ProbeRoute()
   @HealthCheck()
   @ApiOperation({ operationId: 'getReadiness', summary: 'The database answers' })
   @ApiServiceUnavailableResponse({ description: 'The database does not answer' })

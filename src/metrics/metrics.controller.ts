@@ -3,6 +3,7 @@ import { ConfigService } from '@nestjs/config';
 import type { AppConfig } from '../config/config';
 import { ApiOkResponse, ApiOperation, ApiTags } from '@nestjs/swagger';
 import { SkipThrottle } from '@nestjs/throttler';
+import { ProbeRoute } from '../common/probe-route.decorator';
 import { Public } from '../common/public.decorator';
 import { MetricsService } from './metrics.service';
 
@@ -24,6 +25,7 @@ export class MetricsController {
   }
 
   @Get()
+  @ProbeRoute()
   @Header('Content-Type', 'text/plain; version=0.0.4; charset=utf-8')
   @ApiOperation({ operationId: 'getMetrics', summary: 'Prometheus metrics (text exposition format)' })
   @ApiOkResponse({ description: 'Prometheus text format', content: { 'text/plain': { schema: { type: 'string' } } } })

@@ -65,7 +65,7 @@ export async function emptyDatabase(): Promise<string> {
 
 /**
  * Creates the database `url` names with every migration applied: a copy of the run's template
- * (TEST_TEMPLATE_DATABASE, made by test/run-tests.ts), which costs about a quarter of applying
+ * (TEST_TEMPLATE_DATABASE, made by test/run-tests.ts), which costs about a fifth of applying
  * them. Without a template (a script outside `npm test`), an empty one that the first app migrates.
  */
 function migratedDatabaseAt(url: URL): Promise<string> {

@@ -47,7 +47,7 @@ const templateOf = (database: string): string => `${database}_template`;
 /**
  * Makes the run's template: a database with every migration applied, which test files copy
  * (CREATE DATABASE … TEMPLATE, about 0.1 s) instead of migrating a database of their own
- * (about 0.45 s each, for some 130 databases a run). Its connections are closed before any
+ * (about 0.45 s each, for 121 databases in a full run). Its connections are closed before any
  * file copies it: PostgreSQL copies only a database nobody is connected to.
  */
 async function makeTemplate(serverUrl: string, database: string): Promise<string> {

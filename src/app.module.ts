@@ -1,6 +1,7 @@
 import { DynamicModule, Module } from '@nestjs/common';
 import type { AppConfig } from './config/config';
 import { LogFlushOnShutdown } from './config/log-flush';
+import type { SessionaryProcessOptions } from './sessionary/scheduled-jobs';
 import { SessionaryModule } from './sessionary/sessionary.module';
 
 /**
@@ -10,10 +11,10 @@ import { SessionaryModule } from './sessionary/sessionary.module';
  */
 @Module({})
 export class AppModule {
-  static forRoot(config: AppConfig): DynamicModule {
+  static forRoot(config: AppConfig, run: SessionaryProcessOptions = {}): DynamicModule {
     return {
       module: AppModule,
-      imports: [SessionaryModule.forConfig(config)],
+      imports: [SessionaryModule.forConfig(config, run)],
       providers: [LogFlushOnShutdown],
     };
   }

@@ -172,7 +172,9 @@ async function withApp(run: (app: INestApplicationContext) => Promise<number>): 
   }
   const { AppModule } = await import('./app.module.js');
   const { NestFactory } = await import('@nestjs/core');
-  const app = await NestFactory.createApplicationContext(AppModule.forRoot(config), { logger });
+  // A command does its one job: the service's instances run the scheduled ones (cleanup,
+  // checkpoints, retention, rotation), with the service's settings, not this shell's.
+  const app = await NestFactory.createApplicationContext(AppModule.forRoot(config, { scheduledJobs: false }), { logger });
   try {
     return await run(app);
   } finally {

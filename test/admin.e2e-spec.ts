@@ -1,11 +1,14 @@
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
-import { runCli } from './helpers/cli';
+import { Client } from 'pg';
+import { runCli, runCliWith } from './helpers/cli';
 import { auditRows, sessionRow } from './helpers/db';
-import { bearer, login, registerAndLogin, registerUser, TestUser, Tokens } from './helpers/factories';
+import { bearer, login, registerAndLogin, registerUser, sleep, TestUser, Tokens, uniqueName } from './helpers/factories';
+import { monthStart, pastEvents, silentUser } from './helpers/audit-months';
+import { partitionOf } from '../src/audit/audit-partitions.service';
 import { AuditVerifierService } from '../src/audit/audit-verifier.service';
-import { createTestApp, databaseForThisFile, TestApp } from './helpers/test-app';
+import { createTestApp, databaseForThisFile, freshDatabase, TestApp } from './helpers/test-app';
 
 /** The CLI on this file's database (the app's audit key: its ROLE_CHANGED events join the same chains). */
 const cli = async (...args: string[]) => runCli(await databaseForThisFile(), ...args);
@@ -140,5 +143,80 @@ describe('admin (e2e)', () => {
     const all = await t.http.get('/api/v1/admin/audit?limit=100').set('Authorization', bearer(admin.tokens));
     assert.ok(new Set(all.body.items.map((e: { userId: string }) => e.userId)).size > 1);
     assert.equal((await t.http.get('/api/v1/admin/audit?userId=nope').set('Authorization', bearer(admin.tokens))).status, 400);
+  });
+});
+
+// Its own app, on its own database, after the one above is closed: two apps open in one process
+// share passport's one 'jwt' strategy, the last one built (see the README's library section).
+describe('the CLI and the scheduled jobs (e2e)', () => {
+  it("the CLI runs none of the service's scheduled jobs while a command runs, whatever its settings; it creates the months ahead", async () => {
+    // A database of its own: the command runs with settings under which any job would act at once.
+    const url = await freshDatabase();
+    const own = await createTestApp({ DATABASE_URL: url });
+    const old = monthStart(5);
+    const ahead = partitionOf(monthStart(-2)).name;
+    let user: TestUser;
+    let overdueSession: string;
+    try {
+      const signedIn = await registerAndLogin(own.http);
+      user = signedIn.user;
+      overdueSession = signedIn.tokens.sessionId;
+      await own.db.query(`UPDATE sessions SET idle_expires_at = now() - interval '1 minute' WHERE id = $1`, [overdueSession]);
+      await pastEvents(own, old, [{ userId: await silentUser(own.db, uniqueName('old')), type: 'LOGIN' }]);
+      await own.db.query(`DROP TABLE "${ahead}"`);
+    } finally {
+      await own.close();
+    }
+    // One connection to look, one to hold a lock (pg_stat_activity stays as first read for the
+    // rest of a transaction).
+    const [db, locker] = [new Client({ connectionString: url }), new Client({ connectionString: url })];
+    await Promise.all([db.connect(), locker.connect()]);
+    try {
+      const count = async (text: string) => (await db.query(text)).rows[0].n as number;
+      const checkpoints = await count(`SELECT count(*)::int AS n FROM audit_checkpoints`);
+      // The user's row locked here keeps the command waiting, booted, for a few ticks of an
+      // every-second cleanup and checkpoint check, with the old month past its retention.
+      await locker.query('BEGIN');
+      await locker.query('SELECT 1 FROM users WHERE id = $1 FOR UPDATE', [user.id]);
+      const command = runCliWith(
+        {
+          SESSION_CLEANUP_CRON: '* * * * * *',
+          AUDIT_CHECKPOINT_EVERY: '1',
+          AUDIT_CHECKPOINT_INTERVAL: '1',
+          AUDIT_RETENTION_DAYS: String(Math.floor((Date.now() - partitionOf(old).to.getTime()) / 86_400_000)),
+        },
+        url,
+        'promote-admin',
+        user.email,
+      );
+      const waiting = `SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`;
+      let finished: { code: number; stderr: string } | undefined;
+      void command.then((r) => (finished = r));
+      const deadline = Date.now() + 30_000;
+      while ((await count(waiting)) === 0) {
+        assert.equal(finished, undefined, 'the command ended before it reached the locked row');
+        assert.ok(Date.now() < deadline, 'the command reached the locked row');
+        await sleep(20);
+      }
+      await sleep(2500);
+      await locker.query('COMMIT');
+      const result = await command;
+      assert.equal(result.code, 0, result.stderr);
+      assert.match(result.stdout, /user -> admin/);
+
+      assert.equal(await count(`SELECT count(*)::int AS n FROM scheduled_job_runs`), 0, 'no cleanup tick claimed');
+      assert.equal(
+        (await db.query('SELECT ended_at FROM sessions WHERE id = $1', [overdueSession])).rows[0].ended_at,
+        null,
+        'the overdue session left',
+      );
+      assert.equal(await count(`SELECT count(*)::int AS n FROM "${partitionOf(old).name}"`), 1, 'the month past retention kept');
+      assert.equal(await count(`SELECT count(*)::int AS n FROM audit_checkpoints`), checkpoints, 'no checkpoint written');
+      // What it did do: its command (audited), and the month ahead its events could need.
+      assert.equal(await count(`SELECT count(*)::int AS n FROM audit_events WHERE type = 'ROLE_CHANGED'`), 1);
+      assert.equal(await count(`SELECT count(*)::int AS n FROM pg_class WHERE relname = '${ahead}'`), 1, 'the month ahead created again');
+    } finally {
+      await Promise.all([db.end(), locker.end()]);
+    }
   });
 });

@@ -180,9 +180,10 @@ describe('three instances on one database (e2e, real processes)', () => {
     await sleep(3500); // a few ticks of the every-second schedule
     // The job's own advisory lock, held here: an instance claims a tick and counts it while it
     // holds the lock, so once this has it every tick claimed so far is counted, and no other is
-    // claimed while the counts are read. (Compared while ticks went on, a claim whose instance
-    // had not yet counted it, its event loop starved by the other test files, made the counts
-    // one short for as long as 10 s of looking, three times so far.)
+    // claimed while the counts are read. (The counts came out one short of the claims three
+    // times, for as long as 10 s of looking: until 0.15.1 the CLI's promote-admin above, run
+    // with this deployment's every-second cron, ran the cleanup itself while it was up, and
+    // its claim was counted by no instance.)
     await db.query('SELECT pg_advisory_lock($1)', [CLEANUP_LOCK_KEY]);
     let claimed: number;
     let ran: number[];

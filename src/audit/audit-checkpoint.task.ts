@@ -1,8 +1,9 @@
-import { Injectable, Logger, OnApplicationBootstrap } from '@nestjs/common';
+import { Inject, Injectable, Logger, OnApplicationBootstrap } from '@nestjs/common';
 import { ConfigService } from '@nestjs/config';
 import { SchedulerRegistry } from '@nestjs/schedule';
 import type { AppConfig } from '../config/config';
 import { isDatabaseUnavailable } from '../database/pg-errors';
+import { SCHEDULED_JOBS } from '../sessionary/scheduled-jobs';
 import type { Checkpoint } from './audit-chain';
 import { AuditChainService } from './audit-chain.service';
 import { AuditService } from './audit.service';
@@ -11,7 +12,7 @@ const JOB_NAME = 'audit-checkpoint';
 
 /**
  * At boot: seals the events written before the hash chain (before the instance serves, so that
- * no new event of this version can precede them). Then checks every half
+ * no new event of this version can precede them). Then, where scheduled jobs run, checks every half
  * AUDIT_CHECKPOINT_INTERVAL, and whenever this instance has appended AUDIT_CHECKPOINT_EVERY
  * events, whether a checkpoint is due; every instance does, an advisory lock and the last
  * checkpoint's age and max seq let one of them write it.
@@ -32,10 +33,14 @@ export class AuditCheckpointTask implements OnApplicationBootstrap {
     private readonly audit: AuditService,
     private readonly scheduler: SchedulerRegistry,
     private readonly config: ConfigService<AppConfig, true>,
+    @Inject(SCHEDULED_JOBS) private readonly scheduledJobs: boolean,
   ) {}
 
   async onApplicationBootstrap(): Promise<void> {
     await this.chain.sealPending();
+    // Without scheduled jobs (the CLI) the service's instances write the checkpoints, this
+    // process's events included: theirs come due by age and by the newest seq, not by who wrote.
+    if (!this.scheduledJobs) return;
     const every = this.config.get('AUDIT_CHECKPOINT_EVERY', { infer: true });
     this.audit.onAppended = (count) => {
       this.sinceCheck += count;

@@ -132,34 +132,20 @@ export class AuditPartitionsService {
    */
   async maintain(): Promise<MaintenanceResult> {
     const result: MaintenanceResult = { skipped: false, created: [], dropped: [], held: [], ordered: [], orderHeld: [] };
-    const runner = this.dataSource.createQueryRunner();
-    await runner.connect();
-    try {
-      const {
-        rows: [{ locked }],
-      } = await sql<{ locked: boolean }>(runner.manager, 'SELECT pg_try_advisory_lock($1) AS locked', [PARTITIONS_LOCK_KEY]);
-      if (!locked) return { ...result, skipped: true };
-      try {
-        const {
-          rows: [{ now }],
-        } = await sql<{ now: Date }>(runner.manager, 'SELECT now() AS now');
-        result.created = await this.createAhead(runner, now);
-        const days = this.config.get('AUDIT_RETENTION_DAYS', { infer: true });
-        const cutoff = days === undefined ? undefined : new Date(now.getTime() - days * 86_400_000);
-        if (cutoff) {
-          await this.dropDetachedMonths(runner);
-          const unprepared = await this.prepareBases(runner, now, cutoff);
-          await this.applyRetention(runner, cutoff, unprepared, result);
-        }
-        await this.orderClosedMonths(runner, now, cutoff, result);
-        this.stats.partitions = (await this.list(runner.manager)).length;
-        this.stats.lastRunAt = new Date();
-      } finally {
-        await sql(runner.manager, 'SELECT pg_advisory_unlock($1)', [PARTITIONS_LOCK_KEY]);
+    const ran = await this.locked(async (runner, now) => {
+      result.created = await this.createAhead(runner, now);
+      const days = this.config.get('AUDIT_RETENTION_DAYS', { infer: true });
+      const cutoff = days === undefined ? undefined : new Date(now.getTime() - days * 86_400_000);
+      if (cutoff) {
+        await this.dropDetachedMonths(runner);
+        const unprepared = await this.prepareBases(runner, now, cutoff);
+        await this.applyRetention(runner, cutoff, unprepared, result);
       }
-    } finally {
-      await runner.release();
-    }
+      await this.orderClosedMonths(runner, now, cutoff, result);
+      this.stats.partitions = (await this.list(runner.manager)).length;
+      this.stats.lastRunAt = new Date();
+    });
+    if (!ran) return { ...result, skipped: true };
     for (const d of result.dropped) {
       this.logger.log({
         event: 'audit.partition_dropped',
@@ -174,6 +160,41 @@ export class AuditPartitionsService {
     for (const o of result.ordered) this.logger.log({ event: 'audit.partition_ordered', partition: o.name, events: o.events, seconds: o.seconds });
     for (const h of result.orderHeld) this.logger.log(`Audit partition ${h.name} is left in time order for now: ${h.reason}`);
     return result;
+  }
+
+  /**
+   * Only the months ahead (for a process that runs no scheduled job but writes events: the CLI).
+   * Skipped when another process holds the lock: its run creates them first.
+   */
+  async createMonthsAhead(): Promise<string[]> {
+    let created: string[] = [];
+    await this.locked(async (runner, now) => {
+      created = await this.createAhead(runner, now);
+    });
+    return created;
+  }
+
+  /** Runs `work` under the partitions' advisory lock, with the database's time; false if another process holds it. */
+  private async locked(work: (runner: QueryRunner, now: Date) => Promise<void>): Promise<boolean> {
+    const runner = this.dataSource.createQueryRunner();
+    await runner.connect();
+    try {
+      const {
+        rows: [{ locked }],
+      } = await sql<{ locked: boolean }>(runner.manager, 'SELECT pg_try_advisory_lock($1) AS locked', [PARTITIONS_LOCK_KEY]);
+      if (!locked) return false;
+      try {
+        const {
+          rows: [{ now }],
+        } = await sql<{ now: Date }>(runner.manager, 'SELECT now() AS now');
+        await work(runner, now);
+        return true;
+      } finally {
+        await sql(runner.manager, 'SELECT pg_advisory_unlock($1)', [PARTITIONS_LOCK_KEY]);
+      }
+    } finally {
+      await runner.release();
+    }
   }
 
   /**

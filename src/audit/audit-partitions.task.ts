@@ -1,22 +1,28 @@
-import { BeforeApplicationShutdown, Injectable, Logger, OnApplicationBootstrap } from '@nestjs/common';
+import { BeforeApplicationShutdown, Inject, Injectable, Logger, OnApplicationBootstrap } from '@nestjs/common';
 import { Cron, CronExpression } from '@nestjs/schedule';
 import { isDatabaseUnavailable } from '../database/pg-errors';
+import { SCHEDULED_JOBS } from '../sessionary/scheduled-jobs';
 import { AuditPartitionsService, MaintenanceResult } from './audit-partitions.service';
 
 /**
  * Keeps audit_events' months ahead created and applies AUDIT_RETENTION_DAYS: at boot and every
  * hour on every instance (an advisory lock lets one work; the rest is cheap when nothing is due).
- * Shutdown waits for a run under way.
+ * Shutdown waits for a run under way. Without scheduled jobs (the CLI) it only creates the
+ * months ahead at boot, before the process writes, and never applies retention or reorders.
  */
 @Injectable()
 export class AuditPartitionsTask implements OnApplicationBootstrap, BeforeApplicationShutdown {
   private readonly logger = new Logger(AuditPartitionsTask.name);
   private running: Promise<MaintenanceResult | undefined> | undefined;
 
-  constructor(private readonly partitions: AuditPartitionsService) {}
+  constructor(
+    private readonly partitions: AuditPartitionsService,
+    @Inject(SCHEDULED_JOBS) private readonly scheduledJobs: boolean,
+  ) {}
 
-  onApplicationBootstrap(): void {
-    void this.handleTick();
+  async onApplicationBootstrap(): Promise<void> {
+    if (this.scheduledJobs) void this.handleTick();
+    else await this.partitions.createMonthsAhead();
   }
 
   async beforeApplicationShutdown(): Promise<void> {

@@ -23,11 +23,12 @@ import { RateLimitModule } from '../rate-limit/rate-limit.module';
 import { SessionsModule } from '../sessions/sessions.module';
 import { UsersModule } from '../users/users.module';
 import { configFromOptions, SESSIONARY_CONFIG, SessionaryConfigModule, type SessionaryOptions } from './sessionary-config';
+import { SCHEDULED_JOBS, type SessionaryProcessOptions } from './scheduled-jobs';
 
 /** The modules whose routes are API.md's, served under ROUTE_PREFIX (health and metrics stay at the root). */
 const API_MODULES: Type[] = [AuthModule, UsersModule, SessionsModule, AuditModule, AdminModule];
 
-export interface SessionaryAsyncOptions {
+export interface SessionaryAsyncOptions extends SessionaryProcessOptions {
   imports?: ModuleMetadata['imports'];
   inject?: Array<string | symbol | Type>;
   useFactory: (...args: never[]) => SessionaryOptions | Promise<SessionaryOptions>;
@@ -53,12 +54,13 @@ class SessionaryRoutePrefix {
  *   SessionaryModule.forRootAsync({ useFactory: () => ({ databaseUrl, jwtSecret, passwordPepper }) })
  *
  * Options are the configuration table's settings in camelCase (README); the service itself
- * (main.ts) is this module with its configuration from the environment.
+ * (main.ts) is this module with its configuration from the environment. A process that boots
+ * the module only to run one command passes `{ scheduledJobs: false }` (see SCHEDULED_JOBS).
  */
 @Module({})
 export class SessionaryModule {
-  static forRoot(options: SessionaryOptions): DynamicModule {
-    return SessionaryModule.withConfig({ provide: SESSIONARY_CONFIG, useValue: configFromOptions(options) });
+  static forRoot(options: SessionaryOptions, run: SessionaryProcessOptions = {}): DynamicModule {
+    return SessionaryModule.withConfig({ provide: SESSIONARY_CONFIG, useValue: configFromOptions(options) }, run);
   }
 
   static forRootAsync(options: SessionaryAsyncOptions): DynamicModule {
@@ -68,17 +70,22 @@ export class SessionaryModule {
         inject: options.inject ?? [],
         useFactory: async (...args: never[]) => configFromOptions(await options.useFactory(...args)),
       },
+      options,
       options.imports,
     );
   }
 
   /** A configuration already validated (main.ts, the CLI, the tests: loadConfig() of the environment). */
-  static forConfig(config: AppConfig): DynamicModule {
+  static forConfig(config: AppConfig, run: SessionaryProcessOptions = {}): DynamicModule {
     if (!config.DATABASE_URL) throw new Error('DATABASE_URL must be resolved before the Sessionary module is built');
-    return SessionaryModule.withConfig({ provide: SESSIONARY_CONFIG, useValue: config });
+    return SessionaryModule.withConfig({ provide: SESSIONARY_CONFIG, useValue: config }, run);
   }
 
-  private static withConfig(configProvider: Provider, imports: ModuleMetadata['imports'] = []): DynamicModule {
+  private static withConfig(
+    configProvider: Provider,
+    { scheduledJobs = true }: SessionaryProcessOptions,
+    imports: ModuleMetadata['imports'] = [],
+  ): DynamicModule {
     return {
       module: SessionaryModule,
       // The configuration is reachable from every Sessionary module, under its own token only.
@@ -97,7 +104,8 @@ export class SessionaryModule {
             return dataSource;
           },
         }),
-        ScheduleModule.forRoot(),
+        // Without scheduled jobs, no @Cron method is mounted; the tasks' own timers ask SCHEDULED_JOBS.
+        ScheduleModule.forRoot({ cronJobs: scheduledJobs, intervals: scheduledJobs, timeouts: scheduledJobs }),
         // Domain events for the host application's listeners (src/events/domain-events.ts).
         EventEmitterModule.forRoot(),
         SessionaryConfigModule,
@@ -113,6 +121,7 @@ export class SessionaryModule {
       ],
       providers: [
         configProvider,
+        { provide: SCHEDULED_JOBS, useValue: scheduledJobs },
         SessionaryRoutePrefix,
         DatabaseOutageMonitor,
         { provide: APP_PIPE, useClass: AppValidationPipe },
@@ -121,7 +130,7 @@ export class SessionaryModule {
         { provide: APP_GUARD, useExisting: RateLimitGuard },
         { provide: APP_GUARD, useExisting: SessionGuard },
       ],
-      exports: [SESSIONARY_CONFIG, AuthModule, UsersModule, SessionsModule, AuditModule, KeysModule],
+      exports: [SESSIONARY_CONFIG, SCHEDULED_JOBS, AuthModule, UsersModule, SessionsModule, AuditModule, KeysModule],
     };
   }
 }

@@ -1,4 +1,4 @@
-import { BeforeApplicationShutdown, Injectable, Logger, OnApplicationBootstrap } from '@nestjs/common';
+import { BeforeApplicationShutdown, Inject, Injectable, Logger, OnApplicationBootstrap } from '@nestjs/common';
 import { ConfigService } from '@nestjs/config';
 import { Cron, SchedulerRegistry } from '@nestjs/schedule';
 import { InjectDataSource } from '@nestjs/typeorm';
@@ -9,6 +9,7 @@ import { sql } from '../database/sql';
 import { Env } from '../config/env.schema';
 import { isDatabaseUnavailable } from '../database/pg-errors';
 import { StoppableJob } from '../common/stoppable-job';
+import { SCHEDULED_JOBS } from '../sessionary/scheduled-jobs';
 import { SessionMaintenanceService } from './session-maintenance.service';
 
 // Any fixed 64-bit number works; this one spells "sesclean" in ASCII.
@@ -83,9 +84,11 @@ export class SessionsCleanupTask implements OnApplicationBootstrap, BeforeApplic
     @InjectDataSource() private readonly dataSource: DataSource,
     private readonly scheduler: SchedulerRegistry,
     private readonly config: ConfigService<AppConfig, true>,
+    @Inject(SCHEDULED_JOBS) private readonly scheduledJobs: boolean,
   ) {}
 
   onApplicationBootstrap(): void {
+    if (!this.scheduledJobs) return; // no job was mounted
     const configured = this.config.get('SESSION_CLEANUP_CRON', { infer: true });
     // setTime stops the job; it starts again on the new expression.
     const job = this.scheduler.getCronJob(SESSIONS_CLEANUP_JOB);

@@ -13,19 +13,23 @@ export interface CliResult {
 
 /**
  * Runs `npm run cli -- <args>` as its own process on `databaseUrl`, with the keys the test apps
- * use (its audit events join the same chains; it opens the same signing keys) and no background
- * checkpoints or cleanup. A non-zero exit is returned, not thrown.
+ * use (its audit events join the same chains; it opens the same signing keys). The CLI runs no
+ * scheduled job whatever its settings, so none are turned off here. A non-zero exit is
+ * returned, not thrown.
  */
 export async function runCli(databaseUrl: string, ...args: string[]): Promise<CliResult> {
+  return runCliWith({}, databaseUrl, ...args);
+}
+
+/** runCli with more settings in the CLI's environment. */
+export async function runCliWith(settings: Record<string, string>, databaseUrl: string, ...args: string[]): Promise<CliResult> {
   const env = {
     ...process.env,
     NODE_ENV: 'test',
     DATABASE_URL: databaseUrl,
     AUDIT_HMAC_KEY: TEST_AUDIT_HMAC_KEY,
     KEY_ENCRYPTION_KEY: TEST_KEY_ENCRYPTION_KEY,
-    AUDIT_CHECKPOINT_EVERY: '1000000000',
-    AUDIT_CHECKPOINT_INTERVAL: '86400',
-    SESSION_CLEANUP_CRON: '0 0 1 1 *',
+    ...settings,
   };
   try {
     const { stdout, stderr } = await promisify(execFile)(process.execPath, [CLI, ...args], { env, maxBuffer: 64 * 1024 * 1024 });

@@ -146,11 +146,9 @@ describe('admin (e2e)', () => {
   });
 });
 
-// Its own app, on its own database, after the one above is closed: two apps open in one process
-// share passport's one 'jwt' strategy, the last one built (see the README's library section).
+// A database of its own: the command runs with settings under which any job would act at once.
 describe('the CLI and the scheduled jobs (e2e)', () => {
   it("the CLI runs none of the service's scheduled jobs while a command runs, whatever its settings; it creates the months ahead", async () => {
-    // A database of its own: the command runs with settings under which any job would act at once.
     const url = await freshDatabase();
     const own = await createTestApp({ DATABASE_URL: url });
     const old = monthStart(5);

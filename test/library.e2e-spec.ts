@@ -1,11 +1,14 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
-import { Controller, Get, Injectable, Module } from '@nestjs/common';
+import { Controller, Get, Injectable, Module, Req, UseGuards } from '@nestjs/common';
 import { ConfigModule } from '@nestjs/config';
 import { OnEvent } from '@nestjs/event-emitter';
+import { AuthGuard, PassportModule, PassportStrategy } from '@nestjs/passport';
 import { FastifyAdapter, NestFastifyApplication } from '@nestjs/platform-fastify';
 import { Test } from '@nestjs/testing';
+import * as jwt from 'jsonwebtoken';
+import { ExtractJwt, Strategy } from 'passport-jwt';
 import request from 'supertest';
 // The package's entry point, as a host application imports it.
 import { CurrentAuth, Public, SessionaryModule, type AuthContext, type SessionEndedEvent } from '../src/index';
@@ -34,30 +37,71 @@ class Listener {
 const secret = () => randomBytes(48).toString('base64');
 const secrets = { jwtSecret: secret(), passwordPepper: secret(), auditHmacKey: secret() };
 
+// The host's own tokens, checked by its own passport-jwt strategy under passport's default name
+// 'jwt' (as Nest's documentation writes one), on a route of its own that Sessionary leaves alone.
+const hostSecret = secret();
+
+@Injectable()
+class HostJwtStrategy extends PassportStrategy(Strategy) {
+  constructor() {
+    super({ jwtFromRequest: ExtractJwt.fromAuthHeaderAsBearerToken(), secretOrKey: hostSecret, algorithms: ['HS256'] });
+  }
+  validate(payload: { sub: string }) {
+    return { hostUser: payload.sub };
+  }
+}
+
+@Controller('legacy')
+class LegacyController {
+  @Public() @UseGuards(AuthGuard('jwt')) @Get() who(@Req() req: { user: unknown }) {
+    return req.user;
+  }
+}
+
+/** A Sessionary app on a database of its own, in this process, as a host builds one. */
+async function sessionaryApp(imports: unknown[] = [], controllers: unknown[] = [], providers: unknown[] = []): Promise<NestFastifyApplication> {
+  const databaseUrl = await emptyDatabase();
+  @Module({
+    imports: [
+      ...(imports as []),
+      SessionaryModule.forRootAsync({
+        useFactory: () => ({ databaseUrl, ...secrets, routePrefix: 'api/v1', nodeEnv: 'test', bcryptCost: 4, rateLimitPerMinute: 0 }),
+      }),
+    ],
+    controllers: controllers as [],
+    providers: providers as [],
+  })
+  class HostModule {}
+  const moduleRef = await Test.createTestingModule({ imports: [HostModule] }).compile();
+  // The host's own app: Fastify, no global prefix, none of Sessionary's app setup.
+  const app = moduleRef.createNestApplication<NestFastifyApplication>(new FastifyAdapter());
+  await app.init();
+  await app.getHttpAdapter().getInstance().ready();
+  return app;
+}
+
+async function signedIn(http: ReturnType<typeof request>): Promise<string> {
+  const user = newUserInput();
+  assert.equal((await http.post('/api/v1/auth/register').send(user)).status, 201);
+  const login = await http.post('/api/v1/auth/login').send({ email: user.email, password: user.password });
+  assert.equal(login.status, 200);
+  return (login.body as { accessToken: string }).accessToken;
+}
+
 describe('Sessionary inside a host Nest app (e2e)', () => {
   let app: NestFastifyApplication;
   let http: ReturnType<typeof request>;
 
   before(async () => {
-    const databaseUrl = await emptyDatabase();
-    @Module({
-      imports: [
+    app = await sessionaryApp(
+      [
         // The host's own global configuration, with names Sessionary uses too: neither sees the other's.
         ConfigModule.forRoot({ isGlobal: true, ignoreEnvFile: true, load: [() => ({ JWT_ISSUER: 'the-host', SESSION_IDLE_TTL: 1 })] }),
-        SessionaryModule.forRootAsync({
-          useFactory: () => ({ databaseUrl, ...secrets, routePrefix: 'api/v1', nodeEnv: 'test', bcryptCost: 4, rateLimitPerMinute: 0 }),
-        }),
+        PassportModule,
       ],
-      controllers: [OrdersController],
-      providers: [Listener],
-    })
-    class HostModule {}
-
-    const moduleRef = await Test.createTestingModule({ imports: [HostModule] }).compile();
-    // The host's own app: Fastify, no global prefix, none of Sessionary's app setup.
-    app = moduleRef.createNestApplication<NestFastifyApplication>(new FastifyAdapter());
-    await app.init();
-    await app.getHttpAdapter().getInstance().ready();
+      [OrdersController, LegacyController],
+      [Listener, HostJwtStrategy],
+    );
     http = request(app.getHttpServer());
   });
   after(async () => {
@@ -89,6 +133,40 @@ describe('Sessionary inside a host Nest app (e2e)', () => {
       [[sessionId, 'logout']],
     );
     assert.equal((await http.get('/orders').set('Authorization', `Bearer ${accessToken}`)).status, 401, 'the ended session is refused at once');
+  });
+
+  it("leaves the host's own passport 'jwt' strategy to the host's routes, and uses only its own", async () => {
+    const hostToken = jwt.sign({ sub: 'host-user-1' }, hostSecret, { algorithm: 'HS256', expiresIn: 60 });
+    const sessionaryToken = await signedIn(http);
+    const as = (token: string) => `Bearer ${token}`;
+    assert.deepEqual((await http.get('/legacy').set('Authorization', as(hostToken))).body, { hostUser: 'host-user-1' });
+    assert.equal((await http.get('/legacy').set('Authorization', as(sessionaryToken))).status, 401, "Sessionary's token on the host's guard");
+    assert.equal((await http.get('/orders').set('Authorization', as(sessionaryToken))).status, 200);
+    assert.equal((await http.get('/api/v1/users/me').set('Authorization', as(sessionaryToken))).status, 200);
+    assert.equal((await http.get('/orders').set('Authorization', as(hostToken))).status, 401, "the host's token on Sessionary's guard");
+  });
+
+  it('keeps verifying with its own keys when a second Sessionary app is built in the same process', async () => {
+    const before = await signedIn(http);
+    const second = await sessionaryApp();
+    try {
+      const secondHttp = request(second.getHttpServer());
+      const theirs = await signedIn(secondHttp);
+      const mine = await signedIn(http);
+      for (const token of [before, mine]) {
+        assert.equal((await http.get('/api/v1/users/me').set('Authorization', `Bearer ${token}`)).status, 200, 'the first app, its own token');
+        assert.equal(
+          (await secondHttp.get('/api/v1/users/me').set('Authorization', `Bearer ${token}`)).status,
+          401,
+          "the second app, the first's token",
+        );
+      }
+      assert.equal((await secondHttp.get('/api/v1/users/me').set('Authorization', `Bearer ${theirs}`)).status, 200, 'the second app, its own token');
+      assert.equal((await http.get('/api/v1/users/me').set('Authorization', `Bearer ${theirs}`)).status, 401, "the first app, the second's token");
+    } finally {
+      await second.close();
+    }
+    assert.equal((await http.get('/api/v1/users/me').set('Authorization', `Bearer ${before}`)).status, 200, 'after the second app closed');
   });
 
   it('keeps health and metrics at the root, and nothing of the API outside routePrefix', async () => {

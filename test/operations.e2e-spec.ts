@@ -206,13 +206,7 @@ describe('operations and error hygiene (e2e)', () => {
   });
 
   it('serves no docs and no metrics when DOCS_ENABLED and METRICS_ENABLED are false', async () => {
-    // Same secrets: passport keeps one 'jwt' strategy per process, the last app's.
-    const closed = await createTestApp({
-      DOCS_ENABLED: 'false',
-      METRICS_ENABLED: 'false',
-      JWT_SECRET: t.config.JWT_SECRET,
-      PASSWORD_PEPPER: t.config.PASSWORD_PEPPER,
-    });
+    const closed = await createTestApp({ DOCS_ENABLED: 'false', METRICS_ENABLED: 'false' });
     try {
       for (const path of ['/docs', '/docs-json', '/metrics']) assert.equal((await closed.http.get(path)).status, 404, path);
       assert.equal((await closed.http.get('/health/live')).status, 200);

@@ -198,8 +198,7 @@ describe('HTTP hygiene (e2e)', () => {
   });
 
   it('with no CORS_ORIGINS, answers no origin at all: no CORS header, preflight 404 like an unknown route', async () => {
-    // Same secrets: passport keeps one 'jwt' strategy per process, the last app's.
-    const closed = await createTestApp({ CORS_ORIGINS: '', JWT_SECRET: t.config.JWT_SECRET, PASSWORD_PEPPER: t.config.PASSWORD_PEPPER });
+    const closed = await createTestApp({ CORS_ORIGINS: '' });
     try {
       const preflight = await closed.http
         .options('/api/v1/auth/login')

@@ -2,7 +2,6 @@ import { Module } from '@nestjs/common';
 import { SessionaryConfigModule } from '../sessionary/sessionary-config';
 import { ConfigService } from '@nestjs/config';
 import { JwtModule } from '@nestjs/jwt';
-import { PassportModule } from '@nestjs/passport';
 import { AuditModule } from '../audit/audit.module';
 import { LoginThrottleModule } from '../login-throttle/login-throttle.module';
 import type { AppConfig } from '../config/config';
@@ -25,7 +24,6 @@ import { SessionGuard } from './session.guard';
     AuditModule,
     LoginThrottleModule,
     KeysModule,
-    PassportModule,
     JwtModule.registerAsync({
       imports: [SessionaryConfigModule],
       inject: [ConfigService],

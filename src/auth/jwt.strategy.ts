@@ -56,7 +56,7 @@ interface VerifiedToken {
  * looked up by their whole text, so a forged token always takes the full path.
  */
 @Injectable()
-export class JwtStrategy extends PassportStrategy(Strategy, 'jwt') {
+export class JwtStrategy extends PassportStrategy(Strategy, 'sessionary-jwt') {
   private readonly verified: LRUCache<string, VerifiedToken> | undefined;
 
   constructor(config: ConfigService<AppConfig, true>, ring: KeyRing) {

@@ -187,7 +187,7 @@ describe('SessionGuard with the real JwtAuthGuard and JwtStrategy', { timeout: 1
   const config = {
     get: (k: string) => (({ JWT_ISSUER: 'sessionary', JWT_AUDIENCE: 'sessionary-api' }) as Record<string, string>)[k],
   } as unknown as ConfigService<AppConfig, true>;
-  // Registers itself with passport under 'jwt', as the AuthModule would; it remembers no token.
+  // It remembers no token (SESSION_CACHE_MAX unset).
   const strategy = new JwtStrategy(config, ringOf(key));
 
   const userId = randomUUID();
@@ -205,7 +205,7 @@ describe('SessionGuard with the real JwtAuthGuard and JwtStrategy', { timeout: 1
 
   beforeEach(() => {
     sessions = { validateSession: mock.fn(async () => auth) };
-    guard = new SessionGuard(new Reflector(), new JwtAuthGuard(), strategy, sessions as unknown as SessionsService);
+    guard = new SessionGuard(new Reflector(), new JwtAuthGuard(strategy), strategy, sessions as unknown as SessionsService);
   });
 
   it('accepts a valid access token and hands its claims to the session service', async () => {
@@ -309,9 +309,8 @@ describe('SessionGuard with a strategy that remembers verified tokens', { timeou
   let guard: SessionGuard;
 
   beforeEach(() => {
-    // Created here, not when the suite is declared: passport keeps one 'jwt' strategy per process.
     strategy = new JwtStrategy(config, ringOf(key));
-    jwtGuard = new JwtAuthGuard();
+    jwtGuard = new JwtAuthGuard(strategy);
     mock.method(jwtGuard, 'canActivate');
     sessions = { validateSession: mock.fn(async () => auth) };
     guard = new SessionGuard(new Reflector(), jwtGuard, strategy, sessions as unknown as SessionsService);

@@ -6,12 +6,14 @@ import { ConfigModule } from '@nestjs/config';
 import { OnEvent } from '@nestjs/event-emitter';
 import { AuthGuard, PassportModule, PassportStrategy } from '@nestjs/passport';
 import { FastifyAdapter, NestFastifyApplication } from '@nestjs/platform-fastify';
+import { Cron, ScheduleModule, SchedulerRegistry } from '@nestjs/schedule';
 import { Test } from '@nestjs/testing';
 import * as jwt from 'jsonwebtoken';
 import { ExtractJwt, Strategy } from 'passport-jwt';
 import request from 'supertest';
 // The package's entry point, as a host application imports it.
 import { CurrentAuth, Public, SessionaryModule, type AuthContext, type SessionEndedEvent } from '../src/index';
+import { SESSIONARY_CRON_JOBS } from '../src/sessionary/scheduled-jobs';
 import { newUserInput } from './helpers/factories';
 import { emptyDatabase } from './helpers/test-app';
 
@@ -31,6 +33,15 @@ class Listener {
   ended: SessionEndedEvent[] = [];
   @OnEvent('session.ended') onEnded(e: SessionEndedEvent) {
     this.ended.push(e);
+  }
+}
+
+/** The host's own scheduled job: the second of each run. */
+@Injectable()
+class HostJob {
+  ranAt: number[] = [];
+  @Cron('* * * * * *', { name: 'host-job' }) run() {
+    this.ranAt.push(Math.floor(Date.now() / 1000));
   }
 }
 
@@ -58,14 +69,24 @@ class LegacyController {
   }
 }
 
-/** A Sessionary app on a database of its own, in this process, as a host builds one. */
-async function sessionaryApp(imports: unknown[] = [], controllers: unknown[] = [], providers: unknown[] = []): Promise<NestFastifyApplication> {
+/**
+ * A Sessionary app on a database of its own, in this process, as a host builds one: with the
+ * scheduler imported once by the host's root module unless `scheduler` is false.
+ */
+async function sessionaryApp(
+  imports: unknown[] = [],
+  controllers: unknown[] = [],
+  providers: unknown[] = [],
+  { scheduler = true, scheduledJobs }: { scheduler?: boolean; scheduledJobs?: boolean } = {},
+): Promise<NestFastifyApplication> {
   const databaseUrl = await emptyDatabase();
   @Module({
     imports: [
+      ...(scheduler ? [ScheduleModule.forRoot()] : []),
       ...(imports as []),
       SessionaryModule.forRootAsync({
         useFactory: () => ({ databaseUrl, ...secrets, routePrefix: 'api/v1', nodeEnv: 'test', bcryptCost: 4, rateLimitPerMinute: 0 }),
+        scheduledJobs,
       }),
     ],
     controllers: controllers as [],
@@ -75,7 +96,12 @@ async function sessionaryApp(imports: unknown[] = [], controllers: unknown[] = [
   const moduleRef = await Test.createTestingModule({ imports: [HostModule] }).compile();
   // The host's own app: Fastify, no global prefix, none of Sessionary's app setup.
   const app = moduleRef.createNestApplication<NestFastifyApplication>(new FastifyAdapter());
-  await app.init();
+  try {
+    await app.init();
+  } catch (error) {
+    await app.close(); // a refused boot leaves nothing open
+    throw error;
+  }
   await app.getHttpAdapter().getInstance().ready();
   return app;
 }
@@ -100,7 +126,7 @@ describe('Sessionary inside a host Nest app (e2e)', () => {
         PassportModule,
       ],
       [OrdersController, LegacyController],
-      [Listener, HostJwtStrategy],
+      [Listener, HostJwtStrategy, HostJob],
     );
     http = request(app.getHttpServer());
   });
@@ -167,6 +193,39 @@ describe('Sessionary inside a host Nest app (e2e)', () => {
       await second.close();
     }
     assert.equal((await http.get('/api/v1/users/me').set('Authorization', `Bearer ${before}`)).status, 200, 'after the second app closed');
+  });
+
+  it("runs the host's own @Cron job once a tick, beside its own jobs in the host's scheduler", async () => {
+    const job = app.get(HostJob);
+    const deadline = Date.now() + 10_000;
+    while (job.ranAt.length < 3) {
+      assert.ok(Date.now() < deadline, `the host's job ran ${job.ranAt.length} times in 10 s`);
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    // Each second once: a second scheduler (a ScheduleModule.forRoot() of Sessionary's own)
+    // would run it twice in the same second.
+    assert.deepEqual(job.ranAt, [...new Set(job.ranAt)], `runs at ${job.ranAt.join(', ')}`);
+    assert.deepEqual([...app.get(SchedulerRegistry).getCronJobs().keys()].sort(), ['host-job', ...Object.values(SESSIONARY_CRON_JOBS)].sort());
+  });
+
+  it('refuses to boot without the scheduler, saying what to import, and boots without its jobs when told to run none', async () => {
+    // Closed if it boots after all, so that a failure here leaves nothing running.
+    const refusal = await sessionaryApp([], [], [], { scheduler: false }).then(
+      (booted) => booted.close().then(() => 'booted'),
+      (error: unknown) => String(error),
+    );
+    assert.match(refusal, /import ScheduleModule\.forRoot\(\) from @nestjs\/schedule once/);
+    const quiet = await sessionaryApp([], [], [HostJob], { scheduledJobs: false });
+    try {
+      // The host's scheduler mounted every @Cron it found; Sessionary took its own out.
+      assert.deepEqual([...quiet.get(SchedulerRegistry).getCronJobs().keys()], ['host-job']);
+      const quietHttp = request(quiet.getHttpServer());
+      assert.equal((await quietHttp.get('/api/v1/users/me').set('Authorization', `Bearer ${await signedIn(quietHttp)}`)).status, 200);
+    } finally {
+      await quiet.close();
+    }
+    const noScheduler = await sessionaryApp([], [], [], { scheduler: false, scheduledJobs: false });
+    await noScheduler.close();
   });
 
   it('keeps health and metrics at the root, and nothing of the API outside routePrefix', async () => {

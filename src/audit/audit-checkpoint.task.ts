@@ -1,4 +1,4 @@
-import { Inject, Injectable, Logger, OnApplicationBootstrap } from '@nestjs/common';
+import { Inject, Injectable, Logger, OnApplicationBootstrap, Optional } from '@nestjs/common';
 import { ConfigService } from '@nestjs/config';
 import { SchedulerRegistry } from '@nestjs/schedule';
 import type { AppConfig } from '../config/config';
@@ -31,9 +31,10 @@ export class AuditCheckpointTask implements OnApplicationBootstrap {
   constructor(
     private readonly chain: AuditChainService,
     private readonly audit: AuditService,
-    private readonly scheduler: SchedulerRegistry,
     private readonly config: ConfigService<AppConfig, true>,
     @Inject(SCHEDULED_JOBS) private readonly scheduledJobs: boolean,
+    /** The application's scheduler (its root module imports it); none in the CLI. */
+    @Optional() private readonly scheduler?: SchedulerRegistry,
   ) {}
 
   async onApplicationBootstrap(): Promise<void> {
@@ -52,7 +53,7 @@ export class AuditCheckpointTask implements OnApplicationBootstrap {
     const periodMs = Math.max(1000, Math.floor((this.config.get('AUDIT_CHECKPOINT_INTERVAL', { infer: true }) * 1000) / 2));
     const timer = setInterval(() => void this.handleTick(), periodMs);
     timer.unref();
-    this.scheduler.addInterval(JOB_NAME, timer);
+    this.scheduler?.addInterval(JOB_NAME, timer);
   }
 
   /** Never throws (nothing else would see it), never overlaps itself. */

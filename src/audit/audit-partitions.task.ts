@@ -1,7 +1,7 @@
 import { BeforeApplicationShutdown, Inject, Injectable, Logger, OnApplicationBootstrap } from '@nestjs/common';
 import { Cron, CronExpression } from '@nestjs/schedule';
 import { isDatabaseUnavailable } from '../database/pg-errors';
-import { SCHEDULED_JOBS } from '../sessionary/scheduled-jobs';
+import { SCHEDULED_JOBS, SESSIONARY_CRON_JOBS } from '../sessionary/scheduled-jobs';
 import { AuditPartitionsService, MaintenanceResult } from './audit-partitions.service';
 
 /**
@@ -30,7 +30,7 @@ export class AuditPartitionsTask implements OnApplicationBootstrap, BeforeApplic
     await this.running;
   }
 
-  @Cron(CronExpression.EVERY_HOUR, { name: 'audit-partitions', waitForCompletion: true })
+  @Cron(CronExpression.EVERY_HOUR, { name: SESSIONARY_CRON_JOBS.auditPartitions, waitForCompletion: true })
   async onTick(): Promise<void> {
     await this.handleTick();
   }

@@ -1,6 +1,7 @@
 import { BeforeApplicationShutdown, Injectable, Logger } from '@nestjs/common';
 import { ConfigService } from '@nestjs/config';
 import { Cron, CronExpression } from '@nestjs/schedule';
+import { SESSIONARY_CRON_JOBS } from '../sessionary/scheduled-jobs';
 import type { AppConfig } from '../config/config';
 import { isDatabaseUnavailable } from '../database/pg-errors';
 import { KeyRotationService } from './key-rotation.service';
@@ -28,7 +29,7 @@ export class KeyRotationTask implements BeforeApplicationShutdown {
     await this.running;
   }
 
-  @Cron(CronExpression.EVERY_5_MINUTES, { name: 'signing-key-rotation', waitForCompletion: true })
+  @Cron(CronExpression.EVERY_5_MINUTES, { name: SESSIONARY_CRON_JOBS.signingKeyRotation, waitForCompletion: true })
   async onTick(): Promise<void> {
     this.running = this.handleTick().finally(() => (this.running = undefined));
     await this.running;

@@ -1,6 +1,7 @@
 import { BeforeApplicationShutdown, Injectable, Logger } from '@nestjs/common';
 import { ConfigService } from '@nestjs/config';
 import { Cron, CronExpression } from '@nestjs/schedule';
+import { SESSIONARY_CRON_JOBS } from '../sessionary/scheduled-jobs';
 import { InjectDataSource } from '@nestjs/typeorm';
 import { createHash } from 'node:crypto';
 import { DataSource, EntityManager } from 'typeorm';
@@ -182,7 +183,7 @@ export class LoginThrottleService implements BeforeApplicationShutdown {
    * Forgets counters quiet for a whole window, and clients not seen for 30 days. Every instance
    * runs it at the same hour: the batches' SKIP LOCKED splits the rows between them.
    */
-  @Cron(CronExpression.EVERY_HOUR, { name: 'login-throttle-prune', waitForCompletion: true })
+  @Cron(CronExpression.EVERY_HOUR, { name: SESSIONARY_CRON_JOBS.loginThrottlePrune, waitForCompletion: true })
   prune(): Promise<number> {
     return this.pruning.run((stop) => this.pruneInBatches(stop));
   }

@@ -1,5 +1,6 @@
 import { BeforeApplicationShutdown, Injectable } from '@nestjs/common';
 import { Cron, CronExpression } from '@nestjs/schedule';
+import { SESSIONARY_CRON_JOBS } from '../sessionary/scheduled-jobs';
 import { StoppableJob } from '../common/stoppable-job';
 import { PgThrottlerStorage } from './pg-throttler.storage';
 
@@ -16,7 +17,7 @@ export class RateLimitPruneTask implements BeforeApplicationShutdown {
 
   constructor(private readonly storage: PgThrottlerStorage) {}
 
-  @Cron(CronExpression.EVERY_10_MINUTES, { name: 'rate-limit-prune', waitForCompletion: true })
+  @Cron(CronExpression.EVERY_10_MINUTES, { name: SESSIONARY_CRON_JOBS.rateLimitPrune, waitForCompletion: true })
   prune(): Promise<number> {
     return this.pruning.run((stop) => this.storage.prune(PRUNE_BUDGET_MS, stop));
   }

@@ -1,3 +1,6 @@
+import { Inject, Injectable, OnApplicationBootstrap, Optional } from '@nestjs/common';
+import { SchedulerRegistry } from '@nestjs/schedule';
+
 /**
  * Whether this process runs Sessionary's scheduled jobs: the session cleanup, the audit
  * checkpoints, the audit partitions' maintenance (months ahead, retention, ordering), the
@@ -15,4 +18,49 @@ export const SCHEDULED_JOBS = Symbol('SESSIONARY_SCHEDULED_JOBS');
 export interface SessionaryProcessOptions {
   /** Run the scheduled jobs (default true); false for one-shot processes. */
   scheduledJobs?: boolean;
+}
+
+/** Sessionary's `@Cron` jobs, by their names in the SchedulerRegistry. */
+export const SESSIONARY_CRON_JOBS = {
+  sessionsCleanup: 'sessions-cleanup',
+  auditPartitions: 'audit-partitions',
+  signingKeyRotation: 'signing-key-rotation',
+  rateLimitPrune: 'rate-limit-prune',
+  loginThrottlePrune: 'login-throttle-prune',
+} as const;
+
+/**
+ * Sessionary does not import `ScheduleModule.forRoot()`: the application does, once, in its
+ * root module (the service's AppModule does). Since Nest 11 a dynamic module is told apart by
+ * reference, so each `forRoot()` is a module of its own whose explorer mounts every `@Cron` of
+ * the application again: with Sessionary importing its own, a host's jobs ran twice (and
+ * Sessionary's). This checks at boot, after the scheduler has mounted the jobs, that
+ * Sessionary's are there when they should run (an application without the scheduler is
+ * refused, rather than left without its cleanup, checkpoints or next month's partition), and
+ * takes them out of the registry when they should not.
+ */
+@Injectable()
+export class ScheduledJobsCheck implements OnApplicationBootstrap {
+  constructor(
+    @Inject(SCHEDULED_JOBS) private readonly scheduledJobs: boolean,
+    @Optional() private readonly registry?: SchedulerRegistry,
+  ) {}
+
+  onApplicationBootstrap(): void {
+    const names = Object.values(SESSIONARY_CRON_JOBS);
+    const mounted = names.filter((name) => this.registry?.doesExist('cron', name));
+    if (!this.scheduledJobs) {
+      // Mounted by the application's scheduler, which mounts every @Cron it finds.
+      for (const name of mounted) this.registry!.deleteCronJob(name);
+      return;
+    }
+    const missing = names.filter((name) => !mounted.includes(name));
+    if (missing.length) {
+      throw new Error(
+        `Sessionary's scheduled jobs are not mounted (${missing.join(', ')}): import ScheduleModule.forRoot() from @nestjs/schedule ` +
+          "once, in the application's root module (Sessionary does not, so that the application's own jobs run once), " +
+          'or pass { scheduledJobs: false } to run none of them in this process',
+      );
+    }
+  }
 }

@@ -2,7 +2,6 @@ import { DynamicModule, Inject, Injectable, Module, ModuleMetadata, Provider, Ty
 import { MODULE_PATH } from '@nestjs/common/constants.js';
 import { APP_FILTER, APP_GUARD, APP_PIPE, ModulesContainer } from '@nestjs/core';
 import { EventEmitterModule } from '@nestjs/event-emitter';
-import { ScheduleModule } from '@nestjs/schedule';
 import { TypeOrmModule } from '@nestjs/typeorm';
 import { DataSource, DataSourceOptions } from 'typeorm';
 import { AdminModule } from '../admin/admin.module';
@@ -23,7 +22,7 @@ import { RateLimitModule } from '../rate-limit/rate-limit.module';
 import { SessionsModule } from '../sessions/sessions.module';
 import { UsersModule } from '../users/users.module';
 import { configFromOptions, SESSIONARY_CONFIG, SessionaryConfigModule, type SessionaryOptions } from './sessionary-config';
-import { SCHEDULED_JOBS, type SessionaryProcessOptions } from './scheduled-jobs';
+import { SCHEDULED_JOBS, ScheduledJobsCheck, type SessionaryProcessOptions } from './scheduled-jobs';
 
 /** The modules whose routes are API.md's, served under ROUTE_PREFIX (health and metrics stay at the root). */
 const API_MODULES: Type[] = [AuthModule, UsersModule, SessionsModule, AuditModule, AdminModule];
@@ -54,8 +53,10 @@ class SessionaryRoutePrefix {
  *   SessionaryModule.forRootAsync({ useFactory: () => ({ databaseUrl, jwtSecret, passwordPepper }) })
  *
  * Options are the configuration table's settings in camelCase (README); the service itself
- * (main.ts) is this module with its configuration from the environment. A process that boots
- * the module only to run one command passes `{ scheduledJobs: false }` (see SCHEDULED_JOBS).
+ * (main.ts) is this module with its configuration from the environment. Its jobs are `@Cron`
+ * methods: the application imports `ScheduleModule.forRoot()` once, in its root module (see
+ * ScheduledJobsCheck). A process that boots the module only to run one command passes
+ * `{ scheduledJobs: false }` (see SCHEDULED_JOBS).
  */
 @Module({})
 export class SessionaryModule {
@@ -104,8 +105,7 @@ export class SessionaryModule {
             return dataSource;
           },
         }),
-        // Without scheduled jobs, no @Cron method is mounted; the tasks' own timers ask SCHEDULED_JOBS.
-        ScheduleModule.forRoot({ cronJobs: scheduledJobs, intervals: scheduledJobs, timeouts: scheduledJobs }),
+        // No ScheduleModule.forRoot(): the application imports it once (see ScheduledJobsCheck).
         // Domain events for the host application's listeners (src/events/domain-events.ts).
         EventEmitterModule.forRoot(),
         SessionaryConfigModule,
@@ -122,6 +122,7 @@ export class SessionaryModule {
       providers: [
         configProvider,
         { provide: SCHEDULED_JOBS, useValue: scheduledJobs },
+        ScheduledJobsCheck,
         SessionaryRoutePrefix,
         DatabaseOutageMonitor,
         { provide: APP_PIPE, useClass: AppValidationPipe },

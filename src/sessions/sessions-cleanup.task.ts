@@ -1,4 +1,4 @@
-import { BeforeApplicationShutdown, Inject, Injectable, Logger, OnApplicationBootstrap } from '@nestjs/common';
+import { BeforeApplicationShutdown, Inject, Injectable, Logger, OnApplicationBootstrap, Optional } from '@nestjs/common';
 import { ConfigService } from '@nestjs/config';
 import { Cron, SchedulerRegistry } from '@nestjs/schedule';
 import { InjectDataSource } from '@nestjs/typeorm';
@@ -9,7 +9,7 @@ import { sql } from '../database/sql';
 import { Env } from '../config/env.schema';
 import { isDatabaseUnavailable } from '../database/pg-errors';
 import { StoppableJob } from '../common/stoppable-job';
-import { SCHEDULED_JOBS } from '../sessionary/scheduled-jobs';
+import { SCHEDULED_JOBS, SESSIONARY_CRON_JOBS } from '../sessionary/scheduled-jobs';
 import { SessionMaintenanceService } from './session-maintenance.service';
 
 // Any fixed 64-bit number works; this one spells "sesclean" in ASCII.
@@ -54,7 +54,7 @@ interface TickLimit {
 }
 
 /** The job's name in the SchedulerRegistry. */
-export const SESSIONS_CLEANUP_JOB = 'sessions-cleanup';
+export const SESSIONS_CLEANUP_JOB = SESSIONARY_CRON_JOBS.sessionsCleanup;
 
 /**
  * Every SESSION_CLEANUP_CRON tick: end sessions past their deadlines (reason and audit event
@@ -82,13 +82,15 @@ export class SessionsCleanupTask implements OnApplicationBootstrap, BeforeApplic
   constructor(
     private readonly sessions: SessionMaintenanceService,
     @InjectDataSource() private readonly dataSource: DataSource,
-    private readonly scheduler: SchedulerRegistry,
     private readonly config: ConfigService<AppConfig, true>,
     @Inject(SCHEDULED_JOBS) private readonly scheduledJobs: boolean,
+    /** The application's scheduler (its root module imports it); none in the CLI. */
+    @Optional() private readonly scheduler?: SchedulerRegistry,
   ) {}
 
   onApplicationBootstrap(): void {
-    if (!this.scheduledJobs) return; // no job was mounted
+    // Not mounted: ScheduledJobsCheck refuses the boot if it should be.
+    if (!this.scheduledJobs || !this.scheduler?.doesExist('cron', SESSIONS_CLEANUP_JOB)) return;
     const configured = this.config.get('SESSION_CLEANUP_CRON', { infer: true });
     // setTime stops the job; it starts again on the new expression.
     const job = this.scheduler.getCronJob(SESSIONS_CLEANUP_JOB);
@@ -142,7 +144,9 @@ export class SessionsCleanupTask implements OnApplicationBootstrap, BeforeApplic
 
   /** Half the time until the job's next tick, as the scheduler has it. */
   private defaultBudgetMs(): number {
-    const next = this.scheduler.getCronJob(SESSIONS_CLEANUP_JOB).nextDate().toMillis();
+    const job = this.scheduler?.doesExist('cron', SESSIONS_CLEANUP_JOB) ? this.scheduler.getCronJob(SESSIONS_CLEANUP_JOB) : undefined;
+    // Run by hand without the scheduler (the CLI has none): the configured expression's next tick.
+    const next = (job?.nextDate() ?? new CronTime(this.config.get('SESSION_CLEANUP_CRON', { infer: true })).sendAt()).toMillis();
     return Math.max(0, next - Date.now()) * TICK_BUDGET_SHARE;
   }
 

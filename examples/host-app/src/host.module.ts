@@ -1,5 +1,6 @@
 import { Controller, Get, Injectable, Logger, Module } from '@nestjs/common';
 import { OnEvent } from '@nestjs/event-emitter';
+import { ScheduleModule } from '@nestjs/schedule';
 import { SessionaryModule, CurrentAuth, Public, type AuthContext, type SessionEndedEvent } from 'sessionary';
 
 @Controller('orders')
@@ -24,6 +25,8 @@ class Listener {
 
 @Module({
   imports: [
+    // Once, here: Sessionary's cleanup, checkpoints and retention are @Cron jobs it runs.
+    ScheduleModule.forRoot(),
     SessionaryModule.forRootAsync({
       useFactory: () => ({
         databaseUrl: process.env.DATABASE_URL!,

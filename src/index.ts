@@ -5,6 +5,7 @@
 export { SessionaryModule, type SessionaryAsyncOptions } from './sessionary/sessionary.module';
 export { SESSIONARY_CONFIG, configFromOptions, type SessionaryOptions } from './sessionary/sessionary-config';
 export type { SessionaryProcessOptions } from './sessionary/scheduled-jobs';
+export { SESSIONARY_DATA_SOURCE, SESSIONARY_DATA_SOURCE_TOKEN } from './database/data-source-name';
 export type { AppConfig as SessionaryConfig } from './config/config';
 
 // Guards and decorators: every route is protected by the session guard unless @Public().

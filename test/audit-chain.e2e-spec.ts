@@ -27,6 +27,7 @@ import { AuditCheckpointHeads1766300000000 } from '../src/database/migrations/17
 import { runMigrationsLocked } from '../src/database/migrate';
 import { tamper } from './helpers/db';
 import { recordQueryRunners, recordStatements, Statement, textOf } from './helpers/query-runners';
+import { SESSIONARY_DATA_SOURCE_TOKEN } from '../src/database/data-source-name';
 
 interface Fixture {
   t: TestApp;
@@ -128,7 +129,7 @@ const everyWay = async (f: Fixture) => {
   ];
   return Promise.all(
     variants.map(async (v) => {
-      const verifier = new AuditVerifierService(f.t.app.get(DataSource), f.t.app.get(AuditBaseSets), {
+      const verifier = new AuditVerifierService(f.t.app.get<DataSource>(SESSIONARY_DATA_SOURCE_TOKEN), f.t.app.get(AuditBaseSets), {
         get: (name: string, options?: unknown) => (name in v ? v[name] : config.get(name, options as never)),
       } as unknown as ConfigService<AppConfig, true>);
       // Workers even for this small log (they start only from 100k events otherwise).
@@ -380,7 +381,7 @@ describe('audit hash chain (e2e)', () => {
     // The lane's next batch appends to the head this instance remembers: one statement, no lock first.
     const tokens = await login(f.t.http, f.user);
     await f.t.db.query(`UPDATE sessions SET idle_expires_at = now() - interval '1 minute' WHERE id = $1`, [tokens.sessionId]);
-    const spy = recordQueryRunners(f.t.app.get(DataSource));
+    const spy = recordQueryRunners(f.t.app.get<DataSource>(SESSIONARY_DATA_SOURCE_TOKEN));
     try {
       assert.equal(await f.t.app.get(SessionMaintenanceService).endExpiredSessions(250, { index: 0, of: 1 }), 1);
     } finally {
@@ -692,7 +693,7 @@ describe('audit hash chain (e2e)', () => {
          VALUES ($1, now() - interval '1 minute', now() + interval '1 day', md5(random()::text) || md5(random()::text), now() + interval '1 day')`,
         [f.other.id],
       );
-      const spy = recordQueryRunners(f.t.app.get(DataSource));
+      const spy = recordQueryRunners(f.t.app.get<DataSource>(SESSIONARY_DATA_SOURCE_TOKEN));
       try {
         assert.equal(await maintenance.endExpiredSessions(250, { index: 0, of: 1 }), 1);
       } finally {
@@ -777,7 +778,7 @@ describe('locking audit chain heads (e2e)', () => {
   it('locks existing heads without a new row version, creates missing ones, and asks again for one created by another transaction meanwhile', async () => {
     t = await createTestApp({ DATABASE_URL: await freshDatabase() });
     const user = await registerUser(t.http);
-    const dataSource = t.app.get(DataSource);
+    const dataSource = t.app.get<DataSource>(SESSIONARY_DATA_SOURCE_TOKEN);
     const [writer, other, probe] = [dataSource.createQueryRunner(), dataSource.createQueryRunner(), dataSource.createQueryRunner()];
     try {
       const [{ ctid: before }] = await writer.query(`SELECT ctid::text FROM audit_chain_heads WHERE chain_key = $1`, [user.id]);
@@ -829,7 +830,7 @@ describe('locking audit chain heads (e2e)', () => {
   it('sends only the heads it found missing to the INSERT: no conflict check for the ones that exist', async () => {
     t = await createTestApp({ DATABASE_URL: await freshDatabase() });
     const users = [await registerUser(t.http), await registerUser(t.http)];
-    const runner = t.app.get(DataSource).createQueryRunner();
+    const runner = t.app.get<DataSource>(SESSIONARY_DATA_SOURCE_TOKEN).createQueryRunner();
     try {
       await runner.startTransaction();
       const keys = [...users.map((u) => u.id), 'not-there-yet'].sort();

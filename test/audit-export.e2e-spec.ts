@@ -14,6 +14,7 @@ import { runCli } from './helpers/cli';
 import { createTestApp, databaseForThisFile, TestApp } from './helpers/test-app';
 import { tamper } from './helpers/db';
 import { interceptQueryRunners, recordQueryRunners, textOf } from './helpers/query-runners';
+import { SESSIONARY_DATA_SOURCE_TOKEN } from '../src/database/data-source-name';
 
 /** The CLI on this file's database. */
 const cli = async (...args: string[]) => runCli(await databaseForThisFile(), ...args);
@@ -232,7 +233,7 @@ describe('audit export (e2e)', () => {
     // a plan that merges the months' seq indexes, read each month again from the last line up
     // to the filter's next match: a user's export read months past the user's last event in
     // them once per batch.
-    const dataSource = t.app.get(DataSource);
+    const dataSource = t.app.get<DataSource>(SESSIONARY_DATA_SOURCE_TOKEN);
     const exporter = t.app.get(AuditExportService);
     /** The statements of each query runner opened meanwhile (other jobs may open some too). */
     const spy = recordQueryRunners(dataSource);
@@ -549,7 +550,7 @@ describe('audit export (e2e)', () => {
 
   it('cancels a FETCH still running when the client goes away, rather than waiting for it, and gives the connection back', async () => {
     const exporter = t.app.get(AuditExportService);
-    const dataSource = t.app.get(DataSource);
+    const dataSource = t.app.get<DataSource>(SESSIONARY_DATA_SOURCE_TOKEN);
     exporter.batchSize = 1;
     // The first FETCH after the prefetched batch stands in for one that reads far to fill its
     // batch: a statement of a minute on the export's connection, in its transaction.
@@ -590,7 +591,7 @@ describe('audit export (e2e)', () => {
 
   it('does not give the pool a connection whose transaction may still be open: one whose ROLLBACK failed is closed', async () => {
     const exporter = t.app.get(AuditExportService);
-    const dataSource = t.app.get(DataSource);
+    const dataSource = t.app.get<DataSource>(SESSIONARY_DATA_SOURCE_TOKEN);
     const restore = interceptQueryRunners(dataSource, (runner) => {
       // As a cancel meant for the last FETCH would make it fail, leaving the transaction open.
       runner.rollbackTransaction = () => Promise.reject(new Error('canceling statement due to user request'));

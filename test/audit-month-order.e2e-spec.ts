@@ -13,6 +13,7 @@ import { AuditVerifierService } from '../src/audit/audit-verifier.service';
 import { AuditService } from '../src/audit/audit.service';
 import { monthStart, pastEvents, silentUser, uncommittedPastEvent } from './helpers/audit-months';
 import { createTestApp, freshDatabase, TestApp } from './helpers/test-app';
+import { SESSIONARY_DATA_SOURCE_TOKEN } from '../src/database/data-source-name';
 
 const opened: TestApp[] = [];
 
@@ -31,7 +32,7 @@ async function app(overrides: Record<string, string> = {}): Promise<TestApp> {
 /** A partitions service of its own (stopWaiting ends its runs for good). */
 function partitionsService(t: TestApp): AuditPartitionsService {
   return new AuditPartitionsService(
-    t.app.get(DataSource),
+    t.app.get<DataSource>(SESSIONARY_DATA_SOURCE_TOKEN),
     t.app.get(AuditChainService),
     t.app.get(AuditExportService),
     t.app.get(AuditBaseSets),

@@ -26,6 +26,7 @@ import { registerUser } from './helpers/factories';
 import { createTestApp, freshDatabase, TEST_AUDIT_HMAC_KEY, TestApp } from './helpers/test-app';
 import { tamper } from './helpers/db';
 import { monthStart, partitionsOf, pastEvents, silentUser, uncommittedPastEvent } from './helpers/audit-months';
+import { SESSIONARY_DATA_SOURCE_TOKEN } from '../src/database/data-source-name';
 
 const opened: TestApp[] = [];
 const scratch: string[] = [];
@@ -48,7 +49,7 @@ async function app(url: string, overrides: Record<string, string> = {}): Promise
 }
 
 /** The app's partitions service with AUDIT_RETENTION_DAYS set to `days` (one app, several retentions). */
-function retention(t: TestApp, days: number, dataSource: DataSource = t.app.get(DataSource)): AuditPartitionsService {
+function retention(t: TestApp, days: number, dataSource: DataSource = t.app.get<DataSource>(SESSIONARY_DATA_SOURCE_TOKEN)): AuditPartitionsService {
   const config = t.app.get(ConfigService);
   return new AuditPartitionsService(
     dataSource,

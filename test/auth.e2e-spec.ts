@@ -7,6 +7,7 @@ import { auditRows, sessionRow } from './helpers/db';
 import { bearer, login, newUserInput, registerAndLogin, registerUser, uniqueName } from './helpers/factories';
 import { recordQueryRunners, textOf } from './helpers/query-runners';
 import { createTestApp, emptyDatabase, TestApp } from './helpers/test-app';
+import { SESSIONARY_DATA_SOURCE_TOKEN } from '../src/database/data-source-name';
 
 function decodeJwt(token: string): { header: Record<string, unknown>; payload: Record<string, unknown> } {
   const [h, p] = token.split('.');
@@ -292,7 +293,7 @@ describe('auth (e2e)', () => {
     it('sends every statement of its transaction prepared: PostgreSQL plans them once per connection, not at every refresh', async () => {
       const { tokens } = await registerAndLogin(t.http);
       /** The statements of each query runner opened meanwhile: a prepared one is pg's { name, text }. */
-      const spy = recordQueryRunners(t.app.get(DataSource));
+      const spy = recordQueryRunners(t.app.get<DataSource>(SESSIONARY_DATA_SOURCE_TOKEN));
       try {
         assert.equal((await t.http.post('/api/v1/auth/refresh').send({ refreshToken: tokens.refreshToken })).status, 200);
       } finally {

@@ -8,11 +8,13 @@ import { AuthGuard, PassportModule, PassportStrategy } from '@nestjs/passport';
 import { FastifyAdapter, NestFastifyApplication } from '@nestjs/platform-fastify';
 import { Cron, ScheduleModule, SchedulerRegistry } from '@nestjs/schedule';
 import { Test } from '@nestjs/testing';
+import { InjectDataSource, TypeOrmModule } from '@nestjs/typeorm';
 import * as jwt from 'jsonwebtoken';
 import { ExtractJwt, Strategy } from 'passport-jwt';
 import request from 'supertest';
+import type { DataSource } from 'typeorm';
 // The package's entry point, as a host application imports it.
-import { CurrentAuth, Public, SessionaryModule, type AuthContext, type SessionEndedEvent } from '../src/index';
+import { CurrentAuth, Public, SESSIONARY_DATA_SOURCE_TOKEN, SessionaryModule, type AuthContext, type SessionEndedEvent } from '../src/index';
 import { SESSIONARY_CRON_JOBS } from '../src/sessionary/scheduled-jobs';
 import { newUserInput } from './helpers/factories';
 import { emptyDatabase } from './helpers/test-app';
@@ -34,6 +36,12 @@ class Listener {
   @OnEvent('session.ended') onEnded(e: SessionEndedEvent) {
     this.ended.push(e);
   }
+}
+
+/** The host's own data, through its own default TypeORM data source. */
+@Injectable()
+class HostStore {
+  constructor(@InjectDataSource() readonly dataSource: DataSource) {}
 }
 
 /** The host's own scheduled job: the second of each run. */
@@ -124,9 +132,11 @@ describe('Sessionary inside a host Nest app (e2e)', () => {
         // The host's own global configuration, with names Sessionary uses too: neither sees the other's.
         ConfigModule.forRoot({ isGlobal: true, ignoreEnvFile: true, load: [() => ({ JWT_ISSUER: 'the-host', SESSION_IDLE_TTL: 1 })] }),
         PassportModule,
+        // The host's own database, as its default data source (imported before Sessionary).
+        TypeOrmModule.forRootAsync({ useFactory: async () => ({ type: 'postgres', url: await emptyDatabase() }) }),
       ],
       [OrdersController, LegacyController],
-      [Listener, HostJwtStrategy, HostJob],
+      [Listener, HostJwtStrategy, HostJob, HostStore],
     );
     http = request(app.getHttpServer());
   });
@@ -159,6 +169,20 @@ describe('Sessionary inside a host Nest app (e2e)', () => {
       [[sessionId, 'logout']],
     );
     assert.equal((await http.get('/orders').set('Authorization', `Bearer ${accessToken}`)).status, 401, 'the ended session is refused at once');
+  });
+
+  it("keeps the host's default TypeORM data source the host's, and its own database its own", async () => {
+    const databaseOf = async (dataSource: DataSource) =>
+      ((await dataSource.query('SELECT current_database() AS name')) as Array<{ name: string }>)[0].name;
+    const hostDatabase = await databaseOf(app.get(HostStore).dataSource);
+    const sessionaryDatabase = await databaseOf(app.get<DataSource>(SESSIONARY_DATA_SOURCE_TOKEN));
+    assert.notEqual(hostDatabase, sessionaryDatabase);
+    assert.equal(((await app.get(HostStore).dataSource.query(`SELECT to_regclass('sessions') AS t`)) as Array<{ t: string | null }>)[0].t, null);
+    const token = await signedIn(http);
+    assert.equal((await http.get('/api/v1/users/me').set('Authorization', `Bearer ${token}`)).status, 200);
+    // Readiness pings Sessionary's database, not the default data source: with the host's closed, still 200.
+    await app.get(HostStore).dataSource.destroy();
+    assert.equal((await http.get('/health/ready')).status, 200);
   });
 
   it("leaves the host's own passport 'jwt' strategy to the host's routes, and uses only its own", async () => {

@@ -181,7 +181,7 @@ describe('three instances on one database (e2e, real processes)', () => {
     // The job's own advisory lock, held here: an instance claims a tick and counts it while it
     // holds the lock, so once this has it every tick claimed so far is counted, and no other is
     // claimed while the counts are read. (The counts came out one short of the claims three
-    // times, for as long as 10 s of looking: until 0.15.1 the CLI's promote-admin above, run
+    // times, for as long as 10 s of looking: until 0.16.0 the CLI's promote-admin above, run
     // with this deployment's every-second cron, ran the cleanup itself while it was up, and
     // its claim was counted by no instance.)
     await db.query('SELECT pg_advisory_lock($1)', [CLEANUP_LOCK_KEY]);

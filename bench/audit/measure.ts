@@ -15,6 +15,7 @@ import type { AppConfig } from '../../src/config/config';
 import { quantile } from '../stats';
 import { benchUserId, seedCleanupSessions } from './seed';
 import { recordStatements, slowest, type StatementTiming } from './statements';
+import { SESSIONARY_DATA_SOURCE_TOKEN } from '../../src/database/data-source-name';
 
 export interface PageMeasure {
   name: string;
@@ -113,7 +114,7 @@ export interface CheckpointMeasure {
 export async function measureCheckpoint(app: INestApplicationContext, users: number, changed: number): Promise<CheckpointMeasure> {
   const chain = app.get(AuditChainService);
   const audit = app.get(AuditService);
-  const dataSource = app.get(DataSource);
+  const dataSource = app.get<DataSource>(SESSIONARY_DATA_SOURCE_TOKEN);
   const append = (userId: string) => dataSource.transaction((em) => audit.record(em, { type: 'TOKEN_REFRESH', userId }));
   await chain.checkpoint(true);
   const picked = new Set<string>();
@@ -270,7 +271,7 @@ export interface OrderMeasure {
 function partitionsWith(app: INestApplicationContext, overrides: Record<string, unknown>): AuditPartitionsService {
   const config = app.get(ConfigService);
   return new AuditPartitionsService(
-    app.get(DataSource),
+    app.get<DataSource>(SESSIONARY_DATA_SOURCE_TOKEN),
     app.get(AuditChainService),
     app.get(AuditExportService),
     app.get(AuditBaseSets),
@@ -311,19 +312,19 @@ export async function measureMonthOrder(app: INestApplicationContext, progress: 
 export async function measurePartitionDrop(app: INestApplicationContext): Promise<DropMeasure> {
   const base = app.get(AuditPartitionsService);
   const [oldest, second] = await base.list();
-  const [{ now }] = (await app.get(DataSource).query('SELECT now() AS now')) as Array<{ now: Date }>;
+  const [{ now }] = (await app.get<DataSource>(SESSIONARY_DATA_SOURCE_TOKEN).query('SELECT now() AS now')) as Array<{ now: Date }>;
   const days = Math.floor((now.getTime() - oldest.to.getTime()) / 86_400_000);
   if (now.getTime() - days * 86_400_000 >= second.to.getTime()) throw new Error('no retention drops exactly the oldest month');
   const withRetention = (retention: number) => partitionsWith(app, { AUDIT_RETENTION_DAYS: retention });
 
   const preparation = await recordStatements(() => withRetention(days + 1).maintain());
-  const sets = await app.get(AuditBaseSets).list(app.get(DataSource).manager);
+  const sets = await app.get(AuditBaseSets).list(app.get<DataSource>(SESSIONARY_DATA_SOURCE_TOKEN).manager);
   const set = sets.find((s) => s.month === monthOf(oldest));
   if (preparation.result.dropped.length || !set)
     throw new Error(`expected ${oldest.name}'s bases prepared and nothing dropped, got ${JSON.stringify(preparation.result)}`);
 
   const [{ bytes }] = (await app
-    .get(DataSource)
+    .get<DataSource>(SESSIONARY_DATA_SOURCE_TOKEN)
     .query(`SELECT pg_total_relation_size($1::regclass)::float8 AS bytes`, [`"${oldest.name}"`])) as Array<{ bytes: number }>;
   const { result, statements, seconds } = await recordStatements(() => withRetention(days).maintain());
   if (result.dropped.length !== 1 || result.dropped[0].name !== oldest.name) {

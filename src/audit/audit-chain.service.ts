@@ -1,6 +1,7 @@
 import { Injectable, Logger, OnModuleDestroy } from '@nestjs/common';
 import { ConfigService } from '@nestjs/config';
 import { InjectDataSource } from '@nestjs/typeorm';
+import { SESSIONARY_DATA_SOURCE } from '../database/data-source-name';
 import { appendFile } from 'node:fs/promises';
 import { DataSource, EntityManager } from 'typeorm';
 import type { AppConfig } from '../config/config';
@@ -86,7 +87,7 @@ export class AuditChainService implements OnModuleDestroy {
   private readonly stopping = new AbortController();
 
   constructor(
-    @InjectDataSource() private readonly dataSource: DataSource,
+    @InjectDataSource(SESSIONARY_DATA_SOURCE) private readonly dataSource: DataSource,
     private readonly config: ConfigService<AppConfig, true>,
   ) {
     this.key = config.get('AUDIT_HMAC_KEY', { infer: true });

@@ -1,6 +1,7 @@
 import { Injectable, Logger } from '@nestjs/common';
 import { ConfigService } from '@nestjs/config';
 import { InjectDataSource } from '@nestjs/typeorm';
+import { SESSIONARY_DATA_SOURCE } from '../database/data-source-name';
 import type { EventEmitter } from 'node:events';
 import { Readable } from 'node:stream';
 import { DataSource, QueryRunner } from 'typeorm';
@@ -48,7 +49,7 @@ export class AuditExportService {
   private active = 0;
 
   constructor(
-    @InjectDataSource() private readonly dataSource: DataSource,
+    @InjectDataSource(SESSIONARY_DATA_SOURCE) private readonly dataSource: DataSource,
     config: ConfigService<AppConfig, true>,
   ) {
     this.key = config.get('AUDIT_HMAC_KEY', { infer: true });

@@ -1,5 +1,6 @@
 import { Injectable } from '@nestjs/common';
 import { InjectDataSource } from '@nestjs/typeorm';
+import { SESSIONARY_DATA_SOURCE } from '../database/data-source-name';
 import { DataSource, EntityManager, QueryRunner } from 'typeorm';
 import { pgErrorCode } from '../database/pg-errors';
 import { sql } from '../database/sql';
@@ -45,7 +46,7 @@ export class AuditMonthOrder {
   /** See SWAP_LOCK_TIMEOUT_MS (a field so that tests that act while the swap waits can lengthen it). */
   lockTimeoutMs = SWAP_LOCK_TIMEOUT_MS;
 
-  constructor(@InjectDataSource() private readonly dataSource: DataSource) {}
+  constructor(@InjectDataSource(SESSIONARY_DATA_SOURCE) private readonly dataSource: DataSource) {}
 
   /** The months among `partitions` not yet in chain order. */
   async unordered(em: EntityManager, partitions: AuditPartition[]): Promise<AuditPartition[]> {

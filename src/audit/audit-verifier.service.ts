@@ -1,6 +1,7 @@
 import { Injectable } from '@nestjs/common';
 import { ConfigService } from '@nestjs/config';
 import { InjectDataSource } from '@nestjs/typeorm';
+import { SESSIONARY_DATA_SOURCE } from '../database/data-source-name';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { DataSource, EntityManager, QueryRunner } from 'typeorm';
@@ -77,7 +78,7 @@ export class AuditVerifierService {
   pendingLimit = PENDING_LIMIT;
 
   constructor(
-    @InjectDataSource() private readonly dataSource: DataSource,
+    @InjectDataSource(SESSIONARY_DATA_SOURCE) private readonly dataSource: DataSource,
     private readonly bases: AuditBaseSets,
     config: ConfigService<AppConfig, true>,
   ) {

@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import { BadRequestException, Injectable } from '@nestjs/common';
 import { ConfigService } from '@nestjs/config';
 import { InjectDataSource } from '@nestjs/typeorm';
+import { SESSIONARY_DATA_SOURCE } from '../database/data-source-name';
 import { DataSource, EntityManager } from 'typeorm';
 import type { ClientContext } from '../common/client-context';
 import type { AppConfig } from '../config/config';
@@ -101,7 +102,7 @@ export class AuditService {
   private clockOffsetMs = 0;
 
   constructor(
-    @InjectDataSource() private readonly dataSource: DataSource,
+    @InjectDataSource(SESSIONARY_DATA_SOURCE) private readonly dataSource: DataSource,
     config: ConfigService<AppConfig, true>,
     private readonly domainEvents: DomainEventPublisher,
   ) {

@@ -1,6 +1,7 @@
 import { Injectable } from '@nestjs/common';
 import { ConfigService } from '@nestjs/config';
 import { InjectDataSource } from '@nestjs/typeorm';
+import { SESSIONARY_DATA_SOURCE } from '../database/data-source-name';
 import { LRUCache } from 'lru-cache';
 import { DataSource } from 'typeorm';
 import type { AppConfig } from '../config/config';
@@ -55,7 +56,7 @@ export class BoundedAuditService {
   private readonly windowSeconds: number;
 
   constructor(
-    @InjectDataSource() private readonly dataSource: DataSource,
+    @InjectDataSource(SESSIONARY_DATA_SOURCE) private readonly dataSource: DataSource,
     private readonly audit: AuditService,
     config: ConfigService<AppConfig, true>,
   ) {

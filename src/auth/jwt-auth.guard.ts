@@ -7,7 +7,7 @@ import { type AccessTokenClaims, JwtStrategy } from './jwt.strategy';
  *
  * It hands passport the strategy itself, not a name (what `AuthGuard('jwt')` does): passport
  * keeps one strategy per name for the whole process, so by name the last one built answers for
- * all. Until 0.15.1 Sessionary's was `'jwt'`, the name a host's own passport-jwt strategy has by
+ * all. Until 0.16.0 Sessionary's was `'jwt'`, the name a host's own passport-jwt strategy has by
  * default, and the host's routes or Sessionary's then verified tokens with the other's keys and
  * rules; two Sessionary apps in one process did the same to each other. Passport derives a
  * per-request object from the strategy given, as it does from a named one.

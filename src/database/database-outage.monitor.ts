@@ -1,5 +1,6 @@
 import { Injectable, Logger, OnApplicationShutdown, OnModuleInit } from '@nestjs/common';
 import { InjectDataSource } from '@nestjs/typeorm';
+import { SESSIONARY_DATA_SOURCE } from './data-source-name';
 import type { Pool } from 'pg';
 import { DataSource } from 'typeorm';
 import { isDatabaseUnavailable } from './pg-errors';
@@ -29,7 +30,7 @@ export class DatabaseOutageMonitor implements OnModuleInit, OnApplicationShutdow
   /** Replaceable in unit tests. */
   now: () => number = Date.now;
 
-  constructor(@InjectDataSource() private readonly dataSource: DataSource) {}
+  constructor(@InjectDataSource(SESSIONARY_DATA_SOURCE) private readonly dataSource: DataSource) {}
 
   onModuleInit(): void {
     // pg-pool emits 'error' when an IDLE connection dies (every idle one, when the server

@@ -1,6 +1,7 @@
 import { Injectable, Logger, OnModuleInit } from '@nestjs/common';
 import { EventEmitter2 } from '@nestjs/event-emitter';
 import { InjectDataSource } from '@nestjs/typeorm';
+import { SESSIONARY_DATA_SOURCE } from '../database/data-source-name';
 import type { DataSource, EntityManager, EntitySubscriberInterface, QueryRunner, TransactionCommitEvent, TransactionRollbackEvent } from 'typeorm';
 import type { DomainEvent } from './domain-events';
 
@@ -17,7 +18,7 @@ export class DomainEventPublisher implements OnModuleInit, EntitySubscriberInter
 
   constructor(
     private readonly emitter: EventEmitter2,
-    @InjectDataSource() private readonly dataSource: DataSource,
+    @InjectDataSource(SESSIONARY_DATA_SOURCE) private readonly dataSource: DataSource,
   ) {}
 
   onModuleInit(): void {

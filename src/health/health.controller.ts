@@ -2,6 +2,9 @@ import { Controller, Get } from '@nestjs/common';
 import { ApiOkResponse, ApiOperation, ApiServiceUnavailableResponse, ApiTags } from '@nestjs/swagger';
 import { HealthCheck, HealthCheckResult, HealthCheckService, TypeOrmHealthIndicator } from '@nestjs/terminus';
 import { SkipThrottle } from '@nestjs/throttler';
+import { InjectDataSource } from '@nestjs/typeorm';
+import type { DataSource } from 'typeorm';
+import { SESSIONARY_DATA_SOURCE } from '../database/data-source-name';
 import { ProbeRoute } from '../common/probe-route.decorator';
 import { Public } from '../common/public.decorator';
 
@@ -15,6 +18,7 @@ export class HealthController {
   constructor(
     private readonly health: HealthCheckService,
     private readonly db: TypeOrmHealthIndicator,
+    @InjectDataSource(SESSIONARY_DATA_SOURCE) private readonly dataSource: DataSource,
   ) {}
 
   @Get('live')
@@ -34,6 +38,7 @@ export class HealthController {
   @ApiOperation({ operationId: 'getReadiness', summary: 'The database answers' })
   @ApiServiceUnavailableResponse({ description: 'The database does not answer' })
   ready(): Promise<HealthCheckResult> {
-    return this.health.check([() => this.db.pingCheck('database', { timeout: 2000 })]);
+    // Sessionary's own data source: without it, the indicator pings the default one (a host's).
+    return this.health.check([() => this.db.pingCheck('database', { connection: this.dataSource, timeout: 2000 })]);
   }
 }

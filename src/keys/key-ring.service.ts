@@ -1,6 +1,7 @@
 import { Injectable, Logger, OnApplicationShutdown, OnModuleInit } from '@nestjs/common';
 import { ConfigService } from '@nestjs/config';
 import { InjectDataSource } from '@nestjs/typeorm';
+import { SESSIONARY_DATA_SOURCE } from '../database/data-source-name';
 import { DataSource } from 'typeorm';
 import type { AppConfig } from '../config/config';
 import { PgChannelListener } from '../database/pg-channel-listener';
@@ -35,7 +36,7 @@ export class KeyRing implements OnModuleInit, OnApplicationShutdown {
   private fingerprint = '';
 
   constructor(
-    @InjectDataSource() private readonly dataSource: DataSource,
+    @InjectDataSource(SESSIONARY_DATA_SOURCE) private readonly dataSource: DataSource,
     private readonly rotation: KeyRotationService,
     private readonly config: ConfigService<AppConfig, true>,
   ) {}

@@ -3,6 +3,7 @@ import { ConfigService } from '@nestjs/config';
 import { Cron, CronExpression } from '@nestjs/schedule';
 import { SESSIONARY_CRON_JOBS } from '../sessionary/scheduled-jobs';
 import { InjectDataSource } from '@nestjs/typeorm';
+import { SESSIONARY_DATA_SOURCE } from '../database/data-source-name';
 import { createHash } from 'node:crypto';
 import { DataSource, EntityManager } from 'typeorm';
 import { RetryAfterException } from '../common/retry-after.exception';
@@ -66,7 +67,7 @@ export class LoginThrottleService implements BeforeApplicationShutdown {
   private readonly backoffBaseSeconds: number;
 
   constructor(
-    @InjectDataSource() private readonly dataSource: DataSource,
+    @InjectDataSource(SESSIONARY_DATA_SOURCE) private readonly dataSource: DataSource,
     config: ConfigService<AppConfig, true>,
   ) {
     this.maxPerIdentifier = config.get('LOGIN_MAX_FAILURES_PER_IDENTIFIER', { infer: true });

@@ -1,6 +1,7 @@
 import { Injectable, Logger } from '@nestjs/common';
 import { ThrottlerStorage } from '@nestjs/throttler';
 import { InjectDataSource } from '@nestjs/typeorm';
+import { SESSIONARY_DATA_SOURCE } from '../database/data-source-name';
 import { DataSource } from 'typeorm';
 import { deleteInBatches } from '../database/batched-delete';
 import { isDatabaseUnavailable } from '../database/pg-errors';
@@ -36,7 +37,7 @@ export class PgThrottlerStorage implements ThrottlerStorage {
   /** Rows this instance's prunes deleted, by table (for /metrics). */
   readonly pruned = { rate_limits: 0 };
 
-  constructor(@InjectDataSource() private readonly dataSource: DataSource) {}
+  constructor(@InjectDataSource(SESSIONARY_DATA_SOURCE) private readonly dataSource: DataSource) {}
 
   /** One request of `key`, decided at once from memory (RateLimitGuard's path: no promise). */
   hit(key: string, settings: CounterSettings): CounterDecision {

@@ -9,7 +9,7 @@ import { SchedulerRegistry } from '@nestjs/schedule';
  * True for the service. False for a process that boots the modules to do one thing and exit
  * (the CLI; a host's own scripts): such a process must not claim a cleanup tick, write a
  * checkpoint, or drop or archive a month with whatever settings its shell happens to have
- * (until 0.15.1 the CLI did, for as long as a command ran). Without the jobs it still seals
+ * (until 0.16.0 the CLI did, for as long as a command ran). Without the jobs it still seals
  * events from before the chain and creates the months ahead, which its own events need.
  */
 export const SCHEDULED_JOBS = Symbol('SESSIONARY_SCHEDULED_JOBS');

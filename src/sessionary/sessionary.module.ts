@@ -12,6 +12,7 @@ import { AllExceptionsFilter } from '../common/all-exceptions.filter';
 import { AppValidationPipe } from '../common/validation';
 import type { AppConfig } from '../config/config';
 import { DatabaseOutageMonitor } from '../database/database-outage.monitor';
+import { SESSIONARY_DATA_SOURCE } from '../database/data-source-name';
 import { dataSourceOptions } from '../database/data-source.options';
 import { runMigrationsLocked } from '../database/migrate';
 import { HealthModule } from '../health/health.module';
@@ -94,6 +95,8 @@ export class SessionaryModule {
       imports: [
         ...imports,
         TypeOrmModule.forRootAsync({
+          // Named: a host's own default data source stays the host's.
+          name: SESSIONARY_DATA_SOURCE,
           inject: [SESSIONARY_CONFIG],
           // TypeORM's own migrationsRun carries the setting to the factory below, which runs
           // them itself: before any provider can query, under an advisory lock.

@@ -1,5 +1,6 @@
 import { Injectable } from '@nestjs/common';
 import { InjectDataSource } from '@nestjs/typeorm';
+import { SESSIONARY_DATA_SOURCE } from '../database/data-source-name';
 import { DataSource, EntityManager } from 'typeorm';
 import { cleanupChainKey } from '../audit/audit-chain';
 import { AuditService } from '../audit/audit.service';
@@ -15,7 +16,7 @@ import { type EndSessionOptions, SessionsService } from './sessions.service';
 @Injectable()
 export class SessionMaintenanceService {
   constructor(
-    @InjectDataSource() private readonly dataSource: DataSource,
+    @InjectDataSource(SESSIONARY_DATA_SOURCE) private readonly dataSource: DataSource,
     private readonly audit: AuditService,
     private readonly sessions: SessionsService,
   ) {}

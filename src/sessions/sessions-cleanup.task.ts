@@ -2,6 +2,7 @@ import { BeforeApplicationShutdown, Inject, Injectable, Logger, OnApplicationBoo
 import { ConfigService } from '@nestjs/config';
 import { Cron, SchedulerRegistry } from '@nestjs/schedule';
 import { InjectDataSource } from '@nestjs/typeorm';
+import { SESSIONARY_DATA_SOURCE } from '../database/data-source-name';
 import { CronTime } from 'cron';
 import { DataSource, QueryRunner } from 'typeorm';
 import type { AppConfig } from '../config/config';
@@ -81,7 +82,7 @@ export class SessionsCleanupTask implements OnApplicationBootstrap, BeforeApplic
 
   constructor(
     private readonly sessions: SessionMaintenanceService,
-    @InjectDataSource() private readonly dataSource: DataSource,
+    @InjectDataSource(SESSIONARY_DATA_SOURCE) private readonly dataSource: DataSource,
     private readonly config: ConfigService<AppConfig, true>,
     @Inject(SCHEDULED_JOBS) private readonly scheduledJobs: boolean,
     /** The application's scheduler (its root module imports it); none in the CLI. */

@@ -1,6 +1,7 @@
 import { Injectable, Logger, OnApplicationBootstrap, OnModuleDestroy, UnauthorizedException } from '@nestjs/common';
 import { ConfigService } from '@nestjs/config';
 import { InjectDataSource } from '@nestjs/typeorm';
+import { SESSIONARY_DATA_SOURCE } from '../database/data-source-name';
 import { DataSource, EntityManager } from 'typeorm';
 import { AuditEventType, AuditMetadata } from '../audit/audit-event.entity';
 import { AuditEventInput, AuditService } from '../audit/audit.service';
@@ -78,7 +79,7 @@ export class SessionsService implements OnApplicationBootstrap, OnModuleDestroy 
   private readonly refreshFailures = Object.fromEntries(REFRESH_FAILURE_REASONS.map((r) => [r, 0])) as Record<RefreshFailureReason, number>;
 
   constructor(
-    @InjectDataSource() private readonly dataSource: DataSource,
+    @InjectDataSource(SESSIONARY_DATA_SOURCE) private readonly dataSource: DataSource,
     private readonly audit: AuditService,
     private readonly boundedAudit: BoundedAuditService,
     private readonly users: UsersService,

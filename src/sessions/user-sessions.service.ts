@@ -1,5 +1,6 @@
 import { Injectable, NotFoundException } from '@nestjs/common';
 import { InjectDataSource } from '@nestjs/typeorm';
+import { SESSIONARY_DATA_SOURCE } from '../database/data-source-name';
 import { DataSource } from 'typeorm';
 import type { ClientContext } from '../common/client-context';
 import type { AuthContext } from '../common/current-auth.decorator';
@@ -16,7 +17,7 @@ import { SessionsService } from './sessions.service';
 @Injectable()
 export class UserSessionsService {
   constructor(
-    @InjectDataSource() private readonly dataSource: DataSource,
+    @InjectDataSource(SESSIONARY_DATA_SOURCE) private readonly dataSource: DataSource,
     private readonly sessions: SessionsService,
     private readonly recentAuth: RecentAuthPolicy,
   ) {}

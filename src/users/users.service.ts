@@ -1,5 +1,6 @@
 import { ConflictException, Injectable, NotFoundException, UnauthorizedException } from '@nestjs/common';
 import { InjectDataSource } from '@nestjs/typeorm';
+import { SESSIONARY_DATA_SOURCE } from '../database/data-source-name';
 import { DataSource, EntityManager } from 'typeorm';
 import { accountLockedEvents } from '../audit/account-locked-events';
 import { AuditService } from '../audit/audit.service';
@@ -31,7 +32,7 @@ const EMAIL_STEP_UP_MESSAGE = 'Changing the email needs a recent authentication 
 @Injectable()
 export class UsersService {
   constructor(
-    @InjectDataSource() private readonly dataSource: DataSource,
+    @InjectDataSource(SESSIONARY_DATA_SOURCE) private readonly dataSource: DataSource,
     private readonly audit: AuditService,
     private readonly passwords: PasswordHasher,
     private readonly throttle: LoginThrottleService,

@@ -8,6 +8,7 @@ import { DataSource } from 'typeorm';
 import { AppModule } from '../../src/app.module';
 import { configureApp, createFastifyAdapter, NEST_APP_OPTIONS } from '../../src/app.setup';
 import { AppConfig, loadConfig } from '../../src/config/config';
+import { SESSIONARY_DATA_SOURCE_TOKEN } from '../../src/database/data-source-name';
 
 export interface TestApp {
   app: NestFastifyApplication;
@@ -135,7 +136,7 @@ export async function createTestApp(overrides: Record<string, string> = {}, opti
   return {
     app,
     http: request(app.getHttpServer()),
-    db: app.get(DataSource),
+    db: app.get<DataSource>(SESSIONARY_DATA_SOURCE_TOKEN),
     config,
     close: () => app.close(),
   };

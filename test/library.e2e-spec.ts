@@ -11,10 +11,12 @@ import { Test } from '@nestjs/testing';
 import { InjectDataSource, TypeOrmModule } from '@nestjs/typeorm';
 import * as jwt from 'jsonwebtoken';
 import { ExtractJwt, Strategy } from 'passport-jwt';
+import { Client } from 'pg';
 import request from 'supertest';
 import type { DataSource } from 'typeorm';
 // The package's entry point, as a host application imports it.
 import { CurrentAuth, Public, SESSIONARY_DATA_SOURCE_TOKEN, SessionaryModule, type AuthContext, type SessionEndedEvent } from '../src/index';
+import { AuditVerifierService } from '../src/audit/audit-verifier.service';
 import { SESSIONARY_CRON_JOBS } from '../src/sessionary/scheduled-jobs';
 import { newUserInput } from './helpers/factories';
 import { emptyDatabase } from './helpers/test-app';
@@ -85,9 +87,9 @@ async function sessionaryApp(
   imports: unknown[] = [],
   controllers: unknown[] = [],
   providers: unknown[] = [],
-  { scheduler = true, scheduledJobs }: { scheduler?: boolean; scheduledJobs?: boolean } = {},
+  { scheduler = true, scheduledJobs, databaseUrl }: { scheduler?: boolean; scheduledJobs?: boolean; databaseUrl?: string } = {},
 ): Promise<NestFastifyApplication> {
-  const databaseUrl = await emptyDatabase();
+  databaseUrl ??= await emptyDatabase();
   @Module({
     imports: [
       ...(scheduler ? [ScheduleModule.forRoot()] : []),
@@ -183,6 +185,40 @@ describe('Sessionary inside a host Nest app (e2e)', () => {
     // Readiness pings Sessionary's database, not the default data source: with the host's closed, still 200.
     await app.get(HostStore).dataSource.destroy();
     assert.equal((await http.get('/health/ready')).status, 200);
+  });
+
+  it("shares the host's database from a schema of its own (search_path in databaseUrl), beside the host's users and migrations tables", async () => {
+    const hostUrl = await emptyDatabase();
+    const host = new Client({ connectionString: hostUrl });
+    await host.connect();
+    try {
+      // The host's own tables, with the names Sessionary's have, and the schema Sessionary gets.
+      await host.query(`CREATE TABLE users (id serial PRIMARY KEY, name text NOT NULL)`);
+      await host.query(`CREATE TABLE migrations (id serial PRIMARY KEY, "timestamp" bigint NOT NULL, name varchar NOT NULL)`);
+      await host.query(`INSERT INTO users (name) VALUES ('the host''s user')`);
+      await host.query(`INSERT INTO migrations ("timestamp", name) VALUES (1, 'HostInit1')`);
+      await host.query(`CREATE SCHEMA sessionary`);
+      const shared = await sessionaryApp([], [], [], { databaseUrl: `${hostUrl}?options=${encodeURIComponent('-c search_path=sessionary')}` });
+      try {
+        const sharedHttp = request(shared.getHttpServer());
+        const token = await signedIn(sharedHttp);
+        assert.equal((await sharedHttp.get('/api/v1/users/me').set('Authorization', `Bearer ${token}`)).status, 200);
+        assert.equal((await sharedHttp.get('/health/ready')).status, 200);
+        const verification = await shared.get(AuditVerifierService).verify();
+        assert.deepEqual({ ok: verification.ok, reason: verification.reason }, { ok: true, reason: null });
+      } finally {
+        await shared.close();
+      }
+      const count = async (table: string) =>
+        ((await host.query(`SELECT count(*)::int AS n FROM ${table}`)) as { rows: Array<{ n: number }> }).rows[0].n;
+      assert.deepEqual((await host.query(`SELECT name FROM public.users`)).rows, [{ name: "the host's user" }]);
+      assert.equal(await count('public.migrations'), 1, "the host's migrations table untouched");
+      assert.equal(await count('sessionary.users'), 1);
+      assert.ok((await count('sessionary.migrations')) > 1, "Sessionary's migrations in its own table");
+      assert.ok((await count('sessionary.audit_events')) > 0);
+    } finally {
+      await host.end();
+    }
   });
 
   it("leaves the host's own passport 'jwt' strategy to the host's routes, and uses only its own", async () => {

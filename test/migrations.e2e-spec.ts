@@ -28,6 +28,45 @@ describe('migrations (e2e)', () => {
     }
   });
 
+  it('refuse a schema another application already uses, or none, saying what to do, and create nothing there', async () => {
+    const anotherApplications = [
+      'CREATE TABLE users (id serial PRIMARY KEY, name text NOT NULL)',
+      `CREATE TABLE migrations (id serial PRIMARY KEY, "timestamp" bigint NOT NULL, name varchar NOT NULL);
+       INSERT INTO migrations ("timestamp", name) VALUES (1, 'HostInit1')`,
+    ];
+    for (const setup of anotherApplications) {
+      const other = await emptyDatabase();
+      const client = new Client({ connectionString: other });
+      await client.connect();
+      await client.query(setup);
+      const source = await new DataSource(dataSourceOptions(other)).initialize();
+      try {
+        await assert.rejects(
+          runMigrationsLocked(source),
+          /Schema "public" already holds .+, and Sessionary has never migrated it: give Sessionary a database of its own, or a schema \(CREATE SCHEMA sessionary/,
+        );
+        const { rows } = await client.query(
+          `SELECT relname FROM pg_class WHERE relkind IN ('r', 'p') AND relnamespace = 'public'::regnamespace ORDER BY 1`,
+        );
+        assert.deepEqual(
+          rows.map((r: { relname: string }) => r.relname),
+          setup.startsWith('CREATE TABLE users') ? ['users'] : ['migrations'],
+        );
+      } finally {
+        await source.destroy();
+        await client.end();
+      }
+    }
+    const nowhere = await new DataSource(
+      dataSourceOptions(`${await emptyDatabase()}?options=${encodeURIComponent('-c search_path=nowhere')}`),
+    ).initialize();
+    try {
+      await assert.rejects(runMigrationsLocked(nowhere), /search_path names no existing schema/);
+    } finally {
+      await nowhere.destroy();
+    }
+  });
+
   it("wait for another instance's migrations longer than the pool's statement_timeout, and give the connection back with it", async () => {
     const options = dataSourceOptions(url);
     const source = await new DataSource({ ...options, extra: { ...options.extra, statement_timeout: 500 } }).initialize();

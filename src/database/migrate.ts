@@ -7,7 +7,8 @@ export const MIGRATION_LOCK_KEY = '8315173848271906162';
 
 /**
  * Applies pending migrations while holding a PostgreSQL advisory lock, so that instances
- * booting together run them once: the others wait, then find nothing pending.
+ * booting together run them once: the others wait, then find nothing pending. First refuses a
+ * schema that is not Sessionary's to migrate (assertSchemaIsSessionarys).
  *
  * On one connection whose statement_timeout is off meanwhile: the pool's timeout is meant for
  * requests, while a migration over a large table (AuditPartitions copies every audit event)
@@ -21,6 +22,7 @@ export async function runMigrationsLocked(dataSource: DataSource): Promise<void>
     await runner.query('SET statement_timeout = 0');
     await lockPolling(runner);
     try {
+      await assertSchemaIsSessionarys(runner, dataSource);
       const executor = new MigrationExecutor(dataSource, runner);
       executor.transaction = 'each';
       const applied = await executor.executePendingMigrations();
@@ -33,6 +35,56 @@ export async function runMigrationsLocked(dataSource: DataSource): Promise<void>
     await runner.query('RESET statement_timeout').catch(() => undefined);
     await runner.release();
   }
+}
+
+/**
+ * Tables of Sessionary's whose names another application is likely to have in its own schema
+ * (the migrations table is TypeORM's default name).
+ */
+const LIKELY_SHARED_TABLES = ['users', 'sessions'];
+
+/**
+ * Refuses, with what to do, a schema that another application already uses and Sessionary has
+ * never migrated: its first migration would stop at TypeORM's "relation "users" already exists",
+ * and another application's migrations table would take Sessionary's history in with its own
+ * (whose revert then finds a migration it does not know). A schema Sessionary has migrated
+ * before, or an empty one, passes; so does a migrations table left empty by a first migration
+ * that failed.
+ */
+async function assertSchemaIsSessionarys(runner: QueryRunner, dataSource: DataSource): Promise<void> {
+  const [{ schema }]: Array<{ schema: string | null }> = await runner.query('SELECT current_schema() AS schema');
+  if (schema === null) {
+    throw new Error(
+      "The database connection's search_path names no existing schema: create the schema Sessionary is to use (CREATE SCHEMA ...) before it starts",
+    );
+  }
+  const table = dataSource.options.migrationsTableName ?? 'migrations';
+  const [{ present }]: Array<{ present: boolean }> = await runner.query('SELECT to_regclass($1) IS NOT NULL AS present', [table]);
+  const ours = dataSource.migrations.map((m) => m.name ?? m.constructor.name);
+  if (present) {
+    const [{ recorded, others }]: Array<{ recorded: number; others: number }> = await runner.query(
+      `SELECT count(*) FILTER (WHERE name = ANY($1))::int AS recorded, count(*) FILTER (WHERE name <> ALL($1))::int AS others FROM "${table}"`,
+      [ours],
+    );
+    if (recorded > 0) return;
+    if (others > 0) throw notOurs(schema, [`a "${table}" table of another application's migrations`]);
+  }
+  const found: Array<{ relname: string }> = await runner.query(
+    `SELECT relname FROM pg_class WHERE relnamespace = current_schema()::regnamespace AND relkind IN ('r', 'p') AND relname = ANY($1) ORDER BY relname`,
+    [LIKELY_SHARED_TABLES],
+  );
+  if (found.length)
+    throw notOurs(
+      schema,
+      found.map((r) => `a table "${r.relname}"`),
+    );
+}
+
+function notOurs(schema: string, what: string[]): Error {
+  return new Error(
+    `Schema "${schema}" already holds ${what.join(' and ')}, and Sessionary has never migrated it: give Sessionary a database ` +
+      `of its own, or a schema (CREATE SCHEMA sessionary, then ?options=-c%20search_path%3Dsessionary in the database URL)`,
+  );
 }
 
 /** How often an instance waiting for another's migrations asks for the lock again. */

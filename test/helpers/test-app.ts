@@ -138,7 +138,7 @@ export async function createTestApp(overrides: Record<string, string> = {}, opti
   // year above: tests run them themselves. Left running, the hourly partitions job took its
   // lock at 14:00:00 in a CI run while a retention test ran maintain(), which then skipped.
   const registry = app.get(SchedulerRegistry);
-  for (const name of Object.values(SESSIONARY_CRON_JOBS)) if (name !== SESSIONARY_CRON_JOBS.sessionsCleanup) registry.getCronJob(name).stop();
+  for (const name of Object.values(SESSIONARY_CRON_JOBS)) if (name !== SESSIONARY_CRON_JOBS.sessionsCleanup) await registry.getCronJob(name).stop();
   await app.getHttpAdapter().getInstance().ready();
   return {
     app,

@@ -145,9 +145,9 @@ export class SessionsCleanupTask implements OnApplicationBootstrap, BeforeApplic
 
   /** Half the time until the job's next tick, as the scheduler has it. */
   private defaultBudgetMs(): number {
-    const job = this.scheduler?.doesExist('cron', SESSIONS_CLEANUP_JOB) ? this.scheduler.getCronJob(SESSIONS_CLEANUP_JOB) : undefined;
-    // Run by hand without the scheduler (the CLI has none): the configured expression's next tick.
-    const next = (job?.nextDate() ?? new CronTime(this.config.get('SESSION_CLEANUP_CRON', { infer: true })).sendAt()).toMillis();
+    // Every caller has the scheduler: the service's and the bench's root module import it, and the
+    // CLI (which has none) never runs the cleanup.
+    const next = this.scheduler!.getCronJob(SESSIONS_CLEANUP_JOB).nextDate().toMillis();
     return Math.max(0, next - Date.now()) * TICK_BUDGET_SHARE;
   }
 

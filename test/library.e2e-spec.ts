@@ -18,6 +18,11 @@ import type { DataSource } from 'typeorm';
 import { CurrentAuth, Public, SESSIONARY_DATA_SOURCE_TOKEN, SessionaryModule, type AuthContext, type SessionEndedEvent } from '../src/index';
 import { AuditVerifierService } from '../src/audit/audit-verifier.service';
 import { SESSIONARY_CRON_JOBS } from '../src/sessionary/scheduled-jobs';
+import { AuditPartitionsTask } from '../src/audit/audit-partitions.task';
+import { KeyRotationTask } from '../src/keys/key-rotation.task';
+import { LoginThrottleService } from '../src/login-throttle/login-throttle.service';
+import { RateLimitPruneTask } from '../src/rate-limit/rate-limit-prune.task';
+import { SessionsCleanupTask } from '../src/sessions/sessions-cleanup.task';
 import { newUserInput } from './helpers/factories';
 import { emptyDatabase } from './helpers/test-app';
 
@@ -286,6 +291,47 @@ describe('Sessionary inside a host Nest app (e2e)', () => {
     }
     const noScheduler = await sessionaryApp([], [], [], { scheduler: false, scheduledJobs: false });
     await noScheduler.close();
+  });
+
+  it("does no work in a job the host's scheduler fires before Sessionary takes its jobs out (scheduledJobs: false)", async () => {
+    // The scheduler mounts and starts every @Cron at its own bootstrap, before the other modules'
+    // bootstrap hooks (some of them wait on the database) and ScheduledJobsCheck's removal: a
+    // tick due in that window runs. Each handler is fired here as the scheduler would fire it.
+    const quiet = await sessionaryApp([], [], [], { scheduledJobs: false });
+    try {
+      const fire = async (target: NestFastifyApplication) => {
+        const fired: string[] = [];
+        let worked = 0;
+        for (const type of [SessionsCleanupTask, AuditPartitionsTask, KeyRotationTask, RateLimitPruneTask, LoginThrottleService]) {
+          const instance = target.get<object>(type) as unknown as Record<string, unknown>;
+          // What each handler hands its work to, counted instead of run.
+          for (const work of ['handleTick', 'prune']) {
+            if (typeof instance[work] === 'function') instance[work] = () => Promise.resolve(void worked++);
+          }
+          const prototype = type.prototype as unknown as Record<string, unknown>;
+          for (const method of Object.getOwnPropertyNames(prototype)) {
+            const name: unknown = Reflect.getMetadata('SCHEDULER_NAME', prototype[method] as object);
+            if (typeof name !== 'string') continue;
+            fired.push(name);
+            await (instance[method] as () => Promise<void>).call(instance);
+          }
+        }
+        return { fired: fired.sort(), worked };
+      };
+      const every = Object.values(SESSIONARY_CRON_JOBS).sort();
+      assert.deepEqual(await fire(quiet), { fired: every, worked: 0 });
+      // The same handlers in an app that runs its jobs hand their work on: the count can see it.
+      const own = await sessionaryApp();
+      try {
+        // Its scheduler's own ticks would be counted too.
+        for (const job of own.get(SchedulerRegistry).getCronJobs().values()) await job.stop();
+        assert.deepEqual(await fire(own), { fired: every, worked: every.length });
+      } finally {
+        await own.close();
+      }
+    } finally {
+      await quiet.close();
+    }
   });
 
   it('keeps health and metrics at the root, and nothing of the API outside routePrefix', async () => {

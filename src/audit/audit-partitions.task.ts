@@ -32,7 +32,8 @@ export class AuditPartitionsTask implements OnApplicationBootstrap, BeforeApplic
 
   @Cron(CronExpression.EVERY_HOUR, { name: SESSIONARY_CRON_JOBS.auditPartitions, waitForCompletion: true })
   async onTick(): Promise<void> {
-    await this.handleTick();
+    // Off in this process: the application's scheduler may still fire it before ScheduledJobsCheck takes it out.
+    if (this.scheduledJobs) await this.handleTick();
   }
 
   /** Never throws (nothing else would see it), never overlaps itself. */

@@ -1,7 +1,7 @@
-import { BeforeApplicationShutdown, Injectable, Logger } from '@nestjs/common';
+import { BeforeApplicationShutdown, Inject, Injectable, Logger } from '@nestjs/common';
 import { ConfigService } from '@nestjs/config';
 import { Cron, CronExpression } from '@nestjs/schedule';
-import { SESSIONARY_CRON_JOBS } from '../sessionary/scheduled-jobs';
+import { SCHEDULED_JOBS, SESSIONARY_CRON_JOBS } from '../sessionary/scheduled-jobs';
 import type { AppConfig } from '../config/config';
 import { isDatabaseUnavailable } from '../database/pg-errors';
 import { KeyRotationService } from './key-rotation.service';
@@ -21,6 +21,7 @@ export class KeyRotationTask implements BeforeApplicationShutdown {
   constructor(
     private readonly rotation: KeyRotationService,
     config: ConfigService<AppConfig, true>,
+    @Inject(SCHEDULED_JOBS) private readonly scheduledJobs: boolean,
   ) {
     this.rotationDays = config.get('SIGNING_KEY_ROTATION_DAYS', { infer: true });
   }
@@ -31,6 +32,8 @@ export class KeyRotationTask implements BeforeApplicationShutdown {
 
   @Cron(CronExpression.EVERY_5_MINUTES, { name: SESSIONARY_CRON_JOBS.signingKeyRotation, waitForCompletion: true })
   async onTick(): Promise<void> {
+    // Off in this process: the application's scheduler may still fire it before ScheduledJobsCheck takes it out.
+    if (!this.scheduledJobs) return;
     this.running = this.handleTick().finally(() => (this.running = undefined));
     await this.running;
   }

@@ -1,7 +1,7 @@
-import { BeforeApplicationShutdown, Injectable, Logger } from '@nestjs/common';
+import { BeforeApplicationShutdown, Inject, Injectable, Logger } from '@nestjs/common';
 import { ConfigService } from '@nestjs/config';
 import { Cron, CronExpression } from '@nestjs/schedule';
-import { SESSIONARY_CRON_JOBS } from '../sessionary/scheduled-jobs';
+import { SCHEDULED_JOBS, SESSIONARY_CRON_JOBS } from '../sessionary/scheduled-jobs';
 import { InjectDataSource } from '@nestjs/typeorm';
 import { SESSIONARY_DATA_SOURCE } from '../database/data-source-name';
 import { createHash } from 'node:crypto';
@@ -69,6 +69,7 @@ export class LoginThrottleService implements BeforeApplicationShutdown {
   constructor(
     @InjectDataSource(SESSIONARY_DATA_SOURCE) private readonly dataSource: DataSource,
     config: ConfigService<AppConfig, true>,
+    @Inject(SCHEDULED_JOBS) private readonly scheduledJobs: boolean,
   ) {
     this.maxPerIdentifier = config.get('LOGIN_MAX_FAILURES_PER_IDENTIFIER', { infer: true });
     this.maxPerIp = config.get('LOGIN_MAX_FAILURES_PER_IP', { infer: true });
@@ -185,6 +186,11 @@ export class LoginThrottleService implements BeforeApplicationShutdown {
    * runs it at the same hour: the batches' SKIP LOCKED splits the rows between them.
    */
   @Cron(CronExpression.EVERY_HOUR, { name: SESSIONARY_CRON_JOBS.loginThrottlePrune, waitForCompletion: true })
+  async onPruneTick(): Promise<void> {
+    // Off in this process: the application's scheduler may still fire it before ScheduledJobsCheck takes it out.
+    if (this.scheduledJobs) await this.prune();
+  }
+
   prune(): Promise<number> {
     return this.pruning.run((stop) => this.pruneInBatches(stop));
   }

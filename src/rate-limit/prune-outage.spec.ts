@@ -29,7 +29,7 @@ describe('pruning jobs during a database outage', () => {
     Logger.overrideLogger(capture);
     await new PgThrottlerStorage(unreachable()).prune(60_000);
     const config = { get: () => 60 } as unknown as ConfigService;
-    await new LoginThrottleService(unreachable(), config as never).prune();
+    await new LoginThrottleService(unreachable(), config as never, true).prune();
     assert.deepEqual(lines, [
       { level: 'warn', text: 'Pruning rate-limit counters skipped: the database is unavailable' },
       { level: 'warn', text: 'Pruning login counters skipped: the database is unavailable' },

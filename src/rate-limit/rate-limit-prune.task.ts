@@ -1,6 +1,6 @@
-import { BeforeApplicationShutdown, Injectable } from '@nestjs/common';
+import { BeforeApplicationShutdown, Inject, Injectable } from '@nestjs/common';
 import { Cron, CronExpression } from '@nestjs/schedule';
-import { SESSIONARY_CRON_JOBS } from '../sessionary/scheduled-jobs';
+import { SCHEDULED_JOBS, SESSIONARY_CRON_JOBS } from '../sessionary/scheduled-jobs';
 import { StoppableJob } from '../common/stoppable-job';
 import { PgThrottlerStorage } from './pg-throttler.storage';
 
@@ -15,9 +15,17 @@ const PRUNE_BUDGET_MS = 5 * 60_000;
 export class RateLimitPruneTask implements BeforeApplicationShutdown {
   private readonly pruning = new StoppableJob<number>();
 
-  constructor(private readonly storage: PgThrottlerStorage) {}
+  constructor(
+    private readonly storage: PgThrottlerStorage,
+    @Inject(SCHEDULED_JOBS) private readonly scheduledJobs: boolean,
+  ) {}
 
   @Cron(CronExpression.EVERY_10_MINUTES, { name: SESSIONARY_CRON_JOBS.rateLimitPrune, waitForCompletion: true })
+  async onTick(): Promise<void> {
+    // Off in this process: the application's scheduler may still fire it before ScheduledJobsCheck takes it out.
+    if (this.scheduledJobs) await this.prune();
+  }
+
   prune(): Promise<number> {
     return this.pruning.run((stop) => this.storage.prune(PRUNE_BUDGET_MS, stop));
   }

@@ -37,7 +37,10 @@ export const SESSIONARY_CRON_JOBS = {
  * Sessionary's). This checks at boot, after the scheduler has mounted the jobs, that
  * Sessionary's are there when they should run (an application without the scheduler is
  * refused, rather than left without its cleanup, checkpoints or next month's partition), and
- * takes them out of the registry when they should not.
+ * takes them out of the registry when they should not. That removal comes late: the scheduler
+ * starts every job at its own bootstrap, which runs first (its module is global), and other
+ * modules' bootstrap hooks wait on the database before this one; so each job's handler also
+ * returns at once when SCHEDULED_JOBS is false, should a tick fall in between.
  */
 @Injectable()
 export class ScheduledJobsCheck implements OnApplicationBootstrap {

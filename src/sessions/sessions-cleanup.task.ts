@@ -114,6 +114,8 @@ export class SessionsCleanupTask implements OnApplicationBootstrap, BeforeApplic
    */
   @Cron(new Env().SESSION_CLEANUP_CRON, { name: SESSIONS_CLEANUP_JOB, waitForCompletion: true })
   async onTick(): Promise<void> {
+    // Off in this process: the application's scheduler may still fire it before ScheduledJobsCheck takes it out.
+    if (!this.scheduledJobs) return;
     await this.handleTick(new Date(Math.round(Date.now() / 1000) * 1000));
   }
 

@@ -3,7 +3,7 @@ import { before, describe, it } from 'node:test';
 import { Client } from 'pg';
 import { DataSource } from 'typeorm';
 import { cliDataSourceOptions, dataSourceOptions, MIGRATIONS } from '../src/database/data-source.options';
-import { MIGRATION_LOCK_KEY, runMigrationsLocked } from '../src/database/migrate';
+import { MIGRATION_LOCK_KEY, runMigrationsLocked, SESSIONARY_TABLES } from '../src/database/migrate';
 import { SessionAuthTime1765500000000 } from '../src/database/migrations/1765500000000-SessionAuthTime';
 import { AuditUserIndexMerged1766700000000 } from '../src/database/migrations/1766700000000-AuditUserIndexMerged';
 import { emptyDatabase } from './helpers/test-app';
@@ -29,12 +29,19 @@ describe('migrations (e2e)', () => {
   });
 
   it('refuse a schema another application already uses, or none, saying what to do, and create nothing there', async () => {
-    const anotherApplications = [
-      'CREATE TABLE users (id serial PRIMARY KEY, name text NOT NULL)',
-      `CREATE TABLE migrations (id serial PRIMARY KEY, "timestamp" bigint NOT NULL, name varchar NOT NULL);
-       INSERT INTO migrations ("timestamp", name) VALUES (1, 'HostInit1')`,
+    // Each with the tables it leaves: a name of Sessionary's first migration, another
+    // application's migrations, and a name only a later migration creates (which, unrefused,
+    // would stop the list halfway, the migrations before it committed).
+    const anotherApplications: Array<[setup: string, tables: string[]]> = [
+      ['CREATE TABLE users (id serial PRIMARY KEY, name text NOT NULL)', ['users']],
+      [
+        `CREATE TABLE migrations (id serial PRIMARY KEY, "timestamp" bigint NOT NULL, name varchar NOT NULL);
+         INSERT INTO migrations ("timestamp", name) VALUES (1, 'HostInit1')`,
+        ['migrations'],
+      ],
+      ['CREATE TABLE audit_events (id serial PRIMARY KEY, what text NOT NULL)', ['audit_events']],
     ];
-    for (const setup of anotherApplications) {
+    for (const [setup, tables] of anotherApplications) {
       const other = await emptyDatabase();
       const client = new Client({ connectionString: other });
       await client.connect();
@@ -50,7 +57,7 @@ describe('migrations (e2e)', () => {
         );
         assert.deepEqual(
           rows.map((r: { relname: string }) => r.relname),
-          setup.startsWith('CREATE TABLE users') ? ['users'] : ['migrations'],
+          tables,
         );
       } finally {
         await source.destroy();
@@ -64,6 +71,23 @@ describe('migrations (e2e)', () => {
       await assert.rejects(runMigrationsLocked(nowhere), /search_path names no existing schema/);
     } finally {
       await nowhere.destroy();
+    }
+  });
+
+  it("know every table they create, so that another application's table of any of those names is refused", async () => {
+    const source = await new DataSource(dataSourceOptions(url)).initialize();
+    try {
+      await runMigrationsLocked(source);
+      const rows: Array<{ relname: string }> = await source.query(
+        `SELECT relname FROM pg_class WHERE relkind IN ('r', 'p') AND NOT relispartition AND relnamespace = current_schema()::regnamespace
+            AND relname <> 'migrations' ORDER BY 1`,
+      );
+      assert.deepEqual(
+        rows.map((r) => r.relname),
+        [...SESSIONARY_TABLES],
+      );
+    } finally {
+      await source.destroy();
     }
   });
 

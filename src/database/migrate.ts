@@ -38,14 +38,33 @@ export async function runMigrationsLocked(dataSource: DataSource): Promise<void>
 }
 
 /**
- * Tables of Sessionary's whose names another application is likely to have in its own schema
- * (the migrations table is TypeORM's default name).
+ * The tables Sessionary's migrations create, but the migrations table (checked by its rows):
+ * any of them in a schema Sessionary has never migrated belongs to another application. A test
+ * compares this list with a migrated schema's tables.
  */
-const LIKELY_SHARED_TABLES = ['users', 'sessions'];
+export const SESSIONARY_TABLES = [
+  'audit_base_sets',
+  'audit_chain_bases',
+  'audit_chain_heads',
+  'audit_chain_seal',
+  'audit_checkpoint_buckets',
+  'audit_checkpoint_heads',
+  'audit_checkpoints',
+  'audit_events',
+  'login_known_clients',
+  'login_throttle',
+  'rate_limits',
+  'rotated_refresh_tokens',
+  'scheduled_job_runs',
+  'sessions',
+  'signing_keys',
+  'users',
+] as const;
 
 /**
  * Refuses, with what to do, a schema that another application already uses and Sessionary has
- * never migrated: its first migration would stop at TypeORM's "relation "users" already exists",
+ * never migrated: a migration would stop at "relation "users" already exists" (or meet a
+ * host's table of the same name in a later migration, halfway through the list),
  * and another application's migrations table would take Sessionary's history in with its own
  * (whose revert then finds a migration it does not know). A schema Sessionary has migrated
  * before, or an empty one, passes; so does a migrations table left empty by a first migration
@@ -69,9 +88,10 @@ async function assertSchemaIsSessionarys(runner: QueryRunner, dataSource: DataSo
     if (recorded > 0) return;
     if (others > 0) throw notOurs(schema, [`a "${table}" table of another application's migrations`]);
   }
+  // Views and sequences too: a name taken by any relation stops the CREATE TABLE.
   const found: Array<{ relname: string }> = await runner.query(
-    `SELECT relname FROM pg_class WHERE relnamespace = current_schema()::regnamespace AND relkind IN ('r', 'p') AND relname = ANY($1) ORDER BY relname`,
-    [LIKELY_SHARED_TABLES],
+    `SELECT relname FROM pg_class WHERE relnamespace = current_schema()::regnamespace AND relname = ANY($1) ORDER BY relname`,
+    [SESSIONARY_TABLES],
   );
   if (found.length)
     throw notOurs(

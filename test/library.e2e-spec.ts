@@ -5,8 +5,10 @@ import { Controller, Get, Injectable, Module, Req, UseGuards } from '@nestjs/com
 import { ConfigModule } from '@nestjs/config';
 import { OnEvent } from '@nestjs/event-emitter';
 import { AuthGuard, PassportModule, PassportStrategy } from '@nestjs/passport';
+import { JwtModule, JwtService } from '@nestjs/jwt';
 import { FastifyAdapter, NestFastifyApplication } from '@nestjs/platform-fastify';
 import { Cron, ScheduleModule, SchedulerRegistry } from '@nestjs/schedule';
+import { HealthCheck, HealthCheckService, TerminusModule } from '@nestjs/terminus';
 import { Test } from '@nestjs/testing';
 import { InjectDataSource, TypeOrmModule } from '@nestjs/typeorm';
 import * as jwt from 'jsonwebtoken';
@@ -77,6 +79,21 @@ class HostJwtStrategy extends PassportStrategy(Strategy) {
   }
 }
 
+/** The host's own health check (its own TerminusModule) and tokens (its own global JwtModule). */
+@Controller('host')
+class HostOwnController {
+  constructor(
+    private readonly health: HealthCheckService,
+    private readonly jwt: JwtService,
+  ) {}
+  @Public() @Get('health') @HealthCheck() check() {
+    return this.health.check([() => Promise.resolve({ orders: { status: 'up' as const } })]);
+  }
+  @Public() @Get('token') token() {
+    return { token: this.jwt.sign({ sub: 'host-user-2' }) };
+  }
+}
+
 @Controller('legacy')
 class LegacyController {
   @Public() @UseGuards(AuthGuard('jwt')) @Get() who(@Req() req: { user: unknown }) {
@@ -92,7 +109,19 @@ async function sessionaryApp(
   imports: unknown[] = [],
   controllers: unknown[] = [],
   providers: unknown[] = [],
-  { scheduler = true, scheduledJobs, databaseUrl }: { scheduler?: boolean; scheduledJobs?: boolean; databaseUrl?: string } = {},
+  {
+    scheduler = true,
+    scheduledJobs,
+    databaseUrl,
+    routePrefix = 'api/v1',
+    globalPrefix,
+  }: {
+    scheduler?: boolean;
+    scheduledJobs?: boolean;
+    databaseUrl?: string;
+    routePrefix?: string;
+    globalPrefix?: { prefix: string; exclude: string[] };
+  } = {},
 ): Promise<NestFastifyApplication> {
   databaseUrl ??= await emptyDatabase();
   @Module({
@@ -100,7 +129,7 @@ async function sessionaryApp(
       ...(scheduler ? [ScheduleModule.forRoot()] : []),
       ...(imports as []),
       SessionaryModule.forRootAsync({
-        useFactory: () => ({ databaseUrl, ...secrets, routePrefix: 'api/v1', nodeEnv: 'test', bcryptCost: 4, rateLimitPerMinute: 0 }),
+        useFactory: () => ({ databaseUrl, ...secrets, routePrefix, nodeEnv: 'test', bcryptCost: 4, rateLimitPerMinute: 0 }),
         scheduledJobs,
       }),
     ],
@@ -111,6 +140,7 @@ async function sessionaryApp(
   const moduleRef = await Test.createTestingModule({ imports: [HostModule] }).compile();
   // The host's own app: Fastify, no global prefix, none of Sessionary's app setup.
   const app = moduleRef.createNestApplication<NestFastifyApplication>(new FastifyAdapter());
+  if (globalPrefix) app.setGlobalPrefix(globalPrefix.prefix, { exclude: globalPrefix.exclude });
   try {
     await app.init();
   } catch (error) {
@@ -139,10 +169,13 @@ describe('Sessionary inside a host Nest app (e2e)', () => {
         // The host's own global configuration, with names Sessionary uses too: neither sees the other's.
         ConfigModule.forRoot({ isGlobal: true, ignoreEnvFile: true, load: [() => ({ JWT_ISSUER: 'the-host', SESSION_IDLE_TTL: 1 })] }),
         PassportModule,
+        // The host's own tokens and health checks, global or not.
+        JwtModule.register({ global: true, secret: hostSecret, signOptions: { algorithm: 'HS256', expiresIn: 60 } }),
+        TerminusModule,
         // The host's own database, as its default data source (imported before Sessionary).
         TypeOrmModule.forRootAsync({ useFactory: async () => ({ type: 'postgres', url: await emptyDatabase() }) }),
       ],
-      [OrdersController, LegacyController],
+      [OrdersController, LegacyController, HostOwnController],
       [Listener, HostJwtStrategy, HostJob, HostStore],
     );
     http = request(app.getHttpServer());
@@ -235,6 +268,41 @@ describe('Sessionary inside a host Nest app (e2e)', () => {
     assert.equal((await http.get('/orders').set('Authorization', as(sessionaryToken))).status, 200);
     assert.equal((await http.get('/api/v1/users/me').set('Authorization', as(sessionaryToken))).status, 200);
     assert.equal((await http.get('/orders').set('Authorization', as(hostToken))).status, 401, "the host's token on Sessionary's guard");
+  });
+
+  it("leaves the host's own global JwtModule and its TerminusModule to the host", async () => {
+    const hostHealth = await http.get('/host/health');
+    assert.deepEqual([hostHealth.status, (hostHealth.body as { details: unknown }).details], [200, { orders: { status: 'up' } }]);
+    assert.equal((await http.get('/health/ready')).status, 200);
+    // The host's JwtService signs with the host's secret; Sessionary's tokens keep its own keys and claims.
+    const hostToken = ((await http.get('/host/token')).body as { token: string }).token;
+    assert.deepEqual((await http.get('/legacy').set('Authorization', `Bearer ${hostToken}`)).body, { hostUser: 'host-user-2' });
+    assert.equal((await http.get('/orders').set('Authorization', `Bearer ${hostToken}`)).status, 401);
+    const sessionaryToken = await signedIn(http);
+    assert.equal(JSON.parse(Buffer.from(sessionaryToken.split('.')[0], 'base64url').toString('utf8')).alg, 'ES256');
+    assert.equal((await http.get('/orders').set('Authorization', `Bearer ${sessionaryToken}`)).status, 200);
+  });
+
+  it("serves under the host's global prefix, and keeps probes, metrics and JWKS at the root when the host excludes them", async () => {
+    const prefixed = await sessionaryApp([], [OrdersController], [], {
+      routePrefix: 'v1',
+      globalPrefix: { prefix: 'api', exclude: ['health/live', 'health/ready', 'metrics', '.well-known/jwks.json'] },
+    });
+    try {
+      const prefixedHttp = request(prefixed.getHttpServer());
+      const user = newUserInput();
+      assert.equal((await prefixedHttp.post('/api/v1/auth/register').send(user)).status, 201);
+      const login = await prefixedHttp.post('/api/v1/auth/login').send({ email: user.email, password: user.password });
+      const token = (login.body as { accessToken: string }).accessToken;
+      assert.equal((await prefixedHttp.get('/api/orders').set('Authorization', `Bearer ${token}`)).status, 200);
+      assert.equal((await prefixedHttp.get('/api/orders')).status, 401, "the guard protects the host's prefixed routes");
+      for (const path of ['/health/live', '/health/ready', '/metrics', '/.well-known/jwks.json']) {
+        assert.equal((await prefixedHttp.get(path)).status, 200, path);
+        assert.equal((await prefixedHttp.get(`/api${path}`)).status, 404, `/api${path}`);
+      }
+    } finally {
+      await prefixed.close();
+    }
   });
 
   it('keeps verifying with its own keys when a second Sessionary app is built in the same process', async () => {

@@ -13,6 +13,7 @@ describe('audit log (e2e)', () => {
   });
 
   it("lists the caller's own events newest first, without secrets", async () => {
+    const started = Date.now();
     const user = await registerUser(t.http);
     await t.http.post('/api/v1/auth/login').send({ email: user.email, password: 'wrong-password-here' }).expect(401);
     const tokens = await login(t.http, user);
@@ -27,6 +28,12 @@ describe('audit log (e2e)', () => {
     );
     assert.equal(res.body.nextCursor, null);
     assert.deepEqual(Object.keys(res.body.items[0]).sort(), ['createdAt', 'id', 'ipAddress', 'metadata', 'sessionId', 'type', 'userAgent']);
+    // ISO-8601 in UTC (ASVS 16.2.2), the database's clock, within this test's time (a second's slack each side for the clocks).
+    for (const { createdAt } of res.body.items as Array<{ createdAt: string }>) {
+      assert.match(createdAt, /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/);
+      const at = Date.parse(createdAt);
+      assert.ok(at >= started - 1000 && at <= Date.now() + 1000, `${createdAt} is not within the test's time`);
+    }
     const text = JSON.stringify(res.body);
     for (const secret of [user.password, tokens.refreshToken, tokens.accessToken, refreshed.body.refreshToken, other.user.id]) {
       assert.ok(!text.includes(secret));

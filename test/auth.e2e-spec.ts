@@ -200,6 +200,15 @@ describe('auth (e2e)', () => {
       assert.equal(count, 0);
     });
 
+    it('never expires a password: one set ten years ago still logs in, and asks for no change (ASVS 6.2.10)', async () => {
+      const user = await registerUser(t.http);
+      await t.db.query(`UPDATE users SET created_at = now() - interval '10 years', updated_at = now() - interval '10 years' WHERE id = $1`, [user.id]);
+      const res = await t.http.post('/api/v1/auth/login').send({ email: user.email, password: user.password });
+      assert.equal(res.status, 200);
+      assert.deepEqual(Object.keys(res.body as object).sort(), ['accessToken', 'expiresIn', 'refreshToken', 'sessionExpiresAt', 'sessionId', 'tokenType']);
+      assert.equal((await t.http.get('/api/v1/users/me').set('Authorization', bearer(res.body))).status, 200);
+    });
+
     it('verifies the password exactly as received: no case folding, no trimming', async () => {
       const user = await registerUser(t.http, { password: 'Exact Password 12' });
       // Four wrong variants: one fewer than the throttle allows per identifier.

@@ -76,6 +76,27 @@ describe('redactSecretKeys', () => {
   });
 });
 
+describe('text logger (LOG_FORMAT=text)', () => {
+  it('stamps each line with the time in ISO-8601 UTC, not the local time without an offset; no colours on a pipe', () => {
+    // The test runner gives each file a pipe, as a container's log collector does.
+    assert.notEqual(process.stdout.isTTY, true);
+    const lines: string[] = [];
+    const write = process.stdout.write.bind(process.stdout);
+    process.stdout.write = ((chunk: string | Uint8Array) => lines.push(String(chunk)) > 0) as typeof process.stdout.write;
+    const before = Date.now();
+    try {
+      createLogger({ LOG_LEVEL: 'log', LOG_FORMAT: 'text' }).log('hello', 'Test');
+    } finally {
+      process.stdout.write = write;
+    }
+    assert.equal(lines.length, 1);
+    assert.ok(!lines[0].includes('\x1b'), JSON.stringify(lines[0]));
+    const stamp = /(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z) +LOG \[Test\] hello/.exec(lines[0]);
+    assert.ok(stamp, lines[0]);
+    assert.ok(Math.abs(Date.parse(stamp[1]) - before) < 5_000, stamp[1]);
+  });
+});
+
 describe('JSON logger', () => {
   const capture = () => {
     const out: string[] = [];
@@ -98,7 +119,8 @@ describe('JSON logger', () => {
     assert.equal(request.level, 'log');
     assert.equal(request.context, 'HTTP');
     assert.equal(request.pid, process.pid);
-    assert.equal(typeof request.timestamp, 'number');
+    // Epoch milliseconds (UTC by definition; ASVS 16.2.2), the time of the call.
+    assert.ok(Number.isInteger(request.timestamp) && Math.abs(request.timestamp - Date.now()) < 5_000, String(request.timestamp));
     assert.deepEqual(request.message, { event: 'request', route: '/x', authorization: '[REDACTED]' });
     assert.equal(text.message, 'stored [REDACTED_HASH]');
     assert.equal(err.length, 2);

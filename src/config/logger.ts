@@ -22,11 +22,18 @@ const scrubText = (s: string): string => neutraliseControlCharacters(scrubSecret
 /**
  * `LOG_FORMAT=text`, for people: Nest's ConsoleLogger with the same masking as the JSON logger
  * (secret keys in logged objects, secret shapes in text and stack traces) and control
- * characters escaped, so one event stays one line. It writes synchronously, as Nest does.
+ * characters escaped, so one event stays one line, and each line's time in ISO-8601 UTC (Nest
+ * prints the host's local time without an offset: lines from hosts in different zones, or
+ * across a daylight-saving change, could not be put in order; ASVS 16.2.2). It writes
+ * synchronously, as Nest does.
  */
 export class AppLogger extends ConsoleLogger implements AccessLogger {
   access(record: AccessRecord): void {
     this.log(record, 'HTTP');
+  }
+
+  protected override getTimestamp(): string {
+    return new Date().toISOString();
   }
 
   protected override printMessages(
@@ -58,7 +65,8 @@ export function createLogger(env: Pick<Env, 'LOG_LEVEL' | 'LOG_FORMAT'>, destina
   return new AppLogger({
     logLevels: ORDER.slice(0, ORDER.indexOf(env.LOG_LEVEL) + 1),
     json: false,
-    colors: process.stdout.isTTY,
+    // isTTY is undefined, not false, on a pipe or file, where Nest would then colour by default.
+    colors: process.stdout.isTTY === true,
     redact: SECRET_KEYS,
   });
 }

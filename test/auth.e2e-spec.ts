@@ -202,10 +202,19 @@ describe('auth (e2e)', () => {
 
     it('never expires a password: one set ten years ago still logs in, and asks for no change (ASVS 6.2.10)', async () => {
       const user = await registerUser(t.http);
-      await t.db.query(`UPDATE users SET created_at = now() - interval '10 years', updated_at = now() - interval '10 years' WHERE id = $1`, [user.id]);
+      await t.db.query(`UPDATE users SET created_at = now() - interval '10 years', updated_at = now() - interval '10 years' WHERE id = $1`, [
+        user.id,
+      ]);
       const res = await t.http.post('/api/v1/auth/login').send({ email: user.email, password: user.password });
       assert.equal(res.status, 200);
-      assert.deepEqual(Object.keys(res.body as object).sort(), ['accessToken', 'expiresIn', 'refreshToken', 'sessionExpiresAt', 'sessionId', 'tokenType']);
+      assert.deepEqual(Object.keys(res.body as object).sort(), [
+        'accessToken',
+        'expiresIn',
+        'refreshToken',
+        'sessionExpiresAt',
+        'sessionId',
+        'tokenType',
+      ]);
       assert.equal((await t.http.get('/api/v1/users/me').set('Authorization', bearer(res.body))).status, 200);
     });
 

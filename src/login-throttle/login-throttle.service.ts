@@ -191,6 +191,7 @@ export class LoginThrottleService implements BeforeApplicationShutdown {
     if (this.scheduledJobs) await this.prune();
   }
 
+  /** One run, as the job's tick does it; a run under way is joined, not repeated. */
   prune(): Promise<number> {
     return this.pruning.run((stop) => this.pruneInBatches(stop));
   }

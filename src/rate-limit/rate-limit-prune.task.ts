@@ -26,6 +26,7 @@ export class RateLimitPruneTask implements BeforeApplicationShutdown {
     if (this.scheduledJobs) await this.prune();
   }
 
+  /** One run, as the job's tick does it; a run under way is joined, not repeated. */
   prune(): Promise<number> {
     return this.pruning.run((stop) => this.storage.prune(PRUNE_BUDGET_MS, stop));
   }

@@ -20,9 +20,11 @@ export class ServiceProcess {
     child.stderr?.on('data', (chunk: Buffer) => (this.output += chunk.toString('utf8')));
   }
 
-  static async start(env: Record<string, string>): Promise<ServiceProcess> {
+  /** `cwd`: the working directory (by default the test process's). */
+  static async start(env: Record<string, string>, { cwd }: { cwd?: string } = {}): Promise<ServiceProcess> {
     const port = await findFreePort();
     const child = spawn(process.execPath, [MAIN], {
+      cwd,
       env: { PATH: process.env.PATH ?? '', HOST: '127.0.0.1', PORT: String(port), ...env },
       stdio: ['ignore', 'pipe', 'pipe'],
     });

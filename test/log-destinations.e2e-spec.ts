@@ -35,7 +35,7 @@ describe('where log data goes (e2e, a real process)', () => {
   const root = mkdtempSync(join(tmpdir(), 'sessionary-log-destinations-'));
   after(() => rmSync(root, { recursive: true, force: true }));
 
-  it('writes log data only to stdout, stderr and the audit events: no file is opened or left anywhere it could write', async () => {
+  it('writes log data only to stdout, stderr and the audit events: no regular file held open, none left in its working, home or temporary directory', async () => {
     const [cwd, home, tmp] = ['cwd', 'home', 'tmp'].map((name) => join(root, name));
     for (const dir of [cwd, home, tmp]) mkdirSync(dir);
     const databaseUrl = await freshDatabase();

@@ -5,7 +5,7 @@
  *   npm run cli -- end-all-sessions
  *   npm run cli -- audit-verify [--checkpoint-file <file>]   exit code 0 intact, 1 broken, 2 unreadable file
  *   npm run cli -- audit-verify --file <export.ndjson>       an export, offline: no database; 2 also for a malformed line
- *   npm run cli -- audit-export [--from T] [--to T] [--user-id U] [--type X] [--out FILE]
+ *   npm run cli -- audit-export [--from T] [--to T] [--user-id U] [--type X] [--after-seq N] [--out FILE]
  *   npm run cli -- keys rotate                                the next signing key signs; the current one verifies until its tokens expire
  *   npm run cli -- keys list                                  the ring, without secrets
  * Without DATABASE_URL they use the embedded database in DATA_DIR (stop the server first:
@@ -17,9 +17,10 @@ import { FileHandle, open, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { parseArgs } from 'node:util';
-import { ExportFileError, type ExportFileVerification, verifyExportFile } from './audit/audit-export-file-verifier';
+import { ExportFileError, type ExportFileVerification, verifyExportFiles } from './audit/audit-export-file-verifier';
 import type { AuditVerification } from './audit/audit-verifier.service';
 import type { AuditFilter } from './audit/audit.service';
+import type { Readable } from 'node:stream';
 import { CheckpointFileError } from './audit/checkpoint-file';
 import type { UserRole } from './users/user.entity';
 
@@ -36,17 +37,23 @@ const USAGE = [
   '  promote-admin <email> | demote-admin <email>',
   '  end-all-sessions',
   '  audit-verify [--checkpoint-file <file>]   the database',
-  '  audit-verify --file <export.ndjson>       an export file, offline',
-  '  audit-export [--from <instant>] [--to <instant>] [--user-id <uuid>] [--type <event type>] [--out <file>]',
+  '  audit-verify --file <export.ndjson> ...   export files, offline (several: consecutive --after-seq pieces, as one)',
+  '  audit-export [--from <instant>] [--to <instant>] [--user-id <uuid>] [--type <event type>] [--after-seq <seq>] [--out <file>]',
   '  keys rotate | keys list',
 ].join('\n');
 
-const OPTION_OF_FIELD: Record<string, string> = { from: '--from', to: '--to', userId: '--user-id', type: '--type' };
+const OPTION_OF_FIELD: Record<string, string> = { from: '--from', to: '--to', userId: '--user-id', type: '--type', afterSeq: '--after-seq' };
 
 /** A command line that cannot run: exit code 2, with the message. */
 class UsageError extends Error {}
 
 /** What a command does once its arguments are understood: with the application (and its database), or without. */
+/** What audit-export exports: the route's filters, and the seq to continue after (an incremental export). */
+interface ExportRequest {
+  filter: AuditFilter;
+  afterSeq: string | undefined;
+}
+
 type Command = { offline: () => Promise<number> } | { withApp: (app: INestApplicationContext) => Promise<number> };
 
 /** Diagnostics go to stderr: stdout carries the command's result (audit-export writes NDJSON there). */
@@ -101,10 +108,13 @@ async function parseCommand(argv: string[]): Promise<Command> {
     return { withApp: endAllSessions };
   }
   if (name === 'audit-verify') {
-    const { file, 'checkpoint-file': checkpointFile } = options(args, { file: { type: 'string' }, 'checkpoint-file': { type: 'string' } });
-    if (file !== undefined && checkpointFile !== undefined)
+    const { file: files, 'checkpoint-file': checkpointFile } = parsed(args, {
+      file: { type: 'string', multiple: true },
+      'checkpoint-file': { type: 'string' },
+    }) as { file?: string[]; 'checkpoint-file'?: string };
+    if (files !== undefined && checkpointFile !== undefined)
       throw new UsageError(`audit-verify: --file and --checkpoint-file do not go together\n${USAGE}`);
-    if (file !== undefined) return { offline: () => verifyFile(file) };
+    if (files !== undefined) return { offline: () => verifyFiles(files) };
     return { withApp: (app) => verifyDatabase(app, checkpointFile) };
   }
   if (name === 'audit-export') {
@@ -113,10 +123,17 @@ async function parseCommand(argv: string[]): Promise<Command> {
       to: { type: 'string' },
       'user-id': { type: 'string' },
       type: { type: 'string' },
+      'after-seq': { type: 'string' },
       out: { type: 'string' },
     });
-    const filter = await exportFilter({ from: values.from, to: values.to, userId: values['user-id'], type: values.type });
-    return { withApp: (app) => exportAudit(app, filter, values.out) };
+    const request = await exportRequest({
+      from: values.from,
+      to: values.to,
+      userId: values['user-id'],
+      type: values.type,
+      afterSeq: values['after-seq'],
+    });
+    return { withApp: (app) => exportAudit(app, request, values.out) };
   }
   if (name === 'keys') {
     const [action, ...rest] = args;
@@ -128,15 +145,19 @@ async function parseCommand(argv: string[]): Promise<Command> {
 
 /** The command's `--name value` options; anything else is a usage error. */
 function options<K extends string>(args: string[], spec: Record<K, { type: 'string' }>): Partial<Record<K, string>> {
+  return parsed(args, spec) as Partial<Record<K, string>>;
+}
+
+function parsed(args: string[], spec: Record<string, { type: 'string'; multiple?: boolean }>): Record<string, unknown> {
   try {
-    return parseArgs({ args, options: spec, strict: true, allowPositionals: false }).values as Partial<Record<K, string>>;
+    return parseArgs({ args, options: spec, strict: true, allowPositionals: false }).values;
   } catch (error) {
     throw new UsageError(`${(error as Error).message}\n${USAGE}`);
   }
 }
 
 /** The export route's own validation (the DTO through the global pipe, then the date checks), so both refuse the same input. */
-async function exportFilter(raw: Record<string, string | undefined>): Promise<AuditFilter> {
+async function exportRequest(raw: Record<string, string | undefined>): Promise<ExportRequest> {
   const given = Object.fromEntries(Object.entries(raw).filter(([, v]) => v !== undefined));
   const { AdminAuditExportQueryDto } = await import('./admin/dto/admin-audit-export-query.dto.js');
   const { AppValidationPipe } = await import('./common/validation.js');
@@ -146,14 +167,14 @@ async function exportFilter(raw: Record<string, string | undefined>): Promise<Au
     const dto = (await new AppValidationPipe().transform(given, { type: 'query', metatype: AdminAuditExportQueryDto })) as InstanceType<
       typeof AdminAuditExportQueryDto
     >;
-    return toAuditFilter(dto, dto.userId);
+    return { filter: toAuditFilter(dto, dto.userId), afterSeq: dto.afterSeq };
   } catch (error) {
     if (!(error instanceof BadRequestException)) throw error;
     const message = (error.getResponse() as { message?: string | string[] }).message ?? error.message;
     // The DTO names the HTTP query's fields; the command line spells them as options.
     const text = ([] as string[])
       .concat(message)
-      .map((m) => m.replace(/^(from|to|userId|type)\b/, (field) => OPTION_OF_FIELD[field]).replace(/ after to$/, ' after --to'))
+      .map((m) => m.replace(/^(from|to|userId|type|afterSeq)\b/, (field) => OPTION_OF_FIELD[field]).replace(/ after to$/, ' after --to'))
       .join('; ');
     throw new UsageError(`audit-export: ${text}`);
   }
@@ -246,18 +267,19 @@ async function verifyDatabase(app: INestApplicationContext, checkpointFile: stri
 }
 
 /** No database: the key from the configuration is all it needs. */
-async function verifyFile(file: string): Promise<number> {
+async function verifyFiles(files: string[]): Promise<number> {
   const { loadConfig } = await import('./config/config.js');
-  const result = await verifyExportFile(file, loadConfig().AUDIT_HMAC_KEY);
-  process.stdout.write(fileVerificationReport(result, file));
+  const result = await verifyExportFiles(files, loadConfig().AUDIT_HMAC_KEY);
+  process.stdout.write(fileVerificationReport(result, files));
   return result.ok ? 0 : 1;
 }
 
 /** To the file (created or replaced; removed again if the export fails) or to stdout. */
-async function exportAudit(app: INestApplicationContext, filter: AuditFilter, out: string | undefined): Promise<number> {
-  const { AuditExportService } = await import('./audit/audit-export.service.js');
+async function exportAudit(app: INestApplicationContext, request: ExportRequest, out: string | undefined): Promise<number> {
   if (out === undefined) {
-    await pipeline(await app.get(AuditExportService).open(filter), process.stdout, { end: false });
+    const lines = await openExport(app, request);
+    if (typeof lines === 'number') return lines;
+    await pipeline(lines, process.stdout, { end: false });
     // Every line handed over before the process exits (stdout may be an asynchronous pipe).
     if (process.stdout.writableLength) await once(process.stdout, 'drain');
     return 0;
@@ -269,13 +291,47 @@ async function exportAudit(app: INestApplicationContext, filter: AuditFilter, ou
     throw new UsageError(`audit-export: ${out} cannot be written (${(error as NodeJS.ErrnoException).code ?? 'error'})`);
   }
   try {
-    await pipeline(await app.get(AuditExportService).open(filter), file.createWriteStream());
+    const lines = await openExport(app, request);
+    if (typeof lines === 'number') {
+      await file.close();
+      await unlink(out);
+      return lines;
+    }
+    await pipeline(lines, file.createWriteStream());
   } catch (error) {
     await file.close().catch(() => undefined);
     await unlink(out).catch(() => undefined);
     throw error;
   }
   return 0;
+}
+
+/**
+ * The export's stream, or the exit code when the service refuses it: an `--after-seq` past the
+ * newest event (a usage error, as the route's 400) or a log still being written to after the
+ * wait (1, as the route's 503: try again).
+ */
+async function openExport(app: INestApplicationContext, { filter, afterSeq }: ExportRequest): Promise<Readable | number> {
+  const { AuditExportService } = await import('./audit/audit-export.service.js');
+  const { BadRequestException, ServiceUnavailableException } = await import('@nestjs/common');
+  try {
+    return await app.get(AuditExportService).open(filter, afterSeq);
+  } catch (error) {
+    if (error instanceof BadRequestException) {
+      const message = (error.getResponse() as { message?: string | string[] }).message ?? error.message;
+      throw new UsageError(
+        `audit-export: ${([] as string[])
+          .concat(message)
+          .join('; ')
+          .replace(/^afterSeq\b/, '--after-seq')}`,
+      );
+    }
+    if (error instanceof ServiceUnavailableException) {
+      process.stderr.write('audit-export: transactions writing audit events were still running after the wait; try again\n');
+      return 1;
+    }
+    throw error;
+  }
 }
 
 function verificationReport(v: AuditVerification, checkpointFile: string | undefined): string {
@@ -294,7 +350,7 @@ function verificationReport(v: AuditVerification, checkpointFile: string | undef
   return `${lines.join('\n')}\n`;
 }
 
-function fileVerificationReport(v: ExportFileVerification, file: string): string {
+function fileVerificationReport(v: ExportFileVerification, files: string[]): string {
   const filter = v.filter
     ? Object.entries(v.filter)
         .filter(([, value]) => value !== null)
@@ -302,14 +358,16 @@ function fileVerificationReport(v: ExportFileVerification, file: string): string
     : [];
   const lines = [
     `Audit export: ${v.ok ? 'INTACT' : 'BROKEN'}`,
-    `  file:                ${file}`,
+    files.length === 1 ? `  file:                ${files[0]}` : `  files (pieces):      ${files.join(', ')}`,
     `  events:              ${v.lines}`,
     `  links checked:       ${v.linked}`,
     `  authenticated alone: ${v.alone} (the event before them in their chain is not in the file)`,
     `  filter:              ${v.filter ? filter.join(' ') || 'none (whole chains)' : 'unknown (no authentic seal)'}`,
   ];
+  if (v.ok && v.throughSeq !== null) lines.push(`  through seq:         ${v.throughSeq} (the next piece: --after-seq ${v.throughSeq})`);
   if (!v.ok) {
-    lines.push(`  first broken line:   ${v.brokenLine}${v.brokenId ? ` (event ${v.brokenId})` : ''}`);
+    const where = files.length > 1 && v.brokenFile !== null ? ` of ${v.brokenFile}` : '';
+    lines.push(`  first broken line:   ${v.brokenLine}${where}${v.brokenId ? ` (event ${v.brokenId})` : ''}`);
     lines.push(`  reason:              ${v.reason}`);
   }
   return `${lines.join('\n')}\n`;

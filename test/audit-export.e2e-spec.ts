@@ -53,21 +53,22 @@ interface Line {
 
 interface Seal {
   seal: string;
-  filter: { from: string | null; to: string | null; userId: string | null; type: string | null };
+  filter: { from: string | null; to: string | null; userId: string | null; type: string | null; afterSeq?: string };
+  throughSeq?: string;
   lines: number;
   digest: string;
   mac: string;
 }
 
-/** The NDJSON body: event lines, then the seal (asserted to be last and alone). */
-function parse(text: string): { lines: Line[]; seal: Seal } {
+/** The NDJSON body: event lines, then the seal (asserted to be last and alone, and of `format`). */
+function parse(text: string, format = 'sessionary.audit.export.v1'): { lines: Line[]; seal: Seal } {
   assert.ok(text.endsWith('\n'), 'the body ends with a newline');
   const values = text
     .slice(0, -1)
     .split('\n')
     .map((l) => JSON.parse(l) as Record<string, unknown>);
   const seal = values.pop() as unknown as Seal;
-  assert.equal(seal.seal, 'sessionary.audit.export.v1', 'the last line is the seal');
+  assert.equal(seal.seal, format, 'the last line is the seal');
   assert.ok(
     values.every((v) => !('seal' in v)),
     'only the last line is a seal',
@@ -636,6 +637,219 @@ describe('audit export (e2e)', () => {
     assert.equal(parse((await exportHttp(`?userId=${user.id}`)).text).seal.filter.userId, user.id);
   });
 
+  describe('in pieces: exports after a seq (afterSeq, format v2)', () => {
+    const V2 = 'sessionary.audit.export.v2';
+    const piece = async (afterSeq: string, query = '') => parse((await exportHttp(`?afterSeq=${afterSeq}${query}`)).text, V2);
+    const fileOf = (name: string, p: { lines: Array<Record<string, unknown>>; seal: unknown }) =>
+      writeTemp(name, ndjson([...p.lines, p.seal as Record<string, unknown>]));
+    /** The greatest seq handed out (not the greatest stored: a rolled-back or deleted event leaves a gap at the end). */
+    const newestSeq = async () =>
+      (await t.db.query(`SELECT pg_sequence_last_value(pg_get_serial_sequence('audit_events', 'seq'))::text AS seq`))[0].seq as string;
+    /** Some new events, on chains the log already has and on a new one. */
+    const writeMore = async () => {
+      const tokens = await login(t.http, user, 'agent-piece');
+      assert.equal((await t.http.post('/api/v1/auth/refresh').send({ refreshToken: tokens.refreshToken })).status, 200);
+      await login(t.http, other);
+      await registerUser(t.http);
+    };
+
+    it('ships the log once: each piece runs through the newest settled seq, the next starts there, and together they are the whole export', async () => {
+      const first = await piece('0');
+      assert.deepEqual(first.seal.filter, { from: null, to: null, userId: null, type: null, afterSeq: '0' });
+      assert.equal(first.seal.throughSeq, await newestSeq());
+      await writeMore();
+      const second = await piece(first.seal.throughSeq!);
+      assert.equal(second.seal.filter.afterSeq, first.seal.throughSeq);
+      assert.equal(second.seal.throughSeq, await newestSeq());
+      assert.equal(second.lines.length, 4, `${second.lines.length} new events: LOGIN, TOKEN_REFRESH, LOGIN, REGISTER`);
+      assert.ok(second.lines.every((l) => BigInt(l.seq) > BigInt(first.seal.throughSeq!)));
+      // Nothing new: an empty piece that runs through the same seq.
+      const third = await piece(second.seal.throughSeq!);
+      assert.deepEqual([third.lines.length, third.seal.throughSeq], [0, second.seal.throughSeq]);
+
+      const whole = parse((await exportHttp()).text);
+      assert.deepEqual([...first.lines, ...second.lines], whole.lines, 'the pieces hold exactly the whole export, in order');
+
+      // Offline, as one log: every line of the later pieces linked to its chain's line in an
+      // earlier one (a fresh log: every chain starts in the first piece), none alone.
+      const files = [fileOf('piece-1.ndjson', first), fileOf('piece-2.ndjson', second), fileOf('piece-3.ndjson', third)];
+      const together = await cli('audit-verify', ...files.flatMap((f) => ['--file', f]));
+      assert.equal(together.code, 0, together.stdout + together.stderr);
+      assert.match(together.stdout, /^Audit export: INTACT$/m);
+      assert.match(together.stdout, new RegExp(`events: +${whole.lines.length}$`, 'm'));
+      assert.match(together.stdout, new RegExp(`links checked: +${whole.lines.length}$`, 'm'));
+      assert.match(
+        together.stdout,
+        new RegExp(`through seq: +${second.seal.throughSeq} \\(the next piece: --after-seq ${second.seal.throughSeq}\\)`),
+      );
+      // The second piece alone: the chains it continues start after a gap, so authenticated alone.
+      const alone = await cli('audit-verify', '--file', files[1]);
+      assert.equal(alone.code, 0, alone.stdout + alone.stderr);
+      assert.ok(Number(/authenticated alone: +(\d+)/.exec(alone.stdout)?.[1]) >= 2, alone.stdout);
+      assert.match(alone.stdout, new RegExp(`filter: +afterSeq=${first.seal.throughSeq}$`, 'm'));
+    });
+
+    it("with other filters: a user's events in pieces, the same as that user's whole export", async () => {
+      const first = await piece('0', `&userId=${user.id}`);
+      await writeMore();
+      const second = await piece(first.seal.throughSeq!, `&userId=${user.id}`);
+      assert.ok(second.lines.length >= 2 && second.lines.every((l) => l.userId === user.id));
+      const whole = parse((await exportHttp(`?userId=${user.id}`)).text);
+      assert.deepEqual([...first.lines, ...second.lines], whole.lines);
+      const run = await cli('audit-verify', '--file', fileOf('user-1.ndjson', first), '--file', fileOf('user-2.ndjson', second));
+      assert.equal(run.code, 0, run.stdout + run.stderr);
+      assert.match(run.stdout, new RegExp(`links checked: +${whole.lines.length}$`, 'm'));
+    });
+
+    it('waits for a transaction that took a lower seq and commits later: its event is in this piece, not lost between two', async () => {
+      const after = await newestSeq();
+      const runner = t.db.createQueryRunner();
+      await runner.connect();
+      await runner.startTransaction();
+      let committed = false;
+      try {
+        await t.app.get(AuditService).record(runner.manager, { type: 'TOKEN_REFRESH', userId: null, metadata: { late: true } });
+        const [{ seq: lateSeq }] = await runner.query(`SELECT max(seq)::text AS seq FROM audit_events`);
+        await login(t.http, other); // a greater seq, committed first
+        const exported = exportHttp(`?afterSeq=${after}`);
+        // Without the wait, the export's snapshot would be taken now: the login in, the late event out.
+        await sleep(500);
+        await runner.commitTransaction();
+        committed = true;
+        const { lines, seal } = parse((await exported).text, V2);
+        assert.ok(
+          lines.some((l) => l.seq === lateSeq),
+          `the late event (seq ${lateSeq}) is in the piece: ${lines.map((l) => l.seq).join(',')}`,
+        );
+        assert.ok(lines.some((l) => l.userId === other.id && l.type === 'LOGIN'));
+        assert.ok(BigInt(seal.throughSeq!) > BigInt(lateSeq));
+      } finally {
+        if (!committed) await runner.rollbackTransaction();
+        await runner.release();
+      }
+    });
+
+    it('answers 503 with Retry-After, and no line, while a transaction that may still write events is open past the wait', async () => {
+      const exporter = t.app.get(AuditExportService);
+      const runner = t.db.createQueryRunner();
+      await runner.connect();
+      await runner.startTransaction();
+      exporter.settleTimeoutMs = 200;
+      try {
+        await t.app.get(AuditService).record(runner.manager, { type: 'TOKEN_REFRESH', userId: null });
+        const refused = await t.http.get(`${EXPORT}?afterSeq=0`).set('Authorization', bearer(adminTokens));
+        assert.equal(refused.status, 503, refused.text);
+        assert.ok(Number(refused.headers['retry-after']) > 0);
+        assert.equal(refused.headers['content-type'], 'application/json; charset=utf-8');
+        // An export without afterSeq waits for nothing.
+        assert.equal((await t.http.get(`${EXPORT}?type=LOGIN`).set('Authorization', bearer(adminTokens))).status, 200);
+      } finally {
+        exporter.settleTimeoutMs = 10_000;
+        await runner.rollbackTransaction();
+        await runner.release();
+      }
+      assert.equal((exporter as unknown as { active: number }).active, 0, 'the refused export gave its place back');
+    });
+
+    it('refuses an afterSeq that is not a seq, or is past the newest one, with a 400 (CLI: exit code 2)', async () => {
+      for (const bad of ['-1', '01', '1.5', 'abc', '', '9223372036854775808', '99999999999999999999']) {
+        const res = await t.http.get(`${EXPORT}?afterSeq=${encodeURIComponent(bad)}`).set('Authorization', bearer(adminTokens));
+        assert.equal(res.status, 400, `${bad}: ${res.text}`);
+        assert.match(res.body.message.join(' '), /afterSeq must be/, bad);
+      }
+      const past = (BigInt(await newestSeq()) + 1000n).toString();
+      const res = await t.http.get(`${EXPORT}?afterSeq=${past}`).set('Authorization', bearer(adminTokens));
+      assert.equal(res.status, 400, res.text);
+      assert.match(res.body.message[0], new RegExp(`afterSeq ${past} is past the newest event's seq \\(\\d+\\): it is not from this audit log`));
+      assert.equal((await t.http.get(`${EXPORT}?afterSeq=9223372036854775807`).set('Authorization', bearer(adminTokens))).status, 400);
+
+      const notSeq = await cli('audit-export', '--after-seq', 'x');
+      assert.equal(notSeq.code, 2, notSeq.stderr);
+      assert.match(notSeq.stderr, /--after-seq must be a seq/);
+      const out = join(dir, 'past.ndjson');
+      const pastRun = await cli('audit-export', '--after-seq', past, '--out', out);
+      assert.equal(pastRun.code, 2, pastRun.stderr);
+      assert.match(pastRun.stderr, new RegExp(`audit-export: --after-seq ${past} is past the newest event's seq`));
+      assert.throws(() => readFileSync(out), /ENOENT/, 'no file is left behind');
+    });
+
+    it('the CLI writes the same bytes as the route', async () => {
+      const whole = parse((await exportHttp()).text).lines;
+      const after = whole[whole.length - 41].seq;
+      const run = await cli('audit-export', '--after-seq', after);
+      assert.equal(run.code, 0, run.stderr);
+      assert.equal(run.stdout, (await exportHttp(`?afterSeq=${after}`)).text);
+      assert.equal(parse(run.stdout, V2).lines.length, 40);
+    });
+
+    describe('detects pieces missing, repeated, out of order or altered, and names the piece', () => {
+      let pieces: Array<{ lines: Line[]; seal: Seal }>;
+      let files: string[];
+      before(async () => {
+        pieces = [await piece('0')];
+        for (let i = 1; i < 3; i++) {
+          await writeMore();
+          pieces.push(await piece(pieces[i - 1].seal.throughSeq!));
+        }
+        files = pieces.map((p, i) => fileOf(`tamper-piece-${i + 1}.ndjson`, p));
+      });
+      const verify = (...paths: string[]) => cli('audit-verify', ...paths.flatMap((f) => ['--file', f]));
+      const assertBroken = (run: { code: number; stdout: string; stderr: string }, file: string, line: number, reason: RegExp) => {
+        assert.equal(run.code, 1, run.stdout + run.stderr);
+        assert.match(run.stdout, /^Audit export: BROKEN$/m);
+        assert.match(run.stdout, new RegExp(`first broken line: +${line} of ${file}`));
+        assert.match(run.stdout, reason);
+      };
+
+      it('a piece missing, a piece given twice, pieces out of order: named at the seal of the piece that does not follow', async () => {
+        const [a, b, c] = pieces.map((p) => p.seal.throughSeq);
+        assertBroken(
+          await verify(files[0], files[2]),
+          files[2],
+          pieces[2].lines.length + 1,
+          new RegExp(
+            `starts after seq ${b}, but ${files[0]} runs through ${a}: the events after seq ${a} up to ${b} are in no file given: a piece is missing`,
+          ),
+        );
+        assertBroken(
+          await verify(files[0], files[1], files[1]),
+          files[1],
+          pieces[1].lines.length + 1,
+          new RegExp(`repeats events up to seq ${b}: a piece was given twice`),
+        );
+        assertBroken(await verify(files[1], files[0]), files[0], pieces[0].lines.length + 1, /a piece was given twice, or out of order/);
+        assert.ok(c);
+      });
+
+      it("a piece's first line of a chain deleted: the gap to its line in the piece before", async () => {
+        const n = pieces[1].lines.findIndex((l) => l.userId === user.id);
+        assert.ok(n >= 0 && pieces[0].lines.some((l) => l.userId === user.id));
+        const cut = { lines: pieces[1].lines.filter((_, i) => i !== n), seal: pieces[1].seal };
+        const next = pieces[1].lines.slice(n + 1).find((l) => l.userId === user.id)!;
+        const cutFile = fileOf('tamper-cut.ndjson', cut);
+        const run = await verify(files[0], cutFile, files[2]);
+        // The gap is found at the user's next line (moved up one), before the seal's count.
+        const line = pieces[1].lines.indexOf(next);
+        assertBroken(run, cutFile, line, new RegExp(`line \\d+ of ${files[0]}\\) is at position \\d+, and this export holds whole chains`));
+      });
+
+      it('a seal whose range was moved, a version 1 export among pieces, a version 1 seal given a range', async () => {
+        const moved = {
+          lines: pieces[1].lines,
+          seal: { ...pieces[1].seal, filter: { ...pieces[1].seal.filter, afterSeq: pieces[0].seal.filter.afterSeq } },
+        };
+        const movedFile = fileOf('tamper-moved.ndjson', moved);
+        assertBroken(await verify(files[0], movedFile), movedFile, pieces[1].lines.length + 1, /does not match its MAC/);
+        const whole = parse((await exportHttp()).text);
+        const wholeFile = fileOf('tamper-whole.ndjson', whole);
+        assertBroken(await verify(files[0], wholeFile), wholeFile, whole.lines.length + 1, /is not a piece of an incremental export/);
+        const ranged = await verify(fileOf('tamper-v1-range.ndjson', { lines: whole.lines, seal: { ...whole.seal, throughSeq: '1' } }));
+        assert.equal(ranged.code, 2, ranged.stdout + ranged.stderr);
+        assert.match(ranged.stderr, /the seal\): it has fields no sessionary\.audit\.export\.v1 seal has \(throughSeq\)/);
+      });
+    });
+  });
+
   it('is documented: operationId exportAuditLog, application/x-ndjson lines (events, then the seal), its filters and its errors', async () => {
     const doc = (await t.http.get('/docs-json')).body;
     const op = doc.paths['/api/v1/admin/audit/export'].get;
@@ -647,7 +861,7 @@ describe('audit export (e2e)', () => {
     ]);
     assert.ok(op.responses['200'].headers['Cache-Control']);
     assert.deepEqual(Object.keys(doc.components.schemas.AuditExportEventLineDto.properties), LINE_FIELDS);
-    assert.deepEqual(op.parameters.map((p: { name: string }) => p.name).sort(), ['from', 'to', 'type', 'userId']);
+    assert.deepEqual(op.parameters.map((p: { name: string }) => p.name).sort(), ['afterSeq', 'from', 'to', 'type', 'userId']);
     for (const status of ['400', '401', '403']) assert.ok(op.responses[status], status);
   });
 });

@@ -107,7 +107,10 @@ export class AdminController {
       'detected (`npm run cli -- audit-verify --file`). Read from one consistent snapshot, a batch at a time. A failure ' +
       'after the answer started aborts the transfer instead of ending it: a client sees an incomplete response, and the ' +
       'file has no seal. Each instance streams at most `AUDIT_EXPORT_MAX_CONCURRENT` exports at once (default 2); one more ' +
-      'is answered 429 with `Retry-After`.',
+      'is answered 429 with `Retry-After`. With `afterSeq`, only the events after that seq, up to the newest one no ' +
+      'running transaction can still precede (the seal, format v2, states it as `throughSeq`): the next export after it ' +
+      'continues exactly there, so that a scheduled export ships the log to another system in pieces, none missed and none ' +
+      'repeated; 503 with `Retry-After` when transactions writing events are still running after ten seconds.',
   })
   @ApiExtraModels(AuditExportEventLineDto, AuditExportSealLineDto)
   @ApiOkResponse({
@@ -119,9 +122,13 @@ export class AdminController {
       },
     },
   })
-  @ApiBadRequestResponse({ type: ErrorResponseDto, description: 'Bad filter: not a date, not a UUID, an unknown type, or `from` after `to`' })
+  @ApiBadRequestResponse({
+    type: ErrorResponseDto,
+    description:
+      'Bad filter: not a date, not a UUID, an unknown type, `from` after `to`, or an `afterSeq` that is not a seq or is past the newest one',
+  })
   async exportAudit(@Query() query: AdminAuditExportQueryDto): Promise<StreamableFile> {
-    const lines = await this.exporter.open(toAuditFilter(query, query.userId));
+    const lines = await this.exporter.open(toAuditFilter(query, query.userId), query.afterSeq);
     return new StreamableFile(lines, { type: NDJSON });
   }
 }

@@ -6,6 +6,7 @@ import {
   AuditExportSeal,
   EVENT_LINE_FIELDS,
   EXPORT_FORMAT,
+  EXPORT_FORMAT_RANGED,
   ExportDigest,
   holdsWholeChain,
   sealMac,
@@ -26,6 +27,13 @@ import {
  *   whole, not a shared one) a gap is a deleted line.
  * - The seal, the last line, must be authentic (its MAC) and match the lines before it (their
  *   count and digest): lines deleted, inserted or reordered, or a file cut short, are caught here.
+ *   A version 2 seal also states the seqs the file runs after and through; its lines must lie
+ *   in between.
+ *
+ * Consecutive exports after a seq (the pieces a scheduled `audit-export --after-seq` ships) are
+ * verified as one log by verifyExportFiles: each piece must start where the one before ended
+ * (its `afterSeq` that one's `throughSeq`, the same other filters), and each chain's first line
+ * in a piece is linked to its last line in the pieces before.
  */
 
 export interface ExportFileVerification {
@@ -38,6 +46,11 @@ export interface ExportFileVerification {
   alone: number;
   /** The seal's filter, when the file has an authentic seal. */
   filter: AuditExportFilterFields | null;
+  /** The seal's throughSeq (format v2), when the file has an authentic seal. */
+  throughSeq: string | null;
+  /** Files verified as consecutive pieces (verifyExportFiles), and the one the first broken line is in. */
+  files: number;
+  brokenFile: string | null;
   /** The first broken line (1-based), its event id when it is an event, and why. */
   brokenLine: number | null;
   brokenId: string | null;
@@ -56,10 +69,103 @@ interface Problem {
 const HEX64 = /^[0-9a-f]{64}$/;
 const NULLABLE_STRINGS = ['userId', 'sessionId', 'ipAddress', 'userAgent'] as const;
 
-export async function verifyExportFile(path: string, key: string): Promise<ExportFileVerification> {
-  const result: ExportFileVerification = { ok: true, lines: 0, linked: 0, alone: 0, filter: null, brokenLine: null, brokenId: null, reason: null };
-  const chains = new Map<string, { position: number; hash: string; line: number }>();
+/** A chain's last line so far: in this file, or (verifyExportFiles) in a piece before it. */
+interface ChainTip {
+  position: number;
+  hash: string;
+  line: number;
+  /** The file it is in, when that is an earlier piece. */
+  file?: string;
+}
+
+/**
+ * Verifies consecutive pieces of the log, each written by an export after the seq the one
+ * before it ran through, as one: every check of verifyExportFile in each, chains linked across
+ * them, and no piece missing, repeated or out of order. Stops at the first broken piece.
+ */
+export async function verifyExportFiles(paths: string[], key: string): Promise<ExportFileVerification> {
+  if (paths.length === 1) return verifyExportFile(paths[0], key);
+  const chains = new Map<string, ChainTip>();
+  const total: ExportFileVerification = { ...emptyResult(), files: 0 };
+  let previous: { path: string; filter: AuditExportFilterFields; throughSeq: string } | undefined;
+  for (const path of paths) {
+    const piece = await verifyExportFile(path, key, chains);
+    total.files++;
+    total.lines += piece.lines;
+    total.linked += piece.linked;
+    total.alone += piece.alone;
+    const broken = (line: number | null, id: string | null, reason: string | null) =>
+      Object.assign(total, {
+        ok: false,
+        filter: piece.filter,
+        throughSeq: piece.throughSeq,
+        brokenFile: path,
+        brokenLine: line,
+        brokenId: id,
+        reason,
+      });
+    // With an authentic seal, whether the piece is the one that follows comes first: a piece
+    // missing, repeated or out of order also breaks its chains' links, and is the clearer reason.
+    const filter = piece.filter;
+    if (!filter) return broken(piece.brokenLine, piece.brokenId, piece.reason);
+    if (filter.afterSeq === undefined || piece.throughSeq === null) {
+      return broken(
+        piece.lines + 1,
+        null,
+        `${path} is not a piece of an incremental export (its seal is version 1, without afterSeq): only such pieces verify together`,
+      );
+    }
+    if (previous) {
+      const { afterSeq, ...rest } = filter;
+      const { afterSeq: _previousAfter, ...previousRest } = previous.filter;
+      if (JSON.stringify(rest) !== JSON.stringify(previousRest)) {
+        return broken(piece.lines + 1, null, `${path} has other filters than ${previous.path}: they are pieces of different exports`);
+      }
+      if (afterSeq !== previous.throughSeq) {
+        const what =
+          BigInt(afterSeq) > BigInt(previous.throughSeq)
+            ? `the events after seq ${previous.throughSeq} up to ${afterSeq} are in no file given: a piece is missing`
+            : `it repeats events up to seq ${previous.throughSeq}: a piece was given twice, or out of order`;
+        return broken(
+          piece.lines + 1,
+          null,
+          `${path} starts after seq ${afterSeq}, but ${previous.path} runs through ${previous.throughSeq}: ${what}`,
+        );
+      }
+    }
+    if (!piece.ok) return broken(piece.brokenLine, piece.brokenId, piece.reason);
+    previous = { path, filter, throughSeq: piece.throughSeq };
+    for (const tip of chains.values()) tip.file ??= path;
+  }
+  return Object.assign(total, { filter: previous!.filter, throughSeq: previous!.throughSeq });
+}
+
+function emptyResult(): ExportFileVerification {
+  return {
+    ok: true,
+    lines: 0,
+    linked: 0,
+    alone: 0,
+    filter: null,
+    throughSeq: null,
+    files: 1,
+    brokenFile: null,
+    brokenLine: null,
+    brokenId: null,
+    reason: null,
+  };
+}
+
+/**
+ * Verifies one file. `chains` (verifyExportFiles) holds each chain's last line in the pieces
+ * before this one, and is left holding its last line in this one.
+ */
+export async function verifyExportFile(path: string, key: string, chains = new Map<string, ChainTip>()): Promise<ExportFileVerification> {
+  const result = emptyResult();
   const digest = new ExportDigest();
+  /** The first and last event lines' seq and where they are, for a version 2 seal's range. */
+  let firstSeq: { seq: bigint; line: number; id: string } | undefined;
+  let lastSeq: { seq: bigint; line: number; id: string } | undefined;
   let failure: Problem | undefined;
   /**
    * The first gap in a user's (or the global) chain and in a shared chain: a deleted line if the
@@ -103,6 +209,8 @@ export async function verifyExportFile(path: string, key: string): Promise<Expor
       result.lines++;
       digest.add(line.seq, line.hash);
       const id = line.id;
+      lastSeq = { seq: BigInt(line.seq), line: lineNo, id };
+      firstSeq ??= lastSeq;
       const extra = Object.keys(line).filter((k) => !(EVENT_LINE_FIELDS as readonly string[]).includes(k));
       if (extra.length) {
         fail({ line: lineNo, id, reason: `Line ${lineNo} (event ${id}) has fields no export writes (${extra.join(', ')}): it was altered` });
@@ -129,7 +237,7 @@ export async function verifyExportFile(path: string, key: string): Promise<Expor
         fail({
           line: lineNo,
           id,
-          reason: `Line ${lineNo} (event ${id}) is at position ${line.position} of chain ${line.chainKey}, after line ${previous.line} at position ${previous.position}: lines were reordered or duplicated`,
+          reason: `Line ${lineNo} (event ${id}) is at position ${line.position} of chain ${line.chainKey}, after ${lineOf(previous)} at position ${previous.position}: lines were reordered or duplicated`,
         });
         continue;
       }
@@ -144,13 +252,13 @@ export async function verifyExportFile(path: string, key: string): Promise<Expor
             chainKey: line.chainKey,
             line: lineNo,
             id,
-            reason: `Line ${lineNo} (event ${id}) is at position ${line.position} of chain ${line.chainKey}, but the line before it in this chain (line ${previous.line}) is at position ${previous.position}, and this export holds whole chains: lines between them were deleted`,
+            reason: `Line ${lineNo} (event ${id}) is at position ${line.position} of chain ${line.chainKey}, but the line before it in this chain (${lineOf(previous)}) is at position ${previous.position}, and this export holds whole chains: lines between them were deleted`,
           };
         }
       } else {
         result.linked++;
         if (line.prevHash !== linkedTo) {
-          const what = line.position === 1 ? 'the start of its chain' : `the line before it in chain ${line.chainKey} (line ${previous!.line})`;
+          const what = line.position === 1 ? 'the start of its chain' : `the line before it in chain ${line.chainKey} (${lineOf(previous!)})`;
           fail({
             line: lineNo,
             id,
@@ -187,6 +295,23 @@ export async function verifyExportFile(path: string, key: string): Promise<Expor
       });
     } else {
       result.filter = seal.value.filter;
+      result.throughSeq = seal.value.throughSeq ?? null;
+      const { afterSeq } = seal.value.filter;
+      const { throughSeq } = seal.value;
+      if (afterSeq !== undefined && firstSeq && firstSeq.seq <= BigInt(afterSeq)) {
+        problems.push({
+          line: firstSeq.line,
+          id: firstSeq.id,
+          reason: `Line ${firstSeq.line} (event ${firstSeq.id}) has seq ${firstSeq.seq}, not after ${afterSeq} as the seal says every line is`,
+        });
+      }
+      if (throughSeq !== undefined && lastSeq && lastSeq.seq > BigInt(throughSeq)) {
+        problems.push({
+          line: lastSeq.line,
+          id: lastSeq.id,
+          reason: `Line ${lastSeq.line} (event ${lastSeq.id}) has seq ${lastSeq.seq}, past ${throughSeq}, the seq the seal says the file runs through`,
+        });
+      }
       if (seal.value.lines !== result.lines || seal.value.digest !== digest.digest()) {
         problems.push({
           line: seal.line,
@@ -200,6 +325,11 @@ export async function verifyExportFile(path: string, key: string): Promise<Expor
   const first = problems.sort((a, b) => a.line - b.line)[0];
   if (first) Object.assign(result, { ok: false, brokenLine: first.line, brokenId: first.id, reason: first.reason });
   return result;
+}
+
+/** Where a chain's previous line is, for a reason: its line, and its file when that is an earlier piece. */
+function lineOf(tip: ChainTip): string {
+  return tip.file === undefined ? `line ${tip.line}` : `line ${tip.line} of ${tip.file}`;
 }
 
 function parseLine(text: string, lineNo: number): Record<string, unknown> {
@@ -236,13 +366,34 @@ function checkEventShape(value: Record<string, unknown>, lineNo: number): AuditE
   return value as unknown as AuditExportLine;
 }
 
+/** A seq as a seal states it. */
+const SEQ_TEXT = /^(0|[1-9][0-9]{0,18})$/;
+
 function checkSealShape(value: Record<string, unknown>, lineNo: number): AuditExportSeal {
   const bad = (what: string) => new ExportFileError(`Line ${lineNo} (the seal): ${what}`);
-  if (value.seal !== EXPORT_FORMAT) throw bad(`the format ${JSON.stringify(value.seal)} is not ${EXPORT_FORMAT}`);
+  if (value.seal !== EXPORT_FORMAT && value.seal !== EXPORT_FORMAT_RANGED) {
+    throw bad(`the format ${JSON.stringify(value.seal)} is not ${EXPORT_FORMAT} or ${EXPORT_FORMAT_RANGED}`);
+  }
+  const ranged = value.seal === EXPORT_FORMAT_RANGED;
   const filter = value.filter as Record<string, unknown> | null;
   if (typeof filter !== 'object' || filter === null) throw bad('filter is missing');
   for (const field of ['from', 'to', 'userId', 'type']) {
     if (filter[field] !== null && typeof filter[field] !== 'string') throw bad(`filter.${field} is not a string or null`);
+  }
+  // Exactly the fields its version's MAC covers: any other would be there unauthenticated.
+  const sealFields = ['seal', 'filter', ...(ranged ? ['throughSeq'] : []), 'lines', 'digest', 'mac'];
+  const filterFields = ['from', 'to', 'userId', 'type', ...(ranged ? ['afterSeq'] : [])];
+  const extra = [
+    ...Object.keys(value).filter((k) => !sealFields.includes(k)),
+    ...Object.keys(filter)
+      .filter((k) => !filterFields.includes(k))
+      .map((k) => `filter.${k}`),
+  ];
+  if (extra.length) throw bad(`it has fields no ${value.seal} seal has (${extra.join(', ')})`);
+  if (ranged) {
+    if (typeof filter.afterSeq !== 'string' || !SEQ_TEXT.test(filter.afterSeq)) throw bad('filter.afterSeq is not a seq');
+    if (typeof value.throughSeq !== 'string' || !SEQ_TEXT.test(value.throughSeq)) throw bad('throughSeq is not a seq');
+    if (BigInt(value.throughSeq) < BigInt(filter.afterSeq)) throw bad('throughSeq is before filter.afterSeq');
   }
   if (!Number.isSafeInteger(value.lines) || (value.lines as number) < 0) throw bad('lines is not a count');
   for (const field of ['digest', 'mac']) if (typeof value[field] !== 'string') throw bad(`${field} is missing`);

@@ -10,8 +10,16 @@ import type { AuditFilter } from './audit.service';
  * last line, the seal, which names the filter and carries a keyed MAC over a digest of the
  * lines. Each event authenticates itself (its chain HMAC); the seal is what shows that no
  * line was deleted, inserted or reordered, and that the file was not cut short.
+ *
+ * Version 2, written only for an export of the events after a `seq` (the incremental export
+ * that ships the log in pieces): the same lines, and a seal that also states that `seq`
+ * (`filter.afterSeq`) and the one it runs through (`throughSeq`), both under its MAC: the file
+ * holds every event the other filters select with a seq in (afterSeq, throughSeq], and the
+ * next piece starts after throughSeq. An export without that filter is still version 1, byte
+ * for byte, so that what reads version 1 keeps reading it.
  */
 export const EXPORT_FORMAT = 'sessionary.audit.export.v1';
+export const EXPORT_FORMAT_RANGED = 'sessionary.audit.export.v2';
 
 /** A row of audit_events as the export reads it: the stored columns, `seq`, and the chain columns (null for an event outside every chain). */
 export interface ExportRow extends StoredEventRow {
@@ -47,12 +55,16 @@ export interface AuditExportFilterFields {
   to: string | null;
   userId: string | null;
   type: string | null;
+  /** Version 2 only: the events after this seq (a bigint, as a decimal string). */
+  afterSeq?: string;
 }
 
 /** The last line of an export. */
 export interface AuditExportSeal {
   seal: string;
   filter: AuditExportFilterFields;
+  /** Version 2 only: the seq the file runs through, every event up to it that will ever exist having been settled (settledAuditSeq). */
+  throughSeq?: string;
   /** Event lines before the seal. */
   lines: number;
   /** SHA-256 over every line's `seq` and `hash`, in file order (ExportDigest). */
@@ -132,13 +144,15 @@ export class ExportDigest {
   }
 }
 
-export function sealFilterOf(filter: AuditFilter): AuditExportFilterFields {
-  return {
+export function sealFilterOf(filter: AuditFilter, afterSeq?: string): AuditExportFilterFields {
+  const fields: AuditExportFilterFields = {
     from: filter.from?.toISOString() ?? null,
     to: filter.to?.toISOString() ?? null,
     userId: filter.userId?.toLowerCase() ?? null,
     type: filter.type ?? null,
   };
+  if (afterSeq !== undefined) fields.afterSeq = afterSeq;
+  return fields;
 }
 
 /**
@@ -146,21 +160,33 @@ export function sealFilterOf(filter: AuditFilter): AuditExportFilterFields {
  * after retention): no time or type filter, and no user filter for a shared chain (a user filter
  * keeps that user's own chain whole, but takes only that user's events of a shared one). Then a
  * gap in the chain is a deleted line. With a time filter a chain may start anywhere; with a type
- * filter gaps are the rule.
+ * filter gaps are the rule. An export after a seq (version 2) may start a chain anywhere too,
+ * but holds it whole from there on: within a chain, seq rises with position (each append
+ * takes its seqs while it holds the chain's head), so a gap after the chain's first line in
+ * such a file is a deleted line as well; the verifier only judges gaps after a chain's first line.
  */
 export function holdsWholeChain(filter: AuditExportFilterFields, chainKey: string): boolean {
   return filter.from === null && filter.to === null && filter.type === null && (filter.userId === null || !isSharedChain(chainKey));
 }
 
 export function sealMac(key: string, seal: Omit<AuditExportSeal, 'mac'>): string {
-  const { from, to, userId, type } = seal.filter;
+  const { from, to, userId, type, afterSeq } = seal.filter;
   // Domain-separated from the event and checkpoint MACs made with the same key: the event
-  // input starts with 64 hex digits, the checkpoint's with another tag.
-  const canonical = JSON.stringify([seal.seal, from, to, userId, type, seal.lines, seal.digest]);
+  // input starts with 64 hex digits, the checkpoint's with another tag. The format comes
+  // first, so a version 1 seal and a version 2 one never share an input.
+  const canonical =
+    seal.seal === EXPORT_FORMAT
+      ? JSON.stringify([seal.seal, from, to, userId, type, seal.lines, seal.digest])
+      : JSON.stringify([seal.seal, from, to, userId, type, afterSeq ?? null, seal.throughSeq ?? null, seal.lines, seal.digest]);
   return createHmac('sha256', key).update(canonical).digest('hex');
 }
 
-export function sealOf(key: string, filter: AuditExportFilterFields, digest: ExportDigest): AuditExportSeal {
-  const fields = { seal: EXPORT_FORMAT, filter, lines: digest.lines, digest: digest.digest() };
+/** The seal: version 2 when the export is of the events after a seq (`throughSeq` then given), version 1 otherwise. */
+export function sealOf(key: string, filter: AuditExportFilterFields, digest: ExportDigest, throughSeq?: string): AuditExportSeal {
+  const ranged = filter.afterSeq !== undefined;
+  if (ranged !== (throughSeq !== undefined)) throw new Error('An export after a seq states the seq it runs through, and only it');
+  const fields: Omit<AuditExportSeal, 'mac'> = ranged
+    ? { seal: EXPORT_FORMAT_RANGED, filter, throughSeq, lines: digest.lines, digest: digest.digest() }
+    : { seal: EXPORT_FORMAT, filter, lines: digest.lines, digest: digest.digest() };
   return { ...fields, mac: sealMac(key, fields) };
 }

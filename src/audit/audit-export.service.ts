@@ -1,4 +1,4 @@
-import { Injectable, Logger } from '@nestjs/common';
+import { BadRequestException, Injectable, Logger, ServiceUnavailableException } from '@nestjs/common';
 import { ConfigService } from '@nestjs/config';
 import { InjectDataSource } from '@nestjs/typeorm';
 import { SESSIONARY_DATA_SOURCE } from '../database/data-source-name';
@@ -12,10 +12,24 @@ import { summarize } from '../database/database-outage.monitor';
 import { STORED_EVENT_COLUMNS } from './audit-chain';
 import { startAuditSnapshot } from './audit-snapshot';
 import { ExportDigest, exportLineOf, ExportRow, ndjsonLine, sealFilterOf, sealOf } from './audit-export-format';
+import { settledAuditSeq } from './settled-seq';
 import type { AuditFilter } from './audit.service';
 
 /** An export refused for being one too many: the others are usually done within seconds. */
 const EXPORT_RETRY_AFTER_SECONDS = 10;
+
+/**
+ * How long an export after a seq waits for the transactions running when it starts to end
+ * (settledAuditSeq) before it answers 503: requests' transactions last milliseconds, and a
+ * statement of a verification or another export's FETCH seconds at most.
+ */
+const SETTLE_TIMEOUT_MS = 10_000;
+
+/** The events an export after a seq holds: seq in (after, through]. */
+interface SeqRange {
+  after: string;
+  through: string;
+}
 
 /** What pg_stat_activity shows for an export's connection while it runs (SET LOCAL: the pooled connection gets its name back). */
 export const EXPORT_APPLICATION_NAME = 'sessionary-audit-export';
@@ -44,6 +58,8 @@ export class AuditExportService {
   private readonly key: string;
   /** Rows per query. A property so that a test can make a small export span many batches. */
   batchSize = 1000;
+  /** See SETTLE_TIMEOUT_MS (a property so that a test can shorten it). */
+  settleTimeoutMs = SETTLE_TIMEOUT_MS;
   private readonly maxConcurrent: number;
   /** Exports whose snapshot is open (until their stream is done, however it ends). */
   private active = 0;
@@ -61,7 +77,7 @@ export class AuditExportService {
    * streaming from this instance: each holds a pooled connection for as long as its client
    * reads, and enough slow clients would otherwise take the pool from every other request.
    */
-  async open(filter: AuditFilter): Promise<Readable> {
+  async open(filter: AuditFilter, afterSeq?: string): Promise<Readable> {
     if (this.active >= this.maxConcurrent) {
       throw new RetryAfterException(
         EXPORT_RETRY_AFTER_SECONDS,
@@ -71,11 +87,34 @@ export class AuditExportService {
     this.active++;
     let stream: Readable | undefined;
     try {
-      stream = await this.openStream(filter, () => this.active--);
+      const range = afterSeq === undefined ? undefined : await this.seqRangeAfter(afterSeq);
+      stream = await this.openStream(filter, range, () => this.active--);
       return stream;
     } finally {
       if (!stream) this.active--;
     }
+  }
+
+  /**
+   * The range of an export after `afterSeq` (the incremental export): through the greatest seq
+   * handed out, once every transaction that could still commit an event up to it has ended, so
+   * that the snapshot taken next holds every event of the range that will ever exist, and the
+   * next export, after this one's `throughSeq`, misses none and repeats none. (Without the wait,
+   * an event whose transaction took its seq before a later one's and committed after it would
+   * fall between two exports.) A seq past the greatest handed out is not from this log (another
+   * database, or one restored from an older backup): a 400, rather than an empty file whose
+   * next export would skip the events written until the sequence caught up.
+   */
+  private async seqRangeAfter(afterSeq: string): Promise<SeqRange> {
+    const through = await settledAuditSeq(this.dataSource.manager, this.settleTimeoutMs);
+    if (through === null) {
+      this.logger.warn(`An audit export after seq ${afterSeq} was refused: transactions were still running after ${this.settleTimeoutMs} ms`);
+      throw new ServiceUnavailableException('The audit log is not settled yet; try again');
+    }
+    if (BigInt(afterSeq) > BigInt(through)) {
+      throw new BadRequestException([`afterSeq ${afterSeq} is past the newest event's seq (${through}): it is not from this audit log`]);
+    }
+    return { after: afterSeq, through };
   }
 
   /**
@@ -84,9 +123,9 @@ export class AuditExportService {
    * stream. After that, a failure destroys the stream: its consumer must not mistake the
    * lines so far for a whole export (and the missing seal says so to audit-verify --file).
    */
-  private async openStream(filter: AuditFilter, onClosed: () => void): Promise<Readable> {
+  private async openStream(filter: AuditFilter, range: SeqRange | undefined, onClosed: () => void): Promise<Readable> {
     const batchSize = this.batchSize;
-    const cursor = exportCursor(filter);
+    const cursor = exportCursor(filter, range);
     const fetch = `FETCH FORWARD ${batchSize} FROM ${EXPORT_CURSOR}`;
     const snapshot = await Snapshot.open(this.dataSource);
     /** The first batch, read before any byte is sent; undefined once taken. */
@@ -100,7 +139,7 @@ export class AuditExportService {
     }
 
     const digest = new ExportDigest();
-    const sealFilter = sealFilterOf(filter);
+    const sealFilter = sealFilterOf(filter, range?.after);
     /** The next chunk of lines, and whether it is the last (it then ends with the seal). */
     const nextChunk = async (): Promise<{ text: string; last: boolean }> => {
       const rows = prefetched ?? (await snapshot.query<ExportRow>(fetch, []));
@@ -111,7 +150,7 @@ export class AuditExportService {
         digest.add(row.seq, row.hash);
       }
       if (rows.length === batchSize) return { text, last: false };
-      return { text: text + ndjsonLine(sealOf(this.key, sealFilter, digest)), last: true };
+      return { text: text + ndjsonLine(sealOf(this.key, sealFilter, digest, range?.through)), last: true };
     };
 
     let reading: Promise<void> | undefined;
@@ -246,7 +285,7 @@ const EXPORT_CURSOR = 'sessionary_audit_export';
  * indexes as the list. PostgreSQL plans a cursor for its first rows (cursor_tuple_fraction),
  * as it planned the batches' LIMIT.
  */
-function exportCursor(filter: AuditFilter): { text: string; params: unknown[] } {
+function exportCursor(filter: AuditFilter, range: SeqRange | undefined): { text: string; params: unknown[] } {
   const params: unknown[] = [];
   const where: string[] = [];
   const add = (condition: (placeholder: string) => string, value: unknown) => {
@@ -257,6 +296,10 @@ function exportCursor(filter: AuditFilter): { text: string; params: unknown[] } 
   if (filter.type) add((p) => `e.type = ${p}`, filter.type);
   if (filter.from) add((p) => `e.created_at >= ${p}::timestamptz`, filter.from);
   if (filter.to) add((p) => `e.created_at < ${p}::timestamptz`, filter.to);
+  if (range) {
+    add((p) => `e.seq > ${p}::bigint`, range.after);
+    add((p) => `e.seq <= ${p}::bigint`, range.through);
+  }
   return {
     text: `DECLARE ${EXPORT_CURSOR} NO SCROLL CURSOR FOR
            SELECT e.seq::text AS seq, ${STORED_EVENT_COLUMNS},

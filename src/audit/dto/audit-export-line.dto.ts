@@ -1,13 +1,22 @@
-import { ApiProperty } from '@nestjs/swagger';
+import { ApiProperty, ApiPropertyOptional } from '@nestjs/swagger';
 import { IP_ADDRESS_MAX_LENGTH, USER_AGENT_MAX_LENGTH } from '../../common/client-context';
 import { COUNT_SCHEMA } from '../../common/openapi-completion';
 import { AUDIT_EVENT_TYPES } from '../audit-event.entity';
-import { EXPORT_FORMAT, type AuditExportFilterFields, type AuditExportLine, type AuditExportSeal } from '../audit-export-format';
+import {
+  EXPORT_FORMAT,
+  EXPORT_FORMAT_RANGED,
+  type AuditExportFilterFields,
+  type AuditExportLine,
+  type AuditExportSeal,
+} from '../audit-export-format';
 
 /*
  * The OpenAPI description of the export's lines (application/x-ndjson: one of these per line).
  * The lines themselves are built by audit-export-format.ts; `implements` keeps these in step.
  */
+
+/** A seq as the seal states it: a 64-bit integer, as a decimal string (0 before the first event). */
+const SEQ_TEXT = { type: String, pattern: '^(0|[1-9][0-9]{0,18})$', maxLength: 19, example: '1042' } as const;
 
 export class AuditExportEventLineDto implements AuditExportLine {
   @ApiProperty({
@@ -67,14 +76,31 @@ export class AuditExportFilterDto implements AuditExportFilterFields {
   @ApiProperty({ format: 'date-time', nullable: true, type: String }) to: string | null;
   @ApiProperty({ format: 'uuid', nullable: true, type: String }) userId: string | null;
   @ApiProperty({ enum: AUDIT_EVENT_TYPES, nullable: true, type: String }) type: string | null;
+
+  @ApiPropertyOptional({
+    ...SEQ_TEXT,
+    description: 'Format v2 only: the export holds the events after this seq (the `afterSeq` query parameter)',
+  })
+  afterSeq?: string;
 }
 
 export class AuditExportSealLineDto implements AuditExportSeal {
-  @ApiProperty({ enum: [EXPORT_FORMAT], description: 'The format; marks the last line' })
+  @ApiProperty({
+    enum: [EXPORT_FORMAT, EXPORT_FORMAT_RANGED],
+    description: 'The format; marks the last line. v2 for an export after a seq (`afterSeq`), whose seal states `throughSeq`; v1 otherwise',
+  })
   seal: string;
 
   @ApiProperty({ type: AuditExportFilterDto, description: 'The filters of this export' })
   filter: AuditExportFilterDto;
+
+  @ApiPropertyOptional({
+    ...SEQ_TEXT,
+    description:
+      'Format v2 only: the file holds every event the filters select with a seq after `filter.afterSeq` and up to this one; ' +
+      'the next export takes it as its `afterSeq`',
+  })
+  throughSeq?: string;
 
   @ApiProperty({ ...COUNT_SCHEMA, description: 'Event lines before the seal' })
   lines: number;

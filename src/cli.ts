@@ -4,7 +4,7 @@
  *   npm run cli -- demote-admin <email>
  *   npm run cli -- end-all-sessions
  *   npm run cli -- audit-verify [--checkpoint-file <file>]   exit code 0 intact, 1 broken, 2 unreadable file
- *   npm run cli -- audit-verify --file <export.ndjson>       an export, offline: no database; 2 also for a malformed line
+ *   npm run cli -- audit-verify --file <export.ndjson> ...   exports, offline: no database; 2 also for a malformed line; several files are consecutive --after-seq pieces
  *   npm run cli -- audit-export [--from T] [--to T] [--user-id U] [--type X] [--after-seq N] [--out FILE]
  *   npm run cli -- keys rotate                                the next signing key signs; the current one verifies until its tokens expire
  *   npm run cli -- keys list                                  the ring, without secrets
@@ -47,13 +47,13 @@ const OPTION_OF_FIELD: Record<string, string> = { from: '--from', to: '--to', us
 /** A command line that cannot run: exit code 2, with the message. */
 class UsageError extends Error {}
 
-/** What a command does once its arguments are understood: with the application (and its database), or without. */
 /** What audit-export exports: the route's filters, and the seq to continue after (an incremental export). */
 interface ExportRequest {
   filter: AuditFilter;
   afterSeq: string | undefined;
 }
 
+/** What a command does once its arguments are understood: with the application (and its database), or without. */
 type Command = { offline: () => Promise<number> } | { withApp: (app: INestApplicationContext) => Promise<number> };
 
 /** Diagnostics go to stderr: stdout carries the command's result (audit-export writes NDJSON there). */

@@ -3,7 +3,7 @@ import { before, describe, it } from 'node:test';
 import { Client } from 'pg';
 import { DataSource } from 'typeorm';
 import { cliDataSourceOptions, dataSourceOptions, MIGRATIONS } from '../src/database/data-source.options';
-import { MIGRATION_LOCK_KEY, runMigrationsLocked, SESSIONARY_TABLES } from '../src/database/migrate';
+import { MIGRATION_LOCK_KEY, runMigrationsLocked, SESSIONARY_FUNCTIONS, SESSIONARY_TABLES } from '../src/database/migrate';
 import { SessionAuthTime1765500000000 } from '../src/database/migrations/1765500000000-SessionAuthTime';
 import { AuditUserIndexMerged1766700000000 } from '../src/database/migrations/1766700000000-AuditUserIndexMerged';
 import { emptyDatabase } from './helpers/test-app';
@@ -40,6 +40,12 @@ describe('migrations (e2e)', () => {
         ['migrations'],
       ],
       ['CREATE TABLE audit_events (id serial PRIMARY KEY, what text NOT NULL)', ['audit_events']],
+      // A name only a later migration's trigger function takes (the audit chain's, 1765000000000).
+      [
+        `CREATE TABLE host_events (id serial PRIMARY KEY);
+         CREATE FUNCTION audit_events_append_only() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN NULL; END'`,
+        ['host_events'],
+      ],
     ];
     for (const [setup, tables] of anotherApplications) {
       const other = await emptyDatabase();
@@ -74,7 +80,7 @@ describe('migrations (e2e)', () => {
     }
   });
 
-  it("know every table they create, so that another application's table of any of those names is refused", async () => {
+  it("know every table and function they create, so that another application's of any of those names is refused", async () => {
     const source = await new DataSource(dataSourceOptions(url)).initialize();
     try {
       await runMigrationsLocked(source);
@@ -85,6 +91,16 @@ describe('migrations (e2e)', () => {
       assert.deepEqual(
         rows.map((r) => r.relname),
         [...SESSIONARY_TABLES],
+      );
+      // Not an extension's (TypeORM's driver installs uuid-ossp when it connects).
+      const functions: Array<{ proname: string }> = await source.query(
+        `SELECT proname FROM pg_proc p WHERE pronamespace = current_schema()::regnamespace
+            AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e')
+          ORDER BY 1`,
+      );
+      assert.deepEqual(
+        functions.map((f) => f.proname),
+        [...SESSIONARY_FUNCTIONS],
       );
     } finally {
       await source.destroy();

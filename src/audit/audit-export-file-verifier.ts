@@ -74,8 +74,8 @@ interface ChainTip {
   position: number;
   hash: string;
   line: number;
-  /** The file it is in, when that is an earlier piece. */
-  file?: string;
+  /** The file it is in. */
+  file: string;
 }
 
 /**
@@ -135,7 +135,6 @@ export async function verifyExportFiles(paths: string[], key: string): Promise<E
     }
     if (!piece.ok) return broken(piece.brokenLine, piece.brokenId, piece.reason);
     previous = { path, filter, throughSeq: piece.throughSeq };
-    for (const tip of chains.values()) tip.file ??= path;
   }
   return Object.assign(total, { filter: previous!.filter, throughSeq: previous!.throughSeq });
 }
@@ -232,12 +231,12 @@ export async function verifyExportFile(path: string, key: string, chains = new M
         });
       }
       const previous = chains.get(line.chainKey);
-      chains.set(line.chainKey, { position: line.position, hash: line.hash, line: lineNo });
+      chains.set(line.chainKey, { position: line.position, hash: line.hash, line: lineNo, file: path });
       if (previous && line.position <= previous.position) {
         fail({
           line: lineNo,
           id,
-          reason: `Line ${lineNo} (event ${id}) is at position ${line.position} of chain ${line.chainKey}, after ${lineOf(previous)} at position ${previous.position}: lines were reordered or duplicated`,
+          reason: `Line ${lineNo} (event ${id}) is at position ${line.position} of chain ${line.chainKey}, after ${lineOf(previous, path)} at position ${previous.position}: lines were reordered or duplicated`,
         });
         continue;
       }
@@ -252,13 +251,13 @@ export async function verifyExportFile(path: string, key: string, chains = new M
             chainKey: line.chainKey,
             line: lineNo,
             id,
-            reason: `Line ${lineNo} (event ${id}) is at position ${line.position} of chain ${line.chainKey}, but the line before it in this chain (${lineOf(previous)}) is at position ${previous.position}, and this export holds whole chains: lines between them were deleted`,
+            reason: `Line ${lineNo} (event ${id}) is at position ${line.position} of chain ${line.chainKey}, but the line before it in this chain (${lineOf(previous, path)}) is at position ${previous.position}, and this export holds whole chains: lines between them were deleted`,
           };
         }
       } else {
         result.linked++;
         if (line.prevHash !== linkedTo) {
-          const what = line.position === 1 ? 'the start of its chain' : `the line before it in chain ${line.chainKey} (${lineOf(previous!)})`;
+          const what = line.position === 1 ? 'the start of its chain' : `the line before it in chain ${line.chainKey} (${lineOf(previous!, path)})`;
           fail({
             line: lineNo,
             id,
@@ -327,9 +326,9 @@ export async function verifyExportFile(path: string, key: string, chains = new M
   return result;
 }
 
-/** Where a chain's previous line is, for a reason: its line, and its file when that is an earlier piece. */
-function lineOf(tip: ChainTip): string {
-  return tip.file === undefined ? `line ${tip.line}` : `line ${tip.line} of ${tip.file}`;
+/** Where a chain's previous line is, for a reason: its line, and its file when that is an earlier piece than `path`. */
+function lineOf(tip: ChainTip, path: string): string {
+  return tip.file === path ? `line ${tip.line}` : `line ${tip.line} of ${tip.file}`;
 }
 
 function parseLine(text: string, lineNo: number): Record<string, unknown> {

@@ -62,6 +62,21 @@ export const SESSIONARY_TABLES = [
 ] as const;
 
 /**
+ * Every function Sessionary's migrations create (plain CREATE FUNCTION, no arguments: the
+ * triggers' functions), in name order: a host's function of one of these names stops that
+ * migration with "already exists" as a table would. migrations.e2e-spec.ts checks the list
+ * against a migrated schema.
+ */
+export const SESSIONARY_FUNCTIONS = [
+  'audit_checkpoints_append_only',
+  'audit_events_append_only',
+  'sessionary_notify_role_change',
+  'sessionary_notify_session_change',
+  'sessionary_notify_sessions_truncated',
+  'sessionary_notify_signing_keys',
+] as const;
+
+/**
  * Refuses, with what to do, a schema that another application already uses and Sessionary has
  * never migrated: a migration would stop at "relation "users" already exists" (or meet a
  * host's table of the same name in a later migration, halfway through the list),
@@ -93,11 +108,12 @@ async function assertSchemaIsSessionarys(runner: QueryRunner, dataSource: DataSo
     `SELECT relname FROM pg_class WHERE relnamespace = current_schema()::regnamespace AND relname = ANY($1) ORDER BY relname`,
     [SESSIONARY_TABLES],
   );
-  if (found.length)
-    throw notOurs(
-      schema,
-      found.map((r) => `a table "${r.relname}"`),
-    );
+  const functions: Array<{ proname: string }> = await runner.query(
+    `SELECT DISTINCT proname FROM pg_proc WHERE pronamespace = current_schema()::regnamespace AND proname = ANY($1) ORDER BY proname`,
+    [SESSIONARY_FUNCTIONS],
+  );
+  if (found.length || functions.length)
+    throw notOurs(schema, [...found.map((r) => `a table "${r.relname}"`), ...functions.map((f) => `a function "${f.proname}"`)]);
 }
 
 function notOurs(schema: string, what: string[]): Error {

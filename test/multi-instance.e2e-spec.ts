@@ -60,6 +60,7 @@ describe('three instances on one database (e2e, real processes)', () => {
     env = deploymentEnv(url, {
       RATE_LIMIT_PER_MINUTE: '0',
       LOGIN_MAX_FAILURES_PER_IP: '1000000',
+      REGISTER_MAX_PER_IP: '0',
       SESSION_CLEANUP_CRON: '* * * * * *',
     });
     // Booting together: the migrations run once, under the advisory lock.

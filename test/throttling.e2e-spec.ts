@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { auditRows } from './helpers/db';
-import { registerUser, sleep, uniqueName } from './helpers/factories';
+import { newUserInput, registerUser, sleep, uniqueName } from './helpers/factories';
 import { createTestApp, TestApp } from './helpers/test-app';
 
 const WRONG = 'certainly-not-the-password';
@@ -191,5 +191,70 @@ describe('malicious lockout (e2e)', () => {
     // A new place is held by the back-off too; home is not.
     assert.equal((await loginFrom('192.0.2.200', user.password)).status, 429);
     assert.equal((await loginFrom(home, user.password)).status, 200);
+  });
+});
+
+describe('registration limit per client IP (e2e)', () => {
+  // Two instances on one database: the count is a row in PostgreSQL, exact across them.
+  let a: TestApp;
+  let b: TestApp;
+  before(async () => {
+    const env = { REGISTER_MAX_PER_IP: '3', REGISTER_WINDOW: '3', TRUST_PROXY: 'true' };
+    a = await createTestApp(env);
+    b = await createTestApp(env);
+  });
+  after(async () => {
+    await a.close();
+    await b.close();
+  });
+
+  const registerFrom = (app: TestApp, ip: string, body: object) => app.http.post('/api/v1/auth/register').set('X-Forwarded-For', ip).send(body);
+  const accounts = async (email: string) => (await a.db.query(`SELECT count(*)::int AS n FROM users WHERE email = $1`, [email]))[0].n as number;
+  const registerEvents = async () => (await a.db.query(`SELECT count(*)::int AS n FROM audit_events WHERE type = 'REGISTER'`))[0].n as number;
+
+  it('answers the registration one too many from an IP 429 with Retry-After, on every instance, and creates nothing; a bad body counts nothing', async () => {
+    const ip = '198.51.100.70';
+    // Bad input is a 400 before the count: these three leave the IP its whole allowance.
+    for (let i = 0; i < 3; i++) assert.equal((await registerFrom(a, ip, { ...newUserInput(), email: 'not-an-email' })).status, 400);
+    const first = newUserInput();
+    assert.equal((await registerFrom(a, ip, first)).status, 201);
+    // A taken address counts too: its bcrypt work was done.
+    assert.equal((await registerFrom(b, ip, first)).status, 409);
+    assert.equal((await registerFrom(a, ip, newUserInput())).status, 201);
+    const events = await registerEvents();
+
+    const refused = newUserInput();
+    const res = await registerFrom(b, ip, refused);
+    assert.equal(res.status, 429, res.text);
+    assert.deepEqual(res.body, { statusCode: 429, error: 'Too Many Requests', message: 'Too many registrations from this address; try again later' });
+    const retryAfter = Number(res.headers['retry-after']);
+    assert.ok(retryAfter >= 1 && retryAfter <= 3, `Retry-After ${res.headers['retry-after']}`);
+    assert.equal(await accounts(refused.email), 0);
+    assert.equal(await registerEvents(), events, 'no REGISTER event for a refused registration');
+    assert.equal((await registerFrom(a, ip, refused)).status, 429, 'the other instance refuses it too');
+
+    // Another client is not held back.
+    assert.equal((await registerFrom(a, '198.51.100.71', newUserInput())).status, 201);
+    // Once the window is over, the IP starts again.
+    await sleep(retryAfter * 1000 + 100);
+    assert.equal((await registerFrom(b, ip, refused)).status, 201);
+    assert.equal(await accounts(refused.email), 1);
+  });
+
+  it('counts IPv6 clients per /64', async () => {
+    for (let i = 1; i <= 3; i++) assert.equal((await registerFrom(a, `2001:db8:70:1::${i}`, newUserInput())).status, 201);
+    assert.equal((await registerFrom(b, '2001:db8:70:1:ffff::9', newUserInput())).status, 429);
+    assert.equal((await registerFrom(b, '2001:db8:70:2::1', newUserInput())).status, 201);
+  });
+
+  it('REGISTER_MAX_PER_IP=0 counts nothing', async () => {
+    const off = await createTestApp({ REGISTER_MAX_PER_IP: '0', TRUST_PROXY: 'true' });
+    try {
+      for (let i = 0; i < 5; i++) assert.equal((await registerFrom(off, '198.51.100.72', newUserInput())).status, 201);
+      const rows = await off.db.query(`SELECT key FROM rate_limits WHERE key LIKE 'register:%'`);
+      assert.ok(!rows.some((r: { key: string }) => r.key.endsWith('198.51.100.72')), JSON.stringify(rows));
+    } finally {
+      await off.close();
+    }
   });
 });

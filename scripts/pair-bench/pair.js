@@ -411,9 +411,17 @@ async function main() {
     RATE_LIMIT_PER_MINUTE: '0', // 0 turns the per-IP limit off
     LOGIN_MAX_FAILURES_PER_IDENTIFIER: '1000000',
     LOGIN_MAX_FAILURES_PER_IP: '1000000',
+    REGISTER_MAX_PER_IP: '0', // 0 turns the per-IP registration limit off (a build before 0.17.0 ignores it)
     ...opts.env,
   });
-  const fixed = ['BCRYPT_COST', 'LOG_LEVEL', 'RATE_LIMIT_PER_MINUTE', 'LOGIN_MAX_FAILURES_PER_IDENTIFIER', 'LOGIN_MAX_FAILURES_PER_IP'];
+  const fixed = [
+    'BCRYPT_COST',
+    'LOG_LEVEL',
+    'RATE_LIMIT_PER_MINUTE',
+    'LOGIN_MAX_FAILURES_PER_IDENTIFIER',
+    'LOGIN_MAX_FAILURES_PER_IP',
+    'REGISTER_MAX_PER_IP',
+  ];
   const shownKeys = [...fixed, ...Object.keys(opts.env).filter((k) => !fixed.includes(k))];
   console.log(
     `env (both): ${shownKeys.map((k) => `${k}=${env[k]}`).join(' ')} + random JWT_SECRET, PASSWORD_PEPPER, AUDIT_HMAC_KEY, KEY_ENCRYPTION_KEY`,

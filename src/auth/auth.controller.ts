@@ -36,6 +36,10 @@ export class AuthController {
   @ApiCreatedResponse({ type: RegisteredUserResponseDto })
   @ApiBadRequestResponse({ type: ErrorResponseDto, description: 'Invalid field (named in message)' })
   @ApiConflictResponse({ type: ErrorResponseDto, description: 'Username or email is already taken (one message for both)' })
+  @ApiTooManyRequestsResponse({
+    type: ErrorResponseDto,
+    description: 'Too many registrations from this IP (REGISTER_MAX_PER_IP within REGISTER_WINDOW), or requests; see Retry-After',
+  })
   async register(@Body() dto: RegisterDto, @Client() client: ClientContext): Promise<RegisteredUserResponseDto> {
     return RegisteredUserResponseDto.fromUser(await this.auth.register(dto, client));
   }

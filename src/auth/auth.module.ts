@@ -14,6 +14,7 @@ import { AuthService } from './auth.service';
 import { JwtAuthGuard } from './jwt-auth.guard';
 import { JwtStrategy } from './jwt.strategy';
 import { PasswordController } from './password.controller';
+import { RegistrationLimitService } from './registration-limit.service';
 import { SessionGuard } from './session.guard';
 
 @Module({
@@ -37,7 +38,7 @@ import { SessionGuard } from './session.guard';
     }),
   ],
   controllers: [AuthController, PasswordController],
-  providers: [AuthService, AccessTokenService, JwtStrategy, JwtAuthGuard, SessionGuard],
+  providers: [AuthService, AccessTokenService, JwtStrategy, JwtAuthGuard, SessionGuard, RegistrationLimitService],
   exports: [SessionGuard],
 })
 export class AuthModule {}

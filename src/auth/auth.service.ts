@@ -15,6 +15,7 @@ import { AccessTokenService } from './access-token.service';
 import { LoginThrottleService } from '../login-throttle/login-throttle.service';
 import { LoginDto } from './dto/login.dto';
 import { RegisterDto } from './dto/register.dto';
+import { RegistrationLimitService } from './registration-limit.service';
 import { ChangePasswordDto } from './dto/change-password.dto';
 import { ReauthenticateDto } from './dto/reauthenticate.dto';
 import { TokenResponseDto } from './dto/token-response.dto';
@@ -32,10 +33,13 @@ export class AuthService {
     private readonly passwords: PasswordHasher,
     private readonly accessTokens: AccessTokenService,
     private readonly throttle: LoginThrottleService,
+    private readonly registrations: RegistrationLimitService,
   ) {}
 
   async register(dto: RegisterDto, client: ClientContext): Promise<UserEntity> {
     assertPasswordFreeOfContext(dto.password, dto);
+    // After the input's checks (a 400 counts nothing), before the hash: a 429 costs no bcrypt.
+    await this.registrations.count(client.ipAddress);
     const passwordHash = await this.passwords.hash(dto.password); // slow work before the transaction
     return this.dataSource.transaction(async (em) => {
       const user = await this.users.create(em, { username: dto.username, email: dto.email, passwordHash });

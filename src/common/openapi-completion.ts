@@ -77,7 +77,7 @@ function sharedHeaders(limits: OpenApiLimits): Record<string, HeaderObject> {
     },
     'Retry-After': { description: 'Seconds until requests from this IP are accepted again', schema: int32(0, window) },
     'Retry-After-Backoff': {
-      description: `Seconds to wait: at most ${window} after the per-IP request limit; after failed logins or password checks, the back-off (at most LOGIN_FAILURE_WINDOW)`,
+      description: `Seconds to wait: at most ${window} after the per-IP request limit; after failed logins or password checks, the back-off (at most LOGIN_FAILURE_WINDOW); after too many registrations from one IP, the rest of its window (at most REGISTER_WINDOW)`,
       schema: int32(0, INT32_MAX),
     },
     'Access-Control-Allow-Origin': {
@@ -134,7 +134,7 @@ export function completeOpenApiDocument(document: OpenAPIObject, limits: OpenApi
         'Internal server error',
       );
       if (limited) {
-        // A route's own 429 is the failed-password back-off, whose wait can be longer than the request limit's.
+        // A route's own 429 (the failed-password back-off, the registration limit) can last longer than the request limit's.
         const backoff = operation.responses['429'] !== undefined;
         const tooMany = (operation.responses['429'] ??= errorResponse(429, 'Too many requests from this IP; see Retry-After'));
         if (!('$ref' in tooMany)) tooMany.headers = { 'Retry-After': ref(backoff ? 'Retry-After-Backoff' : 'Retry-After'), ...tooMany.headers };

@@ -304,6 +304,23 @@ export class Env {
   @Min(1)
   LOGIN_BACKOFF_BASE = 30;
 
+  /**
+   * Registrations per client IP (IPv6 per /64) within REGISTER_WINDOW; beyond it, 429 until the
+   * window ends. Each costs a bcrypt hash. 0 turns the limit off.
+   */
+  @Transform(toNumber)
+  @IsInt()
+  @Min(0)
+  @Max(INT32_MAX)
+  REGISTER_MAX_PER_IP = 30;
+
+  /** Seconds of the registration limit's window, from an IP's first registration in it. */
+  @Transform(toNumber)
+  @IsInt()
+  @Min(1)
+  @Max(INT32_MAX)
+  REGISTER_WINDOW = 600;
+
   /** Requests per client IP per minute over all routes; 0 turns the limit off. */
   @Transform(toNumber)
   @IsInt()

@@ -118,6 +118,7 @@ export async function createTestApp(overrides: Record<string, string> = {}, opti
     // their own (throttling.e2e-spec.ts) and kept out of the other files' way.
     RATE_LIMIT_PER_MINUTE: '0',
     LOGIN_MAX_FAILURES_PER_IP: '1000000',
+    REGISTER_MAX_PER_IP: '0',
     // One audit key for every app of a file (they share its database, so its chains), and no
     // checkpoint in the background: tests that want one call AuditChainService.checkpoint().
     AUDIT_HMAC_KEY: TEST_AUDIT_HMAC_KEY,

@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { get, IncomingMessage } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -9,6 +9,8 @@ import { LoggerService } from '@nestjs/common';
 import { DataSource } from 'typeorm';
 import { EXPORT_APPLICATION_NAME, AuditExportService } from '../src/audit/audit-export.service';
 import { AuditService } from '../src/audit/audit.service';
+import { AuditShipTask } from '../src/audit/audit-ship.task';
+import { SchedulerRegistry } from '@nestjs/schedule';
 import { bearer, login, registerUser, sleep, TestUser, Tokens } from './helpers/factories';
 import { runCli } from './helpers/cli';
 import { createTestApp, databaseForThisFile, TestApp } from './helpers/test-app';
@@ -780,6 +782,88 @@ describe('audit export (e2e)', () => {
       assert.equal(run.code, 0, run.stderr);
       assert.equal(run.stdout, (await exportHttp(`?afterSeq=${after}`)).text);
       assert.equal(parse(run.stdout, V2).lines.length, 40);
+    });
+
+    describe('shipped by the service (AUDIT_SHIP_DIR)', () => {
+      // Two instances sharing one directory, as a deployment would; their timers far off: the tests tick.
+      let a: TestApp;
+      let b: TestApp;
+      let shipDir: string;
+      const pieceFiles = () =>
+        readdirSync(shipDir)
+          .filter((n) => n.endsWith('.ndjson'))
+          .sort()
+          .map((n) => join(shipDir, n));
+      before(async () => {
+        shipDir = join(dir, 'shipped');
+        const env = { AUDIT_SHIP_DIR: shipDir, AUDIT_SHIP_INTERVAL: '86400' };
+        a = await createTestApp(env);
+        b = await createTestApp(env);
+      });
+      after(async () => {
+        await a?.close();
+        await b?.close();
+      });
+
+      it('ships the events after the newest piece as a whole file of its own, nothing when nothing is new, and the pieces verify as one log', async () => {
+        assert.ok(a.app.get(SchedulerRegistry).getIntervals().includes('audit-ship'), 'the job runs where AUDIT_SHIP_DIR is set');
+        assert.ok(!t.app.get(SchedulerRegistry).getIntervals().includes('audit-ship'), 'and only there');
+        const first = await a.app.get(AuditShipTask).handleTick();
+        const through1 = await newestSeq();
+        assert.deepEqual(first, { shipped: join(shipDir, `audit-after-${'0'.repeat(19)}-through-${through1.padStart(19, '0')}.ndjson`) });
+        assert.deepEqual(await a.app.get(AuditShipTask).handleTick(), { skipped: 'nothing new' });
+        await writeMore();
+        const second = await b.app.get(AuditShipTask).handleTick();
+        assert.ok('shipped' in second && second.shipped.includes(`-after-${through1.padStart(19, '0')}-`), JSON.stringify(second));
+        const files = pieceFiles();
+        assert.deepEqual(files, [first.shipped, second.shipped]);
+        assert.deepEqual(
+          readdirSync(shipDir).filter((n) => n.endsWith('.partial')),
+          [],
+        );
+
+        const whole = parse((await exportHttp()).text).lines;
+        const shipped = files.flatMap((f) => parse(readFileSync(f, 'utf8'), V2).lines);
+        assert.deepEqual(shipped, whole, 'the pieces hold every event once, in order');
+        const run = await cli('audit-verify', ...files.flatMap((f) => ['--file', f]));
+        assert.equal(run.code, 0, run.stdout + run.stderr);
+        assert.match(run.stdout, new RegExp(`links checked: +${whole.length}$`, 'm'));
+
+        const metrics = (await a.http.get('/metrics')).text;
+        assert.match(metrics, /^sessionary_audit_ship_pieces_total\{outcome="written"\} 1$/m);
+        assert.match(metrics, new RegExp(`^sessionary_audit_ship_through_seq ${through1}$`, 'm'));
+      });
+
+      it('two instances ticking at once write one piece: the other finds the lock taken or nothing new', async () => {
+        await writeMore();
+        const before = pieceFiles().length;
+        const outcomes = await Promise.all([a.app.get(AuditShipTask).handleTick(), b.app.get(AuditShipTask).handleTick()]);
+        assert.equal(outcomes.filter((o) => 'shipped' in o).length, 1, JSON.stringify(outcomes));
+        assert.ok(
+          outcomes.some((o) => 'skipped' in o && ['locked', 'nothing new'].includes(o.skipped)),
+          JSON.stringify(outcomes),
+        );
+        assert.equal(pieceFiles().length, before + 1);
+        const files = pieceFiles();
+        const run = await cli('audit-verify', ...files.flatMap((f) => ['--file', f]));
+        assert.equal(run.code, 0, run.stdout + run.stderr);
+      });
+
+      it('a tick that fails writes nothing, is counted in /metrics, and the next one ships', async () => {
+        await writeMore();
+        const before = pieceFiles();
+        const exporter = a.app.get(AuditExportService);
+        const held = [await exporter.open({}), await exporter.open({})]; // every export slot of the instance taken
+        try {
+          const failed = await a.app.get(AuditShipTask).handleTick();
+          assert.ok('failed' in failed && /Too many audit exports in progress/.test(failed.failed), JSON.stringify(failed));
+        } finally {
+          await destroyAll(held);
+        }
+        assert.deepEqual(pieceFiles(), before);
+        assert.match((await a.http.get('/metrics')).text, /^sessionary_audit_ship_pieces_total\{outcome="failed"\} 1$/m);
+        assert.ok('shipped' in (await a.app.get(AuditShipTask).handleTick()));
+      });
     });
 
     describe('detects pieces missing, repeated, out of order or altered, and names the piece', () => {

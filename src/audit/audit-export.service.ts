@@ -78,6 +78,16 @@ export class AuditExportService {
    * reads, and enough slow clients would otherwise take the pool from every other request.
    */
   async open(filter: AuditFilter, afterSeq?: string): Promise<Readable> {
+    return (await this.start(filter, afterSeq)).lines;
+  }
+
+  /** An export after `afterSeq` (see open), and the seq it runs through, known before its first byte: the seal's `throughSeq`. */
+  async openAfter(filter: AuditFilter, afterSeq: string): Promise<{ lines: Readable; throughSeq: string }> {
+    const { lines, range } = await this.start(filter, afterSeq);
+    return { lines, throughSeq: range!.through };
+  }
+
+  private async start(filter: AuditFilter, afterSeq: string | undefined): Promise<{ lines: Readable; range: SeqRange | undefined }> {
     if (this.active >= this.maxConcurrent) {
       throw new RetryAfterException(
         EXPORT_RETRY_AFTER_SECONDS,
@@ -89,7 +99,7 @@ export class AuditExportService {
     try {
       const range = afterSeq === undefined ? undefined : await this.seqRangeAfter(afterSeq);
       stream = await this.openStream(filter, range, () => this.active--);
-      return stream;
+      return { lines: stream, range };
     } finally {
       if (!stream) this.active--;
     }

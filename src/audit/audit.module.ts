@@ -11,6 +11,7 @@ import { AuditPartitionsTask } from './audit-partitions.task';
 import { AuditVerifierService } from './audit-verifier.service';
 import { AuditController } from './audit.controller';
 import { AuditService } from './audit.service';
+import { AuditShipTask } from './audit-ship.task';
 import { BoundedAuditService } from './bounded-audit.service';
 
 @Module({
@@ -28,6 +29,7 @@ import { BoundedAuditService } from './bounded-audit.service';
     AuditCheckpointTask,
     AuditPartitionsService,
     AuditPartitionsTask,
+    AuditShipTask,
   ],
   exports: [
     AuditService,
@@ -38,6 +40,7 @@ import { BoundedAuditService } from './bounded-audit.service';
     AuditExportService,
     AuditPartitionsService,
     AuditPartitionsTask,
+    AuditShipTask,
   ],
 })
 export class AuditModule {}

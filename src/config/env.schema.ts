@@ -180,6 +180,22 @@ export class Env {
   @IsString()
   AUDIT_ARCHIVE_DIR?: string;
 
+  /**
+   * A directory into which the service ships the audit log in pieces, as it is written: every
+   * AUDIT_SHIP_INTERVAL seconds, the events after the last piece's, as an export after a seq
+   * (`audit-export --after-seq`), in a file of its own. Unset: nothing is shipped.
+   */
+  @IsOptional()
+  @IsString()
+  AUDIT_SHIP_DIR?: string;
+
+  /** Seconds between two pieces shipped to AUDIT_SHIP_DIR (a piece is written only when there are new events). */
+  @Transform(toNumber)
+  @IsInt()
+  @Min(1)
+  @Max(86_400)
+  AUDIT_SHIP_INTERVAL = 60;
+
   @IsString()
   JWT_ISSUER = 'sessionary';
 

@@ -7,6 +7,7 @@ import { collectDefaultMetrics, Counter, Gauge, Registry } from 'prom-client';
 import { AuditChainService } from '../audit/audit-chain.service';
 import { AuditCheckpointTask } from '../audit/audit-checkpoint.task';
 import { AuditPartitionsService } from '../audit/audit-partitions.service';
+import { AuditShipTask } from '../audit/audit-ship.task';
 import { BoundedAuditService } from '../audit/bounded-audit.service';
 import { KeyRing } from '../keys/key-ring.service';
 import { LoginThrottleService } from '../login-throttle/login-throttle.service';
@@ -36,6 +37,7 @@ export class MetricsService implements OnModuleInit {
     auditPartitions: AuditPartitionsService,
     auditChain: AuditChainService,
     auditCheckpoints: AuditCheckpointTask,
+    auditShipping: AuditShipTask,
     keyRing: KeyRing,
     loginThrottle: LoginThrottleService,
     rateLimits: PgThrottlerStorage,
@@ -104,6 +106,26 @@ export class MetricsService implements OnModuleInit {
       'sessionary_audit_checkpoint_last_duration_seconds',
       'How long the last checkpoint this instance wrote took',
       () => auditChain.stats.lastSeconds,
+    );
+    // This instance's view: instances sharing AUDIT_SHIP_DIR take turns (alert on the newest across them).
+    new Counter({
+      name: 'sessionary_audit_ship_pieces_total',
+      help: 'Pieces of the audit log this instance shipped to AUDIT_SHIP_DIR, and its shipping ticks that failed',
+      labelNames: ['outcome'] as const,
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        this.inc({ outcome: 'written' }, auditShipping.stats.pieces);
+        this.inc({ outcome: 'failed' }, auditShipping.stats.failures);
+      },
+    });
+    gauge(
+      'sessionary_audit_ship_through_seq',
+      'The seq the newest piece this instance shipped runs through (0: none yet)',
+      () => auditShipping.stats.shippedThroughSeq,
+    );
+    gauge('sessionary_audit_ship_last_timestamp_seconds', 'When this instance last shipped a piece of the audit log (0: not yet)', () =>
+      auditShipping.stats.lastShippedAt ? auditShipping.stats.lastShippedAt.getTime() / 1000 : 0,
     );
     gauge('sessionary_signing_key_age_seconds', 'Seconds since the current signing key started signing', () => keyRing.currentKeyAgeSeconds());
     new Gauge({

@@ -5,6 +5,7 @@
  *   npm run cli -- end-all-sessions
  *   npm run cli -- audit-verify [--checkpoint-file <file>]   exit code 0 intact, 1 broken, 2 unreadable file
  *   npm run cli -- audit-verify --file <export.ndjson> ...   exports, offline: no database; 2 also for a malformed line; several files are consecutive --after-seq pieces
+ *   npm run cli -- audit-verify --dir <dir>                  the pieces shipped to AUDIT_SHIP_DIR, in name order, as one log
  *   npm run cli -- audit-export [--from T] [--to T] [--user-id U] [--type X] [--after-seq N] [--out FILE]
  *   npm run cli -- keys rotate                                the next signing key signs; the current one verifies until its tokens expire
  *   npm run cli -- keys list                                  the ring, without secrets
@@ -13,7 +14,7 @@
  */
 import type { INestApplicationContext, LoggerService, LogLevel } from '@nestjs/common';
 import { once } from 'node:events';
-import { FileHandle, open, unlink } from 'node:fs/promises';
+import { FileHandle, open, readdir, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { parseArgs } from 'node:util';
@@ -38,6 +39,7 @@ const USAGE = [
   '  end-all-sessions',
   '  audit-verify [--checkpoint-file <file>]   the database',
   '  audit-verify --file <export.ndjson> ...   export files, offline (several: consecutive --after-seq pieces, as one)',
+  '  audit-verify --dir <AUDIT_SHIP_DIR>       every piece the service shipped there, offline, as one log',
   '  audit-export [--from <instant>] [--to <instant>] [--user-id <uuid>] [--type <event type>] [--after-seq <seq>] [--out <file>]',
   '  keys rotate | keys list',
 ].join('\n');
@@ -108,13 +110,19 @@ async function parseCommand(argv: string[]): Promise<Command> {
     return { withApp: endAllSessions };
   }
   if (name === 'audit-verify') {
-    const { file: files, 'checkpoint-file': checkpointFile } = parsed(args, {
+    const {
+      file: files,
+      dir,
+      'checkpoint-file': checkpointFile,
+    } = parsed(args, {
       file: { type: 'string', multiple: true },
+      dir: { type: 'string' },
       'checkpoint-file': { type: 'string' },
-    }) as { file?: string[]; 'checkpoint-file'?: string };
-    if (files !== undefined && checkpointFile !== undefined)
-      throw new UsageError(`audit-verify: --file and --checkpoint-file do not go together\n${USAGE}`);
+    }) as { file?: string[]; dir?: string; 'checkpoint-file'?: string };
+    if ([files, dir, checkpointFile].filter((v) => v !== undefined).length > 1)
+      throw new UsageError(`audit-verify: --file, --dir and --checkpoint-file do not go together\n${USAGE}`);
     if (files !== undefined) return { offline: () => verifyFiles(files) };
+    if (dir !== undefined) return { offline: async () => verifyFiles(await shippedPieces(dir)) };
     return { withApp: (app) => verifyDatabase(app, checkpointFile) };
   }
   if (name === 'audit-export') {
@@ -266,6 +274,20 @@ async function verifyDatabase(app: INestApplicationContext, checkpointFile: stri
   return result.ok ? 0 : 1;
 }
 
+/** The pieces the service shipped to `dir` (AUDIT_SHIP_DIR), in name order, which is seq order. */
+async function shippedPieces(dir: string): Promise<string[]> {
+  const { SHIPPED_PIECE_NAME } = await import('./audit/audit-export-format.js');
+  let names: string[];
+  try {
+    names = await readdir(dir);
+  } catch (error) {
+    throw new UsageError(`audit-verify: ${dir} cannot be read (${(error as NodeJS.ErrnoException).code ?? 'error'})`);
+  }
+  const pieces = names.filter((n) => SHIPPED_PIECE_NAME.test(n)).sort();
+  if (!pieces.length) throw new UsageError(`audit-verify: ${dir} holds no shipped piece (audit-after-<seq>-through-<seq>.ndjson)`);
+  return pieces.map((n) => join(dir, n));
+}
+
 /** No database: the key from the configuration is all it needs. */
 async function verifyFiles(files: string[]): Promise<number> {
   const { loadConfig } = await import('./config/config.js');
@@ -358,7 +380,9 @@ function fileVerificationReport(v: ExportFileVerification, files: string[]): str
     : [];
   const lines = [
     `Audit export: ${v.ok ? 'INTACT' : 'BROKEN'}`,
-    files.length === 1 ? `  file:                ${files[0]}` : `  files (pieces):      ${files.join(', ')}`,
+    files.length === 1
+      ? `  file:                ${files[0]}`
+      : `  files (pieces):      ${files.length}: ${files.length <= 3 ? files.join(', ') : `${files[0]} … ${files[files.length - 1]}`}`,
     `  events:              ${v.lines}`,
     `  links checked:       ${v.linked}`,
     `  authenticated alone: ${v.alone} (the event before them in their chain is not in the file)`,

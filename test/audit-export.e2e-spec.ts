@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { get, IncomingMessage } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -680,6 +680,7 @@ describe('audit export (e2e)', () => {
       assert.match(together.stdout, /^Audit export: INTACT$/m);
       assert.match(together.stdout, new RegExp(`events: +${whole.lines.length}$`, 'm'));
       assert.match(together.stdout, new RegExp(`links checked: +${whole.lines.length}$`, 'm'));
+      assert.match(together.stdout, /filter: +afterSeq=0$/m, "the pieces together: after the first one's afterSeq");
       assert.match(
         together.stdout,
         new RegExp(`through seq: +${second.seal.throughSeq} \\(the next piece: --after-seq ${second.seal.throughSeq}\\)`),
@@ -844,9 +845,10 @@ describe('audit export (e2e)', () => {
           JSON.stringify(outcomes),
         );
         assert.equal(pieceFiles().length, before + 1);
-        const files = pieceFiles();
-        const run = await cli('audit-verify', ...files.flatMap((f) => ['--file', f]));
+        // The directory as a whole: every piece in name order.
+        const run = await cli('audit-verify', '--dir', shipDir);
         assert.equal(run.code, 0, run.stdout + run.stderr);
+        assert.match(run.stdout, new RegExp(`files \\(pieces\\): +${before + 1}: `));
       });
 
       it('a tick that fails writes nothing, is counted in /metrics, and the next one ships', async () => {
@@ -863,6 +865,38 @@ describe('audit export (e2e)', () => {
         assert.deepEqual(pieceFiles(), before);
         assert.match((await a.http.get('/metrics')).text, /^sessionary_audit_ship_pieces_total\{outcome="failed"\} 1$/m);
         assert.ok('shipped' in (await a.app.get(AuditShipTask).handleTick()));
+      });
+
+      it('audit-verify --dir names a piece taken out of the directory, and refuses a directory without pieces', async () => {
+        const files = pieceFiles();
+        assert.ok(files.length >= 3);
+        const moved = join(dir, 'moved-piece.ndjson');
+        renameSync(files[1], moved);
+        try {
+          const run = await cli('audit-verify', '--dir', shipDir);
+          assert.equal(run.code, 1, run.stdout + run.stderr);
+          assert.match(run.stdout, new RegExp(`first broken line: +\\d+ of ${files[2]}`));
+          assert.match(run.stdout, /a piece is missing/);
+        } finally {
+          renameSync(moved, files[1]);
+        }
+        const empty = await cli('audit-verify', '--dir', dir);
+        assert.equal(empty.code, 2, empty.stdout + empty.stderr);
+        assert.match(empty.stderr, /holds no shipped piece/);
+        assert.equal((await cli('audit-verify', '--dir', shipDir, '--file', files[0])).code, 2);
+      });
+
+      it("refuses to ship after pieces that run past the log's newest seq (another log's, or a restored database), and writes nothing", async () => {
+        const foreign = join(shipDir, `audit-after-${'0'.repeat(19)}-through-${'9'.repeat(19)}.ndjson`);
+        writeFileSync(foreign, '');
+        try {
+          const before = pieceFiles();
+          const outcome = await b.app.get(AuditShipTask).handleTick();
+          assert.ok('failed' in outcome && /past this audit log's newest seq .+ move them away/.test(outcome.failed), JSON.stringify(outcome));
+          assert.deepEqual(pieceFiles(), before);
+        } finally {
+          rmSync(foreign);
+        }
       });
     });
 

@@ -88,6 +88,8 @@ export async function verifyExportFiles(paths: string[], key: string): Promise<E
   const chains = new Map<string, ChainTip>();
   const total: ExportFileVerification = { ...emptyResult(), files: 0 };
   let previous: { path: string; filter: AuditExportFilterFields; throughSeq: string } | undefined;
+  /** The first piece's afterSeq: the pieces together hold the events after it. */
+  let firstAfterSeq: string | undefined;
   for (const path of paths) {
     const piece = await verifyExportFile(path, key, chains);
     total.files++;
@@ -135,8 +137,10 @@ export async function verifyExportFiles(paths: string[], key: string): Promise<E
     }
     if (!piece.ok) return broken(piece.brokenLine, piece.brokenId, piece.reason);
     previous = { path, filter, throughSeq: piece.throughSeq };
+    firstAfterSeq ??= filter.afterSeq;
   }
-  return Object.assign(total, { filter: previous!.filter, throughSeq: previous!.throughSeq });
+  // As one export: after the first piece's afterSeq, through the last one's throughSeq.
+  return Object.assign(total, { filter: { ...previous!.filter, afterSeq: firstAfterSeq }, throughSeq: previous!.throughSeq });
 }
 
 function emptyResult(): ExportFileVerification {

@@ -122,6 +122,16 @@ export function storedRowOf(line: AuditExportLine): StoredEventRow {
   };
 }
 
+/**
+ * The file name of a piece the service ships (AUDIT_SHIP_DIR): `audit-after-<seq>-through-<seq>.ndjson`,
+ * both zero-padded to 19 digits so that the names sort in seq order.
+ */
+export const SHIPPED_PIECE_NAME = /^audit-after-(\d{19})-through-(\d{19})\.ndjson$/;
+
+export function shippedPieceName(afterSeq: string, throughSeq: string): string {
+  return `audit-after-${afterSeq.padStart(19, '0')}-through-${throughSeq.padStart(19, '0')}.ndjson`;
+}
+
 export function ndjsonLine(value: AuditExportLine | AuditExportSeal): string {
   return `${JSON.stringify(value)}\n`;
 }

@@ -13,15 +13,12 @@ import { isDatabaseUnavailable } from '../database/pg-errors';
 import { sql } from '../database/sql';
 import { SCHEDULED_JOBS } from '../sessionary/scheduled-jobs';
 import { AuditExportService } from './audit-export.service';
+import { SHIPPED_PIECE_NAME, shippedPieceName } from './audit-export-format';
 
 const JOB_NAME = 'audit-ship';
 
 /** One instance ships at a time: instances that share AUDIT_SHIP_DIR never write the same piece twice. */
 const SHIP_LOCK_KEY = '7022357861416547437';
-
-/** `audit-after-<seq>-through-<seq>.ndjson`, both zero-padded to 19 digits so that names sort in seq order. */
-const PIECE_NAME = /^audit-after-(\d{19})-through-(\d{19})\.ndjson$/;
-const pad = (seq: string) => seq.padStart(19, '0');
 
 /** What a tick did. */
 export type ShipOutcome = { shipped: string } | { skipped: 'nothing new' | 'locked' | 'off' } | { failed: string };
@@ -114,9 +111,16 @@ export class AuditShipTask implements OnApplicationBootstrap {
       this.dataSource.manager,
       `SELECT pg_sequence_last_value(pg_get_serial_sequence('audit_events', 'seq'))::text AS newest`,
     );
-    if (BigInt(newest ?? '0') <= BigInt(after)) return { skipped: 'nothing new' };
+    if (BigInt(newest ?? '0') < BigInt(after)) {
+      // Not this log's pieces, or the database restored from an older backup: shipping on after
+      // them would skip every event until the sequence caught up. Said at every tick, loudly.
+      throw new Error(
+        `The newest piece in ${dir} runs through seq ${after}, past this audit log's newest seq (${newest ?? 0}): the directory holds another log's pieces, or the database was restored from an older backup; move them away`,
+      );
+    }
+    if (BigInt(newest ?? '0') === BigInt(after)) return { skipped: 'nothing new' };
     const { lines, throughSeq } = await this.exporter.openAfter({}, after);
-    const file = join(dir, `audit-after-${pad(after)}-through-${pad(throughSeq)}.ndjson`);
+    const file = join(dir, shippedPieceName(after, throughSeq));
     try {
       await pipeline(lines, createWriteStream(`${file}.partial`, { mode: 0o600 }));
     } catch (error) {
@@ -133,7 +137,7 @@ export class AuditShipTask implements OnApplicationBootstrap {
 async function newestPieceEnd(dir: string): Promise<string> {
   let newest = 0n;
   for (const name of await readdir(dir)) {
-    const match = PIECE_NAME.exec(name);
+    const match = SHIPPED_PIECE_NAME.exec(name);
     if (match && BigInt(match[2]) > newest) newest = BigInt(match[2]);
   }
   return newest.toString();

@@ -14,7 +14,7 @@ import { AuthService } from './auth.service';
 import { JwtAuthGuard } from './jwt-auth.guard';
 import { JwtStrategy } from './jwt.strategy';
 import { PasswordController } from './password.controller';
-import { RegistrationLimitService } from './registration-limit.service';
+import { RateLimitModule } from '../rate-limit/rate-limit.module';
 import { SessionGuard } from './session.guard';
 
 @Module({
@@ -24,6 +24,8 @@ import { SessionGuard } from './session.guard';
     SessionsModule,
     AuditModule,
     LoginThrottleModule,
+    // The registration limit: its counters are rate_limits rows, which that module owns.
+    RateLimitModule,
     KeysModule,
     JwtModule.registerAsync({
       imports: [SessionaryConfigModule],
@@ -38,7 +40,7 @@ import { SessionGuard } from './session.guard';
     }),
   ],
   controllers: [AuthController, PasswordController],
-  providers: [AuthService, AccessTokenService, JwtStrategy, JwtAuthGuard, SessionGuard, RegistrationLimitService],
+  providers: [AuthService, AccessTokenService, JwtStrategy, JwtAuthGuard, SessionGuard],
   exports: [SessionGuard],
 })
 export class AuthModule {}

@@ -15,7 +15,7 @@ import { AccessTokenService } from './access-token.service';
 import { LoginThrottleService } from '../login-throttle/login-throttle.service';
 import { LoginDto } from './dto/login.dto';
 import { RegisterDto } from './dto/register.dto';
-import { RegistrationLimitService } from './registration-limit.service';
+import { RegistrationLimitService } from '../rate-limit/registration-limit.service';
 import { ChangePasswordDto } from './dto/change-password.dto';
 import { ReauthenticateDto } from './dto/reauthenticate.dto';
 import { TokenResponseDto } from './dto/token-response.dto';

@@ -7,12 +7,17 @@ import { PgThrottlerStorage } from './pg-throttler.storage';
 import { RateLimitGuard } from './rate-limit.guard';
 import { RateLimitPruneTask } from './rate-limit-prune.task';
 import { RateLimitSyncTask } from './rate-limit-sync.task';
+import { RegistrationLimitService } from './registration-limit.service';
 
 /** The per-IP limit's window, and how long an IP that went over it is refused. */
 export const RATE_LIMIT_WINDOW_SECONDS = 60;
 
 /** Holds the storage so ThrottlerModule's async factory can inject it. */
-@Module({ imports: [SessionaryConfigModule], providers: [PgThrottlerStorage, RateLimitPruneTask, RateLimitSyncTask], exports: [PgThrottlerStorage] })
+@Module({
+  imports: [SessionaryConfigModule],
+  providers: [PgThrottlerStorage, RateLimitPruneTask, RateLimitSyncTask, RegistrationLimitService],
+  exports: [PgThrottlerStorage, RegistrationLimitService],
+})
 class RateLimitStorageModule {}
 
 @Module({
@@ -41,7 +46,7 @@ class RateLimitStorageModule {}
     RateLimitStorageModule,
   ],
   providers: [RateLimitGuard],
-  // The storage too, for /metrics (its prune's counts).
+  // The storage too, for /metrics (its prune's counts); and the registration limit, for AuthModule.
   exports: [RateLimitGuard, RateLimitStorageModule],
 })
 export class RateLimitModule {}

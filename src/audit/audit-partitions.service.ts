@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { DataSource, EntityManager, QueryRunner } from 'typeorm';
 import type { AppConfig } from '../config/config';
 import { sql } from '../database/sql';
+import { LOCK_TAKEN, withSessionAdvisoryLock } from '../database/advisory-lock';
 import { AuditBaseSets, type BaseSet } from './audit-base-sets';
 import { AuditChainService } from './audit-chain.service';
 import { AuditExportService } from './audit-export.service';
@@ -177,25 +178,13 @@ export class AuditPartitionsService {
 
   /** Runs `work` under the partitions' advisory lock, with the database's time; false if another process holds it. */
   private async locked(work: (runner: QueryRunner, now: Date) => Promise<void>): Promise<boolean> {
-    const runner = this.dataSource.createQueryRunner();
-    await runner.connect();
-    try {
+    const done = await withSessionAdvisoryLock(this.dataSource, PARTITIONS_LOCK_KEY, async (runner) => {
       const {
-        rows: [{ locked }],
-      } = await sql<{ locked: boolean }>(runner.manager, 'SELECT pg_try_advisory_lock($1) AS locked', [PARTITIONS_LOCK_KEY]);
-      if (!locked) return false;
-      try {
-        const {
-          rows: [{ now }],
-        } = await sql<{ now: Date }>(runner.manager, 'SELECT now() AS now');
-        await work(runner, now);
-        return true;
-      } finally {
-        await sql(runner.manager, 'SELECT pg_advisory_unlock($1)', [PARTITIONS_LOCK_KEY]);
-      }
-    } finally {
-      await runner.release();
-    }
+        rows: [{ now }],
+      } = await sql<{ now: Date }>(runner.manager, 'SELECT now() AS now');
+      await work(runner, now);
+    });
+    return done !== LOCK_TAKEN;
   }
 
   /**

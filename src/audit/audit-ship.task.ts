@@ -11,6 +11,7 @@ import type { AppConfig } from '../config/config';
 import { SESSIONARY_DATA_SOURCE } from '../database/data-source-name';
 import { isDatabaseUnavailable } from '../database/pg-errors';
 import { sql } from '../database/sql';
+import { LOCK_TAKEN, withSessionAdvisoryLock } from '../database/advisory-lock';
 import { SCHEDULED_JOBS } from '../sessionary/scheduled-jobs';
 import { AuditExportService } from './audit-export.service';
 import { SHIPPED_PIECE_NAME, shippedPieceName } from './audit-export-format';
@@ -72,7 +73,8 @@ export class AuditShipTask implements OnApplicationBootstrap {
     const dir = this.config.get('AUDIT_SHIP_DIR', { infer: true });
     if (!dir) return { skipped: 'off' };
     try {
-      return await this.underLock(() => this.shipNext(dir));
+      const outcome = await withSessionAdvisoryLock(this.dataSource, SHIP_LOCK_KEY, () => this.shipNext(dir));
+      return outcome === LOCK_TAKEN ? { skipped: 'locked' } : outcome;
     } catch (error) {
       this.stats.failures++;
       if (isDatabaseUnavailable(error)) this.logger.warn('Shipping the audit log skipped: the database is unavailable');
@@ -80,24 +82,6 @@ export class AuditShipTask implements OnApplicationBootstrap {
       else if (error instanceof HttpException) this.logger.warn(`Shipping the audit log skipped this time: ${error.message}`);
       else this.logger.error(`Shipping the audit log to ${dir} failed`, error instanceof Error ? error.stack : String(error));
       return { failed: error instanceof Error ? error.message : String(error) };
-    }
-  }
-
-  private async underLock(work: () => Promise<ShipOutcome>): Promise<ShipOutcome> {
-    const runner = this.dataSource.createQueryRunner();
-    await runner.connect();
-    try {
-      const {
-        rows: [{ locked }],
-      } = await sql<{ locked: boolean }>(runner.manager, 'SELECT pg_try_advisory_lock($1) AS locked', [SHIP_LOCK_KEY]);
-      if (!locked) return { skipped: 'locked' };
-      try {
-        return await work();
-      } finally {
-        await sql(runner.manager, 'SELECT pg_advisory_unlock($1)', [SHIP_LOCK_KEY]);
-      }
-    } finally {
-      await runner.release();
     }
   }
 

@@ -7,6 +7,7 @@ import { CronTime } from 'cron';
 import { DataSource, QueryRunner } from 'typeorm';
 import type { AppConfig } from '../config/config';
 import { sql } from '../database/sql';
+import { LOCK_TAKEN, withSessionAdvisoryLock } from '../database/advisory-lock';
 import { Env } from '../config/env.schema';
 import { isDatabaseUnavailable } from '../database/pg-errors';
 import { StoppableJob } from '../common/stoppable-job';
@@ -155,45 +156,34 @@ export class SessionsCleanupTask implements OnApplicationBootstrap, BeforeApplic
 
   private async runLocked(tick: Date | undefined, limit: TickLimit): Promise<CleanupResult> {
     if (limit.stop.aborted) return { skipped: true, expired: 0, deleted: 0, complete: false };
-    const runner = this.dataSource.createQueryRunner();
-    await runner.connect();
-    try {
-      const {
-        rows: [{ locked }],
-      } = await sql<{ locked: boolean }>(runner.manager, 'SELECT pg_try_advisory_lock($1) AS locked', [CLEANUP_LOCK_KEY]);
-      if (!locked) return this.skip();
-      try {
-        if (tick && !(await this.claimTick(runner, tick))) return this.skip();
-        // Counted when claimed, so that the claims recorded in the database and these counts agree.
-        this.ticks.ran++;
-        const retention = this.config.get('SESSION_RETENTION', { infer: true });
-        const ending = await this.inBatches(
-          (lane) => this.sessions.endExpiredSessions(ENDING_BATCH_SIZE, lane),
-          ENDING_LANES,
-          ENDING_BATCH_SIZE,
-          limit,
+    const result = await withSessionAdvisoryLock(this.dataSource, CLEANUP_LOCK_KEY, async (runner) => {
+      if (tick && !(await this.claimTick(runner, tick))) return this.skip();
+      // Counted when claimed, so that the claims recorded in the database and these counts agree.
+      this.ticks.ran++;
+      const retention = this.config.get('SESSION_RETENTION', { infer: true });
+      const ending = await this.inBatches(
+        (lane) => this.sessions.endExpiredSessions(ENDING_BATCH_SIZE, lane),
+        ENDING_LANES,
+        ENDING_BATCH_SIZE,
+        limit,
+      );
+      const deleting = await this.inBatches(() => this.sessions.deleteEndedSessions(retention, BATCH_SIZE), 1, BATCH_SIZE, limit);
+      const [expired, deleted] = [ending.total, deleting.total];
+      const complete = ending.complete && deleting.complete;
+      this.sessionCounts.ended += expired;
+      this.sessionCounts.deleted += deleted;
+      if (!complete) {
+        this.ticks.incomplete++;
+        this.logger.warn(
+          `Session cleanup stopped ${limit.stop.aborted ? 'at shutdown' : 'at its time budget'} with sessions left ` +
+            `(ended ${expired} expired, deleted ${deleted} past retention); the next tick goes on`,
         );
-        const deleting = await this.inBatches(() => this.sessions.deleteEndedSessions(retention, BATCH_SIZE), 1, BATCH_SIZE, limit);
-        const [expired, deleted] = [ending.total, deleting.total];
-        const complete = ending.complete && deleting.complete;
-        this.sessionCounts.ended += expired;
-        this.sessionCounts.deleted += deleted;
-        if (!complete) {
-          this.ticks.incomplete++;
-          this.logger.warn(
-            `Session cleanup stopped ${limit.stop.aborted ? 'at shutdown' : 'at its time budget'} with sessions left ` +
-              `(ended ${expired} expired, deleted ${deleted} past retention); the next tick goes on`,
-          );
-        } else if (expired || deleted) {
-          this.logger.log(`Session cleanup: ended ${expired} expired, deleted ${deleted} past retention`);
-        }
-        return { skipped: false, expired, deleted, complete };
-      } finally {
-        await sql(runner.manager, 'SELECT pg_advisory_unlock($1)', [CLEANUP_LOCK_KEY]);
+      } else if (expired || deleted) {
+        this.logger.log(`Session cleanup: ended ${expired} expired, deleted ${deleted} past retention`);
       }
-    } finally {
-      await runner.release();
-    }
+      return { skipped: false, expired, deleted, complete };
+    });
+    return result === LOCK_TAKEN ? this.skip() : result;
   }
 
   private skip(): CleanupResult {

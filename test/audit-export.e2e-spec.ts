@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
-import { get, IncomingMessage } from 'node:http';
+import { createServer, get, IncomingHttpHeaders, IncomingMessage, Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
@@ -811,13 +812,15 @@ describe('audit export (e2e)', () => {
         assert.ok(!t.app.get(SchedulerRegistry).getIntervals().includes('audit-ship'), 'and only there');
         const first = await a.app.get(AuditShipTask).handleTick();
         const through1 = await newestSeq();
-        assert.deepEqual(first, { shipped: join(shipDir, `audit-after-${'0'.repeat(19)}-through-${through1.padStart(19, '0')}.ndjson`) });
-        assert.deepEqual(await a.app.get(AuditShipTask).handleTick(), { skipped: 'nothing new' });
+        const firstFile = join(shipDir, `audit-after-${'0'.repeat(19)}-through-${through1.padStart(19, '0')}.ndjson`);
+        assert.deepEqual(first, { directory: { shipped: [firstFile] } });
+        assert.deepEqual(await a.app.get(AuditShipTask).handleTick(), { directory: { skipped: 'nothing new' } });
         await writeMore();
-        const second = await b.app.get(AuditShipTask).handleTick();
-        assert.ok('shipped' in second && second.shipped.includes(`-after-${through1.padStart(19, '0')}-`), JSON.stringify(second));
+        const second = (await b.app.get(AuditShipTask).handleTick()).directory!;
+        assert.ok('shipped' in second && second.shipped.length === 1, JSON.stringify(second));
+        assert.ok(second.shipped[0].includes(`-after-${through1.padStart(19, '0')}-`), JSON.stringify(second));
         const files = pieceFiles();
-        assert.deepEqual(files, [first.shipped, second.shipped]);
+        assert.deepEqual(files, [firstFile, second.shipped[0]]);
         assert.deepEqual(
           readdirSync(shipDir).filter((n) => n.endsWith('.partial')),
           [],
@@ -831,14 +834,16 @@ describe('audit export (e2e)', () => {
         assert.match(run.stdout, new RegExp(`links checked: +${whole.length}$`, 'm'));
 
         const metrics = (await a.http.get('/metrics')).text;
-        assert.match(metrics, /^sessionary_audit_ship_pieces_total\{outcome="written"\} 1$/m);
-        assert.match(metrics, new RegExp(`^sessionary_audit_ship_through_seq ${through1}$`, 'm'));
+        assert.match(metrics, /^sessionary_audit_ship_pieces_total\{destination="directory",outcome="written"\} 1$/m);
+        assert.match(metrics, new RegExp(`^sessionary_audit_ship_through_seq\\{destination="directory"\\} ${through1}$`, 'm'));
+        assert.match(metrics, /^sessionary_audit_ship_caught_up_timestamp_seconds\{destination="directory"\} [1-9]/m);
       });
 
       it('two instances ticking at once write one piece: the other finds the lock taken or nothing new', async () => {
         await writeMore();
         const before = pieceFiles().length;
-        const outcomes = await Promise.all([a.app.get(AuditShipTask).handleTick(), b.app.get(AuditShipTask).handleTick()]);
+        const ticks = await Promise.all([a.app.get(AuditShipTask).handleTick(), b.app.get(AuditShipTask).handleTick()]);
+        const outcomes = ticks.map((o) => o.directory!);
         assert.equal(outcomes.filter((o) => 'shipped' in o).length, 1, JSON.stringify(outcomes));
         assert.ok(
           outcomes.some((o) => 'skipped' in o && ['locked', 'nothing new'].includes(o.skipped)),
@@ -857,14 +862,15 @@ describe('audit export (e2e)', () => {
         const exporter = a.app.get(AuditExportService);
         const held = [await exporter.open({}), await exporter.open({})]; // every export slot of the instance taken
         try {
-          const failed = await a.app.get(AuditShipTask).handleTick();
+          const failed = (await a.app.get(AuditShipTask).handleTick()).directory!;
           assert.ok('failed' in failed && /Too many audit exports in progress/.test(failed.failed), JSON.stringify(failed));
+          assert.deepEqual(failed.shipped, []);
         } finally {
           await destroyAll(held);
         }
         assert.deepEqual(pieceFiles(), before);
-        assert.match((await a.http.get('/metrics')).text, /^sessionary_audit_ship_pieces_total\{outcome="failed"\} 1$/m);
-        assert.ok('shipped' in (await a.app.get(AuditShipTask).handleTick()));
+        assert.match((await a.http.get('/metrics')).text, /^sessionary_audit_ship_pieces_total\{destination="directory",outcome="failed"\} 1$/m);
+        assert.ok('shipped' in (await a.app.get(AuditShipTask).handleTick()).directory!);
       });
 
       it('audit-verify --dir names a piece taken out of the directory, and refuses a directory without pieces', async () => {
@@ -891,11 +897,166 @@ describe('audit export (e2e)', () => {
         writeFileSync(foreign, '');
         try {
           const before = pieceFiles();
-          const outcome = await b.app.get(AuditShipTask).handleTick();
+          const outcome = (await b.app.get(AuditShipTask).handleTick()).directory!;
           assert.ok('failed' in outcome && /past this audit log's newest seq .+ move them away/.test(outcome.failed), JSON.stringify(outcome));
           assert.deepEqual(pieceFiles(), before);
         } finally {
           rmSync(foreign);
+        }
+      });
+    });
+
+    describe('shipped by the service to an HTTP endpoint (AUDIT_SHIP_URL)', () => {
+      /** What the endpoint received, and how it answers the next request. */
+      interface Received {
+        url: string;
+        headers: IncomingHttpHeaders;
+        body: string;
+      }
+      let received: Received[];
+      let answer: 'ok' | 503 | 'reset';
+      let receiver: Server;
+      let base: string;
+      // Two instances shipping to one endpoint, as a deployment would; their timers far off: the tests tick.
+      let a: TestApp;
+      let b: TestApp;
+      const TOKEN = 'Bearer test-ship-token-7f3a';
+      const progress = async (destination: string) =>
+        (await t.db.query(`SELECT through_seq::text AS seq FROM audit_ship_progress WHERE destination = $1`, [destination]))[0]?.seq as
+          string | undefined;
+      const accepted = () => received.filter((r) => r.url !== 'refused');
+      const bodyFiles = (list: Received[], prefix: string) => list.map((r, i) => writeTemp(`${prefix}-${i + 1}.ndjson`, r.body));
+      const ship = async (app: TestApp) => (await app.app.get(AuditShipTask).handleTick()).http!;
+
+      before(async () => {
+        received = [];
+        answer = 'ok';
+        receiver = createServer((req, res) => {
+          if (answer === 'reset') {
+            req.socket.destroy();
+            return;
+          }
+          const chunks: Buffer[] = [];
+          req.on('data', (c: Buffer) => chunks.push(c));
+          req.on('end', () => {
+            const refused = answer !== 'ok';
+            received.push({ url: refused ? 'refused' : req.url!, headers: req.headers, body: Buffer.concat(chunks).toString('utf8') });
+            res.writeHead(refused ? (answer as number) : 200).end();
+          });
+        });
+        await new Promise<void>((resolve) => receiver.listen(0, '127.0.0.1', resolve));
+        base = `http://127.0.0.1:${(receiver.address() as AddressInfo).port}`;
+        const env = { AUDIT_SHIP_URL: `${base}/ingest?source=sessionary`, AUDIT_SHIP_AUTHORIZATION: TOKEN, AUDIT_SHIP_INTERVAL: '86400' };
+        a = await createTestApp(env);
+        b = await createTestApp(env);
+      });
+      after(async () => {
+        await a?.close();
+        await b?.close();
+        await new Promise((resolve) => receiver?.close(resolve));
+      });
+
+      it('POSTs the events after the piece the endpoint last accepted, with its Authorization, nothing when nothing is new, and the pieces verify as one log', async () => {
+        assert.ok(a.app.get(SchedulerRegistry).getIntervals().includes('audit-ship'), 'the job runs where AUDIT_SHIP_URL is set');
+        assert.equal(await progress(`${base}/ingest`), undefined, 'a new endpoint starts from the first event');
+        const first = await ship(a);
+        const through1 = await newestSeq();
+        const name1 = `audit-after-${'0'.repeat(19)}-through-${through1.padStart(19, '0')}.ndjson`;
+        assert.deepEqual(first, { shipped: [name1] });
+        assert.equal(received.length, 1);
+        const [request] = received;
+        assert.equal(request.url, '/ingest?source=sessionary', 'to the URL as configured, its query included');
+        assert.equal(request.headers['content-type'], 'application/x-ndjson');
+        assert.equal(request.headers.authorization, TOKEN);
+        assert.equal(request.headers['sessionary-audit-piece'], name1);
+        assert.equal(request.headers['idempotency-key'], name1);
+        assert.equal(await progress(`${base}/ingest`), through1, "the progress is kept by the URL's origin and path, not its query");
+
+        assert.deepEqual(await ship(a), { skipped: 'nothing new' });
+        assert.equal(received.length, 1);
+        await writeMore();
+        const second = await ship(b);
+        assert.ok('shipped' in second && second.shipped[0].startsWith(`audit-after-${through1.padStart(19, '0')}-`), JSON.stringify(second));
+        assert.equal(received.length, 2);
+
+        const whole = parse((await exportHttp()).text).lines;
+        const pieces = received.map((r) => parse(r.body, V2));
+        assert.deepEqual(
+          pieces.flatMap((p) => p.lines),
+          whole,
+          'the pieces hold every event once, in order',
+        );
+        assert.equal(pieces[1].seal.filter.afterSeq, pieces[0].seal.throughSeq);
+        const run = await cli('audit-verify', ...bodyFiles(received, 'http-piece').flatMap((f) => ['--file', f]));
+        assert.equal(run.code, 0, run.stdout + run.stderr);
+        assert.match(run.stdout, new RegExp(`links checked: +${whole.length}$`, 'm'));
+
+        const metrics = (await a.http.get('/metrics')).text;
+        assert.match(metrics, /^sessionary_audit_ship_pieces_total\{destination="http",outcome="written"\} 1$/m);
+        assert.match(metrics, new RegExp(`^sessionary_audit_ship_through_seq\\{destination="http"\\} ${through1}$`, 'm'));
+        assert.match(metrics, /^sessionary_audit_ship_caught_up_timestamp_seconds\{destination="http"\} [1-9]/m);
+      });
+
+      it('an endpoint that refuses the piece or breaks the connection: nothing recorded, counted in /metrics, never the token in the outcome; the next tick sends from the same seq', async () => {
+        await writeMore();
+        const shippedBefore = await progress(`${base}/ingest`);
+        const before = received.length;
+        answer = 503;
+        const refused = await ship(a);
+        assert.ok('failed' in refused && /\/ingest answered 503 to piece audit-after-/.test(refused.failed), JSON.stringify(refused));
+        assert.equal(received.length, before + 1, 'the endpoint got the piece and refused it');
+        answer = 'reset';
+        const broken = await ship(a);
+        assert.ok('failed' in broken && broken.shipped.length === 0, JSON.stringify(broken));
+        for (const outcome of [refused, broken]) assert.ok(!JSON.stringify(outcome).includes('test-ship-token'));
+        assert.equal(await progress(`${base}/ingest`), shippedBefore, 'nothing recorded');
+        assert.match((await a.http.get('/metrics')).text, /^sessionary_audit_ship_pieces_total\{destination="http",outcome="failed"\} 2$/m);
+
+        answer = 'ok';
+        const resent = await ship(a);
+        assert.ok('shipped' in resent && resent.shipped[0].startsWith(`audit-after-${shippedBefore!.padStart(19, '0')}-`), JSON.stringify(resent));
+        const run = await cli('audit-verify', ...bodyFiles(accepted(), 'http-accepted').flatMap((f) => ['--file', f]));
+        assert.equal(run.code, 0, run.stdout + run.stderr);
+      });
+
+      it('two instances ticking at once send one piece: the other finds the lock taken or nothing new', async () => {
+        await writeMore();
+        const before = received.length;
+        const outcomes = await Promise.all([ship(a), ship(b)]);
+        assert.equal(outcomes.filter((o) => 'shipped' in o).length, 1, JSON.stringify(outcomes));
+        assert.ok(
+          outcomes.some((o) => 'skipped' in o && ['locked', 'nothing new'].includes(o.skipped)),
+          JSON.stringify(outcomes),
+        );
+        assert.equal(received.length, before + 1);
+      });
+
+      it('a backlog larger than AUDIT_SHIP_MAX_EVENTS goes as several pieces in one tick, each after the last, all of them full but the last', async () => {
+        const c = await createTestApp({ AUDIT_SHIP_URL: `${base}/capped`, AUDIT_SHIP_MAX_EVENTS: '1000', AUDIT_SHIP_INTERVAL: '86400' });
+        try {
+          const before = received.length;
+          const outcome = await ship(c);
+          const sent = received.slice(before);
+          assert.ok('shipped' in outcome && outcome.shipped.length === sent.length, JSON.stringify(outcome));
+          const pieces = sent.map((r) => parse(r.body, V2));
+          const whole = parse((await exportHttp()).text).lines;
+          assert.ok(
+            whole.length > 2000 && pieces.length === Math.ceil(whole.length / 1000),
+            `${whole.length} events in ${pieces.length} pieces: ${JSON.stringify(pieces.map((p) => [p.seal.filter.afterSeq, p.seal.throughSeq, p.lines.length]))}`,
+          );
+          assert.deepEqual(
+            pieces.map((p) => p.lines.length),
+            pieces.map((_, i) => (i < pieces.length - 1 ? 1000 : whole.length - 1000 * i)),
+          );
+          assert.deepEqual(
+            pieces.flatMap((p) => p.lines),
+            whole,
+          );
+          assert.equal(await progress(`${base}/capped`), pieces.at(-1)!.seal.throughSeq);
+          const run = await cli('audit-verify', ...bodyFiles(sent, 'capped').flatMap((f) => ['--file', f]));
+          assert.equal(run.code, 0, run.stdout + run.stderr);
+        } finally {
+          await c.close();
         }
       });
     });

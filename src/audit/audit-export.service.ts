@@ -29,6 +29,8 @@ const SETTLE_TIMEOUT_MS = 10_000;
 interface SeqRange {
   after: string;
   through: string;
+  /** Whether settled events lie past `through`: a piece cut at its greatest size (openPiece). */
+  more: boolean;
 }
 
 /** What pg_stat_activity shows for an export's connection while it runs (SET LOCAL: the pooled connection gets its name back). */
@@ -81,13 +83,22 @@ export class AuditExportService {
     return (await this.start(filter, afterSeq)).lines;
   }
 
-  /** An export after `afterSeq` (see open), and the seq it runs through, known before its first byte: the seal's `throughSeq`. */
-  async openAfter(filter: AuditFilter, afterSeq: string): Promise<{ lines: Readable; throughSeq: string }> {
-    const { lines, range } = await this.start(filter, afterSeq);
-    return { lines, throughSeq: range!.through };
+  /**
+   * The next piece of the whole log (the shipping task's): an export after `afterSeq` (see
+   * open) of at most `maxEvents` events, with the seq it runs through, known before its first
+   * byte (the seal's `throughSeq`), and whether settled events lie past it (`more`: ship the
+   * next piece at once).
+   */
+  async openPiece(afterSeq: string, maxEvents: number): Promise<{ lines: Readable; throughSeq: string; more: boolean }> {
+    const { lines, range } = await this.start({}, afterSeq, maxEvents);
+    return { lines, throughSeq: range!.through, more: range!.more };
   }
 
-  private async start(filter: AuditFilter, afterSeq: string | undefined): Promise<{ lines: Readable; range: SeqRange | undefined }> {
+  private async start(
+    filter: AuditFilter,
+    afterSeq: string | undefined,
+    maxEvents?: number,
+  ): Promise<{ lines: Readable; range: SeqRange | undefined }> {
     if (this.active >= this.maxConcurrent) {
       throw new RetryAfterException(
         EXPORT_RETRY_AFTER_SECONDS,
@@ -97,7 +108,7 @@ export class AuditExportService {
     this.active++;
     let stream: Readable | undefined;
     try {
-      const range = afterSeq === undefined ? undefined : await this.seqRangeAfter(afterSeq);
+      const range = afterSeq === undefined ? undefined : await this.seqRangeAfter(afterSeq, maxEvents);
       stream = await this.openStream(filter, range, () => this.active--);
       return { lines: stream, range };
     } finally {
@@ -115,7 +126,7 @@ export class AuditExportService {
    * database, or one restored from an older backup): a 400, rather than an empty file whose
    * next export would skip the events written until the sequence caught up.
    */
-  private async seqRangeAfter(afterSeq: string): Promise<SeqRange> {
+  private async seqRangeAfter(afterSeq: string, maxEvents?: number): Promise<SeqRange> {
     const through = await settledAuditSeq(this.dataSource.manager, this.settleTimeoutMs);
     if (through === null) {
       this.logger.warn(`An audit export after seq ${afterSeq} was refused: transactions were still running after ${this.settleTimeoutMs} ms`);
@@ -124,7 +135,20 @@ export class AuditExportService {
     if (BigInt(afterSeq) > BigInt(through)) {
       throw new BadRequestException([`afterSeq ${afterSeq} is past the newest event's seq (${through}): it is not from this audit log`]);
     }
-    return { after: afterSeq, through };
+    if (maxEvents !== undefined) {
+      // Cut at the maxEvents-th event: every event up to `through` is settled, so a later
+      // snapshot (the export's) holds the same ones, and the next piece starts after the cut.
+      const {
+        rows: [cut],
+      } = await sql<{ seq: string }>(
+        this.dataSource.manager,
+        // By the months' seq indexes, merged (the bigint, not its text: "1899" < "999").
+        `SELECT e.seq::text AS seq FROM audit_events e WHERE e.seq > $1::bigint AND e.seq <= $2::bigint ORDER BY e.seq OFFSET $3 LIMIT 1`,
+        [afterSeq, through, maxEvents - 1],
+      );
+      if (cut && BigInt(cut.seq) < BigInt(through)) return { after: afterSeq, through: cut.seq, more: true };
+    }
+    return { after: afterSeq, through, more: false };
   }
 
   /**

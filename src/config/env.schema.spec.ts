@@ -279,6 +279,48 @@ describe('parseTrustProxy', () => {
   });
 });
 
+describe('AUDIT_SHIP_URL', () => {
+  const refusal = (vars: Record<string, string>) => {
+    try {
+      parseEnv(vars);
+    } catch (e) {
+      return (e as Error).message;
+    }
+    return undefined;
+  };
+
+  it('takes http:// and https:// URLs, http:// in production only to a loopback address', () => {
+    for (const url of ['https://logs.example.com/ingest', 'http://collector:8080/'])
+      assert.equal(parseEnv({ AUDIT_SHIP_URL: url }).AUDIT_SHIP_URL, url);
+    for (const url of ['https://logs.example.com/ingest', 'http://127.0.0.1:8686/', 'http://localhost:8686/x', 'http://[::1]:8686/']) {
+      assert.equal(refusal({ NODE_ENV: 'production', AUDIT_SHIP_URL: url }), undefined, url);
+    }
+    const message = refusal({ NODE_ENV: 'production', AUDIT_SHIP_URL: 'http://collector.internal:8080/?token=s3cr3t' });
+    assert.match(message ?? '', /AUDIT_SHIP_URL must be https:\/\/ in production, unless it is a loopback address/);
+    assert.doesNotMatch(message!, /collector|s3cr3t/, 'the value is never quoted');
+  });
+
+  it('refuses what is not an http(s) URL, credentials in it, and AUDIT_SHIP_AUTHORIZATION without it', () => {
+    for (const url of ['not a url', 'ftp://logs.example.com/', 'file:///var/log/x']) {
+      assert.match(refusal({ AUDIT_SHIP_URL: url }) ?? '', /AUDIT_SHIP_URL must be an http:\/\/ or https:\/\/ URL/, url);
+    }
+    const message = refusal({ AUDIT_SHIP_URL: 'https://ship:p4ssw0rd@logs.example.com/' });
+    assert.match(message ?? '', /AUDIT_SHIP_URL must not carry credentials: put them in AUDIT_SHIP_AUTHORIZATION/);
+    assert.doesNotMatch(message!, /p4ssw0rd/);
+    assert.match(refusal({ AUDIT_SHIP_AUTHORIZATION: 'Bearer x' }) ?? '', /AUDIT_SHIP_AUTHORIZATION is set without AUDIT_SHIP_URL/);
+    assert.equal(
+      parseEnv({ AUDIT_SHIP_URL: 'https://logs.example.com/', AUDIT_SHIP_AUTHORIZATION: 'Bearer x' }).AUDIT_SHIP_AUTHORIZATION,
+      'Bearer x',
+    );
+  });
+
+  it('caps pieces at 100,000 events unless AUDIT_SHIP_MAX_EVENTS says otherwise', () => {
+    assert.equal(parseEnv({}).AUDIT_SHIP_MAX_EVENTS, 100_000);
+    assert.equal(parseEnv({ AUDIT_SHIP_MAX_EVENTS: '500' }).AUDIT_SHIP_MAX_EVENTS, 500);
+    assert.match(refusal({ AUDIT_SHIP_MAX_EVENTS: '0' }) ?? '', /AUDIT_SHIP_MAX_EVENTS is invalid/);
+  });
+});
+
 describe('docsEnabled', () => {
   it('serves the docs by default everywhere but in production, and DOCS_ENABLED decides when set', () => {
     assert.equal(docsEnabled(parseEnv({ NODE_ENV: 'development' })), true);

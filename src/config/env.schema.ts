@@ -189,12 +189,37 @@ export class Env {
   @IsString()
   AUDIT_SHIP_DIR?: string;
 
-  /** Seconds between two pieces shipped to AUDIT_SHIP_DIR (a piece is written only when there are new events). */
+  /**
+   * An HTTP(S) endpoint to which the service ships the audit log in pieces, as it is written:
+   * each piece POSTed as NDJSON, the next one sent once the endpoint answered 2xx (where it
+   * stands is kept in audit_ship_progress). https:// in production, but to a loopback address
+   * (a log agent beside the service). Unset: nothing is sent. Credentials go in
+   * AUDIT_SHIP_AUTHORIZATION, not in the URL.
+   */
+  @Transform(toOptionalString)
+  @IsOptional()
+  @IsString()
+  AUDIT_SHIP_URL?: string;
+
+  /** The Authorization header sent with every piece to AUDIT_SHIP_URL (e.g. `Bearer <token>`): a secret, never logged. */
+  @Transform(toOptionalString)
+  @IsOptional()
+  @IsString()
+  AUDIT_SHIP_AUTHORIZATION?: string;
+
+  /** Seconds between two shipping ticks (a piece is shipped only when there are new events). */
   @Transform(toNumber)
   @IsInt()
   @Min(1)
   @Max(86_400)
   AUDIT_SHIP_INTERVAL = 60;
+
+  /** Events a shipped piece holds at most: a larger backlog goes as several pieces, one after the other, in the same tick. */
+  @Transform(toNumber)
+  @IsInt()
+  @Min(1)
+  @Max(10_000_000)
+  AUDIT_SHIP_MAX_EVENTS = 100_000;
 
   @IsString()
   JWT_ISSUER = 'sessionary';
@@ -430,7 +455,33 @@ function crossFieldErrors(env: Env): string[] {
   if (!parseTrustProxy(env.TRUST_PROXY).valid) {
     errors.push('TRUST_PROXY must be true, false, a hop count or a list of addresses');
   }
+  errors.push(...auditShipUrlErrors(env));
   return errors;
+}
+
+/** What is wrong with AUDIT_SHIP_URL and its header (never quoting either: the URL may hold a token in its query). */
+function auditShipUrlErrors(env: Env): string[] {
+  if (env.AUDIT_SHIP_URL === undefined) {
+    return env.AUDIT_SHIP_AUTHORIZATION === undefined ? [] : ['AUDIT_SHIP_AUTHORIZATION is set without AUDIT_SHIP_URL'];
+  }
+  let url: URL;
+  try {
+    url = new URL(env.AUDIT_SHIP_URL);
+  } catch {
+    return ['AUDIT_SHIP_URL must be an http:// or https:// URL'];
+  }
+  if (url.protocol !== 'https:' && url.protocol !== 'http:') return ['AUDIT_SHIP_URL must be an http:// or https:// URL'];
+  if (url.username || url.password) return ['AUDIT_SHIP_URL must not carry credentials: put them in AUDIT_SHIP_AUTHORIZATION'];
+  if (env.NODE_ENV === NodeEnv.Production && url.protocol === 'http:' && !isLoopbackHost(url.hostname)) {
+    // The log leaves the host in clear text only to an agent on the same host.
+    return ['AUDIT_SHIP_URL must be https:// in production, unless it is a loopback address'];
+  }
+  return [];
+}
+
+function isLoopbackHost(hostname: string): boolean {
+  const host = hostname.replace(/^\[(.*)\]$/, '$1');
+  return host === 'localhost' || host === '::1' || (isIP(host) === 4 && host.startsWith('127.'));
 }
 
 /** One origin of CORS_ORIGINS; what Access-Control-Allow-Origin can then carry. */

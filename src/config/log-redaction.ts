@@ -23,6 +23,8 @@ export const SECRET_KEYS = [
   'privateKey',
   'DATABASE_URL',
   'DATABASE_LISTEN_URL',
+  'AUDIT_SHIP_AUTHORIZATION',
+  'AUDIT_SHIP_URL',
 ];
 
 export const REDACTED = '[REDACTED]';

@@ -28,6 +28,7 @@ import { AuditCheckpointHeadTimes1766500000000 } from './migrations/176650000000
 import { SessionExpiredEndNotifySkip1766600000000 } from './migrations/1766600000000-SessionExpiredEndNotifySkip';
 import { AuditUserIndexMerged1766700000000 } from './migrations/1766700000000-AuditUserIndexMerged';
 import { AuditUserTypeIndex1766800000000 } from './migrations/1766800000000-AuditUserTypeIndex';
+import { AuditShipProgress1766900000000 } from './migrations/1766900000000-AuditShipProgress';
 import { SigningKeys1765600000000 } from './migrations/1765600000000-SigningKeys';
 
 export const ENTITIES = [UserEntity, SessionEntity, RotatedRefreshTokenEntity, AuditEventEntity];
@@ -58,6 +59,7 @@ export const MIGRATIONS = [
   SessionExpiredEndNotifySkip1766600000000,
   AuditUserIndexMerged1766700000000,
   AuditUserTypeIndex1766800000000,
+  AuditShipProgress1766900000000,
 ];
 
 /**

@@ -51,6 +51,7 @@ export const SESSIONARY_TABLES = [
   'audit_checkpoint_heads',
   'audit_checkpoints',
   'audit_events',
+  'audit_ship_progress',
   'login_known_clients',
   'login_throttle',
   'rate_limits',

@@ -7,7 +7,7 @@ import { collectDefaultMetrics, Counter, Gauge, Registry } from 'prom-client';
 import { AuditChainService } from '../audit/audit-chain.service';
 import { AuditCheckpointTask } from '../audit/audit-checkpoint.task';
 import { AuditPartitionsService } from '../audit/audit-partitions.service';
-import { AuditShipTask } from '../audit/audit-ship.task';
+import { AuditShipTask, type ShipStats } from '../audit/audit-ship.task';
 import { BoundedAuditService } from '../audit/bounded-audit.service';
 import { KeyRing } from '../keys/key-ring.service';
 import { LoginThrottleService } from '../login-throttle/login-throttle.service';
@@ -107,25 +107,44 @@ export class MetricsService implements OnModuleInit {
       'How long the last checkpoint this instance wrote took',
       () => auditChain.stats.lastSeconds,
     );
-    // This instance's view: instances sharing AUDIT_SHIP_DIR take turns (alert on the newest across them).
+    // This instance's view, by destination: instances shipping to one take turns (alert on the newest across them).
+    const shipping = () => Object.entries(auditShipping.stats);
+    const shipGauge = (name: string, help: string, read: (stats: ShipStats) => number) =>
+      new Gauge({
+        name,
+        help,
+        labelNames: ['destination'] as const,
+        registers: [this.registry],
+        collect() {
+          for (const [destination, stats] of shipping()) this.set({ destination }, read(stats));
+        },
+      });
+    const seconds = (at: Date | null) => (at ? at.getTime() / 1000 : 0);
     new Counter({
       name: 'sessionary_audit_ship_pieces_total',
-      help: 'Pieces of the audit log this instance shipped to AUDIT_SHIP_DIR, and its shipping ticks that failed',
-      labelNames: ['outcome'] as const,
+      help: 'Pieces of the audit log this instance shipped (AUDIT_SHIP_DIR, AUDIT_SHIP_URL), and its shipping ticks that failed',
+      labelNames: ['destination', 'outcome'] as const,
       registers: [this.registry],
       collect() {
         this.reset();
-        this.inc({ outcome: 'written' }, auditShipping.stats.pieces);
-        this.inc({ outcome: 'failed' }, auditShipping.stats.failures);
+        for (const [destination, stats] of shipping()) {
+          this.inc({ destination, outcome: 'written' }, stats.pieces);
+          this.inc({ destination, outcome: 'failed' }, stats.failures);
+        }
       },
     });
-    gauge(
+    shipGauge(
       'sessionary_audit_ship_through_seq',
       'The seq the newest piece this instance shipped runs through (0: none yet)',
-      () => auditShipping.stats.shippedThroughSeq,
+      (s) => s.shippedThroughSeq,
     );
-    gauge('sessionary_audit_ship_last_timestamp_seconds', 'When this instance last shipped a piece of the audit log (0: not yet)', () =>
-      auditShipping.stats.lastShippedAt ? auditShipping.stats.lastShippedAt.getTime() / 1000 : 0,
+    shipGauge('sessionary_audit_ship_last_timestamp_seconds', 'When this instance last shipped a piece of the audit log (0: not yet)', (s) =>
+      seconds(s.lastShippedAt),
+    );
+    shipGauge(
+      'sessionary_audit_ship_caught_up_timestamp_seconds',
+      'When a shipping tick of this instance last left no settled event unshipped (0: not yet); far behind the interval: shipping falls behind or fails',
+      (s) => seconds(s.caughtUpAt),
     );
     gauge('sessionary_signing_key_age_seconds', 'Seconds since the current signing key started signing', () => keyRing.currentKeyAgeSeconds());
     new Gauge({

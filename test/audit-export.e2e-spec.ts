@@ -914,7 +914,7 @@ describe('audit export (e2e)', () => {
         body: string;
       }
       let received: Received[];
-      let answer: 'ok' | 503 | 'reset';
+      let answer: 'ok' | 503 | 'reset' | 'early';
       let receiver: Server;
       let base: string;
       // Two instances shipping to one endpoint, as a deployment would; their timers far off: the tests tick.
@@ -934,6 +934,12 @@ describe('audit export (e2e)', () => {
         receiver = createServer((req, res) => {
           if (answer === 'reset') {
             req.socket.destroy();
+            return;
+          }
+          if (answer === 'early') {
+            // A 2xx before the piece is read, let alone whole: not a delivery.
+            res.writeHead(200).end();
+            req.resume();
             return;
           }
           const chunks: Buffer[] = [];
@@ -1017,6 +1023,32 @@ describe('audit export (e2e)', () => {
         assert.ok('shipped' in resent && resent.shipped[0].startsWith(`audit-after-${shippedBefore!.padStart(19, '0')}-`), JSON.stringify(resent));
         const run = await cli('audit-verify', ...bodyFiles(accepted(), 'http-accepted').flatMap((f) => ['--file', f]));
         assert.equal(run.code, 0, run.stdout + run.stderr);
+      });
+
+      it('a 2xx that comes before the whole piece was sent is not a delivery, and gives the export slot back', async () => {
+        // A new endpoint: its first piece is the whole log, streamed in many small batches, one
+        // round trip each, so the endpoint's answer comes long before the piece's end.
+        const c = await createTestApp({ AUDIT_SHIP_URL: `${base}/early`, AUDIT_SHIP_INTERVAL: '86400' });
+        const exporter = c.app.get(AuditExportService);
+        exporter.batchSize = 5;
+        answer = 'early';
+        try {
+          // Three times, more than the instance's export slots (2): each failure gives its slot back, or the third would be refused.
+          for (let i = 0; i < 3; i++) {
+            const early = await ship(c);
+            assert.ok(
+              'failed' in early && /answered 200 to piece audit-after-0+-through-\d+\.ndjson before the whole piece was sent/.test(early.failed),
+              JSON.stringify(early),
+            );
+          }
+          assert.equal(await progress(`${base}/early`), undefined, 'nothing recorded');
+          answer = 'ok';
+          const shipped = await ship(c);
+          assert.ok('shipped' in shipped && shipped.shipped[0].startsWith(`audit-after-${'0'.repeat(19)}-`), JSON.stringify(shipped));
+        } finally {
+          answer = 'ok';
+          await c.close();
+        }
       });
 
       it('two instances ticking at once send one piece: the other finds the lock taken or nothing new', async () => {

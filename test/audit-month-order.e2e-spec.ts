@@ -7,6 +7,7 @@ import { AuditBaseSets } from '../src/audit/audit-base-sets';
 import { AuditChainService } from '../src/audit/audit-chain.service';
 import { AuditExportService } from '../src/audit/audit-export.service';
 import { AuditMonthOrder, CHAIN_ORDER_COMMENT } from '../src/audit/audit-month-order';
+import { AuditShipDestinations } from '../src/audit/audit-ship-destinations';
 import { AuditPartitionsService, partitionOf } from '../src/audit/audit-partitions.service';
 import { AuditPartitionsTask } from '../src/audit/audit-partitions.task';
 import { AuditVerifierService } from '../src/audit/audit-verifier.service';
@@ -37,6 +38,7 @@ function partitionsService(t: TestApp): AuditPartitionsService {
     t.app.get(AuditExportService),
     t.app.get(AuditBaseSets),
     t.app.get(AuditMonthOrder),
+    t.app.get(AuditShipDestinations),
     t.app.get(ConfigService),
   );
 }

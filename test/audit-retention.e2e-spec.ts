@@ -14,9 +14,11 @@ import { verifyExportFile } from '../src/audit/audit-export-file-verifier';
 import { AuditExportService } from '../src/audit/audit-export.service';
 import { AuditBaseSets, legacyBaseMac } from '../src/audit/audit-base-sets';
 import { AuditMonthOrder } from '../src/audit/audit-month-order';
+import { AuditShipDestinations } from '../src/audit/audit-ship-destinations';
 import { AuditPartitionsService, monthOf, partitionOf } from '../src/audit/audit-partitions.service';
 import { AuditPartitionsTask } from '../src/audit/audit-partitions.task';
 import { AuditVerifierService } from '../src/audit/audit-verifier.service';
+import { AuditShipTask } from '../src/audit/audit-ship.task';
 import type { AppConfig } from '../src/config/config';
 import { AuditService } from '../src/audit/audit.service';
 import { dataSourceOptions, MIGRATIONS } from '../src/database/data-source.options';
@@ -57,6 +59,7 @@ function retention(t: TestApp, days: number, dataSource: DataSource = t.app.get<
     t.app.get(AuditExportService),
     t.app.get(AuditBaseSets),
     t.app.get(AuditMonthOrder),
+    t.app.get(AuditShipDestinations),
     {
       get: (name: string, options?: unknown) => (name === 'AUDIT_RETENTION_DAYS' ? days : config.get(name, options as never)),
     } as unknown as ConfigService<AppConfig, true>,
@@ -549,6 +552,32 @@ describe('audit log partitions and retention (e2e)', () => {
     ]);
     assert.equal((await partitionsOf(t.db))[partitionOf(monthStart(6)).name], 2);
     assert.equal((await t.app.get(AuditVerifierService).verify()).ok, false);
+  });
+
+  it('keeps a month until every destination the log is shipped to has its events, then drops it', async () => {
+    const shipDir = mkdtempSync(join(tmpdir(), 'sessionary-retention-ship-'));
+    scratch.push(shipDir);
+    const t = await app(await freshDatabase(), { AUDIT_SHIP_DIR: shipDir, AUDIT_SHIP_INTERVAL: '86400' });
+    const userId = await silentUser(t.db, 'unshipped');
+    const old = monthStart(5);
+    await pastEvents(t, old, [{ userId, type: 'LOGIN' }]);
+    const days = Math.floor((Date.now() - partitionOf(old).to.getTime()) / 86_400_000);
+    const [{ last }] = await t.db.query(`SELECT max(seq)::text AS last FROM "${partitionOf(old).name}"`);
+
+    const held = await retention(t, days).maintain();
+    assert.deepEqual(held.dropped, []);
+    assert.deepEqual(held.held, [
+      {
+        name: partitionOf(old).name,
+        reason: `its events run through seq ${last}, and directory ${shipDir} has them through seq 0 only; it is dropped once they are shipped`,
+      },
+    ]);
+    assert.equal((await partitionsOf(t.db))[partitionOf(old).name], 1);
+
+    assert.ok('shipped' in (await t.app.get(AuditShipTask).handleTick()).directory!);
+    const dropped = await retention(t, days).maintain();
+    assert.deepEqual([dropped.dropped.map((d) => [d.name, d.events]), dropped.held], [[[partitionOf(old).name, 1]], []]);
+    await assertVerifies(t, 1);
   });
 
   it('leaves every month in place without AUDIT_RETENTION_DAYS, and writes no archive', async () => {

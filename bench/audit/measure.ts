@@ -3,6 +3,7 @@ import type { INestApplicationContext } from '@nestjs/common';
 import type { Client } from 'pg';
 import { AuditBaseSets } from '../../src/audit/audit-base-sets';
 import { AuditMonthOrder } from '../../src/audit/audit-month-order';
+import { AuditShipDestinations } from '../../src/audit/audit-ship-destinations';
 import { AuditChainService } from '../../src/audit/audit-chain.service';
 import { AuditExportService } from '../../src/audit/audit-export.service';
 import { AuditPartitionsService, monthOf } from '../../src/audit/audit-partitions.service';
@@ -276,6 +277,7 @@ function partitionsWith(app: INestApplicationContext, overrides: Record<string, 
     app.get(AuditExportService),
     app.get(AuditBaseSets),
     app.get(AuditMonthOrder),
+    app.get(AuditShipDestinations),
     {
       get: (name: string, options?: unknown) => (name in overrides ? overrides[name] : config.get(name, options as never)),
     } as unknown as ConfigService<AppConfig, true>,

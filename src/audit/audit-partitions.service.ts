@@ -14,6 +14,7 @@ import { AuditBaseSets, type BaseSet } from './audit-base-sets';
 import { AuditChainService } from './audit-chain.service';
 import { AuditExportService } from './audit-export.service';
 import { AuditMonthOrder } from './audit-month-order';
+import { AuditShipDestinations } from './audit-ship-destinations';
 import { settledAuditSeq } from './settled-seq';
 
 // Any fixed 64-bit number works; this one spells "audparts" in ASCII.
@@ -101,6 +102,7 @@ export class AuditPartitionsService {
     private readonly exporter: AuditExportService,
     private readonly bases: AuditBaseSets,
     private readonly monthOrder: AuditMonthOrder,
+    private readonly shipping: AuditShipDestinations,
     private readonly config: ConfigService<AppConfig, true>,
   ) {}
 
@@ -318,6 +320,16 @@ export class AuditPartitionsService {
       const prepared = await this.prepareMonth(runner, partition);
       if (typeof prepared === 'string') return prepared;
       set = prepared;
+    }
+
+    // Not before every destination the log is shipped to has the month's events: dropping them
+    // would delete events that no other system ever got.
+    if (this.shipping.list.length) {
+      const {
+        rows: [{ last }],
+      } = await sql<{ last: string | null }>(runner.manager, `SELECT max(seq)::text AS last FROM ${table}`);
+      const unshipped = last === null ? undefined : await this.shipping.notShippedThrough(runner, last);
+      if (unshipped) return unshipped;
     }
 
     let archive: string | null = null;

@@ -11,8 +11,7 @@ import { LOCK_TAKEN, withSessionAdvisoryLock } from '../database/advisory-lock';
 import { SCHEDULED_JOBS } from '../sessionary/scheduled-jobs';
 import { AuditExportService } from './audit-export.service';
 import type { ShipDestination, ShipDestinationKind } from './audit-ship-destination';
-import { DirectoryShipDestination } from './audit-ship-directory';
-import { HttpShipDestination } from './audit-ship-http';
+import { AuditShipDestinations } from './audit-ship-destinations';
 
 const JOB_NAME = 'audit-ship';
 
@@ -48,22 +47,18 @@ export interface ShipStats {
 export class AuditShipTask implements OnApplicationBootstrap {
   private readonly logger = new Logger(AuditShipTask.name);
   private running: Promise<ShipTickOutcome> | undefined;
-  readonly destinations: ShipDestination[];
+  private readonly destinations: readonly ShipDestination[];
   readonly stats: Partial<Record<ShipDestinationKind, ShipStats>> = {};
 
   constructor(
     @InjectDataSource(SESSIONARY_DATA_SOURCE) private readonly dataSource: DataSource,
     private readonly exporter: AuditExportService,
+    destinations: AuditShipDestinations,
     private readonly config: ConfigService<AppConfig, true>,
     @Inject(SCHEDULED_JOBS) private readonly scheduledJobs: boolean,
     @Optional() private readonly scheduler?: SchedulerRegistry,
   ) {
-    const dir = config.get('AUDIT_SHIP_DIR', { infer: true });
-    const url = config.get('AUDIT_SHIP_URL', { infer: true });
-    this.destinations = [
-      ...(dir ? [new DirectoryShipDestination(dir)] : []),
-      ...(url ? [new HttpShipDestination(url, config.get('AUDIT_SHIP_AUTHORIZATION', { infer: true }))] : []),
-    ];
+    this.destinations = destinations.list;
     for (const d of this.destinations) {
       this.stats[d.kind] = { pieces: 0, failures: 0, shippedThroughSeq: 0, lastShippedAt: null, caughtUpAt: null };
     }

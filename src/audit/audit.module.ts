@@ -12,6 +12,7 @@ import { AuditVerifierService } from './audit-verifier.service';
 import { AuditController } from './audit.controller';
 import { AuditService } from './audit.service';
 import { AuditShipTask } from './audit-ship.task';
+import { AuditShipDestinations } from './audit-ship-destinations';
 import { BoundedAuditService } from './bounded-audit.service';
 
 @Module({
@@ -29,6 +30,7 @@ import { BoundedAuditService } from './bounded-audit.service';
     AuditCheckpointTask,
     AuditPartitionsService,
     AuditPartitionsTask,
+    AuditShipDestinations,
     AuditShipTask,
   ],
   exports: [

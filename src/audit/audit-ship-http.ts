@@ -83,7 +83,9 @@ export class HttpShipDestination implements ShipDestination {
  * (which is then destroyed, so that the export gives its connection back).
  */
 async function post(url: URL, body: Readable, headers: OutgoingHttpHeaders): Promise<{ status: number; early: boolean }> {
-  const request = (url.protocol === 'https:' ? httpsRequest : httpRequest)(url, { method: 'POST', headers });
+  // A connection of its own (no keep-alive pool): a piece goes at most every few seconds, and a
+  // pooled socket the endpoint closed while idle would fail the next piece for nothing.
+  const request = (url.protocol === 'https:' ? httpsRequest : httpRequest)(url, { method: 'POST', headers, agent: false });
   request.setTimeout(IDLE_TIMEOUT_MS, () => request.destroy(new Error(`${url.origin}${url.pathname}: no progress for ${IDLE_TIMEOUT_MS / 1000} s`)));
   const answered = new Promise<{ status: number; early: boolean }>((resolve, reject) => {
     request.once('error', reject);

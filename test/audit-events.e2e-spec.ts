@@ -309,6 +309,40 @@ describe('REFRESH_FAILED and ACCESS_DENIED (e2e)', () => {
     assert.equal((await auditRows(a.db, { userId: user.id, type: 'ACCESS_DENIED' })).length, 3);
   });
 
+  it("records ACCESS_DENIED when a user tries to end a session that is not theirs, alike for someone else's and for none, with the same 404; none for their own ended one", async () => {
+    const { user, tokens } = await registerAndLogin(a.http);
+    const victim = await registerAndLogin(a.http);
+    const end = (app: TestApp, session: Tokens, id: string) =>
+      app.http.delete(`/api/v1/sessions/${id}`).set('Authorization', bearer(session)).set('User-Agent', 'prober/1');
+    const notFound = { status: 404, body: { statusCode: 404, error: 'Not Found', message: 'Session not found' }, wwwAuthenticate: undefined };
+
+    // Someone else's, twice (the second inside the window), from each instance.
+    assert.deepEqual(answer(await end(a, tokens, victim.tokens.sessionId)), notFound);
+    assert.deepEqual(answer(await end(b, tokens, victim.tokens.sessionId)), notFound);
+    // No session's, from a second session of the same user (another key).
+    const second = await login(a.http, user);
+    const unknown = randomUUID();
+    assert.deepEqual(answer(await end(a, second, unknown)), notFound);
+    // One of their own, ended already: 204, then the same 404, and no event.
+    const third = await login(a.http, user);
+    await end(a, tokens, third.sessionId).expect(204);
+    assert.deepEqual(answer(await end(a, second, third.sessionId)), notFound);
+
+    const events = await auditRows(a.db, { userId: user.id, type: 'ACCESS_DENIED' });
+    assert.deepEqual(
+      events.map((e) => [e.session_id, e.user_agent, e.metadata]),
+      [
+        [tokens.sessionId, 'prober/1', { route: '/api/v1/sessions/:id', method: 'DELETE', targetSessionId: victim.tokens.sessionId }],
+        [second.sessionId, 'prober/1', { route: '/api/v1/sessions/:id', method: 'DELETE', targetSessionId: unknown }],
+      ],
+      'one per session within the window; nothing tells the two apart but the id the user sent',
+    );
+    assert.ok(events.every((e) => e.ip_address));
+    assert.deepEqual(await auditRows(a.db, { userId: victim.user.id, type: 'ACCESS_DENIED' }), []);
+    // The victim's session is untouched.
+    await a.http.get('/api/v1/users/me').set('Authorization', bearer(victim.tokens)).expect(200);
+  });
+
   it("the window's query reads the partial index of the bounded types, under a generic plan too", async () => {
     // The index of migration 1765800000000, in each month's partition: with `type = $2` alone a
     // generic plan (a prepared statement's, e.g. behind a pooler) could not use it.

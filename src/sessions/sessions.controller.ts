@@ -1,4 +1,5 @@
-import { BadRequestException, Controller, Delete, Get, HttpCode, HttpStatus, Param, ParseUUIDPipe } from '@nestjs/common';
+import { BadRequestException, Controller, Delete, Get, HttpCode, HttpStatus, Param, ParseUUIDPipe, Req } from '@nestjs/common';
+import type { FastifyRequest } from 'fastify';
 import { ApiBadRequestResponse, ApiNoContentResponse, ApiNotFoundResponse, ApiOkResponse, ApiOperation, ApiTags } from '@nestjs/swagger';
 import { Client, ClientContext } from '../common/client-context';
 import { AuthContext, CurrentAuth } from '../common/current-auth.decorator';
@@ -36,8 +37,10 @@ export class SessionsController {
     @CurrentAuth() auth: AuthContext,
     @Param('id', new ParseUUIDPipe({ exceptionFactory: () => new BadRequestException(['id must be a UUID']) })) id: string,
     @Client() client: ClientContext,
+    @Req() request: FastifyRequest,
   ): Promise<void> {
-    await this.sessions.revokeOwn(auth, id, client);
+    // The route template, never the raw URL (as the roles guard records it).
+    await this.sessions.revokeOwn(auth, id, client, { template: request.routeOptions?.url ?? 'unmatched', method: request.method });
   }
 
   @Delete()

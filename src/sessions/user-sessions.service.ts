@@ -1,14 +1,21 @@
-import { Injectable, NotFoundException } from '@nestjs/common';
+import { Injectable, Logger, NotFoundException } from '@nestjs/common';
 import { InjectDataSource } from '@nestjs/typeorm';
 import { SESSIONARY_DATA_SOURCE } from '../database/data-source-name';
 import { DataSource } from 'typeorm';
 import type { ClientContext } from '../common/client-context';
 import type { AuthContext } from '../common/current-auth.decorator';
 import { RecentAuthPolicy } from '../common/recent-auth';
+import { BoundedAuditService } from '../audit/bounded-audit.service';
 import { sql } from '../database/sql';
 import { SESSION_COLUMNS, type SessionRow, toEntity } from './session-row';
 import { SessionEntity } from './session.entity';
 import { SessionsService } from './sessions.service';
+
+/** The route template and method of a refused request (the bound's key and the event's metadata). */
+export interface RefusedRoute {
+  template: string;
+  method: string;
+}
 
 /**
  * What a user (and an admin, for a user) does with their list of sessions: see the active ones,
@@ -16,10 +23,13 @@ import { SessionsService } from './sessions.service';
  */
 @Injectable()
 export class UserSessionsService {
+  private readonly logger = new Logger(UserSessionsService.name);
+
   constructor(
     @InjectDataSource(SESSIONARY_DATA_SOURCE) private readonly dataSource: DataSource,
     private readonly sessions: SessionsService,
     private readonly recentAuth: RecentAuthPolicy,
+    private readonly boundedAudit: BoundedAuditService,
   ) {}
 
   /** The user's sessions that are usable now, newest first. */
@@ -41,8 +51,11 @@ export class UserSessionsService {
    * Ending another one needs a recent authentication, like ending all others: one by one, a
    * stale (stolen) token could otherwise do what DELETE /sessions refuses it (ASVS 7.5.2). The
    * check comes first and depends only on the id being another's, so it reveals nothing.
+   *
+   * An id that is not one of the user's own sessions (someone else's, or none at all) is a
+   * failed authorization attempt (ASVS 16.3.2): audited as ACCESS_DENIED (see recordNotOwn).
    */
-  async revokeOwn(auth: AuthContext, sessionId: string, client: ClientContext): Promise<void> {
+  async revokeOwn(auth: AuthContext, sessionId: string, client: ClientContext, route: RefusedRoute): Promise<void> {
     const isCurrent = sessionId === auth.sessionId;
     if (!isCurrent) this.recentAuth.requireRecent(auth);
     const ended = await this.sessions.end(
@@ -51,7 +64,38 @@ export class UserSessionsService {
         ? { reason: 'logout', event: 'LOGOUT', client }
         : { reason: 'revoked', event: 'SESSION_REVOKED', client, actorSessionId: auth.sessionId },
     );
-    if (!ended) throw new NotFoundException('Session not found');
+    if (ended) return;
+    await this.recordNotOwn(auth, sessionId, client, route);
+    throw new NotFoundException('Session not found');
+  }
+
+  /**
+   * ACCESS_DENIED for an id that is not one of the user's own sessions, whether it is someone
+   * else's or no session's: recorded alike (the same metadata), since the user can read their
+   * own events, and an event only for someone else's would tell them which ids exist, which the
+   * identical 404 does not. One of their own, ended already, is no attempt: nothing. At most one
+   * a session and route per AUDIT_REFUSAL_WINDOW (BoundedAuditService), so probing cannot flood
+   * the log. An own session deleted by the cleanup since (days after it ended) counts as not
+   * theirs.
+   */
+  private async recordNotOwn(auth: AuthContext, sessionId: string, client: ClientContext, route: RefusedRoute): Promise<void> {
+    try {
+      const { rows } = await sql(this.dataSource.manager, `SELECT 1 FROM sessions WHERE id = $1 AND user_id = $2`, [sessionId, auth.userId]);
+      if (rows.length) return;
+      await this.boundedAudit.record(
+        {
+          type: 'ACCESS_DENIED',
+          userId: auth.userId,
+          sessionId: auth.sessionId,
+          client,
+          metadata: { route: route.template, method: route.method, targetSessionId: sessionId },
+        },
+        { sessionId: auth.sessionId, route },
+      );
+    } catch (error) {
+      // The answer stays the same 404; the failure to audit is the operator's to see.
+      this.logger.error('Recording ACCESS_DENIED failed', error instanceof Error ? error.stack : String(error));
+    }
   }
 
   /** A user ends all their other sessions ("log out everywhere else"). */

@@ -314,8 +314,8 @@ describe('AUDIT_SHIP_URL', () => {
     );
   });
 
-  it('caps pieces at 100,000 events unless AUDIT_SHIP_MAX_EVENTS says otherwise', () => {
-    assert.equal(parseEnv({}).AUDIT_SHIP_MAX_EVENTS, 100_000);
+  it('caps pieces at 5,000 events unless AUDIT_SHIP_MAX_EVENTS says otherwise', () => {
+    assert.equal(parseEnv({}).AUDIT_SHIP_MAX_EVENTS, 5_000);
     assert.equal(parseEnv({ AUDIT_SHIP_MAX_EVENTS: '500' }).AUDIT_SHIP_MAX_EVENTS, 500);
     assert.match(refusal({ AUDIT_SHIP_MAX_EVENTS: '0' }) ?? '', /AUDIT_SHIP_MAX_EVENTS is invalid/);
   });

@@ -102,37 +102,35 @@ export class AuditShipTask implements OnApplicationBootstrap {
   /** Piece after piece, until one holds every settled event (one piece a tick could fall behind for good). */
   private async shipAll(destination: ShipDestination, runner: QueryRunner, shipped: string[]): Promise<ShipOutcome> {
     const stats = this.stats[destination.kind]!;
-    const maxEvents = this.config.get('AUDIT_SHIP_MAX_EVENTS', { infer: true });
-    for (;;) {
-      const after = await destination.shippedThrough(runner);
-      // No seq handed out since: nothing to wait for or read.
-      const {
-        rows: [{ newest }],
-      } = await sql<{ newest: string | null }>(
-        runner.manager,
-        `SELECT pg_sequence_last_value(pg_get_serial_sequence('audit_events', 'seq'))::text AS newest`,
+    let after = await destination.shippedThrough(runner);
+    // No seq handed out since: nothing to wait for or read.
+    const {
+      rows: [{ newest }],
+    } = await sql<{ newest: string | null }>(
+      runner.manager,
+      `SELECT pg_sequence_last_value(pg_get_serial_sequence('audit_events', 'seq'))::text AS newest`,
+    );
+    if (BigInt(newest ?? '0') < BigInt(after)) {
+      // Another log's pieces, or the database restored from an older backup: shipping on after
+      // them would skip every event until the sequence caught up. Said at every tick, loudly.
+      throw new Error(
+        `The newest piece shipped to ${destination.description} runs through seq ${after}, past this audit log's newest seq (${newest ?? 0}): ` +
+          (destination.kind === 'directory'
+            ? "the directory holds another log's pieces, or the database was restored from an older backup; move them away"
+            : 'audit_ship_progress is from another log, or the database was restored from an older backup'),
       );
-      if (BigInt(newest ?? '0') < BigInt(after)) {
-        // Another log's pieces, or the database restored from an older backup: shipping on after
-        // them would skip every event until the sequence caught up. Said at every tick, loudly.
-        throw new Error(
-          `The newest piece shipped to ${destination.description} runs through seq ${after}, past this audit log's newest seq (${newest ?? 0}): ` +
-            (destination.kind === 'directory'
-              ? "the directory holds another log's pieces, or the database was restored from an older backup; move them away"
-              : 'audit_ship_progress is from another log, or the database was restored from an older backup'),
-        );
-      }
-      if (BigInt(newest ?? '0') === BigInt(after)) {
-        stats.caughtUpAt = new Date();
-        return shipped.length ? { shipped } : { skipped: 'nothing new' };
-      }
-      const { lines, throughSeq, more } = await this.exporter.openPiece(after, maxEvents);
-      shipped.push(await destination.deliver({ afterSeq: after, throughSeq, lines }, runner));
-      Object.assign(stats, { pieces: stats.pieces + 1, shippedThroughSeq: Number(throughSeq), lastShippedAt: new Date() });
-      if (!more) {
-        stats.caughtUpAt = new Date();
-        return { shipped };
+    }
+    if (BigInt(newest ?? '0') > BigInt(after)) {
+      const maxEvents = this.config.get('AUDIT_SHIP_MAX_EVENTS', { infer: true });
+      // Each piece starts where the one just delivered ends (the destination recorded it).
+      for (let more = true; more;) {
+        const piece = await this.exporter.openPiece(after, maxEvents);
+        shipped.push(await destination.deliver({ afterSeq: after, throughSeq: piece.throughSeq, lines: piece.lines }, runner));
+        Object.assign(stats, { pieces: stats.pieces + 1, shippedThroughSeq: Number(piece.throughSeq), lastShippedAt: new Date() });
+        [after, more] = [piece.throughSeq, piece.more];
       }
     }
+    stats.caughtUpAt = new Date();
+    return shipped.length ? { shipped } : { skipped: 'nothing new' };
   }
 }

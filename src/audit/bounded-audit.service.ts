@@ -1,4 +1,4 @@
-import { Injectable } from '@nestjs/common';
+import { Injectable, Logger } from '@nestjs/common';
 import { ConfigService } from '@nestjs/config';
 import { InjectDataSource } from '@nestjs/typeorm';
 import { SESSIONARY_DATA_SOURCE } from '../database/data-source-name';
@@ -6,7 +6,8 @@ import { LRUCache } from 'lru-cache';
 import { DataSource } from 'typeorm';
 import type { AppConfig } from '../config/config';
 import { sql } from '../database/sql';
-import type { AuditEventType } from './audit-event.entity';
+import type { AuditEventType, AuditMetadata } from './audit-event.entity';
+import type { ClientContext } from '../common/client-context';
 import { AuditEventInput, AuditService } from './audit.service';
 
 /**
@@ -35,7 +36,13 @@ const REMEMBERED_KEYS = 10_000;
 export interface AuditBoundKey {
   sessionId: string;
   /** Narrows the key within the session (e.g. `GET /api/v1/admin/audit`); matched on metadata.route and metadata.method. */
-  route?: { template: string; method: string };
+  route?: RefusedRoute;
+}
+
+/** A refused request's route: its template (never the raw URL, which holds ids) and method. */
+export interface RefusedRoute {
+  template: string;
+  method: string;
 }
 
 /**
@@ -51,6 +58,7 @@ export interface AuditBoundKey {
  */
 @Injectable()
 export class BoundedAuditService {
+  private readonly logger = new Logger(BoundedAuditService.name);
   private readonly inWindowUntil = new LRUCache<string, number>({ max: REMEMBERED_KEYS });
   private readonly counts = new Map<AuditEventType, { recorded: number; suppressed: number }>();
   private readonly windowSeconds: number;
@@ -66,6 +74,30 @@ export class BoundedAuditService {
   /** Per event type: recorded by this instance, and left out because the key was inside its window. */
   stats(): Array<{ type: AuditEventType; recorded: number; suppressed: number }> {
     return [...this.counts].map(([type, c]) => ({ type, ...c }));
+  }
+
+  /**
+   * ACCESS_DENIED for a user refused on a route (the roles guard, an attempt on a session not
+   * theirs), at most once per session and route in the window: its metadata names the route as
+   * the window's query reads it, beside `details`. Never throws: the refusal's answer stands
+   * whether or not it could be recorded, and a failure to record is logged for the operator.
+   */
+  async recordAccessDenied(refusal: {
+    userId: string;
+    sessionId: string;
+    client: ClientContext;
+    route: RefusedRoute;
+    details: AuditMetadata;
+  }): Promise<void> {
+    const { userId, sessionId, client, route, details } = refusal;
+    try {
+      await this.record(
+        { type: 'ACCESS_DENIED', userId, sessionId, client, metadata: { route: route.template, method: route.method, ...details } },
+        { sessionId, route },
+      );
+    } catch (error) {
+      this.logger.error('Recording ACCESS_DENIED failed', error instanceof Error ? error.stack : String(error));
+    }
   }
 
   /** Writes the event in its own transaction unless its key is inside its window; true when written. */

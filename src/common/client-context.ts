@@ -25,3 +25,8 @@ export function clientContextOf(request: FastifyRequest): ClientContext {
 export const Client = createParamDecorator((_: unknown, ctx: ExecutionContext): ClientContext =>
   clientContextOf(ctx.switchToHttp().getRequest<FastifyRequest>()),
 );
+
+/** The route a request matched, as a refusal records it: its template, never the raw URL (bounded keys, no ids or query strings in the log). */
+export function routeOf(request: FastifyRequest): { template: string; method: string } {
+  return { template: request.routeOptions?.url ?? 'unmatched', method: request.method };
+}

@@ -1,9 +1,9 @@
-import { CanActivate, ExecutionContext, ForbiddenException, Injectable, Logger, SetMetadata } from '@nestjs/common';
+import { CanActivate, ExecutionContext, ForbiddenException, Injectable, SetMetadata } from '@nestjs/common';
 import { Reflector } from '@nestjs/core';
 import type { FastifyRequest } from 'fastify';
 import { BoundedAuditService } from '../audit/bounded-audit.service';
 import type { UserRole } from '../users/user.entity';
-import { clientContextOf } from './client-context';
+import { clientContextOf, routeOf } from './client-context';
 import { AUTH_CONTEXT_KEY, AuthContext } from './current-auth.decorator';
 
 const ROLES_KEY = 'roles';
@@ -19,8 +19,6 @@ export const Roles = (...roles: UserRole[]) => SetMetadata(ROLES_KEY, roles);
  */
 @Injectable()
 export class RolesGuard implements CanActivate {
-  private readonly logger = new Logger(RolesGuard.name);
-
   constructor(
     private readonly reflector: Reflector,
     private readonly boundedAudit: BoundedAuditService,
@@ -32,27 +30,15 @@ export class RolesGuard implements CanActivate {
     const request = context.switchToHttp().getRequest<FastifyRequest & Record<string, unknown>>();
     const auth = request[AUTH_CONTEXT_KEY] as AuthContext | undefined;
     if (auth && allowed.includes(auth.role)) return true;
-    if (auth) await this.recordDenial(request, auth, allowed);
-    throw new ForbiddenException('Insufficient role');
-  }
-
-  private async recordDenial(request: FastifyRequest, auth: AuthContext, allowed: UserRole[]): Promise<void> {
-    // The route template, never the raw URL: bounded keys, and no ids or query strings in the log.
-    const route = { template: request.routeOptions?.url ?? 'unmatched', method: request.method };
-    try {
-      await this.boundedAudit.record(
-        {
-          type: 'ACCESS_DENIED',
-          userId: auth.userId,
-          sessionId: auth.sessionId,
-          client: clientContextOf(request),
-          metadata: { route: route.template, method: route.method, requiredRole: allowed.join(','), role: auth.role },
-        },
-        { sessionId: auth.sessionId, route },
-      );
-    } catch (error) {
-      // The answer stays the same 403; the failure to audit is the operator's to see.
-      this.logger.error('Recording ACCESS_DENIED failed', error instanceof Error ? error.stack : String(error));
+    if (auth) {
+      await this.boundedAudit.recordAccessDenied({
+        userId: auth.userId,
+        sessionId: auth.sessionId,
+        client: clientContextOf(request),
+        route: routeOf(request),
+        details: { requiredRole: allowed.join(','), role: auth.role },
+      });
     }
+    throw new ForbiddenException('Insufficient role');
   }
 }

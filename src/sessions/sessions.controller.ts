@@ -1,7 +1,7 @@
 import { BadRequestException, Controller, Delete, Get, HttpCode, HttpStatus, Param, ParseUUIDPipe, Req } from '@nestjs/common';
 import type { FastifyRequest } from 'fastify';
 import { ApiBadRequestResponse, ApiNoContentResponse, ApiNotFoundResponse, ApiOkResponse, ApiOperation, ApiTags } from '@nestjs/swagger';
-import { Client, ClientContext } from '../common/client-context';
+import { Client, ClientContext, routeOf } from '../common/client-context';
 import { AuthContext, CurrentAuth } from '../common/current-auth.decorator';
 import { AuthenticatedApi } from '../common/authenticated-api.decorator';
 import { ErrorResponseDto } from '../common/error-response.dto';
@@ -39,8 +39,7 @@ export class SessionsController {
     @Client() client: ClientContext,
     @Req() request: FastifyRequest,
   ): Promise<void> {
-    // The route template, never the raw URL (as the roles guard records it).
-    await this.sessions.revokeOwn(auth, id, client, { template: request.routeOptions?.url ?? 'unmatched', method: request.method });
+    await this.sessions.revokeOwn(auth, id, client, routeOf(request));
   }
 
   @Delete()

@@ -1,21 +1,15 @@
-import { Injectable, Logger, NotFoundException } from '@nestjs/common';
+import { Injectable, NotFoundException } from '@nestjs/common';
 import { InjectDataSource } from '@nestjs/typeorm';
 import { SESSIONARY_DATA_SOURCE } from '../database/data-source-name';
 import { DataSource } from 'typeorm';
 import type { ClientContext } from '../common/client-context';
 import type { AuthContext } from '../common/current-auth.decorator';
 import { RecentAuthPolicy } from '../common/recent-auth';
-import { BoundedAuditService } from '../audit/bounded-audit.service';
+import { BoundedAuditService, type RefusedRoute } from '../audit/bounded-audit.service';
 import { sql } from '../database/sql';
 import { SESSION_COLUMNS, type SessionRow, toEntity } from './session-row';
 import { SessionEntity } from './session.entity';
 import { SessionsService } from './sessions.service';
-
-/** The route template and method of a refused request (the bound's key and the event's metadata). */
-export interface RefusedRoute {
-  template: string;
-  method: string;
-}
 
 /**
  * What a user (and an admin, for a user) does with their list of sessions: see the active ones,
@@ -23,8 +17,6 @@ export interface RefusedRoute {
  */
 @Injectable()
 export class UserSessionsService {
-  private readonly logger = new Logger(UserSessionsService.name);
-
   constructor(
     @InjectDataSource(SESSIONARY_DATA_SOURCE) private readonly dataSource: DataSource,
     private readonly sessions: SessionsService,
@@ -76,26 +68,19 @@ export class UserSessionsService {
    * identical 404 does not. One of their own, ended already, is no attempt: nothing. At most one
    * a session and route per AUDIT_REFUSAL_WINDOW (BoundedAuditService), so probing cannot flood
    * the log. An own session deleted by the cleanup since (days after it ended) counts as not
-   * theirs.
+   * theirs. The owner check is a query like the end before it: should the database fail there,
+   * the answer is what its failure gives any request; a failure to record is only logged.
    */
   private async recordNotOwn(auth: AuthContext, sessionId: string, client: ClientContext, route: RefusedRoute): Promise<void> {
-    try {
-      const { rows } = await sql(this.dataSource.manager, `SELECT 1 FROM sessions WHERE id = $1 AND user_id = $2`, [sessionId, auth.userId]);
-      if (rows.length) return;
-      await this.boundedAudit.record(
-        {
-          type: 'ACCESS_DENIED',
-          userId: auth.userId,
-          sessionId: auth.sessionId,
-          client,
-          metadata: { route: route.template, method: route.method, targetSessionId: sessionId },
-        },
-        { sessionId: auth.sessionId, route },
-      );
-    } catch (error) {
-      // The answer stays the same 404; the failure to audit is the operator's to see.
-      this.logger.error('Recording ACCESS_DENIED failed', error instanceof Error ? error.stack : String(error));
-    }
+    const { rows } = await sql(this.dataSource.manager, `SELECT 1 FROM sessions WHERE id = $1 AND user_id = $2`, [sessionId, auth.userId]);
+    if (rows.length) return;
+    await this.boundedAudit.recordAccessDenied({
+      userId: auth.userId,
+      sessionId: auth.sessionId,
+      client,
+      route,
+      details: { targetSessionId: sessionId },
+    });
   }
 
   /** A user ends all their other sessions ("log out everywhere else"). */

@@ -1025,6 +1025,41 @@ describe('audit export (e2e)', () => {
         assert.equal(run.code, 0, run.stdout + run.stderr);
       });
 
+      it('an endpoint that stays down is logged as one failure, not a line and a stack a tick, and its recovery is logged', async () => {
+        const lines: Array<{ level: string; text: string; stack?: unknown }> = [];
+        const logger: LoggerService = {
+          log: (m: unknown) => void lines.push({ level: 'log', text: String(m) }),
+          warn: (m: unknown) => void lines.push({ level: 'warn', text: String(m) }),
+          error: (m: unknown, stack?: unknown) => void lines.push({ level: 'error', text: String(m), stack }),
+        };
+        const c = await createTestApp({ AUDIT_SHIP_URL: `${base}/down`, AUDIT_SHIP_INTERVAL: '86400' }, { logger });
+        const shipping = () => lines.filter((l) => l.text.startsWith('Shipping the audit log'));
+        try {
+          answer = 503;
+          for (let i = 0; i < 3; i++) assert.ok('failed' in (await ship(c)));
+          assert.equal(shipping().length, 1, JSON.stringify(shipping()));
+          const [first] = shipping();
+          assert.equal(first.level, 'error');
+          assert.match(
+            first.text,
+            new RegExp(`^Shipping the audit log to http ${base}/down failed: ${base}/down answered 503 to piece audit-after-`),
+          );
+          assert.match(String(first.stack), /^Error: /, 'the first one with its stack');
+          answer = 'ok';
+          assert.ok('shipped' in (await ship(c)));
+          const recovery = shipping().slice(1);
+          assert.equal(recovery.length, 1, JSON.stringify(recovery));
+          assert.equal(recovery[0].level, 'log');
+          assert.match(
+            recovery[0].text,
+            new RegExp(`^Shipping the audit log to http ${base}/down works again after 3 failed tick\\(s\\) since \\d{4}-\\d\\d-\\d\\dT[\\d:.]+Z$`),
+          );
+        } finally {
+          answer = 'ok';
+          await c.close();
+        }
+      });
+
       it('a 2xx that comes before the whole piece was sent is not a delivery, and gives the export slot back', async () => {
         // A new endpoint: its first piece is the whole log, streamed in many small batches, one
         // round trip each, so the endpoint's answer comes long before the piece's end.

@@ -12,6 +12,7 @@ import { SCHEDULED_JOBS } from '../sessionary/scheduled-jobs';
 import { AuditExportService } from './audit-export.service';
 import type { ShipDestination, ShipDestinationKind } from './audit-ship-destination';
 import { AuditShipDestinations } from './audit-ship-destinations';
+import { ShipFailureLog } from './ship-failure-log';
 
 const JOB_NAME = 'audit-ship';
 
@@ -49,6 +50,7 @@ export class AuditShipTask implements OnApplicationBootstrap {
   private running: Promise<ShipTickOutcome> | undefined;
   private readonly destinations: readonly ShipDestination[];
   readonly stats: Partial<Record<ShipDestinationKind, ShipStats>> = {};
+  private readonly failureLogs = new Map<ShipDestinationKind, ShipFailureLog>();
 
   constructor(
     @InjectDataSource(SESSIONARY_DATA_SOURCE) private readonly dataSource: DataSource,
@@ -61,6 +63,7 @@ export class AuditShipTask implements OnApplicationBootstrap {
     this.destinations = destinations.list;
     for (const d of this.destinations) {
       this.stats[d.kind] = { pieces: 0, failures: 0, shippedThroughSeq: 0, lastShippedAt: null, caughtUpAt: null };
+      this.failureLogs.set(d.kind, new ShipFailureLog(this.logger, `${d.kind} ${d.description}`));
     }
   }
 
@@ -85,17 +88,20 @@ export class AuditShipTask implements OnApplicationBootstrap {
 
   private async shipTo(destination: ShipDestination): Promise<ShipOutcome> {
     const shipped: string[] = [];
+    const failureLog = this.failureLogs.get(destination.kind)!;
     try {
       const outcome = await withSessionAdvisoryLock(this.dataSource, destination.lockKey, (runner) => this.shipAll(destination, runner, shipped));
-      return outcome === LOCK_TAKEN ? { skipped: 'locked' } : outcome;
+      if (outcome === LOCK_TAKEN) return { skipped: 'locked' };
+      failureLog.succeeded();
+      return outcome;
     } catch (error) {
       this.stats[destination.kind]!.failures++;
-      const where = `${destination.kind} ${destination.description}`;
-      if (isDatabaseUnavailable(error)) this.logger.warn(`Shipping the audit log to ${where} skipped: the database is unavailable`);
+      const message = error instanceof Error ? error.message : String(error);
+      if (isDatabaseUnavailable(error)) failureLog.failed('warn', 'the database is unavailable');
       // The export's own refusals pass: every export slot taken, or transactions still running after its wait.
-      else if (error instanceof HttpException) this.logger.warn(`Shipping the audit log to ${where} skipped this time: ${error.message}`);
-      else this.logger.error(`Shipping the audit log to ${where} failed`, error instanceof Error ? error.stack : String(error));
-      return { failed: error instanceof Error ? error.message : String(error), shipped };
+      else if (error instanceof HttpException) failureLog.failed('warn', message);
+      else failureLog.failed('error', message, error instanceof Error ? error.stack : undefined);
+      return { failed: message, shipped };
     }
   }
 
@@ -112,7 +118,7 @@ export class AuditShipTask implements OnApplicationBootstrap {
     );
     if (BigInt(newest ?? '0') < BigInt(after)) {
       // Another log's pieces, or the database restored from an older backup: shipping on after
-      // them would skip every event until the sequence caught up. Said at every tick, loudly.
+      // them would skip every event until the sequence caught up. An error, repeated while it lasts (ShipFailureLog).
       throw new Error(
         `The newest piece shipped to ${destination.description} runs through seq ${after}, past this audit log's newest seq (${newest ?? 0}): ` +
           (destination.kind === 'directory'

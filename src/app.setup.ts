@@ -8,6 +8,7 @@ import { registerSecurityHeaders } from './common/security-headers';
 import { documentServiceUnavailable } from './common/service-unavailable.swagger';
 import type { AppConfig } from './config/config';
 import { docsEnabled, parseCorsOrigins, parseTrustProxy } from './config/env.schema';
+import { documentMetricsToken } from './metrics/metrics-token.guard';
 import { RATE_LIMIT_WINDOW_SECONDS } from './rate-limit/rate-limit.module';
 
 /** Where the Swagger UI lives (and its document, at `docs-json`). */
@@ -91,6 +92,7 @@ function setUpDocs(app: NestFastifyApplication, config: AppConfig): void {
   const document = SwaggerModule.createDocument(app, builder.build());
   // The route exists either way (a controller cannot be left out by configuration) but answers 404 when off.
   if (!config.METRICS_ENABLED) delete document.paths['/metrics'];
+  else if (config.METRICS_TOKEN) documentMetricsToken(document);
   documentServiceUnavailable(document);
   completeOpenApiDocument(document, { bodyLimitBytes: BODY_LIMIT_BYTES, rateLimitWindowSeconds: RATE_LIMIT_WINDOW_SECONDS });
   SwaggerModule.setup(DOCS_PATH, app, document, {

@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -202,6 +203,53 @@ describe('operations and error hygiene (e2e)', () => {
       const loggedIn = await t.http.post('/api/v1/auth/login').send(value);
       assert.equal(loggedIn.status, 200, `login example ${name}: ${JSON.stringify(loggedIn.body)}`);
       assert.equal(typeof loggedIn.body.accessToken, 'string');
+    }
+  });
+
+  it('with METRICS_TOKEN, serves /metrics only to that bearer token: 401 and the RFC 6750 challenge otherwise, documented', async () => {
+    const token = randomBytes(32).toString('base64url');
+    const guarded = await createTestApp({ METRICS_TOKEN: token });
+    try {
+      const refused = [
+        [undefined, 'Bearer'],
+        [`Bearer ${token.slice(0, -1)}`, 'Bearer error="invalid_token"'],
+        [`Bearer ${token}x`, 'Bearer error="invalid_token"'],
+        [`Basic ${token}`, 'Bearer error="invalid_token"'],
+        [token, 'Bearer error="invalid_token"'],
+        [`Bearer ${t.config.JWT_SECRET}`, 'Bearer error="invalid_token"'],
+      ] as const;
+      for (const [authorization, challenge] of refused) {
+        const req = guarded.http.get('/metrics');
+        const res = await (authorization === undefined ? req : req.set('Authorization', authorization));
+        assert.equal(res.status, 401, String(authorization));
+        assert.equal(res.headers['www-authenticate'], challenge);
+        assert.deepEqual(res.body, { statusCode: 401, error: 'Unauthorized', message: 'A valid metrics token is required' });
+        assert.ok(!res.text.includes('sessionary_'), 'no metric in the answer');
+      }
+      for (const scheme of ['Bearer', 'bearer']) {
+        const res = await guarded.http.get('/metrics').set('Authorization', `${scheme} ${token}`);
+        assert.equal(res.status, 200, scheme);
+        assert.match(res.text, /process_cpu_user_seconds_total/);
+      }
+      // The probes stay open: a balancer sends no token.
+      assert.equal((await guarded.http.get('/health/live')).status, 200);
+      const scrape = (await guarded.http.get('/docs-json')).body as {
+        paths: Record<string, { get: { security?: unknown; responses: Record<string, unknown> } }>;
+        components: { securitySchemes: Record<string, { type: string; scheme: string }> };
+      };
+      assert.deepEqual(scrape.paths['/metrics'].get.security, [{ metricsToken: [] }]);
+      assert.ok(scrape.paths['/metrics'].get.responses['401']);
+      assert.deepEqual(
+        [scrape.components.securitySchemes.metricsToken.type, scrape.components.securitySchemes.metricsToken.scheme],
+        ['http', 'bearer'],
+      );
+      assert.equal(scrape.paths['/health/live'].get.security, undefined);
+      // Without it (t), /metrics stays open and documented as such.
+      const open = (await t.http.get('/docs-json')).body as typeof scrape;
+      assert.equal(open.paths['/metrics'].get.security, undefined);
+      assert.equal(open.components.securitySchemes.metricsToken, undefined);
+    } finally {
+      await guarded.close();
     }
   });
 

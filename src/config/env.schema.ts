@@ -417,6 +417,16 @@ export class Env {
   METRICS_ENABLED = true;
 
   /**
+   * When set, /metrics answers only `Authorization: Bearer <METRICS_TOKEN>` (401 otherwise). A
+   * secret: never logged; in production at least 32 bytes, not a well-known value, and not one
+   * of the other secrets. Unset: /metrics is open (protect it at the proxy).
+   */
+  @Transform(toOptionalString)
+  @IsOptional()
+  @IsString()
+  METRICS_TOKEN?: string;
+
+  /**
    * Fastify's trustProxy: `false` (default), `true`, a hop count, or a comma-separated
    * list of proxy addresses/CIDRs. Only then is X-Forwarded-For used for the client IP.
    */

@@ -25,6 +25,7 @@ export const SECRET_KEYS = [
   'DATABASE_LISTEN_URL',
   'AUDIT_SHIP_AUTHORIZATION',
   'AUDIT_SHIP_URL',
+  'METRICS_TOKEN',
 ];
 
 export const REDACTED = '[REDACTED]';

@@ -99,6 +99,17 @@ describe('resolveSecrets in production', () => {
     );
   });
 
+  it('stops on a short or well-known METRICS_TOKEN, or one equal to another secret; accepts a strong one or none', () => {
+    const strong = { JWT_SECRET: STRONG_JWT, PASSWORD_PEPPER: STRONG_PEPPER };
+    const short = randomBytes(16).toString('hex').slice(0, 31);
+    assertStops({ ...strong, METRICS_TOKEN: short }, 'METRICS_TOKEN', short, /is shorter than 32 bytes/);
+    assertStops({ ...strong, METRICS_TOKEN: 'a'.repeat(40) }, 'METRICS_TOKEN', 'a'.repeat(40), /is a well-known or low-entropy value/);
+    assertStops({ ...strong, METRICS_TOKEN: STRONG_AUDIT_KEY }, 'METRICS_TOKEN', STRONG_AUDIT_KEY, /must differ from JWT_SECRET/);
+    const token = randomBytes(32).toString('base64url');
+    assert.doesNotThrow(() => resolveSecrets(production({ ...strong, METRICS_TOKEN: token })));
+    assert.doesNotThrow(() => resolveSecrets(production(strong)));
+  });
+
   it('stops on an AUDIT_HMAC_KEY equal to JWT_SECRET', () => {
     assertStops(
       { JWT_SECRET: STRONG_JWT, PASSWORD_PEPPER: STRONG_PEPPER, AUDIT_HMAC_KEY: STRONG_JWT },

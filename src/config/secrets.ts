@@ -50,6 +50,14 @@ export function resolveSecrets(env: Env): Secrets {
     if (!problems.length && new Set(SECRET_NAMES.map((name) => env[name])).size < SECRET_NAMES.length) {
       problems.push(`${SECRET_NAMES.join(', ')} must all differ`);
     }
+    // Optional, but a scraper's token is kept in more places than the service's own keys: once
+    // set, it must be as strong, and reveal none of them.
+    if (env.METRICS_TOKEN !== undefined) {
+      const weak = weakness('METRICS_TOKEN', env.METRICS_TOKEN);
+      if (weak) problems.push(weak);
+      else if (SECRET_NAMES.some((name) => env[name] === env.METRICS_TOKEN))
+        problems.push(`METRICS_TOKEN must differ from ${SECRET_NAMES.join(', ')}`);
+    }
     if (problems.length) {
       throw new Error(
         `Refusing to start in production: ${problems.join('; ')}. ` +

@@ -1,4 +1,4 @@
-import { Controller, Get, Header, NotFoundException } from '@nestjs/common';
+import { Controller, Get, Header, NotFoundException, UseGuards } from '@nestjs/common';
 import { ConfigService } from '@nestjs/config';
 import type { AppConfig } from '../config/config';
 import { ApiOkResponse, ApiOperation, ApiTags } from '@nestjs/swagger';
@@ -6,12 +6,14 @@ import { SkipThrottle } from '@nestjs/throttler';
 import { ProbeRoute } from '../common/probe-route.decorator';
 import { Public } from '../common/public.decorator';
 import { MetricsService } from './metrics.service';
+import { MetricsTokenGuard } from './metrics-token.guard';
 
 @ApiTags('operations')
 @Public()
 // Probes and scrapes are not a client's requests: they must not use up its limit or be refused.
 @SkipThrottle()
 @Controller('metrics')
+@UseGuards(MetricsTokenGuard)
 export class MetricsController {
   private readonly enabled: boolean;
 

@@ -1,0 +1,65 @@
+import { createHash, timingSafeEqual } from 'node:crypto';
+import { CanActivate, ExecutionContext, Injectable, UnauthorizedException } from '@nestjs/common';
+import { ConfigService } from '@nestjs/config';
+import type { OpenAPIObject } from '@nestjs/swagger';
+import type { FastifyReply, FastifyRequest } from 'fastify';
+import type { AppConfig } from '../config/config';
+
+// The scheme and one token68-like credential, nothing after it (RFC 6750, section 2.1).
+const BEARER = /^Bearer ([\x21-\x7e]+)$/i;
+
+/**
+ * With METRICS_TOKEN set, /metrics answers only a scraper that sends `Authorization: Bearer
+ * <METRICS_TOKEN>` (Prometheus: `authorization: { credentials_file: … }`); anyone else gets the
+ * 401 and challenge of RFC 6750. Unset, the route is open as before (protect it at the proxy).
+ * The comparison is of SHA-256 digests in constant time, so neither the token's length nor
+ * where a guess goes wrong shows in the time of an answer.
+ */
+@Injectable()
+export class MetricsTokenGuard implements CanActivate {
+  private readonly expected: Buffer | undefined;
+
+  constructor(config: ConfigService<AppConfig, true>) {
+    const token = config.get('METRICS_TOKEN', { infer: true });
+    // With metrics off the route answers 404 whoever asks: nothing behind it to protect.
+    this.expected = token && config.get('METRICS_ENABLED', { infer: true }) ? digest(token) : undefined;
+  }
+
+  canActivate(context: ExecutionContext): boolean {
+    if (!this.expected) return true;
+    const http = context.switchToHttp();
+    const header = http.getRequest<FastifyRequest>().headers.authorization;
+    const presented = typeof header === 'string' ? BEARER.exec(header)?.[1] : undefined;
+    if (presented !== undefined && timingSafeEqual(digest(presented), this.expected)) return true;
+    void http.getResponse<FastifyReply>().header('WWW-Authenticate', header === undefined ? 'Bearer' : 'Bearer error="invalid_token"');
+    throw new UnauthorizedException('A valid metrics token is required');
+  }
+}
+
+function digest(token: string): Buffer {
+  return createHash('sha256').update(token, 'utf8').digest();
+}
+
+/** The OpenAPI document's /metrics, when METRICS_TOKEN protects it: its own bearer scheme and the 401. */
+export function documentMetricsToken(document: OpenAPIObject): void {
+  const scrape = document.paths['/metrics']?.get;
+  if (!scrape) return;
+  document.components = { ...document.components, securitySchemes: { ...document.components?.securitySchemes, metricsToken: METRICS_TOKEN_SCHEME } };
+  scrape.security = [{ metricsToken: [] }];
+  scrape.responses['401'] = {
+    description: 'No `Authorization: Bearer <METRICS_TOKEN>`, or another token',
+    headers: {
+      'WWW-Authenticate': {
+        description: 'RFC 6750: `Bearer` without a token, `Bearer error="invalid_token"` for a refused one',
+        schema: { type: 'string', enum: ['Bearer', 'Bearer error="invalid_token"'] },
+      },
+    },
+    content: { 'application/json': { schema: { $ref: '#/components/schemas/ErrorResponseDto' } } },
+  };
+}
+
+const METRICS_TOKEN_SCHEME = {
+  type: 'http',
+  scheme: 'bearer',
+  description: 'METRICS_TOKEN, as configured on the service (not an access token): required by /metrics when it is set.',
+} as const;

@@ -3,6 +3,9 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
 import { AUDIT_EVENT_TYPES } from '../src/audit/audit-event.entity';
 import { BOUNDED_EVENT_TYPES, BOUNDED_WINDOW_QUERY } from '../src/audit/bounded-audit.service';
+import { RefusedRequestsTally } from '../src/audit/refused-requests-tally';
+import { AccessTokenService } from '../src/auth/access-token.service';
+import type { SessionEntity } from '../src/sessions/session.entity';
 import { UsersService } from '../src/users/users.service';
 import { AuditRow, auditRows } from './helpers/db';
 import { bearer, login, newUserInput, registerAndLogin, registerUser, sleep, TestUser, Tokens } from './helpers/factories';
@@ -119,12 +122,13 @@ describe('audit events record the client (e2e, TRUST_PROXY)', () => {
       for (let i = 0; i < 3; i++) await as(t.http.post('/api/v1/auth/login'), c).send({ email: user.email, password: WRONG }).expect(401);
     });
 
-    // Every type is covered except SESSION_EXPIRED, which a deadline causes, not a request, and
-    // KEY_ROTATED, which the boot, the CLI or the scheduled job cause (test/signing-keys.e2e-spec.ts):
-    // a new type must be added here with its client (or a reason why it has none).
+    // Every type is covered except SESSION_EXPIRED, which a deadline causes, not a request,
+    // KEY_ROTATED, which the boot, the CLI or the scheduled job cause (test/signing-keys.e2e-spec.ts),
+    // and REQUESTS_REFUSED, which names no user: its forwarded address is asserted below ("REQUESTS_REFUSED: …").
+    // A new type must be added here with its client (or a reason why it has none).
     assert.deepEqual(
       AUDIT_EVENT_TYPES.filter((type) => !covered.has(type)),
-      ['SESSION_EXPIRED', 'KEY_ROTATED'],
+      ['SESSION_EXPIRED', 'KEY_ROTATED', 'REQUESTS_REFUSED'],
     );
   });
 });
@@ -180,7 +184,8 @@ describe('REFRESH_FAILED and ACCESS_DENIED (e2e)', () => {
     wwwAuthenticate: res.headers['www-authenticate'],
   });
 
-  it('garbage writes no row, is counted by reason, and gets the same 401 as every other failure', async () => {
+  it("garbage writes no row of its own (only its address's share of the next REQUESTS_REFUSED), is counted by reason, and gets the same 401 as every other failure", async () => {
+    await a.app.get(RefusedRequestsTally).flush();
     const [{ count: before }] = await a.db.query('SELECT count(*)::int AS count FROM audit_events');
     const unknownBefore = await metric(a, 'sessionary_refresh_failures_total', 'reason="unknown"');
     const malformedBefore = await metric(a, 'sessionary_refresh_failures_total', 'reason="malformed"');
@@ -190,6 +195,9 @@ describe('REFRESH_FAILED and ACCESS_DENIED (e2e)', () => {
     assert.equal(afterwards, before);
     assert.equal(await metric(a, 'sessionary_refresh_failures_total', 'reason="unknown"'), unknownBefore + 1);
     assert.equal(await metric(a, 'sessionary_refresh_failures_total', 'reason="malformed"'), malformedBefore + 1);
+    assert.equal(await a.app.get(RefusedRequestsTally).flush(), 1);
+    const summary = (await a.db.query(`SELECT ip_address, metadata FROM audit_events WHERE seq = (SELECT max(seq) FROM audit_events)`))[0];
+    assert.deepEqual([summary.ip_address, summary.metadata.total, summary.metadata.refreshUnknown], ['127.0.0.1', 2, 2]);
 
     // An ended session's token: audited, yet answered exactly like garbage.
     const { tokens } = await registerAndLogin(a.http);
@@ -411,3 +419,129 @@ describe('the refusal window ends (e2e, AUDIT_REFUSAL_WINDOW=1)', () => {
     assert.deepEqual([await count('REFRESH_FAILED'), await count('ACCESS_DENIED')], [2, 2]);
   });
 });
+
+describe('REQUESTS_REFUSED: refusals that name no account, summed per client address (e2e, TRUST_PROXY)', () => {
+  let t: TestApp;
+  // Rate-limited past 8 requests a minute per address, to provoke 429s.
+  before(async () => {
+    t = await createTestApp({ TRUST_PROXY: 'true', RATE_LIMIT_PER_MINUTE: '8' });
+  });
+  after(async () => {
+    await t.close();
+  });
+  const tally = () => t.app.get(RefusedRequestsTally);
+  const from = <T extends { set(h: string, v: string): T }>(req: T, ip: string) => req.set('X-Forwarded-For', ip).set('User-Agent', 'refusal-test');
+  const summaries = async (afterSeq: string) =>
+    (await t.db.query(`SELECT * FROM audit_events WHERE type = 'REQUESTS_REFUSED' AND seq > $1 ORDER BY seq`, [afterSeq])) as Array<
+      AuditRow & { seq: string; metadata: Record<string, unknown> }
+    >;
+  const newestSeq = async () => (await t.db.query(`SELECT coalesce(max(seq), 0)::text AS seq FROM audit_events`))[0].seq as string;
+
+  it('sums refused bearer tokens, unknown refresh tokens, 400, 413, 415 and 429 per forwarded address into one event each, not expiries or known sessions', async () => {
+    const seen = await newestSeq();
+    const [prober, limited, ordinary] = ['198.51.100.7', '198.51.100.8', '198.51.100.9'];
+    // The prober: six refusals of five kinds.
+    const forged = `${Buffer.from('{"alg":"HS256","typ":"at+jwt","kid":"nope"}').toString('base64url')}.${Buffer.from('{"sub":"x"}').toString('base64url')}.c2ln`;
+    await from(t.http.get('/api/v1/users/me'), prober).set('Authorization', 'Bearer not-a-token').expect(401);
+    await from(t.http.get('/api/v1/users/me'), prober).set('Authorization', `Bearer ${forged}`).expect(401);
+    await from(t.http.post('/api/v1/auth/refresh'), prober)
+      .send({ refreshToken: randomBytes(32).toString('base64url') })
+      .expect(401);
+    await from(t.http.post('/api/v1/auth/register'), prober).send({ email: 'not-an-email' }).expect(400);
+    await from(t.http.post('/api/v1/auth/login'), prober).set('Content-Type', 'text/plain').send('hello').expect(415);
+    await from(t.http.post('/api/v1/auth/login'), prober)
+      .send({ email: 'a@example.com', password: 'x'.repeat(20_000) })
+      .expect(413);
+    // An ordinary client: a token of a session it ended, a refresh of that session
+    // (REFRESH_FAILED, which names it), an expired token, no token at all: none of it a prober's.
+    const user = await registerUser(t.http);
+    const res = await from(t.http.post('/api/v1/auth/login'), ordinary).send({ email: user.email, password: user.password }).expect(200);
+    const tokens = res.body as Tokens;
+    // Valid for a second (issued as if its session's absolute deadline had passed).
+    const { token: shortLived } = await t.app
+      .get(AccessTokenService)
+      .issue({ id: tokens.sessionId, userId: user.id, authTime: new Date(), absoluteExpiresAt: new Date(Date.now() - 10_000) } as SessionEntity);
+    await from(t.http.post('/api/v1/auth/logout'), ordinary).set('Authorization', bearer(tokens)).expect(204);
+    await from(t.http.get('/api/v1/users/me'), ordinary).set('Authorization', bearer(tokens)).expect(401);
+    await from(t.http.post('/api/v1/auth/refresh'), ordinary).send({ refreshToken: tokens.refreshToken }).expect(401);
+    await sleep(2100);
+    await from(t.http.get('/api/v1/users/me'), ordinary).set('Authorization', `Bearer ${shortLived}`).expect(401);
+    await from(t.http.get('/api/v1/users/me'), ordinary).expect(401);
+    assert.equal((await auditRows(t.db, { sessionId: tokens.sessionId, type: 'REFRESH_FAILED' })).length, 1);
+    // Held back: the ninth and tenth requests of a minute get 429.
+    const statuses: number[] = [];
+    for (let i = 0; i < 10; i++) statuses.push((await from(t.http.get('/api/v1/users/me'), limited)).status);
+    assert.deepEqual(statuses, [...Array<number>(8).fill(401), 429, 429]);
+
+    assert.equal(await tally().flush(), 2, 'one event for each address with refusals');
+    const rows = await summaries(seen);
+    const byIp = new Map(rows.map((r) => [r.ip_address, r]));
+    assert.deepEqual([...byIp.keys()].sort(), [prober, limited]);
+    assert.deepEqual(pickCounts(byIp.get(prober)!.metadata), {
+      total: 6,
+      bearerRefused: 2,
+      refreshUnknown: 1,
+      invalidInput: 1,
+      bodyTooLarge: 1,
+      unsupportedMediaType: 1,
+    });
+    assert.deepEqual(pickCounts(byIp.get(limited)!.metadata), { total: 2, rateLimited: 2 });
+    for (const r of rows) {
+      assert.deepEqual([r.user_id, r.session_id, r.user_agent], [null, null, null]);
+      const { since, until } = r.metadata as { since: string; until: string };
+      assert.ok(Date.parse(since) <= Date.parse(until) && Date.parse(until) <= Date.now(), `${since} .. ${until}`);
+    }
+    // Nothing refused since: nothing written.
+    assert.equal(await tally().flush(), 0);
+    assert.equal((await summaries(rows[rows.length - 1].seq)).length, 0);
+    // The admin's list filters them by type, and the log still verifies.
+    const admin = await registerUser(t.http);
+    await t.app.get(UsersService).setRole(admin.email, 'admin', 'cli');
+    const adminTokens = await login(t.http, admin);
+    const page = await t.http.get('/api/v1/admin/audit?type=REQUESTS_REFUSED&limit=100').set('Authorization', bearer(adminTokens)).expect(200);
+    assert.ok(page.body.items.some((e: { ipAddress: string }) => e.ipAddress === prober));
+    const verified = await t.http.get('/api/v1/admin/audit/verify').set('Authorization', bearer(adminTokens)).expect(200);
+    assert.equal(verified.body.ok, true, JSON.stringify(verified.body));
+  });
+
+  it('writes the most refused addresses one by one and the others together, so many addresses cannot flood the log', async () => {
+    const seen = await newestSeq();
+    tally().maxEventsPerInterval = 2;
+    try {
+      const refusals = { '192.0.2.1': 3, '192.0.2.2': 2, '192.0.2.3': 1, '192.0.2.4': 1 };
+      for (const [ip, n] of Object.entries(refusals)) {
+        for (let i = 0; i < n; i++) await from(t.http.get('/api/v1/users/me'), ip).set('Authorization', 'Bearer garbage').expect(401);
+      }
+      assert.equal(await tally().flush(), 3);
+      const rows = await summaries(seen);
+      assert.deepEqual(
+        rows.map((r) => [r.ip_address, pickCounts(r.metadata)]),
+        [
+          ['192.0.2.1', { total: 3, bearerRefused: 3 }],
+          ['192.0.2.2', { total: 2, bearerRefused: 2 }],
+          [null, { total: 2, bearerRefused: 2 }],
+        ],
+      );
+      assert.deepEqual([rows[2].metadata.ips, rows[2].metadata.ipsComplete], [2, true]);
+    } finally {
+      tally().maxEventsPerInterval = 100;
+    }
+  });
+
+  it('writes what is left when the app shuts down', async () => {
+    const other = await createTestApp({ TRUST_PROXY: 'true' });
+    const seen = await newestSeq();
+    await from(other.http.get('/api/v1/users/me'), '192.0.2.99').set('Authorization', 'Bearer garbage').expect(401);
+    await other.close();
+    const rows = await summaries(seen);
+    assert.deepEqual(
+      rows.map((r) => [r.ip_address, pickCounts(r.metadata)]),
+      [['192.0.2.99', { total: 1, bearerRefused: 1 }]],
+    );
+  });
+});
+
+/** The counts of a REQUESTS_REFUSED event's metadata (without its interval). */
+function pickCounts(metadata: Record<string, unknown>): Record<string, unknown> {
+  return Object.fromEntries(Object.entries(metadata).filter(([k]) => !['since', 'until', 'ips', 'ipsComplete'].includes(k)));
+}

@@ -17,6 +17,7 @@ export const AUDIT_EVENT_TYPES = [
   'ACCESS_DENIED',
   'KEY_ROTATED',
   'REAUTHENTICATED',
+  'REQUESTS_REFUSED',
 ] as const;
 export type AuditEventType = (typeof AUDIT_EVENT_TYPES)[number];
 

@@ -14,6 +14,7 @@ import { AuditService } from './audit.service';
 import { AuditShipTask } from './audit-ship.task';
 import { AuditShipDestinations } from './audit-ship-destinations';
 import { BoundedAuditService } from './bounded-audit.service';
+import { RefusedRequestsTally } from './refused-requests-tally';
 
 @Module({
   imports: [SessionaryConfigModule],
@@ -32,6 +33,7 @@ import { BoundedAuditService } from './bounded-audit.service';
     AuditPartitionsTask,
     AuditShipDestinations,
     AuditShipTask,
+    RefusedRequestsTally,
   ],
   exports: [
     AuditService,
@@ -43,6 +45,7 @@ import { BoundedAuditService } from './bounded-audit.service';
     AuditPartitionsService,
     AuditPartitionsTask,
     AuditShipTask,
+    RefusedRequestsTally,
   ],
 })
 export class AuditModule {}

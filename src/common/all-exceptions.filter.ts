@@ -4,6 +4,8 @@ import type { FastifyReply, FastifyRequest } from 'fastify';
 import { QueryFailedError } from 'typeorm';
 import { DatabaseOutageMonitor, summarize } from '../database/database-outage.monitor';
 import { isDatabaseUnavailable, PG_UNIQUE_VIOLATION, pgErrorCode } from '../database/pg-errors';
+import { RefusedRequestsTally, refusalOfStatus } from '../audit/refused-requests-tally';
+import { clientContextOf } from './client-context';
 import { InsufficientUserAuthenticationException } from './insufficient-user-authentication.exception';
 import { RetryAfterException } from './retry-after.exception';
 
@@ -33,13 +35,19 @@ interface ErrorBody {
 export class AllExceptionsFilter implements ExceptionFilter {
   private readonly logger = new Logger(AllExceptionsFilter.name);
 
-  constructor(@Optional() private readonly outage?: DatabaseOutageMonitor) {}
+  constructor(
+    @Optional() private readonly outage?: DatabaseOutageMonitor,
+    /** Counts input refused (400, 413, 415) and rate limits (429) into the audit log's summaries (ASVS 16.3.3). */
+    @Optional() private readonly refusals?: RefusedRequestsTally,
+  ) {}
 
   catch(exception: unknown, host: ArgumentsHost): void {
     const http = host.switchToHttp();
     const reply = http.getResponse<FastifyReply>();
     const request = http.getRequest<FastifyRequest>();
     const body = this.toBody(exception, request);
+    const refusal = this.refusals && refusalOfStatus(body.statusCode);
+    if (refusal) this.refusals!.count(clientContextOf(request).ipAddress, refusal);
     if (exception instanceof RetryAfterException) void reply.header('Retry-After', String(exception.retryAfterSeconds));
     else if (body.statusCode === HttpStatus.SERVICE_UNAVAILABLE) void reply.header('Retry-After', String(UNAVAILABLE_RETRY_AFTER_SECONDS));
     // RFC 9470's challenge; SessionGuard writes the other 401s' (RFC 6750) itself.

@@ -394,6 +394,17 @@ export class Env {
   @Max(86_400)
   AUDIT_REFUSAL_WINDOW = 60;
 
+  /**
+   * Seconds between two summaries of the refusals that name no account or session (refused
+   * bearer tokens, unknown refresh tokens, 400, 413, 415, 429): REQUESTS_REFUSED events per
+   * client IP, at most 101 an interval and instance (RefusedRequestsTally).
+   */
+  @Transform(toNumber)
+  @IsInt()
+  @Min(1)
+  @Max(86_400)
+  AUDIT_REFUSAL_SUMMARY_INTERVAL = 60;
+
   /** Comma-separated origins allowed by CORS; empty: no cross-origin access. */
   @IsString()
   CORS_ORIGINS = '';

@@ -1,4 +1,4 @@
-import { Injectable, Logger, OnApplicationBootstrap, OnModuleDestroy, UnauthorizedException } from '@nestjs/common';
+import { Injectable, Logger, OnApplicationBootstrap, OnModuleDestroy, Optional, UnauthorizedException } from '@nestjs/common';
 import { ConfigService } from '@nestjs/config';
 import { InjectDataSource } from '@nestjs/typeorm';
 import { SESSIONARY_DATA_SOURCE } from '../database/data-source-name';
@@ -6,6 +6,7 @@ import { DataSource, EntityManager } from 'typeorm';
 import { AuditEventType, AuditMetadata } from '../audit/audit-event.entity';
 import { AuditEventInput, AuditService } from '../audit/audit.service';
 import { BoundedAuditService } from '../audit/bounded-audit.service';
+import { RefusedRequestsTally } from '../audit/refused-requests-tally';
 import type { ClientContext } from '../common/client-context';
 import type { ActiveSession } from '../common/current-auth.decorator';
 import type { AppConfig } from '../config/config';
@@ -84,6 +85,8 @@ export class SessionsService implements OnApplicationBootstrap, OnModuleDestroy 
     private readonly boundedAudit: BoundedAuditService,
     private readonly users: UsersService,
     config: ConfigService<AppConfig, true>,
+    /** Sums refresh tokens that match no session per client address into the audit log (ASVS 16.3.1). */
+    @Optional() private readonly refusals?: RefusedRequestsTally,
   ) {
     this.idleTtl = config.get('SESSION_IDLE_TTL', { infer: true });
     this.absoluteTtl = config.get('SESSION_ABSOLUTE_TTL', { infer: true });
@@ -267,6 +270,7 @@ export class SessionsService implements OnApplicationBootstrap, OnModuleDestroy 
   async refresh(refreshToken: string, client: ClientContext): Promise<IssuedSession> {
     if (!looksLikeRefreshToken(refreshToken)) {
       this.refreshFailures.malformed++;
+      this.refusals?.count(client.ipAddress, 'refreshUnknown');
       throw new UnauthorizedException(INVALID_REFRESH);
     }
     const presentedHash = hashRefreshToken(refreshToken);
@@ -279,7 +283,10 @@ export class SessionsService implements OnApplicationBootstrap, OnModuleDestroy 
     });
     if (rotated) return { session: rotated, refreshToken: nextToken };
 
-    this.refreshFailures[await this.explainFailedRefresh(presentedHash, client)]++;
+    const reason = await this.explainFailedRefresh(presentedHash, client);
+    this.refreshFailures[reason]++;
+    // No session to name: only summed per client address (a known session's failure is REFRESH_FAILED).
+    if (reason === 'unknown') this.refusals?.count(client.ipAddress, 'refreshUnknown');
     throw new UnauthorizedException(INVALID_REFRESH);
   }
 

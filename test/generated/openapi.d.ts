@@ -277,7 +277,7 @@ export interface paths {
         };
         /**
          * Stream the audit log, or a filtered part of it, as NDJSON for offline verification
-         * @description One event a line in `seq` order, with its chain fields (`chainKey`, `position`, `prevHash`, `hash`) and `createdAt` to the microsecond, so that each line's HMAC can be recomputed; then one last line, the seal, naming the filters and carrying a keyed MAC over the lines, so that a deleted, inserted or reordered line, or a transfer cut short, is detected (`npm run cli -- audit-verify --file`). Read from one consistent snapshot, a batch at a time. A failure after the answer started aborts the transfer instead of ending it: a client sees an incomplete response, and the file has no seal. Each instance streams at most `AUDIT_EXPORT_MAX_CONCURRENT` exports at once (default 2); one more is answered 429 with `Retry-After`.
+         * @description One event a line in `seq` order, with its chain fields (`chainKey`, `position`, `prevHash`, `hash`) and `createdAt` to the microsecond, so that each line's HMAC can be recomputed; then one last line, the seal, naming the filters and carrying a keyed MAC over the lines, so that a deleted, inserted or reordered line, or a transfer cut short, is detected (`npm run cli -- audit-verify --file`). Read from one consistent snapshot, a batch at a time. A failure after the answer started aborts the transfer instead of ending it: a client sees an incomplete response, and the file has no seal. Each instance streams at most `AUDIT_EXPORT_MAX_CONCURRENT` exports at once (default 2); one more is answered 429 with `Retry-After`. With `afterSeq`, only the events after that seq, up to the newest one no running transaction can still precede (the seal, format v2, states it as `throughSeq`): the next export after it continues exactly there, so that a scheduled export ships the log to another system in pieces, none missed and none repeated; 503 with `Retry-After` when transactions writing events are still running after ten seconds.
          */
         get: operations["exportAuditLog"];
         put?: never;
@@ -362,7 +362,7 @@ export interface components {
             /** Format: uuid */
             id: string;
             /** @enum {string} */
-            type: "REGISTER" | "LOGIN" | "LOGIN_FAILED" | "LOGOUT" | "TOKEN_REFRESH" | "REFRESH_TOKEN_REUSE" | "SESSION_REVOKED" | "SESSION_EXPIRED" | "PASSWORD_CHANGED" | "PROFILE_UPDATED" | "ACCOUNT_LOCKED" | "ROLE_CHANGED" | "REFRESH_FAILED" | "ACCESS_DENIED" | "KEY_ROTATED" | "REAUTHENTICATED";
+            type: "REGISTER" | "LOGIN" | "LOGIN_FAILED" | "LOGOUT" | "TOKEN_REFRESH" | "REFRESH_TOKEN_REUSE" | "SESSION_REVOKED" | "SESSION_EXPIRED" | "PASSWORD_CHANGED" | "PROFILE_UPDATED" | "ACCOUNT_LOCKED" | "ROLE_CHANGED" | "REFRESH_FAILED" | "ACCESS_DENIED" | "KEY_ROTATED" | "REAUTHENTICATED" | "REQUESTS_REFUSED";
             /** Format: uuid */
             sessionId: string | null;
             ipAddress: string | null;
@@ -569,7 +569,7 @@ export interface components {
             /** Format: uuid */
             id: string;
             /** @enum {string} */
-            type: "REGISTER" | "LOGIN" | "LOGIN_FAILED" | "LOGOUT" | "TOKEN_REFRESH" | "REFRESH_TOKEN_REUSE" | "SESSION_REVOKED" | "SESSION_EXPIRED" | "PASSWORD_CHANGED" | "PROFILE_UPDATED" | "ACCOUNT_LOCKED" | "ROLE_CHANGED" | "REFRESH_FAILED" | "ACCESS_DENIED" | "KEY_ROTATED" | "REAUTHENTICATED";
+            type: "REGISTER" | "LOGIN" | "LOGIN_FAILED" | "LOGOUT" | "TOKEN_REFRESH" | "REFRESH_TOKEN_REUSE" | "SESSION_REVOKED" | "SESSION_EXPIRED" | "PASSWORD_CHANGED" | "PROFILE_UPDATED" | "ACCOUNT_LOCKED" | "ROLE_CHANGED" | "REFRESH_FAILED" | "ACCESS_DENIED" | "KEY_ROTATED" | "REAUTHENTICATED" | "REQUESTS_REFUSED";
             /** Format: uuid */
             sessionId: string | null;
             ipAddress: string | null;
@@ -622,7 +622,7 @@ export interface components {
             /** Format: uuid */
             id: string;
             /** @enum {string} */
-            type: "REGISTER" | "LOGIN" | "LOGIN_FAILED" | "LOGOUT" | "TOKEN_REFRESH" | "REFRESH_TOKEN_REUSE" | "SESSION_REVOKED" | "SESSION_EXPIRED" | "PASSWORD_CHANGED" | "PROFILE_UPDATED" | "ACCOUNT_LOCKED" | "ROLE_CHANGED" | "REFRESH_FAILED" | "ACCESS_DENIED" | "KEY_ROTATED" | "REAUTHENTICATED";
+            type: "REGISTER" | "LOGIN" | "LOGIN_FAILED" | "LOGOUT" | "TOKEN_REFRESH" | "REFRESH_TOKEN_REUSE" | "SESSION_REVOKED" | "SESSION_EXPIRED" | "PASSWORD_CHANGED" | "PROFILE_UPDATED" | "ACCOUNT_LOCKED" | "ROLE_CHANGED" | "REFRESH_FAILED" | "ACCESS_DENIED" | "KEY_ROTATED" | "REAUTHENTICATED" | "REQUESTS_REFUSED";
             /** Format: uuid */
             userId: string | null;
             /** Format: uuid */
@@ -663,16 +663,26 @@ export interface components {
             /** Format: uuid */
             userId: string | null;
             /** @enum {string|null} */
-            type: "REGISTER" | "LOGIN" | "LOGIN_FAILED" | "LOGOUT" | "TOKEN_REFRESH" | "REFRESH_TOKEN_REUSE" | "SESSION_REVOKED" | "SESSION_EXPIRED" | "PASSWORD_CHANGED" | "PROFILE_UPDATED" | "ACCOUNT_LOCKED" | "ROLE_CHANGED" | "REFRESH_FAILED" | "ACCESS_DENIED" | "KEY_ROTATED" | "REAUTHENTICATED" | null;
+            type: "REGISTER" | "LOGIN" | "LOGIN_FAILED" | "LOGOUT" | "TOKEN_REFRESH" | "REFRESH_TOKEN_REUSE" | "SESSION_REVOKED" | "SESSION_EXPIRED" | "PASSWORD_CHANGED" | "PROFILE_UPDATED" | "ACCOUNT_LOCKED" | "ROLE_CHANGED" | "REFRESH_FAILED" | "ACCESS_DENIED" | "KEY_ROTATED" | "REAUTHENTICATED" | "REQUESTS_REFUSED" | null;
+            /**
+             * @description Format v2 only: the export holds the events after this seq (the `afterSeq` query parameter)
+             * @example 1042
+             */
+            afterSeq?: string;
         };
         AuditExportSealLineDto: {
             /**
-             * @description The format; marks the last line
+             * @description The format; marks the last line. v2 for an export after a seq (`afterSeq`), whose seal states `throughSeq`; v1 otherwise
              * @enum {string}
              */
-            seal: "sessionary.audit.export.v1";
+            seal: "sessionary.audit.export.v1" | "sessionary.audit.export.v2";
             /** @description The filters of this export */
             filter: components["schemas"]["AuditExportFilterDto"];
+            /**
+             * @description Format v2 only: the file holds every event the filters select with a seq after `filter.afterSeq` and up to this one; the next export takes it as its `afterSeq`
+             * @example 1042
+             */
+            throughSeq?: string;
             /**
              * Format: int64
              * @description Event lines before the seal
@@ -696,7 +706,7 @@ export interface components {
         "X-RateLimit-Reset": number;
         /** @description Seconds until requests from this IP are accepted again */
         "Retry-After": number;
-        /** @description Seconds to wait: at most 60 after the per-IP request limit; after failed logins or password checks, the back-off (at most LOGIN_FAILURE_WINDOW) */
+        /** @description Seconds to wait: at most 60 after the per-IP request limit; after failed logins or password checks, the back-off (at most LOGIN_FAILURE_WINDOW); after too many registrations from one IP, the rest of its window (at most REGISTER_WINDOW) */
         "Retry-After-Backoff": number;
         /** @description The request's Origin, sent back when CORS_ORIGINS lists it; absent otherwise, and on every answer when CORS_ORIGINS is empty */
         "Access-Control-Allow-Origin": string;
@@ -708,7 +718,7 @@ export interface operations {
     listMyAuditEvents: {
         parameters: {
             query?: {
-                type?: "REGISTER" | "LOGIN" | "LOGIN_FAILED" | "LOGOUT" | "TOKEN_REFRESH" | "REFRESH_TOKEN_REUSE" | "SESSION_REVOKED" | "SESSION_EXPIRED" | "PASSWORD_CHANGED" | "PROFILE_UPDATED" | "ACCOUNT_LOCKED" | "ROLE_CHANGED" | "REFRESH_FAILED" | "ACCESS_DENIED" | "KEY_ROTATED" | "REAUTHENTICATED";
+                type?: "REGISTER" | "LOGIN" | "LOGIN_FAILED" | "LOGOUT" | "TOKEN_REFRESH" | "REFRESH_TOKEN_REUSE" | "SESSION_REVOKED" | "SESSION_EXPIRED" | "PASSWORD_CHANGED" | "PROFILE_UPDATED" | "ACCOUNT_LOCKED" | "ROLE_CHANGED" | "REFRESH_FAILED" | "ACCESS_DENIED" | "KEY_ROTATED" | "REAUTHENTICATED" | "REQUESTS_REFUSED";
                 /** @description Events at or after this instant (RFC 3339 date or date-time) */
                 from?: string;
                 /** @description Events before this instant (RFC 3339 date or date-time) */
@@ -1644,13 +1654,13 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorResponseDto"];
                 };
             };
-            /** @description Too many requests from this IP; see Retry-After */
+            /** @description Too many registrations from this IP (REGISTER_MAX_PER_IP within REGISTER_WINDOW), or requests; see Retry-After */
             429: {
                 headers: {
                     "X-RateLimit-Limit": components["headers"]["X-RateLimit-Limit"];
                     "X-RateLimit-Remaining": components["headers"]["X-RateLimit-Remaining"];
                     "X-RateLimit-Reset": components["headers"]["X-RateLimit-Reset"];
-                    "Retry-After": components["headers"]["Retry-After"];
+                    "Retry-After": components["headers"]["Retry-After-Backoff"];
                     "Access-Control-Allow-Origin": components["headers"]["Access-Control-Allow-Origin"];
                     [name: string]: unknown;
                 };
@@ -1659,7 +1669,7 @@ export interface operations {
                      * @example {
                      *       "statusCode": 429,
                      *       "error": "Too Many Requests",
-                     *       "message": "Too many requests from this IP; see Retry-After"
+                     *       "message": "Too many registrations from this IP (REGISTER_MAX_PER_IP within REGISTER_WINDOW), or requests; see Retry-After"
                      *     }
                      */
                     "application/json": components["schemas"]["ErrorResponseDto"];
@@ -2925,7 +2935,7 @@ export interface operations {
     listAllAuditEvents: {
         parameters: {
             query?: {
-                type?: "REGISTER" | "LOGIN" | "LOGIN_FAILED" | "LOGOUT" | "TOKEN_REFRESH" | "REFRESH_TOKEN_REUSE" | "SESSION_REVOKED" | "SESSION_EXPIRED" | "PASSWORD_CHANGED" | "PROFILE_UPDATED" | "ACCOUNT_LOCKED" | "ROLE_CHANGED" | "REFRESH_FAILED" | "ACCESS_DENIED" | "KEY_ROTATED" | "REAUTHENTICATED";
+                type?: "REGISTER" | "LOGIN" | "LOGIN_FAILED" | "LOGOUT" | "TOKEN_REFRESH" | "REFRESH_TOKEN_REUSE" | "SESSION_REVOKED" | "SESSION_EXPIRED" | "PASSWORD_CHANGED" | "PROFILE_UPDATED" | "ACCOUNT_LOCKED" | "ROLE_CHANGED" | "REFRESH_FAILED" | "ACCESS_DENIED" | "KEY_ROTATED" | "REAUTHENTICATED" | "REQUESTS_REFUSED";
                 /** @description Events at or after this instant (RFC 3339 date or date-time) */
                 from?: string;
                 /** @description Events before this instant (RFC 3339 date or date-time) */
@@ -3214,13 +3224,15 @@ export interface operations {
     exportAuditLog: {
         parameters: {
             query?: {
-                type?: "REGISTER" | "LOGIN" | "LOGIN_FAILED" | "LOGOUT" | "TOKEN_REFRESH" | "REFRESH_TOKEN_REUSE" | "SESSION_REVOKED" | "SESSION_EXPIRED" | "PASSWORD_CHANGED" | "PROFILE_UPDATED" | "ACCOUNT_LOCKED" | "ROLE_CHANGED" | "REFRESH_FAILED" | "ACCESS_DENIED" | "KEY_ROTATED" | "REAUTHENTICATED";
+                type?: "REGISTER" | "LOGIN" | "LOGIN_FAILED" | "LOGOUT" | "TOKEN_REFRESH" | "REFRESH_TOKEN_REUSE" | "SESSION_REVOKED" | "SESSION_EXPIRED" | "PASSWORD_CHANGED" | "PROFILE_UPDATED" | "ACCOUNT_LOCKED" | "ROLE_CHANGED" | "REFRESH_FAILED" | "ACCESS_DENIED" | "KEY_ROTATED" | "REAUTHENTICATED" | "REQUESTS_REFUSED";
                 /** @description Events at or after this instant (RFC 3339 date or date-time) */
                 from?: string;
                 /** @description Events before this instant (RFC 3339 date or date-time) */
                 to?: string;
                 /** @description Only this user's events */
                 userId?: string;
+                /** @description Only events with a `seq` greater than this one, up to the newest settled one, which the seal states as `throughSeq` (format v2): the next export starts after it, so that consecutive exports ship the log once, none missed and none repeated. 0 for the first */
+                afterSeq?: string;
             };
             header?: never;
             path?: never;
@@ -3243,7 +3255,7 @@ export interface operations {
                     "application/x-ndjson": components["schemas"]["AuditExportEventLineDto"] | components["schemas"]["AuditExportSealLineDto"];
                 };
             };
-            /** @description Bad filter: not a date, not a UUID, an unknown type, or `from` after `to` */
+            /** @description Bad filter: not a date, not a UUID, an unknown type, `from` after `to`, or an `afterSeq` that is not a seq or is past the newest one */
             400: {
                 headers: {
                     "X-RateLimit-Limit": components["headers"]["X-RateLimit-Limit"];
@@ -3257,7 +3269,7 @@ export interface operations {
                      * @example {
                      *       "statusCode": 400,
                      *       "error": "Bad Request",
-                     *       "message": "Bad filter: not a date, not a UUID, an unknown type, or `from` after `to`"
+                     *       "message": "Bad filter: not a date, not a UUID, an unknown type, `from` after `to`, or an `afterSeq` that is not a seq or is past the newest one"
                      *     }
                      */
                     "application/json": components["schemas"]["ErrorResponseDto"];

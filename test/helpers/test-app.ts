@@ -125,6 +125,9 @@ export async function createTestApp(overrides: Record<string, string> = {}, opti
     KEY_ENCRYPTION_KEY: TEST_KEY_ENCRYPTION_KEY,
     AUDIT_CHECKPOINT_EVERY: '1000000000',
     AUDIT_CHECKPOINT_INTERVAL: '86400',
+    // Nor a summary of refused requests (REQUESTS_REFUSED) at a moment no test chose: those that
+    // want one call RefusedRequestsTally.flush() (it also runs when an app closes).
+    AUDIT_REFUSAL_SUMMARY_INTERVAL: '86400',
     ...overrides,
   });
   const moduleRef = await Test.createTestingModule({ imports: [AppModule.forRoot(config)] }).compile();

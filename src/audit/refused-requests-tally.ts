@@ -78,6 +78,8 @@ export class RefusedRequestsTally implements OnApplicationBootstrap, BeforeAppli
   /** The last interval's counts, while the database is still there. */
   async beforeApplicationShutdown(): Promise<void> {
     clearInterval(this.timer);
+    // Twice: a flush already under way holds only what was counted before it began.
+    await this.flush();
     await this.flush();
   }
 

@@ -333,6 +333,14 @@ describe('docsEnabled', () => {
     assert.equal(parseEnv({}).METRICS_ENABLED, true);
     assert.equal(parseEnv({ METRICS_ENABLED: 'false' }).METRICS_ENABLED, false);
   });
+
+  it('takes a METRICS_TOKEN a bearer header can carry, and refuses one with spaces or other characters without quoting it', () => {
+    assert.equal(parseEnv({ METRICS_TOKEN: 'Abc.def~ghi+jkl/mno=' }).METRICS_TOKEN, 'Abc.def~ghi+jkl/mno=');
+    assert.equal(parseEnv({ METRICS_TOKEN: '' }).METRICS_TOKEN, undefined);
+    for (const token of ['two words-of-a-secret', 'tab\tinside-secret', 'non-ascii-é-secret']) {
+      assertRefusedNaming({ METRICS_TOKEN: token }, 'METRICS_TOKEN', token.slice(0, 8));
+    }
+  });
 });
 
 describe('ENV_VARIABLES', () => {
@@ -345,6 +353,7 @@ describe('ENV_VARIABLES', () => {
       'AUDIT_RETENTION_DAYS',
       'SESSION_TOUCH_INTERVAL',
       'ROUTE_PREFIX',
+      'METRICS_TOKEN',
     ]) {
       assert.ok(ENV_VARIABLES.includes(name), name);
     }

@@ -435,6 +435,8 @@ export class Env {
   @Transform(toOptionalString)
   @IsOptional()
   @IsString()
+  // What a bearer credential can carry (no spaces, printable ASCII): another one could never be sent.
+  @Matches(/^[\x21-\x7e]+$/, { message: 'METRICS_TOKEN must be printable ASCII without spaces' })
   METRICS_TOKEN?: string;
 
   /**

@@ -473,6 +473,15 @@ describe('REQUESTS_REFUSED: refusals that name no account, summed per client add
     for (let i = 0; i < 10; i++) statuses.push((await from(t.http.get('/api/v1/users/me'), limited)).status);
     assert.deepEqual(statuses, [...Array<number>(8).fill(401), 429, 429]);
 
+    // Counted in /metrics as they come, by kind.
+    const metrics = (await t.http.get('/metrics').expect(200)).text;
+    const refusedMetric = (kind: string) =>
+      Number(new RegExp(`^sessionary_requests_refused_total\\{kind="${kind}"\\} (\\d+)$`, 'm').exec(metrics)?.[1]);
+    assert.deepEqual(
+      ['bearerRefused', 'refreshUnknown', 'invalidInput', 'bodyTooLarge', 'unsupportedMediaType', 'rateLimited'].map(refusedMetric),
+      [2, 1, 1, 1, 1, 2],
+    );
+
     assert.equal(await tally().flush(), 2, 'one event for each address with refusals');
     const rows = await summaries(seen);
     const byIp = new Map(rows.map((r) => [r.ip_address, r]));

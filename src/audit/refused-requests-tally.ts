@@ -60,6 +60,8 @@ export class RefusedRequestsTally implements OnApplicationBootstrap, BeforeAppli
   /** Refusals without an address, or from addresses past MAX_TRACKED_IPS. */
   private untracked = zeroCounts();
   private since = new Date();
+  /** Every refusal this instance counted since it started, by kind (/metrics). */
+  private readonly totals = zeroCounts();
   private timer: NodeJS.Timeout | undefined;
   private flushing: Promise<number> | undefined;
 
@@ -86,6 +88,12 @@ export class RefusedRequestsTally implements OnApplicationBootstrap, BeforeAppli
   /** One refusal of this client address (null when unknown). Cheap: a map update. */
   count(ip: string | null, kind: RefusalKind): void {
     this.countsOf(ip)[kind]++;
+    this.totals[kind]++;
+  }
+
+  /** Every refusal counted since this instance started, by kind. */
+  countedSinceStart(): Readonly<Counts> {
+    return this.totals;
   }
 
   /** Where this address's refusals are counted: its own counts, or the untracked ones. */

@@ -9,6 +9,7 @@ import { AuditCheckpointTask } from '../audit/audit-checkpoint.task';
 import { AuditPartitionsService } from '../audit/audit-partitions.service';
 import { AuditShipTask, type ShipStats } from '../audit/audit-ship.task';
 import { BoundedAuditService } from '../audit/bounded-audit.service';
+import { REFUSAL_KINDS, RefusedRequestsTally } from '../audit/refused-requests-tally';
 import { KeyRing } from '../keys/key-ring.service';
 import { LoginThrottleService } from '../login-throttle/login-throttle.service';
 import { PgThrottlerStorage } from '../rate-limit/pg-throttler.storage';
@@ -41,6 +42,7 @@ export class MetricsService implements OnModuleInit {
     keyRing: KeyRing,
     loginThrottle: LoginThrottleService,
     rateLimits: PgThrottlerStorage,
+    refusals: RefusedRequestsTally,
     config: ConfigService<AppConfig, true>,
   ) {
     this.enabled = config.get('METRICS_ENABLED', { infer: true });
@@ -216,13 +218,24 @@ export class MetricsService implements OnModuleInit {
     });
     new Counter({
       name: 'sessionary_refresh_failures_total',
-      help: 'Refused refreshes by reason (malformed and unknown: no known session, so no audit event)',
+      help: 'Refused refreshes by reason (malformed and unknown: no known session, so only in REQUESTS_REFUSED summaries)',
       labelNames: ['reason'] as const,
       registers: [this.registry],
       collect() {
         const counts = sessions.refreshFailureCounts();
         this.reset();
         for (const reason of REFRESH_FAILURE_REASONS) this.inc({ reason }, counts[reason]);
+      },
+    });
+    new Counter({
+      name: 'sessionary_requests_refused_total',
+      help: 'Refusals that name no account, by kind, as summed per client IP into REQUESTS_REFUSED audit events',
+      labelNames: ['kind'] as const,
+      registers: [this.registry],
+      collect() {
+        const counts = refusals.countedSinceStart();
+        this.reset();
+        for (const kind of REFUSAL_KINDS) this.inc({ kind }, counts[kind]);
       },
     });
     new Counter({

@@ -22,17 +22,16 @@ import { AuditEventInput, AuditService } from './audit.service';
 export const REFUSAL_KINDS = ['bearerRefused', 'refreshUnknown', 'invalidInput', 'bodyTooLarge', 'unsupportedMediaType', 'rateLimited'] as const;
 export type RefusalKind = (typeof REFUSAL_KINDS)[number];
 
+const REFUSAL_OF_STATUS: ReadonlyMap<number, RefusalKind> = new Map([
+  [400, 'invalidInput'],
+  [413, 'bodyTooLarge'],
+  [415, 'unsupportedMediaType'],
+  [429, 'rateLimited'],
+]);
+
 /** The refusal a 4xx answer is, by its status; other statuses are not counted here. */
 export function refusalOfStatus(status: number): RefusalKind | undefined {
-  return status === 400
-    ? 'invalidInput'
-    : status === 413
-      ? 'bodyTooLarge'
-      : status === 415
-        ? 'unsupportedMediaType'
-        : status === 429
-          ? 'rateLimited'
-          : undefined;
+  return REFUSAL_OF_STATUS.get(status);
 }
 
 type Counts = Record<RefusalKind, number>;
@@ -137,7 +136,7 @@ export class RefusedRequestsTally implements OnApplicationBootstrap, BeforeAppli
 }
 
 /** The interval's REQUESTS_REFUSED events: the most refused addresses one by one, the rest together. */
-export function summaryEvents(byIp: Map<string, Counts>, untracked: Counts, since: Date, until: Date, maxEvents: number): AuditEventInput[] {
+function summaryEvents(byIp: Map<string, Counts>, untracked: Counts, since: Date, until: Date, maxEvents: number): AuditEventInput[] {
   const ranked = [...byIp].sort((a, b) => total(b[1]) - total(a[1]) || (a[0] < b[0] ? -1 : 1));
   const interval = { since: since.toISOString(), until: until.toISOString() };
   const events: AuditEventInput[] = ranked.slice(0, maxEvents).map(([ip, counts]) => ({

@@ -4,7 +4,8 @@ import { AUTH_CONTEXT_KEY, type AuthContext } from '../common/current-auth.decor
 import { IS_PUBLIC_KEY } from '../common/public.decorator';
 import { SessionsService } from '../sessions/sessions.service';
 import { JwtAuthGuard } from './jwt-auth.guard';
-import { type AccessTokenClaims, JwtStrategy, type TokenBearer } from './jwt.strategy';
+import { type AccessTokenClaims, JwtStrategy } from './jwt.strategy';
+import { bearerChallenge } from '../common/bearer-challenge';
 import { MemoizedReflector } from '../common/memoized-reflector';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 
@@ -54,12 +55,4 @@ export class SessionGuard implements CanActivate {
       throw error;
     }
   }
-}
-
-/**
- * RFC 6750, section 3: a request without credentials gets the bare scheme; one whose token was
- * refused (bad, expired, or its session ended) gets `invalid_token`, the same for every cause.
- */
-export function bearerChallenge(request: TokenBearer): string {
-  return request.headers?.authorization === undefined ? 'Bearer' : 'Bearer error="invalid_token"';
 }

@@ -3,6 +3,7 @@ import { CanActivate, ExecutionContext, Injectable, UnauthorizedException } from
 import { ConfigService } from '@nestjs/config';
 import type { OpenAPIObject } from '@nestjs/swagger';
 import type { FastifyReply, FastifyRequest } from 'fastify';
+import { BEARER_CHALLENGE_HEADER, bearerChallenge } from '../common/bearer-challenge';
 import type { AppConfig } from '../config/config';
 
 // The scheme and one token68-like credential, nothing after it (RFC 6750, section 2.1).
@@ -28,10 +29,11 @@ export class MetricsTokenGuard implements CanActivate {
   canActivate(context: ExecutionContext): boolean {
     if (!this.expected) return true;
     const http = context.switchToHttp();
-    const header = http.getRequest<FastifyRequest>().headers.authorization;
+    const request = http.getRequest<FastifyRequest>();
+    const header = request.headers.authorization;
     const presented = typeof header === 'string' ? BEARER.exec(header)?.[1] : undefined;
     if (presented !== undefined && timingSafeEqual(digest(presented), this.expected)) return true;
-    void http.getResponse<FastifyReply>().header('WWW-Authenticate', header === undefined ? 'Bearer' : 'Bearer error="invalid_token"');
+    void http.getResponse<FastifyReply>().header('WWW-Authenticate', bearerChallenge(request));
     throw new UnauthorizedException('A valid metrics token is required');
   }
 }
@@ -48,12 +50,7 @@ export function documentMetricsToken(document: OpenAPIObject): void {
   scrape.security = [{ metricsToken: [] }];
   scrape.responses['401'] = {
     description: 'No `Authorization: Bearer <METRICS_TOKEN>`, or another token',
-    headers: {
-      'WWW-Authenticate': {
-        description: 'RFC 6750: `Bearer` without a token, `Bearer error="invalid_token"` for a refused one',
-        schema: { type: 'string', enum: ['Bearer', 'Bearer error="invalid_token"'] },
-      },
-    },
+    headers: { 'WWW-Authenticate': BEARER_CHALLENGE_HEADER },
     content: { 'application/json': { schema: { $ref: '#/components/schemas/ErrorResponseDto' } } },
   };
 }

@@ -9,12 +9,12 @@ import { AuditCheckpointTask } from '../audit/audit-checkpoint.task';
 import { AuditPartitionsService } from '../audit/audit-partitions.service';
 import { AuditShipTask, type ShipStats } from '../audit/audit-ship.task';
 import { BoundedAuditService } from '../audit/bounded-audit.service';
-import { REFUSAL_KINDS, RefusedRequestsTally } from '../audit/refused-requests-tally';
+import { RefusedRequestsTally } from '../audit/refused-requests-tally';
 import { KeyRing } from '../keys/key-ring.service';
 import { LoginThrottleService } from '../login-throttle/login-throttle.service';
 import { PgThrottlerStorage } from '../rate-limit/pg-throttler.storage';
 import { SessionsCleanupTask } from '../sessions/sessions-cleanup.task';
-import { REFRESH_FAILURE_REASONS, SessionsService } from '../sessions/sessions.service';
+import { SessionsService } from '../sessions/sessions.service';
 import { RequestDurationHistogram } from './request-duration-histogram';
 
 /** Process metrics plus request latency by route template (never by raw URL: bounded labels). */
@@ -57,6 +57,28 @@ export class MetricsService implements OnModuleInit {
           this.set(read());
         },
       });
+    // Counters read when scraped from the totals their services keep: one number, or one per label value.
+    const counter = (name: string, help: string, read: () => number) =>
+      new Counter({
+        name,
+        help,
+        registers: [this.registry],
+        collect() {
+          this.reset();
+          this.inc(read());
+        },
+      });
+    const countsBy = (name: string, help: string, label: string, read: () => Readonly<Record<string, number>>) =>
+      new Counter({
+        name,
+        help,
+        labelNames: [label],
+        registers: [this.registry],
+        collect() {
+          this.reset();
+          for (const [value, count] of Object.entries(read())) this.inc({ [label]: value }, count);
+        },
+      });
     gauge('sessionary_session_cache_listening', '1 while the session cache is kept exact by LISTEN/NOTIFY; 0: every check reads the database', () =>
       sessions.cacheState().listening ? 1 : 0,
     );
@@ -71,36 +93,21 @@ export class MetricsService implements OnModuleInit {
       'Closed months of audit_events not yet rewritten in chain order at the last maintenance (AUDIT_ORDER_CLOSED_MONTHS does one a run)',
       () => auditPartitions.stats.closedMonthsInTimeOrder,
     );
-    new Counter({
-      name: 'sessionary_audit_retention_dropped_events_total',
-      help: 'Audit events this instance dropped with their months past AUDIT_RETENTION_DAYS',
-      registers: [this.registry],
-      collect() {
-        this.reset();
-        this.inc(auditPartitions.stats.droppedEvents);
-      },
-    });
+    counter(
+      'sessionary_audit_retention_dropped_events_total',
+      'Audit events this instance dropped with their months past AUDIT_RETENTION_DAYS',
+      () => auditPartitions.stats.droppedEvents,
+    );
     // This instance's view too: one instance writes each checkpoint (alert on the newest across instances).
-    new Counter({
-      name: 'sessionary_audit_checkpoints_total',
-      help: 'Audit checkpoints this instance wrote, and its checkpoint ticks that failed',
-      labelNames: ['outcome'] as const,
-      registers: [this.registry],
-      collect() {
-        this.reset();
-        this.inc({ outcome: 'written' }, auditChain.stats.written);
-        this.inc({ outcome: 'failed' }, auditCheckpoints.failures);
-      },
-    });
-    new Counter({
-      name: 'sessionary_audit_checkpoint_all_buckets_hashed_total',
-      help: "Checkpoints this instance wrote that hashed every bucket of the heads' digest (the first after an upgrade, a very large copy, or stored buckets that did not add up)",
-      registers: [this.registry],
-      collect() {
-        this.reset();
-        this.inc(auditChain.stats.allBucketsHashed);
-      },
-    });
+    countsBy('sessionary_audit_checkpoints_total', 'Audit checkpoints this instance wrote, and its checkpoint ticks that failed', 'outcome', () => ({
+      written: auditChain.stats.written,
+      failed: auditCheckpoints.failures,
+    }));
+    counter(
+      'sessionary_audit_checkpoint_all_buckets_hashed_total',
+      "Checkpoints this instance wrote that hashed every bucket of the heads' digest (the first after an upgrade, a very large copy, or stored buckets that did not add up)",
+      () => auditChain.stats.allBucketsHashed,
+    );
     gauge('sessionary_audit_checkpoint_last_timestamp_seconds', 'When the last checkpoint this instance wrote was taken (0: none yet)', () =>
       auditChain.stats.lastWrittenAt ? auditChain.stats.lastWrittenAt.getTime() / 1000 : 0,
     );
@@ -163,81 +170,45 @@ export class MetricsService implements OnModuleInit {
       'Sessions whose activity waits for the next batched write',
       () => sessions.cacheState().pendingActivity,
     );
-    new Counter({
-      name: 'sessionary_session_cleanup_ticks_total',
-      help: 'Cleanup ticks this instance ran, or skipped because another instance had the lock or the tick',
-      labelNames: ['outcome'] as const,
-      registers: [this.registry],
-      collect() {
-        this.reset();
-        this.inc({ outcome: 'ran' }, cleanup.ticks.ran);
-        this.inc({ outcome: 'skipped' }, cleanup.ticks.skipped);
-      },
+    countsBy(
+      'sessionary_session_cleanup_ticks_total',
+      'Cleanup ticks this instance ran, or skipped because another instance had the lock or the tick',
+      'outcome',
+      () => ({ ran: cleanup.ticks.ran, skipped: cleanup.ticks.skipped }),
+    );
+    counter(
+      'sessionary_session_cleanup_incomplete_ticks_total',
+      'Cleanup ticks this instance ran that stopped at their time budget (half the time to the next tick) or at shutdown with sessions left; rising tick after tick, the cleanup falls behind',
+      () => cleanup.ticks.incomplete,
+    );
+    countsBy(
+      'sessionary_session_cleanup_sessions_total',
+      "Sessions this instance's cleanup ticks ended at their deadlines, and deleted past SESSION_RETENTION",
+      'outcome',
+      () => ({ ended: cleanup.sessionCounts.ended, deleted: cleanup.sessionCounts.deleted }),
+    );
+    countsBy(
+      'sessionary_pruned_rows_total',
+      "Expired counter rows this instance's prune jobs deleted, by table (every instance prunes: the rows are split between them)",
+      'table',
+      () => ({ ...loginThrottle.pruned, ...rateLimits.pruned }),
+    );
+    countsBy('sessionary_session_checks_total', 'Session checks by where they were answered (cache: no query)', 'source', () => {
+      const { checks } = sessions.cacheState();
+      return { cache: checks.cache, database: checks.database };
     });
-    new Counter({
-      name: 'sessionary_session_cleanup_incomplete_ticks_total',
-      help: 'Cleanup ticks this instance ran that stopped at their time budget (half the time to the next tick) or at shutdown with sessions left; rising tick after tick, the cleanup falls behind',
-      registers: [this.registry],
-      collect() {
-        this.reset();
-        this.inc(cleanup.ticks.incomplete);
-      },
-    });
-    new Counter({
-      name: 'sessionary_session_cleanup_sessions_total',
-      help: "Sessions this instance's cleanup ticks ended at their deadlines, and deleted past SESSION_RETENTION",
-      labelNames: ['outcome'] as const,
-      registers: [this.registry],
-      collect() {
-        this.reset();
-        this.inc({ outcome: 'ended' }, cleanup.sessionCounts.ended);
-        this.inc({ outcome: 'deleted' }, cleanup.sessionCounts.deleted);
-      },
-    });
-    new Counter({
-      name: 'sessionary_pruned_rows_total',
-      help: "Expired counter rows this instance's prune jobs deleted, by table (every instance prunes: the rows are split between them)",
-      labelNames: ['table'] as const,
-      registers: [this.registry],
-      collect() {
-        this.reset();
-        for (const [table, rows] of Object.entries({ ...loginThrottle.pruned, ...rateLimits.pruned })) this.inc({ table }, rows);
-      },
-    });
-    new Counter({
-      name: 'sessionary_session_checks_total',
-      help: 'Session checks by where they were answered (cache: no query)',
-      labelNames: ['source'] as const,
-      registers: [this.registry],
-      collect() {
-        const { checks } = sessions.cacheState();
-        this.reset();
-        this.inc({ source: 'cache' }, checks.cache);
-        this.inc({ source: 'database' }, checks.database);
-      },
-    });
-    new Counter({
-      name: 'sessionary_refresh_failures_total',
-      help: 'Refused refreshes by reason (malformed and unknown: no known session, so only in REQUESTS_REFUSED summaries)',
-      labelNames: ['reason'] as const,
-      registers: [this.registry],
-      collect() {
-        const counts = sessions.refreshFailureCounts();
-        this.reset();
-        for (const reason of REFRESH_FAILURE_REASONS) this.inc({ reason }, counts[reason]);
-      },
-    });
-    new Counter({
-      name: 'sessionary_requests_refused_total',
-      help: 'Refusals that name no account, by kind, as summed per client IP into REQUESTS_REFUSED audit events',
-      labelNames: ['kind'] as const,
-      registers: [this.registry],
-      collect() {
-        const counts = refusals.countedSinceStart();
-        this.reset();
-        for (const kind of REFUSAL_KINDS) this.inc({ kind }, counts[kind]);
-      },
-    });
+    countsBy(
+      'sessionary_refresh_failures_total',
+      'Refused refreshes by reason (malformed and unknown: no known session, so only in REQUESTS_REFUSED summaries)',
+      'reason',
+      () => sessions.refreshFailureCounts(),
+    );
+    countsBy(
+      'sessionary_requests_refused_total',
+      'Refusals that name no account, by kind, as summed per client IP into REQUESTS_REFUSED audit events',
+      'kind',
+      () => refusals.countedSinceStart(),
+    );
     new Counter({
       name: 'sessionary_audit_bounded_events_total',
       help: 'Events a caller can provoke at will (REFRESH_FAILED, ACCESS_DENIED): recorded, or left out because one was recorded for the same key within the window',

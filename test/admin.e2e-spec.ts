@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
 import { Client } from 'pg';
-import { runCli, runCliWith } from './helpers/cli';
+import { runCli, runCliProcess, runCliProcessWith } from './helpers/cli';
 import { auditRows, sessionRow } from './helpers/db';
 import { bearer, login, registerAndLogin, registerUser, sleep, TestUser, Tokens, uniqueName } from './helpers/factories';
 import { monthStart, pastEvents, silentUser } from './helpers/audit-months';
@@ -19,7 +19,8 @@ describe('admin (e2e)', () => {
   before(async () => {
     t = await createTestApp();
     admin = await registerAndLogin(t.http);
-    const promoted = await cli('promote-admin', admin.user.email);
+    // As its own process once (the others run inside this one: test/helpers/cli.ts).
+    const promoted = await runCliProcess(await databaseForThisFile(), 'promote-admin', admin.user.email);
     assert.equal(promoted.code, 0, promoted.stderr);
   });
   after(async () => {
@@ -79,7 +80,7 @@ describe('admin (e2e)', () => {
     const unknown = await cli('promote-admin', 'nobody@nowhere.test');
     assert.equal(unknown.code, 1);
     assert.match(unknown.stderr, /No user/);
-    const usage = await cli('make-god', 'x@y.z');
+    const usage = await runCliProcess(await databaseForThisFile(), 'make-god', 'x@y.z');
     assert.equal(usage.code, 2);
     assert.match(usage.stderr, /Usage/);
   });
@@ -176,7 +177,7 @@ describe('the CLI and the scheduled jobs (e2e)', () => {
       // a checkpoint waits for older transactions to end, this lock's among them.)
       await locker.query('BEGIN');
       await locker.query('SELECT 1 FROM users WHERE id = $1 FOR UPDATE', [user.id]);
-      const command = runCliWith(
+      const command = runCliProcessWith(
         {
           SESSION_CLEANUP_CRON: '* * * * * *',
           AUDIT_RETENTION_DAYS: String(Math.floor((Date.now() - partitionOf(old).to.getTime()) / 86_400_000)),

@@ -20,7 +20,7 @@ import type { AppConfig } from '../src/config/config';
 import { AuditService } from '../src/audit/audit.service';
 import { lockHeads } from '../src/audit/lock-heads';
 import { bearer, login, registerUser, TestUser } from './helpers/factories';
-import { runCli } from './helpers/cli';
+import { CliResult, runCli, runCliProcess } from './helpers/cli';
 import { createTestApp, freshDatabase, TestApp } from './helpers/test-app';
 import { dataSourceOptions, MIGRATIONS } from '../src/database/data-source.options';
 import { AuditCheckpointHeads1766300000000 } from '../src/database/migrations/1766300000000-AuditCheckpointHeads';
@@ -103,12 +103,18 @@ function appendKindOf(statement: string): string {
 }
 
 /** The API and the CLI both find the log broken at `firstBrokenId` for `reason`. */
-async function assertBroken(f: Fixture, firstBrokenId: string | null, reason: RegExp, cliArgs: string[] = []): Promise<void> {
+async function assertBroken(
+  f: Fixture,
+  firstBrokenId: string | null,
+  reason: RegExp,
+  cliArgs: string[] = [],
+  cli: (url: string, ...args: string[]) => Promise<CliResult> = runCli,
+): Promise<void> {
   const body = await apiVerify(f);
   assert.equal(body.ok, false, JSON.stringify(body));
   assert.equal(body.firstBrokenId, firstBrokenId, JSON.stringify(body));
   assert.match(body.reason ?? '', reason);
-  const run = await runCli(f.url, 'audit-verify', ...cliArgs);
+  const run = await cli(f.url, 'audit-verify', ...cliArgs);
   assert.equal(run.code, 1, run.stdout + run.stderr);
   assert.match(run.stdout, /^Audit log: BROKEN$/m);
   if (firstBrokenId) assert.match(run.stdout, new RegExp(`first broken event: ${firstBrokenId}`));
@@ -180,7 +186,7 @@ describe('audit hash chain (e2e)', () => {
 
     const body = await apiVerify(f);
     assert.deepEqual(body, { ok: true, checked: rows.length, firstBrokenId: null, reason: null });
-    const run = await runCli(f.url, 'audit-verify');
+    const run = await runCliProcess(f.url, 'audit-verify');
     assert.equal(run.code, 0, run.stdout + run.stderr);
     assert.match(run.stdout, /^Audit log: INTACT$/m);
     assert.match(run.stdout, new RegExp(`events checked: +${rows.length}`));
@@ -249,7 +255,7 @@ describe('audit hash chain (e2e)', () => {
     const f = await open();
     const target = f.chain[3].id;
     await tamper(f.t.db, `UPDATE audit_events SET ip_address = '198.51.100.66' WHERE id = $1`, [target]);
-    await assertBroken(f, target, /does not match its hash: it was altered/);
+    await assertBroken(f, target, /does not match its hash: it was altered/, [], runCliProcess); // exit code 1 from the process itself
   });
 
   it('detects a changed timestamp, even by one microsecond', async () => {

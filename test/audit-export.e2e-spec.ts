@@ -13,7 +13,7 @@ import { AuditService } from '../src/audit/audit.service';
 import { AuditShipTask } from '../src/audit/audit-ship.task';
 import { SchedulerRegistry } from '@nestjs/schedule';
 import { bearer, login, registerUser, sleep, TestUser, Tokens } from './helpers/factories';
-import { runCli } from './helpers/cli';
+import { runCli, runCliProcess } from './helpers/cli';
 import { createTestApp, databaseForThisFile, TestApp } from './helpers/test-app';
 import { tamper } from './helpers/db';
 import { interceptQueryRunners, recordQueryRunners, textOf } from './helpers/query-runners';
@@ -347,7 +347,7 @@ describe('audit export (e2e)', () => {
   it('round trip: an exported file verifies offline, with every link checked; a filtered one authenticates the lines after gaps alone', async () => {
     const whole = parse((await exportHttp()).text);
     const file = writeTemp('whole.ndjson', ndjson([...whole.lines, whole.seal as unknown as Record<string, unknown>]));
-    const run = await cli('audit-verify', '--file', file);
+    const run = await runCliProcess(await databaseForThisFile(), 'audit-verify', '--file', file); // offline, as its own process
     assert.equal(run.code, 0, run.stdout + run.stderr);
     assert.match(run.stdout, /^Audit export: INTACT$/m);
     assert.match(run.stdout, new RegExp(`events: +${whole.lines.length}$`, 'm'));
@@ -485,7 +485,19 @@ describe('audit export (e2e)', () => {
 
     const from = await instantAt('true', [], 0.5);
     const query = `?userId=${user.id}&type=LOGIN&from=${from}&to=2100-01-01`;
-    const stdout = await cli('audit-export', '--user-id', user.id, '--type', 'LOGIN', '--from', from, '--to', '2100-01-01');
+    // As its own process: every line through the pipe before it exits.
+    const stdout = await runCliProcess(
+      await databaseForThisFile(),
+      'audit-export',
+      '--user-id',
+      user.id,
+      '--type',
+      'LOGIN',
+      '--from',
+      from,
+      '--to',
+      '2100-01-01',
+    );
     assert.equal(stdout.code, 0, stdout.stderr);
     assert.ok(parse(stdout.stdout).lines.length > 0);
     assert.equal(stdout.stdout, (await exportHttp(query)).text);

@@ -5,6 +5,7 @@ import { Client } from 'pg';
 import { SessionsService } from '../src/sessions/sessions.service';
 import { auditRows, sessionRow } from './helpers/db';
 import { bearer, login, registerAndLogin, registerUser, sleep, Tokens } from './helpers/factories';
+import { metric } from './helpers/service-process';
 import { SqlCounter } from './helpers/sql-counter';
 import { createTestApp, TestApp } from './helpers/test-app';
 
@@ -67,6 +68,11 @@ describe('session cache kept exact by LISTEN/NOTIFY (e2e, two instances on one d
     });
     assert.equal(whoamiStatements, 0);
     assert.equal(checks(a).cache - fromCache, 100);
+    // /metrics shows the same counts (read from the service when scraped).
+    const { cache, database } = checks(a);
+    const scraped = (await a.http.get('/metrics')).text;
+    assert.equal(metric(scraped, 'sessionary_session_checks_total{source="cache"}'), cache);
+    assert.equal(metric(scraped, 'sessionary_session_checks_total{source="database"}'), database);
     const meStatements = await sqlCounter.during(async () => {
       for (let i = 0; i < 50; i++) assert.equal((await a.http.get('/api/v1/users/me').set('Authorization', bearer(tokens))).status, 200);
     });
@@ -215,6 +221,9 @@ describe('SESSION_CACHE_MAX=0: every check reads the database (e2e)', () => {
     const before = checks(t);
     for (let i = 0; i < 5; i++) assert.equal((await whoami(t, tokens)).status, 200);
     assert.deepEqual(checks(t), { cache: before.cache, database: before.database + 5 });
+    const scraped = (await t.http.get('/metrics')).text;
+    assert.equal(metric(scraped, 'sessionary_session_checks_total{source="cache"}'), 0);
+    assert.equal(metric(scraped, 'sessionary_session_checks_total{source="database"}'), before.database + 5);
     assert.equal(t.app.get(SessionsService).cacheState().listening, false);
     assert.equal((await t.http.post('/api/v1/auth/logout').set('Authorization', bearer(tokens))).status, 204);
     assert.equal((await whoami(t, tokens)).status, 401);

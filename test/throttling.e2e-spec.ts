@@ -1,8 +1,10 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
+import type { LoggerService } from '@nestjs/common';
 import { auditRows } from './helpers/db';
 import { newUserInput, registerUser, sleep, uniqueName } from './helpers/factories';
-import { createTestApp, TestApp } from './helpers/test-app';
+import { metric } from './helpers/service-process';
+import { createTestApp, freshDatabase, TestApp } from './helpers/test-app';
 
 const WRONG = 'certainly-not-the-password';
 
@@ -256,5 +258,67 @@ describe('registration limit per client IP (e2e)', () => {
     } finally {
       await off.close();
     }
+  });
+});
+
+describe('registration limit for all clients together (e2e, REGISTER_MAX_TOTAL)', () => {
+  // Two instances on a database of their own: the total is one row of rate_limits there.
+  let a: TestApp;
+  let b: TestApp;
+  // The limit's own warnings (two apps in one process bring others, e.g. TypeORM's about the data source's name).
+  const warnings: string[] = [];
+  const logger: LoggerService = {
+    log() {},
+    error() {},
+    warn: (message: unknown, context?: unknown) => void (context === 'RegistrationLimitService' && warnings.push(String(message))),
+  };
+  before(async () => {
+    const env = { DATABASE_URL: await freshDatabase(), REGISTER_MAX_PER_IP: '2', REGISTER_MAX_TOTAL: '3', REGISTER_WINDOW: '4', TRUST_PROXY: 'true' };
+    a = await createTestApp(env, { logger });
+    b = await createTestApp(env, { logger });
+  });
+  after(async () => {
+    await a.close();
+    await b.close();
+  });
+
+  const registerFrom = (app: TestApp, ip: string, body: object) => app.http.post('/api/v1/auth/register').set('X-Forwarded-For', ip).send(body);
+  const refusedOn = async (app: TestApp) => {
+    const text = (await app.http.get('/metrics')).text;
+    return {
+      address: metric(text, 'sessionary_registrations_refused_total{limit="address"}'),
+      total: metric(text, 'sessionary_registrations_refused_total{limit="total"}'),
+    };
+  };
+
+  it('refuses everyone 429 once all addresses together reach it, on every instance, creates nothing, warns once; a client refused by its own limit does not spend it', async () => {
+    assert.equal((await registerFrom(a, '198.51.100.80', newUserInput())).status, 201);
+    assert.equal((await registerFrom(b, '198.51.100.80', newUserInput())).status, 201);
+    // Refused by the per-IP limit (2): not counted in the total, which stays at 2 of 3.
+    const own = await registerFrom(a, '198.51.100.80', newUserInput());
+    assert.equal(own.status, 429);
+    assert.equal(own.body.message, 'Too many registrations from this address; try again later');
+    assert.equal((await registerFrom(b, '198.51.100.81', newUserInput())).status, 201);
+    assert.deepEqual(warnings, []);
+
+    const refused = newUserInput();
+    const res = await registerFrom(a, '198.51.100.82', refused);
+    assert.equal(res.status, 429, res.text);
+    assert.deepEqual(res.body, { statusCode: 429, error: 'Too Many Requests', message: 'Too many registrations right now; try again later' });
+    const retryAfter = Number(res.headers['retry-after']);
+    assert.ok(retryAfter >= 1 && retryAfter <= 4, `Retry-After ${res.headers['retry-after']}`);
+    assert.equal((await registerFrom(b, '2001:db8:80::1', newUserInput())).status, 429, 'the other instance refuses everyone too');
+    const [{ n }] = await a.db.query(`SELECT count(*)::int AS n FROM users WHERE email = $1`, [refused.email]);
+    assert.equal(n, 0);
+    assert.equal((await a.db.query(`SELECT count(*)::int AS n FROM audit_events WHERE type = 'REGISTER'`))[0].n, 3);
+    assert.equal(warnings.length, 1, warnings.join('\n'));
+    assert.match(warnings[0], /^REGISTER_MAX_TOTAL \(3\) reached: registrations are refused for everyone for \d+ s/);
+
+    const [onA, onB] = [await refusedOn(a), await refusedOn(b)];
+    assert.deepEqual({ address: onA.address + onB.address, total: onA.total + onB.total }, { address: 1, total: 2 });
+
+    // Once the window is over, registrations go through again.
+    await sleep(retryAfter * 1000 + 100);
+    assert.equal((await registerFrom(b, '198.51.100.82', refused)).status, 201);
   });
 });

@@ -38,7 +38,8 @@ export class AuthController {
   @ApiConflictResponse({ type: ErrorResponseDto, description: 'Username or email is already taken (one message for both)' })
   @ApiTooManyRequestsResponse({
     type: ErrorResponseDto,
-    description: 'Too many registrations from this IP (REGISTER_MAX_PER_IP within REGISTER_WINDOW), or requests; see Retry-After',
+    description:
+      'Too many registrations from this IP (REGISTER_MAX_PER_IP within REGISTER_WINDOW) or, when REGISTER_MAX_TOTAL is set, from everyone together; or too many requests; see Retry-After',
   })
   async register(@Body() dto: RegisterDto, @Client() client: ClientContext): Promise<RegisteredUserResponseDto> {
     return RegisteredUserResponseDto.fromUser(await this.auth.register(dto, client));

@@ -42,6 +42,7 @@ describe('parseEnv', () => {
     assert.equal(env.PASSWORD_PEPPER, undefined);
     assert.equal(env.RATE_LIMIT_PER_MINUTE, 600);
     assert.equal(env.RATE_LIMIT_SYNC_INTERVAL, 1000);
+    assert.equal(env.REGISTER_MAX_TOTAL, 0, 'no limit on all registrations together unless set');
   });
 
   it('parses RATE_LIMIT_SYNC_INTERVAL within 100..60000 ms', () => {
@@ -143,6 +144,8 @@ describe('parseEnv', () => {
     ['ACCESS_TOKEN_TTL', '2147483648'],
     ['RATE_LIMIT_PER_MINUTE', '2147483648'],
     ['LOGIN_FAILURE_WINDOW', '2147483648'],
+    ['REGISTER_MAX_TOTAL', '-1'],
+    ['REGISTER_MAX_TOTAL', '2147483648'],
   ] as const) {
     it(`refuses ${name}=${JSON.stringify(value)}, naming the variable and not the value`, () => {
       assertRefusedNaming({ [name]: value }, name, value);

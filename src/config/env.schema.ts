@@ -359,6 +359,17 @@ export class Env {
   @Max(INT32_MAX)
   REGISTER_MAX_PER_IP = 30;
 
+  /**
+   * Registrations from all clients together within REGISTER_WINDOW; beyond it, 429 for everyone
+   * until the window ends, and a warning in the log (the operator's alarm). Counts only what the
+   * per-IP limit let through, so one client cannot spend it. 0 (the default) turns it off.
+   */
+  @Transform(toNumber)
+  @IsInt()
+  @Min(0)
+  @Max(INT32_MAX)
+  REGISTER_MAX_TOTAL = 0;
+
   /** Seconds of the registration limit's window, from an IP's first registration in it. */
   @Transform(toNumber)
   @IsInt()

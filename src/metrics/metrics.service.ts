@@ -13,6 +13,7 @@ import { RefusedRequestsTally } from '../audit/refused-requests-tally';
 import { KeyRing } from '../keys/key-ring.service';
 import { LoginThrottleService } from '../login-throttle/login-throttle.service';
 import { PgThrottlerStorage } from '../rate-limit/pg-throttler.storage';
+import { RegistrationLimitService } from '../rate-limit/registration-limit.service';
 import { SessionsCleanupTask } from '../sessions/sessions-cleanup.task';
 import { SessionsService } from '../sessions/sessions.service';
 import { RequestDurationHistogram } from './request-duration-histogram';
@@ -42,6 +43,7 @@ export class MetricsService implements OnModuleInit {
     keyRing: KeyRing,
     loginThrottle: LoginThrottleService,
     rateLimits: PgThrottlerStorage,
+    registrations: RegistrationLimitService,
     refusals: RefusedRequestsTally,
     config: ConfigService<AppConfig, true>,
   ) {
@@ -202,6 +204,12 @@ export class MetricsService implements OnModuleInit {
       'Refused refreshes by reason (malformed and unknown: no known session, so only in REQUESTS_REFUSED summaries)',
       'reason',
       () => sessions.refreshFailureCounts(),
+    );
+    countsBy(
+      'sessionary_registrations_refused_total',
+      'Registrations this instance refused, by the limit: address (REGISTER_MAX_PER_IP) or total (REGISTER_MAX_TOTAL, everyone refused until its window ends)',
+      'limit',
+      () => registrations.refused(),
     );
     countsBy(
       'sessionary_requests_refused_total',

@@ -1,4 +1,4 @@
-import { Injectable } from '@nestjs/common';
+import { Injectable, Logger } from '@nestjs/common';
 import { ConfigService } from '@nestjs/config';
 import { InjectDataSource } from '@nestjs/typeorm';
 import { normalizeIp } from '@nestjs/throttler';
@@ -23,42 +23,77 @@ const COUNT_REGISTRATION = `
     window_ends_at = CASE WHEN r.window_ends_at <= now() THEN excluded.window_ends_at ELSE r.window_ends_at END
   RETURNING hits, greatest(ceil(extract(epoch FROM window_ends_at - now())), 1)::int AS retry_after`;
 
+/** The row of `rate_limits` that counts every client's registrations (REGISTER_MAX_TOTAL): no IP key looks like it. */
+const TOTAL_KEY = 'register-total';
+
 /**
- * The limit on registrations per client IP (REGISTER_MAX_PER_IP within REGISTER_WINDOW): each
- * costs a bcrypt hash at BCRYPT_COST (about a quarter of a second of a core at 12), and the
- * general per-IP limit (600 requests a minute) would let one client keep a few cores busy, or
- * create accounts by the thousand (OWASP API4 and API6). Counted in PostgreSQL, exactly, as the
- * login throttle's counts are: a registration is rare and already writes, so the one statement
- * costs nothing the hash does not dwarf. Behind a proxy the client IP is the forwarded one only
- * when TRUST_PROXY says so; IPv6 clients count per /64, as in the general limit.
+ * The limits on registrations (within REGISTER_WINDOW): per client IP (REGISTER_MAX_PER_IP),
+ * and, when REGISTER_MAX_TOTAL is set, from all clients together. Each registration costs a
+ * bcrypt hash at BCRYPT_COST (about a quarter of a second of a core at 12), and the general
+ * per-IP limit (600 requests a minute) would let one client keep a few cores busy, or create
+ * accounts by the thousand (OWASP API4 and API6); the total caps what many addresses together
+ * can do, at the price of refusing everyone's sign-up until the window ends, which is why it
+ * is off by default and logs a warning when it trips. Counted in PostgreSQL, exactly, as the
+ * login throttle's counts are: a registration is rare and already writes, so a statement or
+ * two cost nothing the hash does not dwarf. Behind a proxy the client IP is the forwarded one
+ * only when TRUST_PROXY says so; IPv6 clients count per /64, as in the general limit.
  */
 @Injectable()
 export class RegistrationLimitService {
-  private readonly max: number;
+  private readonly logger = new Logger(RegistrationLimitService.name);
+  private readonly maxPerIp: number;
+  private readonly maxTotal: number;
   private readonly windowSeconds: number;
+  private readonly refusedCounts = { address: 0, total: 0 };
 
   constructor(
     @InjectDataSource(SESSIONARY_DATA_SOURCE) private readonly dataSource: DataSource,
     config: ConfigService<AppConfig, true>,
   ) {
-    this.max = config.get('REGISTER_MAX_PER_IP', { infer: true });
+    this.maxPerIp = config.get('REGISTER_MAX_PER_IP', { infer: true });
+    this.maxTotal = config.get('REGISTER_MAX_TOTAL', { infer: true });
     this.windowSeconds = config.get('REGISTER_WINDOW', { infer: true });
   }
 
-  /** Counts a registration of `ipAddress`; a 429 with Retry-After (the window's end) once it is one too many. */
+  /**
+   * Counts a registration of `ipAddress`; a 429 with Retry-After (the window's end) once it is
+   * one too many for the address, or, counted only when the address may go on, for everyone.
+   */
   async count(ipAddress: string | null): Promise<void> {
     // No address (not over a socket: never on the HTTP path) is not a client to count.
-    if (this.max === 0 || ipAddress === null) return;
+    if (ipAddress === null) return;
+    if (this.maxPerIp > 0) {
+      const { hits, retryAfter } = await this.countOne(`register:${normalizeIp(ipAddress)}`);
+      if (hits > this.maxPerIp) {
+        this.refusedCounts.address++;
+        throw new RetryAfterException(retryAfter, 'Too many registrations from this address; try again later');
+      }
+    }
+    if (this.maxTotal > 0) {
+      const { hits, retryAfter } = await this.countOne(TOTAL_KEY);
+      if (hits > this.maxTotal) {
+        this.refusedCounts.total++;
+        // The first refused one of a window, on whichever instance counted it (the count is one row).
+        if (hits === this.maxTotal + 1)
+          this.logger.warn(
+            `REGISTER_MAX_TOTAL (${this.maxTotal}) reached: registrations are refused for everyone for ${retryAfter} s (a wave of sign-ups from many addresses, or a limit set too low)`,
+          );
+        throw new RetryAfterException(retryAfter, 'Too many registrations right now; try again later');
+      }
+    }
+  }
+
+  /** Registrations this instance refused, by the limit that refused them (for /metrics). */
+  refused(): Readonly<{ address: number; total: number }> {
+    return { ...this.refusedCounts };
+  }
+
+  private async countOne(key: string): Promise<{ hits: number; retryAfter: number }> {
     const {
       rows: [{ hits, retry_after }],
-    } = await sql<{ hits: number; retry_after: number }>(
-      this.dataSource.manager,
-      COUNT_REGISTRATION,
-      [`register:${normalizeIp(ipAddress)}`, this.windowSeconds],
-      {
-        prepareAs: 'sessionary_count_registration',
-      },
-    );
-    if (hits > this.max) throw new RetryAfterException(retry_after, 'Too many registrations from this address; try again later');
+    } = await sql<{ hits: number; retry_after: number }>(this.dataSource.manager, COUNT_REGISTRATION, [key, this.windowSeconds], {
+      prepareAs: 'sessionary_count_registration',
+    });
+    return { hits, retryAfter: retry_after };
   }
 }

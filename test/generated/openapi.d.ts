@@ -1654,7 +1654,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorResponseDto"];
                 };
             };
-            /** @description Too many registrations from this IP (REGISTER_MAX_PER_IP within REGISTER_WINDOW), or requests; see Retry-After */
+            /** @description Too many registrations from this IP (REGISTER_MAX_PER_IP within REGISTER_WINDOW) or, when REGISTER_MAX_TOTAL is set, from everyone together; or too many requests; see Retry-After */
             429: {
                 headers: {
                     "X-RateLimit-Limit": components["headers"]["X-RateLimit-Limit"];
@@ -1669,7 +1669,7 @@ export interface operations {
                      * @example {
                      *       "statusCode": 429,
                      *       "error": "Too Many Requests",
-                     *       "message": "Too many registrations from this IP (REGISTER_MAX_PER_IP within REGISTER_WINDOW), or requests; see Retry-After"
+                     *       "message": "Too many registrations from this IP (REGISTER_MAX_PER_IP within REGISTER_WINDOW) or, when REGISTER_MAX_TOTAL is set, from everyone together; or too many requests; see Retry-After"
                      *     }
                      */
                     "application/json": components["schemas"]["ErrorResponseDto"];

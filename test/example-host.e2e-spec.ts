@@ -1,8 +1,7 @@
 import assert from 'node:assert/strict';
 import { ChildProcess, execFile, spawn } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
-import { cpSync, mkdirSync, mkdtempSync, readdirSync, renameSync, rmSync, symlinkSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { createHash, randomBytes } from 'node:crypto';
+import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
@@ -13,6 +12,10 @@ const run = promisify(execFile);
 const REPO = join(__dirname, '..', '..');
 const EXAMPLE = join(REPO, 'examples', 'host-app');
 const TSC = join(REPO, 'node_modules', 'typescript', 'bin', 'tsc');
+/** Hosts built by earlier runs of this file on the same dist/ (`npm test` empties it), by the digest of their inputs. */
+const BUILT_HOSTS = join(__dirname, '..', 'example-hosts');
+/** What the package and the host are built from (the package's `files` and the build's settings, the host's sources). */
+const BUILD_INPUTS = ['src', 'data', 'package.json', 'README.md', 'SECURITY.md', 'tsconfig.json', 'tsconfig.build.json', 'examples/host-app'];
 
 /**
  * The package as `npm pack` makes it: built with declarations (tsconfig.build.json) into a
@@ -43,6 +46,41 @@ async function buildHost(work: string, tarball: string): Promise<string> {
   return host;
 }
 
+/** A digest of every file the build reads (host outputs left out), of the TypeScript that compiles them, and of where the repository is. */
+function digestOfInputs(): string {
+  const hash = createHash('sha256')
+    .update(REPO)
+    .update(readFileSync(join(REPO, 'node_modules', 'typescript', 'package.json')));
+  const add = (relative: string): void => {
+    const path = join(REPO, relative);
+    if (statSync(path).isDirectory()) {
+      for (const name of readdirSync(path).sort()) if (name !== 'dist' && name !== 'node_modules') add(join(relative, name));
+    } else hash.update(`${relative}\0`).update(readFileSync(path)).update('\0');
+  };
+  for (const input of BUILD_INPUTS) add(input);
+  return hash.digest('hex').slice(0, 16);
+}
+
+/**
+ * The host, built against the packed package once for these sources: the suite's runs on Node
+ * 22 and 24 (scripts/test-other-nodes.sh, on the same dist/) start the host the run on Node 20
+ * built, under their own Node, instead of compiling the package and the host again (about 20 s
+ * of a core each); the compiled files do not depend on the Node that runs them.
+ */
+async function builtHost(): Promise<string> {
+  const dir = join(BUILT_HOSTS, digestOfInputs());
+  const done = join(dir, '.built');
+  if (existsSync(done)) return join(dir, 'host');
+  rmSync(BUILT_HOSTS, { recursive: true, force: true }); // hosts of other sources, or a build cut short
+  mkdirSync(dir, { recursive: true });
+  const tarball = await packSessionary(dir);
+  await buildHost(dir, tarball);
+  rmSync(join(dir, 'stage'), { recursive: true, force: true });
+  rmSync(tarball);
+  writeFileSync(done, '');
+  return join(dir, 'host');
+}
+
 function startHost(host: string, env: NodeJS.ProcessEnv): Promise<{ child: ChildProcess; url: string; output: () => string }> {
   const child = spawn(process.execPath, [join(host, 'dist', 'main.js')], { cwd: host, env, stdio: ['ignore', 'pipe', 'pipe'] });
   let output = '';
@@ -66,13 +104,10 @@ function startHost(host: string, env: NodeJS.ProcessEnv): Promise<{ child: Child
 }
 
 describe('the example host app, built against the packed package (e2e)', () => {
-  let work: string;
   let host: { child: ChildProcess; url: string; output: () => string };
 
   before(async () => {
-    work = mkdtempSync(join(tmpdir(), 'sessionary-host-'));
-    const tarball = await packSessionary(work);
-    const dir = await buildHost(work, tarball);
+    const dir = await builtHost();
     const secret = () => randomBytes(48).toString('base64');
     host = await startHost(dir, {
       PATH: process.env.PATH,
@@ -87,7 +122,6 @@ describe('the example host app, built against the packed package (e2e)', () => {
   });
   after(() => {
     host?.child.kill('SIGTERM');
-    if (work) rmSync(work, { recursive: true, force: true });
   });
 
   const call = (path: string, init: RequestInit = {}) => fetch(`${host.url}${path}`, init);

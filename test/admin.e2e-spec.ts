@@ -76,13 +76,18 @@ describe('admin (e2e)', () => {
     admin.tokens = await login(t.http, admin.user);
   });
 
-  it('the CLI refuses an unknown email and bad usage with a non-zero exit', async () => {
+  it('the CLI refuses an unknown email, bad usage and a bad configuration with a non-zero exit', async () => {
     const unknown = await cli('promote-admin', 'nobody@nowhere.test');
     assert.equal(unknown.code, 1);
     assert.match(unknown.stderr, /No user/);
     const usage = await runCliProcess(await databaseForThisFile(), 'make-god', 'x@y.z');
     assert.equal(usage.code, 2);
     assert.match(usage.stderr, /Usage/);
+    // A configuration the service would refuse: exit code 1, the variable named, nothing done.
+    const misconfigured = await runCliProcessWith({ BCRYPT_COST: 'lots' }, await databaseForThisFile(), 'end-all-sessions');
+    assert.equal(misconfigured.code, 1, misconfigured.stderr);
+    assert.match(misconfigured.stderr, /BCRYPT_COST/);
+    assert.doesNotMatch(misconfigured.stdout, /Ended/);
   });
 
   it('admin routes answer 403 to users and 401 without a session', async () => {

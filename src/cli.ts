@@ -25,7 +25,13 @@ async function stderrLogger(): Promise<LoggerService> {
 }
 
 async function main(): Promise<number> {
-  return runCommand(process.argv.slice(2), { stdout: process.stdout, stderr: process.stderr, logger: await stderrLogger(), env: process.env });
+  let logger: Promise<LoggerService> | undefined;
+  return runCommand(process.argv.slice(2), {
+    stdout: process.stdout,
+    stderr: process.stderr,
+    logger: () => (logger ??= stderrLogger()),
+    env: process.env,
+  });
 }
 
 void main().then((code) => process.exit(code));

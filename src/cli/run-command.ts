@@ -67,8 +67,12 @@ export interface CommandIo {
   stdout: Writable;
   /** Usage errors, refusals and other messages for the person at the terminal. */
   stderr: Writable;
-  /** The application's warnings and errors (fatal ones too): to stderr, so stdout stays the result. */
-  logger: LoggerService;
+  /**
+   * The logger for the application's warnings and errors (fatal ones too), to stderr so that
+   * stdout stays the result; asked for only by a command that needs it (Nest's console logger
+   * loads Nest, which a usage error or an offline verification has no use for).
+   */
+  logger: () => Promise<LoggerService>;
   /** The configuration's variables (loadConfig reads .env too when this is process.env). */
   env: Record<string, string | undefined>;
 }
@@ -82,7 +86,7 @@ export async function runCommand(argv: string[], io: CommandIo): Promise<number>
   try {
     return await runParsed(argv, io);
   } catch (error) {
-    io.logger.fatal?.(error instanceof Error ? (error.stack ?? error.message) : String(error), 'cli');
+    (await io.logger()).fatal?.(error instanceof Error ? (error.stack ?? error.message) : String(error), 'cli');
     return 1;
   }
 }
@@ -200,7 +204,7 @@ async function exportRequest(raw: Record<string, string | undefined>): Promise<E
 }
 
 async function withApp(io: CommandIo, run: (app: INestApplicationContext) => Promise<number>): Promise<number> {
-  const { logger } = io;
+  const logger = await io.logger();
   const { loadConfig } = await import('../config/config.js');
   const { startEmbeddedPostgres } = await import('../database/embedded-postgres.js');
   let config = loadConfig(io.env);

@@ -41,11 +41,12 @@ function cliEnvironment(databaseUrl: string, settings: Record<string, string>): 
 export async function runCli(databaseUrl: string, ...args: string[]): Promise<CliResult> {
   const stdout = new Capture();
   const stderr = new Capture();
+  const lines = new LinesLogger(stderr);
   // Nest makes a new application's logger the process's (Logger.overrideLogger): the test's
   // own apps get theirs back when the command is done.
   const previous = (Logger as unknown as { staticInstanceRef?: LoggerService }).staticInstanceRef;
   try {
-    const code = await runCommand(args, { stdout, stderr, logger: new LinesLogger(stderr), env: cliEnvironment(databaseUrl, {}) });
+    const code = await runCommand(args, { stdout, stderr, logger: async () => lines, env: cliEnvironment(databaseUrl, {}) });
     return { code, stdout: stdout.text(), stderr: stderr.text() };
   } finally {
     Logger.overrideLogger(previous ?? false);

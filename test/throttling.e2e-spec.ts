@@ -291,7 +291,7 @@ describe('registration limit for all clients together (e2e, REGISTER_MAX_TOTAL)'
     };
   };
 
-  it('refuses everyone 429 once all addresses together reach it, on every instance, creates nothing, warns once; a client refused by its own limit does not spend it', async () => {
+  it('refuses everyone 429 once all addresses together reach it, on every instance, creates nothing, warns once; a client refused by its own limit does not spend it, nor is its own allowance spent when the total refuses it', async () => {
     assert.equal((await registerFrom(a, '198.51.100.80', newUserInput())).status, 201);
     assert.equal((await registerFrom(b, '198.51.100.80', newUserInput())).status, 201);
     // Refused by the per-IP limit (2): not counted in the total, which stays at 2 of 3.
@@ -308,6 +308,16 @@ describe('registration limit for all clients together (e2e, REGISTER_MAX_TOTAL)'
     const retryAfter = Number(res.headers['retry-after']);
     assert.ok(retryAfter >= 1 && retryAfter <= 4, `Retry-After ${res.headers['retry-after']}`);
     assert.equal((await registerFrom(b, '2001:db8:80::1', newUserInput())).status, 429, 'the other instance refuses everyone too');
+    // Refused by the total twice more: the address's own allowance (2) is not spent by refusals.
+    assert.equal((await registerFrom(b, '198.51.100.82', newUserInput())).status, 429);
+    assert.equal((await registerFrom(a, '198.51.100.82', newUserInput())).status, 429);
+    const ownCounts = await a.db.query(
+      `SELECT key, hits FROM rate_limits WHERE key IN ('register:198.51.100.82', 'register:198.51.100.80') ORDER BY key`,
+    );
+    assert.deepEqual(ownCounts, [
+      { key: 'register:198.51.100.80', hits: 3 },
+      { key: 'register:198.51.100.82', hits: 0 },
+    ]);
     const [{ n }] = await a.db.query(`SELECT count(*)::int AS n FROM users WHERE email = $1`, [refused.email]);
     assert.equal(n, 0);
     assert.equal((await a.db.query(`SELECT count(*)::int AS n FROM audit_events WHERE type = 'REGISTER'`))[0].n, 3);
@@ -315,10 +325,11 @@ describe('registration limit for all clients together (e2e, REGISTER_MAX_TOTAL)'
     assert.match(warnings[0], /^REGISTER_MAX_TOTAL \(3\) reached: registrations are refused for everyone for \d+ s/);
 
     const [onA, onB] = [await refusedOn(a), await refusedOn(b)];
-    assert.deepEqual({ address: onA.address + onB.address, total: onA.total + onB.total }, { address: 1, total: 2 });
+    assert.deepEqual({ address: onA.address + onB.address, total: onA.total + onB.total }, { address: 1, total: 4 });
 
     // Once the window is over, registrations go through again.
     await sleep(retryAfter * 1000 + 100);
     assert.equal((await registerFrom(b, '198.51.100.82', refused)).status, 201);
+    assert.equal((await registerFrom(a, '198.51.100.82', newUserInput())).status, 201);
   });
 });

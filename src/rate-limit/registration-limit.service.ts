@@ -21,7 +21,15 @@ const COUNT_REGISTRATION = `
   ON CONFLICT (key) DO UPDATE SET
     hits = CASE WHEN r.window_ends_at <= now() THEN 1 ELSE least(r.hits + 1, 1000000000) END,
     window_ends_at = CASE WHEN r.window_ends_at <= now() THEN excluded.window_ends_at ELSE r.window_ends_at END
-  RETURNING hits, greatest(ceil(extract(epoch FROM window_ends_at - now())), 1)::int AS retry_after`;
+  RETURNING hits, greatest(ceil(extract(epoch FROM window_ends_at - now())), 1)::int AS retry_after,
+    window_ends_at::text AS window_ends_at`;
+
+/**
+ * Takes back a registration counted in the window that ends at $2 (the one it was counted in,
+ * as text to the microsecond: not a window started since), never below zero.
+ */
+const UNCOUNT_REGISTRATION = `
+  UPDATE rate_limits SET hits = hits - 1 WHERE key = $1 AND window_ends_at = $2::timestamptz AND hits > 0`;
 
 /** The row of `rate_limits` that counts every client's registrations (REGISTER_MAX_TOTAL): no IP key looks like it. */
 const TOTAL_KEY = 'register-total';
@@ -58,21 +66,28 @@ export class RegistrationLimitService {
   /**
    * Counts a registration of `ipAddress`; a 429 with Retry-After (the window's end) once it is
    * one too many for the address, or, counted only when the address may go on, for everyone.
+   * A registration refused by the total is taken back from its address's count: the client did
+   * nothing more than anyone else, and retrying once the total's window is over must not find
+   * its own allowance spent by refusals.
    */
   async count(ipAddress: string | null): Promise<void> {
     // No address (not over a socket: never on the HTTP path) is not a client to count.
     if (ipAddress === null) return;
+    let counted: { key: string; windowEndsAt: string } | undefined;
     if (this.maxPerIp > 0) {
-      const { hits, retryAfter } = await this.countOne(`register:${normalizeIp(ipAddress)}`);
+      const key = `register:${normalizeIp(ipAddress)}`;
+      const { hits, retryAfter, windowEndsAt } = await this.countOne(key);
       if (hits > this.maxPerIp) {
         this.refusedCounts.address++;
         throw new RetryAfterException(retryAfter, 'Too many registrations from this address; try again later');
       }
+      counted = { key, windowEndsAt };
     }
     if (this.maxTotal > 0) {
       const { hits, retryAfter } = await this.countOne(TOTAL_KEY);
       if (hits > this.maxTotal) {
         this.refusedCounts.total++;
+        if (counted) await sql(this.dataSource.manager, UNCOUNT_REGISTRATION, [counted.key, counted.windowEndsAt]);
         // The first refused one of a window, on whichever instance counted it (the count is one row).
         if (hits === this.maxTotal + 1)
           this.logger.warn(
@@ -88,12 +103,17 @@ export class RegistrationLimitService {
     return { ...this.refusedCounts };
   }
 
-  private async countOne(key: string): Promise<{ hits: number; retryAfter: number }> {
+  private async countOne(key: string): Promise<{ hits: number; retryAfter: number; windowEndsAt: string }> {
     const {
-      rows: [{ hits, retry_after }],
-    } = await sql<{ hits: number; retry_after: number }>(this.dataSource.manager, COUNT_REGISTRATION, [key, this.windowSeconds], {
-      prepareAs: 'sessionary_count_registration',
-    });
-    return { hits, retryAfter: retry_after };
+      rows: [{ hits, retry_after, window_ends_at }],
+    } = await sql<{ hits: number; retry_after: number; window_ends_at: string }>(
+      this.dataSource.manager,
+      COUNT_REGISTRATION,
+      [key, this.windowSeconds],
+      {
+        prepareAs: 'sessionary_count_registration',
+      },
+    );
+    return { hits, retryAfter: retry_after, windowEndsAt: window_ends_at };
   }
 }

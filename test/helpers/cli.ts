@@ -34,8 +34,9 @@ function cliEnvironment(databaseUrl: string, settings: Record<string, string>): 
  * Runs the command `npm run cli -- <args>` runs (src/cli/run-command.ts), inside this process:
  * its own application on `databaseUrl`, its stdout and stderr captured, its exit code
  * answered. What only the process adds (the exit itself, stdout drained into a pipe, Nest's
- * console format on stderr) is tested through runCliProcess; running the many other command
- * lines here spares each the second or two a new process spends loading the application.
+ * console format on stderr) is tested through runCliProcess, and that a usage error loads no
+ * package by test/cli-startup.spec.ts; running the many other command lines here spares each
+ * the second or two a new process spends loading the application.
  */
 export async function runCli(databaseUrl: string, ...args: string[]): Promise<CliResult> {
   const stdout = new Capture();

@@ -2,7 +2,9 @@ import assert from 'node:assert/strict';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import { once } from 'node:events';
 import { join } from 'node:path';
+import { Worker } from 'node:worker_threads';
 import { after, afterEach, before, describe, it } from 'node:test';
 import { LoggerService } from '@nestjs/common';
 import { SchedulerRegistry } from '@nestjs/schedule';
@@ -19,7 +21,7 @@ import { Client } from 'pg';
 import type { AppConfig } from '../src/config/config';
 import { AuditService } from '../src/audit/audit.service';
 import { lockHeads } from '../src/audit/lock-heads';
-import { bearer, login, registerUser, TestUser } from './helpers/factories';
+import { bearer, login, registerUser, sleep, TestUser } from './helpers/factories';
 import { CliResult, runCli, runCliProcess } from './helpers/cli';
 import { createTestApp, freshDatabase, TestApp } from './helpers/test-app';
 import { dataSourceOptions, MIGRATIONS } from '../src/database/data-source.options';
@@ -467,6 +469,15 @@ describe('audit hash chain (e2e)', () => {
     );
   });
 
+  it('detects a whole chain deleted and its head set back to the start, by the checkpoint that recorded it', async () => {
+    const f = await open();
+    assert.ok(await f.t.app.get(AuditChainService).checkpoint(true));
+    await tamper(f.t.db, `DELETE FROM audit_events WHERE chain_key = $1`, [f.other.id]);
+    // The head as a chain without events has it: consistent with the (now empty) chain.
+    await f.t.db.query(`UPDATE audit_chain_heads SET position = 0, hash = $2 WHERE chain_key = $1`, [f.other.id, GENESIS_HASH]);
+    await assertBroken(f, null, new RegExp(`Chain ${f.other.id} has no events, but a checkpoint recorded position \\d+: its events were deleted`));
+  });
+
   it("keeps a deleted user's events as they were: the log still verifies", async () => {
     const f = await open();
     const before = await f.t.db.query(`SELECT id, user_id, hash FROM audit_events WHERE chain_key = $1 ORDER BY chain_pos`, [f.other.id]);
@@ -582,6 +593,35 @@ describe('audit hash chain (e2e)', () => {
     await tamper(f.t.db, `UPDATE audit_checkpoints SET events = events - 1 WHERE id = 3`);
     await tamper(f.t.db, `DELETE FROM audit_checkpoints WHERE id = 2`);
     assert.match((await apiVerify(f)).reason ?? '', /Checkpoint 3 does not follow checkpoint 1/);
+    // The oldest ones deleted: what is left still links, but does not start at checkpoint 1.
+    await tamper(f.t.db, `DELETE FROM audit_checkpoints WHERE id <= 3`);
+    await assertBroken(f, null, /Checkpoint 4 is the first in the table, not checkpoint 1: checkpoints were deleted/);
+  });
+
+  it('stops the other verification workers once one fails, so that none scans on after the verification failed', async () => {
+    const f = await open();
+    const config = f.t.app.get(ConfigService);
+    let survivorExited: Promise<unknown> | undefined;
+    // The first worker fails at once; the second stands for one with a long scan ahead of it.
+    class OneWorkerFails extends AuditVerifierService {
+      private started = 0;
+      protected override startWorker(): Worker {
+        if (this.started++ === 0) {
+          return new Worker(`require('node:worker_threads').parentPort.postMessage({ error: { message: 'a pass failed' } })`, { eval: true });
+        }
+        const survivor = new Worker('setInterval(() => undefined, 1000)', { eval: true });
+        survivorExited = once(survivor, 'exit');
+        return survivor;
+      }
+    }
+    const verifier = new OneWorkerFails(f.t.app.get<DataSource>(SESSIONARY_DATA_SOURCE_TOKEN), f.t.app.get(AuditBaseSets), {
+      get: (name: string, options?: unknown) => (name === 'AUDIT_VERIFY_WORKERS' ? 2 : config.get(name, options as never)),
+    } as unknown as ConfigService<AppConfig, true>);
+    verifier.minEventsForWorkers = 0;
+    await assert.rejects(verifier.verify(), /a pass failed/);
+    assert.ok(survivorExited, 'the passes were dealt to two workers');
+    const exited = await Promise.race([survivorExited.then(() => true), sleep(5_000).then(() => false)]);
+    assert.ok(exited, 'the other worker was stopped');
   });
 
   it('seals, in seq order, the events written before the chain existed', async () => {
@@ -854,6 +894,66 @@ describe('locking audit chain heads (e2e)', () => {
     } finally {
       if (runner.isTransactionActive) await runner.rollbackTransaction();
       await runner.release();
+    }
+  });
+
+  it('never deadlocks with another writer of the same chains when a head was created meanwhile: the missed try is undone, not completed out of order', async () => {
+    t = await createTestApp({ DATABASE_URL: await freshDatabase() });
+    const dataSource = t.app.get<DataSource>(SESSIONARY_DATA_SOURCE_TOKEN);
+    // a sorts before b; b's head exists, a's is being created by another transaction.
+    const [a, b] = ['deadlock-test-a', 'deadlock-test-b'];
+    await dataSource.transaction((em) => lockHeads(em, [b]));
+    const [writer, creator, other, probe] = [0, 1, 2, 3].map(() => dataSource.createQueryRunner());
+    const waiting = async (pid: number) =>
+      (await probe.query(`SELECT wait_event_type = 'Lock' AS waiting FROM pg_stat_activity WHERE pid = $1`, [pid]))[0].waiting as boolean;
+    const untilWaiting = async (pid: number, what: string) => {
+      for (let waited = 0; !(await waiting(pid)); waited += 20) {
+        assert.ok(waited < 5000, what);
+        await sleep(20);
+      }
+    };
+    try {
+      await creator.startTransaction();
+      await creator.query(`INSERT INTO audit_chain_heads (chain_key, position, hash) VALUES ($1, 0, $2)`, [a, GENESIS_HASH]);
+      await writer.startTransaction();
+      const [{ pid: writerPid }] = await writer.query(`SELECT pg_backend_pid() AS pid`);
+      // The writer's first try is held where it returns short (b locked, a missed), until the other writer waits for b.
+      let release!: () => void;
+      const gate = new Promise<void>((resolve) => (release = resolve));
+      let missed!: () => void;
+      const tryMissed = new Promise<void>((resolve) => (missed = resolve));
+      const query = writer.query.bind(writer);
+      writer.query = (async (text: string, params?: unknown[], structured?: boolean) => {
+        const result = await query(text, params, structured as true);
+        if (typeof text === 'string' && text.includes('WITH locked AS') && result.records.length < 2) {
+          missed();
+          await gate;
+        }
+        return result;
+      }) as typeof writer.query;
+      const locking = lockHeads(writer.manager, [a, b]);
+      await untilWaiting(writerPid, 'the writer waited for the head being created');
+      await creator.commitTransaction();
+      await tryMissed;
+      // Another writer of both chains, in key order: a (now committed, free), then b (the writer's).
+      await other.startTransaction();
+      const [{ pid: otherPid }] = await other.query(`SELECT pg_backend_pid() AS pid`);
+      const otherLocking = other.query(`SELECT chain_key FROM audit_chain_heads WHERE chain_key = ANY($1::text[]) ORDER BY chain_key FOR UPDATE`, [
+        [a, b],
+      ]);
+      await untilWaiting(otherPid, 'the other writer waited for b');
+      release();
+      // Undone, the writer's try released b: the other writer gets both, then the writer does.
+      assert.deepEqual(await otherLocking, [{ chain_key: a }, { chain_key: b }]);
+      await other.commitTransaction();
+      const heads = await locking;
+      assert.deepEqual(heads.map((h) => h.chain_key).sort(), [a, b]);
+      await writer.commitTransaction();
+    } finally {
+      for (const r of [writer, creator, other, probe]) {
+        if (r.isTransactionActive) await r.rollbackTransaction();
+        await r.release();
+      }
     }
   });
 });

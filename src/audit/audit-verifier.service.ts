@@ -8,7 +8,7 @@ import { DataSource, EntityManager, QueryRunner } from 'typeorm';
 import type { AppConfig } from '../config/config';
 import { rowsOf, sql } from '../database/sql';
 import { pgClientOf } from '../database/stream-rows';
-import { Checkpoint, checkpointMac, sameMac } from './audit-chain';
+import { Checkpoint, checkpointMac, GENESIS_HASH, sameMac } from './audit-chain';
 import { readLastCheckpoint } from './checkpoint-file';
 import { CHECKPOINT_COLUMNS, type CheckpointRow, digestCheckpointedHeads, toCheckpoint } from './audit-chain.service';
 import { isHeadsDigestV2 } from './checkpoint-heads-digest';
@@ -186,23 +186,37 @@ export class AuditVerifierService {
   private async inWorkers(em: EntityManager, passes: PassInput[], workers: number): Promise<PassResult[]> {
     const [{ snapshot }] = await rowsOf<{ snapshot: string }>(em, `SELECT pg_export_snapshot() AS snapshot`);
     const shares = Array.from({ length: Math.min(workers, passes.length) }, (_, w) => passes.filter((_, i) => i % workers === w));
-    const replies = await Promise.all(
-      shares.map(
-        (share) =>
-          new Promise<PassResult[]>((resolve, reject) => {
-            const data: VerifyWorkerData = { connectionString: this.connectionString, snapshot, passes: share };
-            const worker = new Worker(join(__dirname, 'audit-verify.worker.js'), { workerData: data });
-            worker.once('message', (reply: VerifyWorkerReply) => {
-              if ('results' in reply) resolve(reply.results);
-              // Rebuilt with its code, so that an unavailable database is still told apart (503).
-              else reject(Object.assign(new Error(reply.error.message), reply.error.code ? { code: reply.error.code } : {}));
-            });
-            worker.once('error', reject);
-            worker.once('exit', (code) => reject(new Error(`an audit verification worker stopped (exit code ${code})`)));
-          }),
-      ),
-    );
-    return replies.flat();
+    const started: Worker[] = [];
+    try {
+      const replies = await Promise.all(
+        shares.map(
+          (share) =>
+            new Promise<PassResult[]>((resolve, reject) => {
+              const worker = this.startWorker({ connectionString: this.connectionString, snapshot, passes: share });
+              started.push(worker);
+              worker.once('message', (reply: VerifyWorkerReply) => {
+                if ('results' in reply) resolve(reply.results);
+                // Rebuilt with its code, so that an unavailable database is still told apart (503).
+                else reject(Object.assign(new Error(reply.error.message), reply.error.code ? { code: reply.error.code } : {}));
+              });
+              worker.once('error', reject);
+              worker.once('exit', (code) => reject(new Error(`an audit verification worker stopped (exit code ${code})`)));
+            }),
+        ),
+      );
+      return replies.flat();
+    } catch (error) {
+      // One failure fails the verification: the others would otherwise scan on to the end of
+      // their passes (minutes at 50M events), each on a connection whose old snapshot holds
+      // back the checkpoints' settled seq and the exports after a seq.
+      await Promise.all(started.map((worker) => worker.terminate()));
+      throw error;
+    }
+  }
+
+  /** A worker thread running the given passes (a method of its own so that a test can stand in for it). */
+  protected startWorker(data: VerifyWorkerData): Worker {
+    return new Worker(join(__dirname, 'audit-verify.worker.js'), { workerData: data });
   }
 
   /** The base set in force holds exactly the rows its MAC'd digest was made over (read in key order). */
@@ -234,9 +248,17 @@ export class AuditVerifierService {
         const { mac, ...fields } = checkpoint;
         if (!sameMac(mac, checkpointMac(this.key, fields)))
           throw new Broken(null, `Checkpoint ${checkpoint.id} does not match its MAC: it was altered or forged`);
-        const expectedId = latest ? latest.id + 1 : checkpoint.id;
-        if (checkpoint.id !== expectedId || (latest && checkpoint.prevMac !== latest.mac)) {
-          throw new Broken(null, `Checkpoint ${checkpoint.id} does not follow checkpoint ${latest?.id}: checkpoints were deleted`);
+        // The first checkpoint is id 1 after the genesis MAC (none is ever removed): without
+        // this, deleting the oldest ones went unseen.
+        const expectedId = latest ? latest.id + 1 : 1;
+        const expectedPrevMac = latest ? latest.mac : GENESIS_HASH;
+        if (checkpoint.id !== expectedId || !sameMac(checkpoint.prevMac, expectedPrevMac)) {
+          throw new Broken(
+            null,
+            latest
+              ? `Checkpoint ${checkpoint.id} does not follow checkpoint ${latest.id}: checkpoints were deleted`
+              : `Checkpoint ${checkpoint.id} is the first in the table, not checkpoint 1: checkpoints were deleted`,
+          );
         }
         latest = checkpoint;
       }

@@ -267,7 +267,16 @@ export async function runVerifyPass(client: Client | PoolClient, input: PassInpu
       return;
     }
     if (chain.events === 0) {
-      if (head.position > chain.position) {
+      // A checkpoint that recorded the chain past where it now starts: every event since was
+      // deleted, whatever the head says (set back to the start, it would match otherwise).
+      if (head.checkpointPosition !== null && head.checkpointPosition > chain.position) {
+        brokenAt(
+          chainKey,
+          END,
+          null,
+          `Chain ${chainKey} has no events, but a checkpoint recorded position ${head.checkpointPosition}: its events were deleted`,
+        );
+      } else if (head.position > chain.position) {
         brokenAt(chainKey, END, null, `Chain ${chainKey} has no events, but its head is at position ${head.position}: its events were deleted`);
       } else if (head.position < chain.position || !sameMac(head.hash, chain.hash)) {
         brokenAt(

@@ -4,7 +4,7 @@ import { DataSource } from 'typeorm';
 import { dataSourceOptions } from '../src/database/data-source.options';
 import { runMigrationsLocked } from '../src/database/migrate';
 import { auditRows, sessionRow } from './helpers/db';
-import { bearer, login, newUserInput, registerAndLogin, registerUser, uniqueName } from './helpers/factories';
+import { bearer, login, newUserInput, registerAndLogin, registerUser, sleep, uniqueName } from './helpers/factories';
 import { recordQueryRunners, textOf } from './helpers/query-runners';
 import { createTestApp, emptyDatabase, TestApp } from './helpers/test-app';
 import { SESSIONARY_DATA_SOURCE_TOKEN } from '../src/database/data-source-name';
@@ -198,6 +198,55 @@ describe('auth (e2e)', () => {
       assert.equal(failed[0].metadata.reason, 'wrong_password');
       const [{ count }] = await t.db.query(`SELECT count(*)::int AS count FROM sessions WHERE user_id = $1`, [user.id]);
       assert.equal(count, 0);
+    });
+
+    it('opens no session with a password changed while its bcrypt check ran: the login waits for the change, then answers 401', async () => {
+      const { user, tokens } = await registerAndLogin(t.http);
+      const waiting = async () =>
+        (await t.db.query(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`))[0]
+          .n as number;
+      const waitFor = async (n: number) => {
+        const deadline = Date.now() + 10_000;
+        while ((await waiting()) < n) {
+          assert.ok(Date.now() < deadline, `${n} statement(s) waiting for the user's row`);
+          await sleep(20);
+        }
+      };
+      // The user's row held here: the change waits for it first, then the login (its password
+      // already checked against the old hash) waits behind the change.
+      const locker = t.db.createQueryRunner();
+      await locker.connect();
+      try {
+        await locker.startTransaction();
+        await locker.query('SELECT 1 FROM users WHERE id = $1 FOR UPDATE', [user.id]);
+        const change = t.http
+          .put('/api/v1/users/me/password')
+          .set('Authorization', bearer(tokens))
+          .send({ currentPassword: user.password, newPassword: 'a-fresh-long-password' })
+          .then((r) => r);
+        await waitFor(1);
+        const loginWithOld = t.http
+          .post('/api/v1/auth/login')
+          .send({ email: user.email, password: user.password })
+          .then((r) => r);
+        await waitFor(2);
+        await locker.rollbackTransaction();
+        assert.equal((await change).status, 204);
+        const res = await loginWithOld;
+        assert.equal(res.status, 401, JSON.stringify(res.body));
+        assert.deepEqual(res.body, { statusCode: 401, error: 'Unauthorized', message: 'Invalid credentials' });
+      } finally {
+        await locker.release();
+      }
+      // Only the session that changed the password is left; the login was audited as failed.
+      const active = await t.db.query(`SELECT id FROM sessions WHERE user_id = $1 AND ended_at IS NULL`, [user.id]);
+      assert.deepEqual(active, [{ id: tokens.sessionId }]);
+      const failed = await auditRows(t.db, { userId: user.id, type: 'LOGIN_FAILED' });
+      assert.deepEqual(
+        failed.map((e) => e.metadata),
+        [{ method: 'email', reason: 'password_changed' }],
+      );
+      assert.equal((await t.http.post('/api/v1/auth/login').send({ email: user.email, password: 'a-fresh-long-password' })).status, 200);
     });
 
     it('never expires a password: one set ten years ago still logs in, and asks for no change (ASVS 6.2.10)', async () => {

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { auditRows } from './helpers/db';
-import { bearer, login, registerAndLogin, registerUser } from './helpers/factories';
+import { bearer, login, registerAndLogin, registerUser, uniqueName } from './helpers/factories';
 import { STEP_UP_CHALLENGE, staleTokens } from './helpers/step-up';
 import { createTestApp, TestApp } from './helpers/test-app';
 
@@ -69,6 +69,30 @@ describe('users (e2e)', () => {
     assert.equal(row.email, email);
     // The session survives its own 401s for a wrong current password.
     assert.equal((await t.http.get('/api/v1/users/me').set('Authorization', bearer(tokens))).status, 200);
+  });
+
+  it('PATCH /users/me checks a currentPassword whenever it is sent: a wrong one with a username change is a 401 that changes nothing', async () => {
+    const { user, tokens } = await registerAndLogin(t.http);
+    const newName = uniqueName();
+    const wrong = await t.http
+      .patch('/api/v1/users/me')
+      .set('Authorization', bearer(tokens))
+      .send({ username: newName, currentPassword: 'definitely-not-it' });
+    assert.equal(wrong.status, 401);
+    const [row] = await t.db.query('SELECT username FROM users WHERE id = $1', [user.id]);
+    assert.equal(row.username, user.username);
+    assert.equal((await auditRows(t.db, { userId: user.id, type: 'PROFILE_UPDATED' })).length, 0);
+    const failed = await auditRows(t.db, { userId: user.id, type: 'LOGIN_FAILED' });
+    assert.deepEqual(
+      failed.map((e) => e.metadata),
+      [{ method: 'current_password', action: 'profile_update' }],
+    );
+    const ok = await t.http
+      .patch('/api/v1/users/me')
+      .set('Authorization', bearer(tokens))
+      .send({ username: newName, currentPassword: user.password });
+    assert.equal(ok.status, 200);
+    assert.equal(ok.body.username, newName);
   });
 
   it('PATCH /users/me answers 409 for a name or email someone else has, changing nothing', async () => {

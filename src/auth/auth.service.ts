@@ -58,28 +58,29 @@ export class AuthService {
     const user = await this.users.findByLogin(dto);
     // Same bcrypt work whether or not the account exists.
     const valid = user ? await this.passwords.verify(dto.password, user.passwordHash) : await this.passwords.verifyAgainstNobody(dto.password);
-    if (!user || !valid) {
+    const failed = async (reason: 'unknown_account' | 'wrong_password' | 'password_changed'): Promise<never> => {
       await this.dataSource.transaction((em) =>
         this.audit.record(
           em,
-          {
-            type: 'LOGIN_FAILED',
-            userId: user?.id ?? null,
-            client,
-            metadata: { method, reason: user ? 'wrong_password' : 'unknown_account' },
-          },
+          { type: 'LOGIN_FAILED', userId: user?.id ?? null, client, metadata: { method, reason } },
           ...accountLockedEvents(attempt.locksSet, user?.id ?? null, client),
         ),
       );
       throw new UnauthorizedException(INVALID_CREDENTIALS);
-    }
+    };
+    if (!user) return failed('unknown_account');
+    if (!valid) return failed('wrong_password');
     const issued = await this.dataSource.transaction(async (em) => {
+      // The password was checked against the hash read before bcrypt: a change that committed
+      // since (its other sessions ended) must not be outlived by a session opened with the old one.
+      if (!(await this.users.lockIfPasswordUnchanged(em, user.id, user.passwordHash))) return undefined;
       const opened = await this.sessions.open(em, user.id, client, { method });
       // Last, so the counters' rows (an IP's is shared by every login from behind one NAT)
       // stay locked for as short a time as possible; a login that fails to commit stays counted.
       await this.throttle.succeeded(attempt, em);
       return opened;
     });
+    if (!issued) return failed('password_changed');
     return this.tokenResponse(issued);
   }
 

@@ -49,7 +49,7 @@ export class UsersService {
     password: string | undefined,
     sessionId: string,
     client: ClientContext,
-    action: 'password_change' | 'email_change' | 'reauthenticate',
+    action: 'password_change' | 'email_change' | 'profile_update' | 'reauthenticate',
   ): Promise<void> {
     const message = 'Current password is required and must be correct';
     if (password === undefined) throw new UnauthorizedException(message);
@@ -91,6 +91,16 @@ export class UsersService {
    */
   async lockForSessionChange(em: EntityManager, id: string): Promise<void> {
     await em.getRepository(UserEntity).createQueryBuilder('u').select('u.id').where('u.id = :id', { id }).setLock('for_no_key_update').getRawOne();
+  }
+
+  /**
+   * Locks the user's row as lockForSessionChange does, if its password hash is still the one a
+   * login verified; false when a password change committed since (in READ COMMITTED a lock that
+   * waited for the change checks the hash again on the row it left) or the user is gone.
+   */
+  async lockIfPasswordUnchanged(em: EntityManager, id: string, passwordHash: string): Promise<boolean> {
+    const { rows } = await sql(em, `SELECT 1 FROM users WHERE id = $1 AND password_hash = $2 FOR NO KEY UPDATE`, [id, passwordHash]);
+    return rows.length === 1;
   }
 
   findById(id: string): Promise<UserEntity | null> {
@@ -165,8 +175,9 @@ export class UsersService {
 
   /**
    * Changing the email needs a recent authentication (REAUTH_MAX_AGE) or the current password in
-   * the request. With an email change, a currentPassword that is sent is checked even when the
-   * authentication is recent: a wrong one is never ignored.
+   * the request. A currentPassword that is sent is checked whatever the request changes, even
+   * when the authentication is recent: a wrong one is never ignored (until 0.20.2 it was with a
+   * username change alone, against SECURITY.md 7.5.1 and the DTO).
    */
   async updateProfile(
     auth: Pick<AuthContext, 'userId' | 'sessionId' | 'authTime'>,
@@ -178,10 +189,12 @@ export class UsersService {
     const changes: Partial<Pick<UserEntity, 'username' | 'email'>> = {};
     if (dto.username !== undefined && dto.username !== user.username) changes.username = dto.username;
     if (dto.email !== undefined && dto.email !== user.email) changes.email = dto.email;
-    if (changes.email !== undefined && changes.email.toLowerCase() !== user.email.toLowerCase()) {
+    const emailChanges = changes.email !== undefined && changes.email.toLowerCase() !== user.email.toLowerCase();
+    if (dto.currentPassword !== undefined) {
+      await this.verifyCurrentPassword(user, dto.currentPassword, sessionId, client, emailChanges ? 'email_change' : 'profile_update');
+    } else if (emailChanges) {
       // A stolen access token alone must not be enough to take the account over.
-      if (dto.currentPassword !== undefined) await this.verifyCurrentPassword(user, dto.currentPassword, sessionId, client, 'email_change');
-      else this.recentAuth.requireRecent(auth, EMAIL_STEP_UP_MESSAGE);
+      this.recentAuth.requireRecent(auth, EMAIL_STEP_UP_MESSAGE);
     }
     const fields = Object.keys(changes);
     if (!fields.length) return user;

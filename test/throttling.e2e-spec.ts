@@ -77,6 +77,22 @@ describe('failed-login throttling (e2e)', () => {
     );
   });
 
+  it('counts every spelling that finds the account on its one counter, lower-cased as the lookup does (İ included)', async () => {
+    // JavaScript lower-cases 'İ' to 'i' and a combining dot; PostgreSQL's lower(), which the
+    // lookup uses, to 'i': the same account, and it must be the same counter.
+    const user = await registerUser(a.http, { email: `vi_${uniqueName()}@example.test` });
+    const dotted = user.email.replace('vi_', 'v\u0130_');
+    const [{ found }] = await a.db.query('SELECT count(*)::int AS found FROM users WHERE lower(email) = lower($1)', [dotted]);
+    assert.equal(found, 1, 'the dotted spelling finds the account');
+    for (let i = 0; i < 3; i++) {
+      assert.equal((await a.http.post('/api/v1/auth/login').send({ email: user.email, password: WRONG })).status, 401);
+    }
+    const res = await b.http.post('/api/v1/auth/login').send({ email: dotted, password: user.password });
+    assert.equal(res.status, 429, JSON.stringify(res.body));
+    const [{ count }] = await a.db.query('SELECT count(*)::int AS count FROM sessions WHERE user_id = $1', [user.id]);
+    assert.equal(count, 0);
+  });
+
   it('lets no more than the maximum of parallel guesses be checked', async () => {
     const user = await registerUser(a.http);
     const results = await Promise.all(

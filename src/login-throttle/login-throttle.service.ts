@@ -79,14 +79,19 @@ export class LoginThrottleService implements BeforeApplicationShutdown {
 
   /** Claims one attempt on each counter, or throws 429 when any of them is in back-off. */
   async begin(identifier: string, ipAddress: string | null): Promise<LoginAttempt> {
-    const normalised = identifier.toLowerCase();
-    const counters: Counter[] = [{ scope: 'identifier', key: counterKey('identifier', normalised), max: this.maxPerIdentifier }];
-    if (ipAddress) counters.push({ scope: 'ip', key: counterKey('ip', ipAddress), max: this.maxPerIp });
-    const knownClientKey = ipAddress ? counterKey('known', `${normalised}|${ipAddress}`) : null;
-
-    // Every transaction here touches its rows in key order, so two attempts never deadlock.
-    counters.sort((x, y) => x.key.localeCompare(y.key));
     return this.dataSource.transaction(async (em) => {
+      // Lower-cased by PostgreSQL's lower(), as the account lookup compares (UsersService.findByLogin):
+      // every spelling that finds one account counts on one counter. JavaScript's toLowerCase()
+      // differs outside ASCII ('İ' becomes two code points there, one in the database), and
+      // gave such spellings of an existing account fresh counters of their own.
+      const {
+        rows: [{ normalised }],
+      } = await sql<{ normalised: string }>(em, 'SELECT lower($1) AS normalised', [identifier]);
+      const counters: Counter[] = [{ scope: 'identifier', key: counterKey('identifier', normalised), max: this.maxPerIdentifier }];
+      if (ipAddress) counters.push({ scope: 'ip', key: counterKey('ip', ipAddress), max: this.maxPerIp });
+      const knownClientKey = ipAddress ? counterKey('known', `${normalised}|${ipAddress}`) : null;
+      // Every transaction here touches its rows in key order, so two attempts never deadlock.
+      counters.sort((x, y) => x.key.localeCompare(y.key));
       const keys = counters.map((c) => c.key);
       // Creates missing counters and row-locks all of them in one statement (a no-op
       // DO UPDATE locks the row, and copes with a concurrent delete, which a separate

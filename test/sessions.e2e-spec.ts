@@ -3,6 +3,7 @@ import { createHash, randomUUID } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
 import { auditRows, sessionRow } from './helpers/db';
 import { bearer, login, registerAndLogin, registerUser } from './helpers/factories';
+import { staleTokens } from './helpers/step-up';
 import { createTestApp, TestApp } from './helpers/test-app';
 
 const FIREFOX_WINDOWS = 'Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:128.0) Gecko/20100101 Firefox/128.0';
@@ -78,6 +79,17 @@ describe('my sessions (e2e)', () => {
     assert.equal((await t.http.get('/api/v1/users/me').set('Authorization', bearer(tokens))).status, 401);
     assert.equal((await sessionRow(t.db, tokens.sessionId))!.end_reason, 'logout');
     assert.equal((await auditRows(t.db, { sessionId: tokens.sessionId, type: 'LOGOUT' })).length, 1);
+  });
+
+  it('revoking my current session by its id in upper case is a logout too: no recent authentication asked', async () => {
+    const { tokens } = await registerAndLogin(t.http);
+    // Past the step-up window, which ending another session would need.
+    const stale = await staleTokens(t, tokens);
+    await t.http.delete(`/api/v1/sessions/${stale.sessionId.toUpperCase()}`).set('Authorization', bearer(stale)).expect(204);
+    assert.equal((await t.http.get('/api/v1/users/me').set('Authorization', bearer(stale))).status, 401);
+    assert.equal((await sessionRow(t.db, stale.sessionId))!.end_reason, 'logout');
+    assert.equal((await auditRows(t.db, { sessionId: stale.sessionId, type: 'LOGOUT' })).length, 1);
+    assert.equal((await auditRows(t.db, { sessionId: stale.sessionId, type: 'SESSION_REVOKED' })).length, 0);
   });
 
   it("answers the same 404 for someone else's, an unknown and an ended session, changing nothing", async () => {

@@ -47,7 +47,9 @@ export class UserSessionsService {
    * An id that is not one of the user's own sessions (someone else's, or none at all) is a
    * failed authorization attempt (ASVS 16.3.2): audited as ACCESS_DENIED (see recordNotOwn).
    */
-  async revokeOwn(auth: AuthContext, sessionId: string, client: ClientContext, route: RefusedRoute): Promise<void> {
+  async revokeOwn(auth: AuthContext, id: string, client: ClientContext, route: RefusedRoute): Promise<void> {
+    // A UUID in any case (the route's pipe accepts both); the session's own is in lower case.
+    const sessionId = id.toLowerCase();
     const isCurrent = sessionId === auth.sessionId;
     if (!isCurrent) this.recentAuth.requireRecent(auth);
     const ended = await this.sessions.end(

@@ -172,6 +172,25 @@ describe('signing keys: ring, rotation, JWKS (e2e)', () => {
     await a.app.get(KeyRotationTask).handleTick();
     const retired = (await keyRows(a)).find((r) => r.kid === oldKid)!;
     assert.deepEqual([retired.state, retired.private_key], ['retired', null]);
+    // A change of the ring like the others: audited in its transaction, the ring otherwise as it was.
+    const retirements = await a.db.query(
+      `SELECT metadata FROM audit_events WHERE type = 'KEY_ROTATED' AND metadata->>'trigger' = 'schedule' AND metadata->>'retired' = $1`,
+      [oldKid],
+    );
+    assert.deepEqual(
+      retirements.map((r: { metadata: Record<string, unknown> }) => r.metadata),
+      [
+        {
+          trigger: 'schedule',
+          algorithm: event.metadata.algorithm,
+          current: nextRow.kid,
+          next: result.next,
+          retiring: null,
+          retiringUntil: null,
+          retired: oldKid,
+        },
+      ],
+    );
     const published = (JSON.parse((await a.http.get('/.well-known/jwks.json')).text) as { keys: Array<{ kid: string }> }).keys.map((k) => k.kid);
     assert.ok(
       !published.includes(oldKid),
@@ -216,7 +235,11 @@ describe('signing keys: ring, rotation, JWKS (e2e)', () => {
       await scheduled.db.query(`UPDATE signing_keys SET activated_at = now() - interval '25 hours' WHERE state = 'current'`);
       await Promise.all([scheduled.app.get(KeyRotationTask).handleTick(), scheduled.app.get(KeyRotationTask).handleTick()]);
       assert.notEqual(await current(), fresh);
-      const events = await scheduled.db.query(`SELECT 1 FROM audit_events WHERE type = 'KEY_ROTATED' AND metadata->>'trigger' = 'schedule'`);
+      // One rotation of that key (the database is the file's: an earlier test's retirement is audited on schedule too).
+      const events = await scheduled.db.query(
+        `SELECT 1 FROM audit_events WHERE type = 'KEY_ROTATED' AND metadata->>'trigger' = 'schedule' AND metadata->>'retiring' = $1`,
+        [fresh],
+      );
       assert.equal(events.length, 1);
     } finally {
       await scheduled.close();

@@ -113,13 +113,24 @@ export class KeyRotationService {
   async maintain(rotationDays: number | undefined): Promise<{ skipped: boolean; rotated?: RotationResult; retired: string[] }> {
     return this.dataSource.transaction(async (em) => {
       if (!(await this.store.tryLock(em))) return { skipped: true, retired: [] };
-      const current = (await this.store.states(em)).find((k) => k.state === 'current');
+      const ring = await this.store.states(em);
+      const current = ring.find((k) => k.state === 'current');
       const due = rotationDays !== undefined && current?.activated_at && Date.now() - current.activated_at.getTime() >= rotationDays * 86_400_000;
       if (due) {
         const rotated = await this.rotateLocked(em, 'schedule');
         return { skipped: false, rotated, retired: rotated.retired };
       }
       const retired = await this.store.retire(em, this.algorithm);
+      // A retirement changes the ring too (the key leaves it, its private part erased): audited
+      // like the others, in its transaction (until 0.20.2 only a log line said so).
+      if (retired.length) {
+        await this.recordRotation(em, 'schedule', {
+          current: current?.kid ?? null,
+          next: ring.find((k) => k.state === 'next')?.kid ?? null,
+          algorithm: this.algorithm,
+          retired,
+        });
+      }
       return { skipped: false, retired };
     });
   }
@@ -149,7 +160,12 @@ export class KeyRotationService {
     return next.kid;
   }
 
-  private async recordRotation(em: EntityManager, trigger: RotationTrigger, result: RotationResult): Promise<void> {
+  /** The ring as a change left it (a retirement alone leaves the current and next keys as they were). */
+  private async recordRotation(
+    em: EntityManager,
+    trigger: RotationTrigger,
+    result: Omit<RotationResult, 'current' | 'next'> & { current: string | null; next: string | null },
+  ): Promise<void> {
     await this.audit.record(em, {
       type: 'KEY_ROTATED',
       userId: null,

@@ -2,7 +2,10 @@ import assert from 'node:assert/strict';
 import { createHash, randomUUID } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
 import { auditRows, sessionRow } from './helpers/db';
-import { bearer, login, registerAndLogin, registerUser } from './helpers/factories';
+import { DataSource } from 'typeorm';
+import { SESSIONARY_DATA_SOURCE_TOKEN } from '../src/database/data-source-name';
+import { SessionActivityBuffer } from '../src/sessions/session-activity';
+import { bearer, login, registerAndLogin, registerUser, sleep } from './helpers/factories';
 import { staleTokens } from './helpers/step-up';
 import { createTestApp, TestApp } from './helpers/test-app';
 
@@ -248,5 +251,56 @@ describe('session limit (e2e)', () => {
     const [identifier] = await t.db.query(`SELECT failures, locked_until FROM login_throttle WHERE key = $1`, [identifierKey]);
     assert.deepEqual(identifier, { failures: 0, locked_until: null });
     assert.deepEqual(await t.db.query(otherCounters, [identifierKey]).then((rows) => rows[0]), before);
+  });
+});
+
+describe('session activity writes (e2e)', () => {
+  it('never wait for a session another transaction holds locked: the others are written at once, that one right after the lock goes', async () => {
+    const t = await createTestApp();
+    const dataSource = t.app.get<DataSource>(SESSIONARY_DATA_SOURCE_TOKEN);
+    const holder = dataSource.createQueryRunner();
+    const written: string[] = [];
+    const missing: string[] = [];
+    // A buffer of its own, flushed by the test (its tick a minute away); the app's has nothing pending.
+    const buffer = new SessionActivityBuffer(dataSource, {
+      idleTtlSeconds: 3600,
+      intervalMs: 60_000,
+      onWritten: (writes, notWritten) => {
+        written.push(...writes.map((w) => w.sessionId));
+        missing.push(...notWritten);
+      },
+    });
+    try {
+      const user = await registerUser(t.http);
+      const [free, locked] = [await login(t.http, user), await login(t.http, user)];
+      buffer.start();
+      // As a password change ending the user's other sessions holds them.
+      await holder.startTransaction();
+      await holder.query('SELECT 1 FROM sessions WHERE id = $1 FOR UPDATE', [locked.sessionId]);
+      const seen = Date.now() + 5_000;
+      buffer.record(free.sessionId, seen, false);
+      buffer.record(locked.sessionId, seen, false);
+      const flushed = await Promise.race([buffer.flush().then(() => true), sleep(3_000).then(() => false)]);
+      assert.ok(flushed, 'the flush did not wait for the locked session');
+      assert.deepEqual(written, [free.sessionId]);
+      assert.deepEqual(missing, [], 'a locked session is not taken for an ended one');
+      assert.equal(buffer.pendingCount, 1);
+      await holder.rollbackTransaction();
+      // Written by the flush that follows shortly after, without waiting for the tick.
+      for (let waited = 0; !written.includes(locked.sessionId); waited += 20) {
+        assert.ok(waited < 5_000, 'the locked session was written once the lock was gone');
+        await sleep(20);
+      }
+      assert.equal(buffer.pendingCount, 0);
+      const rows = await t.db.query(`SELECT (extract(epoch FROM last_seen_at) * 1000)::float8 AS seen FROM sessions WHERE id = ANY($1::uuid[])`, [
+        [free.sessionId, locked.sessionId],
+      ]);
+      for (const r of rows) assert.ok(Math.abs(r.seen - seen) < 1, `last_seen_at ${r.seen} is the activity's ${seen}`);
+    } finally {
+      if (holder.isTransactionActive) await holder.rollbackTransaction();
+      await holder.release();
+      await buffer.stop();
+      await t.close();
+    }
   });
 });

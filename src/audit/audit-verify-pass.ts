@@ -267,17 +267,17 @@ export async function runVerifyPass(client: Client | PoolClient, input: PassInpu
       return;
     }
     if (chain.events === 0) {
-      // A checkpoint that recorded the chain past where it now starts: every event since was
-      // deleted, whatever the head says (set back to the start, it would match otherwise).
-      if (head.checkpointPosition !== null && head.checkpointPosition > chain.position) {
+      if (head.position > chain.position) {
+        brokenAt(chainKey, END, null, `Chain ${chainKey} has no events, but its head is at position ${head.position}: its events were deleted`);
+      } else if (head.checkpointPosition !== null && head.checkpointPosition > chain.position) {
+        // A checkpoint recorded the chain past where it now starts: every event since was
+        // deleted, and the head set back to match (until 0.20.2 that verified as intact).
         brokenAt(
           chainKey,
           END,
           null,
           `Chain ${chainKey} has no events, but a checkpoint recorded position ${head.checkpointPosition}: its events were deleted`,
         );
-      } else if (head.position > chain.position) {
-        brokenAt(chainKey, END, null, `Chain ${chainKey} has no events, but its head is at position ${head.position}: its events were deleted`);
       } else if (head.position < chain.position || !sameMac(head.hash, chain.hash)) {
         brokenAt(
           chainKey,

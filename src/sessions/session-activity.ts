@@ -2,6 +2,9 @@ import { Logger } from '@nestjs/common';
 import { DataSource } from 'typeorm';
 import { sql } from '../database/sql';
 
+/** How soon a flush comes again for sessions that another transaction held locked. */
+const BUSY_RETRY_MS = 100;
+
 export interface ActivityWrite {
   sessionId: string;
   idleExpiresAt: Date;
@@ -33,6 +36,8 @@ export class SessionActivityBuffer {
   private flushing: Promise<void> | undefined;
   private flushAgain = false;
   private failing = false;
+  /** A flush again shortly after one that found sessions locked by another transaction. */
+  private retry: NodeJS.Timeout | undefined;
 
   constructor(
     private readonly dataSource: DataSource,
@@ -51,6 +56,8 @@ export class SessionActivityBuffer {
     this.timer = undefined;
     if (this.soon) clearImmediate(this.soon);
     this.soon = undefined;
+    clearTimeout(this.retry);
+    this.retry = undefined;
     await this.flushing;
     await this.flush();
   }
@@ -66,7 +73,10 @@ export class SessionActivityBuffer {
     if (urgent || this.pending.size >= this.maxPending) this.soon ??= setImmediate(() => void this.flush());
   }
 
-  /** One UPDATE for every session with pending activity; never moves a deadline earlier, never revives an ended session. */
+  /**
+   * One UPDATE for every session with pending activity; never moves a deadline earlier, never
+   * revives an ended session, and never waits for a session's row lock (see write()).
+   */
   flush(): Promise<void> {
     this.soon = undefined;
     // One write at a time; a flush asked for meanwhile (urgent activity) follows right after it.
@@ -90,33 +100,65 @@ export class SessionActivityBuffer {
     this.pending = new Map();
     const ids = [...batch.keys()];
     try {
-      const { rows } = await sql<{ id: string; idle_expires_at: Date; last_seen_at: Date }>(
+      // The rows are locked first, SKIP LOCKED: a batch holds many users' sessions in the order
+      // activity came, and waiting for one locked by another transaction that locks several of a
+      // user's sessions in its own order (a password change ending the others, a login at the
+      // session limit, another instance's batch) could deadlock with it, failing that request
+      // (until 0.20.2). A session locked elsewhere is written by the next flush, shortly after.
+      // The last part names them: active as of this statement's snapshot, and not locked here.
+      const { rows } = await sql<{ id: string; idle_expires_at: Date | null; last_seen_at: Date | null; written: boolean }>(
         this.dataSource.manager,
-        `UPDATE sessions s
-            SET last_seen_at = GREATEST(s.last_seen_at, a.seen),
-                idle_expires_at = GREATEST(s.idle_expires_at, LEAST(a.seen + make_interval(secs => $3), s.absolute_expires_at))
-           FROM (SELECT unnest($1::uuid[]) AS id, to_timestamp(unnest($2::float8[]) / 1000.0) AS seen) a
-          WHERE s.id = a.id AND s.ended_at IS NULL AND s.idle_expires_at > now()
-          RETURNING s.id, s.idle_expires_at, s.last_seen_at`,
+        `WITH a AS (SELECT unnest($1::uuid[]) AS id, to_timestamp(unnest($2::float8[]) / 1000.0) AS seen),
+         locked AS (
+           SELECT id FROM sessions
+            WHERE id = ANY($1::uuid[]) AND ended_at IS NULL AND idle_expires_at > now()
+            ORDER BY id FOR NO KEY UPDATE SKIP LOCKED
+         ),
+         written AS (
+           UPDATE sessions s
+              SET last_seen_at = GREATEST(s.last_seen_at, a.seen),
+                  idle_expires_at = GREATEST(s.idle_expires_at, LEAST(a.seen + make_interval(secs => $3), s.absolute_expires_at))
+             FROM a
+            WHERE s.id = a.id AND s.id IN (SELECT id FROM locked) AND s.ended_at IS NULL AND s.idle_expires_at > now()
+            RETURNING s.id, s.idle_expires_at, s.last_seen_at
+         )
+         SELECT id, idle_expires_at, last_seen_at, true AS written FROM written
+         UNION ALL
+         SELECT id, NULL, NULL, false FROM sessions
+          WHERE id = ANY($1::uuid[]) AND ended_at IS NULL AND idle_expires_at > now() AND id NOT IN (SELECT id FROM locked)`,
         [ids, ids.map((id) => batch.get(id)), this.options.idleTtlSeconds],
       );
       if (this.failing) this.logger.log('Session activity is written again');
       this.failing = false;
-      const written = new Set(rows.map((r) => r.id));
+      const writes = rows.filter((r) => r.written);
+      const busy = rows.filter((r) => !r.written).map((r) => r.id);
+      const answered = new Set(rows.map((r) => r.id));
+      this.keepPending(batch, busy);
+      if (busy.length && this.timer) {
+        this.retry ??= setTimeout(() => {
+          this.retry = undefined;
+          void this.flush();
+        }, BUSY_RETRY_MS).unref();
+      }
       this.options.onWritten?.(
-        rows.map((r) => ({ sessionId: r.id, idleExpiresAt: r.idle_expires_at, lastSeenAt: r.last_seen_at })),
-        ids.filter((id) => !written.has(id)),
+        writes.map((r) => ({ sessionId: r.id, idleExpiresAt: r.idle_expires_at!, lastSeenAt: r.last_seen_at! })),
+        ids.filter((id) => !answered.has(id)),
       );
     } catch (error) {
-      // Keep the activity for the next attempt (newer activity wins), within the bound.
-      for (const [id, seen] of batch) {
-        if (this.pending.size >= this.maxPending) break;
-        if (!((this.pending.get(id) ?? 0) > seen)) this.pending.set(id, seen);
-      }
+      this.keepPending(batch, batch.keys());
       if (!this.failing) {
         this.logger.warn(`Writing session activity failed; retrying every tick (${error instanceof Error ? error.message : String(error)})`);
       }
       this.failing = true;
+    }
+  }
+
+  /** Keeps the given sessions' activity for the next attempt (newer activity wins), within the bound. */
+  private keepPending(batch: Map<string, number>, ids: Iterable<string>): void {
+    for (const id of ids) {
+      if (this.pending.size >= this.maxPending) break;
+      const seen = batch.get(id)!;
+      if (!((this.pending.get(id) ?? 0) > seen)) this.pending.set(id, seen);
     }
   }
 }

@@ -85,6 +85,22 @@ describe('RateLimitGuard', () => {
     assert.throws(() => call(Routes, 'strict').activate(), ThrottlerException);
   });
 
+  it('counts a route with @Throttle values of its own on a counter of its own, as @nestjs/throttler does, not on the shared one', () => {
+    const { call } = setUp();
+    // The shared count of the address (3 a minute) is not the strict route's business, and back.
+    call(Routes, 'open').activate();
+    call(Routes, 'open').activate();
+    const strict = call(Routes, 'strict');
+    assert.equal(strict.activate(), true);
+    assert.equal(strict.reply.sent['x-ratelimit-remaining'], 1);
+    call(Routes, 'strict').activate();
+    assert.throws(() => call(Routes, 'strict').activate(), ThrottlerException);
+    // Its block holds that route only: the shared count still has one request left.
+    const open = call(Routes, 'open');
+    assert.equal(open.activate(), true);
+    assert.equal(open.reply.sent['x-ratelimit-remaining'], 0);
+  });
+
   it('counts nothing and sends no header on @SkipThrottle routes, on the handler or the class, unless the handler opts back in', () => {
     const { call } = setUp();
     for (const [cls, method] of [

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { CanActivate, ExecutionContext, Injectable } from '@nestjs/common';
 import { Reflector } from '@nestjs/core';
 import { InjectThrottlerOptions, normalizeIp, ThrottlerException, type ThrottlerModuleOptions, type ThrottlerOptions } from '@nestjs/throttler';
@@ -15,6 +16,8 @@ type Resolvable = number | ((context: ExecutionContext) => number | Promise<numb
  */
 interface RouteThrottler {
   name: string;
+  /** What the counter's key starts with: the throttler's name, and the route's for one with @Throttle values of its own. */
+  keyPrefix: string;
   settings?: CounterSettings;
   resolve?: (context: ExecutionContext) => Promise<CounterSettings>;
 }
@@ -61,18 +64,19 @@ export class RateLimitGuard implements CanActivate {
   canActivate(context: ExecutionContext): boolean | Promise<boolean> {
     const throttlers = this.throttlersOf(context);
     if (!throttlers.length || this.skipIf?.(context)) return true;
-    if (throttlers.every((t) => t.settings)) return this.count(context, throttlers as Array<Required<Pick<RouteThrottler, 'name' | 'settings'>>>);
-    return Promise.all(throttlers.map(async ({ name, settings, resolve }) => ({ name, settings: settings ?? (await resolve!(context)) }))).then(
-      (resolved) => this.count(context, resolved),
-    );
+    if (throttlers.every((t) => t.settings))
+      return this.count(context, throttlers as Array<Required<Pick<RouteThrottler, 'name' | 'keyPrefix' | 'settings'>>>);
+    return Promise.all(
+      throttlers.map(async ({ name, keyPrefix, settings, resolve }) => ({ name, keyPrefix, settings: settings ?? (await resolve!(context)) })),
+    ).then((resolved) => this.count(context, resolved));
   }
 
-  private count(context: ExecutionContext, throttlers: Array<{ name: string; settings: CounterSettings }>): true {
+  private count(context: ExecutionContext, throttlers: Array<{ name: string; keyPrefix: string; settings: CounterSettings }>): true {
     const http = context.switchToHttp();
     const client = normalizeIp(http.getRequest<FastifyRequest>().ip);
     const reply = http.getResponse<FastifyReply>();
-    for (const { name, settings } of throttlers) {
-      const decision = this.storage.hit(`${name}:${client}`, settings);
+    for (const { name, keyPrefix, settings } of throttlers) {
+      const decision = this.storage.hit(`${keyPrefix}${client}`, settings);
       const suffix = name === 'default' ? '' : `-${name}`;
       // While blocked, Remaining is 0 and Reset is the end of the block, like Retry-After, so a
       // client pacing itself by the headers sees when it may send again.
@@ -99,7 +103,12 @@ export class RateLimitGuard implements CanActivate {
     return resolved;
   }
 
-  /** The route's throttlers, with @Throttle's values over the module's; skipped ones left out. */
+  /**
+   * The route's throttlers, with @Throttle's values over the module's; skipped ones left out. A
+   * route with values of its own (a host application's @Throttle) counts on a counter of its own,
+   * as in @nestjs/throttler (whose key names the class and handler): on the shared one, its
+   * stricter limit held every route of the address, and blocked them all (until 0.20.2).
+   */
   private resolve(handler: object, classRef: object): RouteThrottler[] {
     const targets = [handler, classRef] as Array<() => void>;
     const routeValue = (key: string, name: string): unknown => this.reflector.getAllAndOverride(key + name, targets);
@@ -107,15 +116,18 @@ export class RateLimitGuard implements CanActivate {
     for (const throttler of this.throttlers) {
       const name = throttler.name ?? 'default';
       if (routeValue(THROTTLER_SKIP, name)) continue;
+      const own = [THROTTLER_LIMIT, THROTTLER_TTL, THROTTLER_BLOCK_DURATION].some((key) => routeValue(key, name) !== undefined);
+      const keyPrefix = own ? `${name}:${routeKey(classRef, handler)}:` : `${name}:`;
       const limit = (routeValue(THROTTLER_LIMIT, name) ?? throttler.limit) as Resolvable;
       const ttl = (routeValue(THROTTLER_TTL, name) ?? throttler.ttl) as Resolvable;
       const blockDuration = (routeValue(THROTTLER_BLOCK_DURATION, name) ?? throttler.blockDuration) as Resolvable | undefined;
       if (typeof limit === 'number' && typeof ttl === 'number' && typeof blockDuration !== 'function') {
-        applying.push({ name, settings: settings(name, limit, ttl, blockDuration ?? ttl) });
+        applying.push({ name, keyPrefix, settings: settings(name, limit, ttl, blockDuration ?? ttl) });
       } else {
         const valueOf = async (value: Resolvable, context: ExecutionContext) => (typeof value === 'function' ? value(context) : value);
         applying.push({
           name,
+          keyPrefix,
           resolve: async (context) => {
             const resolvedTtl = await valueOf(ttl, context);
             return settings(
@@ -130,6 +142,14 @@ export class RateLimitGuard implements CanActivate {
     }
     return applying;
   }
+}
+
+/** A short, fixed-length name of a route for its own counters' keys (rate_limits.key is at most 128 characters). */
+function routeKey(classRef: object, handler: object): string {
+  return createHash('sha256')
+    .update(`${(classRef as { name?: string }).name ?? ''}.${(handler as { name?: string }).name ?? ''}`)
+    .digest('base64url')
+    .slice(0, 16);
 }
 
 /** The counter's settings, checked as @nestjs/throttler checks them: a misconfigured limit fails loudly, not open. */

@@ -16,6 +16,7 @@ import type { ArgumentsHost } from '@nestjs/common';
 import { DatabaseError } from 'pg';
 import { DataSource, QueryFailedError } from 'typeorm';
 import { DatabaseOutageMonitor } from '../database/database-outage.monitor';
+import { DatabaseNotReadyException } from './database-not-ready.exception';
 import { AllExceptionsFilter, UNAVAILABLE_BODY } from './all-exceptions.filter';
 import { InsufficientUserAuthenticationException } from './insufficient-user-authentication.exception';
 
@@ -210,10 +211,23 @@ describe('AllExceptionsFilter.toBody', () => {
     });
 
     it("answers the readiness check's 503 with the same body", () => {
-      assert.deepEqual(
-        filter.toBody(new ServiceUnavailableException({ status: 'error', error: { database: { status: 'down' } } })),
-        UNAVAILABLE_BODY,
-      );
+      assert.deepEqual(filter.toBody(new DatabaseNotReadyException({ status: 'error', error: { database: { status: 'down' } } })), UNAVAILABLE_BODY);
+    });
+
+    it("tells the outage monitor of the readiness check's 503 only: another 503 raised on purpose (a host's route) is no outage", () => {
+      const monitor = new DatabaseOutageMonitor({ driver: {}, query: async () => [] } as unknown as DataSource);
+      const monitored = new AllExceptionsFilter(monitor);
+      try {
+        assert.deepEqual(monitored.toBody(new ServiceUnavailableException('down for maintenance')), UNAVAILABLE_BODY);
+        assert.equal(monitor.isDown, false);
+        assert.equal(warned.length, 1);
+        assert.match(String(warned[0][0]), /^503 on outside a request: .*down for maintenance/);
+        assert.deepEqual(monitored.toBody(new DatabaseNotReadyException({ status: 'error' })), UNAVAILABLE_BODY);
+        assert.equal(monitor.isDown, true);
+        assert.match(String(warned[1][0]), /^Database unavailable/);
+      } finally {
+        monitor.onApplicationShutdown();
+      }
     });
 
     it('with the outage monitor, logs one line for a burst of failures', () => {

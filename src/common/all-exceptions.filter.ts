@@ -8,6 +8,7 @@ import { RefusedRequestsTally, refusalOfStatus } from '../audit/refused-requests
 import { clientContextOf } from './client-context';
 import { InsufficientUserAuthenticationException } from './insufficient-user-authentication.exception';
 import { RetryAfterException } from './retry-after.exception';
+import { DatabaseNotReadyException } from './database-not-ready.exception';
 
 /** Long enough for a database restart or failover to finish, short enough not to idle clients. */
 export const UNAVAILABLE_RETRY_AFTER_SECONDS = 5;
@@ -58,8 +59,14 @@ export class AllExceptionsFilter implements ExceptionFilter {
   toBody(exception: unknown, request?: FastifyRequest): ErrorBody {
     if (exception instanceof HttpException) {
       const status = exception.getStatus();
-      // The readiness check's 503: the database does not answer its ping.
-      if (status === HttpStatus.SERVICE_UNAVAILABLE) return this.unavailable(exception, request);
+      if (status === HttpStatus.SERVICE_UNAVAILABLE) {
+        // The readiness check's 503: the database does not answer its ping.
+        if (exception instanceof DatabaseNotReadyException) return this.unavailable(exception, request);
+        // Raised on purpose elsewhere (an export waiting for the log to settle, a host's route):
+        // the same answer, but no outage; until 0.20.2 the monitor took it for one and said so.
+        this.logger.warn(`503 on ${routeOf(request)}: ${JSON.stringify(exception.getResponse())}`);
+        return { ...UNAVAILABLE_BODY };
+      }
       // A 5xx keeps its status (503 from the readiness check) but never its details.
       if (status >= 500) return this.internalError(exception, request, status);
       const response = exception.getResponse();

@@ -1,10 +1,11 @@
-import { Controller, Get } from '@nestjs/common';
+import { Controller, Get, ServiceUnavailableException } from '@nestjs/common';
 import { ApiOkResponse, ApiOperation, ApiServiceUnavailableResponse, ApiTags } from '@nestjs/swagger';
 import { HealthCheck, HealthCheckResult, HealthCheckService, TypeOrmHealthIndicator } from '@nestjs/terminus';
 import { SkipThrottle } from '@nestjs/throttler';
 import { InjectDataSource } from '@nestjs/typeorm';
 import type { DataSource } from 'typeorm';
 import { SESSIONARY_DATA_SOURCE } from '../database/data-source-name';
+import { DatabaseNotReadyException } from '../common/database-not-ready.exception';
 import { ProbeRoute } from '../common/probe-route.decorator';
 import { Public } from '../common/public.decorator';
 
@@ -37,8 +38,14 @@ export class HealthController {
   @HealthCheck()
   @ApiOperation({ operationId: 'getReadiness', summary: 'The database answers' })
   @ApiServiceUnavailableResponse({ description: 'The database does not answer' })
-  ready(): Promise<HealthCheckResult> {
-    // Sessionary's own data source: without it, the indicator pings the default one (a host's).
-    return this.health.check([() => this.db.pingCheck('database', { connection: this.dataSource, timeout: 2000 })]);
+  async ready(): Promise<HealthCheckResult> {
+    try {
+      // Sessionary's own data source: without it, the indicator pings the default one (a host's).
+      return await this.health.check([() => this.db.pingCheck('database', { connection: this.dataSource, timeout: 2000 })]);
+    } catch (error) {
+      // Told apart from any other 503, so that the exception filter reports this one as an outage.
+      if (error instanceof ServiceUnavailableException) throw new DatabaseNotReadyException(error.getResponse());
+      throw error;
+    }
   }
 }

@@ -1,0 +1,8 @@
+import { ServiceUnavailableException } from '@nestjs/common';
+
+/**
+ * The readiness check's 503: the database does not answer its ping. The one 503 the exception
+ * filter reports to the outage monitor; another raised on purpose (an export waiting for the log
+ * to settle, a host application's route) answers the same body but is no database outage.
+ */
+export class DatabaseNotReadyException extends ServiceUnavailableException {}

@@ -190,6 +190,17 @@ describe('parseEnv', () => {
     assertRefusedNaming({ SESSION_CACHE_MAX: '-1' }, 'SESSION_CACHE_MAX', '-1');
   });
 
+  it("refuses a timer's period past a day (Node runs a timer past 2^31 - 1 ms every millisecond), and a cache past 10M entries", () => {
+    assertRefusedNaming({ AUDIT_CHECKPOINT_INTERVAL: '5000000' }, 'AUDIT_CHECKPOINT_INTERVAL', '5000000');
+    assertRefusedNaming(
+      { SESSION_IDLE_TTL: '10000000', SESSION_ABSOLUTE_TTL: '10000000', SESSION_TOUCH_INTERVAL: '4300000' },
+      'SESSION_TOUCH_INTERVAL',
+      '4300000',
+    );
+    assertRefusedNaming({ SESSION_CACHE_MAX: '10000001' }, 'SESSION_CACHE_MAX', '10000001');
+    assert.doesNotThrow(() => parseEnv({ AUDIT_CHECKPOINT_INTERVAL: '86400', SESSION_CACHE_MAX: '10000000' }));
+  });
+
   it('refuses an idle timeout longer than the absolute one', () => {
     assertRefusedNaming(
       { SESSION_IDLE_TTL: '7201', SESSION_ABSOLUTE_TTL: '7200' },

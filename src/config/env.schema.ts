@@ -112,10 +112,14 @@ export class Env {
   @Min(1)
   AUDIT_CHECKPOINT_EVERY = 1000;
 
-  /** Seconds after which a checkpoint is written if any event was recorded since the last one. */
+  /**
+   * Seconds after which a checkpoint is written if any event was recorded since the last one. At
+   * most a day: its half is a timer's period, and Node runs a timer past 2^31 - 1 ms every 1 ms.
+   */
   @Transform(toNumber)
   @IsInt()
   @Min(1)
+  @Max(86_400)
   AUDIT_CHECKPOINT_INTERVAL = 300;
 
   /**
@@ -274,12 +278,18 @@ export class Env {
   @IsOptional()
   @IsInt()
   @Min(1)
+  // A timer's period (see AUDIT_CHECKPOINT_INTERVAL).
+  @Max(86_400)
   SESSION_TOUCH_INTERVAL?: number;
 
-  /** Sessions held by each instance's session cache (LRU); 0 turns the cache off. */
+  /**
+   * Sessions held by each instance's session cache (LRU); 0 turns the cache off. Each of its two
+   * LRUs sets aside about 16 bytes per entry of this at start (160 MB each at the maximum).
+   */
   @Transform(toNumber)
   @IsInt()
   @Min(0)
+  @Max(10_000_000)
   SESSION_CACHE_MAX = 100_000;
 
   /** Seconds a cached session is trusted at most before it is read again (a safety net). */

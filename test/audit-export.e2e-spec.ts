@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
-import { mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { createServer, get, IncomingHttpHeaders, IncomingMessage, Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -13,8 +14,8 @@ import { AuditService } from '../src/audit/audit.service';
 import { AuditShipTask } from '../src/audit/audit-ship.task';
 import { SchedulerRegistry } from '@nestjs/schedule';
 import { bearer, login, registerUser, sleep, TestUser, Tokens } from './helpers/factories';
-import { runCli, runCliProcess } from './helpers/cli';
-import { createTestApp, databaseForThisFile, TestApp } from './helpers/test-app';
+import { runCli, runCliProcess, runCliWith } from './helpers/cli';
+import { createTestApp, databaseForThisFile, TEST_AUDIT_HMAC_KEY, TestApp } from './helpers/test-app';
 import { tamper } from './helpers/db';
 import { interceptQueryRunners, recordQueryRunners, textOf } from './helpers/query-runners';
 import { SESSIONARY_DATA_SOURCE_TOKEN } from '../src/database/data-source-name';
@@ -459,6 +460,36 @@ describe('audit export (e2e)', () => {
       assert.equal((await cli('audit-verify', '--file')).code, 2);
       assert.equal((await cli('audit-verify', '--file', 'a', '--checkpoint-file', 'b')).code, 2);
     });
+
+    it('without AUDIT_HMAC_KEY (none set, none kept by an earlier development start) is exit code 2, and makes no key up', async () => {
+      const file = writeTemp('keyless.ndjson', ndjson([...whole.lines, whole.seal as unknown as Record<string, unknown>]));
+      const dataDir = mkdtempSync(join(dir, 'data-'));
+      const run = await runCliWith(
+        { NODE_ENV: 'development', AUDIT_HMAC_KEY: undefined, DATA_DIR: dataDir },
+        await databaseForThisFile(),
+        'audit-verify',
+        '--file',
+        file,
+      );
+      assert.equal(run.code, 2, run.stdout + run.stderr);
+      assert.match(run.stderr, /audit-verify --file needs AUDIT_HMAC_KEY, the key the log was written with: none is set/);
+      assert.equal(run.stdout, '');
+      assert.deepEqual(readdirSync(dataDir), [], 'no secrets file written');
+      // One kept by an earlier development start is the key that start wrote with: used as it is.
+      const other = () => randomBytes(48).toString('base64');
+      writeFileSync(
+        join(dataDir, 'secrets.json'),
+        JSON.stringify({ JWT_SECRET: other(), PASSWORD_PEPPER: other(), AUDIT_HMAC_KEY: TEST_AUDIT_HMAC_KEY, KEY_ENCRYPTION_KEY: other() }),
+      );
+      const kept = await runCliWith(
+        { NODE_ENV: 'development', AUDIT_HMAC_KEY: undefined, DATA_DIR: dataDir },
+        await databaseForThisFile(),
+        'audit-verify',
+        '--file',
+        file,
+      );
+      assert.equal(kept.code, 0, kept.stdout + kept.stderr);
+    });
   });
 
   it('exports an event outside every chain as it is, and the file then fails verification at its line', async () => {
@@ -482,6 +513,8 @@ describe('audit export (e2e)', () => {
     assert.equal(run.code, 0, run.stderr);
     assert.equal(run.stdout, '');
     assert.ok(readFileSync(out).equals(Buffer.from((await exportHttp()).text, 'utf8')), 'the file and the HTTP body differ');
+    // Readable by its owner only, as the archives and shipped pieces are.
+    assert.equal(statSync(out).mode & 0o777, 0o600);
 
     const from = await instantAt('true', [], 0.5);
     const query = `?userId=${user.id}&type=LOGIN&from=${from}&to=2100-01-01`;

@@ -300,10 +300,24 @@ async function shippedPieces(dir: string): Promise<string[]> {
   return pieces.map((n) => join(dir, n));
 }
 
-/** No database: the key from the configuration is all it needs. */
+/**
+ * No database: the key from the configuration is all it needs. The key the log was written
+ * with: without one configured (or kept by an earlier development start), development would
+ * make one up, and every event would be reported forged (until 0.20.2).
+ */
 async function verifyFiles(io: CommandIo, files: string[]): Promise<number> {
   const { loadConfig } = await import('../config/config.js');
-  const result = await verifyExportFiles(files, loadConfig(io.env).AUDIT_HMAC_KEY);
+  const { MissingSecretError } = await import('../config/secrets.js');
+  let key: string;
+  try {
+    key = loadConfig(io.env, { mustExist: 'AUDIT_HMAC_KEY' }).AUDIT_HMAC_KEY;
+  } catch (error) {
+    if (error instanceof MissingSecretError) {
+      throw new UsageError('audit-verify --file needs AUDIT_HMAC_KEY, the key the log was written with: none is set');
+    }
+    throw error;
+  }
+  const result = await verifyExportFiles(files, key);
   io.stdout.write(fileVerificationReport(result, files));
   return result.ok ? 0 : 1;
 }
@@ -320,7 +334,8 @@ async function exportAudit(io: CommandIo, app: INestApplicationContext, request:
   }
   let file: FileHandle;
   try {
-    file = await open(out, 'w');
+    // Readable by its owner only, as the archives and shipped pieces are (a new file; an existing one keeps its mode).
+    file = await open(out, 'w', 0o600);
   } catch (error) {
     throw new UsageError(`audit-export: ${out} cannot be written (${(error as NodeJS.ErrnoException).code ?? 'error'})`);
   }

@@ -1,7 +1,7 @@
 import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { Env, parseEnv } from './env.schema';
-import { resolveSecrets, Secrets } from './secrets';
+import { existingSecret, MissingSecretError, resolveSecrets, type SecretName, Secrets } from './secrets';
 
 /** The validated configuration plus the secrets resolved from it. */
 export type AppConfig = Omit<Env, keyof Secrets> & Secrets;
@@ -10,10 +10,12 @@ export type AppConfig = Omit<Env, keyof Secrets> & Secrets;
  * The one reader of process.env. `.env` in the working directory is loaded first when present
  * (real environment variables win), so the server, the CLI and the TypeORM CLI agree.
  */
-export function loadConfig(raw: Record<string, string | undefined> = process.env): AppConfig {
+export function loadConfig(raw: Record<string, string | undefined> = process.env, options: { mustExist?: SecretName } = {}): AppConfig {
   if (raw === process.env && existsSync('.env')) process.loadEnvFile('.env');
   const env = parseEnv(raw);
   env.DATA_DIR = resolve(env.DATA_DIR);
+  // A command that reads what an earlier key wrote (audit-verify --file) must not be given a new one.
+  if (options.mustExist && !existingSecret(env, options.mustExist)) throw new MissingSecretError(options.mustExist);
   return Object.assign(env, resolveSecrets(env));
 }
 

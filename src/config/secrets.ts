@@ -13,6 +13,7 @@ export interface Secrets {
 }
 
 const SECRET_NAMES = ['JWT_SECRET', 'PASSWORD_PEPPER', 'AUDIT_HMAC_KEY', 'KEY_ENCRYPTION_KEY'] as const;
+export type SecretName = (typeof SECRET_NAMES)[number];
 
 /** 256 bits: HS256 wants a key at least as long as its output (RFC 7518 §3.2). */
 export const MIN_SECRET_BYTES = 32;
@@ -69,6 +70,31 @@ export function resolveSecrets(env: Env): Secrets {
   if (SECRET_NAMES.every((name) => env[name])) return Object.fromEntries(SECRET_NAMES.map((name) => [name, env[name]!])) as unknown as Secrets;
   const generated = env.NODE_ENV === NodeEnv.Test ? randomSecrets() : persistedDevelopmentSecrets(env.DATA_DIR);
   return Object.fromEntries(SECRET_NAMES.map((name) => [name, env[name] ?? generated[name]])) as unknown as Secrets;
+}
+
+/** Raised by loadConfig when a secret a command needs as it was (not a new one) is neither configured nor stored. */
+export class MissingSecretError extends Error {
+  constructor(readonly secret: SecretName) {
+    super(`${secret} is not set`);
+  }
+}
+
+/**
+ * The secret as configured or, outside production, as kept under DATA_DIR by an earlier start;
+ * undefined when resolveSecrets would have to make one up. Reads, never writes.
+ */
+export function existingSecret(env: Env, name: SecretName): string | undefined {
+  if (env[name]) return env[name];
+  if (env.NODE_ENV === NodeEnv.Production) return undefined;
+  const file = join(env.DATA_DIR, 'secrets.json');
+  if (!existsSync(file)) return undefined;
+  try {
+    const stored = JSON.parse(readFileSync(file, 'utf8')) as Partial<Secrets>;
+    // As persistedDevelopmentSecrets takes it: a file without these two is replaced whole.
+    return (stored.JWT_SECRET && stored.PASSWORD_PEPPER && stored[name]) || undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 const randomSecret = () => randomBytes(48).toString('base64');

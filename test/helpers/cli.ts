@@ -19,7 +19,7 @@ export interface CliResult {
  * audit events join the same chains; it opens the same signing keys). The CLI runs no
  * scheduled job whatever its settings, so none are turned off here.
  */
-function cliEnvironment(databaseUrl: string, settings: Record<string, string>): Record<string, string | undefined> {
+function cliEnvironment(databaseUrl: string, settings: Record<string, string | undefined>): Record<string, string | undefined> {
   return {
     ...process.env,
     NODE_ENV: 'test',
@@ -39,6 +39,11 @@ function cliEnvironment(databaseUrl: string, settings: Record<string, string>): 
  * the second or two a new process spends loading the application.
  */
 export async function runCli(databaseUrl: string, ...args: string[]): Promise<CliResult> {
+  return runCliWith({}, databaseUrl, ...args);
+}
+
+/** runCli with settings of its own over the tests' (undefined: not set at all). */
+export async function runCliWith(settings: Record<string, string | undefined>, databaseUrl: string, ...args: string[]): Promise<CliResult> {
   const stdout = new Capture();
   const stderr = new Capture();
   const lines = new LinesLogger(stderr);
@@ -46,7 +51,7 @@ export async function runCli(databaseUrl: string, ...args: string[]): Promise<Cl
   // own apps get theirs back when the command is done.
   const previous = (Logger as unknown as { staticInstanceRef?: LoggerService }).staticInstanceRef;
   try {
-    const code = await runCommand(args, { stdout, stderr, logger: async () => lines, env: cliEnvironment(databaseUrl, {}) });
+    const code = await runCommand(args, { stdout, stderr, logger: async () => lines, env: cliEnvironment(databaseUrl, settings) });
     return { code, stdout: stdout.text(), stderr: stderr.text() };
   } finally {
     Logger.overrideLogger(previous ?? false);

@@ -41,7 +41,7 @@ export interface SessionEndedEvent extends DomainEventBase {
   name: 'session.ended';
   userId: string;
   sessionId: string;
-  /** logout, revoked, revoked_by_admin, password_changed, role_changed, session_limit, refresh_token_reuse, idle_timeout, absolute_timeout */
+  /** logout, revoked, revoked_by_admin, password_changed, session_limit, refresh_token_reuse, idle_timeout, absolute_timeout */
   reason: SessionEndReason;
 }
 

@@ -29,6 +29,10 @@ class FixedRing {
     if (kid === 'old' && alg === 'HS256' && Date.now() < this.oldUntil) return OTHER_KEY;
     return undefined;
   }
+  verifiesUntil(alg: unknown, kid: unknown): number {
+    if (!this.verificationKey(alg, kid)) return 0;
+    return kid === 'old' ? this.oldUntil : Infinity;
+  }
   onChange(handler: () => void): void {
     this.handlers.push(handler);
   }
@@ -375,6 +379,16 @@ describe('JwtStrategy remembers verified tokens until exp', () => {
     assert.equal((await authenticate(`Bearer ${token}`, strategy)).kind, 'success');
     t.mock.timers.enable({ apis: ['Date'], now: exp * 1000 });
     await assertRefusedWith(strategy, token, /jwt expired/);
+  });
+
+  it("forgets a remembered token once its retiring key's time has come, before its exp", async (t) => {
+    const ring = RING as unknown as FixedRing;
+    const strategy = new JwtStrategy(CACHING, RING);
+    // Its exp after the key's verify_until (a token of a key whose time was cut short).
+    const token = sign({ exp: Math.floor(ring.oldUntil / 1000) + 600 }, { key: OTHER_KEY, header: { kid: 'old' } });
+    assert.equal((await authenticate(`Bearer ${token}`, strategy)).kind, 'success');
+    t.mock.timers.enable({ apis: ['Date'], now: ring.oldUntil });
+    await assertRefusedWith(strategy, token, /Not an access token/);
   });
 
   it('never lets a forged token ride on a remembered one', async () => {

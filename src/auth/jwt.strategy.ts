@@ -59,7 +59,10 @@ interface VerifiedToken {
 export class JwtStrategy extends PassportStrategy(Strategy, 'sessionary-jwt') {
   private readonly verified: LRUCache<string, VerifiedToken> | undefined;
 
-  constructor(config: ConfigService<AppConfig, true>, ring: KeyRing) {
+  constructor(
+    config: ConfigService<AppConfig, true>,
+    private readonly ring: KeyRing,
+  ) {
     super({
       jwtFromRequest: bearerToken,
       // The header is checked before verification, so a token of another type or naming a
@@ -111,7 +114,14 @@ export class JwtStrategy extends PassportStrategy(Strategy, 'sessionary-jwt') {
     const claims = { userId: sub, sessionId: sid, authTime: typeof payload.auth_time === 'number' ? payload.auth_time : 0 };
     // Only a token whose not-before has no future to wait for is remembered as it is.
     const token = this.verified && payload.nbf === undefined ? bearerToken(req) : null;
-    if (token) this.verified!.set(token, { claims, expiresAtMs: payload.exp * 1000 });
+    if (token) {
+      // Until its exp, or until its key stops verifying if that comes first (a retiring key's
+      // verify_until passes without a change of the ring to empty the cache; until 0.20.2 a
+      // token outlived it here, up to its exp).
+      const header = accessTokenHeader(token);
+      const keyUntil = header ? this.ring.verifiesUntil(header.alg, header.kid) : 0;
+      this.verified!.set(token, { claims, expiresAtMs: Math.min(payload.exp * 1000, keyUntil) });
+    }
     return claims;
   }
 }

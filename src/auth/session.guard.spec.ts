@@ -19,6 +19,7 @@ import type { KeyRing } from '../keys/key-ring.service';
 function ringOf(key: KeyObject): KeyRing {
   return {
     verificationKey: (alg: unknown, kid: unknown) => (alg === 'HS256' && kid === undefined ? key : undefined),
+    verifiesUntil: (alg: unknown, kid: unknown) => (alg === 'HS256' && kid === undefined ? Infinity : 0),
     onChange: () => undefined,
   } as unknown as KeyRing;
 }

@@ -78,6 +78,16 @@ export class KeyRing implements OnModuleInit, OnApplicationShutdown {
     return key.verificationKey;
   }
 
+  /**
+   * Until when (ms since the epoch) the key verificationKey() gives for this algorithm and kid
+   * verifies: a retiring key's verify_until, Infinity for the others, 0 when there is none.
+   */
+  verifiesUntil(algorithm: unknown, kid: unknown): number {
+    if (!this.verificationKey(algorithm, kid)) return 0;
+    const key = kid === undefined ? this.kidless! : this.byKid.get(kid as string)!;
+    return key.state === 'retiring' ? key.verifyUntil!.getTime() : Infinity;
+  }
+
   /** The public keys of the next, current and retiring asymmetric keys (RFC 7517 JWK members only). */
   publicJwks(): PublishedJwk[] {
     return [...this.byKid.values()].filter((key) => key.publicJwk && verifiesNow(key)).map(publishedJwk);

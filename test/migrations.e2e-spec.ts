@@ -7,7 +7,7 @@ import { MIGRATION_LOCK_KEY, runMigrationsLocked, SESSIONARY_FUNCTIONS, SESSIONA
 import { SessionAuthTime1765500000000 } from '../src/database/migrations/1765500000000-SessionAuthTime';
 import { AuditUserIndexMerged1766700000000 } from '../src/database/migrations/1766700000000-AuditUserIndexMerged';
 import { AuditUserTypeIndex1766800000000 } from '../src/database/migrations/1766800000000-AuditUserTypeIndex';
-import { emptyDatabase } from './helpers/test-app';
+import { createTestApp, emptyDatabase } from './helpers/test-app';
 
 describe('migrations (e2e)', () => {
   let url: string;
@@ -26,6 +26,23 @@ describe('migrations (e2e)', () => {
       );
     } finally {
       await Promise.all(sources.map((s) => s.destroy()));
+    }
+  });
+
+  it("stop the service's boot at once on such a schema, leaving no connection behind: a refusal is not retried as a connection failure is", async () => {
+    const other = await emptyDatabase();
+    const client = new Client({ connectionString: other });
+    await client.connect();
+    try {
+      await client.query('CREATE TABLE users (id serial PRIMARY KEY, name text NOT NULL)');
+      await assert.rejects(createTestApp({ DATABASE_URL: other }), /Schema "public" already holds .+, and Sessionary has never migrated it/);
+      // Retried as a connection failure, the boot took 27 s and left each try's pool open.
+      const { rows } = await client.query(
+        `SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()`,
+      );
+      assert.equal(rows[0].n, 0, 'connections left open by the boot');
+    } finally {
+      await client.end();
     }
   });
 

@@ -15,6 +15,7 @@ import { DatabaseOutageMonitor } from '../database/database-outage.monitor';
 import { SESSIONARY_DATA_SOURCE } from '../database/data-source-name';
 import { dataSourceOptions } from '../database/data-source.options';
 import { runMigrationsLocked } from '../database/migrate';
+import { isDatabaseUnavailable } from '../database/pg-errors';
 import { HealthModule } from '../health/health.module';
 import { KeysModule } from '../keys/keys.module';
 import { MetricsModule } from '../metrics/metrics.module';
@@ -100,11 +101,25 @@ export class SessionaryModule {
           inject: [SESSIONARY_CONFIG],
           // TypeORM's own migrationsRun carries the setting to the factory below, which runs
           // them itself: before any provider can query, under an advisory lock.
-          useFactory: (config: AppConfig) => ({ ...dataSourceOptions(config.DATABASE_URL!), migrationsRun: config.MIGRATIONS_RUN }),
+          useFactory: (config: AppConfig) => ({
+            ...dataSourceOptions(config.DATABASE_URL!),
+            migrationsRun: config.MIGRATIONS_RUN,
+            // A database that does not answer yet is tried again (10 times, 3 s apart); a schema
+            // refused as another application's, or a failed migration, would fail alike every
+            // time: the boot stops at once, saying why (until 0.20.2, after ten "Unable to
+            // connect" lines and 27 s).
+            toRetry: (error: unknown) => isDatabaseUnavailable(error),
+          }),
           dataSourceFactory: async (options) => {
             const { migrationsRun, ...rest } = options as DataSourceOptions;
             const dataSource = await new DataSource({ ...rest, migrationsRun: false } as DataSourceOptions).initialize();
-            if (migrationsRun) await runMigrationsLocked(dataSource);
+            try {
+              if (migrationsRun) await runMigrationsLocked(dataSource);
+            } catch (error) {
+              // Its pool closed: a boot that stops leaves no connection behind.
+              await dataSource.destroy().catch(() => undefined);
+              throw error;
+            }
             return dataSource;
           },
         }),

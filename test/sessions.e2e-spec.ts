@@ -277,7 +277,9 @@ describe('session activity writes (e2e)', () => {
       // As a password change ending the user's other sessions holds them.
       await holder.startTransaction();
       await holder.query('SELECT 1 FROM sessions WHERE id = $1 FOR UPDATE', [locked.sessionId]);
-      const seen = Date.now() + 5_000;
+      // After the logins' own last_seen_at, before the flush's now().
+      await sleep(50);
+      const seen = Date.now() - 10;
       buffer.record(free.sessionId, seen, false);
       buffer.record(locked.sessionId, seen, false);
       const flushed = await Promise.race([buffer.flush().then(() => true), sleep(3_000).then(() => false)]);
@@ -296,6 +298,11 @@ describe('session activity writes (e2e)', () => {
         [free.sessionId, locked.sessionId],
       ]);
       for (const r of rows) assert.ok(Math.abs(r.seen - seen) < 1, `last_seen_at ${r.seen} is the activity's ${seen}`);
+      // Activity stamped ahead of the database's clock (an instance's estimate running fast) is taken as now, no later.
+      buffer.record(free.sessionId, Date.now() + 3_600_000, false);
+      await buffer.flush();
+      const [{ ahead }] = await t.db.query(`SELECT last_seen_at > now() AS ahead FROM sessions WHERE id = $1`, [free.sessionId]);
+      assert.equal(ahead, false);
     } finally {
       if (holder.isTransactionActive) await holder.rollbackTransaction();
       await holder.release();

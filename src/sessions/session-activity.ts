@@ -106,9 +106,11 @@ export class SessionActivityBuffer {
       // session limit, another instance's batch) could deadlock with it, failing that request
       // (until 0.20.2). A session locked elsewhere is written by the next flush, shortly after.
       // The last part names them: active as of this statement's snapshot, and not locked here.
+      // Activity is never later than the database's now (an instance's estimate of that clock
+      // may run ahead), so it cannot carry an idle deadline beyond what a request now would.
       const { rows } = await sql<{ id: string; idle_expires_at: Date | null; last_seen_at: Date | null; written: boolean }>(
         this.dataSource.manager,
-        `WITH a AS (SELECT unnest($1::uuid[]) AS id, to_timestamp(unnest($2::float8[]) / 1000.0) AS seen),
+        `WITH a AS (SELECT v.id, LEAST(to_timestamp(v.ms / 1000.0), now()) AS seen FROM unnest($1::uuid[], $2::float8[]) AS v(id, ms)),
          locked AS (
            SELECT id FROM sessions
             WHERE id = ANY($1::uuid[]) AND ended_at IS NULL AND idle_expires_at > now()

@@ -21,6 +21,16 @@ export interface ListenerOptions {
  * It also measures the offset of the database's clock, so deadlines (set with the database's
  * now()) are compared on the same clock without a query.
  */
+/**
+ * This process's clock for the offset: monotonic since the process started, so that the wall
+ * clock stepped back or forward (NTP, an operator) cannot move the database's estimated time
+ * until the next measurement; with Date.now() a step back had cached sessions honoured past their
+ * deadlines, and a step forward recorded activity in the future (until 0.20.2).
+ */
+function processClockMs(): number {
+  return performance.timeOrigin + performance.now();
+}
+
 export class SessionChangeListener {
   private readonly connection: PgChannelListener;
   /** Database clock minus this process's clock, in ms. */
@@ -65,7 +75,7 @@ export class SessionChangeListener {
 
   /** The database's clock now, estimated from this process's clock and the measured offset. */
   databaseNow(): number {
-    return Date.now() + this.offsetMs;
+    return processClockMs() + this.offsetMs;
   }
 
   get clockUncertaintyMs(): number {
@@ -85,9 +95,9 @@ export class SessionChangeListener {
   private async measureClock(client: Client): Promise<void> {
     let best: { offset: number; halfRtt: number } | undefined;
     for (let i = 0; i < 3; i++) {
-      const sent = Date.now();
+      const sent = processClockMs();
       const { rows } = await client.query<{ ms: string }>(`SELECT (extract(epoch FROM clock_timestamp()) * 1000)::float8 AS ms`);
-      const received = Date.now();
+      const received = processClockMs();
       const halfRtt = (received - sent) / 2;
       const offset = Number(rows[0].ms) - (sent + halfRtt);
       if (!best || halfRtt < best.halfRtt) best = { offset, halfRtt };

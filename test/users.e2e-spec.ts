@@ -71,6 +71,20 @@ describe('users (e2e)', () => {
     assert.equal((await t.http.get('/api/v1/users/me').set('Authorization', bearer(tokens))).status, 200);
   });
 
+  it('PATCH /users/me asks for the step-up for an email the database tells apart, though JavaScript lower-cases both alike (final sigma)', async () => {
+    const tag = uniqueName().slice(2);
+    const user = await registerUser(t.http, { email: `νίκος_${tag}@example.test` });
+    const tokens = await staleTokens(t, await login(t.http, user));
+    // 'ΝΊΚΟΣ'.toLowerCase() is 'νίκος' (final sigma); PostgreSQL's lower() gives 'νίκοσ': another address to the index and the login.
+    const upper = `ΝΊΚΟΣ_${tag}@example.test`;
+    assert.equal(upper.toLowerCase(), user.email);
+    const res = await t.http.patch('/api/v1/users/me').set('Authorization', bearer(tokens)).send({ email: upper });
+    assert.equal(res.status, 401, JSON.stringify(res.body));
+    assert.equal(res.headers['www-authenticate'], STEP_UP_CHALLENGE);
+    const [row] = await t.db.query('SELECT email FROM users WHERE id = $1', [user.id]);
+    assert.equal(row.email, user.email);
+  });
+
   it('PATCH /users/me checks a currentPassword whenever it is sent: a wrong one with a username change is a 401 that changes nothing', async () => {
     const { user, tokens } = await registerAndLogin(t.http);
     const newName = uniqueName();

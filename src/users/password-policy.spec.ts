@@ -4,7 +4,14 @@ import 'reflect-metadata';
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { validateSync } from 'class-validator';
-import { IsAcceptablePassword, isCommonPassword, PASSWORD_MAX_LENGTH, PASSWORD_MIN_LENGTH, passwordLength } from './password-policy';
+import {
+  commonPasswordLines,
+  IsAcceptablePassword,
+  isCommonPassword,
+  PASSWORD_MAX_LENGTH,
+  PASSWORD_MIN_LENGTH,
+  passwordLength,
+} from './password-policy';
 
 class PasswordForm {
   @IsAcceptablePassword()
@@ -48,13 +55,19 @@ describe('isCommonPassword', () => {
   });
 
   it('ships at least 10,000 entries, of which at least 3,000 pass the length rule (ASVS 6.2.4)', () => {
-    const entries = readFileSync(join(__dirname, '..', '..', '..', 'data', 'common-passwords.txt'), 'utf8')
-      .split('\n')
-      .filter((line) => line && !line.startsWith('#'));
+    const entries = commonPasswordLines(readFileSync(join(__dirname, '..', '..', '..', 'data', 'common-passwords.txt'), 'utf8'));
     assert.ok(entries.length >= 10_000, String(entries.length));
     const eligible = entries.filter((p) => passwordLength(p) >= 12 && passwordLength(p) <= 128);
     assert.ok(eligible.length >= 3_000, String(eligible.length));
     assert.ok(eligible.every(isCommonPassword));
+  });
+
+  it("finds the listed passwords that start with '#' (only the list's leading comment block is skipped)", () => {
+    for (const listed of ['#imnotahacker69', '#dslishere123', '#1modernstuff', '#include<lizardstresser>', '###########eron############']) {
+      assert.equal(isCommonPassword(listed), true, listed);
+    }
+    assert.deepEqual(commonPasswordLines('# a comment\n# another\npassword\n#hashtag123\n\n'), ['password', '#hashtag123']);
+    assert.equal(isCommonPassword('# Common and breached passwords, one per line, lower case, most common first: the 10,000 most'), false);
   });
 
   it('does not treat the blank end of the list as a password', () => {

@@ -10,12 +10,19 @@ const COMMON_PASSWORDS_FILE = join(__dirname, '..', '..', '..', 'data', 'common-
 
 let commonPasswords: Set<string> | undefined;
 function loadCommonPasswords(): Set<string> {
-  commonPasswords ??= new Set(
-    readFileSync(COMMON_PASSWORDS_FILE, 'utf8')
-      .split('\n')
-      .filter((line) => line && !line.startsWith('#')),
-  );
+  commonPasswords ??= new Set(commonPasswordLines(readFileSync(COMMON_PASSWORDS_FILE, 'utf8')));
   return commonPasswords;
+}
+
+/**
+ * The list's passwords: every non-empty line after its leading comment block. Only that block:
+ * passwords may start with '#' too (five do; until 0.20.2 they were skipped as comments).
+ */
+export function commonPasswordLines(text: string): string[] {
+  const lines = text.split('\n');
+  let first = 0;
+  while (first < lines.length && lines[first].startsWith('#')) first++;
+  return lines.slice(first).filter((line) => line);
 }
 
 /** Counted in Unicode code points, as API.md says, not UTF-16 units. */

@@ -140,6 +140,12 @@ export class UsersService {
     return qb.getOne();
   }
 
+  /** Whether two emails are one to the unique index and the login lookup (both compare lower()). */
+  private async sameEmail(a: string, b: string): Promise<boolean> {
+    const { rows } = await sql<{ same: boolean }>(this.dataSource.manager, 'SELECT lower($1) = lower($2) AS same', [a, b]);
+    return rows[0].same;
+  }
+
   /** Inserts inside the caller's transaction; the unique indexes settle races (409). */
   async create(em: EntityManager, input: NewUser): Promise<UserEntity> {
     try {
@@ -189,7 +195,10 @@ export class UsersService {
     const changes: Partial<Pick<UserEntity, 'username' | 'email'>> = {};
     if (dto.username !== undefined && dto.username !== user.username) changes.username = dto.username;
     if (dto.email !== undefined && dto.email !== user.email) changes.email = dto.email;
-    const emailChanges = changes.email !== undefined && changes.email.toLowerCase() !== user.email.toLowerCase();
+    // A new email as the unique index and the login compare it (PostgreSQL's lower()), not as
+    // JavaScript lower-cases (final sigma: 'ΝΊΚΟΣ' and 'νίκος' are one there, two in the
+    // database), or a change in case alone could skip the step-up (until 0.20.2).
+    const emailChanges = changes.email !== undefined && !(await this.sameEmail(changes.email, user.email));
     if (dto.currentPassword !== undefined) {
       await this.verifyCurrentPassword(user, dto.currentPassword, sessionId, client, emailChanges ? 'email_change' : 'profile_update');
     } else if (emailChanges) {

@@ -310,4 +310,31 @@ describe('session activity writes (e2e)', () => {
       await t.close();
     }
   });
+
+  it('writes activity noted after it stopped at once (shutdown: requests are answered until the server closes)', async () => {
+    const t = await createTestApp();
+    const dataSource = t.app.get<DataSource>(SESSIONARY_DATA_SOURCE_TOKEN);
+    const written: string[] = [];
+    const buffer = new SessionActivityBuffer(dataSource, {
+      idleTtlSeconds: 3600,
+      intervalMs: 60_000,
+      onWritten: (writes) => written.push(...writes.map((w) => w.sessionId)),
+    });
+    try {
+      const user = await registerUser(t.http);
+      const tokens = await login(t.http, user);
+      buffer.start();
+      await buffer.stop();
+      await sleep(50);
+      buffer.record(tokens.sessionId, Date.now() - 10, false);
+      for (let waited = 0; !written.includes(tokens.sessionId); waited += 20) {
+        assert.ok(waited < 5_000, 'activity noted after stop() was written');
+        await sleep(20);
+      }
+      assert.equal(buffer.pendingCount, 0);
+    } finally {
+      await buffer.stop();
+      await t.close();
+    }
+  });
 });

@@ -38,6 +38,7 @@ export class SessionActivityBuffer {
   private failing = false;
   /** A flush again shortly after one that found sessions locked by another transaction. */
   private retry: NodeJS.Timeout | undefined;
+  private stopped = false;
 
   constructor(
     private readonly dataSource: DataSource,
@@ -52,6 +53,7 @@ export class SessionActivityBuffer {
 
   /** Writes what is pending and stops the timer (shutdown). */
   async stop(): Promise<void> {
+    this.stopped = true;
     clearInterval(this.timer);
     this.timer = undefined;
     if (this.soon) clearImmediate(this.soon);
@@ -66,11 +68,15 @@ export class SessionActivityBuffer {
     return this.pending.size;
   }
 
-  /** Notes activity at `seenAt` (database clock, ms); `urgent` writes it without waiting for the tick. */
+  /**
+   * Notes activity at `seenAt` (database clock, ms); `urgent` writes it without waiting for the
+   * tick. Once stopped (shutdown: requests are still answered until the server closes, and the
+   * pool after it), every activity is written at once: no tick will come for it.
+   */
   record(sessionId: string, seenAt: number, urgent: boolean): void {
     const previous = this.pending.get(sessionId);
     if (previous === undefined || seenAt > previous) this.pending.set(sessionId, seenAt);
-    if (urgent || this.pending.size >= this.maxPending) this.soon ??= setImmediate(() => void this.flush());
+    if (urgent || this.stopped || this.pending.size >= this.maxPending) this.soon ??= setImmediate(() => void this.flush());
   }
 
   /**

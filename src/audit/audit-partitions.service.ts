@@ -2,13 +2,12 @@ import { Injectable, Logger } from '@nestjs/common';
 import { ConfigService } from '@nestjs/config';
 import { InjectDataSource } from '@nestjs/typeorm';
 import { SESSIONARY_DATA_SOURCE } from '../database/data-source-name';
-import { createWriteStream } from 'node:fs';
-import { mkdir, rename, rm, writeFile } from 'node:fs/promises';
-import { pipeline } from 'node:stream/promises';
+import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { DataSource, EntityManager, QueryRunner } from 'typeorm';
 import type { AppConfig } from '../config/config';
 import { sql } from '../database/sql';
+import { writeFileDurably } from '../common/durable-file';
 import { LOCK_TAKEN, withSessionAdvisoryLock } from '../database/advisory-lock';
 import { AuditBaseSets, type BaseSet } from './audit-base-sets';
 import { AuditChainService } from './audit-chain.service';
@@ -397,7 +396,7 @@ export class AuditPartitionsService {
    * Writes the month as an export of its time range (`audit-verify --file` checks it offline:
    * every event with its chain fields, in seq order, then the keyed seal), and the latest
    * checkpoint beside it; each file appears whole or not at all (written under a temporary
-   * name, then renamed). Null when AUDIT_ARCHIVE_DIR is not set.
+   * name, synced, then renamed, the directory synced). Null when AUDIT_ARCHIVE_DIR is not set.
    */
   private async archive(partition: AuditPartition): Promise<string | null> {
     const dir = this.config.get('AUDIT_ARCHIVE_DIR', { infer: true });
@@ -405,18 +404,10 @@ export class AuditPartitionsService {
     await mkdir(dir, { recursive: true, mode: 0o700 });
     const base = join(dir, `audit-events-${partition.from.toISOString().slice(0, 7)}`);
     const file = `${base}.ndjson`;
-    try {
-      await pipeline(await this.exporter.open({ from: partition.from, to: partition.to }), createWriteStream(`${file}.partial`, { mode: 0o600 }));
-    } catch (error) {
-      await rm(`${file}.partial`, { force: true });
-      throw error;
-    }
-    await rename(`${file}.partial`, file);
+    // On disk before the month is dropped (see writeFileDurably): the archive may be its only copy.
+    await writeFileDurably(file, await this.exporter.open({ from: partition.from, to: partition.to }));
     const closing = await this.chain.latestCheckpoint();
-    if (closing) {
-      await writeFile(`${base}.checkpoint.json.partial`, `${JSON.stringify(closing)}\n`, { mode: 0o600 });
-      await rename(`${base}.checkpoint.json.partial`, `${base}.checkpoint.json`);
-    }
+    if (closing) await writeFileDurably(`${base}.checkpoint.json`, `${JSON.stringify(closing)}\n`);
     return file;
   }
 }

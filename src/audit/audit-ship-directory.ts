@@ -1,7 +1,6 @@
-import { createWriteStream } from 'node:fs';
-import { mkdir, readdir, rename, rm } from 'node:fs/promises';
+import { mkdir, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { pipeline } from 'node:stream/promises';
+import { writeFileDurably } from '../common/durable-file';
 import { SHIPPED_PIECE_NAME, shippedPieceName } from './audit-export-format';
 import type { ShipDestination, ShipPiece } from './audit-ship-destination';
 
@@ -37,13 +36,8 @@ export class DirectoryShipDestination implements ShipDestination {
 
   async deliver({ afterSeq, throughSeq, lines }: ShipPiece): Promise<string> {
     const file = join(this.dir, shippedPieceName(afterSeq, throughSeq));
-    try {
-      await pipeline(lines, createWriteStream(`${file}.partial`, { mode: 0o600 }));
-    } catch (error) {
-      await rm(`${file}.partial`, { force: true });
-      throw error;
-    }
-    await rename(`${file}.partial`, file);
+    // On disk before this returns: retention takes the directory's pieces for shipped events.
+    await writeFileDurably(file, lines);
     return file;
   }
 }

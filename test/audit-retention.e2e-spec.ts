@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { createHmac } from 'node:crypto';
-import { createWriteStream, existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { createWriteStream, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { pipeline } from 'node:stream/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -573,6 +573,19 @@ describe('audit log partitions and retention (e2e)', () => {
       },
     ]);
     assert.equal((await partitionsOf(t.db))[partitionOf(old).name], 1);
+
+    // Another log's piece in the directory (or this database restored from an older backup): its
+    // progress is not this log's, so it ships nothing of this month, and nothing is dropped.
+    const foreign = join(shipDir, `audit-after-${'0'.repeat(19)}-through-${'9'.repeat(19)}.ndjson`);
+    writeFileSync(foreign, '');
+    const heldForeign = await retention(t, days).maintain();
+    assert.deepEqual(heldForeign.dropped, []);
+    assert.equal(heldForeign.held.length, 1);
+    assert.match(
+      heldForeign.held[0].reason,
+      /runs through seq 9{19}, past this audit log's newest seq \(\d+\): the directory holds another log's pieces.*; nothing is dropped until that is resolved$/,
+    );
+    rmSync(foreign);
 
     assert.ok('shipped' in (await t.app.get(AuditShipTask).handleTick()).directory!);
     const dropped = await retention(t, days).maintain();

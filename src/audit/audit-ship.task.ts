@@ -6,12 +6,11 @@ import { DataSource, QueryRunner } from 'typeorm';
 import type { AppConfig } from '../config/config';
 import { SESSIONARY_DATA_SOURCE } from '../database/data-source-name';
 import { isDatabaseUnavailable } from '../database/pg-errors';
-import { sql } from '../database/sql';
 import { LOCK_TAKEN, withSessionAdvisoryLock } from '../database/advisory-lock';
 import { SCHEDULED_JOBS } from '../sessionary/scheduled-jobs';
 import { AuditExportService } from './audit-export.service';
 import type { ShipDestination, ShipDestinationKind } from './audit-ship-destination';
-import { AuditShipDestinations } from './audit-ship-destinations';
+import { AuditShipDestinations, foreignProgress, newestAuditSeq } from './audit-ship-destinations';
 import { ShipFailureLog } from './ship-failure-log';
 
 const JOB_NAME = 'audit-ship';
@@ -109,24 +108,13 @@ export class AuditShipTask implements OnApplicationBootstrap {
   private async shipAll(destination: ShipDestination, runner: QueryRunner, shipped: string[]): Promise<ShipOutcome> {
     const stats = this.stats[destination.kind]!;
     let after = await destination.shippedThrough(runner);
+    // Another log's pieces, or the database restored from an older backup: shipping on after
+    // them would skip every event until the sequence caught up. An error, repeated while it lasts (ShipFailureLog).
+    const newest = await newestAuditSeq(runner);
+    const foreign = foreignProgress(destination, after, newest);
+    if (foreign) throw new Error(`${foreign[0].toUpperCase()}${foreign.slice(1)}`);
     // No seq handed out since: nothing to wait for or read.
-    const {
-      rows: [{ newest }],
-    } = await sql<{ newest: string | null }>(
-      runner.manager,
-      `SELECT pg_sequence_last_value(pg_get_serial_sequence('audit_events', 'seq'))::text AS newest`,
-    );
-    if (BigInt(newest ?? '0') < BigInt(after)) {
-      // Another log's pieces, or the database restored from an older backup: shipping on after
-      // them would skip every event until the sequence caught up. An error, repeated while it lasts (ShipFailureLog).
-      throw new Error(
-        `The newest piece shipped to ${destination.description} runs through seq ${after}, past this audit log's newest seq (${newest ?? 0}): ` +
-          (destination.kind === 'directory'
-            ? "the directory holds another log's pieces, or the database was restored from an older backup; move them away"
-            : 'audit_ship_progress is from another log, or the database was restored from an older backup'),
-      );
-    }
-    if (BigInt(newest ?? '0') > BigInt(after)) {
+    if (BigInt(newest) > BigInt(after)) {
       const maxEvents = this.config.get('AUDIT_SHIP_MAX_EVENTS', { infer: true });
       // Each piece starts where the one just delivered ends (the destination recorded it).
       for (let more = true; more;) {

@@ -464,13 +464,16 @@ describe('audit export (e2e)', () => {
     it('without AUDIT_HMAC_KEY (none set, none kept by an earlier development start) is exit code 2, and makes no key up', async () => {
       const file = writeTemp('keyless.ndjson', ndjson([...whole.lines, whole.seal as unknown as Record<string, unknown>]));
       const dataDir = mkdtempSync(join(dir, 'data-'));
-      const run = await runCliWith(
-        { NODE_ENV: 'development', AUDIT_HMAC_KEY: undefined, DATA_DIR: dataDir },
-        await databaseForThisFile(),
-        'audit-verify',
-        '--file',
-        file,
-      );
+      // Development, no key in the environment: only what DATA_DIR keeps.
+      const verifyInDevelopment = async () =>
+        runCliWith(
+          { NODE_ENV: 'development', AUDIT_HMAC_KEY: undefined, DATA_DIR: dataDir },
+          await databaseForThisFile(),
+          'audit-verify',
+          '--file',
+          file,
+        );
+      const run = await verifyInDevelopment();
       assert.equal(run.code, 2, run.stdout + run.stderr);
       assert.match(run.stderr, /audit-verify --file needs AUDIT_HMAC_KEY, the key the log was written with: none is set/);
       assert.equal(run.stdout, '');
@@ -481,13 +484,7 @@ describe('audit export (e2e)', () => {
         join(dataDir, 'secrets.json'),
         JSON.stringify({ JWT_SECRET: other(), PASSWORD_PEPPER: other(), AUDIT_HMAC_KEY: TEST_AUDIT_HMAC_KEY, KEY_ENCRYPTION_KEY: other() }),
       );
-      const kept = await runCliWith(
-        { NODE_ENV: 'development', AUDIT_HMAC_KEY: undefined, DATA_DIR: dataDir },
-        await databaseForThisFile(),
-        'audit-verify',
-        '--file',
-        file,
-      );
+      const kept = await verifyInDevelopment();
       assert.equal(kept.code, 0, kept.stdout + kept.stderr);
     });
   });

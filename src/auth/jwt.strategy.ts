@@ -48,9 +48,10 @@ interface VerifiedToken {
  * our issuer and audience, unexpired, with `typ: at+jwt`, and no header that names a key
  * elsewhere (`jwk`, `jku`, `x5u`, `x5c`) or asks for extensions (`crit`).
  *
- * A token that passed every check is remembered until its `exp` (an LRU of
- * SESSION_CACHE_MAX tokens, off at 0): the same string gives the same verdict while the ring
- * is unchanged, so only the expiry has to be checked again; any change of the ring empties it.
+ * A token that passed every check is remembered until its `exp`, or its retiring key's
+ * verify_until if sooner (an LRU of SESSION_CACHE_MAX tokens, off at 0): the same string
+ * gives the same verdict while the ring is unchanged, so only the expiry has to be checked
+ * again; any change of the ring empties it.
  * Verifying the signature and parsing the token was the largest single cost of an
  * authenticated request (ES256 more so than HS256). Only verified tokens enter the cache,
  * looked up by their whole text, so a forged token always takes the full path.

@@ -7,8 +7,9 @@ import { existingSecret, MissingSecretError, resolveSecrets, type SecretName, Se
 export type AppConfig = Omit<Env, keyof Secrets> & Secrets;
 
 /**
- * The one reader of process.env. `.env` in the working directory is loaded first when present
- * (real environment variables win), so the server, the CLI and the TypeORM CLI agree.
+ * The reader of process.env (but for library mode's nodeEnv default, which configFromOptions
+ * takes from NODE_ENV). `.env` in the working directory is loaded first when present (real
+ * environment variables win), so the server, the CLI and the TypeORM CLI agree.
  */
 export function loadConfig(raw: Record<string, string | undefined> = process.env, options: { mustExist?: SecretName } = {}): AppConfig {
   if (raw === process.env && existsSync('.env')) process.loadEnvFile('.env');

@@ -158,9 +158,10 @@ export class Env {
   AUDIT_CHECKPOINT_FILE?: string;
 
   /**
-   * Days audit events are kept. Unset: all of them. When set, a daily job drops each month's
-   * partition once all of its events are older than this (archived first when
-   * AUDIT_ARCHIVE_DIR is set); a month is dropped whole, so events live up to a month longer.
+   * Days audit events are kept. Unset: all of them. When set, an hourly job (one instance at a
+   * time, under an advisory lock) drops each month's partition once all of its events are older
+   * than this and every shipping destination has them (archived first when AUDIT_ARCHIVE_DIR is
+   * set); a month is dropped whole, so events live up to a month longer.
    */
   @Transform(toOptionalNumber)
   @IsOptional()

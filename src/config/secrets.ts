@@ -40,10 +40,10 @@ function weakness(name: string, value: string | undefined): string | undefined {
 
 /**
  * Production: every secret must come from configuration and be strong, or the boot stops
- * (ASVS 13.3.1); the audit key must also differ from the other two, so that one leaked value
- * does not give away the other's purpose. Development: generated once and kept under DATA_DIR,
- * so a restart neither logs everyone out nor leaves the audit events written before it
- * unverifiable. Test: generated per process unless given.
+ * (ASVS 13.3.1); the four must also all differ, so that one leaked value does not give away
+ * another's purpose. Development: generated once and kept under DATA_DIR, so a restart
+ * neither logs everyone out nor leaves the audit events written before it unverifiable. Test:
+ * generated per process unless given.
  */
 export function resolveSecrets(env: Env): Secrets {
   if (env.NODE_ENV === NodeEnv.Production) {

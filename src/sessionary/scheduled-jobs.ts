@@ -3,8 +3,8 @@ import { SchedulerRegistry } from '@nestjs/schedule';
 
 /**
  * Whether this process runs Sessionary's scheduled jobs: the session cleanup, the audit
- * checkpoints, the audit partitions' maintenance (months ahead, retention, ordering), the
- * signing-key rotation and the prunes of the rate-limit and login-failure counters.
+ * checkpoints, the audit shipping, the audit partitions' maintenance (months ahead, retention,
+ * ordering), the signing-key rotation and the prunes of the rate-limit and login-failure counters.
  *
  * True for the service. False for a process that boots the modules to do one thing and exit
  * (the CLI; a host's own scripts): such a process must not claim a cleanup tick, write a

@@ -56,9 +56,10 @@ class SessionaryRoutePrefix {
  *
  * Options are the configuration table's settings in camelCase (README); the service itself
  * (main.ts) is this module with its configuration from the environment. Its jobs are `@Cron`
- * methods: the application imports `ScheduleModule.forRoot()` once, in its root module (see
- * ScheduledJobsCheck). A process that boots the module only to run one command passes
- * `{ scheduledJobs: false }` (see SCHEDULED_JOBS).
+ * methods, but for the audit checkpoints and shipping (timers registered with the
+ * SchedulerRegistry by addInterval): the application imports `ScheduleModule.forRoot()` once,
+ * in its root module (see ScheduledJobsCheck). A process that boots the module only to run one
+ * command passes `{ scheduledJobs: false }` (see SCHEDULED_JOBS).
  */
 @Module({})
 export class SessionaryModule {

@@ -12,10 +12,11 @@ import { DataSource } from 'typeorm';
 import { EXPORT_APPLICATION_NAME, AuditExportService } from '../src/audit/audit-export.service';
 import { AuditService } from '../src/audit/audit.service';
 import { AuditShipTask } from '../src/audit/audit-ship.task';
+import { AuditShipDestinations } from '../src/audit/audit-ship-destinations';
 import { SchedulerRegistry } from '@nestjs/schedule';
 import { bearer, login, registerUser, sleep, TestUser, Tokens } from './helpers/factories';
 import { runCli, runCliProcess, runCliWith } from './helpers/cli';
-import { createTestApp, databaseForThisFile, TEST_AUDIT_HMAC_KEY, TestApp } from './helpers/test-app';
+import { copyOfDatabase, createTestApp, databaseForThisFile, freshDatabase, TEST_AUDIT_HMAC_KEY, TestApp } from './helpers/test-app';
 import { tamper } from './helpers/db';
 import { interceptQueryRunners, recordQueryRunners, textOf } from './helpers/query-runners';
 import { SESSIONARY_DATA_SOURCE_TOKEN } from '../src/database/data-source-name';
@@ -944,6 +945,76 @@ describe('audit export (e2e)', () => {
           assert.deepEqual(pieceFiles(), before);
         } finally {
           rmSync(foreign);
+        }
+      });
+      it('refuses to ship after the pieces of a log restored from an older backup, even once its sequence has passed them, and retention drops nothing', async () => {
+        const restoreDir = join(dir, 'shipped-restored');
+        // One pepper for every app: a backup restored keeps the passwords it had.
+        const env = { AUDIT_SHIP_DIR: restoreDir, AUDIT_SHIP_INTERVAL: '86400', PASSWORD_PEPPER: t.config.PASSWORD_PEPPER };
+        const url = await freshDatabase();
+        const opened = new Set<TestApp>();
+        const start = async (database: string) => {
+          const app = await createTestApp({ ...env, DATABASE_URL: database });
+          opened.add(app);
+          return app;
+        };
+        const stop = async (app: TestApp) => {
+          opened.delete(app);
+          await app.close();
+        };
+        const newest = async (app: TestApp) =>
+          (await app.db.query(`SELECT pg_sequence_last_value(pg_get_serial_sequence('audit_events', 'seq'))::text AS seq`))[0].seq as string;
+        const tick = async (app: TestApp) => (await app.app.get(AuditShipTask).handleTick()).directory!;
+        try {
+          let live = await start(url);
+          const person = await registerUser(live.http);
+          await login(live.http, person);
+          await stop(live);
+          const backup = await copyOfDatabase(url);
+          // After the backup: the person's next event, shipped with the rest.
+          live = await start(url);
+          await login(live.http, person, 'after-the-backup');
+          assert.ok('shipped' in (await tick(live)));
+          const shippedThrough = await newest(live);
+          await stop(live);
+          const files = () => readdirSync(restoreDir).sort();
+          const shipped = files();
+
+          // The database restored from the backup: its sequence is behind the pieces (refused before 0.20.3 too) ...
+          const restored = await start(backup);
+          assert.ok(BigInt(await newest(restored)) < BigInt(shippedThrough));
+          assert.match(JSON.stringify(await tick(restored)), /past this audit log's newest seq/);
+          // ... and then the same person's login takes the seq and chain position of the one
+          // shipped after the backup: another event there. Shipping on after the pieces would
+          // never ship it (nor, as its sequence went on, any event under the seqs shipped since the backup).
+          await login(restored.http, person, 'after-the-restore');
+          assert.equal(await newest(restored), shippedThrough);
+          const refused = await tick(restored);
+          assert.ok('failed' in refused, JSON.stringify(refused));
+          assert.match(
+            refused.failed,
+            /^The last event shipped to .+ \(seq \d+, chain .+ position \d+\) is another event in this audit log: .+ move them away$/,
+          );
+          await registerUser(restored.http);
+          assert.ok(BigInt(await newest(restored)) > BigInt(shippedThrough));
+          assert.ok('failed' in (await tick(restored)));
+          assert.deepEqual(files(), shipped, 'nothing shipped');
+          const runner = restored.db.createQueryRunner();
+          try {
+            assert.match(
+              (await restored.app.get(AuditShipDestinations).notShippedThrough(runner, '1')) ?? '',
+              /is another event in this audit log: .+; nothing is dropped until that is resolved$/,
+            );
+          } finally {
+            await runner.release();
+          }
+          // Its pieces moved away, the directory takes the restored log from its first event.
+          rmSync(restoreDir, { recursive: true });
+          assert.ok('shipped' in (await tick(restored)));
+          const run = await cli('audit-verify', '--dir', restoreDir);
+          assert.equal(run.code, 0, run.stdout + run.stderr);
+        } finally {
+          for (const app of opened) await app.close();
         }
       });
     });

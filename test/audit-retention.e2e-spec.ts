@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { createHmac } from 'node:crypto';
-import { createWriteStream, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createWriteStream, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { pipeline } from 'node:stream/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -18,6 +18,7 @@ import { AuditShipDestinations } from '../src/audit/audit-ship-destinations';
 import { AuditPartitionsService, monthOf, partitionOf } from '../src/audit/audit-partitions.service';
 import { AuditPartitionsTask } from '../src/audit/audit-partitions.task';
 import { AuditVerifierService } from '../src/audit/audit-verifier.service';
+import { lastEventOfPiece } from '../src/audit/shipped-piece-tail';
 import { AuditShipTask } from '../src/audit/audit-ship.task';
 import type { AppConfig } from '../src/config/config';
 import { AuditService } from '../src/audit/audit.service';
@@ -591,6 +592,14 @@ describe('audit log partitions and retention (e2e)', () => {
     const dropped = await retention(t, days).maintain();
     assert.deepEqual([dropped.dropped.map((d) => [d.name, d.events]), dropped.held], [[[partitionOf(old).name, 1]], []]);
     await assertVerifies(t, 1);
+    // The last event shipped went with its month: no sign of another log (its chain's head is
+    // past it), so shipping goes on.
+    const newestPiece = readdirSync(shipDir)
+      .filter((n) => n.endsWith('.ndjson'))
+      .sort()
+      .at(-1)!;
+    assert.equal((await lastEventOfPiece(join(shipDir, newestPiece)))?.seq, last);
+    assert.deepEqual(await t.app.get(AuditShipTask).handleTick(), { directory: { skipped: 'nothing new' } });
   });
 
   it('leaves every month in place without AUDIT_RETENTION_DAYS, and writes no archive', async () => {

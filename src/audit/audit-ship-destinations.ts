@@ -3,7 +3,7 @@ import { ConfigService } from '@nestjs/config';
 import type { QueryRunner } from 'typeorm';
 import type { AppConfig } from '../config/config';
 import { sql } from '../database/sql';
-import type { ShipDestination } from './audit-ship-destination';
+import type { ShipDestination, ShippedEnd, ShippedEvent } from './audit-ship-destination';
 import { DirectoryShipDestination } from './audit-ship-directory';
 import { HttpShipDestination } from './audit-ship-http';
 
@@ -32,13 +32,13 @@ export class AuditShipDestinations {
   async notShippedThrough(runner: QueryRunner, throughSeq: string): Promise<string | undefined> {
     const newest = this.list.length ? await newestAuditSeq(runner) : '0';
     for (const destination of this.list) {
-      const shipped = await destination.shippedThrough(runner);
-      // Progress past this log's newest seq is not this log's (the shipping task refuses to ship
-      // on after it): none of the month can be taken for shipped (until 0.20.2 every month was).
-      const foreign = foreignProgress(destination, shipped, newest);
+      const end = await destination.shippedEnd(runner);
+      // A copy that is not this log's (the shipping task refuses to ship on after it): none of
+      // the month can be taken for shipped.
+      const foreign = await notThisLogsCopy(runner, destination, end, newest);
       if (foreign) return `${foreign}; nothing is dropped until that is resolved`;
-      if (BigInt(shipped) < BigInt(throughSeq)) {
-        return `its events run through seq ${throughSeq}, and ${destination.kind} ${destination.description} has them through seq ${shipped} only; it is dropped once they are shipped`;
+      if (BigInt(end.throughSeq) < BigInt(throughSeq)) {
+        return `its events run through seq ${throughSeq}, and ${destination.kind} ${destination.description} has them through seq ${end.throughSeq} only; it is dropped once they are shipped`;
       }
     }
     return undefined;
@@ -57,16 +57,86 @@ export async function newestAuditSeq(runner: QueryRunner): Promise<string> {
 }
 
 /**
- * Why the destination's progress (the seq its newest piece runs through) cannot be this audit
- * log's: past the newest seq the log ever handed out (another log's pieces, or the database
- * restored from an older backup). Undefined when it may be.
+ * Why the destination's copy cannot be of this audit log (another log's pieces, or the
+ * database restored from an older backup), so that shipping on after it would skip events;
+ * undefined when it may be. Its progress must not run past the newest seq this log handed out
+ * (`newest`, newestAuditSeq). Where the destination can tell its last event (a directory), that
+ * event must be this log's (the same seq and hash at its chain's position, or gone with its
+ * month while its chain went on past it), and no event of this log may lie after it up to the
+ * progress: after a restore, once the sequence passes the progress, only this tells the events
+ * written since the restore (which reuse the seqs shipped after the backup) from shipped ones.
  */
-export function foreignProgress(destination: ShipDestination, shipped: string, newest: string): string | undefined {
-  if (BigInt(shipped) <= BigInt(newest)) return undefined;
-  return (
-    `the newest piece shipped to ${destination.description} runs through seq ${shipped}, past this audit log's newest seq (${newest}): ` +
+export async function notThisLogsCopy(
+  runner: QueryRunner,
+  destination: ShipDestination,
+  end: ShippedEnd,
+  newest: string,
+): Promise<string | undefined> {
+  const because = (what: string) =>
+    `${what}: ` +
     (destination.kind === 'directory'
       ? "the directory holds another log's pieces, or the database was restored from an older backup; move them away"
-      : 'audit_ship_progress is from another log, or the database was restored from an older backup')
+      : 'audit_ship_progress is from another log, or the database was restored from an older backup');
+  if (BigInt(end.throughSeq) > BigInt(newest)) {
+    return because(
+      `the newest piece shipped to ${destination.description} runs through seq ${end.throughSeq}, past this audit log's newest seq (${newest})`,
+    );
+  }
+  if (!end.readTail) return undefined;
+  const { lastEvent, noEventsAfter } = await end.readTail();
+  const found = await shippedEventInLog(runner, lastEvent, noEventsAfter, end.throughSeq);
+  if (found.unshipped !== null) {
+    return because(
+      `this audit log holds event seq ${found.unshipped}, which the pieces shipped to ${destination.description} leave out ` +
+        `(they hold no event after seq ${noEventsAfter} through ${end.throughSeq})`,
+    );
+  }
+  if (!lastEvent) return undefined;
+  const named = `the last event shipped to ${destination.description} (seq ${lastEvent.seq}${lastEvent.chainKey === null ? '' : `, chain ${lastEvent.chainKey} position ${lastEvent.position}`})`;
+  if (found.stored !== null) {
+    return found.stored === `${lastEvent.seq} ${lastEvent.hash ?? '-'}` ? undefined : because(`${named} is another event in this audit log`);
+  }
+  // Not stored: gone with its month (retention) if its chain went on past it; not yet written otherwise.
+  if (lastEvent.chainKey !== null && (found.head === null || BigInt(found.head) < BigInt(lastEvent.position!))) {
+    return because(`${named} is past the end of that chain in this audit log (${found.head === null ? 'no such chain' : `position ${found.head}`})`);
+  }
+  return undefined;
+}
+
+/**
+ * What the log holds of a shipped copy's end, in one round trip: its first event in
+ * (`noEventsAfter`, `throughSeq`] (which the copy does not hold), the seq and hash of the event
+ * at `lastEvent`'s place (its chain's position; its seq outside every chain), and that chain's
+ * head position. The lookup tries the event's month first (its time, which PostgreSQL prunes
+ * to), then every month (a wrong time costs a lookup, never the check).
+ */
+async function shippedEventInLog(
+  runner: QueryRunner,
+  lastEvent: ShippedEvent | null,
+  noEventsAfter: string,
+  throughSeq: string,
+): Promise<{ unshipped: string | null; stored: string | null; head: string | null }> {
+  const params: unknown[] = [];
+  const param = (value: unknown, type: string) => `$${params.push(value)}::${type}`;
+  const unshipped = `(SELECT min(seq)::text FROM audit_events WHERE seq > ${param(noEventsAfter, 'bigint')} AND seq <= ${param(throughSeq, 'bigint')})`;
+  let stored = 'NULL::text';
+  let head = 'NULL::text';
+  if (lastEvent) {
+    const chainKey = lastEvent.chainKey === null ? null : param(lastEvent.chainKey, 'text');
+    const place =
+      chainKey === null
+        ? `seq = ${param(lastEvent.seq, 'bigint')}`
+        : `chain_key = ${chainKey} AND chain_pos = ${param(lastEvent.position, 'bigint')}`;
+    const lookup = (where: string) => `(SELECT seq::text || ' ' || coalesce(hash, '-') FROM audit_events WHERE ${where} LIMIT 1)`;
+    stored = `coalesce(${lookup(`${place} AND created_at = ${param(lastEvent.createdAt, 'timestamptz')}`)}, ${lookup(place)})`;
+    if (chainKey !== null) head = `(SELECT position::text FROM audit_chain_heads WHERE chain_key = ${chainKey})`;
+  }
+  const {
+    rows: [row],
+  } = await sql<{ unshipped: string | null; stored: string | null; head: string | null }>(
+    runner.manager,
+    `SELECT ${unshipped} AS unshipped, ${stored} AS stored, ${head} AS head`,
+    params,
   );
+  return row;
 }

@@ -2,7 +2,11 @@ import { mkdir, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { writeFileDurably } from '../common/durable-file';
 import { SHIPPED_PIECE_NAME, shippedPieceName } from './audit-export-format';
-import type { ShipDestination, ShipPiece } from './audit-ship-destination';
+import type { ShipDestination, ShippedEnd, ShippedTail, ShipPiece } from './audit-ship-destination';
+import { lastEventOfPiece } from './shipped-piece-tail';
+
+/** Pieces read back, newest first, looking for the last event shipped (past a run of empty ones). */
+const PIECES_READ_BACK = 100;
 
 /**
  * AUDIT_SHIP_DIR: each piece a file of its own, written under a temporary name and renamed
@@ -24,14 +28,16 @@ export class DirectoryShipDestination implements ShipDestination {
     return this.dir;
   }
 
-  async shippedThrough(): Promise<string> {
+  /** The newest piece's `throughSeq`; the last event in the pieces is read back only when asked. */
+  async shippedEnd(): Promise<ShippedEnd> {
     await mkdir(this.dir, { recursive: true, mode: 0o700 });
-    let newest = 0n;
-    for (const name of await readdir(this.dir)) {
-      const match = SHIPPED_PIECE_NAME.exec(name);
-      if (match && BigInt(match[2]) > newest) newest = BigInt(match[2]);
-    }
-    return newest.toString();
+    const pieces = (await readdir(this.dir))
+      .map((name) => SHIPPED_PIECE_NAME.exec(name))
+      .filter((match) => match !== null)
+      .map(([name, after, through]) => ({ file: join(this.dir, name), after: BigInt(after), through: BigInt(through) }))
+      .sort((x, y) => (x.through === y.through ? 0 : x.through > y.through ? -1 : 1));
+    if (!pieces.length) return { throughSeq: '0' };
+    return { throughSeq: pieces[0].through.toString(), readTail: () => tailOf(pieces) };
   }
 
   async deliver({ afterSeq, throughSeq, lines }: ShipPiece): Promise<string> {
@@ -40,4 +46,24 @@ export class DirectoryShipDestination implements ShipDestination {
     await writeFileDurably(file, lines);
     return file;
   }
+}
+
+interface PieceFile {
+  file: string;
+  after: bigint;
+  through: bigint;
+}
+
+/**
+ * The last event in the pieces (newest first), read back from their ends: back from the newest
+ * piece while the pieces follow one another (an empty piece holds no event: the one before it
+ * may), as far as the first that holds one.
+ */
+async function tailOf(pieces: PieceFile[]): Promise<ShippedTail> {
+  for (let i = 0; i < Math.min(pieces.length, PIECES_READ_BACK); i++) {
+    const lastEvent = await lastEventOfPiece(pieces[i].file);
+    if (lastEvent) return { lastEvent, noEventsAfter: lastEvent.seq };
+    if (pieces[i + 1]?.through !== pieces[i].after) return { lastEvent: null, noEventsAfter: pieces[i].after.toString() };
+  }
+  return { lastEvent: null, noEventsAfter: pieces[PIECES_READ_BACK - 1].after.toString() };
 }

@@ -5,7 +5,7 @@ import { pipeline } from 'node:stream/promises';
 import type { QueryRunner } from 'typeorm';
 import { sql } from '../database/sql';
 import { shippedPieceName } from './audit-export-format';
-import type { ShipDestination, ShipPiece } from './audit-ship-destination';
+import type { ShipDestination, ShippedEnd, ShipPiece } from './audit-ship-destination';
 
 /** A receiver that neither reads nor answers for this long is given up on (the next tick tries again). */
 const IDLE_TIMEOUT_MS = 30_000;
@@ -47,13 +47,14 @@ export class HttpShipDestination implements ShipDestination {
     this.description = `${this.url.origin}${this.url.pathname}`;
   }
 
-  async shippedThrough(runner: QueryRunner): Promise<string> {
+  /** Its progress only: what the endpoint took cannot be read back (and the progress is restored with the database). */
+  async shippedEnd(runner: QueryRunner): Promise<ShippedEnd> {
     const {
       rows: [row],
     } = await sql<{ through_seq: string }>(runner.manager, `SELECT through_seq::text FROM audit_ship_progress WHERE destination = $1`, [
       this.description,
     ]);
-    return row?.through_seq ?? '0';
+    return { throughSeq: row?.through_seq ?? '0' };
   }
 
   async deliver({ afterSeq, throughSeq, lines }: ShipPiece, runner: QueryRunner): Promise<string> {

@@ -10,7 +10,7 @@ import { LOCK_TAKEN, withSessionAdvisoryLock } from '../database/advisory-lock';
 import { SCHEDULED_JOBS } from '../sessionary/scheduled-jobs';
 import { AuditExportService } from './audit-export.service';
 import type { ShipDestination, ShipDestinationKind } from './audit-ship-destination';
-import { AuditShipDestinations, foreignProgress, newestAuditSeq } from './audit-ship-destinations';
+import { AuditShipDestinations, newestAuditSeq, notThisLogsCopy } from './audit-ship-destinations';
 import { ShipFailureLog } from './ship-failure-log';
 
 const JOB_NAME = 'audit-ship';
@@ -107,11 +107,13 @@ export class AuditShipTask implements OnApplicationBootstrap {
   /** Piece after piece, until one holds every settled event (one piece a tick could fall behind for good). */
   private async shipAll(destination: ShipDestination, runner: QueryRunner, shipped: string[]): Promise<ShipOutcome> {
     const stats = this.stats[destination.kind]!;
-    let after = await destination.shippedThrough(runner);
+    const end = await destination.shippedEnd(runner);
+    let after = end.throughSeq;
     // Another log's pieces, or the database restored from an older backup: shipping on after
-    // them would skip every event until the sequence caught up. An error, repeated while it lasts (ShipFailureLog).
+    // them would skip events (those the restored log writes under the seqs shipped after its
+    // backup). An error, repeated while it lasts (ShipFailureLog).
     const newest = await newestAuditSeq(runner);
-    const foreign = foreignProgress(destination, after, newest);
+    const foreign = await notThisLogsCopy(runner, destination, end, newest);
     if (foreign) throw new Error(`${foreign[0].toUpperCase()}${foreign.slice(1)}`);
     // No seq handed out since: nothing to wait for or read.
     if (BigInt(newest) > BigInt(after)) {

@@ -58,6 +58,17 @@ export async function freshDatabase(): Promise<string> {
 }
 
 /**
+ * A copy of the database `url` names, as a backup of it would restore (its sequences where they
+ * stood): nobody may be connected to it (PostgreSQL copies only such a database). Named after it,
+ * so the run drops it too.
+ */
+export async function copyOfDatabase(url: string): Promise<string> {
+  const copy = new URL(url);
+  copy.pathname = `${copy.pathname}_copy${++extraDatabases}`;
+  return createDatabaseAt(copy, new URL(url).pathname.slice(1));
+}
+
+/**
  * A further database of this file's own with no schema at all: for tests of the migrations
  * themselves (applied from nothing, several instances booting together, a version before
  * some migration), which a migrated copy would pass without running them.

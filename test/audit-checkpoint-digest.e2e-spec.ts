@@ -147,13 +147,17 @@ describe('audit checkpoint digests, format 2 (e2e)', () => {
     t.app.get(AuditService).onAppended = undefined;
     const scrape = async () => {
       const text = (await t.http.get('/metrics')).text;
-      const value = (line: string) =>
-        Number(
+      // Every metric must be there: a missing line would read NaN, which deepEqual takes for equal to NaN.
+      const value = (line: string) => {
+        const found = Number(
           text
             .split('\n')
             .find((l) => l.startsWith(`${line} `))
             ?.split(' ')[1],
         );
+        assert.ok(Number.isFinite(found), `${line} is in /metrics`);
+        return found;
+      };
       return {
         written: value('sessionary_audit_checkpoints_total{outcome="written"}'),
         failed: value('sessionary_audit_checkpoints_total{outcome="failed"}'),

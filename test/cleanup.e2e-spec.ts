@@ -8,6 +8,7 @@ import { SESSIONS_CLEANUP_JOB, SessionsCleanupTask } from '../src/sessions/sessi
 import { auditRows, sessionRow } from './helpers/db';
 import { bearer, login, registerAndLogin, registerUser, sleep } from './helpers/factories';
 import { metric } from './helpers/service-process';
+import { CapturingLogger } from './helpers/capturing-logger';
 import { createTestApp, TestApp } from './helpers/test-app';
 
 describe('sessions cleanup task (e2e)', () => {
@@ -403,10 +404,15 @@ describe('sessions cleanup task (e2e)', () => {
   });
 
   it('catches and logs its own errors instead of throwing', async () => {
-    const broken = await createTestApp();
+    const logger = new CapturingLogger();
+    const broken = await createTestApp({}, { logger });
     const brokenTask = broken.app.get(SessionsCleanupTask);
     await broken.db.destroy(); // the database is gone for this app
     assert.equal(await brokenTask.handleTick(), undefined);
+    assert.deepEqual(
+      logger.of(SessionsCleanupTask.name).map((l) => [l.level, l.message]),
+      [['error', 'Session cleanup failed']],
+    );
     await broken.app.close().catch(() => undefined);
   });
 });

@@ -117,8 +117,8 @@ describe('three instances on one database (e2e, real processes)', () => {
     const report = `time from A's 204 to the first 401 on B and C over ${samples.length} checks: p50 ${quantile(samples, 0.5).toFixed(1)} ms, p99 ${quantile(samples, 0.99).toFixed(1)} ms, max ${Math.max(...samples).toFixed(1)} ms`;
     t.diagnostic(report);
     console.log(report);
-    // Speed is the benchmark's business; here every one of them must arrive.
-    assert.equal(samples.length, 400);
+    // Speed is the benchmark's business; here every one of them must arrive (timeUntilRefused
+    // fails the test on the first that is still accepted after 5 s).
   });
 
   it('logout, password change, admin revocation, role change and expiry all reach the other instances', async () => {

@@ -1,8 +1,8 @@
-import { LoggerService } from '@nestjs/common';
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { Client } from 'pg';
 import { sleep } from './helpers/factories';
+import { CapturingLogger } from './helpers/capturing-logger';
 import { createTestApp, databaseForThisFile, TestApp } from './helpers/test-app';
 
 /** A request that does no SQL of its own: validation refuses it (400) after the limit counted it. */
@@ -56,31 +56,6 @@ function closable(app: TestApp): TestApp {
   let closing: Promise<void> | undefined;
   const close = app.close;
   return { ...app, close: () => (closing ??= close()) };
-}
-
-/** Keeps what the storage logs, to count its lines. */
-class CapturingLogger implements LoggerService {
-  readonly lines: Array<{ level: string; context: unknown; message: string }> = [];
-  log(message: unknown, ...rest: unknown[]) {
-    this.push('log', message, rest);
-  }
-  warn(message: unknown, ...rest: unknown[]) {
-    this.push('warn', message, rest);
-  }
-  error(message: unknown, ...rest: unknown[]) {
-    this.push('error', message, rest);
-  }
-  debug() {}
-  verbose() {}
-  fatal(message: unknown, ...rest: unknown[]) {
-    this.push('fatal', message, rest);
-  }
-  of(context: string) {
-    return this.lines.filter((l) => l.context === context);
-  }
-  private push(level: string, message: unknown, rest: unknown[]) {
-    this.lines.push({ level, context: rest.at(-1), message: String(message) });
-  }
 }
 
 describe('request limit: no database write per request (e2e)', () => {

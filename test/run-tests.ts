@@ -98,6 +98,12 @@ async function main(): Promise<number> {
     const files = [...specFiles(join(DIST, 'src')), ...specFiles(join(DIST, 'test'))]
       .filter((f) => !filter.length || filter.some((pattern) => relative(DIST, f).includes(pattern)))
       .sort((a, b) => statSync(b).size - statSync(a).size);
+    // Given no file, `node --test` would search the working directory for tests of its own (on
+    // Node 20, every .js under a `test` folder, this runner and the helpers included, each a pass).
+    if (!files.length) {
+      logger.error(`No spec file matches ${filter.map((f) => JSON.stringify(f)).join(', ')}`);
+      return 1;
+    }
     // The spec reporter for people; a TAP copy to count from, for the plain closing line.
     const tapFile = join(tmpdir(), `sessionary-tests-${process.pid}.tap`);
     const code = await new Promise<number>((resolve) => {
@@ -124,6 +130,16 @@ async function main(): Promise<number> {
     rmSync(tapFile, { force: true });
     const count = (name: string) => Number(new RegExp(`^# ${name} (\\d+)$`, 'm').exec(tap)?.[1] ?? 0);
     process.stdout.write(`\ntests: ${count('pass')} passed, ${count('fail')} failed, ${count('skipped')} skipped\n`);
+    // A run is green only if it tested something, and in CI only if it skipped nothing (a test
+    // skipped there, e.g. for want of a browser, is a test that did not run).
+    if (code === 0 && count('pass') === 0) {
+      logger.error('No test passed: the run tested nothing');
+      return 1;
+    }
+    if (code === 0 && process.env.CI && count('skipped') > 0) {
+      logger.error(`${count('skipped')} tests were skipped, which CI does not allow`);
+      return 1;
+    }
     return code;
   } finally {
     await dropDatabases(serverUrl, database).catch((e: Error) => logger.warn(`Could not drop the test databases: ${e.message}`));

@@ -227,13 +227,14 @@ describe('signing keys: ring, rotation, JWKS (e2e)', () => {
 
   it('rotates on schedule once the current key is SIGNING_KEY_ROTATION_DAYS old, on one instance only', async () => {
     const scheduled = await createTestApp({ DATABASE_URL: url, SIGNING_KEY_ROTATION_DAYS: '1' });
+    const other = await createTestApp({ DATABASE_URL: url, SIGNING_KEY_ROTATION_DAYS: '1' });
     try {
-      await scheduled.app.get(KeyRotationTask).handleTick();
       const current = () => scheduled.db.query(`SELECT kid FROM signing_keys WHERE state = 'current'`).then((r: Array<{ kid: string }>) => r[0].kid);
       const fresh = await current();
+      await scheduled.app.get(KeyRotationTask).handleTick();
       assert.equal(await current(), fresh, 'a young key is not rotated');
       await scheduled.db.query(`UPDATE signing_keys SET activated_at = now() - interval '25 hours' WHERE state = 'current'`);
-      await Promise.all([scheduled.app.get(KeyRotationTask).handleTick(), scheduled.app.get(KeyRotationTask).handleTick()]);
+      await Promise.all([scheduled.app.get(KeyRotationTask).handleTick(), other.app.get(KeyRotationTask).handleTick()]);
       assert.notEqual(await current(), fresh);
       // One rotation of that key (the database is the file's: an earlier test's retirement is audited on schedule too).
       const events = await scheduled.db.query(
@@ -243,6 +244,7 @@ describe('signing keys: ring, rotation, JWKS (e2e)', () => {
       assert.equal(events.length, 1);
     } finally {
       await scheduled.close();
+      await other.close();
     }
   });
 

@@ -58,8 +58,9 @@ export async function configureApp(
       origin: origins,
       methods: ['GET', 'POST', 'PATCH', 'PUT', 'DELETE'],
       allowedHeaders: ['Authorization', 'Content-Type'],
-      // What a browser client paces itself by: readable from script only when exposed.
-      exposedHeaders: ['Retry-After', 'X-RateLimit-Limit', 'X-RateLimit-Remaining', 'X-RateLimit-Reset'],
+      // What a browser client paces itself by, and the 401's challenge (a step-up's
+      // insufficient_user_authentication and max_age, RFC 9470): readable from script only when exposed.
+      exposedHeaders: ['Retry-After', 'X-RateLimit-Limit', 'X-RateLimit-Remaining', 'X-RateLimit-Reset', 'WWW-Authenticate'],
       maxAge: 600,
     });
   }

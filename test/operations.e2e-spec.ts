@@ -179,10 +179,16 @@ describe('operations and error hygiene (e2e)', () => {
     assert.ok(doc.tags.find((tag) => tag.name === 'auth')?.description);
   });
 
-  it('serves exactly the committed openapi.json (UPDATE_OPENAPI=1 npm test -- operations rewrites it)', async () => {
+  it('serves exactly the committed openapi.json (UPDATE_OPENAPI=1 npm test -- operations rewrites it)', async (test) => {
     const served = `${JSON.stringify((await t.http.get('/docs-json')).body, null, 2)}\n`;
     const file = join(__dirname, '..', '..', 'openapi.json');
-    if (process.env.UPDATE_OPENAPI) writeFileSync(file, served);
+    if (process.env.UPDATE_OPENAPI) {
+      // A rewrite checks nothing (the file is then what was served): never in CI, and reported as a skip.
+      assert.ok(!process.env.CI, 'UPDATE_OPENAPI rewrites openapi.json: not in CI');
+      writeFileSync(file, served);
+      test.skip('openapi.json rewritten from the served document: review its diff');
+      return;
+    }
     assert.ok(
       served === readFileSync(file, 'utf8'),
       'the served document differs from openapi.json: run `UPDATE_OPENAPI=1 npm test -- operations` and review the diff',

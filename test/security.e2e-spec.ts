@@ -104,11 +104,15 @@ describe('HTTP hygiene (e2e)', () => {
     const ended = await t.http.get('/api/v1/auth/session').set('Authorization', bearer(tokens));
     assert.equal(ended.status, 401);
     assert.equal(ended.headers['www-authenticate'], 'Bearer error="invalid_token"');
-    // A wrong password is no bearer challenge.
+    // Every 401 carries a challenge (RFC 9110, API.md): refused credentials in the body (a wrong
+    // password, an unknown refresh token) get the bare scheme, which names no fault of a token.
     const user = await registerUser(t.http);
     const wrong = await t.http.post('/api/v1/auth/login').send({ email: user.email, password: `${user.password}x` });
     assert.equal(wrong.status, 401);
-    assert.equal(wrong.headers['www-authenticate'], undefined);
+    assert.equal(wrong.headers['www-authenticate'], 'Bearer');
+    const unknown = await t.http.post('/api/v1/auth/refresh').send({ refreshToken: 'x'.repeat(43) });
+    assert.equal(unknown.status, 401);
+    assert.equal(unknown.headers['www-authenticate'], 'Bearer');
   });
 
   it("sends helmet 8's full set on the Swagger UI, with a CSP that admits the UI", async () => {
@@ -187,13 +191,13 @@ describe('HTTP hygiene (e2e)', () => {
       [200, 401, 415],
     );
     for (const res of answers) assert.equal(res.headers['access-control-allow-origin'], 'https://app.example.com', String(res.status));
-    // A browser's script can read the limit's headers only when they are exposed.
+    // A browser's script can read the limit's headers, and a step-up's challenge, only when they are exposed.
     assert.deepEqual(
       String(answers[1].headers['access-control-expose-headers'])
         .split(',')
         .map((h) => h.trim().toLowerCase())
         .sort(),
-      ['retry-after', 'x-ratelimit-limit', 'x-ratelimit-remaining', 'x-ratelimit-reset'],
+      ['retry-after', 'www-authenticate', 'x-ratelimit-limit', 'x-ratelimit-remaining', 'x-ratelimit-reset'],
     );
   });
 

@@ -101,8 +101,8 @@ describe('step-up, RFC 9470 (e2e)', () => {
     const res = await reauthenticate(stale, `${user.password}x`);
     assert.equal(res.status, 401);
     assert.equal(res.body.message, 'Current password is required and must be correct');
-    // A wrong password is no bearer challenge (as for a login).
-    assert.equal(res.headers['www-authenticate'], undefined);
+    // A wrong password is no fault of the token: the bare scheme (as for a login), not a step-up's challenge.
+    assert.equal(res.headers['www-authenticate'], 'Bearer');
     const failed = await auditRows(t.db, { sessionId: stale.sessionId, type: 'LOGIN_FAILED' });
     assert.equal(failed.length, 1);
     assert.deepEqual(failed[0].metadata, { method: 'current_password', action: 'reauthenticate' });
@@ -179,7 +179,7 @@ describe('step-up, RFC 9470 (e2e)', () => {
       .set('Authorization', bearer(recent.tokens))
       .send({ email: `newer_${recent.user.email}`, currentPassword: 'not-the-password' });
     assert.equal(wrong.status, 401);
-    assert.equal(wrong.headers['www-authenticate'], undefined);
+    assert.equal(wrong.headers['www-authenticate'], 'Bearer');
 
     const user = await registerUser(t.http);
     const stale = await staleTokens(t, await login(t.http, user));

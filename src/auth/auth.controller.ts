@@ -12,6 +12,7 @@ import {
   ApiTooManyRequestsResponse,
   ApiUnauthorizedResponse,
 } from '@nestjs/swagger';
+import { BEARER_CHALLENGE_HEADER, CREDENTIALS_CHALLENGE_HEADER } from '../common/bearer-challenge';
 import { Client, ClientContext } from '../common/client-context';
 import { AuthContext, CurrentAuth } from '../common/current-auth.decorator';
 import { ErrorResponseDto } from '../common/error-response.dto';
@@ -53,7 +54,7 @@ export class AuthController {
   @ApiBody({ type: LoginDto, description: 'Exactly one of `email` or `username`, and the password', examples: LOGIN_EXAMPLES })
   @ApiOkResponse({ type: TokenResponseDto })
   @ApiBadRequestResponse({ type: ErrorResponseDto })
-  @ApiUnauthorizedResponse({ type: ErrorResponseDto, description: 'Invalid credentials (same for unknown account and wrong password)' })
+  @ApiUnauthorizedResponse({ type: ErrorResponseDto, description: 'Invalid credentials (same for unknown account and wrong password)', headers: { 'WWW-Authenticate': CREDENTIALS_CHALLENGE_HEADER } })
   @ApiTooManyRequestsResponse({ type: ErrorResponseDto, description: 'Too many failed logins for this identifier or IP; see Retry-After' })
   login(@Body() dto: LoginDto, @Client() client: ClientContext): Promise<TokenResponseDto> {
     return this.auth.login(dto, client);
@@ -66,7 +67,7 @@ export class AuthController {
   @ApiOperation({ operationId: 'refresh', summary: 'Exchange a refresh token for a new pair; a reused token ends the session' })
   @ApiOkResponse({ type: TokenResponseDto })
   @ApiBadRequestResponse({ type: ErrorResponseDto })
-  @ApiUnauthorizedResponse({ type: ErrorResponseDto, description: 'Unknown, expired, revoked or already used refresh token' })
+  @ApiUnauthorizedResponse({ type: ErrorResponseDto, description: 'Unknown, expired, revoked or already used refresh token', headers: { 'WWW-Authenticate': CREDENTIALS_CHALLENGE_HEADER } })
   refresh(@Body() dto: RefreshDto, @Client() client: ClientContext): Promise<TokenResponseDto> {
     return this.auth.refresh(dto.refreshToken, client);
   }
@@ -103,6 +104,7 @@ export class AuthController {
   @ApiUnauthorizedResponse({
     type: ErrorResponseDto,
     description: 'Wrong password (audited as LOGIN_FAILED, no change), no valid access token, or the session has ended',
+    headers: { 'WWW-Authenticate': BEARER_CHALLENGE_HEADER },
   })
   @ApiTooManyRequestsResponse({ type: ErrorResponseDto, description: 'Too many wrong passwords for this account or IP; see Retry-After' })
   reauthenticate(@CurrentAuth() auth: AuthContext, @Body() dto: ReauthenticateDto, @Client() client: ClientContext): Promise<TokenResponseDto> {

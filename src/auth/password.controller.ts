@@ -8,6 +8,7 @@ import {
   ApiTooManyRequestsResponse,
   ApiUnauthorizedResponse,
 } from '@nestjs/swagger';
+import { BEARER_CHALLENGE_HEADER } from '../common/bearer-challenge';
 import { Client, ClientContext } from '../common/client-context';
 import { AuthContext, CurrentAuth } from '../common/current-auth.decorator';
 import { ErrorResponseDto } from '../common/error-response.dto';
@@ -29,7 +30,11 @@ export class PasswordController {
   @ApiOperation({ operationId: 'changePassword', summary: 'Change my password; every other session of mine ends (reason password_changed)' })
   @ApiNoContentResponse({ description: 'Changed; the current session stays' })
   @ApiBadRequestResponse({ type: ErrorResponseDto, description: 'The new password breaks the rules' })
-  @ApiUnauthorizedResponse({ type: ErrorResponseDto, description: 'Wrong current password, or no valid session' })
+  @ApiUnauthorizedResponse({
+    type: ErrorResponseDto,
+    description: 'Wrong current password, or no valid session',
+    headers: { 'WWW-Authenticate': BEARER_CHALLENGE_HEADER },
+  })
   @ApiTooManyRequestsResponse({ type: ErrorResponseDto, description: 'Too many wrong current passwords; see Retry-After' })
   changePassword(@CurrentAuth() auth: AuthContext, @Body() dto: ChangePasswordDto, @Client() client: ClientContext): Promise<void> {
     return this.auth.changePassword(auth, dto, client);

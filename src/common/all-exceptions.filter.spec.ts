@@ -274,13 +274,16 @@ describe('AllExceptionsFilter.toBody', () => {
 });
 
 describe('AllExceptionsFilter and step-up', () => {
-  function send(exception: unknown): { status: number; headers: Record<string, string>; body: unknown } {
-    const sent = { status: 0, headers: {} as Record<string, string>, body: undefined as unknown };
+  const send = (exception: unknown) => sendWith({}, exception);
+  /** The filter's answer on a reply that already carries `headers` (as a guard may have set). */
+  function sendWith(headers: Record<string, string>, exception: unknown): { status: number; headers: Record<string, string>; body: unknown } {
+    const sent = { status: 0, headers: { ...headers }, body: undefined as unknown };
     const reply = {
       header(name: string, value: string) {
         sent.headers[name.toLowerCase()] = value;
         return reply;
       },
+      hasHeader: (name: string) => name.toLowerCase() in sent.headers,
       status(code: number) {
         sent.status = code;
         return reply;
@@ -307,9 +310,12 @@ describe('AllExceptionsFilter and step-up', () => {
     );
   });
 
-  it('adds no challenge to any other 401 (SessionGuard writes those)', () => {
+  it('gives any other 401 the bare scheme (refused credentials in the body), keeping a challenge SessionGuard wrote', () => {
     const sent = send(new HttpException('Current password is required and must be correct', 401));
     assert.equal(sent.status, 401);
-    assert.equal(sent.headers['www-authenticate'], undefined);
+    assert.equal(sent.headers['www-authenticate'], 'Bearer');
+    const guarded = sendWith({ 'www-authenticate': 'Bearer error="invalid_token"' }, new HttpException('Unauthorized', 401));
+    assert.equal(guarded.headers['www-authenticate'], 'Bearer error="invalid_token"');
+    assert.equal(send(new HttpException('Forbidden', 403)).headers['www-authenticate'], undefined);
   });
 });

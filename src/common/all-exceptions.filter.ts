@@ -51,8 +51,12 @@ export class AllExceptionsFilter implements ExceptionFilter {
     if (refusal) this.refusals!.count(clientContextOf(request).ipAddress, refusal);
     if (exception instanceof RetryAfterException) void reply.header('Retry-After', String(exception.retryAfterSeconds));
     else if (body.statusCode === HttpStatus.SERVICE_UNAVAILABLE) void reply.header('Retry-After', String(UNAVAILABLE_RETRY_AFTER_SECONDS));
-    // RFC 9470's challenge; SessionGuard writes the other 401s' (RFC 6750) itself.
+    // RFC 9470's challenge; SessionGuard writes the refused tokens' (RFC 6750) itself. Every
+    // other 401 (credentials in the body refused: a password, a refresh token) gets the bare
+    // scheme, which names no fault of a token: HTTP (RFC 9110, 15.5.2) and API.md want a
+    // challenge on every 401.
     if (exception instanceof InsufficientUserAuthenticationException) void reply.header('WWW-Authenticate', exception.challenge);
+    else if (body.statusCode === HttpStatus.UNAUTHORIZED && !reply.hasHeader('WWW-Authenticate')) void reply.header('WWW-Authenticate', 'Bearer');
     void reply.status(body.statusCode).header('content-type', 'application/json; charset=utf-8').send(body);
   }
 

@@ -16,3 +16,9 @@ export const BEARER_CHALLENGE_HEADER = {
   description: 'RFC 6750: `Bearer` without a token, `Bearer error="invalid_token"` for a refused one',
   schema: { type: 'string', enum: [...BEARER_CHALLENGES] },
 };
+
+/** The OpenAPI document's `WWW-Authenticate` header of a 401 for refused credentials in the body (a password, a refresh token). */
+export const CREDENTIALS_CHALLENGE_HEADER = {
+  description: 'The bare scheme (RFC 9110 wants a challenge on every 401): the credentials in the body were refused, no token was at fault',
+  schema: { type: 'string', enum: [BEARER_CHALLENGES[0]] },
+};

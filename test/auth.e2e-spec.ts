@@ -201,6 +201,30 @@ describe('auth (e2e)', () => {
       assert.equal(count, 0);
     });
 
+    it('re-hashes a password stored at another BCRYPT_COST at its next login, says so in the LOGIN event, and leaves the profile as it was', async () => {
+      const user = await registerUser(t.http);
+      const stored = async () =>
+        (await t.db.query(`SELECT password_hash, updated_at FROM users WHERE id = $1`, [user.id]))[0] as { password_hash: string; updated_at: Date };
+      const before = await stored();
+      assert.match(before.password_hash, /^\$2b\$04\$/);
+      // The setting raised: another instance (same database and pepper) at cost 5.
+      const raised = await createTestApp({ BCRYPT_COST: '5', PASSWORD_PEPPER: t.config.PASSWORD_PEPPER, JWT_SECRET: t.config.JWT_SECRET });
+      try {
+        const { sessionId } = await login(raised.http, user);
+        const after = await stored();
+        assert.match(after.password_hash, /^\$2b\$05\$/);
+        assert.deepEqual(after.updated_at, before.updated_at);
+        const [event] = await auditRows(t.db, { sessionId, type: 'LOGIN' });
+        assert.deepEqual(event.metadata, { method: 'email', bcryptCostFrom: 4, bcryptCostTo: 5 });
+        // The new hash verifies, and is not made again.
+        const again = await login(raised.http, user);
+        assert.equal((await stored()).password_hash, after.password_hash);
+        assert.deepEqual((await auditRows(t.db, { sessionId: again.sessionId, type: 'LOGIN' }))[0].metadata, { method: 'email' });
+      } finally {
+        await raised.close();
+      }
+    });
+
     it('opens no session with a password changed while its bcrypt check ran: the login waits for the change, then answers 401', async () => {
       const { user, tokens } = await registerAndLogin(t.http);
       const waiting = async () =>

@@ -2,6 +2,7 @@ import { BadRequestException, Injectable, UnauthorizedException } from '@nestjs/
 import { InjectDataSource } from '@nestjs/typeorm';
 import { SESSIONARY_DATA_SOURCE } from '../database/data-source-name';
 import { DataSource } from 'typeorm';
+import type { AuditMetadata } from '../audit/audit-event.entity';
 import { accountLockedEvents } from '../audit/account-locked-events';
 import { AuditService } from '../audit/audit.service';
 import type { ClientContext } from '../common/client-context';
@@ -70,11 +71,16 @@ export class AuthService {
     };
     if (!user) return failed('unknown_account');
     if (!valid) return failed('wrong_password');
+    // A hash of another BCRYPT_COST is made again at this one (slow work, before the transaction).
+    const staleCost = this.passwords.staleCostOf(user.passwordHash);
+    const rehashed = staleCost === undefined ? undefined : await this.passwords.hash(dto.password);
     const issued = await this.dataSource.transaction(async (em) => {
       // The password was checked against the hash read before bcrypt: a change that committed
       // since (its other sessions ended) must not be outlived by a session opened with the old one.
       if (!(await this.users.lockIfPasswordUnchanged(em, user.id, user.passwordHash))) return undefined;
-      const opened = await this.sessions.open(em, user.id, client, { method });
+      if (rehashed) await this.users.storeRehashedPassword(em, user.id, rehashed);
+      const metadata: AuditMetadata = rehashed ? { method, bcryptCostFrom: staleCost!, bcryptCostTo: this.passwords.currentCost } : { method };
+      const opened = await this.sessions.open(em, user.id, client, metadata);
       // Last, so the counters' rows (an IP's is shared by every login from behind one NAT)
       // stay locked for as short a time as possible; a login that fails to commit stays counted.
       await this.throttle.succeeded(attempt, em);

@@ -35,6 +35,22 @@ export class PasswordHasher implements OnModuleInit {
   }
 
   /**
+   * The cost a stored hash was made at, when it is not BCRYPT_COST's (undefined when it is): a
+   * login re-hashes such a password, so that after the setting changes each account costs the
+   * same bcrypt work as an unknown one (whose dummy hash has the current cost) from its next
+   * login on, and a raised cost protects it.
+   */
+  staleCostOf(hash: string): number | undefined {
+    const rounds = bcrypt.getRounds(hash);
+    return rounds === this.cost ? undefined : rounds;
+  }
+
+  /** BCRYPT_COST. */
+  get currentCost(): number {
+    return this.cost;
+  }
+
+  /**
    * Spends the same time as verify() when there is no user to verify against, so that an
    * unknown account and a wrong password cannot be told apart by timing (ASVS 6.3.8).
    */

@@ -77,6 +77,14 @@ export class UsersService {
     return Boolean(result.affected);
   }
 
+  /**
+   * The same password's hash made at the current BCRYPT_COST (a login's, on the row it locked):
+   * the profile's updated_at stays, since nothing the user sees changed.
+   */
+  async storeRehashedPassword(em: EntityManager, id: string, passwordHash: string): Promise<void> {
+    await sql(em, `UPDATE users SET password_hash = $2 WHERE id = $1`, [id, passwordHash]);
+  }
+
   /** The user's role, or undefined when there is no such user (the session check's cache fill). */
   async roleOf(id: string): Promise<UserRole | undefined> {
     const user = await this.dataSource.getRepository(UserEntity).findOne({ select: { id: true, role: true }, where: { id } });

@@ -54,7 +54,11 @@ export class AuthController {
   @ApiBody({ type: LoginDto, description: 'Exactly one of `email` or `username`, and the password', examples: LOGIN_EXAMPLES })
   @ApiOkResponse({ type: TokenResponseDto })
   @ApiBadRequestResponse({ type: ErrorResponseDto })
-  @ApiUnauthorizedResponse({ type: ErrorResponseDto, description: 'Invalid credentials (same for unknown account and wrong password)', headers: { 'WWW-Authenticate': CREDENTIALS_CHALLENGE_HEADER } })
+  @ApiUnauthorizedResponse({
+    type: ErrorResponseDto,
+    description: 'Invalid credentials (same for unknown account and wrong password)',
+    headers: { 'WWW-Authenticate': CREDENTIALS_CHALLENGE_HEADER },
+  })
   @ApiTooManyRequestsResponse({ type: ErrorResponseDto, description: 'Too many failed logins for this identifier or IP; see Retry-After' })
   login(@Body() dto: LoginDto, @Client() client: ClientContext): Promise<TokenResponseDto> {
     return this.auth.login(dto, client);
@@ -67,7 +71,11 @@ export class AuthController {
   @ApiOperation({ operationId: 'refresh', summary: 'Exchange a refresh token for a new pair; a reused token ends the session' })
   @ApiOkResponse({ type: TokenResponseDto })
   @ApiBadRequestResponse({ type: ErrorResponseDto })
-  @ApiUnauthorizedResponse({ type: ErrorResponseDto, description: 'Unknown, expired, revoked or already used refresh token', headers: { 'WWW-Authenticate': CREDENTIALS_CHALLENGE_HEADER } })
+  @ApiUnauthorizedResponse({
+    type: ErrorResponseDto,
+    description: 'Unknown, expired, revoked or already used refresh token',
+    headers: { 'WWW-Authenticate': CREDENTIALS_CHALLENGE_HEADER },
+  })
   refresh(@Body() dto: RefreshDto, @Client() client: ClientContext): Promise<TokenResponseDto> {
     return this.auth.refresh(dto.refreshToken, client);
   }

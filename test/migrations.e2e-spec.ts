@@ -1,4 +1,7 @@
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { join } from 'node:path';
 import { before, describe, it } from 'node:test';
 import { Client } from 'pg';
 import { DataSource } from 'typeorm';
@@ -7,6 +10,7 @@ import { MIGRATION_LOCK_KEY, runMigrationsLocked, SESSIONARY_FUNCTIONS, SESSIONA
 import { SessionAuthTime1765500000000 } from '../src/database/migrations/1765500000000-SessionAuthTime';
 import { AuditUserIndexMerged1766700000000 } from '../src/database/migrations/1766700000000-AuditUserIndexMerged';
 import { AuditUserTypeIndex1766800000000 } from '../src/database/migrations/1766800000000-AuditUserTypeIndex';
+import { sleep } from './helpers/factories';
 import { createTestApp, emptyDatabase } from './helpers/test-app';
 
 describe('migrations (e2e)', () => {
@@ -83,6 +87,8 @@ describe('migrations (e2e)', () => {
           rows.map((r: { relname: string }) => r.relname),
           tables,
         );
+        // Nor an extension (TypeORM's driver installed uuid-ossp on connecting until 0.20.3).
+        assert.deepEqual((await client.query(`SELECT extname FROM pg_extension WHERE extname <> 'plpgsql'`)).rows, []);
       } finally {
         await source.destroy();
         await client.end();
@@ -110,7 +116,7 @@ describe('migrations (e2e)', () => {
         rows.map((r) => r.relname),
         [...SESSIONARY_TABLES],
       );
-      // Not an extension's (TypeORM's driver installs uuid-ossp when it connects).
+      // Not an extension's (none is installed: installExtensions is off).
       const functions: Array<{ proname: string }> = await source.query(
         `SELECT proname FROM pg_proc p WHERE pronamespace = current_schema()::regnamespace
             AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e')
@@ -143,6 +149,38 @@ describe('migrations (e2e)', () => {
     } finally {
       await holder.end();
       await source.destroy();
+    }
+  });
+
+  it("run by `npm run migration:run` as at boot: it waits for an instance's migrations (the advisory lock), then applies every one", async () => {
+    const target = await emptyDatabase();
+    const holder = new Client({ connectionString: target });
+    await holder.connect();
+    try {
+      await holder.query('SELECT pg_advisory_lock($1)', [MIGRATION_LOCK_KEY]); // an instance, migrating
+      const cli = spawn(process.execPath, [join(__dirname, '..', 'src', 'database', 'migrate-cli.js')], {
+        env: { ...process.env, DATABASE_URL: target, NODE_ENV: 'test' },
+        stdio: ['ignore', 'pipe', 'pipe'],
+      });
+      let output = '';
+      cli.stdout.on('data', (chunk: Buffer) => (output += chunk.toString()));
+      cli.stderr.on('data', (chunk: Buffer) => (output += chunk.toString()));
+      const exited = once(cli, 'exit');
+      // Until 0.20.3 the TypeORM CLI's migration:run took no lock: it would be done by now.
+      const waiting = async () =>
+        Number(
+          (await holder.query(`SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()`)).rows[0].n,
+        );
+      for (let i = 0; i < 100 && (await waiting()) === 0; i++) await sleep(50);
+      await sleep(1000);
+      assert.equal(cli.exitCode, null, `still waiting for the lock: ${output}`);
+      assert.equal((await holder.query(`SELECT to_regclass('users') AS users`)).rows[0].users, null, 'nothing applied meanwhile');
+      await holder.query('SELECT pg_advisory_unlock($1)', [MIGRATION_LOCK_KEY]);
+      const [code] = (await exited) as [number];
+      assert.equal(code, 0, output);
+      assert.equal(Number((await holder.query('SELECT count(*) AS n FROM migrations')).rows[0].n), MIGRATIONS.length);
+    } finally {
+      await holder.end();
     }
   });
 

@@ -89,6 +89,10 @@ export function dataSourceOptions(databaseUrl: string): DataSourceOptions {
     migrationsTransactionMode: 'each',
     migrationsRun: false, // run under an advisory lock by runMigrationsLocked()
     synchronize: false,
+    // TypeORM's driver otherwise runs CREATE EXTENSION "uuid-ossp" on connecting (the entities
+    // have uuid columns), before the lock and the schema check: in a schema it then refused, or
+    // with no migration at all. The schema needs no extension (gen_random_uuid() is built in).
+    installExtensions: false,
     // Not 'error' or 'query': TypeORM would log statement parameters, which include password hashes.
     logging: ['warn', 'migration'],
     // pg-pool emits 'error' for every idle connection that dies (all of them when the server

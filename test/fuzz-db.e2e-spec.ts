@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { DataSource } from 'typeorm';
+import { TypeOrmNestLogger } from '../src/database/typeorm-logger';
 import { dataSourceOptions } from '../src/database/data-source.options';
 import { DbFingerprint, DbFingerprinter, diffFingerprints } from './helpers/fuzz-db';
 import { freshDatabase } from './helpers/test-app';
@@ -25,7 +26,7 @@ describe('the fuzz test database fingerprints (e2e)', () => {
   }
 
   before(async () => {
-    db = await new DataSource({ ...dataSourceOptions(await freshDatabase()), logging: false }).initialize();
+    db = await new DataSource({ ...dataSourceOptions(await freshDatabase()), logging: false, logger: new TypeOrmNestLogger(false) }).initialize();
     fingerprints = new DbFingerprinter(db);
     previous = await fingerprints.take();
     assert.ok(Object.keys(previous.tables).includes('audit_events') && Object.keys(previous.tables).includes('sessions'));

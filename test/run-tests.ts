@@ -14,6 +14,7 @@ import { DataSource } from 'typeorm';
 import { dataSourceOptions } from '../src/database/data-source.options';
 import { startEmbeddedPostgres, EmbeddedDatabase } from '../src/database/embedded-postgres';
 import { runMigrationsLocked } from '../src/database/migrate';
+import { TypeOrmNestLogger } from '../src/database/typeorm-logger';
 
 const DIST = join(__dirname, '..');
 
@@ -53,7 +54,11 @@ const templateOf = (database: string): string => `${database}_template`;
 async function makeTemplate(serverUrl: string, database: string): Promise<string> {
   const template = templateOf(database);
   await admin(serverUrl, `CREATE DATABASE "${template}"`);
-  const source = await new DataSource({ ...dataSourceOptions(withDatabase(serverUrl, template)), logging: ['warn'] }).initialize();
+  const source = await new DataSource({
+    ...dataSourceOptions(withDatabase(serverUrl, template)),
+    logging: ['warn'],
+    logger: new TypeOrmNestLogger(['warn']),
+  }).initialize();
   try {
     await runMigrationsLocked(source);
   } finally {

@@ -4,6 +4,7 @@ import { AuditEventEntity } from '../audit/audit-event.entity';
 import { RotatedRefreshTokenEntity } from '../sessions/rotated-refresh-token.entity';
 import { SessionEntity } from '../sessions/session.entity';
 import { UserEntity } from '../users/user.entity';
+import { TypeOrmNestLogger } from './typeorm-logger';
 import { InitialSchema1764201600000 } from './migrations/1764201600000-InitialSchema';
 import { LoginThrottleAndRateLimits1764205200000 } from './migrations/1764205200000-LoginThrottleAndRateLimits';
 import { AuditTypeIndex1764208800000 } from './migrations/1764208800000-AuditTypeIndex';
@@ -95,6 +96,8 @@ export function dataSourceOptions(databaseUrl: string): DataSourceOptions {
     installExtensions: false,
     // Not 'error' or 'query': TypeORM would log statement parameters, which include password hashes.
     logging: ['warn', 'migration'],
+    // Through Nest's logger (LOG_FORMAT, LOG_LEVEL, masking), with the same kinds.
+    logger: new TypeOrmNestLogger(['warn', 'migration']),
     // pg-pool emits 'error' for every idle connection that dies (all of them when the server
     // stops); a listener must exist or the process crashes. TypeORM's default one warns once
     // per connection; the app's DatabaseOutageMonitor adds its own and logs an outage once.

@@ -12,8 +12,10 @@ const ROLES_KEY = 'roles';
 export const Roles = (...roles: UserRole[]) => SetMetadata(ROLES_KEY, roles);
 
 /**
- * Runs after the global SessionGuard, so the caller is known and the role comes from the
- * database on this very request (a demotion takes effect at once). A refusal is audited as
+ * Runs after the global SessionGuard, so the caller is known, with the role the session check
+ * answered: from the per-instance session cache, which a trigger's NOTIFY updates on every role
+ * change (a demotion takes effect within the notification's delivery), or from the database
+ * when the cache cannot vouch for it (see SessionsService.validateSession). A refusal is audited as
  * ACCESS_DENIED, at most once per session, method and route template per AUDIT_REFUSAL_WINDOW
  * (BoundedAuditService); the answer is the same 403 either way.
  */

@@ -67,6 +67,14 @@ describe('redactSecretKeys', () => {
     assert.equal(input.list[0].nested.refreshToken, 'r1');
   });
 
+  it("masks the database's and HTTP's own names for secrets too (a row, a header set)", () => {
+    const row = { id: 'r', token_hash: 'h1', refresh_token: 'h2', access_token: 'h3', pepper: 'h4' };
+    const headers = { 'set-cookie': 'sid=h5', 'Proxy-Authorization': 'Basic h6', accept: 'json' };
+    const text = JSON.stringify(redactSecretKeys({ row, headers }));
+    for (const secret of ['h1', 'h2', 'h3', 'h4', 'h5', 'h6']) assert.ok(!text.includes(secret), text);
+    assert.ok(text.includes('"accept":"json"') && text.includes('"id":"r"'), text);
+  });
+
   it('returns what has nothing to mask as is, and survives cycles', () => {
     const plain = { a: 1, b: ['x'] };
     assert.equal(redactSecretKeys(plain), plain);

@@ -166,8 +166,9 @@ export class UsersService {
   }
 
   /**
-   * Sets a user's role (the admin CLI). Takes effect on the user's next request: the session
-   * check reads the role from the database. Answers the previous role.
+   * Sets a user's role (the admin CLI). Takes effect on the user's next request on every
+   * instance: the users trigger's NOTIFY updates each instance's session cache (or, without its
+   * LISTEN connection, the session check reads the database). Answers the previous role.
    */
   async setRole(email: string, role: UserRole, actor: string): Promise<{ user: UserEntity; previous: UserRole }> {
     return this.dataSource.transaction(async (em) => {

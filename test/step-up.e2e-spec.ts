@@ -248,6 +248,46 @@ describe('step-up, RFC 9470 (e2e)', () => {
     assert.equal((await sessionRow(t.db, leaving.sessionId))!.end_reason, 'logout');
   });
 
+  it('takes the current password in the request instead of a recent authentication (API.md): ending another session, all others, and an admin revocation', async () => {
+    const user = await registerUser(t.http);
+    const [one, two] = [await login(t.http, user), await login(t.http, user)];
+    const stale = await staleTokens(t, await login(t.http, user));
+    const del = (path: string, body?: object) => {
+      const req = t.http.delete(path).set('Authorization', bearer(stale));
+      return body === undefined ? req : req.send(body);
+    };
+    // A wrong one is a 401 that ends nothing, audited as a failed current password with its action.
+    const wrong = await del(`/api/v1/sessions/${one.sessionId}`, { currentPassword: `${user.password}x` });
+    assert.equal(wrong.status, 401);
+    assert.equal(wrong.headers['www-authenticate'], 'Bearer');
+    assert.equal((await t.http.delete('/api/v1/sessions').set('Authorization', bearer(stale)).send({ currentPassword: 'nope' })).status, 401);
+    assert.deepEqual(
+      (await auditRows(t.db, { sessionId: stale.sessionId, type: 'LOGIN_FAILED' })).map((e) => e.metadata),
+      [
+        { method: 'current_password', action: 'end_session' },
+        { method: 'current_password', action: 'end_other_sessions' },
+      ],
+    );
+    // Anything else in the body is a 400, as on every route with a body.
+    assert.equal((await del('/api/v1/sessions', { currentPassword: user.password, also: 1 })).status, 400);
+    assert.deepEqual(await activeSessionIds(t, user.id), [one.sessionId, two.sessionId, stale.sessionId].sort());
+
+    assert.equal((await del(`/api/v1/sessions/${one.sessionId}`, { currentPassword: user.password })).status, 204);
+    assert.equal((await sessionRow(t.db, one.sessionId))!.end_reason, 'revoked');
+    const all = await del('/api/v1/sessions', { currentPassword: user.password });
+    assert.deepEqual([all.status, all.body], [200, { revoked: 1 }]);
+    assert.deepEqual(await activeSessionIds(t, user.id), [stale.sessionId]);
+
+    const admin = await registerUser(t.http);
+    await t.db.query(`UPDATE users SET role = 'admin' WHERE id = $1`, [admin.id]);
+    const adminTokens = await staleTokens(t, await login(t.http, admin));
+    const revoke = (body: object) => t.http.delete(`/api/v1/admin/users/${user.id}/sessions`).set('Authorization', bearer(adminTokens)).send(body);
+    assert.equal((await revoke({ currentPassword: user.password })).status, 401, "the admin's own password, not the user's");
+    const revoked = await revoke({ currentPassword: admin.password });
+    assert.deepEqual([revoked.status, revoked.body], [200, { revoked: 1 }]);
+    assert.equal((await sessionRow(t.db, stale.sessionId))!.end_reason, 'revoked_by_admin');
+  });
+
   it('documents reauthenticate and the step-up 401 of each protected route, with a WWW-Authenticate pattern the real challenges match', async () => {
     type Response = { description: string; headers?: Record<string, { schema: { pattern?: string } }> };
     const doc = (await t.http.get('/docs-json')).body as {

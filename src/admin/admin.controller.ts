@@ -1,6 +1,7 @@
-import { BadRequestException, Controller, Delete, Get, Header, Param, ParseUUIDPipe, Query, StreamableFile, UseGuards } from '@nestjs/common';
+import { BadRequestException, Body, Controller, Delete, Get, Header, Param, ParseUUIDPipe, Query, StreamableFile, UseGuards } from '@nestjs/common';
 import {
   ApiBadRequestResponse,
+  ApiBody,
   ApiExtraModels,
   ApiForbiddenResponse,
   ApiNotFoundResponse,
@@ -19,7 +20,8 @@ import { Client, ClientContext } from '../common/client-context';
 import { AuthContext, CurrentAuth } from '../common/current-auth.decorator';
 import { AuthenticatedApi } from '../common/authenticated-api.decorator';
 import { ErrorResponseDto } from '../common/error-response.dto';
-import { RequiresRecentAuth } from '../common/recent-auth';
+import { ApiStepUpUnauthorizedResponse } from '../common/recent-auth';
+import { StepUpDto } from '../users/dto/step-up.dto';
 import { Roles, RolesGuard } from '../common/roles';
 import { RevokedCountResponseDto, SessionResponseDto } from '../sessions/dto/session-response.dto';
 import { AdminService } from './admin.service';
@@ -56,20 +58,22 @@ export class AdminController {
   }
 
   @Delete('users/:id/sessions')
-  @RequiresRecentAuth()
   @ApiOperation({
     operationId: 'revokeUserSessions',
-    summary: "End every active session of a user (reason revoked_by_admin); needs the admin's recent authentication",
+    summary: "End every active session of a user (reason revoked_by_admin); needs the admin's recent authentication or currentPassword",
   })
   @ApiOkResponse({ type: RevokedCountResponseDto })
   @ApiBadRequestResponse({ type: ErrorResponseDto, description: 'Not a UUID' })
   @ApiNotFoundResponse({ type: ErrorResponseDto, description: 'No such user' })
+  @ApiStepUpUnauthorizedResponse(" and no currentPassword (the admin's own) is sent; or a wrong currentPassword")
+  @ApiBody({ type: StepUpDto, required: false, description: "The admin's current password, instead of a recent authentication" })
   async revokeUserSessions(
     @Param('id', uuidParam) userId: string,
     @CurrentAuth() auth: AuthContext,
     @Client() client: ClientContext,
+    @Body() body: StepUpDto = {},
   ): Promise<RevokedCountResponseDto> {
-    return { revoked: await this.admin.revokeUserSessions(userId, auth, client) };
+    return { revoked: await this.admin.revokeUserSessions(userId, auth, client, body.currentPassword) };
   }
 
   @Get('audit')

@@ -22,7 +22,9 @@ export class AdminService {
   }
 
   /** Ends every active session of a user, each with reason revoked_by_admin and the admin's id in its event. Answers how many. */
-  async revokeUserSessions(userId: string, admin: AuthContext, client: ClientContext): Promise<number> {
+  /** After the admin's step-up (a recent authentication, or the admin's current password); 404 for no such user. */
+  async revokeUserSessions(userId: string, admin: AuthContext, client: ClientContext, currentPassword?: string): Promise<number> {
+    await this.users.requireStepUp(admin, currentPassword, client, 'admin_revocation');
     await this.users.getById(userId);
     const ended = await this.sessions.endSessions(
       { userId },

@@ -1,11 +1,12 @@
-import { BadRequestException, Controller, Delete, Get, HttpCode, HttpStatus, Param, ParseUUIDPipe, Req } from '@nestjs/common';
+import { BadRequestException, Body, Controller, Delete, Get, HttpCode, HttpStatus, Param, ParseUUIDPipe, Req } from '@nestjs/common';
 import type { FastifyRequest } from 'fastify';
-import { ApiBadRequestResponse, ApiNoContentResponse, ApiNotFoundResponse, ApiOkResponse, ApiOperation, ApiTags } from '@nestjs/swagger';
+import { ApiBadRequestResponse, ApiBody, ApiNoContentResponse, ApiNotFoundResponse, ApiOkResponse, ApiOperation, ApiTags } from '@nestjs/swagger';
 import { Client, ClientContext, routeOf } from '../common/client-context';
 import { AuthContext, CurrentAuth } from '../common/current-auth.decorator';
 import { AuthenticatedApi } from '../common/authenticated-api.decorator';
 import { ErrorResponseDto } from '../common/error-response.dto';
-import { ApiStepUpUnauthorizedResponse, RequiresRecentAuth } from '../common/recent-auth';
+import { ApiStepUpUnauthorizedResponse } from '../common/recent-auth';
+import { StepUpDto } from '../users/dto/step-up.dto';
 import { RevokedCountResponseDto, SessionResponseDto } from './dto/session-response.dto';
 import { UserSessionsService } from './user-sessions.service';
 
@@ -30,23 +31,35 @@ export class SessionsController {
     summary: 'End one of my sessions (the current one too: that is a logout); another one needs a recent authentication',
   })
   @ApiNoContentResponse({ description: "The session's access and refresh tokens no longer work" })
-  @ApiStepUpUnauthorizedResponse(' (only to end another session: ending the current one is a logout)')
+  @ApiStepUpUnauthorizedResponse(
+    ' and no currentPassword is sent (only to end another session: ending the current one is a logout); or a wrong currentPassword',
+  )
   @ApiBadRequestResponse({ type: ErrorResponseDto, description: 'Not a UUID' })
   @ApiNotFoundResponse({ type: ErrorResponseDto, description: 'Unknown, already ended, or not yours (one identical answer)' })
+  @ApiBody({ type: StepUpDto, required: false, description: 'The current password, instead of a recent authentication (ending another session)' })
   async revoke(
     @CurrentAuth() auth: AuthContext,
     @Param('id', new ParseUUIDPipe({ exceptionFactory: () => new BadRequestException(['id must be a UUID']) })) id: string,
     @Client() client: ClientContext,
     @Req() request: FastifyRequest,
+    @Body() body: StepUpDto = {},
   ): Promise<void> {
-    await this.sessions.revokeOwn(auth, id, client, routeOf(request));
+    await this.sessions.revokeOwn(auth, id, client, routeOf(request), body.currentPassword);
   }
 
   @Delete()
-  @RequiresRecentAuth()
-  @ApiOperation({ operationId: 'revokeOtherSessions', summary: 'End every session of mine except the current one; needs a recent authentication' })
+  @ApiOperation({
+    operationId: 'revokeOtherSessions',
+    summary: 'End every session of mine except the current one; needs a recent authentication or currentPassword',
+  })
   @ApiOkResponse({ type: RevokedCountResponseDto })
-  async revokeOthers(@CurrentAuth() auth: AuthContext, @Client() client: ClientContext): Promise<RevokedCountResponseDto> {
-    return { revoked: await this.sessions.revokeOthers(auth, client) };
+  @ApiStepUpUnauthorizedResponse(' and no currentPassword is sent; or a wrong currentPassword')
+  @ApiBody({ type: StepUpDto, required: false, description: 'The current password, instead of a recent authentication' })
+  async revokeOthers(
+    @CurrentAuth() auth: AuthContext,
+    @Client() client: ClientContext,
+    @Body() body: StepUpDto = {},
+  ): Promise<RevokedCountResponseDto> {
+    return { revoked: await this.sessions.revokeOthers(auth, client, body.currentPassword) };
   }
 }

@@ -4,12 +4,12 @@ import { SESSIONARY_DATA_SOURCE } from '../database/data-source-name';
 import { DataSource } from 'typeorm';
 import type { ClientContext } from '../common/client-context';
 import type { AuthContext } from '../common/current-auth.decorator';
-import { RecentAuthPolicy } from '../common/recent-auth';
 import { BoundedAuditService, type RefusedRoute } from '../audit/bounded-audit.service';
 import { sql } from '../database/sql';
 import { SESSION_COLUMNS, type SessionRow, toEntity } from './session-row';
 import { SessionEntity } from './session.entity';
 import { SessionsService } from './sessions.service';
+import { UsersService } from '../users/users.service';
 
 /**
  * What a user (and an admin, for a user) does with their list of sessions: see the active ones,
@@ -20,7 +20,7 @@ export class UserSessionsService {
   constructor(
     @InjectDataSource(SESSIONARY_DATA_SOURCE) private readonly dataSource: DataSource,
     private readonly sessions: SessionsService,
-    private readonly recentAuth: RecentAuthPolicy,
+    private readonly users: UsersService,
     private readonly boundedAudit: BoundedAuditService,
   ) {}
 
@@ -47,11 +47,11 @@ export class UserSessionsService {
    * An id that is not one of the user's own sessions (someone else's, or none at all) is a
    * failed authorization attempt (ASVS 16.3.2): audited as ACCESS_DENIED (see recordNotOwn).
    */
-  async revokeOwn(auth: AuthContext, id: string, client: ClientContext, route: RefusedRoute): Promise<void> {
+  async revokeOwn(auth: AuthContext, id: string, client: ClientContext, route: RefusedRoute, currentPassword?: string): Promise<void> {
     // A UUID in any case (the route's pipe accepts both); the session's own is in lower case.
     const sessionId = id.toLowerCase();
     const isCurrent = sessionId === auth.sessionId;
-    if (!isCurrent) this.recentAuth.requireRecent(auth);
+    if (!isCurrent) await this.users.requireStepUp(auth, currentPassword, client, 'end_session');
     const ended = await this.sessions.end(
       { sessionId, ownerId: auth.userId },
       isCurrent
@@ -86,7 +86,9 @@ export class UserSessionsService {
   }
 
   /** A user ends all their other sessions ("log out everywhere else"). */
-  async revokeOthers(auth: AuthContext, client: ClientContext): Promise<number> {
+  /** Every other session of the user's ends; a step-up first (a recent authentication, or the current password). */
+  async revokeOthers(auth: AuthContext, client: ClientContext, currentPassword?: string): Promise<number> {
+    await this.users.requireStepUp(auth, currentPassword, client, 'end_other_sessions');
     const ended = await this.sessions.endSessions(
       { userId: auth.userId, exceptSessionId: auth.sessionId },
       { reason: 'revoked', event: 'SESSION_REVOKED', client, actorSessionId: auth.sessionId },

@@ -49,7 +49,7 @@ export class UsersService {
     password: string | undefined,
     sessionId: string,
     client: ClientContext,
-    action: 'password_change' | 'email_change' | 'profile_update' | 'reauthenticate',
+    action: 'password_change' | 'email_change' | 'profile_update' | 'reauthenticate' | 'end_session' | 'end_other_sessions' | 'admin_revocation',
   ): Promise<void> {
     const message = 'Current password is required and must be correct';
     if (password === undefined) throw new UnauthorizedException(message);
@@ -66,6 +66,21 @@ export class UsersService {
       ),
     );
     throw new UnauthorizedException(message);
+  }
+
+  /**
+   * Step-up for a sensitive action (API.md, RFC 9470): an authentication younger than
+   * REAUTH_MAX_AGE, or the current password in the request. A password that is sent is checked
+   * (under the throttle, a wrong one audited as LOGIN_FAILED) even when the authentication is recent.
+   */
+  async requireStepUp(
+    auth: Pick<AuthContext, 'userId' | 'sessionId' | 'authTime'>,
+    currentPassword: string | undefined,
+    client: ClientContext,
+    action: 'end_session' | 'end_other_sessions' | 'admin_revocation',
+  ): Promise<void> {
+    if (currentPassword === undefined) return this.recentAuth.requireRecent(auth);
+    await this.verifyCurrentPassword(await this.getById(auth.userId), currentPassword, auth.sessionId, client, action);
   }
 
   /**

@@ -50,7 +50,7 @@ export interface paths {
         get: operations["listSessions"];
         put?: never;
         post?: never;
-        /** End every session of mine except the current one; needs a recent authentication */
+        /** End every session of mine except the current one; needs a recent authentication or currentPassword */
         delete: operations["revokeOtherSessions"];
         options?: never;
         head?: never;
@@ -224,7 +224,7 @@ export interface paths {
         get: operations["listUserSessions"];
         put?: never;
         post?: never;
-        /** End every active session of a user (reason revoked_by_admin); needs the admin's recent authentication */
+        /** End every active session of a user (reason revoked_by_admin); needs the admin's recent authentication or currentPassword */
         delete: operations["revokeUserSessions"];
         options?: never;
         head?: never;
@@ -444,6 +444,9 @@ export interface components {
             device: components["schemas"]["DeviceSummaryDto"];
             /** @description This is the session of the request */
             current: boolean;
+        };
+        StepUpDto: {
+            currentPassword?: string;
         };
         RevokedCountResponseDto: {
             /**
@@ -1265,9 +1268,14 @@ export interface operations {
             path?: never;
             cookie?: never;
         };
-        requestBody?: never;
+        /** @description The current password, instead of a recent authentication */
+        requestBody?: {
+            content: {
+                "application/json": components["schemas"]["StepUpDto"];
+            };
+        };
         responses: {
-            /** @description End every session of mine except the current one; needs a recent authentication */
+            /** @description End every session of mine except the current one; needs a recent authentication or currentPassword */
             200: {
                 headers: {
                     "X-RateLimit-Limit": components["headers"]["X-RateLimit-Limit"];
@@ -1280,7 +1288,7 @@ export interface operations {
                     "application/json": components["schemas"]["RevokedCountResponseDto"];
                 };
             };
-            /** @description No valid access token, or the session has ended; or step-up (RFC 9470): the last authentication is older than REAUTH_MAX_AGE. Reauthenticate with POST /auth/reauthenticate and retry with the new access token */
+            /** @description No valid access token, or the session has ended; or step-up (RFC 9470): the last authentication is older than REAUTH_MAX_AGE and no currentPassword is sent; or a wrong currentPassword. Reauthenticate with POST /auth/reauthenticate and retry with the new access token */
             401: {
                 headers: {
                     "X-RateLimit-Limit": components["headers"]["X-RateLimit-Limit"];
@@ -1296,7 +1304,41 @@ export interface operations {
                      * @example {
                      *       "statusCode": 401,
                      *       "error": "Unauthorized",
-                     *       "message": "No valid access token, or the session has ended; or step-up (RFC 9470): the last authentication is older than REAUTH_MAX_AGE. Reauthenticate with POST /auth/reauthenticate and retry with the new access token"
+                     *       "message": "No valid access token, or the session has ended; or step-up (RFC 9470): the last authentication is older than REAUTH_MAX_AGE and no currentPassword is sent; or a wrong currentPassword. Reauthenticate with POST /auth/reauthenticate and retry with the new access token"
+                     *     }
+                     */
+                    "application/json": components["schemas"]["ErrorResponseDto"];
+                };
+            };
+            /** @description The body is larger than 16 KiB */
+            413: {
+                headers: {
+                    "Access-Control-Allow-Origin": components["headers"]["Access-Control-Allow-Origin"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "statusCode": 413,
+                     *       "error": "Payload Too Large",
+                     *       "message": "The body is larger than 16 KiB"
+                     *     }
+                     */
+                    "application/json": components["schemas"]["ErrorResponseDto"];
+                };
+            };
+            /** @description The body is not application/json */
+            415: {
+                headers: {
+                    "Access-Control-Allow-Origin": components["headers"]["Access-Control-Allow-Origin"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "statusCode": 415,
+                     *       "error": "Unsupported Media Type",
+                     *       "message": "The body is not application/json"
                      *     }
                      */
                     "application/json": components["schemas"]["ErrorResponseDto"];
@@ -1376,7 +1418,12 @@ export interface operations {
             };
             cookie?: never;
         };
-        requestBody?: never;
+        /** @description The current password, instead of a recent authentication (ending another session) */
+        requestBody?: {
+            content: {
+                "application/json": components["schemas"]["StepUpDto"];
+            };
+        };
         responses: {
             /** @description The session's access and refresh tokens no longer work */
             204: {
@@ -1409,7 +1456,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorResponseDto"];
                 };
             };
-            /** @description No valid access token, or the session has ended; or step-up (RFC 9470): the last authentication is older than REAUTH_MAX_AGE (only to end another session: ending the current one is a logout). Reauthenticate with POST /auth/reauthenticate and retry with the new access token */
+            /** @description No valid access token, or the session has ended; or step-up (RFC 9470): the last authentication is older than REAUTH_MAX_AGE and no currentPassword is sent (only to end another session: ending the current one is a logout); or a wrong currentPassword. Reauthenticate with POST /auth/reauthenticate and retry with the new access token */
             401: {
                 headers: {
                     "X-RateLimit-Limit": components["headers"]["X-RateLimit-Limit"];
@@ -1425,7 +1472,7 @@ export interface operations {
                      * @example {
                      *       "statusCode": 401,
                      *       "error": "Unauthorized",
-                     *       "message": "No valid access token, or the session has ended; or step-up (RFC 9470): the last authentication is older than REAUTH_MAX_AGE (only to end another session: ending the current one is a logout). Reauthenticate with POST /auth/reauthenticate and retry with the new access token"
+                     *       "message": "No valid access token, or the session has ended; or step-up (RFC 9470): the last authentication is older than REAUTH_MAX_AGE and no currentPassword is sent (only to end another session: ending the current one is a logout); or a wrong currentPassword. Reauthenticate with POST /auth/reauthenticate and retry with the new access token"
                      *     }
                      */
                     "application/json": components["schemas"]["ErrorResponseDto"];
@@ -1446,6 +1493,40 @@ export interface operations {
                      *       "statusCode": 404,
                      *       "error": "Not Found",
                      *       "message": "Unknown, already ended, or not yours (one identical answer)"
+                     *     }
+                     */
+                    "application/json": components["schemas"]["ErrorResponseDto"];
+                };
+            };
+            /** @description The body is larger than 16 KiB */
+            413: {
+                headers: {
+                    "Access-Control-Allow-Origin": components["headers"]["Access-Control-Allow-Origin"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "statusCode": 413,
+                     *       "error": "Payload Too Large",
+                     *       "message": "The body is larger than 16 KiB"
+                     *     }
+                     */
+                    "application/json": components["schemas"]["ErrorResponseDto"];
+                };
+            };
+            /** @description The body is not application/json */
+            415: {
+                headers: {
+                    "Access-Control-Allow-Origin": components["headers"]["Access-Control-Allow-Origin"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "statusCode": 415,
+                     *       "error": "Unsupported Media Type",
+                     *       "message": "The body is not application/json"
                      *     }
                      */
                     "application/json": components["schemas"]["ErrorResponseDto"];
@@ -2778,9 +2859,14 @@ export interface operations {
             };
             cookie?: never;
         };
-        requestBody?: never;
+        /** @description The admin's current password, instead of a recent authentication */
+        requestBody?: {
+            content: {
+                "application/json": components["schemas"]["StepUpDto"];
+            };
+        };
         responses: {
-            /** @description End every active session of a user (reason revoked_by_admin); needs the admin's recent authentication */
+            /** @description End every active session of a user (reason revoked_by_admin); needs the admin's recent authentication or currentPassword */
             200: {
                 headers: {
                     "X-RateLimit-Limit": components["headers"]["X-RateLimit-Limit"];
@@ -2813,7 +2899,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorResponseDto"];
                 };
             };
-            /** @description No valid access token, or the session has ended; or step-up (RFC 9470): the last authentication is older than REAUTH_MAX_AGE. Reauthenticate with POST /auth/reauthenticate and retry with the new access token */
+            /** @description No valid access token, or the session has ended; or step-up (RFC 9470): the last authentication is older than REAUTH_MAX_AGE and no currentPassword (the admin's own) is sent; or a wrong currentPassword. Reauthenticate with POST /auth/reauthenticate and retry with the new access token */
             401: {
                 headers: {
                     "X-RateLimit-Limit": components["headers"]["X-RateLimit-Limit"];
@@ -2829,7 +2915,7 @@ export interface operations {
                      * @example {
                      *       "statusCode": 401,
                      *       "error": "Unauthorized",
-                     *       "message": "No valid access token, or the session has ended; or step-up (RFC 9470): the last authentication is older than REAUTH_MAX_AGE. Reauthenticate with POST /auth/reauthenticate and retry with the new access token"
+                     *       "message": "No valid access token, or the session has ended; or step-up (RFC 9470): the last authentication is older than REAUTH_MAX_AGE and no currentPassword (the admin's own) is sent; or a wrong currentPassword. Reauthenticate with POST /auth/reauthenticate and retry with the new access token"
                      *     }
                      */
                     "application/json": components["schemas"]["ErrorResponseDto"];
@@ -2870,6 +2956,40 @@ export interface operations {
                      *       "statusCode": 404,
                      *       "error": "Not Found",
                      *       "message": "No such user"
+                     *     }
+                     */
+                    "application/json": components["schemas"]["ErrorResponseDto"];
+                };
+            };
+            /** @description The body is larger than 16 KiB */
+            413: {
+                headers: {
+                    "Access-Control-Allow-Origin": components["headers"]["Access-Control-Allow-Origin"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "statusCode": 413,
+                     *       "error": "Payload Too Large",
+                     *       "message": "The body is larger than 16 KiB"
+                     *     }
+                     */
+                    "application/json": components["schemas"]["ErrorResponseDto"];
+                };
+            };
+            /** @description The body is not application/json */
+            415: {
+                headers: {
+                    "Access-Control-Allow-Origin": components["headers"]["Access-Control-Allow-Origin"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "statusCode": 415,
+                     *       "error": "Unsupported Media Type",
+                     *       "message": "The body is not application/json"
                      *     }
                      */
                     "application/json": components["schemas"]["ErrorResponseDto"];

@@ -232,6 +232,10 @@ describe('audit hash chain (e2e)', () => {
     const checkpointsAppendOnly = /audit_checkpoints is append-only: (UPDATE|DELETE) of checkpoint \d+ refused/;
     await refused(`UPDATE audit_checkpoints SET events = events + 1`, [], checkpointsAppendOnly);
     await refused(`DELETE FROM audit_checkpoints`, [], checkpointsAppendOnly);
+    // TRUNCATE fires no row trigger: a statement trigger of its own on each table and month (0.20.3).
+    await refused(`TRUNCATE audit_events`, [], /audit_events is append-only: TRUNCATE refused/);
+    await refused(`TRUNCATE ${partition}`, [], new RegExp(`${partition.replace(/"/g, '')} is append-only: TRUNCATE refused`));
+    await refused(`TRUNCATE audit_checkpoints`, [], /audit_checkpoints is append-only: TRUNCATE refused/);
     assert.deepEqual(await snapshot(), before);
 
     // An event written without the chain (as before 0.7.0) gets its chain fields from the

@@ -156,8 +156,9 @@ describe('closed audit months rewritten in chain order (e2e)', () => {
     // The current month is still written to: left as it is.
     assert.deepEqual(await shapeOf(t.db, current), before.get(current)!.shape);
     assert.deepEqual(await leftovers(t.db), []);
-    // The append-only trigger came with the new table.
+    // The append-only triggers came with the new table (the row one by ATTACH, TRUNCATE's made for it).
     await assert.rejects(t.db.query(`UPDATE "${months[1]}" SET type = 'LOGIN'`), /append-only/);
+    await assert.rejects(t.db.query(`TRUNCATE "${months[1]}"`), /append-only: TRUNCATE refused/);
     const verification = await t.app.get(AuditVerifierService).verify();
     assert.deepEqual(
       { ok: verification.ok, reason: verification.reason, checked: verification.checked },

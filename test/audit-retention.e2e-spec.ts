@@ -158,9 +158,13 @@ describe('audit log partitions and retention (e2e)', () => {
     for (const ahead of [0, -1, -2])
       assert.ok(names.includes(partitionOf(monthStart(ahead)).name), `${partitionOf(monthStart(ahead)).name} in ${names}`);
     await t.db.query(`DROP TABLE "${partitionOf(monthStart(-2)).name}"`);
+    // A month without its TRUNCATE refusal, as one made by an instance of a version before it.
+    await t.db.query(`DROP TRIGGER audit_no_truncate ON "${partitionOf(monthStart(-1)).name}"`);
     const result = await partitions.maintain();
     assert.deepEqual(result.created, [partitionOf(monthStart(-2)).name]);
     assert.deepEqual(result.dropped, []);
+    // Each month refuses TRUNCATE, the one made again and the one that had lost it too.
+    for (const { name } of await partitions.list()) await assert.rejects(t.db.query(`TRUNCATE "${name}"`), /append-only: TRUNCATE refused/, name);
   });
 
   it('drops a month past AUDIT_RETENTION_DAYS whole, archived first, and the rest still verifies', async () => {

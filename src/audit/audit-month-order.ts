@@ -2,7 +2,8 @@ import { Injectable } from '@nestjs/common';
 import { InjectDataSource } from '@nestjs/typeorm';
 import { SESSIONARY_DATA_SOURCE } from '../database/data-source-name';
 import { DataSource, EntityManager, QueryRunner } from 'typeorm';
-import { pgErrorCode } from '../database/pg-errors';
+import { PG_LOCK_NOT_AVAILABLE, pgErrorCode } from '../database/pg-errors';
+import { refuseTruncateSql } from '../database/audit-truncate';
 import { sql } from '../database/sql';
 import type { AuditPartition } from './audit-partitions.service';
 
@@ -13,7 +14,6 @@ export const CHAIN_ORDER_COMMENT = 'sessionary: events in chain order';
  * up until the next run. While it waits, the reads and writes that queue behind it wait too.
  */
 const SWAP_LOCK_TIMEOUT_MS = 1000;
-const LOCK_NOT_AVAILABLE = '55P03';
 /** A leftover of a rewrite whose process stopped after the swap's commit, before the drop of the old table. */
 const RETIRED_NAME = /^audit_events_y\d{4}m\d{2}_retired$/;
 
@@ -102,7 +102,7 @@ export class AuditMonthOrder {
       } catch (error) {
         if (runner.isTransactionActive) await runner.rollbackTransaction();
         if (signal.aborted) return { ordered: false, reason: 'the service is stopping' };
-        if (pgErrorCode(error) === LOCK_NOT_AVAILABLE) {
+        if (pgErrorCode(error) === PG_LOCK_NOT_AVAILABLE) {
           return { ordered: false, reason: `a lock it needs was not granted within ${this.lockTimeoutMs} ms (a long read of the log under way?)` };
         }
         throw error;
@@ -232,6 +232,8 @@ export class AuditMonthOrder {
     for (const [i, index] of oldIndexes.entries()) await sql(em, `ALTER INDEX "${index.name}" RENAME TO "${retired}_${i}"`);
     await sql(em, `ALTER TABLE audit_events DETACH PARTITION "${retired}"`);
     await sql(em, `ALTER TABLE "${staging}" RENAME TO "${table}"`);
+    // LIKE copies no trigger: the month's own refusal of TRUNCATE (the row triggers come with ATTACH).
+    await sql(em, refuseTruncateSql(table));
     await sql(em, `ALTER TABLE audit_events ATTACH PARTITION "${table}" FOR VALUES FROM ('${from}') TO ('${to}')`);
     const newIndexes = await this.partitionIndexes(em, table);
     // ATTACH builds any index it finds no match for: then it did so under the lock, and the

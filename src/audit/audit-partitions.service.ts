@@ -6,6 +6,8 @@ import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { DataSource, EntityManager, QueryRunner } from 'typeorm';
 import type { AppConfig } from '../config/config';
+import { AUDIT_NO_TRUNCATE_TRIGGER, refuseTruncateSql } from '../database/audit-truncate';
+import { PG_LOCK_NOT_AVAILABLE, pgErrorCode } from '../database/pg-errors';
 import { sql } from '../database/sql';
 import { writeFileDurably } from '../common/durable-file';
 import { LOCK_TAKEN, withSessionAdvisoryLock } from '../database/advisory-lock';
@@ -26,6 +28,8 @@ const PREPARE_AHEAD_MS = 86_400_000;
 const CLOSED_AFTER_MS = 3_600_000;
 /** How long dropping a month may wait for the table lock (DETACH takes it briefly) before trying again next run. */
 const LOCK_TIMEOUT = '5s';
+/** How long giving a month its refusal of TRUNCATE may wait for the month's writers. */
+const TRIGGER_LOCK_TIMEOUT = '200ms';
 /**
  * How long preparing a month's bases waits for the transactions running when it starts to end
  * (settledAuditSeq); past it, the set is prepared without a settled seq and its drop counts
@@ -228,6 +232,30 @@ export class AuditPartitionsService {
            FOR VALUES FROM ('${partition.from.toISOString()}') TO ('${partition.to.toISOString()}')`,
       );
       created.push(partition.name);
+    }
+    // A statement trigger is not cloned to a new partition: each month refuses TRUNCATE itself.
+    // Every month without the trigger gets it, not only those made here: a month made by an
+    // instance of a version before it (a rolling upgrade) is then covered within the hour.
+    const { rows: unguarded } = await sql<{ name: string }>(
+      runner.manager,
+      `SELECT c.relname AS name FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+        WHERE i.inhparent = 'audit_events'::regclass
+          AND NOT EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = c.oid AND t.tgname = $1)`,
+      [AUDIT_NO_TRUNCATE_TRIGGER],
+    );
+    for (const { name } of unguarded) {
+      // CREATE TRIGGER waits for the month's writers, and new ones would queue behind it: a
+      // short wait at most, or the next run does it.
+      await runner.startTransaction();
+      try {
+        await sql(runner.manager, `SET LOCAL lock_timeout = '${TRIGGER_LOCK_TIMEOUT}'`);
+        await sql(runner.manager, refuseTruncateSql(name));
+        await runner.commitTransaction();
+      } catch (error) {
+        if (runner.isTransactionActive) await runner.rollbackTransaction();
+        if (pgErrorCode(error) !== PG_LOCK_NOT_AVAILABLE) throw error;
+        this.logger.warn(`${name} was busy: it gets its refusal of TRUNCATE on a later run`);
+      }
     }
     return created;
   }

@@ -1,12 +1,10 @@
 import { Logger } from '@nestjs/common';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { QueryRunner } from 'typeorm';
-import { pgErrorCode } from './pg-errors';
+import { PG_LOCK_NOT_AVAILABLE, pgErrorCode } from './pg-errors';
 
 /** How long a statement that locks the whole log waits for it before it lets the writers by. */
 const LOCK_WAIT_MS = 200;
-/** PostgreSQL's lock_not_available: lock_timeout expired. */
-const LOCK_NOT_AVAILABLE = '55P03';
 
 /**
  * Builds an index of audit_events without holding audit writes (so logins) back while the
@@ -50,7 +48,7 @@ export async function lockingBriefly(queryRunner: QueryRunner, statement: string
       await queryRunner.query(statement);
       return;
     } catch (error) {
-      if (pgErrorCode(error) !== LOCK_NOT_AVAILABLE) throw error;
+      if (pgErrorCode(error) !== PG_LOCK_NOT_AVAILABLE) throw error;
       if (attempt % 60 === 0) new Logger('Migrations').warn(`Still waiting for a moment without long readers of audit_events to run: ${statement}`);
       await sleep(1000);
     } finally {

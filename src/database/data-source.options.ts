@@ -30,6 +30,7 @@ import { SessionExpiredEndNotifySkip1766600000000 } from './migrations/176660000
 import { AuditUserIndexMerged1766700000000 } from './migrations/1766700000000-AuditUserIndexMerged';
 import { AuditUserTypeIndex1766800000000 } from './migrations/1766800000000-AuditUserTypeIndex';
 import { AuditShipProgress1766900000000 } from './migrations/1766900000000-AuditShipProgress';
+import { AuditTruncateRefused1767000000000 } from './migrations/1767000000000-AuditTruncateRefused';
 import { SigningKeys1765600000000 } from './migrations/1765600000000-SigningKeys';
 
 export const ENTITIES = [UserEntity, SessionEntity, RotatedRefreshTokenEntity, AuditEventEntity];
@@ -61,6 +62,7 @@ export const MIGRATIONS = [
   AuditUserIndexMerged1766700000000,
   AuditUserTypeIndex1766800000000,
   AuditShipProgress1766900000000,
+  AuditTruncateRefused1767000000000,
 ];
 
 /**

@@ -71,6 +71,7 @@ export const SESSIONARY_TABLES = [
 export const SESSIONARY_FUNCTIONS = [
   'audit_checkpoints_append_only',
   'audit_events_append_only',
+  'audit_refuse_truncate',
   'sessionary_notify_role_change',
   'sessionary_notify_session_change',
   'sessionary_notify_sessions_truncated',

@@ -1,6 +1,8 @@
 import { QueryFailedError, QueryRunnerAlreadyReleasedError, QueryRunnerProviderAlreadyReleasedError } from 'typeorm';
 
 export const PG_UNIQUE_VIOLATION = '23505';
+/** lock_timeout ran out. */
+export const PG_LOCK_NOT_AVAILABLE = '55P03';
 
 /** The SQLSTATE of a failed query, without exposing the driver error itself. */
 export function pgErrorCode(error: unknown): string | undefined {

@@ -1,3 +1,4 @@
+import { refuseTruncateSql } from '../../src/database/audit-truncate';
 import assert from 'node:assert/strict';
 import { DataSource, EntityManager, QueryRunner } from 'typeorm';
 import { AuditChainService } from '../../src/audit/audit-chain.service';
@@ -36,6 +37,7 @@ export async function pastEvents(t: TestApp, month: Date, rows: Array<{ userId: 
   await t.db.query(
     `CREATE TABLE IF NOT EXISTS "${partition.name}" PARTITION OF audit_events FOR VALUES FROM ('${partition.from.toISOString()}') TO ('${partition.to.toISOString()}')`,
   );
+  await t.db.query(refuseTruncateSql(partition.name)); // as every month the service makes
   for (const [i, r] of rows.entries()) {
     await t.db.query(`INSERT INTO audit_events (type, user_id, created_at, metadata) VALUES ($1, $2, $3, '{"past":true}')`, [
       r.type,

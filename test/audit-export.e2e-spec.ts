@@ -984,20 +984,26 @@ describe('audit export (e2e)', () => {
           const restored = await start(backup);
           assert.ok(BigInt(await newest(restored)) < BigInt(shippedThrough));
           assert.match(JSON.stringify(await tick(restored)), /past this audit log's newest seq/);
-          // ... and then the same person's login takes the seq and chain position of the one
-          // shipped after the backup: another event there. Shipping on after the pieces would
-          // never ship it (nor, as its sequence went on, any event under the seqs shipped since the backup).
-          await login(restored.http, person, 'after-the-restore');
+          // ... then its sequence reaches the pieces' end with someone else's event: the event
+          // shipped last is past the end of its chain here. Shipping on after the pieces would
+          // never ship what the restored log wrote under the seqs shipped since the backup.
+          await registerUser(restored.http);
           assert.equal(await newest(restored), shippedThrough);
+          const pastEnd = await tick(restored);
+          assert.ok('failed' in pastEnd, JSON.stringify(pastEnd));
+          assert.match(
+            pastEnd.failed,
+            /^The last event shipped to .+ \(seq \d+, chain .+ position \d+\) is past the end of that chain in this audit log \(position \d+\): .+ move them away$/,
+          );
+          // ... and the same person's next login takes that chain position: another event there.
+          await login(restored.http, person, 'after-the-restore');
+          assert.ok(BigInt(await newest(restored)) > BigInt(shippedThrough));
           const refused = await tick(restored);
           assert.ok('failed' in refused, JSON.stringify(refused));
           assert.match(
             refused.failed,
             /^The last event shipped to .+ \(seq \d+, chain .+ position \d+\) is another event in this audit log: .+ move them away$/,
           );
-          await registerUser(restored.http);
-          assert.ok(BigInt(await newest(restored)) > BigInt(shippedThrough));
-          assert.ok('failed' in (await tick(restored)));
           assert.deepEqual(files(), shipped, 'nothing shipped');
           const runner = restored.db.createQueryRunner();
           try {

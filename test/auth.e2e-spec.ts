@@ -225,6 +225,50 @@ describe('auth (e2e)', () => {
       }
     });
 
+    it("lets two logins that re-hash at once both in: the second finds the first's new hash of the same password", async () => {
+      const user = await registerUser(t.http);
+      const raised = await createTestApp({ BCRYPT_COST: '5', PASSWORD_PEPPER: t.config.PASSWORD_PEPPER, JWT_SECRET: t.config.JWT_SECRET });
+      const holder = t.db.createQueryRunner();
+      await holder.connect();
+      try {
+        // The user's row held, so that both logins verify against the old hash and then meet at its lock.
+        await holder.startTransaction();
+        await holder.query(`SELECT 1 FROM users WHERE id = $1 FOR UPDATE`, [user.id]);
+        const logins = [1, 2].map(() =>
+          raised.http
+            .post('/api/v1/auth/login')
+            .send({ email: user.email, password: user.password })
+            .then((res) => res),
+        );
+        const deadline = Date.now() + 10_000;
+        const waiting = async () =>
+          Number(
+            (await t.db.query(`SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`))[0].n,
+          );
+        while ((await waiting()) < 2) {
+          assert.ok(Date.now() < deadline, 'both logins waiting for the row');
+          await sleep(20);
+        }
+        await holder.commitTransaction();
+        const answers = await Promise.all(logins);
+        assert.deepEqual(
+          answers.map((res) => res.status),
+          [200, 200],
+          JSON.stringify(answers.map((res) => res.body)),
+        );
+        const [{ password_hash: hash }] = await t.db.query(`SELECT password_hash FROM users WHERE id = $1`, [user.id]);
+        assert.match(hash, /^\$2b\$05\$/);
+        // One of them stored its new hash; the other found it and stored nothing.
+        const events = await auditRows(t.db, { userId: user.id, type: 'LOGIN' });
+        assert.deepEqual(events.map((e) => 'bcryptCostFrom' in e.metadata).sort(), [false, true]);
+        assert.deepEqual(await auditRows(t.db, { userId: user.id, type: 'LOGIN_FAILED' }), []);
+      } finally {
+        if (holder.isTransactionActive) await holder.rollbackTransaction();
+        await holder.release();
+        await raised.close();
+      }
+    });
+
     it('opens no session with a password changed while its bcrypt check ran: the login waits for the change, then answers 401', async () => {
       const { user, tokens } = await registerAndLogin(t.http);
       const waiting = async () =>

@@ -253,8 +253,9 @@ export class AuditPartitionsService {
         await runner.commitTransaction();
       } catch (error) {
         if (runner.isTransactionActive) await runner.rollbackTransaction();
-        if (pgErrorCode(error) !== PG_LOCK_NOT_AVAILABLE) throw error;
-        this.logger.warn(`${name} was busy: it gets its refusal of TRUNCATE on a later run`);
+        // Never the run's end: retention and the rest of it go on; the next run tries again.
+        const why = pgErrorCode(error) === PG_LOCK_NOT_AVAILABLE ? 'it was busy' : error instanceof Error ? error.message : String(error);
+        this.logger.warn(`${name} did not get its refusal of TRUNCATE (${why}); a later run gives it`);
       }
     }
     return created;

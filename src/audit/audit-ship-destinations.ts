@@ -30,12 +30,19 @@ export class AuditShipDestinations {
    * destination has, or none is configured.
    */
   async notShippedThrough(runner: QueryRunner, throughSeq: string): Promise<string | undefined> {
-    const newest = this.list.length ? await newestAuditSeq(runner) : '0';
     for (const destination of this.list) {
-      const end = await destination.shippedEnd(runner);
+      let end: ShippedEnd;
+      let foreign: string | undefined;
+      try {
+        end = await destination.shippedEnd(runner);
+        // After the destination's end (a piece shipped meanwhile is within the newest seq read after it).
+        foreign = await notThisLogsCopy(runner, destination, end, await newestAuditSeq(runner));
+      } catch (error) {
+        // A directory that cannot be read, or a piece that is not one: nothing can be taken for shipped.
+        return `${destination.kind} ${destination.description} cannot be read (${error instanceof Error ? error.message : String(error)}); nothing is dropped until that is resolved`;
+      }
       // A copy that is not this log's (the shipping task refuses to ship on after it): none of
       // the month can be taken for shipped.
-      const foreign = await notThisLogsCopy(runner, destination, end, newest);
       if (foreign) return `${foreign}; nothing is dropped until that is resolved`;
       if (BigInt(end.throughSeq) < BigInt(throughSeq)) {
         return `its events run through seq ${throughSeq}, and ${destination.kind} ${destination.description} has them through seq ${end.throughSeq} only; it is dropped once they are shipped`;
@@ -94,9 +101,11 @@ export async function notThisLogsCopy(
   if (!lastEvent) return undefined;
   const named = `the last event shipped to ${destination.description} (seq ${lastEvent.seq}${lastEvent.chainKey === null ? '' : `, chain ${lastEvent.chainKey} position ${lastEvent.position}`})`;
   if (found.stored !== null) {
-    return found.stored === `${lastEvent.seq} ${lastEvent.hash ?? '-'}` ? undefined : because(`${named} is another event in this audit log`);
+    // An event shipped before it was sealed into its chain (one written before the chain) has no hash in the piece.
+    const same = lastEvent.hash === null ? found.stored.startsWith(`${lastEvent.seq} `) : found.stored === `${lastEvent.seq} ${lastEvent.hash}`;
+    return same ? undefined : because(`${named} is another event in this audit log`);
   }
-  // Not stored: gone with its month (retention) if its chain went on past it; not yet written otherwise.
+  // Not stored: gone with its month (retention) if its chain's head reached it; not yet written otherwise.
   if (lastEvent.chainKey !== null && (found.head === null || BigInt(found.head) < BigInt(lastEvent.position!))) {
     return because(`${named} is past the end of that chain in this audit log (${found.head === null ? 'no such chain' : `position ${found.head}`})`);
   }

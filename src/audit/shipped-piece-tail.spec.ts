@@ -59,6 +59,7 @@ describe('lastEventOfPiece', () => {
       piece(event('x'), seal(1)),
       piece(event('1', { createdAt: 'yesterday' }), seal(1)),
       piece(event('1', { position: 1.5 }), seal(1)),
+      piece(event('1', { position: null }), seal(1)), // a chain without a position
     ]) {
       await assert.rejects(lastEventOfPiece(file), /does not end as a shipped piece does/, file);
     }

@@ -26,7 +26,9 @@ export async function lastEventOfPiece(file: string): Promise<ShippedEvent | nul
     !Number.isFinite(Date.parse(createdAt)) ||
     !(chainKey === null || typeof chainKey === 'string') ||
     !(position === null || Number.isSafeInteger(position)) ||
-    !(hash === null || typeof hash === 'string')
+    !(hash === null || typeof hash === 'string') ||
+    // The chain fields are all there, or none (an event outside every chain).
+    (chainKey === null) !== (position === null)
   ) {
     throw notAPiece(file);
   }

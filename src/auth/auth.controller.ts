@@ -89,7 +89,11 @@ export class AuthController {
   @ApiBearerAuth()
   @ApiOperation({ operationId: 'getSession', summary: "The bearer's active session: who it is and until when" })
   @ApiOkResponse({ type: SessionInfoResponseDto })
-  @ApiUnauthorizedResponse({ type: ErrorResponseDto, description: 'No valid access token, or the session has ended' })
+  @ApiUnauthorizedResponse({
+    type: ErrorResponseDto,
+    description: 'No valid access token, or the session has ended',
+    headers: { 'WWW-Authenticate': BEARER_CHALLENGE_HEADER },
+  })
   session(@CurrentAuth() auth: AuthContext): SessionInfoResponseDto {
     return SessionInfoResponseDto.from(auth);
   }
@@ -124,7 +128,11 @@ export class AuthController {
   @ApiBearerAuth()
   @ApiOperation({ operationId: 'logout', summary: 'End the current session; its access and refresh tokens stop working at once' })
   @ApiNoContentResponse()
-  @ApiUnauthorizedResponse({ type: ErrorResponseDto })
+  @ApiUnauthorizedResponse({
+    type: ErrorResponseDto,
+    description: 'No valid access token, or the session has ended',
+    headers: { 'WWW-Authenticate': BEARER_CHALLENGE_HEADER },
+  })
   logout(@CurrentAuth() auth: AuthContext, @Client() client: ClientContext): Promise<void> {
     return this.auth.logout(auth, client);
   }

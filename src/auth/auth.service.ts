@@ -1,13 +1,14 @@
 import { BadRequestException, Injectable, UnauthorizedException } from '@nestjs/common';
 import { InjectDataSource } from '@nestjs/typeorm';
 import { SESSIONARY_DATA_SOURCE } from '../database/data-source-name';
-import { DataSource } from 'typeorm';
+import { DataSource, EntityManager } from 'typeorm';
 import type { AuditMetadata } from '../audit/audit-event.entity';
 import { accountLockedEvents } from '../audit/account-locked-events';
 import { AuditService } from '../audit/audit.service';
 import type { ClientContext } from '../common/client-context';
 import type { AuthContext } from '../common/current-auth.decorator';
-import { UNAUTHORIZED_SESSION, IssuedSession, SessionsService } from '../sessions/sessions.service';
+import { SessionNotActiveException } from '../common/session-not-active.exception';
+import { IssuedSession, SessionsService } from '../sessions/sessions.service';
 import { assertPasswordFreeOfContext } from '../users/password-context';
 import { PasswordHasher } from '../users/password-hasher';
 import { UserEntity } from '../users/user.entity';
@@ -77,9 +78,13 @@ export class AuthService {
     const issued = await this.dataSource.transaction(async (em) => {
       // The password was checked against the hash read before bcrypt: a change that committed
       // since (its other sessions ended) must not be outlived by a session opened with the old one.
-      if (!(await this.users.lockIfPasswordUnchanged(em, user.id, user.passwordHash))) return undefined;
-      if (rehashed) await this.users.storeRehashedPassword(em, user.id, rehashed);
-      const metadata: AuditMetadata = rehashed ? { method, bcryptCostFrom: staleCost!, bcryptCostTo: this.passwords.currentCost } : { method };
+      const stored = await this.lockedHashMatching(em, user, dto.password);
+      if (stored === undefined) return undefined;
+      // Unless another login re-hashed it meanwhile (the stored hash is then no longer the one read).
+      const stillStale = stored === user.passwordHash;
+      if (rehashed && stillStale) await this.users.storeRehashedPassword(em, user.id, rehashed);
+      const metadata: AuditMetadata =
+        rehashed && stillStale ? { method, bcryptCostFrom: staleCost!, bcryptCostTo: this.passwords.currentCost } : { method };
       const opened = await this.sessions.open(em, user.id, client, metadata);
       // Last, so the counters' rows (an IP's is shared by every login from behind one NAT)
       // stay locked for as short a time as possible; a login that fails to commit stays counted.
@@ -97,7 +102,7 @@ export class AuthService {
   async logout(auth: AuthContext, client: ClientContext): Promise<void> {
     const ended = await this.sessions.end({ sessionId: auth.sessionId, ownerId: auth.userId }, { reason: 'logout', event: 'LOGOUT', client });
     // Lost a race with another end (revocation, expiry): the session is no longer valid.
-    if (!ended) throw new UnauthorizedException(UNAUTHORIZED_SESSION);
+    if (!ended) throw new SessionNotActiveException();
   }
 
   /**
@@ -121,8 +126,10 @@ export class AuthService {
     assertPasswordFreeOfContext(dto.newPassword, user);
     const passwordHash = await this.passwords.hash(dto.newPassword);
     await this.dataSource.transaction(async (em) => {
-      // Conditional on the hash just verified: of two concurrent changes, one wins.
-      if (!(await this.users.replacePasswordHash(em, user, passwordHash))) throw new UnauthorizedException('Current password is incorrect');
+      // Of two concurrent changes, one wins: the other's current password no longer matches.
+      const stored = await this.lockedHashMatching(em, user, dto.currentPassword);
+      if (stored === undefined) throw new UnauthorizedException('Current password is incorrect');
+      await this.users.replacePasswordHash(em, { id: user.id, passwordHash: stored }, passwordHash);
       const ended = await this.sessions.endSessions(
         { userId: user.id, exceptSessionId: auth.sessionId },
         { reason: 'password_changed', event: 'SESSION_REVOKED', client, actorSessionId: auth.sessionId },
@@ -136,6 +143,20 @@ export class AuthService {
         metadata: { endedSessions: ended.length },
       });
     });
+  }
+
+  /**
+   * Locks the user's row (in the caller's transaction) and answers its stored hash if
+   * `password`, verified against `user.passwordHash` before the transaction, is still the
+   * user's: the stored hash is that one, or another this password matches. The second is a
+   * login's re-hash at a new BCRYPT_COST (the same password, another hash), checked once more
+   * with bcrypt: only in that rare race. Undefined when the password was changed since, or the
+   * user is gone.
+   */
+  private async lockedHashMatching(em: EntityManager, user: Pick<UserEntity, 'id' | 'passwordHash'>, password: string): Promise<string | undefined> {
+    const stored = await this.users.lockPasswordHash(em, user.id);
+    if (stored === undefined) return undefined;
+    return stored === user.passwordHash || (await this.passwords.verify(password, stored)) ? stored : undefined;
   }
 
   private async tokenResponse({ session, refreshToken }: IssuedSession): Promise<TokenResponseDto> {

@@ -6,6 +6,7 @@ import { DatabaseOutageMonitor, summarize } from '../database/database-outage.mo
 import { isDatabaseUnavailable, PG_UNIQUE_VIOLATION, pgErrorCode } from '../database/pg-errors';
 import { RefusedRequestsTally, refusalOfStatus } from '../audit/refused-requests-tally';
 import { clientContextOf } from './client-context';
+import { SessionNotActiveException } from './session-not-active.exception';
 import { InsufficientUserAuthenticationException } from './insufficient-user-authentication.exception';
 import { RetryAfterException } from './retry-after.exception';
 import { DatabaseNotReadyException } from './database-not-ready.exception';
@@ -51,12 +52,14 @@ export class AllExceptionsFilter implements ExceptionFilter {
     if (refusal) this.refusals!.count(clientContextOf(request).ipAddress, refusal);
     if (exception instanceof RetryAfterException) void reply.header('Retry-After', String(exception.retryAfterSeconds));
     else if (body.statusCode === HttpStatus.SERVICE_UNAVAILABLE) void reply.header('Retry-After', String(UNAVAILABLE_RETRY_AFTER_SECONDS));
-    // RFC 9470's challenge; SessionGuard writes the refused tokens' (RFC 6750) itself. Every
+    // RFC 9470's challenge, and a session found ended after SessionGuard (RFC 6750's invalid_token);
+    // SessionGuard writes the other refused tokens' itself. Every
     // other 401 (credentials in the body refused: a password, a refresh token) gets the bare
     // scheme, which names no fault of a token: HTTP (RFC 9110, 15.5.2) and API.md want a
     // challenge on every 401.
-    if (exception instanceof InsufficientUserAuthenticationException) void reply.header('WWW-Authenticate', exception.challenge);
-    else if (body.statusCode === HttpStatus.UNAUTHORIZED && !reply.hasHeader('WWW-Authenticate')) void reply.header('WWW-Authenticate', 'Bearer');
+    if (exception instanceof InsufficientUserAuthenticationException || exception instanceof SessionNotActiveException) {
+      void reply.header('WWW-Authenticate', exception.challenge);
+    } else if (body.statusCode === HttpStatus.UNAUTHORIZED && !reply.hasHeader('WWW-Authenticate')) void reply.header('WWW-Authenticate', 'Bearer');
     void reply.status(body.statusCode).header('content-type', 'application/json; charset=utf-8').send(body);
   }
 

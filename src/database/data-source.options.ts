@@ -125,6 +125,8 @@ export function dataSourceOptions(databaseUrl: string): DataSourceOptions {
  * table takes as long as it takes (at boot, runMigrationsLocked turns it off the same way).
  */
 export function cliDataSourceOptions(databaseUrl: string): DataSourceOptions {
-  const options = dataSourceOptions(databaseUrl) as DataSourceOptions & { extra: Record<string, unknown> };
-  return { ...options, extra: { ...options.extra, statement_timeout: 0 } };
+  // TypeORM's own console logger: its CLI sets the kinds it prints (migration:show's list is
+  // schema-build lines), which a logger object of ours would not take.
+  const { logger: _logger, ...options } = dataSourceOptions(databaseUrl) as DataSourceOptions & { extra: Record<string, unknown> };
+  return { ...options, extra: { ...options.extra, statement_timeout: 0 } } as DataSourceOptions;
 }

@@ -16,7 +16,8 @@ export class TypeOrmNestLogger extends AbstractLogger {
     for (const message of messages) {
       const text = message.prefix ? `${message.prefix} ${message.message}` : String(message.message);
       const kind = message.type ?? level;
-      if (kind === 'error' || kind === 'query-error') this.logger.error(text);
+      // TypeORM 1.x writes a migration line only when a migration failed (success is a schema-build line).
+      if (kind === 'error' || kind === 'query-error' || kind === 'migration') this.logger.error(text);
       else if (kind === 'warn' || kind === 'query-slow') this.logger.warn(text);
       else this.logger.log(text);
     }

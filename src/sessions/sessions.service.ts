@@ -1,3 +1,4 @@
+import { SessionNotActiveException } from '../common/session-not-active.exception';
 import { Injectable, Logger, OnApplicationBootstrap, OnModuleDestroy, Optional, UnauthorizedException } from '@nestjs/common';
 import { ConfigService } from '@nestjs/config';
 import { InjectDataSource } from '@nestjs/typeorm';
@@ -39,7 +40,7 @@ export interface EndSessionOptions {
 /** Which active sessions to end: one (optionally only if it is this user's), or all of a user's but one. */
 export type SessionTarget = { sessionId: string; ownerId?: string } | { userId: string; exceptSessionId?: string };
 
-export const UNAUTHORIZED_SESSION = 'Session is not active';
+export { UNAUTHORIZED_SESSION } from '../common/session-not-active.exception';
 const INVALID_REFRESH = 'Invalid refresh token';
 
 /** Why a refresh was refused (the label of sessionary_refresh_failures_total). */
@@ -180,7 +181,7 @@ export class SessionsService implements OnApplicationBootstrap, OnModuleDestroy 
       const now = this.listener.databaseNow();
       const verdict = judgeCachedSession(cached, userId, now, DEADLINE_MARGIN_MS + this.listener.clockUncertaintyMs);
       if (verdict !== 'recheck') this.checks.cache++;
-      if (verdict === 'refused') throw new UnauthorizedException(UNAUTHORIZED_SESSION);
+      if (verdict === 'refused') throw new SessionNotActiveException();
       if (verdict === 'active') {
         this.noteActivity(sessionId, cached, now);
         return activeSession(sessionId, cached);
@@ -214,7 +215,7 @@ export class SessionsService implements OnApplicationBootstrap, OnModuleDestroy 
     } finally {
       if (ticket && (!row || !role || row.user_id !== userId)) this.cache.completeFill(ticket, undefined);
     }
-    if (!row || !role || row.user_id !== userId) throw new UnauthorizedException(UNAUTHORIZED_SESSION);
+    if (!row || !role || row.user_id !== userId) throw new SessionNotActiveException();
     const entry: CachedSession = {
       userId: row.user_id,
       role,
@@ -237,9 +238,9 @@ export class SessionsService implements OnApplicationBootstrap, OnModuleDestroy 
     if (ticket) this.cache.completeFill(ticket, verdict.status === 'expired' ? undefined : entry);
     if (verdict.status === 'expired') {
       await this.endIfExpired(sessionId);
-      throw new UnauthorizedException(UNAUTHORIZED_SESSION);
+      throw new SessionNotActiveException();
     }
-    if (verdict.status === 'ended') throw new UnauthorizedException(UNAUTHORIZED_SESSION);
+    if (verdict.status === 'ended') throw new SessionNotActiveException();
     this.noteActivity(sessionId, entry, row.now.getTime());
     return activeSession(sessionId, entry);
   }
@@ -310,7 +311,7 @@ export class SessionsService implements OnApplicationBootstrap, OnModuleDestroy 
       if (rotated) await this.audit.record(em, { type: 'REAUTHENTICATED', userId: rotated.userId, sessionId: rotated.id, client });
       return rotated;
     });
-    if (!session) throw new UnauthorizedException(UNAUTHORIZED_SESSION);
+    if (!session) throw new SessionNotActiveException();
     return { session, refreshToken: nextToken };
   }
 

@@ -117,13 +117,14 @@ export class UsersService {
   }
 
   /**
-   * Locks the user's row as lockForSessionChange does, if its password hash is still the one a
-   * login verified; false when a password change committed since (in READ COMMITTED a lock that
-   * waited for the change checks the hash again on the row it left) or the user is gone.
+   * Locks the user's row as lockForSessionChange does and answers its password hash as it is
+   * now (a lock that waited for a change reads the row that change left), or undefined when the
+   * user is gone: what a login or a password change verified the password against must still
+   * be the stored hash, or another one the same password matches (see AuthService).
    */
-  async lockIfPasswordUnchanged(em: EntityManager, id: string, passwordHash: string): Promise<boolean> {
-    const { rows } = await sql(em, `SELECT 1 FROM users WHERE id = $1 AND password_hash = $2 FOR NO KEY UPDATE`, [id, passwordHash]);
-    return rows.length === 1;
+  async lockPasswordHash(em: EntityManager, id: string): Promise<string | undefined> {
+    const { rows } = await sql<{ password_hash: string }>(em, `SELECT password_hash FROM users WHERE id = $1 FOR NO KEY UPDATE`, [id]);
+    return rows[0]?.password_hash;
   }
 
   findById(id: string): Promise<UserEntity | null> {

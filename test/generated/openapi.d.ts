@@ -2163,6 +2163,8 @@ export interface operations {
                     "X-RateLimit-Limit": components["headers"]["X-RateLimit-Limit"];
                     "X-RateLimit-Remaining": components["headers"]["X-RateLimit-Remaining"];
                     "X-RateLimit-Reset": components["headers"]["X-RateLimit-Reset"];
+                    /** @description RFC 6750: `Bearer` without a token, `Bearer error="invalid_token"` for a refused one */
+                    "WWW-Authenticate"?: "Bearer" | "Bearer error=\"invalid_token\"";
                     "Access-Control-Allow-Origin": components["headers"]["Access-Control-Allow-Origin"];
                     [name: string]: unknown;
                 };
@@ -2429,12 +2431,14 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description Unauthorized */
+            /** @description No valid access token, or the session has ended */
             401: {
                 headers: {
                     "X-RateLimit-Limit": components["headers"]["X-RateLimit-Limit"];
                     "X-RateLimit-Remaining": components["headers"]["X-RateLimit-Remaining"];
                     "X-RateLimit-Reset": components["headers"]["X-RateLimit-Reset"];
+                    /** @description RFC 6750: `Bearer` without a token, `Bearer error="invalid_token"` for a refused one */
+                    "WWW-Authenticate"?: "Bearer" | "Bearer error=\"invalid_token\"";
                     "Access-Control-Allow-Origin": components["headers"]["Access-Control-Allow-Origin"];
                     [name: string]: unknown;
                 };
@@ -2443,7 +2447,7 @@ export interface operations {
                      * @example {
                      *       "statusCode": 401,
                      *       "error": "Unauthorized",
-                     *       "message": "Unauthorized"
+                     *       "message": "No valid access token, or the session has ended"
                      *     }
                      */
                     "application/json": components["schemas"]["ErrorResponseDto"];

@@ -1,4 +1,5 @@
 import { MigrationInterface, QueryRunner } from 'typeorm';
+import { lockingBriefly } from '../audit-index-build';
 import { AUDIT_NO_TRUNCATE_TRIGGER, refuseTruncateSql } from '../audit-truncate';
 
 /**
@@ -9,31 +10,40 @@ import { AUDIT_NO_TRUNCATE_TRIGGER, refuseTruncateSql } from '../audit-truncate'
  * own here, and the months made later get theirs where they are made (AuditPartitionsService,
  * AuditMonthOrder). Dropping a month (retention) is DROP, not TRUNCATE, and fires none.
  *
+ * Outside a transaction, one table at a time, each waiting at most briefly for its lock and
+ * trying again (lockingBriefly): CREATE TRIGGER takes a lock that audit writes wait for, and in
+ * one transaction the lock on each table taken would be held while the next waited (behind a
+ * long VACUUM of a month, say), with every login waiting too. Every step can be repeated.
+ *
  * Not a wall against the owner or a superuser (ALTER TABLE ... DISABLE TRIGGER): see AuditAppendOnly.
  */
 export class AuditTruncateRefused1767000000000 implements MigrationInterface {
   name = 'AuditTruncateRefused1767000000000';
+  transaction = false;
 
   public async up(queryRunner: QueryRunner): Promise<void> {
     await queryRunner.query(`
-      CREATE FUNCTION "audit_refuse_truncate"() RETURNS trigger LANGUAGE plpgsql AS $$
+      CREATE OR REPLACE FUNCTION "audit_refuse_truncate"() RETURNS trigger LANGUAGE plpgsql AS $$
       BEGIN
         RAISE EXCEPTION '% is append-only: TRUNCATE refused', TG_TABLE_NAME USING ERRCODE = 'insufficient_privilege';
       END
       $$`);
-    for (const table of await tables(queryRunner)) await queryRunner.query(refuseTruncateSql(table));
+    // The months first, the tables every write goes through last.
+    const months: Array<{ name: string }> = await queryRunner.query(
+      `SELECT c.relname AS name FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'audit_events'::regclass ORDER BY 1`,
+    );
+    for (const table of [...months.map((m) => m.name), 'audit_checkpoints', 'audit_events']) {
+      await lockingBriefly(queryRunner, refuseTruncateSql(table));
+    }
   }
 
   public async down(queryRunner: QueryRunner): Promise<void> {
-    for (const table of await tables(queryRunner)) await queryRunner.query(`DROP TRIGGER IF EXISTS "${AUDIT_NO_TRUNCATE_TRIGGER}" ON "${table}"`);
-    await queryRunner.query(`DROP FUNCTION "audit_refuse_truncate"()`);
+    // Every table with the trigger, a month detached and not yet dropped included.
+    const tables: Array<{ name: string }> = await queryRunner.query(
+      `SELECT c.relname AS name FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid WHERE t.tgname = $1 ORDER BY c.relname = 'audit_events', 1`,
+      [AUDIT_NO_TRUNCATE_TRIGGER],
+    );
+    for (const { name } of tables) await lockingBriefly(queryRunner, `DROP TRIGGER IF EXISTS "${AUDIT_NO_TRUNCATE_TRIGGER}" ON "${name}"`);
+    await queryRunner.query(`DROP FUNCTION IF EXISTS "audit_refuse_truncate"()`);
   }
-}
-
-/** audit_events, each of its months, and audit_checkpoints (in the current schema). */
-async function tables(queryRunner: QueryRunner): Promise<string[]> {
-  const rows: Array<{ name: string }> = await queryRunner.query(
-    `SELECT c.relname AS name FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'audit_events'::regclass ORDER BY 1`,
-  );
-  return ['audit_events', 'audit_checkpoints', ...rows.map((r) => r.name)];
 }

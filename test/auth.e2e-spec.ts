@@ -243,7 +243,12 @@ describe('auth (e2e)', () => {
         const deadline = Date.now() + 10_000;
         const waiting = async () =>
           Number(
-            (await t.db.query(`SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`))[0].n,
+            (
+              await t.db.query(
+                `SELECT count(*) AS n FROM pg_stat_activity
+                  WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%FROM users WHERE id = $1 FOR NO KEY UPDATE%'`,
+              )
+            )[0].n,
           );
         while ((await waiting()) < 2) {
           assert.ok(Date.now() < deadline, 'both logins waiting for the row');

@@ -14,6 +14,7 @@ import { DataSource } from 'typeorm';
 import { dataSourceOptions } from '../src/database/data-source.options';
 import { startEmbeddedPostgres, EmbeddedDatabase } from '../src/database/embedded-postgres';
 import { runMigrationsLocked } from '../src/database/migrate';
+import { inCi } from './helpers/ci';
 import { TypeOrmNestLogger } from '../src/database/typeorm-logger';
 
 const DIST = join(__dirname, '..');
@@ -24,11 +25,6 @@ function specFiles(dir: string): string[] {
     if (statSync(path).isDirectory()) return specFiles(path);
     return /\.(e2e-)?spec\.js$/.test(name) ? [path] : [];
   });
-}
-
-/** CI set to anything but empty, 0 or false (CI=true bash .ci/run; .ci/run sets it itself). */
-function inCi(): boolean {
-  return !/^(|0|false)$/i.test(process.env.CI ?? '');
 }
 
 function withDatabase(url: string, database: string): string {

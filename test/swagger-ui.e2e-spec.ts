@@ -3,13 +3,14 @@ import { existsSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import { type Browser, chromium, type Page } from 'playwright-core';
+import { inCi } from './helpers/ci';
 import { createTestApp, TestApp } from './helpers/test-app';
 
 /** Debian's chromium; `.ci/run` installs it when it is missing. */
 const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
 // Outside CI a machine without Chromium skips this file, saying so; in CI it must run.
 const missing = existsSync(CHROMIUM) ? false : `no Chromium at ${CHROMIUM} (apt-get install chromium, or set CHROMIUM_PATH)`;
-if (missing && process.env.CI) throw new Error(`the Swagger UI test needs a browser in CI: ${missing}`);
+if (missing && inCi()) throw new Error(`the Swagger UI test needs a browser in CI: ${missing}`);
 
 /** A host name that is not localhost, as when a container is reached from another machine. */
 const HOST = 'sessionary.test';

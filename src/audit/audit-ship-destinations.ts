@@ -2,6 +2,7 @@ import { Injectable } from '@nestjs/common';
 import { ConfigService } from '@nestjs/config';
 import type { QueryRunner } from 'typeorm';
 import type { AppConfig } from '../config/config';
+import { isDatabaseUnavailable, pgErrorCode } from '../database/pg-errors';
 import { sql } from '../database/sql';
 import type { ShipDestination, ShippedEnd, ShippedEvent } from './audit-ship-destination';
 import { DirectoryShipDestination } from './audit-ship-directory';
@@ -38,7 +39,9 @@ export class AuditShipDestinations {
         // After the destination's end (a piece shipped meanwhile is within the newest seq read after it).
         foreign = await notThisLogsCopy(runner, destination, end, await newestAuditSeq(runner));
       } catch (error) {
-        // A directory that cannot be read, or a piece that is not one: nothing can be taken for shipped.
+        // The database's own failures end the run as any other would; a directory that cannot
+        // be read, or a piece that is not one, holds every month: nothing can be taken for shipped.
+        if (pgErrorCode(error) !== undefined || isDatabaseUnavailable(error)) throw error;
         return `${destination.kind} ${destination.description} cannot be read (${error instanceof Error ? error.message : String(error)}); nothing is dropped until that is resolved`;
       }
       // A copy that is not this log's (the shipping task refuses to ship on after it): none of

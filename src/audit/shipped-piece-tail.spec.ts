@@ -60,6 +60,7 @@ describe('lastEventOfPiece', () => {
       piece(event('1', { createdAt: 'yesterday' }), seal(1)),
       piece(event('1', { position: 1.5 }), seal(1)),
       piece(event('1', { position: null }), seal(1)), // a chain without a position
+      piece(event('1', { hash: null }), seal(1)), // a chain without a hash
     ]) {
       await assert.rejects(lastEventOfPiece(file), /does not end as a shipped piece does/, file);
     }

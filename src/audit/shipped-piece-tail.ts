@@ -28,7 +28,8 @@ export async function lastEventOfPiece(file: string): Promise<ShippedEvent | nul
     !(position === null || Number.isSafeInteger(position)) ||
     !(hash === null || typeof hash === 'string') ||
     // The chain fields are all there, or none (an event outside every chain).
-    (chainKey === null) !== (position === null)
+    (chainKey === null) !== (position === null) ||
+    (chainKey === null) !== (hash === null)
   ) {
     throw notAPiece(file);
   }

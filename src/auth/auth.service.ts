@@ -75,22 +75,31 @@ export class AuthService {
     // A hash of another BCRYPT_COST is made again at this one (slow work, before the transaction).
     const staleCost = this.passwords.staleCostOf(user.passwordHash);
     const rehashed = staleCost === undefined ? undefined : await this.passwords.hash(dto.password);
-    const issued = await this.dataSource.transaction(async (em) => {
-      // The password was checked against the hash read before bcrypt: a change that committed
-      // since (its other sessions ended) must not be outlived by a session opened with the old one.
-      const stored = await this.lockedHashMatching(em, user, dto.password);
-      if (stored === undefined) return undefined;
-      // Unless another login re-hashed it meanwhile (the stored hash is then no longer the one read).
-      const stillStale = stored === user.passwordHash;
-      if (rehashed && stillStale) await this.users.storeRehashedPassword(em, user.id, rehashed);
-      const metadata: AuditMetadata =
-        rehashed && stillStale ? { method, bcryptCostFrom: staleCost!, bcryptCostTo: this.passwords.currentCost } : { method };
-      const opened = await this.sessions.open(em, user.id, client, metadata);
-      // Last, so the counters' rows (an IP's is shared by every login from behind one NAT)
-      // stay locked for as short a time as possible; a login that fails to commit stays counted.
-      await this.throttle.succeeded(attempt, em);
-      return opened;
-    });
+    // The password was checked against the hash read before bcrypt: a change that committed
+    // since (its other sessions ended) must not be outlived by a session opened with the old
+    // one. A hash changed since is checked again, outside the row's lock (so that a burst of
+    // logins does not take bcrypt's time each under it): another login's re-hash of the same
+    // password passes, a changed password does not.
+    let verified = user.passwordHash;
+    let issued: IssuedSession | undefined;
+    for (let tries = 1; !issued; tries++) {
+      const outcome = await this.dataSource.transaction(async (em): Promise<IssuedSession | { storedNow: string | undefined }> => {
+        const stored = await this.users.lockPasswordHash(em, user.id);
+        if (stored !== verified) return { storedNow: stored };
+        // Not when another login re-hashed it meanwhile (then the hash verified is not the one read).
+        const rehash = rehashed !== undefined && verified === user.passwordHash;
+        if (rehash) await this.users.storeRehashedPassword(em, user.id, rehashed);
+        const metadata: AuditMetadata = rehash ? { method, bcryptCostFrom: staleCost!, bcryptCostTo: this.passwords.currentCost } : { method };
+        const opened = await this.sessions.open(em, user.id, client, metadata);
+        // Last, so the counters' rows (an IP's is shared by every login from behind one NAT)
+        // stay locked for as short a time as possible; a login that fails to commit stays counted.
+        await this.throttle.succeeded(attempt, em);
+        return opened;
+      });
+      if (!('storedNow' in outcome)) issued = outcome;
+      else if (outcome.storedNow === undefined || tries === 3 || !(await this.passwords.verify(dto.password, outcome.storedNow))) break;
+      else verified = outcome.storedNow;
+    }
     if (!issued) return failed('password_changed');
     return this.tokenResponse(issued);
   }

@@ -7,9 +7,11 @@ export const AUDIT_NO_TRUNCATE_TRIGGER = 'audit_no_truncate';
  * no CREATE OR REPLACE TRIGGER). `table` is one of ours, never a caller's text.
  */
 export function refuseTruncateSql(table: string): string {
+  // duplicate_object: made meanwhile by another (the migration and a partitions job at once).
   return `DO $$ BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = '"${table}"'::regclass AND tgname = '${AUDIT_NO_TRUNCATE_TRIGGER}') THEN
       CREATE TRIGGER "${AUDIT_NO_TRUNCATE_TRIGGER}" BEFORE TRUNCATE ON "${table}" FOR EACH STATEMENT EXECUTE FUNCTION "audit_refuse_truncate"();
     END IF;
+  EXCEPTION WHEN duplicate_object THEN NULL;
   END $$`;
 }

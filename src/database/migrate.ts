@@ -63,10 +63,11 @@ export const SESSIONARY_TABLES = [
 ] as const;
 
 /**
- * Every function Sessionary's migrations create (plain CREATE FUNCTION, no arguments: the
- * triggers' functions), in name order: a host's function of one of these names stops that
- * migration with "already exists" as a table would. migrations.e2e-spec.ts checks the list
- * against a migrated schema.
+ * Every function Sessionary's migrations create (no arguments: the triggers' functions), in
+ * name order: in a schema Sessionary never migrated, a host's function of one of these names is
+ * refused before any migration runs (plain CREATE FUNCTION would stop at "already exists";
+ * AuditTruncateRefused's CREATE OR REPLACE, which lets a rerun after a crash complete it, would
+ * replace it). migrations.e2e-spec.ts checks the list against a migrated schema.
  */
 export const SESSIONARY_FUNCTIONS = [
   'audit_checkpoints_append_only',

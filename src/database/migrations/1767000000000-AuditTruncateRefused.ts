@@ -37,13 +37,19 @@ export class AuditTruncateRefused1767000000000 implements MigrationInterface {
     }
   }
 
+  /**
+   * TypeORM reverts in a transaction whatever `transaction` says (undoLastMigration), so no
+   * brief-lock retries here (the first lock timeout would abort the transaction): each DROP
+   * TRIGGER waits for its table, holding the ones before it until COMMIT. Revert in a quiet moment.
+   */
   public async down(queryRunner: QueryRunner): Promise<void> {
-    // Every table with the trigger, a month detached and not yet dropped included.
+    // Every table with the trigger, a month detached and not yet dropped included; the log last.
     const tables: Array<{ name: string }> = await queryRunner.query(
-      `SELECT c.relname AS name FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid WHERE t.tgname = $1 ORDER BY c.relname = 'audit_events', 1`,
+      `SELECT c.relname AS name FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+        WHERE t.tgname = $1 AND c.relnamespace = current_schema()::regnamespace ORDER BY c.relname = 'audit_events', 1`,
       [AUDIT_NO_TRUNCATE_TRIGGER],
     );
-    for (const { name } of tables) await lockingBriefly(queryRunner, `DROP TRIGGER IF EXISTS "${AUDIT_NO_TRUNCATE_TRIGGER}" ON "${name}"`);
+    for (const { name } of tables) await queryRunner.query(`DROP TRIGGER IF EXISTS "${AUDIT_NO_TRUNCATE_TRIGGER}" ON "${name}"`);
     await queryRunner.query(`DROP FUNCTION IF EXISTS "audit_refuse_truncate"()`);
   }
 }

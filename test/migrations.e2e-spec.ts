@@ -208,6 +208,18 @@ describe('migrations (e2e)', () => {
           `SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' AND table_name <> 'migrations'`,
         );
         assert.deepEqual(rows, []);
+        // Nor a function, sequence or type left behind (but the migrations table's own, and an extension's).
+        const { rows: left } = await client.query<{ kind: string; name: string }>(
+          `SELECT 'function' AS kind, proname AS name FROM pg_proc p WHERE pronamespace = 'public'::regnamespace
+              AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e')
+           UNION ALL
+           SELECT 'sequence', relname FROM pg_class WHERE relkind = 'S' AND relnamespace = 'public'::regnamespace AND relname <> 'migrations_id_seq'
+           UNION ALL
+           SELECT 'type', typname FROM pg_type t WHERE typnamespace = 'public'::regnamespace AND typtype IN ('e', 'c', 'd')
+              AND NOT EXISTS (SELECT 1 FROM pg_class c WHERE c.reltype = t.oid)
+           ORDER BY 1, 2`,
+        );
+        assert.deepEqual(left, []);
       } finally {
         await client.end();
       }

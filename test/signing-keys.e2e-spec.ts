@@ -223,6 +223,14 @@ describe('signing keys: ring, rotation, JWKS (e2e)', () => {
     );
     for (const row of rows.filter((r) => r.private_key))
       assert.ok(!list.includes(row.private_key!.toString('base64')) && !list.includes(row.private_key!.toString('hex')));
+    // Nor the decrypted key, in any form: the signing key as this instance holds it (its JWK's
+    // `d`, its PKCS#8 in base64 and hex), and no column but the header's eight.
+    const signing = a.app.get(KeyRing).signingKey().signingKey;
+    const pkcs8 = signing.export({ format: 'der', type: 'pkcs8' });
+    for (const secret of [String(signing.export({ format: 'jwk' }).d), pkcs8.toString('base64'), pkcs8.toString('hex')]) {
+      assert.ok(secret.length > 20 && !list.includes(secret), 'the private key is not listed');
+    }
+    for (const line of list.split('\n').filter(Boolean)) assert.equal(line.split('\t').length, 8, JSON.stringify(line)); // a last field may be empty
   });
 
   it('rotates on schedule once the current key is SIGNING_KEY_ROTATION_DAYS old, on one instance only', async () => {

@@ -72,7 +72,7 @@ export async function newestAuditSeq(runner: QueryRunner): Promise<string> {
  * undefined when it may be. Its progress must not run past the newest seq this log handed out
  * (`newest`, newestAuditSeq). Where the destination can tell its last event (a directory), that
  * event must be this log's (the same seq and hash at its chain's position, or gone with its
- * month while its chain went on past it), and no event of this log may lie after it up to the
+ * month while its chain's head reached it), and no event of this log may lie after it up to the
  * progress: after a restore, once the sequence passes the progress, only this tells the events
  * written since the restore (which reuse the seqs shipped after the backup) from shipped ones.
  */

@@ -11,7 +11,7 @@ import { LoggerService } from '@nestjs/common';
 import { DataSource } from 'typeorm';
 import { EXPORT_APPLICATION_NAME, AuditExportService } from '../src/audit/audit-export.service';
 import { AuditService } from '../src/audit/audit.service';
-import { AuditShipTask } from '../src/audit/audit-ship.task';
+import { AuditShipTask, ShipOutcome } from '../src/audit/audit-ship.task';
 import { AuditShipDestinations } from '../src/audit/audit-ship-destinations';
 import { SchedulerRegistry } from '@nestjs/schedule';
 import { bearer, login, registerUser, sleep, TestUser, Tokens } from './helpers/factories';
@@ -1019,6 +1019,72 @@ describe('audit export (e2e)', () => {
           assert.ok('shipped' in (await tick(restored)));
           const run = await cli('audit-verify', '--dir', restoreDir);
           assert.equal(run.code, 0, run.stdout + run.stderr);
+        } finally {
+          for (const app of opened) await app.close();
+        }
+      });
+      it('refuses to ship after pieces that leave a gap the restored log has filled, even with those events still committing at the tick', async () => {
+        const restoreDir = join(dir, 'shipped-gap');
+        const url = await freshDatabase();
+        const opened = new Set<TestApp>();
+        const start = async (database: string) => {
+          const app = await createTestApp({ AUDIT_SHIP_DIR: restoreDir, AUDIT_SHIP_INTERVAL: '86400', DATABASE_URL: database });
+          opened.add(app);
+          return app;
+        };
+        const sequence = `pg_get_serial_sequence('audit_events', 'seq')`;
+        const tick = async (app: TestApp) => (await app.app.get(AuditShipTask).handleTick()).directory!;
+        try {
+          let live = await start(url);
+          await registerUser(live.http);
+          assert.ok('shipped' in (await tick(live)));
+          const stop = async (app: TestApp) => {
+            opened.delete(app);
+            await app.close();
+          };
+          await stop(live);
+          const backup = await copyOfDatabase(url);
+          // Two seqs handed out and never used (as by transactions rolled back), then shipped:
+          // the newest piece runs through them and holds no event after the last one shipped.
+          live = await start(url);
+          const [{ through }] = await live.db.query(`SELECT max(nextval(${sequence}))::text AS through FROM generate_series(1, 2)`);
+          assert.ok('shipped' in (await tick(live)));
+          assert.ok(readdirSync(restoreDir).some((f) => f.endsWith(`-through-${through.padStart(19, '0')}.ndjson`)));
+          await stop(live);
+
+          // The backup restored: its next two events take those seqs, and a third one the next,
+          // in a transaction that commits only once the tick has begun to wait for it.
+          const restored = await start(backup);
+          const writer = restored.db.createQueryRunner();
+          let tickDone: Promise<unknown> | undefined;
+          try {
+            await writer.startTransaction();
+            const audit = restored.app.get(AuditService);
+            for (const n of [1, 2, 3]) await audit.record(writer.manager, { type: 'PROFILE_UPDATED', userId: null, metadata: { restored: n } });
+            const [{ newest }] = await restored.db.query(`SELECT pg_sequence_last_value(${sequence})::text AS newest`);
+            assert.equal(BigInt(newest), BigInt(through) + 1n);
+            tickDone = tick(restored);
+            // The tick waits for the writer's transaction (settledAuditSeq polls its end): commit then.
+            for (let waited = 0; ; waited += 20) {
+              const [{ polling }] = await restored.db.query(
+                `SELECT count(*)::int AS polling FROM pg_stat_activity
+                  WHERE pid <> pg_backend_pid() AND query LIKE '%AS remaining FROM pg_locks WHERE locktype%'`,
+              );
+              if (polling) break;
+              assert.ok(waited < 10_000, 'the tick never waited for the transaction');
+              await sleep(20);
+            }
+            await writer.commitTransaction();
+          } finally {
+            if (writer.isTransactionActive) await writer.rollbackTransaction();
+            await writer.release();
+          }
+          const outcome = (await tickDone) as ShipOutcome;
+          assert.ok('failed' in outcome, JSON.stringify(outcome));
+          assert.match(
+            outcome.failed,
+            /^This audit log holds event seq \d+, which the pieces shipped to .+ leave out \(they hold no event after seq \d+ through \d+\): .+ move them away$/,
+          );
         } finally {
           for (const app of opened) await app.close();
         }

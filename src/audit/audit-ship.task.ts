@@ -1,4 +1,4 @@
-import { HttpException, Inject, Injectable, Logger, OnApplicationBootstrap, Optional } from '@nestjs/common';
+import { HttpException, Inject, Injectable, Logger, OnApplicationBootstrap, Optional, ServiceUnavailableException } from '@nestjs/common';
 import { ConfigService } from '@nestjs/config';
 import { SchedulerRegistry } from '@nestjs/schedule';
 import { InjectDataSource } from '@nestjs/typeorm';
@@ -11,6 +11,7 @@ import { SCHEDULED_JOBS } from '../sessionary/scheduled-jobs';
 import { AuditExportService } from './audit-export.service';
 import type { ShipDestination, ShipDestinationKind } from './audit-ship-destination';
 import { AuditShipDestinations, newestAuditSeq, notThisLogsCopy } from './audit-ship-destinations';
+import { settledAuditSeq } from './settled-seq';
 import { ShipFailureLog } from './ship-failure-log';
 
 const JOB_NAME = 'audit-ship';
@@ -113,10 +114,18 @@ export class AuditShipTask implements OnApplicationBootstrap {
     // them would skip events (those the restored log writes under the seqs shipped after its
     // backup). An error, repeated while it lasts (ShipFailureLog).
     const newest = await newestAuditSeq(runner);
+    const anythingNew = BigInt(newest) > BigInt(after);
+    // Before a piece follows them, the check reads the log's events up to the pieces' end once
+    // they are settled: one still uncommitted in a gap the pieces leave (a seq handed out and
+    // rolled back before they were shipped, handed out again by a restored log) would pass it
+    // unseen, and the piece after it would leave that event out for good.
+    if (anythingNew && end.readTail && (await settledAuditSeq(runner.manager, this.exporter.settleTimeoutMs)) === null) {
+      throw new ServiceUnavailableException('The audit log is not settled yet; try again');
+    }
     const foreign = await notThisLogsCopy(runner, destination, end, newest);
     if (foreign) throw new Error(`${foreign[0].toUpperCase()}${foreign.slice(1)}`);
     // No seq handed out since: nothing to wait for or read.
-    if (BigInt(newest) > BigInt(after)) {
+    if (anythingNew) {
       const maxEvents = this.config.get('AUDIT_SHIP_MAX_EVENTS', { infer: true });
       // Each piece starts where the one just delivered ends (the destination recorded it).
       for (let more = true; more;) {

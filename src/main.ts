@@ -5,6 +5,7 @@ import { NestFastifyApplication } from '@nestjs/platform-fastify';
 import { AppModule } from './app.module';
 import { configureApp, createFastifyAdapter, NEST_APP_OPTIONS } from './app.setup';
 import { loadConfig, useDatabaseUrl } from './config/config';
+import { describeFatal } from './config/describe-fatal';
 import { createLogger } from './config/logger';
 import { startEmbeddedPostgres } from './database/embedded-postgres';
 
@@ -33,7 +34,8 @@ async function bootstrap(): Promise<void> {
 }
 
 bootstrap().catch((error: unknown) => {
-  // The message says what to fix; the stack is for the operator, never a client.
-  new Logger('Bootstrap').fatal(error instanceof Error ? (error.stack ?? error.message) : String(error));
+  // The message says what to fix; the stack is for the operator, never a client (and says
+  // nothing more of a configuration refused).
+  new Logger('Bootstrap').fatal(describeFatal(error));
   process.exit(1);
 });

@@ -50,7 +50,7 @@ describe('where log data goes (e2e, a real process)', () => {
         PASSWORD_PEPPER: secret(),
         AUDIT_HMAC_KEY: secret(),
         KEY_ENCRYPTION_KEY: secret(),
-        BCRYPT_COST: '4',
+        BCRYPT_COST: '10', // production's least
         LOG_LEVEL: 'verbose',
       },
       { cwd },

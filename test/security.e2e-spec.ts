@@ -509,6 +509,7 @@ describe('secrets (e2e)', () => {
       assert.notEqual(code, 0);
       assert.match(output, message);
       assert.ok(!output.includes('short-secret') && !output.includes('change-me-to-a-long'), output);
+      assert.doesNotMatch(output, /\n\s+at /, 'a refused configuration is one line, without a stack trace');
     }
   });
 });

@@ -26,6 +26,7 @@ import { ExportFileError, type ExportFileVerification, verifyExportFiles } from 
 import type { AuditVerification } from '../audit/audit-verifier.service';
 import type { AuditFilter } from '../audit/audit.service';
 import { CheckpointFileError } from '../audit/checkpoint-file';
+import { describeFatal } from '../config/describe-fatal';
 import type { UserRole } from '../users/user.entity';
 
 // The application (Nest, TypeORM, every module) is imported by the commands that boot it, not
@@ -86,7 +87,7 @@ export async function runCommand(argv: string[], io: CommandIo): Promise<number>
   try {
     return await runParsed(argv, io);
   } catch (error) {
-    (await io.logger()).fatal?.(error instanceof Error ? (error.stack ?? error.message) : String(error), 'cli');
+    (await io.logger()).fatal?.(describeFatal(error), 'cli');
     return 1;
   }
 }

@@ -1,5 +1,7 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
+import { describeFatal } from './describe-fatal';
+import { ConfigurationError } from './configuration-error';
 import { docsEnabled, ENV_VARIABLES, NodeEnv, parseEnv, parseTrustProxy } from './env.schema';
 
 /** parseEnv must throw; the message must name `name` and must not contain `value`. */
@@ -242,6 +244,84 @@ describe('parseEnv', () => {
 
   it('refuses an empty RATE_LIMIT_SYNC_INTERVAL instead of reading it as 0', () => {
     assert.throws(() => parseEnv({ RATE_LIMIT_SYNC_INTERVAL: '' }), /RATE_LIMIT_SYNC_INTERVAL is invalid/);
+  });
+});
+
+describe('parseEnv: bounds and combinations', () => {
+  const refusal = (vars: Record<string, string>) => {
+    try {
+      parseEnv(vars);
+    } catch (e) {
+      assert.ok(e instanceof ConfigurationError);
+      return e.message;
+    }
+    return undefined;
+  };
+
+  it('says what a variable must be, from its rules, never quoting the value', () => {
+    const message = refusal({ PORT: '70123', BCRYPT_COST: 'cost-XYZZY' }) ?? '';
+    assert.match(message, /PORT is invalid \(must not be greater than 65535\)/);
+    assert.match(message, /BCRYPT_COST is invalid \(.*must be an integer number.*\)/);
+    assert.doesNotMatch(message, /70123|XYZZY/);
+  });
+
+  it('refuses AUDIT_RETENTION_DAYS past a hundred years (far past it, every closed month would look expired)', () => {
+    assert.equal(parseEnv({ AUDIT_RETENTION_DAYS: '36500' }).AUDIT_RETENTION_DAYS, 36_500);
+    for (const days of ['36501', '999999999', '100020795'])
+      assert.match(refusal({ AUDIT_RETENTION_DAYS: days }) ?? '', /AUDIT_RETENTION_DAYS is invalid \(must not be greater than 36500\)/, days);
+  });
+
+  it('refuses durations and counts past what PostgreSQL intervals and int32 headers hold', () => {
+    for (const name of [
+      'SESSION_IDLE_TTL',
+      'SESSION_ABSOLUTE_TTL',
+      'REFRESH_TOKEN_TTL',
+      'SESSION_RETENTION',
+      'SESSION_CACHE_TTL',
+      'LOGIN_BACKOFF_BASE',
+    ]) {
+      assert.match(
+        refusal({ SESSION_ABSOLUTE_TTL: name === 'SESSION_IDLE_TTL' ? '9999999999999' : '86400', [name]: '9999999999999' }) ?? '',
+        new RegExp(`${name} is invalid`),
+        name,
+      );
+    }
+    assert.equal(parseEnv({ SESSION_IDLE_TTL: '2147483647', SESSION_ABSOLUTE_TTL: '2147483647' }).SESSION_ABSOLUTE_TTL, 2_147_483_647);
+    assert.match(refusal({ AUDIT_VERIFY_CHAINS_PER_PASS: '10000001' }) ?? '', /AUDIT_VERIFY_CHAINS_PER_PASS is invalid/);
+  });
+
+  it('reads whole decimal numbers only: not hex, binary, exponents or fractions', () => {
+    assert.equal(parseEnv({ PORT: ' 4000 ' }).PORT, 4000);
+    for (const raw of ['0x3E8', '0b1', '1e3', '1000.0', '1_000', '+1000'])
+      assert.match(refusal({ SESSION_IDLE_TTL: raw }) ?? '', /SESSION_IDLE_TTL is invalid/, raw);
+  });
+
+  it('refuses an empty or blank JWT_ISSUER or JWT_AUDIENCE (jsonwebtoken would skip the check)', () => {
+    for (const name of ['JWT_ISSUER', 'JWT_AUDIENCE'])
+      for (const raw of ['', '  '])
+        assert.match(refusal({ [name]: raw }) ?? '', new RegExp(`${name} is invalid \\(must not be empty\\)`), `${name}=${JSON.stringify(raw)}`);
+  });
+
+  it('refuses a bcrypt cost under 10 in production only', () => {
+    assert.match(refusal({ NODE_ENV: 'production', BCRYPT_COST: '9' }) ?? '', /BCRYPT_COST must be at least 10 in production/);
+    assert.equal(parseEnv({ NODE_ENV: 'production', BCRYPT_COST: '10' }).BCRYPT_COST, 10);
+    assert.equal(parseEnv({ NODE_ENV: 'test', BCRYPT_COST: '4' }).BCRYPT_COST, 4);
+  });
+
+  it('refuses AUDIT_ARCHIVE_DIR without AUDIT_RETENTION_DAYS (nothing would ever be archived)', () => {
+    assert.match(refusal({ AUDIT_ARCHIVE_DIR: '/var/archive' }) ?? '', /AUDIT_ARCHIVE_DIR is set without AUDIT_RETENTION_DAYS/);
+    assert.equal(parseEnv({ AUDIT_ARCHIVE_DIR: '/var/archive', AUDIT_RETENTION_DAYS: '400' }).AUDIT_ARCHIVE_DIR, '/var/archive');
+  });
+
+  it('reads a blank AUDIT_SHIP_DIR as unset, not as a directory named with spaces', () => {
+    assert.equal(parseEnv({ AUDIT_SHIP_DIR: '   ' }).AUDIT_SHIP_DIR, undefined);
+  });
+
+  it("prints a refused configuration's message alone, any other fatal error with its stack", () => {
+    const refused = new ConfigurationError('Invalid configuration: PORT is invalid');
+    assert.equal(describeFatal(refused), 'Invalid configuration: PORT is invalid');
+    const other = new Error('boom');
+    assert.equal(describeFatal(other), other.stack);
   });
 });
 

@@ -1,9 +1,10 @@
 import { availableParallelism } from 'node:os';
 import { plainToInstance, Transform } from 'class-transformer';
-import { IsBoolean, IsEnum, IsIn, IsInt, IsOptional, IsString, Matches, Max, Min, validateSync } from 'class-validator';
+import { IsBoolean, IsEnum, IsIn, IsInt, IsOptional, IsString, Matches, Max, Min, validateSync, ValidationError } from 'class-validator';
 import { CronTime } from 'cron';
 import { isIP } from 'node:net';
 import { SIGNING_ALGORITHMS, type SigningAlgorithm } from '../keys/signing-algorithm';
+import { ConfigurationError } from './configuration-error';
 
 export enum NodeEnv {
   Development = 'development',
@@ -29,8 +30,9 @@ const toBoolean = ({ value }: { value: unknown }) => {
   if (['false', '0', 'no', 'off'].includes(v)) return false;
   return value;
 };
-// Number('') is 0: a blank variable must be an error, not a silent zero.
-const toNumber = ({ value }: { value: unknown }) => (typeof value === 'string' ? (value.trim() === '' ? NaN : Number(value)) : value);
+// Whole decimal numbers only: Number('') is 0 (a blank variable must be an error, not a silent
+// zero), and Number() also reads '0x10', '1e3' and '0b1', which no one writes meaning a count.
+const toNumber = ({ value }: { value: unknown }) => (typeof value === 'string' ? (/^\s*-?\d+\s*$/.test(value) ? Number(value) : NaN) : value);
 const toOptionalNumber = ({ value }: { value: unknown }) => (typeof value === 'string' && value.trim() === '' ? undefined : toNumber({ value }));
 const toOptionalBoolean = ({ value }: { value: unknown }) => (typeof value === 'string' && value.trim() === '' ? undefined : toBoolean({ value }));
 const toOptionalString = ({ value }: { value: unknown }) => (typeof value === 'string' && value.trim() === '' ? undefined : value);
@@ -110,6 +112,7 @@ export class Env {
   @Transform(toNumber)
   @IsInt()
   @Min(1)
+  @Max(INT32_MAX)
   AUDIT_CHECKPOINT_EVERY = 1000;
 
   /**
@@ -149,6 +152,8 @@ export class Env {
   @Transform(toNumber)
   @IsInt()
   @Min(1000)
+  // 3.5 GB of memory a worker at the most.
+  @Max(10_000_000)
   AUDIT_VERIFY_CHAINS_PER_PASS = 500_000;
 
   /** When set, each checkpoint this instance writes is also appended to this file as one NDJSON line. */
@@ -167,6 +172,9 @@ export class Env {
   @IsOptional()
   @IsInt()
   @Min(1)
+  // A hundred years. Far beyond it, the cutoff is no date at all and every comparison with it
+  // false: each closed month would look expired (a value meant as "keep forever" drops them all).
+  @Max(36_500)
   AUDIT_RETENTION_DAYS?: number;
 
   /**
@@ -190,6 +198,7 @@ export class Env {
    * AUDIT_SHIP_INTERVAL seconds, the events after the last piece's, as an export after a seq
    * (`audit-export --after-seq`), in a file of its own. Unset: nothing is shipped.
    */
+  @Transform(toOptionalString)
   @IsOptional()
   @IsString()
   AUDIT_SHIP_DIR?: string;
@@ -230,10 +239,14 @@ export class Env {
   @Max(10_000_000)
   AUDIT_SHIP_MAX_EVENTS = 5_000;
 
+  /** The tokens' `iss`, checked on every request (jsonwebtoken skips an empty one: refused). */
   @IsString()
+  @Matches(/\S/, { message: 'JWT_ISSUER must not be empty' })
   JWT_ISSUER = 'sessionary';
 
+  /** The tokens' `aud`, checked on every request (as JWT_ISSUER). */
   @IsString()
+  @Matches(/\S/, { message: 'JWT_AUDIENCE must not be empty' })
   JWT_AUDIENCE = 'sessionary-api';
 
   /**
@@ -263,12 +276,14 @@ export class Env {
   @Transform(toNumber)
   @IsInt()
   @Min(1)
+  @Max(INT32_MAX)
   SESSION_IDLE_TTL = 3600;
 
   /** Seconds after login after which a session ends whatever its activity. */
   @Transform(toNumber)
   @IsInt()
   @Min(1)
+  @Max(INT32_MAX)
   SESSION_ABSOLUTE_TTL = 86400;
 
   /**
@@ -297,12 +312,14 @@ export class Env {
   @Transform(toNumber)
   @IsInt()
   @Min(1)
+  @Max(INT32_MAX)
   SESSION_CACHE_TTL = 300;
 
   /** Seconds a refresh token is valid; never beyond the session's absolute deadline. */
   @Transform(toNumber)
   @IsInt()
   @Min(1)
+  @Max(INT32_MAX)
   REFRESH_TOKEN_TTL = 86400;
 
   /**
@@ -321,16 +338,19 @@ export class Env {
   @Transform(toNumber)
   @IsInt()
   @Min(0)
+  @Max(INT32_MAX)
   SESSION_RETENTION = 30 * 86400;
 
   /** Active sessions a user may have; a login beyond it ends the least recently used. 0: unlimited. */
   @Transform(toNumber)
   @IsInt()
   @Min(0)
+  @Max(INT32_MAX)
   SESSION_MAX_PER_USER = 10;
 
   @Transform(toNumber)
   @IsInt()
+  /** bcrypt's cost factor: 4–31; at least 10 in production (OWASP's floor; 4 is for tests). */
   @Min(4)
   @Max(31)
   BCRYPT_COST = 12;
@@ -339,12 +359,14 @@ export class Env {
   @Transform(toNumber)
   @IsInt()
   @Min(1)
+  @Max(INT32_MAX)
   LOGIN_MAX_FAILURES_PER_IDENTIFIER = 5;
 
   /** Failed logins per client IP within LOGIN_FAILURE_WINDOW before back-off. */
   @Transform(toNumber)
   @IsInt()
   @Min(1)
+  @Max(INT32_MAX)
   LOGIN_MAX_FAILURES_PER_IP = 100;
 
   /** Seconds without a failure after which a counter starts again from zero. */
@@ -358,6 +380,7 @@ export class Env {
   @Transform(toNumber)
   @IsInt()
   @Min(1)
+  @Max(INT32_MAX)
   LOGIN_BACKOFF_BASE = 30;
 
   /**
@@ -483,9 +506,19 @@ export class Env {
   ACCESS_LOG_PROBES: AccessLogProbes = 'failures';
 }
 
+/** The least bcrypt cost production accepts: OWASP's Password Storage Cheat Sheet's minimum. */
+export const MIN_PRODUCTION_BCRYPT_COST = 10;
+
 /** Numbers that must relate to each other; class-validator checks one field at a time. */
 function crossFieldErrors(env: Env): string[] {
   const errors: string[] = [];
+  if (env.NODE_ENV === NodeEnv.Production && env.BCRYPT_COST < MIN_PRODUCTION_BCRYPT_COST) {
+    errors.push(`BCRYPT_COST must be at least ${MIN_PRODUCTION_BCRYPT_COST} in production`);
+  }
+  if (env.AUDIT_ARCHIVE_DIR !== undefined && env.AUDIT_RETENTION_DAYS === undefined) {
+    // Only retention archives (a month, before dropping it): set alone, nothing is ever archived.
+    errors.push('AUDIT_ARCHIVE_DIR is set without AUDIT_RETENTION_DAYS: nothing would be archived');
+  }
   if (env.SESSION_IDLE_TTL > env.SESSION_ABSOLUTE_TTL) {
     errors.push('SESSION_IDLE_TTL must not exceed SESSION_ABSOLUTE_TTL');
   }
@@ -585,13 +618,24 @@ export function parseEnv(raw: Record<string, unknown>): Env {
   const picked = Object.fromEntries(ENV_VARIABLES.filter((k) => raw[k] !== undefined).map((k) => [k, raw[k]]));
   const env = plainToInstance(Env, picked, { exposeDefaultValues: true });
   const errors = validateSync(env, { skipMissingProperties: false, whitelist: false });
-  const messages = errors.flatMap((e) => Object.values(e.constraints ?? {}).map(() => e.property));
-  const unique = [...new Set(messages)].map((p) => `${p} is invalid`);
+  const unique = errors.map(invalidVariable);
   const all = [...unique, ...(unique.length ? [] : crossFieldErrors(env))];
   if (all.length) {
-    throw new Error(`Invalid configuration: ${all.join('; ')}`);
+    throw new ConfigurationError(`Invalid configuration: ${all.join('; ')}`);
   }
   return env;
+}
+
+/**
+ * "X is invalid (must be …)": what the variable must be, from its constraints, whose messages
+ * name the variable and the rule but never the value.
+ */
+function invalidVariable(error: ValidationError): string {
+  const constraints = error.constraints ?? {};
+  // Not a number at all: its bounds say nothing more (NaN fails every one of them).
+  const broken = constraints.isInt ? [constraints.isInt] : Object.values(constraints);
+  const rules = broken.map((m) => m.replace(new RegExp(`^${error.property} `), ''));
+  return `${error.property} is invalid${rules.length ? ` (${rules.join('; ')})` : ''}`;
 }
 
 /** DOCS_ENABLED, or its default: the docs are served everywhere but in production. */

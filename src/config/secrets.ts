@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { ConfigurationError } from './configuration-error';
 import { Env, NodeEnv } from './env.schema';
 
 export interface Secrets {
@@ -60,7 +61,7 @@ export function resolveSecrets(env: Env): Secrets {
         problems.push(`METRICS_TOKEN must differ from ${SECRET_NAMES.join(', ')}`);
     }
     if (problems.length) {
-      throw new Error(
+      throw new ConfigurationError(
         `Refusing to start in production: ${problems.join('; ')}. ` +
           `Set each to at least ${MIN_SECRET_BYTES} random bytes, e.g. \`openssl rand -base64 48\`.`,
       );

@@ -606,15 +606,20 @@ describe('audit log partitions and retention (e2e)', () => {
     assert.deepEqual(await t.app.get(AuditShipTask).handleTick(), { directory: { skipped: 'nothing new' } });
   });
 
-  it('leaves every month in place without AUDIT_RETENTION_DAYS, and writes no archive', async () => {
+  it('leaves every month in place without AUDIT_RETENTION_DAYS (an archive directory without it is refused at boot)', async () => {
     const archiveDir = join(tmpdir(), `sessionary-no-archive-${process.pid}`);
-    const t = await app(await freshDatabase(), { AUDIT_ARCHIVE_DIR: archiveDir });
+    const url = await freshDatabase();
+    await assert.rejects(app(url, { AUDIT_ARCHIVE_DIR: archiveDir }), /AUDIT_ARCHIVE_DIR is set without AUDIT_RETENTION_DAYS/);
+    const t = await app(url);
     const userId = await silentUser(t.db, 'forever');
     await pastEvents(t, monthStart(14), [{ userId, type: 'LOGIN' }]);
     const result = await t.app.get(AuditPartitionsService).maintain();
     assert.deepEqual([result.dropped, result.held], [[], []]);
     assert.equal((await partitionsOf(t.db))[partitionOf(monthStart(14)).name], 1);
     assert.equal(existsSync(archiveDir), false);
+    // A retention too long for a date (configuration refuses it) drops nothing: no cutoff, no month looks expired.
+    await assert.rejects(retention(t, 999_999_999).maintain(), /AUDIT_RETENTION_DAYS \(999999999\) gives no cutoff date; nothing is dropped/);
+    assert.equal((await partitionsOf(t.db))[partitionOf(monthStart(14)).name], 1);
   });
 });
 

@@ -143,6 +143,9 @@ export class AuditPartitionsService {
       result.created = await this.createAhead(runner, now);
       const days = this.config.get('AUDIT_RETENTION_DAYS', { infer: true });
       const cutoff = days === undefined ? undefined : new Date(now.getTime() - days * 86_400_000);
+      // No date at all compares false with every month's end, which would make each one look
+      // expired: never drop on it (configuration refuses such a value; this is the last guard).
+      if (cutoff && Number.isNaN(cutoff.getTime())) throw new Error(`AUDIT_RETENTION_DAYS (${days}) gives no cutoff date; nothing is dropped`);
       if (cutoff) {
         await this.dropDetachedMonths(runner);
         const unprepared = await this.prepareBases(runner, now, cutoff);

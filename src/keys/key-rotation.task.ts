@@ -5,6 +5,7 @@ import { SCHEDULED_JOBS, SESSIONARY_CRON_JOBS } from '../sessionary/scheduled-jo
 import type { AppConfig } from '../config/config';
 import { isDatabaseUnavailable } from '../database/pg-errors';
 import { KeyRotationService } from './key-rotation.service';
+import { JobHealth } from '../common/job-health';
 
 /**
  * Every five minutes on every instance; whichever takes the ring's advisory lock retires the
@@ -17,6 +18,8 @@ export class KeyRotationTask implements BeforeApplicationShutdown {
   private readonly logger = new Logger(KeyRotationTask.name);
   private readonly rotationDays: number | undefined;
   private running: Promise<void> | undefined;
+  /** Runs that failed, and when one last ran to its end (for /metrics). */
+  readonly health = new JobHealth();
 
   constructor(
     private readonly rotation: KeyRotationService,
@@ -42,9 +45,11 @@ export class KeyRotationTask implements BeforeApplicationShutdown {
   async handleTick(): Promise<void> {
     try {
       const result = await this.rotation.maintain(this.rotationDays);
+      this.health.succeeded();
       if (result.rotated) this.logger.log(`Signing key rotated on schedule: ${result.rotated.current} signs now`);
       if (result.retired.length) this.logger.log(`Signing keys retired: ${result.retired.join(', ')}`);
     } catch (error) {
+      this.health.failed();
       if (isDatabaseUnavailable(error)) this.logger.warn('Signing-key maintenance skipped: the database is unavailable');
       else this.logger.error('Signing-key maintenance failed', error instanceof Error ? error.stack : String(error));
     }

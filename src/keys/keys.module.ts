@@ -16,6 +16,6 @@ import { KeyRotationTask } from './key-rotation.task';
   imports: [SessionaryConfigModule, AuditModule, SessionsModule],
   controllers: [JwksController],
   providers: [KeyRing, KeyRotationService, KeyRotationTask],
-  exports: [KeyRing, KeyRotationService],
+  exports: [KeyRing, KeyRotationService, KeyRotationTask],
 })
 export class KeysModule {}

@@ -12,6 +12,7 @@ import type { AppConfig } from '../config/config';
 import { deleteInBatches } from '../database/batched-delete';
 import { isDatabaseUnavailable } from '../database/pg-errors';
 import { sql } from '../database/sql';
+import { JobHealth } from '../common/job-health';
 
 export type ThrottleScope = 'identifier' | 'ip';
 
@@ -61,6 +62,8 @@ export class LoginThrottleService implements BeforeApplicationShutdown {
   private readonly pruning = new StoppableJob<number>();
   /** Rows this instance's prunes deleted, by table (for /metrics). */
   readonly pruned = { login_throttle: 0, login_known_clients: 0 };
+  /** Prunes that failed, and when one last ran to its end (for /metrics). */
+  readonly pruneHealth = new JobHealth();
   private readonly maxPerIdentifier: number;
   private readonly maxPerIp: number;
   private readonly windowSeconds: number;
@@ -230,8 +233,10 @@ export class LoginThrottleService implements BeforeApplicationShutdown {
         },
         limits,
       );
+      this.pruneHealth.succeeded();
       return counters;
     } catch (error) {
+      this.pruneHealth.failed();
       // An outage is the outage monitor's to report (once); a prune simply runs again next time.
       if (isDatabaseUnavailable(error)) this.logger.warn('Pruning login counters skipped: the database is unavailable');
       else this.logger.error('Pruning login counters failed', error instanceof Error ? error.stack : String(error));

@@ -17,6 +17,7 @@ import { RegistrationLimitService } from '../rate-limit/registration-limit.servi
 import { SessionsCleanupTask } from '../sessions/sessions-cleanup.task';
 import { SessionsService } from '../sessions/sessions.service';
 import { RequestDurationHistogram } from './request-duration-histogram';
+import { KeyRotationTask } from '../keys/key-rotation.task';
 
 /** Process metrics plus request latency by route template (never by raw URL: bounded labels). */
 @Injectable()
@@ -41,6 +42,7 @@ export class MetricsService implements OnModuleInit {
     auditCheckpoints: AuditCheckpointTask,
     auditShipping: AuditShipTask,
     keyRing: KeyRing,
+    keyRotation: KeyRotationTask,
     loginThrottle: LoginThrottleService,
     rateLimits: PgThrottlerStorage,
     registrations: RegistrationLimitService,
@@ -189,6 +191,25 @@ export class MetricsService implements OnModuleInit {
       'outcome',
       () => ({ ended: cleanup.sessionCounts.ended, deleted: cleanup.sessionCounts.deleted }),
     );
+    // The jobs whose work counters alone cannot tell "failing" from "nothing to do".
+    const jobs = () => ({
+      session_cleanup: cleanup.health,
+      login_counters_prune: loginThrottle.pruneHealth,
+      rate_limits_prune: rateLimits.pruneHealth,
+      signing_key_maintenance: keyRotation.health,
+    });
+    countsBy('sessionary_job_failures_total', "Runs of this instance's background jobs that failed (the log says why), by job", 'job', () =>
+      Object.fromEntries(Object.entries(jobs()).map(([job, health]) => [job, health.failures])),
+    );
+    new Gauge({
+      name: 'sessionary_job_last_success_timestamp_seconds',
+      help: 'When a run of the job on this instance last ran to its end (0: not yet; a cleanup tick another instance took does not count): alert on the newest across instances',
+      labelNames: ['job'] as const,
+      registers: [this.registry],
+      collect() {
+        for (const [job, health] of Object.entries(jobs())) this.set({ job }, seconds(health.lastSucceededAt));
+      },
+    });
     countsBy(
       'sessionary_pruned_rows_total',
       "Expired counter rows this instance's prune jobs deleted, by table (every instance prunes: the rows are split between them)",

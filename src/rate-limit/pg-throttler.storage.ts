@@ -7,6 +7,7 @@ import { deleteInBatches } from '../database/batched-delete';
 import { isDatabaseUnavailable } from '../database/pg-errors';
 import { sql } from '../database/sql';
 import { type CounterDecision, type CounterSettings, RateLimitCounters, SyncBatch, SyncedRow } from './rate-limit-counters';
+import { JobHealth } from '../common/job-health';
 
 type ThrottlerStorageRecord = Awaited<ReturnType<ThrottlerStorage['increment']>>;
 
@@ -36,6 +37,8 @@ export class PgThrottlerStorage implements ThrottlerStorage {
   private failing = false;
   /** Rows this instance's prunes deleted, by table (for /metrics). */
   readonly pruned = { rate_limits: 0 };
+  /** Prunes that failed, and when one last ran to its end (for /metrics). */
+  readonly pruneHealth = new JobHealth();
 
   constructor(@InjectDataSource(SESSIONARY_DATA_SOURCE) private readonly dataSource: DataSource) {}
 
@@ -51,7 +54,10 @@ export class PgThrottlerStorage implements ThrottlerStorage {
 
   /** Never throws, never runs twice at once: a call during a sync runs after it. */
   sync(): Promise<void> {
-    this.queue = this.queue.then(() => this.syncOnce());
+    // Caught here, whatever throws: one rejection left in the queue would fail every later sync.
+    this.queue = this.queue
+      .then(() => this.syncOnce())
+      .catch((error: unknown) => this.logger.error('Rate-limit sync failed', error instanceof Error ? error.stack : String(error)));
     return this.queue;
   }
 
@@ -120,8 +126,10 @@ export class PgThrottlerStorage implements ThrottlerStorage {
         { batchSize: PRUNE_BATCH_SIZE, budgetMs, stop },
       );
       this.pruned.rate_limits += deleted;
+      this.pruneHealth.succeeded();
       return deleted;
     } catch (error) {
+      this.pruneHealth.failed();
       // An outage is the outage monitor's to report (once); a prune simply runs again next time.
       if (isDatabaseUnavailable(error)) this.logger.warn('Pruning rate-limit counters skipped: the database is unavailable');
       else this.logger.error('Pruning rate-limit counters failed', error instanceof Error ? error.stack : String(error));

@@ -43,7 +43,11 @@ export class RateLimitSyncTask implements OnApplicationBootstrap, OnApplicationS
   }
 
   private async tick(): Promise<void> {
-    await this.storage.sync();
-    if (!this.stopped) this.schedule();
+    try {
+      await this.storage.sync();
+    } finally {
+      // The next sync is scheduled however this one ended.
+      if (!this.stopped) this.schedule();
+    }
   }
 }

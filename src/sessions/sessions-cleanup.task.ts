@@ -13,6 +13,7 @@ import { isDatabaseUnavailable } from '../database/pg-errors';
 import { StoppableJob } from '../common/stoppable-job';
 import { SCHEDULED_JOBS, SESSIONARY_CRON_JOBS } from '../sessionary/scheduled-jobs';
 import { SessionMaintenanceService } from './session-maintenance.service';
+import { JobHealth } from '../common/job-health';
 
 // Any fixed 64-bit number works; this one spells "sesclean" in ASCII.
 export const CLEANUP_LOCK_KEY = '8315173853005522286';
@@ -78,6 +79,8 @@ export class SessionsCleanupTask implements OnApplicationBootstrap, BeforeApplic
    * and those of its ran ticks that stopped with work left (at their budget or at shutdown).
    */
   readonly ticks = { ran: 0, skipped: 0, incomplete: 0 };
+  /** Ticks that failed, and when one last ran to its end (for /metrics). */
+  readonly health = new JobHealth();
   /** Sessions this instance's ticks ended at their deadlines and deleted past retention (for /metrics). */
   readonly sessionCounts = { ended: 0, deleted: 0 };
 
@@ -126,8 +129,11 @@ export class SessionsCleanupTask implements OnApplicationBootstrap, BeforeApplic
    */
   async handleTick(tick?: Date): Promise<CleanupResult | undefined> {
     try {
-      return await this.run(tick);
+      const result = await this.run(tick);
+      if (!result.skipped) this.health.succeeded();
+      return result;
     } catch (error) {
+      this.health.failed();
       // An outage is reported by the outage monitor; one line here, not a stack per tick.
       if (isDatabaseUnavailable(error)) this.logger.warn('Session cleanup skipped: the database is unavailable');
       else this.logger.error('Session cleanup failed', error instanceof Error ? error.stack : String(error));

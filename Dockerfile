@@ -22,7 +22,10 @@ RUN mkdir -p /app/.data && chown node:node /app/.data
 VOLUME ["/app/.data"]
 USER node
 EXPOSE 3000
+# Liveness, not readiness: an orchestrator that replaces unhealthy containers would otherwise
+# replace every instance at once while the database is down (readiness is the load balancer's).
+# The address the service listens on, or loopback when it listens on all of them.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s \
-  CMD node -e "fetch('http://127.0.0.1:'+(process.env.PORT||3000)+'/health/ready').then(r=>process.exit(r.ok?0:1),()=>process.exit(1))"
+  CMD node -e "const h=process.env.HOST;const a=!h||h==='0.0.0.0'||h==='::'?'127.0.0.1':h.includes(':')?'['+h+']':h;fetch('http://'+a+':'+(process.env.PORT||3000)+'/health/live').then(r=>process.exit(r.ok?0:1),()=>process.exit(1))"
 # Node receives SIGTERM directly (no npm in between) so the graceful shutdown runs.
 CMD ["node", "dist/src/main.js"]

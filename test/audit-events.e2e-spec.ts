@@ -437,6 +437,25 @@ describe('REQUESTS_REFUSED: refusals that name no account, summed per client add
     >;
   const newestSeq = async () => (await t.db.query(`SELECT coalesce(max(seq), 0)::text AS seq FROM audit_events`))[0].seq as string;
 
+  it('writes the refusals counted after its last flush before shutdown, once the HTTP server has closed', async () => {
+    const closing = await createTestApp();
+    try {
+      const seen = (await closing.db.query(`SELECT coalesce(max(seq), 0)::text AS seq FROM audit_events`))[0].seq as string;
+      const refusals = closing.app.get(RefusedRequestsTally);
+      // Nest's order at shutdown: this hook, then the HTTP server closes (a request answered
+      // meanwhile still counts), then onApplicationShutdown, then the database.
+      await refusals.beforeApplicationShutdown();
+      refusals.count('198.51.100.66', 'invalidInput');
+      await refusals.onApplicationShutdown();
+      const written = await closing.db.query(`SELECT ip_address, metadata FROM audit_events WHERE type = 'REQUESTS_REFUSED' AND seq > $1`, [seen]);
+      assert.equal(written.length, 1, JSON.stringify(written));
+      assert.equal(written[0].ip_address, '198.51.100.66');
+      assert.equal(written[0].metadata.invalidInput, 1);
+    } finally {
+      await closing.app.close().catch(() => undefined);
+    }
+  });
+
   it('sums refused bearer tokens, unknown refresh tokens, 400, 413, 415 and 429 per forwarded address into one event each, not expiries or known sessions', async () => {
     const seen = await newestSeq();
     const [prober, limited, ordinary] = ['198.51.100.7', '198.51.100.8', '198.51.100.9'];

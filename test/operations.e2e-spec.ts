@@ -6,6 +6,7 @@ import { after, before, describe, it } from 'node:test';
 import { bearer, registerAndLogin } from './helpers/factories';
 import { inCi } from './helpers/ci';
 import { createTestApp, TestApp } from './helpers/test-app';
+import { HealthController } from '../src/health/health.controller';
 
 describe('operations and error hygiene (e2e)', () => {
   let t: TestApp;
@@ -38,6 +39,21 @@ describe('operations and error hygiene (e2e)', () => {
       assert.deepEqual(Object.keys(me.body).sort(), ['error', 'message', 'statusCode']);
     } finally {
       await down.app.close().catch(() => undefined);
+    }
+  });
+
+  it('answers /health/ready with 503 from the first step of a shutdown (the HTTP server still answers for seconds), /health/live with 200', async () => {
+    const closing = await createTestApp();
+    try {
+      assert.equal((await closing.http.get('/health/ready')).status, 200);
+      // The hook Nest calls first when the app closes (SIGTERM), before the jobs stop and the server closes.
+      closing.app.get(HealthController).onModuleDestroy();
+      const res = await closing.http.get('/health/ready');
+      assert.equal(res.status, 503);
+      assert.equal(res.headers['retry-after'], '5');
+      assert.equal((await closing.http.get('/health/live')).status, 200);
+    } finally {
+      await closing.app.close().catch(() => undefined);
     }
   });
 

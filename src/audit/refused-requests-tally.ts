@@ -1,4 +1,4 @@
-import { BeforeApplicationShutdown, Injectable, Logger, OnApplicationBootstrap } from '@nestjs/common';
+import { BeforeApplicationShutdown, Injectable, Logger, OnApplicationBootstrap, OnApplicationShutdown } from '@nestjs/common';
 import { ConfigService } from '@nestjs/config';
 import { InjectDataSource } from '@nestjs/typeorm';
 import { DataSource } from 'typeorm';
@@ -51,7 +51,7 @@ const MAX_TRACKED_IPS = 10_000;
  * counts of an interval whose write failed are added to the next one's.
  */
 @Injectable()
-export class RefusedRequestsTally implements OnApplicationBootstrap, BeforeApplicationShutdown {
+export class RefusedRequestsTally implements OnApplicationBootstrap, BeforeApplicationShutdown, OnApplicationShutdown {
   private readonly logger = new Logger('RefusedRequests');
   /** Addresses with events of their own per interval (the most refused first). */
   maxEventsPerInterval = 100;
@@ -81,6 +81,14 @@ export class RefusedRequestsTally implements OnApplicationBootstrap, BeforeAppli
     clearInterval(this.timer);
     // Twice: a flush already under way holds only what was counted before it began.
     await this.flush();
+    await this.flush();
+  }
+
+  /**
+   * The HTTP server is closed by now: what requests answered since the flush above counted is
+   * written too (the database closes later: Nest shuts the global TypeORM module down last).
+   */
+  async onApplicationShutdown(): Promise<void> {
     await this.flush();
   }
 

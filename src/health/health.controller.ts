@@ -1,4 +1,4 @@
-import { Controller, Get, ServiceUnavailableException } from '@nestjs/common';
+import { Controller, Get, OnModuleDestroy, ServiceUnavailableException } from '@nestjs/common';
 import { ApiOkResponse, ApiOperation, ApiServiceUnavailableResponse, ApiTags } from '@nestjs/swagger';
 import { HealthCheck, HealthCheckResult, HealthCheckService, TypeOrmHealthIndicator } from '@nestjs/terminus';
 import { SkipThrottle } from '@nestjs/throttler';
@@ -15,7 +15,10 @@ import { Public } from '../common/public.decorator';
 // liveness must answer without the database (API.md).
 @SkipThrottle()
 @Controller('health')
-export class HealthController {
+export class HealthController implements OnModuleDestroy {
+  /** Set at the first step of a shutdown: readiness says "send no more" from then on. */
+  private shuttingDown = false;
+
   constructor(
     private readonly health: HealthCheckService,
     private readonly db: TypeOrmHealthIndicator,
@@ -33,12 +36,22 @@ export class HealthController {
     return { status: 'ok' };
   }
 
+  /**
+   * Nest's first shutdown step (SIGTERM): the jobs are stopped and the last counts written
+   * before the HTTP server closes, seconds in which this instance still answers; a load
+   * balancer that polls readiness stops sending it requests meanwhile instead of at the close.
+   */
+  onModuleDestroy(): void {
+    this.shuttingDown = true;
+  }
+
   @Get('ready')
   @ProbeRoute()
   @HealthCheck()
   @ApiOperation({ operationId: 'getReadiness', summary: 'The database answers' })
-  @ApiServiceUnavailableResponse({ description: 'The database does not answer' })
+  @ApiServiceUnavailableResponse({ description: 'The database does not answer, or the instance is shutting down' })
   async ready(): Promise<HealthCheckResult> {
+    if (this.shuttingDown) throw new ServiceUnavailableException('The instance is shutting down');
     try {
       // Sessionary's own data source: without it, the indicator pings the default one (a host's).
       return await this.health.check([() => this.db.pingCheck('database', { connection: this.dataSource, timeout: 2000 })]);

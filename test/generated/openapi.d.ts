@@ -3645,7 +3645,7 @@ export interface operations {
                 };
             };
             /**
-             * @description The database does not answer
+             * @description The database does not answer, or the instance is shutting down
              *
              *     The Health Check is not successful
              */

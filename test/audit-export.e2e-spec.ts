@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { createServer, get, IncomingHttpHeaders, IncomingMessage, Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -1088,6 +1088,32 @@ describe('audit export (e2e)', () => {
         } finally {
           for (const app of opened) await app.close();
         }
+      });
+      it('stops a tick at shutdown before its next piece, before the pool closes; the next start ships on from there', async () => {
+        const stopDir = join(dir, 'shipped-stopping');
+        const env = { AUDIT_SHIP_DIR: stopDir, AUDIT_SHIP_INTERVAL: '86400', AUDIT_SHIP_MAX_EVENTS: '1' };
+        const stopping = await createTestApp(env);
+        let stopped: ShipOutcome | undefined;
+        try {
+          const task = stopping.app.get(AuditShipTask);
+          // A backlog of many one-event pieces (the whole log so far); shutdown begins at once.
+          const tick = task.handleTick().then((outcome) => (stopped = outcome.directory));
+          await task.beforeApplicationShutdown();
+          assert.deepEqual(stopped, { skipped: 'shutting down', shipped: [] }, 'the tick had ended when the hook returned');
+          await tick;
+          assert.deepEqual((await task.handleTick()).directory, { skipped: 'shutting down', shipped: [] });
+        } finally {
+          await stopping.close();
+        }
+        assert.deepEqual(existsSync(stopDir) ? readdirSync(stopDir) : [], []);
+        const next = await createTestApp({ ...env, AUDIT_SHIP_MAX_EVENTS: '100000' });
+        try {
+          assert.ok('shipped' in (await next.app.get(AuditShipTask).handleTick()).directory!);
+        } finally {
+          await next.close();
+        }
+        const run = await cli('audit-verify', '--dir', stopDir);
+        assert.equal(run.code, 0, run.stdout + run.stderr);
       });
     });
 

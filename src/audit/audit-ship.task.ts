@@ -1,4 +1,13 @@
-import { HttpException, Inject, Injectable, Logger, OnApplicationBootstrap, Optional, ServiceUnavailableException } from '@nestjs/common';
+import {
+  BeforeApplicationShutdown,
+  HttpException,
+  Inject,
+  Injectable,
+  Logger,
+  OnApplicationBootstrap,
+  Optional,
+  ServiceUnavailableException,
+} from '@nestjs/common';
 import { ConfigService } from '@nestjs/config';
 import { SchedulerRegistry } from '@nestjs/schedule';
 import { InjectDataSource } from '@nestjs/typeorm';
@@ -17,7 +26,12 @@ import { ShipFailureLog } from './ship-failure-log';
 const JOB_NAME = 'audit-ship';
 
 /** What a tick did for one destination: the pieces it shipped (their names), or why none. */
-export type ShipOutcome = { shipped: string[] } | { skipped: 'nothing new' | 'locked' } | { failed: string; shipped: string[] };
+export type ShipOutcome =
+  | { shipped: string[] }
+  | { skipped: 'nothing new' | 'locked' }
+  // Stopped at shutdown, after the pieces it had shipped.
+  | { skipped: 'shutting down'; shipped: string[] }
+  | { failed: string; shipped: string[] };
 
 /** A tick's outcome for each destination configured. */
 export type ShipTickOutcome = Partial<Record<ShipDestinationKind, ShipOutcome>>;
@@ -45,12 +59,14 @@ export interface ShipStats {
  * was (the next tick starts there again) and does not hold the other one back.
  */
 @Injectable()
-export class AuditShipTask implements OnApplicationBootstrap {
+export class AuditShipTask implements OnApplicationBootstrap, BeforeApplicationShutdown {
   private readonly logger = new Logger(AuditShipTask.name);
   private running: Promise<ShipTickOutcome> | undefined;
   private readonly destinations: readonly ShipDestination[];
   readonly stats: Partial<Record<ShipDestinationKind, ShipStats>> = {};
   private readonly failureLogs = new Map<ShipDestinationKind, ShipFailureLog>();
+  /** Aborted at shutdown: a tick starts no further piece (the pool closes after it). */
+  private readonly stopping = new AbortController();
 
   constructor(
     @InjectDataSource(SESSIONARY_DATA_SOURCE) private readonly dataSource: DataSource,
@@ -74,6 +90,16 @@ export class AuditShipTask implements OnApplicationBootstrap {
     this.scheduler?.addInterval(JOB_NAME, timer);
   }
 
+  /**
+   * Before the pool closes: a tick under way finishes the piece it is delivering (an HTTP
+   * delivery within its inactivity timeout), starts no other, and releases its lock; the next
+   * start ships on from the last piece delivered.
+   */
+  async beforeApplicationShutdown(): Promise<void> {
+    this.stopping.abort();
+    await this.running;
+  }
+
   /** Never throws (nothing else would see it), never overlaps itself. */
   handleTick(): Promise<ShipTickOutcome> {
     this.running ??= this.tick().finally(() => (this.running = undefined));
@@ -82,7 +108,9 @@ export class AuditShipTask implements OnApplicationBootstrap {
 
   private async tick(): Promise<ShipTickOutcome> {
     const outcome: ShipTickOutcome = {};
-    for (const destination of this.destinations) outcome[destination.kind] = await this.shipTo(destination);
+    for (const destination of this.destinations) {
+      outcome[destination.kind] = this.stopping.signal.aborted ? { skipped: 'shutting down', shipped: [] } : await this.shipTo(destination);
+    }
     return outcome;
   }
 
@@ -119,8 +147,10 @@ export class AuditShipTask implements OnApplicationBootstrap {
     // they are settled: one still uncommitted in a gap the pieces leave (a seq handed out and
     // rolled back before they were shipped, handed out again by a restored log) would pass it
     // unseen, and the piece after it would leave that event out for good.
-    if (anythingNew && end.readTail && (await settledAuditSeq(runner.manager, this.exporter.settleTimeoutMs)) === null) {
-      throw new ServiceUnavailableException('The audit log is not settled yet; try again');
+    if (anythingNew && end.readTail) {
+      const settled = await settledAuditSeq(runner.manager, this.exporter.settleTimeoutMs, this.stopping.signal);
+      if (this.stopping.signal.aborted) return { skipped: 'shutting down', shipped };
+      if (settled === null) throw new ServiceUnavailableException('The audit log is not settled yet; try again');
     }
     const foreign = await notThisLogsCopy(runner, destination, end, newest);
     if (foreign) throw new Error(`${foreign[0].toUpperCase()}${foreign.slice(1)}`);
@@ -129,6 +159,7 @@ export class AuditShipTask implements OnApplicationBootstrap {
       const maxEvents = this.config.get('AUDIT_SHIP_MAX_EVENTS', { infer: true });
       // Each piece starts where the one just delivered ends (the destination recorded it).
       for (let more = true; more;) {
+        if (this.stopping.signal.aborted) return { skipped: 'shutting down', shipped };
         const piece = await this.exporter.openPiece(after, maxEvents);
         shipped.push(await destination.deliver({ afterSeq: after, throughSeq: piece.throughSeq, lines: piece.lines }, runner));
         Object.assign(stats, { pieces: stats.pieces + 1, shippedThroughSeq: Number(piece.throughSeq), lastShippedAt: new Date() });

@@ -10,6 +10,7 @@ import type { AppConfig } from './config/config';
 import { docsEnabled, parseCorsOrigins, parseTrustProxy } from './config/env.schema';
 import { documentMetricsToken } from './metrics/metrics-token.guard';
 import { RATE_LIMIT_WINDOW_SECONDS } from './rate-limit/rate-limit.module';
+import { SHUTDOWN_SIGNALS } from './common/shutdown-signals';
 
 /** Where the Swagger UI lives (and its document, at `docs-json`). */
 export const DOCS_PATH = 'docs';
@@ -67,7 +68,7 @@ export async function configureApp(
   registerRequestHygiene(app.getHttpAdapter().getInstance(), logger, config.ACCESS_LOG_PROBES);
   // API.md's routes are under ROUTE_PREFIX by the Sessionary module itself (so in a host app too).
   if (docsEnabled(config)) setUpDocs(app, config);
-  app.enableShutdownHooks();
+  app.enableShutdownHooks([...SHUTDOWN_SIGNALS]);
   return app;
 }
 

@@ -6,6 +6,7 @@ import { after, before, describe, it } from 'node:test';
 import { bearer, registerAndLogin } from './helpers/factories';
 import { inCi } from './helpers/ci';
 import { createTestApp, TestApp } from './helpers/test-app';
+import { CapturingLogger } from './helpers/capturing-logger';
 import { HealthController } from '../src/health/health.controller';
 
 describe('operations and error hygiene (e2e)', () => {
@@ -24,8 +25,9 @@ describe('operations and error hygiene (e2e)', () => {
     assert.equal(ready.body.status, 'ok');
   });
 
-  it('answers /health/ready with 503 when the database does not answer', async () => {
-    const down = await createTestApp();
+  it('answers /health/ready with 503 when the database does not answer, and logs why', async () => {
+    const logs = new CapturingLogger();
+    const down = await createTestApp({}, { logger: logs });
     try {
       const { tokens } = await registerAndLogin(down.http);
       await down.db.destroy();
@@ -33,6 +35,8 @@ describe('operations and error hygiene (e2e)', () => {
       assert.equal(res.status, 503);
       assert.ok(!JSON.stringify(res.body).includes('postgres://'));
       assert.equal((await down.http.get('/health/live')).status, 200);
+      const outage = logs.lines.find((l) => l.level === 'warn' && /GET \/health\/ready/.test(l.message));
+      assert.match(outage?.message ?? JSON.stringify(logs.lines), /Not ready \(database: .+\)/);
       // Fails closed: without the database no session can be checked, so no request gets in.
       const me = await down.http.get('/api/v1/users/me').set('Authorization', `Bearer ${tokens.accessToken}`);
       assert.ok(me.status >= 500 && me.status < 600, String(me.status));
@@ -54,6 +58,18 @@ describe('operations and error hygiene (e2e)', () => {
       assert.equal((await closing.http.get('/health/live')).status, 200);
     } finally {
       await closing.app.close().catch(() => undefined);
+    }
+  });
+
+  it('shuts down on SIGTERM, SIGINT and SIGHUP only (the embedded PostgreSQL stops on those; on SIGQUIT or SIGUSR2 it was left running)', async () => {
+    const counts = () =>
+      Object.fromEntries((['SIGTERM', 'SIGINT', 'SIGHUP', 'SIGQUIT', 'SIGUSR2', 'SIGABRT'] as const).map((s) => [s, process.listenerCount(s)]));
+    const before = counts();
+    const another = await createTestApp();
+    try {
+      assert.deepEqual(counts(), { ...before, SIGTERM: before.SIGTERM + 1, SIGINT: before.SIGINT + 1, SIGHUP: before.SIGHUP + 1 });
+    } finally {
+      await another.app.close();
     }
   });
 

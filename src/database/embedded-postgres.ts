@@ -11,6 +11,7 @@ import { promisify } from 'node:util';
 import type { LoggerService } from '@nestjs/common';
 import { Client } from 'pg';
 import { flushLogs } from '../config/json-logger';
+import { SHUTDOWN_SIGNALS } from '../common/shutdown-signals';
 
 export interface EmbeddedDatabase {
   url: string;
@@ -654,7 +655,6 @@ interface Tracked {
 }
 
 const running = new Set<Tracked>();
-const SHUTDOWN_SIGNALS: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
 
 function track(server: Server, logger: LoggerService): Tracked {
   let stopping: Promise<void> | undefined;

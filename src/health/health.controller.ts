@@ -57,8 +57,19 @@ export class HealthController implements OnModuleDestroy {
       return await this.health.check([() => this.db.pingCheck('database', { connection: this.dataSource, timeout: 2000 })]);
     } catch (error) {
       // Told apart from any other 503, so that the exception filter reports this one as an outage.
-      if (error instanceof ServiceUnavailableException) throw new DatabaseNotReadyException(error.getResponse());
+      if (error instanceof ServiceUnavailableException) throw new DatabaseNotReadyException(whyNotReady(error.getResponse()));
       throw error;
     }
   }
+}
+
+/**
+ * What the failed check says, for the log line (the client's body never carries it): terminus's
+ * result names each indicator that is down with its error's message, which the exception's own
+ * message must carry, or the log said only "Database Not Ready Exception".
+ */
+function whyNotReady(response: unknown): string {
+  const down = (response as { error?: Record<string, { message?: unknown } | undefined> } | null)?.error ?? {};
+  const reasons = Object.entries(down).map(([name, d]) => `${name}: ${typeof d?.message === 'string' ? d.message : 'down'}`);
+  return `Not ready${reasons.length ? ` (${reasons.join('; ')})` : ''}`;
 }

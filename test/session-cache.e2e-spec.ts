@@ -7,7 +7,8 @@ import { auditRows, sessionRow } from './helpers/db';
 import { bearer, login, registerAndLogin, registerUser, sleep, Tokens } from './helpers/factories';
 import { metric } from './helpers/service-process';
 import { SqlCounter } from './helpers/sql-counter';
-import { createTestApp, TestApp } from './helpers/test-app';
+import { CapturingLogger } from './helpers/capturing-logger';
+import { createTestApp, freshDatabase, TestApp } from './helpers/test-app';
 
 /** Polls `probe` until it is true, at most `timeoutMs`; answers whether it became true. */
 async function until(probe: () => boolean | Promise<boolean>, timeoutMs = 3000, everyMs = 2): Promise<boolean> {
@@ -227,5 +228,34 @@ describe('SESSION_CACHE_MAX=0: every check reads the database (e2e)', () => {
     assert.equal(t.app.get(SessionsService).cacheState().listening, false);
     assert.equal((await t.http.post('/api/v1/auth/logout').set('Authorization', bearer(tokens))).status, 204);
     assert.equal((await whoami(t, tokens)).status, 401);
+  });
+});
+
+describe('DATABASE_LISTEN_URL naming another database: the cache is never trusted (e2e)', () => {
+  let a: TestApp;
+  let b: TestApp;
+  const logs = new CapturingLogger();
+  before(async () => {
+    a = await createTestApp(SHARED);
+    // B writes to this file's database and listens to another, where no change is ever notified.
+    b = await createTestApp({ ...SHARED, DATABASE_LISTEN_URL: await freshDatabase() }, { logger: logs });
+  });
+  after(async () => {
+    await Promise.all([a.close(), b.close()]);
+  });
+
+  it('checks every session in the database, so an ended one is refused at once, and says why it does not listen', async () => {
+    const tokens = await registerAndLogin(a.http).then((r) => r.tokens);
+    // Twice: a trusted cache would answer the second from memory.
+    for (let i = 0; i < 2; i++) assert.equal((await whoami(b, tokens)).status, 200);
+    assert.equal((await a.http.post('/api/v1/auth/logout').set('Authorization', bearer(tokens))).status, 204);
+    assert.equal((await whoami(b, tokens)).status, 401, 'B heard nothing, and still refused the ended session');
+    const lost = () =>
+      logs.lines.find(
+        (l) => l.level === 'warn' && /Not listening for session changes \(a NOTIFY sent through the service's pool did not arrive/.test(l.message),
+      );
+    assert.ok(await until(() => lost() !== undefined, 8000, 50), JSON.stringify(logs.lines.filter((l) => l.level !== 'log')));
+    assert.match(lost()!.message, /DATABASE_LISTEN_URL\) must reach the database the service writes to/);
+    assert.equal(b.app.get(SessionsService).cacheState().listening, false);
   });
 });

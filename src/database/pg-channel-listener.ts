@@ -1,5 +1,8 @@
+import { randomBytes } from 'node:crypto';
 import { Logger } from '@nestjs/common';
-import { Client } from 'pg';
+import { Client, Notification } from 'pg';
+import type { DataSource } from 'typeorm';
+import { sql } from './sql';
 
 export interface ChannelListenerOptions {
   url: string;
@@ -16,6 +19,13 @@ export interface ChannelListenerOptions {
   onListening: (client: Client, isCurrent: () => boolean) => Promise<void> | void;
   /** The connection is gone (and until onListening runs again, notifications may be missed). */
   onLost?: () => void;
+  /**
+   * Sends `SELECT pg_notify(channel, '')` through the service's own pool. Given, each new
+   * connection proves before it is trusted that it hears what the service's writes notify: a
+   * NOTIFY reaches only listeners of its own database, and a DATABASE_LISTEN_URL naming another
+   * one (or another server) would listen without error and never hear a change.
+   */
+  notifyThroughPool?: (channel: string) => Promise<unknown>;
   /** Probes the connection every heartbeatMs; throwing counts as losing it. Default: SELECT 1. */
   probe?: (client: Client) => Promise<unknown>;
   heartbeatMs?: number;
@@ -23,6 +33,9 @@ export interface ChannelListenerOptions {
   /** Logged once when the connection is lost ("Not listening ... (reason)"), and when it is back. */
   messages?: { lost: (reason: string) => string; back: string };
 }
+
+/** How long a new listening connection waits for the NOTIFY it had sent through the pool. */
+const POOL_NOTIFY_TIMEOUT_MS = 5_000;
 
 /**
  * A dedicated connection LISTENing on one channel, outside the pool (a pooled connection can be
@@ -91,6 +104,7 @@ export class PgChannelListener {
     try {
       await client.connect();
       await client.query(`LISTEN ${this.options.channel}`);
+      if (this.options.notifyThroughPool) await this.hearsThePool(client, this.options.notifyThroughPool);
       const [{ pid }] = (await client.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows;
       if (this.client !== client) return; // lost (or stopped) meanwhile
       // LISTEN is in force before this: whatever changed earlier is read now, later is notified.
@@ -111,6 +125,44 @@ export class PgChannelListener {
     }
   }
 
+  /**
+   * A NOTIFY sent through the pool on a channel of this connection's own arrives here, or this
+   * throws (counted as losing the connection: logged once, tried again, never trusted meanwhile).
+   */
+  private async hearsThePool(client: Client, notify: (channel: string) => Promise<unknown>): Promise<void> {
+    const channel = `sessionary_probe_${randomBytes(8).toString('hex')}`;
+    await client.query(`LISTEN ${channel}`);
+    let heard!: () => void;
+    const arrived = new Promise<void>((resolve) => (heard = resolve));
+    const onNotification = (message: Notification) => {
+      if (message.channel === channel) heard();
+    };
+    client.on('notification', onNotification);
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      await notify(channel);
+      await Promise.race([
+        arrived,
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(
+            () =>
+              reject(
+                new Error(
+                  `a NOTIFY sent through the service's pool did not arrive within ${POOL_NOTIFY_TIMEOUT_MS / 1000} s: ` +
+                    'the listening connection (DATABASE_LISTEN_URL) must reach the database the service writes to (DATABASE_URL)',
+                ),
+              ),
+            POOL_NOTIFY_TIMEOUT_MS,
+          );
+        }),
+      ]);
+    } finally {
+      clearTimeout(timer);
+      client.removeListener('notification', onNotification);
+    }
+    await client.query(`UNLISTEN ${channel}`);
+  }
+
   private lost(client: Client, error?: unknown): void {
     if (this.client !== client) return; // an old client's late events
     this.client = undefined;
@@ -129,4 +181,9 @@ export class PgChannelListener {
     clearTimeout(this.retry);
     this.retry = setTimeout(() => void this.connect(), this.backoffMs).unref();
   }
+}
+
+/** An empty NOTIFY on `channel` through the data source's pool (notifyThroughPool's usual body). */
+export function notifyThrough(dataSource: DataSource, channel: string): Promise<unknown> {
+  return sql(dataSource.manager, `SELECT pg_notify($1, '')`, [channel]);
 }

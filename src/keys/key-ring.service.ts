@@ -4,7 +4,7 @@ import { InjectDataSource } from '@nestjs/typeorm';
 import { SESSIONARY_DATA_SOURCE } from '../database/data-source-name';
 import { DataSource } from 'typeorm';
 import type { AppConfig } from '../config/config';
-import { PgChannelListener } from '../database/pg-channel-listener';
+import { PgChannelListener, notifyThrough } from '../database/pg-channel-listener';
 import { KeyRotationService } from './key-rotation.service';
 import { PublishedJwk, publishedJwk, RingKey } from './signing-key';
 
@@ -48,6 +48,7 @@ export class KeyRing implements OnModuleInit, OnApplicationShutdown {
       url: this.config.get('DATABASE_LISTEN_URL', { infer: true }) ?? this.config.get('DATABASE_URL', { infer: true })!,
       channel: SIGNING_KEYS_CHANNEL,
       name: 'sessionary-keys',
+      notifyThroughPool: (channel) => notifyThrough(this.dataSource, channel),
       onNotification: () => this.requestReload(),
       onListening: () => this.reload(),
     });

@@ -10,6 +10,8 @@ export interface ListenerOptions {
   heartbeatMs?: number;
   /** Longest pause between reconnection attempts. */
   maxBackoffMs?: number;
+  /** See ChannelListenerOptions.notifyThroughPool: each connection proves it hears the service's database. */
+  notifyThroughPool?: (channel: string) => Promise<unknown>;
 }
 
 /**
@@ -48,6 +50,7 @@ export class SessionChangeListener {
       name: 'sessionary-listener',
       heartbeatMs: options.heartbeatMs,
       maxBackoffMs: options.maxBackoffMs,
+      notifyThroughPool: options.notifyThroughPool,
       onNotification: (payload) => this.cache.applyNotification(payload || '*'),
       onListening: async (client, isCurrent) => {
         await this.measureClock(client);

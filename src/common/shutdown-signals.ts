@@ -1,7 +1,8 @@
 /**
- * The signals that shut the service down gracefully: what orchestrators send (SIGTERM), Ctrl-C
- * (SIGINT) and a closed terminal (SIGHUP). Nest's enableShutdownHooks() without a list also
- * takes SIGQUIT, SIGUSR2 and the fault signals, which the embedded PostgreSQL's own handler
- * does not: the process then ended with the server still running.
+ * The signals that shut the service down gracefully, on which the embedded PostgreSQL is
+ * stopped too: what orchestrators send (SIGTERM), Ctrl-C (SIGINT), a closed terminal (SIGHUP),
+ * Ctrl-\ (SIGQUIT) and nodemon's restart (SIGUSR2). Nest's enableShutdownHooks() without a list
+ * took those and the fault signals (SIGSEGV, SIGABRT, …), while the embedded server's handler
+ * took only the first three: on SIGQUIT or SIGUSR2 the app closed and PostgreSQL was left running.
  */
-export const SHUTDOWN_SIGNALS: readonly NodeJS.Signals[] = ['SIGTERM', 'SIGINT', 'SIGHUP'];
+export const SHUTDOWN_SIGNALS: readonly NodeJS.Signals[] = ['SIGTERM', 'SIGINT', 'SIGHUP', 'SIGQUIT', 'SIGUSR2'];

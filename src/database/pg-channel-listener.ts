@@ -133,32 +133,36 @@ export class PgChannelListener {
     const channel = `sessionary_probe_${randomBytes(8).toString('hex')}`;
     await client.query(`LISTEN ${channel}`);
     let heard!: () => void;
-    const arrived = new Promise<void>((resolve) => (heard = resolve));
+    let gone!: (error: Error) => void;
+    const arrived = new Promise<void>((resolve, reject) => ([heard, gone] = [resolve, reject]));
+    // Handled here too: it may reject while the NOTIFY is still being sent (before the await below).
+    arrived.catch(() => undefined);
     const onNotification = (message: Notification) => {
       if (message.channel === channel) heard();
     };
+    // The connection lost or stopped meanwhile: no reason to wait the timeout out.
+    const onEnd = () => gone(new Error('connection ended'));
     client.on('notification', onNotification);
-    let timer: NodeJS.Timeout | undefined;
+    client.once('end', onEnd);
+    client.once('error', onEnd);
+    const timer = setTimeout(
+      () =>
+        gone(
+          new Error(
+            `a NOTIFY sent through the service's pool did not arrive within ${POOL_NOTIFY_TIMEOUT_MS / 1000} s: ` +
+              'the listening connection (DATABASE_LISTEN_URL) must reach the database the service writes to (DATABASE_URL)',
+          ),
+        ),
+      POOL_NOTIFY_TIMEOUT_MS,
+    ).unref();
     try {
       await notify(channel);
-      await Promise.race([
-        arrived,
-        new Promise<never>((_, reject) => {
-          timer = setTimeout(
-            () =>
-              reject(
-                new Error(
-                  `a NOTIFY sent through the service's pool did not arrive within ${POOL_NOTIFY_TIMEOUT_MS / 1000} s: ` +
-                    'the listening connection (DATABASE_LISTEN_URL) must reach the database the service writes to (DATABASE_URL)',
-                ),
-              ),
-            POOL_NOTIFY_TIMEOUT_MS,
-          );
-        }),
-      ]);
+      await arrived;
     } finally {
       clearTimeout(timer);
       client.removeListener('notification', onNotification);
+      client.removeListener('end', onEnd);
+      client.removeListener('error', onEnd);
     }
     await client.query(`UNLISTEN ${channel}`);
   }

@@ -1063,12 +1063,17 @@ describe('audit export (e2e)', () => {
             for (const n of [1, 2, 3]) await audit.record(writer.manager, { type: 'PROFILE_UPDATED', userId: null, metadata: { restored: n } });
             const [{ newest }] = await restored.db.query(`SELECT pg_sequence_last_value(${sequence})::text AS newest`);
             assert.equal(BigInt(newest), BigInt(through) + 1n);
+            const [{ tickStart }] = await restored.db.query(`SELECT clock_timestamp() AS "tickStart"`);
             tickDone = tick(restored);
-            // The tick waits for the writer's transaction (settledAuditSeq polls its end): commit then.
+            // The tick waits for the writer's transaction (settledAuditSeq polls its end): commit
+            // then. Its poll, in this database, begun since the tick (an idle connection shows
+            // the last query it ran, which may be an earlier wait's).
             for (let waited = 0; ; waited += 20) {
               const [{ polling }] = await restored.db.query(
                 `SELECT count(*)::int AS polling FROM pg_stat_activity
-                  WHERE pid <> pg_backend_pid() AND query LIKE '%AS remaining FROM pg_locks WHERE locktype%'`,
+                  WHERE pid <> pg_backend_pid() AND datname = current_database() AND query_start >= $1
+                    AND query LIKE '%AS remaining FROM pg_locks WHERE locktype%'`,
+                [tickStart],
               );
               if (polling) break;
               assert.ok(waited < 10_000, 'the tick never waited for the transaction');

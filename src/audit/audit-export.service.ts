@@ -89,8 +89,8 @@ export class AuditExportService {
    * byte (the seal's `throughSeq`), and whether settled events lie past it (`more`: ship the
    * next piece at once).
    */
-  async openPiece(afterSeq: string, maxEvents: number): Promise<{ lines: Readable; throughSeq: string; more: boolean }> {
-    const { lines, range } = await this.start({}, afterSeq, maxEvents);
+  async openPiece(afterSeq: string, maxEvents: number, signal?: AbortSignal): Promise<{ lines: Readable; throughSeq: string; more: boolean }> {
+    const { lines, range } = await this.start({}, afterSeq, maxEvents, signal);
     return { lines, throughSeq: range!.through, more: range!.more };
   }
 
@@ -98,6 +98,7 @@ export class AuditExportService {
     filter: AuditFilter,
     afterSeq: string | undefined,
     maxEvents?: number,
+    signal?: AbortSignal,
   ): Promise<{ lines: Readable; range: SeqRange | undefined }> {
     if (this.active >= this.maxConcurrent) {
       throw new RetryAfterException(
@@ -108,7 +109,7 @@ export class AuditExportService {
     this.active++;
     let stream: Readable | undefined;
     try {
-      const range = afterSeq === undefined ? undefined : await this.seqRangeAfter(afterSeq, maxEvents);
+      const range = afterSeq === undefined ? undefined : await this.seqRangeAfter(afterSeq, maxEvents, signal);
       stream = await this.openStream(filter, range, () => this.active--);
       return { lines: stream, range };
     } finally {
@@ -126,9 +127,11 @@ export class AuditExportService {
    * database, or one restored from an older backup): a 400, rather than an empty file whose
    * next export would skip the events written until the sequence caught up.
    */
-  private async seqRangeAfter(afterSeq: string, maxEvents?: number): Promise<SeqRange> {
-    const through = await settledAuditSeq(this.dataSource.manager, this.settleTimeoutMs);
+  private async seqRangeAfter(afterSeq: string, maxEvents?: number, signal?: AbortSignal): Promise<SeqRange> {
+    const through = await settledAuditSeq(this.dataSource.manager, this.settleTimeoutMs, signal);
     if (through === null) {
+      // Cut short by its caller (the shipping task at shutdown): nothing to report.
+      if (signal?.aborted) throw new ServiceUnavailableException('The audit export was stopped');
       this.logger.warn(`An audit export after seq ${afterSeq} was refused: transactions were still running after ${this.settleTimeoutMs} ms`);
       throw new ServiceUnavailableException('The audit log is not settled yet; try again');
     }

@@ -120,7 +120,8 @@ export class AuditShipTask implements OnApplicationBootstrap, BeforeApplicationS
     try {
       const outcome = await withSessionAdvisoryLock(this.dataSource, destination.lockKey, (runner) => this.shipAll(destination, runner, shipped));
       if (outcome === LOCK_TAKEN) return { skipped: 'locked' };
-      failureLog.succeeded();
+      // Stopped at shutdown: not a tick that worked ("works again" would be false).
+      if (!('skipped' in outcome && outcome.skipped === 'shutting down')) failureLog.succeeded();
       return outcome;
     } catch (error) {
       this.stats[destination.kind]!.failures++;
@@ -160,7 +161,14 @@ export class AuditShipTask implements OnApplicationBootstrap, BeforeApplicationS
       // Each piece starts where the one just delivered ends (the destination recorded it).
       for (let more = true; more;) {
         if (this.stopping.signal.aborted) return { skipped: 'shutting down', shipped };
-        const piece = await this.exporter.openPiece(after, maxEvents);
+        let piece: Awaited<ReturnType<AuditExportService['openPiece']>>;
+        try {
+          piece = await this.exporter.openPiece(after, maxEvents, this.stopping.signal);
+        } catch (error) {
+          // Its wait for the log to settle was cut short by the shutdown: no failure.
+          if (this.stopping.signal.aborted) return { skipped: 'shutting down', shipped };
+          throw error;
+        }
         shipped.push(await destination.deliver({ afterSeq: after, throughSeq: piece.throughSeq, lines: piece.lines }, runner));
         Object.assign(stats, { pieces: stats.pieces + 1, shippedThroughSeq: Number(piece.throughSeq), lastShippedAt: new Date() });
         [after, more] = [piece.throughSeq, piece.more];

@@ -1,6 +1,5 @@
 import { Module } from '@nestjs/common';
 import { AuditModule } from '../audit/audit.module';
-import { RecentAuthModule } from '../common/recent-auth';
 import { SessionsModule } from '../sessions/sessions.module';
 import { UsersModule } from '../users/users.module';
 import { AdminController } from './admin.controller';
@@ -8,7 +7,7 @@ import { AdminService } from './admin.service';
 
 /** Admin routes: depends on users, sessions and audit; nothing depends on it. */
 @Module({
-  imports: [UsersModule, SessionsModule, AuditModule, RecentAuthModule],
+  imports: [UsersModule, SessionsModule, AuditModule],
   controllers: [AdminController],
   providers: [AdminService],
 })

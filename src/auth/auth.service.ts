@@ -76,32 +76,20 @@ export class AuthService {
     const staleCost = this.passwords.staleCostOf(user.passwordHash);
     const rehashed = staleCost === undefined ? undefined : await this.passwords.hash(dto.password);
     // The password was checked against the hash read before bcrypt: a change that committed
-    // since (its other sessions ended) must not be outlived by a session opened with the old
-    // one. A hash changed since is checked again, outside the row's lock (so that a burst of
-    // logins does not take bcrypt's time each under it): another login's re-hash of the same
-    // password passes, a changed password does not.
-    let verified = user.passwordHash;
-    let issued: IssuedSession | undefined;
-    for (let tries = 1; !issued; tries++) {
-      const outcome = await this.dataSource.transaction(async (em): Promise<IssuedSession | { storedNow: string | undefined }> => {
-        const stored = await this.users.lockPasswordHash(em, user.id);
-        if (stored !== verified) return { storedNow: stored };
-        // Not when another login re-hashed it meanwhile (then the hash verified is not the one read).
-        const rehash = rehashed !== undefined && verified === user.passwordHash;
-        if (rehash) await this.users.storeRehashedPassword(em, user.id, rehashed);
-        const metadata: AuditMetadata = rehash ? { method, bcryptCostFrom: staleCost!, bcryptCostTo: this.passwords.currentCost } : { method };
-        const opened = await this.sessions.open(em, user.id, client, metadata);
-        // Last, so the counters' rows (an IP's is shared by every login from behind one NAT)
-        // stay locked for as short a time as possible; a login that fails to commit stays counted.
-        await this.throttle.succeeded(attempt, em);
-        return opened;
-      });
-      if (!('storedNow' in outcome)) issued = outcome;
-      else if (outcome.storedNow === undefined || tries === 3 || !(await this.passwords.verify(dto.password, outcome.storedNow))) break;
-      else verified = outcome.storedNow;
-    }
+    // since (its other sessions ended) must not be outlived by a session opened with the old one.
+    const issued = await this.whilePasswordHolds(user, dto.password, async (em, { rehashedByOther }) => {
+      // Not when another login re-hashed it meanwhile (then the hash verified is not the one read).
+      const rehash = rehashed !== undefined && !rehashedByOther;
+      if (rehash) await this.users.storeRehashedPassword(em, user.id, rehashed);
+      const metadata: AuditMetadata = rehash ? { method, bcryptCostFrom: staleCost!, bcryptCostTo: this.passwords.currentCost } : { method };
+      const opened = await this.sessions.open(em, user.id, client, metadata);
+      // Last, so the counters' rows (an IP's is shared by every login from behind one NAT)
+      // stay locked for as short a time as possible; a login that fails to commit stays counted.
+      await this.throttle.succeeded(attempt, em);
+      return opened;
+    });
     if (!issued) return failed('password_changed');
-    return this.tokenResponse(issued);
+    return this.tokenResponse(issued.result);
   }
 
   async refresh(refreshToken: string, client: ClientContext): Promise<TokenResponseDto> {
@@ -134,10 +122,8 @@ export class AuthService {
     await this.users.verifyCurrentPassword(user, dto.currentPassword, auth.sessionId, client, 'password_change');
     assertPasswordFreeOfContext(dto.newPassword, user);
     const passwordHash = await this.passwords.hash(dto.newPassword);
-    await this.dataSource.transaction(async (em) => {
-      // Of two concurrent changes, one wins: the other's current password no longer matches.
-      const stored = await this.lockedHashMatching(em, user, dto.currentPassword);
-      if (stored === undefined) throw new UnauthorizedException('Current password is incorrect');
+    // Of two concurrent changes, one wins: the other's current password no longer matches.
+    const changed = await this.whilePasswordHolds(user, dto.currentPassword, async (em, { stored }) => {
       await this.users.replacePasswordHash(em, { id: user.id, passwordHash: stored }, passwordHash);
       const ended = await this.sessions.endSessions(
         { userId: user.id, exceptSessionId: auth.sessionId },
@@ -152,20 +138,34 @@ export class AuthService {
         metadata: { endedSessions: ended.length },
       });
     });
+    if (!changed) throw new UnauthorizedException('Current password is incorrect');
   }
 
   /**
-   * Locks the user's row (in the caller's transaction) and answers its stored hash if
-   * `password`, verified against `user.passwordHash` before the transaction, is still the
-   * user's: the stored hash is that one, or another this password matches. The second is a
-   * login's re-hash at a new BCRYPT_COST (the same password, another hash), checked once more
-   * with bcrypt: only in that rare race. Undefined when the password was changed since, or the
-   * user is gone.
+   * Runs `work` in a transaction that holds the user's row locked, once its stored hash is one
+   * `password` matches (`password` was verified against `user.passwordHash`, read before the
+   * transaction, since bcrypt is too slow to run under the lock). A hash changed meanwhile is
+   * checked again with bcrypt outside the lock, and the transaction tried again (at most three
+   * times): another login's re-hash at a new BCRYPT_COST (the same password, another hash)
+   * passes, a changed password does not. Undefined when the password is no longer the user's,
+   * or the user is gone.
    */
-  private async lockedHashMatching(em: EntityManager, user: Pick<UserEntity, 'id' | 'passwordHash'>, password: string): Promise<string | undefined> {
-    const stored = await this.users.lockPasswordHash(em, user.id);
-    if (stored === undefined) return undefined;
-    return stored === user.passwordHash || (await this.passwords.verify(password, stored)) ? stored : undefined;
+  private async whilePasswordHolds<T>(
+    user: Pick<UserEntity, 'id' | 'passwordHash'>,
+    password: string,
+    work: (em: EntityManager, hash: { stored: string; rehashedByOther: boolean }) => Promise<T>,
+  ): Promise<{ result: T } | undefined> {
+    let verified = user.passwordHash;
+    for (let tries = 1; ; tries++) {
+      const outcome = await this.dataSource.transaction(async (em): Promise<{ result: T } | { storedNow: string | undefined }> => {
+        const stored = await this.users.lockPasswordHash(em, user.id);
+        if (stored !== verified) return { storedNow: stored };
+        return { result: await work(em, { stored, rehashedByOther: verified !== user.passwordHash }) };
+      });
+      if ('result' in outcome) return outcome;
+      if (outcome.storedNow === undefined || tries === 3 || !(await this.passwords.verify(password, outcome.storedNow))) return undefined;
+      verified = outcome.storedNow;
+    }
   }
 
   private async tokenResponse({ session, refreshToken }: IssuedSession): Promise<TokenResponseDto> {

@@ -5,6 +5,7 @@ import { QueryFailedError } from 'typeorm';
 import { DatabaseOutageMonitor, summarize } from '../database/database-outage.monitor';
 import { isDatabaseUnavailable, PG_UNIQUE_VIOLATION, pgErrorCode } from '../database/pg-errors';
 import { RefusedRequestsTally, refusalOfStatus } from '../audit/refused-requests-tally';
+import { BEARER_CHALLENGES } from './bearer-challenge';
 import { clientContextOf } from './client-context';
 import { SessionNotActiveException } from './session-not-active.exception';
 import { InsufficientUserAuthenticationException } from './insufficient-user-authentication.exception';
@@ -59,7 +60,7 @@ export class AllExceptionsFilter implements ExceptionFilter {
     // challenge on every 401.
     if (exception instanceof InsufficientUserAuthenticationException || exception instanceof SessionNotActiveException) {
       void reply.header('WWW-Authenticate', exception.challenge);
-    } else if (body.statusCode === HttpStatus.UNAUTHORIZED && !reply.hasHeader('WWW-Authenticate')) void reply.header('WWW-Authenticate', 'Bearer');
+    } else if (body.statusCode === HttpStatus.UNAUTHORIZED && !reply.hasHeader('WWW-Authenticate')) void reply.header('WWW-Authenticate', BEARER_CHALLENGES[0]);
     void reply.status(body.statusCode).header('content-type', 'application/json; charset=utf-8').send(body);
   }
 

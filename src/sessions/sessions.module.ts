@@ -1,7 +1,6 @@
 import { Module } from '@nestjs/common';
 import { SessionaryConfigModule } from '../sessionary/sessionary-config';
 import { AuditModule } from '../audit/audit.module';
-import { RecentAuthModule } from '../common/recent-auth';
 import { UsersModule } from '../users/users.module';
 import { SessionsCleanupTask } from './sessions-cleanup.task';
 import { SessionsController } from './sessions.controller';
@@ -10,7 +9,7 @@ import { SessionsService } from './sessions.service';
 import { UserSessionsService } from './user-sessions.service';
 
 @Module({
-  imports: [SessionaryConfigModule, AuditModule, UsersModule, RecentAuthModule],
+  imports: [SessionaryConfigModule, AuditModule, UsersModule],
   controllers: [SessionsController],
   providers: [SessionsService, UserSessionsService, SessionMaintenanceService, SessionsCleanupTask],
   exports: [SessionsService, UserSessionsService, SessionMaintenanceService, SessionsCleanupTask],

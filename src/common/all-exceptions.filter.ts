@@ -60,7 +60,8 @@ export class AllExceptionsFilter implements ExceptionFilter {
     // challenge on every 401.
     if (exception instanceof InsufficientUserAuthenticationException || exception instanceof SessionNotActiveException) {
       void reply.header('WWW-Authenticate', exception.challenge);
-    } else if (body.statusCode === HttpStatus.UNAUTHORIZED && !reply.hasHeader('WWW-Authenticate')) void reply.header('WWW-Authenticate', BEARER_CHALLENGES[0]);
+    } else if (body.statusCode === HttpStatus.UNAUTHORIZED && !reply.hasHeader('WWW-Authenticate'))
+      void reply.header('WWW-Authenticate', BEARER_CHALLENGES[0]);
     void reply.status(body.statusCode).header('content-type', 'application/json; charset=utf-8').send(body);
   }
 

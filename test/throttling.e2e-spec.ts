@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import type { LoggerService } from '@nestjs/common';
 import { auditRows } from './helpers/db';
-import { newUserInput, registerUser, sleep, uniqueName } from './helpers/factories';
+import { bearer, newUserInput, registerAndLogin, registerUser, sleep, uniqueName } from './helpers/factories';
 import { metric } from './helpers/service-process';
 import { createTestApp, freshDatabase, TestApp } from './helpers/test-app';
 
@@ -263,6 +263,54 @@ describe('registration limit per client IP (e2e)', () => {
     for (let i = 1; i <= 3; i++) assert.equal((await registerFrom(a, `2001:db8:70:1::${i}`, newUserInput())).status, 201);
     assert.equal((await registerFrom(b, '2001:db8:70:1:ffff::9', newUserInput())).status, 429);
     assert.equal((await registerFrom(b, '2001:db8:70:2::1', newUserInput())).status, 201);
+  });
+
+  it("counts an address's username changes with its registrations (both answer 409 for a taken name), never its other profile changes", async () => {
+    const limited = await createTestApp({ REGISTER_MAX_PER_IP: '3', REGISTER_WINDOW: '600', TRUST_PROXY: 'true' });
+    try {
+      const ip = '198.51.100.73';
+      const { user, tokens } = await registerAndLogin(limited.http);
+      const taken = (await registerUser(limited.http)).username;
+      const rename = (username: string) =>
+        limited.http.patch('/api/v1/users/me').set('X-Forwarded-For', ip).set('Authorization', bearer(tokens)).send({ username });
+      assert.equal((await rename(uniqueName('renamed'))).status, 200);
+      // A taken name is the probe this limit is for: counted too.
+      assert.equal((await rename(taken)).status, 409);
+      const current = uniqueName('renamed');
+      assert.equal((await rename(current)).status, 200);
+      // The same name again changes nothing, and counts nothing.
+      assert.equal((await rename(current)).status, 200);
+      const refused = await rename(taken);
+      assert.equal(refused.status, 429, refused.text);
+      assert.equal(refused.body.message, 'Too many registrations and username changes from this address; try again later');
+      assert.ok(Number(refused.headers['retry-after']) > 0);
+      assert.equal((await rename(uniqueName('renamed'))).status, 429);
+      const [{ username }] = await limited.db.query(`SELECT username FROM users WHERE id = (SELECT user_id FROM sessions WHERE id = $1)`, [
+        tokens.sessionId,
+      ]);
+      assert.equal(username, current, 'a refused change writes nothing');
+      // An email change from the address is not a name probe: not counted, not refused.
+      const email = await limited.http
+        .patch('/api/v1/users/me')
+        .set('X-Forwarded-For', ip)
+        .set('Authorization', bearer(tokens))
+        .send({ email: `${uniqueName('moved')}@example.com`, currentPassword: user.password });
+      assert.equal(email.status, 200, email.text);
+      // The allowance is the address's: its registrations are refused as well, another address is not.
+      assert.equal((await limited.http.post('/api/v1/auth/register').set('X-Forwarded-For', ip).send(newUserInput())).status, 429);
+      assert.equal(
+        (
+          await limited.http
+            .patch('/api/v1/users/me')
+            .set('X-Forwarded-For', '198.51.100.75')
+            .set('Authorization', bearer(tokens))
+            .send({ username: uniqueName('renamed') })
+        ).status,
+        200,
+      );
+    } finally {
+      await limited.close();
+    }
   });
 
   it('REGISTER_MAX_PER_IP=0 counts nothing', async () => {

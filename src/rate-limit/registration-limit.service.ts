@@ -73,16 +73,7 @@ export class RegistrationLimitService {
   async count(ipAddress: string | null): Promise<void> {
     // No address (not over a socket: never on the HTTP path) is not a client to count.
     if (ipAddress === null) return;
-    let counted: { key: string; windowEndsAt: string } | undefined;
-    if (this.maxPerIp > 0) {
-      const key = `register:${normalizeIp(ipAddress)}`;
-      const { hits, retryAfter, windowEndsAt } = await this.countOne(key);
-      if (hits > this.maxPerIp) {
-        this.refusedCounts.address++;
-        throw new RetryAfterException(retryAfter, 'Too many registrations from this address; try again later');
-      }
-      counted = { key, windowEndsAt };
-    }
+    const counted = this.maxPerIp > 0 ? await this.countAddress(ipAddress, 'Too many registrations from this address; try again later') : undefined;
     if (this.maxTotal > 0) {
       const { hits, retryAfter } = await this.countOne(TOTAL_KEY);
       if (hits > this.maxTotal) {
@@ -98,7 +89,30 @@ export class RegistrationLimitService {
     }
   }
 
-  /** Registrations this instance refused, by the limit that refused them (for /metrics). */
+  /**
+   * Counts a username change of `ipAddress` with its registrations, per address only (never in
+   * the total, which a wave of renames must not close for everyone's sign-up): a taken username
+   * answers 409 there as at registration, so both routes tell which names exist, and they share
+   * the address's allowance (REGISTER_MAX_PER_IP per REGISTER_WINDOW), else an account's renames
+   * would probe names faster than sign-ups can.
+   */
+  async countUsernameChange(ipAddress: string | null): Promise<void> {
+    if (ipAddress === null || this.maxPerIp === 0) return;
+    await this.countAddress(ipAddress, 'Too many registrations and username changes from this address; try again later');
+  }
+
+  /** One more for the address (a 429 with Retry-After once it is one too many); the key and window counted. */
+  private async countAddress(ipAddress: string, refusal: string): Promise<{ key: string; windowEndsAt: string }> {
+    const key = `register:${normalizeIp(ipAddress)}`;
+    const { hits, retryAfter, windowEndsAt } = await this.countOne(key);
+    if (hits > this.maxPerIp) {
+      this.refusedCounts.address++;
+      throw new RetryAfterException(retryAfter, refusal);
+    }
+    return { key, windowEndsAt };
+  }
+
+  /** Registrations (and username changes, by address) this instance refused, by the limit that refused them (for /metrics). */
   refused(): Readonly<{ address: number; total: number }> {
     return { ...this.refusedCounts };
   }

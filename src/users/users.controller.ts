@@ -31,7 +31,10 @@ export class UsersController {
   @ApiBadRequestResponse({ type: ErrorResponseDto })
   @ApiStepUpUnauthorizedResponse(' for an email change without currentPassword; or a wrong currentPassword')
   @ApiConflictResponse({ type: ErrorResponseDto, description: 'Username or email is already taken' })
-  @ApiTooManyRequestsResponse({ type: ErrorResponseDto, description: 'Too many wrong current passwords; see Retry-After' })
+  @ApiTooManyRequestsResponse({
+    type: ErrorResponseDto,
+    description: 'Too many wrong current passwords, or username changes and registrations from this address; see Retry-After',
+  })
   async update(@CurrentAuth() auth: AuthContext, @Body() dto: UpdateProfileDto, @Client() client: ClientContext): Promise<UserResponseDto> {
     return UserResponseDto.from(await this.users.updateProfile(auth, dto, client));
   }

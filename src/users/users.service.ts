@@ -13,6 +13,7 @@ import { LoginThrottleService } from '../login-throttle/login-throttle.service';
 import { UpdateProfileDto } from './dto/update-profile.dto';
 import { PasswordHasher } from './password-hasher';
 import { UserEntity, UserProfile, UserRole } from './user.entity';
+import { RegistrationLimitService } from '../rate-limit/registration-limit.service';
 
 export interface NewUser {
   username: string;
@@ -37,6 +38,7 @@ export class UsersService {
     private readonly passwords: PasswordHasher,
     private readonly throttle: LoginThrottleService,
     private readonly recentAuth: RecentAuthPolicy,
+    private readonly registrations: RegistrationLimitService,
   ) {}
 
   /**
@@ -232,6 +234,8 @@ export class UsersService {
     }
     const fields = Object.keys(changes);
     if (!fields.length) return user;
+    // Before the write whose 409 says a name is taken (RegistrationLimitService).
+    if (changes.username !== undefined) await this.registrations.countUsernameChange(client.ipAddress);
 
     try {
       return await this.dataSource.transaction(async (em) => {

@@ -33,6 +33,13 @@ interface SeqRange {
   more: boolean;
 }
 
+/** An export after a seq whose wait for the log to settle was cut short by its caller's signal (the shipping task at shutdown). */
+export class AuditExportStopped extends ServiceUnavailableException {
+  constructor() {
+    super('The audit export was stopped');
+  }
+}
+
 /** What pg_stat_activity shows for an export's connection while it runs (SET LOCAL: the pooled connection gets its name back). */
 export const EXPORT_APPLICATION_NAME = 'sessionary-audit-export';
 
@@ -131,7 +138,7 @@ export class AuditExportService {
     const through = await settledAuditSeq(this.dataSource.manager, this.settleTimeoutMs, signal);
     if (through === null) {
       // Cut short by its caller (the shipping task at shutdown): nothing to report.
-      if (signal?.aborted) throw new ServiceUnavailableException('The audit export was stopped');
+      if (signal?.aborted) throw new AuditExportStopped();
       this.logger.warn(`An audit export after seq ${afterSeq} was refused: transactions were still running after ${this.settleTimeoutMs} ms`);
       throw new ServiceUnavailableException('The audit log is not settled yet; try again');
     }

@@ -17,7 +17,7 @@ import { SESSIONARY_DATA_SOURCE } from '../database/data-source-name';
 import { isDatabaseUnavailable } from '../database/pg-errors';
 import { LOCK_TAKEN, withSessionAdvisoryLock } from '../database/advisory-lock';
 import { SCHEDULED_JOBS } from '../sessionary/scheduled-jobs';
-import { AuditExportService } from './audit-export.service';
+import { AuditExportService, AuditExportStopped } from './audit-export.service';
 import type { ShipDestination, ShipDestinationKind } from './audit-ship-destination';
 import { AuditShipDestinations, newestAuditSeq, notThisLogsCopy } from './audit-ship-destinations';
 import { settledAuditSeq } from './settled-seq';
@@ -165,8 +165,8 @@ export class AuditShipTask implements OnApplicationBootstrap, BeforeApplicationS
         try {
           piece = await this.exporter.openPiece(after, maxEvents, this.stopping.signal);
         } catch (error) {
-          // Its wait for the log to settle was cut short by the shutdown: no failure.
-          if (this.stopping.signal.aborted) return { skipped: 'shutting down', shipped };
+          // Its wait for the log to settle was cut short by the shutdown: no failure (any other is one).
+          if (error instanceof AuditExportStopped) return { skipped: 'shutting down', shipped };
           throw error;
         }
         shipped.push(await destination.deliver({ afterSeq: after, throughSeq: piece.throughSeq, lines: piece.lines }, runner));

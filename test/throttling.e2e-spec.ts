@@ -265,7 +265,7 @@ describe('registration limit per client IP (e2e)', () => {
     assert.equal((await registerFrom(b, '2001:db8:70:2::1', newUserInput())).status, 201);
   });
 
-  it("counts an address's username changes with its registrations (both answer 409 for a taken name), never its other profile changes", async () => {
+  it("counts an address's username and email changes with its registrations (all answer 409 for a taken one)", async () => {
     const limited = await createTestApp({ REGISTER_MAX_PER_IP: '3', REGISTER_WINDOW: '600', TRUST_PROXY: 'true' });
     try {
       const ip = '198.51.100.73';
@@ -280,22 +280,24 @@ describe('registration limit per client IP (e2e)', () => {
       assert.equal((await rename(current)).status, 200);
       // The same name again changes nothing, and counts nothing.
       assert.equal((await rename(current)).status, 200);
+      const refusedBefore = metric((await limited.http.get('/metrics')).text, 'sessionary_registrations_refused_total{limit="changes"}');
       const refused = await rename(taken);
       assert.equal(refused.status, 429, refused.text);
-      assert.equal(refused.body.message, 'Too many registrations and username changes from this address; try again later');
+      assert.equal(refused.body.message, 'Too many registrations and username or email changes from this address; try again later');
       assert.ok(Number(refused.headers['retry-after']) > 0);
       assert.equal((await rename(uniqueName('renamed'))).status, 429);
       const [{ username }] = await limited.db.query(`SELECT username FROM users WHERE id = (SELECT user_id FROM sessions WHERE id = $1)`, [
         tokens.sessionId,
       ]);
       assert.equal(username, current, 'a refused change writes nothing');
-      // An email change from the address is not a name probe: not counted, not refused.
+      // An email change probes emails the same way (with the step-up it needs): refused too.
       const email = await limited.http
         .patch('/api/v1/users/me')
         .set('X-Forwarded-For', ip)
         .set('Authorization', bearer(tokens))
         .send({ email: `${uniqueName('moved')}@example.com`, currentPassword: user.password });
-      assert.equal(email.status, 200, email.text);
+      assert.equal(email.status, 429, email.text);
+      assert.equal(metric((await limited.http.get('/metrics')).text, 'sessionary_registrations_refused_total{limit="changes"}'), refusedBefore + 3);
       // The allowance is the address's: its registrations are refused as well, another address is not.
       assert.equal((await limited.http.post('/api/v1/auth/register').set('X-Forwarded-For', ip).send(newUserInput())).status, 429);
       assert.equal(

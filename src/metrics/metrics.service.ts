@@ -228,7 +228,7 @@ export class MetricsService implements OnModuleInit {
     );
     countsBy(
       'sessionary_registrations_refused_total',
-      'Registrations this instance refused, by the limit: address (REGISTER_MAX_PER_IP) or total (REGISTER_MAX_TOTAL, everyone refused until its window ends)',
+      'Registrations this instance refused, by the limit: address (REGISTER_MAX_PER_IP) or total (REGISTER_MAX_TOTAL, everyone refused until its window ends); changes: username or email changes refused by the REGISTER_MAX_PER_IP allowance of their address',
       'limit',
       () => registrations.refused(),
     );

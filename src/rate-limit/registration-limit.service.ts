@@ -52,7 +52,7 @@ export class RegistrationLimitService {
   private readonly maxPerIp: number;
   private readonly maxTotal: number;
   private readonly windowSeconds: number;
-  private readonly refusedCounts = { address: 0, total: 0 };
+  private readonly refusedCounts = { address: 0, total: 0, changes: 0 };
 
   constructor(
     @InjectDataSource(SESSIONARY_DATA_SOURCE) private readonly dataSource: DataSource,
@@ -73,7 +73,7 @@ export class RegistrationLimitService {
   async count(ipAddress: string | null): Promise<void> {
     // No address (not over a socket: never on the HTTP path) is not a client to count.
     if (ipAddress === null) return;
-    const counted = this.maxPerIp > 0 ? await this.countAddress(ipAddress, 'Too many registrations from this address; try again later') : undefined;
+    const counted = this.maxPerIp > 0 ? await this.countAddress(ipAddress, 'address') : undefined;
     if (this.maxTotal > 0) {
       const { hits, retryAfter } = await this.countOne(TOTAL_KEY);
       if (hits > this.maxTotal) {
@@ -90,30 +90,38 @@ export class RegistrationLimitService {
   }
 
   /**
-   * Counts a username change of `ipAddress` with its registrations, per address only (never in
-   * the total, which a wave of renames must not close for everyone's sign-up): a taken username
-   * answers 409 there as at registration, so both routes tell which names exist, and they share
-   * the address's allowance (REGISTER_MAX_PER_IP per REGISTER_WINDOW), else an account's renames
-   * would probe names faster than sign-ups can.
+   * Counts a change of username or email of `ipAddress` with its registrations, per address only
+   * (never in the total, which a wave of profile changes must not close for everyone's sign-up):
+   * a taken name or email answers 409 there as at registration, so both routes tell which exist,
+   * and they share the address's allowance (REGISTER_MAX_PER_IP per REGISTER_WINDOW), else an
+   * account's changes would probe names and emails faster than sign-ups can.
    */
-  async countUsernameChange(ipAddress: string | null): Promise<void> {
+  async countIdentifierChange(ipAddress: string | null): Promise<void> {
     if (ipAddress === null || this.maxPerIp === 0) return;
-    await this.countAddress(ipAddress, 'Too many registrations and username changes from this address; try again later');
+    await this.countAddress(ipAddress, 'changes');
   }
 
   /** One more for the address (a 429 with Retry-After once it is one too many); the key and window counted. */
-  private async countAddress(ipAddress: string, refusal: string): Promise<{ key: string; windowEndsAt: string }> {
+  private async countAddress(ipAddress: string, what: 'address' | 'changes'): Promise<{ key: string; windowEndsAt: string }> {
     const key = `register:${normalizeIp(ipAddress)}`;
     const { hits, retryAfter, windowEndsAt } = await this.countOne(key);
     if (hits > this.maxPerIp) {
-      this.refusedCounts.address++;
-      throw new RetryAfterException(retryAfter, refusal);
+      this.refusedCounts[what]++;
+      throw new RetryAfterException(
+        retryAfter,
+        what === 'address'
+          ? 'Too many registrations from this address; try again later'
+          : 'Too many registrations and username or email changes from this address; try again later',
+      );
     }
     return { key, windowEndsAt };
   }
 
-  /** Registrations (and username changes, by address) this instance refused, by the limit that refused them (for /metrics). */
-  refused(): Readonly<{ address: number; total: number }> {
+  /**
+   * For /metrics: registrations this instance refused, by the limit that refused them (address,
+   * total), and username or email changes refused by their address's allowance (changes).
+   */
+  refused(): Readonly<{ address: number; total: number; changes: number }> {
     return { ...this.refusedCounts };
   }
 

@@ -33,7 +33,7 @@ export class UsersController {
   @ApiConflictResponse({ type: ErrorResponseDto, description: 'Username or email is already taken' })
   @ApiTooManyRequestsResponse({
     type: ErrorResponseDto,
-    description: 'Too many wrong current passwords, or username changes and registrations from this address; see Retry-After',
+    description: 'Too many wrong current passwords, or username or email changes and registrations from this address; see Retry-After',
   })
   async update(@CurrentAuth() auth: AuthContext, @Body() dto: UpdateProfileDto, @Client() client: ClientContext): Promise<UserResponseDto> {
     return UserResponseDto.from(await this.users.updateProfile(auth, dto, client));

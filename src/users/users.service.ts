@@ -234,8 +234,8 @@ export class UsersService {
     }
     const fields = Object.keys(changes);
     if (!fields.length) return user;
-    // Before the write whose 409 says a name is taken (RegistrationLimitService).
-    if (changes.username !== undefined) await this.registrations.countUsernameChange(client.ipAddress);
+    // Before the write whose 409 says a name or an email is taken (RegistrationLimitService).
+    await this.registrations.countIdentifierChange(client.ipAddress);
 
     try {
       return await this.dataSource.transaction(async (em) => {

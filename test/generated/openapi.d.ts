@@ -1087,7 +1087,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorResponseDto"];
                 };
             };
-            /** @description Too many wrong current passwords, or username changes and registrations from this address; see Retry-After */
+            /** @description Too many wrong current passwords, or username or email changes and registrations from this address; see Retry-After */
             429: {
                 headers: {
                     "X-RateLimit-Limit": components["headers"]["X-RateLimit-Limit"];
@@ -1102,7 +1102,7 @@ export interface operations {
                      * @example {
                      *       "statusCode": 429,
                      *       "error": "Too Many Requests",
-                     *       "message": "Too many wrong current passwords, or username changes and registrations from this address; see Retry-After"
+                     *       "message": "Too many wrong current passwords, or username or email changes and registrations from this address; see Retry-After"
                      *     }
                      */
                     "application/json": components["schemas"]["ErrorResponseDto"];

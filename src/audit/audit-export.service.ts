@@ -25,6 +25,12 @@ const EXPORT_RETRY_AFTER_SECONDS = 10;
  */
 const SETTLE_TIMEOUT_MS = 10_000;
 
+/** How openPiece finds where the log is settled (see there). */
+export interface PieceOptions {
+  signal?: AbortSignal;
+  settledThrough?: string;
+}
+
 /** The events an export after a seq holds: seq in (after, through]. */
 interface SeqRange {
   after: string;
@@ -94,10 +100,11 @@ export class AuditExportService {
    * The next piece of the whole log (the shipping task's): an export after `afterSeq` (see
    * open) of at most `maxEvents` events, with the seq it runs through, known before its first
    * byte (the seal's `throughSeq`), and whether settled events lie past it (`more`: ship the
-   * next piece at once).
+   * next piece at once). `settledThrough`: a seq the caller already had from settledAuditSeq
+   * (the piece then runs through it at most, without waiting again); `signal` cuts the wait short.
    */
-  async openPiece(afterSeq: string, maxEvents: number, signal?: AbortSignal): Promise<{ lines: Readable; throughSeq: string; more: boolean }> {
-    const { lines, range } = await this.start({}, afterSeq, maxEvents, signal);
+  async openPiece(afterSeq: string, maxEvents: number, options: PieceOptions = {}): Promise<{ lines: Readable; throughSeq: string; more: boolean }> {
+    const { lines, range } = await this.start({}, afterSeq, maxEvents, options);
     return { lines, throughSeq: range!.through, more: range!.more };
   }
 
@@ -105,7 +112,7 @@ export class AuditExportService {
     filter: AuditFilter,
     afterSeq: string | undefined,
     maxEvents?: number,
-    signal?: AbortSignal,
+    options: PieceOptions = {},
   ): Promise<{ lines: Readable; range: SeqRange | undefined }> {
     if (this.active >= this.maxConcurrent) {
       throw new RetryAfterException(
@@ -116,7 +123,7 @@ export class AuditExportService {
     this.active++;
     let stream: Readable | undefined;
     try {
-      const range = afterSeq === undefined ? undefined : await this.seqRangeAfter(afterSeq, maxEvents, signal);
+      const range = afterSeq === undefined ? undefined : await this.seqRangeAfter(afterSeq, maxEvents, options);
       stream = await this.openStream(filter, range, () => this.active--);
       return { lines: stream, range };
     } finally {
@@ -134,8 +141,8 @@ export class AuditExportService {
    * database, or one restored from an older backup): a 400, rather than an empty file whose
    * next export would skip the events written until the sequence caught up.
    */
-  private async seqRangeAfter(afterSeq: string, maxEvents?: number, signal?: AbortSignal): Promise<SeqRange> {
-    const through = await settledAuditSeq(this.dataSource.manager, this.settleTimeoutMs, signal);
+  private async seqRangeAfter(afterSeq: string, maxEvents: number | undefined, { signal, settledThrough }: PieceOptions): Promise<SeqRange> {
+    const through = settledThrough ?? (await settledAuditSeq(this.dataSource.manager, this.settleTimeoutMs, signal));
     if (through === null) {
       // Cut short by its caller (the shipping task at shutdown): nothing to report.
       if (signal?.aborted) throw new AuditExportStopped();

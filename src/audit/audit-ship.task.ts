@@ -148,10 +148,13 @@ export class AuditShipTask implements OnApplicationBootstrap, BeforeApplicationS
     // they are settled: one still uncommitted in a gap the pieces leave (a seq handed out and
     // rolled back before they were shipped, handed out again by a restored log) would pass it
     // unseen, and the piece after it would leave that event out for good.
+    // That wait serves the tick's pieces too (they run through the seq it settled).
+    let settled: string | undefined;
     if (anythingNew && end.readTail) {
-      const settled = await settledAuditSeq(runner.manager, this.exporter.settleTimeoutMs, this.stopping.signal);
+      const seq = await settledAuditSeq(runner.manager, this.exporter.settleTimeoutMs, this.stopping.signal);
       if (this.stopping.signal.aborted) return { skipped: 'shutting down', shipped };
-      if (settled === null) throw new ServiceUnavailableException('The audit log is not settled yet; try again');
+      if (seq === null) throw new ServiceUnavailableException('The audit log is not settled yet; try again');
+      settled = seq;
     }
     const foreign = await notThisLogsCopy(runner, destination, end, newest);
     if (foreign) throw new Error(`${foreign[0].toUpperCase()}${foreign.slice(1)}`);
@@ -163,7 +166,7 @@ export class AuditShipTask implements OnApplicationBootstrap, BeforeApplicationS
         if (this.stopping.signal.aborted) return { skipped: 'shutting down', shipped };
         let piece: Awaited<ReturnType<AuditExportService['openPiece']>>;
         try {
-          piece = await this.exporter.openPiece(after, maxEvents, this.stopping.signal);
+          piece = await this.exporter.openPiece(after, maxEvents, { signal: this.stopping.signal, settledThrough: settled });
         } catch (error) {
           // Its wait for the log to settle was cut short by the shutdown: no failure (any other is one).
           if (error instanceof AuditExportStopped) return { skipped: 'shutting down', shipped };

@@ -1,11 +1,11 @@
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseEnv } from './env.schema';
-import { MIN_SECRET_BYTES, resolveSecrets } from './secrets';
+import { isPatterned, MIN_SECRET_BYTES, resolveSecrets } from './secrets';
 
 const STRONG_JWT = randomBytes(48).toString('base64');
 const STRONG_PEPPER = randomBytes(48).toString('base64');
@@ -110,6 +110,33 @@ describe('resolveSecrets in production', () => {
     assert.doesNotThrow(() => resolveSecrets(production(strong)));
   });
 
+  it("stops on AUDIT_SHIP_AUTHORIZATION's placeholder, a short, patterned or well-known credential, or one of the service's secrets; accepts a receiver's token", () => {
+    const ship = { JWT_SECRET: STRONG_JWT, PASSWORD_PEPPER: STRONG_PEPPER, AUDIT_SHIP_URL: 'https://logs.example.com/' };
+    const stops = (authorization: string, reason: RegExp) =>
+      assertStops({ ...ship, AUDIT_SHIP_AUTHORIZATION: authorization }, 'AUDIT_SHIP_AUTHORIZATION', authorization, reason);
+    stops('Bearer change-me', /holds a credential shorter than 16 bytes/);
+    stops(`Bearer ${'abcd1234'.repeat(3)}`, /holds a well-known or low-entropy credential/);
+    stops('Bearer your-secret-key', /holds a credential shorter than 16 bytes/);
+    stops('Bearer replace-with-at-least-32-random-bytes-base64', /holds a well-known or low-entropy credential/);
+    stops(`Bearer ${STRONG_AUDIT_KEY}`, /must not hold JWT_SECRET, PASSWORD_PEPPER, AUDIT_HMAC_KEY, KEY_ENCRYPTION_KEY or METRICS_TOKEN/);
+    const metricsToken = randomBytes(32).toString('base64url');
+    assertStops(
+      { ...ship, METRICS_TOKEN: metricsToken, AUDIT_SHIP_AUTHORIZATION: `Bearer ${metricsToken}` },
+      'AUDIT_SHIP_AUTHORIZATION',
+      metricsToken,
+      /must not hold/,
+    );
+    for (const accepted of [
+      `Splunk ${randomUUID()}`,
+      `Bearer ${randomBytes(32).toString('base64url')}`,
+      `Basic ${Buffer.from(`shipper:${randomBytes(12).toString('base64')}`).toString('base64')}`,
+    ]) {
+      assert.doesNotThrow(() => resolveSecrets(production({ ...ship, AUDIT_SHIP_AUTHORIZATION: accepted })), accepted);
+    }
+    // Outside production the placeholder is what a developer's receiver may well take.
+    assert.doesNotThrow(() => resolveSecrets(parseEnv({ AUDIT_SHIP_URL: 'http://localhost:9000/', AUDIT_SHIP_AUTHORIZATION: 'Bearer change-me' })));
+  });
+
   it('stops on an AUDIT_HMAC_KEY equal to JWT_SECRET', () => {
     assertStops(
       { JWT_SECRET: STRONG_JWT, PASSWORD_PEPPER: STRONG_PEPPER, AUDIT_HMAC_KEY: STRONG_JWT },
@@ -153,6 +180,30 @@ describe('resolveSecrets in production', () => {
   it('stops on a low-entropy JWT_SECRET', () => {
     const secret = 'a'.repeat(40);
     assertStops({ JWT_SECRET: secret, PASSWORD_PEPPER: STRONG_PEPPER }, 'JWT_SECRET', secret, /is a well-known or low-entropy value/);
+  });
+
+  for (const secret of [
+    'abcdefgh'.repeat(4),
+    'Tr0ub4dor&3!'.repeat(3).slice(0, 34),
+    'abcdefghijklmnopqrstuvwxyz0123456789',
+    'zyxwvutsrqponmlkjihgfedcba9876543210',
+  ]) {
+    it(`stops on the patterned JWT_SECRET ${JSON.stringify(secret)} (a short unit repeated, or a run)`, () => {
+      assertStops({ JWT_SECRET: secret, PASSWORD_PEPPER: STRONG_PEPPER }, 'JWT_SECRET', secret, /is a well-known or low-entropy value/);
+    });
+  }
+
+  it('accepts random keys in hex, base64 and base64url, however many are drawn', () => {
+    for (let i = 0; i < 2000; i++) {
+      for (const secret of [
+        randomBytes(16).toString('hex'),
+        randomBytes(32).toString('hex'),
+        randomBytes(24).toString('base64'),
+        randomBytes(32).toString('base64url'),
+      ]) {
+        assert.equal(isPatterned(secret), false, secret);
+      }
+    }
   });
 
   it('stops on a missing PASSWORD_PEPPER', () => {

@@ -35,8 +35,24 @@ const WELL_KNOWN_SECRETS = new Set([
 function weakness(name: string, value: string | undefined): string | undefined {
   if (!value) return `${name} is missing`;
   if (Buffer.byteLength(value, 'utf8') < MIN_SECRET_BYTES) return `${name} is shorter than ${MIN_SECRET_BYTES} bytes`;
-  if (WELL_KNOWN_SECRETS.has(value.toLowerCase()) || new Set(value).size < 8) return `${name} is a well-known or low-entropy value`;
+  if (WELL_KNOWN_SECRETS.has(value.toLowerCase()) || isPatterned(value)) return `${name} is a well-known or low-entropy value`;
   return undefined;
+}
+
+/**
+ * A value typed or pasted by a person rather than drawn at random: fewer than 8 distinct
+ * characters, a short unit repeated ("abcdefgh" four times), or a run like "abcdef…" or "9876…"
+ * for most of its length. Random values of 32 bytes or more never look like that (in base64,
+ * about 3 % of neighbours differ by one; in hex, 1 in 8), while a hex key's 16 symbols pass.
+ */
+export function isPatterned(value: string): boolean {
+  const chars = [...value];
+  if (new Set(chars).size < 8) return true;
+  const repeatsWithin = (period: number) => chars.every((c, i) => i < period || c === chars[i - period]);
+  for (let period = 1; period * 2 <= chars.length; period++) if (repeatsWithin(period)) return true;
+  const codes = chars.map((c) => c.codePointAt(0)!);
+  const byOne = codes.filter((code, i) => i > 0 && Math.abs(code - codes[i - 1]) === 1).length;
+  return byOne * 2 > codes.length - 1;
 }
 
 /**
@@ -60,6 +76,7 @@ export function resolveSecrets(env: Env): Secrets {
       else if (SECRET_NAMES.some((name) => env[name] === env.METRICS_TOKEN))
         problems.push(`METRICS_TOKEN must differ from ${SECRET_NAMES.join(', ')}`);
     }
+    problems.push(...shipAuthorizationProblems(env));
     if (problems.length) {
       throw new ConfigurationError(
         `Refusing to start in production: ${problems.join('; ')}. ` +
@@ -71,6 +88,27 @@ export function resolveSecrets(env: Env): Secrets {
   if (SECRET_NAMES.every((name) => env[name])) return Object.fromEntries(SECRET_NAMES.map((name) => [name, env[name]!])) as unknown as Secrets;
   const generated = env.NODE_ENV === NodeEnv.Test ? randomSecrets() : persistedDevelopmentSecrets(env.DATA_DIR);
   return Object.fromEntries(SECRET_NAMES.map((name) => [name, env[name] ?? generated[name]])) as unknown as Secrets;
+}
+
+/** The least length production accepts for the credential in AUDIT_SHIP_AUTHORIZATION (a UUID-style token has 36). */
+export const MIN_SHIP_CREDENTIAL_BYTES = 16;
+
+/**
+ * AUDIT_SHIP_AUTHORIZATION in production: its credential (what follows the scheme, as in
+ * `Bearer <token>`) is the receiver's, so its format is not ours to set, but it must not be
+ * .env.example's placeholder, a patterned or short value, or one of the service's own secrets,
+ * which would hand that secret to the receiver.
+ */
+function shipAuthorizationProblems(env: Env): string[] {
+  if (env.AUDIT_SHIP_AUTHORIZATION === undefined) return [];
+  const credential = env.AUDIT_SHIP_AUTHORIZATION.trim().split(/\s+/).at(-1) ?? '';
+  const name = 'AUDIT_SHIP_AUTHORIZATION';
+  if (Buffer.byteLength(credential, 'utf8') < MIN_SHIP_CREDENTIAL_BYTES)
+    return [`${name} holds a credential shorter than ${MIN_SHIP_CREDENTIAL_BYTES} bytes`];
+  if (WELL_KNOWN_SECRETS.has(credential.toLowerCase()) || isPatterned(credential)) return [`${name} holds a well-known or low-entropy credential`];
+  if ([...SECRET_NAMES.map((n) => env[n]), env.METRICS_TOKEN].includes(credential))
+    return [`${name} must not hold ${SECRET_NAMES.join(', ')} or METRICS_TOKEN`];
+  return [];
 }
 
 /** Raised by loadConfig when a secret a command needs as it was (not a new one) is neither configured nor stored. */

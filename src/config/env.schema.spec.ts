@@ -212,6 +212,17 @@ describe('parseEnv', () => {
     );
   });
 
+  it('refuses a first login back-off longer than the failure window it is capped at; accepts one as long', () => {
+    assertRefusedNaming(
+      { LOGIN_BACKOFF_BASE: '901', LOGIN_FAILURE_WINDOW: '900' },
+      'LOGIN_BACKOFF_BASE',
+      '901',
+      /LOGIN_BACKOFF_BASE must not exceed LOGIN_FAILURE_WINDOW/,
+    );
+    assert.throws(() => parseEnv({ LOGIN_FAILURE_WINDOW: '10' }), /LOGIN_BACKOFF_BASE must not exceed LOGIN_FAILURE_WINDOW/);
+    assert.equal(parseEnv({ LOGIN_BACKOFF_BASE: '900', LOGIN_FAILURE_WINDOW: '900' }).LOGIN_BACKOFF_BASE, 900);
+  });
+
   it('accepts an idle timeout equal to the absolute one', () => {
     const env = parseEnv({ SESSION_IDLE_TTL: '7200', SESSION_ABSOLUTE_TTL: '7200' });
     assert.equal(env.SESSION_IDLE_TTL, 7200);

@@ -519,6 +519,10 @@ function crossFieldErrors(env: Env): string[] {
     // Only retention archives (a month, before dropping it): set alone, nothing is ever archived.
     errors.push('AUDIT_ARCHIVE_DIR is set without AUDIT_RETENTION_DAYS: nothing would be archived');
   }
+  if (env.LOGIN_BACKOFF_BASE > env.LOGIN_FAILURE_WINDOW) {
+    // The back-off is capped at the window: a longer first one would silently be the window.
+    errors.push('LOGIN_BACKOFF_BASE must not exceed LOGIN_FAILURE_WINDOW');
+  }
   if (env.SESSION_IDLE_TTL > env.SESSION_ABSOLUTE_TTL) {
     errors.push('SESSION_IDLE_TTL must not exceed SESSION_ABSOLUTE_TTL');
   }

@@ -80,7 +80,7 @@ export class AuditChainService implements OnModuleDestroy {
   private readonly logger = new Logger('AuditChain');
   private readonly key: string;
   /** The checkpoints this instance wrote (the metrics read it): how many, how many hashed every bucket, the last one's time and duration. */
-  readonly stats = { written: 0, allBucketsHashed: 0, lastWrittenAt: null as Date | null, lastSeconds: 0 };
+  readonly stats = { written: 0, fileFailures: 0, allBucketsHashed: 0, lastWrittenAt: null as Date | null, lastSeconds: 0 };
   /** How long a checkpoint waits for the transactions running before it to end (see checkpoint()). */
   private settleTimeoutMs = 5_000;
   /** Ends that wait when the service shuts down. */
@@ -437,6 +437,7 @@ export class AuditChainService implements OnModuleDestroy {
     try {
       await appendFile(file, `${JSON.stringify(checkpoint)}\n`, { mode: 0o600 });
     } catch (error) {
+      this.stats.fileFailures++;
       this.logger.error(`Audit checkpoint ${checkpoint.id} could not be appended to AUDIT_CHECKPOINT_FILE: ${(error as Error).message}`);
     }
   }

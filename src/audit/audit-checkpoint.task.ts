@@ -2,6 +2,7 @@ import { Inject, Injectable, Logger, OnApplicationBootstrap, Optional } from '@n
 import { ConfigService } from '@nestjs/config';
 import { SchedulerRegistry } from '@nestjs/schedule';
 import type { AppConfig } from '../config/config';
+import { assertAppendable } from '../config/writable-paths';
 import { isDatabaseUnavailable } from '../database/pg-errors';
 import { SCHEDULED_JOBS } from '../sessionary/scheduled-jobs';
 import type { Checkpoint } from './audit-chain';
@@ -42,6 +43,8 @@ export class AuditCheckpointTask implements OnApplicationBootstrap {
     // Without scheduled jobs (the CLI) the service's instances write the checkpoints, this
     // process's events included: theirs come due by age and by the newest seq, not by who wrote.
     if (!this.scheduledJobs) return;
+    const file = this.config.get('AUDIT_CHECKPOINT_FILE', { infer: true });
+    if (file) await assertAppendable('AUDIT_CHECKPOINT_FILE', file);
     const every = this.config.get('AUDIT_CHECKPOINT_EVERY', { infer: true });
     this.audit.onAppended = (count) => {
       this.sinceCheck += count;

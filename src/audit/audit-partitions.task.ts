@@ -1,5 +1,8 @@
 import { BeforeApplicationShutdown, Inject, Injectable, Logger, OnApplicationBootstrap } from '@nestjs/common';
+import { ConfigService } from '@nestjs/config';
 import { Cron, CronExpression } from '@nestjs/schedule';
+import type { AppConfig } from '../config/config';
+import { assertWritableDirectory } from '../config/writable-paths';
 import { isDatabaseUnavailable } from '../database/pg-errors';
 import { SCHEDULED_JOBS, SESSIONARY_CRON_JOBS } from '../sessionary/scheduled-jobs';
 import { AuditPartitionsService, MaintenanceResult } from './audit-partitions.service';
@@ -18,9 +21,13 @@ export class AuditPartitionsTask implements OnApplicationBootstrap, BeforeApplic
   constructor(
     private readonly partitions: AuditPartitionsService,
     @Inject(SCHEDULED_JOBS) private readonly scheduledJobs: boolean,
+    private readonly config: ConfigService<AppConfig, true>,
   ) {}
 
   async onApplicationBootstrap(): Promise<void> {
+    const archiveDir = this.config.get('AUDIT_ARCHIVE_DIR', { infer: true });
+    // Retention archives a month before it drops it: a month later is too late to find the directory unwritable.
+    if (this.scheduledJobs && archiveDir) await assertWritableDirectory('AUDIT_ARCHIVE_DIR', archiveDir);
     if (this.scheduledJobs) void this.handleTick();
     else await this.partitions.createMonthsAhead();
   }

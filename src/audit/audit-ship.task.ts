@@ -13,6 +13,7 @@ import { SchedulerRegistry } from '@nestjs/schedule';
 import { InjectDataSource } from '@nestjs/typeorm';
 import { DataSource, QueryRunner } from 'typeorm';
 import type { AppConfig } from '../config/config';
+import { assertWritableDirectory } from '../config/writable-paths';
 import { SESSIONARY_DATA_SOURCE } from '../database/data-source-name';
 import { isDatabaseUnavailable } from '../database/pg-errors';
 import { LOCK_TAKEN, withSessionAdvisoryLock } from '../database/advisory-lock';
@@ -83,8 +84,10 @@ export class AuditShipTask implements OnApplicationBootstrap, BeforeApplicationS
     }
   }
 
-  onApplicationBootstrap(): void {
+  async onApplicationBootstrap(): Promise<void> {
     if (!this.scheduledJobs || !this.destinations.length) return;
+    const dir = this.config.get('AUDIT_SHIP_DIR', { infer: true });
+    if (dir) await assertWritableDirectory('AUDIT_SHIP_DIR', dir);
     const timer = setInterval(() => void this.handleTick(), this.config.get('AUDIT_SHIP_INTERVAL', { infer: true }) * 1000);
     timer.unref();
     this.scheduler?.addInterval(JOB_NAME, timer);

@@ -1,0 +1,29 @@
+import { constants } from 'node:fs';
+import { access, mkdir, open } from 'node:fs/promises';
+import { ConfigurationError } from './configuration-error';
+
+/**
+ * Paths from configuration that a background job writes to only now and then (a checkpoint
+ * every few minutes, a retention archive once a month): checked when the job is set up, so that
+ * a path the service cannot write stops the deploy instead of failing, one log line a run, for
+ * weeks before anyone reads it. The error says the variable and the system's reason.
+ */
+
+/** Opens FILE for appending (creating it, 0600, as the job would) and closes it. */
+export async function assertAppendable(variable: string, file: string): Promise<void> {
+  try {
+    await (await open(file, 'a', 0o600)).close();
+  } catch (error) {
+    throw new ConfigurationError(`${variable} cannot be appended to: ${(error as Error).message}`);
+  }
+}
+
+/** Creates DIR as the job would (0700, with its parents) and checks that files can be made in it. */
+export async function assertWritableDirectory(variable: string, dir: string): Promise<void> {
+  try {
+    await mkdir(dir, { recursive: true, mode: 0o700 });
+    await access(dir, constants.W_OK | constants.X_OK);
+  } catch (error) {
+    throw new ConfigurationError(`${variable} is not a directory the service can write to: ${(error as Error).message}`);
+  }
+}

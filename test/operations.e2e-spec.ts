@@ -8,6 +8,7 @@ import { inCi } from './helpers/ci';
 import { createTestApp, TestApp } from './helpers/test-app';
 import { CapturingLogger } from './helpers/capturing-logger';
 import { HealthController } from '../src/health/health.controller';
+import { MetricsService } from '../src/metrics/metrics.service';
 
 describe('operations and error hygiene (e2e)', () => {
   let t: TestApp;
@@ -298,6 +299,9 @@ describe('operations and error hygiene (e2e)', () => {
     try {
       for (const path of ['/docs', '/docs-json', '/metrics']) assert.equal((await closed.http.get(path)).status, 404, path);
       assert.equal((await closed.http.get('/health/live')).status, 200);
+      // Nor does it measure the process for a route that is not there (prom-client's event-loop monitor and GC observer).
+      assert.equal(closed.app.get(MetricsService).registry.getSingleMetric('nodejs_eventloop_lag_p99_seconds'), undefined);
+      assert.ok(t.app.get(MetricsService).registry.getSingleMetric('nodejs_eventloop_lag_p99_seconds'), 'measured when enabled');
     } finally {
       await closed.close();
     }

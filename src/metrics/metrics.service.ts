@@ -50,7 +50,8 @@ export class MetricsService implements OnModuleInit {
     config: ConfigService<AppConfig, true>,
   ) {
     this.enabled = config.get('METRICS_ENABLED', { infer: true });
-    collectDefaultMetrics({ register: this.registry });
+    // The process's own metrics keep an event-loop delay histogram and a GC observer running: not for nobody.
+    if (this.enabled) collectDefaultMetrics({ register: this.registry });
     // Read when scraped: the sessions service keeps the numbers, this only exposes them.
     const gauge = (name: string, help: string, read: () => number) =>
       new Gauge({
@@ -103,10 +104,12 @@ export class MetricsService implements OnModuleInit {
       () => auditPartitions.stats.droppedEvents,
     );
     // This instance's view too: one instance writes each checkpoint (alert on the newest across instances).
-    countsBy('sessionary_audit_checkpoints_total', 'Audit checkpoints this instance wrote, and its checkpoint ticks that failed', 'outcome', () => ({
-      written: auditChain.stats.written,
-      failed: auditCheckpoints.failures,
-    }));
+    countsBy(
+      'sessionary_audit_checkpoints_total',
+      'Audit checkpoints this instance wrote, its checkpoint ticks that failed, and its checkpoints written whose line AUDIT_CHECKPOINT_FILE did not take',
+      'outcome',
+      () => ({ written: auditChain.stats.written, failed: auditCheckpoints.failures, file_failed: auditChain.stats.fileFailures }),
+    );
     counter(
       'sessionary_audit_checkpoint_all_buckets_hashed_total',
       "Checkpoints this instance wrote that hashed every bucket of the heads' digest (the first after an upgrade, a very large copy, or stored buckets that did not add up)",

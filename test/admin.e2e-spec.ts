@@ -124,7 +124,10 @@ describe('admin (e2e)', () => {
   it("ends all of a user's sessions with reason revoked_by_admin, audited with the admin's id", async () => {
     const user = await registerUser(t.http);
     const sessions = [await login(t.http, user), await login(t.http, user)];
-    const res = await t.http.delete(`/api/v1/admin/users/${user.id}/sessions`).set('Authorization', bearer(admin.tokens));
+    const res = await t.http
+      .delete(`/api/v1/admin/users/${user.id}/sessions`)
+      .set('Authorization', bearer(admin.tokens))
+      .set('User-Agent', 'admin-console/2.0');
     assert.equal(res.status, 200);
     assert.deepEqual(res.body, { revoked: 2 });
     for (const s of sessions) {
@@ -138,6 +141,36 @@ describe('admin (e2e)', () => {
     }
     // The admin's own session is untouched.
     assert.equal((await t.http.get('/api/v1/users/me').set('Authorization', bearer(admin.tokens))).status, 200);
+
+    // The user reads that an admin ended them, and which (by id), but not the admin's address, browser or session...
+    const again = await login(t.http, user);
+    const own = await t.http.get('/api/v1/audit?type=SESSION_REVOKED').set('Authorization', bearer(again));
+    assert.equal(own.status, 200);
+    assert.equal(own.body.items.length, 2);
+    for (const event of own.body.items as Array<{ ipAddress: unknown; userAgent: unknown; metadata: Record<string, unknown> }>) {
+      assert.deepEqual([event.ipAddress, event.userAgent], [null, null]);
+      assert.deepEqual(event.metadata, { reason: 'revoked_by_admin', adminId: admin.user.id });
+    }
+    // ...which admins still read, as recorded.
+    const recorded = await t.http.get(`/api/v1/admin/audit?userId=${user.id}&type=SESSION_REVOKED`).set('Authorization', bearer(admin.tokens));
+    assert.equal(recorded.body.items.length, 2);
+    for (const event of recorded.body.items as Array<{ ipAddress: unknown; userAgent: unknown; metadata: Record<string, unknown> }>) {
+      assert.equal(event.ipAddress, '127.0.0.1');
+      assert.equal(event.userAgent, 'admin-console/2.0');
+      assert.equal(event.metadata.bySessionId, admin.tokens.sessionId);
+    }
+  });
+
+  it("shows a user's own ending of another session with its address and browser, as recorded", async () => {
+    const user = await registerUser(t.http);
+    const [first, second] = [await login(t.http, user), await login(t.http, user)];
+    const ended = await t.http.delete(`/api/v1/sessions/${second.sessionId}`).set('Authorization', bearer(first)).set('User-Agent', 'test-agent/1.0');
+    assert.equal(ended.status, 204);
+    const own = await t.http.get('/api/v1/audit?type=SESSION_REVOKED').set('Authorization', bearer(first));
+    const [event] = own.body.items as Array<{ ipAddress: unknown; userAgent: unknown; metadata: Record<string, unknown> }>;
+    assert.equal(event.ipAddress, '127.0.0.1');
+    assert.equal(event.userAgent, 'test-agent/1.0');
+    assert.equal(event.metadata.bySessionId, first.sessionId);
   });
 
   it("reads any user's audit events, filtered by user and type, with userId on each", async () => {

@@ -19,6 +19,6 @@ export class AuditController {
   @ApiBadRequestResponse({ type: ErrorResponseDto, description: 'Bad filter or cursor' })
   async list(@CurrentAuth() auth: AuthContext, @Query() query: AuditQueryDto): Promise<AuditPageResponseDto> {
     const page = await this.audit.list(toAuditQuery(query, auth.userId));
-    return { items: page.items.map(AuditEventResponseDto.from), nextCursor: page.nextCursor };
+    return { items: page.items.map(AuditEventResponseDto.forOwner), nextCursor: page.nextCursor };
   }
 }

@@ -25,6 +25,19 @@ export class AuditEventResponseDto {
       metadata: e.metadata,
     });
   }
+
+  /**
+   * An event as the user it belongs to reads it (`GET /audit`). An admin who ended the user's
+   * sessions acted from their own address, browser and session: the event names the admin
+   * (`adminId`, accountable) but the user is not shown the admin's IP address, user agent or
+   * session id, which stay for admins and exports (and in the chain, which covers them).
+   */
+  static forOwner(e: AuditEventEntity): AuditEventResponseDto {
+    const event = AuditEventResponseDto.from(e);
+    if (typeof e.metadata.adminId !== 'string' || e.metadata.adminId === e.userId) return event;
+    const { bySessionId: _adminsSession, ...metadata } = e.metadata;
+    return Object.assign(event, { ipAddress: null, userAgent: null, metadata });
+  }
 }
 
 /** A page's `nextCursor`, the same on every audit page (the user's and the admin's). */

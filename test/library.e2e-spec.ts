@@ -17,7 +17,15 @@ import { Client } from 'pg';
 import request from 'supertest';
 import type { DataSource } from 'typeorm';
 // The package's entry point, as a host application imports it.
-import { CurrentAuth, Public, SESSIONARY_DATA_SOURCE_TOKEN, SessionaryModule, type AuthContext, type SessionEndedEvent } from '../src/index';
+import {
+  CurrentAuth,
+  Public,
+  SESSIONARY_DATA_SOURCE_TOKEN,
+  SessionaryModule,
+  UsersService,
+  type AuthContext,
+  type SessionEndedEvent,
+} from '../src/index';
 import { AuditVerifierService } from '../src/audit/audit-verifier.service';
 import { SESSIONARY_CRON_JOBS } from '../src/sessionary/scheduled-jobs';
 import { AuditPartitionsTask } from '../src/audit/audit-partitions.task';
@@ -31,8 +39,13 @@ import { emptyDatabase } from './helpers/test-app';
 // The host application of issue 9, as written there.
 @Controller('orders')
 class OrdersController {
+  constructor(private readonly users: UsersService) {}
   @Get() mine(@CurrentAuth() auth: AuthContext) {
     return { userId: auth.userId, sessionId: auth.sessionId };
+  }
+  /** A host that answers with Sessionary's user entity as it is. */
+  @Get('customer') customer(@CurrentAuth() auth: AuthContext) {
+    return this.users.getById(auth.userId);
   }
   @Public() @Get('catalog') catalog() {
     return [];
@@ -202,6 +215,10 @@ describe('Sessionary inside a host Nest app (e2e)', () => {
     const mine = await http.get('/orders').set('Authorization', `Bearer ${accessToken}`);
     assert.equal(mine.status, 200);
     assert.deepEqual(mine.body, { userId, sessionId });
+    // A host route that returns the stored user as it is serves every column but the password hash.
+    const customer = await http.get('/orders/customer').set('Authorization', `Bearer ${accessToken}`);
+    assert.equal(customer.status, 200);
+    assert.deepEqual(Object.keys(customer.body as object).sort(), ['createdAt', 'email', 'id', 'role', 'updatedAt', 'username']);
 
     assert.equal((await http.post('/api/v1/auth/logout').set('Authorization', `Bearer ${accessToken}`)).status, 204);
     assert.deepEqual(

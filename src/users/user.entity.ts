@@ -1,3 +1,4 @@
+import { Exclude } from 'class-transformer';
 import { Column, CreateDateColumn, Entity, PrimaryGeneratedColumn, UpdateDateColumn } from 'typeorm';
 
 export type UserRole = 'user' | 'admin';
@@ -15,6 +16,9 @@ export class UserEntity {
   @Column({ type: 'varchar', length: 254 })
   email: string;
 
+  // Never serialised: UsersService hands this entity to host code, whose `return user` must not
+  // answer the hash (toJSON below for plain JSON, @Exclude for ClassSerializerInterceptor).
+  @Exclude({ toPlainOnly: true })
   @Column({ name: 'password_hash', type: 'varchar', length: 100 })
   passwordHash: string;
 
@@ -26,6 +30,11 @@ export class UserEntity {
 
   @UpdateDateColumn({ name: 'updated_at', type: 'timestamptz' })
   updatedAt: Date;
+
+  toJSON(): UserProfile {
+    const { passwordHash: _hash, ...profile } = this;
+    return profile;
+  }
 }
 
 /** A user as their own profile shows them: every column but the password hash. */

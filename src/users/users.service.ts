@@ -202,7 +202,7 @@ export class UsersService {
         await em.update(UserEntity, { id: user.id }, { role });
         await this.audit.record(em, { type: 'ROLE_CHANGED', userId: user.id, metadata: { from: previous, to: role, by: actor } });
       }
-      return { user: { ...user, role }, previous };
+      return { user: Object.assign(user, { role }), previous };
     });
   }
 

@@ -80,18 +80,23 @@ describe('AuditService.record', () => {
   const userId = randomUUID();
   const sessionId = randomUUID();
 
+  /** Sessionary's data source, which the manager below is a transaction of. */
+  const dataSource = {} as unknown as DataSource;
+
   beforeEach(() => {
     calls = [];
     heads = new Map();
     failAppend = false;
     const config = { get: () => KEY } as unknown as ConfigService<AppConfig, true>;
-    service = new AuditService({} as unknown as DataSource, config, { publish: () => undefined } as unknown as DomainEventPublisher);
+    service = new AuditService(dataSource, config, { publish: () => undefined } as unknown as DomainEventPublisher);
   });
 
   /** A stand-in for PostgreSQL's two statements (the head lock and the append), as sql() runs them on the transaction's query runner. */
   const manager = () =>
     ({
+      connection: dataSource,
       queryRunner: {
+        isTransactionActive: true,
         query: async (query: string | { name: string; text: string }, params: unknown[]) => {
           const [text, name] = typeof query === 'string' ? [query, undefined] : [query.text, query.name];
           calls.push({ text, params, name });

@@ -118,6 +118,69 @@ describe('domain events (e2e)', () => {
     assert.deepEqual(heard, []);
   });
 
+  it('drops what a nested transaction published when it rolls back to its savepoint, and keeps what a released one did', async () => {
+    const [kept, undone, nested] = [await registerUser(t.http), await registerUser(t.http), await registerUser(t.http)];
+    heard = [];
+    const audit = t.app.get(AuditService);
+    await t.db.transaction(async (em) => {
+      await audit.record(em, { type: 'PASSWORD_CHANGED', userId: kept.id });
+      await assert.rejects(
+        em.transaction(async (inner) => {
+          await audit.record(inner, { type: 'PASSWORD_CHANGED', userId: undone.id });
+          throw new Error('inner part rolled back');
+        }),
+        /inner part rolled back/,
+      );
+      await em.transaction((inner) => audit.record(inner, { type: 'PASSWORD_CHANGED', userId: nested.id }));
+      assert.deepEqual(heard, [], 'nothing before the outer commit');
+    });
+    const written = await t.db.query(`SELECT user_id FROM audit_events WHERE type = 'PASSWORD_CHANGED' AND user_id = ANY($1::uuid[])`, [
+      [kept.id, undone.id, nested.id],
+    ]);
+    assert.deepEqual(written.map((r: { user_id: string }) => r.user_id).sort(), [kept.id, nested.id].sort());
+    assert.deepEqual(
+      named('user.password_changed')
+        .map((e) => e.userId)
+        .sort(),
+      [kept.id, nested.id].sort(),
+    );
+  });
+
+  it('refuses to record outside a transaction, where the head lock would end with the statement', async () => {
+    const user = await registerUser(t.http);
+    const count = async () => (await t.db.query(`SELECT count(*)::int AS n FROM audit_events WHERE user_id = $1`, [user.id]))[0].n as number;
+    const before = await count();
+    await assert.rejects(
+      t.app.get(AuditService).record(t.db.manager, { type: 'PASSWORD_CHANGED', userId: user.id }),
+      /inside a transaction of Sessionary's data source/,
+    );
+    assert.equal(await count(), before);
+  });
+
+  it("catches a listener's rejected promise (an @OnEvent with suppressErrors: false) instead of leaving it unhandled", async () => {
+    const emitter = t.app.get(EventEmitter2);
+    let rejected = 0;
+    const rejecting = async () => {
+      rejected++;
+      await Promise.resolve();
+      throw new Error('async listener bug');
+    };
+    // eslint-disable-next-line @typescript-eslint/no-misused-promises -- a listener whose promise rejects is the subject
+    emitter.on('session.created', rejecting);
+    try {
+      const user = await registerUser(t.http);
+      const res = await t.http.post('/api/v1/auth/login').send({ email: user.email, password: user.password });
+      assert.equal(res.status, 200);
+      assert.equal(rejected, 1);
+      // Unhandled, the rejection would end this test's process (Node's default) about now.
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      assert.equal(named('session.created').length, 1, 'the other listeners still heard it');
+    } finally {
+      // eslint-disable-next-line @typescript-eslint/no-misused-promises -- the same listener, taken off
+      emitter.off('session.created', rejecting);
+    }
+  });
+
   it('keeps a failing listener from failing the change it hears of', async () => {
     const emitter = t.app.get(EventEmitter2);
     const failing = () => {

@@ -2,19 +2,32 @@ import { Injectable, Logger, OnModuleInit } from '@nestjs/common';
 import { EventEmitter2 } from '@nestjs/event-emitter';
 import { InjectDataSource } from '@nestjs/typeorm';
 import { SESSIONARY_DATA_SOURCE } from '../database/data-source-name';
-import type { DataSource, EntityManager, EntitySubscriberInterface, QueryRunner, TransactionCommitEvent, TransactionRollbackEvent } from 'typeorm';
+import type {
+  DataSource,
+  EntityManager,
+  EntitySubscriberInterface,
+  QueryRunner,
+  TransactionCommitEvent,
+  TransactionRollbackEvent,
+  TransactionStartEvent,
+} from 'typeorm';
 import type { DomainEvent } from './domain-events';
 
 /**
  * Emits domain events once the transaction that made them true has committed: events
  * published inside a transaction wait on its query runner and go out from TypeORM's
- * after-commit hook, or are dropped with a rollback; events published outside one go out at once.
- * A listener's failure is the listener's (logged here), never the committed change's.
+ * after-commit hook, or are dropped with a rollback (a nested transaction's, rolled back to its
+ * savepoint, drops the events published inside it); events published outside one go out at once.
+ * A listener's failure is the listener's (logged here), never the committed change's: a
+ * listener's rejected promise is caught too (an `@OnEvent` with `suppressErrors: false`).
  */
 @Injectable()
 export class DomainEventPublisher implements OnModuleInit, EntitySubscriberInterface {
   private readonly logger = new Logger(DomainEventPublisher.name);
-  private readonly pending = new WeakMap<QueryRunner, DomainEvent[]>();
+  /** Each runner's events waiting for the commit, with the nesting depth each was published at. */
+  private readonly pending = new WeakMap<QueryRunner, Array<{ depth: number; events: DomainEvent[] }>>();
+  /** Each runner's transaction nesting (1: a transaction, 2: a savepoint in it, ...), kept from TypeORM's hooks. */
+  private readonly depths = new WeakMap<QueryRunner, number>();
 
   constructor(
     private readonly emitter: EventEmitter2,
@@ -33,30 +46,59 @@ export class DomainEventPublisher implements OnModuleInit, EntitySubscriberInter
       this.emit(events);
       return;
     }
+    const entry = { depth: this.depths.get(runner) ?? 1, events };
     const queued = this.pending.get(runner);
-    if (queued) queued.push(...events);
-    else this.pending.set(runner, [...events]);
+    if (queued) queued.push(entry);
+    else this.pending.set(runner, [entry]);
+  }
+
+  afterTransactionStart(event: TransactionStartEvent): void {
+    this.depths.set(event.queryRunner, (this.depths.get(event.queryRunner) ?? 0) + 1);
   }
 
   afterTransactionCommit(event: TransactionCommitEvent): void {
-    // A released savepoint is not the end: the outer transaction may still roll back.
-    if (event.queryRunner.isTransactionActive) return;
-    const events = this.pending.get(event.queryRunner);
-    if (!events) return;
+    const depth = this.leave(event.queryRunner);
+    const queued = this.pending.get(event.queryRunner);
+    if (!queued) return;
+    if (event.queryRunner.isTransactionActive) {
+      // A released savepoint is not the end: its events are now the enclosing level's, which may still roll back.
+      for (const entry of queued) entry.depth = Math.min(entry.depth, depth);
+      return;
+    }
     this.pending.delete(event.queryRunner);
-    this.emit(events);
+    this.emit(queued.flatMap((entry) => entry.events));
   }
 
   afterTransactionRollback(event: TransactionRollbackEvent): void {
+    const depth = this.leave(event.queryRunner);
+    const queued = this.pending.get(event.queryRunner);
+    if (!queued) return;
     if (!event.queryRunner.isTransactionActive) this.pending.delete(event.queryRunner);
+    // Rolled back to a savepoint: what was published inside it did not happen.
+    else
+      this.pending.set(
+        event.queryRunner,
+        queued.filter((entry) => entry.depth <= depth),
+      );
+  }
+
+  /** The nesting left after a commit or rollback. */
+  private leave(runner: QueryRunner): number {
+    const depth = Math.max(0, (this.depths.get(runner) ?? 1) - 1);
+    if (depth) this.depths.set(runner, depth);
+    else this.depths.delete(runner);
+    return depth;
   }
 
   private emit(events: DomainEvent[]): void {
     for (const event of events) {
-      try {
-        this.emitter.emit(event.name, event);
-      } catch (error) {
+      const failed = (error: unknown) =>
         this.logger.error(`A listener of ${event.name} failed`, error instanceof Error ? error.stack : String(error));
+      try {
+        // emitAsync: a listener's rejection is caught here rather than left unhandled (which ends the process).
+        this.emitter.emitAsync(event.name, event).catch(failed);
+      } catch (error) {
+        failed(error);
       }
     }
   }

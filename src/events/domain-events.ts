@@ -4,9 +4,10 @@ import type { UserRole } from '../users/user.entity';
 
 /**
  * What a host application can listen to (with `@OnEvent(name)` of @nestjs/event-emitter). Every
- * event is emitted once, after the transaction of the change it reports has committed, and
- * never for a change that rolled back. They are derived from the audit events written beside
- * each change, so the two never disagree.
+ * event is emitted after the transaction of the change it reports has committed, and never for
+ * a change that rolled back. They are derived from the audit events written beside each change.
+ * At least once: a database crash can lose a cleanup's commit (synchronous_commit off) after
+ * its events went out, and the next tick emits that session's end again (README, Domain events).
  */
 export const DOMAIN_EVENTS = {
   sessionCreated: 'session.created',

@@ -52,7 +52,9 @@ class SessionaryRoutePrefix {
  * rotating refresh tokens, the audit log, health and metrics. Its global guard protects every
  * route of the application, the host's included, unless `@Public()`.
  *
- *   SessionaryModule.forRootAsync({ useFactory: () => ({ databaseUrl, jwtSecret, passwordPepper }) })
+ *   SessionaryModule.forRootAsync({
+ *     useFactory: () => ({ databaseUrl, jwtSecret, passwordPepper, auditHmacKey, keyEncryptionKey }),
+ *   })
  *
  * Options are the configuration table's settings in camelCase (README); the service itself
  * (main.ts) is this module with its configuration from the environment. Its jobs are `@Cron`

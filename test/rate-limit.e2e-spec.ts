@@ -3,7 +3,11 @@ import { after, before, describe, it } from 'node:test';
 import { Client } from 'pg';
 import { sleep } from './helpers/factories';
 import { CapturingLogger } from './helpers/capturing-logger';
-import { createTestApp, databaseForThisFile, TestApp } from './helpers/test-app';
+import { createTestApp, databaseForThisFile, TEST_PASSWORD_PEPPER, TestApp } from './helpers/test-app';
+import { counterKeyDigest } from '../src/common/counter-key-digest';
+
+/** The row of rate_limits that counts the general limit of `ip`: a keyed digest, never the address. */
+const rowKey = (ip: string) => counterKeyDigest(TEST_PASSWORD_PEPPER)(`default:${ip}`);
 
 /** A request that does no SQL of its own: validation refuses it (400) after the limit counted it. */
 const cheapRequest = (t: TestApp, ip: string) => t.http.post('/api/v1/auth/login').set('X-Forwarded-For', ip).send({});
@@ -23,7 +27,7 @@ async function dbClient(): Promise<Client> {
 }
 
 async function storedHits(client: Client, ip: string): Promise<number> {
-  const { rows } = await client.query<{ hits: number }>('SELECT hits FROM rate_limits WHERE key = $1', [`default:${ip}`]);
+  const { rows } = await client.query<{ hits: number }>('SELECT hits FROM rate_limits WHERE key = $1', [rowKey(ip)]);
   return rows[0]?.hits ?? 0;
 }
 
@@ -131,8 +135,11 @@ describe('request limit across two instances (e2e)', () => {
       const retryAfter = Number(res.headers['retry-after']);
       assert.ok(retryAfter > 0 && retryAfter <= 60, String(retryAfter));
     }
-    const [row] = (await client.query('SELECT blocked_until > now() AS blocked FROM rate_limits WHERE key = $1', [`default:${ip}`])).rows;
+    const [row] = (await client.query('SELECT blocked_until > now() AS blocked FROM rate_limits WHERE key = $1', [rowKey(ip)])).rows;
     assert.equal(row.blocked, true);
+    // The table names no client: no key holds an address, in any spelling.
+    const { rows: named } = await client.query(`SELECT key FROM rate_limits WHERE key LIKE '%.%' OR key LIKE '%:%' OR key !~ '^[0-9a-f]{64}$'`);
+    assert.deepEqual(named, []);
     // Another client is not affected.
     assert.equal((await cheapRequest(b, '198.51.100.203')).status, 400);
   });

@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { createHash, randomUUID } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
 import { auditRows, sessionRow } from './helpers/db';
 import { DataSource } from 'typeorm';
@@ -8,6 +8,7 @@ import { SessionActivityBuffer } from '../src/sessions/session-activity';
 import { bearer, login, registerAndLogin, registerUser, sleep } from './helpers/factories';
 import { staleTokens } from './helpers/step-up';
 import { createTestApp, TestApp } from './helpers/test-app';
+import { counterKeyDigest } from '../src/common/counter-key-digest';
 
 const FIREFOX_WINDOWS = 'Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:128.0) Gecko/20100101 Firefox/128.0';
 const SAFARI_IPHONE =
@@ -227,7 +228,7 @@ describe('session limit (e2e)', () => {
   it('holds under 20 parallel logins of one user', async () => {
     const user = await registerUser(t.http);
     const otherCounters = `SELECT COALESCE(sum(failures), 0)::int AS failures, count(locked_until)::int AS locked FROM login_throttle WHERE key <> $1`;
-    const identifierKey = createHash('sha256').update(`identifier:email:${user.email.toLowerCase()}`, 'utf8').digest('hex');
+    const identifierKey = counterKeyDigest(t.config.PASSWORD_PEPPER)(`identifier:email:${user.email.toLowerCase()}`);
     const [before] = await t.db.query(otherCounters, [identifierKey]);
     const results = await Promise.all(
       Array.from({ length: 20 }, () => t.http.post('/api/v1/auth/login').send({ email: user.email, password: user.password })),

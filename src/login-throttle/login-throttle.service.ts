@@ -4,8 +4,8 @@ import { Cron, CronExpression } from '@nestjs/schedule';
 import { SCHEDULED_JOBS, SESSIONARY_CRON_JOBS } from '../sessionary/scheduled-jobs';
 import { InjectDataSource } from '@nestjs/typeorm';
 import { SESSIONARY_DATA_SOURCE } from '../database/data-source-name';
-import { createHash } from 'node:crypto';
 import { DataSource, EntityManager } from 'typeorm';
+import { type CounterKeyDigest, counterKeyDigest } from '../common/counter-key-digest';
 import { RetryAfterException } from '../common/retry-after.exception';
 import { StoppableJob } from '../common/stoppable-job';
 import type { AppConfig } from '../config/config';
@@ -68,6 +68,8 @@ export class LoginThrottleService implements BeforeApplicationShutdown {
   private readonly maxPerIp: number;
   private readonly windowSeconds: number;
   private readonly backoffBaseSeconds: number;
+  /** The tables hold keyed digests, never what was typed nor the client's address. */
+  private readonly digest: CounterKeyDigest;
 
   constructor(
     @InjectDataSource(SESSIONARY_DATA_SOURCE) private readonly dataSource: DataSource,
@@ -78,6 +80,7 @@ export class LoginThrottleService implements BeforeApplicationShutdown {
     this.maxPerIp = config.get('LOGIN_MAX_FAILURES_PER_IP', { infer: true });
     this.windowSeconds = config.get('LOGIN_FAILURE_WINDOW', { infer: true });
     this.backoffBaseSeconds = config.get('LOGIN_BACKOFF_BASE', { infer: true });
+    this.digest = counterKeyDigest(config.get('PASSWORD_PEPPER', { infer: true }));
   }
 
   /** Claims one attempt on each counter, or throws 429 when any of them is in back-off. */
@@ -90,9 +93,9 @@ export class LoginThrottleService implements BeforeApplicationShutdown {
       const {
         rows: [{ normalised }],
       } = await sql<{ normalised: string }>(em, 'SELECT lower($1) AS normalised', [identifier]);
-      const counters: Counter[] = [{ scope: 'identifier', key: counterKey('identifier', normalised), max: this.maxPerIdentifier }];
-      if (ipAddress) counters.push({ scope: 'ip', key: counterKey('ip', ipAddress), max: this.maxPerIp });
-      const knownClientKey = ipAddress ? counterKey('known', `${normalised}|${ipAddress}`) : null;
+      const counters: Counter[] = [{ scope: 'identifier', key: this.digest(`identifier:${normalised}`), max: this.maxPerIdentifier }];
+      if (ipAddress) counters.push({ scope: 'ip', key: this.digest(`ip:${ipAddress}`), max: this.maxPerIp });
+      const knownClientKey = ipAddress ? this.digest(`known:${normalised}|${ipAddress}`) : null;
       // Every transaction here touches its rows in key order, so two attempts never deadlock.
       counters.sort((x, y) => x.key.localeCompare(y.key));
       const keys = counters.map((c) => c.key);
@@ -243,9 +246,4 @@ export class LoginThrottleService implements BeforeApplicationShutdown {
       return 0;
     }
   }
-}
-
-/** The table holds hashes, never what was typed. */
-function counterKey(scope: ThrottleScope | 'known', value: string): string {
-  return createHash('sha256').update(`${scope}:${value}`, 'utf8').digest('hex');
 }

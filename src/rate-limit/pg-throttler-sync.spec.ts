@@ -2,6 +2,8 @@ import assert from 'node:assert/strict';
 import { afterEach, describe, it } from 'node:test';
 import { Logger, type LoggerService } from '@nestjs/common';
 import type { DataSource } from 'typeorm';
+import type { ConfigService } from '@nestjs/config';
+import type { AppConfig } from '../config/config';
 import { PgThrottlerStorage } from './pg-throttler.storage';
 
 describe('rate-limit sync', () => {
@@ -15,7 +17,10 @@ describe('rate-limit sync', () => {
       error: (m: unknown, stack?: unknown) => void errors.push(`${String(m)} ${String(stack)}`),
     } as LoggerService);
     // No hit is ever counted here, so no statement runs: the data source is never used.
-    const storage = new PgThrottlerStorage({} as DataSource);
+    const storage = new PgThrottlerStorage(
+      {} as DataSource,
+      { get: () => 'a-pepper-for-the-counter-keys' } as unknown as ConfigService<AppConfig, true>,
+    );
     const counters = (storage as unknown as { counters: { sweep: () => void } }).counters;
     const sweep = counters.sweep.bind(counters);
     let sweeps = 0;

@@ -1,4 +1,5 @@
 import { Injectable, Logger } from '@nestjs/common';
+import { ConfigService } from '@nestjs/config';
 import { ThrottlerStorage } from '@nestjs/throttler';
 import { InjectDataSource } from '@nestjs/typeorm';
 import { SESSIONARY_DATA_SOURCE } from '../database/data-source-name';
@@ -8,6 +9,8 @@ import { isDatabaseUnavailable } from '../database/pg-errors';
 import { sql } from '../database/sql';
 import { type CounterDecision, type CounterSettings, RateLimitCounters, SyncBatch, SyncedRow } from './rate-limit-counters';
 import { JobHealth } from '../common/job-health';
+import { type CounterKeyDigest, counterKeyDigest } from '../common/counter-key-digest';
+import type { AppConfig } from '../config/config';
 
 type ThrottlerStorageRecord = Awaited<ReturnType<ThrottlerStorage['increment']>>;
 
@@ -40,7 +43,20 @@ export class PgThrottlerStorage implements ThrottlerStorage {
   /** Prunes that failed, and when one last ran to its end (for /metrics). */
   readonly pruneHealth = new JobHealth();
 
-  constructor(@InjectDataSource(SESSIONARY_DATA_SOURCE) private readonly dataSource: DataSource) {}
+  /** `rate_limits` holds keyed digests of the counters' keys (which name client IPs), never the keys. */
+  private readonly digest: CounterKeyDigest;
+
+  constructor(
+    @InjectDataSource(SESSIONARY_DATA_SOURCE) private readonly dataSource: DataSource,
+    config: ConfigService<AppConfig, true>,
+  ) {
+    this.digest = counterKeyDigest(config.get('PASSWORD_PEPPER', { infer: true }));
+  }
+
+  /** The row of `rate_limits` that counts `key` (the same on every instance that shares the pepper). */
+  rowKey(key: string): string {
+    return this.digest(key);
+  }
 
   /** One request of `key`, decided at once from memory (RateLimitGuard's path: no promise). */
   hit(key: string, settings: CounterSettings): CounterDecision {
@@ -84,6 +100,8 @@ export class PgThrottlerStorage implements ThrottlerStorage {
   }
 
   private async merge({ settings, entries }: SyncBatch): Promise<SyncedRow[]> {
+    // Digested off the request path, once a key a sync: requests count under the key itself, in memory.
+    const keyOfRow = new Map(entries.map((e) => [this.digest(e.key), e.key]));
     const { rows } = await sql<MergedRow>(
       this.dataSource.manager,
       // The same window and block rules as one hit at a time, with a batch's hits added at once.
@@ -105,9 +123,9 @@ export class PgThrottlerStorage implements ThrottlerStorage {
        RETURNING key, hits,
                  (extract(epoch FROM window_ends_at - now()) * 1000)::int AS window_ms,
                  coalesce((extract(epoch FROM blocked_until - now()) * 1000)::int, 0) AS blocked_ms`,
-      [entries.map((e) => e.key), entries.map((e) => e.hits), settings.ttl, settings.limit, settings.blockDuration],
+      [[...keyOfRow.keys()], entries.map((e) => e.hits), settings.ttl, settings.limit, settings.blockDuration],
     );
-    return rows.map((r) => ({ key: r.key, hits: r.hits, windowMs: r.window_ms, blockedMs: r.blocked_ms }));
+    return rows.map((r) => ({ key: keyOfRow.get(r.key)!, hits: r.hits, windowMs: r.window_ms, blockedMs: r.blocked_ms }));
   }
 
   /**

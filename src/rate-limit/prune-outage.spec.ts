@@ -3,6 +3,7 @@ import { afterEach, describe, it } from 'node:test';
 import { ConfigService } from '@nestjs/config';
 import { Logger, type LoggerService } from '@nestjs/common';
 import type { DataSource } from 'typeorm';
+import type { AppConfig } from '../config/config';
 import { LoginThrottleService } from '../login-throttle/login-throttle.service';
 import { PgThrottlerStorage } from './pg-throttler.storage';
 
@@ -27,8 +28,10 @@ describe('pruning jobs during a database outage', () => {
 
   it('warn that they skipped (the outage monitor reports the outage), and log no error', async () => {
     Logger.overrideLogger(capture);
-    await new PgThrottlerStorage(unreachable()).prune(60_000);
-    const config = { get: () => 60 } as unknown as ConfigService;
+    await new PgThrottlerStorage(unreachable(), { get: () => 'a-pepper-for-the-counter-keys' } as unknown as ConfigService<AppConfig, true>).prune(
+      60_000,
+    );
+    const config = { get: (name: string) => (name === 'PASSWORD_PEPPER' ? 'a-pepper-for-the-counter-keys' : 60) } as unknown as ConfigService;
     await new LoginThrottleService(unreachable(), config as never, true).prune();
     assert.deepEqual(lines, [
       { level: 'warn', text: 'Pruning rate-limit counters skipped: the database is unavailable' },

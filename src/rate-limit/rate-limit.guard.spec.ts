@@ -4,6 +4,8 @@ import { Reflector } from '@nestjs/core';
 import { ExecutionContextHost } from '@nestjs/core/helpers/execution-context-host.js';
 import { SkipThrottle, Throttle, ThrottlerException, type ThrottlerModuleOptions } from '@nestjs/throttler';
 import type { DataSource } from 'typeorm';
+import type { ConfigService } from '@nestjs/config';
+import type { AppConfig } from '../config/config';
 import { PgThrottlerStorage } from './pg-throttler.storage';
 import { RateLimitGuard } from './rate-limit.guard';
 
@@ -40,7 +42,11 @@ const OPTIONS: ThrottlerModuleOptions = { throttlers: [{ name: 'default', limit:
 
 function setUp(options: ThrottlerModuleOptions = OPTIONS) {
   // Counting never touches the database (only the periodic sync does), so none is given.
-  const guard = new RateLimitGuard(options, new PgThrottlerStorage({} as DataSource), new Reflector());
+  const guard = new RateLimitGuard(
+    options,
+    new PgThrottlerStorage({} as DataSource, { get: () => 'a-pepper-for-the-counter-keys' } as unknown as ConfigService<AppConfig, true>),
+    new Reflector(),
+  );
   const call = (cls: new () => object, method: string, ip = '203.0.113.7') => {
     const reply = new RecordingReply();
     const handler = (cls.prototype as Record<string, () => void>)[method];

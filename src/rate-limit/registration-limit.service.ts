@@ -4,6 +4,7 @@ import { InjectDataSource } from '@nestjs/typeorm';
 import { normalizeIp } from '@nestjs/throttler';
 import { DataSource } from 'typeorm';
 import type { AppConfig } from '../config/config';
+import { type CounterKeyDigest, counterKeyDigest } from '../common/counter-key-digest';
 import { RetryAfterException } from '../common/retry-after.exception';
 import { SESSIONARY_DATA_SOURCE } from '../database/data-source-name';
 import { sql } from '../database/sql';
@@ -11,8 +12,8 @@ import { sql } from '../database/sql';
 /**
  * Counts one registration of a client IP in its window, starting a new window once the last
  * one ended: one statement, exact across instances (the counter is a row of `rate_limits`,
- * where the general limit keeps its per-IP counts under `default:` keys, and its prune deletes
- * both once their window is over). Capped, so that a client that goes on knocking cannot
+ * where the general limit keeps its per-IP counts, each under the keyed digest of its key, and
+ * its prune deletes both once their window is over). Capped, so that a client that goes on knocking cannot
  * overflow the count.
  */
 const COUNT_REGISTRATION = `
@@ -53,6 +54,8 @@ export class RegistrationLimitService {
   private readonly maxTotal: number;
   private readonly windowSeconds: number;
   private readonly refusedCounts = { address: 0, total: 0, changes: 0 };
+  /** An address's row is keyed by a digest of `register:<ip>`, never the address (see counterKeyDigest). */
+  private readonly digest: CounterKeyDigest;
 
   constructor(
     @InjectDataSource(SESSIONARY_DATA_SOURCE) private readonly dataSource: DataSource,
@@ -61,6 +64,7 @@ export class RegistrationLimitService {
     this.maxPerIp = config.get('REGISTER_MAX_PER_IP', { infer: true });
     this.maxTotal = config.get('REGISTER_MAX_TOTAL', { infer: true });
     this.windowSeconds = config.get('REGISTER_WINDOW', { infer: true });
+    this.digest = counterKeyDigest(config.get('PASSWORD_PEPPER', { infer: true }));
   }
 
   /**
@@ -103,7 +107,7 @@ export class RegistrationLimitService {
 
   /** One more for the address (a 429 with Retry-After once it is one too many); the key and window counted. */
   private async countAddress(ipAddress: string, what: 'address' | 'changes'): Promise<{ key: string; windowEndsAt: string }> {
-    const key = `register:${normalizeIp(ipAddress)}`;
+    const key = this.digest(`register:${normalizeIp(ipAddress)}`);
     const { hits, retryAfter, windowEndsAt } = await this.countOne(key);
     if (hits > this.maxPerIp) {
       this.refusedCounts[what]++;

@@ -21,6 +21,7 @@ export interface TestApp {
 }
 
 export const TEST_AUDIT_HMAC_KEY = 'test-audit-hmac-key-0123456789-abcdefghijklmnop';
+export const TEST_PASSWORD_PEPPER = 'test-password-pepper-0123456789-abcdefghijklmno';
 /** Every app and CLI of a file shares its database's signing keys, so they share the key that seals them. */
 export const TEST_KEY_ENCRYPTION_KEY = 'test-key-encryption-key-0123456789-abcdefghijk';
 
@@ -133,6 +134,8 @@ export async function createTestApp(overrides: Record<string, string> = {}, opti
     // One audit key for every app of a file (they share its database, so its chains), and no
     // checkpoint in the background: tests that want one call AuditChainService.checkpoint().
     AUDIT_HMAC_KEY: TEST_AUDIT_HMAC_KEY,
+    // One pepper too: it keys the rate-limit and login counters' rows, which a file's apps share.
+    PASSWORD_PEPPER: TEST_PASSWORD_PEPPER,
     KEY_ENCRYPTION_KEY: TEST_KEY_ENCRYPTION_KEY,
     AUDIT_CHECKPOINT_EVERY: '1000000000',
     AUDIT_CHECKPOINT_INTERVAL: '86400',

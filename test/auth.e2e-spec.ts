@@ -3,7 +3,7 @@ import { after, before, describe, it } from 'node:test';
 import { DataSource } from 'typeorm';
 import { dataSourceOptions } from '../src/database/data-source.options';
 import { runMigrationsLocked } from '../src/database/migrate';
-import { auditRows, sessionRow } from './helpers/db';
+import { auditRows, recordFailedStatements, sessionRow } from './helpers/db';
 import { bearer, login, newUserInput, registerAndLogin, registerUser, sleep, uniqueName } from './helpers/factories';
 import { recordQueryRunners, textOf } from './helpers/query-runners';
 import { createTestApp, emptyDatabase, TestApp } from './helpers/test-app';
@@ -59,10 +59,14 @@ describe('auth (e2e)', () => {
 
     it('answers 409 with one message for a taken username or email, compared case-insensitively', async () => {
       const user = await registerUser(t.http);
+      const statements = recordFailedStatements(t.db);
       const sameName = await t.http.post('/api/v1/auth/register').send(newUserInput({ username: user.username.toUpperCase() }));
       const sameEmail = await t.http.post('/api/v1/auth/register').send(newUserInput({ email: user.email.toUpperCase() }));
+      statements.stop();
       assert.equal(sameName.status, 409);
       assert.equal(sameEmail.status, 409);
+      // Found taken without a unique violation, which PostgreSQL logs with the taken name or address.
+      assert.deepEqual(statements.failed, []);
       assert.deepEqual(sameName.body, sameEmail.body);
       const [{ count }] = await t.db.query('SELECT count(*)::int AS count FROM users WHERE lower(email) = lower($1)', [user.email]);
       assert.equal(count, 1);

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { auditRows } from './helpers/db';
+import { auditRows, recordFailedStatements } from './helpers/db';
 import { bearer, login, registerAndLogin, registerUser, uniqueName } from './helpers/factories';
 import { STEP_UP_CHALLENGE, staleTokens } from './helpers/step-up';
 import { createTestApp, TestApp } from './helpers/test-app';
@@ -112,13 +112,17 @@ describe('users (e2e)', () => {
   it('PATCH /users/me answers 409 for a name or email someone else has, changing nothing', async () => {
     const other = await registerUser(t.http);
     const { user, tokens } = await registerAndLogin(t.http);
+    const statements = recordFailedStatements(t.db);
     const byName = await t.http.patch('/api/v1/users/me').set('Authorization', bearer(tokens)).send({ username: other.username.toUpperCase() });
     const byEmail = await t.http
       .patch('/api/v1/users/me')
       .set('Authorization', bearer(tokens))
       .send({ email: other.email, currentPassword: user.password });
+    statements.stop();
     assert.equal(byName.status, 409);
     assert.equal(byEmail.status, 409);
+    // Found taken without a unique violation, which PostgreSQL logs with the taken name or address.
+    assert.deepEqual(statements.failed, []);
     assert.deepEqual(byName.body, byEmail.body);
     const [row] = await t.db.query('SELECT username, email FROM users WHERE id = $1', [user.id]);
     assert.deepEqual(row, { username: user.username, email: user.email });

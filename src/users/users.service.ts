@@ -28,6 +28,17 @@ export interface LoginIdentifier {
 
 // One message for both, so registration does not say which of the two is taken.
 const TAKEN_MESSAGE = 'Username or email is already taken';
+
+/** A row of `users` as PostgreSQL answers it. */
+interface UserRow {
+  id: string;
+  username: string;
+  email: string;
+  password_hash: string;
+  role: UserRole;
+  created_at: Date;
+  updated_at: Date;
+}
 const EMAIL_STEP_UP_MESSAGE = 'Changing the email needs a recent authentication or currentPassword';
 
 @Injectable()
@@ -174,13 +185,28 @@ export class UsersService {
 
   /** Inserts inside the caller's transaction; the unique indexes settle races (409). */
   async create(em: EntityManager, input: NewUser): Promise<UserEntity> {
-    try {
-      const user = em.create(UserEntity, { ...input, role: 'user' });
-      return await em.save(user);
-    } catch (error) {
-      if (pgErrorCode(error) === PG_UNIQUE_VIOLATION) throw new ConflictException(TAKEN_MESSAGE);
-      throw error;
-    }
+    // ON CONFLICT DO NOTHING rather than catching the unique violation: PostgreSQL logs each
+    // violation with its key ("Key (lower(email))=(…) already exists"), so every probe of a
+    // taken name or address would leave that name or address in the server's log.
+    const {
+      rows: [row],
+    } = await sql<UserRow>(
+      em,
+      `INSERT INTO users (username, email, password_hash) VALUES ($1, $2, $3)
+       ON CONFLICT DO NOTHING
+       RETURNING id, username, email, password_hash, role, created_at, updated_at`,
+      [input.username, input.email, input.passwordHash],
+    );
+    if (!row) throw new ConflictException(TAKEN_MESSAGE);
+    return em.create(UserEntity, {
+      id: row.id,
+      username: row.username,
+      email: row.email,
+      passwordHash: row.password_hash,
+      role: row.role,
+      createdAt: row.created_at,
+      updatedAt: row.updated_at,
+    });
   }
 
   /**
@@ -239,6 +265,14 @@ export class UsersService {
 
     try {
       return await this.dataSource.transaction(async (em) => {
+        // Asked first, as create()'s ON CONFLICT does: a unique violation is logged by PostgreSQL
+        // with the taken value. Two changes racing to one name still meet the index (caught below).
+        const taken = await sql(em, `SELECT 1 FROM users WHERE id <> $1 AND (lower(username) = lower($2) OR lower(email) = lower($3)) LIMIT 1`, [
+          userId,
+          changes.username ?? null,
+          changes.email ?? null,
+        ]);
+        if (taken.rows.length) throw new ConflictException(TAKEN_MESSAGE);
         await em.update(UserEntity, { id: userId }, changes);
         await this.audit.record(em, {
           type: 'PROFILE_UPDATED',

@@ -53,3 +53,18 @@ export async function tamper<T = unknown>(db: DataSource, text: string, params: 
     return (await em.query(text, params)) as T;
   });
 }
+
+/**
+ * Records the statements of `db` that PostgreSQL refused (by TypeORM's logQueryError, which
+ * every failed query reaches), until `stop()`: what the server's own log would show.
+ */
+export function recordFailedStatements(db: DataSource): { failed: string[]; stop: () => void } {
+  const failed: string[] = [];
+  const logger = db.logger;
+  const original = logger.logQueryError.bind(logger);
+  logger.logQueryError = (error, query, parameters, queryRunner) => {
+    failed.push(`${typeof error === 'string' ? error : error.message} (${query})`);
+    return original(error, query, parameters, queryRunner);
+  };
+  return { failed, stop: () => (logger.logQueryError = original) };
+}

@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
+import type { LoggerService } from '@nestjs/common';
 import { Client } from 'pg';
 import { runCli, runCliProcess, runCliProcessWith } from './helpers/cli';
 import { auditRows, sessionRow } from './helpers/db';
@@ -171,6 +172,32 @@ describe('admin (e2e)', () => {
     assert.equal(event.ipAddress, '127.0.0.1');
     assert.equal(event.userAgent, 'test-agent/1.0');
     assert.equal(event.metadata.bySessionId, first.sessionId);
+  });
+
+  it('logs who exported audit events and with which filters (the access log names only the route)', async () => {
+    const logged: unknown[] = [];
+    const logger: LoggerService = { log: (m: unknown) => void logged.push(m), warn: () => undefined, error: () => undefined };
+    const other = await createTestApp({}, { logger });
+    try {
+      const { user } = await registerAndLogin(other.http);
+      const res = await other.http
+        .get(`/api/v1/admin/audit/export?userId=${user.id}&type=LOGIN&from=2026-01-01T00:00:00Z`)
+        .set('Authorization', bearer(admin.tokens));
+      assert.equal(res.status, 200);
+      assert.deepEqual(
+        logged.filter((m) => (m as { event?: string }).event === 'audit.export'),
+        [
+          {
+            event: 'audit.export',
+            adminId: admin.user.id,
+            sessionId: admin.tokens.sessionId,
+            filters: { from: '2026-01-01T00:00:00Z', to: null, userId: user.id, type: 'LOGIN', afterSeq: null },
+          },
+        ],
+      );
+    } finally {
+      await other.close();
+    }
   });
 
   it("reads any user's audit events, filtered by user and type, with userId on each", async () => {

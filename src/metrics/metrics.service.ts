@@ -2,6 +2,7 @@ import { Injectable, OnModuleInit } from '@nestjs/common';
 import { ConfigService } from '@nestjs/config';
 import { HttpAdapterHost } from '@nestjs/core';
 import type { AppConfig } from '../config/config';
+import { requireFastify } from '../common/require-fastify';
 import type { FastifyInstance } from 'fastify';
 import { collectDefaultMetrics, Counter, Gauge, Registry } from 'prom-client';
 import { AuditChainService } from '../audit/audit-chain.service';
@@ -257,6 +258,8 @@ export class MetricsService implements OnModuleInit {
   }
 
   onModuleInit(): void {
+    // The first of Sessionary's providers to touch the adapter: an application on another one stops here, saying why.
+    requireFastify(this.adapterHost);
     // An application context without HTTP (the CLI) has no adapter: nothing to measure.
     if (!this.adapterHost.httpAdapter || !this.enabled) return;
     const fastify = this.adapterHost.httpAdapter.getInstance<FastifyInstance>();

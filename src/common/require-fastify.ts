@@ -1,0 +1,18 @@
+import type { HttpAdapterHost } from '@nestjs/core';
+import { ConfigurationError } from '../config/configuration-error';
+
+/**
+ * Sessionary's HTTP parts (its hooks, its guard and filter, the access log) are Fastify's: an
+ * application on another adapter would fail later with "addHook is not a function" or at its
+ * first request. Said at boot instead. An application context without HTTP (the CLI) passes.
+ */
+export function requireFastify(adapterHost: HttpAdapterHost | undefined): void {
+  const adapter = adapterHost?.httpAdapter;
+  if (!adapter) return;
+  const type = adapter.getType();
+  if (type !== 'fastify') {
+    throw new ConfigurationError(
+      `Sessionary needs Nest's Fastify adapter (@nestjs/platform-fastify: NestFactory.create(AppModule, new FastifyAdapter())); this application runs on ${type}`,
+    );
+  }
+}

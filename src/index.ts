@@ -27,12 +27,28 @@ export { AuditService, type AuditEventInput, type AuditFilter, type AuditQuery, 
 export { AUDIT_EVENT_TYPES, type AuditEventType, type AuditMetadata } from './audit/audit-event.entity';
 export type { SessionEndReason } from './sessions/session.entity';
 export { KeyRing } from './keys/key-ring.service';
-export { KeyRotationService, type RotationResult } from './keys/key-rotation.service';
+export { KeyRotationService, type RotationResult, type RotationTrigger } from './keys/key-rotation.service';
 export type { KeyListing } from './keys/signing-key.store';
-export type { UserRole } from './users/user.entity';
 
-// Domain events, emitted after commit through @nestjs/event-emitter.
-export * from './events/domain-events';
+// Domain events, emitted after commit through @nestjs/event-emitter (their names and payloads;
+// how the audit writer derives them stays inside).
+export {
+  DOMAIN_EVENTS,
+  type DomainEventName,
+  type DomainEventBase,
+  type DomainEvent,
+  type SessionCreatedEvent,
+  type SessionEndedEvent,
+  type UserRegisteredEvent,
+  type UserPasswordChangedEvent,
+  type UserRoleChangedEvent,
+  type LoginFailedEvent,
+  type AccountLockedEvent,
+} from './events/domain-events';
+// What the exported services answer.
+export type { UserEntity, UserProfile, UserRole } from './users/user.entity';
+export type { SessionEntity } from './sessions/session.entity';
+export type { AuditEventEntity } from './audit/audit-event.entity';
 
 // The standalone service's HTTP setup (security headers, JSON-only bodies, access log, CORS,
 // Swagger UI), for a host that wants the same: configureApp(app, app.get(SESSIONARY_CONFIG)).

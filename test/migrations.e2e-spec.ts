@@ -417,4 +417,29 @@ describe('migrations (e2e)', () => {
       await source.destroy();
     }
   });
+
+  it("delete the counters' rows kept under the old keys (plain addresses, unkeyed digests), keeping the total registrations' row", async () => {
+    const db = await emptyDatabase();
+    const source = await new DataSource(dataSourceOptions(db)).initialize();
+    try {
+      await runMigrationsLocked(source);
+      await source.undoLastMigration();
+      const digest = 'a'.repeat(64);
+      await source.query(`INSERT INTO login_throttle (key, failures, last_failure_at) VALUES ($1, 3, now())`, [digest]);
+      await source.query(`INSERT INTO login_known_clients (key, last_success_at) VALUES ($1, now())`, [digest]);
+      await source.query(
+        `INSERT INTO rate_limits (key, hits, window_ends_at) VALUES ('default:198.51.100.7', 1, now() + interval '1 minute'),
+           ('register:198.51.100.7', 1, now() + interval '1 hour'), ('register-total', 4, now() + interval '1 hour'), ($1, 2, now() + interval '1 minute')`,
+        [digest],
+      );
+      await source.runMigrations({ transaction: 'each' });
+      assert.deepEqual(await source.query(`SELECT key FROM login_throttle UNION ALL SELECT key FROM login_known_clients`), []);
+      assert.deepEqual(
+        (await source.query(`SELECT key FROM rate_limits ORDER BY key`)).map((r: { key: string }) => r.key),
+        [digest, 'register-total'],
+      );
+    } finally {
+      await source.destroy();
+    }
+  });
 });

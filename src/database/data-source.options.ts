@@ -31,6 +31,7 @@ import { AuditUserIndexMerged1766700000000 } from './migrations/1766700000000-Au
 import { AuditUserTypeIndex1766800000000 } from './migrations/1766800000000-AuditUserTypeIndex';
 import { AuditShipProgress1766900000000 } from './migrations/1766900000000-AuditShipProgress';
 import { AuditTruncateRefused1767000000000 } from './migrations/1767000000000-AuditTruncateRefused';
+import { CounterKeysKeyed1767100000000 } from './migrations/1767100000000-CounterKeysKeyed';
 import { SigningKeys1765600000000 } from './migrations/1765600000000-SigningKeys';
 
 export const ENTITIES = [UserEntity, SessionEntity, RotatedRefreshTokenEntity, AuditEventEntity];
@@ -63,6 +64,7 @@ export const MIGRATIONS = [
   AuditUserTypeIndex1766800000000,
   AuditShipProgress1766900000000,
   AuditTruncateRefused1767000000000,
+  CounterKeysKeyed1767100000000,
 ];
 
 /**

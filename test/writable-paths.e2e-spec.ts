@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
@@ -56,7 +56,10 @@ describe('paths the background jobs write to (e2e)', () => {
     opened.push(t);
     assert.equal(statSync(checkpointFile).mode & 0o777, 0o600);
     assert.equal(readFileSync(checkpointFile, 'utf8'), '');
-    for (const made of ['ship/pieces', 'archive']) assert.equal(statSync(join(dir, made)).mode & 0o777, 0o700, made);
+    for (const made of ['ship/pieces', 'archive']) {
+      assert.equal(statSync(join(dir, made)).mode & 0o777, 0o700, made);
+      assert.deepEqual(readdirSync(join(dir, made)), [], `${made}: the boot's probe file is gone`);
+    }
 
     const fileFailed = async () => {
       const line = (await t.http.get('/metrics')).text

@@ -1,5 +1,7 @@
+import { randomUUID } from 'node:crypto';
 import { constants } from 'node:fs';
-import { access, mkdir, open } from 'node:fs/promises';
+import { access, mkdir, open, rm } from 'node:fs/promises';
+import { join } from 'node:path';
 import { ConfigurationError } from './configuration-error';
 
 /**
@@ -18,11 +20,19 @@ export async function assertAppendable(variable: string, file: string): Promise<
   }
 }
 
-/** Creates DIR as the job would (0700, with its parents) and checks that files can be made in it. */
+/**
+ * Creates DIR as the job would (0700, with its parents), checks that it can be listed and
+ * opened (the shipping job reads its pieces back, a durable write syncs the directory), and
+ * makes and removes a file in it (a permission bit says nothing of a read-only mount or a full disk).
+ */
 export async function assertWritableDirectory(variable: string, dir: string): Promise<void> {
   try {
     await mkdir(dir, { recursive: true, mode: 0o700 });
-    await access(dir, constants.W_OK | constants.X_OK);
+    await access(dir, constants.R_OK | constants.W_OK | constants.X_OK);
+    // A name of its own each time: a probe left by a crash must not stop the next start.
+    const probe = join(dir, `.sessionary-probe-${randomUUID()}`);
+    await (await open(probe, 'wx', 0o600)).close();
+    await rm(probe);
   } catch (error) {
     throw new ConfigurationError(`${variable} is not a directory the service can write to: ${(error as Error).message}`);
   }

@@ -5,6 +5,7 @@ import { clientErrorHandler, frameworkErrors } from './common/framework-answers'
 import { completeOpenApiDocument, OPENAPI_TAGS } from './common/openapi-completion';
 import { registerRequestHygiene } from './common/request-hygiene';
 import { registerSecurityHeaders } from './common/security-headers';
+import { requireFastify } from './common/require-fastify';
 import { documentServiceUnavailable } from './common/service-unavailable.swagger';
 import type { AppConfig } from './config/config';
 import { docsEnabled, parseCorsOrigins, parseTrustProxy } from './config/env.schema';
@@ -47,6 +48,8 @@ export async function configureApp(
   // The logger the app was created with: the access log takes its cheap path when it has one.
   logger?: LoggerService | false,
 ): Promise<NestFastifyApplication> {
+  // Before anything here reaches for Fastify's hooks: a host on another adapter hears why.
+  requireFastify(app.getHttpAdapter());
   // Security headers, resolved once at boot: OWASP's REST set on the JSON answers, helmet 8's
   // full set on the Swagger UI's pages (src/common/security-headers.ts).
   registerSecurityHeaders(app.getHttpAdapter().getInstance(), `/${DOCS_PATH}`);

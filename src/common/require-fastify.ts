@@ -1,4 +1,3 @@
-import type { HttpAdapterHost } from '@nestjs/core';
 import { ConfigurationError } from '../config/configuration-error';
 
 /**
@@ -6,8 +5,7 @@ import { ConfigurationError } from '../config/configuration-error';
  * application on another adapter would fail later with "addHook is not a function" or at its
  * first request. Said at boot instead. An application context without HTTP (the CLI) passes.
  */
-export function requireFastify(adapterHost: HttpAdapterHost | undefined): void {
-  const adapter = adapterHost?.httpAdapter;
+export function requireFastify(adapter: { getType(): string } | undefined): void {
   if (!adapter) return;
   const type = adapter.getType();
   if (type !== 'fastify') {

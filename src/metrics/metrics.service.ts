@@ -259,7 +259,7 @@ export class MetricsService implements OnModuleInit {
 
   onModuleInit(): void {
     // The first of Sessionary's providers to touch the adapter: an application on another one stops here, saying why.
-    requireFastify(this.adapterHost);
+    requireFastify(this.adapterHost.httpAdapter);
     // An application context without HTTP (the CLI) has no adapter: nothing to measure.
     if (!this.adapterHost.httpAdapter || !this.enabled) return;
     const fastify = this.adapterHost.httpAdapter.getInstance<FastifyInstance>();

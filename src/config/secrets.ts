@@ -46,8 +46,12 @@ function weakness(name: string, value: string | undefined): string | undefined {
  * about 3 % of neighbours differ by one; in hex, 1 in 8), while a hex key's 16 symbols pass.
  */
 export function isPatterned(value: string): boolean {
+  return new Set(value).size < 8 || repeatsOrRuns(value);
+}
+
+/** A short unit repeated, or a run like "abcdef…" for most of the value (see isPatterned). */
+function repeatsOrRuns(value: string): boolean {
   const chars = [...value];
-  if (new Set(chars).size < 8) return true;
   const repeatsWithin = (period: number) => chars.every((c, i) => i < period || c === chars[i - period]);
   for (let period = 1; period * 2 <= chars.length; period++) if (repeatsWithin(period)) return true;
   const codes = chars.map((c) => c.codePointAt(0)!);
@@ -80,7 +84,8 @@ export function resolveSecrets(env: Env): Secrets {
     if (problems.length) {
       throw new ConfigurationError(
         `Refusing to start in production: ${problems.join('; ')}. ` +
-          `Set each to at least ${MIN_SECRET_BYTES} random bytes, e.g. \`openssl rand -base64 48\`.`,
+          `Set each secret to at least ${MIN_SECRET_BYTES} random bytes, e.g. \`openssl rand -base64 48\`` +
+          `${env.AUDIT_SHIP_AUTHORIZATION === undefined ? '' : ", and AUDIT_SHIP_AUTHORIZATION to the receiver's own token"}.`,
       );
     }
     return Object.fromEntries(SECRET_NAMES.map((name) => [name, env[name]!])) as unknown as Secrets;
@@ -105,7 +110,8 @@ function shipAuthorizationProblems(env: Env): string[] {
   const name = 'AUDIT_SHIP_AUTHORIZATION';
   if (Buffer.byteLength(credential, 'utf8') < MIN_SHIP_CREDENTIAL_BYTES)
     return [`${name} holds a credential shorter than ${MIN_SHIP_CREDENTIAL_BYTES} bytes`];
-  if (WELL_KNOWN_SECRETS.has(credential.toLowerCase()) || isPatterned(credential)) return [`${name} holds a well-known or low-entropy credential`];
+  // Not the distinct-characters rule: a receiver's token may be decimal or a short hex string.
+  if (WELL_KNOWN_SECRETS.has(credential.toLowerCase()) || repeatsOrRuns(credential)) return [`${name} holds a well-known or patterned credential`];
   if ([...SECRET_NAMES.map((n) => env[n]), env.METRICS_TOKEN].includes(credential))
     return [`${name} must not hold ${SECRET_NAMES.join(', ')} or METRICS_TOKEN`];
   return [];

@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { after, before, beforeEach, describe, it } from 'node:test';
 import { EventEmitter2 } from '@nestjs/event-emitter';
+import { DataSource } from 'typeorm';
 import { AuditService } from '../src/audit/audit.service';
 import { DOMAIN_EVENTS, type DomainEvent } from '../src/events/domain-events';
 import { UsersService } from '../src/users/users.service';
@@ -154,6 +155,16 @@ describe('domain events (e2e)', () => {
       t.app.get(AuditService).record(t.db.manager, { type: 'PASSWORD_CHANGED', userId: user.id }),
       /inside a transaction of Sessionary's data source/,
     );
+    // Nor in a transaction of another data source (a host's own), even on the same database.
+    const hosts = await new DataSource({ type: 'postgres', url: t.config.DATABASE_URL }).initialize();
+    try {
+      await assert.rejects(
+        hosts.transaction((em) => t.app.get(AuditService).record(em, { type: 'PASSWORD_CHANGED', userId: user.id })),
+        /inside a transaction of Sessionary's data source/,
+      );
+    } finally {
+      await hosts.destroy();
+    }
     assert.equal(await count(), before);
   });
 

@@ -94,7 +94,7 @@ describe('AuditService.record', () => {
   /** A stand-in for PostgreSQL's two statements (the head lock and the append), as sql() runs them on the transaction's query runner. */
   const manager = () =>
     ({
-      connection: dataSource,
+      dataSource,
       queryRunner: {
         isTransactionActive: true,
         query: async (query: string | { name: string; text: string }, params: unknown[]) => {

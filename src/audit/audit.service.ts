@@ -128,7 +128,7 @@ export class AuditService {
     // The head's row lock must hold until the events commit (outside a transaction it ends with
     // the statement, and two appends could take one position), and the events must go where
     // the rest of the chain is: a host passing its own data source's manager would write there.
-    if (!em.queryRunner?.isTransactionActive || em.connection !== this.dataSource) {
+    if (!em.queryRunner?.isTransactionActive || em.dataSource !== this.dataSource) {
       throw new Error("AuditService: record audit events inside a transaction of Sessionary's data source (dataSource.transaction(em => ...))");
     }
     const metadata = events.map((e) => safeMetadata(e.metadata ?? {}));

@@ -53,11 +53,6 @@ export class PgThrottlerStorage implements ThrottlerStorage {
     this.digest = counterKeyDigest(config.get('PASSWORD_PEPPER', { infer: true }));
   }
 
-  /** The row of `rate_limits` that counts `key` (the same on every instance that shares the pepper). */
-  rowKey(key: string): string {
-    return this.digest(key);
-  }
-
   /** One request of `key`, decided at once from memory (RateLimitGuard's path: no promise). */
   hit(key: string, settings: CounterSettings): CounterDecision {
     return this.counters.hit(key, settings);

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
-import { Controller, Get, Injectable, Module, Req, UseGuards } from '@nestjs/common';
+import { Body, Controller, Get, Injectable, Module, Post, Req, UseGuards } from '@nestjs/common';
 import { ConfigModule } from '@nestjs/config';
 import { OnEvent } from '@nestjs/event-emitter';
 import { AuthGuard, PassportModule, PassportStrategy } from '@nestjs/passport';
@@ -9,6 +9,7 @@ import { JwtModule, JwtService } from '@nestjs/jwt';
 import { FastifyAdapter, NestFastifyApplication } from '@nestjs/platform-fastify';
 import { Cron, ScheduleModule, SchedulerRegistry } from '@nestjs/schedule';
 import { HealthCheck, HealthCheckService, TerminusModule } from '@nestjs/terminus';
+import { IsString } from 'class-validator';
 import { Test } from '@nestjs/testing';
 import { InjectDataSource, TypeOrmModule } from '@nestjs/typeorm';
 import * as jwt from 'jsonwebtoken';
@@ -92,6 +93,16 @@ class HostJwtStrategy extends PassportStrategy(Strategy) {
   }
 }
 
+/** A host's body class checked its own way (a zod schema's class, a pipe of its own): no class-validator rule. */
+class HostNoteBody {
+  text!: string;
+}
+
+/** A host's body class with class-validator rules. */
+class HostRuledBody {
+  @IsString() text!: string;
+}
+
 /** The host's own health check (its own TerminusModule) and tokens (its own global JwtModule). */
 @Controller('host')
 class HostOwnController {
@@ -104,6 +115,12 @@ class HostOwnController {
   }
   @Public() @Get('token') token() {
     return { token: this.jwt.sign({ sub: 'host-user-2' }) };
+  }
+  @Public() @Post('notes') note(@Body() body: HostNoteBody) {
+    return { received: body, plain: Object.getPrototypeOf(body) === Object.prototype };
+  }
+  @Public() @Post('ruled') ruled(@Body() body: HostRuledBody) {
+    return { received: body, instance: body instanceof HostRuledBody };
   }
 }
 
@@ -226,6 +243,19 @@ describe('Sessionary inside a host Nest app (e2e)', () => {
       [[sessionId, 'logout']],
     );
     assert.equal((await http.get('/orders').set('Authorization', `Bearer ${accessToken}`)).status, 401, 'the ended session is refused at once');
+  });
+
+  it("leaves the host's body classes without class-validator rules to the host, and validates those with rules as its own", async () => {
+    const note = { text: 42, tags: ['x'], nested: { any: 'thing' } };
+    const notes = await http.post('/host/notes').send(note);
+    assert.equal(notes.status, 201, JSON.stringify(notes.body));
+    assert.deepEqual(notes.body, { received: note, plain: true });
+
+    const ruled = await http.post('/host/ruled').send({ text: 'a' });
+    assert.equal(ruled.status, 201);
+    assert.deepEqual(ruled.body, { received: { text: 'a' }, instance: true });
+    assert.equal((await http.post('/host/ruled').send({ text: 'a', extra: 1 })).status, 400, 'an unknown property');
+    assert.equal((await http.post('/host/ruled').send({ text: 1 })).status, 400, 'a broken rule');
   });
 
   it("keeps the host's default TypeORM data source the host's, and its own database its own", async () => {

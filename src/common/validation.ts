@@ -1,5 +1,5 @@
 import { ArgumentMetadata, BadRequestException, HttpException, Injectable, ValidationPipe } from '@nestjs/common';
-import { isEmail, registerDecorator, ValidateIf, ValidationOptions } from 'class-validator';
+import { getMetadataStorage, isEmail, registerDecorator, ValidateIf, ValidationOptions } from 'class-validator';
 
 /**
  * An optional field: absent is fine, `null` is not (class-validator's @IsOptional lets null
@@ -27,19 +27,43 @@ export function IsEmailAddress(options?: ValidationOptions): PropertyDecorator {
 /**
  * The global pipe: whitelist, forbid unknown properties, transform. Should a validator throw
  * instead of answering (a library bug on odd input), the request is still bad input: 400, not 500.
+ *
+ * It validates classes that carry class-validator rules, as every DTO of Sessionary's does, and
+ * leaves a class without any alone: in a host app the pipe is global, and a host's DTO classes
+ * validated otherwise (zod, a pipe of the host's own, a plain class) would all be refused by
+ * `forbidUnknownValues` ("an unknown value was passed to the validate function") before the
+ * host's own pipe ran (until 0.21.0).
  */
 @Injectable()
 export class AppValidationPipe extends ValidationPipe {
+  /** Whether a class has rules, by class: decorators are applied once, when it is defined. */
+  private readonly ruled = new WeakMap<object, boolean>();
+
   constructor() {
     super({ whitelist: true, forbidNonWhitelisted: true, transform: true, forbidUnknownValues: true });
   }
 
   override async transform(value: unknown, metadata: ArgumentMetadata): Promise<unknown> {
     try {
+      if (metadata.metatype && this.toValidate(metadata) && !this.hasRules(metadata.metatype)) return value;
       return await super.transform(value, metadata);
     } catch (error) {
       if (error instanceof HttpException) throw error;
       throw new BadRequestException(`Invalid ${metadata.type === 'custom' ? 'input' : metadata.type}`);
     }
+  }
+
+  /**
+   * The rules class-validator would apply to the class (its own and its ancestors'), as its
+   * validator looks them up before refusing an unknown value. The metadata storage is global,
+   * shared by every copy of class-validator in the process, a host's included.
+   */
+  private hasRules(metatype: NonNullable<ArgumentMetadata['metatype']>): boolean {
+    let known = this.ruled.get(metatype);
+    if (known === undefined) {
+      known = getMetadataStorage().getTargetValidationMetadatas(metatype, '', false, false).length > 0;
+      this.ruled.set(metatype, known);
+    }
+    return known;
   }
 }

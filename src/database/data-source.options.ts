@@ -1,4 +1,4 @@
-import { Client, ClientConfig } from 'pg';
+import pg, { Client, ClientConfig } from 'pg';
 import { DataSourceOptions } from 'typeorm';
 import { AuditEventEntity } from '../audit/audit-event.entity';
 import { RotatedRefreshTokenEntity } from '../sessions/rotated-refresh-token.entity';
@@ -85,6 +85,10 @@ class ListenedClient extends Client {
 export function dataSourceOptions(databaseUrl: string): DataSourceOptions {
   return {
     type: 'postgres',
+    // This package's pg, not whichever \`require('pg')\` from TypeORM's folder finds: TypeORM is
+    // a peer dependency (the host's copy), and a host on another pg major would otherwise have
+    // its pg's pool run our ListenedClient.
+    driver: pg,
     url: databaseUrl,
     entities: ENTITIES,
     migrations: MIGRATIONS,

@@ -43,6 +43,17 @@ async function admin(url: string, statement: string): Promise<void> {
   }
 }
 
+/**
+ * A spec file by its path from the repository, without `dist/` or extension: the runner names
+ * a test's file by the compiled path, or by the TypeScript source's where a source map leads
+ * (--enable-source-maps).
+ */
+function specName(file: string): string {
+  return relative(join(DIST, '..'), file)
+    .replace(/^dist[/\\]/, '')
+    .replace(/\.[jt]s$/, '');
+}
+
 /** The name of the run's migrated database that test files copy (test/helpers/test-app.ts). */
 const templateOf = (database: string): string => `${database}_template`;
 
@@ -110,8 +121,10 @@ async function main(): Promise<number> {
       logger.error(`No spec file matches ${filter.map((f) => JSON.stringify(f)).join(', ')}`);
       return 1;
     }
-    // The spec reporter for people; a TAP copy to count from, for the plain closing line.
+    // The spec reporter for people; a TAP copy to count from, for the plain closing line; and
+    // each file's number of tests, since a file that registers none passes unnoticed otherwise.
     const tapFile = join(tmpdir(), `sessionary-tests-${process.pid}.tap`);
+    const perFileFile = join(tmpdir(), `sessionary-tests-${process.pid}.per-file`);
     const code = await new Promise<number>((resolve) => {
       const child = spawn(
         process.execPath,
@@ -123,6 +136,8 @@ async function main(): Promise<number> {
           '--test-reporter-destination=stdout',
           '--test-reporter=tap',
           `--test-reporter-destination=${tapFile}`,
+          `--test-reporter=${join(__dirname, 'helpers', 'tests-per-file-reporter.js')}`,
+          `--test-reporter-destination=${perFileFile}`,
           ...files,
         ],
         {
@@ -134,12 +149,24 @@ async function main(): Promise<number> {
     });
     const tap = readFileSync(tapFile, 'utf8');
     rmSync(tapFile, { force: true });
+    const testsIn = new Map<string, number>();
+    for (const line of readFileSync(perFileFile, 'utf8').split('\n').filter(Boolean)) {
+      const { file, tests } = JSON.parse(line) as { file: string; tests: number };
+      testsIn.set(specName(file), (testsIn.get(specName(file)) ?? 0) + tests);
+    }
+    rmSync(perFileFile, { force: true });
+    const empty = files.filter((file) => !testsIn.get(specName(file)));
     const count = (name: string) => Number(new RegExp(`^# ${name} (\\d+)$`, 'm').exec(tap)?.[1] ?? 0);
     process.stdout.write(`\ntests: ${count('pass')} passed, ${count('fail')} failed, ${count('skipped')} skipped\n`);
     // A run is green only if it tested something, and in CI only if it skipped nothing (a test
     // skipped there, e.g. for want of a browser, is a test that did not run).
     if (code === 0 && count('pass') === 0) {
       logger.error('No test passed: the run tested nothing');
+      return 1;
+    }
+    // A spec file that registered no test tested nothing, whatever its suites say.
+    if (code === 0 && empty.length) {
+      logger.error(`No test registered in ${empty.map((file) => relative(DIST, file)).join(', ')}`);
       return 1;
     }
     if (code === 0 && inCi() && count('skipped') > 0) {

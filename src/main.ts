@@ -5,6 +5,7 @@ import { NestFastifyApplication } from '@nestjs/platform-fastify';
 import { AppModule } from './app.module';
 import { configureApp, createFastifyAdapter, NEST_APP_OPTIONS } from './app.setup';
 import { loadConfig, useDatabaseUrl } from './config/config';
+import { armShutdownDeadline } from './config/shutdown-deadline';
 import { describeFatal } from './config/describe-fatal';
 import { createLogger } from './config/logger';
 import { startEmbeddedPostgres } from './database/embedded-postgres';
@@ -30,6 +31,7 @@ async function bootstrap(): Promise<void> {
   });
   await configureApp(app, config, logger);
   await app.listen({ port: config.PORT, host: config.HOST });
+  armShutdownDeadline(config.SHUTDOWN_TIMEOUT);
   boot.log(`Listening on ${await app.getUrl()} (${embedded ? 'embedded PostgreSQL' : 'PostgreSQL from DATABASE_URL'})`);
 }
 

@@ -24,6 +24,7 @@ describe('parseEnv', () => {
     assert.equal(env.NODE_ENV, NodeEnv.Development);
     assert.equal(env.PORT, 3000);
     assert.equal(env.HOST, '0.0.0.0');
+    assert.equal(env.SHUTDOWN_TIMEOUT, 25);
     assert.equal(env.ACCESS_TOKEN_TTL, 900);
     assert.equal(env.SESSION_IDLE_TTL, 3600);
     assert.equal(env.SESSION_ABSOLUTE_TTL, 86400);
@@ -121,6 +122,9 @@ describe('parseEnv', () => {
     ['PORT', '70000'],
     ['PORT', '-1'],
     ['PORT', '80.5'],
+    ['SHUTDOWN_TIMEOUT', '-1'],
+    ['SHUTDOWN_TIMEOUT', '3601'],
+    ['SHUTDOWN_TIMEOUT', '2.5'],
     ['ACCESS_TOKEN_TTL', '0'],
     ['ACCESS_TOKEN_TTL', 'ttl-XYZZY'],
     ['SESSION_IDLE_TTL', '1.5'],

@@ -63,6 +63,18 @@ export class Env {
   @IsString()
   HOST = '0.0.0.0';
 
+  /**
+   * Seconds a graceful shutdown may take once a signal arrives (the standalone service; a host
+   * app's shutdown is the host's): past them the process says it did not finish and exits with
+   * 1. 0: no deadline. Within an orchestrator's grace period (Kubernetes: 30 s), so the log
+   * says why rather than a SIGKILL saying nothing.
+   */
+  @Transform(toNumber)
+  @IsInt()
+  @Min(0)
+  @Max(3600)
+  SHUTDOWN_TIMEOUT = 25;
+
   /** Unset: an embedded PostgreSQL is started with its data under DATA_DIR/pg. */
   @Transform(toOptionalString)
   @IsOptional()

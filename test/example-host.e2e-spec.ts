@@ -105,11 +105,13 @@ function startHost(host: string, env: NodeJS.ProcessEnv): Promise<{ child: Child
 
 describe('the example host app, built against the packed package (e2e)', () => {
   let host: { child: ChildProcess; url: string; output: () => string };
+  let hostDir: string;
+  let env: NodeJS.ProcessEnv;
 
   before(async () => {
-    const dir = await builtHost();
+    hostDir = await builtHost();
     const secret = () => randomBytes(48).toString('base64');
-    host = await startHost(dir, {
+    env = {
       PATH: process.env.PATH,
       NODE_ENV: 'test',
       PORT: '0',
@@ -118,7 +120,8 @@ describe('the example host app, built against the packed package (e2e)', () => {
       PASSWORD_PEPPER: secret(),
       AUDIT_HMAC_KEY: secret(),
       KEY_ENCRYPTION_KEY: secret(),
-    });
+    };
+    host = await startHost(hostDir, env);
   });
   after(() => {
     host?.child.kill('SIGTERM');
@@ -152,5 +155,16 @@ describe('the example host app, built against the packed package (e2e)', () => {
     const heard = new RegExp(`session ended: ${sessionId} logout`);
     for (let i = 0; i < 50 && !heard.test(host.output()); i++) await new Promise((resolve) => setTimeout(resolve, 100));
     assert.match(host.output(), heard);
+  });
+
+  it("runs the package's CLI (its `sessionary` bin) from the host's install, with the host's settings", async () => {
+    const installed = join(hostDir, 'node_modules', 'sessionary');
+    const { bin } = JSON.parse(readFileSync(join(installed, 'package.json'), 'utf8')) as { bin: Record<string, string> };
+    const cli = join(installed, bin.sessionary);
+    assert.match(readFileSync(cli, 'utf8'), /^#!\/usr\/bin\/env node\n/, 'npm links a bin that says how to run it');
+    const { stdout } = await run(process.execPath, [cli, 'keys', 'list'], { cwd: hostDir, env });
+    // The ring the running host made: one current key (kid, algorithm, state, times; never a secret).
+    assert.match(stdout, /\bES256\b/);
+    assert.match(stdout, /\bcurrent\b/);
   });
 });

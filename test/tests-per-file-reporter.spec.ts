@@ -12,12 +12,15 @@ describe('the tests-per-file reporter (test/run-tests.ts fails a run with a spec
   const dir = mkdtempSync(join(tmpdir(), 'sessionary-reporter-'));
   after(() => rmSync(dir, { recursive: true, force: true }));
 
-  it("counts each file's tests, and none for an empty suite or an empty file (which the runner reports as passing)", async () => {
+  it("counts each file's tests, a skipped suite as one, and none for an empty suite or an empty file (which the runner reports as passing)", async () => {
     const files = {
       'two.spec.js':
         "const { describe, it } = require('node:test'); describe('s', () => { it('a', () => {}); describe('inner', () => { it('b', () => {}); }); });",
       'top.spec.js': "require('node:test').it('alone', () => {});",
       'empty-suite.spec.js': "require('node:test').describe('nothing here', () => {});",
+      // Skipped (as the Swagger UI file skips without a browser): its body never runs, yet it is not empty.
+      'skipped-suite.spec.js':
+        "const { describe, it } = require('node:test'); describe('needs a browser', { skip: 'no browser' }, () => { it('a', () => {}); });",
       'blank.spec.js': '',
     };
     for (const [name, text] of Object.entries(files)) writeFileSync(join(dir, name), text);
@@ -41,6 +44,7 @@ describe('the tests-per-file reporter (test/run-tests.ts fails a run with a spec
       [join(dir, 'two.spec.js')]: 2,
       [join(dir, 'top.spec.js')]: 1,
       [join(dir, 'empty-suite.spec.js')]: 0,
+      [join(dir, 'skipped-suite.spec.js')]: 1,
       [join(dir, 'blank.spec.js')]: 0,
     });
   });

@@ -30,8 +30,11 @@ async function bootstrap(): Promise<void> {
     logger,
   });
   await configureApp(app, config, logger);
-  await app.listen({ port: config.PORT, host: config.HOST });
+  // In the same turn as configureApp's enableShutdownHooks (a signal is an event-loop event, never
+  // delivered between the two): a signal during listen() finds both listening, not Nest alone,
+  // whose re-raised signal the deadline's listener would otherwise catch.
   armShutdownDeadline(config.SHUTDOWN_TIMEOUT);
+  await app.listen({ port: config.PORT, host: config.HOST });
   boot.log(`Listening on ${await app.getUrl()} (${embedded ? 'embedded PostgreSQL' : 'PostgreSQL from DATABASE_URL'})`);
 }
 

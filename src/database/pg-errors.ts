@@ -14,9 +14,12 @@ export function pgErrorCode(error: unknown): string | undefined {
 /**
  * SQLSTATEs that mean "the server cannot serve us now", not "this statement is wrong":
  * class 08 (connection exception), 57P01-57P03 (admin/crash shutdown, cannot connect now:
- * starting up or shutting down) and 53300 (too many connections).
+ * starting up or shutting down), 53300 (too many connections) and 25006 (a write refused
+ * because the server is read-only: a standby after a failover kept the connections, or
+ * `default_transaction_read_only` during maintenance; until 0.21.0 every write answered 500
+ * with a stack trace in the log, and readiness said 200).
  */
-const UNAVAILABLE_SQLSTATES = new Set(['08000', '08001', '08003', '08004', '08006', '57P01', '57P02', '57P03', '53300']);
+const UNAVAILABLE_SQLSTATES = new Set(['08000', '08001', '08003', '08004', '08006', '57P01', '57P02', '57P03', '53300', '25006']);
 
 /** Socket errors of a server that is down, restarting or unreachable. */
 const UNAVAILABLE_ERRNOS = new Set([

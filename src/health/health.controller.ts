@@ -52,14 +52,35 @@ export class HealthController implements OnModuleDestroy {
   @ApiServiceUnavailableResponse({ description: 'The database does not answer, or the instance is shutting down' })
   async ready(): Promise<HealthCheckResult> {
     if (this.shuttingDown) throw new ServiceUnavailableException('The instance is shutting down');
+    let result: HealthCheckResult;
     try {
       // Sessionary's own data source: without it, the indicator pings the default one (a host's).
-      return await this.health.check([() => this.db.pingCheck('database', { connection: this.dataSource, timeout: 2000 })]);
+      result = await this.health.check([() => this.db.pingCheck('database', { connection: this.dataSource, timeout: 2000 })]);
     } catch (error) {
       // Told apart from any other 503, so that the exception filter reports this one as an outage.
       if (error instanceof ServiceUnavailableException) throw new DatabaseNotReadyException(whyNotReady(error.getResponse()));
       throw error;
     }
+    // A server that answers but takes no write (a standby this pool reached, a database set
+    // read-only) serves no login, refresh or logout: not ready (0.21.0; it said 200).
+    let readOnly: boolean;
+    try {
+      readOnly = await this.databaseIsReadOnly();
+    } catch (error) {
+      throw new DatabaseNotReadyException(`Not ready (database: ${error instanceof Error ? error.message : 'down'})`);
+    }
+    if (readOnly) throw new DatabaseNotReadyException('Not ready (database: read-only, a standby or default_transaction_read_only)');
+    return result;
+  }
+
+  /** Whether the server refuses writes on a connection of the pool, as a request's would be. */
+  private async databaseIsReadOnly(): Promise<boolean> {
+    const [row] = (await this.dataSource.query(
+      `SELECT pg_is_in_recovery() OR current_setting('transaction_read_only')::boolean AS read_only`,
+    )) as Array<{
+      read_only: boolean;
+    }>;
+    return row.read_only;
   }
 }
 

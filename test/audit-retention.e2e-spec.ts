@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { after, afterEach, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ConfigService } from '@nestjs/config';
+import { Client } from 'pg';
 import { DataSource, DataSourceOptions } from 'typeorm';
 import { checkpointMac, type Checkpoint } from '../src/audit/audit-chain';
 import { AuditChainService } from '../src/audit/audit-chain.service';
@@ -165,6 +166,30 @@ describe('audit log partitions and retention (e2e)', () => {
     assert.deepEqual(result.dropped, []);
     // Each month refuses TRUNCATE, the one made again and the one that had lost it too.
     for (const { name } of await partitions.list()) await assert.rejects(t.db.query(`TRUNCATE "${name}"`), /append-only: TRUNCATE refused/, name);
+  });
+
+  it('leaves a month ahead to a later run rather than wait behind a long read, with every audited write queued behind it', async () => {
+    const url = await freshDatabase();
+    const t = await app(url);
+    const partitions = t.app.get(AuditPartitionsService);
+    await partitions.maintain();
+    const ahead = partitionOf(monthStart(-2)).name;
+    await t.db.query(`DROP TABLE "${ahead}"`);
+    // An export's or a verification's snapshot, or pg_dump: a transaction reading audit_events holds its ACCESS SHARE lock to the end.
+    const reader = new Client({ connectionString: url });
+    await reader.connect();
+    try {
+      await reader.query('BEGIN');
+      await reader.query('SELECT count(*) FROM audit_events');
+      // It waited for the reader until the statement timeout (15 s) and failed, audited writes queued behind it all along.
+      const result = await partitions.maintain();
+      assert.deepEqual(result.created, []);
+      assert.ok(!(await partitions.list()).some((p) => p.name === ahead));
+    } finally {
+      await reader.query('ROLLBACK');
+      await reader.end();
+    }
+    assert.deepEqual((await partitions.maintain()).created, [ahead], 'the next run creates it');
   });
 
   it('drops a month past AUDIT_RETENTION_DAYS whole, archived first, and the rest still verifies', async () => {

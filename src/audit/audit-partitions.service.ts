@@ -31,6 +31,13 @@ const LOCK_TIMEOUT = '5s';
 /** How long giving a month its refusal of TRUNCATE may wait for the month's writers. */
 const TRIGGER_LOCK_TIMEOUT = '200ms';
 /**
+ * How long creating a month ahead may wait for audit_events: CREATE TABLE … PARTITION OF locks
+ * the parent exclusively, so it waits behind a long read (an export, a verification, pg_dump)
+ * and every audited write (each login, refresh, logout) queues behind it meanwhile. A month
+ * ahead can wait for the next run; the month under way cannot.
+ */
+const CREATE_AHEAD_LOCK_TIMEOUT = '200ms';
+/**
  * How long preparing a month's bases waits for the transactions running when it starts to end
  * (settledAuditSeq); past it, the set is prepared without a settled seq and its drop counts
  * the whole month (as an export's transaction may well run longer).
@@ -228,13 +235,26 @@ export class AuditPartitionsService {
     for (let ahead = 0; ahead <= MONTHS_AHEAD; ahead++) {
       const partition = partitionOf(new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth() + ahead, 1)));
       if (existing.has(partition.name)) continue;
-      // IF NOT EXISTS: a partition created by the migration or another version is left as it is.
-      await sql(
-        runner.manager,
-        `CREATE TABLE IF NOT EXISTS "${partition.name}" PARTITION OF audit_events
-           FOR VALUES FROM ('${partition.from.toISOString()}') TO ('${partition.to.toISOString()}')`,
-      );
-      created.push(partition.name);
+      const neededNow = ahead === 0;
+      await runner.startTransaction();
+      try {
+        if (!neededNow) await sql(runner.manager, `SET LOCAL lock_timeout = '${CREATE_AHEAD_LOCK_TIMEOUT}'`);
+        // IF NOT EXISTS: a partition created by the migration or another version is left as it is.
+        await sql(
+          runner.manager,
+          `CREATE TABLE IF NOT EXISTS "${partition.name}" PARTITION OF audit_events
+             FOR VALUES FROM ('${partition.from.toISOString()}') TO ('${partition.to.toISOString()}')`,
+        );
+        await runner.commitTransaction();
+        created.push(partition.name);
+      } catch (error) {
+        if (runner.isTransactionActive) await runner.rollbackTransaction();
+        if (neededNow || pgErrorCode(error) !== PG_LOCK_NOT_AVAILABLE) throw error;
+        // Months are made two ahead: the next run (an hour later) has a month of slack.
+        this.logger.warn(
+          `Audit partition ${partition.name} was not created ahead: audit_events was busy (a long read holds it); a later run creates it`,
+        );
+      }
     }
     // A statement trigger is not cloned to a new partition: each month refuses TRUNCATE itself.
     // Every month without the trigger gets it, not only those made here: a month made by an

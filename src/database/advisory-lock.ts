@@ -1,6 +1,9 @@
 import { DataSource, QueryRunner } from 'typeorm';
 import { sql } from './sql';
 
+export const ADVISORY_LOCK_LOST =
+  'The advisory lock was no longer held by its connection at the end of the work; DATABASE_URL must reach PostgreSQL directly or through a session-mode pooler, not a transaction-pooling one';
+
 /** What `withSessionAdvisoryLock` returns when another process holds the lock. */
 export const LOCK_TAKEN = Symbol('advisory lock taken');
 
@@ -22,11 +25,21 @@ export async function withSessionAdvisoryLock<T>(
       rows: [{ locked }],
     } = await sql<{ locked: boolean }>(runner.manager, 'SELECT pg_try_advisory_lock($1) AS locked', [key]);
     if (!locked) return LOCK_TAKEN;
+    const unlock = async (): Promise<boolean> =>
+      (await sql<{ unlocked: boolean }>(runner.manager, 'SELECT pg_advisory_unlock($1) AS unlocked', [key])).rows[0].unlocked;
+    let result: T;
     try {
-      return await work(runner);
-    } finally {
-      await sql(runner.manager, 'SELECT pg_advisory_unlock($1)', [key]);
+      result = await work(runner);
+    } catch (error) {
+      await unlock().catch(() => false); // the work's own failure is the one to report (a broken connection took the lock with it)
+      throw error;
     }
+    // The lock was not this connection's at the end: a transaction-pooling proxy between the
+    // service and PostgreSQL ran the two statements on different server connections, and the
+    // lock stays on the first, taken for good. The work did not run alone: said, not ignored
+    // (the job's run counts as failed, and the log names the cause).
+    if (!(await unlock())) throw new Error(ADVISORY_LOCK_LOST);
+    return result;
   } finally {
     await runner.release();
   }

@@ -10,6 +10,7 @@ import { MIGRATION_LOCK_KEY, runMigrationsLocked, SESSIONARY_FUNCTIONS, SESSIONA
 import { SessionAuthTime1765500000000 } from '../src/database/migrations/1765500000000-SessionAuthTime';
 import { AuditUserIndexMerged1766700000000 } from '../src/database/migrations/1766700000000-AuditUserIndexMerged';
 import { AuditUserTypeIndex1766800000000 } from '../src/database/migrations/1766800000000-AuditUserTypeIndex';
+import { CapturingLogger } from './helpers/capturing-logger';
 import { sleep } from './helpers/factories';
 import { createTestApp, emptyDatabase } from './helpers/test-app';
 
@@ -47,6 +48,49 @@ describe('migrations (e2e)', () => {
       assert.equal(rows[0].n, 0, 'connections left open by the boot');
     } finally {
       await client.end();
+    }
+  });
+
+  it('warns of migrations in the database this version does not know (a newer version ran them: the code was rolled back)', async () => {
+    const url = await emptyDatabase();
+    const source = await new DataSource(dataSourceOptions(url)).initialize();
+    const logger = new CapturingLogger();
+    try {
+      await runMigrationsLocked(source, { logger });
+      assert.deepEqual(
+        logger.lines.filter((l) => l.level === 'warn'),
+        [],
+        'none on a schema this version made',
+      );
+      await source.query(`INSERT INTO migrations ("timestamp", name) VALUES (1999999999999, 'FromTheFuture1999999999999')`);
+      await runMigrationsLocked(source, { logger });
+      const warnings = logger.lines.filter((l) => l.level === 'warn').map((l) => l.message);
+      assert.equal(warnings.length, 1, warnings.join('\n'));
+      assert.match(warnings[0], /^The database holds 1 migration\(s\) this version does not know \(FromTheFuture1999999999999\)/);
+    } finally {
+      await source.destroy();
+    }
+  });
+
+  it('says whom it waits for when another session holds the migration lock, and migrates once it is free', async () => {
+    const url = await emptyDatabase();
+    const holder = new Client({ connectionString: url, application_name: 'migration-lock-holder' });
+    await holder.connect();
+    const source = await new DataSource(dataSourceOptions(url)).initialize();
+    const logger = new CapturingLogger();
+    try {
+      await holder.query('SELECT pg_advisory_lock($1)', [MIGRATION_LOCK_KEY]);
+      const holderPid = (await holder.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0].pid;
+      const migrating = runMigrationsLocked(source, { logger, reportWaitAfterMs: 300 });
+      for (let i = 0; i < 100 && !logger.lines.some((l) => l.level === 'warn'); i++) await sleep(50);
+      const [line] = logger.lines.filter((l) => l.level === 'warn');
+      assert.match(line?.message ?? '', new RegExp(`^Waiting for the migration lock, held by pid ${holderPid} \\(migration-lock-holder`));
+      await holder.query('SELECT pg_advisory_unlock($1)', [MIGRATION_LOCK_KEY]);
+      await migrating;
+      assert.equal((await holder.query('SELECT count(*)::int AS n FROM migrations')).rows[0].n, MIGRATIONS.length);
+    } finally {
+      await source.destroy();
+      await holder.end();
     }
   });
 

@@ -1,4 +1,4 @@
-import { Logger } from '@nestjs/common';
+import { Logger, type LoggerService } from '@nestjs/common';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { DataSource, MigrationExecutor, QueryRunner } from 'typeorm';
 
@@ -14,19 +14,29 @@ export const MIGRATION_LOCK_KEY = '8315173848271906162';
  * requests, while a migration over a large table (AuditPartitions copies every audit event)
  * takes as long as it takes, and so does waiting for another instance's migrations.
  */
-export async function runMigrationsLocked(dataSource: DataSource): Promise<void> {
-  const logger = new Logger('Migrations');
+export async function runMigrationsLocked(
+  dataSource: DataSource,
+  { logger = new Logger('Migrations'), reportWaitAfterMs = WAIT_REPORT_FIRST_MS }: { logger?: LoggerService; reportWaitAfterMs?: number } = {},
+): Promise<void> {
   const runner = dataSource.createQueryRunner();
   await runner.connect();
   try {
     await runner.query('SET statement_timeout = 0');
-    await lockPolling(runner);
+    await lockPolling(runner, logger, reportWaitAfterMs);
     try {
       await assertSchemaIsSessionarys(runner, dataSource);
       const executor = new MigrationExecutor(dataSource, runner);
       executor.transaction = 'each';
       const applied = await executor.executePendingMigrations();
       if (applied.length) logger.log(`Applied ${applied.length} migration(s): ${applied.map((m) => m.name).join(', ')}`);
+      const unknown = await migrationsUnknownHere(runner, dataSource);
+      if (unknown.length) {
+        // TypeORM ignores them: an older version (a rollback of the code) runs on a newer schema without a word.
+        logger.warn(
+          `The database holds ${unknown.length} migration(s) this version does not know (${unknown.join(', ')}): a newer version migrated it. ` +
+            `This version runs on that schema; roll the code forward, or see the README's Migrations section before reverting any`,
+        );
+      }
     } finally {
       await runner.query('SELECT pg_advisory_unlock($1)', [MIGRATION_LOCK_KEY]);
     }
@@ -35,6 +45,14 @@ export async function runMigrationsLocked(dataSource: DataSource): Promise<void>
     await runner.query('RESET statement_timeout').catch(() => undefined);
     await runner.release();
   }
+}
+
+/** Names in the migrations table that none of this version's migrations has. */
+async function migrationsUnknownHere(runner: QueryRunner, dataSource: DataSource): Promise<string[]> {
+  const known = new Set(dataSource.migrations.map((m) => m.name ?? m.constructor.name));
+  const table = dataSource.options.migrationsTableName ?? 'migrations';
+  const rows: Array<{ name: string }> = await runner.query(`SELECT name FROM "${table}" ORDER BY "timestamp"`);
+  return rows.map((r) => r.name).filter((name) => !known.has(name));
 }
 
 /**
@@ -128,6 +146,9 @@ function notOurs(schema: string, what: string[]): Error {
 
 /** How often an instance waiting for another's migrations asks for the lock again. */
 const LOCK_POLL_MS = 250;
+/** After how long of waiting an instance says whom it waits for, and how often again. */
+const WAIT_REPORT_FIRST_MS = 5_000;
+const WAIT_REPORT_EVERY_MS = 30_000;
 
 /**
  * Takes the migration lock, asking again until it is free rather than waiting inside one
@@ -136,10 +157,44 @@ const LOCK_POLL_MS = 250;
  * instance migrating would wait for the one waiting for it (a deadlock, which PostgreSQL
  * breaks by failing one of them).
  */
-async function lockPolling(runner: QueryRunner): Promise<void> {
+async function lockPolling(runner: QueryRunner, logger: LoggerService, reportWaitAfterMs: number): Promise<void> {
+  const started = Date.now();
+  let nextReport = started + reportWaitAfterMs;
   for (;;) {
     const [{ locked }]: Array<{ locked: boolean }> = await runner.query('SELECT pg_try_advisory_lock($1) AS locked', [MIGRATION_LOCK_KEY]);
     if (locked) return;
+    // The boot shows nothing else meanwhile (the server does not listen yet): say whom it waits for.
+    if (Date.now() >= nextReport) {
+      logger.warn(`${await describeLockHolder(runner)} (waiting ${Math.round((Date.now() - started) / 1000)} s)`);
+      nextReport = Date.now() + WAIT_REPORT_EVERY_MS;
+    }
     await sleep(LOCK_POLL_MS);
   }
+}
+
+/** Who holds the migration lock, from pg_locks and pg_stat_activity: pid, application, client, since when, what it runs. */
+async function describeLockHolder(runner: QueryRunner): Promise<string> {
+  // An advisory lock on a bigint key is split into classid (high 32 bits) and objid (low 32 bits), objsubid 1.
+  const rows: Array<{
+    pid: number;
+    application: string | null;
+    client: string | null;
+    since: Date | null;
+    state: string | null;
+    query: string | null;
+  }> = await runner.query(
+    `SELECT a.pid, a.application_name AS application, a.client_addr::text AS client, a.xact_start AS since, a.state,
+              left(a.query, 120) AS query
+         FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+        WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+          AND l.classid = (($1::bigint >> 32) & 4294967295)::oid AND l.objid = ($1::bigint & 4294967295)::oid`,
+    [MIGRATION_LOCK_KEY],
+  );
+  if (!rows.length) return 'Waiting for the migration lock (its holder is not visible to this role)';
+  const holder = rows[0];
+  return (
+    `Waiting for the migration lock, held by pid ${holder.pid} (${holder.application || 'no application name'}` +
+    `${holder.client ? ` from ${holder.client}` : ''}${holder.since ? `, in a transaction since ${holder.since.toISOString()}` : ''}` +
+    `, ${holder.state ?? 'state unknown'}: ${holder.query ?? ''}): another instance applying migrations, or a session that took the lock`
+  );
 }

@@ -563,6 +563,36 @@ describe('audit hash chain (e2e)', () => {
     assert.equal(usage.code, 2);
   });
 
+  it('keeps the newer line in the checkpoint file once the table went back (a restore, its tail deleted), so that verification still reports the loss', async () => {
+    const file = join(dir, 'went-back.ndjson');
+    const errors: string[] = [];
+    const logger: LoggerService = { log: () => undefined, warn: () => undefined, error: (m: unknown) => void errors.push(String(m)) };
+    const f = await open({ AUDIT_CHECKPOINT_FILE: file }, logger);
+    const chainService = f.t.app.get(AuditChainService);
+    assert.ok(await chainService.checkpoint(true));
+    await login(f.t.http, f.other);
+    const newest = await chainService.checkpoint(true);
+    assert.ok(newest);
+    // The table goes back to before the newest checkpoint, as a restore from an older backup
+    // would leave it; the file outside the database still ends with that checkpoint.
+    await tamper(f.t.db, `DELETE FROM audit_checkpoints WHERE id = $1`, [newest.id]);
+    await login(f.t.http, f.other);
+    const after = await chainService.checkpoint(true);
+    assert.ok(after);
+    const lines = readFileSync(file, 'utf8').trim().split('\n');
+    assert.deepEqual(JSON.parse(lines[lines.length - 1]), newest, 'the file keeps the newer checkpoint as its last line');
+    assert.ok(
+      errors.some((m) =>
+        m.startsWith(`Audit checkpoint ${after.id} was not appended to AUDIT_CHECKPOINT_FILE: the file already holds checkpoint ${newest.id}`),
+      ),
+      errors.join('\n'),
+    );
+    assert.equal(f.t.app.get(AuditChainService).stats.fileDiverged, 1);
+    const run = await runCli(f.url, 'audit-verify', '--checkpoint-file', file);
+    assert.equal(run.code, 1, run.stdout + run.stderr);
+    assert.match(run.stdout, new RegExp(`Checkpoint ${newest.id} from the file differs from the one in the table`));
+  });
+
   it('checkpoints on its schedule only when due: after AUDIT_CHECKPOINT_EVERY events, not before', async () => {
     const f = await open({ AUDIT_CHECKPOINT_EVERY: '5' });
     const task = f.t.app.get(AuditCheckpointTask);

@@ -3,6 +3,7 @@ import { ConfigService } from '@nestjs/config';
 import { InjectDataSource } from '@nestjs/typeorm';
 import { SESSIONARY_DATA_SOURCE } from '../database/data-source-name';
 import { appendFile } from 'node:fs/promises';
+import { checkpointFileConflict, lastCheckpointIfAny } from './checkpoint-file';
 import { DataSource, EntityManager } from 'typeorm';
 import type { AppConfig } from '../config/config';
 import { sql } from '../database/sql';
@@ -80,7 +81,7 @@ export class AuditChainService implements OnModuleDestroy {
   private readonly logger = new Logger('AuditChain');
   private readonly key: string;
   /** The checkpoints this instance wrote (the metrics read it): how many, how many hashed every bucket, the last one's time and duration. */
-  readonly stats = { written: 0, fileFailures: 0, allBucketsHashed: 0, lastWrittenAt: null as Date | null, lastSeconds: 0 };
+  readonly stats = { written: 0, fileFailures: 0, fileDiverged: 0, allBucketsHashed: 0, lastWrittenAt: null as Date | null, lastSeconds: 0 };
   /** How long a checkpoint waits for the transactions running before it to end (see checkpoint()). */
   private settleTimeoutMs = 5_000;
   /** Ends that wait when the service shuts down. */
@@ -435,6 +436,20 @@ export class AuditChainService implements OnModuleDestroy {
     const file = this.config.get('AUDIT_CHECKPOINT_FILE', { infer: true });
     if (!file) return;
     try {
+      // Never after a newer checkpoint than this one: the table went back (checkpointFileConflict).
+      const conflict = await lastCheckpointIfAny(file).then(
+        (last) => last && checkpointFileConflict(last, checkpoint),
+        () => undefined, // a last line that is not a checkpoint: appended all the same; verification reports the file
+      );
+      if (conflict) {
+        this.stats.fileDiverged++;
+        this.logger.error(
+          `Audit checkpoint ${checkpoint.id} was not appended to AUDIT_CHECKPOINT_FILE: ${conflict}. The checkpoints table went back ` +
+            `(a restore from a backup, a failover that lost writes, or its newest rows deleted): audit-verify --checkpoint-file reports what is missing; ` +
+            `keep this file as evidence and give AUDIT_CHECKPOINT_FILE a new one`,
+        );
+        return;
+      }
       await appendFile(file, `${JSON.stringify(checkpoint)}\n`, { mode: 0o600 });
     } catch (error) {
       this.stats.fileFailures++;

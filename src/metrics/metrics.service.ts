@@ -107,9 +107,14 @@ export class MetricsService implements OnModuleInit {
     // This instance's view too: one instance writes each checkpoint (alert on the newest across instances).
     countsBy(
       'sessionary_audit_checkpoints_total',
-      'Audit checkpoints this instance wrote, its checkpoint ticks that failed, and its checkpoints written whose line AUDIT_CHECKPOINT_FILE did not take',
+      'Audit checkpoints this instance wrote, its checkpoint ticks that failed, its checkpoints written whose line AUDIT_CHECKPOINT_FILE did not take, and those not appended there because the file holds a newer one (the table went back)',
       'outcome',
-      () => ({ written: auditChain.stats.written, failed: auditCheckpoints.failures, file_failed: auditChain.stats.fileFailures }),
+      () => ({
+        written: auditChain.stats.written,
+        failed: auditCheckpoints.failures,
+        file_failed: auditChain.stats.fileFailures,
+        file_diverged: auditChain.stats.fileDiverged,
+      }),
     );
     counter(
       'sessionary_audit_checkpoint_all_buckets_hashed_total',

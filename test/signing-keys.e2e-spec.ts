@@ -7,7 +7,7 @@ import { KeyRotationService } from '../src/keys/key-rotation.service';
 import { KeyRotationTask } from '../src/keys/key-rotation.task';
 import { auditRows } from './helpers/db';
 import { registerAndLogin, sleep } from './helpers/factories';
-import { CliResult, runCli, runCliProcess } from './helpers/cli';
+import { CliResult, runCli, runCliProcess, runCliWith } from './helpers/cli';
 import { createTestApp, freshDatabase, TestApp } from './helpers/test-app';
 
 const decodeHeader = (token: string) => JSON.parse(Buffer.from(token.split('.')[0], 'base64url').toString('utf8')) as Record<string, unknown>;
@@ -231,6 +231,16 @@ describe('signing keys: ring, rotation, JWKS (e2e)', () => {
       assert.ok(secret.length > 20 && !list.includes(secret), 'the private key is not listed');
     }
     for (const line of list.split('\n').filter(Boolean)) assert.equal(line.split('\t').length, 8, JSON.stringify(line)); // a last field may be empty
+  });
+
+  it("leaves the ring as it is when a command runs with another SIGNING_ALGORITHM (a shell without the service's settings)", async () => {
+    const ring = async () => (await keyRows(a)).map((r) => [r.kid, r.algorithm, r.state]);
+    const rotations = async () => (await a.db.query(`SELECT count(*)::int AS n FROM audit_events WHERE type = 'KEY_ROTATED'`))[0].n as number;
+    const [before, rotatedBefore] = [await ring(), await rotations()];
+    const listed = await runCliWith({ SIGNING_ALGORITHM: 'HS256' }, url, 'keys', 'list');
+    assert.equal(listed.code, 0, listed.stderr);
+    assert.deepEqual(await ring(), before, 'the next key (ES256) was not replaced by an HS256 one');
+    assert.equal(await rotations(), rotatedBefore, 'no KEY_ROTATED event');
   });
 
   it('rotates on schedule once the current key is SIGNING_KEY_ROTATION_DAYS old, on one instance only', async () => {

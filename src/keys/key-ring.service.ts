@@ -1,10 +1,11 @@
-import { Injectable, Logger, OnApplicationShutdown, OnModuleInit } from '@nestjs/common';
+import { Inject, Injectable, Logger, OnApplicationShutdown, OnModuleInit } from '@nestjs/common';
 import { ConfigService } from '@nestjs/config';
 import { InjectDataSource } from '@nestjs/typeorm';
 import { SESSIONARY_DATA_SOURCE } from '../database/data-source-name';
 import { DataSource } from 'typeorm';
 import type { AppConfig } from '../config/config';
 import { PgChannelListener, notifyThrough } from '../database/pg-channel-listener';
+import { SCHEDULED_JOBS } from '../sessionary/scheduled-jobs';
 import { KeyRotationService } from './key-rotation.service';
 import { PublishedJwk, publishedJwk, RingKey } from './signing-key';
 
@@ -39,10 +40,12 @@ export class KeyRing implements OnModuleInit, OnApplicationShutdown {
     @InjectDataSource(SESSIONARY_DATA_SOURCE) private readonly dataSource: DataSource,
     private readonly rotation: KeyRotationService,
     private readonly config: ConfigService<AppConfig, true>,
+    // A service instance (true) brings the ring to its SIGNING_ALGORITHM; a command (false) does not.
+    @Inject(SCHEDULED_JOBS) private readonly scheduledJobs: boolean,
   ) {}
 
   async onModuleInit(): Promise<void> {
-    await this.rotation.ensureRing();
+    await this.rotation.ensureRing({ adoptAlgorithm: this.scheduledJobs });
     await this.reload();
     this.listener = new PgChannelListener({
       url: this.config.get('DATABASE_LISTEN_URL', { infer: true }) ?? this.config.get('DATABASE_URL', { infer: true })!,

@@ -62,14 +62,19 @@ export class KeyRotationService {
    * verifying the tokens it issued (they carry no kid): as the current key when
    * SIGNING_ALGORITHM is HS256, otherwise as a retiring key, for as long as those tokens live,
    * and only if a session is active (otherwise no such token can be in use).
+   *
+   * `adoptAlgorithm` false (a process that runs no scheduled job: the CLI) leaves a complete
+   * ring as it is whatever SIGNING_ALGORITHM says: a command run from a shell without the
+   * service's setting (ES256 by default) replaced the deployment's next key, and wrote a
+   * KEY_ROTATED event, until 0.21.0. It still makes a ring that is missing or incomplete.
    */
-  async ensureRing(): Promise<void> {
+  async ensureRing({ adoptAlgorithm = true }: { adoptAlgorithm?: boolean } = {}): Promise<void> {
     await this.dataSource.transaction(async (em) => {
       await this.store.lock(em);
       const keys = await this.store.states(em);
       const current = keys.find((k) => k.state === 'current');
       const next = keys.find((k) => k.state === 'next');
-      if (current && next?.algorithm === this.algorithm) return;
+      if (current && next && (next.algorithm === this.algorithm || !adoptAlgorithm)) return;
       const retired = await this.store.retire(em, this.algorithm);
       let currentKid = current?.kid;
       let retiring: RotationResult['retiring'];

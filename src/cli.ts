@@ -3,7 +3,7 @@
  * `npm run cli -- <command>`: the operator commands of src/cli/run-command.ts (usage there and
  * in the README), run as this process's own, with its environment (and .env), stdout and
  * stderr; the process exits with the command's code. The package's `sessionary` bin (a host's
- * `npx sessionary <command>`), and `node dist/src/cli.js <command>` where there is no compiler
+ * `npx --no sessionary <command>`), and `node dist/src/cli.js <command>` where there is no compiler
  * (the Docker image).
  */
 import type { LoggerService, LogLevel } from '@nestjs/common';

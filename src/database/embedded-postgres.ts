@@ -333,7 +333,10 @@ async function inspectProcess(pid: number, dataDir: string): Promise<ProcessOwne
     if (cwd !== ours) return 'other';
     const ppid = parentPid(pid);
     let parentIsNode = ppid === process.pid;
-    if (!parentIsNode && ppid > 1) {
+    // PID 1 too: in a container the service is PID 1 (the Dockerfile's CMD runs node directly),
+    // so a live server's postmaster is its child there, and a command run with `docker exec`
+    // would have taken it for an orphan and stopped it. On a host PID 1 is init (or unreadable).
+    if (!parentIsNode && ppid >= 1) {
       const parentExe = await fs.readlink(`/proc/${ppid}/exe`).catch(() => '');
       parentIsNode = /^node(\d|$)/.test(path.basename(parentExe));
     }

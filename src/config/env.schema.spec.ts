@@ -25,6 +25,7 @@ describe('parseEnv', () => {
     assert.equal(env.PORT, 3000);
     assert.equal(env.HOST, '0.0.0.0');
     assert.equal(env.SHUTDOWN_TIMEOUT, 25);
+    assert.equal(env.DATABASE_POOL_MAX, 20);
     assert.equal(env.ACCESS_TOKEN_TTL, 900);
     assert.equal(env.SESSION_IDLE_TTL, 3600);
     assert.equal(env.SESSION_ABSOLUTE_TTL, 86400);
@@ -123,6 +124,9 @@ describe('parseEnv', () => {
     ['PORT', '-1'],
     ['PORT', '80.5'],
     ['SHUTDOWN_TIMEOUT', '-1'],
+    ['DATABASE_POOL_MAX', '4'],
+    ['DATABASE_POOL_MAX', '1001'],
+    ['DATABASE_POOL_MAX', 'many-XYZZY'],
     ['SHUTDOWN_TIMEOUT', '3601'],
     ['SHUTDOWN_TIMEOUT', '2.5'],
     ['ACCESS_TOKEN_TTL', '0'],

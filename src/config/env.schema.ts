@@ -82,14 +82,27 @@ export class Env {
   DATABASE_URL?: string;
 
   /**
-   * The URL of the one listening connection (LISTEN/NOTIFY keeps the session cache exact).
-   * Unset: DATABASE_URL. Set it when DATABASE_URL goes through a transaction-pooling proxy,
-   * which cannot hold a LISTEN.
+   * The URL of the listening connections (two per instance: LISTEN/NOTIFY keeps the session
+   * cache and the signing-key ring exact). Unset: DATABASE_URL. Set it past any pooler between
+   * the service and PostgreSQL (DATABASE_URL itself must not be a transaction-pooling one: the
+   * jobs' advisory locks are session-level).
    */
   @Transform(toOptionalString)
   @IsOptional()
   @Matches(/^postgres(ql)?:\/\//, { message: 'DATABASE_LISTEN_URL must be a postgres:// URL' })
   DATABASE_LISTEN_URL?: string;
+
+  /**
+   * Connections in each instance's pool (requests and jobs). Beside them an instance opens its
+   * two listening connections and, while an admin verification runs, up to
+   * AUDIT_VERIFY_WORKERS more: the database's max_connections must cover every instance's sum,
+   * plus one more instance during a rolling upgrade.
+   */
+  @Transform(toNumber)
+  @IsInt()
+  @Min(5)
+  @Max(1000)
+  DATABASE_POOL_MAX = 20;
 
   /** Development secrets and the embedded database live here. */
   @IsString()

@@ -81,8 +81,8 @@ class ListenedClient extends Client {
   }
 }
 
-/** One definition for the app, the TypeORM CLI and the tests. Never `synchronize`. */
-export function dataSourceOptions(databaseUrl: string): DataSourceOptions {
+/** One definition for the app, the TypeORM CLI and the tests. Never `synchronize`. `poolMax`: DATABASE_POOL_MAX. */
+export function dataSourceOptions(databaseUrl: string, { poolMax = 20 }: { poolMax?: number } = {}): DataSourceOptions {
   return {
     type: 'postgres',
     // This package's pg, not whichever \`require('pg')\` from TypeORM's folder finds: TypeORM is
@@ -112,7 +112,7 @@ export function dataSourceOptions(databaseUrl: string): DataSourceOptions {
     poolErrorHandler: () => undefined,
     extra: {
       Client: ListenedClient,
-      max: 20,
+      max: poolMax,
       // How long a request may wait for a connection, new or from the pool. A refused
       // connection fails at once anyway; this bounds the other outages (a black-holed host, a
       // server that accepts but does not answer, a pool exhausted by stuck queries), so that

@@ -29,6 +29,7 @@ import { runMigrationsLocked } from '../src/database/migrate';
 import { registerUser } from './helpers/factories';
 import { createTestApp, freshDatabase, TEST_AUDIT_HMAC_KEY, TestApp } from './helpers/test-app';
 import { tamper } from './helpers/db';
+import { metric } from './helpers/service-process';
 import { monthStart, partitionsOf, pastEvents, silentUser, uncommittedPastEvent } from './helpers/audit-months';
 import { SESSIONARY_DATA_SOURCE_TOKEN } from '../src/database/data-source-name';
 
@@ -562,6 +563,7 @@ describe('audit log partitions and retention (e2e)', () => {
     assert.equal(result.held.length, 1);
     assert.equal(result.held[0].name, partitionOf(monthStart(5)).name);
     assert.match(result.held[0].reason, /comes before some of its events/);
+    assert.equal(metric((await t.http.get('/metrics')).text, 'sessionary_audit_partitions_held'), 1, 'an alert sees it, not only the log');
     assert.equal((await partitionsOf(t.db))[partitionOf(monthStart(5)).name], 1);
     assert.equal((await t.app.get(AuditVerifierService).verify()).ok, true);
   });

@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { KeyRotationTask } from '../src/keys/key-rotation.task';
 import { LoginThrottleService } from '../src/login-throttle/login-throttle.service';
+import { PgThrottlerStorage } from '../src/rate-limit/pg-throttler.storage';
 import { RateLimitPruneTask } from '../src/rate-limit/rate-limit-prune.task';
 import { SessionsCleanupTask } from '../src/sessions/sessions-cleanup.task';
 import { CapturingLogger } from './helpers/capturing-logger';
@@ -17,7 +18,12 @@ describe("background jobs' failures and last success in /metrics (e2e)", () => {
   let t: TestApp;
   before(async () => {
     // A database of its own: the tables are renamed under it.
-    t = await createTestApp({ DATABASE_URL: await freshDatabase() }, { logger: new CapturingLogger() });
+    // Requests counted (the tests' apps count none by default), with no background sync within a
+    // test (the longest interval): only the runs below sync.
+    t = await createTestApp(
+      { DATABASE_URL: await freshDatabase(), RATE_LIMIT_PER_MINUTE: '600', RATE_LIMIT_SYNC_INTERVAL: '60000' },
+      { logger: new CapturingLogger() },
+    );
   });
   after(async () => {
     await t.close();
@@ -27,6 +33,15 @@ describe("background jobs' failures and last success in /metrics (e2e)", () => {
     { job: 'session_cleanup', table: 'sessions', run: () => t.app.get(SessionsCleanupTask).handleTick() },
     { job: 'login_counters_prune', table: 'login_throttle', run: () => t.app.get(LoginThrottleService).prune() },
     { job: 'rate_limits_prune', table: 'rate_limits', run: () => t.app.get(RateLimitPruneTask).prune() },
+    // One request the per-IP limit counts, then the sync that writes it.
+    {
+      job: 'rate_limits_sync',
+      table: 'rate_limits',
+      run: async () => {
+        await t.http.get('/api/v1/users/me');
+        await t.app.get(PgThrottlerStorage).sync();
+      },
+    },
     { job: 'signing_key_maintenance', table: 'signing_keys', run: () => t.app.get(KeyRotationTask).handleTick() },
   ];
 

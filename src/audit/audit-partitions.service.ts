@@ -100,7 +100,15 @@ export function partitionOf(month: Date): AuditPartition {
 export class AuditPartitionsService {
   private readonly logger = new Logger(AuditPartitionsService.name);
   /** For /metrics. */
-  readonly stats = { lastRunAt: null as Date | null, droppedEvents: 0, droppedPartitions: 0, partitions: 0, closedMonthsInTimeOrder: 0 };
+  readonly stats = {
+    lastRunAt: null as Date | null,
+    droppedEvents: 0,
+    droppedPartitions: 0,
+    partitions: 0,
+    closedMonthsInTimeOrder: 0,
+    /** Months past AUDIT_RETENTION_DAYS kept at the last run, each for a reason the log gives. */
+    heldPastRetention: 0,
+  };
   /** See SETTLE_TIMEOUT_MS (a field so that tests can shorten it). */
   settleTimeoutMs = SETTLE_TIMEOUT_MS;
   /** Aborted at shutdown: a preparation stops waiting for older transactions, a month's rewrite stops (see stopWaiting). */
@@ -160,6 +168,7 @@ export class AuditPartitionsService {
       }
       await this.orderClosedMonths(runner, now, cutoff, result);
       this.stats.partitions = (await this.list(runner.manager)).length;
+      this.stats.heldPastRetention = result.held.length;
       this.stats.lastRunAt = new Date();
     });
     if (!ran) return { ...result, skipped: true };

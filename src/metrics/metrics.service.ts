@@ -95,6 +95,11 @@ export class MetricsService implements OnModuleInit {
     );
     gauge('sessionary_audit_partitions', 'Monthly partitions of audit_events at the last maintenance', () => auditPartitions.stats.partitions);
     gauge(
+      'sessionary_audit_partitions_held',
+      'Months of audit_events past AUDIT_RETENTION_DAYS kept at the last maintenance, each for a reason the log gives',
+      () => auditPartitions.stats.heldPastRetention,
+    );
+    gauge(
       'sessionary_audit_closed_months_in_time_order',
       'Closed months of audit_events not yet rewritten in chain order at the last maintenance (AUDIT_ORDER_CLOSED_MONTHS does one a run)',
       () => auditPartitions.stats.closedMonthsInTimeOrder,
@@ -205,6 +210,7 @@ export class MetricsService implements OnModuleInit {
       session_cleanup: cleanup.health,
       login_counters_prune: loginThrottle.pruneHealth,
       rate_limits_prune: rateLimits.pruneHealth,
+      rate_limits_sync: rateLimits.syncHealth,
       signing_key_maintenance: keyRotation.health,
     });
     countsBy('sessionary_job_failures_total', "Runs of this instance's background jobs that failed (the log says why), by job", 'job', () =>

@@ -42,6 +42,8 @@ export class PgThrottlerStorage implements ThrottlerStorage {
   readonly pruned = { rate_limits: 0 };
   /** Prunes that failed, and when one last ran to its end (for /metrics). */
   readonly pruneHealth = new JobHealth();
+  /** Syncs whose writes failed (a batch each), and when one last wrote all it had (for /metrics). */
+  readonly syncHealth = new JobHealth();
 
   /** `rate_limits` holds keyed digests of the counters' keys (which name client IPs), never the keys. */
   private readonly digest: CounterKeyDigest;
@@ -74,6 +76,7 @@ export class PgThrottlerStorage implements ThrottlerStorage {
 
   private async syncOnce(): Promise<void> {
     this.counters.sweep();
+    let failed = false;
     for (const batch of this.counters.takeBatches()) {
       try {
         this.counters.applySynced(batch, await this.merge(batch));
@@ -83,6 +86,9 @@ export class PgThrottlerStorage implements ThrottlerStorage {
         }
       } catch (error) {
         this.counters.syncFailed(batch);
+        failed = true;
+        // The log says it once; the metric counts every failed write, so an alert sees it go on.
+        this.syncHealth.failed();
         // One line when it starts failing, not one per tick: each instance limits on its own meanwhile.
         if (!this.failing) {
           this.failing = true;
@@ -92,6 +98,7 @@ export class PgThrottlerStorage implements ThrottlerStorage {
         }
       }
     }
+    if (!failed) this.syncHealth.succeeded();
   }
 
   private async merge({ settings, entries }: SyncBatch): Promise<SyncedRow[]> {

@@ -78,10 +78,11 @@ describe('migrations (e2e)', () => {
     await holder.connect();
     const source = await new DataSource(dataSourceOptions(url)).initialize();
     const logger = new CapturingLogger();
+    let migrating: Promise<void> | undefined;
     try {
       await holder.query('SELECT pg_advisory_lock($1)', [MIGRATION_LOCK_KEY]);
       const holderPid = (await holder.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0].pid;
-      const migrating = runMigrationsLocked(source, { logger, reportWaitAfterMs: 300 });
+      migrating = runMigrationsLocked(source, { logger, reportWaitAfterMs: 300 });
       for (let i = 0; i < 100 && !logger.lines.some((l) => l.level === 'warn'); i++) await sleep(50);
       const [line] = logger.lines.filter((l) => l.level === 'warn');
       assert.match(line?.message ?? '', new RegExp(`^Waiting for the migration lock, held by pid ${holderPid} \\(migration-lock-holder`));
@@ -89,8 +90,10 @@ describe('migrations (e2e)', () => {
       await migrating;
       assert.equal((await holder.query('SELECT count(*)::int AS n FROM migrations')).rows[0].n, MIGRATIONS.length);
     } finally {
-      await source.destroy();
+      // Ends the wait should an assertion have failed first: the data source is not destroyed under it.
       await holder.end();
+      await migrating?.catch(() => undefined);
+      await source.destroy();
     }
   });
 

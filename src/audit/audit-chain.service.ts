@@ -430,17 +430,23 @@ export class AuditChainService implements OnModuleDestroy {
     return row ? toCheckpoint(row) : undefined;
   }
 
+  /** The MAC the checkpoints table holds under `id`, if it holds that checkpoint. */
+  private async storedMac(id: number): Promise<string | undefined> {
+    const {
+      rows: [row],
+    } = await sql<{ mac: string }>(this.dataSource.manager, `SELECT mac FROM audit_checkpoints WHERE id = $1`, [id]);
+    return row?.mac;
+  }
+
   /** Outside the database: one structured log line, and one NDJSON line in AUDIT_CHECKPOINT_FILE. */
   private async export(checkpoint: Checkpoint): Promise<void> {
     this.logger.log({ event: 'audit.checkpoint', ...checkpoint });
     const file = this.config.get('AUDIT_CHECKPOINT_FILE', { infer: true });
     if (!file) return;
     try {
-      // Never after a newer checkpoint than this one: the table went back (checkpointFileConflict).
-      const conflict = await lastCheckpointIfAny(file).then(
-        (last) => last && checkpointFileConflict(last, checkpoint),
-        () => undefined, // a last line that is not a checkpoint: appended all the same; verification reports the file
-      );
+      // Never after a checkpoint the table no longer holds as it was: the table went back (checkpointFileConflict).
+      const last = await lastCheckpointIfAny(file).catch(() => undefined); // a last line that is not a checkpoint: appended all the same; verification reports the file
+      const conflict = last && checkpointFileConflict(last, await this.storedMac(last.id));
       if (conflict) {
         this.stats.fileDiverged++;
         this.logger.error(

@@ -48,24 +48,20 @@ export async function readLastCheckpoint(path: string): Promise<Checkpoint> {
 }
 
 /**
- * Why `next` must not be appended after `last`, the file's last checkpoint; undefined when it
+ * Why a checkpoint must not be appended to a file whose last checkpoint is `last`, given the
+ * MAC the checkpoints table holds under `last.id` (undefined: no such row); undefined when it
  * may. The file is the record of the table's checkpoints kept outside the database: after a
  * restore from an older backup, a failover that lost the newest writes, or the checkpoints'
- * tail deleted, the table numbers its next checkpoint again from where it went back to, and
- * that checkpoint appended after the file's newer ones would become the file's last line, the
- * one verification compares with, and agree with the table: the loss would be hidden. Ids may
- * skip (each instance may write a file of its own), and another instance's next checkpoint may
- * be appended just before this one (it then names this one as its predecessor).
+ * tail deleted, the table numbers its checkpoints again from where it went back to, and one
+ * appended after the file's newer ones would become the file's last line, the one verification
+ * compares with, and agree with the table: the loss hidden. The table is append-only and keeps
+ * every checkpoint, so the file's last one must be there, unchanged; ids may otherwise skip or
+ * come out of order (instances may write files of their own, or append to one in turn).
  */
-export function checkpointFileConflict(last: Checkpoint, next: Checkpoint): string | undefined {
-  if (last.id < next.id) {
-    if (last.id === next.id - 1 && last.mac !== next.prevMac) {
-      return `the file's checkpoint ${last.id} is not the one checkpoint ${next.id} follows`;
-    }
-    return undefined;
-  }
-  if (last.id === next.id + 1 && last.prevMac === next.mac) return undefined;
-  return `the file already holds checkpoint ${last.id}, at or after ${next.id}`;
+export function checkpointFileConflict(last: Checkpoint, storedMac: string | undefined): string | undefined {
+  if (storedMac === undefined) return `the file's last checkpoint, ${last.id}, is not in the table`;
+  if (storedMac !== last.mac) return `the file's last checkpoint, ${last.id}, differs from the table's`;
+  return undefined;
 }
 
 /** The file's last checkpoint, or undefined when the file does not exist yet or holds nothing. */

@@ -124,7 +124,7 @@ describe('parseEnv', () => {
     ['PORT', '-1'],
     ['PORT', '80.5'],
     ['SHUTDOWN_TIMEOUT', '-1'],
-    ['DATABASE_POOL_MAX', '4'],
+    ['DATABASE_POOL_MAX', '9'],
     ['DATABASE_POOL_MAX', '1001'],
     ['DATABASE_POOL_MAX', 'many-XYZZY'],
     ['SHUTDOWN_TIMEOUT', '3601'],
@@ -229,6 +229,14 @@ describe('parseEnv', () => {
     );
     assert.throws(() => parseEnv({ LOGIN_FAILURE_WINDOW: '10' }), /LOGIN_BACKOFF_BASE must not exceed LOGIN_FAILURE_WINDOW/);
     assert.equal(parseEnv({ LOGIN_BACKOFF_BASE: '900', LOGIN_FAILURE_WINDOW: '900' }).LOGIN_BACKOFF_BASE, 900);
+  });
+
+  it('refuses a pool too small for the concurrent exports beside the jobs and requests', () => {
+    assert.throws(
+      () => parseEnv({ DATABASE_POOL_MAX: '12', AUDIT_EXPORT_MAX_CONCURRENT: '3' }),
+      /DATABASE_POOL_MAX \(12\) must leave 10 connections for the jobs and requests beside AUDIT_EXPORT_MAX_CONCURRENT \(3\) exports: at least 13/,
+    );
+    assert.equal(parseEnv({ DATABASE_POOL_MAX: '12' }).DATABASE_POOL_MAX, 12);
   });
 
   it('accepts an idle timeout equal to the absolute one', () => {

@@ -100,7 +100,7 @@ export class Env {
    */
   @Transform(toNumber)
   @IsInt()
-  @Min(5)
+  @Min(10)
   @Max(1000)
   DATABASE_POOL_MAX = 20;
 
@@ -531,6 +531,9 @@ export class Env {
   ACCESS_LOG_PROBES: AccessLogProbes = 'failures';
 }
 
+/** Connections of the pool left for the jobs and requests beside the exports (DATABASE_POOL_MAX's cross-check). */
+const POOL_FOR_JOBS_AND_REQUESTS = 10;
+
 /** The least bcrypt cost production accepts: OWASP's Password Storage Cheat Sheet's minimum. */
 export const MIN_PRODUCTION_BCRYPT_COST = 10;
 
@@ -539,6 +542,13 @@ function crossFieldErrors(env: Env): string[] {
   const errors: string[] = [];
   if (env.NODE_ENV === NodeEnv.Production && env.BCRYPT_COST < MIN_PRODUCTION_BCRYPT_COST) {
     errors.push(`BCRYPT_COST must be at least ${MIN_PRODUCTION_BCRYPT_COST} in production`);
+  }
+  if (env.DATABASE_POOL_MAX < env.AUDIT_EXPORT_MAX_CONCURRENT + POOL_FOR_JOBS_AND_REQUESTS) {
+    // Each export holds a connection as long as its client reads; the jobs hold up to about 8 at
+    // once (the cleanup 3, shipping 2, partitions, checkpoints, key rotation 1 each).
+    errors.push(
+      `DATABASE_POOL_MAX (${env.DATABASE_POOL_MAX}) must leave ${POOL_FOR_JOBS_AND_REQUESTS} connections for the jobs and requests beside AUDIT_EXPORT_MAX_CONCURRENT (${env.AUDIT_EXPORT_MAX_CONCURRENT}) exports: at least ${env.AUDIT_EXPORT_MAX_CONCURRENT + POOL_FOR_JOBS_AND_REQUESTS}`,
+    );
   }
   if (env.AUDIT_ARCHIVE_DIR !== undefined && env.AUDIT_RETENTION_DAYS === undefined) {
     // Only retention archives (a month, before dropping it): set alone, nothing is ever archived.

@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
+import { Client } from 'pg';
 import { DataSource } from 'typeorm';
 import { dataSourceOptions } from './data-source.options';
 import { ADVISORY_LOCK_LOST, LOCK_TAKEN, withSessionAdvisoryLock } from './advisory-lock';
@@ -38,5 +39,24 @@ describe('withSessionAdvisoryLock (a real database)', () => {
       throw new Error('the work failed');
     });
     await assert.rejects(run, { message: 'the work failed' });
+  });
+
+  it('lets the lock go after a work that failed inside a transaction it left aborted', async () => {
+    const run = withSessionAdvisoryLock(dataSource, KEY, async (runner) => {
+      await runner.startTransaction();
+      await runner.query('SELECT 1/0').catch(() => undefined); // the transaction is aborted from here on
+      throw new Error('the work failed');
+    });
+    await assert.rejects(run, { message: 'the work failed' });
+    // Asked on a connection of its own: the pool could hand back the very connection that holds it.
+    const other = new Client({ connectionString: process.env.DATABASE_URL });
+    await other.connect();
+    try {
+      const { rows } = await other.query<{ locked: boolean }>('SELECT pg_try_advisory_lock($1) AS locked', [KEY]);
+      assert.equal(rows[0].locked, true, 'the pooled connection kept the lock');
+      await other.query('SELECT pg_advisory_unlock($1)', [KEY]);
+    } finally {
+      await other.end();
+    }
   });
 });

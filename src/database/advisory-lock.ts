@@ -31,7 +31,11 @@ export async function withSessionAdvisoryLock<T>(
     try {
       result = await work(runner);
     } catch (error) {
-      await unlock().catch(() => false); // the work's own failure is the one to report (a broken connection took the lock with it)
+      // The work's own failure is the one to report. A transaction it left open (aborted: the
+      // unlock would fail in it) is rolled back first, so that the connection goes back to the
+      // pool without the lock; a broken connection took the lock with it.
+      if (runner.isTransactionActive) await runner.rollbackTransaction().catch(() => undefined);
+      await unlock().catch(() => false);
       throw error;
     }
     // The lock was not this connection's at the end: a transaction-pooling proxy between the

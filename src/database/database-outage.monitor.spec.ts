@@ -23,6 +23,8 @@ describe('DatabaseOutageMonitor', () => {
   let pool: EventEmitter;
   let databaseUp: boolean;
   let probes: number;
+  /** The server answers, but takes no write. */
+  let readOnly: boolean;
   let clock: number;
   let monitor: DatabaseOutageMonitor;
 
@@ -33,6 +35,7 @@ describe('DatabaseOutageMonitor', () => {
     lines.length = 0;
     pool = new EventEmitter();
     databaseUp = false;
+    readOnly = false;
     probes = 0;
     clock = 1_000_000;
     const dataSource = {
@@ -40,7 +43,7 @@ describe('DatabaseOutageMonitor', () => {
       query: async () => {
         probes++;
         if (!databaseUp) throw refused();
-        return [{ '?column?': 1 }];
+        return [{ writable: !readOnly }];
       },
     } as unknown as DataSource;
     monitor = new DatabaseOutageMonitor(dataSource);
@@ -101,6 +104,19 @@ describe('DatabaseOutageMonitor', () => {
     // Up again: no more probes.
     await advance(10 * OUTAGE_PROBE_INTERVAL_MS);
     assert.equal(probes, 4);
+  });
+
+  it('stays down while the server answers but takes no write (read-only), and recovers once it does', async () => {
+    monitor.failed(refused(), 'POST /api/v1/auth/login');
+    databaseUp = true;
+    readOnly = true;
+    for (let i = 0; i < 3; i++) await advance(OUTAGE_PROBE_INTERVAL_MS);
+    assert.equal(monitor.isDown, true);
+    assert.equal(lines.length, 1, 'no "available again" while it is read-only');
+    readOnly = false;
+    await advance(OUTAGE_PROBE_INTERVAL_MS);
+    assert.equal(monitor.isDown, false);
+    assert.match(lines[1].text, /^Database available again after 8\.0 s/);
   });
 
   it('logs a new outage after a recovery as a new start', async () => {

@@ -96,8 +96,13 @@ export class DatabaseOutageMonitor implements OnModuleInit, OnApplicationShutdow
     this.probeTimer = undefined;
     if (this.stopped || this.downSince === undefined) return;
     try {
-      await this.dataSource.query('SELECT 1');
-      this.recovered();
+      // Back means taking writes again: a read-only server (a standby, default_transaction_read_only)
+      // answers a bare SELECT 1, and a recovery logged then would be followed by the next outage line.
+      const [{ writable }] = (await this.dataSource.query(
+        `SELECT NOT (pg_is_in_recovery() OR current_setting('transaction_read_only')::boolean) AS writable`,
+      )) as Array<{ writable: boolean }>;
+      if (writable) this.recovered();
+      else this.scheduleProbe();
     } catch (error) {
       // Still down (the requests' failures are what the summary lines count): probe again.
       if (!isDatabaseUnavailable(error)) this.logger.warn(`Database probe failed: ${summarize(error)}`);

@@ -187,7 +187,11 @@ async function describeLockHolder(runner: QueryRunner): Promise<string> {
               left(a.query, 120) AS query
          FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
         WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
-          AND l.classid = (($1::bigint >> 32) & 4294967295)::oid AND l.objid = ($1::bigint & 4294967295)::oid`,
+          -- Advisory locks are per database; pg_locks lists the whole server's.
+          AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+          AND l.classid = (($1::bigint >> 32) & 4294967295)::oid AND l.objid = ($1::bigint & 4294967295)::oid
+        ORDER BY a.xact_start NULLS LAST
+        LIMIT 1`,
     [MIGRATION_LOCK_KEY],
   );
   if (!rows.length) return 'Waiting for the migration lock (its holder is not visible to this role)';

@@ -38,6 +38,13 @@ export const REDACTED = '[REDACTED]';
 
 const SECRET_KEY_SET = new Set(SECRET_KEYS.map((key) => key.toLowerCase()));
 
+/**
+ * Keys whose string values are public digests shaped like secrets (64 hex digits, 43
+ * base64url characters): an audit checkpoint's MACs and heads' digest, which its log line
+ * exists to carry off the host, and a signing key's id (its public key's thumbprint).
+ */
+const PUBLIC_DIGEST_KEYS = new Set(['digest', 'prevMac', 'mac', 'kid']);
+
 // Shapes of secrets inside free text, for what a key-based mask cannot see.
 const SECRET_PATTERNS: Array<[RegExp, string]> = [
   [/\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*/g, '[REDACTED_JWT]'],
@@ -69,15 +76,18 @@ function isOpaque(value: object): boolean {
 }
 
 /**
- * A copy of `value` with the value of every secret key replaced, at any depth (objects, arrays,
- * Maps, Sets, errors and their causes). Errors become plain `{name, message, stack}` objects with
+ * A copy of `value` with the value of every secret key replaced, and secret shapes masked in
+ * every string (scrubSecrets) but the public digests', at any depth (objects, arrays, Maps,
+ * Sets, errors and their causes). Errors become plain `{name, message, stack}` objects with
  * their text scrubbed, since JSON would otherwise drop their message and stack. Only what lies
  * on the way to a change is copied; the input is never mutated. Whatever cannot be walked (a
- * throwing getter) is masked whole.
+ * throwing getter) is masked whole. (Strings inside objects were left as they were until
+ * 0.21.0: a token in a nested field, `{ detail: 'Bearer …' }`, reached the log.)
  */
 export function redactSecretKeys(value: unknown): unknown {
   const ancestors: object[] = [];
-  const visit = (node: unknown): unknown => {
+  const visit = (node: unknown, key?: string): unknown => {
+    if (typeof node === 'string') return key !== undefined && PUBLIC_DIGEST_KEYS.has(key) ? node : scrubSecrets(node);
     if (typeof node !== 'object' || node === null) return node;
     if (ancestors.includes(node)) return '[Circular]';
     if (isOpaque(node)) return node;
@@ -94,7 +104,8 @@ export function redactSecretKeys(value: unknown): unknown {
       if (node instanceof Map) {
         let changed = false;
         const entries = [...node].map(([key, entry]) => {
-          const out = typeof key === 'string' && SECRET_KEY_SET.has(key.toLowerCase()) ? REDACTED : visit(entry);
+          const out =
+            typeof key === 'string' && SECRET_KEY_SET.has(key.toLowerCase()) ? REDACTED : visit(entry, typeof key === 'string' ? key : undefined);
           changed ||= out !== entry;
           return [key, out] as const;
         });
@@ -102,7 +113,7 @@ export function redactSecretKeys(value: unknown): unknown {
       }
       if (node instanceof Set) {
         const originals = [...node];
-        const values = originals.map(visit);
+        const values = originals.map((entry) => visit(entry));
         return values.some((out, i) => out !== originals[i]) ? new Set(values) : node;
       }
       const source = node as Record<string, unknown>;
@@ -115,7 +126,7 @@ export function redactSecretKeys(value: unknown): unknown {
       }
       for (const key of keys) {
         const original = source[key];
-        const out = SECRET_KEY_SET.has(key.toLowerCase()) ? REDACTED : visit(original);
+        const out = SECRET_KEY_SET.has(key.toLowerCase()) ? REDACTED : visit(original, key);
         if (out === original && !copy) continue;
         copy ??= { ...source };
         // defineProperty, because an assignment to "__proto__" would call its setter.

@@ -75,6 +75,17 @@ describe('redactSecretKeys', () => {
     assert.ok(text.includes('"accept":"json"') && text.includes('"id":"r"'), text);
   });
 
+  it("masks secret shapes in strings at any depth, but an audit checkpoint's public MACs and digest", () => {
+    const jwt = 'eyJhbGciOiJIUzI1NiIsInR5cCI6ImF0K2p3dCJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJlLWJ5dGVzLWhlcmU';
+    const hex = 'ab'.repeat(32);
+    const logged = { event: 'host.callback', detail: { note: 'sent Bearer abc.def-ghi' }, urls: [`/cb?t=${jwt}`], seen: new Set([hex]) };
+    const text = JSON.stringify(redactSecretKeys(logged), (_k, v: unknown) => (v instanceof Set ? [...v] : v));
+    for (const secret of ['abc.def-ghi', jwt, hex]) assert.ok(!text.includes(secret), text);
+    assert.ok(text.includes('"event":"host.callback"'), text);
+    const checkpoint = { event: 'audit.checkpoint', id: 7, digest: hex, prevMac: 'cd'.repeat(32), mac: 'ef'.repeat(32) };
+    assert.equal(redactSecretKeys(checkpoint), checkpoint, 'its line carries the checkpoint off the host as it is');
+  });
+
   it('returns what has nothing to mask as is, and survives cycles', () => {
     const plain = { a: 1, b: ['x'] };
     assert.equal(redactSecretKeys(plain), plain);

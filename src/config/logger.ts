@@ -1,7 +1,7 @@
 import { ConsoleLogger, LoggerService, LogLevel } from '@nestjs/common';
 import type { Env } from './env.schema';
 import { type AccessRecord, JsonLogger, type LogDestinations } from './json-logger';
-import { neutraliseControlCharacters, scrubSecrets, SECRET_KEYS } from './log-redaction';
+import { neutraliseControlCharacters, redactSecretKeys, scrubSecrets, SECRET_KEYS } from './log-redaction';
 
 export { flushLogs, type AccessRecord } from './json-logger';
 
@@ -45,7 +45,9 @@ export class AppLogger extends ConsoleLogger implements AccessLogger {
     params?: Record<string, unknown>,
   ): void {
     super.printMessages(
-      messages.map((m) => (typeof m === 'string' ? scrubText(m) : m)),
+      // Objects as the JSON logger masks them (secret keys, secret shapes in their strings); an
+      // Error as it is, for Nest's own rendering of it (its message and stack are printed as text).
+      messages.map((m) => (typeof m === 'string' ? scrubText(m) : m instanceof Error ? m : redactSecretKeys(m))),
       context,
       logLevel,
       writeStreamType,

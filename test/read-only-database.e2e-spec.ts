@@ -91,4 +91,26 @@ describe('a read-only database (e2e)', () => {
     const again = await until(200, login);
     assert.equal(again.at(-1), 200, `login: ${again.join(', ')}`);
   });
+
+  it('follows the server without a restart: a connection older than DATABASE_CONNECTION_LIFETIME is replaced by a new one', async () => {
+    // No connection is ended here: as after a failover that left the old primary up as a
+    // standby, only new connections find the server as it now is.
+    const url = await freshDatabase();
+    const name = new URL(url).pathname.slice(1);
+    const app = await createTestApp({ DATABASE_URL: url, DATABASE_CONNECTION_LIFETIME: '1' }, { logger: new CapturingLogger() });
+    const setDefault = (on: boolean) =>
+      admin.query(`ALTER DATABASE "${name}" ${on ? 'SET default_transaction_read_only = on' : 'RESET default_transaction_read_only'}`);
+    try {
+      assert.equal((await app.http.get('/health/ready')).status, 200);
+      await setDefault(true);
+      const down = await until(503, () => app.http.get('/health/ready'));
+      assert.equal(down.at(-1), 503, `readiness: ${down.join(', ')}`);
+      await setDefault(false);
+      const up = await until(200, () => app.http.get('/health/ready'));
+      assert.equal(up.at(-1), 200, `readiness: ${up.join(', ')}`);
+    } finally {
+      await setDefault(false);
+      await app.close();
+    }
+  });
 });

@@ -26,6 +26,7 @@ describe('parseEnv', () => {
     assert.equal(env.HOST, '0.0.0.0');
     assert.equal(env.SHUTDOWN_TIMEOUT, 25);
     assert.equal(env.DATABASE_POOL_MAX, 20);
+    assert.equal(env.DATABASE_CONNECTION_LIFETIME, 600);
     assert.equal(env.ACCESS_TOKEN_TTL, 900);
     assert.equal(env.SESSION_IDLE_TTL, 3600);
     assert.equal(env.SESSION_ABSOLUTE_TTL, 86400);
@@ -125,6 +126,8 @@ describe('parseEnv', () => {
     ['PORT', '80.5'],
     ['SHUTDOWN_TIMEOUT', '-1'],
     ['DATABASE_POOL_MAX', '9'],
+    ['DATABASE_CONNECTION_LIFETIME', '-1'],
+    ['DATABASE_CONNECTION_LIFETIME', '86401'],
     ['DATABASE_POOL_MAX', '1001'],
     ['DATABASE_POOL_MAX', 'many-XYZZY'],
     ['SHUTDOWN_TIMEOUT', '3601'],

@@ -104,6 +104,17 @@ export class Env {
   @Max(1000)
   DATABASE_POOL_MAX = 20;
 
+  /**
+   * Seconds after which a pooled connection is closed (once idle) and the next one opened in its
+   * place; 0: kept until it breaks. After a failover that leaves the old primary up as a standby,
+   * connections kept forever would stay on it, read-only, until the instance restarts.
+   */
+  @Transform(toNumber)
+  @IsInt()
+  @Min(0)
+  @Max(86_400)
+  DATABASE_CONNECTION_LIFETIME = 600;
+
   /** Development secrets and the embedded database live here. */
   @IsString()
   DATA_DIR = '.data';

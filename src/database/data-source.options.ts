@@ -81,8 +81,14 @@ class ListenedClient extends Client {
   }
 }
 
-/** One definition for the app, the TypeORM CLI and the tests. Never `synchronize`. `poolMax`: DATABASE_POOL_MAX. */
-export function dataSourceOptions(databaseUrl: string, { poolMax = 20 }: { poolMax?: number } = {}): DataSourceOptions {
+/**
+ * One definition for the app, the TypeORM CLI and the tests. Never `synchronize`. `poolMax`:
+ * DATABASE_POOL_MAX; `connectionLifetime`: DATABASE_CONNECTION_LIFETIME (0: kept until it breaks).
+ */
+export function dataSourceOptions(
+  databaseUrl: string,
+  { poolMax = 20, connectionLifetime = 0 }: { poolMax?: number; connectionLifetime?: number } = {},
+): DataSourceOptions {
   return {
     type: 'postgres',
     // This package's pg, not whichever \`require('pg')\` from TypeORM's folder finds: TypeORM is
@@ -113,6 +119,9 @@ export function dataSourceOptions(databaseUrl: string, { poolMax = 20 }: { poolM
     extra: {
       Client: ListenedClient,
       max: poolMax,
+      // pg-pool closes a connection this old once it is idle (or released), and opens another
+      // when needed: the pool follows the server a failover made current, as new connections do.
+      maxLifetimeSeconds: connectionLifetime,
       // How long a request may wait for a connection, new or from the pool. A refused
       // connection fails at once anyway; this bounds the other outages (a black-holed host, a
       // server that accepts but does not answer, a pool exhausted by stuck queries), so that

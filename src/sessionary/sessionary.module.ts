@@ -105,7 +105,10 @@ export class SessionaryModule {
           // TypeORM's own migrationsRun carries the setting to the factory below, which runs
           // them itself: before any provider can query, under an advisory lock.
           useFactory: (config: AppConfig) => ({
-            ...dataSourceOptions(config.DATABASE_URL!, { poolMax: config.DATABASE_POOL_MAX }),
+            ...dataSourceOptions(config.DATABASE_URL!, {
+              poolMax: config.DATABASE_POOL_MAX,
+              connectionLifetime: config.DATABASE_CONNECTION_LIFETIME,
+            }),
             migrationsRun: config.MIGRATIONS_RUN,
             // A database that does not answer yet is tried again (10 times, 3 s apart); a schema
             // refused as another application's, or a failed migration, would fail alike every

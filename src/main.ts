@@ -8,6 +8,7 @@ import { loadConfig, useDatabaseUrl } from './config/config';
 import { armShutdownDeadline } from './config/shutdown-deadline';
 import { describeFatal } from './config/describe-fatal';
 import { createLogger } from './config/logger';
+import { embeddedInProductionWarning } from './database/embedded-in-production';
 import { startEmbeddedPostgres } from './database/embedded-postgres';
 
 async function bootstrap(): Promise<void> {
@@ -19,6 +20,8 @@ async function bootstrap(): Promise<void> {
   // No DATABASE_URL: a real PostgreSQL from the embedded-postgres package, data under DATA_DIR.
   const embedded = config.DATABASE_URL ? undefined : await startEmbeddedPostgres({ dataDir: join(config.DATA_DIR, 'pg'), logger });
   if (embedded) {
+    const warning = embeddedInProductionWarning(config);
+    if (warning) boot.warn(warning);
     useDatabaseUrl(embedded.url);
     config = loadConfig();
   }

@@ -6,3 +6,10 @@ import { ServiceUnavailableException } from '@nestjs/common';
  * to settle, a host application's route) answers the same body but is no database outage.
  */
 export class DatabaseNotReadyException extends ServiceUnavailableException {}
+
+/**
+ * The readiness check's 503 once the instance is shutting down: expected, for every probe of the
+ * drain, so it is answered without a log line each (the shutdown's start is logged once, by the
+ * health controller), and it is no database outage.
+ */
+export class InstanceShuttingDownException extends ServiceUnavailableException {}

@@ -1,11 +1,11 @@
-import { Controller, Get, OnModuleDestroy, ServiceUnavailableException } from '@nestjs/common';
+import { Controller, Get, Logger, OnModuleDestroy, ServiceUnavailableException } from '@nestjs/common';
 import { ApiOkResponse, ApiOperation, ApiServiceUnavailableResponse, ApiTags } from '@nestjs/swagger';
 import { HealthCheck, HealthCheckResult, HealthCheckService, TypeOrmHealthIndicator } from '@nestjs/terminus';
 import { SkipThrottle } from '@nestjs/throttler';
 import { InjectDataSource } from '@nestjs/typeorm';
 import type { DataSource } from 'typeorm';
 import { SESSIONARY_DATA_SOURCE } from '../database/data-source-name';
-import { DatabaseNotReadyException } from '../common/database-not-ready.exception';
+import { DatabaseNotReadyException, InstanceShuttingDownException } from '../common/database-not-ready.exception';
 import { ProbeRoute } from '../common/probe-route.decorator';
 import { Public } from '../common/public.decorator';
 
@@ -18,6 +18,7 @@ import { Public } from '../common/public.decorator';
 export class HealthController implements OnModuleDestroy {
   /** Set at the first step of a shutdown: readiness says "send no more" from then on. */
   private shuttingDown = false;
+  private readonly logger = new Logger('Health');
 
   constructor(
     private readonly health: HealthCheckService,
@@ -42,7 +43,10 @@ export class HealthController implements OnModuleDestroy {
    * balancer that polls readiness stops sending it requests meanwhile instead of at the close.
    */
   onModuleDestroy(): void {
+    if (this.shuttingDown) return;
     this.shuttingDown = true;
+    // Once: each probe of the drain is then answered 503 without a line of its own.
+    this.logger.log('Shutting down: /health/ready answers 503 from now on');
   }
 
   @Get('ready')
@@ -51,7 +55,7 @@ export class HealthController implements OnModuleDestroy {
   @ApiOperation({ operationId: 'getReadiness', summary: 'The database answers' })
   @ApiServiceUnavailableResponse({ description: 'The database does not answer, or the instance is shutting down' })
   async ready(): Promise<HealthCheckResult> {
-    if (this.shuttingDown) throw new ServiceUnavailableException('The instance is shutting down');
+    if (this.shuttingDown) throw new InstanceShuttingDownException('The instance is shutting down');
     let result: HealthCheckResult;
     try {
       // Sessionary's own data source: without it, the indicator pings the default one (a host's).

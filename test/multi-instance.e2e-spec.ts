@@ -10,7 +10,7 @@ import { Client } from 'pg';
 import { EmbeddedDatabase, startEmbeddedPostgres } from '../src/database/embedded-postgres';
 import { CLEANUP_LOCK_KEY } from '../src/sessions/sessions-cleanup.task';
 import { newUserInput, sleep } from './helpers/factories';
-import { metric, ServiceProcess } from './helpers/service-process';
+import { deploymentEnv as baseDeploymentEnv, metric, ServiceProcess } from './helpers/service-process';
 import { emptyDatabase } from './helpers/test-app';
 
 const CLI = join(__dirname, '..', 'src', 'cli.js');
@@ -22,21 +22,11 @@ function quantile(samples: number[], q: number): number {
 }
 
 /**
- * One deployment's settings: instances share their secrets. No session limit: the tests log
- * one user in over and over, and the sessions under test must not make room.
+ * One deployment's settings. No session limit: the tests log one user in over and over, and the
+ * sessions under test must not make room.
  */
 function deploymentEnv(databaseUrl: string, overrides: Record<string, string>): Record<string, string> {
-  return {
-    NODE_ENV: 'test',
-    DATABASE_URL: databaseUrl,
-    JWT_SECRET: randomBytes(48).toString('base64'),
-    PASSWORD_PEPPER: randomBytes(48).toString('base64'),
-    KEY_ENCRYPTION_KEY: randomBytes(48).toString('base64'),
-    BCRYPT_COST: '4',
-    SESSION_MAX_PER_USER: '0',
-    LOG_LEVEL: 'warn',
-    ...overrides,
-  };
+  return baseDeploymentEnv(databaseUrl, { SESSION_MAX_PER_USER: '0', ...overrides });
 }
 
 function startThree(env: Record<string, string>): Promise<ServiceProcess[]> {

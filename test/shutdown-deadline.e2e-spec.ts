@@ -1,8 +1,7 @@
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
 import { Client } from 'pg';
-import { ServiceProcess } from './helpers/service-process';
+import { deploymentEnv, ServiceProcess } from './helpers/service-process';
 import { emptyDatabase } from './helpers/test-app';
 
 /** How the process ended: its exit code, or the signal that ended it. */
@@ -23,16 +22,7 @@ describe('the shutdown deadline (e2e, real processes)', () => {
 
   before(async () => {
     url = await emptyDatabase();
-    env = {
-      NODE_ENV: 'test',
-      DATABASE_URL: url,
-      JWT_SECRET: randomBytes(48).toString('base64'),
-      PASSWORD_PEPPER: randomBytes(48).toString('base64'),
-      KEY_ENCRYPTION_KEY: randomBytes(48).toString('base64'),
-      BCRYPT_COST: '4',
-      LOG_LEVEL: 'warn',
-      SHUTDOWN_TIMEOUT: '2',
-    };
+    env = deploymentEnv(url, { SHUTDOWN_TIMEOUT: '2' });
     db = new Client({ connectionString: url });
     await db.connect();
   });

@@ -1,9 +1,28 @@
 import { ChildProcess, spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { findFreePort } from '../../src/database/embedded-postgres';
 import { sleep } from './factories';
 
 const MAIN = join(__dirname, '..', '..', 'src', 'main.js');
+
+/**
+ * One deployment's settings for ServiceProcess.start: instances given the same object share
+ * their secrets (fresh ones per call), on `databaseUrl`, with a cheap bcrypt and warnings only.
+ */
+export function deploymentEnv(databaseUrl: string, overrides: Record<string, string> = {}): Record<string, string> {
+  const secret = () => randomBytes(48).toString('base64');
+  return {
+    NODE_ENV: 'test',
+    DATABASE_URL: databaseUrl,
+    JWT_SECRET: secret(),
+    PASSWORD_PEPPER: secret(),
+    KEY_ENCRYPTION_KEY: secret(),
+    BCRYPT_COST: '4',
+    LOG_LEVEL: 'warn',
+    ...overrides,
+  };
+}
 
 /**
  * The built service (`dist/src/main.js`, what `npm start` runs) as a child process on

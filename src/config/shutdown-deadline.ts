@@ -11,13 +11,13 @@ import { SHUTDOWN_SIGNALS } from '../common/shutdown-signals';
  * `once` per signal: after the hooks Nest raises the signal again for the default action
  * (the process ends by it), which a listener still registered for it would swallow.
  */
-export function armShutdownDeadline(seconds: number, exit: (code: number) => void = (code) => process.exit(code)): void {
+export function armShutdownDeadline(seconds: number): void {
   if (seconds === 0) return;
   const onSignal = (signal: NodeJS.Signals): void => {
     for (const other of SHUTDOWN_SIGNALS) process.removeListener(other, onSignal);
     const timer = setTimeout(() => {
       new Logger('Shutdown').fatal(`The shutdown on ${signal} did not finish within ${seconds} s (SHUTDOWN_TIMEOUT): exiting with 1`);
-      exit(1);
+      process.exit(1);
     }, seconds * 1000);
     // Never what keeps a process alive that has finished its shutdown.
     timer.unref();

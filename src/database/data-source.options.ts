@@ -91,7 +91,7 @@ export function dataSourceOptions(
 ): DataSourceOptions {
   return {
     type: 'postgres',
-    // This package's pg, not whichever \`require('pg')\` from TypeORM's folder finds: TypeORM is
+    // This package's pg, not whichever `require('pg')` from TypeORM's folder finds: TypeORM is
     // a peer dependency (the host's copy), and a host on another pg major would otherwise have
     // its pg's pool run our ListenedClient.
     driver: pg,

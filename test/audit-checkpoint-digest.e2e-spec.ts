@@ -298,6 +298,42 @@ describe('audit checkpoints: the chains that moved (e2e)', () => {
     assert.equal(result.ok, true, JSON.stringify(result));
   });
 
+  it("waits for no transaction that took no seq: another application's write left open, a pg_dump-like read of the sequence running a statement", async () => {
+    const t = await open();
+    const a = await registerUser(t.http);
+    const first = await t.app.get(AuditChainService).checkpoint(true);
+    assert.ok(first);
+    await t.db.query(`CREATE TABLE other_application_rows (x int)`);
+    const writer = t.db.createQueryRunner();
+    const dumper = t.db.createQueryRunner();
+    await Promise.all([writer.connect(), dumper.connect()]);
+    let dumping: Promise<unknown> | undefined;
+    try {
+      // A transaction with a transaction id (it wrote a row of another table), idle: a host's or a DBA's.
+      await writer.query('BEGIN');
+      await writer.query('INSERT INTO other_application_rows VALUES (1)');
+      // As pg_dump does: a snapshot that reads the sequence, then a statement that runs on.
+      await dumper.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
+      const [{ sequence }] = await dumper.query(`SELECT pg_get_serial_sequence('audit_events', 'seq') AS sequence`);
+      await dumper.query(`SELECT last_value, is_called FROM ${sequence}`);
+      dumping = dumper.query('SELECT pg_sleep(2)');
+      await login(t.http, a);
+      Reflect.set(t.app.get(AuditChainService), 'settleTimeoutMs', 300);
+      const second = await t.app.get(AuditChainService).checkpoint(true);
+      assert.ok(second);
+      const [{ last }] = await t.db.query(`SELECT pg_sequence_last_value(pg_get_serial_sequence('audit_events', 'seq')::regclass)::text AS last`);
+      assert.notEqual(last, first.maxSeq);
+      assert.equal(second.maxSeq, last, 'settled at the last seq handed out, though both transactions are still open');
+    } finally {
+      await writer.query('ROLLBACK');
+      await dumping?.catch(() => undefined);
+      await dumper.query('ROLLBACK');
+      await Promise.all([writer.release(), dumper.release()]);
+    }
+    const result = await t.app.get(AuditVerifierService).verify();
+    assert.equal(result.ok, true, JSON.stringify(result));
+  });
+
   it('does not wait for a transaction that wrote nothing and waits between statements (a slow export), nor for one that failed', async () => {
     const t = await open();
     const a = await registerUser(t.http);

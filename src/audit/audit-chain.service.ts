@@ -82,7 +82,7 @@ export class AuditChainService implements OnModuleDestroy {
   private readonly key: string;
   /** The checkpoints this instance wrote (the metrics read it): how many, how many hashed every bucket, the last one's time and duration. */
   readonly stats = { written: 0, fileFailures: 0, fileDiverged: 0, allBucketsHashed: 0, lastWrittenAt: null as Date | null, lastSeconds: 0 };
-  /** How long a checkpoint waits for the transactions running before it to end (see checkpoint()). */
+  /** How long a checkpoint waits for the transactions holding a seq before it to end (see checkpoint()). */
   private settleTimeoutMs = 5_000;
   /** Ends that wait when the service shuts down. */
   private readonly stopping = new AbortController();
@@ -171,8 +171,8 @@ export class AuditChainService implements OnModuleDestroy {
     // Every event with a seq up to `settled` is committed or rolled back once this returns, so
     // the copy's snapshot, taken after it, holds all of them that will ever exist: the seq this
     // checkpoint states it covers (maxSeq), and from which the next one looks for moved chains.
-    // Null (transactions still running after the wait, e.g. a long verification, or an export
-    // in the middle of a FETCH): this checkpoint claims no more than the last one did.
+    // Null (a transaction that wrote an event still open after the wait): this checkpoint
+    // claims no more than the last one did.
     const settled = await settledAuditSeq(this.dataSource.manager, this.settleTimeoutMs, this.stopping.signal);
     if (this.stopping.signal.aborted) return undefined;
     let hashedAll = false;

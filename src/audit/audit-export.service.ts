@@ -19,9 +19,9 @@ import type { AuditFilter } from './audit.service';
 const EXPORT_RETRY_AFTER_SECONDS = 10;
 
 /**
- * How long an export after a seq waits for the transactions running when it starts to end
- * (settledAuditSeq) before it answers 503: requests' transactions last milliseconds, and a
- * statement of a verification or another export's FETCH seconds at most.
+ * How long an export after a seq waits for the transactions holding a seq when it starts to end
+ * (settledAuditSeq) before it answers 503: those are the service's own writes of events, whose
+ * transactions last milliseconds.
  */
 const SETTLE_TIMEOUT_MS = 10_000;
 

@@ -38,9 +38,9 @@ const TRIGGER_LOCK_TIMEOUT = '200ms';
  */
 const CREATE_AHEAD_LOCK_TIMEOUT = '200ms';
 /**
- * How long preparing a month's bases waits for the transactions running when it starts to end
- * (settledAuditSeq); past it, the set is prepared without a settled seq and its drop counts
- * the whole month (as an export's transaction may well run longer).
+ * How long preparing a month's bases waits for the transactions holding a seq when it starts to
+ * end (settledAuditSeq); past it, the set is prepared without a settled seq and its drop
+ * counts the whole month.
  */
 const SETTLE_TIMEOUT_MS = 30_000;
 

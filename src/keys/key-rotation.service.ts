@@ -18,6 +18,23 @@ export const RETIRING_MARGIN_SECONDS = 60;
 
 export type RotationTrigger = 'cli' | 'schedule' | 'boot';
 
+/**
+ * A rotation asked for with another SIGNING_ALGORITHM than the ring's next key has, without
+ * saying that the algorithm is to change: a command run from a shell without the service's
+ * settings (ES256 when unset) would otherwise switch every instance's tokens to it.
+ */
+export class AlgorithmChangeNotConfirmedError extends Error {
+  constructor(
+    readonly ringAlgorithm: SigningAlgorithm,
+    readonly configured: SigningAlgorithm,
+  ) {
+    super(
+      `the ring's next key is ${ringAlgorithm}, and SIGNING_ALGORITHM here is ${configured}: nothing rotated. ` +
+        `Run it with the service's SIGNING_ALGORITHM, or confirm the change to ${configured} with --change-algorithm`,
+    );
+  }
+}
+
 export interface RotationResult {
   current: string;
   next: string;
@@ -101,11 +118,17 @@ export class KeyRotationService {
   /**
    * The next key becomes current (a fresh one if there is no next of SIGNING_ALGORITHM), the
    * current one retires once every token it signed has expired (ACCESS_TOKEN_TTL plus a
-   * margin), and a new next key is made. Tokens already issued keep working.
+   * margin), and a new next key is made. Tokens already issued keep working. When the ring's
+   * next key has another algorithm than SIGNING_ALGORITHM, nothing changes unless
+   * `changeAlgorithm` says so (AlgorithmChangeNotConfirmedError): an instance whose setting
+   * changed made its next key of the new algorithm at boot, so only a caller with another
+   * setting than the service's gets here.
    */
-  async rotate(trigger: Exclude<RotationTrigger, 'boot'>): Promise<RotationResult> {
+  async rotate(trigger: Exclude<RotationTrigger, 'boot'>, { changeAlgorithm = false }: { changeAlgorithm?: boolean } = {}): Promise<RotationResult> {
     return this.dataSource.transaction(async (em) => {
       await this.store.lock(em);
+      const next = (await this.store.states(em)).find((k) => k.state === 'next');
+      if (next && next.algorithm !== this.algorithm && !changeAlgorithm) throw new AlgorithmChangeNotConfirmedError(next.algorithm, this.algorithm);
       return this.rotateLocked(em, trigger);
     });
   }

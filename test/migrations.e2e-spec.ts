@@ -6,7 +6,7 @@ import { before, describe, it } from 'node:test';
 import { Client } from 'pg';
 import { DataSource } from 'typeorm';
 import { cliDataSourceOptions, dataSourceOptions, MIGRATIONS } from '../src/database/data-source.options';
-import { MIGRATION_LOCK_KEY, runMigrationsLocked, SESSIONARY_FUNCTIONS, SESSIONARY_TABLES } from '../src/database/migrate';
+import { DESTRUCTIVE_DOWNS, MIGRATION_LOCK_KEY, runMigrationsLocked, SESSIONARY_FUNCTIONS, SESSIONARY_TABLES } from '../src/database/migrate';
 import { SessionAuthTime1765500000000 } from '../src/database/migrations/1765500000000-SessionAuthTime';
 import { AuditUserIndexMerged1766700000000 } from '../src/database/migrations/1766700000000-AuditUserIndexMerged';
 import { AuditUserTypeIndex1766800000000 } from '../src/database/migrations/1766800000000-AuditUserTypeIndex';
@@ -229,6 +229,57 @@ describe('migrations (e2e)', () => {
     } finally {
       await holder.end();
     }
+  });
+
+  it('reverted by `npm run migration:revert` only once --confirm names the last one applied, and under the advisory lock', async () => {
+    const target = await emptyDatabase();
+    const source = await new DataSource(dataSourceOptions(target)).initialize();
+    await runMigrationsLocked(source);
+    await source.destroy();
+    const last = MIGRATIONS[MIGRATIONS.length - 1].name;
+    const revert = (...args: string[]) => {
+      const child = spawn(process.execPath, [join(__dirname, '..', 'src', 'database', 'migrate-cli.js'), 'revert', ...args], {
+        env: { ...process.env, DATABASE_URL: target, NODE_ENV: 'test' },
+        stdio: ['ignore', 'pipe', 'pipe'],
+      });
+      let output = '';
+      child.stdout.on('data', (chunk: Buffer) => (output += chunk.toString()));
+      child.stderr.on('data', (chunk: Buffer) => (output += chunk.toString()));
+      const exited = once(child, 'exit').then(([code]) => ({ code: code as number, output }));
+      return { child, exited };
+    };
+    const holder = new Client({ connectionString: target });
+    await holder.connect();
+    const applied = async () => (await holder.query<{ name: string }>('SELECT name FROM migrations ORDER BY id')).rows.map((r) => r.name);
+    try {
+      const unconfirmed = await revert().exited;
+      assert.equal(unconfirmed.code, 2, unconfirmed.output);
+      assert.match(unconfirmed.output, new RegExp(`Nothing reverted\\. The last migration applied is ${last}\\.`));
+      assert.match(unconfirmed.output, new RegExp(`run again with --confirm ${last}`));
+      const wrong = await revert('--confirm', MIGRATIONS[0].name).exited;
+      assert.equal(wrong.code, 2, wrong.output);
+      assert.equal((await revert('--confirm').exited).code, 2, 'a --confirm without a name');
+      assert.equal((await applied()).length, MIGRATIONS.length, 'nothing reverted');
+
+      await holder.query('SELECT pg_advisory_lock($1)', [MIGRATION_LOCK_KEY]); // an instance, migrating
+      const confirmed = revert('--confirm', last);
+      await sleep(1500);
+      assert.equal(confirmed.child.exitCode, null, 'waits for the lock');
+      assert.equal((await applied()).length, MIGRATIONS.length, 'nothing reverted meanwhile');
+      await holder.query('SELECT pg_advisory_unlock($1)', [MIGRATION_LOCK_KEY]);
+      const done = await confirmed.exited;
+      assert.equal(done.code, 0, done.output);
+      assert.match(done.output, new RegExp(`Reverted ${last}`));
+      assert.deepEqual(
+        await applied(),
+        MIGRATIONS.slice(0, -1).map((m) => m.name),
+      );
+    } finally {
+      await holder.end();
+    }
+    // The downs it warns of are migrations of this version.
+    const names = MIGRATIONS.map((m) => m.name.replace(/\d+$/, ''));
+    for (const name of Object.keys(DESTRUCTIVE_DOWNS)) assert.ok(names.includes(name), name);
   });
 
   it("run from the TypeORM CLI without the pool's statement_timeout (npm run migration:*)", async () => {

@@ -4,24 +4,49 @@
  * with MIGRATIONS_RUN=false. The TypeORM CLI's own `migration:run` took neither, so it could
  * run beside an instance booting with the default MIGRATIONS_RUN=true, and two runs of a
  * migration that builds indexes outside a transaction would drop each other's.
+ *
+ * `npm run migration:revert` (`revert [--confirm <name>]`): reverts the last migration applied,
+ * under the same lock, once `--confirm` names it (revertLastMigrationLocked); without it, says
+ * which one that is and what its `down` destroys, and exits 2 (TypeORM's CLI reverted at once).
  */
 import { Logger } from '@nestjs/common';
+import { parseArgs } from 'node:util';
 import dataSource from './data-source';
-import { runMigrationsLocked } from './migrate';
+import { revertLastMigrationLocked, RevertNotConfirmedError, runMigrationsLocked } from './migrate';
 
-async function main(): Promise<void> {
+const USAGE = 'Usage: node dist/src/database/migrate-cli.js [revert [--confirm <migration name>]]';
+
+class UsageError extends Error {}
+
+function parse(argv: string[]): { revert: false } | { revert: true; confirm: string | undefined } {
+  let parsed;
+  try {
+    parsed = parseArgs({ args: argv, options: { confirm: { type: 'string' } }, allowPositionals: true, strict: true });
+  } catch (error) {
+    throw new UsageError(`${(error as Error).message}\n${USAGE}`);
+  }
+  const { positionals, values } = parsed;
+  if (positionals.length === 0 && values.confirm === undefined) return { revert: false };
+  if (positionals.length === 1 && positionals[0] === 'revert') return { revert: true, confirm: values.confirm };
+  throw new UsageError(USAGE);
+}
+
+async function main(argv: string[]): Promise<void> {
+  const command = parse(argv);
   await dataSource.initialize();
   try {
-    await runMigrationsLocked(dataSource);
+    if (command.revert) await revertLastMigrationLocked(dataSource, { confirm: command.confirm });
+    else await runMigrationsLocked(dataSource);
   } finally {
     await dataSource.destroy();
   }
 }
 
-main().then(
+main(process.argv.slice(2)).then(
   () => process.exit(0),
   (error: unknown) => {
+    const refused = error instanceof UsageError || error instanceof RevertNotConfirmedError;
     new Logger('Migrations').error(error instanceof Error ? error.message : String(error));
-    process.exit(1);
+    process.exit(refused ? 2 : 1);
   },
 );

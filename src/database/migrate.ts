@@ -47,6 +47,65 @@ export async function runMigrationsLocked(
   }
 }
 
+/**
+ * What a migration's `down` destroys that no backup of the code brings back (README, Rolling
+ * back), by class name: said before it is reverted.
+ */
+export const DESTRUCTIVE_DOWNS: Record<string, string> = {
+  AuditChain: "drops every event's hash chain and the checkpoints",
+  AuditBaseSets: 'drops the base sets: once retention has dropped a month, the log can no longer be verified',
+  SigningKeys: 'drops the signing-key ring: every access token is refused',
+  AuditShipProgress: 'forgets what the HTTP destination accepted: it receives the whole log again',
+};
+
+/** A revert asked for without naming the migration it would revert (`--confirm <name>`). */
+export class RevertNotConfirmedError extends Error {}
+
+/**
+ * `npm run migration:revert`: reverts the last migration applied, under the migration lock (an
+ * instance booting meanwhile with MIGRATIONS_RUN=true waits, rather than applying it again
+ * half way through), and only when `confirm` names it, as it is recorded: a revert undoes data
+ * as well as schema, and the command says first what it would revert and what that destroys.
+ * Answers the name reverted, or undefined when no migration has run.
+ */
+export async function revertLastMigrationLocked(
+  dataSource: DataSource,
+  { confirm, logger = new Logger('Migrations') }: { confirm: string | undefined; logger?: LoggerService },
+): Promise<string | undefined> {
+  const runner = dataSource.createQueryRunner();
+  await runner.connect();
+  try {
+    await runner.query('SET statement_timeout = 0');
+    await lockPolling(runner, logger, WAIT_REPORT_FIRST_MS);
+    try {
+      const executor = new MigrationExecutor(dataSource, runner);
+      executor.transaction = 'each';
+      // TypeORM reverts the one it recorded last (by id): that one is named.
+      const [last] = await executor.getExecutedMigrations();
+      if (!last) {
+        logger.log('No migration has run: nothing to revert');
+        return undefined;
+      }
+      if (confirm !== last.name) {
+        const destroys = DESTRUCTIVE_DOWNS[last.name.replace(/\d+$/, '')];
+        throw new RevertNotConfirmedError(
+          `Nothing reverted. The last migration applied is ${last.name}${destroys ? `, whose down ${destroys}` : ''}. ` +
+            `Do not revert a migration that has run in production: roll the code back instead (README, Rolling back). ` +
+            `To revert it, run again with --confirm ${last.name} (npm run migration:revert -- --confirm ${last.name})`,
+        );
+      }
+      await executor.undoLastMigration();
+      logger.log(`Reverted ${last.name}`);
+      return last.name;
+    } finally {
+      await runner.query('SELECT pg_advisory_unlock($1)', [MIGRATION_LOCK_KEY]);
+    }
+  } finally {
+    await runner.query('RESET statement_timeout').catch(() => undefined);
+    await runner.release();
+  }
+}
+
 /** Names in the migrations table that none of this version's migrations has. */
 async function migrationsUnknownHere(runner: QueryRunner, dataSource: DataSource): Promise<string[]> {
   const known = new Set(dataSource.migrations.map((m) => m.name ?? m.constructor.name));

@@ -23,6 +23,7 @@ import {
   ApiTags,
   getSchemaPath,
 } from '@nestjs/swagger';
+import { NO_STORE_HEADERS } from '../common/cache-control.swagger';
 import { AuditExportService } from '../audit/audit-export.service';
 import { AuditVerifierService } from '../audit/audit-verifier.service';
 import { AuditService } from '../audit/audit.service';
@@ -78,7 +79,7 @@ export class AdminController {
     summary: "End every active session of a user (reason revoked_by_admin); needs the admin's recent authentication or currentPassword",
   })
   @ApiOkResponse({ type: RevokedCountResponseDto })
-  @ApiBadRequestResponse({ type: ErrorResponseDto, description: 'Not a UUID' })
+  @ApiBadRequestResponse({ type: ErrorResponseDto, description: 'Not a UUID, or a body with anything but a string `currentPassword`' })
   @ApiNotFoundResponse({ type: ErrorResponseDto, description: 'No such user' })
   @ApiStepUpUnauthorizedResponse(" and no currentPassword (the admin's own) is sent; or a wrong currentPassword")
   @ApiBody({ type: StepUpDto, required: false, description: "The admin's current password, instead of a recent authentication" })
@@ -134,7 +135,7 @@ export class AdminController {
   @ApiExtraModels(AuditExportEventLineDto, AuditExportSealLineDto)
   @ApiOkResponse({
     description: 'NDJSON: event lines, then the seal',
-    headers: { 'Cache-Control': { description: 'Never stored by caches', schema: { type: 'string', enum: ['no-store'] } } },
+    headers: NO_STORE_HEADERS,
     content: {
       [NDJSON]: {
         schema: { oneOf: [{ $ref: getSchemaPath(AuditExportEventLineDto) }, { $ref: getSchemaPath(AuditExportSealLineDto) }] },

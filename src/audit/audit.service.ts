@@ -264,7 +264,9 @@ export class AuditService {
     if (query.type) where.push(pinType ? `e.type = ANY(ARRAY[${param(query.type)}]::text[])` : `e.type = ${typeLiteral(query.type)}`);
     if (query.from) where.push(`e.created_at >= ${param(query.from)}`);
     if (query.to) where.push(`e.created_at < ${param(query.to)}`);
-    if (query.cursor) {
+    // An empty `cursor=` is a cursor too, and not one we issued: a 400 (it read the first page
+    // again, and a client building `cursor=${next ?? ''}` looped).
+    if (query.cursor !== undefined) {
       const cursor = decodeCursor(query.cursor);
       const micros = byTime && cursor.micros === null ? await this.microsOf(cursor.seq) : cursor.micros;
       if (byTime && micros !== null) {

@@ -13,6 +13,7 @@ import {
   ApiUnauthorizedResponse,
 } from '@nestjs/swagger';
 import { BEARER_CHALLENGE_HEADER, CREDENTIALS_CHALLENGE_HEADER } from '../common/bearer-challenge';
+import { NO_STORE_HEADERS } from '../common/cache-control.swagger';
 import { Client, ClientContext } from '../common/client-context';
 import { AuthContext, CurrentAuth } from '../common/current-auth.decorator';
 import { ErrorResponseDto } from '../common/error-response.dto';
@@ -52,7 +53,7 @@ export class AuthController {
   @Header('Cache-Control', 'no-store')
   @ApiOperation({ operationId: 'login', summary: 'Log in by email or username; opens a session' })
   @ApiBody({ type: LoginDto, description: 'Exactly one of `email` or `username`, and the password', examples: LOGIN_EXAMPLES })
-  @ApiOkResponse({ type: TokenResponseDto })
+  @ApiOkResponse({ type: TokenResponseDto, headers: NO_STORE_HEADERS })
   @ApiBadRequestResponse({ type: ErrorResponseDto })
   @ApiUnauthorizedResponse({
     type: ErrorResponseDto,
@@ -69,7 +70,7 @@ export class AuthController {
   @HttpCode(HttpStatus.OK)
   @Header('Cache-Control', 'no-store')
   @ApiOperation({ operationId: 'refresh', summary: 'Exchange a refresh token for a new pair; a reused token ends the session' })
-  @ApiOkResponse({ type: TokenResponseDto })
+  @ApiOkResponse({ type: TokenResponseDto, headers: NO_STORE_HEADERS })
   @ApiBadRequestResponse({ type: ErrorResponseDto })
   @ApiUnauthorizedResponse({
     type: ErrorResponseDto,
@@ -88,7 +89,7 @@ export class AuthController {
   @Header('Cache-Control', 'no-store')
   @ApiBearerAuth()
   @ApiOperation({ operationId: 'getSession', summary: "The bearer's active session: who it is and until when" })
-  @ApiOkResponse({ type: SessionInfoResponseDto })
+  @ApiOkResponse({ type: SessionInfoResponseDto, headers: NO_STORE_HEADERS })
   @ApiUnauthorizedResponse({
     type: ErrorResponseDto,
     description: 'No valid access token, or the session has ended',
@@ -111,7 +112,7 @@ export class AuthController {
       '`WWW-Authenticate: Bearer error="insufficient_user_authentication"`. Retry them with the new access token. The ' +
       'previous refresh token stops working: presenting it again is reuse and ends the session.',
   })
-  @ApiOkResponse({ type: TokenResponseDto })
+  @ApiOkResponse({ type: TokenResponseDto, headers: NO_STORE_HEADERS })
   @ApiBadRequestResponse({ type: ErrorResponseDto })
   @ApiUnauthorizedResponse({
     type: ErrorResponseDto,

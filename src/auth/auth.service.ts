@@ -120,7 +120,7 @@ export class AuthService {
   async changePassword(auth: AuthContext, dto: ChangePasswordDto, client: ClientContext): Promise<void> {
     const user = await this.users.getById(auth.userId);
     await this.users.verifyCurrentPassword(user, dto.currentPassword, auth.sessionId, client, 'password_change');
-    assertPasswordFreeOfContext(dto.newPassword, user);
+    assertPasswordFreeOfContext(dto.newPassword, user, 'newPassword');
     const passwordHash = await this.passwords.hash(dto.newPassword);
     // Of two concurrent changes, one wins: the other's current password no longer matches.
     const changed = await this.whilePasswordHolds(user, dto.currentPassword, async (em, { stored }) => {

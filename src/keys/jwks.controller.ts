@@ -53,7 +53,16 @@ export class JwksController {
   @Header('Content-Type', 'application/jwk-set+json')
   @ApiOperation({ operationId: 'getJwks', summary: 'The public keys that verify access tokens (JWK Set, RFC 7517)' })
   @ApiProduces('application/jwk-set+json')
-  @ApiOkResponse({ type: JwksResponseDto, description: 'The JWK Set; fetch it again when a token names an unknown kid' })
+  @ApiOkResponse({
+    type: JwksResponseDto,
+    description: 'The JWK Set; fetch it again when a token names an unknown kid',
+    headers: {
+      'Cache-Control': {
+        description: 'public, max-age of a fraction of ACCESS_TOKEN_TTL: a next key is published well before it signs',
+        schema: { type: 'string', pattern: '^public, max-age=\\d+$', maxLength: 32 },
+      },
+    },
+  })
   jwks(@Res({ passthrough: true }) reply: FastifyReply): JwksResponseDto {
     reply.header('Cache-Control', this.cacheControl);
     return { keys: this.ring.publicJwks() };

@@ -34,7 +34,7 @@ export class SessionsController {
   @ApiStepUpUnauthorizedResponse(
     ' and no currentPassword is sent (only to end another session: ending the current one is a logout); or a wrong currentPassword',
   )
-  @ApiBadRequestResponse({ type: ErrorResponseDto, description: 'Not a UUID' })
+  @ApiBadRequestResponse({ type: ErrorResponseDto, description: 'Not a UUID, or a body with anything but a string `currentPassword`' })
   @ApiNotFoundResponse({ type: ErrorResponseDto, description: 'Unknown, already ended, or not yours (one identical answer)' })
   @ApiBody({ type: StepUpDto, required: false, description: 'The current password, instead of a recent authentication (ending another session)' })
   async revoke(
@@ -53,6 +53,7 @@ export class SessionsController {
     summary: 'End every session of mine except the current one; needs a recent authentication or currentPassword',
   })
   @ApiOkResponse({ type: RevokedCountResponseDto })
+  @ApiBadRequestResponse({ type: ErrorResponseDto, description: 'A body with anything but a string `currentPassword`' })
   @ApiStepUpUnauthorizedResponse(' and no currentPassword is sent; or a wrong currentPassword')
   @ApiBody({ type: StepUpDto, required: false, description: 'The current password, instead of a recent authentication' })
   async revokeOthers(

@@ -8,10 +8,15 @@ export const SERVICE_WORDS = ['sessionary'];
  * local part (compared without case; parts shorter than 4 characters are too common to ban).
  * A rule of the whole account, so it runs in the services, where username and email are known.
  */
-export function assertPasswordFreeOfContext(password: string, account: { username: string; email: string }): void {
+export function assertPasswordFreeOfContext(
+  password: string,
+  account: { username: string; email: string },
+  field: 'password' | 'newPassword' = 'password',
+): void {
   const lower = password.toLowerCase();
   const words = [...SERVICE_WORDS, account.username, account.email.split('@')[0]].map((w) => w.toLowerCase()).filter((w) => w.length >= 4);
   if (words.some((word) => lower.includes(word))) {
-    throw new BadRequestException(['password must not contain the username, the email name or the service name']);
+    // Named as the request names it (API.md: a 400 names the field).
+    throw new BadRequestException([`${field} must not contain the username, the email name or the service name`]);
   }
 }

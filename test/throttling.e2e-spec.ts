@@ -144,6 +144,20 @@ describe('per-IP throttling and the general rate limit (e2e)', () => {
     assert.equal(ipLocks.length, 1);
   });
 
+  it('backs off an IPv6 client by its /64, whichever low 64 bits it sends from', async () => {
+    for (let i = 1; i <= 3; i++) {
+      const res = await t.http
+        .post('/api/v1/auth/login')
+        .set('X-Forwarded-For', `2001:db8:71:1::${i}`)
+        .send({ email: `${uniqueName()}@x.test`, password: WRONG });
+      assert.equal(res.status, 401);
+    }
+    const user = await registerUser(t.http);
+    const login = (ip: string) => t.http.post('/api/v1/auth/login').set('X-Forwarded-For', ip).send({ email: user.email, password: user.password });
+    assert.equal((await login('2001:db8:71:1:ffff:ffff:ffff:fffe')).status, 429, 'another address of the same /64');
+    assert.equal((await login('2001:db8:71:2::1')).status, 200, 'the next /64 is another client');
+  });
+
   it('limits requests per IP over all routes together, answering 429 with Retry-After', async () => {
     const ip = '192.0.2.55';
     const requests = [
@@ -213,6 +227,18 @@ describe('malicious lockout (e2e)', () => {
     // A new place is held by the back-off too; home is not.
     assert.equal((await loginFrom('192.0.2.200', user.password)).status, 429);
     assert.equal((await loginFrom(home, user.password)).status, 200);
+  });
+
+  it("knows an IPv6 client by its /64: the user's privacy address changed since, and home still lets them in", async () => {
+    const user = await registerUser(t.http);
+    const loginFrom = (ip: string, password: string) =>
+      t.http.post('/api/v1/auth/login').set('X-Forwarded-For', ip).send({ email: user.email, password });
+    assert.equal((await loginFrom('2001:db8:72:1:a1b2:c3d4:e5f6:1', user.password)).status, 200);
+    for (let i = 0; i < 3; i++) assert.equal((await loginFrom('2001:db8:99::7', WRONG)).status, 401);
+    assert.equal((await loginFrom('2001:db8:99::7', user.password)).status, 429);
+    assert.equal((await loginFrom('2001:db8:72:2::1', user.password)).status, 429, 'another /64 is a new place');
+    // (Last: a login that succeeds starts the identifier's count again.)
+    assert.equal((await loginFrom('2001:db8:72:1:9f8e:7d6c:5b4a:2', user.password)).status, 200, 'a new address of the same /64');
   });
 });
 

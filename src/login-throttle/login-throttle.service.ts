@@ -1,6 +1,7 @@
 import { BeforeApplicationShutdown, Inject, Injectable, Logger } from '@nestjs/common';
 import { ConfigService } from '@nestjs/config';
 import { Cron, CronExpression } from '@nestjs/schedule';
+import { normalizeIp } from '@nestjs/throttler';
 import { SCHEDULED_JOBS, SESSIONARY_CRON_JOBS } from '../sessionary/scheduled-jobs';
 import { InjectDataSource } from '@nestjs/typeorm';
 import { SESSIONARY_DATA_SOURCE } from '../database/data-source-name';
@@ -94,8 +95,12 @@ export class LoginThrottleService implements BeforeApplicationShutdown {
         rows: [{ normalised }],
       } = await sql<{ normalised: string }>(em, 'SELECT lower($1) AS normalised', [identifier]);
       const counters: Counter[] = [{ scope: 'identifier', key: this.digest(`identifier:${normalised}`), max: this.maxPerIdentifier }];
-      if (ipAddress) counters.push({ scope: 'ip', key: this.digest(`ip:${ipAddress}`), max: this.maxPerIp });
-      const knownClientKey = ipAddress ? this.digest(`known:${normalised}|${ipAddress}`) : null;
+      // An IPv6 client is its /64, as for the request limit and the registrations: one host
+      // holds a whole /64 and picks its low 64 bits at will (a fresh counter every 99
+      // failures until 0.22.0), and a known client's privacy address changes within it.
+      const client = ipAddress ? normalizeIp(ipAddress) : null;
+      if (client) counters.push({ scope: 'ip', key: this.digest(`ip:${client}`), max: this.maxPerIp });
+      const knownClientKey = client ? this.digest(`known:${normalised}|${client}`) : null;
       // Every transaction here touches its rows in key order, so two attempts never deadlock.
       counters.sort((x, y) => x.key.localeCompare(y.key));
       const keys = counters.map((c) => c.key);

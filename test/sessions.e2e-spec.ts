@@ -137,6 +137,40 @@ describe('my sessions (e2e)', () => {
     assert.equal((await t.http.get('/api/v1/users/me').set('Authorization', bearer(stranger.tokens))).status, 200);
     assert.deepEqual((await t.http.delete('/api/v1/sessions').set('Authorization', bearer(me))).body, { revoked: 0 });
   });
+
+  it("ending all others waits for a login of the same user that holds the user's row, instead of locking sessions in another order (a deadlock)", async () => {
+    const user = await registerUser(t.http);
+    const others = [await login(t.http, user), await login(t.http, user)];
+    const me = await login(t.http, user);
+    // A login in progress: it has locked the user's row and is about to lock the sessions by last use.
+    const runner = t.db.createQueryRunner();
+    await runner.connect();
+    let answered = false;
+    try {
+      await runner.startTransaction();
+      await runner.query(`SELECT id FROM users WHERE id = $1 FOR NO KEY UPDATE`, [user.id]);
+      const revoking = t.http
+        .delete('/api/v1/sessions')
+        .set('Authorization', bearer(me))
+        .then((res) => {
+          answered = true;
+          return res;
+        });
+      await sleep(400);
+      assert.equal(answered, false, 'it waits for the user row (until 0.22.0 it went on, locking sessions in its own order)');
+      // The login locks them all now, which no longer meets the revocation's locks.
+      await runner.query(`SELECT id FROM sessions WHERE user_id = $1 AND ended_at IS NULL ORDER BY last_seen_at DESC, created_at DESC FOR UPDATE`, [
+        user.id,
+      ]);
+      await runner.commitTransaction();
+      const res = await revoking;
+      assert.equal(res.status, 200, res.text);
+      assert.deepEqual(res.body, { revoked: others.length });
+    } finally {
+      if (runner.isTransactionActive) await runner.rollbackTransaction();
+      await runner.release();
+    }
+  });
 });
 
 describe('password change (e2e)', () => {

@@ -33,10 +33,13 @@ export class SessionMaintenanceService {
       const ended = await this.dataSource.transaction(async (em) => {
         const { rows } = await sql<{ user_id: string }>(
           em,
+          // In user_id order: each user's row is locked in turn (endSessions), so two of these
+          // running at once take them in the same order.
           `SELECT DISTINCT user_id FROM (
              SELECT user_id FROM sessions
               WHERE ended_at IS NULL AND idle_expires_at > now() AND created_at <= $2
-              LIMIT $1) AS s`,
+              LIMIT $1) AS s
+            ORDER BY user_id`,
           [batchSize, started[0].now],
         );
         let count = 0;

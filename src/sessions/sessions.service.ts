@@ -392,6 +392,11 @@ export class SessionsService implements OnApplicationBootstrap, OnModuleDestroy 
     options: EndSessionOptions,
     em: EntityManager,
   ): Promise<{ ids: string[]; events: AuditEventInput[] }> {
+    // A user's sessions all at once take the user's row first, as a login does before it locks
+    // that user's sessions (makeRoomForOneMore): otherwise the two lock the same sessions in
+    // different orders (the login by last use, the UPDATE by index order) and PostgreSQL ends
+    // one of them as a deadlock, a 500 that could be "log out everywhere else" (until 0.22.0).
+    if ('userId' in target) await this.users.lockForSessionChange(em, target.userId);
     const [which, params] =
       'sessionId' in target
         ? ['id = $2 AND ($3::uuid IS NULL OR user_id = $3::uuid)', [target.sessionId, target.ownerId ?? null]]

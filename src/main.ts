@@ -9,6 +9,7 @@ import { armShutdownDeadline } from './config/shutdown-deadline';
 import { describeFatal } from './config/describe-fatal';
 import { createLogger } from './config/logger';
 import { embeddedInProductionWarning } from './database/embedded-in-production';
+import { trustProxyWarning } from './config/trust-proxy-warning';
 import { startEmbeddedPostgres } from './database/embedded-postgres';
 
 async function bootstrap(): Promise<void> {
@@ -16,6 +17,8 @@ async function bootstrap(): Promise<void> {
   const logger = createLogger(config);
   const boot = new Logger('Bootstrap');
   Logger.overrideLogger(logger);
+  const proxyWarning = trustProxyWarning(config);
+  if (proxyWarning) boot.warn(proxyWarning);
 
   // No DATABASE_URL: a real PostgreSQL from the embedded-postgres package, data under DATA_DIR.
   const embedded = config.DATABASE_URL ? undefined : await startEmbeddedPostgres({ dataDir: join(config.DATA_DIR, 'pg'), logger });

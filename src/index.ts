@@ -10,8 +10,10 @@ export type { AppConfig as SessionaryConfig } from './config/config';
 
 // Guards and decorators: every route is protected by the session guard unless @Public().
 export { SessionGuard } from './auth/session.guard';
-export { CurrentAuth, type ActiveSession, type AuthContext } from './common/current-auth.decorator';
-export { Public } from './common/public.decorator';
+// A host's own guard reads the caller at request[AUTH_CONTEXT_KEY] (set by SessionGuard) and
+// skips routes marked with IS_PUBLIC_KEY; Nest runs a host's global guards before Sessionary's.
+export { CurrentAuth, AUTH_CONTEXT_KEY, type ActiveSession, type AuthContext } from './common/current-auth.decorator';
+export { Public, IS_PUBLIC_KEY } from './common/public.decorator';
 // A host's own health or metrics routes: ACCESS_LOG_PROBES then treats them as it treats ours.
 export { ProbeRoute } from './common/probe-route.decorator';
 export { Roles, RolesGuard } from './common/roles';

@@ -599,7 +599,7 @@ describe('audit hash chain (e2e)', () => {
   it('checkpoints on its schedule only when due: after AUDIT_CHECKPOINT_EVERY events, not before', async () => {
     const f = await open({ AUDIT_CHECKPOINT_EVERY: '5' });
     const task = f.t.app.get(AuditCheckpointTask);
-    assert.ok(f.t.app.get(SchedulerRegistry).getInterval('audit-checkpoint'));
+    assert.ok(f.t.app.get(SchedulerRegistry).getInterval('sessionary:audit-checkpoint'));
     // The fixture's events may have set off the writer's trigger in the background: wait for
     // that, then take the trigger off, so that only the calls below decide.
     await task.handleTick();

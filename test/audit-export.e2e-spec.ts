@@ -851,8 +851,8 @@ describe('audit export (e2e)', () => {
       });
 
       it('ships the events after the newest piece as a whole file of its own, nothing when nothing is new, and the pieces verify as one log', async () => {
-        assert.ok(a.app.get(SchedulerRegistry).getIntervals().includes('audit-ship'), 'the job runs where AUDIT_SHIP_DIR is set');
-        assert.ok(!t.app.get(SchedulerRegistry).getIntervals().includes('audit-ship'), 'and only there');
+        assert.ok(a.app.get(SchedulerRegistry).getIntervals().includes('sessionary:audit-ship'), 'the job runs where AUDIT_SHIP_DIR is set');
+        assert.ok(!t.app.get(SchedulerRegistry).getIntervals().includes('sessionary:audit-ship'), 'and only there');
         const first = await a.app.get(AuditShipTask).handleTick();
         const through1 = await newestSeq();
         const firstFile = join(shipDir, `audit-after-${'0'.repeat(19)}-through-${through1.padStart(19, '0')}.ndjson`);
@@ -1179,7 +1179,7 @@ describe('audit export (e2e)', () => {
       });
 
       it('POSTs the events after the piece the endpoint last accepted, with its Authorization, nothing when nothing is new, and the pieces verify as one log', async () => {
-        assert.ok(a.app.get(SchedulerRegistry).getIntervals().includes('audit-ship'), 'the job runs where AUDIT_SHIP_URL is set');
+        assert.ok(a.app.get(SchedulerRegistry).getIntervals().includes('sessionary:audit-ship'), 'the job runs where AUDIT_SHIP_URL is set');
         assert.equal(await progress(`${base}/ingest`), undefined, 'a new endpoint starts from the first event');
         const first = await ship(a);
         const through1 = await newestSeq();

@@ -19,11 +19,17 @@ import request from 'supertest';
 import type { DataSource } from 'typeorm';
 // The package's entry point, as a host application imports it.
 import {
+  AUTH_CONTEXT_KEY,
+  AuditService,
   CurrentAuth,
+  IS_PUBLIC_KEY,
+  KeyRotationService,
   Public,
   SESSIONARY_DATA_SOURCE_TOKEN,
   SessionaryModule,
+  SessionsService,
   UsersService,
+  type AuditEventType,
   type AuthContext,
   type SessionEndedEvent,
 } from '../src/index';
@@ -74,6 +80,8 @@ class HostJob {
   @Cron('* * * * * *', { name: 'host-job' }) run() {
     this.ranAt.push(Math.floor(Date.now() / 1000));
   }
+  /** A host's job named as Sessionary's cleanup was until 0.22.0 (then DUPLICATE_SCHEDULER at boot). */
+  @Cron('0 0 1 1 *', { name: 'sessions-cleanup' }) yearly() {}
 }
 
 const secret = () => randomBytes(48).toString('base64');
@@ -385,7 +393,46 @@ describe('Sessionary inside a host Nest app (e2e)', () => {
     // Each second once: a second scheduler (a ScheduleModule.forRoot() of Sessionary's own)
     // would run it twice in the same second.
     assert.deepEqual(job.ranAt, [...new Set(job.ranAt)], `runs at ${job.ranAt.join(', ')}`);
-    assert.deepEqual([...app.get(SchedulerRegistry).getCronJobs().keys()].sort(), ['host-job', ...Object.values(SESSIONARY_CRON_JOBS)].sort());
+    assert.deepEqual(
+      [...app.get(SchedulerRegistry).getCronJobs().keys()].sort(),
+      ['host-job', 'sessions-cleanup', ...Object.values(SESSIONARY_CRON_JOBS)].sort(),
+      "a host's job may take any name: Sessionary's are prefixed",
+    );
+    for (const name of Object.values(SESSIONARY_CRON_JOBS)) assert.match(name, /^sessionary:/);
+  });
+
+  it("refuses to record an event type it does not know, and keeps an end's reason its own whatever the caller's metadata says", async () => {
+    const dataSource = app.get<DataSource>(SESSIONARY_DATA_SOURCE_TOKEN);
+    const audit = app.get(AuditService);
+    await assert.rejects(
+      dataSource.transaction((em) => audit.record(em, { type: 'ORDER_SHIPPED' as AuditEventType, userId: null })),
+      /ORDER_SHIPPED is not an audit event type/,
+    );
+    const accessToken = await signedIn(http);
+    const { userId, sessionId } = (await http.get('/orders').set('Authorization', `Bearer ${accessToken}`)).body as {
+      userId: string;
+      sessionId: string;
+    };
+    const before = app.get(Listener).ended.length;
+    await app
+      .get(SessionsService)
+      .endSessions({ userId }, { reason: 'revoked', event: 'SESSION_REVOKED', metadata: { reason: 'logout', by: 'host' } });
+    const [event] = (await dataSource.query(`SELECT metadata FROM audit_events WHERE session_id = $1 AND type = 'SESSION_REVOKED'`, [
+      sessionId,
+    ])) as Array<{
+      metadata: Record<string, string>;
+    }>;
+    assert.deepEqual(event.metadata, { reason: 'revoked', by: 'host' }, "the end's reason, and the caller's other fields");
+    assert.deepEqual(
+      app
+        .get(Listener)
+        .ended.slice(before)
+        .map((e) => e.reason),
+      ['revoked'],
+    );
+    assert.ok(!('keyStore' in app.get(KeyRotationService)), 'the key store (writes without KEY_ROTATED) is not reachable from the exported service');
+    assert.equal(AUTH_CONTEXT_KEY, 'auth');
+    assert.equal(IS_PUBLIC_KEY, 'isPublic');
   });
 
   it('refuses to boot without the scheduler, saying what to import, and boots without its jobs when told to run none', async () => {
@@ -397,8 +444,8 @@ describe('Sessionary inside a host Nest app (e2e)', () => {
     assert.match(refusal, /import ScheduleModule\.forRoot\(\) from @nestjs\/schedule once/);
     const quiet = await sessionaryApp([], [], [HostJob], { scheduledJobs: false });
     try {
-      // The host's scheduler mounted every @Cron it found; Sessionary took its own out.
-      assert.deepEqual([...quiet.get(SchedulerRegistry).getCronJobs().keys()], ['host-job']);
+      // The host's scheduler mounted every @Cron it found; Sessionary took its own out (and left the host's, whatever their names).
+      assert.deepEqual([...quiet.get(SchedulerRegistry).getCronJobs().keys()].sort(), ['host-job', 'sessions-cleanup']);
       const quietHttp = request(quiet.getHttpServer());
       assert.equal((await quietHttp.get('/api/v1/users/me').set('Authorization', `Bearer ${await signedIn(quietHttp)}`)).status, 200);
     } finally {

@@ -9,7 +9,7 @@ import type { Checkpoint } from './audit-chain';
 import { AuditChainService } from './audit-chain.service';
 import { AuditService } from './audit.service';
 
-const JOB_NAME = 'audit-checkpoint';
+const JOB_NAME = 'sessionary:audit-checkpoint';
 
 /**
  * At boot: seals the events written before the hash chain (before the instance serves, so that

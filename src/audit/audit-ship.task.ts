@@ -24,7 +24,7 @@ import { AuditShipDestinations, newestAuditSeq, notThisLogsCopy } from './audit-
 import { settledAuditSeq } from './settled-seq';
 import { ShipFailureLog } from './ship-failure-log';
 
-const JOB_NAME = 'audit-ship';
+const JOB_NAME = 'sessionary:audit-ship';
 
 /** What a tick did for one destination: the pieces it shipped (their names), or why none. */
 export type ShipOutcome =

@@ -88,6 +88,8 @@ type EventRow = Omit<ChainedEvent, 'createdAt' | 'position' | 'type'> & { type: 
 
 type LinkedEvent = ChainedEvent & { prevHash: string; hash: string };
 
+const KNOWN_TYPES: ReadonlySet<string> = new Set(AUDIT_EVENT_TYPES);
+
 @Injectable()
 export class AuditService {
   private readonly key: string;
@@ -131,6 +133,10 @@ export class AuditService {
     if (!em.queryRunner?.isTransactionActive || em.dataSource !== this.dataSource) {
       throw new Error("AuditService: record audit events inside a transaction of Sessionary's data source (dataSource.transaction(em => ...))");
     }
+    // A type the log does not know (a host's, from JavaScript or a cast) would be chained and
+    // then refused by every reader of the list's type filter and the OpenAPI enum.
+    const unknownType = events.find((e) => !KNOWN_TYPES.has(e.type));
+    if (unknownType) throw new Error(`AuditService: ${String(unknownType.type)} is not an audit event type (AUDIT_EVENT_TYPES)`);
     const metadata = events.map((e) => safeMetadata(e.metadata ?? {}));
     const rows: EventRow[] = events.map((e, i) => ({
       id: auditEventId(),

@@ -31,16 +31,23 @@ export class RolesGuard implements CanActivate {
     if (!allowed?.length) return true;
     const request = context.switchToHttp().getRequest<FastifyRequest & Record<string, unknown>>();
     const auth = request[AUTH_CONTEXT_KEY] as AuthContext | undefined;
-    if (auth && allowed.includes(auth.role)) return true;
-    if (auth) {
-      await this.boundedAudit.recordAccessDenied({
-        userId: auth.userId,
-        sessionId: auth.sessionId,
-        client: clientContextOf(request),
-        route: routeOf(request),
-        details: { requiredRole: allowed.join(','), role: auth.role },
-      });
+    // No caller known on a @Roles route: the guard ran before SessionGuard (registered as a
+    // host's global guard, which Nest runs before Sessionary's) or on a @Public() route. A
+    // mistake in the application, refused loudly (a 500 and this message in the log) rather
+    // than with the 403 every admin would get.
+    if (!auth) {
+      throw new Error(
+        'RolesGuard found no session on a @Roles() route: use it with @UseGuards(RolesGuard) on the route or controller (after the global SessionGuard), not as a global guard, and not on @Public() routes',
+      );
     }
+    if (allowed.includes(auth.role)) return true;
+    await this.boundedAudit.recordAccessDenied({
+      userId: auth.userId,
+      sessionId: auth.sessionId,
+      client: clientContextOf(request),
+      route: routeOf(request),
+      details: { requiredRole: allowed.join(','), role: auth.role },
+    });
     throw new ForbiddenException('Insufficient role');
   }
 }

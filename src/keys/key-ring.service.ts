@@ -131,7 +131,7 @@ export class KeyRing implements OnModuleInit, OnApplicationShutdown {
       try {
         for (;;) {
           this.reloadRequested = false;
-          const keys = await this.rotation.keyStore.loadLive(this.dataSource.manager);
+          const keys = await this.rotation.loadLiveKeys(this.dataSource.manager);
           // A change was announced while this read ran: it may predate the change, so it is
           // not applied even for a moment (a stopped key must not verify again); read again.
           if (this.reloadRequested) continue;

@@ -67,8 +67,13 @@ export class KeyRotationService {
     this.jwtSecret = config.get('JWT_SECRET', { infer: true });
   }
 
-  get keyStore(): SigningKeyStore {
-    return this.store;
+  /**
+   * The ring's live keys, decrypted, for KeyRing. Read-only: every change of the ring goes
+   * through this service, with its KEY_ROTATED event (the store itself was reachable here,
+   * and with it writes without one, until 0.22.0).
+   */
+  loadLiveKeys(em: EntityManager): ReturnType<SigningKeyStore['loadLive']> {
+    return this.store.loadLive(em);
   }
 
   /**

@@ -20,13 +20,17 @@ export interface SessionaryProcessOptions {
   scheduledJobs?: boolean;
 }
 
-/** Sessionary's `@Cron` jobs, by their names in the SchedulerRegistry. */
+/**
+ * Sessionary's `@Cron` jobs, by their names in the SchedulerRegistry, which it shares with the
+ * host's jobs: prefixed, so that a host's own `sessions-cleanup` is no DUPLICATE_SCHEDULER at
+ * boot (unprefixed until 0.22.0). Its interval timers are named the same way.
+ */
 export const SESSIONARY_CRON_JOBS = {
-  sessionsCleanup: 'sessions-cleanup',
-  auditPartitions: 'audit-partitions',
-  signingKeyRotation: 'signing-key-rotation',
-  rateLimitPrune: 'rate-limit-prune',
-  loginThrottlePrune: 'login-throttle-prune',
+  sessionsCleanup: 'sessionary:sessions-cleanup',
+  auditPartitions: 'sessionary:audit-partitions',
+  signingKeyRotation: 'sessionary:signing-key-rotation',
+  rateLimitPrune: 'sessionary:rate-limit-prune',
+  loginThrottlePrune: 'sessionary:login-throttle-prune',
 } as const;
 
 /**

@@ -58,6 +58,8 @@ interface TickLimit {
 
 /** The job's name in the SchedulerRegistry. */
 export const SESSIONS_CLEANUP_JOB = SESSIONARY_CRON_JOBS.sessionsCleanup;
+/** The cleanup's row in scheduled_job_runs: unchanged when its scheduler name took a prefix, so old and new instances claim one tick. */
+const CLEANUP_RUNS_ROW = 'sessions-cleanup';
 
 /**
  * Every SESSION_CLEANUP_CRON tick: end sessions past their deadlines (reason and audit event
@@ -205,7 +207,7 @@ export class SessionsCleanupTask implements OnApplicationBootstrap, BeforeApplic
        ON CONFLICT (name) DO UPDATE SET last_tick = excluded.last_tick, runs = j.runs + 1
         WHERE j.last_tick < excluded.last_tick
        RETURNING runs`,
-      [SESSIONS_CLEANUP_JOB, tick],
+      [CLEANUP_RUNS_ROW, tick],
     );
     return claimed.length === 1;
   }

@@ -417,10 +417,13 @@ export class SessionsService implements OnApplicationBootstrap, OnModuleDestroy 
       userId: r.user_id,
       sessionId: r.id,
       client: options.client,
+      // The caller's metadata first: the reason (and the actor) are the end's own, which a
+      // caller's `reason` overrode in the event and the domain event until 0.22.0, while the
+      // session row kept the real one.
       metadata: {
+        ...options.metadata,
         reason: options.reason,
         ...(options.actorSessionId && options.actorSessionId !== r.id ? { bySessionId: options.actorSessionId } : {}),
-        ...options.metadata,
       },
     }));
     return { ids: rows.map((r) => r.id), events };

@@ -19,6 +19,7 @@ import request from 'supertest';
 import type { DataSource } from 'typeorm';
 // The package's entry point, as a host application imports it.
 import {
+  AccountsService,
   AUTH_CONTEXT_KEY,
   AuditService,
   CurrentAuth,
@@ -32,6 +33,7 @@ import {
   type AuditEventType,
   type AuthContext,
   type SessionEndedEvent,
+  type UserRegisteredEvent,
 } from '../src/index';
 import { AuditVerifierService } from '../src/audit/audit-verifier.service';
 import { SESSIONARY_CRON_JOBS } from '../src/sessionary/scheduled-jobs';
@@ -62,8 +64,12 @@ class OrdersController {
 @Injectable()
 class Listener {
   ended: SessionEndedEvent[] = [];
+  registered: UserRegisteredEvent[] = [];
   @OnEvent('session.ended') onEnded(e: SessionEndedEvent) {
     this.ended.push(e);
+  }
+  @OnEvent('user.registered') onRegistered(e: UserRegisteredEvent) {
+    this.registered.push(e);
   }
 }
 
@@ -399,6 +405,75 @@ describe('Sessionary inside a host Nest app (e2e)', () => {
       "a host's job may take any name: Sessionary's are prefixed",
     );
     for (const name of Object.values(SESSIONARY_CRON_JOBS)) assert.match(name, /^sessionary:/);
+  });
+
+  it("registers and logs users in from the host's own code with the routes' rules, limits and events (AccountsService)", async () => {
+    const accounts = app.get(AccountsService);
+    const dataSource = app.get<DataSource>(SESSIONARY_DATA_SOURCE_TOKEN);
+    const client = { ipAddress: '192.0.2.10', userAgent: 'host-invite/1' };
+    const input = newUserInput();
+    const profile = await accounts.register(input, client);
+    assert.deepEqual(Object.keys(profile).sort(), ['createdAt', 'email', 'id', 'role', 'updatedAt', 'username']);
+    assert.equal(profile.email, input.email);
+    const events = async (type: string) =>
+      (await dataSource.query(`SELECT ip_address, user_agent FROM audit_events WHERE user_id = $1 AND type = $2`, [profile.id, type])) as Array<{
+        ip_address: string;
+        user_agent: string;
+      }>;
+    assert.deepEqual(await events('REGISTER'), [{ ip_address: client.ipAddress, user_agent: client.userAgent }]);
+    assert.deepEqual(
+      app
+        .get(Listener)
+        .registered.filter((e) => e.userId === profile.id)
+        .map((e) => e.ipAddress),
+      [client.ipAddress],
+    );
+    // The password was hashed as the route hashes it: the user logs in over HTTP.
+    assert.equal((await http.post('/api/v1/auth/login').send({ email: input.email, password: input.password })).status, 200);
+
+    const tokens = await accounts.login({ username: input.username, password: input.password }, client);
+    assert.equal(tokens.tokenType, 'Bearer');
+    assert.deepEqual(
+      ((await http.get('/orders').set('Authorization', `Bearer ${tokens.accessToken}`)).body as { userId: string }).userId,
+      profile.id,
+    );
+    // A client as a host may pass it, bounded as a request's is: no control characters, the columns' lengths.
+    await accounts.login(
+      { email: input.email, password: input.password },
+      { ipAddress: '2001:db8::1'.padEnd(80, '0'), userAgent: `forged\nline ${'x'.repeat(600)}` },
+    );
+    const logins = await events('LOGIN');
+    assert.equal(logins.length, 3, 'the HTTP login and these two');
+    const bounded = logins.find((e) => e.user_agent?.startsWith('forged'));
+    assert.ok(
+      bounded && bounded.ip_address.length === 64 && bounded.user_agent.length === 512 && !bounded.user_agent.includes('\n'),
+      JSON.stringify(bounded),
+    );
+    assert.deepEqual(
+      logins.filter((e) => e.ip_address === client.ipAddress),
+      [{ ip_address: client.ipAddress, user_agent: client.userAgent }],
+    );
+
+    // Refused as the routes refuse, writing nothing (but the failed login's event).
+    const users = async () => ((await dataSource.query(`SELECT count(*)::int AS n FROM users`)) as Array<{ n: number }>)[0].n;
+    const count = await users();
+    const refusal = (fn: () => Promise<unknown>) =>
+      fn().then(
+        () => assert.fail('not refused'),
+        (error: { getStatus?: () => number; getResponse?: () => unknown }) => ({
+          status: error.getStatus?.(),
+          body: error.getResponse?.(),
+        }),
+      );
+    const invalid = await refusal(() => accounts.register({ username: 'has space', email: 'not-an-email', password: 'short' }, client));
+    assert.equal(invalid.status, 400);
+    const messages = (invalid.body as { message: string[] }).message.join(' | ');
+    for (const field of ['username', 'email', 'password']) assert.match(messages, new RegExp(`\\b${field}\\b`), messages);
+    assert.equal((await refusal(() => accounts.register({ ...newUserInput(), role: 'admin' } as never, client))).status, 400, 'an unknown property');
+    assert.equal((await refusal(() => accounts.register({ ...newUserInput(), email: input.email }, client))).status, 409);
+    assert.equal(await users(), count);
+    assert.equal((await refusal(() => accounts.login({ email: input.email, password: 'wrong-password-123' }, client))).status, 401);
+    assert.equal((await events('LOGIN_FAILED')).length, 1);
   });
 
   it("refuses to record an event type it does not know, and keeps an end's reason its own whatever the caller's metadata says", async () => {

@@ -10,6 +10,7 @@ import { UsersModule } from '../users/users.module';
 import { KeysModule } from '../keys/keys.module';
 import { AccessTokenService } from './access-token.service';
 import { AuthController } from './auth.controller';
+import { AccountsService } from './accounts.service';
 import { AuthService } from './auth.service';
 import { JwtAuthGuard } from './jwt-auth.guard';
 import { JwtStrategy } from './jwt.strategy';
@@ -40,7 +41,7 @@ import { SessionGuard } from './session.guard';
     }),
   ],
   controllers: [AuthController, PasswordController],
-  providers: [AuthService, AccessTokenService, JwtStrategy, JwtAuthGuard, SessionGuard],
-  exports: [SessionGuard],
+  providers: [AuthService, AccountsService, AccessTokenService, JwtStrategy, JwtAuthGuard, SessionGuard],
+  exports: [SessionGuard, AccountsService],
 })
 export class AuthModule {}

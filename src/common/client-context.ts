@@ -13,14 +13,20 @@ export const USER_AGENT_MAX_LENGTH = 512;
 
 export function clientContextOf(request: FastifyRequest): ClientContext {
   // request.ip honours X-Forwarded-For only when TRUST_PROXY configures Fastify to.
-  const ua = request.headers['user-agent'];
+  return boundedClientContext(request.ip, request.headers['user-agent']);
+}
+
+/** A client context as the columns keep it, from a request or from a host's own code (AccountsService). */
+export function boundedClientContext(ipAddress: unknown, userAgent: unknown): ClientContext {
   return {
-    ipAddress: request.ip ? request.ip.slice(0, IP_ADDRESS_MAX_LENGTH) : null,
-    // Control characters are dropped so a user agent cannot forge lines in logs or exports.
-    // eslint-disable-next-line no-control-regex -- matching control characters is the point
-    userAgent: typeof ua === 'string' && ua.length ? ua.replace(/[\u0000-\u001f\u007f]/g, '').slice(0, USER_AGENT_MAX_LENGTH) : null,
+    ipAddress: typeof ipAddress === 'string' && ipAddress.length ? ipAddress.slice(0, IP_ADDRESS_MAX_LENGTH) : null,
+    userAgent: typeof userAgent === 'string' && userAgent.length ? userAgent.replace(CONTROL_CHARACTERS, '').slice(0, USER_AGENT_MAX_LENGTH) : null,
   };
 }
+
+/** Dropped from a user agent, so that it cannot forge lines in logs or exports. */
+// eslint-disable-next-line no-control-regex -- matching control characters is the point
+const CONTROL_CHARACTERS = /[\u0000-\u001f\u007f]/g;
 
 export const Client = createParamDecorator((_: unknown, ctx: ExecutionContext): ClientContext =>
   clientContextOf(ctx.switchToHttp().getRequest<FastifyRequest>()),

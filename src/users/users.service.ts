@@ -41,6 +41,12 @@ interface UserRow {
 }
 const EMAIL_STEP_UP_MESSAGE = 'Changing the email needs a recent authentication or currentPassword';
 
+/**
+ * Users: reads for anyone (a host's `getById`, `getProfile`), and the writes Sessionary's own
+ * services make inside their transactions, each beside the audit event its caller records
+ * (`create`, `replacePasswordHash`, `storeRehashedPassword`). A host that registers or logs
+ * users in calls AccountsService instead, which keeps the routes' rules and events.
+ */
 @Injectable()
 export class UsersService {
   constructor(
@@ -183,7 +189,11 @@ export class UsersService {
     return rows[0].same;
   }
 
-  /** Inserts inside the caller's transaction; the unique indexes settle races (409). */
+  /**
+   * Inserts inside the caller's transaction; the unique indexes settle races (409). The row
+   * alone: no rule is checked, the hash is the caller's, no REGISTER event is written. A host
+   * registers users with AccountsService.register(), which does all of that.
+   */
   async create(em: EntityManager, input: NewUser): Promise<UserEntity> {
     // ON CONFLICT DO NOTHING rather than catching the unique violation: PostgreSQL logs each
     // violation with its key ("Key (lower(email))=(…) already exists"), so every probe of a

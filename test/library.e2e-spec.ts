@@ -470,6 +470,8 @@ describe('Sessionary inside a host Nest app (e2e)', () => {
     const messages = (invalid.body as { message: string[] }).message.join(' | ');
     for (const field of ['username', 'email', 'password']) assert.match(messages, new RegExp(`\\b${field}\\b`), messages);
     assert.equal((await refusal(() => accounts.register({ ...newUserInput(), role: 'admin' } as never, client))).status, 400, 'an unknown property');
+    // A lone surrogate, which the routes refuse before validation (two passwords would hash as one).
+    assert.equal((await refusal(() => accounts.register({ ...newUserInput(), password: 'long enough pass \ud800 word' }, client))).status, 400);
     assert.equal((await refusal(() => accounts.register({ ...newUserInput(), email: input.email }, client))).status, 409);
     assert.equal(await users(), count);
     assert.equal((await refusal(() => accounts.login({ email: input.email, password: 'wrong-password-123' }, client))).status, 401);
@@ -505,7 +507,10 @@ describe('Sessionary inside a host Nest app (e2e)', () => {
         .map((e) => e.reason),
       ['revoked'],
     );
-    assert.ok(!('keyStore' in app.get(KeyRotationService)), 'the key store (writes without KEY_ROTATED) is not reachable from the exported service');
+    assert.ok(!('keyStore' in app.get(KeyRotationService)), 'the key store (writes without KEY_ROTATED) is no longer part of the exported service');
+    // The last page's nextCursor (null) passed back as it came is the first page, as no cursor is.
+    const first = await audit.list({ userId, limit: 5, cursor: null });
+    assert.deepEqual(first, await audit.list({ userId, limit: 5 }));
     assert.equal(AUTH_CONTEXT_KEY, 'auth');
     assert.equal(IS_PUBLIC_KEY, 'isPublic');
   });

@@ -274,6 +274,11 @@ describe('migrations (e2e)', () => {
         await applied(),
         MIGRATIONS.slice(0, -1).map((m) => m.name),
       );
+      // One a newer version recorded: this version cannot revert it, and says so before anything.
+      await holder.query(`INSERT INTO migrations ("timestamp", name) VALUES (1899999999999, 'FromTheFuture1899999999999')`);
+      const future = await revert('--confirm', 'FromTheFuture1899999999999').exited;
+      assert.equal(future.code, 2, future.output);
+      assert.match(future.output, /FromTheFuture1899999999999, is not one of this version's: a newer version applied it/);
     } finally {
       await holder.end();
     }

@@ -20,8 +20,8 @@ const EXPORT_RETRY_AFTER_SECONDS = 10;
 
 /**
  * How long an export after a seq waits for the transactions holding a seq when it starts to end
- * (settledAuditSeq) before it answers 503: those are the service's own writes of events, whose
- * transactions last milliseconds.
+ * (settledAuditSeq) before it answers 503: writes of events, whose transactions last
+ * milliseconds when they are the service's own.
  */
 const SETTLE_TIMEOUT_MS = 10_000;
 

@@ -37,7 +37,8 @@ export interface AuditFilter {
 
 export interface AuditQuery extends AuditFilter {
   limit: number;
-  cursor?: string;
+  /** The previous page's nextCursor; absent or null for the first page. */
+  cursor?: string | null;
 }
 
 export interface AuditPage {
@@ -271,8 +272,9 @@ export class AuditService {
     if (query.from) where.push(`e.created_at >= ${param(query.from)}`);
     if (query.to) where.push(`e.created_at < ${param(query.to)}`);
     // An empty `cursor=` is a cursor too, and not one we issued: a 400 (it read the first page
-    // again, and a client building `cursor=${next ?? ''}` looped).
-    if (query.cursor !== undefined) {
+    // again, and a client building `cursor=${next ?? ''}` looped). A library caller's null
+    // (the last page's nextCursor) is no cursor, as undefined is.
+    if (query.cursor != null) {
       const cursor = decodeCursor(query.cursor);
       const micros = byTime && cursor.micros === null ? await this.microsOf(cursor.seq) : cursor.micros;
       if (byTime && micros !== null) {

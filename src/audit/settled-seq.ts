@@ -17,10 +17,13 @@ const POLL_MAX_MS = 500;
  * (RowExclusiveLock, held by the top-level transaction until it ends, even when the savepoint
  * that took the value is rolled back) before it hands out a value, so every transaction holding
  * a seq up to the one read holds that lock when pg_locks is read afterwards. pg_locks shows every
- * role's locks to every role, so nothing else is waited for: not another application's or a
- * DBA's transaction on the same database, not a pg_dump (which only reads the sequence), not an
- * export streaming to a slow client (0.22.0; before, every running transaction of the database
- * was waited for, and another role's only with pg_read_all_stats).
+ * role's locks to every role. Waited for are the holders of that lock: the writers of events
+ * (the service's, or a host's through AuditService.record), and anything that read the
+ * sequence's value through a function that takes the same lock (pg_sequence_last_value(), the
+ * pg_sequences view) in a transaction still open. Not another application's or a DBA's
+ * transaction on the same database otherwise, not a pg_dump (which reads the sequence as a
+ * relation), not an export streaming to a slow client (0.22.0; before, every running
+ * transaction of the database was waited for, and another role's only with pg_read_all_stats).
  *
  * Null, to be read as "not settled", when that cannot be shown: a transaction still running
  * after `timeoutMs`, a prepared (two-phase) transaction holding the lock, a sequence that hands
@@ -51,6 +54,17 @@ export async function settledAuditSeq(em: EntityManager, timeoutMs: number, sign
   );
   if (holders.prepared) return null;
   const deadline = Date.now() + timeoutMs;
+  const preparedMeanwhile = async () => {
+    // PREPARE TRANSACTION ends the virtual transaction id while the transaction, its seq and
+    // the sequence's lock live on (then without a pid) until COMMIT/ROLLBACK PREPARED.
+    const [{ prepared }] = await rowsOf<{ prepared: boolean }>(
+      em,
+      `SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'relation' AND relation = $1::int8::oid AND granted AND pid IS NULL
+                        AND database = (SELECT oid FROM pg_database WHERE datname = current_database())) AS prepared`,
+      [sequence.oid],
+    );
+    return prepared;
+  };
   for (let pause = 10; holders.vxids.length; pause = Math.min(pause * 2, POLL_MAX_MS)) {
     // Each transaction holds its own virtual transaction id's lock until it ends.
     const [{ remaining }] = await rowsOf<{ remaining: number }>(
@@ -58,7 +72,7 @@ export async function settledAuditSeq(em: EntityManager, timeoutMs: number, sign
       `SELECT count(*)::int AS remaining FROM pg_locks WHERE locktype = 'virtualxid' AND virtualxid = ANY($1::text[])`,
       [holders.vxids],
     );
-    if (!remaining) break;
+    if (!remaining) return (await preparedMeanwhile()) ? null : (sequence.last_value ?? '0');
     if (Date.now() >= deadline || signal?.aborted) return null;
     try {
       await sleep(Math.min(pause, Math.max(deadline - Date.now(), 1)), undefined, { signal });

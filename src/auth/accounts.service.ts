@@ -1,5 +1,6 @@
-import { Injectable } from '@nestjs/common';
+import { BadRequestException, Injectable } from '@nestjs/common';
 import { boundedClientContext, type ClientContext } from '../common/client-context';
+import { inspectJson } from '../common/request-hygiene';
 import { AppValidationPipe } from '../common/validation';
 import type { UserProfile } from '../users/user.entity';
 import { AuthService } from './auth.service';
@@ -9,6 +10,15 @@ import type { TokenResponseDto } from './dto/token-response.dto';
 
 /** The client as the routes record it: an address and a user agent cut to the columns' lengths, no control characters. */
 const bounded = (client: ClientContext): ClientContext => boundedClientContext(client.ipAddress, client.userAgent);
+
+/**
+ * The request-hygiene check a body gets before any route sees it: a lone surrogate would
+ * become U+FFFD on its way to bcrypt, so two different passwords would be one.
+ */
+function wellFormed<T>(input: T): T {
+  if (!inspectJson(input).wellFormed) throw new BadRequestException(['strings must be well-formed Unicode']);
+  return input;
+}
 
 /** A new account as `POST /auth/register` takes it. */
 export interface NewAccount {
@@ -32,8 +42,9 @@ export type IssuedTokens = Pick<TokenResponseDto, 'accessToken' | 'refreshToken'
  * (no event, no rule, no hashing); these are what a host calls instead.
  *
  * `client` is where the request came from (the `@Client()` of the host's route), or
- * `{ ipAddress: null, userAgent: null }` for work that no client asked for: no per-address
- * limit counts it then (the failed-login counter of the identifier still does).
+ * `{ ipAddress: null, userAgent: null }` for work that no client asked for (an import): no
+ * registration limit counts it then, neither the address's nor REGISTER_MAX_TOTAL, and no
+ * address's failed-login counter (the identifier's still does).
  */
 @Injectable()
 export class AccountsService {
@@ -43,13 +54,13 @@ export class AccountsService {
 
   /** As `POST /auth/register`: the new user's profile; 409 (ConflictException) for a taken username or email, 429 past the registration limit. */
   async register(account: NewAccount, client: ClientContext): Promise<UserProfile> {
-    const dto = (await this.validation.transform(account, { type: 'body', metatype: RegisterDto })) as RegisterDto;
+    const dto = (await this.validation.transform(wellFormed(account), { type: 'body', metatype: RegisterDto })) as RegisterDto;
     return (await this.auth.register(dto, bounded(client))).toJSON();
   }
 
   /** As `POST /auth/login`: a new session's tokens; 401 (UnauthorizedException) for wrong credentials, 429 in back-off. */
   async login(credentials: LoginCredentials, client: ClientContext): Promise<IssuedTokens> {
-    const dto = (await this.validation.transform(credentials, { type: 'body', metatype: LoginDto })) as LoginDto;
+    const dto = (await this.validation.transform(wellFormed(credentials), { type: 'body', metatype: LoginDto })) as LoginDto;
     return this.auth.login(dto, bounded(client));
   }
 }

@@ -52,6 +52,7 @@ export async function runMigrationsLocked(
  * back), by class name: said before it is reverted.
  */
 export const DESTRUCTIVE_DOWNS: Record<string, string> = {
+  InitialSchema: 'drops every user, session and audit event',
   AuditChain: "drops every event's hash chain and the checkpoints",
   AuditBaseSets: 'drops the base sets: once retention has dropped a month, the log can no longer be verified',
   SigningKeys: 'drops the signing-key ring: every access token is refused',
@@ -85,6 +86,12 @@ export async function revertLastMigrationLocked(
       if (!last) {
         logger.log('No migration has run: nothing to revert');
         return undefined;
+      }
+      // One recorded by a newer version: this version has no `down` for it (TypeORM would refuse it after the confirmation).
+      if (!dataSource.migrations.some((m) => (m.name ?? m.constructor.name) === last.name)) {
+        throw new RevertNotConfirmedError(
+          `Nothing reverted. The last migration applied, ${last.name}, is not one of this version's: a newer version applied it, and only that version can revert it`,
+        );
       }
       if (confirm !== last.name) {
         const destroys = DESTRUCTIVE_DOWNS[last.name.replace(/\d+$/, '')];

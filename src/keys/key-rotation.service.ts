@@ -19,18 +19,21 @@ export const RETIRING_MARGIN_SECONDS = 60;
 export type RotationTrigger = 'cli' | 'schedule' | 'boot';
 
 /**
- * A rotation asked for with another SIGNING_ALGORITHM than the ring's next key has, without
- * saying that the algorithm is to change: a command run from a shell without the service's
- * settings (ES256 when unset) would otherwise switch every instance's tokens to it.
+ * A command's rotation with another SIGNING_ALGORITHM than the ring's next key has: a shell
+ * without the service's settings (ES256 when unset) would switch every instance's tokens to
+ * it, and the instances would not keep it either (their maintenance retires a next key of
+ * another algorithm than theirs). The algorithm changes with the service's own setting: its
+ * boot makes the next key of the new algorithm, which a rotation then promotes.
  */
-export class AlgorithmChangeNotConfirmedError extends Error {
+export class AlgorithmMismatchError extends Error {
   constructor(
     readonly ringAlgorithm: SigningAlgorithm,
     readonly configured: SigningAlgorithm,
   ) {
     super(
       `the ring's next key is ${ringAlgorithm}, and SIGNING_ALGORITHM here is ${configured}: nothing rotated. ` +
-        `Run it with the service's SIGNING_ALGORITHM, or confirm the change to ${configured} with --change-algorithm`,
+        `Run it with the service's SIGNING_ALGORITHM; to change the algorithm, change the service's setting and restart it ` +
+        `(its boot makes the next key of the new algorithm), then rotate`,
     );
   }
 }
@@ -69,8 +72,8 @@ export class KeyRotationService {
 
   /**
    * The ring's live keys, decrypted, for KeyRing. Read-only: every change of the ring goes
-   * through this service, with its KEY_ROTATED event (the store itself was reachable here,
-   * and with it writes without one, until 0.22.0).
+   * through this service, with its KEY_ROTATED event (the store itself was a public getter
+   * here, and with it writes without one, until 0.22.0).
    */
   loadLiveKeys(em: EntityManager): ReturnType<SigningKeyStore['loadLive']> {
     return this.store.loadLive(em);
@@ -123,17 +126,16 @@ export class KeyRotationService {
   /**
    * The next key becomes current (a fresh one if there is no next of SIGNING_ALGORITHM), the
    * current one retires once every token it signed has expired (ACCESS_TOKEN_TTL plus a
-   * margin), and a new next key is made. Tokens already issued keep working. When the ring's
-   * next key has another algorithm than SIGNING_ALGORITHM, nothing changes unless
-   * `changeAlgorithm` says so (AlgorithmChangeNotConfirmedError): an instance whose setting
-   * changed made its next key of the new algorithm at boot, so only a caller with another
-   * setting than the service's gets here.
+   * margin), and a new next key is made. Tokens already issued keep working. Nothing changes
+   * when the ring's next key has another algorithm than SIGNING_ALGORITHM
+   * (AlgorithmMismatchError): an instance whose setting changed made its next key of the new
+   * algorithm at boot, so only a caller with another setting than the service's gets there.
    */
-  async rotate(trigger: Exclude<RotationTrigger, 'boot'>, { changeAlgorithm = false }: { changeAlgorithm?: boolean } = {}): Promise<RotationResult> {
+  async rotate(trigger: Exclude<RotationTrigger, 'boot'>): Promise<RotationResult> {
     return this.dataSource.transaction(async (em) => {
       await this.store.lock(em);
       const next = (await this.store.states(em)).find((k) => k.state === 'next');
-      if (next && next.algorithm !== this.algorithm && !changeAlgorithm) throw new AlgorithmChangeNotConfirmedError(next.algorithm, this.algorithm);
+      if (next && next.algorithm !== this.algorithm) throw new AlgorithmMismatchError(next.algorithm, this.algorithm);
       return this.rotateLocked(em, trigger);
     });
   }

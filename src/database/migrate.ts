@@ -18,30 +18,45 @@ export async function runMigrationsLocked(
   dataSource: DataSource,
   { logger = new Logger('Migrations'), reportWaitAfterMs = WAIT_REPORT_FIRST_MS }: { logger?: LoggerService; reportWaitAfterMs?: number } = {},
 ): Promise<void> {
+  await underMigrationLock(dataSource, logger, reportWaitAfterMs, async (runner) => {
+    await assertSchemaIsSessionarys(runner, dataSource);
+    const executor = new MigrationExecutor(dataSource, runner);
+    executor.transaction = 'each';
+    const applied = await executor.executePendingMigrations();
+    if (applied.length) logger.log(`Applied ${applied.length} migration(s): ${applied.map((m) => m.name).join(', ')}`);
+    const unknown = await migrationsUnknownHere(runner, dataSource);
+    if (unknown.length) {
+      // TypeORM ignores them: an older version (a rollback of the code) runs on a newer schema without a word.
+      logger.warn(
+        `The database holds ${unknown.length} migration(s) this version does not know (${unknown.join(', ')}): a newer version migrated it. ` +
+          `This version runs on that schema; roll the code forward, or see the README's Migrations section before reverting any`,
+      );
+    }
+  });
+}
+
+/**
+ * `work` on one connection that holds the migration lock, with statement_timeout off meanwhile
+ * (see runMigrationsLocked); the lock is released and the connection goes back to the pool
+ * with the pool's timeout, whatever `work` does.
+ */
+async function underMigrationLock<T>(
+  dataSource: DataSource,
+  logger: LoggerService,
+  reportWaitAfterMs: number,
+  work: (runner: QueryRunner) => Promise<T>,
+): Promise<T> {
   const runner = dataSource.createQueryRunner();
   await runner.connect();
   try {
     await runner.query('SET statement_timeout = 0');
     await lockPolling(runner, logger, reportWaitAfterMs);
     try {
-      await assertSchemaIsSessionarys(runner, dataSource);
-      const executor = new MigrationExecutor(dataSource, runner);
-      executor.transaction = 'each';
-      const applied = await executor.executePendingMigrations();
-      if (applied.length) logger.log(`Applied ${applied.length} migration(s): ${applied.map((m) => m.name).join(', ')}`);
-      const unknown = await migrationsUnknownHere(runner, dataSource);
-      if (unknown.length) {
-        // TypeORM ignores them: an older version (a rollback of the code) runs on a newer schema without a word.
-        logger.warn(
-          `The database holds ${unknown.length} migration(s) this version does not know (${unknown.join(', ')}): a newer version migrated it. ` +
-            `This version runs on that schema; roll the code forward, or see the README's Migrations section before reverting any`,
-        );
-      }
+      return await work(runner);
     } finally {
       await runner.query('SELECT pg_advisory_unlock($1)', [MIGRATION_LOCK_KEY]);
     }
   } finally {
-    // The connection goes back to the pool with the pool's timeout.
     await runner.query('RESET statement_timeout').catch(() => undefined);
     await runner.release();
   }
@@ -73,44 +88,33 @@ export async function revertLastMigrationLocked(
   dataSource: DataSource,
   { confirm, logger = new Logger('Migrations') }: { confirm: string | undefined; logger?: LoggerService },
 ): Promise<string | undefined> {
-  const runner = dataSource.createQueryRunner();
-  await runner.connect();
-  try {
-    await runner.query('SET statement_timeout = 0');
-    await lockPolling(runner, logger, WAIT_REPORT_FIRST_MS);
-    try {
-      const executor = new MigrationExecutor(dataSource, runner);
-      executor.transaction = 'each';
-      // TypeORM reverts the one it recorded last (by id): that one is named.
-      const [last] = await executor.getExecutedMigrations();
-      if (!last) {
-        logger.log('No migration has run: nothing to revert');
-        return undefined;
-      }
-      // One recorded by a newer version: this version has no `down` for it (TypeORM would refuse it after the confirmation).
-      if (!dataSource.migrations.some((m) => (m.name ?? m.constructor.name) === last.name)) {
-        throw new RevertNotConfirmedError(
-          `Nothing reverted. The last migration applied, ${last.name}, is not one of this version's: a newer version applied it, and only that version can revert it`,
-        );
-      }
-      if (confirm !== last.name) {
-        const destroys = DESTRUCTIVE_DOWNS[last.name.replace(/\d+$/, '')];
-        throw new RevertNotConfirmedError(
-          `Nothing reverted. The last migration applied is ${last.name}${destroys ? `, whose down ${destroys}` : ''}. ` +
-            `Do not revert a migration that has run in production: roll the code back instead (README, Rolling back). ` +
-            `To revert it, run again with --confirm ${last.name} (npm run migration:revert -- --confirm ${last.name})`,
-        );
-      }
-      await executor.undoLastMigration();
-      logger.log(`Reverted ${last.name}`);
-      return last.name;
-    } finally {
-      await runner.query('SELECT pg_advisory_unlock($1)', [MIGRATION_LOCK_KEY]);
+  return underMigrationLock(dataSource, logger, WAIT_REPORT_FIRST_MS, async (runner) => {
+    const executor = new MigrationExecutor(dataSource, runner);
+    executor.transaction = 'each';
+    // TypeORM reverts the one it recorded last (by id): that one is named.
+    const [last] = await executor.getExecutedMigrations();
+    if (!last) {
+      logger.log('No migration has run: nothing to revert');
+      return undefined;
     }
-  } finally {
-    await runner.query('RESET statement_timeout').catch(() => undefined);
-    await runner.release();
-  }
+    // One recorded by a newer version: this version has no `down` for it (TypeORM would refuse it after the confirmation).
+    if (!dataSource.migrations.some((m) => (m.name ?? m.constructor.name) === last.name)) {
+      throw new RevertNotConfirmedError(
+        `Nothing reverted. The last migration applied, ${last.name}, is not one of this version's: a newer version applied it, and only that version can revert it`,
+      );
+    }
+    if (confirm !== last.name) {
+      const destroys = DESTRUCTIVE_DOWNS[last.name.replace(/\d+$/, '')];
+      throw new RevertNotConfirmedError(
+        `Nothing reverted. The last migration applied is ${last.name}${destroys ? `, whose down ${destroys}` : ''}. ` +
+          `Do not revert a migration that has run in production: roll the code back instead (README, Rolling back). ` +
+          `To revert it, run again with --confirm ${last.name} (npm run migration:revert -- --confirm ${last.name})`,
+      );
+    }
+    await executor.undoLastMigration();
+    logger.log(`Reverted ${last.name}`);
+    return last.name;
+  });
 }
 
 /** Names in the migrations table that none of this version's migrations has. */

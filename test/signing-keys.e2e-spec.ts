@@ -284,6 +284,41 @@ describe('signing keys: ring, rotation, JWKS (e2e)', () => {
     }
   });
 
+  it('leaves the next key of a change of SIGNING_ALGORITHM rolling out to the instances that made it: an instance still on the old setting neither retires it nor rotates over it', async () => {
+    const shared = await freshDatabase();
+    const old = await createTestApp({ DATABASE_URL: shared, SIGNING_KEY_ROTATION_DAYS: '1' }); // an ES256 ring
+    let updated: TestApp | undefined;
+    try {
+      updated = await createTestApp({ DATABASE_URL: shared, SIGNING_ALGORITHM: 'HS256', SIGNING_KEY_ROTATION_DAYS: '1' }); // booted with the new setting
+      const states = async () =>
+        (
+          (await old.db.query(`SELECT kid, state, algorithm FROM signing_keys WHERE state IN ('current', 'next') ORDER BY state`)) as Array<{
+            kid: string;
+            state: string;
+            algorithm: string;
+          }>
+        ).map((k) => `${k.state}:${k.algorithm}:${k.kid}`);
+      const adopted = await states();
+      assert.match(adopted.join(' '), /^current:ES256:\S+ next:HS256:\S+$/, 'the new setting made its next key at boot');
+      // Until 0.22.0 the old instance's maintenance retired it within five minutes, leaving no next key.
+      await old.app.get(KeyRotationTask).handleTick();
+      assert.deepEqual(await states(), adopted);
+      // Nor does its scheduled rotation promote over it (it made a fresh ES256 current key).
+      await old.db.query(`UPDATE signing_keys SET activated_at = now() - interval '25 hours' WHERE state = 'current'`);
+      const result = await old.app.get(KeyRotationService).maintain(1);
+      assert.equal(result.rotated, undefined);
+      assert.equal(result.foreignNext, 'HS256');
+      assert.deepEqual(await states(), adopted);
+      // The instance with the new setting rotates into it.
+      await updated.app.get(KeyRotationTask).handleTick();
+      const [current] = await states();
+      assert.equal(current, `current:HS256:${adopted[1].split(':')[2]}`, 'the next key the new setting made signs now');
+    } finally {
+      await updated?.close();
+      await old.close();
+    }
+  });
+
   it('reports the ring in /metrics', async () => {
     const text = (await a.http.get('/metrics')).text;
     assert.match(text, /^sessionary_signing_key_age_seconds \d+(\.\d+)?(e[-+]\d+)?$/m);

@@ -21,9 +21,8 @@ export type RotationTrigger = 'cli' | 'schedule' | 'boot';
 /**
  * A command's rotation with another SIGNING_ALGORITHM than the ring's next key has: a shell
  * without the service's settings (ES256 when unset) would switch every instance's tokens to
- * it, and the instances would not keep it either (their maintenance retires a next key of
- * another algorithm than theirs). The algorithm changes with the service's own setting: its
- * boot makes the next key of the new algorithm, which a rotation then promotes.
+ * it. The algorithm changes with the service's own setting: its boot makes the next key of
+ * the new algorithm, which a rotation then promotes.
  */
 export class AlgorithmMismatchError extends Error {
   constructor(
@@ -144,18 +143,27 @@ export class KeyRotationService {
    * The scheduled job's work, done by whichever instance takes the lock: retire keys whose
    * tokens have all expired, and rotate when the current key is older than `rotationDays`.
    * Returns the rotation when there was one.
+   *
+   * A next key of another algorithm than this instance's is left alone, and so is a rotation
+   * that would promote over it (`foreignNext`): while a change of SIGNING_ALGORITHM rolls out,
+   * the instances that booted with the new setting made it, and those still on the old one
+   * retired it within five minutes until 0.22.0, leaving the ring without a next key.
    */
-  async maintain(rotationDays: number | undefined): Promise<{ skipped: boolean; rotated?: RotationResult; retired: string[] }> {
+  async maintain(
+    rotationDays: number | undefined,
+  ): Promise<{ skipped: boolean; rotated?: RotationResult; retired: string[]; foreignNext?: SigningAlgorithm }> {
     return this.dataSource.transaction(async (em) => {
       if (!(await this.store.tryLock(em))) return { skipped: true, retired: [] };
       const ring = await this.store.states(em);
       const current = ring.find((k) => k.state === 'current');
+      const next = ring.find((k) => k.state === 'next');
+      const foreignNext = next && next.algorithm !== this.algorithm ? next.algorithm : undefined;
       const due = rotationDays !== undefined && current?.activated_at && Date.now() - current.activated_at.getTime() >= rotationDays * 86_400_000;
-      if (due) {
+      if (due && !foreignNext) {
         const rotated = await this.rotateLocked(em, 'schedule');
         return { skipped: false, rotated, retired: rotated.retired };
       }
-      const retired = await this.store.retire(em, this.algorithm);
+      const retired = await this.store.retire(em, foreignNext ?? this.algorithm);
       // A retirement changes the ring too (the key leaves it, its private part erased): audited
       // like the others, in its transaction (until 0.20.2 only a log line said so).
       if (retired.length) {
@@ -166,7 +174,7 @@ export class KeyRotationService {
           retired,
         });
       }
-      return { skipped: false, retired };
+      return { skipped: false, retired, foreignNext };
     });
   }
 

@@ -48,6 +48,12 @@ export class KeyRotationTask implements BeforeApplicationShutdown {
       this.health.succeeded();
       if (result.rotated) this.logger.log(`Signing key rotated on schedule: ${result.rotated.current} signs now`);
       if (result.retired.length) this.logger.log(`Signing keys retired: ${result.retired.join(', ')}`);
+      if (result.foreignNext) {
+        this.logger.warn(
+          `The signing-key ring's next key is ${result.foreignNext}, and this instance's SIGNING_ALGORITHM another: left as it is, ` +
+            `and no scheduled rotation here (a change of SIGNING_ALGORITHM rolling out; give every instance the same setting)`,
+        );
+      }
     } catch (error) {
       this.health.failed();
       if (isDatabaseUnavailable(error)) this.logger.warn('Signing-key maintenance skipped: the database is unavailable');

@@ -1,7 +1,8 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
-import { Body, Controller, Get, Injectable, Module, Post, Req, UseGuards } from '@nestjs/common';
+import { ArgumentsHost, Body, Catch, Controller, ExceptionFilter, Get, Injectable, Module, Post, Req, UseGuards } from '@nestjs/common';
+import { APP_FILTER } from '@nestjs/core';
 import { ConfigModule } from '@nestjs/config';
 import { OnEvent } from '@nestjs/event-emitter';
 import { AuthGuard, PassportModule, PassportStrategy } from '@nestjs/passport';
@@ -138,6 +139,30 @@ class HostOwnController {
   }
 }
 
+/** A host's own error, and the filters a host writes for its errors. */
+class OrderLockedError extends Error {}
+
+@Catch(OrderLockedError)
+class OrderLockedFilter implements ExceptionFilter {
+  catch(_: OrderLockedError, host: ArgumentsHost) {
+    void host.switchToHttp().getResponse<{ code(n: number): { send(b: unknown): void } }>().code(423).send({ code: 'ORDER_LOCKED' });
+  }
+}
+
+@Catch()
+class HostCatchAll implements ExceptionFilter {
+  catch(_: unknown, host: ArgumentsHost) {
+    void host.switchToHttp().getResponse<{ code(n: number): { send(b: unknown): void } }>().code(418).send({ host: 'caught it' });
+  }
+}
+
+@Controller('locked')
+class LockedOrderController {
+  @Public() @Get() locked() {
+    throw new OrderLockedError();
+  }
+}
+
 @Controller('legacy')
 class LegacyController {
   @Public() @UseGuards(AuthGuard('jwt')) @Get() who(@Req() req: { user: unknown }) {
@@ -159,12 +184,17 @@ async function sessionaryApp(
     databaseUrl,
     routePrefix = 'api/v1',
     globalPrefix,
+    globalExceptionFilter,
+    hostGlobalFilter,
   }: {
     scheduler?: boolean;
     scheduledJobs?: boolean;
     databaseUrl?: string;
     routePrefix?: string;
     globalPrefix?: { prefix: string; exclude: string[] };
+    globalExceptionFilter?: boolean;
+    /** A filter the host adds with app.useGlobalFilters(). */
+    hostGlobalFilter?: ExceptionFilter;
   } = {},
 ): Promise<NestFastifyApplication> {
   databaseUrl ??= await emptyDatabase();
@@ -175,6 +205,7 @@ async function sessionaryApp(
       SessionaryModule.forRootAsync({
         useFactory: () => ({ databaseUrl, ...secrets, routePrefix, nodeEnv: 'test', bcryptCost: 4, rateLimitPerMinute: 0 }),
         scheduledJobs,
+        globalExceptionFilter,
       }),
     ],
     controllers: controllers as [],
@@ -185,6 +216,7 @@ async function sessionaryApp(
   // The host's own app: Fastify, no global prefix, none of Sessionary's app setup.
   const app = moduleRef.createNestApplication<NestFastifyApplication>(new FastifyAdapter());
   if (globalPrefix) app.setGlobalPrefix(globalPrefix.prefix, { exclude: globalPrefix.exclude });
+  if (hostGlobalFilter) app.useGlobalFilters(hostGlobalFilter);
   try {
     await app.init();
   } catch (error) {
@@ -513,6 +545,39 @@ describe('Sessionary inside a host Nest app (e2e)', () => {
     assert.deepEqual(first, await audit.list({ userId, limit: 5 }));
     assert.equal(AUTH_CONTEXT_KEY, 'auth');
     assert.equal(IS_PUBLIC_KEY, 'isPublic');
+  });
+
+  it("answers on its own routes as API.md says whatever global filters the host adds, and leaves the host's routes to them with globalExceptionFilter: false", async () => {
+    const unauthenticated = (res: request.Response) => {
+      assert.equal(res.status, 401, res.text);
+      assert.equal(res.body.error, 'Unauthorized');
+      assert.ok(res.headers['www-authenticate']?.startsWith('Bearer'), JSON.stringify(res.headers));
+    };
+    // A host's catch-all added with useGlobalFilters() is asked before any APP_FILTER: it takes the host's routes, not Sessionary's.
+    const catching = await sessionaryApp([], [LockedOrderController], [], { hostGlobalFilter: new HostCatchAll() });
+    try {
+      const http = request(catching.getHttpServer());
+      unauthenticated(await http.get('/api/v1/users/me'));
+      const invalid = await http.post('/api/v1/auth/login').send({ email: 'x' });
+      assert.equal(invalid.status, 400);
+      assert.ok(Array.isArray(invalid.body.message), invalid.text);
+      assert.deepEqual((await http.get('/locked')).body, { host: 'caught it' });
+    } finally {
+      await catching.close();
+    }
+    // Without Sessionary's global filter, a host's own global filter for its error answers on its route.
+    const own = await sessionaryApp([], [LockedOrderController], [{ provide: APP_FILTER, useClass: OrderLockedFilter }], {
+      globalExceptionFilter: false,
+    });
+    try {
+      const http = request(own.getHttpServer());
+      const locked = await http.get('/locked');
+      assert.equal(locked.status, 423, locked.text);
+      assert.deepEqual(locked.body, { code: 'ORDER_LOCKED' });
+      unauthenticated(await http.get('/api/v1/users/me'));
+    } finally {
+      await own.close();
+    }
   });
 
   it('refuses to boot without the scheduler, saying what to import, and boots without its jobs when told to run none', async () => {

@@ -11,7 +11,9 @@ import {
   Query,
   StreamableFile,
   UseGuards,
+  UseFilters,
 } from '@nestjs/common';
+import { SessionaryRoutesFilter } from '../common/sessionary-routes.filter';
 import {
   ApiBadRequestResponse,
   ApiBody,
@@ -53,6 +55,8 @@ const uuidParam = new ParseUUIDPipe({ exceptionFactory: () => new BadRequestExce
 @ApiForbiddenResponse({ type: ErrorResponseDto, description: 'The caller is not an admin' })
 @Roles('admin')
 @UseGuards(RolesGuard)
+// Its routes answer as API.md says whatever global filters a host adds (SessionaryRoutesFilter).
+@UseFilters(SessionaryRoutesFilter)
 @Controller('admin')
 export class AdminController {
   private readonly logger = new Logger(AdminController.name);

@@ -1,4 +1,5 @@
-import { Body, Controller, Get, Header, HttpCode, HttpStatus, Post } from '@nestjs/common';
+import { Body, Controller, Get, Header, HttpCode, HttpStatus, Post, UseFilters } from '@nestjs/common';
+import { SessionaryRoutesFilter } from '../common/sessionary-routes.filter';
 import {
   ApiBadRequestResponse,
   ApiBearerAuth,
@@ -28,6 +29,8 @@ import { RegisterDto } from './dto/register.dto';
 import { TokenResponseDto } from './dto/token-response.dto';
 
 @ApiTags('auth')
+// Its routes answer as API.md says whatever global filters a host adds (SessionaryRoutesFilter).
+@UseFilters(SessionaryRoutesFilter)
 @Controller('auth')
 export class AuthController {
   constructor(private readonly auth: AuthService) {}

@@ -1,4 +1,5 @@
-import { Body, Controller, HttpCode, HttpStatus, Put } from '@nestjs/common';
+import { Body, Controller, HttpCode, HttpStatus, Put, UseFilters } from '@nestjs/common';
+import { SessionaryRoutesFilter } from '../common/sessionary-routes.filter';
 import {
   ApiBadRequestResponse,
   ApiBearerAuth,
@@ -21,6 +22,8 @@ import { ChangePasswordDto } from './dto/change-password.dto';
  */
 @ApiTags('users')
 @ApiBearerAuth()
+// Its routes answer as API.md says whatever global filters a host adds (SessionaryRoutesFilter).
+@UseFilters(SessionaryRoutesFilter)
 @Controller('users/me')
 export class PasswordController {
   constructor(private readonly auth: AuthService) {}

@@ -1,4 +1,5 @@
-import { Controller, Get, Logger, OnModuleDestroy, ServiceUnavailableException } from '@nestjs/common';
+import { Controller, Get, Logger, OnModuleDestroy, ServiceUnavailableException, UseFilters } from '@nestjs/common';
+import { SessionaryRoutesFilter } from '../common/sessionary-routes.filter';
 import { ApiOkResponse, ApiOperation, ApiServiceUnavailableResponse, ApiTags } from '@nestjs/swagger';
 import { HealthCheck, HealthCheckResult, HealthCheckService, TypeOrmHealthIndicator } from '@nestjs/terminus';
 import { SkipThrottle } from '@nestjs/throttler';
@@ -14,6 +15,8 @@ import { Public } from '../common/public.decorator';
 // Probes are not a client's requests: they must not use up its limit or be refused, and
 // liveness must answer without the database (API.md).
 @SkipThrottle()
+// Its routes answer as API.md says whatever global filters a host adds (SessionaryRoutesFilter).
+@UseFilters(SessionaryRoutesFilter)
 @Controller('health')
 export class HealthController implements OnModuleDestroy {
   /** Set at the first step of a shutdown: readiness says "send no more" from then on. */

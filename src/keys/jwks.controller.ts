@@ -1,4 +1,5 @@
-import { Controller, Get, Header, Res } from '@nestjs/common';
+import { Controller, Get, Header, Res, UseFilters } from '@nestjs/common';
+import { SessionaryRoutesFilter } from '../common/sessionary-routes.filter';
 import { ConfigService } from '@nestjs/config';
 import { ApiOkResponse, ApiOperation, ApiProduces, ApiProperty, ApiTags } from '@nestjs/swagger';
 import { SkipThrottle } from '@nestjs/throttler';
@@ -38,6 +39,8 @@ export class JwksResponseDto {
 @ApiTags('keys')
 @Public()
 @SkipThrottle()
+// Its routes answer as API.md says whatever global filters a host adds (SessionaryRoutesFilter).
+@UseFilters(SessionaryRoutesFilter)
 @Controller('.well-known')
 export class JwksController {
   private readonly cacheControl: string;

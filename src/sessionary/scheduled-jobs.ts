@@ -18,6 +18,13 @@ export const SCHEDULED_JOBS = Symbol('SESSIONARY_SCHEDULED_JOBS');
 export interface SessionaryProcessOptions {
   /** Run the scheduled jobs (default true); false for one-shot processes. */
   scheduledJobs?: boolean;
+  /**
+   * Register Sessionary's exception filter as a global one (default true), which then answers
+   * for every route of the application, the host's too, and before the host's own global
+   * filters (README, Using Sessionary inside your Nest app). false: Sessionary's routes keep it
+   * (it is on their controllers), and the host's routes are the host's filters' alone.
+   */
+  globalExceptionFilter?: boolean;
 }
 
 /**

@@ -89,7 +89,7 @@ export class SessionaryModule {
 
   private static withConfig(
     configProvider: Provider,
-    { scheduledJobs = true }: SessionaryProcessOptions,
+    { scheduledJobs = true, globalExceptionFilter = true }: SessionaryProcessOptions,
     imports: ModuleMetadata['imports'] = [],
   ): DynamicModule {
     return {
@@ -150,12 +150,13 @@ export class SessionaryModule {
         SessionaryRoutePrefix,
         DatabaseOutageMonitor,
         { provide: APP_PIPE, useClass: AppValidationPipe },
-        { provide: APP_FILTER, useClass: AllExceptionsFilter },
+        ...(globalExceptionFilter ? [{ provide: APP_FILTER, useClass: AllExceptionsFilter }] : []),
         // Global guards run in this order: count the request first, then authenticate it.
         { provide: APP_GUARD, useExisting: RateLimitGuard },
         { provide: APP_GUARD, useExisting: SessionGuard },
       ],
-      exports: [SESSIONARY_CONFIG, SCHEDULED_JOBS, AuthModule, UsersModule, SessionsModule, AuditModule, KeysModule],
+      // DatabaseOutageMonitor and AuditModule's RefusedRequestsTally: for SessionaryRoutesFilter on every controller.
+      exports: [SESSIONARY_CONFIG, SCHEDULED_JOBS, DatabaseOutageMonitor, AuthModule, UsersModule, SessionsModule, AuditModule, KeysModule],
     };
   }
 }

@@ -24,8 +24,10 @@ USER node
 EXPOSE 3000
 # Liveness, not readiness: an orchestrator that replaces unhealthy containers would otherwise
 # replace every instance at once while the database is down (readiness is the load balancer's).
-# The address the service listens on, or loopback when it listens on all of them.
+# The address the service listens on, or loopback when it listens on all of them; HOST and
+# PORT from the environment, or from a .env in /app as the service reads it (the environment
+# wins; test/dockerfile-healthcheck.spec.ts runs this command).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s \
-  CMD node -e "const h=process.env.HOST;const a=!h||h==='0.0.0.0'||h==='::'?'127.0.0.1':h.includes(':')?'['+h+']':h;fetch('http://'+a+':'+(process.env.PORT||3000)+'/health/live').then(r=>process.exit(r.ok?0:1),()=>process.exit(1))"
+  CMD node -e "try{process.loadEnvFile('.env')}catch{};const h=process.env.HOST;const a=!h||h==='0.0.0.0'||h==='::'?'127.0.0.1':h.includes(':')?'['+h+']':h;fetch('http://'+a+':'+(process.env.PORT||3000)+'/health/live').then(r=>process.exit(r.ok?0:1),()=>process.exit(1))"
 # Node receives SIGTERM directly (no npm in between) so the graceful shutdown runs.
 CMD ["node", "dist/src/main.js"]

@@ -33,6 +33,16 @@ async function keyRows(t: TestApp): Promise<Array<{ kid: string; state: string; 
   );
 }
 
+/** The ring as kid, algorithm and state, oldest first. */
+async function ringOf(t: TestApp): Promise<string[][]> {
+  return (await keyRows(t)).map((r) => [r.kid, r.algorithm, r.state]);
+}
+
+/** How many KEY_ROTATED events the log holds. */
+async function rotationsIn(t: TestApp): Promise<number> {
+  return ((await t.db.query(`SELECT count(*)::int AS n FROM audit_events WHERE type = 'KEY_ROTATED'`)) as Array<{ n: number }>)[0].n;
+}
+
 /** The command's stdout; it must exit 0. */
 async function cli(databaseUrl: string, ...args: string[]): Promise<string> {
   return stdoutOf(await runCli(databaseUrl, ...args));
@@ -234,31 +244,26 @@ describe('signing keys: ring, rotation, JWKS (e2e)', () => {
   });
 
   it("leaves the ring as it is when a command runs with another SIGNING_ALGORITHM (a shell without the service's settings)", async () => {
-    const ring = async () => (await keyRows(a)).map((r) => [r.kid, r.algorithm, r.state]);
-    const rotations = async () => (await a.db.query(`SELECT count(*)::int AS n FROM audit_events WHERE type = 'KEY_ROTATED'`))[0].n as number;
-    const [before, rotatedBefore] = [await ring(), await rotations()];
+    const [before, rotatedBefore] = [await ringOf(a), await rotationsIn(a)];
     const listed = await runCliWith({ SIGNING_ALGORITHM: 'HS256' }, url, 'keys', 'list');
     assert.equal(listed.code, 0, listed.stderr);
-    assert.deepEqual(await ring(), before, 'the next key (ES256) was not replaced by an HS256 one');
-    assert.equal(await rotations(), rotatedBefore, 'no KEY_ROTATED event');
+    assert.deepEqual(await ringOf(a), before, 'the next key (ES256) was not replaced by an HS256 one');
+    assert.equal(await rotationsIn(a), rotatedBefore, 'no KEY_ROTATED event');
   });
 
   it("keys rotate with another SIGNING_ALGORITHM than the ring's next key: refused (exit 2), nothing changed, saying how the algorithm changes", async () => {
-    const ring = async () => (await keyRows(a)).map((r) => [r.kid, r.algorithm, r.state]);
-    const rotations = async () => (await a.db.query(`SELECT count(*)::int AS n FROM audit_events WHERE type = 'KEY_ROTATED'`))[0].n as number;
-    const [before, rotatedBefore] = [await ring(), await rotations()];
+    const [before, rotatedBefore] = [await ringOf(a), await rotationsIn(a)];
     const refused = await runCliWith({ SIGNING_ALGORITHM: 'HS256' }, url, 'keys', 'rotate');
     assert.equal(refused.code, 2, refused.stderr);
     assert.match(refused.stderr, /keys rotate: the ring's next key is ES256, and SIGNING_ALGORITHM here is HS256: nothing rotated\./);
     assert.match(refused.stderr, /change the service's setting and restart it/);
     assert.equal(refused.stdout, '');
-    assert.deepEqual(await ring(), before, 'the ring is as it was');
-    assert.equal(await rotations(), rotatedBefore, 'no KEY_ROTATED event');
-    assert.equal((await runCliWith({ SIGNING_ALGORITHM: 'HS256' }, url, 'keys', 'rotate', '--change-algorithm')).code, 2, 'no such option');
+    assert.deepEqual(await ringOf(a), before, 'the ring is as it was');
+    assert.equal(await rotationsIn(a), rotatedBefore, 'no KEY_ROTATED event');
     // The service's own setting rotates, in-process as from the CLI.
     const rotated = await a.app.get(KeyRotationService).rotate('cli');
     assert.equal(rotated.algorithm, 'ES256');
-    assert.equal(await rotations(), rotatedBefore + 1);
+    assert.equal(await rotationsIn(a), rotatedBefore + 1);
   });
 
   it('rotates on schedule once the current key is SIGNING_KEY_ROTATION_DAYS old, on one instance only', async () => {

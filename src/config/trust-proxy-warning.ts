@@ -12,7 +12,7 @@ export function trustProxyWarning(env: { NODE_ENV: NodeEnv; TRUST_PROXY: string 
   if (env.NODE_ENV !== NodeEnv.Production || parseTrustProxy(env.TRUST_PROXY).value !== true) return undefined;
   return (
     'TRUST_PROXY=true believes every X-Forwarded-For entry, and its leftmost one, which any client can write, becomes the client ' +
-    'address: per-IP limits then count whatever address a client names, and naming a user’s usual address lifts the back-off on ' +
-    'that user’s login. Set TRUST_PROXY to the number of proxies in front of the service (e.g. 1) or to their addresses/CIDRs'
+    "address: per-IP limits then count whatever address a client names, and naming a user's usual address lifts the back-off on " +
+    "that user's login. Set TRUST_PROXY to the number of proxies in front of the service (e.g. 1) or to their addresses/CIDRs"
   );
 }

@@ -1,9 +1,12 @@
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
+import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import type { LoggerService } from '@nestjs/common';
 import { Client } from 'pg';
-import { runCli, runCliProcess, runCliProcessWith } from './helpers/cli';
+import { runCli, runCliProcess, runCliProcessWith, runCliWith } from './helpers/cli';
 import { auditRows, sessionRow } from './helpers/db';
 import { bearer, login, registerAndLogin, registerUser, sleep, TestUser, Tokens, uniqueName } from './helpers/factories';
 import { monthStart, pastEvents, silentUser } from './helpers/audit-months';
@@ -61,7 +64,17 @@ describe('admin (e2e)', () => {
     const a = await registerAndLogin(t.http);
     const b = await registerAndLogin(t.http);
     const extra = await login(t.http, b.user);
-    const res = await cli('end-all-sessions');
+    // Without --confirm: how many would end, and nothing ended (until 0.23.0 it ended them all).
+    const [{ before }] = await t.db.query(`SELECT count(*)::int AS before FROM sessions WHERE ended_at IS NULL AND idle_expires_at > now()`);
+    const unconfirmed = await cli('end-all-sessions');
+    assert.equal(unconfirmed.code, 2, unconfirmed.stderr);
+    assert.match(
+      unconfirmed.stderr,
+      new RegExp(`active sessions \\(${before} now\\) on every instance at once: nothing ended\\. Run it again with --confirm`),
+    );
+    assert.equal(unconfirmed.stdout, '');
+    for (const s of [a.tokens, b.tokens, extra]) assert.equal((await t.http.get('/api/v1/users/me').set('Authorization', bearer(s))).status, 200);
+    const res = await cli('end-all-sessions', '--confirm');
     assert.equal(res.code, 0, res.stderr);
     assert.match(res.stdout, /Ended \d+ active session/);
     for (const s of [a.tokens, b.tokens, extra]) {
@@ -85,10 +98,22 @@ describe('admin (e2e)', () => {
     assert.equal(usage.code, 2);
     assert.match(usage.stderr, /Usage/);
     // A configuration the service would refuse: exit code 1, the variable named, nothing done.
-    const misconfigured = await runCliProcessWith({ BCRYPT_COST: 'lots' }, await databaseForThisFile(), 'end-all-sessions');
+    const misconfigured = await runCliProcessWith({ BCRYPT_COST: 'lots' }, await databaseForThisFile(), 'end-all-sessions', '--confirm');
     assert.equal(misconfigured.code, 1, misconfigured.stderr);
     assert.match(misconfigured.stderr, /BCRYPT_COST/);
     assert.doesNotMatch(misconfigured.stdout, /Ended/);
+    // No DATABASE_URL and no embedded database where DATA_DIR says: refused, none made (until
+    // 0.23.0 a command made a new, empty cluster there and ended its 0 sessions).
+    const dataDir = mkdtempSync(join(tmpdir(), 'sessionary-cli-nodb-'));
+    try {
+      const nowhere = await runCliWith({ DATABASE_URL: undefined, DATA_DIR: dataDir }, '', 'end-all-sessions', '--confirm');
+      assert.equal(nowhere.code, 2, nowhere.stderr);
+      assert.match(nowhere.stderr, new RegExp(`No DATABASE_URL, and no embedded database in ${join(dataDir, 'pg')}: nothing to run on`));
+      assert.equal(nowhere.stdout, '');
+      assert.deepEqual(readdirSync(dataDir), []);
+    } finally {
+      rmSync(dataDir, { recursive: true, force: true });
+    }
   });
 
   it('admin routes answer 403 to users and 401 without a session', async () => {

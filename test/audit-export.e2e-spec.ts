@@ -513,6 +513,15 @@ describe('audit export (e2e)', () => {
     assert.ok(readFileSync(out).equals(Buffer.from((await exportHttp()).text, 'utf8')), 'the file and the HTTP body differ');
     // Readable by its owner only, as the archives and shipped pieces are.
     assert.equal(statSync(out).mode & 0o777, 0o600);
+    // An existing file is never replaced (it may be the only copy of an archived month), nor
+    // removed when the export then fails: both happened until 0.23.0.
+    const kept = readFileSync(out);
+    const again = await cli('audit-export', '--out', out);
+    assert.equal(again.code, 2, again.stderr);
+    assert.match(again.stderr, /cli\.ndjson already exists: nothing written/);
+    const failing = await cli('audit-export', '--after-seq', '9223372036854775807', '--out', out);
+    assert.equal(failing.code, 2, failing.stderr);
+    assert.ok(readFileSync(out).equals(kept), 'the existing file was changed');
 
     const from = await instantAt('true', [], 0.5);
     const query = `?userId=${user.id}&type=LOGIN&from=${from}&to=2100-01-01`;

@@ -2,7 +2,7 @@
  * Operator commands, run with the server's own configuration (environment and .env):
  *   npm run cli -- promote-admin <email>
  *   npm run cli -- demote-admin <email>
- *   npm run cli -- end-all-sessions
+ *   npm run cli -- end-all-sessions --confirm               without --confirm: how many would end, exit 2
  *   npm run cli -- audit-verify [--checkpoint-file <file>]   exit code 0 intact, 1 broken, 2 unreadable file
  *   npm run cli -- audit-verify --file <export.ndjson> ...   exports, offline: no database; 2 also for a malformed line; several files are consecutive --after-seq pieces
  *   npm run cli -- audit-verify --dir <dir>                  the pieces shipped to AUDIT_SHIP_DIR, in name order, as one log
@@ -10,7 +10,8 @@
  *   npm run cli -- keys rotate                                the next signing key signs; the current one verifies until its tokens expire
  *   npm run cli -- keys list                                  the ring, without secrets
  * Without DATABASE_URL they use the embedded database in DATA_DIR (stop the server first:
- * one PostgreSQL owns a data directory at a time). Results go to stdout, diagnostics to stderr.
+ * one PostgreSQL owns a data directory at a time), which the service's first start made: a
+ * command refuses to make one (exit 2). Results go to stdout, diagnostics to stderr.
  *
  * The commands themselves, given their streams and environment: src/cli.ts runs them as the
  * process's own (and exits with the code); the tests also run them inside their process.
@@ -18,7 +19,8 @@
 import type { INestApplicationContext, LoggerService } from '@nestjs/common';
 import { once } from 'node:events';
 import { FileHandle, open, readdir, unlink } from 'node:fs/promises';
-import { join } from 'node:path';
+import { existsSync } from 'node:fs';
+import { join, resolve } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { parseArgs } from 'node:util';
 import type { Readable, Writable } from 'node:stream';
@@ -40,7 +42,7 @@ const ROLE_COMMANDS: Record<string, UserRole> = { 'promote-admin': 'admin', 'dem
 const USAGE = [
   'Usage: npm run cli -- <command>',
   '  promote-admin <email> | demote-admin <email>',
-  '  end-all-sessions',
+  '  end-all-sessions --confirm',
   '  audit-verify [--checkpoint-file <file>]   the database',
   '  audit-verify --file <export.ndjson> ...   export files, offline (several: consecutive --after-seq pieces, as one)',
   '  audit-verify --dir <AUDIT_SHIP_DIR>       every piece the service shipped there, offline, as one log',
@@ -122,8 +124,8 @@ async function parseCommand(argv: string[], io: CommandIo): Promise<Command> {
     return { withApp: (app) => setRole(io, app, email, role) };
   }
   if (name === 'end-all-sessions') {
-    options(args, {});
-    return { withApp: (app) => endAllSessions(io, app) };
+    const { confirm } = parsed(args, { confirm: { type: 'boolean' } });
+    return { withApp: (app) => endAllSessions(io, app, confirm === true) };
   }
   if (name === 'audit-verify') {
     const {
@@ -172,7 +174,7 @@ function options<K extends string>(args: string[], spec: Record<K, { type: 'stri
   return parsed(args, spec) as Partial<Record<K, string>>;
 }
 
-function parsed(args: string[], spec: Record<string, { type: 'string'; multiple?: boolean }>): Record<string, unknown> {
+function parsed(args: string[], spec: Record<string, { type: 'string' | 'boolean'; multiple?: boolean }>): Record<string, unknown> {
   try {
     return parseArgs({ args, options: spec, strict: true, allowPositionals: false }).values;
   } catch (error) {
@@ -211,7 +213,18 @@ async function withApp(io: CommandIo, run: (app: INestApplicationContext) => Pro
   let config = loadConfig(io.env);
   let embedded: Awaited<ReturnType<typeof startEmbeddedPostgres>> | undefined;
   if (!config.DATABASE_URL) {
-    embedded = await startEmbeddedPostgres({ dataDir: join(config.DATA_DIR, 'pg'), logger });
+    const dataDir = resolve(config.DATA_DIR, 'pg');
+    // The service's first start makes the embedded cluster; a command never does. Run from a
+    // shell without the service's DATABASE_URL, or from another folder, it made a new, empty
+    // one and succeeded on it until 0.23.0: "Ended 0 active session(s)", an intact empty log.
+    if (!existsSync(join(dataDir, 'PG_VERSION'))) {
+      throw new UsageError(
+        `No DATABASE_URL, and no embedded database in ${dataDir}: nothing to run on. Set DATABASE_URL to the service's ` +
+          'database, or run the command where the service runs (the same folder and DATA_DIR; stop an embedded service first)',
+      );
+    }
+    embedded = await startEmbeddedPostgres({ dataDir, logger });
+    io.stderr.write(`Using the embedded database in ${dataDir}\n`);
     config = loadConfig({ ...io.env, DATABASE_URL: embedded.url });
   }
   const { AppModule } = await import('../app.module.js');
@@ -241,11 +254,23 @@ async function setRole(io: CommandIo, app: INestApplicationContext, email: strin
   }
 }
 
-async function endAllSessions(io: CommandIo, app: INestApplicationContext): Promise<number> {
+/**
+ * Every user's sessions end, on every instance at once: only with `--confirm`. Without it the
+ * command says how many would end and changes nothing (exit 2), so that a mistyped or replayed
+ * line of a shell's history does not log everyone out (it did until 0.23.0).
+ */
+async function endAllSessions(io: CommandIo, app: INestApplicationContext, confirmed: boolean): Promise<number> {
   const { SessionMaintenanceService } = await import('../sessions/session-maintenance.service.js');
-  const ended = await app
-    .get(SessionMaintenanceService)
-    .endAllSessions({ reason: 'revoked_by_admin', event: 'SESSION_REVOKED', metadata: { by: 'cli' } });
+  const sessions = app.get(SessionMaintenanceService);
+  if (!confirmed) {
+    const active = await sessions.countActive();
+    io.stderr.write(
+      `end-all-sessions ends every user's active sessions (${active} now) on every instance at once: nothing ended. ` +
+        'Run it again with --confirm to do it\n',
+    );
+    return 2;
+  }
+  const ended = await sessions.endAllSessions({ reason: 'revoked_by_admin', event: 'SESSION_REVOKED', metadata: { by: 'cli' } });
   io.stdout.write(`Ended ${ended} active session(s)\n`);
   return 0;
 }
@@ -329,7 +354,11 @@ async function verifyFiles(io: CommandIo, files: string[]): Promise<number> {
   return result.ok ? 0 : 1;
 }
 
-/** To the file (created or replaced; removed again if the export fails) or to stdout. */
+/**
+ * To a new file (removed again if the export fails) or to stdout. An existing file is refused:
+ * it may be an earlier piece, or the only copy of a month retention has dropped, and `--out`
+ * replaced it (and then removed it when the export failed) until 0.23.0.
+ */
 async function exportAudit(io: CommandIo, app: INestApplicationContext, request: ExportRequest, out: string | undefined): Promise<number> {
   if (out === undefined) {
     const lines = await openExport(io, app, request);
@@ -341,10 +370,12 @@ async function exportAudit(io: CommandIo, app: INestApplicationContext, request:
   }
   let file: FileHandle;
   try {
-    // Readable by its owner only, as the archives and shipped pieces are (a new file; an existing one keeps its mode).
-    file = await open(out, 'w', 0o600);
+    // Readable by its owner only, as the archives and shipped pieces are.
+    file = await open(out, 'wx', 0o600);
   } catch (error) {
-    throw new UsageError(`audit-export: ${out} cannot be written (${(error as NodeJS.ErrnoException).code ?? 'error'})`);
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === 'EEXIST') throw new UsageError(`audit-export: ${out} already exists: nothing written (choose a new name, or remove it first)`);
+    throw new UsageError(`audit-export: ${out} cannot be written (${code ?? 'error'})`);
   }
   try {
     const lines = await openExport(io, app, request);

@@ -98,6 +98,15 @@ export class SessionMaintenanceService {
     });
   }
 
+  /** How many sessions are active now: what end-all-sessions would end (the CLI says so before it is confirmed). */
+  async countActive(): Promise<number> {
+    const { rows } = await sql<{ active: number }>(
+      this.dataSource.manager,
+      'SELECT count(*)::int AS active FROM sessions WHERE ended_at IS NULL AND idle_expires_at > now()',
+    );
+    return rows[0].active;
+  }
+
   /**
    * Whether any session is active, so that a token may be in use (the key ring asks this once,
    * when it is created, to know whether tokens signed before it must keep verifying).

@@ -1,7 +1,9 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
+import { Logger, type LoggerService } from '@nestjs/common';
 import { Client } from 'pg';
+import { PgChannelListener } from '../src/database/pg-channel-listener';
 import { SessionsService } from '../src/sessions/sessions.service';
 import { auditRows, sessionRow } from './helpers/db';
 import { bearer, login, registerAndLogin, registerUser, sleep, Tokens } from './helpers/factories';
@@ -80,6 +82,27 @@ describe('session cache kept exact by LISTEN/NOTIFY (e2e, two instances on one d
     assert.equal(meStatements, 50);
   });
 
+  it("writes no activity per request in a session's last minute, when its idle deadline has reached the absolute one", async () => {
+    const { tokens } = await registerAndLogin(a.http);
+    // Twenty seconds left, idle and absolute alike: no activity can move the deadline.
+    await a.db.query(
+      `UPDATE sessions SET absolute_expires_at = now() + interval '20 seconds', idle_expires_at = now() + interval '20 seconds' WHERE id = $1`,
+      [tokens.sessionId],
+    );
+    assert.ok(
+      await until(async () => (await whoami(a, tokens)).body.expiresAt === (await sessionRow(a.db, tokens.sessionId))!.idle_expires_at.toISOString()),
+    );
+    assert.equal((await whoami(a, tokens)).status, 200); // cached, with those deadlines
+    const statements = await sqlCounter.during(async () => {
+      for (let i = 0; i < 20; i++) {
+        assert.equal((await whoami(a, tokens)).status, 200);
+        await sleep(5); // a flush asked for by a request runs in the next turn of the event loop
+      }
+    });
+    // Until 0.23.0 each of these requests was "urgent" activity, written at once: 20 UPDATEs.
+    assert.equal(statements, 0);
+  });
+
   it('a session ended through one instance is refused by the other, which had it cached', async () => {
     const { user } = await registerAndLogin(a.http);
     const sessions = [await login(a.http, user), await login(a.http, user), await login(a.http, user)];
@@ -96,6 +119,14 @@ describe('session cache kept exact by LISTEN/NOTIFY (e2e, two instances on one d
       assert.equal((await whoami(b, revoked)).status, 401);
     }
     assert.equal((await whoami(b, other)).status, 200);
+  });
+
+  it('a session whose id an operator changed is refused under its old id by the instances that had it cached', async () => {
+    const { tokens } = await registerAndLogin(a.http);
+    for (const t of [a, b]) assert.equal((await whoami(t, tokens)).status, 200); // cached on both
+    await a.db.query(`UPDATE sessions SET id = gen_random_uuid() WHERE id = $1`, [tokens.sessionId]);
+    // No row has the old id now: until 0.23.0 only the new id was notified, and both answered 200 until the entry's TTL.
+    for (const t of [a, b]) assert.ok(await until(async () => (await whoami(t, tokens)).status === 401), 'the old id is refused');
   });
 
   it('a role change reaches the other instance without a restart or a new login', async () => {
@@ -257,5 +288,56 @@ describe('DATABASE_LISTEN_URL naming another database: the cache is never truste
     assert.ok(await until(() => lost() !== undefined, 8000, 50), JSON.stringify(logs.lines.filter((l) => l.level !== 'log')));
     assert.match(lost()!.message, /DATABASE_LISTEN_URL\) must reach the database the service writes to/);
     assert.equal(b.app.get(SessionsService).cacheState().listening, false);
+  });
+});
+
+describe("a listening connection whose service's pool moves to another database: no longer trusted at the next heartbeat (e2e)", () => {
+  it('loses its listening (and says why) once a NOTIFY sent through the pool stops arriving, although its own connection is fine', async () => {
+    const [heard, other] = [await freshDatabase(), await freshDatabase()];
+    // The "pool": a connection to where the service writes, switched over to another database
+    // as a proxy, a DNS name or a virtual IP moved to another server would switch it.
+    let poolUrl = heard;
+    const notifyThroughPool = async (channel: string) => {
+      const pool = new Client({ connectionString: poolUrl });
+      await pool.connect();
+      try {
+        await pool.query(`SELECT pg_notify($1, '')`, [channel]);
+      } finally {
+        await pool.end();
+      }
+    };
+    const events: string[] = [];
+    const listener = new PgChannelListener({
+      url: heard,
+      channel: 'sessionary_test_moved',
+      name: 'sessionary-test-listener',
+      heartbeatMs: 100,
+      maxBackoffMs: 60_000, // not back within the test once lost
+      notifyThroughPool,
+      onNotification: () => undefined,
+      onListening: () => void events.push('listening'),
+      onLost: () => void events.push('lost'),
+      messages: { lost: (reason) => `lost: ${reason}`, back: 'back' },
+    });
+    const logs = new CapturingLogger();
+    const previous = (Logger as unknown as { staticInstanceRef?: LoggerService }).staticInstanceRef;
+    Logger.overrideLogger(logs);
+    try {
+      await listener.start();
+      assert.equal(listener.listening, true);
+      // Heartbeats with the pool where it was: still listening.
+      await sleep(500);
+      assert.deepEqual(events, ['listening']);
+      poolUrl = other;
+      assert.ok(await until(() => !listener.listening, 8000, 20), 'still trusted after the pool moved');
+      assert.deepEqual(events, ['listening', 'lost']);
+      assert.ok(
+        logs.lines.some((l) => l.level === 'warn' && /lost: a NOTIFY sent through the service's pool did not arrive within 5 s/.test(l.message)),
+        JSON.stringify(logs.lines),
+      );
+    } finally {
+      Logger.overrideLogger(previous ?? false);
+      await listener.stop();
+    }
   });
 });

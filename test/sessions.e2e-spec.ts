@@ -306,9 +306,9 @@ describe('session activity writes (e2e)', () => {
     const buffer = new SessionActivityBuffer(dataSource, {
       idleTtlSeconds: 3600,
       intervalMs: 60_000,
-      onWritten: (writes, notWritten) => {
-        written.push(...writes.map((w) => w.sessionId));
-        missing.push(...notWritten);
+      onWrite: () => (outcome) => {
+        written.push(...(outcome?.writes.map((w) => w.sessionId) ?? []));
+        missing.push(...(outcome?.missing ?? []));
       },
     });
     try {
@@ -359,7 +359,7 @@ describe('session activity writes (e2e)', () => {
     const buffer = new SessionActivityBuffer(dataSource, {
       idleTtlSeconds: 3600,
       intervalMs: 60_000,
-      onWritten: (writes) => written.push(...writes.map((w) => w.sessionId)),
+      onWrite: () => (outcome) => void written.push(...(outcome?.writes.map((w) => w.sessionId) ?? [])),
     });
     try {
       const user = await registerUser(t.http);

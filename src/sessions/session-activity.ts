@@ -4,6 +4,8 @@ import { sql } from '../database/sql';
 
 /** How soon a flush comes again for sessions that another transaction held locked. */
 const BUSY_RETRY_MS = 100;
+/** The first pause before a failed write is tried again (doubling, up to the tick). */
+const FAILURE_RETRY_MS = 1_000;
 
 export interface ActivityWrite {
   sessionId: string;
@@ -16,8 +18,19 @@ export interface ActivityBufferOptions {
   intervalMs: number;
   /** Bound on sessions waiting for a write (the oldest are written at once beyond it). */
   maxPending?: number;
-  /** Told what each write made of the sessions it touched (the cache follows its own writes). */
-  onWritten?: (writes: ActivityWrite[], missing: string[]) => void;
+  /**
+   * Told as each write is sent, with its sessions; answers the function told, once that write
+   * is done, what it made of them, or undefined when it failed. Asked before the statement, so
+   * that the cache, which follows its own writes, can tell what an invalidation overtook while
+   * the write was on its way (see SessionCache.beginWrite).
+   */
+  onWrite?: (sessionIds: string[]) => (outcome: ActivityWriteOutcome | undefined) => void;
+}
+
+/** What one write made of its sessions: the deadlines it set, and those it found ended or past their deadline. */
+export interface ActivityWriteOutcome {
+  writes: ActivityWrite[];
+  missing: string[];
 }
 
 /**
@@ -36,8 +49,10 @@ export class SessionActivityBuffer {
   private flushing: Promise<void> | undefined;
   private flushAgain = false;
   private failing = false;
-  /** A flush again shortly after one that found sessions locked by another transaction. */
+  /** A flush again shortly after one that found sessions locked by another transaction, or failed. */
   private retry: NodeJS.Timeout | undefined;
+  /** The pause before the next attempt after failed writes (0: the last write did not fail). */
+  private failureRetryMs = 0;
   private stopped = false;
 
   constructor(
@@ -105,6 +120,7 @@ export class SessionActivityBuffer {
     const batch = this.pending;
     this.pending = new Map();
     const ids = [...batch.keys()];
+    const settle = this.options.onWrite?.(ids);
     try {
       // The rows are locked first, SKIP LOCKED: a batch holds many users' sessions in the order
       // activity came, and waiting for one locked by another transaction that locks several of a
@@ -138,6 +154,7 @@ export class SessionActivityBuffer {
       );
       if (this.failing) this.logger.log('Session activity is written again');
       this.failing = false;
+      this.failureRetryMs = 0;
       const writes = rows.filter((r) => r.written);
       const busy = rows.filter((r) => !r.written).map((r) => r.id);
       const answered = new Set(rows.map((r) => r.id));
@@ -148,17 +165,34 @@ export class SessionActivityBuffer {
           void this.flush();
         }, BUSY_RETRY_MS).unref();
       }
-      this.options.onWritten?.(
-        writes.map((r) => ({ sessionId: r.id, idleExpiresAt: r.idle_expires_at!, lastSeenAt: r.last_seen_at! })),
-        ids.filter((id) => !answered.has(id)),
-      );
+      settle?.({
+        writes: writes.map((r) => ({ sessionId: r.id, idleExpiresAt: r.idle_expires_at!, lastSeenAt: r.last_seen_at! })),
+        missing: ids.filter((id) => !answered.has(id)),
+      });
     } catch (error) {
+      settle?.(undefined);
       this.keepPending(batch, batch.keys());
       if (!this.failing) {
-        this.logger.warn(`Writing session activity failed; retrying every tick (${error instanceof Error ? error.message : String(error)})`);
+        this.logger.warn(`Writing session activity failed; retrying (${error instanceof Error ? error.message : String(error)})`);
       }
       this.failing = true;
+      this.retryAfterFailure();
     }
+  }
+
+  /**
+   * A failed write is tried again after 1 s, then 2, 4, … up to the tick: waiting for the tick
+   * (a minute with the defaults) after one failed statement (a connection reset, a failover)
+   * let the session's stored idle deadline pass meanwhile, so that the cleanup ended a session
+   * in use as idle (until 0.23.0).
+   */
+  private retryAfterFailure(): void {
+    if (!this.timer || this.retry) return;
+    this.failureRetryMs = Math.min(this.options.intervalMs, this.failureRetryMs ? this.failureRetryMs * 2 : FAILURE_RETRY_MS);
+    this.retry = setTimeout(() => {
+      this.retry = undefined;
+      void this.flush();
+    }, this.failureRetryMs).unref();
   }
 
   /** Keeps the given sessions' activity for the next attempt (newer activity wins), within the bound. */

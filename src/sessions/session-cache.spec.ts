@@ -87,6 +87,31 @@ describe('SessionCache', () => {
     assert.equal(cache.get(OTHER)!.idleExpiresAt, 2_000);
   });
 
+  it("applies its own write's deadlines only to sessions no invalidation reached while the write was on its way", () => {
+    const cache = trustedCache();
+    cache.completeFill(cache.beginFill(SID), entry());
+    cache.completeFill(cache.beginFill(OTHER), entry());
+    const [mine, other] = cache.beginWrite([SID, OTHER]);
+    // SID's deadline moved earlier meanwhile (say an operator's UPDATE): notified, then read afresh.
+    cache.applyNotification(`s:${SID}`);
+    cache.completeFill(cache.beginFill(SID), entry({ idleExpiresAt: 1_500 }));
+    cache.completeWrite(mine, { idleExpiresAt: 5_000, lastSeenAt: 3_000 });
+    assert.equal(cache.get(SID)!.idleExpiresAt, 1_500, 'the entry read afresh keeps the stored deadline');
+    cache.completeWrite(other, { idleExpiresAt: 5_000, lastSeenAt: 3_000 });
+    assert.equal(cache.get(OTHER)!.idleExpiresAt, 5_000, 'untouched meanwhile: the write applies');
+    // A flush (the listening connection lost and back) voids a write in flight too.
+    const [afterFlush] = cache.beginWrite([OTHER]);
+    cache.flush();
+    cache.completeFill(cache.beginFill(OTHER), entry());
+    cache.completeWrite(afterFlush, { idleExpiresAt: 9_000, lastSeenAt: 4_000 });
+    assert.equal(cache.get(OTHER)!.idleExpiresAt, 2_000);
+    // A failed write (no result) changes nothing, and no ticket is left behind.
+    const [failed] = cache.beginWrite([OTHER]);
+    cache.completeWrite(failed, undefined);
+    assert.equal(cache.get(OTHER)!.idleExpiresAt, 2_000);
+    assert.equal((cache as unknown as { fills: Map<string, unknown> }).fills.size, 0);
+  });
+
   it('is bounded: beyond max the least recently used entry goes', () => {
     const cache = trustedCache(2);
     for (const id of ['a', 'b']) cache.completeFill(cache.beginFill(id), entry());

@@ -74,7 +74,28 @@ export class SessionCache {
     return true;
   }
 
-  /** Updates the deadlines of an entry from a write this instance made (its own activity flush). */
+  /**
+   * An activity write of this instance is on its way for these sessions: what it sets may be
+   * applied to their entries (completeWrite) unless an invalidation overtakes it meanwhile. The
+   * same tickets as reads': until 0.23.0 a write's result extended whatever entry was there when
+   * it came back, which could be one read afresh after a change that moved the deadline earlier
+   * (an operator's UPDATE, then its NOTIFY, while the write's answer was delayed), so the entry
+   * held a deadline later than the row's, which nothing would correct before the entry's TTL.
+   */
+  beginWrite(sessionIds: readonly string[]): FillTicket[] {
+    return this.entries ? sessionIds.map((id) => this.beginFill(id)) : [];
+  }
+
+  /** Ends a write's ticket: its deadlines go to the entry only if nothing invalidated the session (or flushed) meanwhile. */
+  completeWrite(ticket: FillTicket, written: { idleExpiresAt: number; lastSeenAt: number } | undefined): void {
+    const pending = this.fills.get(ticket.sessionId);
+    pending?.delete(ticket);
+    if (pending && !pending.size) this.fills.delete(ticket.sessionId);
+    if (!written || ticket.stale || ticket.generation !== this.generation) return;
+    this.extend(ticket.sessionId, written.idleExpiresAt, written.lastSeenAt);
+  }
+
+  /** Updates the deadlines of an entry from a write this instance made (its own activity flush; see beginWrite). */
   extend(sessionId: string, idleExpiresAt: number, lastSeenAt: number): void {
     const entry = this.entries?.peek(sessionId);
     if (!entry || entry.ended) return;

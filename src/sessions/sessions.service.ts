@@ -15,7 +15,7 @@ import { sql } from '../database/sql';
 import type { UserRole } from '../users/user.entity';
 import { UsersService } from '../users/users.service';
 import { generateRefreshToken, hashRefreshToken, looksLikeRefreshToken } from './refresh-token';
-import { ActivityWrite, SessionActivityBuffer } from './session-activity';
+import { ActivityWriteOutcome, SessionActivityBuffer } from './session-activity';
 import { CachedSession, SessionCache } from './session-cache';
 import { SessionChangeListener } from './session-change-listener';
 import { activityDue, judgeCachedSession, judgeSession, touchIntervalMs } from './session-rules';
@@ -108,7 +108,7 @@ export class SessionsService implements OnApplicationBootstrap, OnModuleDestroy 
       idleTtlSeconds: this.idleTtl,
       intervalMs: this.touchIntervalMs,
       maxPending: Math.max(1000, config.get('SESSION_CACHE_MAX', { infer: true })),
-      onWritten: (writes, missing) => this.followActivityWrites(writes, missing),
+      onWrite: (sessionIds) => this.followActivityWrite(sessionIds),
     });
   }
 
@@ -255,15 +255,27 @@ export class SessionsService implements OnApplicationBootstrap, OnModuleDestroy 
    * next tick could come too late for another instance that re-reads the row.
    */
   private noteActivity(sessionId: string, session: CachedSession, now: number): void {
-    const urgent = session.idleExpiresAt - now < this.touchIntervalMs + DEADLINE_MARGIN_MS * 2;
+    // Never urgent once the idle deadline has reached the absolute one: no write can move it,
+    // and each request of the session's last minute wrote at once until 0.23.0.
+    const urgent = session.idleExpiresAt < session.absoluteExpiresAt && session.idleExpiresAt - now < this.touchIntervalMs + DEADLINE_MARGIN_MS * 2;
     if (urgent || activityDue(session.lastSeenAt, now, this.touchIntervalMs)) this.activity.record(sessionId, now, urgent);
   }
 
-  /** This instance's own activity writes moved deadlines later: the cache follows (no NOTIFY is sent for that). */
-  private followActivityWrites(writes: ActivityWrite[], missing: string[]): void {
-    for (const w of writes) this.cache.extend(w.sessionId, w.idleExpiresAt.getTime(), w.lastSeenAt.getTime());
-    // Not written: ended or past its deadline; the next check reads the row.
-    for (const id of missing) this.cache.invalidateSession(id);
+  /**
+   * This instance's own activity writes move deadlines later: the cache follows (no NOTIFY is
+   * sent for that), for the sessions no invalidation reached while the write was on its way.
+   */
+  private followActivityWrite(sessionIds: string[]): (outcome: ActivityWriteOutcome | undefined) => void {
+    const tickets = this.cache.beginWrite(sessionIds);
+    return (outcome) => {
+      const written = new Map(outcome?.writes.map((w) => [w.sessionId, w]));
+      for (const ticket of tickets) {
+        const w = written.get(ticket.sessionId);
+        this.cache.completeWrite(ticket, w && { idleExpiresAt: w.idleExpiresAt.getTime(), lastSeenAt: w.lastSeenAt.getTime() });
+      }
+      // Not written: ended or past its deadline; the next check reads the row.
+      for (const id of outcome?.missing ?? []) this.cache.invalidateSession(id);
+    };
   }
 
   /**
@@ -380,7 +392,14 @@ export class SessionsService implements OnApplicationBootstrap, OnModuleDestroy 
    * to record, so every end keeps its true reason. Returns the ended sessions' ids.
    */
   async endSessions(target: SessionTarget, options: EndSessionOptions, em?: EntityManager): Promise<string[]> {
-    if (!em) return this.dataSource.transaction((tx) => this.endSessions(target, options, tx));
+    if (!em) {
+      const ended = await this.dataSource.transaction((tx) => this.endSessions(target, options, tx));
+      // Once more after the commit: a request of this instance that read the row between the
+      // UPDATE and the commit saw it still active and may have cached it, before this returns
+      // (a logout's 204) and before the NOTIFY comes back to this instance's listener.
+      for (const id of ended) this.cache.invalidateSession(id);
+      return ended;
+    }
     const { ids, events } = await this.endWithoutRecording(target, options, em);
     await this.audit.record(em, ...events);
     return ids;
@@ -410,7 +429,8 @@ export class SessionsService implements OnApplicationBootstrap, OnModuleDestroy 
         RETURNING id, user_id`,
       [options.reason, ...params],
     );
-    // This instance stops honouring them now; the trigger's NOTIFY tells every instance at commit.
+    // This instance stops answering them from its cache now; the trigger's NOTIFY tells every
+    // instance at commit (and endSessions() invalidates again after its own commit).
     for (const r of rows) this.cache.invalidateSession(r.id);
     const events = rows.map((r) => ({
       type: options.event,

@@ -236,6 +236,16 @@ describe('audit hash chain (e2e)', () => {
     await refused(`TRUNCATE audit_events`, [], /audit_events is append-only: TRUNCATE refused/);
     await refused(`TRUNCATE ${partition}`, [], new RegExp(`${partition.replace(/"/g, '')} is append-only: TRUNCATE refused`));
     await refused(`TRUNCATE audit_checkpoints`, [], /audit_checkpoints is append-only: TRUNCATE refused/);
+    // The seal's bound (events up to it are sealed at boot) cannot be put back, not even in the
+    // CTE of an injected statement beside a forged event: the next boot sealed that event (0.23.0).
+    await refused(
+      `WITH bound AS (INSERT INTO audit_chain_seal VALUES (9000000000000000000)) INSERT INTO audit_events (type, user_id, metadata) VALUES ('LOGIN', $1, '{}')`,
+      [f.user.id],
+      /audit_chain_seal only empties: INSERT refused/,
+    );
+    await tamper(f.t.db, `INSERT INTO audit_chain_seal VALUES (0)`);
+    await refused(`UPDATE audit_chain_seal SET up_to_seq = 9000000000000000000`, [], /audit_chain_seal only empties: UPDATE refused/);
+    await f.t.db.query(`DELETE FROM audit_chain_seal`); // what the sealer does once done
     assert.deepEqual(await snapshot(), before);
 
     // An event written without the chain (as before 0.7.0) gets its chain fields from the
@@ -247,7 +257,7 @@ describe('audit hash chain (e2e)', () => {
       [legacy.id, '0'.repeat(64)],
       appendOnly,
     );
-    await f.t.db.query(`INSERT INTO audit_chain_seal SELECT max(seq) FROM audit_events`);
+    await tamper(f.t.db, `INSERT INTO audit_chain_seal SELECT max(seq) FROM audit_events`); // as the migration left it (the table refuses it since 0.23.0)
     assert.equal(await f.t.app.get(AuditChainService).sealPending(), 1);
     const [sealed] = await f.t.db.query(`SELECT chain_key, hash FROM audit_events WHERE id = $1`, [legacy.id]);
     assert.equal(sealed.chain_key, f.user.id);
@@ -301,6 +311,26 @@ describe('audit hash chain (e2e)', () => {
     await assertBroken(f, forged.id, /is not in any chain/);
     assert.equal(await f.t.app.get(AuditChainService).sealPending(), 0);
     await assertBroken(f, forged.id, /is not in any chain/);
+  });
+
+  it('detects that the constraint keeping every event in a chain or none was dropped, which would let an event with a hash and no chain go unseen', async () => {
+    const f = await open();
+    await f.t.db.query(`ALTER TABLE audit_events DROP CONSTRAINT "CHK_audit_events_chain"`);
+    await f.t.db.query(`INSERT INTO audit_events (type, user_id, hash) VALUES ('LOGIN', $1, $2)`, [f.user.id, 'f'.repeat(64)]);
+    const body = await apiVerify(f);
+    assert.equal(body.ok, false);
+    assert.match(body.reason!, /The constraint CHK_audit_events_chain .* is missing, altered or not validated/);
+    // Put back NOT VALID, over that row, it is still no guarantee.
+    await f.t.db.query(
+      `ALTER TABLE audit_events ADD CONSTRAINT "CHK_audit_events_chain" CHECK (
+        ("chain_key" IS NULL AND "chain_pos" IS NULL AND "prev_hash" IS NULL AND "hash" IS NULL) OR
+        ("chain_key" IS NOT NULL AND "chain_pos" IS NOT NULL AND "prev_hash" IS NOT NULL AND "hash" IS NOT NULL)) NOT VALID`,
+    );
+    assert.match((await apiVerify(f)).reason!, /is missing, altered or not validated/);
+    // A constraint of that name that allows anything, validated: no guarantee either.
+    await f.t.db.query(`ALTER TABLE audit_events DROP CONSTRAINT "CHK_audit_events_chain"`);
+    await f.t.db.query(`ALTER TABLE audit_events ADD CONSTRAINT "CHK_audit_events_chain" CHECK (hash IS NOT NULL OR chain_key IS NULL)`);
+    assert.match((await apiVerify(f)).reason!, /is missing, altered or not validated/);
   });
 
   it('detects a reordered pair and names the first of them in chain order', async () => {
@@ -668,7 +698,7 @@ describe('audit hash chain (e2e)', () => {
       `INSERT INTO audit_events (type, user_id, metadata) VALUES ('LOGIN', $1, '{"b":1,"a":"x"}'), ('LOGOUT', $1, '{}'), ('LOGIN_FAILED', NULL, '{}')`,
       [f.user.id],
     );
-    await f.t.db.query(`INSERT INTO audit_chain_seal SELECT max(seq) FROM audit_events`);
+    await tamper(f.t.db, `INSERT INTO audit_chain_seal SELECT max(seq) FROM audit_events`); // as the migration left it (the table refuses it since 0.23.0)
     assert.equal((await apiVerify(f)).ok, false);
     assert.equal(await f.t.app.get(AuditChainService).sealPending(), 3);
     const sealed = await f.t.db.query(`SELECT type, chain_pos::int AS pos FROM audit_events WHERE chain_key = $1 ORDER BY seq DESC LIMIT 2`, [

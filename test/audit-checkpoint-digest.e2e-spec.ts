@@ -369,7 +369,7 @@ describe('audit checkpoints: the chains that moved (e2e)', () => {
     const t = await open();
     const a = await registerUser(t.http);
     assert.ok(await t.app.get(AuditChainService).checkpoint(true));
-    await t.db.query(`INSERT INTO audit_chain_seal SELECT max(seq) FROM audit_events`);
+    await tamper(t.db, `INSERT INTO audit_chain_seal SELECT max(seq) FROM audit_events`); // as the migration left it (the table refuses it since 0.23.0)
     await login(t.http, a);
     const sealing = await checkpointRecorded(t);
     assert.ok(sealing.checkpoint);

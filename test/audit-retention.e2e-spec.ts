@@ -343,6 +343,20 @@ describe('audit log partitions and retention (e2e)', () => {
     assert.equal(await tableExists(notDropped), true);
     await t.db.query(`DROP TABLE "${notDropped}"`);
 
+    // The set carried forward is checked first: a base moved on in it (so that the events
+    // after the true base could be deleted unseen once the next month is dropped) holds the
+    // next month back instead of being sealed into its set (0.23.0).
+    await t.db.query(`UPDATE audit_chain_bases SET position = position + 1 WHERE chain_key = $1`, [onlyOld]);
+    const heldBack = await retention(t, dueIn(monthStart(4))).maintain();
+    assert.deepEqual(heldBack.dropped, []);
+    assert.deepEqual(heldBack.held, [
+      {
+        name: partitionOf(monthStart(4)).name,
+        reason: `the base set of ${monthOf(partitionOf(old))} does not match its MAC and rows (run the audit verification)`,
+      },
+    ]);
+    await t.db.query(`UPDATE audit_chain_bases SET position = position - 1 WHERE chain_key = $1`, [onlyOld]);
+
     // The next month: its set is the one before with the month's last events laid over it
     // (the chain with no event in it keeps its base), and the set before it is dropped.
     const next = await retention(t, dueIn(monthStart(4))).maintain();

@@ -545,6 +545,31 @@ describe('Sessionary inside a host Nest app (e2e)', () => {
     assert.deepEqual(first, await audit.list({ userId, limit: 5 }));
     assert.equal(AUTH_CONTEXT_KEY, 'auth');
     assert.equal(IS_PUBLIC_KEY, 'isPublic');
+    // A host's client context and metadata with lone surrogates (half an emoji, cut by the
+    // host): stored well-formed, and the event verifies (until 0.23.0 the HMAC covered the
+    // string as given while PostgreSQL stored U+FFFD, and an intact log read as altered; the
+    // metadata's escape was a failed write).
+    const halfEmoji = '\ud83d';
+    await dataSource.transaction((em) =>
+      audit.record(em, {
+        type: 'LOGIN',
+        userId,
+        sessionId,
+        client: { ipAddress: `203.0.113.9${halfEmoji}`, userAgent: `HostAgent/1.0 ${halfEmoji}` },
+        metadata: { method: 'email', note: `cut ${halfEmoji}` },
+      }),
+    );
+    const [stored] = (await dataSource.query(
+      `SELECT ip_address, user_agent, metadata FROM audit_events WHERE session_id = $1 AND type = 'LOGIN' ORDER BY seq DESC LIMIT 1`,
+      [sessionId],
+    )) as Array<{ ip_address: string; user_agent: string; metadata: Record<string, string> }>;
+    assert.deepEqual(stored, {
+      ip_address: '203.0.113.9\ufffd',
+      user_agent: 'HostAgent/1.0 \ufffd',
+      metadata: { method: 'email', note: 'cut \ufffd' },
+    });
+    const verification = await app.get(AuditVerifierService).verify();
+    assert.deepEqual({ ok: verification.ok, reason: verification.reason }, { ok: true, reason: null });
   });
 
   it("answers on its own routes as API.md says whatever global filters the host adds, and leaves the host's routes to them with globalExceptionFilter: false", async () => {

@@ -10,6 +10,7 @@ import { DESTRUCTIVE_DOWNS, MIGRATION_LOCK_KEY, runMigrationsLocked, SESSIONARY_
 import { SessionAuthTime1765500000000 } from '../src/database/migrations/1765500000000-SessionAuthTime';
 import { AuditUserIndexMerged1766700000000 } from '../src/database/migrations/1766700000000-AuditUserIndexMerged';
 import { AuditUserTypeIndex1766800000000 } from '../src/database/migrations/1766800000000-AuditUserTypeIndex';
+import { CounterKeysKeyed1767100000000 } from '../src/database/migrations/1767100000000-CounterKeysKeyed';
 import { CapturingLogger } from './helpers/capturing-logger';
 import { sleep } from './helpers/factories';
 import { createTestApp, emptyDatabase } from './helpers/test-app';
@@ -531,7 +532,8 @@ describe('migrations (e2e)', () => {
     const source = await new DataSource(dataSourceOptions(db)).initialize();
     try {
       await runMigrationsLocked(source);
-      await source.undoLastMigration();
+      // The later migrations first, then this one.
+      for (let i = MIGRATIONS.indexOf(CounterKeysKeyed1767100000000); i < MIGRATIONS.length; i++) await source.undoLastMigration();
       const digest = 'a'.repeat(64);
       await source.query(`INSERT INTO login_throttle (key, failures, last_failure_at) VALUES ($1, 3, now())`, [digest]);
       await source.query(`INSERT INTO login_known_clients (key, last_success_at) VALUES ($1, now())`, [digest]);

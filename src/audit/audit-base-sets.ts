@@ -126,6 +126,13 @@ export class AuditBaseSets {
     return sameMac(mac, baseSetMac(this.key, fields));
   }
 
+  /** Whether a set's fields are the ones its MAC was made over, and its rows the ones its digest was. */
+  private async isIntact(em: EntityManager, set: BaseSet): Promise<boolean> {
+    if (!this.isAuthentic(set)) return false;
+    const rows = await this.digest(em, set.month);
+    return rows.chains === set.chains && rows.digest() === set.digest;
+  }
+
   /** The month's event count and greatest seq: what a set records. */
   async fingerprint(em: EntityManager, table: string): Promise<{ events: number; maxSeq: string }> {
     const [row] = await rowsOf<{ events: string; max_seq: string }>(
@@ -171,6 +178,11 @@ export class AuditBaseSets {
     if (!previous) {
       const forged = await this.forgedLegacyBase(em);
       if (forged) return `the base of chain ${forged} (kept by 0.8.0) does not match its MAC (run the audit verification)`;
+    } else if (!(await this.isIntact(em, previous))) {
+      // The set is carried forward: a row of it changed (a chain's base moved on, so that its
+      // first events after that base could later be deleted unseen) would be sealed into this
+      // one's MAC. Until 0.23.0 the previous set's rows were taken as they stood.
+      return `the base set of ${previous.month} does not match its MAC and rows (run the audit verification)`;
     }
     const before = previous
       ? `(SELECT chain_key, position, hash FROM audit_chain_bases WHERE month = ${monthLiteral(previous.month)})`

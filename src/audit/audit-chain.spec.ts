@@ -92,6 +92,8 @@ describe('chainKeyOf, sameMac, checkpointMac', () => {
     assert.equal(sameMac('a'.repeat(64), 'a'.repeat(64)), true);
     assert.equal(sameMac('a'.repeat(63), 'a'.repeat(64)), false);
     assert.equal(sameMac(null, 'a'.repeat(64)), false);
+    // 64 characters, 65 bytes: timingSafeEqual threw on it until 0.23.0.
+    assert.equal(sameMac(`\u00e9${'a'.repeat(63)}`, 'a'.repeat(64)), false);
   });
 
   it("covers every field of a checkpoint, the previous checkpoint's mac included", () => {

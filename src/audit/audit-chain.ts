@@ -249,10 +249,17 @@ function keyObjectOf(key: string): KeyObject {
   return keyObject;
 }
 
-/** Constant-time comparison of two hex MACs (a stored one may have any length). */
+/**
+ * Constant-time comparison of two hex MACs (a stored one may have any length and any
+ * characters: the lengths compared are the bytes', since timingSafeEqual throws on two of
+ * different lengths, which a stored value of 64 characters, one of them not ASCII, was until
+ * 0.23.0: an uncaught exception in a row callback of the verification, where it should have
+ * been a broken log).
+ */
 export function sameMac(a: string | null, b: string): boolean {
-  if (a === null || a.length !== b.length) return false;
-  return timingSafeEqual(Buffer.from(a, 'utf8'), Buffer.from(b, 'utf8'));
+  if (a === null) return false;
+  const [x, y] = [Buffer.from(a, 'utf8'), Buffer.from(b, 'utf8')];
+  return x.length === y.length && timingSafeEqual(x, y);
 }
 
 /**

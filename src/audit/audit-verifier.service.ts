@@ -26,6 +26,15 @@ import {
 } from './audit-verify-pass';
 import type { VerifyWorkerData, VerifyWorkerReply } from './audit-verify.worker';
 
+/** CHK_audit_events_chain as AuditPartitions made it (pg_get_constraintdef's form; compared without spacing and parentheses). */
+const CHAIN_CONSTRAINT =
+  'CHECK ((((chain_key IS NULL) AND (chain_pos IS NULL) AND (prev_hash IS NULL) AND (hash IS NULL)) OR ' +
+  '((chain_key IS NOT NULL) AND (chain_pos >= 1) AND (prev_hash IS NOT NULL) AND (hash IS NOT NULL))))';
+
+function comparableDefinition(definition: string): string {
+  return definition.replace(/[\s()"]/g, '').toLowerCase();
+}
+
 /** Rows per query: large enough that a query's fixed cost (planning across the partitions) is small per row. */
 const BATCH = 5000;
 
@@ -231,6 +240,23 @@ export class AuditVerifierService {
   }
 
   private async findUnsealed(em: EntityManager): Promise<void> {
+    // The passes read the chains (chain_key >= ''), and this the rows without a hash: a row with
+    // a hash and no chain key is in neither, which only the constraint that an event has all its
+    // chain fields or none rules out. Dropped, or put back NOT VALID over such a row, it is
+    // reported here (until 0.23.0 such a row went unseen: indexing `chain_key IS NULL` for a
+    // search would cost every event's write, and the constraint's state costs one catalog read).
+    const [constraint] = await rowsOf<{ valid: boolean; definition: string }>(
+      em,
+      `SELECT convalidated AS valid, pg_get_constraintdef(oid) AS definition FROM pg_constraint
+        WHERE conrelid = 'audit_events'::regclass AND conname = 'CHK_audit_events_chain'`,
+    );
+    if (!constraint?.valid || comparableDefinition(constraint.definition) !== comparableDefinition(CHAIN_CONSTRAINT)) {
+      throw new Broken(
+        null,
+        'The constraint CHK_audit_events_chain (an event has all its chain fields or none) is missing, altered or not validated: ' +
+          'events outside every chain cannot be ruled out. It was changed outside the service',
+      );
+    }
     const [row] = await rowsOf<{ id: string }>(em, `SELECT id FROM audit_events WHERE hash IS NULL ORDER BY seq LIMIT 1`);
     if (row) throw new Broken(row.id, `Event ${row.id} is not in any chain: it was inserted outside the service (or not yet sealed)`);
   }

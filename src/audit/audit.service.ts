@@ -144,8 +144,9 @@ export class AuditService {
       type: e.type,
       userId: e.userId === null ? null : e.userId.toLowerCase(),
       sessionId: e.sessionId ? e.sessionId.toLowerCase() : null,
-      ipAddress: e.client?.ipAddress ?? null,
-      userAgent: e.client?.userAgent ?? null,
+      // Well-formed, as stored (see cutWellFormed): a host's own client context comes here as it is.
+      ipAddress: e.client?.ipAddress?.toWellFormed() ?? null,
+      userAgent: e.client?.userAgent?.toWellFormed() ?? null,
       metadata: canonicalJson(metadata[i]),
       chainKey: chainOf(e),
     }));
@@ -366,5 +367,10 @@ function safeMetadata(metadata: AuditMetadata): AuditMetadata {
   for (const key of Object.keys(metadata)) {
     if (FORBIDDEN_METADATA_KEY.test(key)) throw new Error(`Audit metadata key "${key}" is not allowed`);
   }
-  return metadata;
+  // A lone surrogate in a key or a string value: PostgreSQL's jsonb refuses its escape (a failed
+  // write), so the string is made well-formed first, as the columns' strings are.
+  if (!Object.entries(metadata).some(([key, value]) => !key.isWellFormed() || (typeof value === 'string' && !value.isWellFormed()))) return metadata;
+  return Object.fromEntries(
+    Object.entries(metadata).map(([key, value]) => [key.toWellFormed(), typeof value === 'string' ? value.toWellFormed() : value]),
+  );
 }

@@ -32,6 +32,7 @@ import { AuditUserTypeIndex1766800000000 } from './migrations/1766800000000-Audi
 import { AuditShipProgress1766900000000 } from './migrations/1766900000000-AuditShipProgress';
 import { AuditTruncateRefused1767000000000 } from './migrations/1767000000000-AuditTruncateRefused';
 import { CounterKeysKeyed1767100000000 } from './migrations/1767100000000-CounterKeysKeyed';
+import { AuditSealClosedAndOldSessionId1767200000000 } from './migrations/1767200000000-AuditSealClosedAndOldSessionId';
 import { SigningKeys1765600000000 } from './migrations/1765600000000-SigningKeys';
 
 export const ENTITIES = [UserEntity, SessionEntity, RotatedRefreshTokenEntity, AuditEventEntity];
@@ -65,6 +66,7 @@ export const MIGRATIONS = [
   AuditShipProgress1766900000000,
   AuditTruncateRefused1767000000000,
   CounterKeysKeyed1767100000000,
+  AuditSealClosedAndOldSessionId1767200000000,
 ];
 
 /**

@@ -158,6 +158,7 @@ export const SESSIONARY_TABLES = [
  * replace it). migrations.e2e-spec.ts checks the list against a migrated schema.
  */
 export const SESSIONARY_FUNCTIONS = [
+  'audit_chain_seal_closed',
   'audit_checkpoints_append_only',
   'audit_events_append_only',
   'audit_refuse_truncate',

@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import { DataSource, EntityManager, QueryRunner } from 'typeorm';
 import { AuditChainService } from '../../src/audit/audit-chain.service';
 import { partitionOf } from '../../src/audit/audit-partitions.service';
+import { tamper } from './db';
 import type { TestApp } from './test-app';
 
 /** The first day of the month `monthsBack` months before the current one (UTC). */
@@ -45,7 +46,8 @@ export async function pastEvents(t: TestApp, month: Date, rows: Array<{ userId: 
       new Date(month.getTime() + (i + 1) * 3_600_000),
     ]);
   }
-  await t.db.query(`INSERT INTO audit_chain_seal SELECT max(seq) FROM audit_events`);
+  // The bound a migration to the chain leaves (the table refuses it since 0.23.0).
+  await tamper(t.db, `INSERT INTO audit_chain_seal SELECT max(seq) FROM audit_events`);
   assert.equal(await t.app.get(AuditChainService).sealPending(), rows.length);
 }
 
@@ -62,7 +64,10 @@ export async function uncommittedPastEvent(t: TestApp, month: Date, userId: stri
     userId,
     new Date(month.getTime() + 10 * 3_600_000),
   ]);
+  // The migration's bound, past the table's trigger (as tamper() goes past it) and then back.
+  await runner.query(`SET LOCAL session_replication_role = replica`);
   await runner.query(`INSERT INTO audit_chain_seal SELECT max(seq) FROM audit_events`);
+  await runner.query(`SET LOCAL session_replication_role = origin`);
   const chain = t.app.get(AuditChainService) as unknown as { sealBatch(em: EntityManager): Promise<number> };
   assert.equal(await chain.sealBatch(runner.manager), 1);
   return runner;

@@ -433,6 +433,43 @@ describe('audit export (e2e)', () => {
       assertBroken(appended, whole.lines.length + 2, whole.lines[0].id, /comes after the seal/);
     });
 
+    it('a line whose bytes say more than the line parsed: a key given twice, a number in another form (0.23.0)', async () => {
+      const n = userLines[2];
+      const id = whole.lines[n - 1].id;
+      const file = (name: string, edit: (line: string) => string) =>
+        writeTemp(
+          name,
+          ndjson([...whole.lines, whole.seal as unknown as Record<string, unknown>]).replace(/^.*$/gm, (line, offset, all) =>
+            all.slice(0, offset).split('\n').length === n ? edit(line) : line,
+          ),
+        );
+      // JSON.parse keeps the genuine address (the last key); a reader keeping the first shows the forged one.
+      const twice = await cli(
+        'audit-verify',
+        '--file',
+        file('twice.ndjson', (line) => line.replace('{"seq"', '{"ipAddress":"10.6.6.6","seq"')),
+      );
+      assertBroken(twice, n, id, /is not the bytes an export writes for it \(a key twice, another order/);
+      const decimal = await cli(
+        'audit-verify',
+        '--file',
+        file('decimal.ndjson', (line) => line.replace(/"position":(\d+)/, '"position":$1.0')),
+      );
+      assertBroken(decimal, n, id, /is not the bytes an export writes for it/);
+      const unchanged = await cli(
+        'audit-verify',
+        '--file',
+        file('unchanged.ndjson', (line) => line),
+      );
+      assert.equal(unchanged.code, 0, unchanged.stdout); // the edit helper itself changes nothing else
+      const lastLine = whole.lines.length + 1;
+      const forgedSeal = writeTemp(
+        'seal-key-twice.ndjson',
+        ndjson([...whole.lines, whole.seal as unknown as Record<string, unknown>]).replace('{"seal"', '{"lines":1,"seal"'),
+      );
+      assertBroken(await cli('audit-verify', '--file', forgedSeal), lastLine, null, /\(the seal\) is not the bytes an export writes for it/);
+    });
+
     it('a forged seal', async () => {
       const seal = { ...whole.seal, filter: { ...whole.seal.filter, type: 'LOGIN' } };
       assertBroken(

@@ -9,6 +9,7 @@ import {
   EXPORT_FORMAT_RANGED,
   ExportDigest,
   holdsWholeChain,
+  ndjsonLine,
   sealMac,
   storedRowOf,
 } from './audit-export-format';
@@ -206,6 +207,13 @@ export async function verifyExportFile(path: string, key: string, chains = new M
       }
       if (!isEventLine(parsed)) {
         seal = { value: checkSealShape(parsed, lineNo), line: lineNo };
+        if (ndjsonLine(seal.value) !== `${text}\n`) {
+          fail({
+            line: lineNo,
+            id: null,
+            reason: `Line ${lineNo} (the seal) is not the bytes an export writes for it (${unlikeExport}): it was altered`,
+          });
+        }
         continue;
       }
       const line = checkEventShape(parsed, lineNo);
@@ -217,6 +225,10 @@ export async function verifyExportFile(path: string, key: string, chains = new M
       const extra = Object.keys(line).filter((k) => !(EVENT_LINE_FIELDS as readonly string[]).includes(k));
       if (extra.length) {
         fail({ line: lineNo, id, reason: `Line ${lineNo} (event ${id}) has fields no export writes (${extra.join(', ')}): it was altered` });
+        continue;
+      }
+      if (!writtenAsExported(text, line)) {
+        fail({ line: lineNo, id, reason: `Line ${lineNo} (event ${id}) is not the bytes an export writes for it (${unlikeExport}): it was altered` });
         continue;
       }
       if (line.chainKey === null || line.position === null || line.prevHash === null || line.hash === null) {
@@ -346,6 +358,18 @@ function parseLine(text: string, lineNo: number): Record<string, unknown> {
     throw new ExportFileError(`Line ${lineNo} is not a JSON object: the file is not an audit export`);
   return value as Record<string, unknown>;
 }
+
+/**
+ * Whether a line is exactly what the export writes for what it holds: its fields in their order,
+ * once each, numbers and strings in JSON.stringify's own forms, no spacing. A line parsed alone
+ * hid what its bytes say to another reader: a key given twice (JSON.parse keeps the last, a
+ * reader keeping the first shows the other value, unverified), or `1.0` read as `1` (until 0.23.0).
+ */
+function writtenAsExported(text: string, line: AuditExportLine): boolean {
+  return ndjsonLine(Object.fromEntries(EVENT_LINE_FIELDS.map((field) => [field, line[field]])) as unknown as AuditExportLine) === `${text}\n`;
+}
+
+const unlikeExport = 'a key twice, another order, spacing, or another form of a number or string';
 
 function isEventLine(value: Record<string, unknown>): boolean {
   return !('seal' in value);

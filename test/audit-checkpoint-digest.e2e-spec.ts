@@ -6,7 +6,7 @@ import { AuditChainService, digestCheckpointedHeads } from '../src/audit/audit-c
 import { AuditCheckpointTask } from '../src/audit/audit-checkpoint.task';
 import { AuditService } from '../src/audit/audit.service';
 import { AuditVerifierService } from '../src/audit/audit-verifier.service';
-import { bucketOf } from '../src/audit/checkpoint-heads-digest';
+import { bucketOf, HeadsBucketer } from '../src/audit/checkpoint-heads-digest';
 import { login, registerUser, TestUser } from './helpers/factories';
 import { tamper } from './helpers/db';
 import { recordQueryRunners, textOf } from './helpers/query-runners';
@@ -70,17 +70,85 @@ describe('audit checkpoint digests, format 2 (e2e)', () => {
     assert.equal(result.checkpointId, 2);
   });
 
-  it('does not trust its stored buckets: one changed is stated by the next checkpoint, and the verifier finds it', async () => {
-    const { t, users } = await open();
+  it('does not trust its stored buckets: one changed is found before the next checkpoint, which hashes every bucket again from the heads', async () => {
+    const warnings: string[] = [];
+    const logger: LoggerService = { log: () => undefined, warn: (m: unknown) => void warnings.push(String(m)), error: () => undefined };
+    const { t, users } = await open(logger);
     const chain = t.app.get(AuditChainService);
     assert.ok(await chain.checkpoint(true));
+    const before = await storedBuckets(t);
     // A bucket the next checkpoint does not touch (user ids are hex: none is in the global chain's bucket).
     await t.db.query(`UPDATE audit_checkpoint_buckets SET digest = repeat('0', 64) WHERE bucket = 'glob'`);
     await login(t.http, users[1]);
+    // Until 0.23.0 the next checkpoint's root took the changed digest as it was (the verifier found it afterwards).
     assert.equal((await chain.checkpoint(true))?.id, 2);
+    assert.ok(
+      warnings.some((w) => /The stored bucket digests do not make checkpoint 1's root, its heads do .*: hashing every bucket again/.test(w)),
+      warnings.join('\n'),
+    );
+    assert.equal((await storedBuckets(t)).get('glob'), before.get('glob'));
+    const result = await verify(t);
+    assert.equal(result.ok, true, JSON.stringify(result));
+  });
+
+  it('writes no checkpoint over recorded heads set back (a deleted tail covered up), whether their buckets were hashed to match or not', async () => {
+    const { t, users } = await open();
+    const chain = t.app.get(AuditChainService);
+    await login(t.http, users[0]);
+    assert.ok(await chain.checkpoint(true));
+    const [head] = await t.db.query(`SELECT position::int AS position FROM audit_checkpoint_heads WHERE chain_key = $1`, [users[0].id]);
+    const [earlier] = await t.db.query(`SELECT hash FROM audit_events WHERE chain_key = $1 AND chain_pos = $2`, [users[0].id, head.position - 1]);
+    // The chain's last event deleted, its head and its recorded head set back by one to match.
+    await tamper(t.db, `DELETE FROM audit_events WHERE chain_key = $1 AND chain_pos = $2`, [users[0].id, head.position]);
+    await t.db.query(`UPDATE audit_chain_heads SET position = position - 1, hash = $2 WHERE chain_key = $1`, [users[0].id, earlier.hash]);
+    await t.db.query(`UPDATE audit_checkpoint_heads SET position = position - 1, hash = $2 WHERE chain_key = $1`, [users[0].id, earlier.hash]);
+    const refusal = /No audit checkpoint written: the checkpointed chain heads are not those checkpoint 1 stated/;
+    // The recorded head's bucket no longer hashes as stored: refused when the copy touches it.
+    await login(t.http, users[0]);
+    await assert.rejects(chain.checkpoint(true), refusal);
+    // Its stored bucket hashed again to match (it is not keyed): then the root is not the last checkpoint's.
+    const rows: Array<{ chain_key: string; position: string; hash: string }> = await t.db.query(
+      `SELECT chain_key, position::text AS position, hash FROM audit_checkpoint_heads WHERE left(chain_key, 4) = $1 ORDER BY chain_key COLLATE "C"`,
+      [bucketOf(users[0].id)],
+    );
+    const hashed: Array<{ digest: string }> = [];
+    const bucketer = new HeadsBucketer((b) => hashed.push(b));
+    for (const r of rows) bucketer.add(r.chain_key, Number(r.position), r.hash);
+    bucketer.flush();
+    const [{ digest }] = hashed;
+    await t.db.query(`UPDATE audit_checkpoint_buckets SET digest = $2, events = events - 1 WHERE bucket = $1`, [bucketOf(users[0].id), digest]);
+    await assert.rejects(chain.checkpoint(true), refusal);
+    assert.equal((await t.db.query(`SELECT count(*)::int AS n FROM audit_checkpoints`))[0].n, 1);
     const result = await verify(t);
     assert.equal(result.ok, false);
-    assert.match(result.reason ?? '', /The checkpointed chain heads do not match checkpoint 2/);
+    // A checkpoint written over them anyway (as a writer before 0.23.0 did) states fewer events than the one before it.
+    const [c1] = await t.db.query(`SELECT id, created_at, chains::int, events::text, max_seq::text, digest, mac FROM audit_checkpoints`);
+    const fields = {
+      id: 2,
+      createdAt: new Date().toISOString().replace('Z', '000Z'),
+      chains: c1.chains,
+      events: Number(c1.events) - 1,
+      maxSeq: c1.max_seq,
+      digest: c1.digest,
+      prevMac: c1.mac,
+    };
+    await t.db.query(
+      `INSERT INTO audit_checkpoints (id, created_at, chains, events, max_seq, digest, prev_mac, mac) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
+      [
+        fields.id,
+        fields.createdAt,
+        fields.chains,
+        fields.events,
+        fields.maxSeq,
+        fields.digest,
+        fields.prevMac,
+        checkpointMac(TEST_AUDIT_HMAC_KEY, fields),
+      ],
+    );
+    assert.match(
+      (await verify(t)).reason ?? '',
+      /Checkpoint 2 states \d+ chains and \d+ events, fewer than checkpoint 1's .*: events the earlier checkpoint covered were deleted/,
+    );
   });
 
   it('hashes every bucket again when the stored ones do not count the chains the last checkpoint stated', async () => {
@@ -95,7 +163,7 @@ describe('audit checkpoint digests, format 2 (e2e)', () => {
     const added = await registerUser(t.http);
     assert.equal((await chain.checkpoint(true))?.id, 2);
     assert.ok(
-      warnings.some((w) => /stored bucket digests count \d+ chains, not \d+: hashing every bucket again/.test(w)),
+      warnings.some((w) => /The stored bucket digests do not make checkpoint 1's root, its heads do .*: hashing every bucket again/.test(w)),
       warnings.join('\n'),
     );
     // All of them again, as they were but for the new user's.

@@ -193,6 +193,12 @@ export class AuditChainService implements OnModuleDestroy {
       const {
         rows: [{ sealing }],
       } = await sql<{ sealing: boolean }>(em, `SELECT EXISTS (SELECT 1 FROM audit_chain_seal) AS sealing`);
+      // The heads this checkpoint builds on must be those the last one stated: the copy moves a
+      // head only forward from its recorded position, and the digest re-hashes only the buckets
+      // the copy touched, so heads set back in the table (a chain's tail deleted, its head and
+      // recorded head moved back to match) were stated anew by this checkpoint until 0.23.0,
+      // and the deleted tail, covered by the last exported checkpoint, no longer showed.
+      const checked = last && isHeadsDigestV2(last.digest) ? await this.checkedBuckets(em, last) : 'unchecked';
       // The chains that moved are those with an event after the last checkpoint's maxSeq, when
       // it states one every event up to which it covered (format 2) and there are not so many
       // events since that comparing every head costs less.
@@ -232,11 +238,14 @@ export class AuditChainService implements OnModuleDestroy {
           ? `audit_chain_heads h`
           : `(SELECT DISTINCT chain_key FROM audit_events WHERE seq > $1::bigint AND chain_key IS NOT NULL) m
              JOIN audit_chain_heads h ON h.chain_key = m.chain_key`;
-      const { rows: touched } = await sql<{ bucket: string; copied: number; inserted: number }>(
+      // With the stored buckets as the last checkpoint stated them, each copied chain's recorded
+      // head before the copy comes back too (null for a chain new to the table), so that the
+      // touched buckets' heads as they were can be checked against those buckets.
+      const withOld = checked === 'stored';
+      const { rows: touched } = await sql<TouchedBucket>(
         em,
-        `WITH copied AS (
-           INSERT INTO audit_checkpoint_heads (chain_key, position, hash, event_at)
-           SELECT h.chain_key, h.position, h.hash, h.last_event_at
+        `WITH candidates AS MATERIALIZED (
+           SELECT h.chain_key, h.position, h.hash, h.last_event_at, p.position AS old_position, p.hash AS old_hash
              FROM ${moved} LEFT JOIN audit_checkpoint_heads p ON p.chain_key = h.chain_key
             WHERE p.chain_key IS NULL
                OR (h.position > p.position
@@ -246,16 +255,23 @@ export class AuditChainService implements OnModuleDestroy {
                      (SELECT e.hash <> p.hash FROM audit_events e
                        WHERE e.chain_key = h.chain_key AND e.chain_pos = p.position LIMIT 1),
                      false))
+         ), copied AS (
+           INSERT INTO audit_checkpoint_heads (chain_key, position, hash, event_at)
+           SELECT chain_key, position, hash, last_event_at FROM candidates
            ON CONFLICT (chain_key) DO UPDATE SET position = excluded.position, hash = excluded.hash, event_at = excluded.event_at
            -- xmax is 0 on a row the INSERT created, the updating transaction's id on one it updated.
            RETURNING chain_key, xmax = 0 AS inserted
          )
-         SELECT left(chain_key, ${BUCKET_CHARS}) AS bucket, count(*)::int AS copied, count(*) FILTER (WHERE inserted)::int AS inserted
-           FROM copied GROUP BY 1`,
-        since === null ? [] : [since],
+         SELECT left(c.chain_key, ${BUCKET_CHARS}) AS bucket, count(*)::int AS copied, count(*) FILTER (WHERE c.inserted)::int AS inserted,
+                array_agg(c.chain_key) FILTER (WHERE $${since === null ? 1 : 2}::boolean) AS keys,
+                array_agg(k.old_position::text) FILTER (WHERE $${since === null ? 1 : 2}::boolean) AS old_positions,
+                array_agg(k.old_hash) FILTER (WHERE $${since === null ? 1 : 2}::boolean) AS old_hashes
+           FROM copied c JOIN candidates k ON k.chain_key = c.chain_key GROUP BY 1`,
+        since === null ? [withOld] : [since, withOld],
       );
       const copied = touched.reduce((n, t) => n + t.copied, 0);
-      const heads = await this.digestHeads(em, last, touched);
+      const before = withOld ? { lastId: Number(last!.id), heads: recordedBefore(touched) } : undefined;
+      const heads = await this.digestHeads(em, last, touched, before, checked === 'rebuild');
       hashedAll = heads.hashedAll;
       // A copy that changed a large share of the table (the first checkpoint of a large log)
       // leaves its statistics behind until autovacuum comes by; planned without them, a
@@ -322,22 +338,49 @@ export class AuditChainService implements OnModuleDestroy {
     em: EntityManager,
     last: CheckpointRow | undefined,
     touched: Array<{ bucket: string; inserted: number }>,
+    before: HeadsBefore | undefined,
+    rebuild: boolean,
   ): Promise<CheckpointedHeads & { hashedAll: boolean }> {
-    if (last && isHeadsDigestV2(last.digest) && touched.length <= TOUCHED_BUCKETS_MAX) {
+    if (!rebuild && last && isHeadsDigestV2(last.digest) && touched.length <= TOUCHED_BUCKETS_MAX) {
       await this.rehashBuckets(
         em,
         touched.map((t) => t.bucket),
+        before,
       );
       const heads = await rootOfStoredBuckets(em);
       const expected = Number(last.chains) + touched.reduce((n, t) => n + t.inserted, 0);
       if (heads.chains === expected) return { ...heads, hashedAll: false };
       this.logger.warn(`The checkpoint's stored bucket digests count ${heads.chains} chains, not ${expected}: hashing every bucket again`);
     }
-    return { ...(await this.rehashAllBuckets(em)), hashedAll: true };
+    return { ...(await this.rehashAllBuckets(em, before)), hashedAll: true };
   }
 
-  /** Hashes the given buckets again from their heads (read by key range, a batch of buckets a statement) and stores them. */
-  private async rehashBuckets(em: EntityManager, buckets: string[]): Promise<void> {
+  /**
+   * Whether the checkpointed heads are those `last` stated: 'stored' when the stored bucket
+   * digests make its root (then each bucket is what it stated, and the buckets the copy
+   * touches are checked head by head as they were: see BucketsBefore); 'rebuild' when they do
+   * not, but every head hashed again does (the buckets were not kept beside the heads: a
+   * migration reverted and applied again), and this checkpoint hashes every bucket again.
+   * Otherwise the heads were changed outside the service: no checkpoint is written.
+   */
+  private async checkedBuckets(em: EntityManager, last: CheckpointRow): Promise<'stored' | 'rebuild'> {
+    const stored = await rootOfStoredBuckets(em);
+    if (stored.digest === last.digest) return 'stored';
+    const heads = await digestCheckpointedHeads(em, 'v2');
+    if (heads.digest !== last.digest) throw new CheckpointedHeadsChangedError(Number(last.id));
+    this.logger.warn(
+      `The stored bucket digests do not make checkpoint ${last.id}'s root, its heads do (the buckets were changed, or not kept ` +
+        `beside the heads: a migration reverted and applied again): hashing every bucket again`,
+    );
+    return 'rebuild';
+  }
+
+  /**
+   * Hashes the given buckets again from their heads (read by key range, a batch of buckets a
+   * statement) and stores them; with `before`, first checks that their heads as they were
+   * before the copy hash to the buckets stored (those of the last checkpoint).
+   */
+  private async rehashBuckets(em: EntityManager, buckets: string[], before: HeadsBefore | undefined): Promise<void> {
     // Those reads are short, but estimated far above it (a range of unknown bounds): JIT
     // compiling them took longer than running them (0.1 s of 0.2 s a batch, measured).
     await sql(em, `SET LOCAL jit = off`);
@@ -360,8 +403,13 @@ export class AuditChainService implements OnModuleDestroy {
       );
       const hashed: HeadsBucket[] = [];
       const bucketer = new HeadsBucketer((b) => hashed.push(b));
-      for (const r of rows) bucketer.add(r.chain_key, Number(r.position), r.hash);
+      const check = before && new BucketsBefore(before.lastId, before.heads, await storedBuckets(em, batch));
+      for (const r of rows) {
+        bucketer.add(r.chain_key, Number(r.position), r.hash);
+        check?.add(r.chain_key, r.position, r.hash);
+      }
       bucketer.flush();
+      check?.finish(batch);
       await storeBuckets(em, hashed);
       // A touched bucket left without heads (none is ever removed, so only if someone removed them) leaves the tree.
       const kept = new Set(hashed.map((h) => h.bucket));
@@ -374,18 +422,23 @@ export class AuditChainService implements OnModuleDestroy {
    * Hashes every bucket again from one ordered read of every head, replacing the stored ones;
    * returns the root over them (the tree the read made, so the buckets are not read back).
    */
-  private async rehashAllBuckets(em: EntityManager): Promise<CheckpointedHeads> {
+  private async rehashAllBuckets(em: EntityManager, before: HeadsBefore | undefined): Promise<CheckpointedHeads> {
+    const check = before && new BucketsBefore(before.lastId, before.heads, await storedBuckets(em));
     await sql(em, `DELETE FROM audit_checkpoint_buckets`);
     let hashed: HeadsBucket[] = [];
     const tree = new HeadsTreeDigest((b) => hashed.push(b));
     await streamCheckpointedHeads(em, async (rows) => {
-      for (const r of rows) tree.add(r.chain_key, Number(r.position), r.hash);
+      for (const r of rows) {
+        tree.add(r.chain_key, Number(r.position), r.hash);
+        check?.add(r.chain_key, r.position, r.hash);
+      }
       if (hashed.length >= HEADS_BATCH) {
         await storeBuckets(em, hashed);
         hashed = [];
       }
     });
     const heads = tree.finish();
+    check?.finish();
     await storeBuckets(em, hashed);
     return heads;
   }
@@ -460,6 +513,97 @@ export class AuditChainService implements OnModuleDestroy {
     } catch (error) {
       this.stats.fileFailures++;
       this.logger.error(`Audit checkpoint ${checkpoint.id} could not be appended to AUDIT_CHECKPOINT_FILE: ${(error as Error).message}`);
+    }
+  }
+}
+
+/** The checkpoint was not written: the checkpointed heads are not those the last checkpoint stated. */
+export class CheckpointedHeadsChangedError extends Error {
+  constructor(lastId: number, detail?: string) {
+    super(
+      `No audit checkpoint written: the checkpointed chain heads are not those checkpoint ${lastId} stated` +
+        `${detail ? ` (${detail})` : ''}; they were changed outside the service, as a chain's deleted tail would be covered up. ` +
+        'Run the audit verification (npm run cli -- audit-verify --checkpoint-file <AUDIT_CHECKPOINT_FILE>)',
+    );
+    this.name = 'CheckpointedHeadsChangedError';
+  }
+}
+
+/** What the copy statement answers per bucket it touched. */
+interface TouchedBucket {
+  bucket: string;
+  copied: number;
+  inserted: number;
+  /** With the recorded heads before the copy asked for: the copied chains, and their recorded heads then (null: none). */
+  keys: string[] | null;
+  old_positions: Array<string | null> | null;
+  old_hashes: Array<string | null> | null;
+}
+
+/** Each copied chain's recorded head before the copy (null: the chain was not recorded). */
+type RecordedBefore = Map<string, { position: string; hash: string } | null>;
+
+/** The recorded heads before the copy, and the checkpoint that stated them. */
+interface HeadsBefore {
+  lastId: number;
+  heads: RecordedBefore;
+}
+
+function recordedBefore(touched: TouchedBucket[]): RecordedBefore {
+  const before: RecordedBefore = new Map();
+  for (const t of touched) {
+    t.keys?.forEach((key, i) => {
+      const position = t.old_positions![i];
+      before.set(key, position === null ? null : { position, hash: t.old_hashes![i]! });
+    });
+  }
+  return before;
+}
+
+/** The stored bucket digests (the given ones, or all), by bucket. */
+async function storedBuckets(em: EntityManager, buckets?: string[]): Promise<Map<string, HeadsBucket>> {
+  const { rows } = await sql<{ bucket: string; chains: string; events: string; digest: string }>(
+    em,
+    `SELECT bucket, chains::text AS chains, events::text AS events, digest FROM audit_checkpoint_buckets ${buckets ? 'WHERE bucket = ANY($1::text[])' : ''}`,
+    buckets ? [buckets] : [],
+  );
+  return new Map(rows.map((r) => [r.bucket, { bucket: r.bucket, chains: Number(r.chains), events: Number(r.events), digest: r.digest }]));
+}
+
+/**
+ * The buckets of the heads as they were before the copy (the heads read after it, each copied
+ * one put back as it was recorded, a new one left out), compared with the stored buckets, which
+ * make the last checkpoint's root: a head changed in the table before the copy shows as a
+ * bucket that no longer hashes to its stored digest.
+ */
+class BucketsBefore {
+  private readonly hashed = new Map<string, HeadsBucket>();
+  private readonly bucketer = new HeadsBucketer((b) => this.hashed.set(b.bucket, b));
+
+  constructor(
+    private readonly lastId: number,
+    private readonly before: RecordedBefore,
+    private readonly stored: Map<string, HeadsBucket>,
+  ) {}
+
+  add(chainKey: string, position: string, hash: string): void {
+    const recorded = this.before.get(chainKey);
+    if (recorded === null) return; // new with this copy
+    if (recorded) this.bucketer.add(chainKey, Number(recorded.position), recorded.hash);
+    else this.bucketer.add(chainKey, Number(position), hash);
+  }
+
+  /** Throws unless every bucket (of `buckets`, or every one stored or hashed) is as stored. */
+  finish(buckets?: string[]): void {
+    this.bucketer.flush();
+    for (const bucket of buckets ?? new Set([...this.stored.keys(), ...this.hashed.keys()])) {
+      const [was, stored] = [this.hashed.get(bucket), this.stored.get(bucket)];
+      if (was?.digest !== stored?.digest || was?.chains !== stored?.chains || was?.events !== stored?.events) {
+        throw new CheckpointedHeadsChangedError(
+          this.lastId,
+          `bucket ${JSON.stringify(bucket)} of the recorded heads no longer hashes to its stored digest`,
+        );
+      }
     }
   }
 }

@@ -286,6 +286,16 @@ export class AuditVerifierService {
               : `Checkpoint ${checkpoint.id} is the first in the table, not checkpoint 1: checkpoints were deleted`,
           );
         }
+        // A checkpoint's heads only move forward from the last one's (chains are never removed,
+        // positions never go back, retention included): fewer is heads set back before it was
+        // written (a writer before 0.23.0 stated them so).
+        if (latest && (checkpoint.events < latest.events || checkpoint.chains < latest.chains)) {
+          throw new Broken(
+            null,
+            `Checkpoint ${checkpoint.id} states ${checkpoint.chains} chains and ${checkpoint.events} events, fewer than checkpoint ` +
+              `${latest.id}'s ${latest.chains} and ${latest.events}: events the earlier checkpoint covered were deleted`,
+          );
+        }
         latest = checkpoint;
       }
       if (rows.length < BATCH) break;

@@ -22,7 +22,7 @@ import type { AppConfig } from '../src/config/config';
 import { AuditService } from '../src/audit/audit.service';
 import { lockHeads } from '../src/audit/lock-heads';
 import { bearer, login, registerUser, sleep, TestUser } from './helpers/factories';
-import { CliResult, runCli, runCliProcess } from './helpers/cli';
+import { CliResult, runCli, runCliProcess, runCliWith } from './helpers/cli';
 import { createTestApp, freshDatabase, TestApp } from './helpers/test-app';
 import { dataSourceOptions, MIGRATIONS } from '../src/database/data-source.options';
 import { AuditCheckpointHeads1766300000000 } from '../src/database/migrations/1766300000000-AuditCheckpointHeads';
@@ -265,6 +265,37 @@ describe('audit hash chain (e2e)', () => {
     // Sealed, it is refused like any other.
     await refused(`UPDATE audit_events SET chain_pos = chain_pos WHERE id = $1`, [legacy.id], appendOnly);
     assert.equal((await apiVerify(f)).ok, true);
+  });
+
+  it('refuses to start, or to run a command, with another AUDIT_HMAC_KEY than the log was written with, and writes nothing', async () => {
+    const f = await open();
+    assert.ok(await f.t.app.get(AuditChainService).checkpoint(true));
+    const otherKey = 'another-audit-hmac-key-0123456789-abcdefghijklmnop';
+    const wrongKey = /AUDIT_HMAC_KEY is not the key this audit log was written with: it does not verify checkpoint 1, the oldest/;
+    const events = async () => (await f.t.db.query(`SELECT count(*)::int AS n FROM audit_events`))[0].n;
+    const before = await events();
+    await assert.rejects(
+      createTestApp({
+        DATABASE_URL: f.url,
+        JWT_SECRET: f.t.config.JWT_SECRET,
+        PASSWORD_PEPPER: f.t.config.PASSWORD_PEPPER,
+        AUDIT_HMAC_KEY: otherKey,
+      }),
+      wrongKey,
+    );
+    const command = await runCliWith({ AUDIT_HMAC_KEY: otherKey }, f.url, 'promote-admin', f.other.email);
+    assert.equal(command.code, 1, command.stderr);
+    assert.match(command.stderr, wrongKey);
+    assert.equal(await events(), before, 'no event written with the other key');
+    assert.equal((await f.t.db.query(`SELECT role FROM users WHERE id = $1`, [f.other.id]))[0].role, 'user');
+    // A checkpoint added after the newest (DML can insert one) is the verifier's to report, and keeps nothing from starting.
+    await f.t.db.query(
+      `INSERT INTO audit_checkpoints (id, created_at, chains, events, max_seq, digest, prev_mac, mac)
+       SELECT id + 1, now(), chains, events, max_seq, digest, mac, repeat('0', 64) FROM audit_checkpoints ORDER BY id DESC LIMIT 1`,
+    );
+    const listed = await runCli(f.url, 'keys', 'list');
+    assert.equal(listed.code, 0, listed.stderr);
+    assert.match((await apiVerify(f)).reason ?? '', /Checkpoint 2 does not match its MAC/);
   });
 
   it('detects a changed field and names the event', async () => {

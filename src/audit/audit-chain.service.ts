@@ -16,6 +16,7 @@ import {
   GENESIS_HASH,
   HeadsDigest,
   PG_MICROS_UTC,
+  sameMac,
   STORED_EVENT_COLUMNS,
   type StoredEventRow,
 } from './audit-chain';
@@ -92,6 +93,26 @@ export class AuditChainService implements OnModuleDestroy {
     private readonly config: ConfigService<AppConfig, true>,
   ) {
     this.key = config.get('AUDIT_HMAC_KEY', { infer: true });
+  }
+
+  /**
+   * Refuses (throws) an AUDIT_HMAC_KEY that is not the one the log was written with: it must
+   * verify the oldest checkpoint's MAC. A process with another key (another environment's, an
+   * old one, a development key) would otherwise chain its events, and seal and checkpoint, with
+   * it, and every one of them would read as altered from then on, as tampering does (until
+   * 0.23.0 nothing checked). The oldest, because no statement the service's connection can run
+   * changes or replaces it (the table is append-only): a checkpoint added after the newest
+   * fails its MAC as tampering, and the verifier reports it, without keeping the service from
+   * starting. A log without a checkpoint yet (its first minutes) has nothing to check against.
+   */
+  async assertKeyWritesThisLog(): Promise<void> {
+    const {
+      rows: [oldest],
+    } = await sql<CheckpointRow>(this.dataSource.manager, `SELECT ${CHECKPOINT_COLUMNS} FROM audit_checkpoints c ORDER BY c.id LIMIT 1`);
+    if (!oldest) return;
+    const { mac, ...fields } = toCheckpoint(oldest);
+    if (sameMac(mac, checkpointMac(this.key, fields))) return;
+    throw new AuditKeyMismatchError(fields.id, fields.createdAt);
   }
 
   /**
@@ -514,6 +535,18 @@ export class AuditChainService implements OnModuleDestroy {
       this.stats.fileFailures++;
       this.logger.error(`Audit checkpoint ${checkpoint.id} could not be appended to AUDIT_CHECKPOINT_FILE: ${(error as Error).message}`);
     }
+  }
+}
+
+/** AUDIT_HMAC_KEY does not verify the log's oldest checkpoint: not the key the log was written with. */
+export class AuditKeyMismatchError extends Error {
+  constructor(checkpointId: number, createdAt: string) {
+    super(
+      `AUDIT_HMAC_KEY is not the key this audit log was written with: it does not verify checkpoint ${checkpointId}, ` +
+        `the oldest (written ${createdAt}). Nothing was written. Set the AUDIT_HMAC_KEY the service's instances use ` +
+        '(with another key every event written from now on would read as altered)',
+    );
+    this.name = 'AuditKeyMismatchError';
   }
 }
 

@@ -1,4 +1,4 @@
-import { Inject, Injectable, Logger, OnApplicationBootstrap, Optional } from '@nestjs/common';
+import { Inject, Injectable, Logger, OnApplicationBootstrap, OnModuleInit, Optional } from '@nestjs/common';
 import { ConfigService } from '@nestjs/config';
 import { SchedulerRegistry } from '@nestjs/schedule';
 import type { AppConfig } from '../config/config';
@@ -12,7 +12,7 @@ import { AuditService } from './audit.service';
 const JOB_NAME = 'sessionary:audit-checkpoint';
 
 /**
- * At boot: seals the events written before the hash chain (before the instance serves, so that
+ * At boot: refuses an AUDIT_HMAC_KEY the log was not written with, then seals the events written before the hash chain (before the instance serves, so that
  * no new event of this version can precede them). Then, where scheduled jobs run, checks every half
  * AUDIT_CHECKPOINT_INTERVAL, and whenever this instance has appended AUDIT_CHECKPOINT_EVERY
  * events, whether a checkpoint is due; every instance does, an advisory lock and the last
@@ -22,7 +22,7 @@ const JOB_NAME = 'sessionary:audit-checkpoint';
  * configuration.
  */
 @Injectable()
-export class AuditCheckpointTask implements OnApplicationBootstrap {
+export class AuditCheckpointTask implements OnModuleInit, OnApplicationBootstrap {
   private readonly logger = new Logger(AuditCheckpointTask.name);
   private running: Promise<Checkpoint | undefined> | undefined;
   private sinceCheck = 0;
@@ -37,6 +37,15 @@ export class AuditCheckpointTask implements OnApplicationBootstrap {
     /** The application's scheduler (its root module imports it); none in the CLI. */
     @Optional() private readonly scheduler?: SchedulerRegistry,
   ) {}
+
+  /**
+   * Before anything is written with the key, in every process (the CLI's too), and before any
+   * module starts a connection or a timer of its own at bootstrap (a boot refused in a host's
+   * process, or in a test's, leaves none running): see assertKeyWritesThisLog.
+   */
+  async onModuleInit(): Promise<void> {
+    await this.chain.assertKeyWritesThisLog();
+  }
 
   async onApplicationBootstrap(): Promise<void> {
     await this.chain.sealPending();

@@ -6,25 +6,13 @@
  * `npx --no sessionary <command>`), and `node dist/src/cli.js <command>` where there is no compiler
  * (the Docker image).
  */
-import type { LoggerService, LogLevel } from '@nestjs/common';
+import type { LoggerService } from '@nestjs/common';
 import { runCommand } from './cli/run-command';
 
-/** Nest's console format, on stderr: stdout carries the command's result (audit-export writes NDJSON there). */
+/** The text logger's masking, on stderr: stdout carries the command's result (audit-export writes NDJSON there). */
 async function stderrLogger(): Promise<LoggerService> {
-  const { ConsoleLogger } = await import('@nestjs/common');
-  class StderrLogger extends ConsoleLogger {
-    protected override printMessages(
-      messages: unknown[],
-      context?: string,
-      logLevel?: LogLevel,
-      _stream?: 'stdout' | 'stderr',
-      errorStack?: unknown,
-      params?: Record<string, unknown>,
-    ): void {
-      super.printMessages(messages, context, logLevel, 'stderr', errorStack, params);
-    }
-  }
-  return new StderrLogger({ logLevels: ['fatal', 'error', 'warn'] });
+  const { StderrLogger } = await import('./config/logger.js');
+  return new StderrLogger();
 }
 
 async function main(): Promise<number> {

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { redactSecretKeys } from './log-redaction';
 import type { LoggerService } from '@nestjs/common';
-import { type AccessLogger, createLogger, neutraliseControlCharacters, scrubSecrets } from './logger';
+import { type AccessLogger, createLogger, neutraliseControlCharacters, scrubSecrets, StderrLogger } from './logger';
 
 describe('scrubSecrets', () => {
   const jwt = 'eyJhbGciOiJIUzI1NiIsInR5cCI6ImF0K2p3dCJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJlLWJ5dGVzLWhlcmU';
@@ -113,6 +113,27 @@ describe('text logger (LOG_FORMAT=text)', () => {
     const stamp = /(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z) +LOG \[Test\] hello/.exec(lines[0]);
     assert.ok(stamp, lines[0]);
     assert.ok(Math.abs(Date.parse(stamp[1]) - before) < 5_000, stamp[1]);
+  });
+
+  it("masks an error's stack printed on its own line, and an Error logged as the message, as the JSON logger does; the CLI's logger too", () => {
+    const jwt = 'eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl';
+    const lines: string[] = [];
+    const write = process.stderr.write.bind(process.stderr);
+    process.stderr.write = ((chunk: string | Uint8Array) => lines.push(String(chunk)) > 0) as typeof process.stderr.write;
+    try {
+      for (const logger of [createLogger({ LOG_LEVEL: 'log', LOG_FORMAT: 'text' }), new StderrLogger()]) {
+        logger.error('Unhandled error', 'Error: password=hunter2-is-long\n    at f (x.js:1:1)', 'Filter');
+        logger.error(new Error(`refused ${jwt}`), 'Filter');
+        logger.fatal?.('Boot failed', `Error: postgres://app:s3cret-pw@db:5432/app\n    at g (y.js:2:2)`, 'Bootstrap');
+      }
+    } finally {
+      process.stderr.write = write;
+    }
+    const text = lines.join('');
+    for (const secret of ['hunter2', jwt, 's3cret-pw']) assert.ok(!text.includes(secret), text);
+    assert.match(text, /password="\[REDACTED\]"/);
+    assert.match(text, /\[REDACTED_JWT\]/);
+    assert.match(text, /postgres:\/\/app:\*\*\*@db/);
   });
 });
 

@@ -1,4 +1,5 @@
 import { ConsoleLogger, LoggerService, LogLevel } from '@nestjs/common';
+import { inspect } from 'node:util';
 import type { Env } from './env.schema';
 import { type AccessRecord, JsonLogger, type LogDestinations } from './json-logger';
 import { neutraliseControlCharacters, redactSecretKeys, scrubSecrets, SECRET_KEYS } from './log-redaction';
@@ -46,14 +47,41 @@ export class AppLogger extends ConsoleLogger implements AccessLogger {
   ): void {
     super.printMessages(
       // Objects as the JSON logger masks them (secret keys, secret shapes in their strings); an
-      // Error as it is, for Nest's own rendering of it (its message and stack are printed as text).
-      messages.map((m) => (typeof m === 'string' ? scrubText(m) : m instanceof Error ? m : redactSecretKeys(m))),
+      // Error as Nest renders it (util.inspect: its message, stack and cause), masked as text:
+      // passed on as it was until 0.23.0, its message and stack were printed unmasked.
+      messages.map((m) => (typeof m === 'string' ? scrubText(m) : m instanceof Error ? scrubSecrets(inspect(m)) : redactSecretKeys(m))),
       context,
       logLevel,
       writeStreamType,
       typeof errorStack === 'string' ? scrubSecrets(errorStack) : errorStack,
       params,
     );
+  }
+
+  /** error() and fatal() print the stack on a line of its own, after the message: masked too (it was not until 0.23.0). */
+  protected override printStackTrace(stack: string): void {
+    super.printStackTrace(stack && scrubSecrets(stack));
+  }
+}
+
+/**
+ * The CLI's logger: the text logger's masking, on stderr (stdout carries a command's result:
+ * audit-export writes NDJSON there), warnings and errors only. A plain ConsoleLogger until 0.23.0.
+ */
+export class StderrLogger extends AppLogger {
+  constructor() {
+    super({ logLevels: ['fatal', 'error', 'warn'], json: false, colors: process.stderr.isTTY === true, redact: SECRET_KEYS });
+  }
+
+  protected override printMessages(
+    messages: unknown[],
+    context?: string,
+    logLevel?: LogLevel,
+    _stream?: 'stdout' | 'stderr',
+    errorStack?: unknown,
+    params?: Record<string, unknown>,
+  ): void {
+    super.printMessages(messages, context, logLevel, 'stderr', errorStack, params);
   }
 }
 

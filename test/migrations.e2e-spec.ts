@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
 import { join } from 'node:path';
 import { before, describe, it } from 'node:test';
@@ -211,8 +211,11 @@ describe('migrations (e2e)', () => {
     await holder.connect();
     try {
       await holder.query('SELECT pg_advisory_lock($1)', [MIGRATION_LOCK_KEY]); // an instance, migrating
+      // A deploy step in production, with DATABASE_URL and none of the secrets: until 0.23.0
+      // refused ("JWT_SECRET is missing"), by an uncaught exception with its stack.
+      const noSecrets = { JWT_SECRET: undefined, PASSWORD_PEPPER: undefined, AUDIT_HMAC_KEY: undefined, KEY_ENCRYPTION_KEY: undefined };
       const cli = spawn(process.execPath, [join(__dirname, '..', 'src', 'database', 'migrate-cli.js')], {
-        env: { ...process.env, DATABASE_URL: target, NODE_ENV: 'test' },
+        env: { ...process.env, ...noSecrets, DATABASE_URL: target, NODE_ENV: 'production' },
         stdio: ['ignore', 'pipe', 'pipe'],
       });
       let output = '';
@@ -232,6 +235,14 @@ describe('migrations (e2e)', () => {
       const [code] = (await exited) as [number];
       assert.equal(code, 0, output);
       assert.equal(Number((await holder.query('SELECT count(*) AS n FROM migrations')).rows[0].n), MIGRATIONS.length);
+      // A setting refused is one line that names it, exit code 1, no stack.
+      const refused = spawnSync(process.execPath, [join(__dirname, '..', 'src', 'database', 'migrate-cli.js')], {
+        env: { ...process.env, ...noSecrets, DATABASE_URL: target, NODE_ENV: 'production', BCRYPT_COST: 'lots' },
+        encoding: 'utf8',
+      });
+      assert.equal(refused.status, 1, refused.stdout + refused.stderr);
+      assert.match(refused.stdout + refused.stderr, /BCRYPT_COST/);
+      assert.doesNotMatch(refused.stdout + refused.stderr, /^\s+at /m);
     } finally {
       await holder.end();
     }

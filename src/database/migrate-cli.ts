@@ -11,7 +11,7 @@
  */
 import { Logger } from '@nestjs/common';
 import { parseArgs } from 'node:util';
-import dataSource from './data-source';
+import { cliDataSource } from './cli-data-source';
 import { revertLastMigrationLocked, RevertNotConfirmedError, runMigrationsLocked } from './migrate';
 
 const USAGE = 'Usage: node dist/src/database/migrate-cli.js [revert [--confirm <migration name>]]';
@@ -33,6 +33,8 @@ function parse(argv: string[]): { revert: false } | { revert: true; confirm: str
 
 async function main(argv: string[]): Promise<void> {
   const command = parse(argv);
+  // Made here, not at load: a setting refused is then one line, as every other refusal.
+  const dataSource = cliDataSource();
   await dataSource.initialize();
   try {
     if (command.revert) await revertLastMigrationLocked(dataSource, { confirm: command.confirm });

@@ -13,6 +13,10 @@ RUN npm run build && npm prune --omit=dev
 FROM node:20-bookworm-slim
 ENV NODE_ENV=production
 WORKDIR /app
+# tini as PID 1 (0.23.0): the kernel gives PID 1 only the signals it has a handler for, so Node
+# there ignored a SIGTERM during boot and migrations (until Docker's SIGKILL), and the signal Nest
+# raises again after its graceful shutdown (the process then ended with 0, or hung).
+RUN apt-get update && apt-get install -y --no-install-recommends tini && rm -rf /var/lib/apt/lists/*
 COPY --from=build /app/package.json ./
 COPY --from=build /app/node_modules ./node_modules
 COPY --from=build /app/dist ./dist
@@ -29,5 +33,7 @@ EXPOSE 3000
 # wins; test/dockerfile-healthcheck.spec.ts runs this command).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s \
   CMD node -e "try{process.loadEnvFile('.env')}catch{};const h=process.env.HOST;const a=!h||h==='0.0.0.0'||h==='::'?'127.0.0.1':h.includes(':')?'['+h+']':h;fetch('http://'+a+':'+(process.env.PORT||3000)+'/health/live').then(r=>process.exit(r.ok?0:1),()=>process.exit(1))"
-# Node receives SIGTERM directly (no npm in between) so the graceful shutdown runs.
+# tini passes SIGTERM on to Node (no npm in between), whose graceful shutdown runs; a command
+# given to `docker run` (node dist/src/cli.js …) runs under tini too.
+ENTRYPOINT ["/usr/bin/tini", "--"]
 CMD ["node", "dist/src/main.js"]

@@ -4,7 +4,7 @@ import js from '@eslint/js';
 import tseslint from 'typescript-eslint';
 
 export default tseslint.config(
-  { ignores: ['dist/**', 'node_modules/**', 'test/generated/**', '.data/**', 'bench/results/**'] },
+  { ignores: ['dist/**', 'dist.next/**', 'node_modules/**', 'test/generated/**', '.data/**', 'bench/results/**'] },
   js.configs.recommended,
   ...tseslint.configs.recommended,
   {

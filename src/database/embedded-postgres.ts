@@ -333,9 +333,10 @@ async function inspectProcess(pid: number, dataDir: string): Promise<ProcessOwne
     if (cwd !== ours) return 'other';
     const ppid = parentPid(pid);
     let parentIsNode = ppid === process.pid;
-    // PID 1 too: in a container the service is PID 1 (the Dockerfile's CMD runs node directly),
-    // so a live server's postmaster is its child there, and a command run with `docker exec`
-    // would have taken it for an orphan and stopped it. On a host PID 1 is init (or unreadable).
+    // Whatever its pid: in a container without an init the service is PID 1 (the Dockerfile's
+    // CMD ran node directly until 0.23.0, which puts tini there), so a live server's postmaster
+    // is PID 1's child there, and a command run with `docker exec` would have taken it for an
+    // orphan and stopped it. On a host PID 1 is init (or unreadable), in the image tini.
     if (!parentIsNode && ppid >= 1) {
       const parentExe = await fs.readlink(`/proc/${ppid}/exe`).catch(() => '');
       parentIsNode = /^node(\d|$)/.test(path.basename(parentExe));

@@ -372,6 +372,8 @@ export class AuditChainService implements OnModuleDestroy {
       const expected = Number(last.chains) + touched.reduce((n, t) => n + t.inserted, 0);
       if (heads.chains === expected) return { ...heads, hashedAll: false };
       this.logger.warn(`The checkpoint's stored bucket digests count ${heads.chains} chains, not ${expected}: hashing every bucket again`);
+      // The touched buckets were checked, and are stored as they are now: nothing left to compare.
+      return { ...(await this.rehashAllBuckets(em, undefined)), hashedAll: true };
     }
     return { ...(await this.rehashAllBuckets(em, before)), hashedAll: true };
   }

@@ -271,7 +271,7 @@ describe('audit hash chain (e2e)', () => {
     const f = await open();
     assert.ok(await f.t.app.get(AuditChainService).checkpoint(true));
     const otherKey = 'another-audit-hmac-key-0123456789-abcdefghijklmnop';
-    const wrongKey = /AUDIT_HMAC_KEY is not the key this audit log was written with: it does not verify checkpoint 1, the oldest/;
+    const wrongKey = /AUDIT_HMAC_KEY is not the key this audit log was written with, or checkpoint 1, the oldest .*, was altered/;
     const events = async () => (await f.t.db.query(`SELECT count(*)::int AS n FROM audit_events`))[0].n;
     const before = await events();
     await assert.rejects(
@@ -288,6 +288,10 @@ describe('audit hash chain (e2e)', () => {
     assert.match(command.stderr, wrongKey);
     assert.equal(await events(), before, 'no event written with the other key');
     assert.equal((await f.t.db.query(`SELECT role FROM users WHERE id = $1`, [f.other.id]))[0].role, 'user');
+    // AUDIT_HMAC_KEY_CHECK=false: the verification runs, and says what the other key makes of the log.
+    const verified = await runCliWith({ AUDIT_HMAC_KEY: otherKey, AUDIT_HMAC_KEY_CHECK: 'false' }, f.url, 'audit-verify');
+    assert.equal(verified.code, 1, verified.stdout + verified.stderr);
+    assert.match(verified.stdout, /does not match its hash: it was altered/);
     // A checkpoint added after the newest (DML can insert one) is the verifier's to report, and keeps nothing from starting.
     await f.t.db.query(
       `INSERT INTO audit_checkpoints (id, created_at, chains, events, max_seq, digest, prev_mac, mac)

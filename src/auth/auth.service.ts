@@ -123,9 +123,10 @@ export class AuthService {
     assertPasswordFreeOfContext(dto.newPassword, user, 'newPassword');
     const passwordHash = await this.passwords.hash(dto.newPassword);
     // Of two concurrent changes, one wins: the other's current password no longer matches.
+    let ended: string[] = [];
     const changed = await this.whilePasswordHolds(user, dto.currentPassword, async (em, { stored }) => {
       await this.users.replacePasswordHash(em, { id: user.id, passwordHash: stored }, passwordHash);
-      const ended = await this.sessions.endSessions(
+      ended = await this.sessions.endSessions(
         { userId: user.id, exceptSessionId: auth.sessionId },
         { reason: 'password_changed', event: 'SESSION_REVOKED', client, actorSessionId: auth.sessionId },
         em,
@@ -139,6 +140,8 @@ export class AuthService {
       });
     });
     if (!changed) throw new UnauthorizedException('Current password is incorrect');
+    // Once more after the commit, as endSessions() does after its own (see there).
+    this.sessions.forgetEnded(ended);
   }
 
   /**

@@ -144,6 +144,15 @@ export class Env {
   @IsString()
   AUDIT_HMAC_KEY?: string;
 
+  /**
+   * Refuse to start when AUDIT_HMAC_KEY does not verify the log's oldest checkpoint (0.23.0).
+   * false only to start with a new key on purpose (the old one leaked: every earlier event then
+   * reads as altered), or to run `audit-verify` on a log whose first checkpoint was altered.
+   */
+  @Transform(toBoolean)
+  @IsBoolean()
+  AUDIT_HMAC_KEY_CHECK = true;
+
   /** Audit events after which a checkpoint of the chain heads is written (or earlier, see AUDIT_CHECKPOINT_INTERVAL). */
   @Transform(toNumber)
   @IsInt()

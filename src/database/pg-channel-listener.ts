@@ -23,14 +23,10 @@ export interface ChannelListenerOptions {
    * Sends `SELECT pg_notify(channel, '')` through the service's own pool. Given, each new
    * connection proves before it is trusted that it hears what the service's writes notify: a
    * NOTIFY reaches only listeners of its own database, and a DATABASE_LISTEN_URL naming another
-   * one (or another server) would listen without error and never hear a change. It proves it
-   * again at every heartbeat: the pool's way to the database (a proxy, a DNS name, a virtual
-   * IP) can move to another server while this connection stays up with the old one, as in a
-   * switchover that keeps the old primary running (until 0.23.0 only the connect checked, and
-   * such an instance trusted its cache until its entries' TTL ran out).
+   * one (or another server) would listen without error and never hear a change.
    */
   notifyThroughPool?: (channel: string) => Promise<unknown>;
-  /** Probes the connection every heartbeatMs (then the pool's NOTIFY, when given); throwing counts as losing it. Default: SELECT 1. */
+  /** Probes the connection every heartbeatMs; throwing counts as losing it. Default: SELECT 1. */
   probe?: (client: Client) => Promise<unknown>;
   heartbeatMs?: number;
   maxBackoffMs?: number;
@@ -120,12 +116,10 @@ export class PgChannelListener {
       this.lostLogged = false;
       clearInterval(this.heartbeat);
       const probe = this.options.probe ?? ((c: Client) => c.query('SELECT 1'));
-      const notify = this.options.notifyThroughPool;
-      const beat = async () => {
-        await probe(client);
-        if (notify && this.client === client) await this.hearsThePool(client, notify);
-      };
-      this.heartbeat = setInterval(() => void beat().catch((error: unknown) => this.lost(client, error)), this.options.heartbeatMs ?? 10_000).unref();
+      this.heartbeat = setInterval(
+        () => void probe(client).catch((error: unknown) => this.lost(client, error)),
+        this.options.heartbeatMs ?? 10_000,
+      ).unref();
     } catch (error) {
       this.lost(client, error);
     }

@@ -8,8 +8,7 @@ import { MigrationInterface, QueryRunner } from 'typeorm';
  *   boot; AuditChain inserted its one row, and the first boot empties it for good. A row put
  *   back by anyone with DML on the service's connection (an injected statement's data-modifying
  *   CTE) had the next boot, or the next CLI command, seal events inserted beside it: forged
- *   events with valid HMACs, and a log that verified as intact. (The service also refuses to
- *   seal once a checkpoint exists: AuditChainService.sealPending.)
+ *   events with valid HMACs, and a log that verified as intact.
  * - The sessions' update trigger tells caches of the old id too when a session's id changes
  *   (an operator's statement; the service never does it): only the new id was notified, and an
  *   entry cached under the old one stayed until its TTL while no row had that id.

@@ -109,16 +109,22 @@ async function main(): Promise<number> {
   await admin(serverUrl, `CREATE DATABASE "${database}"`);
   try {
     const template = await makeTemplate(serverUrl, database);
-    const filter = process.argv.slice(2);
+    // File-name fragments: the files to run (all when none), and `!fragment` the files to leave out.
+    const filter = process.argv.slice(2).filter((arg) => !arg.startsWith('!'));
+    const excluded = process.argv
+      .slice(2)
+      .filter((arg) => arg.startsWith('!'))
+      .map((arg) => arg.slice(1));
     // The largest files first: two run at a time, and a long file that started last would run
     // alone at the end with a core idle (a file's size is a fair guess of how long it runs).
     const files = [...specFiles(join(DIST, 'src')), ...specFiles(join(DIST, 'test'))]
       .filter((f) => !filter.length || filter.some((pattern) => relative(DIST, f).includes(pattern)))
+      .filter((f) => !excluded.some((pattern) => relative(DIST, f).includes(pattern)))
       .sort((a, b) => statSync(b).size - statSync(a).size);
     // Given no file, `node --test` would search the working directory for tests of its own (on
     // Node 20, every .js under a `test` folder, this runner and the helpers included, each a pass).
     if (!files.length) {
-      logger.error(`No spec file matches ${filter.map((f) => JSON.stringify(f)).join(', ')}`);
+      logger.error(`No spec file matches ${process.argv.slice(2).map((f) => JSON.stringify(f)).join(', ')}`);
       return 1;
     }
     // The spec reporter for people; a TAP copy to count from, for the plain closing line; and

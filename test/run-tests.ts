@@ -124,7 +124,12 @@ async function main(): Promise<number> {
     // Given no file, `node --test` would search the working directory for tests of its own (on
     // Node 20, every .js under a `test` folder, this runner and the helpers included, each a pass).
     if (!files.length) {
-      logger.error(`No spec file matches ${process.argv.slice(2).map((f) => JSON.stringify(f)).join(', ')}`);
+      logger.error(
+        `No spec file matches ${process.argv
+          .slice(2)
+          .map((f) => JSON.stringify(f))
+          .join(', ')}`,
+      );
       return 1;
     }
     // The spec reporter for people; a TAP copy to count from, for the plain closing line; and

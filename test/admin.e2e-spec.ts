@@ -103,10 +103,16 @@ describe('admin (e2e)', () => {
     assert.match(misconfigured.stderr, /BCRYPT_COST/);
     assert.doesNotMatch(misconfigured.stdout, /Ended/);
     // No DATABASE_URL and no embedded database where DATA_DIR says: refused, none made (until
-    // 0.23.0 a command made a new, empty cluster there and ended its 0 sessions).
+    // 0.23.0 a command made a new, empty cluster there and ended its 0 sessions), and in
+    // development no secrets file made there either.
     const dataDir = mkdtempSync(join(tmpdir(), 'sessionary-cli-nodb-'));
     try {
-      const nowhere = await runCliWith({ DATABASE_URL: undefined, DATA_DIR: dataDir }, '', 'end-all-sessions', '--confirm');
+      const nowhere = await runCliWith(
+        { DATABASE_URL: undefined, DATA_DIR: dataDir, NODE_ENV: 'development', JWT_SECRET: undefined, PASSWORD_PEPPER: undefined },
+        '',
+        'end-all-sessions',
+        '--confirm',
+      );
       assert.equal(nowhere.code, 2, nowhere.stderr);
       assert.match(nowhere.stderr, new RegExp(`No DATABASE_URL, and no embedded database in ${join(dataDir, 'pg')}: nothing to run on`));
       assert.equal(nowhere.stdout, '');

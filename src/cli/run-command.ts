@@ -208,12 +208,16 @@ async function exportRequest(raw: Record<string, string | undefined>): Promise<E
 
 async function withApp(io: CommandIo, run: (app: INestApplicationContext) => Promise<number>): Promise<number> {
   const logger = await io.logger();
-  const { loadConfig } = await import('../config/config.js');
+  const { loadConfig, loadSettings } = await import('../config/config.js');
   const { startEmbeddedPostgres } = await import('../database/embedded-postgres.js');
-  let config = loadConfig(io.env);
+  // The settings first, the secrets after the check below: in development loadConfig keeps
+  // generated secrets in DATA_DIR, which a command refused for want of a database must not write.
+  const settings = loadSettings(io.env);
   let embedded: Awaited<ReturnType<typeof startEmbeddedPostgres>> | undefined;
-  if (!config.DATABASE_URL) {
-    const dataDir = resolve(config.DATA_DIR, 'pg');
+  let config;
+  if (settings.DATABASE_URL) config = loadConfig(io.env);
+  else {
+    const dataDir = resolve(settings.DATA_DIR, 'pg');
     // The service's first start makes the embedded cluster; a command never does. Run from a
     // shell without the service's DATABASE_URL, or from another folder, it made a new, empty
     // one and succeeded on it until 0.23.0: "Ended 0 active session(s)", an intact empty log.
@@ -223,6 +227,7 @@ async function withApp(io: CommandIo, run: (app: INestApplicationContext) => Pro
           'database, or run the command where the service runs (the same folder and DATA_DIR; stop an embedded service first)',
       );
     }
+    loadConfig(io.env); // the secrets refused (in production) before the server starts, not after
     embedded = await startEmbeddedPostgres({ dataDir, logger });
     io.stderr.write(`Using the embedded database in ${dataDir}\n`);
     config = loadConfig({ ...io.env, DATABASE_URL: embedded.url });

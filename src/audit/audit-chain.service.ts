@@ -272,9 +272,12 @@ export class AuditChainService implements OnModuleDestroy {
       if (checked === 'stored' && since === null && (await digestCheckpointedHeads(em, 'v2')).digest !== last!.digest) {
         throw new CheckpointedHeadsChangedError(Number(last!.id));
       }
+      // Read twice when the old heads come back (so evaluated once, before the copy, as its
+      // snapshot sees them); otherwise once, and left for the planner to inline into the copy
+      // rather than gathered first into a tuplestore of every moved chain.
       const { rows: touched } = await sql<TouchedBucket>(
         em,
-        `WITH candidates AS MATERIALIZED (
+        `WITH candidates AS ${withOld ? 'MATERIALIZED ' : ''}(
            SELECT h.chain_key, h.position, h.hash, h.last_event_at, p.position AS old_position, p.hash AS old_hash
              FROM ${moved} LEFT JOIN audit_checkpoint_heads p ON p.chain_key = h.chain_key
             WHERE p.chain_key IS NULL

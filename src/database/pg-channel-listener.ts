@@ -26,6 +26,20 @@ export interface ChannelListenerOptions {
    * one (or another server) would listen without error and never hear a change.
    */
   notifyThroughPool?: (channel: string) => Promise<unknown>;
+  /**
+   * Sends `SELECT pg_notify(channel, payload)` from a new connection to where the service's pool
+   * connects (DATABASE_URL), closed at once: see notifyFromNewConnection. Given, a new listening
+   * connection must hear it before it is trusted, and every heartbeat sends one again: the pool's
+   * connections are replaced over time (DATABASE_CONNECTION_LIFETIME, failures) and follow
+   * wherever a switchover behind a proxy or DNS name sends new connections, while this long-lived
+   * one may stay on the old server, still up, and hear none of the changes made on the new one.
+   * An echo sent and not heard within echoTimeoutMs counts as losing the connection. One that
+   * could not be sent (no new connection could be made: a connection limit, the server going
+   * down, which the probe notices anyway) skips the check for that beat, with one warning.
+   */
+  notifyFromNewConnection?: (channel: string, payload: string) => Promise<unknown>;
+  /** How long an echo from a new connection may take to arrive. Default 5 s. */
+  echoTimeoutMs?: number;
   /** Probes the connection every heartbeatMs; throwing counts as losing it. Default: SELECT 1. */
   probe?: (client: Client) => Promise<unknown>;
   heartbeatMs?: number;
@@ -36,6 +50,9 @@ export interface ChannelListenerOptions {
 
 /** How long a new listening connection waits for the NOTIFY it had sent through the pool. */
 const POOL_NOTIFY_TIMEOUT_MS = 5_000;
+
+/** An echo that could not be sent: the beat is skipped, the connection not counted as lost. */
+class EchoNotSentError extends Error {}
 
 /**
  * A dedicated connection LISTENing on one channel, outside the pool (a pooled connection can be
@@ -53,6 +70,10 @@ export class PgChannelListener {
   private backoffMs = 0;
   private stopped = false;
   private lostLogged = false;
+  /** A warning is out about echoes that could not be sent (until one is heard again). */
+  private echoSkipLogged = false;
+  /** The client whose heartbeat is running (a slow beat is not overlapped by the next). */
+  private beating: Client | undefined;
   /** The listening backend's pid (for operators and tests: pg_terminate_backend). */
   backendPid: number | undefined;
 
@@ -105,6 +126,12 @@ export class PgChannelListener {
       await client.connect();
       await client.query(`LISTEN ${this.options.channel}`);
       if (this.options.notifyThroughPool) await this.hearsThePool(client, this.options.notifyThroughPool);
+      // A channel of this connection's own for the echoes from new connections, for its life.
+      const echoChannel = this.options.notifyFromNewConnection ? probeChannel() : undefined;
+      if (echoChannel) {
+        await client.query(`LISTEN ${echoChannel}`);
+        await this.hearsEcho(client, echoChannel);
+      }
       const [{ pid }] = (await client.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows;
       if (this.client !== client) return; // lost (or stopped) meanwhile
       // LISTEN is in force before this: whatever changed earlier is read now, later is notified.
@@ -115,14 +142,54 @@ export class PgChannelListener {
       if (this.lostLogged) this.logger.log(this.messages.back);
       this.lostLogged = false;
       clearInterval(this.heartbeat);
-      const probe = this.options.probe ?? ((c: Client) => c.query('SELECT 1'));
-      this.heartbeat = setInterval(
-        () => void probe(client).catch((error: unknown) => this.lost(client, error)),
-        this.options.heartbeatMs ?? 10_000,
-      ).unref();
+      this.heartbeat = setInterval(() => void this.beat(client, echoChannel), this.options.heartbeatMs ?? 10_000).unref();
     } catch (error) {
       this.lost(client, error);
     }
+  }
+
+  /** One heartbeat: the probe, then the echo from a new connection; a failure of either is a loss. */
+  private async beat(client: Client, echoChannel: string | undefined): Promise<void> {
+    if (this.beating === client) return;
+    this.beating = client;
+    try {
+      await (this.options.probe ?? ((c: Client) => c.query('SELECT 1')))(client);
+      if (echoChannel && this.client === client) await this.hearsEcho(client, echoChannel);
+    } catch (error) {
+      if (!(error instanceof EchoNotSentError)) this.lost(client, error);
+      else if (!this.echoSkipLogged && this.client === client) {
+        this.logger.warn(
+          `Could not check that ${this.options.channel} still hears the service's server (${error.message}); checked again at the next heartbeat`,
+        );
+        this.echoSkipLogged = true;
+      }
+    } finally {
+      if (this.beating === client) this.beating = undefined;
+    }
+  }
+
+  /**
+   * A NOTIFY sent from a new connection to the service's database (notifyFromNewConnection)
+   * arrives here within echoTimeoutMs, or this throws: EchoNotSentError when it could not be
+   * sent, else an error that counts as losing the connection.
+   */
+  private async hearsEcho(client: Client, channel: string): Promise<void> {
+    const send = this.options.notifyFromNewConnection!;
+    const payload = randomBytes(8).toString('hex');
+    const timeoutMs = this.options.echoTimeoutMs ?? POOL_NOTIFY_TIMEOUT_MS;
+    await this.hears(
+      client,
+      channel,
+      payload,
+      () =>
+        send(channel, payload).catch((error: unknown) => {
+          throw new EchoNotSentError(`no NOTIFY could be sent from a new connection: ${error instanceof Error ? error.message : String(error)}`);
+        }),
+      `a NOTIFY sent from a new connection to the service's database did not arrive within ${timeoutMs / 1000} s: ` +
+        'the listening connection is on another server than the one new connections reach (a switchover?)',
+      timeoutMs,
+    );
+    this.echoSkipLogged = false;
   }
 
   /**
@@ -130,33 +197,45 @@ export class PgChannelListener {
    * throws (counted as losing the connection: logged once, tried again, never trusted meanwhile).
    */
   private async hearsThePool(client: Client, notify: (channel: string) => Promise<unknown>): Promise<void> {
-    const channel = `sessionary_probe_${randomBytes(8).toString('hex')}`;
+    const channel = probeChannel();
     await client.query(`LISTEN ${channel}`);
+    await this.hears(
+      client,
+      channel,
+      '',
+      () => notify(channel),
+      `a NOTIFY sent through the service's pool did not arrive within ${POOL_NOTIFY_TIMEOUT_MS / 1000} s: ` +
+        'the listening connection (DATABASE_LISTEN_URL) must reach the database the service writes to (DATABASE_URL)',
+      POOL_NOTIFY_TIMEOUT_MS,
+    );
+    await client.query(`UNLISTEN ${channel}`);
+  }
+
+  /** `send()` makes a NOTIFY of `payload` on `channel`, which this client listens to: it arrives, or this throws. */
+  private async hears(
+    client: Client,
+    channel: string,
+    payload: string,
+    send: () => Promise<unknown>,
+    timeoutMessage: string,
+    timeoutMs: number,
+  ): Promise<void> {
     let heard!: () => void;
     let gone!: (error: Error) => void;
     const arrived = new Promise<void>((resolve, reject) => ([heard, gone] = [resolve, reject]));
     // Handled here too: it may reject while the NOTIFY is still being sent (before the await below).
     arrived.catch(() => undefined);
     const onNotification = (message: Notification) => {
-      if (message.channel === channel) heard();
+      if (message.channel === channel && (message.payload ?? '') === payload) heard();
     };
     // The connection lost or stopped meanwhile: no reason to wait the timeout out.
     const onEnd = () => gone(new Error('connection ended'));
     client.on('notification', onNotification);
     client.once('end', onEnd);
     client.once('error', onEnd);
-    const timer = setTimeout(
-      () =>
-        gone(
-          new Error(
-            `a NOTIFY sent through the service's pool did not arrive within ${POOL_NOTIFY_TIMEOUT_MS / 1000} s: ` +
-              'the listening connection (DATABASE_LISTEN_URL) must reach the database the service writes to (DATABASE_URL)',
-          ),
-        ),
-      POOL_NOTIFY_TIMEOUT_MS,
-    ).unref();
+    const timer = setTimeout(() => gone(new Error(timeoutMessage)), timeoutMs).unref();
     try {
-      await notify(channel);
+      await send();
       await arrived;
     } finally {
       clearTimeout(timer);
@@ -164,7 +243,6 @@ export class PgChannelListener {
       client.removeListener('end', onEnd);
       client.removeListener('error', onEnd);
     }
-    await client.query(`UNLISTEN ${channel}`);
   }
 
   private lost(client: Client, error?: unknown): void {
@@ -187,7 +265,31 @@ export class PgChannelListener {
   }
 }
 
+function probeChannel(): string {
+  return `sessionary_probe_${randomBytes(8).toString('hex')}`;
+}
+
 /** An empty NOTIFY on `channel` through the data source's pool (notifyThroughPool's usual body). */
 export function notifyThrough(dataSource: DataSource, channel: string): Promise<unknown> {
   return sql(dataSource.manager, `SELECT pg_notify($1, '')`, [channel]);
+}
+
+/**
+ * A NOTIFY of `payload` on `channel` from a new connection to `url`, closed at once
+ * (notifyFromNewConnection's usual body, with the URL the service's pool connects to).
+ */
+export async function notifyFromNewConnection(url: string, name: string, channel: string, payload: string): Promise<void> {
+  const client = new Client({
+    connectionString: url,
+    application_name: `${name} echo ${process.pid}`,
+    connectionTimeoutMillis: 5_000,
+    query_timeout: 5_000,
+  });
+  client.on('error', () => undefined); // ended below either way
+  try {
+    await client.connect();
+    await client.query(`SELECT pg_notify($1, $2)`, [channel, payload]);
+  } finally {
+    await client.end().catch(() => undefined);
+  }
 }

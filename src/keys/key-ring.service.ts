@@ -4,7 +4,7 @@ import { InjectDataSource } from '@nestjs/typeorm';
 import { SESSIONARY_DATA_SOURCE } from '../database/data-source-name';
 import { DataSource } from 'typeorm';
 import type { AppConfig } from '../config/config';
-import { PgChannelListener, notifyThrough } from '../database/pg-channel-listener';
+import { PgChannelListener, notifyFromNewConnection, notifyThrough } from '../database/pg-channel-listener';
 import { SCHEDULED_JOBS } from '../sessionary/scheduled-jobs';
 import { KeyRotationService } from './key-rotation.service';
 import { PublishedJwk, publishedJwk, RingKey } from './signing-key';
@@ -47,11 +47,13 @@ export class KeyRing implements OnModuleInit, OnApplicationShutdown {
   async onModuleInit(): Promise<void> {
     await this.rotation.ensureRing({ adoptAlgorithm: this.scheduledJobs });
     await this.reload();
+    const poolUrl = this.config.get('DATABASE_URL', { infer: true })!;
     this.listener = new PgChannelListener({
-      url: this.config.get('DATABASE_LISTEN_URL', { infer: true }) ?? this.config.get('DATABASE_URL', { infer: true })!,
+      url: this.config.get('DATABASE_LISTEN_URL', { infer: true }) ?? poolUrl,
       channel: SIGNING_KEYS_CHANNEL,
       name: 'sessionary-keys',
       notifyThroughPool: (channel) => notifyThrough(this.dataSource, channel),
+      notifyFromNewConnection: (channel, payload) => notifyFromNewConnection(poolUrl, 'sessionary-keys', channel, payload),
       onNotification: () => this.requestReload(),
       onListening: () => this.reload(),
     });

@@ -12,6 +12,8 @@ export interface ListenerOptions {
   maxBackoffMs?: number;
   /** See ChannelListenerOptions.notifyThroughPool: each connection proves it hears the service's database. */
   notifyThroughPool?: (channel: string) => Promise<unknown>;
+  /** See ChannelListenerOptions.notifyFromNewConnection: each heartbeat proves it hears the server new connections reach. */
+  notifyFromNewConnection?: (channel: string, payload: string) => Promise<unknown>;
 }
 
 /**
@@ -51,6 +53,7 @@ export class SessionChangeListener {
       heartbeatMs: options.heartbeatMs,
       maxBackoffMs: options.maxBackoffMs,
       notifyThroughPool: options.notifyThroughPool,
+      notifyFromNewConnection: options.notifyFromNewConnection,
       onNotification: (payload) => this.cache.applyNotification(payload || '*'),
       onListening: async (client, isCurrent) => {
         await this.measureClock(client);

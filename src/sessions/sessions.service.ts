@@ -21,7 +21,7 @@ import { SessionChangeListener } from './session-change-listener';
 import { activityDue, judgeCachedSession, judgeSession, touchIntervalMs } from './session-rules';
 import { SessionEndReason, SessionEntity } from './session.entity';
 import { SESSION_COLUMNS, type SessionRow, toEntity } from './session-row';
-import { notifyThrough } from '../database/pg-channel-listener';
+import { notifyFromNewConnection, notifyThrough } from '../database/pg-channel-listener';
 
 /** A session with the refresh token that was just issued for it (shown to the client once). */
 export interface IssuedSession {
@@ -99,10 +99,15 @@ export class SessionsService implements OnApplicationBootstrap, OnModuleDestroy 
       max: config.get('SESSION_CACHE_MAX', { infer: true }),
       ttlMs: config.get('SESSION_CACHE_TTL', { infer: true }) * 1000,
     });
-    const listenUrl = config.get('DATABASE_LISTEN_URL', { infer: true }) ?? config.get('DATABASE_URL', { infer: true });
+    const poolUrl = config.get('DATABASE_URL', { infer: true });
+    const listenUrl = config.get('DATABASE_LISTEN_URL', { infer: true }) ?? poolUrl;
     this.listener =
-      this.cache.enabled && listenUrl
-        ? new SessionChangeListener(this.cache, { url: listenUrl, notifyThroughPool: (channel) => notifyThrough(dataSource, channel) })
+      this.cache.enabled && listenUrl && poolUrl
+        ? new SessionChangeListener(this.cache, {
+            url: listenUrl,
+            notifyThroughPool: (channel) => notifyThrough(dataSource, channel),
+            notifyFromNewConnection: (channel, payload) => notifyFromNewConnection(poolUrl, 'sessionary-listener', channel, payload),
+          })
         : undefined;
     this.activity = new SessionActivityBuffer(dataSource, {
       idleTtlSeconds: this.idleTtl,

@@ -1,0 +1,152 @@
+import assert from 'node:assert/strict';
+import { afterEach, before, describe, it } from 'node:test';
+import { Logger } from '@nestjs/common';
+import { Client } from 'pg';
+import { notifyFromNewConnection, PgChannelListener } from '../src/database/pg-channel-listener';
+import { CapturingLogger } from './helpers/capturing-logger';
+import { sleep } from './helpers/factories';
+import { emptyDatabase } from './helpers/test-app';
+
+/** Polls `probe` until it is true, at most `timeoutMs`; answers whether it became true. */
+async function until(probe: () => boolean, timeoutMs: number): Promise<boolean> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline && !probe()) await sleep(10);
+  return probe();
+}
+
+/**
+ * A switchover behind a proxy or DNS name that leaves the old server up: the pool's new
+ * connections reach the new server while the long-lived listening connection stays on the old
+ * one, and hears none of the changes made on the new one. Two databases of one server stand for
+ * the two servers (a NOTIFY reaches only listeners of its own database).
+ */
+describe('a channel listener checks at each heartbeat that it hears the server new connections reach (e2e)', () => {
+  const logs = new CapturingLogger();
+  let listened: string; // where the listener connects, the "old server"
+  let elsewhere: string; // another database, the "new server"
+  let listener: PgChannelListener | undefined;
+  /** Where the pool's new connections go now (the test moves it). */
+  let poolReaches: string;
+  let trusted = 0;
+  let lost = 0;
+
+  before(async () => {
+    [listened, elsewhere] = [await emptyDatabase(), await emptyDatabase()];
+    Logger.overrideLogger(logs); // this file's process only
+  });
+  afterEach(async () => {
+    await listener?.stop();
+    listener = undefined;
+  });
+
+  const start = async (options: { echoTimeoutMs?: number; send?: (channel: string, payload: string) => Promise<unknown> } = {}) => {
+    [trusted, lost] = [0, 0];
+    logs.lines.length = 0;
+    poolReaches = listened;
+    listener = new PgChannelListener({
+      url: listened,
+      channel: 'sessionary_test_channel',
+      name: 'test-listener',
+      heartbeatMs: 100,
+      maxBackoffMs: 100,
+      echoTimeoutMs: options.echoTimeoutMs ?? 500,
+      notifyThroughPool: (channel) => notifyFromNewConnection(listened, 'test-pool', channel, ''),
+      notifyFromNewConnection: options.send ?? ((channel, payload) => notifyFromNewConnection(poolReaches, 'test-pool', channel, payload)),
+      onNotification: () => undefined,
+      onListening: () => {
+        trusted++;
+      },
+      onLost: () => {
+        lost++;
+      },
+    });
+    await listener.start();
+    assert.ok(await until(() => listener!.listening, 3000), 'listening');
+  };
+
+  it('counts the connection lost when new connections reach a server it does not listen on, and trusts none until they reach its own again', async () => {
+    await start();
+    // Beats come and go while both reach the same server: nothing is lost.
+    await sleep(500);
+    assert.deepEqual({ trusted, lost, listening: listener!.listening }, { trusted: 1, lost: 0, listening: true });
+
+    poolReaches = elsewhere;
+    assert.ok(await until(() => !listener!.listening, 3000), 'the next heartbeat noticed');
+    assert.equal(lost, 1);
+    const warning = logs.lines.find((l) => l.level === 'warn' && l.context === 'test-listener');
+    assert.match(warning!.message, /a NOTIFY sent from a new connection to the service's database did not arrive within 0.5 s/);
+    // Reconnecting to where it listened before, it still does not hear new connections: never trusted meanwhile.
+    await sleep(1500);
+    assert.equal(listener!.listening, false);
+    assert.equal(trusted, 1, 'trusted again while new connections reach another server');
+
+    poolReaches = listened;
+    assert.ok(await until(() => listener!.listening, 3000), 'listening again once new connections reach its server');
+    assert.equal(trusted, 2);
+  });
+
+  it('skips a beat whose echo could not be sent (no new connection), with one warning, and stays trusted', async () => {
+    let refuse = false;
+    let refused = 0;
+    await start({
+      send: async (channel, payload) => {
+        if (refuse) {
+          refused++;
+          throw new Error('sorry, too many clients already');
+        }
+        await notifyFromNewConnection(listened, 'test-pool', channel, payload);
+      },
+    });
+    refuse = true;
+    assert.ok(await until(() => refused >= 3, 3000), 'beats went on');
+    assert.equal(listener!.listening, true);
+    assert.deepEqual({ trusted, lost }, { trusted: 1, lost: 0 });
+    const warnings = logs.lines.filter((l) => l.level === 'warn' && l.context === 'test-listener');
+    assert.equal(warnings.length, 1, JSON.stringify(warnings));
+    assert.match(
+      warnings[0].message,
+      /Could not check that sessionary_test_channel still hears .*no NOTIFY could be sent from a new connection: sorry, too many clients already/,
+    );
+  });
+
+  it('does not trust a new connection until an echo from a new connection is heard (one that cannot be sent included)', async () => {
+    let attempts = 0;
+    let refuse = true;
+    const starting = start({
+      send: async (channel, payload) => {
+        attempts++;
+        if (refuse) throw new Error('connect ECONNREFUSED');
+        await notifyFromNewConnection(listened, 'test-pool', channel, payload);
+      },
+    }).catch((error: unknown) => error);
+    assert.ok(await until(() => attempts >= 3, 3000), 'connections were tried again');
+    assert.equal(listener!.listening, false);
+    assert.equal(trusted, 0);
+    refuse = false;
+    assert.equal(await starting, undefined);
+    assert.equal(trusted, 1);
+  });
+
+  it('sends the echo from a connection of its own, closed once sent', async () => {
+    const watcher = new Client({ connectionString: listened });
+    await watcher.connect();
+    try {
+      await watcher.query('LISTEN sessionary_echo_probe');
+      const heard = new Promise<string>((resolve) => watcher.once('notification', (m) => resolve(m.payload ?? '')));
+      await notifyFromNewConnection(listened, 'test-echo', 'sessionary_echo_probe', 'nonce-1');
+      assert.equal(await heard, 'nonce-1');
+      const echoConnections = async () =>
+        (await watcher.query<{ n: number }>(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name LIKE 'test-echo echo %'`)).rows[0]
+          .n;
+      // Its backend leaves pg_stat_activity a moment after the socket closes.
+      let open = await echoConnections();
+      for (let i = 0; open > 0 && i < 100; i++) {
+        await sleep(10);
+        open = await echoConnections();
+      }
+      assert.equal(open, 0, 'the echo connection was closed');
+    } finally {
+      await watcher.end();
+    }
+  });
+});

@@ -231,6 +231,47 @@ describe('admin (e2e)', () => {
     }
   });
 
+  it('runs one verification at a time: requests made while one runs share the next, started after they came', async () => {
+    const verifier = t.app.get(AuditVerifierService);
+    const verify = verifier.verify.bind(verifier);
+    let runs = 0;
+    let release!: () => void;
+    const held = new Promise<void>((resolve) => (release = resolve));
+    const starts: number[] = [];
+    verifier.verify = async (options) => {
+      starts.push(Date.now());
+      if (++runs === 1) await held; // the first run stays under way while the others come
+      return verify(options);
+    };
+    try {
+      const get = () =>
+        t.http
+          .get('/api/v1/admin/audit/verify')
+          .set('Authorization', bearer(admin.tokens))
+          .then((r) => r);
+      const first = get();
+      for (let i = 0; i < 100 && runs === 0; i++) await sleep(10);
+      assert.equal(runs, 1, 'the first request started a run');
+      const cameLater = Date.now();
+      const others = [get(), get(), get(), get(), get()];
+      await sleep(200);
+      assert.equal(runs, 1, 'no second run while the first is under way');
+      release();
+      const answers = await Promise.all([first, ...others]);
+      assert.deepEqual(
+        answers.map((r) => [r.status, r.body.ok]),
+        answers.map(() => [200, true]),
+      );
+      assert.equal(runs, 2, 'the five requests made meanwhile shared one run');
+      assert.ok(starts[1] >= cameLater, 'their run started after they came');
+      // And once nothing runs, a request starts its own.
+      assert.equal((await get()).status, 200);
+      assert.equal(runs, 3);
+    } finally {
+      verifier.verify = verify;
+    }
+  });
+
   it("reads any user's audit events, filtered by user and type, with userId on each", async () => {
     const { user } = await registerAndLogin(t.http);
     const res = await t.http.get(`/api/v1/admin/audit?userId=${user.id}&type=LOGIN`).set('Authorization', bearer(admin.tokens));

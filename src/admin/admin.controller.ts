@@ -112,11 +112,12 @@ export class AdminController {
     description:
       'Walks every hash chain (one per user, one for events without a user), recomputes each HMAC and link, and checks ' +
       'the chain heads against the latest checkpoint. 200 either way: `ok` says whether the log is intact, and ' +
-      '`firstBrokenId` names the first broken event in chain order.',
+      '`firstBrokenId` names the first broken event in chain order. One verification runs at a time on an instance: ' +
+      'a request made while one runs waits for the next, which all requests made meanwhile share.',
   })
   @ApiOkResponse({ type: AuditVerifyResponseDto })
   async verifyAudit(): Promise<AuditVerifyResponseDto> {
-    return AuditVerifyResponseDto.from(await this.verifier.verify());
+    return AuditVerifyResponseDto.from(await this.verifier.verifyOneAtATime());
   }
 
   @Get('audit/export')

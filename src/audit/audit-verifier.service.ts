@@ -97,6 +97,38 @@ export class AuditVerifierService {
     this.connectionString = (dataSource.options as { url: string }).url;
   }
 
+  /** The verification running for requests, if any, and the one that will follow it. */
+  private running: Promise<AuditVerification> | undefined;
+  private following: Promise<AuditVerification> | undefined;
+
+  /**
+   * verify() for requests (GET /admin/audit/verify): at most one runs on this instance. Each
+   * holds a pooled connection, opens up to AUDIT_VERIFY_WORKERS more outside the pool and scans
+   * the whole log, so twenty at once (a dashboard polling, a script, a stolen admin token) took
+   * the pool from every other request. A request that comes while one runs waits for the next
+   * one, which every request arriving meanwhile shares: each answer is still from a snapshot
+   * taken after its request came (a run already under way may predate a tampering the caller
+   * is checking for), and no more than two runs' time is waited.
+   */
+  verifyOneAtATime(): Promise<AuditVerification> {
+    if (!this.running) return this.startRun();
+    this.following ??= this.running
+      .catch(() => undefined)
+      .then(() => {
+        this.following = undefined;
+        return this.startRun();
+      });
+    return this.following;
+  }
+
+  private startRun(): Promise<AuditVerification> {
+    const run: Promise<AuditVerification> = this.verify().finally(() => {
+      if (this.running === run) this.running = undefined;
+    });
+    this.running = run;
+    return run;
+  }
+
   async verify(options: { checkpointFile?: string } = {}): Promise<AuditVerification> {
     // Read the file first: a missing or unreadable file is the operator's error, not a broken log.
     const fileCheckpoint = options.checkpointFile ? await readLastCheckpoint(options.checkpointFile) : undefined;

@@ -5,6 +5,7 @@ import { auditRows, sessionRow } from './helpers/db';
 import { DataSource } from 'typeorm';
 import { SESSIONARY_DATA_SOURCE_TOKEN } from '../src/database/data-source-name';
 import { SessionActivityBuffer } from '../src/sessions/session-activity';
+import { SessionsService } from '../src/sessions/sessions.service';
 import { bearer, login, registerAndLogin, registerUser, sleep } from './helpers/factories';
 import { staleTokens } from './helpers/step-up';
 import { createTestApp, TestApp } from './helpers/test-app';
@@ -94,6 +95,30 @@ describe('my sessions (e2e)', () => {
     assert.equal((await sessionRow(t.db, stale.sessionId))!.end_reason, 'logout');
     assert.equal((await auditRows(t.db, { sessionId: stale.sessionId, type: 'LOGOUT' })).length, 1);
     assert.equal((await auditRows(t.db, { sessionId: stale.sessionId, type: 'SESSION_REVOKED' })).length, 0);
+  });
+
+  it('ending my current session answers 401 when it was ended after the guard let the request in (a revocation won the race)', async () => {
+    const { tokens } = await registerAndLogin(t.http);
+    const sessions = t.app.get(SessionsService);
+    const end = sessions.end.bind(sessions);
+    // An admin's revocation commits between the guard's check and this request's own end.
+    sessions.end = async (...args: Parameters<SessionsService['end']>) => {
+      await t.db.query(`UPDATE sessions SET ended_at = now(), end_reason = 'revoked_by_admin' WHERE id = $1`, [tokens.sessionId]);
+      return end(...args);
+    };
+    try {
+      const res = await t.http.delete(`/api/v1/sessions/${tokens.sessionId}`).set('Authorization', bearer(tokens));
+      assert.deepEqual(
+        { status: res.status, body: res.body },
+        { status: 401, body: { statusCode: 401, error: 'Unauthorized', message: 'Session is not active' } },
+      );
+      assert.match(res.headers['www-authenticate'], /error="invalid_token"/);
+    } finally {
+      sessions.end = end;
+    }
+    assert.equal((await sessionRow(t.db, tokens.sessionId))!.end_reason, 'revoked_by_admin');
+    assert.equal((await auditRows(t.db, { sessionId: tokens.sessionId, type: 'LOGOUT' })).length, 0);
+    assert.equal((await auditRows(t.db, { sessionId: tokens.sessionId, type: 'ACCESS_DENIED' })).length, 0);
   });
 
   it("answers the same 404 for someone else's, an unknown and an ended session, changing nothing", async () => {

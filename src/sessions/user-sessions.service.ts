@@ -9,6 +9,7 @@ import { sql } from '../database/sql';
 import { SESSION_COLUMNS, type SessionRow, toEntity } from './session-row';
 import { SessionEntity } from './session.entity';
 import { SessionsService } from './sessions.service';
+import { SessionNotActiveException } from '../common/session-not-active.exception';
 import { UsersService } from '../users/users.service';
 
 /**
@@ -59,6 +60,9 @@ export class UserSessionsService {
         : { reason: 'revoked', event: 'SESSION_REVOKED', client, actorSessionId: auth.sessionId },
     );
     if (ended) return;
+    // The caller's own session, ended since the guard let the request in (a revocation, an
+    // expiry): the 401 every request of an ended session gets, not the 404 of another's id.
+    if (isCurrent) throw new SessionNotActiveException();
     await this.recordNotOwn(auth, sessionId, client, route);
     throw new NotFoundException('Session not found');
   }

@@ -94,6 +94,20 @@ describe('auth (e2e)', () => {
         [{ username, email: `${username}@x.test`, password: 'a-long-enough-password', role: 'admin' }, /role should not exist/],
         [{ username, email: `${username}@x.test`, password: `${username.toUpperCase()}-secret` }, /must not contain the username/],
         [{ username, email: `${username}@x.test`, password: 'my sessionary password' }, /must not contain/],
+        // Addresses isEmail accepts that a new account may not have: a quoted local part with a
+        // line break (a mail header injected), a terminal escape, invisible and bidirectional
+        // marks, and a combining accent (NFD) that looks like the accented letter.
+        ...[
+          `"a\r\nBcc: x@evil.test"@x.test`,
+          `"${username}\u001b[2J"@x.test`,
+          `"${username} b"@x.test`,
+          `${username}\u200b@x.test`,
+          `${username}\u202e@x.test`,
+          `jose\u0301_${username}@x.test`,
+        ].map((email): [Record<string, unknown>, RegExp] => [
+          { username, email, password: 'a-long-enough-password' },
+          /email must be an email address without spaces, quotes, control or invisible characters/,
+        ]),
       ];
       for (const [body, message] of cases) {
         const res = await t.http.post('/api/v1/auth/register').send(body);

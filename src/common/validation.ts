@@ -25,6 +25,43 @@ export function IsEmailAddress(options?: ValidationOptions): PropertyDecorator {
 }
 
 /**
+ * What a new address (registration, a profile change) may not hold, though isEmail accepts it
+ * in a quoted local part (`"a\r\nBcc: x"@example.com`) or anywhere (U+200B, U+202E): control
+ * and format characters (line breaks, terminal escapes, zero-width and bidirectional marks),
+ * whitespace of any kind, and the quotes of a quoted local part. Such an address is echoed by
+ * the API, handed to host code (mail headers) and printed by the CLI, and the invisible ones
+ * make two accounts that look alike.
+ */
+const UNSAFE_IN_NEW_ADDRESS = /[\p{Cc}\p{Cf}\p{Z}\s"]/u;
+
+/**
+ * A new email address: an email address (IsEmailAddress) without UNSAFE_IN_NEW_ADDRESS's
+ * characters, in Unicode normalization form C, so that one written with a combining accent
+ * (NFD) and one with the accented letter make no two accounts that look the same. Login keeps
+ * IsEmailAddress alone: any address stored before these rules still signs in.
+ */
+export function IsNewEmailAddress(options?: ValidationOptions): PropertyDecorator {
+  return (target, propertyName) =>
+    registerDecorator({
+      name: 'isNewEmailAddress',
+      target: target.constructor,
+      propertyName: propertyName as string,
+      options: {
+        message: `${String(propertyName)} must be an email address without spaces, quotes, control or invisible characters, in Unicode normalization form C`,
+        ...options,
+      },
+      validator: {
+        validate: (value: unknown) =>
+          typeof value === 'string' &&
+          value.isWellFormed() &&
+          !UNSAFE_IN_NEW_ADDRESS.test(value) &&
+          value === value.normalize('NFC') &&
+          isEmail(value),
+      },
+    });
+}
+
+/**
  * The global pipe: whitelist, forbid unknown properties, transform. Should a validator throw
  * instead of answering (a library bug on odd input), the request is still bad input: 400, not 500.
  *

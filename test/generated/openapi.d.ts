@@ -257,7 +257,7 @@ export interface paths {
         };
         /**
          * Check the tamper evidence of the audit log
-         * @description Walks every hash chain (one per user, one for events without a user), recomputes each HMAC and link, and checks the chain heads against the latest checkpoint. 200 either way: `ok` says whether the log is intact, and `firstBrokenId` names the first broken event in chain order.
+         * @description Walks every hash chain (one per user, one for events without a user), recomputes each HMAC and link, and checks the chain heads against the latest checkpoint. 200 either way: `ok` says whether the log is intact, and `firstBrokenId` names the first broken event in chain order. One verification runs at a time on an instance: a request made while one runs waits for the next, which all requests made meanwhile share.
          */
         get: operations["verifyAuditLog"];
         put?: never;
@@ -406,6 +406,7 @@ export interface components {
             username?: string;
             /**
              * Format: email
+             * @description No spaces, quotes, control or invisible characters; Unicode normalization form C
              * @example ada@example.com
              */
             email?: string;
@@ -480,6 +481,7 @@ export interface components {
             username: string;
             /**
              * Format: email
+             * @description No spaces, quotes, control or invisible characters; Unicode normalization form C
              * @example ada@example.com
              */
             email: string;

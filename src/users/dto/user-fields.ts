@@ -1,7 +1,7 @@
 import { applyDecorators } from '@nestjs/common';
 import { ApiProperty, ApiPropertyOptional } from '@nestjs/swagger';
 import { IsString, Matches, MaxLength } from 'class-validator';
-import { IsEmailAddress } from '../../common/validation';
+import { IsEmailAddress, IsNewEmailAddress } from '../../common/validation';
 import { IsAcceptablePassword, PASSWORD_MAX_LENGTH, PASSWORD_MIN_LENGTH } from '../password-policy';
 
 // The field rules of API.md, shared by registration, login and profile DTOs.
@@ -16,12 +16,21 @@ export const UsernameField = (required = true) =>
     Matches(USERNAME_PATTERN, { message: 'username must be 3 to 32 characters of letters, digits, "_", "." or "-"' }),
   );
 
-export const EmailField = (required = true) =>
+/**
+ * `newAddress`: an address to store (registration, a profile change), held to IsNewEmailAddress's
+ * stricter rules; otherwise one to look up (login), which any stored address passes.
+ */
+export const EmailField = (required = true, { newAddress }: { newAddress: boolean } = { newAddress: true }) =>
   applyDecorators(
-    (required ? ApiProperty : ApiPropertyOptional)({ example: 'ada@example.com', format: 'email', maxLength: EMAIL_MAX_LENGTH }),
+    (required ? ApiProperty : ApiPropertyOptional)({
+      example: 'ada@example.com',
+      format: 'email',
+      maxLength: EMAIL_MAX_LENGTH,
+      ...(newAddress ? { description: 'No spaces, quotes, control or invisible characters; Unicode normalization form C' } : {}),
+    }),
     IsString(),
     MaxLength(EMAIL_MAX_LENGTH),
-    IsEmailAddress(),
+    newAddress ? IsNewEmailAddress() : IsEmailAddress(),
   );
 
 export const NewPasswordField = () =>

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import type { LoggerService } from '@nestjs/common';
 import { auditRows } from './helpers/db';
-import { bearer, newUserInput, registerAndLogin, registerUser, sleep, uniqueName } from './helpers/factories';
+import { bearer, newUserInput, registerAndLogin, registerUser, sleep, Tokens, uniqueName } from './helpers/factories';
 import { metric } from './helpers/service-process';
 import { createTestApp, freshDatabase, TEST_PASSWORD_PEPPER, TestApp } from './helpers/test-app';
 import { counterKeyDigest } from '../src/common/counter-key-digest';
@@ -227,6 +227,22 @@ describe('malicious lockout (e2e)', () => {
     // A new place is held by the back-off too; home is not.
     assert.equal((await loginFrom('192.0.2.200', user.password)).status, 429);
     assert.equal((await loginFrom(home, user.password)).status, 200);
+  });
+
+  it("a thief's wrong current passwords from elsewhere do not keep the user from changing the password where they logged in", async () => {
+    const user = await registerUser(t.http);
+    const home = '198.51.100.20';
+    const thief = '203.0.113.120';
+    const tokens = (
+      await t.http.post('/api/v1/auth/login').set('X-Forwarded-For', home).send({ email: user.email, password: user.password }).expect(200)
+    ).body as Tokens;
+    const changeFrom = (ip: string, currentPassword: string, newPassword = 'a-fresh-long-password') =>
+      t.http.put('/api/v1/users/me/password').set('Authorization', bearer(tokens)).set('X-Forwarded-For', ip).send({ currentPassword, newPassword });
+    // The stolen access token, used from elsewhere: guesses, then held by the account's back-off.
+    for (let i = 0; i < 3; i++) assert.equal((await changeFrom(thief, `${WRONG}-${i}`)).status, 401);
+    assert.equal((await changeFrom(thief, user.password)).status, 429);
+    // The owner, where they logged in: not held.
+    assert.equal((await changeFrom(home, user.password)).status, 204);
   });
 
   it("knows an IPv6 client by its /64: the user's privacy address changed since, and home still lets them in", async () => {

@@ -157,7 +157,7 @@ describe('users (e2e)', () => {
 describe('current-password checks are throttled like logins (e2e)', () => {
   let t: TestApp;
   before(async () => {
-    t = await createTestApp({ LOGIN_MAX_FAILURES_PER_IDENTIFIER: '3', LOGIN_BACKOFF_BASE: '60' });
+    t = await createTestApp({ LOGIN_MAX_FAILURES_PER_IDENTIFIER: '3', LOGIN_BACKOFF_BASE: '60', TRUST_PROXY: 'true' });
   });
   after(async () => {
     await t.close();
@@ -165,8 +165,14 @@ describe('current-password checks are throttled like logins (e2e)', () => {
 
   it('a stolen access token cannot guess the password faster than a login could', async () => {
     const { user, tokens } = await registerAndLogin(t.http);
+    // From elsewhere than the login (where the owner is a known client: see throttling.e2e-spec.ts).
+    const thief = '203.0.113.77';
     const guess = (currentPassword: string) =>
-      t.http.put('/api/v1/users/me/password').set('Authorization', bearer(tokens)).send({ currentPassword, newPassword: 'a-fresh-long-password' });
+      t.http
+        .put('/api/v1/users/me/password')
+        .set('Authorization', bearer(tokens))
+        .set('X-Forwarded-For', thief)
+        .send({ currentPassword, newPassword: 'a-fresh-long-password' });
     for (let i = 0; i < 3; i++) assert.equal((await guess(`guess-number-${i}`)).status, 401);
     const blocked = await guess(user.password);
     assert.equal(blocked.status, 429);
@@ -174,6 +180,7 @@ describe('current-password checks are throttled like logins (e2e)', () => {
     const email = await t.http
       .patch('/api/v1/users/me')
       .set('Authorization', bearer(tokens))
+      .set('X-Forwarded-For', thief)
       .send({ email: `x_${user.email}`, currentPassword: user.password });
     assert.equal(email.status, 429);
     const failures = await auditRows(t.db, { userId: user.id, type: 'LOGIN_FAILED' });

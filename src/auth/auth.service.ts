@@ -85,7 +85,7 @@ export class AuthService {
       const opened = await this.sessions.open(em, user.id, client, metadata);
       // Last, so the counters' rows (an IP's is shared by every login from behind one NAT)
       // stay locked for as short a time as possible; a login that fails to commit stays counted.
-      await this.throttle.succeeded(attempt, em);
+      await this.throttle.succeeded(attempt, em, user.id);
       return opened;
     });
     if (!issued) return failed('password_changed');

@@ -34,6 +34,8 @@ export interface LoginAttempt {
   counters: Counter[];
   /** This identifier from this IP; remembered when the attempt succeeds. */
   knownClientKey: string | null;
+  /** The client's address as counted (an IPv6 client's /64), or null when unknown. */
+  client: string | null;
   /** Locks this attempt set, by scope (when its failure would be the one too many). */
   locksSet: Array<{ scope: ThrottleScope; lockedUntil: Date; seconds: number }>;
 }
@@ -100,7 +102,7 @@ export class LoginThrottleService implements BeforeApplicationShutdown {
       // failures until 0.22.0), and a known client's privacy address changes within it.
       const client = ipAddress ? normalizeIp(ipAddress) : null;
       if (client) counters.push({ scope: 'ip', key: this.digest(`ip:${client}`), max: this.maxPerIp });
-      const knownClientKey = client ? this.digest(`known:${normalised}|${client}`) : null;
+      const knownClientKey = this.knownClientKey(normalised, client);
       // Every transaction here touches its rows in key order, so two attempts never deadlock.
       counters.sort((x, y) => x.key.localeCompare(y.key));
       const keys = counters.map((c) => c.key);
@@ -127,7 +129,7 @@ export class LoginThrottleService implements BeforeApplicationShutdown {
       }
       if (holding.length) throw new RetryAfterException(Math.ceil(Math.max(...holding) / 1000), 'Too many failed logins; try again later');
 
-      const attempt: LoginAttempt = { counters, knownClientKey, locksSet: [] };
+      const attempt: LoginAttempt = { counters, knownClientKey, client, locksSet: [] };
       const counts = counters.map((counter) => {
         const row = rows.find((r) => r.key === counter.key)!;
         const quiet = now.getTime() - row.last_failure_at.getTime() > this.windowSeconds * 1000;
@@ -160,8 +162,13 @@ export class LoginThrottleService implements BeforeApplicationShutdown {
    * attempt set is lifted; this client becomes known for the identifier. One statement, so
    * atomic on its own; in the caller's transaction when given one (a login settles its attempt
    * in the transaction that opens its session: a login that fails to commit stays counted).
+   *
+   * `accountId`: a login's account, whose current-password checks (counted on `account:<id>`,
+   * UsersService.verifyCurrentPassword) then know this client too. Without it a thief holding
+   * a stolen access token could lock the account's counter from anywhere and keep its owner
+   * from changing the password from where they had just logged in (until 0.24.0).
    */
-  async succeeded(attempt: LoginAttempt, em: EntityManager = this.dataSource.manager): Promise<void> {
+  async succeeded(attempt: LoginAttempt, em: EntityManager = this.dataSource.manager, accountId?: string): Promise<void> {
     const counters = attempt.counters.map((counter) => ({
       key: counter.key,
       reset: counter.scope === 'identifier',
@@ -170,11 +177,14 @@ export class LoginThrottleService implements BeforeApplicationShutdown {
     // The counters' rows are locked in key order first, as begin() locks them, so that two
     // attempts never deadlock (one UPDATE ... FROM alone would lock in its join's order). A
     // reset count is 0 rather than a deleted row: begin() treats both alike, prune() removes it.
+    const known = [attempt.knownClientKey, accountId ? this.knownClientKey(`account:${accountId.toLowerCase()}`, attempt.client) : null]
+      .filter((key): key is string => key !== null)
+      .sort(); // rows in key order, as every writer takes them
     await sql(
       em,
       `WITH known AS (
          INSERT INTO login_known_clients (key, last_success_at)
-         SELECT $1::char(64), now() WHERE $1::char(64) IS NOT NULL
+         SELECT k, now() FROM unnest($1::char(64)[]) AS k
          ON CONFLICT (key) DO UPDATE SET last_success_at = now()
        ), locked AS (
          SELECT key FROM login_throttle WHERE key = ANY($2::char(64)[]) ORDER BY key FOR UPDATE
@@ -184,8 +194,13 @@ export class LoginThrottleService implements BeforeApplicationShutdown {
               locked_until = CASE WHEN c.reset OR t.locked_until = c.lock_set THEN NULL ELSE t.locked_until END
          FROM locked JOIN unnest($2::char(64)[], $3::boolean[], $4::timestamptz[]) AS c(key, reset, lock_set) ON c.key = locked.key
         WHERE t.key = locked.key`,
-      [attempt.knownClientKey, counters.map((c) => c.key), counters.map((c) => c.reset), counters.map((c) => c.lockSet)],
+      [known, counters.map((c) => c.key), counters.map((c) => c.reset), counters.map((c) => c.lockSet)],
     );
+  }
+
+  /** An identifier (lower-cased as begin() counts it) from a client, as login_known_clients keys it. */
+  private knownClientKey(normalisedIdentifier: string, client: string | null): string | null {
+    return client ? this.digest(`known:${normalisedIdentifier}|${client}`) : null;
   }
 
   private async isKnownClient(em: EntityManager, key: string | null): Promise<boolean> {

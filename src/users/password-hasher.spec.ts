@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import type { ConfigService } from '@nestjs/config';
 import * as bcrypt from 'bcrypt';
 import type { AppConfig } from '../config/config';
-import { PasswordHasher } from './password-hasher';
+import { paddingCosts, PasswordHasher } from './password-hasher';
 
 function hasherWith(pepper: string, cost = 4): PasswordHasher {
   const values: Record<string, unknown> = { PASSWORD_PEPPER: pepper, BCRYPT_COST: cost };
@@ -71,5 +71,38 @@ describe('PasswordHasher', { timeout: 30_000 }, () => {
     h.onModuleInit();
     assert.strictEqual(await h.verifyAgainstNobody(PASSWORD), false);
     assert.strictEqual(await h.verifyAgainstNobody(''), false);
+  });
+
+  it("pads a compare of a hash made at a lower cost to the current cost's work: dummy compares of each cost from its own up", async (t) => {
+    const raised = hasherWith(PEPPER, 7);
+    const oldHash = await hasherWith(PEPPER, 4).hash(PASSWORD);
+    // bcrypt's own module object: the hasher reads its compare at each call.
+    // eslint-disable-next-line @typescript-eslint/no-require-imports -- the CommonJS module itself, not an import's copy
+    const compared = t.mock.method(require('bcrypt') as typeof bcrypt, 'compare');
+    assert.equal(await raised.verify(PASSWORD, oldHash), true);
+    assert.equal(await raised.verify('a wrong one', oldHash), false);
+    const costs = compared.mock.calls.map((call) => bcrypt.getRounds(call.arguments[1] as string));
+    // Each verify: its own hash (4), then 4, 5 and 6: 16 + 16 + 32 + 64 = 128 = 2^7, as one compare at cost 7.
+    assert.deepEqual(costs, [4, 4, 5, 6, 4, 4, 5, 6]);
+    assert.equal(
+      costs.slice(0, 4).reduce((work, cost) => work + 2 ** cost, 0),
+      2 ** 7,
+    );
+    // A hash at the current cost: one compare, as before.
+    compared.mock.resetCalls();
+    assert.equal(await raised.verify(PASSWORD, await raised.hash(PASSWORD)), true);
+    assert.deepEqual(
+      compared.mock.calls.map((call) => bcrypt.getRounds(call.arguments[1] as string)),
+      [7],
+    );
+  });
+});
+
+describe('paddingCosts', () => {
+  it('is every cost from the stored one up to the current one, exclusive; nothing at or above it', () => {
+    assert.deepEqual(paddingCosts(10, 12), [10, 11]);
+    assert.deepEqual(paddingCosts(4, 5), [4]);
+    assert.deepEqual(paddingCosts(12, 12), []);
+    assert.deepEqual(paddingCosts(13, 12), []);
   });
 });

@@ -14,7 +14,8 @@ import type { AppConfig } from '../config/config';
 export class PasswordHasher implements OnModuleInit {
   private readonly pepper: string;
   private readonly cost: number;
-  private dummyHash: Promise<string> | undefined;
+  /** Hashes of a random password, by cost: what verifyAgainstNobody and the padding compare with. */
+  private readonly dummyHashes = new Map<number, Promise<string>>();
 
   constructor(config: ConfigService<AppConfig, true>) {
     this.pepper = config.get('PASSWORD_PEPPER', { infer: true });
@@ -23,15 +24,27 @@ export class PasswordHasher implements OnModuleInit {
 
   onModuleInit(): void {
     // Ready before the first login for an unknown user, so that one is not faster either.
-    void this.getDummyHash();
+    void this.getDummyHash(this.cost);
   }
 
   hash(password: string): Promise<string> {
     return bcrypt.hash(this.prehash(password), this.cost);
   }
 
-  verify(password: string, hash: string): Promise<boolean> {
-    return bcrypt.compare(this.prehash(password), hash);
+  /**
+   * Whether `password` is the one `hash` was made of. A hash of a lower cost than BCRYPT_COST
+   * (made before the setting was raised, of an account that has not logged in since) is
+   * padded to the current cost's work: after its own compare, one against a dummy hash of each
+   * cost from its own up to BCRYPT_COST - 1, since 2^r + 2^r + 2^(r+1) + … + 2^(c-1) = 2^c. So
+   * such an account answers a wrong password no faster than an unknown account does (ASVS
+   * 6.3.8; until 0.24.0, at BCRYPT_COST raised from 10 to 12, four times faster). The compares
+   * run one after the other, as the unknown account's one compare runs on one thread.
+   */
+  async verify(password: string, hash: string): Promise<boolean> {
+    const prehashed = this.prehash(password);
+    const matches = await bcrypt.compare(prehashed, hash);
+    for (const cost of paddingCosts(bcrypt.getRounds(hash), this.cost)) await bcrypt.compare(prehashed, await this.getDummyHash(cost));
+    return matches;
   }
 
   /**
@@ -55,16 +68,30 @@ export class PasswordHasher implements OnModuleInit {
    * unknown account and a wrong password cannot be told apart by timing (ASVS 6.3.8).
    */
   async verifyAgainstNobody(password: string): Promise<false> {
-    await bcrypt.compare(this.prehash(password), await this.getDummyHash());
+    await bcrypt.compare(this.prehash(password), await this.getDummyHash(this.cost));
     return false;
   }
 
-  private getDummyHash(): Promise<string> {
-    this.dummyHash ??= bcrypt.hash(randomBytes(32).toString('base64'), this.cost);
-    return this.dummyHash;
+  private getDummyHash(cost: number): Promise<string> {
+    let hash = this.dummyHashes.get(cost);
+    if (!hash) this.dummyHashes.set(cost, (hash = bcrypt.hash(randomBytes(32).toString('base64'), cost)));
+    return hash;
   }
 
   private prehash(password: string): string {
     return createHmac('sha256', this.pepper).update(password, 'utf8').digest('base64');
   }
+}
+
+/**
+ * The costs of the dummy hashes that pad a compare at `storedCost` to the work of one at
+ * `currentCost` (bcrypt's work doubles with each step of cost): none when the hash is at the
+ * current cost or above. A hash above it (the setting lowered) stays slower than an unknown
+ * account until its next login re-hashes it: padding the unknown accounts instead would need
+ * the highest cost stored, which no request knows.
+ */
+export function paddingCosts(storedCost: number, currentCost: number): number[] {
+  const costs: number[] = [];
+  for (let cost = storedCost; cost < currentCost; cost++) costs.push(cost);
+  return costs;
 }

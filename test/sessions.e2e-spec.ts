@@ -6,6 +6,7 @@ import { DataSource } from 'typeorm';
 import { SESSIONARY_DATA_SOURCE_TOKEN } from '../src/database/data-source-name';
 import { SessionActivityBuffer } from '../src/sessions/session-activity';
 import { SessionsService } from '../src/sessions/sessions.service';
+import { UsersService } from '../src/users/users.service';
 import { bearer, login, registerAndLogin, registerUser, sleep } from './helpers/factories';
 import { staleTokens } from './helpers/step-up';
 import { createTestApp, TestApp } from './helpers/test-app';
@@ -143,6 +144,38 @@ describe('my sessions (e2e)', () => {
     const { tokens } = await registerAndLogin(t.http);
     const res = await t.http.delete('/api/v1/sessions/not-a-uuid').set('Authorization', bearer(tokens));
     assert.equal(res.status, 400);
+  });
+
+  it("a session ended during its step-up's password check ends none of the others (a thief's, ended by the owner's password change)", async () => {
+    const user = await registerUser(t.http);
+    const thief = await login(t.http, user);
+    const owner = await login(t.http, user);
+    const users = t.app.get(UsersService);
+    const verify = users.verifyCurrentPassword.bind(users);
+    let checked = 0;
+    // The owner's password change commits while the thief's request checks the old password.
+    users.verifyCurrentPassword = async (...args: Parameters<UsersService['verifyCurrentPassword']>) => {
+      await verify(...args);
+      checked++;
+      await t.db.query(`UPDATE sessions SET ended_at = now(), end_reason = 'password_changed' WHERE id = $1`, [thief.sessionId]);
+    };
+    try {
+      const all = await t.http.delete('/api/v1/sessions').set('Authorization', bearer(thief)).send({ currentPassword: user.password });
+      assert.equal(all.status, 401, JSON.stringify(all.body));
+      assert.equal(all.body.message, 'Session is not active');
+      await t.db.query(`UPDATE sessions SET ended_at = NULL, end_reason = NULL WHERE id = $1`, [thief.sessionId]);
+      const one = await t.http
+        .delete(`/api/v1/sessions/${owner.sessionId}`)
+        .set('Authorization', bearer(thief))
+        .send({ currentPassword: user.password });
+      assert.equal(one.status, 401, JSON.stringify(one.body));
+      assert.equal(checked, 2, 'both requests got past the guard to their password check');
+    } finally {
+      users.verifyCurrentPassword = verify;
+    }
+    assert.equal((await sessionRow(t.db, owner.sessionId))!.ended_at, null);
+    assert.equal((await t.http.get('/api/v1/users/me').set('Authorization', bearer(owner))).status, 200);
+    assert.equal((await auditRows(t.db, { sessionId: owner.sessionId, type: 'SESSION_REVOKED' })).length, 0);
   });
 
   it('revoking all others keeps the current session working and reports how many ended', async () => {

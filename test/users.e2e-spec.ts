@@ -4,6 +4,7 @@ import { auditRows, recordFailedStatements } from './helpers/db';
 import { bearer, login, registerAndLogin, registerUser, uniqueName } from './helpers/factories';
 import { STEP_UP_CHALLENGE, staleTokens } from './helpers/step-up';
 import { createTestApp, TestApp } from './helpers/test-app';
+import { UsersService } from '../src/users/users.service';
 
 describe('users (e2e)', () => {
   let t: TestApp;
@@ -126,6 +127,28 @@ describe('users (e2e)', () => {
     assert.deepEqual(byName.body, byEmail.body);
     const [row] = await t.db.query('SELECT username, email FROM users WHERE id = $1', [user.id]);
     assert.deepEqual(row, { username: user.username, email: user.email });
+    assert.equal((await auditRows(t.db, { userId: user.id, type: 'PROFILE_UPDATED' })).length, 0);
+  });
+
+  it("PATCH /users/me changes nothing for a session ended during its password check (a thief's, ended by the owner's password change)", async () => {
+    const { user, tokens } = await registerAndLogin(t.http);
+    const users = t.app.get(UsersService);
+    const verify = users.verifyCurrentPassword.bind(users);
+    users.verifyCurrentPassword = async (...args: Parameters<UsersService['verifyCurrentPassword']>) => {
+      await verify(...args);
+      await t.db.query(`UPDATE sessions SET ended_at = now(), end_reason = 'password_changed' WHERE id = $1`, [tokens.sessionId]);
+    };
+    try {
+      const res = await t.http
+        .patch('/api/v1/users/me')
+        .set('Authorization', bearer(tokens))
+        .send({ email: `taken_over_${user.email}`, currentPassword: user.password });
+      assert.deepEqual({ status: res.status, message: res.body.message }, { status: 401, message: 'Session is not active' });
+    } finally {
+      users.verifyCurrentPassword = verify;
+    }
+    const [row] = await t.db.query('SELECT email FROM users WHERE id = $1', [user.id]);
+    assert.equal(row.email, user.email);
     assert.equal((await auditRows(t.db, { userId: user.id, type: 'PROFILE_UPDATED' })).length, 0);
   });
 

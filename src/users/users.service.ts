@@ -14,6 +14,7 @@ import { UpdateProfileDto } from './dto/update-profile.dto';
 import { PasswordHasher } from './password-hasher';
 import { UserEntity, UserProfile, UserRole } from './user.entity';
 import { RegistrationLimitService } from '../rate-limit/registration-limit.service';
+import { requireActingSession } from '../sessions/acting-session';
 
 export interface NewUser {
   username: string;
@@ -275,6 +276,10 @@ export class UsersService {
 
     try {
       return await this.dataSource.transaction(async (em) => {
+        // The session that asked is still active (a password change may have ended it during
+        // the password check above): see requireActingSession.
+        await this.lockForSessionChange(em, userId);
+        await requireActingSession(em, sessionId);
         // Asked first, as create()'s ON CONFLICT does: a unique violation is logged by PostgreSQL
         // with the taken value. Two changes racing to one name still meet the index (caught below).
         const taken = await sql(em, `SELECT 1 FROM users WHERE id <> $1 AND (lower(username) = lower($2) OR lower(email) = lower($3)) LIMIT 1`, [

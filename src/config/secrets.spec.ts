@@ -78,6 +78,22 @@ describe('resolveSecrets in production', () => {
     );
   });
 
+  it('stops on a secret with leading or trailing whitespace or quotes: a well-known value so wrapped is not a new one', () => {
+    const known = 'change-me-to-a-long-random-string-of-32-bytes-or-more';
+    for (const wrapped of [`${known}\n`, `"${known}"`, ` ${STRONG_JWT}`, `'${STRONG_JWT}'`]) {
+      assertStops({ JWT_SECRET: wrapped, PASSWORD_PEPPER: STRONG_PEPPER }, 'JWT_SECRET', wrapped.trim(), /starts or ends with whitespace or a quote/);
+    }
+  });
+
+  it('stops on two secrets that differ only in case', () => {
+    assertStops(
+      { JWT_SECRET: STRONG_JWT, PASSWORD_PEPPER: STRONG_PEPPER, KEY_ENCRYPTION_KEY: STRONG_JWT.toUpperCase() },
+      'AUDIT_HMAC_KEY, KEY_ENCRYPTION_KEY',
+      STRONG_JWT,
+      /must all differ/,
+    );
+  });
+
   it('stops on a missing AUDIT_HMAC_KEY', () => {
     assertStops({ JWT_SECRET: STRONG_JWT, PASSWORD_PEPPER: STRONG_PEPPER, AUDIT_HMAC_KEY: undefined }, 'AUDIT_HMAC_KEY', undefined, /is missing/);
   });

@@ -374,7 +374,8 @@ describe('signing keys: HS256 and the upgrade from JWT_SECRET (e2e)', () => {
     const old = await createTestApp({ DATABASE_URL: url, JWT_SECRET: jwtSecret });
     const { tokens } = await registerAndLogin(old.http);
     await old.close();
-    const reset = async (t: TestApp) => t.db.query('TRUNCATE signing_keys');
+    // As before the ring existed: no key, and no ring ever made (see the next test for a rebuilt one).
+    const reset = async (t: TestApp) => t.db.query('TRUNCATE signing_keys, signing_key_ring_made');
     const upgraded = await createTestApp({ DATABASE_URL: url, JWT_SECRET: jwtSecret });
     try {
       await reset(upgraded);
@@ -406,6 +407,41 @@ describe('signing keys: HS256 and the upgrade from JWT_SECRET (e2e)', () => {
       await upgraded.close();
     }
   });
+});
+
+describe('signing keys: a ring rebuilt (TRUNCATE signing_keys, after a leaked KEY_ENCRYPTION_KEY) (e2e)', () => {
+  const jwtSecret = randomBytes(48).toString('base64');
+  const legacyToken = (tokens: { accessToken: string }) => forge(claimsFor(tokens), jwtSecret, 'HS256', {});
+  const rebuild = async (t: TestApp) => {
+    await t.db.query('TRUNCATE signing_keys');
+    await t.app.get(KeyRotationService).ensureRing();
+    await t.app.get(KeyRing).reload();
+  };
+
+  for (const algorithm of ['HS256', 'ES256'] as const) {
+    it(`is not seeded from JWT_SECRET again (${algorithm}, sessions active): kid-less tokens signed with it get 401`, async () => {
+      const t = await createTestApp({ DATABASE_URL: await freshDatabase(), SIGNING_ALGORITHM: algorithm, JWT_SECRET: jwtSecret });
+      try {
+        const { tokens } = await registerAndLogin(t.http);
+        await rebuild(t);
+        const rows = await t.db.query(`SELECT state, algorithm, from_jwt_secret FROM signing_keys ORDER BY state`);
+        assert.deepEqual(
+          rows.map((r: Record<string, unknown>) => [r.state, r.algorithm, r.from_jwt_secret]),
+          [
+            ['current', algorithm, false],
+            ['next', algorithm, false],
+          ],
+        );
+        assert.equal(await whoami(t, legacyToken(tokens)), 401);
+        // The session goes on with tokens of the new ring.
+        const refreshed = await t.http.post('/api/v1/auth/refresh').send({ refreshToken: tokens.refreshToken });
+        assert.equal(refreshed.status, 200);
+        assert.equal(await whoami(t, refreshed.body.accessToken), 200);
+      } finally {
+        await t.close();
+      }
+    });
+  }
 });
 
 describe('signing keys: auditing', () => {

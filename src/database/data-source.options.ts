@@ -33,6 +33,7 @@ import { AuditShipProgress1766900000000 } from './migrations/1766900000000-Audit
 import { AuditTruncateRefused1767000000000 } from './migrations/1767000000000-AuditTruncateRefused';
 import { CounterKeysKeyed1767100000000 } from './migrations/1767100000000-CounterKeysKeyed';
 import { AuditSealClosedAndOldSessionId1767200000000 } from './migrations/1767200000000-AuditSealClosedAndOldSessionId';
+import { SigningKeyRingMade1767300000000 } from './migrations/1767300000000-SigningKeyRingMade';
 import { SigningKeys1765600000000 } from './migrations/1765600000000-SigningKeys';
 
 export const ENTITIES = [UserEntity, SessionEntity, RotatedRefreshTokenEntity, AuditEventEntity];
@@ -67,6 +68,7 @@ export const MIGRATIONS = [
   AuditTruncateRefused1767000000000,
   CounterKeysKeyed1767100000000,
   AuditSealClosedAndOldSessionId1767200000000,
+  SigningKeyRingMade1767300000000,
 ];
 
 /**

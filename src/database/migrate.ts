@@ -146,6 +146,7 @@ export const SESSIONARY_TABLES = [
   'rotated_refresh_tokens',
   'scheduled_job_runs',
   'sessions',
+  'signing_key_ring_made',
   'signing_keys',
   'users',
 ] as const;

@@ -82,7 +82,7 @@ export class KeyRotationService {
    * At boot: a ring with a current key, and a next key of SIGNING_ALGORITHM (published ahead
    * of its use, so verifiers that cache the JWKS know it before it signs).
    *
-   * The first ring of a deployment that signed with JWT_SECRET before keeps that secret
+   * The first ring of a deployment (ever: a ring rebuilt later is not seeded) that signed with JWT_SECRET before keeps that secret
    * verifying the tokens it issued (they carry no kid): as the current key when
    * SIGNING_ALGORITHM is HS256, otherwise as a retiring key, for as long as those tokens live,
    * and only if a session is active (otherwise no such token can be in use).
@@ -103,7 +103,10 @@ export class KeyRotationService {
       let currentKid = current?.kid;
       let retiring: RotationResult['retiring'];
       if (!currentKid) {
-        const seeded = this.jwtSecret === undefined ? undefined : keyMaterialFromSecret(this.jwtSecret);
+        // Only the deployment's first ring takes JWT_SECRET over: a ring rebuilt after a leak
+        // must not bring back a secret that leaked with it.
+        const firstRing = await this.store.markFirstRing(em);
+        const seeded = this.jwtSecret === undefined || !firstRing ? undefined : keyMaterialFromSecret(this.jwtSecret);
         if (seeded && this.algorithm === 'HS256') {
           await this.store.insert(em, seeded, 'current', { fromJwtSecret: true });
           currentKid = seeded.kid;

@@ -100,6 +100,15 @@ export class SigningKeyStore {
     return rows[0].locked;
   }
 
+  /**
+   * Records that this deployment has made its first ring: true the first time (then JWT_SECRET
+   * may seed it), false ever after, a rebuilt ring included (see the migration SigningKeyRingMade).
+   */
+  async markFirstRing(em: EntityManager): Promise<boolean> {
+    const { rows } = await sql(em, `INSERT INTO "signing_key_ring_made" DEFAULT VALUES ON CONFLICT DO NOTHING RETURNING "made_at"`);
+    return rows.length > 0;
+  }
+
   async states(em: EntityManager): Promise<Array<Pick<KeyRow, 'kid' | 'algorithm' | 'state' | 'activated_at'>>> {
     return rowsOf(em, `SELECT "kid", "algorithm", "state", "activated_at" FROM "signing_keys" WHERE "state" IN ('current', 'next')`);
   }

@@ -157,7 +157,11 @@ describe('audit export (e2e)', () => {
     );
 
   const exportConnections = async (): Promise<number> =>
-    (await t.db.query(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = $1`, [EXPORT_APPLICATION_NAME]))[0].n;
+    (
+      await t.db.query(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND application_name = $1`, [
+        EXPORT_APPLICATION_NAME,
+      ])
+    )[0].n;
 
   before(async () => {
     dir = mkdtempSync(join(tmpdir(), 'sessionary-export-'));
@@ -653,10 +657,10 @@ describe('audit export (e2e)', () => {
     );
     const slowRunning = async (): Promise<number> =>
       (
-        await t.db.query(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = $1 AND state = 'active' AND query = $2`, [
-          EXPORT_APPLICATION_NAME,
-          SLOW,
-        ])
+        await t.db.query(
+          `SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND application_name = $1 AND state = 'active' AND query = $2`,
+          [EXPORT_APPLICATION_NAME, SLOW],
+        )
       )[0].n;
     const logged = errors.length;
     let stream: Awaited<ReturnType<typeof openStream>> | undefined;
@@ -695,7 +699,9 @@ describe('audit export (e2e)', () => {
     } finally {
       restore();
     }
-    const [{ pid }] = await t.db.query(`SELECT pid FROM pg_stat_activity WHERE application_name = $1`, [EXPORT_APPLICATION_NAME]);
+    const [{ pid }] = await t.db.query(`SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND application_name = $1`, [
+      EXPORT_APPLICATION_NAME,
+    ]);
     stream.destroy();
     await new Promise((resolve) => stream.once('close', resolve));
     const alive = async (): Promise<number> => (await t.db.query(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE pid = $1`, [pid]))[0].n;
@@ -712,9 +718,10 @@ describe('audit export (e2e)', () => {
       const stream = await openStream();
       assert.equal(stream.res.statusCode, 200);
       await stream.firstChunk;
-      const [{ n }] = await t.db.query(`SELECT count(pg_terminate_backend(pid))::int AS n FROM pg_stat_activity WHERE application_name = $1`, [
-        EXPORT_APPLICATION_NAME,
-      ]);
+      const [{ n }] = await t.db.query(
+        `SELECT count(pg_terminate_backend(pid))::int AS n FROM pg_stat_activity WHERE datname = current_database() AND application_name = $1`,
+        [EXPORT_APPLICATION_NAME],
+      );
       assert.equal(n, 1);
       const { text, complete } = await stream.closed;
       assert.equal(complete, false, 'the transfer ended as if complete');

@@ -428,16 +428,40 @@ function checkSealShape(value: Record<string, unknown>, lineNo: number): AuditEx
 }
 
 /**
+ * The longest line read, in characters (UTF-16 code units; at least as many bytes in UTF-8): an
+ * export's line holds one event, whose user agent the service bounds (512) and whose metadata
+ * the service writes as a few small fields (a host's own, through AuditService.record, is not
+ * bounded: keep it far below this), or the seal. The same bound as the shipped pieces' tail reader
+ * (shipped-piece-tail.ts, MAX_TAIL_BYTES, 4 MiB): a file whose lines that reader takes is read
+ * here too. Past it the file is not an export (or is damaged), and reading on would keep the
+ * whole of a file without newlines in memory, a gigabyte as readily as a kilobyte.
+ */
+const MAX_LINE_CHARS = 4 * 1024 * 1024;
+
+/**
  * The lines of an NDJSON stream: split at "\n" only (a "\r" before it dropped), as the format
  * says. Not node:readline, which since Node 24 also ends a line at U+2028 and U+2029; JSON
  * leaves those unescaped inside strings (a user agent may hold one), so it would cut lines apart.
+ * Throws ExportFileError at a line longer than MAX_LINE_CHARS, as soon as it has read that much of it.
  */
 async function* ndjsonLines(input: AsyncIterable<string>): AsyncGenerator<string> {
   let rest = '';
+  let lineNo = 0;
   for await (const chunk of input) {
     const parts = (rest + chunk).split('\n');
     rest = parts.pop()!;
-    for (const part of parts) yield part.endsWith('\r') ? part.slice(0, -1) : part;
+    for (const part of parts) {
+      lineNo++;
+      if (part.length > MAX_LINE_CHARS) throw lineTooLong(lineNo);
+      yield part.endsWith('\r') ? part.slice(0, -1) : part;
+    }
+    if (rest.length > MAX_LINE_CHARS) throw lineTooLong(lineNo + 1);
   }
   if (rest !== '') yield rest.endsWith('\r') ? rest.slice(0, -1) : rest;
+}
+
+function lineTooLong(lineNo: number): ExportFileError {
+  return new ExportFileError(
+    `Line ${lineNo} is longer than ${MAX_LINE_CHARS / 1024 / 1024} MiB, more than an audit export writes on a line: the file is damaged or not an audit export`,
+  );
 }

@@ -2,14 +2,15 @@ import { Injectable, Logger } from '@nestjs/common';
 import { ConfigService } from '@nestjs/config';
 import { InjectDataSource } from '@nestjs/typeorm';
 import { SESSIONARY_DATA_SOURCE } from '../database/data-source-name';
-import { mkdir } from 'node:fs/promises';
+import { access, mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { DataSource, EntityManager, QueryRunner } from 'typeorm';
 import type { AppConfig } from '../config/config';
 import { AUDIT_NO_TRUNCATE_TRIGGER, refuseTruncateSql } from '../database/audit-truncate';
 import { PG_LOCK_NOT_AVAILABLE, pgErrorCode } from '../database/pg-errors';
 import { sql } from '../database/sql';
-import { writeFileDurably } from '../common/durable-file';
+import { publishFileDurably } from '../common/durable-file';
+import { RetryAfterException } from '../common/retry-after.exception';
 import { LOCK_TAKEN, withSessionAdvisoryLock } from '../database/advisory-lock';
 import { AuditBaseSets, type BaseSet } from './audit-base-sets';
 import { AuditChainService } from './audit-chain.service';
@@ -28,6 +29,11 @@ const PREPARE_AHEAD_MS = 86_400_000;
 const CLOSED_AFTER_MS = 3_600_000;
 /** How long dropping a month may wait for the table lock (DETACH takes it briefly) before trying again next run. */
 const LOCK_TIMEOUT = '5s';
+/** Why a month is held when that wait ran out (SQLSTATE 55P03). */
+const BUSY_REASON = `audit_events or the month was busy: a lock its drop takes was not granted within ${LOCK_TIMEOUT} (a long read such as an export, a verification or pg_dump, or a writer of the month); trying again next run`;
+/** Why a month is held when its archive could not have an export slot (the export's 429). */
+const NO_EXPORT_SLOT_REASON =
+  'every audit export slot of this instance (AUDIT_EXPORT_MAX_CONCURRENT) was taken, so it could not be archived; trying again next run';
 /** How long giving a month its refusal of TRUNCATE may wait for the month's writers. */
 const TRIGGER_LOCK_TIMEOUT = '200ms';
 /**
@@ -161,28 +167,20 @@ export class AuditPartitionsService {
       // No date at all compares false with every month's end, which would make each one look
       // expired: never drop on it (configuration refuses such a value; this is the last guard).
       if (cutoff && Number.isNaN(cutoff.getTime())) throw new Error(`AUDIT_RETENTION_DAYS (${days}) gives no cutoff date; nothing is dropped`);
+      let pastRetention = 0;
       if (cutoff) {
         await this.dropDetachedMonths(runner);
         const unprepared = await this.prepareBases(runner, now, cutoff);
-        await this.applyRetention(runner, cutoff, unprepared, result);
+        pastRetention = await this.applyRetention(runner, cutoff, unprepared, result);
       }
       await this.orderClosedMonths(runner, now, cutoff, result);
       this.stats.partitions = (await this.list(runner.manager)).length;
-      this.stats.heldPastRetention = result.held.length;
+      this.stats.heldPastRetention = pastRetention;
       this.stats.lastRunAt = new Date();
     });
     if (!ran) return { ...result, skipped: true };
-    for (const d of result.dropped) {
-      this.logger.log({
-        event: 'audit.partition_dropped',
-        partition: d.name,
-        events: d.events,
-        archive: d.archive,
-        detachMs: d.detachMs,
-        removeMs: d.removeMs,
-      });
-    }
-    for (const h of result.held) this.logger.warn(`Audit partition ${h.name} is past retention but kept: ${h.reason}`);
+    // Drops and held months are logged as they happen (dropMonth, applyRetention): a run that
+    // fails later must not lose the line of a month it already dropped.
     for (const o of result.ordered) this.logger.log({ event: 'audit.partition_ordered', partition: o.name, events: o.events, seconds: o.seconds });
     for (const h of result.orderHeld) this.logger.log(`Audit partition ${h.name} is left in time order for now: ${h.reason}`);
     return result;
@@ -356,7 +354,12 @@ export class AuditPartitionsService {
     }
   }
 
-  private async applyRetention(runner: QueryRunner, cutoff: Date, unprepared: Map<string, string>, result: MaintenanceResult): Promise<void> {
+  /**
+   * Drops the months past the cutoff, oldest first, up to the first that cannot go (held, with
+   * why). Returns how many months past the cutoff are left: the held one and every one behind
+   * it (for /metrics: a count of months, so that an alert sees a backlog, not only that one is held).
+   */
+  private async applyRetention(runner: QueryRunner, cutoff: Date, unprepared: Map<string, string>, result: MaintenanceResult): Promise<number> {
     for (const partition of await this.list(runner.manager)) {
       if (partition.to > cutoff) break;
       const reason = unprepared.get(monthOf(partition)) ?? (await this.dropMonth(runner, partition, result));
@@ -366,14 +369,22 @@ export class AuditPartitionsService {
         break;
       }
     }
+    const left = (await this.list(runner.manager)).filter((p) => p.to <= cutoff).length;
+    for (const h of result.held) {
+      const behind = left > 1 ? `; ${left - 1} later month(s) past retention wait behind it (months are dropped oldest first)` : '';
+      this.logger.warn(`Audit partition ${h.name} is past retention but kept: ${h.reason}${behind}`);
+    }
+    return left;
   }
 
   /**
    * Archives (when configured) and drops one month; returns why not when it cannot. Its base
    * set is ready (prepareBases); one discarded since (the month changed) is prepared again.
+   * Waits that run out (a lock, an export slot) hold the month for the next run, as anything
+   * that says the month cannot go yet; they do not end the run, which still has the drops
+   * before it to report and its other work to do.
    */
   private async dropMonth(runner: QueryRunner, partition: AuditPartition, result: MaintenanceResult): Promise<string | undefined> {
-    const table = `"${partition.name}"`;
     const month = monthOf(partition);
     let set = (await this.bases.list(runner.manager)).find((s) => s.month === month);
     if (!set) {
@@ -387,7 +398,7 @@ export class AuditPartitionsService {
     if (this.shipping.list.length) {
       const {
         rows: [{ last }],
-      } = await sql<{ last: string | null }>(runner.manager, `SELECT max(seq)::text AS last FROM ${table}`);
+      } = await sql<{ last: string | null }>(runner.manager, `SELECT max(seq)::text AS last FROM "${partition.name}"`);
       const unshipped = last === null ? undefined : await this.shipping.notShippedThrough(runner, last);
       if (unshipped) return unshipped;
     }
@@ -396,10 +407,50 @@ export class AuditPartitionsService {
     if (this.config.get('AUDIT_ARCHIVE_DIR', { infer: true })) {
       // A checkpoint of everything up to now closes the archive.
       await this.chain.checkpoint(true);
-      archive = await this.archive(partition);
+      try {
+        archive = await this.archive(runner, partition);
+      } catch (error) {
+        // The export's own refusal: this instance's export slots are all streaming (to admins, to shipping).
+        if (error instanceof RetryAfterException) return NO_EXPORT_SLOT_REASON;
+        throw error;
+      }
     }
 
     const detachStarted = performance.now();
+    const detached = await this.detach(runner, partition, set);
+    if (detached) return detached;
+    const drop = { name: partition.name, events: set.events, archive, detachMs: Math.round(performance.now() - detachStarted), removeMs: 0 };
+    // Counted as soon as the DETACH committed: the month is gone from the log whatever happens next.
+    this.stats.droppedEvents += set.events;
+    this.stats.droppedPartitions++;
+    result.dropped.push(drop);
+    let removed = false;
+    try {
+      drop.removeMs = await this.dropDetachedTable(runner, partition);
+      removed = true;
+      await this.discardSupersededSets(runner);
+    } finally {
+      this.logger.log({
+        event: 'audit.partition_dropped',
+        partition: drop.name,
+        events: drop.events,
+        archive: drop.archive,
+        detachMs: drop.detachMs,
+        // null: its table could not be dropped now; the next run drops it (dropDetachedMonths).
+        removeMs: removed ? drop.removeMs : null,
+      });
+    }
+    return undefined;
+  }
+
+  /**
+   * In one transaction: locks the month against writes, checks it against its set, marks the
+   * set dropped and DETACHes the month. Returns why not when the month changed since its set was
+   * prepared, or a lock was not granted within LOCK_TIMEOUT.
+   */
+  private async detach(runner: QueryRunner, partition: AuditPartition, set: BaseSet): Promise<string | undefined> {
+    const table = `"${partition.name}"`;
+    const month = monthOf(partition);
     await runner.startTransaction();
     try {
       await sql(runner.manager, `SET LOCAL lock_timeout = '${LOCK_TIMEOUT}'`);
@@ -415,23 +466,25 @@ export class AuditPartitionsService {
       // DETACH locks audit_events (ACCESS EXCLUSIVE: every audited write waits) until COMMIT.
       await sql(runner.manager, `ALTER TABLE audit_events DETACH PARTITION ${table}`);
       await runner.commitTransaction();
+      return undefined;
     } catch (error) {
       if (runner.isTransactionActive) await runner.rollbackTransaction();
+      if (pgErrorCode(error) === PG_LOCK_NOT_AVAILABLE) return BUSY_REASON;
       throw error;
     }
-    // The files go in a transaction of their own, which locks only the detached table: removing
-    // a month's table and indexes at COMMIT took 0.8 s at 4.3M events, all of it inside the lock
-    // on audit_events while DROP shared DETACH's transaction. Should the process stop before
-    // this, the next run drops the table (dropDetachedMonths). The same for the superseded set.
+  }
+
+  /**
+   * Drops a detached month's table; returns how long it took. The files go in a transaction of
+   * their own, which locks only the detached table: removing a month's table and indexes at
+   * COMMIT took 0.8 s at 4.3M events, all of it inside the lock on audit_events while DROP
+   * shared DETACH's transaction. Should the process stop (or this or the discard of the
+   * superseded sets after it fail), the next run finishes both (dropDetachedMonths).
+   */
+  private async dropDetachedTable(runner: QueryRunner, partition: AuditPartition): Promise<number> {
     const removeStarted = performance.now();
-    const detachMs = Math.round(removeStarted - detachStarted);
-    await sql(runner.manager, `DROP TABLE IF EXISTS ${table}`);
-    const removeMs = Math.round(performance.now() - removeStarted);
-    await this.discardSupersededSets(runner);
-    this.stats.droppedEvents += set.events;
-    this.stats.droppedPartitions++;
-    result.dropped.push({ name: partition.name, events: set.events, archive, detachMs, removeMs });
-    return undefined;
+    await sql(runner.manager, `DROP TABLE IF EXISTS "${partition.name}"`);
+    return Math.round(performance.now() - removeStarted);
   }
 
   private async discardSetsFrom(runner: QueryRunner, month: string): Promise<void> {
@@ -456,19 +509,65 @@ export class AuditPartitionsService {
   /**
    * Writes the month as an export of its time range (`audit-verify --file` checks it offline:
    * every event with its chain fields, in seq order, then the keyed seal), and the latest
-   * checkpoint beside it; each file appears whole or not at all (written under a temporary
-   * name, synced, then renamed, the directory synced). Null when AUDIT_ARCHIVE_DIR is not set.
+   * checkpoint beside it; each file appears whole or not at all, and never in place of another
+   * (publishFileDurably: written under a temporary name, synced, linked to its name, the
+   * directory synced). The archive's name is `audit-events-YYYY-MM.ndjson`; one there already
+   * with the same bytes (this month archived by a run whose drop was then held) is kept, with
+   * the checkpoint beside it. One with other bytes may be the only copy of the events a month
+   * held when it was dropped (by this database before it was restored from an older backup, or
+   * by another deployment sharing AUDIT_ARCHIVE_DIR; or it is an earlier attempt's, before an
+   * event came late into the month). It stays, and this archive goes beside it,
+   * named after the month's greatest seq (`audit-events-YYYY-MM.<seq>.ndjson`, and its
+   * `.checkpoint.json`; then with the time too, should that name hold other bytes), with a warning.
+   * Null when AUDIT_ARCHIVE_DIR is not set.
    */
-  private async archive(partition: AuditPartition): Promise<string | null> {
+  private async archive(runner: QueryRunner, partition: AuditPartition): Promise<string | null> {
     const dir = this.config.get('AUDIT_ARCHIVE_DIR', { infer: true });
     if (!dir) return null;
     await mkdir(dir, { recursive: true, mode: 0o700 });
     const base = join(dir, `audit-events-${partition.from.toISOString().slice(0, 7)}`);
-    const file = `${base}.ndjson`;
-    // On disk before the month is dropped (see writeFileDurably): the archive may be its only copy.
-    await writeFileDurably(file, await this.exporter.open({ from: partition.from, to: partition.to }));
-    const closing = await this.chain.latestCheckpoint();
-    if (closing) await writeFileDurably(`${base}.checkpoint.json`, `${JSON.stringify(closing)}\n`);
-    return file;
+    const {
+      rows: [{ last }],
+    } = await sql<{ last: string | null }>(runner.manager, `SELECT max(seq)::text AS last FROM "${partition.name}"`);
+    const maxSeq = last ?? '0';
+    const stems = [base, `${base}.${maxSeq}`, `${base}.${maxSeq}.${compactTime(new Date())}`];
+    // On disk before the month is dropped (see publishFileDurably): the archive may be its only copy.
+    const archive = await publishFileDurably(
+      stems.map((stem) => `${stem}.ndjson`),
+      await this.exporter.open({ from: partition.from, to: partition.to }),
+    );
+    const stem = archive.file.slice(0, -'.ndjson'.length);
+    if (stem !== base) {
+      this.logger.warn(
+        `${base}.ndjson holds other events of ${partition.name} (archived by an earlier attempt to drop it, before the month changed or the database was restored from an older backup, or by another deployment sharing AUDIT_ARCHIVE_DIR): it is kept as it is, and this archive is ${archive.file}`,
+      );
+    }
+    await this.writeClosingCheckpoint(stem, archive.reused);
+    return archive.file;
   }
+
+  /** The latest checkpoint as `<stem>.checkpoint.json`, unless an archive found whole there already has its own. */
+  private async writeClosingCheckpoint(stem: string, archiveReused: boolean): Promise<void> {
+    const closing = await this.chain.latestCheckpoint();
+    if (!closing) return;
+    const file = `${stem}.checkpoint.json`;
+    // The checkpoint written beside those same bytes closed them: it stays, and no other joins it each time a drop is retried.
+    if (archiveReused && (await exists(file))) return;
+    const written = await publishFileDurably([file, `${stem}.${compactTime(new Date())}.checkpoint.json`], `${JSON.stringify(closing)}\n`);
+    if (written.file !== file) {
+      this.logger.warn(`${file} holds another checkpoint: it is kept as it is, and the one closing ${stem}.ndjson is ${written.file}`);
+    }
+  }
+}
+
+/** A time for a file name: `20260301T120000123Z`. */
+function compactTime(time: Date): string {
+  return time.toISOString().replace(/[-:.]/g, '');
+}
+
+async function exists(file: string): Promise<boolean> {
+  return access(file).then(
+    () => true,
+    () => false,
+  );
 }

@@ -9,8 +9,9 @@ import { lastEventOfPiece } from './shipped-piece-tail';
 const PIECES_READ_BACK = 100;
 
 /**
- * AUDIT_SHIP_DIR: each piece a file of its own, written under a temporary name and renamed
- * whole, so a reader (a log shipper, a sync to other storage) never sees a part of one.
+ * AUDIT_SHIP_DIR: each piece a file of its own, written under a temporary name and linked to
+ * its own whole, so a reader (a log shipper, a sync to other storage) never sees a part of one;
+ * never over another file (writeFileDurably): a name that holds other bytes fails the tick.
  *
  * The directory is its only state: the next piece starts where its newest one ends, so nothing
  * in the database (which an attacker there could change) decides what is shipped, and a

@@ -1,14 +1,29 @@
-import { request as httpRequest, type OutgoingHttpHeaders } from 'node:http';
+import { type ClientRequest, request as httpRequest, type OutgoingHttpHeaders } from 'node:http';
 import { request as httpsRequest } from 'node:https';
-import type { Readable } from 'node:stream';
+import { type Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { QueryRunner } from 'typeorm';
 import { sql } from '../database/sql';
 import { shippedPieceName } from './audit-export-format';
 import type { ShipDestination, ShippedEnd, ShipPiece } from './audit-ship-destination';
 
-/** A receiver that neither reads nor answers for this long is given up on (the next tick tries again). */
+/**
+ * A receiver that neither reads nor answers for this long is given up on (the next tick tries
+ * again); from the connection's start, so a host that never answers the connection (a firewall
+ * dropping it) is given up on as soon, not after the system's connect timeout (about 2 min).
+ */
 const IDLE_TIMEOUT_MS = 30_000;
+/**
+ * The slowest a piece may go on average: a piece is given up on once it has taken longer than
+ * IDLE_TIMEOUT_MS (the connection, TLS, the export's first rows, the receiver's answer) plus
+ * the time the bytes sent so far take at this rate. Not a fixed deadline: a piece is at most
+ * AUDIT_SHIP_MAX_EVENTS events (5,000 by default, 2–3 MB, given 100–120 s; but up to
+ * 10,000,000, gigabytes), and any fixed one would either cut a large piece off every tick, for
+ * good, or let a receiver that takes a byte every 29 s hold the piece, its export's pooled
+ * connection and snapshot, and the shipping lock, for days. 256 kbit/s is slower than any
+ * link a log receiver should sit behind.
+ */
+const MIN_BYTES_PER_SECOND = 32 * 1024;
 
 /** Moves the endpoint's progress from the piece's afterSeq to its throughSeq, and only from there. */
 const RECORD_PIECE = `
@@ -22,8 +37,9 @@ const RECORD_PIECE = `
  * as a shipped file would be), with AUDIT_SHIP_AUTHORIZATION as its Authorization header. A piece
  * counts as delivered when the endpoint answered 2xx after the whole piece was sent; then
  * audit_ship_progress moves to its throughSeq. Anything else (another status, redirects
- * included; an answer before the end of the piece; a connection refused, broken or idle for
- * 30 s) fails the tick, and the next one sends the events again from the same afterSeq.
+ * included; an answer before the end of the piece; a connection refused, broken, idle for
+ * 30 s (not answered in 30 s included), or slower on the whole than MIN_BYTES_PER_SECOND)
+ * fails the tick, and the next one sends the events again from the same afterSeq.
  *
  * So delivery is at least once: an endpoint that took a piece whose answer was lost gets its
  * events again, in a piece with the same afterSeq (and a throughSeq as large or larger). A
@@ -37,6 +53,9 @@ export class HttpShipDestination implements ShipDestination {
   readonly kind = 'http';
   readonly lockKey = '7022357861416547438';
   readonly description: string;
+  /** See IDLE_TIMEOUT_MS and MIN_BYTES_PER_SECOND (fields so that tests can shorten them). */
+  idleTimeoutMs = IDLE_TIMEOUT_MS;
+  minBytesPerSecond = MIN_BYTES_PER_SECOND;
   private readonly url: URL;
 
   constructor(
@@ -66,7 +85,7 @@ export class HttpShipDestination implements ShipDestination {
       'user-agent': 'sessionary',
     };
     if (this.authorization !== undefined) headers.authorization = this.authorization;
-    const { status, early } = await post(this.url, lines, headers);
+    const { status, early } = await post(this.url, lines, headers, { idleTimeoutMs: this.idleTimeoutMs, minBytesPerSecond: this.minBytesPerSecond });
     if (early) throw new Error(`${this.description} answered ${status} to piece ${name} before the whole piece was sent`);
     if (status < 200 || status > 299) throw new Error(`${this.description} answered ${status} to piece ${name}`);
     const { count } = await sql(runner.manager, RECORD_PIECE, [this.description, throughSeq, afterSeq]);
@@ -77,17 +96,32 @@ export class HttpShipDestination implements ShipDestination {
   }
 }
 
+interface PostLimits {
+  idleTimeoutMs: number;
+  minBytesPerSecond: number;
+}
+
 /**
  * POSTs the body, streamed, and resolves with the answer's status once both the body is sent
  * and the answer read, or rejects with the first cause of failure (the body's own, e.g. the
  * export's database, before the socket's). `early`: the answer came before the body's end
  * (which is then destroyed, so that the export gives its connection back).
  */
-async function post(url: URL, body: Readable, headers: OutgoingHttpHeaders): Promise<{ status: number; early: boolean }> {
+async function post(url: URL, body: Readable, headers: OutgoingHttpHeaders, limits: PostLimits): Promise<{ status: number; early: boolean }> {
+  const where = `${url.origin}${url.pathname}`;
   // A connection of its own (no keep-alive pool): a piece goes at most every few seconds, and a
   // pooled socket the endpoint closed while idle would fail the next piece for nothing.
-  const request = (url.protocol === 'https:' ? httpsRequest : httpRequest)(url, { method: 'POST', headers, agent: false });
-  request.setTimeout(IDLE_TIMEOUT_MS, () => request.destroy(new Error(`${url.origin}${url.pathname}: no progress for ${IDLE_TIMEOUT_MS / 1000} s`)));
+  // `timeout` in the options, not request.setTimeout(): that one arms the socket's timer only
+  // once it has connected, so a connection never answered waited for the system's timeout.
+  const request = (url.protocol === 'https:' ? httpsRequest : httpRequest)(url, {
+    method: 'POST',
+    headers,
+    agent: false,
+    timeout: limits.idleTimeoutMs,
+  });
+  request.on('timeout', () => request.destroy(new Error(`${where}: no progress for ${limits.idleTimeoutMs / 1000} s`)));
+  const counted = byteCounter();
+  const stopDeadline = pieceDeadline(request, () => counted.bytes, limits, where);
   const answered = new Promise<{ status: number; early: boolean }>((resolve, reject) => {
     request.once('error', reject);
     request.once('response', (response) => {
@@ -98,7 +132,48 @@ async function post(url: URL, body: Readable, headers: OutgoingHttpHeaders): Pro
       response.resume(); // only the status matters
     });
   });
-  const [sent, answer] = await Promise.allSettled([pipeline(body, request), answered]);
+  const [sent, answer] = await Promise.allSettled([pipeline(body, counted.stream, request), answered]).finally(stopDeadline);
   if (answer.status === 'fulfilled' && (answer.value.early || sent.status === 'fulfilled')) return answer.value;
   throw sent.status === 'rejected' ? sent.reason : (answer as PromiseRejectedResult).reason;
+}
+
+/** A pass-through that counts the bytes through it (the body's, as the request took them). */
+function byteCounter(): { stream: Transform; readonly bytes: number } {
+  let bytes = 0;
+  const stream = new Transform({
+    transform(chunk: Buffer, _encoding, done) {
+      bytes += chunk.length;
+      done(null, chunk);
+    },
+  });
+  return {
+    stream,
+    get bytes() {
+      return bytes;
+    },
+  };
+}
+
+/**
+ * Destroys the request once the piece has taken longer than it may (MIN_BYTES_PER_SECOND):
+ * IDLE_TIMEOUT_MS plus the time its bytes sent so far take at that rate, the allowance growing
+ * as they go. The idle timeout alone lets a receiver that takes a byte (or answers one) every
+ * 29 s hold a piece forever. Returns what stops it.
+ */
+function pieceDeadline(request: ClientRequest, bytesSent: () => number, limits: PostLimits, where: string): () => void {
+  const started = performance.now();
+  const allowedMs = () => limits.idleTimeoutMs + (bytesSent() * 1000) / limits.minBytesPerSecond;
+  let timer: NodeJS.Timeout;
+  const check = () => {
+    const left = started + allowedMs() - performance.now();
+    if (left > 0) timer = setTimeout(check, left);
+    else {
+      const seconds = Math.round((performance.now() - started) / 1000);
+      request.destroy(
+        new Error(`${where}: the piece went slower than ${limits.minBytesPerSecond} bytes a second (${bytesSent()} bytes sent in ${seconds} s)`),
+      );
+    }
+  };
+  timer = setTimeout(check, allowedMs());
+  return () => clearTimeout(timer);
 }

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { createPublicKey, createSecretKey, generateKeyPairSync, KeyObject, randomBytes, randomUUID } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
 import * as jwt from 'jsonwebtoken';
-import { KeyRing } from '../src/keys/key-ring.service';
+import { KeyRing, RING_STALE_AFTER_MS } from '../src/keys/key-ring.service';
 import { KeyRotationService } from '../src/keys/key-rotation.service';
 import { KeyRotationTask } from '../src/keys/key-rotation.task';
 import { auditRows } from './helpers/db';
@@ -442,6 +442,79 @@ describe('signing keys: a ring rebuilt (TRUNCATE signing_keys, after a leaked KE
       }
     });
   }
+});
+
+describe('signing keys: rows changed in the table without KEY_ENCRYPTION_KEY, and the emergency stop (e2e)', () => {
+  let t: TestApp;
+  before(async () => {
+    t = await createTestApp({ DATABASE_URL: await freshDatabase() });
+  });
+  after(async () => {
+    await t?.close();
+  });
+
+  it("refuses a public key swapped onto the current key's row: the ring is kept as it was, and tokens of the swapped-in key get 401", async () => {
+    const { tokens } = await registerAndLogin(t.http);
+    const kid = decodeHeader(tokens.accessToken).kid as string;
+    const jwksBefore = (await t.http.get('/.well-known/jwks.json')).text;
+    const attacker = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+    const [{ public_jwk: genuine }] = await t.db.query(`SELECT public_jwk FROM signing_keys WHERE kid = $1`, [kid]);
+    await t.db.query(`UPDATE signing_keys SET public_jwk = $2 WHERE kid = $1`, [kid, attacker.publicKey.export({ format: 'jwk' })]);
+    try {
+      await assert.rejects(
+        t.app.get(KeyRing).reload(),
+        new RegExp(`Signing key ${kid} was changed in the table: its stored public key is not the public part of its private key`),
+      );
+      assert.equal(await whoami(t, forge(claimsFor(tokens), attacker.privateKey, 'ES256', { kid })), 401);
+      assert.equal(await whoami(t, tokens.accessToken), 200);
+      assert.equal((await t.http.get('/.well-known/jwks.json')).text, jwksBefore);
+    } finally {
+      await t.db.query(`UPDATE signing_keys SET public_jwk = $2 WHERE kid = $1`, [kid, genuine]);
+    }
+  });
+
+  it('answers readiness 503 once the ring has not been read for a while, each read failing; 200 again after a read', async () => {
+    const ring = t.app.get(KeyRing);
+    const rotation = t.app.get(KeyRotationService);
+    const load = rotation.loadLiveKeys.bind(rotation);
+    assert.equal((await t.http.get('/health/ready')).status, 200);
+    ring.staleAfterMs = 200;
+    rotation.loadLiveKeys = () => Promise.reject(new Error('Signing key x does not decrypt'));
+    try {
+      await assert.rejects(ring.reload(), /does not decrypt/);
+      await sleep(250);
+      const res = await t.http.get('/health/ready');
+      assert.deepEqual(
+        { status: res.status, body: res.body },
+        { status: 503, body: { statusCode: 503, error: 'Service Unavailable', message: 'The service is temporarily unavailable; retry later' } },
+      );
+    } finally {
+      rotation.loadLiveKeys = load;
+    }
+    await ring.reload();
+    assert.equal((await t.http.get('/health/ready')).status, 200);
+    ring.staleAfterMs = RING_STALE_AFTER_MS;
+  });
+
+  it("stops a current key at once when an operator sets its verify_until (the README's emergency stop); a rotation then signs with another", async () => {
+    const { tokens } = await registerAndLogin(t.http);
+    const kid = decodeHeader(tokens.accessToken).kid as string;
+    assert.equal((await t.db.query(`SELECT state FROM signing_keys WHERE kid = $1`, [kid]))[0].state, 'current');
+    await t.db.query(`UPDATE signing_keys SET verify_until = now() WHERE kid = $1`, [kid]);
+    await eventually(async () => (await whoami(t, tokens.accessToken)) === 401);
+    const published = (JSON.parse((await t.http.get('/.well-known/jwks.json')).text) as { keys: Array<{ kid: string }> }).keys.map((k) => k.kid);
+    assert.ok(!published.includes(kid), 'a stopped key is no longer published');
+    await t.app.get(KeyRotationService).rotate('cli');
+    await t.app.get(KeyRing).reload();
+    const refreshed = await t.http.post('/api/v1/auth/refresh').send({ refreshToken: tokens.refreshToken });
+    assert.equal(refreshed.status, 200);
+    assert.notEqual(decodeHeader(refreshed.body.accessToken).kid, kid);
+    assert.equal(await whoami(t, refreshed.body.accessToken), 200);
+    // The rotation made the stopped key a retiring one without giving it its usual time back.
+    assert.equal(await whoami(t, tokens.accessToken), 401);
+    const [row] = await t.db.query(`SELECT state, verify_until <= now() AS stopped FROM signing_keys WHERE kid = $1`, [kid]);
+    assert.deepEqual({ ...row }, { state: 'retiring', stopped: true });
+  });
 });
 
 describe('signing keys: auditing', () => {

@@ -10,7 +10,7 @@ import { clientContextOf } from './client-context';
 import { SessionNotActiveException } from './session-not-active.exception';
 import { InsufficientUserAuthenticationException } from './insufficient-user-authentication.exception';
 import { RetryAfterException } from './retry-after.exception';
-import { DatabaseNotReadyException, InstanceShuttingDownException } from './database-not-ready.exception';
+import { DatabaseNotReadyException, InstanceShuttingDownException, SigningKeysStaleException } from './database-not-ready.exception';
 
 /** Long enough for a database restart or failover to finish, short enough not to idle clients. */
 export const UNAVAILABLE_RETRY_AFTER_SECONDS = 5;
@@ -71,8 +71,9 @@ export class AllExceptionsFilter implements ExceptionFilter {
       if (status === HttpStatus.SERVICE_UNAVAILABLE) {
         // The readiness check's 503: the database does not answer its ping.
         if (exception instanceof DatabaseNotReadyException) return this.unavailable(exception, request);
-        // Every probe of a drain: the shutdown's start was logged once (HealthController).
-        if (exception instanceof InstanceShuttingDownException) return { ...UNAVAILABLE_BODY };
+        // Every probe of a drain: the shutdown's start was logged once (HealthController); a
+        // stale signing-key ring: each failed read is logged by KeyRing.
+        if (exception instanceof InstanceShuttingDownException || exception instanceof SigningKeysStaleException) return { ...UNAVAILABLE_BODY };
         // Raised on purpose elsewhere (an export waiting for the log to settle, a host's route):
         // the same answer, but no outage; until 0.20.2 the monitor took it for one and said so.
         this.logger.warn(`503 on ${routeOf(request)}: ${JSON.stringify(exception.getResponse())}`);

@@ -13,3 +13,9 @@ export class DatabaseNotReadyException extends ServiceUnavailableException {}
  * health controller), and it is no database outage.
  */
 export class InstanceShuttingDownException extends ServiceUnavailableException {}
+
+/**
+ * The readiness check's 503 for a signing-key ring not read for a while (KeyRing.staleness):
+ * KeyRing warns of each failed read, so no line per probe; and no database outage.
+ */
+export class SigningKeysStaleException extends ServiceUnavailableException {}

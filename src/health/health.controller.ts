@@ -6,9 +6,10 @@ import { SkipThrottle } from '@nestjs/throttler';
 import { InjectDataSource } from '@nestjs/typeorm';
 import type { DataSource } from 'typeorm';
 import { SESSIONARY_DATA_SOURCE } from '../database/data-source-name';
-import { DatabaseNotReadyException, InstanceShuttingDownException } from '../common/database-not-ready.exception';
+import { DatabaseNotReadyException, InstanceShuttingDownException, SigningKeysStaleException } from '../common/database-not-ready.exception';
 import { ProbeRoute } from '../common/probe-route.decorator';
 import { Public } from '../common/public.decorator';
+import { KeyRing } from '../keys/key-ring.service';
 
 @ApiTags('operations')
 @Public()
@@ -27,6 +28,7 @@ export class HealthController implements OnModuleDestroy {
     private readonly health: HealthCheckService,
     private readonly db: TypeOrmHealthIndicator,
     @InjectDataSource(SESSIONARY_DATA_SOURCE) private readonly dataSource: DataSource,
+    private readonly keys: KeyRing,
   ) {}
 
   @Get('live')
@@ -56,7 +58,10 @@ export class HealthController implements OnModuleDestroy {
   @ProbeRoute()
   @HealthCheck()
   @ApiOperation({ operationId: 'getReadiness', summary: 'The database answers' })
-  @ApiServiceUnavailableResponse({ description: 'The database does not answer, or the instance is shutting down' })
+  @ApiServiceUnavailableResponse({
+    description:
+      'The database does not answer or takes no writes, the signing keys have not been read for 3 minutes, or the instance is shutting down',
+  })
   async ready(): Promise<HealthCheckResult> {
     if (this.shuttingDown) throw new InstanceShuttingDownException('The instance is shutting down');
     let result: HealthCheckResult;
@@ -77,6 +82,9 @@ export class HealthController implements OnModuleDestroy {
       throw new DatabaseNotReadyException(`Not ready (database: ${error instanceof Error ? error.message : 'down'})`);
     }
     if (readOnly) throw new DatabaseNotReadyException('Not ready (database: read-only, a standby or default_transaction_read_only)');
+    // The database answers, yet this instance's signing keys may be old (0.24.0).
+    const stale = this.keys.staleness();
+    if (stale) throw new SigningKeysStaleException(`Not ready (${stale})`);
     return result;
   }
 

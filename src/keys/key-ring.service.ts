@@ -13,6 +13,8 @@ export const SIGNING_KEYS_CHANNEL = 'sessionary_signing_keys';
 
 /** How often the ring is read again even without a NOTIFY: a safety net, not the mechanism. */
 const RELOAD_EVERY_MS = 60_000;
+/** A ring not read for this long (three safety-net reads missed) makes the instance not ready. */
+export const RING_STALE_AFTER_MS = 3 * RELOAD_EVERY_MS;
 
 /**
  * This instance's copy of the signing-key ring: the key that signs, the keys that verify (by
@@ -35,6 +37,10 @@ export class KeyRing implements OnModuleInit, OnApplicationShutdown {
   private reloading: Promise<void> | undefined;
   private reloadRequested = false;
   private fingerprint = '';
+  /** When the ring was last read whole (performance.now()); undefined before the first read. */
+  private loadedAt: number | undefined;
+  /** See RING_STALE_AFTER_MS (a field so that tests can shorten it). */
+  staleAfterMs = RING_STALE_AFTER_MS;
 
   constructor(
     @InjectDataSource(SESSIONARY_DATA_SOURCE) private readonly dataSource: DataSource,
@@ -91,7 +97,7 @@ export class KeyRing implements OnModuleInit, OnApplicationShutdown {
   verifiesUntil(algorithm: unknown, kid: unknown): number {
     if (!this.verificationKey(algorithm, kid)) return 0;
     const key = kid === undefined ? this.kidless! : this.byKid.get(kid as string)!;
-    return key.state === 'retiring' ? key.verifyUntil!.getTime() : Infinity;
+    return key.verifyUntil?.getTime() ?? Infinity;
   }
 
   /** The public keys of the next, current and retiring asymmetric keys (RFC 7517 JWK members only). */
@@ -113,6 +119,19 @@ export class KeyRing implements OnModuleInit, OnApplicationShutdown {
 
   get listening(): boolean {
     return this.listener?.listening ?? false;
+  }
+
+  /**
+   * Why this instance should take no requests for its ring, or undefined: it has not been read
+   * for staleAfterMs (each read failing: the database, or a row that does not open or was
+   * changed, see SigningKeyStore.loadLive). Such an instance keeps signing with a current key
+   * the others may have retired since (their 401s for its tokens), and keeps verifying keys
+   * they have stopped: readiness answers 503, so that a load balancer stops sending it requests.
+   */
+  staleness(): string | undefined {
+    if (this.loadedAt === undefined) return 'signing keys: never read';
+    const ms = performance.now() - this.loadedAt;
+    return ms < this.staleAfterMs ? undefined : `signing keys: not read for ${Math.round(ms / 1000)} s, each read failing (see the warnings)`;
   }
 
   /** Called after every change of this instance's ring (the JWT strategy forgets the tokens it verified). */
@@ -138,6 +157,7 @@ export class KeyRing implements OnModuleInit, OnApplicationShutdown {
           // not applied even for a moment (a stopped key must not verify again); read again.
           if (this.reloadRequested) continue;
           this.apply(keys);
+          this.loadedAt = performance.now();
           break;
         }
       } finally {
@@ -170,7 +190,13 @@ export class KeyRing implements OnModuleInit, OnApplicationShutdown {
   }
 }
 
-/** Retiring keys verify until every token they signed has expired; the others always. */
+/**
+ * Retiring keys verify until every token they signed has expired; the others while no
+ * verify_until is set. The README's emergency stop (`UPDATE signing_keys SET verify_until =
+ * now()`) stops a key in any state: on a current or next key it did nothing until 0.24.0, and
+ * a compromised current key stopped that way kept verifying (and signing: tokens it signs now
+ * are refused everywhere, until a rotation makes another key current).
+ */
 function verifiesNow(key: RingKey): boolean {
-  return key.state !== 'retiring' || Date.now() < key.verifyUntil!.getTime();
+  return key.verifyUntil === null || Date.now() < key.verifyUntil.getTime();
 }

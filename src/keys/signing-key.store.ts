@@ -2,7 +2,7 @@ import type { JsonWebKey } from 'node:crypto';
 import { EntityManager } from 'typeorm';
 import { rowsOf, sql } from '../database/sql';
 import { KeyDecryptionError, KeyEncryption } from './key-encryption';
-import { importKeys, KeyMaterial, KeyState, RingKey } from './signing-key';
+import { importKeys, KeyMaterial, KeyState, PublicKeyMismatchError, RingKey } from './signing-key';
 import type { SigningAlgorithm } from './signing-algorithm';
 
 /** A key as `keys list` shows it: everything but secrets. */
@@ -54,12 +54,18 @@ export class SigningKeyStore {
           cause: error,
         });
       }
+      let keys: ReturnType<typeof importKeys>;
+      try {
+        keys = importKeys({ algorithm: row.algorithm, publicJwk: row.public_jwk, privateBytes });
+      } catch (error) {
+        if (!(error instanceof PublicKeyMismatchError)) throw error;
+        throw new Error(`Signing key ${row.kid} was changed in the table: ${error.message}`, { cause: error });
+      }
       return {
         kid: row.kid,
         algorithm: row.algorithm,
         state: row.state as RingKey['state'],
-        ...importKeys({ algorithm: row.algorithm, publicJwk: row.public_jwk, privateBytes }),
-        publicJwk: row.public_jwk,
+        ...keys,
         fromJwtSecret: row.from_jwt_secret,
         activatedAt: row.activated_at,
         verifyUntil: row.verify_until,
@@ -141,11 +147,15 @@ export class SigningKeyStore {
     );
   }
 
-  /** The current key starts retiring: it verifies for `verifySeconds` more, and signs no more. */
+  /**
+   * The current key starts retiring: it verifies for `verifySeconds` more, and signs no more; or
+   * less, when an operator has stopped it already (verify_until set on the current key: the
+   * README's emergency stop), which a rotation must not undo.
+   */
   async demoteCurrent(em: EntityManager, verifySeconds: number): Promise<{ kid: string; verifyUntil: Date } | undefined> {
     const rows = await rowsOf<{ kid: string; verify_until: Date }>(
       em,
-      `UPDATE "signing_keys" SET "state" = 'retiring', "verify_until" = now() + make_interval(secs => $1)
+      `UPDATE "signing_keys" SET "state" = 'retiring', "verify_until" = LEAST("verify_until", now() + make_interval(secs => $1))
         WHERE "state" = 'current' RETURNING "kid", "verify_until"`,
       [verifySeconds],
     );

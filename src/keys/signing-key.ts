@@ -45,18 +45,35 @@ export function keyMaterialFromSecret(secret: string): KeyMaterial {
   return { kid: randomKid(), algorithm: 'HS256', publicJwk: null, privateBytes: Buffer.from(secret, 'utf8') };
 }
 
+/** A stored public key that is not its private key's: the row's public part was changed. */
+export class PublicKeyMismatchError extends Error {}
+
+/**
+ * The keys of a stored key, from its opened private bytes. An EC key's public part is derived
+ * from its private key, and the stored JWK must be that key: the private part is sealed with
+ * KEY_ENCRYPTION_KEY (its kid and algorithm authenticated with it), the stored JWK is not, and
+ * until 0.24.0 it was imported as it stood, so someone who could write the table but did not
+ * hold the KEK could put a public key of their own on the current key's row, and every
+ * instance (and the published JWKS) accepted tokens they signed. `publicJwk` in the result is
+ * the derived one.
+ */
 export function importKeys(material: Pick<KeyMaterial, 'algorithm' | 'publicJwk' | 'privateBytes'>): {
   signingKey: KeyObject;
   verificationKey: KeyObject;
+  publicJwk: JsonWebKey | null;
 } {
   if (material.algorithm === 'HS256') {
     const secret = createSecretKey(material.privateBytes);
-    return { signingKey: secret, verificationKey: secret };
+    return { signingKey: secret, verificationKey: secret, publicJwk: null };
   }
-  return {
-    signingKey: createPrivateKey({ key: material.privateBytes, format: 'der', type: 'pkcs8' }),
-    verificationKey: createPublicKey({ key: material.publicJwk!, format: 'jwk' }),
-  };
+  const signingKey = createPrivateKey({ key: material.privateBytes, format: 'der', type: 'pkcs8' });
+  const verificationKey = createPublicKey(signingKey);
+  const derived = verificationKey.export({ format: 'jwk' });
+  const stored = material.publicJwk;
+  if (!stored || stored.kty !== derived.kty || stored.crv !== derived.crv || stored.x !== derived.x || stored.y !== derived.y) {
+    throw new PublicKeyMismatchError('its stored public key is not the public part of its private key');
+  }
+  return { signingKey, verificationKey, publicJwk: derived };
 }
 
 /** A JWKS entry (RFC 7517): an EC public key's members, its kid, algorithm and use. */

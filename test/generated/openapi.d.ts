@@ -3677,7 +3677,7 @@ export interface operations {
                 };
             };
             /**
-             * @description The database does not answer, or the instance is shutting down
+             * @description The database does not answer or takes no writes, the signing keys have not been read for 3 minutes, or the instance is shutting down
              *
              *     The Health Check is not successful
              */

@@ -196,6 +196,37 @@ describe('audit retention runs: what a run that cannot drop every month does (e2
     );
   });
 
+  it('holds a month whose archive no checkpoint would close (another instance writing one), and archives it with one that covers its last event next run', async () => {
+    const archiveDir = mkdtempSync(join(tmpdir(), 'sessionary-archive-closing-'));
+    scratch.push(archiveDir);
+    const t = await app({ AUDIT_ARCHIVE_DIR: archiveDir });
+    const chain = t.app.get(AuditChainService);
+    const checkpoint = chain.checkpoint.bind(chain);
+    // Another instance holds the checkpoint's lock: this one writes none (its scheduled job neither).
+    chain.checkpoint = () => Promise.resolve(undefined);
+    const service = t.app.get(AuditPartitionsService);
+    try {
+      await monthsOfEvents(t, [5]);
+      const result = await service.maintain();
+      assert.deepEqual(result.dropped, []);
+      assert.equal(result.held.length, 1, JSON.stringify(result.held));
+      assert.match(result.held[0].reason, /^no checkpoint covers the month's last event yet .*; trying again next run$/);
+      assert.deepEqual(readdirSync(archiveDir), []);
+    } finally {
+      chain.checkpoint = checkpoint;
+    }
+    const next = await service.maintain();
+    assert.deepEqual(
+      next.dropped.map((d) => d.name),
+      [name(5)],
+    );
+    const stem = join(archiveDir, `audit-events-${partitionOf(monthStart(5)).from.toISOString().slice(0, 7)}`);
+    const closing = JSON.parse(readFileSync(`${stem}.checkpoint.json`, 'utf8')) as Checkpoint;
+    const lines = readFileSync(`${stem}.ndjson`, 'utf8').trim().split('\n');
+    const lastSeq = (JSON.parse(lines[lines.length - 2]) as { seq: string }).seq;
+    assert.ok(BigInt(closing.maxSeq) >= BigInt(lastSeq), `checkpoint ${closing.maxSeq} covers the month's last event ${lastSeq}`);
+  });
+
   it('never replaces an archive: the same bytes are kept with their checkpoint; other bytes stay, and the month goes beside them', async () => {
     const archiveDir = mkdtempSync(join(tmpdir(), 'sessionary-archive-kept-'));
     scratch.push(archiveDir);

@@ -34,6 +34,9 @@ const BUSY_REASON = `audit_events or the month was busy: a lock its drop takes w
 /** Why a month is held when its archive could not have an export slot (the export's 429). */
 const NO_EXPORT_SLOT_REASON =
   'every audit export slot of this instance (AUDIT_EXPORT_MAX_CONCURRENT) was taken, so it could not be archived; trying again next run';
+/** Why a month is held when no checkpoint covers its last event yet (its archive would have none to close it). */
+const NO_CLOSING_CHECKPOINT_REASON =
+  "no checkpoint covers the month's last event yet (another instance was writing one, or a transaction held the settling up), so its archive would have none to close it; trying again next run";
 /** How long giving a month its refusal of TRUNCATE may wait for the month's writers. */
 const TRIGGER_LOCK_TIMEOUT = '200ms';
 /**
@@ -405,8 +408,16 @@ export class AuditPartitionsService {
 
     let archive: string | null = null;
     if (this.config.get('AUDIT_ARCHIVE_DIR', { infer: true })) {
-      // A checkpoint of everything up to now closes the archive.
+      // A checkpoint of everything up to now closes the archive: one that covers the month's
+      // last event (checkpoint() writes none while another instance writes one, and one that
+      // claims no more than the last when a transaction holds the settling up; until 0.24.0
+      // the archive was then closed by an older checkpoint, which its events outran).
       await this.chain.checkpoint(true);
+      const {
+        rows: [{ last }],
+      } = await sql<{ last: string | null }>(runner.manager, `SELECT max(seq)::text AS last FROM "${partition.name}"`);
+      const closing = await this.chain.latestCheckpoint();
+      if (last !== null && (!closing || BigInt(closing.maxSeq) < BigInt(last))) return NO_CLOSING_CHECKPOINT_REASON;
       try {
         archive = await this.archive(runner, partition);
       } catch (error) {

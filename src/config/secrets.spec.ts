@@ -78,11 +78,27 @@ describe('resolveSecrets in production', () => {
     );
   });
 
-  it('stops on a secret with leading or trailing whitespace or quotes: a well-known value so wrapped is not a new one', () => {
+  it('judges a secret without the whitespace and quotes around it: a well-known, short or equal value so wrapped is refused', () => {
     const known = 'change-me-to-a-long-random-string-of-32-bytes-or-more';
-    for (const wrapped of [`${known}\n`, `"${known}"`, ` ${STRONG_JWT}`, `'${STRONG_JWT}'`]) {
-      assertStops({ JWT_SECRET: wrapped, PASSWORD_PEPPER: STRONG_PEPPER }, 'JWT_SECRET', wrapped.trim(), /starts or ends with whitespace or a quote/);
+    for (const wrapped of [`${known}\n`, `"${known}"`, ` '${known}' `]) {
+      assertStops({ JWT_SECRET: wrapped, PASSWORD_PEPPER: STRONG_PEPPER }, 'JWT_SECRET', known, /is a well-known or low-entropy value/);
     }
+    const short = STRONG_JWT.slice(0, 20);
+    assertStops({ JWT_SECRET: `"${short}"${'\n'.repeat(12)}`, PASSWORD_PEPPER: STRONG_PEPPER }, 'JWT_SECRET', short, /is shorter than 32 bytes/);
+    assertStops(
+      { JWT_SECRET: STRONG_JWT, PASSWORD_PEPPER: STRONG_PEPPER, KEY_ENCRYPTION_KEY: `"${STRONG_JWT}"\n` },
+      'AUDIT_HMAC_KEY, KEY_ENCRYPTION_KEY',
+      STRONG_JWT,
+      /must all differ/,
+    );
+  });
+
+  it('keeps a strong secret wrapped in whitespace or quotes as it is (a pepper or key in use cannot change without losing what it protects)', () => {
+    const wrappedPepper = `${STRONG_PEPPER}\n`;
+    const wrappedKek = `"${STRONG_KEK}"`;
+    const secrets = resolveSecrets(production({ JWT_SECRET: STRONG_JWT, PASSWORD_PEPPER: wrappedPepper, KEY_ENCRYPTION_KEY: wrappedKek }));
+    assert.equal(secrets.PASSWORD_PEPPER, wrappedPepper);
+    assert.equal(secrets.KEY_ENCRYPTION_KEY, wrappedKek);
   });
 
   it('stops on two secrets that differ only in case', () => {

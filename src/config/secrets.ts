@@ -34,14 +34,22 @@ const WELL_KNOWN_SECRETS = new Set([
 
 function weakness(name: string, value: string | undefined): string | undefined {
   if (!value) return `${name} is missing`;
-  // A copy's newline (a Kubernetes secret made with `echo`) or an env file's quotes (docker
-  // --env-file keeps them) become part of the secret, and let a well-known value, or one equal
-  // to another secret, pass the checks below as another string (until 0.24.0).
-  if (/^[\s"']|[\s"']$/.test(value))
-    return `${name} starts or ends with whitespace or a quote (a copied newline, an env file's quoting): remove them`;
-  if (Buffer.byteLength(value, 'utf8') < MIN_SECRET_BYTES) return `${name} is shorter than ${MIN_SECRET_BYTES} bytes`;
-  if (WELL_KNOWN_SECRETS.has(value.toLowerCase()) || isPatterned(value)) return `${name} is a well-known or low-entropy value`;
+  const core = unwrapped(value);
+  if (Buffer.byteLength(core, 'utf8') < MIN_SECRET_BYTES) return `${name} is shorter than ${MIN_SECRET_BYTES} bytes`;
+  if (WELL_KNOWN_SECRETS.has(core.toLowerCase()) || isPatterned(core)) return `${name} is a well-known or low-entropy value`;
   return undefined;
+}
+
+/**
+ * A secret as it is judged: without the whitespace and quotes around it. A copy's newline (a
+ * Kubernetes secret made with `echo`) or an env file's quotes (docker --env-file keeps them)
+ * become part of the value, and let a well-known one, or one equal to another secret, pass the
+ * checks as another string (until 0.24.0). The value itself is used as it is, wrapping
+ * included: a pepper, a key-encryption key or an audit key that has been in use with it cannot
+ * be changed without losing what it protects, so it is not refused for it either.
+ */
+function unwrapped(value: string): string {
+  return value.replace(/^[\s"']+|[\s"']+$/g, '');
 }
 
 /**
@@ -74,8 +82,8 @@ function repeatsOrRuns(value: string): boolean {
 export function resolveSecrets(env: Env): Secrets {
   if (env.NODE_ENV === NodeEnv.Production) {
     const problems = SECRET_NAMES.map((name) => weakness(name, env[name])).filter((p): p is string => Boolean(p));
-    // Compared without case too: values that differ only in it are one secret to whoever reads either.
-    if (!problems.length && new Set(SECRET_NAMES.map((name) => env[name]!.toLowerCase())).size < SECRET_NAMES.length) {
+    // Compared unwrapped and without case: values that differ only in those are one secret to whoever reads either.
+    if (!problems.length && new Set(SECRET_NAMES.map((name) => unwrapped(env[name]!).toLowerCase())).size < SECRET_NAMES.length) {
       problems.push(`${SECRET_NAMES.join(', ')} must all differ`);
     }
     // Optional, but a scraper's token is kept in more places than the service's own keys: once
@@ -83,7 +91,7 @@ export function resolveSecrets(env: Env): Secrets {
     if (env.METRICS_TOKEN !== undefined) {
       const weak = weakness('METRICS_TOKEN', env.METRICS_TOKEN);
       if (weak) problems.push(weak);
-      else if (SECRET_NAMES.some((name) => env[name]?.toLowerCase() === env.METRICS_TOKEN!.toLowerCase()))
+      else if (SECRET_NAMES.some((name) => unwrapped(env[name] ?? '').toLowerCase() === unwrapped(env.METRICS_TOKEN!).toLowerCase()))
         problems.push(`METRICS_TOKEN must differ from ${SECRET_NAMES.join(', ')}`);
     }
     problems.push(...shipAuthorizationProblems(env));

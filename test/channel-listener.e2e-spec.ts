@@ -109,22 +109,36 @@ describe('a channel listener checks at each heartbeat that it hears the server n
     );
   });
 
-  it('does not trust a new connection until an echo from a new connection is heard (one that cannot be sent included)', async () => {
+  it('trusts a new connection whose echo cannot be sent (no new connection: a connection limit), with one warning, rather than reconnecting', async () => {
     let attempts = 0;
-    let refuse = true;
-    const starting = start({
-      send: async (channel, payload) => {
+    await start({
+      send: async () => {
         attempts++;
-        if (refuse) throw new Error('connect ECONNREFUSED');
-        await notifyFromNewConnection(listened, 'test-pool', channel, payload);
+        throw new Error('sorry, too many clients already');
       },
-    }).catch((error: unknown) => error);
-    assert.ok(await until(() => attempts >= 3, 3000), 'connections were tried again');
-    assert.equal(listener!.listening, false);
-    assert.equal(trusted, 0);
-    refuse = false;
-    assert.equal(await starting, undefined);
-    assert.equal(trusted, 1);
+    });
+    assert.deepEqual({ trusted, lost }, { trusted: 1, lost: 0 });
+    assert.ok(await until(() => attempts >= 3, 3000), 'beats went on');
+    assert.deepEqual({ trusted, lost, listening: listener!.listening }, { trusted: 1, lost: 0, listening: true });
+    const warnings = logs.lines.filter((l) => l.level === 'warn' && l.context === 'test-listener');
+    assert.equal(warnings.length, 1, JSON.stringify(warnings));
+  });
+
+  it('times the delivery, not the sending: an echo slow to connect but heard at once keeps the connection', async () => {
+    let slow = false;
+    let sent = 0;
+    await start({
+      echoTimeoutMs: 300,
+      send: async (channel, payload) => {
+        if (slow) await sleep(600); // longer than the echo's timeout
+        await notifyFromNewConnection(listened, 'test-pool', channel, payload);
+        sent++;
+      },
+    });
+    slow = true;
+    const before = sent;
+    assert.ok(await until(() => sent >= before + 2, 5000), 'slow echoes were sent and heard');
+    assert.deepEqual({ trusted, lost, listening: listener!.listening }, { trusted: 1, lost: 0, listening: true });
   });
 
   it('sends the echo from a connection of its own, closed once sent', async () => {

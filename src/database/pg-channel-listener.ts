@@ -33,9 +33,10 @@ export interface ChannelListenerOptions {
    * connections are replaced over time (DATABASE_CONNECTION_LIFETIME, failures) and follow
    * wherever a switchover behind a proxy or DNS name sends new connections, while this long-lived
    * one may stay on the old server, still up, and hear none of the changes made on the new one.
-   * An echo sent and not heard within echoTimeoutMs counts as losing the connection. One that
-   * could not be sent (no new connection could be made: a connection limit, the server going
-   * down, which the probe notices anyway) skips the check for that beat, with one warning.
+   * An echo sent and not heard within echoTimeoutMs of its sending counts as losing the
+   * connection. One that could not be sent (no new connection could be made: a connection limit,
+   * the server going down, which the probe notices anyway) skips the check for that beat, or at
+   * connection time, with one warning.
    */
   notifyFromNewConnection?: (channel: string, payload: string) => Promise<unknown>;
   /** How long an echo from a new connection may take to arrive. Default 5 s. */
@@ -130,7 +131,13 @@ export class PgChannelListener {
       const echoChannel = this.options.notifyFromNewConnection ? probeChannel() : undefined;
       if (echoChannel) {
         await client.query(`LISTEN ${echoChannel}`);
-        await this.hearsEcho(client, echoChannel);
+        // An echo that cannot be sent (no new connection: a connection limit) is no evidence
+        // against this connection, which the pool's NOTIFY above reached: trusted, with the
+        // warning a skipped beat gives, rather than reconnecting every 2 s while the limit lasts.
+        await this.hearsEcho(client, echoChannel).catch((error: unknown) => {
+          if (!(error instanceof EchoNotSentError)) throw error;
+          this.echoSkipped(error);
+        });
       }
       const [{ pid }] = (await client.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows;
       if (this.client !== client) return; // lost (or stopped) meanwhile
@@ -157,15 +164,19 @@ export class PgChannelListener {
       if (echoChannel && this.client === client) await this.hearsEcho(client, echoChannel);
     } catch (error) {
       if (!(error instanceof EchoNotSentError)) this.lost(client, error);
-      else if (!this.echoSkipLogged && this.client === client) {
-        this.logger.warn(
-          `Could not check that ${this.options.channel} still hears the service's server (${error.message}); checked again at the next heartbeat`,
-        );
-        this.echoSkipLogged = true;
-      }
+      else if (this.client === client) this.echoSkipped(error);
     } finally {
       if (this.beating === client) this.beating = undefined;
     }
+  }
+
+  /** One warning until an echo is heard again. */
+  private echoSkipped(error: EchoNotSentError): void {
+    if (this.echoSkipLogged) return;
+    this.logger.warn(
+      `Could not check that ${this.options.channel} still hears the service's server (${error.message}); checked again at the next heartbeat`,
+    );
+    this.echoSkipLogged = true;
   }
 
   /**
@@ -233,9 +244,13 @@ export class PgChannelListener {
     client.on('notification', onNotification);
     client.once('end', onEnd);
     client.once('error', onEnd);
-    const timer = setTimeout(() => gone(new Error(timeoutMessage)), timeoutMs).unref();
+    let timer: NodeJS.Timeout | undefined;
     try {
       await send();
+      // Timed from the send's end: what is timed is the delivery. A send slow to connect (a
+      // loaded server, TLS, a pooler's queue) is bounded by its own timeouts, and counted in
+      // this one it made a listener on the right server look lost exactly under load.
+      timer = setTimeout(() => gone(new Error(timeoutMessage)), timeoutMs).unref();
       await arrived;
     } finally {
       clearTimeout(timer);

@@ -193,6 +193,43 @@ describe('admin (e2e)', () => {
     }
   });
 
+  it("two admins ending each other's sessions at once: one wins, the other gets 401 (its own session ended), never a deadlock's 500", async () => {
+    const [first, second] = [await registerAndLogin(t.http), await registerAndLogin(t.http)];
+    for (const a of [first, second]) {
+      assert.equal((await cli('promote-admin', a.user.email)).code, 0);
+      // The role reaches the session cache by NOTIFY: wait for it, so that both requests get past the guard.
+      for (let i = 0; i < 100 && (await t.http.get('/api/v1/admin/audit?limit=1').set('Authorization', bearer(a.tokens))).status !== 200; i++)
+        await sleep(20);
+    }
+    // Both requests wait behind the two users' rows, then go at once.
+    const holder = new Client({ connectionString: await databaseForThisFile() });
+    await holder.connect();
+    let answers: number[];
+    try {
+      await holder.query('BEGIN');
+      await holder.query('SELECT 1 FROM users WHERE id = ANY($1) FOR UPDATE', [[first.user.id, second.user.id]]);
+      const revoke = (by: Tokens, of: TestUser) =>
+        t.http
+          .delete(`/api/v1/admin/users/${of.id}/sessions`)
+          .set('Authorization', bearer(by))
+          .then((r) => r);
+      const both = Promise.all([revoke(first.tokens, second.user), revoke(second.tokens, first.user)]);
+      const waiting = async () =>
+        (
+          await holder.query(
+            `SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()`,
+          )
+        ).rows[0].n as number;
+      for (let i = 0; i < 250 && (await waiting()) < 2; i++) await sleep(20);
+      assert.equal(await waiting(), 2, 'both revocations wait behind the rows');
+      await holder.query('COMMIT');
+      answers = (await both).map((r) => r.status);
+    } finally {
+      await holder.end();
+    }
+    assert.deepEqual([...answers].sort(), [200, 401]);
+  });
+
   it("shows a user's own ending of another session with its address and browser, as recorded", async () => {
     const user = await registerUser(t.http);
     const [first, second] = [await login(t.http, user), await login(t.http, user)];

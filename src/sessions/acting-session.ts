@@ -21,3 +21,9 @@ export async function requireActingSession(em: EntityManager, sessionId: string)
   const { rows } = await sql(em, `SELECT 1 FROM sessions WHERE id = $1 AND ended_at IS NULL FOR SHARE`, [sessionId]);
   if (!rows.length) throw new SessionNotActiveException();
 }
+
+/** The user a session belongs to (read without a lock, to lock that user's row first), or undefined when there is no such session. */
+export async function userOfSession(em: EntityManager, sessionId: string): Promise<string | undefined> {
+  const { rows } = await sql<{ user_id: string }>(em, `SELECT user_id FROM sessions WHERE id = $1`, [sessionId]);
+  return rows[0]?.user_id;
+}

@@ -18,7 +18,7 @@ import { generateRefreshToken, hashRefreshToken, looksLikeRefreshToken } from '.
 import { ActivityWriteOutcome, SessionActivityBuffer } from './session-activity';
 import { CachedSession, SessionCache } from './session-cache';
 import { SessionChangeListener } from './session-change-listener';
-import { requireActingSession } from './acting-session';
+import { requireActingSession, userOfSession } from './acting-session';
 import { activityDue, judgeCachedSession, judgeSession, touchIntervalMs } from './session-rules';
 import { SessionEndReason, SessionEntity } from './session.entity';
 import { SESSION_COLUMNS, type SessionRow, toEntity } from './session-row';
@@ -421,15 +421,19 @@ export class SessionsService implements OnApplicationBootstrap, OnModuleDestroy 
     // that user's sessions (makeRoomForOneMore): otherwise the two lock the same sessions in
     // different orders (the login by last use, the UPDATE by index order) and PostgreSQL ends
     // one of them as a deadlock, a 500 that could be "log out everywhere else" (until 0.22.0).
-    if ('userId' in target) await this.users.lockForSessionChange(em, target.userId);
     // A session acting on others (not the cleanup, not a logout) must still be active: see
-    // requireActingSession. Ending one other session takes its owner's row first too, as every
-    // writer of a user's sessions does (the FOR SHARE and the UPDATE would otherwise lock two
-    // sessions in the opposite order of a password change's UPDATE: a deadlock).
-    if (options.actorSessionId) {
-      if ('sessionId' in target && target.ownerId) await this.users.lockForSessionChange(em, target.ownerId);
-      await requireActingSession(em, options.actorSessionId);
+    // requireActingSession. Every user row concerned is locked first, in id order, as every
+    // writer of a user's sessions takes its user's row first: the target's (ending one other
+    // session too: the FOR SHARE and the UPDATE would otherwise lock two sessions in the
+    // opposite order of a password change's UPDATE) and the acting session's user's (two admins
+    // revoking each other took each other's session FOR SHARE in opposite orders: a deadlock,
+    // which PostgreSQL ended with an error, a 500).
+    const targetUser = 'userId' in target ? target.userId : 'sessionId' in target && options.actorSessionId ? target.ownerId : undefined;
+    const actorUser = options.actorSessionId ? await userOfSession(em, options.actorSessionId) : undefined;
+    for (const userId of [...new Set([targetUser, actorUser].filter((id): id is string => id !== undefined))].sort()) {
+      await this.users.lockForSessionChange(em, userId);
     }
+    if (options.actorSessionId) await requireActingSession(em, options.actorSessionId);
     const [which, params] =
       'sessionId' in target
         ? ['id = $2 AND ($3::uuid IS NULL OR user_id = $3::uuid)', [target.sessionId, target.ownerId ?? null]]

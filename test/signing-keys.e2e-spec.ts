@@ -515,6 +515,31 @@ describe('signing keys: rows changed in the table without KEY_ENCRYPTION_KEY, an
     const [row] = await t.db.query(`SELECT state, verify_until <= now() AS stopped FROM signing_keys WHERE kid = $1`, [kid]);
     assert.deepEqual({ ...row }, { state: 'retiring', stopped: true });
   });
+
+  it('after every key is stopped (a leaked KEY_ENCRYPTION_KEY), the maintenance rotates at once to a fresh key: a stopped next key is retired, never promoted', async () => {
+    const stopped = (await t.db.query(`SELECT kid, state FROM signing_keys WHERE state IN ('current', 'next')`)) as Array<{
+      kid: string;
+      state: string;
+    }>;
+    assert.equal(stopped.length, 2);
+    await t.db.query(`UPDATE signing_keys SET verify_until = now() WHERE state IN ('current', 'next')`);
+    const result = await t.app.get(KeyRotationService).maintain(undefined);
+    assert.ok(result.rotated, 'rotated at once, though no rotation is scheduled');
+    const kids = stopped.map((k) => k.kid);
+    assert.ok(!kids.includes(result.rotated.current) && !kids.includes(result.rotated.next), 'fresh current and next keys');
+    const after = (await t.db.query(`SELECT kid, state, private_key IS NULL AS erased FROM signing_keys WHERE kid = ANY($1)`, [kids])) as Array<{
+      kid: string;
+      state: string;
+      erased: boolean;
+    }>;
+    const was = (state: string) => after.find((k) => k.kid === stopped.find((s) => s.state === state)!.kid)!;
+    assert.deepEqual({ ...was('next') }, { kid: was('next').kid, state: 'retired', erased: true });
+    assert.equal(was('current').state, 'retiring');
+    await t.app.get(KeyRing).reload();
+    const { tokens } = await registerAndLogin(t.http);
+    assert.equal(decodeHeader(tokens.accessToken).kid, result.rotated.current);
+    assert.equal(await whoami(t, tokens.accessToken), 200);
+  });
 });
 
 describe('signing keys: auditing', () => {

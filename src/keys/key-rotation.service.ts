@@ -162,7 +162,10 @@ export class KeyRotationService {
       const next = ring.find((k) => k.state === 'next');
       const foreignNext = next && next.algorithm !== this.algorithm ? next.algorithm : undefined;
       const due = rotationDays !== undefined && current?.activated_at && Date.now() - current.activated_at.getTime() >= rotationDays * 86_400_000;
-      if (due && !foreignNext) {
+      // A current key an operator stopped (verify_until: the emergency stop) signs tokens no
+      // instance accepts: rotated at once, whatever the schedule, so logins work again.
+      const stopped = current?.verify_until != null && current.verify_until.getTime() <= Date.now();
+      if ((due || stopped) && !foreignNext) {
         const rotated = await this.rotateLocked(em, 'schedule');
         return { skipped: false, rotated, retired: rotated.retired };
       }

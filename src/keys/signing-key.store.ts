@@ -115,8 +115,8 @@ export class SigningKeyStore {
     return rows.length > 0;
   }
 
-  async states(em: EntityManager): Promise<Array<Pick<KeyRow, 'kid' | 'algorithm' | 'state' | 'activated_at'>>> {
-    return rowsOf(em, `SELECT "kid", "algorithm", "state", "activated_at" FROM "signing_keys" WHERE "state" IN ('current', 'next')`);
+  async states(em: EntityManager): Promise<Array<Pick<KeyRow, 'kid' | 'algorithm' | 'state' | 'activated_at' | 'verify_until'>>> {
+    return rowsOf(em, `SELECT "kid", "algorithm", "state", "activated_at", "verify_until" FROM "signing_keys" WHERE "state" IN ('current', 'next')`);
   }
 
   /**
@@ -162,11 +162,12 @@ export class SigningKeyStore {
     return rows[0] && { kid: rows[0].kid, verifyUntil: rows[0].verify_until };
   }
 
-  /** The next key, if it has this algorithm, becomes current. */
+  /** The next key, if it has this algorithm and no operator has stopped it (verify_until), becomes current. */
   async promoteNext(em: EntityManager, algorithm: SigningAlgorithm): Promise<string | undefined> {
     const rows = await rowsOf<{ kid: string }>(
       em,
-      `UPDATE "signing_keys" SET "state" = 'current', "activated_at" = now() WHERE "state" = 'next' AND "algorithm" = $1 RETURNING "kid"`,
+      `UPDATE "signing_keys" SET "state" = 'current', "activated_at" = now()
+        WHERE "state" = 'next' AND "algorithm" = $1 AND ("verify_until" IS NULL OR "verify_until" > now()) RETURNING "kid"`,
       [algorithm],
     );
     return rows[0]?.kid;
@@ -174,13 +175,15 @@ export class SigningKeyStore {
 
   /**
    * Retires, erasing the private part: retiring keys whose tokens have all expired, and a next
-   * key of another algorithm than the configured one (it never signed anything).
+   * key of another algorithm than the configured one or stopped by an operator (verify_until
+   * set: the README's emergency stop after a leak); a next key never signed anything.
    */
   async retire(em: EntityManager, configured: SigningAlgorithm): Promise<string[]> {
     const rows = await rowsOf<{ kid: string }>(
       em,
       `UPDATE "signing_keys" SET "state" = 'retired', "private_key" = NULL, "retired_at" = now()
-        WHERE ("state" = 'retiring' AND "verify_until" <= now()) OR ("state" = 'next' AND "algorithm" <> $1)
+        WHERE ("state" = 'retiring' AND "verify_until" <= now())
+           OR ("state" = 'next' AND ("algorithm" <> $1 OR "verify_until" <= now()))
         RETURNING "kid"`,
       [configured],
     );

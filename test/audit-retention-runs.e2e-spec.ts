@@ -237,7 +237,11 @@ describe('audit retention runs: what a run that cannot drop every month does (e2
     const { from, to } = partitionOf(monthStart(6));
     await pipeline(await t.app.get(AuditExportService).open({ from, to }), createWriteStream(`${base(6)}.ndjson`));
     const sameBytes = readFileSync(`${base(6)}.ndjson`);
-    writeFileSync(`${base(6)}.checkpoint.json`, 'the checkpoint written beside it then\n');
+    // With the checkpoint that closed it then, covering its last event.
+    const chain = t.app.get(AuditChainService);
+    await chain.checkpoint(true);
+    const closedThen = `${JSON.stringify(await chain.latestCheckpoint())}\n`;
+    writeFileSync(`${base(6)}.checkpoint.json`, closedThen);
     // The later one archived by another log (another deployment sharing the directory): the only copy of its events.
     writeFileSync(`${base(5)}.ndjson`, 'another log’s month\n');
     writeFileSync(`${base(5)}.checkpoint.json`, 'another log’s checkpoint\n');
@@ -255,7 +259,7 @@ describe('audit retention runs: what a run that cannot drop every month does (e2
       ],
     );
     assert.deepEqual(readFileSync(`${base(6)}.ndjson`), sameBytes);
-    assert.equal(readFileSync(`${base(6)}.checkpoint.json`, 'utf8'), 'the checkpoint written beside it then\n');
+    assert.equal(readFileSync(`${base(6)}.checkpoint.json`, 'utf8'), closedThen);
     assert.equal(readFileSync(`${base(5)}.ndjson`, 'utf8'), 'another log’s month\n');
     assert.equal(readFileSync(`${base(5)}.checkpoint.json`, 'utf8'), 'another log’s checkpoint\n');
 
@@ -274,6 +278,34 @@ describe('audit retention runs: what a run that cannot drop every month does (e2
       readdirSync(archiveDir).filter((f) => f.endsWith('.partial')),
       [],
     );
+  });
+
+  it("gives a kept archive whose checkpoint does not cover its last event (an earlier version's run) a checkpoint that does, beside the old one", async () => {
+    const archiveDir = mkdtempSync(join(tmpdir(), 'sessionary-archive-old-closing-'));
+    scratch.push(archiveDir);
+    const t = await app({ AUDIT_ARCHIVE_DIR: archiveDir });
+    const chain = t.app.get(AuditChainService);
+    await chain.checkpoint(true);
+    const older = `${JSON.stringify(await chain.latestCheckpoint())}\n`;
+    await monthsOfEvents(t, [5]);
+    const base = join(archiveDir, `audit-events-${partitionOf(monthStart(5)).from.toISOString().slice(0, 7)}`);
+    const { from, to } = partitionOf(monthStart(5));
+    await pipeline(await t.app.get(AuditExportService).open({ from, to }), createWriteStream(`${base}.ndjson`));
+    writeFileSync(`${base}.checkpoint.json`, older);
+    const [{ last }] = await t.db.query(`SELECT max(seq)::text AS last FROM "${name(5)}"`);
+
+    const result = await t.app.get(AuditPartitionsService).maintain();
+    assert.deepEqual(
+      result.dropped.map((d) => [d.name, d.archive]),
+      [[name(5), `${base}.ndjson`]],
+    );
+    assert.equal(readFileSync(`${base}.checkpoint.json`, 'utf8'), older, 'the old one is kept as it is');
+    const beside = readdirSync(archiveDir).filter(
+      (f) => f.startsWith(`${base.split('/').pop()}.`) && f.endsWith('.checkpoint.json') && f !== `${base.split('/').pop()}.checkpoint.json`,
+    );
+    assert.equal(beside.length, 1, JSON.stringify(readdirSync(archiveDir)));
+    const closing = JSON.parse(readFileSync(join(archiveDir, beside[0]), 'utf8')) as Checkpoint;
+    assert.ok(BigInt(closing.maxSeq) >= BigInt(last), `${closing.maxSeq} covers ${last}`);
   });
 
   it('counts and logs a drop once its DETACH committed, even when what follows fails; the next run finishes it', async () => {

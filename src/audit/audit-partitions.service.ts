@@ -2,7 +2,7 @@ import { Injectable, Logger } from '@nestjs/common';
 import { ConfigService } from '@nestjs/config';
 import { InjectDataSource } from '@nestjs/typeorm';
 import { SESSIONARY_DATA_SOURCE } from '../database/data-source-name';
-import { access, mkdir } from 'node:fs/promises';
+import { mkdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { DataSource, EntityManager, QueryRunner } from 'typeorm';
 import type { AppConfig } from '../config/config';
@@ -553,17 +553,19 @@ export class AuditPartitionsService {
         `${base}.ndjson holds other events of ${partition.name} (archived by an earlier attempt to drop it, before the month changed or the database was restored from an older backup, or by another deployment sharing AUDIT_ARCHIVE_DIR): it is kept as it is, and this archive is ${archive.file}`,
       );
     }
-    await this.writeClosingCheckpoint(stem, archive.reused);
+    await this.writeClosingCheckpoint(stem, archive.reused, maxSeq);
     return archive.file;
   }
 
   /** The latest checkpoint as `<stem>.checkpoint.json`, unless an archive found whole there already has its own. */
-  private async writeClosingCheckpoint(stem: string, archiveReused: boolean): Promise<void> {
+  private async writeClosingCheckpoint(stem: string, archiveReused: boolean, monthMaxSeq: string): Promise<void> {
     const closing = await this.chain.latestCheckpoint();
     if (!closing) return;
     const file = `${stem}.checkpoint.json`;
-    // The checkpoint written beside those same bytes closed them: it stays, and no other joins it each time a drop is retried.
-    if (archiveReused && (await exists(file))) return;
+    // The checkpoint written beside those same bytes closed them, if it covers the month's last
+    // event: it stays, and no other joins it each time a drop is retried. One that does not (an
+    // archive kept from a run of 0.23.0, whose drop was then held) gets the current one beside it.
+    if (archiveReused && (await coveredBy(file, monthMaxSeq))) return;
     const written = await publishFileDurably([file, `${stem}.${compactTime(new Date())}.checkpoint.json`], `${JSON.stringify(closing)}\n`);
     if (written.file !== file) {
       this.logger.warn(`${file} holds another checkpoint: it is kept as it is, and the one closing ${stem}.ndjson is ${written.file}`);
@@ -576,9 +578,12 @@ function compactTime(time: Date): string {
   return time.toISOString().replace(/[-:.]/g, '');
 }
 
-async function exists(file: string): Promise<boolean> {
-  return access(file).then(
-    () => true,
-    () => false,
-  );
+/** Whether `file` holds a checkpoint that covers `maxSeq` (false when there is none, or it cannot be read as one). */
+async function coveredBy(file: string, maxSeq: string): Promise<boolean> {
+  try {
+    const checkpoint = JSON.parse(await readFile(file, 'utf8')) as { maxSeq?: unknown };
+    return typeof checkpoint.maxSeq === 'string' && /^\d+$/.test(checkpoint.maxSeq) && BigInt(checkpoint.maxSeq) >= BigInt(maxSeq);
+  } catch {
+    return false;
+  }
 }

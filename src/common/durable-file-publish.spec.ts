@@ -22,6 +22,19 @@ describe('writeFileDurably and publishFileDurably: never over another file', () 
     assert.deepEqual(leftovers(), []);
   });
 
+  it('destroys a stream it could not write (a directory gone or not writable): what feeds it is given back', async () => {
+    let destroyed = false;
+    const content = new Readable({
+      read() {},
+      destroy(error, callback) {
+        destroyed = true;
+        callback(error);
+      },
+    });
+    await assert.rejects(writeFileDurably(join(dir, 'missing-dir', 'piece.ndjson'), content), /ENOENT/);
+    assert.equal(destroyed, true);
+  });
+
   it('keeps a file that already holds the same bytes (the write was done before)', async () => {
     const file = join(dir, 'same.ndjson');
     writeFileSync(file, '{"a":1}\n');

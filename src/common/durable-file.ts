@@ -74,13 +74,22 @@ export async function publishFileDurably(names: readonly string[], content: Read
 
 /** The content under `partial`, synced (removed again when the content fails). */
 async function writePartial(partial: string, content: Readable | string): Promise<void> {
-  // 'wx': a name of its own; never another writer's file.
-  const handle = await open(partial, 'wx', 0o600);
+  let handle: FileHandle;
+  try {
+    // 'wx': a name of its own; never another writer's file.
+    handle = await open(partial, 'wx', 0o600);
+  } catch (error) {
+    // Never read: a stream left alone holds what feeds it (an export's pooled connection, its
+    // snapshot and its slot), which nothing else would give back.
+    if (typeof content !== 'string') content.destroy();
+    throw error;
+  }
   try {
     if (typeof content === 'string') await handle.writeFile(content);
     else await writeInBatches(handle, content);
     await handle.sync();
   } catch (error) {
+    if (typeof content !== 'string') content.destroy();
     await handle.close().catch(() => undefined);
     await rm(partial, { force: true });
     throw error;

@@ -174,6 +174,11 @@ describe('users (e2e)', () => {
     await t.db.query('UPDATE users SET email = $2 WHERE id = $1', [user.id, legacy]);
     const res = await t.http.post('/api/v1/auth/login').send({ email: legacy, password: user.password });
     assert.equal(res.status, 200, JSON.stringify(res.body));
+    // And a client that sends the whole profile back with it unchanged can still change the rest.
+    const renamed = `${user.username}_2`.slice(0, 32);
+    const profile = await t.http.patch('/api/v1/users/me').set('Authorization', bearer(res.body)).send({ username: renamed, email: legacy });
+    assert.equal(profile.status, 200, JSON.stringify(profile.body));
+    assert.deepEqual([profile.body.username, profile.body.email], [renamed, legacy]);
   });
 });
 

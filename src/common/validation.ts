@@ -46,19 +46,20 @@ export function IsNewEmailAddress(options?: ValidationOptions): PropertyDecorato
       name: 'isNewEmailAddress',
       target: target.constructor,
       propertyName: propertyName as string,
-      options: {
-        message: `${String(propertyName)} must be an email address without spaces, quotes, control or invisible characters, in Unicode normalization form C`,
-        ...options,
-      },
-      validator: {
-        validate: (value: unknown) =>
-          typeof value === 'string' &&
-          value.isWellFormed() &&
-          !UNSAFE_IN_NEW_ADDRESS.test(value) &&
-          value === value.normalize('NFC') &&
-          isEmail(value),
-      },
+      options: { message: newEmailAddressMessage(String(propertyName)), ...options },
+      validator: { validate: isNewEmailAddress },
     });
+}
+
+/** IsNewEmailAddress's rule, for a service that knows only later whether an address is new (a profile's unchanged one is not). */
+export function isNewEmailAddress(value: unknown): boolean {
+  return (
+    typeof value === 'string' && value.isWellFormed() && !UNSAFE_IN_NEW_ADDRESS.test(value) && value === value.normalize('NFC') && isEmail(value)
+  );
+}
+
+export function newEmailAddressMessage(field: string): string {
+  return `${field} must be an email address without spaces, quotes, control or invisible characters, in Unicode normalization form C`;
 }
 
 /**

@@ -1,4 +1,4 @@
-import { ConflictException, Injectable, NotFoundException, UnauthorizedException } from '@nestjs/common';
+import { BadRequestException, ConflictException, Injectable, NotFoundException, UnauthorizedException } from '@nestjs/common';
 import { InjectDataSource } from '@nestjs/typeorm';
 import { SESSIONARY_DATA_SOURCE } from '../database/data-source-name';
 import { DataSource, EntityManager } from 'typeorm';
@@ -15,6 +15,7 @@ import { PasswordHasher } from './password-hasher';
 import { UserEntity, UserProfile, UserRole } from './user.entity';
 import { RegistrationLimitService } from '../rate-limit/registration-limit.service';
 import { requireActingSession } from '../sessions/acting-session';
+import { isNewEmailAddress, newEmailAddressMessage } from '../common/validation';
 
 export interface NewUser {
   username: string;
@@ -259,6 +260,8 @@ export class UsersService {
     const changes: Partial<Pick<UserEntity, 'username' | 'email'>> = {};
     if (dto.username !== undefined && dto.username !== user.username) changes.username = dto.username;
     if (dto.email !== undefined && dto.email !== user.email) changes.email = dto.email;
+    // A new address is held to the stricter rules (the DTO lets the stored one through unchanged).
+    if (changes.email !== undefined && !isNewEmailAddress(changes.email)) throw new BadRequestException([newEmailAddressMessage('email')]);
     // A new email as the unique index and the login compare it (PostgreSQL's lower()), not as
     // JavaScript lower-cases (final sigma: 'ΝΊΚΟΣ' and 'νίκος' are one there, two in the
     // database), or a change in case alone could skip the step-up (until 0.20.2).

@@ -4,7 +4,7 @@ import { EmailField, ExistingPasswordField, UsernameField } from '../../users/dt
 /** `{email, password}` or `{username, password}`; exactly one identifier. */
 export class LoginDto {
   @ValidateIf((o: LoginDto) => o.username === undefined || o.email !== undefined)
-  @EmailField(false, { newAddress: false })
+  @EmailField(false, { rule: 'stored' })
   email?: string;
 
   @ValidateIf((o: LoginDto) => o.email === undefined || o.username !== undefined)

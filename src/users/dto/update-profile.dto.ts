@@ -7,7 +7,7 @@ export class UpdateProfileDto {
   username?: string;
 
   @IsAbsentOr()
-  @EmailField(false)
+  @EmailField(false, { rule: 'new if changed' })
   email?: string;
 
   /**

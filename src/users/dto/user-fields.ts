@@ -17,20 +17,27 @@ export const UsernameField = (required = true) =>
   );
 
 /**
- * `newAddress`: an address to store (registration, a profile change), held to IsNewEmailAddress's
- * stricter rules; otherwise one to look up (login), which any stored address passes.
+ * `rule`: 'new', an address to store (registration), held to IsNewEmailAddress's stricter
+ * rules; 'stored', one to look up (login), which any stored address passes; 'new if changed'
+ * (a profile), held to the stricter rules by the service only when it differs from the stored
+ * one, so that a client sending the whole profile back with an address stored before those
+ * rules can still change the rest.
  */
-export const EmailField = (required = true, { newAddress }: { newAddress: boolean } = { newAddress: true }) =>
+export const EmailField = (required = true, { rule }: { rule: 'new' | 'stored' | 'new if changed' } = { rule: 'new' }) =>
   applyDecorators(
     (required ? ApiProperty : ApiPropertyOptional)({
       example: 'ada@example.com',
       format: 'email',
       maxLength: EMAIL_MAX_LENGTH,
-      ...(newAddress ? { description: 'No spaces, quotes, control or invisible characters; Unicode normalization form C' } : {}),
+      ...(rule === 'stored'
+        ? {}
+        : {
+            description: `No spaces, quotes, control or invisible characters; Unicode normalization form C${rule === 'new if changed' ? ' (when it changes)' : ''}`,
+          }),
     }),
     IsString(),
     MaxLength(EMAIL_MAX_LENGTH),
-    newAddress ? IsNewEmailAddress() : IsEmailAddress(),
+    rule === 'new' ? IsNewEmailAddress() : IsEmailAddress(),
   );
 
 export const NewPasswordField = () =>

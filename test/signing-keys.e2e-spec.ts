@@ -453,22 +453,37 @@ describe('signing keys: rows changed in the table without KEY_ENCRYPTION_KEY, an
     await t?.close();
   });
 
-  it("refuses a public key swapped onto the current key's row: the ring is kept as it was, and tokens of the swapped-in key get 401", async () => {
+  it("refuses a public key swapped onto the current key's row: a running instance keeps the copy it read, a new one does not start, and tokens of the swapped-in key get 401", async () => {
     const { tokens } = await registerAndLogin(t.http);
     const kid = decodeHeader(tokens.accessToken).kid as string;
-    const jwksBefore = (await t.http.get('/.well-known/jwks.json')).text;
+    // The published keys, in kid order (a kept copy comes last in the ring's own order).
+    const jwks = async () =>
+      (JSON.parse((await t.http.get('/.well-known/jwks.json')).text) as { keys: Array<{ kid: string }> }).keys.sort((a, b) =>
+        a.kid.localeCompare(b.kid),
+      );
+    const jwksBefore = await jwks();
     const attacker = generateKeyPairSync('ec', { namedCurve: 'P-256' });
     const [{ public_jwk: genuine }] = await t.db.query(`SELECT public_jwk FROM signing_keys WHERE kid = $1`, [kid]);
+    const ring = t.app.get(KeyRing);
+    const errors: string[] = [];
+    const logger = (ring as unknown as { logger: object }).logger;
+    Object.assign(ring, {
+      logger: { ...logger, error: (message: unknown) => void errors.push(String(message)), warn: () => undefined, log: () => undefined },
+    });
     await t.db.query(`UPDATE signing_keys SET public_jwk = $2 WHERE kid = $1`, [kid, attacker.publicKey.export({ format: 'jwk' })]);
     try {
-      await assert.rejects(
-        t.app.get(KeyRing).reload(),
-        new RegExp(`Signing key ${kid} was changed in the table: its stored public key is not the public part of its private key`),
-      );
+      await ring.reload();
+      await ring.reload(); // logged once
+      const refusal = `Signing key ${kid} was changed in the table: its stored public key is not the public part of its private key`;
+      assert.deepEqual(errors, [`${refusal}: this instance keeps the copy it read before (a current key)`]);
+      assert.equal(ring.staleness(), undefined, 'the read went through: no instance goes unready over one bad row');
       assert.equal(await whoami(t, forge(claimsFor(tokens), attacker.privateKey, 'ES256', { kid })), 401);
       assert.equal(await whoami(t, tokens.accessToken), 200);
-      assert.equal((await t.http.get('/.well-known/jwks.json')).text, jwksBefore);
+      assert.deepEqual(await jwks(), jwksBefore);
+      // An instance that never read the key cannot tell the genuine one: it does not start.
+      await assert.rejects(createTestApp({ DATABASE_URL: t.config.DATABASE_URL! }), new RegExp(refusal));
     } finally {
+      Object.assign(ring, { logger });
       await t.db.query(`UPDATE signing_keys SET public_jwk = $2 WHERE kid = $1`, [kid, genuine]);
     }
   });
@@ -478,11 +493,15 @@ describe('signing keys: rows changed in the table without KEY_ENCRYPTION_KEY, an
     const rotation = t.app.get(KeyRotationService);
     const load = rotation.loadLiveKeys.bind(rotation);
     assert.equal((await t.http.get('/health/ready')).status, 200);
-    ring.staleAfterMs = 200;
+    ring.staleAfterMs = 400;
+    // Read well just now: ready, however long ago the boot was.
+    await ring.reload();
+    assert.equal((await t.http.get('/health/ready')).status, 200);
     rotation.loadLiveKeys = () => Promise.reject(new Error('Signing key x does not decrypt'));
     try {
       await assert.rejects(ring.reload(), /does not decrypt/);
-      await sleep(250);
+      assert.equal((await t.http.get('/health/ready')).status, 200, 'one failed read is not yet staleness');
+      await sleep(450);
       const res = await t.http.get('/health/ready');
       assert.deepEqual(
         { status: res.status, body: res.body },

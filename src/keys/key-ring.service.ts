@@ -8,6 +8,7 @@ import { PgChannelListener, notifyFromNewConnection, notifyThrough } from '../da
 import { SCHEDULED_JOBS } from '../sessionary/scheduled-jobs';
 import { KeyRotationService } from './key-rotation.service';
 import { PublishedJwk, publishedJwk, RingKey } from './signing-key';
+import type { RefusedKey } from './signing-key.store';
 
 export const SIGNING_KEYS_CHANNEL = 'sessionary_signing_keys';
 
@@ -37,6 +38,8 @@ export class KeyRing implements OnModuleInit, OnApplicationShutdown {
   private reloading: Promise<void> | undefined;
   private reloadRequested = false;
   private fingerprint = '';
+  /** The refused rows already logged, by kid and reason (see keptFor). */
+  private readonly refusalsLogged = new Set<string>();
   /** When the ring was last read whole (performance.now()); undefined before the first read. */
   private loadedAt: number | undefined;
   /** See RING_STALE_AFTER_MS (a field so that tests can shorten it). */
@@ -152,11 +155,15 @@ export class KeyRing implements OnModuleInit, OnApplicationShutdown {
       try {
         for (;;) {
           this.reloadRequested = false;
-          const keys = await this.rotation.loadLiveKeys(this.dataSource.manager);
+          const { keys, refused } = await this.rotation.loadLiveKeys(this.dataSource.manager);
           // A change was announced while this read ran: it may predate the change, so it is
           // not applied even for a moment (a stopped key must not verify again); read again.
           if (this.reloadRequested) continue;
-          this.apply(keys);
+          const usable = [...keys, ...this.keptFor(refused)];
+          // The current key's own row does not open and no copy was read before: why, as the error.
+          const unusableCurrent = usable.some((k) => k.state === 'current') ? undefined : refused.find((r) => r.state === 'current');
+          if (unusableCurrent) throw new Error(unusableCurrent.reason);
+          this.apply(usable);
           this.loadedAt = performance.now();
           break;
         }
@@ -171,6 +178,31 @@ export class KeyRing implements OnModuleInit, OnApplicationShutdown {
     this.reload().catch((error: unknown) =>
       this.logger.warn(`Could not read the signing keys (${error instanceof Error ? error.message : 'unknown error'}); keeping the ring as it was`),
     );
+  }
+
+  /**
+   * For each row that does not open, the copy of its key this instance read before, with what
+   * the row says now (its state, its verify_until: a rotation or a stop still applies), or
+   * nothing: a row changed in the table, or written under another KEY_ENCRYPTION_KEY, is not
+   * trusted, but it does not take the whole ring with it (every instance would otherwise stop
+   * reading the ring, and after RING_STALE_AFTER_MS answer readiness 503, on one bad row). An
+   * error is logged once for each such row and reason.
+   */
+  private keptFor(refused: RefusedKey[]): RingKey[] {
+    const kept: RingKey[] = [];
+    for (const row of refused) {
+      const held = this.byKid.get(row.kid);
+      const keep = held !== undefined && held.algorithm === row.algorithm;
+      const logged = `${row.kid}|${row.reason}`;
+      if (!this.refusalsLogged.has(logged)) {
+        this.refusalsLogged.add(logged);
+        this.logger.error(
+          `${row.reason}: ${keep ? 'this instance keeps the copy it read before' : 'its tokens are refused here'} (a ${row.state} key)`,
+        );
+      }
+      if (keep) kept.push({ ...held, state: row.state, verifyUntil: row.verifyUntil, activatedAt: row.activatedAt });
+    }
+    return kept;
   }
 
   private apply(keys: RingKey[]): void {

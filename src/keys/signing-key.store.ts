@@ -5,6 +5,9 @@ import { KeyDecryptionError, KeyEncryption } from './key-encryption';
 import { importKeys, KeyMaterial, KeyState, PublicKeyMismatchError, RingKey } from './signing-key';
 import type { SigningAlgorithm } from './signing-algorithm';
 
+/** A live key's row that does not open (SigningKeyStore.loadLive): what the row says of it, and why. */
+export type RefusedKey = Pick<RingKey, 'kid' | 'algorithm' | 'state' | 'fromJwtSecret' | 'activatedAt' | 'verifyUntil'> & { reason: string };
+
 /** A key as `keys list` shows it: everything but secrets. */
 export interface KeyListing {
   kid: string;
@@ -41,36 +44,44 @@ export class SigningKeyStore {
     this.encryption = new KeyEncryption(keyEncryptionKey);
   }
 
-  /** Every key that is not retired, opened and imported, ready to sign and verify. */
-  async loadLive(em: EntityManager): Promise<RingKey[]> {
+  /**
+   * Every key that is not retired, opened and imported, ready to sign and verify; and the rows
+   * that do not open (sealed under another KEY_ENCRYPTION_KEY, or changed: a private part that
+   * does not decrypt, a public key that is not the private key's), with what the row says of
+   * them and why, for KeyRing to keep a copy it read before, or to leave them out.
+   */
+  async loadLive(em: EntityManager): Promise<{ keys: RingKey[]; refused: RefusedKey[] }> {
     const rows = await rowsOf<KeyRow>(em, `SELECT * FROM "signing_keys" WHERE "state" <> 'retired'`);
-    return rows.map((row) => {
+    const keys: RingKey[] = [];
+    const refused: RefusedKey[] = [];
+    for (const row of rows) {
+      const described = {
+        kid: row.kid,
+        algorithm: row.algorithm,
+        state: row.state as RingKey['state'],
+        fromJwtSecret: row.from_jwt_secret,
+        activatedAt: row.activated_at,
+        verifyUntil: row.verify_until,
+      };
       let privateBytes: Buffer;
       try {
         privateBytes = this.encryption.open(row.private_key!, sealingContext(row.kid, row.algorithm));
       } catch (error) {
         if (!(error instanceof KeyDecryptionError)) throw error;
-        throw new Error(`Signing key ${row.kid} does not decrypt: KEY_ENCRYPTION_KEY is not the one it was stored with, or the row was changed`, {
-          cause: error,
+        refused.push({
+          ...described,
+          reason: `Signing key ${row.kid} does not decrypt: KEY_ENCRYPTION_KEY is not the one it was stored with, or the row was changed`,
         });
+        continue;
       }
-      let keys: ReturnType<typeof importKeys>;
       try {
-        keys = importKeys({ algorithm: row.algorithm, publicJwk: row.public_jwk, privateBytes });
+        keys.push({ ...described, ...importKeys({ algorithm: row.algorithm, publicJwk: row.public_jwk, privateBytes }) });
       } catch (error) {
         if (!(error instanceof PublicKeyMismatchError)) throw error;
-        throw new Error(`Signing key ${row.kid} was changed in the table: ${error.message}`, { cause: error });
+        refused.push({ ...described, reason: `Signing key ${row.kid} was changed in the table: ${error.message}` });
       }
-      return {
-        kid: row.kid,
-        algorithm: row.algorithm,
-        state: row.state as RingKey['state'],
-        ...keys,
-        fromJwtSecret: row.from_jwt_secret,
-        activatedAt: row.activated_at,
-        verifyUntil: row.verify_until,
-      };
-    });
+    }
+    return { keys, refused };
   }
 
   async list(em: EntityManager): Promise<KeyListing[]> {

@@ -9,7 +9,7 @@ import type { AppConfig } from '../config/config';
 import { AUDIT_NO_TRUNCATE_TRIGGER, refuseTruncateSql } from '../database/audit-truncate';
 import { PG_LOCK_NOT_AVAILABLE, pgErrorCode } from '../database/pg-errors';
 import { sql } from '../database/sql';
-import { publishFileDurably } from '../common/durable-file';
+import { publishFileDurably, sweepStalePartials } from '../common/durable-file';
 import { RetryAfterException } from '../common/retry-after.exception';
 import { LOCK_TAKEN, withSessionAdvisoryLock } from '../database/advisory-lock';
 import { AuditBaseSets, type BaseSet } from './audit-base-sets';
@@ -536,6 +536,8 @@ export class AuditPartitionsService {
     const dir = this.config.get('AUDIT_ARCHIVE_DIR', { infer: true });
     if (!dir) return null;
     await mkdir(dir, { recursive: true, mode: 0o700 });
+    // Under the retention lock: this deployment writes no other archive meanwhile.
+    await sweepStalePartials(dir, 'audit-events-');
     const base = join(dir, `audit-events-${partition.from.toISOString().slice(0, 7)}`);
     const {
       rows: [{ last }],

@@ -1,6 +1,6 @@
 import { mkdir, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { writeFileDurably } from '../common/durable-file';
+import { sweepStalePartials, writeFileDurably } from '../common/durable-file';
 import { SHIPPED_PIECE_NAME, shippedPieceName } from './audit-export-format';
 import type { ShipDestination, ShippedEnd, ShippedTail, ShipPiece } from './audit-ship-destination';
 import { lastEventOfPiece } from './shipped-piece-tail';
@@ -43,6 +43,8 @@ export class DirectoryShipDestination implements ShipDestination {
 
   async deliver({ afterSeq, throughSeq, lines }: ShipPiece): Promise<string> {
     const file = join(this.dir, shippedPieceName(afterSeq, throughSeq));
+    // Under the shipping lock (lockKey): no other instance of this deployment writes a piece meanwhile.
+    await sweepStalePartials(this.dir, 'audit-after-');
     // On disk before this returns: retention takes the directory's pieces for shipped events.
     await writeFileDurably(file, lines);
     return file;

@@ -35,6 +35,23 @@ describe('writeFileDurably and publishFileDurably: never over another file', () 
     assert.equal(destroyed, true);
   });
 
+  it("sweeps a crash's temporary files older than a day, of its prefix only, and leaves a writer's fresh one", async () => {
+    const sweep = mkdtempSync(join(tmpdir(), 'sessionary-sweep-'));
+    try {
+      const old = join(sweep, 'audit-events-2025-01.ndjson.0123456789ab.partial');
+      const fresh = join(sweep, 'audit-events-2025-02.ndjson.ba9876543210.partial');
+      const otherPrefix = join(sweep, 'audit-after-0000000000000000001-through-0000000000000000002.ndjson.0123456789ab.partial');
+      const archive = join(sweep, 'audit-events-2025-01.ndjson');
+      for (const file of [old, fresh, otherPrefix, archive]) writeFileSync(file, 'x');
+      const dayAndMore = (Date.now() - durable.STALE_PARTIAL_MS - 60_000) / 1000;
+      for (const file of [old, otherPrefix, archive]) await fsPromises.utimes(file, dayAndMore, dayAndMore);
+      assert.equal(await durable.sweepStalePartials(sweep, 'audit-events-'), 1);
+      assert.deepEqual(readdirSync(sweep).sort(), [archive, fresh, otherPrefix].map((f) => f.split('/').pop()).sort());
+    } finally {
+      rmSync(sweep, { recursive: true, force: true });
+    }
+  });
+
   it('keeps a file that already holds the same bytes (the write was done before)', async () => {
     const file = join(dir, 'same.ndjson');
     writeFileSync(file, '{"a":1}\n');

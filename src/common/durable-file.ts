@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
-import { constants, copyFile, type FileHandle, link, open, rm } from 'node:fs/promises';
-import { dirname } from 'node:path';
+import { constants, copyFile, type FileHandle, link, open, readdir, rm, stat } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import type { Readable } from 'node:stream';
 
 const WRITE_BATCH_BYTES = 64 * 1024;
@@ -35,6 +35,29 @@ export class FileTakenError extends Error {}
  */
 export async function writeFileDurably(file: string, content: Readable | string): Promise<void> {
   await publishFileDurably([file], content);
+}
+
+/** How old a temporary file must be before sweepStalePartials takes it for a crash's leftover. */
+export const STALE_PARTIAL_MS = 24 * 3_600_000;
+
+/**
+ * Removes from `dir` the temporary files publishFileDurably leaves when the process dies while
+ * writing (`<name starting with prefix>.<random>.partial`) that are older than `olderThanMs`:
+ * their names are random (two writers never share one), so no later write replaces them, and
+ * a month's archive may be gigabytes. Older than a day, no writer is still at it (a month's
+ * export takes minutes). Answers how many went. A file that goes meanwhile is no error.
+ */
+export async function sweepStalePartials(dir: string, prefix: string, olderThanMs = STALE_PARTIAL_MS): Promise<number> {
+  const names = (await readdir(dir).catch(() => [] as string[])).filter((name) => name.startsWith(prefix) && /\.[0-9a-f]{12}\.partial$/.test(name));
+  let removed = 0;
+  for (const name of names) {
+    const file = join(dir, name);
+    const info = await stat(file).catch(() => undefined);
+    if (!info || Date.now() - info.mtimeMs < olderThanMs) continue;
+    await rm(file, { force: true });
+    removed++;
+  }
+  return removed;
 }
 
 /**

@@ -141,6 +141,28 @@ describe('a channel listener checks at each heartbeat that it hears the server n
     assert.deepEqual({ trusted, lost, listening: listener!.listening }, { trusted: 1, lost: 0, listening: true });
   });
 
+  it('waits, when stopped, for an echo being sent (its connection closes before the stop ends)', async () => {
+    let sending = false;
+    let slow = false;
+    let finished = 0;
+    await start({
+      send: async (channel, payload) => {
+        if (slow) {
+          sending = true;
+          await sleep(400);
+        }
+        await notifyFromNewConnection(listened, 'test-pool', channel, payload);
+        finished++;
+      },
+    });
+    slow = true;
+    assert.ok(await until(() => sending, 3000), 'an echo is being sent');
+    const before = finished;
+    await listener!.stop();
+    listener = undefined;
+    assert.equal(finished, before + 1, 'the echo had finished when stop() returned');
+  });
+
   it('sends the echo from a connection of its own, closed once sent', async () => {
     const watcher = new Client({ connectionString: listened });
     await watcher.connect();

@@ -73,6 +73,8 @@ export class PgChannelListener {
   private lostLogged = false;
   /** A warning is out about echoes that could not be sent (until one is heard again). */
   private echoSkipLogged = false;
+  /** Echoes being sent (each a connection of its own): stop() waits for them. */
+  private readonly echoesInFlight = new Set<Promise<unknown>>();
   /** The client whose heartbeat is running (a slow beat is not overlapped by the next). */
   private beating: Client | undefined;
   /** The listening backend's pid (for operators and tests: pg_terminate_backend). */
@@ -105,6 +107,8 @@ export class PgChannelListener {
     this.backendPid = undefined;
     this.options.onLost?.();
     await client?.end().catch(() => undefined);
+    // Their connections close when sent (at most their connect and query timeouts): not after the stop.
+    await Promise.allSettled([...this.echoesInFlight]);
   }
 
   private async connect(): Promise<void> {
@@ -192,10 +196,15 @@ export class PgChannelListener {
       client,
       channel,
       payload,
-      () =>
-        send(channel, payload).catch((error: unknown) => {
-          throw new EchoNotSentError(`no NOTIFY could be sent from a new connection: ${error instanceof Error ? error.message : String(error)}`);
-        }),
+      () => {
+        const sending = send(channel, payload);
+        this.echoesInFlight.add(sending);
+        return sending
+          .finally(() => this.echoesInFlight.delete(sending))
+          .catch((error: unknown) => {
+            throw new EchoNotSentError(`no NOTIFY could be sent from a new connection: ${error instanceof Error ? error.message : String(error)}`);
+          });
+      },
       `a NOTIFY sent from a new connection to the service's database did not arrive within ${timeoutMs / 1000} s: ` +
         'the listening connection is on another server than the one new connections reach (a switchover?)',
       timeoutMs,

@@ -2,14 +2,14 @@ import { Injectable, Logger } from '@nestjs/common';
 import { ConfigService } from '@nestjs/config';
 import { InjectDataSource } from '@nestjs/typeorm';
 import { SESSIONARY_DATA_SOURCE } from '../database/data-source-name';
-import { mkdir, readFile } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { DataSource, EntityManager, QueryRunner } from 'typeorm';
 import type { AppConfig } from '../config/config';
 import { AUDIT_NO_TRUNCATE_TRIGGER, refuseTruncateSql } from '../database/audit-truncate';
 import { PG_LOCK_NOT_AVAILABLE, pgErrorCode } from '../database/pg-errors';
 import { sql } from '../database/sql';
-import { publishFileDurably, sweepStalePartials } from '../common/durable-file';
+import { makeDirectoryDurably, publishFileDurably, sweepStalePartials } from '../common/durable-file';
 import { RetryAfterException } from '../common/retry-after.exception';
 import { LOCK_TAKEN, withSessionAdvisoryLock } from '../database/advisory-lock';
 import { AuditBaseSets, type BaseSet } from './audit-base-sets';
@@ -535,7 +535,7 @@ export class AuditPartitionsService {
   private async archive(runner: QueryRunner, partition: AuditPartition): Promise<string | null> {
     const dir = this.config.get('AUDIT_ARCHIVE_DIR', { infer: true });
     if (!dir) return null;
-    await mkdir(dir, { recursive: true, mode: 0o700 });
+    await makeDirectoryDurably(dir);
     // Under the retention lock: this deployment writes no other archive meanwhile.
     await sweepStalePartials(dir, 'audit-events-');
     const base = join(dir, `audit-events-${partition.from.toISOString().slice(0, 7)}`);

@@ -1,6 +1,6 @@
-import { mkdir, readdir } from 'node:fs/promises';
+import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { sweepStalePartials, writeFileDurably } from '../common/durable-file';
+import { makeDirectoryDurably, sweepStalePartials, writeFileDurably } from '../common/durable-file';
 import { SHIPPED_PIECE_NAME, shippedPieceName } from './audit-export-format';
 import type { ShipDestination, ShippedEnd, ShippedTail, ShipPiece } from './audit-ship-destination';
 import { lastEventOfPiece } from './shipped-piece-tail';
@@ -31,7 +31,7 @@ export class DirectoryShipDestination implements ShipDestination {
 
   /** The newest piece's `throughSeq`; the last event in the pieces is read back only when asked. */
   async shippedEnd(): Promise<ShippedEnd> {
-    await mkdir(this.dir, { recursive: true, mode: 0o700 });
+    await makeDirectoryDurably(this.dir);
     const pieces = (await readdir(this.dir))
       .map((name) => SHIPPED_PIECE_NAME.exec(name))
       .filter((match) => match !== null)

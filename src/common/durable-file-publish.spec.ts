@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import fsPromises from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -33,6 +33,21 @@ describe('writeFileDurably and publishFileDurably: never over another file', () 
     });
     await assert.rejects(writeFileDurably(join(dir, 'missing-dir', 'piece.ndjson'), content), /ENOENT/);
     assert.equal(destroyed, true);
+  });
+
+  it('makes a directory and the parents it lacks, owner-only, and leaves one that is there as it is', async () => {
+    const root = mkdtempSync(join(tmpdir(), 'sessionary-mkdir-'));
+    try {
+      const deep = join(root, 'a', 'b', 'archive');
+      await durable.makeDirectoryDurably(deep);
+      assert.equal(statSync(deep).isDirectory(), true);
+      assert.equal(statSync(deep).mode & 0o777, 0o700);
+      writeFileSync(join(deep, 'kept'), 'x');
+      await durable.makeDirectoryDurably(deep);
+      assert.deepEqual(readdirSync(deep), ['kept']);
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+    }
   });
 
   it("sweeps a crash's temporary files older than a day, of its prefix only, and leaves a writer's fresh one", async () => {

@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
-import { constants, copyFile, type FileHandle, link, open, readdir, rm, stat } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
+import { constants, copyFile, type FileHandle, link, mkdir, open, readdir, rm, stat } from 'node:fs/promises';
+import { dirname, join, resolve } from 'node:path';
 import type { Readable } from 'node:stream';
 
 const WRITE_BATCH_BYTES = 64 * 1024;
@@ -35,6 +35,21 @@ export class FileTakenError extends Error {}
  */
 export async function writeFileDurably(file: string, content: Readable | string): Promise<void> {
   await publishFileDurably([file], content);
+}
+
+/**
+ * `dir` and any parent it lacks (mode 0700), each new entry synced into the directory above it:
+ * without that, a crash soon after could lose the directory (an AUDIT_ARCHIVE_DIR moved away and
+ * made again at the next drop) with the archive written into it, while the drop is durable.
+ */
+export async function makeDirectoryDurably(dir: string): Promise<void> {
+  const first = await mkdir(dir, { recursive: true, mode: 0o700 });
+  if (first === undefined) return; // it was there
+  const top = resolve(first);
+  for (let path = resolve(dir); ; path = dirname(path)) {
+    await syncFile(dirname(path));
+    if (path === top || dirname(path) === path) break;
+  }
 }
 
 /** How old a temporary file must be before sweepStalePartials takes it for a crash's leftover. */

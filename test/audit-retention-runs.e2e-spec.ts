@@ -1,11 +1,11 @@
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
-import { createWriteStream, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createWriteStream, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { after, afterEach, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 import { ConfigService } from '@nestjs/config';
 import { Client } from 'pg';
 import { DataSource } from 'typeorm';
@@ -24,18 +24,10 @@ import { SESSIONARY_DATA_SOURCE_TOKEN } from '../src/database/data-source-name';
 import { monthStart, partitionsOf, pastEvents, silentUser } from './helpers/audit-months';
 import { tamper } from './helpers/db';
 import { metric } from './helpers/service-process';
+import { appsClosedAfterEachTest } from './helpers/test-scope';
 import { createTestApp, freshDatabase, TEST_AUDIT_HMAC_KEY, TestApp } from './helpers/test-app';
 
-const opened: TestApp[] = [];
-const scratch: string[] = [];
-
-afterEach(async () => {
-  for (const t of opened.splice(0)) await t.close();
-});
-
-after(() => {
-  for (const dir of scratch) rmSync(dir, { recursive: true, force: true });
-});
+const { opened, scratch } = appsClosedAfterEachTest();
 
 /** An app on a database of its own, whose boot-time maintenance run is out of the tests' way. */
 async function app(overrides: Record<string, string> = {}): Promise<TestApp> {

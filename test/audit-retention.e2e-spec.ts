@@ -4,7 +4,7 @@ import { createWriteStream, existsSync, mkdtempSync, readdirSync, readFileSync, 
 import { pipeline } from 'node:stream/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { after, afterEach, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ConfigService } from '@nestjs/config';
 import { Client } from 'pg';
@@ -27,23 +27,14 @@ import { dataSourceOptions, MIGRATIONS } from '../src/database/data-source.optio
 import { AuditPartitions1765100000000 } from '../src/database/migrations/1765100000000-AuditPartitions';
 import { runMigrationsLocked } from '../src/database/migrate';
 import { registerUser } from './helpers/factories';
+import { appsClosedAfterEachTest } from './helpers/test-scope';
 import { createTestApp, freshDatabase, TEST_AUDIT_HMAC_KEY, TestApp } from './helpers/test-app';
 import { tamper } from './helpers/db';
 import { metric } from './helpers/service-process';
 import { monthStart, partitionsOf, pastEvents, silentUser, uncommittedPastEvent } from './helpers/audit-months';
 import { SESSIONARY_DATA_SOURCE_TOKEN } from '../src/database/data-source-name';
 
-const opened: TestApp[] = [];
-const scratch: string[] = [];
-
-// Each test's apps are closed after it: a dozen apps open at once trip Node's listener-leak warning (each adds signal handlers).
-afterEach(async () => {
-  for (const t of opened.splice(0)) await t.close();
-});
-
-after(() => {
-  for (const dir of scratch) rmSync(dir, { recursive: true, force: true });
-});
+const { opened, scratch } = appsClosedAfterEachTest();
 
 async function app(url: string, overrides: Record<string, string> = {}): Promise<TestApp> {
   const t = await createTestApp({ DATABASE_URL: url, ...overrides });

@@ -6,6 +6,7 @@ import { after, afterEach, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Worker } from 'node:worker_threads';
 import type { QueryRunner } from 'typeorm';
+import { shippedPieceName } from './audit-export-format';
 import { HttpShipDestination } from './audit-ship-http';
 
 /** How long a test waits for the delivery to fail before it calls the wait unbounded. */
@@ -77,7 +78,7 @@ describe('HttpShipDestination: how long a piece may take', () => {
   it('gives up on a host that never answers the connection after the idle timeout, not the system’s connect timeout', async () => {
     const port = await blackHole();
     const { error, ms } = await deliverTo(shortened(`http://127.0.0.1:${port}/ingest`, { idleTimeoutMs: 500, minBytesPerSecond: 32 * 1024 }));
-    assert.match(error.message, /127\.0\.0\.1:\d+\/ingest: no progress for 0\.5 s/);
+    assert.match(error.message, /^http:\/\/127\.0\.0\.1:\d+\/…: no progress for 0\.5 s$/);
     assert.ok(ms < 3_000, `${ms} ms`);
   });
 
@@ -95,7 +96,7 @@ describe('HttpShipDestination: how long a piece may take', () => {
     );
     // 1 s, plus the piece's few bytes at a megabyte a second.
     const { error, ms } = await deliverTo(shortened(url, { idleTimeoutMs: 1_000, minBytesPerSecond: 1_000_000 }));
-    assert.match(error.message, /\/ingest: the piece went slower than 1000000 bytes a second \(\d+ bytes sent in 1 s\)/);
+    assert.match(error.message, /:\d+\/…: the piece went slower than 1000000 bytes a second \(\d+ bytes sent in 1 s\)/);
     assert.ok(ms < 3_000, `${ms} ms`);
   });
 
@@ -118,9 +119,25 @@ describe('HttpShipDestination: how long a piece may take', () => {
     const started = performance.now();
     await assert.rejects(
       destination.deliver({ afterSeq: '0', throughSeq: '1', lines: Readable.from(slowPiece()) }, {} as QueryRunner),
-      /\/ingest answered 503 to piece/,
+      /:\d+\/… answered 503 to piece/,
     );
     assert.ok(performance.now() - started > 1_400, 'it took longer than the idle timeout');
+  });
+
+  it('names the endpoint by its origin only in what it throws: a collector may take its token in the path or the query', async () => {
+    const url = await listen(
+      createServer((request, response) => {
+        request.resume();
+        request.on('end', () => response.writeHead(503).end());
+      }),
+    );
+    const origin = new URL(url).origin;
+    const destination = new HttpShipDestination(`${origin}/services/T0/B0/hook-token-0123?key=query-token-4567`, undefined);
+    assert.equal(destination.description, `${origin}/…`);
+    const { error } = await deliverTo(destination);
+    assert.equal(error.message, `${origin}/… answered 503 to piece ${shippedPieceName('0', '1')}`);
+    assert.equal(new HttpShipDestination(`${origin}/`, undefined).description, origin, 'a root path hides nothing');
+    assert.equal(new HttpShipDestination(`${origin}?key=query-token-4567`, undefined).description, origin);
   });
 
   after(async () => {

@@ -47,12 +47,15 @@ const RECORD_PIECE = `
  * by `seq`).
  *
  * The progress is per endpoint, keyed by the URL's origin and path (its query is left out: it
- * may hold a token): another URL starts from the first event.
+ * may hold a token): another URL starts from the first event. Log lines and errors name the
+ * origin only: collectors take tokens in the path too (Slack's and Loggly's webhooks do).
  */
 export class HttpShipDestination implements ShipDestination {
   readonly kind = 'http';
   readonly lockKey = '7022357861416547438';
   readonly description: string;
+  /** audit_ship_progress's key for this endpoint: its origin and path (a secret's place, like the query, but kept as 0.18.0 keyed it). */
+  private readonly progressKey: string;
   /** See IDLE_TIMEOUT_MS and MIN_BYTES_PER_SECOND (fields so that tests can shorten them). */
   idleTimeoutMs = IDLE_TIMEOUT_MS;
   minBytesPerSecond = MIN_BYTES_PER_SECOND;
@@ -63,7 +66,8 @@ export class HttpShipDestination implements ShipDestination {
     private readonly authorization: string | undefined,
   ) {
     this.url = new URL(url);
-    this.description = `${this.url.origin}${this.url.pathname}`;
+    this.progressKey = `${this.url.origin}${this.url.pathname}`;
+    this.description = loggableEndpoint(this.url);
   }
 
   /** Its progress only: what the endpoint took cannot be read back (and the progress is restored with the database). */
@@ -71,7 +75,7 @@ export class HttpShipDestination implements ShipDestination {
     const {
       rows: [row],
     } = await sql<{ through_seq: string }>(runner.manager, `SELECT through_seq::text FROM audit_ship_progress WHERE destination = $1`, [
-      this.description,
+      this.progressKey,
     ]);
     return { throughSeq: row?.through_seq ?? '0' };
   }
@@ -85,10 +89,14 @@ export class HttpShipDestination implements ShipDestination {
       'user-agent': 'sessionary',
     };
     if (this.authorization !== undefined) headers.authorization = this.authorization;
-    const { status, early } = await post(this.url, lines, headers, { idleTimeoutMs: this.idleTimeoutMs, minBytesPerSecond: this.minBytesPerSecond });
+    const { status, early } = await post(this.url, lines, headers, {
+      idleTimeoutMs: this.idleTimeoutMs,
+      minBytesPerSecond: this.minBytesPerSecond,
+      where: this.description,
+    });
     if (early) throw new Error(`${this.description} answered ${status} to piece ${name} before the whole piece was sent`);
     if (status < 200 || status > 299) throw new Error(`${this.description} answered ${status} to piece ${name}`);
-    const { count } = await sql(runner.manager, RECORD_PIECE, [this.description, throughSeq, afterSeq]);
+    const { count } = await sql(runner.manager, RECORD_PIECE, [this.progressKey, throughSeq, afterSeq]);
     if (count !== 1) {
       throw new Error(`audit_ship_progress for ${this.description} moved from seq ${afterSeq} while piece ${name} was sent: not recorded`);
     }
@@ -96,9 +104,16 @@ export class HttpShipDestination implements ShipDestination {
   }
 }
 
+/** The endpoint as log lines and errors name it: its origin, and `/…` for any path beyond `/`. */
+export function loggableEndpoint(url: URL): string {
+  return url.pathname === '/' ? url.origin : `${url.origin}/…`;
+}
+
 interface PostLimits {
   idleTimeoutMs: number;
   minBytesPerSecond: number;
+  /** The endpoint as errors name it (loggableEndpoint). */
+  where: string;
 }
 
 /**
@@ -108,7 +123,7 @@ interface PostLimits {
  * (which is then destroyed, so that the export gives its connection back).
  */
 async function post(url: URL, body: Readable, headers: OutgoingHttpHeaders, limits: PostLimits): Promise<{ status: number; early: boolean }> {
-  const where = `${url.origin}${url.pathname}`;
+  const { where } = limits;
   // A connection of its own (no keep-alive pool): a piece goes at most every few seconds, and a
   // pooled socket the endpoint closed while idle would fail the next piece for nothing.
   // `timeout` in the options, not request.setTimeout(): that one arms the socket's timer only
@@ -121,7 +136,7 @@ async function post(url: URL, body: Readable, headers: OutgoingHttpHeaders, limi
   });
   request.on('timeout', () => request.destroy(new Error(`${where}: no progress for ${limits.idleTimeoutMs / 1000} s`)));
   const counted = byteCounter();
-  const stopDeadline = pieceDeadline(request, () => counted.bytes, limits, where);
+  const stopDeadline = pieceDeadline(request, () => counted.bytes, limits);
   const answered = new Promise<{ status: number; early: boolean }>((resolve, reject) => {
     request.once('error', reject);
     request.once('response', (response) => {
@@ -160,7 +175,8 @@ function byteCounter(): { stream: Transform; readonly bytes: number } {
  * as they go. The idle timeout alone lets a receiver that takes a byte (or answers one) every
  * 29 s hold a piece forever. Returns what stops it.
  */
-function pieceDeadline(request: ClientRequest, bytesSent: () => number, limits: PostLimits, where: string): () => void {
+function pieceDeadline(request: ClientRequest, bytesSent: () => number, limits: PostLimits): () => void {
+  const { where } = limits;
   const started = performance.now();
   const allowedMs = () => limits.idleTimeoutMs + (bytesSent() * 1000) / limits.minBytesPerSecond;
   let timer: NodeJS.Timeout;

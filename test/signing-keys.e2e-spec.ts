@@ -3,7 +3,7 @@ import { createPublicKey, createSecretKey, generateKeyPairSync, KeyObject, rando
 import { after, before, describe, it } from 'node:test';
 import * as jwt from 'jsonwebtoken';
 import { KeyRing, RING_STALE_AFTER_MS } from '../src/keys/key-ring.service';
-import { KeyRotationService } from '../src/keys/key-rotation.service';
+import { KeyRotationService, NextKeyTooNewError } from '../src/keys/key-rotation.service';
 import { KeyRotationTask } from '../src/keys/key-rotation.task';
 import { auditRows } from './helpers/db';
 import { registerAndLogin, sleep } from './helpers/factories';
@@ -41,6 +41,14 @@ async function ringOf(t: TestApp): Promise<string[][]> {
 /** How many KEY_ROTATED events the log holds. */
 async function rotationsIn(t: TestApp): Promise<number> {
   return ((await t.db.query(`SELECT count(*)::int AS n FROM audit_events WHERE type = 'KEY_ROTATED'`)) as Array<{ n: number }>)[0].n;
+}
+
+/**
+ * Makes the next key look published an hour ago: a rotation promotes a next key made after the
+ * current one only once verifiers caching the JWKS can have it (nextKeyPublicationSeconds).
+ */
+async function publishedLongAgo(t: TestApp): Promise<void> {
+  await t.db.query(`UPDATE signing_keys SET created_at = created_at - interval '1 hour' WHERE state = 'next'`);
 }
 
 /** The command's stdout; it must exit 0. */
@@ -218,6 +226,7 @@ describe('signing keys: ring, rotation, JWKS (e2e)', () => {
   });
 
   it('keys rotate and keys list work from the CLI, which shows no secret', async () => {
+    await publishedLongAgo(a);
     const beforeKid = a.app.get(KeyRing).signingKey().kid;
     const rotated = await cli(url, 'keys', 'rotate');
     assert.match(rotated, /^Rotated: \S+ \(ES256\) signs now; \S+ is next\n/);
@@ -261,6 +270,7 @@ describe('signing keys: ring, rotation, JWKS (e2e)', () => {
     assert.deepEqual(await ringOf(a), before, 'the ring is as it was');
     assert.equal(await rotationsIn(a), rotatedBefore, 'no KEY_ROTATED event');
     // The service's own setting rotates, in-process as from the CLI.
+    await publishedLongAgo(a);
     const rotated = await a.app.get(KeyRotationService).rotate('cli');
     assert.equal(rotated.algorithm, 'ES256');
     assert.equal(await rotationsIn(a), rotatedBefore + 1);
@@ -275,6 +285,7 @@ describe('signing keys: ring, rotation, JWKS (e2e)', () => {
       await scheduled.app.get(KeyRotationTask).handleTick();
       assert.equal(await current(), fresh, 'a young key is not rotated');
       await scheduled.db.query(`UPDATE signing_keys SET activated_at = now() - interval '25 hours' WHERE state = 'current'`);
+      await publishedLongAgo(scheduled);
       await Promise.all([scheduled.app.get(KeyRotationTask).handleTick(), other.app.get(KeyRotationTask).handleTick()]);
       assert.notEqual(await current(), fresh);
       // One rotation of that key (the database is the file's: an earlier test's retirement is audited on schedule too).
@@ -314,13 +325,68 @@ describe('signing keys: ring, rotation, JWKS (e2e)', () => {
       assert.equal(result.rotated, undefined);
       assert.equal(result.foreignNext, 'HS256');
       assert.deepEqual(await states(), adopted);
-      // The instance with the new setting rotates into it.
+      // The instance with the new setting rotates into it, once verifiers caching the JWKS can have it.
+      await updated.app.get(KeyRotationTask).handleTick();
+      assert.deepEqual(await states(), adopted, 'not while the next key is seconds old');
+      await publishedLongAgo(updated);
       await updated.app.get(KeyRotationTask).handleTick();
       const [current] = await states();
       assert.equal(current, `current:HS256:${adopted[1].split(':')[2]}`, 'the next key the new setting made signs now');
     } finally {
       await updated?.close();
       await old.close();
+    }
+  });
+
+  it('rotating twice: the second rotation waits until the next key has been published longer than verifiers cache the JWKS (--now: at once)', async () => {
+    await publishedLongAgo(a);
+    const first = await a.app.get(KeyRotationService).rotate('cli'); // its next key is made now
+    const [before, rotatedBefore] = [await ringOf(a), await rotationsIn(a)];
+    const refused = await runCliWith({}, url, 'keys', 'rotate');
+    assert.equal(refused.code, 2, refused.stderr);
+    // ACCESS_TOKEN_TTL 900: the JWKS's max-age 180 s, plus the minute every instance takes to reload the ring.
+    assert.match(
+      refused.stderr,
+      new RegExp(
+        `keys rotate: the next key ${first.next} was published \\d+ s ago, and verifiers may hold an earlier JWKS for 240 s: nothing rotated\\. Rotate again in \\d+ s, or now with --now`,
+      ),
+    );
+    assert.equal(refused.stdout, '');
+    assert.deepEqual(await ringOf(a), before, 'the ring is as it was');
+    assert.equal(await rotationsIn(a), rotatedBefore, 'no KEY_ROTATED event');
+    await assert.rejects(a.app.get(KeyRotationService).rotate('cli'), NextKeyTooNewError);
+    // The operator's choice after a leak.
+    const forced = await runCliWith({}, url, 'keys', 'rotate', '--now');
+    assert.equal(forced.code, 0, forced.stderr);
+    assert.match(forced.stdout, new RegExp(`^Rotated: ${first.next} \\(ES256\\) signs now; \\S+ is next\\n`));
+    assert.equal(await rotationsIn(a), rotatedBefore + 1);
+    assert.equal((await runCliWith({}, url, 'keys', 'rotate', '--later')).code, 2, 'an unknown option is a usage error');
+  });
+
+  it('a scheduled rotation that is due waits for a next key published moments ago, then rotates', async () => {
+    const shared = await freshDatabase();
+    const scheduled = await createTestApp({ DATABASE_URL: shared, SIGNING_KEY_ROTATION_DAYS: '1' });
+    try {
+      const ring = async () =>
+        (
+          (await scheduled.db.query(`SELECT kid, state FROM signing_keys WHERE state IN ('current', 'next') ORDER BY state`)) as Array<{
+            kid: string;
+          }>
+        ).map((k) => k.kid);
+      // The ring made at boot: its next key was made with the current one, so a due rotation goes at once.
+      await scheduled.db.query(`UPDATE signing_keys SET activated_at = now() - interval '25 hours' WHERE state = 'current'`);
+      const [, bootNext] = await ring();
+      assert.equal((await scheduled.app.get(KeyRotationService).maintain(1)).rotated?.current, bootNext);
+      // Due again at once (a current key made 25 hours old), but its next key is seconds old.
+      await scheduled.db.query(`UPDATE signing_keys SET activated_at = now() - interval '25 hours' WHERE state = 'current'`);
+      const waiting = await ring();
+      const result = await scheduled.app.get(KeyRotationService).maintain(1);
+      assert.equal(result.rotated, undefined, 'no rotation yet');
+      assert.deepEqual(await ring(), waiting);
+      await publishedLongAgo(scheduled);
+      assert.equal((await scheduled.app.get(KeyRotationService).maintain(1)).rotated?.current, waiting[1], 'the next tick rotates');
+    } finally {
+      await scheduled.close();
     }
   });
 

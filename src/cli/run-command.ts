@@ -7,7 +7,7 @@
  *   npm run cli -- audit-verify --file <export.ndjson> ...   exports, offline: no database; 2 also for a malformed line; several files are consecutive --after-seq pieces
  *   npm run cli -- audit-verify --dir <dir>                  the pieces shipped to AUDIT_SHIP_DIR, in name order, as one log
  *   npm run cli -- audit-export [--from T] [--to T] [--user-id U] [--type X] [--after-seq N] [--out FILE]
- *   npm run cli -- keys rotate                                the next signing key signs; the current one verifies until its tokens expire
+ *   npm run cli -- keys rotate [--now]                        the next signing key signs; the current one verifies until its tokens expire
  *   npm run cli -- keys list                                  the ring, without secrets
  * Without DATABASE_URL they use the embedded database in DATA_DIR (stop the server first:
  * one PostgreSQL owns a data directory at a time), which the service's first start made: a
@@ -47,7 +47,7 @@ const USAGE = [
   '  audit-verify --file <export.ndjson> ...   export files, offline (several: consecutive --after-seq pieces, as one)',
   '  audit-verify --dir <AUDIT_SHIP_DIR>       every piece the service shipped there, offline, as one log',
   '  audit-export [--from <instant>] [--to <instant>] [--user-id <uuid>] [--type <event type>] [--after-seq <seq>] [--out <file>]',
-  '  keys rotate | keys list',
+  '  keys rotate [--now] | keys list   --now: even a next key published moments ago (after a leak)',
 ].join('\n');
 
 const OPTION_OF_FIELD: Record<string, string> = { from: '--from', to: '--to', userId: '--user-id', type: '--type', afterSeq: '--after-seq' };
@@ -163,8 +163,11 @@ async function parseCommand(argv: string[], io: CommandIo): Promise<Command> {
   }
   if (name === 'keys') {
     const [action, ...rest] = args;
-    if (rest.length || (action !== 'rotate' && action !== 'list')) throw new UsageError(USAGE);
-    return { withApp: (app) => (action === 'rotate' ? rotateKeys : listKeys)(io, app) };
+    if (action === 'rotate' && (rest.length === 0 || (rest.length === 1 && rest[0] === '--now'))) {
+      return { withApp: (app) => rotateKeys(io, app, rest.length === 1) };
+    }
+    if (action !== 'list' || rest.length) throw new UsageError(USAGE);
+    return { withApp: (app) => listKeys(io, app) };
   }
   throw new UsageError(USAGE);
 }
@@ -280,13 +283,13 @@ async function endAllSessions(io: CommandIo, app: INestApplicationContext, confi
   return 0;
 }
 
-async function rotateKeys(io: CommandIo, app: INestApplicationContext): Promise<number> {
-  const { AlgorithmMismatchError, KeyRotationService } = await import('../keys/key-rotation.service.js');
+async function rotateKeys(io: CommandIo, app: INestApplicationContext, now: boolean): Promise<number> {
+  const { AlgorithmMismatchError, KeyRotationService, NextKeyTooNewError } = await import('../keys/key-rotation.service.js');
   let result;
   try {
-    result = await app.get(KeyRotationService).rotate('cli');
+    result = await app.get(KeyRotationService).rotate('cli', { now });
   } catch (error) {
-    if (error instanceof AlgorithmMismatchError) throw new UsageError(`keys rotate: ${error.message}`);
+    if (error instanceof AlgorithmMismatchError || error instanceof NextKeyTooNewError) throw new UsageError(`keys rotate: ${error.message}`);
     throw error;
   }
   const lines = [`Rotated: ${result.current} (${result.algorithm}) signs now; ${result.next} is next`];

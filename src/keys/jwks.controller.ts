@@ -6,6 +6,7 @@ import { SkipThrottle } from '@nestjs/throttler';
 import type { FastifyReply } from 'fastify';
 import { Public } from '../common/public.decorator';
 import type { AppConfig } from '../config/config';
+import { jwksMaxAge } from './jwks-max-age';
 import { KeyRing } from './key-ring.service';
 import type { PublishedJwk } from './signing-key';
 
@@ -32,9 +33,9 @@ export class JwksResponseDto {
 /**
  * The public signing keys as a JWK Set (RFC 7517), for services that verify our access tokens
  * offline. Answered from memory (no query), so it is exempt from the per-client limits like
- * the health probes. The max-age is well below the rotation overlap (ACCESS_TOKEN_TTL): the
- * next key is published a whole rotation before it signs, and a verifier that meets an
- * unknown kid fetches the set again anyway.
+ * the health probes. The max-age is well below the rotation overlap (ACCESS_TOKEN_TTL): a
+ * next key signs only once it has been published longer than that (nextKeyPublicationSeconds),
+ * and a verifier that meets an unknown kid fetches the set again anyway.
  */
 @ApiTags('keys')
 @Public()
@@ -70,9 +71,4 @@ export class JwksController {
     reply.header('Cache-Control', this.cacheControl);
     return { keys: this.ring.publicJwks() };
   }
-}
-
-/** A fifth of the overlap, at most five minutes and at least one second. */
-export function jwksMaxAge(accessTokenTtl: number): number {
-  return Math.max(1, Math.min(300, Math.floor(accessTokenTtl / 5)));
 }

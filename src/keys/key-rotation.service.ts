@@ -6,6 +6,7 @@ import { DataSource, EntityManager } from 'typeorm';
 import { AuditService } from '../audit/audit.service';
 import type { AppConfig } from '../config/config';
 import { SessionMaintenanceService } from '../sessions/session-maintenance.service';
+import { jwksMaxAge } from './jwks-max-age';
 import { generateKeyMaterial, keyMaterialFromSecret } from './signing-key';
 import { KeyListing, SigningKeyStore } from './signing-key.store';
 import type { SigningAlgorithm } from './signing-algorithm';
@@ -17,6 +18,37 @@ import type { SigningAlgorithm } from './signing-algorithm';
 export const RETIRING_MARGIN_SECONDS = 60;
 
 export type RotationTrigger = 'cli' | 'schedule' | 'boot';
+
+/**
+ * How long a next key must have been published before a rotation makes it sign: the JWKS's
+ * max-age (a verifier may hold an older set that long) plus the minute within which every
+ * instance has reloaded the ring, and so publishes it. A key made with the current one needs
+ * no wait: every set that showed the current key showed it too.
+ */
+export function nextKeyPublicationSeconds(accessTokenTtl: number): number {
+  return jwksMaxAge(accessTokenTtl) + RETIRING_MARGIN_SECONDS;
+}
+
+/**
+ * A rotation that would make a next key sign before verifiers caching the JWKS can have it:
+ * one made by the rotation or boot just before ("rotate twice"). Those that cached the set
+ * earlier and do not fetch it again on an unknown kid would refuse every new token until
+ * their cache expires. The scheduled job waits instead; the command says how long.
+ */
+export class NextKeyTooNewError extends Error {
+  constructor(
+    readonly kid: string,
+    readonly publishedSeconds: number,
+    readonly publicationSeconds: number,
+  ) {
+    const wait = Math.ceil(publicationSeconds - publishedSeconds);
+    super(
+      `the next key ${kid} was published ${Math.floor(publishedSeconds)} s ago, and verifiers may hold an earlier JWKS for ` +
+        `${publicationSeconds} s: nothing rotated. Rotate again in ${wait} s, or now with --now (after a leak: a verifier that ` +
+        `does not fetch the set again on an unknown kid refuses the new tokens until its copy expires)`,
+    );
+  }
+}
 
 /**
  * A command's rotation with another SIGNING_ALGORITHM than the ring's next key has: a shell
@@ -55,6 +87,7 @@ export class KeyRotationService {
   private readonly store: SigningKeyStore;
   private readonly algorithm: SigningAlgorithm;
   private readonly retiringSeconds: number;
+  private readonly publicationSeconds: number;
   private readonly jwtSecret: string | undefined;
 
   constructor(
@@ -66,6 +99,7 @@ export class KeyRotationService {
     this.store = new SigningKeyStore(config.get('KEY_ENCRYPTION_KEY', { infer: true }));
     this.algorithm = config.get('SIGNING_ALGORITHM', { infer: true });
     this.retiringSeconds = config.get('ACCESS_TOKEN_TTL', { infer: true }) + RETIRING_MARGIN_SECONDS;
+    this.publicationSeconds = nextKeyPublicationSeconds(config.get('ACCESS_TOKEN_TTL', { infer: true }));
     this.jwtSecret = config.get('JWT_SECRET', { infer: true });
   }
 
@@ -132,12 +166,19 @@ export class KeyRotationService {
    * when the ring's next key has another algorithm than SIGNING_ALGORITHM
    * (AlgorithmMismatchError): an instance whose setting changed made its next key of the new
    * algorithm at boot, so only a caller with another setting than the service's gets there.
+   *
+   * Nor when the next key was published too recently (NextKeyTooNewError, see
+   * nextKeyPublicationSeconds), unless `now` (an operator's choice after a leak) or the
+   * current key is stopped (its tokens fail already: waiting would only keep logins failing).
    */
-  async rotate(trigger: Exclude<RotationTrigger, 'boot'>): Promise<RotationResult> {
+  async rotate(trigger: Exclude<RotationTrigger, 'boot'>, { now = false }: { now?: boolean } = {}): Promise<RotationResult> {
     return this.dataSource.transaction(async (em) => {
       await this.store.lock(em);
-      const next = (await this.store.states(em)).find((k) => k.state === 'next');
+      const ring = await this.store.states(em);
+      const next = ring.find((k) => k.state === 'next');
       if (next && next.algorithm !== this.algorithm) throw new AlgorithmMismatchError(next.algorithm, this.algorithm);
+      const tooNew = this.tooNewToPromote(ring);
+      if (tooNew && !now) throw new NextKeyTooNewError(tooNew.kid, tooNew.publishedSeconds, this.publicationSeconds);
       return this.rotateLocked(em, trigger);
     });
   }
@@ -161,10 +202,15 @@ export class KeyRotationService {
       const current = ring.find((k) => k.state === 'current');
       const next = ring.find((k) => k.state === 'next');
       const foreignNext = next && next.algorithm !== this.algorithm ? next.algorithm : undefined;
-      const due = rotationDays !== undefined && current?.activated_at && Date.now() - current.activated_at.getTime() >= rotationDays * 86_400_000;
+      // A next key published too recently waits for the next tick (NextKeyTooNewError).
+      const due =
+        rotationDays !== undefined &&
+        current?.activated_at &&
+        Date.now() - current.activated_at.getTime() >= rotationDays * 86_400_000 &&
+        !this.tooNewToPromote(ring);
       // A current key an operator stopped (verify_until: the emergency stop) signs tokens no
       // instance accepts: rotated at once, whatever the schedule, so logins work again.
-      const stopped = current?.verify_until != null && current.verify_until.getTime() <= Date.now();
+      const stopped = current?.stopped ?? false;
       if ((due || stopped) && !foreignNext) {
         const rotated = await this.rotateLocked(em, 'schedule');
         return { skipped: false, rotated, retired: rotated.retired };
@@ -186,6 +232,20 @@ export class KeyRotationService {
 
   async list(): Promise<KeyListing[]> {
     return this.store.list(this.dataSource.manager);
+  }
+
+  /**
+   * The next key a rotation would promote, when verifiers may not have it yet: published less
+   * than publicationSeconds ago and after the current key. Undefined when it may sign now, or
+   * when waiting would help nothing: no promotable next key (a fresh one is made), or a stopped
+   * current key.
+   */
+  private tooNewToPromote(ring: Awaited<ReturnType<SigningKeyStore['states']>>): { kid: string; publishedSeconds: number } | undefined {
+    const current = ring.find((k) => k.state === 'current');
+    const next = ring.find((k) => k.state === 'next');
+    if (!next || next.algorithm !== this.algorithm || next.stopped || current?.stopped) return undefined;
+    if (next.publishedWithCurrent || next.publishedSeconds >= this.publicationSeconds) return undefined;
+    return { kid: next.kid, publishedSeconds: next.publishedSeconds };
   }
 
   private async rotateLocked(em: EntityManager, trigger: Exclude<RotationTrigger, 'boot'>): Promise<RotationResult> {

@@ -10,8 +10,9 @@ import { JobHealth } from '../common/job-health';
 /**
  * Every five minutes on every instance; whichever takes the ring's advisory lock retires the
  * keys whose tokens have all expired and, when SIGNING_KEY_ROTATION_DAYS is set and the
- * current key is that old, rotates. The age is read under the lock, so of many instances one
- * rotates and the others find a fresh key.
+ * current key is that old, rotates (a next key published moments ago waits for a later tick:
+ * nextKeyPublicationSeconds). The age is read under the lock, so of many instances one rotates
+ * and the others find a fresh key.
  */
 @Injectable()
 export class KeyRotationTask implements BeforeApplicationShutdown {

@@ -33,6 +33,13 @@ interface KeyRow {
   retired_at: Date | null;
 }
 
+/** When a key of the ring was stopped and published, by the database's clock (SigningKeyStore.states). */
+interface RingTimes {
+  stopped: boolean;
+  publishedSeconds: number;
+  publishedWithCurrent: boolean;
+}
+
 /** The kid and algorithm are authenticated with the sealed key: a ciphertext moved to another row does not open. */
 const sealingContext = (kid: string, algorithm: SigningAlgorithm) => `${kid}|${algorithm}`;
 
@@ -126,8 +133,21 @@ export class SigningKeyStore {
     return rows.length > 0;
   }
 
-  async states(em: EntityManager): Promise<Array<Pick<KeyRow, 'kid' | 'algorithm' | 'state' | 'activated_at' | 'verify_until'>>> {
-    return rowsOf(em, `SELECT "kid", "algorithm", "state", "activated_at", "verify_until" FROM "signing_keys" WHERE "state" IN ('current', 'next')`);
+  /**
+   * The current and next keys. `stopped`: an operator set its verify_until, which has come (the
+   * database's clock). `publishedSeconds`: how long ago it was made, and so published in the
+   * JWKS; `publishedWithCurrent`: made no later than the current key (every set that showed the
+   * current key showed it too).
+   */
+  async states(em: EntityManager): Promise<Array<Pick<KeyRow, 'kid' | 'algorithm' | 'state' | 'activated_at' | 'verify_until'> & RingTimes>> {
+    return rowsOf(
+      em,
+      `SELECT k."kid", k."algorithm", k."state", k."activated_at", k."verify_until",
+              COALESCE(k."verify_until" <= now(), false) AS "stopped",
+              EXTRACT(EPOCH FROM now() - k."created_at")::float8 AS "publishedSeconds",
+              k."created_at" <= (SELECT c."created_at" FROM "signing_keys" c WHERE c."state" = 'current') IS TRUE AS "publishedWithCurrent"
+         FROM "signing_keys" k WHERE k."state" IN ('current', 'next')`,
+    );
   }
 
   /**

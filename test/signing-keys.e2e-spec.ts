@@ -546,12 +546,34 @@ describe('signing keys: rows changed in the table without KEY_ENCRYPTION_KEY, an
       assert.equal(await whoami(t, forge(claimsFor(tokens), attacker.privateKey, 'ES256', { kid })), 401);
       assert.equal(await whoami(t, tokens.accessToken), 200);
       assert.deepEqual(await jwks(), jwksBefore);
+      const refusedRows = async () =>
+        (await t.http.get('/metrics')).text.split('\n').filter((l) => l.startsWith('sessionary_signing_key_rows_refused{'));
+      assert.deepEqual(await refusedRows(), [
+        'sessionary_signing_key_rows_refused{handling="kept_earlier_copy"} 1',
+        'sessionary_signing_key_rows_refused{handling="left_out"} 0',
+      ]);
+      // A row this instance never read, sealed under another key: left out.
+      await t.db.query(
+        `INSERT INTO signing_keys (kid, algorithm, state, public_jwk, private_key, activated_at, verify_until)
+         VALUES ('planted', 'ES256', 'retiring', $1, $2, now(), now() + interval '1 hour')`,
+        [attacker.publicKey.export({ format: 'jwk' }), Buffer.concat([Buffer.from([1]), randomBytes(200)])],
+      );
+      await ring.reload();
+      assert.deepEqual(await refusedRows(), [
+        'sessionary_signing_key_rows_refused{handling="kept_earlier_copy"} 1',
+        'sessionary_signing_key_rows_refused{handling="left_out"} 1',
+      ]);
+      assert.equal(await whoami(t, forge(claimsFor(tokens), attacker.privateKey, 'ES256', { kid: 'planted' })), 401);
       // An instance that never read the key cannot tell the genuine one: it does not start.
       await assert.rejects(createTestApp({ DATABASE_URL: t.config.DATABASE_URL! }), new RegExp(refusal));
     } finally {
       Object.assign(ring, { logger });
+      await t.db.query(`DELETE FROM signing_keys WHERE kid = 'planted'`);
       await t.db.query(`UPDATE signing_keys SET public_jwk = $2 WHERE kid = $1`, [kid, genuine]);
     }
+    await ring.reload();
+    assert.match((await t.http.get('/metrics')).text, /^sessionary_signing_key_rows_refused\{handling="left_out"\} 0$/m);
+    assert.match((await t.http.get('/metrics')).text, /^sessionary_signing_key_rows_refused\{handling="kept_earlier_copy"\} 0$/m);
   });
 
   it('answers readiness 503 once the ring has not been read for a while, each read failing; 200 again after a read', async () => {

@@ -40,6 +40,8 @@ export class KeyRing implements OnModuleInit, OnApplicationShutdown {
   private fingerprint = '';
   /** The refused rows already logged, by kid and reason (see keptFor). */
   private readonly refusalsLogged = new Set<string>();
+  /** The last read's rows that did not open or were changed, by what this instance did with each (for /metrics). */
+  private refusedRows = { kept_earlier_copy: 0, left_out: 0 };
   /** When the ring was last read whole (performance.now()); undefined before the first read. */
   private loadedAt: number | undefined;
   /** See RING_STALE_AFTER_MS (a field so that tests can shorten it). */
@@ -114,6 +116,16 @@ export class KeyRing implements OnModuleInit, OnApplicationShutdown {
     return since ? Math.max(0, (Date.now() - since.getTime()) / 1000) : 0;
   }
 
+  /**
+   * Rows of the ring that the last read did not trust (changed in the table, or sealed under
+   * another KEY_ENCRYPTION_KEY): `kept_earlier_copy` where this instance verifies with the copy
+   * it read before, `left_out` where it refuses that key's tokens. Anything but 0 needs an
+   * operator (the error log line says which kid, once).
+   */
+  refusedRowCounts(): { kept_earlier_copy: number; left_out: number } {
+    return { ...this.refusedRows };
+  }
+
   keyCounts(): Record<RingKey['state'], number> {
     const counts = { next: 0, current: 0, retiring: 0 };
     for (const key of this.byKid.values()) counts[key.state]++;
@@ -159,7 +171,9 @@ export class KeyRing implements OnModuleInit, OnApplicationShutdown {
           // A change was announced while this read ran: it may predate the change, so it is
           // not applied even for a moment (a stopped key must not verify again); read again.
           if (this.reloadRequested) continue;
-          const usable = [...keys, ...this.keptFor(refused)];
+          const kept = this.keptFor(refused);
+          this.refusedRows = { kept_earlier_copy: kept.length, left_out: refused.length - kept.length };
+          const usable = [...keys, ...kept];
           // The current key's own row does not open and no copy was read before: why, as the error.
           const unusableCurrent = usable.some((k) => k.state === 'current') ? undefined : refused.find((r) => r.state === 'current');
           if (unusableCurrent) throw new Error(unusableCurrent.reason);

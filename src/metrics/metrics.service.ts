@@ -183,6 +183,15 @@ export class MetricsService implements OnModuleInit {
         for (const [state, count] of Object.entries(keyRing.keyCounts())) this.set({ state }, count);
       },
     });
+    new Gauge({
+      name: 'sessionary_signing_key_rows_refused',
+      help: "Rows of the signing-key ring this instance's last read did not trust (changed in the table, or sealed under another KEY_ENCRYPTION_KEY), by what it did: alert on any",
+      labelNames: ['handling'],
+      registers: [this.registry],
+      collect() {
+        for (const [handling, count] of Object.entries(keyRing.refusedRowCounts())) this.set({ handling }, count);
+      },
+    });
     gauge(
       'sessionary_session_activity_pending',
       'Sessions whose activity waits for the next batched write',

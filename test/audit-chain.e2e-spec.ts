@@ -201,8 +201,9 @@ describe('audit hash chain (e2e)', () => {
     assert.equal((await f.t.http.get('/api/v1/admin/audit/verify')).status, 401);
   });
 
-  it('refuses UPDATE and DELETE of events and checkpoints on the connection the service uses, and changes nothing; sealing still goes through', async () => {
-    const f = await open();
+  it('refuses UPDATE and DELETE of events and checkpoints on the connection the service uses, and changes nothing; no unchained event is sealed once the log has a checkpoint', async () => {
+    const errors: string[] = [];
+    const f = await open({}, { log: () => undefined, warn: () => undefined, error: (m: unknown) => void errors.push(String(m)) });
     const checkpoint = await f.t.app.get(AuditChainService).checkpoint(true);
     assert.ok(checkpoint);
     const target = f.chain[3].id;
@@ -248,23 +249,30 @@ describe('audit hash chain (e2e)', () => {
     await f.t.db.query(`DELETE FROM audit_chain_seal`); // what the sealer does once done
     assert.deepEqual(await snapshot(), before);
 
-    // An event written without the chain (as before 0.7.0) gets its chain fields from the
-    // sealer, the one UPDATE the service makes; changing any of its own fields is refused.
-    const [legacy] = await f.t.db.query(`INSERT INTO audit_events (type, user_id, metadata) VALUES ('LOGIN', $1, '{}') RETURNING id`, [f.user.id]);
-    await refused(`UPDATE audit_events SET ip_address = '198.51.100.66' WHERE id = $1`, [legacy.id], appendOnly);
+    // An event written without the chain: changing any of its own fields is refused (only the
+    // sealer's UPDATE, which adds the chain fields, passes).
+    const [forged] = await f.t.db.query(`INSERT INTO audit_events (type, user_id, metadata) VALUES ('LOGIN', $1, '{}') RETURNING id`, [f.user.id]);
+    await refused(`UPDATE audit_events SET ip_address = '198.51.100.66' WHERE id = $1`, [forged.id], appendOnly);
     await refused(
       `UPDATE audit_events SET chain_key = 'x', chain_pos = 1, prev_hash = $2, hash = $2, created_at = created_at - interval '1 second' WHERE id = $1`,
-      [legacy.id, '0'.repeat(64)],
+      [forged.id, '0'.repeat(64)],
       appendOnly,
     );
-    await tamper(f.t.db, `INSERT INTO audit_chain_seal SELECT max(seq) FROM audit_events`); // as the migration left it (the table refuses it since 0.23.0)
-    assert.equal(await f.t.app.get(AuditChainService).sealPending(), 1);
-    const [sealed] = await f.t.db.query(`SELECT chain_key, hash FROM audit_events WHERE id = $1`, [legacy.id]);
-    assert.equal(sealed.chain_key, f.user.id);
-    assert.match(sealed.hash, /^[0-9a-f]{64}$/);
-    // Sealed, it is refused like any other.
-    await refused(`UPDATE audit_events SET chain_pos = chain_pos WHERE id = $1`, [legacy.id], appendOnly);
-    assert.equal((await apiVerify(f)).ok, true);
+    // A sealing bound put back past the table's trigger (its owner can: ALTER TABLE ... DISABLE
+    // TRIGGER). The log has a checkpoint, so whatever came before the chain was sealed before
+    // it: the event is not sealed, by the service nor by a command (the CLI's verification below
+    // boots the application too). Until 0.24.1 the next boot gave it a valid HMAC, and the log
+    // verified as intact.
+    await tamper(f.t.db, `INSERT INTO audit_chain_seal SELECT max(seq) FROM audit_events`);
+    assert.equal(await f.t.app.get(AuditChainService).sealPending(), 0);
+    assert.deepEqual(errors, [
+      '1 audit event(s) without the chain lie under a sealing bound, in a log that has checkpoints: not sealed. The events of before the chain were ' +
+        'sealed before the first checkpoint, so these were written into the tables outside the service; npm run cli -- audit-verify names the first',
+    ]);
+    await assertBroken(f, forged.id, /is not in any chain: it was inserted outside the service/);
+    const [unsealed] = await f.t.db.query(`SELECT hash FROM audit_events WHERE id = $1`, [forged.id]);
+    assert.equal(unsealed.hash, null);
+    assert.equal((await f.t.db.query('SELECT count(*)::int AS n FROM audit_chain_seal'))[0].n, 1, 'the bound stays, as evidence');
   });
 
   it('refuses to start, or to run a command, with another AUDIT_HMAC_KEY than the log was written with, and writes nothing', async () => {
@@ -761,6 +769,11 @@ describe('audit hash chain (e2e)', () => {
     });
     // The bound is gone: a row written later without the chain is not sealed.
     assert.deepEqual(await f.t.db.query('SELECT * FROM audit_chain_seal'), []);
+    // Sealed, an event is refused like any other.
+    const [{ id: sealedId }] = await f.t.db.query(`SELECT id FROM audit_events WHERE chain_key = $1 AND type = 'LOGOUT' ORDER BY seq DESC LIMIT 1`, [
+      f.user.id,
+    ]);
+    await assert.rejects(f.t.db.query(`UPDATE audit_events SET chain_pos = chain_pos WHERE id = $1`, [sealedId]), /audit_events is append-only/);
   });
 
   it('appends in one statement on the instance that wrote the chain last, takes the head lock when another instance or a rolled-back transaction moved it, and keeps times rising along the chain', async () => {

@@ -122,8 +122,28 @@ export class AuditChainService implements OnModuleDestroy {
    * bound) to their chains, in seq order, in batches; instances doing it at the same time take
    * turns under an advisory lock. Once none is left the bound is removed, so nothing written
    * later without the chain is ever sealed. Returns the number of events sealed.
+   *
+   * Only while the log has no checkpoint: every instance seals before it writes its first one,
+   * so a log with checkpoints has sealed whatever came before the chain, and an unchained row
+   * found then was put there since, with a bound put back beside it. Whoever owns the tables
+   * can do that past the seal table's trigger (ALTER TABLE ... DISABLE TRIGGER), and until
+   * 0.24.1 the next boot, or any command, then gave such a forged event a valid HMAC and the log
+   * verified as intact. Now it is left as it is, an error says so at every boot, and the
+   * verification reports it as inserted outside the service. (An owner who also deletes every
+   * checkpoint is seen by a verification against an exported checkpoint, as a deleted tail is.)
    */
   async sealPending(): Promise<number> {
+    if (await this.hasCheckpoint()) {
+      const refused = await this.refuseSealingAfterCheckpoints();
+      if (refused) {
+        this.logger.error(
+          `${refused} audit event(s) without the chain lie under a sealing bound, in a log that has checkpoints: not sealed. ` +
+            'The events of before the chain were sealed before the first checkpoint, so these were written into the tables ' +
+            'outside the service; npm run cli -- audit-verify names the first',
+        );
+      }
+      return 0;
+    }
     let total = 0;
     for (;;) {
       const sealed = await this.dataSource.transaction((em) => this.sealBatch(em));
@@ -132,6 +152,29 @@ export class AuditChainService implements OnModuleDestroy {
     }
     if (total) this.logger.warn(`Sealed ${total} audit event(s) written before the hash chain existed`);
     return total;
+  }
+
+  private async hasCheckpoint(): Promise<boolean> {
+    const { rows } = await sql(this.dataSource.manager, 'SELECT 1 FROM audit_checkpoints LIMIT 1');
+    return rows.length > 0;
+  }
+
+  /**
+   * How many unchained events lie under the bound; none: the bound is removed (a leftover of a
+   * log whose events were all chained already, which seals nothing).
+   */
+  private async refuseSealingAfterCheckpoints(): Promise<number> {
+    return this.dataSource.transaction(async (em) => {
+      await sql(em, 'SELECT pg_advisory_xact_lock($1)', [SEAL_LOCK_KEY]);
+      const {
+        rows: [{ pending }],
+      } = await sql<{ pending: number }>(
+        em,
+        `SELECT count(*)::int AS pending FROM audit_events WHERE hash IS NULL AND seq <= (SELECT max(up_to_seq) FROM audit_chain_seal)`,
+      );
+      if (pending === 0) await sql(em, 'DELETE FROM audit_chain_seal');
+      return pending;
+    });
   }
 
   private async sealBatch(em: EntityManager): Promise<number> {

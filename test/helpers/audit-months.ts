@@ -48,7 +48,16 @@ export async function pastEvents(t: TestApp, month: Date, rows: Array<{ userId: 
   }
   // The bound a migration to the chain leaves (the table refuses it since 0.23.0).
   await tamper(t.db, `INSERT INTO audit_chain_seal SELECT max(seq) FROM audit_events`);
-  assert.equal(await t.app.get(AuditChainService).sealPending(), rows.length);
+  // Sealed batch by batch as sealPending seals them, which itself refuses to once the log has a
+  // checkpoint (these tests may have written some): then unchained rows can only be forged.
+  const chain = t.app.get(AuditChainService) as unknown as { sealBatch(em: EntityManager): Promise<number> };
+  let sealed = 0;
+  for (;;) {
+    const batch = await t.db.transaction((em) => chain.sealBatch(em));
+    if (!batch) break;
+    sealed += batch;
+  }
+  assert.equal(sealed, rows.length);
 }
 
 /**

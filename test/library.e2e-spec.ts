@@ -568,6 +568,27 @@ describe('Sessionary inside a host Nest app (e2e)', () => {
       user_agent: 'HostAgent/1.0 \ufffd',
       metadata: { method: 'email', note: 'cut \ufffd' },
     });
+    // Ids in the other spellings PostgreSQL accepts (braces, upper case, no hyphens), a user agent
+    // past 512 units ending in spaces (varchar(512) cuts those silently) and an empty address:
+    // hashed as stored (until 0.24.1 the event read as altered, or moved to another user).
+    const bare = (id: string) => id.replace(/-/g, '').toUpperCase();
+    await dataSource.transaction((em) =>
+      audit.record(em, {
+        type: 'LOGOUT',
+        userId: `{${userId.toUpperCase()}}`,
+        sessionId: bare(sessionId),
+        client: { ipAddress: '', userAgent: `${'HostAgent/2.0 '.padEnd(512, 'x')}   ` },
+      }),
+    );
+    const [spelled] = (await dataSource.query(
+      `SELECT user_id, session_id, chain_key, ip_address, length(user_agent) AS agent FROM audit_events WHERE session_id = $1 AND type = 'LOGOUT' ORDER BY seq DESC LIMIT 1`,
+      [sessionId],
+    )) as Array<Record<string, unknown>>;
+    assert.deepEqual(spelled, { user_id: userId, session_id: sessionId, chain_key: userId, ip_address: null, agent: 512 });
+    await assert.rejects(
+      dataSource.transaction((em) => audit.record(em, { type: 'LOGOUT', userId: 'not-a-uuid' })),
+      /AuditService: userId is not a uuid/,
+    );
     const verification = await app.get(AuditVerifierService).verify();
     assert.deepEqual({ ok: verification.ok, reason: verification.reason }, { ok: true, reason: null });
   });

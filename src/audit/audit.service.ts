@@ -4,7 +4,7 @@ import { ConfigService } from '@nestjs/config';
 import { InjectDataSource } from '@nestjs/typeorm';
 import { SESSIONARY_DATA_SOURCE } from '../database/data-source-name';
 import { DataSource, EntityManager } from 'typeorm';
-import type { ClientContext } from '../common/client-context';
+import { boundedClientContext, type ClientContext } from '../common/client-context';
 import type { AppConfig } from '../config/config';
 import { sql } from '../database/sql';
 import { DomainEventPublisher } from '../events/domain-event-publisher';
@@ -139,17 +139,24 @@ export class AuditService {
     const unknownType = events.find((e) => !KNOWN_TYPES.has(e.type));
     if (unknownType) throw new Error(`AuditService: ${String(unknownType.type)} is not an audit event type (AUDIT_EVENT_TYPES)`);
     const metadata = events.map((e) => safeMetadata(e.metadata ?? {}));
-    const rows: EventRow[] = events.map((e, i) => ({
-      id: auditEventId(),
-      type: e.type,
-      userId: e.userId === null ? null : e.userId.toLowerCase(),
-      sessionId: e.sessionId ? e.sessionId.toLowerCase() : null,
-      // Well-formed, as stored (see cutWellFormed): a host's own client context comes here as it is.
-      ipAddress: e.client?.ipAddress?.toWellFormed() ?? null,
-      userAgent: e.client?.userAgent?.toWellFormed() ?? null,
-      metadata: canonicalJson(metadata[i]),
-      chainKey: chainOf(e),
-    }));
+    const rows: EventRow[] = events.map((e, i) => {
+      // Hashed exactly as PostgreSQL stores them: a host's own ids and client context come here
+      // as it wrote them, and a uuid in another accepted spelling (braces, no hyphens), a user
+      // agent past 512 units or one ending in spaces past it (which varchar(512) cuts silently)
+      // was stored otherwise than hashed, so the intact event read as altered (until 0.24.1).
+      const userId = e.userId === null ? null : canonicalUuid(e.userId, 'userId');
+      const client = boundedClientContext(e.client?.ipAddress, e.client?.userAgent);
+      return {
+        id: auditEventId(),
+        type: e.type,
+        userId,
+        sessionId: e.sessionId ? canonicalUuid(e.sessionId, 'sessionId') : null,
+        ipAddress: client.ipAddress,
+        userAgent: client.userAgent,
+        metadata: canonicalJson(metadata[i]),
+        chainKey: chainOf({ ...e, userId }),
+      };
+    });
     const keys = [...new Set(rows.map((r) => r.chainKey))].sort();
     const known = keys.length === 1 ? this.knownHeads.get(keys[0]) : undefined;
     let chained: LinkedEvent[] | undefined;
@@ -373,4 +380,18 @@ function safeMetadata(metadata: AuditMetadata): AuditMetadata {
   return Object.fromEntries(
     Object.entries(metadata).map(([key, value]) => [key.toWellFormed(), typeof value === 'string' ? value.toWellFormed() : value]),
   );
+}
+
+/**
+ * A uuid as PostgreSQL writes it back (lower case, hyphens 8-4-4-4-12), from any spelling its
+ * input accepts; anything else is the caller's error, thrown before a row is written.
+ */
+export function canonicalUuid(value: string, field: string): string {
+  const digits = value
+    .trim()
+    .replace(/^\{(.*)\}$/s, '$1')
+    .replace(/-/g, '')
+    .toLowerCase();
+  if (!/^[0-9a-f]{32}$/.test(digits)) throw new Error(`AuditService: ${field} is not a uuid`);
+  return `${digits.slice(0, 8)}-${digits.slice(8, 12)}-${digits.slice(12, 16)}-${digits.slice(16, 20)}-${digits.slice(20)}`;
 }

@@ -157,6 +157,35 @@ describe('migrations (e2e)', () => {
     }
   });
 
+  it("migrate a schema of Sessionary's own first on a search_path that also shows a host's schema with its own migrations table", async () => {
+    const shared = await emptyDatabase();
+    const client = new Client({ connectionString: shared });
+    await client.connect();
+    await client.query(`CREATE TABLE migrations (id serial PRIMARY KEY, "timestamp" bigint NOT NULL, name varchar NOT NULL);
+       INSERT INTO migrations ("timestamp", name) VALUES (1600000000000, 'HostInit1600000000000');
+       CREATE SCHEMA sessionary`);
+    const source = await new DataSource(
+      dataSourceOptions(`${shared}?options=${encodeURIComponent('-c search_path=sessionary,public')}`),
+    ).initialize();
+    try {
+      await runMigrationsLocked(source); // refused as "another application's" until 0.24.1
+      const ours: Array<{ name: string }> = await client.query('SELECT name FROM sessionary.migrations ORDER BY id').then((r) => r.rows);
+      assert.deepEqual(
+        ours.map((r) => r.name),
+        MIGRATIONS.map((m) => new m().name),
+      );
+      assert.deepEqual(
+        (await client.query('SELECT name FROM public.migrations')).rows,
+        [{ name: 'HostInit1600000000000' }],
+        "the host's left as it was",
+      );
+      await runMigrationsLocked(source); // and again, as every boot does
+    } finally {
+      await source.destroy();
+      await client.end();
+    }
+  });
+
   it("know every table and function they create, so that another application's of any of those names is refused", async () => {
     const source = await new DataSource(dataSourceOptions(url)).initialize();
     try {

@@ -186,7 +186,13 @@ async function assertSchemaIsSessionarys(runner: QueryRunner, dataSource: DataSo
     );
   }
   const table = dataSource.options.migrationsTableName ?? 'migrations';
-  const [{ present }]: Array<{ present: boolean }> = await runner.query('SELECT to_regclass($1) IS NOT NULL AS present', [table]);
+  // In this schema: with a search_path of `sessionary, public` (a host's tables visible beside
+  // Sessionary's), an unqualified name found the host's public.migrations, and the first boot
+  // was refused as though this schema were another application's (until 0.24.1).
+  const [{ present }]: Array<{ present: boolean }> = await runner.query(
+    'SELECT to_regclass(format($$%I.%I$$, current_schema(), $1::text)) IS NOT NULL AS present',
+    [table],
+  );
   const ours = dataSource.migrations.map((m) => m.name ?? m.constructor.name);
   if (present) {
     const [{ recorded, others }]: Array<{ recorded: number; others: number }> = await runner.query(

@@ -2,7 +2,10 @@ import assert from 'node:assert/strict';
 import { afterEach, before, describe, it } from 'node:test';
 import { Logger } from '@nestjs/common';
 import { Client } from 'pg';
+import { randomUUID } from 'node:crypto';
 import { notifyFromNewConnection, PgChannelListener } from '../src/database/pg-channel-listener';
+import { SessionCache } from '../src/sessions/session-cache';
+import { SessionChangeListener } from '../src/sessions/session-change-listener';
 import { CapturingLogger } from './helpers/capturing-logger';
 import { sleep } from './helpers/factories';
 import { emptyDatabase } from './helpers/test-app';
@@ -85,43 +88,152 @@ describe('a channel listener checks at each heartbeat that it hears the server n
     assert.equal(trusted, 2);
   });
 
-  it('skips a beat whose echo could not be sent (no new connection), with one warning, and stays trusted', async () => {
-    let refuse = false;
+  /** A NOTIFY-sending stand-in that refuses (a connection limit) while `refusing()` says so. */
+  const refusable = (refusing: () => boolean, counts: { refused: number; sent: number }) => async (channel: string, payload: string) => {
+    if (refusing()) {
+      counts.refused++;
+      throw new Error('sorry, too many clients already');
+    }
+    await notifyFromNewConnection(poolReaches, 'test-pool', channel, payload);
+    counts.sent++;
+  };
+  const warningsOf = () => logs.lines.filter((l) => l.level === 'warn' && l.context === 'test-listener');
+
+  it('keeps trusting the connection through a beat or two whose echo could not be sent, quietly', async () => {
+    let refuseNext = 0;
     let refused = 0;
+    let sentAfterTwo = false;
     await start({
       send: async (channel, payload) => {
-        if (refuse) {
+        if (refuseNext > 0) {
+          refuseNext--;
           refused++;
           throw new Error('sorry, too many clients already');
         }
         await notifyFromNewConnection(listened, 'test-pool', channel, payload);
+        if (refused === 2) sentAfterTwo = true;
       },
     });
+    refuseNext = 2;
+    assert.ok(await until(() => sentAfterTwo, 3000), 'an echo was sent after two that were not');
+    assert.deepEqual({ trusted, lost, listening: listener!.listening }, { trusted: 1, lost: 0, listening: true });
+    assert.deepEqual(warningsOf(), []);
+  });
+
+  it('stops trusting the connection after three beats in a row whose echo could not be sent, keeping it, and trusts it again at the next echo heard', async () => {
+    let refuse = false;
+    const counts = { refused: 0, sent: 0 };
+    await start({ send: refusable(() => refuse, counts) });
+    const pid = listener!.backendPid;
     refuse = true;
-    assert.ok(await until(() => refused >= 3, 3000), 'beats went on');
-    assert.equal(listener!.listening, true);
-    assert.deepEqual({ trusted, lost }, { trusted: 1, lost: 0 });
-    const warnings = logs.lines.filter((l) => l.level === 'warn' && l.context === 'test-listener');
+    // The pool's server at its connection limit after a switchover: nothing shows where this
+    // connection is, so what its consumers hold is no longer trusted (they read the database).
+    assert.ok(await until(() => !listener!.listening, 3000), 'trust withdrawn');
+    assert.ok(counts.refused >= 3, `after three echoes not sent (${counts.refused})`);
+    assert.deepEqual({ trusted, lost }, { trusted: 1, lost: 1 });
+    assert.equal(listener!.backendPid, pid, 'the same connection, not dropped');
+    // More beats without an echo: nothing more is withdrawn or logged.
+    const refusedThen = counts.refused;
+    assert.ok(await until(() => counts.refused >= refusedThen + 3, 3000), 'beats went on');
+    assert.deepEqual({ trusted, lost, listening: listener!.listening }, { trusted: 1, lost: 1, listening: false });
+    const warnings = warningsOf();
     assert.equal(warnings.length, 1, JSON.stringify(warnings));
     assert.match(
       warnings[0].message,
-      /Could not check that sessionary_test_channel still hears .*no NOTIFY could be sent from a new connection: sorry, too many clients already/,
+      /^Not trusting sessionary_test_channel \(could not check for 3 heartbeats in a row that it hears the server new connections .*no NOTIFY could be sent from a new connection: sorry, too many clients already\)/,
+    );
+
+    refuse = false;
+    assert.ok(await until(() => listener!.listening, 3000), 'trusted again once an echo is heard');
+    assert.deepEqual({ trusted, lost }, { trusted: 2, lost: 1 });
+    assert.equal(listener!.backendPid, pid);
+    assert.deepEqual(
+      logs.lines.filter((l) => l.context === 'test-listener').map((l) => `${l.level}: ${l.message.replace(/ \(.*/, '')}`),
+      ['warn: Not trusting sessionary_test_channel', 'log: Listening on sessionary_test_channel again'],
     );
   });
 
-  it('trusts a new connection whose echo cannot be sent (no new connection: a connection limit), with one warning, rather than reconnecting', async () => {
-    let attempts = 0;
-    await start({
-      send: async () => {
-        attempts++;
-        throw new Error('sorry, too many clients already');
-      },
-    });
+  it('trusts a new connection whose echo cannot be sent (no new connection: a connection limit) rather than reconnecting, until three echoes in a row were not sent', async () => {
+    const counts = { refused: 0, sent: 0 };
+    await start({ send: refusable(() => true, counts) });
+    const pid = listener!.backendPid;
     assert.deepEqual({ trusted, lost }, { trusted: 1, lost: 0 });
-    assert.ok(await until(() => attempts >= 3, 3000), 'beats went on');
-    assert.deepEqual({ trusted, lost, listening: listener!.listening }, { trusted: 1, lost: 0, listening: true });
-    const warnings = logs.lines.filter((l) => l.level === 'warn' && l.context === 'test-listener');
-    assert.equal(warnings.length, 1, JSON.stringify(warnings));
+    assert.ok(await until(() => !listener!.listening, 3000), 'trust withdrawn at the third');
+    assert.ok(counts.refused >= 3, `after three echoes not sent (${counts.refused})`);
+    assert.ok(await until(() => counts.refused >= 5, 3000), 'beats went on');
+    assert.deepEqual({ trusted, lost, listening: listener!.listening, pid: listener!.backendPid }, { trusted: 1, lost: 1, listening: false, pid });
+    assert.equal(warningsOf().length, 1, JSON.stringify(warningsOf()));
+  });
+
+  it('does not trust a connection made while echoes cannot be sent, until one is heard', async () => {
+    let refuse = false;
+    const counts = { refused: 0, sent: 0 };
+    await start({ send: refusable(() => refuse, counts) });
+    const pid = listener!.backendPid!;
+    refuse = true;
+    assert.ok(await until(() => !listener!.listening, 3000), 'trust withdrawn');
+    const admin = new Client({ connectionString: listened });
+    await admin.connect();
+    try {
+      await admin.query('SELECT pg_terminate_backend($1)', [pid]);
+    } finally {
+      await admin.end();
+    }
+    assert.ok(await until(() => listener!.backendPid !== undefined && listener!.backendPid !== pid, 3000), 'connected again');
+    // Its own echo could not be sent either: a new connection shows nothing about where new connections go.
+    await sleep(300);
+    assert.deepEqual({ trusted, listening: listener!.listening }, { trusted: 1, listening: false });
+    refuse = false;
+    assert.ok(await until(() => listener!.listening, 3000), 'trusted once an echo is heard');
+    assert.equal(trusted, 2);
+  });
+
+  it("the session cache, the listener's consumer, is flushed and answers nothing while echoes cannot be sent, and is trusted again after", async () => {
+    let refuse = false;
+    const counts = { refused: 0, sent: 0 };
+    poolReaches = listened;
+    logs.lines.length = 0;
+    const cache = new SessionCache({ max: 10, ttlMs: 60_000 });
+    const sessions = new SessionChangeListener(cache, {
+      url: listened,
+      heartbeatMs: 100,
+      maxBackoffMs: 100,
+      notifyThroughPool: (channel) => notifyFromNewConnection(listened, 'test-pool', channel, ''),
+      notifyFromNewConnection: refusable(() => refuse, counts),
+    });
+    try {
+      await sessions.start();
+      assert.ok(await until(() => cache.trusted, 3000), 'trusted');
+      const entry = {
+        userId: randomUUID(),
+        role: 'user' as const,
+        ended: false,
+        idleExpiresAt: Date.now() + 60_000,
+        absoluteExpiresAt: Date.now() + 60_000,
+        lastSeenAt: Date.now(),
+      };
+      const id = randomUUID();
+      assert.equal(cache.completeFill(cache.beginFill(id), entry), true);
+      assert.ok(cache.get(id));
+      refuse = true;
+      assert.ok(await until(() => !cache.trusted, 3000), 'the cache is distrusted');
+      assert.equal(cache.get(id), undefined);
+      assert.equal(cache.size, 0, 'and flushed');
+      // A read meanwhile is answered from the database and never stored.
+      assert.equal(cache.completeFill(cache.beginFill(id), entry), false);
+      const warnings = logs.lines.filter((l) => l.level === 'warn' && l.context === 'sessionary-listener');
+      assert.equal(warnings.length, 1, JSON.stringify(warnings));
+      assert.match(warnings[0].message, /^Not trusting the session cache \(.*\); sessions are checked in the database until an echo is heard$/);
+      refuse = false;
+      assert.ok(await until(() => cache.trusted, 3000), 'trusted again');
+      assert.ok(
+        logs.lines.some(
+          (l) => l.context === 'sessionary-listener' && l.message === 'Listening for session changes again; the session cache is in use',
+        ),
+      );
+    } finally {
+      await sessions.stop();
+    }
   });
 
   it('times the delivery, not the sending: an echo slow to connect but heard at once keeps the connection', async () => {

@@ -2,12 +2,13 @@ import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
 import { auditRows, sessionRow } from './helpers/db';
+import { Client } from 'pg';
 import { DataSource } from 'typeorm';
 import { SESSIONARY_DATA_SOURCE_TOKEN } from '../src/database/data-source-name';
 import { SessionActivityBuffer } from '../src/sessions/session-activity';
 import { SessionsService } from '../src/sessions/sessions.service';
 import { UsersService } from '../src/users/users.service';
-import { bearer, login, registerAndLogin, registerUser, sleep } from './helpers/factories';
+import { bearer, login, registerAndLogin, registerUser, sleep, Tokens } from './helpers/factories';
 import { staleTokens } from './helpers/step-up';
 import { createTestApp, TestApp } from './helpers/test-app';
 import { counterKeyDigest } from '../src/common/counter-key-digest';
@@ -433,6 +434,192 @@ describe('session activity writes (e2e)', () => {
       assert.equal(buffer.pendingCount, 0);
     } finally {
       await buffer.stop();
+      await t.close();
+    }
+  });
+
+  /** A buffer of its own on the app's pool, its tick a minute away: the test flushes and stops it. */
+  const ownBuffer = (dataSource: DataSource) => {
+    const written: string[] = [];
+    const chunks: string[][] = [];
+    const buffer = new SessionActivityBuffer(dataSource, {
+      idleTtlSeconds: 3600,
+      intervalMs: 60_000,
+      onWrite: (ids) => {
+        chunks.push(ids);
+        return (outcome) => void written.push(...(outcome?.writes.map((w) => w.sessionId) ?? []));
+      },
+    });
+    return { buffer, written, chunks };
+  };
+
+  /** Waits (at most 5 s) until an activity write of this database waits for a lock. */
+  const untilAWriteWaits = async (t: TestApp) => {
+    for (let waited = 0; ; waited += 20) {
+      const [{ n }] = await t.db.query(
+        `SELECT count(*)::int AS n FROM pg_stat_activity
+          WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%FOR NO KEY UPDATE SKIP LOCKED%'`,
+      );
+      if (n > 0) return;
+      assert.ok(waited < 5_000, 'the activity write is waiting');
+      await sleep(20);
+    }
+  };
+
+  it('stop() resolves only once activity noted during its last write is written too', async () => {
+    const t = await createTestApp();
+    const dataSource = t.app.get<DataSource>(SESSIONARY_DATA_SOURCE_TOKEN);
+    const holder = dataSource.createQueryRunner();
+    const { buffer, written } = ownBuffer(dataSource);
+    try {
+      const user = await registerUser(t.http);
+      const [first, second] = [await login(t.http, user), await login(t.http, user)];
+      buffer.start();
+      // The write stop() starts waits for the table (as one would behind a busy server), so that
+      // the request answered meanwhile notes its activity while that write is in flight.
+      await holder.startTransaction();
+      await holder.query('LOCK TABLE sessions IN EXCLUSIVE MODE');
+      buffer.record(first.sessionId, Date.now() - 10, false);
+      const stopping = buffer.stop();
+      await untilAWriteWaits(t);
+      buffer.record(second.sessionId, Date.now() - 10, false);
+      await new Promise((resolve) => setImmediate(resolve)); // its flush is asked for (and waits for the one in flight)
+      await holder.rollbackTransaction();
+      await stopping;
+      assert.deepEqual([...written].sort(), [first.sessionId, second.sessionId].sort(), 'both written when stop() resolved');
+      assert.equal(buffer.pendingCount, 0);
+    } finally {
+      if (holder.isTransactionActive) await holder.rollbackTransaction();
+      await holder.release();
+      await buffer.stop();
+      await t.close();
+    }
+  });
+
+  it('stop() tries a session locked elsewhere again until the lock goes, and gives up after its deadline', async () => {
+    const t = await createTestApp();
+    const dataSource = t.app.get<DataSource>(SESSIONARY_DATA_SOURCE_TOKEN);
+    const holder = dataSource.createQueryRunner();
+    const { buffer, written } = ownBuffer(dataSource);
+    const second = ownBuffer(dataSource);
+    try {
+      const user = await registerUser(t.http);
+      const [free, locked] = [await login(t.http, user), await login(t.http, user)];
+      buffer.start();
+      await holder.startTransaction();
+      await holder.query('SELECT 1 FROM sessions WHERE id = $1 FOR UPDATE', [locked.sessionId]);
+      buffer.record(free.sessionId, Date.now() - 10, false);
+      buffer.record(locked.sessionId, Date.now() - 10, false);
+      const stopping = buffer.stop();
+      for (let waited = 0; !written.includes(free.sessionId); waited += 20) {
+        assert.ok(waited < 5_000, 'the free session was written');
+        await sleep(20);
+      }
+      assert.deepEqual(written, [free.sessionId], 'the locked one is not written while locked');
+      await holder.rollbackTransaction();
+      await stopping;
+      assert.deepEqual(written, [free.sessionId, locked.sessionId], 'written once the lock went, before stop() resolved');
+      assert.equal(buffer.pendingCount, 0);
+
+      // A lock that outlasts the deadline: stop() resolves all the same, the activity left pending.
+      second.buffer.stopDeadlineMs = 300;
+      second.buffer.start();
+      await holder.startTransaction();
+      await holder.query('SELECT 1 FROM sessions WHERE id = $1 FOR UPDATE', [locked.sessionId]);
+      second.buffer.record(locked.sessionId, Date.now() - 10, false);
+      await second.buffer.stop();
+      assert.deepEqual(second.written, []);
+      assert.equal(second.buffer.pendingCount, 1);
+      assert.ok(second.chunks.length >= 2, `tried again before giving up (${second.chunks.length})`);
+    } finally {
+      if (holder.isTransactionActive) await holder.rollbackTransaction();
+      await holder.release();
+      await buffer.stop();
+      await t.close();
+    }
+  });
+
+  it('writes a batch larger than a chunk in statements of at most a chunk each, a locked session kept for the next flush', async () => {
+    const t = await createTestApp();
+    const dataSource = t.app.get<DataSource>(SESSIONARY_DATA_SOURCE_TOKEN);
+    const holder = dataSource.createQueryRunner();
+    const { buffer, written, chunks } = ownBuffer(dataSource);
+    buffer.chunkSize = 2;
+    try {
+      const user = await registerUser(t.http);
+      const sessions: string[] = [];
+      for (let i = 0; i < 5; i++) sessions.push((await login(t.http, user)).sessionId);
+      await sleep(50);
+      const seen = Date.now() - 10;
+      await holder.startTransaction();
+      await holder.query('SELECT 1 FROM sessions WHERE id = $1 FOR UPDATE', [sessions[2]]);
+      for (const id of sessions) buffer.record(id, seen, false);
+      await buffer.flush();
+      assert.deepEqual(
+        chunks.map((c) => c.length),
+        [2, 2, 1],
+      );
+      assert.deepEqual(chunks.flat().sort(), [...sessions].sort());
+      assert.deepEqual([...written].sort(), sessions.filter((id) => id !== sessions[2]).sort());
+      assert.equal(buffer.pendingCount, 1, 'the locked one waits for the next flush');
+      await holder.rollbackTransaction();
+      await buffer.flush();
+      assert.deepEqual([...written].sort(), [...sessions].sort());
+      const rows = await t.db.query(`SELECT (extract(epoch FROM last_seen_at) * 1000)::float8 AS seen FROM sessions WHERE id = ANY($1::uuid[])`, [
+        sessions,
+      ]);
+      assert.equal(rows.length, 5);
+      for (const r of rows) assert.ok(Math.abs(r.seen - seen) < 1, `last_seen_at ${r.seen} is the activity's ${seen}`);
+    } finally {
+      if (holder.isTransactionActive) await holder.rollbackTransaction();
+      await holder.release();
+      await buffer.stop();
+      await t.close();
+    }
+  });
+});
+
+describe('token rotation (e2e)', () => {
+  it('never moves last_seen_at or the idle deadline back, and so notifies nobody (refresh and reauthentication)', async () => {
+    const t = await createTestApp();
+    const listener = new Client({ connectionString: t.config.DATABASE_URL });
+    await listener.connect();
+    try {
+      const user = await registerUser(t.http);
+      const tokens = await login(t.http, user);
+      // As a later write (another instance's activity, on its later clock) leaves the row before
+      // a rotation that waited for its lock: later than the rotation's own time.
+      await t.db.query(`UPDATE sessions SET last_seen_at = now() + interval '1 hour', idle_expires_at = now() + interval '2 hours' WHERE id = $1`, [
+        tokens.sessionId,
+      ]);
+      const ahead = (await sessionRow(t.db, tokens.sessionId))!;
+      const notified: string[] = [];
+      listener.on('notification', (m) => void notified.push(m.payload ?? ''));
+      await listener.query('LISTEN sessionary_sessions');
+      const expectUnmoved = async (what: string) => {
+        const row = (await sessionRow(t.db, tokens.sessionId))!;
+        assert.equal(row.last_seen_at.getTime(), ahead.last_seen_at.getTime(), `${what}: last_seen_at not moved back`);
+        assert.equal(row.idle_expires_at.getTime(), ahead.idle_expires_at.getTime(), `${what}: idle deadline not moved back`);
+      };
+
+      const refreshed = (await t.http.post('/api/v1/auth/refresh').send({ refreshToken: tokens.refreshToken }).expect(200)).body as Tokens;
+      await expectUnmoved('refresh');
+      const res = await t.http.post('/api/v1/auth/reauthenticate').set('Authorization', bearer(refreshed)).send({ password: user.password });
+      assert.equal(res.status, 200, JSON.stringify(res.body));
+      await expectUnmoved('reauthentication');
+
+      // Notifications arrive in commit order: once this one is heard, a rotation's would have been.
+      await t.db.query(`SELECT pg_notify('sessionary_sessions', 'marker')`);
+      for (let waited = 0; !notified.includes('marker'); waited += 20) {
+        assert.ok(waited < 5_000, 'the marker arrived');
+        await sleep(20);
+      }
+      assert.deepEqual(
+        notified.filter((p) => p.includes(tokens.sessionId)),
+        [],
+      );
+    } finally {
+      await listener.end();
       await t.close();
     }
   });

@@ -12,12 +12,17 @@ export interface ChannelListenerOptions {
   /** A NOTIFY on the channel. */
   onNotification: (payload: string) => void;
   /**
-   * LISTEN is in force (first connection and every reconnection): whatever changed while no
-   * connection listened must be read again now. Throwing counts as losing the connection.
+   * LISTEN is in force and can be trusted (first connection, every reconnection, and the first
+   * echo heard after trust was withdrawn for echoes that could not be sent): whatever changed
+   * while nothing was trusted must be read again now. Throwing counts as losing the connection.
    * `isCurrent()` turns false once this connection is lost (check it before trusting anything).
    */
   onListening: (client: Client, isCurrent: () => boolean) => Promise<void> | void;
-  /** The connection is gone (and until onListening runs again, notifications may be missed). */
+  /**
+   * From now on notifications may be missed, until onListening runs again: the connection is
+   * gone, or it is still up but has not been shown for echoUnsentLimit beats to hear the server
+   * new connections reach (no echo could be sent).
+   */
   onLost?: () => void;
   /**
    * Sends `SELECT pg_notify(channel, '')` through the service's own pool. Given, each new
@@ -35,24 +40,39 @@ export interface ChannelListenerOptions {
    * one may stay on the old server, still up, and hear none of the changes made on the new one.
    * An echo sent and not heard within echoTimeoutMs of its sending counts as losing the
    * connection. One that could not be sent (no new connection could be made: a connection limit,
-   * the server going down, which the probe notices anyway) skips the check for that beat, or at
-   * connection time, with one warning.
+   * the server going down, which the probe notices anyway) is no evidence either way: the
+   * connection is kept, but after echoUnsentLimit such beats in a row (connection time counts as
+   * one) it is no longer trusted (onLost) until an echo is sent and heard (onListening).
    */
   notifyFromNewConnection?: (channel: string, payload: string) => Promise<unknown>;
   /** How long an echo from a new connection may take to arrive. Default 5 s. */
   echoTimeoutMs?: number;
+  /**
+   * Beats in a row whose echo could not be sent after which the connection is not trusted
+   * (default 3: about 30 s with the default heartbeat). A switchover can leave the pool's new
+   * server at its connection limit while this connection stays on the old one: counting such
+   * beats as skipped checks without end kept what the listener's consumers held trusted, while
+   * the revocations made on the new server went unheard, for as long as the limit lasted (0.24.0).
+   */
+  echoUnsentLimit?: number;
   /** Probes the connection every heartbeatMs; throwing counts as losing it. Default: SELECT 1. */
   probe?: (client: Client) => Promise<unknown>;
   heartbeatMs?: number;
   maxBackoffMs?: number;
-  /** Logged once when the connection is lost ("Not listening ... (reason)"), and when it is back. */
-  messages?: { lost: (reason: string) => string; back: string };
+  /**
+   * Logged once when the connection is lost ("Not listening ... (reason)"), once when it is no
+   * longer trusted for echoes that could not be sent (`doubted`), and once when it is trusted again.
+   */
+  messages?: { lost: (reason: string) => string; doubted: (reason: string) => string; back: string };
 }
 
 /** How long a new listening connection waits for the NOTIFY it had sent through the pool. */
 const POOL_NOTIFY_TIMEOUT_MS = 5_000;
 
-/** An echo that could not be sent: the beat is skipped, the connection not counted as lost. */
+/** See ChannelListenerOptions.echoUnsentLimit. */
+const ECHO_UNSENT_LIMIT = 3;
+
+/** An echo that could not be sent: not counted as losing the connection (see echoUnsentLimit). */
 class EchoNotSentError extends Error {}
 
 /**
@@ -60,7 +80,10 @@ class EchoNotSentError extends Error {}
  * handed to someone else, and a transaction-pooling proxy cannot hold a LISTEN). It reconnects
  * with a growing pause when lost, probes itself so a silently dead connection is noticed, and
  * calls `onListening` after each (re)connection, so a change missed meanwhile is read again.
- * One warning when the connection is lost, one line when it is back: no line per retry.
+ * Trust also goes (`onLost`) and comes back (`onListening`) on a connection that stays up, when
+ * for a few beats no echo could show that it hears the server new connections reach.
+ * One warning when the connection is lost or no longer trusted, one line when it is trusted
+ * again: no line per retry.
  */
 export class PgChannelListener {
   private readonly logger: Logger;
@@ -71,8 +94,15 @@ export class PgChannelListener {
   private backoffMs = 0;
   private stopped = false;
   private lostLogged = false;
-  /** A warning is out about echoes that could not be sent (until one is heard again). */
-  private echoSkipLogged = false;
+  /** A warning is out that the connection is not trusted for echoes that could not be sent. */
+  private doubtLogged = false;
+  /**
+   * Echoes in a row that could not be sent (connection time and beats; across reconnections, as
+   * a new listening connection says nothing about where new connections go): see echoUnsentLimit.
+   */
+  private unsentEchoes = 0;
+  /** onListening ran for the current connection and nothing withdrew trust since (onLost). */
+  private trusted = false;
   /** Echoes being sent (each a connection of its own): stop() waits for them. */
   private readonly echoesInFlight = new Set<Promise<unknown>>();
   /** The client whose heartbeat is running (a slow beat is not overlapped by the next). */
@@ -84,12 +114,14 @@ export class PgChannelListener {
     this.logger = new Logger(options.name);
     this.messages = options.messages ?? {
       lost: (reason) => `Not listening on ${options.channel} (${reason}); reconnecting`,
+      doubted: (reason) => `Not trusting ${options.channel} (${reason}); trusted again once an echo is heard`,
       back: `Listening on ${options.channel} again`,
     };
   }
 
+  /** Connected and trusted: what its consumers hold is kept exact. */
   get listening(): boolean {
-    return this.backendPid !== undefined;
+    return this.trusted;
   }
 
   /** Connects once (a failure schedules retries). */
@@ -105,6 +137,7 @@ export class PgChannelListener {
     const client = this.client;
     this.client = undefined;
     this.backendPid = undefined;
+    this.trusted = false;
     this.options.onLost?.();
     await client?.end().catch(() => undefined);
     // Their connections close when sent (at most their connect and query timeouts): not after the stop.
@@ -136,22 +169,22 @@ export class PgChannelListener {
       if (echoChannel) {
         await client.query(`LISTEN ${echoChannel}`);
         // An echo that cannot be sent (no new connection: a connection limit) is no evidence
-        // against this connection, which the pool's NOTIFY above reached: trusted, with the
-        // warning a skipped beat gives, rather than reconnecting every 2 s while the limit lasts.
+        // against this connection, which the pool's NOTIFY above reached: kept rather than
+        // reconnecting every 2 s while the limit lasts, and trusted unless echoes could not be
+        // sent for echoUnsentLimit beats in a row (then from the first echo heard, at a beat).
         await this.hearsEcho(client, echoChannel).catch((error: unknown) => {
           if (!(error instanceof EchoNotSentError)) throw error;
-          this.echoSkipped(error);
+          this.echoNotSent(client, error);
         });
       }
       const [{ pid }] = (await client.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows;
       if (this.client !== client) return; // lost (or stopped) meanwhile
       // LISTEN is in force before this: whatever changed earlier is read now, later is notified.
-      await this.options.onListening(client, () => this.client === client);
-      if (this.client !== client) return;
+      // Not trusted yet past the limit of echoes not sent: the beats go on, and the first echo
+      // heard trusts it (the warnings already out say so; no line per reconnection).
+      if (this.unsentEchoes < (this.options.echoUnsentLimit ?? ECHO_UNSENT_LIMIT) && !(await this.trust(client))) return;
       this.backendPid = pid;
       this.backoffMs = 0;
-      if (this.lostLogged) this.logger.log(this.messages.back);
-      this.lostLogged = false;
       clearInterval(this.heartbeat);
       this.heartbeat = setInterval(() => void this.beat(client, echoChannel), this.options.heartbeatMs ?? 10_000).unref();
     } catch (error) {
@@ -159,28 +192,67 @@ export class PgChannelListener {
     }
   }
 
-  /** One heartbeat: the probe, then the echo from a new connection; a failure of either is a loss. */
+  /**
+   * LISTEN is in force on `client`, and nothing says it is on another server than new
+   * connections reach: onListening reads again whatever changed while nothing was trusted, then
+   * its consumers trust it. Answers whether `client` is still the current connection.
+   */
+  private async trust(client: Client): Promise<boolean> {
+    await this.options.onListening(client, () => this.client === client);
+    if (this.client !== client) return false;
+    this.trusted = true;
+    if (this.lostLogged || this.doubtLogged) this.logger.log(this.messages.back);
+    this.lostLogged = false;
+    this.doubtLogged = false;
+    return true;
+  }
+
+  /**
+   * One heartbeat: the probe, then the echo from a new connection; a failure of either is a loss.
+   * An echo heard gives back the trust that echoes which could not be sent withdrew.
+   */
   private async beat(client: Client, echoChannel: string | undefined): Promise<void> {
     if (this.beating === client) return;
     this.beating = client;
     try {
       await (this.options.probe ?? ((c: Client) => c.query('SELECT 1')))(client);
-      if (echoChannel && this.client === client) await this.hearsEcho(client, echoChannel);
+      if (echoChannel && this.client === client) {
+        try {
+          await this.hearsEcho(client, echoChannel);
+        } catch (error) {
+          if (!(error instanceof EchoNotSentError)) throw error;
+          this.echoNotSent(client, error);
+          return;
+        }
+        if (!this.trusted && this.client === client) await this.trust(client);
+      }
     } catch (error) {
-      if (!(error instanceof EchoNotSentError)) this.lost(client, error);
-      else if (this.client === client) this.echoSkipped(error);
+      this.lost(client, error);
     } finally {
       if (this.beating === client) this.beating = undefined;
     }
   }
 
-  /** One warning until an echo is heard again. */
-  private echoSkipped(error: EchoNotSentError): void {
-    if (this.echoSkipLogged) return;
+  /**
+   * An echo could not be sent: nothing is known either way about where new connections go. Past
+   * echoUnsentLimit in a row the consumers stop trusting what they hold (onLost), with one
+   * warning; the connection is kept, and trusted again once an echo is heard.
+   */
+  private echoNotSent(client: Client, error: EchoNotSentError): void {
+    if (this.client !== client) return;
+    const limit = this.options.echoUnsentLimit ?? ECHO_UNSENT_LIMIT;
+    if (++this.unsentEchoes < limit) return;
+    if (this.trusted) {
+      this.trusted = false;
+      this.options.onLost?.();
+    }
+    if (this.doubtLogged) return;
     this.logger.warn(
-      `Could not check that ${this.options.channel} still hears the service's server (${error.message}); checked again at the next heartbeat`,
+      this.messages.doubted(
+        `could not check for ${this.unsentEchoes} heartbeats in a row that it hears the server new connections to the service's database reach: ${error.message}`,
+      ),
     );
-    this.echoSkipLogged = true;
+    this.doubtLogged = true;
   }
 
   /**
@@ -209,7 +281,7 @@ export class PgChannelListener {
         'the listening connection is on another server than the one new connections reach (a switchover?)',
       timeoutMs,
     );
-    this.echoSkipLogged = false;
+    this.unsentEchoes = 0;
   }
 
   /**
@@ -273,6 +345,7 @@ export class PgChannelListener {
     if (this.client !== client) return; // an old client's late events
     this.client = undefined;
     this.backendPid = undefined;
+    this.trusted = false;
     clearInterval(this.heartbeat);
     this.options.onLost?.();
     client.removeAllListeners('notification');

@@ -18,9 +18,11 @@ export interface ListenerOptions {
 
 /**
  * The one listening connection of an instance's session cache (a PgChannelListener on
- * `sessionary_sessions`). While it listens, the cache is trusted; the moment it fails, the
- * cache is flushed and distrusted (the session check reads the database) until a new
- * connection listens again, which flushes once more before the cache is trusted.
+ * `sessionary_sessions`). While it listens, the cache is trusted; the moment it fails, or
+ * echoes from new connections could not be sent for a few heartbeats (the listener cannot tell
+ * whether it still hears the server the pool writes to), the cache is flushed and distrusted
+ * (the session check reads the database) until a connection listens and is shown to hear that
+ * server again, which flushes once more before the cache is trusted.
  *
  * It also measures the offset of the database's clock, so deadlines (set with the database's
  * now()) are compared on the same clock without a query.
@@ -65,6 +67,7 @@ export class SessionChangeListener {
       probe: (client) => this.measureClock(client),
       messages: {
         lost: (reason) => `Not listening for session changes (${reason}); sessions are checked in the database until it listens again`,
+        doubted: (reason) => `Not trusting the session cache (${reason}); sessions are checked in the database until an echo is heard`,
         back: 'Listening for session changes again; the session cache is in use',
       },
     });

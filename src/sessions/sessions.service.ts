@@ -355,17 +355,24 @@ export class SessionsService implements OnApplicationBootstrap, OnModuleDestroy 
     // The old hash is recorded as rotated in the same statement (a data-modifying CTE always
     // runs; it inserts nothing when no session matched): one round trip fewer per refresh,
     // and each costs the service about a tenth of a millisecond of CPU (docs/benchmarks.md).
+    // Times are this statement's, not the transaction's start (a reauthentication's waited for
+    // the row lock first), and last_seen_at and the idle deadline only ever move later: a
+    // rotation that waited for the row lock behind a later write (another instance's activity,
+    // which sets them from its own later clock) moved both back until 0.24.1, which also made
+    // the trigger NOTIFY every instance (an idle deadline moved earlier). So no cache's
+    // deadline, read from the row or from an activity write, can be later than the row's.
     const { rows } = await sql<SessionRow>(
       em,
       `WITH rotated AS (
          UPDATE sessions
             SET refresh_token_hash = $2,
-                refresh_expires_at = LEAST(now() + make_interval(secs => $3), absolute_expires_at),
-                idle_expires_at = LEAST(now() + make_interval(secs => $4), absolute_expires_at),
-                last_seen_at = now(),
+                refresh_expires_at = LEAST(statement_timestamp() + make_interval(secs => $3), absolute_expires_at),
+                idle_expires_at = GREATEST(idle_expires_at, LEAST(statement_timestamp() + make_interval(secs => $4), absolute_expires_at)),
+                last_seen_at = GREATEST(last_seen_at, statement_timestamp()),
                 auth_time = CASE WHEN $5::boolean THEN now() ELSE auth_time END
           WHERE refresh_token_hash = $1 AND ended_at IS NULL
-            AND idle_expires_at > now() AND absolute_expires_at > now() AND ($5::boolean OR refresh_expires_at > now())
+            AND idle_expires_at > statement_timestamp() AND absolute_expires_at > statement_timestamp()
+            AND ($5::boolean OR refresh_expires_at > statement_timestamp())
           RETURNING ${SESSION_COLUMNS}
        ), recorded AS (
          INSERT INTO rotated_refresh_tokens (token_hash, session_id) SELECT $1, id FROM rotated

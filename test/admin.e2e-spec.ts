@@ -97,10 +97,12 @@ describe('admin (e2e)', () => {
     const usage = await runCliProcess(await databaseForThisFile(), 'make-god', 'x@y.z');
     assert.equal(usage.code, 2);
     assert.match(usage.stderr, /Usage/);
-    // A configuration the service would refuse: exit code 1, the variable named, nothing done.
+    // A configuration the service would refuse: exit code 3 (could not run; 1 until 0.24.1), the
+    // variable named, nothing done.
     const misconfigured = await runCliProcessWith({ BCRYPT_COST: 'lots' }, await databaseForThisFile(), 'end-all-sessions', '--confirm');
-    assert.equal(misconfigured.code, 1, misconfigured.stderr);
+    assert.equal(misconfigured.code, 3, misconfigured.stderr);
     assert.match(misconfigured.stderr, /BCRYPT_COST/);
+    assert.match(misconfigured.stderr, /^end-all-sessions: could not run \(exit code 3\)/m);
     assert.doesNotMatch(misconfigured.stdout, /Ended/);
     // No DATABASE_URL and no embedded database where DATA_DIR says: refused, none made (until
     // 0.23.0 a command made a new, empty cluster there and ended its 0 sessions), and in

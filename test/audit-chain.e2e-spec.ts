@@ -291,9 +291,16 @@ describe('audit hash chain (e2e)', () => {
       }),
       wrongKey,
     );
+    // A command that could not run: exit code 3 (1 until 0.24.1, which audit-verify also gives a broken log).
     const command = await runCliWith({ AUDIT_HMAC_KEY: otherKey }, f.url, 'promote-admin', f.other.email);
-    assert.equal(command.code, 1, command.stderr);
+    assert.equal(command.code, 3, command.stderr);
     assert.match(command.stderr, wrongKey);
+    assert.match(command.stderr, /^promote-admin: could not run \(exit code 3\)/m);
+    const notVerified = await runCliWith({ AUDIT_HMAC_KEY: otherKey }, f.url, 'audit-verify');
+    assert.equal(notVerified.code, 3, notVerified.stdout + notVerified.stderr);
+    assert.match(notVerified.stderr, wrongKey);
+    assert.match(notVerified.stderr, /^audit-verify: NOT VERIFIED \(exit code 3\): the verification could not be done/m);
+    assert.equal(notVerified.stdout, '', 'no report: nothing was verified');
     assert.equal(await events(), before, 'no event written with the other key');
     assert.equal((await f.t.db.query(`SELECT role FROM users WHERE id = $1`, [f.other.id]))[0].role, 'user');
     // AUDIT_HMAC_KEY_CHECK=false: the verification runs, and says what the other key makes of the log.
@@ -308,6 +315,20 @@ describe('audit hash chain (e2e)', () => {
     const listed = await runCli(f.url, 'keys', 'list');
     assert.equal(listed.code, 0, listed.stderr);
     assert.match((await apiVerify(f)).reason ?? '', /Checkpoint 2 does not match its MAC/);
+  });
+
+  it('exits 3 (not verified), never 1 (broken), when the verification cannot be done: a database that is not there', async () => {
+    const missing = new URL(process.env.DATABASE_URL!);
+    missing.pathname = '/sessionary_no_such_database';
+    // As its own process: the exit code is the process's.
+    const run = await runCliProcess(missing.toString(), 'audit-verify');
+    assert.equal(run.code, 3, run.stdout + run.stderr);
+    assert.match(run.stderr, /sessionary_no_such_database/);
+    assert.match(
+      run.stderr,
+      /audit-verify: NOT VERIFIED \(exit code 3\): the verification could not be done .*This is no finding about the audit log/,
+    );
+    assert.equal(run.stdout, '');
   });
 
   it('detects a changed field and names the event', async () => {
@@ -634,6 +655,42 @@ describe('audit hash chain (e2e)', () => {
     assert.match(missing.stderr, /nowhere\.ndjson cannot be read \(ENOENT\)/);
     const usage = await runCli(f.url, 'audit-verify', '--checkpoint-file');
     assert.equal(usage.code, 2);
+  });
+
+  it('verifies against the last whole checkpoint of a checkpoint file whose last line is damaged (an append cut short), and reports the damage: BROKEN', async () => {
+    const file = join(dir, 'damaged.ndjson');
+    const f = await open({ AUDIT_CHECKPOINT_FILE: file });
+    const chainService = f.t.app.get(AuditChainService);
+    const first = await chainService.checkpoint(true);
+    assert.ok(first);
+    await login(f.t.http, f.other);
+    assert.ok(await chainService.checkpoint(true));
+    // The service stopped while it appended the second checkpoint: its line cut short, no newline.
+    const whole = readFileSync(file, 'utf8');
+    writeFileSync(file, whole.slice(0, whole.length - 50));
+    const run = await runCli(f.url, 'audit-verify', '--checkpoint-file', file);
+    // Until 0.24.1: exit code 2, "the last line is not a checkpoint", nothing verified.
+    assert.equal(run.code, 1, run.stdout + run.stderr);
+    assert.match(run.stdout, /^Audit log: BROKEN$/m);
+    assert.match(run.stdout, /events checked: +[1-9]/);
+    assert.match(run.stdout, /checkpoint file: +\S+damaged\.ndjson \(last checkpoint: 1, then 1 damaged line\(s\), the last without its newline\)/);
+    assert.match(
+      run.stdout,
+      /reason: +The checkpoint file ends with 1 line \(\d+ bytes, without a final newline\) after checkpoint 1 that is not a checkpoint: .*\(everything else was verified, against checkpoint 1\)\. A checkpoint cut short as it was appended \(the service stopped or the disk filled mid-append\)/,
+    );
+    // Verified against checkpoint 1 indeed: deleted from the table, it is the reason, the damage still shown.
+    await tamper(f.t.db, `DELETE FROM audit_checkpoints`);
+    await f.t.db.query(`DELETE FROM audit_checkpoint_heads`);
+    const deleted = await runCli(f.url, 'audit-verify', '--checkpoint-file', file);
+    assert.equal(deleted.code, 1, deleted.stdout + deleted.stderr);
+    assert.match(deleted.stdout, /reason: +Checkpoint 1 from the file is missing from the table/);
+    assert.match(deleted.stdout, /\(last checkpoint: 1, then 1 damaged line\(s\)/);
+    // No checkpoint at all: still the file's fault (2), nothing verified.
+    const none = join(dir, 'no-checkpoint.ndjson');
+    writeFileSync(none, whole.slice(0, 30));
+    const refused = await runCli(f.url, 'audit-verify', '--checkpoint-file', none);
+    assert.equal(refused.code, 2, refused.stdout + refused.stderr);
+    assert.match(refused.stderr, /no-checkpoint\.ndjson: no line is a checkpoint/);
   });
 
   it('keeps the newer line in the checkpoint file once the table went back (a restore, its tail deleted), so that verification still reports the loss', async () => {

@@ -484,21 +484,53 @@ describe('audit export (e2e)', () => {
       );
     });
 
-    it('an unreadable file or a malformed line is exit code 2, not a verdict', async () => {
+    it('a malformed line after the first is BROKEN at that line (exit code 1): a cut in the middle of a line, a hash upper-cased, a position of 0', async () => {
+      // Each was exit code 2 ("cannot be used") until 0.24.1, while a cut at a line's end was 1.
       const text = ndjson([...whole.lines, whole.seal as unknown as Record<string, unknown>]);
       // Cut in the middle of a line, as an interrupted transfer leaves it.
-      const cut = await cli('audit-verify', '--file', writeTemp('cut.ndjson', text.slice(0, text.indexOf('\n', text.length / 2) + 10)));
-      assert.equal(cut.code, 2, cut.stdout + cut.stderr);
-      assert.match(cut.stderr, /^Line \d+ is not JSON/m);
-      const missing = await cli('audit-verify', '--file', join(dir, 'nowhere.ndjson'));
-      assert.equal(missing.code, 2);
-      assert.match(missing.stderr, /nowhere\.ndjson cannot be read \(ENOENT\)/);
+      const end = text.indexOf('\n', text.length / 2);
+      const cutLine = text.slice(0, end).split('\n').length + 1;
+      const cut = await cli('audit-verify', '--file', writeTemp('cut.ndjson', text.slice(0, end + 10)));
+      assertBroken(
+        cut,
+        cutLine,
+        null,
+        new RegExp(`Line ${cutLine} is not JSON, as every line of an export is: the file was cut short in the middle of a line`),
+      );
+      const n = userLines[2];
+      const id = whole.lines[n - 1].id;
+      const upper = await verifyLines(
+        'upper-hash.ndjson',
+        whole.lines.map((l, i) => (i + 1 === n ? { ...l, hash: l.hash!.toUpperCase() } : l)),
+      );
+      assertBroken(
+        upper,
+        n,
+        id,
+        new RegExp(`Line ${n} \\(event ${id}, seq ${whole.lines[n - 1].seq}\\): hash is "[0-9A-F]{64}", not what an audit export writes`),
+      );
+      const zero = await verifyLines(
+        'zero-position.ndjson',
+        whole.lines.map((l, i) => (i + 1 === n ? { ...l, position: 0 } : l)),
+      );
+      assertBroken(zero, n, id, /position is 0, not what an audit export writes: it was altered/);
       const noPosition = await verifyLines(
         'no-position.ndjson',
         whole.lines.map((l, i) => (i === 4 ? { ...l, position: 'x' } : l)),
       );
-      assert.equal(noPosition.code, 2);
-      assert.match(noPosition.stderr, /Line 5: position is missing or not what an audit export writes/);
+      assertBroken(noPosition, 5, whole.lines[4].id, /Line 5 \(event \S+, seq \d+\): position is "x"/);
+    });
+
+    it('a file that is not an export (unreadable, empty, its first line not an export line) is exit code 2, not a verdict', async () => {
+      const missing = await cli('audit-verify', '--file', join(dir, 'nowhere.ndjson'));
+      assert.equal(missing.code, 2);
+      assert.match(missing.stderr, /nowhere\.ndjson cannot be read \(ENOENT\)/);
+      const empty = await cli('audit-verify', '--file', writeTemp('empty.ndjson', ''));
+      assert.equal(empty.code, 2, empty.stdout + empty.stderr);
+      assert.match(empty.stderr, /empty\.ndjson is empty: not an audit export/);
+      const checkpoints = await cli('audit-verify', '--file', writeTemp('not-an-export.ndjson', '{"id":1,"mac":"00"}\n'));
+      assert.equal(checkpoints.code, 2, checkpoints.stdout + checkpoints.stderr);
+      assert.match(checkpoints.stderr, /^Line 1 does not have the fields of an audit export's event/m);
       assert.equal((await cli('audit-verify', '--file')).code, 2);
       assert.equal((await cli('audit-verify', '--file', 'a', '--checkpoint-file', 'b')).code, 2);
     });
@@ -843,6 +875,13 @@ describe('audit export (e2e)', () => {
         assert.equal(refused.headers['content-type'], 'application/json; charset=utf-8');
         // An export without afterSeq waits for nothing.
         assert.equal((await t.http.get(`${EXPORT}?type=LOGIN`).set('Authorization', bearer(adminTokens))).status, 200);
+        // The CLI, after its own service's whole wait (10 s): exit code 3, could not run (1 until
+        // 0.24.1, the code audit-verify gives a broken log), and no file left.
+        const out = join(dir, 'unsettled.ndjson');
+        const command = await cli('audit-export', '--after-seq', '0', '--out', out);
+        assert.equal(command.code, 3, command.stderr);
+        assert.match(command.stderr, /^audit-export: transactions writing audit events were still running after the wait; try again$/m);
+        assert.ok(!existsSync(out), 'no file is left behind');
       } finally {
         exporter.settleTimeoutMs = 10_000;
         await runner.rollbackTransaction();
@@ -1457,9 +1496,12 @@ describe('audit export (e2e)', () => {
         const whole = parse((await exportHttp()).text);
         const wholeFile = fileOf('tamper-whole.ndjson', whole);
         assertBroken(await verify(files[0], wholeFile), wholeFile, whole.lines.length + 1, /is not a piece of an incremental export/);
-        const ranged = await verify(fileOf('tamper-v1-range.ndjson', { lines: whole.lines, seal: { ...whole.seal, throughSeq: '1' } }));
-        assert.equal(ranged.code, 2, ranged.stdout + ranged.stderr);
-        assert.match(ranged.stderr, /the seal\): it has fields no sessionary\.audit\.export\.v1 seal has \(throughSeq\)/);
+        // Not unauthenticated: a seal out of shape after the file's lines is a finding (exit code 2 until 0.24.1).
+        const rangedFile = fileOf('tamper-v1-range.ndjson', { lines: whole.lines, seal: { ...whole.seal, throughSeq: '1' } });
+        const ranged = await verify(rangedFile);
+        assert.equal(ranged.code, 1, ranged.stdout + ranged.stderr);
+        assert.match(ranged.stdout, new RegExp(`first broken line: +${whole.lines.length + 1}$`, 'm'));
+        assert.match(ranged.stdout, /it has fields no sessionary\.audit\.export\.v1 seal has \(throughSeq\)\): it was altered/);
       });
     });
   });

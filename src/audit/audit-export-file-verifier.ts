@@ -58,8 +58,18 @@ export interface ExportFileVerification {
   reason: string | null;
 }
 
-/** The file cannot be read, or a line is not one an export writes (exit code 2): not evidence either way. */
+/**
+ * The file cannot be read, is empty, or its first line is not one an export writes (exit code
+ * 2): not an export, so not evidence either way. Once the first line is an export's, a line
+ * that is not (not JSON, fields out of shape, too long) is a finding, BROKEN at that line: until
+ * 0.24.1 it was this error too, so that a file cut in the middle of a line, one `hash`
+ * upper-cased or one `position` set to 0 said "cannot be used" (2) where a cut at a line's end
+ * said "broken" (1).
+ */
 export class ExportFileError extends Error {}
+
+/** A line that is not one an export writes (checkEventShape, checkSealShape): what is wrong with it. */
+class MalformedLine extends Error {}
 
 interface Problem {
   line: number;
@@ -177,6 +187,8 @@ export async function verifyExportFile(path: string, key: string, chains = new M
    */
   const gaps: { own?: Problem & { chainKey: string }; shared?: Problem & { chainKey: string } } = {};
   let seal: { value: AuditExportSeal; line: number } | undefined;
+  /** The line of a seal out of shape (a finding already): the lines after it still come after the seal. */
+  let malformedSeal: number | undefined;
   let lineNo = 0;
   const fail = (problem: Problem) => {
     failure ??= problem;
@@ -196,17 +208,61 @@ export async function verifyExportFile(path: string, key: string, chains = new M
   try {
     for await (const text of lines) {
       lineNo++;
-      const parsed = parseLine(text, lineNo);
-      if (seal) {
+      const sealLine = seal?.line ?? malformedSeal;
+      if (sealLine !== undefined) {
         fail({
           line: lineNo,
-          id: typeof parsed.id === 'string' ? parsed.id : null,
-          reason: `Line ${lineNo} comes after the seal (line ${seal.line}): lines were appended`,
+          id: text === TOO_LONG ? null : idOf(lenientParse(text)),
+          reason: `Line ${lineNo} comes after the seal (line ${sealLine}): lines were appended`,
         });
         continue;
       }
+      // The first line tells whether the file is an export at all (if not: ExportFileError,
+      // exit code 2); after it, a line an export does not write is a finding at that line.
+      if (text === TOO_LONG) {
+        if (lineNo === 1) throw lineTooLong(lineNo);
+        fail({
+          line: lineNo,
+          id: null,
+          reason: `Line ${lineNo} is longer than ${MAX_LINE_CHARS / 1024 / 1024} MiB, more than an audit export writes on a line: it was altered`,
+        });
+        continue;
+      }
+      const parsed = lenientParse(text);
+      if (parsed === undefined || parsed === NOT_OBJECT) {
+        const what = parsed === undefined ? 'is not JSON' : 'is not a JSON object';
+        if (lineNo === 1) {
+          throw new ExportFileError(
+            parsed === undefined
+              ? `Line 1 is not JSON: the file is damaged, cut short, or not an audit export`
+              : `Line 1 is not a JSON object: the file is not an audit export`,
+          );
+        }
+        fail({
+          line: lineNo,
+          id: null,
+          reason: `Line ${lineNo} ${what}, as every line of an export is: the file was cut short in the middle of a line (an interrupted transfer?) or the line was altered`,
+        });
+        continue;
+      }
+      if (lineNo === 1 && !isExportLine(parsed)) {
+        throw new ExportFileError(
+          isEventLine(parsed)
+            ? `Line 1 does not have the fields of an audit export's event (${EVENT_LINE_FIELDS.join(', ')}), nor is it a seal: the file is not an audit export`
+            : `Line 1 (the seal): the format ${JSON.stringify(parsed.seal)} is not ${EXPORT_FORMAT} or ${EXPORT_FORMAT_RANGED}: the file is not an audit export this version reads`,
+        );
+      }
       if (!isEventLine(parsed)) {
-        seal = { value: checkSealShape(parsed, lineNo), line: lineNo };
+        let value: AuditExportSeal;
+        try {
+          value = checkSealShape(parsed);
+        } catch (error) {
+          if (!(error instanceof MalformedLine)) throw error;
+          malformedSeal = lineNo;
+          fail({ line: lineNo, id: null, reason: `Line ${lineNo} (the seal) is not a seal an export writes (${error.message}): it was altered` });
+          continue;
+        }
+        seal = { value, line: lineNo };
         if (ndjsonLine(seal.value) !== `${text}\n`) {
           fail({
             line: lineNo,
@@ -216,7 +272,22 @@ export async function verifyExportFile(path: string, key: string, chains = new M
         }
         continue;
       }
-      const line = checkEventShape(parsed, lineNo);
+      let line: AuditExportLine;
+      try {
+        line = checkEventShape(parsed);
+      } catch (error) {
+        if (!(error instanceof MalformedLine)) throw error;
+        const id = idOf(parsed);
+        const named = [id && `event ${id}`, typeof parsed.seq === 'string' && /^[0-9]{1,20}$/.test(parsed.seq) && `seq ${parsed.seq}`].filter(
+          Boolean,
+        );
+        fail({
+          line: lineNo,
+          id,
+          reason: `Line ${lineNo}${named.length ? ` (${named.join(', ')})` : ''}: ${error.message}, not what an audit export writes: it was altered`,
+        });
+        continue;
+      }
       result.lines++;
       digest.add(line.seq, line.hash);
       const id = line.id;
@@ -292,9 +363,12 @@ export async function verifyExportFile(path: string, key: string, chains = new M
     input.destroy();
   }
 
+  if (lineNo === 0) throw new ExportFileError(`${path} is empty: not an audit export (one holds its seal at least)`);
   const problems: Problem[] = [];
   if (failure) problems.push(failure);
-  if (!seal) {
+  if (malformedSeal !== undefined) {
+    // Reported at its line (the failure above).
+  } else if (!seal) {
     problems.push({
       line: lineNo + 1,
       id: null,
@@ -347,16 +421,33 @@ function lineOf(tip: ChainTip, path: string): string {
   return tip.file === path ? `line ${tip.line}` : `line ${tip.line} of ${tip.file}`;
 }
 
-function parseLine(text: string, lineNo: number): Record<string, unknown> {
+/** What JSON.parse makes of a line not parsed yet: undefined when it is not JSON, NOT_OBJECT when it is not an object. */
+const NOT_OBJECT = Symbol('not a JSON object');
+
+function lenientParse(text: string): Record<string, unknown> | typeof NOT_OBJECT | undefined {
   let value: unknown;
   try {
     value = JSON.parse(text);
   } catch {
-    throw new ExportFileError(`Line ${lineNo} is not JSON: the file is damaged, cut short, or not an audit export`);
+    return undefined;
   }
-  if (typeof value !== 'object' || value === null || Array.isArray(value))
-    throw new ExportFileError(`Line ${lineNo} is not a JSON object: the file is not an audit export`);
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) return NOT_OBJECT;
   return value as Record<string, unknown>;
+}
+
+/** A line's event id to name it by, when it has one that reads as an id (the report prints it). */
+function idOf(value: Record<string, unknown> | typeof NOT_OBJECT | undefined): string | null {
+  const id = typeof value === 'object' ? value.id : undefined;
+  return typeof id === 'string' && /^[0-9A-Za-z-]{1,64}$/.test(id) ? id : null;
+}
+
+/**
+ * Whether a file's first line makes it an export, whatever the values: a line with every field
+ * of an event (checkEventShape then judges them), or a seal of a format this version reads.
+ */
+function isExportLine(value: Record<string, unknown>): boolean {
+  if (!isEventLine(value)) return value.seal === EXPORT_FORMAT || value.seal === EXPORT_FORMAT_RANGED;
+  return EVENT_LINE_FIELDS.every((field) => field in value);
 }
 
 /**
@@ -375,8 +466,9 @@ function isEventLine(value: Record<string, unknown>): boolean {
   return !('seal' in value);
 }
 
-function checkEventShape(value: Record<string, unknown>, lineNo: number): AuditExportLine {
-  const bad = (field: string) => new ExportFileError(`Line ${lineNo}: ${field} is missing or not what an audit export writes`);
+/** The line as an event, or MalformedLine saying which field is out of shape, and what it holds. */
+function checkEventShape(value: Record<string, unknown>): AuditExportLine {
+  const bad = (field: string) => new MalformedLine(`${field} is ${field in value ? shown(value[field]) : 'missing'}`);
   const isString = (v: unknown) => typeof v === 'string';
   const isNullableString = (v: unknown) => v === null || typeof v === 'string';
   if (!isString(value.seq) || !/^[1-9][0-9]{0,18}$/.test(value.seq as string)) throw bad('seq');
@@ -389,15 +481,24 @@ function checkEventShape(value: Record<string, unknown>, lineNo: number): AuditE
     if (value[field] !== null && !(isString(value[field]) && HEX64.test(value[field] as string))) throw bad(field);
   }
   const chain = [value.chainKey, value.position, value.prevHash, value.hash];
-  if (chain.some((v) => v === null) && !chain.every((v) => v === null)) throw bad('chainKey, position, prevHash or hash');
+  if (chain.some((v) => v === null) && !chain.every((v) => v === null)) {
+    throw new MalformedLine('chainKey, position, prevHash and hash are not all null or all set');
+  }
   return value as unknown as AuditExportLine;
+}
+
+/** A field's value as a reason shows it: its JSON, cut short past 80 characters. */
+function shown(v: unknown): string {
+  const json = JSON.stringify(v) ?? String(v);
+  return json.length > 80 ? `${json.slice(0, 77)}...` : json;
 }
 
 /** A seq as a seal states it. */
 const SEQ_TEXT = /^(0|[1-9][0-9]{0,18})$/;
 
-function checkSealShape(value: Record<string, unknown>, lineNo: number): AuditExportSeal {
-  const bad = (what: string) => new ExportFileError(`Line ${lineNo} (the seal): ${what}`);
+/** The line as a seal, or MalformedLine saying what is out of shape. */
+function checkSealShape(value: Record<string, unknown>): AuditExportSeal {
+  const bad = (what: string) => new MalformedLine(what);
   if (value.seal !== EXPORT_FORMAT && value.seal !== EXPORT_FORMAT_RANGED) {
     throw bad(`the format ${JSON.stringify(value.seal)} is not ${EXPORT_FORMAT} or ${EXPORT_FORMAT_RANGED}`);
   }
@@ -438,26 +539,41 @@ function checkSealShape(value: Record<string, unknown>, lineNo: number): AuditEx
  */
 const MAX_LINE_CHARS = 4 * 1024 * 1024;
 
+/** What ndjsonLines yields for a line longer than MAX_LINE_CHARS, in place of its text. */
+const TOO_LONG = Symbol('a line longer than MAX_LINE_CHARS');
+
 /**
  * The lines of an NDJSON stream: split at "\n" only (a "\r" before it dropped), as the format
  * says. Not node:readline, which since Node 24 also ends a line at U+2028 and U+2029; JSON
  * leaves those unescaped inside strings (a user agent may hold one), so it would cut lines apart.
- * Throws ExportFileError at a line longer than MAX_LINE_CHARS, as soon as it has read that much of it.
+ * A line longer than MAX_LINE_CHARS is TOO_LONG, as soon as that much of it is read; the rest of
+ * it is skipped without being kept, up to the next line.
  */
-async function* ndjsonLines(input: AsyncIterable<string>): AsyncGenerator<string> {
+async function* ndjsonLines(input: AsyncIterable<string>): AsyncGenerator<string | typeof TOO_LONG> {
   let rest = '';
-  let lineNo = 0;
+  let skipping = false;
   for await (const chunk of input) {
-    const parts = (rest + chunk).split('\n');
-    rest = parts.pop()!;
-    for (const part of parts) {
-      lineNo++;
-      if (part.length > MAX_LINE_CHARS) throw lineTooLong(lineNo);
-      yield part.endsWith('\r') ? part.slice(0, -1) : part;
+    let text = chunk;
+    if (skipping) {
+      const end = text.indexOf('\n');
+      if (end < 0) continue;
+      skipping = false;
+      text = text.slice(end + 1);
     }
-    if (rest.length > MAX_LINE_CHARS) throw lineTooLong(lineNo + 1);
+    const parts = (rest + text).split('\n');
+    rest = parts.pop()!;
+    for (const part of parts) yield part.length > MAX_LINE_CHARS ? TOO_LONG : withoutCr(part);
+    if (rest.length > MAX_LINE_CHARS) {
+      yield TOO_LONG;
+      rest = '';
+      skipping = true;
+    }
   }
-  if (rest !== '') yield rest.endsWith('\r') ? rest.slice(0, -1) : rest;
+  if (!skipping && rest !== '') yield withoutCr(rest);
+}
+
+function withoutCr(line: string): string {
+  return line.endsWith('\r') ? line.slice(0, -1) : line;
 }
 
 function lineTooLong(lineNo: number): ExportFileError {

@@ -9,7 +9,7 @@ import type { AppConfig } from '../config/config';
 import { rowsOf, sql } from '../database/sql';
 import { pgClientOf } from '../database/stream-rows';
 import { Checkpoint, checkpointMac, GENESIS_HASH, sameMac } from './audit-chain';
-import { readLastCheckpoint } from './checkpoint-file';
+import { type CheckpointFileDamage, readCheckpointFile } from './checkpoint-file';
 import { CHECKPOINT_COLUMNS, type CheckpointRow, digestCheckpointedHeads, toCheckpoint } from './audit-chain.service';
 import { isHeadsDigestV2 } from './checkpoint-heads-digest';
 import { AuditBaseSets, type BaseSet } from './audit-base-sets';
@@ -48,8 +48,10 @@ export interface AuditVerification {
   chains: number;
   /** The latest checkpoint in the table, when there is one. */
   checkpointId: number | null;
-  /** The checkpoint read from the given file, when one was given. */
+  /** The checkpoint read from the given file, when one was given: its last line that is one. */
   fileCheckpointId: number | null;
+  /** The lines after that checkpoint that are not checkpoints (a damaged tail; the log is then BROKEN), or null. */
+  fileDamaged: CheckpointFileDamage | null;
   /** Events before the chains' bases: in months dropped by retention (archived, when configured). */
   dropped: number;
 }
@@ -130,8 +132,10 @@ export class AuditVerifierService {
   }
 
   async verify(options: { checkpointFile?: string } = {}): Promise<AuditVerification> {
-    // Read the file first: a missing or unreadable file is the operator's error, not a broken log.
-    const fileCheckpoint = options.checkpointFile ? await readLastCheckpoint(options.checkpointFile) : undefined;
+    // Read the file first: a missing or unreadable file, or one without a checkpoint, is the
+    // operator's error, not a broken log.
+    const fileTail = options.checkpointFile ? await readCheckpointFile(options.checkpointFile) : undefined;
+    const fileCheckpoint = fileTail?.checkpoint;
     const runner = this.dataSource.createQueryRunner();
     await runner.connect();
     const result: AuditVerification = {
@@ -142,6 +146,7 @@ export class AuditVerifierService {
       chains: 0,
       checkpointId: null,
       fileCheckpointId: fileCheckpoint?.id ?? null,
+      fileDamaged: fileTail?.damaged ?? null,
       dropped: 0,
     };
     try {
@@ -160,6 +165,7 @@ export class AuditVerifierService {
       if (baseSet) await this.checkBaseSet(em, baseSet);
       await this.findUnsealed(em);
       await this.checkCheckpoints(em, result, fileCheckpoint);
+      if (fileTail?.damaged) throw new Broken(null, damagedTailReason(fileTail.checkpoint, fileTail.damaged));
     } catch (error) {
       if (!(error instanceof Broken)) throw error;
       Object.assign(result, { ok: false, firstBrokenId: error.eventId, reason: error.reason });
@@ -371,4 +377,25 @@ export class AuditVerifierService {
       );
     }
   }
+}
+
+/**
+ * Why a checkpoint file whose last lines are not checkpoints makes the verification BROKEN, not
+ * intact with a warning: those lines held the newest checkpoints the file recorded (the file's
+ * point is its last one), and the verification could only use an older one, so events deleted
+ * after it, with the checkpoints that recorded them, would go unseen; an exit code 0 then let
+ * anyone able to write the file switch its newest evidence off by garbling one line. The file
+ * is part of what `--checkpoint-file` verifies (a line altered is already BROKEN, by its MAC).
+ * Yet a crash mid-append (the service killed, the disk full) leaves such a line with no one at
+ * fault, so the reason says so, and what to look at.
+ */
+function damagedTailReason(last: Checkpoint, damaged: CheckpointFileDamage): string {
+  const lines = damaged.lines === 1 ? '1 line' : `${damaged.lines} lines`;
+  return (
+    `The checkpoint file ends with ${lines} (${damaged.bytes} bytes${damaged.unterminated ? ', without a final newline' : ''}) after ` +
+    `checkpoint ${last.id} that ${damaged.lines === 1 ? 'is not a checkpoint' : 'are not checkpoints'}: the newest checkpoints it recorded ` +
+    `cannot be compared with the table (everything else was verified, against checkpoint ${last.id}). A checkpoint cut short as it was ` +
+    'appended (the service stopped or the disk filled mid-append) leaves this as well as an edit of the file does: compare the damaged ' +
+    "text with the service's audit.checkpoint log lines of that time, and keep the file as evidence"
+  );
 }

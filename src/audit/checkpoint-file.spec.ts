@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import type { Checkpoint } from './audit-chain';
-import { checkpointFileConflict, lastCheckpointIfAny } from './checkpoint-file';
+import { CheckpointFileError, checkpointFileConflict, lastCheckpointIfAny, readCheckpointFile, readLastCheckpoint } from './checkpoint-file';
 
 const checkpoint = (id: number, prevMac: string, mac: string): Checkpoint => ({
   id,
@@ -40,5 +40,54 @@ describe('lastCheckpointIfAny', () => {
     assert.equal(await lastCheckpointIfAny(join(dir, 'empty.ndjson')), undefined);
     writeFileSync(join(dir, 'two.ndjson'), `${JSON.stringify(checkpoint(1, '', 'm1'))}\n${JSON.stringify(checkpoint(2, 'm1', 'm2'))}\n`);
     assert.equal((await lastCheckpointIfAny(join(dir, 'two.ndjson')))?.id, 2);
+  });
+});
+
+describe('readCheckpointFile: a damaged tail', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'sessionary-checkpoint-tail-'));
+  after(() => rmSync(dir, { recursive: true, force: true }));
+  const line = (id: number) => JSON.stringify(checkpoint(id, `m${id - 1}`, `m${id}`));
+  const file = (name: string, text: string) => {
+    writeFileSync(join(dir, name), text);
+    return join(dir, name);
+  };
+
+  it('answers the last line that is a checkpoint, and the lines after it: an append cut short (no newline), an edit', async () => {
+    const cut = await readCheckpointFile(file('cut.ndjson', `${line(1)}\n${line(2)}\n${line(3).slice(0, 25)}`));
+    assert.equal(cut.checkpoint.id, 2);
+    assert.deepEqual(cut.damaged, { lines: 1, bytes: 25, unterminated: true });
+    const edited = await readCheckpointFile(file('edited.ndjson', `${line(1)}\n${line(2)}\nnot json\n[3]\n\n`));
+    assert.equal(edited.checkpoint.id, 2);
+    assert.deepEqual(edited.damaged, { lines: 2, bytes: 11, unterminated: false });
+    const whole = await readCheckpointFile(file('whole.ndjson', `${line(1)}\n${line(2)}\n`));
+    assert.equal(whole.checkpoint.id, 2);
+    assert.equal(whole.damaged, undefined);
+  });
+
+  it('looks only at the last 64 KiB, and not at the line cut by its start', async () => {
+    const filler = `${line(1)}\n`.repeat(Math.ceil(70_000 / (line(1).length + 1)));
+    const tail = await readCheckpointFile(file('long.ndjson', `${filler}${line(2)}\n{"id":`));
+    assert.equal(tail.checkpoint.id, 2);
+    assert.equal(tail.damaged?.lines, 1);
+    // The window starts inside the first line, just where what is left of it reads as a checkpoint: not a line, not used.
+    const rest = `{"id":9,"pad":"${'p'.repeat(65_536 - 119)}"}`;
+    const cutByWindow = file('window.ndjson', `${'z'.repeat(1000)}${rest}\n${'b'.repeat(100)}\n`);
+    assert.equal(Buffer.byteLength(`${rest}\n${'b'.repeat(100)}\n`), 65_536);
+    await assert.rejects(readCheckpointFile(cutByWindow), /window\.ndjson: no line of its last 64 KiB is a checkpoint/);
+  });
+
+  it("refuses a file without any checkpoint (CheckpointFileError): the operator's error, nothing to verify against", async () => {
+    for (const text of ['', '\n\n', '{"id":', 'garbage\n[1]\n']) {
+      await assert.rejects(readCheckpointFile(file('none.ndjson', text)), (error: unknown) => {
+        assert.ok(error instanceof CheckpointFileError, String(error));
+        assert.match(error.message, /none\.ndjson: no line is a checkpoint/);
+        return true;
+      });
+    }
+  });
+
+  it("readLastCheckpoint (the appender's check) still refuses a damaged last line", async () => {
+    await assert.rejects(readLastCheckpoint(join(dir, 'cut.ndjson')), /cut\.ndjson: the last line is not a checkpoint/);
+    assert.equal((await readLastCheckpoint(join(dir, 'whole.ndjson'))).id, 2);
   });
 });

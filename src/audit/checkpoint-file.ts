@@ -13,16 +13,41 @@ const FILE_TAIL_BYTES = 65_536;
 /** The checkpoint file cannot be read or holds no checkpoint: the operator's error, not a broken log. */
 export class CheckpointFileError extends Error {}
 
-/** The last non-empty line of an NDJSON checkpoint file, reading only its tail. */
-export async function readLastCheckpoint(path: string): Promise<Checkpoint> {
+/** The lines at the end of a checkpoint file, after its last checkpoint, that are not checkpoints. */
+export interface CheckpointFileDamage {
+  lines: number;
+  bytes: number;
+  /** Whether the file ends without a newline, as an append cut short leaves it. */
+  unterminated: boolean;
+}
+
+/** A checkpoint file's last checkpoint, and what follows it that is not one. */
+export interface CheckpointFileTail {
+  /** The last line that parses as a checkpoint. */
+  checkpoint: Checkpoint;
+  /** The lines after it that do not (a damaged tail), if any. */
+  damaged?: CheckpointFileDamage;
+}
+
+/**
+ * The last line of an NDJSON checkpoint file that parses as a checkpoint, and the lines after
+ * it that do not, reading only the file's tail (its last FILE_TAIL_BYTES). Lines after the last
+ * checkpoint are not the file's end to ignore: verification reports them (a crash mid-append
+ * leaves a partial line, but so does an edit that hides the newest checkpoint), after verifying
+ * against the last checkpoint there is. Until 0.24.1 a damaged last line stopped the
+ * verification altogether (exit code 2).
+ */
+export async function readCheckpointFile(path: string): Promise<CheckpointFileTail> {
   let text: string;
+  let from: number;
   try {
     const file = await open(path, 'r');
     try {
       const { size } = await file.stat();
       const length = Math.min(size, FILE_TAIL_BYTES);
+      from = size - length;
       const buffer = Buffer.alloc(length);
-      await file.read(buffer, 0, length, size - length);
+      await file.read(buffer, 0, length, from);
       text = buffer.toString('utf8');
     } finally {
       await file.close();
@@ -30,21 +55,51 @@ export async function readLastCheckpoint(path: string): Promise<Checkpoint> {
   } catch (error) {
     throw new CheckpointFileError(`${path} cannot be read (${(error as NodeJS.ErrnoException).code ?? 'error'})`);
   }
-  const lines = text
-    .split('\n')
-    .map((l) => l.trim())
-    .filter(Boolean);
-  const last = lines[lines.length - 1];
+  const lines = text.split('\n');
+  // The tail's first line starts before it (unless the tail is the whole file): not a line to parse.
+  if (from > 0) lines.shift();
+  let damagedLines = 0;
+  let damagedBytes = 0;
+  for (let i = lines.length - 1; i >= 0; i--) {
+    const line = lines[i].trim();
+    if (!line) continue;
+    const checkpoint = checkpointOf(line);
+    if (checkpoint) {
+      return {
+        checkpoint,
+        // The last piece of the split is what follows the file's last newline.
+        ...(damagedLines ? { damaged: { lines: damagedLines, bytes: damagedBytes, unterminated: lines[lines.length - 1].trim() !== '' } } : {}),
+      };
+    }
+    damagedLines++;
+    damagedBytes += Buffer.byteLength(lines[i]);
+  }
+  throw new CheckpointFileError(
+    from > 0 ? `${path}: no line of its last ${FILE_TAIL_BYTES / 1024} KiB is a checkpoint` : `${path}: no line is a checkpoint`,
+  );
+}
+
+/** A line as a checkpoint: a JSON object with a numeric id (its MAC and fields are the verification's to judge). */
+function checkpointOf(line: string): Checkpoint | undefined {
   let parsed: unknown;
   try {
-    parsed = last === undefined ? undefined : JSON.parse(last);
+    parsed = JSON.parse(line);
   } catch {
-    parsed = undefined;
+    return undefined;
   }
-  if (typeof parsed !== 'object' || parsed === null || typeof (parsed as Checkpoint).id !== 'number') {
-    throw new CheckpointFileError(`${path}: the last line is not a checkpoint`);
-  }
+  if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed) || typeof (parsed as Checkpoint).id !== 'number') return undefined;
   return parsed as Checkpoint;
+}
+
+/**
+ * The last non-empty line of an NDJSON checkpoint file, reading only its tail; one after which
+ * the file holds lines that are not checkpoints is refused (the appender then appends without
+ * its check: audit-chain.service.ts).
+ */
+export async function readLastCheckpoint(path: string): Promise<Checkpoint> {
+  const { checkpoint, damaged } = await readCheckpointFile(path);
+  if (damaged) throw new CheckpointFileError(`${path}: the last line is not a checkpoint`);
+  return checkpoint;
 }
 
 /**

@@ -3,8 +3,8 @@
  *   npm run cli -- promote-admin <email>
  *   npm run cli -- demote-admin <email>
  *   npm run cli -- end-all-sessions --confirm               without --confirm: how many would end, exit 2
- *   npm run cli -- audit-verify [--checkpoint-file <file>]   exit code 0 intact, 1 broken, 2 unreadable file
- *   npm run cli -- audit-verify --file <export.ndjson> ...   exports, offline: no database; 2 also for a malformed line; several files are consecutive --after-seq pieces
+ *   npm run cli -- audit-verify [--checkpoint-file <file>]   exit code 0 intact, 1 broken, 2 usage / unusable file, 3 not verified (could not run)
+ *   npm run cli -- audit-verify --file <export.ndjson> ...   exports, offline: no database; 2 for a file that is not an export; several files are consecutive --after-seq pieces
  *   npm run cli -- audit-verify --dir <dir>                  the pieces shipped to AUDIT_SHIP_DIR, in name order, as one log
  *   npm run cli -- audit-export [--from T] [--to T] [--user-id U] [--type X] [--after-seq N] [--out FILE]
  *   npm run cli -- keys rotate [--now]                        the next signing key signs; the current one verifies until its tokens expire
@@ -12,6 +12,12 @@
  * Without DATABASE_URL they use the embedded database in DATA_DIR (stop the server first:
  * one PostgreSQL owns a data directory at a time), which the service's first start made: a
  * command refuses to make one (exit 2). Results go to stdout, diagnostics to stderr.
+ *
+ * Exit codes, the same for every command (runCommand): 0 done (audit-verify: intact), 1 done
+ * and the answer is no (audit-verify: BROKEN; promote-admin / demote-admin: no such user), 2 a
+ * command line or file that cannot be used (nothing done), 3 the command could not run (the
+ * database unreachable, the configuration or AUDIT_HMAC_KEY refused at boot, the embedded
+ * database in use, audit-export's log still being written to, any unexpected error).
  *
  * The commands themselves, given their streams and environment: src/cli.ts runs them as the
  * process's own (and exits with the code); the tests also run them inside their process.
@@ -48,6 +54,7 @@ const USAGE = [
   '  audit-verify --dir <AUDIT_SHIP_DIR>       every piece the service shipped there, offline, as one log',
   '  audit-export [--from <instant>] [--to <instant>] [--user-id <uuid>] [--type <event type>] [--after-seq <seq>] [--out <file>]',
   '  keys rotate [--now] | keys list   --now: even a next key published moments ago (after a leak)',
+  'Exit codes: 0 done (audit-verify: intact), 1 audit-verify: broken / no such user, 2 usage or unusable file, 3 could not run',
 ].join('\n');
 
 const OPTION_OF_FIELD: Record<string, string> = { from: '--from', to: '--to', userId: '--user-id', type: '--type', afterSeq: '--after-seq' };
@@ -81,16 +88,38 @@ export interface CommandIo {
 }
 
 /**
- * Runs one command line; answers its exit code: 0 done (verify: intact), 1 failed (verify:
- * broken; no such user; an unexpected error, logged as fatal), 2 a command line or file that
- * cannot be used.
+ * Runs one command line; answers its exit code: 0 done (verify: intact), 1 done and the answer
+ * is no (verify: broken; no such user), 2 a command line or file that cannot be used, 3 the
+ * command could not run (an error, logged as fatal, then said in one line).
+ *
+ * 3 is not 1: until 0.24.1 every error was 1, which for audit-verify says the log is broken, so
+ * a cron job's `audit-verify || alert "audit log BROKEN"` cried tampering at each database
+ * outage, wrong key or embedded database in use, and a real break drowned among those. A
+ * verification that could not be done is no finding about the log either way.
  */
 export async function runCommand(argv: string[], io: CommandIo): Promise<number> {
   try {
     return await runParsed(argv, io);
   } catch (error) {
+    await logFatal(io, error);
+    // Without the error's text (logged just above, masked by the logger): a verdict line a
+    // person or a script can tell from audit-verify's report.
+    io.stderr.write(
+      argv[0] === 'audit-verify'
+        ? 'audit-verify: NOT VERIFIED (exit code 3): the verification could not be done (the error above). This is no finding about ' +
+            'the audit log, intact or broken (a broken log is exit code 1): remove the cause and run it again\n'
+        : `${argv[0]}: could not run (exit code 3): the error above\n`,
+    );
+    return 3;
+  }
+}
+
+/** The error as fatal in the command's logger, or as it is on stderr when no logger can be had (its modules cannot load). */
+async function logFatal(io: CommandIo, error: unknown): Promise<void> {
+  try {
     (await io.logger()).fatal?.(describeFatal(error), 'cli');
-    return 1;
+  } catch {
+    io.stderr.write(`${describeFatal(error)}\n`);
   }
 }
 
@@ -239,7 +268,7 @@ async function withApp(io: CommandIo, run: (app: INestApplicationContext) => Pro
   const { NestFactory } = await import('@nestjs/core');
   // A command does its one job: the service's instances run the scheduled ones (cleanup,
   // checkpoints, retention, rotation), with the service's settings, not this shell's.
-  const app = await NestFactory.createApplicationContext(AppModule.forRoot(config, { scheduledJobs: false }), { logger });
+  const app = await NestFactory.createApplicationContext(AppModule.forRoot(config, { scheduledJobs: false }), { logger, abortOnError: false });
   try {
     return await run(app);
   } finally {
@@ -404,7 +433,7 @@ async function exportAudit(io: CommandIo, app: INestApplicationContext, request:
 /**
  * The export's stream, or the exit code when the service refuses it: an `--after-seq` past the
  * newest event (a usage error, as the route's 400) or a log still being written to after the
- * wait (1, as the route's 503: try again).
+ * wait (3, could not run, as the route's 503: try again; 1 until 0.24.1).
  */
 async function openExport(io: CommandIo, app: INestApplicationContext, { filter, afterSeq }: ExportRequest): Promise<Readable | number> {
   const { AuditExportService } = await import('../audit/audit-export.service.js');
@@ -423,7 +452,7 @@ async function openExport(io: CommandIo, app: INestApplicationContext, { filter,
     }
     if (error instanceof ServiceUnavailableException) {
       io.stderr.write('audit-export: transactions writing audit events were still running after the wait; try again\n');
-      return 1;
+      return 3;
     }
     throw error;
   }
@@ -437,7 +466,14 @@ function verificationReport(v: AuditVerification, checkpointFile: string | undef
     `  latest checkpoint: ${v.checkpointId ?? 'none'}`,
   ];
   if (v.dropped) lines.push(`  before the bases:  ${v.dropped} (months dropped by retention)`);
-  if (checkpointFile) lines.push(`  checkpoint file:   ${checkpointFile} (last line: checkpoint ${v.fileCheckpointId ?? 'none'})`);
+  if (checkpointFile) {
+    const damaged = v.fileDamaged;
+    lines.push(
+      damaged
+        ? `  checkpoint file:   ${checkpointFile} (last checkpoint: ${v.fileCheckpointId}, then ${damaged.lines} damaged line(s)${damaged.unterminated ? ', the last without its newline' : ''})`
+        : `  checkpoint file:   ${checkpointFile} (last line: checkpoint ${v.fileCheckpointId ?? 'none'})`,
+    );
+  }
   if (!v.ok) {
     lines.push(`  first broken event: ${v.firstBrokenId ?? '(none stored: see the reason)'}`);
     lines.push(`  reason:            ${v.reason}`);

@@ -685,12 +685,39 @@ describe('audit hash chain (e2e)', () => {
     assert.equal(deleted.code, 1, deleted.stdout + deleted.stderr);
     assert.match(deleted.stdout, /reason: +Checkpoint 1 from the file is missing from the table/);
     assert.match(deleted.stdout, /\(last checkpoint: 1, then 1 damaged line\(s\)/);
+    // The table went back (its checkpoints deleted): the next checkpoint is not appended after
+    // the file's last whole one (until 0.24.1 a damaged last line skipped that comparison).
+    const cutText = readFileSync(file, 'utf8');
+    await login(f.t.http, f.other);
+    await chainService.checkpoint(true);
+    assert.equal(readFileSync(file, 'utf8'), cutText, 'nothing appended');
     // No checkpoint at all: still the file's fault (2), nothing verified.
     const none = join(dir, 'no-checkpoint.ndjson');
     writeFileSync(none, whole.slice(0, 30));
     const refused = await runCli(f.url, 'audit-verify', '--checkpoint-file', none);
     assert.equal(refused.code, 2, refused.stdout + refused.stderr);
     assert.match(refused.stderr, /no-checkpoint\.ndjson: no line is a checkpoint/);
+  });
+
+  it('starts the next checkpoint on a line of its own after an append cut short, and then verifies against it', async () => {
+    const file = join(dir, 'cut-then-appended.ndjson');
+    const f = await open({ AUDIT_CHECKPOINT_FILE: file });
+    const chainService = f.t.app.get(AuditChainService);
+    assert.ok(await chainService.checkpoint(true));
+    await login(f.t.http, f.other);
+    assert.ok(await chainService.checkpoint(true));
+    const whole = readFileSync(file, 'utf8');
+    writeFileSync(file, whole.slice(0, whole.length - 50)); // the second line cut short, no newline
+    await login(f.t.http, f.other);
+    const third = await chainService.checkpoint(true);
+    assert.ok(third);
+    // Until 0.24.1 it joined the cut line: one unreadable line, and the file's newest checkpoint the first.
+    const lines = readFileSync(file, 'utf8').split('\n');
+    assert.equal(lines.length, 4, JSON.stringify(lines));
+    assert.deepEqual(JSON.parse(lines[2]), third);
+    const run = await runCli(f.url, 'audit-verify', '--checkpoint-file', file);
+    assert.equal(run.code, 0, run.stdout + run.stderr);
+    assert.match(run.stdout, new RegExp(`last line: checkpoint ${third.id}`));
   });
 
   it('keeps the newer line in the checkpoint file once the table went back (a restore, its tail deleted), so that verification still reports the loss', async () => {

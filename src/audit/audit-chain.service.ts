@@ -3,7 +3,7 @@ import { ConfigService } from '@nestjs/config';
 import { InjectDataSource } from '@nestjs/typeorm';
 import { SESSIONARY_DATA_SOURCE } from '../database/data-source-name';
 import { appendFile } from 'node:fs/promises';
-import { checkpointFileConflict, lastCheckpointIfAny } from './checkpoint-file';
+import { appendableTail, checkpointFileConflict } from './checkpoint-file';
 import { DataSource, EntityManager } from 'typeorm';
 import type { AppConfig } from '../config/config';
 import { sql } from '../database/sql';
@@ -579,7 +579,9 @@ export class AuditChainService implements OnModuleDestroy {
     if (!file) return;
     try {
       // Never after a checkpoint the table no longer holds as it was: the table went back (checkpointFileConflict).
-      const last = await lastCheckpointIfAny(file).catch(() => undefined); // a last line that is not a checkpoint: appended all the same; verification reports the file
+      // Compared with the file's last checkpoint even when lines that are not checkpoints follow
+      // it (an append cut short: verification reports them), which until 0.24.1 went unchecked.
+      const { last, endsMidLine } = await appendableTail(file);
       const conflict = last && checkpointFileConflict(last, await this.storedMac(last.id));
       if (conflict) {
         this.stats.fileDiverged++;
@@ -590,7 +592,7 @@ export class AuditChainService implements OnModuleDestroy {
         );
         return;
       }
-      await appendFile(file, `${JSON.stringify(checkpoint)}\n`, { mode: 0o600 });
+      await appendFile(file, `${endsMidLine ? '\n' : ''}${JSON.stringify(checkpoint)}\n`, { mode: 0o600 });
     } catch (error) {
       this.stats.fileFailures++;
       this.logger.error(`Audit checkpoint ${checkpoint.id} could not be appended to AUDIT_CHECKPOINT_FILE: ${(error as Error).message}`);

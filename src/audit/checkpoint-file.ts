@@ -92,17 +92,6 @@ function checkpointOf(line: string): Checkpoint | undefined {
 }
 
 /**
- * The last non-empty line of an NDJSON checkpoint file, reading only its tail; one after which
- * the file holds lines that are not checkpoints is refused (the appender then appends without
- * its check: audit-chain.service.ts).
- */
-export async function readLastCheckpoint(path: string): Promise<Checkpoint> {
-  const { checkpoint, damaged } = await readCheckpointFile(path);
-  if (damaged) throw new CheckpointFileError(`${path}: the last line is not a checkpoint`);
-  return checkpoint;
-}
-
-/**
  * Why a checkpoint must not be appended to a file whose last checkpoint is `last`, given the
  * MAC the checkpoints table holds under `last.id` (undefined: no such row); undefined when it
  * may. The file is the record of the table's checkpoints kept outside the database: after a
@@ -119,14 +108,33 @@ export function checkpointFileConflict(last: Checkpoint, storedMac: string | und
   return undefined;
 }
 
-/** The file's last checkpoint, or undefined when the file does not exist yet or holds nothing. */
-export async function lastCheckpointIfAny(path: string): Promise<Checkpoint | undefined> {
+/**
+ * What an append to the checkpoint file must know: its last checkpoint (after which lines that
+ * are not checkpoints may follow: an append cut short), and whether it ends mid-line, so that
+ * the next checkpoint starts a line of its own rather than joining the cut one (which made both
+ * one unreadable line, and left the file's newest checkpoint an older one until the next append).
+ */
+export async function appendableTail(path: string): Promise<{ last: Checkpoint | undefined; endsMidLine: boolean }> {
+  let size: number;
   try {
-    const { size } = await stat(path);
-    if (size === 0) return undefined;
+    ({ size } = await stat(path));
   } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return { last: undefined, endsMidLine: false };
     throw error;
   }
-  return readLastCheckpoint(path);
+  if (size === 0) return { last: undefined, endsMidLine: false };
+  const file = await open(path, 'r');
+  let lastByte: number;
+  try {
+    const byte = Buffer.alloc(1);
+    await file.read(byte, 0, 1, size - 1);
+    lastByte = byte[0];
+  } finally {
+    await file.close();
+  }
+  const tail = await readCheckpointFile(path).catch((error: unknown) => {
+    if (error instanceof CheckpointFileError) return undefined; // no checkpoint in its tail: nothing to compare with
+    throw error;
+  });
+  return { last: tail?.checkpoint, endsMidLine: lastByte !== 0x0a };
 }

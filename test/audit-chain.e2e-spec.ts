@@ -424,6 +424,31 @@ describe('audit hash chain (e2e)', () => {
     await assertBroken(f, a, /does not match its hash/);
   });
 
+  it('detects an event inserted again, unchanged, with a seq from below its place (which checkpoints, shipping and exports go by)', async () => {
+    const f = await open();
+    // A seq no event holds: taken by a transaction that rolled back, as any failed write leaves one.
+    const runner = f.t.db.createQueryRunner();
+    await runner.connect();
+    await runner.startTransaction();
+    const [{ seq: gap }] = await runner.query(`INSERT INTO audit_events (type, user_id, metadata) VALUES ('LOGIN', NULL, '{}') RETURNING seq::text`);
+    await runner.rollbackTransaction();
+    await runner.release();
+    // The user's chain goes on past that seq, by two events: the newest moves below the one before it.
+    await login(f.t.http, f.user);
+    await login(f.t.http, f.user);
+    const [newest] = await f.t.db.query(`SELECT id, seq::text FROM audit_events WHERE chain_key = $1 ORDER BY chain_pos DESC LIMIT 2`, [f.user.id]);
+    const columns = `id, type, user_id, session_id, ip_address, user_agent, metadata, created_at, chain_key, chain_pos, prev_hash, hash`;
+    await tamper(f.t.db, `CREATE TABLE moved_event AS SELECT ${columns} FROM audit_events WHERE id = $1`, [newest.id]);
+    await tamper(f.t.db, `DELETE FROM audit_events WHERE id = $1`, [newest.id]);
+    await tamper(f.t.db, `INSERT INTO audit_events (seq, ${columns}) OVERRIDING SYSTEM VALUE SELECT $1::bigint, ${columns} FROM moved_event`, [gap]);
+    await f.t.db.query('DROP TABLE moved_event');
+    await assertBroken(
+      f,
+      newest.id,
+      new RegExp(`Event ${newest.id} has seq ${gap}, not after seq \\d+ of the event before it in chain ${f.user.id}: it was inserted again`),
+    );
+  });
+
   it('detects an event moved to another user', async () => {
     const f = await open();
     const target = f.chain[4].id;

@@ -64,7 +64,7 @@ export interface PassResult {
 
 /**
  * An event's row as the pass reads it, every column as PostgreSQL's text: id, type, user_id,
- * session_id, ip_address, user_agent, metadata, created_at, chain_key, chain_pos, prev_hash, hash.
+ * session_id, ip_address, user_agent, metadata, created_at, chain_key, chain_pos, prev_hash, hash, seq.
  */
 type EventRow = Array<string | null>;
 
@@ -75,10 +75,11 @@ interface Pending {
 }
 
 interface ChainState {
-  /** Where the walk stands: the last position checked, its hash and event. */
+  /** Where the walk stands: the last position checked, its hash, event and seq (null: none checked yet). */
   position: number;
   hash: string;
   lastId: string | null;
+  lastSeq: bigint | null;
   events: number;
   pending: Map<number, Pending> | undefined;
   /**
@@ -196,6 +197,7 @@ export async function runVerifyPass(client: Client | PoolClient, input: PassInpu
         position: start.position,
         hash: start.hash,
         lastId: null,
+        lastSeq: null,
         events: 0,
         pending: undefined,
         recorded,
@@ -207,7 +209,8 @@ export async function runVerifyPass(client: Client | PoolClient, input: PassInpu
 
   /** Checks an event in its chain's position order (as a walk by position would): its user, its link, its hash. */
   const checkInOrder = (chainKey: string, chain: ChainState, e: Pending): void => {
-    const [id, type, userId, sessionId, ipAddress, userAgent, metadata, createdAt, , , prevHash, hash] = e.row;
+    const [id, type, userId, sessionId, ipAddress, userAgent, metadata, createdAt, , , prevHash, hash, seqText] = e.row;
+    const seq = BigInt(seqText!);
     if (!belongsToChain(chainKey, userId)) {
       chain.broken = true;
       brokenAt(chainKey, e.at, id, `Event ${id} names user ${userId ?? 'none'} but belongs to chain ${chainKey}: it was moved to another user`);
@@ -229,6 +232,19 @@ export async function runVerifyPass(client: Client | PoolClient, input: PassInpu
     ) {
       chain.broken = true;
       brokenAt(chainKey, e.at, id, `Event ${id} does not match its hash: it was altered, or written without the key`);
+    } else if (seq < 1n || (chain.lastSeq !== null && seq <= chain.lastSeq)) {
+      // The seq is outside the hash, but a writer takes it under the chain's head lock, so it
+      // rises with the position; checkpoints find the chains that moved by their new seqs, and
+      // shipping and incremental exports go by seq. An event deleted and inserted again,
+      // unchanged, with a seq taken from below (OVERRIDING SYSTEM VALUE) escaped all three and
+      // verified as intact until 0.24.1.
+      chain.broken = true;
+      brokenAt(
+        chainKey,
+        e.at,
+        id,
+        `Event ${id} has seq ${seq}, ${seq < 1n ? 'which no writer gives' : `not after seq ${chain.lastSeq} of the event before it in chain ${chainKey}`}: it was inserted again out of its place in the log`,
+      );
     } else if (chain.recorded?.position === e.at && !sameMac(chain.recorded.hash, hash!)) {
       chain.broken = true;
       brokenAt(chainKey, e.at, id, `Chain ${chainKey}: the event at the checkpointed position ${e.at} is not the one the checkpoint recorded`);
@@ -236,6 +252,7 @@ export async function runVerifyPass(client: Client | PoolClient, input: PassInpu
       chain.position = e.at;
       chain.hash = hash!;
       chain.lastId = id;
+      chain.lastSeq = seq;
       if (chain.recorded?.position === e.at) chain.recorded = undefined;
     }
   };
@@ -358,7 +375,7 @@ export async function runVerifyPass(client: Client | PoolClient, input: PassInpu
     }
   };
 
-  const columns = `id, type, user_id, session_id, ip_address, user_agent, metadata, created_at, chain_key, chain_pos, prev_hash, hash`;
+  const columns = `id, type, user_id, session_id, ip_address, user_agent, metadata, created_at, chain_key, chain_pos, prev_hash, hash, seq`;
 
   await streamRows(client, `SELECT ${columns} FROM audit_events WHERE ${range}`, bounds, onRow);
 

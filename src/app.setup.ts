@@ -21,9 +21,12 @@ export const BODY_LIMIT_BYTES = 16 * 1024;
 
 /**
  * Nest's own body parsers off: Fastify parses application/json itself (with the limits
- * below) and answers 415 to every other content type, form encoding included.
+ * below) and answers 415 to every other content type, form encoding included. abortOnError
+ * off: an error while Nest makes the app (a provider's, such as the database's first
+ * connection) is thrown to the caller, which says it (main.ts: one line), instead of Nest
+ * logging its stack and ending the process itself (until 0.24.1: main.ts's catch never ran).
  */
-export const NEST_APP_OPTIONS = { bodyParser: false } as const;
+export const NEST_APP_OPTIONS = { bodyParser: false, abortOnError: false } as const;
 
 export function createFastifyAdapter(config: AppConfig): FastifyAdapter {
   return new FastifyAdapter({

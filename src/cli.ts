@@ -9,10 +9,15 @@
 import type { LoggerService } from '@nestjs/common';
 import { runCommand } from './cli/run-command';
 
-/** The text logger's masking, on stderr: stdout carries the command's result (audit-export writes NDJSON there). */
+/**
+ * The text logger's masking, on stderr: stdout carries the command's result (audit-export writes
+ * NDJSON there). Without Nest's ExceptionHandler lines: a command makes its app with
+ * abortOnError off, so what Nest would log with its stack is thrown to runCommand, which says it once.
+ */
 async function stderrLogger(): Promise<LoggerService> {
   const { StderrLogger } = await import('./config/logger.js');
-  return new StderrLogger();
+  const { withoutNestExceptionHandler } = await import('./config/nest-exception-handler.js');
+  return withoutNestExceptionHandler(new StderrLogger());
 }
 
 async function main(): Promise<number> {

@@ -8,6 +8,7 @@ import { loadConfig, useDatabaseUrl } from './config/config';
 import { armShutdownDeadline } from './config/shutdown-deadline';
 import { describeFatal } from './config/describe-fatal';
 import { createLogger } from './config/logger';
+import { withoutNestExceptionHandler } from './config/nest-exception-handler';
 import { embeddedInProductionWarning } from './database/embedded-in-production';
 import { trustProxyWarning } from './config/trust-proxy-warning';
 import { startEmbeddedPostgres } from './database/embedded-postgres';
@@ -31,9 +32,11 @@ async function bootstrap(): Promise<void> {
 
   // On SIGTERM/SIGINT Nest closes the app (the pool included) and raises the signal again;
   // the embedded server's own signal handler then stops PostgreSQL (see embedded-postgres.ts).
+  // NEST_APP_OPTIONS' abortOnError: false: an error while the app is made (a database that does
+  // not exist, a refused password) reaches the catch below, which says it once, in one line.
   const app = await NestFactory.create<NestFastifyApplication>(AppModule.forRoot(config), createFastifyAdapter(config), {
     ...NEST_APP_OPTIONS,
-    logger,
+    logger: withoutNestExceptionHandler(logger),
   });
   await configureApp(app, config, logger);
   // In the same turn as configureApp's enableShutdownHooks (a signal is an event-loop event, never
@@ -46,7 +49,7 @@ async function bootstrap(): Promise<void> {
 
 bootstrap().catch((error: unknown) => {
   // The message says what to fix; the stack is for the operator, never a client (and says
-  // nothing more of a configuration refused).
+  // nothing more of a configuration refused, or of a database that cannot be reached).
   new Logger('Bootstrap').fatal(describeFatal(error));
   process.exit(1);
 });

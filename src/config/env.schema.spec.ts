@@ -144,6 +144,7 @@ describe('parseEnv', () => {
     ['SESSION_RETENTION', '-5'],
     ['BCRYPT_COST', '3'],
     ['BCRYPT_COST', '32'],
+    ['BCRYPT_COST', '16'],
     ['MIGRATIONS_RUN', 'maybe-XYZZY'],
     ['NODE_ENV', 'staging-XYZZY'],
     ['LOG_LEVEL', 'chatty-XYZZY'],
@@ -330,6 +331,27 @@ describe('parseEnv: bounds and combinations', () => {
     for (const name of ['JWT_ISSUER', 'JWT_AUDIENCE'])
       for (const raw of ['', '  '])
         assert.match(refusal({ [name]: raw }) ?? '', new RegExp(`${name} is invalid \\(must not be empty\\)`), `${name}=${JSON.stringify(raw)}`);
+  });
+
+  it('refuses PORT=0 (a port chosen at random: the health check and clients would miss it), saying why', () => {
+    assert.match(refusal({ PORT: '0' }) ?? '', /PORT is invalid \(must be at least 1: 0 would listen on a port chosen at random/);
+    assert.equal(parseEnv({ PORT: '1' }).PORT, 1);
+  });
+
+  it('refuses an empty or blank DATA_DIR (it would be the working directory: secrets.json beside the code)', () => {
+    for (const raw of ['', ' ', '\t'])
+      assert.match(
+        refusal({ DATA_DIR: raw }) ?? '',
+        /DATA_DIR is invalid \(must not be empty: a blank one would be the working directory\)/,
+        JSON.stringify(raw),
+      );
+    assert.equal(parseEnv({ DATA_DIR: 'var/data' }).DATA_DIR, 'var/data');
+  });
+
+  it('refuses a bcrypt cost past 15 (a typo of 31 for 13 takes days a hash), saying so', () => {
+    assert.equal(parseEnv({ BCRYPT_COST: '15' }).BCRYPT_COST, 15);
+    for (const raw of ['16', '21', '31'])
+      assert.match(refusal({ BCRYPT_COST: raw }) ?? '', /BCRYPT_COST is invalid \(must not be greater than 15: each step doubles/, raw);
   });
 
   it('refuses a bcrypt cost under 10 in production only', () => {

@@ -18,6 +18,9 @@ export enum NodeEnv {
  */
 export const INT32_MAX = 2_147_483_647;
 
+/** The greatest BCRYPT_COST accepted: a hash then takes 2–3 s on a server core (at 12, a third of a second). */
+export const MAX_BCRYPT_COST = 15;
+
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'log', 'debug', 'verbose'] as const;
 export type LogLevelName = (typeof LOG_LEVELS)[number];
 const ACCESS_LOG_PROBES = ['failures', 'all'] as const;
@@ -47,7 +50,8 @@ export class Env {
 
   @Transform(toNumber)
   @IsInt()
-  @Min(0)
+  // 0 is "any free port" to the OS: the Docker health check and every client would miss it.
+  @Min(1, { message: 'PORT must be at least 1: 0 would listen on a port chosen at random, which no client or health check knows' })
   @Max(65535)
   PORT = 3000;
 
@@ -117,6 +121,8 @@ export class Env {
 
   /** Development secrets and the embedded database live here. */
   @IsString()
+  // A blank one resolves to the working directory (secrets.json beside the code, pg/ in it).
+  @Matches(/\S/, { message: 'DATA_DIR must not be empty: a blank one would be the working directory' })
   DATA_DIR = '.data';
 
   @Transform(toOptionalString)
@@ -395,9 +401,13 @@ export class Env {
 
   @Transform(toNumber)
   @IsInt()
-  /** bcrypt's cost factor: 4–31; at least 10 in production (OWASP's floor; 4 is for tests). */
+  /**
+   * bcrypt's cost factor: 4–15; at least 10 in production (OWASP's floor; 4 is for tests). Each
+   * step doubles the work of every login (and of every unknown account's): bcrypt takes up to
+   * 31, but past 15 a hash takes seconds, and a typo (31 for 13) minutes to days.
+   */
   @Min(4)
-  @Max(31)
+  @Max(MAX_BCRYPT_COST, { message: `BCRYPT_COST must not be greater than ${MAX_BCRYPT_COST}: each step doubles the time of every login` })
   BCRYPT_COST = 12;
 
   /** Failed logins per identifier (existing or not) within LOGIN_FAILURE_WINDOW before back-off. */

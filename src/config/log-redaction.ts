@@ -38,6 +38,11 @@ export const REDACTED = '[REDACTED]';
 
 const SECRET_KEY_SET = new Set(SECRET_KEYS.map((key) => key.toLowerCase()));
 
+/** One of SECRET_KEYS, in any case (an environment variable's name, a logged object's key). */
+export function isSecretKey(key: string): boolean {
+  return SECRET_KEY_SET.has(key.toLowerCase());
+}
+
 /**
  * Keys whose string values are public digests shaped like secrets (64 hex digits, 43
  * base64url characters): an audit checkpoint's MACs and heads' digest, which its log line
@@ -52,7 +57,11 @@ const SECRET_PATTERNS: Array<[RegExp, string]> = [
   [/\$2[abxy]\$\d{2}\$[./A-Za-z0-9]{53}/g, '[REDACTED_HASH]'],
   [/\b[0-9a-f]{64}\b/gi, '[REDACTED_HEX]'],
   [/(?<![A-Za-z0-9_-])[A-Za-z0-9_-]{43}(?![A-Za-z0-9_-])/g, '[REDACTED_TOKEN]'],
-  [/(postgres(?:ql)?:\/\/[^:/\s]+:)[^@\s]+@/gi, '$1***@'],
+  // A URL's password: its userinfo runs to the last '@' before the host, so a password with an
+  // '@' of its own is masked whole (until 0.24.1 only up to its first '@': `u:p@ss@host` was
+  // logged as `u:***@ss@host`). The '@'s it spans are those with no '/', '?' or '#' between them
+  // (a password may hold a '/' before its last '@'); the user name may be empty.
+  [/(postgres(?:ql)?:\/\/[^:/\s]*:)[^@\s]*(?:@[^@/?#\s]*)*@/gi, '$1***@'],
   [/("?(?:password|currentPassword|newPassword|refreshToken|accessToken|secret)"?\s*[:=]\s*)("[^"]*"|[^\s,}]+)/gi, '$1"[REDACTED]"'],
 ];
 

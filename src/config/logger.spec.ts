@@ -30,6 +30,20 @@ describe('scrubSecrets', () => {
     });
   }
 
+  // The userinfo runs to the last '@' before the host: a password's own '@' (until 0.24.1,
+  // `u:p@ss@host` was logged as `u:***@ss@host`), an empty user name, a '/' before its last '@'.
+  for (const [input, masked] of [
+    ['connect postgres://u:p@ss@db:5432/x failed', 'connect postgres://u:***@db:5432/x failed'],
+    ['postgresql://app:p@ss@w0rd@db/x?sslmode=require', 'postgresql://app:***@db/x?sslmode=require'],
+    ['postgres://:p@ss@db/x', 'postgres://:***@db/x'],
+    ['postgres://u:a/b@c@db/x', 'postgres://u:***@db/x'],
+    ['postgres://u:p@db/x, reported by ops@example.com', 'postgres://u:***@db/x, reported by ops@example.com'],
+  ] as const) {
+    it(`masks the whole password of ${input}, and only it`, () => {
+      assert.equal(scrubSecrets(input), masked);
+    });
+  }
+
   it('leaves ordinary text, UUIDs and ISO dates alone', () => {
     const text = 'Session 3f2b1c9e-8d7a-4b6c-9e5f-1a2b3c4d5e6f ended at 2026-11-26T23:00:00.000Z (idle_timeout)';
     assert.equal(scrubSecrets(text), text);

@@ -1,9 +1,12 @@
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes, randomUUID } from 'node:crypto';
-import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { execFile } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { ConfigurationError } from './configuration-error';
 import { parseEnv } from './env.schema';
 import { isPatterned, MIN_SECRET_BYTES, resolveSecrets } from './secrets';
 
@@ -309,6 +312,80 @@ describe('resolveSecrets in development', () => {
     assert.notEqual(secrets.JWT_SECRET, 'only-one');
     assert.ok(secrets.PASSWORD_PEPPER.length > 0);
     assert.deepEqual(JSON.parse(readFileSync(join(dataDir, 'secrets.json'), 'utf8')), secrets);
+  });
+});
+
+/**
+ * Processes that resolve development secrets in DATA_DIR at the same moment (each waits, spinning,
+ * for the same instant after it has loaded everything): what each one got.
+ */
+async function resolvedTogether(dataDir: string, processes: number): Promise<unknown[]> {
+  const at = Date.now() + 1000;
+  const source = `
+    const { parseEnv } = require(${JSON.stringify(join(__dirname, 'env.schema.js'))});
+    const { resolveSecrets } = require(${JSON.stringify(join(__dirname, 'secrets.js'))});
+    const env = parseEnv({ NODE_ENV: 'development', DATA_DIR: ${JSON.stringify(dataDir)} });
+    while (Date.now() < ${at});
+    process.stdout.write(JSON.stringify(resolveSecrets(env)));
+  `;
+  return Promise.all(
+    Array.from({ length: processes }, async () => {
+      const { stdout } = await promisify(execFile)(process.execPath, ['-e', source]);
+      return JSON.parse(stdout) as unknown;
+    }),
+  );
+}
+
+describe('resolveSecrets in development, several processes at once', () => {
+  let root: string;
+  before(() => {
+    root = mkdtempSync(join(tmpdir(), 'sessionary-secrets-race-'));
+  });
+  after(() => {
+    rmSync(root, { recursive: true, force: true });
+  });
+
+  // Until 0.24.1 each of them could generate and write its own: the last write won, and the
+  // others ran on with secrets nobody else had (tokens refused, audit events unverifiable).
+  it('gives every process that makes DATA_DIR/secrets.json the same secrets: the ones in the file', { timeout: 60_000 }, async () => {
+    for (let round = 0; round < 5; round++) {
+      const dataDir = join(root, `round-${round}`);
+      const results = await resolvedTogether(dataDir, 4);
+      const stored = JSON.parse(readFileSync(join(dataDir, 'secrets.json'), 'utf8')) as unknown;
+      for (const result of results) assert.deepEqual(result, stored, `round ${round}`);
+      assert.equal(statSync(join(dataDir, 'secrets.json')).mode & 0o777, 0o600);
+      assert.deepEqual(readdirSync(dataDir), ['secrets.json'], 'no temporary file is left');
+    }
+  });
+
+  it('stops with a ConfigurationError on a secrets.json it cannot use, never quoting it', () => {
+    const dataDir = join(root, 'corrupt');
+    mkdirSync(dataDir);
+    const secret = randomBytes(48).toString('base64');
+    for (const content of [`{"JWT_SECRET":"${secret}"`, '', 'null', `["${secret}"]`, `{"JWT_SECRET":1,"PASSWORD_PEPPER":"${secret}"}`]) {
+      writeFileSync(join(dataDir, 'secrets.json'), content);
+      assert.throws(
+        () => resolveSecrets(parseEnv({ NODE_ENV: 'development', DATA_DIR: dataDir })),
+        (e: unknown) => {
+          assert.ok(e instanceof ConfigurationError, `${content}: ${String(e)}`);
+          assert.match(e.message, /secrets\.json is not a JSON object of the secrets\. Restore it; failing that, delete it/);
+          assert.ok(!e.message.includes(secret), e.message);
+          return true;
+        },
+      );
+      // As it was: nothing made up and written over it.
+      assert.equal(readFileSync(join(dataDir, 'secrets.json'), 'utf8'), content);
+    }
+    rmSync(join(dataDir, 'secrets.json'));
+    mkdirSync(join(dataDir, 'secrets.json'));
+    assert.throws(
+      () => resolveSecrets(parseEnv({ NODE_ENV: 'development', DATA_DIR: dataDir })),
+      (e: unknown) => {
+        assert.ok(e instanceof ConfigurationError);
+        assert.match(e.message, /secrets\.json cannot be read \(EISDIR\)/);
+        return true;
+      },
+    );
   });
 });
 

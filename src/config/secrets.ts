@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, fsyncSync, linkSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { ConfigurationError } from './configuration-error';
 import { Env, NodeEnv } from './env.schema';
@@ -162,32 +162,123 @@ function randomSecrets(): Secrets {
   return { JWT_SECRET: randomSecret(), PASSWORD_PEPPER: randomSecret(), AUDIT_HMAC_KEY: randomSecret(), KEY_ENCRYPTION_KEY: randomSecret() };
 }
 
+/**
+ * DATA_DIR/secrets.json, made on the first start. Two first starts at once (the service and a
+ * command, two instances on one volume) each made and wrote their own until 0.24.1: the last
+ * write won, while the other process ran on with keys nobody else had (its tokens refused,
+ * its audit events unverifiable, its sealed signing key unreadable). The file is now created
+ * exclusively, whole or not at all: the first one made is everyone's.
+ */
 function persistedDevelopmentSecrets(dataDir: string): Secrets {
   const file = join(dataDir, 'secrets.json');
-  if (existsSync(file)) {
-    let stored: Partial<Secrets>;
-    try {
-      stored = JSON.parse(readFileSync(file, 'utf8')) as Partial<Secrets>;
-    } catch {
-      // Never echo the file: a parse error would quote its content, the secrets.
-      throw new Error(`${file} is unreadable; delete it to generate new development secrets (everyone is logged out).`);
-    }
-    if (stored.JWT_SECRET && stored.PASSWORD_PEPPER) {
+  for (let attempt = 1; ; attempt++) {
+    const stored = readStoredSecrets(file);
+    if (stored?.JWT_SECRET && stored.PASSWORD_PEPPER) {
       if (stored.AUDIT_HMAC_KEY && stored.KEY_ENCRYPTION_KEY) return stored as Secrets;
       // A file from before the audit chain or the key ring: add the missing keys, keep the
       // others (nobody is logged out, no audit event becomes unverifiable).
       const upgraded = {
         ...stored,
-        AUDIT_HMAC_KEY: stored.AUDIT_HMAC_KEY ?? randomSecret(),
-        KEY_ENCRYPTION_KEY: stored.KEY_ENCRYPTION_KEY ?? randomSecret(),
+        AUDIT_HMAC_KEY: stored.AUDIT_HMAC_KEY || randomSecret(),
+        KEY_ENCRYPTION_KEY: stored.KEY_ENCRYPTION_KEY || randomSecret(),
       };
-      writeFileSync(file, JSON.stringify(upgraded), { mode: 0o600 });
+      replaceSecretsFile(file, upgraded);
       return upgraded as Secrets;
     }
+    const secrets = randomSecrets();
+    if (stored) {
+      // Without those two: replaced whole, as before (existingSecret reads it so too).
+      replaceSecretsFile(file, secrets);
+      return secrets;
+    }
+    mkdirSync(dataDir, { recursive: true });
+    // Taken meanwhile by another process: its secrets, read again above, are everyone's. (Once
+    // more at most: a file removed as soon as it appeared would not be one to wait for.)
+    if (createSecretsFile(file, secrets) || attempt > 1) return secrets;
   }
-  const secrets = randomSecrets();
-  mkdirSync(dataDir, { recursive: true });
-  writeFileSync(file, JSON.stringify(secrets), { mode: 0o600 });
-  chmodSync(file, 0o600);
-  return secrets;
+}
+
+/** What secrets.json holds, undefined when there is none; a file that cannot be used stops the start. */
+function readStoredSecrets(file: string): Partial<Secrets> | undefined {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw unusableSecretsFile(file, `cannot be read (${(error as NodeJS.ErrnoException).code ?? 'error'})`);
+  }
+  let stored: unknown;
+  try {
+    stored = JSON.parse(text);
+  } catch {
+    // Never echo the file: a parse error would quote its content, the secrets.
+    stored = undefined;
+  }
+  const fields = stored !== null && typeof stored === 'object' && !Array.isArray(stored) ? (stored as Record<string, unknown>) : undefined;
+  if (!fields || SECRET_NAMES.some((name) => fields[name] !== undefined && typeof fields[name] !== 'string')) {
+    throw unusableSecretsFile(file, 'is not a JSON object of the secrets');
+  }
+  return fields as Partial<Secrets>;
+}
+
+function unusableSecretsFile(file: string, what: string): ConfigurationError {
+  return new ConfigurationError(
+    `${file} ${what}. Restore it; failing that, delete it to generate new development secrets: everyone is logged out, ` +
+      "and what was stored under the old ones no longer fits them (passwords, signing keys, the audit log's verification), " +
+      'so start over with an empty database too (the embedded one is DATA_DIR/pg)',
+  );
+}
+
+/** Writes `secrets` whole under a temporary name beside `file`, mode 0600, and answers that name. */
+function writeTemporary(file: string, secrets: object): string {
+  const temporary = `${file}.${randomBytes(6).toString('hex')}.tmp`;
+  const fd = openSync(temporary, 'wx', 0o600);
+  try {
+    writeSync(fd, JSON.stringify(secrets));
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+  return temporary;
+}
+
+/** What link() answers on a file system without hard links (vfat, exFAT, some FUSE and SMB mounts). */
+const NO_HARD_LINKS = new Set(['EPERM', 'ENOTSUP', 'EOPNOTSUPP', 'ENOSYS']);
+
+/**
+ * Creates `file` holding `secrets`, never over another: false when it exists (another process
+ * made it first). Linked from a complete temporary file, so that nobody reads it half written.
+ */
+function createSecretsFile(file: string, secrets: Secrets): boolean {
+  const temporary = writeTemporary(file, secrets);
+  try {
+    linkSync(temporary, file);
+    return true;
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === 'EEXIST') return false;
+    if (!NO_HARD_LINKS.has(code ?? '')) throw error;
+  } finally {
+    rmSync(temporary, { force: true });
+  }
+  // A file system without hard links: created exclusively in place (a reader at that very
+  // moment could find it still empty, and would stop, saying so).
+  try {
+    writeFileSync(file, JSON.stringify(secrets), { mode: 0o600, flag: 'wx' });
+    return true;
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'EEXIST') return false;
+    throw error;
+  }
+}
+
+/** Replaces `file` whole (a rename: a reader finds the old file or the new one, never a mix). */
+function replaceSecretsFile(file: string, secrets: object): void {
+  const temporary = writeTemporary(file, secrets);
+  try {
+    renameSync(temporary, file);
+  } catch (error) {
+    rmSync(temporary, { force: true });
+    throw error;
+  }
 }

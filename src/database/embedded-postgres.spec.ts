@@ -1,6 +1,7 @@
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import fs from 'node:fs/promises';
 import os from 'node:os';
@@ -116,10 +117,27 @@ function startChild(childFile: string, dataDir: string, mode: 'plain' | 'app'): 
   return { process: child, url, exited, stdout: () => stdout, stderr: () => stderr };
 }
 
+// The service's secrets as this process has them while the first start makes the cluster.
+const SECRETS = Object.fromEntries(
+  ['JWT_SECRET', 'PASSWORD_PEPPER', 'AUDIT_HMAC_KEY', 'KEY_ENCRYPTION_KEY', 'METRICS_TOKEN', 'AUDIT_SHIP_AUTHORIZATION'].map((name) => [
+    name,
+    `${name.toLowerCase()}-${randomBytes(12).toString('hex')}`,
+  ]),
+);
+
+/** Where the package put initdb's password file, and who else could read it then. */
+interface PasswordFile {
+  file: string;
+  fileMode: number;
+  folderMode: number;
+}
+
 describe('startEmbeddedPostgres', () => {
   const logs: string[] = [];
   const logger = recordingLogger(logs);
   const passwords = new Set<string>();
+  const passwordFiles: PasswordFile[] = [];
+  const writeFile = fs.writeFile;
   let baseDir: string;
   let dataDir: string;
   let childFile: string;
@@ -136,9 +154,22 @@ describe('startEmbeddedPostgres', () => {
     dataDir = path.join(baseDir, 'pg');
     childFile = path.join(baseDir, 'child.js');
     await fs.writeFile(childFile, CHILD_SOURCE);
+    Object.assign(process.env, SECRETS);
+    // The package (an ES module) writes initdb's password file with this same fs/promises
+    // object's writeFile: noted as it is written, before initdb has read and the package removed it.
+    fs.writeFile = (async (...args: Parameters<typeof writeFile>) => {
+      await writeFile(...args);
+      const [file] = args;
+      if (typeof file === 'string' && path.basename(file).startsWith('pg-password-')) {
+        const [fileStat, folderStat] = await Promise.all([fs.stat(file), fs.stat(path.dirname(file))]);
+        passwordFiles.push({ file, fileMode: fileStat.mode & 0o777, folderMode: folderStat.mode & 0o7777 });
+      }
+    }) as typeof writeFile;
   });
 
   after(async () => {
+    fs.writeFile = writeFile;
+    for (const name of Object.keys(SECRETS)) delete process.env[name];
     for (const child of children) if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
     await current?.stop().catch(() => undefined);
     const leftover = postmasterPid(dataDir);
@@ -160,6 +191,27 @@ describe('startEmbeddedPostgres', () => {
     );
     assert.deepEqual(row, { encoding: 'UTF8', database: 'sessionary' });
     await query(db.url, "CREATE TABLE persisted (note text); INSERT INTO persisted VALUES ('kept é')");
+  });
+
+  // Until 0.24.1 the package's {...process.env} gave them to initdb and postgres, in whose
+  // environment the database's superuser reads them (pg_read_file('/proc/<pid>/environ')).
+  it("keeps the service's secrets out of PostgreSQL's environment, and initdb's password file from other users", async () => {
+    const pid = postmasterPid(dataDir)!;
+    const environment = readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0');
+    assert.ok(
+      environment.some((entry) => entry.startsWith('PATH=')),
+      'the environment was read',
+    );
+    for (const [name, value] of Object.entries(SECRETS)) {
+      assert.ok(!environment.some((entry) => entry.startsWith(`${name}=`) || entry.includes(value)), `${name} reached PostgreSQL`);
+      assert.equal(process.env[name], value, `${name} is back in this process's environment`);
+    }
+    // The package's file, in a folder of its own that only initdb's user may enter (it was in
+    // /tmp, mode 0644 under the usual umask: readable by every local user while initdb ran).
+    assert.equal(passwordFiles.length, 1, JSON.stringify(passwordFiles));
+    const [{ file, fileMode, folderMode }] = passwordFiles;
+    assert.ok((folderMode & 0o077) === 0 || (fileMode & 0o077) === 0, `${file}: ${fileMode.toString(8)} in a folder of ${folderMode.toString(8)}`);
+    await assert.rejects(fs.stat(path.dirname(file)), { code: 'ENOENT' }, 'the folder is gone');
   });
 
   it('stop() shuts the server down and can be called again', TEST_TIMEOUT, async () => {
@@ -217,6 +269,41 @@ describe('startEmbeddedPostgres', () => {
     assert.match(child.stdout(), /QUERY_OK/, `the database stayed up during the app's shutdown:\n${child.stderr()}`);
     assert.equal(await waitUntil(() => !isAlive(pid), 5_000), true);
   });
+
+  // Until 0.24.1 every failed start advised deleting the data dir, whatever PostgreSQL said.
+  it(
+    'advises deleting the data dir only where that is the way out: not for a setting it refuses, but for another version',
+    TEST_TIMEOUT,
+    async () => {
+      const autoConf = path.join(dataDir, 'postgresql.auto.conf');
+      const versionFile = path.join(dataDir, 'PG_VERSION');
+      const [conf, version] = await Promise.all([fs.readFile(autoConf, 'utf8'), fs.readFile(versionFile, 'utf8')]);
+      try {
+        await fs.appendFile(autoConf, "shared_buffers = 'plenty'\n");
+        await assert.rejects(startEmbeddedPostgres({ dataDir, logger }), (error: Error) => {
+          assert.match(error.message, /^Embedded PostgreSQL: could not start PostgreSQL on /);
+          assert.match(error.message, /What to do: correct or remove the setting named above .*do not delete it/);
+          assert.doesNotMatch(error.message.slice(error.message.indexOf('What to do:')), /delete \//);
+          return true;
+        });
+        await fs.writeFile(autoConf, conf);
+        await fs.writeFile(versionFile, '16\n');
+        await assert.rejects(startEmbeddedPostgres({ dataDir, logger }), (error: Error) => {
+          assert.match(
+            error.message,
+            /What to do: the data dir was made by another PostgreSQL major version: .*pg_upgrade.*deleting \/.* starts over/,
+          );
+          return true;
+        });
+      } finally {
+        await Promise.all([fs.writeFile(autoConf, conf), fs.writeFile(versionFile, version)]);
+      }
+      // As it was: the data is whole.
+      const db = await start();
+      assert.deepEqual(await query(db.url, 'SELECT note FROM persisted'), [{ note: 'kept é' }]);
+      await db.stop();
+    },
+  );
 
   it('explains a data dir it cannot use instead of failing with a bare error', TEST_TIMEOUT, async () => {
     const foreign = path.join(baseDir, 'foreign');

@@ -12,6 +12,8 @@ import type { LoggerService } from '@nestjs/common';
 import { Client } from 'pg';
 import { flushLogs } from '../config/json-logger';
 import { SHUTDOWN_SIGNALS } from '../common/shutdown-signals';
+import { isSecretKey } from '../config/log-redaction';
+import { startFailureHint } from './embedded-start-hint';
 
 export interface EmbeddedDatabase {
   url: string;
@@ -424,11 +426,31 @@ async function ensureCluster(
 
   if (entries.includes('PG_VERSION')) {
     if (runAs) await ensureOwnedBy(runAs, dataDir, logger);
+    const credentials = path.join(dataDir, CREDENTIALS_FILE);
+    let text: string;
+    try {
+      text = await fs.readFile(credentials, 'utf8');
+    } catch (error) {
+      // Only a cluster without the file is one to start over: a file that cannot be read is a
+      // matter of permissions, and the data is whole.
+      const hint =
+        errorCode(error) === 'ENOENT'
+          ? `this data dir was not created by Sessionary or lost ${CREDENTIALS_FILE}: restore the file from a backup; otherwise delete ${dataDir} to start over with an empty database (its data is lost), ${ALTERNATIVE}`
+          : `check the permissions of ${credentials} (the service's user must read it); the data is intact, do not delete it`;
+      throw new EmbeddedPostgresError(`read the credentials of the existing cluster in ${dataDir}`, describe(error), hint, error);
+    }
     return attempt(
       `read the credentials of the existing cluster in ${dataDir}`,
-      `this data dir was not created by Sessionary or lost ${CREDENTIALS_FILE}; delete ${dataDir} to start over with an empty database (its data is lost), ${ALTERNATIVE}`,
+      `${CREDENTIALS_FILE} is damaged: restore it from a backup; otherwise delete ${dataDir} to start over with an empty database (its data is lost), ${ALTERNATIVE}`,
       async () => {
-        const { password } = JSON.parse(await fs.readFile(path.join(dataDir, CREDENTIALS_FILE), 'utf8')) as { password?: unknown };
+        let stored: { password?: unknown } | null;
+        try {
+          stored = JSON.parse(text) as { password?: unknown } | null;
+        } catch {
+          // Not the parser's message: Node's quotes the text, the password.
+          throw new Error(`${CREDENTIALS_FILE} is not valid JSON`);
+        }
+        const password = stored?.password;
         if (typeof password !== 'string' || !password) throw new Error(`${CREDENTIALS_FILE} holds no password`);
         return password;
       },
@@ -449,6 +471,7 @@ async function ensureCluster(
   const tail = new LogTail();
   logger.log(`Initialising a new PostgreSQL cluster in ${dataDir}`);
   try {
+    let restoreEnvironment: () => void = () => undefined;
     const initdb = new EmbeddedPostgres({
       databaseDir: initDir,
       user: SUPERUSER,
@@ -458,10 +481,25 @@ async function ensureCluster(
       // Without LANG, initdb would pick SQL_ASCII. The builtin C.UTF-8 locale (PostgreSQL 17)
       // needs no OS locale and still gives Unicode-aware upper()/lower().
       initdbFlags: ['--encoding=UTF8', '--locale=C', '--locale-provider=builtin', '--builtin-locale=C.UTF-8'],
-      onLog: (message) => tail.add(message, logger),
+      onLog: (message) => {
+        restoreEnvironment(); // initdb runs: it has its copy
+        tail.add(message, logger);
+      },
       onError: (error) => tail.add(describe(error), logger),
     });
-    await initdb.initialise();
+    // The package writes the superuser's password for initdb to a file in os.tmpdir() with the
+    // default mode (0644 under the usual umask: any local user could read it while initdb
+    // ran), and takes no other place: a TMPDIR of our own, mode 0700 (its owner initdb's user,
+    // who must read the file), for that time.
+    const passwordDir = await fs.mkdtemp(path.join(os.tmpdir(), 'sessionary-initdb-'));
+    try {
+      if (runAs) await fs.chown(passwordDir, runAs.uid, runAs.gid);
+      restoreEnvironment = environmentForChildren({ TMPDIR: passwordDir });
+      await initdb.initialise();
+    } finally {
+      restoreEnvironment();
+      await fs.rm(passwordDir, { recursive: true, force: true });
+    }
     const credentialsPath = path.join(initDir, CREDENTIALS_FILE);
     await fs.writeFile(credentialsPath, JSON.stringify({ user: SUPERUSER, password }) + '\n', { mode: 0o600 });
     if (runAs) await fs.chown(credentialsPath, runAs.uid, runAs.gid);
@@ -514,6 +552,10 @@ class LogTail {
     return this.lines.some((line) => pattern.test(line));
   }
 
+  output(): readonly string[] {
+    return this.lines;
+  }
+
   render(): string {
     return this.lines.length ? `\nLast PostgreSQL output:\n  ${this.lines.join('\n  ')}` : '';
   }
@@ -541,6 +583,7 @@ async function startServer(
     // 5432 is taken by the machine's own PostgreSQL: a fresh free port on every start.
     const port = fixedPort ?? (await findFreePort());
     const tail = new LogTail(redact);
+    let restoreEnvironment: () => void = () => undefined;
     const instance = new EmbeddedPostgres({
       databaseDir: dataDir,
       port,
@@ -550,9 +593,13 @@ async function startServer(
       createPostgresUser: runAs !== undefined,
       // TCP on loopback only; no Unix socket, so no lock file in /tmp and no clash with the system server.
       postgresFlags: ['-c', `listen_addresses=${HOST}`, '-c', 'unix_socket_directories='],
-      onLog: (message) => tail.add(message, logger),
+      onLog: (message) => {
+        restoreEnvironment(); // postgres runs: it has its copy
+        tail.add(message, logger);
+      },
       onError: (error) => tail.add(describe(error), logger),
     });
+    restoreEnvironment = environmentForChildren();
     const started = instance.start();
     // The package's start() rejects with no reason when postgres exits and never times out.
     started.catch(() => undefined);
@@ -574,14 +621,37 @@ async function startServer(
       throw new EmbeddedPostgresError(
         `start PostgreSQL on ${HOST}:${port}`,
         `${error === undefined ? 'postgres exited during start-up' : describe(error)}${tail.render()}`,
-        `read the PostgreSQL output above; if the data dir is damaged or from another PostgreSQL version, ` +
-          `delete ${dataDir} to start over with an empty database (its data is lost), ${ALTERNATIVE}`,
+        startFailureHint(tail.output(), dataDir, runAs?.name),
         error,
       );
     } finally {
       clearTimeout(timer);
+      restoreEnvironment();
     }
   }
+}
+
+/**
+ * The package spawns initdb and postgres with a copy of process.env, and takes no other: the
+ * service's secrets (SECRET_KEYS: JWT_SECRET, PASSWORD_PEPPER, AUDIT_HMAC_KEY,
+ * KEY_ENCRYPTION_KEY, METRICS_TOKEN, AUDIT_SHIP_AUTHORIZATION, …) were in the server's
+ * environment until 0.24.1, where the database's superuser reads them
+ * (pg_read_file('/proc/<pid>/environ')). Until the function returned is called, they are out of
+ * process.env, and `extra` is in it. Called around the package's initialise() and start(), and
+ * as soon as the child it spawns writes its first line (it has its copy): milliseconds of a
+ * boot in which nothing else runs, the configuration having been read before.
+ */
+function environmentForChildren(extra: Record<string, string> = {}): () => void {
+  const taken = Object.entries(process.env).filter(([name]) => isSecretKey(name) || Object.hasOwn(extra, name));
+  for (const [name] of taken) delete process.env[name];
+  Object.assign(process.env, extra);
+  let restored = false;
+  return () => {
+    if (restored) return;
+    restored = true;
+    for (const name of Object.keys(extra)) delete process.env[name];
+    for (const [name, value] of taken) process.env[name] = value;
+  };
 }
 
 async function abortStart(instance: EmbeddedPostgresInstance, dataDir: string, logger: LoggerService): Promise<void> {
@@ -624,7 +694,9 @@ export function findFreePort(): Promise<number> {
 async function ensureDatabase(port: number, password: string, redact: (text: string) => string): Promise<void> {
   await attempt(
     `create the database "${DATABASE}"`,
-    `check the PostgreSQL output in the debug log; delete the data dir to start over with an empty database (its data is lost), ${ALTERNATIVE}`,
+    // Not "delete the data dir": the server started, so the cluster is whole; what failed is
+    // a connection or a statement, which PostgreSQL's own output explains.
+    `check the PostgreSQL output in the debug log (LOG_LEVEL=debug), ${ALTERNATIVE}`,
     async () => {
       const client = new Client({ host: HOST, port, user: SUPERUSER, password, database: 'postgres', connectionTimeoutMillis: 10_000 });
       client.on('error', () => undefined);

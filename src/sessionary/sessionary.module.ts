@@ -1,4 +1,4 @@
-import { DynamicModule, Inject, Injectable, Module, ModuleMetadata, Provider, Type } from '@nestjs/common';
+import { DynamicModule, Inject, Injectable, Logger, Module, ModuleMetadata, Provider, Type } from '@nestjs/common';
 import { MODULE_PATH } from '@nestjs/common/constants.js';
 import { APP_FILTER, APP_GUARD, APP_PIPE, ModulesContainer } from '@nestjs/core';
 import { EventEmitterModule } from '@nestjs/event-emitter';
@@ -15,7 +15,8 @@ import { DatabaseOutageMonitor } from '../database/database-outage.monitor';
 import { SESSIONARY_DATA_SOURCE } from '../database/data-source-name';
 import { dataSourceOptions } from '../database/data-source.options';
 import { runMigrationsLocked } from '../database/migrate';
-import { isDatabaseUnavailable } from '../database/pg-errors';
+import { connectTargetOf } from '../database/connect-failure';
+import { firstConnect } from '../database/first-connect';
 import { HealthModule } from '../health/health.module';
 import { KeysModule } from '../keys/keys.module';
 import { MetricsModule } from '../metrics/metrics.module';
@@ -110,23 +111,30 @@ export class SessionaryModule {
               connectionLifetime: config.DATABASE_CONNECTION_LIFETIME,
             }),
             migrationsRun: config.MIGRATIONS_RUN,
-            // A database that does not answer yet is tried again (10 times, 3 s apart); a schema
-            // refused as another application's, or a failed migration, would fail alike every
-            // time: the boot stops at once, saying why (until 0.20.2, after ten "Unable to
-            // connect" lines and 27 s).
-            toRetry: (error: unknown) => isDatabaseUnavailable(error),
+            // Never TypeOrmModule's retries (a stack trace each): the factory tries again itself
+            // while the database does not answer yet, one line a try naming the server, and a
+            // schema refused as another application's, or a failed migration, which would fail
+            // alike every time, stops the boot at once, saying why (until 0.20.2, after ten
+            // "Unable to connect" lines and 27 s).
+            toRetry: () => false,
           }),
           dataSourceFactory: async (options) => {
-            const { migrationsRun, ...rest } = options as DataSourceOptions;
-            const dataSource = await new DataSource({ ...rest, migrationsRun: false } as DataSourceOptions).initialize();
-            try {
-              if (migrationsRun) await runMigrationsLocked(dataSource);
-            } catch (error) {
-              // Its pool closed: a boot that stops leaves no connection behind.
-              await dataSource.destroy().catch(() => undefined);
-              throw error;
-            }
-            return dataSource;
+            const { migrationsRun, ...rest } = options as DataSourceOptions & { url: string };
+            return firstConnect(
+              async () => {
+                const dataSource = await new DataSource({ ...rest, migrationsRun: false } as DataSourceOptions).initialize();
+                try {
+                  if (migrationsRun) await runMigrationsLocked(dataSource);
+                } catch (error) {
+                  // Its pool closed: a boot that stops leaves no connection behind.
+                  await dataSource.destroy().catch(() => undefined);
+                  throw error;
+                }
+                return dataSource;
+              },
+              connectTargetOf(rest.url),
+              new Logger('Database'),
+            );
           },
         }),
         // No ScheduleModule.forRoot(): the application imports it once (see ScheduledJobsCheck).

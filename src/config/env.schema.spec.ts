@@ -333,11 +333,6 @@ describe('parseEnv: bounds and combinations', () => {
         assert.match(refusal({ [name]: raw }) ?? '', new RegExp(`${name} is invalid \\(must not be empty\\)`), `${name}=${JSON.stringify(raw)}`);
   });
 
-  it('refuses PORT=0 (a port chosen at random: the health check and clients would miss it), saying why', () => {
-    assert.match(refusal({ PORT: '0' }) ?? '', /PORT is invalid \(must be at least 1: 0 would listen on a port chosen at random/);
-    assert.equal(parseEnv({ PORT: '1' }).PORT, 1);
-  });
-
   it('refuses an empty or blank DATA_DIR (it would be the working directory: secrets.json beside the code)', () => {
     for (const raw of ['', ' ', '\t'])
       assert.match(

@@ -41,6 +41,21 @@ describe('RefusedRequestsTally', () => {
     assert.equal(await tally.flush(), 0, 'nothing since');
   });
 
+  it("counts a client as the rate limits do: an IPv6 client's /64 as one address, an IPv4-mapped address as IPv4", async () => {
+    const { tally, written } = setup();
+    for (let i = 0; i < 20; i++) tally.count(`2001:db8:1:2:${i.toString(16)}::1`, 'invalidInput');
+    tally.count('::ffff:10.0.0.9', 'bodyTooLarge');
+    tally.count('10.0.0.9', 'bodyTooLarge');
+    assert.equal(await tally.flush(), 2);
+    assert.deepEqual(
+      written[0].map((e) => [e.client?.ipAddress, e.metadata?.total]),
+      [
+        ['2001:db8:1:2::/64', 20],
+        ['10.0.0.9', 2],
+      ],
+    );
+  });
+
   it('adds the counts of an interval whose write failed to the next one, which then starts where the failed one did', async () => {
     const { tally, written, state } = setup();
     tally.count('10.0.0.2', 'refreshUnknown');

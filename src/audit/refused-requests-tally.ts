@@ -1,3 +1,4 @@
+import { normalizeIp } from '@nestjs/throttler';
 import { BeforeApplicationShutdown, Injectable, Logger, OnApplicationBootstrap, OnApplicationShutdown } from '@nestjs/common';
 import { ConfigService } from '@nestjs/config';
 import { InjectDataSource } from '@nestjs/typeorm';
@@ -92,9 +93,15 @@ export class RefusedRequestsTally implements OnApplicationBootstrap, BeforeAppli
     await this.flush();
   }
 
-  /** One refusal of this client address (null when unknown). Cheap: a map update. */
+  /**
+   * One refusal of this client address (null when unknown). Cheap: a map update. Counted as the
+   * rate limits count a client (normalizeIp): an IPv6 client's /64, an IPv4-mapped address as
+   * IPv4. Until 0.24.1 each address of a /64 was an address of its own here, so one host that
+   * picks its low 64 bits at will filled the 10,000 tracked addresses every interval, pushing
+   * every other prober into the untracked rest, its own volume never under one address.
+   */
   count(ip: string | null, kind: RefusalKind): void {
-    this.countsOf(ip)[kind]++;
+    this.countsOf(ip === null ? null : normalizeIp(ip))[kind]++;
     this.totals[kind]++;
   }
 

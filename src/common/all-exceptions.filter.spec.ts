@@ -212,6 +212,29 @@ describe('AllExceptionsFilter.toBody', () => {
       }
     });
 
+    it('answers a statement the database could not finish now (a timeout, a deadlock, a full disk) with the 503, one line without a stack or SQL, and no outage', () => {
+      const monitor = new DatabaseOutageMonitor({ driver: {}, query: async () => [] } as unknown as DataSource);
+      const monitored = new AllExceptionsFilter(monitor);
+      try {
+        for (const code of ['57014', '40P01', '40001', '55P03', '53100', '53200', '53400']) {
+          logged.length = 0;
+          warned.length = 0;
+          const driverError = Object.assign(new DatabaseError('canceling statement due to statement timeout', 60, 'error'), { code });
+          assert.deepEqual(monitored.toBody(new QueryFailedError('SELECT secret-XYZZY FROM sessions', [], driverError)), UNAVAILABLE_BODY, code);
+          assert.equal(logged.length, 0, code);
+          assert.equal(warned.length, 1, code);
+          assert.match(String(warned[0][0]), new RegExp(`^Database busy on outside a request \\(SQLSTATE ${code}\\): ${code}: canceling statement`));
+          assert.ok(!String(warned[0][0]).includes('XYZZY') && !String(warned[0][0]).includes('    at '), 'no SQL, no stack');
+        }
+        assert.equal(monitor.isDown, false, 'the server answers: no outage');
+        // A statement that is wrong stays a 500 (a foreign key, above; a syntax error here).
+        const syntax = Object.assign(new DatabaseError('syntax error at or near "FROM"', 60, 'error'), { code: '42601' });
+        assert.deepEqual(monitored.toBody(new QueryFailedError('SELECT FROM', [], syntax)), INTERNAL);
+      } finally {
+        monitor.onApplicationShutdown();
+      }
+    });
+
     it("answers the readiness check's 503 with the same body", () => {
       assert.deepEqual(filter.toBody(new DatabaseNotReadyException({ status: 'error', error: { database: { status: 'down' } } })), UNAVAILABLE_BODY);
     });

@@ -3,7 +3,7 @@ import { STATUS_CODES } from 'node:http';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { QueryFailedError } from 'typeorm';
 import { DatabaseOutageMonitor, summarize } from '../database/database-outage.monitor';
-import { isDatabaseUnavailable, PG_UNIQUE_VIOLATION, pgErrorCode } from '../database/pg-errors';
+import { databaseBusyCode, isDatabaseUnavailable, PG_UNIQUE_VIOLATION, pgErrorCode } from '../database/pg-errors';
 import { RefusedRequestsTally, refusalOfStatus } from '../audit/refused-requests-tally';
 import { BEARER_CHALLENGES } from './bearer-challenge';
 import { clientContextOf } from './client-context';
@@ -30,7 +30,8 @@ interface ErrorBody {
  * The one place that decides an error body. 4xx HttpExceptions keep their status and message;
  * a unique violation that a service did not translate is a 409; an unreachable database
  * (and the readiness check's 503) is a 503 with Retry-After, logged by the outage monitor a
- * few lines per outage rather than a stack per request; errors Fastify raises itself (bad
+ * few lines per outage rather than a stack per request; a statement the database could not
+ * finish now (a timeout, a deadlock, a full disk) is the same 503, one line each; errors Fastify raises itself (bad
  * JSON, 413, 415) keep their 4xx with a plain message; anything else is a fixed 500 whose
  * details go only to the log. Nothing from a driver or a stack reaches a client.
  */
@@ -88,6 +89,13 @@ export class AllExceptionsFilter implements ExceptionFilter {
       return { statusCode: status, error: r.error ?? error, message: r.message ?? error };
     }
     if (isDatabaseUnavailable(exception)) return this.unavailable(exception, request);
+    const busy = databaseBusyCode(exception);
+    if (busy) {
+      // The server answers, but could not finish this statement now (see databaseBusyCode):
+      // 503 with Retry-After, one line without a stack, and no outage.
+      this.logger.warn(`Database busy on ${routeOf(request)} (SQLSTATE ${busy}): ${summarize(exception)}`);
+      return { ...UNAVAILABLE_BODY };
+    }
     if (exception instanceof QueryFailedError && pgErrorCode(exception) === PG_UNIQUE_VIOLATION) {
       return { statusCode: 409, error: 'Conflict', message: 'Conflict' };
     }

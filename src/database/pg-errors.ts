@@ -47,6 +47,26 @@ const UNAVAILABLE_MESSAGES = [
   /^timeout expired$/,
 ];
 
+/**
+ * SQLSTATEs of a statement the server could not finish now, though nothing is wrong with it
+ * and the server is up: 57014 (canceled: statement_timeout ran out, an I/O stall or lock waits
+ * behind it), 40P01 (deadlock: PostgreSQL chose this transaction to abort), 40001 (a
+ * serialization failure), 55P03 (lock_timeout ran out), 53100 (disk full), 53200 (out of
+ * memory) and 53400 (a configuration limit, such as max_locks_per_transaction). Until 0.24.1
+ * each was a 500, with a stack per request and no Retry-After, while readiness said 200.
+ */
+const BUSY_SQLSTATES = new Set(['57014', '40P01', '40001', '55P03', '53100', '53200', '53400']);
+
+/**
+ * The SQLSTATE when `error` is a statement the server could not finish now (BUSY_SQLSTATES):
+ * the right answer is 503 with Retry-After, the same request later may well succeed. Not an
+ * outage (isDatabaseUnavailable): the server answers.
+ */
+export function databaseBusyCode(error: unknown): string | undefined {
+  const code = pgErrorCode(error);
+  return code !== undefined && BUSY_SQLSTATES.has(code) ? code : undefined;
+}
+
 // Causes nest a few levels at most (QueryFailedError > pg-pool timeout > socket error).
 const MAX_DEPTH = 4;
 

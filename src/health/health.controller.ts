@@ -22,6 +22,8 @@ import { KeyRing } from '../keys/key-ring.service';
 export class HealthController implements OnModuleDestroy {
   /** Set at the first step of a shutdown: readiness says "send no more" from then on. */
   private shuttingDown = false;
+  /** The database's check under way, which every probe that comes meanwhile shares. */
+  private databaseCheck: Promise<HealthCheckResult> | undefined;
   private readonly logger = new Logger('Health');
 
   constructor(
@@ -64,6 +66,27 @@ export class HealthController implements OnModuleDestroy {
   })
   async ready(): Promise<HealthCheckResult> {
     if (this.shuttingDown) throw new InstanceShuttingDownException('The instance is shutting down');
+    const result = await this.checkDatabaseOnce();
+    // The database answers, yet this instance's signing keys may be old (0.24.0).
+    const stale = this.keys.staleness();
+    if (stale) throw new SigningKeysStaleException(`Not ready (${stale})`);
+    return result;
+  }
+
+  /**
+   * The database's check, shared by every probe that comes while one runs. The route is public
+   * and exempt from the request limit (probes are no client's requests), and each check takes a
+   * pool connection for two round trips: until 0.24.1 a burst of probes took the pool's
+   * connections from logins and refreshes, and once the pool was full the ping's own timeout
+   * made every instance answer 503 and report an outage while the database was up. Nothing is
+   * reused once a check is done: the next probe sees the database as it is then.
+   */
+  private checkDatabaseOnce(): Promise<HealthCheckResult> {
+    this.databaseCheck ??= this.checkDatabase().finally(() => (this.databaseCheck = undefined));
+    return this.databaseCheck;
+  }
+
+  private async checkDatabase(): Promise<HealthCheckResult> {
     let result: HealthCheckResult;
     try {
       // Sessionary's own data source: without it, the indicator pings the default one (a host's).
@@ -82,9 +105,6 @@ export class HealthController implements OnModuleDestroy {
       throw new DatabaseNotReadyException(`Not ready (database: ${error instanceof Error ? error.message : 'down'})`);
     }
     if (readOnly) throw new DatabaseNotReadyException('Not ready (database: read-only, a standby or default_transaction_read_only)');
-    // The database answers, yet this instance's signing keys may be old (0.24.0).
-    const stale = this.keys.staleness();
-    if (stale) throw new SigningKeysStaleException(`Not ready (${stale})`);
     return result;
   }
 

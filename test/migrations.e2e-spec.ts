@@ -272,6 +272,21 @@ describe('migrations (e2e)', () => {
       assert.equal(refused.status, 1, refused.stdout + refused.stderr);
       assert.match(refused.stdout + refused.stderr, /BCRYPT_COST/);
       assert.doesNotMatch(refused.stdout + refused.stderr, /^\s+at /m);
+      // A database that does not exist: the start's line, which server and what to check.
+      const missing = new URL(target);
+      missing.pathname = '/no_such_database_for_migrations';
+      const unreachable = spawnSync(process.execPath, [join(__dirname, '..', 'src', 'database', 'migrate-cli.js')], {
+        env: { ...process.env, ...noSecrets, DATABASE_URL: missing.toString() },
+        encoding: 'utf8',
+      });
+      assert.equal(unreachable.status, 1, unreachable.stdout + unreachable.stderr);
+      assert.match(
+        unreachable.stdout + unreachable.stderr,
+        new RegExp(
+          `PostgreSQL at ${missing.hostname.replace(/\./g, '\\.')}:${missing.port || '5432'} refused the connection: database "no_such_database_for_migrations" does not exist \\(SQLSTATE 3D000\\); create that database`,
+        ),
+      );
+      assert.doesNotMatch(unreachable.stdout + unreachable.stderr, /^\s+at /m);
     } finally {
       await holder.end();
     }

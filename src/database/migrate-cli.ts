@@ -12,6 +12,7 @@
 import { Logger } from '@nestjs/common';
 import { parseArgs } from 'node:util';
 import { cliDataSource } from './cli-data-source';
+import { connectTargetOf, describeConnectFailure } from './connect-failure';
 import { revertLastMigrationLocked, RevertNotConfirmedError, runMigrationsLocked } from './migrate';
 
 const USAGE = 'Usage: node dist/src/database/migrate-cli.js [revert [--confirm <migration name>]]';
@@ -48,7 +49,11 @@ main(process.argv.slice(2)).then(
   () => process.exit(0),
   (error: unknown) => {
     const refused = error instanceof UsageError || error instanceof RevertNotConfirmedError;
-    new Logger('Migrations').error(error instanceof Error ? error.message : String(error));
+    // A connection that failed: the line the service's start gives (which server, why, what to
+    // check; never the password), where it was the driver's bare message.
+    const url = process.env.DATABASE_URL;
+    const connect = describeConnectFailure(error, url ? connectTargetOf(url) : undefined);
+    new Logger('Migrations').error(connect ?? (error instanceof Error ? error.message : String(error)));
     process.exit(refused ? 2 : 1);
   },
 );

@@ -3,7 +3,7 @@ import { randomUUID } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
 import { auditRows, sessionRow } from './helpers/db';
 import { Client } from 'pg';
-import { DataSource } from 'typeorm';
+import { DataSource, QueryRunner } from 'typeorm';
 import { SESSIONARY_DATA_SOURCE_TOKEN } from '../src/database/data-source-name';
 import { SessionActivityBuffer } from '../src/sessions/session-activity';
 import { SessionsService } from '../src/sessions/sessions.service';
@@ -466,12 +466,29 @@ describe('session activity writes (e2e)', () => {
     }
   };
 
-  it('stop() resolves only once activity noted during its last write is written too', async () => {
+  /**
+   * Runs `body` with a test app, a query runner to hold row locks with, and a buffer of its own
+   * (ownBuffer), each given back or closed after it, whatever it left open.
+   */
+  const withOwnBuffer = async (
+    body: (scope: { t: TestApp; dataSource: DataSource; holder: QueryRunner } & ReturnType<typeof ownBuffer>) => Promise<void>,
+  ): Promise<void> => {
     const t = await createTestApp();
     const dataSource = t.app.get<DataSource>(SESSIONARY_DATA_SOURCE_TOKEN);
     const holder = dataSource.createQueryRunner();
-    const { buffer, written } = ownBuffer(dataSource);
+    const own = ownBuffer(dataSource);
     try {
+      await body({ t, dataSource, holder, ...own });
+    } finally {
+      if (holder.isTransactionActive) await holder.rollbackTransaction();
+      await holder.release();
+      await own.buffer.stop();
+      await t.close();
+    }
+  };
+
+  it('stop() resolves only once activity noted during its last write is written too', async () => {
+    await withOwnBuffer(async ({ t, holder, buffer, written }) => {
       const user = await registerUser(t.http);
       const [first, second] = [await login(t.http, user), await login(t.http, user)];
       buffer.start();
@@ -488,21 +505,12 @@ describe('session activity writes (e2e)', () => {
       await stopping;
       assert.deepEqual([...written].sort(), [first.sessionId, second.sessionId].sort(), 'both written when stop() resolved');
       assert.equal(buffer.pendingCount, 0);
-    } finally {
-      if (holder.isTransactionActive) await holder.rollbackTransaction();
-      await holder.release();
-      await buffer.stop();
-      await t.close();
-    }
+    });
   });
 
   it('stop() tries a session locked elsewhere again until the lock goes, and gives up after its deadline', async () => {
-    const t = await createTestApp();
-    const dataSource = t.app.get<DataSource>(SESSIONARY_DATA_SOURCE_TOKEN);
-    const holder = dataSource.createQueryRunner();
-    const { buffer, written } = ownBuffer(dataSource);
-    const second = ownBuffer(dataSource);
-    try {
+    await withOwnBuffer(async ({ t, dataSource, holder, buffer, written }) => {
+      const second = ownBuffer(dataSource);
       const user = await registerUser(t.http);
       const [free, locked] = [await login(t.http, user), await login(t.http, user)];
       buffer.start();
@@ -531,21 +539,12 @@ describe('session activity writes (e2e)', () => {
       assert.deepEqual(second.written, []);
       assert.equal(second.buffer.pendingCount, 1);
       assert.ok(second.chunks.length >= 2, `tried again before giving up (${second.chunks.length})`);
-    } finally {
-      if (holder.isTransactionActive) await holder.rollbackTransaction();
-      await holder.release();
-      await buffer.stop();
-      await t.close();
-    }
+    });
   });
 
   it('writes a batch larger than a chunk in statements of at most a chunk each, a locked session kept for the next flush', async () => {
-    const t = await createTestApp();
-    const dataSource = t.app.get<DataSource>(SESSIONARY_DATA_SOURCE_TOKEN);
-    const holder = dataSource.createQueryRunner();
-    const { buffer, written, chunks } = ownBuffer(dataSource);
-    buffer.chunkSize = 2;
-    try {
+    await withOwnBuffer(async ({ t, holder, buffer, written, chunks }) => {
+      buffer.chunkSize = 2;
       const user = await registerUser(t.http);
       const sessions: string[] = [];
       for (let i = 0; i < 5; i++) sessions.push((await login(t.http, user)).sessionId);
@@ -570,12 +569,7 @@ describe('session activity writes (e2e)', () => {
       ]);
       assert.equal(rows.length, 5);
       for (const r of rows) assert.ok(Math.abs(r.seen - seen) < 1, `last_seen_at ${r.seen} is the activity's ${seen}`);
-    } finally {
-      if (holder.isTransactionActive) await holder.rollbackTransaction();
-      await holder.release();
-      await buffer.stop();
-      await t.close();
-    }
+    });
   });
 });
 

@@ -85,6 +85,17 @@ export class MetricsService implements OnModuleInit {
           for (const [value, count] of Object.entries(read())) this.inc({ [label]: value }, count);
         },
       });
+    // Gauges read when scraped, one per label value.
+    const gaugesBy = (name: string, help: string, label: string, read: () => Readonly<Record<string, number>>) =>
+      new Gauge({
+        name,
+        help,
+        labelNames: [label],
+        registers: [this.registry],
+        collect() {
+          for (const [value, count] of Object.entries(read())) this.set({ [label]: value }, count);
+        },
+      });
     gauge('sessionary_session_cache_listening', '1 while the session cache is kept exact by LISTEN/NOTIFY; 0: every check reads the database', () =>
       sessions.cacheState().listening ? 1 : 0,
     );
@@ -174,24 +185,15 @@ export class MetricsService implements OnModuleInit {
       (s) => seconds(s.caughtUpAt),
     );
     gauge('sessionary_signing_key_age_seconds', 'Seconds since the current signing key started signing', () => keyRing.currentKeyAgeSeconds());
-    new Gauge({
-      name: 'sessionary_signing_keys',
-      help: "Keys of this instance's signing-key ring by state (retired keys are not held)",
-      labelNames: ['state'],
-      registers: [this.registry],
-      collect() {
-        for (const [state, count] of Object.entries(keyRing.keyCounts())) this.set({ state }, count);
-      },
-    });
-    new Gauge({
-      name: 'sessionary_signing_key_rows_refused',
-      help: "Rows of the signing-key ring this instance's last read did not trust (changed in the table, or sealed under another KEY_ENCRYPTION_KEY), by what it did: alert on any",
-      labelNames: ['handling'],
-      registers: [this.registry],
-      collect() {
-        for (const [handling, count] of Object.entries(keyRing.refusedRowCounts())) this.set({ handling }, count);
-      },
-    });
+    gaugesBy('sessionary_signing_keys', "Keys of this instance's signing-key ring by state (retired keys are not held)", 'state', () =>
+      keyRing.keyCounts(),
+    );
+    gaugesBy(
+      'sessionary_signing_key_rows_refused',
+      "Rows of the signing-key ring this instance's last read did not trust (changed in the table, or sealed under another KEY_ENCRYPTION_KEY), by what it did: alert on any",
+      'handling',
+      () => keyRing.refusedRowCounts(),
+    );
     gauge(
       'sessionary_session_activity_pending',
       'Sessions whose activity waits for the next batched write',

@@ -169,6 +169,92 @@ describe('request limit: probes are not counted (e2e)', () => {
   });
 });
 
+describe('request limit: refusals no route counted (e2e)', () => {
+  let t: TestApp;
+  const metricsToken = 'a-metrics-token-long-enough-to-be-accepted';
+  before(async () => {
+    t = await createTestApp({ RATE_LIMIT_PER_MINUTE: '5', RATE_LIMIT_SYNC_INTERVAL: '100', TRUST_PROXY: 'true', METRICS_TOKEN: metricsToken });
+  });
+  after(async () => {
+    await t.close();
+  });
+
+  /** Refusals Fastify or the router answers before any guard: an unknown route, a body that is not JSON, too large, of another type. */
+  const refusedBeforeGuards = [
+    { status: 404, send: (ip: string) => t.http.get('/api/v1/no-such-route').set('X-Forwarded-For', ip) },
+    {
+      status: 400,
+      send: (ip: string) => t.http.post('/api/v1/auth/login').set('X-Forwarded-For', ip).set('Content-Type', 'application/json').send('{"login":'),
+    },
+    {
+      status: 413,
+      send: (ip: string) =>
+        t.http
+          .post('/api/v1/auth/login')
+          .set('X-Forwarded-For', ip)
+          .set('Content-Type', 'application/json')
+          .send(`"${'x'.repeat(20_000)}"`),
+    },
+    {
+      status: 415,
+      send: (ip: string) => t.http.post('/api/v1/auth/login').set('X-Forwarded-For', ip).set('Content-Type', 'text/plain').send('login'),
+    },
+  ];
+
+  it('counts every refusal Fastify answers before the guards on the general limit, then answers 429 to each kind and to every route', async () => {
+    const ip = '198.51.100.216';
+    for (let i = 0; i < 5; i++) {
+      const kind = refusedBeforeGuards[i % refusedBeforeGuards.length];
+      const res = await kind.send(ip);
+      assert.equal(res.status, kind.status, `request ${i + 1}`);
+      assert.equal(res.headers['x-ratelimit-remaining'], String(4 - i), `request ${i + 1}`);
+    }
+    for (const kind of refusedBeforeGuards) {
+      const res = await kind.send(ip);
+      assert.equal(res.status, 429, `a ${kind.status} once over the limit`);
+      assert.ok(Number(res.headers['retry-after']) > 0);
+      assert.equal(res.body.statusCode, 429);
+    }
+    assert.equal((await cheapRequest(t, ip)).status, 429, 'a route is refused too: the same counter');
+    // Another client is untouched.
+    const other = await refusedBeforeGuards[0].send('198.51.100.217');
+    assert.equal(other.status, 404);
+    assert.equal(other.headers['x-ratelimit-remaining'], '4');
+  });
+
+  it("answers an unknown route 429 for a client a route's limit blocked, and counts a refusal after a route's limit counted it only once", async () => {
+    const ip = '198.51.100.218';
+    // Validation refuses it after the guard counted it: one hit, not two.
+    const first = await cheapRequest(t, ip);
+    assert.equal(first.status, 400);
+    assert.equal(first.headers['x-ratelimit-remaining'], '4');
+    for (let i = 0; i < 4; i++) assert.equal((await cheapRequest(t, ip)).status, 400);
+    assert.equal((await cheapRequest(t, ip)).status, 429);
+    const unknown = await refusedBeforeGuards[0].send(ip);
+    assert.equal(unknown.status, 429);
+    assert.ok(Number(unknown.headers['retry-after']) > 0);
+  });
+
+  it('counts wrong metrics tokens on the general limit (429 once over it), never the right one', async () => {
+    const ip = '198.51.100.219';
+    const scrape = (token: string) => t.http.get('/metrics').set('X-Forwarded-For', ip).set('Authorization', `Bearer ${token}`);
+    for (let i = 0; i < 5; i++) {
+      const res = await scrape(`wrong-guess-${i}`);
+      assert.equal(res.status, 401, `guess ${i + 1}`);
+      assert.equal(res.headers['x-ratelimit-remaining'], String(4 - i));
+    }
+    const over = await scrape('wrong-guess-5');
+    assert.equal(over.status, 429);
+    assert.ok(Number(over.headers['retry-after']) > 0);
+    // The scraper itself is never refused, even from the blocked address.
+    for (let i = 0; i < 3; i++) {
+      const res = await scrape(metricsToken);
+      assert.equal(res.status, 200);
+      assert.equal(res.headers['x-ratelimit-limit'], undefined);
+    }
+  });
+});
+
 describe('request limit turned off (e2e)', () => {
   let off: TestApp;
   let client: Client;
@@ -190,6 +276,9 @@ describe('request limit turned off (e2e)', () => {
         const res = await cheapRequest(off, ip);
         assert.equal(res.status, 400);
         assert.equal(res.headers['x-ratelimit-limit'], undefined);
+        const unknown = await off.http.get('/api/v1/no-such-route').set('X-Forwarded-For', ip);
+        assert.equal(unknown.status, 404);
+        assert.equal(unknown.headers['x-ratelimit-limit'], undefined);
       }
       await off.close();
       assert.equal(await writes.count(), 0);

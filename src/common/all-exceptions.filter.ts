@@ -1,10 +1,11 @@
-import { ArgumentsHost, Catch, ExceptionFilter, HttpException, HttpStatus, Logger, Optional } from '@nestjs/common';
+import { ArgumentsHost, Catch, ExceptionFilter, type ExecutionContext, HttpException, HttpStatus, Logger, Optional } from '@nestjs/common';
 import { STATUS_CODES } from 'node:http';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { QueryFailedError } from 'typeorm';
 import { DatabaseOutageMonitor, summarize } from '../database/database-outage.monitor';
 import { databaseBusyCode, isDatabaseUnavailable, PG_UNIQUE_VIOLATION, pgErrorCode } from '../database/pg-errors';
 import { RefusedRequestsTally, refusalOfStatus } from '../audit/refused-requests-tally';
+import { RateLimitGuard } from '../rate-limit/rate-limit.guard';
 import { BEARER_CHALLENGES } from './bearer-challenge';
 import { clientContextOf } from './client-context';
 import { SessionNotActiveException } from './session-not-active.exception';
@@ -43,13 +44,21 @@ export class AllExceptionsFilter implements ExceptionFilter {
     @Optional() private readonly outage?: DatabaseOutageMonitor,
     /** Counts input refused (400, 413, 415) and rate limits (429) into the audit log's summaries (ASVS 16.3.3). */
     @Optional() private readonly refusals?: RefusedRequestsTally,
+    /**
+     * Counts the refusals no route's limit counted (an unknown route, a body Fastify refused)
+     * on the general limit, and answers 429 instead once the client is over it. Given to the
+     * global filter only: those refusals never reach a controller's.
+     */
+    @Optional() private readonly rateLimit?: RateLimitGuard,
   ) {}
 
   catch(exception: unknown, host: ArgumentsHost): void {
     const http = host.switchToHttp();
     const reply = http.getResponse<FastifyReply>();
     const request = http.getRequest<FastifyRequest>();
-    const body = this.toBody(exception, request);
+    let body = this.toBody(exception, request);
+    const overLimit = isClientError(body.statusCode) ? this.rateLimit?.countUncounted(host as ExecutionContext) : undefined;
+    if (overLimit) body = this.toBody(overLimit, request);
     const refusal = this.refusals && refusalOfStatus(body.statusCode);
     if (refusal) this.refusals!.count(clientContextOf(request).ipAddress, refusal);
     if (exception instanceof RetryAfterException) void reply.header('Retry-After', String(exception.retryAfterSeconds));
@@ -127,6 +136,10 @@ export class AllExceptionsFilter implements ExceptionFilter {
     if (status !== 500) return { statusCode: status, error: STATUS_CODES[status] ?? 'Error', message: STATUS_CODES[status] ?? 'Error' };
     return { statusCode: 500, error: 'Internal Server Error', message: 'Internal server error' };
   }
+}
+
+function isClientError(status: number): boolean {
+  return status >= 400 && status < 500 && status !== HttpStatus.TOO_MANY_REQUESTS;
 }
 
 function routeOf(request?: FastifyRequest): string {

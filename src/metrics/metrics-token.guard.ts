@@ -5,6 +5,7 @@ import type { OpenAPIObject } from '@nestjs/swagger';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { BEARER_CHALLENGE_HEADER, bearerChallenge } from '../common/bearer-challenge';
 import type { AppConfig } from '../config/config';
+import { RateLimitGuard } from '../rate-limit/rate-limit.guard';
 
 // The scheme and one token68-like credential, nothing after it (RFC 6750, section 2.1).
 const BEARER = /^Bearer ([\x21-\x7e]+)$/i;
@@ -14,13 +15,18 @@ const BEARER = /^Bearer ([\x21-\x7e]+)$/i;
  * <METRICS_TOKEN>` (Prometheus: `authorization: { credentials_file: … }`); anyone else gets the
  * 401 and challenge of RFC 6750. Unset, the route is open as before (protect it at the proxy).
  * The comparison is of SHA-256 digests in constant time, so neither the token's length nor
- * where a guess goes wrong shows in the time of an answer.
+ * where a guess goes wrong shows in the time of an answer. A wrong token counts on the caller's
+ * general request limit (scrapes do not: the route skips it), and once over it the caller gets
+ * the 429 instead, so a token cannot be guessed faster than any other route can be called.
  */
 @Injectable()
 export class MetricsTokenGuard implements CanActivate {
   private readonly expected: Buffer | undefined;
 
-  constructor(config: ConfigService<AppConfig, true>) {
+  constructor(
+    config: ConfigService<AppConfig, true>,
+    private readonly rateLimit: RateLimitGuard,
+  ) {
     const token = config.get('METRICS_TOKEN', { infer: true });
     // With metrics off the route answers 404 whoever asks: nothing behind it to protect.
     this.expected = token && config.get('METRICS_ENABLED', { infer: true }) ? digest(token) : undefined;
@@ -33,6 +39,8 @@ export class MetricsTokenGuard implements CanActivate {
     const header = request.headers.authorization;
     const presented = typeof header === 'string' ? BEARER.exec(header)?.[1] : undefined;
     if (presented !== undefined && timingSafeEqual(digest(presented), this.expected)) return true;
+    const overLimit = this.rateLimit.countUncounted(context);
+    if (overLimit) throw overLimit;
     void http.getResponse<FastifyReply>().header('WWW-Authenticate', bearerChallenge(request));
     throw new UnauthorizedException('A valid metrics token is required');
   }

@@ -7,6 +7,9 @@ import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { CounterSettings } from './rate-limit-counters';
 import { PgThrottlerStorage } from './pg-throttler.storage';
 
+/** Set on a request once a route's limits counted it (see countUncounted). */
+const COUNTED = Symbol('sessionary.rateLimitCounted');
+
 /** A setting as @nestjs/throttler takes it: a number, or a function of the request's context. */
 type Resolvable = number | ((context: ExecutionContext) => number | Promise<number>);
 
@@ -42,6 +45,8 @@ export class RateLimitGuard implements CanActivate {
   private readonly throttlers: ThrottlerOptions[];
   private readonly skipIf: ThrottlerOptions['skipIf'];
   private readonly errorMessage: string | undefined;
+  /** The module's own throttlers, with no route's values: what a request no route counted counts on. */
+  private readonly general: Array<{ name: string; keyPrefix: string; settings: CounterSettings }>;
   /** Per handler, then per class: what applies to the route (an empty list when nothing does). */
   private readonly routes = new WeakMap<object, WeakMap<object, RouteThrottler[]>>();
 
@@ -58,6 +63,14 @@ export class RateLimitGuard implements CanActivate {
       this.skipIf = options.skipIf;
       this.errorMessage = typeof options.errorMessage === 'string' ? options.errorMessage : undefined;
     }
+    // Settings given as functions need a route's context to resolve: such a throttler counts
+    // only where a route applies it.
+    this.general = this.throttlers.flatMap((t) => {
+      const name = t.name ?? 'default';
+      const { limit, ttl, blockDuration } = t;
+      if (typeof limit !== 'number' || typeof ttl !== 'number' || typeof blockDuration === 'function') return [];
+      return [{ name, keyPrefix: `${name}:`, settings: settings(name, limit, ttl, blockDuration ?? ttl) }];
+    });
   }
 
   // Not async: Nest takes a guard's boolean as it is, and awaits only a promise.
@@ -71,9 +84,34 @@ export class RateLimitGuard implements CanActivate {
     ).then((resolved) => this.count(context, resolved));
   }
 
+  /**
+   * Counts, on the general limit, a refused request that no route's limit counted: one Fastify
+   * or the router refused before any guard ran (an unknown route's 404, a body that is not
+   * JSON, too large or of another type), or one refused on a route that skips the limit (a
+   * wrong metrics token). Returns the 429 to answer instead when the client is over the limit
+   * (its headers set); undefined when it may have its answer, or when nothing is to be counted.
+   * Until 0.24.2 such requests were never counted: a client refused everywhere else went on
+   * getting its 404s and 401s (a token guessed at /metrics at full speed), and each went on
+   * into the log's refusal summaries.
+   */
+  countUncounted(context: ExecutionContext): ThrottlerException | undefined {
+    const request = context.switchToHttp().getRequest<FastifyRequest & { [COUNTED]?: true }>();
+    if (request[COUNTED] || !this.general.length || this.skipIf?.(context)) return undefined;
+    try {
+      this.count(context, this.general);
+      return undefined;
+    } catch (error) {
+      if (error instanceof ThrottlerException) return error;
+      throw error;
+    }
+  }
+
   private count(context: ExecutionContext, throttlers: Array<{ name: string; keyPrefix: string; settings: CounterSettings }>): true {
     const http = context.switchToHttp();
-    const client = normalizeIp(http.getRequest<FastifyRequest>().ip);
+    const request = http.getRequest<FastifyRequest & { [COUNTED]?: true }>();
+    // Before any 429 is thrown: the answer to this request must not count it again.
+    request[COUNTED] = true;
+    const client = normalizeIp(request.ip);
     const reply = http.getResponse<FastifyReply>();
     for (const { name, keyPrefix, settings } of throttlers) {
       const decision = this.storage.hit(`${keyPrefix}${client}`, settings);

@@ -1,9 +1,9 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import type { Pool } from 'pg';
+import { Client, type Pool } from 'pg';
 import type { PostgresDriver } from 'typeorm/driver/postgres/PostgresDriver.js';
 import { HealthController } from '../src/health/health.controller';
-import { createTestApp, TestApp } from './helpers/test-app';
+import { createTestApp, databaseForThisFile, TestApp } from './helpers/test-app';
 
 /** DATABASE_POOL_MAX sizes each instance's pool (it was 20, fixed). */
 describe('DATABASE_POOL_MAX (e2e)', () => {
@@ -18,12 +18,28 @@ describe('DATABASE_POOL_MAX (e2e)', () => {
   it("sizes the service's pool, and the service runs within it", async () => {
     const pool = (t.db.driver as PostgresDriver).master as Pool;
     assert.equal(pool.options.max, 12);
-    // Forty requests at once through twelve connections: they wait their turn, none is refused.
-    const answers = await Promise.all(Array.from({ length: 40 }, () => t.http.get('/health/ready')));
-    assert.deepEqual(
-      answers.map((a) => a.status),
-      Array<number>(40).fill(200),
-    );
+    // Forty statements at once that each hold a connection: twelve run, the others wait their
+    // turn, none is refused. (Readiness probes would not do: a burst of them shares one check.)
+    const watcher = new Client({ connectionString: await databaseForThisFile() });
+    await watcher.connect();
+    try {
+      let done = false;
+      const held = Promise.all(Array.from({ length: 40 }, () => t.db.query(`SELECT pg_sleep(0.1) AS slept`))).finally(() => (done = true));
+      let most = 0;
+      while (!done) {
+        const {
+          rows: [{ n }],
+        } = await watcher.query<{ n: number }>(
+          `SELECT count(*)::int AS n FROM pg_stat_activity
+            WHERE datname = current_database() AND state = 'active' AND query LIKE 'SELECT pg_sleep(0.1) AS slept%'`,
+        );
+        most = Math.max(most, n);
+      }
+      assert.equal((await held).length, 40);
+      assert.equal(most, 12, 'the pool ran twelve at once, no more');
+    } finally {
+      await watcher.end();
+    }
   });
 
   it('checks the database once for readiness probes that come while a check runs (a burst of probes takes no pool from the requests)', async () => {

@@ -70,7 +70,8 @@ describe('operations and error hygiene (e2e)', () => {
     }
   });
 
-  it('shuts down gracefully on SIGTERM, SIGINT, SIGHUP, SIGQUIT and SIGUSR2, and on no fault signal (the embedded PostgreSQL stops on the same list: tested there)', async () => {
+  // That each of them shuts down and ends the process by it: shutdown-deadline.e2e-spec.ts, on real processes.
+  it('listens for SIGTERM, SIGINT, SIGHUP, SIGQUIT and SIGUSR2, and for no fault signal (the embedded PostgreSQL stops on the same list: tested there)', async () => {
     const signals = ['SIGTERM', 'SIGINT', 'SIGHUP', 'SIGQUIT', 'SIGUSR2', 'SIGABRT', 'SIGSEGV'] as const;
     const counts = () => Object.fromEntries(signals.map((s) => [s, process.listenerCount(s)]));
     const before = counts();

@@ -168,7 +168,9 @@ async function main(): Promise<number> {
     rmSync(perFileFile, { force: true });
     const empty = files.filter((file) => !testsIn.get(specName(file)));
     const count = (name: string) => Number(new RegExp(`^# ${name} (\\d+)$`, 'm').exec(tap)?.[1] ?? 0);
-    process.stdout.write(`\ntests: ${count('pass')} passed, ${count('fail')} failed, ${count('skipped')} skipped\n`);
+    process.stdout.write(
+      `\ntests: ${count('pass')} passed, ${count('fail')} failed, ${count('skipped')} skipped${count('todo') ? `, ${count('todo')} todo` : ''}\n`,
+    );
     // A run is green only if it tested something, and in CI only if it skipped nothing (a test
     // skipped there, e.g. for want of a browser, is a test that did not run).
     if (code === 0 && count('pass') === 0) {
@@ -178,6 +180,11 @@ async function main(): Promise<number> {
     // A spec file that registered no test tested nothing, whatever its suites say.
     if (code === 0 && empty.length) {
       logger.error(`No test registered in ${empty.map((file) => relative(DIST, file)).join(', ')}`);
+      return 1;
+    }
+    // Node runs a todo test but never fails the run on it, pass or fail: a stub kept as a test.
+    if (code === 0 && count('todo') > 0) {
+      logger.error(`${count('todo')} tests are marked todo: finish them or remove them`);
       return 1;
     }
     if (code === 0 && inCi() && count('skipped') > 0) {

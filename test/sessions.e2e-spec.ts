@@ -397,6 +397,7 @@ describe('session activity writes (e2e)', () => {
       const rows = await t.db.query(`SELECT (extract(epoch FROM last_seen_at) * 1000)::float8 AS seen FROM sessions WHERE id = ANY($1::uuid[])`, [
         [free.sessionId, locked.sessionId],
       ]);
+      assert.equal(rows.length, 2);
       for (const r of rows) assert.ok(Math.abs(r.seen - seen) < 1, `last_seen_at ${r.seen} is the activity's ${seen}`);
       // Activity stamped ahead of the database's clock (an instance's estimate running fast) is taken as now, no later.
       buffer.record(free.sessionId, Date.now() + 3_600_000, false);

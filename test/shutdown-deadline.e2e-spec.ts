@@ -40,6 +40,26 @@ describe('the shutdown deadline (e2e, real processes)', () => {
     assert.doesNotMatch(service.logs, /did not finish/);
   });
 
+  // The other signals a platform stops a process with: each runs the same shutdown (seen by its
+  // last write of the request counts, which only the shutdown makes with a sync interval this
+  // long) and ends the process by that signal.
+  for (const signal of ['SIGINT', 'SIGHUP', 'SIGQUIT', 'SIGUSR2'] as const) {
+    it(`shuts down gracefully on ${signal} too, and ends by it`, async () => {
+      await db.query('DELETE FROM rate_limits');
+      const service = await ServiceProcess.start({ ...env, RATE_LIMIT_SYNC_INTERVAL: '60000' });
+      await service.ready();
+      assert.equal((await service.request('/api/v1/users/me')).status, 401);
+      const exit = ended(service);
+      service.child.kill(signal);
+      assert.deepEqual({ ...(await exit), afterMs: 0 }, { code: null, signal, afterMs: 0 }, service.logs);
+      assert.doesNotMatch(service.logs, /did not finish/);
+      const {
+        rows: [{ n }],
+      } = await db.query<{ n: number }>('SELECT count(*)::int AS n FROM rate_limits');
+      assert.equal(n, 1, "the shutdown wrote the request's count");
+    });
+  }
+
   it('logs and exits with 1 once SHUTDOWN_TIMEOUT has passed, when a step of the shutdown waits on', async () => {
     const service = await ServiceProcess.start(env);
     await service.ready();

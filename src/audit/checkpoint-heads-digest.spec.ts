@@ -61,12 +61,15 @@ describe('checkpoint heads digest, format 2', () => {
     assert.equal(incremental.events, 24);
   });
 
-  it('cannot take one key for two: a key is quoted, so a space in it is not a field boundary', () => {
-    const one = new HeadsTreeDigest();
-    one.add('abcd 1', 2, HASH_A);
-    const two = new HeadsTreeDigest();
-    two.add('abcd', 12, HASH_A);
-    assert.notEqual(one.finish().digest, two.finish().digest);
+  it('cannot take one key for two: a key is quoted and escaped, so no space, quote or line break in it ends a field or a line', () => {
+    // A key that, written bare, would read as the end of its head's line and a whole second head.
+    const key = `abcd" 1 ${HASH_A}\n"abce`;
+    const bucket = new HeadsTreeDigest();
+    bucket.add(key, 2, HASH_B);
+    const line = `"abcd\\" 1 ${HASH_A}\\n\\"abce" 2 ${HASH_B}\n`;
+    const expected = sha256(`sessionary.audit.heads-bucket.v2\n${line}`);
+    const root = sha256(`sessionary.audit.heads.v2\n"abcd" 1 2 ${expected}\n`);
+    assert.equal(bucket.finish().digest, `v2:${root}`);
   });
 
   it('bounds each bucket by a key range that holds exactly its keys', () => {

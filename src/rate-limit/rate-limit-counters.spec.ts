@@ -155,10 +155,16 @@ describe('RateLimitCounters', () => {
   });
 
   it('keeps a longer block decided here when the sync reports none', () => {
-    const { c } = counters();
+    const { c, clock } = counters();
     for (let i = 0; i < 4; i++) c.hit('ip', SETTINGS);
-    c.applySynced(take(c), [{ key: 'ip', hits: 4, windowMs: 60_000, blockedMs: 0 }]);
-    assert.equal(c.hit('ip', SETTINGS).isBlocked, true);
+    // The database's window ends in a second and it knows no block.
+    c.applySynced(take(c), [{ key: 'ip', hits: 4, windowMs: 1_000, blockedMs: 0 }]);
+    clock.now += 2_000;
+    // A new window, one hit: only the block decided here (30 s from the fourth hit) refuses it.
+    const held = c.hit('ip', SETTINGS);
+    assert.equal(held.totalHits, 1);
+    assert.equal(held.isBlocked, true);
+    assert.equal(held.timeToBlockExpire, 28);
   });
 
   it("gives a failed sync's hits to the next sync and keeps deciding with them", () => {

@@ -232,6 +232,57 @@ describe('admin (e2e)', () => {
     assert.deepEqual([...answers].sort(), [200, 401]);
   });
 
+  it('refuses an admin demoted while the revocation waited (403, ACCESS_DENIED, nothing ended), and takes a user id in upper case', async () => {
+    const demoted = await registerAndLogin(t.http);
+    assert.equal((await cli('promote-admin', demoted.user.email)).code, 0);
+    for (let i = 0; i < 100 && (await t.http.get('/api/v1/admin/audit?limit=1').set('Authorization', bearer(demoted.tokens))).status !== 200; i++)
+      await sleep(20);
+    const user = await registerUser(t.http);
+    const victim = await login(t.http, user);
+    // The demotion holds the admin's row while the request gets past RolesGuard (its role is
+    // still admin: the change is not committed), and commits once the revocation waits for it.
+    const holder = new Client({ connectionString: await databaseForThisFile() });
+    await holder.connect();
+    let res;
+    try {
+      await holder.query('BEGIN');
+      await holder.query(`UPDATE users SET role = 'user' WHERE id = $1`, [demoted.user.id]);
+      const revoking = t.http
+        .delete(`/api/v1/admin/users/${user.id.toUpperCase()}/sessions`)
+        .set('Authorization', bearer(demoted.tokens))
+        .then((r) => r);
+      const waiting = async () =>
+        (
+          await holder.query(
+            `SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()`,
+          )
+        ).rows[0].n as number;
+      for (let i = 0; i < 250 && (await waiting()) < 1; i++) await sleep(20);
+      assert.equal(await waiting(), 1, 'the revocation waits behind the demotion');
+      await holder.query('COMMIT');
+      res = await revoking;
+    } finally {
+      await holder.end();
+    }
+    assert.equal(res.status, 403);
+    assert.equal(res.body.message, 'Insufficient role');
+    assert.equal((await sessionRow(t.db, victim.sessionId))!.ended_at, null, 'nothing ended');
+    assert.equal((await auditRows(t.db, { sessionId: victim.sessionId, type: 'SESSION_REVOKED' })).length, 0);
+    const denied = await auditRows(t.db, { sessionId: demoted.tokens.sessionId, type: 'ACCESS_DENIED' });
+    assert.equal(denied.length, 1);
+    assert.equal(denied[0].metadata.requiredRole, 'admin');
+    assert.equal(denied[0].metadata.role, 'user');
+    assert.equal(denied[0].metadata.route, '/api/v1/admin/users/:id/sessions');
+
+    // The same id in upper case, by an admin: the user's sessions end, recorded under the id as stored.
+    const upper = await t.http.delete(`/api/v1/admin/users/${user.id.toUpperCase()}/sessions`).set('Authorization', bearer(admin.tokens));
+    assert.equal(upper.status, 200);
+    assert.deepEqual(upper.body, { revoked: 1 });
+    const revoked = await auditRows(t.db, { sessionId: victim.sessionId, type: 'SESSION_REVOKED' });
+    assert.equal(revoked.length, 1);
+    assert.equal(revoked[0].user_id, user.id);
+  });
+
   it("shows a user's own ending of another session with its address and browser, as recorded", async () => {
     const user = await registerUser(t.http);
     const [first, second] = [await login(t.http, user), await login(t.http, user)];

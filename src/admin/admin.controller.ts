@@ -8,11 +8,14 @@ import {
   Logger,
   Param,
   ParseUUIDPipe,
+  type PipeTransform,
   Query,
+  Req,
   StreamableFile,
   UseGuards,
   UseFilters,
 } from '@nestjs/common';
+import type { FastifyRequest } from 'fastify';
 import { SessionaryRoutesFilter } from '../common/sessionary-routes.filter';
 import {
   ApiBadRequestResponse,
@@ -32,7 +35,7 @@ import { AuditService } from '../audit/audit.service';
 import { AuditExportEventLineDto, AuditExportSealLineDto } from '../audit/dto/audit-export-line.dto';
 import { AuditVerifyResponseDto } from '../audit/dto/audit-verify-response.dto';
 import { toAuditFilter, toAuditQuery } from '../audit/dto/audit-query.dto';
-import { Client, ClientContext } from '../common/client-context';
+import { Client, ClientContext, routeOf } from '../common/client-context';
 import { AuthContext, CurrentAuth } from '../common/current-auth.decorator';
 import { AuthenticatedApi } from '../common/authenticated-api.decorator';
 import { ErrorResponseDto } from '../common/error-response.dto';
@@ -49,6 +52,12 @@ import { AdminAuditQueryDto } from './dto/admin-audit-query.dto';
 const NDJSON = 'application/x-ndjson';
 
 const uuidParam = new ParseUUIDPipe({ exceptionFactory: () => new BadRequestException(['id must be a UUID']) });
+/**
+ * A user id as the database spells it (lower case): the pipe above accepts either case, and the
+ * revocation locks its users' rows in the order of their ids as strings, which an upper-case id
+ * put out of the database's order (two admins revoking each other could deadlock: until 0.24.2).
+ */
+const canonicalUuid: PipeTransform<string, string> = { transform: (id) => id.toLowerCase() };
 
 @ApiTags('admin')
 @AuthenticatedApi()
@@ -73,7 +82,7 @@ export class AdminController {
   @ApiOkResponse({ type: [SessionResponseDto] })
   @ApiBadRequestResponse({ type: ErrorResponseDto, description: 'Not a UUID' })
   @ApiNotFoundResponse({ type: ErrorResponseDto, description: 'No such user' })
-  async userSessions(@Param('id', uuidParam) userId: string, @CurrentAuth() auth: AuthContext): Promise<SessionResponseDto[]> {
+  async userSessions(@Param('id', uuidParam, canonicalUuid) userId: string, @CurrentAuth() auth: AuthContext): Promise<SessionResponseDto[]> {
     return (await this.admin.listUserSessions(userId)).map((s) => SessionResponseDto.from(s, auth.sessionId));
   }
 
@@ -88,12 +97,13 @@ export class AdminController {
   @ApiStepUpUnauthorizedResponse(" and no currentPassword (the admin's own) is sent; or a wrong currentPassword")
   @ApiBody({ type: StepUpDto, required: false, description: "The admin's current password, instead of a recent authentication" })
   async revokeUserSessions(
-    @Param('id', uuidParam) userId: string,
+    @Param('id', uuidParam, canonicalUuid) userId: string,
     @CurrentAuth() auth: AuthContext,
     @Client() client: ClientContext,
+    @Req() request: FastifyRequest,
     @Body() body: StepUpDto = {},
   ): Promise<RevokedCountResponseDto> {
-    return { revoked: await this.admin.revokeUserSessions(userId, auth, client, body.currentPassword) };
+    return { revoked: await this.admin.revokeUserSessions(userId, auth, client, routeOf(request), body.currentPassword) };
   }
 
   @Get('audit')

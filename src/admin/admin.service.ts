@@ -2,7 +2,8 @@ import { Injectable } from '@nestjs/common';
 import type { ClientContext } from '../common/client-context';
 import type { AuthContext } from '../common/current-auth.decorator';
 import type { SessionEntity } from '../sessions/session.entity';
-import { SessionsService } from '../sessions/sessions.service';
+import { ActorRoleChangedException, SessionsService } from '../sessions/sessions.service';
+import { BoundedAuditService, type RefusedRoute } from '../audit/bounded-audit.service';
 import { UserSessionsService } from '../sessions/user-sessions.service';
 import { UsersService } from '../users/users.service';
 
@@ -13,6 +14,7 @@ export class AdminService {
     private readonly users: UsersService,
     private readonly sessions: SessionsService,
     private readonly userSessions: UserSessionsService,
+    private readonly boundedAudit: BoundedAuditService,
   ) {}
 
   /** A user's active sessions; 404 for no such user (an empty list would hide a typo). */
@@ -23,13 +25,44 @@ export class AdminService {
 
   /** Ends every active session of a user, each with reason revoked_by_admin and the admin's id in its event. Answers how many. */
   /** After the admin's step-up (a recent authentication, or the admin's current password); 404 for no such user. */
-  async revokeUserSessions(userId: string, admin: AuthContext, client: ClientContext, currentPassword?: string): Promise<number> {
+  /**
+   * The admin must still be one as the sessions end (read under the admin's row lock): demoted
+   * meanwhile (during the step-up's bcrypt check, say), the answer is the 403 RolesGuard gives,
+   * recorded as it records its refusals (ACCESS_DENIED), and nothing ends.
+   */
+  async revokeUserSessions(
+    userId: string,
+    admin: AuthContext,
+    client: ClientContext,
+    route: RefusedRoute,
+    currentPassword?: string,
+  ): Promise<number> {
     await this.users.requireStepUp(admin, currentPassword, client, 'admin_revocation');
     await this.users.getById(userId);
-    const ended = await this.sessions.endSessions(
-      { userId },
-      { reason: 'revoked_by_admin', event: 'SESSION_REVOKED', client, actorSessionId: admin.sessionId, metadata: { adminId: admin.userId } },
-    );
-    return ended.length;
+    try {
+      const ended = await this.sessions.endSessions(
+        { userId },
+        {
+          reason: 'revoked_by_admin',
+          event: 'SESSION_REVOKED',
+          client,
+          actorSessionId: admin.sessionId,
+          actorRole: 'admin',
+          metadata: { adminId: admin.userId },
+        },
+      );
+      return ended.length;
+    } catch (error) {
+      if (error instanceof ActorRoleChangedException) {
+        await this.boundedAudit.recordAccessDenied({
+          userId: admin.userId,
+          sessionId: admin.sessionId,
+          client,
+          route,
+          details: { requiredRole: 'admin', role: error.role },
+        });
+      }
+      throw error;
+    }
   }
 }

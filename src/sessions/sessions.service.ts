@@ -1,5 +1,5 @@
 import { SessionNotActiveException } from '../common/session-not-active.exception';
-import { Injectable, Logger, OnApplicationBootstrap, OnModuleDestroy, Optional, UnauthorizedException } from '@nestjs/common';
+import { ForbiddenException, Injectable, Logger, OnApplicationBootstrap, OnModuleDestroy, Optional, UnauthorizedException } from '@nestjs/common';
 import { ConfigService } from '@nestjs/config';
 import { InjectDataSource } from '@nestjs/typeorm';
 import { SESSIONARY_DATA_SOURCE } from '../database/data-source-name';
@@ -36,7 +36,21 @@ export interface EndSessionOptions {
   client?: ClientContext | null;
   /** The session of whoever asked for the end (recorded on each event when not the ended one). */
   actorSessionId?: string;
+  /**
+   * The role the acting session's user must still hold when the sessions end (read under that
+   * user's row lock): a role checked only as the request began (RolesGuard) let an admin demoted
+   * during the request's step-up, a bcrypt check of a fraction of a second, still end a user's
+   * sessions (until 0.24.2). Refused: ActorRoleChangedException (403), nothing ended.
+   */
+  actorRole?: UserRole;
   metadata?: AuditMetadata;
+}
+
+/** The acting user no longer holds the role the request was let in with (see EndSessionOptions.actorRole). */
+export class ActorRoleChangedException extends ForbiddenException {
+  constructor(readonly role: string) {
+    super('Insufficient role');
+  }
 }
 
 /** Which active sessions to end: one (optionally only if it is this user's), or all of a user's but one. */
@@ -441,6 +455,10 @@ export class SessionsService implements OnApplicationBootstrap, OnModuleDestroy 
       await this.users.lockForSessionChange(em, userId);
     }
     if (options.actorSessionId) await requireActingSession(em, options.actorSessionId);
+    if (options.actorRole) {
+      const { rows } = await sql<{ role: string }>(em, `SELECT role FROM users WHERE id = $1`, [actorUser]);
+      if (rows[0]?.role !== options.actorRole) throw new ActorRoleChangedException(rows[0]?.role ?? 'none');
+    }
     const [which, params] =
       'sessionId' in target
         ? ['id = $2 AND ($3::uuid IS NULL OR user_id = $3::uuid)', [target.sessionId, target.ownerId ?? null]]

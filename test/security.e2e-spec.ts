@@ -162,12 +162,20 @@ describe('HTTP hygiene (e2e)', () => {
     }
   });
 
-  it('marks token responses Cache-Control: no-store', async () => {
+  it('marks token responses, and every other API answer, Cache-Control: no-store; the JWKS keeps its max-age', async () => {
     const user = await registerUser(t.http);
     const res = await t.http.post('/api/v1/auth/login').send({ email: user.email, password: user.password });
     assert.equal(res.headers['cache-control'], 'no-store');
     const refreshed = await t.http.post('/api/v1/auth/refresh').send({ refreshToken: res.body.refreshToken });
     assert.equal(refreshed.headers['cache-control'], 'no-store');
+    // Personal data (a profile, sessions with their addresses, audit events), errors and 404s alike (until 0.24.2, none said so).
+    const auth = `Bearer ${refreshed.body.accessToken}`;
+    for (const path of ['/api/v1/users/me', '/api/v1/sessions', '/api/v1/audit', '/api/v1/no-such-route', '/health/live']) {
+      const answer = await t.http.get(path).set('Authorization', auth);
+      assert.equal(answer.headers['cache-control'], 'no-store', `${path}: ${answer.status}`);
+    }
+    assert.equal((await t.http.get('/api/v1/users/me')).headers['cache-control'], 'no-store', 'a 401 too');
+    assert.match((await t.http.get('/.well-known/jwks.json')).headers['cache-control'], /^public, max-age=\d+$/);
   });
 
   it('answers CORS only for listed origins', async () => {

@@ -52,7 +52,11 @@ export function pageSecurityHeaders(secure: boolean): SecurityHeadersOptions {
 
 /** The API set as header names and values, for answers written without Fastify's hooks. */
 export function apiSecurityHeaders(): Readonly<Record<string, string>> {
-  return headersOf(API_SECURITY_HEADERS);
+  // No answer of the API is for a cache to keep (OWASP's REST set; ASVS 14.3.2): a profile,
+  // sessions with their addresses, audit events would otherwise stay in a shared browser's
+  // cache (until 0.24.2 only the token answers and the export said so). A route whose answer
+  // may be kept says so itself, after this hook (the JWKS's max-age).
+  return { ...headersOf(API_SECURITY_HEADERS), 'Cache-Control': 'no-store' };
 }
 
 function headersOf(options: SecurityHeadersOptions): Record<string, string> {

@@ -29,4 +29,12 @@ describe('AuditEventResponseDto.forOwner', () => {
     const plain = AuditEventResponseDto.forOwner(event({ reason: 'revoked', bySessionId: 'own-session' }));
     assert.deepEqual([plain.ipAddress, plain.metadata.bySessionId], ['192.0.2.10', 'own-session']);
   });
+
+  it("leaves out the server's bcrypt costs of a LOGIN that re-hashed the password, and changes nothing else", () => {
+    const login = event({ method: 'email', bcryptCostFrom: 10, bcryptCostTo: 12 });
+    const seen = AuditEventResponseDto.forOwner(login);
+    assert.deepEqual(seen.metadata, { method: 'email' });
+    assert.deepEqual([seen.ipAddress, seen.userAgent], ['192.0.2.10', 'admin-console/2.0']);
+    assert.deepEqual(AuditEventResponseDto.from(login).metadata, { method: 'email', bcryptCostFrom: 10, bcryptCostTo: 12 }, 'admins still read them');
+  });
 });

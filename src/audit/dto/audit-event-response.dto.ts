@@ -30,12 +30,15 @@ export class AuditEventResponseDto {
    * An event as the user it belongs to reads it (`GET /audit`). An admin who ended the user's
    * sessions acted from their own address, browser and session: the event names the admin
    * (`adminId`, accountable) but the user is not shown the admin's IP address, user agent or
-   * session id, which stay for admins and exports (and in the chain, which covers them).
+   * session id, which stay for admins and exports (and in the chain, which covers them); nor
+   * the server's bcrypt costs.
    */
   static forOwner(e: AuditEventEntity): AuditEventResponseDto {
-    const event = AuditEventResponseDto.from(e);
+    // The server's bcrypt costs (a LOGIN that re-hashed the password) are the operator's, not the user's (until 0.24.2 shown to them).
+    const { bcryptCostFrom: _from, bcryptCostTo: _to, ...own } = e.metadata;
+    const event = Object.assign(AuditEventResponseDto.from(e), { metadata: own });
     if (typeof e.metadata.adminId !== 'string' || e.metadata.adminId === e.userId) return event;
-    const { bySessionId: _adminsSession, ...metadata } = e.metadata;
+    const { bySessionId: _adminsSession, ...metadata } = own;
     return Object.assign(event, { ipAddress: null, userAgent: null, metadata });
   }
 }

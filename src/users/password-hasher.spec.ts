@@ -98,6 +98,21 @@ describe('PasswordHasher', { timeout: 30_000 }, () => {
   });
 });
 
+describe('PasswordHasher at start', () => {
+  it("makes the dummy hashes of every cost from bcrypt's lowest up to the current one as it starts, so no first login pays for one", async (t) => {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports -- the CommonJS module itself, not an import's copy
+    const hashed = t.mock.method(require('bcrypt') as typeof bcrypt, 'hash');
+    const hasher = hasherWith(PEPPER, 7);
+    hasher.onModuleInit();
+    assert.deepEqual(hashed.mock.calls.map((call) => call.arguments[1]).sort(), [4, 5, 6, 7]);
+    const oldHash = await bcrypt.hash('x', 5);
+    hashed.mock.resetCalls();
+    assert.equal(await hasher.verify('wrong', oldHash), false);
+    assert.equal(await hasher.verifyAgainstNobody('wrong'), false);
+    assert.equal(hashed.mock.callCount(), 0, 'no hash made on the first logins');
+  });
+});
+
 describe('paddingCosts', () => {
   it('is every cost from the stored one up to the current one, exclusive; nothing at or above it', () => {
     assert.deepEqual(paddingCosts(10, 12), [10, 11]);

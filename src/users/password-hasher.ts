@@ -4,6 +4,9 @@ import * as bcrypt from 'bcrypt';
 import { createHmac, randomBytes } from 'node:crypto';
 import type { AppConfig } from '../config/config';
 
+/** The lowest cost bcrypt makes (and so the lowest a stored hash can have). */
+const BCRYPT_MIN_COST = 4;
+
 /**
  * bcrypt reads only the first 72 bytes, so every password is first reduced to
  * HMAC-SHA-256(pepper, password) in base64 (44 bytes): every character counts, and a stolen
@@ -23,8 +26,13 @@ export class PasswordHasher implements OnModuleInit {
   }
 
   onModuleInit(): void {
-    // Ready before the first login for an unknown user, so that one is not faster either.
+    // Ready before the first login for an unknown user, so that one is not faster either; and
+    // those of every lower cost, which pad a wrong password of an account hashed at one of
+    // them (verify): made on its first such login instead, they made it slower than the next,
+    // once an instance, a sign that the account exists (until 0.24.2). All of them together
+    // cost less than the one of BCRYPT_COST (the costs below it sum to one step less).
     void this.getDummyHash(this.cost);
+    for (const cost of paddingCosts(BCRYPT_MIN_COST, this.cost)) void this.getDummyHash(cost);
   }
 
   hash(password: string): Promise<string> {

@@ -341,6 +341,56 @@ describe('auth (e2e)', () => {
       assert.equal((await t.http.post('/api/v1/auth/login').send({ email: user.email, password: 'a-fresh-long-password' })).status, 200);
     });
 
+    it('of two password changes with the same current password at once, one wins; the other is a 401 like a wrong password, audited, and changes nothing', async () => {
+      const { user, tokens } = await registerAndLogin(t.http);
+      const waiting = async () =>
+        (
+          await t.db.query(
+            `SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%FROM users WHERE id = $1 FOR NO KEY UPDATE%'`,
+          )
+        )[0].n as number;
+      const locker = t.db.createQueryRunner();
+      await locker.connect();
+      let answers;
+      try {
+        // Both verify the current password against the hash as it is, then meet at the user's row.
+        await locker.startTransaction();
+        await locker.query('SELECT 1 FROM users WHERE id = $1 FOR UPDATE', [user.id]);
+        const changes = ['first-new-long-password', 'second-new-long-password'].map((newPassword) =>
+          t.http
+            .put('/api/v1/users/me/password')
+            .set('Authorization', bearer(tokens))
+            .send({ currentPassword: user.password, newPassword })
+            .then((r) => r),
+        );
+        for (let waited = 0; (await waiting()) < 2; waited += 20) {
+          assert.ok(waited < 10_000, 'both changes waiting for the row');
+          await sleep(20);
+        }
+        await locker.rollbackTransaction();
+        answers = await Promise.all(changes);
+      } finally {
+        await locker.release();
+      }
+      const statuses = answers.map((r) => r.status);
+      assert.deepEqual([...statuses].sort(), [204, 401]);
+      const loser = answers.find((r) => r.status === 401)!;
+      assert.deepEqual(loser.body, { statusCode: 401, error: 'Unauthorized', message: 'Current password is required and must be correct' });
+      const won = statuses[0] === 204 ? 'first-new-long-password' : 'second-new-long-password';
+      const lost = statuses[0] === 204 ? 'second-new-long-password' : 'first-new-long-password';
+      assert.equal((await t.http.post('/api/v1/auth/login').send({ email: user.email, password: lost })).status, 401);
+      assert.equal((await t.http.post('/api/v1/auth/login').send({ email: user.email, password: won })).status, 200);
+      assert.equal((await auditRows(t.db, { userId: user.id, type: 'PASSWORD_CHANGED' })).length, 1);
+      const failed = await auditRows(t.db, { userId: user.id, type: 'LOGIN_FAILED' });
+      assert.deepEqual(
+        failed.map((e) => [e.session_id, e.metadata]),
+        [
+          [tokens.sessionId, { method: 'current_password', action: 'password_change', reason: 'password_changed' }],
+          [null, { method: 'email', reason: 'wrong_password' }],
+        ],
+      );
+    });
+
     it('never expires a password: one set ten years ago still logs in, and asks for no change (ASVS 6.2.10)', async () => {
       const user = await registerUser(t.http);
       await t.db.query(`UPDATE users SET created_at = now() - interval '10 years', updated_at = now() - interval '10 years' WHERE id = $1`, [

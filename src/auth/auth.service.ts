@@ -12,7 +12,7 @@ import { IssuedSession, SessionsService } from '../sessions/sessions.service';
 import { assertPasswordFreeOfContext } from '../users/password-context';
 import { PasswordHasher } from '../users/password-hasher';
 import { UserEntity } from '../users/user.entity';
-import { UsersService } from '../users/users.service';
+import { CURRENT_PASSWORD_REQUIRED, UsersService } from '../users/users.service';
 import { AccessTokenService } from './access-token.service';
 import { LoginThrottleService } from '../login-throttle/login-throttle.service';
 import { LoginDto } from './dto/login.dto';
@@ -139,7 +139,22 @@ export class AuthService {
         metadata: { endedSessions: ended.length },
       });
     });
-    if (!changed) throw new UnauthorizedException('Current password is incorrect');
+    if (!changed) {
+      // Right when checked, and changed by another request before this one's transaction (a
+      // double submit, or someone else who knows it racing the owner): a failed change like any
+      // other, audited and answered alike (until 0.24.2 neither: no event, another message).
+      // Not counted by the throttle: the password was no guess.
+      await this.dataSource.transaction((em) =>
+        this.audit.record(em, {
+          type: 'LOGIN_FAILED',
+          userId: user.id,
+          sessionId: auth.sessionId,
+          client,
+          metadata: { method: 'current_password', action: 'password_change', reason: 'password_changed' },
+        }),
+      );
+      throw new UnauthorizedException(CURRENT_PASSWORD_REQUIRED);
+    }
     // Once more after the commit, as endSessions() does after its own (see there).
     this.sessions.forgetEnded(ended);
   }

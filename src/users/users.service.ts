@@ -42,6 +42,8 @@ interface UserRow {
   updated_at: Date;
 }
 const EMAIL_STEP_UP_MESSAGE = 'Changing the email needs a recent authentication or currentPassword';
+/** The 401's message whenever a current password is missing or not the user's. */
+export const CURRENT_PASSWORD_REQUIRED = 'Current password is required and must be correct';
 
 /**
  * Users: reads for anyone (a host's `getById`, `getProfile`), and the writes Sessionary's own
@@ -72,7 +74,7 @@ export class UsersService {
     client: ClientContext,
     action: 'password_change' | 'email_change' | 'profile_update' | 'reauthenticate' | 'end_session' | 'end_other_sessions' | 'admin_revocation',
   ): Promise<void> {
-    const message = 'Current password is required and must be correct';
+    const message = CURRENT_PASSWORD_REQUIRED;
     if (password === undefined) throw new UnauthorizedException(message);
     const attempt = await this.throttle.begin(`account:${user.id}`, client.ipAddress);
     if (await this.passwords.verify(password, user.passwordHash)) {

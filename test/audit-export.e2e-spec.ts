@@ -1334,6 +1334,41 @@ describe('audit export (e2e)', () => {
         assert.equal(run.code, 0, run.stdout + run.stderr);
       });
 
+      it('a delivery that fails before it reads the piece (a header Node refuses) gives back the export slot and the snapshot: exports and the next tick go on', async () => {
+        const task = a.app.get(AuditShipTask) as unknown as {
+          destinations: Array<{ kind: string; deliver: (...args: unknown[]) => Promise<string> }>;
+        };
+        const destination = task.destinations.find((d) => d.kind === 'http')!;
+        const deliver = destination.deliver;
+        await writeMore();
+        const shippedBefore = await progress(`${base}/ingest`);
+        try {
+          // More failures than the export's slots (AUDIT_EXPORT_MAX_CONCURRENT, 2): each tick opens a piece.
+          destination.deliver = () => Promise.reject(new TypeError('Invalid character in header content ["Authorization"]'));
+          for (let i = 0; i < 3; i++) assert.ok('failed' in (await ship(a)), `tick ${i + 1}`);
+        } finally {
+          destination.deliver = deliver;
+        }
+        // The pieces' snapshots are gone with their streams (the 'close' that frees the slot ends the transaction).
+        for (let waited = 0; ; waited += 20) {
+          const [{ n }] = await t.db.query(
+            `SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND state LIKE 'idle in transaction%'`,
+          );
+          if (n === 0) break;
+          assert.ok(waited < 5_000, `${n} transactions left open`);
+          await sleep(20);
+        }
+        const exports = await Promise.all([1, 2].map(() => a.http.get(EXPORT).set('Authorization', bearer(adminTokens))));
+        assert.deepEqual(
+          exports.map((r) => r.status),
+          [200, 200],
+          "both of this instance's export slots are free",
+        );
+        assert.equal(await progress(`${base}/ingest`), shippedBefore, 'nothing recorded');
+        const resent = await ship(a);
+        assert.ok('shipped' in resent && resent.shipped[0].startsWith(`audit-after-${shippedBefore!.padStart(19, '0')}-`), JSON.stringify(resent));
+      });
+
       it('an endpoint that stays down is logged as one failure, not a line and a stack a tick, and its recovery is logged', async () => {
         const lines: Array<{ level: string; text: string; stack?: unknown }> = [];
         const logger: LoggerService = {

@@ -175,7 +175,17 @@ export class AuditShipTask implements OnApplicationBootstrap, BeforeApplicationS
           if (error instanceof AuditExportStopped) return { skipped: 'shutting down', shipped };
           throw error;
         }
-        shipped.push(await destination.deliver({ afterSeq: after, throughSeq: piece.throughSeq, lines: piece.lines }, runner));
+        try {
+          shipped.push(await destination.deliver({ afterSeq: after, throughSeq: piece.throughSeq, lines: piece.lines }, runner));
+        } catch (error) {
+          // Whatever the destination did with the lines: a piece neither read to its end nor
+          // destroyed holds its export slot, its pooled connection and its snapshot (with a
+          // lock on every month) for good, and a delivery that failed before it read them (a
+          // header Node refused, a leftover file it could not remove) did exactly that, once a
+          // tick, until every export answered 429 and retention waited on the locks (until 0.24.2).
+          piece.lines.destroy();
+          throw error;
+        }
         Object.assign(stats, { pieces: stats.pieces + 1, shippedThroughSeq: Number(piece.throughSeq), lastShippedAt: new Date() });
         [after, more] = [piece.throughSeq, piece.more];
       }

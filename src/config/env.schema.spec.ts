@@ -455,6 +455,14 @@ describe('AUDIT_SHIP_URL', () => {
     );
   });
 
+  it('refuses an AUDIT_SHIP_AUTHORIZATION that Node could not send as a header (a line break, a character past Latin-1), without quoting it', () => {
+    for (const value of ['Bearer s3cr3t\n', 'Bearer s3cr3t\r\nX-Injected: 1', 'Bearer s3cr3t\u20ac']) {
+      const message = refusal({ AUDIT_SHIP_URL: 'https://logs.example.com/', AUDIT_SHIP_AUTHORIZATION: value });
+      assert.match(message ?? '', /AUDIT_SHIP_AUTHORIZATION must be one line of printable characters/, JSON.stringify(value));
+      assert.doesNotMatch(message!, /s3cr3t/);
+    }
+  });
+
   it('caps pieces at 5,000 events unless AUDIT_SHIP_MAX_EVENTS says otherwise', () => {
     assert.equal(parseEnv({}).AUDIT_SHIP_MAX_EVENTS, 5_000);
     assert.equal(parseEnv({ AUDIT_SHIP_MAX_EVENTS: '500' }).AUDIT_SHIP_MAX_EVENTS, 500);

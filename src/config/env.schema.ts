@@ -3,6 +3,7 @@ import { plainToInstance, Transform } from 'class-transformer';
 import { IsBoolean, IsEnum, IsIn, IsInt, IsOptional, IsString, Matches, Max, Min, validateSync, ValidationError } from 'class-validator';
 import { CronTime } from 'cron';
 import { isIP } from 'node:net';
+import { validateHeaderValue } from 'node:http';
 import { SIGNING_ALGORITHMS, type SigningAlgorithm } from '../keys/signing-algorithm';
 import { ConfigurationError } from './configuration-error';
 
@@ -622,12 +623,25 @@ function auditShipUrlErrors(env: Env): string[] {
     return ['AUDIT_SHIP_URL must be an http:// or https:// URL'];
   }
   if (url.protocol !== 'https:' && url.protocol !== 'http:') return ['AUDIT_SHIP_URL must be an http:// or https:// URL'];
+  // Node refuses such a header when the request is made, at every tick: said once, at start.
+  if (env.AUDIT_SHIP_AUTHORIZATION !== undefined && !isHeaderValue(env.AUDIT_SHIP_AUTHORIZATION)) {
+    return ['AUDIT_SHIP_AUTHORIZATION must be one line of printable characters (a secret read from a file may end in a line break)'];
+  }
   if (url.username || url.password) return ['AUDIT_SHIP_URL must not carry credentials: put them in AUDIT_SHIP_AUTHORIZATION'];
   if (env.NODE_ENV === NodeEnv.Production && url.protocol === 'http:' && !isLoopbackHost(url.hostname)) {
     // The log leaves the host in clear text only to an agent on the same host.
     return ['AUDIT_SHIP_URL must be https:// in production, unless it is a loopback address'];
   }
   return [];
+}
+
+function isHeaderValue(value: string): boolean {
+  try {
+    validateHeaderValue('Authorization', value);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 function isLoopbackHost(hostname: string): boolean {

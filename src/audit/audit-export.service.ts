@@ -155,14 +155,20 @@ export class AuditExportService {
     if (maxEvents !== undefined) {
       // Cut at the maxEvents-th event: every event up to `through` is settled, so a later
       // snapshot (the export's) holds the same ones, and the next piece starts after the cut.
+      // Without the pool's statement timeout, as the piece's own snapshot: the cut reads up to
+      // AUDIT_SHIP_MAX_EVENTS (at most 10M) index entries, which a large first piece on a slow
+      // disk could take past 15 s at every tick, and shipping would never move (until 0.24.2).
       const {
         rows: [cut],
-      } = await sql<{ seq: string }>(
-        this.dataSource.manager,
-        // By the months' seq indexes, merged (the bigint, not its text: "1899" < "999").
-        `SELECT e.seq::text AS seq FROM audit_events e WHERE e.seq > $1::bigint AND e.seq <= $2::bigint ORDER BY e.seq OFFSET $3 LIMIT 1`,
-        [afterSeq, through, maxEvents - 1],
-      );
+      } = await this.dataSource.transaction(async (em) => {
+        await sql(em, `SET LOCAL statement_timeout = 0`);
+        return sql<{ seq: string }>(
+          em,
+          // By the months' seq indexes, merged (the bigint, not its text: "1899" < "999").
+          `SELECT e.seq::text AS seq FROM audit_events e WHERE e.seq > $1::bigint AND e.seq <= $2::bigint ORDER BY e.seq OFFSET $3 LIMIT 1`,
+          [afterSeq, through, maxEvents - 1],
+        );
+      });
       if (cut && BigInt(cut.seq) < BigInt(through)) return { after: afterSeq, through: cut.seq, more: true };
     }
     return { after: afterSeq, through, more: false };

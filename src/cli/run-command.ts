@@ -26,7 +26,7 @@ import type { INestApplicationContext, LoggerService } from '@nestjs/common';
 import { once } from 'node:events';
 import { FileHandle, open, readdir, unlink } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
-import { join, resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { parseArgs } from 'node:util';
 import type { Readable, Writable } from 'node:stream';
@@ -35,6 +35,7 @@ import type { AuditVerification } from '../audit/audit-verifier.service';
 import type { AuditFilter } from '../audit/audit.service';
 import { CheckpointFileError } from '../audit/checkpoint-file';
 import { describeFatal } from '../config/describe-fatal';
+import { syncFile } from '../common/durable-file';
 import type { UserRole } from '../users/user.entity';
 
 // The application (Nest, TypeORM, every module) is imported by the commands that boot it, not
@@ -421,7 +422,11 @@ async function exportAudit(io: CommandIo, app: INestApplicationContext, request:
       await unlink(out);
       return lines;
     }
-    await pipeline(lines, file.createWriteStream());
+    // On disk before exit code 0 says it is written, its entry in the directory too: the file
+    // may become the only copy of a month retention then drops (until 0.24.2 a crash soon after
+    // could leave it empty or gone after a 0).
+    await pipeline(lines, file.createWriteStream({ flush: true }));
+    await syncFile(dirname(resolve(out)));
   } catch (error) {
     await file.close().catch(() => undefined);
     await unlink(out).catch(() => undefined);

@@ -228,7 +228,8 @@ async function writeInBatches(handle: FileHandle, content: Readable): Promise<vo
 }
 
 /** fsync of a file or a directory (opened read-only: Linux syncs either through such a handle). */
-async function syncFile(path: string): Promise<void> {
+/** Syncs a file or a directory (a new entry in it) to disk. */
+export async function syncFile(path: string): Promise<void> {
   const handle = await open(path, 'r');
   try {
     await handle.sync();

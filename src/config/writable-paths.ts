@@ -1,7 +1,8 @@
 import { randomUUID } from 'node:crypto';
 import { constants } from 'node:fs';
-import { access, mkdir, open, rm } from 'node:fs/promises';
+import { access, open, rm } from 'node:fs/promises';
 import { join } from 'node:path';
+import { makeDirectoryDurably } from '../common/durable-file';
 import { ConfigurationError } from './configuration-error';
 
 /**
@@ -21,13 +22,16 @@ export async function assertAppendable(variable: string, file: string): Promise<
 }
 
 /**
- * Creates DIR as the job would (0700, with its parents), checks that it can be listed and
+ * Creates DIR as the job would (0700, with its parents, durably), checks that it can be listed and
  * opened (the shipping job reads its pieces back, a durable write syncs the directory), and
  * makes and removes a file in it (a permission bit says nothing of a read-only mount or a full disk).
  */
 export async function assertWritableDirectory(variable: string, dir: string): Promise<void> {
   try {
-    await mkdir(dir, { recursive: true, mode: 0o700 });
+    // Each new directory synced into its parent: the durable writes that follow sync only the
+    // directory itself once it exists, so a directory made here with a plain mkdir could be lost
+    // by a crash with the first archive in it, while the month's drop was kept (until 0.24.2).
+    await makeDirectoryDurably(dir);
     await access(dir, constants.R_OK | constants.W_OK | constants.X_OK);
     // A name of its own each time: a probe left by a crash must not stop the next start.
     const probe = join(dir, `.sessionary-probe-${randomUUID()}`);

@@ -338,6 +338,32 @@ describe('signing keys: ring, rotation, JWKS (e2e)', () => {
     }
   });
 
+  it('rotates a stopped current key at once even while the next key has another algorithm (a rollout): logins work again', async () => {
+    const shared = await freshDatabase();
+    const old = await createTestApp({ DATABASE_URL: shared });
+    let updated: TestApp | undefined;
+    try {
+      updated = await createTestApp({ DATABASE_URL: shared, SIGNING_ALGORITHM: 'HS256' });
+      await updated.close();
+      updated = undefined;
+      const [{ kid: stopped }] = await old.db.query(`SELECT kid FROM signing_keys WHERE state = 'current'`);
+      assert.equal((await old.db.query(`SELECT algorithm FROM signing_keys WHERE state = 'next'`))[0].algorithm, 'HS256');
+      await old.db.query(`UPDATE signing_keys SET verify_until = now() WHERE state = 'current'`);
+      // Until 0.24.2 the maintenance only warned of the foreign next key, and every new token failed.
+      const result = await old.app.get(KeyRotationService).maintain(undefined);
+      assert.ok(result.rotated, 'rotated at once');
+      assert.notEqual(result.rotated.current, stopped);
+      assert.equal(result.rotated.algorithm, 'ES256');
+      await old.app.get(KeyRing).reload();
+      const { tokens } = await registerAndLogin(old.http);
+      assert.equal(decodeHeader(tokens.accessToken).kid, result.rotated.current);
+      assert.equal(await whoami(old, tokens.accessToken), 200);
+    } finally {
+      await updated?.close();
+      await old.close();
+    }
+  });
+
   it('rotating twice: the second rotation waits until the next key has been published longer than verifiers cache the JWKS (--now: at once)', async () => {
     await publishedLongAgo(a);
     const first = await a.app.get(KeyRotationService).rotate('cli'); // its next key is made now
@@ -646,6 +672,75 @@ describe('signing keys: rows changed in the table without KEY_ENCRYPTION_KEY, an
     const { tokens } = await registerAndLogin(t.http);
     assert.equal(decodeHeader(tokens.accessToken).kid, result.rotated.current);
     assert.equal(await whoami(t, tokens.accessToken), 200);
+  });
+
+  it('a next key an operator stops is replaced by a fresh one, published: a rotation right after waits for it rather than sign with a key no JWKS has shown', async () => {
+    const nextKid = async () => ((await t.db.query(`SELECT kid FROM signing_keys WHERE state = 'next'`)) as Array<{ kid: string }>)[0]?.kid;
+    const currentKid = async () => ((await t.db.query(`SELECT kid FROM signing_keys WHERE state = 'current'`)) as Array<{ kid: string }>)[0].kid;
+    const current = await currentKid();
+    const stoppedNext = await nextKid();
+    await t.db.query(`UPDATE signing_keys SET verify_until = now() WHERE state = 'next'`);
+    await t.app.get(KeyRing).reload();
+    // Held until the next read, but it verifies nothing: not counted (an alert on next == 0 fires).
+    assert.match((await t.http.get('/metrics')).text, /^sessionary_signing_keys\{state="next"\} 0$/m);
+    // keys rotate at once: until 0.24.2 it promoted nothing and made a fresh current key that signed unpublished.
+    await assert.rejects(t.app.get(KeyRotationService).rotate('cli'), NextKeyTooNewError);
+    assert.equal(await currentKid(), current, 'the current key still signs');
+    const published = await nextKid();
+    assert.ok(published && published !== stoppedNext, 'a fresh next key is published, and kept');
+    const [stoppedRow] = await t.db.query(`SELECT state, private_key IS NULL AS erased FROM signing_keys WHERE kid = $1`, [stoppedNext]);
+    assert.deepEqual({ ...stoppedRow }, { state: 'retired', erased: true });
+    // The maintenance does the same for a next key stopped later: until 0.24.2 the ring went without one.
+    const rotations = await rotationsIn(t);
+    await t.db.query(`UPDATE signing_keys SET verify_until = now() WHERE state = 'next'`);
+    const result = await t.app.get(KeyRotationService).maintain(1);
+    assert.equal(result.rotated, undefined);
+    assert.deepEqual(result.retired, [published]);
+    const fresh = await nextKid();
+    assert.ok(fresh && fresh !== published);
+    assert.equal(await currentKid(), current);
+    assert.equal(await rotationsIn(t), rotations + 1);
+    const [event] = await t.db.query(`SELECT metadata FROM audit_events WHERE type = 'KEY_ROTATED' ORDER BY seq DESC LIMIT 1`);
+    assert.deepEqual([event.metadata.current, event.metadata.next, event.metadata.retired], [current, fresh, published]);
+    // Due by the schedule, but the fresh key is seconds old: no rotation until verifiers can have it.
+    await t.db.query(`UPDATE signing_keys SET activated_at = now() - interval '25 hours' WHERE state = 'current'`);
+    assert.equal((await t.app.get(KeyRotationService).maintain(1)).rotated, undefined);
+    assert.equal(await currentKid(), current);
+    await publishedLongAgo(t);
+    assert.equal((await t.app.get(KeyRotationService).maintain(1)).rotated?.current, fresh);
+  });
+
+  it('never promotes a next key that does not open: the maintenance retires it and publishes a fresh one; a process that cannot open the current key changes nothing', async () => {
+    const ring = async () =>
+      (
+        (await t.db.query(`SELECT kid, state, algorithm FROM signing_keys WHERE state IN ('current', 'next') ORDER BY state`)) as Array<{
+          kid: string;
+          state: string;
+          algorithm: string;
+        }>
+      ).map((k) => `${k.state}:${k.algorithm}:${k.kid}`);
+    // A process with another KEY_ENCRYPTION_KEY and another SIGNING_ALGORITHM (a stale secret in a canary):
+    // until 0.24.2 its boot made a next key sealed under its own setting before it failed.
+    const before = await ring();
+    const wrong = randomBytes(48).toString('base64');
+    const url = t.config.DATABASE_URL!;
+    await assert.rejects(
+      createTestApp({ DATABASE_URL: url, KEY_ENCRYPTION_KEY: wrong, SIGNING_ALGORITHM: 'HS256' }),
+      /KEY_ENCRYPTION_KEY does not open the ring's current key/,
+    );
+    assert.deepEqual(await ring(), before, 'nothing written');
+    // A next key whose sealed part does not open (changed in the table, or sealed under another setting).
+    const [current, next] = before.map((k) => k.split(':')[2]);
+    await t.db.query(`UPDATE signing_keys SET private_key = set_byte(private_key, 20, (get_byte(private_key, 20) + 1) % 256) WHERE kid = $1`, [next]);
+    await t.db.query(`UPDATE signing_keys SET activated_at = now() - interval '25 hours' WHERE state = 'current'`);
+    const result = await t.app.get(KeyRotationService).maintain(1);
+    assert.equal(result.rotated, undefined, 'not promoted, though due');
+    assert.deepEqual(result.retired, [next]);
+    const [nowCurrent, nowNext] = (await ring()).map((k) => k.split(':')[2]);
+    assert.equal(nowCurrent, current);
+    assert.notEqual(nowNext, next);
+    await publishedLongAgo(t);
+    assert.equal((await t.app.get(KeyRotationService).maintain(1)).rotated?.current, nowNext);
   });
 });
 

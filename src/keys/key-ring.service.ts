@@ -126,9 +126,14 @@ export class KeyRing implements OnModuleInit, OnApplicationShutdown {
     return { ...this.refusedRows };
   }
 
+  /**
+   * The keys that verify now, by state: a key an operator stopped (its verify_until come), or a
+   * retiring one past its end, is held until the next read but verifies nothing, so it is not
+   * counted (until 0.24.2 it was: an alert on `next == 0` stayed quiet while the next key was stopped).
+   */
   keyCounts(): Record<RingKey['state'], number> {
     const counts = { next: 0, current: 0, retiring: 0 };
-    for (const key of this.byKid.values()) counts[key.state]++;
+    for (const key of this.byKid.values()) if (verifiesNow(key)) counts[key.state]++;
     return counts;
   }
 

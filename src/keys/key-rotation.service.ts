@@ -69,6 +69,22 @@ export class AlgorithmMismatchError extends Error {
   }
 }
 
+/**
+ * This process's KEY_ENCRYPTION_KEY does not open the ring's current key (which is not stopped):
+ * its setting is not the deployment's (a stale secret, another environment's). Nothing is
+ * written: until 0.24.2 such a process could still make a next key, sealed under its own
+ * setting, which the other instances could not open, and which a rotation then made current
+ * (every instance unready, no command able to start).
+ */
+export class RingKeyUnopenableError extends Error {
+  constructor(readonly kid: string) {
+    super(
+      `KEY_ENCRYPTION_KEY does not open the ring's current key ${kid}: nothing changed in the ring. ` +
+        `This process's KEY_ENCRYPTION_KEY is not the one the deployment's keys were sealed with`,
+    );
+  }
+}
+
 export interface RotationResult {
   current: string;
   next: string;
@@ -133,6 +149,7 @@ export class KeyRotationService {
       const current = keys.find((k) => k.state === 'current');
       const next = keys.find((k) => k.state === 'next');
       if (current && next && (next.algorithm === this.algorithm || !adoptAlgorithm)) return;
+      await this.assertOpensCurrent(em, keys);
       const retired = await this.store.retire(em, this.algorithm);
       let currentKid = current?.kid;
       let retiring: RotationResult['retiring'];
@@ -172,15 +189,23 @@ export class KeyRotationService {
    * current key is stopped (its tokens fail already: waiting would only keep logins failing).
    */
   async rotate(trigger: Exclude<RotationTrigger, 'boot'>, { now = false }: { now?: boolean } = {}): Promise<RotationResult> {
-    return this.dataSource.transaction(async (em) => {
+    const outcome = await this.dataSource.transaction(async (em): Promise<{ rotated: RotationResult } | { published: string }> => {
       await this.store.lock(em);
       const ring = await this.store.states(em);
       const next = ring.find((k) => k.state === 'next');
       if (next && next.algorithm !== this.algorithm) throw new AlgorithmMismatchError(next.algorithm, this.algorithm);
+      const unopenable = await this.assertOpensCurrent(em, ring);
       const tooNew = this.tooNewToPromote(ring);
-      if (tooNew && !now) throw new NextKeyTooNewError(tooNew.kid, tooNew.publishedSeconds, this.publicationSeconds);
-      return this.rotateLocked(em, trigger);
+      if (tooNew && !now && !unopenable.has(tooNew.kid)) throw new NextKeyTooNewError(tooNew.kid, tooNew.publishedSeconds, this.publicationSeconds);
+      // No next key verifiers could have (an operator stopped it, or it does not open):
+      // promoting nothing would make a fresh key sign at once, one no JWKS has shown yet (until
+      // 0.24.2). A next key is published instead, and committed; the rotation may follow once
+      // it is old enough.
+      if (!now && this.lacksPublishableNext(ring, unopenable)) return { published: (await this.publishNext(em, trigger, ring, unopenable)).next };
+      return { rotated: await this.rotateLocked(em, trigger, unopenable) };
     });
+    if ('published' in outcome) throw new NextKeyTooNewError(outcome.published, 0, this.publicationSeconds);
+    return outcome.rotated;
   }
 
   /**
@@ -201,19 +226,32 @@ export class KeyRotationService {
       const ring = await this.store.states(em);
       const current = ring.find((k) => k.state === 'current');
       const next = ring.find((k) => k.state === 'next');
+      const unopenable = await this.assertOpensCurrent(em, ring);
       const foreignNext = next && next.algorithm !== this.algorithm ? next.algorithm : undefined;
-      // A next key published too recently waits for the next tick (NextKeyTooNewError).
+      // A next key published too recently, or none verifiers could have (one is published
+      // below), waits for a later tick (NextKeyTooNewError).
       const due =
         rotationDays !== undefined &&
         current?.activated_at &&
         Date.now() - current.activated_at.getTime() >= rotationDays * 86_400_000 &&
-        !this.tooNewToPromote(ring);
+        !this.tooNewToPromote(ring) &&
+        !this.lacksPublishableNext(ring, unopenable);
       // A current key an operator stopped (verify_until: the emergency stop) signs tokens no
-      // instance accepts: rotated at once, whatever the schedule, so logins work again.
+      // instance accepts: rotated at once, whatever the schedule and whatever the next key's
+      // algorithm (a next key of another one is retired, and a fresh key of this instance's
+      // signs), so logins work again (while a next key of another algorithm was in the ring,
+      // never, until 0.24.2).
       const stopped = current?.stopped ?? false;
-      if ((due || stopped) && !foreignNext) {
-        const rotated = await this.rotateLocked(em, 'schedule');
+      if (stopped || (due && !foreignNext)) {
+        const rotated = await this.rotateLocked(em, 'schedule', unopenable);
         return { skipped: false, rotated, retired: rotated.retired };
+      }
+      // A next key an operator stopped is retired here, and a fresh one published in its place,
+      // so that the next rotation has one verifiers know (until 0.24.2 the ring went without,
+      // until a restart, and the rotation then made a key that signed unpublished).
+      if (!foreignNext && this.lacksPublishableNext(ring, unopenable)) {
+        const { retired } = await this.publishNext(em, 'schedule', ring, unopenable);
+        return { skipped: false, retired };
       }
       const retired = await this.store.retire(em, foreignNext ?? this.algorithm);
       // A retirement changes the ring too (the key leaves it, its private part erased): audited
@@ -248,8 +286,60 @@ export class KeyRotationService {
     return { kid: next.kid, publishedSeconds: next.publishedSeconds };
   }
 
-  private async rotateLocked(em: EntityManager, trigger: Exclude<RotationTrigger, 'boot'>): Promise<RotationResult> {
-    const retired = await this.store.retire(em, this.algorithm);
+  /**
+   * A ring with a current key that signs but no next key a rotation could promote: none (made
+   * incomplete), or one an operator stopped. A next key of another algorithm is not this: it is
+   * the rollout's (see maintain) or AlgorithmMismatchError's.
+   */
+  private lacksPublishableNext(ring: Awaited<ReturnType<SigningKeyStore['states']>>, unopenable: ReadonlySet<string>): boolean {
+    const current = ring.find((k) => k.state === 'current');
+    const next = ring.find((k) => k.state === 'next');
+    if (!current || current.stopped) return false;
+    return !next || (next.algorithm === this.algorithm && (next.stopped || unopenable.has(next.kid)));
+  }
+
+  /**
+   * The live keys this process cannot open; throws RingKeyUnopenableError when the current key
+   * is one of them and still signs (then this process is the one in the wrong, and must change
+   * nothing). A stopped current key may not open (the KEY_ENCRYPTION_KEY changed after a
+   * leak, every key stopped): the rotation then replaces it, as it should.
+   */
+  private async assertOpensCurrent(em: EntityManager, ring: Awaited<ReturnType<SigningKeyStore['states']>>): Promise<Set<string>> {
+    const unopenable = await this.store.unopenable(em);
+    const current = ring.find((k) => k.state === 'current');
+    if (current && !current.stopped && unopenable.has(current.kid)) throw new RingKeyUnopenableError(current.kid);
+    return unopenable;
+  }
+
+  /** Retires what is due (a stopped next key with it), publishes a fresh next key, and records the change. */
+  private async publishNext(
+    em: EntityManager,
+    trigger: Exclude<RotationTrigger, 'boot'>,
+    ring: Awaited<ReturnType<SigningKeyStore['states']>>,
+    unopenable: ReadonlySet<string>,
+  ): Promise<{ next: string; retired: string[] }> {
+    const retired = [...(await this.store.retire(em, this.algorithm)), ...(await this.retireUnopenableNext(em, ring, unopenable))];
+    const next = await this.insertNext(em);
+    const current = ring.find((k) => k.state === 'current')!.kid;
+    await this.recordRotation(em, trigger, { current, next, algorithm: this.algorithm, retired });
+    return { next, retired };
+  }
+
+  /** A next key of the ring that does not open (the current one does): retired, never promoted. */
+  private async retireUnopenableNext(
+    em: EntityManager,
+    ring: Awaited<ReturnType<SigningKeyStore['states']>>,
+    unopenable: ReadonlySet<string>,
+  ): Promise<string[]> {
+    const next = ring.find((k) => k.state === 'next');
+    return next && unopenable.has(next.kid) ? this.store.retireNext(em, next.kid) : [];
+  }
+
+  private async rotateLocked(em: EntityManager, trigger: Exclude<RotationTrigger, 'boot'>, unopenable: ReadonlySet<string>): Promise<RotationResult> {
+    const retired = [
+      ...(await this.store.retire(em, this.algorithm)),
+      ...(await this.retireUnopenableNext(em, await this.store.states(em), unopenable)),
+    ];
     const retiring = await this.store.demoteCurrent(em, this.retiringSeconds);
     let current = await this.store.promoteNext(em, this.algorithm);
     if (!current) {

@@ -91,6 +91,22 @@ export class SigningKeyStore {
     return { keys, refused };
   }
 
+  /** The kids of the live keys whose rows this process cannot open (loadLive's refused). */
+  async unopenable(em: EntityManager): Promise<Set<string>> {
+    return new Set((await this.loadLive(em)).refused.map((k) => k.kid));
+  }
+
+  /** Retires one next key (its private part erased): one that does not open, which must never be promoted. */
+  async retireNext(em: EntityManager, kid: string): Promise<string[]> {
+    const rows = await rowsOf<{ kid: string }>(
+      em,
+      `UPDATE "signing_keys" SET "state" = 'retired', "private_key" = NULL, "retired_at" = now()
+        WHERE "kid" = $1 AND "state" = 'next' RETURNING "kid"`,
+      [kid],
+    );
+    return rows.map((r) => r.kid);
+  }
+
   async list(em: EntityManager): Promise<KeyListing[]> {
     const rows = await rowsOf<KeyRow>(
       em,

@@ -185,8 +185,11 @@ export class MetricsService implements OnModuleInit {
       (s) => seconds(s.caughtUpAt),
     );
     gauge('sessionary_signing_key_age_seconds', 'Seconds since the current signing key started signing', () => keyRing.currentKeyAgeSeconds());
-    gaugesBy('sessionary_signing_keys', "Keys of this instance's signing-key ring by state (retired keys are not held)", 'state', () =>
-      keyRing.keyCounts(),
+    gaugesBy(
+      'sessionary_signing_keys',
+      "Keys of this instance's signing-key ring that verify now, by state (stopped and retired keys are not counted)",
+      'state',
+      () => keyRing.keyCounts(),
     );
     gaugesBy(
       'sessionary_signing_key_rows_refused',

@@ -119,6 +119,23 @@ describe('domain events (e2e)', () => {
     assert.deepEqual(heard, []);
   });
 
+  it('says nothing of a transaction whose failed statement was caught: PostgreSQL rolls it back at its COMMIT', async () => {
+    const user = await registerUser(t.http);
+    heard = [];
+    const audit = t.app.get(AuditService);
+    // TypeORM resolves it (the COMMIT's answer is ROLLBACK, not an error), and called its after-commit hook until 0.24.2.
+    await t.db.transaction(async (em) => {
+      await audit.record(em, { type: 'PASSWORD_CHANGED', userId: user.id });
+      await assert.rejects(em.query('SELECT 1 / 0'), /division by zero/);
+    });
+    assert.deepEqual(
+      await t.db.query(`SELECT 1 FROM audit_events WHERE type = 'PASSWORD_CHANGED' AND user_id = $1`, [user.id]),
+      [],
+      'nothing committed',
+    );
+    assert.deepEqual(heard, []);
+  });
+
   it('drops what a nested transaction published when it rolls back to its savepoint, and keeps what a released one did', async () => {
     const [kept, undone, nested] = [await registerUser(t.http), await registerUser(t.http), await registerUser(t.http)];
     heard = [];

@@ -56,6 +56,24 @@ export class DomainEventPublisher implements OnModuleInit, EntitySubscriberInter
     this.depths.set(event.queryRunner, (this.depths.get(event.queryRunner) ?? 0) + 1);
   }
 
+  /**
+   * A transaction in which a statement failed (and whose error the caller caught) cannot
+   * commit: PostgreSQL answers its COMMIT with ROLLBACK, no error, and TypeORM, which does not
+   * read the answer's tag, calls the after-commit hook all the same. Its events are dropped
+   * here, from the connection's own transaction status (the last ReadyForQuery's, so no round
+   * trip): until 0.24.2 a host's transaction that swallowed a failed insert after ending
+   * sessions emitted session.ended for sessions still active.
+   */
+  beforeTransactionCommit(event: TransactionCommitEvent): void {
+    const runner = event.queryRunner;
+    if (this.depths.get(runner) !== 1 || !this.pending.has(runner)) return;
+    const client = (runner as QueryRunner & { databaseConnection?: { getTransactionStatus?: () => string | null } }).databaseConnection;
+    if (client?.getTransactionStatus?.() !== 'E') return;
+    const dropped = this.pending.get(runner)!.reduce((n, entry) => n + entry.events.length, 0);
+    this.pending.delete(runner);
+    this.logger.warn(`${dropped} domain event(s) not emitted: their transaction failed, and its COMMIT rolls it back`);
+  }
+
   afterTransactionCommit(event: TransactionCommitEvent): void {
     const depth = this.leave(event.queryRunner);
     const queued = this.pending.get(event.queryRunner);

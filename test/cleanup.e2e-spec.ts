@@ -63,6 +63,28 @@ describe('sessions cleanup task (e2e)', () => {
     assert.equal((await auditRows(t.db, { userId: user.id, type: 'SESSION_EXPIRED' })).length, 2);
   });
 
+  it('runs each named tick once, and is not held off by a tick an instance with a clock far ahead recorded', async () => {
+    const [{ now }] = await t.db.query(`SELECT date_trunc('second', now()) AS now`);
+    const tick = new Date(now);
+    const recorded = async (at: string) =>
+      t.db.query(
+        `INSERT INTO scheduled_job_runs (name, last_tick, runs) VALUES ('sessions-cleanup', ${at}, 1)
+         ON CONFLICT (name) DO UPDATE SET last_tick = excluded.last_tick`,
+      );
+    // Two hours ahead: until 0.24.2 every tick of the right time was skipped until then.
+    await recorded(`now() + interval '2 hours'`);
+    assert.equal((await task.handleTick(tick))?.skipped, false);
+    assert.equal((await task.handleTick(tick))?.skipped, true, 'the same tick once only');
+    // Within the minute the clocks of instances may differ by: a later tick holds an earlier one off, as before.
+    await recorded(`now() + interval '30 seconds'`);
+    try {
+      assert.equal((await task.handleTick(new Date(tick.getTime() + 1000)))?.skipped, true);
+    } finally {
+      // The cron's own ticks later in this file must not be held off by it.
+      await recorded(`now() - interval '1 minute'`);
+    }
+  });
+
   it('deleting an ended session sends no notification (its end did); deleting an active one still does', async () => {
     const user = await registerUser(t.http);
     const ended = await login(t.http, user);

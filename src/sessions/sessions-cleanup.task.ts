@@ -199,13 +199,19 @@ export class SessionsCleanupTask implements OnApplicationBootstrap, BeforeApplic
     return { skipped: true, expired: 0, deleted: 0, complete: false };
   }
 
-  /** True for the one instance whose conditional upsert records this tick first. */
+  /**
+   * True for the one instance whose conditional upsert records this tick first. A recorded tick
+   * more than a minute ahead of the database's clock was named by an instance whose clock ran
+   * ahead (a VM restored from a snapshot, a clock stepped back since): it does not hold off
+   * the ticks of the right time, which until 0.24.2 were all skipped until the real time
+   * caught up with it, and nothing ended or deleted sessions meanwhile.
+   */
   private async claimTick(runner: QueryRunner, tick: Date): Promise<boolean> {
     const { rows: claimed } = await sql(
       runner.manager,
       `INSERT INTO scheduled_job_runs AS j (name, last_tick, runs) VALUES ($1, $2, 1)
        ON CONFLICT (name) DO UPDATE SET last_tick = excluded.last_tick, runs = j.runs + 1
-        WHERE j.last_tick < excluded.last_tick
+        WHERE j.last_tick < excluded.last_tick OR j.last_tick > now() + interval '1 minute'
        RETURNING runs`,
       [CLEANUP_RUNS_ROW, tick],
     );

@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { SessionsCleanupTask } from '../src/sessions/sessions-cleanup.task';
+import { SessionsService } from '../src/sessions/sessions.service';
 import { bearer, login, registerUser, sleep } from './helpers/factories';
 import { createTestApp, TestApp } from './helpers/test-app';
 
@@ -108,5 +109,20 @@ describe('every end has a reason and exactly one event (e2e)', () => {
     }
     // No ended session of this user lacks its event.
     assert.equal(rows.length, ended.size);
+  });
+
+  it("an end that waited past a session's idle deadline leaves that session to the cleanup and its true reason", async () => {
+    const user = await registerUser(t.http);
+    const [lapsing, live] = [await login(t.http, user), await login(t.http, user)];
+    await t.db.query(`UPDATE sessions SET idle_expires_at = now() + interval '500 milliseconds' WHERE id = $1`, [lapsing.sessionId]);
+    // The end's transaction starts before the deadline and reaches the sessions after it (as one that waited for a lock does).
+    const ended = await t.db.transaction(async (em) => {
+      await em.query(`SELECT pg_sleep(1)`);
+      return t.app.get(SessionsService).endSessions({ userId: user.id }, { reason: 'revoked_by_admin', event: 'SESSION_REVOKED' }, em);
+    });
+    assert.deepEqual(ended, [live.sessionId], 'until 0.24.2 the lapsed session was taken as revoked too');
+    await t.app.get(SessionsCleanupTask).handleTick();
+    const [row] = await t.db.query(`SELECT end_reason FROM sessions WHERE id = $1`, [lapsing.sessionId]);
+    assert.equal(row.end_reason, 'idle_timeout');
   });
 });

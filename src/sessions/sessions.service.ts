@@ -467,8 +467,11 @@ export class SessionsService implements OnApplicationBootstrap, OnModuleDestroy 
           : ['id = ANY($2::uuid[])', [target.sessionIds]];
     const { rows } = await sql<{ id: string; user_id: string }>(
       em,
+      // statement_timestamp(), not now() (the transaction's start): after waiting for the users'
+      // rows, a session whose idle deadline passed meanwhile is the cleanup's, with its true
+      // reason, not this end's (until 0.24.2 an end-all batch of seconds took such sessions as its own).
       `UPDATE sessions SET ended_at = now(), end_reason = $1
-        WHERE ended_at IS NULL AND idle_expires_at > now() AND ${which}
+        WHERE ended_at IS NULL AND idle_expires_at > statement_timestamp() AND ${which}
         RETURNING id, user_id`,
       [options.reason, ...params],
     );
@@ -502,8 +505,9 @@ export class SessionsService implements OnApplicationBootstrap, OnModuleDestroy 
     await this.users.lockForSessionChange(em, userId);
     const { rows } = await sql<{ id: string }>(
       em,
+      // As above: active as the statement runs, after the wait for the user's row.
       `SELECT id FROM sessions
-        WHERE user_id = $1 AND ended_at IS NULL AND idle_expires_at > now()
+        WHERE user_id = $1 AND ended_at IS NULL AND idle_expires_at > statement_timestamp()
         ORDER BY last_seen_at DESC, created_at DESC
        OFFSET $2
           FOR UPDATE`,

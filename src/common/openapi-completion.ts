@@ -43,9 +43,6 @@ export interface OpenApiLimits {
  */
 const FORMAT_MAX_LENGTH: Record<string, number> = { uuid: 36, 'date-time': 35 };
 
-/** Answers Fastify gives before the route's guards run: the request limit neither counts nor labels them. */
-const BEFORE_THE_ROUTE = new Set(['413', '415']);
-
 function errorResponse(status: number, description: string, message = description): ResponseObject {
   return {
     description,
@@ -100,8 +97,9 @@ const RATE_LIMIT_HEADERS = {
  * the whole contract (API.md). Applied to the document Nest generates from the code.
  * - 413 and 415 on every operation with a body (Fastify refuses them before the route);
  * - 429 with Retry-After on every /api/v1 operation (the per-IP request limit over all routes);
- * - the X-RateLimit-* headers on every answer of an /api/v1 operation that reaches the route's
- *   guards (RateLimitGuard sends them, its own 429 included);
+ * - the X-RateLimit-* headers on every answer of an /api/v1 operation (RateLimitGuard sends
+ *   them, its own 429 included, and, since 0.24.2, the exception filter on the 413 and 415
+ *   Fastify gives before the route, which count too);
  * - Access-Control-Allow-Origin on every answer (@fastify/cors adds it to all of them, for the
  *   origins CORS_ORIGINS lists);
  * - 500, whose body is fixed (AllExceptionsFilter);
@@ -142,7 +140,7 @@ export function completeOpenApiDocument(document: OpenAPIObject, limits: OpenApi
       for (const [status, response] of Object.entries(operation.responses) as Array<[string, AnyResponse]>) {
         if ('$ref' in response) continue;
         const code = Number(status);
-        if (limited && !BEFORE_THE_ROUTE.has(status)) response.headers = { ...RATE_LIMIT_HEADERS, ...response.headers };
+        if (limited) response.headers = { ...RATE_LIMIT_HEADERS, ...response.headers };
         response.headers = { ...response.headers, 'Access-Control-Allow-Origin': ref('Access-Control-Allow-Origin') };
         if (!response.description)
           response.description = code < 300 ? (operation.summary ?? STATUS_CODES[code] ?? status) : (STATUS_CODES[code] ?? status);

@@ -44,4 +44,35 @@ describe('SessionActivityBuffer', () => {
       await buffer.stop();
     }
   });
+
+  it('keeps every session of a failed write for the next one, however many were noted during it', async () => {
+    const ids = Array.from({ length: 6 }, (_, i) => `00000000-0000-4000-8000-00000000000${i}`);
+    let buffer!: SessionActivityBuffer;
+    let writes = 0;
+    const writtenLater = new Set<string>();
+    const runner = {
+      query: async (_text: string, params: unknown[]) => {
+        // The first write fails, once three more sessions were noted meanwhile (past maxPending).
+        if (++writes === 1) {
+          for (const id of ids.slice(3)) buffer.record(id, Date.now(), false);
+          throw new Error('Connection terminated unexpectedly');
+        }
+        for (const id of params[0] as string[]) writtenLater.add(id);
+        return { records: [] };
+      },
+      release: async () => undefined,
+    };
+    const dataSource = { manager: { connection: { createQueryRunner: () => runner } } } as unknown as DataSource;
+    buffer = new SessionActivityBuffer(dataSource, { idleTtlSeconds: 3600, intervalMs: 60_000, maxPending: 2 });
+    try {
+      for (const id of ids.slice(0, 3)) buffer.record(id, Date.now(), false);
+      await buffer.flush();
+      await buffer.flush(); // the next attempt (or the one the activity noted meanwhile asked for)
+      for (let waited = 0; writtenLater.size < 6 && waited < 1_000; waited += 20) await new Promise((resolve) => setTimeout(resolve, 20));
+      // Until 0.24.2 the failed write's three were dropped: only the three noted meanwhile were written.
+      assert.deepEqual([...writtenLater].sort(), ids);
+    } finally {
+      await buffer.stop();
+    }
+  });
 });

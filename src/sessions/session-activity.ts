@@ -23,7 +23,7 @@ export interface ActivityWrite {
 export interface ActivityBufferOptions {
   idleTtlSeconds: number;
   intervalMs: number;
-  /** Bound on sessions waiting for a write (the oldest are written at once beyond it). */
+  /** Sessions waiting for a write past which a write starts at once, not at the next tick. */
   maxPending?: number;
   /**
    * Told as each write is sent, with its sessions; answers the function told, once that write
@@ -272,10 +272,15 @@ export class SessionActivityBuffer {
     }, this.failureRetryMs).unref();
   }
 
-  /** Keeps the given sessions' activity for the next attempt (newer activity wins), within the bound. */
+  /**
+   * Keeps the given sessions' activity for the next attempt (newer activity wins), all of it:
+   * the map holds one entry a session this instance serves, so it is bounded by them. (Until
+   * 0.24.2 it stopped at maxPending, which the activity noted during the failed write had
+   * filled first: the older batch was dropped without a word, and its sessions ended idle
+   * though they had been used.)
+   */
   private keepPending(batch: Map<string, number>, ids: Iterable<string>): void {
     for (const id of ids) {
-      if (this.pending.size >= this.maxPending) break;
       const seen = batch.get(id)!;
       if (!((this.pending.get(id) ?? 0) > seen)) this.pending.set(id, seen);
     }

@@ -17,6 +17,18 @@ import { createTestApp, databaseForThisFile, freshDatabase, TestApp } from './he
 /** The CLI on this file's database (the app's audit key: its ROLE_CHANGED events join the same chains). */
 const cli = async (...args: string[]) => runCli(await databaseForThisFile(), ...args);
 
+/** Waits (up to 5 s) until `count` other statements of this database wait for a lock, and asserts they do. */
+async function untilWaiting(holder: Client, count: number, what: string): Promise<void> {
+  const waiting = async () =>
+    (
+      await holder.query<{ n: number }>(
+        `SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()`,
+      )
+    ).rows[0].n;
+  for (let i = 0; i < 250 && (await waiting()) < count; i++) await sleep(20);
+  assert.equal(await waiting(), count, what);
+}
+
 describe('admin (e2e)', () => {
   let t: TestApp;
   let admin: { user: TestUser; tokens: Tokens };
@@ -216,14 +228,7 @@ describe('admin (e2e)', () => {
           .set('Authorization', bearer(by))
           .then((r) => r);
       const both = Promise.all([revoke(first.tokens, second.user), revoke(second.tokens, first.user)]);
-      const waiting = async () =>
-        (
-          await holder.query(
-            `SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()`,
-          )
-        ).rows[0].n as number;
-      for (let i = 0; i < 250 && (await waiting()) < 2; i++) await sleep(20);
-      assert.equal(await waiting(), 2, 'both revocations wait behind the rows');
+      await untilWaiting(holder, 2, 'both revocations wait behind the rows');
       await holder.query('COMMIT');
       answers = (await both).map((r) => r.status);
     } finally {
@@ -251,14 +256,7 @@ describe('admin (e2e)', () => {
         .delete(`/api/v1/admin/users/${user.id.toUpperCase()}/sessions`)
         .set('Authorization', bearer(demoted.tokens))
         .then((r) => r);
-      const waiting = async () =>
-        (
-          await holder.query(
-            `SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()`,
-          )
-        ).rows[0].n as number;
-      for (let i = 0; i < 250 && (await waiting()) < 1; i++) await sleep(20);
-      assert.equal(await waiting(), 1, 'the revocation waits behind the demotion');
+      await untilWaiting(holder, 1, 'the revocation waits behind the demotion');
       await holder.query('COMMIT');
       res = await revoking;
     } finally {

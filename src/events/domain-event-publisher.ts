@@ -13,6 +13,9 @@ import type {
 } from 'typeorm';
 import type { DomainEvent } from './domain-events';
 
+/** SQLSTATE 25P02, in_failed_sql_transaction: a statement after a failed one in the same transaction. */
+const PG_TRANSACTION_ABORTED = '25P02';
+
 /**
  * Emits domain events once the transaction that made them true has committed: events
  * published inside a transaction wait on its query runner and go out from TypeORM's
@@ -60,15 +63,24 @@ export class DomainEventPublisher implements OnModuleInit, EntitySubscriberInter
    * A transaction in which a statement failed (and whose error the caller caught) cannot
    * commit: PostgreSQL answers its COMMIT with ROLLBACK, no error, and TypeORM, which does not
    * read the answer's tag, calls the after-commit hook all the same. Its events are dropped
-   * here, from the connection's own transaction status (the last ReadyForQuery's, so no round
-   * trip): until 0.24.2 a host's transaction that swallowed a failed insert after ending
-   * sessions emitted session.ended for sessions still active.
+   * here: until 0.24.2 a host's transaction that swallowed a failed insert after ending
+   * sessions emitted session.ended for sessions still active. Asked of the server with one
+   * statement on the transaction's own connection, only when events wait (a login's, an end's,
+   * never a refresh's or a request's check): the connection's transaction status alone can lag,
+   * since node-postgres hands a failed statement's error over before the server says the
+   * transaction is aborted. Straight on the driver's client, so TypeORM logs no failed query.
    */
-  beforeTransactionCommit(event: TransactionCommitEvent): void {
+  async beforeTransactionCommit(event: TransactionCommitEvent): Promise<void> {
     const runner = event.queryRunner;
     if (this.depths.get(runner) !== 1 || !this.pending.has(runner)) return;
-    const client = (runner as QueryRunner & { databaseConnection?: { getTransactionStatus?: () => string | null } }).databaseConnection;
-    if (client?.getTransactionStatus?.() !== 'E') return;
+    const client = (runner as QueryRunner & { databaseConnection?: { query?: (text: string) => Promise<unknown> } }).databaseConnection;
+    if (typeof client?.query !== 'function') return;
+    const aborted = await client.query('SELECT 1').then(
+      () => false,
+      // The driver's own error (not TypeORM's QueryFailedError), its SQLSTATE in `code`.
+      (error: unknown) => (error as { code?: unknown } | null)?.code === PG_TRANSACTION_ABORTED,
+    );
+    if (!aborted) return;
     const dropped = this.pending.get(runner)!.reduce((n, entry) => n + entry.events.length, 0);
     this.pending.delete(runner);
     this.logger.warn(`${dropped} domain event(s) not emitted: their transaction failed, and its COMMIT rolls it back`);

@@ -86,6 +86,74 @@ describe('users (e2e)', () => {
     assert.equal(row.email, user.email);
   });
 
+  it("PATCH /users/me needs no step-up for a change of ASCII letters' case alone, and asks it for any other spelling lower() takes for the same (İ)", async () => {
+    const tag = uniqueName().slice(2);
+    const user = await registerUser(t.http, { email: `alice_${tag}@gmail.test` });
+    const tokens = await staleTokens(t, await login(t.http, user));
+    // 'İ' (U+0130): PostgreSQL's lower() gives 'i', so the database took this for the same address; IDNA makes the domain another one.
+    const lookalike = `alice_${tag}@gmaİl.test`;
+    const refused = await t.http.patch('/api/v1/users/me').set('Authorization', bearer(tokens)).send({ email: lookalike });
+    assert.equal(refused.status, 401, JSON.stringify(refused.body));
+    assert.equal(refused.headers['www-authenticate'], STEP_UP_CHALLENGE);
+    let [row] = await t.db.query('SELECT email FROM users WHERE id = $1', [user.id]);
+    assert.equal(row.email, user.email);
+    const cased = `Alice_${tag}@GMAIL.test`;
+    const ok = await t.http.patch('/api/v1/users/me').set('Authorization', bearer(tokens)).send({ email: cased });
+    assert.equal(ok.status, 200, JSON.stringify(ok.body));
+    [row] = await t.db.query('SELECT email FROM users WHERE id = $1', [user.id]);
+    assert.equal(row.email, cased);
+  });
+
+  it('PATCH /users/me answers 409 and changes nothing when the profile changed while it waited (its step-up was decided on the old one)', async () => {
+    const user = await registerUser(t.http);
+    const tokens = await staleTokens(t, await login(t.http, user));
+    const locker = t.db.createQueryRunner();
+    await locker.connect();
+    let res;
+    try {
+      // The owner's change of address holds the row; a stale token's change back to the old address in another case, which needs no step-up against it, waits.
+      await locker.startTransaction();
+      await locker.query(`UPDATE users SET email = $2 WHERE id = $1`, [user.id, `moved_${user.email}`]);
+      const back = t.http
+        .patch('/api/v1/users/me')
+        .set('Authorization', bearer(tokens))
+        .send({ email: user.email.toUpperCase() })
+        .then((r) => r);
+      for (let waited = 0; ; waited += 20) {
+        const [{ n }] = await t.db.query(
+          `SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`,
+        );
+        if (n >= 1) break;
+        assert.ok(waited < 10_000, 'the change waits for the row');
+        await new Promise((resolve) => setTimeout(resolve, 20));
+      }
+      await locker.commitTransaction();
+      res = await back;
+    } finally {
+      await locker.release();
+    }
+    assert.equal(res.status, 409, JSON.stringify(res.body));
+    assert.match(res.body.message, /changed by another request meanwhile/);
+    const [row] = await t.db.query('SELECT email FROM users WHERE id = $1', [user.id]);
+    assert.equal(row.email, `moved_${user.email}`, "the owner's change stands");
+  });
+
+  it("UsersService.updateProfile holds a host's call to the username rule: a 400, not a database error", async () => {
+    const { user, tokens } = await registerAndLogin(t.http);
+    const users = t.app.get(UsersService);
+    const auth = { userId: user.id, sessionId: tokens.sessionId, authTime: Math.floor(Date.now() / 1000) };
+    for (const username of ['x'.repeat(40), null, 'a b', 7]) {
+      await assert.rejects(
+        users.updateProfile(auth, { username } as never, { ipAddress: '127.0.0.1', userAgent: null }),
+        (error: { status?: number; response?: { message?: string[] } }) =>
+          error.status === 400 && /username must be 3 to 32/.test(String(error.response?.message)),
+        JSON.stringify(username),
+      );
+    }
+    const [row] = await t.db.query('SELECT username FROM users WHERE id = $1', [user.id]);
+    assert.equal(row.username, user.username);
+  });
+
   it('PATCH /users/me checks a currentPassword whenever it is sent: a wrong one with a username change is a 401 that changes nothing', async () => {
     const { user, tokens } = await registerAndLogin(t.http);
     const newName = uniqueName();

@@ -28,11 +28,14 @@ export function IsEmailAddress(options?: ValidationOptions): PropertyDecorator {
  * What a new address (registration, a profile change) may not hold, though isEmail accepts it
  * in a quoted local part (`"a\r\nBcc: x"@example.com`) or anywhere (U+200B, U+202E): control
  * and format characters (line breaks, terminal escapes, zero-width and bidirectional marks),
- * whitespace of any kind, and the quotes of a quoted local part. Such an address is echoed by
- * the API, handed to host code (mail headers) and printed by the CLI, and the invisible ones
- * make two accounts that look alike.
+ * whitespace of any kind, the quotes of a quoted local part, and every other character Unicode
+ * says to show as nothing (Default_Ignorable_Code_Point: the combining grapheme joiner U+034F,
+ * variation selectors, Hangul fillers; until 0.24.2 they passed, and `ad\u034Fa@example.com`
+ * registered beside `ada@example.com`, and IDNA drops them from a domain, so two accounts
+ * shared a mailbox). Such an address is echoed by the API, handed to host code (mail headers)
+ * and printed by the CLI, and the invisible ones make two accounts that look alike.
  */
-const UNSAFE_IN_NEW_ADDRESS = /[\p{Cc}\p{Cf}\p{Z}\s"]/u;
+const UNSAFE_IN_NEW_ADDRESS = /[\p{Cc}\p{Cf}\p{Z}\s"\p{Default_Ignorable_Code_Point}]/u;
 
 /**
  * A new email address: an email address (IsEmailAddress) without UNSAFE_IN_NEW_ADDRESS's

@@ -11,6 +11,7 @@ import { PG_UNIQUE_VIOLATION, pgErrorCode } from '../database/pg-errors';
 import { sql } from '../database/sql';
 import { LoginThrottleService } from '../login-throttle/login-throttle.service';
 import { UpdateProfileDto } from './dto/update-profile.dto';
+import { USERNAME_MESSAGE, USERNAME_PATTERN } from './dto/user-fields';
 import { PasswordHasher } from './password-hasher';
 import { UserEntity, UserProfile, UserRole } from './user.entity';
 import { RegistrationLimitService } from '../rate-limit/registration-limit.service';
@@ -42,6 +43,10 @@ interface UserRow {
   updated_at: Date;
 }
 const EMAIL_STEP_UP_MESSAGE = 'Changing the email needs a recent authentication or currentPassword';
+/** A profile change that found the profile changed by another request since it read it. */
+const PROFILE_CHANGED_MESSAGE = 'The profile was changed by another request meanwhile; read it again and retry';
+/** Lower case of ASCII letters only: what makes two spellings of one address without a doubt. */
+const asciiLowerCase = (text: string) => text.replace(/[A-Z]/g, (c) => c.toLowerCase());
 /** The 401's message whenever a current password is missing or not the user's. */
 export const CURRENT_PASSWORD_REQUIRED = 'Current password is required and must be correct';
 
@@ -187,12 +192,6 @@ export class UsersService {
     return qb.getOne();
   }
 
-  /** Whether two emails are one to the unique index and the login lookup (both compare lower()). */
-  private async sameEmail(a: string, b: string): Promise<boolean> {
-    const { rows } = await sql<{ same: boolean }>(this.dataSource.manager, 'SELECT lower($1) = lower($2) AS same', [a, b]);
-    return rows[0].same;
-  }
-
   /**
    * Inserts inside the caller's transaction; the unique indexes settle races (409). The row
    * alone: no rule is checked, the hash is the caller's, no REGISTER event is written. A host
@@ -258,16 +257,24 @@ export class UsersService {
     client: ClientContext,
   ): Promise<UserEntity> {
     const { userId, sessionId } = auth;
+    // The route's DTO checked it; a host calling this service directly (src/index.ts exports it)
+    // is held to the same rule, which until 0.24.2 it was not: a name too long or null was a
+    // database error (a 500), one with a space was stored and could never log in.
+    if (dto.username !== undefined && (typeof dto.username !== 'string' || !USERNAME_PATTERN.test(dto.username))) {
+      throw new BadRequestException([USERNAME_MESSAGE]);
+    }
     const user = await this.getById(userId);
     const changes: Partial<Pick<UserEntity, 'username' | 'email'>> = {};
     if (dto.username !== undefined && dto.username !== user.username) changes.username = dto.username;
     if (dto.email !== undefined && dto.email !== user.email) changes.email = dto.email;
     // A new address is held to the stricter rules (the DTO lets the stored one through unchanged).
     if (changes.email !== undefined && !isNewEmailAddress(changes.email)) throw new BadRequestException([newEmailAddressMessage('email')]);
-    // A new email as the unique index and the login compare it (PostgreSQL's lower()), not as
-    // JavaScript lower-cases (final sigma: 'ΝΊΚΟΣ' and 'νίκος' are one there, two in the
-    // database), or a change in case alone could skip the step-up (until 0.20.2).
-    const emailChanges = changes.email !== undefined && !(await this.sameEmail(changes.email, user.email));
+    // Only a change of ASCII letters' case alone (Ada@ to ada@) is the same address, needing no
+    // step-up. PostgreSQL's lower() takes more for one: 'İ' to 'i', so 'alice@gmaİl.com' was
+    // the same as 'alice@gmail.com' to it, and a stolen token changed the address to another
+    // domain without the password (until 0.24.2; before 0.20.2, JavaScript's lowering, with final
+    // sigma's difference, let a case change skip it the other way).
+    const emailChanges = changes.email !== undefined && asciiLowerCase(changes.email) !== asciiLowerCase(user.email);
     if (dto.currentPassword !== undefined) {
       await this.verifyCurrentPassword(user, dto.currentPassword, sessionId, client, emailChanges ? 'email_change' : 'profile_update');
     } else if (emailChanges) {
@@ -285,6 +292,11 @@ export class UsersService {
         // the password check above): see requireActingSession.
         await this.lockForSessionChange(em, userId);
         await requireActingSession(em, sessionId);
+        // What the step-up was decided on must still be the profile: a change that committed
+        // since (the owner's new address) could otherwise be undone by a request that needed no
+        // step-up against the old one (until 0.24.2). Decided again by the client's retry.
+        const now = await em.findOneByOrFail(UserEntity, { id: userId });
+        if (now.username !== user.username || now.email !== user.email) throw new ConflictException(PROFILE_CHANGED_MESSAGE);
         // Asked first, as create()'s ON CONFLICT does: a unique violation is logged by PostgreSQL
         // with the taken value. Two changes racing to one name still meet the index (caught below).
         const taken = await sql(em, `SELECT 1 FROM users WHERE id <> $1 AND (lower(username) = lower($2) OR lower(email) = lower($3)) LIMIT 1`, [

@@ -7,13 +7,14 @@ import { IsAcceptablePassword, PASSWORD_MAX_LENGTH, PASSWORD_MIN_LENGTH } from '
 // The field rules of API.md, shared by registration, login and profile DTOs.
 
 export const USERNAME_PATTERN = /^[A-Za-z0-9_.-]{3,32}$/;
+export const USERNAME_MESSAGE = 'username must be 3 to 32 characters of letters, digits, "_", "." or "-"';
 export const EMAIL_MAX_LENGTH = 254;
 
 export const UsernameField = (required = true) =>
   applyDecorators(
     (required ? ApiProperty : ApiPropertyOptional)({ example: 'ada_l', pattern: USERNAME_PATTERN.source, minLength: 3, maxLength: 32 }),
     IsString(),
-    Matches(USERNAME_PATTERN, { message: 'username must be 3 to 32 characters of letters, digits, "_", "." or "-"' }),
+    Matches(USERNAME_PATTERN, { message: USERNAME_MESSAGE }),
   );
 
 /**

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 /*
- * Paired throughput comparison of two Sessionary builds on one database.
+ * Paired throughput comparison of two Sessionary builds, each on a database of its own on one server.
  *
  *   node scripts/pair-bench/pair.js --a DIR_A --b DIR_B --route refresh|login|whoami
  *        [--rounds 8] [--seconds 5] [--connections 16] [--warmup 8]
@@ -10,7 +10,10 @@
  * makes two and runs this on them.
  * Rounds run A, B, A, B, ..., A, B, A: `--rounds` B rounds, each between two A rounds, so every
  * B round has the A rounds on both sides of it; ratio_i = B_i / mean(A_i, A_{i+1}).
- * Each round loads only one of the two services; both run the whole time.
+ * Each round loads only one of the two services; both run the whole time. Each has its own
+ * database (until 0.24.2 they shared one, so that B's extra writes, dead row versions and their
+ * vacuum landed in A's rounds too, half the time), and a server CHECKPOINT comes before every
+ * round, outside its timing, so that no round inherits the other's pending WAL work.
  */
 'use strict';
 
@@ -383,6 +386,7 @@ const f3 = (x) => x.toFixed(3);
 async function main() {
   const secret = () => randomBytes(48).toString('base64url'); // 64 chars
   const dbName = `pair_${Date.now()}_${randomBytes(4).toString('hex')}`;
+  const dbNames = { A: `${dbName}_a`, B: `${dbName}_b` };
   const runDir = path.join(os.tmpdir(), 'pair-runs', dbName);
   fs.mkdirSync(runDir, { recursive: true });
   cleanups.push(() => {
@@ -390,18 +394,19 @@ async function main() {
     else console.error(`logs kept in ${runDir}`);
   });
 
-  await onServer(`CREATE DATABASE "${dbName}"`);
-  cleanups.push(async () => {
-    await onServer(`DROP DATABASE IF EXISTS "${dbName}" WITH (FORCE)`);
-    console.error(`dropped database ${dbName}`);
-  });
-  console.log(`database ${dbName}; logs in ${runDir}`);
+  for (const name of Object.values(dbNames)) {
+    await onServer(`CREATE DATABASE "${name}"`);
+    cleanups.push(async () => {
+      await onServer(`DROP DATABASE IF EXISTS "${name}" WITH (FORCE)`);
+      console.error(`dropped database ${name}`);
+    });
+  }
+  console.log(`databases ${dbNames.A} (A) and ${dbNames.B} (B); logs in ${runDir}`);
 
   const env = { ...process.env };
   for (const k of new Set([...serviceVariables(opts.a), ...serviceVariables(opts.b), 'NODE_ENV'])) delete env[k];
   Object.assign(env, {
     HOST: '127.0.0.1',
-    DATABASE_URL: dbUrl(dbName),
     JWT_SECRET: secret(),
     PASSWORD_PEPPER: secret(),
     AUDIT_HMAC_KEY: secret(),
@@ -428,10 +433,9 @@ async function main() {
   );
 
   const [portA, portB] = [await freePort(), await freePort()];
-  // A first: it applies the migrations (under the advisory lock); B then finds none pending.
-  const A = await startService('A', opts.a, portA, env, runDir);
+  const A = await startService('A', opts.a, portA, { ...env, DATABASE_URL: dbUrl(dbNames.A) }, runDir);
   console.log(`A ready on ${A.base} (${opts.a})`);
-  const B = await startService('B', opts.b, portB, env, runDir);
+  const B = await startService('B', opts.b, portB, { ...env, DATABASE_URL: dbUrl(dbNames.B) }, runDir);
   console.log(`B ready on ${B.base} (${opts.b})`);
 
   const n = opts.connections;
@@ -442,6 +446,7 @@ async function main() {
   const relogins = { A: 0, B: 0 };
   const one = async (label, seconds) => {
     if (opts.route === 'refresh') relogins[label] += await repair(svcs[label], conns[label]);
+    await onServer('CHECKPOINT');
     const r = await runLoad(svcs[label], conns[label], seconds);
     if (signalled) throw new Error('interrupted');
     for (const [lbl, s] of Object.entries(svcs)) {

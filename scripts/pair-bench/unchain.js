@@ -2,7 +2,10 @@
 /*
  * For the measurement only (scripts/chain-cost.sh): edits the source tree given as the first
  * argument so that AuditService.record() writes its events unchained, one prepared INSERT with
- * no head lock, no HMAC and no head update. Everything else in the tree stays as it is.
+ * no head lock, no HMAC and no head update, and so that it writes no checkpoints (which are the
+ * chain's too: until 0.24.2 the control kept them, every AUDIT_CHECKPOINT_EVERY events, so
+ * their cost cancelled out of B/A and the chain's cost read lower than it is). Everything else
+ * in the tree stays as it is.
  */
 'use strict';
 const fs = require('node:fs');
@@ -26,3 +29,14 @@ const unchained = `    await sql(
 source = `// @ts-nocheck (a measurement-only build: see scripts/pair-bench/unchain.js)\n${source.slice(0, start)}${unchained}${source.slice(end)}`;
 fs.writeFileSync(file, source);
 console.log(`unchained: ${file}`);
+
+const task = path.join(process.argv[2], 'src', 'audit', 'audit-checkpoint.task.ts');
+let taskSource = fs.readFileSync(task, 'utf8');
+const tick = '  async handleTick(): Promise<Checkpoint | undefined> {\n';
+if (!taskSource.includes(tick)) throw new Error(`${task}: handleTick() is not as this script expects; update scripts/pair-bench/unchain.js`);
+taskSource = `// @ts-nocheck (a measurement-only build: see scripts/pair-bench/unchain.js)\n${taskSource.replace(
+  tick,
+  `${tick}    return undefined; // unchained: no checkpoints either\n`,
+)}`;
+fs.writeFileSync(task, taskSource);
+console.log(`no checkpoints: ${task}`);

@@ -352,10 +352,13 @@ async function main(): Promise<void> {
     return { value: median(perRound), perRound, goal };
   };
   const ratios = {
-    // The like-for-like ratio: the service, like this ceiling, verifies each token once.
-    whoamiToBareJwtRemembered: ratio('whoami', 'bareJwtRemembered', 0.5),
-    // Against a bare server that verifies every request: the service's remembering shows here.
-    whoamiToBareJwt: ratio('whoami', 'bareJwt'),
+    // Issue 7's goal, as it defines it: against a bare server that verifies the same JWT on every
+    // request. The service verifies each token once, so for ES256 (about 90 µs a verification)
+    // this ratio rises above 1; the next one says what the service costs besides.
+    whoamiToBareJwt: ratio('whoami', 'bareJwt', 0.5),
+    // Like for like: a bare server that, like the service, verifies each token once. No goal of
+    // the issue's; the framework's and the session check's own cost per request.
+    whoamiToBareJwtRemembered: ratio('whoami', 'bareJwtRemembered'),
     whoamiHs256ToBareJwtHs256: ratio('whoamiHs256', 'bareJwtHs256', 0.5),
     whoamiEs256ToHs256: ratio('whoami', 'whoamiHs256'),
     usersMeToBareJwtRemembered: ratio('usersMe', 'bareJwtRemembered'),

@@ -47,14 +47,15 @@ describe('SessionActivityBuffer', () => {
 
   it('keeps every session of a failed write for the next one, however many were noted during it', async () => {
     const ids = Array.from({ length: 6 }, (_, i) => `00000000-0000-4000-8000-00000000000${i}`);
-    let buffer!: SessionActivityBuffer;
+    // The stand-in connection notes activity on the buffer it serves, made below.
+    const served: { buffer?: SessionActivityBuffer } = {};
     let writes = 0;
     const writtenLater = new Set<string>();
     const runner = {
       query: async (_text: string, params: unknown[]) => {
         // The first write fails, once three more sessions were noted meanwhile (past maxPending).
         if (++writes === 1) {
-          for (const id of ids.slice(3)) buffer.record(id, Date.now(), false);
+          for (const id of ids.slice(3)) served.buffer!.record(id, Date.now(), false);
           throw new Error('Connection terminated unexpectedly');
         }
         for (const id of params[0] as string[]) writtenLater.add(id);
@@ -63,7 +64,8 @@ describe('SessionActivityBuffer', () => {
       release: async () => undefined,
     };
     const dataSource = { manager: { connection: { createQueryRunner: () => runner } } } as unknown as DataSource;
-    buffer = new SessionActivityBuffer(dataSource, { idleTtlSeconds: 3600, intervalMs: 60_000, maxPending: 2 });
+    const buffer = new SessionActivityBuffer(dataSource, { idleTtlSeconds: 3600, intervalMs: 60_000, maxPending: 2 });
+    served.buffer = buffer;
     try {
       for (const id of ids.slice(0, 3)) buffer.record(id, Date.now(), false);
       await buffer.flush();

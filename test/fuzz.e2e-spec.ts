@@ -608,8 +608,8 @@ describe('fuzz: hostile input gets a 4xx, leaks nothing and changes nothing (e2e
       // A body that cannot parse never reaches a handler, so valid tokens are safe here, logout included.
       fc
         .record({ path: pathOf(route, false), body: malformedJsonBody, contentType, auth: authorization(route, true) })
-        // An empty body without a Content-Type is no body at all, not a bad one.
-        .filter(({ body, contentType: ct }) => body.length > 0 || ct !== undefined)
+        // An empty body is no body at all, not a bad one, whatever its Content-Type.
+        .filter(({ body }) => body.length > 0)
         // Fastify does not read the body of a GET, so only the others must refuse it.
         .map(({ path, body, contentType: ct, auth }) =>
           fuzzCase(

@@ -88,6 +88,27 @@ describe('my sessions (e2e)', () => {
     assert.equal((await auditRows(t.db, { sessionId: tokens.sessionId, type: 'LOGOUT' })).length, 1);
   });
 
+  it('takes a DELETE without a body as one, though it says Content-Type: application/json (as clients that set it on every request do)', async () => {
+    const { tokens } = await registerAndLogin(t.http);
+    // Content-Length: 0, as Python's requests sends it; until 0.24.2 a 400 "Body must be valid JSON".
+    const res = await t.http
+      .delete(`/api/v1/sessions/${tokens.sessionId}`)
+      .set('Authorization', bearer(tokens))
+      .set('Content-Type', 'application/json')
+      .send('');
+    assert.equal(res.status, 204, JSON.stringify(res.body));
+    assert.equal((await sessionRow(t.db, tokens.sessionId))!.end_reason, 'logout');
+    // A body that is there and not JSON is still refused.
+    const other = await registerAndLogin(t.http);
+    const blank = await t.http
+      .delete(`/api/v1/sessions/${other.tokens.sessionId}`)
+      .set('Authorization', bearer(other.tokens))
+      .set('Content-Type', 'application/json')
+      .send(' ');
+    assert.equal(blank.status, 400);
+    assert.equal((await sessionRow(t.db, other.tokens.sessionId))!.ended_at, null);
+  });
+
   it('revoking my current session by its id in upper case is a logout too: no recent authentication asked', async () => {
     const { tokens } = await registerAndLogin(t.http);
     // Past the step-up window, which ending another session would need.

@@ -51,6 +51,23 @@ export function registerRequestHygiene(fastify: FastifyInstance, logger: LoggerS
   // JSON only (API.md): Fastify also parses text/plain by default; without a parser it is a 415.
   fastify.removeContentTypeParser('text/plain');
 
+  // Zero bytes of content (Content-Length 0, or neither it nor Transfer-Encoding: RFC 9112, 6.3)
+  // are no content, whatever type they say they are: clients that set `Content-Type:
+  // application/json` on every request (Python's requests with a session's headers, generated
+  // SDKs) send it on a DELETE without a body, which Fastify refused as an empty JSON body (400),
+  // so their logout or revocation failed (until 0.24.2).
+  fastify.addHook('onRequest', (request, _reply, done) => {
+    const { headers } = request;
+    if (
+      headers['content-type'] !== undefined &&
+      headers['transfer-encoding'] === undefined &&
+      (headers['content-length'] === undefined || headers['content-length'] === '0')
+    ) {
+      delete headers['content-type'];
+    }
+    done();
+  });
+
   // Callback-style hooks: an async hook costs every request a promise and a microtask.
   fastify.addHook('preValidation', (request, _reply, done) => {
     if (request.body === undefined) return done();

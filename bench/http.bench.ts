@@ -193,29 +193,20 @@ async function main(): Promise<void> {
   };
   const whoamiLoad: LoadOptions = { url: `${base}/api/v1/auth/session`, connections: config.connections, setupClient: bearers(readerTokens) };
   const usersMeLoad: LoadOptions = { url: `${base}/api/v1/users/me`, connections: config.connections, setupClient: bearers(readerTokens) };
+  /** A bare JWT ceiling's load: its one token, as a bearer on every request. */
+  const jwtCeilingLoad = (ceilingPort: number, token: string, seconds: number) =>
+    load({ url: `http://127.0.0.1:${ceilingPort}/`, connections: config.connections, seconds, headers: { authorization: `Bearer ${token}` } });
   let refreshRate = 0;
   const runs: Record<TargetName, { label: string; connections: number; run: (seconds: number) => Promise<LoadResult> }> = {
     bareJwt: {
       label: 'bare node:http + ES256 JWT verify',
       connections: config.connections,
-      run: (seconds) =>
-        load({
-          url: `http://127.0.0.1:${bareJwt.first.port}/`,
-          connections: config.connections,
-          seconds,
-          headers: { authorization: `Bearer ${ceilingTokens.ES256}` },
-        }),
+      run: (seconds) => jwtCeilingLoad(bareJwt.first.port, ceilingTokens.ES256, seconds),
     },
     bareJwtRemembered: {
       label: 'bare node:http + ES256 JWT, each token verified once',
       connections: config.connections,
-      run: (seconds) =>
-        load({
-          url: `http://127.0.0.1:${bareJwtRemembered.first.port}/`,
-          connections: config.connections,
-          seconds,
-          headers: { authorization: `Bearer ${ceilingTokens.ES256}` },
-        }),
+      run: (seconds) => jwtCeilingLoad(bareJwtRemembered.first.port, ceilingTokens.ES256, seconds),
     },
     whoami: {
       label: 'GET /api/v1/auth/session (ES256)',
@@ -225,13 +216,7 @@ async function main(): Promise<void> {
     bareJwtHs256: {
       label: 'bare node:http + HS256 JWT verify',
       connections: config.connections,
-      run: (seconds) =>
-        load({
-          url: `http://127.0.0.1:${bareJwtHs256.first.port}/`,
-          connections: config.connections,
-          seconds,
-          headers: { authorization: `Bearer ${ceilingTokens.HS256}` },
-        }),
+      run: (seconds) => jwtCeilingLoad(bareJwtHs256.first.port, ceilingTokens.HS256, seconds),
     },
     whoamiHs256: {
       label: 'GET /api/v1/auth/session (HS256)',

@@ -38,6 +38,16 @@ async function ringOf(t: TestApp): Promise<string[][]> {
   return (await keyRows(t)).map((r) => [r.kid, r.algorithm, r.state]);
 }
 
+/** The ring's current and next keys, as `state:algorithm:kid`, current first. */
+async function currentAndNext(t: TestApp): Promise<string[]> {
+  const rows = (await t.db.query(`SELECT kid, state, algorithm FROM signing_keys WHERE state IN ('current', 'next') ORDER BY state`)) as Array<{
+    kid: string;
+    state: string;
+    algorithm: string;
+  }>;
+  return rows.map((k) => `${k.state}:${k.algorithm}:${k.kid}`);
+}
+
 /** How many KEY_ROTATED events the log holds. */
 async function rotationsIn(t: TestApp): Promise<number> {
   return ((await t.db.query(`SELECT count(*)::int AS n FROM audit_events WHERE type = 'KEY_ROTATED'`)) as Array<{ n: number }>)[0].n;
@@ -306,14 +316,7 @@ describe('signing keys: ring, rotation, JWKS (e2e)', () => {
     let updated: TestApp | undefined;
     try {
       updated = await createTestApp({ DATABASE_URL: shared, SIGNING_ALGORITHM: 'HS256', SIGNING_KEY_ROTATION_DAYS: '1' }); // booted with the new setting
-      const states = async () =>
-        (
-          (await old.db.query(`SELECT kid, state, algorithm FROM signing_keys WHERE state IN ('current', 'next') ORDER BY state`)) as Array<{
-            kid: string;
-            state: string;
-            algorithm: string;
-          }>
-        ).map((k) => `${k.state}:${k.algorithm}:${k.kid}`);
+      const states = () => currentAndNext(old);
       const adopted = await states();
       assert.match(adopted.join(' '), /^current:ES256:\S+ next:HS256:\S+$/, 'the new setting made its next key at boot');
       // Until 0.22.0 the old instance's maintenance retired it within five minutes, leaving no next key.
@@ -711,14 +714,7 @@ describe('signing keys: rows changed in the table without KEY_ENCRYPTION_KEY, an
   });
 
   it('never promotes a next key that does not open: the maintenance retires it and publishes a fresh one; a process that cannot open the current key changes nothing', async () => {
-    const ring = async () =>
-      (
-        (await t.db.query(`SELECT kid, state, algorithm FROM signing_keys WHERE state IN ('current', 'next') ORDER BY state`)) as Array<{
-          kid: string;
-          state: string;
-          algorithm: string;
-        }>
-      ).map((k) => `${k.state}:${k.algorithm}:${k.kid}`);
+    const ring = () => currentAndNext(t);
     // A process with another KEY_ENCRYPTION_KEY and another SIGNING_ALGORITHM (a stale secret in a canary):
     // until 0.24.2 its boot made a next key sealed under its own setting before it failed.
     const before = await ring();

@@ -202,7 +202,7 @@ export class KeyRotationService {
       // 0.24.2). A next key is published instead, and committed; the rotation may follow once
       // it is old enough.
       if (!now && this.lacksPublishableNext(ring, unopenable)) return { published: (await this.publishNext(em, trigger, ring, unopenable)).next };
-      return { rotated: await this.rotateLocked(em, trigger, unopenable) };
+      return { rotated: await this.rotateLocked(em, trigger, ring, unopenable) };
     });
     if ('published' in outcome) throw new NextKeyTooNewError(outcome.published, 0, this.publicationSeconds);
     return outcome.rotated;
@@ -243,7 +243,7 @@ export class KeyRotationService {
       // never, until 0.24.2).
       const stopped = current?.stopped ?? false;
       if (stopped || (due && !foreignNext)) {
-        const rotated = await this.rotateLocked(em, 'schedule', unopenable);
+        const rotated = await this.rotateLocked(em, 'schedule', ring, unopenable);
         return { skipped: false, rotated, retired: rotated.retired };
       }
       // A next key an operator stopped is retired here, and a fresh one published in its place,
@@ -335,11 +335,14 @@ export class KeyRotationService {
     return next && unopenable.has(next.kid) ? this.store.retireNext(em, next.kid) : [];
   }
 
-  private async rotateLocked(em: EntityManager, trigger: Exclude<RotationTrigger, 'boot'>, unopenable: ReadonlySet<string>): Promise<RotationResult> {
-    const retired = [
-      ...(await this.store.retire(em, this.algorithm)),
-      ...(await this.retireUnopenableNext(em, await this.store.states(em), unopenable)),
-    ];
+  private async rotateLocked(
+    em: EntityManager,
+    trigger: Exclude<RotationTrigger, 'boot'>,
+    ring: Awaited<ReturnType<SigningKeyStore['states']>>,
+    unopenable: ReadonlySet<string>,
+  ): Promise<RotationResult> {
+    // A next key retire() took already (stopped, another algorithm) is 'next' no more: retireNext then changes nothing.
+    const retired = [...(await this.store.retire(em, this.algorithm)), ...(await this.retireUnopenableNext(em, ring, unopenable))];
     const retiring = await this.store.demoteCurrent(em, this.retiringSeconds);
     let current = await this.store.promoteNext(em, this.algorithm);
     if (!current) {

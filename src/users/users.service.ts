@@ -79,8 +79,7 @@ export class UsersService {
     client: ClientContext,
     action: 'password_change' | 'email_change' | 'profile_update' | 'reauthenticate' | 'end_session' | 'end_other_sessions' | 'admin_revocation',
   ): Promise<void> {
-    const message = CURRENT_PASSWORD_REQUIRED;
-    if (password === undefined) throw new UnauthorizedException(message);
+    if (password === undefined) throw new UnauthorizedException(CURRENT_PASSWORD_REQUIRED);
     const attempt = await this.throttle.begin(`account:${user.id}`, client.ipAddress);
     if (await this.passwords.verify(password, user.passwordHash)) {
       await this.throttle.succeeded(attempt);
@@ -93,7 +92,7 @@ export class UsersService {
         ...accountLockedEvents(attempt.locksSet, user.id, client, sessionId),
       ),
     );
-    throw new UnauthorizedException(message);
+    throw new UnauthorizedException(CURRENT_PASSWORD_REQUIRED);
   }
 
   /**

@@ -33,7 +33,10 @@ export class UsersController {
   @ApiOkResponse({ type: UserResponseDto })
   @ApiBadRequestResponse({ type: ErrorResponseDto })
   @ApiStepUpUnauthorizedResponse(' for an email change without currentPassword; or a wrong currentPassword')
-  @ApiConflictResponse({ type: ErrorResponseDto, description: 'Username or email is already taken' })
+  @ApiConflictResponse({
+    type: ErrorResponseDto,
+    description: 'Username or email is already taken, or the profile was changed by another request while this one waited (read it again and retry)',
+  })
   @ApiTooManyRequestsResponse({
     type: ErrorResponseDto,
     description: 'Too many wrong current passwords, or username or email changes and registrations from this address; see Retry-After',

@@ -1035,7 +1035,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorResponseDto"];
                 };
             };
-            /** @description Username or email is already taken */
+            /** @description Username or email is already taken, or the profile was changed by another request while this one waited (read it again and retry) */
             409: {
                 headers: {
                     "X-RateLimit-Limit": components["headers"]["X-RateLimit-Limit"];
@@ -1049,7 +1049,7 @@ export interface operations {
                      * @example {
                      *       "statusCode": 409,
                      *       "error": "Conflict",
-                     *       "message": "Username or email is already taken"
+                     *       "message": "Username or email is already taken, or the profile was changed by another request while this one waited (read it again and retry)"
                      *     }
                      */
                     "application/json": components["schemas"]["ErrorResponseDto"];

@@ -245,6 +245,43 @@ describe('malicious lockout (e2e)', () => {
     assert.equal((await changeFrom(home, user.password)).status, 204);
   });
 
+  it('a password change takes back the exemption of every other place the account was logged into, and makes the place it was changed from known', async () => {
+    const user = await registerUser(t.http);
+    const home = '198.51.100.30';
+    const phisher = '203.0.113.130';
+    const login = (ip: string, body: object) => t.http.post('/api/v1/auth/login').set('X-Forwarded-For', ip).send(body);
+    const digest = counterKeyDigest(TEST_PASSWORD_PEPPER);
+    const names = { email: `email:${user.email.toLowerCase()}`, username: `username:${user.username.toLowerCase()}`, account: `account:${user.id}` };
+    const keysOf = (ip: string, ...of: Array<keyof typeof names>) => of.map((name) => digest(`known:${names[name]}|${ip}`));
+    const knownKeys = async () =>
+      (await t.db.query(`SELECT key FROM login_known_clients WHERE account = $1 ORDER BY key`, [digest(`known-account:${user.id}`)])).map(
+        (r: { key: string }) => r.key,
+      );
+    // The phisher logs in with the stolen password, by both names; the owner logs in at home, by email.
+    assert.equal((await login(phisher, { email: user.email, password: user.password })).status, 200);
+    assert.equal((await login(phisher, { username: user.username, password: user.password })).status, 200);
+    const tokens = (await login(home, { email: user.email, password: user.password }).expect(200)).body as Tokens;
+    assert.deepEqual(await knownKeys(), [...keysOf(phisher, 'email', 'username', 'account'), ...keysOf(home, 'email', 'account')].sort());
+    const newPassword = 'another-long-password-of-the-owner';
+    await t.http
+      .put('/api/v1/users/me/password')
+      .set('Authorization', bearer(tokens))
+      .set('X-Forwarded-For', home)
+      .send({ currentPassword: user.password, newPassword })
+      .expect(204);
+    // The phisher's rows are gone; home is known by every name, its username too (the change is as good as a login).
+    assert.deepEqual(await knownKeys(), keysOf(home, 'email', 'username', 'account').sort());
+    // From the phisher's address the new password is guessed like from anywhere else: held
+    // after the maximum by email and by username (before 0.25.0: 401 for ever, never 429).
+    for (const name of [{ email: user.email }, { username: user.username }]) {
+      for (let i = 0; i < 3; i++) assert.equal((await login(phisher, { ...name, password: `${WRONG}-${i}` })).status, 401);
+      assert.equal((await login(phisher, { ...name, password: `${WRONG}-x` })).status, 429, JSON.stringify(name));
+    }
+    // Home is not held by either name's back-off (the username first: a success clears its count).
+    assert.equal((await login(home, { username: user.username, password: newPassword })).status, 200);
+    assert.equal((await login(home, { email: user.email, password: newPassword })).status, 200);
+  });
+
   it("knows an IPv6 client by its /64: the user's privacy address changed since, and home still lets them in", async () => {
     const user = await registerUser(t.http);
     const loginFrom = (ip: string, password: string) =>

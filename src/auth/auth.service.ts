@@ -114,8 +114,10 @@ export class AuthService {
   }
 
   /**
-   * The current password is required; the new one replaces it and every other session of the
-   * user ends, all in one transaction, so a thief holding another session is out at once.
+   * The current password is required; the new one replaces it, every other session of the
+   * user ends and every other place the account was logged into from loses its lockout
+   * exemption, all in one transaction, so a thief holding another session is out at once and a
+   * phisher's address guesses the new password no faster than any other.
    */
   async changePassword(auth: AuthContext, dto: ChangePasswordDto, client: ClientContext): Promise<void> {
     const user = await this.users.getById(auth.userId);
@@ -126,6 +128,8 @@ export class AuthService {
     let ended: string[] = [];
     const changed = await this.whilePasswordHolds(user, dto.currentPassword, async (em, { stored }) => {
       await this.users.replacePasswordHash(em, { id: user.id, passwordHash: stored }, passwordHash);
+      // The places the old password was used from are no longer known (an attacker's too), but this one.
+      await this.throttle.forgetOtherClients(em, user, client.ipAddress);
       ended = await this.sessions.endSessions(
         { userId: user.id, exceptSessionId: auth.sessionId },
         { reason: 'password_changed', event: 'SESSION_REVOKED', client, actorSessionId: auth.sessionId },

@@ -34,6 +34,7 @@ import { AuditTruncateRefused1767000000000 } from './migrations/1767000000000-Au
 import { CounterKeysKeyed1767100000000 } from './migrations/1767100000000-CounterKeysKeyed';
 import { AuditSealClosedAndOldSessionId1767200000000 } from './migrations/1767200000000-AuditSealClosedAndOldSessionId';
 import { SigningKeyRingMade1767300000000 } from './migrations/1767300000000-SigningKeyRingMade';
+import { LoginKnownClientsAccount1767400000000 } from './migrations/1767400000000-LoginKnownClientsAccount';
 import { SigningKeys1765600000000 } from './migrations/1765600000000-SigningKeys';
 
 export const ENTITIES = [UserEntity, SessionEntity, RotatedRefreshTokenEntity, AuditEventEntity];
@@ -69,6 +70,7 @@ export const MIGRATIONS = [
   CounterKeysKeyed1767100000000,
   AuditSealClosedAndOldSessionId1767200000000,
   SigningKeyRingMade1767300000000,
+  LoginKnownClientsAccount1767400000000,
 ];
 
 /**

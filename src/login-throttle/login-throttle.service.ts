@@ -177,15 +177,15 @@ export class LoginThrottleService implements BeforeApplicationShutdown {
     // The counters' rows are locked in key order first, as begin() locks them, so that two
     // attempts never deadlock (one UPDATE ... FROM alone would lock in its join's order). A
     // reset count is 0 rather than a deleted row: begin() treats both alike, prune() removes it.
-    const known = [attempt.knownClientKey, accountId ? this.knownClientKey(`account:${accountId.toLowerCase()}`, attempt.client) : null]
+    const known = [...new Set([attempt.knownClientKey, accountId ? this.knownClientKey(`account:${accountId.toLowerCase()}`, attempt.client) : null])]
       .filter((key): key is string => key !== null)
       .sort(); // rows in key order, as every writer takes them
     await sql(
       em,
       `WITH known AS (
-         INSERT INTO login_known_clients (key, last_success_at)
-         SELECT k, now() FROM unnest($1::char(64)[]) AS k
-         ON CONFLICT (key) DO UPDATE SET last_success_at = now()
+         INSERT INTO login_known_clients (key, last_success_at, account)
+         SELECT k, now(), $5 FROM unnest($1::char(64)[]) AS k
+         ON CONFLICT (key) DO UPDATE SET last_success_at = now(), account = COALESCE(excluded.account, login_known_clients.account)
        ), locked AS (
          SELECT key FROM login_throttle WHERE key = ANY($2::char(64)[]) ORDER BY key FOR UPDATE
        )
@@ -194,8 +194,55 @@ export class LoginThrottleService implements BeforeApplicationShutdown {
               locked_until = CASE WHEN c.reset OR t.locked_until = c.lock_set THEN NULL ELSE t.locked_until END
          FROM locked JOIN unnest($2::char(64)[], $3::boolean[], $4::timestamptz[]) AS c(key, reset, lock_set) ON c.key = locked.key
         WHERE t.key = locked.key`,
-      [known, counters.map((c) => c.key), counters.map((c) => c.reset), counters.map((c) => c.lockSet)],
+      [
+        known,
+        counters.map((c) => c.key),
+        counters.map((c) => c.reset),
+        counters.map((c) => c.lockSet),
+        accountId ? this.accountDigest(accountId) : null,
+      ],
     );
+  }
+
+  /**
+   * A password change: every place the account was logged into from loses its exemption from
+   * the back-off (ASVS 6.3.1), but the client that changed it (with a session and the current
+   * password, as good as a login), which becomes or stays known under each name the account
+   * logs in by. Otherwise an attacker who logged in once with a phished password kept guessing
+   * the new one from that address, held only by the address's limit, for 30 days after the
+   * owner changed it (until 0.25.0). The price: the owner's other places are new places again
+   * until their next login there (an attacker holding the identifier in back-off keeps them
+   * out meanwhile, as any new place: SECURITY.md, Known gaps, 6.1.1). In the caller's
+   * transaction, beside the change. A row an instance older than 0.25.0 writes during a rolling
+   * upgrade names no account and is not taken back (it expires after 30 days).
+   */
+  async forgetOtherClients(em: EntityManager, account: { id: string; email: string; username: string }, keepIpAddress: string | null): Promise<void> {
+    const client = keepIpAddress ? normalizeIp(keepIpAddress) : null;
+    let keep: string[] = [];
+    if (client) {
+      // Lower-cased by PostgreSQL, as begin() counts a login's identifier.
+      const {
+        rows: [names],
+      } = await sql<{ email: string; username: string }>(em, 'SELECT lower($1) AS email, lower($2) AS username', [account.email, account.username]);
+      keep = [`email:${names.email}`, `username:${names.username}`, `account:${account.id.toLowerCase()}`]
+        .map((name) => this.knownClientKey(name, client)!)
+        .sort(); // rows in key order, as every writer takes them
+    }
+    await sql(
+      em,
+      `WITH kept AS (
+         INSERT INTO login_known_clients (key, last_success_at, account)
+         SELECT k, now(), $1 FROM unnest($2::char(64)[]) AS k
+         ON CONFLICT (key) DO UPDATE SET last_success_at = now(), account = excluded.account
+       )
+       DELETE FROM login_known_clients WHERE account = $1 AND key <> ALL($2::char(64)[])`,
+      [this.accountDigest(account.id), keep],
+    );
+  }
+
+  /** The account a known client logged into, as login_known_clients names it: a keyed digest, as its keys are. */
+  private accountDigest(accountId: string): string {
+    return this.digest(`known-account:${accountId.toLowerCase()}`);
   }
 
   /** An identifier (lower-cased as begin() counts it) from a client, as login_known_clients keys it. */

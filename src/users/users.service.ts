@@ -82,7 +82,7 @@ export class UsersService {
     if (password === undefined) throw new UnauthorizedException(CURRENT_PASSWORD_REQUIRED);
     const attempt = await this.throttle.begin(`account:${user.id}`, client.ipAddress);
     if (await this.passwords.verify(password, user.passwordHash)) {
-      await this.throttle.succeeded(attempt);
+      await this.throttle.succeeded(attempt, undefined, user.id);
       return;
     }
     await this.dataSource.transaction((em) =>

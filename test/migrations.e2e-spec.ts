@@ -11,6 +11,8 @@ import { SessionAuthTime1765500000000 } from '../src/database/migrations/1765500
 import { AuditUserIndexMerged1766700000000 } from '../src/database/migrations/1766700000000-AuditUserIndexMerged';
 import { AuditUserTypeIndex1766800000000 } from '../src/database/migrations/1766800000000-AuditUserTypeIndex';
 import { CounterKeysKeyed1767100000000 } from '../src/database/migrations/1767100000000-CounterKeysKeyed';
+import { LoginKnownClientsAccount1767400000000 } from '../src/database/migrations/1767400000000-LoginKnownClientsAccount';
+import { warnIfCaseFoldingIsAsciiOnly } from '../src/database/case-folding';
 import { CapturingLogger } from './helpers/capturing-logger';
 import { sleep } from './helpers/factories';
 import { createTestApp, emptyDatabase } from './helpers/test-app';
@@ -75,6 +77,24 @@ describe('migrations (e2e)', () => {
       assert.match(warnings[0], /^The database holds 1 migration\(s\) this version does not know \(FromTheFuture1999999999999\)/);
     } finally {
       await source.destroy();
+    }
+  });
+
+  it('warns at boot of a database whose lower() folds ASCII letters only (LC_CTYPE C), not of one that folds every letter', async () => {
+    for (const [ctype, warnings] of [
+      ['C', 1],
+      ['C.UTF-8', 0],
+    ] as const) {
+      const source = await new DataSource(dataSourceOptions(await emptyDatabase({ ctype }))).initialize();
+      const logger = new CapturingLogger();
+      try {
+        await warnIfCaseFoldingIsAsciiOnly(source, logger);
+        const lines = logger.lines.filter((l) => l.level === 'warn').map((l) => l.message);
+        assert.equal(lines.length, warnings, `${ctype}: ${lines.join('\n')}`);
+        if (warnings) assert.match(lines[0], /^The database lower-cases ASCII letters only \(LC_CTYPE C\): email addresses that differ/);
+      } finally {
+        await source.destroy();
+      }
     }
   });
 
@@ -603,6 +623,22 @@ describe('migrations (e2e)', () => {
         (await source.query(`SELECT key FROM rate_limits ORDER BY key`)).map((r: { key: string }) => r.key),
         [digest, 'register-total'],
       );
+    } finally {
+      await source.destroy();
+    }
+  });
+
+  it('forget the known clients that name no account (no password change could take them back), then name each new one', async () => {
+    const db = await emptyDatabase();
+    const source = await new DataSource(dataSourceOptions(db)).initialize();
+    try {
+      await runMigrationsLocked(source);
+      for (let i = MIGRATIONS.indexOf(LoginKnownClientsAccount1767400000000); i < MIGRATIONS.length; i++) await source.undoLastMigration();
+      await source.query(`INSERT INTO login_known_clients (key, last_success_at) VALUES ($1, now())`, ['b'.repeat(64)]);
+      await source.runMigrations({ transaction: 'each' });
+      assert.deepEqual(await source.query(`SELECT key FROM login_known_clients`), []);
+      await source.query(`INSERT INTO login_known_clients (key, last_success_at, account) VALUES ($1, now(), $2)`, ['c'.repeat(64), 'd'.repeat(64)]);
+      assert.deepEqual(await source.query(`SELECT account FROM login_known_clients`), [{ account: 'd'.repeat(64) }]);
     } finally {
       await source.destroy();
     }

@@ -17,6 +17,7 @@ import { dataSourceOptions } from '../database/data-source.options';
 import { runMigrationsLocked } from '../database/migrate';
 import { connectTargetOf } from '../database/connect-failure';
 import { firstConnect } from '../database/first-connect';
+import { warnIfCaseFoldingIsAsciiOnly } from '../database/case-folding';
 import { HealthModule } from '../health/health.module';
 import { KeysModule } from '../keys/keys.module';
 import { MetricsModule } from '../metrics/metrics.module';
@@ -125,6 +126,7 @@ export class SessionaryModule {
                 const dataSource = await new DataSource({ ...rest, migrationsRun: false } as DataSourceOptions).initialize();
                 try {
                   if (migrationsRun) await runMigrationsLocked(dataSource);
+                  await warnIfCaseFoldingIsAsciiOnly(dataSource, new Logger('Database'));
                 } catch (error) {
                   // Its pool closed: a boot that stops leaves no connection behind.
                   await dataSource.destroy().catch(() => undefined);

@@ -74,8 +74,8 @@ export async function copyOfDatabase(url: string): Promise<string> {
  * themselves (applied from nothing, several instances booting together, a version before
  * some migration), which a migrated copy would pass without running them.
  */
-export async function emptyDatabase(): Promise<string> {
-  return createDatabaseAt(await extraDatabaseUrl());
+export async function emptyDatabase({ ctype }: { ctype?: string } = {}): Promise<string> {
+  return createDatabaseAt(await extraDatabaseUrl(), undefined, ctype);
 }
 
 /**
@@ -87,12 +87,20 @@ function migratedDatabaseAt(url: URL): Promise<string> {
   return createDatabaseAt(url, process.env.TEST_TEMPLATE_DATABASE);
 }
 
-/** Creates the database `url` names (a copy of `template` when given), through a connection to DATABASE_URL's; answers the url. */
-async function createDatabaseAt(url: URL, template?: string): Promise<string> {
+/**
+ * Creates the database `url` names (a copy of `template` when given; with `ctype`, an empty one
+ * of that LC_CTYPE and LC_COLLATE), through a connection to DATABASE_URL's; answers the url.
+ */
+async function createDatabaseAt(url: URL, template?: string, ctype?: string): Promise<string> {
   const client = new Client({ connectionString: process.env.DATABASE_URL });
   await client.connect();
   try {
-    await client.query(`CREATE DATABASE "${url.pathname.slice(1)}"${template ? ` TEMPLATE "${template}"` : ''}`);
+    // libc's locale named, even where the cluster's default provider is ICU (PostgreSQL 15 and later), whose lower() folds whatever LC_CTYPE says.
+    const icuPossible = ctype && Number((await client.query(`SELECT current_setting('server_version_num') AS v`)).rows[0].v) >= 150000;
+    const locale = ctype
+      ? ` TEMPLATE template0 ENCODING 'UTF8' LC_CTYPE '${ctype}' LC_COLLATE '${ctype}'${icuPossible ? ' LOCALE_PROVIDER libc' : ''}`
+      : '';
+    await client.query(`CREATE DATABASE "${url.pathname.slice(1)}"${template ? ` TEMPLATE "${template}"` : locale}`);
   } finally {
     await client.end();
   }

@@ -113,6 +113,19 @@ describe('auth (e2e)', () => {
           { username, email, password: 'a-long-enough-password' },
           /email must be an email address without spaces, quotes, control or invisible characters/,
         ]),
+        // Other spellings of an address (until 0.25.0 accepted): compatibility forms NFKC maps
+        // onto plain letters (full-width, a script e, a ligature), an ideographic full stop and
+        // a Punycode A-label, which IDNA maps onto the plain domain.
+        ...[
+          `\uff41${username}@x.test`,
+          `${username}@\u212fxample.test`,
+          `${username}\ufb01@x.test`,
+          `${username}@mail.example\u3002test`,
+          `${username}@xn--bcher-kva.test`,
+        ].map((email): [Record<string, unknown>, RegExp] => [
+          { username, email, password: 'a-long-enough-password' },
+          /email must be an email address .*in Unicode normalization form KC, its domain as it is shown \(no Punycode\)/,
+        ]),
       ];
       for (const [body, message] of cases) {
         const res = await t.http.post('/api/v1/auth/register').send(body);
@@ -122,6 +135,16 @@ describe('auth (e2e)', () => {
       }
       const [{ count }] = await t.db.query('SELECT count(*)::int AS count FROM users WHERE username = $1', [username]);
       assert.equal(count, 0);
+    });
+
+    it('registers an internationalised address written as it is shown, in any letter case', async () => {
+      for (const domain of ['bücher.test', 'BÜCHER.Test', 'münchen.test']) {
+        const input = newUserInput();
+        const email = `${input.username}@${domain}`;
+        const res = await t.http.post('/api/v1/auth/register').send({ ...input, email });
+        assert.equal(res.status, 201, JSON.stringify(res.body));
+        assert.equal(res.body.email, email);
+      }
     });
 
     it('counts password length in code points and accepts any characters', async () => {

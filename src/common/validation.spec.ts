@@ -6,7 +6,7 @@ import { BadRequestException, type Type } from '@nestjs/common';
 import { PATH_METADATA, ROUTE_ARGS_METADATA } from '@nestjs/common/constants.js';
 import { RouteParamtypes } from '@nestjs/common/enums/route-paramtypes.enum.js';
 import { getMetadataStorage, IsString } from 'class-validator';
-import { AppValidationPipe } from './validation';
+import { AppValidationPipe, isNewEmailAddress } from './validation';
 
 class RuledBody {
   @IsString() name!: string;
@@ -79,5 +79,36 @@ describe('AppValidationPipe', () => {
     }
     assert.ok(checked.length >= 10, `found the routes' DTO classes: ${checked.join(', ')}`);
     assert.deepEqual(unruled, []);
+  });
+});
+
+describe('isNewEmailAddress', () => {
+  it('refuses each spelling that IDNA or NFKC maps onto another address, on its own', () => {
+    for (const email of [
+      '\uff41da@example.test', // full-width a
+      'ada@\u212fxample.test', // script small e
+      'ada\ufb01@example.test', // fi ligature
+      'ada@mail.example\u3002test', // ideographic full stop: a dot to IDNA, a letter to NFKC
+      'ada@xn--bcher-kva.test', // the A-label of bücher
+      'ada@mail.XN--BCHER-KVA.test',
+      'ada@gma\u0130l.test', // İ: i and a combining dot to IDNA, a plain i to PostgreSQL's lower()
+      '\u0130da@example.test',
+    ]) {
+      assert.equal(isNewEmailAddress(email), false, JSON.stringify(email));
+    }
+  });
+
+  it('accepts plain and internationalised addresses as they are shown, in any letter case', () => {
+    for (const email of [
+      'ada@example.test',
+      'Ada@Example.TEST',
+      'ada@bücher.test',
+      'ada@BÜCHER.test',
+      'ada@faß.test',
+      'jürgen@münchen.test',
+      'a_b@a-b.example.test',
+    ]) {
+      assert.equal(isNewEmailAddress(email), true, email);
+    }
   });
 });

@@ -1,4 +1,5 @@
 import { ArgumentMetadata, BadRequestException, HttpException, Injectable, ValidationPipe } from '@nestjs/common';
+import { domainToUnicode } from 'node:url';
 import { getMetadataStorage, isEmail, registerDecorator, ValidateIf, ValidationOptions } from 'class-validator';
 
 /**
@@ -39,8 +40,14 @@ const UNSAFE_IN_NEW_ADDRESS = /[\p{Cc}\p{Cf}\p{Z}\s"\p{Default_Ignorable_Code_Po
 
 /**
  * A new email address: an email address (IsEmailAddress) without UNSAFE_IN_NEW_ADDRESS's
- * characters, in Unicode normalization form C, so that one written with a combining accent
- * (NFD) and one with the accented letter make no two accounts that look the same. Login keeps
+ * characters, in Unicode normalization form KC, its domain written as mail software shows it.
+ * So that no two accounts look alike or share a mailbox by spelling alone: NFKC refuses a
+ * combining accent beside the precomposed letter (NFD) and the compatibility forms that stand
+ * for other letters (full-width `ａｄａ`, `ℯxample`, `ﬁ`); the domain's rule refuses what IDNA
+ * maps onto another domain (an ideographic full stop `example。com`, a Punycode A-label
+ * `xn--bcher-kva.de` for `bücher.de`): mail software that speaks IDNA delivers each to the plain
+ * spelling's mailbox, yet each registered beside it as another address (until 0.25.0, when the
+ * rule was form C alone). Login keeps
  * IsEmailAddress alone: any address stored before these rules still signs in.
  */
 export function IsNewEmailAddress(options?: ValidationOptions): PropertyDecorator {
@@ -57,12 +64,40 @@ export function IsNewEmailAddress(options?: ValidationOptions): PropertyDecorato
 /** IsNewEmailAddress's rule, for a service that knows only later whether an address is new (a profile's unchanged one is not). */
 export function isNewEmailAddress(value: unknown): boolean {
   return (
-    typeof value === 'string' && value.isWellFormed() && !UNSAFE_IN_NEW_ADDRESS.test(value) && value === value.normalize('NFC') && isEmail(value)
+    typeof value === 'string' &&
+    value.isWellFormed() &&
+    !UNSAFE_IN_NEW_ADDRESS.test(value) &&
+    value === value.normalize('NFKC') &&
+    !hasLetterLowerCasedInTwo(value) &&
+    isEmail(value) &&
+    isDomainAsShown(value.slice(value.lastIndexOf('@') + 1))
   );
 }
 
+/**
+ * Whether a letter of the value lower-cases into more than one in JavaScript: `İ` (U+0130),
+ * which becomes `i̇` here and in IDNA but a plain `i` in PostgreSQL's lower() (glibc), by which
+ * addresses are unique and found at login. So `ada@gmaİl.test` passed every other rule as a
+ * domain of its own, yet took `ada@gmail.test`'s place in the database (until 0.25.0).
+ */
+function hasLetterLowerCasedInTwo(value: string): boolean {
+  for (const c of value) if (c.toLowerCase().length !== c.length) return true;
+  return false;
+}
+
+/**
+ * Whether a domain is already what IDNA (UTS #46, as browsers and mail software map it) makes of
+ * it but for letter case: its display form, not another spelling of one. `domainToUnicode`
+ * maps and lower-cases it and turns A-labels into the letters they encode; an empty answer is a
+ * domain IDNA refuses.
+ */
+function isDomainAsShown(domain: string): boolean {
+  const shown = domainToUnicode(domain);
+  return shown !== '' && shown === domain.toLowerCase();
+}
+
 export function newEmailAddressMessage(field: string): string {
-  return `${field} must be an email address without spaces, quotes, control or invisible characters, in Unicode normalization form C`;
+  return `${field} must be an email address without spaces, quotes, control or invisible characters, in Unicode normalization form KC, its domain as it is shown (no Punycode)`;
 }
 
 /**

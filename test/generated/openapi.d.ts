@@ -406,7 +406,7 @@ export interface components {
             username?: string;
             /**
              * Format: email
-             * @description No spaces, quotes, control or invisible characters; Unicode normalization form C (when it changes)
+             * @description No spaces, quotes, control or invisible characters; Unicode normalization form KC; the domain as it is shown (no Punycode A-labels) (when it changes)
              * @example ada@example.com
              */
             email?: string;
@@ -481,7 +481,7 @@ export interface components {
             username: string;
             /**
              * Format: email
-             * @description No spaces, quotes, control or invisible characters; Unicode normalization form C
+             * @description No spaces, quotes, control or invisible characters; Unicode normalization form KC; the domain as it is shown (no Punycode A-labels)
              * @example ada@example.com
              */
             email: string;

@@ -33,7 +33,7 @@ export const EmailField = (required = true, { rule }: { rule: 'new' | 'stored' |
       ...(rule === 'stored'
         ? {}
         : {
-            description: `No spaces, quotes, control or invisible characters; Unicode normalization form C${rule === 'new if changed' ? ' (when it changes)' : ''}`,
+            description: `No spaces, quotes, control or invisible characters; Unicode normalization form KC; the domain as it is shown (no Punycode A-labels)${rule === 'new if changed' ? ' (when it changes)' : ''}`,
           }),
     }),
     IsString(),

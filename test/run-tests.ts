@@ -169,8 +169,16 @@ async function main(): Promise<number> {
     const empty = files.filter((file) => !testsIn.get(specName(file)));
     const count = (name: string) => Number(new RegExp(`^# ${name} (\\d+)$`, 'm').exec(tap)?.[1] ?? 0);
     process.stdout.write(
-      `\ntests: ${count('pass')} passed, ${count('fail')} failed, ${count('skipped')} skipped${count('todo') ? `, ${count('todo')} todo` : ''}\n`,
+      `\ntests: ${count('pass')} passed, ${count('fail')} failed, ${count('skipped')} skipped${count('todo') ? `, ${count('todo')} todo` : ''}${
+        count('cancelled') ? `, ${count('cancelled')} cancelled` : ''
+      }\n`,
     );
+    // A test cancelled (its suite's hook failed, or it outlived its parent) did not run: the
+    // summary said "0 failed" beside it (until 0.25.0), whatever the exit code.
+    if (code === 0 && count('cancelled') > 0) {
+      logger.error(`${count('cancelled')} tests were cancelled`);
+      return 1;
+    }
     // A run is green only if it tested something, and in CI only if it skipped nothing (a test
     // skipped there, e.g. for want of a browser, is a test that did not run).
     if (code === 0 && count('pass') === 0) {

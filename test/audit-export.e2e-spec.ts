@@ -11,6 +11,7 @@ import { LoggerService } from '@nestjs/common';
 import { DataSource } from 'typeorm';
 import { EXPORT_APPLICATION_NAME, AuditExportService } from '../src/audit/audit-export.service';
 import { AuditService } from '../src/audit/audit.service';
+import { UsersService } from '../src/users/users.service';
 import { AuditShipTask, ShipOutcome } from '../src/audit/audit-ship.task';
 import { AuditShipDestinations } from '../src/audit/audit-ship-destinations';
 import { SchedulerRegistry } from '@nestjs/schedule';
@@ -101,7 +102,12 @@ describe('audit export (e2e)', () => {
   let dir: string;
   let port: number;
   const errors: string[] = [];
-  const logger: LoggerService = { log: () => undefined, warn: () => undefined, error: (m: unknown) => void errors.push(String(m)) };
+  const warnings: string[] = [];
+  const logger: LoggerService = {
+    log: () => undefined,
+    warn: (m: unknown) => void warnings.push(String(m)),
+    error: (m: unknown) => void errors.push(String(m)),
+  };
 
   const exportHttp = async (query = '') => {
     const res = await t.http
@@ -236,6 +242,55 @@ describe('audit export (e2e)', () => {
     } finally {
       exporter.batchSize = 1000;
     }
+  });
+
+  it("stops an export under way once its session ends or its admin is demoted, as the session's next request would be refused", async () => {
+    const exporter = t.app.get(AuditExportService);
+    /** An export by a second admin's session, read as it streams; one batch a line, so it is still going when the session changes. */
+    const exportBy = (tokens: Tokens) =>
+      new Promise<{ firstChunk: Promise<void>; closed: Promise<{ text: string; complete: boolean }> }>((resolve, reject) => {
+        const req = get({ host: '127.0.0.1', port, path: EXPORT, headers: { authorization: bearer(tokens) } }, (res) => {
+          assert.equal(res.statusCode, 200);
+          let text = '';
+          res.setEncoding('utf8');
+          res.on('error', () => undefined); // "aborted": what `complete` says below
+          const firstChunk = new Promise<void>((ok) => res.once('data', () => ok()));
+          res.on('data', (chunk: string) => (text += chunk));
+          resolve({ firstChunk, closed: new Promise((ok) => res.on('close', () => ok({ text, complete: res.complete }))) });
+        });
+        req.on('error', (error: NodeJS.ErrnoException) => {
+          if (error.code !== 'ECONNRESET') reject(error);
+        });
+      });
+    const total = (await seqsWhere('true')).length;
+    const loggedErrors = errors.length;
+    exporter.batchSize = 1;
+    try {
+      for (const end of ['logout', 'demotion'] as const) {
+        const admin = await registerUser(t.http);
+        await t.db.query(`UPDATE users SET role = 'admin' WHERE id = $1`, [admin.id]);
+        const tokens = await login(t.http, admin);
+        const warned = warnings.length;
+        const running = await exportBy(tokens);
+        await running.firstChunk;
+        if (end === 'logout') await t.http.post('/api/v1/auth/logout').set('Authorization', bearer(tokens)).expect(204);
+        else await t.app.get(UsersService).setRole(admin.email, 'user', 'test');
+        const { text, complete } = await running.closed;
+        assert.equal(complete, false, `${end}: the transfer is cut, not ended`);
+        const lines = text.split('\n').filter((line) => line.startsWith('{'));
+        assert.ok(lines.length < total, `${end}: ${lines.length} of ${total} lines`);
+        assert.ok(!lines.some((line) => line.includes('"mac"')), `${end}: no seal`);
+        assert.match(
+          warnings.slice(warned).join('\n'),
+          end === 'logout' ? /Audit export stopped after \d+ lines: / : /Audit export stopped after \d+ lines: No longer an admin/,
+        );
+      }
+    } finally {
+      exporter.batchSize = 1000;
+    }
+    // Not failures: nothing logged as an error; each export's connection went back to the pool.
+    assert.deepEqual(errors.slice(loggedErrors), []);
+    assert.equal(await exportConnections(), 0);
   });
 
   it('reads the range once: one cursor over the filter, then batch after batch fetched from it (none reads again what one before it passed)', async () => {

@@ -141,7 +141,8 @@ export class AdminController {
       'carrying a keyed MAC over the lines, so that a deleted, inserted or reordered line, or a transfer cut short, is ' +
       'detected (`npm run cli -- audit-verify --file`). Read from one consistent snapshot, a batch at a time. A failure ' +
       'after the answer started aborts the transfer instead of ending it: a client sees an incomplete response, and the ' +
-      'file has no seal. Each instance streams at most `AUDIT_EXPORT_MAX_CONCURRENT` exports at once (default 2); one more ' +
+      "file has no seal; so does the end of the session that asked (logout, revocation, expiry) or its admin's demotion, " +
+      'found before the next batch. Each instance streams at most `AUDIT_EXPORT_MAX_CONCURRENT` exports at once (default 2); one more ' +
       'is answered 429 with `Retry-After`. With `afterSeq`, only the events after that seq, up to the newest one no ' +
       'running transaction can still precede (the seal, format v2, states it as `throughSeq`): the next export after it ' +
       'continues exactly there, so that a scheduled export ships the log to another system in pieces, none missed and none ' +
@@ -163,7 +164,10 @@ export class AdminController {
       'Bad filter: not a date, not a UUID, an unknown type, `from` after `to`, or an `afterSeq` that is not a seq or is past the newest one',
   })
   async exportAudit(@Query() query: AdminAuditExportQueryDto, @CurrentAuth() auth: AuthContext): Promise<StreamableFile> {
-    const lines = await this.exporter.open(toAuditFilter(query, query.userId), query.afterSeq);
+    // Each batch after the first waits for the session to be found still active and an admin's.
+    const lines = await this.exporter.open(toAuditFilter(query, query.userId), query.afterSeq, {
+      stillAllowed: () => this.admin.assertStillAdmin(auth),
+    });
     // Who took a copy of whose events (addresses and browsers included) out of the service: the
     // access log names only the route, and an export writes no audit event (it changes nothing).
     this.logger.log({

@@ -1,4 +1,4 @@
-import { Injectable } from '@nestjs/common';
+import { ForbiddenException, Injectable } from '@nestjs/common';
 import type { ClientContext } from '../common/client-context';
 import type { AuthContext } from '../common/current-auth.decorator';
 import type { SessionEntity } from '../sessions/session.entity';
@@ -24,6 +24,17 @@ export class AdminService {
   }
 
   /** Ends every active session of a user, each with reason revoked_by_admin and the admin's id in its event. Answers how many. */
+  /**
+   * Whether the session that started a long answer (an audit export) may still have it: active
+   * and an admin's. Asked again as the answer goes on, so that a logout, a revocation or a
+   * demotion stops an export under way as it stops the session's next request (until 0.25.0
+   * an export went on to its end). From the session check's cache: no query while it is exact.
+   */
+  async assertStillAdmin(auth: Pick<AuthContext, 'sessionId' | 'userId'>): Promise<void> {
+    const session = await this.sessions.validateSession(auth.sessionId, auth.userId);
+    if (session.role !== 'admin') throw new ForbiddenException('No longer an admin');
+  }
+
   /** After the admin's step-up (a recent authentication, or the admin's current password); 404 for no such user. */
   /**
    * The admin must still be one as the sessions end (read under the admin's row lock): demoted

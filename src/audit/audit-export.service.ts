@@ -1,4 +1,4 @@
-import { BadRequestException, Injectable, Logger, ServiceUnavailableException } from '@nestjs/common';
+import { BadRequestException, HttpException, Injectable, Logger, ServiceUnavailableException } from '@nestjs/common';
 import { ConfigService } from '@nestjs/config';
 import { InjectDataSource } from '@nestjs/typeorm';
 import { SESSIONARY_DATA_SOURCE } from '../database/data-source-name';
@@ -92,8 +92,8 @@ export class AuditExportService {
    * streaming from this instance: each holds a pooled connection for as long as its client
    * reads, and enough slow clients would otherwise take the pool from every other request.
    */
-  async open(filter: AuditFilter, afterSeq?: string): Promise<Readable> {
-    return (await this.start(filter, afterSeq)).lines;
+  async open(filter: AuditFilter, afterSeq?: string, { stillAllowed }: { stillAllowed?: () => Promise<void> } = {}): Promise<Readable> {
+    return (await this.start(filter, afterSeq, undefined, {}, stillAllowed)).lines;
   }
 
   /**
@@ -113,6 +113,7 @@ export class AuditExportService {
     afterSeq: string | undefined,
     maxEvents?: number,
     options: PieceOptions = {},
+    stillAllowed?: () => Promise<void>,
   ): Promise<{ lines: Readable; range: SeqRange | undefined }> {
     if (this.active >= this.maxConcurrent) {
       throw new RetryAfterException(
@@ -124,7 +125,7 @@ export class AuditExportService {
     let stream: Readable | undefined;
     try {
       const range = afterSeq === undefined ? undefined : await this.seqRangeAfter(afterSeq, maxEvents, options);
-      stream = await this.openStream(filter, range, () => this.active--);
+      stream = await this.openStream(filter, range, () => this.active--, stillAllowed);
       return { lines: stream, range };
     } finally {
       if (!stream) this.active--;
@@ -179,8 +180,15 @@ export class AuditExportService {
    * fails at the start fails the caller (a 503 before any byte of a response) rather than the
    * stream. After that, a failure destroys the stream: its consumer must not mistake the
    * lines so far for a whole export (and the missing seal says so to audit-verify --file).
+   * `stillAllowed` is awaited before each batch after the first; when it throws (the session
+   * that asked ended, or its admin was demoted), the stream is destroyed the same way.
    */
-  private async openStream(filter: AuditFilter, range: SeqRange | undefined, onClosed: () => void): Promise<Readable> {
+  private async openStream(
+    filter: AuditFilter,
+    range: SeqRange | undefined,
+    onClosed: () => void,
+    stillAllowed?: () => Promise<void>,
+  ): Promise<Readable> {
     const batchSize = this.batchSize;
     const cursor = exportCursor(filter, range);
     const fetch = `FETCH FORWARD ${batchSize} FROM ${EXPORT_CURSOR}`;
@@ -199,6 +207,7 @@ export class AuditExportService {
     const sealFilter = sealFilterOf(filter, range?.after);
     /** The next chunk of lines, and whether it is the last (it then ends with the seal). */
     const nextChunk = async (): Promise<{ text: string; last: boolean }> => {
+      if (!prefetched && stillAllowed) await stillAllowed();
       const rows = prefetched ?? (await snapshot.query<ExportRow>(fetch, []));
       prefetched = undefined;
       let text = '';
@@ -235,8 +244,13 @@ export class AuditExportService {
           (error: unknown) => {
             fetching = false;
             if (stream.destroyed) return;
-            const cause = summarize(snapshot.brokenBy ?? error);
-            this.logger.error(`Audit export cut short after ${digest.lines} lines (the stream is destroyed, not ended): ${cause}`);
+            if (error instanceof HttpException) {
+              // Refused by stillAllowed: the session's end or its admin's demotion, not a failure.
+              this.logger.warn(`Audit export stopped after ${digest.lines} lines: ${error.message} (the stream is destroyed, not ended)`);
+            } else {
+              const cause = summarize(snapshot.brokenBy ?? error);
+              this.logger.error(`Audit export cut short after ${digest.lines} lines (the stream is destroyed, not ended): ${cause}`);
+            }
             stream.destroy(error instanceof Error ? error : new Error(String(error)));
           },
         );

@@ -414,6 +414,23 @@ describe('audit export (e2e)', () => {
     assert.match(run.stdout, new RegExp(`events: +${whole.lines.length}$`, 'm'));
     assert.match(run.stdout, new RegExp(`links checked: +${whole.lines.length}$`, 'm'));
     assert.match(run.stdout, /authenticated alone: +0 /);
+    // An investigator's host: production, the audit key and nothing else; nothing written there (until 0.25.0: refused, exit 3).
+    const investigator = mkdtempSync(join(tmpdir(), 'sessionary-investigator-'));
+    try {
+      const unset = { JWT_SECRET: undefined, PASSWORD_PEPPER: undefined, KEY_ENCRYPTION_KEY: undefined, DATABASE_URL: undefined };
+      const offline = await runCliWith(
+        { ...unset, NODE_ENV: 'production', DATA_DIR: investigator },
+        await databaseForThisFile(),
+        'audit-verify',
+        '--file',
+        file,
+      );
+      assert.equal(offline.code, 0, offline.stdout + offline.stderr);
+      assert.match(offline.stdout, /^Audit export: INTACT$/m);
+      assert.deepEqual(readdirSync(investigator), []);
+    } finally {
+      rmSync(investigator, { recursive: true, force: true });
+    }
 
     const logins = (await exportHttp('?type=LOGIN')).text;
     const filtered = await cli('audit-verify', '--file', writeTemp('logins.ndjson', logins));

@@ -371,22 +371,18 @@ async function shippedPieces(dir: string): Promise<string[]> {
 }
 
 /**
- * No database: the key from the configuration is all it needs. The key the log was written
- * with: without one configured (or kept by an earlier development start), development would
- * make one up, and every event would be reported forged (until 0.20.2).
+ * No database: the key from the configuration is all it needs, and all it reads. The key the
+ * log was written with: without one configured (or kept by an earlier development start),
+ * development would make one up, and every event would be reported forged (until 0.20.2). Not
+ * the other secrets: an investigator verifying a copy on another host is given the audit key
+ * alone, and in production the command asked for all four (refused, exit 3, until 0.25.0), or,
+ * outside it, wrote a secrets.json of made-up ones where it ran.
  */
 async function verifyFiles(io: CommandIo, files: string[]): Promise<number> {
-  const { loadConfig } = await import('../config/config.js');
-  const { MissingSecretError } = await import('../config/secrets.js');
-  let key: string;
-  try {
-    key = loadConfig(io.env, { mustExist: 'AUDIT_HMAC_KEY' }).AUDIT_HMAC_KEY;
-  } catch (error) {
-    if (error instanceof MissingSecretError) {
-      throw new UsageError('audit-verify --file needs AUDIT_HMAC_KEY, the key the log was written with: none is set');
-    }
-    throw error;
-  }
+  const { loadSettings } = await import('../config/config.js');
+  const { existingSecret } = await import('../config/secrets.js');
+  const key = existingSecret(loadSettings(io.env), 'AUDIT_HMAC_KEY');
+  if (!key) throw new UsageError('audit-verify --file needs AUDIT_HMAC_KEY, the key the log was written with: none is set');
   const result = await verifyExportFiles(files, key);
   io.stdout.write(fileVerificationReport(result, files));
   return result.ok ? 0 : 1;

@@ -154,6 +154,19 @@ describe('resolveSecrets in production', () => {
     stops('Bearer your-secret-key', /holds a credential shorter than 16 bytes/);
     stops('Bearer replace-with-at-least-32-random-bytes-base64', /holds a well-known or patterned credential/);
     stops(`Bearer ${STRONG_AUDIT_KEY}`, /must not hold JWT_SECRET, PASSWORD_PEPPER, AUDIT_HMAC_KEY, KEY_ENCRYPTION_KEY or METRICS_TOKEN/);
+    // A secret with a copy's newline or an env file's quotes is the same secret (until 0.25.0 it passed as another string).
+    assertStops(
+      { ...ship, JWT_SECRET: `${STRONG_JWT}\n`, AUDIT_SHIP_AUTHORIZATION: `Bearer ${STRONG_JWT}` },
+      'AUDIT_SHIP_AUTHORIZATION',
+      STRONG_JWT,
+      /must not hold/,
+    );
+    assertStops(
+      { ...ship, PASSWORD_PEPPER: `"${STRONG_PEPPER}"`, AUDIT_SHIP_AUTHORIZATION: `Bearer ${STRONG_PEPPER.toUpperCase()}` },
+      'AUDIT_SHIP_AUTHORIZATION',
+      STRONG_PEPPER,
+      /must not hold/,
+    );
     const metricsToken = randomBytes(32).toString('base64url');
     assertStops(
       { ...ship, METRICS_TOKEN: metricsToken, AUDIT_SHIP_AUTHORIZATION: `Bearer ${metricsToken}` },

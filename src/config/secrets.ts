@@ -126,7 +126,11 @@ function shipAuthorizationProblems(env: Env): string[] {
     return [`${name} holds a credential shorter than ${MIN_SHIP_CREDENTIAL_BYTES} bytes`];
   // Not the distinct-characters rule: a receiver's token may be decimal or a short hex string.
   if (WELL_KNOWN_SECRETS.has(credential.toLowerCase()) || repeatsOrRuns(credential)) return [`${name} holds a well-known or patterned credential`];
-  if ([...SECRET_NAMES.map((n) => env[n]), env.METRICS_TOKEN].includes(credential))
+  // Compared unwrapped and without case, as the secrets are among themselves: a JWT_SECRET with
+  // a copy's newline or an env file's quotes passed as another string (until 0.25.0), and the
+  // receiver was sent the service's own secret with every piece.
+  const judged = unwrapped(credential).toLowerCase();
+  if ([...SECRET_NAMES.map((n) => env[n]), env.METRICS_TOKEN].some((secret) => secret !== undefined && unwrapped(secret).toLowerCase() === judged))
     return [`${name} must not hold ${SECRET_NAMES.join(', ')} or METRICS_TOKEN`];
   return [];
 }

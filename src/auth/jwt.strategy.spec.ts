@@ -178,9 +178,10 @@ describe('JwtStrategy.validate', () => {
     }
   });
 
-  it('accepts upper-case uuids as they are', () => {
-    const sub = USER_ID.toUpperCase();
-    assert.deepEqual(strategy.validate(NO_TOKEN, { ...good, sub }), { userId: sub, sessionId: SESSION_ID, authTime: 0 });
+  it('accepts upper-case uuids, lower-cased as the database and the session cache key them', () => {
+    const [sub, sid] = [USER_ID.toUpperCase(), SESSION_ID.toUpperCase()];
+    assert.notEqual(sub, USER_ID);
+    assert.deepEqual(strategy.validate(NO_TOKEN, { ...good, sub, sid }), { userId: USER_ID, sessionId: SESSION_ID, authTime: 0 });
   });
 
   for (const [name, payload] of [

@@ -112,7 +112,15 @@ export class JwtStrategy extends PassportStrategy(Strategy, 'sessionary-jwt') {
     // RFC 9068 requires exp; jsonwebtoken checks expiry only when exp is present.
     if (typeof payload.jti !== 'string' || typeof payload.iat !== 'number' || typeof payload.exp !== 'number') return false;
     // Tokens issued before auth_time existed have none: they never count as a recent authentication.
-    const claims = { userId: sub, sessionId: sid, authTime: typeof payload.auth_time === 'number' ? payload.auth_time : 0 };
+    // Lower-cased as PostgreSQL writes a uuid back: the session cache is keyed by the token's sid,
+    // and a revocation's NOTIFY names the lower-case id, so an upper-case sid (a token this
+    // service never signs, but a host's or a future issuer's might) would be cached under a key
+    // no revocation clears.
+    const claims = {
+      userId: sub.toLowerCase(),
+      sessionId: sid.toLowerCase(),
+      authTime: typeof payload.auth_time === 'number' ? payload.auth_time : 0,
+    };
     // Only a token whose not-before has no future to wait for is remembered as it is.
     const token = this.verified && payload.nbf === undefined ? bearerToken(req) : null;
     if (token) {

@@ -740,6 +740,35 @@ describe('signing keys: rows changed in the table without KEY_ENCRYPTION_KEY, an
   });
 });
 
+describe('signing keys: an instance whose listener hears nothing (DATABASE_LISTEN_URL naming another database) (e2e)', () => {
+  let a: TestApp;
+  let b: TestApp;
+  before(async () => {
+    const database = await freshDatabase();
+    a = await createTestApp({ DATABASE_URL: database });
+    b = await createTestApp({ DATABASE_URL: database, DATABASE_LISTEN_URL: await freshDatabase() });
+  });
+  after(async () => {
+    await Promise.all([a?.close(), b?.close()]);
+  });
+
+  it("reads the ring every two seconds while its listener is not trusted: a stopped key's tokens get 401 there within seconds, not the safety net's minute", async () => {
+    const { tokens } = await registerAndLogin(a.http);
+    // Twice: the second from B's token memory, which the stop must empty too.
+    for (let i = 0; i < 2; i++) assert.equal(await whoami(b, tokens.accessToken), 200);
+    assert.equal(b.app.get(KeyRing).listening, false, 'B hears none of the notifications A causes');
+    await a.db.query(`UPDATE signing_keys SET verify_until = now() WHERE kid = $1`, [decodeHeader(tokens.accessToken).kid]);
+    const stopped = performance.now();
+    let status = 200;
+    while (status === 200 && performance.now() - stopped < 15_000) {
+      await sleep(100);
+      status = await whoami(b, tokens.accessToken);
+    }
+    // Within 15 s, well under the safety net's 60 s (a bound, not a timing: the poll is every 2 s).
+    assert.equal(status, 401);
+  });
+});
+
 describe('signing keys: auditing', () => {
   it('records KEY_ROTATED without a user, for the ring made at boot', async () => {
     const t = await createTestApp({ DATABASE_URL: await freshDatabase() });

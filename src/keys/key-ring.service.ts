@@ -14,6 +14,13 @@ export const SIGNING_KEYS_CHANNEL = 'sessionary_signing_keys';
 
 /** How often the ring is read again even without a NOTIFY: a safety net, not the mechanism. */
 const RELOAD_EVERY_MS = 60_000;
+/**
+ * How often the ring is read while its listener is not trusted (not connected yet, lost, or
+ * not shown to hear the database the service writes to): a stop must not wait for the safety
+ * net's minute there, since this instance would go on verifying a stopped key's tokens, from
+ * its token memory too (until 0.25.0 it did, up to RELOAD_EVERY_MS).
+ */
+export const UNTRUSTED_RELOAD_EVERY_MS = 2_000;
 /** A ring not read for this long (three safety-net reads missed) makes the instance not ready. */
 export const RING_STALE_AFTER_MS = 3 * RELOAD_EVERY_MS;
 
@@ -21,7 +28,8 @@ export const RING_STALE_AFTER_MS = 3 * RELOAD_EVERY_MS;
  * This instance's copy of the signing-key ring: the key that signs, the keys that verify (by
  * kid, only ever from this ring) and the public keys to publish. Loaded at boot, after making
  * sure the ring exists; read again at once on every change anywhere (a trigger NOTIFYs
- * `sessionary_signing_keys`), after every reconnection of its listener, and every minute.
+ * `sessionary_signing_keys`), after every reconnection of its listener, every two seconds while
+ * the listener is not trusted, and every minute.
  *
  * Verification needs no query: a token's key is looked up in memory.
  */
@@ -35,6 +43,8 @@ export class KeyRing implements OnModuleInit, OnApplicationShutdown {
   private readonly changeHandlers: Array<() => void> = [];
   private listener: PgChannelListener | undefined;
   private safetyNet: NodeJS.Timeout | undefined;
+  /** Reads the ring every UNTRUSTED_RELOAD_EVERY_MS while the listener is not trusted. */
+  private untrustedPoll: NodeJS.Timeout | undefined;
   private reloading: Promise<void> | undefined;
   private reloadRequested = false;
   private fingerprint = '';
@@ -66,14 +76,21 @@ export class KeyRing implements OnModuleInit, OnApplicationShutdown {
       notifyThroughPool: (channel) => notifyThrough(this.dataSource, channel),
       notifyFromNewConnection: (channel, payload) => notifyFromNewConnection(poolUrl, 'sessionary-keys', channel, payload),
       onNotification: () => this.requestReload(),
-      onListening: () => this.reload(),
+      // Trusted from here on: what changed while it was not is read now, then the poll stops.
+      onListening: async () => {
+        await this.reload();
+        this.stopUntrustedPoll();
+      },
+      onLost: () => this.pollWhileUntrusted(),
     });
+    this.pollWhileUntrusted();
     await this.listener.start();
     this.safetyNet = setInterval(() => this.requestReload(), RELOAD_EVERY_MS).unref();
   }
 
   async onApplicationShutdown(): Promise<void> {
     clearInterval(this.safetyNet);
+    this.stopUntrustedPoll();
     await this.listener?.stop();
     await this.reloading?.catch(() => undefined);
   }
@@ -191,6 +208,15 @@ export class KeyRing implements OnModuleInit, OnApplicationShutdown {
       }
     })();
     return this.reloading;
+  }
+
+  private pollWhileUntrusted(): void {
+    this.untrustedPoll ??= setInterval(() => this.requestReload(), UNTRUSTED_RELOAD_EVERY_MS).unref();
+  }
+
+  private stopUntrustedPoll(): void {
+    clearInterval(this.untrustedPoll);
+    this.untrustedPoll = undefined;
   }
 
   private requestReload(): void {

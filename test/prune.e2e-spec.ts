@@ -136,6 +136,12 @@ describe('pruning counters in batches (e2e)', () => {
       `INSERT INTO login_throttle (key, failures, last_failure_at, locked_until) SELECT key, 9, now(), now() + interval '1 minute' FROM (${keys}) k`,
       ['prune-recent:', 20],
     );
+    // A back-off at its cap ended a minute ago, its failure older than a window: not quiet yet (until 0.25.0 pruned, and the count started again).
+    await t.db.query(
+      `INSERT INTO login_throttle (key, failures, last_failure_at, locked_until)
+       SELECT key, 9, now() - make_interval(secs => $3 + 60), now() - interval '1 minute' FROM (${keys}) k`,
+      ['prune-capped:', 20, window],
+    );
     await t.db.query(`INSERT INTO login_known_clients (key, last_success_at) SELECT key, now() - interval '31 days' FROM (${keys}) k`, [
       'prune-gone:',
       1500,
@@ -159,6 +165,7 @@ describe('pruning counters in batches (e2e)', () => {
     assert.ok(deleted >= 2100, String(deleted));
     assert.equal(await count('login_throttle', 'prune-quiet:', 2100), 0);
     assert.equal(await count('login_throttle', 'prune-recent:', 20), 20);
+    assert.equal(await count('login_throttle', 'prune-capped:', 20), 20);
     assert.equal(await count('login_known_clients', 'prune-gone:', 1500), 0);
     assert.equal(await count('login_known_clients', 'prune-seen:', 20), 20);
     const [counters, clients] = (await scrape()).map((n, i) => n - before[i]);

@@ -62,6 +62,28 @@ describe('failed-login throttling (e2e)', () => {
     assert.equal(again.headers['retry-after'], '2');
   });
 
+  it('holds the first failure after a back-off at its cap again: a back-off is no quiet window, so the count never starts again from zero', async () => {
+    // Its own instance: a window of 2 s, so that a back-off reaches its cap (1 s, then 2 s) in seconds.
+    const short = await createTestApp({ LOGIN_MAX_FAILURES_PER_IDENTIFIER: '3', LOGIN_BACKOFF_BASE: '1', LOGIN_FAILURE_WINDOW: '2' });
+    try {
+      const user = await registerUser(short.http);
+      const attempt = (password = WRONG) => short.http.post('/api/v1/auth/login').send({ username: user.username, password });
+      for (let i = 0; i < 3; i++) assert.equal((await attempt()).status, 401);
+      assert.equal((await attempt()).headers['retry-after'], '1');
+      await sleep(1100);
+      assert.equal((await attempt()).status, 401); // the 4th failure: a back-off of 2 s, the cap
+      assert.equal((await attempt(user.password)).headers['retry-after'], '2');
+      await sleep(2100);
+      // The cap's back-off is over, and its failure more than a window ago: still no fresh count.
+      assert.equal((await attempt()).status, 401);
+      const held = await attempt(user.password);
+      assert.equal(held.status, 429, 'held again at once (until 0.25.0: a fresh allowance of 3)');
+      assert.equal(held.headers['retry-after'], '2');
+    } finally {
+      await short.close();
+    }
+  });
+
   it('treats an unknown identifier exactly like a known one, so a 429 reveals nothing', async () => {
     const user = await registerUser(a.http);
     const ghost = `${uniqueName()}@example.test`;
@@ -118,6 +140,28 @@ describe('per-IP throttling and the general rate limit (e2e)', () => {
   after(async () => {
     await t.close();
     await untrusting.close();
+  });
+
+  it('counts an address whose proxy appends a port as that address, whatever the port (and records it without)', async () => {
+    const address = '203.0.113.81';
+    for (let port = 5001; port <= 5003; port++) {
+      const res = await t.http
+        .post('/api/v1/auth/login')
+        .set('X-Forwarded-For', `${address}:${port}`)
+        .send({ email: `${uniqueName()}@x.test`, password: WRONG });
+      assert.equal(res.status, 401);
+    }
+    const user = await registerUser(t.http);
+    // A fourth port is no new address (until 0.25.0 every port was: a fresh count each connection).
+    const blocked = await t.http
+      .post('/api/v1/auth/login')
+      .set('X-Forwarded-For', `${address}:5004`)
+      .send({ email: user.email, password: user.password });
+    assert.equal(blocked.status, 429);
+    const recorded = await t.db.query(`SELECT DISTINCT ip_address FROM audit_events WHERE type = 'LOGIN_FAILED' AND ip_address LIKE $1`, [
+      `${address}%`,
+    ]);
+    assert.deepEqual(recorded, [{ ip_address: address }]);
   });
 
   it('backs off an IP that fails across many identifiers, and only that IP', async () => {
@@ -404,8 +448,9 @@ describe('registration limit per client IP (e2e)', () => {
       const rows = () => off.db.query(`SELECT key, hits FROM rate_limits ORDER BY key`);
       const before = await rows();
       for (let i = 0; i < 5; i++) assert.equal((await registerFrom(off, '198.51.100.72', newUserInput())).status, 201);
-      assert.deepEqual(await rows(), before);
-      assert.ok(!before.some((r: { key: string }) => r.key === registerRowKey('198.51.100.72')));
+      const after = await rows();
+      assert.deepEqual(after, before);
+      assert.ok(!after.some((r: { key: string }) => r.key === registerRowKey('198.51.100.72')));
     } finally {
       await off.close();
     }

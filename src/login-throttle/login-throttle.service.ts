@@ -132,7 +132,13 @@ export class LoginThrottleService implements BeforeApplicationShutdown {
       const attempt: LoginAttempt = { counters, knownClientKey, client, locksSet: [] };
       const counts = counters.map((counter) => {
         const row = rows.find((r) => r.key === counter.key)!;
-        const quiet = now.getTime() - row.last_failure_at.getTime() > this.windowSeconds * 1000;
+        // Quiet since the last failure or the end of its back-off, whichever came later: a
+        // back-off is no quiet time. Measured from the failure alone (until 0.25.0), a back-off
+        // at its cap (LOGIN_FAILURE_WINDOW) ended as a quiet window did, and the counter started
+        // again from zero: a full allowance of guesses after every cycle of back-offs (about
+        // 5,000 a day from one address at the defaults, where about 200 were meant).
+        const quietSince = Math.max(row.last_failure_at.getTime(), row.locked_until?.getTime() ?? 0);
+        const quiet = now.getTime() - quietSince > this.windowSeconds * 1000;
         const failures = (quiet ? 0 : row.failures) + 1;
         let lockedUntil: Date | null = null;
         if (failures >= counter.max) {
@@ -287,7 +293,8 @@ export class LoginThrottleService implements BeforeApplicationShutdown {
         {
           table: 'login_throttle',
           orderBy: 'last_failure_at',
-          where: 'last_failure_at < now() - make_interval(secs => $1) AND (locked_until IS NULL OR locked_until < now())',
+          // Quiet as begin() judges it: a window after the failure and after its back-off's end.
+          where: 'last_failure_at < now() - make_interval(secs => $1) AND (locked_until IS NULL OR locked_until < now() - make_interval(secs => $1))',
           params: [this.windowSeconds],
         },
         limits,

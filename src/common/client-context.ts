@@ -1,4 +1,5 @@
 import { createParamDecorator, ExecutionContext } from '@nestjs/common';
+import { isIP } from 'node:net';
 import type { FastifyRequest } from 'fastify';
 
 /** Where a request came from, as recorded on sessions and audit events. */
@@ -11,6 +12,22 @@ export interface ClientContext {
 export const IP_ADDRESS_MAX_LENGTH = 64;
 export const USER_AGENT_MAX_LENGTH = 512;
 
+/**
+ * A client address without the port some proxies append to the X-Forwarded-For entry they
+ * write (`203.0.113.7:5555`, `[2001:db8::7]:443`: Azure's Application Gateway, for one), which
+ * Fastify's `request.ip` hands on as it is. With it, each connection of one client was an
+ * address of its own: a fresh count on every per-IP limit (logins, requests, registrations),
+ * and known clients never matched (until 0.25.0). Anything else is kept as it is.
+ */
+export function withoutPort(address: string): string {
+  if (isIP(address)) return address;
+  const v6 = /^\[([^\]]+)\](?::\d{1,5})?$/.exec(address);
+  if (v6 && isIP(v6[1]) === 6) return v6[1];
+  const v4 = /^(\d{1,3}(?:\.\d{1,3}){3}):\d{1,5}$/.exec(address);
+  if (v4 && isIP(v4[1]) === 4) return v4[1];
+  return address;
+}
+
 export function clientContextOf(request: FastifyRequest): ClientContext {
   // request.ip honours X-Forwarded-For only when TRUST_PROXY configures Fastify to.
   return boundedClientContext(request.ip, request.headers['user-agent']);
@@ -19,7 +36,7 @@ export function clientContextOf(request: FastifyRequest): ClientContext {
 /** A client context as the columns keep it, from a request or from a host's own code (AccountsService). */
 export function boundedClientContext(ipAddress: unknown, userAgent: unknown): ClientContext {
   return {
-    ipAddress: typeof ipAddress === 'string' && ipAddress.length ? cutWellFormed(ipAddress, IP_ADDRESS_MAX_LENGTH) : null,
+    ipAddress: typeof ipAddress === 'string' && ipAddress.length ? cutWellFormed(withoutPort(ipAddress), IP_ADDRESS_MAX_LENGTH) : null,
     userAgent:
       typeof userAgent === 'string' && userAgent.length ? cutWellFormed(userAgent.replace(CONTROL_CHARACTERS, ''), USER_AGENT_MAX_LENGTH) : null,
   };

@@ -4,6 +4,7 @@ import { Reflector } from '@nestjs/core';
 import { InjectThrottlerOptions, normalizeIp, ThrottlerException, type ThrottlerModuleOptions, type ThrottlerOptions } from '@nestjs/throttler';
 import { THROTTLER_BLOCK_DURATION, THROTTLER_LIMIT, THROTTLER_SKIP, THROTTLER_TTL } from '@nestjs/throttler/dist/throttler.constants';
 import type { FastifyReply, FastifyRequest } from 'fastify';
+import { withoutPort } from '../common/client-context';
 import type { CounterSettings } from './rate-limit-counters';
 import { PgThrottlerStorage } from './pg-throttler.storage';
 
@@ -111,7 +112,7 @@ export class RateLimitGuard implements CanActivate {
     const request = http.getRequest<FastifyRequest & { [COUNTED]?: true }>();
     // Before any 429 is thrown: the answer to this request must not count it again.
     request[COUNTED] = true;
-    const client = normalizeIp(request.ip);
+    const client = normalizeIp(withoutPort(request.ip));
     const reply = http.getResponse<FastifyReply>();
     for (const { name, keyPrefix, settings } of throttlers) {
       const decision = this.storage.hit(`${keyPrefix}${client}`, settings);

@@ -28,6 +28,7 @@ import { dataSourceOptions, MIGRATIONS } from '../src/database/data-source.optio
 import { AuditCheckpointHeads1766300000000 } from '../src/database/migrations/1766300000000-AuditCheckpointHeads';
 import { runMigrationsLocked } from '../src/database/migrate';
 import { tamper } from './helpers/db';
+import { CapturingLogger } from './helpers/capturing-logger';
 import { recordQueryRunners, recordStatements, Statement, textOf } from './helpers/query-runners';
 import { SESSIONARY_DATA_SOURCE_TOKEN } from '../src/database/data-source-name';
 
@@ -99,9 +100,11 @@ function appendKindOf(statement: string): string {
       ? 'create-or-lock'
       : /FROM audit_chain_heads WHERE chain_key = \$1 FOR UPDATE/.test(statement)
         ? 'lock'
-        : /WITH appended/.test(statement)
-          ? 'append'
-          : statement;
+        : /FROM audit_events WHERE chain_key = \$1 AND chain_pos = \$2/.test(statement)
+          ? 'tip'
+          : /WITH appended/.test(statement)
+            ? 'append'
+            : statement;
 }
 
 /** The API and the CLI both find the log broken at `firstBrokenId` for `reason`. */
@@ -902,7 +905,8 @@ describe('audit hash chain (e2e)', () => {
     // an hour ahead; the other instance, on the database's clock, still writes after it.
     Reflect.set(f.t.app.get(AuditService), 'clockOffsetMs', 3_600_000);
     assert.deepEqual(await record(f.t), ['try']);
-    assert.deepEqual(await record(second), ['try', 'lock', 'append']);
+    // A head time that far ahead is looked up in the event at the head (`tip`): the same, so it is kept.
+    assert.deepEqual(await record(second), ['try', 'lock', 'tip', 'append']);
 
     const events: Array<{ chain_pos: string; created_at: Date; micros: string }> = await f.t.db.query(
       `SELECT chain_pos, created_at, (extract(epoch FROM created_at) * 1000000)::bigint::text AS micros
@@ -921,6 +925,29 @@ describe('audit hash chain (e2e)', () => {
     assert.deepEqual(await recordedAppendKinds(second, fresh), ['lock', 'create-or-lock', 'append']);
     assert.deepEqual(await recordedAppendKinds(second, fresh), ['try']);
     assert.deepEqual(await recordedAppendKinds(f.t, fresh), ['lock', 'append']);
+    const result = await f.t.app.get(AuditVerifierService).verify();
+    assert.deepEqual({ ok: result.ok, reason: result.reason }, { ok: true, reason: null });
+  });
+
+  it("dates an event by the database's clock, not by a head whose time was set days ahead (a head is not under the key), and says so", async () => {
+    const f = await open();
+    const logger = new CapturingLogger();
+    const second = await createTestApp(
+      { DATABASE_URL: f.url, JWT_SECRET: f.t.config.JWT_SECRET, PASSWORD_PEPPER: f.t.config.PASSWORD_PEPPER },
+      { logger },
+    );
+    opened.push(second);
+    // No trigger guards the heads: someone with the database but not the key sets this user's chain 20 days ahead.
+    await f.t.db.query(`UPDATE audit_chain_heads SET last_event_at = now() + interval '20 days' WHERE chain_key = $1`, [f.user.id]);
+    assert.deepEqual(await recordedAppendKinds(second, f.user.id), ['lock', 'tip', 'append']);
+    const [latest] = await f.t.db.query(
+      `SELECT created_at < now() + interval '1 minute' AS by_the_clock FROM audit_events WHERE chain_key = $1 ORDER BY chain_pos DESC LIMIT 1`,
+      [f.user.id],
+    );
+    assert.equal(latest.by_the_clock, true, 'until 0.25.0 dated 20 days ahead, and signed so');
+    const errors = logger.lines.filter((l) => l.level === 'error').map((l) => l.message);
+    assert.equal(errors.length, 1, errors.join('\n'));
+    assert.match(errors[0], new RegExp(`^Audit chain ${f.user.id}: its head dates its newest event .* the head was altered`));
     const result = await f.t.app.get(AuditVerifierService).verify();
     assert.deepEqual({ ok: result.ok, reason: result.reason }, { ok: true, reason: null });
   });

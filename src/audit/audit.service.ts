@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { BadRequestException, Injectable } from '@nestjs/common';
+import { BadRequestException, Injectable, Logger } from '@nestjs/common';
 import { ConfigService } from '@nestjs/config';
 import { InjectDataSource } from '@nestjs/typeorm';
 import { SESSIONARY_DATA_SOURCE } from '../database/data-source-name';
@@ -10,7 +10,17 @@ import { sql } from '../database/sql';
 import { DomainEventPublisher } from '../events/domain-event-publisher';
 import { domainEventOf } from '../events/domain-events';
 import { auditEventId } from './audit-event-id';
-import { canonicalJson, chainKeyOf, ChainedEvent, eventHash, isSharedChain, microsOfTime, timeOfMicros } from './audit-chain';
+import {
+  canonicalJson,
+  type ChainHeadRow,
+  chainKeyOf,
+  ChainedEvent,
+  eventHash,
+  isSharedChain,
+  microsOfTime,
+  PG_MICROS_UTC,
+  timeOfMicros,
+} from './audit-chain';
 import { ChainHeadCache } from './chain-head-cache';
 import { lockHeads } from './lock-heads';
 import { RememberedHeadOdds } from './remembered-head-odds';
@@ -81,6 +91,9 @@ export const APPEND_IF_HEAD = `
     RETURNING chain_key
   ) ${INSERT_EVENTS} WHERE EXISTS (SELECT 1 FROM moved) ORDER BY n`;
 
+/** How far past the database's clock a head's time is taken without a look at its event (instances' clock estimates differ by less). */
+const HEAD_TIME_AHEAD_TOLERANCE_MICROS = 60_000_000;
+
 /** Chains whose heads an instance remembers (about 200 bytes each). */
 const KNOWN_HEADS_MAX = 10_000;
 
@@ -93,6 +106,7 @@ const KNOWN_TYPES: ReadonlySet<string> = new Set(AUDIT_EVENT_TYPES);
 
 @Injectable()
 export class AuditService {
+  private readonly logger = new Logger(AuditService.name);
   private readonly key: string;
   /** Events this instance appended since it started (the checkpoint job's trigger). */
   appended = 0;
@@ -201,7 +215,8 @@ export class AuditService {
       for (const h of heads) {
         const now = microsOfTime(h.now);
         this.clockOffsetMs = now / 1000 - (performance.timeOrigin + performance.now());
-        atMicros = Math.max(atMicros, now, h.last_event_at === null ? 0 : microsOfTime(h.last_event_at) + 1);
+        const last = await this.lastEventMicros(em, h, now);
+        atMicros = Math.max(atMicros, now, last === null ? 0 : last + 1);
       }
       const tips = new Map(heads.map((h) => [h.chain_key, { position: Number(h.position), hash: h.hash }]));
       chained = this.link(rows, timeOfMicros(atMicros), tips);
@@ -217,6 +232,36 @@ export class AuditService {
     );
     this.appended += chained.length;
     this.onAppended?.(chained.length);
+  }
+
+  /**
+   * When the chain's newest event happened, as its head says, which the next event must follow.
+   * A head time more than a minute past the database's clock is checked against the event at the
+   * head's position, whose time is under its HMAC: the heads' table has no trigger and no MAC,
+   * so someone who can write to it but holds no key could set a chain's time days ahead, and the
+   * service signed every later event of that chain with that time (until 0.25.0), out of the
+   * time ranges an investigator reads. An instance whose clock ran ahead writes such an event
+   * itself (then the two agree, and the time is kept: each chain's times must rise, see the
+   * locking append); a head that disagrees was altered, and the event's own time is taken.
+   */
+  private async lastEventMicros(em: EntityManager, head: ChainHeadRow, nowMicros: number): Promise<number | null> {
+    if (head.last_event_at === null) return null;
+    const said = microsOfTime(head.last_event_at);
+    if (said <= nowMicros + HEAD_TIME_AHEAD_TOLERANCE_MICROS || head.position === '0') return said;
+    const {
+      rows: [tip],
+    } = await sql<{ at: string }>(
+      em,
+      `SELECT to_char(created_at AT TIME ZONE 'UTC', ${PG_MICROS_UTC}) AS at FROM audit_events WHERE chain_key = $1 AND chain_pos = $2`,
+      [head.chain_key, head.position],
+    );
+    if (tip && microsOfTime(tip.at) === said) return said;
+    this.logger.error(
+      `Audit chain ${head.chain_key}: its head dates its newest event ${head.last_event_at}, after the database's clock (${head.now}), ` +
+        `but the event at its position ${head.position} is dated ${tip?.at ?? 'nowhere (no such event)'}: the head was altered. ` +
+        `The event's own time is used; run the audit verification`,
+    );
+    return tip ? microsOfTime(tip.at) : null;
   }
 
   /** Links the events, in order, after the given heads; `tips` ends up holding the new heads. */

@@ -11,6 +11,7 @@ import { LoggerService } from '@nestjs/common';
 import { DataSource } from 'typeorm';
 import { EXPORT_APPLICATION_NAME, AuditExportService } from '../src/audit/audit-export.service';
 import { AuditService } from '../src/audit/audit.service';
+import { settledAuditSeq } from '../src/audit/settled-seq';
 import { UsersService } from '../src/users/users.service';
 import { AuditShipTask, ShipOutcome } from '../src/audit/audit-ship.task';
 import { AuditShipDestinations } from '../src/audit/audit-ship-destinations';
@@ -903,6 +904,21 @@ describe('audit export (e2e)', () => {
       const run = await cli('audit-verify', '--file', fileOf('user-1.ndjson', first), '--file', fileOf('user-2.ndjson', second));
       assert.equal(run.code, 0, run.stdout + run.stderr);
       assert.match(run.stdout, new RegExp(`links checked: +${whole.lines.length}$`, 'm'));
+    });
+
+    it('settles an event committed with synchronous_commit off only once its WAL is on disk (a crash cannot take a shipped event back)', async () => {
+      // As the session cleanup commits its batches: the transaction has ended, its commit may not be on disk yet.
+      await t.db.transaction(async (em) => {
+        await em.query(`SET LOCAL synchronous_commit = off`);
+        await t.app
+          .get(AuditService)
+          .record(em, { type: 'TOKEN_REFRESH', userId: user.id, client: { ipAddress: '203.0.113.30', userAgent: 'async' } });
+      });
+      const [{ lsn }] = await t.db.query(`SELECT pg_current_wal_insert_lsn()::text AS lsn`);
+      assert.ok((await settledAuditSeq(t.db.manager, 10_000)) !== null);
+      // Until 0.25.0 it was settled as soon as the transaction ended, up to the WAL writer's 600 ms before its commit was flushed.
+      const [{ flushed }] = await t.db.query(`SELECT pg_current_wal_flush_lsn() >= $1::pg_lsn AS flushed`, [lsn]);
+      assert.equal(flushed, true);
     });
 
     it('waits for a transaction that took a lower seq and commits later: its event is in this piece, not lost between two', async () => {

@@ -11,7 +11,8 @@ const POLL_MAX_MS = 500;
  * its INSERT, before it waits for a lock on its partition, so max(seq) alone can miss a
  * transaction that took a lower seq and commits later; past this point none can: a snapshot
  * taken afterwards holds every event with a seq up to the returned one that will ever exist, and
- * every event written later has a greater seq.
+ * every event written later has a greater seq. And durable: returned once the WAL written up to
+ * then is on disk (walFlushed), so no crash can take back an event up to it.
  *
  * Which transactions those are, PostgreSQL shows exactly: nextval() locks the sequence
  * (RowExclusiveLock, held by the top-level transaction until it ends, even when the savepoint
@@ -72,7 +73,7 @@ export async function settledAuditSeq(em: EntityManager, timeoutMs: number, sign
       `SELECT count(*)::int AS remaining FROM pg_locks WHERE locktype = 'virtualxid' AND virtualxid = ANY($1::text[])`,
       [holders.vxids],
     );
-    if (!remaining) return (await preparedMeanwhile()) ? null : (sequence.last_value ?? '0');
+    if (!remaining) return (await preparedMeanwhile()) || !(await walFlushed(em, deadline, signal)) ? null : (sequence.last_value ?? '0');
     if (Date.now() >= deadline || signal?.aborted) return null;
     try {
       await sleep(Math.min(pause, Math.max(deadline - Date.now(), 1)), undefined, { signal });
@@ -80,5 +81,28 @@ export async function settledAuditSeq(em: EntityManager, timeoutMs: number, sign
       return null; // aborted: the service is shutting down
     }
   }
-  return sequence.last_value ?? '0';
+  return (await walFlushed(em, deadline, signal)) ? (sequence.last_value ?? '0') : null;
+}
+
+/**
+ * Whether the WAL written so far is on disk, waiting for it until `deadline`. A transaction
+ * that committed with `synchronous_commit = off` (the session cleanup's batches) has ended, yet
+ * a crash within the WAL writer's next rounds (up to three times `wal_writer_delay`, 600 ms by
+ * default) loses it: a piece shipped, or exported after a seq, in that time carried events the
+ * database then never had, and the next events took their positions, so the receiver's pieces
+ * stopped linking and shipping stopped for good (until 0.25.0). The commits of every
+ * transaction waited out above are before the WAL's insert position read here.
+ */
+async function walFlushed(em: EntityManager, deadline: number, signal?: AbortSignal): Promise<boolean> {
+  const [{ lsn }] = await rowsOf<{ lsn: string }>(em, `SELECT pg_current_wal_insert_lsn()::text AS lsn`);
+  for (let pause = 5; ; pause = Math.min(pause * 2, 100)) {
+    const [{ flushed }] = await rowsOf<{ flushed: boolean }>(em, `SELECT pg_current_wal_flush_lsn() >= $1::pg_lsn AS flushed`, [lsn]);
+    if (flushed) return true;
+    if (Date.now() >= deadline || signal?.aborted) return false;
+    try {
+      await sleep(Math.min(pause, Math.max(deadline - Date.now(), 1)), undefined, { signal });
+    } catch {
+      return false;
+    }
+  }
 }

@@ -452,6 +452,51 @@ describe('audit hash chain (e2e)', () => {
     );
   });
 
+  it("detects an event past its chain's checkpointed head, inserted again with a seq the checkpoint covers (which no later checkpoint or shipping would find)", async () => {
+    const f = await open();
+    // A seq no event holds (a rolled-back write), then events of another user past it, and a
+    // checkpoint covering them: the user's chain is recorded at its head, before the seq.
+    const runner = f.t.db.createQueryRunner();
+    await runner.connect();
+    await runner.startTransaction();
+    const [{ seq: gap }] = await runner.query(`INSERT INTO audit_events (type, user_id, metadata) VALUES ('LOGIN', NULL, '{}') RETURNING seq::text`);
+    await runner.rollbackTransaction();
+    await runner.release();
+    await login(f.t.http, f.other);
+    const checkpoint = await f.t.app.get(AuditChainService).checkpoint(true);
+    assert.ok(checkpoint && BigInt(checkpoint.maxSeq) > BigInt(gap), JSON.stringify(checkpoint));
+    // The user's next event comes after the checkpoint, and moves to the seq below it: its seq
+    // still rises in its chain, but the next checkpoint (by seqs past this one's) would not see the chain move.
+    await login(f.t.http, f.user);
+    const [newest] = await f.t.db.query(
+      `SELECT id, chain_pos::int AS chain_pos FROM audit_events WHERE chain_key = $1 ORDER BY chain_pos DESC LIMIT 1`,
+      [f.user.id],
+    );
+    const columns = `id, type, user_id, session_id, ip_address, user_agent, metadata, created_at, chain_key, chain_pos, prev_hash, hash`;
+    await tamper(f.t.db, `CREATE TABLE moved_event AS SELECT ${columns} FROM audit_events WHERE id = $1`, [newest.id]);
+    await tamper(f.t.db, `DELETE FROM audit_events WHERE id = $1`, [newest.id]);
+    await tamper(f.t.db, `INSERT INTO audit_events (seq, ${columns}) OVERRIDING SYSTEM VALUE SELECT $1::bigint, ${columns} FROM moved_event`, [gap]);
+    await f.t.db.query('DROP TABLE moved_event');
+    await assertBroken(
+      f,
+      newest.id,
+      new RegExp(
+        `Event ${newest.id} has seq ${gap}, which the latest checkpoint covers \\(through seq ${checkpoint.maxSeq}\\), but is past position ` +
+          `${newest.chain_pos - 1} that checkpoint recorded of chain ${f.user.id}: it was inserted again`,
+      ),
+    );
+    // The same on worker threads (the checkpoint's seq goes with each pass).
+    for (const r of await everyWay(f)) {
+      assert.equal(r.firstBrokenId, newest.id, JSON.stringify(r));
+      assert.match(r.reason!, /which the latest checkpoint covers/);
+    }
+    // The next checkpoint, by the seqs past the last one's, does not record the chain's new head.
+    await login(f.t.http, f.other);
+    assert.ok(await f.t.app.get(AuditChainService).checkpoint(true));
+    const [recorded] = await f.t.db.query(`SELECT position::int AS position FROM audit_checkpoint_heads WHERE chain_key = $1`, [f.user.id]);
+    assert.equal(recorded.position, newest.chain_pos - 1);
+  });
+
   it('detects an event moved to another user', async () => {
     const f = await open();
     const target = f.chain[4].id;

@@ -184,11 +184,13 @@ export class AuditVerifierService {
     );
     const workers = events >= this.minEventsForWorkers ? this.workers : 0;
     const ranges = await this.passRanges(runner.manager, chains, workers);
+    const checkpointMaxSeq = await this.settledCheckpointSeq(runner.manager);
     const passes: PassInput[] = ranges.map((r) => ({
       ...r,
       key: this.key,
       baseMonth: baseSet?.month ?? null,
       pendingLimit: this.pendingLimit,
+      checkpointMaxSeq,
     }));
     const results = workers > 0 ? await this.inWorkers(runner.manager, passes, workers) : await this.inProcess(runner, passes);
     let broken: PassBreak | null = null;
@@ -199,6 +201,19 @@ export class AuditVerifierService {
       if (r.broken) broken = broken ? breaksFirst(broken, r.broken) : r.broken;
     }
     if (broken) throw new Broken(broken.eventId, broken.reason);
+  }
+
+  /**
+   * The latest checkpoint's maxSeq when the passes can rely on it: an authentic checkpoint of
+   * format 2, whose maxSeq is a settled seq (every event up to it was in the heads it recorded).
+   * Null otherwise: no checkpoint, one of format 1 (its maxSeq was read, not settled), or one
+   * that does not match its MAC (checkCheckpoints reports that after the walk).
+   */
+  private async settledCheckpointSeq(em: EntityManager): Promise<string | null> {
+    const [row] = await rowsOf<CheckpointRow>(em, `SELECT ${CHECKPOINT_COLUMNS} FROM audit_checkpoints c ORDER BY c.id DESC LIMIT 1`);
+    if (!row) return null;
+    const { mac, ...fields } = toCheckpoint(row);
+    return isHeadsDigestV2(fields.digest) && sameMac(mac, checkpointMac(this.key, fields)) ? fields.maxSeq : null;
   }
 
   /**

@@ -32,6 +32,11 @@ export interface PassInput extends PassRange {
   baseMonth: string | null;
   /** At most this many early rows wait in `pending` across the pass's chains (default PENDING_LIMIT). */
   pendingLimit?: number;
+  /**
+   * The seq the latest checkpoint covers (its maxSeq: every event up to it was committed before
+   * it copied the heads), when that checkpoint is authentic and of format 2 (settled); else null.
+   */
+  checkpointMaxSeq?: string | null;
 }
 
 /**
@@ -88,6 +93,11 @@ interface ChainState {
    * tail was deleted, its head set back and the chain grown again past the recorded head).
    */
   recorded: { position: number; hash: string } | undefined;
+  /**
+   * The position the latest checkpoint recorded of this chain (0: none). An event past it was
+   * written after that checkpoint, so its seq is past the checkpoint's maxSeq.
+   */
+  checkpointed: number;
   /** Walked by position after the scan (see PENDING_LIMIT); until then only duplicates are looked for. */
   deferred: boolean;
   broken: boolean;
@@ -137,6 +147,7 @@ export async function runVerifyPass(client: Client | PoolClient, input: PassInpu
   const bounds = [input.from, input.to];
   const result: PassResult = { checked: 0, chains: 0, dropped: 0, broken: null, deferred: 0 };
   const pendingLimit = input.pendingLimit ?? PENDING_LIMIT;
+  const checkpointMaxSeq = input.checkpointMaxSeq ? BigInt(input.checkpointMaxSeq) : null;
   let pendingRows = 0;
   const deferred: string[] = [];
   const brokenAt = (chainKey: string, position: number, eventId: string | null, reason: string) => {
@@ -201,6 +212,7 @@ export async function runVerifyPass(client: Client | PoolClient, input: PassInpu
         events: 0,
         pending: undefined,
         recorded,
+        checkpointed: recordedPosition === null ? 0 : Number(recordedPosition),
         deferred: false,
         broken: false,
       });
@@ -244,6 +256,19 @@ export async function runVerifyPass(client: Client | PoolClient, input: PassInpu
         e.at,
         id,
         `Event ${id} has seq ${seq}, ${seq < 1n ? 'which no writer gives' : `not after seq ${chain.lastSeq} of the event before it in chain ${chainKey}`}: it was inserted again out of its place in the log`,
+      );
+    } else if (checkpointMaxSeq !== null && e.at > chain.checkpointed && seq <= checkpointMaxSeq) {
+      // Past the position the latest checkpoint recorded, yet with a seq that checkpoint covers:
+      // the seq was taken from below. Such an event is in no checkpoint (the next one looks for
+      // the chains that moved by their events' seqs), is never shipped, and its chain's tail
+      // could later be cut back to the recorded head unseen (until 0.26.0 it verified as intact).
+      chain.broken = true;
+      brokenAt(
+        chainKey,
+        e.at,
+        id,
+        `Event ${id} has seq ${seq}, which the latest checkpoint covers (through seq ${checkpointMaxSeq}), but is past position ${chain.checkpointed} ` +
+          `that checkpoint recorded of chain ${chainKey}: it was inserted again out of its place in the log`,
       );
     } else if (chain.recorded?.position === e.at && !sameMac(chain.recorded.hash, hash!)) {
       chain.broken = true;

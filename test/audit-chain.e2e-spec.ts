@@ -20,6 +20,7 @@ import { microsUtcOf, runVerifyPass, VERIFY_PASS_SETTINGS } from '../src/audit/a
 import { Client } from 'pg';
 import type { AppConfig } from '../src/config/config';
 import { AuditService } from '../src/audit/audit.service';
+import type { AuditMetadata } from '../src/audit/audit-event.entity';
 import { lockHeads } from '../src/audit/lock-heads';
 import { bearer, login, registerUser, sleep, TestUser } from './helpers/factories';
 import { CliResult, runCli, runCliProcess, runCliWith } from './helpers/cli';
@@ -407,6 +408,33 @@ describe('audit hash chain (e2e)', () => {
     await tamper(f.t.db, `UPDATE audit_events SET chain_pos = 3 WHERE id = $1`, [b]);
     await tamper(f.t.db, `UPDATE audit_events SET chain_pos = 4 WHERE id = $1`, [a]);
     await assertBroken(f, b, /does not link to the event before it/);
+  });
+
+  it('detects a metadata number altered to one that JSON.parse reads as the same (5 to 5.0000000000000001, null to 1e400)', async () => {
+    const f = await open();
+    const record = (metadata: AuditMetadata) =>
+      f.t.db.transaction((em) => f.t.app.get(AuditService).record(em, { type: 'PROFILE_UPDATED', userId: f.other.id, metadata }));
+    await record({ attempts: 5, ratio: 0.1, big: 1e21, tiny: 1e-7 });
+    await record({ previous: null });
+    const events = await f.t.db.query(
+      `SELECT id, metadata::text AS text FROM audit_events WHERE chain_key = $1 AND type = 'PROFILE_UPDATED' ORDER BY chain_pos`,
+      [f.other.id],
+    );
+    assert.equal(events.length, 2);
+    // The numbers the service writes verify, as jsonb prints them.
+    assert.match(events[0].text, /"big": 1000000000000000000000/);
+    assert.equal((await apiVerify(f)).ok, true);
+    await tamper(f.t.db, `UPDATE audit_events SET metadata = jsonb_set(metadata, '{previous}', $2::jsonb) WHERE id = $1`, [
+      events[1].id,
+      `1${'0'.repeat(400)}`,
+    ]);
+    await tamper(f.t.db, `UPDATE audit_events SET metadata = jsonb_set(metadata, '{attempts}', '5.0000000000000001') WHERE id = $1`, [events[0].id]);
+    // What JavaScript reads (TypeORM, the API, exports) is unchanged; the stored numbers are not.
+    const [read] = await f.t.db.query(`SELECT metadata FROM audit_events WHERE id = $1`, [events[0].id]);
+    assert.equal(read.metadata.attempts, 5);
+    await assertBroken(f, events[0].id, /does not match its hash: it was altered/);
+    await tamper(f.t.db, `UPDATE audit_events SET metadata = jsonb_set(metadata, '{attempts}', '5') WHERE id = $1`, [events[0].id]);
+    await assertBroken(f, events[1].id, /does not match its hash: it was altered/);
   });
 
   it('detects swapped contents of two events (same positions)', async () => {

@@ -2,6 +2,7 @@ import type { Client, PoolClient } from 'pg';
 import { streamRows } from '../database/stream-rows';
 import { belongsToChain, canonicalFields, canonicalJson, GENESIS_HASH, matchesCanonicalHash, sameMac } from './audit-chain';
 import { legacyBaseMac } from './audit-base-sets';
+import { numbersSurviveParse } from './jsonb-numbers';
 
 /**
  * One pass of the audit verification: every chain whose key is in [from, to), walked in the
@@ -109,9 +110,15 @@ export function breaksFirst(a: PassBreak, b: PassBreak): PassBreak {
   return a.position <= b.position ? a : b;
 }
 
-/** jsonb's text as canonical JSON (most events carry none: `{}` is the same in both). */
+/**
+ * jsonb's text as canonical JSON (most events carry none: `{}` is the same in both). A number
+ * that JSON.parse would round (the service never writes one) leaves the text as it is, which is
+ * no canonical form (it has spaces), so the event fails its hash: until 0.26.0 `5` altered to
+ * `5.0000000000000001` verified as intact.
+ */
 function canonicalMetadata(text: string): string {
-  return text === '{}' ? text : canonicalJson(JSON.parse(text));
+  if (text === '{}') return text;
+  return numbersSurviveParse(text) ? canonicalJson(JSON.parse(text)) : text;
 }
 
 /** `YYYY-MM-DD HH:MM:SS[.f]+00` (timestamptz with TimeZone UTC, DateStyle ISO) as the chain hashes it: PG_MICROS_UTC. */

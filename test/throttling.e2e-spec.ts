@@ -326,6 +326,30 @@ describe('malicious lockout (e2e)', () => {
     assert.equal((await login(home, { email: user.email, password: newPassword })).status, 200);
   });
 
+  it('a name one account gave up and another took is known nowhere the first account logged in from (no exemption planted in advance)', async () => {
+    const planter = '203.0.113.140';
+    const home = '198.51.100.40';
+    const login = (ip: string, body: object) => t.http.post('/api/v1/auth/login').set('X-Forwarded-For', ip).send(body);
+    const rename = (ip: string, tokens: Tokens, username: string) =>
+      t.http.patch('/api/v1/users/me').set('X-Forwarded-For', ip).set('Authorization', bearer(tokens)).send({ username }).expect(200);
+    // The planter logs in by a name from its address (known there), then gives the name up.
+    const first = await registerUser(t.http);
+    const name = first.username;
+    const planted = (await login(planter, { username: name, password: first.password }).expect(200)).body as Tokens;
+    await rename(planter, planted, uniqueName('gave-up'));
+    // Another account takes the name, and logs in by it at home.
+    const second = await registerUser(t.http);
+    const secondTokens = (await login(home, { email: second.email, password: second.password }).expect(200)).body as Tokens;
+    await rename(home, secondTokens, name);
+    assert.equal((await login(home, { username: name, password: second.password })).status, 200);
+    // The name's back-off, by failures from elsewhere.
+    for (let i = 0; i < 3; i++) assert.equal((await login('192.0.2.140', { username: name, password: `${WRONG}-${i}` })).status, 401);
+    // The planter's address is held like any other (before 0.26.0: 401, its guesses held by its own IP's limit only).
+    assert.equal((await login(planter, { username: name, password: `${WRONG}-x` })).status, 429);
+    // The new owner's own place is not.
+    assert.equal((await login(home, { username: name, password: second.password })).status, 200);
+  });
+
   it("knows an IPv6 client by its /64: the user's privacy address changed since, and home still lets them in", async () => {
     const user = await registerUser(t.http);
     const loginFrom = (ip: string, password: string) =>

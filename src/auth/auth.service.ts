@@ -56,7 +56,11 @@ export class AuthService {
     }
     const method = dto.email !== undefined ? 'email' : 'username';
     // Before any lookup or hashing, identical for existing and unknown accounts: 429 when in back-off.
-    const attempt = await this.throttle.begin(`${method}:${dto.email ?? dto.username}`, client.ipAddress);
+    const attempt = await this.throttle.begin(
+      `${method}:${dto.email ?? dto.username}`,
+      client.ipAddress,
+      async (em) => (await this.users.findByLogin(dto, em))?.id ?? null,
+    );
     const user = await this.users.findByLogin(dto);
     // Same bcrypt work whether or not the account exists.
     const valid = user ? await this.passwords.verify(dto.password, user.passwordHash) : await this.passwords.verifyAgainstNobody(dto.password);

@@ -86,8 +86,12 @@ export class LoginThrottleService implements BeforeApplicationShutdown {
     this.digest = counterKeyDigest(config.get('PASSWORD_PEPPER', { infer: true }));
   }
 
-  /** Claims one attempt on each counter, or throws 429 when any of them is in back-off. */
-  async begin(identifier: string, ipAddress: string | null): Promise<LoginAttempt> {
+  /**
+   * Claims one attempt on each counter, or throws 429 when any of them is in back-off.
+   * `accountOf`: the account the identifier names now (null: none), read in this transaction
+   * only when the identifier is in back-off and this client is known for it.
+   */
+  async begin(identifier: string, ipAddress: string | null, accountOf: (em: EntityManager) => Promise<string | null>): Promise<LoginAttempt> {
     return this.dataSource.transaction(async (em) => {
       // Lower-cased by PostgreSQL's lower(), as the account lookup compares (UsersService.findByLogin):
       // every spelling that finds one account counts on one counter. JavaScript's toLowerCase()
@@ -124,7 +128,7 @@ export class LoginThrottleService implements BeforeApplicationShutdown {
       for (const counter of counters) {
         const row = rows.find((r) => r.key === counter.key)!;
         if (lockedMs(row) <= 0) continue;
-        if (counter.scope === 'identifier' && (await this.isKnownClient(em, knownClientKey))) continue;
+        if (counter.scope === 'identifier' && (await this.isKnownClient(em, knownClientKey, accountOf))) continue;
         holding.push(lockedMs(row));
       }
       if (holding.length) throw new RetryAfterException(Math.ceil(Math.max(...holding) / 1000), 'Too many failed logins; try again later');
@@ -256,13 +260,25 @@ export class LoginThrottleService implements BeforeApplicationShutdown {
     return client ? this.digest(`known:${normalisedIdentifier}|${client}`) : null;
   }
 
-  private async isKnownClient(em: EntityManager, key: string | null): Promise<boolean> {
+  /**
+   * Whether this client logged in by this identifier within 30 days, into the account the
+   * identifier names now. A name is not an account: one an account gave up (a username or an
+   * email changed) and another took kept the first account's places known for it until 0.26.0,
+   * so an attacker could plant an exemption from a name's back-off before its new owner took it.
+   * A row of an instance older than 0.25.0 names no account, and exempts no one.
+   */
+  private async isKnownClient(em: EntityManager, key: string | null, accountOf: (em: EntityManager) => Promise<string | null>): Promise<boolean> {
     if (!key) return false;
-    const { rows } = await sql(em, `SELECT 1 FROM login_known_clients WHERE key = $1 AND last_success_at > now() - make_interval(days => $2)`, [
-      key,
-      KNOWN_CLIENT_DAYS,
-    ]);
-    return rows.length > 0;
+    const {
+      rows: [known],
+    } = await sql<{ account: string | null }>(
+      em,
+      `SELECT account FROM login_known_clients WHERE key = $1 AND last_success_at > now() - make_interval(days => $2)`,
+      [key, KNOWN_CLIENT_DAYS],
+    );
+    if (!known?.account) return false;
+    const account = await accountOf(em);
+    return account !== null && known.account === this.accountDigest(account);
   }
 
   /**

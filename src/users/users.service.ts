@@ -80,7 +80,7 @@ export class UsersService {
     action: 'password_change' | 'email_change' | 'profile_update' | 'reauthenticate' | 'end_session' | 'end_other_sessions' | 'admin_revocation',
   ): Promise<void> {
     if (password === undefined) throw new UnauthorizedException(CURRENT_PASSWORD_REQUIRED);
-    const attempt = await this.throttle.begin(`account:${user.id}`, client.ipAddress);
+    const attempt = await this.throttle.begin(`account:${user.id}`, client.ipAddress, () => Promise.resolve(user.id));
     if (await this.passwords.verify(password, user.passwordHash)) {
       await this.throttle.succeeded(attempt, undefined, user.id);
       return;
@@ -183,8 +183,8 @@ export class UsersService {
   }
 
   /** Case-insensitive, served by the lower() unique indexes. */
-  findByLogin(identifier: LoginIdentifier): Promise<UserEntity | null> {
-    const qb = this.dataSource.getRepository(UserEntity).createQueryBuilder('u');
+  findByLogin(identifier: LoginIdentifier, em: EntityManager = this.dataSource.manager): Promise<UserEntity | null> {
+    const qb = em.getRepository(UserEntity).createQueryBuilder('u');
     if (identifier.email !== undefined) qb.where('lower(u.email) = lower(:email)', { email: identifier.email });
     else if (identifier.username !== undefined) qb.where('lower(u.username) = lower(:username)', { username: identifier.username });
     else return Promise.resolve(null);

@@ -493,6 +493,7 @@ describe('audit hash chain (e2e)', () => {
     await login(f.t.http, f.other);
     const checkpoint = await f.t.app.get(AuditChainService).checkpoint(true);
     assert.ok(checkpoint && BigInt(checkpoint.maxSeq) > BigInt(gap), JSON.stringify(checkpoint));
+    const [{ position: checkpointedOther }] = await f.t.db.query(`SELECT position FROM audit_checkpoint_heads WHERE chain_key = $1`, [f.other.id]);
     // The user's next event comes after the checkpoint, and moves to the seq below it: its seq
     // still rises in its chain, but the next checkpoint (by seqs past this one's) would not see the chain move.
     await login(f.t.http, f.user);
@@ -518,11 +519,26 @@ describe('audit hash chain (e2e)', () => {
       assert.equal(r.firstBrokenId, newest.id, JSON.stringify(r));
       assert.match(r.reason!, /which the latest checkpoint covers/);
     }
-    // The next checkpoint, by the seqs past the last one's, does not record the chain's new head.
+    // The chain moves on (anyone can add a LOGIN_FAILED to it): the next checkpoint does not
+    // record it past the event (until 0.26.0 it did, and the log verified as intact again).
+    await login(f.t.http, f.user);
+    assert.equal((await f.t.http.post('/api/v1/auth/login').send({ email: f.user.email, password: 'wrong-password-123' })).status, 401);
     await login(f.t.http, f.other);
-    assert.ok(await f.t.app.get(AuditChainService).checkpoint(true));
+    const [{ head }] = await f.t.db.query(`SELECT position::int AS head FROM audit_chain_heads WHERE chain_key = $1`, [f.user.id]);
+    assert.equal(head, newest.chain_pos + 2);
+    const next = await f.t.app.get(AuditChainService).checkpoint(true);
+    assert.ok(next && BigInt(next.maxSeq) > BigInt(checkpoint.maxSeq));
     const [recorded] = await f.t.db.query(`SELECT position::int AS position FROM audit_checkpoint_heads WHERE chain_key = $1`, [f.user.id]);
     assert.equal(recorded.position, newest.chain_pos - 1);
+    await assertBroken(f, newest.id, new RegExp(`Event ${newest.id} has seq ${gap}, which the latest checkpoint covers`));
+    // Another user's chain, moved meanwhile, was recorded as usual.
+    const [{ recordedOther, headOther }] = await f.t.db.query(
+      `SELECT c.position::int AS "recordedOther", h.position::int AS "headOther" FROM audit_checkpoint_heads c JOIN audit_chain_heads h USING (chain_key)
+        WHERE chain_key = $1`,
+      [f.other.id],
+    );
+    assert.equal(recordedOther, headOther);
+    assert.ok(headOther > Number(checkpointedOther), `${headOther} after ${checkpointedOther}`);
   });
 
   it('detects an event moved to another user', async () => {

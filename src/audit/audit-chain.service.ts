@@ -21,6 +21,7 @@ import {
   type StoredEventRow,
 } from './audit-chain';
 import { BUCKET_CHARS, bucketRange, type HeadsBucket, HeadsBucketer, HeadsRoot, HeadsTreeDigest, isHeadsDigestV2 } from './checkpoint-heads-digest';
+import { checkpointMaxSeq } from './checkpoint-max-seq';
 import { lockHeads } from './lock-heads';
 import { settledAuditSeq } from './settled-seq';
 
@@ -298,6 +299,22 @@ export class AuditChainService implements OnModuleDestroy {
       // (0.16 ms in one month). The time is a hint outside the digest: when it finds no event
       // (NULL, recorded before 0.12.1; a head moved by sealing, which keeps its time; or
       // changed), COALESCE looks in every month, so a wrong time costs a lookup, never the check.
+      // Found by its events since the last checkpoint (`since`), a chain moves only when every
+      // event past its recorded head has a seq past `since`, as every writer's has (the last
+      // checkpoint's snapshot held all events up to it). One with a seq from below was deleted
+      // and inserted again out of its place: never shipped, and in no checkpoint. Left recorded
+      // where it was, the verifier names that event; copied past it once the chain moved on (until
+      // 0.26.0), the log verified as intact again. Counted first in the months from the recorded
+      // time on; when that count falls short (a changed time, or such an event), an event with a
+      // low seq is looked for in every month, so a wrong time costs a lookup, never the check.
+      const sinceCheck =
+        since === null
+          ? ''
+          : `AND ((SELECT count(*) FROM audit_events e
+                    WHERE e.chain_key = h.chain_key AND e.chain_pos > p.position AND e.created_at >= p.event_at AND e.seq > $1::bigint)
+                   = h.position - p.position
+                  OR NOT EXISTS (SELECT 1 FROM audit_events e
+                    WHERE e.chain_key = h.chain_key AND e.chain_pos > p.position AND e.seq <= $1::bigint))`;
       // RETURNING: which buckets of the digest's tree the copy touched, and how many chains it added.
       const moved =
         since === null
@@ -330,7 +347,8 @@ export class AuditChainService implements OnModuleDestroy {
                        WHERE e.chain_key = h.chain_key AND e.chain_pos = p.position AND e.created_at = p.event_at LIMIT 1),
                      (SELECT e.hash <> p.hash FROM audit_events e
                        WHERE e.chain_key = h.chain_key AND e.chain_pos = p.position LIMIT 1),
-                     false))
+                     false)
+                   ${sinceCheck})
          ), copied AS (
            INSERT INTO audit_checkpoint_heads (chain_key, position, hash, event_at)
            SELECT chain_key, position, hash, last_event_at FROM candidates
@@ -360,11 +378,10 @@ export class AuditChainService implements OnModuleDestroy {
       const {
         rows: [{ now }],
       } = await sql<{ now: string }>(em, `SELECT to_char(now() AT TIME ZONE 'UTC', ${PG_MICROS_UTC}) AS now`);
-      // What it covers: every event up to the settled seq; unsettled, what the last one covered
-      // (its heads were copied again or are unchanged); '0' while events are being sealed, or
-      // after a checkpoint of format 1 (whose maxSeq was read, not settled), so that the next
-      // one compares every head.
-      const maxSeq = sealing ? '0' : (settled ?? (last && isHeadsDigestV2(last.digest) ? last.max_seq : '0'));
+      // What it covers (see checkpointMaxSeq): the settled seq, never below the last one's; '0'
+      // after a checkpoint of format 1 (whose maxSeq was read, not settled) or while events are
+      // being sealed, so that the next one compares every head.
+      const maxSeq = checkpointMaxSeq(sealing, settled, last && isHeadsDigestV2(last.digest) ? last.max_seq : '0');
       const fields = {
         id: last ? Number(last.id) + 1 : 1,
         createdAt: now as string,

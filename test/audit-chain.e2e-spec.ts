@@ -410,6 +410,34 @@ describe('audit hash chain (e2e)', () => {
     await assertBroken(f, b, /does not link to the event before it/);
   });
 
+  it('names a seq sequence set back below the latest checkpoint (a restore, an upgrade by logical replication) rather than the events written since', async () => {
+    const f = await open();
+    const checkpoint = await f.t.app.get(AuditChainService).checkpoint(true);
+    assert.ok(checkpoint);
+    const [{ name }] = await f.t.db.query(`SELECT pg_get_serial_sequence('audit_events', 'seq') AS name`);
+    await f.t.db.query(`SELECT setval($1, 1)`, [name]);
+    const setBack = new RegExp(
+      `The sequence of the events' seqs has handed out 1, less than checkpoint ${checkpoint.id} covers \\(seq ${checkpoint.maxSeq}\\): it was set back`,
+    );
+    await assertBroken(f, null, setBack);
+    // An event written meanwhile has a seq from below, and would be named as inserted out of its place: the cause is named instead.
+    await login(f.t.http, f.user);
+    await assertBroken(f, null, /The sequence of the events' seqs has handed out \d+, less than checkpoint/);
+    // Set past the checkpoint's seq, as the finding says: that event keeps its seq, and is named (documented: set the sequence before the service writes).
+    await f.t.db.query(`SELECT setval($1, $2::bigint)`, [name, checkpoint.maxSeq]);
+    assert.match((await apiVerify(f)).reason!, /it was inserted again out of its place in the log/);
+    // Set before the service writes, past the checkpoint's seq (not one short of it): nothing is found.
+    const g = await open();
+    const cp = await g.t.app.get(AuditChainService).checkpoint(true);
+    assert.ok(cp);
+    const [{ name: gName }] = await g.t.db.query(`SELECT pg_get_serial_sequence('audit_events', 'seq') AS name`);
+    await g.t.db.query(`SELECT setval($1, $2::bigint, false)`, [gName, cp.maxSeq]);
+    assert.equal((await apiVerify(g)).ok, false);
+    await g.t.db.query(`SELECT setval($1, $2::bigint)`, [gName, cp.maxSeq]);
+    await login(g.t.http, g.user);
+    assert.equal((await apiVerify(g)).ok, true);
+  });
+
   it('detects a metadata number altered to one that JSON.parse reads as the same (5 to 5.0000000000000001, null to 1e400)', async () => {
     const f = await open();
     const record = (metadata: AuditMetadata) =>

@@ -184,7 +184,10 @@ export class AuditVerifierService {
     );
     const workers = events >= this.minEventsForWorkers ? this.workers : 0;
     const ranges = await this.passRanges(runner.manager, chains, workers);
-    const checkpointMaxSeq = await this.settledCheckpointSeq(runner.manager);
+    const { maxSeq: checkpointMaxSeq, sequenceSetBack } = await this.settledCheckpointSeq(runner.manager);
+    // Before the walk: every event written since has a seq from below, which the walk would
+    // report as an event inserted out of its place, the first of them in chain order.
+    if (sequenceSetBack) throw new Broken(null, sequenceSetBack);
     const passes: PassInput[] = ranges.map((r) => ({
       ...r,
       key: this.key,
@@ -208,12 +211,36 @@ export class AuditVerifierService {
    * format 2, whose maxSeq is a settled seq (every event up to it was in the heads it recorded).
    * Null otherwise: no checkpoint, one of format 1 (its maxSeq was read, not settled), or one
    * that does not match its MAC (checkCheckpoints reports that after the walk).
+   *
+   * `sequenceSetBack` when the seqs' sequence is behind that maxSeq: it was set back (a
+   * restore, or a major upgrade by logical replication, which does not carry sequences), and the
+   * events written since have seqs from below, each of which would read as inserted out of its
+   * place; the finding names the cause instead. The sequence is
+   * read as a relation: pg_sequence_last_value() would take the lock that settledAuditSeq waits
+   * out, and this transaction may last minutes.
    */
-  private async settledCheckpointSeq(em: EntityManager): Promise<string | null> {
+  private async settledCheckpointSeq(em: EntityManager): Promise<{ maxSeq: string | null; sequenceSetBack: string | null }> {
+    const none = { maxSeq: null, sequenceSetBack: null };
     const [row] = await rowsOf<CheckpointRow>(em, `SELECT ${CHECKPOINT_COLUMNS} FROM audit_checkpoints c ORDER BY c.id DESC LIMIT 1`);
-    if (!row) return null;
+    if (!row) return none;
     const { mac, ...fields } = toCheckpoint(row);
-    return isHeadsDigestV2(fields.digest) && sameMac(mac, checkpointMac(this.key, fields)) ? fields.maxSeq : null;
+    if (!isHeadsDigestV2(fields.digest) || !sameMac(mac, checkpointMac(this.key, fields))) return none;
+    const [{ name }] = await rowsOf<{ name: string | null }>(em, `SELECT pg_get_serial_sequence('audit_events', 'seq') AS name`);
+    if (!name) return none;
+    const [sequence] = await rowsOf<{ handed_out: string }>(
+      em,
+      `SELECT (CASE WHEN is_called THEN last_value ELSE last_value - 1 END)::text AS handed_out FROM ${name}`,
+    );
+    if (BigInt(sequence.handed_out) < BigInt(fields.maxSeq)) {
+      return {
+        maxSeq: null,
+        sequenceSetBack:
+          `The sequence of the events' seqs has handed out ${sequence.handed_out}, less than checkpoint ${fields.id} covers (seq ${fields.maxSeq}): ` +
+          `it was set back (after a restore or an upgrade by logical replication, set it past ${fields.maxSeq} with setval), ` +
+          `and events written since cannot be told from events inserted out of their place`,
+      };
+    }
+    return { maxSeq: fields.maxSeq, sequenceSetBack: null };
   }
 
   /**

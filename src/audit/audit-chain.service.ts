@@ -269,12 +269,11 @@ export class AuditChainService implements OnModuleDestroy {
       // The chains that moved are those with an event after the last checkpoint's maxSeq, when
       // it states one every event up to which it covered (format 2) and there are not so many
       // events since that comparing every head costs less.
+      // The seq every event up to which the last checkpoint's heads hold (settled: format 2).
+      const covered = last && isHeadsDigestV2(last.digest) && !sealing ? last.max_seq : null;
       const since =
-        last &&
-        isHeadsDigestV2(last.digest) &&
-        !sealing &&
-        BigInt(currentMaxSeq) - BigInt(last.max_seq) <= BigInt(Math.max(RANGE_EVENTS_MIN, Math.floor(Number(last.chains) / 4)))
-          ? last.max_seq
+        covered !== null && BigInt(currentMaxSeq) - BigInt(covered) <= BigInt(Math.max(RANGE_EVENTS_MIN, Math.floor(Number(last!.chains) / 4)))
+          ? covered
           : null;
       // The heads that moved, copied as committed now (one statement, one snapshot) into the
       // checkpoint's own table, which only this job writes: no head is locked, so no writer
@@ -299,20 +298,25 @@ export class AuditChainService implements OnModuleDestroy {
       // (0.16 ms in one month). The time is a hint outside the digest: when it finds no event
       // (NULL, recorded before 0.12.1; a head moved by sealing, which keeps its time; or
       // changed), COALESCE looks in every month, so a wrong time costs a lookup, never the check.
-      // Found by its events since the last checkpoint (`since`), a chain moves only when every
-      // event past its recorded head has a seq past `since`, as every writer's has (the last
-      // checkpoint's snapshot held all events up to it). One with a seq from below was deleted
-      // and inserted again out of its place: never shipped, and in no checkpoint. Left recorded
-      // where it was, the verifier names that event; copied past it once the chain moved on (until
-      // 0.26.0), the log verified as intact again. Counted first in the months from the recorded
-      // time on; when that count falls short (a changed time, or such an event), an event with a
-      // low seq is looked for in every month, so a wrong time costs a lookup, never the check.
-      const sinceCheck =
-        since === null
+      // A recorded chain moves only when every event past its recorded head has a seq past the
+      // one the last checkpoint covers, as every writer's has (that checkpoint's snapshot held all
+      // events up to it). One with a seq from below was deleted and inserted again out of its
+      // place: never shipped, and in no checkpoint. Left recorded where it was, the verifier names
+      // that event; copied past it once the chain moved on (until 0.26.0), the log verified as
+      // intact again. Looked at first in the months from an hour before the last checkpoint on (a
+      // bound under its MAC, pruned at run time; an event past the recorded head was written
+      // after that checkpoint's copy, in a transaction that took its time before): every
+      // position up to the head there, none with a seq from below. Else (a transaction open over
+      // an hour, or such an event) an event with a seq from below is looked for in every month,
+      // so the bound costs a lookup, never the check. Whichever way the chains that moved are
+      // found: a seq made to jump (setval) sends the next checkpoint to compare every head.
+      const coveredCheck =
+        covered === null
           ? ''
-          : `AND ((SELECT count(*) FROM audit_events e
-                    WHERE e.chain_key = h.chain_key AND e.chain_pos > p.position AND e.created_at >= p.event_at AND e.seq > $1::bigint)
-                   = h.position - p.position
+          : `AND (coalesce((SELECT count(DISTINCT e.chain_pos) = h.position - p.position AND bool_and(e.seq > $1::bigint)
+                              FROM audit_events e
+                             WHERE e.chain_key = h.chain_key AND e.chain_pos > p.position AND e.chain_pos <= h.position
+                               AND e.created_at >= $2::timestamptz - interval '1 hour'), false)
                   OR NOT EXISTS (SELECT 1 FROM audit_events e
                     WHERE e.chain_key = h.chain_key AND e.chain_pos > p.position AND e.seq <= $1::bigint))`;
       // RETURNING: which buckets of the digest's tree the copy touched, and how many chains it added.
@@ -348,7 +352,7 @@ export class AuditChainService implements OnModuleDestroy {
                      (SELECT e.hash <> p.hash FROM audit_events e
                        WHERE e.chain_key = h.chain_key AND e.chain_pos = p.position LIMIT 1),
                      false)
-                   ${sinceCheck})
+                   ${coveredCheck})
          ), copied AS (
            INSERT INTO audit_checkpoint_heads (chain_key, position, hash, event_at)
            SELECT chain_key, position, hash, last_event_at FROM candidates
@@ -364,7 +368,7 @@ export class AuditChainService implements OnModuleDestroy {
              : `SELECT left(chain_key, ${BUCKET_CHARS}) AS bucket, count(*)::int AS copied, count(*) FILTER (WHERE inserted)::int AS inserted
                   FROM copied GROUP BY 1`
          }`,
-        since === null ? [] : [since],
+        covered === null ? [] : [covered, last!.created_at],
       );
       const copied = touched.reduce((n, t) => n + t.copied, 0);
       const before = withOld ? { lastId: Number(last!.id), heads: recordedBefore(touched) } : undefined;

@@ -1,4 +1,4 @@
-import { Injectable } from '@nestjs/common';
+import { Injectable, Logger } from '@nestjs/common';
 import { ConfigService } from '@nestjs/config';
 import { InjectDataSource } from '@nestjs/typeorm';
 import { SESSIONARY_DATA_SOURCE } from '../database/data-source-name';
@@ -76,6 +76,7 @@ class Broken extends Error {
  */
 @Injectable()
 export class AuditVerifierService {
+  private readonly logger = new Logger(AuditVerifierService.name);
   private readonly key: string;
   private readonly workers: number;
   private readonly chainsPerPass: number;
@@ -184,10 +185,8 @@ export class AuditVerifierService {
     );
     const workers = events >= this.minEventsForWorkers ? this.workers : 0;
     const ranges = await this.passRanges(runner.manager, chains, workers);
-    const { maxSeq: checkpointMaxSeq, sequenceSetBack } = await this.settledCheckpointSeq(runner.manager);
-    // Before the walk: every event written since has a seq from below, which the walk would
-    // report as an event inserted out of its place, the first of them in chain order.
-    if (sequenceSetBack) throw new Broken(null, sequenceSetBack);
+    const checkpointMaxSeq = await this.settledCheckpointSeq(runner.manager);
+    const sequenceSetBack = await this.sequenceSetBack(runner.manager, checkpointMaxSeq);
     const passes: PassInput[] = ranges.map((r) => ({
       ...r,
       key: this.key,
@@ -203,7 +202,19 @@ export class AuditVerifierService {
       result.dropped += r.dropped;
       if (r.broken) broken = broken ? breaksFirst(broken, r.broken) : r.broken;
     }
-    if (broken) throw new Broken(broken.eventId, broken.reason);
+    // An event with a seq out of its place is also what a sequence set back leaves: both are
+    // said. Whatever else is broken is reported as it is (a sequence set back after tampering
+    // hides nothing). An intact log with a sequence behind (a copy never written to) is intact;
+    // its next writes would not be, so it is logged.
+    if (broken) {
+      throw new Broken(
+        broken.eventId,
+        broken.kind === 'seq' && sequenceSetBack
+          ? `${broken.reason}, or written while the seq sequence was behind: ${sequenceSetBack}`
+          : broken.reason,
+      );
+    }
+    if (sequenceSetBack) this.logger.warn(`Audit verification: the log is intact, but ${sequenceSetBack}`);
   }
 
   /**
@@ -211,36 +222,40 @@ export class AuditVerifierService {
    * format 2, whose maxSeq is a settled seq (every event up to it was in the heads it recorded).
    * Null otherwise: no checkpoint, one of format 1 (its maxSeq was read, not settled), or one
    * that does not match its MAC (checkCheckpoints reports that after the walk).
-   *
-   * `sequenceSetBack` when the seqs' sequence is behind that maxSeq: it was set back (a
-   * restore, or a major upgrade by logical replication, which does not carry sequences), and the
-   * events written since have seqs from below, each of which would read as inserted out of its
-   * place; the finding names the cause instead. The sequence is
-   * read as a relation: pg_sequence_last_value() would take the lock that settledAuditSeq waits
-   * out, and this transaction may last minutes.
    */
-  private async settledCheckpointSeq(em: EntityManager): Promise<{ maxSeq: string | null; sequenceSetBack: string | null }> {
-    const none = { maxSeq: null, sequenceSetBack: null };
+  private async settledCheckpointSeq(em: EntityManager): Promise<string | null> {
     const [row] = await rowsOf<CheckpointRow>(em, `SELECT ${CHECKPOINT_COLUMNS} FROM audit_checkpoints c ORDER BY c.id DESC LIMIT 1`);
-    if (!row) return none;
+    if (!row) return null;
     const { mac, ...fields } = toCheckpoint(row);
-    if (!isHeadsDigestV2(fields.digest) || !sameMac(mac, checkpointMac(this.key, fields))) return none;
-    const [{ name }] = await rowsOf<{ name: string | null }>(em, `SELECT pg_get_serial_sequence('audit_events', 'seq') AS name`);
-    if (!name) return none;
-    const [sequence] = await rowsOf<{ handed_out: string }>(
+    return isHeadsDigestV2(fields.digest) && sameMac(mac, checkpointMac(this.key, fields)) ? fields.maxSeq : null;
+  }
+
+  /**
+   * Why the seqs' sequence is behind, or null: it has handed out less than the greatest seq in
+   * the table or than the latest checkpoint covers. It was set back (a restore, or a major
+   * upgrade by logical replication, which does not carry sequences): the events written since
+   * have seqs from below, and read as inserted out of their place. Read as a relation:
+   * pg_sequence_last_value() would take the lock that settledAuditSeq waits out, and this
+   * transaction may last minutes. Not checked by a role that may not read it.
+   */
+  private async sequenceSetBack(em: EntityManager, checkpointMaxSeq: string | null): Promise<string | null> {
+    const [{ name, readable, max_seq }] = await rowsOf<{ name: string | null; readable: boolean | null; max_seq: string }>(
+      em,
+      `SELECT s.name, has_sequence_privilege(s.name, 'SELECT') AS readable, (SELECT COALESCE(max(seq), 0)::text FROM audit_events) AS max_seq
+         FROM (SELECT pg_get_serial_sequence('audit_events', 'seq') AS name) s`,
+    );
+    if (!name || !readable) return null;
+    const [{ handed_out }] = await rowsOf<{ handed_out: string }>(
       em,
       `SELECT (CASE WHEN is_called THEN last_value ELSE last_value - 1 END)::text AS handed_out FROM ${name}`,
     );
-    if (BigInt(sequence.handed_out) < BigInt(fields.maxSeq)) {
-      return {
-        maxSeq: null,
-        sequenceSetBack:
-          `The sequence of the events' seqs has handed out ${sequence.handed_out}, less than checkpoint ${fields.id} covers (seq ${fields.maxSeq}): ` +
-          `it was set back (after a restore or an upgrade by logical replication, set it past ${fields.maxSeq} with setval), ` +
-          `and events written since cannot be told from events inserted out of their place`,
-      };
-    }
-    return { maxSeq: fields.maxSeq, sequenceSetBack: null };
+    const needed = checkpointMaxSeq !== null && BigInt(checkpointMaxSeq) > BigInt(max_seq) ? checkpointMaxSeq : max_seq;
+    if (BigInt(handed_out) >= BigInt(needed)) return null;
+    return (
+      `the sequence of the events' seqs has handed out ${handed_out}, less than ` +
+      (needed === max_seq ? `the greatest seq in the log (${max_seq})` : `the latest checkpoint covers (seq ${checkpointMaxSeq})`) +
+      `: it was set back (after a restore or an upgrade by logical replication, set it past ${needed} with setval before the service writes)`
+    );
   }
 
   /**

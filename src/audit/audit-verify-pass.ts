@@ -55,6 +55,8 @@ export interface PassBreak {
   position: number;
   eventId: string | null;
   reason: string;
+  /** 'seq': an event whose seq is out of its place (also what a seq sequence set back leaves). */
+  kind?: 'seq';
 }
 
 export interface PassResult {
@@ -157,8 +159,8 @@ export async function runVerifyPass(client: Client | PoolClient, input: PassInpu
   const checkpointMaxSeq = input.checkpointMaxSeq ? BigInt(input.checkpointMaxSeq) : null;
   let pendingRows = 0;
   const deferred: string[] = [];
-  const brokenAt = (chainKey: string, position: number, eventId: string | null, reason: string) => {
-    const found = { chainKey, position, eventId, reason };
+  const brokenAt = (chainKey: string, position: number, eventId: string | null, reason: string, kind?: 'seq') => {
+    const found: PassBreak = { chainKey, position, eventId, reason, ...(kind ? { kind } : {}) };
     result.broken = result.broken ? breaksFirst(result.broken, found) : found;
   };
 
@@ -263,6 +265,7 @@ export async function runVerifyPass(client: Client | PoolClient, input: PassInpu
         e.at,
         id,
         `Event ${id} has seq ${seq}, ${seq < 1n ? 'which no writer gives' : `not after seq ${chain.lastSeq} of the event before it in chain ${chainKey}`}: it was inserted again out of its place in the log`,
+        'seq',
       );
     } else if (checkpointMaxSeq !== null && e.at > chain.checkpointed && seq <= checkpointMaxSeq) {
       // Past the position the latest checkpoint recorded, yet with a seq that checkpoint covers:
@@ -276,6 +279,7 @@ export async function runVerifyPass(client: Client | PoolClient, input: PassInpu
         id,
         `Event ${id} has seq ${seq}, which the latest checkpoint covers (through seq ${checkpointMaxSeq}), but is past position ${chain.checkpointed} ` +
           `that checkpoint recorded of chain ${chainKey}: it was inserted again out of its place in the log`,
+        'seq',
       );
     } else if (chain.recorded?.position === e.at && !sameMac(chain.recorded.hash, hash!)) {
       chain.broken = true;

@@ -224,7 +224,7 @@ export class LoginThrottleService implements BeforeApplicationShutdown {
    * until their next login there (an attacker holding the identifier in back-off keeps them
    * out meanwhile, as any new place: SECURITY.md, Known gaps, 6.1.1). In the caller's
    * transaction, beside the change. A row an instance older than 0.25.0 writes during a rolling
-   * upgrade names no account and is not taken back (it expires after 30 days).
+   * upgrade names no account, so is not taken back, but exempts no one either (0.26.0).
    */
   async forgetOtherClients(em: EntityManager, account: { id: string; email: string; username: string }, keepIpAddress: string | null): Promise<void> {
     const client = keepIpAddress ? normalizeIp(keepIpAddress) : null;

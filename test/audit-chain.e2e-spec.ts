@@ -421,17 +421,21 @@ describe('audit hash chain (e2e)', () => {
     await login(f.t.http, f.user);
     const [newest] = await f.t.db.query(`SELECT id, seq::text FROM audit_events WHERE chain_key = $1 ORDER BY chain_pos DESC LIMIT 1`, [f.user.id]);
     assert.equal(newest.seq, '2');
-    await assertBroken(
-      f,
-      newest.id,
+    const body = await apiVerify(f);
+    assert.equal(body.firstBrokenId, newest.id, JSON.stringify(body));
+    assert.match(
+      body.reason!,
       /it was inserted again out of its place in the log, or written while the seq sequence was behind: the sequence of the events' seqs has handed out 2, less than the greatest seq in the log \(\d+\): it was set back/,
     );
-    // Set past, as the finding says: that event keeps its seq, and is named alone (documented: set the sequence before the service writes).
-    const [{ max }] = await f.t.db.query(`SELECT max(seq)::text AS max FROM audit_events`);
-    await f.t.db.query(`SELECT setval($1, $2::bigint)`, [name, max]);
-    const after = await apiVerify(f);
-    assert.equal(after.firstBrokenId, newest.id);
-    assert.doesNotMatch(after.reason!, /sequence was behind/);
+    // The CLI's own start moves the sequence past the log (as every process's does): that event
+    // keeps its seq, and is named alone (documented).
+    const run = await runCli(f.url, 'audit-verify');
+    assert.equal(run.code, 1, run.stdout + run.stderr);
+    assert.match(run.stdout, new RegExp(`first broken event: ${newest.id}`));
+    assert.match(run.stdout, /it was inserted again out of its place in the log/);
+    assert.doesNotMatch(run.stdout, /sequence was behind/);
+    const [{ caughtUp }] = await f.t.db.query(`SELECT last_value >= (SELECT max(seq) FROM audit_events) AS "caughtUp" FROM ${name}`);
+    assert.equal(caughtUp, true);
     // Set past the checkpoint's seq before the service writes: nothing is found.
     const g = await open();
     const checkpoint = await g.t.app.get(AuditChainService).checkpoint(true);
@@ -441,6 +445,35 @@ describe('audit hash chain (e2e)', () => {
     await g.t.db.query(`SELECT setval($1, $2::bigint)`, [gName, checkpoint.maxSeq]);
     await login(g.t.http, g.user);
     assert.equal((await apiVerify(g)).ok, true);
+  });
+
+  it('moves a seq sequence set back past the log and its latest checkpoint at boot, before anything is written', async () => {
+    const f = await open();
+    const checkpoint = await f.t.app.get(AuditChainService).checkpoint(true);
+    assert.ok(checkpoint);
+    const [{ name }] = await f.t.db.query(`SELECT pg_get_serial_sequence('audit_events', 'seq') AS name`);
+    await f.t.db.query(`SELECT setval($1, 1)`, [name]);
+    // A restore, then the service starts on it.
+    const logger = new CapturingLogger();
+    const restarted = await createTestApp({ DATABASE_URL: f.url }, { logger });
+    opened.push(restarted);
+    const [{ handed, greatest }] = await f.t.db.query(
+      `SELECT (SELECT last_value FROM ${name})::text AS handed, (SELECT max(seq) FROM audit_events)::text AS greatest`,
+    );
+    assert.ok(BigInt(handed) >= BigInt(greatest) && BigInt(handed) >= BigInt(checkpoint.maxSeq), `${handed} ${greatest} ${checkpoint.maxSeq}`);
+    assert.ok(
+      logger.lines.some((l) => l.level === 'warn' && /seq sequence had handed out 1, less than the log holds .* Moved past/.test(l.message)),
+      JSON.stringify(logger.lines.filter((l) => l.level === 'warn')),
+    );
+    await login(restarted.http, f.user);
+    assert.equal((await apiVerify(f)).ok, true);
+    // A sequence ahead of the log is left as it is, and says nothing.
+    const [{ before }] = await f.t.db.query(`SELECT last_value::text AS before FROM ${name}`);
+    const quiet = new CapturingLogger();
+    opened.push(await createTestApp({ DATABASE_URL: f.url }, { logger: quiet }));
+    const [{ after }] = await f.t.db.query(`SELECT last_value::text AS after FROM ${name}`);
+    assert.equal(after, before);
+    assert.ok(!quiet.lines.some((l) => /seq sequence/.test(l.message)));
   });
 
   it('detects a metadata number altered to one that JSON.parse reads as the same (5 to 5.0000000000000001, null to 1e400)', async () => {

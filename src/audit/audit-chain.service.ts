@@ -6,7 +6,7 @@ import { appendFile } from 'node:fs/promises';
 import { appendableTail, checkpointFileConflict } from './checkpoint-file';
 import { DataSource, EntityManager } from 'typeorm';
 import type { AppConfig } from '../config/config';
-import { sql } from '../database/sql';
+import { rowsOf, sql } from '../database/sql';
 import {
   chainedEventOf,
   chainKeyOf,
@@ -23,6 +23,7 @@ import {
 import { BUCKET_CHARS, bucketRange, type HeadsBucket, HeadsBucketer, HeadsRoot, HeadsTreeDigest, isHeadsDigestV2 } from './checkpoint-heads-digest';
 import { checkpointMaxSeq } from './checkpoint-max-seq';
 import { lockHeads } from './lock-heads';
+import { readSeqSequence } from './seq-sequence';
 import { settledAuditSeq } from './settled-seq';
 
 // Any fixed 64-bit numbers work; these spell "audseal" and "audchkpt" in ASCII.
@@ -94,6 +95,46 @@ export class AuditChainService implements OnModuleDestroy {
     private readonly config: ConfigService<AppConfig, true>,
   ) {
     this.key = config.get('AUDIT_HMAC_KEY', { infer: true });
+  }
+
+  /**
+   * Moves the events' seq sequence past the greatest seq in the log and the latest checkpoint's
+   * maxSeq when it is behind them: set back by a restore, or a major upgrade by logical
+   * replication (which does not carry sequences). Every event written with a seq from below
+   * would read as inserted out of its place for good, and the chains that moved meanwhile would
+   * be found by no checkpoint. At boot, before this process writes; a role that may not read or
+   * set the sequence leaves it (the verifier still says so). Forward only: a sequence that
+   * moved on meanwhile (another instance writing) keeps its value.
+   */
+  async catchUpSeqSequence(): Promise<void> {
+    const em = this.dataSource.manager;
+    const sequence = await readSeqSequence(em);
+    if (!sequence?.settable) return;
+    const [{ max_seq }] = await rowsOf<{ max_seq: string }>(
+      em,
+      `SELECT COALESCE((SELECT max_seq FROM audit_checkpoints ORDER BY id DESC LIMIT 1), 0)::text AS max_seq`,
+    );
+    const target = BigInt(max_seq) > sequence.greatestSeq ? BigInt(max_seq) : sequence.greatestSeq;
+    if (sequence.handedOut >= target) return;
+    try {
+      await sql(
+        em,
+        `SELECT setval($1, GREATEST($2::bigint, (SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END FROM ${sequence.name})))`,
+        [sequence.name, target.toString()],
+      );
+    } catch (error) {
+      // A read-only database (a standby's is never behind: its sequences come with the WAL):
+      // the start goes on, and verification says what the sequence leaves.
+      this.logger.error(
+        `The audit events' seq sequence has handed out ${sequence.handedOut}, less than the log holds or its latest checkpoint covers (${target}), ` +
+          `and could not be moved past it (${(error as Error).message}): events written now would read as inserted out of their place`,
+      );
+      return;
+    }
+    this.logger.warn(
+      `The audit events' seq sequence had handed out ${sequence.handedOut}, less than the log holds or its latest checkpoint covers ` +
+        `(${target}): set back by a restore or an upgrade by logical replication. Moved past ${target}; events written while it was behind keep their seqs`,
+    );
   }
 
   /**

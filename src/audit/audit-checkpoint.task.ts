@@ -41,10 +41,12 @@ export class AuditCheckpointTask implements OnModuleInit, OnApplicationBootstrap
   /**
    * Before anything is written with the key, in every process (the CLI's too), and before any
    * module starts a connection or a timer of its own at bootstrap (a boot refused in a host's
-   * process, or in a test's, leaves none running): see assertKeyWritesThisLog.
+   * process, or in a test's, leaves none running): see assertKeyWritesThisLog. Then the seqs'
+   * sequence is moved past the log if a restore set it back (catchUpSeqSequence).
    */
   async onModuleInit(): Promise<void> {
     await this.chain.assertKeyWritesThisLog();
+    await this.chain.catchUpSeqSequence();
   }
 
   async onApplicationBootstrap(): Promise<void> {

@@ -12,6 +12,7 @@ import { Checkpoint, checkpointMac, GENESIS_HASH, sameMac } from './audit-chain'
 import { type CheckpointFileDamage, readCheckpointFile } from './checkpoint-file';
 import { CHECKPOINT_COLUMNS, type CheckpointRow, digestCheckpointedHeads, toCheckpoint } from './audit-chain.service';
 import { isHeadsDigestV2 } from './checkpoint-heads-digest';
+import { readSeqSequence } from './seq-sequence';
 import { AuditBaseSets, type BaseSet } from './audit-base-sets';
 import { startAuditSnapshot } from './audit-snapshot';
 import {
@@ -234,26 +235,18 @@ export class AuditVerifierService {
    * Why the seqs' sequence is behind, or null: it has handed out less than the greatest seq in
    * the table or than the latest checkpoint covers. It was set back (a restore, or a major
    * upgrade by logical replication, which does not carry sequences): the events written since
-   * have seqs from below, and read as inserted out of their place. Read as a relation:
-   * pg_sequence_last_value() would take the lock that settledAuditSeq waits out, and this
-   * transaction may last minutes. Not checked by a role that may not read it.
+   * have seqs from below, and read as inserted out of their place (see readSeqSequence; not
+   * checked by a role that may not read it).
    */
   private async sequenceSetBack(em: EntityManager, checkpointMaxSeq: string | null): Promise<string | null> {
-    const [{ name, readable, max_seq }] = await rowsOf<{ name: string | null; readable: boolean | null; max_seq: string }>(
-      em,
-      `SELECT s.name, has_sequence_privilege(s.name, 'SELECT') AS readable, (SELECT COALESCE(max(seq), 0)::text FROM audit_events) AS max_seq
-         FROM (SELECT pg_get_serial_sequence('audit_events', 'seq') AS name) s`,
-    );
-    if (!name || !readable) return null;
-    const [{ handed_out }] = await rowsOf<{ handed_out: string }>(
-      em,
-      `SELECT (CASE WHEN is_called THEN last_value ELSE last_value - 1 END)::text AS handed_out FROM ${name}`,
-    );
-    const needed = checkpointMaxSeq !== null && BigInt(checkpointMaxSeq) > BigInt(max_seq) ? checkpointMaxSeq : max_seq;
-    if (BigInt(handed_out) >= BigInt(needed)) return null;
+    const sequence = await readSeqSequence(em);
+    if (!sequence) return null;
+    const checkpointed = checkpointMaxSeq === null ? 0n : BigInt(checkpointMaxSeq);
+    const needed = checkpointed > sequence.greatestSeq ? checkpointed : sequence.greatestSeq;
+    if (sequence.handedOut >= needed) return null;
     return (
-      `the sequence of the events' seqs has handed out ${handed_out}, less than ` +
-      (needed === max_seq ? `the greatest seq in the log (${max_seq})` : `the latest checkpoint covers (seq ${checkpointMaxSeq})`) +
+      `the sequence of the events' seqs has handed out ${sequence.handedOut}, less than ` +
+      (needed === sequence.greatestSeq ? `the greatest seq in the log (${needed})` : `the latest checkpoint covers (seq ${needed})`) +
       `: it was set back (after a restore or an upgrade by logical replication, set it past ${needed} with setval before the service writes)`
     );
   }

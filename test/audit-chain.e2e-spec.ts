@@ -108,6 +108,29 @@ function appendKindOf(statement: string): string {
             : statement;
 }
 
+/** A seq no event holds: taken by a transaction that rolled back, as any failed write leaves one. */
+async function unusedSeq(db: DataSource): Promise<string> {
+  const runner = db.createQueryRunner();
+  await runner.connect();
+  try {
+    await runner.startTransaction();
+    const [{ seq }] = await runner.query(`INSERT INTO audit_events (type, user_id, metadata) VALUES ('LOGIN', NULL, '{}') RETURNING seq::text`);
+    await runner.rollbackTransaction();
+    return seq;
+  } finally {
+    await runner.release();
+  }
+}
+
+/** Tampering: the event deleted and inserted again, unchanged, with `seq` (OVERRIDING SYSTEM VALUE). */
+async function insertAgainWithSeq(db: DataSource, eventId: string, seq: string): Promise<void> {
+  const columns = `id, type, user_id, session_id, ip_address, user_agent, metadata, created_at, chain_key, chain_pos, prev_hash, hash`;
+  await tamper(db, `CREATE TABLE moved_event AS SELECT ${columns} FROM audit_events WHERE id = $1`, [eventId]);
+  await tamper(db, `DELETE FROM audit_events WHERE id = $1`, [eventId]);
+  await tamper(db, `INSERT INTO audit_events (seq, ${columns}) OVERRIDING SYSTEM VALUE SELECT $1::bigint, ${columns} FROM moved_event`, [seq]);
+  await db.query('DROP TABLE moved_event');
+}
+
 /** The API and the CLI both find the log broken at `firstBrokenId` for `reason`. */
 async function assertBroken(
   f: Fixture,
@@ -523,22 +546,12 @@ describe('audit hash chain (e2e)', () => {
 
   it('detects an event inserted again, unchanged, with a seq from below its place (which checkpoints, shipping and exports go by)', async () => {
     const f = await open();
-    // A seq no event holds: taken by a transaction that rolled back, as any failed write leaves one.
-    const runner = f.t.db.createQueryRunner();
-    await runner.connect();
-    await runner.startTransaction();
-    const [{ seq: gap }] = await runner.query(`INSERT INTO audit_events (type, user_id, metadata) VALUES ('LOGIN', NULL, '{}') RETURNING seq::text`);
-    await runner.rollbackTransaction();
-    await runner.release();
+    const gap = await unusedSeq(f.t.db);
     // The user's chain goes on past that seq, by two events: the newest moves below the one before it.
     await login(f.t.http, f.user);
     await login(f.t.http, f.user);
     const [newest] = await f.t.db.query(`SELECT id, seq::text FROM audit_events WHERE chain_key = $1 ORDER BY chain_pos DESC LIMIT 2`, [f.user.id]);
-    const columns = `id, type, user_id, session_id, ip_address, user_agent, metadata, created_at, chain_key, chain_pos, prev_hash, hash`;
-    await tamper(f.t.db, `CREATE TABLE moved_event AS SELECT ${columns} FROM audit_events WHERE id = $1`, [newest.id]);
-    await tamper(f.t.db, `DELETE FROM audit_events WHERE id = $1`, [newest.id]);
-    await tamper(f.t.db, `INSERT INTO audit_events (seq, ${columns}) OVERRIDING SYSTEM VALUE SELECT $1::bigint, ${columns} FROM moved_event`, [gap]);
-    await f.t.db.query('DROP TABLE moved_event');
+    await insertAgainWithSeq(f.t.db, newest.id, gap);
     await assertBroken(
       f,
       newest.id,
@@ -550,12 +563,7 @@ describe('audit hash chain (e2e)', () => {
     const f = await open();
     // A seq no event holds (a rolled-back write), then events of another user past it, and a
     // checkpoint covering them: the user's chain is recorded at its head, before the seq.
-    const runner = f.t.db.createQueryRunner();
-    await runner.connect();
-    await runner.startTransaction();
-    const [{ seq: gap }] = await runner.query(`INSERT INTO audit_events (type, user_id, metadata) VALUES ('LOGIN', NULL, '{}') RETURNING seq::text`);
-    await runner.rollbackTransaction();
-    await runner.release();
+    const gap = await unusedSeq(f.t.db);
     await login(f.t.http, f.other);
     const checkpoint = await f.t.app.get(AuditChainService).checkpoint(true);
     assert.ok(checkpoint && BigInt(checkpoint.maxSeq) > BigInt(gap), JSON.stringify(checkpoint));
@@ -567,11 +575,7 @@ describe('audit hash chain (e2e)', () => {
       `SELECT id, chain_pos::int AS chain_pos FROM audit_events WHERE chain_key = $1 ORDER BY chain_pos DESC LIMIT 1`,
       [f.user.id],
     );
-    const columns = `id, type, user_id, session_id, ip_address, user_agent, metadata, created_at, chain_key, chain_pos, prev_hash, hash`;
-    await tamper(f.t.db, `CREATE TABLE moved_event AS SELECT ${columns} FROM audit_events WHERE id = $1`, [newest.id]);
-    await tamper(f.t.db, `DELETE FROM audit_events WHERE id = $1`, [newest.id]);
-    await tamper(f.t.db, `INSERT INTO audit_events (seq, ${columns}) OVERRIDING SYSTEM VALUE SELECT $1::bigint, ${columns} FROM moved_event`, [gap]);
-    await f.t.db.query('DROP TABLE moved_event');
+    await insertAgainWithSeq(f.t.db, newest.id, gap);
     await assertBroken(
       f,
       newest.id,

@@ -134,6 +134,9 @@ async function main(): Promise<number> {
     }
     // The spec reporter for people; a TAP copy to count from, for the plain closing line; and
     // each file's number of tests, since a file that registers none passes unnoticed otherwise.
+    // Files at a time (TEST_CONCURRENCY, default 2, for a 2-core box): many files spend much of
+    // their time waiting (retry windows, timeouts, real processes starting), not on the CPU.
+    const concurrency = testConcurrency(process.env.TEST_CONCURRENCY);
     const tapFile = join(tmpdir(), `sessionary-tests-${process.pid}.tap`);
     const perFileFile = join(tmpdir(), `sessionary-tests-${process.pid}.per-file`);
     const code = await new Promise<number>((resolve) => {
@@ -142,7 +145,7 @@ async function main(): Promise<number> {
         [
           '--enable-source-maps',
           '--test',
-          '--test-concurrency=2',
+          `--test-concurrency=${concurrency}`,
           '--test-reporter=spec',
           '--test-reporter-destination=stdout',
           '--test-reporter=tap',
@@ -214,3 +217,11 @@ main().then(
     process.exit(1);
   },
 );
+
+/** TEST_CONCURRENCY as a count of files at a time: 2 when unset; anything but 1 to 16 is refused. */
+function testConcurrency(value: string | undefined): number {
+  if (value === undefined || value === '') return 2;
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 1 || n > 16) throw new Error(`TEST_CONCURRENCY must be a whole number from 1 to 16, not ${JSON.stringify(value)}`);
+  return n;
+}

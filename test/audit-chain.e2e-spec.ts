@@ -497,6 +497,16 @@ describe('audit hash chain (e2e)', () => {
     const [{ after }] = await f.t.db.query(`SELECT last_value::text AS after FROM ${name}`);
     assert.equal(after, before);
     assert.ok(!quiet.lines.some((l) => /seq sequence/.test(l.message)));
+    // A checkpoint that is not authentic (a forged row stating a seq near the sequence's end) is
+    // not followed: the sequence goes past the log alone.
+    await f.t.db.query(
+      `INSERT INTO audit_checkpoints (id, created_at, chains, events, max_seq, digest, prev_mac, mac)
+       SELECT id + 1, now(), chains, events, 9000000000000000000, digest, mac, repeat('0', 64) FROM audit_checkpoints ORDER BY id DESC LIMIT 1`,
+    );
+    await f.t.db.query(`SELECT setval($1, 1)`, [name]);
+    opened.push(await createTestApp({ DATABASE_URL: f.url }));
+    const [{ last, top }] = await f.t.db.query(`SELECT last_value::text AS last, (SELECT max(seq)::text FROM audit_events) AS top FROM ${name}`);
+    assert.equal(last, top);
   });
 
   it('detects a metadata number altered to one that JSON.parse reads as the same (5 to 5.0000000000000001, null to 1e400)', async () => {

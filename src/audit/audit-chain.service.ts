@@ -110,11 +110,15 @@ export class AuditChainService implements OnModuleDestroy {
     const em = this.dataSource.manager;
     const sequence = await readSeqSequence(em);
     if (!sequence?.settable) return;
-    const [{ max_seq }] = await rowsOf<{ max_seq: string }>(
-      em,
-      `SELECT COALESCE((SELECT max_seq FROM audit_checkpoints ORDER BY id DESC LIMIT 1), 0)::text AS max_seq`,
-    );
-    const target = BigInt(max_seq) > sequence.greatestSeq ? BigInt(max_seq) : sequence.greatestSeq;
+    // The latest checkpoint's maxSeq only when it is authentic: a row someone wrote with a seq
+    // near the sequence's end would otherwise have every start exhaust it.
+    const [latest] = await rowsOf<CheckpointRow>(em, `SELECT ${CHECKPOINT_COLUMNS} FROM audit_checkpoints c ORDER BY c.id DESC LIMIT 1`);
+    let checkpointed = 0n;
+    if (latest) {
+      const { mac, ...fields } = toCheckpoint(latest);
+      if (sameMac(mac, checkpointMac(this.key, fields))) checkpointed = BigInt(fields.maxSeq);
+    }
+    const target = checkpointed > sequence.greatestSeq ? checkpointed : sequence.greatestSeq;
     if (sequence.handedOut >= target) return;
     try {
       await sql(

@@ -9,6 +9,7 @@ import { requireFastify } from './common/require-fastify';
 import { documentServiceUnavailable } from './common/service-unavailable.swagger';
 import type { AppConfig } from './config/config';
 import { docsEnabled, parseCorsOrigins, parseTrustProxy } from './config/env.schema';
+import { watchTrustedHops } from './config/trust-proxy-hops';
 import { documentMetricsToken } from './metrics/metrics-token.guard';
 import { RATE_LIMIT_WINDOW_SECONDS } from './rate-limit/rate-limit.module';
 import { SHUTDOWN_SIGNALS } from './common/shutdown-signals';
@@ -72,6 +73,8 @@ export async function configureApp(
     });
   }
   registerRequestHygiene(app.getHttpAdapter().getInstance(), logger, config.ACCESS_LOG_PROBES);
+  // A hop count higher than the proxies in front shows in the first proxied request: said once.
+  watchTrustedHops(app.getHttpAdapter().getInstance(), config.TRUST_PROXY);
   // API.md's routes are under ROUTE_PREFIX by the Sessionary module itself (so in a host app too).
   if (docsEnabled(config)) setUpDocs(app, config);
   app.enableShutdownHooks([...SHUTDOWN_SIGNALS]);

@@ -284,6 +284,14 @@ describe('migrations (e2e)', () => {
       const [code] = (await exited) as [number];
       assert.equal(code, 0, output);
       assert.equal(Number((await holder.query('SELECT count(*) AS n FROM migrations')).rows[0].n), MIGRATIONS.length);
+      // Through the service's logger (LOG_FORMAT, JSON by default): Nest's plain text until 0.27.0.
+      const applied = output
+        .split('\n')
+        .filter((line) => line.startsWith('{'))
+        .map((line) => JSON.parse(line) as { level: string; context: string; message: string })
+        .find((line) => line.context === 'Migrations');
+      assert.equal(applied?.level, 'log', output);
+      assert.match(applied.message, new RegExp(`^Applied ${MIGRATIONS.length} migration\\(s\\): `));
       // A setting refused is one line that names it, exit code 1, no stack.
       const refused = spawnSync(process.execPath, [join(__dirname, '..', 'src', 'database', 'migrate-cli.js')], {
         env: { ...process.env, ...noSecrets, DATABASE_URL: target, NODE_ENV: 'production', BCRYPT_COST: 'lots' },
@@ -296,7 +304,7 @@ describe('migrations (e2e)', () => {
       const missing = new URL(target);
       missing.pathname = '/no_such_database_for_migrations';
       const unreachable = spawnSync(process.execPath, [join(__dirname, '..', 'src', 'database', 'migrate-cli.js')], {
-        env: { ...process.env, ...noSecrets, DATABASE_URL: missing.toString() },
+        env: { ...process.env, ...noSecrets, DATABASE_URL: missing.toString(), LOG_FORMAT: 'text' },
         encoding: 'utf8',
       });
       assert.equal(unreachable.status, 1, unreachable.stdout + unreachable.stderr);

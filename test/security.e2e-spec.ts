@@ -6,6 +6,7 @@ import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
 import * as jwt from 'jsonwebtoken';
 import { createLogger } from '../src/config/logger';
+import { CapturingLogger } from './helpers/capturing-logger';
 import { bearer, login, registerAndLogin, registerUser } from './helpers/factories';
 import { FuzzClient, rawExchange } from './helpers/fuzz-http';
 import { createTestApp, freshDatabase, TestApp } from './helpers/test-app';
@@ -373,6 +374,44 @@ describe('access tokens are only what we issued (e2e)', () => {
     assert.equal((await t.http.get('/api/v1/users/me').set('Authorization', `Bearer ${tokens.accessToken} trailing`)).status, 401);
     assert.equal((await t.http.get('/api/v1/users/me').set('Authorization', `Bearer  ${tokens.accessToken}`)).status, 401);
     assert.equal((await t.http.get('/api/v1/users/me').set('Authorization', `Bearer ${tokens.accessToken}`)).status, 200);
+  });
+});
+
+describe('TRUST_PROXY: a hop count higher than the proxies a request came through (e2e)', () => {
+  it('warns once, at the first request with fewer X-Forwarded-For addresses than the count, whose address the client may have written', async () => {
+    const logger = new CapturingLogger();
+    const t = await createTestApp({ TRUST_PROXY: '2' }, { logger });
+    try {
+      const user = await registerUser(t.http);
+      const warnings = () => logger.of('TrustProxy');
+      // Straight to the port (a health probe), or through both proxies: nothing to say.
+      assert.equal((await t.http.get('/health/live')).status, 200);
+      const proxied = await t.http
+        .post('/api/v1/auth/login')
+        .set('X-Forwarded-For', '203.0.113.9, 10.0.0.7')
+        .send({ email: user.email, password: user.password });
+      assert.equal(proxied.status, 200);
+      assert.deepEqual(warnings(), []);
+      // Through one: the client's own entry is believed as its address.
+      const short = await t.http
+        .post('/api/v1/auth/login')
+        .set('X-Forwarded-For', '198.51.100.77')
+        .send({ email: user.email, password: user.password });
+      assert.equal(short.status, 200);
+      const [session] = (await t.http.get('/api/v1/sessions').set('Authorization', bearer(short.body))).body.filter(
+        (s: { current: boolean }) => s.current,
+      );
+      assert.equal(session.ipAddress, '198.51.100.77', 'the single entry became the client address');
+      assert.equal(warnings().length, 1, JSON.stringify(warnings()));
+      assert.equal(warnings()[0].level, 'warn');
+      assert.match(warnings()[0].message, /^TRUST_PROXY=2 trusts 2 proxies, but a request came with 1 X-Forwarded-For address: /);
+      assert.doesNotMatch(warnings()[0].message, /198\.51\.100\.77/, 'no client address in the line');
+      // Said once per process.
+      await t.http.get('/health/live').set('X-Forwarded-For', '198.51.100.78');
+      assert.equal(warnings().length, 1);
+    } finally {
+      await t.close();
+    }
   });
 });
 

@@ -661,14 +661,15 @@ export function parseCorsOrigins(raw: string): string[] {
 
 export type TrustProxy = boolean | string[] | ((address: string, hop: number) => boolean);
 
-export function parseTrustProxy(raw: string): { valid: boolean; value: TrustProxy } {
+/** TRUST_PROXY as Fastify takes it, and `hops` when it is a hop count (1 or more). */
+export function parseTrustProxy(raw: string): { valid: boolean; value: TrustProxy; hops?: number } {
   const v = raw.trim().toLowerCase();
   if (v === '' || v === 'false' || v === '0') return { valid: true, value: false };
   if (v === 'true') return { valid: true, value: true };
   if (/^\d+$/.test(v)) {
     const hops = Number(v);
     // Trust exactly that many proxies in front of us, counted from our side.
-    return { valid: true, value: (_address: string, hop: number) => hop < hops };
+    return { valid: true, value: (_address: string, hop: number) => hop < hops, hops };
   }
   const list = raw
     .split(',')

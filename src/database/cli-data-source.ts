@@ -1,6 +1,8 @@
 import { DataSource } from 'typeorm';
 import { loadSettings } from '../config/config';
+import type { Env } from '../config/env.schema';
 import { cliDataSourceOptions } from './data-source.options';
+import { TypeOrmNestLogger } from './typeorm-logger';
 
 /**
  * The data source of the migration commands (`npm run migration:*`, the TypeORM CLI): from
@@ -9,10 +11,19 @@ import { cliDataSourceOptions } from './data-source.options';
  * migrate (and in development wrote DATA_DIR's secrets file), and refused without them by an
  * uncaught exception at load.
  */
-export function cliDataSource(): DataSource {
-  const settings = loadSettings();
+export function cliDataSource(settings: Env = loadSettings()): DataSource {
   if (!settings.DATABASE_URL) {
     throw new Error('The migration commands need DATABASE_URL (the embedded default runs only inside `npm start`).');
   }
   return new DataSource(cliDataSourceOptions(settings.DATABASE_URL));
+}
+
+/**
+ * `npm run migration:*`'s data source (src/database/migrate-cli.ts): TypeORM's lines through
+ * Nest's logger, as at boot, where the TypeORM CLI's data source keeps TypeORM's own console
+ * logger, whose kinds that CLI sets.
+ */
+export function migrateCliDataSource(settings: Env): DataSource {
+  const { options } = cliDataSource(settings);
+  return new DataSource({ ...options, logger: new TypeOrmNestLogger(['warn', 'migration']) });
 }

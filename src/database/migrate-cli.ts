@@ -11,7 +11,9 @@
  */
 import { Logger } from '@nestjs/common';
 import { parseArgs } from 'node:util';
-import { cliDataSource } from './cli-data-source';
+import { loadSettings } from '../config/config';
+import { createLogger } from '../config/logger';
+import { migrateCliDataSource } from './cli-data-source';
 import { connectTargetOf, describeConnectFailure } from './connect-failure';
 import { revertLastMigrationLocked, RevertNotConfirmedError, runMigrationsLocked } from './migrate';
 
@@ -35,7 +37,13 @@ function parse(argv: string[]): { revert: false } | { revert: true; confirm: str
 async function main(argv: string[]): Promise<void> {
   const command = parse(argv);
   // Made here, not at load: a setting refused is then one line, as every other refusal.
-  const dataSource = cliDataSource();
+  const settings = loadSettings();
+  // The service's logger (LOG_FORMAT, LOG_LEVEL, the log's masking), as `npm start` sets it before
+  // it migrates: until 0.27.0 these lines went through Nest's default console logger, as text
+  // without the masking, whatever LOG_FORMAT said. A usage error or a setting refused comes
+  // before it, through the default logger, as at the start (src/main.ts).
+  Logger.overrideLogger(createLogger(settings));
+  const dataSource = migrateCliDataSource(settings);
   await dataSource.initialize();
   try {
     if (command.revert) await revertLastMigrationLocked(dataSource, { confirm: command.confirm });

@@ -50,13 +50,22 @@ export function isSecretKey(key: string): boolean {
  */
 const PUBLIC_DIGEST_KEYS = new Set(['digest', 'prevMac', 'mac', 'kid']);
 
+/**
+ * A TypeORM migration's name: a class name in letters, then its 13-digit timestamp. One of 43
+ * characters has a refresh token's shape (`AuditSealClosedAndOldSessionId1767200000000`), and
+ * the start's "Applied …" line and the revert command, whose `--confirm` needs the name, said
+ * `[REDACTED_TOKEN]` for it (until 0.27.0). A token (32 random bytes in base64url) ends in 13
+ * digits with odds of about 3 in 10¹¹, and starts with 30 letters as well far more rarely.
+ */
+const MIGRATION_NAME = /^[A-Z][A-Za-z]+\d{13}$/;
+
 // Shapes of secrets inside free text, for what a key-based mask cannot see.
-const SECRET_PATTERNS: Array<[RegExp, string]> = [
+const SECRET_PATTERNS: Array<[RegExp, string | ((match: string) => string)]> = [
   [/\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*/g, '[REDACTED_JWT]'],
   [/\b(Bearer|Basic)\s+[^\s"',]+/gi, '$1 [REDACTED]'],
   [/\$2[abxy]\$\d{2}\$[./A-Za-z0-9]{53}/g, '[REDACTED_HASH]'],
   [/\b[0-9a-f]{64}\b/gi, '[REDACTED_HEX]'],
-  [/(?<![A-Za-z0-9_-])[A-Za-z0-9_-]{43}(?![A-Za-z0-9_-])/g, '[REDACTED_TOKEN]'],
+  [/(?<![A-Za-z0-9_-])[A-Za-z0-9_-]{43}(?![A-Za-z0-9_-])/g, (word) => (MIGRATION_NAME.test(word) ? word : '[REDACTED_TOKEN]')],
   // A URL's password: its userinfo runs to the last '@' before the host, so a password with an
   // '@' of its own is masked whole (until 0.24.1 only up to its first '@': `u:p@ss@host` was
   // logged as `u:***@ss@host`). The '@'s it spans are those with no '/', '?' or '#' between them
@@ -71,7 +80,9 @@ const CONTROL_CHARACTERS = /[\u0000-\u001f\u007f\u2028\u2029]/g;
 /** Masks secrets in free text; what matches a secret's shape is masked even if it was not one. */
 export function scrubSecrets(text: string): string {
   let out = text;
-  for (const [pattern, replacement] of SECRET_PATTERNS) out = out.replace(pattern, replacement);
+  for (const [pattern, replacement] of SECRET_PATTERNS) {
+    out = typeof replacement === 'string' ? out.replace(pattern, replacement) : out.replace(pattern, replacement);
+  }
   return out;
 }
 

@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
+import { MIGRATIONS } from '../database/data-source.options';
 import { redactSecretKeys } from './log-redaction';
 import type { LoggerService } from '@nestjs/common';
 import { type AccessLogger, createLogger, neutraliseControlCharacters, scrubSecrets, StderrLogger } from './logger';
@@ -43,6 +44,30 @@ describe('scrubSecrets', () => {
       assert.equal(scrubSecrets(input), masked);
     });
   }
+
+  it("leaves every migration's name alone, one of a token's length included (43 characters: masked until 0.27.0), and masks a token of that length", () => {
+    const names = MIGRATIONS.map((migration) => migration.name);
+    assert.ok(
+      names.some((name) => name.length === 43),
+      'a name of 43 characters is among them',
+    );
+    const line = `Applied ${names.length} migration(s): ${names.join(', ')}`;
+    assert.equal(scrubSecrets(line), line);
+    assert.equal(
+      scrubSecrets('The last migration applied is AuditSealClosedAndOldSessionId1767200000000.'),
+      'The last migration applied is AuditSealClosedAndOldSessionId1767200000000.',
+    );
+    // A token of any other shape is still masked: 12 digits, a lower-case start, a '_' among the letters.
+    for (const token of [
+      refresh43,
+      'AbcdefghijklmnopqrstuvwxyzAbcd123456789012x',
+      'abcdefghijklmnopqrstuvwxyzabcd1767200000000',
+      'Abcdefghijklmnopqrstuvwxyz_bcd1767200000000',
+    ]) {
+      assert.equal(token.length, 43);
+      assert.equal(scrubSecrets(`x ${token} y`), 'x [REDACTED_TOKEN] y', token);
+    }
+  });
 
   it('leaves ordinary text, UUIDs and ISO dates alone', () => {
     const text = 'Session 3f2b1c9e-8d7a-4b6c-9e5f-1a2b3c4d5e6f ended at 2026-11-26T23:00:00.000Z (idle_timeout)';

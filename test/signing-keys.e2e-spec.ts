@@ -426,6 +426,16 @@ describe('signing keys: ring, rotation, JWKS (e2e)', () => {
     assert.match(text, /^sessionary_signing_keys\{state="next"\} 1$/m);
   });
 
+  it("leaves no poll of the ring running once the app has closed (its listener's stop no longer starts one)", async () => {
+    const closing = await createTestApp({ DATABASE_URL: url });
+    const ring = closing.app.get(KeyRing) as unknown as { untrustedPoll: NodeJS.Timeout | undefined };
+    assert.equal(ring.untrustedPoll, undefined, 'trusted: no poll while the app runs');
+    await closing.close();
+    // Until 0.27.0 the listener's stop (onLost) started the poll again after the shutdown had
+    // cleared it: every 2 s for the process's life, a read through the closed pool and a warning.
+    assert.equal(ring.untrustedPoll, undefined, 'no poll after the close');
+  });
+
   it('refuses to start with another KEY_ENCRYPTION_KEY, naming the setting and not the key', async () => {
     const wrong = randomBytes(48).toString('base64');
     await assert.rejects(createTestApp({ DATABASE_URL: url, KEY_ENCRYPTION_KEY: wrong }), (error: Error) => {

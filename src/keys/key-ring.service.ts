@@ -45,6 +45,8 @@ export class KeyRing implements OnModuleInit, OnApplicationShutdown {
   private safetyNet: NodeJS.Timeout | undefined;
   /** Reads the ring every UNTRUSTED_RELOAD_EVERY_MS while the listener is not trusted. */
   private untrustedPoll: NodeJS.Timeout | undefined;
+  /** Set at shutdown: no poll starts after it (the listener's stop calls onLost). */
+  private shutDown = false;
   private reloading: Promise<void> | undefined;
   private reloadRequested = false;
   private fingerprint = '';
@@ -89,6 +91,10 @@ export class KeyRing implements OnModuleInit, OnApplicationShutdown {
   }
 
   async onApplicationShutdown(): Promise<void> {
+    // Before the listener's stop, whose onLost would start the untrusted poll again: until
+    // 0.27.0 it did, and after the app closed read the ring every 2 s through the closed pool
+    // ("Driver not Connected", a warning each time) for as long as the process lived.
+    this.shutDown = true;
     clearInterval(this.safetyNet);
     this.stopUntrustedPoll();
     await this.listener?.stop();
@@ -211,6 +217,7 @@ export class KeyRing implements OnModuleInit, OnApplicationShutdown {
   }
 
   private pollWhileUntrusted(): void {
+    if (this.shutDown) return;
     this.untrustedPoll ??= setInterval(() => this.requestReload(), UNTRUSTED_RELOAD_EVERY_MS).unref();
   }
 

@@ -264,7 +264,8 @@ describe('migrations (e2e)', () => {
       // refused ("JWT_SECRET is missing"), by an uncaught exception with its stack.
       const noSecrets = { JWT_SECRET: undefined, PASSWORD_PEPPER: undefined, AUDIT_HMAC_KEY: undefined, KEY_ENCRYPTION_KEY: undefined };
       const cli = spawn(process.execPath, [join(__dirname, '..', 'src', 'database', 'migrate-cli.js')], {
-        env: { ...process.env, ...noSecrets, DATABASE_URL: target, NODE_ENV: 'production' },
+        // A service's quiet LOG_LEVEL hides none of the command's result.
+        env: { ...process.env, ...noSecrets, DATABASE_URL: target, NODE_ENV: 'production', LOG_LEVEL: 'error' },
         stdio: ['ignore', 'pipe', 'pipe'],
       });
       let output = '';
@@ -304,7 +305,7 @@ describe('migrations (e2e)', () => {
       const missing = new URL(target);
       missing.pathname = '/no_such_database_for_migrations';
       const unreachable = spawnSync(process.execPath, [join(__dirname, '..', 'src', 'database', 'migrate-cli.js')], {
-        env: { ...process.env, ...noSecrets, DATABASE_URL: missing.toString(), LOG_FORMAT: 'text' },
+        env: { ...process.env, ...noSecrets, DATABASE_URL: missing.toString(), LOG_FORMAT: 'text', LOG_LEVEL: 'fatal' },
         encoding: 'utf8',
       });
       assert.equal(unreachable.status, 1, unreachable.stdout + unreachable.stderr);

@@ -12,6 +12,7 @@
 import { Logger } from '@nestjs/common';
 import { parseArgs } from 'node:util';
 import { loadSettings } from '../config/config';
+import type { LogLevelName } from '../config/env.schema';
 import { createLogger } from '../config/logger';
 import { migrateCliDataSource } from './cli-data-source';
 import { connectTargetOf, describeConnectFailure } from './connect-failure';
@@ -34,15 +35,22 @@ function parse(argv: string[]): { revert: false } | { revert: true; confirm: str
   throw new UsageError(USAGE);
 }
 
+/** `log` when LOG_LEVEL is quieter (warn, error, fatal); debug and verbose as they are. */
+function atLeastLog(level: LogLevelName): LogLevelName {
+  return level === 'debug' || level === 'verbose' ? level : 'log';
+}
+
 async function main(argv: string[]): Promise<void> {
   const command = parse(argv);
   // Made here, not at load: a setting refused is then one line, as every other refusal.
   const settings = loadSettings();
-  // The service's logger (LOG_FORMAT, LOG_LEVEL, the log's masking), as `npm start` sets it before
-  // it migrates: until 0.27.0 these lines went through Nest's default console logger, as text
-  // without the masking, whatever LOG_FORMAT said. A usage error or a setting refused comes
-  // before it, through the default logger, as at the start (src/main.ts).
-  Logger.overrideLogger(createLogger(settings));
+  // The service's logger (LOG_FORMAT and the log's masking), as `npm start` sets it before it
+  // migrates: until 0.27.0 these lines went through Nest's default console logger, as text
+  // without the masking, whatever LOG_FORMAT said. LOG_LEVEL no quieter than `log`: what the
+  // command applied or reverted, and why it refused, are its result, which a service's
+  // LOG_LEVEL=warn (or fatal) must not hide. A usage error or a setting refused comes before
+  // it, through the default logger, as at the start (src/main.ts).
+  Logger.overrideLogger(createLogger({ LOG_FORMAT: settings.LOG_FORMAT, LOG_LEVEL: atLeastLog(settings.LOG_LEVEL) }));
   const dataSource = migrateCliDataSource(settings);
   await dataSource.initialize();
   try {

@@ -24,10 +24,17 @@ const open = new Set<JsonLogger>();
 
 /**
  * Writes what every logger created here still holds in memory, synchronously: for the moments
- * after which the process may end without an 'exit' event (a re-raised signal).
+ * after which the process may end without an 'exit' event (a re-raised signal). Every line
+ * after it is written through at once as well: the shutdown hook that calls it is the root
+ * module's, which Nest runs before the other modules' (the key ring's, the rate limit's last
+ * sync, the data source's close), so their lines came after the flush and, until 0.27.0, a
+ * re-raised signal ended the process with them still in memory.
  */
 export function flushLogs(): void {
-  for (const logger of open) logger.flush();
+  for (const logger of open) {
+    logger.writeThrough = true;
+    logger.flush();
+  }
 }
 
 /**
@@ -43,6 +50,8 @@ export class JsonLogger implements LoggerService {
   private readonly err: Pino;
   /** Access lines of the current turn of the event loop, not yet handed to the destination. */
   private pendingAccess = '';
+  /** Set by flushLogs(): each line is flushed as it is written (the process may end any moment). */
+  writeThrough = false;
 
   constructor(
     level: LogLevel,
@@ -104,6 +113,7 @@ export class JsonLogger implements LoggerService {
     const line = `{"level":"log","timestamp":${Date.now()},"pid":${process.pid},"context":"HTTP","message":${JSON.stringify(record)}}\n`;
     if (this.pendingAccess === '') setImmediate(this.drainAccess);
     this.pendingAccess += line;
+    if (this.writeThrough) this.flush();
   }
 
   /** Hands the turn's access lines to the destination; every other line waits for them, so lines keep their order. */
@@ -153,7 +163,7 @@ export class JsonLogger implements LoggerService {
       target[level](record);
     }
     // What tells of trouble is on its way out before the caller goes on (it may be about to die).
-    if (LEVELS[level] >= LEVELS.warn) this.flush();
+    if (LEVELS[level] >= LEVELS.warn || this.writeThrough) this.flush();
   }
 }
 

@@ -1,4 +1,4 @@
-import { Inject, Injectable, Logger, OnApplicationBootstrap, OnModuleInit, Optional } from '@nestjs/common';
+import { BeforeApplicationShutdown, Inject, Injectable, Logger, OnApplicationBootstrap, OnModuleInit, Optional } from '@nestjs/common';
 import { ConfigService } from '@nestjs/config';
 import { SchedulerRegistry } from '@nestjs/schedule';
 import type { AppConfig } from '../config/config';
@@ -22,10 +22,12 @@ const JOB_NAME = 'sessionary:audit-checkpoint';
  * configuration.
  */
 @Injectable()
-export class AuditCheckpointTask implements OnModuleInit, OnApplicationBootstrap {
+export class AuditCheckpointTask implements OnModuleInit, OnApplicationBootstrap, BeforeApplicationShutdown {
   private readonly logger = new Logger(AuditCheckpointTask.name);
   private running: Promise<Checkpoint | undefined> | undefined;
   private sinceCheck = 0;
+  private timer: NodeJS.Timeout | undefined;
+  private shutDown = false;
   /** Ticks whose checkpoint failed (the database unavailable included); the metrics read it. */
   failures = 0;
 
@@ -65,13 +67,28 @@ export class AuditCheckpointTask implements OnModuleInit, OnApplicationBootstrap
       }
     };
     const periodMs = Math.max(1000, Math.floor((this.config.get('AUDIT_CHECKPOINT_INTERVAL', { infer: true }) * 1000) / 2));
-    const timer = setInterval(() => void this.handleTick(), periodMs);
-    timer.unref();
-    this.scheduler?.addInterval(JOB_NAME, timer);
+    this.timer = setInterval(() => void this.handleTick(), periodMs);
+    this.timer.unref();
+    this.scheduler?.addInterval(JOB_NAME, this.timer);
   }
 
-  /** Never throws (nothing else would see it), never overlaps itself. */
+  /**
+   * Waits for a checkpoint under way (its copy may take seconds at a million chains) and starts
+   * no other: until 0.27.0 nothing waited, and the pool closed under it, so the checkpoint was
+   * rolled back ("skipped: the database is unavailable") or committed without reaching
+   * AUDIT_CHECKPOINT_FILE; and the last audit events of the shutdown (the refusal summaries)
+   * could start one. The scheduler clears the interval only after (its module's hooks run last).
+   */
+  async beforeApplicationShutdown(): Promise<void> {
+    this.shutDown = true;
+    clearInterval(this.timer);
+    this.audit.onAppended = undefined;
+    await this.running;
+  }
+
+  /** Never throws (nothing else would see it), never overlaps itself; does nothing once the shutdown began. */
   async handleTick(): Promise<Checkpoint | undefined> {
+    if (this.shutDown) return undefined;
     this.running ??= this.tick().finally(() => (this.running = undefined));
     return this.running;
   }

@@ -17,6 +17,7 @@ import { AuditPartitionsService, MaintenanceResult } from './audit-partitions.se
 export class AuditPartitionsTask implements OnApplicationBootstrap, BeforeApplicationShutdown {
   private readonly logger = new Logger(AuditPartitionsTask.name);
   private running: Promise<MaintenanceResult | undefined> | undefined;
+  private shutDown = false;
 
   constructor(
     private readonly partitions: AuditPartitionsService,
@@ -33,6 +34,7 @@ export class AuditPartitionsTask implements OnApplicationBootstrap, BeforeApplic
   }
 
   async beforeApplicationShutdown(): Promise<void> {
+    this.shutDown = true;
     this.partitions.stopWaiting();
     await this.running;
   }
@@ -43,8 +45,13 @@ export class AuditPartitionsTask implements OnApplicationBootstrap, BeforeApplic
     if (this.scheduledJobs) await this.handleTick();
   }
 
-  /** Never throws (nothing else would see it), never overlaps itself. */
+  /**
+   * Never throws (nothing else would see it), never overlaps itself. Does nothing once the
+   * shutdown began: the scheduler's jobs stop only after every Sessionary module's hooks, and a
+   * tick then would die with the pool (until 0.27.0).
+   */
   handleTick(): Promise<MaintenanceResult | undefined> {
+    if (this.shutDown) return Promise.resolve(undefined);
     this.running ??= this.partitions
       .maintain()
       .catch((error: unknown) => {

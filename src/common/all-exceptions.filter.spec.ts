@@ -231,7 +231,7 @@ describe('AllExceptionsFilter.toBody', () => {
         const syntax = Object.assign(new DatabaseError('syntax error at or near "FROM"', 60, 'error'), { code: '42601' });
         assert.deepEqual(monitored.toBody(new QueryFailedError('SELECT FROM', [], syntax)), INTERNAL);
       } finally {
-        monitor.onApplicationShutdown();
+        monitor.beforeApplicationShutdown();
       }
     });
 
@@ -251,7 +251,7 @@ describe('AllExceptionsFilter.toBody', () => {
         assert.equal(monitor.isDown, true);
         assert.match(String(warned[1][0]), /^Database unavailable/);
       } finally {
-        monitor.onApplicationShutdown();
+        monitor.beforeApplicationShutdown();
       }
     });
 
@@ -263,7 +263,7 @@ describe('AllExceptionsFilter.toBody', () => {
         assert.equal(warned.length, 1);
         assert.match(String(warned[0][0]), /^Database unavailable \(ECONNREFUSED/);
       } finally {
-        monitor.onApplicationShutdown();
+        monitor.beforeApplicationShutdown();
       }
     });
 

@@ -53,6 +53,8 @@ export async function deleteInBatches(manager: EntityManager, spec: BatchedDelet
   // before the last row (harmless, but not exact).
   let from = '-infinity';
   let total = 0;
+  // A run started after the stop (a tick the scheduler fired meanwhile) deletes nothing.
+  if (limits.stop?.aborted) return total;
   for (;;) {
     const {
       rows: [batch],

@@ -51,7 +51,7 @@ describe('DatabaseOutageMonitor', () => {
     monitor.onModuleInit();
   });
   afterEach(() => {
-    monitor.onApplicationShutdown();
+    monitor.beforeApplicationShutdown();
     mock.timers.reset();
   });
 
@@ -140,7 +140,7 @@ describe('DatabaseOutageMonitor', () => {
 
   it('stops probing when the application shuts down', async () => {
     monitor.failed(refused(), 'x');
-    monitor.onApplicationShutdown();
+    monitor.beforeApplicationShutdown();
     await advance(5 * OUTAGE_PROBE_INTERVAL_MS);
     assert.equal(probes, 0);
   });

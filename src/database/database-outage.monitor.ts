@@ -1,4 +1,4 @@
-import { Injectable, Logger, OnApplicationShutdown, OnModuleInit } from '@nestjs/common';
+import { BeforeApplicationShutdown, Injectable, Logger, OnModuleInit } from '@nestjs/common';
 import { InjectDataSource } from '@nestjs/typeorm';
 import { SESSIONARY_DATA_SOURCE } from './data-source-name';
 import type { Pool } from 'pg';
@@ -18,7 +18,7 @@ export const OUTAGE_PROBE_INTERVAL_MS = 2_000;
  * also when no traffic arrives.
  */
 @Injectable()
-export class DatabaseOutageMonitor implements OnModuleInit, OnApplicationShutdown {
+export class DatabaseOutageMonitor implements OnModuleInit, BeforeApplicationShutdown {
   private readonly logger = new Logger('Database');
   private downSince: number | undefined;
   private lastReportAt = 0;
@@ -43,7 +43,12 @@ export class DatabaseOutageMonitor implements OnModuleInit, OnApplicationShutdow
     });
   }
 
-  onApplicationShutdown(): void {
+  /**
+   * Before any module's onApplicationShutdown, the data source's close among them: this
+   * provider's module is global, so its onApplicationShutdown ran after the pool had closed,
+   * and a probe due meanwhile queried the closing pool (until 0.27.0).
+   */
+  beforeApplicationShutdown(): void {
     this.stopped = true;
     clearTimeout(this.probeTimer);
   }

@@ -19,6 +19,7 @@ export class KeyRotationTask implements BeforeApplicationShutdown {
   private readonly logger = new Logger(KeyRotationTask.name);
   private readonly rotationDays: number | undefined;
   private running: Promise<void> | undefined;
+  private shutDown = false;
   /** Runs that failed, and when one last ran to its end (for /metrics). */
   readonly health = new JobHealth();
 
@@ -31,13 +32,16 @@ export class KeyRotationTask implements BeforeApplicationShutdown {
   }
 
   async beforeApplicationShutdown(): Promise<void> {
+    this.shutDown = true;
     await this.running;
   }
 
   @Cron(CronExpression.EVERY_5_MINUTES, { name: SESSIONARY_CRON_JOBS.signingKeyRotation, waitForCompletion: true })
   async onTick(): Promise<void> {
     // Off in this process: the application's scheduler may still fire it before ScheduledJobsCheck takes it out.
-    if (!this.scheduledJobs) return;
+    // Or shutting down: the scheduler's jobs stop only after every Sessionary module's hooks
+    // (its module's run last), and a tick then would die with the pool (until 0.27.0).
+    if (!this.scheduledJobs || this.shutDown) return;
     this.running = this.handleTick().finally(() => (this.running = undefined));
     await this.running;
   }

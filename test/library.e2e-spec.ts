@@ -1,7 +1,20 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
-import { ArgumentsHost, Body, Catch, Controller, ExceptionFilter, Get, Injectable, Module, Post, Req, UseGuards } from '@nestjs/common';
+import {
+  ArgumentsHost,
+  Body,
+  Catch,
+  Controller,
+  ExceptionFilter,
+  Get,
+  Injectable,
+  type LoggerService,
+  Module,
+  Post,
+  Req,
+  UseGuards,
+} from '@nestjs/common';
 import { APP_FILTER } from '@nestjs/core';
 import { ConfigModule } from '@nestjs/config';
 import { OnEvent } from '@nestjs/event-emitter';
@@ -11,9 +24,11 @@ import { FastifyAdapter, NestFastifyApplication } from '@nestjs/platform-fastify
 import { Cron, ScheduleModule, SchedulerRegistry } from '@nestjs/schedule';
 import { HealthCheck, HealthCheckService, TerminusModule } from '@nestjs/terminus';
 import { IsString } from 'class-validator';
+import { ClientProxy, ClientProxyFactory, MessagePattern, Payload, RpcException, Transport } from '@nestjs/microservices';
 import { Test } from '@nestjs/testing';
 import { InjectDataSource, TypeOrmModule } from '@nestjs/typeorm';
 import * as jwt from 'jsonwebtoken';
+import { firstValueFrom, timeout } from 'rxjs';
 import { ExtractJwt, Strategy } from 'passport-jwt';
 import { Client } from 'pg';
 import request from 'supertest';
@@ -43,6 +58,8 @@ import { KeyRotationTask } from '../src/keys/key-rotation.task';
 import { LoginThrottleService } from '../src/login-throttle/login-throttle.service';
 import { RateLimitPruneTask } from '../src/rate-limit/rate-limit-prune.task';
 import { SessionsCleanupTask } from '../src/sessions/sessions-cleanup.task';
+import { findFreePort } from '../src/database/embedded-postgres';
+import { CapturingLogger } from './helpers/capturing-logger';
 import { newUserInput } from './helpers/factories';
 import { emptyDatabase } from './helpers/test-app';
 
@@ -186,6 +203,9 @@ async function sessionaryApp(
     globalPrefix,
     globalExceptionFilter,
     hostGlobalFilter,
+    microservicePort,
+    logger,
+    options,
   }: {
     scheduler?: boolean;
     scheduledJobs?: boolean;
@@ -195,6 +215,11 @@ async function sessionaryApp(
     globalExceptionFilter?: boolean;
     /** A filter the host adds with app.useGlobalFilters(). */
     hostGlobalFilter?: ExceptionFilter;
+    /** A hybrid app: the host's microservice on this TCP port beside its HTTP routes (inheritAppConfig: Sessionary's guards, pipe and filter apply to it). */
+    microservicePort?: number;
+    logger?: LoggerService;
+    /** Sessionary's options over the ones here. */
+    options?: Record<string, unknown>;
   } = {},
 ): Promise<NestFastifyApplication> {
   databaseUrl ??= await emptyDatabase();
@@ -203,7 +228,7 @@ async function sessionaryApp(
       ...(scheduler ? [ScheduleModule.forRoot()] : []),
       ...(imports as []),
       SessionaryModule.forRootAsync({
-        useFactory: () => ({ databaseUrl, ...secrets, routePrefix, nodeEnv: 'test', bcryptCost: 4, rateLimitPerMinute: 0 }),
+        useFactory: () => ({ databaseUrl, ...secrets, routePrefix, nodeEnv: 'test', bcryptCost: 4, rateLimitPerMinute: 0, ...options }),
         scheduledJobs,
         globalExceptionFilter,
       }),
@@ -214,11 +239,14 @@ async function sessionaryApp(
   class HostModule {}
   const moduleRef = await Test.createTestingModule({ imports: [HostModule] }).compile();
   // The host's own app: Fastify, no global prefix, none of Sessionary's app setup.
-  const app = moduleRef.createNestApplication<NestFastifyApplication>(new FastifyAdapter());
+  const app = moduleRef.createNestApplication<NestFastifyApplication>(new FastifyAdapter(), logger ? { logger } : undefined);
   if (globalPrefix) app.setGlobalPrefix(globalPrefix.prefix, { exclude: globalPrefix.exclude });
   if (hostGlobalFilter) app.useGlobalFilters(hostGlobalFilter);
+  if (microservicePort)
+    app.connectMicroservice({ transport: Transport.TCP, options: { host: '127.0.0.1', port: microservicePort } }, { inheritAppConfig: true });
   try {
     await app.init();
+    if (microservicePort) await app.startAllMicroservices();
   } catch (error) {
     await app.close(); // a refused boot leaves nothing open
     throw error;
@@ -700,5 +728,74 @@ describe('Sessionary inside a host Nest app (e2e)', () => {
     );
     assert.throws(() => SessionaryModule.forRoot({ databaseUrl: 'postgres://x/y', ...secrets, sessionIdleTtl: -1 }), /SESSION_IDLE_TTL/);
     assert.throws(() => SessionaryModule.forRoot({ databaseUrl: 'postgres://x/y', ...secrets, routePrefix: '/api/' }), /ROUTE_PREFIX/);
+  });
+});
+
+/** A hybrid host's message handlers (a TCP microservice beside the HTTP routes). */
+@Controller()
+class HostMessages {
+  static ran: string[] = [];
+  @MessagePattern('sum') sum(@Payload() numbers: number[]) {
+    HostMessages.ran.push('sum');
+    return numbers.reduce((a, b) => a + b, 0);
+  }
+  @Public() @MessagePattern('public-sum') publicSum(@Payload() numbers: number[]) {
+    HostMessages.ran.push('public-sum');
+    return numbers.reduce((a, b) => a + b, 0);
+  }
+  @Public() @MessagePattern('refused') refused() {
+    throw new RpcException('the host refused it');
+  }
+  @Public() @MessagePattern('fails') fails() {
+    throw new Error('a bug of the host');
+  }
+}
+
+describe('Sessionary inside a hybrid host app: HTTP and a microservice connected with inheritAppConfig (e2e)', () => {
+  let app: NestFastifyApplication;
+  let client: ClientProxy;
+  const logger = new CapturingLogger();
+  before(async () => {
+    const port = await findFreePort();
+    // The request limit on: its guard, as the session guard, meets the messages too.
+    app = await sessionaryApp([], [OrdersController, HostMessages], [], { microservicePort: port, logger, options: { rateLimitPerMinute: 100 } });
+    client = ClientProxyFactory.create({ transport: Transport.TCP, options: { host: '127.0.0.1', port } });
+    await client.connect();
+  });
+  after(async () => {
+    await client.close();
+    await app.close();
+  });
+  // Until 0.27.0 every message reached Sessionary's guards and filter as if it were an HTTP
+  // request, and its client waited for ever: a bounded wait, so that a hang fails the test.
+  const send = (pattern: string, data: unknown): Promise<unknown> =>
+    firstValueFrom(client.send(pattern, data).pipe(timeout(5_000))).catch((error: unknown) => ({ error }));
+
+  it("answers a handler marked @Public() on the host's transport, and gives its errors the transport's own answers", async () => {
+    assert.equal(await send('public-sum', [1, 2, 3]), 6);
+    assert.deepEqual(await send('refused', []), { error: { status: 'error', message: 'the host refused it' } });
+    assert.deepEqual(await send('fails', []), { error: { status: 'error', message: 'Internal server error' } });
+    assert.ok(
+      logger.lines.some((l) => l.level === 'error' && l.message === 'a bug of the host'),
+      JSON.stringify(logger.lines.filter((l) => l.level === 'error')),
+    );
+  });
+
+  it('refuses a handler not marked @Public() on another transport (Sessionary authenticates HTTP requests only), never runs it, and says why', async () => {
+    HostMessages.ran = [];
+    assert.deepEqual(await send('sum', [1, 2, 3]), { error: { status: 'error', message: 'Internal server error' } });
+    assert.deepEqual(HostMessages.ran, []);
+    const refusal = logger.lines.find((l) => l.level === 'error' && /authenticates HTTP requests only/.test(l.message));
+    assert.ok(refusal, JSON.stringify(logger.lines.filter((l) => l.level === 'error')));
+    assert.match(refusal.message, /HostMessages\.sum is a handler of another transport \(rpc\) that is not marked @Public\(\)/);
+  });
+
+  it('keeps authenticating and counting the HTTP routes as before', async () => {
+    const http = request(app.getHttpServer());
+    const refused = await http.get('/orders');
+    assert.equal(refused.status, 401);
+    assert.equal(refused.headers['x-ratelimit-limit'], '100');
+    const token = await signedIn(http);
+    assert.equal((await http.get('/orders').set('Authorization', `Bearer ${token}`)).status, 200);
   });
 });

@@ -286,6 +286,7 @@ describe('AllExceptionsFilter.toBody', () => {
         },
       };
       const host = {
+        getType: () => 'http',
         switchToHttp: () => ({ getResponse: () => reply, getRequest: () => ({ method: 'GET', routeOptions: { url: '/users/me' } }) }),
       } as unknown as ArgumentsHost;
       filter.catch(new QueryFailedError('SELECT 1', [], adminShutdown()), host);
@@ -317,6 +318,7 @@ describe('AllExceptionsFilter and step-up', () => {
       },
     };
     const host = {
+      getType: () => 'http',
       switchToHttp: () => ({ getResponse: () => reply, getRequest: () => ({ method: 'DELETE', routeOptions: { url: '/sessions' } }) }),
     } as unknown as ArgumentsHost;
     new AllExceptionsFilter().catch(exception, host);

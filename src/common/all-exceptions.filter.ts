@@ -1,6 +1,7 @@
 import { ArgumentsHost, Catch, ExceptionFilter, type ExecutionContext, HttpException, HttpStatus, Logger, Optional } from '@nestjs/common';
 import { STATUS_CODES } from 'node:http';
 import type { FastifyReply, FastifyRequest } from 'fastify';
+import type { Observable } from 'rxjs';
 import { QueryFailedError } from 'typeorm';
 import { DatabaseOutageMonitor, summarize } from '../database/database-outage.monitor';
 import { databaseBusyCode, isDatabaseUnavailable, PG_UNIQUE_VIOLATION, pgErrorCode } from '../database/pg-errors';
@@ -11,6 +12,7 @@ import { clientContextOf } from './client-context';
 import { SessionNotActiveException } from './session-not-active.exception';
 import { InsufficientUserAuthenticationException } from './insufficient-user-authentication.exception';
 import { RetryAfterException } from './retry-after.exception';
+import { answerOtherTransport, isHttp } from './other-transports';
 import { DatabaseNotReadyException, InstanceShuttingDownException, SigningKeysStaleException } from './database-not-ready.exception';
 
 /** Long enough for a database restart or failover to finish, short enough not to idle clients. */
@@ -52,7 +54,11 @@ export class AllExceptionsFilter implements ExceptionFilter {
     @Optional() private readonly rateLimit?: RateLimitGuard,
   ) {}
 
-  catch(exception: unknown, host: ArgumentsHost): void {
+  catch(exception: unknown, host: ArgumentsHost): void | Observable<never> {
+    // A host's microservice or gateway connected with inheritAppConfig: its transport's own
+    // answer (until 0.27.0 this took the message for an HTTP request, and its client waited for
+    // an answer that never came).
+    if (!isHttp(host)) return answerOtherTransport(exception, host, this.logger);
     const http = host.switchToHttp();
     const reply = http.getResponse<FastifyReply>();
     const request = http.getRequest<FastifyRequest>();

@@ -7,6 +7,7 @@ import type { FastifyReply, FastifyRequest } from 'fastify';
 import { withoutPort } from '../common/client-context';
 import type { CounterSettings } from './rate-limit-counters';
 import { PgThrottlerStorage } from './pg-throttler.storage';
+import { isHttp } from '../common/other-transports';
 
 /** Set on a request once a route's limits counted it (see countUncounted). */
 const COUNTED = Symbol('sessionary.rateLimitCounted');
@@ -76,6 +77,9 @@ export class RateLimitGuard implements CanActivate {
 
   // Not async: Nest takes a guard's boolean as it is, and awaits only a promise.
   canActivate(context: ExecutionContext): boolean | Promise<boolean> {
+    // Counted per client address, which only an HTTP request has: a host's other transports
+    // (connected with inheritAppConfig) are not counted here.
+    if (!isHttp(context)) return true;
     const throttlers = this.throttlersOf(context);
     if (!throttlers.length || this.skipIf?.(context)) return true;
     if (throttlers.every((t) => t.settings))

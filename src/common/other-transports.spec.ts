@@ -1,0 +1,64 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import type { ArgumentsHost, LoggerService } from '@nestjs/common';
+import { firstValueFrom } from 'rxjs';
+import { answerOtherTransport } from './other-transports';
+
+/** A gateway's host: what its client was sent. */
+function wsHost(emitted: Array<[string, unknown]>): ArgumentsHost {
+  const client = { emit: (event: string, data: unknown) => emitted.push([event, data]) };
+  return { getType: () => 'ws', switchToWs: () => ({ getClient: () => client }) } as unknown as ArgumentsHost;
+}
+
+function quietLogger(errors: unknown[]): LoggerService {
+  return { log: () => undefined, warn: () => undefined, error: (message: unknown) => void errors.push(message) };
+}
+
+/** A transport exception of @nestjs/microservices' or @nestjs/websockets' shape. */
+class TransportException extends Error {
+  constructor(private readonly payload: string | object) {
+    super(typeof payload === 'string' ? payload : 'Transport exception');
+  }
+  getError() {
+    return this.payload;
+  }
+}
+
+describe('answers for the other transports of a host', () => {
+  it("sends a gateway's client an exception event, as Nest's own filter for it does", () => {
+    const emitted: Array<[string, unknown]> = [];
+    const errors: unknown[] = [];
+    assert.equal(answerOtherTransport(new TransportException('no such room'), wsHost(emitted), quietLogger(errors)), undefined);
+    answerOtherTransport(new TransportException({ code: 42 }), wsHost(emitted), quietLogger(errors));
+    answerOtherTransport(new Error('a bug'), wsHost(emitted), quietLogger(errors));
+    assert.deepEqual(emitted, [
+      ['exception', { status: 'error', message: 'no such room' }],
+      ['exception', { code: 42 }],
+      ['exception', { status: 'error', message: 'Internal server error' }],
+    ]);
+    assert.deepEqual(errors, ['a bug'], 'only the unknown error is logged');
+  });
+
+  it("answers a message handler's client with an error, its details only when it is the transport's own", async () => {
+    const rpcHost = { getType: () => 'rpc' } as unknown as ArgumentsHost;
+    const errors: unknown[] = [];
+    await assert.rejects(firstValueFrom(answerOtherTransport(new TransportException('nope'), rpcHost, quietLogger(errors))!), (e) => {
+      assert.deepEqual(e, { status: 'error', message: 'nope' });
+      return true;
+    });
+    await assert.rejects(firstValueFrom(answerOtherTransport(new Error('select * from users'), rpcHost, quietLogger(errors))!), (e) => {
+      assert.deepEqual(e, { status: 'error', message: 'Internal server error' });
+      return true;
+    });
+    assert.deepEqual(errors, ['select * from users']);
+  });
+
+  it('throws on what any other context (a GraphQL resolver) gets, as Nest does for it', () => {
+    const graphql = { getType: () => 'graphql' } as unknown as ArgumentsHost;
+    const error = new Error('resolver');
+    assert.throws(
+      () => answerOtherTransport(error, graphql, quietLogger([])),
+      (e) => e === error,
+    );
+  });
+});

@@ -1,0 +1,50 @@
+import type { ArgumentsHost, ExecutionContext, LoggerService } from '@nestjs/common';
+import { Observable, throwError } from 'rxjs';
+
+/**
+ * Sessionary answers HTTP. A host's other transports (a microservice's message handlers, a
+ * WebSocket gateway) meet its global guards, pipe and filter only when the host connects them
+ * with `inheritAppConfig: true` (Nest applies none of them otherwise); there, these give each
+ * transport what its own default would.
+ */
+export function isHttp(context: ArgumentsHost | ExecutionContext): boolean {
+  return context.getType() === 'http';
+}
+
+/** The message of what SessionGuard throws for a handler of another transport that is not @Public(). */
+export function otherTransportRefusal(context: ExecutionContext): string {
+  return (
+    `Sessionary's SessionGuard authenticates HTTP requests only, and ${context.getClass().name}.${context.getHandler().name} ` +
+    `is a handler of another transport (${context.getType()}) that is not marked @Public(): it was refused. Mark it @Public() ` +
+    'and authenticate it by that transport’s own means, or connect the transport without inheritAppConfig'
+  );
+}
+
+const isObject = (value: unknown): value is object => typeof value === 'object' && value !== null;
+
+/** RpcException and WsException (of @nestjs/microservices and @nestjs/websockets, which Sessionary does not depend on) by their shape. */
+function transportError(exception: unknown): { error: unknown } | undefined {
+  const getError = isObject(exception) ? (exception as { getError?: unknown }).getError : undefined;
+  return typeof getError === 'function' ? { error: (getError as () => unknown).call(exception) } : undefined;
+}
+
+const UNKNOWN = { status: 'error', message: 'Internal server error' } as const;
+
+/**
+ * What Nest's own filter for the transport answers (BaseRpcExceptionFilter, BaseWsExceptionFilter):
+ * the transport error's own payload, or `Internal server error` with the error logged. Anything
+ * else (a GraphQL resolver's) is thrown on, as Nest's default for it does.
+ */
+export function answerOtherTransport(exception: unknown, host: ArgumentsHost, logger: LoggerService): Observable<never> | undefined {
+  const type = host.getType();
+  if (type !== 'rpc' && type !== 'ws') throw exception;
+  const known = transportError(exception);
+  if (!known)
+    logger.error(exception instanceof Error ? exception.message : String(exception), exception instanceof Error ? exception.stack : undefined);
+  const payload = known ? (isObject(known.error) ? known.error : { status: 'error', message: known.error }) : UNKNOWN;
+  // A message handler's answer is the error its client's observable receives; a gateway's
+  // client gets an `exception` event.
+  if (type === 'rpc') return throwError(() => payload);
+  host.switchToWs().getClient<{ emit?: (event: string, data: unknown) => unknown }>().emit?.('exception', payload);
+  return undefined;
+}

@@ -14,6 +14,7 @@ import {
 } from '@nestjs/common';
 import type { ArgumentsHost } from '@nestjs/common';
 import { DatabaseError } from 'pg';
+import { lastValueFrom, type Observable } from 'rxjs';
 import { DataSource, QueryFailedError } from 'typeorm';
 import { DatabaseOutageMonitor } from '../database/database-outage.monitor';
 import { DatabaseNotReadyException } from './database-not-ready.exception';
@@ -230,6 +231,36 @@ describe('AllExceptionsFilter.toBody', () => {
         // A statement that is wrong stays a 500 (a foreign key, above; a syntax error here).
         const syntax = Object.assign(new DatabaseError('syntax error at or near "FROM"', 60, 'error'), { code: '42601' });
         assert.deepEqual(monitored.toBody(new QueryFailedError('SELECT FROM', [], syntax)), INTERNAL);
+      } finally {
+        monitor.beforeApplicationShutdown();
+      }
+    });
+
+    it("on a host's message handler (rpc), tells the outage monitor of an outage and says a busy database in one line, as on HTTP; anything else with its stack", async () => {
+      const monitor = new DatabaseOutageMonitor({ driver: {}, query: async () => [] } as unknown as DataSource);
+      const monitored = new AllExceptionsFilter(monitor);
+      const rpc = { getType: () => 'rpc' } as unknown as ArgumentsHost;
+      const answer = (error: unknown) =>
+        lastValueFrom(monitored.catch(error, rpc) as Observable<never>).then(
+          () => assert.fail('an answer'),
+          (e: unknown) => e,
+        );
+      try {
+        logged.length = 0;
+        warned.length = 0;
+        for (let i = 0; i < 3; i++) assert.deepEqual(await answer(refused()), { status: 'error', message: 'Internal server error' });
+        assert.equal(monitor.isDown, true);
+        assert.equal(logged.length, 0, 'no error line with a stack per message');
+        assert.equal(warned.length, 1, 'one line for the outage');
+        assert.match(String(warned[0][0]), /^Database unavailable/);
+        const busy = Object.assign(new DatabaseError('canceling statement due to statement timeout', 60, 'error'), { code: '57014' });
+        assert.deepEqual(await answer(new QueryFailedError('SELECT secret-XYZZY', [], busy)), { status: 'error', message: 'Internal server error' });
+        assert.equal(warned.length, 2);
+        assert.match(String(warned[1][0]), /^Database busy in a rpc handler \(SQLSTATE 57014\)/);
+        assert.ok(!String(warned[1][0]).includes('XYZZY'), 'no SQL');
+        await answer(new Error('a bug of the host'));
+        assert.equal(logged.length, 1);
+        assert.equal(logged[0][0], 'a bug of the host');
       } finally {
         monitor.beforeApplicationShutdown();
       }

@@ -58,7 +58,7 @@ export class AllExceptionsFilter implements ExceptionFilter {
     // A host's microservice or gateway connected with inheritAppConfig: its transport's own
     // answer (until 0.27.0 this took the message for an HTTP request, and its client waited for
     // an answer that never came).
-    if (!isHttp(host)) return answerOtherTransport(exception, host, this.logger);
+    if (!isHttp(host)) return answerOtherTransport(exception, host, (unknown) => this.reportOtherTransport(unknown, host.getType()));
     const http = host.switchToHttp();
     const reply = http.getResponse<FastifyReply>();
     const request = http.getRequest<FastifyRequest>();
@@ -79,6 +79,22 @@ export class AllExceptionsFilter implements ExceptionFilter {
     } else if (body.statusCode === HttpStatus.UNAUTHORIZED && !reply.hasHeader('WWW-Authenticate'))
       void reply.header('WWW-Authenticate', BEARER_CHALLENGES[0]);
     void reply.status(body.statusCode).header('content-type', 'application/json; charset=utf-8').send(body);
+  }
+
+  /**
+   * An error a host's other transport answers with `Internal server error`, said as the HTTP
+   * path says it (review): an outage to the outage monitor (a few lines an outage, not a stack a
+   * message), a busy database in one line, anything else with its stack.
+   */
+  private reportOtherTransport(exception: unknown, type: string): void {
+    if (isDatabaseUnavailable(exception)) {
+      if (this.outage) this.outage.failed(exception, `a ${type} handler`);
+      else this.logger.warn(`Database unavailable in a ${type} handler: ${summarize(exception)}`);
+      return;
+    }
+    const busy = databaseBusyCode(exception);
+    if (busy) return this.logger.warn(`Database busy in a ${type} handler (SQLSTATE ${busy}): ${summarize(exception)}`);
+    this.logger.error(exception instanceof Error ? exception.message : String(exception), exception instanceof Error ? exception.stack : undefined);
   }
 
   toBody(exception: unknown, request?: FastifyRequest): ErrorBody {

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import type { ArgumentsHost, LoggerService } from '@nestjs/common';
+import type { ArgumentsHost } from '@nestjs/common';
 import { firstValueFrom } from 'rxjs';
 import { answerOtherTransport } from './other-transports';
 
@@ -10,8 +10,9 @@ function wsHost(emitted: Array<[string, unknown]>): ArgumentsHost {
   return { getType: () => 'ws', switchToWs: () => ({ getClient: () => client }) } as unknown as ArgumentsHost;
 }
 
-function quietLogger(errors: unknown[]): LoggerService {
-  return { log: () => undefined, warn: () => undefined, error: (message: unknown) => void errors.push(message) };
+/** What the filter is handed to report: the message of each error it would log. */
+function quietLogger(errors: unknown[]): (exception: unknown) => void {
+  return (exception) => void errors.push(exception instanceof Error ? exception.message : exception);
 }
 
 /** A transport exception of @nestjs/microservices' or @nestjs/websockets' shape. */

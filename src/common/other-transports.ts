@@ -1,10 +1,11 @@
-import type { ArgumentsHost, ExecutionContext, LoggerService } from '@nestjs/common';
+import type { ArgumentsHost, ExecutionContext } from '@nestjs/common';
 import { Observable, throwError } from 'rxjs';
 
 /**
- * Sessionary answers HTTP. A host's other transports (a microservice's message handlers, a
- * WebSocket gateway) meet its global guards, pipe and filter only when the host connects them
- * with `inheritAppConfig: true` (Nest applies none of them otherwise); there, these give each
+ * Sessionary answers HTTP. A host's microservice meets its global guards, pipe and filter only
+ * when the host connects it with `inheritAppConfig: true` (Nest applies none of them
+ * otherwise); handlers run through Nest's external context (GraphQL resolvers) always meet them;
+ * a WebSocket gateway never does (unless the host puts them on it). There, these give each
  * transport what its own default would.
  */
 export function isHttp(context: ArgumentsHost | ExecutionContext): boolean {
@@ -32,15 +33,19 @@ const UNKNOWN = { status: 'error', message: 'Internal server error' } as const;
 
 /**
  * What Nest's own filter for the transport answers (BaseRpcExceptionFilter, BaseWsExceptionFilter):
- * the transport error's own payload, or `Internal server error` with the error logged. Anything
- * else (a GraphQL resolver's) is thrown on, as Nest's default for it does.
+ * the transport error's own payload, or `Internal server error` with the error reported (the
+ * caller logs it, or counts a database outage). Anything else (a GraphQL resolver's) is thrown
+ * on, as Nest's default for it does.
  */
-export function answerOtherTransport(exception: unknown, host: ArgumentsHost, logger: LoggerService): Observable<never> | undefined {
+export function answerOtherTransport(
+  exception: unknown,
+  host: ArgumentsHost,
+  reportUnknown: (exception: unknown) => void,
+): Observable<never> | undefined {
   const type = host.getType();
   if (type !== 'rpc' && type !== 'ws') throw exception;
   const known = transportError(exception);
-  if (!known)
-    logger.error(exception instanceof Error ? exception.message : String(exception), exception instanceof Error ? exception.stack : undefined);
+  if (!known) reportUnknown(exception);
   const payload = known ? (isObject(known.error) ? known.error : { status: 'error', message: known.error }) : UNKNOWN;
   // A message handler's answer is the error its client's observable receives; a gateway's
   // client gets an `exception` event.

@@ -58,7 +58,10 @@ export class JsonLogger implements LoggerService {
     private readonly destinations: LogDestinations = {
       // Under load, one write per 4 KiB instead of one per line; at most a second's delay when quiet.
       stdout: pino.destination({ dest: 1, sync: false, minLength: 4096, periodicFlush: 1000 }),
-      stderr: pino.destination({ dest: 2, sync: false }),
+      // Synchronous: warnings and errors are rare and off the request path, and an asynchronous
+      // write is handed to a worker thread at once, where a flush cannot reach it (review: an
+      // error line written at shutdown could be lost to the re-raised signal; until 0.27.0).
+      stderr: pino.destination({ dest: 2, sync: true }),
     },
   ) {
     this.enabled = new Set(ORDER.slice(0, ORDER.indexOf(level) + 1));

@@ -293,8 +293,13 @@ describe('JSON logger', () => {
       // Lines of the shutdown hooks Nest runs after the one that flushed (until 0.27.0, lost).
       logger.log({ event: 'after the flush', i: 20010 }, 'KeyRing');
       logger.access({ event: 'request', i: 20011 });
+      logger.error('the pool did not close', 'TypeORM');
       process.kill(process.pid, 'SIGTERM');`);
     assert.equal(result.signal, 'SIGTERM');
+    assert.deepEqual(
+      lines(result.stderr).map((l) => l.message),
+      ['the pool did not close'],
+    );
     assert.deepEqual(
       lines(result.stdout).map((l) => l.message.i),
       Array.from({ length: 20012 }, (_, i) => i),

@@ -32,9 +32,10 @@ export class SessionGuard implements CanActivate {
   canActivate(context: ExecutionContext): boolean | Promise<boolean> {
     const isPublic = this.reflector.getAllAndOverride<boolean>(IS_PUBLIC_KEY, [context.getHandler(), context.getClass()]);
     if (isPublic) return true;
-    // Sessionary's tokens are HTTP bearer tokens: a handler of another transport (a host's,
-    // connected with inheritAppConfig) that is not @Public() is refused, never let through,
-    // with a line that says why (until 0.27.0 its message was read as an HTTP request).
+    // Sessionary's tokens are HTTP bearer tokens: a handler of another transport (a host's
+    // microservice connected with inheritAppConfig, a GraphQL resolver) that is not @Public()
+    // is refused, never let through, with a line that says why (until 0.27.0 its message was
+    // read as an HTTP request).
     if (!isHttp(context)) throw new Error(otherTransportRefusal(context));
     return this.authenticate(context);
   }

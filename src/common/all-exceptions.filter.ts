@@ -55,9 +55,9 @@ export class AllExceptionsFilter implements ExceptionFilter {
   ) {}
 
   catch(exception: unknown, host: ArgumentsHost): void | Observable<never> {
-    // A host's microservice or gateway connected with inheritAppConfig: its transport's own
-    // answer (until 0.27.0 this took the message for an HTTP request, and its client waited for
-    // an answer that never came).
+    // A host's microservice connected with inheritAppConfig, or a GraphQL resolver: its
+    // transport's own answer (until 0.27.0 this took a message for an HTTP request, and its
+    // client waited for an answer that never came).
     if (!isHttp(host)) return answerOtherTransport(exception, host, (unknown) => this.reportOtherTransport(unknown, host.getType()));
     const http = host.switchToHttp();
     const reply = http.getResponse<FastifyReply>();

@@ -17,7 +17,7 @@ export function otherTransportRefusal(context: ExecutionContext): string {
   return (
     `Sessionary's SessionGuard authenticates HTTP requests only, and ${context.getClass().name}.${context.getHandler().name} ` +
     `is a handler of another transport (${context.getType()}) that is not marked @Public(): it was refused. Mark it @Public() ` +
-    'and authenticate it by that transport’s own means, or connect the transport without inheritAppConfig'
+    'and authenticate it by that transport’s own means (a microservice may also be connected without inheritAppConfig)'
   );
 }
 

@@ -11,7 +11,7 @@ function wsHost(emitted: Array<[string, unknown]>): ArgumentsHost {
 }
 
 /** What the filter is handed to report: the message of each error it would log. */
-function quietLogger(errors: unknown[]): (exception: unknown) => void {
+function reportsInto(errors: unknown[]): (exception: unknown) => void {
   return (exception) => void errors.push(exception instanceof Error ? exception.message : exception);
 }
 
@@ -29,9 +29,9 @@ describe('answers for the other transports of a host', () => {
   it("sends a gateway's client an exception event, as Nest's own filter for it does", () => {
     const emitted: Array<[string, unknown]> = [];
     const errors: unknown[] = [];
-    assert.equal(answerOtherTransport(new TransportException('no such room'), wsHost(emitted), quietLogger(errors)), undefined);
-    answerOtherTransport(new TransportException({ code: 42 }), wsHost(emitted), quietLogger(errors));
-    answerOtherTransport(new Error('a bug'), wsHost(emitted), quietLogger(errors));
+    assert.equal(answerOtherTransport(new TransportException('no such room'), wsHost(emitted), reportsInto(errors)), undefined);
+    answerOtherTransport(new TransportException({ code: 42 }), wsHost(emitted), reportsInto(errors));
+    answerOtherTransport(new Error('a bug'), wsHost(emitted), reportsInto(errors));
     assert.deepEqual(emitted, [
       ['exception', { status: 'error', message: 'no such room' }],
       ['exception', { code: 42 }],
@@ -43,11 +43,11 @@ describe('answers for the other transports of a host', () => {
   it("answers a message handler's client with an error, its details only when it is the transport's own", async () => {
     const rpcHost = { getType: () => 'rpc' } as unknown as ArgumentsHost;
     const errors: unknown[] = [];
-    await assert.rejects(firstValueFrom(answerOtherTransport(new TransportException('nope'), rpcHost, quietLogger(errors))!), (e) => {
+    await assert.rejects(firstValueFrom(answerOtherTransport(new TransportException('nope'), rpcHost, reportsInto(errors))!), (e) => {
       assert.deepEqual(e, { status: 'error', message: 'nope' });
       return true;
     });
-    await assert.rejects(firstValueFrom(answerOtherTransport(new Error('select * from users'), rpcHost, quietLogger(errors))!), (e) => {
+    await assert.rejects(firstValueFrom(answerOtherTransport(new Error('select * from users'), rpcHost, reportsInto(errors))!), (e) => {
       assert.deepEqual(e, { status: 'error', message: 'Internal server error' });
       return true;
     });
@@ -58,7 +58,7 @@ describe('answers for the other transports of a host', () => {
     const graphql = { getType: () => 'graphql' } as unknown as ArgumentsHost;
     const error = new Error('resolver');
     assert.throws(
-      () => answerOtherTransport(error, graphql, quietLogger([])),
+      () => answerOtherTransport(error, graphql, reportsInto([])),
       (e) => e === error,
     );
   });

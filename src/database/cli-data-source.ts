@@ -1,4 +1,4 @@
-import { DataSource } from 'typeorm';
+import { DataSource, type DataSourceOptions } from 'typeorm';
 import { loadSettings } from '../config/config';
 import type { Env } from '../config/env.schema';
 import { cliDataSourceOptions } from './data-source.options';
@@ -12,10 +12,14 @@ import { TypeOrmNestLogger } from './typeorm-logger';
  * uncaught exception at load.
  */
 export function cliDataSource(settings: Env = loadSettings()): DataSource {
+  return new DataSource(cliOptions(settings));
+}
+
+function cliOptions(settings: Env): DataSourceOptions {
   if (!settings.DATABASE_URL) {
     throw new Error('The migration commands need DATABASE_URL (the embedded default runs only inside `npm start`).');
   }
-  return new DataSource(cliDataSourceOptions(settings.DATABASE_URL));
+  return cliDataSourceOptions(settings.DATABASE_URL);
 }
 
 /**
@@ -24,6 +28,5 @@ export function cliDataSource(settings: Env = loadSettings()): DataSource {
  * logger, whose kinds that CLI sets.
  */
 export function migrateCliDataSource(settings: Env): DataSource {
-  const { options } = cliDataSource(settings);
-  return new DataSource({ ...options, logger: new TypeOrmNestLogger(['warn', 'migration']) });
+  return new DataSource({ ...cliOptions(settings), logger: new TypeOrmNestLogger(['warn', 'migration']) });
 }

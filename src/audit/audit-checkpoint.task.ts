@@ -3,6 +3,7 @@ import { ConfigService } from '@nestjs/config';
 import { SchedulerRegistry } from '@nestjs/schedule';
 import type { AppConfig } from '../config/config';
 import { assertAppendable } from '../config/writable-paths';
+import { StoppableJob } from '../common/stoppable-job';
 import { isDatabaseUnavailable } from '../database/pg-errors';
 import { SCHEDULED_JOBS } from '../sessionary/scheduled-jobs';
 import type { Checkpoint } from './audit-chain';
@@ -24,10 +25,10 @@ const JOB_NAME = 'sessionary:audit-checkpoint';
 @Injectable()
 export class AuditCheckpointTask implements OnModuleInit, OnApplicationBootstrap, BeforeApplicationShutdown {
   private readonly logger = new Logger(AuditCheckpointTask.name);
-  private running: Promise<Checkpoint | undefined> | undefined;
+  /** One tick at a time; stopped at shutdown. */
+  private readonly ticks = new StoppableJob<Checkpoint | undefined>();
   private sinceCheck = 0;
   private timer: NodeJS.Timeout | undefined;
-  private shutDown = false;
   /** Ticks whose checkpoint failed (the database unavailable included); the metrics read it. */
   failures = 0;
 
@@ -80,17 +81,14 @@ export class AuditCheckpointTask implements OnModuleInit, OnApplicationBootstrap
    * could start one. The scheduler clears the interval only after (its module's hooks run last).
    */
   async beforeApplicationShutdown(): Promise<void> {
-    this.shutDown = true;
     clearInterval(this.timer);
     this.audit.onAppended = undefined;
-    await this.running;
+    await this.ticks.stop();
   }
 
   /** Never throws (nothing else would see it), never overlaps itself; does nothing once the shutdown began. */
-  async handleTick(): Promise<Checkpoint | undefined> {
-    if (this.shutDown) return undefined;
-    this.running ??= this.tick().finally(() => (this.running = undefined));
-    return this.running;
+  handleTick(): Promise<Checkpoint | undefined> {
+    return this.ticks.run(async (stop) => (stop.aborted ? undefined : this.tick()));
   }
 
   private async tick(): Promise<Checkpoint | undefined> {

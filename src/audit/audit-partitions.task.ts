@@ -3,6 +3,7 @@ import { ConfigService } from '@nestjs/config';
 import { Cron, CronExpression } from '@nestjs/schedule';
 import type { AppConfig } from '../config/config';
 import { assertWritableDirectory } from '../config/writable-paths';
+import { StoppableJob } from '../common/stoppable-job';
 import { isDatabaseUnavailable } from '../database/pg-errors';
 import { SCHEDULED_JOBS, SESSIONARY_CRON_JOBS } from '../sessionary/scheduled-jobs';
 import { AuditPartitionsService, MaintenanceResult } from './audit-partitions.service';
@@ -16,8 +17,8 @@ import { AuditPartitionsService, MaintenanceResult } from './audit-partitions.se
 @Injectable()
 export class AuditPartitionsTask implements OnApplicationBootstrap, BeforeApplicationShutdown {
   private readonly logger = new Logger(AuditPartitionsTask.name);
-  private running: Promise<MaintenanceResult | undefined> | undefined;
-  private shutDown = false;
+  /** One run at a time; stopped at shutdown. */
+  private readonly runs = new StoppableJob<MaintenanceResult | undefined>();
 
   constructor(
     private readonly partitions: AuditPartitionsService,
@@ -34,9 +35,8 @@ export class AuditPartitionsTask implements OnApplicationBootstrap, BeforeApplic
   }
 
   async beforeApplicationShutdown(): Promise<void> {
-    this.shutDown = true;
     this.partitions.stopWaiting();
-    await this.running;
+    await this.runs.stop();
   }
 
   @Cron(CronExpression.EVERY_HOUR, { name: SESSIONARY_CRON_JOBS.auditPartitions, waitForCompletion: true })
@@ -51,15 +51,15 @@ export class AuditPartitionsTask implements OnApplicationBootstrap, BeforeApplic
    * tick then would die with the pool (until 0.27.0).
    */
   handleTick(): Promise<MaintenanceResult | undefined> {
-    if (this.shutDown) return Promise.resolve(undefined);
-    this.running ??= this.partitions
-      .maintain()
-      .catch((error: unknown) => {
+    return this.runs.run(async (stop) => {
+      if (stop.aborted) return undefined;
+      try {
+        return await this.partitions.maintain();
+      } catch (error) {
         if (isDatabaseUnavailable(error)) this.logger.warn('Audit partition maintenance skipped: the database is unavailable');
         else this.logger.error('Audit partition maintenance failed', error instanceof Error ? error.stack : String(error));
         return undefined;
-      })
-      .finally(() => (this.running = undefined));
-    return this.running;
+      }
+    });
   }
 }

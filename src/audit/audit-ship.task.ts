@@ -17,6 +17,7 @@ import { assertWritableDirectory } from '../config/writable-paths';
 import { SESSIONARY_DATA_SOURCE } from '../database/data-source-name';
 import { isDatabaseUnavailable } from '../database/pg-errors';
 import { LOCK_TAKEN, withSessionAdvisoryLock } from '../database/advisory-lock';
+import { StoppableJob } from '../common/stoppable-job';
 import { SCHEDULED_JOBS } from '../sessionary/scheduled-jobs';
 import { AuditExportService, AuditExportStopped } from './audit-export.service';
 import type { ShipDestination, ShipDestinationKind } from './audit-ship-destination';
@@ -62,12 +63,11 @@ export interface ShipStats {
 @Injectable()
 export class AuditShipTask implements OnApplicationBootstrap, BeforeApplicationShutdown {
   private readonly logger = new Logger(AuditShipTask.name);
-  private running: Promise<ShipTickOutcome> | undefined;
+  /** One tick at a time; stopped at shutdown, when a tick starts no further piece (the pool closes after it). */
+  private readonly ticks = new StoppableJob<ShipTickOutcome>();
   private readonly destinations: readonly ShipDestination[];
   readonly stats: Partial<Record<ShipDestinationKind, ShipStats>> = {};
   private readonly failureLogs = new Map<ShipDestinationKind, ShipFailureLog>();
-  /** Aborted at shutdown: a tick starts no further piece (the pool closes after it). */
-  private readonly stopping = new AbortController();
 
   constructor(
     @InjectDataSource(SESSIONARY_DATA_SOURCE) private readonly dataSource: DataSource,
@@ -99,29 +99,29 @@ export class AuditShipTask implements OnApplicationBootstrap, BeforeApplicationS
    * start ships on from the last piece delivered.
    */
   async beforeApplicationShutdown(): Promise<void> {
-    this.stopping.abort();
-    await this.running;
+    await this.ticks.stop();
   }
 
-  /** Never throws (nothing else would see it), never overlaps itself. */
+  /** Never throws (nothing else would see it), never overlaps itself; ships nothing once the shutdown began. */
   handleTick(): Promise<ShipTickOutcome> {
-    this.running ??= this.tick().finally(() => (this.running = undefined));
-    return this.running;
+    return this.ticks.run((stop) => this.tick(stop));
   }
 
-  private async tick(): Promise<ShipTickOutcome> {
+  private async tick(stop: AbortSignal): Promise<ShipTickOutcome> {
     const outcome: ShipTickOutcome = {};
     for (const destination of this.destinations) {
-      outcome[destination.kind] = this.stopping.signal.aborted ? { skipped: 'shutting down', shipped: [] } : await this.shipTo(destination);
+      outcome[destination.kind] = stop.aborted ? { skipped: 'shutting down', shipped: [] } : await this.shipTo(destination, stop);
     }
     return outcome;
   }
 
-  private async shipTo(destination: ShipDestination): Promise<ShipOutcome> {
+  private async shipTo(destination: ShipDestination, stop: AbortSignal): Promise<ShipOutcome> {
     const shipped: string[] = [];
     const failureLog = this.failureLogs.get(destination.kind)!;
     try {
-      const outcome = await withSessionAdvisoryLock(this.dataSource, destination.lockKey, (runner) => this.shipAll(destination, runner, shipped));
+      const outcome = await withSessionAdvisoryLock(this.dataSource, destination.lockKey, (runner) =>
+        this.shipAll(destination, runner, shipped, stop),
+      );
       if (outcome === LOCK_TAKEN) return { skipped: 'locked' };
       // Stopped at shutdown: not a tick that worked ("works again" would be false).
       if (!('skipped' in outcome && outcome.skipped === 'shutting down')) failureLog.succeeded();
@@ -138,7 +138,7 @@ export class AuditShipTask implements OnApplicationBootstrap, BeforeApplicationS
   }
 
   /** Piece after piece, until one holds every settled event (one piece a tick could fall behind for good). */
-  private async shipAll(destination: ShipDestination, runner: QueryRunner, shipped: string[]): Promise<ShipOutcome> {
+  private async shipAll(destination: ShipDestination, runner: QueryRunner, shipped: string[], stop: AbortSignal): Promise<ShipOutcome> {
     const stats = this.stats[destination.kind]!;
     const end = await destination.shippedEnd(runner);
     let after = end.throughSeq;
@@ -154,8 +154,8 @@ export class AuditShipTask implements OnApplicationBootstrap, BeforeApplicationS
     // That wait serves the tick's pieces too (they run through the seq it settled).
     let settled: string | undefined;
     if (anythingNew && end.readTail) {
-      const seq = await settledAuditSeq(runner.manager, this.exporter.settleTimeoutMs, this.stopping.signal);
-      if (this.stopping.signal.aborted) return { skipped: 'shutting down', shipped };
+      const seq = await settledAuditSeq(runner.manager, this.exporter.settleTimeoutMs, stop);
+      if (stop.aborted) return { skipped: 'shutting down', shipped };
       if (seq === null) throw new ServiceUnavailableException('The audit log is not settled yet; try again');
       settled = seq;
     }
@@ -166,10 +166,10 @@ export class AuditShipTask implements OnApplicationBootstrap, BeforeApplicationS
       const maxEvents = this.config.get('AUDIT_SHIP_MAX_EVENTS', { infer: true });
       // Each piece starts where the one just delivered ends (the destination recorded it).
       for (let more = true; more;) {
-        if (this.stopping.signal.aborted) return { skipped: 'shutting down', shipped };
+        if (stop.aborted) return { skipped: 'shutting down', shipped };
         let piece: Awaited<ReturnType<AuditExportService['openPiece']>>;
         try {
-          piece = await this.exporter.openPiece(after, maxEvents, { signal: this.stopping.signal, settledThrough: settled });
+          piece = await this.exporter.openPiece(after, maxEvents, { signal: stop, settledThrough: settled });
         } catch (error) {
           // Its wait for the log to settle was cut short by the shutdown: no failure (any other is one).
           if (error instanceof AuditExportStopped) return { skipped: 'shutting down', shipped };

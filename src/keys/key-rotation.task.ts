@@ -6,6 +6,7 @@ import type { AppConfig } from '../config/config';
 import { isDatabaseUnavailable } from '../database/pg-errors';
 import { KeyRotationService } from './key-rotation.service';
 import { JobHealth } from '../common/job-health';
+import { StoppableJob } from '../common/stoppable-job';
 
 /**
  * Every five minutes on every instance; whichever takes the ring's advisory lock retires the
@@ -18,8 +19,8 @@ import { JobHealth } from '../common/job-health';
 export class KeyRotationTask implements BeforeApplicationShutdown {
   private readonly logger = new Logger(KeyRotationTask.name);
   private readonly rotationDays: number | undefined;
-  private running: Promise<void> | undefined;
-  private shutDown = false;
+  /** One run at a time; stopped at shutdown. */
+  private readonly runs = new StoppableJob<void>();
   /** Runs that failed, and when one last ran to its end (for /metrics). */
   readonly health = new JobHealth();
 
@@ -32,18 +33,18 @@ export class KeyRotationTask implements BeforeApplicationShutdown {
   }
 
   async beforeApplicationShutdown(): Promise<void> {
-    this.shutDown = true;
-    await this.running;
+    await this.runs.stop();
   }
 
   @Cron(CronExpression.EVERY_5_MINUTES, { name: SESSIONARY_CRON_JOBS.signingKeyRotation, waitForCompletion: true })
   async onTick(): Promise<void> {
     // Off in this process: the application's scheduler may still fire it before ScheduledJobsCheck takes it out.
-    // Or shutting down: the scheduler's jobs stop only after every Sessionary module's hooks
-    // (its module's run last), and a tick then would die with the pool (until 0.27.0).
-    if (!this.scheduledJobs || this.shutDown) return;
-    this.running = this.handleTick().finally(() => (this.running = undefined));
-    await this.running;
+    if (!this.scheduledJobs) return;
+    await this.runs.run(async (stop) => {
+      // Shutting down: the scheduler's jobs stop only after every Sessionary module's hooks
+      // (its module's run last), and a tick then would die with the pool (until 0.27.0).
+      if (!stop.aborted) await this.handleTick();
+    });
   }
 
   /** Never throws: nothing else would see it. */

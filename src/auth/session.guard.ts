@@ -6,7 +6,7 @@ import { SessionsService } from '../sessions/sessions.service';
 import { JwtAuthGuard } from './jwt-auth.guard';
 import { type AccessTokenClaims, JwtStrategy } from './jwt.strategy';
 import { bearerChallenge } from '../common/bearer-challenge';
-import { isHttp, otherTransportRefusal } from '../common/other-transports';
+import { isHttp, OtherTransportRefusedError } from '../common/other-transports';
 import { MemoizedReflector } from '../common/memoized-reflector';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 
@@ -36,7 +36,7 @@ export class SessionGuard implements CanActivate {
     // microservice connected with inheritAppConfig, a GraphQL resolver) that is not @Public()
     // is refused, never let through, with a line that says why (until 0.27.0 its message was
     // read as an HTTP request).
-    if (!isHttp(context)) throw new Error(otherTransportRefusal(context));
+    if (!isHttp(context)) throw new OtherTransportRefusedError(context);
     return this.authenticate(context);
   }
 

@@ -20,6 +20,7 @@ import { DatabaseOutageMonitor } from '../database/database-outage.monitor';
 import { DatabaseNotReadyException } from './database-not-ready.exception';
 import { AllExceptionsFilter, UNAVAILABLE_BODY } from './all-exceptions.filter';
 import { InsufficientUserAuthenticationException } from './insufficient-user-authentication.exception';
+import { OtherTransportRefusedError } from './other-transports';
 
 const INTERNAL = { statusCode: 500, error: 'Internal Server Error', message: 'Internal server error' };
 
@@ -264,6 +265,29 @@ describe('AllExceptionsFilter.toBody', () => {
       } finally {
         monitor.beforeApplicationShutdown();
       }
+    });
+
+    it("says SessionGuard's refusal of another transport's handler in one line naming it, and shows its client only `Forbidden` (a GraphQL client sees the message)", async () => {
+      const resolverContext = {
+        getType: () => 'graphql',
+        getClass: () => class OrdersResolver {},
+        getHandler: () => function orders() {},
+      } as unknown as ArgumentsHost;
+      const refusal = new OtherTransportRefusedError(resolverContext as never);
+      assert.throws(
+        () => filter.catch(refusal, resolverContext),
+        (e) => e === refusal && (e as Error).message === 'Forbidden',
+      );
+      assert.equal(logged.length, 1);
+      assert.match(String(logged[0][0]), /OrdersResolver\.orders is a handler of another transport \(graphql\) that is not marked @Public\(\)/);
+      assert.ok(!logged[0].some((arg) => String(arg).includes('    at ')), "no stack: it is the guard's");
+      const rpc = { getType: () => 'rpc' } as unknown as ArgumentsHost;
+      assert.deepEqual(await lastValueFrom(filter.catch(refusal, rpc) as Observable<never>).catch((e: unknown) => e), {
+        status: 'error',
+        message: 'Internal server error',
+      });
+      assert.equal(logged.length, 2);
+      assert.match(String(logged[1][0]), /OrdersResolver\.orders is a handler/);
     });
 
     it("answers the readiness check's 503 with the same body", () => {

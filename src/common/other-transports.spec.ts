@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import type { ArgumentsHost } from '@nestjs/common';
 import { firstValueFrom } from 'rxjs';
-import { answerOtherTransport } from './other-transports';
+import { answerOtherTransport, OtherTransportRefusedError } from './other-transports';
 
 /** A gateway's host: what its client was sent. */
 function wsHost(emitted: Array<[string, unknown]>): ArgumentsHost {
@@ -61,5 +61,18 @@ describe('answers for the other transports of a host', () => {
       () => answerOtherTransport(error, graphql, reportsInto([])),
       (e) => e === error,
     );
+  });
+
+  it("reports SessionGuard's refusal of a resolver before throwing it on, and its message names no class or method", () => {
+    const graphql = { getType: () => 'graphql', getClass: () => class OrdersResolver {}, getHandler: () => function orders() {} };
+    const refusal = new OtherTransportRefusedError(graphql as never);
+    const reported: unknown[] = [];
+    assert.throws(
+      () => answerOtherTransport(refusal, graphql as unknown as ArgumentsHost, (e) => reported.push(e)),
+      (e) => e === refusal,
+    );
+    assert.deepEqual(reported, [refusal]);
+    assert.equal(refusal.message, 'Forbidden');
+    assert.match(refusal.detail, /OrdersResolver\.orders is a handler of another transport \(graphql\)/);
   });
 });

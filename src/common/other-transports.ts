@@ -12,13 +12,23 @@ export function isHttp(context: ArgumentsHost | ExecutionContext): boolean {
   return context.getType() === 'http';
 }
 
-/** The message of what SessionGuard throws for a handler of another transport that is not @Public(). */
-export function otherTransportRefusal(context: ExecutionContext): string {
-  return (
-    `Sessionary's SessionGuard authenticates HTTP requests only, and ${context.getClass().name}.${context.getHandler().name} ` +
-    `is a handler of another transport (${context.getType()}) that is not marked @Public(): it was refused. Mark it @Public() ` +
-    'and authenticate it by that transport’s own means (a microservice may also be connected without inheritAppConfig)'
-  );
+/**
+ * What SessionGuard throws for a handler of another transport that is not @Public(). Its
+ * message is all a client can be shown (a GraphQL client is shown an error's message); what the
+ * host's developer needs, the handler's class and method, is its `detail`, which only the log
+ * gets (AllExceptionsFilter).
+ */
+export class OtherTransportRefusedError extends Error {
+  readonly detail: string;
+
+  constructor(context: ExecutionContext) {
+    super('Forbidden');
+    this.name = 'OtherTransportRefusedError';
+    this.detail =
+      `Sessionary's SessionGuard authenticates HTTP requests only, and ${context.getClass().name}.${context.getHandler().name} ` +
+      `is a handler of another transport (${context.getType()}) that is not marked @Public(): it was refused. Mark it @Public() ` +
+      'and authenticate it by that transport’s own means (a microservice may also be connected without inheritAppConfig)';
+  }
 }
 
 const isObject = (value: unknown): value is object => typeof value === 'object' && value !== null;
@@ -35,7 +45,8 @@ const UNKNOWN = { status: 'error', message: 'Internal server error' } as const;
  * What Nest's own filter for the transport answers (BaseRpcExceptionFilter, BaseWsExceptionFilter):
  * the transport error's own payload, or `Internal server error` with the error reported (the
  * caller logs it, or counts a database outage). Anything else (a GraphQL resolver's) is thrown
- * on, as Nest's default for it does.
+ * on, as Nest's default for it does; SessionGuard's refusal reported first (its client sees
+ * only `Forbidden`).
  */
 export function answerOtherTransport(
   exception: unknown,
@@ -43,7 +54,10 @@ export function answerOtherTransport(
   reportUnknown: (exception: unknown) => void,
 ): Observable<never> | undefined {
   const type = host.getType();
-  if (type !== 'rpc' && type !== 'ws') throw exception;
+  if (type !== 'rpc' && type !== 'ws') {
+    if (exception instanceof OtherTransportRefusedError) reportUnknown(exception);
+    throw exception;
+  }
   const known = transportError(exception);
   if (!known) reportUnknown(exception);
   const payload = known ? (isObject(known.error) ? known.error : { status: 'error', message: known.error }) : UNKNOWN;

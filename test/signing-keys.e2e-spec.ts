@@ -373,11 +373,12 @@ describe('signing keys: ring, rotation, JWKS (e2e)', () => {
     const [before, rotatedBefore] = [await ringOf(a), await rotationsIn(a)];
     const refused = await runCliWith({}, url, 'keys', 'rotate');
     assert.equal(refused.code, 2, refused.stderr);
-    // ACCESS_TOKEN_TTL 900: the JWKS's max-age 180 s, plus the minute every instance takes to reload the ring.
+    // ACCESS_TOKEN_TTL 900: twice the JWKS's max-age of 180 s (a copy a shared cache served, kept
+    // that long again), plus the minute every instance takes to reload the ring.
     assert.match(
       refused.stderr,
       new RegExp(
-        `keys rotate: the next key ${first.next} was published \\d+ s ago, and verifiers may hold an earlier JWKS for 240 s: nothing rotated\\. Rotate again in \\d+ s, or now with --now`,
+        `keys rotate: the next key ${first.next} was published \\d+ s ago, and verifiers may hold an earlier JWKS for 420 s: nothing rotated\\. Rotate again in \\d+ s, or now with --now`,
       ),
     );
     assert.equal(refused.stdout, '');
@@ -776,6 +777,33 @@ describe('signing keys: an instance whose listener hears nothing (DATABASE_LISTE
     }
     // Within 15 s, well under the safety net's 60 s (a bound, not a timing: the poll is every 2 s).
     assert.equal(status, 401);
+  });
+});
+
+describe('signing keys: a ring whose current key was deleted (e2e)', () => {
+  it('boots: the next key, which verifiers have, signs, and a fresh next key is made (every boot failed until 0.27.1)', async () => {
+    const url = await freshDatabase();
+    const first = await createTestApp({ DATABASE_URL: url });
+    let second: TestApp | undefined;
+    try {
+      const [current, next] = (await currentAndNext(first)).map((k) => k.split(':')[2]);
+      // Where the README's stop sets verify_until, an operator deleted the row.
+      await first.db.query(`DELETE FROM signing_keys WHERE kid = $1`, [current]);
+      second = await createTestApp({ DATABASE_URL: url });
+      const [nowCurrent, nowNext] = await currentAndNext(second);
+      assert.equal(nowCurrent, `current:ES256:${next}`);
+      assert.match(nowNext, /^next:ES256:/);
+      assert.notEqual(nowNext, `next:ES256:${next}`);
+      const [event] = await auditRows(second.db, { type: 'KEY_ROTATED' }).then((rows) => rows.filter((r) => r.metadata.current === next));
+      assert.ok(event, 'the boot that repaired the ring recorded it');
+      assert.equal(event.metadata.trigger, 'boot');
+      const { tokens } = await registerAndLogin(second.http);
+      assert.equal(decodeHeader(tokens.accessToken).kid, next);
+      assert.equal(await whoami(second, tokens.accessToken), 200);
+    } finally {
+      await second?.close();
+      await first.close();
+    }
   });
 });
 

@@ -34,8 +34,9 @@ export class JwksResponseDto {
  * The public signing keys as a JWK Set (RFC 7517), for services that verify our access tokens
  * offline. Answered from memory (no query), so it is exempt from the per-client limits like
  * the health probes. The max-age is well below the rotation overlap (ACCESS_TOKEN_TTL): a
- * next key signs only once it has been published longer than that (nextKeyPublicationSeconds),
- * and a verifier that meets an unknown kid fetches the set again anyway.
+ * next key signs only once it has been published longer than twice that (a shared cache may
+ * serve a copy that old; nextKeyPublicationSeconds), and a verifier that meets an unknown kid
+ * fetches the set again anyway.
  */
 @ApiTags('keys')
 @Public()

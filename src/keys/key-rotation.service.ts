@@ -20,13 +20,16 @@ export const RETIRING_MARGIN_SECONDS = 60;
 export type RotationTrigger = 'cli' | 'schedule' | 'boot';
 
 /**
- * How long a next key must have been published before a rotation makes it sign: the JWKS's
- * max-age (a verifier may hold an older set that long) plus the minute within which every
- * instance has reloaded the ring, and so publishes it. A key made with the current one needs
+ * How long a next key must have been published before a rotation makes it sign: twice the
+ * JWKS's max-age (a verifier may hold an older set that long, fetched through a shared cache)
+ * plus the minute within which every instance has reloaded the ring, and so publishes it. A key made with the current one needs
  * no wait: every set that showed the current key showed it too.
  */
 export function nextKeyPublicationSeconds(accessTokenTtl: number): number {
-  return jwksMaxAge(accessTokenTtl) + RETIRING_MARGIN_SECONDS;
+  // Twice the max-age: a shared cache (a CDN, a proxy) may serve a copy as old as the max-age,
+  // which a verifier then keeps for the max-age again (jose's cacheMaxAge ignores the Age
+  // header). Until 0.27.1 once, and a verifier behind such a cache could refuse a new key's tokens.
+  return 2 * jwksMaxAge(accessTokenTtl) + RETIRING_MARGIN_SECONDS;
 }
 
 /**
@@ -149,10 +152,15 @@ export class KeyRotationService {
       const current = keys.find((k) => k.state === 'current');
       const next = keys.find((k) => k.state === 'next');
       if (current && next && (next.algorithm === this.algorithm || !adoptAlgorithm)) return;
-      await this.assertOpensCurrent(em, keys);
-      const retired = await this.store.retire(em, this.algorithm);
+      const unopenable = await this.assertOpensCurrent(em, keys);
+      const retired = [...(await this.store.retire(em, this.algorithm)), ...(await this.retireUnopenableNext(em, keys, unopenable))];
       let currentKid = current?.kid;
       let retiring: RotationResult['retiring'];
+      // The current key gone with a next key left (its row deleted, where the README's stop sets
+      // verify_until): that one signs, as a rotation would have it, since verifiers have it
+      // already. Until 0.27.1 a fresh current key was made beside it, then a fresh next key,
+      // which the one next key the ring may hold refused: every boot and command failed.
+      if (!currentKid) currentKid = await this.store.promoteNext(em, this.algorithm);
       if (!currentKid) {
         // Only the deployment's first ring takes JWT_SECRET over: a ring rebuilt after a leak
         // must not bring back a secret that leaked with it.

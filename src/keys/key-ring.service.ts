@@ -87,7 +87,7 @@ export class KeyRing implements OnModuleInit, OnApplicationShutdown {
     });
     this.pollWhileUntrusted();
     await this.listener.start();
-    this.safetyNet = setInterval(() => this.requestReload(), RELOAD_EVERY_MS).unref();
+    this.safetyNet = setInterval(() => this.requestReload({ periodic: true }), RELOAD_EVERY_MS).unref();
   }
 
   async onApplicationShutdown(): Promise<void> {
@@ -185,10 +185,15 @@ export class KeyRing implements OnModuleInit, OnApplicationShutdown {
   /**
    * Reads the ring now; concurrent requests share one read, and a read overtaken by a newer
    * request is discarded and done again, so what is applied is never older than the last NOTIFY.
+   *
+   * `periodic`: a timer's read (the safety net, the poll while the listener is not trusted),
+   * which announces no change: it shares a read under way and never discards it. Until 0.27.1
+   * it did, and with reads slower than the poll's 2 s (a slow database, a saturated pool)
+   * every read was discarded and none applied: a stopped key kept verifying on that instance.
    */
-  async reload(): Promise<void> {
+  async reload({ periodic = false }: { periodic?: boolean } = {}): Promise<void> {
     if (this.reloading) {
-      this.reloadRequested = true;
+      if (!periodic) this.reloadRequested = true;
       return this.reloading;
     }
     this.reloading = (async () => {
@@ -218,7 +223,7 @@ export class KeyRing implements OnModuleInit, OnApplicationShutdown {
 
   private pollWhileUntrusted(): void {
     if (this.shutDown) return;
-    this.untrustedPoll ??= setInterval(() => this.requestReload(), UNTRUSTED_RELOAD_EVERY_MS).unref();
+    this.untrustedPoll ??= setInterval(() => this.requestReload({ periodic: true }), UNTRUSTED_RELOAD_EVERY_MS).unref();
   }
 
   private stopUntrustedPoll(): void {
@@ -226,8 +231,8 @@ export class KeyRing implements OnModuleInit, OnApplicationShutdown {
     this.untrustedPoll = undefined;
   }
 
-  private requestReload(): void {
-    this.reload().catch((error: unknown) =>
+  private requestReload(options?: { periodic: boolean }): void {
+    this.reload(options).catch((error: unknown) =>
       this.logger.warn(`Could not read the signing keys (${error instanceof Error ? error.message : 'unknown error'}); keeping the ring as it was`),
     );
   }

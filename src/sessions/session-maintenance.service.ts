@@ -30,7 +30,7 @@ export class SessionMaintenanceService {
     const { rows: started } = await sql<{ now: Date }>(this.dataSource.manager, 'SELECT now() AS now');
     let total = 0;
     for (;;) {
-      const ended = await this.dataSource.transaction(async (em) => {
+      const { users, ended } = await this.dataSource.transaction(async (em) => {
         const { rows } = await sql<{ user_id: string }>(
           em,
           // In user_id order: each user's row is locked in turn (endSessions), so two of these
@@ -44,10 +44,15 @@ export class SessionMaintenanceService {
         );
         let count = 0;
         for (const { user_id } of rows) count += (await this.sessions.endSessions({ userId: user_id }, options, em)).length;
-        return count;
+        return { users: rows.length, ended: count };
       });
       total += ended;
-      if (ended === 0) return total;
+      // Done when none is left to select, not when a batch ended none: its sessions may all
+      // have passed their idle deadline, or been ended by someone else, between the selection
+      // (the transaction's start) and their UPDATE (the statement's time), and until 0.27.1 the
+      // command then stopped with other sessions still active. Each batch moves on: the next
+      // one's start is past every deadline this one found passed.
+      if (users === 0) return total;
     }
   }
 

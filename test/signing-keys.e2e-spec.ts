@@ -780,6 +780,63 @@ describe('signing keys: an instance whose listener hears nothing (DATABASE_LISTE
   });
 });
 
+describe("signing keys: a rotation covers the service's token lifetime, whoever rotates (e2e)", () => {
+  it("keys rotate from a shell without ACCESS_TOKEN_TTL keeps the retired key verifying for the service's hour-long tokens, and waits for their JWKS max-age", async () => {
+    const url = await freshDatabase();
+    const service = await createTestApp({ DATABASE_URL: url, ACCESS_TOKEN_TTL: '3600' });
+    try {
+      const retiringFor = async () =>
+        (
+          (await service.db.query(
+            `SELECT extract(epoch FROM verify_until - now())::float8 AS seconds FROM signing_keys WHERE state = 'retiring'`,
+          )) as Array<{
+            seconds: number;
+          }>
+        ).map((r) => r.seconds);
+      const { tokens } = await registerAndLogin(service.http);
+      // The ring's first next key was made with the current one: a second rotation must wait for
+      // it. The shell's ACCESS_TOKEN_TTL is unset (900 s: a JWKS max-age of 180 s, 420 s to wait);
+      // the service's tokens live an hour, its JWKS max-age is 300 s: 660 s to wait.
+      const first = await runCliWith({ ACCESS_TOKEN_TTL: undefined }, url, 'keys', 'rotate');
+      assert.equal(first.code, 0, first.stderr);
+      const [retiring] = await retiringFor();
+      // Until 0.27.1: 960 s (the shell's 900 and the margin), and the service's tokens failed after a quarter of their life.
+      assert.ok(retiring > 3600 && retiring <= 3660, `the retired key verifies for ${retiring} s`);
+      const refused = await runCliWith({ ACCESS_TOKEN_TTL: undefined }, url, 'keys', 'rotate');
+      assert.equal(refused.code, 2, refused.stderr);
+      assert.match(refused.stderr, /verifiers may hold an earlier JWKS for 660 s: nothing rotated/);
+      await service.app.get(KeyRing).reload();
+      assert.equal(await whoami(service, tokens.accessToken), 200, 'the token signed before the rotation still verifies');
+    } finally {
+      await service.close();
+    }
+  });
+
+  it('a lifetime no instance has said for that long (and the margin) no longer counts', async () => {
+    const url = await freshDatabase();
+    const service = await createTestApp({ DATABASE_URL: url, ACCESS_TOKEN_TTL: '600' });
+    try {
+      // An instance that issued hour-long tokens, last heard of two hours ago: its tokens are all expired.
+      await service.db.query(`INSERT INTO access_token_lifetimes (ttl_seconds, seen_at) VALUES (3600, now() - interval '2 hours')`);
+      assert.deepEqual(
+        (await service.db.query(`SELECT ttl_seconds FROM access_token_lifetimes ORDER BY ttl_seconds`)).map(
+          (r: { ttl_seconds: number }) => r.ttl_seconds,
+        ),
+        [600, 3600],
+        'the service said its own at boot',
+      );
+      await publishedLongAgo(service);
+      await service.app.get(KeyRotationService).rotate('cli');
+      const [{ seconds }] = (await service.db.query(
+        `SELECT extract(epoch FROM verify_until - now())::float8 AS seconds FROM signing_keys WHERE state = 'retiring'`,
+      )) as Array<{ seconds: number }>;
+      assert.ok(seconds > 600 && seconds <= 660, `the retired key verifies for ${seconds} s`);
+    } finally {
+      await service.close();
+    }
+  });
+});
+
 describe('signing keys: a ring whose current key was deleted (e2e)', () => {
   it('boots: the next key, which verifiers have, signs, and a fresh next key is made (every boot failed until 0.27.1)', async () => {
     const url = await freshDatabase();

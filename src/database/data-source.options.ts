@@ -35,6 +35,7 @@ import { CounterKeysKeyed1767100000000 } from './migrations/1767100000000-Counte
 import { AuditSealClosedAndOldSessionId1767200000000 } from './migrations/1767200000000-AuditSealClosedAndOldSessionId';
 import { SigningKeyRingMade1767300000000 } from './migrations/1767300000000-SigningKeyRingMade';
 import { LoginKnownClientsAccount1767400000000 } from './migrations/1767400000000-LoginKnownClientsAccount';
+import { AccessTokenLifetimes1767500000000 } from './migrations/1767500000000-AccessTokenLifetimes';
 import { SigningKeys1765600000000 } from './migrations/1765600000000-SigningKeys';
 
 export const ENTITIES = [UserEntity, SessionEntity, RotatedRefreshTokenEntity, AuditEventEntity];
@@ -71,6 +72,7 @@ export const MIGRATIONS = [
   AuditSealClosedAndOldSessionId1767200000000,
   SigningKeyRingMade1767300000000,
   LoginKnownClientsAccount1767400000000,
+  AccessTokenLifetimes1767500000000,
 ];
 
 /**

@@ -131,6 +131,7 @@ async function migrationsUnknownHere(runner: QueryRunner, dataSource: DataSource
  * compares this list with a migrated schema's tables.
  */
 export const SESSIONARY_TABLES = [
+  'access_token_lifetimes',
   'audit_base_sets',
   'audit_chain_bases',
   'audit_chain_heads',

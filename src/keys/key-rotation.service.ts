@@ -20,6 +20,12 @@ export const RETIRING_MARGIN_SECONDS = 60;
 export type RotationTrigger = 'cli' | 'schedule' | 'boot';
 
 /**
+ * How often an instance that issues tokens says its ACCESS_TOKEN_TTL again (KeyRotationTask's
+ * tick): its row counts while tokens it issued may live, this long and a margin past its last word.
+ */
+export const TOKEN_LIFETIME_REFRESH_SECONDS = 300;
+
+/**
  * How long a next key must have been published before a rotation makes it sign: twice the
  * JWKS's max-age (a verifier may hold an older set that long, fetched through a shared cache)
  * plus the minute within which every instance has reloaded the ring, and so publishes it. A key made with the current one needs
@@ -105,8 +111,7 @@ export interface RotationResult {
 export class KeyRotationService {
   private readonly store: SigningKeyStore;
   private readonly algorithm: SigningAlgorithm;
-  private readonly retiringSeconds: number;
-  private readonly publicationSeconds: number;
+  private readonly ownTokenTtl: number;
   private readonly jwtSecret: string | undefined;
 
   constructor(
@@ -117,8 +122,7 @@ export class KeyRotationService {
   ) {
     this.store = new SigningKeyStore(config.get('KEY_ENCRYPTION_KEY', { infer: true }));
     this.algorithm = config.get('SIGNING_ALGORITHM', { infer: true });
-    this.retiringSeconds = config.get('ACCESS_TOKEN_TTL', { infer: true }) + RETIRING_MARGIN_SECONDS;
-    this.publicationSeconds = nextKeyPublicationSeconds(config.get('ACCESS_TOKEN_TTL', { infer: true }));
+    this.ownTokenTtl = config.get('ACCESS_TOKEN_TTL', { infer: true });
     this.jwtSecret = config.get('JWT_SECRET', { infer: true });
   }
 
@@ -129,6 +133,26 @@ export class KeyRotationService {
    */
   loadLiveKeys(em: EntityManager): ReturnType<SigningKeyStore['loadLive']> {
     return this.store.loadLive(em);
+  }
+
+  /**
+   * Says that this instance issues tokens of its ACCESS_TOKEN_TTL: at boot, and every
+   * TOKEN_LIFETIME_REFRESH_SECONDS while it runs (instances that issue tokens only: the CLI's
+   * setting is its shell's).
+   */
+  async recordTokenLifetime(): Promise<void> {
+    await this.store.recordTokenLifetime(this.dataSource.manager, this.ownTokenTtl);
+  }
+
+  /**
+   * The longest ACCESS_TOKEN_TTL of tokens that may be alive: this process's, and that of every
+   * instance that issued tokens lately (recordTokenLifetime). A retiring key verifies that long
+   * (and a margin), and a next key waits for twice the JWKS max-age it gives: whoever rotates,
+   * a command run from a shell without the service's setting included (until 0.27.1 each used
+   * its own, and a key was retired while tokens it signed still lived).
+   */
+  private async tokenTtl(em: EntityManager): Promise<number> {
+    return Math.max(this.ownTokenTtl, await this.store.longestLiveTokenLifetime(em, TOKEN_LIFETIME_REFRESH_SECONDS + RETIRING_MARGIN_SECONDS));
   }
 
   /**
@@ -174,8 +198,9 @@ export class KeyRotationService {
           await this.store.insert(em, fresh, 'current');
           currentKid = fresh.kid;
           if (seeded && (await this.sessions.anyActive(em))) {
-            await this.store.insert(em, seeded, 'retiring', { fromJwtSecret: true, verifySeconds: this.retiringSeconds });
-            retiring = { kid: seeded.kid, verifyUntil: new Date(Date.now() + this.retiringSeconds * 1000) };
+            const retiringSeconds = (await this.tokenTtl(em)) + RETIRING_MARGIN_SECONDS;
+            await this.store.insert(em, seeded, 'retiring', { fromJwtSecret: true, verifySeconds: retiringSeconds });
+            retiring = { kid: seeded.kid, verifyUntil: new Date(Date.now() + retiringSeconds * 1000) };
           }
         }
       }
@@ -197,22 +222,28 @@ export class KeyRotationService {
    * current key is stopped (its tokens fail already: waiting would only keep logins failing).
    */
   async rotate(trigger: Exclude<RotationTrigger, 'boot'>, { now = false }: { now?: boolean } = {}): Promise<RotationResult> {
-    const outcome = await this.dataSource.transaction(async (em): Promise<{ rotated: RotationResult } | { published: string }> => {
-      await this.store.lock(em);
-      const ring = await this.store.states(em);
-      const next = ring.find((k) => k.state === 'next');
-      if (next && next.algorithm !== this.algorithm) throw new AlgorithmMismatchError(next.algorithm, this.algorithm);
-      const unopenable = await this.assertOpensCurrent(em, ring);
-      const tooNew = this.tooNewToPromote(ring);
-      if (tooNew && !now && !unopenable.has(tooNew.kid)) throw new NextKeyTooNewError(tooNew.kid, tooNew.publishedSeconds, this.publicationSeconds);
-      // No next key verifiers could have (an operator stopped it, or it does not open):
-      // promoting nothing would make a fresh key sign at once, one no JWKS has shown yet (until
-      // 0.24.2). A next key is published instead, and committed; the rotation may follow once
-      // it is old enough.
-      if (!now && this.lacksPublishableNext(ring, unopenable)) return { published: (await this.publishNext(em, trigger, ring, unopenable)).next };
-      return { rotated: await this.rotateLocked(em, trigger, ring, unopenable) };
-    });
-    if ('published' in outcome) throw new NextKeyTooNewError(outcome.published, 0, this.publicationSeconds);
+    const outcome = await this.dataSource.transaction(
+      async (em): Promise<{ rotated: RotationResult } | { published: string; publicationSeconds: number }> => {
+        await this.store.lock(em);
+        const ring = await this.store.states(em);
+        const next = ring.find((k) => k.state === 'next');
+        if (next && next.algorithm !== this.algorithm) throw new AlgorithmMismatchError(next.algorithm, this.algorithm);
+        const unopenable = await this.assertOpensCurrent(em, ring);
+        const ttl = await this.tokenTtl(em);
+        const publicationSeconds = nextKeyPublicationSeconds(ttl);
+        const tooNew = this.tooNewToPromote(ring, publicationSeconds);
+        if (tooNew && !now && !unopenable.has(tooNew.kid)) throw new NextKeyTooNewError(tooNew.kid, tooNew.publishedSeconds, publicationSeconds);
+        // No next key verifiers could have (an operator stopped it, or it does not open):
+        // promoting nothing would make a fresh key sign at once, one no JWKS has shown yet (until
+        // 0.24.2). A next key is published instead, and committed; the rotation may follow once
+        // it is old enough.
+        if (!now && this.lacksPublishableNext(ring, unopenable)) {
+          return { published: (await this.publishNext(em, trigger, ring, unopenable)).next, publicationSeconds };
+        }
+        return { rotated: await this.rotateLocked(em, trigger, ring, unopenable, ttl) };
+      },
+    );
+    if ('published' in outcome) throw new NextKeyTooNewError(outcome.published, 0, outcome.publicationSeconds);
     return outcome.rotated;
   }
 
@@ -235,6 +266,7 @@ export class KeyRotationService {
       const current = ring.find((k) => k.state === 'current');
       const next = ring.find((k) => k.state === 'next');
       const unopenable = await this.assertOpensCurrent(em, ring);
+      const ttl = await this.tokenTtl(em);
       const foreignNext = next && next.algorithm !== this.algorithm ? next.algorithm : undefined;
       // A next key published too recently, or none verifiers could have (one is published
       // below), waits for a later tick (NextKeyTooNewError).
@@ -242,7 +274,7 @@ export class KeyRotationService {
         rotationDays !== undefined &&
         current?.activated_at &&
         Date.now() - current.activated_at.getTime() >= rotationDays * 86_400_000 &&
-        !this.tooNewToPromote(ring) &&
+        !this.tooNewToPromote(ring, nextKeyPublicationSeconds(ttl)) &&
         !this.lacksPublishableNext(ring, unopenable);
       // A current key an operator stopped (verify_until: the emergency stop) signs tokens no
       // instance accepts: rotated at once, whatever the schedule and whatever the next key's
@@ -251,7 +283,7 @@ export class KeyRotationService {
       // never, until 0.24.2).
       const stopped = current?.stopped ?? false;
       if (stopped || (due && !foreignNext)) {
-        const rotated = await this.rotateLocked(em, 'schedule', ring, unopenable);
+        const rotated = await this.rotateLocked(em, 'schedule', ring, unopenable, ttl);
         return { skipped: false, rotated, retired: rotated.retired };
       }
       // A next key an operator stopped is retired here, and a fresh one published in its place,
@@ -282,15 +314,18 @@ export class KeyRotationService {
 
   /**
    * The next key a rotation would promote, when verifiers may not have it yet: published less
-   * than publicationSeconds ago and after the current key. Undefined when it may sign now, or
+   * than `publicationSeconds` ago and after the current key. Undefined when it may sign now, or
    * when waiting would help nothing: no promotable next key (a fresh one is made), or a stopped
    * current key.
    */
-  private tooNewToPromote(ring: Awaited<ReturnType<SigningKeyStore['states']>>): { kid: string; publishedSeconds: number } | undefined {
+  private tooNewToPromote(
+    ring: Awaited<ReturnType<SigningKeyStore['states']>>,
+    publicationSeconds: number,
+  ): { kid: string; publishedSeconds: number } | undefined {
     const current = ring.find((k) => k.state === 'current');
     const next = ring.find((k) => k.state === 'next');
     if (!next || next.algorithm !== this.algorithm || next.stopped || current?.stopped) return undefined;
-    if (next.publishedWithCurrent || next.publishedSeconds >= this.publicationSeconds) return undefined;
+    if (next.publishedWithCurrent || next.publishedSeconds >= publicationSeconds) return undefined;
     return { kid: next.kid, publishedSeconds: next.publishedSeconds };
   }
 
@@ -348,10 +383,12 @@ export class KeyRotationService {
     trigger: Exclude<RotationTrigger, 'boot'>,
     ring: Awaited<ReturnType<SigningKeyStore['states']>>,
     unopenable: ReadonlySet<string>,
+    /** The longest lifetime of the tokens the current key signed (tokenTtl). */
+    tokenTtl: number,
   ): Promise<RotationResult> {
     // A next key retire() took already (stopped, another algorithm) is 'next' no more: retireNext then changes nothing.
     const retired = [...(await this.store.retire(em, this.algorithm)), ...(await this.retireUnopenableNext(em, ring, unopenable))];
-    const retiring = await this.store.demoteCurrent(em, this.retiringSeconds);
+    const retiring = await this.store.demoteCurrent(em, tokenTtl + RETIRING_MARGIN_SECONDS);
     let current = await this.store.promoteNext(em, this.algorithm);
     if (!current) {
       const fresh = generateKeyMaterial(this.algorithm);

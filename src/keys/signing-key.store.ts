@@ -140,6 +140,33 @@ export class SigningKeyStore {
     return rows[0].locked;
   }
 
+  /** An instance issues tokens of this lifetime (now): see AccessTokenLifetimes. */
+  async recordTokenLifetime(em: EntityManager, ttlSeconds: number): Promise<void> {
+    await sql(
+      em,
+      `INSERT INTO "access_token_lifetimes" ("ttl_seconds", "seen_at") VALUES ($1, now())
+       ON CONFLICT ("ttl_seconds") DO UPDATE SET "seen_at" = now()`,
+      [ttlSeconds],
+    );
+  }
+
+  /**
+   * The longest lifetime of tokens that may still be alive (0: none recorded): one an instance
+   * said it issues within that lifetime and `slackSeconds` (how long an instance may go on
+   * issuing after it last said so).
+   */
+  async longestLiveTokenLifetime(em: EntityManager, slackSeconds: number): Promise<number> {
+    const {
+      rows: [{ ttl }],
+    } = await sql<{ ttl: number }>(
+      em,
+      `SELECT coalesce(max("ttl_seconds"), 0) AS ttl FROM "access_token_lifetimes"
+        WHERE "seen_at" > now() - make_interval(secs => "ttl_seconds" + $1)`,
+      [slackSeconds],
+    );
+    return ttl;
+  }
+
   /**
    * Records that this deployment has made its first ring: true the first time (then JWT_SECRET
    * may seed it), false ever after, a rebuilt ring included (see the migration SigningKeyRingMade).

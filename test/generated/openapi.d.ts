@@ -550,7 +550,7 @@ export interface components {
             role: "user" | "admin";
             /**
              * Format: date-time
-             * @description Idle deadline as of this request; activity moves it later
+             * @description Idle deadline as the answering instance knows it: never later than the stored one, which activity on any instance moves later
              */
             expiresAt: string;
             /**

@@ -8,7 +8,10 @@ export class SessionInfoResponseDto {
   @ApiProperty({ format: 'uuid' }) userId: string;
   @ApiProperty({ format: 'uuid' }) sessionId: string;
   @ApiProperty({ enum: ['user', 'admin'] }) role: UserRole;
-  @ApiProperty({ format: 'date-time', description: 'Idle deadline as of this request; activity moves it later' })
+  @ApiProperty({
+    format: 'date-time',
+    description: 'Idle deadline as the answering instance knows it: never later than the stored one, which activity on any instance moves later',
+  })
   expiresAt: string;
   @ApiProperty({ format: 'date-time', description: 'Absolute deadline; nothing extends it' })
   absoluteExpiresAt: string;

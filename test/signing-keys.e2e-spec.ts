@@ -800,7 +800,7 @@ describe("signing keys: a rotation covers the service's token lifetime, whoever 
       const first = await runCliWith({ ACCESS_TOKEN_TTL: undefined }, url, 'keys', 'rotate');
       assert.equal(first.code, 0, first.stderr);
       const [retiring] = await retiringFor();
-      // Until 0.27.1: 960 s (the shell's 900 and the margin), and the service's tokens failed after a quarter of their life.
+      // Until 0.28.0: 960 s (the shell's 900 and the margin), and the service's tokens failed after a quarter of their life.
       assert.ok(retiring > 3600 && retiring <= 3660, `the retired key verifies for ${retiring} s`);
       const refused = await runCliWith({ ACCESS_TOKEN_TTL: undefined }, url, 'keys', 'rotate');
       assert.equal(refused.code, 2, refused.stderr);
@@ -838,7 +838,7 @@ describe("signing keys: a rotation covers the service's token lifetime, whoever 
 });
 
 describe('signing keys: a ring whose current key was deleted (e2e)', () => {
-  it('boots: the next key, which verifiers have, signs, and a fresh next key is made (every boot failed until 0.27.1)', async () => {
+  it('boots: the next key, which verifiers have, signs, and a fresh next key is made (every boot failed until 0.28.0)', async () => {
     const url = await freshDatabase();
     const first = await createTestApp({ DATABASE_URL: url });
     let second: TestApp | undefined;

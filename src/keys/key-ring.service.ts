@@ -190,7 +190,7 @@ export class KeyRing implements OnModuleInit, OnApplicationShutdown {
    * request is discarded and done again, so what is applied is never older than the last NOTIFY.
    *
    * `periodic`: a timer's read (the safety net, the poll while the listener is not trusted),
-   * which announces no change: it shares a read under way and never discards it. Until 0.27.1
+   * which announces no change: it shares a read under way and never discards it. Until 0.28.0
    * it did, and with reads slower than the poll's 2 s (a slow database, a saturated pool)
    * every read was discarded and none applied: a stopped key kept verifying on that instance.
    */

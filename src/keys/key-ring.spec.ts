@@ -35,7 +35,7 @@ describe('KeyRing.reload', () => {
     // The poll's 2 s against reads of 40 ms, scaled down: a request every 10 ms.
     const poll = setInterval(() => void ring.reload({ periodic: true }), 10);
     try {
-      // Until 0.27.1 each request discarded the read under way, and none was ever applied.
+      // Until 0.28.0 each request discarded the read under way, and none was ever applied.
       assert.equal(await within(ring.reload({ periodic: true }), 2_000), undefined);
     } finally {
       clearInterval(poll);

@@ -34,7 +34,7 @@ export const TOKEN_LIFETIME_REFRESH_SECONDS = 300;
 export function nextKeyPublicationSeconds(accessTokenTtl: number): number {
   // Twice the max-age: a shared cache (a CDN, a proxy) may serve a copy as old as the max-age,
   // which a verifier then keeps for the max-age again (jose's cacheMaxAge ignores the Age
-  // header). Until 0.27.1 once, and a verifier behind such a cache could refuse a new key's tokens.
+  // header). Until 0.28.0 once, and a verifier behind such a cache could refuse a new key's tokens.
   return 2 * jwksMaxAge(accessTokenTtl) + RETIRING_MARGIN_SECONDS;
 }
 
@@ -148,7 +148,7 @@ export class KeyRotationService {
    * The longest ACCESS_TOKEN_TTL of tokens that may be alive: this process's, and that of every
    * instance that issued tokens lately (recordTokenLifetime). A retiring key verifies that long
    * (and a margin), and a next key waits for twice the JWKS max-age it gives: whoever rotates,
-   * a command run from a shell without the service's setting included (until 0.27.1 each used
+   * a command run from a shell without the service's setting included (until 0.28.0 each used
    * its own, and a key was retired while tokens it signed still lived).
    */
   private async tokenTtl(em: EntityManager): Promise<number> {
@@ -182,7 +182,7 @@ export class KeyRotationService {
       let retiring: RotationResult['retiring'];
       // The current key gone with a next key left (its row deleted, where the README's stop sets
       // verify_until): that one signs, as a rotation would have it, since verifiers have it
-      // already. Until 0.27.1 a fresh current key was made beside it, then a fresh next key,
+      // already. Until 0.28.0 a fresh current key was made beside it, then a fresh next key,
       // which the one next key the ring may hold refused: every boot and command failed.
       if (!currentKid) currentKid = await this.store.promoteNext(em, this.algorithm);
       if (!currentKid) {

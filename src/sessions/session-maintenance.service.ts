@@ -49,7 +49,7 @@ export class SessionMaintenanceService {
       total += ended;
       // Done when none is left to select, not when a batch ended none: its sessions may all
       // have passed their idle deadline, or been ended by someone else, between the selection
-      // (the transaction's start) and their UPDATE (the statement's time), and until 0.27.1 the
+      // (the transaction's start) and their UPDATE (the statement's time), and until 0.28.0 the
       // command then stopped with other sessions still active. Each batch moves on: the next
       // one's start is past every deadline this one found passed.
       if (users === 0) return total;

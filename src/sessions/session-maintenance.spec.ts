@@ -35,7 +35,7 @@ function endAllOver(batches: string[][], endedBy: Record<string, string[]>) {
 describe('SessionMaintenanceService.endAllSessions', () => {
   it('goes on past a batch that ended nothing (its sessions expired or were ended meanwhile), and stops when none is left to select', async () => {
     // The first batch's user: its one session passed its idle deadline (or was ended by
-    // another request) between the selection and its UPDATE. Until 0.27.1 the loop stopped
+    // another request) between the selection and its UPDATE. Until 0.28.0 the loop stopped
     // there, with the second user's session still active.
     const { ends, run } = endAllOver([['expired-meanwhile'], ['active']], { active: ['s2'] });
     assert.equal(await run(), 1);

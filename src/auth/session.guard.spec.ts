@@ -2,7 +2,15 @@ import 'reflect-metadata';
 import { describe, it, beforeEach, mock } from 'node:test';
 import assert from 'node:assert/strict';
 import { createSecretKey, KeyObject, randomUUID } from 'node:crypto';
-import { ExecutionContext, HttpException, ServiceUnavailableException, SetMetadata, UnauthorizedException } from '@nestjs/common';
+import {
+  ExecutionContext,
+  HttpException,
+  Logger,
+  LoggerService,
+  ServiceUnavailableException,
+  SetMetadata,
+  UnauthorizedException,
+} from '@nestjs/common';
 import type { ConfigService } from '@nestjs/config';
 import { Reflector } from '@nestjs/core';
 import * as jwt from 'jsonwebtoken';
@@ -13,6 +21,7 @@ import type { SessionsService } from '../sessions/sessions.service';
 import { JwtAuthGuard } from './jwt-auth.guard';
 import { JwtStrategy } from './jwt.strategy';
 import { SessionGuard } from './session.guard';
+import { OtherTransportRefusedError } from '../common/other-transports';
 import type { KeyRing } from '../keys/key-ring.service';
 
 /** The ring's lookup over one HS256 key, for tokens without kid (the strategy's own tests cover kids). */
@@ -128,6 +137,24 @@ describe('SessionGuard', () => {
     await guard.canActivate(contextFor({}, MixedController.prototype.closed, MixedController));
     assert.equal(jwtGuard.canActivate.mock.callCount(), 1);
     assert.equal(sessions.validateSession.mock.callCount(), 1);
+  });
+
+  it("refuses another transport's handler not marked @Public(), logging one line that names it, and its error tells a client only Forbidden", async () => {
+    const errors: unknown[][] = [];
+    Logger.overrideLogger({ log() {}, warn() {}, error: (...args: unknown[]) => void errors.push(args) } as LoggerService);
+    try {
+      const rpc = { ...contextFor({}, PrivateController.prototype.list, PrivateController), getType: () => 'rpc' } as unknown as ExecutionContext;
+      assert.throws(
+        () => guard.canActivate(rpc),
+        (e: unknown) => e instanceof OtherTransportRefusedError && e.message === 'Forbidden',
+      );
+    } finally {
+      Logger.overrideLogger(false);
+    }
+    assert.equal(errors.length, 1);
+    assert.match(String(errors[0][0]), /PrivateController\.list is a handler of another transport \(rpc\) that is not marked @Public\(\)/);
+    assert.equal(jwtGuard.canActivate.mock.callCount(), 0);
+    assert.equal(sessions.validateSession.mock.callCount(), 0);
   });
 
   it('propagates a JWT guard failure as a 401 and never asks the session service', async () => {

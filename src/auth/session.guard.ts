@@ -1,4 +1,4 @@
-import { CanActivate, ExecutionContext, Injectable, UnauthorizedException } from '@nestjs/common';
+import { CanActivate, ExecutionContext, Injectable, Logger, UnauthorizedException } from '@nestjs/common';
 import { Reflector } from '@nestjs/core';
 import { AUTH_CONTEXT_KEY, type AuthContext } from '../common/current-auth.decorator';
 import { IS_PUBLIC_KEY } from '../common/public.decorator';
@@ -17,6 +17,7 @@ import type { FastifyReply, FastifyRequest } from 'fastify';
  */
 @Injectable()
 export class SessionGuard implements CanActivate {
+  private readonly logger = new Logger(SessionGuard.name);
   private readonly reflector: Reflector;
 
   constructor(
@@ -36,7 +37,13 @@ export class SessionGuard implements CanActivate {
     // microservice connected with inheritAppConfig, a GraphQL resolver) that is not @Public()
     // is refused, never let through, with a line that says why (until 0.27.0 its message was
     // read as an HTTP request).
-    if (!isHttp(context)) throw new OtherTransportRefusedError(context);
+    // Said here, whatever filter answers (a host's, with globalExceptionFilter false): its
+    // client is told `Forbidden` only.
+    if (!isHttp(context)) {
+      const refusal = new OtherTransportRefusedError(context);
+      this.logger.error(refusal.detail);
+      throw refusal;
+    }
     return this.authenticate(context);
   }
 

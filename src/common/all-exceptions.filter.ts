@@ -12,7 +12,7 @@ import { clientContextOf } from './client-context';
 import { SessionNotActiveException } from './session-not-active.exception';
 import { InsufficientUserAuthenticationException } from './insufficient-user-authentication.exception';
 import { RetryAfterException } from './retry-after.exception';
-import { answerOtherTransport, isHttp, OtherTransportRefusedError } from './other-transports';
+import { answerOtherTransport, isHttp } from './other-transports';
 import { DatabaseNotReadyException, InstanceShuttingDownException, SigningKeysStaleException } from './database-not-ready.exception';
 
 /** Long enough for a database restart or failover to finish, short enough not to idle clients. */
@@ -87,8 +87,6 @@ export class AllExceptionsFilter implements ExceptionFilter {
    * message), a busy database in one line, anything else with its stack.
    */
   private reportOtherTransport(exception: unknown, type: string): void {
-    // What the host's developer must change, in one line: its stack is the guard's, which says nothing more.
-    if (exception instanceof OtherTransportRefusedError) return this.logger.error(exception.detail);
     if (isDatabaseUnavailable(exception)) {
       if (this.outage) this.outage.failed(exception, `a ${type} handler`);
       else this.logger.warn(`Database unavailable in a ${type} handler: ${summarize(exception)}`);

@@ -63,7 +63,7 @@ describe('answers for the other transports of a host', () => {
     );
   });
 
-  it("reports SessionGuard's refusal of a resolver before throwing it on, and its message names no class or method", () => {
+  it("throws SessionGuard's refusal of a resolver on unreported (the guard logged it), and its message names no class or method", () => {
     const graphql = { getType: () => 'graphql', getClass: () => class OrdersResolver {}, getHandler: () => function orders() {} };
     const refusal = new OtherTransportRefusedError(graphql as never);
     const reported: unknown[] = [];
@@ -71,7 +71,9 @@ describe('answers for the other transports of a host', () => {
       () => answerOtherTransport(refusal, graphql as unknown as ArgumentsHost, (e) => reported.push(e)),
       (e) => e === refusal,
     );
-    assert.deepEqual(reported, [refusal]);
+    const rpcHost = { getType: () => 'rpc' } as unknown as ArgumentsHost;
+    void answerOtherTransport(refusal, rpcHost, (e) => reported.push(e));
+    assert.deepEqual(reported, []);
     assert.equal(refusal.message, 'Forbidden');
     assert.match(refusal.detail, /OrdersResolver\.orders is a handler of another transport \(graphql\)/);
   });

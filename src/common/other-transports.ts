@@ -16,7 +16,7 @@ export function isHttp(context: ArgumentsHost | ExecutionContext): boolean {
  * What SessionGuard throws for a handler of another transport that is not @Public(). Its
  * message is all a client can be shown (a GraphQL client is shown an error's message); what the
  * host's developer needs, the handler's class and method, is its `detail`, which only the log
- * gets (AllExceptionsFilter).
+ * gets (the guard logs it; the filter then says nothing more of it).
  */
 export class OtherTransportRefusedError extends Error {
   readonly detail: string;
@@ -45,8 +45,7 @@ const UNKNOWN = { status: 'error', message: 'Internal server error' } as const;
  * What Nest's own filter for the transport answers (BaseRpcExceptionFilter, BaseWsExceptionFilter):
  * the transport error's own payload, or `Internal server error` with the error reported (the
  * caller logs it, or counts a database outage). Anything else (a GraphQL resolver's) is thrown
- * on, as Nest's default for it does; SessionGuard's refusal reported first (its client sees
- * only `Forbidden`).
+ * on, as Nest's default for it does (SessionGuard's refusal: its client sees only `Forbidden`).
  */
 export function answerOtherTransport(
   exception: unknown,
@@ -54,12 +53,10 @@ export function answerOtherTransport(
   reportUnknown: (exception: unknown) => void,
 ): Observable<never> | undefined {
   const type = host.getType();
-  if (type !== 'rpc' && type !== 'ws') {
-    if (exception instanceof OtherTransportRefusedError) reportUnknown(exception);
-    throw exception;
-  }
+  if (type !== 'rpc' && type !== 'ws') throw exception;
   const known = transportError(exception);
-  if (!known) reportUnknown(exception);
+  // SessionGuard's refusal was logged by the guard.
+  if (!known && !(exception instanceof OtherTransportRefusedError)) reportUnknown(exception);
   const payload = known ? (isObject(known.error) ? known.error : { status: 'error', message: known.error }) : UNKNOWN;
   // A message handler's answer is the error its client's observable receives; a gateway's
   // client gets an `exception` event.

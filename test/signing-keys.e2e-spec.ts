@@ -812,25 +812,34 @@ describe("signing keys: a rotation covers the service's token lifetime, whoever 
     }
   });
 
-  it('a lifetime no instance has said for that long (and the margin) no longer counts', async () => {
+  it('a lifetime counts while tokens issued under it may live (its last record, the lifetime, five minutes and a minute), and no longer', async () => {
     const url = await freshDatabase();
     const service = await createTestApp({ DATABASE_URL: url, ACCESS_TOKEN_TTL: '600' });
-    try {
-      // An instance that issued hour-long tokens, last heard of two hours ago: its tokens are all expired.
-      await service.db.query(`INSERT INTO access_token_lifetimes (ttl_seconds, seen_at) VALUES (3600, now() - interval '2 hours')`);
-      assert.deepEqual(
-        (await service.db.query(`SELECT ttl_seconds FROM access_token_lifetimes ORDER BY ttl_seconds`)).map(
-          (r: { ttl_seconds: number }) => r.ttl_seconds,
-        ),
-        [600, 3600],
-        'the service said its own at boot',
+    const lifetimes = async () =>
+      (await service.db.query(`SELECT ttl_seconds FROM access_token_lifetimes ORDER BY ttl_seconds`)).map(
+        (r: { ttl_seconds: number }) => r.ttl_seconds,
       );
+    const rotateAndRead = async () => {
       await publishedLongAgo(service);
-      await service.app.get(KeyRotationService).rotate('cli');
+      const { retiring } = await service.app.get(KeyRotationService).rotate('cli');
       const [{ seconds }] = (await service.db.query(
-        `SELECT extract(epoch FROM verify_until - now())::float8 AS seconds FROM signing_keys WHERE state = 'retiring'`,
+        `SELECT extract(epoch FROM verify_until - now())::float8 AS seconds FROM signing_keys WHERE kid = $1`,
+        [retiring!.kid],
       )) as Array<{ seconds: number }>;
-      assert.ok(seconds > 600 && seconds <= 660, `the retired key verifies for ${seconds} s`);
+      return seconds;
+    };
+    try {
+      assert.deepEqual(await lifetimes(), [], 'a boot writes nothing');
+      await registerAndLogin(service.http);
+      assert.deepEqual(await lifetimes(), [600], 'said before the first token');
+      // Another instance issued hour-long tokens, last heard of 30 minutes ago: some still live.
+      await service.db.query(`INSERT INTO access_token_lifetimes (ttl_seconds, seen_at) VALUES (3600, now() - interval '30 minutes')`);
+      const counted = await rotateAndRead();
+      assert.ok(counted > 3600 && counted <= 3660, `the retired key verifies for ${counted} s`);
+      // Last heard of 67 minutes ago: past 3,600 s and six minutes, its tokens have all expired.
+      await service.db.query(`UPDATE access_token_lifetimes SET seen_at = now() - interval '67 minutes' WHERE ttl_seconds = 3600`);
+      const lapsed = await rotateAndRead();
+      assert.ok(lapsed > 600 && lapsed <= 660, `the retired key verifies for ${lapsed} s`);
     } finally {
       await service.close();
     }
@@ -838,7 +847,7 @@ describe("signing keys: a rotation covers the service's token lifetime, whoever 
 });
 
 describe('signing keys: a ring whose current key was deleted (e2e)', () => {
-  it('boots: the next key, which verifiers have, signs, and a fresh next key is made (every boot failed until 0.28.0)', async () => {
+  it('boots: the next key, published since it was made, signs, and a fresh next key is made (every boot failed until 0.28.0)', async () => {
     const url = await freshDatabase();
     const first = await createTestApp({ DATABASE_URL: url });
     let second: TestApp | undefined;
@@ -859,6 +868,21 @@ describe('signing keys: a ring whose current key was deleted (e2e)', () => {
       assert.equal(await whoami(second, tokens.accessToken), 200);
     } finally {
       await second?.close();
+      await first.close();
+    }
+  });
+
+  it("a command from a shell with another SIGNING_ALGORITHM promotes the next key as it is and keeps the ring's algorithm", async () => {
+    const url = await freshDatabase();
+    const first = await createTestApp({ DATABASE_URL: url });
+    try {
+      const [current, next] = (await currentAndNext(first)).map((k) => k.split(':')[2]);
+      await first.db.query(`DELETE FROM signing_keys WHERE kid = $1`, [current]);
+      stdoutOf(await runCliWith({ SIGNING_ALGORITHM: 'HS256' }, url, 'keys', 'list'));
+      const [nowCurrent, nowNext] = await currentAndNext(first);
+      assert.equal(nowCurrent, `current:ES256:${next}`);
+      assert.match(nowNext, /^next:ES256:/, "not the shell's HS256");
+    } finally {
       await first.close();
     }
   });

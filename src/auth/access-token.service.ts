@@ -4,6 +4,8 @@ import { JwtService } from '@nestjs/jwt';
 import { randomUUID } from 'node:crypto';
 import type { AppConfig } from '../config/config';
 import { KeyRing } from '../keys/key-ring.service';
+import { KeyRotationService } from '../keys/key-rotation.service';
+import { TokenLifetimeRecorder } from '../keys/token-lifetime-recorder';
 import type { SessionEntity } from '../sessions/session.entity';
 
 export const ACCESS_TOKEN_TYPE = 'at+jwt'; // RFC 9068
@@ -17,13 +19,17 @@ export interface AccessToken {
 @Injectable()
 export class AccessTokenService {
   private readonly ttl: number;
+  /** Key rotations keep a retiring key verifying as long as the longest lifetime issued (KeyRotationService). */
+  private readonly lifetime: TokenLifetimeRecorder;
 
   constructor(
     private readonly jwt: JwtService,
     private readonly ring: KeyRing,
+    rotation: KeyRotationService,
     config: ConfigService<AppConfig, true>,
   ) {
     this.ttl = config.get('ACCESS_TOKEN_TTL', { infer: true });
+    this.lifetime = new TokenLifetimeRecorder(() => rotation.recordTokenLifetime());
   }
 
   /**
@@ -32,6 +38,7 @@ export class AccessTokenService {
    * session, which step-up checks read (RFC 9470).
    */
   async issue(session: SessionEntity): Promise<AccessToken> {
+    await this.lifetime.beforeIssue();
     const iat = Math.floor(Date.now() / 1000);
     // exp is set directly: jsonwebtoken's expiresIn counts from the truncated iat, which would
     // end a capped token up to a second earlier than needed.

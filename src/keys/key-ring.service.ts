@@ -68,9 +68,6 @@ export class KeyRing implements OnModuleInit, OnApplicationShutdown {
   ) {}
 
   async onModuleInit(): Promise<void> {
-    // An instance that issues tokens says how long they live before it issues any (the CLI
-    // issues none: its setting is its shell's); KeyRotationTask says it again while it runs.
-    if (this.scheduledJobs) await this.rotation.recordTokenLifetime();
     await this.rotation.ensureRing({ adoptAlgorithm: this.scheduledJobs });
     await this.reload();
     const poolUrl = this.config.get('DATABASE_URL', { infer: true })!;

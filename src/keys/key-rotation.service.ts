@@ -7,6 +7,7 @@ import { AuditService } from '../audit/audit.service';
 import type { AppConfig } from '../config/config';
 import { SessionMaintenanceService } from '../sessions/session-maintenance.service';
 import { jwksMaxAge } from './jwks-max-age';
+import { TOKEN_LIFETIME_REFRESH_SECONDS } from './token-lifetime-recorder';
 import { generateKeyMaterial, keyMaterialFromSecret } from './signing-key';
 import { KeyListing, SigningKeyStore } from './signing-key.store';
 import type { SigningAlgorithm } from './signing-algorithm';
@@ -18,12 +19,6 @@ import type { SigningAlgorithm } from './signing-algorithm';
 export const RETIRING_MARGIN_SECONDS = 60;
 
 export type RotationTrigger = 'cli' | 'schedule' | 'boot';
-
-/**
- * How often an instance that issues tokens says its ACCESS_TOKEN_TTL again (KeyRotationTask's
- * tick): its row counts while tokens it issued may live, this long and a margin past its last word.
- */
-export const TOKEN_LIFETIME_REFRESH_SECONDS = 300;
 
 /**
  * How long a next key must have been published before a rotation makes it sign: twice the
@@ -88,7 +83,7 @@ export class AlgorithmMismatchError extends Error {
 export class RingKeyUnopenableError extends Error {
   constructor(readonly kid: string) {
     super(
-      `KEY_ENCRYPTION_KEY does not open the ring's current key ${kid}: nothing changed in the ring. ` +
+      `KEY_ENCRYPTION_KEY does not open the ring's current key ${kid} (or the next key, which a ring without a current one promotes): nothing changed in the ring. ` +
         `This process's KEY_ENCRYPTION_KEY is not the one the deployment's keys were sealed with`,
     );
   }
@@ -135,18 +130,14 @@ export class KeyRotationService {
     return this.store.loadLive(em);
   }
 
-  /**
-   * Says that this instance issues tokens of its ACCESS_TOKEN_TTL: at boot, and every
-   * TOKEN_LIFETIME_REFRESH_SECONDS while it runs (instances that issue tokens only: the CLI's
-   * setting is its shell's).
-   */
+  /** Says that this process issues tokens of its ACCESS_TOKEN_TTL (AccessTokenService, through TokenLifetimeRecorder). */
   async recordTokenLifetime(): Promise<void> {
     await this.store.recordTokenLifetime(this.dataSource.manager, this.ownTokenTtl);
   }
 
   /**
    * The longest ACCESS_TOKEN_TTL of tokens that may be alive: this process's, and that of every
-   * instance that issued tokens lately (recordTokenLifetime). A retiring key verifies that long
+   * process that issued tokens lately (recordTokenLifetime). A retiring key verifies that long
    * (and a margin), and a next key waits for twice the JWKS max-age it gives: whoever rotates,
    * a command run from a shell without the service's setting included (until 0.28.0 each used
    * its own, and a key was retired while tokens it signed still lived).
@@ -177,14 +168,23 @@ export class KeyRotationService {
       const next = keys.find((k) => k.state === 'next');
       if (current && next && (next.algorithm === this.algorithm || !adoptAlgorithm)) return;
       const unopenable = await this.assertOpensCurrent(em, keys);
-      const retired = [...(await this.store.retire(em, this.algorithm)), ...(await this.retireUnopenableNext(em, keys, unopenable))];
       let currentKid = current?.kid;
-      let retiring: RotationResult['retiring'];
+      // The ring's algorithm, which a command does not change (see above).
+      let algorithm = this.algorithm;
       // The current key gone with a next key left (its row deleted, where the README's stop sets
-      // verify_until): that one signs, as a rotation would have it, since verifiers have it
-      // already. Until 0.28.0 a fresh current key was made beside it, then a fresh next key,
-      // which the one next key the ring may hold refused: every boot and command failed.
-      if (!currentKid) currentKid = await this.store.promoteNext(em, this.algorithm);
+      // verify_until): that one signs, as a rotation would have it (published since it was
+      // made: verifiers that fetched the set since have it). Until 0.28.0 a fresh current key
+      // was made beside it, then a fresh next key, which the one next key the ring may hold
+      // refused: every boot and command failed. A command promotes it whatever its algorithm; a
+      // process that cannot open it changes nothing (its KEY_ENCRYPTION_KEY is the odd one out:
+      // replacing the key would leave the other instances one they cannot open).
+      if (!currentKid && next && !next.stopped && (next.algorithm === this.algorithm || !adoptAlgorithm)) {
+        if (unopenable.has(next.kid)) throw new RingKeyUnopenableError(next.kid);
+        currentKid = await this.store.promoteNext(em, next.algorithm);
+        algorithm = next.algorithm;
+      }
+      const retired = await this.store.retire(em, algorithm);
+      let retiring: RotationResult['retiring'];
       if (!currentKid) {
         // Only the deployment's first ring takes JWT_SECRET over: a ring rebuilt after a leak
         // must not bring back a secret that leaked with it.
@@ -204,8 +204,8 @@ export class KeyRotationService {
           }
         }
       }
-      const nextKid = await this.insertNext(em);
-      await this.recordRotation(em, 'boot', { current: currentKid, next: nextKid, algorithm: this.algorithm, retiring, retired });
+      const nextKid = await this.insertNext(em, algorithm);
+      await this.recordRotation(em, 'boot', { current: currentKid, next: nextKid, algorithm, retiring, retired });
     });
   }
 
@@ -401,8 +401,8 @@ export class KeyRotationService {
     return result;
   }
 
-  private async insertNext(em: EntityManager): Promise<string> {
-    const next = generateKeyMaterial(this.algorithm);
+  private async insertNext(em: EntityManager, algorithm: SigningAlgorithm = this.algorithm): Promise<string> {
+    const next = generateKeyMaterial(algorithm);
     await this.store.insert(em, next, 'next');
     return next.kid;
   }

@@ -9,8 +9,7 @@ import { JobHealth } from '../common/job-health';
 import { StoppableJob } from '../common/stoppable-job';
 
 /**
- * Every five minutes (TOKEN_LIFETIME_REFRESH_SECONDS) on every instance, which says its
- * ACCESS_TOKEN_TTL again (KeyRotationService.recordTokenLifetime); whichever takes the ring's advisory lock retires the
+ * Every five minutes on every instance; whichever takes the ring's advisory lock retires the
  * keys whose tokens have all expired and, when SIGNING_KEY_ROTATION_DAYS is set and the
  * current key is that old, rotates (a next key published moments ago waits for a later tick:
  * nextKeyPublicationSeconds). The age is read under the lock, so of many instances one rotates
@@ -51,8 +50,6 @@ export class KeyRotationTask implements BeforeApplicationShutdown {
   /** Never throws: nothing else would see it. */
   async handleTick(): Promise<void> {
     try {
-      // Every instance, whichever takes the lock: the rotations' windows cover its tokens (TOKEN_LIFETIME_REFRESH_SECONDS).
-      await this.rotation.recordTokenLifetime();
       const result = await this.rotation.maintain(this.rotationDays);
       this.health.succeeded();
       if (result.rotated) this.logger.log(`Signing key rotated on schedule: ${result.rotated.current} signs now`);

@@ -151,9 +151,9 @@ export class SigningKeyStore {
   }
 
   /**
-   * The longest lifetime of tokens that may still be alive (0: none recorded): one an instance
-   * said it issues within that lifetime and `slackSeconds` (how long an instance may go on
-   * issuing after it last said so).
+   * The longest lifetime of tokens that may still be alive (0: none recorded): one a process
+   * said it issues within that lifetime and `slackSeconds` (how long it may go on issuing after
+   * it last said so). In float8: an int4 sum overflows past ACCESS_TOKEN_TTL's bound.
    */
   async longestLiveTokenLifetime(em: EntityManager, slackSeconds: number): Promise<number> {
     const {
@@ -161,7 +161,7 @@ export class SigningKeyStore {
     } = await sql<{ ttl: number }>(
       em,
       `SELECT coalesce(max("ttl_seconds"), 0) AS ttl FROM "access_token_lifetimes"
-        WHERE "seen_at" > now() - make_interval(secs => "ttl_seconds" + $1)`,
+        WHERE "seen_at" > now() - make_interval(secs => "ttl_seconds"::float8 + $1::float8)`,
       [slackSeconds],
     );
     return ttl;

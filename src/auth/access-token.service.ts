@@ -38,7 +38,9 @@ export class AccessTokenService {
    * session, which step-up checks read (RFC 9470).
    */
   async issue(session: SessionEntity): Promise<AccessToken> {
-    await this.lifetime.beforeIssue();
+    // A promise only before the first token (or after a failed record): no await otherwise, on the login and refresh paths.
+    const recording = this.lifetime.beforeIssue();
+    if (recording) await recording;
     const iat = Math.floor(Date.now() / 1000);
     // exp is set directly: jsonwebtoken's expiresIn counts from the truncated iat, which would
     // end a capped token up to a second earlier than needed.

@@ -23,8 +23,9 @@ export type RotationTrigger = 'cli' | 'schedule' | 'boot';
 /**
  * How long a next key must have been published before a rotation makes it sign: twice the
  * JWKS's max-age (a verifier may hold an older set that long, fetched through a shared cache)
- * plus the minute within which every instance has reloaded the ring, and so publishes it. A key made with the current one needs
- * no wait: every set that showed the current key showed it too.
+ * plus the minute within which every instance has reloaded the ring, and so publishes it. A
+ * key made with the current one needs no wait: every set that showed the current key showed
+ * it too.
  */
 export function nextKeyPublicationSeconds(accessTokenTtl: number): number {
   // Twice the max-age: a shared cache (a CDN, a proxy) may serve a copy as old as the max-age,

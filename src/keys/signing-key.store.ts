@@ -140,7 +140,7 @@ export class SigningKeyStore {
     return rows[0].locked;
   }
 
-  /** An instance issues tokens of this lifetime (now): see AccessTokenLifetimes. */
+  /** A process issues tokens of this lifetime (now): see AccessTokenLifetimes. */
   async recordTokenLifetime(em: EntityManager, ttlSeconds: number): Promise<void> {
     await sql(
       em,

@@ -311,11 +311,19 @@ describe('password change (e2e)', () => {
       // Each names the field as the request does (the username rule named `password` until 0.22.0).
       assert.match(JSON.stringify(res.body.message), /^\["newPassword /, newPassword);
     }
+    // Bad input changes nothing: not the login throttle's counters or known clients either,
+    // which a right current password settles (until 0.28.0 it was checked first).
+    const throttleState = async () => [
+      await t.db.query(`SELECT key, failures, last_failure_at, locked_until FROM login_throttle ORDER BY key`),
+      await t.db.query(`SELECT key, last_success_at, account FROM login_known_clients ORDER BY key`),
+    ];
+    const before = await throttleState();
     const named = await t.http
       .put('/api/v1/users/me/password')
       .set('Authorization', bearer(tokens))
       .send({ currentPassword: user.password, newPassword: `${user.username}-again-and-again` });
     assert.deepEqual(named.body.message, ['newPassword must not contain the username, the email name or the service name']);
+    assert.deepEqual(await throttleState(), before);
     await login(t.http, user);
   });
 });

@@ -73,6 +73,21 @@ describe('PasswordHasher', { timeout: 30_000 }, () => {
     assert.strictEqual(await h.verifyAgainstNobody(''), false);
   });
 
+  it('answers false, after the work of an unknown account, for a stored hash that is not bcrypt (another scheme, a marker): never an error', async (t) => {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports -- the CommonJS module itself, not an import's copy
+    const compared = t.mock.method(require('bcrypt') as typeof bcrypt, 'compare');
+    for (const stored of ['!', '', '$argon2id$v=19$m=65536,t=3,p=4$c2FsdHNhbHQ$aGFzaGhhc2g', '$2b$04$short']) {
+      compared.mock.resetCalls();
+      assert.equal(await hasher.verify(PASSWORD, stored), false, stored);
+      // One compare, against the dummy hash of the current cost, as verifyAgainstNobody does.
+      assert.deepEqual(
+        compared.mock.calls.map((call) => bcrypt.getRounds(call.arguments[1] as string)),
+        [4],
+        stored,
+      );
+    }
+  });
+
   it("pads a compare of a hash made at a lower cost to the current cost's work: dummy compares of each cost from its own up", async (t) => {
     const raised = hasherWith(PEPPER, 7);
     const oldHash = await hasherWith(PEPPER, 4).hash(PASSWORD);

@@ -7,6 +7,9 @@ import type { AppConfig } from '../config/config';
 /** The lowest cost bcrypt makes (and so the lowest a stored hash can have). */
 const BCRYPT_MIN_COST = 4;
 
+/** A bcrypt hash as the native package reads it: version, two-digit cost, 22 characters of salt and 31 of hash. */
+const BCRYPT_HASH = /^\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}$/;
+
 /**
  * bcrypt reads only the first 72 bytes, so every password is first reduced to
  * HMAC-SHA-256(pepper, password) in base64 (44 bytes): every character counts, and a stolen
@@ -49,6 +52,11 @@ export class PasswordHasher implements OnModuleInit {
    * run one after the other, as the unknown account's one compare runs on one thread.
    */
   async verify(password: string, hash: string): Promise<boolean> {
+    // Not a bcrypt hash (a host's import through UsersService.create: another scheme, or a
+    // marker for an account without a password): no password is its, answered after the
+    // work an unknown account costs. Until 0.28.0 bcrypt refused it at once and getRounds
+    // threw: a fast 500, without LOGIN_FAILED, that told such an account apart.
+    if (!BCRYPT_HASH.test(hash)) return this.verifyAgainstNobody(password);
     const prehashed = this.prehash(password);
     const matches = await bcrypt.compare(prehashed, hash);
     for (const cost of paddingCosts(bcrypt.getRounds(hash), this.cost)) await bcrypt.compare(prehashed, await this.getDummyHash(cost));

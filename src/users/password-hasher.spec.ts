@@ -76,7 +76,9 @@ describe('PasswordHasher', { timeout: 30_000 }, () => {
   it('answers false, after the work of an unknown account, for a stored hash that is not bcrypt (another scheme, a marker): never an error', async (t) => {
     // eslint-disable-next-line @typescript-eslint/no-require-imports -- the CommonJS module itself, not an import's copy
     const compared = t.mock.method(require('bcrypt') as typeof bcrypt, 'compare');
-    for (const stored of ['!', '', '$argon2id$v=19$m=65536,t=3,p=4$c2FsdHNhbHQ$aGFzaGhhc2g', '$2b$04$short']) {
+    // A cost bcrypt never makes, too: 99 (or 03) with a well-formed salt and hash.
+    const body = 'a'.repeat(53);
+    for (const stored of ['!', '', '$argon2id$v=19$m=65536,t=3,p=4$c2FsdHNhbHQ$aGFzaGhhc2g', '$2b$04$short', `$2b$99$${body}`, `$2b$03$${body}`]) {
       compared.mock.resetCalls();
       assert.equal(await hasher.verify(PASSWORD, stored), false, stored);
       // One compare, against the dummy hash of the current cost, as verifyAgainstNobody does.

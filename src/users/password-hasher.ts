@@ -7,8 +7,8 @@ import type { AppConfig } from '../config/config';
 /** The lowest cost bcrypt makes (and so the lowest a stored hash can have). */
 const BCRYPT_MIN_COST = 4;
 
-/** A bcrypt hash as the native package reads it: version, two-digit cost, 22 characters of salt and 31 of hash. */
-const BCRYPT_HASH = /^\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}$/;
+/** A bcrypt hash as the native package makes it: version, a cost of 4 to 31, 22 characters of salt and 31 of hash. */
+const BCRYPT_HASH = /^\$2[aby]\$(0[4-9]|[12]\d|3[01])\$[./A-Za-z0-9]{53}$/;
 
 /**
  * bcrypt reads only the first 72 bytes, so every password is first reduced to

@@ -11,8 +11,8 @@ const RETRY_MS = 10_000;
  * token (awaited, so that no rotation can miss it), then again in the background at the first
  * token after TOKEN_LIFETIME_REFRESH_SECONDS, for as long as it issues. So a lifetime counts
  * where tokens are issued, whatever the process (a host's with `scheduledJobs: false` too), and
- * nowhere else (the CLI's shell has a setting, and issues nothing); and a boot writes nothing
- * (a read-only database still lets an instance start and say it is not ready).
+ * nowhere else (the CLI's shell has a setting, and issues nothing); and it adds no write to a boot
+ * (a write there would fail a start on a read-only database).
  */
 export class TokenLifetimeRecorder {
   private readonly logger = new Logger(TokenLifetimeRecorder.name);

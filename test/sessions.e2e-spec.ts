@@ -326,6 +326,58 @@ describe('password change (e2e)', () => {
     assert.deepEqual(await throttleState(), before);
     await login(t.http, user);
   });
+
+  /** A password change answered while a rename the database holds uncommitted commits under it. */
+  const changeDuringRename = async (newPassword: (newName: string) => string) => {
+    const { user, tokens } = await registerAndLogin(t.http);
+    const newName = `renamed${randomUUID().slice(0, 8)}`;
+    const holder = new Client({ connectionString: t.config.DATABASE_URL });
+    await holder.connect();
+    try {
+      await holder.query('BEGIN');
+      await holder.query(`UPDATE users SET username = $2 WHERE id = $1`, [user.id, newName]);
+      const change = t.http
+        .put('/api/v1/users/me/password')
+        .set('Authorization', bearer(tokens))
+        .send({ currentPassword: user.password, newPassword: newPassword(newName) })
+        .then((res) => res);
+      const deadline = Date.now() + 10_000;
+      const waitingForRow = async () =>
+        (
+          await t.db.query(
+            `SELECT count(*)::int AS n FROM pg_stat_activity
+              WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%FROM users WHERE id = $1 FOR NO KEY UPDATE%'`,
+          )
+        )[0].n as number;
+      while ((await waitingForRow()) < 1) {
+        assert.ok(Date.now() < deadline, 'the change waiting for the row the rename holds');
+        await sleep(20);
+      }
+      await holder.query('COMMIT');
+      return { user, newName, res: await change };
+    } finally {
+      await holder.query('ROLLBACK').catch(() => undefined);
+      await holder.end();
+    }
+  };
+
+  it('checks the new password against the names the account has when the change commits, not those it read first', async () => {
+    // Free of the old names, so it passes the check made before the current password's; it
+    // holds the name the account has by the time the change takes the row.
+    const { user, res } = await changeDuringRename((newName) => `${newName}-again-and-again`);
+    assert.equal(res.status, 400, JSON.stringify(res.body));
+    assert.deepEqual(res.body.message, ['newPassword must not contain the username, the email name or the service name']);
+    // Nothing changed: the old password still logs in, and no PASSWORD_CHANGED was written.
+    await login(t.http, user);
+    assert.deepEqual(await auditRows(t.db, { userId: user.id, type: 'PASSWORD_CHANGED' }), []);
+  });
+
+  it('keeps this place known under the names the account has when the change commits', async () => {
+    const { newName, res } = await changeDuringRename(() => 'a new password of some length');
+    assert.equal(res.status, 204, JSON.stringify(res.body));
+    const known = counterKeyDigest(t.config.PASSWORD_PEPPER)(`known:username:${newName}|127.0.0.1`);
+    assert.deepEqual(await t.db.query(`SELECT 1 AS kept FROM login_known_clients WHERE key = $1`, [known]), [{ kept: 1 }]);
+  });
 });
 
 describe('session limit (e2e)', () => {

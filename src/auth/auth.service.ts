@@ -12,7 +12,7 @@ import { IssuedSession, SessionsService } from '../sessions/sessions.service';
 import { assertPasswordFreeOfContext } from '../users/password-context';
 import { PasswordHasher } from '../users/password-hasher';
 import { UserEntity } from '../users/user.entity';
-import { CURRENT_PASSWORD_REQUIRED, UsersService } from '../users/users.service';
+import { CURRENT_PASSWORD_REQUIRED, LockedPasswordAccount, UsersService } from '../users/users.service';
 import { AccessTokenService } from './access-token.service';
 import { LoginThrottleService } from '../login-throttle/login-throttle.service';
 import { LoginDto } from './dto/login.dto';
@@ -127,15 +127,21 @@ export class AuthService {
     const user = await this.users.getById(auth.userId);
     // Before the current password's check, which settles the login throttle's counters and
     // known clients when it is right: a new password refused with 400 changed them until 0.28.0.
+    // Checked again under the lock, against the names the account has then.
     assertPasswordFreeOfContext(dto.newPassword, user, 'newPassword');
     await this.users.verifyCurrentPassword(user, dto.currentPassword, auth.sessionId, client, 'password_change');
     const passwordHash = await this.passwords.hash(dto.newPassword);
     // Of two concurrent changes, one wins: the other's current password no longer matches.
     let ended: string[] = [];
-    const changed = await this.whilePasswordHolds(user, dto.currentPassword, async (em, { stored }) => {
+    const changed = await this.whilePasswordHolds(user, dto.currentPassword, async (em, { stored, account }) => {
+      // The names as the locked row has them: a username or email change that committed since
+      // they were read (until 0.29.0 they were used as read) is what the new password must not
+      // contain, and what this place is known under from now on.
+      const current = { id: user.id, email: account.email, username: account.username };
+      assertPasswordFreeOfContext(dto.newPassword, current, 'newPassword');
       await this.users.replacePasswordHash(em, { id: user.id, passwordHash: stored }, passwordHash);
       // The places the old password was used from are no longer known (an attacker's too), but this one.
-      await this.throttle.forgetOtherClients(em, user, client.ipAddress);
+      await this.throttle.forgetOtherClients(em, current, client.ipAddress);
       ended = await this.sessions.endSessions(
         { userId: user.id, exceptSessionId: auth.sessionId },
         { reason: 'password_changed', event: 'SESSION_REVOKED', client, actorSessionId: auth.sessionId },
@@ -181,14 +187,15 @@ export class AuthService {
   private async whilePasswordHolds<T>(
     user: Pick<UserEntity, 'id' | 'passwordHash'>,
     password: string,
-    work: (em: EntityManager, hash: { stored: string; rehashedByOther: boolean }) => Promise<T>,
+    work: (em: EntityManager, locked: { stored: string; rehashedByOther: boolean; account: LockedPasswordAccount }) => Promise<T>,
   ): Promise<{ result: T } | undefined> {
     let verified = user.passwordHash;
     for (let tries = 1; ; tries++) {
       const outcome = await this.dataSource.transaction(async (em): Promise<{ result: T } | { storedNow: string | undefined }> => {
-        const stored = await this.users.lockPasswordHash(em, user.id);
-        if (stored !== verified) return { storedNow: stored };
-        return { result: await work(em, { stored, rehashedByOther: verified !== user.passwordHash }) };
+        const account = await this.users.lockPasswordAccount(em, user.id);
+        const stored = account?.passwordHash;
+        if (!account || stored !== verified) return { storedNow: stored };
+        return { result: await work(em, { stored: account.passwordHash, rehashedByOther: verified !== user.passwordHash, account }) };
       });
       if ('result' in outcome) return outcome;
       if (outcome.storedNow === undefined || tries === 3 || !(await this.passwords.verify(password, outcome.storedNow))) return undefined;

@@ -32,6 +32,13 @@ export interface LoginIdentifier {
 // One message for both, so registration does not say which of the two is taken.
 const TAKEN_MESSAGE = 'Username or email is already taken';
 
+/** What lockPasswordAccount answers: the locked row's password hash and names. */
+export interface LockedPasswordAccount {
+  passwordHash: string;
+  email: string;
+  username: string;
+}
+
 /** A row of `users` as PostgreSQL answers it. */
 interface UserRow {
   id: string;
@@ -144,14 +151,26 @@ export class UsersService {
   }
 
   /**
-   * Locks the user's row as lockForSessionChange does and answers its password hash as it is
-   * now (a lock that waited for a change reads the row that change left), or undefined when the
-   * user is gone: what a login or a password change verified the password against must still
-   * be the stored hash, or another one the same password matches (see AuthService).
+   * Locks the user's row as lockForSessionChange does and answers its password hash and names
+   * as they are now (a lock that waited for a change reads the row that change left), or
+   * undefined when the user is gone: what a login or a password change verified the password
+   * against must still be the stored hash, or another one the same password matches, and what
+   * a password change forgets and checks the new password against are the names the account
+   * has when it commits (see AuthService).
    */
+  async lockPasswordAccount(em: EntityManager, id: string): Promise<LockedPasswordAccount | undefined> {
+    const { rows } = await sql<{ password_hash: string; email: string; username: string }>(
+      em,
+      `SELECT password_hash, email, username FROM users WHERE id = $1 FOR NO KEY UPDATE`,
+      [id],
+    );
+    const row = rows[0];
+    return row && { passwordHash: row.password_hash, email: row.email, username: row.username };
+  }
+
+  /** @deprecated since 0.29.0: lockPasswordAccount, which answers the names as well. */
   async lockPasswordHash(em: EntityManager, id: string): Promise<string | undefined> {
-    const { rows } = await sql<{ password_hash: string }>(em, `SELECT password_hash FROM users WHERE id = $1 FOR NO KEY UPDATE`, [id]);
-    return rows[0]?.password_hash;
+    return (await this.lockPasswordAccount(em, id))?.passwordHash;
   }
 
   findById(id: string): Promise<UserEntity | null> {

@@ -350,6 +350,31 @@ describe('malicious lockout (e2e)', () => {
     assert.equal((await login(home, { username: name, password: second.password })).status, 200);
   });
 
+  it('a rename keeps the place it was made from known under the new name, when that place is known for the account; an unknown place gains nothing', async () => {
+    const user = await registerUser(t.http);
+    const home = '198.51.100.50';
+    const thief = '203.0.113.150';
+    const login = (ip: string, body: object) => t.http.post('/api/v1/auth/login').set('X-Forwarded-For', ip).send(body);
+    const rename = (ip: string, tokens: Tokens, username: string) =>
+      t.http.patch('/api/v1/users/me').set('X-Forwarded-For', ip).set('Authorization', bearer(tokens)).send({ username }).expect(200);
+    const heldByFailures = async (username: string) => {
+      for (let i = 0; i < 3; i++) assert.equal((await login('192.0.2.150', { username, password: `${WRONG}-${i}` })).status, 401);
+    };
+    // The owner logs in at home by email, and renames there: home is known under the new name
+    // at once, not only after a login by it (until 0.29.0 it was a new place for the name).
+    const tokens = (await login(home, { email: user.email, password: user.password }).expect(200)).body as Tokens;
+    const renamed = uniqueName('renamed');
+    await rename(home, tokens, renamed);
+    await heldByFailures(renamed);
+    assert.equal((await login('192.0.2.151', { username: renamed, password: user.password })).status, 429, 'a new place is held');
+    assert.equal((await login(home, { username: renamed, password: user.password })).status, 200);
+    // A stolen access token renaming from a place never logged into the account makes it known nowhere.
+    const byThief = uniqueName('thief');
+    await rename(thief, tokens, byThief);
+    await heldByFailures(byThief);
+    assert.equal((await login(thief, { username: byThief, password: user.password })).status, 429);
+  });
+
   it("knows an IPv6 client by its /64: the user's privacy address changed since, and home still lets them in", async () => {
     const user = await registerUser(t.http);
     const loginFrom = (ip: string, password: string) =>

@@ -230,10 +230,7 @@ export class LoginThrottleService implements BeforeApplicationShutdown {
     const client = keepIpAddress ? normalizeIp(keepIpAddress) : null;
     let keep: string[] = [];
     if (client) {
-      // Lower-cased by PostgreSQL, as begin() counts a login's identifier.
-      const {
-        rows: [names],
-      } = await sql<{ email: string; username: string }>(em, 'SELECT lower($1) AS email, lower($2) AS username', [account.email, account.username]);
+      const names = await this.loweredNames(em, account);
       keep = [`email:${names.email}`, `username:${names.username}`, `account:${account.id.toLowerCase()}`]
         .map((name) => this.knownClientKey(name, client)!)
         .sort(); // rows in key order, as every writer takes them
@@ -248,6 +245,50 @@ export class LoginThrottleService implements BeforeApplicationShutdown {
        DELETE FROM login_known_clients WHERE account = $1 AND key <> ALL($2::char(64)[])`,
       [this.accountDigest(account.id), keep],
     );
+  }
+
+  /**
+   * A rename (UsersService.updateProfile): the client that made it, when it is a known place of
+   * the account (logged into it, or a right current password, within 30 days), becomes known
+   * under the account's new names as well, as of when it was last known there (not extended).
+   * Without it the owner's own device was a new place for the new name until its next login
+   * by it, held by the back-off an attacker failing that name had set. A client not known for
+   * the account gains nothing: a stolen access token does not make its holder's address known.
+   * In the caller's transaction, beside the change.
+   */
+  async carryKnownClientToNames(
+    em: EntityManager,
+    account: { id: string; email: string; username: string },
+    ipAddress: string | null,
+  ): Promise<void> {
+    const client = ipAddress ? normalizeIp(ipAddress) : null;
+    if (!client) return;
+    const names = await this.loweredNames(em, account);
+    const keys = [`email:${names.email}`, `username:${names.username}`].map((name) => this.knownClientKey(name, client)!).sort(); // key order, as every writer
+    await sql(
+      em,
+      `INSERT INTO login_known_clients (key, last_success_at, account)
+       SELECT k, known.last_success_at, known.account
+         FROM login_known_clients AS known, unnest($1::char(64)[]) AS k
+        WHERE known.key = $2 AND known.account = $3 AND known.last_success_at > now() - make_interval(days => $4)
+        ORDER BY k
+       ON CONFLICT (key) DO UPDATE
+         -- A row of an account that gave the name up is this account's now, as of its own time.
+         SET last_success_at = CASE WHEN login_known_clients.account = excluded.account
+                                    THEN GREATEST(login_known_clients.last_success_at, excluded.last_success_at)
+                                    ELSE excluded.last_success_at END,
+             account = excluded.account`,
+      [keys, this.knownClientKey(`account:${account.id.toLowerCase()}`, client), this.accountDigest(account.id), KNOWN_CLIENT_DAYS],
+    );
+  }
+
+  /** The account's names lower-cased by PostgreSQL, as begin() counts a login's identifier. */
+  private async loweredNames(em: EntityManager, account: { email: string; username: string }): Promise<{ email: string; username: string }> {
+    const { rows } = await sql<{ email: string; username: string }>(em, 'SELECT lower($1) AS email, lower($2) AS username', [
+      account.email,
+      account.username,
+    ]);
+    return rows[0];
   }
 
   /** The account a known client logged into, as login_known_clients names it: a keyed digest, as its keys are. */

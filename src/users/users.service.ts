@@ -324,6 +324,8 @@ export class UsersService {
         ]);
         if (taken.rows.length) throw new ConflictException(TAKEN_MESSAGE);
         await em.update(UserEntity, { id: userId }, changes);
+        const updated = await em.findOneByOrFail(UserEntity, { id: userId });
+        await this.throttle.carryKnownClientToNames(em, updated, client.ipAddress);
         await this.audit.record(em, {
           type: 'PROFILE_UPDATED',
           userId,
@@ -331,7 +333,7 @@ export class UsersService {
           client,
           metadata: { fields: fields.sort().join(',') },
         });
-        return em.findOneByOrFail(UserEntity, { id: userId });
+        return updated;
       });
     } catch (error) {
       if (pgErrorCode(error) === PG_UNIQUE_VIOLATION) throw new ConflictException(TAKEN_MESSAGE);

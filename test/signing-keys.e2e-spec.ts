@@ -780,6 +780,53 @@ describe('signing keys: an instance whose listener hears nothing (DATABASE_LISTE
   });
 });
 
+describe("signing keys: a key's verify_until on an instance whose clock is off the database's (e2e)", () => {
+  let t: TestApp;
+  before(async () => {
+    t = await createTestApp({ DATABASE_URL: await freshDatabase() });
+  });
+  after(async () => {
+    await t?.close();
+  });
+
+  /** Runs `work` with this process's Date.now() `offsetMs` off the real clock (the database's, on this machine). */
+  const withClockOff = async <T>(offsetMs: number, work: () => Promise<T>): Promise<T> => {
+    const realNow = Date.now;
+    Date.now = () => realNow() + offsetMs;
+    try {
+      return await work();
+    } finally {
+      Date.now = realNow;
+    }
+  };
+
+  it('stops a stopped key when the database says so, on an instance whose clock runs behind, and keeps a retiring one to its end on one that runs ahead', async () => {
+    const ring = t.app.get(KeyRing);
+    const [next] = (await t.db.query(`SELECT kid, algorithm FROM signing_keys WHERE state = 'next'`)) as Array<{ kid: string; algorithm: string }>;
+    assert.ok(ring.verificationKey(next.algorithm, next.kid), 'the next key verifies before the stop');
+    // The emergency stop; the NOTIFY's read (on the real clock) done before the clock is moved.
+    await t.db.query(`UPDATE signing_keys SET verify_until = now() WHERE kid = $1`, [next.kid]);
+    await eventually(async () => ring.verificationKey(next.algorithm, next.kid) === undefined);
+    // 30 s behind: until 0.29.0 verify_until was compared with Date.now(), and the key verified 30 s more.
+    await withClockOff(-30_000, async () => {
+      await ring.reload();
+      assert.equal(ring.verificationKey(next.algorithm, next.kid), undefined);
+      assert.equal(ring.verifiesUntil(next.algorithm, next.kid), 0);
+    });
+    // A deadline a minute away, on an instance two minutes ahead: it verifies for that minute
+    // by this instance's clock (until 0.29.0: not at all, as if its time had passed).
+    await t.db.query(`UPDATE signing_keys SET verify_until = now() + interval '60 seconds' WHERE kid = $1`, [next.kid]);
+    await eventually(async () => ring.verificationKey(next.algorithm, next.kid) !== undefined);
+    await withClockOff(120_000, async () => {
+      const before = Date.now();
+      await ring.reload();
+      assert.ok(ring.verificationKey(next.algorithm, next.kid), 'verifies by the database clock');
+      const until = ring.verifiesUntil(next.algorithm, next.kid);
+      assert.ok(until > before + 55_000 && until <= Date.now() + 60_000, `${until - before} ms after the read began`);
+    });
+  });
+});
+
 describe("signing keys: a rotation covers the service's token lifetime, whoever rotates (e2e)", () => {
   it("keys rotate from a shell without ACCESS_TOKEN_TTL keeps the retired key verifying for the service's hour-long tokens, and waits for their JWKS max-age", async () => {
     const url = await freshDatabase();

@@ -119,13 +119,15 @@ export class KeyRing implements OnModuleInit, OnApplicationShutdown {
   }
 
   /**
-   * Until when (ms since the epoch) the key verificationKey() gives for this algorithm and kid
-   * verifies: a retiring key's verify_until, Infinity for the others, 0 when there is none.
+   * Until when (ms since the epoch, on this process's clock: Date.now() is compared with it) the
+   * key verificationKey() gives for this algorithm and kid verifies: a retiring or stopped key's
+   * verify_until as the database counts it (RingKey.verifiesUntilMs), Infinity for the others,
+   * 0 when there is none.
    */
   verifiesUntil(algorithm: unknown, kid: unknown): number {
     if (!this.verificationKey(algorithm, kid)) return 0;
     const key = kid === undefined ? this.kidless! : this.byKid.get(kid as string)!;
-    return key.verifyUntil?.getTime() ?? Infinity;
+    return key.verifiesUntilMs ?? Infinity;
   }
 
   /** The public keys of the next, current and retiring asymmetric keys (RFC 7517 JWK members only). */
@@ -257,7 +259,8 @@ export class KeyRing implements OnModuleInit, OnApplicationShutdown {
           `${row.reason}: ${keep ? 'this instance keeps the copy it read before' : 'its tokens are refused here'} (a ${row.state} key)`,
         );
       }
-      if (keep) kept.push({ ...held, state: row.state, verifyUntil: row.verifyUntil, activatedAt: row.activatedAt });
+      if (keep)
+        kept.push({ ...held, state: row.state, verifyUntil: row.verifyUntil, verifiesUntilMs: row.verifiesUntilMs, activatedAt: row.activatedAt });
     }
     return kept;
   }
@@ -287,5 +290,5 @@ export class KeyRing implements OnModuleInit, OnApplicationShutdown {
  * are refused everywhere, until a rotation makes another key current).
  */
 function verifiesNow(key: RingKey): boolean {
-  return key.verifyUntil === null || Date.now() < key.verifyUntil.getTime();
+  return key.verifiesUntilMs === null || Date.now() < key.verifiesUntilMs;
 }

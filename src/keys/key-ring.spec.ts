@@ -8,7 +8,7 @@ import { KeyRing } from './key-ring.service';
 import type { KeyRotationService } from './key-rotation.service';
 import type { RingKey } from './signing-key';
 
-const CURRENT = { kid: 'current-kid', state: 'current', verifyUntil: null, fromJwtSecret: false } as unknown as RingKey;
+const CURRENT = { kid: 'current-kid', state: 'current', verifyUntil: null, verifiesUntilMs: null, fromJwtSecret: false } as unknown as RingKey;
 
 /** A ring whose every read of the keys takes `readMs` (a slow database), counting the reads. */
 function slowRing(readMs: number) {

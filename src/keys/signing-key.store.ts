@@ -6,7 +6,9 @@ import { importKeys, KeyMaterial, KeyState, PublicKeyMismatchError, RingKey } fr
 import type { SigningAlgorithm } from './signing-algorithm';
 
 /** A live key's row that does not open (SigningKeyStore.loadLive): what the row says of it, and why. */
-export type RefusedKey = Pick<RingKey, 'kid' | 'algorithm' | 'state' | 'fromJwtSecret' | 'activatedAt' | 'verifyUntil'> & { reason: string };
+export type RefusedKey = Pick<RingKey, 'kid' | 'algorithm' | 'state' | 'fromJwtSecret' | 'activatedAt' | 'verifyUntil' | 'verifiesUntilMs'> & {
+  reason: string;
+};
 
 /** A key as `keys list` shows it: everything but secrets. */
 export interface KeyListing {
@@ -58,7 +60,14 @@ export class SigningKeyStore {
    * them and why, for KeyRing to keep a copy it read before, or to leave them out.
    */
   async loadLive(em: EntityManager): Promise<{ keys: RingKey[]; refused: RefusedKey[] }> {
-    const rows = await rowsOf<KeyRow>(em, `SELECT * FROM "signing_keys" WHERE "state" <> 'retired'`);
+    // The deadline's time left by the database's clock, added to this process's clock as it was
+    // before the query went out: an estimate that errs early by the query's way there, never late.
+    const sentAtMs = Date.now();
+    const rows = await rowsOf<KeyRow & { verify_ms_left: number | null }>(
+      em,
+      `SELECT *, (extract(epoch FROM "verify_until" - clock_timestamp()) * 1000)::float8 AS "verify_ms_left"
+         FROM "signing_keys" WHERE "state" <> 'retired'`,
+    );
     const keys: RingKey[] = [];
     const refused: RefusedKey[] = [];
     for (const row of rows) {
@@ -69,6 +78,7 @@ export class SigningKeyStore {
         fromJwtSecret: row.from_jwt_secret,
         activatedAt: row.activated_at,
         verifyUntil: row.verify_until,
+        verifiesUntilMs: row.verify_ms_left === null ? null : sentAtMs + Number(row.verify_ms_left),
       };
       let privateBytes: Buffer;
       try {

@@ -22,7 +22,7 @@ export { Client, type ClientContext } from './common/client-context';
 
 // Services a host may call. Registration and login in-process, with the routes' rules and events:
 export { AccountsService, type NewAccount, type LoginCredentials, type IssuedTokens } from './auth/accounts.service';
-export { SessionsService, type IssuedSession, type EndSessionOptions, type SessionTarget } from './sessions/sessions.service';
+export { SessionsService, type IssuedSession, type OpenedSession, type EndSessionOptions, type SessionTarget } from './sessions/sessions.service';
 export { UserSessionsService } from './sessions/user-sessions.service';
 export { SessionMaintenanceService } from './sessions/session-maintenance.service';
 export { UsersService } from './users/users.service';

@@ -405,6 +405,40 @@ describe('session limit (e2e)', () => {
     assert.equal(events[0].metadata.reason, 'session_limit');
   });
 
+  it('forgets the sessions a login ended once the login commits: one read before the commit and cached is not honoured after the answer', async () => {
+    const user = await registerUser(t.http);
+    const [a, b, c] = [await login(t.http, user), await login(t.http, user), await login(t.http, user)];
+    await t.db.query(`UPDATE sessions SET last_seen_at = now() - interval '1 minute' WHERE id = $1`, [b.sessionId]);
+    // The login waits a second after ending b (its INSERT of the new session sleeps), and no
+    // NOTIFY comes back for b: what this instance knows of b's end is the login's own doing.
+    await t.db.query(`CREATE FUNCTION slow_login_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+                        BEGIN IF NEW.user_id = '${user.id}' THEN PERFORM pg_sleep(1); END IF; RETURN NEW; END $$`);
+    await t.db.query(`CREATE TRIGGER slow_login_insert BEFORE INSERT ON sessions FOR EACH ROW EXECUTE FUNCTION slow_login_insert()`);
+    await t.db.query(`ALTER TABLE sessions DISABLE TRIGGER sessions_notify_update`);
+    try {
+      const fourth = t.http
+        .post('/api/v1/auth/login')
+        .send({ email: user.email, password: user.password })
+        .then((res) => res);
+      const deadline = Date.now() + 10_000;
+      while (!(await t.db.query(`SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND wait_event = 'PgSleep'`)).length) {
+        assert.ok(Date.now() < deadline, 'the login sleeping after it ended b');
+        await sleep(10);
+      }
+      // b's end is not committed: this read finds b active, and this instance caches it.
+      assert.equal((await t.http.get('/api/v1/auth/session').set('Authorization', bearer(b))).status, 200);
+      assert.equal((await fourth).status, 200);
+      assert.equal((await sessionRow(t.db, b.sessionId))!.end_reason, 'session_limit');
+      // After the login's answer b is refused (until 0.29.0 the cached entry answered 200 until b's NOTIFY).
+      assert.equal((await t.http.get('/api/v1/auth/session').set('Authorization', bearer(b))).status, 401);
+      for (const s of [a, c]) assert.equal((await t.http.get('/api/v1/auth/session').set('Authorization', bearer(s))).status, 200);
+    } finally {
+      await t.db.query(`ALTER TABLE sessions ENABLE TRIGGER sessions_notify_update`);
+      await t.db.query(`DROP TRIGGER slow_login_insert ON sessions`);
+      await t.db.query(`DROP FUNCTION slow_login_insert()`);
+    }
+  });
+
   it('holds under 20 parallel logins of one user', async () => {
     const user = await registerUser(t.http);
     const otherCounters = `SELECT COALESCE(sum(failures), 0)::int AS failures, count(locked_until)::int AS locked FROM login_throttle WHERE key <> $1`;

@@ -93,6 +93,10 @@ export class AuthService {
       return opened;
     });
     if (!issued) return failed('password_changed');
+    // Once more after the commit, as endSessions() does after its own: a request of this
+    // instance that read a session this login ended (session_limit) before the commit may have
+    // cached it as active, and the NOTIFY comes back later (until 0.29.0 it was honoured meanwhile).
+    this.sessions.forgetEnded(issued.result.endedSessionIds);
     return this.tokenResponse(issued.result);
   }
 

@@ -30,6 +30,15 @@ export interface IssuedSession {
   refreshToken: string;
 }
 
+/** What open() answers: the new session, and those it ended to make room for it. */
+export interface OpenedSession extends IssuedSession {
+  /**
+   * Sessions ended (reason session_limit) in the caller's transaction: pass them to
+   * forgetEnded() once it commits, as endSessions() does after its own commit.
+   */
+  endedSessionIds: string[];
+}
+
 export interface EndSessionOptions {
   reason: SessionEndReason;
   event: AuditEventType;
@@ -173,8 +182,8 @@ export class SessionsService implements OnApplicationBootstrap, OnModuleDestroy 
    * events and the LOGIN event are appended to the chain in one step (one head lock, one
    * insert: the login path's round trips cost CPU that bcrypt would otherwise have).
    */
-  async open(em: EntityManager, userId: string, client: ClientContext, loginMetadata: AuditMetadata): Promise<IssuedSession> {
-    const madeRoom = this.maxPerUser > 0 ? await this.makeRoomForOneMore(em, userId, client) : [];
+  async open(em: EntityManager, userId: string, client: ClientContext, loginMetadata: AuditMetadata): Promise<OpenedSession> {
+    const madeRoom = this.maxPerUser > 0 ? await this.makeRoomForOneMore(em, userId, client) : { ids: [], events: [] };
     const refreshToken = generateRefreshToken();
     // auth_time is now(), the transaction's start like created_at's default: the login is the authentication.
     const { rows } = await sql<SessionRow>(
@@ -186,8 +195,8 @@ export class SessionsService implements OnApplicationBootstrap, OnModuleDestroy 
       [userId, this.idleTtl, this.absoluteTtl, hashRefreshToken(refreshToken), this.refreshTtl, client.ipAddress, client.userAgent],
     );
     const session = toEntity(rows[0]);
-    await this.audit.record(em, ...madeRoom, { type: 'LOGIN', userId, sessionId: session.id, client, metadata: loginMetadata });
-    return { session, refreshToken };
+    await this.audit.record(em, ...madeRoom.events, { type: 'LOGIN', userId, sessionId: session.id, client, metadata: loginMetadata });
+    return { session, refreshToken, endedSessionIds: madeRoom.ids };
   }
 
   /**
@@ -495,7 +504,7 @@ export class SessionsService implements OnApplicationBootstrap, OnModuleDestroy 
     return { ids: rows.map((r) => r.id), events };
   }
 
-  private async makeRoomForOneMore(em: EntityManager, userId: string, client: ClientContext): Promise<AuditEventInput[]> {
+  private async makeRoomForOneMore(em: EntityManager, userId: string, client: ClientContext): Promise<{ ids: string[]; events: AuditEventInput[] }> {
     // Locking the user row serialises this user's logins: two concurrent ones cannot both
     // count the same free place (a NO KEY UPDATE lock, so a concurrent refresh's audit insert,
     // which holds the very session this login may end, is not blocked). The sessions to end
@@ -513,13 +522,8 @@ export class SessionsService implements OnApplicationBootstrap, OnModuleDestroy 
           FOR UPDATE`,
       [userId, this.maxPerUser - 1],
     );
-    if (!rows.length) return [];
-    const { events } = await this.endWithoutRecording(
-      { sessionIds: rows.map((r) => r.id) },
-      { reason: 'session_limit', event: 'SESSION_REVOKED', client },
-      em,
-    );
-    return events;
+    if (!rows.length) return { ids: [], events: [] };
+    return this.endWithoutRecording({ sessionIds: rows.map((r) => r.id) }, { reason: 'session_limit', event: 'SESSION_REVOKED', client }, em);
   }
 
   /** Ends one session that is past its deadline; no-op when it is not (or already ended). */

@@ -55,4 +55,4 @@ export type { AuditEventEntity } from './audit/audit-event.entity';
 
 // The standalone service's HTTP setup (security headers, JSON-only bodies, access log, CORS,
 // Swagger UI), for a host that wants the same: configureApp(app, app.get(SESSIONARY_CONFIG)).
-export { configureApp, createFastifyAdapter } from './app.setup';
+export { configureApp, createFastifyAdapter, NEST_APP_OPTIONS } from './app.setup';

@@ -332,6 +332,37 @@ describe('Sessionary inside a host Nest app (e2e)', () => {
     assert.equal((await http.post('/host/ruled').send({ text: 1 })).status, 400, 'a broken rule');
   });
 
+  it("refuses a form-encoded or other non-JSON body on its routes with 415, though the host's app parses forms; the host's routes keep them", async () => {
+    const user = newUserInput();
+    // A plain HTML form on any web page posts this, without a CORS preflight (until 0.29.0: 201, then 200).
+    const form = new URLSearchParams({ username: user.username, email: user.email, password: user.password }).toString();
+    const registered = await http.post('/api/v1/auth/register').type('form').send(form);
+    assert.equal(registered.status, 415, JSON.stringify(registered.body));
+    assert.deepEqual(registered.body, {
+      statusCode: 415,
+      error: 'Unsupported Media Type',
+      message: 'Unsupported content type; send application/json',
+    });
+    const loginForm = new URLSearchParams({ email: user.email, password: user.password }).toString();
+    assert.equal((await http.post('/api/v1/auth/login').type('form').send(loginForm)).status, 415);
+    assert.equal((await http.post('/api/v1/auth/login').set('Content-Type', 'text/plain').send(JSON.stringify(user))).status, 415);
+    // Nothing was made: the account does not exist.
+    assert.equal((await http.post('/api/v1/auth/login').send({ email: user.email, password: user.password })).status, 401);
+    // JSON with parameters or in capitals is JSON; a body-less request passes whatever type it names.
+    const json = await http.post('/api/v1/auth/register').set('Content-Type', 'Application/JSON; charset=utf-8').send(JSON.stringify(user));
+    assert.equal(json.status, 201, JSON.stringify(json.body));
+    const token = (await http.post('/api/v1/auth/login').send({ email: user.email, password: user.password }).expect(200)).body.accessToken as string;
+    assert.equal(
+      (await http.get('/api/v1/auth/session').set('Authorization', `Bearer ${token}`).set('Content-Type', 'application/x-www-form-urlencoded'))
+        .status,
+      200,
+    );
+    // The host's own route takes the form its app parses.
+    const note = await http.post('/host/notes').type('form').send('text=hello');
+    assert.equal(note.status, 201, JSON.stringify(note.body));
+    assert.deepEqual(note.body.received, { text: 'hello' });
+  });
+
   it("keeps the host's default TypeORM data source the host's, and its own database its own", async () => {
     const databaseOf = async (dataSource: DataSource) =>
       ((await dataSource.query('SELECT current_database() AS name')) as Array<{ name: string }>)[0].name;

@@ -13,10 +13,9 @@ import {
   Req,
   StreamableFile,
   UseGuards,
-  UseFilters,
 } from '@nestjs/common';
 import type { FastifyRequest } from 'fastify';
-import { SessionaryRoutesFilter } from '../common/sessionary-routes.filter';
+import { SessionaryRoutes } from '../common/sessionary-routes.decorator';
 import {
   ApiBadRequestResponse,
   ApiBody,
@@ -64,8 +63,8 @@ const canonicalUuid: PipeTransform<string, string> = { transform: (id) => id.toL
 @ApiForbiddenResponse({ type: ErrorResponseDto, description: 'The caller is not an admin' })
 @Roles('admin')
 @UseGuards(RolesGuard)
-// Its routes answer as API.md says whatever global filters a host adds (SessionaryRoutesFilter).
-@UseFilters(SessionaryRoutesFilter)
+// Its routes answer as API.md says whatever global filters and body parsers a host app has.
+@SessionaryRoutes()
 @Controller('admin')
 export class AdminController {
   private readonly logger = new Logger(AdminController.name);

@@ -1,5 +1,5 @@
-import { Controller, Get, Query, UseFilters } from '@nestjs/common';
-import { SessionaryRoutesFilter } from '../common/sessionary-routes.filter';
+import { Controller, Get, Query } from '@nestjs/common';
+import { SessionaryRoutes } from '../common/sessionary-routes.decorator';
 import { ApiBadRequestResponse, ApiOkResponse, ApiOperation, ApiTags } from '@nestjs/swagger';
 import { AuthContext, CurrentAuth } from '../common/current-auth.decorator';
 import { AuthenticatedApi } from '../common/authenticated-api.decorator';
@@ -10,8 +10,8 @@ import { AuditQueryDto, toAuditQuery } from './dto/audit-query.dto';
 
 @ApiTags('audit')
 @AuthenticatedApi()
-// Its routes answer as API.md says whatever global filters a host adds (SessionaryRoutesFilter).
-@UseFilters(SessionaryRoutesFilter)
+// Its routes answer as API.md says whatever global filters and body parsers a host app has.
+@SessionaryRoutes()
 @Controller('audit')
 export class AuditController {
   constructor(private readonly audit: AuditService) {}

@@ -1,5 +1,5 @@
-import { Body, Controller, Get, Header, HttpCode, HttpStatus, Post, UseFilters } from '@nestjs/common';
-import { SessionaryRoutesFilter } from '../common/sessionary-routes.filter';
+import { Body, Controller, Get, Header, HttpCode, HttpStatus, Post } from '@nestjs/common';
+import { SessionaryRoutes } from '../common/sessionary-routes.decorator';
 import {
   ApiBadRequestResponse,
   ApiBearerAuth,
@@ -29,8 +29,8 @@ import { RegisterDto } from './dto/register.dto';
 import { TokenResponseDto } from './dto/token-response.dto';
 
 @ApiTags('auth')
-// Its routes answer as API.md says whatever global filters a host adds (SessionaryRoutesFilter).
-@UseFilters(SessionaryRoutesFilter)
+// Its routes answer as API.md says whatever global filters and body parsers a host app has.
+@SessionaryRoutes()
 @Controller('auth')
 export class AuthController {
   constructor(private readonly auth: AuthService) {}

@@ -1,5 +1,5 @@
-import { Body, Controller, HttpCode, HttpStatus, Put, UseFilters } from '@nestjs/common';
-import { SessionaryRoutesFilter } from '../common/sessionary-routes.filter';
+import { Body, Controller, HttpCode, HttpStatus, Put } from '@nestjs/common';
+import { SessionaryRoutes } from '../common/sessionary-routes.decorator';
 import {
   ApiBadRequestResponse,
   ApiBearerAuth,
@@ -22,8 +22,8 @@ import { ChangePasswordDto } from './dto/change-password.dto';
  */
 @ApiTags('users')
 @ApiBearerAuth()
-// Its routes answer as API.md says whatever global filters a host adds (SessionaryRoutesFilter).
-@UseFilters(SessionaryRoutesFilter)
+// Its routes answer as API.md says whatever global filters and body parsers a host app has.
+@SessionaryRoutes()
 @Controller('users/me')
 export class PasswordController {
   constructor(private readonly auth: AuthService) {}

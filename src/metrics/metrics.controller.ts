@@ -1,5 +1,5 @@
-import { Controller, Get, Header, NotFoundException, UseGuards, UseFilters } from '@nestjs/common';
-import { SessionaryRoutesFilter } from '../common/sessionary-routes.filter';
+import { Controller, Get, Header, NotFoundException, UseGuards } from '@nestjs/common';
+import { SessionaryRoutes } from '../common/sessionary-routes.decorator';
 import { ConfigService } from '@nestjs/config';
 import type { AppConfig } from '../config/config';
 import { ApiOkResponse, ApiOperation, ApiTags } from '@nestjs/swagger';
@@ -13,8 +13,8 @@ import { MetricsTokenGuard } from './metrics-token.guard';
 @Public()
 // Probes and scrapes are not a client's requests: they must not use up its limit or be refused.
 @SkipThrottle()
-// Its routes answer as API.md says whatever global filters a host adds (SessionaryRoutesFilter).
-@UseFilters(SessionaryRoutesFilter)
+// Its routes answer as API.md says whatever global filters and body parsers a host app has.
+@SessionaryRoutes()
 @Controller('metrics')
 @UseGuards(MetricsTokenGuard)
 export class MetricsController {

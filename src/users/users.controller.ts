@@ -1,5 +1,5 @@
-import { Body, Controller, Get, Patch, UseFilters } from '@nestjs/common';
-import { SessionaryRoutesFilter } from '../common/sessionary-routes.filter';
+import { Body, Controller, Get, Patch } from '@nestjs/common';
+import { SessionaryRoutes } from '../common/sessionary-routes.decorator';
 import { ApiBadRequestResponse, ApiConflictResponse, ApiOkResponse, ApiOperation, ApiTags, ApiTooManyRequestsResponse } from '@nestjs/swagger';
 import { Client, ClientContext } from '../common/client-context';
 import { AuthContext, CurrentAuth } from '../common/current-auth.decorator';
@@ -12,8 +12,8 @@ import { UsersService } from './users.service';
 
 @ApiTags('users')
 @AuthenticatedApi()
-// Its routes answer as API.md says whatever global filters a host adds (SessionaryRoutesFilter).
-@UseFilters(SessionaryRoutesFilter)
+// Its routes answer as API.md says whatever global filters and body parsers a host app has.
+@SessionaryRoutes()
 @Controller('users')
 export class UsersController {
   constructor(private readonly users: UsersService) {}

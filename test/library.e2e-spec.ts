@@ -16,7 +16,7 @@ import {
   UseGuards,
 } from '@nestjs/common';
 import { APP_FILTER } from '@nestjs/core';
-import { ConfigModule } from '@nestjs/config';
+import { ConfigModule, ConfigService } from '@nestjs/config';
 import { OnEvent } from '@nestjs/event-emitter';
 import { AuthGuard, PassportModule, PassportStrategy } from '@nestjs/passport';
 import { JwtModule, JwtService } from '@nestjs/jwt';
@@ -682,6 +682,46 @@ describe('Sessionary inside a host Nest app (e2e)', () => {
       unauthenticated(await http.get('/api/v1/users/me'));
     } finally {
       await own.close();
+    }
+  });
+
+  it("takes its options from the host's global ConfigService (forRootAsync with inject, no imports), not its own", { timeout: 60_000 }, async () => {
+    const databaseUrl = await emptyDatabase();
+    @Module({
+      imports: [
+        ScheduleModule.forRoot(),
+        ConfigModule.forRoot({
+          isGlobal: true,
+          ignoreEnvFile: true,
+          load: [() => ({ SESSIONARY_DATABASE: databaseUrl, ROUTES: 'from-host-config' })],
+        }),
+        SessionaryModule.forRootAsync({
+          inject: [ConfigService],
+          useFactory: (config: ConfigService) => ({
+            databaseUrl: config.getOrThrow<string>('SESSIONARY_DATABASE'),
+            routePrefix: config.getOrThrow<string>('ROUTES'),
+            ...secrets,
+            nodeEnv: 'test',
+            bcryptCost: 4,
+            rateLimitPerMinute: 0,
+          }),
+        }),
+      ],
+    })
+    class ConfiguredHostModule {}
+    // Until 0.29.0 the factory's ConfigService was looked up among Sessionary's own imports first,
+    // found Sessionary's (which needs the configuration being made), and the boot failed.
+    const moduleRef = await Test.createTestingModule({ imports: [ConfiguredHostModule] }).compile();
+    const app = moduleRef.createNestApplication<NestFastifyApplication>(new FastifyAdapter());
+    try {
+      await app.init();
+      await app.getHttpAdapter().getInstance().ready();
+      const hostHttp = request(app.getHttpServer());
+      const user = newUserInput();
+      // Served under the prefix the host's ConfigService gave: the factory had the host's (Sessionary's own has no ROUTES).
+      assert.equal((await hostHttp.post('/from-host-config/auth/register').send(user)).status, 201);
+    } finally {
+      await app.close();
     }
   });
 

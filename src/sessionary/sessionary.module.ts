@@ -65,6 +65,10 @@ class SessionaryRoutePrefix {
  * in its root module (see ScheduledJobsCheck). A process that boots the module only to run one
  * command passes `{ scheduledJobs: false }` (see SCHEDULED_JOBS).
  */
+/** Holds SESSIONARY_CONFIG, made with the host's imports (see SessionaryModule.withConfig). */
+@Module({})
+class SessionaryOptionsModule {}
+
 @Module({})
 export class SessionaryModule {
   static forRoot(options: SessionaryOptions, run: SessionaryProcessOptions = {}): DynamicModule {
@@ -94,12 +98,18 @@ export class SessionaryModule {
     { scheduledJobs = true, globalExceptionFilter = true }: SessionaryProcessOptions,
     imports: ModuleMetadata['imports'] = [],
   ): DynamicModule {
+    // The configuration in a module of its own, whose imports are the host's only: what its
+    // factory injects is looked up there and among the host's global modules. As a provider of
+    // this module it was looked up among this module's imports first, where SessionaryConfigModule's
+    // ConfigService (made from this very configuration) answered for a host's global
+    // ConfigService: a circular dependency, and no boot (until 0.29.0).
+    const options: DynamicModule = { module: SessionaryOptionsModule, imports, providers: [configProvider], exports: [SESSIONARY_CONFIG] };
     return {
       module: SessionaryModule,
       // The configuration is reachable from every Sessionary module, under its own token only.
       global: true,
       imports: [
-        ...imports,
+        options,
         TypeOrmModule.forRootAsync({
           // Named: a host's own default data source stays the host's.
           name: SESSIONARY_DATA_SOURCE,
@@ -154,7 +164,6 @@ export class SessionaryModule {
         MetricsModule,
       ],
       providers: [
-        configProvider,
         { provide: SCHEDULED_JOBS, useValue: scheduledJobs },
         ScheduledJobsCheck,
         SessionaryRoutePrefix,
@@ -166,7 +175,7 @@ export class SessionaryModule {
         { provide: APP_GUARD, useExisting: SessionGuard },
       ],
       // DatabaseOutageMonitor and AuditModule's RefusedRequestsTally: for SessionaryRoutesFilter on every controller.
-      exports: [SESSIONARY_CONFIG, SCHEDULED_JOBS, DatabaseOutageMonitor, AuthModule, UsersModule, SessionsModule, AuditModule, KeysModule],
+      exports: [options, SCHEDULED_JOBS, DatabaseOutageMonitor, AuthModule, UsersModule, SessionsModule, AuditModule, KeysModule],
     };
   }
 }

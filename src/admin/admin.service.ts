@@ -23,7 +23,6 @@ export class AdminService {
     return this.userSessions.listActive(userId);
   }
 
-  /** Ends every active session of a user, each with reason revoked_by_admin and the admin's id in its event. Answers how many. */
   /**
    * Whether the session that started a long answer (an audit export) may still have it: active
    * and an admin's. Asked again as the answer goes on, so that a logout, a revocation or a
@@ -35,11 +34,13 @@ export class AdminService {
     if (session.role !== 'admin') throw new ForbiddenException('No longer an admin');
   }
 
-  /** After the admin's step-up (a recent authentication, or the admin's current password); 404 for no such user. */
   /**
-   * The admin must still be one as the sessions end (read under the admin's row lock): demoted
-   * meanwhile (during the step-up's bcrypt check, say), the answer is the 403 RolesGuard gives,
-   * recorded as it records its refusals (ACCESS_DENIED), and nothing ends.
+   * Ends every active session of a user, each with reason revoked_by_admin and the admin's id in
+   * its event, and answers how many; after the admin's step-up (a recent authentication, or the
+   * admin's current password); 404 for no such user. The admin must still be one as the
+   * sessions end (read under the admin's row lock): demoted meanwhile (during the step-up's
+   * bcrypt check, say), the answer is the 403 RolesGuard gives, recorded as it records its
+   * refusals (ACCESS_DENIED), and nothing ends.
    */
   async revokeUserSessions(
     userId: string,

@@ -17,6 +17,11 @@ class Routes {
   probe(): void {}
   @Throttle({ default: { limit: () => 1 } })
   computed(): void {}
+  // What a host writes to limit guesses per account rather than per address.
+  @Throttle({ default: { limit: 2, ttl: 60_000, getTracker: (req) => String((req as { body?: { email?: string } }).body?.email) } })
+  perEmail(): void {}
+  @Throttle({ default: { generateKey: () => 'everyone' } })
+  oneForAll(): void {}
 }
 
 @SkipThrottle()
@@ -47,10 +52,10 @@ function setUp(options: ThrottlerModuleOptions = OPTIONS) {
     new PgThrottlerStorage({} as DataSource, { get: () => 'a-pepper-for-the-counter-keys' } as unknown as ConfigService<AppConfig, true>),
     new Reflector(),
   );
-  const call = (cls: new () => object, method: string, ip = '203.0.113.7') => {
+  const call = (cls: new () => object, method: string, ip = '203.0.113.7', body?: object) => {
     const reply = new RecordingReply();
     const handler = (cls.prototype as Record<string, () => void>)[method];
-    const context = new ExecutionContextHost([{ ip, headers: {} }, reply], cls as never, handler);
+    const context = new ExecutionContextHost([{ ip, headers: {}, body }, reply], cls as never, handler);
     // Routes whose settings are numbers are decided synchronously: a boolean, not a promise.
     const activate = (): boolean => {
       const decided = guard.canActivate(context);
@@ -127,6 +132,23 @@ describe('RateLimitGuard', () => {
     const off = call(Routes, 'open');
     for (let i = 0; i < 10; i++) assert.equal(off.activate(), true);
     assert.deepEqual(off.reply.sent, {});
+  });
+
+  it("counts what a route's @Throttle getTracker or generateKey makes of the request, as @nestjs/throttler does, not its address", async () => {
+    const { call } = setUp();
+    // Two guesses at one account from two addresses, then a third from a third: refused.
+    assert.equal(await call(Routes, 'perEmail', '203.0.113.1', { email: 'ada@example.com' }).activateLater(), true);
+    assert.equal(await call(Routes, 'perEmail', '203.0.113.2', { email: 'ada@example.com' }).activateLater(), true);
+    await assert.rejects(async () => call(Routes, 'perEmail', '203.0.113.3', { email: 'ada@example.com' }).activateLater(), ThrottlerException);
+    // Another account from the first address is counted apart (until 0.29.0 all four were one address's count each).
+    const other = call(Routes, 'perEmail', '203.0.113.1', { email: 'bob@example.com' });
+    assert.equal(await other.activateLater(), true);
+    assert.equal(other.reply.sent['x-ratelimit-remaining'], 1);
+    // One key for every client: the module's limit (3) over all addresses together.
+    for (const ip of ['198.51.100.1', '198.51.100.2', '198.51.100.3']) assert.equal(await call(Routes, 'oneForAll', ip).activateLater(), true);
+    await assert.rejects(async () => call(Routes, 'oneForAll', '198.51.100.4').activateLater(), ThrottlerException);
+    // The shared per-address count is not theirs: the first address still has all of it.
+    assert.equal(call(Routes, 'open', '198.51.100.1').activate(), true);
   });
 
   it('resolves a setting given as a function on every request, as @nestjs/throttler does', async () => {

@@ -1,8 +1,23 @@
 import { createHash } from 'node:crypto';
 import { CanActivate, ExecutionContext, Injectable } from '@nestjs/common';
 import { Reflector } from '@nestjs/core';
-import { InjectThrottlerOptions, normalizeIp, ThrottlerException, type ThrottlerModuleOptions, type ThrottlerOptions } from '@nestjs/throttler';
-import { THROTTLER_BLOCK_DURATION, THROTTLER_LIMIT, THROTTLER_SKIP, THROTTLER_TTL } from '@nestjs/throttler/dist/throttler.constants';
+import {
+  InjectThrottlerOptions,
+  normalizeIp,
+  ThrottlerException,
+  type ThrottlerGenerateKeyFunction,
+  type ThrottlerGetTrackerFunction,
+  type ThrottlerModuleOptions,
+  type ThrottlerOptions,
+} from '@nestjs/throttler';
+import {
+  THROTTLER_BLOCK_DURATION,
+  THROTTLER_KEY_GENERATOR,
+  THROTTLER_LIMIT,
+  THROTTLER_SKIP,
+  THROTTLER_TRACKER,
+  THROTTLER_TTL,
+} from '@nestjs/throttler/dist/throttler.constants';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { withoutPort } from '../common/client-context';
 import type { CounterSettings } from './rate-limit-counters';
@@ -25,6 +40,16 @@ interface RouteThrottler {
   keyPrefix: string;
   settings?: CounterSettings;
   resolve?: (context: ExecutionContext) => Promise<CounterSettings>;
+  /** What the route's @Throttle getTracker/generateKey make of the request, counted instead of its client address. */
+  counterKey?: (context: ExecutionContext) => Promise<string>;
+}
+
+/** A throttler as count() takes it: settings resolved, and the request's key when not its client address. */
+interface Counting {
+  name: string;
+  keyPrefix: string;
+  settings: CounterSettings;
+  counterKey?: string;
 }
 
 /**
@@ -82,10 +107,14 @@ export class RateLimitGuard implements CanActivate {
     if (!isHttp(context)) return true;
     const throttlers = this.throttlersOf(context);
     if (!throttlers.length || this.skipIf?.(context)) return true;
-    if (throttlers.every((t) => t.settings))
-      return this.count(context, throttlers as Array<Required<Pick<RouteThrottler, 'name' | 'keyPrefix' | 'settings'>>>);
+    if (throttlers.every((t) => t.settings && !t.counterKey)) return this.count(context, throttlers as Counting[]);
     return Promise.all(
-      throttlers.map(async ({ name, keyPrefix, settings, resolve }) => ({ name, keyPrefix, settings: settings ?? (await resolve!(context)) })),
+      throttlers.map(async ({ name, keyPrefix, settings, resolve, counterKey }) => ({
+        name,
+        keyPrefix,
+        settings: settings ?? (await resolve!(context)),
+        counterKey: await counterKey?.(context),
+      })),
     ).then((resolved) => this.count(context, resolved));
   }
 
@@ -111,15 +140,15 @@ export class RateLimitGuard implements CanActivate {
     }
   }
 
-  private count(context: ExecutionContext, throttlers: Array<{ name: string; keyPrefix: string; settings: CounterSettings }>): true {
+  private count(context: ExecutionContext, throttlers: Counting[]): true {
     const http = context.switchToHttp();
     const request = http.getRequest<FastifyRequest & { [COUNTED]?: true }>();
     // Before any 429 is thrown: the answer to this request must not count it again.
     request[COUNTED] = true;
     const client = normalizeIp(withoutPort(request.ip));
     const reply = http.getResponse<FastifyReply>();
-    for (const { name, keyPrefix, settings } of throttlers) {
-      const decision = this.storage.hit(`${keyPrefix}${client}`, settings);
+    for (const { name, keyPrefix, settings, counterKey } of throttlers) {
+      const decision = this.storage.hit(`${keyPrefix}${counterKey ?? client}`, settings);
       const suffix = name === 'default' ? '' : `-${name}`;
       // While blocked, Remaining is 0 and Reset is the end of the block, like Retry-After, so a
       // client pacing itself by the headers sees when it may send again.
@@ -159,18 +188,34 @@ export class RateLimitGuard implements CanActivate {
     for (const throttler of this.throttlers) {
       const name = throttler.name ?? 'default';
       if (routeValue(THROTTLER_SKIP, name)) continue;
-      const own = [THROTTLER_LIMIT, THROTTLER_TTL, THROTTLER_BLOCK_DURATION].some((key) => routeValue(key, name) !== undefined);
+      const getTracker = routeValue(THROTTLER_TRACKER, name) as ThrottlerGetTrackerFunction | undefined;
+      const generateKey = routeValue(THROTTLER_KEY_GENERATOR, name) as ThrottlerGenerateKeyFunction | undefined;
+      const own = [THROTTLER_LIMIT, THROTTLER_TTL, THROTTLER_BLOCK_DURATION, THROTTLER_TRACKER, THROTTLER_KEY_GENERATOR].some(
+        (key) => routeValue(key, name) !== undefined,
+      );
       const keyPrefix = own ? `${name}:${routeKey(classRef, handler)}:` : `${name}:`;
+      // A route's getTracker and generateKey, as in @nestjs/throttler: what is counted is what they
+      // make of the request (an email in the body, say), not its client address (until 0.29.0
+      // they were ignored, and such a route counted per address).
+      const counterKey =
+        getTracker || generateKey
+          ? async (context: ExecutionContext): Promise<string> => {
+              const request = context.switchToHttp().getRequest<FastifyRequest>();
+              const tracker = getTracker ? String(await getTracker(request, context)) : normalizeIp(withoutPort(request.ip));
+              return generateKey ? String(await generateKey(context, tracker, name)) : tracker;
+            }
+          : undefined;
       const limit = (routeValue(THROTTLER_LIMIT, name) ?? throttler.limit) as Resolvable;
       const ttl = (routeValue(THROTTLER_TTL, name) ?? throttler.ttl) as Resolvable;
       const blockDuration = (routeValue(THROTTLER_BLOCK_DURATION, name) ?? throttler.blockDuration) as Resolvable | undefined;
       if (typeof limit === 'number' && typeof ttl === 'number' && typeof blockDuration !== 'function') {
-        applying.push({ name, keyPrefix, settings: settings(name, limit, ttl, blockDuration ?? ttl) });
+        applying.push({ name, keyPrefix, settings: settings(name, limit, ttl, blockDuration ?? ttl), counterKey });
       } else {
         const valueOf = async (value: Resolvable, context: ExecutionContext) => (typeof value === 'function' ? value(context) : value);
         applying.push({
           name,
           keyPrefix,
+          counterKey,
           resolve: async (context) => {
             const resolvedTtl = await valueOf(ttl, context);
             return settings(

@@ -1,10 +1,12 @@
 import assert from 'node:assert/strict';
+import { randomUUID } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
 import { Client } from 'pg';
 import { sleep } from './helpers/factories';
 import { CapturingLogger } from './helpers/capturing-logger';
 import { createTestApp, databaseForThisFile, TEST_PASSWORD_PEPPER, TestApp } from './helpers/test-app';
 import { counterKeyDigest } from '../src/common/counter-key-digest';
+import { PgThrottlerStorage } from '../src/rate-limit/pg-throttler.storage';
 
 /** The row of rate_limits that counts the general limit of `ip`: a keyed digest, never the address. */
 const rowKey = (ip: string) => counterKeyDigest(TEST_PASSWORD_PEPPER)(`default:${ip}`);
@@ -90,6 +92,40 @@ describe('request limit: no database write per request (e2e)', () => {
     await t.close();
     assert.equal(await writes.count(), 1);
     assert.equal(await storedHits(client, ip), 200);
+  });
+});
+
+describe('request limit: a window begins at its first hit, not at the sync that stores it (e2e)', () => {
+  it("stores the window's end a ttl after the first hit", async () => {
+    // No sync but the one below.
+    const t = await createTestApp({ RATE_LIMIT_PER_MINUTE: '1000', RATE_LIMIT_SYNC_INTERVAL: '60000' });
+    try {
+      const storage = t.app.get(PgThrottlerStorage);
+      const key = `window-age-${randomUUID()}`;
+      storage.hit(key, { ttl: 60_000, limit: 100, blockDuration: 60_000 });
+      await sleep(700);
+      await storage.sync();
+      const [{ left }] = await t.db.query(
+        `SELECT (extract(epoch FROM window_ends_at - now()) * 1000)::float8 AS left FROM rate_limits WHERE key = $1`,
+        [counterKeyDigest(TEST_PASSWORD_PEPPER)(key)],
+      );
+      // About 59.3 s left (until 0.29.0: 60 s, from the sync).
+      assert.ok(left <= 60_000 - 600 && left > 60_000 - 5_000, `${left} ms left`);
+      // A host's @Throttle of 30 days with a fractional limit is stored too (until 0.29.0 its
+      // milliseconds overflowed int4, and its batch failed on every sync).
+      const monthly = `monthly-${randomUUID()}`;
+      for (let i = 0; i < 3; i++) storage.hit(monthly, { ttl: 30 * 86_400_000, limit: 2.5, blockDuration: 30 * 86_400_000 });
+      const failuresBefore = storage.syncHealth.failures;
+      await storage.sync();
+      assert.equal(storage.syncHealth.failures, failuresBefore);
+      const [stored] = await t.db.query(
+        `SELECT hits, round(extract(epoch FROM window_ends_at - now()) / 86400) AS days, blocked_until IS NOT NULL AS blocked FROM rate_limits WHERE key = $1`,
+        [counterKeyDigest(TEST_PASSWORD_PEPPER)(monthly)],
+      );
+      assert.deepEqual({ ...stored, days: Number(stored.days) }, { hits: 3, days: 30, blocked: true });
+    } finally {
+      await t.close();
+    }
   });
 });
 

@@ -107,25 +107,29 @@ export class PgThrottlerStorage implements ThrottlerStorage {
     const { rows } = await sql<MergedRow>(
       this.dataSource.manager,
       // The same window and block rules as one hit at a time, with a batch's hits added at once.
+      // Settings as float8: a host's @Throttle may say 30 days (over int4's milliseconds) or a
+      // fractional limit, which as int parameters failed the batch on every tick (until 0.29.0).
       // In DO UPDATE every expression sees the old row (r), so the block decision repeats the
       // new count. ORDER BY: instances lock the rows in one order, so two syncs cannot deadlock.
+      // A window the statement starts (a new key, or one whose window ended) began when its
+      // first hit came, age_ms before (BatchEntry.windowAgeMs), not now.
       `INSERT INTO rate_limits AS r (key, hits, window_ends_at, blocked_until)
-       SELECT d.key, d.hits, now() + make_interval(secs => $3 / 1000.0),
-              CASE WHEN d.hits > $4 THEN now() + make_interval(secs => $5 / 1000.0) END
-       FROM unnest($1::text[], $2::int[]) AS d(key, hits)
+       SELECT d.key, d.hits, now() + make_interval(secs => ($3::float8 - d.age_ms) / 1000),
+              CASE WHEN d.hits > $4::float8 THEN now() + make_interval(secs => $5::float8 / 1000) END
+       FROM unnest($1::text[], $2::int[], $6::float8[]) AS d(key, hits, age_ms)
        ORDER BY d.key
        ON CONFLICT (key) DO UPDATE SET
          hits = CASE WHEN r.window_ends_at <= now() THEN excluded.hits ELSE r.hits + excluded.hits END,
          window_ends_at = CASE WHEN r.window_ends_at <= now() THEN excluded.window_ends_at ELSE r.window_ends_at END,
          blocked_until = CASE
            WHEN r.blocked_until > now() THEN r.blocked_until
-           WHEN (CASE WHEN r.window_ends_at <= now() THEN excluded.hits ELSE r.hits + excluded.hits END) > $4
-             THEN now() + make_interval(secs => $5 / 1000.0)
+           WHEN (CASE WHEN r.window_ends_at <= now() THEN excluded.hits ELSE r.hits + excluded.hits END) > $4::float8
+             THEN now() + make_interval(secs => $5::float8 / 1000)
          END
        RETURNING key, hits,
-                 (extract(epoch FROM window_ends_at - now()) * 1000)::int AS window_ms,
-                 coalesce((extract(epoch FROM blocked_until - now()) * 1000)::int, 0) AS blocked_ms`,
-      [[...keyOfRow.keys()], entries.map((e) => e.hits), settings.ttl, settings.limit, settings.blockDuration],
+                 (extract(epoch FROM window_ends_at - now()) * 1000)::float8 AS window_ms,
+                 coalesce((extract(epoch FROM blocked_until - now()) * 1000)::float8, 0) AS blocked_ms`,
+      [[...keyOfRow.keys()], entries.map((e) => e.hits), settings.ttl, settings.limit, settings.blockDuration, entries.map((e) => e.windowAgeMs)],
     );
     return rows.map((r) => ({ key: keyOfRow.get(r.key)!, hits: r.hits, windowMs: r.window_ms, blockedMs: r.blocked_ms }));
   }

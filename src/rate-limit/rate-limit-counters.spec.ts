@@ -29,12 +29,12 @@ class FakeTable {
   merge(batch: SyncBatch): SyncedRow[] {
     const now = this.clock.now;
     const { ttl, limit, blockDuration } = batch.settings;
-    return batch.entries.map(({ key, hits }) => {
+    return batch.entries.map(({ key, hits, windowAgeMs }) => {
       const old = this.rows.get(key);
       const fresh = !old || old.windowEndsAt <= now;
       const total = fresh ? hits : old.hits + hits;
       const blockedUntil = old && old.blockedUntil > now ? old.blockedUntil : total > limit ? now + blockDuration : 0;
-      const row = { hits: total, windowEndsAt: fresh ? now + ttl : old.windowEndsAt, blockedUntil };
+      const row = { hits: total, windowEndsAt: fresh ? now - windowAgeMs + ttl : old.windowEndsAt, blockedUntil };
       this.rows.set(key, row);
       return { key, hits: row.hits, windowMs: row.windowEndsAt - now, blockedMs: Math.max(0, row.blockedUntil - now) };
     });
@@ -46,6 +46,32 @@ class FakeTable {
 }
 
 describe('RateLimitCounters', () => {
+  it("sends with a key's hits how long ago their window began, so that the database's window begins at the first hit, not at the sync", () => {
+    const { c, clock } = counters();
+    c.hit('ip', SETTINGS);
+    clock.now += 900;
+    c.hit('ip', SETTINGS);
+    const [entry] = take(c).entries;
+    assert.equal(entry.windowAgeMs, 900);
+  });
+
+  it('never refuses a client steady under the limit, however long the sync interval (each window holds ttl of hits, not ttl and an interval)', () => {
+    const { c, clock } = counters();
+    const table = new FakeTable(clock);
+    // 60 a minute allowed; one hit every 1.05 s is at most 58 in any minute. Synced every 10 s:
+    // until 0.29.0 each window began at a sync, up to 10 s after its first hit, and held 66.
+    const settings = { ttl: 60_000, limit: 60, blockDuration: 60_000 };
+    let nextSync = clock.now + 10_000;
+    for (let i = 0; i < 300; i++) {
+      assert.equal(c.hit('steady', settings).isBlocked, false, `hit ${i}`);
+      clock.now += 1050;
+      if (clock.now >= nextSync) {
+        for (const batch of c.takeBatches()) c.applySynced(batch, table.merge(batch));
+        nextSync += 10_000;
+      }
+    }
+  });
+
   it('counts hits in a window and blocks the hit beyond the limit for blockDuration', () => {
     const { c } = counters();
     const seen = [1, 2, 3, 4].map(() => c.hit('ip', SETTINGS));

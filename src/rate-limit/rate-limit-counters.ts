@@ -20,6 +20,12 @@ export interface BatchEntry {
   key: string;
   hits: number;
   generation: number;
+  /**
+   * How long ago (ms) the window these hits belong to began here: a window the database starts
+   * with them began then, not at the sync (until 0.29.0 it did, and each window held up to a
+   * sync interval's hits more than `ttl`: a client steady just under the limit was refused).
+   */
+  windowAgeMs: number;
 }
 
 /** The keys of one throttler configuration, sent in one statement. */
@@ -46,6 +52,8 @@ interface Counter {
   inFlight: number;
   /** Hits of this window not sent yet. */
   unsynced: number;
+  /** When the window began: the first hit, or (after a sync) when the database's began. */
+  windowStartedAt: number;
   windowEndsAt: number;
   blockedUntil: number;
   /** Counts local roll-overs, so that a failed sync does not bring old hits into a new window. */
@@ -106,6 +114,7 @@ export class RateLimitCounters {
    * must hand each batch back to `applySynced` or `syncFailed` before taking the next.
    */
   takeBatches(): SyncBatch[] {
+    const now = this.now();
     const groups = new Map<string, SyncBatch>();
     for (const key of this.dirty) {
       const counter = this.counters.get(key);
@@ -114,7 +123,12 @@ export class RateLimitCounters {
       const id = `${ttl}:${limit}:${blockDuration}`;
       let batch = groups.get(id);
       if (!batch) groups.set(id, (batch = { settings: counter.settings, entries: [] }));
-      const entry: BatchEntry = { key, hits: counter.unsynced, generation: counter.generation };
+      const entry: BatchEntry = {
+        key,
+        hits: counter.unsynced,
+        generation: counter.generation,
+        windowAgeMs: Math.max(0, now - counter.windowStartedAt),
+      };
       this.sources.set(entry, counter);
       batch.entries.push(entry);
       counter.inFlight += counter.unsynced;
@@ -135,6 +149,7 @@ export class RateLimitCounters {
       counter.inFlight -= entry.hits;
       counter.base = row.hits;
       counter.windowEndsAt = now + Math.max(0, row.windowMs);
+      counter.windowStartedAt = counter.windowEndsAt - batch.settings.ttl;
       // The database's block is everyone's; a block decided here may be longer and stays.
       if (row.blockedMs > 0) counter.blockedUntil = Math.max(counter.blockedUntil, now + row.blockedMs);
     }
@@ -176,7 +191,16 @@ export class RateLimitCounters {
       this.counters.delete(oldest);
       this.dirty.delete(oldest);
     }
-    const counter: Counter = { base: 0, inFlight: 0, unsynced: 0, windowEndsAt: now + settings.ttl, blockedUntil: 0, generation: 0, settings };
+    const counter: Counter = {
+      base: 0,
+      inFlight: 0,
+      unsynced: 0,
+      windowStartedAt: now,
+      windowEndsAt: now + settings.ttl,
+      blockedUntil: 0,
+      generation: 0,
+      settings,
+    };
     this.counters.set(key, counter);
     return counter;
   }
@@ -184,6 +208,7 @@ export class RateLimitCounters {
   private rollOver(key: string, counter: Counter, now: number, ttl: number): void {
     counter.base = -counter.inFlight;
     counter.unsynced = 0;
+    counter.windowStartedAt = now;
     counter.windowEndsAt = now + ttl;
     counter.generation++;
     // Re-inserted so that the map stays ordered by window start, oldest first.

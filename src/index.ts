@@ -25,7 +25,7 @@ export { AccountsService, type NewAccount, type LoginCredentials, type IssuedTok
 export { SessionsService, type IssuedSession, type OpenedSession, type EndSessionOptions, type SessionTarget } from './sessions/sessions.service';
 export { UserSessionsService } from './sessions/user-sessions.service';
 export { SessionMaintenanceService } from './sessions/session-maintenance.service';
-export { UsersService } from './users/users.service';
+export { UsersService, type LockedPasswordAccount } from './users/users.service';
 export { AuditService, type AuditEventInput, type AuditFilter, type AuditQuery, type AuditPage } from './audit/audit.service';
 export { AUDIT_EVENT_TYPES, type AuditEventType, type AuditMetadata } from './audit/audit-event.entity';
 export type { SessionEndReason } from './sessions/session.entity';

@@ -11,26 +11,32 @@ export const JSON_ONLY_MESSAGE = 'Unsupported content type; send application/jso
  * routes took them: any web page could make its visitors' browsers post a plain HTML form to
  * the login or the registration (no CORS preflight for a form), guessing passwords and locking
  * accounts from their addresses (until 0.29.0). On Sessionary's routes only: the host's own
- * routes keep whatever bodies the host takes. A request without a body passes whatever type it
- * names, as registerRequestHygiene lets it.
+ * routes keep whatever bodies the host takes. What has a body is what Fastify parses one for:
+ * a GET or HEAD never; another method whenever it names a content type, but for an HTTP/1
+ * request that says it has none (Content-Length 0, or neither it nor Transfer-Encoding), as
+ * registerRequestHygiene drops the type of such a request; a body without a type is refused
+ * when a parser of the host's took it anyway (a catch-all).
  */
 @Injectable()
 export class JsonBodiesOnlyGuard implements CanActivate {
   canActivate(context: ExecutionContext): boolean {
     if (context.getType() !== 'http') return true;
-    const { headers } = context.switchToHttp().getRequest<FastifyRequest>();
-    const type = headers['content-type'];
-    if (type === undefined || !hasBody(headers)) return true;
-    if (mediaType(type) !== 'application/json') throw new UnsupportedMediaTypeException(JSON_ONLY_MESSAGE);
+    const request = context.switchToHttp().getRequest<FastifyRequest>();
+    if (request.method === 'GET' || request.method === 'HEAD') return true;
+    const type = request.headers['content-type'];
+    const refused =
+      type === undefined ? request.body !== undefined && request.body !== null : mayHaveBody(request) && mediaType(type) !== 'application/json';
+    if (refused) throw new UnsupportedMediaTypeException(JSON_ONLY_MESSAGE);
     return true;
   }
 }
 
-/** RFC 9112, 6.3: a body is there when Transfer-Encoding says so or Content-Length is above 0. */
-function hasBody(headers: FastifyRequest['headers']): boolean {
+/** RFC 9112, 6.3: an HTTP/1 request without Content-Length above 0 or Transfer-Encoding has none; HTTP/2 frames may carry one whatever. */
+function mayHaveBody({ headers, raw }: FastifyRequest): boolean {
   if (headers['transfer-encoding'] !== undefined) return true;
   const length = headers['content-length'];
-  return length !== undefined && length !== '0';
+  if (length !== undefined) return length !== '0';
+  return raw.httpVersionMajor >= 2;
 }
 
 /** The type and subtype, lower-cased, without parameters ("application/json; charset=utf-8"). */

@@ -119,7 +119,7 @@ export class KeyRing implements OnModuleInit, OnApplicationShutdown {
   }
 
   /**
-   * Until when (ms since the epoch, on this process's clock: Date.now() is compared with it) the
+   * Until when (ms since the epoch, on this process's wall clock, as Date.now() counts now) the
    * key verificationKey() gives for this algorithm and kid verifies: a retiring or stopped key's
    * verify_until as the database counts it (RingKey.verifiesUntilMs), Infinity for the others,
    * 0 when there is none.
@@ -127,7 +127,8 @@ export class KeyRing implements OnModuleInit, OnApplicationShutdown {
   verifiesUntil(algorithm: unknown, kid: unknown): number {
     if (!this.verificationKey(algorithm, kid)) return 0;
     const key = kid === undefined ? this.kidless! : this.byKid.get(kid as string)!;
-    return key.verifiesUntilMs ?? Infinity;
+    // On the wall clock, as the token's exp it is compared with beside it (JwtStrategy).
+    return key.verifiesUntilMs === null ? Infinity : Date.now() + (key.verifiesUntilMs - performance.now());
   }
 
   /** The public keys of the next, current and retiring asymmetric keys (RFC 7517 JWK members only). */
@@ -290,5 +291,5 @@ export class KeyRing implements OnModuleInit, OnApplicationShutdown {
  * are refused everywhere, until a rotation makes another key current).
  */
 function verifiesNow(key: RingKey): boolean {
-  return key.verifiesUntilMs === null || Date.now() < key.verifiesUntilMs;
+  return key.verifiesUntilMs === null || performance.now() < key.verifiesUntilMs;
 }

@@ -60,9 +60,9 @@ export class SigningKeyStore {
    * them and why, for KeyRing to keep a copy it read before, or to leave them out.
    */
   async loadLive(em: EntityManager): Promise<{ keys: RingKey[]; refused: RefusedKey[] }> {
-    // The deadline's time left by the database's clock, added to this process's clock as it was
-    // before the query went out: an estimate that errs early by the query's way there, never late.
-    const sentAtMs = Date.now();
+    // The deadline's time left by the database's clock, added to this process's monotonic clock as
+    // it was before the query went out: an estimate that errs early by the query's way there, never late.
+    const sentAtMs = performance.now();
     const rows = await rowsOf<KeyRow & { verify_ms_left: number | null }>(
       em,
       `SELECT *, (extract(epoch FROM "verify_until" - clock_timestamp()) * 1000)::float8 AS "verify_ms_left"

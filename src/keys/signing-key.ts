@@ -29,11 +29,11 @@ export interface RingKey {
   /** Retiring keys verify until then (every token they signed has expired by then): the row's value. */
   verifyUntil: Date | null;
   /**
-   * verify_until on this process's clock (as Date.now() counts): the database's time left when
-   * the ring was read, counted from just before the read was sent, so never later than the
-   * database's deadline however far this machine's clock is off (until 0.29.0 verify_until was
-   * compared with Date.now(), and an instance whose clock ran behind the database's went on
-   * verifying a stopped key for as long).
+   * verify_until on this process's monotonic clock (performance.now()): the database's time
+   * left when the ring was read, counted from just before the read was sent, so never later
+   * than the database's deadline however far this machine's wall clock is off, or is stepped
+   * meanwhile (until 0.29.0 verify_until was compared with Date.now(), and an instance whose
+   * clock ran behind the database's went on verifying a stopped key for as long).
    */
   verifiesUntilMs: number | null;
 }

@@ -79,7 +79,7 @@ export class PgThrottlerStorage implements ThrottlerStorage {
     let failed = false;
     for (const batch of this.counters.takeBatches()) {
       try {
-        this.counters.applySynced(batch, await this.merge(batch));
+        this.counters.applySynced(batch, await this.merge(batch, this.counters.windowAgesMs(batch)));
         if (this.failing) {
           this.failing = false;
           this.logger.log('Rate-limit sync with PostgreSQL works again');
@@ -101,7 +101,7 @@ export class PgThrottlerStorage implements ThrottlerStorage {
     if (!failed) this.syncHealth.succeeded();
   }
 
-  private async merge({ settings, entries }: SyncBatch): Promise<SyncedRow[]> {
+  private async merge({ settings, entries }: SyncBatch, windowAgesMs: number[]): Promise<SyncedRow[]> {
     // Digested off the request path, once a key a sync: requests count under the key itself, in memory.
     const keyOfRow = new Map(entries.map((e) => [this.digest(e.key), e.key]));
     const { rows } = await sql<MergedRow>(
@@ -112,7 +112,7 @@ export class PgThrottlerStorage implements ThrottlerStorage {
       // In DO UPDATE every expression sees the old row (r), so the block decision repeats the
       // new count. ORDER BY: instances lock the rows in one order, so two syncs cannot deadlock.
       // A window the statement starts (a new key, or one whose window ended) began when its
-      // first hit came, age_ms before (BatchEntry.windowAgeMs), not now.
+      // first hit came, age_ms before (RateLimitCounters.windowAgesMs), not now.
       `INSERT INTO rate_limits AS r (key, hits, window_ends_at, blocked_until)
        SELECT d.key, d.hits, now() + make_interval(secs => ($3::float8 - d.age_ms) / 1000),
               CASE WHEN d.hits > $4::float8 THEN now() + make_interval(secs => $5::float8 / 1000) END
@@ -129,7 +129,7 @@ export class PgThrottlerStorage implements ThrottlerStorage {
        RETURNING key, hits,
                  (extract(epoch FROM window_ends_at - now()) * 1000)::float8 AS window_ms,
                  coalesce((extract(epoch FROM blocked_until - now()) * 1000)::float8, 0) AS blocked_ms`,
-      [[...keyOfRow.keys()], entries.map((e) => e.hits), settings.ttl, settings.limit, settings.blockDuration, entries.map((e) => e.windowAgeMs)],
+      [[...keyOfRow.keys()], entries.map((e) => e.hits), settings.ttl, settings.limit, settings.blockDuration, windowAgesMs],
     );
     return rows.map((r) => ({ key: keyOfRow.get(r.key)!, hits: r.hits, windowMs: r.window_ms, blockedMs: r.blocked_ms }));
   }

@@ -21,11 +21,12 @@ export interface BatchEntry {
   hits: number;
   generation: number;
   /**
-   * How long ago (ms) the window these hits belong to began here: a window the database starts
-   * with them began then, not at the sync (until 0.29.0 it did, and each window held up to a
-   * sync interval's hits more than `ttl`: a client steady just under the limit was refused).
+   * When (on the counters' clock) the window these hits belong to began here: a window the
+   * database starts with them began then, not at the sync (until 0.29.0 it did, and each
+   * window held up to a sync interval's hits more than `ttl`: a client steady just under the
+   * limit was refused). See windowAgesMs.
    */
-  windowAgeMs: number;
+  windowStartedAt: number;
 }
 
 /** The keys of one throttler configuration, sent in one statement. */
@@ -114,7 +115,6 @@ export class RateLimitCounters {
    * must hand each batch back to `applySynced` or `syncFailed` before taking the next.
    */
   takeBatches(): SyncBatch[] {
-    const now = this.now();
     const groups = new Map<string, SyncBatch>();
     for (const key of this.dirty) {
       const counter = this.counters.get(key);
@@ -127,7 +127,7 @@ export class RateLimitCounters {
         key,
         hits: counter.unsynced,
         generation: counter.generation,
-        windowAgeMs: Math.max(0, now - counter.windowStartedAt),
+        windowStartedAt: counter.windowStartedAt,
       };
       this.sources.set(entry, counter);
       batch.entries.push(entry);
@@ -136,6 +136,12 @@ export class RateLimitCounters {
     }
     this.dirty.clear();
     return [...groups.values()];
+  }
+
+  /** How long ago each entry's window began, as its statement goes out (not when the batches were taken: earlier ones' merges take time). */
+  windowAgesMs(batch: SyncBatch): number[] {
+    const now = this.now();
+    return batch.entries.map((entry) => Math.max(0, now - entry.windowStartedAt));
   }
 
   /** Merges the database's answer: its totals and deadlines replace what this instance knew. */

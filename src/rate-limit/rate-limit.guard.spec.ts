@@ -22,6 +22,8 @@ class Routes {
   perEmail(): void {}
   @Throttle({ default: { generateKey: () => 'everyone' } })
   oneForAll(): void {}
+  @Throttle({ default: { generateKey: () => 'everyone' } })
+  alsoForAll(): void {}
 }
 
 @SkipThrottle()
@@ -47,11 +49,13 @@ const OPTIONS: ThrottlerModuleOptions = { throttlers: [{ name: 'default', limit:
 
 function setUp(options: ThrottlerModuleOptions = OPTIONS) {
   // Counting never touches the database (only the periodic sync does), so none is given.
-  const guard = new RateLimitGuard(
-    options,
-    new PgThrottlerStorage({} as DataSource, { get: () => 'a-pepper-for-the-counter-keys' } as unknown as ConfigService<AppConfig, true>),
-    new Reflector(),
+  const storage = new PgThrottlerStorage(
+    {} as DataSource,
+    { get: () => 'a-pepper-for-the-counter-keys' } as unknown as ConfigService<AppConfig, true>,
   );
+  const guard = new RateLimitGuard(options, storage, new Reflector());
+  /** The in-memory counters' keys (RateLimitCounters' map). */
+  const counterKeys = () => [...(storage as unknown as { counters: { counters: Map<string, unknown> } }).counters.counters.keys()];
   const call = (cls: new () => object, method: string, ip = '203.0.113.7', body?: object) => {
     const reply = new RecordingReply();
     const handler = (cls.prototype as Record<string, () => void>)[method];
@@ -64,7 +68,7 @@ function setUp(options: ThrottlerModuleOptions = OPTIONS) {
     };
     return { reply, activate, activateLater: () => guard.canActivate(context) };
   };
-  return { call };
+  return { call, counterKeys };
 }
 
 describe('RateLimitGuard', () => {
@@ -145,10 +149,21 @@ describe('RateLimitGuard', () => {
     assert.equal(await other.activateLater(), true);
     assert.equal(other.reply.sent['x-ratelimit-remaining'], 1);
     // One key for every client: the module's limit (3) over all addresses together.
-    for (const ip of ['198.51.100.1', '198.51.100.2', '198.51.100.3']) assert.equal(await call(Routes, 'oneForAll', ip).activateLater(), true);
+    // One key for every client: the module's limit (3) over all addresses together, and over
+    // every route whose generateKey makes that key (the whole key, as in the library).
+    for (const ip of ['198.51.100.1', '198.51.100.2']) assert.equal(await call(Routes, 'oneForAll', ip).activateLater(), true);
+    assert.equal(await call(Routes, 'alsoForAll', '198.51.100.3').activateLater(), true);
     await assert.rejects(async () => call(Routes, 'oneForAll', '198.51.100.4').activateLater(), ThrottlerException);
     // The shared per-address count is not theirs: the first address still has all of it.
     assert.equal(call(Routes, 'open', '198.51.100.1').activate(), true);
+  });
+
+  it("keeps a route's tracker as a fixed-length digest, whatever its length", async () => {
+    const { call, counterKeys } = setUp();
+    await call(Routes, 'perEmail', '203.0.113.9', { email: 'x'.repeat(100_000) }).activateLater();
+    const keys = counterKeys();
+    assert.equal(keys.length, 1);
+    assert.ok(keys[0].length < 100, keys[0].slice(0, 120));
   });
 
   it('resolves a setting given as a function on every request, as @nestjs/throttler does', async () => {

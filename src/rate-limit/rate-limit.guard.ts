@@ -193,16 +193,19 @@ export class RateLimitGuard implements CanActivate {
       const own = [THROTTLER_LIMIT, THROTTLER_TTL, THROTTLER_BLOCK_DURATION, THROTTLER_TRACKER, THROTTLER_KEY_GENERATOR].some(
         (key) => routeValue(key, name) !== undefined,
       );
-      const keyPrefix = own ? `${name}:${routeKey(classRef, handler)}:` : `${name}:`;
+      // A key generateKey makes is the whole key, as in @nestjs/throttler (routes that return one
+      // key share one count); a tracker alone counts per route, as the library's default key does.
+      const keyPrefix = generateKey ? `${name}:generated:` : own ? `${name}:${routeKey(classRef, handler)}:` : `${name}:`;
       // A route's getTracker and generateKey, as in @nestjs/throttler: what is counted is what they
       // make of the request (an email in the body, say), not its client address (until 0.29.0
-      // they were ignored, and such a route counted per address).
+      // they were ignored, and such a route counted per address). Kept as a digest, as the
+      // library keeps its keys: a tracker is the client's to choose, and its length too.
       const counterKey =
         getTracker || generateKey
           ? async (context: ExecutionContext): Promise<string> => {
               const request = context.switchToHttp().getRequest<FastifyRequest>();
               const tracker = getTracker ? String(await getTracker(request, context)) : normalizeIp(withoutPort(request.ip));
-              return generateKey ? String(await generateKey(context, tracker, name)) : tracker;
+              return digestOf(generateKey ? String(await generateKey(context, tracker, name)) : tracker);
             }
           : undefined;
       const limit = (routeValue(THROTTLER_LIMIT, name) ?? throttler.limit) as Resolvable;
@@ -230,6 +233,11 @@ export class RateLimitGuard implements CanActivate {
     }
     return applying;
   }
+}
+
+/** A fixed-length digest of what a route's tracker or key generator made (any length a client chose). */
+function digestOf(value: string): string {
+  return createHash('sha256').update(value).digest('base64url');
 }
 
 /** A short, fixed-length name of a route for its own counters' keys (rate_limits.key is at most 128 characters). */

@@ -49,6 +49,10 @@ class SessionaryRoutePrefix {
   }
 }
 
+/** Holds SESSIONARY_CONFIG, made with the host's imports (see SessionaryModule.withConfig). */
+@Module({})
+class SessionaryOptionsModule {}
+
 /**
  * Sessionary as one Nest module: registration and login, sessions checked on every request,
  * rotating refresh tokens, the audit log, health and metrics. Its global guard protects every
@@ -65,10 +69,6 @@ class SessionaryRoutePrefix {
  * in its root module (see ScheduledJobsCheck). A process that boots the module only to run one
  * command passes `{ scheduledJobs: false }` (see SCHEDULED_JOBS).
  */
-/** Holds SESSIONARY_CONFIG, made with the host's imports (see SessionaryModule.withConfig). */
-@Module({})
-class SessionaryOptionsModule {}
-
 @Module({})
 export class SessionaryModule {
   static forRoot(options: SessionaryOptions, run: SessionaryProcessOptions = {}): DynamicModule {

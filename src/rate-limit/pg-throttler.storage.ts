@@ -77,13 +77,11 @@ export class PgThrottlerStorage implements ThrottlerStorage {
   private async syncOnce(): Promise<void> {
     this.counters.sweep();
     let failed = false;
+    let wrote = false;
     for (const batch of this.counters.takeBatches()) {
       try {
         this.counters.applySynced(batch, await this.merge(batch, this.counters.windowAgesMs(batch)));
-        if (this.failing) {
-          this.failing = false;
-          this.logger.log('Rate-limit sync with PostgreSQL works again');
-        }
+        wrote = true;
       } catch (error) {
         this.counters.syncFailed(batch);
         failed = true;
@@ -99,6 +97,13 @@ export class PgThrottlerStorage implements ThrottlerStorage {
       }
     }
     if (!failed) this.syncHealth.succeeded();
+    // Works again once a sync wrote and none of its batches failed: one batch failing on every
+    // tick beside others that succeed (a host's settings PostgreSQL refuses) said "works again"
+    // and "failed" once a tick each until 0.29.0.
+    if (this.failing && wrote && !failed) {
+      this.failing = false;
+      this.logger.log('Rate-limit sync with PostgreSQL works again');
+    }
   }
 
   private async merge({ settings, entries }: SyncBatch, windowAgesMs: number[]): Promise<SyncedRow[]> {

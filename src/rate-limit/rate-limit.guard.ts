@@ -205,7 +205,7 @@ export class RateLimitGuard implements CanActivate {
           ? async (context: ExecutionContext): Promise<string> => {
               const request = context.switchToHttp().getRequest<FastifyRequest>();
               const tracker = getTracker ? String(await getTracker(request, context)) : normalizeIp(withoutPort(request.ip));
-              return digestOf(generateKey ? String(await generateKey(context, tracker, name)) : tracker);
+              return digestOf(generateKey ? String(generateKey(context, tracker, name)) : tracker);
             }
           : undefined;
       const limit = (routeValue(THROTTLER_LIMIT, name) ?? throttler.limit) as Resolvable;

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
-import { auditRows, sessionRow } from './helpers/db';
+import { auditRows, sessionRow, untilBackend } from './helpers/db';
 import { Client } from 'pg';
 import { DataSource, QueryRunner } from 'typeorm';
 import { SESSIONARY_DATA_SOURCE_TOKEN } from '../src/database/data-source-name';
@@ -341,18 +341,11 @@ describe('password change (e2e)', () => {
         .set('Authorization', bearer(tokens))
         .send({ currentPassword: user.password, newPassword: newPassword(newName) })
         .then((res) => res);
-      const deadline = Date.now() + 10_000;
-      const waitingForRow = async () =>
-        (
-          await t.db.query(
-            `SELECT count(*)::int AS n FROM pg_stat_activity
-              WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%FROM users WHERE id = $1 FOR NO KEY UPDATE%'`,
-          )
-        )[0].n as number;
-      while ((await waitingForRow()) < 1) {
-        assert.ok(Date.now() < deadline, 'the change waiting for the row the rename holds');
-        await sleep(20);
-      }
+      await untilBackend(
+        t.db,
+        `wait_event_type = 'Lock' AND query LIKE '%FROM users WHERE id = $1 FOR NO KEY UPDATE%'`,
+        'the change waiting for the row the rename holds',
+      );
       await holder.query('COMMIT');
       return { user, newName, res: await change };
     } finally {
@@ -420,11 +413,7 @@ describe('session limit (e2e)', () => {
         .post('/api/v1/auth/login')
         .send({ email: user.email, password: user.password })
         .then((res) => res);
-      const deadline = Date.now() + 10_000;
-      while (!(await t.db.query(`SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND wait_event = 'PgSleep'`)).length) {
-        assert.ok(Date.now() < deadline, 'the login sleeping after it ended b');
-        await sleep(10);
-      }
+      await untilBackend(t.db, `wait_event = 'PgSleep'`, 'the login sleeping after it ended b');
       // b's end is not committed: this read finds b active, and this instance caches it.
       assert.equal((await t.http.get('/api/v1/auth/session').set('Authorization', bearer(b))).status, 200);
       assert.equal((await fourth).status, 200);

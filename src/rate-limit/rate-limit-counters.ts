@@ -53,8 +53,6 @@ interface Counter {
   inFlight: number;
   /** Hits of this window not sent yet. */
   unsynced: number;
-  /** When the window began: the first hit, or (after a sync) when the database's began. */
-  windowStartedAt: number;
   windowEndsAt: number;
   blockedUntil: number;
   /** Counts local roll-overs, so that a failed sync does not bring old hits into a new window. */
@@ -127,7 +125,8 @@ export class RateLimitCounters {
         key,
         hits: counter.unsynced,
         generation: counter.generation,
-        windowStartedAt: counter.windowStartedAt,
+        // The first hit's time, or (after a sync) when the database's window began.
+        windowStartedAt: counter.windowEndsAt - counter.settings.ttl,
       };
       this.sources.set(entry, counter);
       batch.entries.push(entry);
@@ -155,7 +154,6 @@ export class RateLimitCounters {
       counter.inFlight -= entry.hits;
       counter.base = row.hits;
       counter.windowEndsAt = now + Math.max(0, row.windowMs);
-      counter.windowStartedAt = counter.windowEndsAt - batch.settings.ttl;
       // The database's block is everyone's; a block decided here may be longer and stays.
       if (row.blockedMs > 0) counter.blockedUntil = Math.max(counter.blockedUntil, now + row.blockedMs);
     }
@@ -201,7 +199,6 @@ export class RateLimitCounters {
       base: 0,
       inFlight: 0,
       unsynced: 0,
-      windowStartedAt: now,
       windowEndsAt: now + settings.ttl,
       blockedUntil: 0,
       generation: 0,
@@ -214,7 +211,6 @@ export class RateLimitCounters {
   private rollOver(key: string, counter: Counter, now: number, ttl: number): void {
     counter.base = -counter.inFlight;
     counter.unsynced = 0;
-    counter.windowStartedAt = now;
     counter.windowEndsAt = now + ttl;
     counter.generation++;
     // Re-inserted so that the map stays ordered by window start, oldest first.

@@ -68,3 +68,16 @@ export function recordFailedStatements(db: DataSource): { failed: string[]; stop
   };
   return { failed, stop: () => (logger.logQueryError = original) };
 }
+
+/**
+ * Resolves once some backend of this file's database matches `where` (a condition on
+ * pg_stat_activity: a lock wait, a pg_sleep), so a test can act while another transaction is
+ * held there; fails after 10 s, saying what it waited for.
+ */
+export async function untilBackend(db: DataSource, where: string, what: string): Promise<void> {
+  const deadline = Date.now() + 10_000;
+  while (!(await db.query(`SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND ${where} LIMIT 1`)).length) {
+    if (Date.now() > deadline) throw new Error(`Not seen within 10 s: ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+}
